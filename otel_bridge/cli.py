@@ -1,0 +1,121 @@
+"""The `otel-bridge` command: serve, replay, trace-id, config."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from otel_bridge import conventions as c
+from otel_bridge.config import Settings, settings_table
+from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("-", "_").replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    return Settings(**overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from otel_bridge.receivers.http import create_app
+    from otel_bridge.runtime import Bridge
+
+    bridge = Bridge(settings)
+    app = create_app(bridge)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
+    )
+    return 0
+
+
+def _replay(settings: Settings, source: str, progress: bool) -> int:
+    from otel_bridge.receivers.dead_letter import DeadLetters
+    from otel_bridge.receivers.replay import replay
+    from otel_bridge.runtime import Bridge
+
+    bridge = Bridge(settings).start()
+    dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
+    try:
+        summary = replay(bridge, source, dead_letters, progress=progress)
+    finally:
+        bridge.stop()
+        dead_letters.close()
+    print(summary.render())
+    return 1 if summary.rejected else 0
+
+
+def _trace_id(args: argparse.Namespace) -> int:
+    run = RunIdentity(args.engine, args.env, args.service, args.workflow_id)
+    trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id)
+    print(traceparent(trace_id, root_span_id(run)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-bridge",
+        description="Turn durable workflow and job lifecycle events into OpenTelemetry traces and metrics.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP tracker endpoint and export over OTLP")
+    _add_settings_flags(serve)
+    replay = sub.add_parser("replay", help="push a file of events (one JSON event per line) through the pipeline")
+    replay.add_argument("file", help="JSONL file, or - for standard input")
+    replay.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    _add_settings_flags(replay)
+    trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")
+    trace.add_argument("--env", required=True)
+    trace.add_argument("--service", required=True, help="the producer's serviceKey")
+    trace.add_argument("--workflow-id", required=True)
+    trace.add_argument("--engine", default=c.PLATFORM_DURABLE_EFFECT)
+    sub.add_parser("config", help="print the configuration table (markdown)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "trace-id":
+        return _trace_id(args)
+    if args.command == "config":
+        print(settings_table())
+        return 0
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        print(f"otel-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    _logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        return _replay(settings, args.file, progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"otel-bridge: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

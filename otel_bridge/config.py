@@ -1,0 +1,98 @@
+"""Every setting of otel-bridge, declared once.
+
+The CLI flags (`--settle-seconds`), the environment variables
+(`OTEL_BRIDGE_SETTLE_SECONDS`) and README's configuration table are all made
+from this model. Standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_*`,
+`OTEL_BSP_SCHEDULE_DELAY`, `OTEL_METRIC_EXPORT_INTERVAL`) are read where the
+SDK defines them, and two of them are mirrored here for their defaults.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DAY = 86_400.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTEL_BRIDGE_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Address the HTTP receiver listens on.")
+    port: int = Field(4380, ge=0, le=65535, description="Port of the HTTP receiver.")
+    path: str = Field("/v1/events", description="Path of the tracker endpoint producers POST batches to.")
+    state: str = Field(
+        "otel-bridge.db",
+        description="State store: a SQLite file path (default, embedded) or a `redis://` URL.",
+    )
+    settle_seconds: float = Field(
+        1.0, ge=0, description="Seconds a run waits after its last event before its ended spans are sent."
+    )
+    max_open_seconds: float = Field(
+        7 * DAY, gt=0, description="A run open this long (from its first event) is closed as incomplete."
+    )
+    dedup_ttl_seconds: float = Field(
+        7 * DAY, gt=0, description="How long event ids (and closed runs) are remembered to drop duplicates."
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest request body, also enforced after gzip decompression."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Shared secret producers must send in the `api_key_header` header (off when unset)."
+    )
+    api_key_header: str = Field("X-API-KEY", description="Header that carries `api_key`.")
+    bearer_token: SecretStr | None = Field(
+        None, description="Token accepted as `Authorization: Bearer …` (off when unset)."
+    )
+    capture_input: bool = Field(False, description="Record workflow inputs on the root span (may hold personal data).")
+    max_input_bytes: int = Field(2048, gt=0, description="Captured input JSON is truncated to this many characters.")
+    redact_keys: Annotated[list[str], NoDecode] = Field(
+        ["password", "secret", "token", "authorization", "apiKey"],
+        description="Input keys whose values are replaced by [REDACTED] (comma-separated in the environment).",
+    )
+    attribute_value_limit: int = Field(4096, gt=0, description="String span attributes are truncated to this length.")
+    max_names: int = Field(
+        200, gt=0, description="Distinct workflow/step/job names per metric attribute before `_OTHER` is used."
+    )
+    dead_letter: Path = Field(Path("dead-letter.jsonl"), description="JSONL file that keeps rejected events.")
+    dead_letter_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Dead-letter file size before rotation.")
+    dead_letter_backups: int = Field(5, ge=1, description="Rotated dead-letter files kept.")
+    export_batch_size: int = Field(512, gt=0, description="Spans per OTLP export request.")
+    export_delay_ms: float = Field(
+        5000,
+        ge=0,
+        validation_alias=AliasChoices("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BRIDGE_EXPORT_DELAY_MS", "export_delay_ms"),
+        description="Longest wait between outbox polls in ms (`OTEL_BSP_SCHEDULE_DELAY`); new spans wake it at once.",
+    )
+    metric_export_interval_ms: float = Field(
+        60000,
+        gt=0,
+        validation_alias=AliasChoices(
+            "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS", "metric_export_interval_ms"
+        ),
+        description="Interval of the periodic OTLP metric export in ms (`OTEL_METRIC_EXPORT_INTERVAL`).",
+    )
+    drain_timeout_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
+    )
+    log_level: str = Field("INFO", description="Log level of the bridge.")
+
+    @field_validator("redact_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def settings_table() -> str:
+    """README's configuration table, made from the model."""
+    rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = f"OTEL_BRIDGE_{name.upper()}"
+        if isinstance(field.validation_alias, AliasChoices):
+            env = f"{field.validation_alias.choices[0]}, {field.validation_alias.choices[1]}"
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | `{default}` | {field.description} |")
+    return "\n".join(rows)

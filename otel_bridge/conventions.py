@@ -1,0 +1,110 @@
+"""Every attribute, span and metric name otel-bridge writes, in one place.
+
+Names follow the OpenTelemetry workflow conventions proposal (semantic-conventions
+issue 1688 / PR 2387) where it covers us; the rest are coined here under
+`workflow.*` and `job.*` so they can be read at a glance.
+"""
+
+from typing import Final
+
+# Resource
+SERVICE_NAME: Final = "service.name"
+DEPLOYMENT_ENVIRONMENT_NAME: Final = "deployment.environment.name"
+BRIDGE_SERVICE_NAME: Final = "otel-bridge"
+SCOPE_NAME: Final = "otel_bridge"
+
+# Workflow spans
+WORKFLOW_DEFINITION_NAME: Final = "workflow.definition.name"
+WORKFLOW_EXECUTION_ID: Final = "workflow.execution.id"
+WORKFLOW_EXECUTION_CORRELATION_ID: Final = "workflow.execution.correlation_id"
+WORKFLOW_EXECUTION_RESULT: Final = "workflow.execution.result"
+WORKFLOW_EXECUTION_STATE: Final = "workflow.execution.state"
+WORKFLOW_EXECUTION_INCOMPLETE: Final = "workflow.execution.incomplete"
+WORKFLOW_EXECUTION_CANCEL_REASON: Final = "workflow.execution.cancel_reason"
+WORKFLOW_EXECUTION_COMPLETED_STEPS: Final = "workflow.execution.completed_steps"
+WORKFLOW_EXECUTION_INPUT: Final = "workflow.execution.input"
+WORKFLOW_PLATFORM_NAME: Final = "workflow.platform.name"
+WORKFLOW_TASK_NAME: Final = "workflow.task.name"
+WORKFLOW_TASK_ATTEMPT: Final = "workflow.task.attempt"
+WORKFLOW_TASK_CACHED: Final = "workflow.task.cached"
+WORKFLOW_TASK_RESULT: Final = "workflow.task.result"
+WORKFLOW_TASK_DURATION_MS: Final = "workflow.task.duration_ms"
+WORKFLOW_EVENT_ID: Final = "workflow.event.id"
+WORKFLOW_PAUSE_REASON: Final = "workflow.pause.reason"
+WORKFLOW_PAUSE_RESUME_AT: Final = "workflow.pause.resume_at"
+WORKFLOW_RETRY_NEXT_ATTEMPT_AT: Final = "workflow.retry.next_attempt_at"
+WORKFLOW_RETRY_DELAY_MS: Final = "workflow.retry.delay_ms"
+WORKFLOW_RETRY_ATTEMPTS: Final = "workflow.retry.attempts"
+WORKFLOW_SLEEP_DURATION_MS: Final = "workflow.sleep.duration_ms"
+WORKFLOW_SLEEP_RESUME_AT: Final = "workflow.sleep.resume_at"
+WORKFLOW_TIMEOUT_DEADLINE: Final = "workflow.timeout.deadline"
+WORKFLOW_TIMEOUT_MS: Final = "workflow.timeout.ms"
+WORKFLOW_LATE_EVENT: Final = "workflow.event.late"
+
+# Values
+PLATFORM_DURABLE_EFFECT: Final = "durable-effect"
+RESULT_SUCCESS: Final = "success"
+RESULT_FAILURE: Final = "failure"
+RESULT_CANCELLATION: Final = "cancellation"
+RESULT_TIMEOUT: Final = "timeout"
+TASK_RESULT_INTERRUPTED: Final = "interrupted"
+STATE_PENDING: Final = "pending"
+STATE_EXECUTING: Final = "executing"
+STATE_PAUSED: Final = "paused"
+OVERFLOW_VALUE: Final = "_OTHER"
+
+# General semantic conventions
+ERROR_TYPE: Final = "error.type"
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+EXCEPTION_TYPE: Final = "exception.type"
+
+# Span and span-event names
+ROOT_SPAN_PREFIX: Final = "workflow "
+STEP_SPAN_PREFIX: Final = "step "
+SLEEP_SPAN_NAME: Final = "sleep"
+STEP_CACHED_EVENT: Final = "step.cached"
+
+# Jobs
+JOB_NAME: Final = "job.name"
+JOB_TYPE: Final = "job.type"
+JOB_INSTANCE_ID: Final = "job.instance.id"
+JOB_EXECUTION_RESULT: Final = "job.execution.result"
+JOB_RETRY_EXHAUSTED_REASON: Final = "job.retry.exhausted.reason"
+JOB_DEBOUNCE_FLUSH_REASON: Final = "job.debounce.flush.reason"
+JOB_TASK_TRIGGER: Final = "job.task.trigger"
+
+# Metric instruments (DESIGN.md section 4)
+M_WORKFLOW_EXECUTION_DURATION: Final = "workflow.execution.duration"
+M_WORKFLOW_EXECUTION_ACTIVE: Final = "workflow.execution.active"
+M_WORKFLOW_EXECUTION_ERRORS: Final = "workflow.execution.errors"
+M_WORKFLOW_TASK_DURATION: Final = "workflow.task.duration"
+M_WORKFLOW_TASK_RETRIES: Final = "workflow.task.retries"
+M_WORKFLOW_TASK_TIMEOUTS: Final = "workflow.task.timeouts"
+M_WORKFLOW_SLEEP_DURATION: Final = "workflow.sleep.duration"
+M_JOB_EXECUTIONS: Final = "job.executions"
+M_JOB_EXECUTION_DURATION: Final = "job.execution.duration"
+M_JOB_RETRY_EXHAUSTED: Final = "job.retry.exhausted"
+M_JOB_TERMINATIONS: Final = "job.terminations"
+M_JOB_INSTANCE_ACTIVE: Final = "job.instance.active"
+M_JOB_DEBOUNCE_FLUSH_SIZE: Final = "job.debounce.flush.size"
+M_JOB_DEBOUNCE_FLUSH_DURATION: Final = "job.debounce.flush.duration"
+M_JOB_TASK_SCHEDULED: Final = "job.task.scheduled"
+M_JOB_TASK_SCHEDULE_DELAY: Final = "job.task.schedule.delay"
+
+# The bridge's own telemetry
+M_BRIDGE_EVENTS_RECEIVED: Final = "otel_bridge.events.received"
+M_BRIDGE_EVENTS_ACCEPTED: Final = "otel_bridge.events.accepted"
+M_BRIDGE_EVENTS_REJECTED: Final = "otel_bridge.events.rejected"
+M_BRIDGE_EVENTS_DUPLICATE: Final = "otel_bridge.events.duplicate"
+M_BRIDGE_EVENTS_LATE: Final = "otel_bridge.events.late"
+M_BRIDGE_RUNS_INCOMPLETE: Final = "otel_bridge.runs.incomplete"
+M_BRIDGE_SPANS_EXPORTED: Final = "otel_bridge.spans.exported"
+M_BRIDGE_EXPORT_FAILURES: Final = "otel_bridge.export.failures"
+M_BRIDGE_OUTBOX_DEPTH: Final = "otel_bridge.outbox.depth"
+M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
+
+# Attribute keys that may appear on metrics: anything else is dropped there,
+# because metric attributes must stay low-cardinality.
+BOUNDED_NAME_ATTRIBUTES: Final = frozenset({WORKFLOW_DEFINITION_NAME, WORKFLOW_TASK_NAME, JOB_NAME})

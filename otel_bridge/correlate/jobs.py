@@ -1,0 +1,72 @@
+"""Job records -> metric observations (DESIGN.md section 4).
+
+Jobs become metrics, not traces. The only state a job instance needs is whether
+it is counted in `job.instance.active`, so that a `job.terminated` without a
+`job.started` (debounce and task jobs never emit one), or one arriving before
+it, never drives the gauge below zero.
+"""
+
+from pydantic import BaseModel
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.outputs import Observation, Resource
+from otel_bridge.lifecycle import JobKind, JobRecord
+
+
+class JobState(BaseModel):
+    counted: bool = False
+    terminated: bool = False
+    # Enough to re-count an open instance after a restart.
+    job_name: str = ""
+    job_type: str = ""
+    service: str = ""
+    env: str = ""
+
+
+def active_instance(state: JobState) -> Observation:
+    """The +1 an instance counted in `job.instance.active` contributes."""
+    attributes = ((c.JOB_NAME, state.job_name), (c.JOB_TYPE, state.job_type))
+    return Observation(c.M_JOB_INSTANCE_ACTIVE, 1, attributes, Resource(state.service, state.env))
+
+
+def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
+    state = state.model_copy() if state is not None else JobState()
+    state.job_name, state.job_type = record.job_name, record.job_type
+    state.service, state.env = record.service, record.env
+    resource = Resource(record.service, record.env)
+    job = ((c.JOB_NAME, record.job_name), (c.JOB_TYPE, record.job_type))
+
+    def obs(instrument: str, value: float, *extra: tuple[str, str]) -> Observation:
+        return Observation(instrument, value, job + extra, resource)
+
+    out: list[Observation] = []
+    match record.kind:
+        case JobKind.STARTED:
+            if not state.counted and not state.terminated:
+                state.counted = True
+                out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
+        case JobKind.EXECUTED:
+            out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
+            if record.duration_ms is not None:
+                out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
+        case JobKind.FAILED:
+            out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_FAILURE)))
+        case JobKind.RETRY_EXHAUSTED:
+            out.append(obs(c.M_JOB_RETRY_EXHAUSTED, 1, (c.JOB_RETRY_EXHAUSTED_REASON, record.reason or "")))
+        case JobKind.TERMINATED:
+            out.append(obs(c.M_JOB_TERMINATIONS, 1))
+            if state.counted:
+                out.append(obs(c.M_JOB_INSTANCE_ACTIVE, -1))
+            state.counted, state.terminated = False, True
+        case JobKind.DEBOUNCE_FLUSHED:
+            reason = ((c.JOB_NAME, record.job_name), (c.JOB_DEBOUNCE_FLUSH_REASON, record.reason or ""))
+            out.append(Observation(c.M_JOB_DEBOUNCE_FLUSH_SIZE, record.count or 0, reason, resource))
+            if record.duration_ms is not None:
+                out.append(Observation(c.M_JOB_DEBOUNCE_FLUSH_DURATION, record.duration_ms / 1000, reason, resource))
+        case JobKind.TASK_SCHEDULED:
+            trigger = ((c.JOB_NAME, record.job_name), (c.JOB_TASK_TRIGGER, record.trigger or ""))
+            out.append(Observation(c.M_JOB_TASK_SCHEDULED, 1, trigger, resource))
+            if record.scheduled_at_ns is not None:
+                delay = max(record.scheduled_at_ns - record.time_ns, 0) / 1e9
+                out.append(Observation(c.M_JOB_TASK_SCHEDULE_DELAY, delay, trigger, resource))
+    return state, out

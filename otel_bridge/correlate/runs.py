@@ -1,0 +1,250 @@
+"""The fold of workflow facts over a run's stored state.
+
+`fold` takes in one fact, `settle` sends the spans that have ended. Both are pure:
+state in, new state and outputs out, the time passed in. Run state is the fact
+set itself (deduplicated by meaning) plus what was already sent, so the spans are
+always recomputed from facts and arrival order cannot change them.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanStatus
+from otel_bridge.correlate.spans import build_spans
+from otel_bridge.ids import root_span_id
+from otel_bridge.lifecycle import Fact, FactKind, RunRef
+
+_EXECUTING_KINDS = frozenset(
+    {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
+)
+
+
+class RunState(BaseModel):
+    run: RunRef
+    facts: list[Fact] = []
+    seq: int = 0
+    # span id (hex) -> `seq` when it was sent
+    emitted: dict[str, int] = {}
+    # The workflow.execution.state this run is counted under in workflow.execution.active.
+    counted_state: str | None = None
+    closed: bool = False
+    late: int = 0
+
+    @property
+    def first_time_ns(self) -> int | None:
+        return min((f.time_ns for f in self.facts), default=None)
+
+
+class Admission(StrEnum):
+    ACCEPTED = "accepted"
+    # Same fact re-emitted under a new event id (a re-executed invocation).
+    REPEATED = "repeated"
+    # The run's root span has already been sent.
+    LATE = "late"
+
+
+@dataclass(slots=True)
+class FoldResult:
+    state: RunState
+    admission: Admission
+    observations: list[Observation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SettleResult:
+    state: RunState
+    spans: list[SpanRecord] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    incomplete: bool = False
+
+
+def _identity(f: Fact) -> tuple[object, ...] | None:
+    """What makes two facts the same fact, whatever their event ids."""
+    match f.kind:
+        case FactKind.RUN_QUEUED | FactKind.RUN_STARTED | FactKind.RUN_ENDED:
+            return (f.kind,)
+        case FactKind.ATTEMPT_STARTED:
+            return (f.kind, f.step, f.attempt)
+        case FactKind.ATTEMPT_ENDED if not f.cached:
+            return (f.kind, f.step, f.attempt)
+        case FactKind.ANNOTATION if f.step is not None:
+            return (f.name, f.step, f.attempt)
+    # Pauses, resumes and sleeps repeat legitimately: only the event id names them.
+    return None
+
+
+def _state_of(facts: list[Fact]) -> str | None:
+    """workflow.execution.state after these facts; None once the run ended."""
+    state: tuple[tuple[int, str], str] | None = None
+    for f in facts:
+        if f.kind is FactKind.RUN_ENDED:
+            return None
+        if f.kind is FactKind.RUN_QUEUED:
+            now = c.STATE_PENDING
+        elif f.kind is FactKind.RUN_PAUSED:
+            now = c.STATE_PAUSED
+        elif f.kind in _EXECUTING_KINDS or f.kind is FactKind.SLEEP_ENDED:
+            now = c.STATE_EXECUTING
+        else:
+            continue
+        if state is None or f.order > state[0]:
+            state = (f.order, now)
+    return state[1] if state else c.STATE_EXECUTING
+
+
+def _resource(run: RunRef) -> Resource:
+    return Resource(run.service, run.env)
+
+
+def _active_change(state: RunState, new: str | None) -> list[Observation]:
+    if new == state.counted_state:
+        return []
+    out = []
+    resource = _resource(state.run)
+    for value, which in ((-1, state.counted_state), (1, new)):
+        if which is not None:
+            out.append(
+                Observation(
+                    c.M_WORKFLOW_EXECUTION_ACTIVE,
+                    value,
+                    ((c.WORKFLOW_DEFINITION_NAME, state.run.name), (c.WORKFLOW_EXECUTION_STATE, which)),
+                    resource,
+                )
+            )
+    state.counted_state = new
+    return out
+
+
+def _counted(f: Fact, run: RunRef) -> list[Observation]:
+    """Counters that move the moment a fact is known."""
+    resource = _resource(run)
+    name = (c.WORKFLOW_DEFINITION_NAME, run.name)
+    if f.name == "retry.scheduled" and f.step is not None:
+        return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, (name, (c.WORKFLOW_TASK_NAME, f.step)), resource)]
+    if f.name == "timeout.exceeded" and f.step is not None:
+        return [Observation(c.M_WORKFLOW_TASK_TIMEOUTS, 1, (name, (c.WORKFLOW_TASK_NAME, f.step)), resource)]
+    if f.kind is FactKind.RUN_ENDED and f.outcome == "failure":
+        step = (f.error.step if f.error else None) or f.step or ""
+        return [Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, (name, (c.WORKFLOW_TASK_NAME, step)), resource)]
+    return []
+
+
+def fold(state: RunState | None, run: RunRef, fact: Fact) -> FoldResult:
+    """Take one fact into the run's state."""
+    if state is None:
+        state = RunState(run=run)
+    elif run.correlation_id and not state.run.correlation_id:
+        state.run = run
+    if state.closed:
+        state.late += 1
+        return FoldResult(state, Admission.LATE)
+
+    state.seq += 1
+    fact = fact.model_copy(update={"seq": state.seq})
+    identity = _identity(fact)
+    if identity is not None:
+        for i, known in enumerate(state.facts):
+            if _identity(known) == identity:
+                # Keep the earliest telling of a fact, whichever arrived first.
+                if fact.order < known.order:
+                    state.facts[i] = fact
+                return FoldResult(state, Admission.REPEATED)
+
+    state.facts.append(fact)
+    observations = _counted(fact, state.run)
+    observations += _active_change(state, _state_of(state.facts))
+    return FoldResult(state, Admission.ACCEPTED, observations)
+
+
+def settle(state: RunState, now_ns: int, max_open_ns: int) -> SettleResult:
+    """Send every span that has ended and was not sent yet; close the run when it ended.
+
+    Called once the run's settle window has passed. A run open longer than
+    `max_open_ns` (by its first event) is closed as incomplete.
+    """
+    result = SettleResult(state)
+    if state.closed or not state.facts:
+        return result
+    ended = any(f.kind is FactKind.RUN_ENDED for f in state.facts)
+    first = state.first_time_ns or now_ns
+    incomplete = not ended and now_ns - first >= max_open_ns
+    incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
+
+    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at)
+    root_hex = root_span_id(state.run.identity).hex()
+    for span in spans:
+        key = span.span_id.hex()
+        if span.end_ns is None or key in state.emitted:
+            continue
+        if key == root_hex and not (ended or incomplete):
+            continue
+        state.emitted[key] = state.seq
+        result.spans.append(span)
+        result.observations.extend(_span_observations(state.run, span, state.facts))
+
+    if ended or incomplete:
+        result.observations += _active_change(state, None)
+        result.incomplete = incomplete
+        state.closed = True
+        # A closed run only needs to recognise late events: drop what spans were made of.
+        state.facts = []
+        state.emitted = {}
+    return result
+
+
+def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:
+    resource = _resource(run)
+    name = (c.WORKFLOW_DEFINITION_NAME, run.name)
+    assert span.end_ns is not None
+    seconds = (span.end_ns - span.start_ns) / 1e9
+    exemplar = {"trace_id": span.trace_id, "span_id": span.span_id}
+    if span.name.startswith(c.STEP_SPAN_PREFIX):
+        result = span.attributes.get(c.WORKFLOW_TASK_RESULT)
+        if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):
+            return []
+        attrs = (
+            name,
+            (c.WORKFLOW_TASK_NAME, str(span.attributes[c.WORKFLOW_TASK_NAME])),
+            (c.WORKFLOW_TASK_RESULT, result),
+        )
+        return [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, attrs, resource, **exemplar)]
+    if span.name == c.SLEEP_SPAN_NAME:
+        return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, (name,), resource, **exemplar)]
+    if span.parent_span_id is not None:
+        return []
+    result = span.attributes.get(c.WORKFLOW_EXECUTION_RESULT)
+    if result is None:
+        return []
+    ordered = sorted(facts, key=lambda f: f.order)
+    queued = next((f for f in ordered if f.kind is FactKind.RUN_QUEUED), None)
+    started = next((f for f in ordered if f.kind in _EXECUTING_KINDS), None)
+    out = []
+    result_attr = (c.WORKFLOW_EXECUTION_RESULT, str(result))
+    if queued is not None and started is not None and started.time_ns >= queued.time_ns:
+        out.append(
+            Observation(
+                c.M_WORKFLOW_EXECUTION_DURATION,
+                (started.time_ns - queued.time_ns) / 1e9,
+                (name, (c.WORKFLOW_EXECUTION_STATE, c.STATE_PENDING), result_attr),
+                resource,
+                **exemplar,
+            )
+        )
+    begin = started.time_ns if started is not None else span.start_ns
+    out.append(
+        Observation(
+            c.M_WORKFLOW_EXECUTION_DURATION,
+            max(span.end_ns - begin, 0) / 1e9,
+            (name, (c.WORKFLOW_EXECUTION_STATE, c.STATE_EXECUTING), result_attr),
+            resource,
+            **exemplar,
+        )
+    )
+    return out
+
+
+def is_error(span: SpanRecord) -> bool:
+    return span.status is SpanStatus.ERROR

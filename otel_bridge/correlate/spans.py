@@ -1,0 +1,343 @@
+"""The spans of one run, computed from the set of its facts.
+
+A pure function of the fact set (sorted by time, then event id), so any arrival
+order of the same facts gives the same spans: that is what makes the fold
+indifferent to disorder and replays.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
+from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
+from otel_bridge.lifecycle import AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunRef
+
+_ROOT_EVENT_KINDS = frozenset(
+    {
+        FactKind.RUN_QUEUED,
+        FactKind.RUN_PAUSED,
+        FactKind.RUN_RESUMED,
+        FactKind.SLEEP_STARTED,
+        FactKind.SLEEP_ENDED,
+        FactKind.ANNOTATION,
+    }
+)
+_RUN_START_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_STARTED})
+_JS_ERROR_NAME = re.compile(r"^\s*([A-Za-z_$][\w$.]*)(?::|$)")
+
+
+@dataclass(slots=True)
+class _Attempt:
+    step: str
+    number: int
+    start: Fact | None = None
+    end: Fact | None = None
+    notes: list[Fact] = field(default_factory=list)
+
+
+def sorted_facts(facts: list[Fact]) -> list[Fact]:
+    return sorted(facts, key=lambda f: f.order)
+
+
+def run_end(facts: list[Fact]) -> Fact | None:
+    return next((f for f in sorted_facts(facts) if f.kind is FactKind.RUN_ENDED), None)
+
+
+def build_spans(
+    run: RunRef,
+    facts: list[Fact],
+    emitted: dict[str, int],
+    incomplete_at_ns: int | None = None,
+) -> list[SpanRecord]:
+    """Every span the facts describe; a span with `end_ns` None is still open.
+
+    `emitted` maps span ids (hex) already sent to the arrival sequence number at
+    which they left: facts that arrived later and belong to them are shown as
+    events of the root span instead. `incomplete_at_ns` closes a run that never
+    ended (max_open) at that time.
+    """
+    if not facts:
+        return []
+    ordered = sorted_facts(facts)
+    identity = run.identity
+    trace_id = run_trace_id(identity)
+    root_id = root_span_id(identity)
+
+    ended = next((f for f in ordered if f.kind is FactKind.RUN_ENDED), None)
+    starts = [f for f in ordered if f.kind in _RUN_START_KINDS]
+    root_start = starts[0].time_ns if starts else ordered[0].time_ns
+    root_end = ended.time_ns if ended else incomplete_at_ns
+
+    attempts = _attempts(ordered)
+    spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ended, root_end) for a in attempts.values()]
+    spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
+    late = _late_facts(identity, ordered, emitted)
+    spans.append(_root_span(run, trace_id, root_id, ordered, root_start, root_end, ended, attempts, late))
+    return spans
+
+
+def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
+    attempts: dict[tuple[str, int], _Attempt] = {}
+    for f in ordered:
+        if f.kind is FactKind.ATTEMPT_STARTED and f.step is not None and f.attempt is not None:
+            attempts.setdefault((f.step, f.attempt), _Attempt(f.step, f.attempt, start=f))
+    for f in ordered:
+        closes = (f.kind is FactKind.ATTEMPT_ENDED and not f.cached) or (
+            f.kind is FactKind.ANNOTATION and f.closes_attempt is not None
+        )
+        step_note = f.kind is FactKind.ANNOTATION and f.step is not None
+        if not (closes or step_note):
+            continue
+        key = _attempt_of(f, attempts)
+        if key is None:
+            continue
+        attempt = attempts.get(key)
+        if attempt is None:
+            if not closes:
+                continue
+            # A completion whose start was never seen (evicted invocation, lost POST).
+            attempt = attempts[key] = _Attempt(key[0], key[1])
+        if step_note:
+            attempt.notes.append(f)
+        if closes and attempt.end is None:
+            attempt.end = f
+    return dict(sorted(attempts.items(), key=lambda kv: (kv[0][0], kv[0][1])))
+
+
+def _attempt_of(f: Fact, attempts: dict[tuple[str, int], _Attempt]) -> tuple[str, int] | None:
+    if f.step is None:
+        return None
+    if f.attempt is not None:
+        return (f.step, f.attempt)
+    # retry.exhausted, timeout.set and timeout.exceeded name a step, not an
+    # attempt: they belong to the latest attempt of that step started by then.
+    candidates = [
+        a for a in attempts.values() if a.step == f.step and a.start is not None and a.start.time_ns <= f.time_ns
+    ]
+    open_ones = [a for a in candidates if a.end is None]
+    pick = max(open_ones or candidates, key=lambda a: a.number, default=None)
+    return (pick.step, pick.number) if pick else None
+
+
+def _error_type(error: ErrorInfo | None) -> str:
+    if error is None:
+        return c.OVERFLOW_VALUE
+    if error.type:
+        return error.type
+    if error.stacktrace and (m := _JS_ERROR_NAME.match(error.stacktrace)):
+        return m.group(1)
+    return c.OVERFLOW_VALUE
+
+
+def _exception_event(time_ns: int, message: str, error: ErrorInfo | None) -> SpanEvent:
+    attributes: dict[str, AttributeValue] = {c.EXCEPTION_MESSAGE: message, c.EXCEPTION_TYPE: _error_type(error)}
+    if error is not None and error.stacktrace:
+        attributes[c.EXCEPTION_STACKTRACE] = error.stacktrace
+    return SpanEvent(c.EXCEPTION_EVENT, time_ns, attributes)
+
+
+def _attempt_span(
+    run: RunIdentity,
+    trace_id: bytes,
+    root_id: bytes,
+    a: _Attempt,
+    attempts: dict[tuple[str, int], _Attempt],
+    ended: Fact | None,
+    root_end: int | None,
+) -> SpanRecord:
+    end = a.end
+    if a.start is not None:
+        start_ns = a.start.time_ns
+    else:
+        assert end is not None
+        start_ns = end.time_ns - int((end.duration_ms or 0) * 1_000_000)
+        previous = attempts.get((a.step, a.number - 1))
+        if previous is not None and previous.end is not None:
+            # durationMs runs from the first attempt's start: never reach back
+            # before the previous attempt ended.
+            start_ns = max(start_ns, previous.end.time_ns)
+    attributes: dict[str, AttributeValue] = {
+        c.WORKFLOW_TASK_NAME: a.step,
+        c.WORKFLOW_TASK_ATTEMPT: a.number,
+        c.WORKFLOW_TASK_CACHED: False,
+    }
+    events = [SpanEvent(n.name, n.time_ns, dict(n.attributes)) for n in a.notes]
+    status, message = SpanStatus.UNSET, ""
+    if end is not None:
+        end_ns = max(end.time_ns, start_ns)
+        if end.kind is FactKind.ATTEMPT_ENDED and end.outcome is Outcome.SUCCESS:
+            status = SpanStatus.OK
+            attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_SUCCESS
+        else:
+            status = SpanStatus.ERROR
+            attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_FAILURE
+            error = end.error or _run_error_for(ended, a, attempts)
+            message = _attempt_error_message(end, error)
+            events.append(_exception_event(end_ns, message, error))
+            attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if end.closes_attempt is Outcome.TIMEOUT else _error_type(error)
+    elif root_end is not None:
+        end_ns = max(root_end, start_ns)
+        attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_INTERRUPTED
+    else:
+        end_ns = None
+    links = [attempt_span_id(run, a.step, a.number - 1)] if a.number > 1 else []
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=attempt_span_id(run, a.step, a.number),
+        parent_span_id=root_id,
+        name=c.STEP_SPAN_PREFIX + a.step,
+        kind=SpanKind.INTERNAL,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        status=status,
+        status_message=message,
+        attributes=attributes,
+        events=sorted(events, key=lambda e: e.time_ns),
+        links=links,
+    )
+
+
+def _run_error_for(ended: Fact | None, a: _Attempt, attempts: dict[tuple[str, int], _Attempt]) -> ErrorInfo | None:
+    """The workflow's failure error, when it names this attempt (exhausted retries carry it only there)."""
+    if ended is None or ended.error is None or ended.error.step != a.step:
+        return None
+    if ended.error.attempt is not None:
+        return ended.error if ended.error.attempt == a.number else None
+    last = max(n for (step, n) in attempts if step == a.step)
+    return ended.error if a.number == last else None
+
+
+def _attempt_error_message(end: Fact, error: ErrorInfo | None) -> str:
+    if error is not None and error.message:
+        return error.message
+    if end.closes_attempt is Outcome.TIMEOUT:
+        limit = end.attributes.get(c.WORKFLOW_TIMEOUT_MS)
+        return f"timeout of {limit} ms exceeded" if limit is not None else "timeout exceeded"
+    if end.name == "retry.exhausted":
+        return f"retries exhausted after {end.attributes.get(c.WORKFLOW_RETRY_ATTEMPTS)} attempts"
+    if end.kind is FactKind.ANNOTATION:
+        return "attempt failed, retry scheduled"
+    return "step failed"
+
+
+def _sleep_spans(
+    run: RunIdentity, trace_id: bytes, root_id: bytes, ordered: list[Fact], root_end: int | None
+) -> list[SpanRecord]:
+    spans = []
+    wakes = [f for f in ordered if f.kind is FactKind.SLEEP_ENDED]
+    for sleep in (f for f in ordered if f.kind is FactKind.SLEEP_STARTED):
+        wake = next((w for w in wakes if w.time_ns >= sleep.time_ns), None)
+        if wake is not None:
+            wakes.remove(wake)
+        end_ns = wake.time_ns if wake is not None else root_end
+        spans.append(
+            SpanRecord(
+                trace_id=trace_id,
+                span_id=span_id_for(run, "sleep", sleep.event_id),
+                parent_span_id=root_id,
+                name=c.SLEEP_SPAN_NAME,
+                kind=SpanKind.INTERNAL,
+                start_ns=sleep.time_ns,
+                end_ns=None if end_ns is None else max(end_ns, sleep.time_ns),
+                attributes={k: v for k, v in sleep.attributes.items() if k != c.WORKFLOW_EVENT_ID},
+            )
+        )
+    return spans
+
+
+def _late_facts(run: RunIdentity, ordered: list[Fact], emitted: dict[str, int]) -> list[Fact]:
+    """Step facts that arrived after their attempt's span had been sent."""
+    late = []
+    for f in ordered:
+        if f.kind not in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) or f.cached:
+            continue
+        if f.step is None or f.attempt is None:
+            continue
+        sent_at = emitted.get(attempt_span_id(run, f.step, f.attempt).hex())
+        if sent_at is not None and f.seq > sent_at:
+            late.append(f)
+    return late
+
+
+def _step_attributes(f: Fact) -> dict[str, AttributeValue]:
+    attributes = dict(f.attributes)
+    if f.step is not None:
+        attributes[c.WORKFLOW_TASK_NAME] = f.step
+    if f.attempt is not None:
+        attributes[c.WORKFLOW_TASK_ATTEMPT] = f.attempt
+    if f.duration_ms is not None:
+        attributes[c.WORKFLOW_TASK_DURATION_MS] = f.duration_ms
+    return attributes
+
+
+def _root_span(
+    run: RunRef,
+    trace_id: bytes,
+    root_id: bytes,
+    ordered: list[Fact],
+    start_ns: int,
+    end_ns: int | None,
+    ended: Fact | None,
+    attempts: dict[tuple[str, int], _Attempt],
+    late: list[Fact],
+) -> SpanRecord:
+    attributes: dict[str, AttributeValue] = {
+        c.WORKFLOW_DEFINITION_NAME: run.name,
+        c.WORKFLOW_EXECUTION_ID: run.run_id,
+        c.WORKFLOW_PLATFORM_NAME: run.engine,
+    }
+    if run.correlation_id:
+        attributes[c.WORKFLOW_EXECUTION_CORRELATION_ID] = run.correlation_id
+    for f in ordered:
+        if f.kind in _RUN_START_KINDS and c.WORKFLOW_EXECUTION_INPUT in f.attributes:
+            attributes[c.WORKFLOW_EXECUTION_INPUT] = f.attributes[c.WORKFLOW_EXECUTION_INPUT]
+            break
+
+    events = [SpanEvent(f.name, f.time_ns, dict(f.attributes)) for f in ordered if f.kind in _ROOT_EVENT_KINDS]
+    events.extend(
+        SpanEvent(c.STEP_CACHED_EVENT, f.time_ns, _step_attributes(f) | {c.WORKFLOW_TASK_CACHED: True})
+        for f in ordered
+        if f.kind is FactKind.ATTEMPT_ENDED and f.cached
+    )
+    events.extend(SpanEvent(f.name, f.time_ns, _step_attributes(f) | {c.WORKFLOW_LATE_EVENT: True}) for f in late)
+
+    status, message = SpanStatus.UNSET, ""
+    if ended is not None:
+        attributes.update(ended.attributes)
+        attributes.pop(c.WORKFLOW_EVENT_ID, None)
+        result = _run_result(ended, attempts)
+        attributes[c.WORKFLOW_EXECUTION_RESULT] = result
+        if ended.outcome is Outcome.SUCCESS:
+            status = SpanStatus.OK
+        elif ended.outcome is Outcome.FAILURE:
+            status = SpanStatus.ERROR
+            message = (ended.error.message if ended.error else "") or "workflow failed"
+            attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if result == c.RESULT_TIMEOUT else _error_type(ended.error)
+            events.append(_exception_event(ended.time_ns, message, ended.error))
+        elif ended.reason:
+            attributes[c.WORKFLOW_EXECUTION_CANCEL_REASON] = ended.reason
+    elif end_ns is not None:
+        attributes[c.WORKFLOW_EXECUTION_INCOMPLETE] = True
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=root_id,
+        parent_span_id=None,
+        name=c.ROOT_SPAN_PREFIX + run.name,
+        kind=SpanKind.SERVER,
+        start_ns=start_ns,
+        end_ns=None if end_ns is None else max(end_ns, start_ns),
+        status=status,
+        status_message=message,
+        attributes=attributes,
+        events=sorted(events, key=lambda e: e.time_ns),
+    )
+
+
+def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:
+    if ended.outcome is Outcome.SUCCESS:
+        return c.RESULT_SUCCESS
+    if ended.outcome is Outcome.CANCELLATION:
+        return c.RESULT_CANCELLATION
+    timed_out = any(a.end is not None and a.end.closes_attempt is Outcome.TIMEOUT for a in attempts.values())
+    return c.RESULT_TIMEOUT if timed_out else c.RESULT_FAILURE

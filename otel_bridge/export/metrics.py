@@ -1,0 +1,210 @@
+"""Metric instruments, one MeterProvider per producer.
+
+Each producer (serviceKey, env) is its own OTLP resource, so it gets its own
+MeterProvider; aggregation stays the SDK's job. Every provider has a pull reader
+that both the periodic OTLP export and the Prometheus endpoint collect from, so
+one thread serves any number of producers.
+"""
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions
+from opentelemetry.metrics import Observation as ApiObservation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource as SdkResource
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.outputs import Observation, Resource
+
+# 5 ms to 7 days: workflows sleep for days, and the SDK default stops at 10 s.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+    1800, 3600, 7200, 21600, 43200, 86400, 172800, 345600, 604800,
+)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    kind: str  # counter | updowncounter | histogram
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None
+
+
+INSTRUMENTS: dict[str, InstrumentSpec] = {
+    c.M_WORKFLOW_EXECUTION_DURATION: InstrumentSpec(
+        "histogram",
+        "s",
+        "Workflow run time, by state: queue wait (pending) and start to end (executing)",
+        DURATION_BUCKETS,
+    ),
+    c.M_WORKFLOW_EXECUTION_ACTIVE: InstrumentSpec("updowncounter", "{execution}", "Workflow runs now open, by state"),
+    c.M_WORKFLOW_EXECUTION_ERRORS: InstrumentSpec("counter", "{error}", "Workflow runs that failed, by failing step"),
+    c.M_WORKFLOW_TASK_DURATION: InstrumentSpec(
+        "histogram", "s", "Step attempt duration (cached replays excluded)", DURATION_BUCKETS
+    ),
+    c.M_WORKFLOW_TASK_RETRIES: InstrumentSpec("counter", "{retry}", "Step retries scheduled"),
+    c.M_WORKFLOW_TASK_TIMEOUTS: InstrumentSpec("counter", "{timeout}", "Step timeouts exceeded"),
+    c.M_WORKFLOW_SLEEP_DURATION: InstrumentSpec("histogram", "s", "Workflow sleep duration", DURATION_BUCKETS),
+    c.M_JOB_EXECUTIONS: InstrumentSpec("counter", "{execution}", "Job executions, by result"),
+    c.M_JOB_EXECUTION_DURATION: InstrumentSpec("histogram", "s", "Job execution duration", DURATION_BUCKETS),
+    c.M_JOB_RETRY_EXHAUSTED: InstrumentSpec("counter", "{job}", "Jobs whose retries were exhausted"),
+    c.M_JOB_TERMINATIONS: InstrumentSpec("counter", "{job}", "Job instances terminated"),
+    c.M_JOB_INSTANCE_ACTIVE: InstrumentSpec("updowncounter", "{instance}", "Continuous job instances running"),
+    c.M_JOB_DEBOUNCE_FLUSH_SIZE: InstrumentSpec("histogram", "{event}", "Events per debounce flush", SIZE_BUCKETS),
+    c.M_JOB_DEBOUNCE_FLUSH_DURATION: InstrumentSpec("histogram", "s", "Debounce collection window", DURATION_BUCKETS),
+    c.M_JOB_TASK_SCHEDULED: InstrumentSpec("counter", "{schedule}", "Task executions scheduled, by trigger"),
+    c.M_JOB_TASK_SCHEDULE_DELAY: InstrumentSpec(
+        "histogram", "s", "Time from scheduling to the scheduled execution", DURATION_BUCKETS
+    ),
+    # The bridge's own telemetry
+    c.M_BRIDGE_EVENTS_RECEIVED: InstrumentSpec("counter", "{event}", "Events received"),
+    c.M_BRIDGE_EVENTS_ACCEPTED: InstrumentSpec("counter", "{event}", "Events accepted into the store"),
+    c.M_BRIDGE_EVENTS_REJECTED: InstrumentSpec("counter", "{event}", "Events rejected as invalid (dead-lettered)"),
+    c.M_BRIDGE_EVENTS_DUPLICATE: InstrumentSpec(
+        "counter", "{event}", "Events ignored as duplicates (same event id, or the same fact re-emitted)"
+    ),
+    c.M_BRIDGE_EVENTS_LATE: InstrumentSpec(
+        "counter", "{event}", "Events that arrived after their run's trace was sent"
+    ),
+    c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec("counter", "{run}", "Runs closed as incomplete after max_open"),
+    c.M_BRIDGE_SPANS_EXPORTED: InstrumentSpec("counter", "{span}", "Spans acknowledged by the OTLP backend"),
+    c.M_BRIDGE_EXPORT_FAILURES: InstrumentSpec("counter", "{failure}", "Failed OTLP export attempts"),
+    c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
+        "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS
+    ),
+}
+
+
+class NameLimiter:
+    """A bounded allow-list of producer-given names: past `limit` values per key, `_OTHER`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, value: str) -> str:
+        known = self._seen.get(key)
+        if known is not None and value in known:
+            return value
+        with self._lock:
+            known = self._seen.setdefault(key, set())
+            if value in known:
+                return value
+            if len(known) >= self._limit:
+                return c.OVERFLOW_VALUE
+            known.add(value)
+            return value
+
+
+@dataclass(slots=True)
+class _Producer:
+    provider: MeterProvider
+    reader: InMemoryMetricReader
+    instruments: dict[str, object]
+
+
+def _exemplar_context(trace_id: bytes, span_id: bytes) -> Context:
+    span_context = SpanContext(
+        int.from_bytes(trace_id), int.from_bytes(span_id), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+class MetricsHub:
+    """Records observations into per-producer MeterProviders and collects them all."""
+
+    def __init__(self, max_names: int = 200, bridge_env: str = "") -> None:
+        self._names = NameLimiter(max_names)
+        self._producers: dict[Resource | None, _Producer] = {}
+        self._lock = threading.Lock()
+        self._bridge_env = bridge_env
+        self._gauges: list[tuple[str, Callable[[], float]]] = []
+
+    def _producer(self, resource: Resource | None) -> _Producer:
+        producer = self._producers.get(resource)
+        if producer is not None:
+            return producer
+        with self._lock:
+            producer = self._producers.get(resource)
+            if producer is None:
+                attributes = (
+                    {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
+                    if resource is None
+                    else {c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env}
+                )
+                if resource is None and self._bridge_env:
+                    attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
+                reader = InMemoryMetricReader()
+                provider = MeterProvider(resource=SdkResource.create(attributes), metric_readers=[reader])
+                producer = _Producer(provider, reader, {})
+                self._producers[resource] = producer
+        return producer
+
+    def _instrument(self, producer: _Producer, name: str) -> object:
+        instrument = producer.instruments.get(name)
+        if instrument is None:
+            spec = INSTRUMENTS[name]
+            meter = producer.provider.get_meter(c.SCOPE_NAME)
+            if spec.kind == "counter":
+                instrument = meter.create_counter(name, spec.unit, spec.description)
+            elif spec.kind == "updowncounter":
+                instrument = meter.create_up_down_counter(name, spec.unit, spec.description)
+            else:
+                instrument = meter.create_histogram(
+                    name, spec.unit, spec.description, explicit_bucket_boundaries_advisory=spec.buckets
+                )
+            producer.instruments[name] = instrument
+        return instrument
+
+    def record(self, observations: Iterable[Observation]) -> None:
+        for o in observations:
+            producer = self._producer(o.resource)
+            instrument = self._instrument(producer, o.instrument)
+            attributes = {
+                key: self._names(key, value) if key in c.BOUNDED_NAME_ATTRIBUTES else value
+                for key, value in o.attributes
+            }
+            context = _exemplar_context(o.trace_id, o.span_id) if o.trace_id and o.span_id else None
+            if INSTRUMENTS[o.instrument].kind == "histogram":
+                instrument.record(o.value, attributes, context=context)  # type: ignore[attr-defined]
+            else:
+                instrument.add(o.value, attributes, context=context)  # type: ignore[attr-defined]
+
+    def bridge(self, instrument: str, value: float = 1, **attributes: str) -> None:
+        """Record one of the bridge's own measurements."""
+        if value:
+            self.record([Observation(instrument, value, tuple(attributes.items()), None)])  # type: ignore[arg-type]
+
+    def gauge(self, name: str, unit: str, description: str, read: Callable[[], float]) -> None:
+        """An observable gauge of the bridge itself, read at each collection."""
+
+        def observe(_options: CallbackOptions) -> list[ApiObservation]:
+            return [ApiObservation(read())]
+
+        meter = self._producer(None).provider.get_meter(c.SCOPE_NAME)
+        meter.create_observable_gauge(name, [observe], unit, description)
+
+    def collect(self) -> list[MetricsData]:
+        with self._lock:
+            producers = list(self._producers.values())
+        out = []
+        for producer in producers:
+            data = producer.reader.get_metrics_data()
+            if data is not None and data.resource_metrics:
+                out.append(data)
+        return out
+
+    def shutdown(self) -> None:
+        with self._lock:
+            producers = list(self._producers.values())
+        for producer in producers:
+            producer.provider.shutdown()

@@ -1,0 +1,145 @@
+"""The engine-neutral lifecycle vocabulary.
+
+Sources translate their wire formats into these records; everything downstream
+(correlation, state, export) speaks only this vocabulary, so a new engine is a
+new source module and nothing else.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from otel_bridge.ids import RunIdentity
+
+AttributeValue = str | bool | int | float | list[str]
+
+
+class FactKind(StrEnum):
+    RUN_QUEUED = "run.queued"
+    RUN_STARTED = "run.started"
+    RUN_PAUSED = "run.paused"
+    RUN_RESUMED = "run.resumed"
+    RUN_ENDED = "run.ended"
+    ATTEMPT_STARTED = "attempt.started"
+    ATTEMPT_ENDED = "attempt.ended"
+    SLEEP_STARTED = "sleep.started"
+    SLEEP_ENDED = "sleep.ended"
+    # Something that happened to the run or a step (retry, timeout, ...): a span
+    # event, and, when `closes_attempt` is set, the end of the attempt it names.
+    ANNOTATION = "annotation"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLATION = "cancellation"
+    TIMEOUT = "timeout"
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    type: str | None = None
+    stacktrace: str | None = None
+    step: str | None = None
+    attempt: int | None = None
+
+
+class RunRef(BaseModel):
+    """A run as the source knows it: its identity plus the names shown to people."""
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: str
+    env: str
+    service: str
+    run_id: str
+    name: str
+    correlation_id: str | None = None
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.engine, self.env, self.service, self.run_id)
+
+    @property
+    def state_key(self) -> str:
+        return "\x1f".join(("run", self.engine, self.env, self.service, self.run_id))
+
+
+class Fact(BaseModel):
+    """One thing that happened in a run, at `time_ns` (Unix epoch nanoseconds)."""
+
+    event_id: str
+    time_ns: int
+    kind: FactKind
+    # The producer's name for it (e.g. "retry.scheduled"): span events carry it.
+    name: str
+    step: str | None = None
+    attempt: int | None = None
+    outcome: Outcome | None = None
+    closes_attempt: Outcome | None = None
+    error: ErrorInfo | None = None
+    duration_ms: float | None = None
+    cached: bool = False
+    reason: str | None = None
+    attributes: dict[str, AttributeValue] = {}
+    # Arrival order inside the run, set by the fold: tells whether a fact came
+    # before or after the span it belongs to was sent.
+    seq: int = 0
+
+    @property
+    def order(self) -> tuple[int, str]:
+        # Timestamps share milliseconds; the UUIDv7 event id breaks ties in
+        # emission order.
+        return (self.time_ns, self.event_id)
+
+
+class WorkflowRecord(BaseModel):
+    run: RunRef
+    fact: Fact
+
+
+class JobKind(StrEnum):
+    STARTED = "started"
+    EXECUTED = "executed"
+    FAILED = "failed"
+    RETRY_EXHAUSTED = "retry_exhausted"
+    TERMINATED = "terminated"
+    DEBOUNCE_STARTED = "debounce_started"
+    DEBOUNCE_FLUSHED = "debounce_flushed"
+    TASK_SCHEDULED = "task_scheduled"
+
+
+class JobRecord(BaseModel):
+    """One job lifecycle observation."""
+
+    event_id: str
+    time_ns: int
+    kind: JobKind
+    engine: str
+    env: str
+    service: str
+    instance_id: str
+    job_name: str
+    job_type: str
+    duration_ms: float | None = None
+    count: int | None = None
+    reason: str | None = None
+    trigger: str | None = None
+    scheduled_at_ns: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "\x1f".join(("job", self.engine, self.env, self.service, self.instance_id))
+
+
+LifecycleRecord = WorkflowRecord | JobRecord
+
+
+def event_id_of(record: LifecycleRecord) -> str:
+    return record.fact.event_id if isinstance(record, WorkflowRecord) else record.event_id
+
+
+def state_key_of(record: LifecycleRecord) -> str:
+    return record.run.state_key if isinstance(record, WorkflowRecord) else record.state_key

@@ -1,0 +1,242 @@
+"""The ingest pipeline: decode -> one store transaction of folds -> outputs.
+
+Receivers hand raw events here; nothing here knows about HTTP or files. One
+batch is one transaction: drop event ids already seen, fold the rest into run
+state, commit; only then are metric observations recorded and the batch answered.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_bridge import conventions as c
+from otel_bridge.config import Settings
+from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
+from otel_bridge.correlate.outputs import Observation, Resource
+from otel_bridge.correlate.runs import Admission, RunState, fold, settle
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.span_encoding import encode_span, resource_key
+from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
+from otel_bridge.sources.durable_effect import DecodeError, DecodeOptions, decode
+from otel_bridge.state.store import Store
+
+log = logging.getLogger(__name__)
+
+_SETTLE_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    event_id: str | None
+    field: str
+    reason: str
+
+    @property
+    def error(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "eventId": self.event_id, "field": self.field, "error": self.error}
+
+
+@dataclass(slots=True)
+class IngestReport:
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "rejected": [r.as_dict() for r in self.rejected],
+        }
+
+
+def _raw_event_id(raw: Any) -> str | None:
+    value = raw.get("eventId") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _is_job(key: str) -> bool:
+    return key.startswith("job\x1f")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        metrics: MetricsHub,
+        settings: Settings,
+        on_spans: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self._on_spans = on_spans
+        self._clock = clock
+        self._decode_options = DecodeOptions(
+            capture_input=settings.capture_input,
+            max_input_bytes=settings.max_input_bytes,
+            redact_keys=frozenset(settings.redact_keys),
+        )
+
+    def decode(self, events: Sequence[Any]) -> tuple[list[LifecycleRecord], list[Rejection]]:
+        records: list[LifecycleRecord] = []
+        rejected: list[Rejection] = []
+        for index, raw in enumerate(events):
+            try:
+                records.append(decode(raw, self._decode_options))
+            except DecodeError as exc:
+                rejected.append(Rejection(index, _raw_event_id(raw), exc.field, exc.reason))
+        return records, rejected
+
+    def ingest(self, events: Sequence[Any]) -> IngestReport:
+        """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
+        started = time.perf_counter()
+        records, rejected = self.decode(events)
+        report = self.ingest_records(records)
+        report.rejected = rejected
+        self.metrics.bridge(c.M_BRIDGE_EVENTS_RECEIVED, len(events))
+        self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(rejected))
+        self.metrics.bridge(c.M_BRIDGE_INGEST_DURATION, time.perf_counter() - started)
+        return report
+
+    def ingest_records(self, records: Sequence[LifecycleRecord]) -> IngestReport:
+        report = IngestReport()
+        unique: dict[str, LifecycleRecord] = {}
+        for record in records:
+            unique.setdefault(event_id_of(record), record)
+        report.duplicates = len(records) - len(unique)
+        observations: list[Observation] = []
+        late: list[str] = []
+        now = self._clock()
+        with self.store.transaction() as tx:
+            fresh = tx.unseen(list(unique))
+            report.duplicates += len(unique) - len(fresh)
+            states: dict[str, tuple[RunState | JobState | None, float | None]] = {}
+            for event_id, record in unique.items():
+                if event_id not in fresh:
+                    continue
+                key = state_key_of(record)
+                if key not in states:
+                    states[key] = self._load(tx.load(key), key)
+                state, due = states[key]
+                if isinstance(record, WorkflowRecord):
+                    result = fold(state, record.run, record.fact)  # type: ignore[arg-type]
+                    state = result.state
+                    observations += result.observations
+                    if result.admission is Admission.REPEATED:
+                        report.duplicates += 1
+                        continue
+                    if result.admission is Admission.LATE:
+                        late.append(event_id)
+                        continue
+                    due = self._run_due(due, now)
+                else:
+                    state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
+                    observations += job_observations
+                    due = now + self.settings.dedup_ttl_seconds if state.terminated else None
+                states[key] = (state, due)
+                report.accepted += 1
+            for key, (state, due) in states.items():
+                if state is not None:
+                    tx.save(key, state.model_dump_json().encode(), due)
+            tx.mark_seen(fresh, now)
+        report.late = len(late)
+        for event_id in late:
+            log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
+        self.metrics.record(observations)
+        self.metrics.bridge(c.M_BRIDGE_EVENTS_ACCEPTED, report.accepted)
+        self.metrics.bridge(c.M_BRIDGE_EVENTS_DUPLICATE, report.duplicates)
+        self.metrics.bridge(c.M_BRIDGE_EVENTS_LATE, report.late)
+        return report
+
+    @staticmethod
+    def _load(loaded: tuple[bytes, float | None] | None, key: str) -> tuple[RunState | JobState | None, float | None]:
+        if loaded is None:
+            return None, None
+        blob, due = loaded
+        model = JobState if _is_job(key) else RunState
+        return model.model_validate_json(blob), due
+
+    def _run_due(self, due: float | None, now: float) -> float:
+        # Settle after the first unsettled event, not the last: a busy run still
+        # gets its spans out every settle window.
+        candidate = now + self.settings.settle_seconds
+        return due if due is not None and due <= candidate else candidate
+
+    def settle_due(self, horizon: float | None = None) -> int:
+        """Send the spans of every run whose settle window ended by `horizon` (default: now)."""
+        now = self._clock()
+        horizon = now if horizon is None else horizon
+        max_open_ns = int(self.settings.max_open_seconds * 1e9)
+        done: set[str] = set()
+        sent = 0
+        while True:
+            observations: list[Observation] = []
+            incomplete = 0
+            with self.store.transaction() as tx:
+                keys = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
+                for key in keys:
+                    done.add(key)
+                    loaded = tx.load(key)
+                    if loaded is None:
+                        continue
+                    if _is_job(key):
+                        tx.delete(key)
+                        continue
+                    state = RunState.model_validate_json(loaded[0])
+                    if state.closed:
+                        tx.delete(key)
+                        continue
+                    result = settle(state, int(now * 1e9), max_open_ns)
+                    if result.spans:
+                        rk = resource_key(Resource(state.run.service, state.run.env))
+                        limit = self.settings.attribute_value_limit
+                        tx.outbox_add((rk, encode_span(span, limit)) for span in result.spans)
+                        sent += len(result.spans)
+                    observations += result.observations
+                    incomplete += result.incomplete
+                    if state.closed:
+                        due = now + self.settings.dedup_ttl_seconds
+                    else:
+                        due = max((state.first_time_ns or 0) / 1e9 + self.settings.max_open_seconds, now)
+                    tx.save(key, state.model_dump_json().encode(), due)
+            self.metrics.record(observations)
+            self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, incomplete)
+            if not keys:
+                break
+        if sent:
+            self._on_spans()
+        return sent
+
+    def restore_gauges(self) -> None:
+        """After a restart, count the runs and job instances that are still open in the active gauges."""
+        observations = []
+        for key, blob in self.store.states():
+            if _is_job(key):
+                job = JobState.model_validate_json(blob)
+                if job.counted:
+                    observations.append(active_instance(job))
+                continue
+            state = RunState.model_validate_json(blob)
+            if state.counted_state is not None and not state.closed:
+                observations.append(
+                    Observation(
+                        c.M_WORKFLOW_EXECUTION_ACTIVE,
+                        1,
+                        (
+                            (c.WORKFLOW_DEFINITION_NAME, state.run.name),
+                            (c.WORKFLOW_EXECUTION_STATE, state.counted_state),
+                        ),
+                        Resource(state.run.service, state.run.env),
+                    )
+                )
+        self.metrics.record(observations)

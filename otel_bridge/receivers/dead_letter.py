@@ -1,0 +1,37 @@
+"""Rejected events, kept with the reason so nothing is silently lost.
+
+A JSONL file rotated by size with the standard library's RotatingFileHandler.
+"""
+
+import datetime as dt
+import logging
+import logging.handlers
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class DeadLetters:
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._logger = logging.Logger(f"otel_bridge.dead_letter.{path}")
+        self._logger.propagate = False
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(handler)
+
+    def keep(self, receiver: str, rejected: Iterable[tuple[dict[str, Any], Any]]) -> None:
+        """Append each (rejection, original event) pair as one JSON line."""
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        for rejection, event in rejected:
+            line = {"at": at, "receiver": receiver, **rejection, "event": event}
+            self._logger.error(orjson.dumps(line, default=repr).decode())
+
+    def close(self) -> None:
+        for handler in self._logger.handlers:
+            handler.close()

@@ -1,0 +1,189 @@
+"""The HTTP tracker endpoint: what a durable-effect HTTP batch tracker POSTs to.
+
+The producer re-sends a batch three times on any non-2xx and then drops it, so a
+batch whose envelope is valid is always answered 200, with the bad events listed
+(and dead-lettered) beside the count of accepted ones. Only a body that is not a
+batch at all gets a 4xx. The ASGI app runs on uvicorn.
+"""
+
+import hmac
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from otel_bridge.export.prometheus import OtelCollector
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.runtime import Bridge
+from otel_bridge.state.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_JSON_TYPES = ("application/json", "text/json", "application/x-ndjson")
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Authenticator:
+    """An optional shared secret in a named header, or a bearer token; compared in constant time."""
+
+    def __init__(self, header: str, api_key: str | None, bearer: str | None) -> None:
+        self._header = header
+        self._api_key = api_key.encode() if api_key else None
+        self._bearer = bearer.encode() if bearer else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._api_key is not None or self._bearer is not None
+
+    def allows(self, request: Request) -> bool:
+        if not self.enabled:
+            return True
+        if self._api_key is not None:
+            given = request.headers.get(self._header)
+            if given is not None and hmac.compare_digest(given.encode(), self._api_key):
+                return True
+        if self._bearer is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._bearer):
+                return True
+        return False
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, never holding more than `limit` bytes of either form."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _Reject(413, f"body of {length} bytes is over the limit of {limit} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip", ""):
+        raise _Reject(415, f"unsupported Content-Encoding {encoding!r}: send identity or gzip")
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise _Reject(413, f"body is over the limit of {limit} bytes")
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(bytes(chunks), limit)
+    return bytes(chunks)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise _Reject(400, f"body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _Reject(413, f"decompressed body is over the limit of {limit} bytes")
+    if not inflater.eof:
+        raise _Reject(400, "body is not valid gzip: truncated stream")
+    return out
+
+
+def parse_envelope(body: bytes) -> list[Any]:
+    """The `events` list of a `{"events": [...]}` body, or a 400 naming what is wrong."""
+    if not body.strip():
+        raise _Reject(400, 'empty body: expected {"events": [...]}')
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _Reject(400, f'body must be a JSON object {{"events": [...]}}, not {type(payload).__name__}')
+    if "events" not in payload:
+        raise _Reject(400, 'body has no "events" field: expected {"events": [...]}')
+    events = payload["events"]
+    if not isinstance(events, list):
+        raise _Reject(400, f'"events" must be an array, not {type(events).__name__}')
+    return events
+
+
+def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
+    settings = bridge.settings
+    auth = Authenticator(
+        settings.api_key_header,
+        settings.api_key.get_secret_value() if settings.api_key else None,
+        settings.bearer_token.get_secret_value() if settings.bearer_token else None,
+    )
+    dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OtelCollector(bridge.metrics.collect))
+
+    async def ingest(request: Request) -> Response:
+        if not auth.allows(request):
+            return _problem(401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in _JSON_TYPES:
+            return _problem(415, f"unsupported Content-Type {content_type!r}: send application/json")
+        try:
+            events = parse_envelope(await read_body(request, settings.max_body_bytes))
+            report = await run_in_threadpool(bridge.pipeline.ingest, events)
+        except _Reject as exc:
+            return _problem(exc.status, str(exc), exc.headers)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable, asking the producer to retry: %s", exc)
+            return _problem(503, "state store unavailable, retry later", {"Retry-After": "2"})
+        if report.rejected:
+            await run_in_threadpool(
+                dead_letters.keep, "http", [(r.as_dict(), events[r.index]) for r in report.rejected]
+            )
+        return Response(orjson.dumps(report.as_dict()), media_type="application/json")
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        if not bridge.ready:
+            return _problem(503, "not ready")
+        try:
+            depth = await run_in_threadpool(bridge.store.outbox_depth)
+        except Exception as exc:  # the store is the one dependency that makes us unready
+            return _problem(503, f"state store unavailable: {exc}")
+        return JSONResponse({"status": "ready", "outbox": depth})
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = await run_in_threadpool(encoder, registry)
+        return Response(body, media_type=content_type)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette):
+        if manage_lifecycle:
+            bridge.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await run_in_threadpool(bridge.stop)
+            dead_letters.close()
+
+    routes = [
+        Route(settings.path, ingest, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+Handler = Callable[[Request], Awaitable[Response]]

@@ -1,0 +1,90 @@
+"""`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline."""
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from tqdm import tqdm
+
+from otel_bridge.pipeline import Rejection
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.runtime import Bridge
+
+BATCH = 1000
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    lines: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    # (line number, rejection)
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+
+    def render(self, max_reasons: int = 20) -> str:
+        out = [
+            f"lines: {self.lines}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
+            f"late: {self.late}  rejected: {len(self.rejected)}"
+        ]
+        for line, r in self.rejected[:max_reasons]:
+            out.append(f"  line {line}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
+        if len(self.rejected) > max_reasons:
+            out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
+        return "\n".join(out)
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line
+
+
+def replay(bridge: Bridge, source: str, dead_letters: DeadLetters, progress: bool = True) -> ReplaySummary:
+    summary = ReplaySummary()
+    stream: IO[bytes] = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
+    total = None if source == "-" else Path(source).stat().st_size
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", disable=not progress, file=sys.stderr)
+    try:
+        batch: list[Any] = []
+        numbers: list[int] = []
+
+        def flush() -> None:
+            report = bridge.pipeline.ingest(batch)
+            summary.accepted += report.accepted
+            summary.duplicates += report.duplicates
+            summary.late += report.late
+            kept = []
+            for r in report.rejected:
+                summary.rejected.append((numbers[r.index], r))
+                kept.append(({"line": numbers[r.index], **r.as_dict()}, batch[r.index]))
+            dead_letters.keep(f"replay:{source}", kept)
+            batch.clear()
+            numbers.clear()
+
+        for number, line in _lines(stream):
+            summary.lines += 1
+            bar.update(len(line))
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                rejection = Rejection(-1, None, "", f"line is not valid JSON: {exc}")
+                summary.rejected.append((number, rejection))
+                dead_letters.keep(
+                    f"replay:{source}", [({"line": number, "error": rejection.error}, line.decode(errors="replace"))]
+                )
+                continue
+            batch.append(event)
+            numbers.append(number)
+            if len(batch) >= BATCH:
+                flush()
+        if batch:
+            flush()
+    finally:
+        bar.close()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return summary

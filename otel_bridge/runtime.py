@@ -1,0 +1,128 @@
+"""The running bridge: store, pipeline and the background loops that settle and export.
+
+Receivers (HTTP, replay) are given a started Bridge; `stop()` drains it: runs
+waiting in their settle window are settled, the outbox is exported and metrics
+are pushed one last time.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from otel_bridge import conventions as c
+from otel_bridge.config import Settings
+from otel_bridge.export import otlp
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.outbox_drain import OutboxDrain
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import Store
+
+log = logging.getLogger(__name__)
+
+_PURGE_EVERY = 60.0
+
+try:
+    VERSION = version("otel-bridge")
+except PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+def open_store(state: str) -> Store:
+    if state.startswith(("redis://", "rediss://")):
+        raise ValueError("the Redis state store is not available in this version: use a SQLite file path")
+    return SqliteStore(state)
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        trace_sender: otlp.TraceSender | None = None,
+        metric_sender: otlp.MetricSender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = open_store(settings.state)
+        self.metrics = MetricsHub(settings.max_names)
+        self.trace_sender = trace_sender or otlp.trace_sender()
+        self.metric_sender = metric_sender or otlp.metric_sender()
+        self.drain = OutboxDrain(
+            self.store,
+            self.trace_sender,
+            self.metrics,
+            settings.export_batch_size,
+            settings.export_delay_ms / 1000,
+            VERSION,
+        )
+        self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
+        self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ready = False
+
+    def start(self) -> "Bridge":
+        self.pipeline.restore_gauges()
+        for name, target in (
+            ("settle", self._settle_loop),
+            ("trace-export", lambda: self.drain.run(self._stop)),
+            ("metric-export", self._metric_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.ready = True
+        return self
+
+    def _settle_loop(self) -> None:
+        tick = min(max(self.settings.settle_seconds / 4, 0.05), 0.25)
+        last_purge = 0.0
+        while not self._stop.wait(tick):
+            try:
+                self.pipeline.settle_due()
+                if time.monotonic() - last_purge > _PURGE_EVERY:
+                    last_purge = time.monotonic()
+                    self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
+            except Exception:
+                log.exception("settle loop failed; retrying")
+
+    def export_metrics(self) -> bool:
+        data = otlp.merge_metrics(self.metrics.collect())
+        if data is None:
+            return True
+        try:
+            ok = self.metric_sender.send(data)
+        except Exception:
+            log.exception("OTLP metric export raised")
+            ok = False
+        if not ok:
+            self.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="metrics")
+        return ok
+
+    def _metric_loop(self) -> None:
+        interval = self.settings.metric_export_interval_ms / 1000
+        while not self._stop.wait(interval):
+            self.export_metrics()
+
+    def stop(self) -> None:
+        """Settle what is waiting, export it and the metrics, then close."""
+        self.ready = False
+        self._stop.set()
+        self.drain.wake()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        try:
+            self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
+            if not self.drain.drain(self.settings.drain_timeout_seconds):
+                log.warning(
+                    "%d spans still in the outbox at exit: they are kept and sent on the next start",
+                    self.store.outbox_depth(),
+                )
+            self.export_metrics()
+        finally:
+            self.trace_sender.shutdown()
+            self.metric_sender.shutdown()
+            self.metrics.shutdown()
+            self.store.close()

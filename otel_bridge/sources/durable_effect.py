@@ -1,0 +1,586 @@
+"""The durable-effect tracking events: wire models and their lifecycle meaning.
+
+The 24 event types of the engine's event guide, validated with pydantic as a
+union discriminated by `source`, then by `type`. The engine's real behaviour
+(PRODUCER_FACTS.md) shapes the decoding: `source` may be missing on old
+deployments, optional fields are absent rather than null, extra fields are
+tolerated, `retry.scheduled` replaces `step.failed` for retryable failures.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+from otel_bridge import conventions as c
+from otel_bridge.lifecycle import (
+    AttributeValue,
+    ErrorInfo,
+    Fact,
+    FactKind,
+    JobKind,
+    JobRecord,
+    LifecycleRecord,
+    Outcome,
+    RunRef,
+    WorkflowRecord,
+)
+
+ENGINE = c.PLATFORM_DURABLE_EFFECT
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class WireError(_Wire):
+    message: str
+    stack: str | None = None
+    step_name: str | None = None
+    attempt: int | None = None
+
+
+class _WorkflowBase(_Wire):
+    event_id: str = Field(min_length=1)
+    timestamp: datetime
+    source: Literal["workflow"] = "workflow"
+    workflow_id: str = Field(min_length=1)
+    workflow_name: str
+    execution_id: str | None = None
+    env: str
+    service_key: str
+
+
+class WorkflowStarted(_WorkflowBase):
+    type: Literal["workflow.started"]
+    input: Any = None
+
+
+class WorkflowQueued(_WorkflowBase):
+    type: Literal["workflow.queued"]
+    input: Any = None
+
+
+class WorkflowResumed(_WorkflowBase):
+    type: Literal["workflow.resumed"]
+
+
+class WorkflowPaused(_WorkflowBase):
+    type: Literal["workflow.paused"]
+    reason: Literal["sleep", "retry"]
+    resume_at: datetime | None = None
+    step_name: str | None = None
+
+
+class WorkflowCompleted(_WorkflowBase):
+    type: Literal["workflow.completed"]
+    completed_steps: list[str] = []
+    duration_ms: float | None = None
+
+
+class WorkflowFailed(_WorkflowBase):
+    type: Literal["workflow.failed"]
+    error: WireError
+    completed_steps: list[str] = []
+
+
+class WorkflowCancelled(_WorkflowBase):
+    type: Literal["workflow.cancelled"]
+    reason: str | None = None
+    completed_steps: list[str] = []
+
+
+class StepStarted(_WorkflowBase):
+    type: Literal["step.started"]
+    step_name: str
+    attempt: int
+
+
+class StepCompleted(_WorkflowBase):
+    type: Literal["step.completed"]
+    step_name: str
+    attempt: int
+    duration_ms: float
+    cached: bool = False
+
+
+class StepFailed(_WorkflowBase):
+    type: Literal["step.failed"]
+    step_name: str
+    attempt: int
+    error: WireError
+    will_retry: bool = False
+
+
+class RetryScheduled(_WorkflowBase):
+    type: Literal["retry.scheduled"]
+    step_name: str
+    attempt: int
+    next_attempt_at: datetime | None = None
+    delay_ms: float | None = None
+
+
+class RetryExhausted(_WorkflowBase):
+    type: Literal["retry.exhausted"]
+    step_name: str
+    attempts: int
+
+
+class SleepStarted(_WorkflowBase):
+    type: Literal["sleep.started"]
+    duration_ms: float
+    resume_at: datetime | None = None
+
+
+class SleepCompleted(_WorkflowBase):
+    type: Literal["sleep.completed"]
+    duration_ms: float
+
+
+class TimeoutSet(_WorkflowBase):
+    type: Literal["timeout.set"]
+    step_name: str
+    deadline: datetime | None = None
+    timeout_ms: float | None = None
+
+
+class TimeoutExceeded(_WorkflowBase):
+    type: Literal["timeout.exceeded"]
+    step_name: str
+    timeout_ms: float | None = None
+
+
+class _JobBase(_Wire):
+    event_id: str = Field(min_length=1)
+    timestamp: datetime
+    source: Literal["job"] = "job"
+    instance_id: str = Field(min_length=1)
+    job_type: Literal["continuous", "debounce", "task", "workerPool"]
+    job_name: str
+    env: str
+    service_key: str
+    id: str | None = None
+
+
+class JobStarted(_JobBase):
+    type: Literal["job.started"]
+    input: Any = None
+
+
+class JobExecuted(_JobBase):
+    type: Literal["job.executed"]
+    run_count: int
+    duration_ms: float
+    attempt: int = 1
+
+
+class JobFailed(_JobBase):
+    type: Literal["job.failed"]
+    error: WireError
+    run_count: int
+    attempt: int = 1
+    will_retry: bool = False
+
+
+class JobRetryExhausted(_JobBase):
+    type: Literal["job.retryExhausted"]
+    attempts: int
+    reason: Literal["max_attempts", "max_duration"]
+
+
+class JobTerminated(_JobBase):
+    type: Literal["job.terminated"]
+    reason: str | None = None
+    run_count: int = 0
+
+
+class DebounceStarted(_JobBase):
+    type: Literal["debounce.started"]
+    flush_at: datetime | None = None
+
+
+class DebounceFlushed(_JobBase):
+    type: Literal["debounce.flushed"]
+    event_count: int
+    reason: Literal["timeout", "maxEvents", "manual"]
+    duration_ms: float
+
+
+class TaskScheduled(_JobBase):
+    type: Literal["task.scheduled"]
+    scheduled_at: datetime
+    trigger: Literal["event", "execute", "idle", "error"]
+
+
+WorkflowEvent = Annotated[
+    WorkflowStarted
+    | WorkflowQueued
+    | WorkflowResumed
+    | WorkflowPaused
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+    | StepStarted
+    | StepCompleted
+    | StepFailed
+    | RetryScheduled
+    | RetryExhausted
+    | SleepStarted
+    | SleepCompleted
+    | TimeoutSet
+    | TimeoutExceeded,
+    Field(discriminator="type"),
+]
+
+JobEvent = Annotated[
+    JobStarted
+    | JobExecuted
+    | JobFailed
+    | JobRetryExhausted
+    | JobTerminated
+    | DebounceStarted
+    | DebounceFlushed
+    | TaskScheduled,
+    Field(discriminator="type"),
+]
+
+
+def _source_of(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    source = value.get("source")
+    if source is not None:
+        return source if isinstance(source, str) else None
+    # Deployments from before the `source` field existed.
+    if "workflowId" in value:
+        return "workflow"
+    if "instanceId" in value:
+        return "job"
+    return None
+
+
+TrackingEvent = Annotated[
+    Annotated[WorkflowEvent, Tag("workflow")] | Annotated[JobEvent, Tag("job")],
+    Discriminator(
+        _source_of,
+        custom_error_type="unknown_source",
+        custom_error_message="'source' must be 'workflow' or 'job' (or the event must carry workflowId or instanceId)",
+    ),
+]
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for union in (WorkflowEvent, JobEvent)
+    for model in union.__origin__.__args__  # type: ignore[attr-defined]
+)
+
+_adapter: TypeAdapter[Any] = TypeAdapter(TrackingEvent)
+
+
+class DecodeOptions(BaseModel):
+    """What a producer's payloads may reveal: inputs can hold personal data."""
+
+    capture_input: bool = False
+    max_input_bytes: int = 2048
+    redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
+
+
+class DecodeError(ValueError):
+    """An event that is not a valid durable-effect event; `field` names where."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def parse_event(raw: Any) -> Any:
+    """Validate one wire event, or raise DecodeError naming the first bad field."""
+    try:
+        return _adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise _decode_error(raw, exc) from None
+
+
+def _decode_error(raw: Any, exc: ValidationError) -> DecodeError:
+    if not isinstance(raw, dict):
+        return DecodeError("", f"an event must be a JSON object, not {type(raw).__name__}")
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    source = _source_of(raw)
+    # Drop the union tags pydantic puts in front of the field path.
+    if loc and loc[0] == source:
+        loc = loc[1:]
+    if loc and isinstance(raw, dict) and loc[0] == raw.get("type"):
+        loc = loc[1:]
+    if error["type"] == "union_tag_invalid":
+        return DecodeError("type", f"unknown event type {raw.get('type')!r} for source {source!r}")
+    if error["type"] == "union_tag_not_found":
+        return DecodeError("type", "missing")
+    if error["type"] == "unknown_source":
+        return DecodeError("source", error["msg"])
+    return DecodeError(".".join(loc), error["msg"])
+
+
+def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:
+    """One wire event -> one lifecycle record (raises DecodeError)."""
+    return to_lifecycle(parse_event(raw), options or DecodeOptions())
+
+
+def _ns(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _error(wire: WireError) -> ErrorInfo:
+    return ErrorInfo(
+        message=wire.message,
+        type=None,
+        stacktrace=wire.stack,
+        step=wire.step_name,
+        attempt=wire.attempt,
+    )
+
+
+def _redacted(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: "[REDACTED]" if k in keys else _redacted(v, keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, keys) for v in value]
+    return value
+
+
+def _input_attr(value: Any, options: DecodeOptions) -> dict[str, AttributeValue]:
+    if not options.capture_input or value is None:
+        return {}
+    text = orjson.dumps(_redacted(value, options.redact_keys), default=str).decode()
+    if len(text) > options.max_input_bytes:
+        text = text[: options.max_input_bytes] + "…"
+    return {c.WORKFLOW_EXECUTION_INPUT: text}
+
+
+def to_lifecycle(event: Any, options: DecodeOptions) -> LifecycleRecord:
+    if isinstance(event, _JobBase):
+        return _job_record(event)
+    return _workflow_record(event, options)
+
+
+def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
+    run = RunRef(
+        engine=ENGINE,
+        env=e.env,
+        service=e.service_key,
+        run_id=e.workflow_id,
+        name=e.workflow_name,
+        correlation_id=e.execution_id,
+    )
+    base = {"event_id": e.event_id, "time_ns": _ns(e.timestamp), "name": e.type}
+    match e:
+        case WorkflowStarted():
+            fact = Fact(kind=FactKind.RUN_STARTED, attributes=_input_attr(e.input, options), **base)
+        case WorkflowQueued():
+            fact = Fact(kind=FactKind.RUN_QUEUED, attributes=_input_attr(e.input, options), **base)
+        case WorkflowResumed():
+            fact = Fact(kind=FactKind.RUN_RESUMED, **base)
+        case WorkflowPaused():
+            fact = Fact(
+                kind=FactKind.RUN_PAUSED,
+                step=e.step_name,
+                reason=e.reason,
+                attributes=_attrs(
+                    **{
+                        c.WORKFLOW_PAUSE_REASON: e.reason,
+                        c.WORKFLOW_PAUSE_RESUME_AT: _iso(e.resume_at),
+                        c.WORKFLOW_TASK_NAME: e.step_name,
+                    }
+                ),
+                **base,
+            )
+        case WorkflowCompleted():
+            fact = Fact(
+                kind=FactKind.RUN_ENDED,
+                outcome=Outcome.SUCCESS,
+                duration_ms=e.duration_ms,
+                attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
+                **base,
+            )
+        case WorkflowFailed():
+            fact = Fact(
+                kind=FactKind.RUN_ENDED,
+                outcome=Outcome.FAILURE,
+                error=_error(e.error),
+                step=e.error.step_name,
+                attempt=e.error.attempt,
+                attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
+                **base,
+            )
+        case WorkflowCancelled():
+            fact = Fact(
+                kind=FactKind.RUN_ENDED,
+                outcome=Outcome.CANCELLATION,
+                reason=e.reason,
+                attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
+                **base,
+            )
+        case StepStarted():
+            fact = Fact(kind=FactKind.ATTEMPT_STARTED, step=e.step_name, attempt=e.attempt, **base)
+        case StepCompleted():
+            fact = Fact(
+                kind=FactKind.ATTEMPT_ENDED,
+                step=e.step_name,
+                attempt=e.attempt,
+                outcome=Outcome.SUCCESS,
+                duration_ms=e.duration_ms,
+                cached=e.cached,
+                **base,
+            )
+        case StepFailed():
+            fact = Fact(
+                kind=FactKind.ATTEMPT_ENDED,
+                step=e.step_name,
+                attempt=e.attempt,
+                outcome=Outcome.FAILURE,
+                error=_error(e.error),
+                attributes={"workflow.task.will_retry": e.will_retry},
+                **base,
+            )
+        case RetryScheduled():
+            fact = Fact(
+                kind=FactKind.ANNOTATION,
+                step=e.step_name,
+                attempt=e.attempt,
+                closes_attempt=Outcome.FAILURE,
+                attributes=_attrs(
+                    **{
+                        c.WORKFLOW_TASK_NAME: e.step_name,
+                        c.WORKFLOW_TASK_ATTEMPT: e.attempt,
+                        c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: _iso(e.next_attempt_at),
+                        c.WORKFLOW_RETRY_DELAY_MS: e.delay_ms,
+                    }
+                ),
+                **base,
+            )
+        case RetryExhausted():
+            # `attempts` counts attempts made; which attempt it closes is decided
+            # by time in the fold (the last one started before it).
+            fact = Fact(
+                kind=FactKind.ANNOTATION,
+                step=e.step_name,
+                closes_attempt=Outcome.FAILURE,
+                attributes={c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_RETRY_ATTEMPTS: e.attempts},
+                **base,
+            )
+        case SleepStarted():
+            fact = Fact(
+                kind=FactKind.SLEEP_STARTED,
+                duration_ms=e.duration_ms,
+                attributes=_attrs(
+                    **{
+                        c.WORKFLOW_SLEEP_DURATION_MS: e.duration_ms,
+                        c.WORKFLOW_SLEEP_RESUME_AT: _iso(e.resume_at),
+                    }
+                ),
+                **base,
+            )
+        case SleepCompleted():
+            fact = Fact(
+                kind=FactKind.SLEEP_ENDED,
+                duration_ms=e.duration_ms,
+                attributes={c.WORKFLOW_SLEEP_DURATION_MS: e.duration_ms},
+                **base,
+            )
+        case TimeoutSet():
+            fact = Fact(
+                kind=FactKind.ANNOTATION,
+                step=e.step_name,
+                attributes=_attrs(
+                    **{
+                        c.WORKFLOW_TASK_NAME: e.step_name,
+                        c.WORKFLOW_TIMEOUT_DEADLINE: _iso(e.deadline),
+                        c.WORKFLOW_TIMEOUT_MS: e.timeout_ms,
+                    }
+                ),
+                **base,
+            )
+        case TimeoutExceeded():
+            fact = Fact(
+                kind=FactKind.ANNOTATION,
+                step=e.step_name,
+                closes_attempt=Outcome.TIMEOUT,
+                attributes=_attrs(**{c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_TIMEOUT_MS: e.timeout_ms}),
+                **base,
+            )
+        case _:  # pragma: no cover - the union above is exhaustive
+            raise DecodeError("type", f"unhandled event type {e.type!r}")
+    fact.attributes[c.WORKFLOW_EVENT_ID] = e.event_id
+    return WorkflowRecord(run=run, fact=fact)
+
+
+_JOB_KINDS = {
+    "job.started": JobKind.STARTED,
+    "job.executed": JobKind.EXECUTED,
+    "job.failed": JobKind.FAILED,
+    "job.retryExhausted": JobKind.RETRY_EXHAUSTED,
+    "job.terminated": JobKind.TERMINATED,
+    "debounce.started": JobKind.DEBOUNCE_STARTED,
+    "debounce.flushed": JobKind.DEBOUNCE_FLUSHED,
+    "task.scheduled": JobKind.TASK_SCHEDULED,
+}
+
+
+def _job_record(e: Any) -> JobRecord:
+    extra: dict[str, Any] = {}
+    match e:
+        case JobExecuted():
+            extra = {"duration_ms": e.duration_ms, "count": e.run_count}
+        case JobFailed():
+            extra = {"count": e.run_count}
+        case JobRetryExhausted():
+            extra = {"count": e.attempts, "reason": e.reason}
+        case JobTerminated():
+            extra = {"count": e.run_count, "reason": e.reason}
+        case DebounceFlushed():
+            extra = {"count": e.event_count, "reason": e.reason, "duration_ms": e.duration_ms}
+        case TaskScheduled():
+            extra = {"trigger": e.trigger, "scheduled_at_ns": _ns(e.scheduled_at)}
+    return JobRecord(
+        event_id=e.event_id,
+        time_ns=_ns(e.timestamp),
+        kind=_JOB_KINDS[e.type],
+        engine=ENGINE,
+        env=e.env,
+        service=e.service_key,
+        instance_id=e.instance_id,
+        job_name=e.job_name,
+        job_type=e.job_type,
+        **extra,
+    )

@@ -1,0 +1,124 @@
+"""The default store: one SQLite file, WAL mode, nothing to install.
+
+WAL with synchronous=NORMAL survives a killed process without losing a committed
+transaction (it can lose the last ones on power loss, which a bridge fed by a
+retrying producer can afford). One connection behind a lock: SQLite has one
+writer at a time anyway, and ingest transactions are short.
+"""
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from otel_bridge.state.store import OutboxRow, StoreUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, blob BLOB NOT NULL, due REAL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_due ON state(due) WHERE due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, resource TEXT NOT NULL, payload BLOB NOT NULL);
+"""
+
+# SQLite caps host parameters per statement (32766 on current builds); stay well below.
+_CHUNK = 900
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class SqliteTransaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def unseen(self, event_ids: list[str]) -> set[str]:
+        fresh = set(event_ids)
+        for chunk in _chunks(list(fresh)):
+            marks = ",".join("?" * len(chunk))
+            for (seen,) in self._db.execute(f"SELECT event_id FROM seen WHERE event_id IN ({marks})", chunk):
+                fresh.discard(seen)
+        return fresh
+
+    def mark_seen(self, event_ids: Iterable[str], now: float) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((e, now) for e in event_ids))
+
+    def load(self, key: str) -> tuple[bytes, float | None] | None:
+        row = self._db.execute("SELECT blob, due FROM state WHERE key = ?", (key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save(self, key: str, blob: bytes, due: float | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (key, blob, due))
+
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    def due_keys(self, now: float, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT key FROM state WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?", (now, limit)
+        )
+        return [key for (key,) in rows]
+
+    def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        self._db.executemany("INSERT INTO outbox (resource, payload) VALUES (?, ?)", rows)
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTransaction]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            try:
+                yield SqliteTransaction(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreUnavailable(str(exc)) from exc
+
+    def outbox_peek(self, limit: int) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, resource, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
+            return [OutboxRow(*row) for row in rows.fetchall()]
+
+    def outbox_ack(self, ids: list[int]) -> None:
+        with self._lock:
+            for chunk in _chunks([str(i) for i in ids]):
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def outbox_depth(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def purge_seen(self, before: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+
+    def states(self) -> Iterator[tuple[str, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, blob FROM state").fetchall()
+        yield from rows
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

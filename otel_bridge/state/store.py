@@ -1,0 +1,53 @@
+"""The store protocol: run state, the ids already seen, and the export outbox.
+
+One ingest is one transaction (DESIGN.md section 2): skip event ids already seen,
+fold the rest into run state, put finished spans into the outbox, commit.
+"""
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes now (locked, full, unreachable): answer 503, let the producer retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    resource: str
+    payload: bytes
+
+
+class Transaction(Protocol):
+    def unseen(self, event_ids: list[str]) -> set[str]: ...
+
+    def mark_seen(self, event_ids: Iterable[str], now: float) -> None: ...
+
+    def load(self, key: str) -> tuple[bytes, float | None] | None: ...
+
+    def save(self, key: str, blob: bytes, due: float | None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def due_keys(self, now: float, limit: int) -> list[str]: ...
+
+    def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def outbox_peek(self, limit: int) -> list[OutboxRow]: ...
+
+    def outbox_ack(self, ids: list[int]) -> None: ...
+
+    def outbox_depth(self) -> int: ...
+
+    def purge_seen(self, before: float) -> int: ...
+
+    def states(self) -> Iterator[tuple[str, bytes]]: ...
+
+    def close(self) -> None: ...
