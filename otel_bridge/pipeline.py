@@ -196,7 +196,7 @@ class Pipeline:
                     if state.closed:
                         tx.delete(key)
                         continue
-                    result = settle(state, int(now * 1e9), max_open_ns)
+                    result = settle(state, int(now * 1e9), max_open_ns, self.settings.sleep_spans)
                     if result.spans:
                         rk = resource_key(Resource(state.run.service, state.run.env))
                         limit = self.settings.attribute_value_limit

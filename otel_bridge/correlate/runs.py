@@ -12,7 +12,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from otel_bridge import conventions as c
-from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanStatus
+from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
 from otel_bridge.lifecycle import Fact, FactKind, RunRef
@@ -159,7 +159,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact) -> FoldResult:
     return FoldResult(state, Admission.ACCEPTED, observations)
 
 
-def settle(state: RunState, now_ns: int, max_open_ns: int) -> SettleResult:
+def settle(state: RunState, now_ns: int, max_open_ns: int, sleep_spans: bool = True) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
     Called once the run's settle window has passed. A run open longer than
@@ -173,7 +173,7 @@ def settle(state: RunState, now_ns: int, max_open_ns: int) -> SettleResult:
     incomplete = not ended and now_ns - first >= max_open_ns
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
 
-    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at)
+    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at, sleep_spans)
     root_hex = root_span_id(state.run.identity).hex()
     for span in spans:
         key = span.span_id.hex()
@@ -244,7 +244,3 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         )
     )
     return out
-
-
-def is_error(span: SpanRecord) -> bool:
-    return span.status is SpanStatus.ERROR

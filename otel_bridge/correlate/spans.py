@@ -49,6 +49,7 @@ def build_spans(
     facts: list[Fact],
     emitted: dict[str, int],
     incomplete_at_ns: int | None = None,
+    sleep_spans: bool = True,
 ) -> list[SpanRecord]:
     """Every span the facts describe; a span with `end_ns` None is still open.
 
@@ -71,7 +72,8 @@ def build_spans(
 
     attempts = _attempts(ordered)
     spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ended, root_end) for a in attempts.values()]
-    spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
+    if sleep_spans:
+        spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
     late = _late_facts(identity, ordered, emitted)
     spans.append(_root_span(run, trace_id, root_id, ordered, root_start, root_end, ended, attempts, late))
     return spans

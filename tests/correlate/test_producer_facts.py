@@ -1,0 +1,169 @@
+"""How the real engine emits (PRODUCER_FACTS.md), and the traces that must come out anyway."""
+
+from builders import WorkflowRun, ns
+from fold_harness import WEEK_NS, fold_events, fold_more, settle_all
+
+from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.correlate.runs import Admission
+
+
+def test_retry_scheduled_without_step_failed_closes_the_attempt_as_an_error():
+    run = WorkflowRun().started().step_started("pay", 1).after(20)
+    failed_at = run.now
+    run.retry_scheduled("pay", 1, delay_ms=987.25).paused("retry", step="pay")
+    run.after(1000).resumed().step_started("pay", 2).after(5).step_completed("pay", 2, duration_ms=1025).completed()
+
+    folded = fold_events(run.events)
+    first = folded.span("step pay", 1)
+    assert first.end_ns == ns(failed_at)
+    assert first.status is SpanStatus.ERROR
+    assert "exception" in [e.name for e in first.events]
+    retry = next(e for e in first.events if e.name == "retry.scheduled")
+    assert retry.attributes["workflow.retry.delay_ms"] == 987.25
+    assert folded.span("step pay", 2).status is SpanStatus.OK
+
+
+def test_exhaustion_closes_the_last_attempt_with_the_workflow_error():
+    run = WorkflowRun().started()
+    for attempt in (1, 2):
+        run.step_started("pay", attempt).after(10).retry_scheduled("pay", attempt).after(1000)
+    run.step_started("pay", 3).after(10)
+    exhausted_at = run.now
+    run.retry_exhausted("pay", attempts=3).failed("gateway down", step="pay", attempt=3)
+
+    folded = fold_events(run.events)
+    last = folded.span("step pay", 3)
+    assert last.end_ns == ns(exhausted_at)
+    assert last.status is SpanStatus.ERROR
+    assert last.status_message == "gateway down"
+    assert len(folded.all("step pay")) == 3
+    assert folded.root.status is SpanStatus.ERROR
+    assert "retry.exhausted" in [e.name for e in folded.root.events]
+    assert folded.metric("workflow.task.retries") == [1, 1]
+
+
+def test_timeout_exceeded_closes_the_retry_that_started_after_the_deadline():
+    run = WorkflowRun().started().step_started("slow", 1).timeout_set("slow", 500)
+    run.after(500).retry_scheduled("slow", 1).after(1000).step_started("slow", 2).after(1)
+    run.timeout_exceeded("slow", 500).failed("timed out", step="slow")
+
+    folded = fold_events(run.events)
+    first, second = folded.span("step slow", 1), folded.span("step slow", 2)
+    assert "timeout.set" in [e.name for e in first.events]
+    assert second.status is SpanStatus.ERROR
+    assert second.attributes["error.type"] == "timeout"
+    assert "timeout.exceeded" in [e.name for e in second.events]
+    assert folded.root.attributes["workflow.execution.result"] == "timeout"
+    assert folded.metric("workflow.task.timeouts", **{"workflow.task.name": "slow"}) == [1]
+
+
+def test_a_run_first_seen_at_resumed_starts_its_root_there():
+    run = WorkflowRun().resumed()
+    resumed_at = run.now
+    run.sleep_completed(1000).step_started("b").after(3).step_completed("b").completed()
+    folded = fold_events(run.events)
+    assert folded.root.start_ns == ns(resumed_at)
+    assert folded.root.status is SpanStatus.OK
+
+
+def test_cancel_names_the_step_it_stopped_in_and_interrupts_the_open_attempt():
+    run = WorkflowRun().started().step_started("ship").after(50).cancelled(reason="ship")
+    folded = fold_events(run.events)
+    root = folded.root
+    assert root.status is SpanStatus.UNSET
+    assert root.attributes["workflow.execution.result"] == "cancellation"
+    assert root.attributes["workflow.execution.cancel_reason"] == "ship"
+    step = folded.span("step ship")
+    assert step.end_ns == root.end_ns
+    assert step.status is SpanStatus.UNSET
+    assert step.attributes["workflow.task.result"] == "interrupted"
+    assert folded.metric("workflow.task.duration") == []
+
+
+def test_a_repeated_step_started_after_eviction_never_opens_a_second_span():
+    run = WorkflowRun().started().step_started("a", 1)
+    first_start = run.now
+    run.after(30_000).resumed().step_started("a", 1).after(10).step_completed("a", 1).completed()
+    folded = fold_events(run.events)
+    assert folded.span("step a").start_ns == ns(first_start)
+    assert Admission.REPEATED in folded.admissions
+
+
+def test_the_earliest_telling_of_a_fact_wins_whatever_order_it_arrives_in():
+    run = WorkflowRun().started().step_started("a", 1)
+    early = run.events[-1]
+    run.after(5_000).step_started("a", 1)
+    late = run.events[-1]
+    run.after(10).step_completed("a").completed()
+    rest = [e for e in run.events if e not in (early, late)]
+    folded = fold_events([late, *rest, early])
+    assert folded.span("step a").start_ns == fold_events(run.events).span("step a").start_ns
+
+
+def test_step_completed_before_step_started_gives_the_same_span():
+    run = WorkflowRun().started().step_started("a").after(25).step_completed("a", duration_ms=25).completed()
+    started, completed = run.events[1], run.events[2]
+    reordered = [run.events[0], completed, started, run.events[3]]
+    assert fold_events(reordered).span("step a") == fold_events(run.events).span("step a")
+
+
+def test_a_completion_without_its_start_is_placed_by_duration_ms():
+    run = WorkflowRun().started().after(100).step_completed("a", duration_ms=40).completed()
+    step = fold_events(run.events).span("step a")
+    assert step.end_ns - step.start_ns == 40_000_000
+
+
+def test_a_late_event_after_the_trace_was_sent_is_counted_not_attached():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    folded = fold_events(run.events)
+    run.after(100).step_started("b")
+    fold_more(folded, run.events[-1:])
+    assert folded.admissions[-1] is Admission.LATE
+    settle_all(folded, now_ns=ns(run.now))
+    assert folded.names() == ["step a", "workflow orderProcessing"]
+
+
+def test_a_step_fact_arriving_after_its_span_left_joins_the_open_root():
+    run = WorkflowRun().started().step_started("a").after(10).retry_scheduled("a", 1)
+    folded = fold_events(run.events)
+    assert folded.names() == ["step a"]
+    run.step_failed("a", 1, message="late detail")
+    run.after(1000).step_started("a", 2).after(1).step_completed("a", 2).completed()
+    fold_more(folded, run.events[3:])
+    settle_all(folded, now_ns=ns(run.now) + 10**9)
+    late = [e for e in folded.root.events if e.name == "step.failed"]
+    assert late and late[0].attributes["workflow.event.late"] is True
+    assert len(folded.all("step a", 1)) == 1
+
+
+def test_a_run_that_never_ends_is_closed_as_incomplete_after_max_open():
+    run = WorkflowRun().started().step_started("forever")
+    folded = fold_events(run.events, settle_at_ns=ns(run.now) + WEEK_NS, max_open_ns=WEEK_NS)
+    root = folded.root
+    assert root.attributes["workflow.execution.incomplete"] is True
+    assert folded.span("step forever").attributes["workflow.task.result"] == "interrupted"
+    active = folded.metric("workflow.execution.active")
+    assert sum(active) == 0
+
+
+def test_older_engines_cached_completions_from_attempt_zero_are_not_attempts():
+    run = WorkflowRun().started().step_started("a", 1).after(4).step_completed("a", 1)
+    run.after(100).resumed().step_completed("a", attempt=0, duration_ms=0, cached=True).completed()
+    folded = fold_events(run.events)
+    assert len(folded.all("step a")) == 1
+    assert [e.name for e in folded.root.events].count("step.cached") == 1
+
+
+def test_empty_error_message_still_gives_a_readable_status():
+    run = WorkflowRun().started().step_started("a").after(1).step_failed("a", 1, message="").failed("", step="a")
+    folded = fold_events(run.events)
+    assert folded.span("step a").status_message == "step failed"
+    assert folded.root.status_message == "workflow failed"
+
+
+def test_active_gauge_follows_pauses_and_returns_to_zero():
+    run = WorkflowRun().started().sleep_started(10).paused("sleep").after(10).resumed().sleep_completed(10).completed()
+    folded = fold_events(run.events)
+    paused = folded.metric("workflow.execution.active", **{"workflow.execution.state": "paused"})
+    assert paused == [1, -1]
+    assert sum(folded.metric("workflow.execution.active")) == 0
