@@ -45,9 +45,7 @@ class Settings(BaseSettings):
     bearer_token: SecretStr | None = Field(
         None, description="Token accepted as `Authorization: Bearer …` (off when unset)."
     )
-    sleep_spans: bool = Field(
-        True, description="Show each sleep as a `sleep` span (besides the root's sleep events)."
-    )
+    sleep_spans: bool = Field(True, description="Show each sleep as a `sleep` span (besides the root's sleep events).")
     capture_input: bool = Field(False, description="Record workflow inputs on the root span (may hold personal data).")
     max_input_bytes: int = Field(2048, gt=0, description="Captured input JSON is truncated to this many characters.")
     redact_keys: Annotated[list[str], NoDecode] = Field(

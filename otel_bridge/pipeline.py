@@ -117,6 +117,7 @@ class Pipeline:
         observations: list[Observation] = []
         late: list[str] = []
         now = self._clock()
+        now_ns = int(now * 1e9)
         with self.store.transaction() as tx:
             fresh = tx.unseen(list(unique))
             report.duplicates += len(unique) - len(fresh)
@@ -129,7 +130,7 @@ class Pipeline:
                     states[key] = self._load(tx.load(key), key)
                 state, due = states[key]
                 if isinstance(record, WorkflowRecord):
-                    result = fold(state, record.run, record.fact)  # type: ignore[arg-type]
+                    result = fold(state, record.run, record.fact, now_ns)  # type: ignore[arg-type]
                     state = result.state
                     observations += result.observations
                     if result.admission is Admission.REPEATED:
@@ -207,7 +208,7 @@ class Pipeline:
                     if state.closed:
                         due = now + self.settings.dedup_ttl_seconds
                     else:
-                        due = max((state.first_time_ns or 0) / 1e9 + self.settings.max_open_seconds, now)
+                        due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)
                     tx.save(key, state.model_dump_json().encode(), due)
             self.metrics.record(observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, incomplete)

@@ -70,10 +70,10 @@ class WorkflowRun(_Stream):
         )
         return self
 
-    def started(self, input: Any = None) -> "WorkflowRun":  # noqa: A002 - the wire name
+    def started(self, input: Any = None) -> "WorkflowRun":
         return self.emit("workflow.started", input=input)
 
-    def queued(self, input: Any = None) -> "WorkflowRun":  # noqa: A002
+    def queued(self, input: Any = None) -> "WorkflowRun":
         return self.emit("workflow.queued", input=input)
 
     def resumed(self) -> "WorkflowRun":

@@ -66,7 +66,7 @@ def fold_events(
             out.observations += obs
             continue
         assert isinstance(record, WorkflowRecord)
-        result = fold(out.runs.get(record.run.state_key), record.run, record.fact)
+        result = fold(out.runs.get(record.run.state_key), record.run, record.fact, record.fact.time_ns)
         out.runs[record.run.state_key] = result.state
         out.admissions.append(result.admission)
         out.observations += result.observations
@@ -86,7 +86,7 @@ def fold_more(out: Folded, events: list[dict[str, Any]]) -> None:
     for raw in events:
         record = decode(raw)
         assert isinstance(record, WorkflowRecord)
-        result = fold(out.runs.get(record.run.state_key), record.run, record.fact)
+        result = fold(out.runs.get(record.run.state_key), record.run, record.fact, record.fact.time_ns)
         out.runs[record.run.state_key] = result.state
         out.admissions.append(result.admission)
         out.observations += result.observations

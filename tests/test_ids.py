@@ -8,7 +8,7 @@ from otel_bridge.ids import attempt_span_id
 
 
 def test_trace_id_is_the_documented_hash():
-    expected = hashlib.sha256("trace\x1fdurable-effect\x1fprod\x1fshop\x1fabc".encode()).digest()[:16]
+    expected = hashlib.sha256(b"trace\x1fdurable-effect\x1fprod\x1fshop\x1fabc").digest()[:16]
     assert trace_id_for("durable-effect", "prod", "shop", "abc") == expected
 
 

@@ -33,9 +33,9 @@ class RunState(BaseModel):
     closed: bool = False
     late: int = 0
 
-    @property
-    def first_time_ns(self) -> int | None:
-        return min((f.time_ns for f in self.facts), default=None)
+    # When the bridge first heard of the run (its clock, not the producer's): max_open
+    # counts from here, so replaying an old log does not close its runs at once.
+    opened_ns: int = 0
 
 
 class Admission(StrEnum):
@@ -132,10 +132,10 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
     return []
 
 
-def fold(state: RunState | None, run: RunRef, fact: Fact) -> FoldResult:
-    """Take one fact into the run's state."""
+def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldResult:
+    """Take one fact, received at `now_ns`, into the run's state."""
     if state is None:
-        state = RunState(run=run)
+        state = RunState(run=run, opened_ns=now_ns)
     elif run.correlation_id and not state.run.correlation_id:
         state.run = run
     if state.closed:
@@ -163,14 +163,13 @@ def settle(state: RunState, now_ns: int, max_open_ns: int, sleep_spans: bool = T
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
     Called once the run's settle window has passed. A run open longer than
-    `max_open_ns` (by its first event) is closed as incomplete.
+    `max_open_ns` (since the bridge first heard of it) is closed as incomplete.
     """
     result = SettleResult(state)
     if state.closed or not state.facts:
         return result
     ended = any(f.kind is FactKind.RUN_ENDED for f in state.facts)
-    first = state.first_time_ns or now_ns
-    incomplete = not ended and now_ns - first >= max_open_ns
+    incomplete = not ended and now_ns - state.opened_ns >= max_open_ns
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
 
     spans = build_spans(state.run, state.facts, state.emitted, incomplete_at, sleep_spans)

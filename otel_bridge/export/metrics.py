@@ -136,15 +136,19 @@ class MetricsHub:
         with self._lock:
             producer = self._producers.get(resource)
             if producer is None:
-                attributes = (
-                    {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
-                    if resource is None
-                    else {c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env}
-                )
-                if resource is None and self._bridge_env:
-                    attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
                 reader = InMemoryMetricReader()
-                provider = MeterProvider(resource=SdkResource.create(attributes), metric_readers=[reader])
+                if resource is None:
+                    # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info).
+                    attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
+                    if self._bridge_env:
+                        attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
+                    sdk_resource = SdkResource.create(attributes)
+                else:
+                    # A producer's resource says exactly what its spans say, nothing of this process.
+                    sdk_resource = SdkResource(
+                        {c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env}
+                    )
+                provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
                 producer = _Producer(provider, reader, {})
                 self._producers[resource] = producer
         return producer

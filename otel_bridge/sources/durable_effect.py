@@ -317,21 +317,31 @@ def parse_event(raw: Any) -> Any:
 def _decode_error(raw: Any, exc: ValidationError) -> DecodeError:
     if not isinstance(raw, dict):
         return DecodeError("", f"an event must be a JSON object, not {type(raw).__name__}")
-    error = exc.errors(include_url=False)[0]
+    problems = [_problem(raw, error) for error in exc.errors(include_url=False)]
+    field, reason = problems[0]
+    if len(problems) > 1:
+        # Name every bad field at once: the producer fixes them in one round.
+        reason += "; " + "; ".join(f"{f}: {r}" if f else r for f, r in problems[1:5])
+        if len(problems) > 5:
+            reason += f"; and {len(problems) - 5} more"
+    return DecodeError(field, reason)
+
+
+def _problem(raw: dict, error: Any) -> tuple[str, str]:
     loc = [str(part) for part in error["loc"]]
     source = _source_of(raw)
     # Drop the union tags pydantic puts in front of the field path.
     if loc and loc[0] == source:
         loc = loc[1:]
-    if loc and isinstance(raw, dict) and loc[0] == raw.get("type"):
+    if loc and loc[0] == raw.get("type"):
         loc = loc[1:]
     if error["type"] == "union_tag_invalid":
-        return DecodeError("type", f"unknown event type {raw.get('type')!r} for source {source!r}")
+        return "type", f"unknown event type {raw.get('type')!r} for source {source!r}"
     if error["type"] == "union_tag_not_found":
-        return DecodeError("type", "missing")
+        return "type", "Field required"
     if error["type"] == "unknown_source":
-        return DecodeError("source", error["msg"])
-    return DecodeError(".".join(loc), error["msg"])
+        return "source", error["msg"]
+    return ".".join(loc), error["msg"]
 
 
 def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:

@@ -1,0 +1,83 @@
+"""`otel-bridge serve` as a real subprocess, the way a user runs it."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BridgeProcess:
+    def __init__(self, workdir: Path, otlp_endpoint: str, protocol: str = "http/protobuf", **settings: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"bridge-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+            "OTEL_BRIDGE_PORT": str(self.port),
+            "OTEL_BRIDGE_STATE": str(workdir / "state.db"),
+            "OTEL_BRIDGE_DEAD_LETTER": str(workdir / "dead-letter.jsonl"),
+            "OTEL_BRIDGE_SETTLE_SECONDS": "0.2",
+            "OTEL_BRIDGE_LOG_LEVEL": "INFO",
+        }
+        self.env.update({f"OTEL_BRIDGE_{k.upper()}": v for k, v in settings.items()})
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "BridgeProcess":
+        self.port = self.port or free_port()
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "otel_bridge", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"bridge not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def post(self, events: list[dict], **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/events", json={"events": events}, timeout=10, **kwargs)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM: the bridge drains and exits. True when it exited cleanly.
+
+        uvicorn re-raises the signal once its graceful shutdown is done, so a clean
+        exit shows as "terminated by SIGTERM", as for any well-behaved daemon.
+        """
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code in (0, -signal.SIGTERM)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,217 @@
+"""`otel-bridge serve` as a subprocess, a producer POSTing over HTTP, a real OTLP receiver decoding protobuf."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess
+from builders import JobRun, WorkflowRun, ns
+
+from otel_bridge import RunIdentity, root_span_id, trace_id_for
+from otel_bridge.ids import attempt_span_id
+
+SERVER, INTERNAL = 2, 1  # OTLP SpanKind values
+OK, ERROR = 1, 2
+
+
+@pytest.fixture
+def bridge(tmp_path, otlp) -> Iterator[tuple[BridgeProcess, object]]:
+    protocol, receiver = otlp
+    process = BridgeProcess(tmp_path, receiver.endpoint, protocol).start()
+    yield process, receiver
+    process.close()
+
+
+def _retry_workflow() -> WorkflowRun:
+    run = WorkflowRun("checkout", service="shop", env="staging", execution_id="order-42").queued()
+    run.after(40).started().after(2).step_started("reserve").after(30).step_completed("reserve", duration_ms=30)
+    run.after(1).step_started("charge", 1).after(20).retry_scheduled("charge", 1, delay_ms=500.5)
+    run.paused("retry", step="charge").after(500).resumed().step_started("charge", 2)
+    run.after(25).step_completed("charge", 2, duration_ms=546).after(1).completed(["reserve", "charge"], duration_ms=27)
+    return run
+
+
+def test_a_workflow_posted_in_invocation_batches_becomes_one_trace(bridge):
+    process, receiver = bridge
+    run = _retry_workflow()
+    # One POST per invocation, as the engine's tracker sends: queued, first run, after the retry alarm.
+    for batch in (run.events[:1], run.events[1:8], run.events[8:]):
+        response = process.post(batch)
+        assert response.status_code == 200, response.text
+        assert response.json()["rejected"] == []
+
+    trace_id = trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+    receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 4)
+    spans = {(s.name, s.attributes.get("workflow.task.attempt")): s for s in receiver.received.trace(trace_id)}
+    assert set(spans) == {("workflow checkout", None), ("step reserve", 1), ("step charge", 1), ("step charge", 2)}
+
+    identity = RunIdentity("durable-effect", "staging", "shop", run.workflow_id)
+    root = spans[("workflow checkout", None)]
+    assert root.span_id == root_span_id(identity).hex()
+    assert root.parent_span_id == ""
+    assert root.kind == SERVER
+    assert root.status_code == OK
+    assert root.start_ns == ns_of(run.events[0])
+    assert root.end_ns == ns_of(run.events[-1])
+    assert root.resource == {"service.name": "shop", "deployment.environment.name": "staging"}
+    assert root.attributes["workflow.execution.correlation_id"] == "order-42"
+    assert [name for name, _t, _a in root.events] == [
+        "workflow.queued",
+        "retry.scheduled",
+        "workflow.paused",
+        "workflow.resumed",
+    ]
+
+    first, second = spans[("step charge", 1)], spans[("step charge", 2)]
+    for step in (first, second, spans[("step reserve", 1)]):
+        assert step.parent_span_id == root.span_id
+        assert step.kind == INTERNAL
+    assert first.status_code == ERROR
+    assert first.end_ns - first.start_ns == 20_000_000
+    assert "exception" in [name for name, _t, _a in first.events]
+    assert second.status_code == OK
+    assert second.links == [(trace_id, attempt_span_id(identity, "charge", 1).hex())]
+    assert second.end_ns - second.start_ns == 25_000_000
+
+
+def ns_of(event: dict) -> int:
+    from datetime import datetime
+
+    return ns(datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")))
+
+
+def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resources(bridge):
+    process, receiver = bridge
+    run = _retry_workflow()
+    failing = WorkflowRun("checkout", service="shop", env="staging").started().step_started("charge")
+    failing.after(10).retry_exhausted("charge", 1).failed("card declined", step="charge", attempt=1)
+    job = JobRun("tokenRefresher", "continuous", service="jobs").started().after(10).executed(1, duration_ms=200)
+    debounce = JobRun("webhookBatcher", "debounce", service="jobs").debounce_started()
+    debounce.after(5000).executed(0).debounce_flushed(7, reason="maxEvents", duration_ms=5000)
+    task = JobRun("reminder", "task", service="jobs").task_scheduled(in_ms=60_000, trigger="idle")
+    assert process.post(run.events + failing.events + job.events + debounce.events + task.events).status_code == 200
+
+    got = receiver.received
+    got.wait_for(lambda: got.metric("workflow.execution.duration", **{"workflow.execution.state": "pending"}))
+    got.wait_for(lambda: got.metric("job.task.schedule.delay"))
+    got.wait_for(lambda: got.metric("workflow.execution.errors"))
+
+    pending = got.metric("workflow.execution.duration", **{"workflow.execution.state": "pending"})[0]
+    assert pending["unit"] == "s" and pending["count"] == 1 and pending["sum"] == pytest.approx(0.04)
+    assert pending["bounds"][0] == 0.005 and pending["bounds"][-1] == 604800
+    assert (
+        pending["exemplars"]
+        and pending["exemplars"][0][0] == trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+    )
+    assert got.metric("workflow.task.retries", **{"workflow.task.name": "charge"})[0]["value"] == 1
+    assert got.metric("workflow.execution.errors", **{"workflow.task.name": "charge"})[0]["value"] == 1
+    task_durations = got.metric("workflow.task.duration", **{"workflow.task.name": "charge"})
+    assert sorted(p["count"] for p in task_durations) == [1, 2]  # success once; failure twice (two runs)
+    assert (
+        got.metric("job.executions", **{"job.name": "tokenRefresher", "job.execution.result": "success"})[0]["value"]
+        == 1
+    )
+    assert got.metric("job.instance.active", **{"job.name": "tokenRefresher"})[0]["value"] == 1
+    flush = got.metric("job.debounce.flush.size", **{"job.debounce.flush.reason": "maxEvents"})[0]
+    assert (flush["count"], flush["sum"]) == (1, 7)
+    assert got.metric("job.task.schedule.delay", **{"job.task.trigger": "idle"})[0]["sum"] == 60
+    assert {"service.name": "jobs", "deployment.environment.name": "production"} in got.metric_resources(
+        "job.executions"
+    )
+    assert {"service.name": "shop", "deployment.environment.name": "staging"} in got.metric_resources(
+        "workflow.task.retries"
+    )
+
+
+def test_metrics_endpoint_labels_every_series_with_its_producer(bridge):
+    process, _receiver = bridge
+    job = JobRun("tokenRefresher", service="jobs", env="prod").started().executed(1, duration_ms=20)
+    other = JobRun("tokenRefresher", service="billing", env="prod").started().executed(1, duration_ms=20)
+    assert process.post(job.events + other.events).status_code == 200
+    text = httpx.get(f"{process.url}/metrics").text
+    assert (
+        'job_executions_total{deployment_environment_name="prod",job_execution_result="success",'
+        'job_name="tokenRefresher",job_type="continuous",service_name="jobs"} 1.0' in text
+    )
+    assert 'service_name="billing"' in text
+    assert "job_execution_duration_seconds_bucket" in text
+    assert 'otel_bridge_events_accepted_total{service_name="otel-bridge"} 4.0' in text
+
+
+def test_restart_mid_workflow_continues_the_same_trace_from_its_original_start(tmp_path, otlp_http):
+    first = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    run = WorkflowRun("onboarding").started().step_started("welcome").after(10).step_completed("welcome")
+    run.after(1).sleep_started(60_000).paused("sleep")
+    try:
+        assert first.post(run.events).status_code == 200
+        assert first.stop()
+    finally:
+        first.close()
+    got = otlp_http.received
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in got.trace(trace_id)} == {"step welcome"}  # drained on SIGTERM; root still open
+
+    run.after(60_000).resumed().sleep_completed(60_000).step_started("tips").after(5).step_completed("tips").completed()
+    second = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        assert second.post(run.events[5:]).status_code == 200
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(trace_id)))
+    finally:
+        second.close()
+    spans = got.trace(trace_id)
+    assert sorted(s.name for s in spans) == ["sleep", "step tips", "step welcome", "workflow onboarding"]
+    root = next(s for s in spans if s.parent_span_id == "")
+    assert root.start_ns == ns_of(run.events[0])
+    assert all(s.parent_span_id == root.span_id for s in spans if s is not root)
+
+
+def test_bad_events_beside_good_ones_are_reported_and_dead_lettered(bridge, tmp_path):
+    process, receiver = bridge
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    bad = [{"eventId": "x-1", "type": "step.started", "source": "workflow"}, "not an event"]
+    response = process.post(run.events[:2] + bad + run.events[2:])
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 4
+    assert [(r["index"], r["eventId"]) for r in body["rejected"]] == [(2, "x-1"), (3, None)]
+    assert "workflowId: Field required" in body["rejected"][0]["error"]
+    assert "timestamp: Field required" in body["rejected"][0]["error"]
+    lines = (tmp_path / "dead-letter.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"x-1"' in lines[0]
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 400, "not valid JSON"),
+        (b'{"evts": []}', {"content-type": "application/json"}, 400, 'no "events"'),
+        (b'{"events": {}}', {"content-type": "application/json"}, 400, "must be an array"),
+        (b"[1]", {"content-type": "application/json"}, 400, "JSON object"),
+        (b'{"events": []}', {"content-type": "text/plain"}, 415, "Content-Type"),
+        (b'{"events": []}', {"content-type": "application/json", "content-encoding": "br"}, 415, "Content-Encoding"),
+    ],
+)
+def test_a_body_that_is_not_a_batch_gets_a_4xx_naming_the_problem(bridge, body, headers, status, message):
+    process, _receiver = bridge
+    response = httpx.post(f"{process.url}/v1/events", content=body, headers=headers)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_health_and_readiness(bridge):
+    process, _receiver = bridge
+    assert httpx.get(f"{process.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{process.url}/readyz").json()["status"] == "ready"
+
+
+def test_duplicate_batches_from_producer_retries_change_nothing(bridge):
+    process, receiver = bridge
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    assert process.post(run.events).json()["accepted"] == 4
+    again = process.post(run.events).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 4)
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
+    assert len(receiver.received.trace(trace_id)) == 2

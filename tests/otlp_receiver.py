@@ -1,0 +1,203 @@
+"""A real OTLP receiver (HTTP and gRPC) that decodes what the bridge sends with opentelemetry-proto.
+
+It can be switched to refuse (HTTP 503 / gRPC UNAVAILABLE) to play a backend outage.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+def value_of(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [value_of(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+def attributes_of(kvs) -> dict[str, Any]:
+    return {kv.key: value_of(kv.value) for kv in kvs}
+
+
+@dataclass
+class ReceivedSpan:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str
+    attributes: dict[str, Any]
+    events: list[tuple[str, int, dict[str, Any]]]
+    links: list[tuple[str, str]]
+    resource: dict[str, Any]
+
+
+@dataclass
+class Received:
+    spans: list[ReceivedSpan] = field(default_factory=list)
+    # (metric name, resource, attributes) -> latest data point, as dict
+    metrics: dict[tuple[str, tuple, tuple], dict[str, Any]] = field(default_factory=dict)
+    trace_requests: int = 0
+    refused: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        with self.lock:
+            self.trace_requests += 1
+            for rs in request.resource_spans:
+                resource = attributes_of(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        self.spans.append(
+                            ReceivedSpan(
+                                trace_id=s.trace_id.hex(),
+                                span_id=s.span_id.hex(),
+                                parent_span_id=s.parent_span_id.hex(),
+                                name=s.name,
+                                kind=s.kind,
+                                start_ns=s.start_time_unix_nano,
+                                end_ns=s.end_time_unix_nano,
+                                status_code=s.status.code,
+                                status_message=s.status.message,
+                                attributes=attributes_of(s.attributes),
+                                events=[(e.name, e.time_unix_nano, attributes_of(e.attributes)) for e in s.events],
+                                links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
+                                resource=resource,
+                            )
+                        )
+
+    def take_metrics(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        with self.lock:
+            for rm in request.resource_metrics:
+                resource = tuple(sorted(attributes_of(rm.resource.attributes).items()))
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        kind = m.WhichOneof("data")
+                        data = getattr(m, kind)
+                        for p in data.data_points:
+                            attrs = tuple(sorted(attributes_of(p.attributes).items()))
+                            point: dict[str, Any] = {"kind": kind, "unit": m.unit}
+                            if kind == "histogram":
+                                point |= {
+                                    "count": p.count,
+                                    "sum": p.sum,
+                                    "bounds": list(p.explicit_bounds),
+                                    "exemplars": [(e.trace_id.hex(), e.span_id.hex()) for e in p.exemplars],
+                                }
+                            else:
+                                point["value"] = p.as_double if p.HasField("as_double") else p.as_int
+                            self.metrics[(m.name, resource, attrs)] = point
+
+    def metric(self, name: str, **attributes: Any) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                point
+                for (n, _resource, attrs), point in self.metrics.items()
+                if n == name and all(dict(attrs).get(k) == v for k, v in attributes.items())
+            ]
+
+    def metric_resources(self, name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(resource) for (n, resource, _a) in self.metrics if n == name]
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met within {timeout}s; received {len(self.spans)} spans")
+
+
+class OtlpHttpReceiver:
+    def __init__(self) -> None:
+        self.received = Received()
+        self.up = True
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if not receiver.up:
+                    receiver.received.refused += 1
+                    self.send_response(503)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if self.path == "/v1/traces":
+                    receiver.received.take_traces(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    receiver.received.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class OtlpGrpcReceiver:
+    def __init__(self) -> None:
+        self.received = Received()
+        self.up = True
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                if not receiver.up:
+                    receiver.received.refused += 1
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+                receiver.received.take_traces(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request, context):
+                if not receiver.up:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+                receiver.received.take_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server.start()
+
+    def close(self) -> None:
+        self._server.stop(0)
