@@ -178,7 +178,7 @@ class OtlpGrpcReceiver:
         receiver = self
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request, context):
+            def Export(self, request, context):  # noqa: N802 - gRPC's name
                 if not receiver.up:
                     receiver.received.refused += 1
                     context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
@@ -186,7 +186,7 @@ class OtlpGrpcReceiver:
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-            def Export(self, request, context):
+            def Export(self, request, context):  # noqa: N802 - gRPC's name
                 if not receiver.up:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
                 receiver.received.take_metrics(request)

@@ -32,6 +32,10 @@ class RunState(BaseModel):
     counted_state: str | None = None
     closed: bool = False
     late: int = 0
+    ended: bool = False
+    # The state the latest (by time) state-changing fact put the run in, and that fact's order.
+    execution_state: str = c.STATE_EXECUTING
+    state_order: tuple[int, str] | None = None
 
     # When the bridge first heard of the run (its clock, not the producer's): max_open
     # counts from here, so replaying an old log does not close its runs at once.
@@ -76,23 +80,28 @@ def _identity(f: Fact) -> tuple[object, ...] | None:
     return None
 
 
-def _state_of(facts: list[Fact]) -> str | None:
-    """workflow.execution.state after these facts; None once the run ended."""
-    state: tuple[tuple[int, str], str] | None = None
-    for f in facts:
-        if f.kind is FactKind.RUN_ENDED:
-            return None
-        if f.kind is FactKind.RUN_QUEUED:
-            now = c.STATE_PENDING
-        elif f.kind is FactKind.RUN_PAUSED:
-            now = c.STATE_PAUSED
-        elif f.kind in _EXECUTING_KINDS or f.kind is FactKind.SLEEP_ENDED:
-            now = c.STATE_EXECUTING
-        else:
-            continue
-        if state is None or f.order > state[0]:
-            state = (f.order, now)
-    return state[1] if state else c.STATE_EXECUTING
+def _state_named_by(f: Fact) -> str | None:
+    """The workflow.execution.state a fact puts its run in, if it says anything about it."""
+    if f.kind is FactKind.RUN_QUEUED:
+        return c.STATE_PENDING
+    if f.kind is FactKind.RUN_PAUSED:
+        return c.STATE_PAUSED
+    if f.kind in _EXECUTING_KINDS or f.kind is FactKind.SLEEP_ENDED:
+        return c.STATE_EXECUTING
+    return None
+
+
+def _advance_state(state: "RunState", f: Fact) -> str | None:
+    """workflow.execution.state after `f`: the latest stating fact wins, whatever the arrival order."""
+    if f.kind is FactKind.RUN_ENDED:
+        state.ended = True
+    if state.ended:
+        return None
+    named = _state_named_by(f)
+    if named is not None and (state.state_order is None or f.order > tuple(state.state_order)):
+        state.state_order = f.order
+        state.execution_state = named
+    return state.execution_state
 
 
 def _resource(run: RunRef) -> Resource:
@@ -143,7 +152,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         return FoldResult(state, Admission.LATE)
 
     state.seq += 1
-    fact = fact.model_copy(update={"seq": state.seq})
+    fact.seq = state.seq  # the fold owns the fact it is given
     identity = _identity(fact)
     if identity is not None:
         for i, known in enumerate(state.facts):
@@ -155,7 +164,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
 
     state.facts.append(fact)
     observations = _counted(fact, state.run)
-    observations += _active_change(state, _state_of(state.facts))
+    observations += _active_change(state, _advance_state(state, fact))
     return FoldResult(state, Admission.ACCEPTED, observations)
 
 

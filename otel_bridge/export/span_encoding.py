@@ -5,6 +5,7 @@ the message directly is several times cheaper than going through the SDK's
 ReadableSpan and `encode_spans`, and an encoded span survives restarts as bytes.
 """
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
@@ -38,7 +39,7 @@ def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
         target.string_value = value[:limit]
 
 
-def _fill(attributes: dict[str, AttributeValue], into, limit: int) -> None:
+def _fill(attributes: dict[str, AttributeValue], into: RepeatedCompositeFieldContainer[KeyValue], limit: int) -> None:
     for key, value in attributes.items():
         kv = into.add()
         kv.key = key

@@ -9,7 +9,7 @@ batch at all gets a 4xx. The ASGI app runs on uvicorn.
 import hmac
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -167,7 +167,7 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
         return Response(body, media_type=content_type)
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette):
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if manage_lifecycle:
             bridge.start()
         try:
@@ -184,6 +184,3 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
