@@ -24,13 +24,15 @@ class Settings(BaseSettings):
     path: str = Field("/v1/events", description="Path of the tracker endpoint producers POST batches to.")
     state: str = Field(
         "otel-bridge.db",
-        description="State store: a SQLite file path (default, embedded) or a `redis://` URL.",
+        description="State store: a SQLite file path (embedded, nothing to install).",
     )
     settle_seconds: float = Field(
-        1.0, ge=0, description="Seconds a run waits after its last event before its ended spans are sent."
+        1.0,
+        ge=0,
+        description="Seconds after a run's first unsent event before its ended spans are sent (lets stragglers join).",
     )
     max_open_seconds: float = Field(
-        7 * DAY, gt=0, description="A run open this long (from its first event) is closed as incomplete."
+        7 * DAY, gt=0, description="A run open this long (since the bridge first heard of it) is closed as incomplete."
     )
     dedup_ttl_seconds: float = Field(
         7 * DAY, gt=0, description="How long event ids (and closed runs) are remembered to drop duplicates."
