@@ -1,0 +1,97 @@
+"""The tracker endpoint's answers (DESIGN.md section 6), against the real server process."""
+
+import gzip
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess
+from builders import WorkflowRun
+from otlp_receiver import OtlpHttpReceiver
+
+LIMIT = 64 * 1024
+KEY = "s3cret-key"
+TOKEN = "bearer-token-1"
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory) -> Iterator[BridgeProcess]:
+    receiver = OtlpHttpReceiver()
+    process = BridgeProcess(
+        tmp_path_factory.mktemp("http"),
+        receiver.endpoint,
+        api_key=KEY,
+        bearer_token=TOKEN,
+        max_body_bytes=str(LIMIT),
+    ).start()
+    yield process
+    process.close()
+    receiver.close()
+
+
+def _post(bridge: BridgeProcess, content: bytes, **headers: str) -> httpx.Response:
+    headers = {"content-type": "application/json", "x-api-key": KEY} | headers
+    return httpx.post(f"{bridge.url}/v1/events", content=content, headers=headers, timeout=10)
+
+
+def _batch(n: int = 2) -> bytes:
+    run = WorkflowRun().started()
+    for i in range(n - 1):
+        run.step_started(f"s{i}")
+    return json.dumps({"events": run.events}).encode()
+
+
+def test_the_shared_secret_header_is_accepted(bridge):
+    assert _post(bridge, _batch()).status_code == 200
+
+
+def test_a_bearer_token_is_accepted(bridge):
+    response = _post(bridge, _batch(), **{"x-api-key": "", "authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-api-key": ""}, {"x-api-key": "wrong"}, {"x-api-key": "", "authorization": "Bearer nope"}],
+)
+def test_a_missing_or_wrong_credential_is_401_and_never_echoed(bridge, headers):
+    response = _post(bridge, _batch(), **headers)
+    assert response.status_code == 401
+    assert KEY not in response.text and TOKEN not in response.text
+    assert KEY not in bridge.log.read_text()
+
+
+def test_gzip_bodies_are_accepted(bridge):
+    response = _post(bridge, gzip.compress(_batch(3)), **{"content-encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 3
+
+
+def test_a_body_over_the_limit_is_413(bridge):
+    response = _post(bridge, b" " * (LIMIT + 1))
+    assert response.status_code == 413
+    assert str(LIMIT) in response.json()["error"]
+
+
+def test_a_gzip_body_that_inflates_over_the_limit_is_413(bridge):
+    bomb = gzip.compress(b'{"events": [' + b" " * (LIMIT * 50) + b"]}")
+    assert len(bomb) < LIMIT
+    response = _post(bridge, bomb, **{"content-encoding": "gzip"})
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["error"]
+
+
+def test_a_body_that_is_not_gzip_but_says_so_is_400(bridge):
+    response = _post(bridge, _batch(), **{"content-encoding": "gzip"})
+    assert response.status_code == 400
+    assert "gzip" in response.json()["error"]
+
+
+def test_an_empty_batch_is_fine(bridge):
+    assert _post(bridge, b'{"events": []}').json() == {"accepted": 0, "duplicates": 0, "late": 0, "rejected": []}
+
+
+def test_health_needs_no_credential(bridge):
+    assert httpx.get(f"{bridge.url}/healthz").status_code == 200
+    assert httpx.get(f"{bridge.url}/metrics").status_code == 200
