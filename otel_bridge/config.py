@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds after a run's first unsent event before its ended spans are sent (lets stragglers join).",
     )
+    gap_grace_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="An ended run whose events show gaps (a listed step never seen, an attempt missing) "
+        "waits this long for them before its trace is sent.",
+    )
     max_open_seconds: float = Field(
         7 * DAY, gt=0, description="A run open this long (since the bridge first heard of it) is closed as incomplete."
     )

@@ -15,7 +15,7 @@ from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
-from otel_bridge.correlate.runs import Admission, RunState, fold, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, settle
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
@@ -177,7 +177,11 @@ class Pipeline:
         """Send the spans of every run whose settle window ended by `horizon` (default: now)."""
         now = self._clock()
         horizon = now if horizon is None else horizon
-        max_open_ns = int(self.settings.max_open_seconds * 1e9)
+        policy = SettlePolicy(
+            max_open_ns=int(self.settings.max_open_seconds * 1e9),
+            gap_grace_ns=int(self.settings.gap_grace_seconds * 1e9),
+            sleep_spans=self.settings.sleep_spans,
+        )
         done: set[str] = set()
         sent = 0
         while True:
@@ -197,7 +201,7 @@ class Pipeline:
                     if state.closed:
                         tx.delete(key)
                         continue
-                    result = settle(state, int(now * 1e9), max_open_ns, self.settings.sleep_spans)
+                    result = settle(state, int(now * 1e9), policy)
                     if result.spans:
                         rk = resource_key(Resource(state.run.service, state.run.env))
                         limit = self.settings.attribute_value_limit
@@ -205,7 +209,9 @@ class Pipeline:
                         sent += len(result.spans)
                     observations += result.observations
                     incomplete += result.incomplete
-                    if state.closed:
+                    if result.held:
+                        due = now + max(self.settings.settle_seconds, 0.2)
+                    elif state.closed:
                         due = now + self.settings.dedup_ttl_seconds
                     else:
                         due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)

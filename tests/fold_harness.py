@@ -5,7 +5,7 @@ from typing import Any
 
 from otel_bridge.correlate.jobs import JobState, fold_job
 from otel_bridge.correlate.outputs import Observation, SpanRecord
-from otel_bridge.correlate.runs import Admission, RunState, fold, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, settle
 from otel_bridge.lifecycle import JobRecord, WorkflowRecord
 from otel_bridge.sources.durable_effect import decode
 
@@ -77,7 +77,7 @@ def fold_events(
 
 def settle_all(out: Folded, now_ns: int, max_open_ns: int = FAR_FUTURE_NS, sleep_spans: bool = True) -> None:
     for state in out.runs.values():
-        result = settle(state, now_ns, max_open_ns, sleep_spans)
+        result = settle(state, now_ns, SettlePolicy(max_open_ns=max_open_ns, gap_grace_ns=0, sleep_spans=sleep_spans))
         out.spans += result.spans
         out.observations += result.observations
 

@@ -15,7 +15,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
-from otel_bridge.lifecycle import Fact, FactKind, RunRef
+from otel_bridge.lifecycle import Fact, FactKind, Outcome, RunRef
 
 _EXECUTING_KINDS = frozenset(
     {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
@@ -33,6 +33,8 @@ class RunState(BaseModel):
     closed: bool = False
     late: int = 0
     ended: bool = False
+    # Bridge clock when the run's end arrived (0: not yet).
+    ended_seen_ns: int = 0
     # The state the latest (by time) state-changing fact put the run in, and that fact's order.
     execution_state: str = c.STATE_EXECUTING
     state_order: tuple[int, str] | None = None
@@ -63,6 +65,16 @@ class SettleResult:
     spans: list[SpanRecord] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     incomplete: bool = False
+    # The run ended but its facts show gaps: nothing was sent, ask again after a while.
+    held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SettlePolicy:
+    max_open_ns: int = 7 * 86_400 * 10**9
+    # How long an ended run with gaps waits for its missing events.
+    gap_grace_ns: int = 15 * 10**9
+    sleep_spans: bool = True
 
 
 def _identity(f: Fact) -> tuple[object, ...] | None:
@@ -163,25 +175,31 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
                 return FoldResult(state, Admission.REPEATED)
 
     state.facts.append(fact)
+    if fact.kind is FactKind.RUN_ENDED:
+        state.ended_seen_ns = now_ns
     observations = _counted(fact, state.run)
     observations += _active_change(state, _advance_state(state, fact))
     return FoldResult(state, Admission.ACCEPTED, observations)
 
 
-def settle(state: RunState, now_ns: int, max_open_ns: int, sleep_spans: bool = True) -> SettleResult:
+def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
     Called once the run's settle window has passed. A run open longer than
-    `max_open_ns` (since the bridge first heard of it) is closed as incomplete.
+    `policy.max_open_ns` (since the bridge first heard of it) is closed as incomplete.
+    An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them.
     """
     result = SettleResult(state)
     if state.closed or not state.facts:
         return result
-    ended = any(f.kind is FactKind.RUN_ENDED for f in state.facts)
-    incomplete = not ended and now_ns - state.opened_ns >= max_open_ns
+    ended = state.ended
+    incomplete = not ended and now_ns - state.opened_ns >= policy.max_open_ns
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
+    if ended and now_ns - state.ended_seen_ns < policy.gap_grace_ns and has_gaps(state.facts):
+        result.held = True
+        return result
 
-    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at, sleep_spans)
+    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans)
     root_hex = root_span_id(state.run.identity).hex()
     for span in spans:
         key = span.span_id.hex()
@@ -201,6 +219,37 @@ def settle(state: RunState, now_ns: int, max_open_ns: int, sleep_spans: bool = T
         state.facts = []
         state.emitted = {}
     return result
+
+
+def has_gaps(facts: list[Fact]) -> bool:
+    """Whether an ended run's facts say that some of its events have not arrived yet.
+
+    A step the workflow lists as completed with no step event at all, an attempt
+    that ended with no start while later attempts exist, or an attempt n > 1
+    without attempt n - 1: typical of a batch still in flight from another request.
+    """
+    steps_seen: set[str] = set()
+    starts: set[tuple[str | None, int | None]] = set()
+    attempts: dict[str, set[int]] = {}
+    completed_steps: list[str] = []
+    for f in facts:
+        if f.kind is FactKind.RUN_ENDED and f.outcome is Outcome.SUCCESS:
+            listed = f.attributes.get(c.WORKFLOW_EXECUTION_COMPLETED_STEPS)
+            completed_steps = listed if isinstance(listed, list) else []
+        if f.step is not None and f.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED):
+            steps_seen.add(f.step)
+            if f.attempt is not None and not f.cached:
+                attempts.setdefault(f.step, set()).add(f.attempt)
+            if f.kind is FactKind.ATTEMPT_STARTED:
+                starts.add((f.step, f.attempt))
+    if any(step not in steps_seen for step in completed_steps):
+        return True
+    for step, numbers in attempts.items():
+        if any(n > 1 and n - 1 not in numbers for n in numbers):
+            return True
+        if any((step, n) not in starts for n in numbers if n < max(numbers)):
+            return True
+    return False
 
 
 def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:

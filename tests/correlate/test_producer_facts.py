@@ -4,7 +4,8 @@ from builders import WorkflowRun, ns
 from fold_harness import WEEK_NS, fold_events, fold_more, settle_all
 
 from otel_bridge.correlate.outputs import SpanStatus
-from otel_bridge.correlate.runs import Admission
+from otel_bridge.correlate.runs import Admission, SettlePolicy, fold, settle
+from otel_bridge.sources.durable_effect import decode
 
 
 def test_retry_scheduled_without_step_failed_closes_the_attempt_as_an_error():
@@ -167,3 +168,26 @@ def test_active_gauge_follows_pauses_and_returns_to_zero():
     paused = folded.metric("workflow.execution.active", **{"workflow.execution.state": "paused"})
     assert paused == [1, -1]
     assert sum(folded.metric("workflow.execution.active")) == 0
+
+
+def test_an_ended_run_with_a_listed_step_never_seen_waits_for_it():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed(["a"])
+    ending = [run.events[0], run.events[3]]
+    state = fold_events(ending, settle_at_ns=None).runs
+    (only,) = state.values()
+    policy = SettlePolicy(gap_grace_ns=10 * 10**9)
+    held = settle(only, only.ended_seen_ns + 10**9, policy)
+    assert held.held and held.spans == []
+    for event in run.events[1:3]:
+        record = decode(event)
+        fold(only, record.run, record.fact, only.ended_seen_ns + 2 * 10**9)
+    done = settle(only, only.ended_seen_ns + 3 * 10**9, policy)
+    assert sorted(s.name for s in done.spans) == ["step a", "workflow orderProcessing"]
+
+
+def test_a_gap_that_never_fills_delays_the_trace_only_by_the_grace():
+    run = WorkflowRun().started().after(5).step_completed("a", attempt=2).completed(["a"])
+    (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+    result = settle(state, state.ended_seen_ns + 11 * 10**9, SettlePolicy(gap_grace_ns=10 * 10**9))
+    assert not result.held
+    assert sorted(s.name for s in result.spans) == ["step a", "workflow orderProcessing"]
