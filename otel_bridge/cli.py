@@ -42,6 +42,9 @@ def _serve(settings: Settings) -> int:
     app = create_app(bridge)
     uvicorn.run(
         app,
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        limit_concurrency=settings.limit_concurrency,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

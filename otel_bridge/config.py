@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     dead_letter: Path = Field(Path("dead-letter.jsonl"), description="JSONL file that keeps rejected events.")
     dead_letter_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Dead-letter file size before rotation.")
     dead_letter_backups: int = Field(5, ge=1, description="Rotated dead-letter files kept.")
+    max_outbox_spans: int = Field(
+        1_000_000,
+        gt=0,
+        description="Spans waiting for export before new batches are refused with 503 + Retry-After (backpressure).",
+    )
+    store_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait for the store on ingest before answering 503."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body not fully received in this time gets 408 (slow clients)."
+    )
+    limit_concurrency: int = Field(
+        1000, gt=0, description="Open connections and requests at once; past it, 503 (uvicorn's limit)."
+    )
+    tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
+    tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
     export_batch_size: int = Field(512, gt=0, description="Spans per OTLP export request.")
     export_delay_ms: float = Field(
         5000,

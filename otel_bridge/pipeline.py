@@ -20,7 +20,7 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import DecodeError, DecodeOptions, decode
-from otel_bridge.state.store import Store
+from otel_bridge.state.store import OutboxFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,19 @@ class Pipeline:
     def ingest(self, events: Sequence[Any]) -> IngestReport:
         """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
         started = time.perf_counter()
+        depth = self.store.outbox_depth()
+        if depth >= self.settings.max_outbox_spans:
+            raise OutboxFull(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
         records, rejected = self.decode(events)
         report = self.ingest_records(records)
         report.rejected = rejected
-        self.metrics.bridge(c.M_BRIDGE_EVENTS_RECEIVED, len(events))
-        self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(rejected))
-        self.metrics.bridge(c.M_BRIDGE_INGEST_DURATION, time.perf_counter() - started)
+        # The batch is committed: from here on nothing may turn the answer into an error.
+        try:
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_RECEIVED, len(events))
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(rejected))
+            self.metrics.bridge(c.M_BRIDGE_INGEST_DURATION, time.perf_counter() - started)
+        except Exception:
+            log.exception("recording ingest metrics failed")
         return report
 
     def ingest_records(self, records: Sequence[LifecycleRecord]) -> IngestReport:
@@ -153,10 +160,13 @@ class Pipeline:
         report.late = len(late)
         for event_id in late:
             log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
-        self.metrics.record(observations)
-        self.metrics.bridge(c.M_BRIDGE_EVENTS_ACCEPTED, report.accepted)
-        self.metrics.bridge(c.M_BRIDGE_EVENTS_DUPLICATE, report.duplicates)
-        self.metrics.bridge(c.M_BRIDGE_EVENTS_LATE, report.late)
+        try:
+            self.metrics.record(observations)
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_ACCEPTED, report.accepted)
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_DUPLICATE, report.duplicates)
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_LATE, report.late)
+        except Exception:  # committed already: a metrics fault must not fail the batch
+            log.exception("recording metrics failed")
         return report
 
     @staticmethod

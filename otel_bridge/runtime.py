@@ -30,10 +30,10 @@ except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
 
-def open_store(state: str) -> Store:
-    if state.startswith(("redis://", "rediss://")):
+def open_store(settings: Settings) -> Store:
+    if settings.state.startswith(("redis://", "rediss://")):
         raise ValueError("the Redis state store is not available in this version: use a SQLite file path")
-    return SqliteStore(state)
+    return SqliteStore(settings.state, lock_timeout_seconds=settings.store_timeout_seconds)
 
 
 class Bridge:
@@ -45,7 +45,7 @@ class Bridge:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = open_store(settings.state)
+        self.store = open_store(settings)
         self.metrics = MetricsHub(settings.max_names)
         self.trace_sender = trace_sender or otlp.trace_sender()
         self.metric_sender = metric_sender or otlp.metric_sender()

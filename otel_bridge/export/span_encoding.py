@@ -42,7 +42,7 @@ def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
 def _fill(attributes: dict[str, AttributeValue], into: RepeatedCompositeFieldContainer[KeyValue], limit: int) -> None:
     for key, value in attributes.items():
         kv = into.add()
-        kv.key = key
+        kv.key = key[:limit]
         _set_value(kv.value, value, limit)
 
 
@@ -53,7 +53,7 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096) -> bytes:
         trace_id=span.trace_id,
         span_id=span.span_id,
         parent_span_id=span.parent_span_id or b"",
-        name=span.name,
+        name=span.name[:attribute_limit],
         kind=_KINDS[span.kind],
         start_time_unix_nano=span.start_ns,
         end_time_unix_nano=span.end_ns,
@@ -62,7 +62,7 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096) -> bytes:
     )
     _fill(span.attributes, message.attributes, attribute_limit)
     for event in span.events:
-        e = message.events.add(name=event.name, time_unix_nano=event.time_ns)
+        e = message.events.add(name=event.name[:attribute_limit], time_unix_nano=event.time_ns)
         _fill(event.attributes, e.attributes, attribute_limit)
     for linked in span.links:
         message.links.add(trace_id=span.trace_id, span_id=linked, flags=_SAMPLED | 0x100)

@@ -6,6 +6,7 @@ batch whose envelope is valid is always answered 200, with the bad events listed
 batch at all gets a 4xx. The ASGI app runs on uvicorn.
 """
 
+import asyncio
 import hmac
 import logging
 import zlib
@@ -25,7 +26,7 @@ from starlette.routing import Route
 from otel_bridge.export.prometheus import OtelCollector
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.runtime import Bridge
-from otel_bridge.state.store import StoreUnavailable
+from otel_bridge.state.store import OutboxFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,19 @@ class Authenticator:
         return False
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, never holding more than `limit` bytes of either form."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, decompressed, never holding more than `limit` bytes of either form.
+
+    A client that trickles its body (slow-loris) gets a 408 after `timeout` seconds.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise _Reject(408, f"request body not received within {timeout:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise _Reject(413, f"body of {length} bytes is over the limit of {limit} bytes")
@@ -136,17 +148,23 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
         if content_type not in _JSON_TYPES:
             return _problem(415, f"unsupported Content-Type {content_type!r}: send application/json")
         try:
-            events = parse_envelope(await read_body(request, settings.max_body_bytes))
+            events = parse_envelope(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
             report = await run_in_threadpool(bridge.pipeline.ingest, events)
         except _Reject as exc:
             return _problem(exc.status, str(exc), exc.headers)
+        except OutboxFull as exc:
+            log.warning("export backlog full, asking the producer to retry: %s", exc)
+            return _problem(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
         except StoreUnavailable as exc:
             log.warning("store unavailable, asking the producer to retry: %s", exc)
             return _problem(503, "state store unavailable, retry later", {"Retry-After": "2"})
         if report.rejected:
-            await run_in_threadpool(
-                dead_letters.keep, "http", [(r.as_dict(), events[r.index]) for r in report.rejected]
-            )
+            try:
+                await run_in_threadpool(
+                    dead_letters.keep, "http", [(r.as_dict(), events[r.index]) for r in report.rejected]
+                )
+            except Exception:  # the batch is stored: a full disk must not make the producer re-send it
+                log.exception("writing %d rejected events to the dead-letter file failed", len(report.rejected))
         return Response(orjson.dumps(report.as_dict()), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:

@@ -34,6 +34,7 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
 class SqliteTransaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self.added = 0
 
     def unseen(self, event_ids: list[str]) -> set[str]:
         fresh = set(event_ids)
@@ -63,11 +64,13 @@ class SqliteTransaction:
         return [key for (key,) in rows]
 
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        before = self._db.total_changes
         self._db.executemany("INSERT INTO outbox (resource, payload) VALUES (?, ?)", rows)
+        self.added += self._db.total_changes - before
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000, lock_timeout_seconds: float = 5.0) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -77,16 +80,27 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._lock_timeout = lock_timeout_seconds
+        # Kept in memory so the backpressure check on every ingest costs nothing.
+        self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def _acquire(self) -> None:
+        # A store that stays busy must turn into a 503 the producer retries, not a
+        # request that hangs inside the producer's workflow.
+        if not self._lock.acquire(timeout=self._lock_timeout):
+            raise StoreUnavailable(f"store busy for more than {self._lock_timeout} s")
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
-        with self._lock:
+        self._acquire()
+        try:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(str(exc)) from exc
+            tx = SqliteTransaction(self._db)
             try:
-                yield SqliteTransaction(self._db)
+                yield tx
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -95,6 +109,9 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 self._db.execute("ROLLBACK")
                 raise StoreUnavailable(str(exc)) from exc
+            self._depth += tx.added
+        finally:
+            self._lock.release()
 
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         with self._lock:
@@ -104,11 +121,13 @@ class SqliteStore:
     def outbox_ack(self, ids: list[int]) -> None:
         with self._lock:
             for chunk in _chunks([str(i) for i in ids]):
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                deleted = self._db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                ).rowcount
+                self._depth -= deleted
 
     def outbox_depth(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return self._depth
 
     def purge_seen(self, before: float) -> int:
         with self._lock:

@@ -14,6 +14,10 @@ class StoreUnavailable(Exception):
     """The store cannot take writes now (locked, full, unreachable): answer 503, let the producer retry."""
 
 
+class OutboxFull(StoreUnavailable):
+    """The export backlog reached its bound: refuse new batches rather than drop anything."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int

@@ -191,3 +191,11 @@ def test_a_gap_that_never_fills_delays_the_trace_only_by_the_grace():
     result = settle(state, state.ended_seen_ns + 11 * 10**9, SettlePolicy(gap_grace_ns=10 * 10**9))
     assert not result.held
     assert sorted(s.name for s in result.spans) == ["step a", "workflow orderProcessing"]
+
+
+def test_sleep_until_reports_zero_duration_but_the_span_and_metric_use_timestamps():
+    run = WorkflowRun().started().sleep_started(0).paused("sleep").after(90_000).resumed().sleep_completed(0)
+    folded = fold_events(run.completed().events)
+    sleep = folded.span("sleep")
+    assert sleep.end_ns - sleep.start_ns == 90_000 * 1_000_000
+    assert folded.metric("workflow.sleep.duration") == [90.0]
