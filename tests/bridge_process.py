@@ -35,7 +35,7 @@ class BridgeProcess:
             "OTEL_BRIDGE_SETTLE_SECONDS": "0.2",
             "OTEL_BRIDGE_LOG_LEVEL": "INFO",
         }
-        self.env.update({f"OTEL_BRIDGE_{k.upper()}": v for k, v in settings.items()})
+        self.env.update({k if k.startswith("OTEL_") else f"OTEL_BRIDGE_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
         # One keep-alive client, as a producer's runtime has: a fresh client per POST costs ~20 ms.
         self.client = httpx.Client(timeout=10)

@@ -213,3 +213,8 @@ class JobRun(_Stream):
 
     def task_scheduled(self, in_ms: float, trigger: str = "event") -> "JobRun":
         return self.emit("task.scheduled", scheduledAt=iso(self.now + timedelta(milliseconds=in_ms)), trigger=trigger)
+
+
+def ns_of(event: dict[str, Any]) -> int:
+    """The event's timestamp in Unix nanoseconds."""
+    return ns(datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")))

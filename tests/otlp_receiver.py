@@ -113,6 +113,16 @@ class Received:
         with self.lock:
             return [dict(resource) for (n, resource, _a) in self.metrics if n == name]
 
+    def unique_spans(self) -> dict[str, ReceivedSpan]:
+        """Spans by id. At-least-once delivery may repeat a span; a repeat must be identical."""
+        with self.lock:
+            spans = list(self.spans)
+        unique: dict[str, ReceivedSpan] = {}
+        for span in spans:
+            known = unique.setdefault(span.span_id, span)
+            assert known == span, f"span {span.span_id} received twice with different content"
+        return unique
+
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self.lock:
             return [s for s in self.spans if s.trace_id == trace_id]
@@ -127,8 +137,8 @@ class Received:
 
 
 class OtlpHttpReceiver:
-    def __init__(self) -> None:
-        self.received = Received()
+    def __init__(self, port: int = 0, received: Received | None = None) -> None:
+        self.received = received or Received()
         self.up = True
         receiver = self
 
@@ -160,7 +170,7 @@ class OtlpHttpReceiver:
                 self.end_headers()
                 self.wfile.write(reply)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -172,8 +182,8 @@ class OtlpHttpReceiver:
 
 
 class OtlpGrpcReceiver:
-    def __init__(self) -> None:
-        self.received = Received()
+    def __init__(self, port: int = 0, received: Received | None = None) -> None:
+        self.received = received or Received()
         self.up = True
         receiver = self
 
@@ -195,7 +205,7 @@ class OtlpGrpcReceiver:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server.start()
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from bridge_process import BridgeProcess
-from builders import JobRun, WorkflowRun, ns
+from builders import JobRun, WorkflowRun, ns_of
 
 from otel_bridge import RunIdentity, root_span_id, trace_id_for
 from otel_bridge.ids import attempt_span_id
@@ -72,12 +72,6 @@ def test_a_workflow_posted_in_invocation_batches_becomes_one_trace(bridge):
     assert second.status_code == OK
     assert second.links == [(trace_id, attempt_span_id(identity, "charge", 1).hex())]
     assert second.end_ns - second.start_ns == 25_000_000
-
-
-def ns_of(event: dict) -> int:
-    from datetime import datetime
-
-    return ns(datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")))
 
 
 def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resources(bridge):

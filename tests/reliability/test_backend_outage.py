@@ -1,0 +1,93 @@
+"""The OTLP backend refuses or vanishes: ingest goes on into the outbox, everything arrives when it is back."""
+
+import re
+import time
+
+import httpx
+from bridge_process import BridgeProcess, free_port
+from builders import JobRun, WorkflowRun
+from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, Received
+
+OUTAGE_SECONDS = 12
+
+
+def _runs(n: int, prefix: str) -> list[WorkflowRun]:
+    runs = []
+    for i in range(n):
+        run = WorkflowRun("outage", workflow_id=f"{prefix}-{i}").started().step_started("a").after(5)
+        runs.append(run.step_completed("a").completed())
+    return runs
+
+
+def _metric(bridge: BridgeProcess, name: str) -> float:
+    text = httpx.get(f"{bridge.url}/metrics").text
+    found = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_a_refusing_backend_keeps_spans_in_the_outbox_until_it_accepts(tmp_path):
+    receiver = OtlpHttpReceiver()
+    receiver.up = False  # answers 503
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1").start()
+    try:
+        runs = _runs(20, "refused")
+        started = time.monotonic()
+        while time.monotonic() - started < OUTAGE_SECONDS:
+            # Ingest keeps accepting all through the outage.
+            assert bridge.post(runs.pop().events if runs else JobRun().executed(1).events).status_code == 200
+            time.sleep(0.3)
+        assert not runs
+        assert _metric(bridge, "otel_bridge_outbox_depth") == 40
+        assert _metric(bridge, "otel_bridge_export_failures_total") >= 2
+        assert receiver.received.refused >= 2 and receiver.received.spans == []
+
+        receiver.up = True
+        receiver.received.wait_for(lambda: len(receiver.received.unique_spans()) == 40, timeout=60)
+        receiver.received.wait_for(lambda: _metric(bridge, "otel_bridge_outbox_depth") == 0, timeout=10)
+    finally:
+        bridge.close()
+        receiver.close()
+
+
+def test_an_unreachable_grpc_backend_gets_everything_once_it_starts(tmp_path):
+    port = free_port()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="1").start()
+    receiver = None
+    try:
+        for run in _runs(10, "unreachable"):
+            assert bridge.post(run.events).status_code == 200
+        time.sleep(OUTAGE_SECONDS)
+        assert _metric(bridge, "otel_bridge_export_failures_total") >= 1
+        receiver = OtlpGrpcReceiver(port=port)
+        receiver.received.wait_for(lambda: len(receiver.received.unique_spans()) == 20, timeout=60)
+    finally:
+        bridge.close()
+        if receiver:
+            receiver.close()
+
+
+def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
+    received = Received()
+    receiver = OtlpHttpReceiver(received=received)
+    receiver.up = False
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1", max_outbox_spans="10").start()
+    try:
+        refused = None
+        for run in _runs(30, "full"):
+            response = bridge.post(run.events)
+            if response.status_code == 503:
+                refused = (response, run)
+                break
+            assert response.status_code == 200
+            time.sleep(0.3)  # let the settle window move spans into the outbox
+        assert refused is not None, "the outbox bound never pushed back"
+        response, run = refused
+        assert response.headers["retry-after"] == "5"
+        assert "backlog full" in response.json()["error"]
+
+        receiver.up = True
+        received.wait_for(lambda: _metric(bridge, "otel_bridge_outbox_depth") == 0, timeout=60)
+        assert bridge.post(run.events).status_code == 200  # the producer's retry now lands
+    finally:
+        bridge.close()
+        receiver.close()
