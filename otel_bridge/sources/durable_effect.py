@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -41,6 +42,17 @@ from otel_bridge.lifecycle import (
 ENGINE = c.PLATFORM_DURABLE_EFFECT
 
 
+def _iso_string(value: Any) -> Any:
+    # pydantic would read a number as Unix seconds; the engine only sends ISO-8601 text,
+    # so a number here is a bug on the producer's side worth naming.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO-8601 timestamp string")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_string)]
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
@@ -54,7 +66,7 @@ class WireError(_Wire):
 
 class _WorkflowBase(_Wire):
     event_id: str = Field(min_length=1)
-    timestamp: datetime
+    timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
     workflow_id: str = Field(min_length=1)
     workflow_name: str
@@ -80,7 +92,7 @@ class WorkflowResumed(_WorkflowBase):
 class WorkflowPaused(_WorkflowBase):
     type: Literal["workflow.paused"]
     reason: Literal["sleep", "retry"]
-    resume_at: datetime | None = None
+    resume_at: IsoTime | None = None
     step_name: str | None = None
 
 
@@ -128,7 +140,7 @@ class RetryScheduled(_WorkflowBase):
     type: Literal["retry.scheduled"]
     step_name: str
     attempt: int
-    next_attempt_at: datetime | None = None
+    next_attempt_at: IsoTime | None = None
     delay_ms: float | None = None
 
 
@@ -141,7 +153,7 @@ class RetryExhausted(_WorkflowBase):
 class SleepStarted(_WorkflowBase):
     type: Literal["sleep.started"]
     duration_ms: float
-    resume_at: datetime | None = None
+    resume_at: IsoTime | None = None
 
 
 class SleepCompleted(_WorkflowBase):
@@ -152,7 +164,7 @@ class SleepCompleted(_WorkflowBase):
 class TimeoutSet(_WorkflowBase):
     type: Literal["timeout.set"]
     step_name: str
-    deadline: datetime | None = None
+    deadline: IsoTime | None = None
     timeout_ms: float | None = None
 
 
@@ -164,7 +176,7 @@ class TimeoutExceeded(_WorkflowBase):
 
 class _JobBase(_Wire):
     event_id: str = Field(min_length=1)
-    timestamp: datetime
+    timestamp: IsoTime
     source: Literal["job"] = "job"
     instance_id: str = Field(min_length=1)
     job_type: Literal["continuous", "debounce", "task", "workerPool"]
@@ -208,7 +220,7 @@ class JobTerminated(_JobBase):
 
 class DebounceStarted(_JobBase):
     type: Literal["debounce.started"]
-    flush_at: datetime | None = None
+    flush_at: IsoTime | None = None
 
 
 class DebounceFlushed(_JobBase):
@@ -220,7 +232,7 @@ class DebounceFlushed(_JobBase):
 
 class TaskScheduled(_JobBase):
     type: Literal["task.scheduled"]
-    scheduled_at: datetime
+    scheduled_at: IsoTime
     trigger: Literal["event", "execute", "idle", "error"]
 
 

@@ -1,0 +1,84 @@
+"""Duplicates change nothing, before or after a restart; late and never-ending runs are visible."""
+
+import re
+import time
+
+import httpx
+from bridge_process import BridgeProcess
+from builders import JobRun, WorkflowRun
+
+from otel_bridge import trace_id_for
+
+
+def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"{bridge.url}/metrics").text
+    total = 0.0
+    for label_text, value in re.findall(rf"^{name}{{([^}}]*)}} ([0-9.e+-]+)$", text, re.M):
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_the_same_events_any_number_of_times_across_a_restart_count_once(tmp_path, otlp_http):
+    run = WorkflowRun("dup").started().step_started("a").after(5).retry_scheduled("a", 1).after(100)
+    run.step_started("a", 2).after(5).step_completed("a", 2).completed()
+    job = JobRun("dedup-job").started().executed(1, duration_ms=10)
+    events = run.events + job.events
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        assert bridge.post(events).json()["accepted"] == len(events)
+        assert bridge.post(events + events[:3]).json()["duplicates"] == len(events) + 3
+        assert bridge.stop()
+        bridge.start()
+        assert bridge.post(list(reversed(events))).json() == {
+            "accepted": 0,
+            "duplicates": len(events),
+            "late": 0,
+            "rejected": [],
+        }
+        assert _metric(bridge, "job_executions_total", job_name="dedup-job") == 0  # counted before the restart
+        assert bridge.post(JobRun("dedup-job").executed(2).events).status_code == 200
+        assert _metric(bridge, "job_executions_total", job_name="dedup-job") == 1
+        assert _metric(bridge, "otel_bridge_events_duplicate_total") == len(events)
+    finally:
+        bridge.close()
+    got = otlp_http.received
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    got.wait_for(lambda: len(got.trace(trace_id)) >= 3)
+    root = next(s for s in got.unique_spans().values() if s.trace_id == trace_id and not s.parent_span_id)
+    assert [name for name, _t, _a in root.events] == ["retry.scheduled"]
+    assert len(got.trace(trace_id)) == 3
+    assert got.metric("workflow.task.retries", **{"workflow.definition.name": "dup"})[0]["value"] == 1
+
+
+def test_re_emitted_facts_under_new_event_ids_are_duplicates_too(tmp_path, otlp_http):
+    run = WorkflowRun("reexec").started().step_started("a")
+    again = WorkflowRun("reexec", workflow_id=run.workflow_id, start=run.now).after(50).step_started("a")
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        bridge.post(run.events)
+        assert bridge.post(again.events).json()["duplicates"] == 1
+    finally:
+        bridge.close()
+
+
+def test_late_events_and_never_ending_runs_show_on_metrics(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, max_open_seconds="1").start()
+    try:
+        forever = WorkflowRun("forever").started().step_started("wait")
+        assert bridge.post(forever.events).status_code == 200
+        got = otlp_http.received
+        got.wait_for(lambda: any(s.attributes.get("workflow.execution.incomplete") for s in got.spans))
+        assert _metric(bridge, "otel_bridge_runs_incomplete_total") == 1
+        root = next(s for s in got.spans if not s.parent_span_id)
+        assert root.attributes["workflow.execution.incomplete"] is True
+
+        late = WorkflowRun("forever", workflow_id=forever.workflow_id, start=forever.now).after(10)
+        answer = bridge.post(late.step_completed("wait").events).json()
+        assert (answer["accepted"], answer["late"]) == (0, 1)
+        assert _metric(bridge, "otel_bridge_events_late_total") == 1
+        time.sleep(0.5)
+        assert len([s for s in got.spans if s.trace_id == root.trace_id]) == 2  # nothing new was sent
+        assert "late event" in bridge.log.read_text()
+    finally:
+        bridge.close()
