@@ -33,7 +33,8 @@ except PackageNotFoundError:  # running from a source tree
 def open_store(settings: Settings) -> Store:
     if settings.state.startswith(("redis://", "rediss://")):
         raise ValueError("the Redis state store is not available in this version: use a SQLite file path")
-    return SqliteStore(settings.state, lock_timeout_seconds=settings.store_timeout_seconds)
+    timeout = settings.store_timeout_seconds
+    return SqliteStore(settings.state, busy_timeout_ms=int(timeout * 1000), lock_timeout_seconds=timeout)
 
 
 class Bridge:

@@ -1,0 +1,104 @@
+"""Credentials, TLS, and what the producer sees: a bounded answer, never a non-2xx for a stored batch."""
+
+import sqlite3
+import ssl
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess, free_port
+from builders import WorkflowRun
+
+SECRET = "k3y-that-must-not-leak"
+
+
+def test_credentials_are_checked_and_never_logged(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, api_key=SECRET, log_level="DEBUG").start()
+    try:
+        events = WorkflowRun().started().events
+        assert bridge.post(events, headers={"X-API-KEY": SECRET}).status_code == 200
+        assert bridge.post(events, headers={"X-API-KEY": SECRET[:-1]}).status_code == 401
+        assert bridge.post(events).status_code == 401
+    finally:
+        bridge.close()
+    assert SECRET not in bridge.log.read_text()
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certificate):
+    cert, key = certificate
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, tls_certfile=cert, tls_keyfile=key)
+    bridge.url = bridge.url.replace("http://", "https://")
+    bridge.client = httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=10)
+    try:
+        bridge.start()
+        assert bridge.post(WorkflowRun().started().events).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
+    finally:
+        bridge.close()
+
+
+def test_the_answer_does_not_wait_for_an_unreachable_backend(tmp_path):
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{free_port()}", OTEL_EXPORTER_OTLP_TIMEOUT="30").start()
+    try:
+        for i in range(20):
+            run = WorkflowRun(workflow_id=f"wait-{i}").started().step_started("a").after(1).step_completed("a")
+            # A generous bound, not a speed claim: ingest must not be stuck behind a 30 s export.
+            response = bridge.client.post(f"{bridge.url}/v1/events", json={"events": run.events}, timeout=5)
+            assert response.status_code == 200
+            time.sleep(0.1)
+    finally:
+        bridge.close()
+
+
+def test_a_store_locked_by_someone_else_gives_503_then_the_retry_lands(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, store_timeout_seconds="1").start()
+    try:
+        events = WorkflowRun().started().events
+        blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=30)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            response = bridge.client.post(f"{bridge.url}/v1/events", json={"events": events}, timeout=30)
+            assert response.status_code == 503
+            assert response.headers["retry-after"]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert bridge.post(events).json()["accepted"] == 1
+    finally:
+        bridge.close()
+
+
+def test_concurrent_producers_all_get_answers(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    answers: list[int] = []
+    try:
+
+        def producer(n: int) -> None:
+            with httpx.Client(timeout=10) as client:
+                for i in range(20):
+                    run = WorkflowRun(workflow_id=f"p{n}-{i}").started().step_started("a")
+                    answers.append(client.post(f"{bridge.url}/v1/events", json={"events": run.events}).status_code)
+
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        bridge.close()
+    assert answers == [200] * 120
