@@ -83,7 +83,7 @@ class Bridge:
         while not self._stop.wait(tick):
             try:
                 self.pipeline.settle_due()
-                if time.monotonic() - last_purge > _PURGE_EVERY:
+                if time.monotonic() - last_purge > min(_PURGE_EVERY, self.settings.dedup_ttl_seconds / 2):
                     last_purge = time.monotonic()
                     self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
             except Exception:

@@ -4,11 +4,13 @@ import re
 import time
 
 import httpx
+import pytest
 from bridge_process import BridgeProcess, free_port
 from builders import JobRun, WorkflowRun
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, Received
 
 OUTAGE_SECONDS = 12
+LONG_OUTAGE_SECONDS = 120
 
 
 def _runs(n: int, prefix: str) -> list[WorkflowRun]:
@@ -49,17 +51,20 @@ def test_a_refusing_backend_keeps_spans_in_the_outbox_until_it_accepts(tmp_path)
         receiver.close()
 
 
-def test_an_unreachable_grpc_backend_gets_everything_once_it_starts(tmp_path):
+@pytest.mark.timeout(LONG_OUTAGE_SECONDS + 180)
+def test_an_unreachable_grpc_backend_for_two_minutes_gets_everything_once_it_starts(tmp_path):
     port = free_port()
     bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="1").start()
     receiver = None
     try:
-        for run in _runs(10, "unreachable"):
+        runs = _runs(60, "unreachable")
+        for run in runs:  # one run every 2 s through a 2-minute outage
             assert bridge.post(run.events).status_code == 200
-        time.sleep(OUTAGE_SECONDS)
-        assert _metric(bridge, "otel_bridge_export_failures_total") >= 1
+            time.sleep(LONG_OUTAGE_SECONDS / len(runs))
+        assert _metric(bridge, "otel_bridge_export_failures_total") >= 3
+        assert _metric(bridge, "otel_bridge_outbox_depth") == 120
         receiver = OtlpGrpcReceiver(port=port)
-        receiver.received.wait_for(lambda: len(receiver.received.unique_spans()) == 20, timeout=60)
+        receiver.received.wait_for(lambda: len(receiver.received.unique_spans()) == 120, timeout=90)
     finally:
         bridge.close()
         if receiver:

@@ -82,3 +82,15 @@ def test_late_events_and_never_ending_runs_show_on_metrics(tmp_path, otlp_http):
         assert "late event" in bridge.log.read_text()
     finally:
         bridge.close()
+
+
+def test_the_dedup_memory_forgets_after_its_time_to_live(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, dedup_ttl_seconds="1").start()
+    try:
+        events = JobRun("ttl-job").executed(1).events
+        assert bridge.post(events).json()["accepted"] == 1
+        assert bridge.post(events).json()["duplicates"] == 1
+        time.sleep(2.5)
+        assert bridge.post(events).json()["accepted"] == 1  # remembered no longer: memory stays bounded
+    finally:
+        bridge.close()
