@@ -77,6 +77,23 @@ def _trace_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import json
+
+    from otel_bridge.producer.demo import SCENARIOS, run_demo
+
+    _logging("INFO")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per POST drowns the summary
+    headers = dict(h.split("=", 1) for h in args.header)
+    print(f"otel-bridge demo: {len(SCENARIOS)} scenarios at {args.rate}/s to {args.url}", flush=True)
+    try:
+        summary = run_demo(args.url, args.rate, args.duration, args.seed, headers)
+    except KeyboardInterrupt:
+        return 0
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["dropped_events"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-bridge",
@@ -94,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--service", required=True, help="the producer's serviceKey")
     trace.add_argument("--workflow-id", required=True)
     trace.add_argument("--engine", default=c.PLATFORM_DURABLE_EFFECT)
+    demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
+    demo.add_argument("--url", default="http://127.0.0.1:4380/v1/events", help="the bridge's tracker endpoint")
+    demo.add_argument("--rate", type=float, default=2.0, help="runs started per second")
+    demo.add_argument("--duration", type=float, default=0.0, help="seconds to generate for (0: until stopped)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
+    demo.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="extra header, e.g. X-API-KEY=…"
+    )
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
 
@@ -105,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(settings_table())
         return 0
+    if args.command == "demo":
+        return _demo(args)
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -1,0 +1,290 @@
+"""`otel-bridge demo`: realistic workflow and job traffic, posted as the engine's tracker would.
+
+Every scenario is a run split into the invocations the engine makes (one POST per
+Durable Object invocation: the first run, each alarm after a retry backoff or a
+sleep, each job call). Invocations are posted when their time comes, so timelines
+in Jaeger show real gaps. Waits are compressed to seconds.
+"""
+
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from otel_bridge.producer.events import JobRun, WorkflowRun
+from otel_bridge.producer.tracker import HttpBatchTracker
+
+WORKFLOW_SERVICE = "shop"
+JOB_SERVICE = "jobs"
+ENV = "demo"
+
+Invocations = list[list[dict[str, Any]]]
+
+
+class _Cutter:
+    """Splits a run's event stream into the engine's invocations."""
+
+    def __init__(self, stream: WorkflowRun | JobRun) -> None:
+        self.stream = stream
+        self.invocations: Invocations = []
+        self._mark = 0
+
+    def cut(self) -> "_Cutter":
+        self.invocations.append(self.stream.events[self._mark :])
+        self._mark = len(self.stream.events)
+        return self
+
+
+def _wf(name: str, now: datetime) -> WorkflowRun:
+    return WorkflowRun(name, env=ENV, service=WORKFLOW_SERVICE, start=now)
+
+
+def _job(name: str, job_type: str, now: datetime) -> JobRun:
+    return JobRun(name, job_type, env=ENV, service=JOB_SERVICE, start=now)
+
+
+def success(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("orderCheckout", now)
+    cut = _Cutter(run.started({"orderId": rng.randint(1, 9999)}))
+    for step in ("validateCart", "reserveStock", "chargeCard", "sendReceipt"):
+        run.after(rng.randint(2, 20)).step_started(step).after(rng.randint(10, 400)).step_completed(step)
+    run.after(2).completed(["validateCart", "reserveStock", "chargeCard", "sendReceipt"])
+    return cut.cut().invocations
+
+
+def retry(now: datetime, rng: random.Random) -> Invocations:
+    """The engine's retry: retry.scheduled instead of step.failed, then an alarm runs attempt 2."""
+    run = _wf("paymentCapture", now)
+    cut = _Cutter(run.started().step_started("authorize").after(30).step_completed("authorize"))
+    delay = rng.randint(800, 1500) + rng.random()
+    run.step_started("capture", 1).after(rng.randint(50, 200)).retry_scheduled("capture", 1, delay_ms=delay)
+    run.paused("retry", step="capture", resume_in_ms=delay)
+    cut.cut()
+    run.after(delay).resumed().step_started("capture", 2).after(rng.randint(40, 120)).step_completed("capture", 2)
+    run.after(1).completed(["authorize", "capture"])
+    return cut.cut().invocations
+
+
+def retry_as_guide_draws_it(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("invoiceSync", now)
+    cut = _Cutter(run.started().step_started("pushInvoice", 1).after(80))
+    run.step_failed("pushInvoice", 1, message="upstream 502", will_retry=True).retry_scheduled("pushInvoice", 1, 900)
+    run.paused("retry", step="pushInvoice", resume_in_ms=900)
+    cut.cut()
+    run.after(900).resumed().step_started("pushInvoice", 2).after(60).step_completed("pushInvoice", 2).completed()
+    return cut.cut().invocations
+
+
+def exhausted(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("paymentCapture", now)
+    cut = _Cutter(run.started().step_started("authorize").after(25).step_completed("authorize"))
+    for attempt in (1, 2):
+        run.step_started("capture", attempt).after(rng.randint(30, 90)).retry_scheduled("capture", attempt, 600)
+        run.paused("retry", step="capture", resume_in_ms=600)
+        cut.cut()
+        run.after(600).resumed()
+    run.step_started("capture", 3).after(50).retry_exhausted("capture", 3)
+    run.failed("card declined", step="capture", attempt=3, stack="CardDeclinedError: card declined\n    at capture")
+    return cut.cut().invocations
+
+
+def failure(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("accountDeletion", now)
+    run.started().step_started("exportData").after(120).step_completed("exportData")
+    run.step_started("purgeRecords").after(40)
+    run.step_failed("purgeRecords", 1, message="constraint violation", stack="DatabaseError: constraint violation")
+    run.failed("constraint violation", step="purgeRecords", attempt=1, stack="DatabaseError: constraint violation")
+    return [run.events]
+
+
+def sleep(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("userOnboarding", now)
+    cut = _Cutter(run.started().step_started("createAccount").after(90).step_completed("createAccount"))
+    nap = rng.randint(1500, 3000)
+    run.after(2).sleep_started(nap).paused("sleep", resume_in_ms=nap)
+    cut.cut()
+    run.after(nap).resumed().sleep_completed(nap).step_started("sendWelcome").after(70).step_completed("sendWelcome")
+    run.completed(["createAccount", "sendWelcome"])
+    return cut.cut().invocations
+
+
+def cancel(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("shipmentTracking", now)
+    run.started().step_started("bookCarrier").after(rng.randint(100, 300)).cancelled(reason="bookCarrier")
+    return [run.events]
+
+
+def timeout(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("reportGeneration", now)
+    cut = _Cutter(run.started().step_started("render", 1).timeout_set("render", 500))
+    run.after(500).retry_scheduled("render", 1, 700).paused("retry", step="render", resume_in_ms=700)
+    cut.cut()
+    run.after(700).resumed().step_started("render", 2).after(1).timeout_exceeded("render", 500)
+    run.failed("step render timed out after 500 ms", step="render", attempt=2)
+    return cut.cut().invocations
+
+
+def queued(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("dataExport", now)
+    cut = _Cutter(run.queued({"format": "csv"})).cut()  # runAsync: the queue event has its own POST
+    run.after(rng.randint(200, 800)).started().step_started("collect").after(150).step_completed("collect")
+    run.step_started("upload").after(90).step_completed("upload").completed(["collect", "upload"])
+    return cut.cut().invocations
+
+
+def cached_replay(now: datetime, rng: random.Random) -> Invocations:
+    """Older engines re-emit `step.completed` with `cached: true` for every replayed step."""
+    run = _wf("subscriptionRenewal", now)
+    cut = _Cutter(run.started().step_started("charge").after(60).step_completed("charge"))
+    run.after(1).sleep_started(1000).paused("sleep", resume_in_ms=1000)
+    cut.cut()
+    run.after(1000).resumed().step_completed("charge", attempt=0, duration_ms=0, cached=True).sleep_completed(1000)
+    run.step_started("notify").after(20).step_completed("notify").completed(["charge", "notify"])
+    return cut.cut().invocations
+
+
+def evicted(now: datetime, rng: random.Random) -> Invocations:
+    """The first invocation was evicted with its buffer: the run is first seen at `workflow.resumed`."""
+    run = _wf("inventorySync", now)
+    run.resumed().step_started("pull", 2).after(80).step_completed("pull", 2, duration_ms=2500).completed(["pull"])
+    return [run.events]
+
+
+def continuous_job(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("tokenRefresher", "continuous", now)
+    cut = _Cutter(job.started()).cut()
+    for n in range(1, 4):
+        job.after(rng.randint(400, 900)).executed(n, duration_ms=rng.randint(20, 300))
+        cut.cut()
+    job.after(300).failed(4, attempt=1, will_retry=True)
+    cut.cut()
+    job.after(500).executed(4, duration_ms=80, attempt=2)
+    cut.cut()
+    job.after(200).terminated(4, reason="manual")
+    return cut.cut().invocations
+
+
+def debounce_job(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("webhookBatcher", "debounce", now)
+    window = rng.randint(800, 2000)
+    cut = _Cutter(job.debounce_started(flush_in_ms=window)).cut()
+    reason = rng.choice(["timeout", "timeout", "maxEvents", "manual"])
+    job.after(window).executed(0, duration_ms=rng.randint(10, 200))
+    job.debounce_flushed(rng.randint(1, 120), reason=reason, duration_ms=window)  # after job.executed, as emitted
+    return cut.cut().invocations
+
+
+def task_job(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("reminderSender", "task", now)
+    delay = rng.randint(300, 1500)
+    cut = _Cutter(job.task_scheduled(in_ms=delay, trigger=rng.choice(["event", "execute", "idle"]))).cut()
+    job.after(delay).executed(0, duration_ms=rng.randint(5, 60))
+    return cut.cut().invocations
+
+
+def job_exhausted(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("ledgerReconcile", "continuous", now)
+    cut = _Cutter(job.started().after(100).failed(1, attempt=1)).cut()
+    job.after(400).failed(1, attempt=2, will_retry=False).retry_exhausted(attempts=2, reason="max_attempts")
+    return cut.cut().invocations
+
+
+Scenario = Callable[[datetime, random.Random], Invocations]
+
+SCENARIOS: dict[str, Scenario] = {
+    "success": success,
+    "retry": retry,
+    "retry-as-guide-draws-it": retry_as_guide_draws_it,
+    "exhausted": exhausted,
+    "failure": failure,
+    "sleep": sleep,
+    "cancel": cancel,
+    "timeout": timeout,
+    "queued": queued,
+    "cached-replay": cached_replay,
+    "evicted": evicted,
+    "continuous-job": continuous_job,
+    "debounce-job": debounce_job,
+    "task-job": task_job,
+    "job-exhausted": job_exhausted,
+}
+# How often each scenario comes up once every one has run once: mostly healthy traffic.
+WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    events: list[dict[str, Any]] = field(compare=False)
+
+
+def _timestamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def run_demo(
+    url: str,
+    rate: float = 2.0,
+    duration: float = 0.0,
+    seed: int | None = None,
+    headers: dict[str, str] | None = None,
+    on_scenario: Callable[[str, Invocations], None] | None = None,
+) -> dict[str, Any]:
+    """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever)."""
+    rng = random.Random(seed)
+    client = httpx.Client(timeout=30)
+    trackers = {
+        service: HttpBatchTracker(url, ENV, service, headers=headers, client=client)
+        for service in (WORKFLOW_SERVICE, JOB_SERVICE)
+    }
+    names = list(SCENARIOS)
+    order = itertools.chain(names, iter(lambda: rng.choices(names, [WEIGHTS[n] for n in names])[0], None))
+    queue: list[_Due] = []
+    seq = itertools.count()
+    started = time.time()
+    next_start = started
+    counts: dict[str, int] = {}
+    try:
+        while True:
+            now = time.time()
+            stopping = duration and now - started >= duration
+            if not stopping and now >= next_start:
+                name = next(order)
+                invocations = SCENARIOS[name](datetime.fromtimestamp(now, UTC), rng)
+                counts[name] = counts.get(name, 0) + 1
+                if on_scenario:
+                    on_scenario(name, invocations)
+                for batch in invocations:
+                    heapq.heappush(queue, _Due(_timestamp(batch[0]), next(seq), batch))
+                next_start += 1 / rate
+            if stopping and not queue:
+                break
+            while queue and queue[0].at <= time.time():
+                batch = heapq.heappop(queue).events
+                tracker = trackers[batch[0]["serviceKey"]]
+                for event in batch:
+                    tracker.emit(event)
+                tracker.flush()  # one POST per invocation, awaited, as the engine does
+            candidates = [queue[0].at] if queue else []
+            if not stopping:
+                candidates.append(next_start)
+            wake = min(candidates, default=time.time() + 0.05)
+            time.sleep(max(0.0, min(wake - time.time(), 0.25)))
+    finally:
+        for tracker in trackers.values():
+            tracker.close()
+    stats = [t.stats for t in trackers.values()]
+    return {
+        "scenarios": counts,
+        "events": sum(s.events for s in stats),
+        "posts": sum(s.posts for s in stats),
+        "retries": sum(s.retries for s in stats),
+        "dropped_events": sum(s.dropped_events for s in stats),
+    }
