@@ -60,6 +60,18 @@ class Bridge:
         )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        self.metrics.start_bridge_counters(
+            [
+                c.M_BRIDGE_EVENTS_RECEIVED,
+                c.M_BRIDGE_EVENTS_ACCEPTED,
+                c.M_BRIDGE_EVENTS_REJECTED,
+                c.M_BRIDGE_EVENTS_DUPLICATE,
+                c.M_BRIDGE_EVENTS_LATE,
+                c.M_BRIDGE_RUNS_INCOMPLETE,
+                c.M_BRIDGE_SPANS_EXPORTED,
+                c.M_BRIDGE_EXPORT_FAILURES,
+            ]
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = False

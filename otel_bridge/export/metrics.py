@@ -188,6 +188,12 @@ class MetricsHub:
         if value:
             self.record([Observation(instrument, value, tuple(attributes.items()), None)])  # type: ignore[arg-type]
 
+    def start_bridge_counters(self, names: Iterable[str]) -> None:
+        """Create the bridge's own counters at zero, so "no failures yet" is a 0, not a missing series."""
+        producer = self._producer(None)
+        for name in names:
+            self._instrument(producer, name).add(0)  # type: ignore[attr-defined]
+
     def gauge(self, name: str, unit: str, description: str, read: Callable[[], float]) -> None:
         """An observable gauge of the bridge itself, read at each collection."""
 

@@ -1,0 +1,303 @@
+"""Writes the Grafana dashboards in collector-config/grafana/dashboards/ (run after editing).
+
+Panels follow the seed guide's "UI Design Recommendations": workflow list and detail
+views become run, duration, step and retry panels; the job dashboard has continuous,
+debounce and task sections. Histogram panels show exemplars (click: the trace in
+Jaeger); counter panels link to a Jaeger search of the same workflow or service.
+tests/deploy/test_dashboards.py runs every PromQL query here against a real Prometheus.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "collector-config" / "grafana" / "dashboards"
+PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
+JAEGER = {"type": "jaeger", "uid": "jaeger"}
+SEL = 'service_name=~"$service", deployment_environment_name=~"$env"'
+JAEGER_SEARCH = "http://localhost:16686/search?service=${service}"
+
+
+class Board:
+    def __init__(self, uid: str, title: str, description: str) -> None:
+        self.uid, self.title, self.description = uid, title, description
+        self.panels: list[dict[str, Any]] = []
+        self._x = self._y = 0
+        self._next_id = 1
+
+    def row(self, title: str) -> None:
+        if self._x:
+            self._y += 8
+            self._x = 0
+        self.panels.append(
+            {"type": "row", "title": title, "id": self._take_id(), "collapsed": False,
+             "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y}}
+        )  # fmt: skip
+        self._y += 1
+
+    def _take_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def panel(
+        self,
+        title: str,
+        queries: list[tuple[str, str]],
+        kind: str = "timeseries",
+        unit: str = "short",
+        width: int = 8,
+        exemplars: bool = False,
+        description: str = "",
+        link: str | None = None,
+    ) -> None:
+        if self._x + width > 24:
+            self._x = 0
+            self._y += 8
+        panel: dict[str, Any] = {
+            "id": self._take_id(),
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": PROMETHEUS,
+            "gridPos": {"h": 8, "w": width, "x": self._x, "y": self._y},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+            "targets": [
+                {"refId": chr(65 + i), "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend,
+                 "exemplar": exemplars, "range": True, "instant": kind in ("stat", "bargauge")}
+                for i, (expr, legend) in enumerate(queries)
+            ],
+        }  # fmt: skip
+        if link:
+            panel["links"] = [{"title": "Open in Jaeger", "url": link, "targetBlank": True}]
+        self.panels.append(panel)
+        self._x += width
+
+    def traces(self, title: str, tags: str, width: int = 24) -> None:
+        """A Jaeger search panel: the runs themselves, one click from their timeline."""
+        if self._x + width > 24:
+            self._x = 0
+            self._y += 8
+        self.panels.append(
+            {"id": self._take_id(), "type": "table", "title": title, "datasource": JAEGER,
+             "gridPos": {"h": 8, "w": width, "x": self._x, "y": self._y},
+             "targets": [{"refId": "A", "datasource": JAEGER, "queryType": "search",
+                          "service": "$service", "tags": tags, "limit": 20}]}
+        )  # fmt: skip
+        self._x += width
+
+    def json(self) -> dict[str, Any]:
+        variables = [
+            {"name": "service", "label": "service", "type": "query", "datasource": PROMETHEUS,
+             "query": {"query": "label_values(service_name)", "refId": "service"},
+             "definition": "label_values(service_name)", "includeAll": True, "multi": True,
+             "allValue": ".+", "current": {"text": "All", "value": "$__all"}, "refresh": 2},
+            {"name": "env", "label": "environment", "type": "query", "datasource": PROMETHEUS,
+             "query": {"query": "label_values(deployment_environment_name)", "refId": "env"},
+             "definition": "label_values(deployment_environment_name)", "includeAll": True, "multi": True,
+             "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "refresh": 2},
+        ]  # fmt: skip
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "description": self.description,
+            "tags": ["otel-bridge"],
+            "timezone": "browser",
+            "schemaVersion": 39,
+            "version": 1,
+            "refresh": "10s",
+            "time": {"from": "now-30m", "to": "now"},
+            "templating": {"list": variables},
+            "links": [{"title": "Jaeger", "url": "http://localhost:16686", "type": "link", "targetBlank": True}],
+            "panels": self.panels,
+        }
+
+
+def quantiles(metric: str, by: str, extra: str = "") -> list[tuple[str, str]]:
+    selector = f"{SEL}{extra}"
+    return [
+        (
+            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))",
+            f"p{int(q * 100)} {{{{{by}}}}}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def workflows() -> Board:
+    b = Board("otel-bridge-workflows", "Workflows", "Durable workflow runs converted by otel-bridge.")
+    b.row("Runs")
+    b.panel(
+        "Runs by outcome",
+        [(f'sum by (workflow_execution_result) (rate(workflow_execution_duration_seconds_count{{{SEL}, '
+          f'workflow_execution_state="executing"}}[$__rate_interval]))', "{{workflow_execution_result}}")],
+        unit="ops", link=JAEGER_SEARCH + '&tags={"error":"true"}',
+        description="Finished runs per second: success, failure, cancellation, timeout.",
+    )  # fmt: skip
+    b.panel(
+        "Success rate",
+        [(f'sum(rate(workflow_execution_duration_seconds_count{{{SEL}, workflow_execution_state="executing", '
+          f'workflow_execution_result="success"}}[$__range])) / sum(rate(workflow_execution_duration_seconds_count'
+          f'{{{SEL}, workflow_execution_state="executing"}}[$__range]))', "success rate")],
+        kind="stat", unit="percentunit", width=4,
+    )  # fmt: skip
+    b.panel(
+        "Open runs by state",
+        [(f"sum by (workflow_execution_state) (workflow_execution_active{{{SEL}}})", "{{workflow_execution_state}}")],
+        kind="stat", width=4, description="Running (executing), paused (sleep or retry backoff), queued (pending).",
+    )  # fmt: skip
+    b.panel(
+        "Failures by failing step",
+        [(f"sum by (workflow_definition_name, workflow_task_name) "
+          f"(increase(workflow_execution_errors_total{{{SEL}}}[$__range]))",
+          "{{workflow_definition_name}} / {{workflow_task_name}}")],
+        kind="bargauge", link=JAEGER_SEARCH + '&tags={"error":"true"}',
+    )  # fmt: skip
+    b.panel(
+        "Run duration (start to end)",
+        quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
+                  ', workflow_execution_state="executing"'),
+        unit="s", width=12, exemplars=True, description="Percentiles; dots are exemplars: click for the trace.",
+    )  # fmt: skip
+    b.panel(
+        "Queue wait (runAsync)",
+        quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
+                  ', workflow_execution_state="pending"'),
+        unit="s", width=12, exemplars=True,
+    )  # fmt: skip
+    b.row("Steps")
+    b.panel(
+        "Step duration p95 by step",
+        [(f"histogram_quantile(0.95, sum by (le, workflow_task_name) "
+          f"(rate(workflow_task_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{workflow_task_name}}")],
+        unit="s", width=12, exemplars=True,
+    )  # fmt: skip
+    b.panel(
+        "Step attempts by result",
+        [(f"sum by (workflow_task_name, workflow_task_result) "
+          f"(rate(workflow_task_duration_seconds_count{{{SEL}}}[$__rate_interval]))",
+          "{{workflow_task_name}} {{workflow_task_result}}")],
+        unit="ops", width=12,
+    )  # fmt: skip
+    b.panel(
+        "Retries by step",
+        [(f"sum by (workflow_task_name) (increase(workflow_task_retries_total{{{SEL}}}[$__rate_interval]))",
+          "{{workflow_task_name}}")],
+        link=JAEGER_SEARCH,
+    )  # fmt: skip
+    b.panel(
+        "Timeouts by step",
+        [(f"sum by (workflow_task_name) (increase(workflow_task_timeouts_total{{{SEL}}}[$__range]))",
+          "{{workflow_task_name}}")],
+        kind="bargauge", link=JAEGER_SEARCH + '&tags={"error.type":"timeout"}',
+    )  # fmt: skip
+    b.panel(
+        "Retry success: attempts that succeeded after a retry",
+        [(f'sum(rate(workflow_task_duration_seconds_count{{{SEL}, workflow_task_result="success"}}[$__range])) '
+          f"/ (sum(rate(workflow_task_duration_seconds_count{{{SEL}, workflow_task_result=\"success\"}}[$__range])) "
+          f"+ sum(rate(workflow_task_retries_total{{{SEL}}}[$__range])))", "attempt success ratio")],
+        kind="stat", unit="percentunit",
+    )  # fmt: skip
+    b.row("Sleeps")
+    b.panel(
+        "Sleep duration",
+        quantiles("workflow_sleep_duration_seconds", "workflow_definition_name"),
+        unit="s", width=24, exemplars=True,
+    )  # fmt: skip
+    b.row("Runs in Jaeger")
+    b.traces("Failed runs", '{"error":"true"}')
+    return b
+
+
+def jobs() -> Board:
+    b = Board("otel-bridge-jobs", "Jobs", "Continuous, debounce and task jobs converted by otel-bridge.")
+    b.row("All jobs")
+    b.panel(
+        "Executions by job and result",
+        [(f"sum by (job_name, job_execution_result) (rate(job_executions_total{{{SEL}}}[$__rate_interval]))",
+          "{{job_name}} {{job_execution_result}}")],
+        unit="ops", width=12,
+    )  # fmt: skip
+    b.panel(
+        "Error rate by job",
+        [(f'sum by (job_name) (rate(job_executions_total{{{SEL}, job_execution_result="failure"}}[$__range])) '
+          f"/ sum by (job_name) (rate(job_executions_total{{{SEL}}}[$__range]))", "{{job_name}}")],
+        kind="bargauge", unit="percentunit", width=6,
+    )  # fmt: skip
+    b.panel(
+        "Run counter (total executions)",
+        [(f"sum by (job_name) (increase(job_executions_total{{{SEL}}}[$__range]))", "{{job_name}}")],
+        kind="stat", width=6,
+    )  # fmt: skip
+    b.panel("Execution duration", quantiles("job_execution_duration_seconds", "job_name"), unit="s", width=12)
+    b.panel(
+        "Retries exhausted",
+        [(f"sum by (job_name, job_retry_exhausted_reason) (increase(job_retry_exhausted_total{{{SEL}}}[$__range]))",
+          "{{job_name}} {{job_retry_exhausted_reason}}")],
+        kind="bargauge", width=6,
+    )  # fmt: skip
+    b.panel(
+        "Active instances",
+        [(f"sum by (job_name) (job_instance_active{{{SEL}}})", "{{job_name}}")], kind="stat", width=6,
+    )  # fmt: skip
+    b.panel(
+        "Terminations",
+        [(f"sum by (job_name) (increase(job_terminations_total{{{SEL}}}[$__range]))", "{{job_name}}")],
+        kind="bargauge", width=12,
+    )  # fmt: skip
+    b.row("Debounce")
+    b.panel(
+        "Events per flush (histogram)",
+        [(f"sum by (le) (increase(job_debounce_flush_size_bucket{{{SEL}}}[$__range]))", "{{le}}")],
+        kind="bargauge", width=8,
+    )  # fmt: skip
+    b.panel(
+        "Average batch size",
+        [(f"sum by (job_name) (rate(job_debounce_flush_size_sum{{{SEL}}}[$__range])) / "
+          f"sum by (job_name) (rate(job_debounce_flush_size_count{{{SEL}}}[$__range]))", "{{job_name}}")],
+        kind="stat", width=8,
+    )  # fmt: skip
+    b.panel(
+        "Flush reasons",
+        [(f"sum by (job_debounce_flush_reason) (increase(job_debounce_flush_size_count{{{SEL}}}[$__range]))",
+          "{{job_debounce_flush_reason}}")],
+        kind="piechart", width=8,
+    )  # fmt: skip
+    b.panel(
+        "Collection window", quantiles("job_debounce_flush_duration_seconds", "job_name"), unit="s", width=24
+    )
+    b.row("Tasks")
+    b.panel(
+        "Schedules by trigger",
+        [(f"sum by (job_task_trigger) (increase(job_task_scheduled_total{{{SEL}}}[$__rate_interval]))",
+          "{{job_task_trigger}}")],
+        width=12,
+    )  # fmt: skip
+    b.panel("Schedule delay", quantiles("job_task_schedule_delay_seconds", "job_name"), unit="s", width=12)
+    b.row("The bridge itself")
+    b.panel(
+        "Events in",
+        [("sum(rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted"),
+         ("sum(rate(otel_bridge_events_duplicate_total[$__rate_interval]))", "duplicate"),
+         ("sum(rate(otel_bridge_events_rejected_total[$__rate_interval]))", "rejected"),
+         ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late")],
+        unit="ops",
+    )  # fmt: skip
+    b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
+    b.panel(
+        "Export failures and incomplete runs",
+        [("sum(increase(otel_bridge_export_failures_total[$__range]))", "export failures"),
+         ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs")],
+        kind="stat",
+    )  # fmt: skip
+    return b
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, board in (("workflows", workflows()), ("jobs", jobs())):
+        (OUT / f"{name}.json").write_text(json.dumps(board.json(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""docker-compose.yml and every config it mounts agree with each other (no Docker engine here: parse them)."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+COLLECTOR = yaml.safe_load((ROOT / "collector-config" / "otel-collector.yaml").read_text())
+PROMETHEUS = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
+DATASOURCES = yaml.safe_load(
+    (ROOT / "collector-config" / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+)
+DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in (ROOT / "collector-config/grafana/dashboards").glob("*.json")}
+
+
+def _published(service: str) -> set[int]:
+    return {int(str(p).split(":")[-1].split("/")[0]) for p in SERVICES[service].get("ports", [])}
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    match = re.match(r"^(?:\w+://)?([^:/]+):(\d+)", endpoint)
+    assert match, endpoint
+    return match.group(1), int(match.group(2))
+
+
+def test_every_image_is_pinned_to_a_version():
+    for name, service in SERVICES.items():
+        image = service.get("image", "")
+        if "build" in service or image == "otel-bridge:local":
+            continue
+        assert re.search(r":[0-9v][\w.-]*$", image), f"{name}: image {image!r} is not pinned"
+        assert not image.endswith(":latest")
+
+
+def test_the_stack_has_every_service_with_its_ui_port():
+    assert {"otel-bridge", "otel-collector", "jaeger", "prometheus", "grafana", "demo"} <= set(SERVICES)
+    assert 16686 in _published("jaeger")
+    assert 9090 in _published("prometheus")
+    assert 3000 in _published("grafana")
+    assert 4380 in _published("otel-bridge")
+    assert "jaegertracing/jaeger:2." in SERVICES["jaeger"]["image"]  # Jaeger v2 all-in-one
+    assert "opentelemetry-collector-contrib" in SERVICES["otel-collector"]["image"]
+
+
+def test_every_mounted_file_exists_in_the_repo():
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_the_bridge_exports_to_the_collectors_otlp_receiver():
+    env = SERVICES["otel-bridge"]["environment"]
+    host, port = _host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert host == "otel-collector"
+    protocol = "grpc" if env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc" else "http"
+    assert _host_port(COLLECTOR["receivers"]["otlp"]["protocols"][protocol]["endpoint"])[1] == port
+
+
+def test_the_demo_posts_to_the_bridge_service():
+    command = SERVICES["demo"]["command"]
+    url = command[command.index("--url") + 1]
+    host, port = _host_port(url)
+    assert (host, port) == ("otel-bridge", 4380)
+    assert SERVICES["demo"]["depends_on"]["otel-bridge"]["condition"] == "service_healthy"
+
+
+def test_collector_pipelines_reference_defined_components():
+    pipelines = COLLECTOR["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "metrics"}
+    for name, pipeline in pipelines.items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in COLLECTOR[kind], f"{name} uses undefined {kind[:-1]} {component}"
+        assert pipeline["processors"][0] == "memory_limiter", "memory_limiter must come first"
+        assert "batch" in pipeline["processors"]
+    for extension in COLLECTOR["service"].get("extensions", []):
+        assert extension in COLLECTOR["extensions"]
+
+
+def test_collector_sends_traces_to_jaeger_and_exposes_metrics_for_prometheus():
+    jaeger = COLLECTOR["exporters"]["otlp/jaeger"]
+    assert _host_port(jaeger["endpoint"]) == ("jaeger", 4317)
+    assert COLLECTOR["exporters"]["prometheus"]["resource_to_telemetry_conversion"]["enabled"] is True
+    exporter_port = _host_port(COLLECTOR["exporters"]["prometheus"]["endpoint"])[1]
+    targets = {t for job in PROMETHEUS["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert f"otel-collector:{exporter_port}" in targets
+    assert exporter_port in _published("otel-collector")
+
+
+def test_the_collector_config_documents_load_balancing_and_tail_sampling():
+    text = (ROOT / "collector-config" / "otel-collector.yaml").read_text()
+    assert "# loadbalancing:" in text and "routing_key: traceID" in text
+    assert "# processors:\n#   tail_sampling:" in text and "status_codes: [ERROR]" in text
+
+
+def test_prometheus_scrapes_only_services_of_the_stack():
+    for job in PROMETHEUS["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, _port = _host_port(target)
+                assert host in SERVICES, f"{job['job_name']} scrapes unknown host {host}"
+    bridge_job = next(j for j in PROMETHEUS["scrape_configs"] if j["job_name"] == "otel-bridge")
+    assert bridge_job["static_configs"][0]["targets"] == ["otel-bridge:4380"]
+    assert "--enable-feature=exemplar-storage" in SERVICES["prometheus"]["command"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with the prometheus package")
+def test_promtool_accepts_the_prometheus_config():
+    result = subprocess.run(
+        ["promtool", "check", "config", "--syntax-only", str(ROOT / "collector-config" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_datasources_point_at_stack_services_and_link_exemplars_to_jaeger():
+    by_uid = {d["uid"]: d for d in DATASOURCES["datasources"]}
+    assert _host_port(by_uid["prometheus"]["url"]) == ("prometheus", 9090)
+    assert _host_port(by_uid["jaeger"]["url"]) == ("jaeger", 16686)
+    destinations = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destinations == [{"name": "trace_id", "datasourceUid": "jaeger"}]
+    env = SERVICES["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_dashboards_use_only_provisioned_datasource_uids():
+    uids = {d["uid"] for d in DATASOURCES["datasources"]}
+    assert set(DASHBOARDS) == {"workflows", "jobs"}
+    for name, board in DASHBOARDS.items():
+        for panel in board["panels"]:
+            for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
+                if ref:
+                    assert ref["uid"] in uids, f"{name}/{panel['title']} uses unknown datasource {ref}"
+        for variable in board["templating"]["list"]:
+            assert variable["datasource"]["uid"] in uids
+
+
+def test_dashboards_are_what_the_generator_writes(tmp_path):
+    script = ROOT / "scripts" / "build_dashboards.py"
+    namespace: dict = {"__name__": "build_dashboards", "__file__": str(script)}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    assert namespace["workflows"]().json() == DASHBOARDS["workflows"]
+    assert namespace["jobs"]().json() == DASHBOARDS["jobs"]
+
+
+def test_histogram_panels_show_exemplars_and_counter_panels_link_to_jaeger():
+    workflows = DASHBOARDS["workflows"]["panels"]
+    for panel in workflows:
+        exprs = " ".join(t.get("expr", "") for t in panel.get("targets", []))
+        if "histogram_quantile" in exprs:
+            assert all(t["exemplar"] for t in panel["targets"]), panel["title"]
+    assert any(p.get("links") for p in workflows)
+    assert any(p.get("datasource", {}).get("uid") == "jaeger" for p in workflows)
+
+
+def test_dockerfile_is_slim_non_root_and_healthchecked():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in dockerfile
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
