@@ -1,0 +1,96 @@
+"""A real Prometheus scrapes a real bridge fed by `otel-bridge demo`; every dashboard query returns data."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from bridge_process import BridgeProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_SECONDS = 25
+# Grafana's variables, as a dashboard viewer with "All" selected would send them.
+VARIABLES = {
+    "$__rate_interval": "20s",
+    "$__range": "5m",
+    "$__interval": "5s",
+    '"$service"': '".+"',
+    '"$env"': '".*"',
+}
+
+
+def _queries() -> list[tuple[str, str, str]]:
+    out = []
+    for path in sorted((ROOT / "collector-config" / "grafana" / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                if "expr" in target:
+                    out.append((path.stem, panel["title"], target["expr"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory) -> Iterator[str]:
+    """Prometheus with the stack's own prometheus.yml, its targets pointed at processes on this machine."""
+    binary = shutil.which("prometheus")
+    assert binary, "the prometheus package is missing: ./scripts/test installs it (apt-get install prometheus)"
+    workdir = tmp_path_factory.mktemp("prometheus")
+    otlp_port = free_port()  # traces are not the point here: nothing listens, the outbox just waits
+    bridge = BridgeProcess(workdir, f"http://127.0.0.1:{otlp_port}", OTEL_METRICS_EXPORTER="none").start()
+
+    config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    bridge_job = next(job for job in config["scrape_configs"] if job["job_name"] == "otel-bridge")
+    bridge_job["static_configs"] = [{"targets": [f"127.0.0.1:{bridge.port}"]}]
+    config["scrape_configs"] = [bridge_job]  # the Collector has no native package: only the bridge job runs
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "prometheus.log").open("wb"),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    demo = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
+         "--duration", str(DEMO_SECONDS), "--seed", "11"],
+        capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    time.sleep(3)  # a few more scrapes after the last run settled
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+        bridge.close()
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 120)
+@pytest.mark.parametrize(("board", "panel", "expr"), _queries(), ids=lambda v: v if len(v) < 40 else v[:40])
+def test_every_panel_query_returns_data(prometheus, board, panel, expr):
+    query = expr
+    for variable, value in VARIABLES.items():
+        query = query.replace(variable, value)
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()
+    assert response["status"] == "success", f"{board}/{panel}: {response}"
+    assert response["data"]["result"], f"{board}/{panel}: no data for {query}"
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 120)
+def test_histogram_exemplars_carry_trace_ids(prometheus):
+    response = httpx.get(
+        f"{prometheus}/api/v1/query_exemplars",
+        params={"query": "workflow_task_duration_seconds_bucket", "start": time.time() - 600, "end": time.time()},
+        timeout=10,
+    ).json()
+    exemplars = [e for series in response["data"] for e in series["exemplars"]]
+    assert exemplars, response
+    assert all(len(e["labels"]["trace_id"]) == 32 for e in exemplars)

@@ -1,0 +1,109 @@
+"""`otel-bridge demo` through a real bridge and OTLP receiver: every scenario it claims is a well-formed trace."""
+
+from collections import defaultdict
+
+import pytest
+from bridge_process import BridgeProcess
+
+from otel_bridge import trace_id_for
+from otel_bridge.producer.demo import ENV, SCENARIOS, WORKFLOW_SERVICE, run_demo
+
+OK, ERROR, UNSET = 1, 2, 0
+JOB_SCENARIOS = {"continuous-job", "debounce-job", "task-job", "job-exhausted"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from otlp_receiver import OtlpHttpReceiver
+
+    receiver = OtlpHttpReceiver()
+    bridge = BridgeProcess(tmp_path_factory.mktemp("demo"), receiver.endpoint, gap_grace_seconds="1").start()
+    workflows: dict[str, list[str]] = defaultdict(list)
+
+    def remember(name: str, invocations: list[list[dict]]) -> None:
+        if name not in JOB_SCENARIOS:
+            workflows[name].append(invocations[0][0]["workflowId"])
+
+    summary = run_demo(f"{bridge.url}/v1/events", rate=4, duration=6, seed=5, on_scenario=remember)
+    got = receiver.received
+    expected_roots = sum(len(ids) for ids in workflows.values())
+    got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == expected_roots, 30)
+    got.wait_for(lambda: got.metric("job.retry.exhausted") and got.metric("job.task.schedule.delay"), 10)
+    yield summary, workflows, got
+    bridge.close()
+    receiver.close()
+
+
+def _trace(got, workflow_id: str):
+    trace_id = trace_id_for("durable-effect", ENV, WORKFLOW_SERVICE, workflow_id).hex()
+    spans = [s for s in got.unique_spans().values() if s.trace_id == trace_id]
+    roots = [s for s in spans if not s.parent_span_id]
+    assert len(roots) == 1, f"{workflow_id}: {len(roots)} roots"
+    root = roots[0]
+    for span in spans:
+        assert span.start_ns <= span.end_ns
+        if span is not root:
+            assert span.parent_span_id == root.span_id
+            assert root.start_ns <= span.start_ns and span.end_ns <= root.end_ns, span.name
+    steps: dict[str, dict[int, object]] = defaultdict(dict)
+    for span in spans:
+        if span.name.startswith("step "):
+            steps[span.name[5:]][span.attributes["workflow.task.attempt"]] = span
+    return root, steps, spans
+
+
+def test_the_demo_ran_every_scenario_without_losing_events(demo):
+    summary, workflows, _got = demo
+    assert set(summary["scenarios"]) == set(SCENARIOS)
+    assert summary["dropped_events"] == 0
+    assert set(workflows) == set(SCENARIOS) - JOB_SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - JOB_SCENARIOS))
+def test_every_workflow_scenario_is_a_well_formed_trace(demo, scenario):
+    _summary, workflows, got = demo
+    for workflow_id in workflows[scenario]:
+        root, steps, spans = _trace(got, workflow_id)
+        events = [name for name, _t, _a in root.events]
+        result = root.attributes.get("workflow.execution.result")
+        if scenario == "success":
+            assert root.status_code == OK and len(steps) == 4
+            assert all(s.status_code == OK for attempts in steps.values() for s in attempts.values())
+        elif scenario in ("retry", "retry-as-guide-draws-it"):
+            step = steps["capture" if scenario == "retry" else "pushInvoice"]
+            assert (step[1].status_code, step[2].status_code) == (ERROR, OK)
+            assert step[2].links == [(step[1].trace_id, step[1].span_id)]
+            assert "retry.scheduled" in events and "workflow.paused" in events
+        elif scenario == "exhausted":
+            assert sorted(steps["capture"]) == [1, 2, 3]
+            assert steps["capture"][3].status_message == "card declined"
+            assert root.status_code == ERROR and root.attributes["error.type"] == "CardDeclinedError"
+            assert "retry.exhausted" in events
+        elif scenario == "failure":
+            assert root.status_code == ERROR and steps["purgeRecords"][1].status_code == ERROR
+        elif scenario == "sleep":
+            assert [s.name for s in spans].count("sleep") == 1
+            assert {"sleep.started", "sleep.completed", "workflow.paused", "workflow.resumed"} <= set(events)
+        elif scenario == "cancel":
+            assert result == "cancellation" and root.status_code == UNSET
+            assert steps["bookCarrier"][1].attributes["workflow.task.result"] == "interrupted"
+        elif scenario == "timeout":
+            assert result == "timeout" and "timeout.exceeded" in events and "timeout.set" in events
+        elif scenario == "queued":
+            assert events[0] == "workflow.queued" and root.start_ns == root.events[0][1]
+        elif scenario == "cached-replay":
+            assert "step.cached" in events and len(steps["charge"]) == 1
+        elif scenario == "evicted":
+            assert root.status_code == OK and sorted(steps["pull"]) == [2]
+
+
+def test_job_scenarios_become_metrics(demo):
+    _summary, _workflows, got = demo
+    assert got.metric("job.executions", **{"job.name": "tokenRefresher", "job.execution.result": "success"})
+    assert got.metric("job.executions", **{"job.name": "tokenRefresher", "job.execution.result": "failure"})
+    assert got.metric("job.terminations", **{"job.name": "tokenRefresher"})
+    assert got.metric("job.debounce.flush.size", **{"job.name": "webhookBatcher"})
+    assert got.metric("job.task.scheduled", **{"job.name": "reminderSender"})
+    assert got.metric(
+        "job.retry.exhausted", **{"job.name": "ledgerReconcile", "job.retry.exhausted.reason": "max_attempts"}
+    )
