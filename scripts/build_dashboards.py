@@ -263,9 +263,7 @@ def jobs() -> Board:
           "{{job_debounce_flush_reason}}")],
         kind="piechart", width=8,
     )  # fmt: skip
-    b.panel(
-        "Collection window", quantiles("job_debounce_flush_duration_seconds", "job_name"), unit="s", width=24
-    )
+    b.panel("Collection window", quantiles("job_debounce_flush_duration_seconds", "job_name"), unit="s", width=24)
     b.row("Tasks")
     b.panel(
         "Schedules by trigger",

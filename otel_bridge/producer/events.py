@@ -7,7 +7,7 @@ run.started().step_started("pay").after(120).step_completed("pay").after(5).comp
 import itertools
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 _BASE = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -27,11 +27,19 @@ class _Stream:
     def __init__(self, start: datetime | None) -> None:
         self.now = start or _BASE
         self.events: list[dict[str, Any]] = []
+        self.base: dict[str, Any] = {}
+
+    def emit(self, type_: str, **fields: Any) -> Self:
+        """Append one event of `type_` at the stream's current time."""
+        self.events.append(
+            {"eventId": self._event_id(), "timestamp": iso(self.now), "type": type_, **self.base, **fields}
+        )
+        return self
 
     def last(self) -> dict[str, Any]:
         return self.events[-1]
 
-    def after(self, ms: float) -> "_Stream":
+    def after(self, ms: float) -> Self:
         self.now += timedelta(milliseconds=ms)
         return self
 
@@ -71,12 +79,6 @@ class WorkflowRun(_Stream):
     @property
     def workflow_id(self) -> str:
         return self.base["workflowId"]
-
-    def emit(self, type_: str, **fields: Any) -> "WorkflowRun":
-        self.events.append(
-            {"eventId": self._event_id(), "timestamp": iso(self.now), "type": type_, **self.base, **fields}
-        )
-        return self
 
     def started(self, input: Any = None) -> "WorkflowRun":
         return self.emit("workflow.started", input=input)
@@ -184,12 +186,6 @@ class JobRun(_Stream):
             "env": env,
             "serviceKey": service,
         }
-
-    def emit(self, type_: str, **fields: Any) -> "JobRun":
-        self.events.append(
-            {"eventId": self._event_id(), "timestamp": iso(self.now), "type": type_, **self.base, **fields}
-        )
-        return self
 
     def started(self) -> "JobRun":
         return self.emit("job.started", input={"n": 1})
