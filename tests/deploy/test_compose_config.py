@@ -89,6 +89,7 @@ def test_collector_pipelines_reference_defined_components():
 def test_collector_sends_traces_to_jaeger_and_exposes_metrics_for_prometheus():
     jaeger = COLLECTOR["exporters"]["otlp/jaeger"]
     assert _host_port(jaeger["endpoint"]) == ("jaeger", 4317)
+    assert "--set=receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in SERVICES["jaeger"]["command"]
     assert COLLECTOR["exporters"]["prometheus"]["resource_to_telemetry_conversion"]["enabled"] is True
     exporter_port = _host_port(COLLECTOR["exporters"]["prometheus"]["endpoint"])[1]
     targets = {t for job in PROMETHEUS["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
