@@ -205,7 +205,7 @@ def workflows() -> Board:
         unit="s", width=24, exemplars=True,
     )  # fmt: skip
     b.row("Runs in Jaeger")
-    b.traces("Failed runs", '{"error":"true"}')
+    b.traces("Failed runs (pick a service)", "error=true")
     return b
 
 
