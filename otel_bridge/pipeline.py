@@ -15,12 +15,12 @@ from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, settle
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import DecodeError, DecodeOptions, decode
-from otel_bridge.state.store import OutboxFull, Store
+from otel_bridge.state.store import OutboxFull, Store, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ class Pipeline:
                 else:
                     state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
                     observations += job_observations
-                    due = now + self.settings.dedup_ttl_seconds if state.terminated else None
+                    # Only an instance counted as active needs remembering indefinitely.
+                    due = None if state.counted else now + self.settings.dedup_ttl_seconds
                 states[key] = (state, due)
                 report.accepted += 1
             for key, (state, due) in states.items():
@@ -201,31 +202,17 @@ class Pipeline:
                 keys = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
                 for key in keys:
                     done.add(key)
-                    loaded = tx.load(key)
-                    if loaded is None:
+                    try:
+                        outcome = self._settle_one(tx, key, now, policy)
+                    except Exception:
+                        # One unreadable run must not stop every other run from settling.
+                        log.exception("settling %r failed; trying again in a minute", key)
+                        tx.save(key, tx.load(key)[0], now + 60)  # type: ignore[index]
                         continue
-                    if _is_job(key):
-                        tx.delete(key)
-                        continue
-                    state = RunState.model_validate_json(loaded[0])
-                    if state.closed:
-                        tx.delete(key)
-                        continue
-                    result = settle(state, int(now * 1e9), policy)
-                    if result.spans:
-                        rk = resource_key(Resource(state.run.service, state.run.env))
-                        limit = self.settings.attribute_value_limit
-                        tx.outbox_add((rk, encode_span(span, limit)) for span in result.spans)
-                        sent += len(result.spans)
-                    observations += result.observations
-                    incomplete += result.incomplete
-                    if result.held:
-                        due = now + max(self.settings.settle_seconds, 0.2)
-                    elif state.closed:
-                        due = now + self.settings.dedup_ttl_seconds
-                    else:
-                        due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)
-                    tx.save(key, state.model_dump_json().encode(), due)
+                    if outcome is not None:
+                        sent += len(outcome.spans)
+                        observations += outcome.observations
+                        incomplete += outcome.incomplete
             self.metrics.record(observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, incomplete)
             if not keys:
@@ -233,6 +220,32 @@ class Pipeline:
         if sent:
             self._on_spans()
         return sent
+
+    def _settle_one(self, tx: Transaction, key: str, now: float, policy: SettlePolicy) -> SettleResult | None:
+        loaded = tx.load(key)
+        if loaded is None:
+            return None
+        if _is_job(key):
+            tx.delete(key)  # a job instance's state is due only once it no longer matters
+            return None
+        state = RunState.model_validate_json(loaded[0])
+        if state.closed:
+            tx.delete(key)  # remembered for late events long enough
+            return None
+        result = settle(state, int(now * 1e9), policy)
+        # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
+        rk = resource_key(Resource(state.run.service, state.run.env))
+        rows = [(rk, encode_span(span, self.settings.attribute_value_limit)) for span in result.spans]
+        if result.held:
+            due = now + max(self.settings.settle_seconds, 0.2)
+        elif state.closed:
+            due = now + self.settings.dedup_ttl_seconds
+        else:
+            due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)
+        blob = state.model_dump_json().encode()
+        tx.outbox_add(rows)
+        tx.save(key, blob, due)
+        return result
 
     def restore_gauges(self) -> None:
         """After a restart, count the runs and job instances that are still open in the active gauges."""

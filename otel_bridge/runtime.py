@@ -47,7 +47,7 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.store = open_store(settings)
-        self.metrics = MetricsHub(settings.max_names)
+        self.metrics = MetricsHub(settings.max_names, max_producers=settings.max_producers)
         self.trace_sender = trace_sender or otlp.trace_sender()
         self.metric_sender = metric_sender or otlp.metric_sender()
         self.drain = OutboxDrain(

@@ -122,8 +122,9 @@ def _exemplar_context(trace_id: bytes, span_id: bytes) -> Context:
 class MetricsHub:
     """Records observations into per-producer MeterProviders and collects them all."""
 
-    def __init__(self, max_names: int = 200, bridge_env: str = "") -> None:
+    def __init__(self, max_names: int = 200, bridge_env: str = "", max_producers: int = 100) -> None:
         self._names = NameLimiter(max_names)
+        self._max_producers = max_producers
         self._producers: dict[Resource | None, _Producer] = {}
         self._lock = threading.Lock()
         self._bridge_env = bridge_env
@@ -134,24 +135,26 @@ class MetricsHub:
         if producer is not None:
             return producer
         with self._lock:
+            if resource is not None and resource not in self._producers and len(self._producers) > self._max_producers:
+                # Each producer is a MeterProvider: random serviceKeys must not grow them without end.
+                resource = Resource(c.OVERFLOW_VALUE, c.OVERFLOW_VALUE)
             producer = self._producers.get(resource)
             if producer is None:
-                reader = InMemoryMetricReader()
-                if resource is None:
-                    # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info).
-                    attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
-                    if self._bridge_env:
-                        attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
-                    sdk_resource = SdkResource.create(attributes)
-                else:
-                    # A producer's resource says exactly what its spans say, nothing of this process.
-                    sdk_resource = SdkResource(
-                        {c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env}
-                    )
-                provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
-                producer = _Producer(provider, reader, {})
-                self._producers[resource] = producer
+                producer = self._producers[resource] = self._new_producer(resource)
         return producer
+
+    def _new_producer(self, resource: Resource | None) -> _Producer:
+        if resource is None:
+            # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info).
+            attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
+            if self._bridge_env:
+                attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
+            sdk_resource = SdkResource.create(attributes)
+        else:
+            # A producer's resource says exactly what its spans say, nothing of this process.
+            sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
+        reader = InMemoryMetricReader()
+        return _Producer(MeterProvider(resource=sdk_resource, metric_readers=[reader]), reader, {})
 
     def _instrument(self, producer: _Producer, name: str) -> object:
         instrument = producer.instruments.get(name)

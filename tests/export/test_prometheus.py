@@ -62,3 +62,13 @@ def test_names_past_the_allow_list_become_other():
         'job_terminations_total{deployment_environment_name="e",job_name="_OTHER",job_type="task",service_name="s"} 2.0'
         in text
     )
+
+
+def test_producers_past_the_bound_share_one_overflow_resource():
+    hub = MetricsHub(max_producers=3)
+    attrs = (("job.name", "j"), ("job.type", "task"))
+    for i in range(10):
+        hub.record([Observation("job.terminations", 1, attrs, Resource(f"svc{i}", "prod"))])
+    text = _exposition(hub)
+    assert text.count("job_terminations_total{") <= 5
+    assert 'service_name="_OTHER"' in text

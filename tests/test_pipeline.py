@@ -1,0 +1,36 @@
+"""The pipeline around the fold: one bad run never blocks the others; job state stays bounded."""
+
+import time
+
+from builders import JobRun, WorkflowRun
+
+from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.state.sqlite_store import SqliteStore
+
+
+def _pipeline(tmp_path) -> Pipeline:
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0)
+    return Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+
+
+def test_an_unreadable_run_state_does_not_stop_other_runs_from_settling(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    good = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    bad = WorkflowRun().started()
+    pipeline.ingest(good.events + bad.events)
+    bad_key = next(k for k, _ in pipeline.store.states() if bad.workflow_id in k)
+    with pipeline.store.transaction() as tx:
+        tx.save(bad_key, b"{not a run state", time.time() - 1)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2  # the good run's two spans
+    assert pipeline.store.outbox_depth() == 2
+
+
+def test_job_instances_not_counted_as_active_are_forgotten_after_the_ttl(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest(JobRun("t", "task").task_scheduled(10).executed(0).events + JobRun("c").started().events)
+    ttl = pipeline.settings.dedup_ttl_seconds
+    assert pipeline.settle_due(horizon=time.time() + ttl + 1) == 0
+    remaining = [k for k, _ in pipeline.store.states()]
+    assert len(remaining) == 1  # the running continuous job is still counted in job.instance.active
