@@ -52,6 +52,7 @@ class Received:
     metrics: dict[tuple[str, tuple, tuple], dict[str, Any]] = field(default_factory=dict)
     trace_requests: int = 0
     refused: int = 0
+    headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take_traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
@@ -148,6 +149,7 @@ class OtlpHttpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.received.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if not receiver.up:
                     receiver.received.refused += 1
                     self.send_response(503)
@@ -189,6 +191,7 @@ class OtlpGrpcReceiver:
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 - gRPC's name
+                receiver.received.headers.append(dict(context.invocation_metadata()))
                 if not receiver.up:
                     receiver.received.refused += 1
                     context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")

@@ -209,3 +209,16 @@ def test_duplicate_batches_from_producer_retries_change_nothing(bridge):
     trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
     receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
     assert len(receiver.received.trace(trace_id)) == 2
+
+
+def test_the_standard_otlp_headers_variable_reaches_the_backend(tmp_path, otlp):
+    protocol, receiver = otlp
+    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, OTEL_EXPORTER_OTLP_HEADERS="x-tenant=acme")
+    process.start()
+    try:
+        run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+        assert process.post(run.events).status_code == 200
+        receiver.received.wait_for(lambda: len(receiver.received.spans) == 2)
+    finally:
+        process.close()
+    assert any(h.get("x-tenant") == "acme" for h in receiver.received.headers)
