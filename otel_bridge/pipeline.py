@@ -25,6 +25,7 @@ from otel_bridge.state.store import OutboxFull, Store, Transaction
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
+_QUARANTINE = "unreadable\x1f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,26 +135,26 @@ class Pipeline:
                     continue
                 key = state_key_of(record)
                 if key not in states:
-                    states[key] = self._load(tx.load(key), key)
+                    states[key] = self._load(tx, key)
                 state, due = states[key]
                 if isinstance(record, WorkflowRecord):
                     result = fold(state, record.run, record.fact, now_ns)  # type: ignore[arg-type]
                     state = result.state
                     observations += result.observations
-                    if result.admission is Admission.REPEATED:
+                    if result.admission is Admission.ACCEPTED:
+                        due = self._run_due(due, now)
+                        report.accepted += 1
+                    elif result.admission is Admission.REPEATED:
                         report.duplicates += 1
-                        continue
-                    if result.admission is Admission.LATE:
+                    else:
                         late.append(event_id)
-                        continue
-                    due = self._run_due(due, now)
                 else:
                     state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
                     observations += job_observations
                     # Only an instance counted as active needs remembering indefinitely.
                     due = None if state.counted else now + self.settings.dedup_ttl_seconds
+                    report.accepted += 1
                 states[key] = (state, due)
-                report.accepted += 1
             for key, (state, due) in states.items():
                 if state is not None:
                     tx.save(key, state.model_dump_json().encode(), due)
@@ -171,12 +172,20 @@ class Pipeline:
         return report
 
     @staticmethod
-    def _load(loaded: tuple[bytes, float | None] | None, key: str) -> tuple[RunState | JobState | None, float | None]:
+    def _load(tx: Transaction, key: str) -> tuple[RunState | JobState | None, float | None]:
+        loaded = tx.load(key)
         if loaded is None:
             return None, None
         blob, due = loaded
         model = JobState if _is_job(key) else RunState
-        return model.model_validate_json(blob), due
+        try:
+            return model.model_validate_json(blob), due
+        except ValueError:
+            # A state this version cannot read must not refuse every later event of the run:
+            # keep the blob aside for a human, and start the run afresh.
+            log.exception("unreadable state for %r; kept as %r and started afresh", key, _QUARANTINE + key)
+            tx.save(_QUARANTINE + key, blob, None)
+            return None, None
 
     def _run_due(self, due: float | None, now: float) -> float:
         # Settle after the first unsettled event, not the last: a busy run still
@@ -222,6 +231,8 @@ class Pipeline:
         return sent
 
     def _settle_one(self, tx: Transaction, key: str, now: float, policy: SettlePolicy) -> SettleResult | None:
+        if key.startswith(_QUARANTINE):
+            return None
         loaded = tx.load(key)
         if loaded is None:
             return None
@@ -251,6 +262,8 @@ class Pipeline:
         """After a restart, count the runs and job instances that are still open in the active gauges."""
         observations = []
         for key, blob in self.store.states():
+            if key.startswith(_QUARANTINE):
+                continue
             if _is_job(key):
                 job = JobState.model_validate_json(blob)
                 if job.counted:

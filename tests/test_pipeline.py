@@ -34,3 +34,16 @@ def test_job_instances_not_counted_as_active_are_forgotten_after_the_ttl(tmp_pat
     assert pipeline.settle_due(horizon=time.time() + ttl + 1) == 0
     remaining = [k for k, _ in pipeline.store.states()]
     assert len(remaining) == 1  # the running continuous job is still counted in job.instance.active
+
+
+def test_an_unreadable_run_state_is_set_aside_and_the_run_starts_afresh(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    run = WorkflowRun().started()
+    pipeline.ingest(run.events)
+    key = next(k for k, _ in pipeline.store.states())
+    with pipeline.store.transaction() as tx:
+        tx.save(key, b"\x00garbage", None)
+    report = pipeline.ingest(run.after(5).step_started("a").events)
+    assert report.accepted == 1
+    keys = [k for k, _ in pipeline.store.states()]
+    assert "unreadable\x1f" + key in keys and key in keys

@@ -158,6 +158,10 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
         except StoreUnavailable as exc:
             log.warning("store unavailable, asking the producer to retry: %s", exc)
             return _problem(503, "state store unavailable, retry later", {"Retry-After": "2"})
+        except Exception:
+            # Nothing was committed (the pipeline guards everything after its commit): a retry is safe.
+            log.exception("ingest failed")
+            return _problem(503, "internal error while storing the batch, retry later", {"Retry-After": "2"})
         if report.rejected:
             try:
                 await run_in_threadpool(
