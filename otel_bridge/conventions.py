@@ -69,7 +69,6 @@ STEP_CACHED_EVENT: Final = "step.cached"
 # Jobs
 JOB_NAME: Final = "job.name"
 JOB_TYPE: Final = "job.type"
-JOB_INSTANCE_ID: Final = "job.instance.id"
 JOB_EXECUTION_RESULT: Final = "job.execution.result"
 JOB_RETRY_EXHAUSTED_REASON: Final = "job.retry.exhausted.reason"
 JOB_DEBOUNCE_FLUSH_REASON: Final = "job.debounce.flush.reason"

@@ -40,10 +40,6 @@ def sorted_facts(facts: list[Fact]) -> list[Fact]:
     return sorted(facts, key=lambda f: f.order)
 
 
-def run_end(facts: list[Fact]) -> Fact | None:
-    return next((f for f in sorted_facts(facts) if f.kind is FactKind.RUN_ENDED), None)
-
-
 def build_spans(
     run: RunRef,
     facts: list[Fact],

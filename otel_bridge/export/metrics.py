@@ -128,7 +128,6 @@ class MetricsHub:
         self._producers: dict[Resource | None, _Producer] = {}
         self._lock = threading.Lock()
         self._bridge_env = bridge_env
-        self._gauges: list[tuple[str, Callable[[], float]]] = []
 
     def _producer(self, resource: Resource | None) -> _Producer:
         producer = self._producers.get(resource)

@@ -32,7 +32,6 @@ class OutboxDrain:
         self._poll = poll_seconds
         self._version = version
         self._wake = threading.Event()
-        self.failures = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -49,7 +48,6 @@ class OutboxDrain:
             log.exception("OTLP trace export raised")
             ok = False
         if not ok:
-            self.failures += 1
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
             return None
         self._store.outbox_ack([row.id for row in rows])
