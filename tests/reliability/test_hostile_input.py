@@ -171,4 +171,5 @@ def test_memory_stays_bounded_through_the_corpus(bridge):
     process, _ = bridge
     status = Path(f"/proc/{process.proc.pid}/status").read_text()
     peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    print(f"\nhostile corpus: bridge peak RSS {peak_kib // 1024} MiB")
     assert peak_kib < 600 * 1024, f"peak RSS {peak_kib} KiB"
