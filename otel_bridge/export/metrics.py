@@ -157,7 +157,13 @@ class MetricsHub:
 
     def _instrument(self, producer: _Producer, name: str) -> object:
         instrument = producer.instruments.get(name)
-        if instrument is None:
+        if instrument is not None:
+            return instrument
+        # Ingest threads and the settle thread record at once: create each instrument exactly once.
+        with self._lock:
+            instrument = producer.instruments.get(name)
+            if instrument is not None:
+                return instrument
             spec = INSTRUMENTS[name]
             meter = producer.provider.get_meter(c.SCOPE_NAME)
             if spec.kind == "counter":
