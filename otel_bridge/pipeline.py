@@ -59,6 +59,13 @@ class IngestReport:
         }
 
 
+@dataclass(slots=True)
+class _Ingested:
+    report: IngestReport = field(default_factory=IngestReport)
+    observations: list[Observation] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+
+
 def _raw_event_id(raw: Any) -> str | None:
     value = raw.get("eventId") if isinstance(raw, dict) else None
     return value if isinstance(value, str) else None
@@ -117,59 +124,62 @@ class Pipeline:
         return report
 
     def ingest_records(self, records: Sequence[LifecycleRecord]) -> IngestReport:
-        report = IngestReport()
         unique: dict[str, LifecycleRecord] = {}
         for record in records:
             unique.setdefault(event_id_of(record), record)
-        report.duplicates = len(records) - len(unique)
-        observations: list[Observation] = []
-        late: list[str] = []
         now = self._clock()
-        now_ns = int(now * 1e9)
-        with self.store.transaction() as tx:
-            fresh = tx.unseen(list(unique))
-            report.duplicates += len(unique) - len(fresh)
-            states: dict[str, tuple[RunState | JobState | None, float | None]] = {}
-            for event_id, record in unique.items():
-                if event_id not in fresh:
-                    continue
-                key = state_key_of(record)
-                if key not in states:
-                    states[key] = self._load(tx, key)
-                state, due = states[key]
-                if isinstance(record, WorkflowRecord):
-                    result = fold(state, record.run, record.fact, now_ns)  # type: ignore[arg-type]
-                    state = result.state
-                    observations += result.observations
-                    if result.admission is Admission.ACCEPTED:
-                        due = self._run_due(due, now)
-                        report.accepted += 1
-                    elif result.admission is Admission.REPEATED:
-                        report.duplicates += 1
-                    else:
-                        late.append(event_id)
-                else:
-                    state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
-                    observations += job_observations
-                    # Only an instance counted as active needs remembering indefinitely.
-                    due = None if state.counted else now + self.settings.dedup_ttl_seconds
-                    report.accepted += 1
-                states[key] = (state, due)
-            for key, (state, due) in states.items():
-                if state is not None:
-                    tx.save(key, state.model_dump_json().encode(), due)
-            tx.mark_seen(fresh, now)
-        report.late = len(late)
-        for event_id in late:
+        outcome = self.store.run(lambda tx: self._ingest(tx, unique, now))
+        outcome.report.duplicates += len(records) - len(unique)
+        report = outcome.report
+        report.late = len(outcome.late)
+        for event_id in outcome.late:
             log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
         try:
-            self.metrics.record(observations)
+            self.metrics.record(outcome.observations)
             self.metrics.bridge(c.M_BRIDGE_EVENTS_ACCEPTED, report.accepted)
             self.metrics.bridge(c.M_BRIDGE_EVENTS_DUPLICATE, report.duplicates)
             self.metrics.bridge(c.M_BRIDGE_EVENTS_LATE, report.late)
         except Exception:  # committed already: a metrics fault must not fail the batch
             log.exception("recording metrics failed")
         return report
+
+    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float) -> _Ingested:
+        """The transaction of one batch; may run more than once on a shared store."""
+        out = _Ingested()
+        now_ns = int(now * 1e9)
+        fresh = tx.unseen(list(unique))
+        out.report.duplicates = len(unique) - len(fresh)
+        states: dict[str, tuple[RunState | JobState | None, float | None]] = {}
+        for event_id, record in unique.items():
+            if event_id not in fresh:
+                continue
+            key = state_key_of(record)
+            if key not in states:
+                states[key] = self._load(tx, key)
+            state, due = states[key]
+            if isinstance(record, WorkflowRecord):
+                result = fold(state, record.run, record.fact, now_ns)  # type: ignore[arg-type]
+                state = result.state
+                out.observations += result.observations
+                if result.admission is Admission.ACCEPTED:
+                    due = self._run_due(due, now)
+                    out.report.accepted += 1
+                elif result.admission is Admission.REPEATED:
+                    out.report.duplicates += 1
+                else:
+                    out.late.append(event_id)
+            else:
+                state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
+                out.observations += job_observations
+                # Only an instance counted as active needs remembering indefinitely.
+                due = None if state.counted else now + self.settings.dedup_ttl_seconds
+                out.report.accepted += 1
+            states[key] = (state, due)
+        for key, (state, due) in states.items():
+            if state is not None:
+                tx.save(key, state.model_dump_json().encode(), due)
+        tx.mark_seen(fresh, now)
+        return out
 
     @staticmethod
     def _load(tx: Transaction, key: str) -> tuple[RunState | JobState | None, float | None]:
@@ -205,30 +215,33 @@ class Pipeline:
         done: set[str] = set()
         sent = 0
         while True:
-            observations: list[Observation] = []
-            incomplete = 0
-            with self.store.transaction() as tx:
-                keys = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
-                for key in keys:
-                    done.add(key)
-                    try:
-                        outcome = self._settle_one(tx, key, now, policy)
-                    except Exception:
-                        # One unreadable run must not stop every other run from settling.
-                        log.exception("settling %r failed; trying again in a minute", key)
-                        tx.save(key, tx.load(key)[0], now + 60)  # type: ignore[index]
-                        continue
-                    if outcome is not None:
-                        sent += len(outcome.spans)
-                        observations += outcome.observations
-                        incomplete += outcome.incomplete
-            self.metrics.record(observations)
-            self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, incomplete)
+            keys, results = self.store.run(lambda tx: self._settle_chunk(tx, horizon, now, policy, done))
+            done.update(keys)
+            sent += sum(len(r.spans) for r in results)
+            self.metrics.record(o for r in results for o in r.observations)
+            self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(r.incomplete for r in results))
             if not keys:
                 break
         if sent:
             self._on_spans()
         return sent
+
+    def _settle_chunk(
+        self, tx: Transaction, horizon: float, now: float, policy: SettlePolicy, done: set[str]
+    ) -> tuple[list[str], list[SettleResult]]:
+        keys = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
+        results = []
+        for key in keys:
+            try:
+                result = self._settle_one(tx, key, now, policy)
+            except Exception:
+                # One unreadable run must not stop every other run from settling.
+                log.exception("settling %r failed; trying again in a minute", key)
+                tx.save(key, tx.load(key)[0], now + 60)  # type: ignore[index]
+                continue
+            if result is not None:
+                results.append(result)
+        return keys, results
 
     def _settle_one(self, tx: Transaction, key: str, now: float, policy: SettlePolicy) -> SettleResult | None:
         if key.startswith(_QUARANTINE):
@@ -259,7 +272,13 @@ class Pipeline:
         return result
 
     def restore_gauges(self) -> None:
-        """After a restart, count the runs and job instances that are still open in the active gauges."""
+        """After a restart, count the runs and job instances that are still open in the active gauges.
+
+        Only for a store of our own: with a shared store every replica's gauge is its share of
+        the changes it saw, and recounting everything on each replica would count runs twice.
+        """
+        if self.store.shared:
+            return
         observations = []
         for key, blob in self.store.states():
             if key.startswith(_QUARANTINE):

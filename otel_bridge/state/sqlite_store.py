@@ -8,11 +8,11 @@ writer at a time anyway, and ingest transactions are short.
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from otel_bridge.state.store import OutboxRow, StoreUnavailable
+from otel_bridge.state.store import OutboxRow, StoreUnavailable, T
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -70,6 +70,8 @@ class SqliteTransaction:
 
 
 class SqliteStore:
+    shared = False
+
     def __init__(self, path: str | Path, busy_timeout_ms: int = 5000, lock_timeout_seconds: float = 5.0) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -113,12 +115,16 @@ class SqliteStore:
         finally:
             self._lock.release()
 
+    def run(self, work: Callable[[SqliteTransaction], T]) -> T:
+        with self.transaction() as tx:
+            return work(tx)
+
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         with self._lock:
             rows = self._db.execute("SELECT id, resource, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
             return [OutboxRow(*row) for row in rows.fetchall()]
 
-    def outbox_ack(self, ids: list[int]) -> None:
+    def outbox_ack(self, ids: list[int | str]) -> None:
         with self._lock:
             for chunk in _chunks([str(i) for i in ids]):
                 deleted = self._db.execute(

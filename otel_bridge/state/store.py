@@ -2,12 +2,16 @@
 
 One ingest is one transaction (DESIGN.md section 2): skip event ids already seen,
 fold the rest into run state, put finished spans into the outbox, commit.
+`Store.run(work)` runs `work(tx)` as one transaction; a store shared by several
+bridge replicas may run it again when another replica changed what it read, so
+`work` must compute everything from what it reads through `tx`.
 """
 
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -20,7 +24,7 @@ class OutboxFull(StoreUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    id: int
+    id: int | str
     resource: str
     payload: bytes
 
@@ -42,11 +46,14 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    # Whether the state is shared with other bridge processes (then in-memory gauges are per replica).
+    shared: bool
+
+    def run(self, work: Callable[[Transaction], T]) -> T: ...
 
     def outbox_peek(self, limit: int) -> list[OutboxRow]: ...
 
-    def outbox_ack(self, ids: list[int]) -> None: ...
+    def outbox_ack(self, ids: list[int | str]) -> None: ...
 
     def outbox_depth(self) -> int: ...
 
