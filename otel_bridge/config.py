@@ -24,7 +24,12 @@ class Settings(BaseSettings):
     path: str = Field("/v1/events", description="Path of the tracker endpoint producers POST batches to.")
     state: str = Field(
         "otel-bridge.db",
-        description="State store: a SQLite file path (embedded, nothing to install).",
+        description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas.",
+    )
+    claim_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Redis state: spans another replica took for export but never acknowledged are claimed after this.",
     )
     settle_seconds: float = Field(
         1.0,

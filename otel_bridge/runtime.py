@@ -31,8 +31,15 @@ except PackageNotFoundError:  # running from a source tree
 
 
 def open_store(settings: Settings) -> Store:
-    if settings.state.startswith(("redis://", "rediss://")):
-        raise ValueError("the Redis state store is not available in this version: use a SQLite file path")
+    if settings.state.startswith(("redis://", "rediss://", "unix://")):
+        from otel_bridge.state.redis_store import RedisStore
+
+        return RedisStore(
+            settings.state,
+            seen_ttl_seconds=settings.dedup_ttl_seconds,
+            claim_after_seconds=settings.claim_after_seconds,
+            timeout_seconds=settings.store_timeout_seconds,
+        )
     timeout = settings.store_timeout_seconds
     return SqliteStore(settings.state, busy_timeout_ms=int(timeout * 1000), lock_timeout_seconds=timeout)
 

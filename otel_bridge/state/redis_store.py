@@ -1,0 +1,189 @@
+"""The shared store: Redis, so several bridge replicas behind a load balancer build one trace per run.
+
+A transaction WATCHes every key it reads (seen ids, run states) and writes with
+MULTI/EXEC; when another replica changed one of them first, EXEC fails and the
+whole transaction runs again on fresh reads (optimistic concurrency). Seen ids
+are keys with a time-to-live, so the dedup memory expires by itself. The outbox
+is a stream read through one consumer group: each span goes to one replica, is
+deleted when the backend acknowledged it, and spans a crashed replica had taken
+are claimed by another after `claim_after_seconds`.
+"""
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, WatchError
+
+from otel_bridge.state.store import OutboxRow, StoreUnavailable, T
+
+log = logging.getLogger(__name__)
+
+_GROUP = "exporters"
+_MAX_ATTEMPTS = 50
+
+
+class RedisTransaction:
+    def __init__(self, client: Any, pipe: Any, prefix: str, seen_ttl: float) -> None:
+        self._client = client
+        self._pipe = pipe
+        self._p = prefix
+        self._seen_ttl = max(int(seen_ttl), 1)
+        self._writes: list[Callable[[Any], None]] = []
+
+    def unseen(self, event_ids: list[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        keys = [f"{self._p}seen:{e}" for e in event_ids]
+        self._pipe.watch(*keys)
+        return {e for e, known in zip(event_ids, self._pipe.mget(keys), strict=True) if known is None}
+
+    def mark_seen(self, event_ids: Iterable[str], now: float) -> None:
+        ids = list(event_ids)
+
+        def write(pipe: Any) -> None:
+            for e in ids:
+                pipe.set(f"{self._p}seen:{e}", int(now), ex=self._seen_ttl)
+
+        self._writes.append(write)
+
+    def load(self, key: str) -> tuple[bytes, float | None] | None:
+        state_key = f"{self._p}state:{key}"
+        self._pipe.watch(state_key)
+        blob = self._pipe.get(state_key)
+        if blob is None:
+            return None
+        return blob, self._pipe.zscore(f"{self._p}due", key)
+
+    def save(self, key: str, blob: bytes, due: float | None) -> None:
+        def write(pipe: Any) -> None:
+            pipe.set(f"{self._p}state:{key}", blob)
+            if due is None:
+                pipe.zrem(f"{self._p}due", key)
+            else:
+                pipe.zadd(f"{self._p}due", {key: due})
+
+        self._writes.append(write)
+
+    def delete(self, key: str) -> None:
+        def write(pipe: Any) -> None:
+            pipe.delete(f"{self._p}state:{key}")
+            pipe.zrem(f"{self._p}due", key)
+
+        self._writes.append(write)
+
+    def due_keys(self, now: float, limit: int) -> list[str]:
+        # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
+        keys = self._client.zrangebyscore(f"{self._p}due", "-inf", now, start=0, num=limit)
+        return [k.decode() for k in keys]
+
+    def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        entries = list(rows)
+
+        def write(pipe: Any) -> None:
+            for resource, payload in entries:
+                pipe.xadd(f"{self._p}outbox", {"resource": resource, "payload": payload})
+
+        self._writes.append(write)
+
+    def commit(self) -> None:
+        self._pipe.multi()
+        for write in self._writes:
+            write(self._pipe)
+        self._pipe.execute()
+
+
+class RedisStore:
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        seen_ttl_seconds: float,
+        prefix: str = "otel-bridge:",
+        claim_after_seconds: float = 60.0,
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
+        self._p = prefix
+        self._seen_ttl = seen_ttl_seconds
+        self._claim_after_ms = int(claim_after_seconds * 1000)
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._outbox = f"{prefix}outbox"
+        try:
+            self._client.xgroup_create(self._outbox, _GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+
+    def run(self, work: Callable[[RedisTransaction], T]) -> T:
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    tx = RedisTransaction(self._client, pipe, self._p, self._seen_ttl)
+                    result = work(tx)
+                    tx.commit()
+                    return result
+            except WatchError:
+                # Another replica got there first: read again and redo, after a jittered pause
+                # so that contenders do not collide again in lockstep.
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            except (RedisConnectionError, TimeoutError, redis.exceptions.TimeoutError) as exc:
+                raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        raise StoreUnavailable(f"gave up after {_MAX_ATTEMPTS} conflicting attempts")
+
+    def outbox_peek(self, limit: int) -> list[OutboxRow]:
+        try:
+            # Ours first (taken before a failed export), then a crashed replica's, then new ones.
+            entries = self._read(limit, "0")
+            if not entries:
+                _next, claimed, *_ = self._client.xautoclaim(
+                    self._outbox, _GROUP, self._consumer, self._claim_after_ms, "0-0", count=limit
+                )
+                entries = [e for e in claimed if e[1]]
+            if not entries:
+                entries = self._read(limit, ">")
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        return [
+            OutboxRow(entry_id.decode(), fields[b"resource"].decode(), fields[b"payload"])
+            for entry_id, fields in entries
+        ]
+
+    def _read(self, limit: int, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        answer = self._client.xreadgroup(_GROUP, self._consumer, {self._outbox: start}, count=limit)
+        # Entries deleted after delivery come back with no fields: nothing to send.
+        return [e for _stream, entries in answer for e in entries if e[1]]
+
+    def outbox_ack(self, ids: list[int | str]) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.xack(self._outbox, _GROUP, *ids)
+            pipe.xdel(self._outbox, *ids)
+            pipe.execute()
+
+    def outbox_depth(self) -> int:
+        try:
+            return int(self._client.xlen(self._outbox))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    def purge_seen(self, before: float) -> int:
+        return 0  # seen ids expire by themselves
+
+    def states(self) -> Iterator[tuple[str, bytes]]:
+        prefix = f"{self._p}state:"
+        for key in self._client.scan_iter(match=f"{prefix}*", count=500):
+            blob = self._client.get(key)
+            if blob is not None:
+                yield key.decode()[len(prefix) :], blob
+
+    def close(self) -> None:
+        self._client.close()

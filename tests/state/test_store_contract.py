@@ -1,0 +1,131 @@
+"""What every store promises (SQLite and Redis alike): seen ids, run state and the outbox, transactionally."""
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from otel_bridge.state.redis_store import RedisStore
+from otel_bridge.state.sqlite_store import SqliteStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request, tmp_path):
+    """Opens (or reopens) one store; each test gets its own file or key prefix."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "s.db")
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test{uuid.uuid4().hex[:8]}:"
+    return lambda: RedisStore(url, seen_ttl_seconds=3600, prefix=prefix, claim_after_seconds=0.2)
+
+
+def test_seen_ids_state_and_outbox_survive_reopening(open_store):
+    store = open_store()
+
+    def write(tx):
+        tx.mark_seen(["a", "b"], now=100.0)
+        tx.save("run1", b"{}", due=5.0)
+        tx.outbox_add([("svc\x1fenv", b"span-1"), ("svc\x1fenv", b"span-2")])
+
+    store.run(write)
+    store.close()
+
+    store = open_store()
+    assert store.run(lambda tx: tx.unseen(["a", "c"])) == {"c"}
+    assert store.run(lambda tx: tx.load("run1")) == (b"{}", 5.0)
+    assert store.run(lambda tx: tx.due_keys(now=10.0, limit=10)) == ["run1"]
+    assert store.run(lambda tx: tx.due_keys(now=1.0, limit=10)) == []
+    assert [row.payload for row in store.outbox_peek(10)] == [b"span-1", b"span-2"]
+    assert dict(store.states())["run1"] == b"{}"
+    store.close()
+
+
+def test_acknowledged_spans_leave_the_outbox(open_store):
+    store = open_store()
+    store.run(lambda tx: tx.outbox_add([("r", bytes([i])) for i in range(5)]))
+    rows = store.outbox_peek(3)
+    store.outbox_ack([r.id for r in rows])
+    assert store.outbox_depth() == 2
+    assert [r.payload for r in store.outbox_peek(10)] == [bytes([3]), bytes([4])]
+
+
+def test_spans_taken_but_not_acknowledged_are_offered_again(open_store):
+    store = open_store()
+    store.run(lambda tx: tx.outbox_add([("r", b"x")]))
+    first = store.outbox_peek(10)
+    again = store.outbox_peek(10)  # the export failed: the same spans come back
+    assert [r.payload for r in again] == [r.payload for r in first] == [b"x"]
+
+
+def test_a_transaction_that_raises_leaves_no_trace(open_store):
+    store = open_store()
+
+    def crash(tx):
+        tx.mark_seen(["x"], now=1.0)
+        tx.outbox_add([("r", b"s")])
+        raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        store.run(crash)
+    assert store.run(lambda tx: tx.unseen(["x"])) == {"x"}
+    assert store.outbox_depth() == 0
+
+
+def test_deleted_state_is_gone_and_no_longer_due(open_store):
+    store = open_store()
+    store.run(lambda tx: tx.save("k", b"1", due=1.0))
+    store.run(lambda tx: tx.delete("k"))
+    assert store.run(lambda tx: (tx.load("k"), tx.due_keys(10.0, 10))) == (None, [])
+
+
+def test_concurrent_read_modify_write_transactions_lose_nothing(open_store):
+    store = open_store()
+
+    def work(n: int) -> None:
+        for i in range(30):
+
+            def one(tx, i=i):
+                counter = tx.load("counter")
+                value = int(counter[0]) if counter else 0
+                tx.save("counter", str(value + 1).encode(), None)
+                tx.mark_seen([f"{n}-{i}"], now=1.0)
+
+            store.run(one)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.run(lambda tx: tx.load("counter"))[0] == b"180"
+    assert store.run(lambda tx: tx.unseen([f"{n}-{i}" for n in range(6) for i in range(30)])) == set()
+
+
+def test_sqlite_purges_old_seen_ids(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    store.run(lambda tx: (tx.mark_seen(["old"], now=1.0), tx.mark_seen(["new"], now=100.0)))
+    assert store.purge_seen(before=50.0) == 1
+    assert store.run(lambda tx: tx.unseen(["old", "new"])) == {"old"}
+
+
+def test_redis_lets_seen_ids_expire(redis_url):
+    store = RedisStore(redis_url, seen_ttl_seconds=1, prefix=f"ttl{uuid.uuid4().hex[:6]}:")
+    store.run(lambda tx: tx.mark_seen(["e"], now=time.time()))
+    assert store.run(lambda tx: tx.unseen(["e"])) == set()
+    time.sleep(2.1)
+    assert store.run(lambda tx: tx.unseen(["e"])) == {"e"}
+
+
+def test_redis_hands_a_crashed_replicas_spans_to_another(redis_url):
+    prefix = f"claim{uuid.uuid4().hex[:6]}:"
+    crashed = RedisStore(redis_url, seen_ttl_seconds=60, prefix=prefix, claim_after_seconds=0.2)
+    crashed.run(lambda tx: tx.outbox_add([("r", b"orphan")]))
+    assert [r.payload for r in crashed.outbox_peek(10)] == [b"orphan"]  # taken, never acknowledged
+    survivor = RedisStore(redis_url, seen_ttl_seconds=60, prefix=prefix, claim_after_seconds=0.2)
+    survivor._consumer = "survivor"  # another process
+    time.sleep(0.3)
+    rows = survivor.outbox_peek(10)
+    assert [r.payload for r in rows] == [b"orphan"]
+    survivor.outbox_ack([r.id for r in rows])
+    assert survivor.outbox_depth() == 0
