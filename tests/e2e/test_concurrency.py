@@ -13,7 +13,7 @@ def _run(i: int) -> WorkflowRun:
     run = WorkflowRun(f"flow{i % 3}", service="shop").started()
     run.after(1).step_started("a").after(10).retry_scheduled("a", 1).after(100).step_started("a", 2)
     run.after(5).step_completed("a", 2).after(1).sleep_started(50).after(50).sleep_completed(50)
-    run.step_started("b").after(3).step_completed("b").completed()
+    run.step_started("b").after(3).step_completed("b").completed(["a", "b"])
     return run
 
 
@@ -22,7 +22,8 @@ def test_shuffled_batches_from_concurrent_requests_give_every_run_its_full_trace
     events = [e for run in runs for e in run.events]
     random.Random(3).shuffle(events)
     batches = [events[i : i + 25] for i in range(0, len(events), 25)]
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    # The default settle window: concurrent batches of one run arrive well within a second.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, settle_seconds="1").start()
     try:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda b: bridge.post(b).json(), batches))
