@@ -1,3 +1,5 @@
+"""`python -m otel_bridge`: the same command as `otel-bridge`."""
+
 import sys
 
 from otel_bridge.cli import main

@@ -1,0 +1,1 @@
+"""Receivers: transports that move bytes (HTTP tracker endpoint, file replay) and know nothing of meaning."""
