@@ -39,7 +39,14 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.runtime import Bridge
 
     bridge = Bridge(settings)
-    app = create_app(bridge)
+    app = create_app(
+        bridge.pipeline,
+        settings,
+        metrics=bridge.exposition,
+        readiness=bridge.readiness,
+        on_start=bridge.start,
+        on_stop=bridge.stop,
+    )
     uvicorn.run(
         app,
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
@@ -62,7 +69,7 @@ def _replay(settings: Settings, source: str, progress: bool) -> int:
     bridge = Bridge(settings).start()
     dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
     try:
-        summary = replay(bridge, source, dead_letters, progress=progress)
+        summary = replay(bridge.pipeline, source, dead_letters, progress=progress)
     finally:
         bridge.stop()
         dead_letters.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
+from otel_bridge.consumer import Backpressure, IngestReport, Rejection
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, settle
@@ -20,43 +21,12 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import DecodeError, DecodeOptions, decode
-from otel_bridge.state.store import OutboxFull, Store, Transaction
+from otel_bridge.state.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
 _QUARANTINE = "unreadable\x1f"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    index: int
-    event_id: str | None
-    field: str
-    reason: str
-
-    @property
-    def error(self) -> str:
-        return f"{self.field}: {self.reason}" if self.field else self.reason
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "eventId": self.event_id, "field": self.field, "error": self.error}
-
-
-@dataclass(slots=True)
-class IngestReport:
-    accepted: int = 0
-    duplicates: int = 0
-    late: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "late": self.late,
-            "rejected": [r.as_dict() for r in self.rejected],
-        }
 
 
 @dataclass(slots=True)
@@ -110,7 +80,7 @@ class Pipeline:
         started = time.perf_counter()
         depth = self.store.outbox_depth()
         if depth >= self.settings.max_outbox_spans:
-            raise OutboxFull(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
+            raise Backpressure(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
         records, rejected = self.decode(events)
         report = self.ingest_records(records)
         report.rejected = rejected

@@ -16,6 +16,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export import otlp
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
+from otel_bridge.export.prometheus import exposition
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Store
@@ -55,6 +56,7 @@ class Bridge:
         self.settings = settings
         self.store = open_store(settings)
         self.metrics = MetricsHub(settings.max_names, max_producers=settings.max_producers)
+        self.exposition = exposition(self.metrics.collect)
         self.trace_sender = trace_sender or otlp.trace_sender()
         self.metric_sender = metric_sender or otlp.metric_sender()
         self.drain = OutboxDrain(
@@ -82,6 +84,10 @@ class Bridge:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = False
+
+    def readiness(self) -> dict[str, int] | None:
+        """What `/readyz` reports: None until started; raises when the store cannot be reached."""
+        return {"outbox": self.store.outbox_depth()} if self.ready else None
 
     def start(self) -> "Bridge":
         self.pipeline.restore_gauges()

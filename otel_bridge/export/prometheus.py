@@ -20,7 +20,9 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
     Sum,
 )
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
@@ -116,3 +118,15 @@ def _add_histogram(family: Metric, base: str, labels: dict[str, str], point: His
         lower = bound
     family.add_sample(base + "_count", labels, point.count)
     family.add_sample(base + "_sum", labels, point.sum)
+
+
+def exposition(collect: Callable[[], Iterable[MetricsData]]) -> Callable[[str], tuple[bytes, str]]:
+    """A function from a scrape's Accept header to (body, content type): OpenMetrics when asked for."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OtelCollector(collect))
+
+    def render(accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
+
+    return render

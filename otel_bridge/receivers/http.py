@@ -10,23 +10,20 @@ import asyncio
 import hmac
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from otel_bridge.export.prometheus import OtelCollector
+from otel_bridge.config import Settings
+from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.runtime import Bridge
-from otel_bridge.state.store import OutboxFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +127,25 @@ def parse_envelope(body: bytes) -> list[Any]:
     return events
 
 
-def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
-    settings = bridge.settings
+def create_app(
+    consumer: EventConsumer,
+    settings: Settings,
+    metrics: Callable[[str], tuple[bytes, str]],
+    readiness: Callable[[], dict[str, Any] | None],
+    on_start: Callable[[], object] = lambda: None,
+    on_stop: Callable[[], object] = lambda: None,
+) -> Starlette:
+    """The tracker endpoint in front of `consumer`.
+
+    `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (None: not ready);
+    `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain).
+    """
     auth = Authenticator(
         settings.api_key_header,
         settings.api_key.get_secret_value() if settings.api_key else None,
         settings.bearer_token.get_secret_value() if settings.bearer_token else None,
     )
     dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(OtelCollector(bridge.metrics.collect))
 
     async def ingest(request: Request) -> Response:
         if not auth.allows(request):
@@ -149,13 +155,13 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
             return _problem(415, f"unsupported Content-Type {content_type!r}: send application/json")
         try:
             events = parse_envelope(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
-            report = await run_in_threadpool(bridge.pipeline.ingest, events)
+            report = await run_in_threadpool(consumer.ingest, events)
         except _Reject as exc:
             return _problem(exc.status, str(exc), exc.headers)
-        except OutboxFull as exc:
+        except Backpressure as exc:
             log.warning("export backlog full, asking the producer to retry: %s", exc)
             return _problem(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
-        except StoreUnavailable as exc:
+        except Unavailable as exc:
             log.warning("store unavailable, asking the producer to retry: %s", exc)
             return _problem(503, "state store unavailable, retry later", {"Retry-After": "2"})
         except Exception:
@@ -175,34 +181,31 @@ def create_app(bridge: Bridge, manage_lifecycle: bool = True) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        if not bridge.ready:
-            return _problem(503, "not ready")
         try:
-            depth = await run_in_threadpool(bridge.store.outbox_depth)
+            status = await run_in_threadpool(readiness)
         except Exception as exc:  # the store is the one dependency that makes us unready
-            return _problem(503, f"state store unavailable: {exc}")
-        return JSONResponse({"status": "ready", "outbox": depth})
+            return _problem(503, f"not ready: {exc}")
+        if status is None:
+            return _problem(503, "not ready")
+        return JSONResponse({"status": "ready", **status})
 
-    async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        body = await run_in_threadpool(encoder, registry)
+    async def prometheus(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(metrics, request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if manage_lifecycle:
-            bridge.start()
+        on_start()
         try:
             yield
         finally:
-            if manage_lifecycle:
-                await run_in_threadpool(bridge.stop)
+            await run_in_threadpool(on_stop)
             dead_letters.close()
 
     routes = [
         Route(settings.path, ingest, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

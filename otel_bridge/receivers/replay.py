@@ -9,9 +9,8 @@ from typing import IO, Any
 import orjson
 from tqdm import tqdm
 
-from otel_bridge.pipeline import Rejection
+from otel_bridge.consumer import EventConsumer, Rejection
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.runtime import Bridge
 
 BATCH = 1000
 
@@ -43,7 +42,7 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def replay(bridge: Bridge, source: str, dead_letters: DeadLetters, progress: bool = True) -> ReplaySummary:
+def replay(consumer: EventConsumer, source: str, dead_letters: DeadLetters, progress: bool = True) -> ReplaySummary:
     summary = ReplaySummary()
     stream: IO[bytes] = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     total = None if source == "-" else Path(source).stat().st_size
@@ -53,7 +52,7 @@ def replay(bridge: Bridge, source: str, dead_letters: DeadLetters, progress: boo
         numbers: list[int] = []
 
         def flush() -> None:
-            report = bridge.pipeline.ingest(batch)
+            report = consumer.ingest(batch)
             summary.accepted += report.accepted
             summary.duplicates += report.duplicates
             summary.late += report.late

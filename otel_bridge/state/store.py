@@ -11,15 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from otel_bridge.consumer import Unavailable
+
 T = TypeVar("T")
 
 
-class StoreUnavailable(Exception):
-    """The store cannot take writes now (locked, full, unreachable): answer 503, let the producer retry."""
-
-
-class OutboxFull(StoreUnavailable):
-    """The export backlog reached its bound: refuse new batches rather than drop anything."""
+class StoreUnavailable(Unavailable):
+    """The store cannot take writes now (locked, unreachable): answer 503, let the producer retry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,56 @@
+"""What receivers hand their events to, and what they get back.
+
+Receivers are the first stage: they depend on this contract, not on the pipeline
+behind it (as a Collector receiver is given its next consumer).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event of a batch that could not be used: where it was, and why."""
+
+    index: int
+    event_id: str | None
+    field: str
+    reason: str
+
+    @property
+    def error(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "eventId": self.event_id, "field": self.field, "error": self.error}
+
+
+@dataclass(slots=True)
+class IngestReport:
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "rejected": [r.as_dict() for r in self.rejected],
+        }
+
+
+class Unavailable(Exception):
+    """Nothing of the batch was stored (store locked, full or unreachable): the sender should retry."""
+
+
+class Backpressure(Unavailable):
+    """The export backlog reached its bound: batches are refused rather than anything dropped."""
+
+
+class EventConsumer(Protocol):
+    def ingest(self, events: Sequence[Any]) -> IngestReport:
+        """Store one batch of raw events; raises Unavailable when nothing could be stored."""
+        ...
