@@ -259,7 +259,7 @@ class Pipeline:
                     observations.append(active_instance(job))
                 continue
             state = RunState.model_validate_json(blob)
-            if state.counted_state is not None and not state.closed:
+            if state.counted_state is not None:
                 observations.append(
                     Observation(
                         c.M_WORKFLOW_EXECUTION_ACTIVE,

@@ -28,10 +28,7 @@ class RunState(BaseModel):
     seq: int = 0
     # span id (hex) -> `seq` when it was sent
     emitted: dict[str, int] = {}
-    # The workflow.execution.state this run is counted under in workflow.execution.active.
-    counted_state: str | None = None
     closed: bool = False
-    late: int = 0
     ended: bool = False
     # Bridge clock when the run's end arrived (0: not yet).
     ended_seen_ns: int = 0
@@ -42,6 +39,11 @@ class RunState(BaseModel):
     # When the bridge first heard of the run (its clock, not the producer's): max_open
     # counts from here, so replaying an old log does not close its runs at once.
     opened_ns: int = 0
+
+    @property
+    def counted_state(self) -> str | None:
+        """The workflow.execution.state this run is counted under in workflow.execution.active."""
+        return None if self.ended or self.closed or not self.facts else self.execution_state
 
 
 class Admission(StrEnum):
@@ -103,29 +105,28 @@ def _state_named_by(f: Fact) -> str | None:
     return None
 
 
-def _advance_state(state: "RunState", f: Fact) -> str | None:
-    """workflow.execution.state after `f`: the latest stating fact wins, whatever the arrival order."""
+def _advance_state(state: "RunState", f: Fact) -> None:
+    """Move workflow.execution.state on `f`: the latest stating fact wins, whatever the arrival order."""
     if f.kind is FactKind.RUN_ENDED:
         state.ended = True
-    if state.ended:
-        return None
     named = _state_named_by(f)
     if named is not None and (state.state_order is None or f.order > tuple(state.state_order)):
         state.state_order = f.order
         state.execution_state = named
-    return state.execution_state
 
 
 def _resource(run: RunRef) -> Resource:
     return Resource(run.service, run.env)
 
 
-def _active_change(state: RunState, new: str | None) -> list[Observation]:
-    if new == state.counted_state:
+def _active_change(state: RunState, old: str | None) -> list[Observation]:
+    """The workflow.execution.active moves from counting the run under `old` to its state now."""
+    new = state.counted_state
+    if new == old:
         return []
     out = []
     resource = _resource(state.run)
-    for value, which in ((-1, state.counted_state), (1, new)):
+    for value, which in ((-1, old), (1, new)):
         if which is not None:
             out.append(
                 Observation(
@@ -135,7 +136,6 @@ def _active_change(state: RunState, new: str | None) -> list[Observation]:
                     resource,
                 )
             )
-    state.counted_state = new
     return out
 
 
@@ -160,7 +160,6 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     elif run.correlation_id and not state.run.correlation_id:
         state.run = run
     if state.closed:
-        state.late += 1
         return FoldResult(state, Admission.LATE)
 
     state.seq += 1
@@ -174,11 +173,12 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
                     state.facts[i] = fact
                 return FoldResult(state, Admission.REPEATED)
 
+    counted = state.counted_state
     state.facts.append(fact)
     if fact.kind is FactKind.RUN_ENDED:
         state.ended_seen_ns = now_ns
-    observations = _counted(fact, state.run)
-    observations += _active_change(state, _advance_state(state, fact))
+    _advance_state(state, fact)
+    observations = _counted(fact, state.run) + _active_change(state, counted)
     return FoldResult(state, Admission.ACCEPTED, observations)
 
 
@@ -212,9 +212,10 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         result.observations.extend(_span_observations(state.run, span, state.facts))
 
     if ended or incomplete:
-        result.observations += _active_change(state, None)
+        counted = state.counted_state
         result.incomplete = incomplete
         state.closed = True
+        result.observations += _active_change(state, counted)
         # A closed run only needs to recognise late events: drop what spans were made of.
         state.facts = []
         state.emitted = {}
