@@ -57,12 +57,8 @@ class _GrpcTraces(GrpcSpanExporter):
 
 class _HttpTraces(HttpSpanExporter):
     def send(self, request: ExportTraceServiceRequest) -> bool:
-        body = request.SerializeToString()
-        client = getattr(self, "_client", None)
-        if client is not None and hasattr(client, "export"):
-            return bool(client.export(body).success)
-        response = self._export(body)  # type: ignore[attr-defined]  # SDK < 1.40
-        return bool(getattr(response, "ok", False))
+        # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
+        return bool(self._client.export(request.SerializeToString()).success)
 
 
 class _MetricSender:
