@@ -64,6 +64,7 @@ EXCEPTION_TYPE: Final = "exception.type"
 ROOT_SPAN_PREFIX: Final = "workflow "
 STEP_SPAN_PREFIX: Final = "step "
 SLEEP_SPAN_NAME: Final = "sleep"
+SLEEP_RESTARTED_EVENT: Final = "sleep.restarted"
 STEP_CACHED_EVENT: Final = "step.cached"
 
 # Jobs

@@ -24,9 +24,26 @@ class FactKind(StrEnum):
     ATTEMPT_ENDED = "attempt.ended"
     SLEEP_STARTED = "sleep.started"
     SLEEP_ENDED = "sleep.ended"
-    # Something that happened to the run or a step (retry, timeout, ...): a span
-    # event, and, when `closes_attempt` is set, the end of the attempt it names.
+    # What happened to a step besides starting and ending. Each is a span event,
+    # and, when `closes_attempt` is set, the end of the attempt it names.
+    RETRY_SCHEDULED = "retry.scheduled"
+    RETRIES_EXHAUSTED = "retries.exhausted"
+    TIMEOUT_SET = "timeout.set"
+    TIMEOUT_EXCEEDED = "timeout.exceeded"
+    # Anything else worth a span event on the run (or the step it names).
     ANNOTATION = "annotation"
+
+
+# Facts that are notes about a step or the run rather than its start or end.
+NOTE_KINDS = frozenset(
+    {
+        FactKind.RETRY_SCHEDULED,
+        FactKind.RETRIES_EXHAUSTED,
+        FactKind.TIMEOUT_SET,
+        FactKind.TIMEOUT_EXCEEDED,
+        FactKind.ANNOTATION,
+    }
+)
 
 
 class Outcome(StrEnum):
@@ -125,6 +142,8 @@ class JobRecord(BaseModel):
     job_type: str
     duration_ms: float | None = None
     count: int | None = None
+    # The attempt a job execution or failure was (1 = the first try).
+    attempt: int | None = None
     reason: str | None = None
     trigger: str | None = None
     scheduled_at_ns: int | None = None

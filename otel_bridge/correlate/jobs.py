@@ -1,9 +1,11 @@
 """Job records -> metric observations (DESIGN.md section 4).
 
-Jobs become metrics, not traces. The only state a job instance needs is whether
-it is counted in `job.instance.active`, so that a `job.terminated` without a
-`job.started` (debounce and task jobs never emit one), or one arriving before
-it, never drives the gauge below zero.
+Jobs become metrics, not traces. A job instance's state is whether it is counted
+in `job.instance.active`, so that an end (`job.terminated`, or exhausted retries,
+after which the engine purges the instance) without a `job.started` (debounce and
+task jobs never emit one), or one arriving before it, never drives the gauge below
+zero; and which failed attempts of the current run of retries were counted, since
+the last failed attempt is told only by the exhaustion's attempt count.
 """
 
 from pydantic import BaseModel
@@ -16,6 +18,11 @@ from otel_bridge.lifecycle import JobKind, JobRecord
 class JobState(BaseModel):
     counted: bool = False
     terminated: bool = False
+    # When the instance last ended (terminated or purged): a start after it is a new instance.
+    ended_ns: int = 0
+    # Failed attempts counted in job.executions since the last success, and when that was.
+    failed_attempts: list[int] = []
+    succeeded_ns: int = 0
     # Enough to re-count an open instance after a restart.
     job_name: str = ""
     job_type: str = ""
@@ -40,24 +47,43 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
         return Observation(instrument, value, job + extra, resource)
 
     out: list[Observation] = []
+    failure = (c.JOB_EXECUTION_RESULT, c.RESULT_FAILURE)
+
+    def end_instance() -> None:
+        if state.counted:
+            out.append(obs(c.M_JOB_INSTANCE_ACTIVE, -1))
+        state.counted, state.terminated = False, True
+        state.ended_ns = max(state.ended_ns, record.time_ns)
+
     match record.kind:
         case JobKind.STARTED:
-            if not state.counted and not state.terminated:
-                state.counted = True
+            if not state.counted and (not state.terminated or record.time_ns > state.ended_ns):
+                state.counted, state.terminated = True, False
                 out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
         case JobKind.EXECUTED:
             out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
             if record.duration_ms is not None:
                 out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
+            if record.time_ns >= state.succeeded_ns:
+                state.succeeded_ns, state.failed_attempts = record.time_ns, []
         case JobKind.FAILED:
-            out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_FAILURE)))
+            attempt = record.attempt or 1
+            current = record.time_ns >= state.succeeded_ns
+            if not (current and attempt in state.failed_attempts):
+                out.append(obs(c.M_JOB_EXECUTIONS, 1, failure))
+                if current:
+                    state.failed_attempts.append(attempt)
         case JobKind.RETRY_EXHAUSTED:
             out.append(obs(c.M_JOB_RETRY_EXHAUSTED, 1, (c.JOB_RETRY_EXHAUSTED_REASON, record.reason or "")))
+            # The last attempt's failure is never sent: the attempt count is its only trace.
+            untold = [n for n in range(1, (record.count or 0) + 1) if n not in state.failed_attempts]
+            if untold:
+                out.append(obs(c.M_JOB_EXECUTIONS, len(untold), failure))
+                state.failed_attempts.extend(untold)
+            end_instance()
         case JobKind.TERMINATED:
             out.append(obs(c.M_JOB_TERMINATIONS, 1))
-            if state.counted:
-                out.append(obs(c.M_JOB_INSTANCE_ACTIVE, -1))
-            state.counted, state.terminated = False, True
+            end_instance()
         case JobKind.DEBOUNCE_FLUSHED:
             reason = ((c.JOB_NAME, record.job_name), (c.JOB_DEBOUNCE_FLUSH_REASON, record.reason or ""))
             out.append(Observation(c.M_JOB_DEBOUNCE_FLUSH_SIZE, record.count or 0, reason, resource))

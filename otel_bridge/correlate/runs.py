@@ -15,7 +15,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
-from otel_bridge.lifecycle import Fact, FactKind, Outcome, RunRef
+from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunRef
 
 _EXECUTING_KINDS = frozenset(
     {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
@@ -88,8 +88,8 @@ def _identity(f: Fact) -> tuple[object, ...] | None:
             return (f.kind, f.step, f.attempt)
         case FactKind.ATTEMPT_ENDED if not f.cached:
             return (f.kind, f.step, f.attempt)
-        case FactKind.ANNOTATION if f.step is not None:
-            return (f.name, f.step, f.attempt)
+        case kind if kind in NOTE_KINDS and f.step is not None:
+            return (f.kind, f.name, f.step, f.attempt)
     # Pauses, resumes and sleeps repeat legitimately: only the event id names them.
     return None
 
@@ -141,15 +141,14 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
 
 def _counted(f: Fact, run: RunRef) -> list[Observation]:
     """Counters that move the moment a fact is known."""
-    resource = _resource(run)
-    name = (c.WORKFLOW_DEFINITION_NAME, run.name)
-    if f.name == "retry.scheduled" and f.step is not None:
-        return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, (name, (c.WORKFLOW_TASK_NAME, f.step)), resource)]
-    if f.name == "timeout.exceeded" and f.step is not None:
-        return [Observation(c.M_WORKFLOW_TASK_TIMEOUTS, 1, (name, (c.WORKFLOW_TASK_NAME, f.step)), resource)]
-    if f.kind is FactKind.RUN_ENDED and f.outcome == "failure":
-        step = (f.error.step if f.error else None) or f.step or ""
-        return [Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, (name, (c.WORKFLOW_TASK_NAME, step)), resource)]
+    if f.step is None:
+        return []
+    attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), (c.WORKFLOW_TASK_NAME, f.step))
+    if f.kind is FactKind.RETRY_SCHEDULED:
+        return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, attributes, _resource(run))]
+    # A timeout counts however it fires: told by the engine, or as a failure that says so.
+    if f.kind is FactKind.TIMEOUT_EXCEEDED or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome is Outcome.TIMEOUT):
+        return [Observation(c.M_WORKFLOW_TASK_TIMEOUTS, 1, attributes, _resource(run))]
     return []
 
 
@@ -245,12 +244,27 @@ def has_gaps(facts: list[Fact]) -> bool:
                 starts.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
         return True
+    if _start_missing(facts):
+        return True
     for step, numbers in attempts.items():
         if any(n > 1 and n - 1 not in numbers for n in numbers):
             return True
         if any((step, n) not in starts for n in numbers if n < max(numbers)):
             return True
     return False
+
+
+def _start_missing(facts: list[Fact]) -> bool:
+    """The run's first invocation is known only by its first step: its start event is still in flight.
+
+    An engine posts a run's start together with its first step's first attempt, so a
+    run whose earliest fact is a first attempt, with no start at all, lacks part of
+    that POST. (A run first seen at a resume is an evicted one: nothing is missing.)
+    """
+    if any(f.kind in (FactKind.RUN_STARTED, FactKind.RUN_QUEUED) for f in facts):
+        return False
+    earliest = min(facts, key=lambda f: f.order)
+    return earliest.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) and earliest.attempt == 1
 
 
 def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:
@@ -276,10 +290,14 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
     result = span.attributes.get(c.WORKFLOW_EXECUTION_RESULT)
     if result is None:
         return []
+    out = []
+    if result in (c.RESULT_FAILURE, c.RESULT_TIMEOUT):
+        # Counted when the trace is complete, so the failing step can be named from every fact.
+        failing = (name, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
+        out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, failing, resource))
     ordered = sorted(facts, key=lambda f: f.order)
     queued = next((f for f in ordered if f.kind is FactKind.RUN_QUEUED), None)
     started = next((f for f in ordered if f.kind in _EXECUTING_KINDS), None)
-    out = []
     result_attr = (c.WORKFLOW_EXECUTION_RESULT, str(result))
     if queued is not None and started is not None and started.time_ns >= queued.time_ns:
         out.append(

@@ -11,18 +11,14 @@ from dataclasses import dataclass, field
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
-from otel_bridge.lifecycle import AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunRef
+from otel_bridge.lifecycle import NOTE_KINDS, AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunRef
 
 _ROOT_EVENT_KINDS = frozenset(
-    {
-        FactKind.RUN_QUEUED,
-        FactKind.RUN_PAUSED,
-        FactKind.RUN_RESUMED,
-        FactKind.SLEEP_STARTED,
-        FactKind.SLEEP_ENDED,
-        FactKind.ANNOTATION,
-    }
+    {FactKind.RUN_QUEUED, FactKind.RUN_PAUSED, FactKind.RUN_RESUMED, FactKind.SLEEP_STARTED, FactKind.SLEEP_ENDED}
+    | NOTE_KINDS
 )
+# Facts that end an attempt as the reason its workflow failed (a scheduled retry does not).
+_FAILING_KINDS = frozenset({FactKind.RETRIES_EXHAUSTED, FactKind.TIMEOUT_EXCEEDED})
 _RUN_START_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_STARTED})
 _JS_ERROR_NAME = re.compile(r"^\s*([A-Za-z_$][\w$.]*)(?::|$)")
 
@@ -82,9 +78,9 @@ def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
             attempts.setdefault((f.step, f.attempt), _Attempt(f.step, f.attempt, start=f))
     for f in ordered:
         closes = (f.kind is FactKind.ATTEMPT_ENDED and not f.cached) or (
-            f.kind is FactKind.ANNOTATION and f.closes_attempt is not None
+            f.kind in NOTE_KINDS and f.closes_attempt is not None
         )
-        step_note = f.kind is FactKind.ANNOTATION and f.step is not None
+        step_note = f.kind in NOTE_KINDS and f.step is not None
         if not (closes or step_note):
             continue
         key = _attempt_of(f, attempts)
@@ -173,7 +169,7 @@ def _attempt_span(
             error = end.error or _run_error_for(ended, a, attempts)
             message = _attempt_error_message(end, error)
             events.append(_exception_event(end_ns, message, error))
-            attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if end.closes_attempt is Outcome.TIMEOUT else _error_type(error)
+            attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if _timed_out(end) else _error_type(error)
     elif root_end is not None:
         end_ns = max(root_end, start_ns)
         attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_INTERRUPTED
@@ -196,6 +192,10 @@ def _attempt_span(
     )
 
 
+def _timed_out(end: Fact) -> bool:
+    return end.closes_attempt is Outcome.TIMEOUT or end.outcome is Outcome.TIMEOUT
+
+
 def _run_error_for(ended: Fact | None, a: _Attempt, attempts: dict[tuple[str, int], _Attempt]) -> ErrorInfo | None:
     """The workflow's failure error, when it names this attempt (exhausted retries carry it only there)."""
     if ended is None or ended.error is None or ended.error.step != a.step:
@@ -209,26 +209,48 @@ def _run_error_for(ended: Fact | None, a: _Attempt, attempts: dict[tuple[str, in
 def _attempt_error_message(end: Fact, error: ErrorInfo | None) -> str:
     if error is not None and error.message:
         return error.message
-    if end.closes_attempt is Outcome.TIMEOUT:
+    if _timed_out(end):
         limit = end.attributes.get(c.WORKFLOW_TIMEOUT_MS)
         return f"timeout of {limit} ms exceeded" if limit is not None else "timeout exceeded"
-    if end.name == "retry.exhausted":
+    if end.kind is FactKind.RETRIES_EXHAUSTED:
         return f"retries exhausted after {end.attributes.get(c.WORKFLOW_RETRY_ATTEMPTS)} attempts"
-    if end.kind is FactKind.ANNOTATION:
+    if end.kind is FactKind.RETRY_SCHEDULED:
         return "attempt failed, retry scheduled"
     return "step failed"
+
+
+def _sleeps(ordered: list[Fact]) -> list[tuple[Fact, list[Fact], Fact | None]]:
+    """Each sleep as (its start, its restarts, its end or None while it lasts).
+
+    A sleeping run whose object was evicted and woken early starts its sleep again
+    (a new resume time) before the one completion: a start while a sleep is still
+    running is a restart of that sleep, not a second one.
+    """
+    sleeps: list[tuple[Fact, list[Fact], Fact | None]] = []
+    current: tuple[Fact, list[Fact]] | None = None
+    for f in ordered:
+        if f.kind is FactKind.SLEEP_STARTED:
+            if current is None:
+                current = (f, [])
+            else:
+                current[1].append(f)
+        elif f.kind is FactKind.SLEEP_ENDED and current is not None:
+            sleeps.append((*current, f))
+            current = None
+    if current is not None:
+        sleeps.append((*current, None))
+    return sleeps
 
 
 def _sleep_spans(
     run: RunIdentity, trace_id: bytes, root_id: bytes, ordered: list[Fact], root_end: int | None
 ) -> list[SpanRecord]:
     spans = []
-    wakes = [f for f in ordered if f.kind is FactKind.SLEEP_ENDED]
-    for sleep in (f for f in ordered if f.kind is FactKind.SLEEP_STARTED):
-        wake = next((w for w in wakes if w.time_ns >= sleep.time_ns), None)
-        if wake is not None:
-            wakes.remove(wake)
+    for sleep, restarts, wake in _sleeps(ordered):
         end_ns = wake.time_ns if wake is not None else root_end
+        events = [
+            SpanEvent(c.SLEEP_RESTARTED_EVENT, r.time_ns, {k: v for k, v in r.attributes.items()}) for r in restarts
+        ]
         spans.append(
             SpanRecord(
                 trace_id=trace_id,
@@ -239,6 +261,7 @@ def _sleep_spans(
                 start_ns=sleep.time_ns,
                 end_ns=None if end_ns is None else max(end_ns, sleep.time_ns),
                 attributes={k: v for k, v in sleep.attributes.items() if k != c.WORKFLOW_EVENT_ID},
+                events=events,
             )
         )
     return spans
@@ -308,8 +331,9 @@ def _root_span(
         attributes[c.WORKFLOW_EXECUTION_RESULT] = result
         if ended.outcome is Outcome.SUCCESS:
             status = SpanStatus.OK
-        elif ended.outcome is Outcome.FAILURE:
+        elif ended.outcome in (Outcome.FAILURE, Outcome.TIMEOUT):
             status = SpanStatus.ERROR
+            attributes[c.WORKFLOW_TASK_NAME] = failing_step(ordered, ended)
             message = (ended.error.message if ended.error else "") or "workflow failed"
             attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if result == c.RESULT_TIMEOUT else _error_type(ended.error)
             events.append(_exception_event(ended.time_ns, message, ended.error))
@@ -332,10 +356,33 @@ def _root_span(
     )
 
 
+def failing_step(ordered: list[Fact], ended: Fact) -> str:
+    """The step a failed run failed in: the engine's word if it gave one, else its facts'.
+
+    durable-effect never names it in `workflow.failed`; the attempt that failed last
+    (a failure that was not retried, exhausted retries, an exceeded timeout) did it.
+    """
+    if ended.error is not None and ended.error.step:
+        return ended.error.step
+    failed = (
+        f
+        for f in reversed(ordered)
+        if f.step is not None
+        and f.order <= ended.order
+        and (
+            f.kind in _FAILING_KINDS
+            or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome in (Outcome.FAILURE, Outcome.TIMEOUT))
+        )
+    )
+    last = next(failed, None)
+    return last.step if last is not None and last.step is not None else ""
+
+
 def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:
     if ended.outcome is Outcome.SUCCESS:
         return c.RESULT_SUCCESS
     if ended.outcome is Outcome.CANCELLATION:
         return c.RESULT_CANCELLATION
-    timed_out = any(a.end is not None and a.end.closes_attempt is Outcome.TIMEOUT for a in attempts.values())
-    return c.RESULT_TIMEOUT if timed_out else c.RESULT_FAILURE
+    if ended.outcome is Outcome.TIMEOUT or any(a.end is not None and _timed_out(a.end) for a in attempts.values()):
+        return c.RESULT_TIMEOUT
+    return c.RESULT_FAILURE

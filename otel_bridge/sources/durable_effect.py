@@ -393,6 +393,15 @@ def _error(wire: WireError) -> ErrorInfo:
     )
 
 
+def _timed_out(wire: WireError) -> bool:
+    # A step timeout that fires mid-step arrives as an ordinary failure whose error is the
+    # engine's WorkflowTimeoutError (PRODUCER_FACTS.md); it is a timeout all the same.
+    return any(text.lstrip().startswith(_TIMEOUT_ERROR) for text in (wire.stack or "", wire.message))
+
+
+_TIMEOUT_ERROR = "WorkflowTimeoutError"
+
+
 def _redacted(value: Any, keys: frozenset[str]) -> Any:
     if isinstance(value, dict):
         return {k: "[REDACTED]" if k in keys else _redacted(v, keys) for k, v in value.items()}
@@ -458,7 +467,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
         case WorkflowFailed():
             fact = Fact(
                 kind=FactKind.RUN_ENDED,
-                outcome=Outcome.FAILURE,
+                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
                 error=_error(e.error),
                 step=e.error.step_name,
                 attempt=e.error.attempt,
@@ -490,14 +499,14 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 kind=FactKind.ATTEMPT_ENDED,
                 step=e.step_name,
                 attempt=e.attempt,
-                outcome=Outcome.FAILURE,
+                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
                 error=_error(e.error),
                 attributes={"workflow.task.will_retry": e.will_retry},
                 **base,
             )
         case RetryScheduled():
             fact = Fact(
-                kind=FactKind.ANNOTATION,
+                kind=FactKind.RETRY_SCHEDULED,
                 step=e.step_name,
                 attempt=e.attempt,
                 closes_attempt=Outcome.FAILURE,
@@ -515,7 +524,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             # `attempts` counts attempts made; which attempt it closes is decided
             # by time in the fold (the last one started before it).
             fact = Fact(
-                kind=FactKind.ANNOTATION,
+                kind=FactKind.RETRIES_EXHAUSTED,
                 step=e.step_name,
                 closes_attempt=Outcome.FAILURE,
                 attributes={c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_RETRY_ATTEMPTS: e.attempts},
@@ -542,7 +551,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case TimeoutSet():
             fact = Fact(
-                kind=FactKind.ANNOTATION,
+                kind=FactKind.TIMEOUT_SET,
                 step=e.step_name,
                 attributes=_attrs(
                     **{
@@ -555,7 +564,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case TimeoutExceeded():
             fact = Fact(
-                kind=FactKind.ANNOTATION,
+                kind=FactKind.TIMEOUT_EXCEEDED,
                 step=e.step_name,
                 closes_attempt=Outcome.TIMEOUT,
                 attributes=_attrs(**{c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_TIMEOUT_MS: e.timeout_ms}),
@@ -585,7 +594,7 @@ def _job_record(e: Any) -> JobRecord:
         case JobExecuted():
             extra = {"duration_ms": e.duration_ms, "count": e.run_count}
         case JobFailed():
-            extra = {"count": e.run_count}
+            extra = {"count": e.run_count, "attempt": e.attempt}
         case JobRetryExhausted():
             extra = {"count": e.attempts, "reason": e.reason}
         case JobTerminated():

@@ -50,3 +50,35 @@ def test_metric_attributes_never_carry_instance_or_event_ids():
     for observation in fold_events(job.events).observations:
         keys = {k for k, _ in observation.attributes}
         assert keys <= {"job.name", "job.type", "job.execution.result"}
+
+
+def test_exhausted_retries_end_the_instance_and_count_the_untold_last_failure():
+    # The engine's real sequence: the last attempt sends no job.failed, only the exhaustion.
+    job = JobRun("sync", "continuous").started().after(1000).failed(1, attempt=1)
+    job.after(1000).failed(1, attempt=2).after(1000).retry_exhausted(attempts=3)
+    folded = fold_events(job.events)
+    assert sum(folded.metric("job.executions", **{"job.execution.result": "failure"})) == 3
+    assert folded.metric("job.instance.active") == [1, -1]
+    assert folded.metric("job.retry.exhausted") == [1]
+
+
+def test_a_final_failure_that_did_arrive_is_not_counted_twice_in_any_order():
+    job = JobRun("sync", "continuous").started().after(1000).failed(1, attempt=1)
+    job.after(1000).failed(1, attempt=2, will_retry=False).retry_exhausted(attempts=2)
+    for events in (job.events, list(reversed(job.events))):
+        folded = fold_events(events)
+        assert sum(folded.metric("job.executions", **{"job.execution.result": "failure"})) == 2
+        assert sum(folded.metric("job.instance.active")) == 0
+
+
+def test_failures_before_a_success_are_their_own_run_of_attempts():
+    job = JobRun("sync", "continuous").started().failed(1, attempt=1).after(1000).executed(1, attempt=2)
+    job.after(60_000).failed(2, attempt=1).after(1000).retry_exhausted(attempts=2)
+    folded = fold_events(job.events)
+    assert sum(folded.metric("job.executions", **{"job.execution.result": "failure"})) == 3
+
+
+def test_an_instance_started_again_after_its_purge_is_counted_again():
+    job = JobRun("sync", "continuous").started().after(1000).retry_exhausted(attempts=1)
+    job.after(5000).started()
+    assert fold_events(job.events).metric("job.instance.active") == [1, -1, 1]

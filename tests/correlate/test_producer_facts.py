@@ -199,3 +199,116 @@ def test_sleep_until_reports_zero_duration_but_the_span_and_metric_use_timestamp
     sleep = folded.span("sleep")
     assert sleep.end_ns - sleep.start_ns == 90_000 * 1_000_000
     assert folded.metric("workflow.sleep.duration") == [90.0]
+
+
+TIMEOUT_STACK = "WorkflowTimeoutError: Step 'slow' timed out after 500ms\n    at Timeout._onTimeout (executor.js:88:19)"
+
+
+def _exhausting_run() -> WorkflowRun:
+    run = WorkflowRun().started().step_started("reserve").after(5).step_completed("reserve")
+    for attempt in (1, 2):
+        run.step_started("charge", attempt).after(10).retry_scheduled("charge", attempt).after(1000)
+    run.step_started("charge", 3).after(10).retry_exhausted("charge", attempts=3)
+    # The engine's workflow.failed never names the step.
+    return run.failed("gateway down")
+
+
+def test_a_failed_run_names_its_failing_step_from_its_facts():
+    folded = fold_events(_exhausting_run().events)
+    assert folded.metric("workflow.execution.errors", **{"workflow.task.name": "charge"}) == [1]
+    assert folded.metric("workflow.execution.errors", **{"workflow.task.name": ""}) == []
+    assert folded.root.attributes["workflow.task.name"] == "charge"
+
+
+def test_the_failing_step_is_named_whatever_order_the_facts_arrive_in():
+    events = _exhausting_run().events
+    folded = fold_events([events[-1], *reversed(events[:-1])])
+    assert folded.metric("workflow.execution.errors", **{"workflow.task.name": "charge"}) == [1]
+
+
+def test_a_step_failed_without_retry_names_the_failing_step():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    run.step_started("b").after(5).step_failed("b", 1, message="invalid input").failed("invalid input")
+    folded = fold_events(run.events)
+    assert folded.root.attributes["workflow.task.name"] == "b"
+    assert folded.metric("workflow.execution.errors", **{"workflow.task.name": "b"}) == [1]
+
+
+def _restarted_sleep() -> tuple[WorkflowRun, int, int, int]:
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    slept_at = ns(run.now)
+    run.sleep_started(60_000).paused("sleep", resume_in_ms=60_000)
+    # Evicted and woken early: the engine starts the same sleep again with a later resumeAt.
+    run.after(10_000).resumed()
+    restarted_at = ns(run.now)
+    run.sleep_started(55_000).paused("sleep", resume_in_ms=55_000)
+    run.after(55_000).resumed().sleep_completed(60_000)
+    woke_at = ns(run.now)
+    run.step_started("b").after(5).step_completed("b").completed(["a", "b"])
+    return run, slept_at, restarted_at, woke_at
+
+
+def test_a_restarted_sleep_is_one_sleep_span_with_the_restart_as_an_event():
+    run, slept_at, restarted_at, woke_at = _restarted_sleep()
+    folded = fold_events(run.events)
+    sleep = folded.span("sleep")
+    assert (sleep.start_ns, sleep.end_ns) == (slept_at, woke_at)
+    restarts = [e for e in sleep.events if e.name == "sleep.restarted"]
+    assert [e.time_ns for e in restarts] == [restarted_at]
+    assert restarts[0].attributes["workflow.sleep.resume_at"] == run.events[6]["resumeAt"]
+    assert folded.metric("workflow.sleep.duration") == [65.0]
+    assert folded.span("step b").start_ns >= sleep.end_ns
+
+
+def test_a_restarted_sleep_is_one_sleep_whatever_the_arrival_order():
+    run, slept_at, _restarted_at, woke_at = _restarted_sleep()
+    folded = fold_events(list(reversed(run.events)))
+    assert (folded.span("sleep").start_ns, folded.span("sleep").end_ns) == (slept_at, woke_at)
+    assert folded.metric("workflow.sleep.duration") == [65.0]
+
+
+def test_a_timeout_fired_mid_step_is_a_timeout_like_timeout_exceeded():
+    run = WorkflowRun().started().step_started("slow", 1).timeout_set("slow", 500).after(500)
+    run.step_failed("slow", 1, message="Step 'slow' timed out after 500ms", stack=TIMEOUT_STACK)
+    run.failed("Step 'slow' timed out after 500ms", stack=TIMEOUT_STACK)
+    mid_step = fold_events(run.events)
+
+    told = WorkflowRun().started().step_started("slow", 1).timeout_set("slow", 500)
+    told.after(500).retry_scheduled("slow", 1).after(1000).step_started("slow", 2).after(1)
+    told.timeout_exceeded("slow", 500).failed("timed out")
+    exceeded = fold_events(told.events)
+
+    for folded in (mid_step, exceeded):
+        assert folded.root.attributes["workflow.execution.result"] == "timeout"
+        assert folded.root.attributes["error.type"] == "timeout"
+        assert folded.metric("workflow.task.timeouts", **{"workflow.task.name": "slow"}) == [1]
+        assert folded.metric("workflow.execution.duration", **{"workflow.execution.result": "timeout"})
+        assert folded.metric("workflow.execution.errors", **{"workflow.task.name": "slow"}) == [1]
+    attempt = mid_step.span("step slow", 1)
+    assert attempt.status is SpanStatus.ERROR
+    assert attempt.attributes["error.type"] == "timeout"
+    assert exceeded.span("step slow", 2).attributes["error.type"] == "timeout"
+
+
+def test_a_run_missing_its_start_waits_for_it_and_starts_at_it():
+    run = WorkflowRun().started()
+    started_at = ns(run.now)
+    run.after(2).step_started("a").after(5).step_completed("a").completed(["a"])
+    without_start = run.events[1:]
+    (state,) = fold_events(without_start, settle_at_ns=None).runs.values()
+    policy = SettlePolicy(gap_grace_ns=15 * 10**9)
+    held = settle(state, state.ended_seen_ns + 10**9, policy)
+    assert held.held and held.spans == []
+
+    record = decode(run.events[0])
+    fold(state, record.run, record.fact, state.ended_seen_ns + 2 * 10**9)
+    done = settle(state, state.ended_seen_ns + 3 * 10**9, policy)
+    root = next(s for s in done.spans if s.parent_span_id is None)
+    assert root.start_ns == started_at
+
+
+def test_a_run_first_seen_at_a_resume_is_not_waiting_for_a_start():
+    run = WorkflowRun().resumed().after(1).step_started("b").after(3).step_completed("b").completed()
+    (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+    result = settle(state, state.ended_seen_ns + 10**9, SettlePolicy(gap_grace_ns=15 * 10**9))
+    assert not result.held
