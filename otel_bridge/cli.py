@@ -4,12 +4,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, settings_table
+from otel_bridge.consumer import Unavailable
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
+from otel_bridge.state.store import StoreOpenError
+
+
+class CliError(Exception):
+    """A mistake in what the command was given, said in one line."""
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +43,7 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from otel_bridge.receivers.http import create_app
+    from otel_bridge.receivers.http_protocol import guarded_protocol
     from otel_bridge.runtime import Bridge
 
     bridge = Bridge(settings)
@@ -49,6 +57,7 @@ def _serve(settings: Settings) -> int:
     )
     uvicorn.run(
         app,
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
         limit_concurrency=settings.limit_concurrency,
@@ -66,6 +75,8 @@ def _replay(settings: Settings, source: str, progress: bool) -> int:
     from otel_bridge.receivers.replay import replay
     from otel_bridge.runtime import Bridge
 
+    if source != "-" and not Path(source).is_file():
+        raise CliError(f"cannot replay {source}: no such file")
     bridge = Bridge(settings).start()
     dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
     try:
@@ -142,15 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        print(f"otel-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        print(f"otel-bridge: invalid configuration: {problems}", file=sys.stderr)
         return 2
     _logging(settings.log_level)
     try:
         if args.command == "serve":
             return _serve(settings)
         return _replay(settings, args.file, progress=not args.no_progress)
-    except ValueError as exc:
+    except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
+        # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.
         print(f"otel-bridge: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"otel-bridge: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
 
 

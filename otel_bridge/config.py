@@ -51,10 +51,30 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest request body, also enforced after gzip decompression."
     )
+    max_batch_events: int = Field(
+        10_000, gt=0, description="Most events in one batch; a larger batch gets 413 (the engine sends 100)."
+    )
+    max_rejections_listed: int = Field(
+        100, ge=0, description="Rejected events listed one by one in an answer; the rest are counted."
+    )
+    max_dead_letter_bytes_per_batch: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Most bytes one batch may write to the dead-letter file; past it, one line counts the rest.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, gt=0, description="Largest request head (request line and headers); past it, 431."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection whose request head is not complete in this time is closed."
+    )
     api_key: SecretStr | None = Field(
         None, description="Shared secret producers must send in the `api_key_header` header (off when unset)."
     )
     api_key_header: str = Field("X-API-KEY", description="Header that carries `api_key`.")
+    metrics_auth: bool = Field(
+        False, description="Put `/metrics` behind the same credential as ingest (open by default, for scrapers)."
+    )
     bearer_token: SecretStr | None = Field(
         None, description="Token accepted as `Authorization: Bearer …` (off when unset)."
     )
@@ -66,6 +86,9 @@ class Settings(BaseSettings):
         description="Input keys whose values are replaced by [REDACTED] (comma-separated in the environment).",
     )
     attribute_value_limit: int = Field(4096, gt=0, description="String span attributes are truncated to this length.")
+    max_name_chars: int = Field(
+        256, gt=1, description="Span names and metric label values (names, service, env) are cut to this length."
+    )
     max_names: int = Field(
         200, gt=0, description="Distinct workflow/step/job names per metric attribute before `_OTHER` is used."
     )
@@ -75,6 +98,10 @@ class Settings(BaseSettings):
     dead_letter: Path = Field(Path("dead-letter.jsonl"), description="JSONL file that keeps rejected events.")
     dead_letter_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Dead-letter file size before rotation.")
     dead_letter_backups: int = Field(5, ge=1, description="Rotated dead-letter files kept.")
+    span_dead_letter: Path = Field(
+        Path("dead-spans.jsonl"),
+        description="JSONL file that keeps spans the OTLP backend refused for good, with its reason.",
+    )
     max_outbox_spans: int = Field(
         1_000_000,
         gt=0,
@@ -92,6 +119,15 @@ class Settings(BaseSettings):
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
     export_batch_size: int = Field(512, gt=0, description="Spans per OTLP export request.")
+    max_export_bytes: int = Field(
+        3_500_000, gt=0, description="Bytes per OTLP export request (below gRPC's default 4 MiB message limit)."
+    )
+    export_unready_seconds: float = Field(
+        120.0, gt=0, description="`/readyz` says not ready once trace export has failed for this long."
+    )
+    settle_attempts: int = Field(
+        5, gt=0, description="A run that cannot be settled after this many tries is set aside (kept, counted)."
+    )
     export_delay_ms: float = Field(
         5000,
         ge=0,
@@ -110,6 +146,14 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
     )
     log_level: str = Field("INFO", description="Log level of the bridge.")
+
+    @field_validator("api_key", "bearer_token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty secret would silently turn authentication off: a deployment mistake, not a choice.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty: unset it to turn authentication off, or give a secret")
+        return value
 
     @field_validator("redact_keys", mode="before")
     @classmethod

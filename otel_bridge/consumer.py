@@ -33,13 +33,18 @@ class IngestReport:
     late: int = 0
     rejected: list[Rejection] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, max_listed: int | None = None) -> dict[str, Any]:
+        """The answer to the producer: at most `max_listed` rejections one by one, all of them counted."""
+        listed = self.rejected if max_listed is None else self.rejected[:max_listed]
+        answer: dict[str, Any] = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "late": self.late,
-            "rejected": [r.as_dict() for r in self.rejected],
+            "rejected": [r.as_dict() for r in listed],
         }
+        if len(listed) < len(self.rejected):
+            answer["rejectedCount"] = len(self.rejected)
+        return answer
 
 
 class Unavailable(Exception):

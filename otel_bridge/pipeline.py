@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
-from otel_bridge.consumer import Backpressure, IngestReport, Rejection
+from otel_bridge.consumer import Backpressure, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, settle
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
 _QUARANTINE = "unreadable\x1f"
+_SET_ASIDE = "unsettled\x1f"
 
 
 @dataclass(slots=True)
@@ -59,6 +62,11 @@ class Pipeline:
         self.settings = settings
         self._on_spans = on_spans
         self._clock = clock
+        # When the store last refused a batch, and why (None once a batch got through): readiness says so.
+        self.refused: tuple[float, str] | None = None
+        # Runs whose settling failed, with how many times: retried with backoff, then set aside.
+        self._settle_failures: dict[str, int] = {}
+        self.set_aside = 0
         self._decode_options = DecodeOptions(
             capture_input=settings.capture_input,
             max_input_bytes=settings.max_input_bytes,
@@ -73,6 +81,9 @@ class Pipeline:
                 records.append(decode(raw, self._decode_options))
             except DecodeError as exc:
                 rejected.append(Rejection(index, _raw_event_id(raw), exc.field, exc.reason))
+            except Exception as exc:  # one event the decoder trips on must not sink its batch
+                log.exception("decoding event %d failed", index)
+                rejected.append(Rejection(index, _raw_event_id(raw), "", f"could not be decoded: {exc!r}"[:300]))
         return records, rejected
 
     def ingest(self, events: Sequence[Any]) -> IngestReport:
@@ -98,7 +109,12 @@ class Pipeline:
         for record in records:
             unique.setdefault(event_id_of(record), record)
         now = self._clock()
-        outcome = self.store.run(lambda tx: self._ingest(tx, unique, now))
+        try:
+            outcome = self.store.run(lambda tx: self._ingest(tx, unique, now))
+        except Unavailable as exc:
+            self.refused = (time.monotonic(), str(exc))
+            raise
+        self.refused = None
         outcome.report.duplicates += len(records) - len(unique)
         report = outcome.report
         report.late = len(outcome.late)
@@ -190,6 +206,8 @@ class Pipeline:
             sent += sum(len(r.spans) for r in results)
             self.metrics.record(o for r in results for o in r.observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(r.incomplete for r in results))
+            self.metrics.bridge(c.M_BRIDGE_RUNS_SET_ASIDE, self.set_aside)
+            self.set_aside = 0
             if not keys:
                 break
         if sent:
@@ -204,17 +222,35 @@ class Pipeline:
         for key in keys:
             try:
                 result = self._settle_one(tx, key, now, policy)
-            except Exception:
-                # One unreadable run must not stop every other run from settling.
-                log.exception("settling %r failed; trying again in a minute", key)
-                tx.save(key, tx.load(key)[0], now + 60)  # type: ignore[index]
+            except Exception as exc:
+                # One run that cannot be settled must not stop every other run from settling.
+                self._settle_failed(tx, key, now, exc)
                 continue
+            self._settle_failures.pop(key, None)
             if result is not None:
                 results.append(result)
         return keys, results
 
+    def _settle_failed(self, tx: Transaction, key: str, now: float, exc: Exception) -> None:
+        """Try a run that failed to settle again with backoff; after `settle_attempts` tries, set it aside."""
+        failures = self._settle_failures.get(key, 0) + 1
+        self._settle_failures[key] = failures
+        loaded = tx.load(key)
+        if loaded is None:
+            return
+        if failures < self.settings.settle_attempts:
+            log.warning("settling %r failed (try %d): %r; trying again", key, failures, exc)
+            tx.save(key, loaded[0], now + min(2.0 ** (failures - 1), 60.0))
+            return
+        log.error("settling %r failed %d times: %r; its state is set aside as %r", key, failures, exc, _SET_ASIDE + key)
+        kept = {"reason": repr(exc)[:2000], "at": now, "state": loaded[0].decode(errors="replace")}
+        tx.save(_SET_ASIDE + key, orjson.dumps(kept), None)
+        tx.delete(key)
+        self._settle_failures.pop(key, None)
+        self.set_aside += 1
+
     def _settle_one(self, tx: Transaction, key: str, now: float, policy: SettlePolicy) -> SettleResult | None:
-        if key.startswith(_QUARANTINE):
+        if key.startswith((_QUARANTINE, _SET_ASIDE)):
             return None
         loaded = tx.load(key)
         if loaded is None:
@@ -229,7 +265,10 @@ class Pipeline:
         result = settle(state, int(now * 1e9), policy)
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
         rk = resource_key(Resource(state.run.service, state.run.env))
-        rows = [(rk, encode_span(span, self.settings.attribute_value_limit)) for span in result.spans]
+        rows = [
+            (rk, encode_span(span, self.settings.attribute_value_limit, self.settings.max_name_chars))
+            for span in result.spans
+        ]
         if result.held:
             due = now + max(self.settings.settle_seconds, 0.2)
         elif state.closed:
@@ -251,7 +290,7 @@ class Pipeline:
             return
         observations = []
         for key, blob in self.store.states():
-            if key.startswith(_QUARANTINE):
+            if key.startswith((_QUARANTINE, _SET_ASIDE)):
                 continue
             if _is_job(key):
                 job = JobState.model_validate_json(blob)

@@ -18,12 +18,15 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Store
 
 log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 60.0
+# After the store refused a batch, /readyz says so this long (or until a batch gets through).
+_REFUSED_UNREADY_SECONDS = 10.0
 
 try:
     VERSION = version("otel-bridge")
@@ -55,7 +58,9 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.store = open_store(settings)
-        self.metrics = MetricsHub(settings.max_names, max_producers=settings.max_producers)
+        self.metrics = MetricsHub(
+            settings.max_names, max_producers=settings.max_producers, max_name_chars=settings.max_name_chars
+        )
         self.exposition = exposition(self.metrics.collect)
         self.trace_sender = trace_sender or otlp.trace_sender()
         self.metric_sender = metric_sender or otlp.metric_sender()
@@ -66,7 +71,14 @@ class Bridge:
             settings.export_batch_size,
             settings.export_delay_ms / 1000,
             VERSION,
+            max_request_bytes=settings.max_export_bytes,
+            dead_spans=DeadLetters(
+                settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+            ),
+            on_result=self._export_result,
         )
+        # Bridge clock (monotonic) since trace export has been failing; None while it works.
+        self._export_failing_since: float | None = None
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
         self.metrics.start_bridge_counters(
@@ -78,6 +90,8 @@ class Bridge:
                 c.M_BRIDGE_EVENTS_LATE,
                 c.M_BRIDGE_RUNS_INCOMPLETE,
                 c.M_BRIDGE_SPANS_EXPORTED,
+                c.M_BRIDGE_SPANS_REJECTED,
+                c.M_BRIDGE_RUNS_SET_ASIDE,
                 c.M_BRIDGE_EXPORT_FAILURES,
             ]
         )
@@ -85,9 +99,35 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         self.ready = False
 
-    def readiness(self) -> dict[str, int] | None:
-        """What `/readyz` reports: None until started; raises when the store cannot be reached."""
-        return {"outbox": self.store.outbox_depth()} if self.ready else None
+    def _export_result(self, ok: bool) -> None:
+        if ok:
+            if self._export_failing_since is not None:
+                log.info("trace export recovered")
+            self._export_failing_since = None
+        elif self._export_failing_since is None:
+            self._export_failing_since = time.monotonic()
+
+    def readiness(self) -> dict[str, object]:
+        """What `/readyz` reports: `ready`, and while not, each reason batches are (or soon would be) refused."""
+        reasons = []
+        depth = None
+        if not self.ready:
+            reasons.append("starting or stopping")
+        try:
+            depth = self.store.outbox_depth()
+        except Exception as exc:
+            reasons.append(f"state store unavailable: {exc}")
+        refused = self.pipeline.refused
+        if refused is not None and time.monotonic() - refused[0] < _REFUSED_UNREADY_SECONDS:
+            reasons.append(f"state store refused a batch {time.monotonic() - refused[0]:.0f} s ago: {refused[1]}")
+        if depth is not None and depth >= self.settings.max_outbox_spans:
+            reasons.append(
+                f"export backlog full: {depth} spans wait (max_outbox_spans {self.settings.max_outbox_spans})"
+            )
+        since = self._export_failing_since
+        if since is not None and time.monotonic() - since >= self.settings.export_unready_seconds:
+            reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
+        return {"ready": not reasons, "outbox": depth, "reasons": reasons}
 
     def start(self) -> "Bridge":
         self.pipeline.restore_gauges()

@@ -32,6 +32,7 @@ class BridgeProcess:
             "OTEL_BRIDGE_PORT": str(self.port),
             "OTEL_BRIDGE_STATE": str(workdir / "state.db"),
             "OTEL_BRIDGE_DEAD_LETTER": str(workdir / "dead-letter.jsonl"),
+            "OTEL_BRIDGE_SPAN_DEAD_LETTER": str(workdir / "dead-spans.jsonl"),
             "OTEL_BRIDGE_SETTLE_SECONDS": "0.2",
             "OTEL_BRIDGE_LOG_LEVEL": "INFO",
         }

@@ -54,6 +54,11 @@ class Received:
     refused: int = 0
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # A backend that refuses some spans for good: those whose name holds `poison`, either the
+    # whole request (HTTP 400, gRPC INVALID_ARGUMENT) or just them (OTLP partial_success).
+    poison: str = ""
+    partial: bool = False
+    refused_for_good: int = 0
 
     def take_traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         with self.lock:
@@ -101,6 +106,23 @@ class Received:
                             else:
                                 point["value"] = p.as_double if p.HasField("as_double") else p.as_int
                             self.metrics[(m.name, resource, attrs)] = point
+
+    def sift(
+        self, request: trace_service_pb2.ExportTraceServiceRequest
+    ) -> tuple[trace_service_pb2.ExportTraceServiceRequest, int]:
+        """The request without the spans a refusing backend refuses (names holding `poison`), and how many."""
+        if not self.poison:
+            return request, 0
+        kept = trace_service_pb2.ExportTraceServiceRequest()
+        kept.CopyFrom(request)
+        refused = 0
+        for rs in kept.resource_spans:
+            for ss in rs.scope_spans:
+                good = [s for s in ss.spans if self.poison not in s.name]
+                refused += len(ss.spans) - len(good)
+                del ss.spans[:]
+                ss.spans.extend(good)
+        return kept, refused
 
     def metric(self, name: str, **attributes: Any) -> list[dict[str, Any]]:
         with self.lock:
@@ -157,8 +179,22 @@ class OtlpHttpReceiver:
                     self.end_headers()
                     return
                 if self.path == "/v1/traces":
-                    receiver.received.take_traces(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
-                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                    got = receiver.received
+                    kept, refused = got.sift(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                    answer = trace_service_pb2.ExportTraceServiceResponse()
+                    if refused and not got.partial:
+                        got.refused_for_good += 1
+                        message = b"span name refused by policy"
+                        self.send_response(400)
+                        self.send_header("content-length", str(len(message)))
+                        self.end_headers()
+                        self.wfile.write(message)
+                        return
+                    if refused:
+                        answer.partial_success.rejected_spans = refused
+                        answer.partial_success.error_message = "span name refused by policy"
+                    got.take_traces(kept)
+                    reply = answer.SerializeToString()
                 elif self.path == "/v1/metrics":
                     receiver.received.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
                     reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
@@ -195,8 +231,17 @@ class OtlpGrpcReceiver:
                 if not receiver.up:
                     receiver.received.refused += 1
                     context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
-                receiver.received.take_traces(request)
-                return trace_service_pb2.ExportTraceServiceResponse()
+                got = receiver.received
+                kept, refused = got.sift(request)
+                answer = trace_service_pb2.ExportTraceServiceResponse()
+                if refused and not got.partial:
+                    got.refused_for_good += 1
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "span name refused by policy")
+                if refused:
+                    answer.partial_success.rejected_spans = refused
+                    answer.partial_success.error_message = "span name refused by policy"
+                got.take_traces(kept)
+                return answer
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
             def Export(self, request, context):  # noqa: N802 - gRPC's name

@@ -145,7 +145,7 @@ def _attempt_span(
         start_ns = a.start.time_ns
     else:
         assert end is not None
-        start_ns = end.time_ns - int((end.duration_ms or 0) * 1_000_000)
+        start_ns = max(end.time_ns - int((end.duration_ms or 0) * 1_000_000), 0)
         previous = attempts.get((a.step, a.number - 1))
         if previous is not None and previous.end is not None:
             # durationMs runs from the first attempt's start: never reach back

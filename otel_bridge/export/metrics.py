@@ -76,6 +76,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     ),
     c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec("counter", "{run}", "Runs closed as incomplete after max_open"),
     c.M_BRIDGE_SPANS_EXPORTED: InstrumentSpec("counter", "{span}", "Spans acknowledged by the OTLP backend"),
+    c.M_BRIDGE_SPANS_REJECTED: InstrumentSpec(
+        "counter", "{span}", "Spans the OTLP backend refused for good (kept in the span dead-letter file)"
+    ),
+    c.M_BRIDGE_RUNS_SET_ASIDE: InstrumentSpec(
+        "counter", "{run}", "Runs that could not be settled after several tries (kept aside with the reason)"
+    ),
     c.M_BRIDGE_EXPORT_FAILURES: InstrumentSpec("counter", "{failure}", "Failed OTLP export attempts"),
     c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
         "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS
@@ -83,15 +89,26 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
 }
 
 
-class NameLimiter:
-    """A bounded allow-list of producer-given names: past `limit` values per key, `_OTHER`."""
+def shortened(value: str, max_chars: int) -> str:
+    """`value` cut to `max_chars` characters, the cut marked with an ellipsis."""
+    return value if len(value) <= max_chars else value[: max_chars - 1] + "…"
 
-    def __init__(self, limit: int) -> None:
+
+class NameLimiter:
+    """A bounded allow-list of producer-given names: past `limit` values per key, `_OTHER`.
+
+    Values are also bounded in length: a name is a label value on every series it
+    appears on, so eight 1 MB names would make `/metrics` hundreds of megabytes.
+    """
+
+    def __init__(self, limit: int, max_chars: int = 256) -> None:
         self._limit = limit
+        self._max_chars = max_chars
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, key: str, value: str) -> str:
+        value = shortened(value, self._max_chars)
         known = self._seen.get(key)
         if known is not None and value in known:
             return value
@@ -122,8 +139,11 @@ def _exemplar_context(trace_id: bytes, span_id: bytes) -> Context:
 class MetricsHub:
     """Records observations into per-producer MeterProviders and collects them all."""
 
-    def __init__(self, max_names: int = 200, bridge_env: str = "", max_producers: int = 100) -> None:
-        self._names = NameLimiter(max_names)
+    def __init__(
+        self, max_names: int = 200, bridge_env: str = "", max_producers: int = 100, max_name_chars: int = 256
+    ) -> None:
+        self._names = NameLimiter(max_names, max_name_chars)
+        self._max_name_chars = max_name_chars
         self._max_producers = max_producers
         self._producers: dict[Resource | None, _Producer] = {}
         self._lock = threading.Lock()
@@ -133,6 +153,9 @@ class MetricsHub:
         producer = self._producers.get(resource)
         if producer is not None:
             return producer
+        if resource is not None:
+            limit = self._max_name_chars
+            resource = Resource(shortened(resource.service, limit), shortened(resource.env, limit))
         with self._lock:
             if resource is not None and resource not in self._producers and len(self._producers) > self._max_producers:
                 # Each producer is a MeterProvider: random serviceKeys must not grow them without end.

@@ -9,13 +9,19 @@ the SDK exporters a ready `ExportTraceServiceRequest` instead of SDK spans.
 import logging
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
 
+import grpc
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -26,8 +32,30 @@ HTTP_PROTOBUF = "http/protobuf"
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
 
 
+class Delivery(StrEnum):
+    SENT = "sent"
+    # The backend could not take it now (down, overloaded, timed out): send it again later.
+    RETRY = "retry"
+    # The backend refused it for good (HTTP 4xx, a non-retryable gRPC code), or refused some of
+    # its spans (OTLP partial_success): sending the same again will not help.
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What the backend said of one request: a result, not a bool (the SDK's SpanExportResult, refined)."""
+
+    delivery: Delivery
+    reason: str = ""
+    # Spans the backend refused while taking the rest (partial_success), 0 when it took all or none.
+    rejected_spans: int = 0
+
+
+SENT = ExportResult(Delivery.SENT)
+
+
 class TraceSender(Protocol):
-    def send(self, request: ExportTraceServiceRequest) -> bool: ...
+    def send(self, request: ExportTraceServiceRequest) -> ExportResult: ...
 
     def shutdown(self) -> None: ...
 
@@ -42,6 +70,47 @@ def _span_count(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
+def _answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResult:
+    """A 2xx answer, read for the spans it may have refused (OTLP partial success)."""
+    if isinstance(response, bytes | bytearray):
+        try:
+            response = ExportTraceServiceResponse.FromString(response)
+        except Exception:  # a body that is not the response message: the backend took it all
+            return SENT
+    if response is None or response.partial_success.rejected_spans <= 0:
+        return SENT
+    partial = response.partial_success
+    reason = partial.error_message or f"{partial.rejected_spans} spans rejected"
+    return ExportResult(Delivery.REJECTED, reason, partial.rejected_spans)
+
+
+class _Recorder:
+    """Stands in front of the exporter's client to keep the backend's last answer (the SDK keeps a bool)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.last: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _RecordingTransport(_Recorder):
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.last = self._inner.request(*args, **kwargs)
+        return self.last
+
+
+class _RecordingStub(_Recorder):
+    def Export(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        try:
+            self.last = self._inner.Export(*args, **kwargs)
+        except grpc.RpcError as error:
+            self.last = error
+            raise
+        return self.last
+
+
 class _GrpcTraces(GrpcSpanExporter):
     # The mixin translates SDK spans into a request right before sending: our
     # requests are already built.
@@ -51,14 +120,43 @@ class _GrpcTraces(GrpcSpanExporter):
     def _count_data(self, data: ExportTraceServiceRequest) -> int:  # type: ignore[override]
         return _span_count(data)
 
-    def send(self, request: ExportTraceServiceRequest) -> bool:
-        return self._export(request) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    def _initialize_channel_and_stub(self) -> None:
+        super()._initialize_channel_and_stub()
+        self._client = _RecordingStub(self._client)
+
+    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
+        self._client.last = None  # type: ignore[union-attr]
+        ok = self._export(request) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
+        last = self._client.last  # type: ignore[union-attr]
+        if ok:
+            return _answered(last)
+        if isinstance(last, grpc.RpcError) and last.code() not in self._retryable_error_codes:  # type: ignore[attr-defined]
+            return ExportResult(Delivery.REJECTED, f"gRPC {last.code().name}: {last.details()}")  # type: ignore[attr-defined]
+        return ExportResult(Delivery.RETRY, f"gRPC {last.code().name}" if isinstance(last, grpc.RpcError) else "")  # type: ignore[attr-defined]
 
 
 class _HttpTraces(HttpSpanExporter):
-    def send(self, request: ExportTraceServiceRequest) -> bool:
+    def __init__(self) -> None:
+        super().__init__()
+        self._client._transport = self._transport = _RecordingTransport(self._client._transport)
+
+    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
         # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
-        return bool(self._client.export(request.SerializeToString()).success)
+        self._transport.last = None
+        result = self._client.export(request.SerializeToString())
+        last = self._transport.last
+        if result.success:
+            return _answered(last.content() if last is not None else None)
+        code = result.status_code
+        if code is not None and 400 <= code < 500 and code not in (408, 429):
+            body = ""
+            if last is not None:
+                try:
+                    body = last.text()[:500]
+                except Exception:
+                    body = ""
+            return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip())
+        return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else str(result.error or ""))
 
 
 class _MetricSender:
@@ -75,8 +173,8 @@ class _MetricSender:
 class NoSender:
     """OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none: accept and discard."""
 
-    def send(self, _request: object) -> bool:
-        return True
+    def send(self, _request: object) -> Any:
+        return SENT
 
     def shutdown(self) -> None:
         pass
@@ -106,7 +204,7 @@ def trace_sender() -> TraceSender:
 
 def metric_sender() -> MetricSender:
     if _disabled("metrics"):
-        return NoSender()  # type: ignore[return-value]
+        return NoSender()  # its answer is truthy: success
     exporter = GrpcMetricExporter() if protocol_for("metrics") == GRPC else HttpMetricExporter()
     return _MetricSender(exporter)
 

@@ -46,14 +46,14 @@ def _fill(attributes: dict[str, AttributeValue], into: RepeatedCompositeFieldCon
         _set_value(kv.value, value, limit)
 
 
-def encode_span(span: SpanRecord, attribute_limit: int = 4096) -> bytes:
-    """A finished span as a serialized OTLP `Span` message."""
+def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256) -> bytes:
+    """A finished span as a serialized OTLP `Span` message (names cut to `name_limit` characters)."""
     assert span.end_ns is not None, "only finished spans are encoded"
     message = Span(
         trace_id=span.trace_id,
         span_id=span.span_id,
         parent_span_id=span.parent_span_id or b"",
-        name=span.name[:attribute_limit],
+        name=span.name if len(span.name) <= name_limit else span.name[: name_limit - 1] + "…",
         kind=_KINDS[span.kind],
         start_time_unix_nano=span.start_ns,
         end_time_unix_nano=span.end_ns,

@@ -25,12 +25,24 @@ class DeadLetters:
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(handler)
 
-    def keep(self, receiver: str, rejected: Iterable[tuple[dict[str, Any], Any]]) -> None:
-        """Append each (rejection, original event) pair as one JSON line."""
+    def keep(self, receiver: str, rejected: Iterable[tuple[dict[str, Any], Any]], max_bytes: int | None = None) -> None:
+        """Append each (rejection, original event) pair as one JSON line, at most `max_bytes` of them.
+
+        One client's batch must not rotate everybody's older dead letters away: past the
+        budget, one line says how many more were rejected and not kept.
+        """
         at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        written = omitted = 0
         for rejection, event in rejected:
-            line = {"at": at, "receiver": receiver, **rejection, "event": event}
-            self._logger.error(orjson.dumps(line, default=repr).decode())
+            if max_bytes is not None and written >= max_bytes:
+                omitted += 1
+                continue
+            text = orjson.dumps({"at": at, "receiver": receiver, **rejection, "event": event}, default=repr).decode()
+            written += len(text)
+            self._logger.error(text)
+        if omitted:
+            line = {"at": at, "receiver": receiver, "omitted": omitted, "error": "over the batch's dead-letter budget"}
+            self._logger.error(orjson.dumps(line).decode())
 
     def close(self) -> None:
         for handler in self._logger.handlers:

@@ -17,13 +17,14 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.json_text import loads
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class Authenticator:
         self._api_key = api_key.encode() if api_key else None
         self._bearer = bearer.encode() if bearer else None
 
+    @staticmethod
+    def _raw(value: str) -> bytes:
+        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes that were sent,
+        # so a UTF-8 secret (non-ASCII) matches the UTF-8 bytes a client sends for it.
+        return value.encode("latin-1", errors="replace")
+
     @property
     def enabled(self) -> bool:
         return self._api_key is not None or self._bearer is not None
@@ -58,11 +65,11 @@ class Authenticator:
             return True
         if self._api_key is not None:
             given = request.headers.get(self._header)
-            if given is not None and hmac.compare_digest(given.encode(), self._api_key):
+            if given is not None and hmac.compare_digest(self._raw(given), self._api_key):
                 return True
         if self._bearer is not None:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._bearer):
+            if scheme.lower() == "bearer" and hmac.compare_digest(self._raw(token.strip()), self._bearer):
                 return True
         return False
 
@@ -109,14 +116,18 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-def parse_envelope(body: bytes) -> list[Any]:
-    """The `events` list of a `{"events": [...]}` body, or a 400 naming what is wrong."""
+def _loads(body: bytes) -> Any:
+    try:
+        return loads(body)
+    except ValueError as exc:
+        raise _Reject(400, f"body is not valid JSON: {exc}") from None
+
+
+def parse_envelope(body: bytes, max_events: int | None = None) -> list[Any]:
+    """The `events` list of a `{"events": [...]}` body, or a 4xx naming what is wrong."""
     if not body.strip():
         raise _Reject(400, 'empty body: expected {"events": [...]}')
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _Reject(400, f"body is not valid JSON: {exc}") from None
+    payload = _loads(body)
     if not isinstance(payload, dict):
         raise _Reject(400, f'body must be a JSON object {{"events": [...]}}, not {type(payload).__name__}')
     if "events" not in payload:
@@ -124,6 +135,8 @@ def parse_envelope(body: bytes) -> list[Any]:
     events = payload["events"]
     if not isinstance(events, list):
         raise _Reject(400, f'"events" must be an array, not {type(events).__name__}')
+    if max_events is not None and len(events) > max_events:
+        raise _Reject(413, f"batch of {len(events)} events is over the limit of {max_events} (max_batch_events)")
     return events
 
 
@@ -131,13 +144,13 @@ def create_app(
     consumer: EventConsumer,
     settings: Settings,
     metrics: Callable[[str], tuple[bytes, str]],
-    readiness: Callable[[], dict[str, Any] | None],
+    readiness: Callable[[], dict[str, Any]],
     on_start: Callable[[], object] = lambda: None,
     on_stop: Callable[[], object] = lambda: None,
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
-    `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (None: not ready);
+    `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`);
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain).
     """
     auth = Authenticator(
@@ -147,17 +160,25 @@ def create_app(
     )
     dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
 
+    def unauthorized() -> Response:
+        return _problem(401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
+
     async def ingest(request: Request) -> Response:
         if not auth.allows(request):
-            return _problem(401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
+            return unauthorized()
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in _JSON_TYPES:
             return _problem(415, f"unsupported Content-Type {content_type!r}: send application/json")
         try:
-            events = parse_envelope(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+            events = parse_envelope(body, settings.max_batch_events)
             report = await run_in_threadpool(consumer.ingest, events)
         except _Reject as exc:
             return _problem(exc.status, str(exc), exc.headers)
+        except ClientDisconnect:
+            # Nothing was stored and nobody is left to answer: the producer re-sends.
+            log.debug("client %s disconnected before its body was complete", request.client)
+            return Response(status_code=400)
         except Backpressure as exc:
             log.warning("export backlog full, asking the producer to retry: %s", exc)
             return _problem(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
@@ -171,25 +192,29 @@ def create_app(
         if report.rejected:
             try:
                 await run_in_threadpool(
-                    dead_letters.keep, "http", [(r.as_dict(), events[r.index]) for r in report.rejected]
+                    dead_letters.keep,
+                    "http",
+                    [(r.as_dict(), events[r.index]) for r in report.rejected],
+                    settings.max_dead_letter_bytes_per_batch,
                 )
             except Exception:  # the batch is stored: a full disk must not make the producer re-send it
                 log.exception("writing %d rejected events to the dead-letter file failed", len(report.rejected))
-        return Response(orjson.dumps(report.as_dict()), media_type="application/json")
+        answer = report.as_dict(settings.max_rejections_listed)
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        try:
-            status = await run_in_threadpool(readiness)
-        except Exception as exc:  # the store is the one dependency that makes us unready
-            return _problem(503, f"not ready: {exc}")
-        if status is None:
-            return _problem(503, "not ready")
+        status = await run_in_threadpool(readiness)
+        if not status.get("ready"):
+            reasons = status.get("reasons") or ["not ready"]
+            return JSONResponse({"status": "not ready", "error": "; ".join(reasons), **status}, status_code=503)
         return JSONResponse({"status": "ready", **status})
 
     async def prometheus(request: Request) -> Response:
+        if settings.metrics_auth and not auth.allows(request):
+            return unauthorized()
         body, content_type = await run_in_threadpool(metrics, request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.json_text import loads
 
 BATCH = 1000
 
@@ -36,8 +36,13 @@ class ReplaySummary:
         return "\n".join(out)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(stream, start=1):
+        if number == 1:
+            line = line.removeprefix(_BOM)  # editors on Windows start UTF-8 files with one
         if line.strip():
             yield number, line
 
@@ -68,8 +73,8 @@ def replay(consumer: EventConsumer, source: str, dead_letters: DeadLetters, prog
             summary.lines += 1
             bar.update(len(line))
             try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
+                event = loads(line)
+            except ValueError as exc:
                 rejection = Rejection(-1, None, "", f"line is not valid JSON: {exc}")
                 summary.rejected.append((number, rejection))
                 dead_letters.keep(

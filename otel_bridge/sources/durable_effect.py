@@ -9,11 +9,13 @@ tolerated, `retry.scheduled` replaces `step.failed` for retryable failures.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,7 +52,37 @@ def _iso_string(value: Any) -> Any:
     return value
 
 
-IsoTime = Annotated[datetime, BeforeValidator(_iso_string)]
+# OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2554, 7, 21, tzinfo=UTC)
+
+
+def _in_otlp_range(value: datetime) -> datetime:
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Subtracting compares in UTC without converting, which overflows near year 9999.
+    if moment - _EARLIEST < _ZERO or moment - _LATEST >= _ZERO:
+        raise ValueError("must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times")
+    return moment
+
+
+def _printable(value: str) -> str:
+    # U+001F separates the fields of the hashes that make trace ids: an identity holding it
+    # (or any control character) could make two producers' runs share one trace.
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
+    return value
+
+
+_ZERO = timedelta(0)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
+_MAX_MS = 2**63 / 1e6 / 2
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_string), AfterValidator(_in_otlp_range)]
+Identity = Annotated[str, Field(min_length=1), AfterValidator(_printable)]
+Label = Annotated[str, AfterValidator(_printable)]
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 
 
 class _Wire(BaseModel):
@@ -61,18 +93,18 @@ class WireError(_Wire):
     message: str
     stack: str | None = None
     step_name: str | None = None
-    attempt: int | None = None
+    attempt: Count | None = None
 
 
 class _WorkflowBase(_Wire):
     event_id: str = Field(min_length=1)
     timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
-    workflow_id: str = Field(min_length=1)
+    workflow_id: Identity
     workflow_name: str
     execution_id: str | None = None
-    env: str
-    service_key: str
+    env: Label
+    service_key: Label
 
 
 class WorkflowStarted(_WorkflowBase):
@@ -99,7 +131,7 @@ class WorkflowPaused(_WorkflowBase):
 class WorkflowCompleted(_WorkflowBase):
     type: Literal["workflow.completed"]
     completed_steps: list[str] = []
-    duration_ms: float | None = None
+    duration_ms: Millis | None = None
 
 
 class WorkflowFailed(_WorkflowBase):
@@ -117,21 +149,21 @@ class WorkflowCancelled(_WorkflowBase):
 class StepStarted(_WorkflowBase):
     type: Literal["step.started"]
     step_name: str
-    attempt: int
+    attempt: Count
 
 
 class StepCompleted(_WorkflowBase):
     type: Literal["step.completed"]
     step_name: str
-    attempt: int
-    duration_ms: float
+    attempt: Count
+    duration_ms: Millis
     cached: bool = False
 
 
 class StepFailed(_WorkflowBase):
     type: Literal["step.failed"]
     step_name: str
-    attempt: int
+    attempt: Count
     error: WireError
     will_retry: bool = False
 
@@ -139,50 +171,50 @@ class StepFailed(_WorkflowBase):
 class RetryScheduled(_WorkflowBase):
     type: Literal["retry.scheduled"]
     step_name: str
-    attempt: int
+    attempt: Count
     next_attempt_at: IsoTime | None = None
-    delay_ms: float | None = None
+    delay_ms: Millis | None = None
 
 
 class RetryExhausted(_WorkflowBase):
     type: Literal["retry.exhausted"]
     step_name: str
-    attempts: int
+    attempts: Count
 
 
 class SleepStarted(_WorkflowBase):
     type: Literal["sleep.started"]
-    duration_ms: float
+    duration_ms: Millis
     resume_at: IsoTime | None = None
 
 
 class SleepCompleted(_WorkflowBase):
     type: Literal["sleep.completed"]
-    duration_ms: float
+    duration_ms: Millis
 
 
 class TimeoutSet(_WorkflowBase):
     type: Literal["timeout.set"]
     step_name: str
     deadline: IsoTime | None = None
-    timeout_ms: float | None = None
+    timeout_ms: Millis | None = None
 
 
 class TimeoutExceeded(_WorkflowBase):
     type: Literal["timeout.exceeded"]
     step_name: str
-    timeout_ms: float | None = None
+    timeout_ms: Millis | None = None
 
 
 class _JobBase(_Wire):
     event_id: str = Field(min_length=1)
     timestamp: IsoTime
     source: Literal["job"] = "job"
-    instance_id: str = Field(min_length=1)
+    instance_id: Identity
     job_type: Literal["continuous", "debounce", "task", "workerPool"]
     job_name: str
-    env: str
-    service_key: str
+    env: Label
+    service_key: Label
     id: str | None = None
 
 
@@ -193,29 +225,29 @@ class JobStarted(_JobBase):
 
 class JobExecuted(_JobBase):
     type: Literal["job.executed"]
-    run_count: int
-    duration_ms: float
-    attempt: int = 1
+    run_count: Count
+    duration_ms: Millis
+    attempt: Count = 1
 
 
 class JobFailed(_JobBase):
     type: Literal["job.failed"]
     error: WireError
-    run_count: int
-    attempt: int = 1
+    run_count: Count
+    attempt: Count = 1
     will_retry: bool = False
 
 
 class JobRetryExhausted(_JobBase):
     type: Literal["job.retryExhausted"]
-    attempts: int
+    attempts: Count
     reason: Literal["max_attempts", "max_duration"]
 
 
 class JobTerminated(_JobBase):
     type: Literal["job.terminated"]
     reason: str | None = None
-    run_count: int = 0
+    run_count: Count = 0
 
 
 class DebounceStarted(_JobBase):
@@ -225,9 +257,9 @@ class DebounceStarted(_JobBase):
 
 class DebounceFlushed(_JobBase):
     type: Literal["debounce.flushed"]
-    event_count: int
+    event_count: Count
     reason: Literal["timeout", "maxEvents", "manual"]
-    duration_ms: float
+    duration_ms: Millis
 
 
 class TaskScheduled(_JobBase):
@@ -353,7 +385,7 @@ def _problem(raw: dict, error: Any) -> tuple[str, str]:
         return "type", "Field required"
     if error["type"] == "unknown_source":
         return "source", error["msg"]
-    return ".".join(loc), error["msg"]
+    return ".".join(loc), error["msg"].removeprefix("Value error, ")
 
 
 def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:

@@ -16,17 +16,27 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from otel_bridge.state.store import OutboxRow, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 
 log = logging.getLogger(__name__)
 
 _GROUP = "exporters"
 _MAX_ATTEMPTS = 50
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisTransaction:
@@ -117,12 +127,17 @@ class RedisStore:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._outbox = f"{prefix}outbox"
         try:
+            self._ensure_group()
+        except RedisError as exc:
+            raise StoreOpenError(f"cannot use the redis state at {_safe(url)}: {exc}") from exc
+
+    def _ensure_group(self) -> None:
+        """Create the outbox stream and its consumer group if they are missing (at start, or after Redis lost them)."""
+        try:
             self._client.xgroup_create(self._outbox, _GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis unreachable: {exc}") from exc
 
     def run(self, work: Callable[[RedisTransaction], T]) -> T:
         for attempt in range(_MAX_ATTEMPTS):
@@ -142,6 +157,21 @@ class RedisStore:
 
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         try:
+            return self._peek(limit)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise StoreUnavailable(f"redis refused: {exc}") from exc
+            # Redis restarted without its data: the stream and group are gone. Make them again
+            # and go on; what Redis lost is lost, what arrives from now on is exported.
+            log.warning("the redis outbox group was gone (redis lost its data?): creating it again")
+            try:
+                self._ensure_group()
+                return self._peek(limit)
+            except RedisError as again:
+                raise StoreUnavailable(f"redis unavailable: {again}") from again
+
+    def _peek(self, limit: int) -> list[OutboxRow]:
+        try:
             # Ours first (taken before a failed export), then a crashed replica's, then new ones.
             entries = self._read(limit, "0")
             if not entries:
@@ -151,6 +181,8 @@ class RedisStore:
                 entries = [e for e in claimed if e[1]]
             if not entries:
                 entries = self._read(limit, ">")
+        except ResponseError:
+            raise
         except RedisError as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return [
@@ -164,10 +196,14 @@ class RedisStore:
         return [e for _stream, entries in answer for e in entries if e[1]]
 
     def outbox_ack(self, ids: list[int | str]) -> None:
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.xack(self._outbox, _GROUP, *ids)
-            pipe.xdel(self._outbox, *ids)
-            pipe.execute()
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(self._outbox, _GROUP, *ids)
+                pipe.xdel(self._outbox, *ids)
+                pipe.execute()
+        except RedisError as exc:
+            # Sent but not acknowledged here: sent again later (at-least-once), never lost.
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def outbox_depth(self) -> int:
         try:

@@ -6,13 +6,17 @@ retrying producer can afford). One connection behind a lock: SQLite has one
 writer at a time anyway, and ingest transactions are short.
 """
 
+import fcntl
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
-from otel_bridge.state.store import OutboxRow, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -69,18 +73,50 @@ class SqliteTransaction:
         self.added += self._db.total_changes - before
 
 
+def _claim(path: str) -> IO[str]:
+    """Hold `path`.lock for as long as this store is open: one bridge per SQLite file.
+
+    Two bridges on one file would each settle and export the same runs. The lock is
+    the kernel's (flock), so a bridge killed with -9 releases it by dying.
+    """
+    lock_path = f"{path}.lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreOpenError(
+            f"{path} is in use by another otel-bridge ({holder}): one bridge per SQLite file "
+            "(several replicas share a redis:// state instead)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
 class SqliteStore:
     shared = False
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = 5000, lock_timeout_seconds: float = 5.0) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._claimed: IO[str] | None = None
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._claimed = _claim(self.path)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            if self._claimed is not None:
+                self._claimed.close()
+            raise StoreOpenError(f"cannot open the state file {self.path}: {_why(exc)}") from exc
         self._lock = threading.Lock()
         self._lock_timeout = lock_timeout_seconds
         # Kept in memory so the backpressure check on every ingest costs nothing.
@@ -147,3 +183,14 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._claimed is not None:
+                self._claimed.close()
+                self._claimed = None
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return "it is not a SQLite database (corrupt, or another file): move it aside, or point --state elsewhere"
+    if isinstance(exc, PermissionError) or "readonly" in str(exc) or "unable to open" in str(exc):
+        return f"{exc} (is its directory writable by this user?)"
+    return str(exc)

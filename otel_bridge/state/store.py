@@ -20,6 +20,10 @@ class StoreUnavailable(Unavailable):
     """The store cannot take writes now (locked, unreachable): answer 503, let the producer retry."""
 
 
+class StoreOpenError(Exception):
+    """The store cannot be opened at all (corrupt, read-only, in use, unreachable): said in one line at start."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int | str

@@ -75,7 +75,9 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
     received = Received()
     receiver = OtlpHttpReceiver(received=received)
     receiver.up = False
-    bridge = BridgeProcess(tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1", max_outbox_spans="10").start()
+    bridge = BridgeProcess(
+        tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1", max_outbox_spans="10", export_unready_seconds="1"
+    ).start()
     try:
         refused = None
         for run in _runs(30, "full"):
@@ -89,10 +91,21 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
         response, run = refused
         assert response.headers["retry-after"] == "5"
         assert "backlog full" in response.json()["error"]
+        # Readiness tells the load balancer the same, with the reasons.
+        ready = bridge.client.get(f"{bridge.url}/readyz")
+        assert ready.status_code == 503
+        assert "export backlog full" in ready.json()["error"]
+
+        def export_failing_said() -> bool:
+            reasons = bridge.client.get(f"{bridge.url}/readyz").json()["reasons"]
+            return any("trace export failing" in r for r in reasons)
+
+        received.wait_for(export_failing_said, timeout=20)
 
         receiver.up = True
         received.wait_for(lambda: _metric(bridge, "otel_bridge_outbox_depth") == 0, timeout=60)
         assert bridge.post(run.events).status_code == 200  # the producer's retry now lands
+        received.wait_for(lambda: bridge.client.get(f"{bridge.url}/readyz").status_code == 200, timeout=10)
     finally:
         bridge.close()
         receiver.close()

@@ -1,5 +1,6 @@
 """A corpus of bad bodies and events: each gets its documented answer, never a 500, never a crash."""
 
+import contextlib
 import gzip
 import json
 import socket
@@ -10,11 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 from bridge_process import BridgeProcess
-from builders import WorkflowRun
+from builders import JobRun, WorkflowRun
 from otlp_receiver import OtlpHttpReceiver
+
+from otel_bridge import trace_id_for
 
 BODY_LIMIT = 10 * 1024 * 1024  # the default
 ATTRIBUTE_LIMIT = 256
+DEAD_LETTER_BUDGET = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,9 @@ def bridge(tmp_path_factory) -> Iterator[tuple[BridgeProcess, OtlpHttpReceiver]]
         tmp_path_factory.mktemp("hostile"),
         receiver.endpoint,
         body_timeout_seconds="2",
+        header_timeout_seconds="2",
         attribute_value_limit=str(ATTRIBUTE_LIMIT),
+        max_dead_letter_bytes_per_batch=str(DEAD_LETTER_BUDGET),
     ).start()
     yield process, receiver
     assert process.proc is not None and process.proc.poll() is None, "the bridge died during the corpus"
@@ -165,6 +171,149 @@ def test_a_slow_loris_gets_408_while_others_are_served(bridge):
         assert answer.startswith(b"HTTP/1.1 408")
     finally:
         sock.close()
+
+
+def _rejections(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 200, response.text
+    return {r["eventId"]: f"{r['field']}: {r['error']}" for r in response.json()["rejected"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"timestamp": "1969-12-31T23:59:59.999Z"}, "timestamp", "between 1970-01-01 and 2554-07-21"),
+        ({"timestamp": "2600-01-01T00:00:00.000Z"}, "timestamp", "between 1970-01-01 and 2554-07-21"),
+        # Overflows on conversion to UTC: once a 503 for the whole batch.
+        ({"timestamp": "9999-12-31T23:59:59-05:00"}, "timestamp", "between 1970-01-01 and 2554-07-21"),
+        ({"attempt": 2**63}, "attempt", "less than"),
+        ({"type": "step.completed", "durationMs": 1e300}, "durationMs", "less than or equal"),
+        ({"env": "a\x1fb"}, "env", "control characters"),
+        ({"serviceKey": "b\x1fc"}, "serviceKey", "control characters"),
+        ({"workflowId": "w\x00"}, "workflowId", "control characters"),
+    ],
+    ids=[
+        "before-1970",
+        "after-2554",
+        "overflowing-utc",
+        "attempt-2^63",
+        "duration-overflow",
+        "env-us",
+        "key-us",
+        "id-nul",
+    ],
+)
+def test_values_otlp_cannot_carry_are_rejected_per_event_and_the_rest_delivered(bridge, change, field, reason):
+    process, receiver = bridge
+    good = WorkflowRun("beside-bad").started().step_started("a").after(1).step_completed("a").completed()
+    bad = {**good.events[1], "eventId": "poisoned", "durationMs": 5} | change
+    rejected = _rejections(process.post([*good.events[:2], bad, *good.events[2:]]))
+    assert rejected.keys() == {"poisoned"}
+    assert rejected["poisoned"].startswith(f"{field}:") and reason in rejected["poisoned"]
+    trace_id = trace_id_for("durable-effect", "production", "shop", good.workflow_id).hex()
+    receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
+
+
+def test_a_lone_surrogate_from_javascript_is_accepted_as_a_replacement_character(bridge):
+    process, receiver = bridge
+    run = WorkflowRun("sliced-emoji").started().step_started("send").after(1).step_completed("send").completed()
+    body = json.dumps({"events": run.events}).replace('"send"', '"send \\ud83d"').encode()
+    response = _raw(process, body)
+    assert response.status_code == 200 and response.json()["accepted"] == 4, response.text
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
+    assert "step send \ufffd" in {s.name for s in receiver.received.trace(trace_id)}
+
+
+def test_identities_holding_the_field_separator_are_rejected_so_no_two_producers_share_a_trace(bridge):
+    process, _ = bridge
+    first = WorkflowRun("joined", env="a", service="b\x1fc", workflow_id="same").started()
+    second = WorkflowRun("joined", env="a\x1fb", service="c", workflow_id="same").started()
+    rejected = _rejections(process.post(first.events + second.events))
+    assert len(rejected) == 2 and all("control characters" in r for r in rejected.values())
+
+
+def test_a_batch_over_the_event_limit_gets_413(bridge):
+    process, _ = bridge
+    response = _raw(process, b'{"events": [' + b",".join([b"{}"] * 10_001) + b"]}")
+    assert response.status_code == 413
+    assert "max_batch_events" in response.json()["error"]
+
+
+def test_millions_of_tiny_invalid_events_are_refused_without_amplification(bridge):
+    process, _ = bridge
+    body = b'{"events": [' + b",".join([b"0"] * 4_900_000) + b"]}"
+    assert len(body) < BODY_LIMIT
+    response = _raw(process, body)
+    assert response.status_code == 413 and len(response.content) < 1000
+
+
+def test_rejections_are_listed_up_to_a_limit_and_dead_lettered_within_a_budget(bridge, tmp_path_factory):
+    process, _ = bridge
+    dead_letter = process.workdir / "dead-letter.jsonl"
+    before = dead_letter.stat().st_size if dead_letter.exists() else 0
+    junk = [{"eventId": f"junk-{i}", "padding": "x" * 500} for i in range(2_000)]
+    body = process.post(junk).json()
+    assert len(body["rejected"]) == 100 and body["rejectedCount"] == 2_000
+    written = dead_letter.read_text()[before:]
+    assert len(written) < DEAD_LETTER_BUDGET + 2_000
+    assert '"omitted":' in written.splitlines()[-1]
+
+
+def test_huge_names_are_cut_on_metric_labels_and_span_names(bridge):
+    process, receiver = bridge
+    job = JobRun("j" * 1_000_000, "continuous", service="s" * 100_000).started().executed(1)
+    assert process.post(job.events).status_code == 200
+    text = process.client.get(f"{process.url}/metrics").text
+    assert len(text) < 2_000_000
+    assert 'job_name="' + "j" * 255 + "…" in text
+    run = WorkflowRun("w" * 1_000_000).started().step_started("a").after(1).step_completed("a").completed()
+    assert process.post(run.events).status_code == 200
+    got = receiver.received
+    got.wait_for(lambda: any(s.attributes.get("workflow.execution.id") == run.workflow_id for s in got.spans))
+    root = next(
+        s for s in got.spans if s.attributes.get("workflow.execution.id") == run.workflow_id and not s.parent_span_id
+    )
+    assert len(root.name) == 256 and root.name.endswith("…")
+
+
+def _head_answer(sock: socket.socket) -> bytes:
+    sock.settimeout(20)
+    try:
+        return sock.recv(4096)
+    except OSError:
+        return b""
+
+
+def test_a_huge_header_gets_431_and_others_are_served(bridge):
+    process, _ = bridge
+    with socket.create_connection(("127.0.0.1", process.port)) as sock:
+        sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(16 * 1024):  # up to 16 MiB, cut off well before
+                sock.sendall(b"a" * 1024)
+        except OSError:
+            pass
+        assert _head_answer(sock).startswith(b"HTTP/1.1 431")
+    assert process.post(WorkflowRun().started().events).status_code == 200
+
+
+def test_headers_trickled_line_by_line_are_cut_off_while_others_are_served(bridge):
+    process, _ = bridge
+    socks = [socket.create_connection(("127.0.0.1", process.port)) for _ in range(50)]
+    try:
+        for sock in socks:
+            sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        for i in range(3):  # a header line each second, never the blank line that ends the head
+            time.sleep(1)
+            assert process.post(WorkflowRun().started().events).status_code == 200
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(f"X-Line-{i}: y\r\n".encode())
+        answers = [_head_answer(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
 
 
 def test_memory_stays_bounded_through_the_corpus(bridge):

@@ -1,0 +1,104 @@
+"""uvicorn's httptools protocol with the two limits it lacks: the size of a request head, and its time.
+
+uvicorn bounds neither how large a request's headers may grow (a 128 MiB header is
+parsed into memory) nor how long they may take to arrive (its keep-alive timer is
+armed only after a first response, so a client that trickles a header line every
+few seconds holds a connection, and a slot of `limit_concurrency`, for ever). A
+head over `max_head_bytes` gets 431; a head not complete within `head_timeout`
+seconds gets 408; both close the connection.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+def _answer(status: int, reason: str, message: str) -> bytes:
+    body = orjson.dumps({"error": message})
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    max_head_bytes = 64 * 1024
+    head_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._tail = b""
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            seen = self._tail + data
+            end = seen.find(_END_OF_HEAD)
+            self._head_bytes += len(data) if end < 0 else max(end + len(_END_OF_HEAD) - len(self._tail), 0)
+            self._tail = seen[-3:]
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431, "Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # The next request on this keep-alive connection starts a new head.
+        self._in_head, self._head_bytes, self._tail = True, 0, b""
+        super().on_response_complete()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, "Request Timeout", f"request head not received within {self.head_timeout:g} s")
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        log.debug("closing a connection from %s: %s", self.client, message)
+        self._disarm_head_timer()
+        self._in_head = False
+        if not self.transport.is_closing():
+            self.transport.write(_answer(status, reason, message))
+            self.transport.close()
+
+
+def guarded_protocol(max_head_bytes: int, head_timeout: float) -> type[GuardedHttpProtocol]:
+    """The protocol class uvicorn builds per connection, with these limits."""
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout},
+    )

@@ -1,0 +1,39 @@
+"""JSON text as producers really write it: orjson, and the standard parser for what orjson refuses but is valid."""
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def loads(data: bytes) -> Any:
+    """Parse `data`; raises ValueError naming what is wrong.
+
+    JavaScript's JSON.stringify writes a sliced emoji as a lone surrogate escape
+    ("\\ud83d"): valid JSON that orjson refuses. The standard parser takes it, and
+    the lone half becomes U+FFFD. Surrogates encoded as raw bytes are invalid UTF-8
+    and stay an error.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise ValueError(str(exc)) from None
+        first = exc
+    try:
+        return _without_lone_surrogates(json.loads(data.decode("utf-8")))
+    except (ValueError, RecursionError):
+        raise ValueError(str(first)) from None

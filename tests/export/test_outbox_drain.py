@@ -1,0 +1,87 @@
+"""The drain bounds each request in bytes and isolates what a backend refuses."""
+
+import json
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_bridge.correlate.outputs import SpanKind, SpanRecord
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp import SENT, Delivery, ExportResult
+from otel_bridge.export.outbox_drain import OutboxDrain
+from otel_bridge.export.span_encoding import encode_span
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.state.sqlite_store import SqliteStore
+
+
+class Backend:
+    """Takes requests up to `limit` bytes (like gRPC's 4 MiB), refuses spans named `refuse`."""
+
+    def __init__(self, limit: int, refuse: str = "") -> None:
+        self.limit = limit
+        self.refuse = refuse
+        self.sizes: list[int] = []
+        self.names: list[str] = []
+
+    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
+        size = request.ByteSize()
+        names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        if size > self.limit:
+            return ExportResult(Delivery.REJECTED, "RESOURCE_EXHAUSTED: message larger than max")
+        if self.refuse and self.refuse in names:
+            return ExportResult(Delivery.REJECTED, "INVALID_ARGUMENT: refused")
+        self.sizes.append(size)
+        self.names += names
+        return SENT
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _span(name: str, payload_chars: int) -> bytes:
+    record = SpanRecord(
+        trace_id=b"\x01" * 16,
+        span_id=name.encode()[:8].ljust(8, b"\x02"),
+        parent_span_id=None,
+        name=name,
+        kind=SpanKind.INTERNAL,
+        start_ns=1,
+        end_ns=2,
+        attributes={f"a{i}": "x" * 4000 for i in range(payload_chars // 4000)},
+    )
+    return encode_span(record, attribute_limit=4096)
+
+
+def _drain(tmp_path, backend: Backend, rows: list[bytes], max_bytes: int) -> tuple[SqliteStore, OutboxDrain]:
+    store = SqliteStore(tmp_path / "s.db")
+    store.run(lambda tx: tx.outbox_add(("svc\x1fenv", row) for row in rows))
+    dead = DeadLetters(tmp_path / "dead-spans.jsonl", 10**7, 2)
+    drain = OutboxDrain(store, backend, MetricsHub(), 512, 1.0, "t", max_request_bytes=max_bytes, dead_spans=dead)
+    return store, drain
+
+
+def test_each_request_stays_under_the_byte_bound(tmp_path):
+    backend = Backend(limit=1_000_000)
+    store, drain = _drain(tmp_path, backend, [_span(f"s{i}", 200_000) for i in range(20)], max_bytes=900_000)
+    assert drain.drain(timeout=10)
+    assert len(backend.names) == 20 and max(backend.sizes) <= 1_000_000 and len(backend.sizes) >= 5
+    assert store.outbox_depth() == 0
+
+
+def test_a_refused_span_is_isolated_set_aside_and_the_rest_delivered(tmp_path):
+    backend = Backend(limit=10**9, refuse="bad")
+    names = [f"s{i}" for i in range(9)]
+    names.insert(5, "bad")
+    _store, drain = _drain(tmp_path, backend, [_span(n, 10) for n in names], max_bytes=10**8)
+    assert drain.drain(timeout=10)
+    assert sorted(backend.names) == sorted(n for n in names if n != "bad")
+    (line,) = (tmp_path / "dead-spans.jsonl").read_text().splitlines()
+    dead = json.loads(line)
+    assert dead["event"]["name"] == "bad" and "INVALID_ARGUMENT" in dead["reason"]
+
+
+def test_a_single_span_over_the_byte_bound_is_set_aside_not_retried_for_ever(tmp_path):
+    backend = Backend(limit=10**9)
+    _store, drain = _drain(tmp_path, backend, [_span("huge", 300_000), _span("small", 10)], max_bytes=100_000)
+    assert drain.drain(timeout=10)
+    assert backend.names == ["small"]
+    assert "over max_export_bytes" in (tmp_path / "dead-spans.jsonl").read_text()

@@ -1,0 +1,49 @@
+"""A backend that refuses some spans for good: they are set aside with its reason, and nothing behind them waits."""
+
+import json
+import re
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess
+from builders import WorkflowRun
+
+from otel_bridge import trace_id_for
+
+
+def _metric(bridge: BridgeProcess, name: str) -> float:
+    text = httpx.get(f"{bridge.url}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["refused-request", "partial-success"])
+def test_spans_the_backend_refuses_are_dead_lettered_and_the_rest_delivered(tmp_path, otlp, partial):
+    protocol, receiver = otlp
+    receiver.received.poison = "poison"
+    receiver.received.partial = partial
+    # One export request carries every span of the test, the poisoned ones among them.
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, protocol, OTEL_BSP_SCHEDULE_DELAY="1000").start()
+    try:
+        runs = [WorkflowRun("healthy", workflow_id=f"ok-{i}").started().step_started("a") for i in range(6)]
+        runs.insert(3, WorkflowRun("poison", workflow_id="bad").started().step_started("a"))
+        events = [e for run in runs for e in run.after(2).step_completed("a").completed().events]
+        assert bridge.post(events).status_code == 200
+
+        got = receiver.received
+        got.wait_for(lambda: len(got.unique_spans()) == 13)
+        got.wait_for(lambda: _metric(bridge, "otel_bridge_spans_rejected_total") == 1)
+        assert bridge.client.get(f"{bridge.url}/readyz").status_code == 200
+        # ...and export goes on for what comes after.
+        later = WorkflowRun("healthy", workflow_id="later").started().step_started("a").after(1)
+        assert bridge.post(later.step_completed("a").completed().events).status_code == 200
+        trace_id = trace_id_for("durable-effect", "production", "shop", "later").hex()
+        got.wait_for(lambda: len(got.trace(trace_id)) == 2)
+    finally:
+        bridge.close()
+
+    names = {s.name for s in got.unique_spans().values()}
+    assert names == {"workflow healthy", "step a"}
+    (dead,) = [json.loads(line) for line in (tmp_path / "dead-spans.jsonl").read_text().splitlines()]
+    assert dead["event"]["name"] == "workflow poison"
+    assert "refused by policy" in dead["reason"] or "400" in dead["reason"]
+    assert dead["service.name"] == "shop"

@@ -1,0 +1,78 @@
+"""Redis restarted without its data under load: the bridge recreates what is missing and goes on, no restart."""
+
+import shutil
+import subprocess
+import time
+
+import httpx
+import redis
+from bridge_process import BridgeProcess, free_port
+from builders import WorkflowRun
+
+from otel_bridge import trace_id_for
+
+
+def _redis(port: int) -> subprocess.Popen:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: ./scripts/test installs it"
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            return server
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("redis-server did not start")
+
+
+def _run(i: int) -> WorkflowRun:
+    return (
+        WorkflowRun("amnesia", workflow_id=f"amnesia-{i}")
+        .started()
+        .step_started("a")
+        .after(1)
+        .step_completed("a")
+        .completed()
+    )
+
+
+def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(tmp_path, otlp_http):
+    port = free_port()
+    server = _redis(port)
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=f"redis://127.0.0.1:{port}/0").start()
+    got = otlp_http.received
+    try:
+        for i in range(5):
+            assert bridge.post(_run(i).events).status_code == 200
+        got.wait_for(lambda: len(got.unique_spans()) == 10)
+
+        server.kill()  # gone with everything it held: no persistence
+        server.wait(10)
+        server = _redis(port)
+
+        delivered_after = []
+        for i in range(5, 25):
+            events = _run(i).events
+            for _attempt in range(20):  # the producer re-sends what got a 503
+                try:
+                    if bridge.post(events).status_code == 200:
+                        delivered_after.append(i)
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            time.sleep(0.05)
+        assert delivered_after == list(range(5, 25))
+        for i in delivered_after:
+            trace_id = trace_id_for("durable-effect", "production", "shop", f"amnesia-{i}").hex()
+            got.wait_for(lambda trace_id=trace_id: len(got.trace(trace_id)) == 2, timeout=30)
+        assert bridge.client.get(f"{bridge.url}/readyz").status_code == 200
+        assert bridge.proc is not None and bridge.proc.poll() is None
+    finally:
+        bridge.close()
+        server.terminate()
+        server.wait(10)

@@ -1,0 +1,129 @@
+"""What an operator gets wrong at start is said in one line naming it, never a traceback."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from bridge_process import BridgeProcess, free_port
+from builders import WorkflowRun
+
+
+def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", **env}
+    environment.setdefault("OTEL_BRIDGE_PORT", str(free_port()))
+    return subprocess.run(
+        [sys.executable, "-m", "otel_bridge", *args],
+        env=environment,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("otel-bridge:")]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_a_corrupt_state_file(tmp_path):
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    _one_clear_line(_run("serve", "--state", "state.db", cwd=tmp_path), "state.db", "not a SQLite database")
+
+
+def test_a_state_directory_that_cannot_be_written(tmp_path):
+    # /proc refuses new files even to root, as a read-only mount does.
+    _one_clear_line(_run("serve", "--state", "/proc/otel-bridge/state.db", cwd=tmp_path), "/proc/otel-bridge")
+
+
+def test_an_unreachable_redis(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    _one_clear_line(_run("serve", "--state", url, cwd=tmp_path), "redis", str(url.split(":")[2].split("/")[0]))
+
+
+def test_a_redis_that_refuses_the_password(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--requirepass",
+            "right",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port, password="right")
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        result = _run("serve", "--state", f"redis://:wrong@127.0.0.1:{port}/0", cwd=tmp_path)
+    finally:
+        server.terminate()
+        server.wait(10)
+    _one_clear_line(result, "redis")
+    assert "wrong" not in result.stderr  # the password is not printed
+
+
+def test_an_empty_api_key_refuses_to_start_instead_of_turning_auth_off(tmp_path):
+    _one_clear_line(_run("serve", cwd=tmp_path, OTEL_BRIDGE_API_KEY=""), "api_key", "empty")
+
+
+def test_a_missing_replay_file(tmp_path):
+    _one_clear_line(_run("replay", "nowhere.jsonl", "--no-progress", cwd=tmp_path), "nowhere.jsonl", "no such file")
+
+
+def test_a_replay_file_starting_with_a_bom_is_read(tmp_path):
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    text = "\n".join(json.dumps(e) for e in run.events)
+    (tmp_path / "events.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    result = _run("replay", "events.jsonl", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "accepted: 4" in result.stdout and "rejected: 0" in result.stdout
+
+
+def test_a_second_bridge_on_the_same_sqlite_file_refuses_naming_the_first(tmp_path, otlp_http):
+    first = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        result = _run("serve", "--state", str(tmp_path / "state.db"), cwd=tmp_path)
+        assert first.proc is not None
+        _one_clear_line(result, "in use by another otel-bridge", f"pid {first.proc.pid}")
+        assert first.post(WorkflowRun().started().events).status_code == 200  # the first one goes on
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("sent", [10, 0])
+def test_a_client_that_disconnects_mid_body_is_a_debug_line_not_an_error(tmp_path, otlp_http, sent):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        with socket.create_connection(("127.0.0.1", bridge.port)) as sock:
+            head = (
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            sock.sendall(head + b"{" * sent)
+        assert bridge.post(WorkflowRun().started().events).status_code == 200
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log
