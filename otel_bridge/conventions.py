@@ -40,14 +40,34 @@ WORKFLOW_SLEEP_RESUME_AT: Final = "workflow.sleep.resume_at"
 WORKFLOW_TIMEOUT_DEADLINE: Final = "workflow.timeout.deadline"
 WORKFLOW_TIMEOUT_MS: Final = "workflow.timeout.ms"
 WORKFLOW_LATE_EVENT: Final = "workflow.event.late"
+WORKFLOW_STATE_NAME: Final = "workflow.state.name"
+WORKFLOW_STATE_FROM: Final = "workflow.state.from"
+WORKFLOW_STATE_TO: Final = "workflow.state.to"
+WORKFLOW_TASK_TYPE: Final = "workflow.task.type"
+WORKFLOW_TASK_ORDER: Final = "workflow.task.order"
+WORKFLOW_HUMAN_TASK_ID: Final = "workflow.human_task.id"
+WORKFLOW_HUMAN_TASK_TYPE: Final = "workflow.human_task.type"
+WORKFLOW_EVENT_NAME: Final = "workflow.event.name"
+WORKFLOW_EVENT_TYPE: Final = "workflow.event.type"
+WORKFLOW_EVENT_PAYLOAD: Final = "workflow.event.payload"
+WORKFLOW_DEFINITION_ID: Final = "workflow.definition.id"
+WORKFLOW_DEFINITION_VERSION: Final = "workflow.definition.version"
+WORKFLOW_TASK_OUTPUT: Final = "workflow.task.output"
+WORKFLOW_TASK_INPUT: Final = "workflow.task.input"
+ENDUSER_ID: Final = "enduser.id"
+TENANT_ID: Final = "tenant.id"
+WORKSPACE_ID: Final = "workspace.id"
 
 # Values
 PLATFORM_DURABLE_EFFECT: Final = "durable-effect"
+PLATFORM_EVENT_SOURCED: Final = "event-sourced"
+PLATFORM_PHASE10: Final = "phase10"
 RESULT_SUCCESS: Final = "success"
 RESULT_FAILURE: Final = "failure"
 RESULT_CANCELLATION: Final = "cancellation"
 RESULT_TIMEOUT: Final = "timeout"
 TASK_RESULT_INTERRUPTED: Final = "interrupted"
+TASK_RESULT_SKIPPED: Final = "skipped"
 STATE_PENDING: Final = "pending"
 STATE_EXECUTING: Final = "executing"
 STATE_PAUSED: Final = "paused"
@@ -64,6 +84,9 @@ EXCEPTION_TYPE: Final = "exception.type"
 ROOT_SPAN_PREFIX: Final = "workflow "
 STEP_SPAN_PREFIX: Final = "step "
 SLEEP_SPAN_NAME: Final = "sleep"
+STATE_SPAN_PREFIX: Final = "state "
+TASK_SPAN_PREFIX: Final = "task "
+TRIGGER_SPAN_PREFIX: Final = "trigger "
 SLEEP_RESTARTED_EVENT: Final = "sleep.restarted"
 STEP_CACHED_EVENT: Final = "step.cached"
 
@@ -83,6 +106,8 @@ M_WORKFLOW_TASK_DURATION: Final = "workflow.task.duration"
 M_WORKFLOW_TASK_RETRIES: Final = "workflow.task.retries"
 M_WORKFLOW_TASK_TIMEOUTS: Final = "workflow.task.timeouts"
 M_WORKFLOW_SLEEP_DURATION: Final = "workflow.sleep.duration"
+M_WORKFLOW_STATE_DURATION: Final = "workflow.state.duration"
+M_WORKFLOW_STATE_TRANSITIONS: Final = "workflow.state.transitions"
 M_JOB_EXECUTIONS: Final = "job.executions"
 M_JOB_EXECUTION_DURATION: Final = "job.execution.duration"
 M_JOB_RETRY_EXHAUSTED: Final = "job.retry.exhausted"
@@ -109,4 +134,13 @@ M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
 
 # Attribute keys that may appear on metrics: anything else is dropped there,
 # because metric attributes must stay low-cardinality.
-BOUNDED_NAME_ATTRIBUTES: Final = frozenset({WORKFLOW_DEFINITION_NAME, WORKFLOW_TASK_NAME, JOB_NAME})
+BOUNDED_NAME_ATTRIBUTES: Final = frozenset(
+    {
+        WORKFLOW_DEFINITION_NAME,
+        WORKFLOW_TASK_NAME,
+        JOB_NAME,
+        WORKFLOW_STATE_NAME,
+        WORKFLOW_STATE_FROM,
+        WORKFLOW_STATE_TO,
+    }
+)

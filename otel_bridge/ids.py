@@ -13,12 +13,20 @@ SEPARATOR = "\x1f"
 
 @dataclass(frozen=True, slots=True)
 class RunIdentity:
-    """What names one run: the engine, the producer (env, service) and the engine's run id."""
+    """What names one run: the engine, the producer (env, service), the tenant where the engine
+    has tenants, and the engine's run id."""
 
     engine: str
     env: str
     service: str
     run_id: str
+    tenant: str | None = None
+
+    def fields(self) -> tuple[str, ...]:
+        # The tenant adds a field rather than joining the run id: a run of a tenant-less
+        # engine can never hash like a tenant's run.
+        base = (self.engine, self.env, self.service)
+        return (*base, self.tenant, self.run_id) if self.tenant is not None else (*base, self.run_id)
 
 
 def _digest(*fields: str) -> bytes:
@@ -31,18 +39,18 @@ def _non_zero(raw: bytes) -> bytes:
     return raw if any(raw) else raw[:-1] + b"\x01"
 
 
-def trace_id_for(engine: str, env: str, service: str, run_id: str) -> bytes:
+def trace_id_for(engine: str, env: str, service: str, run_id: str, tenant: str | None = None) -> bytes:
     """The 16-byte trace id of one workflow run."""
-    return _non_zero(_digest("trace", engine, env, service, run_id)[:16])
+    return _non_zero(_digest("trace", *RunIdentity(engine, env, service, run_id, tenant).fields())[:16])
 
 
 def span_id_for(run: RunIdentity, kind: str, *parts: str) -> bytes:
-    """The 8-byte id of a span of `run`: `kind` is "root", "attempt", "sleep", "event"…"""
-    return _non_zero(_digest(kind, run.engine, run.env, run.service, run.run_id, *parts)[:8])
+    """The 8-byte id of a span of `run`: `kind` is "root", "attempt", "sleep", "state", "task"…"""
+    return _non_zero(_digest(kind, *run.fields(), *parts)[:8])
 
 
 def run_trace_id(run: RunIdentity) -> bytes:
-    return trace_id_for(run.engine, run.env, run.service, run.run_id)
+    return _non_zero(_digest("trace", *run.fields())[:16])
 
 
 def root_span_id(run: RunIdentity) -> bytes:

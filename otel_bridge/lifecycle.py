@@ -32,6 +32,14 @@ class FactKind(StrEnum):
     TIMEOUT_EXCEEDED = "timeout.exceeded"
     # Anything else worth a span event on the run (or the step it names).
     ANNOTATION = "annotation"
+    # The run moved into a state of its own (state machines): `entered_state` names it.
+    STATE_ENTERED = "state.entered"
+    # A human task of the run opened or closed: `step` is the task's id, `label` its kind.
+    TASK_OPENED = "task.opened"
+    TASK_CLOSED = "task.closed"
+    # Something outside any run that starts runs (an inbound event): a run of its own kind,
+    # begun and ended by this one fact; the runs it started link to it.
+    TRIGGER = "trigger"
 
 
 # Facts that are notes about a step or the run rather than its start or end.
@@ -51,6 +59,7 @@ class Outcome(StrEnum):
     FAILURE = "failure"
     CANCELLATION = "cancellation"
     TIMEOUT = "timeout"
+    SKIPPED = "skipped"
 
 
 class ErrorInfo(BaseModel):
@@ -63,8 +72,16 @@ class ErrorInfo(BaseModel):
     attempt: int | None = None
 
 
+class RunKind(StrEnum):
+    WORKFLOW = "workflow"
+    TRIGGER = "trigger"
+
+
 class RunRef(BaseModel):
-    """A run as the source knows it: its identity plus the names shown to people."""
+    """A run as the source knows it: its identity plus the names shown to people.
+
+    `name` may be empty when an event does not carry it (it is learnt from another).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -74,14 +91,18 @@ class RunRef(BaseModel):
     run_id: str
     name: str
     correlation_id: str | None = None
+    tenant: str | None = None
+    kind: RunKind = RunKind.WORKFLOW
+    # Low-cardinality facts about the run shown on its root span (a workspace id, a definition id).
+    attributes: dict[str, AttributeValue] = {}
 
     @property
     def identity(self) -> RunIdentity:
-        return RunIdentity(self.engine, self.env, self.service, self.run_id)
+        return RunIdentity(self.engine, self.env, self.service, self.run_id, self.tenant)
 
     @property
     def state_key(self) -> str:
-        return "\x1f".join(("run", self.engine, self.env, self.service, self.run_id))
+        return "\x1f".join(("run", *self.identity.fields()))
 
 
 class Fact(BaseModel):
@@ -100,6 +121,15 @@ class Fact(BaseModel):
     duration_ms: float | None = None
     cached: bool = False
     reason: str | None = None
+    # The name people know a step or task by, when `step` is an id.
+    label: str | None = None
+    # The state this fact moved the run into (state machines), if it did.
+    entered_state: str | None = None
+    # Runs this one follows from (a trigger's run id): the root span links to their roots.
+    links: list[str] = []
+    # Which of several like facts of one step this is, when the source numbers them (the
+    # retries a summary tells of): keeps them apart in deduplication.
+    ordinal: int | None = None
     attributes: dict[str, AttributeValue] = {}
     # Arrival order inside the run, set by the fold: tells whether a fact came
     # before or after the span it belongs to was sent.

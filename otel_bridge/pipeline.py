@@ -15,14 +15,15 @@ import orjson
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
-from otel_bridge.consumer import Backpressure, IngestReport, Rejection, Unavailable
+from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, settle
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
-from otel_bridge.sources.durable_effect import DecodeError, DecodeOptions, decode
+from otel_bridge.sources.durable_effect import decode
+from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state.store import Store, Transaction
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,20 @@ def _raw_event_id(raw: Any) -> str | None:
 
 def _is_job(key: str) -> bool:
     return key.startswith("job\x1f")
+
+
+# A source's decoder: one raw event -> its lifecycle record(s), None when it is not a run's
+# event (ignored), or DecodeError naming what is wrong.
+Decoder = Callable[[Any], LifecycleRecord | list[LifecycleRecord] | None]
+
+
+class _SourceConsumer:
+    def __init__(self, pipeline: "Pipeline", decoder: Decoder) -> None:
+        self._pipeline = pipeline
+        self._decoder = decoder
+
+    def ingest(self, events: Sequence[Any]) -> IngestReport:
+        return self._pipeline.ingest(events, self._decoder)
 
 
 class Pipeline:
@@ -73,12 +88,27 @@ class Pipeline:
             redact_keys=frozenset(settings.redact_keys),
         )
 
-    def decode(self, events: Sequence[Any]) -> tuple[list[LifecycleRecord], list[Rejection]]:
+    def durable_effect(self, raw: Any) -> LifecycleRecord:
+        """The default source: the durable-effect tracker's events."""
+        return decode(raw, self._decode_options)
+
+    def consumer(self, decoder: Decoder) -> EventConsumer:
+        """What a receiver of another source's events hands its batches to."""
+        return _SourceConsumer(self, decoder)
+
+    def decode(
+        self, events: Sequence[Any], decoder: Decoder | None = None
+    ) -> tuple[list[LifecycleRecord], list[Rejection]]:
+        decoder = decoder or self.durable_effect
         records: list[LifecycleRecord] = []
         rejected: list[Rejection] = []
         for index, raw in enumerate(events):
             try:
-                records.append(decode(raw, self._decode_options))
+                decoded = decoder(raw)
+                if isinstance(decoded, list):
+                    records.extend(decoded)
+                elif decoded is not None:  # None: not an event of this source's runs (ignored)
+                    records.append(decoded)
             except DecodeError as exc:
                 rejected.append(Rejection(index, _raw_event_id(raw), exc.field, exc.reason))
             except Exception as exc:  # one event the decoder trips on must not sink its batch
@@ -86,13 +116,13 @@ class Pipeline:
                 rejected.append(Rejection(index, _raw_event_id(raw), "", f"could not be decoded: {exc!r}"[:300]))
         return records, rejected
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
+    def ingest(self, events: Sequence[Any], decoder: Decoder | None = None) -> IngestReport:
         """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
         started = time.perf_counter()
         depth = self.store.outbox_depth()
         if depth >= self.settings.max_outbox_spans:
             raise Backpressure(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
-        records, rejected = self.decode(events)
+        records, rejected = self.decode(events, decoder)
         report = self.ingest_records(records)
         report.rejected = rejected
         # The batch is committed: from here on nothing may turn the answer into an error.
@@ -304,7 +334,7 @@ class Pipeline:
                         c.M_WORKFLOW_EXECUTION_ACTIVE,
                         1,
                         (
-                            (c.WORKFLOW_DEFINITION_NAME, state.run.name),
+                            (c.WORKFLOW_DEFINITION_NAME, state.metric_name),
                             (c.WORKFLOW_EXECUTION_STATE, state.counted_state),
                         ),
                         Resource(state.run.service, state.run.env),

@@ -1,5 +1,6 @@
 """Drive the pure fold with event streams: decode, fold in a given order, settle."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,17 +50,23 @@ class Folded:
         ]
 
 
+def _records(raw: Any, decoder: Callable[[Any], Any]) -> list[Any]:
+    decoded = decoder(raw)
+    return decoded if isinstance(decoded, list) else [] if decoded is None else [decoded]
+
+
 def fold_events(
-    events: list[dict[str, Any]],
+    events: list[Any],
     settle_at_ns: int | None = FAR_FUTURE_NS,
     max_open_ns: int = FAR_FUTURE_NS,
     sleep_spans: bool = True,
+    decoder: Callable[[Any], Any] = decode,
 ) -> Folded:
-    """Fold events in the given order, then settle every run once at `settle_at_ns`."""
+    """Fold events (decoded by `decoder`, durable-effect's by default) in the given order, then settle
+    every run once at `settle_at_ns`."""
     out = Folded()
     jobs: dict[str, JobState] = {}
-    for raw in events:
-        record = decode(raw)
+    for record in (r for raw in events for r in _records(raw, decoder)):
         if isinstance(record, JobRecord):
             state, obs = fold_job(jobs.get(record.state_key), record)
             jobs[record.state_key] = state

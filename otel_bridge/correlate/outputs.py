@@ -9,6 +9,8 @@ from otel_bridge.lifecycle import AttributeValue
 class SpanKind(StrEnum):
     SERVER = "server"
     INTERNAL = "internal"
+    # What starts work elsewhere without waiting for it: a trigger.
+    PRODUCER = "producer"
 
 
 class SpanStatus(StrEnum):
@@ -39,6 +41,8 @@ class SpanRecord:
     events: list[SpanEvent] = field(default_factory=list)
     # Span ids in the same trace that this span follows from (earlier attempts).
     links: list[bytes] = field(default_factory=list)
+    # (trace id, span id) of spans in other traces it follows from (the trigger that started a run).
+    remote_links: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

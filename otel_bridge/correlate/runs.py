@@ -15,7 +15,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
-from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunRef
+from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef
 
 _EXECUTING_KINDS = frozenset(
     {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
@@ -40,10 +40,20 @@ class RunState(BaseModel):
     # counts from here, so replaying an old log does not close its runs at once.
     opened_ns: int = 0
 
+    # The definition name the run is counted under in workflow.execution.active: fixed when first
+    # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
+    counted_name: str | None = None
+
     @property
     def counted_state(self) -> str | None:
         """The workflow.execution.state this run is counted under in workflow.execution.active."""
-        return None if self.ended or self.closed or not self.facts else self.execution_state
+        if self.ended or self.closed or not self.facts or self.run.kind is RunKind.TRIGGER:
+            return None
+        return self.execution_state
+
+    @property
+    def metric_name(self) -> str:
+        return self.counted_name if self.counted_name is not None else self.run.name
 
 
 class Admission(StrEnum):
@@ -88,8 +98,12 @@ def _identity(f: Fact) -> tuple[object, ...] | None:
             return (f.kind, f.step, f.attempt)
         case FactKind.ATTEMPT_ENDED if not f.cached:
             return (f.kind, f.step, f.attempt)
+        case FactKind.TRIGGER:
+            return (f.kind,)
+        case FactKind.TASK_OPENED | FactKind.TASK_CLOSED:
+            return (f.kind, f.step)
         case kind if kind in NOTE_KINDS and f.step is not None:
-            return (f.kind, f.name, f.step, f.attempt)
+            return (f.kind, f.name, f.step, f.attempt, f.ordinal)
     # Pauses, resumes and sleeps repeat legitimately: only the event id names them.
     return None
 
@@ -100,14 +114,14 @@ def _state_named_by(f: Fact) -> str | None:
         return c.STATE_PENDING
     if f.kind is FactKind.RUN_PAUSED:
         return c.STATE_PAUSED
-    if f.kind in _EXECUTING_KINDS or f.kind is FactKind.SLEEP_ENDED:
+    if f.kind in _EXECUTING_KINDS or f.kind in (FactKind.SLEEP_ENDED, FactKind.STATE_ENTERED):
         return c.STATE_EXECUTING
     return None
 
 
 def _advance_state(state: "RunState", f: Fact) -> None:
     """Move workflow.execution.state on `f`: the latest stating fact wins, whatever the arrival order."""
-    if f.kind is FactKind.RUN_ENDED:
+    if f.kind in (FactKind.RUN_ENDED, FactKind.TRIGGER):
         state.ended = True
     named = _state_named_by(f)
     if named is not None and (state.state_order is None or f.order > tuple(state.state_order)):
@@ -124,6 +138,8 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
     new = state.counted_state
     if new == old:
         return []
+    if state.counted_name is None:
+        state.counted_name = state.run.name
     out = []
     resource = _resource(state.run)
     for value, which in ((-1, old), (1, new)):
@@ -132,7 +148,7 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
                 Observation(
                     c.M_WORKFLOW_EXECUTION_ACTIVE,
                     value,
-                    ((c.WORKFLOW_DEFINITION_NAME, state.run.name), (c.WORKFLOW_EXECUTION_STATE, which)),
+                    ((c.WORKFLOW_DEFINITION_NAME, state.metric_name), (c.WORKFLOW_EXECUTION_STATE, which)),
                     resource,
                 )
             )
@@ -141,9 +157,19 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
 
 def _counted(f: Fact, run: RunRef) -> list[Observation]:
     """Counters that move the moment a fact is known."""
+    if f.entered_state is not None:
+        moved = (
+            (c.WORKFLOW_STATE_FROM, str(f.attributes.get(c.WORKFLOW_STATE_FROM, ""))),
+            (
+                c.WORKFLOW_STATE_TO,
+                f.entered_state,
+            ),
+        )
+        attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), *moved)
+        return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, attributes, _resource(run))]
     if f.step is None:
         return []
-    attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), (c.WORKFLOW_TASK_NAME, f.step))
+    attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), (c.WORKFLOW_TASK_NAME, f.label or f.step))
     if f.kind is FactKind.RETRY_SCHEDULED:
         return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, attributes, _resource(run))]
     # A timeout counts however it fires: told by the engine, or as a failure that says so.
@@ -152,12 +178,24 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
     return []
 
 
+def _learnt(known: RunRef, told: RunRef) -> RunRef:
+    """What a run's events say of it, together: one event may carry a name another lacks."""
+    update: dict[str, object] = {}
+    if told.name and not known.name:
+        update["name"] = told.name
+    if told.correlation_id and not known.correlation_id:
+        update["correlation_id"] = told.correlation_id
+    if told.attributes.keys() - known.attributes.keys():
+        update["attributes"] = told.attributes | dict(known.attributes)
+    return known.model_copy(update=update) if update else known
+
+
 def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldResult:
     """Take one fact, received at `now_ns`, into the run's state."""
     if state is None:
         state = RunState(run=run, opened_ns=now_ns)
-    elif run.correlation_id and not state.run.correlation_id:
-        state.run = run
+    else:
+        state.run = _learnt(state.run, run)
     if state.closed:
         return FoldResult(state, Admission.LATE)
 
@@ -285,6 +323,9 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         return [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, attrs, resource, **exemplar)]
     if span.name == c.SLEEP_SPAN_NAME:
         return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, (name,), resource, **exemplar)]
+    if span.name.startswith(c.STATE_SPAN_PREFIX):
+        in_state = (name, (c.WORKFLOW_STATE_NAME, str(span.attributes[c.WORKFLOW_STATE_NAME])))
+        return [Observation(c.M_WORKFLOW_STATE_DURATION, seconds, in_state, resource, **exemplar)]
     if span.parent_span_id is not None:
         return []
     result = span.attributes.get(c.WORKFLOW_EXECUTION_RESULT)

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
-from otel_bridge.lifecycle import NOTE_KINDS, AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunRef
+from otel_bridge.lifecycle import NOTE_KINDS, AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunKind, RunRef
 
 _ROOT_EVENT_KINDS = frozenset(
     {FactKind.RUN_QUEUED, FactKind.RUN_PAUSED, FactKind.RUN_RESUMED, FactKind.SLEEP_STARTED, FactKind.SLEEP_ENDED}
     | NOTE_KINDS
 )
+_TASK_KINDS = frozenset({FactKind.TASK_OPENED, FactKind.TASK_CLOSED})
 # Facts that end an attempt as the reason its workflow failed (a scheduled retry does not).
 _FAILING_KINDS = frozenset({FactKind.RETRIES_EXHAUSTED, FactKind.TIMEOUT_EXCEEDED})
 _RUN_START_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_STARTED})
@@ -57,6 +58,8 @@ def build_spans(
     trace_id = run_trace_id(identity)
     root_id = root_span_id(identity)
 
+    if run.kind is RunKind.TRIGGER:
+        return [_trigger_span(run, trace_id, root_id, ordered[0])]
     ended = next((f for f in ordered if f.kind is FactKind.RUN_ENDED), None)
     starts = [f for f in ordered if f.kind in _RUN_START_KINDS]
     root_start = starts[0].time_ns if starts else ordered[0].time_ns
@@ -66,8 +69,12 @@ def build_spans(
     spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ended, root_end) for a in attempts.values()]
     if sleep_spans:
         spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
+    state_spans, told = _state_spans(identity, trace_id, root_id, ordered, root_end)
+    spans.extend(state_spans)
+    spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
     late = _late_facts(identity, ordered, emitted)
-    spans.append(_root_span(run, trace_id, root_id, ordered, root_start, root_end, ended, attempts, late))
+    root_facts = [f for f in ordered if f.event_id not in told]
+    spans.append(_root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late))
     return spans
 
 
@@ -151,11 +158,21 @@ def _attempt_span(
             # durationMs runs from the first attempt's start: never reach back
             # before the previous attempt ended.
             start_ns = max(start_ns, previous.end.time_ns)
-    attributes: dict[str, AttributeValue] = {
-        c.WORKFLOW_TASK_NAME: a.step,
-        c.WORKFLOW_TASK_ATTEMPT: a.number,
+    label = next((f.label for f in (a.start, end) if f is not None and f.label), None) or a.step
+    # Retries a source tells of without their attempts (a summary's retry count) still count.
+    untold = sum(1 for n in a.notes if n.kind is FactKind.RETRY_SCHEDULED and n.closes_attempt is None)
+    attributes: dict[str, AttributeValue] = {}
+    for told in (a.start, end):
+        if told is not None and told.kind is FactKind.ATTEMPT_STARTED:
+            attributes.update(told.attributes)
+    attributes.pop(c.WORKFLOW_EVENT_ID, None)
+    attributes |= {
+        c.WORKFLOW_TASK_NAME: label,
+        c.WORKFLOW_TASK_ATTEMPT: a.number + untold,
         c.WORKFLOW_TASK_CACHED: False,
     }
+    if end is not None and end.kind is FactKind.ATTEMPT_ENDED:
+        attributes.update({k: v for k, v in end.attributes.items() if k != c.WORKFLOW_EVENT_ID})
     events = [SpanEvent(n.name, n.time_ns, dict(n.attributes)) for n in a.notes]
     status, message = SpanStatus.UNSET, ""
     if end is not None:
@@ -163,6 +180,8 @@ def _attempt_span(
         if end.kind is FactKind.ATTEMPT_ENDED and end.outcome is Outcome.SUCCESS:
             status = SpanStatus.OK
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_SUCCESS
+        elif end.kind is FactKind.ATTEMPT_ENDED and end.outcome is Outcome.SKIPPED:
+            attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_SKIPPED
         else:
             status = SpanStatus.ERROR
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_FAILURE
@@ -180,7 +199,7 @@ def _attempt_span(
         trace_id=trace_id,
         span_id=attempt_span_id(run, a.step, a.number),
         parent_span_id=root_id,
-        name=c.STEP_SPAN_PREFIX + a.step,
+        name=c.STEP_SPAN_PREFIX + label,
         kind=SpanKind.INTERNAL,
         start_ns=start_ns,
         end_ns=end_ns,
@@ -267,6 +286,114 @@ def _sleep_spans(
     return spans
 
 
+def _state_spans(
+    run: RunIdentity, trace_id: bytes, root_id: bytes, ordered: list[Fact], root_end: int | None
+) -> tuple[list[SpanRecord], set[str]]:
+    """A span per state the run sat in, from the move into it to the move out of it (or the run's end).
+
+    Annotations (events that moved nothing) become events of the state they happened in;
+    the second value is their event ids, which the root then leaves out.
+    """
+    moves = [f for f in ordered if f.entered_state is not None]
+    spans, told = [], set()
+    for i, entry in enumerate(moves):
+        if entry.kind is FactKind.RUN_ENDED:
+            continue
+        leave = moves[i + 1] if i + 1 < len(moves) else None
+        end_ns = leave.time_ns if leave is not None else root_end
+        inside = [
+            f
+            for f in ordered
+            if f.kind is FactKind.ANNOTATION
+            and f.step is None
+            and f.order >= entry.order
+            and (leave is None or f.order < leave.order)
+        ]
+        told.update(f.event_id for f in inside)
+        attributes: dict[str, AttributeValue] = {c.WORKFLOW_STATE_NAME: str(entry.entered_state)}
+        if (previous := entry.attributes.get(c.WORKFLOW_STATE_FROM)) is not None:
+            attributes[c.WORKFLOW_STATE_FROM] = previous
+        spans.append(
+            SpanRecord(
+                trace_id=trace_id,
+                span_id=span_id_for(run, "state", entry.event_id),
+                parent_span_id=root_id,
+                name=c.STATE_SPAN_PREFIX + str(entry.entered_state),
+                kind=SpanKind.INTERNAL,
+                start_ns=entry.time_ns,
+                end_ns=None if end_ns is None else max(end_ns, entry.time_ns),
+                attributes=attributes,
+                events=[SpanEvent(f.name, f.time_ns, dict(f.attributes)) for f in inside],
+            )
+        )
+    return spans, told
+
+
+def _task_spans(
+    run: RunIdentity, trace_id: bytes, root_id: bytes, ordered: list[Fact], root_end: int | None
+) -> list[SpanRecord]:
+    """A span per human task, from its opening to its closing (or the run's end)."""
+    tasks: dict[str, list[Fact]] = {}
+    for f in ordered:
+        if f.kind in _TASK_KINDS and f.step is not None:
+            tasks.setdefault(f.step, []).append(f)
+    spans = []
+    for task_id, told in tasks.items():
+        opened = next((f for f in told if f.kind is FactKind.TASK_OPENED), None)
+        closed = next((f for f in told if f.kind is FactKind.TASK_CLOSED), None)
+        start_ns = (opened or closed).time_ns  # type: ignore[union-attr]
+        end_ns = closed.time_ns if closed is not None else root_end
+        label = next((f.label for f in told if f.label), None) or task_id
+        attributes: dict[str, AttributeValue] = {c.WORKFLOW_HUMAN_TASK_ID: task_id}
+        if label != task_id:
+            attributes[c.WORKFLOW_HUMAN_TASK_TYPE] = label
+        if closed is None and end_ns is not None:
+            attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_INTERRUPTED
+        for f in told:
+            attributes.update({k: v for k, v in f.attributes.items() if k != c.WORKFLOW_EVENT_ID})
+        spans.append(
+            SpanRecord(
+                trace_id=trace_id,
+                span_id=span_id_for(run, "task", task_id),
+                parent_span_id=root_id,
+                name=c.TASK_SPAN_PREFIX + label,
+                kind=SpanKind.INTERNAL,
+                start_ns=start_ns,
+                end_ns=None if end_ns is None else max(end_ns, start_ns),
+                attributes=attributes,
+            )
+        )
+    return spans
+
+
+def _trigger_span(run: RunRef, trace_id: bytes, root_id: bytes, fact: Fact) -> SpanRecord:
+    attributes: dict[str, AttributeValue] = dict(run.attributes) | dict(fact.attributes)
+    attributes.pop(c.WORKFLOW_EVENT_ID, None)
+    attributes[c.WORKFLOW_PLATFORM_NAME] = run.engine
+    if run.tenant is not None:
+        attributes[c.TENANT_ID] = run.tenant
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=root_id,
+        parent_span_id=None,
+        name=c.TRIGGER_SPAN_PREFIX + (run.name or run.run_id),
+        kind=SpanKind.PRODUCER,
+        start_ns=fact.time_ns,
+        end_ns=fact.time_ns,
+        attributes=attributes,
+    )
+
+
+def _remote_links(run: RunRef, ordered: list[Fact]) -> list[tuple[bytes, bytes]]:
+    """The roots of the runs (triggers) this run follows from."""
+    linked = dict.fromkeys(link for f in ordered for link in f.links)
+    out = []
+    for run_id in linked:
+        other = RunIdentity(run.engine, run.env, run.service, run_id, run.tenant)
+        out.append((run_trace_id(other), root_span_id(other)))
+    return out
+
+
 def _late_facts(run: RunIdentity, ordered: list[Fact], emitted: dict[str, int]) -> list[Fact]:
     """Step facts that arrived after their attempt's span had been sent."""
     late = []
@@ -303,13 +430,15 @@ def _root_span(
     attempts: dict[tuple[str, int], _Attempt],
     late: list[Fact],
 ) -> SpanRecord:
-    attributes: dict[str, AttributeValue] = {
+    attributes: dict[str, AttributeValue] = dict(run.attributes) | {
         c.WORKFLOW_DEFINITION_NAME: run.name,
         c.WORKFLOW_EXECUTION_ID: run.run_id,
         c.WORKFLOW_PLATFORM_NAME: run.engine,
     }
     if run.correlation_id:
         attributes[c.WORKFLOW_EXECUTION_CORRELATION_ID] = run.correlation_id
+    if run.tenant is not None:
+        attributes[c.TENANT_ID] = run.tenant
     for f in ordered:
         if f.kind in _RUN_START_KINDS and c.WORKFLOW_EXECUTION_INPUT in f.attributes:
             attributes[c.WORKFLOW_EXECUTION_INPUT] = f.attributes[c.WORKFLOW_EXECUTION_INPUT]
@@ -345,7 +474,7 @@ def _root_span(
         trace_id=trace_id,
         span_id=root_id,
         parent_span_id=None,
-        name=c.ROOT_SPAN_PREFIX + run.name,
+        name=c.ROOT_SPAN_PREFIX + (run.name or run.run_id),
         kind=SpanKind.SERVER,
         start_ns=start_ns,
         end_ns=None if end_ns is None else max(end_ns, start_ns),
@@ -353,6 +482,7 @@ def _root_span(
         status_message=message,
         attributes=attributes,
         events=sorted(events, key=lambda e: e.time_ns),
+        remote_links=_remote_links(run, ordered),
     )
 
 
@@ -375,7 +505,9 @@ def failing_step(ordered: list[Fact], ended: Fact) -> str:
         )
     )
     last = next(failed, None)
-    return last.step if last is not None and last.step is not None else ""
+    if last is None or last.step is None:
+        return ""
+    return next((f.label for f in ordered if f.step == last.step and f.label), None) or last.step
 
 
 def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:

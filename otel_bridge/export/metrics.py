@@ -53,6 +53,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_WORKFLOW_TASK_RETRIES: InstrumentSpec("counter", "{retry}", "Step retries scheduled"),
     c.M_WORKFLOW_TASK_TIMEOUTS: InstrumentSpec("counter", "{timeout}", "Step timeouts exceeded"),
     c.M_WORKFLOW_SLEEP_DURATION: InstrumentSpec("histogram", "s", "Workflow sleep duration", DURATION_BUCKETS),
+    c.M_WORKFLOW_STATE_DURATION: InstrumentSpec(
+        "histogram", "s", "Time a workflow execution sat in one of its states", DURATION_BUCKETS
+    ),
+    c.M_WORKFLOW_STATE_TRANSITIONS: InstrumentSpec("counter", "{transition}", "Workflow state transitions"),
     c.M_JOB_EXECUTIONS: InstrumentSpec("counter", "{execution}", "Job executions, by result"),
     c.M_JOB_EXECUTION_DURATION: InstrumentSpec("histogram", "s", "Job execution duration", DURATION_BUCKETS),
     c.M_JOB_RETRY_EXHAUSTED: InstrumentSpec("counter", "{job}", "Jobs whose retries were exhausted"),

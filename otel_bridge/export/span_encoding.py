@@ -15,7 +15,11 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Resource, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.lifecycle import AttributeValue
 
-_KINDS = {SpanKind.SERVER: Span.SPAN_KIND_SERVER, SpanKind.INTERNAL: Span.SPAN_KIND_INTERNAL}
+_KINDS = {
+    SpanKind.SERVER: Span.SPAN_KIND_SERVER,
+    SpanKind.INTERNAL: Span.SPAN_KIND_INTERNAL,
+    SpanKind.PRODUCER: Span.SPAN_KIND_PRODUCER,
+}
 _STATUS = {
     SpanStatus.UNSET: Status.STATUS_CODE_UNSET,
     SpanStatus.OK: Status.STATUS_CODE_OK,
@@ -66,6 +70,8 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
         _fill(event.attributes, e.attributes, attribute_limit)
     for linked in span.links:
         message.links.add(trace_id=span.trace_id, span_id=linked, flags=_SAMPLED | 0x100)
+    for trace_id, linked in span.remote_links:
+        message.links.add(trace_id=trace_id, span_id=linked, flags=_SAMPLED | 0x100)
     return message.SerializeToString()
 
 

@@ -9,15 +9,10 @@ tolerated, `retry.scheduled` replaces `step.failed` for retryable failures.
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -40,49 +35,23 @@ from otel_bridge.lifecycle import (
     RunRef,
     WorkflowRecord,
 )
+from otel_bridge.sources.wire import (
+    Count,
+    DecodeError,
+    DecodeOptions,
+    Identity,
+    IsoTime,
+    Label,
+    Millis,
+    attrs,
+    iso,
+    ns,
+    summary,
+)
+
+__all__ = ["EVENT_TYPES", "DecodeError", "DecodeOptions", "decode", "parse_event"]
 
 ENGINE = c.PLATFORM_DURABLE_EFFECT
-
-
-def _iso_string(value: Any) -> Any:
-    # pydantic would read a number as Unix seconds; the engine only sends ISO-8601 text,
-    # so a number here is a bug on the producer's side worth naming.
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO-8601 timestamp string")
-    return value
-
-
-# OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2554, 7, 21, tzinfo=UTC)
-
-
-def _in_otlp_range(value: datetime) -> datetime:
-    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    # Subtracting compares in UTC without converting, which overflows near year 9999.
-    if moment - _EARLIEST < _ZERO or moment - _LATEST >= _ZERO:
-        raise ValueError("must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times")
-    return moment
-
-
-def _printable(value: str) -> str:
-    # U+001F separates the fields of the hashes that make trace ids: an identity holding it
-    # (or any control character) could make two producers' runs share one trace.
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
-    return value
-
-
-_ZERO = timedelta(0)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
-_MAX_MS = 2**63 / 1e6 / 2
-
-IsoTime = Annotated[datetime, BeforeValidator(_iso_string), AfterValidator(_in_otlp_range)]
-Identity = Annotated[str, Field(min_length=1), AfterValidator(_printable)]
-Label = Annotated[str, AfterValidator(_printable)]
-Count = Annotated[int, Field(ge=0, lt=2**63)]
-Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 
 
 class _Wire(BaseModel):
@@ -333,23 +302,6 @@ EVENT_TYPES: tuple[str, ...] = tuple(
 _adapter: TypeAdapter[Any] = TypeAdapter(TrackingEvent)
 
 
-class DecodeOptions(BaseModel):
-    """What a producer's payloads may reveal: inputs can hold personal data."""
-
-    capture_input: bool = False
-    max_input_bytes: int = 2048
-    redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
-
-
-class DecodeError(ValueError):
-    """An event that is not a valid durable-effect event; `field` names where."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}" if field else reason)
-        self.field = field
-        self.reason = reason
-
-
 def parse_event(raw: Any) -> Any:
     """Validate one wire event, or raise DecodeError naming the first bad field."""
     try:
@@ -393,28 +345,6 @@ def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:
     return to_lifecycle(parse_event(raw), options or DecodeOptions())
 
 
-def _ns(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
-    return {key: value for key, value in values.items() if value is not None}
-
-
 def _error(wire: WireError) -> ErrorInfo:
     return ErrorInfo(
         message=wire.message,
@@ -434,21 +364,11 @@ def _timed_out(wire: WireError) -> bool:
 _TIMEOUT_ERROR = "WorkflowTimeoutError"
 
 
-def _redacted(value: Any, keys: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: "[REDACTED]" if k in keys else _redacted(v, keys) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, keys) for v in value]
-    return value
-
-
 def _input_attr(value: Any, options: DecodeOptions) -> dict[str, AttributeValue]:
     if not options.capture_input or value is None:
         return {}
-    text = orjson.dumps(_redacted(value, options.redact_keys), default=str).decode()
-    if len(text) > options.max_input_bytes:
-        text = text[: options.max_input_bytes] + "…"
-    return {c.WORKFLOW_EXECUTION_INPUT: text}
+    text = summary(value, options)
+    return {c.WORKFLOW_EXECUTION_INPUT: text} if text is not None else {}
 
 
 def to_lifecycle(event: Any, options: DecodeOptions) -> LifecycleRecord:
@@ -466,7 +386,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
         name=e.workflow_name,
         correlation_id=e.execution_id,
     )
-    base = {"event_id": e.event_id, "time_ns": _ns(e.timestamp), "name": e.type}
+    base = {"event_id": e.event_id, "time_ns": ns(e.timestamp), "name": e.type}
     match e:
         case WorkflowStarted():
             fact = Fact(kind=FactKind.RUN_STARTED, attributes=_input_attr(e.input, options), **base)
@@ -479,10 +399,10 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 kind=FactKind.RUN_PAUSED,
                 step=e.step_name,
                 reason=e.reason,
-                attributes=_attrs(
+                attributes=attrs(
                     **{
                         c.WORKFLOW_PAUSE_REASON: e.reason,
-                        c.WORKFLOW_PAUSE_RESUME_AT: _iso(e.resume_at),
+                        c.WORKFLOW_PAUSE_RESUME_AT: iso(e.resume_at),
                         c.WORKFLOW_TASK_NAME: e.step_name,
                     }
                 ),
@@ -542,11 +462,11 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 step=e.step_name,
                 attempt=e.attempt,
                 closes_attempt=Outcome.FAILURE,
-                attributes=_attrs(
+                attributes=attrs(
                     **{
                         c.WORKFLOW_TASK_NAME: e.step_name,
                         c.WORKFLOW_TASK_ATTEMPT: e.attempt,
-                        c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: _iso(e.next_attempt_at),
+                        c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: iso(e.next_attempt_at),
                         c.WORKFLOW_RETRY_DELAY_MS: e.delay_ms,
                     }
                 ),
@@ -566,10 +486,10 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             fact = Fact(
                 kind=FactKind.SLEEP_STARTED,
                 duration_ms=e.duration_ms,
-                attributes=_attrs(
+                attributes=attrs(
                     **{
                         c.WORKFLOW_SLEEP_DURATION_MS: e.duration_ms,
-                        c.WORKFLOW_SLEEP_RESUME_AT: _iso(e.resume_at),
+                        c.WORKFLOW_SLEEP_RESUME_AT: iso(e.resume_at),
                     }
                 ),
                 **base,
@@ -585,10 +505,10 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             fact = Fact(
                 kind=FactKind.TIMEOUT_SET,
                 step=e.step_name,
-                attributes=_attrs(
+                attributes=attrs(
                     **{
                         c.WORKFLOW_TASK_NAME: e.step_name,
-                        c.WORKFLOW_TIMEOUT_DEADLINE: _iso(e.deadline),
+                        c.WORKFLOW_TIMEOUT_DEADLINE: iso(e.deadline),
                         c.WORKFLOW_TIMEOUT_MS: e.timeout_ms,
                     }
                 ),
@@ -599,7 +519,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 kind=FactKind.TIMEOUT_EXCEEDED,
                 step=e.step_name,
                 closes_attempt=Outcome.TIMEOUT,
-                attributes=_attrs(**{c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_TIMEOUT_MS: e.timeout_ms}),
+                attributes=attrs(**{c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_TIMEOUT_MS: e.timeout_ms}),
                 **base,
             )
         case _:  # pragma: no cover - the union above is exhaustive
@@ -634,10 +554,10 @@ def _job_record(e: Any) -> JobRecord:
         case DebounceFlushed():
             extra = {"count": e.event_count, "reason": e.reason, "duration_ms": e.duration_ms}
         case TaskScheduled():
-            extra = {"trigger": e.trigger, "scheduled_at_ns": _ns(e.scheduled_at)}
+            extra = {"trigger": e.trigger, "scheduled_at_ns": ns(e.scheduled_at)}
     return JobRecord(
         event_id=e.event_id,
-        time_ns=_ns(e.timestamp),
+        time_ns=ns(e.timestamp),
         kind=_JOB_KINDS[e.type],
         engine=ENGINE,
         env=e.env,

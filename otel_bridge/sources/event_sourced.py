@@ -1,0 +1,206 @@
+"""The event-sourced workflow runtime (seed 003): its Redis stream entries and `workflow_events` rows.
+
+What the runtime really publishes (issue 7), not what its guide says: one stream of flat
+string fields, an empty string meaning absent, `payload_json` holding the payload as JSON
+text. No completion event exists: an execution has ended when it moves into a terminal
+state (or its payload says `isComplete`). Events whose to_state equals their from_state
+were submitted asynchronously: not transitions. Human tasks are `Task:<id>:Created` /
+`Task:<id>:Complete`. Any other event type is a trigger from outside, not an execution's
+event; the executions it started name it in `initial_data.eventId`.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from otel_bridge import conventions as c
+from otel_bridge.lifecycle import ErrorInfo, Fact, FactKind, Outcome, RunKind, RunRef, WorkflowRecord
+from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, Label, attrs, ns, summary
+
+ENGINE = c.PLATFORM_EVENT_SOURCED
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "terminated"})
+_OUTCOMES = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE}
+_TASK = re.compile(r"^Task:(?P<id>.+):(?P<step>Created|Complete)$")
+_EXECUTION_TYPES = frozenset({"system", "workflow", "task_created"})
+_DONE_FLAGS = ("isComplete", "workflowComplete")
+_TASK_TYPE_KEYS = ("taskType", "task_type", "type", "title", "name")
+
+
+class StreamEvent(BaseModel):
+    """One event, as a stream entry (flat strings) or a table row (nested payload, created_at)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Identity
+    execution_id: str = ""
+    event_name: str = ""
+    event_type: str = Field(min_length=1)
+    tenant: Label = Field(min_length=1)
+    timestamp: IsoTime
+    user_id: str = ""
+    from_state: str = ""
+    to_state: str = ""
+    payload: dict[str, Any] = {}
+    workflow_correlation_key: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_or_row(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        event = {k: ("" if v is None else v) for k, v in raw.items()}
+        if not event.get("timestamp") and event.get("created_at"):
+            event["timestamp"] = event["created_at"]
+        text = event.pop("payload_json", "")
+        if text and "payload" not in raw:
+            try:
+                event["payload"] = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"payload_json is not valid JSON: {exc}") from None
+        if event.get("payload") in ("", None):
+            event["payload"] = {}
+        return event
+
+
+@dataclass(frozen=True)
+class EventSourcedOptions:
+    """What the stream does not say: whose service and environment it is, and which states end a run."""
+
+    service: str = "event-sourced"
+    env: str = "production"
+    terminal_states: frozenset[str] = TERMINAL_STATES
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+
+
+class EventSourcedDecoder:
+    """A stream entry or table row -> one lifecycle record (raises DecodeError)."""
+
+    def __init__(self, options: EventSourcedOptions | None = None) -> None:
+        self.options = options or EventSourcedOptions()
+        self._terminal = frozenset(s.lower() for s in self.options.terminal_states)
+
+    def __call__(self, raw: Any) -> WorkflowRecord:
+        if isinstance(raw, dict) and raw and all(isinstance(k, bytes) for k in raw):
+            raw = {k.decode(): v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in raw.items()}
+        try:
+            event = StreamEvent.model_validate(raw)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise DecodeError(where, error["msg"].removeprefix("Value error, ")) from None
+        if event.event_type not in _EXECUTION_TYPES:
+            return self._trigger(event)
+        if not event.execution_id:
+            raise DecodeError("execution_id", f"a {event.event_type!r} event must name its execution")
+        if re.search(r"[\x00-\x1f\x7f]", event.execution_id):
+            raise DecodeError("execution_id", "must not contain control characters (U+0000-U+001F, U+007F)")
+        return WorkflowRecord(run=self._run(event), fact=self._fact(event))
+
+    def _run(self, e: StreamEvent, kind: RunKind = RunKind.WORKFLOW) -> RunRef:
+        started = e.event_type == "system" and e.event_name == "workflow.started"
+        name = str(e.payload.get("workflow_name") or "") if started else ""
+        attributes = {}
+        if started and e.payload.get("workflow_version") not in (None, ""):
+            attributes[c.WORKFLOW_DEFINITION_VERSION] = str(e.payload["workflow_version"])
+        return RunRef(
+            engine=ENGINE,
+            env=self.options.env,
+            service=self.options.service,
+            run_id=e.execution_id if kind is RunKind.WORKFLOW else e.event_id,
+            name=name if kind is RunKind.WORKFLOW else e.event_type,
+            correlation_id=e.workflow_correlation_key or None,
+            tenant=e.tenant,
+            kind=kind,
+            attributes=attributes,
+        )
+
+    def _trigger(self, e: StreamEvent) -> WorkflowRecord:
+        fact = Fact(
+            event_id=e.event_id,
+            time_ns=ns(e.timestamp),
+            kind=FactKind.TRIGGER,
+            name=e.event_type,
+            attributes=self._described(e),
+        )
+        return WorkflowRecord(run=self._run(e, RunKind.TRIGGER), fact=fact)
+
+    def _described(self, e: StreamEvent) -> dict[str, Any]:
+        return attrs(
+            **{
+                c.WORKFLOW_EVENT_ID: e.event_id,
+                c.WORKFLOW_EVENT_NAME: e.event_name or None,
+                c.WORKFLOW_EVENT_TYPE: e.event_type,
+                c.ENDUSER_ID: e.user_id or None,
+                c.WORKFLOW_EVENT_PAYLOAD: summary(e.payload, self.options.decode) if e.payload else None,
+            }
+        )
+
+    def _fact(self, e: StreamEvent) -> Fact:
+        base: dict[str, Any] = {"event_id": e.event_id, "time_ns": ns(e.timestamp), "name": e.event_name}
+        described = self._described(e)
+        moved = bool(e.to_state) and e.to_state != e.from_state
+        move = {c.WORKFLOW_STATE_FROM: e.from_state} if moved and e.from_state else {}
+        if e.event_type == "system" and e.event_name == "workflow.started":
+            initial = e.payload.get("initial_data")
+            trigger = initial.get("eventId") if isinstance(initial, dict) else None
+            extra = {}
+            if self.options.decode.capture_input and initial is not None:
+                extra[c.WORKFLOW_EXECUTION_INPUT] = summary(initial, self.options.decode)
+            return Fact(
+                kind=FactKind.RUN_STARTED,
+                entered_state=e.to_state or "initial",
+                links=[str(trigger)] if trigger else [],
+                attributes=described | extra,
+                **base,
+            )
+        task = _TASK.match(e.event_name)
+        if e.event_type == "task_created" or (task and task["step"] == "Created"):
+            task_id = task["id"] if task else e.event_name
+            return Fact(
+                kind=FactKind.TASK_OPENED, step=task_id, label=_task_type(e.payload), attributes=described, **base
+            )
+        done = any(e.payload.get(flag) is True for flag in _DONE_FLAGS)
+        if (moved and e.to_state.lower() in self._terminal) or done:
+            state = e.to_state if moved else None
+            outcome = _OUTCOMES.get((state or "completed").lower(), Outcome.CANCELLATION)
+            return Fact(
+                kind=FactKind.RUN_ENDED,
+                outcome=outcome,
+                error=_error(e) if outcome is Outcome.FAILURE else None,
+                reason=state if outcome is Outcome.CANCELLATION else None,
+                entered_state=state,
+                attributes=described | move,
+                **base,
+            )
+        if task and task["step"] == "Complete":
+            return Fact(
+                kind=FactKind.TASK_CLOSED,
+                step=task["id"],
+                entered_state=e.to_state if moved else None,
+                attributes=described | move,
+                **base,
+            )
+        if moved:
+            return Fact(kind=FactKind.STATE_ENTERED, entered_state=e.to_state, attributes=described | move, **base)
+        return Fact(kind=FactKind.ANNOTATION, attributes=described, **base)
+
+
+def _task_type(payload: dict[str, Any]) -> str | None:
+    for key in _TASK_TYPE_KEYS:
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _error(e: StreamEvent) -> ErrorInfo:
+    error = e.payload.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        kind = error.get("name") or error.get("type")
+        return ErrorInfo(message=message or "workflow failed", type=str(kind) if kind else None)
+    message = str(error or e.payload.get("errorMessage") or e.payload.get("message") or "")
+    return ErrorInfo(message=message or f"moved to {e.to_state}")

@@ -1,0 +1,284 @@
+"""The Phase-10 workflow engine's telemetry (seed 004): WebSocket messages and execution timelines.
+
+What the engine really sends (issue 7): whole event objects (`event_type`, `timestamp` in
+UTC without a zone, `workflow_execution_id`, `workflow_step_id`, `data`, …), not the
+document's `{"event", "data"}` envelope (accepted too). Step results carry no
+`workflow_id`, only the execution and the step's definition id; nothing on the wire has an
+event id, so one is made from what the message says. Retries are only in the timeline's
+`retry_count`. The `/ws/stream` channel carries every event type of the platform: what is
+not a workflow's is ignored.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from otel_bridge import conventions as c
+from otel_bridge.lifecycle import ErrorInfo, Fact, FactKind, Outcome, RunRef, WorkflowRecord
+from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, summary
+
+ENGINE = c.PLATFORM_PHASE10
+WORKFLOW_EVENTS = frozenset(
+    {
+        "workflow_started",
+        "workflow_completed",
+        "workflow_failed",
+        "workflow_cancelled",
+        "step_started",
+        "step_completed",
+        "step_failed",
+        "step_skipped",
+    }
+)
+_ENDINGS = {
+    "workflow_completed": Outcome.SUCCESS,
+    "workflow_failed": Outcome.FAILURE,
+    "workflow_cancelled": Outcome.CANCELLATION,
+}
+_STEP_ENDINGS = {"step_completed": Outcome.SUCCESS, "step_failed": Outcome.FAILURE, "step_skipped": Outcome.SKIPPED}
+_TIMELINE_ENDINGS = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE, "cancelled": Outcome.CANCELLATION}
+_TIMELINE_STEP_ENDINGS = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE, "skipped": Outcome.SKIPPED}
+
+
+class Phase10Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_type: str
+    timestamp: IsoTime
+    workspace_id: str | None = None
+    workflow_id: str | None = None
+    workflow_execution_id: Identity
+    workflow_step_id: Identity | None = None
+    data: dict[str, Any] = {}
+    message: str | None = None
+
+
+class StepEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    step_id: Identity
+    step_name: str = ""
+    step_order: int | None = None
+    status: str = ""
+    started_at: IsoTime | None = None
+    completed_at: IsoTime | None = None
+    duration_seconds: float | None = Field(None, ge=0, le=4e9)
+    retry_count: int = Field(0, ge=0, le=10_000)
+    error_message: str | None = None
+    input_summary: dict[str, Any] | None = None
+    output_summary: dict[str, Any] | None = None
+
+
+class Timeline(BaseModel):
+    """`GET /api/workflows/executions/{id}/timeline` (WorkflowExecutionTimeline)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    execution_id: Identity
+    workflow_id: str = ""
+    workflow_name: str = ""
+    status: str = ""
+    started_at: IsoTime | None = None
+    completed_at: IsoTime | None = None
+    step_timeline: list[StepEntry] = []
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Phase10Options:
+    service: str = "phase10"
+    env: str = "production"
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+
+
+def _enveloped(raw: dict[str, Any]) -> dict[str, Any]:
+    """The document's `{"event", "data"}` envelope, in the shape the engine really sends."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    inner = dict(data)
+    if "error" in inner and "error_message" not in inner:
+        inner["error_message"] = inner["error"]
+    if "duration_seconds" in inner and "duration" not in inner:
+        inner["duration"] = inner["duration_seconds"]
+    if "output" in inner and "output_data" not in inner:
+        inner["output_data"] = inner["output"]
+    return {
+        "event_type": raw["event"],
+        "timestamp": data.get("timestamp"),
+        "workflow_id": data.get("workflow_id"),
+        "workflow_execution_id": data.get("execution_id"),
+        "workflow_step_id": data.get("step_id"),
+        "data": inner,
+    }
+
+
+def _event_id(*parts: object) -> str:
+    # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
+    # must be the same event, so its id is what it says.
+    return "p10-" + hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def _problem(exc: ValidationError) -> DecodeError:
+    error = exc.errors(include_url=False)[0]
+    return DecodeError(".".join(str(p) for p in error["loc"]), error["msg"].removeprefix("Value error, "))
+
+
+class Phase10Decoder:
+    """A WebSocket message -> a lifecycle record, or None for what is not a workflow's event."""
+
+    def __init__(self, options: Phase10Options | None = None) -> None:
+        self.options = options or Phase10Options()
+
+    def __call__(self, raw: Any) -> WorkflowRecord | list[WorkflowRecord] | None:
+        if not isinstance(raw, dict):
+            raise DecodeError("", f"a message must be a JSON object, not {type(raw).__name__}")
+        if "step_timeline" in raw:
+            return self.timeline(raw)
+        if "event" in raw and "event_type" not in raw:
+            raw = _enveloped(raw)
+        if raw.get("type") == "heartbeat" or raw.get("event_type") not in WORKFLOW_EVENTS:
+            return None
+        try:
+            event = Phase10Event.model_validate(raw)
+        except ValidationError as exc:
+            raise _problem(exc) from None
+        return WorkflowRecord(run=self._run(event), fact=self._fact(event))
+
+    def _run(self, e: Phase10Event) -> RunRef:
+        attributes = attrs(**{c.WORKSPACE_ID: e.workspace_id, c.WORKFLOW_DEFINITION_ID: e.workflow_id})
+        name = str(e.data.get("workflow_name") or "") if e.event_type == "workflow_started" else ""
+        return RunRef(
+            engine=ENGINE,
+            env=self.options.env,
+            service=self.options.service,
+            run_id=e.workflow_execution_id,
+            name=name,
+            attributes=attributes,
+        )
+
+    def _fact(self, e: Phase10Event) -> Fact:
+        event_id = _event_id(e.event_type, e.workflow_execution_id, e.workflow_step_id, e.timestamp.isoformat())
+        base: dict[str, Any] = {"event_id": event_id, "time_ns": ns(e.timestamp), "name": e.event_type}
+        d = e.data
+        described = {c.WORKFLOW_EVENT_ID: event_id}
+        if e.event_type == "workflow_started":
+            extra = attrs(**{c.WORKFLOW_EXECUTION_INPUT: self._captured(d.get("input_variables"))})
+            return Fact(kind=FactKind.RUN_STARTED, attributes=described | extra, **base)
+        if e.event_type in _ENDINGS:
+            outcome = _ENDINGS[e.event_type]
+            error = None
+            if outcome is Outcome.FAILURE:
+                failed = d.get("failed_steps")
+                message = d.get("error_message") or (f"{failed} steps failed" if failed else "workflow failed")
+                error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
+            return Fact(kind=FactKind.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
+        if e.workflow_step_id is None:
+            raise DecodeError("workflow_step_id", f"a {e.event_type} message must name its step")
+        step = {"step": e.workflow_step_id, "attempt": 1, "label": str(d.get("step_name") or "") or None}
+        if e.event_type == "step_started":
+            told = attrs(
+                **{
+                    c.WORKFLOW_TASK_TYPE: d.get("step_type"),
+                    c.WORKFLOW_TASK_ORDER: d.get("step_order") if isinstance(d.get("step_order"), int) else None,
+                    c.WORKFLOW_TASK_INPUT: self._captured(d.get("config")),
+                }
+            )
+            return Fact(kind=FactKind.ATTEMPT_STARTED, attributes=described | told, **step, **base)
+        outcome = _STEP_ENDINGS[e.event_type]
+        duration = d.get("duration")
+        error = ErrorInfo(message=str(d.get("error_message") or "step failed")) if outcome is Outcome.FAILURE else None
+        told = attrs(**{c.WORKFLOW_TASK_OUTPUT: self._captured(d.get("output_data"))})
+        return Fact(
+            kind=FactKind.ATTEMPT_ENDED,
+            outcome=outcome,
+            error=error,
+            duration_ms=float(duration) * 1000 if isinstance(duration, int | float) else None,
+            attributes=described | told,
+            **step,
+            **base,
+        )
+
+    def _captured(self, value: Any) -> str | None:
+        return summary(value, self.options.decode) if self.options.decode.capture_input and value else None
+
+    def timeline(self, raw: Any) -> list[WorkflowRecord]:
+        """A whole execution from its timeline document: what the WebSocket told, and the retries it did not."""
+        try:
+            doc = Timeline.model_validate(raw)
+        except ValidationError as exc:
+            raise _problem(exc) from None
+        run = RunRef(
+            engine=ENGINE,
+            env=self.options.env,
+            service=self.options.service,
+            run_id=doc.execution_id,
+            name=doc.workflow_name or doc.workflow_id,
+            attributes=attrs(**{c.WORKFLOW_DEFINITION_ID: doc.workflow_id or None}),
+        )
+        facts: list[Fact] = []
+
+        def told(kind: FactKind, at: Any, *key: object, **fields: Any) -> None:
+            event_id = _event_id("timeline", doc.execution_id, kind, *key)
+            facts.append(
+                Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes={c.WORKFLOW_EVENT_ID: event_id}, **fields)
+            )
+
+        if doc.started_at is not None:
+            told(FactKind.RUN_STARTED, doc.started_at, name="workflow_started")
+        for entry in doc.step_timeline:
+            step = {"step": entry.step_id, "attempt": 1, "label": entry.step_name or None}
+            begun = entry.started_at or entry.completed_at
+            if entry.started_at is not None:
+                facts.append(self._step_started(doc, entry, step))
+            for n in range(1, entry.retry_count + 1):
+                told(
+                    FactKind.RETRY_SCHEDULED,
+                    begun,
+                    entry.step_id,
+                    n,
+                    name="retry.scheduled",
+                    step=entry.step_id,
+                    label=entry.step_name or None,
+                    ordinal=n,
+                )
+            outcome = _TIMELINE_STEP_ENDINGS.get(entry.status.lower())
+            ended_at = entry.completed_at or (begun if outcome is Outcome.SKIPPED else None)
+            if outcome is not None and ended_at is not None:
+                error = ErrorInfo(message=entry.error_message or "step failed") if outcome is Outcome.FAILURE else None
+                duration = entry.duration_seconds * 1000 if entry.duration_seconds is not None else None
+                told(
+                    FactKind.ATTEMPT_ENDED,
+                    ended_at,
+                    entry.step_id,
+                    name=f"step_{entry.status.lower()}",
+                    outcome=outcome,
+                    error=error,
+                    duration_ms=duration,
+                    **step,
+                )
+        ending = _TIMELINE_ENDINGS.get(doc.status.lower())
+        if ending is not None and doc.completed_at is not None:
+            error = ErrorInfo(message=doc.error_message or "workflow failed") if ending is Outcome.FAILURE else None
+            told(
+                FactKind.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error
+            )
+        return [WorkflowRecord(run=run, fact=f) for f in facts]
+
+    def _step_started(self, doc: Timeline, entry: StepEntry, step: dict[str, Any]) -> Fact:
+        event_id = _event_id("timeline", doc.execution_id, FactKind.ATTEMPT_STARTED, entry.step_id)
+        told = attrs(
+            **{
+                c.WORKFLOW_EVENT_ID: event_id,
+                c.WORKFLOW_TASK_ORDER: entry.step_order,
+                c.WORKFLOW_TASK_INPUT: self._captured(entry.input_summary),
+            }
+        )
+        return Fact(
+            event_id=event_id,
+            time_ns=ns(entry.started_at),
+            kind=FactKind.ATTEMPT_STARTED,
+            name="step_started",
+            attributes=told,
+            **step,
+        )

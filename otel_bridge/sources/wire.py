@@ -1,0 +1,118 @@
+"""What every source's wire models share: times OTLP can carry, identities without control
+characters, bounded numbers, the decode error naming a field, and what a payload may reveal."""
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+
+from otel_bridge.lifecycle import AttributeValue
+
+
+def _iso_string(value: Any) -> Any:
+    # pydantic would read a number as Unix seconds; the engine only sends ISO-8601 text,
+    # so a number here is a bug on the producer's side worth naming.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO-8601 timestamp string")
+    return value
+
+
+# OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2554, 7, 21, tzinfo=UTC)
+
+
+def _in_otlp_range(value: datetime) -> datetime:
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Subtracting compares in UTC without converting, which overflows near year 9999.
+    if moment - _EARLIEST < _ZERO or moment - _LATEST >= _ZERO:
+        raise ValueError("must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times")
+    return moment
+
+
+def _printable(value: str) -> str:
+    # U+001F separates the fields of the hashes that make trace ids: an identity holding it
+    # (or any control character) could make two producers' runs share one trace.
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
+    return value
+
+
+_ZERO = timedelta(0)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
+_MAX_MS = 2**63 / 1e6 / 2
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_string), AfterValidator(_in_otlp_range)]
+Identity = Annotated[str, Field(min_length=1), AfterValidator(_printable)]
+Label = Annotated[str, AfterValidator(_printable)]
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
+
+
+class DecodeOptions(BaseModel):
+    """What a producer's payloads may reveal: inputs can hold personal data."""
+
+    capture_input: bool = False
+    max_input_bytes: int = 2048
+    redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
+
+
+class DecodeError(ValueError):
+    """An event a source cannot use; `field` names where, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def ns(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def redacted(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: "[REDACTED]" if k in keys else redacted(v, keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v, keys) for v in value]
+    return value
+
+
+def summary(value: Any, options: DecodeOptions) -> str | None:
+    """A payload as people may see it: JSON with secrets redacted, cut to `max_input_bytes`.
+
+    Payloads can hold personal data: with `capture_input` off only their top-level keys are told.
+    """
+    if value is None:
+        return None
+    if not options.capture_input:
+        return (
+            orjson.dumps(sorted(map(str, value))).decode()[: options.max_input_bytes]
+            if isinstance(value, dict)
+            else None
+        )
+    text = orjson.dumps(redacted(value, options.redact_keys), default=str).decode()
+    if len(text) > options.max_input_bytes:
+        text = text[: options.max_input_bytes] + "…"
+    return text

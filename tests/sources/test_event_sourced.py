@@ -1,0 +1,131 @@
+"""The event-sourced runtime's stream entries become traces: states as spans, tasks, triggers, no completion event."""
+
+from datetime import datetime
+
+from fold_harness import fold_events
+
+from otel_bridge import trace_id_for
+from otel_bridge.correlate.outputs import SpanKind, SpanStatus
+from otel_bridge.ids import RunIdentity, root_span_id
+from otel_bridge.producer.event_sourced import Execution, as_row, trigger
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.sources.wire import DecodeError
+
+DECODE = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
+
+
+def _ns(entry: dict) -> int:
+    return int(datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() * 1000) * 1_000_000
+
+
+def _onboarding() -> Execution:
+    run = Execution("onboarding", tenant="acme").started({"email": "a@b.c"}).after(20)
+    run.moved("collecting_docs").after(5).submitted("document_uploaded", user="u-7", kind="passport")
+    run.after(30).task_created("t-1", "kyc_review").after(2000).task_completed("t-1", to="approved", user="u-9")
+    return run.after(10).ended("completed")
+
+
+def test_each_state_is_a_span_from_the_move_into_it_to_the_move_out():
+    run = _onboarding()
+    folded = fold_events(run.events, decoder=DECODE)
+    root = folded.root
+    assert root.name == "workflow onboarding" and root.kind is SpanKind.SERVER
+    assert (root.start_ns, root.end_ns) == (_ns(run.events[0]), _ns(run.events[-1]))
+    assert root.status is SpanStatus.OK and root.attributes["workflow.execution.result"] == "success"
+    assert root.attributes["tenant.id"] == "acme" and root.attributes["workflow.execution.id"] == run.execution_id
+    states = {s.name: s for s in folded.spans if s.name.startswith("state ")}
+    assert set(states) == {"state initial", "state collecting_docs", "state approved"}
+    collecting = states["state collecting_docs"]
+    assert (collecting.start_ns, collecting.end_ns) == (_ns(run.events[1]), _ns(run.events[4]))
+    assert collecting.attributes["workflow.state.from"] == "initial"
+    assert states["state approved"].end_ns == root.end_ns
+
+
+def test_an_event_that_moved_nothing_is_an_event_of_the_state_it_happened_in():
+    folded = fold_events(_onboarding().events, decoder=DECODE)
+    (event,) = folded.span("state collecting_docs").events
+    assert event.name == "document_uploaded"
+    assert event.attributes["enduser.id"] == "u-7"
+    assert event.attributes["workflow.event.payload"] == '["kind"]'  # keys only: payloads hold personal data
+    assert "document_uploaded" not in [e.name for e in folded.root.events]
+
+
+def test_a_human_task_is_a_span_from_created_to_complete():
+    run = _onboarding()
+    task = fold_events(run.events, decoder=DECODE).span("task kyc_review")
+    assert (task.start_ns, task.end_ns) == (_ns(run.events[3]), _ns(run.events[4]))
+    assert task.attributes["workflow.human_task.id"] == "t-1"
+
+
+def test_terminal_states_end_the_run_case_insensitively_with_their_result():
+    failed = Execution("payout").started().after(5).moved("paying").after(5).ended("FAILED", error="card declined")
+    folded = fold_events(failed.events, decoder=DECODE)
+    assert folded.root.status is SpanStatus.ERROR and folded.root.status_message == "card declined"
+    cancelled = Execution("payout").started().after(5).ended("terminated")
+    root = fold_events(cancelled.events, decoder=DECODE).root
+    assert root.attributes["workflow.execution.result"] == "cancellation"
+    assert root.status is SpanStatus.UNSET
+
+
+def test_a_payload_saying_is_complete_ends_the_run():
+    run = Execution("quick").started().after(5).submitted("all_done", isComplete=True)
+    assert fold_events(run.events, decoder=DECODE).root.attributes["workflow.execution.result"] == "success"
+
+
+def test_an_execution_without_an_end_stays_open():
+    run = Execution("pending").started().after(5).moved("waiting")
+    folded = fold_events(run.events, decoder=DECODE)
+    assert [s.name for s in folded.spans] == ["state initial"]
+
+
+def test_a_trigger_is_its_own_trace_and_the_runs_it_started_link_to_it():
+    inbound = trigger("INBOUND_EMAIL_RECEIVED", tenant="acme", subject="hello")
+    run = Execution("triage", tenant="acme").started({"eventId": inbound["event_id"]}).after(5).ended("completed")
+    folded = fold_events([inbound, *run.events], decoder=DECODE)
+    (trigger_span,) = [s for s in folded.spans if s.name == "trigger INBOUND_EMAIL_RECEIVED"]
+    assert trigger_span.kind is SpanKind.PRODUCER and trigger_span.parent_span_id is None
+    identity = RunIdentity("event-sourced", "prod", "crm", inbound["event_id"], "acme")
+    assert trigger_span.trace_id == trace_id_for("event-sourced", "prod", "crm", inbound["event_id"], "acme")
+    root = next(s for s in folded.spans if s.name == "workflow triage")
+    assert root.remote_links == [(trigger_span.trace_id, root_span_id(identity))]
+
+
+def test_one_trace_per_tenant_and_execution():
+    a = Execution("same", tenant="acme", execution_id="exec-1").started().after(1).ended()
+    b = Execution("same", tenant="globex", execution_id="exec-1").started().after(1).ended()
+    roots = [s for s in fold_events(a.events + b.events, decoder=DECODE).spans if s.parent_span_id is None]
+    assert len({r.trace_id for r in roots}) == 2
+
+
+def test_metrics_count_transitions_and_time_in_state_not_tenants():
+    folded = fold_events(_onboarding().events, decoder=DECODE)
+    moves = folded.metric("workflow.state.transitions", **{"workflow.state.to": "collecting_docs"})
+    assert moves == [1]
+    assert folded.metric("workflow.state.duration", **{"workflow.state.name": "collecting_docs"})
+    assert folded.metric("workflow.execution.duration", **{"workflow.execution.result": "success"})
+    assert sum(folded.metric("workflow.execution.active")) == 0
+    assert all("tenant.id" not in dict(o.attributes) for o in folded.observations)
+
+
+def test_table_rows_decode_like_stream_entries():
+    run = _onboarding()
+    assert (
+        fold_events([as_row(e) for e in run.events], decoder=DECODE).names()
+        == fold_events(run.events, decoder=DECODE).names()
+    )
+
+
+def test_a_bad_entry_names_its_field():
+    entry = Execution().started().events[0] | {"payload_json": "{broken"}
+    try:
+        DECODE(entry)
+    except DecodeError as exc:
+        assert "payload_json" in exc.reason
+    else:
+        raise AssertionError("a broken payload_json was accepted")
+    try:
+        DECODE(Execution().started().events[0] | {"execution_id": ""})
+    except DecodeError as exc:
+        assert exc.field == "execution_id"
+    else:
+        raise AssertionError("an execution event without an execution was accepted")

@@ -1,0 +1,94 @@
+"""The Phase-10 engine's WebSocket messages and timelines become traces."""
+
+from datetime import UTC, datetime
+
+from fold_harness import fold_events
+
+from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+
+DECODE = Phase10Decoder(Phase10Options(service="agents", env="prod"))
+
+
+def _ns(message: dict) -> int:
+    # The engine's timestamps carry no zone: they are UTC.
+    return int(datetime.fromisoformat(message["timestamp"]).replace(tzinfo=UTC).timestamp() * 1000) * 1_000_000
+
+
+def _report() -> Phase10Run:
+    run = Phase10Run("nightly-report").started(3).step_started("s1", "fetch", 1, "http").after(800)
+    run.step_completed("s1", 0.8, rows=10).after(5).step_started("s2", "render", 2).after(300)
+    run.step_failed("s2", "template missing", 0.3).after(1).step_skipped("s3")
+    return run.after(2).failed()
+
+
+def test_steps_are_spans_named_by_their_step_and_the_run_ends_as_told():
+    run = _report()
+    folded = fold_events(run.events, decoder=DECODE)
+    root = folded.root
+    assert root.name == "workflow nightly-report"
+    assert (root.start_ns, root.end_ns) == (_ns(run.events[0]), _ns(run.events[-1]))
+    assert root.status is SpanStatus.ERROR and root.status_message == "1 steps failed"
+    assert root.attributes["workflow.execution.id"] == run.execution_id
+    assert root.attributes["workspace.id"] == "ws-1"
+    fetch = folded.span("step fetch")
+    assert (fetch.start_ns, fetch.end_ns) == (_ns(run.events[1]), _ns(run.events[2]))
+    assert fetch.status is SpanStatus.OK
+    assert fetch.attributes["workflow.task.type"] == "http" and fetch.attributes["workflow.task.order"] == 1
+    assert folded.span("step render").status_message == "template missing"
+    skipped = folded.span("step s3")
+    assert skipped.status is SpanStatus.UNSET and skipped.attributes["workflow.task.result"] == "skipped"
+    assert root.attributes["workflow.task.name"] == "render"
+
+
+def test_an_exception_failure_carries_its_type():
+    run = Phase10Run("x").started().after(1).failed("division by zero", "ZeroDivisionError")
+    root = fold_events(run.events, decoder=DECODE).root
+    assert root.status_message == "division by zero" and root.attributes["error.type"] == "ZeroDivisionError"
+
+
+def test_the_documents_envelope_is_accepted_too():
+    def message(event: str, at: str, **data: object) -> dict:
+        return {"event": event, "data": {"execution_id": "e-1", "timestamp": f"2024-01-15T{at}Z", **data}}
+
+    envelope = [
+        message("workflow_started", "10:00:00", workflow_id="w"),
+        message("step_started", "10:00:00", step_id="s1", step_name="initialize"),
+        message("step_completed", "10:00:30", step_id="s1", step_name="initialize", duration_seconds=30.0),
+        message("workflow_completed", "10:02:30", workflow_id="w", status="completed"),
+    ]
+    folded = fold_events(envelope, decoder=DECODE)
+    assert folded.span("step initialize").end_ns - folded.span("step initialize").start_ns == 30 * 10**9
+    assert folded.root.status is SpanStatus.OK
+
+
+def test_other_platform_events_and_heartbeats_are_ignored():
+    assert DECODE({"type": "heartbeat", "timestamp": "2025-01-01T00:00:00"}) is None
+    assert DECODE({"event_type": "agent_message", "timestamp": "2025-01-01T00:00:00"}) is None
+
+
+def test_a_timeline_alone_makes_the_whole_trace_with_its_retries():
+    run = _report()
+    folded = fold_events([run.timeline(retries={"s2": 2})], decoder=DECODE)
+    render = folded.span("step render")
+    assert render.attributes["workflow.task.attempt"] == 3
+    assert [e.name for e in render.events].count("retry.scheduled") == 2
+    assert folded.metric("workflow.task.retries", **{"workflow.task.name": "render"}) == [1, 1]
+    assert folded.root.status is SpanStatus.ERROR
+
+
+def test_a_timeline_after_the_messages_changes_nothing_but_adds_the_retries():
+    run = _report()
+    live = fold_events(run.events, decoder=DECODE)
+    both = fold_events([*run.events, run.timeline(retries={"s2": 1})], decoder=DECODE)
+    assert sorted((s.name, s.start_ns, s.end_ns, s.span_id) for s in both.spans) == sorted(
+        (s.name, s.start_ns, s.end_ns, s.span_id) for s in live.spans
+    )
+    assert both.span("step render").attributes["workflow.task.attempt"] == 2
+
+
+def test_the_same_message_twice_is_one_event():
+    run = Phase10Run("x").started().after(1).completed()
+    folded = fold_events(run.events + run.events, decoder=DECODE)
+    assert len(folded.runs) == 1 and folded.root.status is SpanStatus.OK
