@@ -54,6 +54,7 @@ def _serve(settings: Settings) -> int:
         readiness=bridge.readiness,
         on_start=bridge.start,
         on_stop=bridge.stop,
+        dead_letters=bridge.dead_letters,
     )
     uvicorn.run(
         app,
@@ -70,27 +71,69 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _replay(settings: Settings, source: str, progress: bool) -> int:
-    from otel_bridge.receivers.dead_letter import DeadLetters
+def _replay(settings: Settings, source: str, progress: bool, source_format: str) -> int:
     from otel_bridge.receivers.replay import replay
     from otel_bridge.runtime import Bridge
 
     if source != "-" and not Path(source).is_file():
         raise CliError(f"cannot replay {source}: no such file")
-    bridge = Bridge(settings).start()
-    dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
+    bridge = Bridge(settings).start(follow=False)
+    consumer = (
+        bridge.pipeline if source_format == "durable-effect" else bridge.pipeline.consumer(bridge.event_sourced())
+    )
     try:
-        summary = replay(bridge.pipeline, source, dead_letters, progress=progress)
+        summary = replay(consumer, source, bridge.dead_letters, progress=progress)
     finally:
         bridge.stop()
-        dead_letters.close()
     print(summary.render())
     return 1 if summary.rejected else 0
 
 
+def _import_timeline(settings: Settings, sources: list[str], workspace_id: str | None) -> int:
+    """Phase-10 timeline documents (files or URLs of the REST API) -> complete traces."""
+    import httpx
+
+    from otel_bridge.receivers.json_text import loads
+    from otel_bridge.runtime import Bridge
+
+    documents = []
+    for source in sources:
+        if source.startswith(("http://", "https://")):
+            headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
+            try:
+                response = httpx.get(source, headers=headers, timeout=30)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise CliError(f"cannot fetch {source}: {exc}") from None
+            body = response.content
+        elif Path(source).is_file():
+            body = Path(source).read_bytes()
+        else:
+            raise CliError(f"cannot import {source}: no such file")
+        try:
+            parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
+        except ValueError as exc:
+            raise CliError(f"{source} is not JSON: {exc}") from None
+        documents.extend(parsed if isinstance(parsed, list) else [parsed])
+    bridge = Bridge(settings).start(follow=False)
+    try:
+        report = bridge.pipeline.consumer(bridge.phase10()).ingest(documents)
+        if report.rejected:
+            bridge.dead_letters.keep("import-timeline", [(r.as_dict(), documents[r.index]) for r in report.rejected])
+    finally:
+        bridge.stop()
+    print(
+        f"timelines: {len(documents)}  events accepted: {report.accepted}  duplicates: {report.duplicates}  "
+        f"rejected: {len(report.rejected)}"
+    )
+    for r in report.rejected[:20]:
+        print(f"  document {r.index}: {r.error}")
+    return 1 if report.rejected else 0
+
+
 def _trace_id(args: argparse.Namespace) -> int:
-    run = RunIdentity(args.engine, args.env, args.service, args.workflow_id)
-    trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id)
+    run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
+    trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id, run.tenant)
     print(traceparent(trace_id, root_span_id(run)))
     return 0
 
@@ -123,12 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="push a file of events (one JSON event per line) through the pipeline")
     replay.add_argument("file", help="JSONL file, or - for standard input")
     replay.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    replay.add_argument(
+        "--format",
+        dest="source_format",
+        choices=("durable-effect", "event-sourced"),
+        default="durable-effect",
+        help="durable-effect tracker events, or rows of the event-sourced runtime's workflow_events table",
+    )
     _add_settings_flags(replay)
+    timeline = sub.add_parser(
+        "import-timeline", help="turn Phase-10 execution timelines (JSON files or API URLs) into complete traces"
+    )
+    timeline.add_argument("sources", nargs="+", metavar="FILE|URL")
+    timeline.add_argument("--workspace-id", default=None, help="X-Workspace-Id for URLs")
+    _add_settings_flags(timeline)
     trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")
     trace.add_argument("--env", required=True)
     trace.add_argument("--service", required=True, help="the producer's serviceKey")
     trace.add_argument("--workflow-id", required=True)
-    trace.add_argument("--engine", default=c.PLATFORM_DURABLE_EFFECT)
+    trace.add_argument(
+        "--engine",
+        default=c.PLATFORM_DURABLE_EFFECT,
+        choices=(c.PLATFORM_DURABLE_EFFECT, c.PLATFORM_EVENT_SOURCED, c.PLATFORM_PHASE10),
+    )
+    trace.add_argument("--tenant", default=None, help="the event-sourced runtime's tenant")
     demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
     demo.add_argument("--url", default="http://127.0.0.1:4380/v1/events", help="the bridge's tracker endpoint")
     demo.add_argument("--rate", type=float, default=2.0, help="runs started per second")
@@ -162,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings)
-        return _replay(settings, args.file, progress=not args.no_progress)
+        if args.command == "import-timeline":
+            return _import_timeline(settings, args.sources, args.workspace_id)
+        return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
     except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
         # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.
         print(f"otel-bridge: {exc}", file=sys.stderr)

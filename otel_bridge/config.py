@@ -146,6 +146,40 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
     )
     log_level: str = Field("INFO", description="Log level of the bridge.")
+    stream_url: str | None = Field(
+        None,
+        description="Consume the event-sourced runtime's Redis stream at this `redis://` URL (beside HTTP).",
+    )
+    stream_key: str = Field("workflow:events:global", description="The runtime's stream key.")
+    stream_group: str = Field("otel-bridge", description="Consumer group the bridges share on the stream.")
+    stream_consumer: str | None = Field(
+        None, description="This bridge's consumer name in the group (default: host name and process id)."
+    )
+    stream_claim_after_seconds: float = Field(
+        30.0, gt=0, description="Stream entries another consumer read but never acknowledged are claimed after this."
+    )
+    stream_service_name: str = Field(
+        "event-sourced", min_length=1, description="`service.name` of the stream's runs (the stream does not say)."
+    )
+    stream_env: str = Field(
+        "production", min_length=1, description="`deployment.environment.name` of the stream's runs."
+    )
+    stream_terminal_states: Annotated[list[str], NoDecode] = Field(
+        ["completed", "failed", "cancelled", "terminated"],
+        description="States that end an execution (case-insensitive; comma-separated in the environment).",
+    )
+    ws_url: str | None = Field(
+        None, description="Follow the Phase-10 engine's WebSocket at this URL (`ws://HOST:PORT/ws/stream`)."
+    )
+    ws_api_url: str | None = Field(
+        None,
+        description="The Phase-10 REST API (`http://HOST:PORT`): timelines of runs a disconnection interrupted.",
+    )
+    ws_workspace_id: str | None = Field(None, description="`X-Workspace-Id` sent to the Phase-10 engine.")
+    ws_service_name: str = Field(
+        "phase10", min_length=1, description="`service.name` of the WebSocket's runs (the engine does not say)."
+    )
+    ws_env: str = Field("production", min_length=1, description="`deployment.environment.name` of its runs.")
 
     @field_validator("api_key", "bearer_token")
     @classmethod
@@ -155,7 +189,7 @@ class Settings(BaseSettings):
             raise ValueError("is set but empty: unset it to turn authentication off, or give a secret")
         return value
 
-    @field_validator("redact_keys", mode="before")
+    @field_validator("redact_keys", "stream_terminal_states", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value

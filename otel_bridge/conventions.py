@@ -131,6 +131,8 @@ M_BRIDGE_RUNS_SET_ASIDE: Final = "otel_bridge.runs.set_aside"
 M_BRIDGE_EXPORT_FAILURES: Final = "otel_bridge.export.failures"
 M_BRIDGE_OUTBOX_DEPTH: Final = "otel_bridge.outbox.depth"
 M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
+M_BRIDGE_STREAM_ENTRIES_LOST: Final = "otel_bridge.stream.entries_lost"
+M_BRIDGE_STREAM_LAG: Final = "otel_bridge.stream.lag"
 
 # Attribute keys that may appear on metrics: anything else is dropped there,
 # because metric attributes must stay low-cardinality.

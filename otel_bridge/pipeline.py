@@ -82,7 +82,7 @@ class Pipeline:
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
-        self._decode_options = DecodeOptions(
+        self.decode_options = DecodeOptions(
             capture_input=settings.capture_input,
             max_input_bytes=settings.max_input_bytes,
             redact_keys=frozenset(settings.redact_keys),
@@ -90,7 +90,7 @@ class Pipeline:
 
     def durable_effect(self, raw: Any) -> LifecycleRecord:
         """The default source: the durable-effect tracker's events."""
-        return decode(raw, self._decode_options)
+        return decode(raw, self.decode_options)
 
     def consumer(self, decoder: Decoder) -> EventConsumer:
         """What a receiver of another source's events hands its batches to."""

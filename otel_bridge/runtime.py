@@ -6,6 +6,8 @@ are pushed one last time.
 """
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +21,10 @@ from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.redis_stream import StreamReceiver
+from otel_bridge.receivers.websocket import WebSocketReceiver
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Store
 
@@ -77,6 +83,10 @@ class Bridge:
             ),
             on_result=self._export_result,
         )
+        self.dead_letters = DeadLetters(
+            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+        )
+        self.websocket: WebSocketReceiver | None = None
         # Bridge clock (monotonic) since trace export has been failing; None while it works.
         self._export_failing_since: float | None = None
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
@@ -129,12 +139,62 @@ class Bridge:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
         return {"ready": not reasons, "outbox": depth, "reasons": reasons}
 
-    def start(self) -> "Bridge":
+    def event_sourced(self) -> EventSourcedDecoder:
+        s = self.settings
+        return EventSourcedDecoder(
+            EventSourcedOptions(
+                service=s.stream_service_name,
+                env=s.stream_env,
+                terminal_states=frozenset(s.stream_terminal_states),
+                decode=self.pipeline.decode_options,
+            )
+        )
+
+    def phase10(self) -> Phase10Decoder:
+        s = self.settings
+        return Phase10Decoder(
+            Phase10Options(service=s.ws_service_name, env=s.ws_env, decode=self.pipeline.decode_options)
+        )
+
+    def _receivers(self) -> list[tuple[str, Callable[[], None]]]:
+        """The engines' own transports this bridge follows besides its HTTP endpoint."""
+        s = self.settings
+        out: list[tuple[str, Callable[[], None]]] = []
+        if s.stream_url:
+            stream = StreamReceiver(
+                s.stream_url,
+                s.stream_key,
+                s.stream_group,
+                s.stream_consumer or f"{socket.gethostname()}-{os.getpid()}",
+                self.pipeline.consumer(self.event_sourced()),
+                self.dead_letters,
+                claim_after_seconds=s.stream_claim_after_seconds,
+                on_lost=lambda n: self.metrics.bridge(c.M_BRIDGE_STREAM_ENTRIES_LOST, n),
+            )
+            self.metrics.gauge(
+                c.M_BRIDGE_STREAM_LAG, "{entry}", "Stream entries not yet read by the group", lambda: stream.lag or 0
+            )
+            out.append(("redis-stream", lambda: stream.run(self._stop)))
+        if s.ws_url:
+            websocket = WebSocketReceiver(
+                s.ws_url,
+                self.pipeline.consumer(self.phase10()),
+                self.dead_letters,
+                api_url=s.ws_api_url,
+                workspace_id=s.ws_workspace_id,
+            )
+            self.websocket = websocket
+            out.append(("websocket", lambda: websocket.run(self._stop)))
+        return out
+
+    def start(self, follow: bool = True) -> "Bridge":
+        """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
         self.pipeline.restore_gauges()
         for name, target in (
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop)),
             ("metric-export", self._metric_loop),
+            *(self._receivers() if follow else []),
         ):
             thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
             thread.start()
@@ -188,6 +248,7 @@ class Bridge:
                 )
             self.export_metrics()
         finally:
+            self.dead_letters.close()
             self.trace_sender.shutdown()
             self.metric_sender.shutdown()
             self.metrics.shutdown()

@@ -83,6 +83,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_SPANS_REJECTED: InstrumentSpec(
         "counter", "{span}", "Spans the OTLP backend refused for good (kept in the span dead-letter file)"
     ),
+    c.M_BRIDGE_STREAM_ENTRIES_LOST: InstrumentSpec(
+        "counter", "{entry}", "Stream entries trimmed by the producer before the bridge read them"
+    ),
     c.M_BRIDGE_RUNS_SET_ASIDE: InstrumentSpec(
         "counter", "{run}", "Runs that could not be settled after several tries (kept aside with the reason)"
     ),

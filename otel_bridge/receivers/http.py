@@ -147,6 +147,7 @@ def create_app(
     readiness: Callable[[], dict[str, Any]],
     on_start: Callable[[], object] = lambda: None,
     on_stop: Callable[[], object] = lambda: None,
+    dead_letters: DeadLetters | None = None,
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
@@ -158,7 +159,9 @@ def create_app(
         settings.api_key.get_secret_value() if settings.api_key else None,
         settings.bearer_token.get_secret_value() if settings.bearer_token else None,
     )
-    dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
+    owned = dead_letters is None
+    if dead_letters is None:
+        dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
 
     def unauthorized() -> Response:
         return _problem(401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
@@ -225,7 +228,8 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(on_stop)
-            dead_letters.close()
+            if owned:
+                dead_letters.close()
 
     routes = [
         Route(settings.path, ingest, methods=["POST"]),

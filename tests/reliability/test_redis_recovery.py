@@ -1,32 +1,13 @@
 """Redis restarted without its data under load: the bridge recreates what is missing and goes on, no restart."""
 
-import shutil
-import subprocess
 import time
 
 import httpx
-import redis
-from bridge_process import BridgeProcess, free_port
+from bridge_process import BridgeProcess
 from builders import WorkflowRun
+from redis_server import RedisServer
 
 from otel_bridge import trace_id_for
-
-
-def _redis(port: int) -> subprocess.Popen:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: ./scripts/test installs it"
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return server
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("redis-server did not start")
 
 
 def _run(i: int) -> WorkflowRun:
@@ -41,9 +22,8 @@ def _run(i: int) -> WorkflowRun:
 
 
 def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(tmp_path, otlp_http):
-    port = free_port()
-    server = _redis(port)
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=f"redis://127.0.0.1:{port}/0").start()
+    server = RedisServer().start()
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=server.url).start()
     got = otlp_http.received
     try:
         for i in range(5):
@@ -51,8 +31,7 @@ def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(
         got.wait_for(lambda: len(got.unique_spans()) == 10)
 
         server.kill()  # gone with everything it held: no persistence
-        server.wait(10)
-        server = _redis(port)
+        server.start()
 
         delivered_after = []
         for i in range(5, 25):
@@ -74,5 +53,4 @@ def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(
         assert bridge.proc is not None and bridge.proc.poll() is None
     finally:
         bridge.close()
-        server.terminate()
-        server.wait(10)
+        server.close()

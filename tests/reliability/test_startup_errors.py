@@ -2,17 +2,15 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import redis
 from bridge_process import BridgeProcess, free_port
 from builders import WorkflowRun
+from redis_server import RedisServer
 
 
 def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,33 +52,11 @@ def test_an_unreachable_redis(tmp_path):
 
 
 def test_a_redis_that_refuses_the_password(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            shutil.which("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--requirepass",
-            "right",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(None, "--requirepass", "right").start()
     try:
-        client = redis.Redis(port=port, password="right")
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        result = _run("serve", "--state", f"redis://:wrong@127.0.0.1:{port}/0", cwd=tmp_path)
+        result = _run("serve", "--state", f"redis://:wrong@127.0.0.1:{server.port}/0", cwd=tmp_path)
     finally:
-        server.terminate()
-        server.wait(10)
+        server.close()
     _one_clear_line(result, "redis")
     assert "wrong" not in result.stderr  # the password is not printed
 

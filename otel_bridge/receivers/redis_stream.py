@@ -1,0 +1,168 @@
+"""Consumes the event-sourced runtime's Redis stream with a consumer group, beside the HTTP endpoint.
+
+Entries are acknowledged (XACK) only once the batch is committed to the store, so a
+bridge killed between reading and acknowledging leaves them pending: the same consumer
+reads its own pending entries first on its next turn, and another consumer of the group
+claims a dead one's (XAUTOCLAIM) once they have been idle for `claim_after_seconds`.
+Event ids make a redelivered entry a no-op. The runtime trims the stream
+(`MAXLEN ~ 1000`): entries trimmed before the group read them are lost, and said so,
+loudly, with a count.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from otel_bridge.consumer import EventConsumer, Unavailable
+from otel_bridge.receivers.dead_letter import DeadLetters
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 30.0
+
+
+def _text(fields: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (v.decode(errors="replace") if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
+
+
+class StreamReceiver:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        group: str,
+        consumer_name: str,
+        consumer: EventConsumer,
+        dead_letters: DeadLetters,
+        claim_after_seconds: float = 30.0,
+        batch: int = 500,
+        block_ms: int = 1000,
+        on_lost: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=max(block_ms / 1000 + 5, 10))
+        self._key = key
+        self._group = group
+        self._name = consumer_name
+        self._consumer = consumer
+        self._dead_letters = dead_letters
+        self._claim_after_ms = int(claim_after_seconds * 1000)
+        self._batch = batch
+        self._block_ms = block_ms
+        self._on_lost = on_lost
+        self.lag: int | None = None
+
+    def _ensure_group(self) -> None:
+        try:
+            # From the start of what the stream holds: event ids make anything seen before a no-op.
+            self._client.xgroup_create(self._key, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _next_entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # Ours first (read before a crash or a refused batch), then a dead consumer's, then new ones.
+        mine = self._read("0", block=None)
+        if mine:
+            return mine
+        _next, claimed, *_ = self._client.xautoclaim(
+            self._key, self._group, self._name, self._claim_after_ms, "0-0", count=self._batch
+        )
+        if claimed:
+            return claimed
+        self._check_losses()
+        return self._read(">", block=self._block_ms)
+
+    def _read(self, start: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        answer = self._client.xreadgroup(self._group, self._name, {self._key: start}, count=self._batch, block=block)
+        return [entry for _stream, entries in answer or [] for entry in entries]
+
+    def _check_losses(self) -> None:
+        """Count entries the stream trimmed before the group read them.
+
+        Redis counts entries added to the stream and entries the group read; what was
+        added after the group's position, less what is still there, was trimmed unread.
+        Once told, the group's read count is corrected (XGROUP SETID … ENTRIESREAD), so
+        the same loss is told once, by one replica.
+        """
+        try:
+            stream = self._client.xinfo_stream(self._key)
+            groups = self._client.xinfo_groups(self._key)
+            group = next(g for g in groups if _text({"n": g["name"]})["n"] == self._group)
+            delivered = _text({"i": group["last-delivered-id"]})["i"]
+            added, read = stream.get("entries-added"), group.get("entries-read")
+            waiting = len(self._client.xrange(self._key, min=f"({delivered}", max="+"))
+        except (RedisError, StopIteration, KeyError):
+            return
+        self.lag = waiting
+        if added is None or read is None:
+            return  # Redis before 7: no counts to compare
+        lost = int(added) - int(read) - waiting
+        if lost <= 0:
+            return
+        log.error(
+            "the stream %s was trimmed past %d entries the group %s had not read: their events are lost "
+            "(the bridge fell behind the producer's MAXLEN)",
+            self._key,
+            lost,
+            self._group,
+        )
+        self._on_lost(lost)
+        try:
+            self._client.xgroup_setid(self._key, self._group, delivered, entries_read=int(added) - waiting)
+        except RedisError as exc:
+            log.warning("could not record the loss on the group: %s", exc)
+
+    def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        ids = [entry_id for entry_id, _fields in entries]
+        events = [_text(fields) for _id, fields in entries if fields]
+        if events:
+            report = self._consumer.ingest(events)  # committed when this returns
+            if report.rejected:
+                kept = [(r.as_dict(), events[r.index]) for r in report.rejected]
+                self._dead_letters.keep(f"redis-stream:{self._key}", kept)
+        self._client.xack(self._key, self._group, *ids)
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        ready = False
+        while not stop.is_set():
+            try:
+                if not ready:
+                    self._ensure_group()
+                    ready = True
+                    log.info("consuming %s as %s of group %s", self._key, self._name, self._group)
+                entries = self._next_entries()
+                if entries:
+                    self._take(entries)
+                backoff = 0.5
+            except Unavailable as exc:
+                log.warning("store unavailable, stream entries stay pending: %s", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("the consumer group %s is gone (redis lost its data?): creating it again", self._group)
+                    ready = False
+                    continue
+                log.error("redis refused the stream read: %s", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except RedisError as exc:
+                log.warning("stream %s unreachable: %s; retrying in %.1f s", self._key, exc, backoff)
+                ready = False
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                log.exception("stream receiver failed; retrying")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,138 @@
+"""Follows the Phase-10 engine's WebSocket (`/ws/stream`) and fills what a disconnection missed from its REST API.
+
+Nobody acknowledges a WebSocket message, so each is committed to the store before the
+next is read. The connection is re-made with jittered exponential backoff; after each
+reconnect the timeline of every execution seen starting and not yet seen ending is
+fetched (`GET {api}/api/workflows/executions/{id}/timeline`, header `X-Workspace-Id`),
+so an execution that ended while the bridge was away still gets its whole trace. The
+overlap is harmless: the same facts told twice are one.
+"""
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import connect
+
+from otel_bridge.consumer import EventConsumer, Unavailable
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.json_text import loads
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 30.0
+_ENDINGS = frozenset({"workflow_completed", "workflow_failed", "workflow_cancelled"})
+_FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def _execution_of(message: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(event type, execution id) of a message in either shape the engine or its documents use."""
+    if "event" in message and "event_type" not in message:
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        return message.get("event"), data.get("execution_id")  # type: ignore[union-attr]
+    return message.get("event_type"), message.get("workflow_execution_id")
+
+
+class WebSocketReceiver:
+    def __init__(
+        self,
+        url: str,
+        consumer: EventConsumer,
+        dead_letters: DeadLetters,
+        api_url: str | None = None,
+        workspace_id: str | None = None,
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._url = url
+        self._consumer = consumer
+        self._dead_letters = dead_letters
+        self._api_url = api_url.rstrip("/") if api_url else None
+        self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
+        self._on_reconnect = on_reconnect
+        # Executions seen starting and not yet ending: what a reconnect must catch up on.
+        self.open_executions: dict[str, None] = {}
+        self.connected = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        connections = 0
+        while not stop.is_set():
+            try:
+                with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
+                    connections += 1
+                    log.info("following %s", self._url)
+                    self.connected.set()
+                    backoff = 0.5
+                    if connections > 1:
+                        self._on_reconnect()
+                        self._catch_up(stop)
+                    self._follow(ws, stop)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                self.connected.clear()
+                if stop.is_set():
+                    break
+                delay = random.uniform(0.5, 1.5) * backoff
+                log.warning("websocket %s: %s; reconnecting in %.1f s", self._url, exc or type(exc).__name__, delay)
+                stop.wait(delay)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except InvalidURI as exc:
+                log.error("websocket url %s is not valid: %s", self._url, exc)
+                return
+
+    def _follow(self, ws: Any, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                text = ws.recv(timeout=1)
+            except TimeoutError:
+                continue
+            data = text.encode() if isinstance(text, str) else text
+            try:
+                message = loads(data)
+            except ValueError as exc:
+                self._dead_letters.keep("websocket", [({"error": f"message is not valid JSON: {exc}"}, text)])
+                continue
+            if not isinstance(message, dict) or message.get("type") == "heartbeat":
+                continue
+            event_type, execution = _execution_of(message)
+            if execution and event_type == "workflow_started":
+                self.open_executions[str(execution)] = None
+            self._store([message], stop)
+            if execution and event_type in _ENDINGS:
+                self.open_executions.pop(str(execution), None)
+
+    def _store(self, messages: list[Any], stop: threading.Event) -> None:
+        """Commit before reading on: a message not stored now is never told again."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                report = self._consumer.ingest(messages)
+            except Unavailable as exc:
+                log.warning("store unavailable, holding the websocket: %s", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if report.rejected:
+                self._dead_letters.keep("websocket", [(r.as_dict(), messages[r.index]) for r in report.rejected])
+            return
+
+    def _catch_up(self, stop: threading.Event) -> None:
+        if not self._api_url or not self.open_executions:
+            return
+        log.info("reconnected: fetching the timelines of %d open executions", len(self.open_executions))
+        with httpx.Client(timeout=10, headers=self._headers) as client:
+            for execution in list(self.open_executions):
+                url = f"{self._api_url}/api/workflows/executions/{execution}/timeline"
+                try:
+                    response = client.get(url)
+                    response.raise_for_status()
+                    timeline = response.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    log.warning("timeline of %s not fetched: %s", execution, exc)
+                    continue
+                self._store([timeline], stop)
+                if str(timeline.get("status", "")).lower() in _FINISHED:
+                    self.open_executions.pop(execution, None)

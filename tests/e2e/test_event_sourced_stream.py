@@ -1,0 +1,169 @@
+"""The event-sourced runtime's Redis stream, consumed by `otel-bridge serve --stream-url`, to a real OTLP receiver."""
+
+import random
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess
+from redis_server import RedisServer
+
+from otel_bridge import trace_id_for
+from otel_bridge.producer.event_sourced import Execution, trigger
+
+KEY = "workflow:events:global"
+OK, ERROR = 1, 2
+PRODUCER = 4  # OTLP SpanKind
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def _publish(server: RedisServer, entries: list[dict[str, str]]) -> None:
+    # Exactly as the runtime publishes: XADD * with MAXLEN ~ 1000.
+    client = server.client()
+    for entry in entries:
+        client.xadd(KEY, entry, maxlen=1000, approximate=True)
+
+
+def _bridge(tmp_path, otlp_http, server: RedisServer, **settings: str) -> BridgeProcess:
+    return BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        stream_url=server.url,
+        stream_service_name="crm",
+        stream_env="prod",
+        gap_grace_seconds="1",
+        **settings,
+    )
+
+
+def _trace(execution: Execution) -> str:
+    return trace_id_for("event-sourced", "prod", "crm", execution.execution_id, execution.tenant).hex()
+
+
+def _metric(bridge: BridgeProcess, name: str) -> float:
+    text = httpx.get(f"{bridge.url}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+
+
+def _executions() -> tuple[list[Execution], dict[str, str]]:
+    inbound = trigger("INBOUND_EMAIL_RECEIVED", tenant="acme", subject="new lead")
+    onboarding = Execution("onboarding", tenant="acme").started({"eventId": inbound["event_id"]}).after(10)
+    onboarding.moved("collecting").after(5).submitted("document_uploaded", user="u-1").after(5)
+    onboarding.task_created("t-1", "review").after(500).task_completed("t-1", to="approved").after(5).ended("completed")
+    payout = Execution("payout", tenant="globex").started().after(10).moved("paying").after(5)
+    payout.ended("failed", error="card declined")
+    cancelled = Execution("payout", tenant="globex").started().after(10).ended("cancelled")
+    return [onboarding, payout, cancelled], inbound
+
+
+def test_executions_across_tenants_become_traces_with_states_tasks_and_triggers(tmp_path, otlp_http, redis_server):
+    executions, inbound = _executions()
+    _publish(redis_server, [inbound] + [e for run in executions for e in run.events])
+    bridge = _bridge(tmp_path, otlp_http, redis_server).start()
+    got = otlp_http.received
+    try:
+        for run in executions:
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))))
+        trigger_trace = trace_id_for("event-sourced", "prod", "crm", inbound["event_id"], "acme").hex()
+        got.wait_for(lambda: got.trace(trigger_trace))
+        got.wait_for(lambda: redis_server.client().xpending(KEY, "otel-bridge")["pending"] == 0)
+    finally:
+        bridge.close()
+
+    onboarding, payout, cancelled = executions
+    spans = {s.name: s for s in got.trace(_trace(onboarding))}
+    assert set(spans) == {
+        "workflow onboarding",
+        "state initial",
+        "state collecting",
+        "state approved",
+        "task review",
+    }
+    root = spans["workflow onboarding"]
+    assert root.status_code == OK and root.resource == {"service.name": "crm", "deployment.environment.name": "prod"}
+    assert (
+        root.attributes["tenant.id"] == "acme" and root.attributes["workflow.execution.id"] == onboarding.execution_id
+    )
+    (trigger_span,) = got.trace(trigger_trace)
+    assert trigger_span.name == "trigger INBOUND_EMAIL_RECEIVED" and trigger_span.kind == PRODUCER
+    assert root.links == [(trigger_trace, trigger_span.span_id)]
+    assert [name for name, _t, _a in spans["state collecting"].events] == ["document_uploaded"]
+
+    failed_root = next(s for s in got.trace(_trace(payout)) if s.parent_span_id == "")
+    assert failed_root.status_code == ERROR and failed_root.status_message == "card declined"
+    cancelled_root = next(s for s in got.trace(_trace(cancelled)) if s.parent_span_id == "")
+    assert cancelled_root.attributes["workflow.execution.result"] == "cancellation"
+
+
+def test_the_dead_consumers_pending_entries_are_claimed_and_traces_come_out_whole(tmp_path, otlp_http, redis_server):
+    executions, inbound = _executions()
+    _publish(redis_server, [inbound] + [e for run in executions for e in run.events])
+    client = redis_server.client()
+    # A bridge that read these and died before acknowledging: what kill -9 between read and ack leaves.
+    client.xgroup_create(KEY, "otel-bridge", id="0")
+    assert len(client.xreadgroup("otel-bridge", "dead-bridge", {KEY: ">"}, count=1000)[0][1]) == 12
+    bridge = _bridge(tmp_path, otlp_http, redis_server, stream_claim_after_seconds="1").start()
+    got = otlp_http.received
+    try:
+        for run in executions:
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))))
+        got.wait_for(lambda: client.xpending(KEY, "otel-bridge")["pending"] == 0)
+    finally:
+        bridge.close()
+    assert len(got.trace(_trace(executions[0]))) == 5
+
+
+def test_kill_9_between_read_and_ack_loses_nothing_and_doubles_nothing(tmp_path, otlp_http, redis_server):
+    rng = random.Random(7)
+    runs = []
+    for i in range(30):
+        run = Execution(f"flow-{i % 3}", tenant=f"t{i % 4}").started().after(5).moved("working").after(5)
+        runs.append(run.submitted("note").after(5).ended("completed"))
+    entries = [e for run in runs for e in run.events]
+    bridge = _bridge(tmp_path, otlp_http, redis_server, stream_claim_after_seconds="1", stream_consumer="bridge-1")
+    bridge.start()
+    got = otlp_http.received
+    try:
+        sent = 0
+        for _ in range(3):
+            n = rng.randint(20, 40)
+            _publish(redis_server, entries[sent : sent + n])
+            sent += n
+            bridge.kill()  # whatever it had read and not acknowledged stays pending
+            bridge.start()
+        _publish(redis_server, entries[sent:])
+        for run in runs:
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
+    finally:
+        bridge.close()
+    unique = got.unique_spans()  # a span received twice must be identical
+    for run in runs:
+        names = sorted(s.name for s in unique.values() if s.trace_id == _trace(run))
+        assert names == ["state initial", "state working", f"workflow {run.name}"]
+
+
+def test_entries_trimmed_before_they_were_read_are_counted_as_lost(tmp_path, otlp_http, redis_server):
+    client = redis_server.client()
+    run = Execution("early").started().after(5).ended("completed")
+    _publish(redis_server, run.events)
+    bridge = _bridge(tmp_path, otlp_http, redis_server).start()
+    got = otlp_http.received
+    try:
+        got.wait_for(lambda: got.trace(_trace(run)))
+        bridge.stop()
+        # The producer goes on while the bridge is away, trimming hard.
+        for i in range(50):
+            client.xadd(KEY, Execution(f"burst-{i}").started().events[0], maxlen=10, approximate=False)
+        bridge.start()
+        got.wait_for(lambda: _metric(bridge, "otel_bridge_stream_entries_lost_total") > 0)
+        assert _metric(bridge, "otel_bridge_stream_entries_lost_total") == 40
+    finally:
+        bridge.close()
+    assert "trimmed past 40 entries" in bridge.log.read_text()

@@ -1,0 +1,104 @@
+"""The Phase-10 engine's WebSocket, followed by `otel-bridge serve --ws-url`, through a real OTLP receiver."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from bridge_process import BridgeProcess
+from phase10_server import DROP, Phase10Server
+
+from otel_bridge import trace_id_for
+from otel_bridge.producer.phase10 import Phase10Run
+
+OK, ERROR = 1, 2
+
+
+@pytest.fixture
+def engine() -> Iterator[Phase10Server]:
+    server = Phase10Server().start()
+    yield server
+    server.close()
+
+
+def _trace(run: Phase10Run) -> str:
+    return trace_id_for("phase10", "prod", "agents", run.execution_id).hex()
+
+
+def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http, engine):
+    interrupted = Phase10Run("nightly-report").started(2).step_started("s1", "fetch", 1, "http").after(400)
+    before_drop = list(interrupted.events)
+    # While the bridge is away the run goes on: fetch completes, render is retried once, the run ends.
+    interrupted.step_completed("s1", 0.4).after(5).step_started("s2", "render", 2).after(300)
+    interrupted.step_completed("s2", 0.3).after(2).completed()
+    engine.timelines[interrupted.execution_id] = interrupted.timeline(retries={"s2": 1})
+
+    later = Phase10Run("ingest").started(1).step_started("a", "load", 1).after(50).step_failed("a", "disk full")
+    later.after(1).failed()
+    noise = {"event_type": "agent_message", "timestamp": later.events[0]["timestamp"], "data": {}}
+    engine.scripts.put([*before_drop, DROP])
+    engine.scripts.put([noise, {"type": "heartbeat", "timestamp": "2025-03-01T12:00:00"}, *later.events])
+
+    bridge = BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        ws_url=engine.ws_url,
+        ws_api_url=engine.api_url,
+        ws_workspace_id="ws-1",
+        ws_service_name="agents",
+        ws_env="prod",
+    ).start()
+    got = otlp_http.received
+    try:
+        for run in (interrupted, later):
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
+    finally:
+        bridge.close()
+
+    assert engine.connections >= 2
+    assert (interrupted.execution_id, "ws-1") in engine.timeline_requests
+    spans = {s.name: s for s in got.trace(_trace(interrupted))}
+    assert set(spans) == {"workflow nightly-report", "step fetch", "step render"}
+    root = spans["workflow nightly-report"]
+    assert root.status_code == OK and root.attributes["workflow.execution.id"] == interrupted.execution_id
+    assert root.resource == {"service.name": "agents", "deployment.environment.name": "prod"}
+    assert spans["step fetch"].attributes["workflow.task.type"] == "http"  # told live, before the drop
+    render = spans["step render"]
+    assert render.attributes["workflow.task.attempt"] == 2
+    assert [name for name, _t, _a in render.events] == ["retry.scheduled"]
+
+    failed = {s.name: s for s in got.trace(_trace(later))}
+    assert failed["workflow ingest"].status_code == ERROR
+    assert failed["step load"].status_message == "disk full"
+    assert failed["workflow ingest"].attributes["workflow.task.name"] == "load"
+
+
+def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_http):
+    run = Phase10Run("backfill").started(2).step_started("x", "extract", 1).after(100).step_completed("x")
+    run.after(1).step_started("y", "load", 2).after(100).step_failed("y", "constraint violated").after(1).failed()
+    path = tmp_path / "timeline.json"
+    path.write_text(json.dumps(run.timeline(retries={"y": 2})))
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
+        "OTEL_BRIDGE_STATE": str(tmp_path / "state.db"),
+        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+        "OTEL_BRIDGE_SPAN_DEAD_LETTER": str(tmp_path / "dead-spans.jsonl"),
+        "OTEL_BRIDGE_WS_SERVICE_NAME": "agents",
+        "OTEL_BRIDGE_WS_ENV": "prod",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "import-timeline", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rejected: 0" in result.stdout
+    spans = {s.name: s for s in otlp_http.received.trace(_trace(run))}
+    assert set(spans) == {"workflow wf-report", "step extract", "step load"}
+    assert spans["step load"].attributes["workflow.task.attempt"] == 3
+    assert spans["workflow wf-report"].status_code == ERROR

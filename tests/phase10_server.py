@@ -1,0 +1,79 @@
+"""A stand-in for the Phase-10 engine: its `/ws/stream` WebSocket and timeline REST endpoint, on uvicorn.
+
+Each connection is handed the next script of messages; a script ending in DROP closes the
+connection there, as a restarting engine or a network cut would.
+"""
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from bridge_process import free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+DROP = object()
+
+
+class Phase10Server:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/stream"
+        self.api_url = f"http://127.0.0.1:{self.port}"
+        self.scripts: queue.Queue[list[Any]] = queue.Queue()
+        self.timelines: dict[str, dict[str, Any]] = {}
+        self.timeline_requests: list[tuple[str, str | None]] = []
+        self.connections = 0
+
+        async def stream(websocket: WebSocket) -> None:
+            await websocket.accept()
+            self.connections += 1
+            try:
+                script = await asyncio.to_thread(self.scripts.get, True, 30)
+            except queue.Empty:
+                await websocket.close()
+                return
+            try:
+                for message in script:
+                    if message is DROP:
+                        await websocket.close(code=1012)  # service restart
+                        return
+                    await websocket.send_json(message)
+                while True:  # stay connected, as the engine does, until the client leaves
+                    await websocket.receive_text()
+            except WebSocketDisconnect:
+                return
+
+        async def timeline(request: Request) -> JSONResponse:
+            execution = request.path_params["execution_id"]
+            self.timeline_requests.append((execution, request.headers.get("x-workspace-id")))
+            if execution not in self.timelines:
+                return JSONResponse({"detail": "Execution not found"}, status_code=404)
+            return JSONResponse(self.timelines[execution])
+
+        app = Starlette(
+            routes=[
+                WebSocketRoute("/ws/stream", stream),
+                Route("/api/workflows/executions/{execution_id}/timeline", timeline),
+            ]
+        )
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> "Phase10Server":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the Phase-10 stand-in did not start"
+            time.sleep(0.02)
+        return self
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
