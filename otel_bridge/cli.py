@@ -79,7 +79,9 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         raise CliError(f"cannot replay {source}: no such file")
     bridge = Bridge(settings).start(follow=False)
     consumer = (
-        bridge.pipeline if source_format == "durable-effect" else bridge.pipeline.consumer(bridge.event_sourced())
+        bridge.pipeline
+        if source_format == "durable-effect"
+        else bridge.pipeline.consumer(bridge.event_sourced_decoder())
     )
     try:
         summary = replay(consumer, source, bridge.dead_letters, progress=progress)
@@ -117,7 +119,7 @@ def _import_timeline(settings: Settings, sources: list[str], workspace_id: str |
         documents.extend(parsed if isinstance(parsed, list) else [parsed])
     bridge = Bridge(settings).start(follow=False)
     try:
-        report = bridge.pipeline.consumer(bridge.phase10()).ingest(documents)
+        report = bridge.pipeline.consumer(bridge.phase10_decoder()).ingest(documents)
         if report.rejected:
             bridge.dead_letters.keep("import-timeline", [(r.as_dict(), documents[r.index]) for r in report.rejected])
     finally:

@@ -22,14 +22,14 @@ class FactKind(StrEnum):
     RUN_ENDED = "run.ended"
     ATTEMPT_STARTED = "attempt.started"
     ATTEMPT_ENDED = "attempt.ended"
-    SLEEP_STARTED = "sleep.started"
+    SLEEP_STARTED = "sleep.begun"
     SLEEP_ENDED = "sleep.ended"
     # What happened to a step besides starting and ending. Each is a span event,
     # and, when `closes_attempt` is set, the end of the attempt it names.
-    RETRY_SCHEDULED = "retry.scheduled"
-    RETRIES_EXHAUSTED = "retries.exhausted"
-    TIMEOUT_SET = "timeout.set"
-    TIMEOUT_EXCEEDED = "timeout.exceeded"
+    RETRY_SCHEDULED = "attempt.retry_scheduled"
+    RETRIES_EXHAUSTED = "attempt.retries_exhausted"
+    TIMEOUT_SET = "attempt.timeout_set"
+    TIMEOUT_EXCEEDED = "attempt.timeout_exceeded"
     # Anything else worth a span event on the run (or the step it names).
     ANNOTATION = "annotation"
     # The run moved into a state of its own (state machines): `entered_state` names it.
@@ -40,6 +40,11 @@ class FactKind(StrEnum):
     # Something outside any run that starts runs (an inbound event): a run of its own kind,
     # begun and ended by this one fact; the runs it started link to it.
     TRIGGER = "trigger"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "FactKind | None":
+        # Run state stored by earlier versions spells a sleep's start the way its first engine did.
+        return cls.SLEEP_STARTED if value == "sleep.started" else None
 
 
 # Facts that are notes about a step or the run rather than its start or end.

@@ -40,11 +40,6 @@ class _Ingested:
     late: list[str] = field(default_factory=list)
 
 
-def _raw_event_id(raw: Any) -> str | None:
-    value = raw.get("eventId") if isinstance(raw, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def _is_job(key: str) -> bool:
     return key.startswith("job\x1f")
 
@@ -110,10 +105,10 @@ class Pipeline:
                 elif decoded is not None:  # None: not an event of this source's runs (ignored)
                     records.append(decoded)
             except DecodeError as exc:
-                rejected.append(Rejection(index, _raw_event_id(raw), exc.field, exc.reason))
+                rejected.append(Rejection(index, exc.event_id, exc.field, exc.reason))
             except Exception as exc:  # one event the decoder trips on must not sink its batch
                 log.exception("decoding event %d failed", index)
-                rejected.append(Rejection(index, _raw_event_id(raw), "", f"could not be decoded: {exc!r}"[:300]))
+                rejected.append(Rejection(index, None, "", f"could not be decoded: {exc!r}"[:300]))
         return records, rejected
 
     def ingest(self, events: Sequence[Any], decoder: Decoder | None = None) -> IngestReport:

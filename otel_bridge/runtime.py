@@ -23,6 +23,7 @@ from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.redis_stream import StreamReceiver
 from otel_bridge.receivers.websocket import WebSocketReceiver
+from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
@@ -139,7 +140,7 @@ class Bridge:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
         return {"ready": not reasons, "outbox": depth, "reasons": reasons}
 
-    def event_sourced(self) -> EventSourcedDecoder:
+    def event_sourced_decoder(self) -> EventSourcedDecoder:
         s = self.settings
         return EventSourcedDecoder(
             EventSourcedOptions(
@@ -150,7 +151,7 @@ class Bridge:
             )
         )
 
-    def phase10(self) -> Phase10Decoder:
+    def phase10_decoder(self) -> Phase10Decoder:
         s = self.settings
         return Phase10Decoder(
             Phase10Options(service=s.ws_service_name, env=s.ws_env, decode=self.pipeline.decode_options)
@@ -166,7 +167,7 @@ class Bridge:
                 s.stream_key,
                 s.stream_group,
                 s.stream_consumer or f"{socket.gethostname()}-{os.getpid()}",
-                self.pipeline.consumer(self.event_sourced()),
+                self.pipeline.consumer(self.event_sourced_decoder()),
                 self.dead_letters,
                 claim_after_seconds=s.stream_claim_after_seconds,
                 on_lost=lambda n: self.metrics.bridge(c.M_BRIDGE_STREAM_ENTRIES_LOST, n),
@@ -178,8 +179,9 @@ class Bridge:
         if s.ws_url:
             websocket = WebSocketReceiver(
                 s.ws_url,
-                self.pipeline.consumer(self.phase10()),
+                self.pipeline.consumer(self.phase10_decoder()),
                 self.dead_letters,
+                progress=phase10.progress,
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
             )

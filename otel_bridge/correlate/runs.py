@@ -205,9 +205,13 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     if identity is not None:
         for i, known in enumerate(state.facts):
             if _identity(known) == identity:
-                # Keep the earliest telling of a fact, whichever arrived first.
-                if fact.order < known.order:
-                    state.facts[i] = fact
+                # Keep the earliest telling of a fact, whichever arrived first, with what any
+                # telling adds (a live message names a step's type, a summary does not).
+                earlier, later = (fact, known) if fact.order < known.order else (known, fact)
+                merged = later.attributes | earlier.attributes
+                if merged != earlier.attributes or (later.label and not earlier.label):
+                    earlier = earlier.model_copy(update={"attributes": merged, "label": earlier.label or later.label})
+                state.facts[i] = earlier
                 return FoldResult(state, Admission.REPEATED)
 
     counted = state.counted_state

@@ -25,16 +25,9 @@ from otel_bridge.receivers.json_text import loads
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0
-_ENDINGS = frozenset({"workflow_completed", "workflow_failed", "workflow_cancelled"})
-_FINISHED = frozenset({"completed", "failed", "cancelled"})
-
-
-def _execution_of(message: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(event type, execution id) of a message in either shape the engine or its documents use."""
-    if "event" in message and "event_type" not in message:
-        data = message.get("data") if isinstance(message.get("data"), dict) else {}
-        return message.get("event"), data.get("execution_id")  # type: ignore[union-attr]
-    return message.get("event_type"), message.get("workflow_execution_id")
+# (execution id, True when a message starts it, False when it ends it, None otherwise): the
+# source's knowledge, handed in, so this transport knows no event names.
+Progress = Callable[[Any], tuple[str | None, bool | None]]
 
 
 class WebSocketReceiver:
@@ -43,6 +36,7 @@ class WebSocketReceiver:
         url: str,
         consumer: EventConsumer,
         dead_letters: DeadLetters,
+        progress: Progress,
         api_url: str | None = None,
         workspace_id: str | None = None,
         on_reconnect: Callable[[], None] = lambda: None,
@@ -50,6 +44,7 @@ class WebSocketReceiver:
         self._url = url
         self._consumer = consumer
         self._dead_letters = dead_letters
+        self._progress = progress
         self._api_url = api_url.rstrip("/") if api_url else None
         self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
         self._on_reconnect = on_reconnect
@@ -97,11 +92,11 @@ class WebSocketReceiver:
                 continue
             if not isinstance(message, dict) or message.get("type") == "heartbeat":
                 continue
-            event_type, execution = _execution_of(message)
-            if execution and event_type == "workflow_started":
+            execution, starts = self._progress(message)
+            if execution and starts:
                 self.open_executions[str(execution)] = None
             self._store([message], stop)
-            if execution and event_type in _ENDINGS:
+            if execution and starts is False:
                 self.open_executions.pop(str(execution), None)
 
     def _store(self, messages: list[Any], stop: threading.Event) -> None:
@@ -134,5 +129,5 @@ class WebSocketReceiver:
                     log.warning("timeline of %s not fetched: %s", execution, exc)
                     continue
                 self._store([timeline], stop)
-                if str(timeline.get("status", "")).lower() in _FINISHED:
+                if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)

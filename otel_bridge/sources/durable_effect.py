@@ -342,7 +342,10 @@ def _problem(raw: dict, error: Any) -> tuple[str, str]:
 
 def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:
     """One wire event -> one lifecycle record (raises DecodeError)."""
-    return to_lifecycle(parse_event(raw), options or DecodeOptions())
+    try:
+        return to_lifecycle(parse_event(raw), options or DecodeOptions())
+    except DecodeError as exc:
+        raise exc.of(raw, "eventId") from None
 
 
 def _error(wire: WireError) -> ErrorInfo:

@@ -83,6 +83,12 @@ class EventSourcedDecoder:
         self._terminal = frozenset(s.lower() for s in self.options.terminal_states)
 
     def __call__(self, raw: Any) -> WorkflowRecord:
+        try:
+            return self._decode(raw)
+        except DecodeError as exc:
+            raise exc.of(raw, "event_id") from None
+
+    def _decode(self, raw: Any) -> WorkflowRecord:
         if isinstance(raw, dict) and raw and all(isinstance(k, bytes) for k in raw):
             raw = {k.decode(): v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in raw.items()}
         try:

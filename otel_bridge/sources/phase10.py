@@ -113,6 +113,29 @@ def _enveloped(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def progress(message: Any) -> tuple[str | None, bool | None]:
+    """(execution id, True when the message starts it, False when it ends it), None for neither.
+
+    What a follower of the WebSocket needs to know which executions to catch up on after a
+    reconnect: a message, or a timeline document (which ends its execution once finished).
+    """
+    if not isinstance(message, dict):
+        return None, None
+    if "step_timeline" in message:
+        finished = str(message.get("status", "")).lower() in _TIMELINE_ENDINGS
+        return message.get("execution_id"), False if finished else None
+    if "event" in message and "event_type" not in message:
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        event_type, execution = message.get("event"), data.get("execution_id")  # type: ignore[union-attr]
+    else:
+        event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
+    if event_type == "workflow_started":
+        return execution, True
+    if event_type in _ENDINGS:
+        return execution, False
+    return execution, None
+
+
 def _event_id(*parts: object) -> str:
     # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
     # must be the same event, so its id is what it says.

@@ -63,10 +63,18 @@ class DecodeOptions(BaseModel):
 class DecodeError(ValueError):
     """An event a source cannot use; `field` names where, `reason` says why."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, event_id: str | None = None) -> None:
         super().__init__(f"{field}: {reason}" if field else reason)
         self.field = field
         self.reason = reason
+        # The event's id, when it has a readable one: the producer finds its event by it.
+        self.event_id = event_id
+
+    def of(self, raw: Any, key: str) -> "DecodeError":
+        """This error, naming the event by its `key` field when that is a string."""
+        value = raw.get(key) if isinstance(raw, dict) else None
+        self.event_id = value if isinstance(value, str) else None
+        return self
 
 
 def ns(moment: datetime) -> int:
