@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,11 +150,32 @@ def _demo(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per POST drowns the summary
     headers = dict(h.split("=", 1) for h in args.header)
     print(f"otel-bridge demo: {len(SCENARIOS)} scenarios at {args.rate}/s to {args.url}", flush=True)
+    engines: dict[str, object] = {}
+    stop = threading.Event()
+    follower = None
+    if args.stream_url or args.ws_port:
+        from otel_bridge.producer.engines_demo import run_engines_demo
+
+        def engines_demo() -> None:
+            engines.update(
+                run_engines_demo(
+                    args.stream_url, args.ws_port, args.rate / 2, args.duration, args.seed, args.ws_host, stop
+                )
+            )
+
+        follower = threading.Thread(target=engines_demo, name="engines-demo", daemon=True)
+        follower.start()
+        print(f"  and the other engines: stream {args.stream_url or '-'}, websocket port {args.ws_port or '-'}")
     try:
         summary = run_demo(args.url, args.rate, args.duration, args.seed, headers)
     except KeyboardInterrupt:
         return 0
-    print(json.dumps(summary), flush=True)
+    finally:
+        if follower is not None:
+            if not args.duration:
+                stop.set()
+            follower.join(timeout=args.duration + 30 if args.duration else 5)
+    print(json.dumps(summary | {"engines": engines}), flush=True)
     return 0 if summary["dropped_events"] == 0 else 1
 
 
@@ -200,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--header", action="append", default=[], metavar="NAME=VALUE", help="extra header, e.g. X-API-KEY=…"
     )
+    demo.add_argument(
+        "--stream-url", default=None, help="also publish event-sourced executions to this Redis (the runtime's stream)"
+    )
+    demo.add_argument(
+        "--ws-port", type=int, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
+    )
+    demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
 

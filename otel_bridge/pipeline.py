@@ -329,6 +329,7 @@ class Pipeline:
                         c.M_WORKFLOW_EXECUTION_ACTIVE,
                         1,
                         (
+                            (c.WORKFLOW_PLATFORM_NAME, state.run.engine),
                             (c.WORKFLOW_DEFINITION_NAME, state.metric_name),
                             (c.WORKFLOW_EXECUTION_STATE, state.counted_state),
                         ),

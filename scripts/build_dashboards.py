@@ -15,12 +15,15 @@ OUT = Path(__file__).resolve().parents[1] / "collector-config" / "grafana" / "da
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 JAEGER = {"type": "jaeger", "uid": "jaeger"}
 SEL = 'service_name=~"$service", deployment_environment_name=~"$env"'
+# Workflow series also say which engine ran them (durable-effect, event-sourced, phase10).
+WF = SEL + ', workflow_platform_name=~"$source"'
 JAEGER_SEARCH = "http://localhost:16686/search?service=${service}"
 
 
 class Board:
-    def __init__(self, uid: str, title: str, description: str) -> None:
+    def __init__(self, uid: str, title: str, description: str, sources: bool = False) -> None:
         self.uid, self.title, self.description = uid, title, description
+        self.sources = sources
         self.panels: list[dict[str, Any]] = []
         self._x = self._y = 0
         self._next_id = 1
@@ -97,6 +100,13 @@ class Board:
              "definition": "label_values(deployment_environment_name)", "includeAll": True, "multi": True,
              "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "refresh": 2},
         ]  # fmt: skip
+        if self.sources:
+            variables.append(
+                {"name": "source", "label": "engine", "type": "query", "datasource": PROMETHEUS,
+                 "query": {"query": "label_values(workflow_platform_name)", "refId": "source"},
+                 "definition": "label_values(workflow_platform_name)", "includeAll": True, "multi": True,
+                 "allValue": ".+", "current": {"text": "All", "value": "$__all"}, "refresh": 2}
+            )  # fmt: skip
         return {
             "uid": self.uid,
             "title": self.title,
@@ -113,8 +123,8 @@ class Board:
         }
 
 
-def quantiles(metric: str, by: str, extra: str = "") -> list[tuple[str, str]]:
-    selector = f"{SEL}{extra}"
+def quantiles(metric: str, by: str, extra: str = "", base: str = SEL) -> list[tuple[str, str]]:
+    selector = f"{base}{extra}"
     return [
         (
             f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))",
@@ -125,84 +135,103 @@ def quantiles(metric: str, by: str, extra: str = "") -> list[tuple[str, str]]:
 
 
 def workflows() -> Board:
-    b = Board("otel-bridge-workflows", "Workflows", "Durable workflow runs converted by otel-bridge.")
+    b = Board(
+        "otel-bridge-workflows",
+        "Workflows",
+        "Workflow runs of every engine otel-bridge converts (pick one with the engine variable).",
+        sources=True,
+    )
     b.row("Runs")
     b.panel(
         "Runs by outcome",
-        [(f'sum by (workflow_execution_result) (rate(workflow_execution_duration_seconds_count{{{SEL}, '
+        [(f'sum by (workflow_execution_result) (rate(workflow_execution_duration_seconds_count{{{WF}, '
           f'workflow_execution_state="executing"}}[$__rate_interval]))', "{{workflow_execution_result}}")],
         unit="ops", link=JAEGER_SEARCH + '&tags={"error":"true"}',
         description="Finished runs per second: success, failure, cancellation, timeout.",
     )  # fmt: skip
     b.panel(
         "Success rate",
-        [(f'sum(rate(workflow_execution_duration_seconds_count{{{SEL}, workflow_execution_state="executing", '
+        [(f'sum(rate(workflow_execution_duration_seconds_count{{{WF}, workflow_execution_state="executing", '
           f'workflow_execution_result="success"}}[$__range])) / sum(rate(workflow_execution_duration_seconds_count'
-          f'{{{SEL}, workflow_execution_state="executing"}}[$__range]))', "success rate")],
+          f'{{{WF}, workflow_execution_state="executing"}}[$__range]))', "success rate")],
         kind="stat", unit="percentunit", width=4,
     )  # fmt: skip
     b.panel(
         "Open runs by state",
-        [(f"sum by (workflow_execution_state) (workflow_execution_active{{{SEL}}})", "{{workflow_execution_state}}")],
+        [(f"sum by (workflow_execution_state) (workflow_execution_active{{{WF}}})", "{{workflow_execution_state}}")],
         kind="stat", width=4, description="Running (executing), paused (sleep or retry backoff), queued (pending).",
     )  # fmt: skip
     b.panel(
         "Failures by failing step",
         [(f"sum by (workflow_definition_name, workflow_task_name) "
-          f"(increase(workflow_execution_errors_total{{{SEL}}}[$__range]))",
+          f"(increase(workflow_execution_errors_total{{{WF}}}[$__range]))",
           "{{workflow_definition_name}} / {{workflow_task_name}}")],
         kind="bargauge", link=JAEGER_SEARCH + '&tags={"error":"true"}',
     )  # fmt: skip
     b.panel(
         "Run duration (start to end)",
         quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
-                  ', workflow_execution_state="executing"'),
+                  ', workflow_execution_state="executing"', WF),
         unit="s", width=12, exemplars=True, description="Percentiles; dots are exemplars: click for the trace.",
     )  # fmt: skip
     b.panel(
         "Queue wait (runAsync)",
         quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
-                  ', workflow_execution_state="pending"'),
+                  ', workflow_execution_state="pending"', WF),
         unit="s", width=12, exemplars=True,
     )  # fmt: skip
     b.row("Steps")
     b.panel(
         "Step duration p95 by step",
         [(f"histogram_quantile(0.95, sum by (le, workflow_task_name) "
-          f"(rate(workflow_task_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{workflow_task_name}}")],
+          f"(rate(workflow_task_duration_seconds_bucket{{{WF}}}[$__rate_interval])))", "{{workflow_task_name}}")],
         unit="s", width=12, exemplars=True,
     )  # fmt: skip
     b.panel(
         "Step attempts by result",
         [(f"sum by (workflow_task_name, workflow_task_result) "
-          f"(rate(workflow_task_duration_seconds_count{{{SEL}}}[$__rate_interval]))",
+          f"(rate(workflow_task_duration_seconds_count{{{WF}}}[$__rate_interval]))",
           "{{workflow_task_name}} {{workflow_task_result}}")],
         unit="ops", width=12,
     )  # fmt: skip
     b.panel(
         "Retries by step",
-        [(f"sum by (workflow_task_name) (increase(workflow_task_retries_total{{{SEL}}}[$__rate_interval]))",
+        [(f"sum by (workflow_task_name) (increase(workflow_task_retries_total{{{WF}}}[$__rate_interval]))",
           "{{workflow_task_name}}")],
         link=JAEGER_SEARCH,
     )  # fmt: skip
     b.panel(
         "Timeouts by step",
-        [(f"sum by (workflow_task_name) (increase(workflow_task_timeouts_total{{{SEL}}}[$__range]))",
+        [(f"sum by (workflow_task_name) (increase(workflow_task_timeouts_total{{{WF}}}[$__range]))",
           "{{workflow_task_name}}")],
         kind="bargauge", link=JAEGER_SEARCH + '&tags={"error.type":"timeout"}',
     )  # fmt: skip
     b.panel(
         "Retry success: attempts that succeeded after a retry",
-        [(f'sum(rate(workflow_task_duration_seconds_count{{{SEL}, workflow_task_result="success"}}[$__range])) '
-          f"/ (sum(rate(workflow_task_duration_seconds_count{{{SEL}, workflow_task_result=\"success\"}}[$__range])) "
-          f"+ sum(rate(workflow_task_retries_total{{{SEL}}}[$__range])))", "attempt success ratio")],
+        [(f'sum(rate(workflow_task_duration_seconds_count{{{WF}, workflow_task_result="success"}}[$__range])) '
+          f"/ (sum(rate(workflow_task_duration_seconds_count{{{WF}, workflow_task_result=\"success\"}}[$__range])) "
+          f"+ sum(rate(workflow_task_retries_total{{{WF}}}[$__range])))", "attempt success ratio")],
         kind="stat", unit="percentunit",
     )  # fmt: skip
     b.row("Sleeps")
     b.panel(
         "Sleep duration",
-        quantiles("workflow_sleep_duration_seconds", "workflow_definition_name"),
+        quantiles("workflow_sleep_duration_seconds", "workflow_definition_name", base=WF),
         unit="s", width=24, exemplars=True,
+    )  # fmt: skip
+    b.row("States (state-machine engines)")
+    b.panel(
+        "Time in state p95",
+        [(f"histogram_quantile(0.95, sum by (le, workflow_state_name) "
+          f"(rate(workflow_state_duration_seconds_bucket{{{WF}}}[$__rate_interval])))", "{{workflow_state_name}}")],
+        unit="s", width=12, exemplars=True, description="How long executions sit in each state; click for the trace.",
+    )  # fmt: skip
+    b.panel(
+        "Transitions",
+        [(f"sum by (workflow_state_from, workflow_state_to) "
+          f"(increase(workflow_state_transitions_total{{{WF}}}[$__range]))",
+          "{{workflow_state_from}} → {{workflow_state_to}}")],
+        kind="bargauge", width=12,
     )  # fmt: skip
     b.row("Runs in Jaeger")
     b.traces("Failed runs (pick a service)", "error=true")

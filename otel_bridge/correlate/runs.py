@@ -129,6 +129,11 @@ def _advance_state(state: "RunState", f: Fact) -> None:
         state.execution_state = named
 
 
+def _definition(run: RunRef, name: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The attributes every workflow metric carries: which engine, which definition."""
+    return ((c.WORKFLOW_PLATFORM_NAME, run.engine), (c.WORKFLOW_DEFINITION_NAME, run.name if name is None else name))
+
+
 def _resource(run: RunRef) -> Resource:
     return Resource(run.service, run.env)
 
@@ -148,7 +153,7 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
                 Observation(
                     c.M_WORKFLOW_EXECUTION_ACTIVE,
                     value,
-                    ((c.WORKFLOW_DEFINITION_NAME, state.metric_name), (c.WORKFLOW_EXECUTION_STATE, which)),
+                    (*_definition(state.run, state.metric_name), (c.WORKFLOW_EXECUTION_STATE, which)),
                     resource,
                 )
             )
@@ -165,11 +170,11 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
                 f.entered_state,
             ),
         )
-        attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), *moved)
+        attributes = (*_definition(run), *moved)
         return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, attributes, _resource(run))]
     if f.step is None:
         return []
-    attributes = ((c.WORKFLOW_DEFINITION_NAME, run.name), (c.WORKFLOW_TASK_NAME, f.label or f.step))
+    attributes = (*_definition(run), (c.WORKFLOW_TASK_NAME, f.label or f.step))
     if f.kind is FactKind.RETRY_SCHEDULED:
         return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, attributes, _resource(run))]
     # A timeout counts however it fires: told by the engine, or as a failure that says so.
@@ -311,7 +316,7 @@ def _start_missing(facts: list[Fact]) -> bool:
 
 def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:
     resource = _resource(run)
-    name = (c.WORKFLOW_DEFINITION_NAME, run.name)
+    definition = _definition(run)
     assert span.end_ns is not None
     seconds = (span.end_ns - span.start_ns) / 1e9
     exemplar = {"trace_id": span.trace_id, "span_id": span.span_id}
@@ -320,15 +325,15 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):
             return []
         attrs = (
-            name,
+            *definition,
             (c.WORKFLOW_TASK_NAME, str(span.attributes[c.WORKFLOW_TASK_NAME])),
             (c.WORKFLOW_TASK_RESULT, result),
         )
         return [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, attrs, resource, **exemplar)]
     if span.name == c.SLEEP_SPAN_NAME:
-        return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, (name,), resource, **exemplar)]
+        return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, definition, resource, **exemplar)]
     if span.name.startswith(c.STATE_SPAN_PREFIX):
-        in_state = (name, (c.WORKFLOW_STATE_NAME, str(span.attributes[c.WORKFLOW_STATE_NAME])))
+        in_state = (*definition, (c.WORKFLOW_STATE_NAME, str(span.attributes[c.WORKFLOW_STATE_NAME])))
         return [Observation(c.M_WORKFLOW_STATE_DURATION, seconds, in_state, resource, **exemplar)]
     if span.parent_span_id is not None:
         return []
@@ -338,7 +343,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
     out = []
     if result in (c.RESULT_FAILURE, c.RESULT_TIMEOUT):
         # Counted when the trace is complete, so the failing step can be named from every fact.
-        failing = (name, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
+        failing = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
         out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, failing, resource))
     ordered = sorted(facts, key=lambda f: f.order)
     queued = next((f for f in ordered if f.kind is FactKind.RUN_QUEUED), None)
@@ -349,7 +354,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
             Observation(
                 c.M_WORKFLOW_EXECUTION_DURATION,
                 (started.time_ns - queued.time_ns) / 1e9,
-                (name, (c.WORKFLOW_EXECUTION_STATE, c.STATE_PENDING), result_attr),
+                (*definition, (c.WORKFLOW_EXECUTION_STATE, c.STATE_PENDING), result_attr),
                 resource,
                 **exemplar,
             )
@@ -359,7 +364,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         Observation(
             c.M_WORKFLOW_EXECUTION_DURATION,
             max(span.end_ns - begin, 0) / 1e9,
-            (name, (c.WORKFLOW_EXECUTION_STATE, c.STATE_EXECUTING), result_attr),
+            (*definition, (c.WORKFLOW_EXECUTION_STATE, c.STATE_EXECUTING), result_attr),
             resource,
             **exemplar,
         )

@@ -73,6 +73,17 @@ def test_the_demo_posts_to_the_bridge_service():
     assert SERVICES["demo"]["depends_on"]["otel-bridge"]["condition"] == "service_healthy"
 
 
+def test_the_bridge_follows_the_other_two_engines_the_demo_plays():
+    env = SERVICES["otel-bridge"]["environment"]
+    command = SERVICES["demo"]["command"]
+    stream = command[command.index("--stream-url") + 1]
+    assert env["OTEL_BRIDGE_STREAM_URL"] == stream and _host_port(stream)[0] == "redis" and "redis" in SERVICES
+    ws_port = int(command[command.index("--ws-port") + 1])
+    assert _host_port(env["OTEL_BRIDGE_WS_URL"]) == ("demo", ws_port)
+    assert env["OTEL_BRIDGE_WS_URL"].endswith("/ws/stream")
+    assert _host_port(env["OTEL_BRIDGE_WS_API_URL"]) == ("demo", ws_port)
+
+
 def test_collector_pipelines_reference_defined_components():
     pipelines = COLLECTOR["service"]["pipelines"]
     assert set(pipelines) == {"traces", "metrics"}

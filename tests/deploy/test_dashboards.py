@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import BridgeProcess, free_port
+from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SECONDS = 25
@@ -22,6 +23,7 @@ VARIABLES = {
     "$__interval": "5s",
     '"$service"': '".+"',
     '"$env"': '".*"',
+    '"$source"': '".+"',
 }
 
 
@@ -43,7 +45,18 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     assert binary, "the prometheus package is missing: ./scripts/test installs it (apt-get install prometheus)"
     workdir = tmp_path_factory.mktemp("prometheus")
     otlp_port = free_port()  # traces are not the point here: nothing listens, the outbox just waits
-    bridge = BridgeProcess(workdir, f"http://127.0.0.1:{otlp_port}", OTEL_METRICS_EXPORTER="none").start()
+    # All three engines feed the bridge: durable-effect over HTTP, the event-sourced runtime's
+    # stream on a real Redis, and a Phase-10 stand-in's WebSocket that the demo serves.
+    stream = RedisServer().start()
+    ws_port = free_port()
+    bridge = BridgeProcess(
+        workdir,
+        f"http://127.0.0.1:{otlp_port}",
+        OTEL_METRICS_EXPORTER="none",
+        stream_url=stream.url,
+        ws_url=f"ws://127.0.0.1:{ws_port}/ws/stream",
+        ws_api_url=f"http://127.0.0.1:{ws_port}",
+    ).start()
 
     config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
@@ -60,7 +73,8 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
-         "--duration", str(DEMO_SECONDS), "--seed", "11"],
+         "--duration", str(DEMO_SECONDS), "--seed", "11", "--stream-url", stream.url,
+         "--ws-port", str(ws_port), "--ws-host", "127.0.0.1"],
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -71,6 +85,7 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
         server.terminate()
         server.wait(10)
         bridge.close()
+        stream.close()
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 120)
