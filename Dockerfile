@@ -14,6 +14,7 @@ ENV OTEL_BRIDGE_HOST=0.0.0.0 \
     OTEL_BRIDGE_PORT=4380 \
     OTEL_BRIDGE_STATE=/data/otel-bridge.db \
     OTEL_BRIDGE_DEAD_LETTER=/data/dead-letter.jsonl \
+    OTEL_BRIDGE_SPAN_DEAD_LETTER=/data/dead-spans.jsonl \
     PYTHONUNBUFFERED=1
 VOLUME ["/data"]
 EXPOSE 4380
