@@ -214,13 +214,14 @@ class Pipeline:
         candidate = now + self.settings.settle_seconds
         return due if due is not None and due <= candidate else candidate
 
-    def settle_due(self, horizon: float | None = None) -> int:
+    def settle_due(self, horizon: float | None = None, gap_grace_seconds: float | None = None) -> int:
         """Send the spans of every run whose settle window ended by `horizon` (default: now)."""
         now = self._clock()
         horizon = now if horizon is None else horizon
+        grace = self.settings.gap_grace_seconds if gap_grace_seconds is None else gap_grace_seconds
         policy = SettlePolicy(
             max_open_ns=int(self.settings.max_open_seconds * 1e9),
-            gap_grace_ns=int(self.settings.gap_grace_seconds * 1e9),
+            gap_grace_ns=int(grace * 1e9),
             sleep_spans=self.settings.sleep_spans,
         )
         done: set[str] = set()

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+from opentelemetry.sdk.metrics import MeterProvider
+
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.export import otlp
@@ -62,11 +64,15 @@ class Bridge:
         trace_sender: otlp.TraceSender | None = None,
         metric_sender: otlp.MetricSender | None = None,
         clock: Callable[[], float] = time.time,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.settings = settings
         self.store = open_store(settings)
         self.metrics = MetricsHub(
-            settings.max_names, max_producers=settings.max_producers, max_name_chars=settings.max_name_chars
+            settings.max_names,
+            max_producers=settings.max_producers,
+            max_name_chars=settings.max_name_chars,
+            meter_provider=meter_provider,
         )
         self.exposition = exposition(self.metrics.collect)
         self.trace_sender = trace_sender or otlp.trace_sender()
@@ -234,15 +240,21 @@ class Bridge:
         while not self._stop.wait(interval):
             self.export_metrics()
 
-    def stop(self) -> None:
-        """Settle what is waiting, export it and the metrics, then close."""
+    def stop(self, final: bool = False) -> None:
+        """Settle what is waiting, export it and the metrics, then close.
+
+        `final`: no later start will come (in-memory state): every ended run is sent now, gaps or not.
+        """
         self.ready = False
         self._stop.set()
         self.drain.wake()
         for thread in self._threads:
             thread.join(timeout=30)
         try:
-            self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
+            if final:
+                self.pipeline.settle_due(horizon=float("inf"), gap_grace_seconds=0)
+            else:
+                self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
             if not self.drain.drain(self.settings.drain_timeout_seconds):
                 log.warning(
                     "%d spans still in the outbox at exit: they are kept and sent on the next start",

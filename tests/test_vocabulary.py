@@ -8,8 +8,8 @@ from otel_bridge.lifecycle import FactKind
 from otel_bridge.sources import durable_effect, phase10
 
 PACKAGE = Path(otel_bridge.__file__).parent
-# Where wire names belong: the sources that decode them, and the producer-side builders that emit them.
-ALLOWED = ("sources", "producer")
+# Where wire names belong: the sources that decode them, and the producer side (builders, trackers) that emits them.
+ALLOWED = ("sources", "producer", "tracker")
 WIRE_NAMES = (
     set(durable_effect.EVENT_TYPES)
     | set(phase10.WORKFLOW_EVENTS)

@@ -132,7 +132,8 @@ class NameLimiter:
 @dataclass(slots=True)
 class _Producer:
     provider: MeterProvider
-    reader: InMemoryMetricReader
+    # None for a provider the application owns (it reads and exports it itself).
+    reader: InMemoryMetricReader | None
     instruments: dict[str, object]
 
 
@@ -147,8 +148,15 @@ class MetricsHub:
     """Records observations into per-producer MeterProviders and collects them all."""
 
     def __init__(
-        self, max_names: int = 200, bridge_env: str = "", max_producers: int = 100, max_name_chars: int = 256
+        self,
+        max_names: int = 200,
+        bridge_env: str = "",
+        max_producers: int = 100,
+        max_name_chars: int = 256,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        # An application's own MeterProvider (the in-process tracker): every measurement joins its metrics.
+        self._shared = _Producer(meter_provider, None, {}) if meter_provider is not None else None
         self._names = NameLimiter(max_names, max_name_chars)
         self._max_name_chars = max_name_chars
         self._max_producers = max_producers
@@ -157,6 +165,8 @@ class MetricsHub:
         self._bridge_env = bridge_env
 
     def _producer(self, resource: Resource | None) -> _Producer:
+        if self._shared is not None:
+            return self._shared
         producer = self._producers.get(resource)
         if producer is not None:
             return producer
@@ -246,6 +256,8 @@ class MetricsHub:
             producers = list(self._producers.values())
         out = []
         for producer in producers:
+            if producer.reader is None:
+                continue
             data = producer.reader.get_metrics_data()
             if data is not None and data.resource_metrics:
                 out.append(data)

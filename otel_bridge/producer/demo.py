@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from otel_bridge.producer.events import JobRun, WorkflowRun
-from otel_bridge.producer.tracker import HttpBatchTracker
+from otel_bridge.tracker import HttpBatchTracker
 
 WORKFLOW_SERVICE = "shop"
 JOB_SERVICE = "jobs"
@@ -241,7 +241,8 @@ def run_demo(
     rng = random.Random(seed)
     client = httpx.Client(timeout=30)
     trackers = {
-        service: HttpBatchTracker(url, ENV, service, headers=headers, client=client)
+        # No timer: one POST per invocation, flushed when it ends, as the engine does.
+        service: HttpBatchTracker(url, ENV, service, headers=headers, client=client, flush_interval_seconds=None)
         for service in (WORKFLOW_SERVICE, JOB_SERVICE)
     }
     names = list(SCENARIOS)

@@ -127,8 +127,8 @@ def test_kill_9_between_read_and_ack_loses_nothing_and_doubles_nothing(tmp_path,
         run = Execution(f"flow-{i % 3}", tenant=f"t{i % 4}").started().after(5).moved("working").after(5)
         runs.append(run.submitted("note").after(5).ended("completed"))
     entries = [e for run in runs for e in run.events]
-    bridge = _bridge(tmp_path, otlp_http, redis_server, stream_claim_after_seconds="1", stream_consumer="bridge-1")
-    bridge.start()
+    # Each start is a new consumer of the group (host and pid): the dead one's pending entries are claimed.
+    bridge = _bridge(tmp_path, otlp_http, redis_server, stream_claim_after_seconds="1").start()
     got = otlp_http.received
     try:
         sent = 0

@@ -1,0 +1,262 @@
+"""The HTTP batch tracker: the engine's `HttpBatchTracker` for Python producers, sync and asyncio.
+
+`emit` enriches an event with `env` and `serviceKey` and buffers it; the buffer is POSTed
+as `{"events": [...]}` when it holds `batch_size` events, every `flush_interval_seconds`,
+and on `flush()`/`close()`. A failed POST (non-2xx or a network error) is re-sent
+identically `max_attempts` more times after 1, 2, 4 … s (`initial_delay_ms`, doubling),
+as the real engine does, then dropped and counted. Nothing is ever raised into the
+workflow, and a flush returns within `(max_attempts + 1) * timeout_seconds + the backoffs`.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from otel_bridge.tracker.contract import enriched
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackerStats:
+    posts: int = 0
+    events: int = 0
+    retries: int = 0
+    dropped_batches: int = 0
+    dropped_events: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Config:
+    endpoint: str
+    env: str
+    service_key: str
+    batch_size: int
+    flush_interval: float | None
+    headers: dict[str, str]
+    max_attempts: int
+    initial_delay: float
+    timeout: float
+
+    def delay(self, attempt: int) -> float:
+        return self.initial_delay * 2 ** (attempt - 1)
+
+
+def _config(
+    endpoint: str,
+    env: str,
+    service_key: str,
+    batch_size: int,
+    flush_interval_seconds: float | None,
+    headers: Mapping[str, str] | None,
+    max_attempts: int,
+    initial_delay_ms: float,
+    timeout_seconds: float,
+) -> _Config:
+    return _Config(
+        endpoint,
+        env,
+        service_key,
+        max(batch_size, 1),
+        flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None,
+        {"content-type": "application/json", **(headers or {})},
+        max(max_attempts, 0),
+        initial_delay_ms / 1000,
+        timeout_seconds,
+    )
+
+
+class HttpBatchTracker:
+    def __init__(
+        self,
+        endpoint: str,
+        env: str,
+        service_key: str,
+        *,
+        batch_size: int = 100,
+        flush_interval_seconds: float | None = 1.0,
+        headers: Mapping[str, str] | None = None,
+        max_attempts: int = 3,
+        initial_delay_ms: float = 1000,
+        timeout_seconds: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self._c = _config(
+            endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
+            initial_delay_ms, timeout_seconds,
+        )  # fmt: skip
+        self._client = client or httpx.Client(timeout=timeout_seconds)
+        self._own_client = client is None
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()  # one flush at a time: batches leave in order
+        self._closed = threading.Event()
+        self.stats = TrackerStats()
+        if self._c.flush_interval is not None:
+            threading.Thread(target=self._timer, name="tracker-flush", daemon=True).start()
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._buffer.append(enriched(event, self._c.env, self._c.service_key))
+            full = len(self._buffer) >= self._c.batch_size
+        if full:
+            self.flush()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def flush(self) -> bool:
+        """POST the buffer; True when every batch was taken (False: some were dropped)."""
+        delivered = True
+        with self._sending:
+            while True:
+                with self._lock:
+                    batch, self._buffer = self._buffer[: self._c.batch_size], self._buffer[self._c.batch_size :]
+                if not batch:
+                    return delivered
+                delivered = self._send(batch) and delivered
+
+    def _send(self, batch: list[dict[str, Any]]) -> bool:
+        body = {"events": batch}
+        for attempt in range(self._c.max_attempts + 1):
+            if attempt:
+                self.stats.retries += 1
+                time.sleep(self._c.delay(attempt))
+            try:
+                response = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            except httpx.HTTPError as exc:
+                self.stats.posts += 1
+                log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
+                continue
+            except Exception:  # never into the workflow
+                self.stats.posts += 1
+                log.exception("tracker POST to %s raised", self._c.endpoint)
+                continue
+            self.stats.posts += 1
+            self.stats.statuses[response.status_code] = self.stats.statuses.get(response.status_code, 0) + 1
+            if response.is_success:
+                self.stats.events += len(batch)
+                return True
+        self.stats.dropped_batches += 1
+        self.stats.dropped_events += len(batch)
+        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), self._c.max_attempts + 1)
+        return False
+
+    def _timer(self) -> None:
+        assert self._c.flush_interval is not None
+        while not self._closed.wait(self._c.flush_interval):
+            if self.pending():
+                self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncHttpBatchTracker:
+    """The same tracker for asyncio producers: the POST and its backoff never block the event loop."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        env: str,
+        service_key: str,
+        *,
+        batch_size: int = 100,
+        flush_interval_seconds: float | None = 1.0,
+        headers: Mapping[str, str] | None = None,
+        max_attempts: int = 3,
+        initial_delay_ms: float = 1000,
+        timeout_seconds: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._c = _config(
+            endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
+            initial_delay_ms, timeout_seconds,
+        )  # fmt: skip
+        self._client = client or httpx.AsyncClient(timeout=timeout_seconds)
+        self._own_client = client is None
+        self._buffer: list[dict[str, Any]] = []
+        self._sending = asyncio.Lock()
+        self._timer_task: asyncio.Task[None] | None = None
+        self.stats = TrackerStats()
+
+    def _ensure_timer(self) -> None:
+        if self._c.flush_interval is not None and self._timer_task is None:
+            self._timer_task = asyncio.get_running_loop().create_task(self._timer())
+
+    async def emit(self, event: Mapping[str, Any]) -> None:
+        self._ensure_timer()
+        self._buffer.append(enriched(event, self._c.env, self._c.service_key))
+        if len(self._buffer) >= self._c.batch_size:
+            await self.flush()
+
+    async def pending(self) -> int:
+        return len(self._buffer)
+
+    async def flush(self) -> bool:
+        delivered = True
+        async with self._sending:
+            while self._buffer:
+                batch, self._buffer = self._buffer[: self._c.batch_size], self._buffer[self._c.batch_size :]
+                delivered = await self._send(batch) and delivered
+        return delivered
+
+    async def _send(self, batch: list[dict[str, Any]]) -> bool:
+        body = {"events": batch}
+        for attempt in range(self._c.max_attempts + 1):
+            if attempt:
+                self.stats.retries += 1
+                await asyncio.sleep(self._c.delay(attempt))
+            self.stats.posts += 1
+            try:
+                response = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            except Exception as exc:  # never into the workflow
+                log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
+                continue
+            self.stats.statuses[response.status_code] = self.stats.statuses.get(response.status_code, 0) + 1
+            if response.is_success:
+                self.stats.events += len(batch)
+                return True
+        self.stats.dropped_batches += 1
+        self.stats.dropped_events += len(batch)
+        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), self._c.max_attempts + 1)
+        return False
+
+    async def _timer(self) -> None:
+        assert self._c.flush_interval is not None
+        while True:
+            await asyncio.sleep(self._c.flush_interval)
+            if self._buffer:
+                await self.flush()
+
+    async def close(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            self._timer_task = None
+        await self.flush()
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.close()

@@ -1,0 +1,164 @@
+"""The in-process tracker: the bridge's own pipeline inside the producer, no sidecar.
+
+`OtelTracker` decodes, folds, settles and encodes exactly as `otel-bridge serve` does
+(it runs the same `Bridge`), so the traces and metrics are the sidecar's. Its state is
+in memory by default, or in a SQLite file (`state="tracker.db"`) that survives the
+producer's restart. Spans go out through the OTLP exporter the standard
+`OTEL_EXPORTER_OTLP_*` variables configure, metrics through its own MeterProvider and
+periodic export, or into the MeterProvider the application passes, next to its own.
+
+`emit` only buffers; the buffer is stored on `flush`, when full, and every
+`flush_interval_seconds`; settling and export run in background threads, so nothing in
+the workflow waits on a backend. `close()` stores the rest, and (in-memory state has no
+later) sends every run that has ended, gaps or not, before it returns.
+"""
+
+import asyncio
+import logging
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from opentelemetry.sdk.metrics import MeterProvider
+
+from otel_bridge.config import Settings
+from otel_bridge.consumer import Unavailable
+from otel_bridge.runtime import Bridge
+from otel_bridge.tracker.contract import enriched
+
+log = logging.getLogger(__name__)
+
+# Events held while the store refuses them (the export backlog is full); past it the oldest are dropped.
+_MAX_HELD = 100_000
+
+
+class OtelTracker:
+    def __init__(
+        self,
+        env: str,
+        service_key: str,
+        *,
+        state: str | Path | None = None,
+        meter_provider: MeterProvider | None = None,
+        batch_size: int = 100,
+        flush_interval_seconds: float | None = 1.0,
+        **settings: Any,
+    ) -> None:
+        """`settings`: any bridge setting (`settle_seconds`, `capture_input`, …), as `otel-bridge serve` takes them."""
+        self.env, self.service_key = env, service_key
+        self._memory = state is None
+        files = Path(state).parent if state is not None else Path(tempfile.mkdtemp(prefix="otel-tracker-"))
+        defaults: dict[str, Any] = {
+            "state": str(state) if state is not None else ":memory:",
+            "dead_letter": files / "otel-tracker-dead-letter.jsonl",
+            "span_dead_letter": files / "otel-tracker-dead-spans.jsonl",
+        }
+        self.bridge = Bridge(Settings(**(defaults | settings)), meter_provider=meter_provider).start(follow=False)
+        self._batch_size = max(batch_size, 1)
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._storing = threading.Lock()
+        self._closed = threading.Event()
+        self.dropped = 0
+        self.rejected = 0
+        if flush_interval_seconds and flush_interval_seconds > 0:
+            timer = threading.Thread(
+                target=self._timer, args=(flush_interval_seconds,), name="otel-tracker", daemon=True
+            )
+            timer.start()
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._buffer.append(enriched(event, self.env, self.service_key))
+            full = len(self._buffer) >= self._batch_size
+        if full:
+            self.flush()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def flush(self) -> None:
+        """Store what is buffered (the spans follow in the background). Never raises."""
+        with self._storing:
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            try:
+                report = self.bridge.pipeline.ingest(batch)
+            except Unavailable as exc:
+                self._hold(batch, exc)
+                return
+            except Exception:
+                log.exception("the in-process tracker could not store %d events", len(batch))
+                self._hold(batch, None)
+                return
+            if report.rejected:
+                self.rejected += len(report.rejected)
+                kept = [(r.as_dict(), batch[r.index]) for r in report.rejected]
+                self.bridge.dead_letters.keep("tracker", kept)
+                log.warning("%d events rejected: %s", len(report.rejected), report.rejected[0].error)
+
+    def _hold(self, batch: list[dict[str, Any]], reason: Exception | None) -> None:
+        with self._lock:
+            self._buffer[:0] = batch
+            excess = len(self._buffer) - _MAX_HELD
+            if excess > 0:
+                del self._buffer[:excess]
+                self.dropped += excess
+        if reason is not None:
+            log.warning("holding %d events: %s", len(batch), reason)
+
+    def _timer(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            if self.pending():
+                self.flush()
+
+    def close(self) -> None:
+        """Store what is left, send what has ended, export the metrics, and stop."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.flush()
+        self.bridge.stop(final=self._memory)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncOtelTracker:
+    """`OtelTracker` for asyncio producers: storing runs in a worker thread, never on the event loop."""
+
+    def __init__(self, env: str, service_key: str, **options: Any) -> None:
+        options.setdefault("batch_size", 100)
+        self._batch_size = options["batch_size"]
+        self.tracker = OtelTracker(env, service_key, **options)
+
+    async def emit(self, event: Mapping[str, Any]) -> None:
+        with self.tracker._lock:
+            self.tracker._buffer.append(enriched(event, self.tracker.env, self.tracker.service_key))
+            full = len(self.tracker._buffer) >= self._batch_size
+        if full:
+            await asyncio.to_thread(self.tracker.flush)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.tracker.flush)
+
+    async def pending(self) -> int:
+        return self.tracker.pending()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.tracker.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.close()

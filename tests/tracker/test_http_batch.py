@@ -1,0 +1,159 @@
+"""The HTTP batch trackers keep the engine's contract: against a real HTTP server on 127.0.0.1, and the real bridge."""
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from bridge_process import BridgeProcess, free_port
+from builders import WorkflowRun
+
+from otel_bridge import trace_id_for
+from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker
+
+
+class _Endpoint:
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = answers
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                endpoint.bodies.append(self.rfile.read(int(self.headers["content-length"])))
+                endpoint.headers.append(dict(self.headers))
+                status = endpoint.answers.pop(0) if endpoint.answers else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[_Endpoint]:
+    e = _Endpoint([])
+    yield e
+    e.server.shutdown()
+
+
+def _tracker(endpoint: _Endpoint, **kwargs) -> HttpBatchTracker:
+    kwargs.setdefault("flush_interval_seconds", None)
+    return HttpBatchTracker(endpoint.url, "staging", "shop", initial_delay_ms=10, **kwargs)
+
+
+def test_flush_posts_the_envelope_enriched_with_env_and_service_key(endpoint):
+    tracker = _tracker(endpoint, headers={"X-API-KEY": "k"})
+    for event in WorkflowRun(env="x", service="y").started().step_started("a").events:
+        tracker.emit(event)
+    assert tracker.pending() == 2
+    assert tracker.flush()
+    body = json.loads(endpoint.bodies[0])
+    assert list(body) == ["events"] and len(body["events"]) == 2
+    assert {(e["env"], e["serviceKey"]) for e in body["events"]} == {("staging", "shop")}
+    assert endpoint.headers[0]["X-API-KEY"] == "k"
+    assert tracker.pending() == 0
+
+
+def test_a_full_buffer_flushes_by_itself(endpoint):
+    tracker = _tracker(endpoint, batch_size=3)
+    for event in WorkflowRun().started().step_started("a").step_started("b").step_started("c").events:
+        tracker.emit(event)
+    assert len(endpoint.bodies) == 1 and tracker.pending() == 1
+
+
+def test_a_failed_post_is_resent_identically_then_the_batch_is_dropped(endpoint):
+    endpoint.answers = [503, 400, 500, 502]
+    tracker = _tracker(endpoint)
+    tracker.emit(WorkflowRun().started().events[0])
+    assert not tracker.flush()
+    assert len(endpoint.bodies) == 4 and len(set(endpoint.bodies)) == 1
+    assert (tracker.stats.retries, tracker.stats.dropped_events) == (3, 1)
+
+
+def test_a_retry_that_succeeds_delivers_the_batch(endpoint):
+    endpoint.answers = [503]
+    tracker = _tracker(endpoint)
+    tracker.emit(WorkflowRun().started().events[0])
+    assert tracker.flush()
+    assert (tracker.stats.retries, tracker.stats.events) == (1, 1)
+
+
+def test_a_timer_flushes_what_is_buffered(endpoint):
+    with HttpBatchTracker(endpoint.url, "staging", "shop", flush_interval_seconds=0.1) as tracker:
+        tracker.emit(WorkflowRun().started().events[0])
+        deadline = time.monotonic() + 10
+        while not endpoint.bodies and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(endpoint.bodies) == 1 and tracker.pending() == 0
+
+
+def test_leaving_the_context_flushes(endpoint):
+    with _tracker(endpoint) as tracker:
+        tracker.emit(WorkflowRun().started().events[0])
+    assert len(endpoint.bodies) == 1
+
+
+def test_the_asyncio_flavour_batches_retries_and_drops_the_same_way(endpoint):
+    endpoint.answers = [503, 200, 500, 500, 500, 500]
+
+    async def produce() -> AsyncHttpBatchTracker:
+        async with AsyncHttpBatchTracker(
+            endpoint.url, "staging", "shop", initial_delay_ms=10, batch_size=2, flush_interval_seconds=None
+        ) as tracker:
+            for event in WorkflowRun().started().step_started("a").step_started("b").events:
+                await tracker.emit(event)
+            assert await tracker.pending() == 1
+        return tracker
+
+    tracker = asyncio.run(produce())
+    assert json.loads(endpoint.bodies[0]) == json.loads(endpoint.bodies[1])  # the identical re-send
+    assert (tracker.stats.events, tracker.stats.dropped_events, tracker.stats.retries) == (2, 1, 4)
+
+
+def test_against_the_real_bridge_retries_deliver_when_it_comes_up_in_time(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    tracker = HttpBatchTracker(
+        f"{bridge.url}/v1/events", "staging", "shop", initial_delay_ms=500, flush_interval_seconds=None
+    )
+    run = WorkflowRun().started().step_started("a").after(2).step_completed("a").completed()
+    for event in run.events:
+        tracker.emit(event)
+    starter = threading.Timer(0.3, bridge.start)  # down for the first attempts (0 s, 0.5 s), up for a later one
+    starter.start()
+    try:
+        assert tracker.flush()
+        assert tracker.stats.retries >= 1 and tracker.stats.events == 4
+        trace_id = trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+        otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2)
+    finally:
+        starter.join()
+        tracker.close()
+        bridge.close()
+
+
+def test_against_a_bridge_down_for_longer_the_batch_is_dropped_counted_and_flush_returns(tmp_path):
+    bridge_url = f"http://127.0.0.1:{free_port()}/v1/events"  # nothing listens
+    tracker = HttpBatchTracker(
+        bridge_url,
+        "staging",
+        "shop",
+        max_attempts=2,
+        initial_delay_ms=50,
+        timeout_seconds=1,
+        flush_interval_seconds=None,
+    )
+    tracker.emit(WorkflowRun().started().events[0])
+    assert not tracker.flush()  # returns (bounded: 3 attempts of at most 1 s, 50 + 100 ms of backoff)
+    assert (tracker.stats.posts, tracker.stats.retries) == (3, 2)
+    assert (tracker.stats.dropped_batches, tracker.stats.dropped_events) == (1, 1)
+    tracker.close()

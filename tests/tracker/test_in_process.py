@@ -1,0 +1,158 @@
+"""The in-process tracker produces exactly what the sidecar produces, through a real OTLP receiver."""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+
+from bridge_process import BridgeProcess
+from builders import WorkflowRun, ns_of
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from otlp_receiver import OtlpHttpReceiver
+
+from otel_bridge import trace_id_for
+from otel_bridge.producer.demo import ENV, JOB_SERVICE, SCENARIOS, WORKFLOW_SERVICE
+from otel_bridge.tracker import AsyncOtelTracker, OtelTracker
+
+# Nothing settles before every event is in, in both: the comparison is of the same complete fact sets.
+SETTLE = "3"
+
+
+def _invocations() -> list[list[dict]]:
+    rng = random.Random(3)
+    start = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
+    return [batch for name in SCENARIOS for batch in SCENARIOS[name](start, rng)]
+
+
+def _without_bridge_telemetry(metrics: dict) -> dict:
+    """Producer series only: (name, resource, attributes) -> what a point says, exemplars aside."""
+    return {
+        key: {k: v for k, v in point.items() if k != "exemplars"}
+        for key, point in metrics.items()
+        if dict(key[1]).get("service.name") != "otel-bridge"
+    }
+
+
+def test_the_in_process_tracker_and_the_sidecar_produce_identical_spans_and_metrics(tmp_path, monkeypatch):
+    sidecar_backend, tracker_backend = OtlpHttpReceiver(), OtlpHttpReceiver()
+    sidecar = BridgeProcess(
+        tmp_path / "sidecar", sidecar_backend.endpoint, settle_seconds=SETTLE, gap_grace_seconds="1"
+    )
+    sidecar.workdir.mkdir()
+    sidecar.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tracker_backend.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    trackers = {
+        service: OtelTracker(ENV, service, settle_seconds=float(SETTLE), flush_interval_seconds=None)
+        for service in (WORKFLOW_SERVICE, JOB_SERVICE)
+    }
+    try:
+        for batch in _invocations():
+            assert sidecar.post(batch).status_code == 200
+            tracker = trackers[batch[0]["serviceKey"]]
+            for event in batch:
+                tracker.emit({k: v for k, v in event.items() if k not in ("env", "serviceKey")})
+            tracker.flush()  # one invocation, one store transaction, as one POST is for the sidecar
+        for tracker in trackers.values():
+            tracker.close()  # sends every ended run, exports the metrics
+
+        expected = tracker_backend.received.unique_spans()
+        assert len(expected) > 30
+        got = sidecar_backend.received
+        got.wait_for(lambda: len(got.unique_spans()) == len(expected), timeout=30)
+        got.wait_for(
+            lambda: (
+                _without_bridge_telemetry(got.metrics) == _without_bridge_telemetry(tracker_backend.received.metrics)
+            ),
+            timeout=15,
+        )
+    finally:
+        sidecar.close()
+        sidecar_backend.close()
+        tracker_backend.close()
+    assert got.unique_spans() == expected  # ids, times, names, attributes, events, links, resources
+
+
+def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with OtelTracker("production", "shop", meter_provider=provider, settle_seconds=0) as tracker:
+        run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+        for event in run.events:
+            tracker.emit(event)
+    names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"workflow.execution.duration", "workflow.task.duration"} <= names
+
+
+def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+
+    async def produce() -> None:
+        async with AsyncOtelTracker("production", "shop", settle_seconds=0, batch_size=3) as tracker:
+            for event in run.events:
+                await tracker.emit(event)
+            assert await tracker.pending() == 1
+
+    asyncio.run(produce())
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step a"}
+
+
+PRODUCER = textwrap.dedent(
+    """
+    import json, sys, time
+    from otel_bridge.tracker import OtelTracker
+
+    events = json.loads(sys.argv[2])
+    tracker = OtelTracker("production", "shop", state=sys.argv[1], settle_seconds=0.1)
+    for event in events:
+        tracker.emit(event)
+    tracker.flush()
+    print("stored", flush=True)
+    if sys.argv[3] == "crash":
+        time.sleep(60)  # mid-workflow: killed with -9 here
+    tracker.close()
+    """
+)
+
+
+def test_a_producer_killed_mid_workflow_finishes_the_run_as_one_trace_after_its_restart(tmp_path, otlp_http):
+    run = WorkflowRun("resilient").started().step_started("a").after(5).step_completed("a")
+    first = list(run.events)
+    run.after(1000).step_started("b").after(5).step_completed("b").completed(["a", "b"])
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    state = str(tmp_path / "tracker.db")
+
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, state, json.dumps(first), "crash"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert producer.stdout is not None and producer.stdout.readline().strip() == "stored"
+    producer.send_signal(signal.SIGKILL)
+    producer.wait(10)
+    rest = subprocess.run(
+        [sys.executable, "-c", PRODUCER, state, json.dumps(run.events[len(first) :]), "finish"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rest.returncode == 0, rest.stderr
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    got = otlp_http.received
+    got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(trace_id)))
+    spans = {s.name: s for s in got.unique_spans().values() if s.trace_id == trace_id}
+    assert set(spans) == {"workflow resilient", "step a", "step b"}
+    assert spans["workflow resilient"].start_ns == ns_of(run.events[0])
+    assert spans["workflow resilient"].end_ns == ns_of(run.events[-1])
+    assert all(
+        s.parent_span_id == spans["workflow resilient"].span_id for n, s in spans.items() if n != "workflow resilient"
+    )
