@@ -1,19 +1,25 @@
 """The `otel-bridge` command: serve, replay, trace-id, config."""
 
 import argparse
+import json
 import logging
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, settings_table
 from otel_bridge.consumer import Unavailable
+from otel_bridge.correlate.overview import select
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
 from otel_bridge.state.store import StoreOpenError
+
+if TYPE_CHECKING:
+    from otel_bridge.pipeline import Pipeline
 
 
 class CliError(Exception):
@@ -56,6 +62,9 @@ def _serve(settings: Settings) -> int:
         on_start=bridge.start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,
+        runs=lambda state, overdue, service: [
+            r.as_dict() for r in select(bridge.pipeline.open_runs(), state, overdue, service)
+        ],
     )
     uvicorn.run(
         app,
@@ -134,6 +143,55 @@ def _import_timeline(settings: Settings, sources: list[str], workspace_id: str |
     return 1 if report.rejected else 0
 
 
+def _looking_pipeline(settings: Settings) -> "Pipeline":
+    """The store of a bridge that may be running, opened only to look."""
+    from otel_bridge.export.metrics import MetricsHub
+    from otel_bridge.pipeline import Pipeline
+    from otel_bridge.runtime import open_store
+
+    return Pipeline(open_store(settings, read_only=True), MetricsHub(), settings)
+
+
+def _runs(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from otel_bridge.terminal import runs_table
+
+    pipeline = _looking_pipeline(settings)
+    try:
+        runs = select(pipeline.open_runs(), args.run_state, args.overdue, args.service)
+    finally:
+        pipeline.store.close()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=2))
+    else:
+        Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None).print(runs_table(runs))
+    return 0
+
+
+def _show(settings: Settings, workflow_id: str) -> int:
+    import time
+
+    from rich.console import Console
+
+    from otel_bridge.terminal import waterfall
+
+    pipeline = _looking_pipeline(settings)
+    try:
+        found = [s for s in pipeline.run_states() if s.run.run_id == workflow_id and s.facts]
+    finally:
+        pipeline.store.close()
+    if not found:
+        raise CliError(
+            f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
+            f"{settings.keep_finished_seconds:g} s)"
+        )
+    console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
+    for state in found:
+        console.print(waterfall(state, time.time_ns()))
+    return 0
+
+
 def _trace_id(args: argparse.Namespace) -> int:
     run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
     trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id, run.tenant)
@@ -142,8 +200,6 @@ def _trace_id(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import json
-
     from otel_bridge.producer.demo import SCENARIOS, run_demo
 
     _logging("INFO")
@@ -229,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-port", type=int, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
     )
     demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
+    runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
+    runs.add_argument(
+        "--run-state", choices=("pending", "executing", "paused"), default=None, help="only runs in this state"
+    )
+    runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")
+    runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
+    runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_settings_flags(runs)
+    show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
+    show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")
+    _add_settings_flags(show)
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
 
@@ -256,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings)
         if args.command == "import-timeline":
             return _import_timeline(settings, args.sources, args.workspace_id)
+        if args.command == "runs":
+            return _runs(settings, args)
+        if args.command == "show":
+            return _show(settings, args.workflow_id)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
     except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
         # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.

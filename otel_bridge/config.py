@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     max_open_seconds: float = Field(
         7 * DAY, gt=0, description="A run open this long (since the bridge first heard of it) is closed as incomplete."
     )
+    overdue_grace_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A paused run whose resumeAt passed this long ago (or queued and not started as long) is overdue.",
+    )
+    keep_finished_seconds: float = Field(
+        3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
+    )
     dedup_ttl_seconds: float = Field(
         7 * DAY, gt=0, description="How long event ids (and closed runs) are remembered to drop duplicates."
     )
@@ -124,6 +132,9 @@ class Settings(BaseSettings):
     )
     export_unready_seconds: float = Field(
         120.0, gt=0, description="`/readyz` says not ready once trace export has failed for this long."
+    )
+    export_log_interval_seconds: float = Field(
+        60.0, gt=0, description="While export fails, how often the log says so again (once at first, once on recovery)."
     )
     settle_attempts: int = Field(
         5, gt=0, description="A run that cannot be settled after this many tries is set aside (kept, counted)."

@@ -128,6 +128,8 @@ class Fact(BaseModel):
     reason: str | None = None
     # The name people know a step or task by, when `step` is an id.
     label: str | None = None
+    # When a pause says the run will wake up (Unix ns): a run still paused well after it is overdue.
+    resume_at_ns: int | None = None
     # The state this fact moved the run into (state machines), if it did.
     entered_state: str | None = None
     # Runs this one follows from (a trigger's run id): the root span links to their roots.

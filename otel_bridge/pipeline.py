@@ -7,7 +7,7 @@ state, commit; only then are metric observations recorded and the batch answered
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,8 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
 from otel_bridge.correlate.outputs import Observation, Resource
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, settle
+from otel_bridge.correlate.overview import RunOverview, overview
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, forget_facts, settle
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
 from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
@@ -223,6 +224,7 @@ class Pipeline:
             max_open_ns=int(self.settings.max_open_seconds * 1e9),
             gap_grace_ns=int(grace * 1e9),
             sleep_spans=self.settings.sleep_spans,
+            overdue_grace_ns=int(self.settings.overdue_grace_seconds * 1e9),
         )
         done: set[str] = set()
         sent = 0
@@ -286,7 +288,13 @@ class Pipeline:
             return None
         state = RunState.model_validate_json(loaded[0])
         if state.closed:
-            tx.delete(key)  # remembered for late events long enough
+            if state.facts:
+                # Kept to be shown (`otel-bridge show`) for a while; now only remembered for late events.
+                forget_facts(state)
+                closed = state.closed_ns / 1e9 or now
+                tx.save(key, state.model_dump_json().encode(), max(closed + self.settings.dedup_ttl_seconds, now))
+            else:
+                tx.delete(key)  # remembered for late events long enough
             return None
         result = settle(state, int(now * 1e9), policy)
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
@@ -298,13 +306,30 @@ class Pipeline:
         if result.held:
             due = now + max(self.settings.settle_seconds, 0.2)
         elif state.closed:
-            due = now + self.settings.dedup_ttl_seconds
+            due = now + min(self.settings.keep_finished_seconds, self.settings.dedup_ttl_seconds)
         else:
             due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)
         blob = state.model_dump_json().encode()
         tx.outbox_add(rows)
         tx.save(key, blob, due)
         return result
+
+    def run_states(self) -> Iterator[RunState]:
+        """Every run the store holds (open, or finished and still kept), readable ones only."""
+        for key, blob in self.store.states():
+            if key.startswith((_QUARANTINE, _SET_ASIDE)) or _is_job(key):
+                continue
+            try:
+                yield RunState.model_validate_json(blob)
+            except ValueError:
+                log.warning("run state %r is not readable; skipped", key)
+
+    def open_runs(self, now: float | None = None) -> list[RunOverview]:
+        """The open runs as an on-call engineer asks for them: state, since, due, overdue by."""
+        now_ns = int((self._clock() if now is None else now) * 1e9)
+        grace_ns = int(self.settings.overdue_grace_seconds * 1e9)
+        runs = (overview(state, now_ns, grace_ns) for state in self.run_states())
+        return sorted((r for r in runs if r is not None), key=lambda r: r.since_ns)
 
     def restore_gauges(self) -> None:
         """After a restart, count the runs and job instances that are still open in the active gauges.

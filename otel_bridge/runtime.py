@@ -17,7 +17,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
+from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
+from otel_bridge.export.health import ExportHealth, quieten_sdk_exporters
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
@@ -43,7 +45,7 @@ except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, read_only: bool = False) -> Store:
     if settings.state.startswith(("redis://", "rediss://", "unix://")):
         from otel_bridge.state.redis_store import RedisStore
 
@@ -54,7 +56,9 @@ def open_store(settings: Settings) -> Store:
             timeout_seconds=settings.store_timeout_seconds,
         )
     timeout = settings.store_timeout_seconds
-    return SqliteStore(settings.state, busy_timeout_ms=int(timeout * 1000), lock_timeout_seconds=timeout)
+    return SqliteStore(
+        settings.state, busy_timeout_ms=int(timeout * 1000), lock_timeout_seconds=timeout, read_only=read_only
+    )
 
 
 class Bridge:
@@ -94,8 +98,19 @@ class Bridge:
             settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
         )
         self.websocket: WebSocketReceiver | None = None
-        # Bridge clock (monotonic) since trace export has been failing; None while it works.
-        self._export_failing_since: float | None = None
+        quieten_sdk_exporters()
+        self.trace_health = ExportHealth(
+            "trace",
+            otlp.endpoint_of(self.trace_sender),
+            lambda: f"{self.store.outbox_depth()} spans wait safely in the outbox",
+            settings.export_log_interval_seconds,
+        )
+        self.metric_health = ExportHealth(
+            "metric",
+            otlp.endpoint_of(self.metric_sender),
+            lambda: "the counts go on accumulating and are sent whole",
+            settings.export_log_interval_seconds,
+        )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
         self.metrics.start_bridge_counters(
@@ -112,17 +127,23 @@ class Bridge:
                 c.M_BRIDGE_EXPORT_FAILURES,
             ]
         )
+        # Overdue open runs, counted from the store by a background scan: producer -> [(count, attributes)].
+        self._overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
+        self.metrics.producer_gauge(
+            c.M_WORKFLOW_EXECUTION_OVERDUE,
+            "{execution}",
+            "Open runs past their resumeAt (paused) or not started (queued) by more than overdue_grace_seconds",
+            lambda resource: self._overdue.get(resource, []),
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = False
 
-    def _export_result(self, ok: bool) -> None:
+    def _export_result(self, ok: bool, reason: str = "") -> None:
         if ok:
-            if self._export_failing_since is not None:
-                log.info("trace export recovered")
-            self._export_failing_since = None
-        elif self._export_failing_since is None:
-            self._export_failing_since = time.monotonic()
+            self.trace_health.succeeded()
+        else:
+            self.trace_health.failed(reason)
 
     def readiness(self) -> dict[str, object]:
         """What `/readyz` reports: `ready`, and while not, each reason batches are (or soon would be) refused."""
@@ -141,7 +162,7 @@ class Bridge:
             reasons.append(
                 f"export backlog full: {depth} spans wait (max_outbox_spans {self.settings.max_outbox_spans})"
             )
-        since = self._export_failing_since
+        since = self.trace_health.failing_since
         if since is not None and time.monotonic() - since >= self.settings.export_unready_seconds:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
         return {"ready": not reasons, "outbox": depth, "reasons": reasons}
@@ -202,6 +223,7 @@ class Bridge:
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop)),
             ("metric-export", self._metric_loop),
+            ("overdue", self._overdue_loop),
             *(self._receivers() if follow else []),
         ):
             thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
@@ -209,6 +231,41 @@ class Bridge:
             self._threads.append(thread)
         self.ready = True
         return self
+
+    def count_overdue(self) -> None:
+        """Count the overdue runs from the store: right after a restart, and the same on every replica."""
+        counts: dict[Resource, dict[tuple[str, str, str], int]] = {}
+        for run in self.pipeline.open_runs():
+            resource = Resource(run.service, run.env)
+            per = counts.setdefault(resource, {})
+            if run.overdue_ns is not None:
+                key = (run.engine, run.name, run.state)
+                per[key] = per.get(key, 0) + 1
+        overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
+        for resource, per in counts.items():
+            self.metrics.ensure_producer(resource)
+            overdue[resource] = [
+                (
+                    float(n),
+                    {
+                        c.WORKFLOW_PLATFORM_NAME: engine,
+                        c.WORKFLOW_DEFINITION_NAME: name,
+                        c.WORKFLOW_EXECUTION_STATE: state,
+                    },
+                )
+                for (engine, name, state), n in per.items()
+            ]
+        self._overdue = overdue
+
+    def _overdue_loop(self) -> None:
+        interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
+        while True:
+            try:
+                self.count_overdue()
+            except Exception:
+                log.exception("counting overdue runs failed; retrying")
+            if self._stop.wait(interval):
+                return
 
     def _settle_loop(self) -> None:
         tick = min(max(self.settings.settle_seconds / 4, 0.05), 0.25)
@@ -227,11 +284,14 @@ class Bridge:
         if data is None:
             return True
         try:
-            ok = self.metric_sender.send(data)
+            ok = bool(self.metric_sender.send(data))
         except Exception:
             log.exception("OTLP metric export raised")
             ok = False
-        if not ok:
+        if ok:
+            self.metric_health.succeeded()
+        else:
+            self.metric_health.failed()
             self.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="metrics")
         return ok
 

@@ -39,6 +39,8 @@ class RunState(BaseModel):
     # When the bridge first heard of the run (its clock, not the producer's): max_open
     # counts from here, so replaying an old log does not close its runs at once.
     opened_ns: int = 0
+    # Bridge clock when the run was closed (0: open).
+    closed_ns: int = 0
 
     # The definition name the run is counted under in workflow.execution.active: fixed when first
     # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
@@ -87,6 +89,10 @@ class SettlePolicy:
     # How long an ended run with gaps waits for its missing events.
     gap_grace_ns: int = 15 * 10**9
     sleep_spans: bool = True
+    # A run woken (or started) more than this after it was due gets a `workflow.overdue` event.
+    overdue_grace_ns: int | None = 300 * 10**9
+    # How long a finished run keeps its facts, so `otel-bridge show` can still draw it.
+    keep_finished_ns: int = 3600 * 10**9
 
 
 def _identity(f: Fact) -> tuple[object, ...] | None:
@@ -175,6 +181,8 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
     if f.step is None:
         return []
     attributes = (*_definition(run), (c.WORKFLOW_TASK_NAME, f.label or f.step))
+    if f.kind is FactKind.RETRIES_EXHAUSTED:
+        return [Observation(c.M_WORKFLOW_TASK_EXHAUSTED, 1, attributes, _resource(run))]
     if f.kind is FactKind.RETRY_SCHEDULED:
         return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, attributes, _resource(run))]
     # A timeout counts however it fires: told by the engine, or as a failure that says so.
@@ -245,7 +253,9 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         result.held = True
         return result
 
-    spans = build_spans(state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans)
+    spans = build_spans(
+        state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns
+    )
     root_hex = root_span_id(state.run.identity).hex()
     for span in spans:
         key = span.span_id.hex()
@@ -261,11 +271,15 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         counted = state.counted_state
         result.incomplete = incomplete
         state.closed = True
+        state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
-        # A closed run only needs to recognise late events: drop what spans were made of.
-        state.facts = []
-        state.emitted = {}
     return result
+
+
+def forget_facts(state: RunState) -> None:
+    """A closed run kept long enough to be shown: from now on it only recognises late events."""
+    state.facts = []
+    state.emitted = {}
 
 
 def has_gaps(facts: list[Fact]) -> bool:

@@ -7,6 +7,7 @@ indifferent to disorder and replays.
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
@@ -43,6 +44,7 @@ def build_spans(
     emitted: dict[str, int],
     incomplete_at_ns: int | None = None,
     sleep_spans: bool = True,
+    overdue_grace_ns: int | None = None,
 ) -> list[SpanRecord]:
     """Every span the facts describe; a span with `end_ns` None is still open.
 
@@ -74,7 +76,10 @@ def build_spans(
     spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
     late = _late_facts(identity, ordered, emitted)
     root_facts = [f for f in ordered if f.event_id not in told]
-    spans.append(_root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late))
+    root = _root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late)
+    if overdue_grace_ns is not None:
+        root.events = sorted(root.events + overdue_events(ordered, overdue_grace_ns), key=lambda e: e.time_ns)
+    spans.append(root)
     return spans
 
 
@@ -518,3 +523,30 @@ def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:
     if ended.outcome is Outcome.TIMEOUT or any(a.end is not None and _timed_out(a.end) for a in attempts.values()):
         return c.RESULT_TIMEOUT
     return c.RESULT_FAILURE
+
+
+def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
+    """A `workflow.overdue` root event where a run woke up (or started) more than the grace after it was due."""
+    events = []
+    for i, f in enumerate(ordered):
+        due = f.resume_at_ns if f.kind is FactKind.RUN_PAUSED else f.time_ns if f.kind is FactKind.RUN_QUEUED else None
+        if due is None:
+            continue
+        after = next((g for g in ordered[i + 1 :] if g.kind is not FactKind.RUN_PAUSED), None)
+        if after is None or after.time_ns - due <= grace_ns:
+            continue
+        events.append(
+            SpanEvent(
+                c.WORKFLOW_OVERDUE_EVENT,
+                after.time_ns,
+                {
+                    c.WORKFLOW_OVERDUE_SECONDS: round((after.time_ns - due) / 1e9, 3),
+                    c.WORKFLOW_OVERDUE_DUE_AT: _iso_ns(due),
+                },
+            )
+        )
+    return events
+
+
+def _iso_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

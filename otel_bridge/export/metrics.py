@@ -51,6 +51,7 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "histogram", "s", "Step attempt duration (cached replays excluded)", DURATION_BUCKETS
     ),
     c.M_WORKFLOW_TASK_RETRIES: InstrumentSpec("counter", "{retry}", "Step retries scheduled"),
+    c.M_WORKFLOW_TASK_EXHAUSTED: InstrumentSpec("counter", "{step}", "Steps whose retries were exhausted"),
     c.M_WORKFLOW_TASK_TIMEOUTS: InstrumentSpec("counter", "{timeout}", "Step timeouts exceeded"),
     c.M_WORKFLOW_SLEEP_DURATION: InstrumentSpec("histogram", "s", "Workflow sleep duration", DURATION_BUCKETS),
     c.M_WORKFLOW_STATE_DURATION: InstrumentSpec(
@@ -157,6 +158,8 @@ class MetricsHub:
     ) -> None:
         # An application's own MeterProvider (the in-process tracker): every measurement joins its metrics.
         self._shared = _Producer(meter_provider, None, {}) if meter_provider is not None else None
+        # Gauges every producer reports, read per producer at collection: name -> (unit, description, read).
+        self._producer_gauges: dict[str, tuple[str, str, Callable[[Resource], list[tuple[float, dict[str, str]]]]]] = {}
         self._names = NameLimiter(max_names, max_name_chars)
         self._max_name_chars = max_name_chars
         self._max_producers = max_producers
@@ -193,7 +196,39 @@ class MetricsHub:
             # A producer's resource says exactly what its spans say, nothing of this process.
             sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
         reader = InMemoryMetricReader()
-        return _Producer(MeterProvider(resource=sdk_resource, metric_readers=[reader]), reader, {})
+        producer = _Producer(MeterProvider(resource=sdk_resource, metric_readers=[reader]), reader, {})
+        if resource is not None:
+            for name, spec in self._producer_gauges.items():
+                self._observe(producer, resource, name, *spec)
+        return producer
+
+    def _observe(
+        self,
+        producer: _Producer,
+        resource: Resource,
+        name: str,
+        unit: str,
+        description: str,
+        read: Callable[[Resource], list[tuple[float, dict[str, str]]]],
+    ) -> None:
+        def observe(_options: CallbackOptions) -> list[ApiObservation]:
+            return [ApiObservation(value, attributes) for value, attributes in read(resource)]
+
+        producer.provider.get_meter(c.SCOPE_NAME).create_observable_gauge(name, [observe], unit, description)
+
+    def producer_gauge(
+        self, name: str, unit: str, description: str, read: Callable[[Resource], list[tuple[float, dict[str, str]]]]
+    ) -> None:
+        """A gauge each producer reports about itself, read at collection (`read(producer)` -> values)."""
+        self._producer_gauges[name] = (unit, description, read)
+        with self._lock:
+            known = [(r, p) for r, p in self._producers.items() if r is not None]
+        for resource, producer in known:
+            self._observe(producer, resource, name, unit, description, read)
+
+    def ensure_producer(self, resource: Resource) -> None:
+        """Make sure a producer reports its gauges even before it records anything (after a restart)."""
+        self._producer(resource)
 
     def _instrument(self, producer: _Producer, name: str) -> object:
         instrument = producer.instruments.get(name)

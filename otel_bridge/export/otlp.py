@@ -180,6 +180,11 @@ class NoSender:
         pass
 
 
+def endpoint_of(sender: object) -> str:
+    """Where a sender exports to, for messages (the SDK exporters keep it as `_endpoint`)."""
+    return str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
+
+
 def protocol_for(signal: str) -> str:
     """The OTLP protocol for `signal` ("traces", "metrics"), as the SDK variables say."""
     value = (

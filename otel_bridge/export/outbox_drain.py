@@ -38,7 +38,7 @@ class OutboxDrain:
         version: str,
         max_request_bytes: int = 3_500_000,
         dead_spans: DeadLetters | None = None,
-        on_result: Callable[[bool], None] = lambda ok: None,
+        on_result: Callable[[bool, str], None] = lambda ok, reason: None,
     ) -> None:
         self._store = store
         self._sender = sender
@@ -50,6 +50,7 @@ class OutboxDrain:
         self._dead_spans = dead_spans
         self._on_result = on_result
         self._wake = threading.Event()
+        self._last_reason = ""
 
     def wake(self) -> None:
         self._wake.set()
@@ -69,8 +70,9 @@ class OutboxDrain:
         if not rows:
             return 0
         rows = self._bounded(rows)
+        self._last_reason = ""
         done = self._deliver(rows)
-        self._on_result(done == len(rows))
+        self._on_result(done == len(rows), self._last_reason)
         if done == 0:
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
             return None
@@ -90,6 +92,7 @@ class OutboxDrain:
         """Send `rows`, splitting what the backend refuses; returns how many left the outbox."""
         result = self._send(rows)
         if result.delivery is Delivery.RETRY:
+            self._last_reason = result.reason
             return 0
         if result.delivery is Delivery.SENT:
             self._store.outbox_ack([row.id for row in rows])

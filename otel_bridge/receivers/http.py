@@ -148,11 +148,13 @@ def create_app(
     on_start: Callable[[], object] = lambda: None,
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
+    runs: Callable[[str | None, bool, str | None], list[dict[str, Any]]] | None = None,
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
     `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`);
-    `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain).
+    `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
+    `runs(state, overdue, service)` answers `GET /v1/runs` (behind the ingest credential).
     """
     auth = Authenticator(
         settings.api_key_header,
@@ -205,6 +207,16 @@ def create_app(
         answer = report.as_dict(settings.max_rejections_listed)
         return Response(orjson.dumps(answer), media_type="application/json")
 
+    async def open_runs(request: Request) -> Response:
+        if not auth.allows(request):
+            return unauthorized()
+        if runs is None:
+            return _problem(404, "no run listing here")
+        query = request.query_params
+        overdue = query.get("overdue", "false").lower() in ("1", "true", "yes")
+        listed = await run_in_threadpool(runs, query.get("state"), overdue, query.get("service"))
+        return Response(orjson.dumps({"runs": listed, "count": len(listed)}), media_type="application/json")
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -233,6 +245,7 @@ def create_app(
 
     routes = [
         Route(settings.path, ingest, methods=["POST"]),
+        Route("/v1/runs", open_runs, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),

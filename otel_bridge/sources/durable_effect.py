@@ -402,6 +402,7 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 kind=FactKind.RUN_PAUSED,
                 step=e.step_name,
                 reason=e.reason,
+                resume_at_ns=ns(e.resume_at) if e.resume_at is not None else None,
                 attributes=attrs(
                     **{
                         c.WORKFLOW_PAUSE_REASON: e.reason,

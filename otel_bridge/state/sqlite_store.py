@@ -101,18 +101,32 @@ def _claim(path: str) -> IO[str]:
 class SqliteStore:
     shared = False
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000, lock_timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = 5000,
+        lock_timeout_seconds: float = 5.0,
+        read_only: bool = False,
+    ) -> None:
+        """`read_only`: a look at a store a running bridge owns (`otel-bridge runs`), which WAL allows."""
         self.path = str(path)
         self._claimed: IO[str] | None = None
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._claimed = _claim(self.path)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
+            if read_only:
+                if not Path(self.path).is_file():
+                    raise OSError(f"no state file at {self.path}")
+                uri = f"file:{Path(self.path).resolve()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            else:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                    self._claimed = _claim(self.path)
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             if self._claimed is not None:
                 self._claimed.close()

@@ -84,7 +84,7 @@ def test_sleep_is_a_span_and_root_events():
     run = WorkflowRun().started().step_started("processOrder").after(10).step_completed("processOrder")
     run.after(1).sleep_started(3_600_000)
     slept_at = run.now
-    run.paused("sleep").after(3_600_000).resumed().sleep_completed(3_600_000)
+    run.paused("sleep", resume_in_ms=3_600_000).after(3_600_000).resumed().sleep_completed(3_600_000)
     woke_at = run.now
     run.step_started("sendConfirmation").after(5).step_completed("sendConfirmation").completed()
 

@@ -1,0 +1,98 @@
+"""What an on-call engineer asks of an open run: in which state since when, due to wake when, stuck or not.
+
+Pure functions of a run's stored state and the time: the `runs` and `show` commands,
+`GET /v1/runs` and the `workflow.execution.overdue` gauge all read runs through them.
+A run is **overdue** when it is paused (a sleep or a retry backoff) and its `resumeAt`
+passed more than the grace ago with nothing since, or queued and not started within the
+grace: the engine loses alarms on eviction and never flushes a cancel of a paused run.
+"""
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.runs import RunState
+from otel_bridge.ids import root_span_id, run_trace_id, traceparent
+from otel_bridge.lifecycle import Fact, FactKind
+
+
+@dataclass(frozen=True, slots=True)
+class RunOverview:
+    engine: str
+    service: str
+    env: str
+    name: str
+    run_id: str
+    tenant: str | None
+    state: str
+    since_ns: int
+    resume_at_ns: int | None
+    overdue_ns: int | None
+    last_event: str
+    last_event_ns: int
+    traceparent: str
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("since_ns", "resume_at_ns", "last_event_ns"):
+            value = out.pop(key)
+            out[key.removesuffix("_ns")] = _iso(value) if value is not None else None
+        overdue = out.pop("overdue_ns")
+        out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
+        return out
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ordered(state: RunState) -> list[Fact]:
+    return sorted(state.facts, key=lambda f: f.order)
+
+
+def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
+    """The run as it stands, or None when it has ended (or holds nothing to tell)."""
+    if state.ended or state.closed or not state.facts:
+        return None
+    ordered = _ordered(state)
+    last = ordered[-1]
+    current = state.execution_state
+    since = next((f for f in reversed(ordered) if f.order == tuple(state.state_order or ())), ordered[0])
+    due = None
+    if current == c.STATE_PAUSED:
+        pause = next((f for f in reversed(ordered) if f.kind is FactKind.RUN_PAUSED), None)
+        due = pause.resume_at_ns if pause is not None else None
+    elif current == c.STATE_PENDING:
+        due = since.time_ns  # a queued run is due to start at once
+    overdue = now_ns - due - grace_ns if due is not None and now_ns - due > grace_ns else None
+    run = state.run
+    identity = run.identity
+    return RunOverview(
+        engine=run.engine,
+        service=run.service,
+        env=run.env,
+        name=run.name,
+        run_id=run.run_id,
+        tenant=run.tenant,
+        state=current,
+        since_ns=since.time_ns,
+        resume_at_ns=due if current == c.STATE_PAUSED else None,
+        overdue_ns=None if overdue is None else overdue + grace_ns,
+        last_event=last.name,
+        last_event_ns=last.time_ns,
+        traceparent=traceparent(run_trace_id(identity), root_span_id(identity)),
+    )
+
+
+def select(
+    runs: list[RunOverview], state: str | None = None, overdue: bool = False, service: str | None = None
+) -> list[RunOverview]:
+    """The runs a question names: in a state, overdue only, of one service."""
+    return [
+        r
+        for r in runs
+        if (state is None or r.state == state)
+        and (not overdue or r.overdue_ns is not None)
+        and (service is None or r.service == service)
+    ]

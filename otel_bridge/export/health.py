@@ -1,0 +1,77 @@
+"""How export failures are told: once clearly, then at most once a minute, and once when it recovers.
+
+Without a Collector (the first thing a newcomer tries), the SDK exporters would log a warning
+every one to four seconds for as long as the bridge runs. Their loggers are quietened and
+this says instead what matters: where export goes, that spans wait safely in the outbox, and
+how many.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("otel_bridge.export")
+
+# The SDK exporters' own loggers: every retry of theirs would be a line.
+SDK_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.exporter.http")
+
+
+def quieten_sdk_exporters() -> None:
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class ExportHealth:
+    def __init__(
+        self,
+        signal: str,
+        endpoint: str,
+        waiting: Callable[[], str],
+        repeat_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._signal = signal
+        self._endpoint = endpoint
+        self._waiting = waiting
+        self._repeat = repeat_seconds
+        self._clock = clock
+        self.failing_since: float | None = None
+        self._told_at = 0.0
+        self._failures = 0
+
+    def failed(self, reason: str = "") -> None:
+        now = self._clock()
+        self._failures += 1
+        why = f" ({reason})" if reason else ""
+        if self.failing_since is None:
+            self.failing_since = self._told_at = now
+            log.warning(
+                "%s export to %s is failing%s; %s, and go out when it is back",
+                self._signal,
+                self._endpoint,
+                why,
+                self._waiting(),
+            )
+        elif now - self._told_at >= self._repeat:
+            self._told_at = now
+            log.warning(
+                "%s export to %s still failing after %.0f s%s; %s",
+                self._signal,
+                self._endpoint,
+                now - self.failing_since,
+                why,
+                self._waiting(),
+            )
+
+    def succeeded(self) -> None:
+        if self.failing_since is None:
+            return
+        log.info(
+            "%s export to %s recovered after %.0f s (%d failed attempts)",
+            self._signal,
+            self._endpoint,
+            self._clock() - self.failing_since,
+            self._failures,
+        )
+        self.failing_since = None
+        self._failures = 0

@@ -1,0 +1,104 @@
+"""What the terminal shows of runs: the open-runs table (`otel-bridge runs`) and one run's waterfall (`show`).
+
+Drawn with rich from the same spans the bridge exports (`correlate.spans.build_spans`), so
+the terminal and Jaeger never disagree; a run still open is drawn up to now.
+"""
+
+from datetime import UTC, datetime
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from otel_bridge import conventions as c
+from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
+from otel_bridge.correlate.overview import RunOverview
+from otel_bridge.correlate.runs import RunState
+from otel_bridge.correlate.spans import build_spans
+
+_BAR = 48
+_STATUS_STYLE = {SpanStatus.OK: "green", SpanStatus.ERROR: "red", SpanStatus.UNSET: "yellow"}
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def runs_table(runs: list[RunOverview]) -> Table:
+    table = Table(title=f"{len(runs)} open runs", header_style="bold")
+    for column in ("service", "env", "workflow", "id", "state", "since", "resumeAt", "overdue by", "last event"):
+        table.add_column(column, overflow="fold")
+    table.add_column("traceparent", overflow="fold", style="dim")
+    for run in runs:
+        overdue = Text(duration(run.overdue_ns / 1e9), style="bold red") if run.overdue_ns is not None else Text("-")
+        table.add_row(
+            run.service,
+            run.env,
+            run.name,
+            run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}",
+            run.state,
+            _when(run.since_ns),
+            _when(run.resume_at_ns),
+            overdue,
+            f"{run.last_event} {_when(run.last_event_ns)}",
+            run.traceparent,
+        )
+    return table
+
+
+def waterfall(state: RunState, now_ns: int) -> RenderableType:
+    """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order."""
+    spans = build_spans(state.run, state.facts, {}, None, True)
+    root = next(s for s in spans if s.parent_span_id is None)
+    end = root.end_ns or max([now_ns, *[s.end_ns or s.start_ns for s in spans]])
+    start = root.start_ns
+    scale = _BAR / max(end - start, 1)
+    open_note = "" if root.end_ns is not None else " (open: drawn up to now)"
+    title = Text.assemble(
+        (root.name, "bold"),
+        f"  {state.run.run_id}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
+    )
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("span", "status", "duration", "timeline"):
+        table.add_column(column)
+    children = sorted((s for s in spans if s is not root), key=lambda s: (s.start_ns, s.name))
+    for span in [root, *children]:
+        table.add_row(*_row(span, start, end, scale, span is root))
+    events = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("at", "+", "event", "detail"):
+        events.add_column(column)
+    for event in root.events:
+        detail = ", ".join(
+            f"{k.rsplit('.', 1)[-1]}={v}" for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID
+        )
+        events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
+    return Group(title, table, Text("events", style="bold"), events)
+
+
+def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) -> tuple[Text, Text, str, Text]:
+    span_end = span.end_ns if span.end_ns is not None else end
+    offset = int((span.start_ns - start) * scale)
+    width = max(int((span_end - span.start_ns) * scale), 1)
+    bar = Text(" " * offset) + Text("█" * min(width, _BAR - offset or 1), style=_STATUS_STYLE[span.status])
+    if span.end_ns is None:
+        bar += Text("…", style="dim")
+    attempt = span.attributes.get(c.WORKFLOW_TASK_ATTEMPT)
+    name = span.name + (f" #{attempt}" if attempt is not None else "")
+    result = str(span.attributes.get(c.WORKFLOW_TASK_RESULT) or span.attributes.get(c.WORKFLOW_EXECUTION_RESULT) or "")
+    status = span.status.value + (f" ({result})" if result else "") if span.end_ns is not None else "running"
+    if span.status_message:
+        status += f": {span.status_message[:60]}"
+    label = Text(name if is_root else "  " + name, style="bold" if is_root else "")
+    return label, Text(status, style=_STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9), bar

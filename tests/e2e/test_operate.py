@@ -1,0 +1,161 @@
+"""Stuck runs, seen the way an on-call engineer asks: `otel-bridge runs`, `GET /v1/runs`, the overdue gauge,
+`otel-bridge show`; and a log that says an export failure once, not every second."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from bridge_process import BridgeProcess, free_port
+from builders import WorkflowRun
+from otlp_receiver import OtlpHttpReceiver
+from redis_server import RedisServer
+
+from otel_bridge import trace_id_for
+
+KEY = "on-call"
+
+
+def _cli(*args: str, state: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OTEL_BRIDGE_STATE": state, "OTEL_BRIDGE_OVERDUE_GRACE_SECONDS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "otel_bridge", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _overdue_gauge(bridge: BridgeProcess) -> float:
+    text = httpx.get(f"{bridge.url}/metrics").text
+    found = re.findall(
+        r'^workflow_execution_overdue\{[^}]*workflow_execution_state="paused"[^}]*\} ([0-9.]+)$', text, re.M
+    )
+    return sum(float(v) for v in found)
+
+
+def _listed(bridge: BridgeProcess, **params: str) -> list[dict]:
+    response = bridge.client.get(f"{bridge.url}/v1/runs", params=params, headers={"X-API-KEY": KEY})
+    assert response.status_code == 200, response.text
+    return response.json()["runs"]
+
+
+def _stuck() -> WorkflowRun:
+    # Paused for a sleep whose resumeAt (in 2025) is long past: the engine lost its alarm.
+    return (
+        WorkflowRun("nightly")
+        .started()
+        .step_started("a")
+        .after(5)
+        .step_completed("a")
+        .sleep_started(60_000)
+        .paused("sleep", resume_in_ms=60_000)
+    )
+
+
+def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY).start()
+    stuck, running = _stuck(), WorkflowRun("busy").started().step_started("x")
+    state = str(tmp_path / "state.db")
+    try:
+        assert bridge.post(stuck.events + running.events, headers={"X-API-KEY": KEY}).status_code == 200
+        got = otlp_http.received
+        got.wait_for(lambda: _overdue_gauge(bridge) == 1)
+
+        listed = json.loads(_cli("runs", "--overdue", "--json", state=state).stdout)  # read while it runs
+        assert [r["run_id"] for r in listed] == [stuck.workflow_id]
+        assert listed[0]["state"] == "paused" and listed[0]["overdue_seconds"] > 0
+        assert listed[0]["resume_at"] == stuck.events[-1]["resumeAt"]
+        assert (
+            listed[0]["traceparent"].split("-")[1]
+            == trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
+        )
+        table = _cli("runs", state=state).stdout
+        assert stuck.workflow_id[:12] in table and "busy" in table and "nightly" in table
+        assert [r["run_id"] for r in _listed(bridge, overdue="true")] == [stuck.workflow_id]
+        assert bridge.client.get(f"{bridge.url}/v1/runs").status_code == 401
+        shown = _cli("show", stuck.workflow_id, state=state)
+        assert shown.returncode == 0, shown.stderr
+        assert "workflow nightly" in shown.stdout and "sleep" in shown.stdout and "workflow.paused" in shown.stdout
+
+        stuck.after(3_600_000).resumed().sleep_completed(60_000).completed(["a"])
+        assert bridge.post(stuck.events[-3:], headers={"X-API-KEY": KEY}).status_code == 200
+        trace_id = trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(trace_id)))
+        got.wait_for(lambda: _overdue_gauge(bridge) == 0)
+        assert _listed(bridge, overdue="true") == []
+    finally:
+        bridge.close()
+    root = next(s for s in got.trace(trace_id) if s.parent_span_id == "")
+    (overdue,) = [a for name, _t, a in root.events if name == "workflow.overdue"]
+    assert overdue["workflow.overdue.seconds"] == 3540  # woke an hour after the pause, due a minute after it
+
+
+def test_overdue_runs_are_counted_from_the_store_after_a_restart(tmp_path, otlp_http):
+    stuck = _stuck()
+    first = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY).start()
+    try:
+        assert first.post(stuck.events, headers={"X-API-KEY": KEY}).status_code == 200
+        assert first.stop()
+    finally:
+        first.close()
+    second = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY).start()
+    try:  # no event since the restart: the store alone says it
+        otlp_http.received.wait_for(lambda: _overdue_gauge(second) == 1)
+        assert [r["run_id"] for r in _listed(second, overdue="true")] == [stuck.workflow_id]
+    finally:
+        second.close()
+
+
+def test_two_replicas_on_redis_both_see_the_overdue_run(tmp_path, otlp_http):
+    redis = RedisServer().start()
+    replicas = [
+        BridgeProcess(tmp_path / name, otlp_http.endpoint, state=redis.url, overdue_grace_seconds="1", api_key=KEY)
+        for name in ("a", "b")
+    ]
+    stuck = _stuck()
+    try:
+        for replica in replicas:
+            replica.workdir.mkdir()
+            replica.start()
+        assert replicas[0].post(stuck.events, headers={"X-API-KEY": KEY}).status_code == 200
+        for replica in replicas:
+            otlp_http.received.wait_for(lambda replica=replica: _overdue_gauge(replica) == 1)
+            assert [r["run_id"] for r in _listed(replica, overdue="true")] == [stuck.workflow_id]
+        listed = _cli("runs", "--overdue", "--json", state=redis.url)
+        assert [r["run_id"] for r in json.loads(listed.stdout)] == [stuck.workflow_id]
+    finally:
+        for replica in replicas:
+            replica.close()
+        redis.close()
+
+
+@pytest.mark.timeout(90)
+def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_its_recovery(tmp_path):
+    port = free_port()
+    bridge = BridgeProcess(
+        tmp_path, f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_TIMEOUT="1", export_log_interval_seconds="4"
+    ).start()
+    receiver = None
+    try:
+        run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+        assert bridge.post(run.events).status_code == 200
+        time.sleep(10)  # 10 s of failing exports, retried every few seconds
+        log = bridge.log.read_text()
+        failing = [line for line in log.splitlines() if "trace export to" in line]
+        assert 1 <= len(failing) <= 4, failing  # once, then at most once per 4 s
+        assert "is failing" in failing[0] and f"127.0.0.1:{port}" in failing[0]
+        assert "2 spans wait safely in the outbox" in failing[0]
+        assert "opentelemetry.exporter" not in log  # the SDK's own line per retry is quiet
+        receiver = OtlpHttpReceiver(port=port)
+        receiver.received.wait_for(lambda: len(receiver.received.spans) == 2, timeout=40)
+        bridge.stop()
+    finally:
+        bridge.close()
+        if receiver is not None:
+            receiver.close()
+    recovered = [
+        line for line in bridge.log.read_text().splitlines() if "trace export to" in line and "recovered" in line
+    ]
+    assert len(recovered) == 1

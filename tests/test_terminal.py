@@ -1,0 +1,56 @@
+"""`otel-bridge show` draws a run's story: every attempt, retry, pause and sleep, in order, open or finished."""
+
+import random
+from datetime import UTC, datetime
+
+from fold_harness import fold_events
+from rich.console import Console
+
+from otel_bridge.producer.demo import SCENARIOS
+from otel_bridge.terminal import waterfall
+
+NOW = 1_900_000_000 * 10**9
+
+
+def _render(events: list[dict]) -> str:
+    (state,) = fold_events(events, settle_at_ns=None).runs.values()
+    console = Console(record=True, width=200)
+    console.print(waterfall(state, NOW))
+    return console.export_text()
+
+
+def _scenario(name: str) -> list[dict]:
+    invocations = SCENARIOS[name](datetime(2025, 6, 1, tzinfo=UTC), random.Random(1))
+    return [e for batch in invocations for e in batch]
+
+
+def test_a_retried_run_shows_each_attempt_and_the_retry_in_order():
+    text = _render(_scenario("retry"))
+    steps = [line.split()[:3] for line in text.splitlines() if line.startswith("  step ")]
+    assert steps == [["step", "authorize", "#1"], ["step", "capture", "#1"], ["step", "capture", "#2"]]
+    first_try = next(line for line in text.splitlines() if "capture #1" in line)
+    assert "error" in first_try and "retry scheduled" in first_try
+    events = [line.split()[4] for line in text.splitlines() if line[:4].isdigit()]  # date, time, +n unit, event
+    assert events == ["retry.scheduled", "workflow.paused", "workflow.resumed"]
+
+
+def test_a_sleeping_run_shows_the_sleep_between_its_steps():
+    text = _render(_scenario("sleep"))
+    rows = [line.split()[0] for line in text.splitlines() if line.startswith("  ")]
+    assert "sleep" in rows and rows.index("sleep") not in (0, len(rows) - 1)  # between its steps
+    assert text.index("sleep.started") < text.index("workflow.resumed") < text.index("sleep.completed")
+
+
+def test_every_workflow_scenario_of_the_demo_draws():
+    for name in SCENARIOS:
+        events = _scenario(name)
+        if "workflowId" not in events[0]:
+            continue
+        text = _render(events)
+        assert "workflow " in text, name
+
+
+def test_an_open_run_is_drawn_up_to_now():
+    events = _scenario("sleep")
+    open_events = [e for e in events if e["type"] not in ("workflow.completed",)]
+    assert "open: drawn up to now" in _render(open_events)
