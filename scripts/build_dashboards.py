@@ -76,6 +76,22 @@ class Board:
         self.panels.append(panel)
         self._x += width
 
+    def alerts(self, title: str, width: int = 8) -> None:
+        """The alerts Prometheus evaluates (collector-config/prometheus/rules.yml) that fire now."""
+        if self._x + width > 24:
+            self._x = 0
+            self._y += 8
+        self.panels.append(
+            {"id": self._take_id(), "type": "alertlist", "title": title,
+             "gridPos": {"h": 8, "w": width, "x": self._x, "y": self._y},
+             "options": {"viewMode": "list", "groupMode": "default", "maxItems": 20, "sortOrder": 1,
+                         "dashboardAlerts": False, "alertName": "", "alertInstanceLabelFilter": "",
+                         "datasource": "Prometheus",
+                         "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False,
+                                         "error": True}}}
+        )  # fmt: skip
+        self._x += width
+
     def traces(self, title: str, tags: str, width: int = 24) -> None:
         """A Jaeger search panel: the runs themselves, one click from their timeline."""
         if self._x + width > 24:
@@ -161,6 +177,16 @@ def workflows() -> Board:
         [(f"sum by (workflow_execution_state) (workflow_execution_active{{{WF}}})", "{{workflow_execution_state}}")],
         kind="stat", width=4, description="Running (executing), paused (sleep or retry backoff), queued (pending).",
     )  # fmt: skip
+    b.panel(
+        "Overdue runs",
+        [(f"sum by (workflow_execution_state) (max by (service_name, workflow_definition_name, "
+          f"workflow_execution_state) (workflow_execution_overdue{{{WF}}})) or on() vector(0)",
+          "{{workflow_execution_state}}")],
+        kind="stat", width=4,
+        description="Paused past their resumeAt, or queued and not started, by more than the overdue grace "
+                    "(otel-bridge runs --overdue lists them).",
+    )  # fmt: skip
+    b.alerts("Firing alerts")
     b.panel(
         "Failures by failing step",
         [(f"sum by (workflow_definition_name, workflow_task_name) "

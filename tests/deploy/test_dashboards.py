@@ -63,6 +63,7 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     bridge_job = next(job for job in config["scrape_configs"] if job["job_name"] == "otel-bridge")
     bridge_job["static_configs"] = [{"targets": [f"127.0.0.1:{bridge.port}"]}]
     config["scrape_configs"] = [bridge_job]  # the Collector has no native package: only the bridge job runs
+    config["rule_files"] = [str(ROOT / "collector-config" / "prometheus" / "rules.yml")]  # what the stack mounts
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     server = subprocess.Popen(
@@ -109,3 +110,10 @@ def test_histogram_exemplars_carry_trace_ids(prometheus):
     exemplars = [e for series in response["data"] for e in series["exemplars"]]
     assert exemplars, response
     assert all(len(e["labels"]["trace_id"]) == 32 for e in exemplars)
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 120)
+def test_prometheus_loads_and_evaluates_the_alert_rules(prometheus):
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), rules
