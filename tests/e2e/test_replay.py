@@ -8,18 +8,22 @@ import sys
 from builders import JobRun, WorkflowRun
 
 from otel_bridge import trace_id_for
+from otel_bridge.producer.event_sourced import Execution, as_row
 
 
-def _run_replay(tmp_path, receiver, source: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def _run_replay(
+    tmp_path, receiver, source: str, stdin: bytes | None = None, *options: str
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_BRIDGE_STATE": str(tmp_path / "replay.db"),
         "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+        "OTEL_BRIDGE_SPAN_DEAD_LETTER": str(tmp_path / "dead-spans.jsonl"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "otel_bridge", "replay", source, "--no-progress"],
+        [sys.executable, "-m", "otel_bridge", "replay", source, "--no-progress", *options],
         env=env,
         input=stdin,
         capture_output=True,
@@ -62,3 +66,17 @@ def test_replaying_the_same_log_twice_is_all_duplicates(tmp_path, otlp_http):
     assert _run_replay(tmp_path, otlp_http, str(log)).returncode == 0
     again = _run_replay(tmp_path, otlp_http, str(log))
     assert "accepted: 0  duplicates: 4" in again.stdout.decode()
+
+
+def test_replay_of_the_event_sourced_runtimes_table_rows(tmp_path, otlp_http):
+    run = Execution("onboarding", tenant="acme").started().after(20).moved("reviewing").after(30).ended("completed")
+    log = tmp_path / "workflow_events.jsonl"
+    log.write_text("\n".join(json.dumps(as_row(e)) for e in run.events) + "\n")
+
+    result = _run_replay(tmp_path, otlp_http, str(log), None, "--format", "event-sourced")
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert "accepted: 3" in result.stdout.decode()
+    trace_id = trace_id_for("event-sourced", "production", "event-sourced", run.execution_id, "acme").hex()
+    names = {s.name for s in otlp_http.received.trace(trace_id)}
+    assert names == {"workflow onboarding", "state initial", "state reviewing"}
