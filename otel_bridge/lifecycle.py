@@ -6,8 +6,9 @@ new source module and nothing else.
 """
 
 from enum import StrEnum
+from functools import cached_property
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from otel_bridge.ids import RunIdentity
 
@@ -99,13 +100,14 @@ class RunRef(BaseModel):
     tenant: str | None = None
     kind: RunKind = RunKind.WORKFLOW
     # Low-cardinality facts about the run shown on its root span (a workspace id, a definition id).
-    attributes: dict[str, AttributeValue] = {}
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
-    @property
+    # Cached: asked for every record of a batch, and a RunRef never changes (frozen).
+    @cached_property
     def identity(self) -> RunIdentity:
         return RunIdentity(self.engine, self.env, self.service, self.run_id, self.tenant)
 
-    @property
+    @cached_property
     def state_key(self) -> str:
         return "\x1f".join(("run", *self.identity.fields()))
 
@@ -133,11 +135,12 @@ class Fact(BaseModel):
     # The state this fact moved the run into (state machines), if it did.
     entered_state: str | None = None
     # Runs this one follows from (a trigger's run id): the root span links to their roots.
-    links: list[str] = []
+    links: tuple[str, ...] = ()
     # Which of several like facts of one step this is, when the source numbers them (the
     # retries a summary tells of): keeps them apart in deduplication.
     ordinal: int | None = None
-    attributes: dict[str, AttributeValue] = {}
+    # A factory, not `{}`: pydantic deep-copies a mutable default on every fact.
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     # Arrival order inside the run, set by the fold: tells whether a fact came
     # before or after the span it belongs to was sent.
     seq: int = 0

@@ -8,7 +8,7 @@ zero; and which failed attempts of the current run of retries were counted, sinc
 the last failed attempt is told only by the exhaustion's attempt count.
 """
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
@@ -21,7 +21,7 @@ class JobState(BaseModel):
     # When the instance last ended (terminated or purged): a start after it is a new instance.
     ended_ns: int = 0
     # Failed attempts counted in job.executions since the last success, and when that was.
-    failed_attempts: list[int] = []
+    failed_attempts: list[int] = Field(default_factory=list)
     succeeded_ns: int = 0
     # Enough to re-count an open instance after a restart.
     job_name: str = ""

@@ -207,8 +207,10 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     """Take one fact, received at `now_ns`, into the run's state."""
     if state is None:
         state = RunState(run=run, opened_ns=now_ns)
-    else:
-        state.run = _learnt(state.run, run)
+    elif run is not state.run:
+        learnt = _learnt(state.run, run)
+        if learnt is not state.run:
+            state.run = learnt
     if state.closed:
         return FoldResult(state, Admission.LATE)
 

@@ -300,20 +300,21 @@ def _state_spans(
     the second value is their event ids, which the root then leaves out.
     """
     moves = [f for f in ordered if f.entered_state is not None]
+    # Each annotation belongs to the state entered last before it: one pass over the facts.
+    inside_of: list[list[Fact]] = [[] for _ in moves]
+    current = -1
+    for f in ordered:
+        if f.entered_state is not None:
+            current += 1
+        elif f.kind is FactKind.ANNOTATION and f.step is None and current >= 0:
+            inside_of[current].append(f)
     spans, told = [], set()
     for i, entry in enumerate(moves):
         if entry.kind is FactKind.RUN_ENDED:
             continue
         leave = moves[i + 1] if i + 1 < len(moves) else None
         end_ns = leave.time_ns if leave is not None else root_end
-        inside = [
-            f
-            for f in ordered
-            if f.kind is FactKind.ANNOTATION
-            and f.step is None
-            and f.order >= entry.order
-            and (leave is None or f.order < leave.order)
-        ]
+        inside = inside_of[i]
         told.update(f.event_id for f in inside)
         attributes: dict[str, AttributeValue] = {c.WORKFLOW_STATE_NAME: str(entry.entered_state)}
         if (previous := entry.attributes.get(c.WORKFLOW_STATE_FROM)) is not None:
@@ -528,23 +529,20 @@ def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:
 def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
     """A `workflow.overdue` root event where a run woke up (or started) more than the grace after it was due."""
     events = []
-    for i, f in enumerate(ordered):
-        due = f.resume_at_ns if f.kind is FactKind.RUN_PAUSED else f.time_ns if f.kind is FactKind.RUN_QUEUED else None
-        if due is None:
-            continue
-        after = next((g for g in ordered[i + 1 :] if g.kind is not FactKind.RUN_PAUSED), None)
-        if after is None or after.time_ns - due <= grace_ns:
-            continue
-        events.append(
-            SpanEvent(
-                c.WORKFLOW_OVERDUE_EVENT,
-                after.time_ns,
-                {
-                    c.WORKFLOW_OVERDUE_SECONDS: round((after.time_ns - due) / 1e9, 3),
+    due: int | None = None
+    for f in ordered:
+        if due is not None and f.kind is not FactKind.RUN_PAUSED:
+            if f.time_ns - due > grace_ns:
+                late = {
+                    c.WORKFLOW_OVERDUE_SECONDS: round((f.time_ns - due) / 1e9, 3),
                     c.WORKFLOW_OVERDUE_DUE_AT: _iso_ns(due),
-                },
-            )
-        )
+                }
+                events.append(SpanEvent(c.WORKFLOW_OVERDUE_EVENT, f.time_ns, late))
+            due = None
+        if f.kind is FactKind.RUN_PAUSED and f.resume_at_ns is not None:
+            due = f.resume_at_ns
+        elif f.kind is FactKind.RUN_QUEUED:
+            due = f.time_ns
     return events
 
 

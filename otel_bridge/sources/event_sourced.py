@@ -158,7 +158,7 @@ class EventSourcedDecoder:
             return Fact(
                 kind=FactKind.RUN_STARTED,
                 entered_state=e.to_state or "initial",
-                links=[str(trigger)] if trigger else [],
+                links=(str(trigger),) if trigger else (),
                 attributes=described | extra,
                 **base,
             )
