@@ -164,10 +164,14 @@ class Settings(BaseSettings):
     stream_key: str = Field("workflow:events:global", description="The runtime's stream key.")
     stream_group: str = Field("otel-bridge", description="Consumer group the bridges share on the stream.")
     stream_consumer: str | None = Field(
-        None, description="This bridge's consumer name in the group (default: host name and process id)."
+        None,
+        description="This bridge's consumer name in the group (default: the host name; one name per bridge).",
     )
     stream_claim_after_seconds: float = Field(
-        30.0, gt=0, description="Stream entries another consumer read but never acknowledged are claimed after this."
+        10.0,
+        gt=0,
+        description="Stream entries another consumer read but never acknowledged are claimed after this "
+        "(below gap_grace_seconds, so a dead bridge's entries still join their runs).",
     )
     stream_service_name: str = Field(
         "event-sourced", min_length=1, description="`service.name` of the stream's runs (the stream does not say)."

@@ -6,7 +6,6 @@ are pushed one last time.
 """
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -193,7 +192,8 @@ class Bridge:
                 s.stream_url,
                 s.stream_key,
                 s.stream_group,
-                s.stream_consumer or f"{socket.gethostname()}-{os.getpid()}",
+                # The host's name by default: a restarted bridge reads its own unacknowledged entries at once.
+                s.stream_consumer or socket.gethostname(),
                 self.pipeline.consumer(self.event_sourced_decoder()),
                 self.dead_letters,
                 claim_after_seconds=s.stream_claim_after_seconds,

@@ -307,7 +307,7 @@ def has_gaps(facts: list[Fact]) -> bool:
                 starts.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
         return True
-    if _start_missing(facts):
+    if _start_missing(facts) or _move_missing(facts):
         return True
     for step, numbers in attempts.items():
         if any(n > 1 and n - 1 not in numbers for n in numbers):
@@ -326,8 +326,25 @@ def _start_missing(facts: list[Fact]) -> bool:
     """
     if any(f.kind in (FactKind.RUN_STARTED, FactKind.RUN_QUEUED) for f in facts):
         return False
+    # A state machine's run always opens with its start: moves without it are missing their head.
+    if any(f.entered_state is not None for f in facts):
+        return True
     earliest = min(facts, key=lambda f: f.order)
     return earliest.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) and earliest.attempt == 1
+
+
+def _move_missing(facts: list[Fact]) -> bool:
+    """A state machine's move that leaves a state the run was never seen entering: one is still in flight."""
+    entered: str | None = None
+    for f in sorted(
+        (f for f in facts if f.entered_state is not None or f.kind is FactKind.RUN_ENDED), key=lambda f: f.order
+    ):
+        left = f.attributes.get(c.WORKFLOW_STATE_FROM)
+        if entered is not None and left is not None and left != entered:
+            return True
+        if f.entered_state is not None:
+            entered = f.entered_state
+    return False
 
 
 def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:

@@ -6,6 +6,7 @@ from fold_harness import fold_events
 
 from otel_bridge import trace_id_for
 from otel_bridge.correlate.outputs import SpanKind, SpanStatus
+from otel_bridge.correlate.runs import SettlePolicy, settle
 from otel_bridge.ids import RunIdentity, root_span_id
 from otel_bridge.producer.event_sourced import Execution, as_row, trigger
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
@@ -129,3 +130,14 @@ def test_a_bad_entry_names_its_field():
         assert exc.field == "execution_id"
     else:
         raise AssertionError("an execution event without an execution was accepted")
+
+
+def test_a_run_whose_start_or_a_middle_move_is_still_in_flight_waits_for_it():
+    run = Execution("flow").started().after(5).moved("working").after(5).ended("completed")
+    policy = SettlePolicy(gap_grace_ns=15 * 10**9)
+    for missing in (0, 1):  # the start; the move into "working"
+        told = [e for i, e in enumerate(run.events) if i != missing]
+        (state,) = fold_events(told, settle_at_ns=None, decoder=DECODE).runs.values()
+        assert settle(state, state.ended_seen_ns + 10**9, policy).held, missing
+    (whole,) = fold_events(run.events, settle_at_ns=None, decoder=DECODE).runs.values()
+    assert not settle(whole, whole.ended_seen_ns + 10**9, policy).held
