@@ -80,6 +80,12 @@ class Bridge:
         self.exposition = exposition(self.metrics.collect)
         self.trace_sender = trace_sender or otlp.trace_sender()
         self.metric_sender = metric_sender or otlp.metric_sender()
+        self.dead_letters = DeadLetters(
+            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+        )
+        self.dead_spans = DeadLetters(
+            settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+        )
         self.drain = OutboxDrain(
             self.store,
             self.trace_sender,
@@ -88,15 +94,9 @@ class Bridge:
             settings.export_delay_ms / 1000,
             VERSION,
             max_request_bytes=settings.max_export_bytes,
-            dead_spans=DeadLetters(
-                settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
-            ),
+            dead_spans=self.dead_spans,
             on_result=self._export_result,
         )
-        self.dead_letters = DeadLetters(
-            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
-        )
-        self.websocket: WebSocketReceiver | None = None
         quieten_sdk_exporters()
         self.trace_health = ExportHealth(
             "trace",
@@ -212,7 +212,6 @@ class Bridge:
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
             )
-            self.websocket = websocket
             out.append(("websocket", lambda: websocket.run(self._stop)))
         return out
 
@@ -236,9 +235,8 @@ class Bridge:
         """Count the overdue runs from the store: right after a restart, and the same on every replica."""
         counts: dict[Resource, dict[tuple[str, str, str], int]] = {}
         for run in self.pipeline.open_runs():
-            resource = Resource(run.service, run.env)
-            per = counts.setdefault(resource, {})
             if run.overdue_ns is not None:
+                per = counts.setdefault(Resource(run.service, run.env), {})
                 key = (run.engine, run.name, run.state)
                 per[key] = per.get(key, 0) + 1
         overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
@@ -323,6 +321,7 @@ class Bridge:
             self.export_metrics()
         finally:
             self.dead_letters.close()
+            self.dead_spans.close()
             self.trace_sender.shutdown()
             self.metric_sender.shutdown()
             self.metrics.shutdown()

@@ -8,11 +8,11 @@ grace: the engine loses alarms on eviction and never flushes a cancel of a pause
 """
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.runs import RunState
+from otel_bridge.correlate.spans import iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
 from otel_bridge.lifecycle import Fact, FactKind
 
@@ -37,14 +37,10 @@ class RunOverview:
         out = asdict(self)
         for key in ("since_ns", "resume_at_ns", "last_event_ns"):
             value = out.pop(key)
-            out[key.removesuffix("_ns")] = _iso(value) if value is not None else None
+            out[key.removesuffix("_ns")] = iso_ns(value) if value is not None else None
         overdue = out.pop("overdue_ns")
         out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
         return out
-
-
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ordered(state: RunState) -> list[Fact]:
@@ -65,7 +61,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         due = pause.resume_at_ns if pause is not None else None
     elif current == c.STATE_PENDING:
         due = since.time_ns  # a queued run is due to start at once
-    overdue = now_ns - due - grace_ns if due is not None and now_ns - due > grace_ns else None
+    late = now_ns - due if due is not None else None
     run = state.run
     identity = run.identity
     return RunOverview(
@@ -78,7 +74,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         state=current,
         since_ns=since.time_ns,
         resume_at_ns=due if current == c.STATE_PAUSED else None,
-        overdue_ns=None if overdue is None else overdue + grace_ns,
+        overdue_ns=late if late is not None and late > grace_ns else None,
         last_event=last.name,
         last_event_ns=last.time_ns,
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity)),

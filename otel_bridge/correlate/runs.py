@@ -91,8 +91,6 @@ class SettlePolicy:
     sleep_spans: bool = True
     # A run woken (or started) more than this after it was due gets a `workflow.overdue` event.
     overdue_grace_ns: int | None = 300 * 10**9
-    # How long a finished run keeps its facts, so `otel-bridge show` can still draw it.
-    keep_finished_ns: int = 3600 * 10**9
 
 
 def _identity(f: Fact) -> tuple[object, ...] | None:
@@ -169,15 +167,9 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
 def _counted(f: Fact, run: RunRef) -> list[Observation]:
     """Counters that move the moment a fact is known."""
     if f.entered_state is not None:
-        moved = (
-            (c.WORKFLOW_STATE_FROM, str(f.attributes.get(c.WORKFLOW_STATE_FROM, ""))),
-            (
-                c.WORKFLOW_STATE_TO,
-                f.entered_state,
-            ),
-        )
-        attributes = (*_definition(run), *moved)
-        return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, attributes, _resource(run))]
+        left = str(f.attributes.get(c.WORKFLOW_STATE_FROM, ""))
+        moved = (*_definition(run), (c.WORKFLOW_STATE_FROM, left), (c.WORKFLOW_STATE_TO, f.entered_state))
+        return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, moved, _resource(run))]
     if f.step is None:
         return []
     attributes = (*_definition(run), (c.WORKFLOW_TASK_NAME, f.label or f.step))
@@ -194,6 +186,8 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
 def _learnt(known: RunRef, told: RunRef) -> RunRef:
     """What a run's events say of it, together: one event may carry a name another lacks."""
     update: dict[str, object] = {}
+    if known.name and (known.correlation_id or not told.correlation_id) and not told.attributes:
+        return known  # the common case: nothing this event could add
     if told.name and not known.name:
         update["name"] = told.name
     if told.correlation_id and not known.correlation_id:

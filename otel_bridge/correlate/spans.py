@@ -535,7 +535,7 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
             if f.time_ns - due > grace_ns:
                 late = {
                     c.WORKFLOW_OVERDUE_SECONDS: round((f.time_ns - due) / 1e9, 3),
-                    c.WORKFLOW_OVERDUE_DUE_AT: _iso_ns(due),
+                    c.WORKFLOW_OVERDUE_DUE_AT: iso_ns(due),
                 }
                 events.append(SpanEvent(c.WORKFLOW_OVERDUE_EVENT, f.time_ns, late))
             due = None
@@ -546,5 +546,6 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
     return events
 
 
-def _iso_ns(ns: int) -> str:
+def iso_ns(ns: int) -> str:
+    """Unix nanoseconds as the ISO-8601 UTC text the engines write (milliseconds, Z)."""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

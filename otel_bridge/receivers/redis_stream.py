@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF = 30.0
 
 
+def _str(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _text(fields: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (v.decode(errors="replace") if isinstance(v, bytes) else v)
-        for k, v in fields.items()
-    }
+    return {_str(k): _str(v) for k, v in fields.items()}
 
 
 class StreamReceiver:
@@ -94,8 +95,8 @@ class StreamReceiver:
         try:
             stream = self._client.xinfo_stream(self._key)
             groups = self._client.xinfo_groups(self._key)
-            group = next(g for g in groups if _text({"n": g["name"]})["n"] == self._group)
-            delivered = _text({"i": group["last-delivered-id"]})["i"]
+            group = next(g for g in groups if _str(g["name"]) == self._group)
+            delivered = _str(group["last-delivered-id"])
             added, read = stream.get("entries-added"), group.get("entries-read")
             waiting = len(self._client.xrange(self._key, min=f"({delivered}", max="+"))
         except (RedisError, StopIteration, KeyError):

@@ -39,7 +39,6 @@ class WebSocketReceiver:
         progress: Progress,
         api_url: str | None = None,
         workspace_id: str | None = None,
-        on_reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         self._url = url
         self._consumer = consumer
@@ -47,10 +46,8 @@ class WebSocketReceiver:
         self._progress = progress
         self._api_url = api_url.rstrip("/") if api_url else None
         self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
-        self._on_reconnect = on_reconnect
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
-        self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
@@ -60,14 +57,11 @@ class WebSocketReceiver:
                 with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
                     connections += 1
                     log.info("following %s", self._url)
-                    self.connected.set()
                     backoff = 0.5
                     if connections > 1:
-                        self._on_reconnect()
                         self._catch_up(stop)
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                self.connected.clear()
                 if stop.is_set():
                     break
                 delay = random.uniform(0.5, 1.5) * backoff

@@ -33,6 +33,19 @@ class TrackerStats:
     dropped_events: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
 
+    def answered(self, response: httpx.Response, batch: list[dict[str, Any]]) -> bool:
+        """Count one answer; True when it took the batch."""
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        if response.is_success:
+            self.events += len(batch)
+        return response.is_success
+
+    def dropped(self, batch: list[dict[str, Any]], attempts: int) -> bool:
+        self.dropped_batches += 1
+        self.dropped_events += len(batch)
+        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), attempts)
+        return False
+
 
 @dataclass(frozen=True)
 class _Config:
@@ -131,25 +144,15 @@ class HttpBatchTracker:
             if attempt:
                 self.stats.retries += 1
                 time.sleep(self._c.delay(attempt))
+            self.stats.posts += 1
             try:
                 response = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
-            except httpx.HTTPError as exc:
-                self.stats.posts += 1
+            except Exception as exc:  # never into the workflow
                 log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
                 continue
-            except Exception:  # never into the workflow
-                self.stats.posts += 1
-                log.exception("tracker POST to %s raised", self._c.endpoint)
-                continue
-            self.stats.posts += 1
-            self.stats.statuses[response.status_code] = self.stats.statuses.get(response.status_code, 0) + 1
-            if response.is_success:
-                self.stats.events += len(batch)
+            if self.stats.answered(response, batch):
                 return True
-        self.stats.dropped_batches += 1
-        self.stats.dropped_events += len(batch)
-        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), self._c.max_attempts + 1)
-        return False
+        return self.stats.dropped(batch, self._c.max_attempts + 1)
 
     def _timer(self) -> None:
         assert self._c.flush_interval is not None
@@ -231,14 +234,9 @@ class AsyncHttpBatchTracker:
             except Exception as exc:  # never into the workflow
                 log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
                 continue
-            self.stats.statuses[response.status_code] = self.stats.statuses.get(response.status_code, 0) + 1
-            if response.is_success:
-                self.stats.events += len(batch)
+            if self.stats.answered(response, batch):
                 return True
-        self.stats.dropped_batches += 1
-        self.stats.dropped_events += len(batch)
-        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), self._c.max_attempts + 1)
-        return False
+        return self.stats.dropped(batch, self._c.max_attempts + 1)
 
     async def _timer(self) -> None:
         assert self._c.flush_interval is not None

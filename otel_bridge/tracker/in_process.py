@@ -71,11 +71,14 @@ class OtelTracker:
             timer.start()
 
     def emit(self, event: Mapping[str, Any]) -> None:
+        if self.buffer(event):
+            self.flush()
+
+    def buffer(self, event: Mapping[str, Any]) -> bool:
+        """Buffer one event without storing anything; True when the buffer is full (time to flush)."""
         with self._lock:
             self._buffer.append(enriched(event, self.env, self.service_key))
-            full = len(self._buffer) >= self._batch_size
-        if full:
-            self.flush()
+            return len(self._buffer) >= self._batch_size
 
     def pending(self) -> int:
         with self._lock:
@@ -137,15 +140,10 @@ class AsyncOtelTracker:
     """`OtelTracker` for asyncio producers: storing runs in a worker thread, never on the event loop."""
 
     def __init__(self, env: str, service_key: str, **options: Any) -> None:
-        options.setdefault("batch_size", 100)
-        self._batch_size = options["batch_size"]
         self.tracker = OtelTracker(env, service_key, **options)
 
     async def emit(self, event: Mapping[str, Any]) -> None:
-        with self.tracker._lock:
-            self.tracker._buffer.append(enriched(event, self.tracker.env, self.tracker.service_key))
-            full = len(self.tracker._buffer) >= self._batch_size
-        if full:
+        if self.tracker.buffer(event):
             await asyncio.to_thread(self.tracker.flush)
 
     async def flush(self) -> None:
