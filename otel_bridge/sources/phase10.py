@@ -125,10 +125,8 @@ def progress(message: Any) -> tuple[str | None, bool | None]:
         finished = str(message.get("status", "")).lower() in _TIMELINE_ENDINGS
         return message.get("execution_id"), False if finished else None
     if "event" in message and "event_type" not in message:
-        data = message.get("data") if isinstance(message.get("data"), dict) else {}
-        event_type, execution = message.get("event"), data.get("execution_id")  # type: ignore[union-attr]
-    else:
-        event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
+        message = _enveloped(message)
+    event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
     if event_type == "workflow_started":
         return execution, True
     if event_type in _ENDINGS:
