@@ -1,0 +1,277 @@
+"""What a sidecar costs: events per CPU-second of the bridge, beside the naive peer and the floor, in one run.
+
+    python benchmarks/sidecar_cpu.py [--events 50000] [--rounds 3] [--bridge-env KEY=VALUE ...]
+
+The workload a user meets: 4 concurrent clients POST 100-event batches of the replay mix
+(workflows with retries, pauses and sleeps; recurring jobs) to `POST /v1/events`; the
+server exports OTLP/HTTP to a local receiver that decodes every request and counts spans;
+a round ends when everything is delivered. Rows (medians over alternating rounds):
+1. otel-bridge: `otel-bridge serve` subprocess, SQLite state, defaults;
+2. naive peer (`naive_peer.py`): SDK tracer + BatchSpanProcessor + a dict, no durability;
+3. floor, in this process: orjson parse + batch validation + in-place OTLP encoding of as
+   many spans as the bridge delivered, nothing else.
+Columns: events per CPU-second of the server process (user + system, from /proc), accept
+rate while posting, drain time (last answer to last span delivered), spans delivered, peak RSS.
+Then the producer's view: 6-event batches (one invocation) paced at half of the bridge's
+peak rate for them, p50/p95/p99 of the answer.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import orjson
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bridge_process import BridgeProcess, free_port
+from replay_throughput import generate
+
+from otel_bridge.correlate.outputs import SpanRecord
+from otel_bridge.export.span_encoding import encode_span
+from otel_bridge.pipeline import Pipeline
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class CountingReceiver:
+    """OTLP/HTTP: decodes each trace request and counts its spans; metrics are taken and dropped."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.last = 0.0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_a: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.path == "/v1/traces":
+                    request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                    n = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                    with lock:
+                        receiver.spans += n
+                        receiver.last = time.perf_counter()
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        self.spans, self.last = 0, 0.0
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def post_all(url: str, bodies: list[bytes], clients: int, interval: float = 0.0) -> tuple[list[float], float]:
+    """POST every body from `clients` threads (closed loop, or one every `interval` s per client)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(share: list[bytes]) -> None:
+        mine = []
+        with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as http:
+            next_at = time.perf_counter()
+            for body in share:
+                if interval:
+                    next_at += interval
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
+                start = time.perf_counter()
+                response = http.post(url, content=body)
+                mine.append(time.perf_counter() - start)
+                assert response.status_code == 200, response.text
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(bodies[i::clients],)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - started
+
+
+def wait_delivered(receiver: CountingReceiver, quiet: float = 3.0, timeout: float = 600) -> None:
+    """Until no span arrived for `quiet` seconds (the bridge settles ended runs within a second)."""
+    deadline = time.monotonic() + timeout
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if receiver.spans != seen:
+            seen, since = receiver.spans, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
+
+
+@dataclass
+class Round:
+    cpu: float
+    accept_seconds: float
+    drain_seconds: float
+    spans: int
+    rss_mib: float
+    latencies: list[float]
+
+
+def measure(pid: int, url: str, bodies: list[bytes], receiver: CountingReceiver, clients: int) -> Round:
+    receiver.reset()
+    cpu_before = cpu_seconds(pid)
+    latencies, accept = post_all(url, bodies, clients)
+    answered = time.perf_counter()
+    wait_delivered(receiver)
+    cpu = cpu_seconds(pid) - cpu_before
+    drain = max(receiver.last - answered, 0.0)
+    return Round(cpu, accept, drain, receiver.spans, peak_rss_mib(pid), latencies)
+
+
+def run_bridge(workdir: Path, receiver: CountingReceiver, bodies: list[bytes], clients: int, env: dict) -> Round:
+    bridge = BridgeProcess(workdir, receiver.endpoint, log_level="WARNING", settle_seconds="1", **env)
+    bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
+    bridge.start()
+    try:
+        return measure(bridge.proc.pid, f"{bridge.url}/v1/events", bodies, receiver, clients)
+    finally:
+        bridge.close()
+
+
+def run_peer(receiver: CountingReceiver, bodies: list[bytes], clients: int) -> Round:
+    port = free_port()
+    script = str(Path(__file__).parent / "naive_peer.py")
+    peer = subprocess.Popen([sys.executable, script, "--port", str(port), "--endpoint", receiver.endpoint])
+    try:
+        for _ in range(200):
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/events", content=b'{"events":[]}', timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        return measure(peer.pid, f"http://127.0.0.1:{port}/v1/events", bodies, receiver, clients)
+    finally:
+        peer.kill()
+        peer.wait()
+
+
+def run_floor(bodies: list[bytes], spans: int) -> float:
+    """CPU seconds of the floor, in this process."""
+    pipeline = Pipeline.__new__(Pipeline)  # only its decoding: no store, no metrics
+    from otel_bridge.sources.wire import DecodeOptions
+
+    pipeline.decode_options = DecodeOptions()
+    record = SpanRecord(
+        trace_id=os.urandom(16),
+        span_id=os.urandom(8),
+        parent_span_id=os.urandom(8),
+        name="step charge",
+        kind="internal",
+        start_ns=1,
+        end_ns=2,
+        attributes={"workflow.task.name": "charge", "workflow.task.attempt": 1, "workflow.definition.name": "x"},
+    )
+    start = time.process_time()
+    for body in bodies:
+        pipeline.decode(orjson.loads(body)["events"])
+    for _ in range(spans):
+        encode_span(record)
+    return time.process_time() - start
+
+
+def median(rounds: list[Round], what: Callable[[Round], float]) -> float:
+    return statistics.median(what(r) for r in rounds)
+
+
+def quantiles_ms(latencies: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(latencies, n=100)
+    return q[49] * 1000, q[94] * 1000, q[98] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--bridge-env", action="append", default=[], help="KEY=VALUE setting for the bridge")
+    args = parser.parse_args()
+    env = dict(kv.split("=", 1) for kv in args.bridge_env)
+    events = generate(args.events)
+    bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
+    receiver = CountingReceiver()
+    bridge_rounds: list[Round] = []
+    peer_rounds: list[Round] = []
+    floor_cpu: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            workdir = Path(tmp) / f"round-{n}"
+            workdir.mkdir()
+            bridge_rounds.append(run_bridge(workdir, receiver, bodies, args.clients, env))
+            peer_rounds.append(run_peer(receiver, bodies, args.clients))
+            floor_cpu.append(run_floor(bodies, bridge_rounds[-1].spans))
+        small = [orjson.dumps({"events": events[i : i + 6]}) for i in range(0, min(len(events), 12_000), 6)]
+        peak_dir = Path(tmp) / "latency-peak"
+        peak_dir.mkdir()
+        peak = run_bridge(peak_dir, receiver, small, args.clients, env)
+        peak_rate = len(small) / peak.accept_seconds
+        paced_dir = Path(tmp) / "latency-paced"
+        paced_dir.mkdir()
+        bridge = BridgeProcess(paced_dir, receiver.endpoint, log_level="WARNING", settle_seconds="1", **env).start()
+        try:
+            paced, _ = post_all(f"{bridge.url}/v1/events", small, args.clients, interval=args.clients / (peak_rate / 2))
+        finally:
+            bridge.close()
+    receiver.close()
+
+    n = len(events)
+    print(f"{n} events, {len(bodies)} POSTs of 100, {args.clients} clients, medians of {args.rounds} rounds")
+    print(f"(cores: {os.cpu_count()}, python {sys.version.split()[0]})")
+    print(f"{'what':<40}{'ev/CPU-s':>10}{'accept ev/s':>13}{'drain s':>9}{'spans':>8}{'peak RSS':>10}")
+    rows = (("1. otel-bridge (SQLite, OTLP/HTTP)", bridge_rounds), ("2. naive peer (SDK + dict)", peer_rounds))
+    for name, rounds in rows:
+        cpu, accept = median(rounds, lambda r: r.cpu), median(rounds, lambda r: r.accept_seconds)
+        print(
+            f"{name:<40}{n / cpu:>10,.0f}{n / accept:>13,.0f}"
+            f"{median(rounds, lambda r: r.drain_seconds):>9.1f}{median(rounds, lambda r: r.spans):>8,.0f}"
+            f"{median(rounds, lambda r: r.rss_mib):>7,.0f} MiB"
+        )
+    print(f"{'3. floor (parse + validate + encode)':<40}{n / statistics.median(floor_cpu):>10,.0f}")
+    ratio = median(peer_rounds, lambda r: r.cpu) / median(bridge_rounds, lambda r: r.cpu)
+    print(f"otel-bridge vs naive peer: {ratio:.2f}x the events per CPU-second")
+    p50, p95, p99 = quantiles_ms(peak.latencies)
+    print(f"6-event POSTs, closed loop: {peak_rate:,.0f}/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+    p50, p95, p99 = quantiles_ms(paced)
+    print(f"6-event POSTs at half that rate: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
