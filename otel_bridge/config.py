@@ -8,7 +8,7 @@ SDK defines them, and two of them are mirrored here for their defaults.
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +25,17 @@ class Settings(BaseSettings):
     state: str = Field(
         "otel-bridge.db",
         description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas.",
+    )
+    durability: Literal["process", "full"] = Field(
+        "process",
+        description="SQLite state: `process` keeps every answered batch through a crash of the bridge (WAL, "
+        "synchronous=NORMAL); `full` also through power loss, at an fsync per batch.",
+    )
+    hot_runs: int = Field(
+        20_000,
+        ge=0,
+        description="SQLite state: runs kept in memory between batches (least recently used out); "
+        "the rest are read from the store when their next event comes.",
     )
     claim_after_seconds: float = Field(
         60.0,

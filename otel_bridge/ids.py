@@ -8,7 +8,7 @@ with U+001F (unit separator) so that no two field lists hash alike.
 import hashlib
 from dataclasses import dataclass
 
-SEPARATOR = "\x1f"
+from otel_bridge.keys import SEPARATOR
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from otel_bridge import keys
 from otel_bridge.ids import RunIdentity
 
 AttributeValue = str | bool | int | float | list[str]
@@ -109,7 +110,7 @@ class RunRef(BaseModel):
 
     @cached_property
     def state_key(self) -> str:
-        return "\x1f".join(("run", *self.identity.fields()))
+        return keys.run_key(self.identity.fields())
 
 
 class Fact(BaseModel):
@@ -190,7 +191,7 @@ class JobRecord(BaseModel):
 
     @property
     def state_key(self) -> str:
-        return "\x1f".join(("job", self.engine, self.env, self.service, self.instance_id))
+        return keys.job_key(self.engine, self.env, self.service, self.instance_id)
 
 
 LifecycleRecord = WorkflowRecord | JobRecord

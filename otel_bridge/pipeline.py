@@ -7,31 +7,36 @@ state, commit; only then are metric observations recorded and the batch answered
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import orjson
 
 from otel_bridge import conventions as c
+from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
-from otel_bridge.correlate.jobs import JobState, active_instance, fold_job
+from otel_bridge.correlate.jobs import JobState, active_instance
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.overview import RunOverview, overview
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, SettleResult, fold, forget_facts, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, counted_under
+from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span, resource_key
-from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
+from otel_bridge.keys import SET_ASIDE
+from otel_bridge.lifecycle import LifecycleRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
+from otel_bridge.state import journal
+from otel_bridge.state.hot import HotStates
+from otel_bridge.state.journal import State
 from otel_bridge.state.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
-_QUARANTINE = "unreadable\x1f"
-_SET_ASIDE = "unsettled\x1f"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -41,14 +46,21 @@ class _Ingested:
     late: list[str] = field(default_factory=list)
 
 
-def _blob(state: RunState | JobState) -> bytes:
-    # Defaults left out: most facts use few of their fields, and a third less JSON is a third
-    # less to parse on every load of the run (missing fields read back as their defaults).
-    return state.model_dump_json(exclude_defaults=True).encode()
-
-
-def _is_job(key: str) -> bool:
-    return key.startswith("job\x1f")
+def policy_of(settings: Settings) -> Policy:
+    settle = SettlePolicy(
+        max_open_ns=int(settings.max_open_seconds * 1e9),
+        gap_grace_ns=int(settings.gap_grace_seconds * 1e9),
+        sleep_spans=settings.sleep_spans,
+        overdue_grace_ns=int(settings.overdue_grace_seconds * 1e9),
+    )
+    return Policy(
+        settle=settle,
+        settle_seconds=settings.settle_seconds,
+        dedup_ttl_seconds=settings.dedup_ttl_seconds,
+        keep_finished_seconds=settings.keep_finished_seconds,
+        max_open_seconds=settings.max_open_seconds,
+        overdue_grace_seconds=settings.overdue_grace_seconds,
+    )
 
 
 # A source's decoder: one raw event -> its lifecycle record(s), None when it is not a run's
@@ -84,6 +96,9 @@ class Pipeline:
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
+        self.policy = policy_of(settings)
+        # A store of our own is written by this process only: its states can stay in memory.
+        self.hot = None if store.shared or not settings.hot_runs else HotStates(settings.hot_runs)
         self.decode_options = DecodeOptions(
             capture_input=settings.capture_input,
             max_input_bytes=settings.max_input_bytes,
@@ -142,7 +157,7 @@ class Pipeline:
             unique.setdefault(event_id_of(record), record)
         now = self._clock()
         try:
-            outcome = self.store.run(lambda tx: self._ingest(tx, unique, now))
+            outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched))
         except Unavailable as exc:
             self.refused = (time.monotonic(), str(exc))
             raise
@@ -161,112 +176,107 @@ class Pipeline:
             log.exception("recording metrics failed")
         return report
 
-    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float) -> _Ingested:
+    def _transaction(self, work: Callable[[Transaction, set[str]], T]) -> T:
+        """`work` as one store transaction; the states it touched leave memory if it fails."""
+        touched: set[str] = set()
+        try:
+            return self.store.run(lambda tx: work(tx, touched))
+        except BaseException:
+            if self.hot is not None:
+                self.hot.discard(touched)
+            raise
+
+    def _state(self, tx: Transaction, key: str, touched: set[str]) -> tuple[State | None, float | None]:
+        touched.add(key)
+        if self.hot is not None and (found := self.hot.get(key)) is not None:
+            return found
+        return journal.load(tx, key)
+
+    def _save(self, tx: Transaction, key: str, changes: journal.Changes) -> None:
+        state = changes.state
+        journal.write(tx, key, changes, overdue_at(state, self.policy) if state is not None else None)
+        if self.hot is not None:
+            self.hot.put(key, state, changes.due)
+
+    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: set[str]) -> _Ingested:
         """The transaction of one batch; may run more than once on a shared store."""
         out = _Ingested()
-        now_ns = int(now * 1e9)
         fresh = tx.unseen(list(unique))
         out.report.duplicates = len(unique) - len(fresh)
-        states: dict[str, tuple[RunState | JobState | None, float | None]] = {}
+        runs: dict[str, journal.Changes] = {}
         for event_id, record in unique.items():
             if event_id not in fresh:
                 continue
             key = state_key_of(record)
-            if key not in states:
-                states[key] = self._load(tx, key)
-            state, due = states[key]
-            if isinstance(record, WorkflowRecord):
-                result = fold(state, record.run, record.fact, now_ns)  # type: ignore[arg-type]
-                state = result.state
-                out.observations += result.observations
-                if result.admission is Admission.ACCEPTED:
-                    due = self._run_due(due, now)
-                    out.report.accepted += 1
-                elif result.admission is Admission.REPEATED:
-                    out.report.duplicates += 1
-                else:
-                    out.late.append(event_id)
-            else:
-                state, job_observations = fold_job(state, record)  # type: ignore[arg-type]
-                out.observations += job_observations
-                # Only an instance counted as active needs remembering indefinitely.
-                due = None if state.counted else now + self.settings.dedup_ttl_seconds
+            changes = runs.get(key)
+            if changes is None:
+                changes = runs[key] = journal.Changes(*self._state(tx, key, touched))
+            step = apply(changes.state, changes.due, record, now, self.policy)
+            changes.state, changes.due = step.state, step.due
+            for seq in step.dropped:
+                changes.added.pop(seq, None)
+                changes.dropped.add(seq)
+            for fact in step.added:
+                changes.added[fact.seq] = fact
+            out.observations += step.observations
+            if step.admission is Admission.ACCEPTED:
                 out.report.accepted += 1
-            states[key] = (state, due)
-        for key, (state, due) in states.items():
-            if state is not None:
-                tx.save(key, _blob(state), due)
+            elif step.admission is Admission.REPEATED:
+                out.report.duplicates += 1
+            else:
+                out.late.append(event_id)
+        for key, changes in runs.items():
+            self._save(tx, key, changes)
         tx.mark_seen(fresh, now)
         return out
-
-    @staticmethod
-    def _load(tx: Transaction, key: str) -> tuple[RunState | JobState | None, float | None]:
-        loaded = tx.load(key)
-        if loaded is None:
-            return None, None
-        blob, due = loaded
-        model = JobState if _is_job(key) else RunState
-        try:
-            return model.model_validate_json(blob), due
-        except ValueError:
-            # A state this version cannot read must not refuse every later event of the run:
-            # keep the blob aside for a human, and start the run afresh.
-            log.exception("unreadable state for %r; kept as %r and started afresh", key, _QUARANTINE + key)
-            tx.save(_QUARANTINE + key, blob, None)
-            return None, None
-
-    def _run_due(self, due: float | None, now: float) -> float:
-        # Settle after the first unsettled event, not the last: a busy run still
-        # gets its spans out every settle window.
-        candidate = now + self.settings.settle_seconds
-        return due if due is not None and due <= candidate else candidate
 
     def settle_due(self, horizon: float | None = None, gap_grace_seconds: float | None = None) -> int:
         """Send the spans of every run whose settle window ended by `horizon` (default: now)."""
         now = self._clock()
         horizon = now if horizon is None else horizon
-        grace = self.settings.gap_grace_seconds if gap_grace_seconds is None else gap_grace_seconds
-        policy = SettlePolicy(
-            max_open_ns=int(self.settings.max_open_seconds * 1e9),
-            gap_grace_ns=int(grace * 1e9),
-            sleep_spans=self.settings.sleep_spans,
-            overdue_grace_ns=int(self.settings.overdue_grace_seconds * 1e9),
-        )
+        policy = self.policy
+        if gap_grace_seconds is not None:
+            settle = replace(policy.settle, gap_grace_ns=int(gap_grace_seconds * 1e9))
+            policy = replace(policy, settle=settle)
         done: set[str] = set()
         sent = 0
         while True:
-            keys, results = self.store.run(lambda tx: self._settle_chunk(tx, horizon, now, policy, done))
-            done.update(keys)
-            sent += sum(len(r.spans) for r in results)
-            self.metrics.record(o for r in results for o in r.observations)
-            self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(r.incomplete for r in results))
+            keys_, steps = self._transaction(
+                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, touched)
+            )
+            done.update(keys_)
+            sent += sum(len(s.spans) for s in steps)
+            self.metrics.record(o for s in steps for o in s.observations)
+            self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
             self.metrics.bridge(c.M_BRIDGE_RUNS_SET_ASIDE, self.set_aside)
             self.set_aside = 0
-            if not keys:
+            if not keys_:
                 break
         if sent:
             self._on_spans()
         return sent
 
     def _settle_chunk(
-        self, tx: Transaction, horizon: float, now: float, policy: SettlePolicy, done: set[str]
-    ) -> tuple[list[str], list[SettleResult]]:
-        keys = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
-        results = []
-        for key in keys:
+        self, tx: Transaction, horizon: float, now: float, policy: Policy, done: set[str], touched: set[str]
+    ) -> tuple[list[str], list[Step]]:
+        due = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
+        steps = []
+        for key in due:
             try:
-                result = self._settle_one(tx, key, now, policy)
+                step = self._settle_one(tx, key, now, policy, touched)
             except Exception as exc:
                 # One run that cannot be settled must not stop every other run from settling.
                 self._settle_failed(tx, key, now, exc)
                 continue
             self._settle_failures.pop(key, None)
-            if result is not None:
-                results.append(result)
-        return keys, results
+            if step is not None:
+                steps.append(step)
+        return due, steps
 
     def _settle_failed(self, tx: Transaction, key: str, now: float, exc: Exception) -> None:
         """Try a run that failed to settle again with backoff; after `settle_attempts` tries, set it aside."""
+        if self.hot is not None:
+            self.hot.discard([key])  # settling may have changed it before it failed: read it again
         failures = self._settle_failures.get(key, 0) + 1
         self._settle_failures[key] = failures
         loaded = tx.load(key)
@@ -276,65 +286,66 @@ class Pipeline:
             log.warning("settling %r failed (try %d): %r; trying again", key, failures, exc)
             tx.save(key, loaded[0], now + min(2.0 ** (failures - 1), 60.0))
             return
-        log.error("settling %r failed %d times: %r; its state is set aside as %r", key, failures, exc, _SET_ASIDE + key)
-        kept = {"reason": repr(exc)[:2000], "at": now, "state": loaded[0].decode(errors="replace")}
-        tx.save(_SET_ASIDE + key, orjson.dumps(kept), None)
+        log.error("settling %r failed %d times: %r; its state is set aside as %r", key, failures, exc, SET_ASIDE + key)
+        facts = [row.decode(errors="replace") for row in tx.facts(key)]
+        kept = {"reason": repr(exc)[:2000], "at": now, "state": loaded[0].decode(errors="replace"), "facts": facts}
+        tx.save(SET_ASIDE + key, orjson.dumps(kept), None)
         tx.delete(key)
         self._settle_failures.pop(key, None)
         self.set_aside += 1
 
-    def _settle_one(self, tx: Transaction, key: str, now: float, policy: SettlePolicy) -> SettleResult | None:
-        if key.startswith((_QUARANTINE, _SET_ASIDE)):
+    def _settle_one(self, tx: Transaction, key: str, now: float, policy: Policy, touched: set[str]) -> Step | None:
+        if keys.is_kept_aside(key):
             return None
-        loaded = tx.load(key)
-        if loaded is None:
+        state, _due = self._state(tx, key, touched)
+        if state is None:
             return None
-        if _is_job(key):
-            tx.delete(key)  # a job instance's state is due only once it no longer matters
-            return None
-        state = RunState.model_validate_json(loaded[0])
-        if state.closed:
-            if state.facts:
-                # Kept to be shown (`otel-bridge show`) for a while; now only remembered for late events.
-                forget_facts(state)
-                closed = state.closed_ns / 1e9 or now
-                tx.save(key, _blob(state), max(closed + self.settings.dedup_ttl_seconds, now))
-            else:
-                tx.delete(key)  # remembered for late events long enough
-            return None
-        result = settle(state, int(now * 1e9), policy)
+        step = settle_run(state, now, policy)
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
-        rk = resource_key(Resource(state.run.service, state.run.env))
-        rows = [
-            (rk, encode_span(span, self.settings.attribute_value_limit, self.settings.max_name_chars))
-            for span in result.spans
-        ]
-        if result.held:
-            due = now + max(self.settings.settle_seconds, 0.2)
-        elif state.closed:
-            due = now + min(self.settings.keep_finished_seconds, self.settings.dedup_ttl_seconds)
-        else:
-            due = max(state.opened_ns / 1e9 + self.settings.max_open_seconds, now)
-        blob = _blob(state)
+        rows = []
+        if step.spans:
+            assert isinstance(state, RunState)
+            rk = resource_key(Resource(state.run.service, state.run.env))
+            limit, name_chars = self.settings.attribute_value_limit, self.settings.max_name_chars
+            rows = [(rk, encode_span(span, limit, name_chars)) for span in step.spans]
         tx.outbox_add(rows)
-        tx.save(key, blob, due)
-        return result
+        self._save(tx, key, journal.Changes(step.state, step.due, forgotten=step.facts_forgotten))
+        return step
 
     def run_states(self) -> Iterator[RunState]:
         """Every run the store holds (open, or finished and still kept), readable ones only."""
-        for key, blob in self.store.states():
-            if key.startswith((_QUARANTINE, _SET_ASIDE)) or _is_job(key):
+        for key, header in self.store.states():
+            if keys.is_kept_aside(key) or keys.is_job(key):
                 continue
             try:
-                yield RunState.model_validate_json(blob)
+                state = journal.decode(key, header, self.store.facts(key))
             except ValueError:
                 log.warning("run state %r is not readable; skipped", key)
+                continue
+            assert isinstance(state, RunState)
+            yield state
 
     def open_runs(self, now: float | None = None) -> list[RunOverview]:
         """The open runs as an on-call engineer asks for them: state, since, due, overdue by."""
+        return self._overviews(self.run_states(), now)
+
+    def overdue_runs(self, now: float | None = None) -> list[RunOverview]:
+        """The overdue runs only, found through the store's index: the cost is theirs, not every open run's."""
+        now = self._clock() if now is None else now
+        states = []
+        for key, header in self.store.overdue(now):
+            try:
+                state = journal.decode(key, header, self.store.facts(key))
+            except ValueError:
+                continue
+            if isinstance(state, RunState):
+                states.append(state)
+        return [r for r in self._overviews(states, now) if r.overdue_ns is not None]
+
+    def _overviews(self, states: Iterable[RunState], now: float | None) -> list[RunOverview]:
         now_ns = int((self._clock() if now is None else now) * 1e9)
         grace_ns = int(self.settings.overdue_grace_seconds * 1e9)
-        runs = (overview(state, now_ns, grace_ns) for state in self.run_states())
+        runs = (overview(state, now_ns, grace_ns) for state in states)
         return sorted((r for r in runs if r is not None), key=lambda r: r.since_ns)
 
     def restore_gauges(self) -> None:
@@ -342,20 +353,25 @@ class Pipeline:
 
         Only for a store of our own: with a shared store every replica's gauge is its share of
         the changes it saw, and recounting everything on each replica would count runs twice.
+        Reads the states' headers only (not their facts): once per start, over every open run.
         """
         if self.store.shared:
             return
         observations = []
-        for key, blob in self.store.states():
-            if key.startswith((_QUARANTINE, _SET_ASIDE)):
+        for key, header in self.store.states():
+            if keys.is_kept_aside(key):
                 continue
-            if _is_job(key):
-                job = JobState.model_validate_json(blob)
-                if job.counted:
-                    observations.append(active_instance(job))
+            try:
+                state = journal.decode(key, header, [])
+            except ValueError:
+                log.warning("state %r is not readable; not counted", key)
                 continue
-            state = RunState.model_validate_json(blob)
-            if state.counted_state is not None:
+            if isinstance(state, JobState):
+                if state.counted:
+                    observations.append(active_instance(state))
+                continue
+            counted = counted_under(state)
+            if counted is not None:
                 observations.append(
                     Observation(
                         c.M_WORKFLOW_EXECUTION_ACTIVE,
@@ -363,7 +379,7 @@ class Pipeline:
                         (
                             (c.WORKFLOW_PLATFORM_NAME, state.run.engine),
                             (c.WORKFLOW_DEFINITION_NAME, state.metric_name),
-                            (c.WORKFLOW_EXECUTION_STATE, state.counted_state),
+                            (c.WORKFLOW_EXECUTION_STATE, counted),
                         ),
                         Resource(state.run.service, state.run.env),
                     )

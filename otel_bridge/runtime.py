@@ -56,7 +56,11 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
         )
     timeout = settings.store_timeout_seconds
     return SqliteStore(
-        settings.state, busy_timeout_ms=int(timeout * 1000), lock_timeout_seconds=timeout, read_only=read_only
+        settings.state,
+        busy_timeout_ms=int(timeout * 1000),
+        lock_timeout_seconds=timeout,
+        read_only=read_only,
+        durability=settings.durability,
     )
 
 
@@ -232,13 +236,16 @@ class Bridge:
         return self
 
     def count_overdue(self) -> None:
-        """Count the overdue runs from the store: right after a restart, and the same on every replica."""
+        """Count the overdue runs from the store: right after a restart, and the same on every replica.
+
+        The store finds them by an index of when each open run turns overdue, so the count
+        costs what the overdue runs cost, not every open run.
+        """
         counts: dict[Resource, dict[tuple[str, str, str], int]] = {}
-        for run in self.pipeline.open_runs():
-            if run.overdue_ns is not None:
-                per = counts.setdefault(Resource(run.service, run.env), {})
-                key = (run.engine, run.name, run.state)
-                per[key] = per.get(key, 0) + 1
+        for run in self.pipeline.overdue_runs():
+            per = counts.setdefault(Resource(run.service, run.env), {})
+            key = (run.engine, run.name, run.state)
+            per[key] = per.get(key, 0) + 1
         overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
         for resource, per in counts.items():
             self.metrics.ensure_producer(resource)

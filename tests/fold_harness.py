@@ -4,9 +4,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_bridge.correlate.jobs import JobState, fold_job
+from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.outputs import Observation, SpanRecord
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy
+from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.lifecycle import JobRecord, WorkflowRecord
 from otel_bridge.sources.durable_effect import decode
 
@@ -67,33 +68,37 @@ def fold_events(
     out = Folded()
     jobs: dict[str, JobState] = {}
     for record in (r for raw in events for r in _records(raw, decoder)):
-        if isinstance(record, JobRecord):
-            state, obs = fold_job(jobs.get(record.state_key), record)
-            jobs[record.state_key] = state
-            out.observations += obs
-            continue
-        assert isinstance(record, WorkflowRecord)
-        result = fold(out.runs.get(record.run.state_key), record.run, record.fact, record.fact.time_ns)
-        out.runs[record.run.state_key] = result.state
-        out.admissions.append(result.admission)
-        out.observations += result.observations
+        _apply(out, jobs, record)
     if settle_at_ns is not None:
         settle_all(out, settle_at_ns, max_open_ns, sleep_spans)
     return out
 
 
+def _apply(out: Folded, jobs: dict[str, JobState], record: Any) -> None:
+    """The product's own `apply`, received at the record's own time."""
+    now = record.fact.time_ns / 1e9 if isinstance(record, WorkflowRecord) else record.time_ns / 1e9
+    if isinstance(record, JobRecord):
+        step = apply(jobs.get(record.state_key), None, record, now, Policy())
+        jobs[record.state_key] = step.state  # type: ignore[assignment]
+        out.observations += step.observations
+        return
+    step = apply(out.runs.get(record.run.state_key), None, record, now, Policy())
+    out.runs[record.run.state_key] = step.state  # type: ignore[assignment]
+    out.admissions.append(step.admission)
+    out.observations += step.observations
+
+
 def settle_all(out: Folded, now_ns: int, max_open_ns: int = FAR_FUTURE_NS, sleep_spans: bool = True) -> None:
+    settle = SettlePolicy(max_open_ns=max_open_ns, gap_grace_ns=0, sleep_spans=sleep_spans)
+    policy = Policy(settle=settle, max_open_seconds=max_open_ns / 1e9)
     for state in out.runs.values():
-        result = settle(state, now_ns, SettlePolicy(max_open_ns=max_open_ns, gap_grace_ns=0, sleep_spans=sleep_spans))
-        out.spans += result.spans
-        out.observations += result.observations
+        step = settle_run(state, now_ns / 1e9, policy)
+        out.spans += step.spans
+        out.observations += step.observations
 
 
 def fold_more(out: Folded, events: list[dict[str, Any]]) -> None:
     for raw in events:
         record = decode(raw)
         assert isinstance(record, WorkflowRecord)
-        result = fold(out.runs.get(record.run.state_key), record.run, record.fact, record.fact.time_ns)
-        out.runs[record.run.state_key] = result.state
-        out.admissions.append(result.admission)
-        out.observations += result.observations
+        _apply(out, {}, record)

@@ -15,14 +15,21 @@ def _pipeline(tmp_path) -> Pipeline:
     return Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
 
 
+def _corrupted(pipeline: Pipeline, key: str, blob: bytes, due: float | None) -> Pipeline:
+    """The state of `key` made unreadable in the file, then the bridge restarted over it."""
+    with pipeline.store.transaction() as tx:
+        tx.save(key, blob, due)
+    pipeline.store.close()
+    return Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
+
+
 def test_an_unreadable_run_state_does_not_stop_other_runs_from_settling(tmp_path):
     pipeline = _pipeline(tmp_path)
     good = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
     bad = WorkflowRun().started()
     pipeline.ingest(good.events + bad.events)
     bad_key = next(k for k, _ in pipeline.store.states() if bad.workflow_id in k)
-    with pipeline.store.transaction() as tx:
-        tx.save(bad_key, b"{not a run state", time.time() - 1)
+    pipeline = _corrupted(pipeline, bad_key, b"{not a run state", time.time() - 1)
     assert pipeline.settle_due(horizon=time.time() + 1) == 2  # the good run's two spans
     assert pipeline.store.outbox_depth() == 2
 
@@ -41,8 +48,7 @@ def test_an_unreadable_run_state_is_set_aside_and_the_run_starts_afresh(tmp_path
     run = WorkflowRun().started()
     pipeline.ingest(run.events)
     key = next(k for k, _ in pipeline.store.states())
-    with pipeline.store.transaction() as tx:
-        tx.save(key, b"\x00garbage", None)
+    pipeline = _corrupted(pipeline, key, b"\x00garbage", None)
     report = pipeline.ingest(run.after(5).step_started("a").events)
     assert report.accepted == 1
     keys = [k for k, _ in pipeline.store.states()]

@@ -26,6 +26,15 @@ class SpanEvent:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
+class SpanRole(StrEnum):
+    RUN = "run"
+    ATTEMPT = "attempt"
+    SLEEP = "sleep"
+    STATE = "state"
+    TASK = "task"
+    TRIGGER = "trigger"
+
+
 @dataclass(slots=True)
 class SpanRecord:
     trace_id: bytes
@@ -43,6 +52,8 @@ class SpanRecord:
     links: list[bytes] = field(default_factory=list)
     # (trace id, span id) of spans in other traces it follows from (the trigger that started a run).
     remote_links: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # What the span stands for, as the span builder knows it: metrics follow from it, not from its name.
+    role: SpanRole = SpanRole.RUN
 
 
 @dataclass(frozen=True, slots=True)

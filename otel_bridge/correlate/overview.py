@@ -47,6 +47,37 @@ def _ordered(state: RunState) -> list[Fact]:
     return sorted(state.facts, key=lambda f: f.order)
 
 
+def _since(state: RunState, ordered: list[Fact]) -> Fact:
+    return next((f for f in reversed(ordered) if f.order == tuple(state.state_order or ())), ordered[0])
+
+
+def _due_ns(state: RunState, ordered: list[Fact]) -> int | None:
+    """When an open run was due to go on: a paused one at its `resumeAt`, a queued one at once."""
+    if state.execution_state == c.STATE_PAUSED:
+        pause = next((f for f in reversed(ordered) if f.kind is FactKind.RUN_PAUSED), None)
+        return pause.resume_at_ns if pause is not None else None
+    if state.execution_state == c.STATE_PENDING:
+        return _since(state, ordered).time_ns
+    return None
+
+
+def overdue_since_ns(state: RunState) -> int | None:
+    """From when an open run counts as late (it is overdue once the grace has passed too).
+
+    Asked on every save of a run, so no sort: the same answer as `overview` in one pass.
+    """
+    if state.ended or state.closed or not state.facts:
+        return None
+    if state.execution_state == c.STATE_PAUSED:
+        pauses = [f for f in state.facts if f.kind is FactKind.RUN_PAUSED]
+        return max(pauses, key=lambda f: f.order).resume_at_ns if pauses else None
+    if state.execution_state == c.STATE_PENDING:
+        order = tuple(state.state_order or ())
+        since = next((f for f in state.facts if f.order == order), None)
+        return (since or min(state.facts, key=lambda f: f.order)).time_ns
+    return None
+
+
 def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     """The run as it stands, or None when it has ended (or holds nothing to tell)."""
     if state.ended or state.closed or not state.facts:
@@ -54,13 +85,8 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     ordered = _ordered(state)
     last = ordered[-1]
     current = state.execution_state
-    since = next((f for f in reversed(ordered) if f.order == tuple(state.state_order or ())), ordered[0])
-    due = None
-    if current == c.STATE_PAUSED:
-        pause = next((f for f in reversed(ordered) if f.kind is FactKind.RUN_PAUSED), None)
-        due = pause.resume_at_ns if pause is not None else None
-    elif current == c.STATE_PENDING:
-        due = since.time_ns  # a queued run is due to start at once
+    since = _since(state, ordered)
+    due = _due_ns(state, ordered)
     late = now_ns - due if due is not None else None
     run = state.run
     identity = run.identity

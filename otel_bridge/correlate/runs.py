@@ -9,13 +9,15 @@ always recomputed from facts and arrival order cannot change them.
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from otel_bridge import conventions as c
-from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord
+from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
 from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef
+
+_INDEXED = 48
 
 _EXECUTING_KINDS = frozenset(
     {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
@@ -46,6 +48,29 @@ class RunState(BaseModel):
     # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
     counted_name: str | None = None
 
+    # Not stored: where each fact that has an identity sits in `facts`, for runs past
+    # `_INDEXED` facts, so taking in a fact costs the same in a run of ten thousand facts
+    # as in one of ten (below it, a scan is cheaper than keeping the index).
+    _where: dict[tuple[object, ...], int] | None = PrivateAttr(default=None)
+
+    def position_of(self, identity: tuple[object, ...]) -> int | None:
+        facts = self.facts
+        if len(facts) < _INDEXED:
+            return next((i for i, known in enumerate(facts) if _identity(known) == identity), None)
+        where = self._where
+        if where is None:
+            where = self._where = {}
+            for i, known in enumerate(facts):
+                where.setdefault(_identity(known), i)  # type: ignore[arg-type]
+        return where.get(identity)
+
+    def append(self, fact: Fact) -> None:
+        if len(self.facts) >= _INDEXED and self._where is not None:
+            identity = _identity(fact)
+            if identity is not None:
+                self._where.setdefault(identity, len(self.facts))
+        self.facts.append(fact)
+
     @property
     def counted_state(self) -> str | None:
         """The workflow.execution.state this run is counted under in workflow.execution.active."""
@@ -56,6 +81,15 @@ class RunState(BaseModel):
     @property
     def metric_name(self) -> str:
         return self.counted_name if self.counted_name is not None else self.run.name
+
+
+def counted_under(state: RunState) -> str | None:
+    """`counted_state` from a state's header alone (facts not read): what a restart re-counts."""
+    if state.facts:  # stored by an earlier version, facts inside
+        return state.counted_state
+    if state.ended or state.closed or state.counted_name is None or state.run.kind is RunKind.TRIGGER:
+        return None
+    return state.execution_state
 
 
 class Admission(StrEnum):
@@ -71,6 +105,9 @@ class FoldResult:
     state: RunState
     admission: Admission
     observations: list[Observation] = field(default_factory=list)
+    # What changed in the run's fact set: the fact now kept, and the `seq` of one it replaced.
+    added: Fact | None = None
+    replaced: int | None = None
 
 
 @dataclass(slots=True)
@@ -211,25 +248,27 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     state.seq += 1
     fact.seq = state.seq  # the fold owns the fact it is given
     identity = _identity(fact)
-    if identity is not None:
-        for i, known in enumerate(state.facts):
-            if _identity(known) == identity:
-                # Keep the earliest telling of a fact, whichever arrived first, with what any
-                # telling adds (a live message names a step's type, a summary does not).
-                earlier, later = (fact, known) if fact.order < known.order else (known, fact)
-                merged = later.attributes | earlier.attributes
-                if merged != earlier.attributes or (later.label and not earlier.label):
-                    earlier = earlier.model_copy(update={"attributes": merged, "label": earlier.label or later.label})
-                state.facts[i] = earlier
-                return FoldResult(state, Admission.REPEATED)
+    i = state.position_of(identity) if identity is not None else None
+    if i is not None:
+        known = state.facts[i]
+        # Keep the earliest telling of a fact, whichever arrived first, with what any
+        # telling adds (a live message names a step's type, a summary does not).
+        earlier, later = (fact, known) if fact.order < known.order else (known, fact)
+        merged = later.attributes | earlier.attributes
+        if merged != earlier.attributes or (later.label and not earlier.label):
+            earlier = earlier.model_copy(update={"attributes": merged, "label": earlier.label or later.label})
+        if earlier is known:
+            return FoldResult(state, Admission.REPEATED)
+        state.facts[i] = earlier
+        return FoldResult(state, Admission.REPEATED, added=earlier, replaced=known.seq)
 
     counted = state.counted_state
-    state.facts.append(fact)
+    state.append(fact)
     if fact.kind is FactKind.RUN_ENDED:
         state.ended_seen_ns = now_ns
     _advance_state(state, fact)
     observations = _counted(fact, state.run) + _active_change(state, counted)
-    return FoldResult(state, Admission.ACCEPTED, observations)
+    return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
 
 
 def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
@@ -276,6 +315,7 @@ def forget_facts(state: RunState) -> None:
     """A closed run kept long enough to be shown: from now on it only recognises late events."""
     state.facts = []
     state.emitted = {}
+    state._where = None
 
 
 def has_gaps(facts: list[Fact]) -> bool:
@@ -347,7 +387,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
     assert span.end_ns is not None
     seconds = (span.end_ns - span.start_ns) / 1e9
     exemplar = {"trace_id": span.trace_id, "span_id": span.span_id}
-    if span.name.startswith(c.STEP_SPAN_PREFIX):
+    if span.role is SpanRole.ATTEMPT:
         result = span.attributes.get(c.WORKFLOW_TASK_RESULT)
         if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):
             return []
@@ -357,12 +397,12 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
             (c.WORKFLOW_TASK_RESULT, result),
         )
         return [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, attrs, resource, **exemplar)]
-    if span.name == c.SLEEP_SPAN_NAME:
+    if span.role is SpanRole.SLEEP:
         return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, definition, resource, **exemplar)]
-    if span.name.startswith(c.STATE_SPAN_PREFIX):
+    if span.role is SpanRole.STATE:
         in_state = (*definition, (c.WORKFLOW_STATE_NAME, str(span.attributes[c.WORKFLOW_STATE_NAME])))
         return [Observation(c.M_WORKFLOW_STATE_DURATION, seconds, in_state, resource, **exemplar)]
-    if span.parent_span_id is not None:
+    if span.role is not SpanRole.RUN:
         return []
     result = span.attributes.get(c.WORKFLOW_EXECUTION_RESULT)
     if result is None:

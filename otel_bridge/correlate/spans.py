@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from otel_bridge import conventions as c
-from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
+from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanRole, SpanStatus
 from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
 from otel_bridge.lifecycle import NOTE_KINDS, AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunKind, RunRef
 
@@ -201,6 +201,7 @@ def _attempt_span(
         end_ns = None
     links = [attempt_span_id(run, a.step, a.number - 1)] if a.number > 1 else []
     return SpanRecord(
+        role=SpanRole.ATTEMPT,
         trace_id=trace_id,
         span_id=attempt_span_id(run, a.step, a.number),
         parent_span_id=root_id,
@@ -277,6 +278,7 @@ def _sleep_spans(
         ]
         spans.append(
             SpanRecord(
+                role=SpanRole.SLEEP,
                 trace_id=trace_id,
                 span_id=span_id_for(run, "sleep", sleep.event_id),
                 parent_span_id=root_id,
@@ -321,6 +323,7 @@ def _state_spans(
             attributes[c.WORKFLOW_STATE_FROM] = previous
         spans.append(
             SpanRecord(
+                role=SpanRole.STATE,
                 trace_id=trace_id,
                 span_id=span_id_for(run, "state", entry.event_id),
                 parent_span_id=root_id,
@@ -359,6 +362,7 @@ def _task_spans(
             attributes.update({k: v for k, v in f.attributes.items() if k != c.WORKFLOW_EVENT_ID})
         spans.append(
             SpanRecord(
+                role=SpanRole.TASK,
                 trace_id=trace_id,
                 span_id=span_id_for(run, "task", task_id),
                 parent_span_id=root_id,
@@ -379,6 +383,7 @@ def _trigger_span(run: RunRef, trace_id: bytes, root_id: bytes, fact: Fact) -> S
     if run.tenant is not None:
         attributes[c.TENANT_ID] = run.tenant
     return SpanRecord(
+        role=SpanRole.TRIGGER,
         trace_id=trace_id,
         span_id=root_id,
         parent_span_id=None,
@@ -477,6 +482,7 @@ def _root_span(
     elif end_ns is not None:
         attributes[c.WORKFLOW_EXECUTION_INCOMPLETE] = True
     return SpanRecord(
+        role=SpanRole.RUN,
         trace_id=trace_id,
         span_id=root_id,
         parent_span_id=None,

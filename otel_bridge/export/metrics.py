@@ -253,18 +253,35 @@ class MetricsHub:
         return instrument
 
     def record(self, observations: Iterable[Observation]) -> None:
+        # A batch's additions to one series are summed first: the SDK's cost is per call (attribute
+        # hashing, locks), and a batch moves the same few series many times (a +1 and a -1 of
+        # the active gauge for every run that starts and ends in it).
+        sums: dict[tuple[Resource | None, str, tuple[tuple[str, str], ...]], float] = {}
         for o in observations:
-            producer = self._producer(o.resource)
-            instrument = self._instrument(producer, o.instrument)
-            attributes = {
-                key: self._names(key, value) if key in c.BOUNDED_NAME_ATTRIBUTES else value
-                for key, value in o.attributes
-            }
-            context = _exemplar_context(o.trace_id, o.span_id) if o.trace_id and o.span_id else None
-            if INSTRUMENTS[o.instrument].kind == "histogram":
-                instrument.record(o.value, attributes, context=context)  # type: ignore[attr-defined]
+            if INSTRUMENTS[o.instrument].kind == "histogram" or (o.trace_id and o.span_id):
+                self._record(o.resource, o.instrument, o.attributes, o.value, o.trace_id, o.span_id)
             else:
-                instrument.add(o.value, attributes, context=context)  # type: ignore[attr-defined]
+                series = (o.resource, o.instrument, o.attributes)
+                sums[series] = sums.get(series, 0) + o.value
+        for (resource, name, attributes), value in sums.items():
+            self._record(resource, name, attributes, value, None, None)
+
+    def _record(
+        self,
+        resource: Resource | None,
+        name: str,
+        attributes: tuple[tuple[str, str], ...],
+        value: float,
+        trace_id: bytes | None,
+        span_id: bytes | None,
+    ) -> None:
+        instrument = self._instrument(self._producer(resource), name)
+        named = {key: self._names(key, v) if key in c.BOUNDED_NAME_ATTRIBUTES else v for key, v in attributes}
+        context = _exemplar_context(trace_id, span_id) if trace_id and span_id else None
+        if INSTRUMENTS[name].kind == "histogram":
+            instrument.record(value, named, context=context)  # type: ignore[attr-defined]
+        else:
+            instrument.add(value, named, context=context)  # type: ignore[attr-defined]
 
     def bridge(self, instrument: str, value: float = 1, **attributes: str) -> None:
         """Record one of the bridge's own measurements."""

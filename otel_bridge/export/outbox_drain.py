@@ -16,6 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge import conventions as c
+from otel_bridge import keys
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import Delivery, ExportResult, TraceSender
 from otel_bridge.export.span_encoding import export_request
@@ -120,7 +121,7 @@ class OutboxDrain:
             reason,
         )
         if self._dead_spans is not None:
-            service, _, env = row.resource.partition("\x1f")
+            service, env = keys.resource_of(row.resource)
             record = {"reason": reason, "service.name": service, "deployment.environment.name": env}
             self._dead_spans.keep("otlp", [(record, MessageToDict(span))])
         self._store.outbox_ack([row.id])

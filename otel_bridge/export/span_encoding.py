@@ -12,6 +12,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResour
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from otel_bridge import conventions as c
+from otel_bridge import keys
 from otel_bridge.correlate.outputs import Resource, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.lifecycle import AttributeValue
 
@@ -76,11 +77,11 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
 
 
 def resource_key(resource: Resource) -> str:
-    return f"{resource.service}\x1f{resource.env}"
+    return keys.resource_key(resource.service, resource.env)
 
 
 def proto_resource(key: str) -> ProtoResource:
-    service, env = key.split("\x1f", 1)
+    service, env = keys.resource_of(key)
     return ProtoResource(
         attributes=[
             KeyValue(key=c.SERVICE_NAME, value=AnyValue(string_value=service)),

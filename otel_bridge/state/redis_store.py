@@ -39,6 +39,10 @@ def _safe(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _in_order(rows: dict[bytes, bytes]) -> list[bytes]:
+    return [blob for _n, blob in sorted(rows.items(), key=lambda row: int(row[0]))]
+
+
 class RedisTransaction:
     def __init__(self, client: Any, pipe: Any, prefix: str, seen_ttl: float) -> None:
         self._client = client
@@ -71,22 +75,40 @@ class RedisTransaction:
             return None
         return blob, self._pipe.zscore(f"{self._p}due", key)
 
-    def save(self, key: str, blob: bytes, due: float | None) -> None:
+    def save(self, key: str, blob: bytes, due: float | None, overdue_at: float | None = None) -> None:
         def write(pipe: Any) -> None:
             pipe.set(f"{self._p}state:{key}", blob)
-            if due is None:
-                pipe.zrem(f"{self._p}due", key)
-            else:
-                pipe.zadd(f"{self._p}due", {key: due})
+            for index, score in (("due", due), ("overdue", overdue_at)):
+                if score is None:
+                    pipe.zrem(f"{self._p}{index}", key)
+                else:
+                    pipe.zadd(f"{self._p}{index}", {key: score})
 
         self._writes.append(write)
 
     def delete(self, key: str) -> None:
         def write(pipe: Any) -> None:
-            pipe.delete(f"{self._p}state:{key}")
+            pipe.delete(f"{self._p}state:{key}", f"{self._p}facts:{key}")
             pipe.zrem(f"{self._p}due", key)
+            pipe.zrem(f"{self._p}overdue", key)
 
         self._writes.append(write)
+
+    def facts(self, key: str) -> list[bytes]:
+        facts_key = f"{self._p}facts:{key}"
+        self._pipe.watch(facts_key)
+        return _in_order(self._pipe.hgetall(facts_key))
+
+    def append(self, key: str, rows: list[tuple[int, bytes]]) -> None:
+        mapping = {str(n): blob for n, blob in rows}
+        self._writes.append(lambda pipe: pipe.hset(f"{self._p}facts:{key}", mapping=mapping))
+
+    def drop(self, key: str, seqs: list[int]) -> None:
+        fields = [str(n) for n in seqs]
+        self._writes.append(lambda pipe: pipe.hdel(f"{self._p}facts:{key}", *fields))
+
+    def forget(self, key: str) -> None:
+        self._writes.append(lambda pipe: pipe.delete(f"{self._p}facts:{key}"))
 
     def due_keys(self, now: float, limit: int) -> list[str]:
         # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
@@ -220,6 +242,17 @@ class RedisStore:
             blob = self._client.get(key)
             if blob is not None:
                 yield key.decode()[len(prefix) :], blob
+
+    def facts(self, key: str) -> list[bytes]:
+        return _in_order(self._client.hgetall(f"{self._p}facts:{key}"))
+
+    def overdue(self, now: float) -> list[tuple[str, bytes]]:
+        keys = [k.decode() for k in self._client.zrangebyscore(f"{self._p}overdue", "-inf", now)]
+        blobs = self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else []
+        return [(k, b) for k, b in zip(keys, blobs, strict=True) if b is not None]
+
+    def size_bytes(self) -> int:
+        return int(self._client.info("memory")["used_memory"])
 
     def close(self) -> None:
         self._client.close()

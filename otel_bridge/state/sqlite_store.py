@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WI
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, blob BLOB NOT NULL, due REAL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS state_due ON state(due) WHERE due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS facts (key TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (key, seq))
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, resource TEXT NOT NULL, payload BLOB NOT NULL);
 """
 
@@ -33,6 +35,18 @@ _CHUNK = 900
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+def _facts(db: sqlite3.Connection, key: str) -> list[bytes]:
+    return [blob for (blob,) in db.execute("SELECT blob FROM facts WHERE key = ? ORDER BY seq", (key,))]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a state file of an earlier version up to this one's schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(state)")}
+    if "overdue_at" not in columns:
+        db.execute("ALTER TABLE state ADD COLUMN overdue_at REAL")
+    db.execute("CREATE INDEX IF NOT EXISTS state_overdue ON state(overdue_at) WHERE overdue_at IS NOT NULL")
 
 
 class SqliteTransaction:
@@ -55,11 +69,24 @@ class SqliteTransaction:
         row = self._db.execute("SELECT blob, due FROM state WHERE key = ?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def save(self, key: str, blob: bytes, due: float | None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (key, blob, due))
+    def save(self, key: str, blob: bytes, due: float | None, overdue_at: float | None = None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)", (key, blob, due, overdue_at))
 
     def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+        self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
+
+    def facts(self, key: str) -> list[bytes]:
+        return _facts(self._db, key)
+
+    def append(self, key: str, rows: list[tuple[int, bytes]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)", ((key, n, b) for n, b in rows))
+
+    def drop(self, key: str, seqs: list[int]) -> None:
+        self._db.executemany("DELETE FROM facts WHERE key = ? AND seq = ?", ((key, n) for n in seqs))
+
+    def forget(self, key: str) -> None:
+        self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
 
     def due_keys(self, now: float, limit: int) -> list[str]:
         rows = self._db.execute(
@@ -107,8 +134,13 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
         lock_timeout_seconds: float = 5.0,
         read_only: bool = False,
+        durability: str = "process",
     ) -> None:
-        """`read_only`: a look at a store a running bridge owns (`otel-bridge runs`), which WAL allows."""
+        """`read_only`: a look at a store a running bridge owns (`otel-bridge runs`), which WAL allows.
+
+        `durability`: "process" (WAL, synchronous=NORMAL) keeps every committed batch through a
+        killed process; "full" (synchronous=FULL) also through power loss, at an fsync per batch.
+        """
         self.path = str(path)
         self._claimed: IO[str] | None = None
         try:
@@ -125,8 +157,9 @@ class SqliteStore:
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
                 self._db.executescript(_SCHEMA)
+                _migrate(self._db)
         except (sqlite3.Error, OSError) as exc:
             if self._claimed is not None:
                 self._claimed.close()
@@ -193,6 +226,18 @@ class SqliteStore:
         with self._lock:
             rows = self._db.execute("SELECT key, blob FROM state").fetchall()
         yield from rows
+
+    def facts(self, key: str) -> list[bytes]:
+        with self._lock:
+            return _facts(self._db, key)
+
+    def overdue(self, now: float) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return self._db.execute("SELECT key, blob FROM state WHERE overdue_at <= ?", (now,)).fetchall()
+
+    def size_bytes(self) -> int:
+        """What the state takes on disk (database and its write-ahead log)."""
+        return sum(Path(p).stat().st_size for p in (self.path, f"{self.path}-wal") if Path(p).is_file())
 
     def close(self) -> None:
         with self._lock:

@@ -79,6 +79,29 @@ def test_deleted_state_is_gone_and_no_longer_due(open_store):
     assert store.run(lambda tx: (tx.load("k"), tx.due_keys(10.0, 10))) == (None, [])
 
 
+def test_a_runs_facts_are_a_journal_appended_replaced_and_dropped_in_seq_order(open_store):
+    store = open_store()
+    store.run(lambda tx: (tx.save("k", b"h", due=None), tx.append("k", [(2, b"b"), (10, b"c"), (1, b"a")])))
+    store.run(lambda tx: (tx.drop("k", [10]), tx.append("k", [(2, b"B"), (11, b"d")])))
+    assert store.run(lambda tx: tx.facts("k")) == [b"a", b"B", b"d"]
+    assert store.facts("k") == [b"a", b"B", b"d"]
+    store.run(lambda tx: tx.forget("k"))
+    assert store.facts("k") == [] and store.run(lambda tx: tx.load("k")) == (b"h", None)
+    store.run(lambda tx: (tx.append("k", [(1, b"a")]), tx.delete("k")))
+    assert store.facts("k") == [] and store.run(lambda tx: tx.load("k")) is None
+
+
+def test_runs_are_found_by_when_they_turn_overdue_without_reading_the_others(open_store):
+    store = open_store()
+    store.run(lambda tx: (tx.save("late", b"1", None, overdue_at=50.0), tx.save("fine", b"2", None, 500.0)))
+    store.run(lambda tx: tx.save("never", b"3", None))
+    assert store.overdue(100.0) == [("late", b"1")]
+    store.run(lambda tx: tx.save("late", b"1", None))  # woke up
+    assert store.overdue(100.0) == []
+    store.run(lambda tx: tx.delete("fine"))
+    assert store.overdue(1000.0) == []
+
+
 def test_concurrent_read_modify_write_transactions_lose_nothing(open_store):
     store = open_store()
 

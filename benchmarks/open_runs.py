@@ -1,0 +1,81 @@
+"""A million open runs: memory, store size and the settle loop's idle cost, in one run.
+
+    python benchmarks/open_runs.py [--runs 1000000]
+
+Runs are started and never end (a workflow waiting on a human, a sleep of a month):
+the bridge must keep them without its memory or its idle CPU growing with their number.
+One `otel-bridge serve` subprocess (SQLite state, exporters off) takes `workflow.started`
+events in POSTs of 1,000 from 2 clients; the table shows peak RSS at each quarter (flat
+is the goal), the state file's size per open run, the ingest rate, and then the CPU the
+idle bridge spends per second (settle loop, overdue count, metric collection) with all of
+them open, beside the same with none.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bridge_process import BridgeProcess
+from sidecar_cpu import cpu_seconds, peak_rss_mib, post_all
+
+from otel_bridge.producer.events import WorkflowRun
+
+
+def bodies(first: int, count: int, per_post: int = 1000) -> list[bytes]:
+    template = WorkflowRun("waits-for-a-human").started().events[0]
+    out = []
+    for start in range(first, first + count, per_post):
+        events = [
+            dict(template, eventId=f"0195{n:028x}", workflowId=f"open-{n:012d}")
+            for n in range(start, min(start + per_post, first + count))
+        ]
+        out.append(orjson.dumps({"events": events}))
+    return out
+
+
+def idle_cpu_per_second(pid: int, seconds: float = 10.0) -> float:
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bridge = BridgeProcess(
+            Path(tmp), "http://127.0.0.1:9", OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none",
+            log_level="WARNING", settle_seconds="1",
+        ).start()  # fmt: skip
+        pid = bridge.proc.pid
+        try:
+            empty_idle = idle_cpu_per_second(pid)
+            quarter = args.runs // 4
+            rows = []
+            started = time.perf_counter()
+            for q in range(4):
+                post_all(f"{bridge.url}/v1/events", bodies(q * quarter, quarter), clients=2)
+                rows.append(((q + 1) * quarter, peak_rss_mib(pid), time.perf_counter() - started))
+            full_idle = idle_cpu_per_second(pid)
+            store = sum(p.stat().st_size for p in Path(tmp).glob("state.db*"))
+        finally:
+            bridge.close()
+    print(f"{args.runs:,} runs started, never ended (cores: {os.cpu_count()})")
+    print(f"{'open runs':>12}{'peak RSS':>12}{'ingest ev/s':>14}")
+    for n, rss, elapsed in rows:
+        print(f"{n:>12,}{rss:>8,.0f} MiB{n / elapsed:>14,.0f}")
+    print(f"state file: {store / 2**20:,.0f} MiB, {store / args.runs:,.0f} bytes per open run")
+    print(f"idle bridge CPU: {empty_idle * 1000:.1f} ms/s with no run open, {full_idle * 1000:.1f} ms/s with all open")
+
+
+if __name__ == "__main__":
+    main()

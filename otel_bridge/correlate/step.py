@@ -1,0 +1,101 @@
+"""How one record changes a run's state, and when the run is next due: the one place that decides.
+
+`apply` takes in one record, `settle_run` sends what a due run has to send. Both are
+pure: state and the time in, a `Step` out. The pipeline only loads, applies, saves
+what the step says changed, and puts its spans in the outbox.
+"""
+
+from dataclasses import dataclass, field
+
+from otel_bridge.correlate.jobs import JobState, fold_job
+from otel_bridge.correlate.outputs import Observation, SpanRecord
+from otel_bridge.correlate.overview import overdue_since_ns
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, forget_facts, settle
+from otel_bridge.lifecycle import Fact, LifecycleRecord, WorkflowRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """When runs are due, from the settings."""
+
+    settle: SettlePolicy = field(default_factory=SettlePolicy)
+    settle_seconds: float = 1.0
+    dedup_ttl_seconds: float = 7 * 86_400
+    keep_finished_seconds: float = 3_600
+    max_open_seconds: float = 7 * 86_400
+    overdue_grace_seconds: float = 300
+
+
+@dataclass(slots=True)
+class Step:
+    # The state to keep, or None: forget the run (its memory is no longer needed).
+    state: RunState | JobState | None
+    # When the run is next due to settle (bridge clock, seconds), or None: never by itself.
+    due: float | None
+    admission: Admission = Admission.ACCEPTED
+    spans: list[SpanRecord] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    # The run's fact set as a journal: facts to write, facts (by `seq`) to drop, or all dropped.
+    added: list[Fact] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    facts_forgotten: bool = False
+    incomplete: bool = False
+
+
+def _first_due(due: float | None, now: float, policy: Policy) -> float:
+    # Settle after the first unsettled event, not the last: a busy run still
+    # gets its spans out every settle window.
+    candidate = now + policy.settle_seconds
+    return due if due is not None and due <= candidate else candidate
+
+
+def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
+    """When a run turns overdue (producer clock, seconds): stored, so finding overdue runs reads only them."""
+    since = overdue_since_ns(state) if isinstance(state, RunState) else None
+    return None if since is None else since / 1e9 + policy.overdue_grace_seconds
+
+
+def apply(
+    state: RunState | JobState | None, due: float | None, record: LifecycleRecord, now: float, policy: Policy
+) -> Step:
+    """Take one record, received at `now`, into its run's (or job instance's) state."""
+    if not isinstance(record, WorkflowRecord):
+        job, observations = fold_job(state, record)  # type: ignore[arg-type]
+        # Only an instance counted as active needs remembering indefinitely.
+        return Step(job, None if job.counted else now + policy.dedup_ttl_seconds, observations=observations)
+    result = fold(state, record.run, record.fact, int(now * 1e9))  # type: ignore[arg-type]
+    step = Step(result.state, due, result.admission, observations=result.observations)
+    if result.added is not None:
+        step.added.append(result.added)
+    if result.replaced is not None:
+        step.dropped.append(result.replaced)
+    if result.admission is Admission.ACCEPTED:
+        step.due = _first_due(due, now, policy)
+    return step
+
+
+def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
+    """Send what a due run has to send: its ended spans, its end; forget what is no longer needed."""
+    if isinstance(state, JobState):
+        return Step(None, None)  # a job instance's state is due only once it no longer matters
+    if state.closed:
+        if not state.facts:
+            return Step(None, None)  # remembered for late events long enough
+        # Kept to be shown (`otel-bridge show`) for a while; now only remembered for late events.
+        forget_facts(state)
+        closed = state.closed_ns / 1e9 or now
+        return Step(state, max(closed + policy.dedup_ttl_seconds, now), facts_forgotten=True)
+    result = settle(state, int(now * 1e9), policy.settle)
+    if result.held:
+        due = now + max(policy.settle_seconds, 0.2)
+    elif state.closed:
+        due = now + min(policy.keep_finished_seconds, policy.dedup_ttl_seconds)
+    else:
+        due = max(state.opened_ns / 1e9 + policy.max_open_seconds, now)
+    return Step(
+        state,
+        due,
+        spans=result.spans,
+        observations=result.observations,
+        incomplete=result.incomplete,
+    )

@@ -1,0 +1,39 @@
+"""Every key format the bridge stores things under, and its one separator.
+
+Keys join fields with U+001F (unit separator), which no identity may hold (the
+decoders reject control characters), so no two field lists make the same key.
+"""
+
+SEPARATOR = "\x1f"
+
+# A state this version could not read, kept for a human under this prefix + its key.
+UNREADABLE = f"unreadable{SEPARATOR}"
+# A run whose settling kept failing, kept with the reason under this prefix + its key.
+SET_ASIDE = f"unsettled{SEPARATOR}"
+_JOB = f"job{SEPARATOR}"
+
+
+def run_key(identity_fields: tuple[str, ...]) -> str:
+    return SEPARATOR.join(("run", *identity_fields))
+
+
+def job_key(engine: str, env: str, service: str, instance_id: str) -> str:
+    return SEPARATOR.join(("job", engine, env, service, instance_id))
+
+
+def is_job(key: str) -> bool:
+    return key.startswith(_JOB)
+
+
+def is_kept_aside(key: str) -> bool:
+    """A state no longer in play: unreadable, or set aside after failing to settle."""
+    return key.startswith((UNREADABLE, SET_ASIDE))
+
+
+def resource_key(service: str, env: str) -> str:
+    return f"{service}{SEPARATOR}{env}"
+
+
+def resource_of(key: str) -> tuple[str, str]:
+    service, _, env = key.partition(SEPARATOR)
+    return service, env

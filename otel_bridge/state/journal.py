@@ -1,0 +1,90 @@
+"""Run state as the store keeps it: a small header per run, its facts as appended rows.
+
+One loader, one policy for a state this version cannot read (kept aside under
+`keys.UNREADABLE`, the run starts afresh), used by ingest, settling and start-up.
+Headers and facts are written with pydantic's serializer (Rust) and only what
+changed: a batch appends its new facts, it never rewrites the run.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from pydantic import TypeAdapter
+
+from otel_bridge import keys
+from otel_bridge.correlate.jobs import JobState
+from otel_bridge.correlate.runs import RunState
+from otel_bridge.lifecycle import Fact
+from otel_bridge.state.store import Transaction
+
+log = logging.getLogger(__name__)
+
+State = RunState | JobState
+_FACTS = TypeAdapter(list[Fact])
+
+
+def encode_header(state: State) -> bytes:
+    # Defaults left out: a third less JSON to read back (missing fields read as their defaults).
+    if isinstance(state, RunState):
+        return state.model_dump_json(exclude_defaults=True, exclude={"facts"}).encode()
+    return state.model_dump_json(exclude_defaults=True).encode()
+
+
+def encode_fact(fact: Fact) -> bytes:
+    return fact.model_dump_json(exclude_defaults=True).encode()
+
+
+def decode(key: str, header: bytes, rows: list[bytes]) -> State:
+    """Raises ValueError when this version cannot read it."""
+    if keys.is_job(key):
+        return JobState.model_validate_json(header)
+    state = RunState.model_validate_json(header)
+    if rows:
+        state.facts.extend(_FACTS.validate_json(b"[" + b",".join(rows) + b"]"))
+    return state
+
+
+def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
+    """A state and when it is due, or (None, None): never stored, or unreadable (then kept aside)."""
+    loaded = tx.load(key)
+    if loaded is None:
+        return None, None
+    header, due = loaded
+    rows = [] if keys.is_job(key) else tx.facts(key)
+    try:
+        state = decode(key, header, rows)
+    except ValueError:
+        # A state this version cannot read must not refuse every later event of the run:
+        # keep it aside for a human, and start the run afresh.
+        log.exception("unreadable state for %r; kept as %r and started afresh", key, keys.UNREADABLE + key)
+        tx.save(keys.UNREADABLE + key, b"\n".join([header, *rows]), None)
+        tx.delete(key)
+        return None, None
+    if isinstance(state, RunState) and state.facts and not rows:
+        # Stored by an earlier version, facts inside the state: from now on they are rows.
+        tx.append(key, [(f.seq, encode_fact(f)) for f in state.facts])
+    return state, due
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a transaction changed in one run, written once at its end."""
+
+    state: State | None
+    due: float | None
+    added: dict[int, Fact] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)
+    forgotten: bool = False
+
+
+def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None) -> None:
+    if changes.state is None:
+        tx.delete(key)
+        return
+    if changes.forgotten:
+        tx.forget(key)
+    if changes.dropped:
+        tx.drop(key, sorted(changes.dropped))
+    if changes.added:
+        tx.append(key, [(n, encode_fact(f)) for n, f in changes.added.items()])
+    tx.save(key, encode_header(changes.state), changes.due, overdue_at)

@@ -1,0 +1,96 @@
+"""A run's facts are a journal: a batch appends what it adds, never rewrites the run; one loader reads it all."""
+
+import sqlite3
+import time
+
+import orjson
+from builders import WorkflowRun
+
+from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
+
+
+def _pipeline(path, **settings) -> Pipeline:
+    s = Settings(state=str(path), settle_seconds=0, **settings)
+    return Pipeline(SqliteStore(s.state), MetricsHub(), s)
+
+
+def _rows(path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT key, count(*) FROM facts GROUP BY key"))
+
+
+def test_a_batch_writes_its_own_facts_whatever_the_size_of_the_run(tmp_path, monkeypatch):
+    pipeline = _pipeline(tmp_path / "s.db")
+    run = WorkflowRun().started()
+    for n in range(1, 2001):
+        run.step_started("poll", n).after(1).step_failed("poll", n, will_retry=True)
+    pipeline.ingest(run.events)
+    written: list[int] = []
+    append = SqliteTransaction.append
+    monkeypatch.setattr(
+        SqliteTransaction, "append", lambda tx, key, rows: (written.append(len(rows)), append(tx, key, rows))
+    )
+    headers: list[int] = []
+    save = SqliteTransaction.save
+    monkeypatch.setattr(
+        SqliteTransaction, "save", lambda tx, key, blob, *a: (headers.append(len(blob)), save(tx, key, blob, *a))
+    )
+
+    pipeline.ingest(run.after(1).step_started("poll", 2001).events)
+
+    assert written == [1]  # one new fact, one row: the 4,001 already kept are not touched
+    assert headers[0] < 1000  # the run's header holds no facts
+    assert list(_rows(tmp_path / "s.db").values()) == [4002]
+
+
+def test_a_run_reads_back_whole_after_a_restart_and_settles_the_same(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path, hot_runs=0)  # every batch reads the store
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    pipeline.ingest(run.events)
+    pipeline.ingest(run.after(1).completed().events)
+    pipeline.store.close()
+    again = _pipeline(path)
+    assert again.settle_due(horizon=time.time() + 1) == 2  # the step and the root
+    assert _rows(path)  # kept to be shown a while
+
+
+def test_a_state_stored_by_an_earlier_version_with_its_facts_inside_is_read_and_journalled(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path)
+    run = WorkflowRun().started().step_started("a")
+    pipeline.ingest(run.events)
+    (key,) = [k for k, _ in pipeline.store.states()]
+    facts = [orjson.loads(row) for row in pipeline.store.facts(key)]
+    header = orjson.loads(next(blob for _k, blob in pipeline.store.states()))
+    with pipeline.store.transaction() as tx:  # as the previous version kept it: one blob
+        tx.forget(key)
+        tx.save(key, orjson.dumps({**header, "facts": facts}), None)
+    pipeline.store.close()
+
+    again = _pipeline(path)
+    again.ingest(run.after(5).step_completed("a").completed().events)
+    assert _rows(path) == {key: 4}
+    assert again.settle_due(horizon=time.time() + 1) == 2
+
+
+def test_an_unreadable_state_does_not_stop_the_bridge_from_starting(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path)
+    pipeline.ingest(WorkflowRun().started().events)
+    (key,) = [k for k, _ in pipeline.store.states()]
+    with pipeline.store.transaction() as tx:
+        tx.save(key, b"\x00 not a state", None)
+    pipeline.store.close()
+    again = _pipeline(path)
+    again.restore_gauges()  # start-up reads every state's header
+    assert again.open_runs() == []
+
+
+def test_full_durability_syncs_every_commit(tmp_path):
+    store = SqliteStore(tmp_path / "s.db", durability="full")
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert SqliteStore(tmp_path / "t.db")._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
