@@ -5,6 +5,7 @@ Sources translate their wire formats into these records; everything downstream
 new source module and nothing else.
 """
 
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 
@@ -153,7 +154,10 @@ class Fact(BaseModel):
         return (self.time_ns, self.event_id)
 
 
-class WorkflowRecord(BaseModel):
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """One fact of one run. A plain pair: both halves are validated models already."""
+
     run: RunRef
     fact: Fact
 

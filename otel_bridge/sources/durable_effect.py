@@ -9,6 +9,7 @@ tolerated, `retry.scheduled` replaces `step.failed` for retryable failures.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -380,15 +381,15 @@ def to_lifecycle(event: Any, options: DecodeOptions) -> LifecycleRecord:
     return _workflow_record(event, options)
 
 
+@lru_cache(maxsize=4096)
+def _run_ref(env: str, service: str, run_id: str, name: str, correlation_id: str | None) -> RunRef:
+    # A batch holds several events of each run: one (frozen) RunRef serves them all, which
+    # spares a validation per event and lets the fold see at once that the run is the one it knows.
+    return RunRef(engine=ENGINE, env=env, service=service, run_id=run_id, name=name, correlation_id=correlation_id)
+
+
 def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
-    run = RunRef(
-        engine=ENGINE,
-        env=e.env,
-        service=e.service_key,
-        run_id=e.workflow_id,
-        name=e.workflow_name,
-        correlation_id=e.execution_id,
-    )
+    run = _run_ref(e.env, e.service_key, e.workflow_id, e.workflow_name, e.execution_id)
     base = {"event_id": e.event_id, "time_ns": ns(e.timestamp), "name": e.type}
     match e:
         case WorkflowStarted():
