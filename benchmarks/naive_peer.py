@@ -45,7 +45,7 @@ class NaivePeer:
         )
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("naive-peer")
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"), 1000)
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"))
         self.meters = MeterProvider(resource=resource, metric_readers=[reader])
         self.executions = self.meters.get_meter("naive-peer").create_counter("job.executions")
         self.runs: dict[str, dict[str, Any]] = {}

@@ -157,9 +157,16 @@ def measure(pid: int, url: str, bodies: list[bytes], receiver: CountingReceiver,
     return Round(cpu, accept, drain, receiver.spans, peak_rss_mib(pid), latencies)
 
 
-def run_bridge(workdir: Path, receiver: CountingReceiver, bodies: list[bytes], clients: int, env: dict) -> Round:
+def run_bridge(
+    workdir: Path, receiver: CountingReceiver, bodies: list[bytes], clients: int, env: dict, tree: str | None = None
+) -> Round:
+    """`tree`: another checkout of otel-bridge to run instead of this one (a baseline)."""
     bridge = BridgeProcess(workdir, receiver.endpoint, log_level="WARNING", settle_seconds="1", **env)
+    # Production defaults, not the test harness's quick ones.
     bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
+    bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
+    if tree is not None:
+        bridge.env["PYTHONPATH"] = tree
     bridge.start()
     try:
         return measure(bridge.proc.pid, f"{bridge.url}/v1/events", bodies, receiver, clients)
@@ -223,11 +230,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--bridge-env", action="append", default=[], help="KEY=VALUE setting for the bridge")
+    parser.add_argument("--baseline", help="another checkout of otel-bridge, run in alternate rounds (row 0)")
     args = parser.parse_args()
     env = dict(kv.split("=", 1) for kv in args.bridge_env)
     events = generate(args.events)
     bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
     receiver = CountingReceiver()
+    baseline_rounds: list[Round] = []
     bridge_rounds: list[Round] = []
     peer_rounds: list[Round] = []
     floor_cpu: list[float] = []
@@ -235,6 +244,11 @@ def main() -> None:
         for n in range(args.rounds):
             workdir = Path(tmp) / f"round-{n}"
             workdir.mkdir()
+            if args.baseline:
+                (workdir / "baseline").mkdir()
+                baseline_rounds.append(
+                    run_bridge(workdir / "baseline", receiver, bodies, args.clients, env, args.baseline)
+                )
             bridge_rounds.append(run_bridge(workdir, receiver, bodies, args.clients, env))
             peer_rounds.append(run_peer(receiver, bodies, args.clients))
             floor_cpu.append(run_floor(bodies, bridge_rounds[-1].spans))
@@ -256,7 +270,9 @@ def main() -> None:
     print(f"{n} events, {len(bodies)} POSTs of 100, {args.clients} clients, medians of {args.rounds} rounds")
     print(f"(cores: {os.cpu_count()}, python {sys.version.split()[0]})")
     print(f"{'what':<40}{'ev/CPU-s':>10}{'accept ev/s':>13}{'drain s':>9}{'spans':>8}{'peak RSS':>10}")
-    rows = (("1. otel-bridge (SQLite, OTLP/HTTP)", bridge_rounds), ("2. naive peer (SDK + dict)", peer_rounds))
+    rows = [("1. otel-bridge (SQLite, OTLP/HTTP)", bridge_rounds), ("2. naive peer (SDK + dict)", peer_rounds)]
+    if baseline_rounds:
+        rows.insert(0, ("0. baseline otel-bridge", baseline_rounds))
     for name, rounds in rows:
         cpu, accept = median(rounds, lambda r: r.cpu), median(rounds, lambda r: r.accept_seconds)
         print(
@@ -267,6 +283,9 @@ def main() -> None:
     print(f"{'3. floor (parse + validate + encode)':<40}{n / statistics.median(floor_cpu):>10,.0f}")
     ratio = median(peer_rounds, lambda r: r.cpu) / median(bridge_rounds, lambda r: r.cpu)
     print(f"otel-bridge vs naive peer: {ratio:.2f}x the events per CPU-second")
+    if baseline_rounds:
+        gain = median(baseline_rounds, lambda r: r.cpu) / median(bridge_rounds, lambda r: r.cpu)
+        print(f"otel-bridge vs baseline: {gain:.2f}x the events per CPU-second")
     p50, p95, p99 = quantiles_ms(peak.latencies)
     print(f"6-event POSTs, closed loop: {peak_rate:,.0f}/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
     p50, p95, p99 = quantiles_ms(paced)

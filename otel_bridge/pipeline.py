@@ -29,6 +29,7 @@ from otel_bridge.lifecycle import LifecycleRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
+from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
 from otel_bridge.state.store import Store, Transaction
@@ -99,6 +100,9 @@ class Pipeline:
         self.policy = policy_of(settings)
         # A store of our own is written by this process only: its states can stay in memory.
         self.hot = None if store.shared or not settings.hot_runs else HotStates(settings.hot_runs)
+        # Concurrent batches share a commit where the store can keep them apart (savepoints).
+        grouping = isinstance(store, GroupStore) and not store.shared
+        self._commits = GroupCommit(store, settings.store_timeout_seconds) if grouping else None  # type: ignore[arg-type]
         self.decode_options = DecodeOptions(
             capture_input=settings.capture_input,
             max_input_bytes=settings.max_input_bytes,
@@ -157,7 +161,7 @@ class Pipeline:
             unique.setdefault(event_id_of(record), record)
         now = self._clock()
         try:
-            outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched))
+            outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched), grouped=True)
         except Unavailable as exc:
             self.refused = (time.monotonic(), str(exc))
             raise
@@ -176,15 +180,28 @@ class Pipeline:
             log.exception("recording metrics failed")
         return report
 
-    def _transaction(self, work: Callable[[Transaction, set[str]], T]) -> T:
-        """`work` as one store transaction; the states it touched leave memory if it fails."""
+    def _transaction(self, work: Callable[[Transaction, set[str]], T], grouped: bool = False) -> T:
+        """`work` as one store transaction (shared with concurrent batches when `grouped`);
+        the states it touched leave memory if it fails."""
         touched: set[str] = set()
+
+        def guarded(tx: Transaction) -> T:
+            try:
+                return work(tx, touched)
+            except BaseException:
+                self._forget(touched)
+                raise
+
+        run = self._commits.run if grouped and self._commits is not None else self.store.run
         try:
-            return self.store.run(lambda tx: work(tx, touched))
+            return run(guarded)
         except BaseException:
-            if self.hot is not None:
-                self.hot.discard(touched)
+            self._forget(touched)
             raise
+
+    def _forget(self, keys_: set[str]) -> None:
+        if self.hot is not None:
+            self.hot.discard(keys_)
 
     def _state(self, tx: Transaction, key: str, touched: set[str]) -> tuple[State | None, float | None]:
         touched.add(key)

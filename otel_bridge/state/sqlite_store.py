@@ -202,6 +202,22 @@ class SqliteStore:
         with self.transaction() as tx:
             return work(tx)
 
+    def run_many(self, works: list[Callable[[SqliteTransaction], T]]) -> list[T | Exception]:
+        """Each work in its own savepoint of one transaction (group commit): its result, or its exception."""
+        out: list[T | Exception] = []
+        with self.transaction() as tx:
+            for work in works:
+                self._db.execute("SAVEPOINT batch")
+                added = tx.added
+                try:
+                    out.append(work(tx))
+                except Exception as exc:
+                    self._db.execute("ROLLBACK TO batch")
+                    tx.added = added
+                    out.append(exc)
+                self._db.execute("RELEASE batch")
+        return out
+
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         with self._lock:
             rows = self._db.execute("SELECT id, resource, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
