@@ -11,7 +11,7 @@ from otel_bridge.correlate.jobs import JobState, fold_job
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, forget_facts, settle
-from otel_bridge.lifecycle import Fact, LifecycleRecord, WorkflowRecord
+from otel_bridge.lifecycle import Fact, FactKind, LifecycleRecord, WorkflowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,21 @@ class Step:
     incomplete: bool = False
 
 
+# Facts that end no span: they give the run nothing to send, so they do not make it due.
+# A run that only starts (a million of them waiting on people) is then not settled until
+# it has something to send, or has been open `max_open_seconds`.
+_QUIET = frozenset(
+    {
+        FactKind.RUN_QUEUED,
+        FactKind.RUN_STARTED,
+        FactKind.ATTEMPT_STARTED,
+        FactKind.SLEEP_STARTED,
+        FactKind.TIMEOUT_SET,
+        FactKind.TASK_OPENED,
+    }
+)
+
+
 def _first_due(due: float | None, now: float, policy: Policy) -> float:
     # Settle after the first unsettled event, not the last: a busy run still
     # gets its spans out every settle window.
@@ -70,7 +85,10 @@ def apply(
     if result.replaced is not None:
         step.dropped.append(result.replaced)
     if result.admission is Admission.ACCEPTED:
-        step.due = _first_due(due, now, policy)
+        if record.fact.kind not in _QUIET:
+            step.due = _first_due(due, now, policy)
+        elif due is None:
+            step.due = result.state.opened_ns / 1e9 + policy.max_open_seconds
     return step
 
 

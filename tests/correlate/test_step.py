@@ -18,12 +18,20 @@ def _applied(events, now=50.0):
     return state, due, steps
 
 
-def test_a_run_is_due_one_settle_window_after_its_first_unsent_event():
-    run = WorkflowRun().started().step_started("a")
+def test_a_run_is_due_one_settle_window_after_the_first_event_that_ends_a_span():
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a")
     state, due, _ = _applied(run.events, now=50.0)
     assert due == 52.0
-    step = apply(state, due, decode(run.after(1).step_completed("a").events[-1]), 51.5, POLICY)
+    step = apply(
+        state, due, decode(run.after(1).step_started("b").after(1).step_completed("b").events[-1]), 51.5, POLICY
+    )
     assert step.due == 52.0  # not pushed back by a busy run
+
+
+def test_a_run_that_only_started_is_not_due_until_it_has_been_open_too_long():
+    # Nothing of it can be sent yet: a million runs waiting on people cost the settle loop nothing.
+    _state, due, _ = _applied(WorkflowRun().started().step_started("approve").events, now=50.0)
+    assert due == 50.0 + 10_000
 
 
 def test_an_event_told_twice_is_a_repeat_and_changes_nothing_to_write():

@@ -1,0 +1,67 @@
+"""A run that grows big: the cost of each batch must not grow with the run it lands in.
+
+    python benchmarks/big_run.py [--attempts 10000] [--batch 5000] [--baseline DIR]
+
+One workflow polls a step 10,000 times (each attempt a start and a failure that will be
+retried), posted to `otel-bridge serve` (SQLite) in batches of 5,000 events, one after the
+other. Prints how long each POST took to be answered; with `--baseline DIR` the same against
+another checkout of otel-bridge, for the before/after of the same run.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bridge_process import BridgeProcess
+
+from otel_bridge.producer.events import WorkflowRun
+
+
+def post_times(events: list[dict], batch: int, tree: str | None) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bridge = BridgeProcess(Path(tmp), "http://127.0.0.1:9", OTEL_TRACES_EXPORTER="none",
+                               OTEL_METRICS_EXPORTER="none", log_level="WARNING", settle_seconds="1")  # fmt: skip
+        if tree is not None:
+            bridge.env["PYTHONPATH"] = tree
+        bridge.start()
+        times = []
+        try:
+            with httpx.Client(timeout=600) as http:
+                for i in range(0, len(events), batch):
+                    body = orjson.dumps({"events": events[i : i + batch]})
+                    started = time.perf_counter()
+                    response = http.post(f"{bridge.url}/v1/events", content=body)
+                    times.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text
+        finally:
+            bridge.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--attempts", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--baseline", help="another checkout of otel-bridge to measure the same way")
+    args = parser.parse_args()
+    run = WorkflowRun("poller").started()
+    for n in range(1, args.attempts + 1):
+        run.step_started("poll", n).after(1).step_failed("poll", n, will_retry=True)
+    events = run.events[: 2 * args.attempts]
+    rows = [("otel-bridge", post_times(events, args.batch, None))]
+    if args.baseline:
+        rows.insert(0, ("baseline", post_times(events, args.batch, args.baseline)))
+    print(f"one run, {args.attempts:,} attempts, POSTs of {args.batch:,} events, one after the other")
+    for name, times in rows:
+        print(f"{name:<14}" + "".join(f"{t:>9.2f} s" for t in times))
+
+
+if __name__ == "__main__":
+    main()
