@@ -30,6 +30,7 @@ def post_times(events: list[dict], batch: int, tree: str | None) -> list[float]:
                                OTEL_METRICS_EXPORTER="none", log_level="WARNING", settle_seconds="1")  # fmt: skip
         if tree is not None:
             bridge.env["PYTHONPATH"] = tree
+            bridge.cwd = tree
         bridge.start()
         times = []
         try:

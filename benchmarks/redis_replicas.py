@@ -29,7 +29,9 @@ from replay_throughput import generate
 from sidecar_cpu import CountingReceiver, cpu_seconds, post_all, wait_delivered
 
 
-def one_round(replicas: int, bodies: list[bytes], receiver: CountingReceiver, clients: int) -> tuple[float, float]:
+def one_round(
+    replicas: int, bodies: list[bytes], receiver: CountingReceiver, clients: int, tree: str | None = None
+) -> tuple[float, float]:
     redis = RedisServer().start()
     bridges = []
     try:
@@ -40,6 +42,9 @@ def one_round(replicas: int, bodies: list[bytes], receiver: CountingReceiver, cl
                 bridge = BridgeProcess(workdir, receiver.endpoint, log_level="WARNING", settle_seconds="1")
                 bridge.env["OTEL_BRIDGE_STATE"] = redis.url
                 bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
+                bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
+                if tree is not None:  # another checkout, as a baseline
+                    bridge.env["PYTHONPATH"], bridge.cwd = tree, tree
                 bridges.append(bridge.start())
             receiver.reset()
             cpu_before = sum(cpu_seconds(b.proc.pid) for b in bridges)
@@ -68,24 +73,29 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--baseline", help="another checkout of otel-bridge, measured the same way")
     args = parser.parse_args()
     events = generate(args.events)
     # A run's events stay together in one POST sequence, as one producer sends them.
     bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
     receiver = CountingReceiver()
-    results: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    trees = {"otel-bridge": None, **({"baseline": args.baseline} if args.baseline else {})}
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {(t, r): [] for t in trees for r in (1, 2)}
     for _ in range(args.rounds):
-        for replicas in (1, 2):
-            results[replicas].append(one_round(replicas, bodies, receiver, args.clients))
+        for (name, replicas), rounds in results.items():
+            rounds.append(one_round(replicas, bodies, receiver, args.clients, trees[name]))
     receiver.close()
     n = len(events)
     print(f"{n} events, POSTs of 100, {args.clients} clients, {args.rounds} rounds (cores: {os.cpu_count()})")
-    print(f"{'replicas':<12}{'accept ev/s':>14}{'ev/CPU-s':>12}")
-    rates = {}
-    for replicas, rounds in results.items():
-        rates[replicas] = n / statistics.median(r[0] for r in rounds)
-        print(f"{replicas:<12}{rates[replicas]:>14,.0f}{n / statistics.median(r[1] for r in rounds):>12,.0f}")
-    print(f"two replicas: {rates[2] / rates[1]:.2f}x one replica's events per second")
+    print(f"{'':<14}{'replicas':<10}{'accept ev/s':>14}{'ev/CPU-s':>12}")
+    for name in trees:
+        rates = {}
+        for replicas in (1, 2):
+            rounds = results[(name, replicas)]
+            rates[replicas] = n / statistics.median(r[0] for r in rounds)
+            cpu = n / statistics.median(r[1] for r in rounds)
+            print(f"{name:<14}{replicas:<10}{rates[replicas]:>14,.0f}{cpu:>12,.0f}")
+        print(f"{name}: two replicas {rates[2] / rates[1]:.2f}x one replica's events per second")
 
 
 if __name__ == "__main__":

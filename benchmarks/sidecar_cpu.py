@@ -167,6 +167,7 @@ def run_bridge(
     bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
     if tree is not None:
         bridge.env["PYTHONPATH"] = tree
+        bridge.cwd = tree
     bridge.start()
     try:
         return measure(bridge.proc.pid, f"{bridge.url}/v1/events", bodies, receiver, clients)

@@ -213,7 +213,9 @@ class Pipeline:
         state = changes.state
         journal.write(tx, key, changes, overdue_at(state, self.policy) if state is not None else None)
         if self.hot is not None:
-            self.hot.put(key, state, changes.due)
+            # A closed run is touched again only by a late event or to be forgotten: not worth memory.
+            closed = isinstance(state, RunState) and state.closed
+            self.hot.put(key, None if closed else state, changes.due)
 
     def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: set[str]) -> _Ingested:
         """The transaction of one batch; may run more than once on a shared store."""
@@ -375,13 +377,14 @@ class Pipeline:
         if self.store.shared:
             return
         observations = []
+        unreadable = []
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
                 continue
             try:
                 state = journal.decode(key, header, [])
             except ValueError:
-                log.warning("state %r is not readable; not counted", key)
+                unreadable.append(key)
                 continue
             if isinstance(state, JobState):
                 if state.counted:
@@ -402,3 +405,5 @@ class Pipeline:
                     )
                 )
         self.metrics.record(observations)
+        if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
+            self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])

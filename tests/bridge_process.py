@@ -38,6 +38,9 @@ class BridgeProcess:
         }
         self.env.update({k if k.startswith("OTEL_") else f"OTEL_BRIDGE_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
+        # Where it runs: `python -m otel_bridge` imports the package found there first (a benchmark
+        # points this at another checkout to measure a baseline).
+        self.cwd: str | None = None
         # One keep-alive client, as a producer's runtime has: a fresh client per POST costs ~20 ms.
         self.client = httpx.Client(timeout=10)
 
@@ -45,7 +48,11 @@ class BridgeProcess:
         self.port = self.port or free_port()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "otel_bridge", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "otel_bridge", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -8,7 +8,9 @@ from builders import WorkflowRun
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp import NoSender
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.runtime import Bridge
 from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
 
 
@@ -85,9 +87,14 @@ def test_an_unreadable_state_does_not_stop_the_bridge_from_starting(tmp_path):
     with pipeline.store.transaction() as tx:
         tx.save(key, b"\x00 not a state", None)
     pipeline.store.close()
-    again = _pipeline(path)
-    again.restore_gauges()  # start-up reads every state's header
-    assert again.open_runs() == []
+    settings = Settings(state=str(path), dead_letter=tmp_path / "dead.jsonl", span_dead_letter=tmp_path / "spans.jsonl")
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender())
+    bridge.start(follow=False)  # start-up reads every state's header
+    try:
+        assert bridge.pipeline.open_runs() == []
+        assert any(k.startswith("unreadable\x1f") for k, _ in bridge.pipeline.store.states())
+    finally:
+        bridge.stop()
 
 
 def test_full_durability_syncs_every_commit(tmp_path):
