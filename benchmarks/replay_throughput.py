@@ -97,13 +97,9 @@ def bench_replay(path: Path, workdir: Path, sink_port: int) -> tuple[float, floa
     return summary.accepted / ingested, summary.accepted / total
 
 
-def bench_encoding(n: int = 20_000) -> tuple[float, float]:
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
-
-    record = SpanRecord(
+def step_span() -> SpanRecord:
+    """A typical span of the mix: one attempt of a step."""
+    return SpanRecord(
         trace_id=os.urandom(16),
         span_id=os.urandom(8),
         parent_span_id=os.urandom(8),
@@ -113,6 +109,15 @@ def bench_encoding(n: int = 20_000) -> tuple[float, float]:
         end_ns=2,
         attributes={"workflow.task.name": "charge", "workflow.task.attempt": 1, "workflow.definition.name": "x"},
     )
+
+
+def bench_encoding(n: int = 20_000) -> tuple[float, float]:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+
+    record = step_span()
     start = time.perf_counter()
     for _ in range(n):
         encode_span(record)

@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bridge_process import BridgeProcess, free_port
-from replay_throughput import generate
+from replay_throughput import generate, step_span
 
-from otel_bridge.correlate.outputs import SpanRecord
 from otel_bridge.export.span_encoding import encode_span
-from otel_bridge.pipeline import Pipeline
+from otel_bridge.sources.durable_effect import decode
+from otel_bridge.sources.wire import DecodeOptions
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -194,23 +194,12 @@ def run_peer(receiver: CountingReceiver, bodies: list[bytes], clients: int) -> R
 
 def run_floor(bodies: list[bytes], spans: int) -> float:
     """CPU seconds of the floor, in this process."""
-    pipeline = Pipeline.__new__(Pipeline)  # only its decoding: no store, no metrics
-    from otel_bridge.sources.wire import DecodeOptions
-
-    pipeline.decode_options = DecodeOptions()
-    record = SpanRecord(
-        trace_id=os.urandom(16),
-        span_id=os.urandom(8),
-        parent_span_id=os.urandom(8),
-        name="step charge",
-        kind="internal",
-        start_ns=1,
-        end_ns=2,
-        attributes={"workflow.task.name": "charge", "workflow.task.attempt": 1, "workflow.definition.name": "x"},
-    )
+    options = DecodeOptions()
+    record = step_span()
     start = time.process_time()
     for body in bodies:
-        pipeline.decode(orjson.loads(body)["events"])
+        for raw in orjson.loads(body)["events"]:
+            decode(raw, options)
     for _ in range(spans):
         encode_span(record)
     return time.process_time() - start
