@@ -47,19 +47,19 @@ def idle_cpu_per_second(pid: int, seconds: float = 10.0) -> float:
     return (cpu_seconds(pid) - before) / seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=1_000_000)
-    args = parser.parse_args()
+def measure(runs: int, tree: str | None) -> tuple[list[tuple[int, float, float]], int, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         bridge = BridgeProcess(
             Path(tmp), "http://127.0.0.1:9", OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none",
             log_level="WARNING", settle_seconds="1",
-        ).start()  # fmt: skip
+        )  # fmt: skip
+        if tree is not None:  # another checkout, as a baseline
+            bridge.env["PYTHONPATH"], bridge.cwd = tree, tree
+        bridge.start()
         pid = bridge.proc.pid
         try:
             empty_idle = idle_cpu_per_second(pid)
-            quarter = args.runs // 4
+            quarter = runs // 4
             rows = []
             started = time.perf_counter()
             for q in range(4):
@@ -69,12 +69,23 @@ def main() -> None:
             store = sum(p.stat().st_size for p in Path(tmp).glob("state.db*"))
         finally:
             bridge.close()
+    return rows, store, empty_idle, full_idle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--baseline", help="another checkout of otel-bridge, measured the same way after")
+    args = parser.parse_args()
     print(f"{args.runs:,} runs started, never ended (cores: {os.cpu_count()})")
-    print(f"{'open runs':>12}{'peak RSS':>12}{'ingest ev/s':>14}")
-    for n, rss, elapsed in rows:
-        print(f"{n:>12,}{rss:>8,.0f} MiB{n / elapsed:>14,.0f}")
-    print(f"state file: {store / 2**20:,.0f} MiB, {store / args.runs:,.0f} bytes per open run")
-    print(f"idle bridge CPU: {empty_idle * 1000:.1f} ms/s with no run open, {full_idle * 1000:.1f} ms/s with all open")
+    for name, tree in (("otel-bridge", None), *((("baseline", args.baseline),) if args.baseline else ())):
+        rows, store, empty_idle, full_idle = measure(args.runs, tree)
+        print(f"{name}:")
+        print(f"{'open runs':>12}{'peak RSS':>12}{'ingest ev/s':>14}")
+        for n, rss, elapsed in rows:
+            print(f"{n:>12,}{rss:>8,.0f} MiB{n / elapsed:>14,.0f}")
+        print(f"state file: {store / 2**20:,.0f} MiB, {store / args.runs:,.0f} bytes per open run")
+        print(f"idle bridge CPU: {empty_idle * 1000:.1f} ms/s with no run open, {full_idle * 1000:.1f} ms/s all open")
 
 
 if __name__ == "__main__":
