@@ -1,8 +1,12 @@
-"""The ingest pipeline: decode -> one store transaction of folds -> outputs.
+"""The ingest pipeline: a transaction script around `correlate.step`.
 
-Receivers hand raw events here; nothing here knows about HTTP or files. One
-batch is one transaction: drop event ids already seen, fold the rest into run
-state, commit; only then are metric observations recorded and the batch answered.
+Receivers hand raw events here; nothing here knows about HTTP or files, and
+nothing here decides what an event means (`apply` and `settle_run` do). One batch
+is one transaction (shared with batches arriving at the same time): drop event
+ids already seen, load each touched run (from memory when it is hot), apply the
+records, write what the steps say changed, commit; only then are metric
+observations recorded and the batch answered. Settling is the same script around
+`settle_run`, with the spans going into the outbox in the same transaction.
 """
 
 import logging

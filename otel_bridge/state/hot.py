@@ -16,16 +16,11 @@ class HotStates:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._states: OrderedDict[str, tuple[State, float | None]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> tuple[State, float | None] | None:
         found = self._states.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self._states.move_to_end(key)
-        self.hits += 1
+        if found is not None:
+            self._states.move_to_end(key)
         return found
 
     def put(self, key: str, state: State | None, due: float | None) -> None:

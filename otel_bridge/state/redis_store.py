@@ -251,8 +251,5 @@ class RedisStore:
         blobs = self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else []
         return [(k, b) for k, b in zip(keys, blobs, strict=True) if b is not None]
 
-    def size_bytes(self) -> int:
-        return int(self._client.info("memory")["used_memory"])
-
     def close(self) -> None:
         self._client.close()

@@ -251,10 +251,6 @@ class SqliteStore:
         with self._lock:
             return self._db.execute("SELECT key, blob FROM state WHERE overdue_at <= ?", (now,)).fetchall()
 
-    def size_bytes(self) -> int:
-        """What the state takes on disk (database and its write-ahead log)."""
-        return sum(Path(p).stat().st_size for p in (self.path, f"{self.path}-wal") if Path(p).is_file())
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -82,6 +82,4 @@ class Store(Protocol):
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
         """The (key, header) of runs whose `overdue_at` has passed."""
 
-    def size_bytes(self) -> int: ...
-
     def close(self) -> None: ...
