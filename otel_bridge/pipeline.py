@@ -382,6 +382,7 @@ class Pipeline:
             return
         observations = []
         unreadable = []
+        waiting = []  # paused or queued: the runs that can turn overdue
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
                 continue
@@ -395,6 +396,8 @@ class Pipeline:
                     observations.append(active_instance(state))
                 continue
             counted = counted_under(state)
+            if counted in (c.STATE_PAUSED, c.STATE_PENDING):
+                waiting.append(key)
             if counted is not None:
                 observations.append(
                     Observation(
@@ -411,3 +414,12 @@ class Pipeline:
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])
+        if waiting and getattr(self.store, "overdue_index_new", False):
+            self.store.run(lambda tx: self._index_overdue(tx, waiting))
+
+    def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
+        """Runs stored before the overdue index existed: tell it when each paused or queued one turns overdue."""
+        for key in keys_:
+            state, due = journal.load(tx, key)
+            if isinstance(state, RunState) and (at := overdue_at(state, self.policy)) is not None:
+                tx.save(key, journal.encode_header(state), due, at)

@@ -41,12 +41,15 @@ def _facts(db: sqlite3.Connection, key: str) -> list[bytes]:
     return [blob for (blob,) in db.execute("SELECT blob FROM facts WHERE key = ? ORDER BY seq", (key,))]
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a state file of an earlier version up to this one's schema."""
+def _migrate(db: sqlite3.Connection) -> bool:
+    """Bring a state file of an earlier version up to this one's schema; True when the overdue
+    index is new (its runs' `overdue_at` are still to be filled in)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(state)")}
-    if "overdue_at" not in columns:
+    added = "overdue_at" not in columns
+    if added:
         db.execute("ALTER TABLE state ADD COLUMN overdue_at REAL")
     db.execute("CREATE INDEX IF NOT EXISTS state_overdue ON state(overdue_at) WHERE overdue_at IS NOT NULL")
+    return added
 
 
 class SqliteTransaction:
@@ -143,6 +146,7 @@ class SqliteStore:
         """
         self.path = str(path)
         self._claimed: IO[str] | None = None
+        self.overdue_index_new = False
         try:
             if read_only:
                 if not Path(self.path).is_file():
@@ -159,7 +163,7 @@ class SqliteStore:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
                 self._db.executescript(_SCHEMA)
-                _migrate(self._db)
+                self.overdue_index_new = _migrate(self._db)
         except (sqlite3.Error, OSError) as exc:
             if self._claimed is not None:
                 self._claimed.close()

@@ -101,3 +101,20 @@ def test_full_durability_syncs_every_commit(tmp_path):
     store = SqliteStore(tmp_path / "s.db", durability="full")
     assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     assert SqliteStore(tmp_path / "t.db")._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+
+
+def test_runs_paused_before_the_overdue_index_existed_are_found_after_the_upgrade(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path)
+    stuck = WorkflowRun().started().paused("sleep", resume_in_ms=1000)  # due back in 2025
+    busy = WorkflowRun().started().step_started("a")
+    pipeline.ingest(stuck.events + busy.events)
+    assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]
+    pipeline.store.close()
+    with sqlite3.connect(path) as db:  # the state file as the previous version left it
+        db.execute("DROP INDEX state_overdue")
+        db.execute("ALTER TABLE state DROP COLUMN overdue_at")
+
+    again = _pipeline(path)
+    again.restore_gauges()  # start-up
+    assert [r.run_id for r in again.overdue_runs()] == [stuck.workflow_id]
