@@ -22,12 +22,12 @@ from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance
-from otel_bridge.correlate.outputs import Observation, Resource
+from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import RunOverview, overview
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, counted_under
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.export.span_encoding import encode_span, resource_key
+from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.keys import SET_ASIDE
 from otel_bridge.lifecycle import LifecycleRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
@@ -63,8 +63,6 @@ def policy_of(settings: Settings) -> Policy:
         settle_seconds=settings.settle_seconds,
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         keep_finished_seconds=settings.keep_finished_seconds,
-        max_open_seconds=settings.max_open_seconds,
-        overdue_grace_seconds=settings.overdue_grace_seconds,
     )
 
 
@@ -189,6 +187,9 @@ class Pipeline:
         the states it touched leave memory if it fails."""
         touched: set[str] = set()
 
+        # Both guards are needed: inside, so that the next batch of the same group commit does
+        # not read what a batch rolled back to its savepoint left in memory; outside, for a
+        # commit that fails after every batch succeeded.
         def guarded(tx: Transaction) -> T:
             try:
                 return work(tx, touched)
@@ -328,7 +329,7 @@ class Pipeline:
         rows = []
         if step.spans:
             assert isinstance(state, RunState)
-            rk = resource_key(Resource(state.run.service, state.run.env))
+            rk = keys.resource_key(state.run.service, state.run.env)
             limit, name_chars = self.settings.attribute_value_limit, self.settings.max_name_chars
             rows = [(rk, encode_span(span, limit, name_chars)) for span in step.spans]
         tx.outbox_add(rows)
@@ -399,22 +400,11 @@ class Pipeline:
             if counted in (c.STATE_PAUSED, c.STATE_PENDING):
                 waiting.append(key)
             if counted is not None:
-                observations.append(
-                    Observation(
-                        c.M_WORKFLOW_EXECUTION_ACTIVE,
-                        1,
-                        (
-                            (c.WORKFLOW_PLATFORM_NAME, state.run.engine),
-                            (c.WORKFLOW_DEFINITION_NAME, state.metric_name),
-                            (c.WORKFLOW_EXECUTION_STATE, counted),
-                        ),
-                        Resource(state.run.service, state.run.env),
-                    )
-                )
+                observations.append(active_run(state, counted))
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])
-        if waiting and getattr(self.store, "overdue_index_new", False):
+        if waiting and self.store.overdue_index_new:
             self.store.run(lambda tx: self._index_overdue(tx, waiting))
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:

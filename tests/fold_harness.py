@@ -90,7 +90,7 @@ def _apply(out: Folded, jobs: dict[str, JobState], record: Any) -> None:
 
 def settle_all(out: Folded, now_ns: int, max_open_ns: int = FAR_FUTURE_NS, sleep_spans: bool = True) -> None:
     settle = SettlePolicy(max_open_ns=max_open_ns, gap_grace_ns=0, sleep_spans=sleep_spans)
-    policy = Policy(settle=settle, max_open_seconds=max_open_ns / 1e9)
+    policy = Policy(settle=settle)
     for state in out.runs.values():
         step = settle_run(state, now_ns / 1e9, policy)
         out.spans += step.spans

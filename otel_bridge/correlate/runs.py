@@ -179,6 +179,12 @@ def _resource(run: RunRef) -> Resource:
     return Resource(run.service, run.env)
 
 
+def active_run(state: RunState, counted: str, value: int = 1) -> Observation:
+    """What a run counted in workflow.execution.active under the state `counted` contributes."""
+    attributes = (*_definition(state.run, state.metric_name), (c.WORKFLOW_EXECUTION_STATE, counted))
+    return Observation(c.M_WORKFLOW_EXECUTION_ACTIVE, value, attributes, _resource(state.run))
+
+
 def _active_change(state: RunState, old: str | None) -> list[Observation]:
     """The workflow.execution.active moves from counting the run under `old` to its state now."""
     new = state.counted_state
@@ -186,19 +192,7 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
         return []
     if state.counted_name is None:
         state.counted_name = state.run.name
-    out = []
-    resource = _resource(state.run)
-    for value, which in ((-1, old), (1, new)):
-        if which is not None:
-            out.append(
-                Observation(
-                    c.M_WORKFLOW_EXECUTION_ACTIVE,
-                    value,
-                    (*_definition(state.run, state.metric_name), (c.WORKFLOW_EXECUTION_STATE, which)),
-                    resource,
-                )
-            )
-    return out
+    return [active_run(state, which, value) for value, which in ((-1, old), (1, new)) if which is not None]
 
 
 def _counted(f: Fact, run: RunRef) -> list[Observation]:

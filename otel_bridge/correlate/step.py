@@ -22,8 +22,10 @@ class Policy:
     settle_seconds: float = 1.0
     dedup_ttl_seconds: float = 7 * 86_400
     keep_finished_seconds: float = 3_600
-    max_open_seconds: float = 7 * 86_400
-    overdue_grace_seconds: float = 300
+
+    @property
+    def max_open_seconds(self) -> float:
+        return self.settle.max_open_ns / 1e9
 
 
 @dataclass(slots=True)
@@ -67,7 +69,7 @@ def _first_due(due: float | None, now: float, policy: Policy) -> float:
 def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     """When a run turns overdue (producer clock, seconds): stored, so finding overdue runs reads only them."""
     since = overdue_since_ns(state) if isinstance(state, RunState) else None
-    return None if since is None else since / 1e9 + policy.overdue_grace_seconds
+    return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
 def apply(

@@ -13,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
-from otel_bridge.correlate.outputs import Resource, SpanKind, SpanRecord, SpanStatus
+from otel_bridge.correlate.outputs import SpanKind, SpanRecord, SpanStatus
 from otel_bridge.lifecycle import AttributeValue
 
 _KINDS = {
@@ -74,10 +74,6 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
     for trace_id, linked in span.remote_links:
         message.links.add(trace_id=trace_id, span_id=linked, flags=_SAMPLED | 0x100)
     return message.SerializeToString()
-
-
-def resource_key(resource: Resource) -> str:
-    return keys.resource_key(resource.service, resource.env)
 
 
 def proto_resource(key: str) -> ProtoResource:

@@ -133,6 +133,7 @@ class RedisTransaction:
 
 class RedisStore:
     shared = True
+    overdue_index_new = False  # earlier versions' runs enter the index at their next save
 
     def __init__(
         self,

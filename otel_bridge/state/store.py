@@ -63,6 +63,8 @@ class Transaction(Protocol):
 class Store(Protocol):
     # Whether the state is shared with other bridge processes (then in-memory gauges are per replica).
     shared: bool
+    # Whether the index of when runs turn overdue was just created over states stored without it.
+    overdue_index_new: bool
 
     def run(self, work: Callable[[Transaction], T]) -> T: ...
 

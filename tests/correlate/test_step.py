@@ -2,11 +2,13 @@
 
 from builders import JobRun, WorkflowRun
 
-from otel_bridge.correlate.runs import Admission
+from otel_bridge.correlate.runs import Admission, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.sources.durable_effect import decode
 
-POLICY = Policy(settle_seconds=2, dedup_ttl_seconds=1000, keep_finished_seconds=100, max_open_seconds=10_000)
+POLICY = Policy(
+    settle=SettlePolicy(max_open_ns=10_000 * 10**9), settle_seconds=2, dedup_ttl_seconds=1000, keep_finished_seconds=100
+)
 
 
 def _applied(events, now=50.0):

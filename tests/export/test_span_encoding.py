@@ -2,8 +2,9 @@
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otel_bridge.correlate.outputs import Resource, SpanEvent, SpanKind, SpanRecord, SpanStatus
-from otel_bridge.export.span_encoding import encode_span, export_request, resource_key
+from otel_bridge import keys
+from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
+from otel_bridge.export.span_encoding import encode_span, export_request
 
 
 def _span(**changes) -> SpanRecord:
@@ -47,7 +48,7 @@ def test_long_strings_are_truncated_to_the_attribute_limit():
 
 
 def test_an_export_request_groups_spans_by_producer():
-    a, b = resource_key(Resource("a", "prod")), resource_key(Resource("b", "prod"))
+    a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
     request = export_request([(a, encode_span(_span())), (b, encode_span(_span())), (a, encode_span(_span()))], "1")
     assert len(request.resource_spans) == 2
     counts = {
