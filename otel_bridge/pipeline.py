@@ -338,7 +338,11 @@ class Pipeline:
 
     def run_states(self) -> Iterator[RunState]:
         """Every run the store holds (open, or finished and still kept), readable ones only."""
-        for key, header in self.store.states():
+        return self._runs(self.store.states())
+
+    def _runs(self, headers: Iterable[tuple[str, bytes]]) -> Iterator[RunState]:
+        """The runs of these (key, header) pairs, read whole; outside a transaction, for looking only."""
+        for key, header in headers:
             if keys.is_kept_aside(key) or keys.is_job(key):
                 continue
             try:
@@ -356,15 +360,8 @@ class Pipeline:
     def overdue_runs(self, now: float | None = None) -> list[RunOverview]:
         """The overdue runs only, found through the store's index: the cost is theirs, not every open run's."""
         now = self._clock() if now is None else now
-        states = []
-        for key, header in self.store.overdue(now):
-            try:
-                state = journal.decode(key, header, self.store.facts(key))
-            except ValueError:
-                continue
-            if isinstance(state, RunState):
-                states.append(state)
-        return [r for r in self._overviews(states, now) if r.overdue_ns is not None]
+        runs = self._overviews(self._runs(self.store.overdue(now)), now)
+        return [r for r in runs if r.overdue_ns is not None]
 
     def _overviews(self, states: Iterable[RunState], now: float | None) -> list[RunOverview]:
         now_ns = int((self._clock() if now is None else now) * 1e9)

@@ -64,11 +64,10 @@ class RunState(BaseModel):
                 where.setdefault(_identity(known), i)  # type: ignore[arg-type]
         return where.get(identity)
 
-    def append(self, fact: Fact) -> None:
-        if len(self.facts) >= _INDEXED and self._where is not None:
-            identity = _identity(fact)
-            if identity is not None:
-                self._where.setdefault(identity, len(self.facts))
+    def append(self, fact: Fact, identity: tuple[object, ...] | None) -> None:
+        """Keep `fact`, whose `_identity` is `identity` (the fold has it already)."""
+        if identity is not None and self._where is not None and len(self.facts) >= _INDEXED:
+            self._where.setdefault(identity, len(self.facts))
         self.facts.append(fact)
 
     @property
@@ -257,7 +256,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         return FoldResult(state, Admission.REPEATED, added=earlier, replaced=known.seq)
 
     counted = state.counted_state
-    state.append(fact)
+    state.append(fact, identity)
     if fact.kind is FactKind.RUN_ENDED:
         state.ended_seen_ns = now_ns
     _advance_state(state, fact)
