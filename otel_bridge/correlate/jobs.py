@@ -8,20 +8,21 @@ zero; and which failed attempts of the current run of retries were counted, sinc
 the last failed attempt is told only by the exhaustion's attempt count.
 """
 
-from pydantic import BaseModel, Field
+from msgspec import Struct
+from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.lifecycle import JobKind, JobRecord
 
 
-class JobState(BaseModel):
+class JobState(Struct, kw_only=True, omit_defaults=True):
     counted: bool = False
     terminated: bool = False
     # When the instance last ended (terminated or purged): a start after it is a new instance.
     ended_ns: int = 0
     # Failed attempts counted in job.executions since the last success, and when that was.
-    failed_attempts: list[int] = Field(default_factory=list)
+    failed_attempts: list[int] = []
     succeeded_ns: int = 0
     # Enough to re-count an open instance after a restart.
     job_name: str = ""
@@ -37,7 +38,7 @@ def active_instance(state: JobState) -> Observation:
 
 
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
-    state = state.model_copy() if state is not None else JobState()
+    state = replace(state) if state is not None else JobState()
     state.job_name, state.job_type = record.job_name, record.job_type
     state.service, state.env = record.service, record.env
     resource = Resource(record.service, record.env)

@@ -9,7 +9,8 @@ always recomputed from facts and arrival order cannot change them.
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import BaseModel, PrivateAttr
+from msgspec import Struct
+from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
@@ -24,7 +25,7 @@ _EXECUTING_KINDS = frozenset(
 )
 
 
-class RunState(BaseModel):
+class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     run: RunRef
     facts: list[Fact] = []
     seq: int = 0
@@ -48,16 +49,17 @@ class RunState(BaseModel):
     # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
     counted_name: str | None = None
 
-    # Not stored: where each fact that has an identity sits in `facts`, for runs past
-    # `_INDEXED` facts, so taking in a fact costs the same in a run of ten thousand facts
-    # as in one of ten (below it, a scan is cheaper than keeping the index).
-    _where: dict[tuple[object, ...], int] | None = PrivateAttr(default=None)
+    # Not a field, so never stored (`dict=True` lets it live on the instance): where each
+    # fact that has an identity sits in `facts`, for runs past `_INDEXED` facts, so taking in
+    # a fact costs the same in a run of ten thousand facts as in one of ten (below it, a
+    # scan is cheaper than keeping the index).
+    #   _where: dict[tuple[object, ...], int]
 
     def position_of(self, identity: tuple[object, ...]) -> int | None:
         facts = self.facts
         if len(facts) < _INDEXED:
             return next((i for i, known in enumerate(facts) if _identity(known) == identity), None)
-        where = self._where
+        where = self.__dict__.get("_where")
         if where is None:
             where = self._where = {}
             for i, known in enumerate(facts):
@@ -66,8 +68,9 @@ class RunState(BaseModel):
 
     def append(self, fact: Fact, identity: tuple[object, ...] | None) -> None:
         """Keep `fact`, whose `_identity` is `identity` (the fold has it already)."""
-        if identity is not None and self._where is not None and len(self.facts) >= _INDEXED:
-            self._where.setdefault(identity, len(self.facts))
+        where = self.__dict__.get("_where")
+        if identity is not None and where is not None and len(self.facts) >= _INDEXED:
+            where.setdefault(identity, len(self.facts))
         self.facts.append(fact)
 
     @property
@@ -224,7 +227,7 @@ def _learnt(known: RunRef, told: RunRef) -> RunRef:
         update["correlation_id"] = told.correlation_id
     if told.attributes.keys() - known.attributes.keys():
         update["attributes"] = told.attributes | dict(known.attributes)
-    return known.model_copy(update=update) if update else known
+    return replace(known, **update) if update else known
 
 
 def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldResult:
@@ -249,7 +252,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         earlier, later = (fact, known) if fact.order < known.order else (known, fact)
         merged = later.attributes | earlier.attributes
         if merged != earlier.attributes or (later.label and not earlier.label):
-            earlier = earlier.model_copy(update={"attributes": merged, "label": earlier.label or later.label})
+            earlier = replace(earlier, attributes=merged, label=earlier.label or later.label)
         if earlier is known:
             return FoldResult(state, Admission.REPEATED)
         state.facts[i] = earlier
@@ -308,7 +311,7 @@ def forget_facts(state: RunState) -> None:
     """A closed run kept long enough to be shown: from now on it only recognises late events."""
     state.facts = []
     state.emitted = {}
-    state._where = None
+    state.__dict__.pop("_where", None)
 
 
 def has_gaps(facts: list[Fact]) -> bool:

@@ -2,14 +2,15 @@
 
 One loader, one policy for a state this version cannot read (kept aside under
 `keys.UNREADABLE`, the run starts afresh), used by ingest, settling and start-up.
-Headers and facts are written with pydantic's serializer (Rust) and only what
-changed: a batch appends its new facts, it never rewrites the run.
+Headers and facts are msgspec JSON (defaults left out), and only what changed is
+written: a batch appends its new facts, it never rewrites the run. The JSON is the
+one earlier versions wrote with pydantic, so their files read as they are.
 """
 
 import logging
 from dataclasses import dataclass, field
 
-from pydantic import TypeAdapter
+import msgspec
 
 from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
@@ -20,27 +21,30 @@ from otel_bridge.state.store import Transaction
 log = logging.getLogger(__name__)
 
 State = RunState | JobState
-_FACTS = TypeAdapter(list[Fact])
+_encode = msgspec.json.Encoder().encode
+_RUN = msgspec.json.Decoder(RunState)
+_JOB = msgspec.json.Decoder(JobState)
+_FACTS = msgspec.json.Decoder(list[Fact])
 
 
 def encode_header(state: State) -> bytes:
-    # Defaults left out: a third less JSON to read back (missing fields read as their defaults).
-    if isinstance(state, RunState):
-        return state.model_dump_json(exclude_defaults=True, exclude={"facts"}).encode()
-    return state.model_dump_json(exclude_defaults=True).encode()
+    # Defaults are left out (the structs say `omit_defaults`); a run's facts are rows of their own.
+    if isinstance(state, RunState) and state.facts:
+        return _encode(msgspec.structs.replace(state, facts=[]))
+    return _encode(state)
 
 
 def encode_fact(fact: Fact) -> bytes:
-    return fact.model_dump_json(exclude_defaults=True).encode()
+    return _encode(fact)
 
 
 def decode(key: str, header: bytes, rows: list[bytes]) -> State:
     """Raises ValueError when this version cannot read it."""
     if keys.is_job(key):
-        return JobState.model_validate_json(header)
-    state = RunState.model_validate_json(header)
+        return _JOB.decode(header)
+    state = _RUN.decode(header)
     if rows:
-        state.facts.extend(_FACTS.validate_json(b"[" + b",".join(rows) + b"]"))
+        state.facts.extend(_FACTS.decode(b"[" + b",".join(rows) + b"]"))
     return state
 
 
