@@ -6,11 +6,15 @@ import time
 import orjson
 from builders import WorkflowRun
 
+from otel_bridge import keys
 from otel_bridge.config import Settings
+from otel_bridge.correlate.runs import RunState
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import NoSender
+from otel_bridge.lifecycle import FactKind, Outcome
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.runtime import Bridge
+from otel_bridge.state import journal
 from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
 
 
@@ -118,3 +122,33 @@ def test_runs_paused_before_the_overdue_index_existed_are_found_after_the_upgrad
     again = _pipeline(path)
     again.restore_gauges()  # start-up
     assert [r.run_id for r in again.overdue_runs()] == [stuck.workflow_id]
+
+
+# Written by the version that kept run state as pydantic models (commit e7857e5).
+_PYDANTIC_HEADER = (
+    b'{"run":{"engine":"durable-effect","env":"production","service":"shop","run_id":"r1","name":"order"},'
+    b'"seq":2,"state_order":[1001,"e1"],"opened_ns":5,"counted_name":"order"}'
+)
+_PYDANTIC_FACTS = [
+    b'{"event_id":"e0","time_ns":1000,"kind":"run.started","name":"run.started",'
+    b'"attributes":{"workflow.event.id":"e0"},"seq":1}',
+    b'{"event_id":"e1","time_ns":1001,"kind":"attempt.ended","name":"attempt.ended","step":"charge","attempt":1,'
+    b'"outcome":"failure","error":{"message":"card declined","step":"charge","attempt":1},'
+    b'"attributes":{"workflow.event.id":"e1"},"seq":2}',
+]
+
+
+def test_rows_written_by_the_pydantic_version_read_back_and_are_written_the_same_way():
+    key = keys.run_key(("durable-effect", "production", "shop", "r1"))
+    state = journal.decode(key, _PYDANTIC_HEADER, _PYDANTIC_FACTS)
+    assert isinstance(state, RunState)
+    assert (state.run.run_id, state.seq, state.state_order, state.counted_name) == ("r1", 2, (1001, "e1"), "order")
+    failed = state.facts[1]
+    assert failed.error is not None
+    assert (failed.kind, failed.outcome, failed.error.message) == (
+        FactKind.ATTEMPT_ENDED,
+        Outcome.FAILURE,
+        "card declined",
+    )
+    assert journal.encode_header(state) == _PYDANTIC_HEADER
+    assert [journal.encode_fact(f) for f in state.facts] == _PYDANTIC_FACTS
