@@ -1,9 +1,10 @@
 """Metric instruments, one MeterProvider per producer.
 
 Each producer (serviceKey, env) is its own OTLP resource, so it gets its own
-MeterProvider; aggregation stays the SDK's job. Every provider has a pull reader
-that both the periodic OTLP export and the Prometheus endpoint collect from, so
-one thread serves any number of producers.
+MeterProvider. Every provider has a pull reader that both the periodic OTLP export
+and the Prometheus endpoint collect from, so one thread serves any number of
+producers. Counters and gauges are the SDK's; histograms, recorded once per span
+sent, are aggregated in `histograms.py` and joined to the SDK's data at collection.
 """
 
 import threading
@@ -15,12 +16,14 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions
 from opentelemetry.metrics import Observation as ApiObservation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, ResourceMetrics, ScopeMetrics
 from opentelemetry.sdk.resources import Resource as SdkResource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
+from otel_bridge.export.histograms import Histograms
 
 # 5 ms to 7 days: workflows sleep for days, and the SDK default stops at 10 s.
 DURATION_BUCKETS = (
@@ -133,9 +136,31 @@ class NameLimiter:
 @dataclass(slots=True)
 class _Producer:
     provider: MeterProvider
-    # None for a provider the application owns (it reads and exports it itself).
+    # None for a provider the application owns (it reads and exports it itself, histograms
+    # included: they go through its instruments).
     reader: InMemoryMetricReader | None
     instruments: dict[str, object]
+    histograms: Histograms | None = None
+    resource: SdkResource | None = None
+
+
+def _with_histograms(data: MetricsData | None, producer: _Producer) -> MetricsData | None:
+    """The SDK's collection of one producer with its histograms added (in the bridge's scope)."""
+    histograms = producer.histograms.metrics() if producer.histograms is not None else []
+    if not histograms:
+        return data
+    resource_metrics = list(data.resource_metrics) if data is not None else []
+    if not resource_metrics:
+        resource_metrics = [ResourceMetrics(producer.resource, [], "")]  # type: ignore[arg-type]
+    first = resource_metrics[0]
+    scopes = list(first.scope_metrics)
+    at = next((i for i, s in enumerate(scopes) if s.scope.name == c.SCOPE_NAME), None)
+    if at is None:
+        scopes.append(ScopeMetrics(InstrumentationScope(c.SCOPE_NAME), histograms, ""))
+    else:
+        scopes[at] = ScopeMetrics(scopes[at].scope, [*scopes[at].metrics, *histograms], scopes[at].schema_url)
+    resource_metrics[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+    return MetricsData(resource_metrics)
 
 
 def _exemplar_context(trace_id: bytes, span_id: bytes) -> Context:
@@ -196,7 +221,8 @@ class MetricsHub:
             # A producer's resource says exactly what its spans say, nothing of this process.
             sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
         reader = InMemoryMetricReader()
-        producer = _Producer(MeterProvider(resource=sdk_resource, metric_readers=[reader]), reader, {})
+        provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
+        producer = _Producer(provider, reader, {}, Histograms(), sdk_resource)
         if resource is not None:
             for name, spec in self._producer_gauges.items():
                 self._observe(producer, resource, name, *spec)
@@ -275,10 +301,18 @@ class MetricsHub:
         trace_id: bytes | None,
         span_id: bytes | None,
     ) -> None:
-        instrument = self._instrument(self._producer(resource), name)
+        producer = self._producer(resource)
         named = {key: self._names(key, v) if key in c.BOUNDED_NAME_ATTRIBUTES else v for key, v in attributes}
+        spec = INSTRUMENTS[name]
+        if spec.kind == "histogram" and producer.histograms is not None:
+            assert spec.buckets is not None
+            producer.histograms.record(
+                name, spec.unit, spec.description, spec.buckets, tuple(named.items()), value, trace_id, span_id
+            )
+            return
+        instrument = self._instrument(producer, name)
         context = _exemplar_context(trace_id, span_id) if trace_id and span_id else None
-        if INSTRUMENTS[name].kind == "histogram":
+        if spec.kind == "histogram":
             instrument.record(value, named, context=context)  # type: ignore[attr-defined]
         else:
             instrument.add(value, named, context=context)  # type: ignore[attr-defined]
@@ -310,7 +344,7 @@ class MetricsHub:
         for producer in producers:
             if producer.reader is None:
                 continue
-            data = producer.reader.get_metrics_data()
+            data = _with_histograms(producer.reader.get_metrics_data(), producer)
             if data is not None and data.resource_metrics:
                 out.append(data)
         return out
