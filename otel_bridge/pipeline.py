@@ -29,7 +29,7 @@ from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_r
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.keys import SET_ASIDE
-from otel_bridge.lifecycle import LifecycleRecord, event_id_of, state_key_of
+from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
@@ -225,11 +225,14 @@ class Pipeline:
     def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: set[str]) -> _Ingested:
         """The transaction of one batch; may run more than once on a shared store."""
         out = _Ingested()
-        fresh = tx.unseen(list(unique))
-        out.report.duplicates = len(unique) - len(fresh)
+        # A workflow event is known again by its run (its facts' event ids); a job's, which leaves
+        # no facts, by the store's table of seen ids.
+        jobs = [event_id for event_id, record in unique.items() if not isinstance(record, WorkflowRecord)]
+        seen = set(jobs) - tx.unseen(jobs) if jobs else set()
+        out.report.duplicates = len(seen)
         runs: dict[str, journal.Changes] = {}
         for event_id, record in unique.items():
-            if event_id not in fresh:
+            if event_id in seen:
                 continue
             key = state_key_of(record)
             changes = runs.get(key)
@@ -251,7 +254,8 @@ class Pipeline:
                 out.late.append(event_id)
         for key, changes in runs.items():
             self._save(tx, key, changes)
-        tx.mark_seen(fresh, now)
+        if jobs:
+            tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
         return out
 
     def settle_due(self, horizon: float | None = None, gap_grace_seconds: float | None = None) -> int:

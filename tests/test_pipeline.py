@@ -1,4 +1,5 @@
-"""The pipeline around the fold: one bad run never blocks the others; job state stays bounded."""
+"""The pipeline around the fold: one bad run never blocks the others; job state stays bounded;
+an event sent again is a duplicate, known by its run (workflows) or the seen ids (jobs)."""
 
 import time
 
@@ -50,6 +51,45 @@ def test_an_unreadable_run_state_is_set_aside_and_the_run_starts_afresh(tmp_path
     key = next(k for k, _ in pipeline.store.states())
     pipeline = _corrupted(pipeline, key, b"\x00garbage", None)
     report = pipeline.ingest(run.after(5).step_started("a").events)
-    assert report.accepted == 1
+    # The afresh run knows none of its events: the start sent again is taken in again.
+    assert report.accepted == 2
     keys = [k for k, _ in pipeline.store.states()]
     assert "unreadable\x1f" + key in keys and key in keys
+
+
+def _restarted(pipeline: Pipeline) -> Pipeline:
+    pipeline.store.close()
+    return Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
+
+
+def test_an_event_sent_again_is_a_duplicate_even_one_only_its_id_names(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    run = WorkflowRun().started().paused("sleep")  # a pause has no identity but its event id
+    pipeline.ingest(run.events)
+    report = _restarted(pipeline).ingest(run.events)
+    assert (report.accepted, report.duplicates) == (0, 2)
+
+
+def test_a_finished_runs_events_sent_again_stay_duplicates_after_its_facts_are_forgotten(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    run = WorkflowRun().started().paused("sleep").resumed().completed()
+    pipeline.ingest(run.events)
+    pipeline.settle_due(horizon=time.time() + 1)  # sent, closed
+    pipeline.settle_due(horizon=time.time() + pipeline.settings.keep_finished_seconds + 1)  # facts forgotten
+    (key,) = [k for k, _ in pipeline.store.states()]
+    assert pipeline.store.facts(key) == []
+    pipeline = _restarted(pipeline)
+
+    report = pipeline.ingest(run.events)
+    assert (report.accepted, report.duplicates, report.late) == (0, 4, 0)
+    straggler = run.after(5).step_started("x").events[-1:]
+    assert pipeline.ingest(straggler).late == 1
+    assert pipeline.ingest(straggler).duplicates == 1  # late once, not twice
+
+
+def test_job_events_sent_again_are_duplicates(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    job = JobRun("sync").started().executed(1)
+    pipeline.ingest(job.events)
+    report = _restarted(pipeline).ingest(job.events)
+    assert (report.accepted, report.duplicates) == (0, 2)

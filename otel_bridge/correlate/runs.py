@@ -49,6 +49,10 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
     counted_name: str | None = None
 
+    # The event ids of its facts, once the run has forgotten them (closed and shown long enough):
+    # what tells a re-sent event (a duplicate) from a late one until the run itself is forgotten.
+    seen_ids: list[str] = []
+
     # Not a field, so never stored (`dict=True` lets it live on the instance): where each
     # fact that has an identity sits in `facts`, for runs past `_INDEXED` facts, so taking in
     # a fact costs the same in a run of ten thousand facts as in one of ten (below it, a
@@ -66,11 +70,27 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
                 where.setdefault(_identity(known), i)  # type: ignore[arg-type]
         return where.get(identity)
 
+    def knows_event(self, event_id: str) -> bool:
+        """Whether `event_id` came before: the run's event ids are its deduplication (no table of
+        seen ids for workflow events: this costs nothing to keep, and goes when the run goes)."""
+        facts = self.facts
+        if len(facts) < _INDEXED:
+            known = any(f.event_id == event_id for f in facts)
+        else:
+            ids = self.__dict__.get("_ids")
+            if ids is None:
+                ids = self._ids = {f.event_id for f in facts}
+            known = event_id in ids
+        return known or (bool(self.seen_ids) and event_id in self.seen_ids)
+
     def append(self, fact: Fact, identity: tuple[object, ...] | None) -> None:
         """Keep `fact`, whose `_identity` is `identity` (the fold has it already)."""
         where = self.__dict__.get("_where")
         if identity is not None and where is not None and len(self.facts) >= _INDEXED:
             where.setdefault(identity, len(self.facts))
+        ids = self.__dict__.get("_ids")
+        if ids is not None:
+            ids.add(fact.event_id)
         self.facts.append(fact)
 
     @property
@@ -238,12 +258,18 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         learnt = _learnt(state.run, run)
         if learnt is not state.run:
             state.run = learnt
+    if state.knows_event(fact.event_id):
+        return FoldResult(state, Admission.REPEATED)
+    identity = _identity(fact)
     if state.closed:
+        if identity is not None and state.position_of(identity) is not None:
+            return FoldResult(state, Admission.REPEATED)
+        # Remembered, so that the same event sent again is a duplicate, not late a second time.
+        state.seen_ids.append(fact.event_id)
         return FoldResult(state, Admission.LATE)
 
     state.seq += 1
     fact.seq = state.seq  # the fold owns the fact it is given
-    identity = _identity(fact)
     i = state.position_of(identity) if identity is not None else None
     if i is not None:
         known = state.facts[i]
@@ -309,9 +335,11 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
 
 def forget_facts(state: RunState) -> None:
     """A closed run kept long enough to be shown: from now on it only recognises late events."""
+    state.seen_ids = sorted({f.event_id for f in state.facts}.union(state.seen_ids))
     state.facts = []
     state.emitted = {}
     state.__dict__.pop("_where", None)
+    state.__dict__.pop("_ids", None)
 
 
 def has_gaps(facts: list[Fact]) -> bool:

@@ -33,7 +33,7 @@ def test_a_failed_batch_leaves_no_trace_in_memory(tmp_path, monkeypatch):
         raise StoreUnavailable("disk full")
 
     with monkeypatch.context() as m:
-        m.setattr(SqliteTransaction, "mark_seen", refuse)
+        m.setattr(SqliteTransaction, "save", refuse)  # the last write of a batch, after the fold
         with pytest.raises(StoreUnavailable):
             pipeline.ingest(run.after(5).step_started("a").events)
     assert pipeline.hot.get(key) is None  # read again from the store next time
