@@ -157,18 +157,23 @@ def measure(pid: int, url: str, bodies: list[bytes], receiver: CountingReceiver,
     return Round(cpu, accept, drain, receiver.spans, peak_rss_mib(pid), latencies)
 
 
-def run_bridge(
-    workdir: Path, receiver: CountingReceiver, bodies: list[bytes], clients: int, env: dict, tree: str | None = None
-) -> Round:
-    """`tree`: another checkout of otel-bridge to run instead of this one (a baseline)."""
+def bridge_process(workdir: Path, receiver: "CountingReceiver", env: dict, tree: str | None = None) -> BridgeProcess:
+    """`otel-bridge serve` with production defaults (not the test harness's quick ones), not yet started.
+
+    `tree`: another checkout of otel-bridge to run instead of this one (a baseline)."""
     bridge = BridgeProcess(workdir, receiver.endpoint, log_level="WARNING", settle_seconds="1", **env)
-    # Production defaults, not the test harness's quick ones.
     bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
     bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
     if tree is not None:
         bridge.env["PYTHONPATH"] = tree
         bridge.cwd = tree
-    bridge.start()
+    return bridge
+
+
+def run_bridge(
+    workdir: Path, receiver: CountingReceiver, bodies: list[bytes], clients: int, env: dict, tree: str | None = None
+) -> Round:
+    bridge = bridge_process(workdir, receiver, env, tree).start()
     try:
         return measure(bridge.proc.pid, f"{bridge.url}/v1/events", bodies, receiver, clients)
     finally:
@@ -249,7 +254,7 @@ def main() -> None:
         peak_rate = len(small) / peak.accept_seconds
         paced_dir = Path(tmp) / "latency-paced"
         paced_dir.mkdir()
-        bridge = BridgeProcess(paced_dir, receiver.endpoint, log_level="WARNING", settle_seconds="1", **env).start()
+        bridge = bridge_process(paced_dir, receiver, env).start()
         try:
             paced, _ = post_all(f"{bridge.url}/v1/events", small, args.clients, interval=args.clients / (peak_rate / 2))
         finally:
