@@ -8,6 +8,7 @@ new source module and nothing else.
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from operator import attrgetter
 
 from msgspec import Struct
 
@@ -153,6 +154,10 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
         # Timestamps share milliseconds; the UUIDv7 event id breaks ties in
         # emission order.
         return (self.time_ns, self.event_id)
+
+
+# `Fact.order` as a sort key (C speed: facts are sorted at every settle).
+by_order = attrgetter("time_ns", "event_id")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
-from otel_bridge.lifecycle import Fact, FactKind
+from otel_bridge.lifecycle import Fact, FactKind, by_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class RunOverview:
 
 
 def _ordered(state: RunState) -> list[Fact]:
-    return sorted(state.facts, key=lambda f: f.order)
+    return sorted(state.facts, key=by_order)
 
 
 def _since(state: RunState, ordered: list[Fact]) -> Fact:
@@ -70,11 +70,11 @@ def overdue_since_ns(state: RunState) -> int | None:
         return None
     if state.execution_state == c.STATE_PAUSED:
         pauses = [f for f in state.facts if f.kind is FactKind.RUN_PAUSED]
-        return max(pauses, key=lambda f: f.order).resume_at_ns if pauses else None
+        return max(pauses, key=by_order).resume_at_ns if pauses else None
     if state.execution_state == c.STATE_PENDING:
         order = tuple(state.state_order or ())
         since = next((f for f in state.facts if f.order == order), None)
-        return (since or min(state.facts, key=lambda f: f.order)).time_ns
+        return (since or min(state.facts, key=by_order)).time_ns
     return None
 
 

@@ -8,6 +8,7 @@ always recomputed from facts and arrival order cannot change them.
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -16,7 +17,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.ids import root_span_id
-from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef
+from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef, by_order
 
 _INDEXED = 48
 
@@ -198,7 +199,13 @@ def _definition(run: RunRef, name: str | None = None) -> tuple[tuple[str, str], 
 
 
 def _resource(run: RunRef) -> Resource:
-    return Resource(run.service, run.env)
+    return _producer(run.service, run.env)
+
+
+@lru_cache(maxsize=1024)
+def _producer(service: str, env: str) -> Resource:
+    # One Resource per producer rather than one per observation (a frozen dataclass is slow to build).
+    return Resource(service, env)
 
 
 def active_run(state: RunState, counted: str, value: int = 1) -> Observation:
@@ -387,16 +394,14 @@ def _start_missing(facts: list[Fact]) -> bool:
     # A state machine's run always opens with its start: moves without it are missing their head.
     if any(f.entered_state is not None for f in facts):
         return True
-    earliest = min(facts, key=lambda f: f.order)
+    earliest = min(facts, key=by_order)
     return earliest.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) and earliest.attempt == 1
 
 
 def _move_missing(facts: list[Fact]) -> bool:
     """A state machine's move that leaves a state the run was never seen entering: one is still in flight."""
     entered: str | None = None
-    for f in sorted(
-        (f for f in facts if f.entered_state is not None or f.kind is FactKind.RUN_ENDED), key=lambda f: f.order
-    ):
+    for f in sorted((f for f in facts if f.entered_state is not None or f.kind is FactKind.RUN_ENDED), key=by_order):
         left = f.attributes.get(c.WORKFLOW_STATE_FROM)
         if entered is not None and left is not None and left != entered:
             return True
@@ -436,7 +441,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         # Counted when the trace is complete, so the failing step can be named from every fact.
         failing = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
         out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, failing, resource))
-    ordered = sorted(facts, key=lambda f: f.order)
+    ordered = sorted(facts, key=by_order)
     queued = next((f for f in ordered if f.kind is FactKind.RUN_QUEUED), None)
     started = next((f for f in ordered if f.kind in _EXECUTING_KINDS), None)
     result_attr = (c.WORKFLOW_EXECUTION_RESULT, str(result))

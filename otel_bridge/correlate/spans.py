@@ -12,7 +12,17 @@ from datetime import UTC, datetime
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanRole, SpanStatus
 from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
-from otel_bridge.lifecycle import NOTE_KINDS, AttributeValue, ErrorInfo, Fact, FactKind, Outcome, RunKind, RunRef
+from otel_bridge.lifecycle import (
+    NOTE_KINDS,
+    AttributeValue,
+    ErrorInfo,
+    Fact,
+    FactKind,
+    Outcome,
+    RunKind,
+    RunRef,
+    by_order,
+)
 
 _ROOT_EVENT_KINDS = frozenset(
     {FactKind.RUN_QUEUED, FactKind.RUN_PAUSED, FactKind.RUN_RESUMED, FactKind.SLEEP_STARTED, FactKind.SLEEP_ENDED}
@@ -35,7 +45,7 @@ class _Attempt:
 
 
 def sorted_facts(facts: list[Fact]) -> list[Fact]:
-    return sorted(facts, key=lambda f: f.order)
+    return sorted(facts, key=by_order)
 
 
 def build_spans(
