@@ -41,6 +41,9 @@ from otel_bridge.state.store import Store, Transaction
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
+# Settling commits after this much work (seconds; at least one run per commit): ingest waits for the store while a
+# settle transaction holds it, and producers wait on ingest.
+_SETTLE_SLICE = 0.001
 T = TypeVar("T")
 
 
@@ -289,7 +292,11 @@ class Pipeline:
     ) -> tuple[list[str], list[Step]]:
         due = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
         steps = []
-        for key in due:
+        until = time.perf_counter() + _SETTLE_SLICE
+        for n, key in enumerate(due):
+            if n and time.perf_counter() > until:
+                del due[n:]  # still due: the next chunk takes them
+                break
             try:
                 step = self._settle_one(tx, key, now, policy, touched)
             except Exception as exc:

@@ -93,3 +93,17 @@ def test_job_events_sent_again_are_duplicates(tmp_path):
     pipeline.ingest(job.events)
     report = _restarted(pipeline).ingest(job.events)
     assert (report.accepted, report.duplicates) == (0, 2)
+
+
+def test_settling_commits_in_slices_and_still_settles_every_due_run(tmp_path, monkeypatch):
+    import otel_bridge.pipeline as module
+
+    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)  # one run per transaction
+    pipeline = _pipeline(tmp_path)
+    runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
+    pipeline.ingest([e for run in runs for e in run.events])
+    transactions = []
+    run = pipeline.store.run
+    monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append(1) or run(work))
+    assert pipeline.settle_due(horizon=time.time() + 1) == 10  # a root and an attempt each
+    assert len(transactions) >= 5
