@@ -55,7 +55,8 @@ SENT = ExportResult(Delivery.SENT)
 
 
 class TraceSender(Protocol):
-    def send(self, request: ExportTraceServiceRequest) -> ExportResult: ...
+    # `request`: a serialized ExportTraceServiceRequest (`span_encoding.export_request`).
+    def send(self, request: bytes) -> ExportResult: ...
 
     def shutdown(self) -> None: ...
 
@@ -124,9 +125,11 @@ class _GrpcTraces(GrpcSpanExporter):
         super()._initialize_channel_and_stub()
         self._client = _RecordingStub(self._client)
 
-    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
+    def send(self, request: bytes) -> ExportResult:
         self._client.last = None  # type: ignore[union-attr]
-        ok = self._export(request) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
+        # The gRPC stub serializes a message itself.
+        message = ExportTraceServiceRequest.FromString(request)
+        ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
         last = self._client.last  # type: ignore[union-attr]
         if ok:
             return _answered(last)
@@ -140,10 +143,10 @@ class _HttpTraces(HttpSpanExporter):
         super().__init__()
         self._client._transport = self._transport = _RecordingTransport(self._client._transport)
 
-    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
+    def send(self, request: bytes) -> ExportResult:
         # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
         self._transport.last = None
-        result = self._client.export(request.SerializeToString())
+        result = self._client.export(request)
         last = self._transport.last
         if result.success:
             return _answered(last.content() if last is not None else None)

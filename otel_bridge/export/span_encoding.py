@@ -86,16 +86,45 @@ def proto_resource(key: str) -> ProtoResource:
     )
 
 
-def export_request(rows: list[tuple[str, bytes]], scope_version: str) -> ExportTraceServiceRequest:
-    """Group encoded spans by producer into one OTLP request."""
+def _number(message: type, field: str) -> int:
+    return message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
+
+
+_RESOURCE_SPANS = _number(ExportTraceServiceRequest, "resource_spans")
+_RESOURCE = _number(ResourceSpans, "resource")
+_SCOPE_SPANS = _number(ResourceSpans, "scope_spans")
+_SCOPE = _number(ScopeSpans, "scope")
+_SPANS = _number(ScopeSpans, "spans")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: its tag (wire type 2), its length, its bytes."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def export_request(rows: list[tuple[str, bytes]], scope_version: str) -> bytes:
+    """Group encoded spans by producer into one serialized OTLP `ExportTraceServiceRequest`.
+
+    Written as protobuf bytes around the stored spans, not parsed into messages and
+    serialized again: a repeated message field is its elements' bytes, each behind
+    its tag and length, so the spans in the outbox go out as they are.
+    """
     by_resource: dict[str, list[bytes]] = {}
     for key, payload in rows:
         by_resource.setdefault(key, []).append(payload)
-    request = ExportTraceServiceRequest()
-    scope = InstrumentationScope(name=c.SCOPE_NAME, version=scope_version)
+    scope = _field(_SCOPE, InstrumentationScope(name=c.SCOPE_NAME, version=scope_version).SerializeToString())
+    request = bytearray()
     for key, payloads in by_resource.items():
-        scope_spans = ScopeSpans(scope=scope)
-        for payload in payloads:
-            scope_spans.spans.add().MergeFromString(payload)
-        request.resource_spans.append(ResourceSpans(resource=proto_resource(key), scope_spans=[scope_spans]))
-    return request
+        scope_spans = scope + b"".join(_field(_SPANS, payload) for payload in payloads)
+        resource = _field(_RESOURCE, proto_resource(key).SerializeToString())
+        request += _field(_RESOURCE_SPANS, resource + _field(_SCOPE_SPANS, scope_spans))
+    return bytes(request)

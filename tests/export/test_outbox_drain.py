@@ -22,7 +22,8 @@ class Backend:
         self.sizes: list[int] = []
         self.names: list[str] = []
 
-    def send(self, request: ExportTraceServiceRequest) -> ExportResult:
+    def send(self, serialized: bytes) -> ExportResult:
+        request = ExportTraceServiceRequest.FromString(serialized)
         size = request.ByteSize()
         names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
         if size > self.limit:

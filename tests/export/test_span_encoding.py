@@ -1,10 +1,13 @@
 """Spans are stored as OTLP protobuf and grouped by producer at export."""
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
-from otel_bridge.export.span_encoding import encode_span, export_request
+from otel_bridge.export.span_encoding import encode_span, export_request, proto_resource
 
 
 def _span(**changes) -> SpanRecord:
@@ -49,9 +52,24 @@ def test_long_strings_are_truncated_to_the_attribute_limit():
 
 def test_an_export_request_groups_spans_by_producer():
     a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
-    request = export_request([(a, encode_span(_span())), (b, encode_span(_span())), (a, encode_span(_span()))], "1")
+    rows = [(a, encode_span(_span())), (b, encode_span(_span())), (a, encode_span(_span()))]
+    request = ExportTraceServiceRequest.FromString(export_request(rows, "1"))
     assert len(request.resource_spans) == 2
     counts = {
         rs.resource.attributes[0].value.string_value: len(rs.scope_spans[0].spans) for rs in request.resource_spans
     }
     assert counts == {"a": 2, "b": 1}
+
+
+def test_an_export_request_is_the_bytes_protobuf_would_write_for_the_same_message():
+    a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
+    big = _span(attributes={"x": "y" * 300})  # lengths past one varint byte
+    rows = [(a, encode_span(_span())), (b, encode_span(big)), (a, encode_span(big))]
+    expected = ExportTraceServiceRequest()
+    for key, payloads in ((a, [rows[0][1], rows[2][1]]), (b, [rows[1][1]])):
+        scope = InstrumentationScope(name=c.SCOPE_NAME, version="1.2")
+        spans = [Span.FromString(p) for p in payloads]
+        expected.resource_spans.append(
+            ResourceSpans(resource=proto_resource(key), scope_spans=[ScopeSpans(scope=scope, spans=spans)])
+        )
+    assert export_request(rows, "1.2") == expected.SerializeToString()
