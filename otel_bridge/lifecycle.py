@@ -5,7 +5,6 @@ Sources translate their wire formats into these records; everything downstream
 new source module and nothing else.
 """
 
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from operator import attrgetter
@@ -160,9 +159,8 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
 by_order = attrgetter("time_ns", "event_id")
 
 
-@dataclass(frozen=True, slots=True)
-class WorkflowRecord:
-    """One fact of one run. A plain pair: both halves are validated models already."""
+class WorkflowRecord(Struct, frozen=True):
+    """One fact of one run: a plain pair, built per event."""
 
     run: RunRef
     fact: Fact

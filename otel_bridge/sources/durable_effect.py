@@ -391,7 +391,29 @@ def _run_ref(env: str, service: str, run_id: str, name: str, correlation_id: str
 def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
     run = _run_ref(e.env, e.service_key, e.workflow_id, e.workflow_name, e.execution_id)
     base = {"event_id": e.event_id, "time_ns": ns(e.timestamp), "name": e.type}
-    match e:
+    match e:  # the most frequent first: each case is an isinstance check
+        case StepStarted():
+            fact = Fact(kind=FactKind.ATTEMPT_STARTED, step=e.step_name, attempt=e.attempt, **base)
+        case StepCompleted():
+            fact = Fact(
+                kind=FactKind.ATTEMPT_ENDED,
+                step=e.step_name,
+                attempt=e.attempt,
+                outcome=Outcome.SUCCESS,
+                duration_ms=e.duration_ms,
+                cached=e.cached,
+                **base,
+            )
+        case StepFailed():
+            fact = Fact(
+                kind=FactKind.ATTEMPT_ENDED,
+                step=e.step_name,
+                attempt=e.attempt,
+                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
+                error=_error(e.error),
+                attributes={"workflow.task.will_retry": e.will_retry},
+                **base,
+            )
         case WorkflowStarted():
             fact = Fact(kind=FactKind.RUN_STARTED, attributes=_input_attr(e.input, options), **base)
         case WorkflowQueued():
@@ -437,28 +459,6 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 outcome=Outcome.CANCELLATION,
                 reason=e.reason,
                 attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
-                **base,
-            )
-        case StepStarted():
-            fact = Fact(kind=FactKind.ATTEMPT_STARTED, step=e.step_name, attempt=e.attempt, **base)
-        case StepCompleted():
-            fact = Fact(
-                kind=FactKind.ATTEMPT_ENDED,
-                step=e.step_name,
-                attempt=e.attempt,
-                outcome=Outcome.SUCCESS,
-                duration_ms=e.duration_ms,
-                cached=e.cached,
-                **base,
-            )
-        case StepFailed():
-            fact = Fact(
-                kind=FactKind.ATTEMPT_ENDED,
-                step=e.step_name,
-                attempt=e.attempt,
-                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
-                error=_error(e.error),
-                attributes={"workflow.task.will_retry": e.will_retry},
                 **base,
             )
         case RetryScheduled():
