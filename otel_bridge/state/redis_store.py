@@ -1,6 +1,7 @@
 """The shared store: Redis, so several bridge replicas behind a load balancer build one trace per run.
 
-A transaction WATCHes every key it reads (seen ids, run states) and writes with
+A transaction WATCHes every key it reads (job events' seen ids, run states and
+facts, the runs of a batch read ahead in one round trip) and writes with
 MULTI/EXEC; when another replica changed one of them first, EXEC fails and the
 whole transaction runs again on fresh reads (optimistic concurrency). Seen ids
 are keys with a time-to-live, so the dedup memory expires by itself. The outbox
@@ -50,6 +51,8 @@ class RedisTransaction:
         self._p = prefix
         self._seen_ttl = max(int(seen_ttl), 1)
         self._writes: list[Callable[[Any], None]] = []
+        # Runs read ahead by `prefetch`: key -> (state, due score, fact rows).
+        self._fetched: dict[str, tuple[bytes | None, float | None, dict[bytes, bytes]]] = {}
 
     def unseen(self, event_ids: list[str]) -> set[str]:
         if not event_ids:
@@ -67,7 +70,28 @@ class RedisTransaction:
 
         self._writes.append(write)
 
+    def prefetch(self, keys: list[str]) -> None:
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._fetched]
+        if not wanted:
+            return
+        state_keys = [f"{self._p}state:{k}" for k in wanted]
+        fact_keys = [f"{self._p}facts:{k}" for k in wanted]
+        self._pipe.watch(*state_keys, *fact_keys)
+        # Read after the WATCH (any connection will do): a change after this read is a change after
+        # the WATCH, and fails the EXEC as it would have on reads one by one.
+        reads = self._client.pipeline(transaction=False)
+        for key, state_key, facts_key in zip(wanted, state_keys, fact_keys, strict=True):
+            reads.get(state_key)
+            reads.zscore(f"{self._p}due", key)
+            reads.hgetall(facts_key)
+        answers = reads.execute()
+        for i, key in enumerate(wanted):
+            self._fetched[key] = (answers[3 * i], answers[3 * i + 1], answers[3 * i + 2])
+
     def load(self, key: str) -> tuple[bytes, float | None] | None:
+        if key in self._fetched:
+            blob, due, _facts = self._fetched[key]
+            return None if blob is None else (blob, due)
         state_key = f"{self._p}state:{key}"
         self._pipe.watch(state_key)
         blob = self._pipe.get(state_key)
@@ -95,6 +119,8 @@ class RedisTransaction:
         self._writes.append(write)
 
     def facts(self, key: str) -> list[bytes]:
+        if key in self._fetched:
+            return _in_order(self._fetched[key][2])
         facts_key = f"{self._p}facts:{key}"
         self._pipe.watch(facts_key)
         return _in_order(self._pipe.hgetall(facts_key))

@@ -36,6 +36,10 @@ class Transaction(Protocol):
 
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None: ...
 
+    def prefetch(self, keys: list[str]) -> None:
+        """These runs are about to be loaded (state, due time, facts): a store across a network
+        reads them in one round trip, to answer `load` and `facts` from; a local one ignores it."""
+
     def load(self, key: str) -> tuple[bytes, float | None] | None: ...
 
     def save(self, key: str, blob: bytes, due: float | None, overdue_at: float | None = None) -> None:

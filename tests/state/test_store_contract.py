@@ -91,6 +91,43 @@ def test_a_runs_facts_are_a_journal_appended_replaced_and_dropped_in_seq_order(o
     assert store.facts("k") == [] and store.run(lambda tx: tx.load("k")) is None
 
 
+def test_runs_read_ahead_read_as_runs_loaded_one_by_one(open_store):
+    store = open_store()
+    store.run(
+        lambda tx: (tx.save("a", b"ha", due=5.0), tx.append("a", [(2, b"y"), (1, b"x")]), tx.save("b", b"hb", None))
+    )
+
+    def read(tx):
+        tx.prefetch(["a", "b", "missing", "a"])
+        return [(tx.load(k), tx.facts(k)) for k in ("a", "b", "missing")]
+
+    assert store.run(read) == [((b"ha", 5.0), [b"x", b"y"]), ((b"hb", None), []), (None, [])]
+
+
+def test_concurrent_read_modify_write_transactions_on_runs_read_ahead_lose_nothing(open_store):
+    store = open_store()
+
+    def work() -> None:
+        for _ in range(30):
+
+            def one(tx):
+                tx.prefetch(["counter"])
+                counter = tx.load("counter")
+                value = int(counter[0]) if counter else 0
+                tx.save("counter", str(value + 1).encode(), None)
+                tx.append("counter", [(value + 1, b"f")])
+
+            store.run(one)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.run(lambda tx: tx.load("counter"))[0] == b"120"
+    assert len(store.facts("counter")) == 120
+
+
 def test_runs_are_found_by_when_they_turn_overdue_without_reading_the_others(open_store):
     store = open_store()
     store.run(lambda tx: (tx.save("late", b"1", None, overdue_at=50.0), tx.save("fine", b"2", None, 500.0)))
