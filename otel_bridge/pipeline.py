@@ -278,12 +278,16 @@ class Pipeline:
             settle = replace(policy.settle, gap_grace_ns=int(gap_grace_seconds * 1e9))
             policy = replace(policy, settle=settle)
         done: set[str] = set()
+        # The due runs read from the store and not yet settled: a chunk of them serves several
+        # slices, instead of each millisecond's slice reading 256 keys to settle a handful.
+        pending: list[str] = []
         sent = 0
         while True:
             keys_, steps = self._transaction(
-                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, touched)
+                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, pending, touched)
             )
             done.update(keys_)
+            del pending[: len(keys_)]
             sent += sum(len(s.spans) for s in steps)
             self.metrics.record(o for s in steps for o in s.observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
@@ -296,20 +300,29 @@ class Pipeline:
         return sent
 
     def _settle_chunk(
-        self, tx: Transaction, horizon: float, now: float, policy: Policy, done: set[str], touched: set[str]
+        self,
+        tx: Transaction,
+        horizon: float,
+        now: float,
+        policy: Policy,
+        done: set[str],
+        pending: list[str],
+        touched: set[str],
     ) -> tuple[list[str], list[Step]]:
-        due = [k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done]
+        if not pending:
+            pending.extend(k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done)
+        due = pending[:]
         steps = []
         # A shared store is optimistic (nothing waits for a transaction to end): no slices there.
         until = time.perf_counter() + (_SETTLE_SLICE if not self.store.shared else float("inf"))
         for n, key in enumerate(due):
-            if n and time.perf_counter() > until:
+            if n and time.perf_counter() > until and self.store.awaited():
                 del due[n:]  # still due: the next chunk takes them
                 break
             if n % _READ_AHEAD == 0:
                 self._prefetch(tx, [k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
-                step = self._settle_one(tx, key, now, policy, touched)
+                step = self._settle_one(tx, key, horizon, now, policy, touched)
             except Exception as exc:
                 # One run that cannot be settled must not stop every other run from settling.
                 self._settle_failed(tx, key, now, exc)
@@ -340,11 +353,14 @@ class Pipeline:
         self._settle_failures.pop(key, None)
         self.set_aside += 1
 
-    def _settle_one(self, tx: Transaction, key: str, now: float, policy: Policy, touched: set[str]) -> Step | None:
+    def _settle_one(
+        self, tx: Transaction, key: str, horizon: float, now: float, policy: Policy, touched: set[str]
+    ) -> Step | None:
         if keys.is_kept_aside(key):
             return None
-        state, _due = self._state(tx, key, touched)
-        if state is None:
+        state, due = self._state(tx, key, touched)
+        # Read as due in an earlier transaction (a slice ago): it may no longer be.
+        if state is None or due is None or due > horizon:
             return None
         step = settle_run(state, now, policy)
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.

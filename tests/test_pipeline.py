@@ -98,8 +98,9 @@ def test_job_events_sent_again_are_duplicates(tmp_path):
 def test_settling_commits_in_slices_and_still_settles_every_due_run(tmp_path, monkeypatch):
     import otel_bridge.pipeline as module
 
-    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)  # one run per transaction
+    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
     pipeline = _pipeline(tmp_path)
+    monkeypatch.setattr(pipeline.store, "awaited", lambda: True)  # a batch always waiting: one run per transaction
     runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
     pipeline.ingest([e for run in runs for e in run.events])
     transactions = []
@@ -107,3 +108,63 @@ def test_settling_commits_in_slices_and_still_settles_every_due_run(tmp_path, mo
     monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append(1) or run(work))
     assert pipeline.settle_due(horizon=time.time() + 1) == 10  # a root and an attempt each
     assert len(transactions) >= 5
+
+
+def test_settling_that_nobody_waits_for_commits_its_whole_chunk_at_once(tmp_path, monkeypatch):
+    import otel_bridge.pipeline as module
+
+    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
+    pipeline = _pipeline(tmp_path)
+    runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
+    pipeline.ingest([e for run in runs for e in run.events])
+    transactions = []
+    run = pipeline.store.run
+    monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append(1) or run(work))
+    assert pipeline.settle_due(horizon=time.time() + 1) == 10
+    assert len(transactions) == 2  # the five runs, then a look for more
+
+
+def test_settling_reads_the_due_runs_once_for_many_slices(tmp_path, monkeypatch):
+    import otel_bridge.pipeline as module
+    from otel_bridge.state.sqlite_store import SqliteTransaction
+
+    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
+    pipeline = _pipeline(tmp_path)
+    monkeypatch.setattr(pipeline.store, "awaited", lambda: True)  # a batch always waiting: one run per transaction
+    runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
+    pipeline.ingest([e for run in runs for e in run.events])
+    reads = []
+    due_keys = SqliteTransaction.due_keys
+    monkeypatch.setattr(SqliteTransaction, "due_keys", lambda tx, *a: reads.append(1) or due_keys(tx, *a))
+    assert pipeline.settle_due(horizon=time.time() + 1) == 10
+    assert len(reads) == 2  # the five due runs, then none left
+
+
+def test_a_run_read_as_due_and_moved_later_before_its_slice_is_left_for_later(tmp_path, monkeypatch):
+    import otel_bridge.pipeline as module
+
+    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
+    pipeline = _pipeline(tmp_path)
+    monkeypatch.setattr(pipeline.store, "awaited", lambda: True)  # a batch always waiting: one run per transaction
+    first, second = (WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in "12")
+    pipeline.ingest(first.events)
+    pipeline.ingest(second.events)  # due after the first
+    key = next(k for k, _ in pipeline.store.states() if second.workflow_id in k)
+    later = time.time() + 3600
+    run = pipeline.store.run
+
+    def move_second_after_first_slice(work):
+        result = run(work)
+        if pipeline.store.outbox_depth() and not moved:
+            moved.append(key)
+            with pipeline.store.transaction() as tx:
+                tx.save(key, tx.load(key)[0], later)
+            if pipeline.hot is not None:
+                pipeline.hot.discard([key])
+        return result
+
+    moved: list[str] = []
+    monkeypatch.setattr(pipeline.store, "run", move_second_after_first_slice)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2  # the first run's two spans only
+    assert moved
+    assert pipeline.settle_due(horizon=later + 1) == 2

@@ -188,6 +188,9 @@ class RedisStore:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def awaited(self) -> bool:
+        return False  # optimistic: transactions run side by side and never wait for each other
+
     def run(self, work: Callable[[RedisTransaction], T]) -> T:
         for attempt in range(_MAX_ATTEMPTS):
             try:

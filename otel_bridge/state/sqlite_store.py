@@ -173,14 +173,30 @@ class SqliteStore:
             raise StoreOpenError(f"cannot open the state file {self.path}: {_why(exc)}") from exc
         self._lock = threading.Lock()
         self._lock_timeout = lock_timeout_seconds
+        # Threads waiting to begin a transaction: a long one (settling) gives way when there are any.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
     def _acquire(self) -> None:
         # A store that stays busy must turn into a 503 the producer retries, not a
         # request that hangs inside the producer's workflow.
-        if not self._lock.acquire(timeout=self._lock_timeout):
+        if self._lock.acquire(blocking=False):
+            return
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            acquired = self._lock.acquire(timeout=self._lock_timeout)
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        if not acquired:
             raise StoreUnavailable(f"store busy for more than {self._lock_timeout} s")
+
+    def awaited(self) -> bool:
+        """Whether another thread is waiting to begin a transaction."""
+        return self._waiting > 0
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:

@@ -72,6 +72,9 @@ class Store(Protocol):
 
     def run(self, work: Callable[[Transaction], T]) -> T: ...
 
+    def awaited(self) -> bool:
+        """Whether a transaction is waiting for the one running now to end (never, on a shared store)."""
+
     def outbox_peek(self, limit: int) -> list[OutboxRow]: ...
 
     def outbox_ack(self, ids: list[int | str]) -> None: ...

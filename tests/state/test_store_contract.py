@@ -169,6 +169,27 @@ def test_sqlite_purges_old_seen_ids(tmp_path):
     assert store.run(lambda tx: tx.unseen(["old", "new"])) == {"old"}
 
 
+def test_sqlite_tells_a_running_transaction_that_another_waits_to_begin(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    waiter = threading.Thread(target=lambda: store.run(lambda tx: None))
+    with store.transaction():
+        assert not store.awaited()
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not store.awaited() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert store.awaited()
+    waiter.join()
+    assert not store.awaited()
+    store.close()
+
+
+def test_redis_transactions_never_wait_for_each_other(redis_url):
+    store = RedisStore(redis_url, seen_ttl_seconds=3600, prefix=f"t{uuid.uuid4().hex}:")
+    assert store.run(lambda tx: store.awaited()) is False  # optimistic: nothing ever waits to begin
+    store.close()
+
+
 def test_redis_lets_seen_ids_expire(redis_url):
     store = RedisStore(redis_url, seen_ttl_seconds=1, prefix=f"ttl{uuid.uuid4().hex[:6]}:")
     store.run(lambda tx: tx.mark_seen(["e"], now=time.time()))
