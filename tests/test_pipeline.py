@@ -95,49 +95,36 @@ def test_job_events_sent_again_are_duplicates(tmp_path):
     assert (report.accepted, report.duplicates) == (0, 2)
 
 
-def test_settling_commits_in_slices_and_still_settles_every_due_run(tmp_path, monkeypatch):
-    import otel_bridge.pipeline as module
-
-    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
-    pipeline = _pipeline(tmp_path)
-    monkeypatch.setattr(pipeline.store, "awaited", lambda: True)  # a batch always waiting: one run per transaction
-    runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
-    pipeline.ingest([e for run in runs for e in run.events])
-    transactions = []
-    run = pipeline.store.run
-    monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append(1) or run(work))
-    assert pipeline.settle_due(horizon=time.time() + 1) == 10  # a root and an attempt each
-    assert len(transactions) >= 5
-
-
-def test_settling_that_nobody_waits_for_commits_its_whole_chunk_at_once(tmp_path, monkeypatch):
-    import otel_bridge.pipeline as module
-
-    monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
-    pipeline = _pipeline(tmp_path)
-    runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
-    pipeline.ingest([e for run in runs for e in run.events])
-    transactions = []
-    run = pipeline.store.run
-    monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append(1) or run(work))
-    assert pipeline.settle_due(horizon=time.time() + 1) == 10
-    assert len(transactions) == 2  # the five runs, then a look for more
-
-
-def test_settling_reads_the_due_runs_once_for_many_slices(tmp_path, monkeypatch):
+def _settling(tmp_path, monkeypatch, batch_waiting: bool) -> tuple[Pipeline, list[str], list[str]]:
+    """Five ended runs due, slices of no time at all, and whether a batch always waits for the store:
+    the pipeline, then the transactions and the reads of the due runs that settling them takes."""
     import otel_bridge.pipeline as module
     from otel_bridge.state.sqlite_store import SqliteTransaction
 
     monkeypatch.setattr(module, "_SETTLE_SLICE", 0.0)
     pipeline = _pipeline(tmp_path)
-    monkeypatch.setattr(pipeline.store, "awaited", lambda: True)  # a batch always waiting: one run per transaction
+    monkeypatch.setattr(pipeline.store, "awaited", lambda: batch_waiting)
     runs = [WorkflowRun().started().step_started("a").after(1).step_completed("a").completed() for _ in range(5)]
     pipeline.ingest([e for run in runs for e in run.events])
-    reads = []
-    due_keys = SqliteTransaction.due_keys
-    monkeypatch.setattr(SqliteTransaction, "due_keys", lambda tx, *a: reads.append(1) or due_keys(tx, *a))
+    transactions: list[str] = []
+    reads: list[str] = []
+    run, due_keys = pipeline.store.run, SqliteTransaction.due_keys
+    monkeypatch.setattr(pipeline.store, "run", lambda work: transactions.append("tx") or run(work))
+    monkeypatch.setattr(SqliteTransaction, "due_keys", lambda tx, *a: reads.append("due") or due_keys(tx, *a))
+    return pipeline, transactions, reads
+
+
+def test_settling_gives_way_to_a_waiting_batch_and_still_settles_every_due_run(tmp_path, monkeypatch):
+    pipeline, transactions, reads = _settling(tmp_path, monkeypatch, batch_waiting=True)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 10  # a root and an attempt each
+    assert len(transactions) >= 5  # a run per transaction
+    assert len(reads) == 2  # the due runs read once for every slice, then once to find none left
+
+
+def test_settling_that_nobody_waits_for_commits_its_whole_chunk_at_once(tmp_path, monkeypatch):
+    pipeline, transactions, _ = _settling(tmp_path, monkeypatch, batch_waiting=False)
     assert pipeline.settle_due(horizon=time.time() + 1) == 10
-    assert len(reads) == 2  # the five due runs, then none left
+    assert len(transactions) == 2  # the five runs, then a look for more
 
 
 def test_a_run_read_as_due_and_moved_later_before_its_slice_is_left_for_later(tmp_path, monkeypatch):
