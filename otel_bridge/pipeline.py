@@ -41,8 +41,8 @@ from otel_bridge.state.store import Store, Transaction
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
-# Settling commits after this much work (seconds; at least one run per commit): ingest waits for the store while a
-# settle transaction holds it, and producers wait on ingest.
+# Settling commits after this much work (seconds; at least one run per commit) when another transaction waits to
+# begin (`Store.awaited`): ingest waits for the store while a settle transaction holds it, and producers wait on ingest.
 _SETTLE_SLICE = 0.001
 # Runs read ahead at a time while settling (a slice may end before it reaches them all).
 _READ_AHEAD = 32
@@ -219,11 +219,6 @@ class Pipeline:
             return found
         return journal.load(tx, key)
 
-    def _prefetch(self, tx: Transaction, keys_: list[str]) -> None:
-        """Read ahead the runs a transaction will load and memory does not hold."""
-        hot = self.hot
-        tx.prefetch([k for k in keys_ if hot is None or hot.get(k) is None])
-
     def _save(self, tx: Transaction, key: str, changes: journal.Changes) -> None:
         state = changes.state
         journal.write(tx, key, changes, overdue_at(state, self.policy) if state is not None else None)
@@ -241,11 +236,9 @@ class Pipeline:
         seen = set(jobs) - tx.unseen(jobs) if jobs else set()
         out.report.duplicates = len(seen)
         runs: dict[str, journal.Changes] = {}
-        self._prefetch(tx, [state_key_of(r) for event_id, r in unique.items() if event_id not in seen])
-        for event_id, record in unique.items():
-            if event_id in seen:
-                continue
-            key = state_key_of(record)
+        fresh = [(event_id, r, state_key_of(r)) for event_id, r in unique.items() if event_id not in seen]
+        tx.prefetch([key for _, _, key in fresh])  # one round trip to a store across a network
+        for event_id, record, key in fresh:
             changes = runs.get(key)
             if changes is None:
                 changes = runs[key] = journal.Changes(*self._state(tx, key, touched))
@@ -313,14 +306,13 @@ class Pipeline:
             pending.extend(k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done)
         due = pending[:]
         steps = []
-        # A shared store is optimistic (nothing waits for a transaction to end): no slices there.
-        until = time.perf_counter() + (_SETTLE_SLICE if not self.store.shared else float("inf"))
+        until = time.perf_counter() + _SETTLE_SLICE
         for n, key in enumerate(due):
             if n and time.perf_counter() > until and self.store.awaited():
                 del due[n:]  # still due: the next chunk takes them
                 break
             if n % _READ_AHEAD == 0:
-                self._prefetch(tx, [k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
+                tx.prefetch([k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
                 step = self._settle_one(tx, key, horizon, now, policy, touched)
             except Exception as exc:
