@@ -16,7 +16,6 @@ from msgspec.structs import replace
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans
-from otel_bridge.ids import root_span_id
 from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef, by_order
 
 _INDEXED = 48
@@ -320,12 +319,11 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     spans = build_spans(
         state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns
     )
-    root_hex = root_span_id(state.run.identity).hex()
     for span in spans:
-        key = span.span_id.hex()
-        if span.end_ns is None or key in state.emitted:
+        if span.end_ns is None:
             continue
-        if key == root_hex and not (ended or incomplete):
+        key = span.span_id.hex()
+        if key in state.emitted or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
         state.emitted[key] = state.seq
         result.spans.append(span)
@@ -360,39 +358,48 @@ def has_gaps(facts: list[Fact]) -> bool:
     starts: set[tuple[str | None, int | None]] = set()
     attempts: dict[str, set[int]] = {}
     completed_steps: list[str] = []
+    started = moved = False
+    # One pass over the facts: settling asks this of every ended run it sends.
     for f in facts:
-        if f.kind is FactKind.RUN_ENDED and f.outcome is Outcome.SUCCESS:
+        kind = f.kind
+        if kind is FactKind.RUN_STARTED or kind is FactKind.RUN_QUEUED:
+            started = True
+        elif kind is FactKind.RUN_ENDED and f.outcome is Outcome.SUCCESS:
             listed = f.attributes.get(c.WORKFLOW_EXECUTION_COMPLETED_STEPS)
             completed_steps = listed if isinstance(listed, list) else []
-        if f.step is not None and f.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED):
+        if f.entered_state is not None:
+            moved = True
+        if f.step is not None and (kind is FactKind.ATTEMPT_STARTED or kind is FactKind.ATTEMPT_ENDED):
             steps_seen.add(f.step)
             if f.attempt is not None and not f.cached:
                 attempts.setdefault(f.step, set()).add(f.attempt)
-            if f.kind is FactKind.ATTEMPT_STARTED:
+            if kind is FactKind.ATTEMPT_STARTED:
                 starts.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
         return True
-    if _start_missing(facts) or _move_missing(facts):
+    if (not started and _start_missing(facts, moved)) or (moved and _move_missing(facts)):
         return True
     for step, numbers in attempts.items():
+        if len(numbers) == 1 and 1 in numbers:
+            continue  # the common case: one first attempt, nothing before it to miss
         if any(n > 1 and n - 1 not in numbers for n in numbers):
             return True
-        if any((step, n) not in starts for n in numbers if n < max(numbers)):
+        last = max(numbers)
+        if any((step, n) not in starts for n in numbers if n < last):
             return True
     return False
 
 
-def _start_missing(facts: list[Fact]) -> bool:
+def _start_missing(facts: list[Fact], moved: bool) -> bool:
     """The run's first invocation is known only by its first step: its start event is still in flight.
 
-    An engine posts a run's start together with its first step's first attempt, so a
-    run whose earliest fact is a first attempt, with no start at all, lacks part of
+    Asked of a run with no start (nor queueing) among its facts; `moved`: some fact moved it
+    into a state. An engine posts a run's start together with its first step's first attempt,
+    so a run whose earliest fact is a first attempt, with no start at all, lacks part of
     that POST. (A run first seen at a resume is an evicted one: nothing is missing.)
     """
-    if any(f.kind in (FactKind.RUN_STARTED, FactKind.RUN_QUEUED) for f in facts):
-        return False
     # A state machine's run always opens with its start: moves without it are missing their head.
-    if any(f.entered_state is not None for f in facts):
+    if moved:
         return True
     earliest = min(facts, key=by_order)
     return earliest.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) and earliest.attempt == 1

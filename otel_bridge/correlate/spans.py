@@ -32,6 +32,8 @@ _TASK_KINDS = frozenset({FactKind.TASK_OPENED, FactKind.TASK_CLOSED})
 # Facts that end an attempt as the reason its workflow failed (a scheduled retry does not).
 _FAILING_KINDS = frozenset({FactKind.RETRIES_EXHAUSTED, FactKind.TIMEOUT_EXCEEDED})
 _RUN_START_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_STARTED})
+# Facts after which a run is due to go on (a queue, a pause until a time): only they can make it overdue.
+_WAIT_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_PAUSED})
 _JS_ERROR_NAME = re.compile(r"^\s*([A-Za-z_$][\w$.]*)(?::|$)")
 
 
@@ -78,17 +80,26 @@ def build_spans(
     root_end = ended.time_ns if ended else incomplete_at_ns
 
     attempts = _attempts(ordered)
-    spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ended, root_end) for a in attempts.values()]
-    if sleep_spans:
+    # Each attempt's span id is a hash: computed once here, for its span, its successor's link and late facts.
+    ids = {key: attempt_span_id(identity, *key) for key in attempts}
+    spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ids, ended, root_end) for a in attempts.values()]
+    # Most runs have no sleeps, states, tasks or waits: their passes over the facts are skipped.
+    kinds = {f.kind for f in ordered}
+    if sleep_spans and FactKind.SLEEP_STARTED in kinds:
         spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
-    state_spans, told = _state_spans(identity, trace_id, root_id, ordered, root_end)
-    spans.extend(state_spans)
-    spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
-    late = _late_facts(identity, ordered, emitted)
-    root_facts = [f for f in ordered if f.event_id not in told]
+    told: set[str] = set()
+    if any(f.entered_state is not None for f in ordered):
+        state_spans, told = _state_spans(identity, trace_id, root_id, ordered, root_end)
+        spans.extend(state_spans)
+    if not kinds.isdisjoint(_TASK_KINDS):
+        spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
+    late = _late_facts(identity, ordered, emitted, ids) if emitted else []
+    root_facts = [f for f in ordered if f.event_id not in told] if told else ordered
     root = _root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late)
-    if overdue_grace_ns is not None:
-        root.events = sorted(root.events + overdue_events(ordered, overdue_grace_ns), key=lambda e: e.time_ns)
+    if overdue_grace_ns is not None and not kinds.isdisjoint(_WAIT_KINDS):
+        overdue = overdue_events(ordered, overdue_grace_ns)
+        if overdue:
+            root.events = sorted(root.events + overdue, key=_at)
     spans.append(root)
     return spans
 
@@ -118,7 +129,7 @@ def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
             attempt.notes.append(f)
         if closes and attempt.end is None:
             attempt.end = f
-    return dict(sorted(attempts.items(), key=lambda kv: (kv[0][0], kv[0][1])))
+    return {key: attempts[key] for key in sorted(attempts)}
 
 
 def _attempt_of(f: Fact, attempts: dict[tuple[str, int], _Attempt]) -> tuple[str, int] | None:
@@ -159,6 +170,7 @@ def _attempt_span(
     root_id: bytes,
     a: _Attempt,
     attempts: dict[tuple[str, int], _Attempt],
+    ids: dict[tuple[str, int], bytes],
     ended: Fact | None,
     root_end: int | None,
 ) -> SpanRecord:
@@ -173,20 +185,17 @@ def _attempt_span(
             # durationMs runs from the first attempt's start: never reach back
             # before the previous attempt ended.
             start_ns = max(start_ns, previous.end.time_ns)
-    label = next((f.label for f in (a.start, end) if f is not None and f.label), None) or a.step
+    start = a.start  # an attempt.started fact, when one arrived
+    label = (start.label if start is not None else None) or (end.label if end is not None else None) or a.step
     # Retries a source tells of without their attempts (a summary's retry count) still count.
     untold = sum(1 for n in a.notes if n.kind is FactKind.RETRY_SCHEDULED and n.closes_attempt is None)
-    attributes: dict[str, AttributeValue] = {}
-    for told in (a.start, end):
-        if told is not None and told.kind is FactKind.ATTEMPT_STARTED:
-            attributes.update(told.attributes)
-    attributes.pop(c.WORKFLOW_EVENT_ID, None)
-    attributes |= {
-        c.WORKFLOW_TASK_NAME: label,
-        c.WORKFLOW_TASK_ATTEMPT: a.number + untold,
-        c.WORKFLOW_TASK_CACHED: False,
-    }
-    if end is not None and end.kind is FactKind.ATTEMPT_ENDED:
+    attributes: dict[str, AttributeValue] = dict(start.attributes) if start is not None else {}
+    if attributes:
+        attributes.pop(c.WORKFLOW_EVENT_ID, None)
+    attributes[c.WORKFLOW_TASK_NAME] = label
+    attributes[c.WORKFLOW_TASK_ATTEMPT] = a.number + untold
+    attributes[c.WORKFLOW_TASK_CACHED] = False
+    if end is not None and end.kind is FactKind.ATTEMPT_ENDED and end.attributes:
         attributes.update({k: v for k, v in end.attributes.items() if k != c.WORKFLOW_EVENT_ID})
     events = [SpanEvent(n.name, n.time_ns, dict(n.attributes)) for n in a.notes]
     status, message = SpanStatus.UNSET, ""
@@ -209,11 +218,11 @@ def _attempt_span(
         attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_INTERRUPTED
     else:
         end_ns = None
-    links = [attempt_span_id(run, a.step, a.number - 1)] if a.number > 1 else []
+    links = [ids.get((a.step, a.number - 1)) or attempt_span_id(run, a.step, a.number - 1)] if a.number > 1 else []
     return SpanRecord(
         role=SpanRole.ATTEMPT,
         trace_id=trace_id,
-        span_id=attempt_span_id(run, a.step, a.number),
+        span_id=ids[(a.step, a.number)],
         parent_span_id=root_id,
         name=c.STEP_SPAN_PREFIX + label,
         kind=SpanKind.INTERNAL,
@@ -222,9 +231,13 @@ def _attempt_span(
         status=status,
         status_message=message,
         attributes=attributes,
-        events=sorted(events, key=lambda e: e.time_ns),
+        events=sorted(events, key=_at) if len(events) > 1 else events,
         links=links,
     )
+
+
+def _at(event: SpanEvent) -> int:
+    return event.time_ns
 
 
 def _timed_out(end: Fact) -> bool:
@@ -415,7 +428,9 @@ def _remote_links(run: RunRef, ordered: list[Fact]) -> list[tuple[bytes, bytes]]
     return out
 
 
-def _late_facts(run: RunIdentity, ordered: list[Fact], emitted: dict[str, int]) -> list[Fact]:
+def _late_facts(
+    run: RunIdentity, ordered: list[Fact], emitted: dict[str, int], ids: dict[tuple[str, int], bytes]
+) -> list[Fact]:
     """Step facts that arrived after their attempt's span had been sent."""
     late = []
     for f in ordered:
@@ -423,7 +438,8 @@ def _late_facts(run: RunIdentity, ordered: list[Fact], emitted: dict[str, int]) 
             continue
         if f.step is None or f.attempt is None:
             continue
-        sent_at = emitted.get(attempt_span_id(run, f.step, f.attempt).hex())
+        span_id = ids.get((f.step, f.attempt)) or attempt_span_id(run, f.step, f.attempt)
+        sent_at = emitted.get(span_id.hex())
         if sent_at is not None and f.seq > sent_at:
             late.append(f)
     return late
