@@ -18,8 +18,6 @@ from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, Spa
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef, by_order
 
-_INDEXED = 48
-
 _EXECUTING_KINDS = frozenset(
     {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
 )
@@ -53,45 +51,47 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # what tells a re-sent event (a duplicate) from a late one until the run itself is forgotten.
     seen_ids: list[str] = []
 
-    # Not a field, so never stored (`dict=True` lets it live on the instance): where each
-    # fact that has an identity sits in `facts`, for runs past `_INDEXED` facts, so taking in
-    # a fact costs the same in a run of ten thousand facts as in one of ten (below it, a
-    # scan is cheaper than keeping the index).
+    # Not fields, so never stored (`dict=True` lets them live on the instance): built on first
+    # use, then kept up by `append` and `replace`, where each fact that has an identity sits in
+    # `facts`, and its facts' event ids. Taking in a fact then costs the same in a run of ten
+    # thousand facts as in one of ten, and neither scans the facts (a scan per fact made a
+    # run of n facts cost n² identity computations).
     #   _where: dict[tuple[object, ...], int]
+    #   _ids: set[str]
 
     def position_of(self, identity: tuple[object, ...]) -> int | None:
-        facts = self.facts
-        if len(facts) < _INDEXED:
-            return next((i for i, known in enumerate(facts) if _identity(known) == identity), None)
         where = self.__dict__.get("_where")
         if where is None:
             where = self._where = {}
-            for i, known in enumerate(facts):
+            for i, known in enumerate(self.facts):
                 where.setdefault(_identity(known), i)  # type: ignore[arg-type]
         return where.get(identity)
 
     def knows_event(self, event_id: str) -> bool:
         """Whether `event_id` came before: the run's event ids are its deduplication (no table of
         seen ids for workflow events: this costs nothing to keep, and goes when the run goes)."""
-        facts = self.facts
-        if len(facts) < _INDEXED:
-            known = any(f.event_id == event_id for f in facts)
-        else:
-            ids = self.__dict__.get("_ids")
-            if ids is None:
-                ids = self._ids = {f.event_id for f in facts}
-            known = event_id in ids
-        return known or (bool(self.seen_ids) and event_id in self.seen_ids)
+        ids = self.__dict__.get("_ids")
+        if ids is None:
+            ids = self._ids = {f.event_id for f in self.facts}
+        return event_id in ids or (bool(self.seen_ids) and event_id in self.seen_ids)
 
     def append(self, fact: Fact, identity: tuple[object, ...] | None) -> None:
         """Keep `fact`, whose `_identity` is `identity` (the fold has it already)."""
         where = self.__dict__.get("_where")
-        if identity is not None and where is not None and len(self.facts) >= _INDEXED:
+        if identity is not None and where is not None:
             where.setdefault(identity, len(self.facts))
+        self._remember(fact)
+        self.facts.append(fact)
+
+    def replace(self, i: int, fact: Fact) -> None:
+        """Keep `fact` in place of the fact at `i`, the same fact told otherwise (same identity)."""
+        self._remember(fact)
+        self.facts[i] = fact
+
+    def _remember(self, fact: Fact) -> None:
         ids = self.__dict__.get("_ids")
         if ids is not None:
             ids.add(fact.event_id)
-        self.facts.append(fact)
 
     @property
     def counted_state(self) -> str | None:
@@ -287,7 +287,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
             earlier = replace(earlier, attributes=merged, label=earlier.label or later.label)
         if earlier is known:
             return FoldResult(state, Admission.REPEATED)
-        state.facts[i] = earlier
+        state.replace(i, earlier)
         return FoldResult(state, Admission.REPEATED, added=earlier, replaced=known.seq)
 
     counted = state.counted_state
