@@ -1,7 +1,12 @@
-"""What correlation produces: finished spans and metric observations, as plain data."""
+"""What correlation produces: finished spans and metric observations, as plain data.
 
-from dataclasses import dataclass, field
+msgspec Structs, like the lifecycle vocabulary: settling builds several of each per run,
+and a Struct is built in C (a frozen dataclass sets each field through Python).
+"""
+
 from enum import StrEnum
+
+from msgspec import Struct
 
 from otel_bridge.lifecycle import AttributeValue
 
@@ -19,11 +24,10 @@ class SpanStatus(StrEnum):
     ERROR = "error"
 
 
-@dataclass(slots=True)
-class SpanEvent:
+class SpanEvent(Struct):
     name: str
     time_ns: int
-    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    attributes: dict[str, AttributeValue] = {}
 
 
 class SpanRole(StrEnum):
@@ -35,8 +39,7 @@ class SpanRole(StrEnum):
     TRIGGER = "trigger"
 
 
-@dataclass(slots=True)
-class SpanRecord:
+class SpanRecord(Struct, kw_only=True):
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes | None
@@ -46,26 +49,24 @@ class SpanRecord:
     end_ns: int | None
     status: SpanStatus = SpanStatus.UNSET
     status_message: str = ""
-    attributes: dict[str, AttributeValue] = field(default_factory=dict)
-    events: list[SpanEvent] = field(default_factory=list)
+    attributes: dict[str, AttributeValue] = {}
+    events: list[SpanEvent] = []
     # Span ids in the same trace that this span follows from (earlier attempts).
-    links: list[bytes] = field(default_factory=list)
+    links: list[bytes] = []
     # (trace id, span id) of spans in other traces it follows from (the trigger that started a run).
-    remote_links: list[tuple[bytes, bytes]] = field(default_factory=list)
+    remote_links: list[tuple[bytes, bytes]] = []
     # What the span stands for, as the span builder knows it: metrics follow from it, not from its name.
     role: SpanRole = SpanRole.RUN
 
 
-@dataclass(frozen=True, slots=True)
-class Resource:
+class Resource(Struct, frozen=True):
     """The producer a span or metric belongs to; None stands for the bridge itself."""
 
     service: str
     env: str
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(Struct, frozen=True):
     """One metric measurement: `value` added to a counter or recorded in a histogram."""
 
     instrument: str

@@ -51,11 +51,11 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # what tells a re-sent event (a duplicate) from a late one until the run itself is forgotten.
     seen_ids: list[str] = []
 
-    # Not fields, so never stored (`dict=True` lets them live on the instance): built on first
-    # use, then kept up by `append` and `replace`, where each fact that has an identity sits in
-    # `facts`, and its facts' event ids. Taking in a fact then costs the same in a run of ten
-    # thousand facts as in one of ten, and neither scans the facts (a scan per fact made a
-    # run of n facts cost n² identity computations).
+    # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
+    # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
+    # sits in `facts`, and the facts' event ids. Taking in a fact then costs the same in a run
+    # of ten thousand facts as in one of ten, and scans nothing (a scan per fact made a run
+    # of n facts cost n² identity computations).
     #   _where: dict[tuple[object, ...], int]
     #   _ids: set[str]
 
@@ -83,7 +83,7 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         self._remember(fact)
         self.facts.append(fact)
 
-    def replace(self, i: int, fact: Fact) -> None:
+    def replace_fact(self, i: int, fact: Fact) -> None:
         """Keep `fact` in place of the fact at `i`, the same fact told otherwise (same identity)."""
         self._remember(fact)
         self.facts[i] = fact
@@ -231,15 +231,17 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
         return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, moved, _resource(run))]
     if f.step is None:
         return []
-    attributes = (*_definition(run), (c.WORKFLOW_TASK_NAME, f.label or f.step))
     if f.kind is FactKind.RETRIES_EXHAUSTED:
-        return [Observation(c.M_WORKFLOW_TASK_EXHAUSTED, 1, attributes, _resource(run))]
-    if f.kind is FactKind.RETRY_SCHEDULED:
-        return [Observation(c.M_WORKFLOW_TASK_RETRIES, 1, attributes, _resource(run))]
+        name = c.M_WORKFLOW_TASK_EXHAUSTED
+    elif f.kind is FactKind.RETRY_SCHEDULED:
+        name = c.M_WORKFLOW_TASK_RETRIES
     # A timeout counts however it fires: told by the engine, or as a failure that says so.
-    if f.kind is FactKind.TIMEOUT_EXCEEDED or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome is Outcome.TIMEOUT):
-        return [Observation(c.M_WORKFLOW_TASK_TIMEOUTS, 1, attributes, _resource(run))]
-    return []
+    elif f.kind is FactKind.TIMEOUT_EXCEEDED or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome is Outcome.TIMEOUT):
+        name = c.M_WORKFLOW_TASK_TIMEOUTS
+    else:
+        return []  # most step facts (starts, ends) count nothing the moment they are known
+    attributes = (*_definition(run), (c.WORKFLOW_TASK_NAME, f.label or f.step))
+    return [Observation(name, 1, attributes, _resource(run))]
 
 
 def _learnt(known: RunRef, told: RunRef) -> RunRef:
@@ -287,7 +289,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
             earlier = replace(earlier, attributes=merged, label=earlier.label or later.label)
         if earlier is known:
             return FoldResult(state, Admission.REPEATED)
-        state.replace(i, earlier)
+        state.replace_fact(i, earlier)
         return FoldResult(state, Admission.REPEATED, added=earlier, replaced=known.seq)
 
     counted = state.counted_state

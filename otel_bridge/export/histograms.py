@@ -25,7 +25,9 @@ Attributes = tuple[tuple[str, str], ...]
 class _Series:
     start_ns: int
     counts: list[int]
-    exemplars: list[Exemplar | None]
+    # Each bucket's latest measurement with a span, as (value, time, span id, trace id): made an
+    # Exemplar only at collection, which happens once per scrape rather than once per span.
+    exemplars: list[tuple[float, int, bytes, bytes] | None]
     count: int = 0
     total: float = 0.0
     low: float = float("inf")
@@ -76,7 +78,7 @@ class Histograms:
             series.low = min(series.low, value)
             series.high = max(series.high, value)
             if trace_id and span_id:
-                series.exemplars[bucket] = Exemplar({}, value, now, int.from_bytes(span_id), int.from_bytes(trace_id))
+                series.exemplars[bucket] = (value, now, span_id, trace_id)
 
     def metrics(self) -> list[Metric]:
         now = time.time_ns()
@@ -94,10 +96,14 @@ class Histograms:
                         explicit_bounds=list(instrument.bounds),
                         min=s.low,
                         max=s.high,
-                        exemplars=[e for e in s.exemplars if e is not None],
+                        exemplars=[_exemplar(*e) for e in s.exemplars if e is not None],
                     )
                     for attributes, s in instrument.series.items()
                 ]
                 data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
                 out.append(Metric(name=name, description=instrument.description, unit=instrument.unit, data=data))
         return out
+
+
+def _exemplar(value: float, time_ns: int, span_id: bytes, trace_id: bytes) -> Exemplar:
+    return Exemplar({}, value, time_ns, int.from_bytes(span_id), int.from_bytes(trace_id))
