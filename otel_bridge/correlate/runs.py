@@ -6,7 +6,7 @@ set itself (deduplicated by meaning) plus what was already sent, so the spans ar
 always recomputed from facts and arrival order cannot change them.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
@@ -122,21 +122,21 @@ class Admission(StrEnum):
     LATE = "late"
 
 
-@dataclass(slots=True)
-class FoldResult:
+# What `fold` and `settle` answer: made for every event and every settled run, so msgspec
+# Structs (built in C) rather than dataclasses.
+class FoldResult(Struct):
     state: RunState
     admission: Admission
-    observations: list[Observation] = field(default_factory=list)
+    observations: list[Observation] = []
     # What changed in the run's fact set: the fact now kept, and the `seq` of one it replaced.
     added: Fact | None = None
     replaced: int | None = None
 
 
-@dataclass(slots=True)
-class SettleResult:
+class SettleResult(Struct):
     state: RunState
-    spans: list[SpanRecord] = field(default_factory=list)
-    observations: list[Observation] = field(default_factory=list)
+    spans: list[SpanRecord] = []
+    observations: list[Observation] = []
     incomplete: bool = False
     # The run ended but its facts show gaps: nothing was sent, ask again after a while.
     held: bool = False

@@ -6,8 +6,9 @@ indifferent to disorder and replays.
 """
 
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from msgspec import Struct
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanRole, SpanStatus
@@ -37,13 +38,12 @@ _WAIT_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_PAUSED})
 _JS_ERROR_NAME = re.compile(r"^\s*([A-Za-z_$][\w$.]*)(?::|$)")
 
 
-@dataclass(slots=True)
-class _Attempt:
+class _Attempt(Struct):
     step: str
     number: int
     start: Fact | None = None
     end: Fact | None = None
-    notes: list[Fact] = field(default_factory=list)
+    notes: list[Fact] = []
 
 
 def sorted_facts(facts: list[Fact]) -> list[Fact]:

@@ -7,6 +7,8 @@ what the step says changed, and puts its spans in the outbox.
 
 from dataclasses import dataclass, field
 
+from msgspec import Struct
+
 from otel_bridge.correlate.jobs import JobState, fold_job
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
@@ -28,18 +30,19 @@ class Policy:
         return self.settle.max_open_ns / 1e9
 
 
-@dataclass(slots=True)
-class Step:
+class Step(Struct):
+    """What one record or one settling did to a run (one per event: a Struct, built in C)."""
+
     # The state to keep, or None: forget the run (its memory is no longer needed).
     state: RunState | JobState | None
     # When the run is next due to settle (bridge clock, seconds), or None: never by itself.
     due: float | None
     admission: Admission = Admission.ACCEPTED
-    spans: list[SpanRecord] = field(default_factory=list)
-    observations: list[Observation] = field(default_factory=list)
+    spans: list[SpanRecord] = []
+    observations: list[Observation] = []
     # The run's fact set as a journal: facts to write, facts (by `seq`) to drop, or all dropped.
-    added: list[Fact] = field(default_factory=list)
-    dropped: list[int] = field(default_factory=list)
+    added: list[Fact] = []
+    dropped: list[int] = []
     facts_forgotten: bool = False
     incomplete: bool = False
 
