@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
-from otel_bridge.lifecycle import JobKind, JobRecord
+from otel_bridge.lifecycle import JOB_KIND, JobRecord
 
 
 class JobState(Struct, kw_only=True, omit_defaults=True):
@@ -57,24 +57,24 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
         state.ended_ns = max(state.ended_ns, record.time_ns)
 
     match record.kind:
-        case JobKind.STARTED:
+        case JOB_KIND.STARTED:
             if not state.counted and (not state.terminated or record.time_ns > state.ended_ns):
                 state.counted, state.terminated = True, False
                 out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
-        case JobKind.EXECUTED:
+        case JOB_KIND.EXECUTED:
             out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
             if record.duration_ms is not None:
                 out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
             if record.time_ns >= state.succeeded_ns:
                 state.succeeded_ns, state.failed_attempts = record.time_ns, []
-        case JobKind.FAILED:
+        case JOB_KIND.FAILED:
             attempt = record.attempt or 1
             current = record.time_ns >= state.succeeded_ns
             if not (current and attempt in state.failed_attempts):
                 out.append(obs(c.M_JOB_EXECUTIONS, 1, failure))
                 if current:
                     state.failed_attempts.append(attempt)
-        case JobKind.RETRY_EXHAUSTED:
+        case JOB_KIND.RETRY_EXHAUSTED:
             out.append(obs(c.M_JOB_RETRY_EXHAUSTED, 1, (c.JOB_RETRY_EXHAUSTED_REASON, record.reason or "")))
             # The last attempt's failure is never sent: the attempt count is its only trace.
             untold = [n for n in range(1, (record.count or 0) + 1) if n not in state.failed_attempts]
@@ -82,15 +82,15 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
                 out.append(obs(c.M_JOB_EXECUTIONS, len(untold), failure))
                 state.failed_attempts.extend(untold)
             end_instance()
-        case JobKind.TERMINATED:
+        case JOB_KIND.TERMINATED:
             out.append(obs(c.M_JOB_TERMINATIONS, 1))
             end_instance()
-        case JobKind.DEBOUNCE_FLUSHED:
+        case JOB_KIND.DEBOUNCE_FLUSHED:
             reason = ((c.JOB_NAME, record.job_name), (c.JOB_DEBOUNCE_FLUSH_REASON, record.reason or ""))
             out.append(Observation(c.M_JOB_DEBOUNCE_FLUSH_SIZE, record.count or 0, reason, resource))
             if record.duration_ms is not None:
                 out.append(Observation(c.M_JOB_DEBOUNCE_FLUSH_DURATION, record.duration_ms / 1000, reason, resource))
-        case JobKind.TASK_SCHEDULED:
+        case JOB_KIND.TASK_SCHEDULED:
             trigger = ((c.JOB_NAME, record.job_name), (c.JOB_TASK_TRIGGER, record.trigger or ""))
             out.append(Observation(c.M_JOB_TASK_SCHEDULED, 1, trigger, resource))
             if record.scheduled_at_ns is not None:

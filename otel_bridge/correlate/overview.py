@@ -14,7 +14,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
-from otel_bridge.lifecycle import Fact, FactKind, by_order
+from otel_bridge.lifecycle import KIND, Fact, by_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def _since(state: RunState, ordered: list[Fact]) -> Fact:
 def _due_ns(state: RunState, ordered: list[Fact]) -> int | None:
     """When an open run was due to go on: a paused one at its `resumeAt`, a queued one at once."""
     if state.execution_state == c.STATE_PAUSED:
-        pause = next((f for f in reversed(ordered) if f.kind is FactKind.RUN_PAUSED), None)
+        pause = next((f for f in reversed(ordered) if f.kind is KIND.RUN_PAUSED), None)
         return pause.resume_at_ns if pause is not None else None
     if state.execution_state == c.STATE_PENDING:
         return _since(state, ordered).time_ns
@@ -69,7 +69,7 @@ def overdue_since_ns(state: RunState) -> int | None:
     if state.ended or state.closed or not state.facts:
         return None
     if state.execution_state == c.STATE_PAUSED:
-        pauses = [f for f in state.facts if f.kind is FactKind.RUN_PAUSED]
+        pauses = [f for f in state.facts if f.kind is KIND.RUN_PAUSED]
         return max(pauses, key=by_order).resume_at_ns if pauses else None
     if state.execution_state == c.STATE_PENDING:
         order = tuple(state.state_order or ())

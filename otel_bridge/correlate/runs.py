@@ -16,11 +16,9 @@ from msgspec.structs import replace
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans
-from otel_bridge.lifecycle import NOTE_KINDS, Fact, FactKind, Outcome, RunKind, RunRef, by_order
+from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
-_EXECUTING_KINDS = frozenset(
-    {FactKind.RUN_STARTED, FactKind.RUN_RESUMED, FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED}
-)
+_EXECUTING_KINDS = frozenset({KIND.RUN_STARTED, KIND.RUN_RESUMED, KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED})
 
 
 class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
@@ -155,15 +153,15 @@ class SettlePolicy:
 def _identity(f: Fact) -> tuple[object, ...] | None:
     """What makes two facts the same fact, whatever their event ids."""
     match f.kind:
-        case FactKind.RUN_QUEUED | FactKind.RUN_STARTED | FactKind.RUN_ENDED:
+        case KIND.RUN_QUEUED | KIND.RUN_STARTED | KIND.RUN_ENDED:
             return (f.kind,)
-        case FactKind.ATTEMPT_STARTED:
+        case KIND.ATTEMPT_STARTED:
             return (f.kind, f.step, f.attempt)
-        case FactKind.ATTEMPT_ENDED if not f.cached:
+        case KIND.ATTEMPT_ENDED if not f.cached:
             return (f.kind, f.step, f.attempt)
-        case FactKind.TRIGGER:
+        case KIND.TRIGGER:
             return (f.kind,)
-        case FactKind.TASK_OPENED | FactKind.TASK_CLOSED:
+        case KIND.TASK_OPENED | KIND.TASK_CLOSED:
             return (f.kind, f.step)
         case kind if kind in NOTE_KINDS and f.step is not None:
             return (f.kind, f.name, f.step, f.attempt, f.ordinal)
@@ -173,18 +171,18 @@ def _identity(f: Fact) -> tuple[object, ...] | None:
 
 def _state_named_by(f: Fact) -> str | None:
     """The workflow.execution.state a fact puts its run in, if it says anything about it."""
-    if f.kind is FactKind.RUN_QUEUED:
+    if f.kind is KIND.RUN_QUEUED:
         return c.STATE_PENDING
-    if f.kind is FactKind.RUN_PAUSED:
+    if f.kind is KIND.RUN_PAUSED:
         return c.STATE_PAUSED
-    if f.kind in _EXECUTING_KINDS or f.kind in (FactKind.SLEEP_ENDED, FactKind.STATE_ENTERED):
+    if f.kind in _EXECUTING_KINDS or f.kind in (KIND.SLEEP_ENDED, KIND.STATE_ENTERED):
         return c.STATE_EXECUTING
     return None
 
 
 def _advance_state(state: "RunState", f: Fact) -> None:
     """Move workflow.execution.state on `f`: the latest stating fact wins, whatever the arrival order."""
-    if f.kind in (FactKind.RUN_ENDED, FactKind.TRIGGER):
+    if f.kind in (KIND.RUN_ENDED, KIND.TRIGGER):
         state.ended = True
     named = _state_named_by(f)
     if named is not None and (state.state_order is None or f.order > tuple(state.state_order)):
@@ -231,12 +229,12 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
         return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, moved, _resource(run))]
     if f.step is None:
         return []
-    if f.kind is FactKind.RETRIES_EXHAUSTED:
+    if f.kind is KIND.RETRIES_EXHAUSTED:
         name = c.M_WORKFLOW_TASK_EXHAUSTED
-    elif f.kind is FactKind.RETRY_SCHEDULED:
+    elif f.kind is KIND.RETRY_SCHEDULED:
         name = c.M_WORKFLOW_TASK_RETRIES
     # A timeout counts however it fires: told by the engine, or as a failure that says so.
-    elif f.kind is FactKind.TIMEOUT_EXCEEDED or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome is Outcome.TIMEOUT):
+    elif f.kind is KIND.TIMEOUT_EXCEEDED or (f.kind is KIND.ATTEMPT_ENDED and f.outcome is OUTCOME.TIMEOUT):
         name = c.M_WORKFLOW_TASK_TIMEOUTS
     else:
         return []  # most step facts (starts, ends) count nothing the moment they are known
@@ -294,7 +292,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
 
     counted = state.counted_state
     state.append(fact, identity)
-    if fact.kind is FactKind.RUN_ENDED:
+    if fact.kind is KIND.RUN_ENDED:
         state.ended_seen_ns = now_ns
     _advance_state(state, fact)
     observations = _counted(fact, state.run) + _active_change(state, counted)
@@ -364,18 +362,18 @@ def has_gaps(facts: list[Fact]) -> bool:
     # One pass over the facts: settling asks this of every ended run it sends.
     for f in facts:
         kind = f.kind
-        if kind is FactKind.RUN_STARTED or kind is FactKind.RUN_QUEUED:
+        if kind is KIND.RUN_STARTED or kind is KIND.RUN_QUEUED:
             started = True
-        elif kind is FactKind.RUN_ENDED and f.outcome is Outcome.SUCCESS:
+        elif kind is KIND.RUN_ENDED and f.outcome is OUTCOME.SUCCESS:
             listed = f.attributes.get(c.WORKFLOW_EXECUTION_COMPLETED_STEPS)
             completed_steps = listed if isinstance(listed, list) else []
         if f.entered_state is not None:
             moved = True
-        if f.step is not None and (kind is FactKind.ATTEMPT_STARTED or kind is FactKind.ATTEMPT_ENDED):
+        if f.step is not None and (kind is KIND.ATTEMPT_STARTED or kind is KIND.ATTEMPT_ENDED):
             steps_seen.add(f.step)
             if f.attempt is not None and not f.cached:
                 attempts.setdefault(f.step, set()).add(f.attempt)
-            if kind is FactKind.ATTEMPT_STARTED:
+            if kind is KIND.ATTEMPT_STARTED:
                 starts.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
         return True
@@ -404,13 +402,13 @@ def _start_missing(facts: list[Fact], moved: bool) -> bool:
     if moved:
         return True
     earliest = min(facts, key=by_order)
-    return earliest.kind in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) and earliest.attempt == 1
+    return earliest.kind in (KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED) and earliest.attempt == 1
 
 
 def _move_missing(facts: list[Fact]) -> bool:
     """A state machine's move that leaves a state the run was never seen entering: one is still in flight."""
     entered: str | None = None
-    for f in sorted((f for f in facts if f.entered_state is not None or f.kind is FactKind.RUN_ENDED), key=by_order):
+    for f in sorted((f for f in facts if f.entered_state is not None or f.kind is KIND.RUN_ENDED), key=by_order):
         left = f.attributes.get(c.WORKFLOW_STATE_FROM)
         if entered is not None and left is not None and left != entered:
             return True
@@ -451,7 +449,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list
         failing = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
         out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, failing, resource))
     ordered = sorted(facts, key=by_order)
-    queued = next((f for f in ordered if f.kind is FactKind.RUN_QUEUED), None)
+    queued = next((f for f in ordered if f.kind is KIND.RUN_QUEUED), None)
     started = next((f for f in ordered if f.kind in _EXECUTING_KINDS), None)
     result_attr = (c.WORKFLOW_EXECUTION_RESULT, str(result))
     if queued is not None and started is not None and started.time_ns >= queued.time_ns:

@@ -14,27 +14,26 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanRole, SpanStatus
 from otel_bridge.ids import RunIdentity, attempt_span_id, root_span_id, run_trace_id, span_id_for
 from otel_bridge.lifecycle import (
+    KIND,
     NOTE_KINDS,
+    OUTCOME,
     AttributeValue,
     ErrorInfo,
     Fact,
-    FactKind,
-    Outcome,
     RunKind,
     RunRef,
     by_order,
 )
 
 _ROOT_EVENT_KINDS = frozenset(
-    {FactKind.RUN_QUEUED, FactKind.RUN_PAUSED, FactKind.RUN_RESUMED, FactKind.SLEEP_STARTED, FactKind.SLEEP_ENDED}
-    | NOTE_KINDS
+    {KIND.RUN_QUEUED, KIND.RUN_PAUSED, KIND.RUN_RESUMED, KIND.SLEEP_STARTED, KIND.SLEEP_ENDED} | NOTE_KINDS
 )
-_TASK_KINDS = frozenset({FactKind.TASK_OPENED, FactKind.TASK_CLOSED})
+_TASK_KINDS = frozenset({KIND.TASK_OPENED, KIND.TASK_CLOSED})
 # Facts that end an attempt as the reason its workflow failed (a scheduled retry does not).
-_FAILING_KINDS = frozenset({FactKind.RETRIES_EXHAUSTED, FactKind.TIMEOUT_EXCEEDED})
-_RUN_START_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_STARTED})
+_FAILING_KINDS = frozenset({KIND.RETRIES_EXHAUSTED, KIND.TIMEOUT_EXCEEDED})
+_RUN_START_KINDS = frozenset({KIND.RUN_QUEUED, KIND.RUN_STARTED})
 # Facts after which a run is due to go on (a queue, a pause until a time): only they can make it overdue.
-_WAIT_KINDS = frozenset({FactKind.RUN_QUEUED, FactKind.RUN_PAUSED})
+_WAIT_KINDS = frozenset({KIND.RUN_QUEUED, KIND.RUN_PAUSED})
 _JS_ERROR_NAME = re.compile(r"^\s*([A-Za-z_$][\w$.]*)(?::|$)")
 
 
@@ -74,7 +73,7 @@ def build_spans(
 
     if run.kind is RunKind.TRIGGER:
         return [_trigger_span(run, trace_id, root_id, ordered[0])]
-    ended = next((f for f in ordered if f.kind is FactKind.RUN_ENDED), None)
+    ended = next((f for f in ordered if f.kind is KIND.RUN_ENDED), None)
     starts = [f for f in ordered if f.kind in _RUN_START_KINDS]
     root_start = starts[0].time_ns if starts else ordered[0].time_ns
     root_end = ended.time_ns if ended else incomplete_at_ns
@@ -85,7 +84,7 @@ def build_spans(
     spans = [_attempt_span(identity, trace_id, root_id, a, attempts, ids, ended, root_end) for a in attempts.values()]
     # Most runs have no sleeps, states, tasks or waits: their passes over the facts are skipped.
     kinds = {f.kind for f in ordered}
-    if sleep_spans and FactKind.SLEEP_STARTED in kinds:
+    if sleep_spans and KIND.SLEEP_STARTED in kinds:
         spans.extend(_sleep_spans(identity, trace_id, root_id, ordered, root_end))
     told: set[str] = set()
     if any(f.entered_state is not None for f in ordered):
@@ -107,10 +106,10 @@ def build_spans(
 def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
     attempts: dict[tuple[str, int], _Attempt] = {}
     for f in ordered:
-        if f.kind is FactKind.ATTEMPT_STARTED and f.step is not None and f.attempt is not None:
+        if f.kind is KIND.ATTEMPT_STARTED and f.step is not None and f.attempt is not None:
             attempts.setdefault((f.step, f.attempt), _Attempt(f.step, f.attempt, start=f))
     for f in ordered:
-        closes = (f.kind is FactKind.ATTEMPT_ENDED and not f.cached) or (
+        closes = (f.kind is KIND.ATTEMPT_ENDED and not f.cached) or (
             f.kind in NOTE_KINDS and f.closes_attempt is not None
         )
         step_note = f.kind in NOTE_KINDS and f.step is not None
@@ -188,23 +187,23 @@ def _attempt_span(
     start = a.start  # an attempt.started fact, when one arrived
     label = (start.label if start is not None else None) or (end.label if end is not None else None) or a.step
     # Retries a source tells of without their attempts (a summary's retry count) still count.
-    untold = sum(1 for n in a.notes if n.kind is FactKind.RETRY_SCHEDULED and n.closes_attempt is None)
+    untold = sum(1 for n in a.notes if n.kind is KIND.RETRY_SCHEDULED and n.closes_attempt is None)
     attributes: dict[str, AttributeValue] = dict(start.attributes) if start is not None else {}
     if attributes:
         attributes.pop(c.WORKFLOW_EVENT_ID, None)
     attributes[c.WORKFLOW_TASK_NAME] = label
     attributes[c.WORKFLOW_TASK_ATTEMPT] = a.number + untold
     attributes[c.WORKFLOW_TASK_CACHED] = False
-    if end is not None and end.kind is FactKind.ATTEMPT_ENDED and end.attributes:
+    if end is not None and end.kind is KIND.ATTEMPT_ENDED and end.attributes:
         attributes.update({k: v for k, v in end.attributes.items() if k != c.WORKFLOW_EVENT_ID})
     events = [SpanEvent(n.name, n.time_ns, dict(n.attributes)) for n in a.notes]
     status, message = SpanStatus.UNSET, ""
     if end is not None:
         end_ns = max(end.time_ns, start_ns)
-        if end.kind is FactKind.ATTEMPT_ENDED and end.outcome is Outcome.SUCCESS:
+        if end.kind is KIND.ATTEMPT_ENDED and end.outcome is OUTCOME.SUCCESS:
             status = SpanStatus.OK
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_SUCCESS
-        elif end.kind is FactKind.ATTEMPT_ENDED and end.outcome is Outcome.SKIPPED:
+        elif end.kind is KIND.ATTEMPT_ENDED and end.outcome is OUTCOME.SKIPPED:
             attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_SKIPPED
         else:
             status = SpanStatus.ERROR
@@ -241,7 +240,7 @@ def _at(event: SpanEvent) -> int:
 
 
 def _timed_out(end: Fact) -> bool:
-    return end.closes_attempt is Outcome.TIMEOUT or end.outcome is Outcome.TIMEOUT
+    return end.closes_attempt is OUTCOME.TIMEOUT or end.outcome is OUTCOME.TIMEOUT
 
 
 def _run_error_for(ended: Fact | None, a: _Attempt, attempts: dict[tuple[str, int], _Attempt]) -> ErrorInfo | None:
@@ -260,9 +259,9 @@ def _attempt_error_message(end: Fact, error: ErrorInfo | None) -> str:
     if _timed_out(end):
         limit = end.attributes.get(c.WORKFLOW_TIMEOUT_MS)
         return f"timeout of {limit} ms exceeded" if limit is not None else "timeout exceeded"
-    if end.kind is FactKind.RETRIES_EXHAUSTED:
+    if end.kind is KIND.RETRIES_EXHAUSTED:
         return f"retries exhausted after {end.attributes.get(c.WORKFLOW_RETRY_ATTEMPTS)} attempts"
-    if end.kind is FactKind.RETRY_SCHEDULED:
+    if end.kind is KIND.RETRY_SCHEDULED:
         return "attempt failed, retry scheduled"
     return "step failed"
 
@@ -277,12 +276,12 @@ def _sleeps(ordered: list[Fact]) -> list[tuple[Fact, list[Fact], Fact | None]]:
     sleeps: list[tuple[Fact, list[Fact], Fact | None]] = []
     current: tuple[Fact, list[Fact]] | None = None
     for f in ordered:
-        if f.kind is FactKind.SLEEP_STARTED:
+        if f.kind is KIND.SLEEP_STARTED:
             if current is None:
                 current = (f, [])
             else:
                 current[1].append(f)
-        elif f.kind is FactKind.SLEEP_ENDED and current is not None:
+        elif f.kind is KIND.SLEEP_ENDED and current is not None:
             sleeps.append((*current, f))
             current = None
     if current is not None:
@@ -331,11 +330,11 @@ def _state_spans(
     for f in ordered:
         if f.entered_state is not None:
             current += 1
-        elif f.kind is FactKind.ANNOTATION and f.step is None and current >= 0:
+        elif f.kind is KIND.ANNOTATION and f.step is None and current >= 0:
             inside_of[current].append(f)
     spans, told = [], set()
     for i, entry in enumerate(moves):
-        if entry.kind is FactKind.RUN_ENDED:
+        if entry.kind is KIND.RUN_ENDED:
             continue
         leave = moves[i + 1] if i + 1 < len(moves) else None
         end_ns = leave.time_ns if leave is not None else root_end
@@ -371,8 +370,8 @@ def _task_spans(
             tasks.setdefault(f.step, []).append(f)
     spans = []
     for task_id, told in tasks.items():
-        opened = next((f for f in told if f.kind is FactKind.TASK_OPENED), None)
-        closed = next((f for f in told if f.kind is FactKind.TASK_CLOSED), None)
+        opened = next((f for f in told if f.kind is KIND.TASK_OPENED), None)
+        closed = next((f for f in told if f.kind is KIND.TASK_CLOSED), None)
         start_ns = (opened or closed).time_ns  # type: ignore[union-attr]
         end_ns = closed.time_ns if closed is not None else root_end
         label = next((f.label for f in told if f.label), None) or task_id
@@ -434,7 +433,7 @@ def _late_facts(
     """Step facts that arrived after their attempt's span had been sent."""
     late = []
     for f in ordered:
-        if f.kind not in (FactKind.ATTEMPT_STARTED, FactKind.ATTEMPT_ENDED) or f.cached:
+        if f.kind not in (KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED) or f.cached:
             continue
         if f.step is None or f.attempt is None:
             continue
@@ -485,7 +484,7 @@ def _root_span(
     events.extend(
         SpanEvent(c.STEP_CACHED_EVENT, f.time_ns, _step_attributes(f) | {c.WORKFLOW_TASK_CACHED: True})
         for f in ordered
-        if f.kind is FactKind.ATTEMPT_ENDED and f.cached
+        if f.kind is KIND.ATTEMPT_ENDED and f.cached
     )
     events.extend(SpanEvent(f.name, f.time_ns, _step_attributes(f) | {c.WORKFLOW_LATE_EVENT: True}) for f in late)
 
@@ -495,9 +494,9 @@ def _root_span(
         attributes.pop(c.WORKFLOW_EVENT_ID, None)
         result = _run_result(ended, attempts)
         attributes[c.WORKFLOW_EXECUTION_RESULT] = result
-        if ended.outcome is Outcome.SUCCESS:
+        if ended.outcome is OUTCOME.SUCCESS:
             status = SpanStatus.OK
-        elif ended.outcome in (Outcome.FAILURE, Outcome.TIMEOUT):
+        elif ended.outcome in (OUTCOME.FAILURE, OUTCOME.TIMEOUT):
             status = SpanStatus.ERROR
             attributes[c.WORKFLOW_TASK_NAME] = failing_step(ordered, ended)
             message = (ended.error.message if ended.error else "") or "workflow failed"
@@ -539,7 +538,7 @@ def failing_step(ordered: list[Fact], ended: Fact) -> str:
         and f.order <= ended.order
         and (
             f.kind in _FAILING_KINDS
-            or (f.kind is FactKind.ATTEMPT_ENDED and f.outcome in (Outcome.FAILURE, Outcome.TIMEOUT))
+            or (f.kind is KIND.ATTEMPT_ENDED and f.outcome in (OUTCOME.FAILURE, OUTCOME.TIMEOUT))
         )
     )
     last = next(failed, None)
@@ -549,11 +548,11 @@ def failing_step(ordered: list[Fact], ended: Fact) -> str:
 
 
 def _run_result(ended: Fact, attempts: dict[tuple[str, int], _Attempt]) -> str:
-    if ended.outcome is Outcome.SUCCESS:
+    if ended.outcome is OUTCOME.SUCCESS:
         return c.RESULT_SUCCESS
-    if ended.outcome is Outcome.CANCELLATION:
+    if ended.outcome is OUTCOME.CANCELLATION:
         return c.RESULT_CANCELLATION
-    if ended.outcome is Outcome.TIMEOUT or any(a.end is not None and _timed_out(a.end) for a in attempts.values()):
+    if ended.outcome is OUTCOME.TIMEOUT or any(a.end is not None and _timed_out(a.end) for a in attempts.values()):
         return c.RESULT_TIMEOUT
     return c.RESULT_FAILURE
 
@@ -563,7 +562,7 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
     events = []
     due: int | None = None
     for f in ordered:
-        if due is not None and f.kind is not FactKind.RUN_PAUSED:
+        if due is not None and f.kind is not KIND.RUN_PAUSED:
             if f.time_ns - due > grace_ns:
                 late = {
                     c.WORKFLOW_OVERDUE_SECONDS: round((f.time_ns - due) / 1e9, 3),
@@ -571,9 +570,9 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
                 }
                 events.append(SpanEvent(c.WORKFLOW_OVERDUE_EVENT, f.time_ns, late))
             due = None
-        if f.kind is FactKind.RUN_PAUSED and f.resume_at_ns is not None:
+        if f.kind is KIND.RUN_PAUSED and f.resume_at_ns is not None:
             due = f.resume_at_ns
-        elif f.kind is FactKind.RUN_QUEUED:
+        elif f.kind is KIND.RUN_QUEUED:
             due = f.time_ns
     return events
 

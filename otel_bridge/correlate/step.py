@@ -13,7 +13,7 @@ from otel_bridge.correlate.jobs import JobState, fold_job
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, forget_facts, settle
-from otel_bridge.lifecycle import Fact, FactKind, LifecycleRecord, WorkflowRecord
+from otel_bridge.lifecycle import KIND, Fact, LifecycleRecord, WorkflowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,12 @@ class Step(Struct):
 # it has something to send, or has been open `max_open_seconds`.
 _QUIET = frozenset(
     {
-        FactKind.RUN_QUEUED,
-        FactKind.RUN_STARTED,
-        FactKind.ATTEMPT_STARTED,
-        FactKind.SLEEP_STARTED,
-        FactKind.TIMEOUT_SET,
-        FactKind.TASK_OPENED,
+        KIND.RUN_QUEUED,
+        KIND.RUN_STARTED,
+        KIND.ATTEMPT_STARTED,
+        KIND.SLEEP_STARTED,
+        KIND.TIMEOUT_SET,
+        KIND.TASK_OPENED,
     }
 )
 

@@ -25,14 +25,14 @@ from pydantic.alias_generators import to_camel
 
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import (
+    JOB_KIND,
+    KIND,
+    OUTCOME,
     AttributeValue,
     ErrorInfo,
     Fact,
-    FactKind,
-    JobKind,
     JobRecord,
     LifecycleRecord,
-    Outcome,
     RunRef,
     WorkflowRecord,
 )
@@ -393,36 +393,36 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
     base = {"event_id": e.event_id, "time_ns": ns(e.timestamp), "name": e.type}
     match e:  # the most frequent first: each case is an isinstance check
         case StepStarted():
-            fact = Fact(kind=FactKind.ATTEMPT_STARTED, step=e.step_name, attempt=e.attempt, **base)
+            fact = Fact(kind=KIND.ATTEMPT_STARTED, step=e.step_name, attempt=e.attempt, **base)
         case StepCompleted():
             fact = Fact(
-                kind=FactKind.ATTEMPT_ENDED,
+                kind=KIND.ATTEMPT_ENDED,
                 step=e.step_name,
                 attempt=e.attempt,
-                outcome=Outcome.SUCCESS,
+                outcome=OUTCOME.SUCCESS,
                 duration_ms=e.duration_ms,
                 cached=e.cached,
                 **base,
             )
         case StepFailed():
             fact = Fact(
-                kind=FactKind.ATTEMPT_ENDED,
+                kind=KIND.ATTEMPT_ENDED,
                 step=e.step_name,
                 attempt=e.attempt,
-                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
+                outcome=OUTCOME.TIMEOUT if _timed_out(e.error) else OUTCOME.FAILURE,
                 error=_error(e.error),
                 attributes={"workflow.task.will_retry": e.will_retry},
                 **base,
             )
         case WorkflowStarted():
-            fact = Fact(kind=FactKind.RUN_STARTED, attributes=_input_attr(e.input, options), **base)
+            fact = Fact(kind=KIND.RUN_STARTED, attributes=_input_attr(e.input, options), **base)
         case WorkflowQueued():
-            fact = Fact(kind=FactKind.RUN_QUEUED, attributes=_input_attr(e.input, options), **base)
+            fact = Fact(kind=KIND.RUN_QUEUED, attributes=_input_attr(e.input, options), **base)
         case WorkflowResumed():
-            fact = Fact(kind=FactKind.RUN_RESUMED, **base)
+            fact = Fact(kind=KIND.RUN_RESUMED, **base)
         case WorkflowPaused():
             fact = Fact(
-                kind=FactKind.RUN_PAUSED,
+                kind=KIND.RUN_PAUSED,
                 step=e.step_name,
                 reason=e.reason,
                 resume_at_ns=ns(e.resume_at) if e.resume_at is not None else None,
@@ -437,16 +437,16 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case WorkflowCompleted():
             fact = Fact(
-                kind=FactKind.RUN_ENDED,
-                outcome=Outcome.SUCCESS,
+                kind=KIND.RUN_ENDED,
+                outcome=OUTCOME.SUCCESS,
                 duration_ms=e.duration_ms,
                 attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
                 **base,
             )
         case WorkflowFailed():
             fact = Fact(
-                kind=FactKind.RUN_ENDED,
-                outcome=Outcome.TIMEOUT if _timed_out(e.error) else Outcome.FAILURE,
+                kind=KIND.RUN_ENDED,
+                outcome=OUTCOME.TIMEOUT if _timed_out(e.error) else OUTCOME.FAILURE,
                 error=_error(e.error),
                 step=e.error.step_name,
                 attempt=e.error.attempt,
@@ -455,18 +455,18 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case WorkflowCancelled():
             fact = Fact(
-                kind=FactKind.RUN_ENDED,
-                outcome=Outcome.CANCELLATION,
+                kind=KIND.RUN_ENDED,
+                outcome=OUTCOME.CANCELLATION,
                 reason=e.reason,
                 attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},
                 **base,
             )
         case RetryScheduled():
             fact = Fact(
-                kind=FactKind.RETRY_SCHEDULED,
+                kind=KIND.RETRY_SCHEDULED,
                 step=e.step_name,
                 attempt=e.attempt,
-                closes_attempt=Outcome.FAILURE,
+                closes_attempt=OUTCOME.FAILURE,
                 attributes=attrs(
                     **{
                         c.WORKFLOW_TASK_NAME: e.step_name,
@@ -481,15 +481,15 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             # `attempts` counts attempts made; which attempt it closes is decided
             # by time in the fold (the last one started before it).
             fact = Fact(
-                kind=FactKind.RETRIES_EXHAUSTED,
+                kind=KIND.RETRIES_EXHAUSTED,
                 step=e.step_name,
-                closes_attempt=Outcome.FAILURE,
+                closes_attempt=OUTCOME.FAILURE,
                 attributes={c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_RETRY_ATTEMPTS: e.attempts},
                 **base,
             )
         case SleepStarted():
             fact = Fact(
-                kind=FactKind.SLEEP_STARTED,
+                kind=KIND.SLEEP_STARTED,
                 duration_ms=e.duration_ms,
                 attributes=attrs(
                     **{
@@ -501,14 +501,14 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case SleepCompleted():
             fact = Fact(
-                kind=FactKind.SLEEP_ENDED,
+                kind=KIND.SLEEP_ENDED,
                 duration_ms=e.duration_ms,
                 attributes={c.WORKFLOW_SLEEP_DURATION_MS: e.duration_ms},
                 **base,
             )
         case TimeoutSet():
             fact = Fact(
-                kind=FactKind.TIMEOUT_SET,
+                kind=KIND.TIMEOUT_SET,
                 step=e.step_name,
                 attributes=attrs(
                     **{
@@ -521,9 +521,9 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
             )
         case TimeoutExceeded():
             fact = Fact(
-                kind=FactKind.TIMEOUT_EXCEEDED,
+                kind=KIND.TIMEOUT_EXCEEDED,
                 step=e.step_name,
-                closes_attempt=Outcome.TIMEOUT,
+                closes_attempt=OUTCOME.TIMEOUT,
                 attributes=attrs(**{c.WORKFLOW_TASK_NAME: e.step_name, c.WORKFLOW_TIMEOUT_MS: e.timeout_ms}),
                 **base,
             )
@@ -534,14 +534,14 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
 
 
 _JOB_KINDS = {
-    "job.started": JobKind.STARTED,
-    "job.executed": JobKind.EXECUTED,
-    "job.failed": JobKind.FAILED,
-    "job.retryExhausted": JobKind.RETRY_EXHAUSTED,
-    "job.terminated": JobKind.TERMINATED,
-    "debounce.started": JobKind.DEBOUNCE_STARTED,
-    "debounce.flushed": JobKind.DEBOUNCE_FLUSHED,
-    "task.scheduled": JobKind.TASK_SCHEDULED,
+    "job.started": JOB_KIND.STARTED,
+    "job.executed": JOB_KIND.EXECUTED,
+    "job.failed": JOB_KIND.FAILED,
+    "job.retryExhausted": JOB_KIND.RETRY_EXHAUSTED,
+    "job.terminated": JOB_KIND.TERMINATED,
+    "debounce.started": JOB_KIND.DEBOUNCE_STARTED,
+    "debounce.flushed": JOB_KIND.DEBOUNCE_FLUSHED,
+    "task.scheduled": JOB_KIND.TASK_SCHEDULED,
 }
 
 

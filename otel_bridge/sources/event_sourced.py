@@ -17,12 +17,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from otel_bridge import conventions as c
-from otel_bridge.lifecycle import ErrorInfo, Fact, FactKind, Outcome, RunKind, RunRef, WorkflowRecord
+from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, Label, attrs, ns, summary
 
 ENGINE = c.PLATFORM_EVENT_SOURCED
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "terminated"})
-_OUTCOMES = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE}
+_OUTCOMES = {"completed": OUTCOME.SUCCESS, "failed": OUTCOME.FAILURE}
 _TASK = re.compile(r"^Task:(?P<id>.+):(?P<step>Created|Complete)$")
 _EXECUTION_TYPES = frozenset({"system", "workflow", "task_created"})
 _DONE_FLAGS = ("isComplete", "workflowComplete")
@@ -127,7 +127,7 @@ class EventSourcedDecoder:
         fact = Fact(
             event_id=e.event_id,
             time_ns=ns(e.timestamp),
-            kind=FactKind.TRIGGER,
+            kind=KIND.TRIGGER,
             name=e.event_type,
             attributes=self._described(e),
         )
@@ -156,7 +156,7 @@ class EventSourcedDecoder:
             if self.options.decode.capture_input and initial is not None:
                 extra[c.WORKFLOW_EXECUTION_INPUT] = summary(initial, self.options.decode)
             return Fact(
-                kind=FactKind.RUN_STARTED,
+                kind=KIND.RUN_STARTED,
                 entered_state=e.to_state or "initial",
                 links=(str(trigger),) if trigger else (),
                 attributes=described | extra,
@@ -165,33 +165,31 @@ class EventSourcedDecoder:
         task = _TASK.match(e.event_name)
         if e.event_type == "task_created" or (task and task["step"] == "Created"):
             task_id = task["id"] if task else e.event_name
-            return Fact(
-                kind=FactKind.TASK_OPENED, step=task_id, label=_task_type(e.payload), attributes=described, **base
-            )
+            return Fact(kind=KIND.TASK_OPENED, step=task_id, label=_task_type(e.payload), attributes=described, **base)
         done = any(e.payload.get(flag) is True for flag in _DONE_FLAGS)
         if (moved and e.to_state.lower() in self._terminal) or done:
             state = e.to_state if moved else None
-            outcome = _OUTCOMES.get((state or "completed").lower(), Outcome.CANCELLATION)
+            outcome = _OUTCOMES.get((state or "completed").lower(), OUTCOME.CANCELLATION)
             return Fact(
-                kind=FactKind.RUN_ENDED,
+                kind=KIND.RUN_ENDED,
                 outcome=outcome,
-                error=_error(e) if outcome is Outcome.FAILURE else None,
-                reason=state if outcome is Outcome.CANCELLATION else None,
+                error=_error(e) if outcome is OUTCOME.FAILURE else None,
+                reason=state if outcome is OUTCOME.CANCELLATION else None,
                 entered_state=state,
                 attributes=described | move,
                 **base,
             )
         if task and task["step"] == "Complete":
             return Fact(
-                kind=FactKind.TASK_CLOSED,
+                kind=KIND.TASK_CLOSED,
                 step=task["id"],
                 entered_state=e.to_state if moved else None,
                 attributes=described | move,
                 **base,
             )
         if moved:
-            return Fact(kind=FactKind.STATE_ENTERED, entered_state=e.to_state, attributes=described | move, **base)
-        return Fact(kind=FactKind.ANNOTATION, attributes=described, **base)
+            return Fact(kind=KIND.STATE_ENTERED, entered_state=e.to_state, attributes=described | move, **base)
+        return Fact(kind=KIND.ANNOTATION, attributes=described, **base)
 
 
 def _task_type(payload: dict[str, Any]) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_bridge import conventions as c
-from otel_bridge.lifecycle import ErrorInfo, Fact, FactKind, Outcome, RunRef, WorkflowRecord
+from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, summary
 
 ENGINE = c.PLATFORM_PHASE10
@@ -33,13 +33,13 @@ WORKFLOW_EVENTS = frozenset(
     }
 )
 _ENDINGS = {
-    "workflow_completed": Outcome.SUCCESS,
-    "workflow_failed": Outcome.FAILURE,
-    "workflow_cancelled": Outcome.CANCELLATION,
+    "workflow_completed": OUTCOME.SUCCESS,
+    "workflow_failed": OUTCOME.FAILURE,
+    "workflow_cancelled": OUTCOME.CANCELLATION,
 }
-_STEP_ENDINGS = {"step_completed": Outcome.SUCCESS, "step_failed": Outcome.FAILURE, "step_skipped": Outcome.SKIPPED}
-_TIMELINE_ENDINGS = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE, "cancelled": Outcome.CANCELLATION}
-_TIMELINE_STEP_ENDINGS = {"completed": Outcome.SUCCESS, "failed": Outcome.FAILURE, "skipped": Outcome.SKIPPED}
+_STEP_ENDINGS = {"step_completed": OUTCOME.SUCCESS, "step_failed": OUTCOME.FAILURE, "step_skipped": OUTCOME.SKIPPED}
+_TIMELINE_ENDINGS = {"completed": OUTCOME.SUCCESS, "failed": OUTCOME.FAILURE, "cancelled": OUTCOME.CANCELLATION}
+_TIMELINE_STEP_ENDINGS = {"completed": OUTCOME.SUCCESS, "failed": OUTCOME.FAILURE, "skipped": OUTCOME.SKIPPED}
 
 
 class Phase10Event(BaseModel):
@@ -185,15 +185,15 @@ class Phase10Decoder:
         described = {c.WORKFLOW_EVENT_ID: event_id}
         if e.event_type == "workflow_started":
             extra = attrs(**{c.WORKFLOW_EXECUTION_INPUT: self._captured(d.get("input_variables"))})
-            return Fact(kind=FactKind.RUN_STARTED, attributes=described | extra, **base)
+            return Fact(kind=KIND.RUN_STARTED, attributes=described | extra, **base)
         if e.event_type in _ENDINGS:
             outcome = _ENDINGS[e.event_type]
             error = None
-            if outcome is Outcome.FAILURE:
+            if outcome is OUTCOME.FAILURE:
                 failed = d.get("failed_steps")
                 message = d.get("error_message") or (f"{failed} steps failed" if failed else "workflow failed")
                 error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
-            return Fact(kind=FactKind.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
+            return Fact(kind=KIND.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
         if e.workflow_step_id is None:
             raise DecodeError("workflow_step_id", f"a {e.event_type} message must name its step")
         step = {"step": e.workflow_step_id, "attempt": 1, "label": str(d.get("step_name") or "") or None}
@@ -205,13 +205,13 @@ class Phase10Decoder:
                     c.WORKFLOW_TASK_INPUT: self._captured(d.get("config")),
                 }
             )
-            return Fact(kind=FactKind.ATTEMPT_STARTED, attributes=described | told, **step, **base)
+            return Fact(kind=KIND.ATTEMPT_STARTED, attributes=described | told, **step, **base)
         outcome = _STEP_ENDINGS[e.event_type]
         duration = d.get("duration")
-        error = ErrorInfo(message=str(d.get("error_message") or "step failed")) if outcome is Outcome.FAILURE else None
+        error = ErrorInfo(message=str(d.get("error_message") or "step failed")) if outcome is OUTCOME.FAILURE else None
         told = attrs(**{c.WORKFLOW_TASK_OUTPUT: self._captured(d.get("output_data"))})
         return Fact(
-            kind=FactKind.ATTEMPT_ENDED,
+            kind=KIND.ATTEMPT_ENDED,
             outcome=outcome,
             error=error,
             duration_ms=float(duration) * 1000 if isinstance(duration, int | float) else None,
@@ -246,7 +246,7 @@ class Phase10Decoder:
             )
 
         if doc.started_at is not None:
-            told(FactKind.RUN_STARTED, doc.started_at, name="workflow_started")
+            told(KIND.RUN_STARTED, doc.started_at, name="workflow_started")
         for entry in doc.step_timeline:
             step = {"step": entry.step_id, "attempt": 1, "label": entry.step_name or None}
             begun = entry.started_at or entry.completed_at
@@ -254,7 +254,7 @@ class Phase10Decoder:
                 facts.append(self._step_started(doc, entry, step))
             for n in range(1, entry.retry_count + 1):
                 told(
-                    FactKind.RETRY_SCHEDULED,
+                    KIND.RETRY_SCHEDULED,
                     begun,
                     entry.step_id,
                     n,
@@ -264,12 +264,12 @@ class Phase10Decoder:
                     ordinal=n,
                 )
             outcome = _TIMELINE_STEP_ENDINGS.get(entry.status.lower())
-            ended_at = entry.completed_at or (begun if outcome is Outcome.SKIPPED else None)
+            ended_at = entry.completed_at or (begun if outcome is OUTCOME.SKIPPED else None)
             if outcome is not None and ended_at is not None:
-                error = ErrorInfo(message=entry.error_message or "step failed") if outcome is Outcome.FAILURE else None
+                error = ErrorInfo(message=entry.error_message or "step failed") if outcome is OUTCOME.FAILURE else None
                 duration = entry.duration_seconds * 1000 if entry.duration_seconds is not None else None
                 told(
-                    FactKind.ATTEMPT_ENDED,
+                    KIND.ATTEMPT_ENDED,
                     ended_at,
                     entry.step_id,
                     name=f"step_{entry.status.lower()}",
@@ -280,14 +280,12 @@ class Phase10Decoder:
                 )
         ending = _TIMELINE_ENDINGS.get(doc.status.lower())
         if ending is not None and doc.completed_at is not None:
-            error = ErrorInfo(message=doc.error_message or "workflow failed") if ending is Outcome.FAILURE else None
-            told(
-                FactKind.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error
-            )
+            error = ErrorInfo(message=doc.error_message or "workflow failed") if ending is OUTCOME.FAILURE else None
+            told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
     def _step_started(self, doc: Timeline, entry: StepEntry, step: dict[str, Any]) -> Fact:
-        event_id = _event_id("timeline", doc.execution_id, FactKind.ATTEMPT_STARTED, entry.step_id)
+        event_id = _event_id("timeline", doc.execution_id, KIND.ATTEMPT_STARTED, entry.step_id)
         told = attrs(
             **{
                 c.WORKFLOW_EVENT_ID: event_id,
@@ -298,7 +296,7 @@ class Phase10Decoder:
         return Fact(
             event_id=event_id,
             time_ns=ns(entry.started_at),
-            kind=FactKind.ATTEMPT_STARTED,
+            kind=KIND.ATTEMPT_STARTED,
             name="step_started",
             attributes=told,
             **step,
