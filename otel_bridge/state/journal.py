@@ -8,6 +8,7 @@ one earlier versions wrote with pydantic, so their files read as they are.
 """
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -66,7 +67,7 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
         return None, None
     if isinstance(state, RunState) and state.facts and not rows:
         # Stored by an earlier version, facts inside the state: from now on they are rows.
-        tx.append(key, [(f.seq, encode_fact(f)) for f in state.facts])
+        tx.append(key, [(0, _row(state.facts))])
     return state, due
 
 
@@ -82,13 +83,25 @@ class Changes:
 
 
 def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None) -> None:
-    if changes.state is None:
+    state = changes.state
+    if state is None:
         tx.delete(key)
         return
     if changes.forgotten:
         tx.forget(key)
-    if changes.dropped:
-        tx.drop(key, sorted(changes.dropped))
-    if changes.added:
-        tx.append(key, [(n, encode_fact(f)) for n, f in changes.added.items()])
-    tx.save(key, encode_header(changes.state), changes.due, overdue_at)
+    if changes.dropped and isinstance(state, RunState):
+        # A fact told again replaced one kept in an earlier row: the run's facts are written anew,
+        # as one row (rare: the same fact under two event ids).
+        tx.forget(key)
+        tx.append(key, [(0, _row(state.facts))])
+    elif changes.added:
+        # One row per transaction, keyed by its first fact's `seq`: a batch's facts of one run are
+        # one insert, not one each.
+        tx.append(key, [(min(changes.added), _row(changes.added.values()))])
+    tx.save(key, encode_header(state), changes.due, overdue_at)
+
+
+def _row(facts: Iterable[Fact]) -> bytes:
+    """Facts as one journal row: their JSON objects joined by commas (`decode` reads rows the same way
+    whether each holds one fact, as earlier versions wrote them, or several)."""
+    return b",".join(map(_encode, facts))

@@ -129,10 +129,6 @@ class RedisTransaction:
         mapping = {str(n): blob for n, blob in rows}
         self._writes.append(lambda pipe: pipe.hset(f"{self._p}facts:{key}", mapping=mapping))
 
-    def drop(self, key: str, seqs: list[int]) -> None:
-        fields = [str(n) for n in seqs]
-        self._writes.append(lambda pipe: pipe.hdel(f"{self._p}facts:{key}", *fields))
-
     def forget(self, key: str) -> None:
         self._writes.append(lambda pipe: pipe.delete(f"{self._p}facts:{key}"))
 

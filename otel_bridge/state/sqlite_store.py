@@ -88,9 +88,6 @@ class SqliteTransaction:
     def append(self, key: str, rows: list[tuple[int, bytes]]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)", ((key, n, b) for n, b in rows))
 
-    def drop(self, key: str, seqs: list[int]) -> None:
-        self._db.executemany("DELETE FROM facts WHERE key = ? AND seq = ?", ((key, n) for n in seqs))
-
     def forget(self, key: str) -> None:
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
 

@@ -50,12 +50,11 @@ class Transaction(Protocol):
         """The state and its facts."""
 
     # A run's facts are a journal beside its state: appended, not rewritten, so a batch costs
-    # the same for a run of ten facts or of ten thousand. Rows are keyed by the fact's `seq`.
+    # the same for a run of ten facts or of ten thousand. A row holds the facts one transaction
+    # added, keyed by the first one's `seq`; `facts` answers the rows in that order.
     def facts(self, key: str) -> list[bytes]: ...
 
     def append(self, key: str, rows: list[tuple[int, bytes]]) -> None: ...
-
-    def drop(self, key: str, seqs: list[int]) -> None: ...
 
     def forget(self, key: str) -> None: ...
 

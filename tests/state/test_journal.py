@@ -28,6 +28,11 @@ def _rows(path) -> dict[str, int]:
         return dict(db.execute("SELECT key, count(*) FROM facts GROUP BY key"))
 
 
+def _kept(store, key: str) -> list[dict]:
+    """The facts a run's rows hold, in order (a row holds a transaction's facts, comma-joined)."""
+    return orjson.loads(b"[" + b",".join(store.facts(key)) + b"]")
+
+
 def test_a_batch_writes_its_own_facts_whatever_the_size_of_the_run(tmp_path, monkeypatch):
     pipeline = _pipeline(tmp_path / "s.db")
     run = WorkflowRun().started()
@@ -49,7 +54,45 @@ def test_a_batch_writes_its_own_facts_whatever_the_size_of_the_run(tmp_path, mon
 
     assert written == [1]  # one new fact, one row: the 4,001 already kept are not touched
     assert headers[0] < 1000  # the run's header holds no facts
-    assert list(_rows(tmp_path / "s.db").values()) == [4002]
+    (key,) = _rows(tmp_path / "s.db")
+    assert _rows(tmp_path / "s.db") == {key: 2}  # a row per batch
+    assert len(_kept(pipeline.store, key)) == 4002
+
+
+def test_a_batch_keeps_each_runs_new_facts_as_one_row(tmp_path):
+    pipeline = _pipeline(tmp_path / "s.db")
+    first, second = WorkflowRun(), WorkflowRun()
+    pipeline.ingest(first.started().step_started("a").events + second.started().events)
+    pipeline.ingest(first.after(5).step_completed("a").completed().events)
+    assert sorted(_rows(tmp_path / "s.db").values()) == [1, 2]
+    (key,) = [k for k, n in _rows(tmp_path / "s.db").items() if n == 2]
+    assert [f["name"] for f in _kept(pipeline.store, key)] == [
+        "workflow.started",
+        "step.started",
+        "step.completed",
+        "workflow.completed",
+    ]
+
+
+def test_a_fact_told_again_earlier_rewrites_the_runs_rows_and_reads_back_as_kept(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path)
+    run = WorkflowRun().started().after(10).step_started("a")
+    pipeline.ingest(run.events)
+    # The same attempt's start under another event id, told earlier: it replaces the one kept.
+    again = dict(run.events[-1], eventId="another-id", timestamp=run.events[0]["timestamp"])
+    report = pipeline.ingest([again])
+    assert (report.accepted, report.duplicates) == (0, 1)
+    (key,) = _rows(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT seq FROM facts").fetchall() == [(0,)]  # written anew, as one row
+    in_memory = pipeline.hot.get(key)[0].facts
+    assert [f["event_id"] for f in _kept(pipeline.store, key)] == [f.event_id for f in in_memory]
+    assert "another-id" in [f.event_id for f in in_memory]
+    pipeline.store.close()
+    reread = _pipeline(path, hot_runs=0)
+    reread.ingest(run.after(5).step_completed("a").completed().events)
+    assert reread.settle_due(horizon=time.time() + 1) == 2  # the step and the root, read from the rows
 
 
 def test_a_run_reads_back_whole_after_a_restart_and_settles_the_same(tmp_path):
@@ -70,7 +113,7 @@ def test_a_state_stored_by_an_earlier_version_with_its_facts_inside_is_read_and_
     run = WorkflowRun().started().step_started("a")
     pipeline.ingest(run.events)
     (key,) = [k for k, _ in pipeline.store.states()]
-    facts = [orjson.loads(row) for row in pipeline.store.facts(key)]
+    facts = _kept(pipeline.store, key)
     header = orjson.loads(next(blob for _k, blob in pipeline.store.states()))
     with pipeline.store.transaction() as tx:  # as the previous version kept it: one blob
         tx.forget(key)
@@ -79,7 +122,8 @@ def test_a_state_stored_by_an_earlier_version_with_its_facts_inside_is_read_and_
 
     again = _pipeline(path)
     again.ingest(run.after(5).step_completed("a").completed().events)
-    assert _rows(path) == {key: 4}
+    assert _rows(path) == {key: 2}  # the two journalled at reading, the batch's two
+    assert len(_kept(again.store, key)) == 4
     assert again.settle_due(horizon=time.time() + 1) == 2
 
 
