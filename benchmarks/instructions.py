@@ -8,7 +8,8 @@ instruction count can: valgrind's cachegrind counts every instruction the proces
 the same count on every run. The workload is the pipeline in-process, as `serve` runs it
 without HTTP and export: the replay mix in 100-event batches into a SQLite state, settling
 every 10 batches and once at the end, spans into the outbox. Start-up (imports, building
-the events) is counted once more with the workload skipped and subtracted.
+the events) is counted once more with the workload skipped and subtracted. Garbage collection is
+set as `otel-bridge serve` sets it, where the tree does.
 
 It counts user-space instructions only: time in the kernel (SQLite's writes) and waiting
 are not in it, and an instruction is not a fixed time. It tells which of two trees does less
@@ -41,6 +42,12 @@ events = generate(int(sys.argv[2]))
 with tempfile.TemporaryDirectory() as tmp:
     settings = Settings(state=str(Path(tmp) / "state.db"), settle_seconds=1)
     pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    try:  # garbage collection as `serve` sets it, in a tree that does
+        from otel_bridge.cli import own_process_gc
+    except ImportError:
+        pass
+    else:
+        own_process_gc()
     if sys.argv[3] == "run":
         for i in range(0, len(events), 100):
             pipeline.ingest(events[i : i + 100])

@@ -1,6 +1,7 @@
 """The `otel-bridge` command: serve, replay, trace-id, config."""
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -46,6 +47,20 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def own_process_gc() -> None:
+    """Garbage collection for a process that is the bridge (serve, replay), never an application
+    the in-process tracker lives in.
+
+    What start-up loaded is never garbage, and the runs kept in memory are thousands of long-lived
+    containers every collection of the old generation walks again; the pipeline makes few
+    reference cycles (its objects are freed by their reference counts). So start-up's objects are
+    frozen out of collection, and the young generation is collected every 10,000 allocations
+    rather than 700: 3 % fewer instructions per event (benchmarks/instructions.py).
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
@@ -66,6 +81,7 @@ def _serve(settings: Settings) -> int:
             r.as_dict() for r in select(bridge.pipeline.open_runs(), state, overdue, service)
         ],
     )
+    own_process_gc()
     uvicorn.run(
         app,
         http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
@@ -88,6 +104,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     if source != "-" and not Path(source).is_file():
         raise CliError(f"cannot replay {source}: no such file")
     bridge = Bridge(settings).start(follow=False)
+    own_process_gc()
     consumer = (
         bridge.pipeline
         if source_format == "durable-effect"

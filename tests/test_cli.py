@@ -1,0 +1,33 @@
+"""The command's own process is tuned for being the bridge; an application using the library is left as it is."""
+
+import os
+import subprocess
+import sys
+
+from otlp_receiver import OtlpHttpReceiver
+
+_REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
+
+
+def _python(code: str, **env: str) -> str:
+    command = [sys.executable, "-c", code]
+    return subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ | env).stdout.strip()
+
+
+def test_the_bridges_own_process_freezes_start_up_and_collects_the_young_generation_less_often():
+    assert _python(f"from otel_bridge.cli import own_process_gc; own_process_gc(); {_REPORT}") == "(10000, 20, 50) True"
+
+
+def test_an_application_with_the_in_process_tracker_keeps_its_garbage_collection():
+    code = f"""
+from otel_bridge.tracker import OtelTracker
+with OtelTracker("production", "shop", flush_interval_seconds=None):
+    pass
+{_REPORT}"""
+    backend = OtlpHttpReceiver()  # its metrics go somewhere at close, at once
+    try:
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": backend.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+        reported = _python(code, **otlp)
+    finally:
+        backend.close()
+    assert reported == "(700, 10, 10) False"
