@@ -3,8 +3,9 @@
 Each producer (serviceKey, env) is its own OTLP resource, so it gets its own
 MeterProvider. Every provider has a pull reader that both the periodic OTLP export
 and the Prometheus endpoint collect from, so one thread serves any number of
-producers. Counters and gauges are the SDK's; histograms, recorded once per span
-sent, are aggregated in `histograms.py` and joined to the SDK's data at collection.
+producers. Gauges are the SDK's; histograms (recorded once per span sent) and counters
+(moved by every batch) are aggregated here, in `histograms.py` and `sums.py`, and joined
+to the SDK's data at collection.
 """
 
 import threading
@@ -24,6 +25,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export.histograms import Histograms
+from otel_bridge.export.sums import Sums
 
 # 5 ms to 7 days: workflows sleep for days, and the SDK default stops at 10 s.
 DURATION_BUCKETS = (
@@ -137,17 +139,20 @@ class NameLimiter:
 class _Producer:
     provider: MeterProvider
     # None for a provider the application owns (it reads and exports it itself, histograms
-    # included: they go through its instruments).
+    # and counters included: they go through its instruments).
     reader: InMemoryMetricReader | None
     instruments: dict[str, object]
     histograms: Histograms | None = None
+    sums: Sums | None = None
     resource: SdkResource | None = None
 
 
-def _with_histograms(data: MetricsData | None, producer: _Producer) -> MetricsData | None:
-    """The SDK's collection of one producer with its histograms added (in the bridge's scope)."""
-    histograms = producer.histograms.metrics() if producer.histograms is not None else []
-    if not histograms:
+def _with_own(data: MetricsData | None, producer: _Producer) -> MetricsData | None:
+    """The SDK's collection of one producer with the bridge's own sums and histograms added (in its scope)."""
+    own = producer.sums.metrics() if producer.sums is not None else []
+    if producer.histograms is not None:
+        own += producer.histograms.metrics()
+    if not own:
         return data
     resource_metrics = list(data.resource_metrics) if data is not None else []
     if not resource_metrics:
@@ -156,9 +161,9 @@ def _with_histograms(data: MetricsData | None, producer: _Producer) -> MetricsDa
     scopes = list(first.scope_metrics)
     at = next((i for i, s in enumerate(scopes) if s.scope.name == c.SCOPE_NAME), None)
     if at is None:
-        scopes.append(ScopeMetrics(InstrumentationScope(c.SCOPE_NAME), histograms, ""))
+        scopes.append(ScopeMetrics(InstrumentationScope(c.SCOPE_NAME), own, ""))
     else:
-        scopes[at] = ScopeMetrics(scopes[at].scope, [*scopes[at].metrics, *histograms], scopes[at].schema_url)
+        scopes[at] = ScopeMetrics(scopes[at].scope, [*scopes[at].metrics, *own], scopes[at].schema_url)
     resource_metrics[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
     return MetricsData(resource_metrics)
 
@@ -222,7 +227,7 @@ class MetricsHub:
             sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
         reader = InMemoryMetricReader()
         provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
-        producer = _Producer(provider, reader, {}, Histograms(), sdk_resource)
+        producer = _Producer(provider, reader, {}, Histograms(), Sums(), sdk_resource)
         if resource is not None:
             for name, spec in self._producer_gauges.items():
                 self._observe(producer, resource, name, *spec)
@@ -310,6 +315,10 @@ class MetricsHub:
                 name, spec.unit, spec.description, spec.buckets, tuple(named.items()), value, trace_id, span_id
             )
             return
+        if spec.kind != "histogram" and producer.sums is not None:
+            # Counters keep no exemplars: only histograms (durations, one per span) link to traces.
+            producer.sums.add(name, spec.unit, spec.description, spec.kind == "counter", tuple(named.items()), value)
+            return
         instrument = self._instrument(producer, name)
         context = _exemplar_context(trace_id, span_id) if trace_id and span_id else None
         if spec.kind == "histogram":
@@ -324,9 +333,8 @@ class MetricsHub:
 
     def start_bridge_counters(self, names: Iterable[str]) -> None:
         """Create the bridge's own counters at zero, so "no failures yet" is a 0, not a missing series."""
-        producer = self._producer(None)
         for name in names:
-            self._instrument(producer, name).add(0)  # type: ignore[attr-defined]
+            self._record(None, name, (), 0, None, None)
 
     def gauge(self, name: str, unit: str, description: str, read: Callable[[], float]) -> None:
         """An observable gauge of the bridge itself, read at each collection."""
@@ -344,7 +352,7 @@ class MetricsHub:
         for producer in producers:
             if producer.reader is None:
                 continue
-            data = _with_histograms(producer.reader.get_metrics_data(), producer)
+            data = _with_own(producer.reader.get_metrics_data(), producer)
             if data is not None and data.resource_metrics:
                 out.append(data)
         return out
