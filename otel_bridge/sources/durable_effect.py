@@ -47,6 +47,7 @@ from otel_bridge.sources.wire import (
     attrs,
     iso,
     ns,
+    reason,
     summary,
 )
 
@@ -338,7 +339,7 @@ def _problem(raw: dict, error: Any) -> tuple[str, str]:
         return "type", "Field required"
     if error["type"] == "unknown_source":
         return "source", error["msg"]
-    return ".".join(loc), error["msg"].removeprefix("Value error, ")
+    return ".".join(loc), reason(error)
 
 
 def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:

@@ -18,7 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
-from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, Label, attrs, ns, summary
+from otel_bridge.sources.wire import (
+    CONTROL_CHARACTERS,
+    DecodeError,
+    DecodeOptions,
+    Identity,
+    IsoTime,
+    Label,
+    attrs,
+    ns,
+    reason,
+    summary,
+)
 
 ENGINE = c.PLATFORM_EVENT_SOURCED
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "terminated"})
@@ -95,14 +106,13 @@ class EventSourcedDecoder:
             event = StreamEvent.model_validate(raw)
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"])
-            raise DecodeError(where, error["msg"].removeprefix("Value error, ")) from None
+            raise DecodeError(".".join(str(p) for p in error["loc"]), reason(error)) from None
         if event.event_type not in _EXECUTION_TYPES:
             return self._trigger(event)
         if not event.execution_id:
             raise DecodeError("execution_id", f"a {event.event_type!r} event must name its execution")
         if re.search(r"[\x00-\x1f\x7f]", event.execution_id):
-            raise DecodeError("execution_id", "must not contain control characters (U+0000-U+001F, U+007F)")
+            raise DecodeError("execution_id", CONTROL_CHARACTERS)
         return WorkflowRecord(run=self._run(event), fact=self._fact(event))
 
     def _run(self, e: StreamEvent, kind: RunKind = RunKind.WORKFLOW) -> RunRef:

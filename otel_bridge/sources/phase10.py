@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
-from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, summary
+from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, reason, summary
 
 ENGINE = c.PLATFORM_PHASE10
 WORKFLOW_EVENTS = frozenset(
@@ -142,7 +142,7 @@ def _event_id(*parts: object) -> str:
 
 def _problem(exc: ValidationError) -> DecodeError:
     error = exc.errors(include_url=False)[0]
-    return DecodeError(".".join(str(p) for p in error["loc"]), error["msg"].removeprefix("Value error, "))
+    return DecodeError(".".join(str(p) for p in error["loc"]), reason(error))
 
 
 class Phase10Decoder:

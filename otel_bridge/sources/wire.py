@@ -1,12 +1,12 @@
 """What every source's wire models share: times OTLP can carry, identities without control
 characters, bounded numbers, the decode error naming a field, and what a payload may reveal."""
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic_core import ErrorDetails
 
 from otel_bridge.lifecycle import AttributeValue
 
@@ -32,22 +32,18 @@ def _in_otlp_range(value: datetime) -> datetime:
     return moment
 
 
-def _printable(value: str) -> str:
-    # U+001F separates the fields of the hashes that make trace ids: an identity holding it
-    # (or any control character) could make two producers' runs share one trace.
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
-    return value
-
-
 _ZERO = timedelta(0)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# U+001F separates the fields of the hashes that make trace ids: an identity holding it (or any
+# control character) could make two producers' runs share one trace. A pattern, checked by
+# pydantic's own regex engine: a Python validator per identity cost 3 % of the bridge's work.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+CONTROL_CHARACTERS = "must not contain control characters (U+0000-U+001F, U+007F)"
 # Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
 _MAX_MS = 2**63 / 1e6 / 2
 
 IsoTime = Annotated[datetime, BeforeValidator(_iso_string), AfterValidator(_in_otlp_range)]
-Identity = Annotated[str, Field(min_length=1), AfterValidator(_printable)]
-Label = Annotated[str, AfterValidator(_printable)]
+Identity = Annotated[str, Field(min_length=1, pattern=PRINTABLE)]
+Label = Annotated[str, Field(pattern=PRINTABLE)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
 Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 
@@ -58,6 +54,13 @@ class DecodeOptions(BaseModel):
     capture_input: bool = False
     max_input_bytes: int = 2048
     redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
+
+
+def reason(error: ErrorDetails) -> str:
+    """What one of pydantic's errors says, in the bridge's words where the check is the bridge's."""
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == PRINTABLE:
+        return CONTROL_CHARACTERS
+    return error["msg"].removeprefix("Value error, ")
 
 
 class DecodeError(ValueError):
