@@ -1,0 +1,46 @@
+"""What every source's wire models share: times OTLP can carry, judged in UTC; identities without control characters."""
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from otel_bridge.sources.wire import CONTROL_CHARACTERS, Identity, IsoTime, ns
+from otel_bridge.sources.wire import reason as reason_of
+
+
+class _Event(BaseModel):
+    at: IsoTime
+    id: Identity = "x"
+
+
+def _problem(**fields: object) -> str:
+    try:
+        _Event.model_validate(fields)
+    except ValidationError as exc:
+        return reason_of(exc.errors(include_url=False)[0])
+    return ""
+
+
+@pytest.mark.parametrize(
+    ("at", "kept"),
+    [
+        ("1970-01-01T00:30:00-01:00", True),  # 01:30 UTC
+        ("1970-01-01T00:30:00+01:00", False),  # 1969 in UTC
+        ("2554-07-20T23:00:00+02:00", True),
+        ("2554-07-20T23:00:00-02:00", False),  # the 21st, 01:00 UTC: past the last time
+        ("2025-03-01T12:00:00+14:00", True),
+        ("2025-03-01T12:00:00", True),  # no offset: UTC
+    ],
+)
+def test_a_time_is_judged_in_utc_whatever_its_offset(at, kept):
+    assert (_problem(at=at) == "") is kept
+
+
+def test_a_time_without_offset_is_read_as_utc():
+    with_offset, without = _Event(at="2025-03-01T12:00:00Z"), _Event(at="2025-03-01T12:00:00")
+    assert ns(with_offset.at) == ns(without.at)
+
+
+def test_an_identity_with_a_control_character_is_named_as_such():
+    assert _problem(at="2025-03-01T12:00:00Z", id="a\x1fb") == CONTROL_CHARACTERS
+    assert _problem(at="2025-03-01T12:00:00Z", id="a\x7f") == CONTROL_CHARACTERS
+    assert _problem(at="2025-03-01T12:00:00Z", id="café ✓") == ""
