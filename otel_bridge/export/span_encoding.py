@@ -31,7 +31,9 @@ _SAMPLED = 0x01
 
 
 def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
-    if isinstance(value, bool):
+    if type(value) is str:  # most values: tested first
+        target.string_value = value if len(value) <= limit else value[:limit]
+    elif isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, int):
         target.int_value = value
@@ -46,9 +48,7 @@ def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
 
 def _fill(attributes: dict[str, AttributeValue], into: RepeatedCompositeFieldContainer[KeyValue], limit: int) -> None:
     for key, value in attributes.items():
-        kv = into.add()
-        kv.key = key[:limit]
-        _set_value(kv.value, value, limit)
+        _set_value(into.add(key=key if len(key) <= limit else key[:limit]).value, value, limit)
 
 
 def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256) -> bytes:
@@ -63,8 +63,11 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
         start_time_unix_nano=span.start_ns,
         end_time_unix_nano=span.end_ns,
         flags=_SAMPLED | 0x100,  # 0x100: the "has is_remote" bit is known (local parent)
-        status=Status(code=_STATUS[span.status], message=span.status_message[:attribute_limit]),
     )
+    status = message.status
+    status.code = _STATUS[span.status]
+    if span.status_message:
+        status.message = span.status_message[:attribute_limit]
     _fill(span.attributes, message.attributes, attribute_limit)
     for event in span.events:
         e = message.events.add(name=event.name[:attribute_limit], time_unix_nano=event.time_ns)
