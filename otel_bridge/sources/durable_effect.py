@@ -301,13 +301,15 @@ EVENT_TYPES: tuple[str, ...] = tuple(
     for model in union.__origin__.__args__  # type: ignore[attr-defined]
 )
 
-_adapter: TypeAdapter[Any] = TypeAdapter(TrackingEvent)
+# The adapter's validator itself, called once per event: TypeAdapter.validate_python only
+# forwards its keyword arguments to it.
+_validate = TypeAdapter(TrackingEvent).validator.validate_python
 
 
 def parse_event(raw: Any) -> Any:
     """Validate one wire event, or raise DecodeError naming the first bad field."""
     try:
-        return _adapter.validate_python(raw)
+        return _validate(raw)
     except ValidationError as exc:
         raise _decode_error(raw, exc) from None
 
