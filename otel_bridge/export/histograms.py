@@ -9,16 +9,15 @@ and handed out as the SDK's own data classes: Prometheus exposition and OTLP enc
 read them like any other metric.
 """
 
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry.sdk.metrics import Exemplar
-from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric
+from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint
 
-Attributes = tuple[tuple[str, str], ...]
+from otel_bridge.export.aggregation import Aggregation, Attributes
 
 
 @dataclass(slots=True)
@@ -42,13 +41,8 @@ class _Instrument:
     series: dict[Attributes, _Series] = field(default_factory=dict)
 
 
-class Histograms:
+class Histograms(Aggregation[_Instrument]):
     """One producer's histograms: `record` a measurement, `metrics()` at each collection."""
-
-    def __init__(self) -> None:
-        self._instruments: dict[str, _Instrument] = {}
-        # Ingest threads and the settle thread record while a scrape collects.
-        self._lock = threading.Lock()
 
     def record(
         self,
@@ -80,29 +74,23 @@ class Histograms:
             if trace_id and span_id:
                 series.exemplars[bucket] = (value, now, span_id, trace_id)
 
-    def metrics(self) -> list[Metric]:
-        now = time.time_ns()
-        out = []
-        with self._lock:
-            for name, instrument in self._instruments.items():
-                points = [
-                    HistogramDataPoint(
-                        attributes=dict(attributes),
-                        start_time_unix_nano=s.start_ns,
-                        time_unix_nano=now,
-                        count=s.count,
-                        sum=s.total,
-                        bucket_counts=list(s.counts),
-                        explicit_bounds=list(instrument.bounds),
-                        min=s.low,
-                        max=s.high,
-                        exemplars=[_exemplar(*e) for e in s.exemplars if e is not None],
-                    )
-                    for attributes, s in instrument.series.items()
-                ]
-                data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
-                out.append(Metric(name=name, description=instrument.description, unit=instrument.unit, data=data))
-        return out
+    def _data(self, instrument: _Instrument, now: int) -> Histogram:
+        points = [
+            HistogramDataPoint(
+                attributes=dict(attributes),
+                start_time_unix_nano=s.start_ns,
+                time_unix_nano=now,
+                count=s.count,
+                sum=s.total,
+                bucket_counts=list(s.counts),
+                explicit_bounds=list(instrument.bounds),
+                min=s.low,
+                max=s.high,
+                exemplars=[_exemplar(*e) for e in s.exemplars if e is not None],
+            )
+            for attributes, s in instrument.series.items()
+        ]
+        return Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
 
 
 def _exemplar(value: float, time_ns: int, span_id: bytes, trace_id: bytes) -> Exemplar:

@@ -7,13 +7,12 @@ is an addition, so it is kept here, cumulative, and handed out at collection as 
 data classes beside the histograms: Prometheus exposition and OTLP read them like any other.
 """
 
-import threading
 import time
 from dataclasses import dataclass, field
 
-from opentelemetry.sdk.metrics.export import AggregationTemporality, Metric, NumberDataPoint, Sum
+from opentelemetry.sdk.metrics.export import AggregationTemporality, NumberDataPoint, Sum
 
-Attributes = tuple[tuple[str, str], ...]
+from otel_bridge.export.aggregation import Aggregation, Attributes
 
 
 @dataclass(slots=True)
@@ -26,13 +25,8 @@ class _Instrument:
     series: dict[Attributes, list[int | float]] = field(default_factory=dict)
 
 
-class Sums:
+class Sums(Aggregation[_Instrument]):
     """One producer's counters: `add` to a series, `metrics()` at each collection."""
-
-    def __init__(self) -> None:
-        self._instruments: dict[str, _Instrument] = {}
-        # Ingest threads and the settle thread add while a scrape collects.
-        self._lock = threading.Lock()
 
     def add(
         self, name: str, unit: str, description: str, monotonic: bool, attributes: Attributes, value: float
@@ -47,24 +41,15 @@ class Sums:
             else:
                 series[1] += value
 
-    def metrics(self) -> list[Metric]:
-        now = time.time_ns()
-        out = []
-        with self._lock:
-            for name, instrument in self._instruments.items():
-                points = [
-                    NumberDataPoint(
-                        attributes=dict(attributes),
-                        start_time_unix_nano=int(start),
-                        time_unix_nano=now,
-                        value=value,
-                    )
-                    for attributes, (start, value) in instrument.series.items()
-                ]
-                data = Sum(
-                    data_points=points,
-                    aggregation_temporality=AggregationTemporality.CUMULATIVE,
-                    is_monotonic=instrument.monotonic,
-                )
-                out.append(Metric(name=name, description=instrument.description, unit=instrument.unit, data=data))
-        return out
+    def _data(self, instrument: _Instrument, now: int) -> Sum:
+        points = [
+            NumberDataPoint(
+                attributes=dict(attributes), start_time_unix_nano=int(start), time_unix_nano=now, value=value
+            )
+            for attributes, (start, value) in instrument.series.items()
+        ]
+        return Sum(
+            data_points=points,
+            aggregation_temporality=AggregationTemporality.CUMULATIVE,
+            is_monotonic=instrument.monotonic,
+        )
