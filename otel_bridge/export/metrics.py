@@ -33,6 +33,8 @@ DURATION_BUCKETS = (
     1800, 3600, 7200, 21600, 43200, 86400, 172800, 345600, 604800,
 )  # fmt: skip
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+# Attribute sets whose limited names are remembered (`MetricsHub._named`).
+_NAMED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,9 @@ class MetricsHub:
         # Gauges every producer reports, read per producer at collection: name -> (unit, description, read).
         self._producer_gauges: dict[str, tuple[str, str, Callable[[Resource], list[tuple[float, dict[str, str]]]]]] = {}
         self._names = NameLimiter(max_names, max_name_chars)
+        # Attributes as given -> as recorded (names limited): the limiter's answer for a name never
+        # changes once given, and a batch records the same few attribute sets many times.
+        self._named: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         self._max_name_chars = max_name_chars
         self._max_producers = max_producers
         self._producers: dict[Resource | None, _Producer] = {}
@@ -307,24 +312,28 @@ class MetricsHub:
         span_id: bytes | None,
     ) -> None:
         producer = self._producer(resource)
-        named = {key: self._names(key, v) if key in c.BOUNDED_NAME_ATTRIBUTES else v for key, v in attributes}
+        named = self._named.get(attributes)
+        if named is None:
+            bounded = c.BOUNDED_NAME_ATTRIBUTES
+            named = tuple((key, self._names(key, v) if key in bounded else v) for key, v in attributes)
+            if len(self._named) >= _NAMED_KEPT:
+                self._named.clear()  # unbounded names from a producer must not grow it without end
+            self._named[attributes] = named
         spec = INSTRUMENTS[name]
         if spec.kind == "histogram" and producer.histograms is not None:
             assert spec.buckets is not None
-            producer.histograms.record(
-                name, spec.unit, spec.description, spec.buckets, tuple(named.items()), value, trace_id, span_id
-            )
+            producer.histograms.record(name, spec.unit, spec.description, spec.buckets, named, value, trace_id, span_id)
             return
         if spec.kind != "histogram" and producer.sums is not None:
             # Counters keep no exemplars: only histograms (durations, one per span) link to traces.
-            producer.sums.add(name, spec.unit, spec.description, spec.kind == "counter", tuple(named.items()), value)
+            producer.sums.add(name, spec.unit, spec.description, spec.kind == "counter", named, value)
             return
         instrument = self._instrument(producer, name)
         context = _exemplar_context(trace_id, span_id) if trace_id and span_id else None
         if spec.kind == "histogram":
-            instrument.record(value, named, context=context)  # type: ignore[attr-defined]
+            instrument.record(value, dict(named), context=context)  # type: ignore[attr-defined]
         else:
-            instrument.add(value, named, context=context)  # type: ignore[attr-defined]
+            instrument.add(value, dict(named), context=context)  # type: ignore[attr-defined]
 
     def bridge(self, instrument: str, value: float = 1, **attributes: str) -> None:
         """Record one of the bridge's own measurements."""

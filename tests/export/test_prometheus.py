@@ -64,6 +64,20 @@ def test_names_past_the_allow_list_become_other():
     )
 
 
+def test_a_name_keeps_its_answer_when_recorded_again_and_unbounded_names_keep_memory_bounded(monkeypatch):
+    monkeypatch.setattr("otel_bridge.export.metrics._NAMED_KEPT", 3)
+    hub = MetricsHub(max_names=2)
+    names = ["a", "b", "c", "a", "c", "d", "b", "e", "c"]  # a and b allowed, the rest past the list
+    for name in names:
+        hub.record([Observation("job.terminations", 1, (("job.name", name), ("job.type", "task")), Resource("s", "e"))])
+    text = _exposition(hub)
+    series = 'job_terminations_total{{deployment_environment_name="e",job_name="{}",job_type="task",service_name="s"}}'
+    assert series.format("a") + " 2.0" in text
+    assert series.format("b") + " 2.0" in text
+    assert series.format("_OTHER") + " 5.0" in text
+    assert len(hub._named) <= 3
+
+
 def test_producers_past_the_bound_share_one_overflow_resource():
     hub = MetricsHub(max_producers=3)
     attrs = (("job.name", "j"), ("job.type", "task"))
