@@ -3,8 +3,9 @@
 One loader, one policy for a state this version cannot read (kept aside under
 `keys.UNREADABLE`, the run starts afresh), used by ingest, settling and start-up.
 Headers and facts are msgspec JSON (defaults left out), and only what changed is
-written: a batch appends its new facts, it never rewrites the run. The JSON is the
-one earlier versions wrote with pydantic, so their files read as they are.
+written: a batch appends its new facts (one row per run), it never rewrites the run.
+The JSON is the one earlier versions wrote with pydantic, and a row of one fact reads
+like a row of several, so their files read as they are.
 """
 
 import logging
