@@ -244,9 +244,7 @@ class Pipeline:
                 changes = runs[key] = journal.Changes(*self._state(tx, key, touched))
             step = apply(changes.state, changes.due, record, now, self.policy)
             changes.state, changes.due = step.state, step.due
-            for seq in step.dropped:
-                changes.added.pop(seq, None)
-                changes.dropped.add(seq)
+            changes.rewritten = changes.rewritten or bool(step.dropped)
             for fact in step.added:
                 changes.added[fact.seq] = fact
             out.observations += step.observations

@@ -79,7 +79,8 @@ class Changes:
     state: State | None
     due: float | None
     added: dict[int, Fact] = field(default_factory=dict)
-    dropped: set[int] = field(default_factory=set)
+    # A fact told again replaced one kept in an earlier row: the run's facts are written anew.
+    rewritten: bool = False
     forgotten: bool = False
 
 
@@ -90,9 +91,8 @@ def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None)
         return
     if changes.forgotten:
         tx.forget(key)
-    if changes.dropped and isinstance(state, RunState):
-        # A fact told again replaced one kept in an earlier row: the run's facts are written anew,
-        # as one row (rare: the same fact under two event ids).
+    if changes.rewritten and isinstance(state, RunState):
+        # As one row (rare: the same fact under two event ids).
         tx.forget(key)
         tx.append(key, [(0, _row(state.facts))])
     elif changes.added:
