@@ -92,7 +92,7 @@ def build_spans(
         spans.extend(state_spans)
     if not kinds.isdisjoint(_TASK_KINDS):
         spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
-    late = _late_facts(identity, ordered, emitted, ids) if emitted else []
+    late = _late_facts(ordered, emitted, ids) if emitted else []
     root_facts = [f for f in ordered if f.event_id not in told] if told else ordered
     root = _root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late)
     if overdue_grace_ns is not None and not kinds.isdisjoint(_WAIT_KINDS):
@@ -427,18 +427,16 @@ def _remote_links(run: RunRef, ordered: list[Fact]) -> list[tuple[bytes, bytes]]
     return out
 
 
-def _late_facts(
-    run: RunIdentity, ordered: list[Fact], emitted: dict[str, int], ids: dict[tuple[str, int], bytes]
-) -> list[Fact]:
-    """Step facts that arrived after their attempt's span had been sent."""
+def _late_facts(ordered: list[Fact], emitted: dict[str, int], ids: dict[tuple[str, int], bytes]) -> list[Fact]:
+    """Step facts that arrived after their attempt's span had been sent (`ids`: every attempt's span id)."""
     late = []
     for f in ordered:
         if f.kind not in (KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED) or f.cached:
             continue
         if f.step is None or f.attempt is None:
             continue
-        span_id = ids.get((f.step, f.attempt)) or attempt_span_id(run, f.step, f.attempt)
-        sent_at = emitted.get(span_id.hex())
+        # Every such fact opened or closed an attempt of `_attempts`, so its span id is there.
+        sent_at = emitted.get(ids[(f.step, f.attempt)].hex())
         if sent_at is not None and f.seq > sent_at:
             late.append(f)
     return late
