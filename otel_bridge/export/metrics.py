@@ -289,9 +289,10 @@ class MetricsHub:
         return instrument
 
     def record(self, observations: Iterable[Observation]) -> None:
-        # A batch's additions to one series are summed first: the SDK's cost is per call (attribute
-        # hashing, locks), and a batch moves the same few series many times (a +1 and a -1 of
-        # the active gauge for every run that starts and ends in it).
+        # A batch's additions to one series are summed first: a batch moves the same few series many
+        # times (a +1 and a -1 of the active gauge for every run that starts and ends in it), and
+        # each record costs a lookup and a lock in `Sums`, or ~10 µs in the SDK's instruments of an
+        # application's own MeterProvider.
         sums: dict[tuple[Resource | None, str, tuple[tuple[str, str], ...]], float] = {}
         for o in observations:
             if INSTRUMENTS[o.instrument].kind == "histogram" or (o.trace_id and o.span_id):
