@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import (
-    CONTROL_CHARACTERS,
     DecodeError,
     DecodeOptions,
     Identity,
@@ -46,7 +45,7 @@ class StreamEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: Identity
-    execution_id: str = ""
+    execution_id: Label = ""  # required of execution events only (below); never a control character
     event_name: str = ""
     event_type: str = Field(min_length=1)
     tenant: Label = Field(min_length=1)
@@ -111,8 +110,6 @@ class EventSourcedDecoder:
             return self._trigger(event)
         if not event.execution_id:
             raise DecodeError("execution_id", f"a {event.event_type!r} event must name its execution")
-        if re.search(r"[\x00-\x1f\x7f]", event.execution_id):
-            raise DecodeError("execution_id", CONTROL_CHARACTERS)
         return WorkflowRecord(run=self._run(event), fact=self._fact(event))
 
     def _run(self, e: StreamEvent, kind: RunKind = RunKind.WORKFLOW) -> RunRef:

@@ -10,7 +10,7 @@ from otel_bridge.correlate.runs import SettlePolicy, settle
 from otel_bridge.ids import RunIdentity, root_span_id
 from otel_bridge.producer.event_sourced import Execution, as_row, trigger
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
-from otel_bridge.sources.wire import DecodeError
+from otel_bridge.sources.wire import CONTROL_CHARACTERS, DecodeError
 
 DECODE = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
 
@@ -130,6 +130,12 @@ def test_a_bad_entry_names_its_field():
         assert exc.field == "execution_id"
     else:
         raise AssertionError("an execution event without an execution was accepted")
+    try:
+        DECODE(Execution().started().events[0] | {"execution_id": "a\x1fb"})
+    except DecodeError as exc:
+        assert (exc.field, exc.reason) == ("execution_id", CONTROL_CHARACTERS)
+    else:
+        raise AssertionError("an execution id holding the field separator was accepted")
 
 
 def test_a_run_whose_start_or_a_middle_move_is_still_in_flight_waits_for_it():
