@@ -30,11 +30,12 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Store
+from otel_bridge.state.store import Checkpointed, Store
 
 log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 60.0
+_CHECKPOINT_EVERY = 1.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
 _REFUSED_UNREADY_SECONDS = 10.0
 
@@ -227,6 +228,7 @@ class Bridge:
             ("trace-export", lambda: self.drain.run(self._stop)),
             ("metric-export", self._metric_loop),
             ("overdue", self._overdue_loop),
+            *([("checkpoint", self._checkpoint_loop)] if isinstance(self.store, Checkpointed) else []),
             *(self._receivers() if follow else []),
         ):
             thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
@@ -283,6 +285,14 @@ class Bridge:
                     self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
             except Exception:
                 log.exception("settle loop failed; retrying")
+
+    def _checkpoint_loop(self) -> None:
+        assert isinstance(self.store, Checkpointed)
+        while not self._stop.wait(_CHECKPOINT_EVERY):
+            try:
+                self.store.checkpoint()
+            except Exception:
+                log.exception("checkpointing the state file failed; retrying")
 
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())

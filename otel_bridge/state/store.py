@@ -9,7 +9,7 @@ bridge replicas may run it again when another replica changed what it read, so
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from otel_bridge.consumer import Unavailable
 
@@ -91,3 +91,11 @@ class Store(Protocol):
         """The (key, header) of runs whose `overdue_at` has passed."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Checkpointed(Protocol):
+    """A store with a write-ahead log the bridge moves into its main file in the background."""
+
+    def checkpoint(self) -> int:
+        """Copy committed pages out of the log, holding up no transaction; the pages copied."""

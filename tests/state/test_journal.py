@@ -151,6 +151,29 @@ def test_full_durability_syncs_every_commit(tmp_path):
     assert SqliteStore(tmp_path / "t.db")._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
 
 
+def test_a_running_bridge_copies_the_log_into_the_state_file_in_the_background(tmp_path):
+    # No producer's COMMIT pays for the checkpoint (and its fsyncs): the bridge's own thread does.
+    path = tmp_path / "s.db"
+    settings = Settings(state=str(path), dead_letter=tmp_path / "dead.jsonl", span_dead_letter=tmp_path / "spans.jsonl")
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender()).start(follow=False)
+    try:
+        bridge.pipeline.ingest(WorkflowRun().started().step_started("a").events)
+
+        def in_main_file() -> int:  # the database file alone, its write-ahead log left aside
+            with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as db:
+                try:
+                    return db.execute("SELECT count(*) FROM facts").fetchone()[0]
+                except sqlite3.OperationalError:  # not even the schema copied yet
+                    return 0
+
+        deadline = time.monotonic() + 10
+        while in_main_file() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert in_main_file() == 1  # the run's two facts, one journal row
+    finally:
+        bridge.stop()
+
+
 def test_runs_paused_before_the_overdue_index_existed_are_found_after_the_upgrade(tmp_path):
     path = tmp_path / "s.db"
     pipeline = _pipeline(path)

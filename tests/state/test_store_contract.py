@@ -1,5 +1,6 @@
 """What every store promises (SQLite and Redis alike): seen ids, run state and the outbox, transactionally."""
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -182,6 +183,45 @@ def test_sqlite_tells_a_running_transaction_that_another_waits_to_begin(tmp_path
     waiter.join()
     assert not store.awaited()
     store.close()
+
+
+def test_sqlite_lets_a_transaction_waiting_to_begin_go_before_the_next_one_of_the_thread_it_waited_for(tmp_path):
+    # Settling runs transaction after transaction; a producer's batch waiting between two of them
+    # must not wait for the interpreter to switch threads (5 ms) while settling takes the lock back.
+    store = SqliteStore(tmp_path / "s.db")
+    order = []
+    waiter = threading.Thread(target=lambda: store.run(lambda tx: order.append("waiter")))
+    with store.transaction():
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not store.awaited() and time.monotonic() < deadline:
+            time.sleep(0.001)
+    store.run(lambda tx: order.append("next"))  # at once, from the thread that just ended one
+    waiter.join()
+    assert order == ["waiter", "next"]
+    store.close()
+
+
+def _in_main_file(path) -> list[tuple]:
+    """The runs the database file itself holds, leaving its write-ahead log aside."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return db.execute("SELECT key, blob FROM state").fetchall()
+    finally:
+        db.close()
+
+
+def test_sqlite_checkpoint_copies_committed_transactions_from_the_log_into_the_database_file(tmp_path):
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    assert store.checkpoint() > 0  # the schema, created at opening
+    store.run(lambda tx: tx.save("run", b"state", None))
+    assert _in_main_file(path) == []  # committed, in the log only: no COMMIT checkpoints by itself
+    assert store.checkpoint() > 0
+    assert _in_main_file(path) == [("run", b"state")]
+    assert store.checkpoint() == 0  # nothing committed since
+    store.close()
+    assert SqliteStore(path, read_only=True).checkpoint() == 0
 
 
 def test_redis_transactions_never_wait_for_each_other(redis_url):
