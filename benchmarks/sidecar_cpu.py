@@ -13,7 +13,8 @@ a round ends when everything is delivered. Rows (medians over alternating rounds
 Columns: events per CPU-second of the server process (user + system, from /proc), accept
 rate while posting, drain time (last answer to last span delivered), spans delivered, peak RSS.
 Then the producer's view: 6-event batches (one invocation) paced at half of the bridge's
-peak rate for them, p50/p95/p99 of the answer.
+peak rate for them, p50/p95/p99 of the answer; and the naive peer's at the same pace, which
+says what the machine, the HTTP stack and the load generator cost without the bridge.
 """
 
 import argparse
@@ -24,7 +25,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,21 +182,29 @@ def run_bridge(
         bridge.close()
 
 
-def run_peer(receiver: CountingReceiver, bodies: list[bytes], clients: int) -> Round:
+@contextmanager
+def peer_process(receiver: CountingReceiver) -> Iterator[tuple[int, str]]:
+    """The naive peer, started and answering: its pid and its `POST /v1/events` URL."""
     port = free_port()
     script = str(Path(__file__).parent / "naive_peer.py")
     peer = subprocess.Popen([sys.executable, script, "--port", str(port), "--endpoint", receiver.endpoint])
+    url = f"http://127.0.0.1:{port}/v1/events"
     try:
         for _ in range(200):
             try:
-                httpx.post(f"http://127.0.0.1:{port}/v1/events", content=b'{"events":[]}', timeout=1)
+                httpx.post(url, content=b'{"events":[]}', timeout=1)
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        return measure(peer.pid, f"http://127.0.0.1:{port}/v1/events", bodies, receiver, clients)
+        yield peer.pid, url
     finally:
         peer.kill()
         peer.wait()
+
+
+def run_peer(receiver: CountingReceiver, bodies: list[bytes], clients: int) -> Round:
+    with peer_process(receiver) as (pid, url):
+        return measure(pid, url, bodies, receiver, clients)
 
 
 def run_floor(bodies: list[bytes], spans: int) -> float:
@@ -254,11 +264,16 @@ def main() -> None:
         peak_rate = len(small) / peak.accept_seconds
         paced_dir = Path(tmp) / "latency-paced"
         paced_dir.mkdir()
+        interval = args.clients / (peak_rate / 2)
         bridge = bridge_process(paced_dir, receiver, env).start()
         try:
-            paced, _ = post_all(f"{bridge.url}/v1/events", small, args.clients, interval=args.clients / (peak_rate / 2))
+            paced, _ = post_all(f"{bridge.url}/v1/events", small, args.clients, interval=interval)
         finally:
             bridge.close()
+        # The same POSTs at the same pace to the naive peer: what the machine, the HTTP stack and
+        # this load generator cost on their own.
+        with peer_process(receiver) as (_pid, url):
+            peer_paced, _ = post_all(url, small, args.clients, interval=interval)
     receiver.close()
 
     n = len(events)
@@ -285,6 +300,8 @@ def main() -> None:
     print(f"6-event POSTs, closed loop: {peak_rate:,.0f}/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
     p50, p95, p99 = quantiles_ms(paced)
     print(f"6-event POSTs at half that rate: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+    p50, p95, p99 = quantiles_ms(peer_paced)
+    print(f"  the naive peer at that rate:    p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
 
 
 if __name__ == "__main__":
