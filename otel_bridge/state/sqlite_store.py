@@ -40,7 +40,7 @@ _SAVE = """INSERT INTO state (key, blob, due, overdue_at) VALUES (?, ?, ?, ?)
 # Pages of write-ahead log after which a COMMIT checkpoints by itself (SQLite's default is 1,000):
 # only reached when `checkpoint()` is not called, or cannot keep up.
 _AUTOCHECKPOINT_PAGES = 10_000
-# A thread beginning a transaction lets those already waiting go first, for at most this long.
+# A thread that has just ended a transaction lets those waiting go first, for at most this long.
 _GIVE_WAY_SECONDS = 0.05
 
 # SQLite caps host parameters per statement (32766 on current builds); stay well below.
@@ -186,7 +186,8 @@ class SqliteStore:
             if self._claimed is not None:
                 self._claimed.close()
             raise StoreOpenError(f"cannot open the state file {self.path}: {_why(exc)}") from exc
-        self._read_only = read_only
+        # Where the background checkpoint finds the file (absolute: the working directory may change).
+        self._checkpoint_path = None if read_only or self.path == ":memory:" else str(Path(self.path).resolve())
         self._lock = threading.Lock()
         self._lock_timeout = lock_timeout_seconds
         # Transactions committed (opening wrote the schema), and how many the last checkpoint saw.
@@ -314,11 +315,14 @@ class SqliteStore:
         waits for SQLite's writer, and the sqlite3 module lets go of the interpreter while it
         writes and syncs. Returns the pages copied (0 when nothing was committed since the last).
         """
-        if self._read_only or self.path == ":memory:" or self._commits == self._checkpointed:
+        if self._checkpoint_path is None or self._commits == self._checkpointed:
             return 0
         with self._checkpoint_lock:
+            if self._checkpoint_path is None:  # closed meanwhile
+                return 0
             if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                path = self._checkpoint_path
+                self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             commits = self._commits
             _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if copied == logged:  # else a reader still needed some pages: the next call copies them
@@ -327,6 +331,7 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._checkpoint_lock:
+            self._checkpoint_path = None
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None

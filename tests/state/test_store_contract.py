@@ -220,7 +220,9 @@ def test_sqlite_checkpoint_copies_committed_transactions_from_the_log_into_the_d
     assert store.checkpoint() > 0
     assert _in_main_file(path) == [("run", b"state")]
     assert store.checkpoint() == 0  # nothing committed since
+    store.run(lambda tx: tx.save("run", b"later", None))
     store.close()
+    assert store.checkpoint() == 0  # closed: no connection opened again behind the store's back
     assert SqliteStore(path, read_only=True).checkpoint() == 0
 
 
