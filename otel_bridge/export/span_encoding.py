@@ -40,6 +40,8 @@ def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
     elif isinstance(value, float):
         target.double_value = value
     elif isinstance(value, list):
+        # Set even when empty: a run that completed no steps says so with [], not with no value.
+        target.array_value.SetInParent()
         for item in value:
             target.array_value.values.add().string_value = str(item)[:limit]
     else:

@@ -45,6 +45,13 @@ def test_a_span_round_trips_through_protobuf():
     assert span.events[0].name == "exception"
 
 
+def test_an_empty_list_is_an_empty_array_not_a_missing_value():
+    # As the SDK encodes it: a run that completed no steps has workflow.execution.completed_steps = [].
+    span = Span.FromString(encode_span(_span(attributes={"steps": []})))
+    assert span.attributes[0].value.WhichOneof("value") == "array_value"
+    assert list(span.attributes[0].value.array_value.values) == []
+
+
 def test_long_strings_are_truncated_to_the_attribute_limit():
     span = Span.FromString(encode_span(_span(attributes={"big": "x" * 10_000}), attribute_limit=100))
     assert len(span.attributes[0].value.string_value) == 100
