@@ -26,6 +26,7 @@ _STATUS = {
     SpanStatus.OK: Status.STATUS_CODE_OK,
     SpanStatus.ERROR: Status.STATUS_CODE_ERROR,
 }
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # W3C trace flags: sampled. Every converted run is kept; sampling is the Collector's job.
 _SAMPLED = 0x01
 
@@ -36,7 +37,10 @@ def _set_value(target: AnyValue, value: AttributeValue, limit: int) -> None:
     elif isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, int):
-        target.int_value = value
+        if _INT64_MIN <= value <= _INT64_MAX:
+            target.int_value = value
+        else:  # a producer's number OTLP's int64 cannot hold: kept whole as text, not a span lost
+            target.string_value = str(value)[:limit]
     elif isinstance(value, float):
         target.double_value = value
     elif isinstance(value, list):

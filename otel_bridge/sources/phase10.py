@@ -201,7 +201,8 @@ class Phase10Decoder:
             told = attrs(
                 **{
                     c.WORKFLOW_TASK_TYPE: d.get("step_type"),
-                    c.WORKFLOW_TASK_ORDER: d.get("step_order") if isinstance(d.get("step_order"), int) else None,
+                    # `true` is no order, though Python counts a bool as an int.
+                    c.WORKFLOW_TASK_ORDER: d.get("step_order") if type(d.get("step_order")) is int else None,
                     c.WORKFLOW_TASK_INPUT: self._captured(d.get("config")),
                 }
             )

@@ -52,6 +52,14 @@ def test_an_empty_list_is_an_empty_array_not_a_missing_value():
     assert list(span.attributes[0].value.array_value.values) == []
 
 
+def test_an_integer_beyond_int64_is_sent_as_text_rather_than_failing_the_span():
+    # A producer's step order of 2**70 must not make its run's trace unsendable.
+    span = Span.FromString(encode_span(_span(attributes={"big": 2**70, "low": -(2**63)})))
+    values = {kv.key: kv.value for kv in span.attributes}
+    assert values["big"].string_value == str(2**70)
+    assert values["low"].int_value == -(2**63)
+
+
 def test_long_strings_are_truncated_to_the_attribute_limit():
     span = Span.FromString(encode_span(_span(attributes={"big": "x" * 10_000}), attribute_limit=100))
     assert len(span.attributes[0].value.string_value) == 100

@@ -3,8 +3,10 @@
 from datetime import UTC, datetime
 
 from fold_harness import fold_events
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 
@@ -40,6 +42,17 @@ def test_steps_are_spans_named_by_their_step_and_the_run_ends_as_told():
     skipped = folded.span("step s3")
     assert skipped.status is SpanStatus.UNSET and skipped.attributes["workflow.task.result"] == "skipped"
     assert root.attributes["workflow.task.name"] == "render"
+
+
+def test_a_step_order_is_kept_only_when_it_is_a_whole_number_and_any_size_still_makes_a_span():
+    run = Phase10Run("orders").started().step_started("s1", "a", True).after(5).step_completed("s1")
+    run.after(1).step_started("s2", "b", 2**70).after(5).step_completed("s2").after(1).completed()
+    folded = fold_events(run.events, decoder=DECODE)
+    assert "workflow.task.order" not in folded.span("step a").attributes
+    big = folded.span("step b")
+    assert big.attributes["workflow.task.order"] == 2**70
+    sent = Span.FromString(encode_span(big))  # beyond OTLP's int64: told as text, the span still goes
+    assert {kv.key: kv.value.string_value for kv in sent.attributes}["workflow.task.order"] == str(2**70)
 
 
 def test_an_exception_failure_carries_its_type():
