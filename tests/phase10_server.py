@@ -5,6 +5,7 @@ connection there, as a restarting engine or a network cut would.
 """
 
 import asyncio
+import json
 import queue
 import threading
 import time
@@ -14,7 +15,7 @@ import uvicorn
 from bridge_process import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -50,12 +51,13 @@ class Phase10Server:
             except WebSocketDisconnect:
                 return
 
-        async def timeline(request: Request) -> JSONResponse:
+        async def timeline(request: Request) -> Response:
             execution = request.path_params["execution_id"]
             self.timeline_requests.append((execution, request.headers.get("x-workspace-id")))
             if execution not in self.timelines:
                 return JSONResponse({"detail": "Execution not found"}, status_code=404)
-            return JSONResponse(self.timelines[execution])
+            # json.dumps escapes as JavaScript's JSON.stringify does, lone surrogates included.
+            return Response(json.dumps(self.timelines[execution]), media_type="application/json")
 
         app = Starlette(
             routes=[

@@ -19,6 +19,20 @@ def _without_lone_surrogates(value: Any) -> Any:
     return value
 
 
+def as_read_back(value: Any) -> Any:
+    """`value` as it would read back from JSON text: lone surrogates become U+FFFD.
+
+    What a Python producer hands the in-process tracker never went through JSON, and a
+    string sliced mid-emoji cannot be written as UTF-8 (the journal's rows are): made
+    what the sidecar would have read from the same event, it stores like any other.
+    """
+    try:
+        orjson.dumps(value)  # the common case, checked at C speed
+    except (orjson.JSONEncodeError, TypeError):
+        return _without_lone_surrogates(value)
+    return value
+
+
 def loads(data: bytes) -> Any:
     """Parse `data`; raises ValueError naming what is wrong.
 

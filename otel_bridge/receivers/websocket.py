@@ -118,7 +118,7 @@ class WebSocketReceiver:
                 try:
                     response = client.get(url)
                     response.raise_for_status()
-                    timeline = response.json()
+                    timeline = loads(response.content)  # as the messages: lone surrogates made U+FFFD
                 except (httpx.HTTPError, ValueError) as exc:
                     log.warning("timeline of %s not fetched: %s", execution, exc)
                     continue

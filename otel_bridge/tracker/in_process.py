@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
+from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import enriched
 
@@ -77,7 +78,7 @@ class OtelTracker:
     def buffer(self, event: Mapping[str, Any]) -> bool:
         """Buffer one event without storing anything; True when the buffer is full (time to flush)."""
         with self._lock:
-            self._buffer.append(enriched(event, self.env, self.service_key))
+            self._buffer.append(as_read_back(enriched(event, self.env, self.service_key)))
             return len(self._buffer) >= self._batch_size
 
     def pending(self) -> int:

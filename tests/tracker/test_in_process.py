@@ -92,6 +92,20 @@ def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
     assert {"workflow.execution.duration", "workflow.task.duration"} <= names
 
 
+def test_a_string_sliced_mid_emoji_is_stored_as_the_sidecar_reads_it_and_holds_nothing_up(monkeypatch, otlp_http):
+    # A lone surrogate cannot be written as UTF-8: it once failed the whole batch on every flush,
+    # holding up every later event. Over HTTP the same event reads back with U+FFFD in its place.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    run = WorkflowRun().started().step_started("chart \ud83d").after(5).step_completed("chart \ud83d").completed()
+    with OtelTracker("production", "shop", settle_seconds=0) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        tracker.flush()
+        assert tracker.pending() == 0 and tracker.rejected == 0
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step chart \ufffd"}
+
+
 def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
     run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()

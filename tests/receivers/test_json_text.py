@@ -1,0 +1,24 @@
+"""JSON text as producers write it, and Python values as they would read back from it."""
+
+import pytest
+
+from otel_bridge.receivers.json_text import as_read_back, loads
+
+
+def test_a_lone_surrogate_escape_reads_as_a_replacement_character():
+    assert loads(b'{"name": "chart \\ud83d"}') == {"name": "chart \ufffd"}
+
+
+def test_invalid_utf8_stays_an_error():
+    with pytest.raises(ValueError):
+        loads(b'{"name": "\xed\xa0\xbd"}')  # a surrogate encoded as raw bytes
+
+
+def test_a_value_that_needs_nothing_is_returned_as_it_is():
+    event = {"type": "step.started", "stepName": "render 📊", "input": {"n": [1, 2.5, None]}}
+    assert as_read_back(event) is event
+
+
+def test_lone_surrogates_anywhere_in_a_value_become_replacement_characters():
+    event = {"stepName": "chart \ud83d", "input": {"k\udc00": ["x\ud800", 3]}, "other": {1, 2}}
+    assert as_read_back(event) == {"stepName": "chart \ufffd", "input": {"k\ufffd": ["x\ufffd", 3]}, "other": {1, 2}}
