@@ -5,8 +5,10 @@ import time
 
 from builders import JobRun, WorkflowRun
 
+from otel_bridge import pipeline as pipeline_module
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.lifecycle import event_id_of
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -155,3 +157,29 @@ def test_a_run_read_as_due_and_moved_later_before_its_slice_is_left_for_later(tm
     assert pipeline.settle_due(horizon=time.time() + 1) == 2  # the first run's two spans only
     assert moved
     assert pipeline.settle_due(horizon=later + 1) == 2
+
+
+def test_an_event_the_pipeline_fails_on_is_rejected_alone_and_the_rest_of_its_batch_is_stored(tmp_path, monkeypatch):
+    pipeline = _pipeline(tmp_path)
+    good = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    poison = WorkflowRun().started()
+    poisoned = poison.events[0]["eventId"]
+    real_apply = pipeline_module.apply
+
+    def apply(state, due, record, now, policy):  # a fault inside the transaction, for one event only
+        if event_id_of(record) == poisoned:
+            raise RuntimeError("a bug the pipeline has for this event")
+        return real_apply(state, due, record, now, policy)
+
+    monkeypatch.setattr(pipeline_module, "apply", apply)
+    batch = good.events[:2] + poison.events + good.events[2:]
+    report = pipeline.ingest(batch)
+    assert report.accepted == len(good.events)
+    (rejected,) = report.rejected
+    assert (rejected.index, rejected.event_id) == (2, poisoned)
+    assert "a bug the pipeline has for this event" in rejected.reason
+    assert [r.run_id for r in pipeline.open_runs()] == []  # the good run is whole and ended; the poison is not kept
+
+    monkeypatch.setattr(pipeline_module, "apply", real_apply)  # the bug fixed: the same batch sent again
+    again = pipeline.ingest(batch)
+    assert (again.accepted, again.duplicates, again.rejected) == (1, len(good.events), [])

@@ -25,7 +25,7 @@ from typing import Any, Self
 from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings
-from otel_bridge.consumer import IngestReport, Rejection, Unavailable
+from otel_bridge.consumer import Unavailable
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import enriched
@@ -98,36 +98,14 @@ class OtelTracker:
                 self._hold(batch, exc)
                 return
             except Exception:
-                log.exception("the in-process tracker could not store %d events; storing them one by one", len(batch))
-                self._one_by_one(batch)
+                log.exception("the in-process tracker could not store %d events", len(batch))
+                self._hold(batch, None)
                 return
-            self._reject(report, batch)
-
-    def _one_by_one(self, batch: list[dict[str, Any]]) -> None:
-        """A batch the pipeline failed on, event by event: one it cannot store holds up no other.
-
-        Held whole, the batch failed again at every flush and every later event waited behind it.
-        An event that fails alone goes to the dead-letter file, with why (`otel-bridge replay` takes it).
-        """
-        for i, event in enumerate(batch):
-            try:
-                report = self.bridge.pipeline.ingest([event])
-            except Unavailable as exc:
-                self._hold(batch[i:], exc)
-                return
-            except Exception as exc:
-                log.exception("event %s could not be stored; kept in the dead-letter file", event.get("eventId"))
-                event_id = event.get("eventId")
-                failed = Rejection(0, event_id if isinstance(event_id, str) else None, "", f"not stored: {exc!r}"[:300])
-                report = IngestReport(rejected=[failed])
-            self._reject(report, [event])
-
-    def _reject(self, report: IngestReport, batch: list[dict[str, Any]]) -> None:
-        if report.rejected:
-            self.rejected += len(report.rejected)
-            kept = [(r.as_dict(), batch[r.index]) for r in report.rejected]
-            self.bridge.dead_letters.keep("tracker", kept)
-            log.warning("%d events rejected: %s", len(report.rejected), report.rejected[0].error)
+            if report.rejected:  # each rejected event (a bad one, or one the pipeline failed on) is kept
+                self.rejected += len(report.rejected)
+                kept = [(r.as_dict(), batch[r.index]) for r in report.rejected]
+                self.bridge.dead_letters.keep("tracker", kept)
+                log.warning("%d events rejected: %s", len(report.rejected), report.rejected[0].error)
 
     def _hold(self, batch: list[dict[str, Any]], reason: Exception | None) -> None:
         with self._lock:
