@@ -4,11 +4,10 @@ an event sent again is a duplicate, known by its run (workflows) or the seen ids
 import time
 
 from builders import JobRun, WorkflowRun
+from faults import BUG, a_bug_for
 
-from otel_bridge import pipeline as pipeline_module
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.lifecycle import event_id_of
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -164,22 +163,15 @@ def test_an_event_the_pipeline_fails_on_is_rejected_alone_and_the_rest_of_its_ba
     good = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
     poison = WorkflowRun().started()
     poisoned = poison.events[0]["eventId"]
-    real_apply = pipeline_module.apply
-
-    def apply(state, due, record, now, policy):  # a fault inside the transaction, for one event only
-        if event_id_of(record) == poisoned:
-            raise RuntimeError("a bug the pipeline has for this event")
-        return real_apply(state, due, record, now, policy)
-
-    monkeypatch.setattr(pipeline_module, "apply", apply)
+    a_bug_for(monkeypatch, poisoned)
     batch = good.events[:2] + poison.events + good.events[2:]
     report = pipeline.ingest(batch)
     assert report.accepted == len(good.events)
     (rejected,) = report.rejected
     assert (rejected.index, rejected.event_id) == (2, poisoned)
-    assert "a bug the pipeline has for this event" in rejected.reason
+    assert BUG in rejected.reason
     assert [r.run_id for r in pipeline.open_runs()] == []  # the good run is whole and ended; the poison is not kept
 
-    monkeypatch.setattr(pipeline_module, "apply", real_apply)  # the bug fixed: the same batch sent again
+    monkeypatch.undo()  # the bug fixed: the same batch sent again
     again = pipeline.ingest(batch)
     assert (again.accepted, again.duplicates, again.rejected) == (1, len(good.events), [])

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 
 from bridge_process import BridgeProcess
 from builders import WorkflowRun, ns_of
+from faults import BUG, a_bug_for
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otlp_receiver import OtlpHttpReceiver
 
-from otel_bridge import pipeline, trace_id_for
-from otel_bridge.lifecycle import event_id_of
+from otel_bridge import trace_id_for
 from otel_bridge.producer.demo import ENV, JOB_SERVICE, SCENARIOS, WORKFLOW_SERVICE
 from otel_bridge.tracker import AsyncOtelTracker, OtelTracker
 
@@ -112,21 +112,14 @@ def test_an_event_the_pipeline_fails_on_is_dead_lettered_and_holds_up_no_other(t
     poison = WorkflowRun().started()
     good = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
     poisoned = poison.events[0]["eventId"]
-    real_apply = pipeline.apply
-
-    def apply(state, due, record, now, policy):  # a fault inside the transaction, for one event only
-        if event_id_of(record) == poisoned:
-            raise RuntimeError("a bug the pipeline has for this event")
-        return real_apply(state, due, record, now, policy)
-
-    monkeypatch.setattr(pipeline, "apply", apply)
+    a_bug_for(monkeypatch, poisoned)
     with OtelTracker("production", "shop", settle_seconds=0, dead_letter=tmp_path / "dead.jsonl") as tracker:
         for event in poison.events + good.events:
             tracker.emit(event)
         tracker.flush()
         assert tracker.pending() == 0 and tracker.rejected == 1
     (kept,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert kept["eventId"] == poisoned and "a bug the pipeline has" in kept["error"]
+    assert kept["eventId"] == poisoned and BUG in kept["error"]
     assert kept["event"]["eventId"] == poisoned  # whole, to be replayed once the bug is fixed
     trace_id = trace_id_for("durable-effect", "production", "shop", good.workflow_id).hex()
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step a"}
