@@ -4,6 +4,7 @@ A JSONL file rotated by size with the standard library's RotatingFileHandler.
 """
 
 import datetime as dt
+import json
 import logging
 import logging.handlers
 from collections.abc import Iterable
@@ -37,7 +38,7 @@ class DeadLetters:
             if max_bytes is not None and written >= max_bytes:
                 omitted += 1
                 continue
-            text = orjson.dumps({"at": at, "receiver": receiver, **rejection, "event": event}, default=repr).decode()
+            text = _line({"at": at, "receiver": receiver, **rejection, "event": event})
             written += len(text)
             self._logger.error(text)
         if omitted:
@@ -47,3 +48,16 @@ class DeadLetters:
     def close(self) -> None:
         for handler in self._logger.handlers:
             handler.close()
+
+
+def _line(letter: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(letter, default=repr).decode()
+    except orjson.JSONEncodeError:
+        # An event nested deeper than orjson writes (254 levels) is valid JSON all the same: the
+        # standard encoder goes as deep as Python recurses, and past that the event is named only.
+        try:
+            return json.dumps(letter, default=repr)  # ASCII escapes: a lone surrogate too
+        except (RecursionError, ValueError):
+            named = {**letter, "event": "[not kept: nested too deeply to write out]"}
+            return orjson.dumps(named, default=repr).decode()

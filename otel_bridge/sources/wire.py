@@ -127,7 +127,15 @@ def summary(value: Any, options: DecodeOptions) -> str | None:
             if isinstance(value, dict)
             else None
         )
-    text = orjson.dumps(redacted(value, options.redact_keys), default=str).decode()
+    try:
+        text = orjson.dumps(redacted(value, options.redact_keys), default=str).decode()
+    except (orjson.JSONEncodeError, RecursionError):
+        # Nested deeper than orjson writes (254 levels) or Python recurses: valid JSON all the same,
+        # and no reason to turn away the event that carries it.
+        return _TOO_DEEP
     if len(text) > options.max_input_bytes:
         text = text[: options.max_input_bytes] + "…"
     return text
+
+
+_TOO_DEEP = "[not shown: nested too deeply to write out]"

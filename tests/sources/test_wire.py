@@ -1,9 +1,10 @@
-"""What every source's wire models share: times OTLP can carry, judged in UTC; identities without control characters."""
+"""What every source's wire models share: times OTLP can carry, judged in UTC; identities without control
+characters; payloads shown within bounds."""
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from otel_bridge.sources.wire import CONTROL_CHARACTERS, Identity, IsoTime, ns
+from otel_bridge.sources.wire import CONTROL_CHARACTERS, DecodeOptions, Identity, IsoTime, ns, summary
 from otel_bridge.sources.wire import reason as reason_of
 
 
@@ -44,3 +45,11 @@ def test_an_identity_with_a_control_character_is_named_as_such():
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x1fb") == CONTROL_CHARACTERS
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x7f") == CONTROL_CHARACTERS
     assert _problem(at="2025-03-01T12:00:00Z", id="café ✓") == ""
+
+
+def test_a_captured_input_nested_too_deeply_to_write_out_is_said_so_and_its_event_kept():
+    deep: dict = {}
+    inner = deep
+    for _ in range(300):  # valid JSON, parsed by the bridge; orjson writes at most 254 levels
+        inner["a"] = inner = {}
+    assert summary(deep, DecodeOptions(capture_input=True)) == "[not shown: nested too deeply to write out]"
