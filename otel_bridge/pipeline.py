@@ -126,27 +126,23 @@ class Pipeline:
 
     def decode(
         self, events: Sequence[Any], decoder: Decoder | None = None
-    ) -> tuple[list[LifecycleRecord], list[int], list[Rejection]]:
-        """The batch's records, the index of the event each came from, and the events rejected."""
+    ) -> tuple[list[LifecycleRecord], list[Rejection]]:
         decoder = decoder or self.durable_effect
         records: list[LifecycleRecord] = []
-        origins: list[int] = []
         rejected: list[Rejection] = []
         for index, raw in enumerate(events):
             try:
                 decoded = decoder(raw)
                 if isinstance(decoded, list):
                     records.extend(decoded)
-                    origins.extend([index] * len(decoded))
                 elif decoded is not None:  # None: not an event of this source's runs (ignored)
                     records.append(decoded)
-                    origins.append(index)
             except DecodeError as exc:
                 rejected.append(Rejection(index, exc.event_id, exc.field, exc.reason))
             except Exception as exc:  # one event the decoder trips on must not sink its batch
                 log.exception("decoding event %d failed", index)
                 rejected.append(Rejection(index, None, "", f"could not be decoded: {exc!r}"[:300]))
-        return records, origins, rejected
+        return records, rejected
 
     def ingest(self, events: Sequence[Any], decoder: Decoder | None = None) -> IngestReport:
         """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
@@ -154,32 +150,35 @@ class Pipeline:
         depth = self.store.outbox_depth()
         if depth >= self.settings.max_outbox_spans:
             raise Backpressure(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
-        records, origins, rejected = self.decode(events, decoder)
+        records, rejected = self.decode(events, decoder)
         try:
             report = self.ingest_records(records)
         except Unavailable:
             raise
         except Exception:
             log.exception("storing a batch of %d events failed; storing them event by event", len(events))
-            report = self._event_by_event(records, origins)
+            report = self._event_by_event(events, decoder, {r.index for r in rejected})
         report.rejected = sorted(rejected + report.rejected, key=lambda r: r.index)
         # The batch is committed: from here on nothing may turn the answer into an error.
         try:
             self.metrics.bridge(c.M_BRIDGE_EVENTS_RECEIVED, len(events))
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(rejected))
+            self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(report.rejected))
             self.metrics.bridge(c.M_BRIDGE_INGEST_DURATION, time.perf_counter() - started)
         except Exception:
             log.exception("recording ingest metrics failed")
         return report
 
-    def _event_by_event(self, records: list[LifecycleRecord], origins: list[int]) -> IngestReport:
+    def _event_by_event(self, events: Sequence[Any], decoder: Decoder | None, rejected: set[int]) -> IngestReport:
         """A batch whose transaction failed (not for want of a store), one event at a time: the
-        event the pipeline fails on is rejected, with why, and holds up none of the others."""
-        by_event: dict[int, list[LifecycleRecord]] = {}
-        for index, record in zip(origins, records, strict=True):
-            by_event.setdefault(index, []).append(record)
+        event the pipeline fails on is rejected, with why, and holds up none of the others.
+
+        Each event is decoded again (decoding is pure) rather than every batch noting which
+        event each record came from, for a path taken only when the bridge has a bug."""
         total = IngestReport()
-        for index, own in by_event.items():
+        for index, raw in enumerate(events):
+            own = [] if index in rejected else self.decode([raw], decoder)[0]
+            if not own:
+                continue
             try:
                 report = self.ingest_records(own)
             except Unavailable:

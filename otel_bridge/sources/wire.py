@@ -114,6 +114,9 @@ def redacted(value: Any, keys: frozenset[str]) -> Any:
     return value
 
 
+_TOO_DEEP = "[not shown: nested too deeply to write out]"
+
+
 def summary(value: Any, options: DecodeOptions) -> str | None:
     """A payload as people may see it: JSON with secrets redacted, cut to `max_input_bytes`.
 
@@ -136,6 +139,3 @@ def summary(value: Any, options: DecodeOptions) -> str | None:
     if len(text) > options.max_input_bytes:
         text = text[: options.max_input_bytes] + "…"
     return text
-
-
-_TOO_DEEP = "[not shown: nested too deeply to write out]"
