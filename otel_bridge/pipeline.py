@@ -344,6 +344,8 @@ class Pipeline:
                 tx.prefetch([k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
                 step = self._settle_one(tx, key, horizon, now, policy, touched)
+            except Unavailable:
+                raise  # the store's fault, not this run's: no run is set aside for a full disk
             except Exception as exc:
                 # One run that cannot be settled must not stop every other run from settling.
                 self._settle_failed(tx, key, now, exc)

@@ -189,7 +189,7 @@ def create_app(
             return _problem(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
         except Unavailable as exc:
             log.warning("store unavailable, asking the producer to retry: %s", exc)
-            return _problem(503, "state store unavailable, retry later", {"Retry-After": "2"})
+            return _problem(503, f"state store unavailable, retry later: {exc}", {"Retry-After": "2"})
         except Exception:
             # Nothing was committed (the pipeline guards everything after its commit): a retry is safe.
             log.exception("ingest failed")

@@ -23,7 +23,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T, refusals_answered
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,21 @@ def _safe(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _refusal(exc: Exception) -> StoreUnavailable | None:
+    """Redis's own refusals: unreachable, or refusing writes (out of memory under `noeviction`, a
+    read-only replica after a failover, a failed snapshot with `stop-writes-on-bgsave-error`)."""
+    if isinstance(exc, WatchError) or not isinstance(exc, RedisError):
+        return None  # another replica won the race (run again), or not Redis's doing
+    if isinstance(exc, (RedisConnectionError, redis.exceptions.TimeoutError)):
+        return StoreUnavailable(f"redis unavailable: {exc}")
+    # A pipeline's error names its command with every argument (spans' bytes): keep what Redis said.
+    said = str(exc).rpartition(" of pipeline caused error: ")[2]
+    return StoreUnavailable(f"redis refused: {said}")
+
+
+_refusals = refusals_answered(_refusal)
+
+
 def _in_order(rows: dict[bytes, bytes]) -> list[bytes]:
     return [blob for _n, blob in sorted(rows.items(), key=lambda row: int(row[0]))]
 
@@ -54,6 +69,7 @@ class RedisTransaction:
         # Runs read ahead by `prefetch`: key -> (state, due score, fact rows).
         self._fetched: dict[str, tuple[bytes | None, float | None, dict[bytes, bytes]]] = {}
 
+    @_refusals
     def unseen(self, event_ids: list[str]) -> set[str]:
         if not event_ids:
             return set()
@@ -70,6 +86,7 @@ class RedisTransaction:
 
         self._writes.append(write)
 
+    @_refusals
     def prefetch(self, keys: list[str]) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self._fetched]
         if not wanted:
@@ -88,6 +105,7 @@ class RedisTransaction:
         for i, key in enumerate(wanted):
             self._fetched[key] = (answers[3 * i], answers[3 * i + 1], answers[3 * i + 2])
 
+    @_refusals
     def load(self, key: str) -> tuple[bytes, float | None] | None:
         if key in self._fetched:
             blob, due, _facts = self._fetched[key]
@@ -118,6 +136,7 @@ class RedisTransaction:
 
         self._writes.append(write)
 
+    @_refusals
     def facts(self, key: str) -> list[bytes]:
         if key in self._fetched:
             return _in_order(self._fetched[key][2])
@@ -132,6 +151,7 @@ class RedisTransaction:
     def forget(self, key: str) -> None:
         self._writes.append(lambda pipe: pipe.delete(f"{self._p}facts:{key}"))
 
+    @_refusals
     def due_keys(self, now: float, limit: int) -> list[str]:
         # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
         keys = self._client.zrangebyscore(f"{self._p}due", "-inf", now, start=0, num=limit)
@@ -146,6 +166,7 @@ class RedisTransaction:
 
         self._writes.append(write)
 
+    @_refusals
     def commit(self) -> None:
         self._pipe.multi()
         for write in self._writes:
@@ -200,6 +221,7 @@ class RedisStore:
                 # so that contenders do not collide again in lockstep.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             except (RedisConnectionError, TimeoutError, redis.exceptions.TimeoutError) as exc:
+                # Also when opening the pipeline or WATCHing, outside the transaction's own methods.
                 raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         raise StoreUnavailable(f"gave up after {_MAX_ATTEMPTS} conflicting attempts")
 

@@ -1,0 +1,116 @@
+"""A store that is full (a disk, Redis's memory) refuses the batch for the producer to retry: no event
+is taken for a bad one, no run is set aside, and once there is room again nothing is missing."""
+
+import time
+
+import pytest
+from bridge_process import BridgeProcess
+from builders import WorkflowRun
+from redis_server import RedisServer
+
+from otel_bridge import trace_id_for
+from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import StoreUnavailable
+
+
+def _run(i: int) -> WorkflowRun:
+    return WorkflowRun("full", workflow_id=f"full-{i}").started().step_started("a").after(1).step_completed("a")
+
+
+class _FullDisk:
+    """A SQLite state file that may not grow: SQLite's own `database or disk is full` (SQLITE_FULL)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._db = store._db
+
+    def fill(self) -> None:
+        # Pages freed earlier are still used again: what a test writes must need more than those.
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        self._db.execute(f"PRAGMA max_page_count = {pages}")
+
+    def free(self) -> None:
+        self._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def _pipeline(tmp_path) -> tuple[Pipeline, _FullDisk]:
+    settings = Settings(state=str(tmp_path / "full.db"), settle_seconds=0, settle_attempts=2)
+    store = SqliteStore(settings.state)
+    return Pipeline(store, MetricsHub(), settings), _FullDisk(store)
+
+
+def test_a_full_disk_refuses_the_batch_for_a_retry_instead_of_rejecting_its_events(tmp_path):
+    pipeline, disk = _pipeline(tmp_path)
+    pipeline.ingest(_run(0).events)
+    disk.fill()
+    many = [e for i in range(1, 40) for e in _run(i).events]
+    with pytest.raises(StoreUnavailable, match="database or disk is full"):
+        pipeline.ingest(many)
+    disk.free()
+    report = pipeline.ingest(many)  # the producer's re-send
+    assert (report.accepted, report.rejected, report.duplicates) == (len(many), [], 0)
+
+
+def test_a_full_disk_sets_no_run_aside_however_often_settling_fails(tmp_path):
+    pipeline, disk = _pipeline(tmp_path)
+    pipeline.ingest([e for i in range(100) for e in _run(i).completed().events])
+    disk.fill()
+    for _ in range(4):  # twice settle_attempts
+        with pytest.raises(StoreUnavailable):
+            pipeline.settle_due(horizon=time.time() + 10)
+    disk.free()
+    assert pipeline.settle_due(horizon=time.time() + 10) == 200  # every run's root and step
+    assert not [k for k, _ in pipeline.store.states() if k.startswith("unreadable")]
+
+
+def test_a_full_disk_fails_every_batch_of_a_group_commit_and_leaves_none_half_written(tmp_path):
+    store = SqliteStore(tmp_path / "group.db")
+    store.run(lambda tx: tx.save("before", b"x", None))
+    disk = _FullDisk(store)
+    disk.fill()
+
+    def big(name: str):
+        return lambda tx: tx.outbox_add([(name, bytes(4096)) for _ in range(20)])
+
+    with pytest.raises(StoreUnavailable, match="database or disk is full"):
+        store.run_many([lambda tx: tx.save("small", b"y", None), big("a"), big("b")])
+    disk.free()
+    assert store.run(lambda tx: (tx.load("before"), tx.load("small"))) == ((b"x", None), None)
+    assert store.outbox_depth() == 0
+
+
+@pytest.mark.parametrize("refusal", ["out of memory", "read-only replica"])
+def test_a_redis_refusing_writes_gets_the_producer_a_503_and_nothing_is_lost(tmp_path, otlp_http, refusal):
+    server = RedisServer().start()
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=server.url).start()
+    got = otlp_http.received
+    redis = server.client()
+    try:
+        assert bridge.post(_run(0).completed().events).status_code == 200
+        if refusal == "out of memory":
+            redis.config_set("maxmemory-policy", "noeviction")
+            redis.config_set("maxmemory", 1)
+            said = "maxmemory"
+        else:  # a failover left the bridge on a replica: Redis refuses writes with READONLY
+            redis.replicaof("127.0.0.1", 1)
+            said = "read only replica"
+        events = _run(1).completed().events
+        refused = bridge.post(events)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert said in refused.json()["error"]
+        ready = bridge.client.get(f"{bridge.url}/readyz")
+        assert ready.status_code == 503 and said in " ".join(ready.json()["reasons"])
+
+        redis.config_set("maxmemory", 0)
+        redis.replicaof("NO", "ONE")
+        again = bridge.post(events)  # the producer's re-send
+        assert again.status_code == 200 and again.json()["accepted"] == len(events)
+        assert not (tmp_path / "dead-letter.jsonl").exists()
+        for i in (0, 1):
+            trace_id = trace_id_for("durable-effect", "production", "shop", f"full-{i}").hex()
+            got.wait_for(lambda trace_id=trace_id: len(got.trace(trace_id)) == 2, timeout=30)
+    finally:
+        bridge.close()
+        server.close()
