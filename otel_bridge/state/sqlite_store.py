@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from otel_bridge.forks import after_fork_in_child
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T, refusals_answered
 
 _SCHEMA = """
@@ -228,6 +229,14 @@ class SqliteStore:
         self._released_by: int | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        # One bridge per file: a child process holds no claim on it. Its copy of the lock's file
+        # would keep the file locked after this process ended, while the child lives.
+        if self._claimed is not None:
+            self._claimed.close()
+            self._claimed = None
 
     def _acquire(self) -> None:
         # A thread that runs transaction after transaction (settling) would take the lock back

@@ -6,6 +6,8 @@ and on `flush()`/`close()`. A failed POST (non-2xx or a network error) is re-sen
 identically `max_attempts` more times after 1, 2, 4 … s (`initial_delay_ms`, doubling),
 as the real engine does, then dropped and counted. Nothing is ever raised into the
 workflow, and a flush returns within `(max_attempts + 1) * timeout_seconds + the backoffs`.
+In a child process forked after the tracker was made, it starts afresh: an empty buffer
+(the parent's events are the parent's to send), its own locks, timer and connections.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ from typing import Any, Self
 
 import httpx
 
+from otel_bridge.forks import after_fork_in_child
 from otel_bridge.tracker.contract import enriched
 
 log = logging.getLogger(__name__)
@@ -102,19 +105,38 @@ class HttpBatchTracker:
         timeout_seconds: float = 10.0,
         client: httpx.Client | None = None,
     ) -> None:
+        """`client`: an httpx client of the application's (then its to make safe across a fork)."""
         self._c = _config(
             endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
             initial_delay_ms, timeout_seconds,
         )  # fmt: skip
-        self._client = client or httpx.Client(timeout=timeout_seconds)
+        self._client = client  # or one of ours, made at the first POST (in each process)
         self._own_client = client is None
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # one flush at a time: batches leave in order
         self._closed = threading.Event()
         self.stats = TrackerStats()
-        if self._c.flush_interval is not None:
+        self._start_timer()
+        after_fork_in_child(self._forked)
+
+    def _start_timer(self) -> None:
+        if self._c.flush_interval is not None and not self._closed.is_set():
             threading.Thread(target=self._timer, name="tracker-flush", daemon=True).start()
+
+    def _forked(self) -> None:
+        # A flush in flight at the fork left `_sending` held for ever in the child; a client
+        # passed in is the application's to make safe across a fork, one of ours is made anew.
+        self._buffer = []
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        closed, self._closed = self._closed.is_set(), threading.Event()
+        if closed:
+            self._closed.set()
+        self.stats = TrackerStats()
+        if self._own_client:
+            self._client = None
+        self._start_timer()
 
     def emit(self, event: Mapping[str, Any]) -> None:
         with self._lock:
@@ -145,6 +167,8 @@ class HttpBatchTracker:
                 self.stats.retries += 1
                 time.sleep(self._c.delay(attempt))
             self.stats.posts += 1
+            if self._client is None:  # `_send` runs under `_sending`: one is made
+                self._client = httpx.Client(timeout=self._c.timeout)
             try:
                 response = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
             except Exception as exc:  # never into the workflow
@@ -163,7 +187,7 @@ class HttpBatchTracker:
     def close(self) -> None:
         self._closed.set()
         self.flush()
-        if self._own_client:
+        if self._own_client and self._client is not None:
             self._client.close()
 
     def __enter__(self) -> Self:
@@ -194,12 +218,22 @@ class AsyncHttpBatchTracker:
             endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
             initial_delay_ms, timeout_seconds,
         )  # fmt: skip
-        self._client = client or httpx.AsyncClient(timeout=timeout_seconds)
+        self._client = client  # or one of ours, made at the first POST (in each process)
         self._own_client = client is None
         self._buffer: list[dict[str, Any]] = []
         self._sending = asyncio.Lock()
         self._timer_task: asyncio.Task[None] | None = None
         self.stats = TrackerStats()
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        # The parent's event loop, its timer task and its connections do not run in the child.
+        self._buffer = []
+        self._sending = asyncio.Lock()
+        self._timer_task = None
+        self.stats = TrackerStats()
+        if self._own_client:
+            self._client = None
 
     def _ensure_timer(self) -> None:
         if self._c.flush_interval is not None and self._timer_task is None:
@@ -229,6 +263,8 @@ class AsyncHttpBatchTracker:
                 self.stats.retries += 1
                 await asyncio.sleep(self._c.delay(attempt))
             self.stats.posts += 1
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=self._c.timeout)
             try:
                 response = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
             except Exception as exc:  # never into the workflow
@@ -243,14 +279,16 @@ class AsyncHttpBatchTracker:
         while True:
             await asyncio.sleep(self._c.flush_interval)
             if self._buffer:
-                await self.flush()
+                # Shielded: `close()` cancels this task, and a batch taken out of the buffer
+                # but not yet answered would be lost with it (close's own flush waits for it).
+                await asyncio.shield(self.flush())
 
     async def close(self) -> None:
         if self._timer_task is not None:
             self._timer_task.cancel()
             self._timer_task = None
         await self.flush()
-        if self._own_client:
+        if self._own_client and self._client is not None:
             await self._client.aclose()
 
     async def __aenter__(self) -> Self:

@@ -11,6 +11,10 @@ periodic export, or into the MeterProvider the application passes, next to its o
 `flush_interval_seconds`; settling and export run in background threads, so nothing in
 the workflow waits on a backend. `close()` stores the rest, and (in-memory state has no
 later) sends every run that has ended, gaps or not, before it returns.
+
+A child process forked after the tracker was made gets a bridge of its own at its first
+flush, in memory: the parent's runs, store and threads stay the parent's (a SQLite file
+is one process's, so a tracker with a state file says so, and keeps the child's in memory).
 """
 
 import asyncio
@@ -26,6 +30,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
+from otel_bridge.forks import after_fork_in_child
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import enriched
@@ -57,7 +62,11 @@ class OtelTracker:
             "dead_letter": files / "otel-tracker-dead-letter.jsonl",
             "span_dead_letter": files / "otel-tracker-dead-spans.jsonl",
         }
-        self.bridge = Bridge(Settings(**(defaults | settings)), meter_provider=meter_provider).start(follow=False)
+        self._settings = Settings(**(defaults | settings))
+        self._meter_provider = meter_provider
+        self.bridge = Bridge(self._settings, meter_provider=meter_provider).start(follow=False)
+        # True in a child process forked from the one that started `bridge`, until it has its own.
+        self._inherited = False
         self._batch_size = max(batch_size, 1)
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -65,11 +74,47 @@ class OtelTracker:
         self._closed = threading.Event()
         self.dropped = 0
         self.rejected = 0
-        if flush_interval_seconds and flush_interval_seconds > 0:
-            timer = threading.Thread(
-                target=self._timer, args=(flush_interval_seconds,), name="otel-tracker", daemon=True
-            )
-            timer.start()
+        self._interval = flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None
+        self._start_timer()
+        after_fork_in_child(self._forked)
+
+    def _start_timer(self) -> None:
+        if self._interval is not None and not self._closed.is_set():
+            threading.Thread(target=self._timer, args=(self._interval,), name="otel-tracker", daemon=True).start()
+
+    def _forked(self) -> None:
+        # The parent's bridge is left alone: its threads are gone here, its store may be mid-transaction,
+        # and its runs are settled and sent by the parent. The child's starts at its first flush.
+        self._inherited = True
+        self._buffer = []
+        self._lock = threading.Lock()
+        self._storing = threading.Lock()
+        closed, self._closed = self._closed.is_set(), threading.Event()
+        if closed:
+            self._closed.set()
+        self.dropped = self.rejected = 0
+        self._start_timer()
+
+    def _own_bridge(self) -> Bridge:
+        """The bridge of this process (called under `_storing`): after a fork, a new one, in memory."""
+        if self._inherited:
+            settings = self._settings
+            if settings.state != ":memory:":
+                log.error(
+                    "OtelTracker: this process was forked from the one that opened the state file %s, which is "
+                    "that process's alone: this process's runs are kept in memory (lost if it is killed). Make "
+                    "the tracker after the fork (gunicorn post_fork, Celery worker_process_init), with a file "
+                    "of its own.",
+                    settings.state,
+                )
+                settings = settings.model_copy(update={"state": ":memory:"})
+            bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
+            # The parent's is kept, never closed: closing its SQLite connection here is what
+            # SQLite warns against (a connection must not cross a fork, even to be closed).
+            self._parents_bridge, self.bridge = self.bridge, bridge
+            self._memory = True
+            self._inherited = False
+        return self.bridge
 
     def emit(self, event: Mapping[str, Any]) -> None:
         if self.buffer(event):
@@ -93,7 +138,8 @@ class OtelTracker:
             if not batch:
                 return
             try:
-                report = self.bridge.pipeline.ingest(batch)
+                bridge = self._own_bridge()
+                report = bridge.pipeline.ingest(batch)
             except Unavailable as exc:
                 self._hold(batch, exc)
                 return
@@ -104,7 +150,7 @@ class OtelTracker:
             if report.rejected:  # each rejected event (a bad one, or one the pipeline failed on) is kept
                 self.rejected += len(report.rejected)
                 kept = [(r.as_dict(), batch[r.index]) for r in report.rejected]
-                self.bridge.dead_letters.keep("tracker", kept)
+                bridge.dead_letters.keep("tracker", kept)
                 log.warning("%d events rejected: %s", len(report.rejected), report.rejected[0].error)
 
     def _hold(self, batch: list[dict[str, Any]], reason: Exception | None) -> None:
@@ -128,7 +174,8 @@ class OtelTracker:
             return
         self._closed.set()
         self.flush()
-        self.bridge.stop(final=self._memory)
+        if not self._inherited:  # a child that stored nothing has no bridge of its own to stop
+            self.bridge.stop(final=self._memory)
 
     def __enter__(self) -> Self:
         return self

@@ -18,6 +18,7 @@ from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker
 class _Endpoint:
     def __init__(self, answers: list[int]) -> None:
         self.answers = answers
+        self.delay = 0.0  # seconds before each answer
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         endpoint = self
@@ -30,6 +31,7 @@ class _Endpoint:
                 endpoint.bodies.append(self.rfile.read(int(self.headers["content-length"])))
                 endpoint.headers.append(dict(self.headers))
                 status = endpoint.answers.pop(0) if endpoint.answers else 200
+                time.sleep(endpoint.delay)
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -118,6 +120,20 @@ def test_the_asyncio_flavour_batches_retries_and_drops_the_same_way(endpoint):
     tracker = asyncio.run(produce())
     assert json.loads(endpoint.bodies[0]) == json.loads(endpoint.bodies[1])  # the identical re-send
     assert (tracker.stats.events, tracker.stats.dropped_events, tracker.stats.retries) == (2, 1, 4)
+
+
+def test_the_asyncio_flavour_closed_while_its_timer_waits_for_an_answer_loses_nothing(endpoint):
+    endpoint.delay = 0.5
+
+    async def produce() -> AsyncHttpBatchTracker:
+        tracker = AsyncHttpBatchTracker(endpoint.url, "staging", "shop", flush_interval_seconds=0.05)
+        await tracker.emit(WorkflowRun().started().events[0])
+        await asyncio.sleep(0.2)  # the timer took the batch out of the buffer; its POST is out
+        await tracker.close()
+        return tracker
+
+    tracker = asyncio.run(produce())
+    assert (tracker.stats.posts, tracker.stats.events, len(endpoint.bodies)) == (1, 1, 1)
 
 
 def test_against_the_real_bridge_retries_deliver_when_it_comes_up_in_time(tmp_path, otlp_http):

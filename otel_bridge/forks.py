@@ -1,0 +1,21 @@
+"""Objects that hold threads, locks, sockets or files start afresh in a child process after a fork."""
+
+import os
+import weakref
+from collections.abc import Callable
+
+
+def after_fork_in_child(method: Callable[[], None]) -> None:
+    """Call the bound `method` in the child of every later fork, for as long as its object lives.
+
+    A process forked after making a tracker or opening a store (gunicorn's `preload_app`, Celery's
+    prefork pool, `multiprocessing`) gives the child a copy whose threads are gone, whose locks may
+    be held by a thread the child does not have, and whose sockets and files are the parent's.
+    The OpenTelemetry SDK's batch processors start afresh in the child the same way."""
+    weak = weakref.WeakMethod(method)
+
+    def call() -> None:
+        if (alive := weak()) is not None:
+            alive()
+
+    os.register_at_fork(after_in_child=call)

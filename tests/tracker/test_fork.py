@@ -1,0 +1,193 @@
+"""A producer that forks after making its tracker (gunicorn's `preload_app`, Celery's prefork pool,
+`multiprocessing`): each child's tracker works on its own, and nothing is sent twice."""
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from builders import WorkflowRun
+
+from otel_bridge import trace_id_for
+from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker, OtelTracker
+
+
+def _in_child(work: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """`work()` in a forked child process; what it returned (JSON), or its failure raised here."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        os.close(read)
+        try:
+            answer = {"ok": work()}
+        except BaseException:
+            answer = {"failed": traceback.format_exc()}
+        with os.fdopen(write, "w") as out:
+            json.dump(answer, out)
+        os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + timeout
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the child did not finish within {timeout} s (a lock held across the fork?)")
+        time.sleep(0.05)
+    with os.fdopen(read) as answer:
+        told = json.loads(answer.read() or '{"failed": "the child died"}')
+    assert "failed" not in told, told["failed"]
+    return told["ok"]
+
+
+class _SlowEndpoint:
+    """A real HTTP endpoint on 127.0.0.1 that takes `delay` seconds to answer; what it was sent, by workflow."""
+
+    def __init__(self, delay: float) -> None:
+        self.workflows: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                endpoint.workflows += [e["workflowId"] for e in body["events"]]
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_an_http_tracker_forked_mid_flush_sends_the_childs_events_by_itself():
+    endpoint = _SlowEndpoint(delay=1.0)
+    tracker = HttpBatchTracker(endpoint.url, "production", "shop", flush_interval_seconds=0.1)
+    try:
+        tracker.emit(WorkflowRun(workflow_id="parent").started().events[0])
+        flushing = threading.Thread(target=tracker.flush)
+        flushing.start()  # the fork comes while this POST waits for its answer, its lock held
+        time.sleep(0.3)
+
+        def child() -> dict:
+            tracker.emit(WorkflowRun(workflow_id="child").started().events[0])
+            deadline = time.monotonic() + 10
+            while tracker.pending() and time.monotonic() < deadline:  # its own timer sends it
+                time.sleep(0.05)
+            return {"pending": tracker.pending(), "flushed": tracker.flush(), "posts": tracker.stats.posts}
+
+        assert _in_child(child) == {"pending": 0, "flushed": True, "posts": 1}
+        flushing.join()
+    finally:
+        tracker.close()
+        endpoint.server.shutdown()
+    assert sorted(endpoint.workflows) == ["child", "parent"]  # the parent's event once, by the parent
+
+
+def test_an_asyncio_http_tracker_forked_sends_the_childs_events_from_the_childs_event_loop():
+    endpoint = _SlowEndpoint(delay=0.0)
+    tracker = AsyncHttpBatchTracker(endpoint.url, "production", "shop", flush_interval_seconds=0.1)
+
+    async def in_parent() -> None:  # its timer task and connections live on this loop
+        await tracker.emit(WorkflowRun(workflow_id="parent").started().events[0])
+        await tracker.flush()
+
+    async def in_child() -> dict:
+        await tracker.emit(WorkflowRun(workflow_id="child").started().events[0])
+        deadline = time.monotonic() + 10
+        while await tracker.pending() and time.monotonic() < deadline:  # its own timer sends it
+            await asyncio.sleep(0.05)
+        pending = await tracker.pending()
+        await tracker.close()
+        return {"pending": pending, "posts": tracker.stats.posts, "events": tracker.stats.events}
+
+    try:
+        asyncio.run(in_parent())
+        assert _in_child(lambda: asyncio.run(in_child())) == {"pending": 0, "posts": 1, "events": 1}
+    finally:
+        endpoint.server.shutdown()
+    assert endpoint.workflows == ["parent", "child"]
+
+
+def _run(workflow_id: str) -> WorkflowRun:
+    return WorkflowRun(workflow_id=workflow_id).started().step_started("a").after(5).step_completed("a").completed()
+
+
+def test_an_in_process_tracker_forked_sends_the_childs_runs_and_never_the_parents_again(monkeypatch, otlp_http):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    parent, child = _run("parent"), _run("child")
+    tracker = OtelTracker("production", "shop", settle_seconds=0.2, flush_interval_seconds=0.1)
+    try:
+        for event in parent.events[:2]:  # stored, the run still open at the fork
+            tracker.emit(event)
+        tracker.flush()
+        tracker.emit(parent.events[2])  # and one still in the buffer
+
+        def in_child() -> int:
+            for event in child.events:
+                tracker.emit(event)
+            tracker.close()  # the child's bridge sends its runs
+            return tracker.pending()
+
+        assert _in_child(in_child) == 0
+        for event in parent.events[3:]:
+            tracker.emit(event)
+    finally:
+        tracker.close()
+    got = otlp_http.received
+    for workflow_id in ("parent", "child"):
+        trace_id = trace_id_for("durable-effect", "production", "shop", workflow_id).hex()
+        got.wait_for(lambda trace_id=trace_id: len(got.trace(trace_id)) == 2, timeout=20)
+    time.sleep(0.5)  # anything sent twice would be here by now
+    assert len(got.spans) == 4  # each run's root and step, once
+
+
+def test_a_tracker_with_a_state_file_keeps_a_forked_childs_runs_in_memory_and_says_so(
+    tmp_path, monkeypatch, otlp_http, caplog
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    state = tmp_path / "tracker.db"
+    with OtelTracker("production", "shop", state=state, settle_seconds=0.2) as tracker:
+
+        def in_child() -> list[str]:
+            for event in _run("child").events:
+                tracker.emit(event)
+            tracker.close()
+            return [r.getMessage() for r in caplog.records if "forked" in r.getMessage()]
+
+        (said,) = _in_child(in_child)
+        assert str(state) in said and "post_fork" in said
+    trace_id = trace_id_for("durable-effect", "production", "shop", "child").hex()
+    otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2, timeout=20)
+    SqliteStore(state).close()  # the parent's file, untouched by the child: it opens
+
+
+def test_a_forked_child_holds_no_claim_on_the_state_file(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    started, finish = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child that outlives the parent's use of the file
+        os.write(started[1], b"1")
+        os.read(finish[0], 1)
+        os._exit(0)
+    try:
+        os.read(started[0], 1)
+        store.close()
+        SqliteStore(tmp_path / "s.db").close()  # not "in use by another otel-bridge"
+    finally:
+        os.write(finish[1], b"1")
+        os.waitpid(pid, 0)
+        for fd in (*started, *finish):
+            os.close(fd)
