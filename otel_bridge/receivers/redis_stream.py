@@ -29,6 +29,12 @@ def _str(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (`milliseconds-sequence`) as what orders it."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _text(fields: dict[Any, Any]) -> dict[str, str]:
     return {_str(k): _str(v) for k, v in fields.items()}
 
@@ -97,9 +103,20 @@ class StreamReceiver:
             groups = self._client.xinfo_groups(self._key)
             group = next(g for g in groups if _str(g["name"]) == self._group)
             delivered = _str(group["last-delivered-id"])
-            added, read = stream.get("entries-added"), group.get("entries-read")
-            waiting = len(self._client.xrange(self._key, min=f"({delivered}", max="+"))
         except (RedisError, StopIteration, KeyError):
+            return
+        added, read = stream.get("entries-added"), group.get("entries-read")
+        first = stream.get("first-entry")
+        if first is None or _order(_str(first[0])) > _order(delivered):
+            # Every entry left is after the group's position (none, or the stream was trimmed
+            # past it): they are all waiting, and what was added past the position but is no
+            # longer there was trimmed unread. Counted, not read: the stream may be long.
+            waiting = int(stream["length"])
+        else:
+            # The group's position is inside the stream: trimming took only entries it had
+            # read. Redis 7 counts the rest (None when it cannot: entries deleted in between).
+            lag = group.get("lag")
+            self.lag = None if lag is None else int(lag)
             return
         self.lag = waiting
         if added is None or read is None:
