@@ -17,6 +17,11 @@ def run_key(identity_fields: tuple[str, ...]) -> str:
     return SEPARATOR.join(("run", *identity_fields))
 
 
+def runs_of(engine: str, env: str, service: str) -> str:
+    """The prefix of every run key of one producer."""
+    return SEPARATOR.join(("run", engine, env, service, ""))
+
+
 def job_key(engine: str, env: str, service: str, instance_id: str) -> str:
     return SEPARATOR.join(("job", engine, env, service, instance_id))
 

@@ -430,6 +430,18 @@ class Pipeline:
         runs = (overview(state, now_ns, grace_ns) for state in states)
         return sorted((r for r in runs if r is not None), key=lambda r: r.since_ns)
 
+    def open_run_ids(self, engine: str, env: str, service: str) -> list[str]:
+        """The ids of one producer's runs still open, from the states' headers (not their facts)."""
+        out = []
+        for key, header in self.store.states(keys.runs_of(engine, env, service)):
+            try:
+                state = journal.decode(key, header, [])
+            except ValueError:
+                continue
+            if isinstance(state, RunState) and not state.closed:
+                out.append(state.run.run_id)
+        return out
+
     def restore_gauges(self) -> None:
         """After a restart, count the runs and job instances that are still open in the active gauges.
 

@@ -216,6 +216,7 @@ class Bridge:
                 progress=phase10.progress,
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
+                open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
         return out

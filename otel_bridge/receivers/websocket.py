@@ -5,7 +5,9 @@ next is read. The connection is re-made with jittered exponential backoff; after
 reconnect the timeline of every execution seen starting and not yet seen ending is
 fetched (`GET {api}/api/workflows/executions/{id}/timeline`, header `X-Workspace-Id`),
 so an execution that ended while the bridge was away still gets its whole trace. The
-overlap is harmless: the same facts told twice are one.
+executions still open in the store when the bridge starts are caught up on at its first
+connection, so a restart is a disconnection like any other. The overlap is harmless: the
+same facts told twice are one.
 """
 
 import logging
@@ -39,7 +41,9 @@ class WebSocketReceiver:
         progress: Progress,
         api_url: str | None = None,
         workspace_id: str | None = None,
+        open_at_start: Callable[[], list[str]] = list,
     ) -> None:
+        """`open_at_start`: the executions the store holds open, read when following begins."""
         self._url = url
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -48,18 +52,18 @@ class WebSocketReceiver:
         self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
+        self._open_at_start = open_at_start
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
-        connections = 0
+        if self._api_url:
+            self.open_executions.update(dict.fromkeys(self._open_at_start()))
         while not stop.is_set():
             try:
                 with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
-                    connections += 1
                     log.info("following %s", self._url)
                     backoff = 0.5
-                    if connections > 1:
-                        self._catch_up(stop)
+                    self._catch_up(stop)  # what the last disconnection, or restart, missed
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if stop.is_set():

@@ -55,6 +55,11 @@ def _refusal(exc: Exception) -> StoreUnavailable | None:
 _refusals = refusals_answered(_refusal)
 
 
+def _glob_escaped(text: str) -> str:
+    """`text` matched literally in a SCAN pattern (a service may be named `a*` or `[x]`)."""
+    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
+
+
 def _in_order(rows: dict[bytes, bytes]) -> list[bytes]:
     return [blob for _n, blob in sorted(rows.items(), key=lambda row: int(row[0]))]
 
@@ -284,9 +289,10 @@ class RedisStore:
     def purge_seen(self, before: float) -> int:
         return 0  # seen ids expire by themselves
 
-    def states(self) -> Iterator[tuple[str, bytes]]:
+    def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        pattern = f"{_glob_escaped(self._p)}state:{_glob_escaped(prefix)}*"
         prefix = f"{self._p}state:"
-        for key in self._client.scan_iter(match=f"{prefix}*", count=500):
+        for key in self._client.scan_iter(match=pattern, count=500):
             blob = self._client.get(key)
             if blob is not None:
                 yield key.decode()[len(prefix) :], blob

@@ -343,9 +343,15 @@ class SqliteStore:
         with self._lock:
             return self._db.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
 
-    def states(self) -> Iterator[tuple[str, bytes]]:
+    def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         with self._lock:
-            rows = self._db.execute("SELECT key, blob FROM state").fetchall()
+            if not prefix:
+                rows = self._db.execute("SELECT key, blob FROM state").fetchall()
+            else:  # a range of the primary key (keys compare as their bytes): [prefix, prefix's successor)
+                after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the separator's successor
+                rows = self._db.execute(
+                    "SELECT key, blob FROM state WHERE key >= ? AND key < ?", (prefix, after)
+                ).fetchall()
         yield from rows
 
     def facts(self, key: str) -> list[bytes]:

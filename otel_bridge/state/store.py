@@ -111,8 +111,9 @@ class Store(Protocol):
 
     def purge_seen(self, before: float) -> int: ...
 
-    def states(self) -> Iterator[tuple[str, bytes]]:
-        """Every state's header: (key, blob)."""
+    def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """Every state's header, (key, blob); with `prefix` (whole fields of a key, ending with its
+        separator: `keys.runs_of`), only those under it, found through the key index, not filtered."""
 
     def facts(self, key: str) -> list[bytes]: ...
 

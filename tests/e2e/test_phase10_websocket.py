@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -74,6 +75,40 @@ def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http
     assert failed["workflow ingest"].status_code == ERROR
     assert failed["step load"].status_message == "disk full"
     assert failed["workflow ingest"].attributes["workflow.task.name"] == "load"
+
+
+def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timeline(tmp_path, otlp_http, engine):
+    run = Phase10Run("deploy-day").started(1).step_started("s1", "build", 1).after(200)
+    seen_live = list(run.events)
+    run.step_completed("s1", 0.2).after(1).completed()  # while the bridge is being redeployed
+    engine.timelines[run.execution_id] = run.timeline()
+    engine.scripts.put(seen_live)  # the first process's connection: the start, then quiet
+    engine.scripts.put([])  # the restarted one's: nothing new is ever told of the run
+    bridge = BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        ws_url=engine.ws_url,
+        ws_api_url=engine.api_url,
+        ws_workspace_id="ws-1",
+        ws_service_name="agents",
+        ws_env="prod",
+    ).start()
+    got = otlp_http.received
+    try:
+        runs = f"{bridge.url}/v1/runs"
+        deadline = time.monotonic() + 20
+        while not bridge.client.get(runs).json()["runs"]:  # the start is stored
+            assert time.monotonic() < deadline, "the run's start was not stored"
+            time.sleep(0.05)
+        assert bridge.stop()
+        assert not engine.timeline_requests  # nothing to catch up on the first start
+        bridge.start()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
+    finally:
+        bridge.close()
+    assert engine.timeline_requests == [(run.execution_id, "ws-1")]
+    spans = {s.name: s for s in got.trace(_trace(run))}
+    assert spans["workflow deploy-day"].status_code == OK and spans["step build"].status_code == OK
 
 
 def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_http):

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from otel_bridge.keys import runs_of
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -40,6 +41,20 @@ def test_seen_ids_state_and_outbox_survive_reopening(open_store):
     assert [row.payload for row in store.outbox_peek(10)] == [b"span-1", b"span-2"]
     assert dict(store.states())["run1"] == b"{}"
     store.close()
+
+
+def test_a_producers_runs_are_found_by_the_prefix_of_their_keys(open_store):
+    store = open_store()
+    mine = [runs_of("phase10", "prod", "a*[x]") + n for n in ("1", "t\x1f2")]
+    others = [
+        runs_of("phase10", "prod", "ab[x]") + "3",  # a pattern would take `*` and `[x]` for wildcards
+        runs_of("phase10", "prod", "a*[x]y") + "4",
+        runs_of("phase10", "prodx", "a*[x]") + "5",
+        runs_of("durable-effect", "prod", "a*[x]") + "6",
+    ]
+    store.run(lambda tx: [tx.save(key, key.encode(), None) for key in mine + others])
+    assert sorted(store.states(runs_of("phase10", "prod", "a*[x]"))) == sorted((k, k.encode()) for k in mine)
+    assert len(list(store.states())) == 6
 
 
 def test_acknowledged_spans_leave_the_outbox(open_store):
