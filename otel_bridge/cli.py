@@ -111,11 +111,11 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         else bridge.pipeline.consumer(bridge.event_sourced_decoder())
     )
     try:
-        summary = replay(consumer, source, bridge.dead_letters, progress=progress)
+        summary = replay(consumer, source, bridge.dead_letters, progress=progress, waits=bridge.waited_for_room)
     finally:
         bridge.stop()
     print(summary.render())
-    return 1 if summary.rejected else 0
+    return 2 if summary.stopped else 1 if summary.rejected else 0
 
 
 def _import_timeline(settings: Settings, sources: list[str], workspace_id: str | None) -> int:

@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
+from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
 from otel_bridge.export.health import ExportHealth, quieten_sdk_exporters
@@ -171,6 +172,28 @@ class Bridge:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
         return {"ready": not reasons, "outbox": depth, "reasons": reasons}
 
+    def waited_for_room(self, refused: Unavailable, waited: float) -> bool:
+        """For a tool that stores batches one after another (replay), refused one for now: wait a
+        little and say True (offer it again), or say False — waiting is not worth it: the backlog
+        is full and the backend has been failing for `export_unready_seconds`, or the store has
+        refused this batch for as long (the time after which `/readyz` says not ready)."""
+        patience = self.settings.export_unready_seconds
+        if isinstance(refused, Backpressure):
+            since = self.trace_health.failing_since
+            if since is not None and time.monotonic() - since >= patience:
+                return False
+            if waited == 0:
+                log.warning("%s: waiting for the backend to take them", refused)
+            self.drain.wake()
+            self._stop.wait(0.5)
+            return True
+        if waited >= patience:
+            return False
+        if waited == 0:
+            log.warning("the state store refused a batch (%s): trying again for %.0f s", refused, patience)
+        self._stop.wait(min(1.0 + waited / 4, 5.0))
+        return True
+
     def event_sourced_decoder(self) -> EventSourcedDecoder:
         s = self.settings
         return EventSourcedDecoder(
@@ -323,6 +346,11 @@ class Bridge:
         """
         self.ready = False
         self._stop.set()
+        # From now on each export makes one attempt: the exporters' own retries (for up to
+        # OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) held the exit past the drain timeout while a backend
+        # was down — in the export thread being joined, and again for the metrics. The drain
+        # below still tries again until its timeout; what is left stays in the outbox.
+        otlp.stop_retrying(self.trace_sender, self.metric_sender)
         self.drain.wake()
         for thread in self._threads:
             thread.join(timeout=30)

@@ -8,6 +8,7 @@ the SDK exporters a ready `ExportTraceServiceRequest` instead of SDK spans.
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -159,7 +160,9 @@ class _HttpTraces(HttpSpanExporter):
                 except Exception:
                     body = ""
             return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip())
-        return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else str(result.error or ""))
+        # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
+        error = result.error or (last.error if last is not None else None)
+        return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else str(error or ""))
 
 
 class _MetricSender:
@@ -215,6 +218,20 @@ def metric_sender() -> MetricSender:
         return NoSender()  # its answer is truthy: success
     exporter = GrpcMetricExporter() if protocol_for("metrics") == GRPC else HttpMetricExporter()
     return _MetricSender(exporter)
+
+
+def stop_retrying(*senders: object) -> None:
+    """A retry an SDK exporter is waiting out gives up now, and every export after makes one
+    attempt only: its own shutdown signal, set without closing it. For the exports at exit,
+    which `drain_timeout_seconds` bounds."""
+    for sender in senders:
+        exporter = getattr(sender, "_exporter", sender)
+        for event in (
+            getattr(getattr(exporter, "_client", None), "_shutdown_event", None),  # OTLP/HTTP
+            getattr(exporter, "_shutdown_in_progress", None),  # OTLP/gRPC
+        ):
+            if isinstance(event, threading.Event):
+                event.set()
 
 
 def merge_metrics(parts: Sequence[MetricsData | None]) -> MetricsData | None:

@@ -1,14 +1,20 @@
-"""`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline."""
+"""`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline.
+
+A batch the bridge refuses for now (the export backlog full, the store busy or full) is
+offered again for as long as `waits` says so, as a producer honours Retry-After; when it
+says no more, the replay stops at that batch's first line and says how to go on.
+"""
 
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from otel_bridge.consumer import EventConsumer, Rejection
+from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.json_text import loads
 
@@ -23,6 +29,8 @@ class ReplaySummary:
     late: int = 0
     # (line number, rejection)
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+    # (the first line not stored, why) when the bridge kept refusing a batch
+    stopped: tuple[int, str] | None = None
 
     def render(self, max_reasons: int = 20) -> str:
         out = [
@@ -33,7 +41,18 @@ class ReplaySummary:
             out.append(f"  line {line}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
         if len(self.rejected) > max_reasons:
             out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
+        if self.stopped is not None:
+            line, reason = self.stopped
+            out.append(
+                f"stopped at line {line}: {reason}. The lines before it are stored (their spans go out "
+                "with the next start if not yet); replay the same file again to go on: what is stored "
+                "already counts as duplicates."
+            )
         return "\n".join(out)
+
+
+class _Stopped(Exception):
+    pass
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -47,28 +66,47 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def replay(consumer: EventConsumer, source: str, dead_letters: DeadLetters, progress: bool = True) -> ReplaySummary:
+def replay(
+    consumer: EventConsumer,
+    source: str,
+    dead_letters: DeadLetters,
+    progress: bool = True,
+    waits: Callable[[Unavailable, float], bool] = lambda _refused, _waited: False,
+) -> ReplaySummary:
+    """`waits(refusal, seconds the batch has been refused)`: True after waiting a while (offer it
+    again), False to stop the replay there."""
     summary = ReplaySummary()
     stream: IO[bytes] = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     total = None if source == "-" else Path(source).stat().st_size
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", disable=not progress, file=sys.stderr)
+    batch: list[Any] = []
+    numbers: list[int] = []
+
+    def flush() -> None:
+        refused_at = None
+        while True:
+            try:
+                report = consumer.ingest(batch)
+                break
+            except Unavailable as exc:
+                now = time.monotonic()
+                waited = 0.0 if refused_at is None else now - refused_at
+                refused_at = refused_at or now
+                if not waits(exc, waited):
+                    summary.stopped = (numbers[0], str(exc))
+                    raise _Stopped from exc
+        summary.accepted += report.accepted
+        summary.duplicates += report.duplicates
+        summary.late += report.late
+        kept = []
+        for r in report.rejected:
+            summary.rejected.append((numbers[r.index], r))
+            kept.append(({"line": numbers[r.index], **r.as_dict()}, batch[r.index]))
+        dead_letters.keep(f"replay:{source}", kept)
+        batch.clear()
+        numbers.clear()
+
     try:
-        batch: list[Any] = []
-        numbers: list[int] = []
-
-        def flush() -> None:
-            report = consumer.ingest(batch)
-            summary.accepted += report.accepted
-            summary.duplicates += report.duplicates
-            summary.late += report.late
-            kept = []
-            for r in report.rejected:
-                summary.rejected.append((numbers[r.index], r))
-                kept.append(({"line": numbers[r.index], **r.as_dict()}, batch[r.index]))
-            dead_letters.keep(f"replay:{source}", kept)
-            batch.clear()
-            numbers.clear()
-
         for number, line in _lines(stream):
             summary.lines += 1
             bar.update(len(line))
@@ -87,6 +125,8 @@ def replay(consumer: EventConsumer, source: str, dead_letters: DeadLetters, prog
                 flush()
         if batch:
             flush()
+    except _Stopped:
+        pass
     finally:
         bar.close()
         if stream is not sys.stdin.buffer:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from bridge_process import free_port
 from builders import JobRun, WorkflowRun
 
 from otel_bridge import trace_id_for
@@ -80,3 +81,37 @@ def test_replay_of_the_event_sourced_runtimes_table_rows(tmp_path, otlp_http):
     trace_id = trace_id_for("event-sourced", "production", "event-sourced", run.execution_id, "acme").hex()
     names = {s.name for s in otlp_http.received.trace(trace_id)}
     assert names == {"workflow onboarding", "state initial", "state reviewing"}
+
+
+def _history(tmp_path, name: str, runs: int = 250) -> tuple[list[WorkflowRun], str]:
+    done = [
+        WorkflowRun("history", workflow_id=f"{name}-{i}").started().step_started("a").after(5).step_completed("a")
+        for i in range(runs)
+    ]
+    log = tmp_path / f"{name}.jsonl"
+    log.write_text("\n".join(json.dumps(e) for run in done for e in run.completed().events))
+    return done, str(log)
+
+
+def test_a_replay_refused_for_a_full_export_backlog_waits_for_the_backend_or_stops_at_a_line(
+    tmp_path, otlp_http, monkeypatch
+):
+    down = type("Down", (), {"endpoint": f"http://127.0.0.1:{free_port()}"})()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # each export's own retries: a second
+    quick = ("--settle-seconds", "0", "--drain-timeout-seconds", "1")
+    earlier, earlier_log = _history(tmp_path, "earlier")
+    assert _run_replay(tmp_path, down, earlier_log, None, *quick).returncode == 0  # its 500 spans wait
+    bounded = (*quick, "--max-outbox-spans", "50", "--export-unready-seconds", "1")
+
+    # The backlog is full and the backend has been failing: waiting would not help, so it stops.
+    runs, log = _history(tmp_path, "later")
+    stopped = _run_replay(tmp_path, down, log, None, *bounded)
+    out = stopped.stdout.decode()
+    assert stopped.returncode == 2, out + stopped.stderr.decode()
+    assert "stopped at line 1: 500 spans wait for export" in out and "replay the same file again" in out
+
+    # The backend is back: the replay waits for the backlog to drain, as often as needed, and ends.
+    again = _run_replay(tmp_path, otlp_http, log, None, *bounded)
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    assert "accepted: 1000  duplicates: 0" in again.stdout.decode()
+    assert len(otlp_http.received.unique_spans()) == 2 * len(earlier + runs)

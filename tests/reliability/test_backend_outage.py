@@ -109,3 +109,26 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
     finally:
         bridge.close()
         receiver.close()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_stopped_while_the_backend_is_down_the_bridge_exits_within_its_drain_timeout_and_keeps_the_spans(
+    tmp_path, protocol
+):
+    # The exporters retry within one export for up to OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default):
+    # the export at exit waited that out twice (spans, then metrics) past the drain timeout.
+    port = free_port()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", protocol, drain_timeout_seconds="1").start()
+    runs = _runs(3, "at-exit")
+    for run in runs:
+        assert bridge.post(run.events).status_code == 200
+    assert bridge.stop(timeout=8)  # 1 s of drain, and no 20 s of retries after it
+
+    received = Received()
+    receiver = OtlpHttpReceiver(port, received) if protocol == "http/protobuf" else OtlpGrpcReceiver(port, received)
+    bridge.start()
+    try:
+        received.wait_for(lambda: len(received.unique_spans()) == 2 * len(runs))
+    finally:
+        bridge.close()
+        receiver.close()
