@@ -9,7 +9,8 @@ events in POSTs of 1,000 from 2 clients; the table shows peak RSS at each quarte
 is the goal), the state file's size per open run (its write-ahead log beside it: it grows under
 sustained writes up to SQLite's automatic checkpoint, 40 MiB), the ingest rate, and then the CPU the
 idle bridge spends per second (settle loop, overdue count, metric collection) with all of
-them open, beside the same with none.
+them open, beside the same with none; then the bridge started again on all of them (ready in,
+peak RSS) and the overdue runs listed.
 """
 
 import argparse
@@ -70,9 +71,18 @@ def measure(runs: int, tree: str | None) -> tuple[list[tuple[int, float, float]]
             store = (Path(tmp) / "state.db").stat().st_size
             log = Path(tmp) / "state.db-wal"
             wal = log.stat().st_size if log.exists() else 0
+            # Started again on all of them: start-up reads every open run (the active gauges),
+            # and an on-call engineer lists the overdue ones.
+            assert bridge.stop(timeout=600)
+            began = time.perf_counter()
+            bridge.start(timeout=600)
+            restart = (time.perf_counter() - began, peak_rss_mib(bridge.proc.pid))
+            began = time.perf_counter()
+            bridge.client.get(f"{bridge.url}/v1/runs", params={"overdue": "true"}, timeout=600).raise_for_status()
+            listing = (time.perf_counter() - began, peak_rss_mib(bridge.proc.pid))
         finally:
             bridge.close()
-    return rows, store, wal, empty_idle, full_idle
+    return rows, store, wal, empty_idle, full_idle, restart, listing
 
 
 def main() -> None:
@@ -82,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.runs:,} runs started, never ended (cores: {os.cpu_count()})")
     for name, tree in (("otel-bridge", None), *((("baseline", args.baseline),) if args.baseline else ())):
-        rows, store, wal, empty_idle, full_idle = measure(args.runs, tree)
+        rows, store, wal, empty_idle, full_idle, restart, listing = measure(args.runs, tree)
         print(f"{name}:")
         print(f"{'open runs':>12}{'peak RSS':>12}{'ingest ev/s':>14}")
         for n, rss, elapsed in rows:
@@ -92,6 +102,8 @@ def main() -> None:
             f" (and its write-ahead log: {wal / 2**20:,.0f} MiB)"
         )
         print(f"idle bridge CPU: {empty_idle * 1000:.1f} ms/s with no run open, {full_idle * 1000:.1f} ms/s all open")
+        print(f"restarted on them all: ready in {restart[0]:.1f} s, peak RSS {restart[1]:,.0f} MiB")
+        print(f"GET /v1/runs?overdue=true: {listing[0]:.2f} s, peak RSS then {listing[1]:,.0f} MiB")
 
 
 if __name__ == "__main__":

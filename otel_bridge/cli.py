@@ -8,14 +8,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, settings_table
 from otel_bridge.consumer import Unavailable
-from otel_bridge.correlate.overview import select
+from otel_bridge.correlate.overview import RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
 from otel_bridge.state.store import StoreOpenError
 
@@ -77,9 +77,7 @@ def _serve(settings: Settings) -> int:
         on_start=bridge.start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,
-        runs=lambda state, overdue, service: [
-            r.as_dict() for r in select(bridge.pipeline.open_runs(), state, overdue, service)
-        ],
+        runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit)),
     )
     own_process_gc()
     uvicorn.run(
@@ -169,6 +167,11 @@ def _looking_pipeline(settings: Settings) -> "Pipeline":
     return Pipeline(open_store(settings, read_only=True), MetricsHub(), settings)
 
 
+def _as_dicts(listed: tuple[list[RunOverview], int]) -> tuple[list[dict[str, Any]], int]:
+    runs, count = listed
+    return [r.as_dict() for r in runs], count
+
+
 def _runs(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -176,13 +179,16 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        runs = select(pipeline.open_runs(), args.run_state, args.overdue, args.service)
+        query = RunQuery(args.run_state, args.overdue, args.service)
+        runs, count = pipeline.list_runs(query, limit=args.limit)
     finally:
         pipeline.store.close()
     if args.json:
         print(json.dumps([r.as_dict() for r in runs], indent=2))
     else:
         Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None).print(runs_table(runs))
+    if count > len(runs):
+        print(f"the {len(runs)} oldest of {count} runs: --limit N for more", file=sys.stderr)
     return 0
 
 
@@ -309,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")
     runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+    runs.add_argument("--limit", type=int, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_settings_flags(runs)
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")

@@ -9,6 +9,7 @@ observations recorded and the batch answered. Settling is the same script around
 `settle_run`, with the spans going into the outbox in the same transaction.
 """
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance
 from otel_bridge.correlate.outputs import Observation
-from otel_bridge.correlate.overview import RunOverview, overview
+from otel_bridge.correlate.overview import RunOverview, RunQuery, overview
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
@@ -41,6 +42,8 @@ from otel_bridge.state.store import Store, Transaction
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
+# Observations of open runs recorded together when the gauges are restored at start-up.
+_RESTORED_AT_ONCE = 5000
 # Settling commits after this much work (seconds; at least one run per commit) when another transaction waits to
 # begin (`Store.awaited`): ingest waits for the store while a settle transaction holds it, and producers wait on ingest.
 _SETTLE_SLICE = 0.001
@@ -416,19 +419,46 @@ class Pipeline:
 
     def open_runs(self, now: float | None = None) -> list[RunOverview]:
         """The open runs as an on-call engineer asks for them: state, since, due, overdue by."""
-        return self._overviews(self.run_states(), now)
+        return self.list_runs(RunQuery(), now)[0]
 
     def overdue_runs(self, now: float | None = None) -> list[RunOverview]:
         """The overdue runs only, found through the store's index: the cost is theirs, not every open run's."""
-        now = self._clock() if now is None else now
-        runs = self._overviews(self._runs(self.store.overdue(now)), now)
-        return [r for r in runs if r.overdue_ns is not None]
+        return self.list_runs(RunQuery(overdue=True), now)[0]
 
-    def _overviews(self, states: Iterable[RunState], now: float | None) -> list[RunOverview]:
-        now_ns = int((self._clock() if now is None else now) * 1e9)
-        grace_ns = int(self.settings.overdue_grace_seconds * 1e9)
-        runs = (overview(state, now_ns, grace_ns) for state in states)
-        return sorted((r for r in runs if r is not None), key=lambda r: r.since_ns)
+    def list_runs(
+        self, query: RunQuery, now: float | None = None, limit: int | None = None
+    ) -> tuple[list[RunOverview], int]:
+        """The open runs `query` asks for, the oldest first (at most `limit`), and how many there are.
+
+        Overdue runs are found through the store's index. Otherwise every header is read, in
+        chunks, and a run's facts only when its header does not rule it out; only the `limit`
+        oldest are kept while reading: a million open runs are listed in flat memory.
+        """
+        now = self._clock() if now is None else now
+        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        headers = self.store.overdue(now) if query.overdue else self.store.states()
+        # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run).
+        oldest: list[tuple[int, int, RunOverview]] = []
+        count = 0
+        for n, (key, header) in enumerate(headers):
+            if keys.is_kept_aside(key) or keys.is_job(key):
+                continue
+            try:
+                head = journal.decode(key, header, [])
+                if not (isinstance(head, RunState) and query.may_hold(head)):
+                    continue
+                state = journal.decode(key, header, self.store.facts(key))
+            except ValueError:
+                log.warning("run state %r is not readable; skipped", key)
+                continue
+            run = overview(state, now_ns, grace_ns)  # type: ignore[arg-type]
+            if run is None or not query.holds(run):
+                continue
+            count += 1
+            heapq.heappush(oldest, (-run.since_ns, -n, run))
+            if limit is not None and len(oldest) > limit:
+                heapq.heappop(oldest)  # the newest of those kept
+        return [run for _since, _n, run in sorted(oldest, key=lambda kept: (-kept[0], -kept[1]))], count
 
     def open_run_ids(self, engine: str, env: str, service: str) -> list[str]:
         """The ids of one producer's runs still open, from the states' headers (not their facts)."""
@@ -471,6 +501,9 @@ class Pipeline:
                 waiting.append(key)
             if counted is not None:
                 observations.append(active_run(state, counted))
+            if len(observations) >= _RESTORED_AT_ONCE:  # a million open runs are not held at once
+                self.metrics.record(observations)
+                observations.clear()
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])

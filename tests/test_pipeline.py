@@ -7,6 +7,7 @@ from builders import JobRun, WorkflowRun
 from faults import BUG, a_bug_for
 
 from otel_bridge.config import Settings
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
@@ -175,3 +176,16 @@ def test_an_event_the_pipeline_fails_on_is_rejected_alone_and_the_rest_of_its_ba
     monkeypatch.undo()  # the bug fixed: the same batch sent again
     again = pipeline.ingest(batch)
     assert (again.accepted, again.duplicates, again.rejected) == (1, len(good.events), [])
+
+
+def test_a_long_list_of_open_runs_keeps_the_oldest_and_counts_them_all(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    runs = [WorkflowRun(workflow_id=f"open-{n:04d}", service=f"s{n % 2}") for n in range(1500)]
+    for n, run in enumerate(runs):
+        run.after(n).started()
+    pipeline.ingest([e for run in reversed(runs) for e in run.events])  # stored newest first
+    listed, count = pipeline.list_runs(RunQuery(), limit=10)
+    assert count == 1500 and [r.run_id for r in listed] == [f"open-{n:04d}" for n in range(10)]
+    listed, count = pipeline.list_runs(RunQuery(service="s1", state="executing"), limit=3)
+    assert count == 750 and [r.run_id for r in listed] == ["open-0001", "open-0003", "open-0005"]
+    assert pipeline.list_runs(RunQuery(state="paused"))[1] == 0

@@ -107,14 +107,33 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """What an on-call engineer asks for: the runs in a state, overdue only, of one service."""
+
+    state: str | None = None
+    overdue: bool = False
+    service: str | None = None
+
+    def may_hold(self, header: RunState) -> bool:
+        """Whether a run known by its header alone (no facts read) may be one asked for."""
+        return (
+            not (header.ended or header.closed)
+            and (self.service is None or header.run.service == self.service)
+            and (self.state is None or header.execution_state == self.state)
+        )
+
+    def holds(self, run: RunOverview) -> bool:
+        return (
+            (self.state is None or run.state == self.state)
+            and (not self.overdue or run.overdue_ns is not None)
+            and (self.service is None or run.service == self.service)
+        )
+
+
 def select(
     runs: list[RunOverview], state: str | None = None, overdue: bool = False, service: str | None = None
 ) -> list[RunOverview]:
     """The runs a question names: in a state, overdue only, of one service."""
-    return [
-        r
-        for r in runs
-        if (state is None or r.state == state)
-        and (not overdue or r.overdue_ns is not None)
-        and (service is None or r.service == service)
-    ]
+    query = RunQuery(state, overdue, service)
+    return [r for r in runs if query.holds(r)]

@@ -23,12 +23,15 @@ from starlette.routing import Route
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.json_text import loads
 
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json", "text/json", "application/x-ndjson")
+# Runs `GET /v1/runs` lists unless asked for more (`limit`): the oldest; `count` tells them all.
+_RUNS_LISTED = 1000
 
 
 class _Reject(Exception):
@@ -148,7 +151,7 @@ def create_app(
     on_start: Callable[[], object] = lambda: None,
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
-    runs: Callable[[str | None, bool, str | None], list[dict[str, Any]]] | None = None,
+    runs: Callable[[RunQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
@@ -212,10 +215,17 @@ def create_app(
             return unauthorized()
         if runs is None:
             return _problem(404, "no run listing here")
-        query = request.query_params
-        overdue = query.get("overdue", "false").lower() in ("1", "true", "yes")
-        listed = await run_in_threadpool(runs, query.get("state"), overdue, query.get("service"))
-        return Response(orjson.dumps({"runs": listed, "count": len(listed)}), media_type="application/json")
+        params = request.query_params
+        overdue = params.get("overdue", "false").lower() in ("1", "true", "yes")
+        try:
+            limit = int(params.get("limit", _RUNS_LISTED))
+        except ValueError:
+            return _problem(400, f"limit must be a whole number, not {params['limit']!r}")
+        if limit < 0:
+            return _problem(400, f"limit must be 0 or more, not {limit}")
+        query = RunQuery(params.get("state"), overdue, params.get("service"))
+        listed, count = await run_in_threadpool(runs, query, limit)
+        return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})

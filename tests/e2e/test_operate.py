@@ -74,6 +74,10 @@ def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_p
         table = _cli("runs", state=state).stdout
         assert stuck.workflow_id[:12] in table and "busy" in table and "nightly" in table
         assert [r["run_id"] for r in _listed(bridge, overdue="true")] == [stuck.workflow_id]
+        one = bridge.client.get(f"{bridge.url}/v1/runs", params={"limit": "1"}, headers={"X-API-KEY": KEY})
+        assert len(one.json()["runs"]) == 1 and one.json()["count"] == 2  # the oldest, and how many there are
+        bad = bridge.client.get(f"{bridge.url}/v1/runs", params={"limit": "all"}, headers={"X-API-KEY": KEY})
+        assert bad.status_code == 400 and "limit" in bad.json()["error"]
         assert bridge.client.get(f"{bridge.url}/v1/runs").status_code == 401
         shown = _cli("show", stuck.workflow_id, state=state)
         assert shown.returncode == 0, shown.stderr

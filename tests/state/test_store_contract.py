@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from otel_bridge import keys
 from otel_bridge.keys import runs_of
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
@@ -55,6 +56,15 @@ def test_a_producers_runs_are_found_by_the_prefix_of_their_keys(open_store):
     store.run(lambda tx: [tx.save(key, key.encode(), None) for key in mine + others])
     assert sorted(store.states(runs_of("phase10", "prod", "a*[x]"))) == sorted((k, k.encode()) for k in mine)
     assert len(list(store.states())) == 6
+
+
+def test_every_state_is_read_however_many_there_are(open_store):
+    store = open_store()
+    saved = [runs_of("durable-effect", "prod", f"s{n % 3}") + f"{n:05d}" for n in range(2345)]
+    store.run(lambda tx: [tx.save(key, b"h", None) for key in saved])
+    assert sorted(key for key, _ in store.states()) == sorted(saved)
+    of_one = sorted(key for key, _ in store.states(runs_of("durable-effect", "prod", "s1")))
+    assert of_one == [key for key in sorted(saved) if f"{keys.SEPARATOR}s1{keys.SEPARATOR}" in key]
 
 
 def test_acknowledged_spans_leave_the_outbox(open_store):
