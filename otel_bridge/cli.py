@@ -201,7 +201,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        found = [s for s in pipeline.run_states() if s.run.run_id == workflow_id and s.facts]
+        found = [s for s in pipeline.runs_named(workflow_id) if s.facts]
     finally:
         pipeline.store.close()
     if not found:

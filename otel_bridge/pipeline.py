@@ -400,9 +400,11 @@ class Pipeline:
         self._save(tx, key, journal.Changes(step.state, step.due, forgotten=step.facts_forgotten))
         return step
 
-    def run_states(self) -> Iterator[RunState]:
-        """Every run the store holds (open, or finished and still kept), readable ones only."""
-        return self._runs(self.store.states())
+    def runs_named(self, run_id: str) -> list[RunState]:
+        """The runs (of any producer) with this id: known by their keys' last field, the facts
+        read only of those."""
+        ending = keys.SEPARATOR + run_id
+        return list(self._runs((key, header) for key, header in self.store.states() if key.endswith(ending)))
 
     def _runs(self, headers: Iterable[tuple[str, bytes]]) -> Iterator[RunState]:
         """The runs of these (key, header) pairs, read whole; outside a transaction, for looking only."""
