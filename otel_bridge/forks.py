@@ -1,6 +1,7 @@
 """Objects that hold threads, locks, sockets or files start afresh in a child process after a fork."""
 
 import os
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -19,3 +20,11 @@ def after_fork_in_child(method: Callable[[], None]) -> None:
             alive()
 
     os.register_at_fork(after_in_child=call)
+
+
+def event_like(event: threading.Event) -> threading.Event:
+    """A new Event set as `event` is: its condition's lock may be held by a thread the child does not have."""
+    fresh = threading.Event()
+    if event.is_set():
+        fresh.set()
+    return fresh

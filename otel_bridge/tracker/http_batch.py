@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import httpx
 
-from otel_bridge.forks import after_fork_in_child
+from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.tracker.contract import enriched
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,7 @@ class HttpBatchTracker:
         # A flush in flight at the fork left `_sending` held for ever in the child; a client
         # passed in is the application's to make safe across a fork, one of ours is made anew.
         self._buffer = []
-        self._lock = threading.Lock()
-        self._sending = threading.Lock()
-        closed, self._closed = self._closed.is_set(), threading.Event()
-        if closed:
-            self._closed.set()
+        self._lock, self._sending, self._closed = threading.Lock(), threading.Lock(), event_like(self._closed)
         self.stats = TrackerStats()
         if self._own_client:
             self._client = None

@@ -30,7 +30,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
-from otel_bridge.forks import after_fork_in_child
+from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import enriched
@@ -87,11 +87,7 @@ class OtelTracker:
         # and its runs are settled and sent by the parent. The child's starts at its first flush.
         self._inherited = True
         self._buffer = []
-        self._lock = threading.Lock()
-        self._storing = threading.Lock()
-        closed, self._closed = self._closed.is_set(), threading.Event()
-        if closed:
-            self._closed.set()
+        self._lock, self._storing, self._closed = threading.Lock(), threading.Lock(), event_like(self._closed)
         self.dropped = self.rejected = 0
         self._start_timer()
 

@@ -28,6 +28,19 @@ def _trace(run: Phase10Run) -> str:
     return trace_id_for("phase10", "prod", "agents", run.execution_id).hex()
 
 
+def _following(tmp_path, otlp_http, engine: Phase10Server) -> BridgeProcess:
+    """`otel-bridge serve` following the stand-in's WebSocket, its timelines behind workspace ws-1."""
+    return BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        ws_url=engine.ws_url,
+        ws_api_url=engine.api_url,
+        ws_workspace_id="ws-1",
+        ws_service_name="agents",
+        ws_env="prod",
+    )
+
+
 def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http, engine):
     interrupted = Phase10Run("nightly-report").started(2).step_started("s1", "fetch", 1, "http").after(400)
     before_drop = list(interrupted.events)
@@ -43,15 +56,7 @@ def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http
     engine.scripts.put([*before_drop, DROP])
     engine.scripts.put([noise, {"type": "heartbeat", "timestamp": "2025-03-01T12:00:00"}, *later.events])
 
-    bridge = BridgeProcess(
-        tmp_path,
-        otlp_http.endpoint,
-        ws_url=engine.ws_url,
-        ws_api_url=engine.api_url,
-        ws_workspace_id="ws-1",
-        ws_service_name="agents",
-        ws_env="prod",
-    ).start()
+    bridge = _following(tmp_path, otlp_http, engine).start()
     got = otlp_http.received
     try:
         for run in (interrupted, later):
@@ -84,15 +89,7 @@ def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timel
     engine.timelines[run.execution_id] = run.timeline()
     engine.scripts.put(seen_live)  # the first process's connection: the start, then quiet
     engine.scripts.put([])  # the restarted one's: nothing new is ever told of the run
-    bridge = BridgeProcess(
-        tmp_path,
-        otlp_http.endpoint,
-        ws_url=engine.ws_url,
-        ws_api_url=engine.api_url,
-        ws_workspace_id="ws-1",
-        ws_service_name="agents",
-        ws_env="prod",
-    ).start()
+    bridge = _following(tmp_path, otlp_http, engine).start()
     got = otlp_http.received
     try:
         runs = f"{bridge.url}/v1/runs"
