@@ -67,6 +67,9 @@ class OtelTracker:
         self.bridge = Bridge(self._settings, meter_provider=meter_provider).start(follow=False)
         # True in a child process forked from the one that started `bridge`, until it has its own.
         self._inherited = False
+        # The bridges of the processes this one was forked from: kept, never closed (closing a
+        # SQLite connection made before a fork is what SQLite warns against, even to close it).
+        self._ancestors: list[Bridge] = []
         self._batch_size = max(batch_size, 1)
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -105,9 +108,8 @@ class OtelTracker:
                 )
                 settings = settings.model_copy(update={"state": ":memory:"})
             bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
-            # The parent's is kept, never closed: closing its SQLite connection here is what
-            # SQLite warns against (a connection must not cross a fork, even to be closed).
-            self._parents_bridge, self.bridge = self.bridge, bridge
+            self._ancestors.append(self.bridge)
+            self.bridge = bridge
             self._memory = True
             self._inherited = False
         return self.bridge
