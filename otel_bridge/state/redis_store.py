@@ -291,11 +291,17 @@ class RedisStore:
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         pattern = f"{_glob_escaped(self._p)}state:{_glob_escaped(prefix)}*"
-        prefix = f"{self._p}state:"
-        for key in self._client.scan_iter(match=pattern, count=500):
-            blob = self._client.get(key)
-            if blob is not None:
-                yield key.decode()[len(prefix) :], blob
+        skip = len(f"{self._p}state:")
+        cursor = 0
+        while True:
+            # A page of keys, then their states in one round trip (not one per state).
+            cursor, found = self._client.scan(cursor, match=pattern, count=500)
+            if found:
+                for key, blob in zip(found, self._client.mget(found), strict=True):
+                    if blob is not None:  # deleted since the scan
+                        yield key.decode()[skip:], blob
+            if cursor == 0:
+                return
 
     def facts(self, key: str) -> list[bytes]:
         return _in_order(self._client.hgetall(f"{self._p}facts:{key}"))
