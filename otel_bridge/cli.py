@@ -113,6 +113,8 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     finally:
         bridge.stop()
     print(summary.render())
+    if summary.interrupted:
+        return 130  # as a shell reports a process stopped by Ctrl-C
     return 2 if summary.stopped else 1 if summary.rejected else 0
 
 
@@ -359,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"otel-bridge: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting or stopping: what was committed stays committed
+        print("otel-bridge: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ class ReplaySummary:
     late: int = 0
     # (line number, rejection)
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
-    # (the first line not stored, why) when the bridge kept refusing a batch
+    # (the first line not stored, why) when the bridge kept refusing a batch, or on Ctrl-C
     stopped: tuple[int, str] | None = None
+    interrupted: bool = False
 
     def render(self, max_reasons: int = 20) -> str:
         out = [
@@ -106,6 +107,7 @@ def replay(
         batch.clear()
         numbers.clear()
 
+    number = 0
     try:
         for number, line in _lines(stream):
             summary.lines += 1
@@ -127,6 +129,10 @@ def replay(
             flush()
     except _Stopped:
         pass
+    except KeyboardInterrupt:
+        # The batch being read or stored was not stored (its transaction rolled back): from its first line.
+        summary.stopped = (numbers[0] if numbers else max(number, 1), "interrupted")
+        summary.interrupted = True
     finally:
         bar.close()
         if stream is not sys.stdin.buffer:

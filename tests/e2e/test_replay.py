@@ -2,8 +2,13 @@
 
 import json
 import os
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from bridge_process import free_port
 from builders import JobRun, WorkflowRun
@@ -115,3 +120,37 @@ def test_a_replay_refused_for_a_full_export_backlog_waits_for_the_backend_or_sto
     assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
     assert "accepted: 1000  duplicates: 0" in again.stdout.decode()
     assert len(otlp_http.received.unique_spans()) == 2 * len(earlier + runs)
+
+
+def _stored(state: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+            return db.execute("SELECT count(*) FROM state").fetchone()[0] > 0
+    except sqlite3.Error:  # not there yet, or its schema not yet written
+        return False
+
+
+def test_ctrl_c_stops_a_replay_at_a_line_and_running_it_again_goes_on(tmp_path, otlp_http):
+    done, log = _history(tmp_path, "long", runs=5000)
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
+        "OTEL_BRIDGE_STATE": str(tmp_path / "replay.db"),
+        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+    }
+    command = [sys.executable, "-m", "otel_bridge", "replay", log, "--no-progress"]
+    replaying = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _stored(tmp_path / "replay.db"):  # a first batch is in, the others are on their way
+        assert time.monotonic() < deadline and replaying.poll() is None
+        time.sleep(0.02)
+    replaying.send_signal(signal.SIGINT)
+    out, err = replaying.communicate(timeout=60)
+    assert replaying.returncode == 130, out.decode() + err.decode()
+    line = int(re.search(r"stopped at line (\d+): interrupted", out.decode()).group(1))
+    assert b"Traceback" not in err
+
+    again = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    assert f"accepted: {20_000 - (line - 1)}  duplicates: {line - 1}" in again.stdout.decode()
+    otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) == 2 * len(done), timeout=60)
