@@ -32,8 +32,13 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, blob BLOB NOT NULL, due 
 CREATE INDEX IF NOT EXISTS state_due ON state(due) WHERE due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS facts (key TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (key, seq))
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, resource TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, resource TEXT NOT NULL, payload BLOB NOT NULL);
 """
+
+# The outbox's ids are rowids, not AUTOINCREMENT (files made before keep theirs: both work): an
+# id is taken again only once the table's newest row has left it, and the drain acknowledges only
+# rows it has just read, which are still there. AUTOINCREMENT's sqlite_sequence row was one more
+# page written at every settle (0.7 % of the instructions per event).
 
 _SAVE = """INSERT INTO state (key, blob, due, overdue_at) VALUES (?, ?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET blob = excluded.blob, due = excluded.due, overdue_at = excluded.overdue_at"""
