@@ -56,6 +56,8 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # of n facts cost n² identity computations).
     #   _where: dict[tuple[object, ...], int]
     #   _ids: set[str]
+    # And the span id of each attempt, a hash computed once per run in memory, not at every settle:
+    #   _attempt_ids: dict[tuple[str, int], bytes]
 
     def position_of(self, identity: tuple[object, ...]) -> int | None:
         where = self.__dict__.get("_where")
@@ -316,8 +318,10 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         result.held = True
         return result
 
+    # Kept from the second settling on: most runs are settled once, and a dict per run would cost them.
+    attempt_ids = state.__dict__.setdefault("_attempt_ids", {}) if state.emitted else None
     spans = build_spans(
-        state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns
+        state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids
     )
     for span in spans:
         if span.end_ns is None:
@@ -345,6 +349,7 @@ def forget_facts(state: RunState) -> None:
     state.emitted = {}
     state.__dict__.pop("_where", None)
     state.__dict__.pop("_ids", None)
+    state.__dict__.pop("_attempt_ids", None)
 
 
 def has_gaps(facts: list[Fact]) -> bool:
