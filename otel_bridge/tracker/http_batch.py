@@ -4,7 +4,8 @@
 as `{"events": [...]}` when it holds `batch_size` events, every `flush_interval_seconds`,
 and on `flush()`/`close()`. A failed POST (non-2xx or a network error) is re-sent
 identically `max_attempts` more times after 1, 2, 4 … s (`initial_delay_ms`, doubling),
-as the real engine does, then dropped and counted. Nothing is ever raised into the
+as the real engine does — or after the `Retry-After` a refusal asks for, when longer (at
+most a minute) — then dropped and counted. Nothing is ever raised into the
 workflow, and a flush returns within `(max_attempts + 1) * timeout_seconds + the backoffs`.
 In a child process forked after the tracker was made, it starts afresh: an empty buffer
 (the parent's events are the parent's to send), its own locks, timer and connections.
@@ -16,6 +17,8 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -62,8 +65,29 @@ class _Config:
     initial_delay: float
     timeout: float
 
-    def delay(self, attempt: int) -> float:
-        return self.initial_delay * 2 ** (attempt - 1)
+    def delay(self, attempt: int, asked: float | None = None) -> float:
+        """Before re-send `attempt`: the engine's backoff, or longer when the bridge asked for it."""
+        backoff = self.initial_delay * 2 ** (attempt - 1)
+        return backoff if asked is None else max(backoff, asked)
+
+
+# The longest Retry-After honoured: a flush must still end in bounded time.
+_MAX_RETRY_AFTER = 60.0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The wait a refusal asks for (`Retry-After`: seconds, or an HTTP date), at most a minute."""
+    value = response.headers.get("retry-after")
+    if response.is_success or not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
 def _config(
@@ -158,10 +182,11 @@ class HttpBatchTracker:
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:
         body = {"events": batch}
+        asked = None
         for attempt in range(self._c.max_attempts + 1):
             if attempt:
                 self.stats.retries += 1
-                time.sleep(self._c.delay(attempt))
+                time.sleep(self._c.delay(attempt, asked))
             self.stats.posts += 1
             if self._client is None:  # `_send` runs under `_sending`: one is made
                 self._client = httpx.Client(timeout=self._c.timeout)
@@ -169,9 +194,11 @@ class HttpBatchTracker:
                 response = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
             except Exception as exc:  # never into the workflow
                 log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
+                asked = None
                 continue
             if self.stats.answered(response, batch):
                 return True
+            asked = _retry_after(response)
         return self.stats.dropped(batch, self._c.max_attempts + 1)
 
     def _timer(self) -> None:
@@ -254,10 +281,11 @@ class AsyncHttpBatchTracker:
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
         body = {"events": batch}
+        asked = None
         for attempt in range(self._c.max_attempts + 1):
             if attempt:
                 self.stats.retries += 1
-                await asyncio.sleep(self._c.delay(attempt))
+                await asyncio.sleep(self._c.delay(attempt, asked))
             self.stats.posts += 1
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=self._c.timeout)
@@ -265,9 +293,11 @@ class AsyncHttpBatchTracker:
                 response = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
             except Exception as exc:  # never into the workflow
                 log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
+                asked = None
                 continue
             if self.stats.answered(response, batch):
                 return True
+            asked = _retry_after(response)
         return self.stats.dropped(batch, self._c.max_attempts + 1)
 
     async def _timer(self) -> None:

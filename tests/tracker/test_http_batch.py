@@ -19,6 +19,8 @@ class _Endpoint:
     def __init__(self, answers: list[int]) -> None:
         self.answers = answers
         self.delay = 0.0  # seconds before each answer
+        self.retry_after = ""  # sent with every refusal when set
+        self.arrived: list[float] = []  # when each POST came (monotonic)
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         endpoint = self
@@ -28,11 +30,14 @@ class _Endpoint:
                 pass
 
             def do_POST(self) -> None:
+                endpoint.arrived.append(time.monotonic())
                 endpoint.bodies.append(self.rfile.read(int(self.headers["content-length"])))
                 endpoint.headers.append(dict(self.headers))
                 status = endpoint.answers.pop(0) if endpoint.answers else 200
                 time.sleep(endpoint.delay)
                 self.send_response(status)
+                if status >= 400 and endpoint.retry_after:
+                    self.send_header("retry-after", endpoint.retry_after)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -88,6 +93,27 @@ def test_a_retry_that_succeeds_delivers_the_batch(endpoint):
     tracker.emit(WorkflowRun().started().events[0])
     assert tracker.flush()
     assert (tracker.stats.retries, tracker.stats.events) == (1, 1)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_a_refusal_asking_to_wait_longer_than_the_backoff_is_waited_for(endpoint, flavour):
+    # The bridge answers 503 with Retry-After (2 s when its store is busy, 5 s when its backlog is full).
+    endpoint.answers, endpoint.retry_after = [503], "1"
+    event = WorkflowRun().started().events[0]
+    if flavour == "sync":
+        tracker = _tracker(endpoint)  # its own backoff: 10 ms
+        tracker.emit(event)
+        assert tracker.flush()
+    else:
+
+        async def produce() -> None:
+            tracker = AsyncHttpBatchTracker(endpoint.url, "staging", "shop", initial_delay_ms=10)
+            await tracker.emit(event)
+            assert await tracker.flush()
+
+        asyncio.run(produce())
+    first, second = endpoint.arrived
+    assert second - first >= 1.0
 
 
 def test_a_timer_flushes_what_is_buffered(endpoint):
