@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError, WatchError
 
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T, refusals_answered
 
@@ -267,15 +267,30 @@ class RedisStore:
 
     def _read(self, limit: int, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         answer = self._client.xreadgroup(_GROUP, self._consumer, {self._outbox: start}, count=limit)
-        # Entries deleted after delivery come back with no fields: nothing to send.
-        return [e for _stream, entries in answer for e in entries if e[1]]
+        entries = [e for _stream, found in answer for e in found]
+        # Entries deleted after delivery come back with no fields: nothing to send, and
+        # acknowledged, or they would come back at every read.
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            self._client.xack(self._outbox, _GROUP, *gone)
+        return [e for e in entries if e[1]]
 
     def outbox_ack(self, ids: list[int | str]) -> None:
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(self._outbox, _GROUP, *ids)
-                pipe.xdel(self._outbox, *ids)
-                pipe.execute()
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    pipe.xack(self._outbox, _GROUP, *ids)
+                    pipe.xdel(self._outbox, *ids)
+                    pipe.execute()
+            except OutOfMemoryError:
+                # Out of memory, Redis refuses every write of a MULTI, even these two that free
+                # memory: the outbox could never drain, and ingest never resume. Outside one,
+                # deleted first: a crash between the two leaves a pending id with no entry, which
+                # the next read acknowledges (`_read`), never a span sent twice.
+                with self._client.pipeline(transaction=False) as pipe:
+                    pipe.xdel(self._outbox, *ids)
+                    pipe.xack(self._outbox, _GROUP, *ids)
+                    pipe.execute()
         except RedisError as exc:
             # Sent but not acknowledged here: sent again later (at-least-once), never lost.
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc

@@ -1,5 +1,6 @@
 """A store that is full (a disk, Redis's memory) refuses the batch for the producer to retry: no event
-is taken for a bad one, no run is set aside, and once there is room again nothing is missing."""
+is taken for a bad one, no run is set aside, what waits for export can still leave, and once there
+is room again nothing is missing."""
 
 import time
 
@@ -12,6 +13,7 @@ from otel_bridge import trace_id_for
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreUnavailable
 
@@ -113,4 +115,33 @@ def test_a_redis_refusing_writes_gets_the_producer_a_503_and_nothing_is_lost(tmp
             got.wait_for(lambda trace_id=trace_id: len(got.trace(trace_id)) == 2, timeout=30)
     finally:
         bridge.close()
+        server.close()
+
+
+def test_a_redis_out_of_memory_still_drains_the_outbox_so_memory_comes_back():
+    server = RedisServer().start()
+    try:
+        store = RedisStore(server.url, seen_ttl_seconds=3600)
+        store.run(lambda tx: tx.outbox_add([("r", bytes(100)) for _ in range(10)]))
+        redis = server.client()
+        redis.config_set("maxmemory-policy", "noeviction")
+        redis.config_set("maxmemory", 1)
+        # A MULTI is refused whole out of memory, even an acknowledgement that frees memory.
+        while rows := store.outbox_peek(4):
+            store.outbox_ack([row.id for row in rows])
+        assert store.outbox_depth() == 0
+    finally:
+        server.close()
+
+
+def test_a_span_deleted_but_not_acknowledged_before_a_crash_is_acknowledged_at_the_next_read():
+    server = RedisServer().start()
+    try:
+        store = RedisStore(server.url, seen_ttl_seconds=3600)
+        store.run(lambda tx: tx.outbox_add([("r", b"gone"), ("r", b"kept")]))
+        first, _kept = store.outbox_peek(10)
+        server.client().xdel("otel-bridge:outbox", first.id)  # the crash came between XDEL and XACK
+        assert [row.payload for row in store.outbox_peek(10)] == [b"kept"]
+        assert server.client().xpending("otel-bridge:outbox", "exporters")["pending"] == 1
+    finally:
         server.close()
