@@ -347,9 +347,10 @@ class Pipeline:
                 tx.prefetch([k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
                 step = self._settle_one(tx, key, horizon, now, policy, touched)
-            except Unavailable:
-                raise  # the store's fault, not this run's: no run is set aside for a full disk
             except Exception as exc:
+                # The store's own refusal (a full disk) is not this run's fault: none is set aside for it.
+                if (refused := self.store.refusal(exc)) is not None:
+                    raise refused from exc
                 # One run that cannot be settled must not stop every other run from settling.
                 self._settle_failed(tx, key, now, exc)
                 continue

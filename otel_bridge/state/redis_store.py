@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
-from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T, refusals_answered
+from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ def _refusal(exc: Exception) -> StoreUnavailable | None:
     return StoreUnavailable(f"redis refused: {said}")
 
 
-_refusals = refusals_answered(_refusal)
-
-
 def _glob_escaped(text: str) -> str:
     """`text` matched literally in a SCAN pattern (a service may be named `a*` or `[x]`)."""
     return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
@@ -74,7 +71,6 @@ class RedisTransaction:
         # Runs read ahead by `prefetch`: key -> (state, due score, fact rows).
         self._fetched: dict[str, tuple[bytes | None, float | None, dict[bytes, bytes]]] = {}
 
-    @_refusals
     def unseen(self, event_ids: list[str]) -> set[str]:
         if not event_ids:
             return set()
@@ -91,7 +87,6 @@ class RedisTransaction:
 
         self._writes.append(write)
 
-    @_refusals
     def prefetch(self, keys: list[str]) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self._fetched]
         if not wanted:
@@ -110,7 +105,6 @@ class RedisTransaction:
         for i, key in enumerate(wanted):
             self._fetched[key] = (answers[3 * i], answers[3 * i + 1], answers[3 * i + 2])
 
-    @_refusals
     def load(self, key: str) -> tuple[bytes, float | None] | None:
         if key in self._fetched:
             blob, due, _facts = self._fetched[key]
@@ -141,7 +135,6 @@ class RedisTransaction:
 
         self._writes.append(write)
 
-    @_refusals
     def facts(self, key: str) -> list[bytes]:
         if key in self._fetched:
             return _in_order(self._fetched[key][2])
@@ -156,7 +149,6 @@ class RedisTransaction:
     def forget(self, key: str) -> None:
         self._writes.append(lambda pipe: pipe.delete(f"{self._p}facts:{key}"))
 
-    @_refusals
     def due_keys(self, now: float, limit: int) -> list[str]:
         # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
         keys = self._client.zrangebyscore(f"{self._p}due", "-inf", now, start=0, num=limit)
@@ -171,7 +163,6 @@ class RedisTransaction:
 
         self._writes.append(write)
 
-    @_refusals
     def commit(self) -> None:
         self._pipe.multi()
         for write in self._writes:
@@ -225,10 +216,17 @@ class RedisStore:
                 # Another replica got there first: read again and redo, after a jittered pause
                 # so that contenders do not collide again in lockstep.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-            except (RedisConnectionError, TimeoutError, redis.exceptions.TimeoutError) as exc:
-                # Also when opening the pipeline or WATCHing, outside the transaction's own methods.
+            except TimeoutError as exc:
                 raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+            except RedisError as exc:  # unreachable, or refusing writes: answered here, once
+                refused = _refusal(exc)
+                if refused is None:
+                    raise
+                raise refused from exc
         raise StoreUnavailable(f"gave up after {_MAX_ATTEMPTS} conflicting attempts")
+
+    def refusal(self, exc: Exception) -> StoreUnavailable | None:
+        return _refusal(exc)
 
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         try:
@@ -277,20 +275,13 @@ class RedisStore:
 
     def outbox_ack(self, ids: list[int | str]) -> None:
         try:
-            try:
-                with self._client.pipeline(transaction=True) as pipe:
-                    pipe.xack(self._outbox, _GROUP, *ids)
-                    pipe.xdel(self._outbox, *ids)
-                    pipe.execute()
-            except OutOfMemoryError:
-                # Out of memory, Redis refuses every write of a MULTI, even these two that free
-                # memory: the outbox could never drain, and ingest never resume. Outside one,
-                # deleted first: a crash between the two leaves a pending id with no entry, which
-                # the next read acknowledges (`_read`), never a span sent twice.
-                with self._client.pipeline(transaction=False) as pipe:
-                    pipe.xdel(self._outbox, *ids)
-                    pipe.xack(self._outbox, _GROUP, *ids)
-                    pipe.execute()
+            # Not a MULTI: out of memory, Redis refuses every write of one, even these two that free
+            # memory, and the outbox could never drain. Deleted first: a crash between the two
+            # leaves a pending id with no entry, which the next read acknowledges (`_read`).
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.xdel(self._outbox, *ids)
+                pipe.xack(self._outbox, _GROUP, *ids)
+                pipe.execute()
         except RedisError as exc:
             # Sent but not acknowledged here: sent again later (at-least-once), never lost.
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from otel_bridge.forks import after_fork_in_child
-from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T, refusals_answered
+from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -61,21 +61,12 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
         yield items[i : i + _CHUNK]
 
 
-def _store_fault(exc: BaseException) -> bool:
-    """Whether SQLite refused for reasons of its own (a full disk, an I/O error, a corrupt or read-only
+def _refusal(exc: BaseException) -> StoreUnavailable | None:
+    """SQLite refusing for reasons of its own (a full disk, an I/O error, a corrupt or read-only
     file), not because of what was asked: a retry may succeed, and no event is to blame."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
-
-
-def _refusal(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"the state file refused a write: {exc}")
-
-
-def _refusal_of(exc: Exception) -> StoreUnavailable | None:
-    return _refusal(exc) if _store_fault(exc) else None
-
-
-_refusals = refusals_answered(_refusal_of)
+    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+        return StoreUnavailable(f"the state file refused a write: {exc}")
+    return None
 
 
 def _facts(db: sqlite3.Connection, key: str) -> list[bytes]:
@@ -98,7 +89,6 @@ class SqliteTransaction:
         self._db = db
         self.added = 0
 
-    @_refusals
     def unseen(self, event_ids: list[str]) -> set[str]:
         fresh = set(event_ids)
         for chunk in _chunks(list(fresh)):
@@ -107,49 +97,40 @@ class SqliteTransaction:
                 fresh.discard(seen)
         return fresh
 
-    @_refusals
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None:
         self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((e, now) for e in event_ids))
 
     def prefetch(self, keys: list[str]) -> None:
         pass  # in this process: a load costs no round trip
 
-    @_refusals
     def load(self, key: str) -> tuple[bytes, float | None] | None:
         row = self._db.execute("SELECT blob, due FROM state WHERE key = ?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    @_refusals
     def save(self, key: str, blob: bytes, due: float | None, overdue_at: float | None = None) -> None:
         # An upsert, not INSERT OR REPLACE: a replace deletes the row and inserts it again, which
         # rewrites both index entries even when the due time did not move (a third more per save).
         self._db.execute(_SAVE, (key, blob, due, overdue_at))
 
-    @_refusals
     def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM state WHERE key = ?", (key,))
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
 
-    @_refusals
     def facts(self, key: str) -> list[bytes]:
         return _facts(self._db, key)
 
-    @_refusals
     def append(self, key: str, rows: list[tuple[int, bytes]]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)", ((key, n, b) for n, b in rows))
 
-    @_refusals
     def forget(self, key: str) -> None:
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
 
-    @_refusals
     def due_keys(self, now: float, limit: int) -> list[str]:
         rows = self._db.execute(
             "SELECT key FROM state WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?", (now, limit)
         )
         return [key for (key,) in rows]
 
-    @_refusals
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
         before = self._db.total_changes
         self._db.executemany("INSERT INTO outbox (resource, payload) VALUES (?, ?)", rows)
@@ -278,30 +259,26 @@ class SqliteStore:
     def transaction(self) -> Iterator[SqliteTransaction]:
         self._acquire()
         try:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise _refusal(exc) from exc
             tx = SqliteTransaction(self._db)
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 yield tx
+                self._db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
-                if _store_fault(exc):  # from a statement of the store's own (a savepoint)
-                    raise _refusal(exc) from exc
-                raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                self._rollback()
-                if _store_fault(exc):
-                    raise _refusal(exc) from exc
+                # SQLite's own refusal, at BEGIN, in a statement of the work or at COMMIT: the
+                # store's fault, answered here once rather than by every statement of the hot path.
+                if (refused := _refusal(exc)) is not None:
+                    raise refused from exc
                 raise
             self._depth += tx.added
             self._commits += 1
         finally:
             self._released_by = threading.get_ident()
             self._lock.release()
+
+    def refusal(self, exc: Exception) -> StoreUnavailable | None:
+        return _refusal(exc)
 
     def _rollback(self) -> None:
         # SQLite may have rolled the transaction back itself (a full disk, an I/O error): a
@@ -322,9 +299,9 @@ class SqliteStore:
                 added = tx.added
                 try:
                     out.append(work(tx))
-                except StoreUnavailable:
-                    raise  # the store refused, not this batch: the transaction fails, and every batch in it
                 except Exception as exc:
+                    if _refusal(exc) is not None:
+                        raise  # the store refused, not this batch: the transaction fails, and every batch in it
                     self._db.execute("ROLLBACK TO batch")
                     tx.added = added
                     out.append(exc)

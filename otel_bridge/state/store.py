@@ -7,46 +7,17 @@ bridge replicas may run it again when another replica changed what it read, so
 `work` must compute everything from what it reads through `tx`.
 """
 
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from otel_bridge.consumer import Unavailable
 
 T = TypeVar("T")
-_P = ParamSpec("_P")
 
 
 class StoreUnavailable(Unavailable):
     """The store cannot take writes now (locked, unreachable, full): answer 503, let the producer retry."""
-
-
-def refusals_answered(
-    refusal: Callable[[Exception], StoreUnavailable | None],
-) -> Callable[[Callable[_P, T]], Callable[_P, T]]:
-    """A transaction's method that answers its store's own refusals as StoreUnavailable.
-
-    `refusal` turns an error the store raised for reasons of its own (a full disk or memory,
-    an I/O error, a read-only replica) into the StoreUnavailable to raise, and anything else
-    into None: raised as it is. A full store must get the producer a 503 to retry, never be
-    taken for a fault of the events (rejected, and so dropped) or of a run (set aside).
-    """
-
-    def wrap(method: Callable[_P, T]) -> Callable[_P, T]:
-        @functools.wraps(method)
-        def answered(*args: _P.args, **kwargs: _P.kwargs) -> T:
-            try:
-                return method(*args, **kwargs)
-            except Exception as exc:
-                unavailable = refusal(exc)
-                if unavailable is None:
-                    raise
-                raise unavailable from exc
-
-        return answered
-
-    return wrap
 
 
 class StoreOpenError(Exception):
@@ -98,7 +69,14 @@ class Store(Protocol):
     # Whether the index of when runs turn overdue was just created over states stored without it.
     overdue_index_new: bool
 
-    def run(self, work: Callable[[Transaction], T]) -> T: ...
+    def run(self, work: Callable[[Transaction], T]) -> T:
+        """`work` as one transaction; the store's own refusals (unreachable, full, read-only) are
+        raised as StoreUnavailable: a producer gets a 503 to retry, no event is taken for a bad one."""
+
+    def refusal(self, exc: Exception) -> StoreUnavailable | None:
+        """The StoreUnavailable that an error this store raised inside a transaction stands for
+        (its own refusal), or None: the error is the caller's. For code that catches broadly
+        inside `work` (settling, one run at a time) and must not blame a run for a full disk."""
 
     def awaited(self) -> bool:
         """Whether a transaction is waiting for the one running now to end (never, on a shared store)."""
