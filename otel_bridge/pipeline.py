@@ -450,11 +450,11 @@ class Pipeline:
                 head = journal.decode(key, header, [])
                 if not (isinstance(head, RunState) and query.may_hold(head)):
                     continue
-                state = journal.decode(key, header, self.store.facts(key))
+                state = journal.with_facts(head, self.store.facts(key))
             except ValueError:
                 log.warning("run state %r is not readable; skipped", key)
                 continue
-            run = overview(state, now_ns, grace_ns)  # type: ignore[arg-type]
+            run = overview(state, now_ns, grace_ns)
             if run is None or not query.holds(run):
                 continue
             count += 1

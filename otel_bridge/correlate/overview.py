@@ -129,11 +129,3 @@ class RunQuery:
             and (not self.overdue or run.overdue_ns is not None)
             and (self.service is None or run.service == self.service)
         )
-
-
-def select(
-    runs: list[RunOverview], state: str | None = None, overdue: bool = False, service: str | None = None
-) -> list[RunOverview]:
-    """The runs a question names: in a state, overdue only, of one service."""
-    query = RunQuery(state, overdue, service)
-    return [r for r in runs if query.holds(r)]

@@ -31,7 +31,10 @@ class ReplaySummary:
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
     # (the first line not stored, why) when the bridge kept refusing a batch, or on Ctrl-C
     stopped: tuple[int, str] | None = None
-    interrupted: bool = False
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped is not None and self.stopped[1] == _INTERRUPTED
 
     def render(self, max_reasons: int = 20) -> str:
         out = [
@@ -50,6 +53,9 @@ class ReplaySummary:
                 "already counts as duplicates."
             )
         return "\n".join(out)
+
+
+_INTERRUPTED = "interrupted"
 
 
 class _Stopped(Exception):
@@ -130,9 +136,9 @@ def replay(
     except _Stopped:
         pass
     except KeyboardInterrupt:
-        # The batch being read or stored was not stored (its transaction rolled back): from its first line.
-        summary.stopped = (numbers[0] if numbers else max(number, 1), "interrupted")
-        summary.interrupted = True
+        # From the first line of the batch being read or stored: stored or not (interrupted right
+        # after its commit), it is offered again by the next replay, as duplicates if need be.
+        summary.stopped = (numbers[0] if numbers else max(number, 1), _INTERRUPTED)
     finally:
         bar.close()
         if stream is not sys.stdin.buffer:

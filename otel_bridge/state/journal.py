@@ -44,7 +44,11 @@ def decode(key: str, header: bytes, rows: list[bytes]) -> State:
     """Raises ValueError when this version cannot read it."""
     if keys.is_job(key):
         return _JOB.decode(header)
-    state = _RUN.decode(header)
+    return with_facts(_RUN.decode(header), rows)
+
+
+def with_facts(state: RunState, rows: list[bytes]) -> RunState:
+    """A run decoded from its header alone, given its fact rows. Raises ValueError as `decode`."""
     if rows:
         state.facts.extend(_FACTS.decode(b"[" + b",".join(rows) + b"]"))
     return state

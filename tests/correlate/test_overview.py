@@ -3,7 +3,7 @@
 from builders import WorkflowRun, ns
 from fold_harness import fold_events
 
-from otel_bridge.correlate.overview import overview, select
+from otel_bridge.correlate.overview import RunQuery, overview
 
 GRACE = 300 * 10**9
 
@@ -58,6 +58,6 @@ def test_select_filters_by_state_overdue_and_service():
     running = WorkflowRun(service="b").started().step_started("x")
     now = max(ns(paused.now), ns(running.now)) + 2 * GRACE
     runs = [overview(_state(r), now, GRACE) for r in (paused, running)]
-    assert [r.run_id for r in select(runs, overdue=True)] == [paused.workflow_id]
-    assert [r.run_id for r in select(runs, state="executing")] == [running.workflow_id]
-    assert [r.run_id for r in select(runs, service="a")] == [paused.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(overdue=True).holds(r)] == [paused.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(state="executing").holds(r)] == [running.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(service="a").holds(r)] == [paused.workflow_id]
