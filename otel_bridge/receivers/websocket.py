@@ -27,6 +27,8 @@ from otel_bridge.receivers.json_text import loads
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0
+# A timeline the engine says it does not have, now or ever: not asked again.
+_GONE = (404, 410)
 # (execution id, True when a message starts it, False when it ends it, None otherwise): the
 # source's knowledge, handed in, so this transport knows no event names.
 Progress = Callable[[Any], tuple[str | None, bool | None]]
@@ -121,6 +123,9 @@ class WebSocketReceiver:
                 url = f"{self._api_url}/api/workflows/executions/{execution}/timeline"
                 try:
                     response = client.get(url)
+                    if response.status_code in _GONE:
+                        self._forget(execution, response.status_code)
+                        continue
                     response.raise_for_status()
                     timeline = loads(response.content)  # as the messages: lone surrogates made U+FFFD
                 except (httpx.HTTPError, ValueError) as exc:
@@ -129,3 +134,14 @@ class WebSocketReceiver:
                 self._store([timeline], stop)
                 if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)
+
+    def _forget(self, execution: str, status: int) -> None:
+        # The engine does not know it (deleted, or kept by another workspace): asking again at every
+        # reconnect would never get an answer. The run stays open in the store, where it is listed,
+        # counted overdue when it was paused, and ended at `max_open_seconds`.
+        self.open_executions.pop(execution, None)
+        log.warning(
+            "timeline of %s: the engine answered %d; not asked again (the run stays open until max_open_seconds)",
+            execution,
+            status,
+        )
