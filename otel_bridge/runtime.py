@@ -27,6 +27,7 @@ from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.redis_stream import StreamReceiver
 from otel_bridge.receivers.websocket import WebSocketReceiver
+from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
@@ -290,33 +291,42 @@ class Bridge:
 
     def _overdue_loop(self) -> None:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
+        failures = RepeatedFailure("counting overdue runs")
         while True:
             try:
                 self.count_overdue()
-            except Exception:
-                log.exception("counting overdue runs failed; retrying")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             if self._stop.wait(interval):
                 return
 
     def _settle_loop(self) -> None:
         tick = min(max(self.settings.settle_seconds / 4, 0.05), 0.25)
         last_purge = 0.0
+        failures = RepeatedFailure("settling")
         while not self._stop.wait(tick):
             try:
                 self.pipeline.settle_due()
                 if time.monotonic() - last_purge > min(_PURGE_EVERY, self.settings.dedup_ttl_seconds / 2):
                     last_purge = time.monotonic()
                     self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
-            except Exception:
-                log.exception("settle loop failed; retrying")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     def _checkpoint_loop(self) -> None:
         assert isinstance(self.store, Checkpointed)
+        failures = RepeatedFailure("checkpointing the state file")
         while not self._stop.wait(_CHECKPOINT_EVERY):
             try:
                 self.store.checkpoint()
-            except Exception:
-                log.exception("checkpointing the state file failed; retrying")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())

@@ -26,6 +26,7 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export.histograms import Histograms
 from otel_bridge.export.sums import Sums
+from otel_bridge.repeated_failure import RepeatedFailure
 
 # 5 ms to 7 days: workflows sleep for days, and the SDK default stops at 10 s.
 DURATION_BUCKETS = (
@@ -347,10 +348,21 @@ class MetricsHub:
             self._record(None, name, (), 0, None, None)
 
     def gauge(self, name: str, unit: str, description: str, read: Callable[[], float]) -> None:
-        """An observable gauge of the bridge itself, read at each collection."""
+        """An observable gauge of the bridge itself, read at each collection.
+
+        A read that fails (the store it asks is down) gives no point this time, told once in the
+        log rather than by the SDK's traceback at every collection and scrape.
+        """
+        failures = RepeatedFailure(f"reading the gauge {name}")
 
         def observe(_options: CallbackOptions) -> list[ApiObservation]:
-            return [ApiObservation(read())]
+            try:
+                value = read()
+            except Exception as exc:
+                failures.failed(exc)
+                return []
+            failures.succeeded()
+            return [ApiObservation(value)]
 
         meter = self._producer(None).provider.get_meter(c.SCOPE_NAME)
         meter.create_observable_gauge(name, [observe], unit, description)

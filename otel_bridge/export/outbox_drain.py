@@ -21,6 +21,7 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import Delivery, ExportResult, TraceSender
 from otel_bridge.export.span_encoding import export_request
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.state.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,15 @@ class OutboxDrain:
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
+        failures = RepeatedFailure("draining the outbox")
         while not stop.is_set():
             try:
                 sent = self.export_once()
-            except Exception:
-                log.exception("outbox drain failed")
+            except Exception as exc:
+                failures.failed(exc)
                 sent = None
+            else:
+                failures.succeeded()
             if sent is None:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)

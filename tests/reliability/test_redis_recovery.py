@@ -54,3 +54,25 @@ def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(
     finally:
         bridge.close()
         server.close()
+
+
+def test_redis_down_for_a_while_is_told_once_in_full_then_its_recovery(tmp_path, otlp_http):
+    server = RedisServer().start()
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=server.url).start()
+    try:
+        assert bridge.post(_run(0).events).status_code == 200
+        server.kill()
+        time.sleep(3)  # the settle loop retries four times a second meanwhile
+        server.start()
+        deadline = time.monotonic() + 20
+        while "settling works again" not in bridge.log.read_text():
+            assert time.monotonic() < deadline, bridge.log.read_text()
+            time.sleep(0.1)
+    finally:
+        bridge.close()
+        server.close()
+    log = bridge.log.read_text()
+    assert log.count("settling failed, retrying: redis unavailable") == 1
+    # A line each at most: settling, the outbox drain, the outbox depth gauge, the overdue count.
+    assert log.count(" ERROR ") <= 4, log
+    assert "Traceback" not in log  # Redis down is a condition, not a bug

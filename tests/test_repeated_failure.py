@@ -1,0 +1,44 @@
+"""A background task that keeps failing, told in the log: once in full, a line a minute, its recovery."""
+
+import logging
+import sqlite3
+
+from otel_bridge.repeated_failure import RepeatedFailure
+from otel_bridge.state.store import StoreUnavailable
+
+
+def test_a_task_failing_every_second_logs_its_first_failure_then_a_line_a_minute_then_its_recovery(caplog):
+    now = [0.0]
+    failures = RepeatedFailure("checkpointing the state file", clock=lambda: now[0])
+    full = sqlite3.OperationalError("database or disk is full")
+    with caplog.at_level(logging.INFO, logger="otel_bridge.repeated_failure"):
+        for second in range(150):  # two and a half minutes of a full disk
+            now[0] = float(second)
+            failures.failed(full)
+        failures.succeeded()
+        failures.succeeded()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "checkpointing the state file failed; retrying", True),
+        ("ERROR", "checkpointing the state file still failing (61 times in 60 s): database or disk is full", False),
+        ("ERROR", "checkpointing the state file still failing (121 times in 120 s): database or disk is full", False),
+        ("WARNING", "checkpointing the state file works again, after 150 failures", False),
+    ]
+
+
+def test_a_failure_after_a_recovery_is_told_in_full_again(caplog):
+    failures = RepeatedFailure("checkpointing the state file", clock=lambda: 0.0)
+    with caplog.at_level(logging.ERROR, logger="otel_bridge.repeated_failure"):
+        failures.failed(OSError("disk I/O error"))
+        failures.succeeded()
+        failures.failed(OSError("disk I/O error"))
+    assert [r.exc_info is not None for r in caplog.records] == [True, True]
+
+
+def test_the_store_down_is_told_in_one_line_without_a_traceback(caplog):
+    failures = RepeatedFailure("settling", clock=lambda: 0.0)
+    with caplog.at_level(logging.ERROR, logger="otel_bridge.repeated_failure"):
+        failures.failed(StoreUnavailable("redis unavailable: Connection refused"))
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("settling failed, retrying: redis unavailable: Connection refused", None)
+    ]
