@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
@@ -210,14 +211,41 @@ def _disabled(signal: str) -> bool:
 def trace_sender() -> TraceSender:
     if _disabled("traces"):
         return NoSender()
-    return _GrpcTraces() if protocol_for("traces") == GRPC else _HttpTraces()
+    if protocol_for("traces") == GRPC:
+        return _told_if_tls_unasked(_GrpcTraces(), "traces")
+    return _HttpTraces()
 
 
 def metric_sender() -> MetricSender:
     if _disabled("metrics"):
         return NoSender()  # its answer is truthy: success
-    exporter = GrpcMetricExporter() if protocol_for("metrics") == GRPC else HttpMetricExporter()
-    return _MetricSender(exporter)
+    if protocol_for("metrics") == GRPC:
+        return _MetricSender(_told_if_tls_unasked(GrpcMetricExporter(), "metrics"))
+    return _MetricSender(HttpMetricExporter())
+
+
+def _told_if_tls_unasked(exporter: T, signal: str) -> T:
+    """The gRPC exporter, after a warning when it will speak TLS to an endpoint nobody said was TLS.
+
+    The SDK reads an endpoint without a scheme (`collector:4317`, the form gRPC docs use) as TLS
+    unless `OTEL_EXPORTER_OTLP_INSECURE` says otherwise; a plain-text Collector then fails every
+    handshake, and the export log says only that the backend is unavailable.
+    """
+    if getattr(exporter, "_insecure", True):
+        return exporter
+    prefixes = (f"OTEL_EXPORTER_OTLP_{signal.upper()}_", "OTEL_EXPORTER_OTLP_")
+    setting = {name: [os.environ.get(p + name) for p in prefixes] for name in ("ENDPOINT", "INSECURE", "CERTIFICATE")}
+    endpoint = next((value for value in setting["ENDPOINT"] if value), "")
+    if endpoint.lower().startswith("https://") or any(setting["INSECURE"] + setting["CERTIFICATE"]):
+        return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
+    log.warning(
+        "OTLP/gRPC %s endpoint %r has no scheme, so it is reached with TLS; for a plain-text Collector "
+        "write http://%s (or set OTEL_EXPORTER_OTLP_INSECURE=true)",
+        signal,
+        endpoint,
+        endpoint,
+    )
+    return exporter
 
 
 def stop_retrying(*senders: object) -> None:

@@ -1,0 +1,52 @@
+"""The OTLP senders as the SDK's variables configure them: a gRPC endpoint that will be TLS unasked is told."""
+
+import logging
+
+import pytest
+
+from otel_bridge.export import otlp
+
+_TOLD = "has no scheme, so it is reached with TLS"
+
+
+def _senders_built(monkeypatch, caplog, **env: str) -> list[str]:
+    for name in ("ENDPOINT", "INSECURE", "CERTIFICATE"):
+        for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
+            monkeypatch.delenv(prefix + name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        for sender in (otlp.trace_sender(), otlp.metric_sender()):
+            sender.shutdown()
+    return [r.getMessage() for r in caplog.records if _TOLD in r.getMessage()]
+
+
+def test_a_grpc_endpoint_without_a_scheme_is_told_to_be_tls_for_each_signal(monkeypatch, caplog):
+    told = _senders_built(monkeypatch, caplog, OTEL_EXPORTER_OTLP_ENDPOINT="collector:4317")
+    assert told == [
+        f"OTLP/gRPC {signal} endpoint 'collector:4317' {_TOLD}; for a plain-text Collector write "
+        "http://collector:4317 (or set OTEL_EXPORTER_OTLP_INSECURE=true)"
+        for signal in ("traces", "metrics")
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "false"},
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4317",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "collector:4317",
+            "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "true",
+        },
+        {},  # the SDK's default, http://localhost:4317
+    ],
+    ids=["http", "https", "insecure", "tls-asked", "per-signal-insecure", "default"],
+)
+def test_a_grpc_endpoint_whose_transport_was_said_is_not_told(monkeypatch, caplog, env):
+    assert _senders_built(monkeypatch, caplog, **env) == []
