@@ -4,6 +4,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 
 def after_fork_in_child(method: Callable[[], None]) -> None:
@@ -28,3 +29,8 @@ def event_like(event: threading.Event) -> threading.Event:
     if event.is_set():
         fresh.set()
     return fresh
+
+
+def of_this_process(path: Path) -> Path:
+    """`path` with this process's id before its suffix: `dead.jsonl` -> `dead.4242.jsonl`."""
+    return path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")

@@ -30,13 +30,14 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
-from otel_bridge.forks import after_fork_in_child, event_like
+from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import enriched
 
 log = logging.getLogger(__name__)
 
+_DEAD_LETTER_FILES = ("dead_letter", "span_dead_letter")
 # Events held while the store refuses them (the export backlog is full); past it the oldest are dropped.
 _MAX_HELD = 100_000
 
@@ -107,6 +108,10 @@ class OtelTracker:
                     settings.state,
                 )
                 settings = settings.model_copy(update={"state": ":memory:"})
+            # Two processes appending to, and rotating, one dead-letter file would tangle it.
+            settings = settings.model_copy(
+                update={name: of_this_process(Path(getattr(settings, name))) for name in _DEAD_LETTER_FILES}
+            )
             bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
             self._ancestors.append(self.bridge)
             self.bridge = bridge

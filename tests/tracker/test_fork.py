@@ -191,3 +191,21 @@ def test_a_forked_child_holds_no_claim_on_the_state_file(tmp_path):
         os.waitpid(pid, 0)
         for fd in (*started, *finish):
             os.close(fd)
+
+
+def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    bad = {"type": "step.started", "workflowId": "w", "eventId": "e-1"}  # no time, no step
+    with OtelTracker("production", "shop", dead_letter=dead, flush_interval_seconds=None) as tracker:
+
+        def in_child() -> int:
+            tracker.emit(bad)
+            tracker.flush()
+            return os.getpid()
+
+        child = _in_child(in_child)
+        tracker.emit(dict(bad, eventId="e-2"))
+        tracker.flush()
+    kept = [json.loads(line) for line in (tmp_path / f"dead.{child}.jsonl").read_text().splitlines()]
+    assert [k["event"]["eventId"] for k in kept] == ["e-1"]
+    assert [json.loads(line)["event"]["eventId"] for line in dead.read_text().splitlines()] == ["e-2"]
