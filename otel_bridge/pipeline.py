@@ -433,35 +433,56 @@ class Pipeline:
     ) -> tuple[list[RunOverview], int]:
         """The open runs `query` asks for, the oldest first (at most `limit`), and how many there are.
 
-        Overdue runs are found through the store's index. Otherwise every header is read, in
-        chunks, and a run's facts only when its header does not rule it out; only the `limit`
-        oldest are kept while reading: a million open runs are listed in flat memory.
+        Overdue runs are found through the store's index and read whole. Otherwise every header is
+        read, in chunks: it tells a run's state, service and since when (the time of the fact that
+        set its state), which is all a listing sorts and filters on, so the facts are read only of
+        the `limit` oldest kept: a million open runs are listed in flat memory, and in the time
+        their headers take.
         """
         now = self._clock() if now is None else now
         now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
         headers = self.store.overdue(now) if query.overdue else self.store.states()
-        # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run).
-        oldest: list[tuple[int, int, RunOverview]] = []
+        # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
+        # its key and header, to be read whole once kept to the end).
+        oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
         count = 0
         for n, (key, header) in enumerate(headers):
             if keys.is_kept_aside(key) or keys.is_job(key):
                 continue
             try:
                 head = journal.decode(key, header, [])
-                if not (isinstance(head, RunState) and query.may_hold(head)):
-                    continue
-                state = journal.with_facts(head, self.store.facts(key))
             except ValueError:
                 log.warning("run state %r is not readable; skipped", key)
                 continue
-            run = overview(state, now_ns, grace_ns)
-            if run is None or not query.holds(run):
+            if not (isinstance(head, RunState) and query.may_hold(head)):
                 continue
+            kept: RunOverview | tuple[str, RunState]
+            if query.overdue or head.state_order is None:  # told only by its facts
+                run = self._overview(key, head, now_ns, grace_ns)
+                if run is None or not query.holds(run):
+                    continue
+                since, kept = run.since_ns, run
+            else:
+                since, kept = head.state_order[0], (key, head)
             count += 1
-            heapq.heappush(oldest, (-run.since_ns, -n, run))
+            heapq.heappush(oldest, (-since, -n, kept))
             if limit is not None and len(oldest) > limit:
                 heapq.heappop(oldest)  # the newest of those kept
-        return [run for _since, _n, run in sorted(oldest, key=lambda kept: (-kept[0], -kept[1]))], count
+        listed = []
+        for _since, _n, kept in sorted(oldest, key=lambda entry: (-entry[0], -entry[1])):
+            run = self._overview(*kept, now_ns, grace_ns) if isinstance(kept, tuple) else kept
+            if run is None:  # a header without facts: nothing to tell
+                count -= 1
+                continue
+            listed.append(run)
+        return listed, count
+
+    def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
+        try:
+            return overview(journal.with_facts(head, self.store.facts(key)), now_ns, grace_ns)
+        except ValueError:
+            log.warning("run state %r is not readable; skipped", key)
+            return None
 
     def open_run_ids(self, engine: str, env: str, service: str) -> list[str]:
         """The ids of one producer's runs still open, from the states' headers (not their facts)."""

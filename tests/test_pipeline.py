@@ -189,3 +189,21 @@ def test_a_long_list_of_open_runs_keeps_the_oldest_and_counts_them_all(tmp_path)
     listed, count = pipeline.list_runs(RunQuery(service="s1", state="executing"), limit=3)
     assert count == 750 and [r.run_id for r in listed] == ["open-0001", "open-0003", "open-0005"]
     assert pipeline.list_runs(RunQuery(state="paused"))[1] == 0
+
+
+def test_open_runs_are_listed_by_when_they_entered_their_state_reading_the_facts_of_those_listed_only(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    long_running = WorkflowRun(workflow_id="paused-late").started().after(5_000).paused(resume_in_ms=600_000)
+    recent = WorkflowRun(workflow_id="started-between").after(1_000).started()
+    newest = WorkflowRun(workflow_id="started-last").after(9_000).started()
+    pipeline.ingest([*long_running.events, *recent.events, *newest.events])
+    read: list[str] = []
+    facts = pipeline.store.facts
+    pipeline.store.facts = lambda key: read.append(key) or facts(key)  # type: ignore[method-assign]
+
+    listed, count = pipeline.list_runs(RunQuery(), limit=2)
+
+    # Paused at 5 s, it has been in its state for less long than the run started at 1 s.
+    assert count == 3 and [r.run_id for r in listed] == ["started-between", "paused-late"]
+    assert [r.state for r in listed] == ["executing", "paused"]
+    assert len(read) == 2 and not any(key.endswith("started-last") for key in read)
