@@ -4,10 +4,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from otel_bridge.state.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RepeatedFailure:
@@ -31,6 +33,16 @@ class RepeatedFailure:
         self._told = 0.0
         self._failures = 0
         self._lock = threading.Lock()  # a gauge's reads come from the export thread and from scrapes
+
+    def attempt(self, work: Callable[[], T]) -> T | None:
+        """`work()`, or None when it raised (told as above)."""
+        try:
+            result = work()
+        except Exception as exc:
+            self.failed(exc)
+            return None
+        self.succeeded()
+        return result
 
     def failed(self, exc: BaseException) -> None:
         with self._lock:

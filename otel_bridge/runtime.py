@@ -293,12 +293,7 @@ class Bridge:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
         while True:
-            try:
-                self.count_overdue()
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
+            failures.attempt(self.count_overdue)
             if self._stop.wait(interval):
                 return
 
@@ -306,27 +301,22 @@ class Bridge:
         tick = min(max(self.settings.settle_seconds / 4, 0.05), 0.25)
         last_purge = 0.0
         failures = RepeatedFailure("settling")
+
+        def settle() -> None:
+            nonlocal last_purge
+            self.pipeline.settle_due()
+            if time.monotonic() - last_purge > min(_PURGE_EVERY, self.settings.dedup_ttl_seconds / 2):
+                last_purge = time.monotonic()
+                self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
+
         while not self._stop.wait(tick):
-            try:
-                self.pipeline.settle_due()
-                if time.monotonic() - last_purge > min(_PURGE_EVERY, self.settings.dedup_ttl_seconds / 2):
-                    last_purge = time.monotonic()
-                    self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
+            failures.attempt(settle)
 
     def _checkpoint_loop(self) -> None:
         assert isinstance(self.store, Checkpointed)
         failures = RepeatedFailure("checkpointing the state file")
         while not self._stop.wait(_CHECKPOINT_EVERY):
-            try:
-                self.store.checkpoint()
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
+            failures.attempt(self.store.checkpoint)
 
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())

@@ -42,3 +42,15 @@ def test_the_store_down_is_told_in_one_line_without_a_traceback(caplog):
     assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
         ("settling failed, retrying: redis unavailable: Connection refused", None)
     ]
+
+
+def test_an_attempt_answers_what_the_work_returned_or_none_when_it_raised(caplog):
+    failures = RepeatedFailure("reading the gauge", clock=lambda: 0.0)
+
+    def broken() -> float:
+        raise StoreUnavailable("redis unavailable")
+
+    with caplog.at_level(logging.INFO, logger="otel_bridge.repeated_failure"):
+        assert failures.attempt(broken) is None
+        assert failures.attempt(lambda: 7.0) == 7.0
+    assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]  # failed, then works again

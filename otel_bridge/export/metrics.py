@@ -356,13 +356,8 @@ class MetricsHub:
         failures = RepeatedFailure(f"reading the gauge {name}")
 
         def observe(_options: CallbackOptions) -> list[ApiObservation]:
-            try:
-                value = read()
-            except Exception as exc:
-                failures.failed(exc)
-                return []
-            failures.succeeded()
-            return [ApiObservation(value)]
+            value = failures.attempt(read)
+            return [] if value is None else [ApiObservation(value)]
 
         meter = self._producer(None).provider.get_meter(c.SCOPE_NAME)
         meter.create_observable_gauge(name, [observe], unit, description)

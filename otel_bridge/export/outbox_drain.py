@@ -132,13 +132,7 @@ class OutboxDrain:
         backoff = 0.5
         failures = RepeatedFailure("draining the outbox")
         while not stop.is_set():
-            try:
-                sent = self.export_once()
-            except Exception as exc:
-                failures.failed(exc)
-                sent = None
-            else:
-                failures.succeeded()
+            sent = failures.attempt(self.export_once)
             if sent is None:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
