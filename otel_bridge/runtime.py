@@ -346,25 +346,43 @@ class Bridge:
         """
         self.ready = False
         self._stop.set()
+        deadline = time.monotonic() + self.settings.drain_timeout_seconds
         # From now on each export makes one attempt: the exporters' own retries (for up to
         # OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) held the exit past the drain timeout while a backend
         # was down — in the export thread being joined, and again for the metrics. The drain
         # below still tries again until its timeout; what is left stays in the outbox.
         otlp.stop_retrying(self.trace_sender, self.metric_sender)
+        # And no request waits past the drain timeout for a backend that took the connection and
+        # never answers: that held the exit three request timeouts (27 s).
+        otlp.limit_timeouts(self.settings.drain_timeout_seconds, self.trace_sender, self.metric_sender)
         self.drain.wake()
+        exporting = {"otel-bridge-trace-export", "otel-bridge-metric-export"}
         for thread in self._threads:
-            thread.join(timeout=30)
+            # An export in flight may wait on the backend for its whole request timeout: the drain
+            # timeout bounds that wait, the rest of the work here is the store's and is waited for.
+            thread.join(timeout=max(deadline - time.monotonic(), 0) if thread.name in exporting else 30)
+        stuck = [t.name for t in self._threads if t.name in exporting and t.is_alive()]
         try:
             if final:
                 self.pipeline.settle_due(horizon=float("inf"), gap_grace_seconds=0)
             else:
                 self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
-            if not self.drain.drain(self.settings.drain_timeout_seconds):
+            remaining = max(deadline - time.monotonic(), 0)
+            otlp.limit_timeouts(remaining, self.trace_sender, self.metric_sender)
+            # A request still in flight holds its spans: sending them again beside it could send them twice.
+            drained = "otel-bridge-trace-export" not in stuck and self.drain.drain(remaining)
+            if not drained:
                 log.warning(
-                    "%d spans still in the outbox at exit: they are kept and sent on the next start",
+                    "%d spans still in the outbox at exit%s: %s",
                     self.store.outbox_depth(),
+                    " (an export was still waiting on the backend)" if stuck else "",
+                    "lost with the state, which is in memory"
+                    if self.settings.state == ":memory:"
+                    else "they are kept and sent on the next start",
                 )
-            self.export_metrics()
+            if "otel-bridge-metric-export" not in stuck:
+                otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
+                self.export_metrics()
         finally:
             self.dead_letters.close()
             self.dead_spans.close()

@@ -262,6 +262,19 @@ def stop_retrying(*senders: object) -> None:
                 event.set()
 
 
+def limit_timeouts(seconds: float, *senders: object) -> None:
+    """Each export request from now on waits `seconds` at most for the backend (the SDK's own
+    per-request timeout, `OTEL_EXPORTER_OTLP_TIMEOUT`, lowered): for the exports at exit, whose
+    whole time `drain_timeout_seconds` bounds, when a backend takes connections and never answers."""
+    for sender in senders:
+        exporter = getattr(sender, "_exporter", sender)
+        # OTLP/HTTP keeps it on its client, OTLP/gRPC on the exporter (its `_client` is the stub).
+        for holder in (getattr(exporter, "_client", None), exporter):
+            timeout = getattr(holder, "_timeout", None)
+            if isinstance(timeout, int | float):
+                holder._timeout = max(min(timeout, seconds), 0.1)  # type: ignore[union-attr]
+
+
 def merge_metrics(parts: Sequence[MetricsData | None]) -> MetricsData | None:
     resource_metrics = [rm for part in parts if part is not None for rm in part.resource_metrics]
     return MetricsData(resource_metrics=resource_metrics) if resource_metrics else None

@@ -1,6 +1,8 @@
 """The OTLP backend refuses or vanishes: ingest goes on into the outbox, everything arrives when it is back."""
 
 import re
+import socket
+import threading
 import time
 
 import httpx
@@ -129,6 +131,65 @@ def test_stopped_while_the_backend_is_down_the_bridge_exits_within_its_drain_tim
     bridge.start()
     try:
         received.wait_for(lambda: len(received.unique_spans()) == 2 * len(runs))
+    finally:
+        bridge.close()
+        receiver.close()
+
+
+class _Unanswering:
+    """A backend that takes connections and reads requests but never answers (hung, or behind a dead proxy)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.requests = threading.Event()
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._held.append(connection)
+            threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection: socket.socket) -> None:
+        try:
+            if connection.recv(65536):
+                self.requests.set()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self._held:
+            connection.close()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_stopped_while_an_export_waits_on_a_backend_that_never_answers_the_bridge_exits_within_its_drain_timeout(
+    tmp_path, protocol
+):
+    # Each request waited its whole OTEL_EXPORTER_OTLP_TIMEOUT (10 s): the one in flight, the drain's,
+    # then the metrics' — 27 s past SIGTERM, where an orchestrator's grace is 30.
+    backend = _Unanswering()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{backend.port}", protocol, drain_timeout_seconds="1").start()
+    runs = _runs(3, "hung")
+    try:
+        for run in runs:
+            assert bridge.post(run.events).status_code == 200
+        assert backend.requests.wait(20), "no export reached the backend"
+        assert bridge.stop(timeout=6)  # 1 s of drain, not three request timeouts
+    finally:
+        backend.close()
+    received = Received()
+    receiver = (OtlpHttpReceiver if protocol == "http/protobuf" else OtlpGrpcReceiver)(received=received)
+    bridge.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint  # the backend replaced
+    bridge.start()
+    try:
+        received.wait_for(lambda: len(received.unique_spans()) == 2 * len(runs))  # kept, and sent at the next start
     finally:
         bridge.close()
         receiver.close()
