@@ -30,6 +30,10 @@ class Phase10Server:
         self.scripts: queue.Queue[list[Any]] = queue.Queue()
         self.timelines: dict[str, dict[str, Any]] = {}
         self.timeline_requests: list[tuple[str, str | None]] = []
+        # An execution's timeline answered only once its gate opens (a slow or hung API) ...
+        self.timeline_gates: dict[str, threading.Event] = {}
+        # ... or with a 503 this many times first (an API restarting).
+        self.timeline_failures: dict[str, int] = {}
         self.connections = 0
 
         async def stream(websocket: WebSocket) -> None:
@@ -54,6 +58,11 @@ class Phase10Server:
         async def timeline(request: Request) -> Response:
             execution = request.path_params["execution_id"]
             self.timeline_requests.append((execution, request.headers.get("x-workspace-id")))
+            if (gate := self.timeline_gates.get(execution)) is not None:
+                await asyncio.to_thread(gate.wait, 60)
+            if self.timeline_failures.get(execution, 0) > 0:
+                self.timeline_failures[execution] -= 1
+                return JSONResponse({"detail": "Service Unavailable"}, status_code=503)
             if execution not in self.timelines:
                 return JSONResponse({"detail": "Execution not found"}, status_code=404)
             # json.dumps escapes as JavaScript's JSON.stringify does, lone surrogates included.

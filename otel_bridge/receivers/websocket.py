@@ -6,8 +6,9 @@ reconnect the timeline of every execution seen starting and not yet seen ending 
 fetched (`GET {api}/api/workflows/executions/{id}/timeline`, header `X-Workspace-Id`),
 so an execution that ended while the bridge was away still gets its whole trace. The
 executions still open in the store when the bridge starts are caught up on at its first
-connection, so a restart is a disconnection like any other. The overlap is harmless: the
-same facts told twice are one.
+connection, so a restart is a disconnection like any other. The timelines are fetched by
+a thread of their own, beside the live messages, and those the API could not answer are
+asked again after a backoff. The overlap is harmless: the same facts told twice are one.
 """
 
 import logging
@@ -23,6 +24,7 @@ from websockets.sync.client import connect
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.json_text import loads
+from otel_bridge.repeated_failure import RepeatedFailure
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +57,23 @@ class WebSocketReceiver:
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
         self._open_at_start = open_at_start
+        self._connected = threading.Event()
+        self._unanswered = RepeatedFailure(f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError,))
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
         if self._api_url:
             self.open_executions.update(dict.fromkeys(self._open_at_start()))
+            catching_up = threading.Thread(
+                target=self._catching_up, args=(stop,), name="otel-bridge-websocket-catch-up", daemon=True
+            )
+            catching_up.start()
         while not stop.is_set():
             try:
                 with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
                     log.info("following %s", self._url)
                     backoff = 0.5
-                    self._catch_up(stop)  # what the last disconnection, or restart, missed
+                    self._connected.set()  # what the last disconnection, or restart, missed: fetched beside
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if stop.is_set():
@@ -77,6 +85,7 @@ class WebSocketReceiver:
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._url, exc)
                 return
+        self._connected.set()  # the catch-up sees the stop
 
     def _follow(self, ws: Any, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -114,26 +123,52 @@ class WebSocketReceiver:
                 self._dead_letters.keep("websocket", [(r.as_dict(), messages[r.index]) for r in report.rejected])
             return
 
-    def _catch_up(self, stop: threading.Event) -> None:
-        if not self._api_url or not self.open_executions:
-            return
-        log.info("reconnected: fetching the timelines of %d open executions", len(self.open_executions))
+    def _catching_up(self, stop: threading.Event) -> None:
+        """At each connection, the timelines of the executions open, fetched beside the live messages
+        (a slow or hung API must not hold them up: nothing acknowledges them, the engine only buffers);
+        those the API could not answer are asked again after a backoff, connected or not."""
+        retry: list[str] = []
+        backoff = 0.5
+        while not stop.is_set():
+            if self._connected.wait(timeout=backoff if retry else None):
+                self._connected.clear()
+                if stop.is_set():
+                    return
+                todo, backoff = list(self.open_executions), 0.5
+                if todo:
+                    log.info("connected: fetching the timelines of %d open executions", len(todo))
+            else:
+                todo, backoff = [e for e in retry if e in self.open_executions], min(backoff * 2, _MAX_BACKOFF)
+            retry = self._catch_up(todo, stop)
+
+    def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
+        """Fetches and stores these executions' timelines; returns those to ask for again."""
+        again: list[str] = []
         with httpx.Client(timeout=10, headers=self._headers) as client:
-            for execution in list(self.open_executions):
+            for n, execution in enumerate(executions):
+                if stop.is_set():
+                    return []
                 url = f"{self._api_url}/api/workflows/executions/{execution}/timeline"
                 try:
                     response = client.get(url)
-                    if response.status_code in _GONE:
-                        self._forget(execution, response.status_code)
-                        continue
+                except httpx.TransportError as exc:  # down or hung: the rest would wait the same
+                    self._unanswered.failed(exc)
+                    return again + executions[n:]
+                if response.status_code in _GONE:
+                    self._forget(execution, response.status_code)
+                    continue
+                try:
                     response.raise_for_status()
                     timeline = loads(response.content)  # as the messages: lone surrogates made U+FFFD
-                except (httpx.HTTPError, ValueError) as exc:
-                    log.warning("timeline of %s not fetched: %s", execution, exc)
+                except (httpx.HTTPStatusError, ValueError) as exc:
+                    self._unanswered.failed(exc)
+                    again.append(execution)
                     continue
+                self._unanswered.succeeded()
                 self._store([timeline], stop)
                 if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)
+        return again
 
     def _forget(self, execution: str, status: int) -> None:
         # The engine does not know it (deleted, or kept by another workspace): asking again at every

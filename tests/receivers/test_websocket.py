@@ -33,19 +33,42 @@ def _wait(condition, what: str, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+class _Following:
+    """A WebSocketReceiver storing into a real pipeline, run in a thread until the block ends."""
+
+    def __init__(self, tmp_path, engine: Phase10Server) -> None:
+        settings = Settings(state=str(tmp_path / "state.db"), dead_letter=str(tmp_path / "dead.jsonl"))
+        self.pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+        decoder = Phase10Decoder(Phase10Options(service="agents", env="prod", decode=self.pipeline.decode_options))
+        self._dead_letters = DeadLetters(
+            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+        )
+        self.receiver = WebSocketReceiver(
+            engine.ws_url,
+            self.pipeline.consumer(decoder),
+            self._dead_letters,
+            progress=phase10.progress,
+            api_url=engine.api_url,
+            workspace_id="ws-1",
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
+
+    def __enter__(self) -> "_Following":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._dead_letters.close()
+
+    def listed(self) -> set[str]:
+        """The open runs."""
+        return {run.run_id for run in self.pipeline.list_runs(RunQuery())[0]}
+
+
 def test_an_execution_the_engine_does_not_know_is_asked_for_once_not_at_every_reconnect(tmp_path, engine):
-    settings = Settings(state=str(tmp_path / "state.db"), dead_letter=str(tmp_path / "dead.jsonl"))
-    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
-    decoder = Phase10Decoder(Phase10Options(service="agents", env="prod", decode=pipeline.decode_options))
-    dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
-    receiver = WebSocketReceiver(
-        engine.ws_url,
-        pipeline.consumer(decoder),
-        dead_letters,
-        progress=phase10.progress,
-        api_url=engine.api_url,
-        workspace_id="ws-1",
-    )
     deleted = Phase10Run("purged").started(1)  # the engine forgets it: its timeline is a 404
     ended = Phase10Run("finished").started(1)
     engine.timelines[ended.execution_id] = ended.after(10).completed().timeline()
@@ -54,21 +77,39 @@ def test_an_execution_the_engine_does_not_know_is_asked_for_once_not_at_every_re
     engine.scripts.put([DROP])  # reconnect: both asked for once
     engine.scripts.put(list(last.events[:1]))  # and again: nobody left to ask for
 
-    def listed() -> set[str]:
-        return {run.run_id for run in pipeline.list_runs(RunQuery())[0]}
-
-    stop = threading.Event()
-    following = threading.Thread(target=receiver.run, args=(stop,), daemon=True)
-    following.start()
-    try:
-        _wait(lambda: last.execution_id in listed(), "the third connection's message was not stored")
-    finally:
-        stop.set()
-        following.join(10)
-        dead_letters.close()
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: last.execution_id in following.listed(), "the third connection's message was not stored")
+        _wait(lambda: ended.execution_id not in following.listed(), "the ended run was not caught up")
     asked = [execution for execution, _workspace in engine.timeline_requests]
     assert engine.connections == 3
     assert sorted(asked) == sorted([deleted.execution_id, ended.execution_id])
-    assert receiver.open_executions == {last.execution_id: None}
+    assert following.receiver.open_executions == {last.execution_id: None}
     # The forgotten run is still the bridge's to tell: open, listed, ended at max_open_seconds.
-    assert listed() == {deleted.execution_id, last.execution_id}
+    assert following.listed() == {deleted.execution_id, last.execution_id}
+
+
+def test_a_hung_timeline_api_does_not_hold_up_the_live_messages(tmp_path, engine):
+    interrupted = Phase10Run("interrupted").started(1)
+    engine.timelines[interrupted.execution_id] = interrupted.after(10).completed().timeline()
+    engine.timeline_gates[interrupted.execution_id] = gate = threading.Event()
+    live = Phase10Run("live").started(1)
+    engine.scripts.put([*interrupted.events[:1], DROP])
+    engine.scripts.put(list(live.events[:1]))  # told while the API has not answered
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: live.execution_id in following.listed(), "the live message waited for the API")
+        assert not gate.is_set() and interrupted.execution_id in following.listed()
+        gate.set()  # the API answers at last
+        _wait(lambda: interrupted.execution_id not in following.listed(), "the timeline was not caught up")
+
+
+def test_a_timeline_the_api_could_not_answer_is_asked_again_without_a_reconnect(tmp_path, engine):
+    run = Phase10Run("restarting-api").started(1)
+    engine.timelines[run.execution_id] = run.after(10).completed().timeline()
+    engine.timeline_failures[run.execution_id] = 2  # 503, 503, then the timeline
+    engine.scripts.put([*run.events[:1], DROP])
+    engine.scripts.put([])  # connected from then on
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: engine.connections == 2, "no reconnect")
+        _wait(lambda: run.execution_id not in following.listed(), "the run's end was not caught up", timeout=30)
+    assert engine.connections == 2
+    assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id] * 3
