@@ -58,6 +58,7 @@ class WebSocketReceiver:
         self.open_executions: dict[str, None] = {}
         self._open_at_start = open_at_start
         self._connected = threading.Event()
+        self._missed: list[str] = []
         self._unanswered = RepeatedFailure(f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError,))
 
     def run(self, stop: threading.Event) -> None:
@@ -73,7 +74,9 @@ class WebSocketReceiver:
                 with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
                     log.info("following %s", self._url)
                     backoff = 0.5
-                    self._connected.set()  # what the last disconnection, or restart, missed: fetched beside
+                    # What the last disconnection, or restart, missed: those open now, fetched beside.
+                    self._missed = list(self.open_executions)
+                    self._connected.set()
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if stop.is_set():
@@ -134,7 +137,7 @@ class WebSocketReceiver:
                 self._connected.clear()
                 if stop.is_set():
                     return
-                todo, backoff = list(self.open_executions), 0.5
+                todo, backoff = [e for e in self._missed if e in self.open_executions], 0.5
                 if todo:
                     log.info("connected: fetching the timelines of %d open executions", len(todo))
             else:
