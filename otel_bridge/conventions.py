@@ -138,6 +138,7 @@ M_BRIDGE_OUTBOX_DEPTH: Final = "otel_bridge.outbox.depth"
 M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
 M_BRIDGE_STREAM_ENTRIES_LOST: Final = "otel_bridge.stream.entries_lost"
 M_BRIDGE_STREAM_LAG: Final = "otel_bridge.stream.lag"
+M_BRIDGE_FOLLOWER_CONNECTED: Final = "otel_bridge.follower.connected"
 
 # Attribute keys that may appear on metrics: anything else is dropped there,
 # because metric attributes must stay low-cardinality.

@@ -47,6 +47,12 @@ except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
 
+def _following(disconnected_since: float | None) -> str:
+    if disconnected_since is None:
+        return "connected"
+    return f"disconnected for {time.monotonic() - disconnected_since:.0f} s"
+
+
 def open_store(settings: Settings, read_only: bool = False) -> Store:
     if settings.state.startswith(("redis://", "rediss://", "unix://")):
         from otel_bridge.state.redis_store import RedisStore
@@ -143,6 +149,8 @@ class Bridge:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The engines' streams this bridge follows, by name: each says since when it is not followed.
+        self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self.ready = False
 
     def _export_result(self, ok: bool, reason: str = "") -> None:
@@ -171,7 +179,11 @@ class Bridge:
         since = self.trace_health.failing_since
         if since is not None and time.monotonic() - since >= self.settings.export_unready_seconds:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
-        return {"ready": not reasons, "outbox": depth, "reasons": reasons}
+        status: dict[str, object] = {"ready": not reasons, "outbox": depth, "reasons": reasons}
+        if self.followers:
+            # Told, not a reason: the endpoint still takes batches while a followed engine is away.
+            status["following"] = {name: _following(f.disconnected_since) for name, f in self.followers.items()}
+        return status
 
     def waited_for_room(self, refused: Unavailable, waited: float) -> bool:
         """For a tool that stores batches one after another (replay), refused one for now: wait a
@@ -232,6 +244,7 @@ class Bridge:
                 c.M_BRIDGE_STREAM_LAG, "{entry}", "Stream entries not yet read by the group", lambda: stream.lag or 0
             )
             out.append(("redis-stream", lambda: stream.run(self._stop)))
+            self.followers["redis-stream"] = stream
         if s.ws_url:
             websocket = WebSocketReceiver(
                 s.ws_url,
@@ -243,6 +256,17 @@ class Bridge:
                 open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
+            self.followers["websocket"] = websocket
+        if self.followers:
+            self.metrics.gauges(
+                c.M_BRIDGE_FOLLOWER_CONNECTED,
+                "",  # a state, not a ratio: no `_ratio` suffix in Prometheus
+                "1 while the engine's stream is followed, 0 while the bridge cannot reach it",
+                lambda: [
+                    (0.0 if follower.disconnected_since is not None else 1.0, {"follower": name})
+                    for name, follower in self.followers.items()
+                ],
+            )
         return out
 
     def start(self, follow: bool = True) -> "Bridge":

@@ -343,6 +343,20 @@ def jobs() -> Board:
          ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs")],
         kind="stat",
     )  # fmt: skip
+    b.panel(
+        "Engines followed",
+        [("min by (follower) (otel_bridge_follower_connected)", "{{follower}}")],
+        kind="state-timeline",
+        width=12,
+        description="1 while the bridge follows the engine's stream (the event-sourced runtime's Redis stream, "
+        "the Phase-10 WebSocket), 0 while it cannot reach it: alert BridgeFollowerDisconnected.",
+    )
+    b.panel(
+        "Stream lag",
+        [("sum(otel_bridge_stream_lag)", "entries behind")],
+        width=12,
+        description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
+    )
     return b
 
 

@@ -353,11 +353,17 @@ class MetricsHub:
         A read that fails (the store it asks is down) gives no point this time, told once in the
         log rather than by the SDK's traceback at every collection and scrape.
         """
+        self.gauges(name, unit, description, lambda: [(read(), {})])
+
+    def gauges(
+        self, name: str, unit: str, description: str, read: Callable[[], list[tuple[float, dict[str, str]]]]
+    ) -> None:
+        """An observable gauge of the bridge itself, a series per attribute set: `read()` -> [(value, attributes)]."""
         failures = RepeatedFailure(f"reading the gauge {name}")
 
         def observe(_options: CallbackOptions) -> list[ApiObservation]:
-            value = failures.attempt(read)
-            return [] if value is None else [ApiObservation(value)]
+            points = failures.attempt(read)
+            return [] if points is None else [ApiObservation(value, attributes) for value, attributes in points]
 
         meter = self._producer(None).provider.get_meter(c.SCOPE_NAME)
         meter.create_observable_gauge(name, [observe], unit, description)

@@ -11,6 +11,7 @@ loudly, with a count.
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,8 @@ class StreamReceiver:
         self._block_ms = block_ms
         self._on_lost = on_lost
         self.lag: int | None = None
+        # Since when (monotonic) the stream is not read, None while it is (entries wait in the stream).
+        self.disconnected_since: float | None = time.monotonic()
 
     def _ensure_group(self) -> None:
         try:
@@ -157,6 +160,7 @@ class StreamReceiver:
                     ready = True
                     log.info("consuming %s as %s of group %s", self._key, self._name, self._group)
                 entries = self._next_entries()
+                self.disconnected_since = None
                 if entries:
                     self._take(entries)
                 backoff = 0.5
@@ -170,10 +174,12 @@ class StreamReceiver:
                     ready = False
                     continue
                 log.error("redis refused the stream read: %s", exc)
+                self.disconnected_since = self.disconnected_since or time.monotonic()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except RedisError as exc:
                 log.warning("stream %s unreachable: %s; retrying in %.1f s", self._key, exc, backoff)
+                self.disconnected_since = self.disconnected_since or time.monotonic()
                 ready = False
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)

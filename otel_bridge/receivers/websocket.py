@@ -14,6 +14,7 @@ asked again after a backoff. The overlap is harmless: the same facts told twice 
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,9 @@ class WebSocketReceiver:
         self.open_executions: dict[str, None] = {}
         self._open_at_start = open_at_start
         self._connected = threading.Event()
+        # Since when (monotonic) the engine's stream is not followed, None while it is: what it sends
+        # meanwhile is told again only for the executions the bridge knew open.
+        self.disconnected_since: float | None = time.monotonic()
         self._missed: list[str] = []
         self._unanswered = RepeatedFailure(f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError,))
 
@@ -73,12 +77,14 @@ class WebSocketReceiver:
             try:
                 with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
                     log.info("following %s", self._url)
+                    self.disconnected_since = None
                     backoff = 0.5
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
                     self._missed = list(self.open_executions)
                     self._connected.set()
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                self.disconnected_since = self.disconnected_since or time.monotonic()
                 if stop.is_set():
                     break
                 delay = random.uniform(0.5, 1.5) * backoff

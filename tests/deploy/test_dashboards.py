@@ -116,4 +116,4 @@ def test_histogram_exemplars_carry_trace_ids(prometheus):
 def test_prometheus_loads_and_evaluates_the_alert_rules(prometheus):
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), rules
+    assert len(rules) == 10 and all(rule["health"] == "ok" for rule in rules), rules

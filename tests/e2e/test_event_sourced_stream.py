@@ -212,3 +212,30 @@ def test_a_backlog_is_read_once_however_long_it_is(redis_server, tmp_path):
     assert sorted(taken) == sorted(e["event_id"] for e in published)
     assert receiver.lag == 0
     assert sent < 2 * once
+
+
+def _following(bridge: BridgeProcess) -> str:
+    return bridge.client.get(f"{bridge.url}/readyz").json()["following"]["redis-stream"]
+
+
+def test_a_stream_the_bridge_cannot_reach_is_told_by_a_gauge_and_readyz_and_then_caught_up(
+    tmp_path, otlp_http, redis_server
+):
+    executions, inbound = _executions()
+    bridge = _bridge(tmp_path, otlp_http, redis_server).start()
+    connected = "otel_bridge_follower_connected"
+    try:
+        got = otlp_http.received
+        got.wait_for(lambda: _metric(bridge, connected) == 1 and _following(bridge) == "connected")
+        redis_server.kill()
+        got.wait_for(lambda: _metric(bridge, connected) == 0, timeout=20)
+        assert _following(bridge).startswith("disconnected for ")
+        ready = bridge.client.get(f"{bridge.url}/readyz")
+        assert ready.status_code == 200  # the endpoint still takes batches: told, not a reason
+        redis_server.start()  # empty: a producer publishes again
+        _publish(redis_server, [inbound, *[e for x in executions for e in x.events]])
+        got.wait_for(lambda: _metric(bridge, connected) == 1, timeout=40)
+        for execution in executions:
+            got.wait_for(lambda execution=execution: any(s.parent_span_id == "" for s in got.trace(_trace(execution))))
+    finally:
+        bridge.close()

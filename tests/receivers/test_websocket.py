@@ -113,3 +113,14 @@ def test_a_timeline_the_api_could_not_answer_is_asked_again_without_a_reconnect(
         _wait(lambda: run.execution_id not in following.listed(), "the run's end was not caught up", timeout=30)
     assert engine.connections == 2
     assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id] * 3
+
+
+def test_the_receiver_tells_since_when_the_engine_is_not_followed(tmp_path, engine):
+    engine.scripts.put([])  # connected, quiet
+    following = _Following(tmp_path, engine)
+    receiver = following.receiver
+    assert receiver.disconnected_since is not None  # not yet connected
+    with following:
+        _wait(lambda: receiver.disconnected_since is None, "never connected")
+        engine.close()  # the engine goes away and does not come back
+        _wait(lambda: receiver.disconnected_since is not None, "the lost connection went unnoticed")
