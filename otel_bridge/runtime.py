@@ -254,6 +254,7 @@ class Bridge:
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
                 open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),
+                max_message_bytes=s.max_body_bytes,
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket

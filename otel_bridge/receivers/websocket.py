@@ -47,8 +47,11 @@ class WebSocketReceiver:
         api_url: str | None = None,
         workspace_id: str | None = None,
         open_at_start: Callable[[], list[str]] = list,
+        max_message_bytes: int = 10 * 1024 * 1024,
     ) -> None:
-        """`open_at_start`: the executions the store holds open, read when following begins."""
+        """`open_at_start`: the executions the store holds open, read when following begins.
+        `max_message_bytes`: the largest message taken (the HTTP endpoint's body limit); websockets'
+        own default, 1 MiB, closed the connection on a run's large input or output and lost the message."""
         self._url = url
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -58,6 +61,7 @@ class WebSocketReceiver:
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
         self._open_at_start = open_at_start
+        self._max_message_bytes = max_message_bytes
         self._connected = threading.Event()
         # Since when (monotonic) the engine's stream is not followed, None while it is: what it sends
         # meanwhile is told again only for the executions the bridge knew open.
@@ -75,7 +79,9 @@ class WebSocketReceiver:
             catching_up.start()
         while not stop.is_set():
             try:
-                with connect(self._url, additional_headers=self._headers, open_timeout=10) as ws:
+                with connect(
+                    self._url, additional_headers=self._headers, open_timeout=10, max_size=self._max_message_bytes
+                ) as ws:
                     log.info("following %s", self._url)
                     self.disconnected_since = None
                     backoff = 0.5

@@ -124,3 +124,13 @@ def test_the_receiver_tells_since_when_the_engine_is_not_followed(tmp_path, engi
         _wait(lambda: receiver.disconnected_since is None, "never connected")
         engine.close()  # the engine goes away and does not come back
         _wait(lambda: receiver.disconnected_since is not None, "the lost connection went unnoticed")
+
+
+def test_a_message_over_a_mebibyte_is_taken_as_the_http_endpoint_takes_a_body(tmp_path, engine):
+    # A run's input (or an agent's output) over websockets' default 1 MiB closed the connection, and the
+    # message was gone: a start lost, its run never caught up.
+    large = Phase10Run("large-input").started(1, document="x" * (3 * 2**20))
+    engine.scripts.put(list(large.events[:1]))
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: large.execution_id in following.listed(), "the large message was not stored")
+    assert engine.connections == 1
