@@ -163,6 +163,8 @@ class OtlpHttpReceiver:
     def __init__(self, port: int = 0, received: Received | None = None) -> None:
         self.received = received or Received()
         self.up = True
+        # When set, requests must carry `authorization: Bearer <credential>` (401 otherwise), as a SaaS backend's.
+        self.credential: str | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -172,9 +174,11 @@ class OtlpHttpReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 receiver.received.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if not receiver.up:
+                if not receiver.up or (
+                    receiver.credential and self.headers.get("authorization") != f"Bearer {receiver.credential}"
+                ):
                     receiver.received.refused += 1
-                    self.send_response(503)
+                    self.send_response(503 if not receiver.up else 401)
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
@@ -223,14 +227,22 @@ class OtlpGrpcReceiver:
     def __init__(self, port: int = 0, received: Received | None = None) -> None:
         self.received = received or Received()
         self.up = True
+        self.credential: str | None = None  # as OtlpHttpReceiver's: UNAUTHENTICATED without it
         receiver = self
+
+        def refuse_unless_allowed(context) -> None:
+            if not receiver.up:
+                receiver.received.refused += 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+            given = dict(context.invocation_metadata()).get("authorization")
+            if receiver.credential and given != f"Bearer {receiver.credential}":
+                receiver.received.refused += 1
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 - gRPC's name
                 receiver.received.headers.append(dict(context.invocation_metadata()))
-                if not receiver.up:
-                    receiver.received.refused += 1
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+                refuse_unless_allowed(context)
                 got = receiver.received
                 kept, refused = got.sift(request)
                 answer = trace_service_pb2.ExportTraceServiceResponse()
@@ -245,8 +257,7 @@ class OtlpGrpcReceiver:
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
             def Export(self, request, context):  # noqa: N802 - gRPC's name
-                if not receiver.up:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+                refuse_unless_allowed(context)
                 receiver.received.take_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 

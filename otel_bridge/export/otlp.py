@@ -87,6 +87,18 @@ def _answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResu
     return ExportResult(Delivery.REJECTED, reason, partial.rejected_spans)
 
 
+# Refusals of the bridge rather than of its spans: a wrong credential or endpoint path. Taken as
+# refusals for good, they set every span aside one by one (the drain halves a refused batch down to
+# single spans) until someone fixed the configuration; as failures, the spans wait in the outbox, the
+# export is told failing (log, /readyz, BridgeExportFailing) and everything goes out once it is fixed.
+_HTTP_REFUSES_THE_BRIDGE = frozenset({401, 403, 404, 405, 407})
+_GRPC_REFUSES_THE_BRIDGE = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND,
+     grpc.StatusCode.UNIMPLEMENTED}
+)  # fmt: skip
+_NOT_THE_SPANS = "the backend refuses the bridge, not its spans: check the endpoint and its credentials"
+
+
 class _Recorder:
     """Stands in front of the exporter's client to keep the backend's last answer (the SDK keeps a bool)."""
 
@@ -135,9 +147,14 @@ class _GrpcTraces(GrpcSpanExporter):
         last = self._client.last  # type: ignore[union-attr]
         if ok:
             return _answered(last)
-        if isinstance(last, grpc.RpcError) and last.code() not in self._retryable_error_codes:  # type: ignore[attr-defined]
-            return ExportResult(Delivery.REJECTED, f"gRPC {last.code().name}: {last.details()}")  # type: ignore[attr-defined]
-        return ExportResult(Delivery.RETRY, f"gRPC {last.code().name}" if isinstance(last, grpc.RpcError) else "")  # type: ignore[attr-defined]
+        if not isinstance(last, grpc.RpcError):
+            return ExportResult(Delivery.RETRY, "")
+        code, details = last.code(), last.details()  # type: ignore[attr-defined]
+        if code in _GRPC_REFUSES_THE_BRIDGE:
+            return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({_NOT_THE_SPANS})")
+        if code not in self._retryable_error_codes:
+            return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
+        return ExportResult(Delivery.RETRY, f"gRPC {code.name}")
 
 
 class _HttpTraces(HttpSpanExporter):
@@ -153,6 +170,8 @@ class _HttpTraces(HttpSpanExporter):
         if result.success:
             return _answered(last.content() if last is not None else None)
         code = result.status_code
+        if code in _HTTP_REFUSES_THE_BRIDGE:
+            return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({_NOT_THE_SPANS})")
         if code is not None and 400 <= code < 500 and code not in (408, 429):
             body = ""
             if last is not None:

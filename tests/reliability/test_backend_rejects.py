@@ -47,3 +47,33 @@ def test_spans_the_backend_refuses_are_dead_lettered_and_the_rest_delivered(tmp_
     assert dead["event"]["name"] == "workflow poison"
     assert "refused by policy" in dead["reason"] or "400" in dead["reason"]
     assert dead["service.name"] == "shop"
+
+
+def test_a_backend_refusing_the_bridges_credential_keeps_every_span_until_it_is_fixed(tmp_path, otlp):
+    # A 401 (gRPC UNAUTHENTICATED) refuses the bridge, not its spans: taken for a refusal for good, it
+    # set every span aside, one request per span, while the API key was wrong.
+    protocol, receiver = otlp
+    receiver.credential = "right-key"
+    wrong = {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20wrong-key"}
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, protocol, export_unready_seconds="1", **wrong).start()
+    runs = [WorkflowRun("keyed", workflow_id=f"k-{i}").started().step_started("a") for i in range(4)]
+    events = [e for run in runs for e in run.after(2).step_completed("a").completed().events]
+    try:
+        assert bridge.post(events).status_code == 200
+        got = receiver.received
+        got.wait_for(lambda: got.refused >= 2)
+
+        def told() -> list[str]:
+            return bridge.client.get(f"{bridge.url}/readyz").json()["reasons"]
+
+        got.wait_for(lambda: any("trace export failing" in reason for reason in told()))
+        assert _metric(bridge, "otel_bridge_outbox_depth") == 8 and got.unique_spans() == {}
+        assert _metric(bridge, "otel_bridge_spans_rejected_total") == 0
+        assert "refuses the bridge, not its spans" in bridge.log.read_text()
+        assert bridge.stop()
+        bridge.env["OTEL_EXPORTER_OTLP_HEADERS"] = "authorization=Bearer%20right-key"  # the operator's fix
+        bridge.start()
+        got.wait_for(lambda: len(got.unique_spans()) == 8)
+    finally:
+        bridge.close()
+    assert not (tmp_path / "dead-spans.jsonl").exists() or not (tmp_path / "dead-spans.jsonl").read_text()
