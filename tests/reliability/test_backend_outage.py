@@ -125,12 +125,17 @@ def test_stopped_while_the_backend_is_down_the_bridge_exits_within_its_drain_tim
     for run in runs:
         assert bridge.post(run.events).status_code == 200
     assert bridge.stop(timeout=8)  # 1 s of drain, and no 20 s of retries after it
+    _sent_at_the_next_start(bridge, protocol, 2 * len(runs), port)
 
+
+def _sent_at_the_next_start(bridge: BridgeProcess, protocol: str, spans: int, port: int = 0) -> None:
+    """The bridge started again, a backend up (on `port`, or any): every span kept arrives."""
     received = Received()
-    receiver = OtlpHttpReceiver(port, received) if protocol == "http/protobuf" else OtlpGrpcReceiver(port, received)
+    receiver = (OtlpHttpReceiver if protocol == "http/protobuf" else OtlpGrpcReceiver)(port, received)
+    bridge.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
     bridge.start()
     try:
-        received.wait_for(lambda: len(received.unique_spans()) == 2 * len(runs))
+        received.wait_for(lambda: len(received.unique_spans()) == spans)
     finally:
         bridge.close()
         receiver.close()
@@ -184,12 +189,4 @@ def test_stopped_while_an_export_waits_on_a_backend_that_never_answers_the_bridg
         assert bridge.stop(timeout=6)  # 1 s of drain, not three request timeouts
     finally:
         backend.close()
-    received = Received()
-    receiver = (OtlpHttpReceiver if protocol == "http/protobuf" else OtlpGrpcReceiver)(received=received)
-    bridge.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint  # the backend replaced
-    bridge.start()
-    try:
-        received.wait_for(lambda: len(received.unique_spans()) == 2 * len(runs))  # kept, and sent at the next start
-    finally:
-        bridge.close()
-        receiver.close()
+    _sent_at_the_next_start(bridge, protocol, 2 * len(runs))  # the backend replaced
