@@ -154,7 +154,11 @@ class WebSocketReceiver:
                     log.info("connected: fetching the timelines of %d open executions", len(todo))
             else:
                 todo, backoff = [e for e in retry if e in self.open_executions], min(backoff * 2, _MAX_BACKOFF)
-            retry = self._catch_up(todo, stop)
+            try:
+                retry = self._catch_up(todo, stop)
+            except Exception:  # a bug must not end catching up for good: asked again after the backoff
+                log.exception("catching up on %d executions failed", len(todo))
+                retry = todo
 
     def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
         """Fetches and stores these executions' timelines; returns those to ask for again."""
