@@ -152,7 +152,7 @@ class _GrpcTraces(GrpcSpanExporter):
         code, details = last.code(), last.details()  # type: ignore[attr-defined]
         if code in _GRPC_REFUSES_THE_BRIDGE:
             return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({_NOT_THE_SPANS})")
-        if code not in self._retryable_error_codes:
+        if code not in self._retryable_error_codes:  # type: ignore[operator]
             return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
         return ExportResult(Delivery.RETRY, f"gRPC {code.name}")
 
