@@ -63,9 +63,11 @@ def peak_rss_mib(pid: int) -> float:
 class CountingReceiver:
     """OTLP/HTTP: decodes each trace request and counts its spans; metrics are taken and dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.spans = 0
         self.last = 0.0
+        # Seconds each trace request waits before its answer: a backend that far away.
+        self.delay = delay
         lock = threading.Lock()
         receiver = self
 
@@ -76,6 +78,7 @@ class CountingReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.path == "/v1/traces":
+                    time.sleep(receiver.delay)
                     request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
                     n = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
                     with lock:

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
     export_batch_size: int = Field(512, gt=0, description="Spans per OTLP export request.")
+    export_concurrency: int = Field(
+        2, ge=1, le=16, description="OTLP export requests in flight at once (a distant backend drains faster)."
+    )
     max_export_bytes: int = Field(
         3_500_000, gt=0, description="Bytes per OTLP export request (below gRPC's default 4 MiB message limit)."
     )

@@ -92,6 +92,10 @@ class Bridge:
         )
         self.exposition = exposition(self.metrics.collect)
         self.trace_sender = trace_sender or otlp.trace_sender()
+        # One exporter per export request in flight (`export_concurrency`); a sender handed in is the only one.
+        self.trace_senders = [self.trace_sender] + (
+            [] if trace_sender else [otlp.trace_sender() for _ in range(settings.export_concurrency - 1)]
+        )
         self.metric_sender = metric_sender or otlp.metric_sender()
         self.dead_letters = DeadLetters(
             settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
@@ -101,7 +105,7 @@ class Bridge:
         )
         self.drain = OutboxDrain(
             self.store,
-            self.trace_sender,
+            self.trace_senders,
             self.metrics,
             settings.export_batch_size,
             settings.export_delay_ms / 1000,
@@ -376,10 +380,10 @@ class Bridge:
         # OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) held the exit past the drain timeout while a backend
         # was down — in the export thread being joined, and again for the metrics. The drain
         # below still tries again until its timeout; what is left stays in the outbox.
-        otlp.stop_retrying(self.trace_sender, self.metric_sender)
+        otlp.stop_retrying(*self.trace_senders, self.metric_sender)
         # And no request waits past the drain timeout for a backend that took the connection and
         # never answers: that held the exit three request timeouts (27 s).
-        otlp.limit_timeouts(self.settings.drain_timeout_seconds, self.trace_sender, self.metric_sender)
+        otlp.limit_timeouts(self.settings.drain_timeout_seconds, *self.trace_senders, self.metric_sender)
         self.drain.wake()
         exporting = {"otel-bridge-trace-export", "otel-bridge-metric-export"}
         for thread in self._threads:
@@ -393,7 +397,7 @@ class Bridge:
             else:
                 self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
             remaining = max(deadline - time.monotonic(), 0)
-            otlp.limit_timeouts(remaining, self.trace_sender, self.metric_sender)
+            otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.
             drained = "otel-bridge-trace-export" not in stuck and self.drain.drain(remaining)
             if not drained:
@@ -411,7 +415,8 @@ class Bridge:
         finally:
             self.dead_letters.close()
             self.dead_spans.close()
-            self.trace_sender.shutdown()
+            for sender in self.trace_senders:
+                sender.shutdown()
             self.metric_sender.shutdown()
             self.metrics.shutdown()
             self.store.close()

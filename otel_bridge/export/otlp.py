@@ -243,6 +243,9 @@ def metric_sender() -> MetricSender:
     return _MetricSender(HttpMetricExporter())
 
 
+_TOLD_TLS: set[tuple[str, str]] = set()
+
+
 def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     """The gRPC exporter, after a warning when it will speak TLS to an endpoint nobody said was TLS.
 
@@ -257,6 +260,9 @@ def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     endpoint = next((value for value in setting["ENDPOINT"] if value), "")
     if endpoint.lower().startswith("https://") or any(setting["INSECURE"] + setting["CERTIFICATE"]):
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
+    if (signal, endpoint) in _TOLD_TLS:  # once, however many exporters a signal has
+        return exporter
+    _TOLD_TLS.add((signal, endpoint))
     log.warning(
         "OTLP/gRPC %s endpoint %r has no scheme, so it is reached with TLS; for a plain-text Collector "
         "write http://%s (or set OTEL_EXPORTER_OTLP_INSECURE=true)",

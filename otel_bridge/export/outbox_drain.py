@@ -5,12 +5,15 @@ partial success naming refused spans) is split in halves and each half sent agai
 down to single spans: what the backend still refuses alone is set aside in the
 span dead-letter file with its reason and counted, and the spans behind it go on.
 Requests are bounded in bytes as well as spans, below gRPC's default 4 MiB limit.
+With several senders (`export_concurrency`), that many requests are in flight at once, each
+over consecutive rows of its own: against a backend far away, a request's round trip, not
+the bridge, bounds how fast the outbox drains.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -33,7 +36,7 @@ class OutboxDrain:
     def __init__(
         self,
         store: Store,
-        sender: TraceSender,
+        sender: TraceSender | Sequence[TraceSender],
         metrics: MetricsHub,
         batch_size: int,
         poll_seconds: float,
@@ -43,7 +46,8 @@ class OutboxDrain:
         on_result: Callable[[bool, str], None] = lambda ok, reason: None,
     ) -> None:
         self._store = store
-        self._sender = sender
+        # One exporter per request in flight: each keeps its own connection and its last answer.
+        self._senders = list(sender) if isinstance(sender, Sequence) else [sender]
         self._metrics = metrics
         self._batch_size = batch_size
         self._poll = poll_seconds
@@ -52,65 +56,96 @@ class OutboxDrain:
         self._dead_spans = dead_spans
         self._on_result = on_result
         self._wake = threading.Event()
-        self._last_reason = ""
 
     def wake(self) -> None:
         self._wake.set()
 
-    def _bounded(self, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """The first rows that fit in one request (always at least one)."""
+    def _chunks(self, rows: list[OutboxRow]) -> list[list[OutboxRow]]:
+        """`rows` in consecutive requests, each of `batch_size` spans and `max_request_bytes` at most
+        (and at least one span), one per sender."""
+        chunks: list[list[OutboxRow]] = []
+        chunk: list[OutboxRow] = []
         size = 0
-        for i, row in enumerate(rows):
-            size += len(row.payload) + len(row.resource) + 16
-            if size > self._max_bytes and i > 0:
-                return rows[:i]
-        return rows
+        for row in rows:
+            weight = len(row.payload) + len(row.resource) + 16
+            if chunk and (len(chunk) == self._batch_size or size + weight > self._max_bytes):
+                chunks.append(chunk)
+                if len(chunks) == len(self._senders):
+                    return chunks
+                chunk, size = [], 0
+            chunk.append(row)
+            size += weight
+        return [*chunks, chunk] if chunk else chunks
 
     def export_once(self) -> int | None:
-        """Send one batch. Returns spans taken off the outbox, 0 when it is empty, None on failure."""
-        rows = self._store.outbox_peek(self._batch_size)
+        """Send one round of requests. Returns spans taken off the outbox, 0 when it is empty, None on failure."""
+        rows = self._store.outbox_peek(self._batch_size * len(self._senders))
         if not rows:
             return 0
-        rows = self._bounded(rows)
-        self._last_reason = ""
-        done = self._deliver(rows)
-        self._on_result(done == len(rows), self._last_reason)
+        chunks = self._chunks(rows)
+        results = self._deliver_all(chunks)
+        done = sum(sent for sent, _reason in results)
+        complete = all(sent == len(chunk) for (sent, _), chunk in zip(results, chunks, strict=True))
+        reason = next((why for (sent, why), chunk in zip(results, chunks, strict=True) if sent < len(chunk)), "")
+        self._on_result(complete, reason)
         if done == 0:
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
             return None
         return done
 
-    def _send(self, rows: list[OutboxRow]) -> ExportResult:
+    def _deliver_all(self, chunks: list[list[OutboxRow]]) -> list[tuple[int, str]]:
+        """Each chunk by a sender of its own, at once; the first in this thread."""
+        results: list[tuple[int, str]] = [(0, "")] * len(chunks)
+        errors: list[Exception] = []
+
+        def deliver(n: int) -> None:
+            try:
+                results[n] = self._deliver(self._senders[n], chunks[n])
+            except Exception as exc:  # the store's (an ack): raised below, as from a single request
+                errors.append(exc)
+
+        # Daemon threads, joined here: a request hung on the backend must not hold up the exit.
+        others = [threading.Thread(target=deliver, args=(n,), daemon=True) for n in range(1, len(chunks))]
+        for thread in others:
+            thread.start()
+        deliver(0)
+        for thread in others:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results
+
+    def _send(self, sender: TraceSender, rows: list[OutboxRow]) -> ExportResult:
         if len(rows) == 1 and len(rows[0].payload) > self._max_bytes:
             return ExportResult(Delivery.REJECTED, f"span of {len(rows[0].payload)} bytes is over max_export_bytes")
         request = export_request([(row.resource, row.payload) for row in rows], self._version)
         try:
-            return self._sender.send(request)
+            return sender.send(request)
         except Exception:  # an exporter bug must not kill the drain: the spans stay queued
             log.exception("OTLP trace export raised")
             return ExportResult(Delivery.RETRY, "exporter raised")
 
-    def _deliver(self, rows: list[OutboxRow]) -> int:
-        """Send `rows`, splitting what the backend refuses; returns how many left the outbox."""
-        result = self._send(rows)
+    def _deliver(self, sender: TraceSender, rows: list[OutboxRow]) -> tuple[int, str]:
+        """Send `rows`, splitting what the backend refuses: how many left the outbox, and why not all."""
+        result = self._send(sender, rows)
         if result.delivery is Delivery.RETRY:
-            self._last_reason = result.reason
-            return 0
+            return 0, result.reason
         if result.delivery is Delivery.SENT:
             self._store.outbox_ack([row.id for row in rows])
             self._metrics.bridge(c.M_BRIDGE_SPANS_EXPORTED, len(rows))
-            return len(rows)
+            return len(rows), ""
         if len(rows) == 1:
             self._set_aside(rows[0], result.reason)
-            return 1
+            return 1, ""
         # Some span in here is refused: halve until it stands alone. A partial success
         # re-sends spans the backend took already; their ids are deterministic, so the
         # backend sees the identical span again (at-least-once, as after a crash).
         half = len(rows) // 2
-        first = self._deliver(rows[:half])
+        first, why = self._deliver(sender, rows[:half])
         if first < half:
-            return first
-        return first + self._deliver(rows[half:])
+            return first, why
+        second, why = self._deliver(sender, rows[half:])
+        return first + second, why
 
     def _set_aside(self, row: OutboxRow, reason: str) -> None:
         span = Span.FromString(row.payload)

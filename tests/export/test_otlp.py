@@ -14,6 +14,7 @@ def _senders_built(monkeypatch, caplog, **env: str) -> list[str]:
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setattr(otlp, "_TOLD_TLS", set())  # told once per process: each test is a fresh start
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):

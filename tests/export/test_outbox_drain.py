@@ -1,6 +1,7 @@
 """The drain bounds each request in bytes and isolates what a backend refuses."""
 
 import json
+import threading
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -52,12 +53,54 @@ def _span(name: str, payload_chars: int) -> bytes:
     return encode_span(record, attribute_limit=4096)
 
 
-def _drain(tmp_path, backend: Backend, rows: list[bytes], max_bytes: int) -> tuple[SqliteStore, OutboxDrain]:
+def _drain(
+    tmp_path, backend: Backend | list[Backend], rows: list[bytes], max_bytes: int, batch: int = 512
+) -> tuple[SqliteStore, OutboxDrain]:
     store = SqliteStore(tmp_path / "s.db")
     store.run(lambda tx: tx.outbox_add(("svc\x1fenv", row) for row in rows))
     dead = DeadLetters(tmp_path / "dead-spans.jsonl", 10**7, 2)
-    drain = OutboxDrain(store, backend, MetricsHub(), 512, 1.0, "t", max_request_bytes=max_bytes, dead_spans=dead)
+    drain = OutboxDrain(store, backend, MetricsHub(), batch, 1.0, "t", max_request_bytes=max_bytes, dead_spans=dead)
     return store, drain
+
+
+class MeetingBackend(Backend):
+    """Answers only once `parties` requests are in flight together, or refuses after a while (as a
+    backend that timed out): requests sent one after another never meet."""
+
+    def __init__(self, meeting: threading.Barrier, down: bool = False) -> None:
+        super().__init__(limit=10**9)
+        self.meeting = meeting
+        self.down = down
+
+    def send(self, serialized: bytes) -> ExportResult:
+        try:
+            self.meeting.wait()
+        except threading.BrokenBarrierError:
+            return ExportResult(Delivery.RETRY, "timed out")
+        return ExportResult(Delivery.RETRY, "503") if self.down else super().send(serialized)
+
+
+def test_with_several_senders_their_requests_are_in_flight_at_once_over_rows_of_their_own(tmp_path):
+    meeting = threading.Barrier(3, timeout=10)
+    senders = [MeetingBackend(meeting) for _ in range(3)]
+    names = [f"s{i:02d}" for i in range(12)]
+    store, drain = _drain(tmp_path, senders, [_span(n, 10) for n in names], max_bytes=10**8, batch=4)
+    assert drain.export_once() == 12  # one round: three requests of four, met in flight
+    assert [sender.names for sender in senders] == [names[0:4], names[4:8], names[8:12]]
+    assert store.outbox_depth() == 0
+
+
+def test_a_request_that_failed_beside_others_leaves_its_rows_for_the_next_round(tmp_path):
+    meeting = threading.Barrier(2, timeout=10)
+    senders = [MeetingBackend(meeting), MeetingBackend(meeting, down=True)]
+    names = [f"s{i}" for i in range(6)]
+    store, drain = _drain(tmp_path, senders, [_span(n, 10) for n in names], max_bytes=10**8, batch=3)
+    assert drain.export_once() == 3
+    assert senders[0].names == names[:3] and store.outbox_depth() == 3
+    for sender in senders:
+        sender.meeting, sender.down = threading.Barrier(1), False  # alone now, and the backend back
+    assert drain.export_once() == 3  # the first sender takes them now: they are the first rows
+    assert senders[0].names == names and store.outbox_depth() == 0
 
 
 def test_each_request_stays_under_the_byte_bound(tmp_path):
