@@ -405,20 +405,29 @@ class Pipeline:
         """The runs (of any producer) with this id: known by their keys' last field, the facts
         read only of those."""
         ending = keys.SEPARATOR + run_id
-        return list(self._runs((key, header) for key, header in self.store.states() if key.endswith(ending)))
+        named = self._run_headers((key, header) for key, header in self.store.states() if key.endswith(ending))
+        return [run for key, head in named if (run := self._whole(key, head)) is not None]
 
-    def _runs(self, headers: Iterable[tuple[str, bytes]]) -> Iterator[RunState]:
-        """The runs of these (key, header) pairs, read whole; outside a transaction, for looking only."""
-        for key, header in headers:
+    def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
+        """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""
+        for key, header in pairs:
             if keys.is_kept_aside(key) or keys.is_job(key):
                 continue
             try:
-                state = journal.decode(key, header, self.store.facts(key))
+                head = journal.decode(key, header, [])
             except ValueError:
                 log.warning("run state %r is not readable; skipped", key)
                 continue
-            assert isinstance(state, RunState)
-            yield state
+            assert isinstance(head, RunState)
+            yield key, head
+
+    def _whole(self, key: str, head: RunState) -> RunState | None:
+        """A run read from its header, with its facts."""
+        try:
+            return journal.with_facts(head, self.store.facts(key))
+        except ValueError:
+            log.warning("run state %r is not readable; skipped", key)
+            return None
 
     def open_runs(self, now: float | None = None) -> list[RunOverview]:
         """The open runs as an on-call engineer asks for them: state, since, due, overdue by."""
@@ -446,15 +455,8 @@ class Pipeline:
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
         count = 0
-        for n, (key, header) in enumerate(headers):
-            if keys.is_kept_aside(key) or keys.is_job(key):
-                continue
-            try:
-                head = journal.decode(key, header, [])
-            except ValueError:
-                log.warning("run state %r is not readable; skipped", key)
-                continue
-            if not (isinstance(head, RunState) and query.may_hold(head)):
+        for n, (key, head) in enumerate(self._run_headers(headers)):
+            if not query.may_hold(head):
                 continue
             kept: RunOverview | tuple[str, RunState]
             if query.overdue or head.state_order is None:  # told only by its facts
@@ -478,23 +480,13 @@ class Pipeline:
         return listed, count
 
     def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
-        try:
-            return overview(journal.with_facts(head, self.store.facts(key)), now_ns, grace_ns)
-        except ValueError:
-            log.warning("run state %r is not readable; skipped", key)
-            return None
+        run = self._whole(key, head)
+        return overview(run, now_ns, grace_ns) if run is not None else None
 
     def open_run_ids(self, engine: str, env: str, service: str) -> list[str]:
         """The ids of one producer's runs still open, from the states' headers (not their facts)."""
-        out = []
-        for key, header in self.store.states(keys.runs_of(engine, env, service)):
-            try:
-                state = journal.decode(key, header, [])
-            except ValueError:
-                continue
-            if isinstance(state, RunState) and not state.closed:
-                out.append(state.run.run_id)
-        return out
+        heads = self._run_headers(self.store.states(keys.runs_of(engine, env, service)))
+        return [head.run.run_id for _key, head in heads if not head.closed]
 
     def restore_gauges(self) -> None:
         """After a restart, count the runs and job instances that are still open in the active gauges.
