@@ -91,10 +91,9 @@ class Bridge:
             meter_provider=meter_provider,
         )
         self.exposition = exposition(self.metrics.collect)
-        self.trace_sender = trace_sender or otlp.trace_sender()
         # One exporter per export request in flight (`export_concurrency`); a sender handed in is the only one.
-        self.trace_senders = [self.trace_sender] + (
-            [] if trace_sender else [otlp.trace_sender() for _ in range(settings.export_concurrency - 1)]
+        self.trace_senders = (
+            [trace_sender] if trace_sender else [otlp.trace_sender() for _ in range(settings.export_concurrency)]
         )
         self.metric_sender = metric_sender or otlp.metric_sender()
         self.dead_letters = DeadLetters(
@@ -117,7 +116,7 @@ class Bridge:
         quieten_sdk_exporters()
         self.trace_health = ExportHealth(
             "trace",
-            otlp.endpoint_of(self.trace_sender),
+            otlp.endpoint_of(self.trace_senders[0]),
             lambda: f"{self.store.outbox_depth()} spans wait safely in the outbox",
             settings.export_log_interval_seconds,
         )
@@ -152,7 +151,7 @@ class Bridge:
             lambda resource: self._overdue.get(resource, []),
         )
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self.ready = False
@@ -287,7 +286,7 @@ class Bridge:
         ):
             thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
             thread.start()
-            self._threads.append(thread)
+            self._threads[name] = thread
         self.ready = True
         return self
 
@@ -385,12 +384,12 @@ class Bridge:
         # never answers: that held the exit three request timeouts (27 s).
         otlp.limit_timeouts(self.settings.drain_timeout_seconds, *self.trace_senders, self.metric_sender)
         self.drain.wake()
-        exporting = {"otel-bridge-trace-export", "otel-bridge-metric-export"}
-        for thread in self._threads:
+        exporting = ("trace-export", "metric-export")
+        for name, thread in self._threads.items():
             # An export in flight may wait on the backend for its whole request timeout: the drain
             # timeout bounds that wait, the rest of the work here is the store's and is waited for.
-            thread.join(timeout=max(deadline - time.monotonic(), 0) if thread.name in exporting else 30)
-        stuck = [t.name for t in self._threads if t.name in exporting and t.is_alive()]
+            thread.join(timeout=max(deadline - time.monotonic(), 0) if name in exporting else 30)
+        stuck = {name for name in exporting if name in self._threads and self._threads[name].is_alive()}
         try:
             if final:
                 self.pipeline.settle_due(horizon=float("inf"), gap_grace_seconds=0)
@@ -399,7 +398,7 @@ class Bridge:
             remaining = max(deadline - time.monotonic(), 0)
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.
-            drained = "otel-bridge-trace-export" not in stuck and self.drain.drain(remaining)
+            drained = "trace-export" not in stuck and self.drain.drain(remaining)
             if not drained:
                 log.warning(
                     "%d spans still in the outbox at exit%s: %s",
@@ -409,7 +408,7 @@ class Bridge:
                     if self.settings.state == ":memory:"
                     else "they are kept and sent on the next start",
                 )
-            if "otel-bridge-metric-export" not in stuck:
+            if "metric-export" not in stuck:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
                 self.export_metrics()
         finally:
