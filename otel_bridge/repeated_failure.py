@@ -12,6 +12,40 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Cadence:
+    """When a failure that keeps coming is told: the first, then once per `every_seconds`, and its end."""
+
+    def __init__(self, every_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every_seconds
+        self._clock = clock
+        self.since: float | None = None  # failing since (the clock's time), None while it works
+        self.failures = 0
+        self._told = 0.0
+
+    def failed(self) -> bool:
+        """One more failure: True when it is to be told now (the first, or `every_seconds` after the last told)."""
+        now = self._clock()
+        self.failures += 1
+        if self.since is None:
+            self.since = self._told = now
+            return True
+        if now - self._told >= self._every:
+            self._told = now
+            return True
+        return False
+
+    def failing_for(self) -> float:
+        return self._clock() - self.since if self.since is not None else 0.0
+
+    def recovered(self) -> tuple[float, int] | None:
+        """After failures, (seconds failing, failures), and failing no more; None when nothing was failing."""
+        if self.since is None:
+            return None
+        ended = (self.failing_for(), self.failures)
+        self.since, self.failures = None, 0
+        return ended
+
+
 class RepeatedFailure:
     """The log of a background task retried every few moments: its first failure in full, then a
     line a minute while it goes on, and one when it works again; not a traceback a second for as
@@ -27,11 +61,7 @@ class RepeatedFailure:
     ) -> None:
         self._what = what
         self._plain = plain
-        self._every = every_seconds
-        self._clock = clock
-        self._since: float | None = None
-        self._told = 0.0
-        self._failures = 0
+        self._cadence = Cadence(every_seconds, clock)
         self._lock = threading.Lock()  # a gauge's reads come from the export thread and from scrapes
 
     def attempt(self, work: Callable[[], T]) -> T | None:
@@ -46,25 +76,20 @@ class RepeatedFailure:
 
     def failed(self, exc: BaseException) -> None:
         with self._lock:
-            self._failed(exc)
-
-    def _failed(self, exc: BaseException) -> None:
-        now = self._clock()
-        self._failures += 1
-        if self._since is None:
-            self._since = self._told = now
-            if isinstance(exc, self._plain):
+            if not self._cadence.failed():
+                return
+            failures = self._cadence.failures
+            if failures > 1:
+                seconds = self._cadence.failing_for()
+                log.error("%s still failing (%d times in %.0f s): %s", self._what, failures, seconds, exc)
+            elif isinstance(exc, self._plain):
                 log.error("%s failed, retrying: %s", self._what, exc)
             else:
                 log.error("%s failed; retrying", self._what, exc_info=exc)
-        elif now - self._told >= self._every:
-            self._told = now
-            log.error("%s still failing (%d times in %.0f s): %s", self._what, self._failures, now - self._since, exc)
 
     def succeeded(self) -> None:
-        if self._since is None:  # the common case, without the lock
+        if self._cadence.since is None:  # the common case, without the lock
             return
         with self._lock:
-            if self._since is not None:
-                log.warning("%s works again, after %d failures", self._what, self._failures)
-                self._since, self._failures = None, 0
+            if (ended := self._cadence.recovered()) is not None:
+                log.warning("%s works again, after %d failures", self._what, ended[1])

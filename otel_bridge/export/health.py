@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from otel_bridge.repeated_failure import Cadence
+
 log = logging.getLogger("otel_bridge.export")
 
 # The SDK exporters' own loggers: every retry of theirs would be a line.
@@ -33,18 +35,17 @@ class ExportHealth:
         self._signal = signal
         self._endpoint = endpoint
         self._waiting = waiting
-        self._repeat = repeat_seconds
-        self._clock = clock
-        self.failing_since: float | None = None
-        self._told_at = 0.0
-        self._failures = 0
+        self._cadence = Cadence(repeat_seconds, clock)
+
+    @property
+    def failing_since(self) -> float | None:
+        return self._cadence.since
 
     def failed(self, reason: str = "") -> None:
-        now = self._clock()
-        self._failures += 1
+        if not self._cadence.failed():
+            return
         why = f" ({reason})" if reason else ""
-        if self.failing_since is None:
-            self.failing_since = self._told_at = now
+        if self._cadence.failures == 1:
             log.warning(
                 "%s export to %s is failing%s; %s, and go out when it is back",
                 self._signal,
@@ -52,26 +53,24 @@ class ExportHealth:
                 why,
                 self._waiting(),
             )
-        elif now - self._told_at >= self._repeat:
-            self._told_at = now
+        else:
             log.warning(
                 "%s export to %s still failing after %.0f s%s; %s",
                 self._signal,
                 self._endpoint,
-                now - self.failing_since,
+                self._cadence.failing_for(),
                 why,
                 self._waiting(),
             )
 
     def succeeded(self) -> None:
-        if self.failing_since is None:
+        if (ended := self._cadence.recovered()) is None:
             return
+        seconds, failures = ended
         log.info(
             "%s export to %s recovered after %.0f s (%d failed attempts)",
             self._signal,
             self._endpoint,
-            self._clock() - self.failing_since,
-            self._failures,
+            seconds,
+            failures,
         )
-        self.failing_since = None
-        self._failures = 0
