@@ -89,7 +89,7 @@ def bench_replay(path: Path, workdir: Path, sink_port: int) -> tuple[float, floa
     bridge = Bridge(settings).start()
     dead = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, 1)
     start = time.perf_counter()
-    summary = replay(bridge.pipeline, str(path), dead, progress=False)
+    summary = replay({"durable-effect": bridge.pipeline}, str(path), dead, progress=False)
     ingested = time.perf_counter() - start
     bridge.stop()
     total = time.perf_counter() - start

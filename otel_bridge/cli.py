@@ -101,15 +101,28 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
 
     if source != "-" and not Path(source).is_file():
         raise CliError(f"cannot replay {source}: no such file")
+    if source != "-" and Path(source).resolve() == Path(settings.dead_letter).resolve():
+        # What it rejects again is appended to the file being read: it would read its own output.
+        raise CliError(
+            f"cannot replay {source}: it is the dead-letter file this replay writes to; "
+            f"move it aside first (mv {source} {source}.old) and replay that"
+        )
     bridge = Bridge(settings).start(follow=False)
     own_process_gc()
-    consumer = (
-        bridge.pipeline
-        if source_format == "durable-effect"
-        else bridge.pipeline.consumer(bridge.event_sourced_decoder())
-    )
+    consumers = {
+        "durable-effect": bridge.pipeline,
+        "event-sourced": bridge.pipeline.consumer(bridge.event_sourced_decoder()),
+        "phase10": bridge.pipeline.consumer(bridge.phase10_decoder()),
+    }
     try:
-        summary = replay(consumer, source, bridge.dead_letters, progress=progress, waits=bridge.waited_for_room)
+        summary = replay(
+            consumers,
+            source,
+            bridge.dead_letters,
+            progress=progress,
+            waits=bridge.waited_for_room,
+            source_format=source_format,
+        )
     finally:
         bridge.stop()
     print(summary.render())
@@ -274,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--format",
         dest="source_format",
-        choices=("durable-effect", "event-sourced"),
+        choices=("durable-effect", "event-sourced", "dead-letter"),
         default="durable-effect",
-        help="durable-effect tracker events, or rows of the event-sourced runtime's workflow_events table",
+        help="durable-effect tracker events, rows of the event-sourced runtime's workflow_events table, or "
+        "a dead-letter file of the bridge (each event offered again in the format it was received in)",
     )
     _add_settings_flags(replay)
     timeline = sub.add_parser(

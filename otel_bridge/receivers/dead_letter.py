@@ -1,4 +1,4 @@
-"""Rejected events, kept with the reason so nothing is silently lost.
+"""Rejected events, kept with the reason so nothing is silently lost, and read back to be offered again.
 
 A JSONL file rotated by size with the standard library's RotatingFileHandler.
 """
@@ -61,3 +61,37 @@ def _line(letter: dict[str, Any]) -> str:
         except (RecursionError, ValueError):
             named = {**letter, "event": "[not kept: nested too deeply to write out]"}
             return orjson.dumps(named, default=repr).decode()
+
+
+# The events each receiver keeps are in its engine's format; a dead letter saying its own
+# `format` (the replay's) is taken at its word.
+FORMATS = ("durable-effect", "event-sourced", "phase10")
+_FORMAT_OF = {
+    "http": "durable-effect",
+    "tracker": "durable-effect",
+    "websocket": "phase10",
+    "import-timeline": "phase10",
+}
+_FORMAT_OF_PREFIX = {"redis-stream:": "event-sourced", "replay:": "durable-effect"}
+
+
+class NotReplayable(ValueError):
+    """A dead-letter line that holds no event to offer again; the message says why."""
+
+
+def unwrap(letter: Any) -> tuple[str, Any]:
+    """A dead letter's event and the format it is in, to be offered to the bridge again."""
+    if not isinstance(letter, dict) or "receiver" not in letter:
+        raise NotReplayable("not a dead letter: a JSON object with a 'receiver' and an 'event'")
+    if "event" not in letter:
+        raise NotReplayable(f"holds no event ({letter.get('error') or 'a count of events not kept'})")
+    event = letter["event"]
+    receiver = str(letter["receiver"])
+    if isinstance(event, str) and ("not valid JSON" in str(letter.get("error")) or event.startswith("[not kept")):
+        raise NotReplayable("the event was not kept as JSON: there is nothing to offer again")
+    source_format = letter.get("format") or _FORMAT_OF.get(receiver)
+    if source_format is None:
+        source_format = next((f for prefix, f in _FORMAT_OF_PREFIX.items() if receiver.startswith(prefix)), None)
+    if source_format not in FORMATS:
+        raise NotReplayable(f"receiver {receiver!r} is not one whose events can be told apart")
+    return source_format, event

@@ -1,4 +1,5 @@
-"""`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline.
+"""`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline;
+or a dead-letter file, each event to the decoder of the receiver that kept it.
 
 A batch the bridge refuses for now (the export backlog full, the store busy or full) is
 offered again for as long as `waits` says so, as a producer honours Retry-After; when it
@@ -7,7 +8,7 @@ says no more, the replay stops at that batch's first line and says how to go on.
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -15,7 +16,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
-from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
 from otel_bridge.receivers.json_text import loads
 
 BATCH = 1000
@@ -74,44 +75,55 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def replay(
-    consumer: EventConsumer,
+    consumers: Mapping[str, EventConsumer],
     source: str,
     dead_letters: DeadLetters,
     progress: bool = True,
     waits: Callable[[Unavailable, float], bool] = lambda _refused, _waited: False,
+    source_format: str = "durable-effect",
 ) -> ReplaySummary:
-    """`waits(refusal, seconds the batch has been refused)`: True after waiting a while (offer it
+    """Each line an event in `source_format` (a key of `consumers`), or with "dead-letter" a line of
+    a dead-letter file, whose event goes to the consumer of the format it was received in.
+
+    `waits(refusal, seconds the batch has been refused)`: True after waiting a while (offer it
     again), False to stop the replay there."""
     summary = ReplaySummary()
     stream: IO[bytes] = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     total = None if source == "-" else Path(source).stat().st_size
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", disable=not progress, file=sys.stderr)
-    batch: list[Any] = []
-    numbers: list[int] = []
+    # One batch per format: a dead-letter file mixes the engines' events.
+    batches: dict[str, _Batch] = {}
 
-    def flush() -> None:
+    def reject(number: int, error: str, kept: Any) -> None:
+        rejection = Rejection(-1, None, "", error)
+        summary.rejected.append((number, rejection))
+        dead_letters.keep(f"replay:{source}", [({"line": number, "error": rejection.error}, kept)])
+
+    def flush(event_format: str) -> None:
+        batch = batches[event_format]  # pending until stored: an interrupt names its first line
         refused_at = None
         while True:
             try:
-                report = consumer.ingest(batch)
+                report = consumers[event_format].ingest(batch.events)
                 break
             except Unavailable as exc:
                 now = time.monotonic()
                 waited = 0.0 if refused_at is None else now - refused_at
                 refused_at = refused_at or now
                 if not waits(exc, waited):
-                    summary.stopped = (numbers[0], str(exc))
+                    summary.stopped = (_first_pending(batches), str(exc))
                     raise _Stopped from exc
+        del batches[event_format]
         summary.accepted += report.accepted
         summary.duplicates += report.duplicates
         summary.late += report.late
         kept = []
         for r in report.rejected:
-            summary.rejected.append((numbers[r.index], r))
-            kept.append(({"line": numbers[r.index], **r.as_dict()}, batch[r.index]))
+            summary.rejected.append((batch.numbers[r.index], r))
+            # Its format said: offered again from this dead-letter file, it goes to the same decoder.
+            letter = {"line": batch.numbers[r.index], "format": event_format, **r.as_dict()}
+            kept.append((letter, batch.events[r.index]))
         dead_letters.keep(f"replay:{source}", kept)
-        batch.clear()
-        numbers.clear()
 
     number = 0
     try:
@@ -121,26 +133,45 @@ def replay(
             try:
                 event = loads(line)
             except ValueError as exc:
-                rejection = Rejection(-1, None, "", f"line is not valid JSON: {exc}")
-                summary.rejected.append((number, rejection))
-                dead_letters.keep(
-                    f"replay:{source}", [({"line": number, "error": rejection.error}, line.decode(errors="replace"))]
-                )
+                reject(number, f"line is not valid JSON: {exc}", line.decode(errors="replace"))
                 continue
-            batch.append(event)
-            numbers.append(number)
-            if len(batch) >= BATCH:
-                flush()
-        if batch:
-            flush()
+            event_format = source_format
+            if source_format == DEAD_LETTER:
+                try:
+                    event_format, event = unwrap(event)
+                except NotReplayable as exc:
+                    # Kept again would only copy the line: the file it came from still has it.
+                    summary.rejected.append((number, Rejection(-1, None, "", str(exc))))
+                    continue
+            batch = batches.setdefault(event_format, _Batch())
+            batch.events.append(event)
+            batch.numbers.append(number)
+            if len(batch.events) >= BATCH:
+                flush(event_format)
+        for event_format in list(batches):
+            flush(event_format)
     except _Stopped:
         pass
     except KeyboardInterrupt:
-        # From the first line of the batch being read or stored: stored or not (interrupted right
+        # From the first line of a batch being read or stored: stored or not (interrupted right
         # after its commit), it is offered again by the next replay, as duplicates if need be.
-        summary.stopped = (numbers[0] if numbers else max(number, 1), _INTERRUPTED)
+        summary.stopped = (_first_pending(batches) or max(number, 1), _INTERRUPTED)
     finally:
         bar.close()
         if stream is not sys.stdin.buffer:
             stream.close()
     return summary
+
+
+DEAD_LETTER = "dead-letter"
+
+
+@dataclass(slots=True)
+class _Batch:
+    events: list[Any] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
+
+
+def _first_pending(batches: dict[str, _Batch]) -> int:
+    """The first line not known stored: every line before it is."""
+    return min((batch.numbers[0] for batch in batches.values() if batch.numbers), default=0)

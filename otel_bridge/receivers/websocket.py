@@ -119,17 +119,26 @@ class WebSocketReceiver:
             execution, starts = self._progress(message)
             if execution and starts:
                 self.open_executions[str(execution)] = None
-            self._store([message], stop)
+            self._store([message], stop, in_hand=True)
             if execution and starts is False:
                 self.open_executions.pop(str(execution), None)
 
-    def _store(self, messages: list[Any], stop: threading.Event) -> None:
-        """Commit before reading on: a message not stored now is never told again."""
+    def _store(self, messages: list[Any], stop: threading.Event, in_hand: bool = False) -> None:
+        """Commit before reading on: a message not stored now is never told again.
+
+        `in_hand`: a live message, offered at least once even when the bridge is stopping, and
+        kept in the dead-letter file if the store cannot take it then (a timeline is asked again)."""
         backoff = 0.2
-        while not stop.is_set():
+        while in_hand or not stop.is_set():
             try:
                 report = self._consumer.ingest(messages)
             except Unavailable as exc:
+                if stop.is_set():
+                    if in_hand:
+                        log.error("stopping with a message the store could not take: kept in the dead-letter file")
+                        letter = {"error": f"not stored: the bridge stopped while the store was unavailable ({exc})"}
+                        self._dead_letters.keep("websocket", [(letter, message) for message in messages])
+                    return
                 log.warning("store unavailable, holding the websocket: %s", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -15,6 +15,8 @@ from builders import JobRun, WorkflowRun
 
 from otel_bridge import trace_id_for
 from otel_bridge.producer.event_sourced import Execution, as_row
+from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.receivers.dead_letter import DeadLetters
 
 
 def _run_replay(
@@ -156,3 +158,39 @@ def test_ctrl_c_stops_a_replay_at_a_line_and_running_it_again_goes_on(tmp_path, 
     accepted, duplicates = map(int, re.search(r"accepted: (\d+)  duplicates: (\d+)", again.stdout.decode()).groups())
     assert accepted + duplicates == 20_000 and duplicates >= line - 1
     otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) == 2 * len(done), timeout=60)
+
+
+def test_a_dead_letter_file_is_offered_again_each_event_in_the_format_it_was_received_in(tmp_path, otlp_http):
+    # What three receivers kept, as they keep it: the events of a bridge that could not store them then.
+    durable = WorkflowRun("from-http").started().step_started("a").after(5).step_completed("a").completed()
+    stream = Execution("from-stream", tenant="acme").started().after(20).ended("completed")
+    live = Phase10Run("from-websocket").started(1).after(10).completed()
+    kept = tmp_path / "kept.jsonl"
+    letters = DeadLetters(kept, 10**7, 1)
+    why = {"index": 0, "eventId": None, "field": "", "error": "could not be stored: a bug since fixed"}
+    letters.keep("http", [(why, event) for event in durable.events])
+    letters.keep("redis-stream:workflow-events", [(why, event) for event in stream.events])
+    letters.keep("websocket", [(why, event) for event in live.events])
+    letters.keep("websocket", [({"error": "message is not valid JSON: truncated"}, '{"event_type": "wor')])
+    letters.close()
+    with kept.open("a") as file:  # and what a budget left out: counted, no event
+        file.write(json.dumps({"at": "2026-12-01T00:00:00Z", "receiver": "http", "omitted": 3}) + "\n")
+
+    result = _run_replay(tmp_path, otlp_http, str(kept), None, "--format", "dead-letter")
+
+    out = result.stdout.decode()
+    assert result.returncode == 1, out + result.stderr.decode()  # two lines held nothing to offer again
+    events = len(durable.events) + len(stream.events) + len(live.events)
+    assert f"accepted: {events}" in out and "rejected: 2" in out
+    assert f"line {events + 1}: the event was not kept as JSON" in out
+    assert f"line {events + 2}: holds no event" in out
+    names = {s.name for s in otlp_http.received.unique_spans().values()}
+    assert {"workflow from-http", "workflow from-stream", "workflow from-websocket"} <= names
+    assert not (tmp_path / "dead.jsonl").exists()  # nothing kept again: the file read still holds them
+
+
+def test_the_dead_letter_file_the_replay_writes_to_is_not_replayed_into_itself(tmp_path, otlp_http):
+    (tmp_path / "dead.jsonl").write_text("")
+    result = _run_replay(tmp_path, otlp_http, str(tmp_path / "dead.jsonl"), None, "--format", "dead-letter")
+    assert result.returncode != 0
+    assert "it is the dead-letter file this replay writes to; move it aside first" in result.stderr.decode()

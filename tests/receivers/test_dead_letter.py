@@ -1,8 +1,16 @@
-"""Rejected events are kept with why, one JSON line each, whatever they hold."""
+"""Rejected events are kept with why, one JSON line each, whatever they hold, and can be offered again."""
 
 import json
 
-from otel_bridge.receivers.dead_letter import DeadLetters
+import pytest
+
+from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
+from otel_bridge.receivers.replay import replay
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.state.sqlite_store import SqliteStore
 
 
 def _nested(depth: int) -> dict:
@@ -29,3 +37,43 @@ def test_an_event_too_deep_even_for_that_is_named_rather_than_lost_with_its_reas
     (kept,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert (kept["index"], kept["eventId"], kept["error"]) == (3, "e9", "why")
     assert kept["event"].startswith("[not kept")
+
+
+def test_a_dead_letters_event_goes_back_in_the_format_of_the_receiver_that_kept_it():
+    event = {"type": "workflow.started"}
+    assert unwrap({"receiver": "http", "event": event}) == ("durable-effect", event)
+    assert unwrap({"receiver": "tracker", "event": event}) == ("durable-effect", event)
+    assert unwrap({"receiver": "redis-stream:workflow-events", "event": event}) == ("event-sourced", event)
+    assert unwrap({"receiver": "websocket", "event": event}) == ("phase10", event)
+    assert unwrap({"receiver": "import-timeline", "event": event}) == ("phase10", event)
+    assert unwrap({"receiver": "replay:old.jsonl", "event": event}) == ("durable-effect", event)
+
+
+def test_an_event_a_replay_rejects_again_keeps_its_format_for_the_next_replay(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"event_id": "e1", "workflow_id": "w1"}) + "\n")  # no state: still not usable
+    letters = DeadLetters(tmp_path / "dead.jsonl", 10**7, 1)
+    consumer = Pipeline(SqliteStore(":memory:"), MetricsHub(), Settings(state=":memory:")).consumer(
+        EventSourcedDecoder(EventSourcedOptions())
+    )
+    summary = replay({"event-sourced": consumer}, str(rows), letters, False, source_format="event-sourced")
+    letters.close()
+    assert len(summary.rejected) == 1
+    (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert unwrap(letter) == ("event-sourced", {"event_id": "e1", "workflow_id": "w1"})
+
+
+@pytest.mark.parametrize(
+    ("letter", "why"),
+    [
+        ({"receiver": "http", "omitted": 3, "error": "over the batch's dead-letter budget"}, "holds no event"),
+        ({"receiver": "websocket", "error": "message is not valid JSON: x", "event": "{"}, "not kept as JSON"),
+        ({"receiver": "http", "error": "why", "event": "[not kept: nested too deeply to write out]"}, "not kept as"),
+        ({"receiver": "somewhere", "event": {}}, "'somewhere' is not one whose events can be told apart"),
+        ({"workflowId": "w1", "type": "workflow.started"}, "not a dead letter"),
+        (["a list"], "not a dead letter"),
+    ],
+)
+def test_a_line_with_no_event_to_offer_again_says_why(letter, why):
+    with pytest.raises(NotReplayable, match=why):
+        unwrap(letter)

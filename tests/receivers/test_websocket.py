@@ -4,15 +4,19 @@ import threading
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from phase10_server import DROP, Phase10Server
+from websockets.sync.client import ClientConnection
 
 from otel_bridge.config import Settings
+from otel_bridge.consumer import Unavailable
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.replay import replay
 from otel_bridge.receivers.websocket import WebSocketReceiver
 from otel_bridge.sources import phase10
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
@@ -134,3 +138,54 @@ def test_a_message_over_a_mebibyte_is_taken_as_the_http_endpoint_takes_a_body(tm
     with _Following(tmp_path, engine) as following:
         _wait(lambda: large.execution_id in following.listed(), "the large message was not stored")
     assert engine.connections == 1
+
+
+def test_a_message_received_as_the_bridge_stops_is_stored_before_the_follower_ends(tmp_path, engine, monkeypatch):
+    run = Phase10Run("in-hand").started(1)
+    engine.scripts.put(list(run.events[:1]))
+    following = _Following(tmp_path, engine)
+    received = ClientConnection.recv
+
+    def stopped_on_receiving(connection: ClientConnection, *args, **kwargs):
+        message = received(connection, *args, **kwargs)
+        following._stop.set()  # the stop comes between reading the message and storing it
+        return message
+
+    monkeypatch.setattr(ClientConnection, "recv", stopped_on_receiving)
+    with following:
+        following._thread.join(10)
+    assert following.listed() == {run.execution_id}
+
+
+class _StoreDownAtStop:
+    """The store refuses the message at the moment the bridge stops."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+
+    def ingest(self, events):
+        self._stop.set()
+        raise Unavailable("the store went away")
+
+
+def test_a_message_the_store_cannot_take_at_stop_is_kept_and_can_be_offered_again(tmp_path, engine):
+    run = Phase10Run("kept").started(1)
+    engine.scripts.put(list(run.events[:1]))
+    following = _Following(tmp_path, engine)
+    consumer = following.receiver._consumer
+    following.receiver._consumer = _StoreDownAtStop(following._stop)
+    with following:
+        following._thread.join(10)
+    assert following.listed() == set()
+
+    (letter,) = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert letter["receiver"] == "websocket" and "the bridge stopped while the store was unavailable" in letter["error"]
+    assert letter["event"] == run.events[0]
+    (tmp_path / "dead.jsonl").rename(tmp_path / "kept.jsonl")
+    dead_letters = DeadLetters(tmp_path / "dead.jsonl", 10**6, 1)
+    summary = replay(
+        {"phase10": consumer}, str(tmp_path / "kept.jsonl"), dead_letters, False, source_format="dead-letter"
+    )
+    dead_letters.close()
+    assert (summary.accepted, summary.rejected) == (1, [])
+    assert following.listed() == {run.execution_id}
