@@ -299,9 +299,14 @@ class RedisStore:
         pattern = f"{_glob_escaped(self._p)}state:{_glob_escaped(prefix)}*"
         skip = len(f"{self._p}state:")
         cursor = 0
+        # SCAN may return a key twice (while Redis resizes its table): a listing would show and
+        # count that run twice. The keys are kept as Redis returns them, bytes, not decoded.
+        listed: set[bytes] = set()
         while True:
             # A page of keys, then their states in one round trip (not one per state).
-            cursor, found = self._client.scan(cursor, match=pattern, count=500)
+            cursor, page = self._client.scan(cursor, match=pattern, count=500)
+            found = [key for key in dict.fromkeys(page) if key not in listed]
+            listed.update(found)
             if found:
                 for key, blob in zip(found, self._client.mget(found), strict=True):
                     if blob is not None:  # deleted since the scan

@@ -277,3 +277,22 @@ def test_redis_hands_a_crashed_replicas_spans_to_another(redis_url):
     assert [r.payload for r in rows] == [b"orphan"]
     survivor.outbox_ack([r.id for r in rows])
     assert survivor.outbox_depth() == 0
+
+
+def test_redis_lists_each_state_once_though_scan_may_return_a_key_twice(redis_url, monkeypatch):
+    # SCAN's own contract: "a given element may be returned multiple times" (while the keyspace's
+    # table is resized); a listing must not show, nor count, a run twice.
+    store = RedisStore(redis_url, seen_ttl_seconds=60, prefix=f"scan{uuid.uuid4().hex[:6]}:")
+    saved = [runs_of("durable-effect", "prod", "shop") + f"{n:04d}" for n in range(1200)]
+    store.run(lambda tx: [tx.save(key, b"h", None) for key in saved])
+    scan, returned = store._client.scan, []
+
+    def returning_keys_again(cursor, **options):
+        cursor, found = scan(cursor, **options)
+        again = returned[:50]
+        returned.extend(found)
+        return cursor, found + again
+
+    monkeypatch.setattr(store._client, "scan", returning_keys_again)
+    assert sorted(key for key, _ in store.states()) == sorted(saved)
+    store.close()
