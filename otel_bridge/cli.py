@@ -4,6 +4,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from otel_bridge import conventions as c
-from otel_bridge.config import Settings, settings_table
+from otel_bridge.config import Settings, settings_table, unknown_variables
 from otel_bridge.consumer import Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
@@ -358,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"otel-bridge: invalid configuration: {problems}", file=sys.stderr)
         return 2
     _logging(settings.log_level)
+    for problem in unknown_variables(os.environ):
+        logging.getLogger("otel_bridge").warning(problem)
     try:
         if args.command == "serve":
             return _serve(settings)

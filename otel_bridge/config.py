@@ -7,6 +7,8 @@ from this model. Standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_*`,
 SDK defines them, and two of them are mirrored here for their defaults.
 """
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -236,3 +238,32 @@ def settings_table() -> str:
             default = ",".join(default)
         rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | `{default}` | {field.description} |")
     return "\n".join(rows)
+
+
+_PREFIX = "OTEL_BRIDGE_"
+
+
+def _variables() -> set[str]:
+    """Every environment variable a setting is read from."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice).upper() for choice in field.validation_alias.choices)
+        else:
+            names.add(f"{_PREFIX}{name.upper()}")
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """What to tell about `OTEL_BRIDGE_*` variables that are no setting: a misspelt one is
+    otherwise ignored without a word, and its setting left at its default."""
+    known = _variables()
+    told = []
+    for variable in sorted(environ):
+        upper = variable.upper()  # read regardless of case, as pydantic-settings reads them
+        if not upper.startswith(_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else " (otel-bridge config lists the settings)"
+        told.append(f"{variable} is not a setting of otel-bridge and is ignored{hint}")
+    return told

@@ -19,6 +19,7 @@ is one process's, so a tracker with a state file says so, and keeps the child's 
 
 import asyncio
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from typing import Any, Self
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge.config import Settings
+from otel_bridge.config import Settings, unknown_variables
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.receivers.json_text import as_read_back
@@ -64,6 +65,8 @@ class OtelTracker:
             "span_dead_letter": files / "otel-tracker-dead-spans.jsonl",
         }
         self._settings = Settings(**(defaults | settings))
+        for problem in unknown_variables(os.environ):
+            log.warning(problem)
         self._meter_provider = meter_provider
         self.bridge = Bridge(self._settings, meter_provider=meter_provider).start(follow=False)
         # True in a child process forked from the one that started `bridge`, until it has its own.

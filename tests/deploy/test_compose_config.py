@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from otel_bridge.config import unknown_variables
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -180,3 +182,7 @@ def test_dockerfile_is_slim_non_root_and_healthchecked():
     assert "FROM python:3.11-slim" in dockerfile
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
     assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+
+
+def test_every_bridge_variable_of_the_compose_file_is_a_setting():
+    assert unknown_variables(SERVICES["otel-bridge"]["environment"]) == []

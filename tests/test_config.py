@@ -1,0 +1,47 @@
+"""Settings read from the environment: a variable that is no setting is told, not silently ignored."""
+
+import logging
+
+import pytest
+
+from otel_bridge.cli import main
+from otel_bridge.config import unknown_variables
+
+
+def test_a_misspelt_variable_is_told_with_the_one_it_was_likely_meant_as():
+    told = unknown_variables({"OTEL_BRIDGE_SETTLE_SECOND": "5", "OTEL_BRIDGE_STAT": "x.db", "PATH": "/bin"})
+    assert told == [
+        "OTEL_BRIDGE_SETTLE_SECOND is not a setting of otel-bridge and is ignored; "
+        "did you mean OTEL_BRIDGE_SETTLE_SECONDS?",
+        "OTEL_BRIDGE_STAT is not a setting of otel-bridge and is ignored; did you mean OTEL_BRIDGE_STATE?",
+    ]
+
+
+def test_a_variable_like_no_setting_points_at_the_list_of_settings():
+    (told,) = unknown_variables({"OTEL_BRIDGE_VERSION_PINNED_BY_OPS": "3"})
+    assert told.endswith("is ignored (otel-bridge config lists the settings)")
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "OTEL_BRIDGE_SETTLE_SECONDS",
+        "otel_bridge_state",  # read regardless of case
+        "OTEL_BRIDGE_EXPORT_DELAY_MS",  # and the settings read from a standard variable, under both names
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ],
+)
+def test_the_variables_of_settings_are_not_told(variable):
+    assert unknown_variables({variable: "1"}) == []
+
+
+def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("OTEL_BRIDGE_STAT", str(tmp_path / "state.db"))  # so the default file is looked for
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert main(["runs"]) == 2
+    assert "cannot open the state file otel-bridge.db" in capsys.readouterr().err
+    told = "OTEL_BRIDGE_STAT is not a setting of otel-bridge and is ignored; did you mean OTEL_BRIDGE_STATE?"
+    assert told in caplog.text
