@@ -132,6 +132,54 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     return 2 if summary.stopped else 1 if summary.rejected else 0
 
 
+def _resend_spans(settings: Settings, source: str) -> int:
+    """Spans the backend refused for good (a span dead-letter file) back into the outbox, then sent."""
+    from otel_bridge.export.dead_spans import NotResendable, outbox_row
+    from otel_bridge.receivers.json_text import loads
+    from otel_bridge.runtime import Bridge
+
+    if not Path(source).is_file():
+        raise CliError(f"cannot resend {source}: no such file")
+    if Path(source).resolve() == Path(settings.span_dead_letter).resolve():
+        # What the backend refuses again is appended to it: set aside, each span would be read again.
+        raise CliError(
+            f"cannot resend {source}: it is the span dead-letter file this bridge writes to; "
+            f"move it aside first (mv {source} {source}.old) and resend that"
+        )
+    rows, unreadable = [], []
+    with Path(source).open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(outbox_row(loads(line)))
+            except (ValueError, NotResendable) as exc:
+                unreadable.append(f"  line {number}: {exc}")
+    bridge = Bridge(settings).start(follow=False)
+    try:
+        before = bridge.store.outbox_depth()
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            bridge.store.run(lambda tx, chunk=chunk: tx.outbox_add(chunk))
+        bridge.drain.wake()
+    finally:
+        bridge.stop()
+    exported, refused = bridge.drain.exported, bridge.drain.set_aside
+    left = max(before + len(rows) - exported - refused, 0)
+    print(
+        f"spans: {len(rows) + len(unreadable)}  queued: {len(rows)}  exported: {exported}  "
+        f"refused again: {refused}  not readable: {len(unreadable)}" + (f"  outbox before: {before}" if before else "")
+    )
+    if unreadable:
+        print("\n".join(unreadable[:20]))
+    if refused:
+        print(f"the backend refused {refused} again: kept in {settings.span_dead_letter} with its reason")
+    if left:
+        print(f"{left} spans are still in the outbox (the backend did not take them in time): sent at the next start")
+        return 2
+    return 1 if refused or unreadable else 0
+
+
 def _import_timeline(settings: Settings, sources: list[str], workspace_id: str | None) -> int:
     """Phase-10 timeline documents (files or URLs of the REST API) -> complete traces."""
     import httpx
@@ -294,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a dead-letter file of the bridge (each event offered again in the format it was received in)",
     )
     _add_settings_flags(replay)
+    resend = sub.add_parser(
+        "resend-spans", help="send again the spans a backend refused for good (a span dead-letter file, moved aside)"
+    )
+    resend.add_argument("file", help="JSONL span dead-letter file")
+    _add_settings_flags(resend)
     timeline = sub.add_parser(
         "import-timeline", help="turn Phase-10 execution timelines (JSON files or API URLs) into complete traces"
     )
@@ -364,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "resend-spans":
+            return _resend_spans(settings, args.file)
         if args.command == "import-timeline":
             return _import_timeline(settings, args.sources, args.workspace_id)
         if args.command == "runs":

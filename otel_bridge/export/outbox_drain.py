@@ -56,6 +56,9 @@ class OutboxDrain:
         self._dead_spans = dead_spans
         self._on_result = on_result
         self._wake = threading.Event()
+        # Spans the backend took, and spans set aside, since this drain began: what a command says it did.
+        self.exported = self.set_aside = 0
+        self._counting = threading.Lock()  # chunks are delivered by threads side by side
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,6 +136,8 @@ class OutboxDrain:
         if result.delivery is Delivery.SENT:
             self._store.outbox_ack([row.id for row in rows])
             self._metrics.bridge(c.M_BRIDGE_SPANS_EXPORTED, len(rows))
+            with self._counting:
+                self.exported += len(rows)
             return len(rows), ""
         if len(rows) == 1:
             self._set_aside(rows[0], result.reason)
@@ -162,6 +167,8 @@ class OutboxDrain:
             self._dead_spans.keep("otlp", [(record, MessageToDict(span))])
         self._store.outbox_ack([row.id])
         self._metrics.bridge(c.M_BRIDGE_SPANS_REJECTED, 1)
+        with self._counting:
+            self.set_aside += 1
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5

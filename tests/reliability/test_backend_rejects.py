@@ -1,7 +1,10 @@
-"""A backend that refuses some spans for good: they are set aside with its reason, and nothing behind them waits."""
+"""A backend that refuses some spans for good: they are set aside with its reason, nothing behind them waits,
+and they are sent again as they were once the backend takes them."""
 
 import json
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -77,3 +80,41 @@ def test_a_backend_refusing_the_bridges_credential_keeps_every_span_until_it_is_
     finally:
         bridge.close()
     assert not (tmp_path / "dead-spans.jsonl").exists() or not (tmp_path / "dead-spans.jsonl").read_text()
+
+
+def test_spans_set_aside_are_sent_again_as_they_were_once_the_backend_takes_them(tmp_path, otlp):
+    protocol, receiver = otlp
+    receiver.received.poison = "poison"
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, protocol).start()
+    run = WorkflowRun("poison", workflow_id="bad").started().step_started("a").after(2).step_completed("a")
+    try:
+        assert bridge.post(run.completed().events).status_code == 200
+        got = receiver.received
+        got.wait_for(lambda: _metric(bridge, "otel_bridge_spans_rejected_total") == 1)
+    finally:
+        bridge.close()
+    (step,) = got.unique_spans().values()  # the root was refused: the step's parent is missing
+    (tmp_path / "dead-spans.jsonl").rename(tmp_path / "refused.jsonl")
+    with (tmp_path / "refused.jsonl").open("a") as file:
+        file.write('{"receiver": "otlp", "event": {"name": "no resource"}}\n')
+    receiver.received.poison = ""  # the backend's policy is fixed
+
+    command = [sys.executable, "-m", "otel_bridge", "resend-spans", str(tmp_path / "refused.jsonl")]
+    result = subprocess.run(command, env=bridge.env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1, result.stdout + result.stderr  # one line held no span to send
+    assert "queued: 1  exported: 1  refused again: 0  not readable: 1" in result.stdout
+    assert "line 2: names no 'service.name'" in result.stdout
+    root = next(s for s in got.unique_spans().values() if s.name == "workflow poison")
+    assert (root.trace_id, root.span_id) == (step.trace_id, step.parent_span_id)
+    assert root.resource["service.name"] == "shop"
+    assert not (tmp_path / "dead-spans.jsonl").exists() or not (tmp_path / "dead-spans.jsonl").read_text()
+
+
+def test_the_span_dead_letter_file_being_written_is_not_resent_into_itself(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    (tmp_path / "dead-spans.jsonl").write_text("")
+    command = [sys.executable, "-m", "otel_bridge", "resend-spans", str(tmp_path / "dead-spans.jsonl")]
+    result = subprocess.run(command, env=bridge.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "it is the span dead-letter file this bridge writes to; move it aside first" in result.stderr
