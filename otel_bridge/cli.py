@@ -71,7 +71,7 @@ def _serve(settings: Settings) -> int:
 
     bridge = Bridge(settings)
     app = create_app(
-        bridge.pipeline,
+        bridge.consumer("http"),
         settings,
         metrics=bridge.exposition,
         readiness=bridge.readiness,
@@ -111,9 +111,9 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     bridge = Bridge(settings).start(follow=False)
     own_process_gc()
     consumers = {
-        "durable-effect": bridge.pipeline,
-        "event-sourced": bridge.pipeline.consumer(bridge.event_sourced_decoder()),
-        "phase10": bridge.pipeline.consumer(bridge.phase10_decoder()),
+        "durable-effect": bridge.consumer("replay"),
+        "event-sourced": bridge.consumer("replay", bridge.event_sourced_decoder()),
+        "phase10": bridge.consumer("replay", bridge.phase10_decoder()),
     }
     try:
         summary = replay(
@@ -208,7 +208,7 @@ def _import_timeline(settings: Settings, sources: list[str], workspace_id: str |
         documents.extend(parsed if isinstance(parsed, list) else [parsed])
     bridge = Bridge(settings).start(follow=False)
     try:
-        report = bridge.pipeline.consumer(bridge.phase10_decoder()).ingest(documents)
+        report = bridge.consumer("import-timeline", bridge.phase10_decoder()).ingest(documents)
         if report.rejected:
             bridge.dead_letters.keep("import-timeline", [(r.as_dict(), documents[r.index]) for r in report.rejected])
     finally:

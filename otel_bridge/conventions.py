@@ -139,6 +139,8 @@ M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
 M_BRIDGE_STREAM_ENTRIES_LOST: Final = "otel_bridge.stream.entries_lost"
 M_BRIDGE_STREAM_LAG: Final = "otel_bridge.stream.lag"
 M_BRIDGE_FOLLOWER_CONNECTED: Final = "otel_bridge.follower.connected"
+# Which receiver handed the events over (`http`, `redis-stream`, …), as the Collector labels its own.
+BRIDGE_RECEIVER: Final = "receiver"
 
 # Attribute keys that may appear on metrics: anything else is dropped there,
 # because metric attributes must stay low-cardinality.

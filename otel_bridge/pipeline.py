@@ -149,7 +149,6 @@ class Pipeline:
 
     def ingest(self, events: Sequence[Any], decoder: Decoder | None = None) -> IngestReport:
         """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
-        started = time.perf_counter()
         depth = self.store.outbox_depth()
         if depth >= self.settings.max_outbox_spans:
             raise Backpressure(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
@@ -162,13 +161,6 @@ class Pipeline:
             log.exception("storing a batch of %d events failed; storing them event by event", len(events))
             report = self._event_by_event(events, decoder, {r.index for r in rejected})
         report.rejected = sorted(rejected + report.rejected, key=lambda r: r.index)
-        # The batch is committed: from here on nothing may turn the answer into an error.
-        try:
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_RECEIVED, len(events))
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_REJECTED, len(report.rejected))
-            self.metrics.bridge(c.M_BRIDGE_INGEST_DURATION, time.perf_counter() - started)
-        except Exception:
-            log.exception("recording ingest metrics failed")
         return report
 
     def _event_by_event(self, events: Sequence[Any], decoder: Decoder | None, rejected: set[int]) -> IngestReport:
@@ -212,11 +204,8 @@ class Pipeline:
         report.late = len(outcome.late)
         for event_id in outcome.late:
             log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
-        try:
+        try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
             self.metrics.record(outcome.observations)
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_ACCEPTED, report.accepted)
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_DUPLICATE, report.duplicates)
-            self.metrics.bridge(c.M_BRIDGE_EVENTS_LATE, report.late)
         except Exception:  # committed already: a metrics fault must not fail the batch
             log.exception("recording metrics failed")
         return report

@@ -23,7 +23,8 @@ from otel_bridge.export.health import ExportHealth, quieten_sdk_exporters
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
-from otel_bridge.pipeline import Pipeline
+from otel_bridge.observed import ObservedConsumer
+from otel_bridge.pipeline import Decoder, Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.redis_stream import StreamReceiver
 from otel_bridge.receivers.websocket import WebSocketReceiver
@@ -130,11 +131,6 @@ class Bridge:
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
         self.metrics.start_bridge_counters(
             [
-                c.M_BRIDGE_EVENTS_RECEIVED,
-                c.M_BRIDGE_EVENTS_ACCEPTED,
-                c.M_BRIDGE_EVENTS_REJECTED,
-                c.M_BRIDGE_EVENTS_DUPLICATE,
-                c.M_BRIDGE_EVENTS_LATE,
                 c.M_BRIDGE_RUNS_INCOMPLETE,
                 c.M_BRIDGE_SPANS_EXPORTED,
                 c.M_BRIDGE_SPANS_REJECTED,
@@ -154,6 +150,7 @@ class Bridge:
         self._threads: dict[str, threading.Thread] = {}
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
+        self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
 
     def _export_result(self, ok: bool, reason: str = "") -> None:
@@ -210,6 +207,15 @@ class Bridge:
         self._stop.wait(min(1.0 + waited / 4, 5.0))
         return True
 
+    def consumer(self, receiver: str, decoder: Decoder | None = None) -> ObservedConsumer:
+        """What `receiver` hands its batches to: the pipeline (with `decoder` for another engine's
+        events than the durable-effect tracker's), its counts labelled with the receiver's name."""
+        if decoder is not None:
+            return ObservedConsumer(receiver, self.pipeline.consumer(decoder), self.metrics)
+        if receiver not in self._consumers:  # asked for at every flush of the in-process tracker
+            self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
+        return self._consumers[receiver]
+
     def event_sourced_decoder(self) -> EventSourcedDecoder:
         s = self.settings
         return EventSourcedDecoder(
@@ -238,7 +244,7 @@ class Bridge:
                 s.stream_group,
                 # The host's name by default: a restarted bridge reads its own unacknowledged entries at once.
                 s.stream_consumer or socket.gethostname(),
-                self.pipeline.consumer(self.event_sourced_decoder()),
+                self.consumer("redis-stream", self.event_sourced_decoder()),
                 self.dead_letters,
                 claim_after_seconds=s.stream_claim_after_seconds,
                 on_lost=lambda n: self.metrics.bridge(c.M_BRIDGE_STREAM_ENTRIES_LOST, n),
@@ -251,7 +257,7 @@ class Bridge:
         if s.ws_url:
             websocket = WebSocketReceiver(
                 s.ws_url,
-                self.pipeline.consumer(self.phase10_decoder()),
+                self.consumer("websocket", self.phase10_decoder()),
                 self.dead_letters,
                 progress=phase10.progress,
                 api_url=s.ws_api_url,

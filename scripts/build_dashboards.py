@@ -330,9 +330,9 @@ def jobs() -> Board:
     b.row("The bridge itself")
     b.panel(
         "Events in",
-        [("sum(rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted"),
+        [("sum by (receiver) (rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted {{receiver}}"),
          ("sum(rate(otel_bridge_events_duplicate_total[$__rate_interval]))", "duplicate"),
-         ("sum(rate(otel_bridge_events_rejected_total[$__rate_interval]))", "rejected"),
+         ("sum by (receiver) (rate(otel_bridge_events_rejected_total[$__rate_interval]))", "rejected {{receiver}}"),
          ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late")],
         unit="ops",
     )  # fmt: skip

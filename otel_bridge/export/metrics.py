@@ -342,10 +342,10 @@ class MetricsHub:
         if value:
             self.record([Observation(instrument, value, tuple(attributes.items()), None)])  # type: ignore[arg-type]
 
-    def start_bridge_counters(self, names: Iterable[str]) -> None:
+    def start_bridge_counters(self, names: Iterable[str], **attributes: str) -> None:
         """Create the bridge's own counters at zero, so "no failures yet" is a 0, not a missing series."""
         for name in names:
-            self._record(None, name, (), 0, None, None)
+            self._record(None, name, tuple(attributes.items()), 0, None, None)
 
     def gauge(self, name: str, unit: str, description: str, read: Callable[[], float]) -> None:
         """An observable gauge of the bridge itself, read at each collection.

@@ -145,7 +145,7 @@ class OtelTracker:
                 return
             try:
                 bridge = self._own_bridge()
-                report = bridge.pipeline.ingest(batch)
+                report = bridge.consumer("tracker").ingest(batch)
             except Unavailable as exc:
                 self._hold(batch, exc)
                 return
