@@ -78,7 +78,7 @@ def _serve(settings: Settings) -> int:
         on_start=bridge.start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,
-        runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit)),
+        runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
     )
     own_process_gc()
     uvicorn.run(
@@ -231,9 +231,9 @@ def _looking_pipeline(settings: Settings) -> "Pipeline":
     return Pipeline(open_store(settings, read_only=True), MetricsHub(), settings)
 
 
-def _as_dicts(listed: tuple[list[RunOverview], int]) -> tuple[list[dict[str, Any]], int]:
+def _as_dicts(listed: tuple[list[RunOverview], int], trace_url: str | None) -> tuple[list[dict[str, Any]], int]:
     runs, count = listed
-    return [r.as_dict() for r in runs], count
+    return [r.as_dict(trace_url) for r in runs], count
 
 
 def _runs(settings: Settings, args: argparse.Namespace) -> int:
@@ -248,9 +248,10 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         pipeline.store.close()
     if args.json:
-        print(json.dumps([r.as_dict() for r in runs], indent=2))
+        print(json.dumps([r.as_dict(settings.trace_url) for r in runs], indent=2))
     else:
-        Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None).print(runs_table(runs))
+        console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
+        console.print(runs_table(runs, settings.trace_url))
     if count > len(runs):
         print(f"the {len(runs)} oldest of {count} runs: --limit N for more", file=sys.stderr)
     return 0
@@ -275,7 +276,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
         )
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
     for state in found:
-        console.print(waterfall(state, time.time_ns()))
+        console.print(waterfall(state, time.time_ns(), settings.trace_url))
     return 0
 
 

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
     )
     log_level: str = Field("INFO", description="Log level of the bridge.")
+    trace_url: str | None = Field(
+        None,
+        description="A run's trace in the tracing UI, `{trace_id}` replaced (Jaeger: "
+        "`http://localhost:16686/trace/{trace_id}`): linked from `runs`, `show` and `GET /v1/runs`.",
+    )
     stream_url: str | None = Field(
         None,
         description="Consume the event-sourced runtime's Redis stream at this `redis://` URL (beside HTTP).",
@@ -219,6 +224,13 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is set but empty: unset it to turn authentication off, or give a secret")
         return value
+
+    @field_validator("trace_url")
+    @classmethod
+    def _names_the_trace(cls, value: str | None) -> str | None:
+        if value and "{trace_id}" not in value:
+            raise ValueError("must hold {trace_id}, where the run's trace id goes")
+        return value or None
 
     @field_validator("redact_keys", "stream_terminal_states", mode="before")
     @classmethod

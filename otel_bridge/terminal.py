@@ -12,7 +12,7 @@ from rich.text import Text
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.overview import RunOverview
+from otel_bridge.correlate.overview import TRACE_ID, RunOverview, trace_link
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import build_spans
 
@@ -36,11 +36,12 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def runs_table(runs: list[RunOverview]) -> Table:
+def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:
+    """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent."""
     table = Table(title=f"{len(runs)} open runs", header_style="bold")
     for column in ("service", "env", "workflow", "id", "state", "since", "resumeAt", "overdue by", "last event"):
         table.add_column(column, overflow="fold")
-    table.add_column("traceparent", overflow="fold", style="dim")
+    table.add_column("trace" if trace_url else "traceparent", overflow="fold", style="dim")
     for run in runs:
         overdue = Text(duration(run.overdue_ns / 1e9), style="bold red") if run.overdue_ns is not None else Text("-")
         table.add_row(
@@ -53,12 +54,12 @@ def runs_table(runs: list[RunOverview]) -> Table:
             _when(run.resume_at_ns),
             overdue,
             f"{run.last_event} {_when(run.last_event_ns)}",
-            run.traceparent,
+            trace_link(trace_url, run.traceparent) if trace_url else run.traceparent,
         )
     return table
 
 
-def waterfall(state: RunState, now_ns: int) -> RenderableType:
+def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> RenderableType:
     """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order."""
     spans = build_spans(state.run, state.facts, {}, None, True)
     root = next(s for s in spans if s.parent_span_id is None)
@@ -84,7 +85,11 @@ def waterfall(state: RunState, now_ns: int) -> RenderableType:
             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID
         )
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
-    return Group(title, table, Text("events", style="bold"), events)
+    parts: list[RenderableType] = [title, table, Text("events", style="bold"), events]
+    if trace_url:
+        link = trace_url.replace(TRACE_ID, root.trace_id.hex())
+        parts.insert(1, Text.assemble("trace: ", (link, f"link {link}")))
+    return Group(*parts)
 
 
 def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) -> tuple[Text, Text, str, Text]:

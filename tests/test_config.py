@@ -45,3 +45,8 @@ def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplo
     assert "cannot open the state file otel-bridge.db" in capsys.readouterr().err
     told = "OTEL_BRIDGE_STAT is not a setting of otel-bridge and is ignored; did you mean OTEL_BRIDGE_STATE?"
     assert told in caplog.text
+
+
+def test_a_trace_url_that_does_not_say_where_the_trace_id_goes_is_a_configuration_error(capsys):
+    assert main(["runs", "--trace-url", "http://localhost:16686/trace/"]) == 2
+    assert "trace_url: must hold {trace_id}, where the run's trace id goes" in capsys.readouterr().err

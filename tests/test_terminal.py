@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from fold_harness import fold_events
 from rich.console import Console
 
+from otel_bridge import trace_id_for
+from otel_bridge.correlate.overview import overview
 from otel_bridge.producer.demo import SCENARIOS
-from otel_bridge.terminal import waterfall
+from otel_bridge.terminal import runs_table, waterfall
 
 NOW = 1_900_000_000 * 10**9
 
@@ -54,3 +56,18 @@ def test_an_open_run_is_drawn_up_to_now():
     events = _scenario("sleep")
     open_events = [e for e in events if e["type"] not in ("workflow.completed",)]
     assert "open: drawn up to now" in _render(open_events)
+
+
+def test_with_a_trace_url_each_open_run_and_a_shown_run_link_to_their_trace_in_the_tracing_ui():
+    events = _scenario("retry")
+    (state,) = fold_events(events, settle_at_ns=None).runs.values()
+    trace_id = trace_id_for("durable-effect", events[0]["env"], events[0]["serviceKey"], events[0]["workflowId"]).hex()
+    console = Console(record=True, width=200)
+    console.print(waterfall(state, NOW, "http://jaeger:16686/trace/{trace_id}"))
+    assert f"trace: http://jaeger:16686/trace/{trace_id}" in console.export_text()
+
+    (opened,) = fold_events(events[:2], settle_at_ns=None).runs.values()
+    run = overview(opened, NOW, 0)
+    wide = Console(record=True, width=300)
+    wide.print(runs_table([run], "http://jaeger:16686/trace/{trace_id}"))
+    assert f"http://jaeger:16686/trace/{trace_id}" in wide.export_text()

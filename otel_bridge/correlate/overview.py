@@ -33,14 +33,25 @@ class RunOverview:
     last_event_ns: int
     traceparent: str
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
+        """As JSON shows it; with the `trace_url` template, the link to the run's trace as well."""
         out = asdict(self)
         for key in ("since_ns", "resume_at_ns", "last_event_ns"):
             value = out.pop(key)
             out[key.removesuffix("_ns")] = iso_ns(value) if value is not None else None
         overdue = out.pop("overdue_ns")
         out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
+        if trace_url:
+            out["trace_url"] = trace_link(trace_url, self.traceparent)
         return out
+
+
+def trace_link(template: str, parent: str) -> str:
+    """The tracing UI's page of the trace a W3C `traceparent` names: `{trace_id}` in `template` replaced."""
+    return template.replace(TRACE_ID, parent.split("-")[1])
+
+
+TRACE_ID = "{trace_id}"
 
 
 def _ordered(state: RunState) -> list[Fact]:

@@ -186,3 +186,9 @@ def test_dockerfile_is_slim_non_root_and_healthchecked():
 
 def test_every_bridge_variable_of_the_compose_file_is_a_setting():
     assert unknown_variables(SERVICES["otel-bridge"]["environment"]) == []
+
+
+def test_the_bridges_runs_link_to_their_traces_in_the_jaeger_ui_the_stack_publishes():
+    link = SERVICES["otel-bridge"]["environment"]["OTEL_BRIDGE_TRACE_URL"]
+    assert link == "http://localhost:16686/trace/{trace_id}"
+    assert "16686:16686" in [str(port).split()[0] for port in SERVICES["jaeger"]["ports"]]

@@ -18,10 +18,16 @@ from redis_server import RedisServer
 from otel_bridge import trace_id_for
 
 KEY = "on-call"
+JAEGER = "http://jaeger.example:16686/trace/{trace_id}"
 
 
 def _cli(*args: str, state: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OTEL_BRIDGE_STATE": state, "OTEL_BRIDGE_OVERDUE_GRACE_SECONDS": "1"}
+    env = {
+        **os.environ,
+        "OTEL_BRIDGE_STATE": state,
+        "OTEL_BRIDGE_OVERDUE_GRACE_SECONDS": "1",
+        "OTEL_BRIDGE_TRACE_URL": JAEGER,
+    }
     return subprocess.run(
         [sys.executable, "-m", "otel_bridge", *args], env=env, capture_output=True, text=True, timeout=60
     )
@@ -55,8 +61,11 @@ def _stuck() -> WorkflowRun:
 
 
 def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_path, otlp_http):
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY).start()
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY, trace_url=JAEGER
+    ).start()
     stuck, running = _stuck(), WorkflowRun("busy").started().step_started("x")
+    trace_id = trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
     state = str(tmp_path / "state.db")
     try:
         assert bridge.post(stuck.events + running.events, headers={"X-API-KEY": KEY}).status_code == 200
@@ -67,13 +76,12 @@ def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_p
         assert [r["run_id"] for r in listed] == [stuck.workflow_id]
         assert listed[0]["state"] == "paused" and listed[0]["overdue_seconds"] > 0
         assert listed[0]["resume_at"] == stuck.events[-1]["resumeAt"]
-        assert (
-            listed[0]["traceparent"].split("-")[1]
-            == trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
-        )
+        assert listed[0]["traceparent"].split("-")[1] == trace_id
+        assert listed[0]["trace_url"] == f"http://jaeger.example:16686/trace/{trace_id}"  # one click to Jaeger
         table = _cli("runs", state=state).stdout
         assert stuck.workflow_id[:12] in table and "busy" in table and "nightly" in table
-        assert [r["run_id"] for r in _listed(bridge, overdue="true")] == [stuck.workflow_id]
+        (overdue_run,) = _listed(bridge, overdue="true")
+        assert (overdue_run["run_id"], overdue_run["trace_url"]) == (stuck.workflow_id, listed[0]["trace_url"])
         one = bridge.client.get(f"{bridge.url}/v1/runs", params={"limit": "1"}, headers={"X-API-KEY": KEY})
         assert len(one.json()["runs"]) == 1 and one.json()["count"] == 2  # the oldest, and how many there are
         bad = bridge.client.get(f"{bridge.url}/v1/runs", params={"limit": "all"}, headers={"X-API-KEY": KEY})
@@ -82,10 +90,10 @@ def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_p
         shown = _cli("show", stuck.workflow_id, state=state)
         assert shown.returncode == 0, shown.stderr
         assert "workflow nightly" in shown.stdout and "sleep" in shown.stdout and "workflow.paused" in shown.stdout
+        assert f"trace: http://jaeger.example:16686/trace/{trace_id}" in shown.stdout
 
         stuck.after(3_600_000).resumed().sleep_completed(60_000).completed(["a"])
         assert bridge.post(stuck.events[-3:], headers={"X-API-KEY": KEY}).status_code == 200
-        trace_id = trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
         got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(trace_id)))
         got.wait_for(lambda: _overdue_gauge(bridge) == 0)
         assert _listed(bridge, overdue="true") == []
