@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from otel_bridge.state.store import StoreOpenError
 
 if TYPE_CHECKING:
     from otel_bridge.pipeline import Pipeline
+    from otel_bridge.state.store import Transaction
 
 
 class CliError(Exception):
@@ -159,8 +161,7 @@ def _resend_spans(settings: Settings, source: str) -> int:
     try:
         before = bridge.store.outbox_depth()
         for start in range(0, len(rows), 1000):
-            chunk = rows[start : start + 1000]
-            bridge.store.run(lambda tx, chunk=chunk: tx.outbox_add(chunk))
+            bridge.store.run(partial(_outbox_add, rows[start : start + 1000]))
         bridge.drain.wake()
     finally:
         bridge.stop()
@@ -178,6 +179,10 @@ def _resend_spans(settings: Settings, source: str) -> int:
         print(f"{left} spans are still in the outbox (the backend did not take them in time): sent at the next start")
         return 2
     return 1 if refused or unreadable else 0
+
+
+def _outbox_add(rows: list[tuple[str, bytes]], tx: "Transaction") -> None:
+    tx.outbox_add(rows)
 
 
 def _import_timeline(settings: Settings, sources: list[str], workspace_id: str | None) -> int:

@@ -257,7 +257,7 @@ _PREFIX = "OTEL_BRIDGE_"
 
 def _variables() -> set[str]:
     """Every environment variable a setting is read from."""
-    names = set()
+    names: set[str] = set()
     for name, field in Settings.model_fields.items():
         if isinstance(field.validation_alias, AliasChoices):
             names.update(str(choice).upper() for choice in field.validation_alias.choices)

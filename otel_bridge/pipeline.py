@@ -30,7 +30,7 @@ from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_r
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.keys import SET_ASIDE
-from otel_bridge.lifecycle import LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
+from otel_bridge.lifecycle import JobRecord, LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
@@ -76,7 +76,7 @@ def policy_of(settings: Settings) -> Policy:
 
 # A source's decoder: one raw event -> its lifecycle record(s), None when it is not a run's
 # event (ignored), or DecodeError naming what is wrong.
-Decoder = Callable[[Any], LifecycleRecord | list[LifecycleRecord] | None]
+Decoder = Callable[[Any], LifecycleRecord | Sequence[LifecycleRecord] | None]
 
 
 class _SourceConsumer:
@@ -136,10 +136,10 @@ class Pipeline:
         for index, raw in enumerate(events):
             try:
                 decoded = decoder(raw)
-                if isinstance(decoded, list):
-                    records.extend(decoded)
-                elif decoded is not None:  # None: not an event of this source's runs (ignored)
+                if isinstance(decoded, (WorkflowRecord, JobRecord)):
                     records.append(decoded)
+                elif decoded is not None:  # several records; None: not an event of this source's runs (ignored)
+                    records.extend(decoded)
             except DecodeError as exc:
                 rejected.append(Rejection(index, exc.event_id, exc.field, exc.reason))
             except Exception as exc:  # one event the decoder trips on must not sink its batch

@@ -301,7 +301,7 @@ class RedisStore:
         cursor = 0
         # SCAN may return a key twice (while Redis resizes its table): a listing would show and
         # count that run twice. The keys are kept as Redis returns them, bytes, not decoded.
-        listed: set[bytes] = set()
+        listed: set[bytes | str] = set()
         while True:
             # A page of keys, then their states in one round trip (not one per state).
             cursor, page = self._client.scan(cursor, match=pattern, count=500)
