@@ -46,7 +46,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, log_format: str = "text") -> None:
+    """Text for a terminal; JSON, one object a line, for a log pipeline (Loki, Elasticsearch, a
+    Collector's filelog receiver), the server's own lines included."""
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception"},
+                timestamp="time",  # ISO 8601, UTC
+                json_ensure_ascii=False,
+            )
+        )
+        logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+        return
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -93,6 +110,8 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # JSON: the server's lines go through the same handler as the bridge's (its own config is text).
+        **({"log_config": None} if settings.log_format == "json" else {}),
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )
     return 0
@@ -417,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"otel-bridge: invalid configuration: {problems}", file=sys.stderr)
         return 2
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format)
     for problem in unknown_variables(os.environ):
         logging.getLogger("otel_bridge").warning(problem)
     try:

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
     )
     log_level: str = Field("INFO", description="Log level of the bridge.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as JSON objects, one a line (`time`, `level`, `logger`, `message`, "
+        "`exception`), for a log pipeline.",
+    )
     trace_url: str | None = Field(
         None,
         description="A run's trace in the tracing UI, `{trace_id}` replaced (Jaeger: "

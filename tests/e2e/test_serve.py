@@ -1,5 +1,6 @@
 """`otel-bridge serve` as a subprocess, a producer POSTing over HTTP, a real OTLP receiver decoding protobuf."""
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -222,3 +223,21 @@ def test_the_standard_otlp_headers_variable_reaches_the_backend(tmp_path, otlp):
     finally:
         process.close()
     assert any(h.get("x-tenant") == "acme" for h in receiver.received.headers)
+
+
+def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_path, otlp_http):
+    process = BridgeProcess(tmp_path, otlp_http.endpoint, log_format="json").start()
+    try:
+        run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+        assert process.post(run.events).status_code == 200
+        otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) == 2)
+        assert process.post(run.step_started("b").events[-1:]).json()["late"] == 1  # the bridge logs it
+    finally:
+        assert process.stop()
+    lines = [json.loads(line) for line in process.log.read_text().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    loggers = {line["logger"] for line in lines}
+    assert "uvicorn.error" in loggers  # the server's own lines too ("Started server process", shutdown)
+    (late,) = [line for line in lines if line["logger"] == "otel_bridge.pipeline"]
+    assert late["level"] == "WARNING" and late["message"].startswith("late event")
+    assert all(line["time"].endswith("+00:00") for line in lines)
