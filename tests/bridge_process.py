@@ -1,6 +1,8 @@
 """`otel-bridge serve` as a real subprocess, the way a user runs it."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,3 +94,12 @@ class BridgeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def healthcheck_command() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command, to be run natively beside a bridge (no Docker engine here)."""
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    found = re.search(r"^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", dockerfile, re.M)
+    assert found, "the Dockerfile has no exec-form HEALTHCHECK"
+    command = json.loads(found.group(1))
+    return [sys.executable if command[0] == "python" else command[0], *command[1:]]

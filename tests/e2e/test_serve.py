@@ -1,11 +1,12 @@
 """`otel-bridge serve` as a subprocess, a producer POSTing over HTTP, a real OTLP receiver decoding protobuf."""
 
 import json
+import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from bridge_process import BridgeProcess
+from bridge_process import BridgeProcess, healthcheck_command
 from builders import JobRun, WorkflowRun, ns_of
 
 from otel_bridge import RunIdentity, root_span_id, trace_id_for
@@ -241,3 +242,14 @@ def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_pat
     (late,) = [line for line in lines if line["logger"] == "otel_bridge.pipeline"]
     assert late["level"] == "WARNING" and late["message"].startswith("late event")
     assert all(line["time"].endswith("+00:00") for line in lines)
+
+
+def test_the_containers_health_check_asks_the_port_the_bridge_was_given(tmp_path, otlp_http):
+    process = BridgeProcess(tmp_path, otlp_http.endpoint).start()  # a free port, not 4380
+    try:
+        healthy = subprocess.run(healthcheck_command(), env=process.env, capture_output=True, timeout=10)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        process.close()
+    gone = subprocess.run(healthcheck_command(), env=process.env, capture_output=True, timeout=10)
+    assert gone.returncode != 0

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from bridge_process import BridgeProcess, free_port
+from bridge_process import BridgeProcess, free_port, healthcheck_command
 from builders import WorkflowRun
 
 SECRET = "k3y-that-must-not-leak"
@@ -48,6 +48,8 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
         assert bridge.post(WorkflowRun().started().events).status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
+        # The container's health check asks over TLS, on the port the bridge was given.
+        assert subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10).returncode == 0
     finally:
         bridge.close()
 
