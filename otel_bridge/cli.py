@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,10 @@ from pydantic import ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, settings_table, unknown_variables
-from otel_bridge.consumer import Unavailable
+from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
-from otel_bridge.state.store import StoreOpenError
+from otel_bridge.state.store import StoreInUse, StoreOpenError
 
 if TYPE_CHECKING:
     from otel_bridge.pipeline import Pipeline
@@ -204,17 +205,27 @@ def _outbox_add(rows: list[tuple[str, bytes]], tx: "Transaction") -> None:
     tx.outbox_add(rows)
 
 
-def _import_timeline(settings: Settings, sources: list[str], workspace_id: str | None) -> int:
-    """Phase-10 timeline documents (files or URLs of the REST API) -> complete traces."""
+def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
+    """Phase-10 timeline documents -> complete traces: files, timeline URLs, or every execution of a
+    workflow the engine's API lists (`--workflow-id`, in a window of start times)."""
     import httpx
 
+    from otel_bridge.receivers import timeline_api
     from otel_bridge.receivers.json_text import loads
     from otel_bridge.runtime import Bridge
 
-    documents = []
-    for source in sources:
+    workspace = args.workspace_id or settings.ws_workspace_id
+    headers = {"X-Workspace-Id": workspace} if workspace else {}
+    if args.workflow_id and not settings.ws_api_url:
+        raise CliError(
+            "--workflow-id lists executions from the engine's API: give it with --ws-api-url http://HOST:PORT"
+        )
+    if not args.sources and not args.workflow_id:
+        raise CliError("nothing to import: give timeline files or URLs, or --workflow-id with --ws-api-url")
+    window = timeline_api.Window(_moment(args.since, "--since"), _moment(args.until, "--until"))
+    documents: list[tuple[str, Any]] = []  # (where from, document)
+    for source in args.sources:
         if source.startswith(("http://", "https://")):
-            headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
             try:
                 response = httpx.get(source, headers=headers, timeout=30)
                 response.raise_for_status()
@@ -229,21 +240,74 @@ def _import_timeline(settings: Settings, sources: list[str], workspace_id: str |
             parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
         except ValueError as exc:
             raise CliError(f"{source} is not JSON: {exc}") from None
-        documents.extend(parsed if isinstance(parsed, list) else [parsed])
+        documents.extend((source, d) for d in (parsed if isinstance(parsed, list) else [parsed]))
     bridge = Bridge(settings).start(follow=False)
-    try:
-        report = bridge.consumer("import-timeline", bridge.phase10_decoder()).ingest(documents)
+    consumer = bridge.consumer("import-timeline", bridge.phase10_decoder())
+    total = IngestReport()
+    rejected: list[str] = []  # (where from: what was wrong)
+    unfetched: list[str] = []
+    done = 0
+
+    def store(batch: list[tuple[str, Any]]) -> None:
+        nonlocal done
+        report = consumer.ingest([document for _where, document in batch])
+        total.accepted += report.accepted
+        total.duplicates += report.duplicates
+        for r in report.rejected:
+            rejected.append(f"  {batch[r.index][0]}: {r.error}")
         if report.rejected:
-            bridge.dead_letters.keep("import-timeline", [(r.as_dict(), documents[r.index]) for r in report.rejected])
+            bridge.dead_letters.keep("import-timeline", [(r.as_dict(), batch[r.index][1]) for r in report.rejected])
+        done += len(batch)
+
+    try:
+        if documents:
+            store(documents)
+        if args.workflow_id:
+            # Stored page by page: a history of thousands of executions is never held whole.
+            with httpx.Client(timeout=30, headers=headers) as client:
+                for workflow in args.workflow_id:
+                    page: list[tuple[str, Any]] = []
+                    failed: Exception | None = None
+                    try:
+                        for execution in timeline_api.executions(
+                            client, settings.ws_api_url, workflow, window, args.status
+                        ):
+                            try:
+                                page.append((execution, timeline_api.timeline(client, settings.ws_api_url, execution)))
+                            except (httpx.HTTPError, timeline_api.ApiError) as exc:
+                                unfetched.append(f"  {execution}: {exc}")
+                            if len(page) >= timeline_api.PAGE:
+                                store(page)
+                                page = []
+                    except (httpx.HTTPError, timeline_api.ApiError) as exc:
+                        failed = exc
+                    if page:
+                        store(page)
+                    if failed is not None:
+                        stored = (
+                            f"{done} timelines stored; the same command again goes on, what is stored is a duplicate"
+                        )
+                        raise CliError(f"cannot list the executions of {workflow}: {failed} ({stored})")
     finally:
         bridge.stop()
     print(
-        f"timelines: {len(documents)}  events accepted: {report.accepted}  duplicates: {report.duplicates}  "
-        f"rejected: {len(report.rejected)}"
+        f"timelines: {done}  events accepted: {total.accepted}  duplicates: {total.duplicates}  "
+        f"rejected: {len(rejected)}" + (f"  not fetched: {len(unfetched)}" if unfetched else "")
     )
-    for r in report.rejected[:20]:
-        print(f"  document {r.index}: {r.error}")
-    return 1 if report.rejected else 0
+    for line in (rejected + unfetched)[:20]:
+        print(line)
+    return 1 if rejected or unfetched else 0
+
+
+def _moment(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    from otel_bridge.receivers.timeline_api import utc
+
+    try:
+        return utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise CliError(f"{flag} {text!r} is not an ISO 8601 time (2026-11-30 or 2026-11-30T08:00:00Z)") from None
 
 
 def _looking_pipeline(settings: Settings) -> "Pipeline":
@@ -375,8 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     timeline = sub.add_parser(
         "import-timeline", help="turn Phase-10 execution timelines (JSON files or API URLs) into complete traces"
     )
-    timeline.add_argument("sources", nargs="+", metavar="FILE|URL")
-    timeline.add_argument("--workspace-id", default=None, help="X-Workspace-Id for URLs")
+    timeline.add_argument("sources", nargs="*", metavar="FILE|URL")
+    timeline.add_argument("--workspace-id", default=None, help="X-Workspace-Id for URLs (default: --ws-workspace-id)")
+    timeline.add_argument(
+        "--workflow-id",
+        action="append",
+        default=[],
+        help="import every execution of this workflow the engine's API (--ws-api-url) lists; repeatable",
+    )
+    timeline.add_argument("--since", help="with --workflow-id: executions started at or after this ISO 8601 time")
+    timeline.add_argument("--until", help="with --workflow-id: executions started before this ISO 8601 time")
+    timeline.add_argument("--status", help="with --workflow-id: executions in this status only (completed, failed, …)")
     _add_settings_flags(timeline)
     trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")
     trace.add_argument("--env", required=True)
@@ -445,12 +518,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resend-spans":
             return _resend_spans(settings, args.file)
         if args.command == "import-timeline":
-            return _import_timeline(settings, args.sources, args.workspace_id)
+            return _import_timeline(settings, args)
         if args.command == "runs":
             return _runs(settings, args)
         if args.command == "show":
             return _show(settings, args.workflow_id)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
+    except StoreInUse as exc:
+        # History (a log, timelines, refused spans) need not wait for the running bridge to stop:
+        # trace and span ids do not depend on the state they were built in.
+        hint = (
+            ""
+            if args.command == "serve"
+            else "; stop it, or give this command a state of its own (--state history.db) for runs "
+            "the running bridge does not also receive"
+        )
+        print(f"otel-bridge: {exc}{hint}", file=sys.stderr)
+        return 2
     except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
         # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.
         print(f"otel-bridge: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""A stand-in for the Phase-10 engine: its `/ws/stream` WebSocket and timeline REST endpoint, on uvicorn.
+"""A stand-in for the Phase-10 engine: its `/ws/stream` WebSocket and REST endpoints (timelines, a workflow's
+executions), on uvicorn.
 
 Each connection is handed the next script of messages; a script ending in DROP closes the
 connection there, as a restarting engine or a network cut would.
@@ -19,6 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from otel_bridge.producer.phase10 import Phase10Run, executions_page
+
 DROP = object()
 
 
@@ -35,6 +38,9 @@ class Phase10Server:
         # ... or with a 503 this many times first (an API restarting).
         self.timeline_failures: dict[str, int] = {}
         self.connections = 0
+        # Executions `GET /api/workflows/{id}/executions` lists, at most `page_limit` a page.
+        self.runs: list[Phase10Run] = []
+        self.page_limit = 100
 
         async def stream(websocket: WebSocket) -> None:
             await websocket.accept()
@@ -68,10 +74,23 @@ class Phase10Server:
             # json.dumps escapes as JavaScript's JSON.stringify does, lone surrogates included.
             return Response(json.dumps(self.timelines[execution]), media_type="application/json")
 
+        async def executions(request: Request) -> Response:
+            query = request.query_params
+            page = executions_page(
+                self.runs,
+                request.path_params["workflow_id"],
+                int(query.get("skip", 0)),
+                int(query.get("limit", 10)),
+                query.get("status"),
+                self.page_limit,
+            )
+            return JSONResponse(page)
+
         app = Starlette(
             routes=[
                 WebSocketRoute("/ws/stream", stream),
                 Route("/api/workflows/executions/{execution_id}/timeline", timeline),
+                Route("/api/workflows/{workflow_id}/executions", executions),
             ]
         )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from websockets.datastructures import Headers
@@ -22,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 from otel_bridge.producer.event_sourced import Execution, trigger
-from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.producer.phase10 import Phase10Run, executions_page
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,21 @@ class Phase10Engine:
         threading.Thread(target=self._server.serve_forever, name="phase10-demo", daemon=True).start()
 
     def _rest(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = request.path.strip("/").split("/")
+        url = urlsplit(request.path)
+        parts = url.path.strip("/").split("/")
         if parts[:3] == ["api", "workflows", "executions"] and len(parts) == 5 and parts[4] == "timeline":
             known = self.runs.get(parts[3])
             if known is None:
                 return connection.respond(404, '{"detail": "Execution not found"}\n')
-            body = json.dumps(known[0].timeline(retries=known[1])).encode()
-            return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
+            return _json(known[0].timeline(retries=known[1]))
+        if parts[:2] == ["api", "workflows"] and len(parts) == 4 and parts[3] == "executions":
+            query = dict(parse_qsl(url.query))
+            try:
+                skip, limit = int(query.get("skip", 0)), int(query.get("limit", 10))
+            except ValueError:
+                return connection.respond(422, '{"detail": "skip and limit are integers"}\n')
+            runs = [run for run, _retries in self.runs.values()]
+            return _json(executions_page(runs, parts[2], skip, limit, query.get("status")))
         if parts == ["ws", "stream"]:
             return None  # the WebSocket handshake
         return connection.respond(404, "not found\n")
@@ -199,3 +208,7 @@ def run_engines_demo(
         if client is not None:
             client.close()
     return counts
+
+
+def _json(document: Any) -> Response:
+    return Response(200, "OK", Headers({"Content-Type": "application/json"}), json.dumps(document).encode())

@@ -147,3 +147,32 @@ class Phase10Run:
             "step_timeline": steps,
             "error_message": self.error,
         }
+
+    def summary(self) -> dict[str, Any]:
+        """This run as an item of `GET /api/workflows/{workflow_id}/executions`."""
+        return {
+            "id": self.execution_id,
+            "workflow_id": self.workflow_id,
+            "status": self.status,
+            "started_at": self.started_at and _naive_iso(self.started_at),
+            "completed_at": self.completed_at and _naive_iso(self.completed_at),
+            "duration": (self.completed_at - self.started_at).total_seconds()
+            if self.started_at and self.completed_at
+            else None,
+        }
+
+
+def executions_page(
+    runs: list[Phase10Run], workflow_id: str, skip: int, limit: int, status: str | None, max_limit: int = 100
+) -> dict[str, Any]:
+    """`GET /api/workflows/{workflow_id}/executions?skip&limit&status` over these runs, as the API pages it
+    (newest first, `limit` at most `max_limit`)."""
+    mine = [run for run in runs if run.workflow_id == workflow_id and (status is None or run.status == status)]
+    mine.sort(key=lambda run: run.started_at or datetime.min, reverse=True)
+    limit = min(max(limit, 1), max_limit)
+    return {
+        "items": [run.summary() for run in mine[skip : skip + limit]],
+        "total": len(mine),
+        "skip": skip,
+        "limit": limit,
+    }

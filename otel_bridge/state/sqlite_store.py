@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from otel_bridge.forks import after_fork_in_child
-from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -151,7 +151,7 @@ def _claim(path: str) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise StoreOpenError(
+        raise StoreInUse(
             f"{path} is in use by another otel-bridge ({holder}): one bridge per SQLite file "
             "(several replicas share a redis:// state instead)"
         ) from None

@@ -24,6 +24,10 @@ class StoreOpenError(Exception):
     """The store cannot be opened at all (corrupt, read-only, in use, unreachable): said in one line at start."""
 
 
+class StoreInUse(StoreOpenError):
+    """Another bridge holds the SQLite state file."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int | str

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 from bridge_process import BridgeProcess
@@ -135,3 +136,43 @@ def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_htt
     assert set(spans) == {"workflow wf-report", "step extract", "step load"}
     assert spans["step load"].attributes["workflow.task.attempt"] == 3
     assert spans["workflow wf-report"].status_code == ERROR
+
+
+def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_a_window(tmp_path, otlp_http, engine):
+    start = datetime(2026, 11, 30, 8, 0)
+    history = [
+        Phase10Run("nightly", workflow_id="wf-nightly", start=start + timedelta(minutes=i))
+        .started(1)
+        .step_started("s", "fetch", 1)
+        .after(200)
+        .step_completed("s")
+        .completed()
+        for i in range(130)
+    ]
+    other = Phase10Run("hourly", workflow_id="wf-hourly", start=start + timedelta(minutes=45)).started(1).completed()
+    engine.runs = [*history, other]
+    engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+    engine.page_limit = 50  # the API's cap, not the bridge's: three pages
+    missing = history[40]
+    del engine.timelines[missing.execution_id]  # listed, but its timeline is a 404
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
+        "OTEL_BRIDGE_STATE": str(tmp_path / "state.db"),
+        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+        "OTEL_BRIDGE_SPAN_DEAD_LETTER": str(tmp_path / "dead-spans.jsonl"),
+        "OTEL_BRIDGE_WS_SERVICE_NAME": "agents",
+        "OTEL_BRIDGE_WS_ENV": "prod",
+    }
+    command = [sys.executable, "-m", "otel_bridge", "import-timeline", "--ws-api-url", engine.api_url]
+    window = ["--workflow-id", "wf-nightly", "--since", "2026-11-30T08:30:00Z", "--until", "2026-11-30T10:00:00"]
+    result = subprocess.run([*command, *window, "--workspace-id", "ws-1"], env=env, capture_output=True, text=True)
+
+    assert result.returncode == 1, result.stdout + result.stderr  # one listed timeline could not be fetched
+    assert "timelines: 89" in result.stdout and "not fetched: 1" in result.stdout
+    assert f"{missing.execution_id}: " in result.stdout and "404" in result.stdout
+    imported = [run for run in history[30:120] if run is not missing]  # 08:30 to 09:59
+    got = otlp_http.received
+    roots = {s.trace_id for s in got.unique_spans().values() if s.name == "workflow wf-nightly"}
+    assert roots == {_trace(run) for run in imported}  # none before 08:30, none from 10:00, no other workflow
+    assert {workspace for _execution, workspace in engine.timeline_requests} == {"ws-1"}

@@ -85,6 +85,10 @@ def test_a_second_bridge_on_the_same_sqlite_file_refuses_naming_the_first(tmp_pa
         assert first.proc is not None
         _one_clear_line(result, "in use by another otel-bridge", f"pid {first.proc.pid}")
         assert first.post(WorkflowRun().started().events).status_code == 200  # the first one goes on
+        # Importing history beside it is told how: a state of its own.
+        (tmp_path / "timeline.json").write_text("{}")
+        imported = _run("import-timeline", "timeline.json", "--state", str(tmp_path / "state.db"), cwd=tmp_path)
+        _one_clear_line(imported, "in use by another otel-bridge", "give this command a state of its own (--state")
     finally:
         first.close()
 

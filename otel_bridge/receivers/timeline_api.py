@@ -1,0 +1,82 @@
+"""The Phase-10 engine's REST API read for history: a workflow's executions page by page, and their timelines.
+
+`GET /api/workflows/{workflow_id}/executions?skip&limit&status` lists a workflow's executions
+(`{"items", "total", "skip", "limit"}`, at most 100 a page); `GET /api/workflows/executions/
+{id}/timeline` is each one's whole story. With `X-Workspace-Id` when the engine has several.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from otel_bridge.receivers.json_text import loads
+
+PAGE = 100  # the most the API hands out at once
+
+
+@dataclass(frozen=True)
+class Window:
+    """Executions started in [since, until); either end open."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def holds(self, started_at: Any) -> bool:
+        if self.since is None and self.until is None:
+            return True
+        if not isinstance(started_at, str):
+            return False  # not started (queued): in no window of start times
+        try:
+            started = utc(datetime.fromisoformat(started_at))
+        except ValueError:
+            return False
+        return (self.since is None or started >= self.since) and (self.until is None or started < self.until)
+
+
+def utc(moment: datetime) -> datetime:
+    """The engine writes UTC without a zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+class ApiError(Exception):
+    """What the engine's API answered that is not a list of executions or a timeline."""
+
+
+def executions(
+    client: httpx.Client, api_url: str, workflow_id: str, window: Window, status: str | None = None
+) -> Iterator[str]:
+    """The ids of the workflow's executions started in `window`, page by page."""
+    skip = 0
+    while True:
+        params: dict[str, Any] = {"skip": skip, "limit": PAGE} | ({"status": status} if status else {})
+        url = f"{api_url}/api/workflows/{workflow_id}/executions"
+        page = _json(client.get(url, params=params), url)
+        items = page.get("items") if isinstance(page, dict) else page
+        if not isinstance(items, list):
+            raise ApiError(f"{url} answered no list of executions (expected {{'items': [...]}})")
+        for item in items:
+            execution = (item.get("id") or item.get("execution_id")) if isinstance(item, dict) else None
+            if isinstance(execution, str) and window.holds(item.get("started_at")):
+                yield execution
+        skip += len(items)
+        total = page.get("total") if isinstance(page, dict) else None
+        # The page size is the API's to cap: the end is an empty page, or the total reached.
+        if not items or (isinstance(total, int) and skip >= total):
+            return
+
+
+def timeline(client: httpx.Client, api_url: str, execution_id: str) -> Any:
+    url = f"{api_url}/api/workflows/executions/{execution_id}/timeline"
+    return _json(client.get(url), url)
+
+
+def _json(response: httpx.Response, url: str) -> Any:
+    if response.is_error:
+        raise ApiError(f"{url} answered {response.status_code}: {response.text[:200]}")
+    try:
+        return loads(response.content)  # lone surrogates made U+FFFD, as the WebSocket's messages
+    except ValueError as exc:
+        raise ApiError(f"{url} answered no JSON: {exc}") from None

@@ -1,0 +1,45 @@
+"""Reading a Phase-10 workflow's history from the engine's API: every page, only the window asked for."""
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from otel_bridge.receivers.timeline_api import ApiError, Window, executions
+
+
+def _api(items: list[dict], cap: int, with_total: bool) -> httpx.Client:
+    """An API that hands out at most `cap` executions a page, with or without a `total`."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        skip = int(request.url.params["skip"])
+        page = items[skip : skip + min(int(request.url.params["limit"]), cap)]
+        return httpx.Response(200, json={"items": page, "total": len(items)} if with_total else page)
+
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def _items(n: int) -> list[dict]:
+    return [{"id": f"e{i}", "started_at": f"2026-11-30T08:{i:02d}:00"} for i in range(n)]
+
+
+@pytest.mark.parametrize("with_total", [True, False], ids=["total", "bare-list"])
+def test_every_page_is_read_whatever_the_api_caps_a_page_at(with_total):
+    listed = list(executions(_api(_items(23), 7, with_total), "http://engine", "wf", Window()))
+    assert listed == [f"e{i}" for i in range(23)]
+
+
+def test_only_executions_started_in_the_window_are_taken_and_a_queued_one_in_none():
+    items = [*_items(10), {"id": "queued", "started_at": None}]
+    window = Window(since=datetime(2026, 11, 30, 8, 3, tzinfo=UTC), until=datetime(2026, 11, 30, 8, 6, tzinfo=UTC))
+    assert list(executions(_api(items, 100, True), "http://engine", "wf", window)) == ["e3", "e4", "e5"]
+    assert "queued" in list(executions(_api(items, 100, True), "http://engine", "wf", Window()))
+
+
+def test_an_answer_that_is_no_list_of_executions_names_the_url():
+    client = httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(200, json={"detail": "x"})))
+    with pytest.raises(ApiError, match="http://engine/api/workflows/wf/executions answered no list"):
+        list(executions(client, "http://engine", "wf", Window()))
+    failing = httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(503, text="restarting")))
+    with pytest.raises(ApiError, match="answered 503: restarting"):
+        list(executions(failing, "http://engine", "wf", Window()))
