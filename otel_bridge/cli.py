@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, settings_table, unknown_variables
 from otel_bridge.consumer import IngestReport, Unavailable
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otel-bridge",
         description="Turn durable workflow and job lifecycle events into OpenTelemetry traces and metrics.",
     )
+    parser.add_argument("--version", action="version", version=f"otel-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP tracker endpoint and export over OTLP")
     _add_settings_flags(serve)

@@ -9,6 +9,7 @@ from typing import Final
 
 # Resource
 SERVICE_NAME: Final = "service.name"
+SERVICE_VERSION: Final = "service.version"
 DEPLOYMENT_ENVIRONMENT_NAME: Final = "deployment.environment.name"
 BRIDGE_SERVICE_NAME: Final = "otel-bridge"
 SCOPE_NAME: Final = "otel_bridge"

@@ -10,10 +10,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry.sdk.metrics import MeterProvider
 
+from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, Unavailable
@@ -42,10 +42,7 @@ _CHECKPOINT_EVERY = 1.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
 _REFUSED_UNREADY_SECONDS = 10.0
 
-try:
-    VERSION = version("otel-bridge")
-except PackageNotFoundError:  # running from a source tree
-    VERSION = "0.0.0"
+VERSION = __version__
 
 
 def _following(disconnected_since: float | None) -> str:

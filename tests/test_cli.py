@@ -1,10 +1,15 @@
-"""The command's own process is tuned for being the bridge; an application using the library is left as it is."""
+"""The command: its process is tuned for being the bridge (an application using the library keeps its own),
+and it says its version."""
 
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 
+import pytest
 from otlp_receiver import OtlpHttpReceiver
+
+from otel_bridge.cli import main
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
 
@@ -31,3 +36,10 @@ with OtelTracker("production", "shop", flush_interval_seconds=None):
     finally:
         backend.close()
     assert reported == "(700, 10, 10) False"
+
+
+def test_the_command_says_which_version_it_is(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"otel-bridge {version('otel-bridge')}"

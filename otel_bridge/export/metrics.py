@@ -22,6 +22,7 @@ from opentelemetry.sdk.resources import Resource as SdkResource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export.histograms import Histograms
@@ -224,7 +225,7 @@ class MetricsHub:
     def _new_producer(self, resource: Resource | None) -> _Producer:
         if resource is None:
             # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info).
-            attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME}
+            attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME, c.SERVICE_VERSION: __version__}
             if self._bridge_env:
                 attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
             sdk_resource = SdkResource.create(attributes)

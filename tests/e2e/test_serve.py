@@ -3,6 +3,7 @@
 import json
 import subprocess
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import httpx
 import pytest
@@ -117,6 +118,9 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
     assert {"service.name": "shop", "deployment.environment.name": "staging"} in got.metric_resources(
         "workflow.task.retries"
     )
+    # The bridge's own telemetry says which bridge: its name and version (beside the SDK's own attributes).
+    (own,) = got.metric_resources("otel_bridge.events.accepted")
+    assert (own["service.name"], own["service.version"]) == ("otel-bridge", version("otel-bridge"))
 
 
 def test_metrics_endpoint_labels_every_series_with_its_producer(bridge):
