@@ -45,6 +45,10 @@ _REFUSED_UNREADY_SECONDS = 10.0
 VERSION = __version__
 
 
+def _build_info() -> list[tuple[float, dict[str, str]]]:
+    return [(1.0, {"version": VERSION})]
+
+
 def _following(disconnected_since: float | None) -> str:
     if disconnected_since is None:
         return "connected"
@@ -126,6 +130,8 @@ class Bridge:
         )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        # Prometheus' convention for which build runs where (`max by (version) (..._build_info)`).
+        self.metrics.gauges(c.M_BRIDGE_BUILD_INFO, "", "Always 1, labelled with the bridge's version", _build_info)
         self.metrics.start_bridge_counters(
             [
                 c.M_BRIDGE_RUNS_INCOMPLETE,

@@ -136,6 +136,7 @@ def test_metrics_endpoint_labels_every_series_with_its_producer(bridge):
     assert 'service_name="billing"' in text
     assert "job_execution_duration_seconds_bucket" in text
     assert 'otel_bridge_events_accepted_total{receiver="http",service_name="otel-bridge"} 4.0' in text
+    assert f'otel_bridge_build_info{{service_name="otel-bridge",version="{version("otel-bridge")}"}} 1.0' in text
 
 
 def test_restart_mid_workflow_continues_the_same_trace_from_its_original_start(tmp_path, otlp_http):
