@@ -131,15 +131,14 @@ class Phase10Run:
                 }
             )
         counts = self._counts()
+        started, completed, duration = self._when()
         return {
             "execution_id": self.execution_id,
             "workflow_id": self.workflow_id,
             "status": self.status,
-            "started_at": self.started_at and _naive_iso(self.started_at),
-            "completed_at": self.completed_at and _naive_iso(self.completed_at),
-            "total_duration_seconds": (self.completed_at - self.started_at).total_seconds()
-            if self.started_at and self.completed_at
-            else None,
+            "started_at": started,
+            "completed_at": completed,
+            "total_duration_seconds": duration,
             "step_count": counts["step_count"],
             "completed_step_count": counts["completed_steps"],
             "failed_step_count": counts["failed_steps"],
@@ -150,16 +149,24 @@ class Phase10Run:
 
     def summary(self) -> dict[str, Any]:
         """This run as an item of `GET /api/workflows/{workflow_id}/executions`."""
+        started, completed, duration = self._when()
         return {
             "id": self.execution_id,
             "workflow_id": self.workflow_id,
             "status": self.status,
-            "started_at": self.started_at and _naive_iso(self.started_at),
-            "completed_at": self.completed_at and _naive_iso(self.completed_at),
-            "duration": (self.completed_at - self.started_at).total_seconds()
-            if self.started_at and self.completed_at
-            else None,
+            "started_at": started,
+            "completed_at": completed,
+            "duration": duration,
         }
+
+    def _when(self) -> tuple[str | None, str | None, float | None]:
+        """When the run started and ended, as the API writes them, and how long it took in seconds."""
+        started, completed = self.started_at, self.completed_at
+        return (
+            started and _naive_iso(started),
+            completed and _naive_iso(completed),
+            (completed - started).total_seconds() if started and completed else None,
+        )
 
 
 def executions_page(

@@ -109,11 +109,8 @@ def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timel
     assert spans["workflow deploy-day"].status_code == OK and spans["step build"].status_code == OK
 
 
-def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_http):
-    run = Phase10Run("backfill").started(2).step_started("x", "extract", 1).after(100).step_completed("x")
-    run.after(1).step_started("y", "load", 2).after(100).step_failed("y", "constraint violated").after(1).failed()
-    path = tmp_path / "timeline.json"
-    path.write_text(json.dumps(run.timeline(retries={"y": 2})))
+def _import(tmp_path, otlp_http, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`otel-bridge import-timeline …` into a state of its own, its runs as the agents service in prod."""
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
@@ -123,13 +120,16 @@ def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_htt
         "OTEL_BRIDGE_WS_SERVICE_NAME": "agents",
         "OTEL_BRIDGE_WS_ENV": "prod",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "otel_bridge", "import-timeline", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [sys.executable, "-m", "otel_bridge", "import-timeline", *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_http):
+    run = Phase10Run("backfill").started(2).step_started("x", "extract", 1).after(100).step_completed("x")
+    run.after(1).step_started("y", "load", 2).after(100).step_failed("y", "constraint violated").after(1).failed()
+    path = tmp_path / "timeline.json"
+    path.write_text(json.dumps(run.timeline(retries={"y": 2})))
+    result = _import(tmp_path, otlp_http, str(path))
     assert result.returncode == 0, result.stderr
     assert "rejected: 0" in result.stdout
     spans = {s.name: s for s in otlp_http.received.trace(_trace(run))}
@@ -155,18 +155,8 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     engine.page_limit = 50  # the API's cap, not the bridge's: three pages
     missing = history[40]
     del engine.timelines[missing.execution_id]  # listed, but its timeline is a 404
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
-        "OTEL_BRIDGE_STATE": str(tmp_path / "state.db"),
-        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
-        "OTEL_BRIDGE_SPAN_DEAD_LETTER": str(tmp_path / "dead-spans.jsonl"),
-        "OTEL_BRIDGE_WS_SERVICE_NAME": "agents",
-        "OTEL_BRIDGE_WS_ENV": "prod",
-    }
-    command = [sys.executable, "-m", "otel_bridge", "import-timeline", "--ws-api-url", engine.api_url]
     window = ["--workflow-id", "wf-nightly", "--since", "2026-11-30T08:30:00Z", "--until", "2026-11-30T10:00:00"]
-    result = subprocess.run([*command, *window, "--workspace-id", "ws-1"], env=env, capture_output=True, text=True)
+    result = _import(tmp_path, otlp_http, "--ws-api-url", engine.api_url, *window, "--workspace-id", "ws-1")
 
     assert result.returncode == 1, result.stdout + result.stderr  # one listed timeline could not be fetched
     assert "timelines: 89" in result.stdout and "not fetched: 1" in result.stdout
