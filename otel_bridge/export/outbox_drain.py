@@ -163,7 +163,14 @@ class OutboxDrain:
         )
         if self._dead_spans is not None:
             service, env = keys.resource_of(row.resource)
-            record = {"reason": reason, "service.name": service, "deployment.environment.name": env}
+            # The ids as Jaeger and a traceparent write them: OTLP JSON's `event` has them in base64.
+            record = {
+                "reason": reason,
+                "service.name": service,
+                "deployment.environment.name": env,
+                "trace_id": span.trace_id.hex(),
+                "span_id": span.span_id.hex(),
+            }
             self._dead_spans.keep("otlp", [(record, MessageToDict(span))])
         self._store.outbox_ack([row.id])
         self._metrics.bridge(c.M_BRIDGE_SPANS_REJECTED, 1)

@@ -48,6 +48,7 @@ def test_spans_the_backend_refuses_are_dead_lettered_and_the_rest_delivered(tmp_
     assert names == {"workflow healthy", "step a"}
     (dead,) = [json.loads(line) for line in (tmp_path / "dead-spans.jsonl").read_text().splitlines()]
     assert dead["event"]["name"] == "workflow poison"
+    assert dead["trace_id"] == trace_id_for("durable-effect", "production", "shop", "bad").hex()  # as Jaeger shows it
     assert "refused by policy" in dead["reason"] or "400" in dead["reason"]
     assert dead["service.name"] == "shop"
 
