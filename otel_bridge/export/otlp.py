@@ -223,21 +223,43 @@ def protocol_for(signal: str) -> str:
     return value
 
 
-def _disabled(signal: str) -> bool:
-    return os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none"
+def _exporter(signal: str) -> str:
+    """`OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` (a comma-separated list in the specification):
+    otlp, the default and the first choice; console; none."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = os.environ.get(variable, "")
+    named = {value.strip().lower() for value in raw.split(",") if value.strip()} or {"otlp"}
+    if named == {"none"}:
+        return "none"
+    for exporter in ("otlp", "console"):
+        if exporter in named:
+            return exporter
+    # An application's own value (zipkin, prometheus) must not stop the in-process tracker.
+    log.warning("%s=%s: otel-bridge exports its %s over otlp (or console, none); using otlp", variable, raw, signal)
+    return "otlp"
 
 
 def trace_sender() -> TraceSender:
-    if _disabled("traces"):
+    exporter = _exporter("traces")
+    if exporter == "none":
         return NoSender()
+    if exporter == "console":
+        from otel_bridge.export.console import ConsoleTraces
+
+        return ConsoleTraces(None)
     if protocol_for("traces") == GRPC:
         return _told_if_tls_unasked(_GrpcTraces(), "traces")
     return _HttpTraces()
 
 
 def metric_sender() -> MetricSender:
-    if _disabled("metrics"):
+    exporter = _exporter("metrics")
+    if exporter == "none":
         return NoSender()  # its answer is truthy: success
+    if exporter == "console":
+        from otel_bridge.export.console import ConsoleMetrics
+
+        return ConsoleMetrics(None)
     if protocol_for("metrics") == GRPC:
         return _MetricSender(_told_if_tls_unasked(GrpcMetricExporter(), "metrics"))
     return _MetricSender(HttpMetricExporter())

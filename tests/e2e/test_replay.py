@@ -194,3 +194,28 @@ def test_the_dead_letter_file_the_replay_writes_to_is_not_replayed_into_itself(t
     result = _run_replay(tmp_path, otlp_http, str(tmp_path / "dead.jsonl"), None, "--format", "dead-letter")
     assert result.returncode != 0
     assert "it is the dead-letter file this replay writes to; move it aside first" in result.stderr.decode()
+
+
+def test_without_a_backend_the_console_exporter_writes_the_traces_as_otlp_json_lines(tmp_path):
+    run = WorkflowRun("look").started().step_started("a").after(50).step_completed("a").completed()
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in run.events))
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "console",
+        "OTEL_BRIDGE_STATE": str(tmp_path / "replay.db"),
+        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+    }
+    command = [sys.executable, "-m", "otel_bridge", "replay", str(log), "--no-progress"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    spans = [s for line in lines for r in line.get("resourceSpans", []) for ss in r["scopeSpans"] for s in ss["spans"]]
+    assert sorted(s["name"] for s in spans) == ["step a", "workflow look"]
+    assert {s["traceId"] for s in spans} == {
+        trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    }
+    assert any("resourceMetrics" in line for line in lines)  # the counts at exit
+    assert "accepted: 4" in result.stdout  # the summary beside them; the log stays on stderr
