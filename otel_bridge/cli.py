@@ -52,6 +52,7 @@ def _logging(level: str, log_format: str = "text") -> None:
     """Text for a terminal; JSON, one object a line, for a log pipeline (Loki, Elasticsearch, a
     Collector's filelog receiver), the server's own lines included."""
     if log_format == "json":
+        from pythonjsonlogger.core import RESERVED_ATTRS
         from pythonjsonlogger.json import JsonFormatter
 
         handler = logging.StreamHandler()
@@ -62,6 +63,8 @@ def _logging(level: str, log_format: str = "text") -> None:
                 rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception"},
                 timestamp="time",  # ISO 8601, UTC
                 json_ensure_ascii=False,
+                # uvicorn adds its message again with terminal colour codes: not for a log pipeline.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
             )
         )
         logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -242,6 +242,7 @@ def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_pat
         assert process.stop()
     lines = [json.loads(line) for line in process.log.read_text().splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert not any("\x1b" in str(value) for line in lines for value in line.values())  # no terminal colours
     loggers = {line["logger"] for line in lines}
     assert "uvicorn.error" in loggers  # the server's own lines too ("Started server process", shutdown)
     (late,) = [line for line in lines if line["logger"] == "otel_bridge.pipeline"]
