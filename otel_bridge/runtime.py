@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge import __version__
 from otel_bridge import conventions as c
-from otel_bridge.config import Settings
+from otel_bridge.config import Settings, without_password
 from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
@@ -43,6 +43,22 @@ _CHECKPOINT_EVERY = 1.0
 _REFUSED_UNREADY_SECONDS = 10.0
 
 VERSION = __version__
+
+
+def started(settings: Settings, traces: object, metrics: object, waiting: int, follow: bool) -> str:
+    """What a bridge that started is working with, in one line, credentials left out."""
+    state = settings.state
+    store = f"Redis {without_password(state)}" if state.startswith(("redis://", "rediss://", "unix://")) else state
+    line = f"otel-bridge {VERSION} started: state {store}"
+    if waiting:
+        line += f" ({waiting} spans waiting to be sent)"
+    line += f"; traces to {otlp.destination(traces)}, metrics to {otlp.destination(metrics)}"
+    following = []
+    if follow and settings.stream_url:
+        following.append(f"the Redis stream {settings.stream_key} at {without_password(settings.stream_url)}")
+    if follow and settings.ws_url:
+        following.append(f"the WebSocket {without_password(settings.ws_url)}")
+    return line + (f"; following {' and '.join(following)}" if following else "")
 
 
 def _build_info() -> list[tuple[float, dict[str, str]]]:
@@ -297,6 +313,11 @@ class Bridge:
             thread.start()
             self._threads[name] = thread
         self.ready = True
+        try:
+            waiting = self.store.outbox_depth()
+        except Exception:  # a store down at this moment is told by the tasks that use it
+            waiting = 0
+        log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
         return self
 
     def count_overdue(self) -> None:

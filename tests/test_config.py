@@ -1,11 +1,16 @@
-"""Settings read from the environment: a variable that is no setting is told, not silently ignored."""
+"""Settings read from the environment: a variable that is no setting is told, not silently ignored; what a
+bridge works with is told at its start, credentials left out."""
 
 import logging
 
 import pytest
 
+from otel_bridge import __version__
 from otel_bridge.cli import main
-from otel_bridge.config import unknown_variables
+from otel_bridge.config import Settings, unknown_variables
+from otel_bridge.export import otlp
+from otel_bridge.export.console import ConsoleMetrics
+from otel_bridge.runtime import started
 
 
 def test_a_misspelt_variable_is_told_with_the_one_it_was_likely_meant_as():
@@ -50,3 +55,18 @@ def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplo
 def test_a_trace_url_that_does_not_say_where_the_trace_id_goes_is_a_configuration_error(capsys):
     assert main(["runs", "--trace-url", "http://localhost:16686/trace/"]) == 2
     assert "trace_url: must hold {trace_id}, where the run's trace id goes" in capsys.readouterr().err
+
+
+def test_the_line_a_started_bridge_logs_names_what_it_works_with_and_no_password():
+    settings = Settings(
+        state="redis://:s3cret@redis:6379/0",
+        stream_url="redis://user:s3cret@redis:6379/1",
+        ws_url="ws://engine:8765/ws/stream",
+    )
+    line = started(settings, otlp.NoSender(), ConsoleMetrics(None), 12, follow=True)
+    assert line == (
+        f"otel-bridge {__version__} started: state Redis redis://:***@redis:6379/0 (12 spans waiting to be sent); "
+        "traces to nowhere (turned off), metrics to stdout (OTLP/JSON); following the Redis stream "
+        "workflow:events:global at redis://user:***@redis:6379/1 and the WebSocket ws://engine:8765/ws/stream"
+    )
+    assert "s3cret" not in started(settings, otlp.NoSender(), otlp.NoSender(), 0, follow=False)

@@ -206,6 +206,15 @@ class NoSender:
         pass
 
 
+def destination(sender: object) -> str:
+    """Where a sender's telemetry goes, as a person reads it."""
+    if isinstance(sender, NoSender):
+        return "nowhere (turned off)"
+    if type(sender).__name__.startswith("Console"):
+        return "stdout (OTLP/JSON)"
+    return endpoint_of(sender)
+
+
 def endpoint_of(sender: object) -> str:
     """Where a sender exports to, for messages (the SDK exporters keep it as `_endpoint`)."""
     return str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))

@@ -17,27 +17,18 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from otel_bridge.config import without_password
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 
 log = logging.getLogger(__name__)
 
 _GROUP = "exporters"
 _MAX_ATTEMPTS = 50
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _refusal(exc: Exception) -> StoreUnavailable | None:
@@ -191,7 +182,7 @@ class RedisStore:
         try:
             self._ensure_group()
         except RedisError as exc:
-            raise StoreOpenError(f"cannot use the redis state at {_safe(url)}: {exc}") from exc
+            raise StoreOpenError(f"cannot use the redis state at {without_password(url)}: {exc}") from exc
 
     def _ensure_group(self) -> None:
         """Create the outbox stream and its consumer group if they are missing (at start, or after Redis lost them)."""

@@ -245,6 +245,8 @@ def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_pat
     assert not any("\x1b" in str(value) for line in lines for value in line.values())  # no terminal colours
     loggers = {line["logger"] for line in lines}
     assert "uvicorn.error" in loggers  # the server's own lines too ("Started server process", shutdown)
+    (start,) = [line for line in lines if line["logger"] == "otel_bridge.runtime" and "started" in line["message"]]
+    assert f"traces to {otlp_http.endpoint}/v1/traces" in start["message"]
     (late,) = [line for line in lines if line["logger"] == "otel_bridge.pipeline"]
     assert late["level"] == "WARNING" and late["message"].startswith("late event")
     assert all(line["time"].endswith("+00:00") for line in lines)
