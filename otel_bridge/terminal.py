@@ -33,7 +33,9 @@ def duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"  # a run open for weeks: days, not 15,364.3 h
 
 
 def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:

@@ -9,7 +9,7 @@ from rich.console import Console
 from otel_bridge import trace_id_for
 from otel_bridge.correlate.overview import overview
 from otel_bridge.producer.demo import SCENARIOS
-from otel_bridge.terminal import runs_table, waterfall
+from otel_bridge.terminal import duration, runs_table, waterfall
 
 NOW = 1_900_000_000 * 10**9
 
@@ -71,3 +71,13 @@ def test_with_a_trace_url_each_open_run_and_a_shown_run_link_to_their_trace_in_t
     wide = Console(record=True, width=300)
     wide.print(runs_table([run], "http://jaeger:16686/trace/{trace_id}"))
     assert f"http://jaeger:16686/trace/{trace_id}" in wide.export_text()
+
+
+def test_durations_read_in_the_unit_a_person_would_say():
+    assert [duration(s) for s in (0.25, 42, 600, 3 * 3600, 30 * 86_400)] == [
+        "250 ms",
+        "42.0 s",
+        "10.0 min",
+        "3.0 h",
+        "30.0 d",
+    ]
