@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -114,6 +114,26 @@ def _config(
     )
 
 
+def _delivery(c: _Config, stats: TrackerStats, batch: list[dict[str, Any]]) -> Generator[float, Any, bool]:
+    """One batch's delivery as the engine makes it, without its I/O, so the threaded and the asyncio
+    tracker share it: yields how long to wait before each POST, is sent the POST's response (or the
+    exception it raised), and returns whether the batch was taken (False: dropped, counted)."""
+    asked = None
+    for attempt in range(c.max_attempts + 1):
+        if attempt:
+            stats.retries += 1
+        answer = yield c.delay(attempt, asked) if attempt else 0.0
+        stats.posts += 1
+        if isinstance(answer, BaseException):  # never into the workflow
+            log.warning("tracker POST to %s failed: %s", c.endpoint, answer)
+            asked = None
+            continue
+        if stats.answered(answer, batch):
+            return True
+        asked = _retry_after(answer)
+    return stats.dropped(batch, c.max_attempts + 1)
+
+
 class HttpBatchTracker:
     def __init__(
         self,
@@ -182,24 +202,22 @@ class HttpBatchTracker:
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:
         body = {"events": batch}
-        asked = None
-        for attempt in range(self._c.max_attempts + 1):
-            if attempt:
-                self.stats.retries += 1
-                time.sleep(self._c.delay(attempt, asked))
-            self.stats.posts += 1
+        delivery = _delivery(self._c, self.stats, batch)
+        wait = next(delivery)
+        while True:
+            if wait:
+                time.sleep(wait)
             if self._client is None:  # `_send` runs under `_sending`: one is made
                 self._client = httpx.Client(timeout=self._c.timeout)
+            answer: Any
             try:
-                response = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
-            except Exception as exc:  # never into the workflow
-                log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
-                asked = None
-                continue
-            if self.stats.answered(response, batch):
-                return True
-            asked = _retry_after(response)
-        return self.stats.dropped(batch, self._c.max_attempts + 1)
+                answer = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            except Exception as exc:
+                answer = exc
+            try:
+                wait = delivery.send(answer)
+            except StopIteration as done:
+                return bool(done.value)
 
     def _timer(self) -> None:
         assert self._c.flush_interval is not None
@@ -281,24 +299,22 @@ class AsyncHttpBatchTracker:
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
         body = {"events": batch}
-        asked = None
-        for attempt in range(self._c.max_attempts + 1):
-            if attempt:
-                self.stats.retries += 1
-                await asyncio.sleep(self._c.delay(attempt, asked))
-            self.stats.posts += 1
+        delivery = _delivery(self._c, self.stats, batch)
+        wait = next(delivery)
+        while True:
+            if wait:
+                await asyncio.sleep(wait)
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=self._c.timeout)
+            answer: Any
             try:
-                response = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
-            except Exception as exc:  # never into the workflow
-                log.warning("tracker POST to %s failed: %s", self._c.endpoint, exc)
-                asked = None
-                continue
-            if self.stats.answered(response, batch):
-                return True
-            asked = _retry_after(response)
-        return self.stats.dropped(batch, self._c.max_attempts + 1)
+                answer = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            except Exception as exc:
+                answer = exc
+            try:
+                wait = delivery.send(answer)
+            except StopIteration as done:
+                return bool(done.value)
 
     async def _timer(self) -> None:
         assert self._c.flush_interval is not None
