@@ -5,9 +5,10 @@ import json
 import logging
 
 import pytest
+from builders import finished_span
 
 from otel_bridge import keys
-from otel_bridge.correlate.outputs import Observation, Resource, SpanKind, SpanRecord, SpanStatus
+from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export import otlp
 from otel_bridge.export.console import ConsoleMetrics, ConsoleTraces
 from otel_bridge.export.metrics import MetricsHub
@@ -15,17 +16,10 @@ from otel_bridge.export.span_encoding import encode_span, export_request
 
 
 def test_spans_are_written_as_the_otlp_json_encoding_says_ids_in_hex_enums_as_integers():
-    span = SpanRecord(
+    span = finished_span(
         trace_id=bytes(range(16)),
         span_id=bytes(range(8)),
         parent_span_id=bytes(range(8, 16)),
-        name="step pay",
-        kind=SpanKind.INTERNAL,
-        start_ns=10,
-        end_ns=20,
-        status=SpanStatus.ERROR,
-        status_message="declined",
-        attributes={"workflow.task.attempt": 2},
         links=[bytes(range(16, 24))],
     )
     out = io.StringIO()

@@ -1,35 +1,17 @@
 """Spans are stored as OTLP protobuf and grouped by producer at export."""
 
+from builders import finished_span
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
-from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.export.span_encoding import encode_span, export_request, proto_resource
 
 
-def _span(**changes) -> SpanRecord:
-    fields = dict(
-        trace_id=b"\x01" * 16,
-        span_id=b"\x02" * 8,
-        parent_span_id=b"\x03" * 8,
-        name="step pay",
-        kind=SpanKind.INTERNAL,
-        start_ns=10,
-        end_ns=20,
-        status=SpanStatus.ERROR,
-        status_message="declined",
-        attributes={"workflow.task.attempt": 2, "workflow.task.cached": False, "x": 1.5, "steps": ["a", "b"]},
-        events=[SpanEvent("exception", 20, {"exception.message": "declined"})],
-        links=[b"\x04" * 8],
-    )
-    return SpanRecord(**(fields | changes))
-
-
 def test_a_span_round_trips_through_protobuf():
-    span = Span.FromString(encode_span(_span()))
+    span = Span.FromString(encode_span(finished_span()))
     assert (span.name, span.kind, span.start_time_unix_nano, span.end_time_unix_nano) == (
         "step pay",
         Span.SPAN_KIND_INTERNAL,
@@ -47,27 +29,31 @@ def test_a_span_round_trips_through_protobuf():
 
 def test_an_empty_list_is_an_empty_array_not_a_missing_value():
     # As the SDK encodes it: a run that completed no steps has workflow.execution.completed_steps = [].
-    span = Span.FromString(encode_span(_span(attributes={"steps": []})))
+    span = Span.FromString(encode_span(finished_span(attributes={"steps": []})))
     assert span.attributes[0].value.WhichOneof("value") == "array_value"
     assert list(span.attributes[0].value.array_value.values) == []
 
 
 def test_an_integer_beyond_int64_is_sent_as_text_rather_than_failing_the_span():
     # A producer's step order of 2**70 must not make its run's trace unsendable.
-    span = Span.FromString(encode_span(_span(attributes={"big": 2**70, "low": -(2**63)})))
+    span = Span.FromString(encode_span(finished_span(attributes={"big": 2**70, "low": -(2**63)})))
     values = {kv.key: kv.value for kv in span.attributes}
     assert values["big"].string_value == str(2**70)
     assert values["low"].int_value == -(2**63)
 
 
 def test_long_strings_are_truncated_to_the_attribute_limit():
-    span = Span.FromString(encode_span(_span(attributes={"big": "x" * 10_000}), attribute_limit=100))
+    span = Span.FromString(encode_span(finished_span(attributes={"big": "x" * 10_000}), attribute_limit=100))
     assert len(span.attributes[0].value.string_value) == 100
 
 
 def test_an_export_request_groups_spans_by_producer():
     a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
-    rows = [(a, encode_span(_span())), (b, encode_span(_span())), (a, encode_span(_span()))]
+    rows = [
+        (a, encode_span(finished_span())),
+        (b, encode_span(finished_span())),
+        (a, encode_span(finished_span())),
+    ]
     request = ExportTraceServiceRequest.FromString(export_request(rows, "1"))
     assert len(request.resource_spans) == 2
     counts = {
@@ -78,8 +64,8 @@ def test_an_export_request_groups_spans_by_producer():
 
 def test_an_export_request_is_the_bytes_protobuf_would_write_for_the_same_message():
     a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
-    big = _span(attributes={"x": "y" * 300})  # lengths past one varint byte
-    rows = [(a, encode_span(_span())), (b, encode_span(big)), (a, encode_span(big))]
+    big = finished_span(attributes={"x": "y" * 300})  # lengths past one varint byte
+    rows = [(a, encode_span(finished_span())), (b, encode_span(big)), (a, encode_span(big))]
     expected = ExportTraceServiceRequest()
     for key, payloads in ((a, [rows[0][1], rows[2][1]]), (b, [rows[1][1]])):
         scope = InstrumentationScope(name=c.SCOPE_NAME, version="1.2")
