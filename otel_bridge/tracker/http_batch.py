@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -114,24 +114,34 @@ def _config(
     )
 
 
-def _delivery(c: _Config, stats: TrackerStats, batch: list[dict[str, Any]]) -> Generator[float, Any, bool]:
-    """One batch's delivery as the engine makes it, without its I/O, so the threaded and the asyncio
-    tracker share it: yields how long to wait before each POST, is sent the POST's response (or the
-    exception it raised), and returns whether the batch was taken (False: dropped, counted)."""
-    asked = None
-    for attempt in range(c.max_attempts + 1):
-        if attempt:
-            stats.retries += 1
-        answer = yield c.delay(attempt, asked) if attempt else 0.0
-        stats.posts += 1
-        if isinstance(answer, BaseException):  # never into the workflow
-            log.warning("tracker POST to %s failed: %s", c.endpoint, answer)
-            asked = None
-            continue
-        if stats.answered(answer, batch):
-            return True
-        asked = _retry_after(answer)
-    return stats.dropped(batch, c.max_attempts + 1)
+class _Delivery:
+    """One batch's delivery as the engine makes it, without its I/O, so that the threaded and the
+    asyncio tracker share it: wait `wait` seconds, POST, `take` the answer (the response, or the
+    exception the POST raised), until `over`; `delivered` says whether the batch was taken."""
+
+    def __init__(self, c: _Config, stats: TrackerStats, batch: list[dict[str, Any]]) -> None:
+        self._c, self._stats, self._batch = c, stats, batch
+        self.attempts = 0
+        self.wait = 0.0
+        self.over = self.delivered = False
+
+    def take(self, answer: httpx.Response | Exception) -> None:
+        self._stats.posts += 1
+        self.attempts += 1
+        asked = None
+        if isinstance(answer, Exception):  # never into the workflow
+            log.warning("tracker POST to %s failed: %s", self._c.endpoint, answer)
+        elif self._stats.answered(answer, self._batch):
+            self.over = self.delivered = True
+            return
+        else:
+            asked = _retry_after(answer)
+        if self.attempts > self._c.max_attempts:
+            self.over = True
+            self._stats.dropped(self._batch, self.attempts)
+            return
+        self._stats.retries += 1
+        self.wait = self._c.delay(self.attempts, asked)
 
 
 class HttpBatchTracker:
@@ -201,23 +211,20 @@ class HttpBatchTracker:
                 delivered = self._send(batch) and delivered
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:
-        body = {"events": batch}
-        delivery = _delivery(self._c, self.stats, batch)
-        wait = next(delivery)
-        while True:
-            if wait:
-                time.sleep(wait)
-            if self._client is None:  # `_send` runs under `_sending`: one is made
-                self._client = httpx.Client(timeout=self._c.timeout)
-            answer: Any
-            try:
-                answer = self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
-            except Exception as exc:
-                answer = exc
-            try:
-                wait = delivery.send(answer)
-            except StopIteration as done:
-                return bool(done.value)
+        delivery = _Delivery(self._c, self.stats, batch)
+        while not delivery.over:
+            if delivery.wait:
+                time.sleep(delivery.wait)
+            delivery.take(self._post({"events": batch}))
+        return delivery.delivered
+
+    def _post(self, body: dict[str, Any]) -> httpx.Response | Exception:
+        if self._client is None:  # `_send` runs under `_sending`: one is made
+            self._client = httpx.Client(timeout=self._c.timeout)
+        try:
+            return self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+        except Exception as exc:
+            return exc
 
     def _timer(self) -> None:
         assert self._c.flush_interval is not None
@@ -298,23 +305,20 @@ class AsyncHttpBatchTracker:
         return delivered
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
-        body = {"events": batch}
-        delivery = _delivery(self._c, self.stats, batch)
-        wait = next(delivery)
-        while True:
-            if wait:
-                await asyncio.sleep(wait)
-            if self._client is None:
-                self._client = httpx.AsyncClient(timeout=self._c.timeout)
-            answer: Any
-            try:
-                answer = await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
-            except Exception as exc:
-                answer = exc
-            try:
-                wait = delivery.send(answer)
-            except StopIteration as done:
-                return bool(done.value)
+        delivery = _Delivery(self._c, self.stats, batch)
+        while not delivery.over:
+            if delivery.wait:
+                await asyncio.sleep(delivery.wait)
+            delivery.take(await self._post({"events": batch}))
+        return delivery.delivered
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response | Exception:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._c.timeout)
+        try:
+            return await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+        except Exception as exc:
+            return exc
 
     async def _timer(self) -> None:
         assert self._c.flush_interval is not None
