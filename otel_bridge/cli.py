@@ -88,6 +88,7 @@ def own_process_gc() -> None:
 
 def _serve(settings: Settings) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
@@ -116,7 +117,7 @@ def _serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,
         # JSON: the server's lines go through the same handler as the bridge's (its own config is text).
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )
     return 0
@@ -220,7 +221,8 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
 
     workspace = args.workspace_id or settings.ws_workspace_id
     headers = {"X-Workspace-Id": workspace} if workspace else {}
-    if args.workflow_id and not settings.ws_api_url:
+    api_url = settings.ws_api_url or ""
+    if args.workflow_id and not api_url:
         raise CliError(
             "--workflow-id lists executions from the engine's API: give it with --ws-api-url http://HOST:PORT"
         )
@@ -273,11 +275,9 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
                     page: list[tuple[str, Any]] = []
                     failed: Exception | None = None
                     try:
-                        for execution in timeline_api.executions(
-                            client, settings.ws_api_url, workflow, window, args.status
-                        ):
+                        for execution in timeline_api.executions(client, api_url, workflow, window, args.status):
                             try:
-                                page.append((execution, timeline_api.timeline(client, settings.ws_api_url, execution)))
+                                page.append((execution, timeline_api.timeline(client, api_url, execution)))
                             except (httpx.HTTPError, timeline_api.ApiError) as exc:
                                 unfetched.append(f"  {execution}: {exc}")
                             if len(page) >= timeline_api.PAGE:

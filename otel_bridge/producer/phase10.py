@@ -163,8 +163,8 @@ class Phase10Run:
         """When the run started and ended, as the API writes them, and how long it took in seconds."""
         started, completed = self.started_at, self.completed_at
         return (
-            started and _naive_iso(started),
-            completed and _naive_iso(completed),
+            _naive_iso(started) if started else None,
+            _naive_iso(completed) if completed else None,
             (completed - started).total_seconds() if started and completed else None,
         )
 
