@@ -156,7 +156,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     print(summary.render())
     if summary.interrupted:
         return 130  # as a shell reports a process stopped by Ctrl-C
-    return 2 if summary.stopped else 1 if summary.rejected else 0
+    return 2 if summary.stopped or summary.broken else 1 if summary.rejected else 0
 
 
 def _resend_spans(settings: Settings, source: str) -> int:

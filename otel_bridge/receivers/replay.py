@@ -6,6 +6,7 @@ offered again for as long as `waits` says so, as a producer honours Retry-After;
 says no more, the replay stops at that batch's first line and says how to go on.
 """
 
+import gzip
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,8 @@ class ReplaySummary:
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
     # (the first line not stored, why) when the bridge kept refusing a batch, or on Ctrl-C
     stopped: tuple[int, str] | None = None
+    # (the first line that could not be read, why): a truncated or corrupt file
+    broken: tuple[int, str] | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -46,6 +49,9 @@ class ReplaySummary:
             out.append(f"  line {line}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
         if len(self.rejected) > max_reasons:
             out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
+        if self.broken is not None:
+            line, reason = self.broken
+            out.append(f"the file cannot be read from line {line} on ({reason}); the lines before it are stored")
         if self.stopped is not None:
             line, reason = self.stopped
             out.append(
@@ -64,6 +70,15 @@ class _Stopped(Exception):
 
 
 _BOM = b"\xef\xbb\xbf"
+
+
+def _opened(source: str) -> IO[bytes]:
+    """Standard input, a file, or a gzip-compressed file (`.gz`), as logs are kept."""
+    if source == "-":
+        return sys.stdin.buffer
+    if source.endswith(".gz"):
+        return gzip.open(source, "rb")
+    return Path(source).open("rb")
 
 
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -88,8 +103,9 @@ def replay(
     `waits(refusal, seconds the batch has been refused)`: True after waiting a while (offer it
     again), False to stop the replay there."""
     summary = ReplaySummary()
-    stream: IO[bytes] = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
-    total = None if source == "-" else Path(source).stat().st_size
+    stream = _opened(source)
+    # Progress in bytes read; a gzip file's decompressed size is not known ahead.
+    total = None if source == "-" or source.endswith(".gz") else Path(source).stat().st_size
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", disable=not progress, file=sys.stderr)
     # One batch per format: a dead-letter file mixes the engines' events.
     batches: dict[str, _Batch] = {}
@@ -126,8 +142,16 @@ def replay(
         dead_letters.keep(f"replay:{source}", kept)
 
     number = 0
+    lines = _lines(stream)
     try:
-        for number, line in _lines(stream):
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                break
+            except (OSError, EOFError) as exc:  # truncated or corrupt (gzip): what was read is stored
+                summary.broken = (number + 1, str(exc) or type(exc).__name__)
+                break
             summary.lines += 1
             bar.update(len(line))
             try:

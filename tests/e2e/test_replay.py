@@ -1,5 +1,6 @@
 """`otel-bridge replay FILE`: historical event logs through the same pipeline."""
 
+import gzip
 import json
 import os
 import re
@@ -219,3 +220,23 @@ def test_without_a_backend_the_console_exporter_writes_the_traces_as_otlp_json_l
     }
     assert any("resourceMetrics" in line for line in lines)  # the counts at exit
     assert "accepted: 4" in result.stdout  # the summary beside them; the log stays on stderr
+
+
+def test_a_gzip_compressed_log_is_replayed_and_a_truncated_one_up_to_where_it_breaks(tmp_path, otlp_http):
+    runs = [WorkflowRun("archived", workflow_id=f"arch-{i}").started().completed() for i in range(400)]
+    text = "\n".join(json.dumps(e) for run in runs for e in run.events).encode()
+    whole = tmp_path / "events.jsonl.gz"
+    whole.write_bytes(gzip.compress(text))
+    result = _run_replay(tmp_path, otlp_http, str(whole))
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert "accepted: 800" in result.stdout.decode()
+
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])  # a copy that stopped half-way
+    result = _run_replay(tmp_path, otlp_http, str(cut), None, "--state", str(tmp_path / "cut.db"))
+    out = result.stdout.decode()
+    assert result.returncode == 2, out + result.stderr.decode()
+    read = int(re.search(r"lines: (\d+)", out).group(1))
+    assert 0 < read < 800 and f"accepted: {read}" in out
+    assert f"the file cannot be read from line {read + 1} on (Compressed file ended" in out
+    assert "Traceback" not in result.stderr.decode()
