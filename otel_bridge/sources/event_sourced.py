@@ -66,13 +66,20 @@ class StreamEvent(BaseModel):
             event["timestamp"] = event["created_at"]
         text = event.pop("payload_json", "")
         if text and "payload" not in raw:
-            try:
-                event["payload"] = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"payload_json is not valid JSON: {exc}") from None
+            event["payload"] = _parsed(text, "payload_json")
+        elif isinstance(event.get("payload"), str) and event["payload"]:
+            # A row of a table whose payload column is text, not json(b): the same JSON, quoted.
+            event["payload"] = _parsed(event["payload"], "payload")
         if event.get("payload") in ("", None):
             event["payload"] = {}
         return event
+
+
+def _parsed(text: str, name: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
 
 
 @dataclass(frozen=True)

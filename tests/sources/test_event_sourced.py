@@ -2,6 +2,8 @@
 
 from datetime import datetime
 
+import orjson
+import pytest
 from fold_harness import fold_events
 
 from otel_bridge import trace_id_for
@@ -114,6 +116,14 @@ def test_table_rows_decode_like_stream_entries():
         fold_events([as_row(e) for e in run.events], decoder=DECODE).names()
         == fold_events(run.events, decoder=DECODE).names()
     )
+
+
+def test_rows_of_a_table_whose_payload_column_is_text_decode_the_same():
+    run = _onboarding()
+    quoted = [as_row(e) | {"payload": orjson.dumps(as_row(e)["payload"]).decode()} for e in run.events]
+    assert fold_events(quoted, decoder=DECODE).names() == fold_events(run.events, decoder=DECODE).names()
+    with pytest.raises(DecodeError, match="payload is not valid JSON"):
+        DECODE(as_row(run.events[0]) | {"payload": "{broken"})
 
 
 def test_a_bad_entry_names_its_field():
