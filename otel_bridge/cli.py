@@ -271,13 +271,18 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
         if args.workflow_id:
             # Stored page by page: a history of thousands of executions is never held whole.
             with httpx.Client(timeout=30, headers=headers) as client:
-                for workflow in args.workflow_id:
+                for asked in args.workflow_id:
+                    # `ID=NAME`: timelines carry no workflow name; without one the runs are named by the id.
+                    workflow, _, name = asked.partition("=")
                     page: list[tuple[str, Any]] = []
                     failed: Exception | None = None
                     try:
                         for execution in timeline_api.executions(client, api_url, workflow, window, args.status):
                             try:
-                                page.append((execution, timeline_api.timeline(client, api_url, execution)))
+                                document = timeline_api.timeline(client, api_url, execution)
+                                if name and isinstance(document, dict) and not document.get("workflow_name"):
+                                    document["workflow_name"] = name
+                                page.append((execution, document))
                             except (httpx.HTTPError, timeline_api.ApiError) as exc:
                                 unfetched.append(f"  {execution}: {exc}")
                             if len(page) >= timeline_api.PAGE:
@@ -450,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workflow-id",
         action="append",
         default=[],
-        help="import every execution of this workflow the engine's API (--ws-api-url) lists; repeatable",
+        metavar="ID[=NAME]",
+        help="import every execution of this workflow the engine's API (--ws-api-url) lists, named NAME (timelines "
+        "carry no name: without it, the id); repeatable",
     )
     timeline.add_argument("--since", help="with --workflow-id: executions started at or after this ISO 8601 time")
     timeline.add_argument("--until", help="with --workflow-id: executions started before this ISO 8601 time")

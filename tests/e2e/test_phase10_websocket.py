@@ -155,7 +155,15 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     engine.page_limit = 50  # the API's cap, not the bridge's: three pages
     missing = history[40]
     del engine.timelines[missing.execution_id]  # listed, but its timeline is a 404
-    window = ["--workflow-id", "wf-nightly", "--since", "2026-11-30T08:30:00Z", "--until", "2026-11-30T10:00:00"]
+    # Named as the live runs of the workflow are (its timelines carry no name).
+    window = [
+        "--workflow-id",
+        "wf-nightly=nightly",
+        "--since",
+        "2026-11-30T08:30:00Z",
+        "--until",
+        "2026-11-30T10:00:00",
+    ]
     result = _import(tmp_path, otlp_http, "--ws-api-url", engine.api_url, *window, "--workspace-id", "ws-1")
 
     assert result.returncode == 1, result.stdout + result.stderr  # one listed timeline could not be fetched
@@ -163,6 +171,6 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     assert f"{missing.execution_id}: " in result.stdout and "404" in result.stdout
     imported = [run for run in history[30:120] if run is not missing]  # 08:30 to 09:59
     got = otlp_http.received
-    roots = {s.trace_id for s in got.unique_spans().values() if s.name == "workflow wf-nightly"}
+    roots = {s.trace_id for s in got.unique_spans().values() if s.name == "workflow nightly"}
     assert roots == {_trace(run) for run in imported}  # none before 08:30, none from 10:00, no other workflow
     assert {workspace for _execution, workspace in engine.timeline_requests} == {"ws-1"}
