@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from otel_bridge.forks import after_fork_in_child
+from otel_bridge.forks import after_fork_in_child, held_across_fork
 from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
@@ -219,6 +219,11 @@ class SqliteStore:
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         after_fork_in_child(self._forked)
+        held_across_fork(self._guards, timeout=lock_timeout_seconds)
+
+    def _guards(self) -> list[threading.Lock]:
+        """The locks every SQLite call of this store is made under."""
+        return [self._lock, self._checkpoint_lock]
 
     def _forked(self) -> None:
         # One bridge per file: a child process holds no claim on it. Its copy of the lock's file

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -209,3 +210,27 @@ def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp
     kept = [json.loads(line) for line in (tmp_path / f"dead.{child}.jsonl").read_text().splitlines()]
     assert [k["event"]["eventId"] for k in kept] == ["e-1"]
     assert [json.loads(line)["event"]["eventId"] for line in dead.read_text().splitlines()] == ["e-2"]
+
+
+def test_a_fork_waits_for_the_sqlite_stores_transaction_in_flight_to_end(tmp_path):
+    # A thread inside SQLite at the fork may hold one of SQLite's own process-wide mutexes: the child,
+    # which lacks that thread, then hung on its first SQLite call (one fork in ten under load).
+    store = SqliteStore(tmp_path / "s.db")
+    inside, finish = threading.Event(), threading.Event()
+
+    def long_transaction(tx) -> None:
+        tx.save("run", b"header", None)
+        inside.set()
+        finish.wait(10)
+
+    worker = threading.Thread(target=store.run, args=(long_transaction,))
+    worker.start()
+    assert inside.wait(10)
+    threading.Timer(0.3, finish.set).start()
+
+    def rows_seen_by_the_child() -> int:
+        return sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM state").fetchone()[0]
+
+    assert _in_child(rows_seen_by_the_child) == 1  # forked once the transaction had committed
+    worker.join(10)
+    store.close()
