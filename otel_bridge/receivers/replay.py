@@ -9,7 +9,7 @@ says no more, the replay stops at that batch's first line and says how to go on.
 import gzip
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -72,7 +72,7 @@ class _Stopped(Exception):
 _BOM = b"\xef\xbb\xbf"
 
 
-def _opened(source: str) -> IO[bytes]:
+def _opened(source: str) -> IO[bytes] | gzip.GzipFile:
     """Standard input, a file, or a gzip-compressed file (`.gz`), as logs are kept."""
     if source == "-":
         return sys.stdin.buffer
@@ -81,7 +81,7 @@ def _opened(source: str) -> IO[bytes]:
     return Path(source).open("rb")
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def _lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(stream, start=1):
         if number == 1:
             line = line.removeprefix(_BOM)  # editors on Windows start UTF-8 files with one
