@@ -1,4 +1,5 @@
-"""The Phase-10 engine's REST API read for history: a workflow's executions page by page, and their timelines.
+"""The Phase-10 engine's REST API: a workflow's executions page by page, and an execution's timeline
+(read for history, and by the WebSocket follower to catch up).
 
 `GET /api/workflows/{workflow_id}/executions?skip&limit&status` lists a workflow's executions
 (`{"items", "total", "skip", "limit"}`, at most 100 a page); `GET /api/workflows/executions/
@@ -42,7 +43,12 @@ def utc(moment: datetime) -> datetime:
 
 
 class ApiError(Exception):
-    """What the engine's API answered that is not a list of executions or a timeline."""
+    """What the engine's API answered that is not a list of executions or a timeline; `status`, the
+    HTTP status when it answered one that is an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def executions(
@@ -75,7 +81,7 @@ def timeline(client: httpx.Client, api_url: str, execution_id: str) -> Any:
 
 def _json(response: httpx.Response, url: str) -> Any:
     if response.is_error:
-        raise ApiError(f"{url} answered {response.status_code}: {response.text[:200]}")
+        raise ApiError(f"{url} answered {response.status_code}: {response.text[:200]}", response.status_code)
     try:
         return loads(response.content)  # lone surrogates made U+FFFD, as the WebSocket's messages
     except ValueError as exc:

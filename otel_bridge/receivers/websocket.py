@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
 from otel_bridge.consumer import EventConsumer, Unavailable
+from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.json_text import loads
 from otel_bridge.repeated_failure import RepeatedFailure
@@ -67,7 +68,9 @@ class WebSocketReceiver:
         # meanwhile is told again only for the executions the bridge knew open.
         self.disconnected_since: float | None = time.monotonic()
         self._missed: list[str] = []
-        self._unanswered = RepeatedFailure(f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError,))
+        self._unanswered = RepeatedFailure(
+            f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError, timeline_api.ApiError)
+        )
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
@@ -171,26 +174,23 @@ class WebSocketReceiver:
 
     def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
         """Fetches and stores these executions' timelines; returns those to ask for again."""
+        assert self._api_url is not None  # caught up on only with an API to ask
         again: list[str] = []
         with httpx.Client(timeout=10, headers=self._headers) as client:
             for n, execution in enumerate(executions):
                 if stop.is_set():
                     return []
-                url = f"{self._api_url}/api/workflows/executions/{execution}/timeline"
                 try:
-                    response = client.get(url)
+                    timeline = timeline_api.timeline(client, self._api_url, execution)
                 except httpx.TransportError as exc:  # down or hung: the rest would wait the same
                     self._unanswered.failed(exc)
                     return again + executions[n:]
-                if response.status_code in _GONE:
-                    self._forget(execution, response.status_code)
-                    continue
-                try:
-                    response.raise_for_status()
-                    timeline = loads(response.content)  # as the messages: lone surrogates made U+FFFD
-                except (httpx.HTTPStatusError, ValueError) as exc:
-                    self._unanswered.failed(exc)
-                    again.append(execution)
+                except timeline_api.ApiError as exc:
+                    if exc.status in _GONE:
+                        self._forget(execution, exc.status)
+                    else:
+                        self._unanswered.failed(exc)
+                        again.append(execution)
                     continue
                 self._unanswered.succeeded()
                 self._store([timeline], stop)
