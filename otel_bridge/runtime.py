@@ -42,17 +42,18 @@ _CHECKPOINT_EVERY = 1.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
 _REFUSED_UNREADY_SECONDS = 10.0
 
-VERSION = __version__
+# A state that names Redis rather than a SQLite file.
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def started(settings: Settings, traces: object, metrics: object, waiting: int, follow: bool) -> str:
     """What a bridge that started is working with, in one line, credentials left out."""
     state = settings.state
-    store = f"Redis {without_password(state)}" if state.startswith(("redis://", "rediss://", "unix://")) else state
-    line = f"otel-bridge {VERSION} started: state {store}"
+    store = f"Redis {without_password(state)}" if state.startswith(_REDIS_SCHEMES) else state
+    line = f"otel-bridge {__version__} started: state {store}"
     if waiting:
         line += f" ({waiting} spans waiting to be sent)"
-    line += f"; traces to {otlp.destination(traces)}, metrics to {otlp.destination(metrics)}"
+    line += f"; traces to {otlp.endpoint_of(traces)}, metrics to {otlp.endpoint_of(metrics)}"
     following = []
     if follow and settings.stream_url:
         following.append(f"the Redis stream {settings.stream_key} at {without_password(settings.stream_url)}")
@@ -62,7 +63,7 @@ def started(settings: Settings, traces: object, metrics: object, waiting: int, f
 
 
 def _build_info() -> list[tuple[float, dict[str, str]]]:
-    return [(1.0, {"version": VERSION})]
+    return [(1.0, {"version": __version__})]
 
 
 def _following(disconnected_since: float | None) -> str:
@@ -72,7 +73,7 @@ def _following(disconnected_since: float | None) -> str:
 
 
 def open_store(settings: Settings, read_only: bool = False) -> Store:
-    if settings.state.startswith(("redis://", "rediss://", "unix://")):
+    if settings.state.startswith(_REDIS_SCHEMES):
         from otel_bridge.state.redis_store import RedisStore
 
         return RedisStore(
@@ -126,7 +127,7 @@ class Bridge:
             self.metrics,
             settings.export_batch_size,
             settings.export_delay_ms / 1000,
-            VERSION,
+            __version__,
             max_request_bytes=settings.max_export_bytes,
             dead_spans=self.dead_spans,
             on_result=self._export_result,

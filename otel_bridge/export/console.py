@@ -37,6 +37,8 @@ def _hex_ids(value: Any) -> Any:
 
 
 class _Lines:
+    _endpoint = "stdout (OTLP/JSON)"
+
     def __init__(self, out: TextIO | None) -> None:
         self._out = out
         self._lock = threading.Lock()  # requests are sent side by side (export_concurrency)

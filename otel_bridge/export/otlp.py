@@ -199,6 +199,8 @@ class _MetricSender:
 class NoSender:
     """OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none: accept and discard."""
 
+    _endpoint = "nowhere (turned off)"
+
     def send(self, _request: object) -> Any:
         return SENT
 
@@ -206,17 +208,8 @@ class NoSender:
         pass
 
 
-def destination(sender: object) -> str:
-    """Where a sender's telemetry goes, as a person reads it."""
-    if isinstance(sender, NoSender):
-        return "nowhere (turned off)"
-    if type(sender).__name__.startswith("Console"):
-        return "stdout (OTLP/JSON)"
-    return endpoint_of(sender)
-
-
 def endpoint_of(sender: object) -> str:
-    """Where a sender exports to, for messages (the SDK exporters keep it as `_endpoint`)."""
+    """Where a sender exports to, for messages (the SDK exporters keep it as `_endpoint`, and so do ours)."""
     return str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
 
 
