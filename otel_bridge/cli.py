@@ -129,12 +129,8 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
 
     if source != "-" and not Path(source).is_file():
         raise CliError(f"cannot replay {source}: no such file")
-    if source != "-" and Path(source).resolve() == Path(settings.dead_letter).resolve():
-        # What it rejects again is appended to the file being read: it would read its own output.
-        raise CliError(
-            f"cannot replay {source}: it is the dead-letter file this replay writes to; "
-            f"move it aside first (mv {source} {source}.old) and replay that"
-        )
+    if source != "-":
+        _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
     bridge = Bridge(settings).start(follow=False)
     own_process_gc()
     consumers = {
@@ -159,6 +155,16 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     return 2 if summary.stopped or summary.broken else 1 if summary.rejected else 0
 
 
+def _not_written_by_it(source: str, written: Path, verb: str, what: str) -> None:
+    """A command that appends what it sets aside again to `written` must not read that file: it
+    would read its own output. `what`: the file and its writer, as the message names them."""
+    if Path(source).resolve() == Path(written).resolve():
+        raise CliError(
+            f"cannot {verb} {source}: it is the {what} writes to; "
+            f"move it aside first (mv {source} {source}.old) and {verb} that"
+        )
+
+
 def _resend_spans(settings: Settings, source: str) -> int:
     """Spans the backend refused for good (a span dead-letter file) back into the outbox, then sent."""
     from otel_bridge.export.dead_spans import NotResendable, outbox_row
@@ -167,12 +173,7 @@ def _resend_spans(settings: Settings, source: str) -> int:
 
     if not Path(source).is_file():
         raise CliError(f"cannot resend {source}: no such file")
-    if Path(source).resolve() == Path(settings.span_dead_letter).resolve():
-        # What the backend refuses again is appended to it: set aside, each span would be read again.
-        raise CliError(
-            f"cannot resend {source}: it is the span dead-letter file this bridge writes to; "
-            f"move it aside first (mv {source} {source}.old) and resend that"
-        )
+    _not_written_by_it(source, settings.span_dead_letter, "resend", "span dead-letter file this bridge")
     rows, unreadable = [], []
     with Path(source).open("rb") as lines:
         for number, line in enumerate(lines, start=1):
@@ -277,14 +278,13 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
                     page: list[tuple[str, Any]] = []
                     failed: Exception | None = None
                     try:
-                        for execution in timeline_api.executions(client, api_url, workflow, window, args.status):
-                            try:
-                                document = timeline_api.timeline(client, api_url, execution)
-                                if name and isinstance(document, dict) and not document.get("workflow_name"):
-                                    document["workflow_name"] = name
-                                page.append((execution, document))
-                            except (httpx.HTTPError, timeline_api.ApiError) as exc:
-                                unfetched.append(f"  {execution}: {exc}")
+                        for execution, got in timeline_api.history(
+                            client, api_url, workflow, window, args.status, name
+                        ):
+                            if isinstance(got, Exception):
+                                unfetched.append(f"  {execution}: {got}")
+                                continue
+                            page.append((execution, got))
                             if len(page) >= timeline_api.PAGE:
                                 store(page)
                                 page = []

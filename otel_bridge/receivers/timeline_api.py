@@ -74,6 +74,22 @@ def executions(
             return
 
 
+def history(
+    client: httpx.Client, api_url: str, workflow_id: str, window: Window, status: str | None, name: str = ""
+) -> Iterator[tuple[str, Any]]:
+    """(execution id, its timeline, or the error that kept it from being fetched) for each execution
+    listed; `name` given to timelines that carry none (they never do). A failing listing raises."""
+    for execution in executions(client, api_url, workflow_id, window, status):
+        try:
+            document = timeline(client, api_url, execution)
+        except (httpx.HTTPError, ApiError) as exc:
+            yield execution, exc
+            continue
+        if name and isinstance(document, dict) and not document.get("workflow_name"):
+            document["workflow_name"] = name
+        yield execution, document
+
+
 def timeline(client: httpx.Client, api_url: str, execution_id: str) -> Any:
     url = f"{api_url}/api/workflows/executions/{execution_id}/timeline"
     return _json(client.get(url), url)
