@@ -120,12 +120,18 @@ def test_stopped_while_the_backend_is_down_the_bridge_exits_within_its_drain_tim
     # The exporters retry within one export for up to OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default):
     # the export at exit waited that out twice (spans, then metrics) past the drain timeout.
     port = free_port()
-    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", protocol, drain_timeout_seconds="1").start()
-    runs = _runs(3, "at-exit")
-    for run in runs:
-        assert bridge.post(run.events).status_code == 200
+    bridge, runs = _runs_posted(tmp_path, f"http://127.0.0.1:{port}", protocol, "at-exit")
     assert bridge.stop(timeout=8)  # 1 s of drain, and no 20 s of retries after it
     _sent_at_the_next_start(bridge, protocol, 2 * len(runs), port)
+
+
+def _runs_posted(tmp_path, endpoint: str, protocol: str, name: str) -> tuple[BridgeProcess, list]:
+    """A bridge with a 1 s drain timeout, three runs posted to it, each answered 200."""
+    bridge = BridgeProcess(tmp_path, endpoint, protocol, drain_timeout_seconds="1").start()
+    runs = _runs(3, name)
+    for run in runs:
+        assert bridge.post(run.events).status_code == 200
+    return bridge, runs
 
 
 def _sent_at_the_next_start(bridge: BridgeProcess, protocol: str, spans: int, port: int = 0) -> None:
@@ -180,11 +186,8 @@ def test_stopped_while_an_export_waits_on_a_backend_that_never_answers_the_bridg
     # Each request waited its whole OTEL_EXPORTER_OTLP_TIMEOUT (10 s): the one in flight, the drain's,
     # then the metrics' — 27 s past SIGTERM, where an orchestrator's grace is 30.
     backend = _Unanswering()
-    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{backend.port}", protocol, drain_timeout_seconds="1").start()
-    runs = _runs(3, "hung")
     try:
-        for run in runs:
-            assert bridge.post(run.events).status_code == 200
+        bridge, runs = _runs_posted(tmp_path, f"http://127.0.0.1:{backend.port}", protocol, "hung")
         assert backend.requests.wait(20), "no export reached the backend"
         assert bridge.stop(timeout=6)  # 1 s of drain, not three request timeouts
     finally:
