@@ -103,6 +103,7 @@ def _serve(settings: Settings) -> int:
         on_start=bridge.start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,
+        ingest_inline=bridge.ingests_inline,
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
     )
     own_process_gc()

@@ -152,12 +152,15 @@ def create_app(
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
     runs: Callable[[RunQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
+    ingest_inline: Callable[[int], bool] = lambda _events: False,
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
     `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`);
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
-    `runs(state, overdue, service)` answers `GET /v1/runs` (behind the ingest credential).
+    `runs(state, overdue, service)` answers `GET /v1/runs` (behind the ingest credential);
+    `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
+    when that is quicker than the hop to a worker thread (the default: always a worker).
     """
     auth = Authenticator(
         settings.api_key_header,
@@ -180,7 +183,10 @@ def create_app(
         try:
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
             events = parse_envelope(body, settings.max_batch_events)
-            report = await run_in_threadpool(consumer.ingest, events)
+            if ingest_inline(len(events)):
+                report = consumer.ingest(events)
+            else:
+                report = await run_in_threadpool(consumer.ingest, events)
         except _Reject as exc:
             return _problem(exc.status, str(exc), exc.headers)
         except ClientDisconnect:

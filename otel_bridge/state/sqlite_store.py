@@ -260,6 +260,14 @@ class SqliteStore:
         """Whether another thread is waiting to begin a transaction."""
         return self._waiting > 0
 
+    def idle(self) -> bool:
+        """Whether a transaction begun now would start at once: nobody is in one or waiting for one.
+
+        A hint (another thread may begin one the moment after): enough to choose whether to
+        wait for the store where waiting blocks others too (the HTTP server's event loop).
+        """
+        return not self._waiting and not self._lock.locked()
+
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
         self._acquire()

@@ -1,0 +1,58 @@
+"""Where the running bridge stores an HTTP batch: on the server's event loop only where that cannot hold it up."""
+
+import threading
+
+import pytest
+
+from otel_bridge.config import Settings
+from otel_bridge.export.otlp import NoSender
+from otel_bridge.runtime import Bridge
+
+
+def _bridge(tmp_path, state: str | None = None, **values) -> Bridge:
+    settings = Settings(
+        state=state or str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "dead.jsonl",
+        span_dead_letter=tmp_path / "spans.jsonl",
+        **values,
+    )
+    return Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender())
+
+
+def test_a_small_batch_on_a_free_local_store_is_stored_on_the_event_loop(tmp_path):
+    bridge = _bridge(tmp_path)
+    assert bridge.ingests_inline(6)
+    assert bridge.ingests_inline(128)
+
+
+def test_a_large_batch_goes_to_a_worker_thread(tmp_path):
+    assert not _bridge(tmp_path).ingests_inline(129)
+
+
+def test_an_fsync_per_batch_goes_to_a_worker_thread(tmp_path):
+    assert not _bridge(tmp_path, durability="full").ingests_inline(6)
+
+
+def test_a_batch_while_another_thread_is_in_a_transaction_goes_to_a_worker_thread(tmp_path):
+    bridge = _bridge(tmp_path)
+    inside, leave = threading.Event(), threading.Event()
+
+    def settling() -> None:
+        with bridge.store.transaction():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=settling)
+    other.start()
+    try:
+        assert inside.wait(10)
+        assert not bridge.ingests_inline(6)
+    finally:
+        leave.set()
+        other.join()
+    assert bridge.ingests_inline(6)
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_a_store_across_a_network_goes_to_a_worker_thread(tmp_path, redis_url):
+    assert not _bridge(tmp_path, state=redis_url).ingests_inline(6)
