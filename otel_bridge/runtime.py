@@ -245,16 +245,11 @@ class Bridge:
         under load a wait for other threads' 5 ms switch interval) took more of a 6-event POST's
         answer than storing it (~0.3 ms): benchmarks/post_latency.py, p50 3.0 → 2.0 ms, p99 9.4 →
         5.9 ms. Only where storing cannot hold the loop (and every request on it) for long: a
-        small batch, a local file without an fsync per batch, nobody else in a transaction. A
-        store across a network (Redis), `durability full` and large batches keep the worker.
+        small batch, on a store that says a transaction now would be quick (a local file without
+        an fsync per batch, nobody else in a transaction). Redis, `durability full` and large
+        batches keep the worker.
         """
-        store = self.store
-        return (
-            events <= _INLINE_EVENTS
-            and self.settings.durability == "process"
-            and isinstance(store, SqliteStore)
-            and store.idle()
-        )
+        return events <= _INLINE_EVENTS and self.store.quick_now()
 
     def event_sourced_decoder(self) -> EventSourcedDecoder:
         s = self.settings

@@ -195,6 +195,9 @@ class RedisStore:
     def awaited(self) -> bool:
         return False  # optimistic: transactions run side by side and never wait for each other
 
+    def quick_now(self) -> bool:
+        return False  # every transaction is round trips to a server
+
     def run(self, work: Callable[[RedisTransaction], T]) -> T:
         for attempt in range(_MAX_ATTEMPTS):
             try:

@@ -207,6 +207,7 @@ class SqliteStore:
         self._checkpoint_path = None if read_only or self.path == ":memory:" else str(Path(self.path).resolve())
         self._lock = threading.Lock()
         self._lock_timeout = lock_timeout_seconds
+        self._syncs = durability == "full"
         # Transactions committed (opening wrote the schema), and how many the last checkpoint saw.
         self._commits = 1
         self._checkpointed = 0
@@ -260,13 +261,9 @@ class SqliteStore:
         """Whether another thread is waiting to begin a transaction."""
         return self._waiting > 0
 
-    def idle(self) -> bool:
-        """Whether a transaction begun now would start at once: nobody is in one or waiting for one.
-
-        A hint (another thread may begin one the moment after): enough to choose whether to
-        wait for the store where waiting blocks others too (the HTTP server's event loop).
-        """
-        return not self._waiting and not self._lock.locked()
+    def quick_now(self) -> bool:
+        # No sync per commit, nobody in a transaction or waiting for one.
+        return not self._syncs and not self._waiting and not self._lock.locked()
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:

@@ -85,6 +85,11 @@ class Store(Protocol):
     def awaited(self) -> bool:
         """Whether a transaction is waiting for the one running now to end (never, on a shared store)."""
 
+    def quick_now(self) -> bool:
+        """Whether a transaction begun now would start at once and commit without waiting for a
+        network or a disk sync. A hint (another thread may begin one the moment after): enough to
+        choose whether to wait for the store where waiting holds up others too (an event loop)."""
+
     def outbox_peek(self, limit: int) -> list[OutboxRow]: ...
 
     def outbox_ack(self, ids: list[int | str]) -> None: ...
