@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,10 @@ from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
 from otel_bridge.state.store import StoreInUse, StoreOpenError
 
 if TYPE_CHECKING:
+    import httpx
+
     from otel_bridge.pipeline import Pipeline
+    from otel_bridge.receivers import timeline_api
     from otel_bridge.state.store import Transaction
 
 
@@ -218,7 +221,6 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     import httpx
 
     from otel_bridge.receivers import timeline_api
-    from otel_bridge.receivers.json_text import loads
     from otel_bridge.runtime import Bridge
 
     workspace = args.workspace_id or settings.ws_workspace_id
@@ -231,24 +233,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     if not args.sources and not args.workflow_id:
         raise CliError("nothing to import: give timeline files or URLs, or --workflow-id with --ws-api-url")
     window = timeline_api.Window(_moment(args.since, "--since"), _moment(args.until, "--until"))
-    documents: list[tuple[str, Any]] = []  # (where from, document)
-    for source in args.sources:
-        if source.startswith(("http://", "https://")):
-            try:
-                response = httpx.get(source, headers=headers, timeout=30)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                raise CliError(f"cannot fetch {source}: {exc}") from None
-            body = response.content
-        elif Path(source).is_file():
-            body = Path(source).read_bytes()
-        else:
-            raise CliError(f"cannot import {source}: no such file")
-        try:
-            parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
-        except ValueError as exc:
-            raise CliError(f"{source} is not JSON: {exc}") from None
-        documents.extend((source, d) for d in (parsed if isinstance(parsed, list) else [parsed]))
+    documents = _timeline_documents(args.sources, headers)
     bridge = Bridge(settings).start(follow=False)
     consumer = bridge.consumer("import-timeline", bridge.phase10_decoder())
     total = IngestReport()
@@ -270,34 +255,16 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if documents:
             store(documents)
-        if args.workflow_id:
-            # Stored page by page: a history of thousands of executions is never held whole.
-            with httpx.Client(timeout=30, headers=headers) as client:
-                for asked in args.workflow_id:
-                    # `ID=NAME`: timelines carry no workflow name; without one the runs are named by the id.
-                    workflow, _, name = asked.partition("=")
-                    page: list[tuple[str, Any]] = []
-                    failed: Exception | None = None
-                    try:
-                        for execution, got in timeline_api.history(
-                            client, api_url, workflow, window, args.status, name
-                        ):
-                            if isinstance(got, Exception):
-                                unfetched.append(f"  {execution}: {got}")
-                                continue
-                            page.append((execution, got))
-                            if len(page) >= timeline_api.PAGE:
-                                store(page)
-                                page = []
-                    except (httpx.HTTPError, timeline_api.ApiError) as exc:
-                        failed = exc
-                    if page:
+        with httpx.Client(timeout=30, headers=headers) as client:
+            for asked in args.workflow_id:
+                try:
+                    for page in _history_pages(client, api_url, asked, window, args.status, unfetched):
                         store(page)
-                    if failed is not None:
-                        stored = (
-                            f"{done} timelines stored; the same command again goes on, what is stored is a duplicate"
-                        )
-                        raise CliError(f"cannot list the executions of {workflow}: {failed} ({stored})")
+                except (httpx.HTTPError, timeline_api.ApiError) as exc:
+                    stored = f"{done} timelines stored; the same command again goes on, what is stored is a duplicate"
+                    raise CliError(
+                        f"cannot list the executions of {asked.partition('=')[0]}: {exc} ({stored})"
+                    ) from None
     finally:
         bridge.stop()
     print(
@@ -307,6 +274,66 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     for line in (rejected + unfetched)[:20]:
         print(line)
     return 1 if rejected or unfetched else 0
+
+
+def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tuple[str, Any]]:
+    """(where from, document) of each timeline in these files or URLs (a file may hold a list)."""
+    import httpx
+
+    from otel_bridge.receivers.json_text import loads
+
+    documents: list[tuple[str, Any]] = []
+    for source in sources:
+        if source.startswith(("http://", "https://")):
+            try:
+                response = httpx.get(source, headers=headers, timeout=30)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise CliError(f"cannot fetch {source}: {exc}") from None
+            body = response.content
+        elif Path(source).is_file():
+            body = Path(source).read_bytes()
+        else:
+            raise CliError(f"cannot import {source}: no such file")
+        try:
+            parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
+        except ValueError as exc:
+            raise CliError(f"{source} is not JSON: {exc}") from None
+        documents.extend((source, d) for d in (parsed if isinstance(parsed, list) else [parsed]))
+    return documents
+
+
+def _history_pages(
+    client: "httpx.Client",
+    api_url: str,
+    asked: str,
+    window: "timeline_api.Window",
+    status: str | None,
+    unfetched: list[str],
+) -> Iterator[list[tuple[str, Any]]]:
+    """One workflow's timelines (`ID[=NAME]`) a page at a time, so that a history of thousands of
+    executions is never held whole; those that could not be fetched are noted in `unfetched`. A
+    failing listing raises, after the page fetched before it."""
+    from otel_bridge.receivers import timeline_api
+
+    # `ID=NAME`: timelines carry no workflow name; without one the runs are named by the id.
+    workflow, _, name = asked.partition("=")
+    page: list[tuple[str, Any]] = []
+    try:
+        for execution, got in timeline_api.history(client, api_url, workflow, window, status, name):
+            if isinstance(got, Exception):
+                unfetched.append(f"  {execution}: {got}")
+                continue
+            page.append((execution, got))
+            if len(page) >= timeline_api.PAGE:
+                yield page
+                page = []
+    except Exception:
+        if page:
+            yield page
+        raise
+    if page:
+        yield page
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:

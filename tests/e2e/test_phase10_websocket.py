@@ -174,3 +174,23 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     roots = {s.trace_id for s in got.unique_spans().values() if s.name == "workflow nightly"}
     assert roots == {_trace(run) for run in imported}  # none before 08:30, none from 10:00, no other workflow
     assert {workspace for _execution, workspace in engine.timeline_requests} == {"ws-1"}
+
+
+def test_import_timeline_keeps_what_it_stored_when_the_listing_fails_halfway(tmp_path, otlp_http, engine):
+    start = datetime(2026, 11, 30, 8, 0)
+    history = [
+        Phase10Run("nightly", workflow_id="wf-nightly", start=start + timedelta(minutes=i)).started(1).completed()
+        for i in range(130)
+    ]
+    engine.runs = history
+    engine.timelines = {run.execution_id: run.timeline() for run in history}
+    engine.page_limit = 50
+    engine.listing_fails_from = 100  # the third page of the listing is a 500
+
+    result = _import(tmp_path, otlp_http, "--ws-api-url", engine.api_url, "--workflow-id", "wf-nightly")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot list the executions of wf-nightly" in result.stderr and "500" in result.stderr
+    assert "100 timelines stored" in result.stderr  # the same command again goes on from there
+    roots = {s.trace_id for s in otlp_http.received.unique_spans().values() if s.name.startswith("workflow ")}
+    assert roots == {_trace(run) for run in history[30:]}  # the API lists the newest first
