@@ -12,7 +12,7 @@ from rich.text import Text
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.overview import TRACE_ID, RunOverview, trace_link
+from otel_bridge.correlate.overview import RunOverview, trace_link
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import build_spans
 
@@ -56,7 +56,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:
             _when(run.resume_at_ns),
             overdue,
             f"{run.last_event} {_when(run.last_event_ns)}",
-            trace_link(trace_url, run.traceparent) if trace_url else run.traceparent,
+            trace_link(trace_url, run.trace_id) if trace_url else run.traceparent,
         )
     return table
 
@@ -89,7 +89,7 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
     parts: list[RenderableType] = [title, table, Text("events", style="bold"), events]
     if trace_url:
-        link = trace_url.replace(TRACE_ID, root.trace_id.hex())
+        link = trace_link(trace_url, root.trace_id.hex())
         parts.insert(1, Text.assemble("trace: ", (link, f"link {link}")))
     return Group(*parts)
 

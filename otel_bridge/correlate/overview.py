@@ -42,16 +42,18 @@ class RunOverview:
         overdue = out.pop("overdue_ns")
         out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
         if trace_url:
-            out["trace_url"] = trace_link(trace_url, self.traceparent)
+            out["trace_url"] = trace_link(trace_url, self.trace_id)
         return out
 
+    @property
+    def trace_id(self) -> str:
+        """The run's trace id in hex, as its `traceparent` carries it."""
+        return self.traceparent.split("-")[1]
 
-def trace_link(template: str, parent: str) -> str:
-    """The tracing UI's page of the trace a W3C `traceparent` names: `{trace_id}` in `template` replaced."""
-    return template.replace(TRACE_ID, parent.split("-")[1])
 
-
-TRACE_ID = "{trace_id}"
+def trace_link(template: str, trace_id: str) -> str:
+    """The tracing UI's page of a trace (`trace_id` in hex): `{trace_id}` in `template` replaced."""
+    return template.replace("{trace_id}", trace_id)
 
 
 def _ordered(state: RunState) -> list[Fact]:
