@@ -48,6 +48,8 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # The event ids of its facts, once the run has forgotten them (closed and shown long enough):
     # what tells a re-sent event (a duplicate) from a late one until the run itself is forgotten.
     seen_ids: list[str] = []
+    # `seq` when the run was last settled (0: never): what came since is what a settling looks at.
+    settled_seq: int = 0
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
     # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
@@ -320,9 +322,16 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
 
     # Kept from the second settling on: most runs are settled once, and a dict per run would cost them.
     attempt_ids = state.__dict__.setdefault("_attempt_ids", {}) if state.emitted else None
-    spans = build_spans(
-        state.run, state.facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids
+    steps = None if ended or incomplete else _steps_told_since_settled(state)
+    facts = state.facts if steps is None else [f for f in state.facts if f.step in steps and f.kind in _STEP_KINDS]
+    spans = (
+        build_spans(
+            state.run, facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids
+        )
+        if facts
+        else []
     )
+    state.settled_seq = state.seq
     for span in spans:
         if span.end_ns is None:
             continue
@@ -340,6 +349,39 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
     return result
+
+
+# What a step's attempt spans are built from; and what tells only of the run (its root span's
+# events), which is sent when the run ends, from every fact.
+_STEP_KINDS = NOTE_KINDS | {KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED}
+_ROOT_ONLY_KINDS = frozenset({KIND.RUN_QUEUED, KIND.RUN_STARTED, KIND.RUN_PAUSED, KIND.RUN_RESUMED})
+
+
+def _steps_told_since_settled(state: RunState) -> set[str] | None:
+    """The steps whose facts arrived since the run was last settled, when those facts can only end
+    attempts of theirs (or tell of the run): the spans a settling of a run still open may send are then
+    the attempts of those steps, built from their facts alone. None: build from every fact.
+
+    A run that keeps going (a batch job with a step per item) is settled once per settle window; building
+    every span of it each time to send the newest grew with the run (100 ms at 10,000 attempts). An
+    attempt's span is made of its step's facts and nothing else while the run is open (`_attempts`,
+    `_attempt_span`), and an attempt ended before the last settling was sent by it: so the steps told of
+    since hold every attempt there is to send. A sleep, a state, a task, a note of no step may end spans of
+    their own or change the run's: those settle from every fact, as do the run's end and its first settling.
+    """
+    if not state.settled_seq or not state.emitted:
+        return None
+    steps: set[str] = set()
+    for f in state.facts:
+        if f.seq <= state.settled_seq:
+            continue
+        if f.entered_state is not None:
+            return None
+        if f.kind in _STEP_KINDS and f.step is not None:
+            steps.add(f.step)
+        elif f.kind not in _ROOT_ONLY_KINDS:
+            return None
+    return steps
 
 
 def forget_facts(state: RunState) -> None:

@@ -85,8 +85,10 @@ def build_spans(
     if attempt_ids is None:
         ids = {key: attempt_span_id(identity, *key) for key in attempts}
     else:
-        for key in attempts.keys() - attempt_ids.keys():
-            attempt_ids[key] = attempt_span_id(identity, *key)
+        # Not `attempts.keys() - attempt_ids.keys()`: that walks every attempt of the run ever seen.
+        for key in attempts:
+            if key not in attempt_ids:
+                attempt_ids[key] = attempt_span_id(identity, *key)
         ids = {key: attempt_ids[key] for key in attempts}
     # An attempt whose span was sent is not built again: a run of 10,000 attempts settled at every
     # window built them all each time to send the few new ones (280 ms for 50 spans).

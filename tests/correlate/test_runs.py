@@ -1,0 +1,106 @@
+"""Settling a run that is still open sends what a settling from every fact would send, reading only what changed."""
+
+from itertools import pairwise
+
+import msgspec
+from builders import WorkflowRun
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_bridge.correlate import runs
+from otel_bridge.correlate.runs import RunState, SettlePolicy
+from otel_bridge.correlate.step import Policy, apply, settle_run
+from otel_bridge.lifecycle import WorkflowRecord
+from otel_bridge.sources.durable_effect import decode
+
+_POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
+
+
+@st.composite
+def long_histories(draw: st.DrawFn) -> list[dict]:
+    """A run that keeps going: many steps, retries, timeouts, sleeps and pauses; open or ended."""
+    run = WorkflowRun("batch").started()
+    gap = st.integers(min_value=0, max_value=2000)
+    names = [f"item-{n}" for n in range(draw(st.integers(min_value=1, max_value=12)))]
+    for step in names:
+        attempts = draw(st.integers(min_value=1, max_value=3))
+        run.after(draw(gap)).step_started(step, 1)
+        if draw(st.booleans()):
+            run.timeout_set(step, 1000)
+        for attempt in range(1, attempts):
+            run.after(draw(gap)).retry_scheduled(step, attempt, delay_ms=100)
+            run.paused("retry", step=step).after(draw(gap)).resumed().step_started(step, attempt + 1)
+        ending = draw(st.sampled_from(["completed", "completed", "failed", "exhausted", "timeout", "open"]))
+        run.after(draw(gap))
+        if ending == "completed":
+            run.step_completed(step, attempts, duration_ms=5)
+        elif ending == "failed":
+            run.step_failed(step, attempts)
+        elif ending == "exhausted":
+            run.retry_exhausted(step, attempts)
+        elif ending == "timeout":
+            run.timeout_exceeded(step, 1000)
+        if draw(st.integers(min_value=0, max_value=4)) == 0:
+            run.after(1).sleep_started(60_000).paused("sleep").after(60_000).resumed().sleep_completed(60_000)
+    if draw(st.booleans()):
+        run.after(1).completed(names)
+    return run.events
+
+
+def _settled_in_chunks(events: list[dict], cuts: list[int], from_every_fact: bool) -> list[list[tuple]]:
+    """Fold `events` in this order, settling after each chunk: the spans each settling sent."""
+    state: RunState | None = None
+    sent: list[list[tuple]] = []
+    bounds = [0, *sorted(set(cuts)), len(events)]
+    now = 0.0
+    for start, end in pairwise(bounds):
+        for raw in events[start:end]:
+            record = decode(raw)
+            assert isinstance(record, WorkflowRecord)
+            now = max(now, record.fact.time_ns / 1e9)
+            state = apply(state, None, record, now, _POLICY).state  # type: ignore[assignment]
+        if state is None:
+            continue
+        if from_every_fact:
+            state.settled_seq = 0  # as if never settled: every span built from every fact
+        step = settle_run(state, now + 1, _POLICY)
+        sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
+        state = step.state  # type: ignore[assignment]
+    return sent
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=long_histories(), data=st.data())
+def test_settling_from_the_steps_told_since_sends_what_settling_from_every_fact_sends(history, data):
+    # Any order, some events twice, settled after any chunk: the same spans leave at each settling.
+    duplicates = data.draw(st.lists(st.sampled_from(history), max_size=len(history) // 3))
+    delivered = data.draw(st.permutations(history + duplicates)) if data.draw(st.booleans()) else history
+    # A settling after any event: the next chunk then tells of one step, or of several, or of a sleep.
+    cuts = [n for n, cut in enumerate(data.draw(st.lists(st.booleans(), min_size=len(delivered))), 1) if cut]
+    assert _settled_in_chunks(delivered, cuts, from_every_fact=False) == _settled_in_chunks(
+        delivered, cuts, from_every_fact=True
+    )
+
+
+def test_a_settling_of_an_open_run_reads_only_the_steps_told_since_the_last(monkeypatch):
+    run = WorkflowRun("batch").started()
+    for n in range(100):
+        run.after(1).step_started(f"item-{n}").after(1).step_completed(f"item-{n}")
+    state = None
+    for raw in run.events:
+        state = apply(state, None, decode(raw), 1.0, _POLICY).state
+    first = settle_run(state, 2.0, _POLICY)
+    assert len(first.spans) == 100
+
+    built_from: list[int] = []
+    real = runs.build_spans
+    monkeypatch.setattr(
+        runs, "build_spans", lambda run_, facts, *a: built_from.append(len(facts)) or real(run_, facts, *a)
+    )
+    run.after(1).step_started("item-100").after(1).step_completed("item-100")
+    for raw in run.events[-2:]:
+        state = apply(first.state, None, decode(raw), 3.0, _POLICY).state
+    second = settle_run(state, 4.0, _POLICY)
+
+    assert [s.name for s in second.spans] == ["step item-100"]
+    assert built_from == [2]  # that step's start and end, not the run's 203 facts
