@@ -11,6 +11,8 @@ UNREADABLE = f"unreadable{SEPARATOR}"
 # A run whose settling kept failing, kept with the reason under this prefix + its key.
 SET_ASIDE = f"unsettled{SEPARATOR}"
 _JOB = f"job{SEPARATOR}"
+# The ids of the spans a run has sent are journalled under this prefix + its key (rows, like its facts).
+_SENT = f"sent{SEPARATOR}"
 
 
 def run_key(identity_fields: tuple[str, ...]) -> str:
@@ -24,6 +26,11 @@ def runs_of(engine: str, env: str, service: str) -> str:
 
 def job_key(engine: str, env: str, service: str, instance_id: str) -> str:
     return SEPARATOR.join(("job", engine, env, service, instance_id))
+
+
+def sent_spans(key: str) -> str:
+    """Where the journal of the spans the run under `key` has sent is kept."""
+    return _SENT + key
 
 
 def is_job(key: str) -> bool:

@@ -260,7 +260,7 @@ class Pipeline:
         out.report.duplicates = len(seen)
         runs: dict[str, journal.Changes] = {}
         fresh = [(event_id, r, state_key_of(r)) for event_id, r in unique.items() if event_id not in seen]
-        tx.prefetch([key for _, _, key in fresh])  # one round trip to a store across a network
+        journal.prefetch(tx, [key for _, _, key in fresh])  # one round trip to a store across a network
         for event_id, record, key in fresh:
             changes = runs.get(key)
             if changes is None:
@@ -333,7 +333,7 @@ class Pipeline:
                 del due[n:]  # still due: the next chunk takes them
                 break
             if n % _READ_AHEAD == 0:
-                tx.prefetch([k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
+                journal.prefetch(tx, [k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
                 step = self._settle_one(tx, key, horizon, now, policy, touched)
             except Exception as exc:
@@ -365,7 +365,7 @@ class Pipeline:
         facts = [row.decode(errors="replace") for row in tx.facts(key)]
         kept = {"reason": repr(exc)[:2000], "at": now, "state": loaded[0].decode(errors="replace"), "facts": facts}
         tx.save(SET_ASIDE + key, orjson.dumps(kept), None)
-        tx.delete(key)
+        journal.delete(tx, key)
         self._settle_failures.pop(key, None)
         self.set_aside += 1
 
@@ -387,7 +387,7 @@ class Pipeline:
             limit, name_chars = self.settings.attribute_value_limit, self.settings.max_name_chars
             rows = [(rk, encode_span(span, limit, name_chars)) for span in step.spans]
         tx.outbox_add(rows)
-        self._save(tx, key, journal.Changes(step.state, step.due, forgotten=step.facts_forgotten))
+        self._save(tx, key, journal.Changes(step.state, step.due, sent=step.sent, forgotten=step.facts_forgotten))
         return step
 
     def runs_named(self, run_id: str) -> list[RunState]:

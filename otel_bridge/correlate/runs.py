@@ -25,7 +25,8 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     run: RunRef
     facts: list[Fact] = []
     seq: int = 0
-    # span id (hex) -> `seq` when it was sent
+    # span id (hex) -> `seq` when it was sent. Journalled apart from the header (a row per settling),
+    # which would otherwise grow with every span a long run sends and be rewritten at every batch.
     emitted: dict[str, int] = {}
     closed: bool = False
     ended: bool = False
@@ -138,6 +139,8 @@ class FoldResult(Struct):
 class SettleResult(Struct):
     state: RunState
     spans: list[SpanRecord] = []
+    # What this settling added to `state.emitted` (the store journals it: a row per settling).
+    sent: dict[str, int] = {}
     observations: list[Observation] = []
     incomplete: bool = False
     # The run ended but its facts show gaps: nothing was sent, ask again after a while.
@@ -338,7 +341,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         key = span.span_id.hex()
         if key in state.emitted or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
-        state.emitted[key] = state.seq
+        state.emitted[key] = result.sent[key] = state.seq
         result.spans.append(span)
         result.observations.extend(_span_observations(state.run, span, state.facts))
 

@@ -44,6 +44,8 @@ class Step(Struct):
     added: list[Fact] = []
     dropped: list[int] = []
     facts_forgotten: bool = False
+    # Span ids (hex) this settling sent, with the run's `seq` then: journalled with the run.
+    sent: dict[str, int] = {}
     incomplete: bool = False
 
 
@@ -119,6 +121,7 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         state,
         due,
         spans=result.spans,
+        sent=result.sent,
         observations=result.observations,
         incomplete=result.incomplete,
     )

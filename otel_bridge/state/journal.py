@@ -4,8 +4,12 @@ One loader, one policy for a state this version cannot read (kept aside under
 `keys.UNREADABLE`, the run starts afresh), used by ingest, settling and start-up.
 Headers and facts are msgspec JSON (defaults left out), and only what changed is
 written: a batch appends its new facts (one row per run), it never rewrites the run.
-The JSON is the one earlier versions wrote with pydantic, and a row of one fact reads
-like a row of several, so their files read as they are.
+The ids of the spans a run has sent are a journal of their own (`keys.sent_spans`), a
+row per settling that sent any: a header holding them grew with every span a long run
+sent, and was rewritten at every batch (240 KiB at 10,000 attempts). The JSON is the
+one earlier versions wrote with pydantic, and a row of one fact reads like a row of
+several, so their files read as they are; a header with its sent ids inside (written
+before they had rows) reads too, and they are journalled at that reading.
 """
 
 import logging
@@ -27,12 +31,13 @@ _encode = msgspec.json.Encoder().encode
 _RUN = msgspec.json.Decoder(RunState)
 _JOB = msgspec.json.Decoder(JobState)
 _FACTS = msgspec.json.Decoder(list[Fact])
+_SENT = msgspec.json.Decoder(dict[str, int])
 
 
 def encode_header(state: State) -> bytes:
-    # Defaults are left out (the structs say `omit_defaults`); a run's facts are rows of their own.
-    if isinstance(state, RunState) and state.facts:
-        return _encode(msgspec.structs.replace(state, facts=[]))
+    # Defaults are left out (the structs say `omit_defaults`); a run's facts and sent span ids are rows of their own.
+    if isinstance(state, RunState) and (state.facts or state.emitted):
+        return _encode(msgspec.structs.replace(state, facts=[], emitted={}))
     return _encode(state)
 
 
@@ -40,11 +45,15 @@ def encode_fact(fact: Fact) -> bytes:
     return _encode(fact)
 
 
-def decode(key: str, header: bytes, rows: list[bytes]) -> State:
-    """Raises ValueError when this version cannot read it."""
+def decode(key: str, header: bytes, rows: list[bytes], sent: list[bytes] | None = None) -> State:
+    """Raises ValueError when this version cannot read it. `sent`: the rows of the run's sent span ids."""
     if keys.is_job(key):
         return _JOB.decode(header)
-    return with_facts(_RUN.decode(header), rows)
+    state = with_facts(_RUN.decode(header), rows)
+    if sent:
+        # Rows are JSON objects without their braces: together, one object.
+        state.emitted.update(_SENT.decode(b"{" + b",".join(sent) + b"}"))
+    return state
 
 
 def with_facts(state: RunState, rows: list[bytes]) -> RunState:
@@ -60,20 +69,37 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
     if loaded is None:
         return None, None
     header, due = loaded
-    rows = [] if keys.is_job(key) else tx.facts(key)
+    job = keys.is_job(key)
+    rows = [] if job else tx.facts(key)
+    sent = [] if job else tx.facts(keys.sent_spans(key))
     try:
-        state = decode(key, header, rows)
+        state = decode(key, header, rows, sent)
     except ValueError:
         # A state this version cannot read must not refuse every later event of the run:
         # keep it aside for a human, and start the run afresh.
         log.exception("unreadable state for %r; kept as %r and started afresh", key, keys.UNREADABLE + key)
         tx.save(keys.UNREADABLE + key, b"\n".join([header, *rows]), None)
-        tx.delete(key)
+        delete(tx, key)
         return None, None
     if isinstance(state, RunState) and state.facts and not rows:
         # Stored by an earlier version, facts inside the state: from now on they are rows.
         tx.append(key, [(0, _row(state.facts))])
+    if isinstance(state, RunState) and state.emitted and not sent:
+        # Sent span ids inside the header, as earlier versions kept them: from now on they are rows.
+        tx.append(keys.sent_spans(key), [(0, _sent_row(state.emitted))])
     return state, due
+
+
+def prefetch(tx: Transaction, keys_: list[str]) -> None:
+    """Read ahead what loading these states reads (one round trip to a store across a network)."""
+    tx.prefetch([*keys_, *(keys.sent_spans(k) for k in keys_ if not keys.is_job(k))])
+
+
+def delete(tx: Transaction, key: str) -> None:
+    """The state, its facts and its sent span ids."""
+    tx.delete(key)
+    if not keys.is_job(key):
+        tx.forget(keys.sent_spans(key))
 
 
 @dataclass(slots=True)
@@ -83,6 +109,8 @@ class Changes:
     state: State | None
     due: float | None
     added: dict[int, Fact] = field(default_factory=dict)
+    # Span ids (hex) sent, with the run's `seq` then: added to the run's journal of them.
+    sent: dict[str, int] = field(default_factory=dict)
     # A fact told again replaced one kept in an earlier row: the run's facts are written anew.
     rewritten: bool = False
     forgotten: bool = False
@@ -91,10 +119,11 @@ class Changes:
 def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None) -> None:
     state = changes.state
     if state is None:
-        tx.delete(key)
+        delete(tx, key)
         return
     if changes.forgotten:
         tx.forget(key)
+        tx.forget(keys.sent_spans(key))
     if changes.rewritten and isinstance(state, RunState):
         # As one row (rare: the same fact under two event ids).
         tx.forget(key)
@@ -103,7 +132,17 @@ def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None)
         # One row per transaction, keyed by its first fact's `seq`: a batch's facts of one run are
         # one insert, not one each.
         tx.append(key, [(min(changes.added), _row(changes.added.values()))])
+    if changes.sent and isinstance(state, RunState) and not state.closed:
+        # A closed run sends nothing again: what it sent is read no more (most runs are settled once,
+        # at their end, and write no row). Keyed by how many were sent before: `emitted` only grows
+        # until the run forgets it, with its rows.
+        tx.append(keys.sent_spans(key), [(len(state.emitted) - len(changes.sent), _sent_row(changes.sent))])
     tx.save(key, encode_header(state), changes.due, overdue_at)
+
+
+def _sent_row(sent: dict[str, int]) -> bytes:
+    """Span ids and their `seq` as one row: a JSON object without its braces (`decode` joins the rows)."""
+    return _encode(sent)[1:-1]
 
 
 def _row(facts: Iterable[Fact]) -> bytes:

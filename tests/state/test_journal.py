@@ -2,8 +2,10 @@
 
 import sqlite3
 import time
+import uuid
 
 import orjson
+import pytest
 from builders import WorkflowRun
 
 from otel_bridge import keys
@@ -15,6 +17,7 @@ from otel_bridge.lifecycle import FactKind, Outcome
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.runtime import Bridge
 from otel_bridge.state import journal
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
 
 
@@ -125,6 +128,110 @@ def test_a_state_stored_by_an_earlier_version_with_its_facts_inside_is_read_and_
     assert _rows(path) == {key: 2}  # the two journalled at reading, the batch's two
     assert len(_kept(again.store, key)) == 4
     assert again.settle_due(horizon=time.time() + 1) == 2
+
+
+def _sent_ids(store, key: str) -> dict[str, int]:
+    """The span ids a run's journal says were sent (rows are JSON objects without their braces)."""
+    return orjson.loads(b"{" + b",".join(store.facts(keys.sent_spans(key))) + b"}")
+
+
+def test_a_settling_journals_the_span_ids_it_sent_as_a_row_and_the_header_holds_none(tmp_path, monkeypatch):
+    pipeline = _pipeline(tmp_path / "s.db")
+    run = WorkflowRun().started()
+    for n in range(2000):
+        run.after(1).step_started(f"item-{n}").after(1).step_completed(f"item-{n}")
+    pipeline.ingest(run.events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2000  # the run is open: its steps
+    (key,) = [k for k, _ in pipeline.store.states()]
+    appended: list[tuple[str, list]] = []
+    append = SqliteTransaction.append
+    monkeypatch.setattr(
+        SqliteTransaction, "append", lambda tx, k, rows: (appended.append((k, rows)), append(tx, k, rows))
+    )
+    headers: list[int] = []
+    save = SqliteTransaction.save
+    monkeypatch.setattr(
+        SqliteTransaction, "save", lambda tx, k, blob, *a: (headers.append(len(blob)), save(tx, k, blob, *a))
+    )
+
+    pipeline.ingest(run.after(1).step_started("last").after(1).step_completed("last").events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 1
+
+    assert max(headers) < 1000  # at the batch and at the settling: 2,001 span ids are not in it
+    (sent_key, (row,)) = appended[-1]
+    assert sent_key == keys.sent_spans(key)
+    assert len(orjson.loads(b"{" + row[1] + b"}")) == 1  # this settling's one span
+    assert len(_sent_ids(pipeline.store, key)) == 2001
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_after_a_restart_a_run_sends_none_of_its_spans_again(store, tmp_path, request):
+    prefix = f"t{uuid.uuid4().hex}:"
+
+    def restarted(**settings) -> Pipeline:
+        if store == "sqlite":
+            return _pipeline(tmp_path / "s.db", **settings)
+        s = Settings(settle_seconds=0, **settings)
+        return Pipeline(
+            RedisStore(request.getfixturevalue("redis_url"), seen_ttl_seconds=3600, prefix=prefix), MetricsHub(), s
+        )
+
+    pipeline = restarted()
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    pipeline.ingest(run.events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 1  # step a
+    pipeline.store.close()
+
+    again = restarted(hot_runs=0)  # every batch and settling reads the store
+    again.ingest(run.after(1).step_started("b").after(5).step_completed("b").events)
+    assert again.settle_due(horizon=time.time() + 1) == 1  # step b alone
+    again.ingest(run.after(1).completed(["a", "b"]).events)
+    assert again.settle_due(horizon=time.time() + 1) == 1  # the root
+
+
+def test_sent_span_ids_an_earlier_version_kept_in_the_header_are_read_and_journalled(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path)
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    pipeline.ingest(run.events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 1
+    (key,) = [k for k, _ in pipeline.store.states()]
+    sent = _sent_ids(pipeline.store, key)
+    header = orjson.loads(next(blob for _k, blob in pipeline.store.states()))
+    assert "emitted" not in header
+    with pipeline.store.transaction() as tx:  # as the previous version kept them: inside the header
+        tx.forget(keys.sent_spans(key))
+        tx.save(key, orjson.dumps({**header, "emitted": sent}), None)
+    pipeline.store.close()
+
+    again = _pipeline(path, hot_runs=0)
+    again.ingest(run.after(1).completed(["a"]).events)
+    assert again.settle_due(horizon=time.time() + 1) == 1  # the root; step a is not sent again
+    assert sent.items() <= _sent_ids(again.store, key).items()
+    assert "emitted" not in orjson.loads(next(blob for _k, blob in again.store.states()))
+
+
+def test_a_run_settled_once_at_its_end_journals_no_span_ids(tmp_path):
+    # Closed, it sends nothing again: what it sent would never be read (most runs are settled so).
+    pipeline = _pipeline(tmp_path / "s.db")
+    pipeline.ingest(WorkflowRun().started().step_started("a").after(5).step_completed("a").completed(["a"]).events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2
+    (key,) = [k for k, _ in pipeline.store.states()]
+    assert _rows(tmp_path / "s.db") == {key: 1}  # its facts, kept to be shown
+
+
+def test_a_run_that_forgets_its_facts_forgets_the_ids_of_its_spans_too(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path, keep_finished_seconds=0)
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    pipeline.ingest(run.events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 1  # step a, the run still open
+    (key,) = [k for k, _ in pipeline.store.states()]
+    assert _sent_ids(pipeline.store, key)
+    pipeline.ingest(run.after(1).completed(["a"]).events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 1  # the root: the run is closed
+    pipeline.settle_due(horizon=time.time() + 2)  # kept to be shown for no time: forgotten now
+    assert _rows(path) == {}  # neither its facts nor its sent span ids are kept
 
 
 def test_an_unreadable_state_does_not_stop_the_bridge_from_starting(tmp_path):
