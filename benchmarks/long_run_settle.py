@@ -2,8 +2,9 @@
 
     python benchmarks/long_run_settle.py [--attempts 10000] [--baseline DIR]
 
-A run that keeps going (a batch job with a step per item) is settled once per settle window,
-each time for the attempts that ended since. Settling holds the store, so its cost is
+A run that keeps going is settled once per settle window, each time for the attempts that
+ended since. Two shapes of it: a batch job with a step per item ("items"), and one step polled
+again and again, each attempt failing and retried ("poll"). Settling holds the store, so its cost is
 also what other producers' batches may wait. In-process, SQLite state: batches of 50
 attempts, each followed by a settle; the CPU of the settles at 1/5, 2/5 … of the run (the median
 of the nine settles up to there: one settle's CPU time moves by milliseconds from one to the next).
@@ -19,7 +20,7 @@ _HERE = Path(__file__).resolve()
 _WORKLOAD = """
 import sys, tempfile, time
 from pathlib import Path
-tree, attempts = sys.argv[1], int(sys.argv[2])
+tree, attempts, shape = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path[:0] = [tree, tree + "/tests"]
 from builders import WorkflowRun
 from otel_bridge.config import Settings
@@ -35,7 +36,11 @@ with tempfile.TemporaryDirectory() as tmp:
     marks = {attempts * k // 5 for k in range(1, 6)}
     for batch in range(attempts // 50):
         for j in range(50):
-            run.after(1).step_started(f"s{batch}-{j}").after(1).step_completed(f"s{batch}-{j}")
+            if shape == "items":
+                run.after(1).step_started(f"s{batch}-{j}").after(1).step_completed(f"s{batch}-{j}")
+            else:  # one step polled: each attempt fails and is retried
+                n = batch * 50 + j + 1
+                run.after(1).step_started("poll", n).after(1).step_failed("poll", n, will_retry=True)
         pipeline.ingest(run.events[sent:])
         sent = len(run.events)
         started = time.process_time()
@@ -46,9 +51,9 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def settle_times(tree: Path, attempts: int) -> list[tuple[int, float]]:
+def settle_times(tree: Path, attempts: int, shape: str) -> list[tuple[int, float]]:
     done = subprocess.run(
-        [sys.executable, "-c", _WORKLOAD, str(tree), str(attempts)],
+        [sys.executable, "-c", _WORKLOAD, str(tree), str(attempts), shape],
         capture_output=True, text=True, cwd=tree, env=os.environ | {"PYTHONPATH": str(tree)},
     )  # fmt: skip
     if done.returncode != 0:
@@ -65,10 +70,11 @@ def main() -> None:
     if args.baseline:
         trees.insert(0, ("baseline", Path(args.baseline).resolve()))
     print("one run, batches of 50 attempts, each followed by a settle: ms of CPU for a settle (median of 9)")
-    rows = {name: settle_times(tree, args.attempts) for name, tree in trees}
-    print(f"{'attempts sent':<14}" + "".join(f"{n:>10,}" for n, _ in next(iter(rows.values()))))
-    for name, times in rows.items():
-        print(f"{name:<14}" + "".join(f"{cpu * 1000:>10.1f}" for _, cpu in times))
+    for shape in ("items", "poll"):
+        rows = {name: settle_times(tree, args.attempts, shape) for name, tree in trees}
+        print(f"{shape + ': sent':<14}" + "".join(f"{n:>10,}" for n, _ in next(iter(rows.values()))))
+        for name, times in rows.items():
+            print(f"{name:<14}" + "".join(f"{cpu * 1000:>10.1f}" for _, cpu in times))
 
 
 if __name__ == "__main__":

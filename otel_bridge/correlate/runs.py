@@ -325,8 +325,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
 
     # Kept from the second settling on: most runs are settled once, and a dict per run would cost them.
     attempt_ids = state.__dict__.setdefault("_attempt_ids", {}) if state.emitted else None
-    steps = None if ended or incomplete else _steps_told_since_settled(state)
-    facts = state.facts if steps is None else [f for f in state.facts if f.step in steps and f.kind in _STEP_KINDS]
+    told = None if ended or incomplete else _facts_told_of_since_settled(state)
+    facts = state.facts if told is None else told
     spans = (
         build_spans(
             state.run, facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids
@@ -360,31 +360,48 @@ _STEP_KINDS = NOTE_KINDS | {KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED}
 _ROOT_ONLY_KINDS = frozenset({KIND.RUN_QUEUED, KIND.RUN_STARTED, KIND.RUN_PAUSED, KIND.RUN_RESUMED})
 
 
-def _steps_told_since_settled(state: RunState) -> set[str] | None:
-    """The steps whose facts arrived since the run was last settled, when those facts can only end
-    attempts of theirs (or tell of the run): the spans a settling of a run still open may send are then
-    the attempts of those steps, built from their facts alone. None: build from every fact.
+def _facts_told_of_since_settled(state: RunState) -> list[Fact] | None:
+    """What a settling of a run still open builds its spans from, when only attempts of its steps can
+    have ended since it was last settled: the facts of those attempts. None: every fact.
 
-    A run that keeps going (a batch job with a step per item) is settled once per settle window; building
-    every span of it each time to send the newest grew with the run (100 ms at 10,000 attempts). An
-    attempt's span is made of its step's facts and nothing else while the run is open (`_attempts`,
-    `_attempt_span`), and an attempt ended before the last settling was sent by it: so the steps told of
-    since hold every attempt there is to send. A sleep, a state, a task, a note of no step may end spans of
-    their own or change the run's: those settle from every fact, as do the run's end and its first settling.
+    A run that keeps going (a batch job with a step per item, a step polled ten thousand times) is
+    settled once per settle window; building every span of it each time to send the newest grew with
+    the run (100 ms at 10,000 attempts). While the run is open an attempt's span is made of its step's
+    facts and nothing else (`_attempts`, `_attempt_span`), and every attempt that ended before the last
+    settling was sent by it: so the steps told of since hold every attempt there is to send. Where each
+    of a step's facts names its attempt, only the attempts told of are built, with the ones before them
+    (an attempt whose start was lost starts where the one before it ended). A sleep, a state, a task or
+    a note of no step may end spans of their own or change the run's: those settle from every fact, as
+    do the run's end and its first settling.
     """
     if not state.settled_seq or not state.emitted:
         return None
-    steps: set[str] = set()
+    told: dict[str, set[int] | None] = {}
     for f in state.facts:
         if f.seq <= state.settled_seq:
             continue
         if f.entered_state is not None:
             return None
         if f.kind in _STEP_KINDS and f.step is not None:
-            steps.add(f.step)
+            if f.attempt is None:
+                told[f.step] = None
+            elif (numbers := told.setdefault(f.step, set())) is not None:
+                numbers.update((f.attempt, f.attempt - 1))
         elif f.kind not in _ROOT_ONLY_KINDS:
             return None
-    return steps
+    by_step: dict[str, list[Fact]] = {}
+    for f in state.facts:
+        if f.step in told and f.kind in _STEP_KINDS:
+            by_step.setdefault(f.step, []).append(f)
+    facts = []
+    for step, of_step in by_step.items():
+        numbers = told[step]
+        # A note that names no attempt belongs to the latest one started by then: the whole step decides.
+        if numbers is None or any(f.attempt is None for f in of_step):
+            facts += of_step
+        else:
+            facts += [f for f in of_step if f.attempt in numbers]
+    return facts
 
 
 def forget_facts(state: RunState) -> None:
