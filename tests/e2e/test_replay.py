@@ -142,15 +142,24 @@ def test_ctrl_c_stops_a_replay_at_a_line_and_running_it_again_goes_on(tmp_path, 
         "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
     }
     command = [sys.executable, "-m", "otel_bridge", "replay", log, "--no-progress"]
-    replaying = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The first run reads the same lines from a pipe, a fifth of them for now: it is surely interrupted
+    # halfway (a replay of the whole file could end before the signal reached it).
+    from_pipe = [*command[:4], "-", "--no-progress"]
+    replaying = subprocess.Popen(
+        from_pipe, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert replaying.stdin is not None
+    replaying.stdin.write(b"".join(Path(log).read_bytes().splitlines(keepends=True)[:4000]))
+    replaying.stdin.flush()
     deadline = time.monotonic() + 60
-    while not _stored(tmp_path / "replay.db"):  # a first batch is in, the others are on their way
+    while not _stored(tmp_path / "replay.db"):  # a first batch is in; it stores the rest it was given, and waits
         assert time.monotonic() < deadline and replaying.poll() is None
         time.sleep(0.02)
     replaying.send_signal(signal.SIGINT)
     out, err = replaying.communicate(timeout=60)
     assert replaying.returncode == 130, out.decode() + err.decode()
     line = int(re.search(r"stopped at line (\d+): interrupted", out.decode()).group(1))
+    assert 1 <= line <= 4000
     assert b"Traceback" not in err
 
     again = subprocess.run(command, env=env, capture_output=True, timeout=120)
