@@ -5,8 +5,9 @@
 One workflow polls a step 10,000 times (each attempt a start and a failure that will be
 retried), posted to `otel-bridge serve` (SQLite) in batches of 5,000 events, one after the
 other. Prints how long each POST took to be answered; then, once those attempts were settled
-(sent), the median answer to 6-event POSTs into the same run (one invocation of the poller, three
-more attempts each), which is what a long run's producer waits on. With `--baseline DIR` the same
+(sent), the median answer to POSTs into the same run of one invocation of the poller each, as the
+engine tells it (woken, the attempt, its retry scheduled, paused: 4 events), which is what a long
+run's producer waits on. With `--baseline DIR` the same
 against another checkout of otel-bridge, for the before/after of the same run.
 """
 
@@ -67,18 +68,17 @@ def main() -> None:
         run.step_started("poll", n).after(1).step_failed("poll", n, will_retry=True)
     events = run.events[: 2 * args.attempts]
     small = []
-    for n in range(args.attempts + 1, args.attempts + 151, 3):
+    for attempt in range(args.attempts + 1, args.attempts + 51):
         first = len(run.events)
-        for attempt in range(n, n + 3):
-            run.step_started("poll", attempt).after(1).step_failed("poll", attempt, will_retry=True)
-        small.append(run.events[first:])
+        run.after(1000).resumed().step_started("poll", attempt).after(1).retry_scheduled("poll", attempt)
+        small.append(run.paused("retry", step="poll").events[first:])
     rows = [("otel-bridge", post_times(events, args.batch, None, small))]
     if args.baseline:
         rows.insert(0, ("baseline", post_times(events, args.batch, args.baseline, small)))
     print(f"one run, {args.attempts:,} attempts, POSTs of {args.batch:,} events, one after the other;")
-    print("then 50 POSTs of 6 events into the same run, once it was settled: their median answer")
+    print("then 50 POSTs of one invocation (4 events) into the same run, once it was settled: their median answer")
     for name, (times, answer) in rows:
-        print(f"{name:<14}" + "".join(f"{t:>9.2f} s" for t in times) + f"   6-event POST {answer * 1000:.2f} ms")
+        print(f"{name:<14}" + "".join(f"{t:>9.2f} s" for t in times) + f"   invocation POST {answer * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -77,18 +77,28 @@ def _due_ns(state: RunState, ordered: list[Fact]) -> int | None:
 def overdue_since_ns(state: RunState) -> int | None:
     """From when an open run counts as late (it is overdue once the grace has passed too).
 
-    Asked on every save of a run, so no sort: the same answer as `overview` in one pass.
+    Asked on every save of a run, so no sort: the same answer as `overview`. The fact that put the run
+    in its state is looked for from the newest: most often the last one, in a run of any length (a
+    step polled thousands of times pauses between its attempts).
     """
     if state.ended or state.closed or not state.facts:
         return None
     if state.execution_state == c.STATE_PAUSED:
+        # The latest pause is the fact that put the run in its state (every pause states it).
+        paused = _stating_fact(state)
+        if paused is not None and paused.kind is KIND.RUN_PAUSED:
+            return paused.resume_at_ns
         pauses = [f for f in state.facts if f.kind is KIND.RUN_PAUSED]
         return max(pauses, key=by_order).resume_at_ns if pauses else None
     if state.execution_state == c.STATE_PENDING:
-        order = tuple(state.state_order or ())
-        since = next((f for f in state.facts if f.order == order), None)
-        return (since or min(state.facts, key=by_order)).time_ns
+        return (_stating_fact(state) or min(state.facts, key=by_order)).time_ns
     return None
+
+
+def _stating_fact(state: RunState) -> Fact | None:
+    """The fact whose order is the run's `state_order`, from the newest fact back."""
+    order = tuple(state.state_order or ())
+    return next((f for f in reversed(state.facts) if f.order == order), None)
 
 
 def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:

@@ -2,8 +2,10 @@
 
 from builders import WorkflowRun, ns
 from fold_harness import fold_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from otel_bridge.correlate.overview import RunQuery, overview
+from otel_bridge.correlate.overview import RunQuery, overdue_since_ns, overview
 
 GRACE = 300 * 10**9
 
@@ -61,3 +63,36 @@ def test_select_filters_by_state_overdue_and_service():
     assert [r.run_id for r in runs if RunQuery(overdue=True).holds(r)] == [paused.workflow_id]
     assert [r.run_id for r in runs if RunQuery(state="executing").holds(r)] == [running.workflow_id]
     assert [r.run_id for r in runs if RunQuery(service="a").holds(r)] == [paused.workflow_id]
+
+
+@st.composite
+def waiting_runs(draw: st.DrawFn) -> list[dict]:
+    """Runs queued or started, pausing and resuming between steps, often left paused or queued."""
+    run = WorkflowRun()
+    gap = st.integers(min_value=0, max_value=5000)
+    if draw(st.booleans()):
+        run.queued().after(draw(gap))
+        if draw(st.booleans()):
+            return run.events
+    run.started()
+    for n in range(draw(st.integers(min_value=0, max_value=6))):
+        run.after(draw(gap)).step_started(f"s{n}").after(draw(gap)).step_failed(f"s{n}", will_retry=True)
+        run.paused("retry", step=f"s{n}", resume_in_ms=draw(st.integers(min_value=0, max_value=60_000)))
+        if draw(st.booleans()):
+            run.after(draw(gap)).resumed()
+    return run.events
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=waiting_runs(), data=st.data())
+def test_the_time_a_run_turns_overdue_is_stored_as_the_overview_tells_it_in_any_order_of_arrival(history, data):
+    # Kept on every save (the overdue index) without sorting the run: the same time `overview` finds.
+    state = _state_of(data.draw(st.permutations(history)))
+    told = overview(state, 0, GRACE)
+    due = None if told is None else {"paused": told.resume_at_ns, "pending": told.since_ns}.get(told.state)
+    assert overdue_since_ns(state) == due
+
+
+def _state_of(events: list[dict]):
+    (state,) = fold_events(events, settle_at_ns=None).runs.values()
+    return state
