@@ -92,7 +92,7 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
 
 def prefetch(tx: Transaction, keys_: list[str]) -> None:
     """Read ahead what loading these states reads (one round trip to a store across a network)."""
-    tx.prefetch([*keys_, *(keys.sent_spans(k) for k in keys_ if not keys.is_job(k))])
+    tx.prefetch(keys_, [keys.sent_spans(k) for k in keys_ if not keys.is_job(k)])
 
 
 def delete(tx: Transaction, key: str) -> None:

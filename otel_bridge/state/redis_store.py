@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -78,13 +78,15 @@ class RedisTransaction:
 
         self._writes.append(write)
 
-    def prefetch(self, keys: list[str]) -> None:
+    def prefetch(self, keys: list[str], journals: Sequence[str] = ()) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self._fetched]
-        if not wanted:
+        rows_only = [k for k in dict.fromkeys(journals) if k not in self._fetched]
+        if not wanted and not rows_only:
             return
         state_keys = [f"{self._p}state:{k}" for k in wanted]
         fact_keys = [f"{self._p}facts:{k}" for k in wanted]
-        self._pipe.watch(*state_keys, *fact_keys)
+        journal_keys = [f"{self._p}facts:{k}" for k in rows_only]
+        self._pipe.watch(*state_keys, *fact_keys, *journal_keys)
         # Read after the WATCH (any connection will do): a change after this read is a change after
         # the WATCH, and fails the EXEC as it would have on reads one by one.
         reads = self._client.pipeline(transaction=False)
@@ -92,9 +94,13 @@ class RedisTransaction:
             reads.get(state_key)
             reads.zscore(f"{self._p}due", key)
             reads.hgetall(facts_key)
+        for journal_key in journal_keys:
+            reads.hgetall(journal_key)
         answers = reads.execute()
         for i, key in enumerate(wanted):
             self._fetched[key] = (answers[3 * i], answers[3 * i + 1], answers[3 * i + 2])
+        for key, rows in zip(rows_only, answers[3 * len(wanted) :], strict=True):
+            self._fetched[key] = (None, None, rows)
 
     def load(self, key: str) -> tuple[bytes, float | None] | None:
         if key in self._fetched:

@@ -7,7 +7,7 @@ bridge replicas may run it again when another replica changed what it read, so
 `work` must compute everything from what it reads through `tx`.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -40,9 +40,10 @@ class Transaction(Protocol):
 
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None: ...
 
-    def prefetch(self, keys: list[str]) -> None:
-        """These runs are about to be loaded (state, due time, facts): a store across a network
-        reads them in one round trip, to answer `load` and `facts` from; a local one ignores it."""
+    def prefetch(self, keys: list[str], journals: Sequence[str] = ()) -> None:
+        """These runs are about to be loaded (state, due time, facts), and the rows of these
+        `journals` (keys with rows and no state) read: a store across a network reads them in one
+        round trip, to answer `load` and `facts` from; a local one ignores it."""
 
     def load(self, key: str) -> tuple[bytes, float | None] | None: ...
 

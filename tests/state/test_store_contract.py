@@ -154,6 +154,39 @@ def test_concurrent_read_modify_write_transactions_on_runs_read_ahead_lose_nothi
     assert len(store.facts("counter")) == 120
 
 
+def test_journals_read_ahead_read_as_their_rows_read_one_by_one(open_store):
+    # A journal: rows under a key with no state (a run's sent span ids), read ahead beside the runs.
+    store = open_store()
+    store.run(lambda tx: tx.append("sent-a", [(1, b"q"), (0, b"p")]))
+
+    def read(tx):
+        tx.prefetch(["a"], ["sent-a", "sent-missing", "sent-a"])
+        return [tx.facts(k) for k in ("sent-a", "sent-missing")], tx.load("a")
+
+    assert store.run(read) == ([[b"p", b"q"], []], None)
+
+
+def test_concurrent_appends_to_a_journal_read_ahead_lose_nothing(open_store):
+    store = open_store()
+
+    def work() -> None:
+        for _ in range(30):
+
+            def one(tx):
+                tx.prefetch([], ["journal"])
+                rows = tx.facts("journal")
+                tx.append("journal", [(len(rows), b"r")])  # the next row's key: taken twice, one is lost
+
+            store.run(one)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.facts("journal")) == 120
+
+
 def test_runs_are_found_by_when_they_turn_overdue_without_reading_the_others(open_store):
     store = open_store()
     store.run(lambda tx: (tx.save("late", b"1", None, overdue_at=50.0), tx.save("fine", b"2", None, 500.0)))
