@@ -61,6 +61,10 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     #   _ids: set[str]
     # And the span id of each attempt, a hash computed once per run in memory, not at every settle:
     #   _attempt_ids: dict[tuple[str, int], bytes]
+    # And, for settling a run that keeps going from what is new (`_facts_told_of_since_settled`): the
+    # facts kept since it was last settled, and where each step's facts sit, by attempt:
+    #   _told: list[Fact]
+    #   _by_step: dict[str, dict[int | None, list[int]]]
 
     def position_of(self, identity: tuple[object, ...]) -> int | None:
         where = self.__dict__.get("_where")
@@ -83,11 +87,15 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         where = self.__dict__.get("_where")
         if identity is not None and where is not None:
             where.setdefault(identity, len(self.facts))
+        by_step = self.__dict__.get("_by_step")
+        if by_step is not None and fact.step is not None and fact.kind in _STEP_KINDS:
+            by_step.setdefault(fact.step, {}).setdefault(fact.attempt, []).append(len(self.facts))
         self._remember(fact)
         self.facts.append(fact)
 
     def replace_fact(self, i: int, fact: Fact) -> None:
-        """Keep `fact` in place of the fact at `i`, the same fact told otherwise (same identity)."""
+        """Keep `fact` in place of the fact at `i`, the same fact told otherwise (same identity:
+        the same kind, step and attempt, so it sits where `_by_step` says)."""
         self._remember(fact)
         self.facts[i] = fact
 
@@ -95,6 +103,29 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         ids = self.__dict__.get("_ids")
         if ids is not None:
             ids.add(fact.event_id)
+        told = self.__dict__.get("_told")
+        if told is not None:
+            told.append(fact)
+
+    def told_since_settled(self) -> list[Fact]:
+        """The facts kept since the run was last settled."""
+        told = self.__dict__.get("_told")
+        # Not kept since (read from the store): their arrival numbers tell.
+        return told if told is not None else [f for f in self.facts if f.seq > self.settled_seq]
+
+    def mark_settled(self) -> None:
+        self.settled_seq = self.seq
+        self._told = []
+
+    def step_facts(self) -> dict[str, dict[int | None, list[int]]]:
+        """Where each step's facts (its attempts' starts, ends and notes) sit in `facts`, by attempt."""
+        by_step = self.__dict__.get("_by_step")
+        if by_step is None:
+            by_step = self._by_step = {}
+            for i, f in enumerate(self.facts):
+                if f.step is not None and f.kind in _STEP_KINDS:
+                    by_step.setdefault(f.step, {}).setdefault(f.attempt, []).append(i)
+        return by_step
 
     @property
     def counted_state(self) -> str | None:
@@ -334,7 +365,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         if facts
         else []
     )
-    state.settled_seq = state.seq
+    state.mark_settled()
     for span in spans:
         if span.end_ns is None:
             continue
@@ -377,9 +408,7 @@ def _facts_told_of_since_settled(state: RunState) -> list[Fact] | None:
     if not state.settled_seq or not state.emitted:
         return None
     told: dict[str, set[int] | None] = {}
-    for f in state.facts:
-        if f.seq <= state.settled_seq:
-            continue
+    for f in state.told_since_settled():
         if f.entered_state is not None:
             return None
         if f.kind in _STEP_KINDS and f.step is not None:
@@ -389,19 +418,16 @@ def _facts_told_of_since_settled(state: RunState) -> list[Fact] | None:
                 numbers.update((f.attempt, f.attempt - 1))
         elif f.kind not in _ROOT_ONLY_KINDS:
             return None
-    by_step: dict[str, list[Fact]] = {}
-    for f in state.facts:
-        if f.step in told and f.kind in _STEP_KINDS:
-            by_step.setdefault(f.step, []).append(f)
-    facts = []
-    for step, of_step in by_step.items():
-        numbers = told[step]
+    by_step = state.step_facts()
+    positions: list[int] = []
+    for step, numbers in told.items():
+        by_attempt = by_step.get(step, {})
         # A note that names no attempt belongs to the latest one started by then: the whole step decides.
-        if numbers is None or any(f.attempt is None for f in of_step):
-            facts += of_step
+        if numbers is None or None in by_attempt:
+            positions.extend(i for at in by_attempt.values() for i in at)
         else:
-            facts += [f for f in of_step if f.attempt in numbers]
-    return facts
+            positions.extend(i for n in numbers for i in by_attempt.get(n, ()))
+    return [state.facts[i] for i in positions]
 
 
 def forget_facts(state: RunState) -> None:
@@ -412,6 +438,8 @@ def forget_facts(state: RunState) -> None:
     state.__dict__.pop("_where", None)
     state.__dict__.pop("_ids", None)
     state.__dict__.pop("_attempt_ids", None)
+    state.__dict__.pop("_told", None)
+    state.__dict__.pop("_by_step", None)
 
 
 def has_gaps(facts: list[Fact]) -> bool:

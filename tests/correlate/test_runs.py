@@ -12,6 +12,8 @@ from otel_bridge.correlate.runs import RunState, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.lifecycle import WorkflowRecord
 from otel_bridge.sources.durable_effect import decode
+from otel_bridge.state import journal
+from otel_bridge.state.sqlite_store import SqliteStore
 
 _POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
 
@@ -48,8 +50,25 @@ def long_histories(draw: st.DrawFn) -> list[dict]:
     return run.events
 
 
-def _settled_in_chunks(events: list[dict], cuts: list[int], from_every_fact: bool) -> list[list[tuple]]:
-    """Fold `events` in this order, settling after each chunk: the spans each settling sent."""
+def _read_back(state: RunState, store: SqliteStore) -> RunState:
+    """The run as the store gives it back (header, fact rows, sent span ids), nothing kept in memory."""
+    key = state.run.state_key
+
+    def write_and_load(tx):
+        journal.delete(tx, key)
+        whole = journal.Changes(state, None, added={f.seq: f for f in state.facts}, sent=dict(state.emitted))
+        journal.write(tx, key, whole, None)
+        return journal.load(tx, key)[0]
+
+    return store.run(write_and_load)
+
+
+def _settled_in_chunks(events: list[dict], cuts: list[int], how: str) -> list[list[tuple]]:
+    """Fold `events` in this order, settling after each chunk: the spans each settling sent.
+
+    `how`: "from-every-fact" (as if never settled before), "in-memory" (as a hot run), "read-back"
+    (as a run the store gives back at each settling)."""
+    store = SqliteStore(":memory:")
     state: RunState | None = None
     sent: list[list[tuple]] = []
     bounds = [0, *sorted(set(cuts)), len(events)]
@@ -62,8 +81,10 @@ def _settled_in_chunks(events: list[dict], cuts: list[int], from_every_fact: boo
             state = apply(state, None, record, now, _POLICY).state  # type: ignore[assignment]
         if state is None:
             continue
-        if from_every_fact:
+        if how == "from-every-fact":
             state.settled_seq = 0  # as if never settled: every span built from every fact
+        elif how == "read-back":
+            state = _read_back(state, store)
         step = settle_run(state, now + 1, _POLICY)
         sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
         state = step.state  # type: ignore[assignment]
@@ -80,9 +101,9 @@ def test_settling_from_the_steps_told_since_sends_what_settling_from_every_fact_
     delivered = data.draw(st.permutations(history + duplicates)) if data.draw(st.booleans()) else history
     # A settling after any event: the next chunk then tells of one step, or of several, or of a sleep.
     cuts = [n for n, cut in enumerate(data.draw(st.lists(st.booleans(), min_size=len(delivered))), 1) if cut]
-    assert _settled_in_chunks(delivered, cuts, from_every_fact=False) == _settled_in_chunks(
-        delivered, cuts, from_every_fact=True
-    )
+    reference = _settled_in_chunks(delivered, cuts, "from-every-fact")
+    assert _settled_in_chunks(delivered, cuts, "in-memory") == reference
+    assert _settled_in_chunks(delivered, cuts, "read-back") == reference
 
 
 def test_a_settling_of_an_open_run_reads_only_the_steps_told_since_the_last(monkeypatch):
