@@ -4,6 +4,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -21,6 +22,15 @@ def open_store(request, tmp_path):
     url = request.getfixturevalue("redis_url")
     prefix = f"test{uuid.uuid4().hex[:8]}:"
     return lambda: RedisStore(url, seen_ttl_seconds=3600, prefix=prefix, claim_after_seconds=0.2)
+
+
+def _side_by_side(work: Callable[[int], None], threads: int) -> None:
+    """`work(n)` in `threads` threads at once, n = 0, 1, …; back when all are done."""
+    running = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
 
 
 def test_seen_ids_state_and_outbox_survive_reopening(open_store):
@@ -133,7 +143,7 @@ def test_runs_read_ahead_read_as_runs_loaded_one_by_one(open_store):
 def test_concurrent_read_modify_write_transactions_on_runs_read_ahead_lose_nothing(open_store):
     store = open_store()
 
-    def work() -> None:
+    def work(_n: int) -> None:
         for _ in range(30):
 
             def one(tx):
@@ -145,11 +155,7 @@ def test_concurrent_read_modify_write_transactions_on_runs_read_ahead_lose_nothi
 
             store.run(one)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _side_by_side(work, threads=4)
     assert store.run(lambda tx: tx.load("counter"))[0] == b"120"
     assert len(store.facts("counter")) == 120
 
@@ -169,7 +175,7 @@ def test_journals_read_ahead_read_as_their_rows_read_one_by_one(open_store):
 def test_concurrent_appends_to_a_journal_read_ahead_lose_nothing(open_store):
     store = open_store()
 
-    def work() -> None:
+    def work(_n: int) -> None:
         for _ in range(30):
 
             def one(tx):
@@ -179,11 +185,7 @@ def test_concurrent_appends_to_a_journal_read_ahead_lose_nothing(open_store):
 
             store.run(one)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _side_by_side(work, threads=4)
     assert len(store.facts("journal")) == 120
 
 
@@ -212,11 +214,7 @@ def test_concurrent_read_modify_write_transactions_lose_nothing(open_store):
 
             store.run(one)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _side_by_side(work, threads=6)
     assert store.run(lambda tx: tx.load("counter"))[0] == b"180"
     assert store.run(lambda tx: tx.unseen([f"{n}-{i}" for n in range(6) for i in range(30)])) == set()
 
