@@ -403,7 +403,8 @@ def _facts_told_of_since_settled(state: RunState) -> list[Fact] | None:
     of a step's facts names its attempt, only the attempts told of are built, with the ones before them
     (an attempt whose start was lost starts where the one before it ended). A sleep, a state, a task or
     a note of no step may end spans of their own or change the run's: those settle from every fact, as
-    do the run's end and its first settling.
+    do the run's end and its first settling. What arrived since and where each step's facts sit are
+    kept up with the run in memory (`told_since_settled`, `step_facts`): nothing here walks the run.
     """
     if not state.settled_seq or not state.emitted:
         return None
