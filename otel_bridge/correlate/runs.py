@@ -67,11 +67,12 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     #   _by_step: dict[str, dict[int | None, list[int]]]
 
     def position_of(self, identity: tuple[object, ...]) -> int | None:
-        where = self.__dict__.get("_where")
+        where: dict[tuple[object, ...] | None, int] | None = self.__dict__.get("_where")
         if where is None:
-            where = self._where = {}
+            where = {}
+            self._where = where
             for i, known in enumerate(self.facts):
-                where.setdefault(_identity(known), i)  # type: ignore[arg-type]
+                where.setdefault(_identity(known), i)
         return where.get(identity)
 
     def knows_event(self, event_id: str) -> bool:
@@ -115,13 +116,15 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
 
     def mark_settled(self) -> None:
         self.settled_seq = self.seq
-        self._told = []
+        told: list[Fact] = []
+        self._told = told
 
     def step_facts(self) -> dict[str, dict[int | None, list[int]]]:
         """Where each step's facts (its attempts' starts, ends and notes) sit in `facts`, by attempt."""
-        by_step = self.__dict__.get("_by_step")
+        by_step: dict[str, dict[int | None, list[int]]] | None = self.__dict__.get("_by_step")
         if by_step is None:
-            by_step = self._by_step = {}
+            by_step = {}
+            self._by_step = by_step
             for i, f in enumerate(self.facts):
                 if f.step is not None and f.kind in _STEP_KINDS:
                     by_step.setdefault(f.step, {}).setdefault(f.attempt, []).append(i)
