@@ -56,28 +56,10 @@ def trace_link(template: str, trace_id: str) -> str:
     return template.replace("{trace_id}", trace_id)
 
 
-def _ordered(state: RunState) -> list[Fact]:
-    return sorted(state.facts, key=by_order)
-
-
-def _since(state: RunState, ordered: list[Fact]) -> Fact:
-    return next((f for f in reversed(ordered) if f.order == tuple(state.state_order or ())), ordered[0])
-
-
-def _due_ns(state: RunState, ordered: list[Fact]) -> int | None:
-    """When an open run was due to go on: a paused one at its `resumeAt`, a queued one at once."""
-    if state.execution_state == c.STATE_PAUSED:
-        pause = next((f for f in reversed(ordered) if f.kind is KIND.RUN_PAUSED), None)
-        return pause.resume_at_ns if pause is not None else None
-    if state.execution_state == c.STATE_PENDING:
-        return _since(state, ordered).time_ns
-    return None
-
-
 def overdue_since_ns(state: RunState) -> int | None:
     """From when an open run counts as late (it is overdue once the grace has passed too).
 
-    Asked on every save of a run, so no sort: the same answer as `overview`. The fact that put the run
+    Asked on every save of a run, so no sort; `overview` tells it too. The fact that put the run
     in its state is looked for from the newest: most often the last one, in a run of any length (a
     step polled thousands of times pauses between its attempts).
     """
@@ -105,11 +87,10 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     """The run as it stands, or None when it has ended (or holds nothing to tell)."""
     if state.ended or state.closed or not state.facts:
         return None
-    ordered = _ordered(state)
-    last = ordered[-1]
+    last = max(state.facts, key=by_order)
     current = state.execution_state
-    since = _since(state, ordered)
-    due = _due_ns(state, ordered)
+    since = _stating_fact(state) or min(state.facts, key=by_order)
+    due = overdue_since_ns(state)  # when it was due to go on: a paused run at its resumeAt, a queued one at once
     late = now_ns - due if due is not None else None
     run = state.run
     identity = run.identity

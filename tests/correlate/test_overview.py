@@ -1,6 +1,8 @@
 """Which open runs are stuck, and since when: a paused run past its resumeAt, a queued run never started."""
 
-from builders import WorkflowRun, ns
+from datetime import datetime
+
+from builders import WorkflowRun, ns, ns_of
 from fold_harness import fold_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,11 +88,26 @@ def waiting_runs(draw: st.DrawFn) -> list[dict]:
 @settings(max_examples=150, deadline=None)
 @given(history=waiting_runs(), data=st.data())
 def test_the_time_a_run_turns_overdue_is_stored_as_the_overview_tells_it_in_any_order_of_arrival(history, data):
-    # Kept on every save (the overdue index) without sorting the run: the same time `overview` finds.
+    # Kept on every save (the overdue index) without sorting the run: the same time `overview` finds,
+    # and the one the history says, whatever order its events arrived in.
     state = _state_of(data.draw(st.permutations(history)))
     told = overview(state, 0, GRACE)
     due = None if told is None else {"paused": told.resume_at_ns, "pending": told.since_ns}.get(told.state)
     assert overdue_since_ns(state) == due
+    assert overdue_since_ns(state) == _due_as_the_history_tells(history)
+
+
+def _due_as_the_history_tells(history: list[dict]) -> int | None:
+    """The last pause's resumeAt, or when a run never started was queued; None for a run at work."""
+    due = None
+    for event in history:  # in the order the engine emitted them
+        if event["type"] == "workflow.paused":
+            due = ns(datetime.fromisoformat(event["resumeAt"]))
+        elif event["type"] == "workflow.queued":
+            due = ns_of(event)
+        elif event["type"] in ("workflow.started", "workflow.resumed") or event["type"].startswith("step."):
+            due = None  # at work again
+    return due
 
 
 def _state_of(events: list[dict]):
