@@ -91,8 +91,9 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
 
 
 def prefetch(tx: Transaction, keys_: list[str]) -> None:
-    """Read ahead what loading these states reads (one round trip to a store across a network)."""
-    tx.prefetch(keys_, [keys.sent_spans(k) for k in keys_ if not keys.is_job(k)])
+    """Read ahead what loading these states reads (one round trip to a store across a network). The
+    journals' keys are made only if the store reads them: a local one does not, at every batch."""
+    tx.prefetch(keys_, (keys.sent_spans(k) for k in keys_ if not keys.is_job(k)))
 
 
 def delete(tx: Transaction, key: str) -> None:

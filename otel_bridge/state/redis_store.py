@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
@@ -78,7 +78,7 @@ class RedisTransaction:
 
         self._writes.append(write)
 
-    def prefetch(self, keys: list[str], journals: Sequence[str] = ()) -> None:
+    def prefetch(self, keys: list[str], journals: Iterable[str] = ()) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self._fetched]
         rows_only = [k for k in dict.fromkeys(journals) if k not in self._fetched]
         if not wanted and not rows_only:

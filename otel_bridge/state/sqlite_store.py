@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -100,7 +100,7 @@ class SqliteTransaction:
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None:
         self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((e, now) for e in event_ids))
 
-    def prefetch(self, keys: list[str], journals: Sequence[str] = ()) -> None:
+    def prefetch(self, keys: list[str], journals: Iterable[str] = ()) -> None:
         pass  # in this process: a load costs no round trip
 
     def load(self, key: str) -> tuple[bytes, float | None] | None:

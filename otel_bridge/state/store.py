@@ -7,7 +7,7 @@ bridge replicas may run it again when another replica changed what it read, so
 `work` must compute everything from what it reads through `tx`.
 """
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -40,7 +40,7 @@ class Transaction(Protocol):
 
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None: ...
 
-    def prefetch(self, keys: list[str], journals: Sequence[str] = ()) -> None:
+    def prefetch(self, keys: list[str], journals: Iterable[str] = ()) -> None:
         """These runs are about to be loaded (state, due time, facts), and the rows of these
         `journals` (keys with rows and no state) read: a store across a network reads them in one
         round trip, to answer `load` and `facts` from; a local one ignores it."""
