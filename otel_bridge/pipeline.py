@@ -359,7 +359,7 @@ class Pipeline:
             return
         if failures < self.settings.settle_attempts:
             log.warning("settling %r failed (try %d): %r; trying again", key, failures, exc)
-            tx.save(key, loaded[0], now + min(2.0 ** (failures - 1), 60.0))
+            tx.reschedule(key, now + min(2.0 ** (failures - 1), 60.0))
             return
         log.error("settling %r failed %d times: %r; its state is set aside as %r", key, failures, exc, SET_ASIDE + key)
         facts = [row.decode(errors="replace") for row in tx.facts(key)]

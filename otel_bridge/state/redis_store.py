@@ -124,6 +124,9 @@ class RedisTransaction:
 
         self._writes.append(write)
 
+    def reschedule(self, key: str, due: float) -> None:
+        self._writes.append(lambda pipe: pipe.zadd(f"{self._p}due", {key: due}))
+
     def delete(self, key: str) -> None:
         def write(pipe: Any) -> None:
             pipe.delete(f"{self._p}state:{key}", f"{self._p}facts:{key}")

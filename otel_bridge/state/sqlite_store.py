@@ -112,6 +112,9 @@ class SqliteTransaction:
         # rewrites both index entries even when the due time did not move (a third more per save).
         self._db.execute(_SAVE, (key, blob, due, overdue_at))
 
+    def reschedule(self, key: str, due: float) -> None:
+        self._db.execute("UPDATE state SET due = ? WHERE key = ?", (due, key))
+
     def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM state WHERE key = ?", (key,))
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))

@@ -51,6 +51,9 @@ class Transaction(Protocol):
         """A state's header: `due` is when to settle it (bridge clock), `overdue_at` when it turns
         overdue (producer clock); both indexed, so neither question reads every state."""
 
+    def reschedule(self, key: str, due: float) -> None:
+        """Move a saved state's due time, and nothing else: its header and overdue time stay."""
+
     def delete(self, key: str) -> None:
         """The state and its facts."""
 

@@ -1,5 +1,7 @@
 """A run that cannot be settled is tried a few times, then set aside with its reason and counted: never a loop."""
 
+import time
+
 import orjson
 from builders import WorkflowRun
 
@@ -53,3 +55,22 @@ def test_a_run_that_never_settles_is_set_aside_after_the_configured_tries(tmp_pa
     aside = orjson.loads(kept[key])
     assert "OverflowError" in aside["reason"] and bad.workflow_id in aside["state"]
     assert _bridge_counter(metrics, "otel_bridge.runs.set_aside") == 1
+
+
+def test_a_stuck_run_that_fails_to_settle_is_still_listed_as_overdue_while_it_is_tried_again(tmp_path, monkeypatch):
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, settle_attempts=5, gap_grace_seconds=0)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+
+    def encode(span, *args):
+        raise OverflowError("a value OTLP cannot carry")
+
+    monkeypatch.setattr(pipeline_module, "encode_span", encode)
+    # Due back in 2025: overdue now, with a step span to send at its first settling.
+    stuck = WorkflowRun().started().step_started("a").after(1).step_completed("a").paused("sleep", resume_in_ms=1000)
+    pipeline.ingest(stuck.events)
+    assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]
+
+    pipeline.settle_due(horizon=time.time() + 10)  # fails, and is to be tried again
+
+    assert pipeline.store.run(lambda tx: tx.due_keys(time.time() + 10, 10)) != []
+    assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]

@@ -115,6 +115,18 @@ def test_deleted_state_is_gone_and_no_longer_due(open_store):
     assert store.run(lambda tx: (tx.load("k"), tx.due_keys(10.0, 10))) == (None, [])
 
 
+def test_a_state_rescheduled_keeps_its_header_and_overdue_time(open_store):
+    store = open_store()
+    store.run(lambda tx: tx.save("k", b"h", due=1.0, overdue_at=50.0))
+    store.run(lambda tx: tx.reschedule("k", 20.0))
+    assert store.run(lambda tx: (tx.load("k"), tx.due_keys(10.0, 10), tx.due_keys(20.0, 10))) == (
+        (b"h", 20.0),
+        [],
+        ["k"],
+    )
+    assert store.overdue(100.0) == [("k", b"h")]
+
+
 def test_a_runs_fact_rows_are_a_journal_appended_replaced_and_forgotten_in_seq_order(open_store):
     store = open_store()
     store.run(lambda tx: (tx.save("k", b"h", due=None), tx.append("k", [(2, b"b"), (10, b"c"), (1, b"a")])))
