@@ -194,8 +194,12 @@ class SettlePolicy:
 def _identity(f: Fact) -> tuple[object, ...] | None:
     """What makes two facts the same fact, whatever their event ids."""
     match f.kind:
-        case KIND.RUN_QUEUED | KIND.RUN_STARTED | KIND.RUN_ENDED:
+        case KIND.RUN_QUEUED | KIND.RUN_STARTED:
             return (f.kind,)
+        case KIND.RUN_ENDED:
+            # Told ended twice alike is one end (a message and a timeline); a cancelled run then
+            # told completed has ended twice (Phase-10 cancels without stopping the run).
+            return (f.kind, f.outcome)
         case KIND.ATTEMPT_STARTED:
             return (f.kind, f.step, f.attempt)
         case KIND.ATTEMPT_ENDED if not f.cached:

@@ -220,6 +220,8 @@ def _attempt_span(
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_SUCCESS
         elif end.kind is KIND.ATTEMPT_ENDED and end.outcome is OUTCOME.SKIPPED:
             attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_SKIPPED
+        elif end.kind is KIND.ATTEMPT_ENDED and end.outcome is OUTCOME.CANCELLATION:
+            attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_CANCELLATION  # stopped, not failed: as a run cancelled
         else:
             status = SpanStatus.ERROR
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_FAILURE
@@ -493,7 +495,16 @@ def _root_span(
             attributes[c.WORKFLOW_EXECUTION_INPUT] = f.attributes[c.WORKFLOW_EXECUTION_INPUT]
             break
 
-    events = [SpanEvent(f.name, f.time_ns, dict(f.attributes)) for f in ordered if f.kind in _ROOT_EVENT_KINDS]
+    events: list[SpanEvent] = []
+    run_ended = KIND.RUN_ENDED
+    for f in ordered:
+        if f.kind in _ROOT_EVENT_KINDS:
+            events.append(SpanEvent(f.name, f.time_ns, dict(f.attributes)))
+        elif f.kind is run_ended and f is not ended:
+            # The run ends at the first end told. An engine may tell another after it (Phase-10
+            # cancels an execution without stopping it, which then completes): shown, not lost.
+            told = {c.WORKFLOW_EXECUTION_RESULT: str(f.outcome)} if f.outcome is not None else {}
+            events.append(SpanEvent(f.name, f.time_ns, dict(f.attributes) | told))
     events.extend(
         SpanEvent(c.STEP_CACHED_EVENT, f.time_ns, _step_attributes(f) | {c.WORKFLOW_TASK_CACHED: True})
         for f in ordered

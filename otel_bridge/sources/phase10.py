@@ -38,8 +38,21 @@ _ENDINGS = {
     "workflow_cancelled": OUTCOME.CANCELLATION,
 }
 _STEP_ENDINGS = {"step_completed": OUTCOME.SUCCESS, "step_failed": OUTCOME.FAILURE, "step_skipped": OUTCOME.SKIPPED}
-_TIMELINE_ENDINGS = {"completed": OUTCOME.SUCCESS, "failed": OUTCOME.FAILURE, "cancelled": OUTCOME.CANCELLATION}
-_TIMELINE_STEP_ENDINGS = {"completed": OUTCOME.SUCCESS, "failed": OUTCOME.FAILURE, "skipped": OUTCOME.SKIPPED}
+# The engine's status enums (backend/schemas.py): an execution may also end `timeout` (no message
+# tells it), and a step cancelled with its run is set `cancelled` without a completion time or a
+# message of its own.
+_TIMELINE_ENDINGS = {
+    "completed": OUTCOME.SUCCESS,
+    "failed": OUTCOME.FAILURE,
+    "cancelled": OUTCOME.CANCELLATION,
+    "timeout": OUTCOME.TIMEOUT,
+}
+_TIMELINE_STEP_ENDINGS = {
+    "completed": OUTCOME.SUCCESS,
+    "failed": OUTCOME.FAILURE,
+    "skipped": OUTCOME.SKIPPED,
+    "cancelled": OUTCOME.CANCELLATION,
+}
 
 
 class Phase10Event(BaseModel):
@@ -265,7 +278,11 @@ class Phase10Decoder:
                     ordinal=n,
                 )
             outcome = _TIMELINE_STEP_ENDINGS.get(entry.status.lower())
-            ended_at = entry.completed_at or (begun if outcome is OUTCOME.SKIPPED else None)
+            ended_at = entry.completed_at
+            if ended_at is None and outcome is OUTCOME.SKIPPED:
+                ended_at = begun
+            elif ended_at is None and outcome is OUTCOME.CANCELLATION:
+                ended_at = doc.completed_at  # cancelled with its run: when the run was
             if outcome is not None and ended_at is not None:
                 error = ErrorInfo(message=entry.error_message or "step failed") if outcome is OUTCOME.FAILURE else None
                 duration = entry.duration_seconds * 1000 if entry.duration_seconds is not None else None
@@ -281,7 +298,11 @@ class Phase10Decoder:
                 )
         ending = _TIMELINE_ENDINGS.get(doc.status.lower())
         if ending is not None and doc.completed_at is not None:
-            error = ErrorInfo(message=doc.error_message or "workflow failed") if ending is OUTCOME.FAILURE else None
+            error = None
+            if ending is OUTCOME.FAILURE:
+                error = ErrorInfo(message=doc.error_message or "workflow failed")
+            elif ending is OUTCOME.TIMEOUT:
+                error = ErrorInfo(message=doc.error_message or "workflow timed out")
             told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 

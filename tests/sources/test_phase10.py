@@ -105,3 +105,37 @@ def test_the_same_message_twice_is_one_event():
     run = Phase10Run("x").started().after(1).completed()
     folded = fold_events(run.events + run.events, decoder=DECODE)
     assert len(folded.runs) == 1 and folded.root.status is SpanStatus.OK
+
+
+def test_an_execution_cancelled_that_carries_on_ends_at_its_cancellation_and_shows_its_later_completion():
+    # The engine's cancel marks the execution cancelled and says so, but does not stop it: its
+    # steps go on and it is then told completed (backend/services/workflows/engine.py).
+    run = Phase10Run("r").started(1).step_started("s1", "a").after(100).cancelled()
+    run.after(900).step_completed("s1", 1.0).after(5).completed()
+    folded = fold_events([*run.events, run.timeline()], decoder=DECODE)
+    root = folded.root
+    assert root.end_ns == _ns(run.events[2]) and root.attributes["workflow.execution.result"] == "cancellation"
+    (later,) = [e for e in root.events if e.name == "workflow_completed"]
+    assert later.time_ns == _ns(run.events[-1]) and later.attributes["workflow.execution.result"] == "success"
+    step = folded.span("step a")
+    assert step.end_ns == _ns(run.events[3]) and step.status is SpanStatus.OK
+
+
+def test_a_step_cancelled_with_its_run_ends_with_the_run_as_a_cancellation_not_a_failure():
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).cancelled()
+    timeline = run.timeline()
+    timeline["step_timeline"][0] |= {"status": "cancelled", "completed_at": None}  # as the engine leaves it
+    folded = fold_events([timeline], decoder=DECODE)
+    step = folded.span("step a")
+    assert step.end_ns == folded.root.end_ns == _ns(run.events[-1])
+    assert step.status is SpanStatus.UNSET and step.attributes["workflow.task.result"] == "cancellation"
+    assert [e.name for e in step.events] == []
+
+
+def test_an_execution_the_timeline_says_timed_out_ends_in_error_as_a_timeout():
+    run = Phase10Run("r").started(1).step_started("s1", "a").after(100).step_completed("s1", 0.1).after(5)
+    timeline = run.timeline() | {"status": "timeout", "completed_at": run.now.isoformat()}
+    root = fold_events([timeline], decoder=DECODE).root
+    assert root.end_ns - root.start_ns == 105 * 10**6
+    assert root.status is SpanStatus.ERROR and root.status_message == "workflow timed out"
+    assert root.attributes["workflow.execution.result"] == "timeout" and root.attributes["error.type"] == "timeout"
