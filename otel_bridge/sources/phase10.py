@@ -262,6 +262,10 @@ class Phase10Decoder:
         if doc.started_at is not None:
             told(KIND.RUN_STARTED, doc.started_at, name="workflow_started")
         for entry in doc.step_timeline:
+            if entry.status.lower() == "pending":
+                # Never run: the engine makes a step's row, `started_at` set, when its level comes,
+                # and one whose dependencies are not met stays pending.
+                continue
             step = {"step": entry.step_id, "attempt": 1, "label": entry.step_name or None}
             begun = entry.started_at or entry.completed_at
             if entry.started_at is not None:

@@ -139,3 +139,15 @@ def test_an_execution_the_timeline_says_timed_out_ends_in_error_as_a_timeout():
     assert root.end_ns - root.start_ns == 105 * 10**6
     assert root.status is SpanStatus.ERROR and root.status_message == "workflow timed out"
     assert root.attributes["workflow.execution.result"] == "timeout" and root.attributes["error.type"] == "timeout"
+
+
+def test_a_step_the_timeline_lists_as_pending_never_ran_and_makes_no_span():
+    # The engine writes a step's row, with a `started_at`, when its level comes; one whose
+    # dependencies failed stays `pending` and never runs.
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).step_failed("s1", "boom", 0.1).after(5)
+    timeline = run.after(1).failed().timeline()
+    timeline["step_timeline"].append(
+        timeline["step_timeline"][0] | {"step_id": "s2", "step_name": "b", "status": "pending"}
+    )
+    folded = fold_events([timeline], decoder=DECODE)
+    assert sorted(s.name for s in folded.spans) == ["step a", "workflow wf-report"]
