@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_bridge import conventions as c
-from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
+from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, reason, summary
 
 ENGINE = c.PLATFORM_PHASE10
@@ -108,7 +108,7 @@ class Phase10Options:
 
 def _enveloped(raw: dict[str, Any]) -> dict[str, Any]:
     """The document's `{"event", "data"}` envelope, in the shape the engine really sends."""
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
     inner = dict(data)
     if "error" in inner and "error_message" not in inner:
         inner["error_message"] = inner["error"]
@@ -195,7 +195,7 @@ class Phase10Decoder:
         event_id = _event_id(e.event_type, e.workflow_execution_id, e.workflow_step_id, e.timestamp.isoformat())
         base: dict[str, Any] = {"event_id": event_id, "time_ns": ns(e.timestamp), "name": e.event_type}
         d = e.data
-        described = {c.WORKFLOW_EVENT_ID: event_id}
+        described: dict[str, AttributeValue] = {c.WORKFLOW_EVENT_ID: event_id}
         if e.event_type == "workflow_started":
             extra = attrs(**{c.WORKFLOW_EXECUTION_INPUT: self._captured(d.get("input_variables"))})
             return Fact(kind=KIND.RUN_STARTED, attributes=described | extra, **base)
@@ -209,7 +209,11 @@ class Phase10Decoder:
             return Fact(kind=KIND.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
         if e.workflow_step_id is None:
             raise DecodeError("workflow_step_id", f"a {e.event_type} message must name its step")
-        step = {"step": e.workflow_step_id, "attempt": 1, "label": str(d.get("step_name") or "") or None}
+        step: dict[str, Any] = {
+            "step": e.workflow_step_id,
+            "attempt": 1,
+            "label": str(d.get("step_name") or "") or None,
+        }
         if e.event_type == "step_started":
             told = attrs(
                 **{
@@ -266,7 +270,7 @@ class Phase10Decoder:
                 # Never run: the engine makes a step's row, `started_at` set, when its level comes,
                 # and one whose dependencies are not met stays pending.
                 continue
-            step = {"step": entry.step_id, "attempt": 1, "label": entry.step_name or None}
+            step: dict[str, Any] = {"step": entry.step_id, "attempt": 1, "label": entry.step_name or None}
             begun = entry.started_at or entry.completed_at
             if entry.started_at is not None:
                 facts.append(self._step_started(doc, entry, step))
@@ -311,6 +315,7 @@ class Phase10Decoder:
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
     def _step_started(self, doc: Timeline, entry: StepEntry, step: dict[str, Any]) -> Fact:
+        assert entry.started_at is not None  # asked only of steps that started
         event_id = _event_id("timeline", doc.execution_id, KIND.ATTEMPT_STARTED, entry.step_id)
         told = attrs(
             **{

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -310,8 +310,8 @@ class RedisStore:
         while True:
             # A page of keys, then their states in one round trip (not one per state).
             cursor, page = self._client.scan(cursor, match=pattern, count=500)
-            found = []
-            for key in page:
+            found: list[bytes] = []
+            for key in cast(list[bytes], page):  # bytes: the client does not decode responses
                 digest = int.from_bytes(blake2b(key, digest_size=16).digest())
                 if digest not in listed:
                     listed.add(digest)
