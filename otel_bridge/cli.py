@@ -103,6 +103,7 @@ def _serve(settings: Settings) -> int:
         settings,
         metrics=bridge.exposition,
         readiness=bridge.readiness,
+        liveness=bridge.liveness,
         on_start=bridge.start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,

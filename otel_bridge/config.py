@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     export_unready_seconds: float = Field(
         120.0, gt=0, description="`/readyz` says not ready once trace export has failed for this long."
     )
+    stuck_after_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="`/healthz` says not alive once one of the bridge's own loops has been in one pass this long "
+        "(a settle slice, an export, a checkpoint): what a restart would mend.",
+    )
     export_log_interval_seconds: float = Field(
         60.0, gt=0, description="While export fails, how often the log says so again (once at first, once on recovery)."
     )

@@ -107,6 +107,8 @@ class Pipeline:
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
+        # Called after each settle transaction: a settling of many runs moves on slice by slice.
+        self.settled_slice: Callable[[], None] = lambda: None
         self.policy = policy_of(settings)
         # A store of our own is written by this process only: its states can stay in memory.
         self.hot = None if store.shared or not settings.hot_runs else HotStates(settings.hot_runs)
@@ -307,6 +309,7 @@ class Pipeline:
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
             self.metrics.bridge(c.M_BRIDGE_RUNS_SET_ASIDE, self.set_aside)
             self.set_aside = 0
+            self.settled_slice()
             if not keys_:
                 break
         if sent:

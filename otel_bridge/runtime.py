@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge import __version__
+from otel_bridge import __version__, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings, without_password
 from otel_bridge.consumer import Backpressure, Unavailable
@@ -23,6 +23,7 @@ from otel_bridge.export.health import ExportHealth, quieten_sdk_exporters
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
+from otel_bridge.liveness import Passes
 from otel_bridge.observed import ObservedConsumer
 from otel_bridge.pipeline import Decoder, Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
@@ -170,6 +171,8 @@ class Bridge:
         )
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
+        self.passes = Passes()
+        self.pipeline.settled_slice = lambda: self.passes.progressed("settle")
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
@@ -206,6 +209,12 @@ class Bridge:
             # Told, not a reason: the endpoint still takes batches while a followed engine is away.
             status["following"] = {name: _following(f.disconnected_since) for name, f in self.followers.items()}
         return status
+
+    def liveness(self) -> dict[str, object]:
+        """What `/healthz` reports: `alive`, and while not, what a restart would mend (`liveness.py`)."""
+        threads = self._threads if self.ready else {}  # before start and while stopping, none is to run
+        told = liveness.reasons(threads, self.passes, self.settings.stuck_after_seconds)
+        return {"alive": not told, "reasons": told}
 
     def waited_for_room(self, refused: Unavailable, waited: float) -> bool:
         """For a tool that stores batches one after another (replay), refused one for now: wait a
@@ -319,7 +328,7 @@ class Bridge:
         self.pipeline.restore_gauges()
         for name, target in (
             ("settle", self._settle_loop),
-            ("trace-export", lambda: self.drain.run(self._stop)),
+            ("trace-export", lambda: self.drain.run(self._stop, self.passes)),
             ("metric-export", self._metric_loop),
             ("overdue", self._overdue_loop),
             *([("checkpoint", self._checkpoint_loop)] if isinstance(self.store, Checkpointed) else []),
@@ -367,7 +376,8 @@ class Bridge:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
         while True:
-            failures.attempt(self.count_overdue)
+            with self.passes.running("overdue"):
+                failures.attempt(self.count_overdue)
             if self._stop.wait(interval):
                 return
 
@@ -384,13 +394,15 @@ class Bridge:
                 self.store.purge_seen(time.time() - self.settings.dedup_ttl_seconds)
 
         while not self._stop.wait(tick):
-            failures.attempt(settle)
+            with self.passes.running("settle"):
+                failures.attempt(settle)
 
     def _checkpoint_loop(self) -> None:
         assert isinstance(self.store, Checkpointed)
         failures = RepeatedFailure("checkpointing the state file")
         while not self._stop.wait(_CHECKPOINT_EVERY):
-            failures.attempt(self.store.checkpoint)
+            with self.passes.running("checkpoint"):
+                failures.attempt(self.store.checkpoint)
 
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())
@@ -411,7 +423,8 @@ class Bridge:
     def _metric_loop(self) -> None:
         interval = self.settings.metric_export_interval_ms / 1000
         while not self._stop.wait(interval):
-            self.export_metrics()
+            with self.passes.running("metric-export"):
+                self.export_metrics()
 
     def stop(self, final: bool = False) -> None:
         """Settle what is waiting, export it and the metrics, then close.

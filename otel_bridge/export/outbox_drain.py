@@ -23,6 +23,7 @@ from otel_bridge import keys
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import Delivery, ExportResult, TraceSender
 from otel_bridge.export.span_encoding import export_request
+from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.state.store import OutboxRow, Store
@@ -177,11 +178,13 @@ class OutboxDrain:
         with self._counting:
             self.set_aside += 1
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, passes: Passes | None = None) -> None:
         backoff = 0.5
         failures = RepeatedFailure("draining the outbox")
+        passes = passes or Passes()
         while not stop.is_set():
-            sent = failures.attempt(self.export_once)
+            with passes.running("trace-export"):
+                sent = failures.attempt(self.export_once)
             if sent is None:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)

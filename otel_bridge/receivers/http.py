@@ -148,6 +148,7 @@ def create_app(
     settings: Settings,
     metrics: Callable[[str], tuple[bytes, str]],
     readiness: Callable[[], dict[str, Any]],
+    liveness: Callable[[], dict[str, Any]] = lambda: {"alive": True, "reasons": []},
     on_start: Callable[[], object] = lambda: None,
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
@@ -156,7 +157,8 @@ def create_app(
 ) -> Starlette:
     """The tracker endpoint in front of `consumer`.
 
-    `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`);
+    `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`),
+    `liveness()` `/healthz` (its `alive` and `reasons`: asked on the event loop, so it must not wait);
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
     `runs(state, overdue, service)` answers `GET /v1/runs` (behind the ingest credential);
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
@@ -234,6 +236,11 @@ def create_app(
         return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:
+        # On the event loop, not in the worker threads: a loop that cannot answer is not alive either.
+        status = liveness()
+        if not status.get("alive"):
+            reasons = status.get("reasons") or ["not alive"]
+            return JSONResponse({"status": "stuck", "error": "; ".join(reasons), "reasons": reasons}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:

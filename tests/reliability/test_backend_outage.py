@@ -2,12 +2,13 @@
 
 import re
 import socket
+import subprocess
 import threading
 import time
 
 import httpx
 import pytest
-from bridge_process import BridgeProcess, free_port
+from bridge_process import BridgeProcess, free_port, healthcheck_command
 from builders import JobRun, WorkflowRun
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, Received
 
@@ -103,6 +104,10 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
             return any("trace export failing" in r for r in reasons)
 
         received.wait_for(export_failing_said, timeout=20)
+        # Not ready, yet alive: the container's health check passes, so no supervisor restarts the
+        # bridge for a backend away (which a restart would not bring back, and producers would lose).
+        assert bridge.client.get(f"{bridge.url}/healthz").json() == {"status": "ok"}
+        assert subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10).returncode == 0
 
         receiver.up = True
         received.wait_for(lambda: _metric(bridge, "otel_bridge_outbox_depth") == 0, timeout=60)
