@@ -522,7 +522,8 @@ def _root_span(
             status = SpanStatus.OK
         elif ended.outcome in (OUTCOME.FAILURE, OUTCOME.TIMEOUT):
             status = SpanStatus.ERROR
-            attributes[c.WORKFLOW_TASK_NAME] = failing_step(ordered, ended)
+            if failing := failing_step(ordered, ended):  # none for a run failed outside its steps
+                attributes[c.WORKFLOW_TASK_NAME] = failing
             message = (ended.error.message if ended.error else "") or "workflow failed"
             attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if result == c.RESULT_TIMEOUT else _error_type(ended.error)
             events.append(_exception_event(ended.time_ns, message, ended.error))

@@ -64,6 +64,9 @@ def test_terminal_states_end_the_run_case_insensitively_with_their_result():
     failed = Execution("payout").started().after(5).moved("paying").after(5).ended("FAILED", error="card declined")
     folded = fold_events(failed.events, decoder=DECODE)
     assert folded.root.status is SpanStatus.ERROR and folded.root.status_message == "card declined"
+    # It failed in a state, not in a step: no empty workflow.task.name on the root, nor on the error count.
+    assert "workflow.task.name" not in folded.root.attributes
+    assert folded.metric("workflow.execution.errors", **{"workflow.task.name": ""}) == [1]
     cancelled = Execution("payout").started().after(5).ended("terminated")
     root = fold_events(cancelled.events, decoder=DECODE).root
     assert root.attributes["workflow.execution.result"] == "cancellation"
