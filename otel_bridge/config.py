@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     gap_grace_seconds: float = Field(
         15.0,
         ge=0,
-        description="An ended run whose events show gaps (a listed step never seen, an attempt missing) "
+        description="An ended run whose events show gaps (a listed step never seen, an attempt missing, "
+        "a completed run's step without its end) "
         "waits this long for them before its trace is sent.",
     )
     max_open_seconds: float = Field(

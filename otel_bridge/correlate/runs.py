@@ -454,22 +454,32 @@ def has_gaps(facts: list[Fact]) -> bool:
     """Whether an ended run's facts say that some of its events have not arrived yet.
 
     A step the workflow lists as completed with no step event at all, an attempt
-    that ended with no start while later attempts exist, or an attempt n > 1
-    without attempt n - 1: typical of a batch still in flight from another request.
+    that ended with no start while later attempts exist, an attempt n > 1
+    without attempt n - 1, or an attempt of a run that completed still without its
+    end (a completed run has no interrupted step): typical of a batch still in flight
+    from another request, or re-sent by the producer's tracker after a failed POST.
     """
     steps_seen: set[str] = set()
     starts: set[tuple[str | None, int | None]] = set()
+    ends: set[tuple[str | None, int | None]] = set()
+    ended_steps: set[str] = set()  # closed by a note that names no attempt: its latest one
     attempts: dict[str, set[int]] = {}
     completed_steps: list[str] = []
-    started = moved = False
+    started = moved = succeeded = False
     # One pass over the facts: settling asks this of every ended run it sends.
     for f in facts:
         kind = f.kind
         if kind is KIND.RUN_STARTED or kind is KIND.RUN_QUEUED:
             started = True
         elif kind is KIND.RUN_ENDED and f.outcome is OUTCOME.SUCCESS:
+            succeeded = True
             listed = f.attributes.get(c.WORKFLOW_EXECUTION_COMPLETED_STEPS)
             completed_steps = listed if isinstance(listed, list) else []
+        elif f.closes_attempt is not None and f.step is not None:
+            if f.attempt is None:
+                ended_steps.add(f.step)
+            else:
+                ends.add((f.step, f.attempt))
         if f.entered_state is not None:
             moved = True
         if f.step is not None and (kind is KIND.ATTEMPT_STARTED or kind is KIND.ATTEMPT_ENDED):
@@ -478,7 +488,11 @@ def has_gaps(facts: list[Fact]) -> bool:
                 attempts.setdefault(f.step, set()).add(f.attempt)
             if kind is KIND.ATTEMPT_STARTED:
                 starts.add((f.step, f.attempt))
+            elif not f.cached:
+                ends.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
+        return True
+    if succeeded and any(key not in ends and key[0] not in ended_steps for key in starts):
         return True
     if (not started and _start_missing(facts, moved)) or (moved and _move_missing(facts)):
         return True

@@ -1,6 +1,6 @@
 """How the real engine emits (PRODUCER_FACTS.md), and the traces that must come out anyway."""
 
-from builders import WorkflowRun, ns
+from builders import WorkflowRun, ns, ns_of
 from fold_harness import WEEK_NS, fold_events, fold_more, settle_all
 
 from otel_bridge.correlate.outputs import SpanStatus
@@ -312,3 +312,30 @@ def test_a_run_first_seen_at_a_resume_is_not_waiting_for_a_start():
     (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
     result = settle(state, state.ended_seen_ns + 10**9, SettlePolicy(gap_grace_ns=15 * 10**9))
     assert not result.held
+
+
+def test_a_completed_run_whose_step_end_is_still_in_flight_waits_for_it_and_shows_its_real_end():
+    # workflow.completed before the step.completed of an earlier POST that failed and is being sent
+    # again by the tracker (1, 2, 4 s later): a completed run has no interrupted step.
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    in_flight = run.events[2]
+    (state,) = fold_events([e for e in run.events if e is not in_flight], settle_at_ns=None).runs.values()
+    policy = SettlePolicy(gap_grace_ns=10 * 10**9)
+    held = settle(state, state.ended_seen_ns + 10**9, policy)
+    assert held.held and held.spans == []
+    record = decode(in_flight)
+    fold(state, record.run, record.fact, state.ended_seen_ns + 3 * 10**9)  # the tracker's re-send
+    step = next(s for s in settle(state, state.ended_seen_ns + 4 * 10**9, policy).spans if s.name == "step a")
+    assert step.end_ns == ns_of(in_flight) and step.attributes["workflow.task.result"] == "success"
+
+
+def test_a_failed_or_cancelled_run_does_not_wait_for_the_end_of_the_step_it_stopped_in():
+    # The engine says nothing more of a step a cancellation or an eviction interrupted.
+    for ended in ("cancelled", "failed"):
+        run = WorkflowRun().started().step_started("a").after(5)
+        run = run.cancelled(reason="a") if ended == "cancelled" else run.failed("boom", step="a")
+        (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+        done = settle(state, state.ended_seen_ns + 10**9, SettlePolicy(gap_grace_ns=10 * 10**9))
+        assert not done.held
+        step = next(s for s in done.spans if s.name == "step a")
+        assert step.attributes["workflow.task.result"] == "interrupted"
