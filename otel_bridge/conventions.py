@@ -140,6 +140,7 @@ M_BRIDGE_INGEST_DURATION: Final = "otel_bridge.ingest.duration"
 M_BRIDGE_STREAM_ENTRIES_LOST: Final = "otel_bridge.stream.entries_lost"
 M_BRIDGE_STREAM_LAG: Final = "otel_bridge.stream.lag"
 M_BRIDGE_FOLLOWER_CONNECTED: Final = "otel_bridge.follower.connected"
+M_BRIDGE_ALIVE: Final = "otel_bridge.alive"
 M_BRIDGE_BUILD_INFO: Final = "otel_bridge.build.info"
 # Which receiver handed the events over (`http`, `redis-stream`, …), as the Collector labels its own.
 BRIDGE_RECEIVER: Final = "receiver"

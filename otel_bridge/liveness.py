@@ -8,8 +8,10 @@ own that has ended, or a loop inside one pass (a settle slice, an export, a chec
 than `stuck_after_seconds`.
 """
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -40,12 +42,18 @@ class Passes:
         return {loop: now - since for loop, since in list(self._since.items())}
 
 
-def reasons(threads: Mapping[str, threading.Thread], passes: Passes, stuck_after: float) -> list[str]:
-    """What a restart would mend, in words; none while every loop comes round."""
-    told = [f"the {name} thread has ended" for name, thread in threads.items() if not thread.is_alive()]
-    told += [
-        f"the {loop} loop has been in one pass for {seconds:.0f} s (stuck_after_seconds {stuck_after:g})"
-        for loop, seconds in sorted(passes.busy().items())
-        if seconds > stuck_after
-    ]
+def reasons(threads: Mapping[str, threading.Thread], passes: Passes, stuck_after: float) -> dict[str, str]:
+    """What a restart would mend, by thread, in words; none while every loop comes round."""
+    told = {name: f"the {name} thread has ended" for name, thread in threads.items() if not thread.is_alive()}
+    for loop, seconds in sorted(passes.busy().items()):
+        if seconds > stuck_after:
+            told[loop] = (
+                f"the {loop} loop has been in one pass for {seconds:.0f} s (stuck_after_seconds {stuck_after:g})"
+            )
     return told
+
+
+def stack_of(thread: threading.Thread) -> str:
+    """Where a thread is now, as a traceback reads: what the log tells of a loop found stuck."""
+    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(no longer running)"

@@ -172,7 +172,14 @@ class Bridge:
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.passes = Passes()
+        self._told_stuck: set[str] = set()
         self.pipeline.settled_slice = lambda: self.passes.progressed("settle")
+        self.metrics.gauge(
+            c.M_BRIDGE_ALIVE,
+            "",  # a state, not a ratio
+            "1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one",
+            lambda: 1.0 if self.liveness()["alive"] else 0.0,
+        )
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
@@ -211,10 +218,19 @@ class Bridge:
         return status
 
     def liveness(self) -> dict[str, object]:
-        """What `/healthz` reports: `alive`, and while not, what a restart would mend (`liveness.py`)."""
+        """What `/healthz` reports: `alive`, and while not, what a restart would mend (`liveness.py`).
+
+        The first time a loop is found stuck, the log tells where its thread is: what to read (or
+        file) before the restart that mends it wipes that out.
+        """
         threads = self._threads if self.ready else {}  # before start and while stopping, none is to run
         told = liveness.reasons(threads, self.passes, self.settings.stuck_after_seconds)
-        return {"alive": not told, "reasons": told}
+        for name in told.keys() - self._told_stuck:
+            thread = self._threads.get(name)
+            where = liveness.stack_of(thread) if thread is not None and thread.is_alive() else ""
+            log.error("not alive: %s%s", told[name], f"; where it is:\n{where}" if where else "")
+        self._told_stuck = set(told)
+        return {"alive": not told, "reasons": list(told.values())}
 
     def waited_for_room(self, refused: Unavailable, waited: float) -> bool:
         """For a tool that stores batches one after another (replay), refused one for now: wait a

@@ -36,12 +36,12 @@ def test_a_loop_in_one_pass_longer_than_the_limit_is_named_and_one_waiting_for_i
     passes = Passes(clock)
     with passes.running("settle"):
         clock.now += 299
-        assert reasons({}, passes, stuck_after=300) == []
+        assert reasons({}, passes, stuck_after=300) == {}
         clock.now += 2
-        assert reasons({}, passes, stuck_after=300) == [
-            "the settle loop has been in one pass for 301 s (stuck_after_seconds 300)"
-        ]
-    assert reasons({}, passes, stuck_after=300) == []  # the pass ended: waiting is not stuck
+        assert reasons({}, passes, stuck_after=300) == {
+            "settle": "the settle loop has been in one pass for 301 s (stuck_after_seconds 300)"
+        }
+    assert reasons({}, passes, stuck_after=300) == {}  # the pass ended: waiting is not stuck
 
 
 def test_a_long_pass_that_moves_on_is_not_stuck():
@@ -51,13 +51,15 @@ def test_a_long_pass_that_moves_on_is_not_stuck():
         for _ in range(10):
             clock.now += 100
             passes.progressed("settle")  # a settle slice committed
-        assert reasons({}, passes, stuck_after=300) == []
+        assert reasons({}, passes, stuck_after=300) == {}
 
 
 def test_a_thread_that_ended_is_named():
     alive = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
     alive.start()
-    assert reasons({"settle": alive, "overdue": _ended_thread()}, Passes(), 300) == ["the overdue thread has ended"]
+    assert reasons({"settle": alive, "overdue": _ended_thread()}, Passes(), 300) == {
+        "overdue": "the overdue thread has ended"
+    }
 
 
 def _bridge(tmp_path, **values: Any) -> Bridge:
@@ -79,7 +81,13 @@ def _until(condition, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_a_settling_that_hangs_makes_the_bridge_not_alive_until_it_comes_round_again(tmp_path):
+def _alive_gauge(bridge: Bridge) -> float:
+    body, _ = bridge.exposition("text/plain")
+    (line,) = [line for line in body.decode().splitlines() if line.startswith("otel_bridge_alive")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_settling_that_hangs_makes_the_bridge_not_alive_until_it_comes_round_again(tmp_path, caplog):
     bridge = _bridge(tmp_path, stuck_after_seconds=0.3)
     release, hanging = threading.Event(), threading.Event()
     settle_due = bridge.pipeline.settle_due
@@ -97,8 +105,13 @@ def test_a_settling_that_hangs_makes_the_bridge_not_alive_until_it_comes_round_a
         assert _until(lambda: not bridge.liveness()["alive"])
         (reason,) = bridge.liveness()["reasons"]  # type: ignore[misc]
         assert reason.startswith("the settle loop has been in one pass for")
+        assert _alive_gauge(bridge) == 0  # what the BridgeStuck alert watches
+        # Told once, with where the thread is: what to read before a restart wipes it out.
+        (told,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not alive")]
+        assert "the settle loop" in told and "in hangs" in told and "release.wait(30)" in told
         release.set()
         assert _until(lambda: bridge.liveness()["alive"])
+        assert _alive_gauge(bridge) == 1
     finally:
         release.set()
         bridge.stop()
