@@ -357,6 +357,14 @@ def jobs() -> Board:
         width=12,
         description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
     )
+    b.panel(
+        "Alive",
+        [("min by (instance) (otel_bridge_alive)", "{{instance}}")],
+        kind="state-timeline",
+        width=24,
+        description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
+        "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
+    )
     return b
 
 
