@@ -48,6 +48,8 @@ WORKFLOW_STATE_NAME: Final = "workflow.state.name"
 WORKFLOW_STATE_FROM: Final = "workflow.state.from"
 WORKFLOW_STATE_TO: Final = "workflow.state.to"
 WORKFLOW_TASK_TYPE: Final = "workflow.task.type"
+# The agent instance that runs a step (OpenTelemetry GenAI conventions, in development).
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
 WORKFLOW_TASK_ORDER: Final = "workflow.task.order"
 WORKFLOW_HUMAN_TASK_ID: Final = "workflow.human_task.id"
 WORKFLOW_HUMAN_TASK_TYPE: Final = "workflow.human_task.type"

@@ -43,14 +43,19 @@ class Phase10Run:
         return self
 
     def _emit(
-        self, event_type: str, data: dict[str, Any], step_id: str | None = None, with_workflow: bool = True
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        step_id: str | None = None,
+        with_workflow: bool = True,
+        agent_id: str | None = None,
     ) -> Self:
         self.events.append(
             {
                 "event_type": event_type,
                 "timestamp": _naive_iso(self.now),
                 "workspace_id": self.workspace_id,
-                "agent_id": None,
+                "agent_id": agent_id,
                 "task_id": None,
                 "run_id": None,
                 "workflow_id": self.workflow_id if with_workflow else None,
@@ -67,10 +72,13 @@ class Phase10Run:
         data = {"workflow_name": self.name, "input_variables": variables, "step_count": step_count}
         return self._emit("workflow_started", data)
 
-    def step_started(self, step_id: str, name: str, order: int = 1, step_type: str = "action") -> Self:
+    def step_started(
+        self, step_id: str, name: str, order: int = 1, step_type: str = "action", agent_id: str | None = None
+    ) -> Self:
         self._steps[step_id] = {"step_id": step_id, "step_name": name, "step_order": order, "started_at": self.now}
         data = {"step_name": name, "step_type": step_type, "step_order": order, "config": {}}
-        return self._emit("step_started", data, step_id)
+        # An agent step names the agent instance that runs it, beside `data` (the engine's StepStartedEvent).
+        return self._emit("step_started", data, step_id, agent_id=agent_id)
 
     def _step_ended(self, step_id: str, status: str, event_type: str, data: dict[str, Any]) -> Self:
         step = self._steps.setdefault(step_id, {"step_id": step_id, "step_name": step_id, "step_order": 0})

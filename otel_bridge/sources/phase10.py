@@ -64,6 +64,7 @@ class Phase10Event(BaseModel):
     workflow_id: str | None = None
     workflow_execution_id: Identity
     workflow_step_id: Identity | None = None
+    agent_id: Any = None  # told, never a reason to turn the event away
     data: dict[str, Any] = {}
     message: str | None = None
 
@@ -218,6 +219,7 @@ class Phase10Decoder:
             told = attrs(
                 **{
                     c.WORKFLOW_TASK_TYPE: d.get("step_type"),
+                    c.GEN_AI_AGENT_ID: str(e.agent_id) if e.agent_id not in (None, "") else None,
                     # `true` is no order, though Python counts a bool as an int.
                     c.WORKFLOW_TASK_ORDER: d.get("step_order") if type(d.get("step_order")) is int else None,
                     c.WORKFLOW_TASK_INPUT: self._captured(d.get("config")),

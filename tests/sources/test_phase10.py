@@ -151,3 +151,11 @@ def test_a_step_the_timeline_lists_as_pending_never_ran_and_makes_no_span():
     )
     folded = fold_events([timeline], decoder=DECODE)
     assert sorted(s.name for s in folded.spans) == ["step a", "workflow wf-report"]
+
+
+def test_an_agent_step_names_its_agent_with_the_genai_convention():
+    run = Phase10Run("r").started().step_started("s1", "plan", 1, "agent", agent_id="agent-7").after(5)
+    run.step_completed("s1").after(1).step_started("s2", "notify", 2).after(5).step_completed("s2").completed()
+    folded = fold_events(run.events, decoder=DECODE)
+    assert folded.span("step plan").attributes["gen_ai.agent.id"] == "agent-7"
+    assert "gen_ai.agent.id" not in folded.span("step notify").attributes  # the engine sends null
