@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     export_unready_seconds: float = Field(
         120.0, gt=0, description="`/readyz` says not ready once trace export has failed for this long."
     )
+    disk_reserve_mib: float = Field(
+        16.0,
+        ge=0,
+        description="SQLite state: room kept beside the state file (STATE.reserve), given back when its disk is "
+        "full so that what waits for export can still leave; kept again once there is room (0: none).",
+    )
     stuck_after_seconds: float = Field(
         300.0,
         gt=0,

@@ -37,7 +37,7 @@ from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
-from otel_bridge.state.store import Store, Transaction
+from otel_bridge.state.store import Store, StoreUnavailable, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,8 @@ class Pipeline:
             unique.setdefault(event_id_of(record), record)
         now = self._clock()
         try:
+            if (full := self.store.refuses_batches()) is not None:
+                raise StoreUnavailable(full)
             outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched), grouped=True)
         except Unavailable as exc:
             self.refused = (time.monotonic(), str(exc))

@@ -92,6 +92,7 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
         lock_timeout_seconds=timeout,
         read_only=read_only,
         durability=settings.durability,
+        reserve_bytes=int(settings.disk_reserve_mib * 2**20),
     )
 
 

@@ -1,7 +1,12 @@
+import os
 from collections.abc import Iterator
 
 import pytest
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+
+# Every bridge the tests start, in this process or as a child, keeps 1 MiB beside its state file
+# rather than the default 16: hundreds of them run (tests/state/test_disk_reserve.py tries the real size).
+os.environ.setdefault("OTEL_BRIDGE_DISK_RESERVE_MIB", "1")
 
 
 @pytest.fixture

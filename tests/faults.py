@@ -1,4 +1,13 @@
-"""Faults injected into the real pipeline: for the tests of what it does when it has a bug."""
+"""Faults injected into the real pipeline: for the tests of what it does when it has a bug, or when
+its disk is full."""
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from otel_bridge import pipeline
 from otel_bridge.lifecycle import event_id_of
@@ -16,3 +25,18 @@ def a_bug_for(monkeypatch, event_id: str) -> None:
         return real(state, due, record, now, policy)
 
     monkeypatch.setattr(pipeline, "apply", apply)
+
+
+@contextmanager
+def small_filesystem(where: Path, mib: int) -> Iterator[Path]:
+    """A filesystem of `mib` MiB of its own (tmpfs) at `where`, to be filled up for real: SQLite's
+    `max_page_count` leaves its write-ahead log free to grow, which a full disk does not. Root mounts
+    it, as on the machines CI runs on."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -202,6 +202,9 @@ class RedisStore:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def refuses_batches(self) -> str | None:
+        return None  # Redis says so itself, at each write (out of memory, read-only)
+
     def awaited(self) -> bool:
         return False  # optimistic: transactions run side by side and never wait for each other
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from otel_bridge.forks import after_fork_in_child, held_across_fork
+from otel_bridge.state.disk_reserve import DiskReserve
 from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
@@ -59,6 +60,12 @@ _CHUNK = 900
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def _refusal(exc: BaseException) -> StoreUnavailable | None:
@@ -175,8 +182,12 @@ class SqliteStore:
         lock_timeout_seconds: float = 5.0,
         read_only: bool = False,
         durability: str = "process",
+        reserve_bytes: int = 0,
     ) -> None:
         """`read_only`: a look at a store a running bridge owns (`otel-bridge runs`), which WAL allows.
+
+        `reserve_bytes`: room kept beside the file (`STATE.reserve`) and given back when its disk is
+        full, so that the outbox can still drain (`disk_reserve.py`).
 
         `durability`: "process" (WAL, synchronous=NORMAL) keeps every committed batch through a
         killed process; "full" (synchronous=FULL) also through power loss, at an fsync per batch.
@@ -222,6 +233,9 @@ class SqliteStore:
         self._released_by: int | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._reserve = None
+        if self._checkpoint_path is not None and reserve_bytes > 0:
+            self._reserve = DiskReserve(Path(self._checkpoint_path + ".reserve"), reserve_bytes)
         after_fork_in_child(self._forked)
         held_across_fork(self._guards, timeout=lock_timeout_seconds)
 
@@ -260,6 +274,16 @@ class SqliteStore:
         if not acquired:
             raise StoreUnavailable(f"store busy for more than {self._lock_timeout} s")
 
+    def refuses_batches(self) -> str | None:
+        """Why new batches are refused without being tried: the disk is full, and what room there is
+        goes to what drains it (settling what was taken, acknowledging spans, checkpointing)."""
+        if self._reserve is None or not self._reserve.full or self._reserve.room():
+            return None
+        return (
+            "the state file refused a write: its disk is full (database or disk is full); what was taken is "
+            "still sent, batches are taken again once the disk has room"
+        )
+
     def awaited(self) -> bool:
         """Whether another thread is waiting to begin a transaction."""
         return self._waiting > 0
@@ -279,6 +303,8 @@ class SqliteStore:
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
+                if self._reserve is not None and _is_disk_full(exc):
+                    self._reserve.full = True  # the next batches are refused without being tried
                 # SQLite's own refusal, at BEGIN, in a statement of the work or at COMMIT: the
                 # store's fault, answered here once rather than by every statement of the hot path.
                 if (refused := _refusal(exc)) is not None:
@@ -329,17 +355,40 @@ class SqliteStore:
     def outbox_ack(self, ids: list[int | str]) -> None:
         with self._lock:
             for chunk in _chunks([str(i) for i in ids]):
-                deleted = self._db.execute(
-                    f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
-                ).rowcount
+                try:
+                    deleted = self._db.execute(
+                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                    ).rowcount
+                except sqlite3.Error as exc:
+                    if not self._disk_full(exc):
+                        raise
+                    # The room just given back is for this: the spans sent are not to be sent again.
+                    deleted = self._db.execute(
+                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                    ).rowcount
                 self._depth -= deleted
+                self._commits += 1  # a commit of its own: the checkpoint has it to copy
+
+    def _disk_full(self, exc: BaseException) -> bool:
+        """SQLite said its disk is full while freeing room (acknowledging spans, checkpointing, purging):
+        give back the reserve, if it is still kept (True when it was). Not for a write that adds: the
+        room is for what drains the disk, not for more batches filling it."""
+        if self._reserve is None or not _is_disk_full(exc):
+            return False
+        return self._reserve.release()
 
     def outbox_depth(self) -> int:
         return self._depth
 
     def purge_seen(self, before: float) -> int:
         with self._lock:
-            return self._db.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+            try:
+                purged = self._db.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+                self._commits += 1
+                return purged
+            except sqlite3.Error as exc:
+                self._disk_full(exc)
+                raise
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         # Read in chunks along the key, the lock held for one chunk at a time: a million open runs
@@ -376,6 +425,8 @@ class SqliteStore:
         waits for SQLite's writer, and the sqlite3 module lets go of the interpreter while it
         writes and syncs. Returns the pages copied (0 when nothing was committed since the last).
         """
+        if self._reserve is not None and not self._reserve.kept:
+            self._reserve.room()
         if self._checkpoint_path is None or self._commits == self._checkpointed:
             return 0
         with self._checkpoint_lock:
@@ -385,7 +436,13 @@ class SqliteStore:
                 path = self._checkpoint_path
                 self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             commits = self._commits
-            _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:
+                _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                if not self._disk_full(exc):
+                    raise
+                # The room just given back is for this: the log then starts over in the space it has.
+                _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if copied == logged:  # else a reader still needed some pages: the next call copies them
                 self._checkpointed = commits
             return max(copied, 0)

@@ -86,6 +86,9 @@ class Store(Protocol):
         (its own refusal), or None: the error is the caller's. For code that catches broadly
         inside `work` (settling, one run at a time) and must not blame a run for a full disk."""
 
+    def refuses_batches(self) -> str | None:
+        """Why new batches are refused before any is tried (a full disk), or None."""
+
     def awaited(self) -> bool:
         """Whether a transaction is waiting for the one running now to end (never, on a shared store)."""
 

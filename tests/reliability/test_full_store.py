@@ -2,11 +2,13 @@
 is taken for a bad one, no run is set aside, what waits for export can still leave, and once there
 is room again nothing is missing."""
 
+import re
 import time
 
 import pytest
 from bridge_process import BridgeProcess
 from builders import WorkflowRun
+from faults import small_filesystem
 from redis_server import RedisServer
 
 from otel_bridge import trace_id_for
@@ -145,3 +147,49 @@ def test_a_span_deleted_but_not_acknowledged_before_a_crash_is_acknowledged_at_t
         assert server.client().xpending("otel-bridge:outbox", "exporters")["pending"] == 1
     finally:
         server.close()
+
+
+def test_a_bridge_whose_disk_fills_during_a_backend_outage_delivers_everything_it_took_once_each(tmp_path, otlp_http):
+    received = otlp_http.received
+    otlp_http.up = False  # the backend is away: spans pile up in the outbox until the disk is full
+    with small_filesystem(tmp_path / "disk", 32) as disk:
+        (disk / "other.log").write_bytes(bytes(12 * 2**20))  # someone else's file, deleted later
+        bridge = BridgeProcess(
+            tmp_path, otlp_http.endpoint, state=str(disk / "state.db"), disk_reserve_mib="6", settle_seconds="0"
+        ).start()
+        try:
+            taken, refused, i = [], None, 0
+            while refused is None and i < 5000:
+                run = WorkflowRun("full", workflow_id=f"disk-{i}").started().step_started("a").after(1)
+                run.step_failed("a", 1, message="x" * 3000).failed("y" * 3000, step="a")  # spans of ~6 KB
+                # At a steady pace: the reserve is sized for what comes between two checkpoints (a
+                # second apart), not for a disk filled from empty within one.
+                time.sleep(0.02)
+                answer = bridge.post(run.events)
+                if answer.status_code == 503:
+                    refused = answer
+                else:
+                    assert answer.status_code == 200
+                    taken.append(run.workflow_id)
+                i += 1
+            assert refused is not None and "disk is full" in refused.json()["error"], "the disk never filled"
+            assert refused.headers["retry-after"]
+
+            otlp_http.up = True
+            want = {trace_id_for("durable-effect", "production", "shop", w).hex() for w in taken}
+            received.wait_for(lambda: want <= {s.trace_id for s in received.spans}, timeout=60)
+            received.wait_for(lambda: _depth(bridge) == 0, timeout=30)
+            # Each span once: acknowledged as it was delivered, not sent again at every drain.
+            ids = [s.span_id for s in received.spans if s.trace_id in want]
+            assert len(ids) == len(set(ids)) == 2 * len(taken)
+
+            assert bridge.post(run.events).status_code == 503  # the room is the drain's, not new batches'
+            (disk / "other.log").unlink()
+            received.wait_for(lambda: bridge.post(run.events).status_code == 200, timeout=10)
+        finally:
+            bridge.close()
+
+
+def _depth(bridge: BridgeProcess) -> float:
+    text = bridge.client.get(f"{bridge.url}/metrics").text
+    return sum(float(v) for v in re.findall(r"^otel_bridge_outbox_depth(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M))

@@ -1,0 +1,95 @@
+"""A disk truly full under the SQLite state: what waits for export still leaves, thanks to the room kept
+beside the state file; new batches are refused until the disk has room, and then the room is kept again.
+On a real filesystem of 12 MiB, filled up."""
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults import small_filesystem
+
+from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import StoreUnavailable
+
+MiB = 2**20
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    with small_filesystem(tmp_path / "disk", 12) as disk:
+        yield disk
+
+
+def _add(store: SqliteStore, n: int = 20) -> None:
+    store.run(lambda tx: tx.outbox_add([("svc", os.urandom(1500)) for _ in range(n)]))
+
+
+def _fill(store: SqliteStore) -> int:
+    """Spans into the outbox until the disk refuses them (what a backend outage leaves behind), the
+    log checkpointed after each batch as `serve` does every second, which may fail and is retried."""
+    added = 0
+    while store.refuses_batches() is None:  # asked by the pipeline before each batch
+        try:
+            _add(store)
+        except StoreUnavailable as exc:
+            assert "disk is full" in str(exc)
+            return added
+        added += 20
+        with contextlib.suppress(sqlite3.OperationalError):  # the disk is full: `serve` tries again a second later
+            store.checkpoint()
+    return added
+
+
+def _drain(store: SqliteStore, batch: int = 256) -> None:
+    """What the export does once the backend is back: take a batch, acknowledge it, checkpoint."""
+    while rows := store.outbox_peek(batch):
+        store.outbox_ack([r.id for r in rows])
+        store.checkpoint()
+
+
+def test_on_a_full_disk_what_waits_for_export_leaves_and_batches_wait_for_room(small_disk):
+    (small_disk / "other.log").write_bytes(os.urandom(5 * MiB))  # someone else's file, deleted later
+    store = SqliteStore(small_disk / "s.db", reserve_bytes=2 * MiB)
+    reserve = small_disk / "s.db.reserve"
+    assert reserve.stat().st_size == 2 * MiB
+    waiting = _fill(store)
+    assert waiting > 500
+
+    _drain(store)  # the backend took them: they leave, and are not sent again
+    assert store.outbox_depth() == 0 and not reserve.exists()
+    # The room released is for what drains the disk (settling what was taken, exporting), not for
+    # more batches: the pipeline refuses them without trying.
+    assert "disk is full" in (store.refuses_batches() or "")
+
+    (small_disk / "other.log").unlink()  # room again
+    assert store.refuses_batches() is None and reserve.stat().st_size == 2 * MiB
+    _add(store)
+    assert store.outbox_depth() == 20
+    store.close()
+
+
+def test_without_the_reserve_a_full_disk_keeps_the_spans_sent_in_the_outbox(small_disk):
+    # Why the room is kept: SQLite can neither delete nor checkpoint on a full disk, so every span
+    # would be sent again at every drain, and nothing would ever free the disk.
+    (small_disk / "other.log").write_bytes(os.urandom(5 * MiB))
+    store = SqliteStore(small_disk / "s.db", reserve_bytes=0)
+    waiting = _fill(store)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        _drain(store)
+    assert store.outbox_depth() > waiting // 2
+    store.close()
+
+
+def test_a_disk_too_full_for_the_reserve_at_start_takes_batches_and_keeps_it_once_there_is_room(small_disk):
+    (small_disk / "other.log").write_bytes(os.urandom(11 * MiB))
+    store = SqliteStore(small_disk / "s.db", reserve_bytes=MiB)
+    reserve = small_disk / "s.db.reserve"
+    assert not reserve.exists() and not list(small_disk.glob("*.new"))  # no half-made file left
+    _add(store, 1)  # not refused for want of a reserve it never had
+    (small_disk / "other.log").unlink()
+    store.checkpoint()
+    assert reserve.stat().st_size == MiB
+    store.close()
