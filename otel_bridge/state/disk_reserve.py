@@ -11,6 +11,7 @@ need to be, and the reserve is made again once the disk has room for it twice ov
 as CockroachDB's ballast file.
 """
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -42,7 +43,7 @@ class DiskReserve:
         try:
             fd = os.open(making, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             try:
-                os.posix_fallocate(fd, 0, self.size)
+                _allocate(fd, self.size)
             finally:
                 os.close(fd)
             making.replace(self.path)
@@ -79,3 +80,22 @@ class DiskReserve:
             self.full = False
             log.warning("the disk of the state file has room again: batches are taken, %d MiB kept", self.size // 2**20)
         return True
+
+
+def _allocate(fd: int, size: int) -> None:
+    """`size` bytes of blocks really taken on disk, not a sparse file that would give nothing back."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC: no room
+    chunk = bytes(2**20)  # a filesystem without fallocate (some network ones): written out
+    for start in range(0, size, len(chunk)):
+        os.write(fd, chunk[: min(len(chunk), size - start)])
+    os.fsync(fd)
+
+
+def forget(path: Path) -> None:
+    """No reserve wanted (`disk_reserve_mib` 0): one left by an earlier start gives its room back."""
+    path.unlink(missing_ok=True)

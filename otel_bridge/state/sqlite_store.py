@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from otel_bridge.forks import after_fork_in_child, held_across_fork
+from otel_bridge.state import disk_reserve
 from otel_bridge.state.disk_reserve import DiskReserve
 from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
@@ -234,8 +235,12 @@ class SqliteStore:
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._reserve = None
-        if self._checkpoint_path is not None and reserve_bytes > 0:
-            self._reserve = DiskReserve(Path(self._checkpoint_path + ".reserve"), reserve_bytes)
+        if self._checkpoint_path is not None:
+            reserve = Path(self._checkpoint_path + ".reserve")
+            if reserve_bytes > 0:
+                self._reserve = DiskReserve(reserve, reserve_bytes)
+            else:
+                disk_reserve.forget(reserve)
         after_fork_in_child(self._forked)
         held_across_fork(self._guards, timeout=lock_timeout_seconds)
 

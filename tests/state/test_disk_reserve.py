@@ -3,6 +3,7 @@ beside the state file; new batches are refused until the disk has room, and then
 On a real filesystem of 12 MiB, filled up."""
 
 import contextlib
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -93,3 +94,21 @@ def test_a_disk_too_full_for_the_reserve_at_start_takes_batches_and_keeps_it_onc
     store.checkpoint()
     assert reserve.stat().st_size == MiB
     store.close()
+
+
+def test_the_reserve_is_written_out_where_the_filesystem_cannot_allocate_it(tmp_path, monkeypatch):
+    def cannot(*_args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", cannot)
+    store = SqliteStore(tmp_path / "s.db", reserve_bytes=MiB + 5)
+    reserve = tmp_path / "s.db.reserve"
+    assert reserve.stat().st_size == MiB + 5 and reserve.stat().st_blocks * 512 >= MiB  # blocks taken, not sparse
+    store.close()
+
+
+def test_a_reserve_no_longer_wanted_gives_its_room_back(tmp_path):
+    SqliteStore(tmp_path / "s.db", reserve_bytes=MiB).close()
+    assert (tmp_path / "s.db.reserve").exists()
+    SqliteStore(tmp_path / "s.db", reserve_bytes=0).close()  # disk_reserve_mib set to 0
+    assert not (tmp_path / "s.db.reserve").exists()
