@@ -443,10 +443,12 @@ class Bridge:
             with self.passes.running("metric-export"):
                 self.export_metrics()
 
-    def stop(self, final: bool = False) -> None:
+    def stop(self, final: bool = False, told_all: bool = False) -> None:
         """Settle what is waiting, export it and the metrics, then close.
 
         `final`: no later start will come (in-memory state): every ended run is sent now, gaps or not.
+        `told_all`: what was stored is all there is to tell of its runs (a file replayed, timelines
+        imported): an ended run is sent, gaps or not, as no straggler will fill them.
         """
         self.ready = False
         self._stop.set()
@@ -470,7 +472,8 @@ class Bridge:
             if final:
                 self.pipeline.settle_due(horizon=float("inf"), gap_grace_seconds=0)
             else:
-                self.pipeline.settle_due(horizon=time.time() + self.settings.settle_seconds)
+                horizon = time.time() + self.settings.settle_seconds
+                self.pipeline.settle_due(horizon=horizon, gap_grace_seconds=0 if told_all else None)
             remaining = max(deadline - time.monotonic(), 0)
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.

@@ -55,6 +55,23 @@ def test_replay_of_a_clean_log_exports_the_traces_and_exits_zero(tmp_path, otlp_
     assert otlp_http.received.metric("job.executions")
 
 
+def test_a_history_with_events_lost_sends_its_ended_runs_at_the_end_of_the_file(tmp_path, otlp_http):
+    # Live, such runs wait gap_grace_seconds for a straggler; read to its end, a file has none to
+    # give, and a replay into a state of its own would otherwise leave them unsent for good.
+    lost_end = WorkflowRun("lossy").started().step_started("a").after(5).completed()  # step.completed lost
+    lost_attempt = WorkflowRun("gap").started().after(5).step_completed("a", attempt=2).completed(["a"])
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in lost_end.events + lost_attempt.events) + "\n")
+
+    assert _run_replay(tmp_path, otlp_http, str(log)).returncode == 0
+    for run in (lost_end, lost_attempt):
+        trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+        assert sorted(s.name for s in otlp_http.received.trace(trace_id)) == [
+            "step a",
+            f"workflow {run.base['workflowName']}",
+        ]
+
+
 def test_replay_reports_rejected_lines_with_reasons_and_exits_non_zero(tmp_path, otlp_http):
     run = WorkflowRun().started().completed()
     lines = [json.dumps(run.events[0]), "{broken", json.dumps({**run.events[1], "type": "workflow.exploded"})]
