@@ -360,17 +360,14 @@ class SqliteStore:
     def outbox_ack(self, ids: list[int | str]) -> None:
         with self._lock:
             for chunk in _chunks([str(i) for i in ids]):
+                delete = f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})"
                 try:
-                    deleted = self._db.execute(
-                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
-                    ).rowcount
+                    deleted = self._db.execute(delete, chunk).rowcount
                 except sqlite3.Error as exc:
                     if not self._disk_full(exc):
                         raise
                     # The room just given back is for this: the spans sent are not to be sent again.
-                    deleted = self._db.execute(
-                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
-                    ).rowcount
+                    deleted = self._db.execute(delete, chunk).rowcount
                 self._depth -= deleted
                 self._commits += 1  # a commit of its own: the checkpoint has it to copy
 
@@ -441,13 +438,14 @@ class SqliteStore:
                 path = self._checkpoint_path
                 self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             commits = self._commits
+            checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
             try:
-                _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _busy, logged, copied = self._checkpointer.execute(checkpoint).fetchone()
             except sqlite3.Error as exc:
                 if not self._disk_full(exc):
                     raise
                 # The room just given back is for this: the log then starts over in the space it has.
-                _busy, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _busy, logged, copied = self._checkpointer.execute(checkpoint).fetchone()
             if copied == logged:  # else a reader still needed some pages: the next call copies them
                 self._checkpointed = commits
             return max(copied, 0)
