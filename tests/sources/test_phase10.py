@@ -31,7 +31,7 @@ def test_steps_are_spans_named_by_their_step_and_the_run_ends_as_told():
     root = folded.root
     assert root.name == "workflow nightly-report"
     assert (root.start_ns, root.end_ns) == (_ns(run.events[0]), _ns(run.events[-1]))
-    assert root.status is SpanStatus.ERROR and root.status_message == "1 steps failed"
+    assert root.status is SpanStatus.ERROR and root.status_message == "1 step failed"
     assert root.attributes["workflow.execution.id"] == run.execution_id
     assert root.attributes["workspace.id"] == "ws-1"
     fetch = folded.span("step fetch")
