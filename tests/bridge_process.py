@@ -46,8 +46,9 @@ class BridgeProcess:
         # One keep-alive client, as a producer's runtime has: a fresh client per POST costs ~20 ms.
         self.client = httpx.Client(timeout=10)
 
-    def start(self, timeout: float = 20.0) -> "BridgeProcess":
+    def start(self, timeout: float = 20.0, tries: int = 3) -> "BridgeProcess":
         self.port = self.port or free_port()
+        logged = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "otel_bridge", "serve"],
@@ -59,6 +60,14 @@ class BridgeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                told = self.log.read_bytes()[logged:]
+                if b"address already in use" in told and tries > 1:
+                    # free_port() found it free, and another test's server took it before the bridge
+                    # bound it (tests run side by side): another port.
+                    self.port = free_port()
+                    self.url = f"{self.url.partition('://')[0]}://127.0.0.1:{self.port}"  # http, or https
+                    self.env["OTEL_BRIDGE_PORT"] = str(self.port)
+                    return self.start(timeout, tries - 1)
                 raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
                 if self.client.get(f"{self.url}/readyz", timeout=1).status_code == 200:
