@@ -14,6 +14,8 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._extra = extra
         self.proc: subprocess.Popen | None = None
+        # Its own pick until it first started: one another test's server took meanwhile is picked again.
+        self._may_move = port is None
 
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
@@ -22,16 +24,28 @@ class RedisServer:
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self._extra],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         for _ in range(200):
             try:
-                client.ping()
-                return self
+                # Answered by this server, not by another test's that took the port first.
+                ours = client.info("server")["process_id"] == self.proc.pid
             except redis.AuthenticationError:  # up, and asking for a password
-                return self
-            except redis.ConnectionError:
+                ours = self.proc.poll() is None
+            except (redis.ConnectionError, redis.TimeoutError):
+                ours = None
+            if ours is None and self.proc.poll() is None:
                 time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
+                continue
+            if ours:
+                self._may_move = False
+                return self
+            self.proc.wait(10)  # the port was taken: this server exited
+            if not self._may_move:
+                break
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            return self.start()
+        raise AssertionError(f"redis-server did not start on port {self.port}")
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
