@@ -34,28 +34,8 @@ def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, OtlpHttpReceiver
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server on 127.0.0.1 (Debian's package, installed by ./scripts/test)."""
-    import shutil
-    import subprocess
-    import time
+    from redis_server import RedisServer
 
-    import redis
-    from bridge_process import free_port
-
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(10)
+    server = RedisServer().start()
+    yield server.url
+    server.close()
