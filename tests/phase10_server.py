@@ -8,12 +8,12 @@ connection there, as a restarting engine or a network cut would.
 import asyncio
 import json
 import queue
+import socket
 import threading
 import time
 from typing import Any
 
 import uvicorn
-from bridge_process import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,7 +27,11 @@ DROP = object()
 
 class Phase10Server:
     def __init__(self) -> None:
-        self.port = free_port()
+        # Bound here, handed to uvicorn: no other test's server can take the port in between.
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/stream"
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.scripts: queue.Queue[list[Any]] = queue.Queue()
@@ -98,7 +102,7 @@ class Phase10Server:
             ]
         )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     def start(self) -> "Phase10Server":
         self._thread.start()
@@ -111,3 +115,4 @@ class Phase10Server:
     def close(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+        self._socket.close()
