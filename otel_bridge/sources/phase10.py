@@ -205,8 +205,8 @@ class Phase10Decoder:
             error = None
             if outcome is OUTCOME.FAILURE:
                 failed = d.get("failed_steps")
-                told = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
-                message = d.get("error_message") or told
+                counted = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
+                message = d.get("error_message") or counted
                 error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
             return Fact(kind=KIND.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
         if e.workflow_step_id is None:
