@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
-from otel_bridge.correlate.spans import build_spans
+from otel_bridge.correlate.spans import build_spans, ends_attempt
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
 _EXECUTING_KINDS = frozenset({KIND.RUN_STARTED, KIND.RUN_RESUMED, KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED})
@@ -475,20 +475,20 @@ def has_gaps(facts: list[Fact]) -> bool:
             succeeded = True
             listed = f.attributes.get(c.WORKFLOW_EXECUTION_COMPLETED_STEPS)
             completed_steps = listed if isinstance(listed, list) else []
-        elif f.closes_attempt is not None and f.step is not None:
-            if f.attempt is None:
-                ended_steps.add(f.step)
-            else:
-                ends.add((f.step, f.attempt))
         if f.entered_state is not None:
             moved = True
-        if f.step is not None and (kind is KIND.ATTEMPT_STARTED or kind is KIND.ATTEMPT_ENDED):
+        if f.step is None:
+            continue
+        if kind is KIND.ATTEMPT_STARTED or kind is KIND.ATTEMPT_ENDED:
             steps_seen.add(f.step)
             if f.attempt is not None and not f.cached:
                 attempts.setdefault(f.step, set()).add(f.attempt)
             if kind is KIND.ATTEMPT_STARTED:
                 starts.add((f.step, f.attempt))
-            elif not f.cached:
+        if ends_attempt(f):
+            if f.attempt is None:
+                ended_steps.add(f.step)
+            else:
                 ends.add((f.step, f.attempt))
     if any(step not in steps_seen for step in completed_steps):
         return True

@@ -124,9 +124,7 @@ def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
         if f.kind is KIND.ATTEMPT_STARTED and f.step is not None and f.attempt is not None:
             attempts.setdefault((f.step, f.attempt), _Attempt(f.step, f.attempt, start=f))
     for f in ordered:
-        closes = (f.kind is KIND.ATTEMPT_ENDED and not f.cached) or (
-            f.kind in NOTE_KINDS and f.closes_attempt is not None
-        )
+        closes = ends_attempt(f)
         step_note = f.kind in NOTE_KINDS and f.step is not None
         if not (closes or step_note):
             continue
@@ -144,6 +142,12 @@ def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
         if closes and attempt.end is None:
             attempt.end = f
     return {key: attempts[key] for key in sorted(attempts)}
+
+
+def ends_attempt(f: Fact) -> bool:
+    """Whether `f` ends an attempt: its end (a cached one is not an attempt), or a note that closes
+    one. One naming no attempt (`retry.exhausted`, `timeout.exceeded`) ends the step's latest."""
+    return (f.kind is KIND.ATTEMPT_ENDED and not f.cached) or (f.kind in NOTE_KINDS and f.closes_attempt is not None)
 
 
 def _attempt_of(f: Fact, attempts: dict[tuple[str, int], _Attempt]) -> tuple[str, int] | None:
