@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -361,36 +361,28 @@ class SqliteStore:
         with self._lock:
             for chunk in _chunks([str(i) for i in ids]):
                 delete = f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})"
-                try:
-                    deleted = self._db.execute(delete, chunk).rowcount
-                except sqlite3.Error as exc:
-                    if not self._disk_full(exc):
-                        raise
-                    # The room just given back is for this: the spans sent are not to be sent again.
-                    deleted = self._db.execute(delete, chunk).rowcount
-                self._depth -= deleted
+                self._depth -= self._freeing(self._db, delete, chunk).rowcount
                 self._commits += 1  # a commit of its own: the checkpoint has it to copy
 
-    def _disk_full(self, exc: BaseException) -> bool:
-        """SQLite said its disk is full while freeing room (acknowledging spans, checkpointing, purging):
-        give back the reserve, if it is still kept (True when it was). Not for a write that adds: the
-        room is for what drains the disk, not for more batches filling it."""
-        if self._reserve is None or not _is_disk_full(exc):
-            return False
-        return self._reserve.release()
+    def _freeing(self, db: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """A statement that frees room (acknowledging sent spans, checkpointing, purging seen ids): if
+        SQLite says the disk is full, the reserve is given back to it and it is tried once more. Never
+        for a write that adds: the room is for what drains the disk, not for more batches filling it."""
+        try:
+            return db.execute(sql, params)
+        except sqlite3.Error as exc:
+            if self._reserve is None or not _is_disk_full(exc) or not self._reserve.release():
+                raise
+            return db.execute(sql, params)
 
     def outbox_depth(self) -> int:
         return self._depth
 
     def purge_seen(self, before: float) -> int:
         with self._lock:
-            try:
-                purged = self._db.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
-                self._commits += 1
-                return purged
-            except sqlite3.Error as exc:
-                self._disk_full(exc)
-                raise
+            purged = self._freeing(self._db, "DELETE FROM seen WHERE at < ?", (before,)).rowcount
+            self._commits += 1
+            return purged
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         # Read in chunks along the key, the lock held for one chunk at a time: a million open runs
@@ -438,14 +430,7 @@ class SqliteStore:
                 path = self._checkpoint_path
                 self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             commits = self._commits
-            checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
-            try:
-                _busy, logged, copied = self._checkpointer.execute(checkpoint).fetchone()
-            except sqlite3.Error as exc:
-                if not self._disk_full(exc):
-                    raise
-                # The room just given back is for this: the log then starts over in the space it has.
-                _busy, logged, copied = self._checkpointer.execute(checkpoint).fetchone()
+            _busy, logged, copied = self._freeing(self._checkpointer, "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if copied == logged:  # else a reader still needed some pages: the next call copies them
                 self._checkpointed = commits
             return max(copied, 0)
