@@ -76,6 +76,13 @@ class Board:
         self.panels.append(panel)
         self._x += width
 
+    def state(self, title: str, gauge: str, by: str, width: int, description: str) -> None:
+        """A 1/0 gauge of the bridge as a timeline per `by` label: down while any of them is."""
+        self.panel(
+            title, [(f"min by ({by}) ({gauge})", f"{{{{{by}}}}}")], kind="state-timeline", width=width,
+            description=description,
+        )  # fmt: skip
+
     def alerts(self, title: str, width: int = 8) -> None:
         """The alerts Prometheus evaluates (collector-config/prometheus/rules.yml) that fire now."""
         if self._x + width > 24:
@@ -343,10 +350,10 @@ def jobs() -> Board:
          ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs")],
         kind="stat",
     )  # fmt: skip
-    b.panel(
+    b.state(
         "Engines followed",
-        [("min by (follower) (otel_bridge_follower_connected)", "{{follower}}")],
-        kind="state-timeline",
+        "otel_bridge_follower_connected",
+        "follower",
         width=12,
         description="1 while the bridge follows the engine's stream (the event-sourced runtime's Redis stream, "
         "the Phase-10 WebSocket), 0 while it cannot reach it: alert BridgeFollowerDisconnected.",
@@ -357,10 +364,10 @@ def jobs() -> Board:
         width=12,
         description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
     )
-    b.panel(
+    b.state(
         "Alive",
-        [("min by (instance) (otel_bridge_alive)", "{{instance}}")],
-        kind="state-timeline",
+        "otel_bridge_alive",
+        "instance",
         width=24,
         description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
         "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",

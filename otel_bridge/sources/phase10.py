@@ -47,6 +47,8 @@ _TIMELINE_ENDINGS = {
     "cancelled": OUTCOME.CANCELLATION,
     "timeout": OUTCOME.TIMEOUT,
 }
+# What an execution that ended so says when the timeline gives no error message.
+_TIMELINE_ERRORS = {OUTCOME.FAILURE: "workflow failed", OUTCOME.TIMEOUT: "workflow timed out"}
 _TIMELINE_STEP_ENDINGS = {
     "completed": OUTCOME.SUCCESS,
     "failed": OUTCOME.FAILURE,
@@ -289,11 +291,10 @@ class Phase10Decoder:
                     ordinal=n,
                 )
             outcome = _TIMELINE_STEP_ENDINGS.get(entry.status.lower())
-            ended_at = entry.completed_at
-            if ended_at is None and outcome is OUTCOME.SKIPPED:
-                ended_at = begun
-            elif ended_at is None and outcome is OUTCOME.CANCELLATION:
-                ended_at = doc.completed_at  # cancelled with its run: when the run was
+            # Without its own time: a skipped step ends where it began, one cancelled with its run with it.
+            ended_at = entry.completed_at or {OUTCOME.SKIPPED: begun, OUTCOME.CANCELLATION: doc.completed_at}.get(
+                outcome
+            )
             if outcome is not None and ended_at is not None:
                 error = ErrorInfo(message=entry.error_message or "step failed") if outcome is OUTCOME.FAILURE else None
                 duration = entry.duration_seconds * 1000 if entry.duration_seconds is not None else None
@@ -309,11 +310,8 @@ class Phase10Decoder:
                 )
         ending = _TIMELINE_ENDINGS.get(doc.status.lower())
         if ending is not None and doc.completed_at is not None:
-            error = None
-            if ending is OUTCOME.FAILURE:
-                error = ErrorInfo(message=doc.error_message or "workflow failed")
-            elif ending is OUTCOME.TIMEOUT:
-                error = ErrorInfo(message=doc.error_message or "workflow timed out")
+            said = _TIMELINE_ERRORS.get(ending)
+            error = ErrorInfo(message=doc.error_message or said) if said else None
             told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
