@@ -6,9 +6,11 @@ set itself (deduplicated by meaning) plus what was already sent, so the spans ar
 always recomputed from facts and arrival order cannot change them.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from hashlib import blake2b
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -17,6 +19,23 @@ from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans, ends_attempt
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
+
+# Two ids of a run of n events share a digest of this many bytes with odds of n²/2^65: then a late event
+# is counted as a duplicate, which no more attaches it than being late does.
+_DIGEST = 8
+
+
+def event_digest(event_id: str) -> bytes:
+    return blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+
+
+def _holds(digests: bytes, digest: bytes) -> bool:
+    """Whether `digest` is one of `digests` (as a whole, not straddling two of them)."""
+    at = digests.find(digest)
+    while at != -1 and at % _DIGEST:
+        at = digests.find(digest, at + 1)
+    return at != -1
+
 
 _EXECUTING_KINDS = frozenset({KIND.RUN_STARTED, KIND.RUN_RESUMED, KIND.ATTEMPT_STARTED, KIND.ATTEMPT_ENDED})
 
@@ -46,8 +65,14 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # counted, so a name learnt later (from another event) cannot leave the gauge unbalanced.
     counted_name: str | None = None
 
-    # The event ids of its facts, once the run has forgotten them (closed and shown long enough):
-    # what tells a re-sent event (a duplicate) from a late one until the run itself is forgotten.
+    # What tells a re-sent event (a duplicate) from a late one once the run has forgotten its facts
+    # (closed and shown long enough), until the run itself is forgotten `dedup_ttl_seconds` later:
+    # the event ids, each as its 8-byte digest (`event_digest`), one after another. Closed runs
+    # remembered for a week are most of a busy bridge's state: as ids (~40 bytes each) a run of
+    # 30 events no longer fit a page's share of a row and spilled into pages of their own.
+    seen_digests: bytes = b""
+    # The same as ids, as states written before the digests were: read, and turned into digests
+    # when such a run is next changed.
     seen_ids: list[str] = []
     # `seq` when the run was last settled (0: never): what came since is what a settling looks at.
     settled_seq: int = 0
@@ -81,7 +106,18 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         ids = self.__dict__.get("_ids")
         if ids is None:
             ids = self._ids = {f.event_id for f in self.facts}
-        return event_id in ids or (bool(self.seen_ids) and event_id in self.seen_ids)
+        if event_id in ids:
+            return True
+        if self.seen_ids and event_id in self.seen_ids:
+            return True
+        return bool(self.seen_digests) and _holds(self.seen_digests, event_digest(event_id))
+
+    def remember_seen(self, event_ids: Iterable[str]) -> None:
+        """Keep these event ids among the seen ones, as digests (the ids themselves no longer needed)."""
+        known = {self.seen_digests[i : i + _DIGEST] for i in range(0, len(self.seen_digests), _DIGEST)}
+        known.update(event_digest(event_id) for event_id in (*self.seen_ids, *event_ids))
+        self.seen_digests = b"".join(sorted(known))
+        self.seen_ids = []
 
     def append(self, fact: Fact, identity: tuple[object, ...] | None) -> None:
         """Keep `fact`, whose `_identity` is `identity` (the fold has it already)."""
@@ -316,7 +352,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         if identity is not None and state.position_of(identity) is not None:
             return FoldResult(state, Admission.REPEATED)
         # Remembered, so that the same event sent again is a duplicate, not late a second time.
-        state.seen_ids.append(fact.event_id)
+        state.remember_seen([fact.event_id])
         return FoldResult(state, Admission.LATE)
 
     state.seq += 1
@@ -440,7 +476,7 @@ def _facts_told_of_since_settled(state: RunState) -> list[Fact] | None:
 
 def forget_facts(state: RunState) -> None:
     """A closed run kept long enough to be shown: from now on it only recognises late events."""
-    state.seen_ids = sorted({f.event_id for f in state.facts}.union(state.seen_ids))
+    state.remember_seen(f.event_id for f in state.facts)
     state.facts = []
     state.emitted = {}
     state.__dict__.pop("_where", None)

@@ -1,10 +1,13 @@
 """When a run is next due: decided in one place, by `apply` and `settle_run`."""
 
+import msgspec
 from builders import JobRun, WorkflowRun
 
+from otel_bridge.correlate import runs
 from otel_bridge.correlate.runs import Admission, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.sources.durable_effect import decode
+from otel_bridge.state import journal
 
 POLICY = Policy(
     settle=SettlePolicy(max_open_ns=10_000 * 10**9), settle_seconds=2, dedup_ttl_seconds=1000, keep_finished_seconds=100
@@ -52,6 +55,51 @@ def test_a_settled_run_is_kept_to_be_shown_then_remembered_then_forgotten():
     kept = settle_run(sent.state, 160.0, POLICY)
     assert kept.facts_forgotten and kept.state.facts == [] and kept.due == 1060.0  # closed + dedup ttl
     assert settle_run(kept.state, 1060.0, POLICY).state is None
+
+
+def _forgotten(run: WorkflowRun):
+    state, _due, _ = _applied(run.events)
+    return settle_run(settle_run(state, 60.0, POLICY).state, 160.0, POLICY).state
+
+
+def test_a_forgotten_run_tells_a_duplicate_from_a_late_event_by_8_bytes_per_event():
+    # Closed runs are remembered for dedup_ttl_seconds (a week): on a busy bridge most of the state.
+    run = WorkflowRun().started()
+    for n in range(15):
+        run.after(1).step_started(f"s{n}").after(1).step_completed(f"s{n}")
+    run.completed()
+    kept = _forgotten(run)
+    header = journal.encode_header(kept)
+    assert len(kept.seen_digests) == 8 * len(run.events) and kept.seen_ids == []
+    # No id but the one of the fact that last changed the run's state (its order, kept whole).
+    assert sum(e["eventId"].encode() in header for e in run.events) == 1
+    assert len(header) < 1000  # a row of SQLite's 4 KiB pages without an overflow page
+    read_back = journal.decode(kept.run.state_key, header, [])
+
+    assert apply(read_back, 1060.0, decode(run.events[7]), 200.0, POLICY).admission is Admission.REPEATED
+    straggler = decode(run.after(1).step_started("late").events[-1])
+    assert apply(read_back, 1060.0, straggler, 200.0, POLICY).admission is Admission.LATE
+    assert apply(read_back, 1060.0, straggler, 201.0, POLICY).admission is Admission.REPEATED  # late once
+
+
+def test_a_forgotten_run_stored_with_its_event_ids_still_knows_them_and_keeps_digests_once_changed():
+    # A state written before the digests: the ids themselves, in `seen_ids`.
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    ids = [e["eventId"] for e in run.events]
+    legacy = msgspec.structs.replace(_forgotten(run), seen_digests=b"", seen_ids=ids)
+    old = journal.decode(legacy.run.state_key, journal.encode_header(legacy), [])
+    assert apply(old, 1060.0, decode(run.events[2]), 200.0, POLICY).admission is Admission.REPEATED
+
+    step = apply(old, 1060.0, decode(run.after(1).step_started("late").events[-1]), 200.0, POLICY)
+    assert step.admission is Admission.LATE
+    assert step.state.seen_ids == [] and len(step.state.seen_digests) == 8 * (len(ids) + 1)
+    assert apply(step.state, 1060.0, decode(run.events[0]), 201.0, POLICY).admission is Admission.REPEATED
+
+
+def test_a_digest_is_found_only_where_it_stands_whole():
+    digests = bytes(range(16))  # two digests: 0..7 and 8..15
+    assert runs._holds(digests, bytes(range(8, 16)))
+    assert not runs._holds(digests, bytes(range(4, 12)))  # the end of one and the start of the next
 
 
 def test_an_open_run_is_next_due_when_it_has_been_open_too_long():
