@@ -96,9 +96,8 @@ def main() -> None:
     redis = RedisServer().start()
     try:
         print(f"{args.events:,} events of the replay mix, every run closed and its facts forgotten")
-        print(
-            f"{'what':<14}{'closed runs':>12}{'SQLite file':>14}{'state table':>14}{'Redis memory':>14}  (bytes per closed run)"
-        )
+        columns = f"{'closed runs':>12}{'SQLite file':>14}{'state table':>14}{'Redis memory':>14}"
+        print(f"{'what':<14}{columns}  (bytes per closed run)")
         for name, tree in trees:
             m = measure(tree, args.events, redis.url)
             runs = m["runs"]
