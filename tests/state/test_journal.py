@@ -1,5 +1,6 @@
 """A run's facts are a journal: a batch appends what it adds, never rewrites the run; one loader reads it all."""
 
+import base64
 import sqlite3
 import time
 import uuid
@@ -232,6 +233,29 @@ def test_a_run_that_forgets_its_facts_forgets_the_ids_of_its_spans_too(tmp_path)
     assert pipeline.settle_due(horizon=time.time() + 1) == 1  # the root: the run is closed
     pipeline.settle_due(horizon=time.time() + 2)  # kept to be shown for no time: forgotten now
     assert _rows(path) == {}  # neither its facts nor its sent span ids are kept
+
+
+def test_a_forgotten_run_an_earlier_version_stored_with_its_event_ids_still_knows_them(tmp_path):
+    path = tmp_path / "s.db"
+    pipeline = _pipeline(path, keep_finished_seconds=0)
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed(["a"])
+    pipeline.ingest(run.events)
+    pipeline.settle_due(horizon=time.time() + 1)  # sent and closed
+    pipeline.settle_due(horizon=time.time() + 2)  # its facts forgotten
+    ((key, blob),) = list(pipeline.store.states())
+    header = orjson.loads(blob)
+    assert len(base64.b64decode(header.pop("seen_digests"))) == 4 * 8  # an 8-byte digest per event
+    with pipeline.store.transaction() as tx:  # as the previous version kept them: the ids themselves
+        tx.save(key, orjson.dumps({**header, "seen_ids": sorted(e["eventId"] for e in run.events)}), None)
+    pipeline.store.close()
+
+    again = _pipeline(path, hot_runs=0)
+    assert again.ingest(run.events).duplicates == 4
+    straggler = run.after(1).step_started("b").events[-1:]
+    assert again.ingest(straggler).late == 1
+    upgraded = orjson.loads(next(blob for _k, blob in again.store.states()))
+    assert "seen_ids" not in upgraded and len(base64.b64decode(upgraded["seen_digests"])) == 5 * 8
+    assert again.ingest(run.events).duplicates == 5  # the straggler among them now
 
 
 def test_an_unreadable_state_does_not_stop_the_bridge_from_starting(tmp_path):
