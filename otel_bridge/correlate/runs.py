@@ -20,8 +20,8 @@ from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, Spa
 from otel_bridge.correlate.spans import build_spans, ends_attempt
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
-# Two ids of a run of n events share a digest of this many bytes with odds of n²/2^65: then a late event
-# is counted as a duplicate, which no more attaches it than being late does.
+# A new event id matches one of a forgotten run's n digests of this many bytes with odds of n/2^64: it is
+# then counted as a duplicate rather than late, and neither attaches it to the trace that has left.
 _DIGEST = 8
 
 
