@@ -34,7 +34,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Checkpointed, Store
+from otel_bridge.state.store import Checkpointed, OnDisk, Store
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,29 @@ class Bridge:
             "1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one",
             lambda: 1.0 if self.liveness()["alive"] else 0.0,
         )
+        if isinstance(self.store, OnDisk):
+            self._disk_gauges(self.store)
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
+
+    def _disk_gauges(self, store: OnDisk) -> None:
+        # A full disk makes the bridge refuse batches (503), and producers drop a batch after three
+        # re-sends: the disk is watched by its own gauges, from inside a container too.
+        def reading(pick: int) -> list[tuple[float, dict[str, str]]]:
+            usage = store.disk_usage()
+            return [] if usage is None else [(float(usage[pick]), {})]
+
+        self.metrics.gauges(
+            c.M_BRIDGE_STATE_SIZE, "By", "Bytes of the state file and its write-ahead log", lambda: reading(0)
+        )
+        self.metrics.gauges(
+            c.M_BRIDGE_STATE_DISK_FREE,
+            "By",
+            "Bytes free to the bridge on the state file's filesystem; when none are, batches are refused (503)",
+            lambda: reading(1),
+        )
 
     def _export_result(self, ok: bool, reason: str = "") -> None:
         if ok:

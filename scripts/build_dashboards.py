@@ -364,11 +364,20 @@ def jobs() -> Board:
         width=12,
         description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
     )
+    b.panel(
+        "State on disk",
+        [("max by (instance) (otel_bridge_state_size_bytes)", "state {{instance}}"),
+         ("min by (instance) (otel_bridge_state_disk_free_bytes)", "room left {{instance}}")],
+        unit="bytes",
+        width=12,
+        description="The SQLite state file with its log, and the room left on its filesystem; with none left, "
+        "batches are refused (503): alert BridgeStateDiskFillingUp. Ended runs are kept for dedup_ttl_seconds.",
+    )  # fmt: skip
     b.state(
         "Alive",
         "otel_bridge_alive",
         "instance",
-        width=24,
+        width=12,
         description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
         "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
     )

@@ -412,6 +412,14 @@ class SqliteStore:
         with self._lock:
             return self._db.execute("SELECT key, blob FROM state WHERE overdue_at <= ?", (now,)).fetchall()
 
+    def disk_usage(self) -> tuple[int, int] | None:
+        if self._checkpoint_path is None:
+            return None
+        files = (Path(self._checkpoint_path + suffix) for suffix in ("", "-wal"))
+        size = sum(f.stat().st_size for f in files if f.exists())  # no log while the database is closed
+        disk = os.statvfs(Path(self._checkpoint_path).parent)
+        return size, disk.f_bavail * disk.f_frsize
+
     def checkpoint(self) -> int:
         """Copy the log's committed pages into the database without holding up any transaction.
 

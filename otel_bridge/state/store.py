@@ -123,3 +123,12 @@ class Checkpointed(Protocol):
 
     def checkpoint(self) -> int:
         """Copy committed pages out of the log, holding up no transaction; the pages copied."""
+
+
+@runtime_checkable
+class OnDisk(Protocol):
+    """A store kept in files on this machine (SQLite): what it takes of its disk, for the operator."""
+
+    def disk_usage(self) -> tuple[int, int] | None:
+        """(bytes of the state's files: the database and its log; bytes free to the bridge on their
+        filesystem), or None when it has no file (in memory)."""
