@@ -132,6 +132,7 @@ M_BRIDGE_EVENTS_ACCEPTED: Final = "otel_bridge.events.accepted"
 M_BRIDGE_EVENTS_REJECTED: Final = "otel_bridge.events.rejected"
 M_BRIDGE_EVENTS_DUPLICATE: Final = "otel_bridge.events.duplicate"
 M_BRIDGE_EVENTS_LATE: Final = "otel_bridge.events.late"
+M_BRIDGE_EVENTS_REFUSED: Final = "otel_bridge.events.refused"
 M_BRIDGE_RUNS_INCOMPLETE: Final = "otel_bridge.runs.incomplete"
 M_BRIDGE_SPANS_EXPORTED: Final = "otel_bridge.spans.exported"
 M_BRIDGE_SPANS_REJECTED: Final = "otel_bridge.spans.rejected"
@@ -148,6 +149,10 @@ M_BRIDGE_STATE_DISK_FREE: Final = "otel_bridge.state.disk_free"
 M_BRIDGE_BUILD_INFO: Final = "otel_bridge.build.info"
 # Which receiver handed the events over (`http`, `redis-stream`, …), as the Collector labels its own.
 BRIDGE_RECEIVER: Final = "receiver"
+# Why a batch was refused for now: its sender offers it again.
+BRIDGE_REFUSAL_REASON: Final = "reason"
+REFUSED_OUTBOX_FULL: Final = "outbox_full"  # max_outbox_spans wait for export
+REFUSED_STORE_UNAVAILABLE: Final = "store_unavailable"  # the store is down, locked or on a full disk
 
 # Attribute keys that may appear on metrics: anything else is dropped there,
 # because metric attributes must stay low-cardinality.

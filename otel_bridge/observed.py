@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from otel_bridge import conventions as c
-from otel_bridge.consumer import EventConsumer, IngestReport
+from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Unavailable
 from otel_bridge.correlate.outputs import Observation
 from otel_bridge.export.metrics import MetricsHub
 
@@ -35,12 +35,26 @@ class ObservedConsumer:
         self._attributes = ((c.BRIDGE_RECEIVER, receiver),)
         # "Nothing rejected yet" is a 0 from the start, not a series that appears at the first one.
         metrics.start_bridge_counters(COUNTERS, receiver=receiver)
+        for reason in (c.REFUSED_OUTBOX_FULL, c.REFUSED_STORE_UNAVAILABLE):
+            metrics.start_bridge_counters([c.M_BRIDGE_EVENTS_REFUSED], **dict(self._refused(reason)))
+
+    def _refused(self, reason: str) -> tuple[tuple[str, str], ...]:
+        return (*self._attributes, (c.BRIDGE_REFUSAL_REASON, reason))
 
     def ingest(self, events: Sequence[Any]) -> IngestReport:
-        """The batch as the consumer stores it; a batch refused (Unavailable) is counted by nobody:
-        its sender offers it again."""
+        """The batch as the consumer stores it. A batch refused for now (Unavailable) is not received:
+        its sender offers it again. It is counted apart, as refused: an HTTP producer drops a batch
+        after three re-sends, so refusals that last are data lost upstream."""
         started = time.perf_counter()
-        report = self._consumer.ingest(events)
+        try:
+            report = self._consumer.ingest(events)
+        except Unavailable as exc:
+            reason = c.REFUSED_OUTBOX_FULL if isinstance(exc, Backpressure) else c.REFUSED_STORE_UNAVAILABLE
+            try:
+                self._metrics.record([Observation(c.M_BRIDGE_EVENTS_REFUSED, len(events), self._refused(reason), None)])  # type: ignore[arg-type]
+            except Exception:
+                log.exception("counting the %s receiver's refused batch failed", self.receiver)
+            raise
         counts = (len(events), report.accepted, report.duplicates, report.late, len(report.rejected))
         observations = [
             Observation(name, count, self._attributes, None)  # type: ignore[arg-type]

@@ -340,7 +340,8 @@ def jobs() -> Board:
         [("sum by (receiver) (rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted {{receiver}}"),
          ("sum(rate(otel_bridge_events_duplicate_total[$__rate_interval]))", "duplicate"),
          ("sum by (receiver) (rate(otel_bridge_events_rejected_total[$__rate_interval]))", "rejected {{receiver}}"),
-         ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late")],
+         ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late"),
+         ("sum by (reason) (rate(otel_bridge_events_refused_total[$__rate_interval]))", "refused {{reason}}")],
         unit="ops",
     )  # fmt: skip
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])

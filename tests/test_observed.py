@@ -13,6 +13,7 @@ from otel_bridge.export.prometheus import OtelCollector
 from otel_bridge.observed import ObservedConsumer
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import StoreUnavailable
 
 
 def _counts(hub: MetricsHub) -> dict[tuple[str, str], float]:
@@ -50,12 +51,37 @@ def test_each_receivers_events_are_counted_apart_from_the_start(pipeline):
     )
 
 
-def test_a_batch_refused_for_now_is_counted_by_nobody_its_sender_offers_it_again(pipeline, monkeypatch):
+def _refused(hub: MetricsHub) -> dict[tuple[str, str], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OtelCollector(hub.collect))
+    text = generate_latest(registry).decode()
+    found = re.findall(
+        r'^otel_bridge_events_refused_total\{reason="(\w+)",receiver="([\w-]+)",[^}]*\} ([0-9.]+)$', text, re.M
+    )
+    return {(receiver, reason): float(value) for reason, receiver, value in found}
+
+
+def test_a_batch_refused_for_now_is_not_received_and_is_counted_as_refused_with_why(pipeline, monkeypatch):
     websocket = ObservedConsumer("websocket", pipeline, pipeline.metrics)
+    http = ObservedConsumer("http", pipeline, pipeline.metrics)
+    # Nothing refused yet is a 0 for each reason: an alert on the counter sees the first refusal.
+    assert set(_refused(pipeline.metrics).values()) == {0}
     monkeypatch.setattr(pipeline.store, "outbox_depth", lambda: pipeline.settings.max_outbox_spans)
     with pytest.raises(Backpressure):
-        websocket.ingest(WorkflowRun().started().events)
+        websocket.ingest(WorkflowRun().started().step_started("a").events)
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline.store, "refuses_batches", lambda: "the disk of the state file is full")
+    with pytest.raises(StoreUnavailable):
+        http.ingest(WorkflowRun().started().events)
+
+    # Its sender offers it again: received (and counted so) only once it is stored.
     assert _counts(pipeline.metrics)[("received", "websocket")] == 0
+    assert _refused(pipeline.metrics) == {
+        ("websocket", "outbox_full"): 2,
+        ("websocket", "store_unavailable"): 0,
+        ("http", "outbox_full"): 0,
+        ("http", "store_unavailable"): 1,
+    }
 
 
 def test_counting_that_fails_does_not_turn_a_stored_batch_into_an_error(pipeline, monkeypatch):

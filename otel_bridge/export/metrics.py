@@ -82,6 +82,11 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_EVENTS_RECEIVED: InstrumentSpec("counter", "{event}", "Events received"),
     c.M_BRIDGE_EVENTS_ACCEPTED: InstrumentSpec("counter", "{event}", "Events accepted into the store"),
     c.M_BRIDGE_EVENTS_REJECTED: InstrumentSpec("counter", "{event}", "Events rejected as invalid (dead-lettered)"),
+    c.M_BRIDGE_EVENTS_REFUSED: InstrumentSpec(
+        "counter",
+        "{event}",
+        "Events of batches refused for now (503 over HTTP), by reason: their sender offers them again",
+    ),
     c.M_BRIDGE_EVENTS_DUPLICATE: InstrumentSpec(
         "counter", "{event}", "Events ignored as duplicates (same event id, or the same fact re-emitted)"
     ),

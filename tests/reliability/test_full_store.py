@@ -2,7 +2,6 @@
 is taken for a bad one, no run is set aside, what waits for export can still leave, and once there
 is room again nothing is missing."""
 
-import re
 import time
 
 import pytest
@@ -184,12 +183,23 @@ def test_a_bridge_whose_disk_fills_during_a_backend_outage_delivers_everything_i
             assert len(ids) == len(set(ids)) == 2 * len(taken)
 
             assert bridge.post(run.events).status_code == 503  # the room is the drain's, not new batches'
+            # Told on /metrics for an alert: the events refused, and why (the first refusal and this one).
+            refused_events = _metric(
+                bridge, 'otel_bridge_events_refused_total{reason="store_unavailable",receiver="http"'
+            )
+            assert refused_events >= 2 * len(run.events)
+            assert _metric(bridge, 'otel_bridge_events_refused_total{reason="outbox_full"') == 0
             (disk / "other.log").unlink()
             received.wait_for(lambda: bridge.post(run.events).status_code == 200, timeout=10)
         finally:
             bridge.close()
 
 
-def _depth(bridge: BridgeProcess) -> float:
+def _metric(bridge: BridgeProcess, series: str) -> float:
+    """The sum of the /metrics lines that start with `series` (a name, or a name and its first labels)."""
     text = bridge.client.get(f"{bridge.url}/metrics").text
-    return sum(float(v) for v in re.findall(r"^otel_bridge_outbox_depth(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+
+
+def _depth(bridge: BridgeProcess) -> float:
+    return _metric(bridge, "otel_bridge_outbox_depth")
