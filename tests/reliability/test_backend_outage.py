@@ -94,6 +94,11 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
         response, run = refused
         assert response.headers["retry-after"] == "5"
         assert "backlog full" in response.json()["error"]
+        # Counted for an alert: the refused batch's events, and why; not as received.
+        refused_events = (
+            'otel_bridge_events_refused_total{reason="outbox_full",receiver="http",service_name="otel-bridge"}'
+        )
+        assert _metric(bridge, re.escape(refused_events)) == len(run.events)
         # Readiness tells the load balancer the same, with the reasons.
         ready = bridge.client.get(f"{bridge.url}/readyz")
         assert ready.status_code == 503
