@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from hashlib import blake2b
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -18,15 +17,12 @@ from msgspec.structs import replace
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
 from otel_bridge.correlate.spans import build_spans, ends_attempt
+from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
-# A new event id matches one of a forgotten run's n digests of this many bytes with odds of n/2^64: it is
-# then counted as a duplicate rather than late, and neither attaches it to the trace that has left.
-_DIGEST = 8
-
-
-def event_digest(event_id: str) -> bytes:
-    return blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+# A new event id matching a digest of a forgotten run (odds n/2^64) is counted as a duplicate rather than
+# late, and neither attaches it to the trace that has left.
+_DIGEST = EVENT_DIGEST_BYTES
 
 
 def _holds(digests: bytes, digest: bytes) -> bool:

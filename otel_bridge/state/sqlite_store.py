@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from otel_bridge.forks import after_fork_in_child, held_across_fork
+from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve
 from otel_bridge.state.disk_reserve import DiskReserve
 from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
@@ -93,20 +94,33 @@ def _migrate(db: sqlite3.Connection) -> bool:
 
 
 class SqliteTransaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, text_ids: bool = False) -> None:
         self._db = db
         self.added = 0
+        # Job event ids are kept as their 8-byte digests (a week of them: a sixth of the room of the
+        # ids); `text_ids`: the file still holds ids a version before kept as text, until they expire.
+        self._text_ids = text_ids
+        # The digests `unseen` computed, for `mark_seen` of the same ids (a batch asks, then marks).
+        self._digests: dict[str, bytes] = {}
+
+    def _digest(self, event_id: str) -> bytes:
+        digest = self._digests.get(event_id)
+        if digest is None:
+            digest = self._digests[event_id] = event_digest(event_id)
+        return digest
 
     def unseen(self, event_ids: list[str]) -> set[str]:
-        fresh = set(event_ids)
-        for chunk in _chunks(list(fresh)):
+        by_digest: dict[bytes | str, str] = {self._digest(e): e for e in set(event_ids)}
+        fresh = set(by_digest.values())
+        asked = [*by_digest, *fresh] if self._text_ids else list(by_digest)
+        for chunk in _chunks(asked):
             marks = ",".join("?" * len(chunk))
             for (seen,) in self._db.execute(f"SELECT event_id FROM seen WHERE event_id IN ({marks})", chunk):
-                fresh.discard(seen)
+                fresh.discard(by_digest.get(seen, seen))
         return fresh
 
     def mark_seen(self, event_ids: Iterable[str], now: float) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((e, now) for e in event_ids))
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((self._digest(e), now) for e in event_ids))
 
     def prefetch(self, keys: list[str], journals: Iterable[str] = ()) -> None:
         pass  # in this process: a load costs no round trip
@@ -234,6 +248,7 @@ class SqliteStore:
         self._released_by: int | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._text_ids = self._holds_text_ids()
         self._reserve = None
         if self._checkpoint_path is not None:
             reserve = Path(self._checkpoint_path + ".reserve")
@@ -301,7 +316,7 @@ class SqliteStore:
     def transaction(self) -> Iterator[SqliteTransaction]:
         self._acquire()
         try:
-            tx = SqliteTransaction(self._db)
+            tx = SqliteTransaction(self._db, self._text_ids)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield tx
@@ -382,7 +397,15 @@ class SqliteStore:
         with self._lock:
             purged = self._freeing(self._db, "DELETE FROM seen WHERE at < ?", (before,)).rowcount
             self._commits += 1
+            if purged and self._text_ids:
+                self._text_ids = self._holds_text_ids()
             return purged
+
+    def _holds_text_ids(self) -> bool:
+        """Whether seen ids an earlier version kept as text are left: the first key says (text sorts
+        before the digests' blobs), found through the key index, not by a scan."""
+        first = self._db.execute("SELECT typeof(event_id) FROM seen ORDER BY event_id LIMIT 1").fetchone()
+        return first is not None and first[0] == "text"
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         # Read in chunks along the key, the lock held for one chunk at a time: a million open runs

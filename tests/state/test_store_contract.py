@@ -238,6 +238,29 @@ def test_sqlite_purges_old_seen_ids(tmp_path):
     assert store.run(lambda tx: tx.unseen(["old", "new"])) == {"old"}
 
 
+def test_sqlite_keeps_a_job_event_id_as_its_8_byte_digest(tmp_path):
+    # A week of them is kept: a sixth of the room of the ids themselves.
+    store = SqliteStore(tmp_path / "s.db")
+    event_id = "01955193-de27-70cb-808e-b08ec5d7b582"
+    store.run(lambda tx: tx.mark_seen([event_id], now=1.0))
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT typeof(event_id), length(event_id) FROM seen").fetchall() == [("blob", 8)]
+    assert store.run(lambda tx: tx.unseen([event_id, "another"])) == {"another"}
+
+
+def test_sqlite_still_knows_job_event_ids_an_earlier_version_kept_as_text_until_they_expire(tmp_path):
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:  # as the version before kept them
+        db.execute("INSERT INTO seen VALUES ('kept-as-text', 1.0)")
+    store = SqliteStore(path)
+    store.run(lambda tx: tx.mark_seen(["kept-as-digest"], now=100.0))
+    assert store.run(lambda tx: tx.unseen(["kept-as-text", "kept-as-digest", "new"])) == {"new"}
+    assert store.purge_seen(before=50.0) == 1
+    assert not store._text_ids  # none left: a lookup no longer asks for ids as text
+    assert store.run(lambda tx: tx.unseen(["kept-as-text", "kept-as-digest"])) == {"kept-as-text"}
+
+
 def test_sqlite_tells_a_running_transaction_that_another_waits_to_begin(tmp_path):
     store = SqliteStore(tmp_path / "s.db")
     waiter = threading.Thread(target=lambda: store.run(lambda tx: None))
