@@ -239,7 +239,7 @@ def test_sqlite_purges_old_seen_ids(tmp_path):
 
 
 def test_sqlite_keeps_a_job_event_id_as_its_8_byte_digest(tmp_path):
-    # A week of them is kept: a sixth of the room of the ids themselves.
+    # A week of them is kept: ~45 bytes of file each, where the ids took ~115.
     store = SqliteStore(tmp_path / "s.db")
     event_id = "01955193-de27-70cb-808e-b08ec5d7b582"
     store.run(lambda tx: tx.mark_seen([event_id], now=1.0))
