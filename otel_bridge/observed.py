@@ -35,11 +35,12 @@ class ObservedConsumer:
         self._attributes = ((c.BRIDGE_RECEIVER, receiver),)
         # "Nothing rejected yet" is a 0 from the start, not a series that appears at the first one.
         metrics.start_bridge_counters(COUNTERS, receiver=receiver)
-        for reason in (c.REFUSED_OUTBOX_FULL, c.REFUSED_STORE_UNAVAILABLE):
-            metrics.start_bridge_counters([c.M_BRIDGE_EVENTS_REFUSED], **dict(self._refused(reason)))
-
-    def _refused(self, reason: str) -> tuple[tuple[str, str], ...]:
-        return (*self._attributes, (c.BRIDGE_REFUSAL_REASON, reason))
+        self._refused = {
+            reason: (*self._attributes, (c.BRIDGE_REFUSAL_REASON, reason))
+            for reason in (c.REFUSED_OUTBOX_FULL, c.REFUSED_STORE_UNAVAILABLE)
+        }
+        for attributes in self._refused.values():
+            metrics.start_bridge_counters([c.M_BRIDGE_EVENTS_REFUSED], **dict(attributes))
 
     def ingest(self, events: Sequence[Any]) -> IngestReport:
         """The batch as the consumer stores it. A batch refused for now (Unavailable) is not received:
@@ -51,7 +52,8 @@ class ObservedConsumer:
         except Unavailable as exc:
             reason = c.REFUSED_OUTBOX_FULL if isinstance(exc, Backpressure) else c.REFUSED_STORE_UNAVAILABLE
             try:
-                self._metrics.record([Observation(c.M_BRIDGE_EVENTS_REFUSED, len(events), self._refused(reason), None)])  # type: ignore[arg-type]
+                refused = Observation(c.M_BRIDGE_EVENTS_REFUSED, len(events), self._refused[reason], None)  # type: ignore[arg-type]
+                self._metrics.record([refused])
             except Exception:
                 log.exception("counting the %s receiver's refused batch failed", self.receiver)
             raise

@@ -69,8 +69,7 @@ class DiskReserve:
 
     def room(self) -> bool:
         """Whether the disk has room again (twice the reserve free); then the reserve is kept again."""
-        stat = os.statvfs(self.path.parent)
-        if stat.f_bavail * stat.f_frsize < 2 * self.size:
+        if free_bytes(self.path.parent) < 2 * self.size:
             return False
         if not self.kept:
             self.kept = self._make()
@@ -80,6 +79,12 @@ class DiskReserve:
             self.full = False
             log.warning("the disk of the state file has room again: batches are taken, %d MiB kept", self.size // 2**20)
         return True
+
+
+def free_bytes(directory: Path) -> int:
+    """The room left to the bridge (not to root alone) on the filesystem of `directory`."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _allocate(fd: int, size: int) -> None:

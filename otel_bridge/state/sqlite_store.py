@@ -440,8 +440,7 @@ class SqliteStore:
             return None
         files = (Path(self._checkpoint_path + suffix) for suffix in ("", "-wal"))
         size = sum(f.stat().st_size for f in files if f.exists())  # no log while the database is closed
-        disk = os.statvfs(Path(self._checkpoint_path).parent)
-        return size, disk.f_bavail * disk.f_frsize
+        return size, disk_reserve.free_bytes(Path(self._checkpoint_path).parent)
 
     def checkpoint(self) -> int:
         """Copy the log's committed pages into the database without holding up any transaction.
