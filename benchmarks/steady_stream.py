@@ -25,9 +25,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bridge_process import BridgeProcess
 from replay_throughput import generate
-from sidecar_cpu import CountingReceiver
+from sidecar_cpu import CountingReceiver, bridge_process
 
 _EVERY = 30.0
 
@@ -39,16 +38,11 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def stream(cwd: str | None, minutes: float, rate: float) -> list[tuple[float, float, float, int]]:
+def stream(tree: str | None, minutes: float, rate: float) -> list[tuple[float, float, float, int]]:
     """(seconds, RSS MiB, state MiB, spans delivered) every 30 s of a stream of `rate` events a second."""
     receiver = CountingReceiver()
     workdir = Path(tempfile.mkdtemp(prefix="steady-"))
-    bridge = BridgeProcess(workdir, receiver.endpoint, SETTLE_SECONDS="1", KEEP_FINISHED_SECONDS="60")
-    bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
-    bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
-    bridge.env["OTEL_BRIDGE_LOG_LEVEL"] = "WARNING"
-    bridge.cwd = cwd
-    bridge.start()
+    bridge = bridge_process(workdir, receiver, {"keep_finished_seconds": "60"}, tree).start()
     assert bridge.proc is not None
     pid = bridge.proc.pid
     rows = []

@@ -6,22 +6,13 @@ import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from faults import small_filesystem
 
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreUnavailable
 
 MiB = 2**20
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    with small_filesystem(tmp_path / "disk", 12) as disk:
-        yield disk
 
 
 def _add(store: SqliteStore, n: int = 20) -> None:

@@ -3,11 +3,7 @@ the state's files and the room left on their filesystem, as gauges on /metrics. 
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from faults import small_filesystem
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
@@ -15,12 +11,6 @@ from otel_bridge.runtime import Bridge
 from otel_bridge.state.sqlite_store import SqliteStore
 
 MiB = 2**20
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    with small_filesystem(tmp_path / "disk", 12) as disk:
-        yield disk
 
 
 def _free(disk: Path) -> int:
