@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         "a completed run's step without its end) "
         "waits this long for them before its trace is sent.",
     )
+    cancel_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="A run its engine told cancelled without stopping it (Phase-10: its steps go on, then it is "
+        "told completed or failed) stays open this long for what follows; if nothing ends it, "
+        "it ends at its cancellation.",
+    )
     max_open_seconds: float = Field(
         7 * DAY, gt=0, description="A run open this long (since the bridge first heard of it) is closed as incomplete."
     )

@@ -151,6 +151,9 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
     # Which of several like facts of one step this is, when the source numbers them (the
     # retries a summary tells of): keeps them apart in deduplication.
     ordinal: int | None = None
+    # On a run's end: the engine said so without stopping the run (Phase-10's cancel), whose steps go
+    # on and which is told completed or failed later. The run stays open for them (`cancel_grace`).
+    carries_on: bool = False
     # `{}` is copied for each fact (msgspec does so for empty mutable defaults).
     attributes: dict[str, AttributeValue] = {}
     # Arrival order inside the run, set by the fold: tells whether a fact came

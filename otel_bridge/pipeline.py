@@ -63,6 +63,7 @@ def policy_of(settings: Settings) -> Policy:
     settle = SettlePolicy(
         max_open_ns=int(settings.max_open_seconds * 1e9),
         gap_grace_ns=int(settings.gap_grace_seconds * 1e9),
+        cancel_grace_ns=int(settings.cancel_grace_seconds * 1e9),
         sleep_spans=settings.sleep_spans,
         overdue_grace_ns=int(settings.overdue_grace_seconds * 1e9),
     )
@@ -287,14 +288,16 @@ class Pipeline:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
         return out
 
-    def settle_due(self, horizon: float | None = None, gap_grace_seconds: float | None = None) -> int:
-        """Send the spans of every run whose settle window ended by `horizon` (default: now)."""
+    def settle_due(self, horizon: float | None = None, told_all: bool = False) -> int:
+        """Send the spans of every run whose settle window ended by `horizon` (default: now).
+
+        `told_all`: nothing more will come of the runs stored, so an ended run waits for no
+        straggler (gaps) and no step that goes on after its cancellation."""
         now = self._clock()
         horizon = now if horizon is None else horizon
         policy = self.policy
-        if gap_grace_seconds is not None:
-            settle = replace(policy.settle, gap_grace_ns=int(gap_grace_seconds * 1e9))
-            policy = replace(policy, settle=settle)
+        if told_all:
+            policy = replace(policy, settle=replace(policy.settle, gap_grace_ns=0, cancel_grace_ns=0))
         done: set[str] = set()
         # The due runs read from the store and not yet settled: a chunk of them serves several
         # slices, instead of each millisecond's slice reading 256 keys to settle a handful.

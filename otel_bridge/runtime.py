@@ -489,10 +489,10 @@ class Bridge:
         stuck = {name for name in exporting if name in self._threads and self._threads[name].is_alive()}
         try:
             if final:
-                self.pipeline.settle_due(horizon=float("inf"), gap_grace_seconds=0)
+                self.pipeline.settle_due(horizon=float("inf"), told_all=True)
             else:
                 horizon = time.time() + self.settings.settle_seconds
-                self.pipeline.settle_due(horizon=horizon, gap_grace_seconds=0 if told_all else None)
+                self.pipeline.settle_due(horizon=horizon, told_all=told_all)
             remaining = max(deadline - time.monotonic(), 0)
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.

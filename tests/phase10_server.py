@@ -2,7 +2,8 @@
 executions), on uvicorn.
 
 Each connection is handed the next script of messages; a script ending in DROP closes the
-connection there, as a restarting engine or a network cut would.
+connection there, as a restarting engine or a network cut would, and a Pause in it waits before
+the messages after it, as an engine whose steps take a while does.
 """
 
 import asyncio
@@ -11,6 +12,7 @@ import queue
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -23,6 +25,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from otel_bridge.producer.phase10 import Phase10Run, executions_page
 
 DROP = object()
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
 
 
 class Phase10Server:
@@ -61,6 +68,9 @@ class Phase10Server:
                     if message is DROP:
                         await websocket.close(code=1012)  # service restart
                         return
+                    if isinstance(message, Pause):
+                        await asyncio.sleep(message.seconds)
+                        continue
                     await websocket.send_json(message)
                 while True:  # stay connected, as the engine does, until the client leaves
                     await websocket.receive_text()

@@ -2,14 +2,18 @@
 an event sent again is a duplicate, known by its run (workflows) or the seen ids (jobs)."""
 
 import time
+from datetime import UTC, datetime
 
 from builders import JobRun, WorkflowRun
 from faults import BUG, a_bug_for
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -207,3 +211,24 @@ def test_open_runs_are_listed_by_when_they_entered_their_state_reading_the_facts
     assert count == 3 and [r.run_id for r in listed] == ["started-between", "paused-late"]
     assert [r.state for r in listed] == ["executing", "paused"]
     assert len(read) == 2 and not any(key.endswith("started-last") for key in read)
+
+
+def test_a_phase10_run_cancelled_stays_open_across_a_restart_and_ends_when_nothing_more_will_come(tmp_path):
+    # The engine's cancel does not stop the execution: its running step ends later, and is not late.
+    decoder = Phase10Decoder(Phase10Options())
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).cancelled()
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest(run.events, decoder)
+    assert pipeline.settle_due(horizon=time.time() + 60) == 0  # a still runs: nothing ended with the run
+    pipeline.store.close()
+
+    restarted = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
+    told = len(run.events)
+    report = restarted.ingest(run.after(90_000).step_completed("s1", 90.1).events[told:], decoder)
+    assert (report.accepted, report.late) == (1, 0)
+    assert restarted.settle_due(horizon=time.time() + 60) == 1  # the step, as it ended
+    # A stop told that nothing more will come (a replayed file's end) ends the run at its cancellation.
+    assert restarted.settle_due(horizon=float("inf"), told_all=True) == 1
+    (root,) = [Span.FromString(row.payload) for row in restarted.store.outbox_peek(10)][-1:]
+    cancelled_at = datetime.fromisoformat(run.events[2]["timestamp"]).replace(tzinfo=UTC)
+    assert root.name == "workflow r" and root.end_time_unix_nano == int(cancelled_at.timestamp() * 1000) * 10**6

@@ -72,6 +72,9 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     seen_ids: list[str] = []
     # `seq` when the run was last settled (0: never): what came since is what a settling looks at.
     settled_seq: int = 0
+    # Told ended only by ends that do not stop it (`Fact.carries_on`): settled as an open run, its root
+    # kept, until another end comes or `SettlePolicy.cancel_grace_ns` has passed since.
+    carrying_on: bool = False
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
     # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
@@ -218,6 +221,8 @@ class SettlePolicy:
     max_open_ns: int = 7 * 86_400 * 10**9
     # How long an ended run with gaps waits for its missing events.
     gap_grace_ns: int = 15 * 10**9
+    # How long a run told cancelled without being stopped (`Fact.carries_on`) waits for what follows.
+    cancel_grace_ns: int = 3_600 * 10**9
     sleep_spans: bool = True
     # A run woken (or started) more than this after it was due gets a `workflow.overdue` event.
     overdue_grace_ns: int | None = 300 * 10**9
@@ -371,6 +376,8 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     state.append(fact, identity)
     if fact.kind is KIND.RUN_ENDED:
         state.ended_seen_ns = now_ns
+        # Only while no end that stops the run has come, in whatever order they arrive.
+        state.carrying_on = fact.carries_on and (state.carrying_on or not state.ended)
     _advance_state(state, fact)
     observations = _counted(fact, state.run) + _active_change(state, counted)
     return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
@@ -381,12 +388,17 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
 
     Called once the run's settle window has passed. A run open longer than
     `policy.max_open_ns` (since the bridge first heard of it) is closed as incomplete.
-    An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them.
+    An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them. A run told
+    ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:
+    its steps that go on are sent as they end, and its root when it ends for good.
     """
     result = SettleResult(state)
     if state.closed or not state.facts:
         return result
     ended = state.ended
+    carrying_on = ended and state.carrying_on and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
+    if carrying_on:
+        ended = False
     incomplete = not ended and now_ns - state.opened_ns >= policy.max_open_ns
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
     if ended and now_ns - state.ended_seen_ns < policy.gap_grace_ns and has_gaps(state.facts):
@@ -397,6 +409,9 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     attempt_ids = state.__dict__.setdefault("_attempt_ids", {}) if state.emitted else None
     told = None if ended or incomplete else _facts_told_of_since_settled(state)
     facts = state.facts if told is None else told
+    if carrying_on and told is None:
+        # Without the end that did not stop it, what is still running is not ended at it.
+        facts = [f for f in facts if f.kind is not KIND.RUN_ENDED]
     spans = (
         build_spans(
             state.run, facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids

@@ -117,6 +117,8 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         due = now + min(policy.keep_finished_seconds, policy.dedup_ttl_seconds)
     else:
         due = max(state.opened_ns / 1e9 + policy.max_open_seconds, now)
+        if state.carrying_on:  # ends at its cancellation if nothing more comes
+            due = min(due, max((state.ended_seen_ns + policy.settle.cancel_grace_ns) / 1e9, now))
     return Step(
         state,
         due,

@@ -145,9 +145,9 @@ def progress(message: Any) -> tuple[str | None, bool | None]:
     event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
     if event_type == "workflow_started":
         return execution, True
-    if event_type in _ENDINGS:
+    if event_type in _ENDINGS and _ENDINGS[event_type] is not OUTCOME.CANCELLATION:
         return execution, False
-    return execution, None
+    return execution, None  # a cancelled execution goes on: caught up on until told completed or failed
 
 
 def _event_id(*parts: object) -> str:
@@ -210,7 +210,12 @@ class Phase10Decoder:
                 counted = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
                 message = d.get("error_message") or counted
                 error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
-            return Fact(kind=KIND.RUN_ENDED, outcome=outcome, error=error, attributes=described, **base)
+            # The engine's cancel says so and lets the execution go on (`cancel_workflow_execution`):
+            # its steps run to their ends, then it is told completed or failed.
+            goes_on = outcome is OUTCOME.CANCELLATION
+            return Fact(
+                kind=KIND.RUN_ENDED, outcome=outcome, error=error, carries_on=goes_on, attributes=described, **base
+            )
         if e.workflow_step_id is None:
             raise DecodeError("workflow_step_id", f"a {e.event_type} message must name its step")
         step: dict[str, Any] = {

@@ -2,15 +2,17 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 from bridge_process import BridgeProcess
-from phase10_server import DROP, Phase10Server
+from phase10_server import DROP, Pause, Phase10Server
 
 from otel_bridge import trace_id_for
 from otel_bridge.producer.phase10 import Phase10Run
@@ -107,6 +109,31 @@ def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timel
     assert engine.timeline_requests == [(run.execution_id, "ws-1")]
     spans = {s.name: s for s in got.trace(_trace(run))}
     assert spans["workflow deploy-day"].status_code == OK and spans["step build"].status_code == OK
+
+
+def test_steps_that_go_on_after_a_cancellation_join_the_trace_and_none_is_late(tmp_path, otlp_http, engine):
+    # The engine's cancel lets the execution run on: its step ends, the next runs, then it completes,
+    # each long after the bridge's settle window (0.2 s here) has passed since the cancellation.
+    run = Phase10Run("triage").started(2).step_started("s1", "classify", 1, "agent").after(50).cancelled()
+    told = len(run.events)
+    run.after(1_500).step_completed("s1", 1.55).after(5).step_started("s2", "notify", 2).after(20)
+    run.step_completed("s2", 0.02).after(2).completed()
+    engine.scripts.put([*run.events[:told], Pause(1.5), *run.events[told:]])
+    bridge = _following(tmp_path, otlp_http, engine).start()
+    got = otlp_http.received
+    try:
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
+        metrics = httpx.get(f"{bridge.url}/metrics").text
+    finally:
+        bridge.close()
+    spans = {s.name: s for s in got.trace(_trace(run))}
+    assert set(spans) == {"workflow triage", "step classify", "step notify"}
+    assert spans["step classify"].status_code == OK and spans["step notify"].status_code == OK
+    root = spans["workflow triage"]
+    assert root.attributes["workflow.execution.result"] == "cancellation"
+    assert "workflow_completed" in [name for name, _t, _a in root.events]
+    late = re.search(r'^otel_bridge_events_late_total\{receiver="websocket"[^}]*\} (\S+)$', metrics, re.M)
+    assert late is not None and float(late.group(1)) == 0
 
 
 def _import(tmp_path, otlp_http, *arguments: str) -> subprocess.CompletedProcess[str]:

@@ -189,3 +189,21 @@ def test_a_message_the_store_cannot_take_at_stop_is_kept_and_can_be_offered_agai
     dead_letters.close()
     assert (summary.accepted, summary.rejected) == (1, [])
     assert following.listed() == {run.execution_id}
+
+
+def test_a_cancelled_execution_that_goes_on_is_caught_up_after_a_reconnect_until_told_completed(tmp_path, engine):
+    # The cancel does not stop the execution: what it told while the bridge was away is in its timeline.
+    run = Phase10Run("triage").started(1).step_started("s1", "classify").after(10).cancelled()
+    told = len(run.events)
+    engine.timelines[run.execution_id] = run.after(500).step_completed("s1", 0.5).after(1).completed().timeline()
+    later = Phase10Run("after").started(1)
+    engine.scripts.put([*run.events[:told], DROP])
+    engine.scripts.put(list(later.events[:1]))
+
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: later.execution_id in following.listed(), "the second connection's message was not stored")
+        _wait(lambda: run.execution_id not in following.receiver.open_executions, "the run was not caught up")
+    assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id]
+    (state,) = following.pipeline.runs_named(run.execution_id)
+    assert {f.name for f in state.facts} >= {"workflow_cancelled", "step_completed", "workflow_completed"}
+    assert not state.carrying_on  # told completed: its trace goes at the next settling

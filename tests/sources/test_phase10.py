@@ -5,7 +5,9 @@ from datetime import UTC, datetime
 from fold_harness import fold_events
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
+from otel_bridge.correlate.runs import Admission, RunState
+from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
@@ -119,6 +121,95 @@ def test_an_execution_cancelled_that_carries_on_ends_at_its_cancellation_and_sho
     assert later.time_ns == _ns(run.events[-1]) and later.attributes["workflow.execution.result"] == "success"
     step = folded.span("step a")
     assert step.end_ns == _ns(run.events[3]) and step.status is SpanStatus.OK
+
+
+class _Live:
+    """One run as a bridge meets it: each message taken in when it is sent, settled when due."""
+
+    def __init__(self) -> None:
+        self.policy = Policy()
+        self.state: RunState | None = None
+        self.due: float | None = None
+        self.admissions: list[Admission] = []
+        self.sent: list[SpanRecord] = []
+
+    def take(self, messages: list[dict]) -> None:
+        for message in messages:
+            record = DECODE(message)
+            step = apply(self.state, self.due, record, _ns(message) / 1e9, self.policy)
+            self.state, self.due = step.state, step.due  # type: ignore[assignment]
+            self.admissions.append(step.admission)
+
+    def settle_when_due(self, until_s: float) -> list[SpanRecord]:
+        """Settle at each due time up to `until_s`, as the settle loop does: the spans sent."""
+        out: list[SpanRecord] = []
+        while self.state is not None and self.due is not None and self.due <= until_s:
+            step = settle_run(self.state, self.due, self.policy)
+            self.state, self.due = step.state, step.due  # type: ignore[assignment]
+            out += step.spans
+        self.sent += out
+        return out
+
+
+def test_a_cancelled_execution_stays_open_for_the_steps_that_go_on_and_is_sent_when_told_completed():
+    # Steps that end after the cancellation, well past the settle window, were late: counted and lost.
+    run = Phase10Run("r").started(2).step_started("s1", "research", 1, "agent").after(100).cancelled()
+    cancelled_at = _ns(run.events[-1]) / 1e9
+    live = _Live()
+    live.take(run.events)
+    assert live.settle_when_due(cancelled_at + 60) == []  # research still running: nothing ends at the cancel
+    assert live.state is not None and not live.state.closed
+
+    told = len(run.events)
+    run.after(120_000).step_completed("s1", 120.1).after(5).step_started("s2", "write", 2).after(30_000)
+    run.step_completed("s2", 30.0).after(3).completed()
+    live.take(run.events[told:])
+    live.settle_when_due(_ns(run.events[-1]) / 1e9 + 10)
+    assert set(live.admissions) == {Admission.ACCEPTED}
+    by_name = {s.name: s for s in live.sent}
+    assert sorted(by_name) == ["step research", "step write", "workflow r"]
+    root = by_name["workflow r"]
+    assert root.end_ns == _ns(run.events[2]) and root.attributes["workflow.execution.result"] == "cancellation"
+    assert [e.name for e in root.events if e.name == "workflow_completed"] == ["workflow_completed"]
+    research = by_name["step research"]
+    assert research.end_ns == _ns(run.events[3]) and research.status is SpanStatus.OK
+    assert research.attributes["workflow.task.result"] == "success"
+
+
+def test_a_step_that_ends_after_the_cancellation_is_sent_when_it_ends_before_the_run_is_told_completed():
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).cancelled().after(4_000)
+    live = _Live()
+    live.take(run.events)
+    told = len(run.events)
+    live.take(run.step_completed("s1", 4.1).events[told:])
+    (step,) = live.settle_when_due(_ns(run.events[-1]) / 1e9 + 5)
+    assert step.name == "step a" and step.end_ns == _ns(run.events[-1])
+
+
+def test_a_cancelled_execution_told_nothing_more_ends_at_its_cancellation_after_the_cancel_grace():
+    # The engine's task cancelled (a shutdown) says `workflow_cancelled` and nothing after it.
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).cancelled()
+    cancelled_at = _ns(run.events[-1])
+    live = _Live()
+    live.take(run.events)
+    grace_s = live.policy.settle.cancel_grace_ns / 1e9
+    assert live.settle_when_due(cancelled_at / 1e9 + grace_s - 1) == []
+    spans = {s.name: s for s in live.settle_when_due(cancelled_at / 1e9 + grace_s + 1)}
+    assert spans["workflow r"].end_ns == spans["step a"].end_ns == cancelled_at
+    assert spans["step a"].attributes["workflow.task.result"] == "interrupted"
+    assert live.state is not None and live.state.closed
+
+
+def test_only_a_cancellation_goes_on_and_an_end_told_first_is_not_undone_by_a_cancellation_after_it():
+    ended = Phase10Run("r").started().step_started("s1", "a").after(10).step_completed("s1").completed()
+    for messages in (ended.events, [*ended.events, {**ended.events[-1], "event_type": "workflow_cancelled"}]):
+        live = _Live()
+        live.take(messages)
+        assert live.state is not None and not live.state.carrying_on
+    cancelled = Phase10Run("r").started().after(10).cancelled()
+    assert DECODE(cancelled.events[-1]).fact.carries_on  # type: ignore[union-attr]
+    told_by_timeline = DECODE(cancelled.timeline())
+    assert isinstance(told_by_timeline, list) and not any(r.fact.carries_on for r in told_by_timeline)
 
 
 def test_a_step_cancelled_with_its_run_ends_with_the_run_as_a_cancellation_not_a_failure():
