@@ -353,7 +353,8 @@ def _state_spans(
             current += 1
         elif f.kind is KIND.ANNOTATION and f.step is None and current >= 0:
             inside_of[current].append(f)
-    spans, told = [], set()
+    spans: list[SpanRecord] = []
+    told: set[str] = set()
     for i, entry in enumerate(moves):
         if entry.kind is KIND.RUN_ENDED:
             continue
@@ -593,7 +594,7 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
     for f in ordered:
         if due is not None and f.kind is not KIND.RUN_PAUSED:
             if f.time_ns - due > grace_ns:
-                late = {
+                late: dict[str, AttributeValue] = {
                     c.WORKFLOW_OVERDUE_SECONDS: round((f.time_ns - due) / 1e9, 3),
                     c.WORKFLOW_OVERDUE_DUE_AT: iso_ns(due),
                 }

@@ -136,20 +136,21 @@ class _GrpcTraces(GrpcSpanExporter):
         return _span_count(data)
 
     def _initialize_channel_and_stub(self) -> None:
-        super()._initialize_channel_and_stub()
-        self._client = _RecordingStub(self._client)
+        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+        self._recorder = _RecordingStub(self._client)
+        self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
-        self._client.last = None  # type: ignore[union-attr]
+        self._recorder.last = None
         # The gRPC stub serializes a message itself.
         message = ExportTraceServiceRequest.FromString(request)
         ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
-        last = self._client.last  # type: ignore[union-attr]
+        last = self._recorder.last
         if ok:
             return _answered(last)
         if not isinstance(last, grpc.RpcError):
             return ExportResult(Delivery.RETRY, "")
-        code, details = last.code(), last.details()  # type: ignore[attr-defined]
+        code, details = last.code(), last.details()
         if code in _GRPC_REFUSES_THE_BRIDGE:
             return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({_NOT_THE_SPANS})")
         if code not in self._retryable_error_codes:  # type: ignore[operator]
@@ -160,13 +161,14 @@ class _GrpcTraces(GrpcSpanExporter):
 class _HttpTraces(HttpSpanExporter):
     def __init__(self) -> None:
         super().__init__()
-        self._client._transport = self._transport = _RecordingTransport(self._client._transport)
+        self._recorder = _RecordingTransport(self._client._transport)
+        self._client._transport = self._recorder  # type: ignore[assignment]  # the transport, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
         # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
-        self._transport.last = None
+        self._recorder.last = None
         result = self._client.export(request)
-        last = self._transport.last
+        last = self._recorder.last
         if result.success:
             return _answered(last.content() if last is not None else None)
         code = result.status_code

@@ -17,7 +17,6 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     MetricsData,
-    NumberDataPoint,
     Sum,
 )
 from prometheus_client import CollectorRegistry
@@ -80,10 +79,13 @@ class OtelCollector(Collector):
                 }
                 for scope in resource_metrics.scope_metrics:
                     for metric in scope.metrics:
-                        self._add(families, metric.name, metric.unit or "", metric.description, metric.data, resource)
+                        unit, doc = metric.unit or "", metric.description or ""
+                        self._add(families, metric.name, unit, doc, metric.data, resource)
         yield from families.values()
 
-    def _add(self, families: dict[str, Metric], name: str, unit: str, doc: str, data: object, resource: dict) -> None:
+    def _add(
+        self, families: dict[str, Metric], name: str, unit: str, doc: str, data: object, resource: dict[str, str]
+    ) -> None:
         base = metric_name(name, unit)
         if isinstance(data, Histogram):
             kind = "histogram"
@@ -98,14 +100,11 @@ class OtelCollector(Collector):
         if family is None:
             family = families[base] = Metric(base, doc, kind)
         for point in data.data_points:
-            labels = {label_name(k): str(v) for k, v in point.attributes.items()} | resource
-            if kind == "histogram":
+            labels = {label_name(k): str(v) for k, v in (point.attributes or {}).items()} | resource
+            if isinstance(point, HistogramDataPoint):
                 _add_histogram(family, base, labels, point)
-            elif kind == "counter":
-                family.add_sample(base + "_total", labels, point.value)
             else:
-                assert isinstance(point, NumberDataPoint)
-                family.add_sample(base, labels, point.value)
+                family.add_sample(base + "_total" if kind == "counter" else base, labels, point.value)
 
 
 def _add_histogram(family: Metric, base: str, labels: dict[str, str], point: HistogramDataPoint) -> None:

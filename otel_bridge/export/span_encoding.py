@@ -96,7 +96,7 @@ def proto_resource(key: str) -> ProtoResource:
 
 
 def _number(message: type, field: str) -> int:
-    return message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
+    return int(message.DESCRIPTOR.fields_by_name[field].number)  # type: ignore[attr-defined]
 
 
 _RESOURCE_SPANS = _number(ExportTraceServiceRequest, "resource_spans")

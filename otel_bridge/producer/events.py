@@ -78,7 +78,7 @@ class WorkflowRun(_Stream):
 
     @property
     def workflow_id(self) -> str:
-        return self.base["workflowId"]
+        return str(self.base["workflowId"])
 
     def started(self, input: Any = None) -> "WorkflowRun":
         return self.emit("workflow.started", input=input)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import RedisError, ResponseError
@@ -85,13 +85,15 @@ class StreamReceiver:
             self._key, self._group, self._name, self._claim_after_ms, "0-0", count=self._batch
         )
         if claimed:
-            return claimed
+            return cast(list[tuple[bytes, dict[bytes, bytes]]], claimed)
         self._check_losses()
         return self._read(">", block=self._block_ms)
 
     def _read(self, start: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         answer = self._client.xreadgroup(self._group, self._name, {self._key: start}, count=self._batch, block=block)
-        return [entry for _stream, entries in answer or [] for entry in entries]
+        # bytes: the client does not decode responses
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None, answer)
+        return [entry for _stream, entries in streams or [] for entry in entries]
 
     def _check_losses(self) -> None:
         """Count entries the stream trimmed before the group read them.

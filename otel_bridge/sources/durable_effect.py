@@ -296,7 +296,7 @@ TrackingEvent = Annotated[
 ]
 
 EVENT_TYPES: tuple[str, ...] = tuple(
-    model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    model.model_fields["type"].annotation.__args__[0]
     for union in (WorkflowEvent, JobEvent)
     for model in union.__origin__.__args__  # type: ignore[attr-defined]
 )
@@ -327,7 +327,7 @@ def _decode_error(raw: Any, exc: ValidationError) -> DecodeError:
     return DecodeError(field, reason)
 
 
-def _problem(raw: dict, error: Any) -> tuple[str, str]:
+def _problem(raw: dict[str, Any], error: Any) -> tuple[str, str]:
     loc = [str(part) for part in error["loc"]]
     source = _source_of(raw)
     # Drop the union tags pydantic puts in front of the field path.
@@ -465,19 +465,18 @@ def _workflow_record(e: Any, options: DecodeOptions) -> WorkflowRecord:
                 **base,
             )
         case RetryScheduled():
+            retry: dict[str, AttributeValue | None] = {
+                c.WORKFLOW_TASK_NAME: e.step_name,
+                c.WORKFLOW_TASK_ATTEMPT: e.attempt,
+                c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: iso(e.next_attempt_at),
+                c.WORKFLOW_RETRY_DELAY_MS: e.delay_ms,
+            }
             fact = Fact(
                 kind=KIND.RETRY_SCHEDULED,
                 step=e.step_name,
                 attempt=e.attempt,
                 closes_attempt=OUTCOME.FAILURE,
-                attributes=attrs(
-                    **{
-                        c.WORKFLOW_TASK_NAME: e.step_name,
-                        c.WORKFLOW_TASK_ATTEMPT: e.attempt,
-                        c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: iso(e.next_attempt_at),
-                        c.WORKFLOW_RETRY_DELAY_MS: e.delay_ms,
-                    }
-                ),
+                attributes=attrs(**retry),
                 **base,
             )
         case RetryExhausted():

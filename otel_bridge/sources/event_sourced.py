@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from otel_bridge import conventions as c
-from otel_bridge.lifecycle import KIND, OUTCOME, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
+from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import (
     DecodeError,
     DecodeOptions,
@@ -122,7 +122,7 @@ class EventSourcedDecoder:
     def _run(self, e: StreamEvent, kind: RunKind = RunKind.WORKFLOW) -> RunRef:
         started = e.event_type == "system" and e.event_name == "workflow.started"
         name = str(e.payload.get("workflow_name") or "") if started else ""
-        attributes = {}
+        attributes: dict[str, AttributeValue] = {}
         if started and e.payload.get("workflow_version") not in (None, ""):
             attributes[c.WORKFLOW_DEFINITION_VERSION] = str(e.payload["workflow_version"])
         return RunRef(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from otel_bridge.state.store import StoreUnavailable, Transaction
+from otel_bridge.state.store import StoreUnavailable, T, Transaction
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ class GroupCommit:
         self.transactions = 0
         self.batches = 0
 
-    def run(self, work: Callable[[Transaction], Any]) -> Any:
+    def run(self, work: Callable[[Transaction], T]) -> T:
         mine = _Work(work)
         with self._waiting_lock:
             self._waiting.append(mine)
@@ -61,7 +61,7 @@ class GroupCommit:
             mine.done.wait()  # taken by the transaction running now
         if mine.error is not None:
             raise mine.error
-        return mine.result
+        return mine.result  # type: ignore[no-any-return]  # what `work` returned
 
     def _lead(self) -> None:
         with self._waiting_lock:

@@ -29,6 +29,8 @@ from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable,
 log = logging.getLogger(__name__)
 
 _GROUP = "exporters"
+# Stream entries as the client gives them (it does not decode responses): (id, fields).
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _MAX_ATTEMPTS = 50
 
 
@@ -270,9 +272,9 @@ class RedisStore:
             for entry_id, fields in entries
         ]
 
-    def _read(self, limit: int, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _read(self, limit: int, start: str) -> _Entries:
         answer = self._client.xreadgroup(_GROUP, self._consumer, {self._outbox: start}, count=limit)
-        entries = [e for _stream, found in answer for e in found]
+        entries = [e for _stream, found in cast(list[tuple[bytes, _Entries]], answer) for e in found]
         # Entries deleted after delivery come back with no fields: nothing to send, and
         # acknowledged, or they would come back at every read.
         gone = [entry_id for entry_id, fields in entries if not fields]
@@ -320,18 +322,19 @@ class RedisStore:
                     listed.add(digest)
                     found.append(key)
             if found:
-                for key, blob in zip(found, self._client.mget(found), strict=True):
+                for key, blob in zip(found, cast(list[bytes | None], self._client.mget(found)), strict=True):
                     if blob is not None:  # deleted since the scan
                         yield key.decode()[skip:], blob
             if cursor == 0:
                 return
 
     def facts(self, key: str) -> list[bytes]:
-        return _in_order(self._client.hgetall(f"{self._p}facts:{key}"))
+        return _in_order(cast(dict[bytes, bytes], self._client.hgetall(f"{self._p}facts:{key}")))
 
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
-        keys = [k.decode() for k in self._client.zrangebyscore(f"{self._p}overdue", "-inf", now)]
-        blobs = self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else []
+        found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
+        keys = [k.decode() for k in found]
+        blobs = cast(list[bytes | None], self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else [])
         return [(k, b) for k, b in zip(keys, blobs, strict=True) if b is not None]
 
     def close(self) -> None:

@@ -59,7 +59,7 @@ _STATES_CHUNK = 1000
 _CHUNK = 900
 
 
-def _chunks(items: list[str]) -> Iterator[list[str]]:
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
 
@@ -247,7 +247,7 @@ class SqliteStore:
         self._waiting_lock = threading.Lock()
         self._released_by: int | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
-        self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._text_ids = self._holds_text_ids()
         self._reserve = None
         if self._checkpoint_path is not None:
@@ -463,7 +463,7 @@ class SqliteStore:
             _busy, logged, copied = self._freeing(self._checkpointer, "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if copied == logged:  # else a reader still needed some pages: the next call copies them
                 self._checkpointed = commits
-            return max(copied, 0)
+            return max(int(copied), 0)
 
     def close(self) -> None:
         with self._checkpoint_lock:

@@ -37,7 +37,9 @@ def _event(source: str, type_: str, base: dict[str, Any], at: datetime | None, *
     return event
 
 
-def _error(message: str, stack: str | None = None, step: str | None = None, attempt: int | None = None) -> dict:
+def _error(
+    message: str, stack: str | None = None, step: str | None = None, attempt: int | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"message": message}
     for key, value in (("stack", stack), ("stepName", step), ("attempt", attempt)):
         if value is not None:
@@ -146,7 +148,9 @@ class WorkflowEvents:
     ) -> dict[str, Any]:
         return self._e("timeout.set", at, stepName=step_name, timeoutMs=timeout_ms, deadline=deadline and iso(deadline))
 
-    def timeout_exceeded(self, step_name: str, timeout_ms: float | None = None, *, at: datetime | None = None) -> dict:
+    def timeout_exceeded(
+        self, step_name: str, timeout_ms: float | None = None, *, at: datetime | None = None
+    ) -> dict[str, Any]:
         return self._e("timeout.exceeded", at, stepName=step_name, timeoutMs=timeout_ms)
 
 
@@ -180,7 +184,9 @@ class JobEvents:
     ) -> dict[str, Any]:
         return self._e("job.retryExhausted", at, attempts=attempts, reason=reason)
 
-    def terminated(self, run_count: int = 0, reason: str | None = None, *, at: datetime | None = None) -> dict:
+    def terminated(
+        self, run_count: int = 0, reason: str | None = None, *, at: datetime | None = None
+    ) -> dict[str, Any]:
         return self._e("job.terminated", at, runCount=run_count, reason=reason)
 
     def debounce_started(self, flush_at: datetime | None = None, *, at: datetime | None = None) -> dict[str, Any]:

@@ -67,7 +67,7 @@ class _Config:
 
     def delay(self, attempt: int, asked: float | None = None) -> float:
         """Before re-send `attempt`: the engine's backoff, or longer when the bridge asked for it."""
-        backoff = self.initial_delay * 2 ** (attempt - 1)
+        backoff = self.initial_delay * 2.0 ** (attempt - 1)
         return backoff if asked is None else max(backoff, asked)
 
 
