@@ -490,6 +490,12 @@ def forget_facts(state: RunState) -> None:
     state.remember_seen(f.event_id for f in state.facts)
     state.facts = []
     state.emitted = {}
+    # What only an open run, or its settling, reads: left at its default, it is left out of the
+    # stored header (a week of closed runs is most of a busy bridge's state).
+    state.seq = state.settled_seq = state.opened_ns = state.closed_ns = state.ended_seen_ns = 0
+    state.state_order = state.counted_name = None
+    state.execution_state = c.STATE_EXECUTING
+    state.carrying_on = False
     state.__dict__.pop("_where", None)
     state.__dict__.pop("_ids", None)
     state.__dict__.pop("_attempt_ids", None)

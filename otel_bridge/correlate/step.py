@@ -107,8 +107,8 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         if not state.facts:
             return Step(None, None)  # remembered for late events long enough
         # Kept to be shown (`otel-bridge show`) for a while; now only remembered for late events.
-        forget_facts(state)
         closed = state.closed_ns / 1e9 or now
+        forget_facts(state)
         return Step(state, max(closed + policy.dedup_ttl_seconds, now), facts_forgotten=True)
     result = settle(state, int(now * 1e9), policy.settle)
     if result.held:
