@@ -63,7 +63,7 @@ def overdue_since_ns(state: RunState) -> int | None:
     in its state is looked for from the newest: most often the last one, in a run of any length (a
     step polled thousands of times pauses between its attempts).
     """
-    if state.ended or state.closed or not state.facts:
+    if not state.going_on or not state.facts:
         return None
     if state.execution_state == c.STATE_PAUSED:
         # The latest pause is the fact that put the run in its state (every pause states it).
@@ -85,7 +85,7 @@ def _stating_fact(state: RunState) -> Fact | None:
 
 def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     """The run as it stands, or None when it has ended (or holds nothing to tell)."""
-    if state.ended or state.closed or not state.facts:
+    if not state.going_on or not state.facts:
         return None
     last = max(state.facts, key=by_order)
     current = state.execution_state
@@ -122,7 +122,7 @@ class RunQuery:
     def may_hold(self, header: RunState) -> bool:
         """Whether a run known by its header alone (no facts read) may be one asked for."""
         return (
-            not (header.ended or header.closed)
+            header.going_on
             and (self.service is None or header.run.service == self.service)
             and (self.state is None or header.execution_state == self.state)
         )

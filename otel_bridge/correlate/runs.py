@@ -166,9 +166,15 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         return by_step
 
     @property
+    def going_on(self) -> bool:
+        """Not ended, or told ended only by an end that does not stop it (`carrying_on`): still running,
+        so counted active, listed among the open runs, and able to turn overdue."""
+        return not self.closed and (not self.ended or self.carrying_on)
+
+    @property
     def counted_state(self) -> str | None:
         """The workflow.execution.state this run is counted under in workflow.execution.active."""
-        if self.ended or self.closed or not self.facts or self.run.kind is RunKind.TRIGGER:
+        if not self.going_on or not self.facts or self.run.kind is RunKind.TRIGGER:
             return None
         return self.execution_state
 
@@ -181,7 +187,7 @@ def counted_under(state: RunState) -> str | None:
     """`counted_state` from a state's header alone (facts not read): what a restart re-counts."""
     if state.facts:  # stored by an earlier version, facts inside
         return state.counted_state
-    if state.ended or state.closed or state.counted_name is None or state.run.kind is RunKind.TRIGGER:
+    if not state.going_on or state.counted_name is None or state.run.kind is RunKind.TRIGGER:
         return None
     return state.execution_state
 

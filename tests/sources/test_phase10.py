@@ -5,12 +5,14 @@ from datetime import UTC, datetime
 from fold_harness import fold_events
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.runs import Admission, RunState
+from otel_bridge.correlate.outputs import Observation, SpanRecord, SpanStatus
+from otel_bridge.correlate.overview import overview
+from otel_bridge.correlate.runs import Admission, RunState, counted_under
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.state import journal
 
 DECODE = Phase10Decoder(Phase10Options(service="agents", env="prod"))
 
@@ -132,6 +134,10 @@ class _Live:
         self.due: float | None = None
         self.admissions: list[Admission] = []
         self.sent: list[SpanRecord] = []
+        self.active = 0  # the run's share of workflow.execution.active
+
+    def _count(self, observations: list[Observation]) -> None:
+        self.active += sum(int(o.value) for o in observations if o.instrument == "workflow.execution.active")
 
     def take(self, messages: list[dict]) -> None:
         for message in messages:
@@ -139,6 +145,7 @@ class _Live:
             step = apply(self.state, self.due, record, _ns(message) / 1e9, self.policy)
             self.state, self.due = step.state, step.due  # type: ignore[assignment]
             self.admissions.append(step.admission)
+            self._count(step.observations)
 
     def settle_when_due(self, until_s: float) -> list[SpanRecord]:
         """Settle at each due time up to `until_s`, as the settle loop does: the spans sent."""
@@ -147,6 +154,7 @@ class _Live:
             step = settle_run(self.state, self.due, self.policy)
             self.state, self.due = step.state, step.due  # type: ignore[assignment]
             out += step.spans
+            self._count(step.observations)
         self.sent += out
         return out
 
@@ -159,13 +167,19 @@ def test_a_cancelled_execution_stays_open_for_the_steps_that_go_on_and_is_sent_w
     live.take(run.events)
     assert live.settle_when_due(cancelled_at + 60) == []  # research still running: nothing ends at the cancel
     assert live.state is not None and not live.state.closed
+    # Still running: counted active, and listed among the open runs as executing.
+    assert live.active == 1
+    header = journal.decode(live.state.run.state_key, journal.encode_header(live.state), [])
+    assert counted_under(header) == "executing"  # and so counted again after a restart
+    listed = overview(live.state, int(cancelled_at * 1e9) + 60 * 10**9, 0)
+    assert listed is not None and listed.state == "executing" and listed.last_event == "workflow_cancelled"
 
     told = len(run.events)
     run.after(120_000).step_completed("s1", 120.1).after(5).step_started("s2", "write", 2).after(30_000)
     run.step_completed("s2", 30.0).after(3).completed()
     live.take(run.events[told:])
     live.settle_when_due(_ns(run.events[-1]) / 1e9 + 10)
-    assert set(live.admissions) == {Admission.ACCEPTED}
+    assert set(live.admissions) == {Admission.ACCEPTED} and live.active == 0
     by_name = {s.name: s for s in live.sent}
     assert sorted(by_name) == ["step research", "step write", "workflow r"]
     root = by_name["workflow r"]
@@ -197,7 +211,7 @@ def test_a_cancelled_execution_told_nothing_more_ends_at_its_cancellation_after_
     spans = {s.name: s for s in live.settle_when_due(cancelled_at / 1e9 + grace_s + 1)}
     assert spans["workflow r"].end_ns == spans["step a"].end_ns == cancelled_at
     assert spans["step a"].attributes["workflow.task.result"] == "interrupted"
-    assert live.state is not None and live.state.closed
+    assert live.state is not None and live.state.closed and live.active == 0
 
 
 def test_only_a_cancellation_goes_on_and_an_end_told_first_is_not_undone_by_a_cancellation_after_it():
