@@ -138,7 +138,12 @@ def write(tx: Transaction, key: str, changes: Changes, overdue_at: float | None)
         # at their end, and write no row). Keyed by how many were sent before: `emitted` only grows
         # until the run forgets it, with its rows.
         tx.append(keys.sent_spans(key), [(len(state.emitted) - len(changes.sent), _sent_row(changes.sent))])
-    tx.save(key, encode_header(state), changes.due, overdue_at)
+    due = changes.due
+    # A run that forgot its facts is kept only to tell late events, then dropped: by the store itself
+    # where it can (a state saved again for a late event keeps that), else by settling it when due.
+    if changes.forgotten and due is not None and tx.expire_at(key, due):
+        due = None
+    tx.save(key, encode_header(state), due, overdue_at)
 
 
 def _sent_row(sent: dict[str, int]) -> bytes:

@@ -137,6 +137,9 @@ class SqliteTransaction:
     def reschedule(self, key: str, due: float) -> None:
         self._db.execute("UPDATE state SET due = ? WHERE key = ?", (due, key))
 
+    def expire_at(self, key: str, when: float) -> bool:
+        return False  # no expiry in SQLite: the due index does it
+
     def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM state WHERE key = ?", (key,))
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))

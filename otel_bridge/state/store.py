@@ -57,6 +57,12 @@ class Transaction(Protocol):
     def delete(self, key: str) -> None:
         """The state and its facts."""
 
+    def expire_at(self, key: str, when: float) -> bool:
+        """Have the store drop this state by itself at `when` (wall clock), a save before or after
+        keeping it so: True. False: it cannot, and the state stays due then, to be deleted by its
+        settling. Asked of a run that forgot its facts, kept only to tell late events (it never
+        opens again): the store then keeps no due entry for it."""
+
     # A run's facts are a journal beside its state: appended, not rewritten, so a batch costs
     # the same for a run of ten facts or of ten thousand. A row holds the facts one transaction
     # added, keyed by the first one's `seq`; `facts` answers the rows in that order.

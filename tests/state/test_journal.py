@@ -350,3 +350,26 @@ def test_rows_written_by_the_pydantic_version_read_back_and_are_written_the_same
     )
     assert journal.encode_header(state) == _PYDANTIC_HEADER
     assert [journal.encode_fact(f) for f in state.facts] == _PYDANTIC_FACTS
+
+
+def test_redis_drops_a_run_kept_only_for_late_events_by_itself_a_late_event_keeping_its_expiry(redis_url):
+    # The week a closed run is remembered, a member of the due index per run (~200 bytes) was most of
+    # what Redis kept beside the run itself, and settling woke up only to delete it.
+    settings = Settings(state=redis_url, settle_seconds=0, keep_finished_seconds=0, dedup_ttl_seconds=3)
+    store = RedisStore(redis_url, seen_ttl_seconds=3, prefix=f"x{uuid.uuid4().hex[:6]}:")
+    pipeline = Pipeline(store, MetricsHub(), settings)
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    pipeline.ingest(run.events)
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2  # sent, closed
+    pipeline.settle_due(horizon=time.time() + 1)  # kept to be shown for no time: forgotten now
+    (key,) = [k for k, _ in store.states()]
+    assert store.run(lambda tx: tx.load(key)) is not None
+    assert store.run(lambda tx: tx.due_keys(float("inf"), 10)) == []  # nothing left to settle
+    assert 0 < store._client.pttl(f"{store._p}state:{key}") <= 3000
+
+    assert pipeline.ingest(run.after(1).step_started("straggler").events[-1:]).late == 1
+    assert pipeline.ingest(run.events[:1]).duplicates == 1  # still told apart from a new event
+    assert 0 < store._client.pttl(f"{store._p}state:{key}") <= 3000  # saved again, expiring as before
+    time.sleep(3.2)
+    assert list(store.states()) == []
+    store.close()

@@ -362,3 +362,9 @@ def test_redis_lists_each_state_once_though_scan_may_return_a_key_twice(redis_ur
     monkeypatch.setattr(store._client, "scan", returning_keys_again)
     assert sorted(key for key, _ in store.states()) == sorted(saved)
     store.close()
+
+
+def test_sqlite_leaves_dropping_a_state_to_its_due_time(tmp_path):
+    store = SqliteStore(str(tmp_path / "s.db"))
+    assert store.run(lambda tx: tx.expire_at("k", time.time())) is False  # the journal keeps it due instead
+    store.close()
