@@ -108,6 +108,9 @@ class Pipeline:
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
+        # Runs this process knows held open after a cancellation that goes on (`carrying_on`): due only
+        # when their grace ends, so a stop told that nothing more will come ends them by name.
+        self._held: set[str] = set()
         # Called after each settle transaction: a settling of many runs moves on slice by slice.
         self.settled_slice: Callable[[], None] = lambda: None
         self.policy = policy_of(settings)
@@ -299,13 +302,14 @@ class Pipeline:
         if told_all:
             policy = replace(policy, settle=replace(policy.settle, gap_grace_ns=0, cancel_grace_ns=0))
         done: set[str] = set()
+        forced = set(self._held) if told_all else set()
         # The due runs read from the store and not yet settled: a chunk of them serves several
         # slices, instead of each millisecond's slice reading 256 keys to settle a handful.
-        pending: list[str] = []
+        pending: list[str] = sorted(forced)
         sent = 0
         while True:
             keys_, steps = self._transaction(
-                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, pending, touched)
+                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, pending, touched, forced)
             )
             done.update(keys_)
             del pending[: len(keys_)]
@@ -330,6 +334,7 @@ class Pipeline:
         done: set[str],
         pending: list[str],
         touched: set[str],
+        forced: set[str],
     ) -> tuple[list[str], list[Step]]:
         if not pending:
             pending.extend(k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done)
@@ -343,7 +348,7 @@ class Pipeline:
             if n % _READ_AHEAD == 0:
                 journal.prefetch(tx, [k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
-                step = self._settle_one(tx, key, horizon, now, policy, touched)
+                step = self._settle_one(tx, key, float("inf") if key in forced else horizon, now, policy, touched)
             except Exception as exc:
                 # The store's own refusal (a full disk) is not this run's fault: none is set aside for it.
                 if (refused := self.store.refusal(exc)) is not None:
@@ -387,6 +392,10 @@ class Pipeline:
         if state is None or due is None or due > horizon:
             return None
         step = settle_run(state, now, policy)
+        if isinstance(step.state, RunState) and step.state.carrying_on and not step.state.closed:
+            self._held.add(key)
+        else:
+            self._held.discard(key)
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
         rows = []
         if step.spans:
@@ -490,7 +499,8 @@ class Pipeline:
 
         Only for a store of our own: with a shared store every replica's gauge is its share of
         the changes it saw, and recounting everything on each replica would count runs twice.
-        Reads the states' headers only (not their facts): once per start, over every open run.
+        Reads the states' headers only (not their facts): once per start, over every open run. The
+        runs held open after a cancellation that goes on are noted on the way, for a stop told all.
         """
         if self.store.shared:
             return
@@ -509,6 +519,8 @@ class Pipeline:
                 if state.counted:
                     observations.append(active_instance(state))
                 continue
+            if state.carrying_on and not state.closed:
+                self._held.add(key)
             counted = counted_under(state)
             if counted in (c.STATE_PAUSED, c.STATE_PENDING):
                 waiting.append(key)

@@ -227,8 +227,21 @@ def test_a_phase10_run_cancelled_stays_open_across_a_restart_and_ends_when_nothi
     report = restarted.ingest(run.after(90_000).step_completed("s1", 90.1).events[told:], decoder)
     assert (report.accepted, report.late) == (1, 0)
     assert restarted.settle_due(horizon=time.time() + 60) == 1  # the step, as it ended
-    # A stop told that nothing more will come (a replayed file's end) ends the run at its cancellation.
-    assert restarted.settle_due(horizon=float("inf"), told_all=True) == 1
+    # A stop told that nothing more will come (a replayed file's end) ends the run at its cancellation,
+    # though it is not due before its grace ends.
+    assert restarted.settle_due(horizon=time.time() + 1, told_all=True) == 1
     (root,) = [Span.FromString(row.payload) for row in restarted.store.outbox_peek(10)][-1:]
     cancelled_at = datetime.fromisoformat(run.events[2]["timestamp"]).replace(tzinfo=UTC)
     assert root.name == "workflow r" and root.end_time_unix_nano == int(cancelled_at.timestamp() * 1000) * 10**6
+
+
+def test_a_run_held_open_after_its_cancellation_before_a_restart_is_ended_by_a_stop_told_all(tmp_path):
+    decoder = Phase10Decoder(Phase10Options())
+    run = Phase10Run("r").started(2).step_started("s1", "a").after(100).cancelled()
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest(run.events, decoder)
+    assert pipeline.settle_due(horizon=time.time() + 60) == 0  # held: due when its grace ends
+    pipeline.store.close()
+    restarted = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
+    restarted.restore_gauges()  # as a start does: it reads every header, the held runs' among them
+    assert restarted.settle_due(horizon=time.time() + 1, told_all=True) == 2  # the root, and a ended there
