@@ -20,15 +20,13 @@ from otel_bridge.correlate.spans import build_spans, ends_attempt
 from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
-# A new event id matching a digest of a forgotten run (odds n/2^64) is counted as a duplicate rather than
-# late, and neither attaches it to the trace that has left.
-_DIGEST = EVENT_DIGEST_BYTES
-
 
 def _holds(digests: bytes, digest: bytes) -> bool:
-    """Whether `digest` is one of `digests` (as a whole, not straddling two of them)."""
+    """Whether `digest` is one of `digests` (as a whole, not straddling two of them). A new event id
+    matching a digest of a forgotten run (odds n/2^64) is counted as a duplicate rather than late, and
+    neither attaches it to the trace that has left."""
     at = digests.find(digest)
-    while at != -1 and at % _DIGEST:
+    while at != -1 and at % EVENT_DIGEST_BYTES:
         at = digests.find(digest, at + 1)
     return at != -1
 
@@ -113,7 +111,8 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
 
     def remember_seen(self, event_ids: Iterable[str]) -> None:
         """Keep these event ids among the seen ones, as digests (the ids themselves no longer needed)."""
-        known = {self.seen_digests[i : i + _DIGEST] for i in range(0, len(self.seen_digests), _DIGEST)}
+        size = EVENT_DIGEST_BYTES
+        known = {self.seen_digests[i : i + size] for i in range(0, len(self.seen_digests), size)}
         known.update(event_digest(event_id) for event_id in (*self.seen_ids, *event_ids))
         self.seen_digests = b"".join(sorted(known))
         self.seen_ids = []
@@ -402,7 +401,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     if state.closed or not state.facts:
         return result
     ended = state.ended
-    carrying_on = ended and state.carrying_on and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
+    # `carrying_on` is only ever set with the end that made the run `ended`.
+    carrying_on = state.carrying_on and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
     if carrying_on:
         ended = False
     incomplete = not ended and now_ns - state.opened_ns >= policy.max_open_ns

@@ -37,6 +37,10 @@ _ENDINGS = {
     "workflow_failed": OUTCOME.FAILURE,
     "workflow_cancelled": OUTCOME.CANCELLATION,
 }
+# Ends the engine tells without stopping the execution (`cancel_workflow_execution`): its steps run on,
+# then it is told completed or failed. The run stays open for them (`Fact.carries_on`), and a follower
+# keeps catching it up.
+_GOES_ON_AFTER = frozenset({"workflow_cancelled"})
 _STEP_ENDINGS = {"step_completed": OUTCOME.SUCCESS, "step_failed": OUTCOME.FAILURE, "step_skipped": OUTCOME.SKIPPED}
 # The engine's status enums (backend/schemas.py): an execution may also end `timeout` (no message
 # tells it), and a step cancelled with its run is set `cancelled` without a completion time or a
@@ -145,9 +149,9 @@ def progress(message: Any) -> tuple[str | None, bool | None]:
     event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
     if event_type == "workflow_started":
         return execution, True
-    if event_type in _ENDINGS and _ENDINGS[event_type] is not OUTCOME.CANCELLATION:
+    if event_type in _ENDINGS and event_type not in _GOES_ON_AFTER:
         return execution, False
-    return execution, None  # a cancelled execution goes on: caught up on until told completed or failed
+    return execution, None
 
 
 def _event_id(*parts: object) -> str:
@@ -210,9 +214,7 @@ class Phase10Decoder:
                 counted = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
                 message = d.get("error_message") or counted
                 error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
-            # The engine's cancel says so and lets the execution go on (`cancel_workflow_execution`):
-            # its steps run to their ends, then it is told completed or failed.
-            goes_on = outcome is OUTCOME.CANCELLATION
+            goes_on = e.event_type in _GOES_ON_AFTER
             return Fact(
                 kind=KIND.RUN_ENDED, outcome=outcome, error=error, carries_on=goes_on, attributes=described, **base
             )
