@@ -1,42 +1,41 @@
 """What every source's wire models share: times OTLP can carry, identities without control
 characters, bounded numbers, the decode error naming a field, and what a payload may reveal."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, Field, GetCoreSchemaHandler
+from pydantic_core import CoreSchema, ErrorDetails, core_schema
 
 from otel_bridge.lifecycle import AttributeValue
-
-
-def _iso_string(value: Any) -> Any:
-    # pydantic would read a number as Unix seconds; the engine only sends ISO-8601 text,
-    # so a number here is a bug on the producer's side worth naming.
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO-8601 timestamp string")
-    return value
-
 
 # OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2554, 7, 21, tzinfo=UTC)
+_NOT_ISO = "must be an ISO-8601 timestamp string"
+_OUT_OF_RANGE = "must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times"
 
 
-def _in_otlp_range(value: datetime) -> datetime:
-    # Every event's time passes here: the common case is decided by its year alone (an offset
-    # moves a time by a day at most), without the two subtractions below (4 % of the bridge's work).
-    if value.tzinfo is not None and 1971 <= value.year <= 2553:
-        return value
-    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    # Subtracting compares in UTC without converting, which overflows near year 9999.
-    if moment - _EARLIEST < _ZERO or moment - _LATEST >= _ZERO:
-        raise ValueError("must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times")
-    return moment
+class _IsoTime:
+    """A time OTLP can carry, sent as ISO-8601 text, checked by pydantic's compiled validators alone.
+
+    pydantic would read a number as Unix seconds; the engine only sends text, so a number is a bug
+    on the producer's side worth naming. Every event's time passes here: the two Python validators
+    this was (the text's type, the range) cost ~1 µs an event. A time without an offset is UTC, here
+    (pydantic compares it so) and in `ns`.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
+        text = core_schema.union_schema(
+            [core_schema.str_schema(strict=True), core_schema.is_instance_schema(datetime)],
+            custom_error_type="iso_time_type",
+            custom_error_message=_NOT_ISO,
+        )
+        return core_schema.chain_schema([text, core_schema.datetime_schema(ge=_EARLIEST, lt=_LATEST)])
 
 
-_ZERO = timedelta(0)
 # U+001F separates the fields of the hashes that make trace ids: an identity holding it (or any
 # control character) could make two producers' runs share one trace. A pattern, checked by
 # pydantic's own regex engine: a Python validator per identity cost 3 % of the bridge's work.
@@ -45,7 +44,7 @@ CONTROL_CHARACTERS = "must not contain control characters (U+0000-U+001F, U+007F
 # Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
 _MAX_MS = 2**63 / 1e6 / 2
 
-IsoTime = Annotated[datetime, BeforeValidator(_iso_string), AfterValidator(_in_otlp_range)]
+IsoTime = Annotated[datetime, _IsoTime]
 Identity = Annotated[str, Field(min_length=1, pattern=PRINTABLE)]
 Label = Annotated[str, Field(pattern=PRINTABLE)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
@@ -60,10 +59,16 @@ class DecodeOptions(BaseModel):
     redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
 
 
+# A time out of range, as pydantic's error names the bound it crossed.
+_BOUNDS = {"greater_than_equal": ("ge", "1970-01-01T00:00:00Z"), "less_than": ("lt", "2554-07-21T00:00:00Z")}
+
+
 def reason(error: ErrorDetails) -> str:
     """What one of pydantic's errors says, in the bridge's words where the check is the bridge's."""
     if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == PRINTABLE:
         return CONTROL_CHARACTERS
+    if (bound := _BOUNDS.get(error["type"])) is not None and error.get("ctx", {}).get(bound[0]) == bound[1]:
+        return _OUT_OF_RANGE
     return error["msg"].removeprefix("Value error, ")
 
 

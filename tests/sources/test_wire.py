@@ -41,6 +41,19 @@ def test_a_time_without_offset_is_read_as_utc():
     assert ns(with_offset.at) == ns(without.at)
 
 
+def test_a_time_that_is_not_text_or_out_of_range_is_named_as_such():
+    assert _problem(at=1740830400) == "must be an ISO-8601 timestamp string"  # not read as Unix seconds
+    assert _problem(at=None) == "must be an ISO-8601 timestamp string"
+    too_late = "must lie between 1970-01-01 and 2554-07-21 (UTC): OTLP cannot carry other times"
+    assert _problem(at="2554-07-21T00:00:01") == too_late
+    assert _problem(at="1969-12-31T23:59:59Z") == too_late
+    assert "datetime" in _problem(at="yesterday")  # pydantic's own word on text that is no time
+
+
+def test_a_time_keeps_its_microseconds():
+    assert ns(_Event(at="2025-03-01T12:00:00.123456Z").at) == 1_740_830_400_123_456_000
+
+
 def test_an_identity_with_a_control_character_is_named_as_such():
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x1fb") == CONTROL_CHARACTERS
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x7f") == CONTROL_CHARACTERS
