@@ -331,6 +331,26 @@ def test_redis_lets_seen_ids_expire(redis_url):
     assert store.run(lambda tx: tx.unseen(["e"])) == {"e"}
 
 
+def test_redis_takes_transactions_after_forgetting_the_scripts_they_run_as(redis_url):
+    # A transaction reads ahead and writes as one script each: Redis restarted (or SCRIPT FLUSH)
+    # forgets scripts, and the next transaction must not fail for it after its WATCH passed.
+    store = RedisStore(redis_url, seen_ttl_seconds=60, prefix=f"lua{uuid.uuid4().hex[:6]}:")
+    key, payload = runs_of("durable-effect", "prod", "shop") + "r", bytes(range(256))  # every byte value
+    store.run(lambda tx: (tx.save(key, b"h1", 5.0), tx.append(key, [(1, b"f1")]), tx.outbox_add([("r", payload)])))
+    store._client.script_flush()
+
+    def read_and_write(tx):
+        tx.prefetch([key], [keys.sent_spans(key)])
+        found = (tx.load(key), tx.facts(key), tx.facts(keys.sent_spans(key)))
+        tx.append(key, [(2, b"f2")])
+        return found
+
+    assert store.run(read_and_write) == ((b"h1", 5.0), [b"f1"], [])
+    assert store.run(lambda tx: tx.facts(key)) == [b"f1", b"f2"]
+    assert [row.payload for row in store.outbox_peek(10)] == [payload]
+    store.close()
+
+
 def test_redis_hands_a_crashed_replicas_spans_to_another(redis_url):
     prefix = f"claim{uuid.uuid4().hex[:6]}:"
     crashed = RedisStore(redis_url, seen_ttl_seconds=60, prefix=prefix, claim_after_seconds=0.2)
