@@ -77,6 +77,31 @@ def test_every_state_is_read_however_many_there_are(open_store):
     assert of_one == [key for key in sorted(saved) if f"{keys.SEPARATOR}s1{keys.SEPARATOR}" in key]
 
 
+def test_one_transaction_writes_and_reads_ahead_however_much_it_holds(open_store):
+    # A big run settled at once (10,000 attempts: as many spans) is one transaction; on Redis its
+    # writes are one script's arguments (and 5,000 rows more than a script unpacks for one command),
+    # its reads ahead one script's answer.
+    store = open_store()
+    runs = [runs_of("durable-effect", "prod", "big") + f"{n:04d}" for n in range(3000)]
+    rows = [(n, bytes(200)) for n in range(1, 5001)]
+
+    def write(tx):
+        for key in runs:
+            tx.save(key, b"h", 1.0)
+        tx.append(runs[0], rows)
+        tx.outbox_add([("r", bytes(300))] * 20_000)
+
+    store.run(write)
+
+    def read(tx):
+        tx.prefetch(runs)
+        return [tx.load(key) for key in runs], tx.facts(runs[0])
+
+    states, facts = store.run(read)
+    assert states == [(b"h", 1.0)] * len(runs) and facts == [blob for _, blob in rows]
+    assert store.outbox_depth() == 20_000
+
+
 def test_acknowledged_spans_leave_the_outbox(open_store):
     store = open_store()
     store.run(lambda tx: tx.outbox_add([("r", bytes([i])) for i in range(5)]))
