@@ -346,7 +346,7 @@ def _history_pages(
 def _moment(text: str | None, flag: str) -> datetime | None:
     if text is None:
         return None
-    from otel_bridge.receivers.timeline_api import utc
+    from otel_bridge.sources.wire import utc
 
     try:
         return utc(datetime.fromisoformat(text))

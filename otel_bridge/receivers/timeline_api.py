@@ -8,12 +8,13 @@
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from otel_bridge.receivers.json_text import loads
+from otel_bridge.sources.wire import utc
 
 PAGE = 100  # the most the API hands out at once
 
@@ -35,11 +36,6 @@ class Window:
         except ValueError:
             return False
         return (self.since is None or started >= self.since) and (self.until is None or started < self.until)
-
-
-def utc(moment: datetime) -> datetime:
-    """The engine writes UTC without a zone."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 class ApiError(Exception):

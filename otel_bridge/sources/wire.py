@@ -89,8 +89,13 @@ class DecodeError(ValueError):
         return self
 
 
+def utc(moment: datetime) -> datetime:
+    """A time without an offset is UTC (the Phase-10 engine writes its times so)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def ns(moment: datetime) -> int:
-    if moment.tzinfo is None:
+    if moment.tzinfo is None:  # `utc`, inline: every event's time passes here
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
@@ -102,9 +107,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:

@@ -1,5 +1,6 @@
 """The Phase-10 engine's WebSocket messages and timelines become traces."""
 
+import hashlib
 from datetime import UTC, datetime
 
 from fold_harness import fold_events
@@ -78,6 +79,17 @@ def test_the_documents_envelope_is_accepted_too():
     folded = fold_events(envelope, decoder=DECODE)
     assert folded.span("step initialize").end_ns - folded.span("step initialize").start_ns == 30 * 10**9
     assert folded.root.status is SpanStatus.OK
+
+
+def test_a_message_is_known_by_the_same_event_id_whether_its_time_says_utc_or_says_no_zone():
+    # The engine writes UTC without a zone; the id hashes the time as an aware datetime writes it,
+    # as earlier versions did: a message told again after an upgrade is still a duplicate.
+    started = _report().events[0]
+    assert "+" not in started["timestamp"] and not started["timestamp"].endswith("Z")
+    ids = {DECODE(started | {"timestamp": started["timestamp"] + zone}).fact.event_id for zone in ("", "Z", "+00:00")}
+    said = datetime.fromisoformat(started["timestamp"]).replace(tzinfo=UTC).isoformat()
+    hashed = "\x1f".join(["workflow_started", started["workflow_execution_id"], "None", said])
+    assert ids == {"p10-" + hashlib.sha256(hashed.encode()).hexdigest()[:32]}
 
 
 def test_other_platform_events_and_heartbeats_are_ignored():
