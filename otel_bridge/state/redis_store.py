@@ -71,8 +71,9 @@ def _refusal(exc: Exception) -> StoreUnavailable | None:
         return None  # another replica won the race (run again), or not Redis's doing
     if isinstance(exc, (RedisConnectionError, redis.exceptions.TimeoutError)):
         return StoreUnavailable(f"redis unavailable: {exc}")
-    # A pipeline's error names its command with every argument (spans' bytes): keep what Redis said.
-    said = str(exc).rpartition(" of pipeline caused error: ")[2]
+    # A pipeline's error names its command with every argument (spans' bytes), and one raised inside
+    # a script the script and its line: keep what Redis said.
+    said = str(exc).rpartition(" of pipeline caused error: ")[2].partition(" script: ")[0]
     return StoreUnavailable(f"redis refused: {said}")
 
 

@@ -119,6 +119,18 @@ def test_a_redis_refusing_writes_gets_the_producer_a_503_and_nothing_is_lost(tmp
         server.close()
 
 
+def test_a_redis_refusal_says_what_redis_said_and_not_the_script_that_met_it():
+    server = RedisServer().start()
+    try:
+        store = RedisStore(server.url, seen_ttl_seconds=3600)
+        server.client().replicaof("127.0.0.1", 1)  # a failover left the bridge on a replica
+        with pytest.raises(StoreUnavailable) as refused:
+            store.run(lambda tx: tx.save("k", b"x", 1.0))
+        assert str(refused.value) == "redis refused: You can't write against a read only replica."
+    finally:
+        server.close()
+
+
 def test_a_redis_out_of_memory_still_drains_the_outbox_so_memory_comes_back():
     server = RedisServer().start()
     try:
