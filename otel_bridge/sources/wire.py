@@ -22,8 +22,8 @@ class _IsoTime:
 
     pydantic would read a number as Unix seconds; the engine only sends text, so a number is a bug
     on the producer's side worth naming. Every event's time passes here: the two Python validators
-    this was (the text's type, the range) cost ~1 µs an event. A time without an offset is UTC, here
-    (pydantic compares it so) and in `ns`.
+    this was (the text's type, the range) cost ~1 µs an event. A time without an offset is UTC: the
+    bounds compare it so, and it stays naive, so it is read through `ns`, `iso` or `utc`.
     """
 
     @classmethod
