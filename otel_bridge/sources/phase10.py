@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
-from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, reason, summary, utc
+from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, ns, reason, summary
 
 ENGINE = c.PLATFORM_PHASE10
 WORKFLOW_EVENTS = frozenset(
@@ -199,8 +199,7 @@ class Phase10Decoder:
         )
 
     def _fact(self, e: Phase10Event) -> Fact:
-        # The time as an aware datetime writes it (naive times are UTC): the ids earlier versions gave.
-        event_id = _event_id(e.event_type, e.workflow_execution_id, e.workflow_step_id, utc(e.timestamp).isoformat())
+        event_id = _event_id(e.event_type, e.workflow_execution_id, e.workflow_step_id, e.timestamp.isoformat())
         base: dict[str, Any] = {"event_id": event_id, "time_ns": ns(e.timestamp), "name": e.event_type}
         d = e.data
         described: dict[str, AttributeValue] = {c.WORKFLOW_EVENT_ID: event_id}

@@ -1,6 +1,8 @@
 """What every source's wire models share: times OTLP can carry, judged in UTC; identities without control
 characters; payloads shown within bounds."""
 
+from datetime import UTC, datetime
+
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -52,6 +54,11 @@ def test_a_time_that_is_not_text_or_out_of_range_is_named_as_such():
 
 def test_a_time_keeps_its_microseconds():
     assert ns(_Event(at="2025-03-01T12:00:00.123456Z").at) == 1_740_830_400_123_456_000
+
+
+def test_a_time_without_offset_comes_out_as_utc():
+    assert _Event(at="2025-03-01T12:00:00").at == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert _Event(at="2025-03-01T12:00:00").at.isoformat() == "2025-03-01T12:00:00+00:00"
 
 
 def test_an_identity_with_a_control_character_is_named_as_such():
