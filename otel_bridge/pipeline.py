@@ -108,7 +108,7 @@ class Pipeline:
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
-        # Runs this process knows held open after a cancellation that goes on (`carrying_on`): due only
+        # Runs this process knows held open after a cancellation that goes on (`held_open`): due only
         # when their grace ends, so a stop told that nothing more will come ends them by name.
         self._held: set[str] = set()
         # Called after each settle transaction: a settling of many runs moves on slice by slice.
@@ -392,7 +392,7 @@ class Pipeline:
         if state is None or due is None or due > horizon:
             return None
         step = settle_run(state, now, policy)
-        if isinstance(step.state, RunState) and step.state.carrying_on and not step.state.closed:
+        if isinstance(step.state, RunState) and step.state.held_open:
             self._held.add(key)
         else:
             self._held.discard(key)
@@ -519,7 +519,7 @@ class Pipeline:
                 if state.counted:
                     observations.append(active_instance(state))
                 continue
-            if state.carrying_on and not state.closed:
+            if state.held_open:
                 self._held.add(key)
             counted = counted_under(state)
             if counted in (c.STATE_PAUSED, c.STATE_PENDING):

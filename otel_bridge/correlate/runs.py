@@ -171,6 +171,12 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         return not self.closed and (not self.ended or self.carrying_on)
 
     @property
+    def held_open(self) -> bool:
+        """Told ended only by an end that does not stop it, and not closed since: settled as an open run
+        until `SettlePolicy.cancel_grace_ns` has passed (a stop told that nothing more comes ends it)."""
+        return self.carrying_on and not self.closed
+
+    @property
     def counted_state(self) -> str | None:
         """The workflow.execution.state this run is counted under in workflow.execution.active."""
         if not self.going_on or not self.facts or self.run.kind is RunKind.TRIGGER:

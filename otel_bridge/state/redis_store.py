@@ -43,6 +43,7 @@ while i <= #ARGV do
   i = i + 2 + n
 end
 """
+# A script unpacks at most ~8,000 arguments for one command: fact rows go a thousand per HSET.
 _ROWS_PER_WRITE = 1000
 # What a transaction reads ahead, as one command too: ARGV is the due index, how many runs, each
 # run's key, state key and facts key, then the keys of journals read alone. A reply per run: its
@@ -177,7 +178,6 @@ class RedisTransaction:
         return _in_order(self._pipe.hgetall(facts_key))
 
     def append(self, key: str, rows: list[tuple[int, bytes]]) -> None:
-        # A script unpacks at most ~8,000 arguments for one command: rows go a thousand per HSET.
         for start in range(0, len(rows), _ROWS_PER_WRITE):
             chunk = rows[start : start + _ROWS_PER_WRITE]
             self._write("HSET", f"{self._p}facts:{key}", *(part for n, blob in chunk for part in (n, blob)))
