@@ -1,0 +1,105 @@
+"""`POST /v1/events` as an ASGI endpoint ahead of Starlette: what it answers beside the routes
+Starlette keeps, driven in-process with the messages a server sends it."""
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from otel_bridge.config import Settings
+from otel_bridge.consumer import IngestReport
+from otel_bridge.receivers.http import create_app
+
+BATCH = orjson.dumps({"events": []})
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.batches: list[Sequence[Any]] = []
+
+    def ingest(self, events: Sequence[Any]) -> IngestReport:
+        self.batches.append(events)
+        return IngestReport(accepted=len(events))
+
+
+def _app(tmp_path, consumer: Counting, **values: Any) -> Any:
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl", **values)
+    return create_app(consumer, settings, metrics=lambda _a: (b"", "text/plain"), readiness=lambda: {"ready": True})
+
+
+def _request(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _call(app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """The endpoint fed `messages` one receive() at a time, as a server would; what it sent back."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/events", "headers": headers, "client": ("127.0.0.1", 1)}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_a_body_sent_in_pieces_is_read_whole(tmp_path):
+    consumer = Counting()
+    body = orjson.dumps({"events": [{"type": "x"}, {"type": "y"}]})
+    pieces = [body[:7], body[7:20], body[20:]]
+    messages = [{"type": "http.request", "body": p, "more_body": i < 2} for i, p in enumerate(pieces)]
+    sent = _call(_app(tmp_path, consumer), messages, [(b"content-type", b"application/json")])
+    assert sent[0]["status"] == 200
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
+    assert orjson.loads(sent[1]["body"])["accepted"] == 2
+    assert len(consumer.batches[0]) == 2
+
+
+def test_a_client_gone_before_its_body_ends_has_nothing_stored(tmp_path):
+    consumer = Counting()
+    messages = [{"type": "http.request", "body": BATCH[:5], "more_body": True}, {"type": "http.disconnect"}]
+    sent = _call(_app(tmp_path, consumer), messages, [])
+    assert sent[0]["status"] == 400
+    assert consumer.batches == []
+
+
+def test_the_first_of_a_repeated_credential_header_counts(tmp_path):
+    app = _app(tmp_path, Counting(), api_key="right")
+    message = [{"type": "http.request", "body": BATCH, "more_body": False}]
+    first_right = [(b"x-api-key", b"right"), (b"x-api-key", b"wrong")]
+    first_wrong = [(b"x-api-key", b"wrong"), (b"x-api-key", b"right")]
+    assert _call(app, list(message), first_right)[0]["status"] == 200
+    refused = _call(app, list(message), first_wrong)
+    assert refused[0]["status"] == 401
+    assert (b"www-authenticate", b'Bearer realm="otel-bridge"') in refused[0]["headers"]
+
+
+def test_another_method_on_the_batch_path_is_405_naming_post(tmp_path):
+    answer = _request(_app(tmp_path, Counting()), "GET", "/v1/events")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert "POST" in answer.json()["error"]
+
+
+def test_the_other_endpoints_are_still_served(tmp_path):
+    app = _app(tmp_path, Counting())
+    assert _request(app, "GET", "/healthz").json() == {"status": "ok"}
+    assert _request(app, "GET", "/nowhere").status_code == 404
+    assert _request(app, "POST", "/v1/events", content=BATCH, headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_a_moved_batch_path_is_the_one_served(tmp_path):
+    consumer = Counting()
+    app = _app(tmp_path, consumer, path="/ingest")
+    assert _request(app, "POST", "/ingest", content=BATCH).json()["accepted"] == 0
+    assert _request(app, "POST", "/v1/events", content=BATCH).status_code == 404
+    assert len(consumer.batches) == 1
