@@ -103,3 +103,10 @@ def test_a_moved_batch_path_is_the_one_served(tmp_path):
     assert _request(app, "POST", "/ingest", content=BATCH).json()["accepted"] == 0
     assert _request(app, "POST", "/v1/events", content=BATCH).status_code == 404
     assert len(consumer.batches) == 1
+
+
+def test_the_batch_path_with_a_trailing_slash_is_the_same_endpoint(tmp_path):
+    consumer = Counting()
+    app = _app(tmp_path, consumer)
+    assert _request(app, "POST", "/v1/events/", content=BATCH).json()["accepted"] == 0
+    assert len(consumer.batches) == 1
