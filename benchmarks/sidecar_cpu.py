@@ -12,9 +12,12 @@ a round ends when everything is delivered. Rows (medians over alternating rounds
    many spans as the bridge delivered, nothing else.
 Columns: events per CPU-second of the server process (user + system, from /proc), accept
 rate while posting, drain time (last answer to last span delivered), spans delivered, peak RSS.
-Then the producer's view: 6-event batches (one invocation) paced at half of the bridge's
-peak rate for them, p50/p95/p99 of the answer; and the naive peer's at the same pace, which
-says what the machine, the HTTP stack and the load generator cost without the bridge.
+Then the producer's view: 6-event batches (one invocation), first in a closed loop — the
+bridge's peak rate for them and the CPU each POST costs it (beside the baseline's, with
+`--baseline`, and the naive peer's: a small POST's cost is mostly fixed, per request and per
+transaction) — then paced at half of that peak, p50/p95/p99 of the answer; and the naive
+peer's at the same pace, which says what the machine, the HTTP stack and the load generator
+cost without the bridge.
 """
 
 import argparse
@@ -265,6 +268,13 @@ def main() -> None:
         peak_dir.mkdir()
         peak = run_bridge(peak_dir, receiver, small, args.clients, env)
         peak_rate = len(small) / peak.accept_seconds
+        small_cpu = [("otel-bridge", peak.cpu)]
+        if args.baseline:
+            (peak_dir / "baseline").mkdir()
+            small_cpu.append(
+                ("baseline", run_bridge(peak_dir / "baseline", receiver, small, args.clients, env, args.baseline).cpu)
+            )
+        small_cpu.append(("naive peer", run_peer(receiver, small, args.clients).cpu))
         paced_dir = Path(tmp) / "latency-paced"
         paced_dir.mkdir()
         interval = args.clients / (peak_rate / 2)
@@ -301,6 +311,10 @@ def main() -> None:
         print(f"otel-bridge vs baseline: {gain:.2f}x the events per CPU-second")
     p50, p95, p99 = quantiles_ms(peak.latencies)
     print(f"6-event POSTs, closed loop: {peak_rate:,.0f}/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+    print(
+        "  CPU per 6-event POST, closed loop: "
+        + ", ".join(f"{name} {cpu / len(small) * 1e6:,.0f} µs" for name, cpu in small_cpu)
+    )
     p50, p95, p99 = quantiles_ms(paced)
     print(f"6-event POSTs at half that rate: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
     p50, p95, p99 = quantiles_ms(peer_paced)
