@@ -1,6 +1,6 @@
 """CPU instructions per event through the pipeline, counted rather than timed, beside a baseline.
 
-    python benchmarks/instructions.py [--events 5000] [--baseline DIR]
+    python benchmarks/instructions.py [--events 5000] [--batch 100] [--baseline DIR]
 
 Wall-clock and CPU-time figures move by tens of percent from one minute to the next on a
 shared machine, so a change worth 5 % cannot be told from noise by timing it. An
@@ -8,7 +8,9 @@ instruction count can: valgrind's cachegrind counts every instruction the proces
 the same count on every run. The workload is the pipeline in-process, as `serve` runs it
 without HTTP and export: the replay mix in 100-event batches into a SQLite state, settling
 every 10 batches and once at the end, spans into the outbox. Start-up (imports, building
-the events) is counted once more with the workload skipped and subtracted. Garbage collection is
+the events) is counted once more with the workload skipped and subtracted. `--batch 6` counts
+the producer's usual batch instead, one invocation's, where what each batch costs whatever
+its size (its transaction) weighs more. Garbage collection is
 set as `otel-bridge serve` sets it, where the tree does.
 
 It counts user-space instructions only: time in the kernel (SQLite's writes) and waiting
@@ -49,17 +51,18 @@ with tempfile.TemporaryDirectory() as tmp:
     else:
         own_process_gc()
     if sys.argv[3] == "run":
-        for i in range(0, len(events), 100):
-            pipeline.ingest(events[i : i + 100])
-            if i % 1000 == 0:
+        batch = int(sys.argv[4])
+        for i in range(0, len(events), batch):
+            pipeline.ingest(events[i : i + batch])
+            if i % 1000 < batch:  # once every 1,000 events
                 pipeline.settle_due(horizon=time.time() + 10)
         pipeline.settle_due(horizon=time.time() + 10)
 """
 
 
-def instructions(tree: Path, events: int, mode: str) -> int:
+def instructions(tree: Path, events: int, mode: str, batch: int) -> int:
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
-    command += [sys.executable, "-c", _WORKLOAD, str(tree), str(events), mode]
+    command += [sys.executable, "-c", _WORKLOAD, str(tree), str(events), mode, str(batch)]
     env = os.environ | {"PYTHONHASHSEED": "0", "PYTHONPATH": str(tree)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
@@ -68,13 +71,14 @@ def instructions(tree: Path, events: int, mode: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def per_event(tree: Path, events: int) -> float:
-    return (instructions(tree, events, "run") - instructions(tree, events, "start")) / events
+def per_event(tree: Path, events: int, batch: int) -> float:
+    return (instructions(tree, events, "run", batch) - instructions(tree, events, "start", batch)) / events
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=100, help="events per batch (6: one invocation's)")
     parser.add_argument("--baseline", help="another checkout of otel-bridge, counted the same way")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -82,8 +86,11 @@ def main() -> None:
     trees = [("otel-bridge", _HERE.parents[1])]
     if args.baseline:
         trees.insert(0, ("baseline", Path(args.baseline).resolve()))
-    print(f"{args.events:,} events of the replay mix, in-process, SQLite state; instructions per event (cachegrind)")
-    counted = {name: per_event(tree, args.events) for name, tree in trees}
+    print(
+        f"{args.events:,} events of the replay mix in {args.batch}-event batches, in-process, SQLite state;"
+        " instructions per event (cachegrind)"
+    )
+    counted = {name: per_event(tree, args.events, args.batch) for name, tree in trees}
     for name, count in counted.items():
         print(f"{name:<14}{count:>12,.0f}")
     if args.baseline:

@@ -19,6 +19,9 @@ from otel_bridge.state.store import StoreUnavailable, T, Transaction
 
 @runtime_checkable
 class GroupStore(Protocol):
+    def run(self, work: Callable[[Transaction], T]) -> T:
+        """`work` as one transaction."""
+
     def run_many(self, works: list[Callable[[Transaction], Any]]) -> list[Any]:
         """Each work in its own savepoint of one transaction: its result, or the exception it raised."""
 
@@ -42,6 +45,16 @@ class GroupCommit:
         self.batches = 0
 
     def run(self, work: Callable[[Transaction], T]) -> T:
+        if not self._waiting and self._leader.acquire(blocking=False):
+            # Nobody waiting, nobody leading: the batch is a transaction of its own, without the
+            # hand-over's event and locks or a savepoint (4 % of the instructions of a 6-event batch,
+            # benchmarks/instructions.py --batch 6). Who comes meanwhile waits for the leader, as ever.
+            try:
+                self.transactions += 1
+                self.batches += 1
+                return self._store.run(work)
+            finally:
+                self._leader.release()
         mine = _Work(work)
         with self._waiting_lock:
             self._waiting.append(mine)

@@ -64,3 +64,21 @@ def test_a_batch_kept_waiting_past_the_timeout_is_told_the_store_is_busy_and_nev
     holder.join()
     commits.run(lambda tx: None)
     assert [k for k, _ in store.states()] == []
+
+
+def test_a_batch_that_comes_alone_is_a_transaction_of_its_own_without_a_savepoint(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    commits = GroupCommit(store, timeout_seconds=10)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+
+    def broken(tx):
+        tx.save("b", b"half", None)
+        raise ValueError("a bug")
+
+    assert commits.run(lambda tx: tx.save("a", b"1", None) or 7) == 7
+    with pytest.raises(ValueError):
+        commits.run(broken)
+    assert not any(s.startswith("SAVEPOINT") for s in statements)
+    assert dict(store.states()) == {"a": b"1"}
+    assert (commits.transactions, commits.batches) == (2, 2)
