@@ -1,12 +1,14 @@
 """What every source's wire models share: times OTLP can carry, judged in UTC; identities without control
 characters; payloads shown within bounds."""
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from otel_bridge.sources.wire import CONTROL_CHARACTERS, DecodeOptions, Identity, IsoTime, ns, summary
+from otel_bridge.sources.wire import CONTROL_CHARACTERS, DecodeOptions, Identity, IsoTime, iso, ns, summary
 from otel_bridge.sources.wire import reason as reason_of
 
 
@@ -73,3 +75,27 @@ def test_a_captured_input_nested_too_deeply_to_write_out_is_said_so_and_its_even
     for _ in range(300):  # valid JSON, parsed by the bridge; orjson writes at most 254 levels
         inner["a"] = inner = {}
     assert summary(deep, DecodeOptions(capture_input=True)) == "[not shown: nested too deeply to write out]"
+
+
+_OFFSETS = [
+    None,  # naive: UTC
+    UTC,
+    _Event(at="2025-03-01T12:00:00Z").at.tzinfo,  # pydantic's own tzinfo, as every event's time has
+    _Event(at="2025-03-01T12:00:00-05:30").at.tzinfo,
+    timezone(timedelta(hours=14)),
+    timezone(-timedelta(hours=3, minutes=7, seconds=5, microseconds=9)),
+    ZoneInfo("Europe/Paris"),  # offsets that move (summer time)
+    ZoneInfo("America/St_Johns"),
+]
+
+
+@pytest.mark.parametrize("offset", _OFFSETS, ids=str)
+def test_nanoseconds_and_iso_text_are_those_of_the_instant_in_utc(offset):
+    picks = random.Random(7)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for _ in range(300):
+        wall = datetime(1970, 1, 2) + timedelta(microseconds=picks.randrange(0, 18_000_000_000_000_000))
+        moment = wall.replace(tzinfo=offset)
+        instant = moment if offset is not None else moment.replace(tzinfo=UTC)
+        assert ns(moment) == (instant - epoch) // timedelta(microseconds=1) * 1_000
+        assert iso(moment) == instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
