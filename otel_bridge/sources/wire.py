@@ -100,10 +100,11 @@ class DecodeError(ValueError):
 
 
 def ns(moment: datetime) -> int:
-    """Unix nanoseconds of `moment` (naive: UTC). From its fields and its tzinfo's offset asked
-    directly: subtracting an aware epoch asks both sides' tzinfo through the datetime, which for
-    pydantic's `TzInfo` (every time read from an event) took twice as long (every event's time
-    passes here)."""
+    """Unix nanoseconds of `moment` (naive: UTC).
+
+    Every event's time passes here. Counted from its fields, its offset asked of its tzinfo
+    directly: subtracting an aware epoch asks both sides' tzinfo through the datetime, twice as
+    slow for pydantic's `TzInfo`, which every time read from an event has."""
     seconds = (moment.toordinal() - _EPOCH_ORDINAL) * 86_400 + moment.hour * 3_600 + moment.minute * 60 + moment.second
     micros = moment.microsecond
     tz = moment.tzinfo
