@@ -255,12 +255,12 @@ def main() -> None:
         for n in range(args.rounds):
             workdir = Path(tmp) / f"round-{n}"
             workdir.mkdir()
-            if args.baseline:
-                (workdir / "baseline").mkdir()
-                baseline_rounds.append(
-                    run_bridge(workdir / "baseline", receiver, bodies, args.clients, env, args.baseline)
-                )
-            bridge_rounds.append(run_bridge(workdir, receiver, bodies, args.clients, env))
+            trees = [(baseline_rounds, workdir / "baseline", args.baseline)] if args.baseline else []
+            trees.append((bridge_rounds, workdir / "bridge", None))
+            # The bridge and the baseline each first in every other round.
+            for rounds, where, tree in trees if n % 2 == 0 else trees[::-1]:
+                where.mkdir()
+                rounds.append(run_bridge(where, receiver, bodies, args.clients, env, tree))
             peer_rounds.append(run_peer(receiver, bodies, args.clients))
             floor_cpu.append(run_floor(bodies, bridge_rounds[-1].spans))
         small = [orjson.dumps({"events": events[i : i + 6]}) for i in range(0, min(len(events), 12_000), 6)]
