@@ -47,18 +47,24 @@ class _Reject(Exception):
         self.headers = headers or {}
 
 
-def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 # A status, a JSON body and headers beyond its type and length: what the ingest endpoint answers.
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="otel-bridge"'}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
+    """Every error the endpoints answer: `{"error": message}`."""
     encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
     return status, orjson.dumps({"error": message}), encoded
+
+
+def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """`_error` as the Starlette routes answer it."""
+    status, body, _ = _error(status, message)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+# A missing or wrong credential: the answer (with its challenge) of every endpoint behind it.
+_UNAUTHORIZED = (401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
 
 
 class Authenticator:
@@ -71,8 +77,8 @@ class Authenticator:
 
     @staticmethod
     def _raw(value: str) -> bytes:
-        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes that were sent,
-        # so a UTF-8 secret (non-ASCII) matches the UTF-8 bytes a client sends for it.
+        # Headers are read as Latin-1 (here as by Starlette): encoding back gives the bytes that were
+        # sent, so a UTF-8 secret (non-ASCII) matches the UTF-8 bytes a client sends for it.
         return value.encode("latin-1", errors="replace")
 
     @property
@@ -211,14 +217,14 @@ def create_app(
         dead_letters = DeadLetters(settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups)
 
     def unauthorized() -> Response:
-        return _problem(401, "missing or wrong credential", _CHALLENGE)
+        return _problem(*_UNAUTHORIZED)
 
     async def ingest(scope: Scope, receive: Receive, send: Send) -> None:
         await _send(send, await _ingest(_headers(scope), receive, scope.get("client")))
 
     async def _ingest(headers: Mapping[str, str], receive: Receive, client: Any) -> _Answer:
         if not auth.allows(headers):
-            return _error(401, "missing or wrong credential", _CHALLENGE)
+            return _error(*_UNAUTHORIZED)
         content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in _JSON_TYPES:
             return _error(415, f"unsupported Content-Type {content_type!r}: send application/json")
