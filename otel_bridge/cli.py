@@ -98,13 +98,18 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.runtime import Bridge
 
     bridge = Bridge(settings)
+
+    def start() -> None:  # on the server's event loop, as it starts
+        bridge.start()
+        bridge.settle_on_loop()
+
     app = create_app(
         bridge.consumer("http"),
         settings,
         metrics=bridge.exposition,
         readiness=bridge.readiness,
         liveness=bridge.liveness,
-        on_start=bridge.start,
+        on_start=start,
         on_stop=bridge.stop,
         dead_letters=bridge.dead_letters,
         ingest_inline=bridge.ingests_inline,

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
@@ -46,10 +46,42 @@ _SETTLE_CHUNK = 256
 _RESTORED_AT_ONCE = 5000
 # Settling commits after this much work (seconds; at least one run per commit) when another transaction waits to
 # begin (`Store.awaited`): ingest waits for the store while a settle transaction holds it, and producers wait on ingest.
+# A slice on the HTTP server's event loop ends at this time whatever the store says: requests wait on it unseen.
 _SETTLE_SLICE = 0.001
 # Runs read ahead at a time while settling (a slice may end before it reaches them all).
 _READ_AHEAD = 32
+# A slice run where requests wait on it (`shared`: on the HTTP server's event loop) leaves a run with more
+# facts new since it was last settled than this to a slice of the settling thread: settling costs ~10-20 µs
+# a new fact (a run of 10,000 attempts settled the first time: 0.4 s), and the loop answers nobody meanwhile.
+_SHARED_NEW_FACTS = 256
 T = TypeVar("T")
+
+
+class Slices(Protocol):
+    """Where settling's slices run. `work(shared)` is one slice (one transaction): `shared` when it runs
+    where others wait on it, e.g. an event loop reading requests. `movable` false: run it here."""
+
+    def __call__(self, work: Callable[[bool], T], movable: bool = True) -> T: ...
+
+
+def here(work: Callable[[bool], T], movable: bool = True) -> T:
+    """Every slice in the thread that settles."""
+    return work(False)
+
+
+class _TooBig(Exception):
+    """A run with more to settle than a shared slice takes."""
+
+
+def _new_facts(state: State) -> int:
+    """The facts a run took in since it was last settled (a job has none to settle)."""
+    return state.seq - state.settled_seq if isinstance(state, RunState) else 0
+
+
+class _Slice(NamedTuple):
+    settled: list[str]  # the due runs this slice took (settled, or found no longer due)
+    steps: list[Step]
+    handed_back: bool  # it stopped at a run too big to settle where others wait: the next slice is the thread's
 
 
 @dataclass(slots=True)
@@ -113,6 +145,8 @@ class Pipeline:
         self._held: set[str] = set()
         # Called after each settle transaction: a settling of many runs moves on slice by slice.
         self.settled_slice: Callable[[], None] = lambda: None
+        # Where those transactions run: the HTTP server's event loop takes them when it can (`OnLoop`).
+        self.slices: Slices = here
         self.policy = policy_of(settings)
         # A store of our own is written by this process only: its states can stay in memory.
         self.hot = None if store.shared or not settings.hot_runs else HotStates(settings.hot_runs)
@@ -307,9 +341,15 @@ class Pipeline:
         # slices, instead of each millisecond's slice reading 256 keys to settle a handful.
         pending: list[str] = sorted(forced)
         sent = 0
+        handed_back = False
         while True:
-            keys_, steps = self._transaction(
-                lambda tx, touched: self._settle_chunk(tx, horizon, now, policy, done, pending, touched, forced)
+            keys_, steps, handed_back = self.slices(
+                lambda shared: self._transaction(
+                    lambda tx, touched: self._settle_chunk(
+                        tx, horizon, now, policy, done, pending, touched, forced, shared
+                    )
+                ),
+                movable=not handed_back,
             )
             done.update(keys_)
             del pending[: len(keys_)]
@@ -319,7 +359,7 @@ class Pipeline:
             self.metrics.bridge(c.M_BRIDGE_RUNS_SET_ASIDE, self.set_aside)
             self.set_aside = 0
             self.settled_slice()
-            if not keys_:
+            if not keys_ and not handed_back:
                 break
         if sent:
             self._on_spans()
@@ -335,20 +375,26 @@ class Pipeline:
         pending: list[str],
         touched: set[str],
         forced: set[str],
-    ) -> tuple[list[str], list[Step]]:
+        shared: bool = False,
+    ) -> _Slice:
+        """Settle due runs until the slice's time is up (`shared`: whether or not a transaction waits)."""
         if not pending:
             pending.extend(k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done)
         due = pending[:]
-        steps = []
+        steps: list[Step] = []
         until = time.perf_counter() + _SETTLE_SLICE
         for n, key in enumerate(due):
-            if n and time.perf_counter() > until and self.store.awaited():
+            if n and time.perf_counter() > until and (shared or self.store.awaited()):
                 del due[n:]  # still due: the next chunk takes them
                 break
             if n % _READ_AHEAD == 0:
                 journal.prefetch(tx, [k for k in due[n : n + _READ_AHEAD] if not keys.is_kept_aside(k)])
             try:
-                step = self._settle_one(tx, key, float("inf") if key in forced else horizon, now, policy, touched)
+                limit = float("inf") if key in forced else horizon
+                step = self._settle_one(tx, key, limit, now, policy, touched, _SHARED_NEW_FACTS if shared else None)
+            except _TooBig:
+                del due[n:]
+                return _Slice(due, steps, handed_back=True)
             except Exception as exc:
                 # The store's own refusal (a full disk) is not this run's fault: none is set aside for it.
                 if (refused := self.store.refusal(exc)) is not None:
@@ -359,7 +405,7 @@ class Pipeline:
             self._settle_failures.pop(key, None)
             if step is not None:
                 steps.append(step)
-        return due, steps
+        return _Slice(due, steps, handed_back=False)
 
     def _settle_failed(self, tx: Transaction, key: str, now: float, exc: Exception) -> None:
         """Try a run that failed to settle again with backoff; after `settle_attempts` tries, set it aside."""
@@ -383,7 +429,14 @@ class Pipeline:
         self.set_aside += 1
 
     def _settle_one(
-        self, tx: Transaction, key: str, horizon: float, now: float, policy: Policy, touched: set[str]
+        self,
+        tx: Transaction,
+        key: str,
+        horizon: float,
+        now: float,
+        policy: Policy,
+        touched: set[str],
+        new_facts_at_most: int | None = None,
     ) -> Step | None:
         if keys.is_kept_aside(key):
             return None
@@ -391,6 +444,8 @@ class Pipeline:
         # Read as due in an earlier transaction (a slice ago): it may no longer be.
         if state is None or due is None or due > horizon:
             return None
+        if new_facts_at_most is not None and _new_facts(state) > new_facts_at_most:
+            raise _TooBig
         step = settle_run(state, now, policy)
         if isinstance(step.state, RunState) and step.state.held_open:
             self._held.add(key)

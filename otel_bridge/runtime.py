@@ -5,6 +5,7 @@ waiting in their settle window are settled, the outbox is exported and metrics
 are pushed one last time.
 """
 
+import asyncio
 import logging
 import socket
 import threading
@@ -25,7 +26,8 @@ from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
 from otel_bridge.liveness import Passes
 from otel_bridge.observed import ObservedConsumer
-from otel_bridge.pipeline import Decoder, Pipeline
+from otel_bridge.on_loop import OnLoop
+from otel_bridge.pipeline import Decoder, Pipeline, here
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.redis_stream import StreamReceiver
 from otel_bridge.receivers.websocket import WebSocketReceiver
@@ -381,6 +383,13 @@ class Bridge:
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
         return self
 
+    def settle_on_loop(self) -> None:
+        """Hand settling's slices to the running event loop (the HTTP server's) where it can take them
+        (on_loop.py: a producer's answer then never waits for the settling thread)."""
+        if self.store.shared or self.settings.durability == "full":
+            return  # never quick (round trips, a sync per commit): no slice would be taken, each asked in vain
+        self.pipeline.slices = OnLoop(asyncio.get_running_loop(), self.store.quick_now)
+
     def count_overdue(self) -> None:
         """Count the overdue runs from the store: right after a restart, and the same on every replica.
 
@@ -487,6 +496,7 @@ class Bridge:
             # timeout bounds that wait, the rest of the work here is the store's and is waited for.
             thread.join(timeout=max(deadline - time.monotonic(), 0) if name in exporting else 30)
         stuck = {name for name in exporting if name in self._threads and self._threads[name].is_alive()}
+        self.pipeline.slices = here  # the last settling is this thread's, whatever the loop does meanwhile
         try:
             if final:
                 self.pipeline.settle_due(horizon=float("inf"), told_all=True)

@@ -133,6 +133,35 @@ def test_settling_that_nobody_waits_for_commits_its_whole_chunk_at_once(tmp_path
     assert len(transactions) == 2  # the five runs, then a look for more
 
 
+def test_a_slice_where_requests_wait_ends_at_its_time_though_no_batch_waits(tmp_path, monkeypatch):
+    pipeline, transactions, _ = _settling(tmp_path, monkeypatch, batch_waiting=False)
+    pipeline.slices = lambda work, movable=True: work(movable)  # every slice shared, as on the event loop
+    assert pipeline.settle_due(horizon=time.time() + 1) == 10
+    assert len(transactions) >= 5  # a run per transaction
+
+
+def test_a_run_with_more_new_facts_than_a_shared_slice_takes_is_settled_by_the_settling_thread(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    small = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    big = WorkflowRun().started()
+    for attempt in range(1, 131):  # 262 facts
+        big.step_started("poll", attempt).after(1).step_failed("poll", attempt, will_retry=True)
+    big.completed()
+    pipeline.ingest(small.events + big.events)
+    sent: list[tuple[bool, int]] = []  # (shared, spans the slice sent)
+
+    def on_loop_where_it_may(work, movable=True):
+        before = pipeline.store.outbox_depth()
+        result = work(movable)
+        sent.append((movable, pipeline.store.outbox_depth() - before))
+        return result
+
+    pipeline.slices = on_loop_where_it_may
+    assert pipeline.settle_due(horizon=time.time() + 1) == 2 + 131
+    assert (True, 2) in sent  # the small run where requests wait
+    assert [n for shared, n in sent if not shared] == [131]  # the big one alone in the settling thread
+
+
 def test_a_run_read_as_due_and_moved_later_before_its_slice_is_left_for_later(tmp_path, monkeypatch):
     import otel_bridge.pipeline as module
 

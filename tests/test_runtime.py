@@ -1,11 +1,15 @@
-"""Where the running bridge stores an HTTP batch: on the server's event loop only where that cannot hold it up."""
+"""Where the running bridge stores an HTTP batch and settles: on the server's event loop only where that cannot
+hold it up."""
 
+import asyncio
 import threading
 
 import pytest
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
+from otel_bridge.on_loop import OnLoop
+from otel_bridge.pipeline import here
 from otel_bridge.runtime import Bridge
 
 
@@ -56,3 +60,28 @@ def test_a_batch_while_another_thread_is_in_a_transaction_goes_to_a_worker_threa
 @pytest.mark.usefixtures("redis_url")
 def test_a_store_across_a_network_goes_to_a_worker_thread(tmp_path, redis_url):
     assert not _bridge(tmp_path, state=redis_url).ingests_inline(6)
+
+
+async def _settling_on_loop(bridge: Bridge) -> None:
+    bridge.settle_on_loop()
+
+
+def test_settling_is_handed_to_the_servers_event_loop_on_a_local_store_until_the_bridge_stops(tmp_path):
+    bridge = _bridge(tmp_path)
+    asyncio.run(_settling_on_loop(bridge))
+    assert isinstance(bridge.pipeline.slices, OnLoop)
+    bridge.stop()
+    assert bridge.pipeline.slices is here  # the last settling is the stopping thread's
+
+
+def test_settling_stays_in_its_thread_with_an_fsync_per_batch(tmp_path):
+    bridge = _bridge(tmp_path, durability="full")
+    asyncio.run(_settling_on_loop(bridge))
+    assert bridge.pipeline.slices is here
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_settling_stays_in_its_thread_on_a_store_across_a_network(tmp_path, redis_url):
+    bridge = _bridge(tmp_path, state=redis_url)
+    asyncio.run(_settling_on_loop(bridge))
+    assert bridge.pipeline.slices is here
