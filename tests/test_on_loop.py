@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -79,8 +80,7 @@ async def _call(on_loop: OnLoop) -> tuple[int | None, bool]:
     return on_loop(_where)
 
 
-def test_a_slice_handed_to_a_loop_that_stopped_before_taking_it_runs_in_the_thread_that_asked(monkeypatch):
-    monkeypatch.setattr(module, "_LOOK_EVERY", 0.01)
+def test_a_slice_handed_to_a_loop_that_stopped_before_taking_it_runs_in_the_thread_that_asked():
     loop = asyncio.new_event_loop()
     try:
         on_loop = OnLoop(loop, lambda: True)  # made here, so the loop's thread is another: a worker asks
@@ -91,6 +91,23 @@ def test_a_slice_handed_to_a_loop_that_stopped_before_taking_it_runs_in_the_thre
         assert answers == [(asked.ident, False)]
     finally:
         loop.close()
+
+
+def test_a_slice_a_busy_loop_does_not_begin_in_time_runs_once_in_the_thread_that_asked(monkeypatch):
+    monkeypatch.setattr(module, "_PATIENCE", 0.01)
+    ran: list[tuple[int | None, bool]] = []
+
+    def slice_(shared: bool) -> None:
+        ran.append(_where(shared))
+
+    with _running_loop() as (on_loop, loop, _thread):
+        busy = threading.Event()
+        loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(0.2)))  # a request that holds the loop
+        assert busy.wait(10)
+        on_loop(slice_)
+        assert ran == [(threading.get_ident(), False)]
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)  # the loop free again
+    assert ran == [(threading.get_ident(), False)]  # and not run a second time there
 
 
 def test_a_slice_handed_to_a_closed_loop_runs_in_the_thread_that_asked():
