@@ -385,7 +385,8 @@ class Bridge:
 
     def settle_on_loop(self) -> None:
         """Hand settling's slices to the running event loop (the HTTP server's) where it can take them
-        (on_loop.py: a producer's answer then never waits for the settling thread)."""
+        (on_loop.py: a producer's answer then does not wait for the settling thread to let go of the
+        interpreter)."""
         if self.store.shared or self.settings.durability == "full":
             return  # never quick (round trips, a sync per commit): no slice would be taken, each asked in vain
         self.pipeline.slices = OnLoop(asyncio.get_running_loop(), self.store.quick_now)
