@@ -153,6 +153,13 @@ class Bridge:
         )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        self._clock = clock
+        self.metrics.gauge(
+            c.M_BRIDGE_SETTLE_LAG,
+            "s",
+            "How long the run due soonest has waited past its due time to be settled (0: settling keeps up)",
+            self.settle_lag,
+        )
         # Prometheus' convention for which build runs where (`max by (version) (..._build_info)`).
         self.metrics.gauges(c.M_BRIDGE_BUILD_INFO, "", "Always 1, labelled with the bridge's version", _build_info)
         self.metrics.start_bridge_counters(
@@ -382,6 +389,12 @@ class Bridge:
             waiting = 0
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
         return self
+
+    def settle_lag(self) -> float:
+        """Seconds the run due soonest has waited past its due time: a settle pass comes every quarter
+        second or so, so more than a few seconds means settling does not keep up (or does not run)."""
+        due = self.store.earliest_due()
+        return 0.0 if due is None else max(self._clock() - due, 0.0)
 
     def settle_on_loop(self) -> None:
         """Hand settling's slices to the running event loop (the HTTP server's) where it can take them

@@ -374,6 +374,14 @@ def jobs() -> Board:
         description="The SQLite state file with its log, and the room left on its filesystem; with none left, "
         "batches are refused (503): alert BridgeStateDiskFillingUp. Ended runs are kept for dedup_ttl_seconds.",
     )  # fmt: skip
+    b.panel(
+        "Settle lag",
+        [("max by (instance) (otel_bridge_settle_lag_seconds)", "{{instance}}")],
+        unit="s",
+        width=12,
+        description="How long the run due soonest has waited past its settle window: a few tenths of a second "
+        "while settling keeps up; growing, traces reach the backend late (alert BridgeSettlingBehind).",
+    )
     b.state(
         "Alive",
         "otel_bridge_alive",

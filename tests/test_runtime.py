@@ -1,10 +1,11 @@
-"""Where the running bridge stores an HTTP batch and settles: on the server's event loop only where that cannot
-hold it up."""
+"""The running bridge: where it stores an HTTP batch and settles (on the server's event loop only where that
+cannot hold it up), and how far behind settling is."""
 
 import asyncio
 import threading
 
 import pytest
+from builders import WorkflowRun
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
@@ -85,3 +86,31 @@ def test_settling_stays_in_its_thread_on_a_store_across_a_network(tmp_path, redi
     bridge = _bridge(tmp_path, state=redis_url)
     asyncio.run(_settling_on_loop(bridge))
     assert bridge.pipeline.slices is here
+
+
+def test_the_settle_lag_is_how_long_the_run_due_soonest_has_waited_past_its_due_time(tmp_path):
+    now = [1_000.0]
+    settings = Settings(
+        state=str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "dead.jsonl",
+        span_dead_letter=tmp_path / "spans.jsonl",
+        settle_seconds=1,
+    )
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=lambda: now[0])
+    assert bridge.settle_lag() == 0.0  # nothing due
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    bridge.pipeline.ingest(run.events)
+    assert bridge.settle_lag() == 0.0  # due in a second: not late
+    now[0] += 7.0
+    assert bridge.settle_lag() == 6.0
+    assert _exposed(bridge, "otel_bridge_settle_lag_seconds") == 6.0
+    bridge.pipeline.settle_due()
+    assert bridge.settle_lag() == 0.0
+
+
+def _exposed(bridge: Bridge, name: str) -> float:
+    body, _ = bridge.exposition("")
+    line = next(
+        line for line in body.decode().splitlines() if line.startswith(name + " ") or line.startswith(name + "{")
+    )
+    return float(line.rsplit(" ", 1)[1])

@@ -329,6 +329,13 @@ class RedisStore:
         except RedisError as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
+    def earliest_due(self) -> float | None:
+        try:
+            first = cast(list[tuple[bytes, float]], self._client.zrange(f"{self._p}due", 0, 0, withscores=True))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        return float(first[0][1]) if first else None
+
     def purge_seen(self, before: float) -> int:
         return 0  # seen ids expire by themselves
 

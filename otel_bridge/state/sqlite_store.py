@@ -396,6 +396,11 @@ class SqliteStore:
     def outbox_depth(self) -> int:
         return self._depth
 
+    def earliest_due(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT due FROM state WHERE due IS NOT NULL ORDER BY due LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
     def purge_seen(self, before: float) -> int:
         with self._lock:
             purged = self._freeing(self._db, "DELETE FROM seen WHERE at < ?", (before,)).rowcount

@@ -109,6 +109,9 @@ class Store(Protocol):
 
     def outbox_depth(self) -> int: ...
 
+    def earliest_due(self) -> float | None:
+        """When the state due soonest is due (None: none is), through the due index."""
+
     def purge_seen(self, before: float) -> int: ...
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:

@@ -140,6 +140,17 @@ def test_deleted_state_is_gone_and_no_longer_due(open_store):
     assert store.run(lambda tx: (tx.load("k"), tx.due_keys(10.0, 10))) == (None, [])
 
 
+def test_the_earliest_due_time_is_that_of_the_state_due_soonest(open_store):
+    store = open_store()
+    assert store.earliest_due() is None  # nothing due at all
+    store.run(lambda tx: [tx.save("later", b"h", 30.0), tx.save("sooner", b"h", 20.0), tx.save("never", b"h", None)])
+    assert store.earliest_due() == 20.0
+    store.run(lambda tx: tx.reschedule("sooner", 40.0))
+    assert store.earliest_due() == 30.0
+    store.run(lambda tx: tx.delete("later"))
+    assert store.earliest_due() == 40.0
+
+
 def test_a_state_rescheduled_keeps_its_header_and_overdue_time(open_store):
     store = open_store()
     store.run(lambda tx: tx.save("k", b"h", due=1.0, overdue_at=50.0))
