@@ -108,6 +108,7 @@ class Bridge:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self.store = open_store(settings)
         self.metrics = MetricsHub(
             settings.max_names,
@@ -153,7 +154,6 @@ class Bridge:
         )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
-        self._clock = clock
         self.metrics.gauge(
             c.M_BRIDGE_SETTLE_LAG,
             "s",
