@@ -36,7 +36,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Checkpointed, OnDisk, Store
+from otel_bridge.state.store import Checkpointed, Evicting, OnDisk, Store
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +388,8 @@ class Bridge:
         except Exception:  # a store down at this moment is told by the tasks that use it
             waiting = 0
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
+        if isinstance(self.store, Evicting) and (risk := self.store.eviction_risk()) is not None:
+            log.warning("%s", risk)
         return self
 
     def settle_lag(self) -> float:

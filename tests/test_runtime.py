@@ -1,11 +1,13 @@
 """The running bridge: where it stores an HTTP batch and settles (on the server's event loop only where that
-cannot hold it up), and how far behind settling is."""
+cannot hold it up), how far behind settling is, and what it warns of as it starts."""
 
 import asyncio
+import logging
 import threading
 
 import pytest
 from builders import WorkflowRun
+from redis_server import RedisServer
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
@@ -114,3 +116,27 @@ def _exposed(bridge: Bridge, name: str) -> float:
         line for line in body.decode().splitlines() if line.startswith(name + " ") or line.startswith(name + "{")
     )
     return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_path, caplog):
+    server = RedisServer(None, "--maxmemory-policy", "allkeys-lru").start()
+    try:
+        bridge = _bridge(tmp_path, state=server.url)
+        with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
+            bridge.start(follow=False)
+        bridge.stop()
+    finally:
+        server.close()
+    assert any("allkeys-lru" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warning(tmp_path, caplog):
+    server = RedisServer().start()  # Redis's default: noeviction
+    try:
+        bridge = _bridge(tmp_path, state=server.url)
+        with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
+            bridge.start(follow=False)
+        bridge.stop()
+    finally:
+        server.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -78,6 +78,25 @@ def _refusal(exc: Exception) -> StoreUnavailable | None:
     return StoreUnavailable(f"redis refused: {said}")
 
 
+def eviction_risk(policy: str) -> str | None:
+    """What Redis's `maxmemory-policy` can cost the bridge's promises once Redis is full, or None when
+    nothing: `noeviction` refuses writes instead (503s the producers retry), and every other policy
+    drops keys the bridge wrote. Managed Redis services often default to `volatile-lru`."""
+    if policy == "noeviction":
+        return None
+    advice = "set maxmemory-policy to noeviction: a full Redis then refuses batches (503, retried) instead"
+    if policy.startswith("volatile-"):
+        return (
+            f"Redis evicts keys with a time to live when full (maxmemory-policy {policy}): the seen ids of job"
+            f" events and the ended runs kept for late events may go early, and an event re-sent after that is"
+            f" counted again; {advice}"
+        )
+    return (
+        f"Redis evicts any key when full (maxmemory-policy {policy}): open runs' state and spans waiting in the"
+        f" outbox may go, and events already acknowledged with them; {advice}"
+    )
+
+
 def _glob_escaped(text: str) -> str:
     """`text` matched literally in a SCAN pattern (a service may be named `a*` or `[x]`)."""
     return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
@@ -231,6 +250,15 @@ class RedisStore:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def eviction_risk(self) -> str | None:
+        try:
+            answer = cast(dict[Any, Any], self._client.config_get("maxmemory-policy"))
+        except RedisError as exc:
+            # Managed services rename or forbid CONFIG, and an ACL user may lack it: say what to check.
+            return f"cannot read Redis's maxmemory-policy ({exc}); make sure it is noeviction"
+        policy = next(iter(answer.values()), b"noeviction")
+        return eviction_risk(policy.decode() if isinstance(policy, bytes) else str(policy))
 
     def refuses_batches(self) -> str | None:
         return None  # Redis says so itself, at each write (out of memory, read-only)

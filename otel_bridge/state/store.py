@@ -141,3 +141,11 @@ class OnDisk(Protocol):
     def disk_usage(self) -> tuple[int, int] | None:
         """(bytes of the state's files: the database and its log; bytes free to the bridge on their
         filesystem), or None when it has no file (in memory)."""
+
+
+@runtime_checkable
+class Evicting(Protocol):
+    """A store that may drop what it was given by itself when full (Redis, by its eviction policy)."""
+
+    def eviction_risk(self) -> str | None:
+        """What the store's eviction can cost, in a sentence for the operator; None when it never evicts."""
