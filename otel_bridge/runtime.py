@@ -196,6 +196,8 @@ class Bridge:
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
+        # What the operator should mend that does not stop batches (told by `/readyz` and the log).
+        self.warnings: list[str] = []
 
     def _disk_gauges(self, store: OnDisk) -> None:
         # A full disk makes the bridge refuse batches (503), and producers drop a batch after three
@@ -241,6 +243,8 @@ class Bridge:
         if since is not None and time.monotonic() - since >= self.settings.export_unready_seconds:
             reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
         status: dict[str, object] = {"ready": not reasons, "outbox": depth, "reasons": reasons}
+        if self.warnings:
+            status["warnings"] = self.warnings  # told, not reasons: batches are taken
         if self.followers:
             # Told, not a reason: the endpoint still takes batches while a followed engine is away.
             status["following"] = {name: _following(f.disconnected_since) for name, f in self.followers.items()}
@@ -389,6 +393,7 @@ class Bridge:
             waiting = 0
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
         if isinstance(self.store, Evicting) and (risk := self.store.eviction_risk()) is not None:
+            self.warnings = [risk]
             log.warning("%s", risk)
         return self
 

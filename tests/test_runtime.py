@@ -124,10 +124,13 @@ def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_
         bridge = _bridge(tmp_path, state=server.url)
         with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
             bridge.start(follow=False)
+        readiness = bridge.readiness()
         bridge.stop()
     finally:
         server.close()
     assert any("allkeys-lru" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    # Told by /readyz too, as long as it runs; batches are still taken.
+    assert readiness["ready"] is True and "allkeys-lru" in readiness["warnings"][0]
 
 
 def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warning(tmp_path, caplog):
@@ -136,7 +139,9 @@ def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warn
         bridge = _bridge(tmp_path, state=server.url)
         with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
             bridge.start(follow=False)
+        readiness = bridge.readiness()
         bridge.stop()
     finally:
         server.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "warnings" not in readiness
