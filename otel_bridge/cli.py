@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -424,12 +425,20 @@ def _trace_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def events_url(url: str) -> str:
+    """The tracker endpoint of a bridge given by its address alone (`http://host:4380`), as OTLP
+    exporters take a base URL and add `/v1/traces`; a URL with a path is taken as it is."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/v1/events")) if parts.path in ("", "/") else url
+
+
 def _demo(args: argparse.Namespace) -> int:
     from otel_bridge.producer.demo import SCENARIOS, run_demo
 
     _logging("INFO")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per POST drowns the summary
     headers = dict(h.split("=", 1) for h in args.header)
+    args.url = events_url(args.url)
     print(f"otel-bridge demo: {len(SCENARIOS)} scenarios at {args.rate}/s to {args.url}", flush=True)
     engines: dict[str, object] = {}
     stop = threading.Event()
@@ -514,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--tenant", default=None, help="the event-sourced runtime's tenant")
     demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
-    demo.add_argument("--url", default="http://127.0.0.1:4380/v1/events", help="the bridge's tracker endpoint")
+    demo.add_argument(
+        "--url",
+        default="http://127.0.0.1:4380/v1/events",
+        help="the bridge's tracker endpoint (an address alone: its /v1/events)",
+    )
     demo.add_argument("--rate", type=float, default=2.0, help="runs started per second")
     demo.add_argument("--duration", type=float, default=0.0, help="seconds to generate for (0: until stopped)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")

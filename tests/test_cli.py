@@ -9,7 +9,7 @@ from importlib.metadata import version
 import pytest
 from otlp_receiver import OtlpHttpReceiver
 
-from otel_bridge.cli import main
+from otel_bridge.cli import events_url, main
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
 
@@ -43,3 +43,17 @@ def test_the_command_says_which_version_it_is(capsys):
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"otel-bridge {version('otel-bridge')}"
+
+
+@pytest.mark.parametrize(
+    ("given", "posted_to"),
+    [
+        ("http://127.0.0.1:4380", "http://127.0.0.1:4380/v1/events"),
+        ("http://127.0.0.1:4380/", "http://127.0.0.1:4380/v1/events"),
+        ("https://bridge.internal", "https://bridge.internal/v1/events"),
+        ("http://127.0.0.1:4380/v1/events", "http://127.0.0.1:4380/v1/events"),
+        ("http://proxy:8080/otel-bridge/v1/events", "http://proxy:8080/otel-bridge/v1/events"),
+    ],
+)
+def test_the_demo_posts_to_the_tracker_endpoint_of_a_bridge_given_by_its_address(given, posted_to):
+    assert events_url(given) == posted_to

@@ -46,10 +46,13 @@ class TrackerStats:
             self.events += len(batch)
         return response.is_success
 
-    def dropped(self, batch: list[dict[str, Any]], attempts: int) -> bool:
+    def dropped(self, batch: list[dict[str, Any]], attempts: int, endpoint: str, last: str) -> bool:
         self.dropped_batches += 1
         self.dropped_events += len(batch)
-        log.error("tracker dropped a batch of %d events after %d attempts", len(batch), attempts)
+        log.error(
+            "tracker dropped a batch of %d events after %d attempts to %s; the last: %s",
+            len(batch), attempts, endpoint, last,
+        )  # fmt: skip
         return False
 
 
@@ -88,6 +91,19 @@ def _retry_after(response: httpx.Response) -> float | None:
         except (TypeError, ValueError):
             return None
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+
+
+# How much of a refusal's body the log keeps: the bridge names what was wrong in a line or two.
+_BODY_TOLD = 300
+
+
+def _told(answer: httpx.Response | Exception) -> str:
+    """A failed POST in a few words: the status and what the server said, or the error."""
+    if isinstance(answer, Exception):
+        return f"{type(answer).__name__}: {answer}"
+    said = answer.text.strip()
+    told = f"{answer.status_code} {answer.reason_phrase}"
+    return f"{told}: {said[:_BODY_TOLD]}" if said else told
 
 
 def _config(
@@ -138,7 +154,7 @@ class _Delivery:
             asked = _retry_after(answer)
         if self.attempts > self._c.max_attempts:
             self.over = True
-            self._stats.dropped(self._batch, self.attempts)
+            self._stats.dropped(self._batch, self.attempts, self._c.endpoint, _told(answer))
             return
         self._stats.retries += 1
         self.wait = self._c.delay(self.attempts, asked)

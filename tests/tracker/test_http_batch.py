@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ class _Endpoint:
         self.answers = answers
         self.delay = 0.0  # seconds before each answer
         self.retry_after = ""  # sent with every refusal when set
+        self.said = b""  # the body of every refusal
         self.arrived: list[float] = []  # when each POST came (monotonic)
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
@@ -38,8 +40,10 @@ class _Endpoint:
                 self.send_response(status)
                 if status >= 400 and endpoint.retry_after:
                     self.send_header("retry-after", endpoint.retry_after)
-                self.send_header("content-length", "0")
+                said = endpoint.said if status >= 400 else b""
+                self.send_header("content-length", str(len(said)))
                 self.end_headers()
+                self.wfile.write(said)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
@@ -85,6 +89,29 @@ def test_a_failed_post_is_resent_identically_then_the_batch_is_dropped(endpoint)
     assert not tracker.flush()
     assert len(endpoint.bodies) == 4 and len(set(endpoint.bodies)) == 1
     assert (tracker.stats.retries, tracker.stats.dropped_events) == (3, 1)
+
+
+def test_a_dropped_batch_is_logged_with_where_it_went_and_what_the_last_answer_said(endpoint, caplog):
+    endpoint.answers = [503, 404]
+    endpoint.said = b'{"error": "no such route"}'
+    tracker = _tracker(endpoint, max_attempts=1)
+    tracker.emit(WorkflowRun().started().events[0])
+    with caplog.at_level(logging.ERROR, logger="otel_bridge.tracker.http_batch"):
+        assert not tracker.flush()
+    (record,) = caplog.records
+    assert endpoint.url in record.getMessage()
+    assert '404 Not Found: {"error": "no such route"}' in record.getMessage()
+
+
+def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error(caplog):
+    tracker = HttpBatchTracker(
+        f"http://127.0.0.1:{free_port()}/v1/events", "staging", "shop", max_attempts=0, flush_interval_seconds=None
+    )  # nothing listens
+    tracker.emit(WorkflowRun().started().events[0])
+    with caplog.at_level(logging.ERROR, logger="otel_bridge.tracker.http_batch"):
+        assert not tracker.flush()
+    assert "ConnectError" in caplog.records[-1].getMessage()
+    tracker.close()
 
 
 def test_a_retry_that_succeeds_delivers_the_batch(endpoint):
