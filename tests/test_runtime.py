@@ -118,8 +118,10 @@ def _exposed(bridge: Bridge, name: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_path, caplog):
-    server = RedisServer(None, "--maxmemory-policy", "allkeys-lru").start()
+def _started_on_redis(tmp_path, caplog, *redis_args: str) -> dict[str, object]:
+    """Start and stop a bridge on a Redis of its own started with `redis_args`: its /readyz meanwhile
+    (the warnings it logged are in `caplog`)."""
+    server = RedisServer(None, *redis_args).start()
     try:
         bridge = _bridge(tmp_path, state=server.url)
         with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
@@ -128,20 +130,17 @@ def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_
         bridge.stop()
     finally:
         server.close()
+    return readiness
+
+
+def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_path, caplog):
+    readiness = _started_on_redis(tmp_path, caplog, "--maxmemory-policy", "allkeys-lru")
     assert any("allkeys-lru" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     # Told by /readyz too, as long as it runs; batches are still taken.
     assert readiness["ready"] is True and "allkeys-lru" in readiness["warnings"][0]
 
 
 def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warning(tmp_path, caplog):
-    server = RedisServer().start()  # Redis's default: noeviction
-    try:
-        bridge = _bridge(tmp_path, state=server.url)
-        with caplog.at_level(logging.WARNING, logger="otel_bridge.runtime"):
-            bridge.start(follow=False)
-        readiness = bridge.readiness()
-        bridge.stop()
-    finally:
-        server.close()
+    readiness = _started_on_redis(tmp_path, caplog)  # Redis's default: noeviction
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "warnings" not in readiness
