@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import httpx
 
+from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.tracker.contract import enriched
 
@@ -146,7 +147,7 @@ class _Delivery:
         self.attempts += 1
         asked = None
         if isinstance(answer, Exception):  # never into the workflow
-            log.warning("tracker POST to %s failed: %s", self._c.endpoint, answer)
+            log.warning("tracker POST to %s failed: %s", without_password(self._c.endpoint), answer)
         elif self._stats.answered(answer, self._batch):
             self.over = self.delivered = True
             return
@@ -154,7 +155,7 @@ class _Delivery:
             asked = _retry_after(answer)
         if self.attempts > self._c.max_attempts:
             self.over = True
-            self._stats.dropped(self._batch, self.attempts, self._c.endpoint, _told(answer))
+            self._stats.dropped(self._batch, self.attempts, without_password(self._c.endpoint), _told(answer))
             return
         self._stats.retries += 1
         self.wait = self._c.delay(self.attempts, asked)

@@ -103,14 +103,19 @@ def test_a_dropped_batch_is_logged_with_where_it_went_and_what_the_last_answer_s
     assert '404 Not Found: {"error": "no such route"}' in record.getMessage()
 
 
-def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error(caplog):
+def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error_and_no_password(caplog):
     tracker = HttpBatchTracker(
-        f"http://127.0.0.1:{free_port()}/v1/events", "staging", "shop", max_attempts=0, flush_interval_seconds=None
-    )  # nothing listens
+        f"http://user:secret@127.0.0.1:{free_port()}/v1/events",  # nothing listens
+        "staging",
+        "shop",
+        max_attempts=0,
+        flush_interval_seconds=None,
+    )
     tracker.emit(WorkflowRun().started().events[0])
-    with caplog.at_level(logging.ERROR, logger="otel_bridge.tracker.http_batch"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.tracker.http_batch"):
         assert not tracker.flush()
     assert "ConnectError" in caplog.records[-1].getMessage()
+    assert all("secret" not in r.getMessage() and "user:***@" in r.getMessage() for r in caplog.records)
     tracker.close()
 
 
