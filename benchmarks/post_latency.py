@@ -4,8 +4,8 @@
 
 One durable-effect invocation posts its events as one batch of about six and waits for the
 answer, so the tail of that answer is the producer's cost. 4 clients post `--posts`
-6-event batches of the replay mix at `--rate` POSTs per second in all (an open loop: a
-slow answer does not slow the next POST) to a fresh `otel-bridge serve` (SQLite, OTLP/HTTP
+6-event batches of the replay mix at `--rate` POSTs per second in all, taking turns (an open
+loop: a slow answer does not slow the next POST) to a fresh `otel-bridge serve` (SQLite, OTLP/HTTP
 to a local receiver), to a baseline checkout and to the naive peer, in alternating rounds (the bridge and
 the baseline each first in every other round).
 Rows: p50/p95/p99 of the answers, each the median over the rounds. The peer's row says
