@@ -5,6 +5,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -90,6 +91,29 @@ def own_process_gc() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
+def _listenable(host: str, port: int) -> None:
+    """Raise CliError when the server could not listen on `host:port` (another server has it).
+
+    uvicorn finds out only after the bridge started (its state opened, its threads running) and
+    exits with 3 among its own lines; a start-up mistake is one line and exit 2 here. Each address
+    is bound as asyncio binds it (SO_REUSEADDR; IPv6 only on an IPv6 socket), then let go."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise CliError(
+                    f"cannot listen on {host}:{port}: {exc.strerror} (--port or OTEL_BRIDGE_PORT for another)"
+                ) from None
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -98,6 +122,7 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.receivers.http_protocol import guarded_protocol
     from otel_bridge.runtime import Bridge
 
+    _listenable(settings.host, settings.port)
     bridge = Bridge(settings)
 
     def start() -> None:  # on the server's event loop, as it starts

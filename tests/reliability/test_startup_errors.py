@@ -61,6 +61,14 @@ def test_a_redis_that_refuses_the_password(tmp_path):
     assert "wrong" not in result.stderr  # the password is not printed
 
 
+def test_a_port_another_server_listens_on_is_named_before_the_state_is_opened(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _run("serve", "--state", "state.db", cwd=tmp_path, OTEL_BRIDGE_PORT=str(port))
+    _one_clear_line(result, f"127.0.0.1:{port}", "in use")
+    assert not (tmp_path / "state.db").exists()
+
+
 def test_an_empty_api_key_refuses_to_start_instead_of_turning_auth_off(tmp_path):
     _one_clear_line(_run("serve", cwd=tmp_path, OTEL_BRIDGE_API_KEY=""), "api_key", "empty")
 
