@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -114,6 +115,23 @@ def _listenable(host: str, port: int) -> None:
                 ) from None
 
 
+def _tls_loadable(certfile: Path | None, keyfile: Path | None) -> None:
+    """Raise CliError when the server could not load its certificate: uvicorn's own error names
+    neither file ("No such file or directory", "[SSL] PEM lib"), and comes after the state is opened."""
+    if certfile is None:
+        if keyfile is not None:  # uvicorn would serve plain HTTP and say nothing
+            raise CliError(f"tls_keyfile {keyfile} is set without tls_certfile: give both to serve HTTPS")
+        return
+    files = f"{certfile}" + (f" (key {keyfile})" if keyfile is not None else "")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        said = exc.reason or exc.strerror or exc  # OpenSSL's "PEM lib" comes with no reason
+        raise CliError(f"cannot use the TLS certificate {files}: not a PEM certificate and its key ({said})") from None
+    except OSError as exc:
+        raise CliError(f"cannot read the TLS certificate {files}: {exc.strerror or exc}") from None
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -123,6 +141,7 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.runtime import Bridge
 
     _listenable(settings.host, settings.port)
+    _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
     bridge = Bridge(settings)
 
     def start() -> None:  # on the server's event loop, as it starts

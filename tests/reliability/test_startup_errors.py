@@ -69,6 +69,21 @@ def test_a_port_another_server_listens_on_is_named_before_the_state_is_opened(tm
     assert not (tmp_path / "state.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--tls-certfile", "cert.pem", "--tls-keyfile", "key.pem"], ["cert.pem", "key.pem", "No such file"]),
+        (["--tls-certfile", "junk.pem"], ["junk.pem", "not a PEM certificate"]),
+        (["--tls-keyfile", "junk.pem"], ["tls_keyfile", "without tls_certfile"]),  # would serve plain HTTP
+    ],
+    ids=["missing", "not-pem", "key-alone"],
+)
+def test_a_tls_certificate_the_server_cannot_use_is_named_before_the_state_is_opened(tmp_path, options, words):
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    _one_clear_line(_run("serve", "--state", "state.db", *options, cwd=tmp_path), *words)
+    assert not (tmp_path / "state.db").exists()
+
+
 def test_an_empty_api_key_refuses_to_start_instead_of_turning_auth_off(tmp_path):
     _one_clear_line(_run("serve", cwd=tmp_path, OTEL_BRIDGE_API_KEY=""), "api_key", "empty")
 
