@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DAY = 86_400.0
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OTEL_BRIDGE_", extra="ignore", populate_by_name=True)
 
@@ -193,7 +196,7 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
     )
-    log_level: str = Field("INFO", description="Log level of the bridge.")
+    log_level: str = Field("INFO", description="Log level of the bridge: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
         "text",
         description="Log lines as text, or as JSON objects, one a line (`time`, `level`, `logger`, `message`, "
@@ -250,6 +253,15 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is set but empty: unset it to turn authentication off, or give a secret")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_level(cls, value: str) -> str:
+        # Unchecked, a typo reached logging at start-up as a traceback.
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}, not {value!r}")
+        return level
 
     @field_validator("trace_url")
     @classmethod

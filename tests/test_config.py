@@ -70,3 +70,9 @@ def test_the_line_a_started_bridge_logs_names_what_it_works_with_and_no_password
         "workflow:events:global at redis://user:***@redis:6379/1 and the WebSocket ws://engine:8765/ws/stream"
     )
     assert "s3cret" not in started(settings, otlp.NoSender(), otlp.NoSender(), 0, follow=False)
+
+
+def test_a_log_level_is_one_of_loggings_in_any_case_and_a_typo_is_a_configuration_error(capsys):
+    assert Settings(log_level="debug").log_level == "DEBUG"
+    assert main(["serve", "--log-level", "loud"]) == 2
+    assert "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'" in capsys.readouterr().err
