@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DAY = 86_400.0
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# A state that names Redis rather than a SQLite file, and what a Redis stream's URL starts with.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# Each URL setting, the schemes it may start with: unchecked, a wrong one failed at start-up as a
+# traceback (the stream) or was logged and never followed (the WebSocket) while the bridge ran on.
+_URL_SCHEMES = {
+    "stream_url": REDIS_SCHEMES,
+    "ws_url": ("ws://", "wss://"),
+    "ws_api_url": ("http://", "https://"),
+}
 
 
 class Settings(BaseSettings):
@@ -262,6 +271,14 @@ class Settings(BaseSettings):
         if level not in _LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}, not {value!r}")
         return level
+
+    @field_validator(*_URL_SCHEMES)
+    @classmethod
+    def _a_url_it_can_follow(cls, value: str | None, info: ValidationInfo) -> str | None:
+        schemes = _URL_SCHEMES[str(info.field_name)]
+        if value and not value.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)}, not {without_password(value)!r}")
+        return value or None
 
     @field_validator("trace_url")
     @classmethod

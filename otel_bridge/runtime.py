@@ -16,7 +16,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge import __version__, liveness
 from otel_bridge import conventions as c
-from otel_bridge.config import Settings, without_password
+from otel_bridge.config import REDIS_SCHEMES, Settings, without_password
 from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
@@ -47,14 +47,11 @@ _REFUSED_UNREADY_SECONDS = 10.0
 # The largest batch the HTTP server stores on its event loop: ~6 ms of it at ~50 µs an event.
 _INLINE_EVENTS = 128
 
-# A state that names Redis rather than a SQLite file.
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
 
 def started(settings: Settings, traces: object, metrics: object, waiting: int, follow: bool) -> str:
     """What a bridge that started is working with, in one line, credentials left out."""
     state = settings.state
-    store = f"Redis {without_password(state)}" if state.startswith(_REDIS_SCHEMES) else state
+    store = f"Redis {without_password(state)}" if state.startswith(REDIS_SCHEMES) else state
     line = f"otel-bridge {__version__} started: state {store}"
     if waiting:
         line += f" ({waiting} spans waiting to be sent)"
@@ -78,7 +75,7 @@ def _following(disconnected_since: float | None) -> str:
 
 
 def open_store(settings: Settings, read_only: bool = False) -> Store:
-    if settings.state.startswith(_REDIS_SCHEMES):
+    if settings.state.startswith(REDIS_SCHEMES):
         from otel_bridge.state.redis_store import RedisStore
 
         return RedisStore(

@@ -76,3 +76,24 @@ def test_a_log_level_is_one_of_loggings_in_any_case_and_a_typo_is_a_configuratio
     assert Settings(log_level="debug").log_level == "DEBUG"
     assert main(["serve", "--log-level", "loud"]) == 2
     assert "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "url", "told"),
+    [
+        ("--stream-url", "localhost:6379", "stream_url: must start with redis:// or rediss:// or unix://"),
+        ("--ws-url", "http://engine:8080/ws/stream", "ws_url: must start with ws:// or wss://"),
+        ("--ws-api-url", "ws://engine:8080", "ws_api_url: must start with http:// or https://"),
+    ],
+)
+def test_an_engine_url_of_the_wrong_kind_is_a_configuration_error_naming_it(capsys, option, url, told):
+    # Unchecked, the stream's failed the start-up with a traceback, and the WebSocket's was logged
+    # once while the bridge ran on without ever following it.
+    assert main(["serve", option, url]) == 2
+    assert told in capsys.readouterr().err
+
+
+def test_an_engine_url_names_no_password_when_it_is_refused(capsys):
+    assert main(["serve", "--ws-url", "http://user:secret@engine/ws"]) == 2
+    err = capsys.readouterr().err
+    assert "secret" not in err and "user:***@engine" in err
