@@ -513,6 +513,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary["dropped_events"] == 0 else 1
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more (as `GET /v1/runs?limit=` takes it): -1 listed nothing and said nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-bridge",
@@ -592,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")
     runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
-    runs.add_argument("--limit", type=int, default=1000, help="at most this many runs, the oldest (default 1000)")
+    runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_settings_flags(runs)
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")

@@ -57,3 +57,11 @@ def test_the_command_says_which_version_it_is(capsys):
 )
 def test_the_demo_posts_to_the_tracker_endpoint_of_a_bridge_given_by_its_address(given, posted_to):
     assert events_url(given) == posted_to
+
+
+@pytest.mark.parametrize("limit", ["-1", "ten"])
+def test_runs_takes_a_limit_of_zero_or_more_as_get_v1_runs_does(limit, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["runs", "--limit", limit])
+    assert exited.value.code == 2
+    assert "--limit" in capsys.readouterr().err
