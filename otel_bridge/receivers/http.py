@@ -144,9 +144,14 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
+# A UTF-8 byte order mark: JSON text must not start with one, but a parser may ignore it (RFC 8259,
+# 8.1), and producers writing through a .NET or PowerShell stream add one.
+_BOM = b"\xef\xbb\xbf"
+
+
 def _loads(body: bytes) -> Any:
     try:
-        return loads(body)
+        return loads(body.removeprefix(_BOM))
     except ValueError as exc:
         raise _Reject(400, f"body is not valid JSON: {exc}") from None
 

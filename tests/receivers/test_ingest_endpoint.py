@@ -110,3 +110,13 @@ def test_the_batch_path_with_a_trailing_slash_is_the_same_endpoint(tmp_path):
     app = _app(tmp_path, consumer)
     assert _request(app, "POST", "/v1/events/", content=BATCH).json()["accepted"] == 0
     assert len(consumer.batches) == 1
+
+
+def test_a_body_starting_with_a_byte_order_mark_is_read_as_a_replay_file_is(tmp_path):
+    # JSON text must not start with one, but a parser may ignore it (RFC 8259, 8.1); .NET and
+    # PowerShell streams write one.
+    consumer = Counting()
+    body = b"\xef\xbb\xbf" + orjson.dumps({"events": [{"type": "workflow.started"}]})
+    headers = {"content-type": "application/json"}
+    response = _request(_app(tmp_path, consumer), "POST", "/v1/events", content=body, headers=headers)
+    assert response.status_code == 200 and len(consumer.batches) == 1
