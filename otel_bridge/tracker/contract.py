@@ -5,8 +5,11 @@ and `serviceKey` (the wire shape) and decides what happens to it. Trackers never
 into the workflow that emits: a delivery problem is logged, counted and retried or dropped.
 """
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -36,3 +39,25 @@ class AsyncTracker(Protocol):
 def enriched(event: Mapping[str, Any], env: str, service_key: str) -> dict[str, Any]:
     """The wire shape of an internal event: what the HTTP tracker sends and the bridge reads."""
     return {**event, "env": env, "serviceKey": service_key}
+
+
+class AfterClose:
+    """A tracker's events emitted after its `close()`: dropped and counted, told once.
+
+    At shutdown a workflow still running may emit after the application closed its tracker.
+    Buffered, such events were never sent (the HTTP tracker's client was closed: each batch went
+    through its retries, seconds of the workflow's time, then was dropped; the in-process tracker's
+    store was closed: a traceback per event), and a buffer nobody flushes only grows."""
+
+    def __init__(self, tracker: str) -> None:
+        self._tracker = tracker
+        self.dropped = 0
+
+    def drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning(
+                "%s: an event emitted after close() is dropped (and every later one, counted): close the "
+                "tracker once the workflows that emit to it have ended",
+                self._tracker,
+            )

@@ -26,7 +26,7 @@ import httpx
 
 from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
-from otel_bridge.tracker.contract import enriched
+from otel_bridge.tracker.contract import AfterClose, enriched
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ class HttpBatchTracker:
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # one flush at a time: batches leave in order
         self._closed = threading.Event()
+        self._after_close = AfterClose("HttpBatchTracker")
         self.stats = TrackerStats()
         self._start_timer()
         after_fork_in_child(self._forked)
@@ -200,12 +201,17 @@ class HttpBatchTracker:
         # passed in is the application's to make safe across a fork, one of ours is made anew.
         self._buffer = []
         self._lock, self._sending, self._closed = threading.Lock(), threading.Lock(), event_like(self._closed)
+        self._after_close = AfterClose("HttpBatchTracker")
         self.stats = TrackerStats()
         if self._own_client:
             self._client = None
         self._start_timer()
 
     def emit(self, event: Mapping[str, Any]) -> None:
+        if self._closed.is_set():
+            self._after_close.drop()
+            self.stats.dropped_events += 1
+            return
         with self._lock:
             self._buffer.append(enriched(event, self._c.env, self._c.service_key))
             full = len(self._buffer) >= self._c.batch_size
@@ -288,6 +294,8 @@ class AsyncHttpBatchTracker:
         self._buffer: list[dict[str, Any]] = []
         self._sending = asyncio.Lock()
         self._timer_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._after_close = AfterClose("AsyncHttpBatchTracker")
         self.stats = TrackerStats()
         after_fork_in_child(self._forked)
 
@@ -305,6 +313,10 @@ class AsyncHttpBatchTracker:
             self._timer_task = asyncio.get_running_loop().create_task(self._timer())
 
     async def emit(self, event: Mapping[str, Any]) -> None:
+        if self._closed:  # nor a timer started again
+            self._after_close.drop()
+            self.stats.dropped_events += 1
+            return
         self._ensure_timer()
         self._buffer.append(enriched(event, self._c.env, self._c.service_key))
         if len(self._buffer) >= self._c.batch_size:
@@ -347,6 +359,7 @@ class AsyncHttpBatchTracker:
                 await asyncio.shield(self.flush())
 
     async def close(self) -> None:
+        self._closed = True
         if self._timer_task is not None:
             self._timer_task.cancel()
             self._timer_task = None

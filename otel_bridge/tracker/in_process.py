@@ -34,7 +34,7 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
-from otel_bridge.tracker.contract import enriched
+from otel_bridge.tracker.contract import AfterClose, enriched
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class OtelTracker:
         self._lock = threading.Lock()
         self._storing = threading.Lock()
         self._closed = threading.Event()
+        self._after_close = AfterClose("OtelTracker")
         self.dropped = 0
         self.rejected = 0
         self._interval = flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None
@@ -96,6 +97,7 @@ class OtelTracker:
         self._buffer = []
         self._lock, self._storing, self._closed = threading.Lock(), threading.Lock(), event_like(self._closed)
         self.dropped = self.rejected = 0
+        self._after_close = AfterClose("OtelTracker")
         self._start_timer()
 
     def _own_bridge(self) -> Bridge:
@@ -128,6 +130,10 @@ class OtelTracker:
 
     def buffer(self, event: Mapping[str, Any]) -> bool:
         """Buffer one event without storing anything; True when the buffer is full (time to flush)."""
+        if self._closed.is_set():
+            self._after_close.drop()
+            self.dropped += 1
+            return False
         with self._lock:
             self._buffer.append(as_read_back(enriched(event, self.env, self.service_key)))
             return len(self._buffer) >= self._batch_size

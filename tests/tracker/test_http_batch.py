@@ -119,6 +119,31 @@ def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error_and_no_pa
     tracker.close()
 
 
+def test_an_event_emitted_after_close_is_dropped_at_once_counted_and_told_once(endpoint, caplog):
+    # Buffered, it went through the retries against the closed client at the next flush (7 s of the
+    # workflow's time), and a buffer nobody flushed any more only grew.
+    tracker = _tracker(endpoint, batch_size=1)
+    tracker.close()
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.tracker"):
+        for event in WorkflowRun().started().step_started("a").events:
+            tracker.emit(event)
+    assert endpoint.bodies == [] and tracker.pending() == 0
+    assert (tracker.stats.dropped_events, tracker.stats.posts) == (2, 0)
+    assert len([r for r in caplog.records if "after close()" in r.getMessage()]) == 1
+
+
+def test_the_asyncio_flavour_drops_an_event_emitted_after_close_and_starts_no_timer(endpoint):
+    async def go() -> AsyncHttpBatchTracker:
+        tracker = AsyncHttpBatchTracker(endpoint.url, "staging", "shop", flush_interval_seconds=0.05)
+        await tracker.close()
+        await tracker.emit(WorkflowRun().started().events[0])
+        await asyncio.sleep(0.2)  # a timer started again would have posted by now
+        return tracker
+
+    tracker = asyncio.run(go())
+    assert endpoint.bodies == [] and tracker.stats.dropped_events == 1
+
+
 def test_a_retry_that_succeeds_delivers_the_batch(endpoint):
     endpoint.answers = [503]
     tracker = _tracker(endpoint)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -91,6 +92,23 @@ def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
             tracker.emit(event)
     names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert {"workflow.execution.duration", "workflow.task.duration"} <= names
+
+
+def test_an_event_emitted_after_close_is_dropped_counted_and_told_once(monkeypatch, caplog):
+    # At shutdown a workflow still running may emit after the application closed its tracker.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    tracker = OtelTracker("production", "shop", flush_interval_seconds=None)
+    tracker.close()
+    with caplog.at_level(logging.WARNING):
+        for event in WorkflowRun().started().step_started("a").events:
+            tracker.emit(event)
+        tracker.flush()
+    assert (tracker.dropped, tracker.pending(), tracker.rejected) == (2, 0, 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "OtelTracker: an event emitted after close() is dropped (and every later one, counted): close the "
+        "tracker once the workflows that emit to it have ended"
+    ]
 
 
 def test_a_string_sliced_mid_emoji_is_stored_as_the_sidecar_reads_it_and_holds_nothing_up(monkeypatch, otlp_http):
