@@ -238,9 +238,27 @@ def _exporter(signal: str) -> str:
     for exporter in ("otlp", "console"):
         if exporter in named:
             return exporter
-    # An application's own value (zipkin, prometheus) must not stop the in-process tracker.
-    log.warning("%s=%s: otel-bridge exports its %s over otlp (or console, none); using otlp", variable, raw, signal)
+    # An application's own value (zipkin, prometheus) must not stop the in-process tracker. Told once
+    # (a bridge makes a trace sender per concurrent export).
+    if (variable, raw) not in _TOLD_EXPORTER:
+        _TOLD_EXPORTER.add((variable, raw))
+        log.warning("%s=%s: otel-bridge exports its %s over otlp (or console, none); using otlp", variable, raw, signal)
     return "otlp"
+
+
+_TOLD_EXPORTER: set[tuple[str, str]] = set()
+
+
+def _a_url(sender: T, signal: str) -> T:
+    """`sender`, once its OTLP/HTTP endpoint is a URL: without a scheme (`::1`, `collector:4318` read
+    as a path) every export failed, told as a failing backend, never as the setting it is."""
+    endpoint = endpoint_of(sender)
+    if not endpoint.startswith(("http://", "https://")):
+        raise ValueError(
+            f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
+            f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
+        )
+    return sender
 
 
 def trace_sender() -> TraceSender:
@@ -253,7 +271,7 @@ def trace_sender() -> TraceSender:
         return ConsoleTraces(None)
     if protocol_for("traces") == GRPC:
         return _told_if_tls_unasked(_GrpcTraces(), "traces")
-    return _HttpTraces()
+    return _a_url(_HttpTraces(), "traces")
 
 
 def metric_sender() -> MetricSender:
@@ -266,7 +284,7 @@ def metric_sender() -> MetricSender:
         return ConsoleMetrics(None)
     if protocol_for("metrics") == GRPC:
         return _MetricSender(_told_if_tls_unasked(GrpcMetricExporter(), "metrics"))
-    return _MetricSender(HttpMetricExporter())
+    return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
 
 
 _TOLD_TLS: set[tuple[str, str]] = set()

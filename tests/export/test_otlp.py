@@ -51,3 +51,33 @@ def test_a_grpc_endpoint_without_a_scheme_is_told_to_be_tls_for_each_signal(monk
 )
 def test_a_grpc_endpoint_whose_transport_was_said_is_not_told(monkeypatch, caplog, env):
     assert _senders_built(monkeypatch, caplog, **env) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "signal", "endpoint"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "traces", "collector:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "::1"}, "traces", "::1"),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "collector:4318/v1/metrics"}, "metrics", "collector:4318/v1/metrics"),
+    ],
+)
+def test_an_otlp_http_endpoint_that_is_no_url_is_a_configuration_error_naming_it(monkeypatch, env, signal, endpoint):
+    # The SDK took it and every export failed, told as a backend away rather than as the setting.
+    for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
+        monkeypatch.delenv(prefix + "ENDPOINT", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"OTLP/HTTP {signal} endpoint '{endpoint}' is not an http"):
+        otlp.trace_sender() if signal == "traces" else otlp.metric_sender()
+
+
+def test_an_exporter_otel_bridge_does_not_speak_is_told_once_for_every_sender(monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD_EXPORTER", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [otlp.trace_sender() for _ in range(4)]  # one per concurrent export
+    for sender in senders:
+        sender.shutdown()
+    assert len([r for r in caplog.records if "OTEL_TRACES_EXPORTER=zipkin" in r.getMessage()]) == 1
