@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import RunQuery
@@ -37,6 +38,9 @@ from otel_bridge.receivers.json_text import loads
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json", "text/json", "application/x-ndjson")
+# What `GET /v1/runs?overdue=` takes, and the states a run is listed in (`state=`).
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_RUN_STATES = (c.STATE_PENDING, c.STATE_EXECUTING, c.STATE_PAUSED)
 # Runs `GET /v1/runs` lists unless asked for more (`limit`): the oldest; `count` tells them all.
 _RUNS_LISTED = 1000
 
@@ -257,14 +261,21 @@ def create_app(
         if runs is None:
             return _problem(404, "no run listing here")
         params = request.query_params
-        overdue = params.get("overdue", "false").lower() in ("1", "true", "yes")
+        # A filter that is not one (`overdue=maybe`, a misspelt state) answered an empty list, as if
+        # no run were there: the on-call engineer is told instead.
+        overdue = _FLAGS.get(params.get("overdue", "false").lower())
+        if overdue is None:
+            return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
+        state = params.get("state") or None
+        if state is not None and state not in _RUN_STATES:
+            return _problem(400, f"state must be one of {', '.join(_RUN_STATES)}, not {state!r}")
         try:
             limit = int(params.get("limit", _RUNS_LISTED))
         except ValueError:
             return _problem(400, f"limit must be a whole number, not {params['limit']!r}")
         if limit < 0:
             return _problem(400, f"limit must be 0 or more, not {limit}")
-        query = RunQuery(params.get("state"), overdue, params.get("service"))
+        query = RunQuery(state, overdue, params.get("service") or None)
         listed, count = await run_in_threadpool(runs, query, limit)
         return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
@@ -120,3 +121,38 @@ def test_a_body_starting_with_a_byte_order_mark_is_read_as_a_replay_file_is(tmp_
     headers = {"content-type": "application/json"}
     response = _request(_app(tmp_path, consumer), "POST", "/v1/events", content=body, headers=headers)
     assert response.status_code == 200 and len(consumer.batches) == 1
+
+
+def _runs_app(tmp_path, asked: list[tuple[Any, int]]) -> Any:
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
+
+    def runs(query: Any, limit: int) -> tuple[list[Any], int]:
+        asked.append((query, limit))
+        return [], 0
+
+    return create_app(
+        Counting(), settings, metrics=lambda _a: (b"", "text/plain"), readiness=lambda: {"ready": True}, runs=runs
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "told"),
+    [
+        ({"overdue": "maybe"}, "overdue must be true or false, not 'maybe'"),
+        ({"state": "sleeping"}, "state must be one of pending, executing, paused, not 'sleeping'"),
+        ({"limit": "-1"}, "limit must be 0 or more, not -1"),
+    ],
+)
+def test_a_run_listing_filter_that_is_none_is_a_400_naming_it(tmp_path, params, told):
+    # Taken as no filter, or as one nothing matches, it answered an empty list as if no run were there.
+    asked: list[tuple[Any, int]] = []
+    response = _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params)
+    assert response.status_code == 400 and told in response.text and asked == []
+
+
+def test_run_listing_filters_left_empty_are_no_filters(tmp_path):
+    asked: list[tuple[Any, int]] = []
+    params = {"overdue": "No", "state": "", "service": ""}
+    assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
+    ((query, limit),) = asked
+    assert (query.overdue, query.state, query.service, limit) == (False, None, None, 1000)
