@@ -481,7 +481,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     _logging("INFO")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per POST drowns the summary
+    malformed = [h for h in args.header if "=" not in h or not h.split("=", 1)[0].strip()]
+    if malformed:
+        print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
+        return 2
     headers = dict(h.split("=", 1) for h in args.header)
+    if not args.url.startswith(("http://", "https://")):
+        print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
+        return 2
     args.url = events_url(args.url)
     print(f"otel-bridge demo: {len(SCENARIOS)} scenarios at {args.rate}/s to {args.url}", flush=True)
     engines: dict[str, object] = {}
