@@ -45,7 +45,8 @@ class ReplaySummary:
             f"lines: {self.lines}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
             f"late: {self.late}  rejected: {len(self.rejected)}"
         ]
-        for line, r in self.rejected[:max_reasons]:
+        # In the file's order: a batch's lines that are not JSON are told before the ones its decoder refused.
+        for line, r in sorted(self.rejected, key=lambda rejected: rejected[0])[:max_reasons]:
             out.append(f"  line {line}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
         if len(self.rejected) > max_reasons:
             out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
