@@ -153,6 +153,15 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 _BOM = b"\xef\xbb\xbf"
 
 
+def _charset(parameters: list[str]) -> str | None:
+    """The `charset` among a Content-Type's parameters (lowercase), if one is given."""
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset":
+            return value.strip().strip('"')
+    return None
+
+
 def _loads(body: bytes) -> Any:
     try:
         return loads(body.removeprefix(_BOM))
@@ -217,9 +226,13 @@ def create_app(
         headers = request.headers
         if not auth.allows(headers):
             return _error(*_UNAUTHORIZED)
-        content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        content_type, *parameters = headers.get("content-type", "application/json").lower().split(";")
+        content_type = content_type.strip()
         if content_type not in _JSON_TYPES:
             return _error(415, f"unsupported Content-Type {content_type!r}: send application/json")
+        if (charset := _charset(parameters)) not in (None, "utf-8", "utf8", "us-ascii"):
+            # JSON exchanged between systems is UTF-8 (RFC 8259, 8.1): read as such, UTF-16 was "not valid JSON".
+            return _error(415, f"unsupported charset {charset!r}: send application/json in UTF-8")
         try:
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
             events = parse_envelope(body, settings.max_batch_events)

@@ -156,3 +156,23 @@ def test_run_listing_filters_left_empty_are_no_filters(tmp_path):
     assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
     ((query, limit),) = asked
     assert (query.overdue, query.state, query.service, limit) == (False, None, None, 1000)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json; charset=utf-8", 200),
+        ("application/json;charset=UTF-8", 200),
+        ('application/json; charset="us-ascii"', 200),  # a subset of UTF-8
+        ("application/json; charset=utf-16", 415),
+        ("application/json; charset=iso-8859-1", 415),
+    ],
+)
+def test_a_batch_in_another_charset_than_utf8_is_a_415_naming_it(tmp_path, content_type, status):
+    # Read as UTF-8 anyway, a UTF-16 body was "not valid JSON: str is not valid UTF-8".
+    body = BATCH.decode().encode("utf-16") if "utf-16" in content_type else BATCH
+    headers = {"content-type": content_type}
+    response = _request(_app(tmp_path, Counting()), "POST", "/v1/events", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 415:
+        assert "charset" in response.json()["error"] and "UTF-8" in response.json()["error"]
