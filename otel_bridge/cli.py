@@ -604,9 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
-    runs.add_argument(
-        "--run-state", choices=("pending", "executing", "paused"), default=None, help="only runs in this state"
-    )
+    runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")
     runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")
     runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")

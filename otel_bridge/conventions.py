@@ -77,6 +77,8 @@ TASK_RESULT_SKIPPED: Final = "skipped"
 STATE_PENDING: Final = "pending"
 STATE_EXECUTING: Final = "executing"
 STATE_PAUSED: Final = "paused"
+# The states a run is listed in (`otel-bridge runs --run-state`, `GET /v1/runs?state=`).
+RUN_STATES: Final = (STATE_PENDING, STATE_EXECUTING, STATE_PAUSED)
 OVERFLOW_VALUE: Final = "_OTHER"
 
 # General semantic conventions

@@ -38,9 +38,8 @@ from otel_bridge.receivers.json_text import loads
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json", "text/json", "application/x-ndjson")
-# What `GET /v1/runs?overdue=` takes, and the states a run is listed in (`state=`).
+# What `GET /v1/runs?overdue=` takes.
 _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-_RUN_STATES = (c.STATE_PENDING, c.STATE_EXECUTING, c.STATE_PAUSED)
 # Runs `GET /v1/runs` lists unless asked for more (`limit`): the oldest; `count` tells them all.
 _RUNS_LISTED = 1000
 
@@ -280,8 +279,8 @@ def create_app(
         if overdue is None:
             return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
         state = params.get("state") or None
-        if state is not None and state not in _RUN_STATES:
-            return _problem(400, f"state must be one of {', '.join(_RUN_STATES)}, not {state!r}")
+        if state is not None and state not in c.RUN_STATES:
+            return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
         try:
             limit = int(params.get("limit", _RUNS_LISTED))
         except ValueError:
