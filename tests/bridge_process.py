@@ -61,7 +61,7 @@ class BridgeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 told = self.log.read_bytes()[logged:]
-                if b"address already in use" in told and tries > 1:
+                if b"address already in use" in told.lower() and tries > 1:
                     # free_port() found it free, and another test's server took it before the bridge
                     # bound it (tests run side by side): another port.
                     self.port = free_port()
