@@ -8,7 +8,7 @@ SDK defines them, and two of them are mirrored here for their defaults.
 """
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -333,6 +333,19 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
         hint = f"; did you mean {close[0]}?" if close else " (otel-bridge config lists the settings)"
         told.append(f"{variable} is not a setting of otel-bridge and is ignored{hint}")
+    return told
+
+
+def unknown_settings(names: Iterable[str]) -> list[str]:
+    """What to tell about keyword settings (the in-process tracker's `**settings`) that are no setting:
+    Settings ignores names it does not know, so a misspelt one left its setting at its default unsaid."""
+    known = list(Settings.model_fields)
+    told = []
+    for name in names:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        told.append(f"{name!r} is not a setting of otel-bridge" + (f"; did you mean {close[0]!r}?" if close else ""))
     return told
 
 

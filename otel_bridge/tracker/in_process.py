@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge.config import Settings, unknown_variables
+from otel_bridge.config import Settings, unknown_settings, unknown_variables
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.receivers.json_text import as_read_back
@@ -55,7 +55,11 @@ class OtelTracker:
         flush_interval_seconds: float | None = 1.0,
         **settings: Any,
     ) -> None:
-        """`settings`: any bridge setting (`settle_seconds`, `capture_input`, …), as `otel-bridge serve` takes them."""
+        """`settings`: any bridge setting (`settle_seconds`, `capture_input`, …), as `otel-bridge serve` takes them.
+
+        A name that is no setting raises TypeError, as a misspelt keyword argument does."""
+        if unknown := unknown_settings(settings):
+            raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
         self.env, self.service_key = env, service_key
         self._memory = state is None
         files = Path(state).parent if state is not None else Path(tempfile.mkdtemp(prefix="otel-tracker-"))

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 
+import pytest
 from bridge_process import BridgeProcess
 from builders import WorkflowRun, ns_of
 from faults import BUG, a_bug_for
@@ -92,6 +93,17 @@ def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
             tracker.emit(event)
     names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert {"workflow.execution.duration", "workflow.task.duration"} <= names
+
+
+def test_a_setting_misspelt_is_a_type_error_naming_the_one_meant():
+    # Settings ignores names it does not know: settle_second=1 left settle_seconds at its default, unsaid.
+    with pytest.raises(TypeError) as misspelt:
+        OtelTracker("production", "shop", settle_second=1)
+    told = "'settle_second' is not a setting of otel-bridge; did you mean 'settle_seconds'?"
+    assert str(misspelt.value).endswith(told)
+    with pytest.raises(TypeError) as unknown:
+        AsyncOtelTracker("production", "shop", colour="blue")
+    assert str(unknown.value).endswith("'colour' is not a setting of otel-bridge")
 
 
 def test_an_event_emitted_after_close_is_dropped_counted_and_told_once(monkeypatch, caplog):
