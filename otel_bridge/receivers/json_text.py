@@ -48,6 +48,11 @@ def loads(data: bytes) -> Any:
             raise ValueError(str(exc)) from None
         first = exc
     try:
-        return _without_lone_surrogates(json.loads(data.decode("utf-8")))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # orjson says "str is not valid UTF-8: surrogates not allowed" of any byte that is not UTF-8.
+        raise ValueError(f"not UTF-8: byte {data[exc.start]:#04x} at offset {exc.start} ({exc.reason})") from None
+    try:
+        return _without_lone_surrogates(json.loads(text))
     except (ValueError, RecursionError):
         raise ValueError(str(first)) from None

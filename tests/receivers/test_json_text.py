@@ -9,9 +9,11 @@ def test_a_lone_surrogate_escape_reads_as_a_replacement_character():
     assert loads(b'{"name": "chart \\ud83d"}') == {"name": "chart \ufffd"}
 
 
-def test_invalid_utf8_stays_an_error():
-    with pytest.raises(ValueError):
+def test_invalid_utf8_stays_an_error_naming_the_byte_and_where():
+    with pytest.raises(ValueError, match=r"^not UTF-8: byte 0xed at offset 10 \(invalid continuation byte\)$"):
         loads(b'{"name": "\xed\xa0\xbd"}')  # a surrogate encoded as raw bytes
+    with pytest.raises(ValueError, match=r"^not UTF-8: byte 0xff at offset 2 \(invalid start byte\)$"):
+        loads(b'["\xff"]')  # orjson said "surrogates not allowed" of it
 
 
 def test_a_value_that_needs_nothing_is_returned_as_it_is():
