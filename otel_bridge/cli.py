@@ -92,6 +92,11 @@ def own_process_gc() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
+def _not_a_file(path: str) -> str:
+    """Why `path` cannot be read as a file."""
+    return "a directory, not a file" if Path(path).is_dir() else "no such file"
+
+
 def _listenable(host: str, port: int) -> None:
     """Raise CliError when the server could not listen on `host:port` (another server has it).
 
@@ -183,7 +188,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     from otel_bridge.runtime import Bridge
 
     if source != "-" and not Path(source).is_file():
-        raise CliError(f"cannot replay {source}: no such file")
+        raise CliError(f"cannot replay {source}: {_not_a_file(source)}")
     if source != "-":
         _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
     bridge = Bridge(settings).start(follow=False)
@@ -233,7 +238,7 @@ def _resend_spans(settings: Settings, source: str) -> int:
     from otel_bridge.runtime import Bridge
 
     if not Path(source).is_file():
-        raise CliError(f"cannot resend {source}: no such file")
+        raise CliError(f"cannot resend {source}: {_not_a_file(source)}")
     _not_written_by_it(source, settings.span_dead_letter, "resend", "span dead-letter file this bridge")
     rows, unreadable = [], []
     with Path(source).open("rb") as lines:
@@ -351,7 +356,7 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
         elif Path(source).is_file():
             body = Path(source).read_bytes()
         else:
-            raise CliError(f"cannot import {source}: no such file")
+            raise CliError(f"cannot import {source}: {_not_a_file(source)}")
         try:
             parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
         except ValueError as exc:

@@ -92,6 +92,12 @@ def test_a_missing_replay_file(tmp_path):
     _one_clear_line(_run("replay", "nowhere.jsonl", "--no-progress", cwd=tmp_path), "nowhere.jsonl", "no such file")
 
 
+@pytest.mark.parametrize("command", [["replay", "--no-progress"], ["resend-spans"], ["import-timeline"]])
+def test_a_directory_given_for_a_file_is_named_as_one(tmp_path, command):
+    (tmp_path / "history").mkdir()
+    _one_clear_line(_run(*command, "history", cwd=tmp_path), "history", "a directory, not a file")
+
+
 def test_a_replay_file_starting_with_a_bom_is_read(tmp_path):
     run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
     text = "\n".join(json.dumps(e) for e in run.events)
