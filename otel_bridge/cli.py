@@ -358,7 +358,7 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
         else:
             raise CliError(f"cannot import {source}: {_not_a_file(source)}")
         try:
-            parsed = loads(body.removeprefix(b"\xef\xbb\xbf"))
+            parsed = loads(body)
         except ValueError as exc:
             raise CliError(f"{source} is not JSON: {exc}") from None
         documents.extend((source, d) for d in (parsed if isinstance(parsed, list) else [parsed]))

@@ -147,11 +147,6 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-# A UTF-8 byte order mark: JSON text must not start with one, but a parser may ignore it (RFC 8259,
-# 8.1), and producers writing through a .NET or PowerShell stream add one.
-_BOM = b"\xef\xbb\xbf"
-
-
 def _charset(parameters: list[str]) -> str | None:
     """The `charset` among a Content-Type's parameters (lowercase), if one is given."""
     for parameter in parameters:
@@ -163,7 +158,7 @@ def _charset(parameters: list[str]) -> str | None:
 
 def _loads(body: bytes) -> Any:
     try:
-        return loads(body.removeprefix(_BOM))
+        return loads(body)
     except ValueError as exc:
         raise _Reject(400, f"body is not valid JSON: {exc}") from None
 

@@ -33,17 +33,24 @@ def as_read_back(value: Any) -> Any:
     return value
 
 
+# A UTF-8 byte order mark: JSON text must not start with one, but a parser may ignore it (RFC 8259,
+# 8.1), and editors on Windows and .NET or PowerShell streams write one.
+BOM = b"\xef\xbb\xbf"
+
+
 def loads(data: bytes) -> Any:
     """Parse `data`; raises ValueError naming what is wrong.
 
     JavaScript's JSON.stringify writes a sliced emoji as a lone surrogate escape
     ("\\ud83d"): valid JSON that orjson refuses. The standard parser takes it, and
     the lone half becomes U+FFFD. Surrogates encoded as raw bytes are invalid UTF-8
-    and stay an error.
+    and stay an error. A leading byte order mark, which orjson refuses, is ignored.
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if data.startswith(BOM):  # looked for only once orjson refused: nothing on the common path
+            return loads(data[len(BOM) :])
         if "surrogate" not in str(exc):
             raise ValueError(str(exc)) from None
         first = exc

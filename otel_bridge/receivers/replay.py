@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
-from otel_bridge.receivers.json_text import loads
+from otel_bridge.receivers.json_text import BOM, loads
 
 BATCH = 1000
 
@@ -70,9 +70,6 @@ class _Stopped(Exception):
     pass
 
 
-_BOM = b"\xef\xbb\xbf"
-
-
 def _opened(source: str) -> IO[bytes] | gzip.GzipFile:
     """Standard input, a file, or a gzip-compressed file (`.gz`), as logs are kept."""
     if source == "-":
@@ -85,7 +82,7 @@ def _opened(source: str) -> IO[bytes] | gzip.GzipFile:
 def _lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(stream, start=1):
         if number == 1:
-            line = line.removeprefix(_BOM)  # editors on Windows start UTF-8 files with one
+            line = line.removeprefix(BOM)  # a first line holding only it is blank, and skipped
         if line.strip():
             yield number, line
 

@@ -24,3 +24,9 @@ def test_a_value_that_needs_nothing_is_returned_as_it_is():
 def test_lone_surrogates_anywhere_in_a_value_become_replacement_characters():
     event = {"stepName": "chart \ud83d", "input": {"k\udc00": ["x\ud800", 3]}, "other": {1, 2}}
     assert as_read_back(event) == {"stepName": "chart \ufffd", "input": {"k\ufffd": ["x\ufffd", 3]}, "other": {1, 2}}
+
+
+def test_a_leading_byte_order_mark_is_ignored_as_rfc_8259_allows():
+    assert loads(b'\xef\xbb\xbf{"events": []}') == {"events": []}
+    with pytest.raises(ValueError):
+        loads(b'{"events": []}\xef\xbb\xbf')  # only where text starts
