@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from otel_bridge.receivers import timeline_api
     from otel_bridge.state.store import Transaction
 
+log = logging.getLogger(__name__)
+
 
 class CliError(Exception):
     """A mistake in what the command was given, said in one line."""
@@ -97,27 +99,32 @@ def _not_a_file(path: str) -> str:
     return "a directory, not a file" if Path(path).is_dir() else "no such file"
 
 
-def _listenable(host: str, port: int) -> None:
-    """Raise CliError when the server could not listen on `host:port` (another server has it).
+def _listening(host: str, port: int) -> list[socket.socket]:
+    """The HTTP server's sockets, bound before the bridge opens its state and handed to uvicorn.
 
-    uvicorn finds out only after the bridge started (its state opened, its threads running) and
-    exits with 3 among its own lines; a start-up mistake is one line and exit 2 here. Each address
-    is bound as asyncio binds it (SO_REUSEADDR; IPv6 only on an IPv6 socket), then let go."""
+    Left to uvicorn, a port another server holds was found only after the bridge had started (its
+    state opened, its threads running), and told among uvicorn's lines with exit 3; a start-up
+    mistake is one line and exit 2. Each address `host` names is bound as asyncio's
+    `create_server` binds it (SO_REUSEADDR; IPv6 only on an IPv6 socket)."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    for family, kind, proto, _name, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(addresses):
+            sockets.append(listener := socket.socket(family, kind, proto))
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise CliError(
-                    f"cannot listen on {host}:{port}: {exc.strerror} (--port or OTEL_BRIDGE_PORT for another)"
-                ) from None
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+    except OSError as exc:
+        for listener in sockets:
+            listener.close()
+        raise CliError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (--port or OTEL_BRIDGE_PORT for another)"
+        ) from None
+    return sockets
 
 
 def _tls_loadable(certfile: Path | None, keyfile: Path | None) -> None:
@@ -139,19 +146,24 @@ def _tls_loadable(certfile: Path | None, keyfile: Path | None) -> None:
 
 def _serve(settings: Settings) -> int:
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
+    from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
     from otel_bridge.runtime import Bridge
 
-    _listenable(settings.host, settings.port)
     _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
+    listening = _listening(settings.host, settings.port)
     bridge = Bridge(settings)
+    scheme = "https" if settings.tls_certfile else "http"
 
     def start() -> None:  # on the server's event loop, as it starts
         bridge.start()
         bridge.settle_on_loop()
+        # uvicorn tells where it listens only of the sockets it binds itself.
+        for listener in listening:
+            address, port = listener.getsockname()[:2]
+            log.info("listening on %s://%s:%d", scheme, f"[{address}]" if ":" in address else address, port)
 
     app = create_app(
         bridge.consumer("http"),
@@ -166,7 +178,7 @@ def _serve(settings: Settings) -> int:
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
     )
     own_process_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
@@ -180,7 +192,10 @@ def _serve(settings: Settings) -> int:
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=listening)
+    # As `uvicorn.run` ends: a server that never started (its lifespan failed) exits with 3.
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def _replay(settings: Settings, source: str, progress: bool, source_format: str) -> int:
