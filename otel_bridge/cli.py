@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from otel_bridge import __version__
 from otel_bridge import conventions as c
-from otel_bridge.config import Settings, settings_table, unknown_variables
+from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table, unknown_variables
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
@@ -361,7 +361,7 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
 
     documents: list[tuple[str, Any]] = []
     for source in sources:
-        if source.startswith(("http://", "https://")):
+        if source.startswith(HTTP_SCHEMES):
             try:
                 response = httpx.get(source, headers=headers, timeout=30)
                 response.raise_for_status()
@@ -506,7 +506,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
         return 2
     headers = dict(h.split("=", 1) for h in args.header)
-    if not args.url.startswith(("http://", "https://")):
+    if not args.url.startswith(HTTP_SCHEMES):
         print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
         return 2
     args.url = events_url(args.url)

@@ -20,6 +20,8 @@ DAY = 86_400.0
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What an HTTP URL starts with (the engine's API, an OTLP/HTTP endpoint, a tracker endpoint).
+HTTP_SCHEMES = ("http://", "https://")
 # A state that names Redis rather than a SQLite file, and what a Redis stream's URL starts with.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # Each URL setting, the schemes it may start with: unchecked, a wrong one failed at start-up as a
@@ -27,7 +29,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _URL_SCHEMES = {
     "stream_url": REDIS_SCHEMES,
     "ws_url": ("ws://", "wss://"),
-    "ws_api_url": ("http://", "https://"),
+    "ws_api_url": HTTP_SCHEMES,
 }
 
 
@@ -330,8 +332,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         upper = variable.upper()  # read regardless of case, as pydantic-settings reads them
         if not upper.startswith(_PREFIX) or upper in known:
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
-        hint = f"; did you mean {close[0]}?" if close else " (otel-bridge config lists the settings)"
+        close = _meant(upper, known)
+        hint = f"; did you mean {close}?" if close else " (otel-bridge config lists the settings)"
         told.append(f"{variable} is not a setting of otel-bridge and is ignored{hint}")
     return told
 
@@ -344,9 +346,15 @@ def unknown_settings(names: Iterable[str]) -> list[str]:
     for name in names:
         if name in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        told.append(f"{name!r} is not a setting of otel-bridge" + (f"; did you mean {close[0]!r}?" if close else ""))
+        close = _meant(name, known)
+        told.append(f"{name!r} is not a setting of otel-bridge" + (f"; did you mean {close!r}?" if close else ""))
     return told
+
+
+def _meant(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` is most likely a misspelling of, if any is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def without_password(url: str) -> str:

@@ -26,6 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_bridge.config import HTTP_SCHEMES
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -253,7 +255,7 @@ def _a_url(sender: T, signal: str) -> T:
     """`sender`, once its OTLP/HTTP endpoint is a URL: without a scheme (`::1`, `collector:4318` read
     as a path) every export failed, told as a failing backend, never as the setting it is."""
     endpoint = endpoint_of(sender)
-    if not endpoint.startswith(("http://", "https://")):
+    if not endpoint.startswith(HTTP_SCHEMES):
         raise ValueError(
             f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"

@@ -51,11 +51,12 @@ class AfterClose:
 
     def __init__(self, tracker: str) -> None:
         self._tracker = tracker
-        self.dropped = 0
+        self._told = False
 
     def drop(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1:
+        """Tell of the first such event; the tracker counts them all, in its own counter of drops."""
+        if not self._told:
+            self._told = True
             log.warning(
                 "%s: an event emitted after close() is dropped (and every later one, counted): close the "
                 "tracker once the workflows that emit to it have ended",
