@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +44,32 @@ _DEAD_LETTER_FILES = ("dead_letter", "span_dead_letter")
 _MAX_HELD = 100_000
 
 
+class Scratch:
+    """A directory for an in-memory tracker's dead-letter files, removed when it is left empty.
+
+    A tracker that rejected nothing leaves nothing behind in the temporary directory, even when
+    it is never closed (removed at exit then); one that kept dead letters says where they are.
+    """
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="otel-tracker-"))
+        self._leave = weakref.finalize(self, _leave, self.path, os.getpid())
+
+    def leave(self) -> None:
+        self._leave()
+
+
+def _leave(directory: Path, owner: int) -> None:
+    if os.getpid() != owner:  # a forked child's copy of the finalizer: the directory is its parent's
+        return
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning("the events this in-memory tracker rejected are kept in %s", directory)
+
+
 class OtelTracker:
     def __init__(
         self,
@@ -62,7 +89,13 @@ class OtelTracker:
             raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
         self.env, self.service_key = env, service_key
         self._memory = state is None
-        files = Path(state).parent if state is not None else Path(tempfile.mkdtemp(prefix="otel-tracker-"))
+        # In memory, the dead-letter files go to a directory of this tracker's, removed if left empty.
+        self._scratch: Scratch | None = None
+        if state is None:
+            self._scratch = Scratch()
+            files = self._scratch.path
+        else:
+            files = Path(state).parent
         defaults: dict[str, Any] = {
             "state": str(state) if state is not None else ":memory:",
             "dead_letter": files / "otel-tracker-dead-letter.jsonl",
@@ -117,10 +150,13 @@ class OtelTracker:
                     settings.state,
                 )
                 settings = settings.model_copy(update={"state": ":memory:"})
-            # Two processes appending to, and rotating, one dead-letter file would tangle it.
-            settings = settings.model_copy(
-                update={name: of_this_process(Path(getattr(settings, name))) for name in _DEAD_LETTER_FILES}
-            )
+            # Two processes appending to, and rotating, one dead-letter file would tangle it; and the
+            # parent's scratch directory goes when the parent closes, so the child makes its own.
+            files = {name: Path(getattr(settings, name)) for name in _DEAD_LETTER_FILES}
+            if self._scratch is not None:
+                parents, self._scratch = self._scratch.path, Scratch()
+                files = {name: self._scratch.path / f.name if f.parent == parents else f for name, f in files.items()}
+            settings = settings.model_copy(update={name: of_this_process(f) for name, f in files.items()})
             bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
             self._ancestors.append(self.bridge)
             self.bridge = bridge
@@ -167,7 +203,12 @@ class OtelTracker:
                 self.rejected += len(report.rejected)
                 kept = [(r.as_dict(), batch[r.index]) for r in report.rejected]
                 bridge.dead_letters.keep("tracker", kept)
-                log.warning("%d events rejected: %s", len(report.rejected), report.rejected[0].error)
+                log.warning(
+                    "%d events rejected (kept in %s): %s",
+                    len(report.rejected),
+                    bridge.dead_letters.path,
+                    report.rejected[0].error,
+                )
 
     def _hold(self, batch: list[dict[str, Any]], reason: Exception | None) -> None:
         with self._lock:
@@ -192,6 +233,8 @@ class OtelTracker:
         self.flush()
         if not self._inherited:  # a child that stored nothing has no bridge of its own to stop
             self.bridge.stop(final=self._memory)
+        if self._scratch is not None:
+            self._scratch.leave()
 
     def __enter__(self) -> Self:
         return self

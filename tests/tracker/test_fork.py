@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from builders import WorkflowRun
@@ -210,6 +212,23 @@ def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp
     kept = [json.loads(line) for line in (tmp_path / f"dead.{child}.jsonl").read_text().splitlines()]
     assert [k["event"]["eventId"] for k in kept] == ["e-1"]
     assert [json.loads(line)["event"]["eventId"] for line in dead.read_text().splitlines()] == ["e-2"]
+
+
+def test_an_in_memory_trackers_forked_child_keeps_its_dead_letters_in_a_directory_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    bad = {"type": "step.started", "workflowId": "w", "eventId": "e-1"}
+    with OtelTracker("production", "shop", flush_interval_seconds=None) as tracker:
+        (parents,) = tmp_path.iterdir()
+
+        def in_child() -> str:
+            tracker.emit(bad)
+            tracker.close()
+            return str(tracker.bridge.dead_letters.path)
+
+        kept = Path(_in_child(in_child))
+    assert not parents.exists()  # the parent rejected nothing: its directory went at its close
+    assert kept.parent.parent == tmp_path and kept.parent != parents  # the child's, left for it to own
+    assert [json.loads(line)["event"]["eventId"] for line in kept.read_text().splitlines()] == ["e-1"]
 
 
 def test_a_fork_waits_for_the_sqlite_stores_transaction_in_flight_to_end(tmp_path):

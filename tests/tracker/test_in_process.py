@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from datetime import UTC, datetime
 
@@ -153,6 +154,27 @@ def test_an_event_the_pipeline_fails_on_is_dead_lettered_and_holds_up_no_other(t
     assert kept["event"]["eventId"] == poisoned  # whole, to be replayed once the bug is fixed
     trace_id = trace_id_for("durable-effect", "production", "shop", good.workflow_id).hex()
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step a"}
+
+
+def test_an_in_memory_tracker_leaves_no_directory_behind_unless_it_kept_dead_letters(
+    tmp_path, monkeypatch, otlp_http, caplog
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with OtelTracker("production", "shop", settle_seconds=0, flush_interval_seconds=None) as tracker:
+        for event in WorkflowRun().started().completed().events:
+            tracker.emit(event)
+    assert list(tmp_path.iterdir()) == []
+
+    caplog.set_level(logging.WARNING, "otel_bridge.tracker.in_process")
+    with OtelTracker("production", "shop", settle_seconds=0, flush_interval_seconds=None) as tracker:
+        tracker.emit({"type": "step.started", "workflowId": "w", "eventId": "e-1"})  # no time, no step
+        tracker.flush()
+    (kept,) = tmp_path.glob("otel-tracker-*/otel-tracker-dead-letter.jsonl")
+    assert [json.loads(line)["event"]["eventId"] for line in kept.read_text().splitlines()] == ["e-1"]
+    said = [r.getMessage() for r in caplog.records]
+    assert any(str(kept) in line and "1 events rejected" in line for line in said)
+    assert any(str(kept.parent) in line and "kept" in line for line in said[1:])  # and again, at close
 
 
 def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
