@@ -29,7 +29,10 @@ def as_read_back(value: Any) -> Any:
     try:
         orjson.dumps(value)  # the common case, checked at C speed
     except (orjson.JSONEncodeError, TypeError):
-        return _without_lone_surrogates(value)
+        try:
+            return _without_lone_surrogates(value)
+        except RecursionError:  # a structure that holds itself: no JSON text would, so none is read back
+            return value
     return value
 
 

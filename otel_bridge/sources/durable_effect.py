@@ -46,6 +46,7 @@ from otel_bridge.sources.wire import (
     Millis,
     attrs,
     iso,
+    kind,
     ns,
     reason,
     summary,
@@ -316,7 +317,7 @@ def parse_event(raw: Any) -> Any:
 
 def _decode_error(raw: Any, exc: ValidationError) -> DecodeError:
     if not isinstance(raw, dict):
-        return DecodeError("", f"an event must be a JSON object, not {type(raw).__name__}")
+        return DecodeError("", f"an event must be a JSON object, not {kind(raw)}")
     problems = [_problem(raw, error) for error in exc.errors(include_url=False)]
     field, reason = problems[0]
     if len(problems) > 1:

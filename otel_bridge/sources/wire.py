@@ -82,6 +82,22 @@ def reason(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+_KINDS: dict[type, str] = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def kind(value: Any) -> str:
+    """What `value` is, in JSON's words (a producer wrote `null`, not `NoneType`)."""
+    return _KINDS.get(type(value)) or type(value).__name__
+
+
 class DecodeError(ValueError):
     """An event a source cannot use; `field` names where, `reason` says why."""
 

@@ -37,7 +37,12 @@ class AsyncTracker(Protocol):
 
 
 def enriched(event: Mapping[str, Any], env: str, service_key: str) -> dict[str, Any]:
-    """The wire shape of an internal event: what the HTTP tracker sends and the bridge reads."""
+    """The wire shape of an internal event: what the HTTP tracker sends and the bridge reads.
+
+    Something that is no mapping is left as it is, not raised into the workflow: the bridge
+    rejects it with why (`an event must be a JSON object`) and keeps it in its dead-letter file."""
+    if not isinstance(event, Mapping):
+        return event
     return {**event, "env": env, "serviceKey": service_key}
 
 

@@ -23,9 +23,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import orjson
 
 from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
+from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.tracker.contract import AfterClose, enriched
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class TrackerStats:
     retries: int = 0
     dropped_batches: int = 0
     dropped_events: int = 0
+    # Events the bridge took in and rejected (each listed in its answer, kept in its dead-letter file).
+    rejected_events: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
 
     def answered(self, response: httpx.Response, batch: list[dict[str, Any]]) -> bool:
@@ -45,7 +49,27 @@ class TrackerStats:
         self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
         if response.is_success:
             self.events += len(batch)
+            self._rejections(response, len(batch))
         return response.is_success
+
+    def _rejections(self, response: httpx.Response, sent: int) -> None:
+        # The bridge answers a batch with bad events in it 200, listing them: re-sending would not
+        # mend them, but the producer's log is where whoever can fix them looks.
+        try:
+            answer = orjson.loads(response.content)
+            listed = answer["rejected"]
+            count = int(answer.get("rejectedCount", len(listed)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return  # another endpoint than the bridge's: its answer is its own
+        if not count:
+            return
+        self.rejected_events += count
+        first = listed[0] if listed and isinstance(listed[0], dict) else {}
+        log.warning(
+            "the bridge rejected %d of %d events (it keeps them in its dead-letter file); the first, "
+            "event %d (eventId %s): %s",
+            count, sent, first.get("index", 0), first.get("eventId"), first.get("error"),
+        )  # fmt: skip
 
     def dropped(self, batch: list[dict[str, Any]], attempts: int, endpoint: str, last: str) -> bool:
         self.dropped_batches += 1
@@ -96,6 +120,40 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 # How much of a refusal's body the log keeps: the bridge names what was wrong in a line or two.
 _BODY_TOLD = 300
+
+
+def _dumps(value: Any) -> bytes:
+    # What JSON.stringify makes of a JavaScript producer's events, for a Python one's: times as
+    # ISO-8601 text (orjson writes datetime, date, UUID, enums and dataclasses itself), keys that
+    # are not strings as text, anything else as its str().
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
+    """The POST body of `batch`, and the events in it.
+
+    An event that cannot be written as JSON even so (a circular reference, nested deeper
+    than 254 levels) is dropped, counted and told, not allowed to sink the rest of its batch
+    (the POST used to fail, be re-sent for seconds, and drop every event with it). A string
+    sliced mid-emoji (a lone surrogate) is written with U+FFFD in its place, as the in-process
+    tracker stores it."""
+    try:
+        return _dumps({"events": batch}), batch
+    except orjson.JSONEncodeError:
+        pass
+    written: list[bytes] = []
+    kept: list[Any] = []
+    for event in batch:
+        event = as_read_back(event)
+        try:
+            written.append(_dumps(event))
+        except orjson.JSONEncodeError as exc:
+            stats.dropped_events += 1
+            name = event.get("eventId") if isinstance(event, dict) else None
+            log.error("tracker dropped an event (eventId %s) that cannot be written as JSON: %s", name, exc)
+            continue
+        kept.append(event)
+    return b'{"events":[' + b",".join(written) + b"]}", kept
 
 
 def _told(answer: httpx.Response | Exception) -> str:
@@ -234,18 +292,21 @@ class HttpBatchTracker:
                 delivered = self._send(batch) and delivered
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:
-        delivery = _Delivery(self._c, self.stats, batch)
+        body, written = encoded(batch, self.stats)
+        if not written:
+            return False
+        delivery = _Delivery(self._c, self.stats, written)
         while not delivery.over:
             if delivery.wait:
                 time.sleep(delivery.wait)
-            delivery.take(self._post({"events": batch}))
-        return delivery.delivered
+            delivery.take(self._post(body))
+        return delivery.delivered and len(written) == len(batch)
 
-    def _post(self, body: dict[str, Any]) -> httpx.Response | Exception:
+    def _post(self, body: bytes) -> httpx.Response | Exception:
         if self._client is None:  # `_send` runs under `_sending`: one is made
             self._client = httpx.Client(timeout=self._c.timeout)
         try:
-            return self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            return self._client.post(self._c.endpoint, content=body, headers=self._c.headers)
         except Exception as exc:
             return exc
 
@@ -334,18 +395,21 @@ class AsyncHttpBatchTracker:
         return delivered
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
-        delivery = _Delivery(self._c, self.stats, batch)
+        body, written = encoded(batch, self.stats)
+        if not written:
+            return False
+        delivery = _Delivery(self._c, self.stats, written)
         while not delivery.over:
             if delivery.wait:
                 await asyncio.sleep(delivery.wait)
-            delivery.take(await self._post({"events": batch}))
-        return delivery.delivered
+            delivery.take(await self._post(body))
+        return delivery.delivered and len(written) == len(batch)
 
-    async def _post(self, body: dict[str, Any]) -> httpx.Response | Exception:
+    async def _post(self, body: bytes) -> httpx.Response | Exception:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._c.timeout)
         try:
-            return await self._client.post(self._c.endpoint, json=body, headers=self._c.headers)
+            return await self._client.post(self._c.endpoint, content=body, headers=self._c.headers)
         except Exception as exc:
             return exc
 

@@ -1,11 +1,14 @@
 """The HTTP batch trackers keep the engine's contract: against a real HTTP server on 127.0.0.1, and the real bridge."""
 
 import asyncio
+import decimal
 import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -256,3 +259,53 @@ def test_against_a_bridge_down_for_longer_the_batch_is_dropped_counted_and_flush
     assert (tracker.stats.posts, tracker.stats.retries) == (3, 2)
     assert (tracker.stats.dropped_batches, tracker.stats.dropped_events) == (1, 1)
     tracker.close()
+
+
+def test_python_values_are_written_as_json_stringify_writes_a_javascript_producers(endpoint):
+    tracker = _tracker(endpoint)
+    started = WorkflowRun().started().events[0]
+    at = datetime.fromisoformat(started["timestamp"])
+    order = uuid.UUID(int=7)
+    tracker.emit(started | {"timestamp": at, "input": {"amount": decimal.Decimal("1.50"), 3: "three", "order": order}})
+    assert tracker.flush()
+    (sent,) = json.loads(endpoint.bodies[0])["events"]
+    assert datetime.fromisoformat(sent["timestamp"]) == at  # text the bridge reads, not a batch lost
+    assert sent["input"] == {"amount": "1.50", "3": "three", "order": str(order)}
+
+
+def test_an_event_that_cannot_be_written_as_json_is_dropped_alone_and_told(endpoint, caplog):
+    tracker = _tracker(endpoint)
+    loop: dict = {}
+    loop["itself"] = loop
+    first, second, third = WorkflowRun().started().step_started("a").step_started("b").events
+    for event in (first, second | {"input": loop}, third | {"stepName": "b\ud83d"}):
+        tracker.emit(event)
+    assert not tracker.flush()  # not every event went
+    assert len(endpoint.bodies) == 1 and tracker.stats.retries == 0  # no POST re-sent for what no POST mends
+    sent = json.loads(endpoint.bodies[0])["events"]
+    assert [e["eventId"] for e in sent] == [first["eventId"], third["eventId"]]
+    assert sent[1]["stepName"] == "b\ufffd"  # a string sliced mid-emoji: as the in-process tracker stores it
+    assert (tracker.stats.events, tracker.stats.dropped_events) == (2, 1)
+    (told,) = [r.getMessage() for r in caplog.records if "cannot be written as JSON" in r.getMessage()]
+    assert second["eventId"] in told
+
+
+def test_what_the_real_bridge_rejects_is_logged_and_counted_and_nothing_is_raised_into_the_workflow(
+    tmp_path, otlp_http, caplog
+):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    tracker = HttpBatchTracker(f"{bridge.url}/v1/events", "staging", "shop", flush_interval_seconds=None)
+    run = WorkflowRun().started().step_started("a").after(2).step_completed("a").completed()
+    try:
+        tracker.emit(None)  # type: ignore[arg-type]  # a producer's bug, not the workflow's failure
+        for event in run.events:
+            tracker.emit(event | {"timestamp": datetime.fromisoformat(event["timestamp"])})
+        assert tracker.flush()
+        assert (tracker.stats.events, tracker.stats.rejected_events) == (5, 1)
+        (told,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+        assert "1 of 5 events" in told and "event 0" in told and "must be a JSON object, not null" in told
+        trace_id = trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+        otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2)
+    finally:
+        tracker.close()
+        bridge.close()

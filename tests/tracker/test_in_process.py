@@ -177,6 +177,23 @@ def test_an_in_memory_tracker_leaves_no_directory_behind_unless_it_kept_dead_let
     assert any(str(kept.parent) in line and "kept" in line for line in said[1:])  # and again, at close
 
 
+def test_what_is_no_event_or_holds_itself_raises_nothing_into_the_workflow(tmp_path, monkeypatch, otlp_http):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    loop: dict = {}
+    loop["itself"] = loop
+    run = WorkflowRun().started().completed()
+    with OtelTracker("production", "shop", settle_seconds=0, dead_letter=tmp_path / "dead.jsonl") as tracker:
+        tracker.emit(None)  # type: ignore[arg-type]
+        for event in run.events:  # Python values, as a producer has them: a time, an input that holds itself
+            tracker.emit(event | {"timestamp": datetime.fromisoformat(event["timestamp"]), "input": loop})
+        tracker.flush()
+        assert tracker.rejected == 1
+    (kept,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert kept["event"] is None and kept["error"] == "an event must be a JSON object, not null"
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 1)
+
+
 def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
     run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
