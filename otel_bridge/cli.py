@@ -288,6 +288,54 @@ def _resend_spans(settings: Settings, source: str) -> int:
     return 1 if refused or unreadable else 0
 
 
+def _settle_again(settings: Settings, dry_run: bool) -> int:
+    """Runs set aside after failing to settle `settle_attempts` times, put back in play (due now)."""
+    import time
+
+    from otel_bridge import keys
+    from otel_bridge.runtime import open_store
+    from otel_bridge.state import journal
+
+    store = open_store(settings)
+    try:
+        aside = list(store.states(keys.SET_ASIDE))
+        for key, blob in aside:
+            try:
+                kept = journal.read_aside(blob)
+                when = datetime.fromtimestamp(float(kept["at"])).isoformat(sep=" ", timespec="seconds")
+                run = json.loads(kept["state"]).get("run") or {}
+                named = f"{run['name']}  " if isinstance(run, dict) and run.get("name") else ""
+                print(f"{named}{keys.readable(key)}  set aside {when}: {kept['reason']}")
+            except (ValueError, TypeError, KeyError) as exc:
+                print(f"{keys.readable(key)}  cannot be read: {exc}")
+        if dry_run or not aside:
+            print(f"set aside: {len(aside)}" + ("  (--dry-run: nothing put back)" if aside else ""))
+            return 0
+        left = []
+        for key, _blob in aside:
+            try:
+                why = store.run(partial(_put_back, key, time.time()))
+            except ValueError as exc:
+                why = f"cannot be read: {exc}"
+            if why is not None:
+                left.append(f"  {keys.readable(key)}: {why}")
+    finally:
+        store.close()
+    print(
+        f"set aside: {len(aside)}  put back: {len(aside) - len(left)} (due now: `serve` settles them; one that "
+        f"fails again is set aside again, with the new reason)  left: {len(left)}"
+    )
+    if left:
+        print("\n".join(left))
+    return 1 if left else 0
+
+
+def _put_back(key: str, now: float, tx: "Transaction") -> str | None:
+    from otel_bridge.state import journal
+
+    return journal.put_back(tx, key, now)
+
+
 def _outbox_add(rows: list[tuple[str, bytes]], tx: "Transaction") -> None:
     tx.outbox_add(rows)
 
@@ -633,6 +681,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")
     _add_settings_flags(show)
+    again = sub.add_parser(
+        "settle-again",
+        help="put the runs set aside after failing to settle back in play, once the cause is mended",
+    )
+    again.add_argument("--dry-run", action="store_true", help="only list them, with why each was set aside")
+    _add_settings_flags(again)
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
 
@@ -668,6 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _runs(settings, args)
         if args.command == "show":
             return _show(settings, args.workflow_id)
+        if args.command == "settle-again":
+            return _settle_again(settings, args.dry_run)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
     except StoreInUse as exc:
         # History (a log, timelines, refused spans) need not wait for the running bridge to stop:

@@ -42,6 +42,14 @@ def is_kept_aside(key: str) -> bool:
     return key.startswith((UNREADABLE, SET_ASIDE))
 
 
+def readable(key: str) -> str:
+    """A run's or job's key as people read it: its fields (engine, env, service, [tenant,] id) with spaces."""
+    for prefix in (UNREADABLE, SET_ASIDE):
+        key = key.removeprefix(prefix)
+    kind, _, fields = key.partition(SEPARATOR)
+    return fields.replace(SEPARATOR, " ") if kind in ("run", "job") else key.replace(SEPARATOR, " ")
+
+
 def resource_key(service: str, env: str) -> str:
     return f"{service}{SEPARATOR}{env}"
 

@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-import orjson
-
 from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.config import Settings
@@ -420,11 +418,12 @@ class Pipeline:
             log.warning("settling %r failed (try %d): %r; trying again", key, failures, exc)
             tx.reschedule(key, now + min(2.0 ** (failures - 1), 60.0))
             return
-        log.error("settling %r failed %d times: %r; its state is set aside as %r", key, failures, exc, SET_ASIDE + key)
-        facts = [row.decode(errors="replace") for row in tx.facts(key)]
-        kept = {"reason": repr(exc)[:2000], "at": now, "state": loaded[0].decode(errors="replace"), "facts": facts}
-        tx.save(SET_ASIDE + key, orjson.dumps(kept), None)
-        journal.delete(tx, key)
+        log.error(
+            "settling %r failed %d times: %r; its state is set aside as %r (`otel-bridge settle-again` puts it "
+            "back once the cause is mended)",
+            key, failures, exc, SET_ASIDE + key,
+        )  # fmt: skip
+        journal.set_aside(tx, key, loaded[0], repr(exc)[:2000], now)
         self._settle_failures.pop(key, None)
         self.set_aside += 1
 

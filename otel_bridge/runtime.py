@@ -342,6 +342,8 @@ class Bridge:
             self.metrics.gauge(
                 c.M_BRIDGE_STREAM_LAG, "{entry}", "Stream entries not yet read by the group", lambda: stream.lag or 0
             )
+            # At zero from the start: the first loss is then an increase an alert sees, not a new series.
+            self.metrics.start_bridge_counters([c.M_BRIDGE_STREAM_ENTRIES_LOST])
             out.append(("redis-stream", lambda: stream.run(self._stop)))
             self.followers["redis-stream"] = stream
         if s.ws_url:

@@ -15,8 +15,10 @@ before they had rows) reads too, and they are journalled at that reading.
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
+import orjson
 
 from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
@@ -155,3 +157,46 @@ def _row(facts: Iterable[Fact]) -> bytes:
     """Facts as one journal row: their JSON objects joined by commas (`decode` reads rows the same way
     whether each holds one fact, as earlier versions wrote them, or several)."""
     return b",".join(map(_encode, facts))
+
+
+def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float) -> None:
+    """A run whose settling keeps failing, out of play: its state, facts and sent span ids kept whole
+    under `keys.SET_ASIDE` with the reason, for `put_back` once the cause is mended."""
+    kept = {
+        "reason": reason,
+        "at": now,
+        "state": header.decode(errors="replace"),
+        "facts": [row.decode(errors="replace") for row in tx.facts(key)],
+        "sent": [row.decode(errors="replace") for row in tx.facts(keys.sent_spans(key))],
+    }
+    tx.save(keys.SET_ASIDE + key, orjson.dumps(kept), None)
+    delete(tx, key)
+
+
+def read_aside(blob: bytes) -> dict[str, Any]:
+    """What `set_aside` kept (`reason`, `at`, `state`, `facts`, `sent`); raises ValueError when it is not that."""
+    kept = orjson.loads(blob)
+    if not isinstance(kept, dict) or not isinstance(kept.get("state"), str):
+        raise ValueError("not a run set aside by this bridge")
+    return kept
+
+
+def put_back(tx: Transaction, aside: str, now: float) -> str | None:
+    """The run set aside under `aside` in play again, due now, as it was; None when done, else why not.
+
+    A run that started again under the same key meanwhile (its later events) is left as it is:
+    two states of one run are not merged here."""
+    key = aside.removeprefix(keys.SET_ASIDE)
+    loaded = tx.load(aside)
+    if loaded is None:
+        return "no longer set aside"
+    kept = read_aside(loaded[0])
+    if tx.load(key) is not None:
+        return "the run has a newer state (events that came after it was set aside): left set aside"
+    tx.save(key, kept["state"].encode(), now)
+    if kept["facts"]:
+        tx.append(key, [(0, b",".join(row.encode() for row in kept["facts"]))])
+    if kept.get("sent"):  # set aside by earlier versions without them: its spans may be sent again
+        tx.append(keys.sent_spans(key), [(0, b",".join(row.encode() for row in kept["sent"]))])
+    tx.delete(aside)
+    return None

@@ -52,8 +52,12 @@ def _trace(execution: Execution) -> str:
     return trace_id_for("event-sourced", "prod", "crm", execution.execution_id, execution.tenant).hex()
 
 
+def _metrics(bridge: BridgeProcess) -> str:
+    return httpx.get(f"{bridge.url}/metrics").text
+
+
 def _metric(bridge: BridgeProcess, name: str) -> float:
-    text = httpx.get(f"{bridge.url}/metrics").text
+    text = _metrics(bridge)
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
@@ -162,6 +166,8 @@ def test_entries_trimmed_before_they_were_read_are_counted_as_lost(tmp_path, otl
     got = otlp_http.received
     try:
         got.wait_for(lambda: got.trace(_trace(run)))
+        # A series at zero from the start: the first loss is an increase an alert sees (BridgeStreamEntriesLost).
+        assert re.search(r"^otel_bridge_stream_entries_lost_total(\{[^}]*\})? 0\.0$", _metrics(bridge), re.M)
         bridge.stop()
         # The producer goes on while the bridge is away, trimming hard.
         for i in range(50):

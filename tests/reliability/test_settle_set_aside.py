@@ -3,13 +3,18 @@
 import time
 
 import orjson
+import pytest
 from builders import WorkflowRun
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge import pipeline as pipeline_module
+from otel_bridge.cli import main
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.runtime import open_store
 from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import Store
 
 
 def _bridge_counter(metrics: MetricsHub, name: str) -> float:
@@ -74,3 +79,84 @@ def test_a_stuck_run_that_fails_to_settle_is_still_listed_as_overdue_while_it_is
 
     assert pipeline.store.run(lambda tx: tx.due_keys(time.time() + 10, 10)) != []
     assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]
+
+
+class _Poison:
+    """Span encoding that fails for one run's root span while `on`, as a bug would."""
+
+    def __init__(self, monkeypatch, root: str) -> None:
+        self.on = True
+        real = pipeline_module.encode_span
+
+        def encode(span, *args):
+            if self.on and span.name == root:
+                raise OverflowError("a value OTLP cannot carry")
+            return real(span, *args)
+
+        monkeypatch.setattr(pipeline_module, "encode_span", encode)
+
+
+def _exported(store: Store) -> list[str]:
+    """The names of the spans in the outbox, taken out of it as an export takes them."""
+    rows = store.outbox_peek(1000)
+    store.outbox_ack([row.id for row in rows])
+    return sorted(Span.FromString(row.payload).name for row in rows)
+
+
+def _settled_for(pipeline: Pipeline, now: list[float], minutes: int = 20) -> None:
+    for _ in range(minutes):
+        now[0] += 60
+        pipeline.settle_due()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is_mended(
+    kind, tmp_path, monkeypatch, capsys, request
+):
+    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    settings = Settings(state=state, settle_seconds=0, settle_attempts=2, gap_grace_seconds=0)
+    now = [time.time()]
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    poison = _Poison(monkeypatch, "workflow poisoned")
+    # It sends its first step before it pauses; the root span it fails on only once it has ended.
+    run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a")
+    pipeline.ingest(run.paused("sleep", resume_in_ms=1000).events)
+    _settled_for(pipeline, now, 1)
+    assert _exported(pipeline.store) == ["step a"]
+    pipeline.ingest(run.resumed().step_started("b").after(1).step_completed("b").completed().events[-4:])
+    _settled_for(pipeline, now)
+    assert [key for key, _ in pipeline.store.states() if key.startswith("unsettled")]  # set aside
+    pipeline.store.close()
+
+    assert main(["settle-again", "--state", settings.state, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "poisoned" in listed and "OverflowError" in listed and "set aside: 1" in listed
+
+    poison.on = False  # the bridge upgraded: the bug mended
+    assert main(["settle-again", "--state", settings.state]) == 0
+    assert "put back: 1" in capsys.readouterr().out
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    _settled_for(pipeline, now, 1)
+    # Every span once: the step sent before it was set aside is not sent again.
+    assert _exported(pipeline.store) == ["step b", "workflow poisoned"]
+    assert not [key for key, _ in pipeline.store.states() if key.startswith("unsettled")]
+    pipeline.store.close()
+    assert main(["settle-again", "--state", settings.state]) == 0
+    assert "set aside: 0" in capsys.readouterr().out
+
+
+def test_a_run_set_aside_that_started_again_meanwhile_is_left_set_aside_and_said_so(tmp_path, monkeypatch, capsys):
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
+    now = [time.time()]
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: now[0])
+    poison = _Poison(monkeypatch, "workflow poisoned")
+    run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a").completed()
+    pipeline.ingest(run.events)
+    _settled_for(pipeline, now, 2)
+    poison.on = False
+    pipeline.ingest(WorkflowRun("poisoned", workflow_id=run.workflow_id).started().events[:1])  # told again, anew
+    pipeline.store.close()
+
+    assert main(["settle-again", "--state", settings.state]) == 1
+    said = capsys.readouterr().out
+    assert "put back: 0" in said and "left: 1" in said and "newer state" in said
