@@ -728,11 +728,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreInUse as exc:
         # History (a log, timelines, refused spans) need not wait for the running bridge to stop:
         # trace and span ids do not depend on the state they were built in.
-        hint = (
-            ""
-            if args.command == "serve"
-            else "; stop it, or give this command a state of its own (--state history.db) for runs "
-            "the running bridge does not also receive"
+        hints = {
+            "serve": "",
+            "settle-again": "; stop it first: the runs are put back into its state, and settled when it starts again",
+        }
+        hint = hints.get(
+            args.command,
+            "; stop it, or give this command a state of its own (--state history.db) for runs "
+            "the running bridge does not also receive",
         )
         print(f"otel-bridge: {exc}{hint}", file=sys.stderr)
         return 2

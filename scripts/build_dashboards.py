@@ -346,10 +346,16 @@ def jobs() -> Board:
     )  # fmt: skip
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
     b.panel(
-        "Export failures and incomplete runs",
+        "Export failures, incomplete, set-aside runs, stream entries lost",
         [("sum(increase(otel_bridge_export_failures_total[$__range]))", "export failures"),
-         ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs")],
+         ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs"),
+         ("sum(increase(otel_bridge_runs_set_aside_total[$__range]))", "runs set aside"),
+         ("sum(increase(otel_bridge_stream_entries_lost_total[$__range]))", "stream entries lost")],
         kind="stat",
+        description="Over the dashboard's range. Incomplete: runs closed after max_open_seconds with events "
+        "missing. Set aside: runs whose settling kept failing, kept out of play until `otel-bridge settle-again` "
+        "(alert BridgeRunsSetAside). Stream entries lost: the Redis stream trimmed past entries the bridge had "
+        "not read (alert BridgeStreamEntriesLost).",
     )  # fmt: skip
     b.state(
         "Engines followed",

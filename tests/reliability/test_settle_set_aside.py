@@ -160,3 +160,14 @@ def test_a_run_set_aside_that_started_again_meanwhile_is_left_set_aside_and_said
     assert main(["settle-again", "--state", settings.state]) == 1
     said = capsys.readouterr().out
     assert "put back: 0" in said and "left: 1" in said and "newer state" in said
+
+
+def test_settle_again_on_the_state_file_of_a_running_bridge_says_to_stop_it_first(tmp_path, capsys):
+    state = str(tmp_path / "p.db")
+    running = SqliteStore(state)  # the bridge's claim on its file
+    try:
+        assert main(["settle-again", "--state", state]) == 2
+    finally:
+        running.close()
+    said = capsys.readouterr().err
+    assert "in use by another otel-bridge" in said and "stop it first" in said and "history.db" not in said
