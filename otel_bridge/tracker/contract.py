@@ -5,8 +5,9 @@ and `serviceKey` (the wire shape) and decides what happens to it. Trackers never
 into the workflow that emits: a delivery problem is logged, counted and retried or dropped.
 """
 
+import atexit
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
@@ -67,3 +68,17 @@ class AfterClose:
                 "tracker once the workflows that emit to it have ended",
                 self._tracker,
             )
+
+
+def at_exit(tracker: object, then: Callable[[Any], None]) -> Callable[[], None]:
+    """Call `then(tracker)` when the interpreter exits, unless the returned function was called first.
+
+    As the OpenTelemetry SDK's providers flush at exit, a tracker the application never closed
+    still sends what it holds: its last batch is not lost with the process, even when nothing
+    refers to the tracker any more (held here until it is closed, as the SDK holds its providers)."""
+
+    def call() -> None:
+        then(tracker)
+
+    atexit.register(call)
+    return lambda: atexit.unregister(call)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -28,7 +28,7 @@ import orjson
 from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.receivers.json_text import as_read_back
-from otel_bridge.tracker.contract import AfterClose, enriched
+from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,28 @@ class _Delivery:
         self.wait = self._c.delay(self.attempts, asked)
 
 
+def _deliver(
+    c: _Config, stats: TrackerStats, batch: list[Any], post: Callable[[bytes], httpx.Response | Exception]
+) -> bool:
+    """One batch, re-sent and waited for as the engine does, blocking: True when all of it was taken."""
+    body, written = encoded(batch, stats)
+    if not written:
+        return False
+    delivery = _Delivery(c, stats, written)
+    while not delivery.over:
+        if delivery.wait:
+            time.sleep(delivery.wait)
+        delivery.take(post(body))
+    return delivery.delivered and len(written) == len(batch)
+
+
+def _post_with(client: httpx.Client, c: _Config, body: bytes) -> httpx.Response | Exception:
+    try:
+        return client.post(c.endpoint, content=body, headers=c.headers)
+    except Exception as exc:
+        return exc
+
+
 class HttpBatchTracker:
     def __init__(
         self,
@@ -249,6 +271,7 @@ class HttpBatchTracker:
         self.stats = TrackerStats()
         self._start_timer()
         after_fork_in_child(self._forked)
+        self._forget_exit = at_exit(self, HttpBatchTracker.close)
 
     def _start_timer(self) -> None:
         if self._c.flush_interval is not None and not self._closed.is_set():
@@ -292,23 +315,12 @@ class HttpBatchTracker:
                 delivered = self._send(batch) and delivered
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:
-        body, written = encoded(batch, self.stats)
-        if not written:
-            return False
-        delivery = _Delivery(self._c, self.stats, written)
-        while not delivery.over:
-            if delivery.wait:
-                time.sleep(delivery.wait)
-            delivery.take(self._post(body))
-        return delivery.delivered and len(written) == len(batch)
+        return _deliver(self._c, self.stats, batch, self._post)
 
     def _post(self, body: bytes) -> httpx.Response | Exception:
         if self._client is None:  # `_send` runs under `_sending`: one is made
             self._client = httpx.Client(timeout=self._c.timeout)
-        try:
-            return self._client.post(self._c.endpoint, content=body, headers=self._c.headers)
-        except Exception as exc:
-            return exc
+        return _post_with(self._client, self._c, body)
 
     def _timer(self) -> None:
         assert self._c.flush_interval is not None
@@ -317,6 +329,8 @@ class HttpBatchTracker:
                 self.flush()
 
     def close(self) -> None:
+        """Send what is buffered and stop; also done at interpreter exit for a tracker never closed."""
+        self._forget_exit()
         self._closed.set()
         self.flush()
         if self._own_client and self._client is not None:
@@ -359,6 +373,7 @@ class AsyncHttpBatchTracker:
         self._after_close = AfterClose("AsyncHttpBatchTracker")
         self.stats = TrackerStats()
         after_fork_in_child(self._forked)
+        self._forget_exit = at_exit(self, AsyncHttpBatchTracker._send_at_exit)
 
     def _forked(self) -> None:
         # The parent's event loop, its timer task and its connections do not run in the child.
@@ -422,7 +437,19 @@ class AsyncHttpBatchTracker:
                 # but not yet answered would be lost with it (close's own flush waits for it).
                 await asyncio.shield(self.flush())
 
+    def _send_at_exit(self) -> None:
+        # The application's event loop has ended without `close()`: what is buffered goes out as the
+        # threaded tracker sends it, rather than with the process.
+        self._closed = True
+        batches = [self._buffer[i : i + self._c.batch_size] for i in range(0, len(self._buffer), self._c.batch_size)]
+        self._buffer = []
+        if batches:
+            with httpx.Client(timeout=self._c.timeout) as client:
+                for batch in batches:
+                    _deliver(self._c, self.stats, batch, lambda body: _post_with(client, self._c, body))
+
     async def close(self) -> None:
+        self._forget_exit()
         self._closed = True
         if self._timer_task is not None:
             self._timer_task.cancel()

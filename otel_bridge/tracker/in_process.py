@@ -35,7 +35,7 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.receivers.json_text import as_read_back
 from otel_bridge.runtime import Bridge
-from otel_bridge.tracker.contract import AfterClose, enriched
+from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class OtelTracker:
         self._interval = flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None
         self._start_timer()
         after_fork_in_child(self._forked)
+        self._forget_exit = at_exit(self, OtelTracker.close)
 
     def _start_timer(self) -> None:
         if self._interval is not None and not self._closed.is_set():
@@ -229,6 +230,7 @@ class OtelTracker:
         """Store what is left, send what has ended, export the metrics, and stop."""
         if self._closed.is_set():
             return
+        self._forget_exit()
         self._closed.set()
         self.flush()
         if not self._inherited:  # a child that stored nothing has no bridge of its own to stop

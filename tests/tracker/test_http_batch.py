@@ -4,6 +4,9 @@ import asyncio
 import decimal
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -309,3 +312,37 @@ def test_what_the_real_bridge_rejects_is_logged_and_counted_and_nothing_is_raise
     finally:
         tracker.close()
         bridge.close()
+
+
+@pytest.mark.parametrize("flavour", ["threads", "asyncio"])
+def test_a_producer_that_exits_without_closing_its_tracker_still_sends_what_it_buffered(endpoint, flavour):
+    run = WorkflowRun().started().step_started("a")
+    code = textwrap.dedent(
+        """
+        import asyncio, json, sys
+        from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker
+
+        url, flavour, events = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        if flavour == "threads":
+            tracker = HttpBatchTracker(url, "staging", "shop", flush_interval_seconds=None)
+            for event in events:
+                tracker.emit(event)
+        else:
+            async def main():
+                tracker = AsyncHttpBatchTracker(url, "staging", "shop", flush_interval_seconds=None)
+                for event in events:
+                    await tracker.emit(event)
+                # never closed, and nothing refers to it once the event loop has ended
+
+            asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, endpoint.url, flavour, json.dumps(run.events)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (body,) = endpoint.bodies
+    assert [e["eventId"] for e in json.loads(body)["events"]] == [e["eventId"] for e in run.events]

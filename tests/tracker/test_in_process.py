@@ -258,3 +258,24 @@ def test_a_producer_killed_mid_workflow_finishes_the_run_as_one_trace_after_its_
     assert all(
         s.parent_span_id == spans["workflow resilient"].span_id for n, s in spans.items() if n != "workflow resilient"
     )
+
+
+def test_a_producer_that_exits_without_closing_its_tracker_still_sends_its_runs(otlp_http):
+    run = WorkflowRun("forgetful").started().step_started("a").after(5).step_completed("a").completed()
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from otel_bridge.tracker import OtelTracker
+
+        tracker = OtelTracker("production", "shop", flush_interval_seconds=None)
+        for event in json.loads(sys.argv[1]):
+            tracker.emit(event)  # buffered, never flushed, never closed: the interpreter exits
+        """
+    )
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(run.events)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow forgetful", "step a"}
