@@ -1,4 +1,5 @@
-"""The `otel-bridge` command: serve, replay, trace-id, config."""
+"""The `otel-bridge` command: serve, replay, resend-spans, import-timeline, trace-id, demo, runs, show,
+settle-again, config."""
 
 import argparse
 import gc

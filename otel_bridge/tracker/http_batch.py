@@ -67,7 +67,7 @@ class TrackerStats:
         first = listed[0] if listed and isinstance(listed[0], dict) else {}
         log.warning(
             "the bridge rejected %d of %d events (it keeps them in its dead-letter file); the first, "
-            "event %d (eventId %s): %s",
+            "event %s (eventId %s): %s",
             count, sent, first.get("index", 0), first.get("eventId"), first.get("error"),
         )  # fmt: skip
 
@@ -129,7 +129,7 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
-def encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
+def _encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
     """The POST body of `batch`, and the events in it.
 
     An event that cannot be written as JSON even so (a circular reference, nested deeper
@@ -223,7 +223,7 @@ def _deliver(
     c: _Config, stats: TrackerStats, batch: list[Any], post: Callable[[bytes], httpx.Response | Exception]
 ) -> bool:
     """One batch, re-sent and waited for as the engine does, blocking: True when all of it was taken."""
-    body, written = encoded(batch, stats)
+    body, written = _encoded(batch, stats)
     if not written:
         return False
     delivery = _Delivery(c, stats, written)
@@ -410,7 +410,7 @@ class AsyncHttpBatchTracker:
         return delivered
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
-        body, written = encoded(batch, self.stats)
+        body, written = _encoded(batch, self.stats)
         if not written:
             return False
         delivery = _Delivery(self._c, self.stats, written)

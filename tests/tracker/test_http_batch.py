@@ -31,6 +31,7 @@ class _Endpoint:
         self.arrived: list[float] = []  # when each POST came (monotonic)
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
+        self.trackers: list[HttpBatchTracker] = []
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,12 +61,16 @@ class _Endpoint:
 def endpoint() -> Iterator[_Endpoint]:
     e = _Endpoint([])
     yield e
+    for tracker in e.trackers:  # closed while their endpoint listens: not at the test process's exit
+        tracker.close()
     e.server.shutdown()
 
 
 def _tracker(endpoint: _Endpoint, **kwargs) -> HttpBatchTracker:
     kwargs.setdefault("flush_interval_seconds", None)
-    return HttpBatchTracker(endpoint.url, "staging", "shop", initial_delay_ms=10, **kwargs)
+    tracker = HttpBatchTracker(endpoint.url, "staging", "shop", initial_delay_ms=10, **kwargs)
+    endpoint.trackers.append(tracker)
+    return tracker
 
 
 def test_flush_posts_the_envelope_enriched_with_env_and_service_key(endpoint):
