@@ -33,6 +33,10 @@ from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 log = logging.getLogger(__name__)
 
 
+# At most one line a minute about events the bridge rejected (the count is kept whole).
+_TELL_REJECTIONS_EVERY = 60.0
+
+
 @dataclass
 class TrackerStats:
     posts: int = 0
@@ -43,6 +47,10 @@ class TrackerStats:
     # Events the bridge took in and rejected (each listed in its answer, kept in its dead-letter file).
     rejected_events: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    # When rejections were last told, and how many came since: a producer whose every event is
+    # rejected (a version mismatch) gets a line a minute, not one per batch.
+    _rejections_told_at: float = field(default=float("-inf"), repr=False)
+    _rejections_untold: int = field(default=0, repr=False)
 
     def answered(self, response: httpx.Response, batch: list[dict[str, Any]]) -> bool:
         """Count one answer; True when it took the batch."""
@@ -64,12 +72,18 @@ class TrackerStats:
         if not count:
             return
         self.rejected_events += count
+        now = time.monotonic()
+        if now - self._rejections_told_at < _TELL_REJECTIONS_EVERY:
+            self._rejections_untold += count
+            return
         first = listed[0] if listed and isinstance(listed[0], dict) else {}
+        since = f"; {self._rejections_untold} more since the last such line" if self._rejections_untold else ""
         log.warning(
             "the bridge rejected %d of %d events (it keeps them in its dead-letter file); the first, "
-            "event %s (eventId %s): %s",
-            count, sent, first.get("index", 0), first.get("eventId"), first.get("error"),
+            "event %s (eventId %s): %s%s",
+            count, sent, first.get("index", 0), first.get("eventId"), first.get("error"), since,
         )  # fmt: skip
+        self._rejections_told_at, self._rejections_untold = now, 0
 
     def dropped(self, batch: list[dict[str, Any]], attempts: int, endpoint: str, last: str) -> bool:
         self.dropped_batches += 1
