@@ -288,4 +288,5 @@ def run_demo(
         "posts": sum(s.posts for s in stats),
         "retries": sum(s.retries for s in stats),
         "dropped_events": sum(s.dropped_events for s in stats),
+        "rejected_events": sum(s.rejected_events for s in stats),
     }
