@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -285,7 +285,7 @@ class HttpBatchTracker:
         self.stats = TrackerStats()
         self._start_timer()
         after_fork_in_child(self._forked)
-        self._forget_exit = at_exit(self, HttpBatchTracker.close)
+        self._forget_exit = at_exit(self, HttpBatchTracker._close_at_exit)
 
     def _start_timer(self) -> None:
         if self._c.flush_interval is not None and not self._closed.is_set():
@@ -341,6 +341,12 @@ class HttpBatchTracker:
         while not self._closed.wait(self._c.flush_interval):
             if self.pending():
                 self.flush()
+
+    def _close_at_exit(self) -> None:
+        # One attempt per batch, no re-sends: an application that never closed its tracker must not
+        # hang in its exit for the backoffs (as the SDK's exporters stop retrying at shutdown).
+        self._c = replace(self._c, max_attempts=0)
+        self.close()
 
     def close(self) -> None:
         """Send what is buffered and stop; also done at interpreter exit for a tracker never closed."""
@@ -458,9 +464,10 @@ class AsyncHttpBatchTracker:
         batches = [self._buffer[i : i + self._c.batch_size] for i in range(0, len(self._buffer), self._c.batch_size)]
         self._buffer = []
         if batches:
-            with httpx.Client(timeout=self._c.timeout) as client:
+            once = replace(self._c, max_attempts=0)  # no re-sends at exit, as the threaded tracker
+            with httpx.Client(timeout=once.timeout) as client:
                 for batch in batches:
-                    _deliver(self._c, self.stats, batch, lambda body: _post_with(client, self._c, body))
+                    _deliver(once, self.stats, batch, lambda body: _post_with(client, once, body))
 
     async def close(self) -> None:
         self._forget_exit()

@@ -322,11 +322,8 @@ def test_what_the_real_bridge_rejects_is_logged_and_counted_and_nothing_is_raise
         bridge.close()
 
 
-@pytest.mark.parametrize("flavour", ["threads", "asyncio"])
-def test_a_producer_that_exits_without_closing_its_tracker_still_sends_what_it_buffered(endpoint, flavour):
-    run = WorkflowRun().started().step_started("a")
-    code = textwrap.dedent(
-        """
+_UNCLOSED = textwrap.dedent(
+    """
         import asyncio, json, sys
         from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker
 
@@ -343,14 +340,27 @@ def test_a_producer_that_exits_without_closing_its_tracker_still_sends_what_it_b
                 # never closed, and nothing refers to it once the event loop has ended
 
             asyncio.run(main())
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, endpoint.url, flavour, json.dumps(run.events)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """
+)
+
+
+def _exit_unclosed(url: str, flavour: str, events: list[dict]) -> subprocess.CompletedProcess[str]:
+    """A producer that emits `events` to a tracker of `url` and exits without closing it."""
+    command = [sys.executable, "-c", _UNCLOSED, url, flavour, json.dumps(events)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("flavour", ["threads", "asyncio"])
+def test_a_producer_that_exits_without_closing_its_tracker_still_sends_what_it_buffered(endpoint, flavour):
+    run = WorkflowRun().started().step_started("a")
+    done = _exit_unclosed(endpoint.url, flavour, run.events)
     assert done.returncode == 0, done.stderr
     (body,) = endpoint.bodies
     assert [e["eventId"] for e in json.loads(body)["events"]] == [e["eventId"] for e in run.events]
+
+
+@pytest.mark.parametrize("flavour", ["threads", "asyncio"])
+def test_at_exit_a_bridge_that_is_away_gets_one_attempt_not_the_backoffs(flavour):
+    done = _exit_unclosed(f"http://127.0.0.1:{free_port()}/v1/events", flavour, WorkflowRun().started().events)
+    assert done.returncode == 0, done.stderr
+    assert "dropped a batch of 1 events after 1 attempts" in done.stderr  # not 4, 1 + 2 + 4 s of the exit
