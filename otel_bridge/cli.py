@@ -297,7 +297,7 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
 
-    store = open_store(settings)
+    store = open_store(settings, read_only=dry_run)  # only looking: beside a running bridge, as `runs` does
     try:
         aside = list(store.states(keys.SET_ASIDE))
         for key, blob in aside:

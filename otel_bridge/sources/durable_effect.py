@@ -292,7 +292,7 @@ TrackingEvent = Annotated[
     Discriminator(
         _source_of,
         custom_error_type="unknown_source",
-        custom_error_message="'source' must be 'workflow' or 'job' (or the event must carry workflowId or instanceId)",
+        custom_error_message="must be 'workflow' or 'job' (or, left out, the event carry workflowId or instanceId)",
     ),
 ]
 

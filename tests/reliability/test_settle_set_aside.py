@@ -162,10 +162,12 @@ def test_a_run_set_aside_that_started_again_meanwhile_is_left_set_aside_and_said
     assert "put back: 0" in said and "left: 1" in said and "newer state" in said
 
 
-def test_settle_again_on_the_state_file_of_a_running_bridge_says_to_stop_it_first(tmp_path, capsys):
+def test_settle_again_beside_a_running_bridge_lists_but_says_to_stop_it_before_putting_back(tmp_path, capsys):
     state = str(tmp_path / "p.db")
     running = SqliteStore(state)  # the bridge's claim on its file
     try:
+        assert main(["settle-again", "--state", state, "--dry-run"]) == 0  # looking is fine, as `runs` does
+        assert "set aside: 0" in capsys.readouterr().out
         assert main(["settle-again", "--state", state]) == 2
     finally:
         running.close()

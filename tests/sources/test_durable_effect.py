@@ -70,7 +70,7 @@ def test_accepts_every_enum_value_even_those_never_seen():
         ({"type": "step.exploded"}, "type", "unknown event type 'step.exploded'"),
         ({"attempt": "first"}, "attempt", "valid integer"),
         ({"timestamp": "yesterday"}, "timestamp", "datetime"),
-        ({"source": "cron"}, "source", "'source' must be"),
+        ({"source": "cron"}, "source", "must be 'workflow' or 'job'"),
         ({"stepName": None}, "stepName", "valid string"),
     ],
 )
