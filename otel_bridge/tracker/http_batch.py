@@ -213,6 +213,8 @@ class _Delivery:
         self.attempts = 0
         self.wait = 0.0
         self.over = self.delivered = False
+        # Refused as too large (413): sent again in halves, by whoever sends (`halves`).
+        self.split = False
 
     def take(self, answer: httpx.Response | Exception) -> None:
         self._stats.posts += 1
@@ -222,6 +224,16 @@ class _Delivery:
             log.warning("tracker POST to %s failed: %s", without_password(self._c.endpoint), answer)
         elif self._stats.answered(answer, self._batch):
             self.over = self.delivered = True
+            return
+        elif answer.status_code == 413:
+            # Too large (the bridge's max_body_bytes or max_batch_events): the same body would be refused
+            # again. Halves are sent instead, so one event with a huge input takes no other with it;
+            # an event too large alone is dropped at once.
+            self.over = True
+            if len(self._batch) > 1:
+                self.split = True
+            else:
+                self._stats.dropped(self._batch, self.attempts, without_password(self._c.endpoint), _told(answer))
             return
         else:
             asked = _retry_after(answer)
@@ -245,7 +257,13 @@ def _deliver(
         if delivery.wait:
             time.sleep(delivery.wait)
         delivery.take(post(body))
+    if delivery.split:
+        return all([_deliver(c, stats, half, post) for half in _halves(written)]) and len(written) == len(batch)
     return delivery.delivered and len(written) == len(batch)
+
+
+def _halves(batch: list[Any]) -> tuple[list[Any], list[Any]]:
+    return batch[: len(batch) // 2], batch[len(batch) // 2 :]
 
 
 def _post_with(client: httpx.Client, c: _Config, body: bytes) -> httpx.Response | Exception:
@@ -438,6 +456,8 @@ class AsyncHttpBatchTracker:
             if delivery.wait:
                 await asyncio.sleep(delivery.wait)
             delivery.take(await self._post(body))
+        if delivery.split:
+            return all([await self._send(half) for half in _halves(written)]) and len(written) == len(batch)
         return delivery.delivered and len(written) == len(batch)
 
     async def _post(self, body: bytes) -> httpx.Response | Exception:

@@ -364,3 +364,42 @@ def test_at_exit_a_bridge_that_is_away_gets_one_attempt_not_the_backoffs(flavour
     done = _exit_unclosed(f"http://127.0.0.1:{free_port()}/v1/events", flavour, WorkflowRun().started().events)
     assert done.returncode == 0, done.stderr
     assert "dropped a batch of 1 events after 1 attempts" in done.stderr  # not 4, 1 + 2 + 4 s of the exit
+
+
+@pytest.mark.parametrize("flavour", ["threads", "asyncio"])
+def test_a_batch_too_large_for_the_bridge_is_sent_in_halves_and_only_the_event_too_large_alone_is_dropped(
+    tmp_path, otlp_http, caplog, flavour
+):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, max_body_bytes="20000").start()
+    url = f"{bridge.url}/v1/events"
+    runs = [WorkflowRun().started().step_started("a").after(2).step_completed("a").completed() for _ in range(3)]
+    events = [event for run in runs for event in run.events]
+    events[5] = events[5] | {"input": "x" * 30_000}  # the second run's step start, larger than the bridge takes
+    try:
+        if flavour == "threads":
+            tracker = HttpBatchTracker(url, "staging", "shop", initial_delay_ms=10, flush_interval_seconds=None)
+            for event in events:
+                tracker.emit(event)
+            assert not tracker.flush()
+            tracker.close()
+        else:
+
+            async def produce() -> AsyncHttpBatchTracker:
+                tracker = AsyncHttpBatchTracker(
+                    url, "staging", "shop", initial_delay_ms=10, flush_interval_seconds=None
+                )
+                for event in events:
+                    await tracker.emit(event)
+                assert not await tracker.flush()
+                await tracker.close()
+                return tracker
+
+            tracker = asyncio.run(produce())
+        assert (tracker.stats.events, tracker.stats.dropped_events, tracker.stats.retries) == (11, 1, 0)
+        (told,) = [r.getMessage() for r in caplog.records if "dropped a batch" in r.getMessage()]
+        assert "of 1 events after 1 attempts" in told and "413" in told
+        for run in (runs[0], runs[2]):
+            trace_id = trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+            otlp_http.received.wait_for(lambda trace_id=trace_id: len(otlp_http.received.trace(trace_id)) == 2)
+    finally:
+        bridge.close()
