@@ -518,15 +518,20 @@ def _show(settings: Settings, workflow_id: str) -> int:
     pipeline = _looking_pipeline(settings)
     try:
         found = [s for s in pipeline.runs_named(workflow_id) if s.facts]
+        aside = pipeline.runs_set_aside(workflow_id)
     finally:
         pipeline.store.close()
-    if not found:
+    if not found and not aside:
         raise CliError(
             f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
             f"{settings.keep_finished_seconds:g} s)"
         )
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
     for state in found:
+        console.print(waterfall(state, time.time_ns(), settings.trace_url))
+    for state, reason in aside:
+        # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
+        console.print(f"set aside after failing to settle: {reason}; `otel-bridge settle-again` puts it back")
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     return 0
 

@@ -468,6 +468,18 @@ class Pipeline:
         named = self._run_headers((key, header) for key, header in self.store.states() if key.endswith(ending))
         return [run for key, head in named if (run := self._whole(key, head)) is not None]
 
+    def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
+        """The runs with this id set aside after failing to settle, whole, and why each was."""
+        ending = keys.SEPARATOR + run_id
+        found = []
+        for key, blob in self.store.states(SET_ASIDE):
+            if key.endswith(ending):
+                try:
+                    found.append(journal.aside_run(key, blob))
+                except ValueError:
+                    log.warning("run state %r is not readable; skipped", key)
+        return found
+
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
         """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""
         for key, header in pairs:

@@ -181,6 +181,17 @@ def read_aside(blob: bytes) -> dict[str, Any]:
     return kept
 
 
+def aside_run(aside: str, blob: bytes) -> tuple[RunState, str]:
+    """The run a `set_aside` kept under the key `aside`, with its facts, and why it was set aside.
+    Raises ValueError when it cannot be read (or is a job's)."""
+    kept = read_aside(blob)
+    key = aside.removeprefix(keys.SET_ASIDE)
+    state = decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
+    if not isinstance(state, RunState):
+        raise ValueError("a job's state, not a run's")
+    return state, str(kept.get("reason", ""))
+
+
 def put_back(tx: Transaction, aside: str, now: float) -> str | None:
     """The run set aside under `aside` in play again, due now, as it was; None when done, else why not.
 

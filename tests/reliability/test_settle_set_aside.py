@@ -131,6 +131,9 @@ def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is
     assert main(["settle-again", "--state", settings.state, "--dry-run"]) == 0
     listed = capsys.readouterr().out
     assert "poisoned" in listed and "OverflowError" in listed and "set aside: 1" in listed
+    assert main(["show", run.workflow_id, "--state", settings.state]) == 0  # what it holds, and why it is out
+    shown = capsys.readouterr().out
+    assert "set aside after failing to settle: OverflowError" in shown and "step b #1" in shown
 
     poison.on = False  # the bridge upgraded: the bug mended
     assert main(["settle-again", "--state", settings.state]) == 0
