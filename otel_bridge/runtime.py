@@ -491,12 +491,14 @@ class Bridge:
             with self.passes.running("metric-export"):
                 self.export_metrics()
 
-    def stop(self, final: bool = False, told_all: bool = False) -> None:
+    def stop(self, final: bool = False, told_all: bool = False, retry_export: bool = True) -> None:
         """Settle what is waiting, export it and the metrics, then close.
 
         `final`: no later start will come (in-memory state): every ended run is sent now, gaps or not.
         `told_all`: what was stored is all there is to tell of its runs (a file replayed, timelines
         imported): an ended run is sent, gaps or not, as no straggler will fill them.
+        `retry_export`: False to stop at the first failed export rather than try again until the drain
+        timeout (an application exiting without having closed its tracker, as the SDK gives up at exit).
         """
         self.ready = False
         self._stop.set()
@@ -526,7 +528,7 @@ class Bridge:
             remaining = max(deadline - time.monotonic(), 0)
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.
-            drained = "trace-export" not in stuck and self.drain.drain(remaining)
+            drained = "trace-export" not in stuck and self.drain.drain(remaining, retry=retry_export)
             if not drained:
                 log.warning(
                     "%d spans still in the outbox at exit%s: %s",

@@ -194,13 +194,16 @@ class OutboxDrain:
                 self._wake.wait(self._poll)
                 self._wake.clear()
 
-    def drain(self, timeout: float) -> bool:
-        """Export until the outbox is empty or `timeout` passes; True when empty."""
+    def drain(self, timeout: float, retry: bool = True) -> bool:
+        """Export until the outbox is empty or `timeout` passes (or an export fails, without `retry`);
+        True when empty."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             sent = self.export_once()
             if sent == 0:
                 return True
             if sent is None:
+                if not retry:
+                    break
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
         return self._store.outbox_depth() == 0

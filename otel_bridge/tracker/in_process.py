@@ -122,7 +122,7 @@ class OtelTracker:
         self._interval = flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None
         self._start_timer()
         after_fork_in_child(self._forked)
-        self._forget_exit = at_exit(self, OtelTracker.close)
+        self._forget_exit = at_exit(self, OtelTracker._close_at_exit)
 
     def _start_timer(self) -> None:
         if self._interval is not None and not self._closed.is_set():
@@ -226,15 +226,24 @@ class OtelTracker:
             if self.pending():
                 self.flush()
 
-    def close(self) -> None:
-        """Store what is left, send what has ended, export the metrics, and stop."""
+    def _close_at_exit(self) -> None:
+        # The application exits without having closed it: what has ended is sent, one attempt, as the
+        # SDK's exporters give up at exit; a backend that is away does not hold the exit for the drain
+        # timeout (10 s), retrying.
+        self.close(retry_export=False)
+
+    def close(self, retry_export: bool = True) -> None:
+        """Store what is left, send what has ended, export the metrics, and stop.
+
+        `retry_export`: False to give up at the first failed export rather than try again for up to
+        `drain_timeout_seconds`."""
         if self._closed.is_set():
             return
         self._forget_exit()
         self._closed.set()
         self.flush()
         if not self._inherited:  # a child that stored nothing has no bridge of its own to stop
-            self.bridge.stop(final=self._memory)
+            self.bridge.stop(final=self._memory, retry_export=retry_export)
         if self._scratch is not None:
             self._scratch.leave()
 

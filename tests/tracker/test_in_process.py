@@ -279,3 +279,26 @@ def test_a_producer_that_exits_without_closing_its_tracker_still_sends_its_runs(
     assert done.returncode == 0, done.stderr
     trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow forgetful", "step a"}
+
+
+def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(otlp_http):
+    otlp_http.up = False  # answers 503 to every export
+    run = WorkflowRun("forgetful").started().step_started("a").after(5).step_completed("a").completed()
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from otel_bridge.tracker import OtelTracker
+
+        tracker = OtelTracker("production", "shop", flush_interval_seconds=None)
+        for event in json.loads(sys.argv[1]):
+            tracker.emit(event)
+        """
+    )
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(run.events)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 spans still in the outbox at exit: lost with the state" in done.stderr
+    # Tried again every half second until drain_timeout_seconds (10 s), it was ~20 refused requests.
+    assert otlp_http.received.refused <= 3
