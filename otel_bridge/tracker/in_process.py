@@ -91,11 +91,13 @@ class OtelTracker:
         self._memory = state is None
         # In memory, the dead-letter files go to a directory of this tracker's, removed if left empty.
         self._scratch: Scratch | None = None
-        if state is None:
+        if state is not None:
+            files = Path(state).parent
+        elif all(name in settings for name in _DEAD_LETTER_FILES):
+            files = Path()  # both given: no directory of the tracker's is needed
+        else:
             self._scratch = Scratch()
             files = self._scratch.path
-        else:
-            files = Path(state).parent
         defaults: dict[str, Any] = {
             "state": str(state) if state is not None else ":memory:",
             "dead_letter": files / "otel-tracker-dead-letter.jsonl",

@@ -196,10 +196,12 @@ def test_a_forked_child_holds_no_claim_on_the_state_file(tmp_path):
             os.close(fd)
 
 
-def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp_path):
-    dead = tmp_path / "dead.jsonl"
+def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, spans = tmp_path / "dead.jsonl", tmp_path / "spans.jsonl"
     bad = {"type": "step.started", "workflowId": "w", "eventId": "e-1"}  # no time, no step
-    with OtelTracker("production", "shop", dead_letter=dead, flush_interval_seconds=None) as tracker:
+    files = {"dead_letter": dead, "span_dead_letter": spans}
+    with OtelTracker("production", "shop", flush_interval_seconds=None, **files) as tracker:
 
         def in_child() -> int:
             tracker.emit(bad)
@@ -212,6 +214,7 @@ def test_a_forked_childs_rejected_events_go_to_a_dead_letter_file_of_its_own(tmp
     kept = [json.loads(line) for line in (tmp_path / f"dead.{child}.jsonl").read_text().splitlines()]
     assert [k["event"]["eventId"] for k in kept] == ["e-1"]
     assert [json.loads(line)["event"]["eventId"] for line in dead.read_text().splitlines()] == ["e-2"]
+    assert not list(tmp_path.glob("otel-tracker-*"))  # both files given: no directory of the tracker's made
 
 
 def test_an_in_memory_trackers_forked_child_keeps_its_dead_letters_in_a_directory_of_its_own(tmp_path, monkeypatch):
