@@ -6,16 +6,20 @@ from typing import Any
 
 import orjson
 
+from otel_bridge.sources.wire import JSON_DEPTH
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _without_lone_surrogates(value: Any) -> Any:
+def _without_lone_surrogates(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value)
+    if depth > JSON_DEPTH:  # no JSON text holds it (a structure that holds itself): left as it is
+        return value
     if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
+        return [_without_lone_surrogates(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v, depth + 1) for k, v in value.items()}
     return value
 
 
@@ -29,10 +33,7 @@ def as_read_back(value: Any) -> Any:
     try:
         orjson.dumps(value)  # the common case, checked at C speed
     except (orjson.JSONEncodeError, TypeError):
-        try:
-            return _without_lone_surrogates(value)
-        except RecursionError:  # a structure that holds itself: no JSON text would, so none is read back
-            return value
+        return _without_lone_surrogates(value)
     return value
 
 

@@ -146,11 +146,19 @@ def attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def redacted(value: Any, keys: frozenset[str]) -> Any:
+# How deep orjson writes (and so how deep a copy of a payload is worth making): past it, a payload is
+# "too deep" either way, and a copy that went on would near Python's recursion limit, where any
+# finalizer the garbage collector runs fails (a structure that holds itself would go all the way).
+JSON_DEPTH = 254
+
+
+def redacted(value: Any, keys: frozenset[str], depth: int = 0) -> Any:
+    if depth > JSON_DEPTH:
+        return value  # deeper than orjson writes: the summary says so
     if isinstance(value, dict):
-        return {k: "[REDACTED]" if k in keys else redacted(v, keys) for k, v in value.items()}
+        return {k: "[REDACTED]" if k in keys else redacted(v, keys, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [redacted(v, keys) for v in value]
+        return [redacted(v, keys, depth + 1) for v in value]
     return value
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from otel_bridge.receivers.json_text import as_read_back, loads
+from otel_bridge.sources.wire import JSON_DEPTH
 
 
 def test_a_lone_surrogate_escape_reads_as_a_replacement_character():
@@ -30,3 +31,15 @@ def test_a_leading_byte_order_mark_is_ignored_as_rfc_8259_allows():
     assert loads(b'\xef\xbb\xbf{"events": []}') == {"events": []}
     with pytest.raises(ValueError):
         loads(b'{"events": []}\xef\xbb\xbf')  # only where text starts
+
+
+def test_a_structure_that_holds_itself_is_read_back_only_as_deep_as_json_goes():
+    # Copied all the way down, it neared the recursion limit, where any finalizer the garbage
+    # collector ran at that moment failed ("unraisable"): the copy stops where orjson stops writing.
+    loop: dict = {"name": "\ud83d"}
+    loop["itself"] = loop
+    read, depth = as_read_back(loop), 0
+    while read is not loop:
+        assert read["name"] == "\ufffd"
+        read, depth = read["itself"], depth + 1
+    assert depth == JSON_DEPTH + 1
