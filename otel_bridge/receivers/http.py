@@ -34,7 +34,7 @@ from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.json_text import loads
-from otel_bridge.sources.wire import kind
+from otel_bridge.sources.wire import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,12 @@ def parse_envelope(body: bytes, max_events: int | None = None) -> list[Any]:
         raise _Reject(400, 'empty body: expected {"events": [...]}')
     payload = _loads(body)
     if not isinstance(payload, dict):
-        raise _Reject(400, f'body must be a JSON object {{"events": [...]}}, not {kind(payload)}')
+        raise _Reject(400, f'body must be a JSON object {{"events": [...]}}, not {json_kind(payload)}')
     if "events" not in payload:
         raise _Reject(400, 'body has no "events" field: expected {"events": [...]}')
     events = payload["events"]
     if not isinstance(events, list):
-        raise _Reject(400, f'"events" must be an array, not {kind(events)}')
+        raise _Reject(400, f'"events" must be an array, not {json_kind(events)}')
     if max_events is not None and len(events) > max_events:
         raise _Reject(413, f"batch of {len(events)} events is over the limit of {max_events} (max_batch_events)")
     return events

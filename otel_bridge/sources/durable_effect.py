@@ -46,7 +46,7 @@ from otel_bridge.sources.wire import (
     Millis,
     attrs,
     iso,
-    kind,
+    json_kind,
     ns,
     reason,
     summary,
@@ -317,7 +317,7 @@ def parse_event(raw: Any) -> Any:
 
 def _decode_error(raw: Any, exc: ValidationError) -> DecodeError:
     if not isinstance(raw, dict):
-        return DecodeError("", f"an event must be a JSON object, not {kind(raw)}")
+        return DecodeError("", f"an event must be a JSON object, not {json_kind(raw)}")
     problems = [_problem(raw, error) for error in exc.errors(include_url=False)]
     field, reason = problems[0]
     if len(problems) > 1:

@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
-from otel_bridge.sources.wire import DecodeError, DecodeOptions, Identity, IsoTime, attrs, kind, ns, reason, summary
+from otel_bridge.sources.wire import (
+    DecodeError,
+    DecodeOptions,
+    Identity,
+    IsoTime,
+    attrs,
+    json_kind,
+    ns,
+    reason,
+    summary,
+)
 
 ENGINE = c.PLATFORM_PHASE10
 WORKFLOW_EVENTS = frozenset(
@@ -173,7 +183,7 @@ class Phase10Decoder:
 
     def __call__(self, raw: Any) -> WorkflowRecord | list[WorkflowRecord] | None:
         if not isinstance(raw, dict):
-            raise DecodeError("", f"a message must be a JSON object, not {kind(raw)}")
+            raise DecodeError("", f"a message must be a JSON object, not {json_kind(raw)}")
         if "step_timeline" in raw:
             return self.timeline(raw)
         if "event" in raw and "event_type" not in raw:

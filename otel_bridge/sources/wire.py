@@ -93,7 +93,7 @@ _KINDS: dict[type, str] = {
 }
 
 
-def kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """What `value` is, in JSON's words (a producer wrote `null`, not `NoneType`)."""
     return _KINDS.get(type(value)) or type(value).__name__
 
