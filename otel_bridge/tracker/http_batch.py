@@ -205,16 +205,29 @@ def _config(
 
 class _Delivery:
     """One batch's delivery as the engine makes it, without its I/O, so that the threaded and the
-    asyncio tracker share it: wait `wait` seconds, POST, `take` the answer (the response, or the
-    exception the POST raised), until `over`; `delivered` says whether the batch was taken."""
+    asyncio tracker share it: wait `wait` seconds, POST `body`, `take` the answer (the response, or
+    the exception the POST raised), until `over`; then send each of `halves` the same way (a batch
+    refused as too large) and give `outcome` what they came to."""
 
-    def __init__(self, c: _Config, stats: TrackerStats, batch: list[dict[str, Any]]) -> None:
-        self._c, self._stats, self._batch = c, stats, batch
+    def __init__(self, c: _Config, stats: TrackerStats, batch: list[Any]) -> None:
+        self._c, self._stats = c, stats
+        self.body, self._batch = _encoded(batch, stats)
+        self._whole = len(self._batch) == len(batch)  # no event dropped as impossible to write
         self.attempts = 0
         self.wait = 0.0
-        self.over = self.delivered = False
-        # Refused as too large (413): sent again in halves, by whoever sends (`halves`).
+        self.delivered = False
+        self.over = not self._batch  # nothing left to send
+        # Refused as too large (413): sent again in halves, by whoever sends.
         self.split = False
+
+    @property
+    def halves(self) -> tuple[list[Any], ...]:
+        middle = len(self._batch) // 2
+        return (self._batch[:middle], self._batch[middle:]) if self.split else ()
+
+    def outcome(self, halves_delivered: list[bool]) -> bool:
+        """True when every event of the batch was taken (its halves', when it was split)."""
+        return (all(halves_delivered) if self.split else self.delivered) and self._whole
 
     def take(self, answer: httpx.Response | Exception) -> None:
         self._stats.posts += 1
@@ -249,21 +262,12 @@ def _deliver(
     c: _Config, stats: TrackerStats, batch: list[Any], post: Callable[[bytes], httpx.Response | Exception]
 ) -> bool:
     """One batch, re-sent and waited for as the engine does, blocking: True when all of it was taken."""
-    body, written = _encoded(batch, stats)
-    if not written:
-        return False
-    delivery = _Delivery(c, stats, written)
+    delivery = _Delivery(c, stats, batch)
     while not delivery.over:
         if delivery.wait:
             time.sleep(delivery.wait)
-        delivery.take(post(body))
-    if delivery.split:
-        return all([_deliver(c, stats, half, post) for half in _halves(written)]) and len(written) == len(batch)
-    return delivery.delivered and len(written) == len(batch)
-
-
-def _halves(batch: list[Any]) -> tuple[list[Any], list[Any]]:
-    return batch[: len(batch) // 2], batch[len(batch) // 2 :]
+        delivery.take(post(delivery.body))
+    return delivery.outcome([_deliver(c, stats, half, post) for half in delivery.halves])
 
 
 def _post_with(client: httpx.Client, c: _Config, body: bytes) -> httpx.Response | Exception:
@@ -448,17 +452,12 @@ class AsyncHttpBatchTracker:
         return delivered
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
-        body, written = _encoded(batch, self.stats)
-        if not written:
-            return False
-        delivery = _Delivery(self._c, self.stats, written)
+        delivery = _Delivery(self._c, self.stats, batch)
         while not delivery.over:
             if delivery.wait:
                 await asyncio.sleep(delivery.wait)
-            delivery.take(await self._post(body))
-        if delivery.split:
-            return all([await self._send(half) for half in _halves(written)]) and len(written) == len(batch)
-        return delivery.delivered and len(written) == len(batch)
+            delivery.take(await self._post(delivery.body))
+        return delivery.outcome([await self._send(half) for half in delivery.halves])
 
     async def _post(self, body: bytes) -> httpx.Response | Exception:
         if self._client is None:
