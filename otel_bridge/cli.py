@@ -294,6 +294,7 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
     import time
 
     from otel_bridge import keys
+    from otel_bridge.correlate.runs import RunState
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
 
@@ -302,20 +303,20 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
         aside = list(store.states(keys.SET_ASIDE))
         for key, blob in aside:
             try:
-                kept = journal.read_aside(blob)
-                when = datetime.fromtimestamp(float(kept["at"])).isoformat(sep=" ", timespec="seconds")
-                run = json.loads(kept["state"]).get("run") or {}
-                named = f"{run['name']}  " if isinstance(run, dict) and run.get("name") else ""
-                print(f"{named}{keys.readable(key)}  set aside {when}: {kept['reason']}")
-            except (ValueError, TypeError, KeyError) as exc:
+                state, reason, at = journal.read_aside(key, blob)
+            except ValueError as exc:
                 print(f"{keys.readable(key)}  cannot be read: {exc}")
+                continue
+            named = f"{state.run.name}  " if isinstance(state, RunState) and state.run.name else ""
+            when = datetime.fromtimestamp(at).isoformat(sep=" ", timespec="seconds")
+            print(f"{named}{keys.readable(key)}  set aside {when}: {reason}")
         if dry_run or not aside:
             print(f"set aside: {len(aside)}" + ("  (--dry-run: nothing put back)" if aside else ""))
             return 0
         left = []
         for key, _blob in aside:
             try:
-                why = store.run(partial(_put_back, key, time.time()))
+                why = store.run(partial(journal.put_back, aside=key, now=time.time()))
             except ValueError as exc:
                 why = f"cannot be read: {exc}"
             if why is not None:
@@ -329,12 +330,6 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
     if left:
         print("\n".join(left))
     return 1 if left else 0
-
-
-def _put_back(key: str, now: float, tx: "Transaction") -> str | None:
-    from otel_bridge.state import journal
-
-    return journal.put_back(tx, key, now)
 
 
 def _outbox_add(rows: list[tuple[str, bytes]], tx: "Transaction") -> None:

@@ -473,11 +473,15 @@ class Pipeline:
         ending = keys.SEPARATOR + run_id
         found = []
         for key, blob in self.store.states(SET_ASIDE):
-            if key.endswith(ending):
-                try:
-                    found.append(journal.aside_run(key, blob))
-                except ValueError:
-                    log.warning("run state %r is not readable; skipped", key)
+            if not key.endswith(ending):
+                continue
+            try:
+                aside = journal.read_aside(key, blob)
+            except ValueError:
+                log.warning("run state %r is not readable; skipped", key)
+                continue
+            if isinstance(aside.state, RunState):
+                found.append((aside.state, aside.reason))
         return found
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:

@@ -15,7 +15,7 @@ before they had rows) reads too, and they are journalled at that reading.
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -173,23 +173,27 @@ def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float)
     delete(tx, key)
 
 
-def read_aside(blob: bytes) -> dict[str, Any]:
-    """What `set_aside` kept (`reason`, `at`, `state`, `facts`, `sent`); raises ValueError when it is not that."""
+class Aside(NamedTuple):
+    """A run (or job) `set_aside` kept: its state with its facts, why, and when (Unix seconds)."""
+
+    state: State
+    reason: str
+    at: float
+
+
+def _kept(blob: bytes) -> dict[str, Any]:
     kept = orjson.loads(blob)
     if not isinstance(kept, dict) or not isinstance(kept.get("state"), str):
         raise ValueError("not a run set aside by this bridge")
     return kept
 
 
-def aside_run(aside: str, blob: bytes) -> tuple[RunState, str]:
-    """The run a `set_aside` kept under the key `aside`, with its facts, and why it was set aside.
-    Raises ValueError when it cannot be read (or is a job's)."""
-    kept = read_aside(blob)
+def read_aside(aside: str, blob: bytes) -> Aside:
+    """What `set_aside` kept under the key `aside`; raises ValueError when it cannot be read."""
+    kept = _kept(blob)
     key = aside.removeprefix(keys.SET_ASIDE)
     state = decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
-    if not isinstance(state, RunState):
-        raise ValueError("a job's state, not a run's")
-    return state, str(kept.get("reason", ""))
+    return Aside(state, str(kept.get("reason", "")), float(kept.get("at", 0.0)))
 
 
 def put_back(tx: Transaction, aside: str, now: float) -> str | None:
@@ -201,7 +205,7 @@ def put_back(tx: Transaction, aside: str, now: float) -> str | None:
     loaded = tx.load(aside)
     if loaded is None:
         return "no longer set aside"
-    kept = read_aside(loaded[0])
+    kept = _kept(loaded[0])
     if tx.load(key) is not None:
         return "the run has a newer state (events that came after it was set aside): left set aside"
     tx.save(key, kept["state"].encode(), now)
