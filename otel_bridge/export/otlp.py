@@ -242,13 +242,21 @@ def _exporter(signal: str) -> str:
             return exporter
     # An application's own value (zipkin, prometheus) must not stop the in-process tracker. Told once
     # (a bridge makes a trace sender per concurrent export).
-    if (variable, raw) not in _TOLD_EXPORTER:
-        _TOLD_EXPORTER.add((variable, raw))
+    if _first_time("exporter", variable, raw):
         log.warning("%s=%s: otel-bridge exports its %s over otlp (or console, none); using otlp", variable, raw, signal)
     return "otlp"
 
 
-_TOLD_EXPORTER: set[tuple[str, str]] = set()
+# What has been told once per process (a bridge makes a sender per concurrent export, a tracker a bridge).
+_TOLD: set[tuple[str, ...]] = set()
+
+
+def _first_time(*what: str) -> bool:
+    """True the first time `what` is asked about in this process."""
+    if what in _TOLD:
+        return False
+    _TOLD.add(what)
+    return True
 
 
 def _a_url(sender: T, signal: str) -> T:
@@ -289,9 +297,6 @@ def metric_sender() -> MetricSender:
     return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
 
 
-_TOLD_TLS: set[tuple[str, str]] = set()
-
-
 def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     """The gRPC exporter, after a warning when it will speak TLS to an endpoint nobody said was TLS.
 
@@ -306,9 +311,8 @@ def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     endpoint = next((value for value in setting["ENDPOINT"] if value), "")
     if endpoint.lower().startswith("https://") or any(setting["INSECURE"] + setting["CERTIFICATE"]):
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
-    if (signal, endpoint) in _TOLD_TLS:  # once, however many exporters a signal has
+    if not _first_time("tls", signal, endpoint):  # once, however many exporters a signal has
         return exporter
-    _TOLD_TLS.add((signal, endpoint))
     log.warning(
         "OTLP/gRPC %s endpoint %r has no scheme, so it is reached with TLS; for a plain-text Collector "
         "write http://%s (or set OTEL_EXPORTER_OTLP_INSECURE=true)",

@@ -14,7 +14,7 @@ def _senders_built(monkeypatch, caplog, **env: str) -> list[str]:
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    monkeypatch.setattr(otlp, "_TOLD_TLS", set())  # told once per process: each test is a fresh start
+    monkeypatch.setattr(otlp, "_TOLD", set())  # told once per process: each test is a fresh start
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
@@ -75,7 +75,7 @@ def test_an_otlp_http_endpoint_that_is_no_url_is_a_configuration_error_naming_it
 def test_an_exporter_otel_bridge_does_not_speak_is_told_once_for_every_sender(monkeypatch, caplog):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD_EXPORTER", set())
+    monkeypatch.setattr(otlp, "_TOLD", set())
     with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
         senders = [otlp.trace_sender() for _ in range(4)]  # one per concurrent export
     for sender in senders:
