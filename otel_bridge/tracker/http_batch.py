@@ -28,13 +28,10 @@ import orjson
 from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.receivers.json_text import as_read_back
+from otel_bridge.repeated_failure import Cadence
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 
 log = logging.getLogger(__name__)
-
-
-# At most one line a minute about events the bridge rejected (the count is kept whole).
-_TELL_REJECTIONS_EVERY = 60.0
 
 
 @dataclass
@@ -47,9 +44,9 @@ class TrackerStats:
     # Events the bridge took in and rejected (each listed in its answer, kept in its dead-letter file).
     rejected_events: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
-    # When rejections were last told, and how many came since: a producer whose every event is
-    # rejected (a version mismatch) gets a line a minute, not one per batch.
-    _rejections_told_at: float = field(default=float("-inf"), repr=False)
+    # When rejections are told, and how many came since the last line: a producer whose every event
+    # is rejected (a version mismatch) gets a line a minute, not one per batch.
+    _rejections_told: Cadence = field(default_factory=Cadence, repr=False)
     _rejections_untold: int = field(default=0, repr=False)
 
     def answered(self, response: httpx.Response, batch: list[dict[str, Any]]) -> bool:
@@ -72,8 +69,7 @@ class TrackerStats:
         if not count:
             return
         self.rejected_events += count
-        now = time.monotonic()
-        if now - self._rejections_told_at < _TELL_REJECTIONS_EVERY:
+        if not self._rejections_told.failed():
             self._rejections_untold += count
             return
         first = listed[0] if listed and isinstance(listed[0], dict) else {}
@@ -83,7 +79,7 @@ class TrackerStats:
             "event %s (eventId %s): %s%s",
             count, sent, first.get("index", 0), first.get("eventId"), first.get("error"), since,
         )  # fmt: skip
-        self._rejections_told_at, self._rejections_untold = now, 0
+        self._rejections_untold = 0
 
     def dropped(self, batch: list[dict[str, Any]], attempts: int, endpoint: str, last: str) -> bool:
         self.dropped_batches += 1
