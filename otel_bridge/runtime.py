@@ -140,7 +140,7 @@ class Bridge:
         self.trace_health = ExportHealth(
             "trace",
             otlp.endpoint_of(self.trace_senders[0]),
-            lambda: f"{self.store.outbox_depth()} spans wait safely in the outbox",
+            self._outbox_waiting,
             settings.export_log_interval_seconds,
         )
         self.metric_health = ExportHealth(
@@ -490,6 +490,13 @@ class Bridge:
         while not self._stop.wait(interval):
             with self.passes.running("metric-export"):
                 self.export_metrics()
+
+    def _outbox_waiting(self) -> str:
+        # "Safely" only where the outbox is on disk: an in-memory one goes with the process.
+        depth = self.store.outbox_depth()
+        if self.settings.state == ":memory:":
+            return f"{depth} spans wait in the outbox, in memory, for as long as this process lives"
+        return f"{depth} spans wait safely in the outbox"
 
     def stop(self, final: bool = False, told_all: bool = False, retry_export: bool = True) -> None:
         """Settle what is waiting, export it and the metrics, then close.

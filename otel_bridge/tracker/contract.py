@@ -7,8 +7,12 @@ into the workflow that emits: a delivery problem is logged, counted and retried 
 
 import atexit
 import logging
+import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
+
+from otel_bridge.forks import after_fork_in_child
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +80,44 @@ def at_exit(tracker: object, then: Callable[[Any], None]) -> Callable[[], None]:
     As the OpenTelemetry SDK's providers flush at exit, a tracker the application never closed
     still sends what it holds: its last batch is not lost with the process, even when nothing
     refers to the tracker any more (held here until it is closed, as the SDK holds its providers)."""
+    return _AtExit(partial(then, tracker)).forget
 
-    def call() -> None:
-        then(tracker)
 
-    atexit.register(call)
-    return lambda: atexit.unregister(call)
+class _AtExit:
+    """One call at the end of this process, whichever way it ends normally.
+
+    A child that `multiprocessing` starts by forking (its default on Linux, and `Pool`'s and
+    `ProcessPoolExecutor`'s workers) leaves by `os._exit`, which skips `atexit`: the runs its tracker
+    held were lost with it. Such a child runs multiprocessing's exit finalizers instead, so the call
+    is registered there too: by a tracker made in the child, and for one made before the fork when
+    the child starts (multiprocessing empties the registry a child inherits, then runs its
+    after-fork callbacks). Read from `sys.modules`: a process that never imported multiprocessing
+    has no such child, and is spared the import."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._call = call
+        self._over = False
+        self._finalizer: Any = None
+        atexit.register(self.run)
+        self._in_multiprocessing_child()
+        after_fork_in_child(self._forked)
+
+    def run(self) -> None:
+        if not self._over:  # a child that spawn starts runs both: the finalizers, then atexit
+            self._over = True
+            self._call()
+
+    def forget(self) -> None:
+        self._over = True
+        atexit.unregister(self.run)
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+
+    def _forked(self) -> None:
+        if not self._over and (util := sys.modules.get("multiprocessing.util")) is not None:
+            util.register_after_fork(self, _AtExit._in_multiprocessing_child)
+
+    def _in_multiprocessing_child(self) -> None:
+        util = sys.modules.get("multiprocessing.util")
+        if not self._over and util is not None and util.process.parent_process() is not None:
+            self._finalizer = util.Finalize(None, self.run, exitpriority=0)

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -256,3 +258,65 @@ def test_a_fork_waits_for_the_sqlite_stores_transaction_in_flight_to_end(tmp_pat
     assert _in_child(rows_seen_by_the_child) == 1  # forked once the transaction had committed
     worker.join(10)
     store.close()
+
+
+_MULTIPROCESSING = """
+import json, multiprocessing, sys
+from otel_bridge.tracker import HttpBatchTracker, OtelTracker
+
+url, events = sys.argv[1], json.loads(sys.argv[2])
+made_before = HttpBatchTracker(url, "production", "shop", flush_interval_seconds=None)
+
+
+def with_the_inherited_tracker(workflow_id):
+    made_before.emit(events[workflow_id])  # buffered, and the worker is never told to flush
+
+
+def with_a_tracker_of_its_own(workflow_id):
+    tracker = HttpBatchTracker(url, "production", "shop", flush_interval_seconds=None)
+    tracker.emit(events[workflow_id])  # never flushed, never closed
+
+
+def in_process(workflow_id):
+    tracker = OtelTracker("production", "shop", flush_interval_seconds=None)
+    for event in events[workflow_id]:  # a whole run, settled and sent as the child ends
+        tracker.emit(event)
+
+
+if __name__ == "__main__":
+    fork = multiprocessing.get_context("fork")
+    for target, workflow_id in ((with_a_tracker_of_its_own, "own"), (in_process, "in-process")):
+        child = fork.Process(target=target, args=(workflow_id,))
+        child.start()
+        child.join()
+    pool = fork.Pool(2)
+    pool.map(with_the_inherited_tracker, ["pool-1", "pool-2", "pool-3"])
+    pool.close()
+    pool.join()
+    made_before.close()  # the parent's buffer is empty: its children had the events
+"""
+
+
+def test_children_multiprocessing_forks_send_what_their_trackers_hold_when_they_end(tmp_path, otlp_http):
+    # Such a child ends by os._exit, which skips atexit: before, every event here was lost with it.
+    endpoint = _SlowEndpoint(delay=0.0)
+    events = {w: WorkflowRun(workflow_id=w).started().events[0] for w in ("own", "pool-1", "pool-2", "pool-3")}
+    events["in-process"] = _run("in-process").events
+    script = tmp_path / "producer.py"
+    script.write_text(_MULTIPROCESSING)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    env["TMPDIR"] = str(temp)  # where an in-memory tracker keeps its dead letters
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), endpoint.url, json.dumps(events)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        endpoint.server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert sorted(endpoint.workflows) == ["own", "pool-1", "pool-2", "pool-3"]
+    trace_id = trace_id_for("durable-effect", "production", "shop", "in-process").hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step a"}
+    assert not list(temp.iterdir())  # nor the in-memory tracker's empty directory left behind

@@ -300,5 +300,8 @@ def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(o
     )
     assert done.returncode == 0, done.stderr
     assert "2 spans still in the outbox at exit: lost with the state" in done.stderr
+    # What the failing export says of the waiting spans is true of an outbox in memory too.
+    assert "spans wait in the outbox, in memory, for as long as this process lives" in done.stderr
+    assert "safely" not in done.stderr
     # Tried again every half second until drain_timeout_seconds (10 s), it was ~20 refused requests.
     assert otlp_http.received.refused <= 3
