@@ -37,6 +37,7 @@ from otel_bridge.lifecycle import (
     WorkflowRecord,
 )
 from otel_bridge.sources.wire import (
+    MAX_IDENTITY,
     Count,
     DecodeError,
     DecodeOptions,
@@ -69,7 +70,7 @@ class WireError(_Wire):
 
 
 class _WorkflowBase(_Wire):
-    event_id: str = Field(min_length=1)
+    event_id: str = Field(min_length=1, max_length=MAX_IDENTITY)
     timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
     workflow_id: Identity
@@ -179,7 +180,7 @@ class TimeoutExceeded(_WorkflowBase):
 
 
 class _JobBase(_Wire):
-    event_id: str = Field(min_length=1)
+    event_id: str = Field(min_length=1, max_length=MAX_IDENTITY)
     timestamp: IsoTime
     source: Literal["job"] = "job"
     instance_id: Identity

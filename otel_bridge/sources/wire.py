@@ -51,9 +51,13 @@ CONTROL_CHARACTERS = "must not contain control characters (U+0000-U+001F, U+007F
 # Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
 _MAX_MS = 2**63 / 1e6 / 2
 
+# An identity is in the key of every row its run keeps, and on its spans: one of a megabyte (a
+# payload sent in the wrong field) made each of its run's rows as large. Temporal bounds its ids
+# and names at 1,000 characters (`limit.maxIDLength`); so do we.
+MAX_IDENTITY = 1000
 IsoTime = Annotated[datetime, _IsoTime]
-Identity = Annotated[str, Field(min_length=1, pattern=PRINTABLE)]
-Label = Annotated[str, Field(pattern=PRINTABLE)]
+Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=PRINTABLE)]
+Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
 Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 

@@ -190,6 +190,10 @@ def _rejections(response: httpx.Response) -> dict[str, str]:
         ({"env": "a\x1fb"}, "env", "control characters"),
         ({"serviceKey": "b\x1fc"}, "serviceKey", "control characters"),
         ({"workflowId": "w\x00"}, "workflowId", "control characters"),
+        # An identity is in the key of every row its run keeps: one the size of a payload is a mistake.
+        ({"workflowId": "w" * 1001}, "workflowId", "at most 1000 characters"),
+        ({"eventId": "e" * 1001}, "eventId", "at most 1000 characters"),
+        ({"env": "p" * 1001}, "env", "at most 1000 characters"),
     ],
     ids=[
         "before-1970",
@@ -200,15 +204,19 @@ def _rejections(response: httpx.Response) -> dict[str, str]:
         "env-us",
         "key-us",
         "id-nul",
+        "id-too-long",
+        "event-id-too-long",
+        "env-too-long",
     ],
 )
-def test_values_otlp_cannot_carry_are_rejected_per_event_and_the_rest_delivered(bridge, change, field, reason):
+def test_values_out_of_bounds_are_rejected_per_event_and_the_rest_delivered(bridge, change, field, reason):
     process, receiver = bridge
     good = WorkflowRun("beside-bad").started().step_started("a").after(1).step_completed("a").completed()
     bad = {**good.events[1], "eventId": "poisoned", "durationMs": 5} | change
     rejected = _rejections(process.post([*good.events[:2], bad, *good.events[2:]]))
-    assert rejected.keys() == {"poisoned"}
-    assert rejected["poisoned"].startswith(f"{field}:") and reason in rejected["poisoned"]
+    (why,) = rejected.values()
+    assert rejected.keys() == {bad["eventId"]}
+    assert why.startswith(f"{field}:") and reason in why
     trace_id = trace_id_for("durable-effect", "production", "shop", good.workflow_id).hex()
     receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2)
 

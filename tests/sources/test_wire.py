@@ -1,5 +1,5 @@
 """What every source's wire models share: times OTLP can carry, judged in UTC; identities without control
-characters; payloads shown within bounds."""
+characters, of bounded length; payloads shown within bounds."""
 
 import random
 from datetime import UTC, datetime, timedelta, timezone
@@ -67,6 +67,11 @@ def test_an_identity_with_a_control_character_is_named_as_such():
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x1fb") == CONTROL_CHARACTERS
     assert _problem(at="2025-03-01T12:00:00Z", id="a\x7f") == CONTROL_CHARACTERS
     assert _problem(at="2025-03-01T12:00:00Z", id="café ✓") == ""
+
+
+def test_an_identity_is_at_most_a_thousand_characters_as_temporals_ids_are():
+    assert _problem(at="2025-03-01T12:00:00Z", id="i" * 1000) == ""
+    assert _problem(at="2025-03-01T12:00:00Z", id="i" * 1001) == "String should have at most 1000 characters"
 
 
 def test_a_captured_input_nested_too_deeply_to_write_out_is_said_so_and_its_event_kept():
