@@ -88,22 +88,23 @@ class _AtExit:
 
     A child that `multiprocessing` starts by forking (its default on Linux, and `Pool`'s and
     `ProcessPoolExecutor`'s workers) leaves by `os._exit`, which skips `atexit`: the runs its tracker
-    held were lost with it. Such a child runs multiprocessing's exit finalizers instead, so the call
-    is registered there too: by a tracker made in the child, and for one made before the fork when
-    the child starts (multiprocessing empties the registry a child inherits, then runs its
-    after-fork callbacks). Read from `sys.modules`: a process that never imported multiprocessing
-    has no such child, and is spared the import."""
+    held were lost with it. Such a child runs multiprocessing's exit finalizers instead, so the call is registered there
+    too: by a tracker made once multiprocessing is imported (in the main process its finalizers run
+    at exit as well, and the call runs once), and, for one made before the fork, as the child starts
+    (multiprocessing empties the registry a child inherits, then runs its after-fork callbacks). Read
+    from `sys.modules`: a process that never imported multiprocessing has no such child, and is
+    spared the import."""
 
     def __init__(self, call: Callable[[], None]) -> None:
         self._call = call
         self._over = False
         self._finalizer: Any = None
         atexit.register(self.run)
-        self._in_multiprocessing_child()
+        self._at_multiprocessing_exit()
         after_fork_in_child(self._forked)
 
     def run(self) -> None:
-        if not self._over:  # a child that spawn starts runs both: the finalizers, then atexit
+        if not self._over:
             self._over = True
             self._call()
 
@@ -115,9 +116,8 @@ class _AtExit:
 
     def _forked(self) -> None:
         if not self._over and (util := sys.modules.get("multiprocessing.util")) is not None:
-            util.register_after_fork(self, _AtExit._in_multiprocessing_child)
+            util.register_after_fork(self, _AtExit._at_multiprocessing_exit)
 
-    def _in_multiprocessing_child(self) -> None:
-        util = sys.modules.get("multiprocessing.util")
-        if not self._over and util is not None and util.process.parent_process() is not None:
+    def _at_multiprocessing_exit(self) -> None:
+        if not self._over and (util := sys.modules.get("multiprocessing.util")) is not None:
             self._finalizer = util.Finalize(None, self.run, exitpriority=0)
