@@ -5,6 +5,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def after_fork_in_child(method: Callable[[], None]) -> None:
@@ -14,13 +15,7 @@ def after_fork_in_child(method: Callable[[], None]) -> None:
     prefork pool, `multiprocessing`) gives the child a copy whose threads are gone, whose locks may
     be held by a thread the child does not have, and whose sockets and files are the parent's.
     The OpenTelemetry SDK's batch processors start afresh in the child the same way."""
-    weak = weakref.WeakMethod(method)
-
-    def call() -> None:
-        if (alive := weak()) is not None:
-            alive()
-
-    os.register_at_fork(after_in_child=call)
+    _in_child.add(method)
 
 
 def held_across_fork(locks: Callable[[], list[threading.Lock]], timeout: float) -> None:
@@ -32,18 +27,54 @@ def held_across_fork(locks: Callable[[], list[threading.Lock]], timeout: float) 
     in-process tracker). Holding the locks that guard every SQLite call of an object lets those calls
     finish first. A lock not had within `timeout` (the forking thread holds it itself) is forked as it is.
     """
-    weak = weakref.WeakMethod(locks)
-    taken: list[threading.Lock] = []  # forks are one at a time: CPython holds its import lock across them
+    _held.add(locks, timeout)
 
-    def before() -> None:
-        if (alive := weak()) is not None:
-            taken.extend(lock for lock in alive() if lock.acquire(timeout=timeout))
 
-    def release() -> None:  # in the parent, and the child's copies, held by its only thread
-        while taken:
-            taken.pop().release()
+class _Registry:
+    """Bound methods called at every fork while their objects live, in the order they came.
 
-    os.register_at_fork(before=before, after_in_parent=release, after_in_child=release)
+    `os.register_at_fork` cannot take a hook back: one per object made kept ~1.6 KiB of every
+    tracker an application made and closed (4.5 KiB an in-memory one), for the process's life, and
+    ran them all at each fork. One hook per process calls these instead; a method leaves with its
+    object."""
+
+    def __init__(self) -> None:
+        self._methods: dict[int, tuple[weakref.WeakMethod[Callable[..., Any]], Any]] = {}
+
+    def add(self, method: Callable[..., Any], extra: Any = None) -> None:
+        weak = weakref.WeakMethod(method, self._gone)
+        self._methods[id(weak)] = (weak, extra)
+
+    def _gone(self, weak: weakref.WeakMethod[Callable[..., Any]]) -> None:
+        self._methods.pop(id(weak), None)
+
+    def alive(self) -> list[tuple[Callable[..., Any], Any]]:
+        return [(method, extra) for weak, extra in list(self._methods.values()) if (method := weak()) is not None]
+
+
+_in_child = _Registry()
+_held = _Registry()
+_taken: list[threading.Lock] = []  # forks are one at a time: CPython holds its import lock across them
+
+
+def _start_afresh() -> None:
+    for method, _ in _in_child.alive():
+        method()
+
+
+def _hold() -> None:
+    for locks, timeout in _held.alive():
+        _taken.extend(lock for lock in locks() if lock.acquire(timeout=timeout))
+
+
+def _release() -> None:  # in the parent, and the child's copies, held by its only thread
+    while _taken:
+        _taken.pop().release()
+
+
+# The child lets go of the locks it was forked holding first: an object starting afresh may take one.
+os.register_at_fork(before=_hold, after_in_parent=_release, after_in_child=_release)
+os.register_at_fork(after_in_child=_start_afresh)
 
 
 def event_like(event: threading.Event) -> threading.Event:
