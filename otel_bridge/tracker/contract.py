@@ -87,13 +87,13 @@ class _AtExit:
     """One call at the end of this process, whichever way it ends normally.
 
     A child that `multiprocessing` starts by forking (its default on Linux, and `Pool`'s and
-    `ProcessPoolExecutor`'s workers) leaves by `os._exit`, which skips `atexit`: the runs its tracker
-    held were lost with it. Such a child runs multiprocessing's exit finalizers instead, so the call is registered there
-    too: by a tracker made once multiprocessing is imported (in the main process its finalizers run
-    at exit as well, and the call runs once), and, for one made before the fork, as the child starts
-    (multiprocessing empties the registry a child inherits, then runs its after-fork callbacks). Read
-    from `sys.modules`: a process that never imported multiprocessing has no such child, and is
-    spared the import."""
+    `ProcessPoolExecutor`'s workers) leaves by `os._exit`, which skips `atexit`: the runs its
+    tracker held were lost with it. Such a child runs multiprocessing's exit finalizers instead, so
+    the call is registered there too: by a tracker made once multiprocessing is imported (in the
+    main process those finalizers run at exit as well, and the call runs once), and, for one made
+    before the fork, as the child starts (multiprocessing empties the registry a child inherits,
+    then runs its after-fork callbacks). Read from `sys.modules`: a process that never imported
+    multiprocessing has no such child, and is spared the import."""
 
     def __init__(self, call: Callable[[], None]) -> None:
         self._call = call
