@@ -250,7 +250,7 @@ def _not_written_by_it(source: str, written: Path, verb: str, what: str) -> None
 def _resend_spans(settings: Settings, source: str) -> int:
     """Spans the backend refused for good (a span dead-letter file) back into the outbox, then sent."""
     from otel_bridge.export.dead_spans import NotResendable, outbox_row
-    from otel_bridge.receivers.json_text import loads
+    from otel_bridge.json_text import loads
     from otel_bridge.runtime import Bridge
 
     if not Path(source).is_file():
@@ -401,7 +401,7 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
     """(where from, document) of each timeline in these files or URLs (a file may hold a list)."""
     import httpx
 
-    from otel_bridge.receivers.json_text import loads
+    from otel_bridge.json_text import loads
 
     documents: list[tuple[str, Any]] = []
     for source in sources:

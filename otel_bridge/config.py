@@ -11,10 +11,11 @@ import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from otel_bridge.urls import without_password
 
 DAY = 86_400.0
 
@@ -355,12 +356,3 @@ def _meant(name: str, known: Iterable[str]) -> str | None:
     """The known name `name` is most likely a misspelling of, if any is close."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
     return close[0] if close else None
-
-
-def without_password(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -11,12 +11,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge import __version__, liveness
 from otel_bridge import conventions as c
-from otel_bridge.config import REDIS_SCHEMES, Settings, without_password
+from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
@@ -29,14 +30,17 @@ from otel_bridge.observed import ObservedConsumer
 from otel_bridge.on_loop import OnLoop
 from otel_bridge.pipeline import Decoder, Pipeline, here
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.receivers.redis_stream import StreamReceiver
-from otel_bridge.receivers.websocket import WebSocketReceiver
 from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Checkpointed, Evicting, OnDisk, Store
+from otel_bridge.urls import without_password
+
+if TYPE_CHECKING:
+    from otel_bridge.receivers.redis_stream import StreamReceiver
+    from otel_bridge.receivers.websocket import WebSocketReceiver
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +332,8 @@ class Bridge:
         s = self.settings
         out: list[tuple[str, Callable[[], None]]] = []
         if s.stream_url:
+            from otel_bridge.receivers.redis_stream import StreamReceiver  # redis-py: only for a bridge that follows
+
             stream = StreamReceiver(
                 s.stream_url,
                 s.stream_key,
@@ -347,6 +353,8 @@ class Bridge:
             out.append(("redis-stream", lambda: stream.run(self._stop)))
             self.followers["redis-stream"] = stream
         if s.ws_url:
+            from otel_bridge.receivers.websocket import WebSocketReceiver
+
             websocket = WebSocketReceiver(
                 s.ws_url,
                 self.consumer("websocket", self.phase10_decoder()),

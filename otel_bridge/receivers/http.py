@@ -32,8 +32,8 @@ from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import RunQuery
+from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.receivers.json_text import loads
 from otel_bridge.sources.wire import json_kind
 
 log = logging.getLogger(__name__)

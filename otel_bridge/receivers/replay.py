@@ -17,8 +17,8 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
+from otel_bridge.json_text import BOM, loads
 from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
-from otel_bridge.receivers.json_text import BOM, loads
 
 BATCH = 1000
 

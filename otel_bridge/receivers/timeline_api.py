@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from otel_bridge.receivers.json_text import loads
+from otel_bridge.json_text import loads
 from otel_bridge.sources.wire import utc
 
 PAGE = 100  # the most the API hands out at once

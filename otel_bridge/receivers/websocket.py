@@ -23,9 +23,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
 from otel_bridge.consumer import EventConsumer, Unavailable
+from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.receivers.json_text import loads
 from otel_bridge.repeated_failure import RepeatedFailure
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ import orjson
 from pydantic import BaseModel, Field, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, ErrorDetails, core_schema
 
+from otel_bridge.json_text import JSON_DEPTH
 from otel_bridge.lifecycle import AttributeValue
 
 # OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
@@ -148,12 +149,6 @@ def iso(moment: datetime | None) -> str | None:
 
 def attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
     return {key: value for key, value in values.items() if value is not None}
-
-
-# How deep orjson writes (and so how deep a copy of a payload is worth making): past it, a payload is
-# "too deep" either way, and a copy that went on would near Python's recursion limit, where any
-# finalizer the garbage collector runs fails (a structure that holds itself would go all the way).
-JSON_DEPTH = 254
 
 
 def redacted(value: Any, keys: frozenset[str], depth: int = 0) -> Any:

@@ -23,8 +23,8 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from otel_bridge.config import without_password
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
+from otel_bridge.urls import without_password
 
 log = logging.getLogger(__name__)
 

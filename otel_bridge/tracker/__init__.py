@@ -6,10 +6,11 @@
 - `WorkflowEvents`, `JobEvents`: typed builders of the 24 events, checked as the bridge checks them.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from otel_bridge.tracker.contract import AsyncTracker, Tracker
-from otel_bridge.tracker.events import JobEvents, WorkflowEvents
 from otel_bridge.tracker.http_batch import AsyncHttpBatchTracker, HttpBatchTracker, TrackerStats
-from otel_bridge.tracker.in_process import AsyncOtelTracker, OtelTracker
 from otel_bridge.tracker.testing import (
     AsyncInMemoryTracker,
     AsyncNoopTracker,
@@ -18,6 +19,29 @@ from otel_bridge.tracker.testing import (
     NoopTracker,
     create_in_memory_tracker,
 )
+
+if TYPE_CHECKING:
+    from otel_bridge.tracker.events import JobEvents, WorkflowEvents
+    from otel_bridge.tracker.in_process import AsyncOtelTracker, OtelTracker
+
+# The in-process tracker is the whole bridge (its pipeline, the OpenTelemetry SDK and exporters) and
+# the event builders are the wire models: each is imported when first asked for, so a producer that
+# only POSTs to a sidecar does not pay for them at its start.
+_ON_FIRST_USE = {
+    "OtelTracker": "in_process",
+    "AsyncOtelTracker": "in_process",
+    "JobEvents": "events",
+    "WorkflowEvents": "events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if (module := _ON_FIRST_USE.get(name)) is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncHttpBatchTracker",

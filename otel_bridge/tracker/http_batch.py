@@ -25,11 +25,11 @@ from typing import Any, Self
 import httpx
 import orjson
 
-from otel_bridge.config import without_password
 from otel_bridge.forks import after_fork_in_child, event_like
-from otel_bridge.receivers.json_text import as_read_back
+from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
+from otel_bridge.urls import without_password
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from otel_bridge.config import Settings, unknown_settings, unknown_variables
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
-from otel_bridge.receivers.json_text import as_read_back
+from otel_bridge.json_text import as_read_back
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 

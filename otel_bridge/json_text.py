@@ -6,7 +6,10 @@ from typing import Any
 
 import orjson
 
-from otel_bridge.sources.wire import JSON_DEPTH
+# How deep orjson writes (and so how deep a copy of a payload is worth making): past it, a payload is
+# "too deep" either way, and a copy that went on would near Python's recursion limit, where any
+# finalizer the garbage collector runs fails (a structure that holds itself would go all the way).
+JSON_DEPTH = 254
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 

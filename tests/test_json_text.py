@@ -2,8 +2,7 @@
 
 import pytest
 
-from otel_bridge.receivers.json_text import as_read_back, loads
-from otel_bridge.sources.wire import JSON_DEPTH
+from otel_bridge.json_text import JSON_DEPTH, as_read_back, loads
 
 
 def test_a_lone_surrogate_escape_reads_as_a_replacement_character():
