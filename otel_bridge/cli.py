@@ -290,7 +290,8 @@ def _resend_spans(settings: Settings, source: str) -> int:
 
 
 def _settle_again(settings: Settings, dry_run: bool) -> int:
-    """Runs set aside after failing to settle `settle_attempts` times, put back in play (due now)."""
+    """Runs set aside after failing to settle `settle_attempts` times, or kept aside as unreadable by
+    the version that met them, put back in play (due now)."""
     import time
 
     from otel_bridge import keys
@@ -300,16 +301,16 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
 
     store = open_store(settings, read_only=dry_run)  # only looking: beside a running bridge, as `runs` does
     try:
-        aside = list(store.states(keys.SET_ASIDE))
+        aside = [*store.states(keys.SET_ASIDE), *store.states(keys.UNREADABLE)]
         for key, blob in aside:
             try:
                 state, reason, at = journal.read_aside(key, blob)
             except ValueError as exc:
-                print(f"{keys.readable(key)}  cannot be read: {exc}")
+                print(f"{keys.readable(key)}  cannot be read by this version: {exc}")
                 continue
             named = f"{state.run.name}  " if isinstance(state, RunState) and state.run.name else ""
-            when = datetime.fromtimestamp(at).isoformat(sep=" ", timespec="seconds")
-            print(f"{named}{keys.readable(key)}  set aside {when}: {reason}")
+            when = f" {datetime.fromtimestamp(at).isoformat(sep=' ', timespec='seconds')}" if at else ""
+            print(f"{named}{keys.readable(key)}  set aside{when}: {reason}")
         if dry_run or not aside:
             print(f"set aside: {len(aside)}" + ("  (--dry-run: nothing put back)" if aside else ""))
             return 0
@@ -318,7 +319,7 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
             try:
                 why = store.run(partial(journal.put_back, aside=key, now=time.time()))
             except ValueError as exc:
-                why = f"cannot be read: {exc}"
+                why = f"cannot be read by this version: {exc}"
             if why is not None:
                 left.append(f"  {keys.readable(key)}: {why}")
     finally:
@@ -526,7 +527,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     for state, reason in aside:
         # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
-        console.print(f"set aside after failing to settle: {reason}; `otel-bridge settle-again` puts it back")
+        console.print(f"set aside, {reason}; `otel-bridge settle-again` puts it back")
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     return 0
 
@@ -684,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(show)
     again = sub.add_parser(
         "settle-again",
-        help="put the runs set aside after failing to settle back in play, once the cause is mended",
+        help="put the runs set aside (after failing to settle, or unreadable by a version that met them) back in "
+        "play, once the cause is mended",
     )
     again.add_argument("--dry-run", action="store_true", help="only list them, with why each was set aside")
     _add_settings_flags(again)

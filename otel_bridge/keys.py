@@ -42,10 +42,14 @@ def is_kept_aside(key: str) -> bool:
     return key.startswith((UNREADABLE, SET_ASIDE))
 
 
+def in_play(aside: str) -> str:
+    """The key a state kept aside (unreadable, or set aside after failing to settle) is put back under."""
+    return aside.removeprefix(UNREADABLE).removeprefix(SET_ASIDE)
+
+
 def readable(key: str) -> str:
     """A run's or job's key as people read it: its fields (engine, env, service, [tenant,] id) with spaces."""
-    for prefix in (UNREADABLE, SET_ASIDE):
-        key = key.removeprefix(prefix)
+    key = in_play(key)
     kind, _, fields = key.partition(SEPARATOR)
     return fields.replace(SEPARATOR, " ") if kind in ("run", "job") else key.replace(SEPARATOR, " ")
 

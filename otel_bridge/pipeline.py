@@ -469,10 +469,11 @@ class Pipeline:
         return [run for key, head in named if (run := self._whole(key, head)) is not None]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
-        """The runs with this id set aside after failing to settle, whole, and why each was."""
+        """The runs with this id set aside (after failing to settle, or unreadable by a version that
+        met them), whole, and why each is out of play."""
         ending = keys.SEPARATOR + run_id
         found = []
-        for key, blob in self.store.states(SET_ASIDE):
+        for key, blob in [*self.store.states(SET_ASIDE), *self.store.states(keys.UNREADABLE)]:
             if not key.endswith(ending):
                 continue
             try:
@@ -481,7 +482,8 @@ class Pipeline:
                 log.warning("run state %r is not readable; skipped", key)
                 continue
             if isinstance(aside.state, RunState):
-                found.append((aside.state, aside.reason))
+                unreadable = key.startswith(keys.UNREADABLE)
+                found.append((aside.state, aside.reason if unreadable else f"failed to settle: {aside.reason}"))
         return found
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:

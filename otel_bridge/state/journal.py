@@ -13,6 +13,7 @@ before they had rows) reads too, and they are journalled at that reading.
 """
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
+import otel_bridge
 from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.runs import RunState
@@ -76,12 +78,13 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
     sent = [] if job else tx.facts(keys.sent_spans(key))
     try:
         state = decode(key, header, rows, sent)
-    except ValueError:
-        # A state this version cannot read must not refuse every later event of the run:
-        # keep it aside for a human, and start the run afresh.
+    except ValueError as exc:
+        # A state this version cannot read must not refuse every later event of the run: kept
+        # aside whole (its facts, the spans it sent, why) for `settle-again` to put back once a
+        # version that reads it runs (after a downgrade, the upgrade again), and the run started afresh.
         log.exception("unreadable state for %r; kept as %r and started afresh", key, keys.UNREADABLE + key)
-        tx.save(keys.UNREADABLE + key, b"\n".join([header, *rows]), None)
-        delete(tx, key)
+        why = f"unreadable by otel-bridge {otel_bridge.__version__}: {type(exc).__name__}: {exc}"
+        set_aside(tx, key, header, why, time.time(), under=keys.UNREADABLE)
         return None, None
     if isinstance(state, RunState) and state.facts and not rows:
         # Stored by an earlier version, facts inside the state: from now on they are rows.
@@ -159,9 +162,10 @@ def _row(facts: Iterable[Fact]) -> bytes:
     return b",".join(map(_encode, facts))
 
 
-def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float) -> None:
-    """A run whose settling keeps failing, out of play: its state, facts and sent span ids kept whole
-    under `keys.SET_ASIDE` with the reason, for `put_back` once the cause is mended."""
+def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float, under: str = keys.SET_ASIDE) -> None:
+    """A run out of play (its settling keeps failing; `keys.UNREADABLE`: this version cannot read it):
+    its state, facts and sent span ids kept whole under the prefix `under` with the reason, for
+    `put_back` once the cause is mended."""
     kept = {
         "reason": reason,
         "at": now,
@@ -169,7 +173,7 @@ def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float)
         "facts": [row.decode(errors="replace") for row in tx.facts(key)],
         "sent": [row.decode(errors="replace") for row in tx.facts(keys.sent_spans(key))],
     }
-    tx.save(keys.SET_ASIDE + key, orjson.dumps(kept), None)
+    tx.save(under + key, orjson.dumps(kept), None)
     delete(tx, key)
 
 
@@ -181,17 +185,29 @@ class Aside(NamedTuple):
     at: float
 
 
-def _kept(blob: bytes) -> dict[str, Any]:
-    kept = orjson.loads(blob)
-    if not isinstance(kept, dict) or not isinstance(kept.get("state"), str):
-        raise ValueError("not a run set aside by this bridge")
-    return kept
+def _kept(aside: str, blob: bytes) -> dict[str, Any]:
+    try:
+        kept = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        kept = None
+    if isinstance(kept, dict) and isinstance(kept.get("state"), str):
+        return kept
+    if aside.startswith(keys.UNREADABLE):
+        # As earlier versions kept an unreadable state: its header and fact rows, a line each.
+        header, *rows = blob.split(b"\n")
+        return {
+            "reason": "unreadable (kept by an earlier otel-bridge, without the spans it had sent)",
+            "at": 0.0,
+            "state": header.decode(errors="replace"),
+            "facts": [row.decode(errors="replace") for row in rows],
+        }
+    raise ValueError("not a run set aside by this bridge")
 
 
 def read_aside(aside: str, blob: bytes) -> Aside:
     """What `set_aside` kept under the key `aside`; raises ValueError when it cannot be read."""
-    kept = _kept(blob)
-    key = aside.removeprefix(keys.SET_ASIDE)
+    kept = _kept(aside, blob)
+    key = keys.in_play(aside)
     state = decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
     return Aside(state, str(kept.get("reason", "")), float(kept.get("at", 0.0)))
 
@@ -200,12 +216,15 @@ def put_back(tx: Transaction, aside: str, now: float) -> str | None:
     """The run set aside under `aside` in play again, due now, as it was; None when done, else why not.
 
     A run that started again under the same key meanwhile (its later events) is left as it is:
-    two states of one run are not merged here."""
-    key = aside.removeprefix(keys.SET_ASIDE)
+    two states of one run are not merged here. Raises ValueError when this version cannot read it
+    (nothing is put back then)."""
+    key = keys.in_play(aside)
     loaded = tx.load(aside)
     if loaded is None:
         return "no longer set aside"
-    kept = _kept(loaded[0])
+    kept = _kept(aside, loaded[0])
+    # Read before it is put back: one this version cannot read would be set aside again at its first event.
+    decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
     if tx.load(key) is not None:
         return "the run has a newer state (events that came after it was set aside): left set aside"
     tx.save(key, kept["state"].encode(), now)

@@ -411,7 +411,8 @@ def test_a_producer_that_only_posts_does_not_load_the_bridge_with_its_tracker():
     code = """
 import sys
 from otel_bridge.tracker import HttpBatchTracker
-heavy = ("otel_bridge.runtime", "opentelemetry.sdk", "grpc", "pydantic", "pydantic_settings", "redis", "importlib.metadata")
+heavy = ("otel_bridge.runtime", "opentelemetry.sdk", "grpc", "pydantic", "pydantic_settings", "redis",
+         "importlib.metadata")
 print(sorted(name for name in heavy if name in sys.modules))
 from otel_bridge.tracker import OtelTracker, WorkflowEvents  # still there when asked for
 print(OtelTracker.__module__, WorkflowEvents.__module__)
