@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-import grpc
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -24,7 +21,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.config import HTTP_SCHEMES
 
@@ -71,11 +67,11 @@ class MetricSender(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _span_count(request: ExportTraceServiceRequest) -> int:
+def span_count(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
-def _answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResult:
+def answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResult:
     """A 2xx answer, read for the spans it may have refused (OTLP partial success)."""
     if isinstance(response, bytes | bytearray):
         try:
@@ -94,14 +90,10 @@ def _answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResu
 # single spans) until someone fixed the configuration; as failures, the spans wait in the outbox, the
 # export is told failing (log, /readyz, BridgeExportFailing) and everything goes out once it is fixed.
 _HTTP_REFUSES_THE_BRIDGE = frozenset({401, 403, 404, 405, 407})
-_GRPC_REFUSES_THE_BRIDGE = frozenset(
-    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND,
-     grpc.StatusCode.UNIMPLEMENTED}
-)  # fmt: skip
-_NOT_THE_SPANS = "the backend refuses the bridge, not its spans: check the endpoint and its credentials"
+NOT_THE_SPANS = "the backend refuses the bridge, not its spans: check the endpoint and its credentials"
 
 
-class _Recorder:
+class Recorder:
     """Stands in front of the exporter's client to keep the backend's last answer (the SDK keeps a bool)."""
 
     def __init__(self, inner: Any) -> None:
@@ -112,52 +104,10 @@ class _Recorder:
         return getattr(self._inner, name)
 
 
-class _RecordingTransport(_Recorder):
+class _RecordingTransport(Recorder):
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self.last = self._inner.request(*args, **kwargs)
         return self.last
-
-
-class _RecordingStub(_Recorder):
-    def Export(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the gRPC method's name
-        try:
-            self.last = self._inner.Export(*args, **kwargs)
-        except grpc.RpcError as error:
-            self.last = error
-            raise
-        return self.last
-
-
-class _GrpcTraces(GrpcSpanExporter):
-    # The mixin translates SDK spans into a request right before sending: our
-    # requests are already built.
-    def _translate_data(self, data: ExportTraceServiceRequest) -> ExportTraceServiceRequest:  # type: ignore[override]
-        return data
-
-    def _count_data(self, data: ExportTraceServiceRequest) -> int:  # type: ignore[override]
-        return _span_count(data)
-
-    def _initialize_channel_and_stub(self) -> None:
-        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
-        self._recorder = _RecordingStub(self._client)
-        self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
-
-    def send(self, request: bytes) -> ExportResult:
-        self._recorder.last = None
-        # The gRPC stub serializes a message itself.
-        message = ExportTraceServiceRequest.FromString(request)
-        ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
-        last = self._recorder.last
-        if ok:
-            return _answered(last)
-        if not isinstance(last, grpc.RpcError):
-            return ExportResult(Delivery.RETRY, "")
-        code, details = last.code(), last.details()
-        if code in _GRPC_REFUSES_THE_BRIDGE:
-            return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({_NOT_THE_SPANS})")
-        if code not in self._retryable_error_codes:  # type: ignore[operator]
-            return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
-        return ExportResult(Delivery.RETRY, f"gRPC {code.name}")
 
 
 class _HttpTraces(HttpSpanExporter):
@@ -172,10 +122,10 @@ class _HttpTraces(HttpSpanExporter):
         result = self._client.export(request)
         last = self._recorder.last
         if result.success:
-            return _answered(last.content() if last is not None else None)
+            return answered(last.content() if last is not None else None)
         code = result.status_code
         if code in _HTTP_REFUSES_THE_BRIDGE:
-            return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({_NOT_THE_SPANS})")
+            return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({NOT_THE_SPANS})")
         if code is not None and 400 <= code < 500 and code not in (408, 429):
             body = ""
             if last is not None:
@@ -280,7 +230,9 @@ def trace_sender() -> TraceSender:
 
         return ConsoleTraces(None)
     if protocol_for("traces") == GRPC:
-        return _told_if_tls_unasked(_GrpcTraces(), "traces")
+        from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
+
+        return _told_if_tls_unasked(GrpcTraces(), "traces")
     return _a_url(_HttpTraces(), "traces")
 
 
@@ -293,7 +245,9 @@ def metric_sender() -> MetricSender:
 
         return ConsoleMetrics(None)
     if protocol_for("metrics") == GRPC:
-        return _MetricSender(_told_if_tls_unasked(GrpcMetricExporter(), "metrics"))
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return _MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics"))
     return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
 
 
