@@ -13,6 +13,7 @@ before they had rows) reads too, and they are journalled at that reading.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.lifecycle import Fact
+from otel_bridge.repeated_failure import Cadence
 from otel_bridge.state.store import Transaction
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,9 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
         # A state this version cannot read must not refuse every later event of the run: kept
         # aside whole (its facts, the spans it sent, why) for `settle-again` to put back once a
         # version that reads it runs (after a downgrade, the upgrade again), and the run started afresh.
-        log.exception("unreadable state for %r; kept as %r and started afresh", key, keys.UNREADABLE + key)
         why = f"unreadable by otel-bridge {otel_bridge.__version__}: {type(exc).__name__}: {exc}"
         set_aside(tx, key, header, why, time.time(), under=keys.UNREADABLE)
+        _tell_unreadable(key)
         return None, None
     if isinstance(state, RunState) and state.facts and not rows:
         # Stored by an earlier version, facts inside the state: from now on they are rows.
@@ -93,6 +95,33 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
         # Sent span ids inside the header, as earlier versions kept them: from now on they are rows.
         tx.append(keys.sent_spans(key), [(0, _sent_row(state.emitted))])
     return state, due
+
+
+# A downgrade makes every open run's state unreadable at once (a bridge's start meets them all): the
+# first is told with its traceback, then a line a minute with how many more, not a traceback per run.
+_UNREADABLE = Cadence(60.0)
+_TELLING = threading.Lock()
+
+
+def _tell_unreadable(key: str) -> None:
+    with _TELLING:
+        tell, count = _UNREADABLE.failed(), _UNREADABLE.failures
+    if not tell:
+        return
+    if count == 1:
+        log.exception(
+            "unreadable state for %r; kept as %r and the run started afresh (written by another version? "
+            "`otel-bridge settle-again` puts back what the running version reads)",
+            key,
+            keys.UNREADABLE + key,
+        )
+    else:
+        log.error(
+            "%d run states unreadable so far, each kept as unreadable\u241fKEY and its run started afresh; the "
+            "latest %r (`otel-bridge settle-again --dry-run` lists them with why)",
+            count,
+            key,
+        )
 
 
 def prefetch(tx: Transaction, keys_: list[str]) -> None:

@@ -16,6 +16,7 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import NoSender
 from otel_bridge.lifecycle import FactKind, Outcome
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.repeated_failure import Cadence
 from otel_bridge.runtime import Bridge
 from otel_bridge.state import journal
 from otel_bridge.state.redis_store import RedisStore
@@ -274,6 +275,39 @@ def test_an_unreadable_state_does_not_stop_the_bridge_from_starting(tmp_path):
         assert any(k.startswith("unreadable\x1f") for k, _ in bridge.pipeline.store.states())
     finally:
         bridge.stop()
+
+
+def test_a_downgrade_that_makes_every_state_unreadable_is_told_once_a_minute_not_once_a_run(
+    tmp_path, monkeypatch, caplog
+):
+    now = [0.0]
+    monkeypatch.setattr(journal, "_UNREADABLE", Cadence(60.0, clock=lambda: now[0]))
+    pipeline = _pipeline(tmp_path / "s.db")
+    runs = [WorkflowRun().started() for _ in range(5)]
+    pipeline.ingest([event for run in runs for event in run.events])
+    stored = [key for key, _ in pipeline.store.states()]
+    with pipeline.store.transaction() as tx:
+        for key in stored:
+            tx.save(key, b"\x00 written by another version", None)
+    pipeline.store.close()
+    caplog.set_level("ERROR", logger="otel_bridge.state.journal")
+    started = _pipeline(tmp_path / "s.db")
+    started.restore_gauges()  # a start meets them all
+    started.store.close()
+    (told,) = caplog.records
+    assert told.exc_info is not None and "settle-again" in told.getMessage()  # the first, in full
+    now[0] += 61
+    again = _pipeline(tmp_path / "s.db")
+    again.ingest(runs[0].after(1).step_started("a").events[-1:])  # the afresh run: readable, nothing told
+    (key,) = [k for k, _ in again.store.states() if runs[0].workflow_id in k and not keys.is_kept_aside(k)]
+    with again.store.transaction() as tx:
+        tx.save(key, b"\x00 unreadable again", None)
+    again.store.close()
+    third = _pipeline(tmp_path / "s.db")  # not from memory: read from the file
+    third.ingest(runs[0].after(1).step_started("b").events[-1:])
+    third.store.close()
+    assert len(caplog.records) == 2
+    assert "6 run states unreadable so far" in caplog.records[1].getMessage()
 
 
 def test_full_durability_syncs_every_commit(tmp_path):
