@@ -27,7 +27,7 @@ from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
-from otel_bridge.keys import SET_ASIDE
+from otel_bridge.keys import SET_ASIDE, UNREADABLE
 from otel_bridge.lifecycle import JobRecord, LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
@@ -267,10 +267,13 @@ class Pipeline:
 
         run = self._commits.run if grouped and self._commits is not None else self.store.run
         try:
-            return run(guarded)
+            result = run(guarded)
         except BaseException:
             self._forget(touched)
             raise
+        if unreadable := sum(1 for key in touched if key.startswith(UNREADABLE)):
+            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, unreadable)
+        return result
 
     def _forget(self, keys_: set[str]) -> None:
         if self.hot is not None:
@@ -280,7 +283,8 @@ class Pipeline:
         touched.add(key)
         if self.hot is not None and (found := self.hot.get(key)) is not None:
             return found
-        return journal.load(tx, key)
+        # One this version cannot read is kept aside by this transaction: counted once it commits.
+        return journal.load(tx, key, lambda kept: touched.add(UNREADABLE + kept))
 
     def _save(self, tx: Transaction, key: str, changes: journal.Changes) -> None:
         state = changes.state
@@ -604,6 +608,7 @@ class Pipeline:
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])
+            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, len(unreadable))
         if waiting and self.store.overdue_index_new:
             self.store.run(lambda tx: self._index_overdue(tx, waiting))
 

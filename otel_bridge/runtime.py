@@ -169,6 +169,7 @@ class Bridge:
                 c.M_BRIDGE_SPANS_EXPORTED,
                 c.M_BRIDGE_SPANS_REJECTED,
                 c.M_BRIDGE_RUNS_SET_ASIDE,
+                c.M_BRIDGE_RUNS_UNREADABLE,
                 c.M_BRIDGE_EXPORT_FAILURES,
             ]
         )

@@ -104,6 +104,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_RUNS_SET_ASIDE: InstrumentSpec(
         "counter", "{run}", "Runs that could not be settled after several tries (kept aside with the reason)"
     ),
+    c.M_BRIDGE_RUNS_UNREADABLE: InstrumentSpec(
+        "counter", "{run}", "Run states this version could not read (kept aside whole, the run started afresh)"
+    ),
     c.M_BRIDGE_EXPORT_FAILURES: InstrumentSpec("counter", "{failure}", "Failed OTLP export attempts"),
     c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
         "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS

@@ -15,7 +15,7 @@ before they had rows) reads too, and they are journalled at that reading.
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -69,8 +69,11 @@ def with_facts(state: RunState, rows: list[bytes]) -> RunState:
     return state
 
 
-def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
-    """A state and when it is due, or (None, None): never stored, or unreadable (then kept aside)."""
+def load(
+    tx: Transaction, key: str, unreadable: Callable[[str], object] | None = None
+) -> tuple[State | None, float | None]:
+    """A state and when it is due, or (None, None): never stored, or unreadable (then kept aside, and
+    its key handed to `unreadable`)."""
     loaded = tx.load(key)
     if loaded is None:
         return None, None
@@ -87,6 +90,8 @@ def load(tx: Transaction, key: str) -> tuple[State | None, float | None]:
         why = f"unreadable by otel-bridge {otel_bridge.__version__}: {type(exc).__name__}: {exc}"
         set_aside(tx, key, header, why, time.time(), under=keys.UNREADABLE)
         _tell_unreadable(key)
+        if unreadable is not None:
+            unreadable(key)
         return None, None
     if isinstance(state, RunState) and state.facts and not rows:
         # Stored by an earlier version, facts inside the state: from now on they are rows.
