@@ -271,8 +271,8 @@ class Pipeline:
         except BaseException:
             self._forget(touched)
             raise
-        if unreadable := sum(1 for key in touched if key.startswith(UNREADABLE)):
-            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, unreadable)
+        if UNREADABLE in touched:  # the mark `_state` leaves: no scan of what every transaction touched
+            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, sum(1 for key in touched if key.startswith(UNREADABLE)) - 1)
         return result
 
     def _forget(self, keys_: set[str]) -> None:
@@ -283,8 +283,9 @@ class Pipeline:
         touched.add(key)
         if self.hot is not None and (found := self.hot.get(key)) is not None:
             return found
-        # One this version cannot read is kept aside by this transaction: counted once it commits.
-        return journal.load(tx, key, lambda kept: touched.add(UNREADABLE + kept))
+        # One this version cannot read is kept aside by this transaction: among what it touched, with
+        # a mark, counted once it commits.
+        return journal.load(tx, key, lambda kept: touched.update((UNREADABLE, UNREADABLE + kept)))
 
     def _save(self, tx: Transaction, key: str, changes: journal.Changes) -> None:
         state = changes.state

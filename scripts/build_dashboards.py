@@ -356,8 +356,8 @@ def jobs() -> Board:
         description="Over the dashboard's range. Incomplete: runs closed after max_open_seconds with events "
         "missing. Set aside: runs whose settling kept failing, kept out of play until `otel-bridge settle-again` "
         "(alert BridgeRunsSetAside). Unreadable: run states another version wrote, kept aside whole, their runs "
-        "started afresh (alert BridgeRunsUnreadable). Stream entries lost: the Redis stream trimmed past entries the bridge had "
-        "not read (alert BridgeStreamEntriesLost).",
+        "started afresh (alert BridgeRunsUnreadable). Stream entries lost: the Redis stream trimmed past entries "
+        "the bridge had not read (alert BridgeStreamEntriesLost).",
     )  # fmt: skip
     b.state(
         "Engines followed",
