@@ -301,8 +301,7 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
 
     store = open_store(settings, read_only=dry_run)  # only looking: beside a running bridge, as `runs` does
     try:
-        # By key: on Redis, SCAN may name a key twice, and the second put back would say "no longer set aside".
-        aside = list(dict([*store.states(keys.SET_ASIDE), *store.states(keys.UNREADABLE)]).items())
+        aside = list(journal.kept_aside(store).items())
         for key, blob in aside:
             try:
                 state, reason, at = journal.read_aside(key, blob)

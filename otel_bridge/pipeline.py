@@ -27,7 +27,7 @@ from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
-from otel_bridge.keys import SET_ASIDE, UNREADABLE
+from otel_bridge.keys import SET_ASIDE
 from otel_bridge.lifecycle import JobRecord, LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
@@ -65,6 +65,15 @@ class Slices(Protocol):
 def here(work: Callable[[bool], T], movable: bool = True) -> T:
     """Every slice in the thread that settles."""
     return work(False)
+
+
+class _Touched(set[str]):
+    """The keys one transaction touched (they leave memory if it fails), and those it found this
+    version cannot read and kept aside (counted once it commits; a set, for a transaction run again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreadable: set[str] = set()
 
 
 class _TooBig(Exception):
@@ -250,10 +259,10 @@ class Pipeline:
             log.exception("recording metrics failed")
         return report
 
-    def _transaction(self, work: Callable[[Transaction, set[str]], T], grouped: bool = False) -> T:
+    def _transaction(self, work: Callable[[Transaction, _Touched], T], grouped: bool = False) -> T:
         """`work` as one store transaction (shared with concurrent batches when `grouped`);
         the states it touched leave memory if it fails."""
-        touched: set[str] = set()
+        touched = _Touched()
 
         # Both guards are needed: inside, so that the next batch of the same group commit does
         # not read what a batch rolled back to its savepoint left in memory; outside, for a
@@ -271,21 +280,19 @@ class Pipeline:
         except BaseException:
             self._forget(touched)
             raise
-        if UNREADABLE in touched:  # the mark `_state` leaves: no scan of what every transaction touched
-            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, sum(1 for key in touched if key.startswith(UNREADABLE)) - 1)
+        if touched.unreadable:
+            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, len(touched.unreadable))
         return result
 
     def _forget(self, keys_: set[str]) -> None:
         if self.hot is not None:
             self.hot.discard(keys_)
 
-    def _state(self, tx: Transaction, key: str, touched: set[str]) -> tuple[State | None, float | None]:
+    def _state(self, tx: Transaction, key: str, touched: _Touched) -> tuple[State | None, float | None]:
         touched.add(key)
         if self.hot is not None and (found := self.hot.get(key)) is not None:
             return found
-        # One this version cannot read is kept aside by this transaction: among what it touched, with
-        # a mark, counted once it commits.
-        return journal.load(tx, key, lambda kept: touched.update((UNREADABLE, UNREADABLE + kept)))
+        return journal.load(tx, key, touched.unreadable.add)
 
     def _save(self, tx: Transaction, key: str, changes: journal.Changes) -> None:
         state = changes.state
@@ -295,7 +302,7 @@ class Pipeline:
             closed = isinstance(state, RunState) and state.closed
             self.hot.put(key, None if closed else state, changes.due)
 
-    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: set[str]) -> _Ingested:
+    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: _Touched) -> _Ingested:
         """The transaction of one batch; may run more than once on a shared store."""
         out = _Ingested()
         # A workflow event is known again by its run (its facts' event ids); a job's, which leaves
@@ -376,7 +383,7 @@ class Pipeline:
         policy: Policy,
         done: set[str],
         pending: list[str],
-        touched: set[str],
+        touched: _Touched,
         forced: set[str],
         shared: bool = False,
     ) -> _Slice:
@@ -439,7 +446,7 @@ class Pipeline:
         horizon: float,
         now: float,
         policy: Policy,
-        touched: set[str],
+        touched: _Touched,
         new_facts_at_most: int | None = None,
     ) -> Step | None:
         if keys.is_kept_aside(key):
@@ -478,7 +485,7 @@ class Pipeline:
         met them), whole, and why each is out of play."""
         ending = keys.SEPARATOR + run_id
         found = []
-        for key, blob in [*self.store.states(SET_ASIDE), *self.store.states(keys.UNREADABLE)]:
+        for key, blob in journal.kept_aside(self.store).items():
             if not key.endswith(ending):
                 continue
             try:
@@ -608,8 +615,7 @@ class Pipeline:
                 observations.clear()
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
-            self.store.run(lambda tx: [journal.load(tx, key) for key in unreadable])
-            self.metrics.bridge(c.M_BRIDGE_RUNS_UNREADABLE, len(unreadable))
+            self._transaction(lambda tx, touched: [self._state(tx, key, touched) for key in unreadable])
         if waiting and self.store.overdue_index_new:
             self.store.run(lambda tx: self._index_overdue(tx, waiting))
 

@@ -28,7 +28,7 @@ from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.lifecycle import Fact
 from otel_bridge.repeated_failure import Cadence
-from otel_bridge.state.store import Transaction
+from otel_bridge.state.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,13 @@ def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float,
     }
     tx.save(under + key, orjson.dumps(kept), None)
     delete(tx, key)
+
+
+def kept_aside(store: Store) -> dict[str, bytes]:
+    """Every state out of play (set aside after failing to settle, or unreadable), by its kept key.
+
+    A dict: on Redis, SCAN may name a key twice, and a second put-back would say "no longer set aside"."""
+    return dict([*store.states(keys.SET_ASIDE), *store.states(keys.UNREADABLE)])
 
 
 class Aside(NamedTuple):
