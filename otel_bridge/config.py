@@ -258,6 +258,11 @@ class Settings(BaseSettings):
     )
     ws_env: str = Field("production", min_length=1, description="`deployment.environment.name` of its runs.")
 
+    @property
+    def in_memory(self) -> bool:
+        """State that goes with the process (SQLite's `:memory:`, the in-process tracker's default)."""
+        return self.state == ":memory:"
+
     @field_validator("api_key", "bearer_token")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:

@@ -503,7 +503,7 @@ class Bridge:
     def _outbox_waiting(self) -> str:
         # "Safely" only where the outbox is on disk: an in-memory one goes with the process.
         depth = self.store.outbox_depth()
-        if self.settings.state == ":memory:":
+        if self.settings.in_memory:
             return f"{depth} spans wait in the outbox, in memory, for as long as this process lives"
         return f"{depth} spans wait safely in the outbox"
 
@@ -551,7 +551,7 @@ class Bridge:
                     self.store.outbox_depth(),
                     " (an export was still waiting on the backend)" if stuck else "",
                     "lost with the state, which is in memory"
-                    if self.settings.state == ":memory:"
+                    if self.settings.in_memory
                     else "they are kept and sent on the next start",
                 )
             if "metric-export" not in stuck:

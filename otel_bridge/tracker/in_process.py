@@ -144,7 +144,7 @@ class OtelTracker:
         """The bridge of this process (called under `_storing`): after a fork, a new one, in memory."""
         if self._inherited:
             settings = self._settings
-            if settings.state != ":memory:":
+            if not settings.in_memory:
                 log.error(
                     "OtelTracker: this process was forked from the one that opened the state file %s, which is "
                     "that process's alone: this process's runs are kept in memory (lost if it is killed). Make "
