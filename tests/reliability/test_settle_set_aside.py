@@ -4,6 +4,7 @@ import time
 
 import orjson
 import pytest
+from bridge_counters import counted
 from builders import WorkflowRun
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -16,17 +17,6 @@ from otel_bridge.runtime import open_store
 from otel_bridge.state import journal as journal_module
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Store
-
-
-def _bridge_counter(metrics: MetricsHub, name: str) -> float:
-    total = 0.0
-    for data in metrics.collect():
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        total += sum(p.value for p in metric.data.data_points)
-    return total
 
 
 def test_a_run_that_never_settles_is_set_aside_after_the_configured_tries(tmp_path, monkeypatch):
@@ -60,7 +50,7 @@ def test_a_run_that_never_settles_is_set_aside_after_the_configured_tries(tmp_pa
     assert key.startswith("unsettled\x1f")
     aside = orjson.loads(kept[key])
     assert "OverflowError" in aside["reason"] and bad.workflow_id in aside["state"]
-    assert _bridge_counter(metrics, "otel_bridge.runs.set_aside") == 1
+    assert counted(metrics, "otel_bridge.runs.set_aside") == 1
 
 
 def test_a_stuck_run_that_fails_to_settle_is_still_listed_as_overdue_while_it_is_tried_again(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import uuid
 
 import orjson
 import pytest
+from bridge_counters import counted
 from builders import WorkflowRun
 
 from otel_bridge import keys
@@ -26,19 +27,6 @@ from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
 def _pipeline(path, **settings) -> Pipeline:
     s = Settings(state=str(path), settle_seconds=0, **settings)
     return Pipeline(SqliteStore(s.state), MetricsHub(), s)
-
-
-def _counted(metrics: MetricsHub, name: str) -> float:
-    """What one of the bridge's own counters holds."""
-    return sum(
-        point.value
-        for data in metrics.collect()
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    )
 
 
 def _rows(path) -> dict[str, int]:
@@ -307,7 +295,7 @@ def test_a_downgrade_that_makes_every_state_unreadable_is_told_once_a_minute_not
     started = _pipeline(tmp_path / "s.db")
     started.restore_gauges()  # a start meets them all
     started.store.close()
-    assert _counted(started.metrics, "otel_bridge.runs.unreadable") == 5  # alert BridgeRunsUnreadable
+    assert counted(started.metrics, "otel_bridge.runs.unreadable") == 5  # alert BridgeRunsUnreadable
     (told,) = caplog.records
     assert told.exc_info is not None and "settle-again" in told.getMessage()  # the first, in full
     now[0] += 61
@@ -320,7 +308,7 @@ def test_a_downgrade_that_makes_every_state_unreadable_is_told_once_a_minute_not
     third = _pipeline(tmp_path / "s.db")  # not from memory: read from the file
     third.ingest(runs[0].after(1).step_started("b").events[-1:])
     third.store.close()
-    assert _counted(third.metrics, "otel_bridge.runs.unreadable") == 1  # met by a batch: counted as it commits
+    assert counted(third.metrics, "otel_bridge.runs.unreadable") == 1  # met by a batch: counted as it commits
     assert len(caplog.records) == 2
     assert "6 run states unreadable so far" in caplog.records[1].getMessage()
 
