@@ -36,20 +36,29 @@ class _Registry:
     `os.register_at_fork` cannot take a hook back: one per object made kept ~1.6 KiB of every
     tracker an application made and closed (4.5 KiB an in-memory one), for the process's life, and
     ran them all at each fork. One hook per process calls these instead; a method leaves with its
-    object."""
+    object.
+
+    Each is kept as a weak reference to its object beside its function, not as a `WeakMethod`:
+    the callback a WeakMethod sets on itself can run after the WeakMethod is gone while the
+    interpreter exits, and CPython then prints "Exception ignored in ... WeakMethod ... '_alive'"
+    (an in-process tracker's every exit did; blinker met the same, pallets-eco/blinker#174)."""
 
     def __init__(self) -> None:
-        self._methods: dict[int, tuple[weakref.WeakMethod[Callable[..., Any]], Any]] = {}
+        self._methods: dict[int, tuple[weakref.ref[Any], Callable[..., Any], Any]] = {}
 
     def add(self, method: Callable[..., Any], extra: Any = None) -> None:
-        weak = weakref.WeakMethod(method, self._gone)
-        self._methods[id(weak)] = (weak, extra)
+        owner = weakref.ref(method.__self__, self._gone)  # type: ignore[attr-defined]
+        self._methods[id(owner)] = (owner, method.__func__, extra)  # type: ignore[attr-defined]
 
-    def _gone(self, weak: weakref.WeakMethod[Callable[..., Any]]) -> None:
-        self._methods.pop(id(weak), None)
+    def _gone(self, owner: weakref.ref[Any]) -> None:
+        self._methods.pop(id(owner), None)
 
     def alive(self) -> list[tuple[Callable[..., Any], Any]]:
-        return [(method, extra) for weak, extra in list(self._methods.values()) if (method := weak()) is not None]
+        found = []
+        for owner, function, extra in list(self._methods.values()):
+            if (obj := owner()) is not None:
+                found.append((function.__get__(obj), extra))
+        return found
 
 
 _in_child = _Registry()

@@ -281,6 +281,35 @@ def test_a_producer_that_exits_without_closing_its_tracker_still_sends_its_runs(
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow forgetful", "step a"}
 
 
+def test_a_producer_with_trackers_exits_without_a_word_on_stderr(tmp_path, otlp_http):
+    # One closed, one left open, one on a state file: each registers for forks, and that must not
+    # be heard of at exit ("Exception ignored in ... WeakMethod" came of every tracker alive).
+    run = WorkflowRun("quiet").started().step_started("a").after(5).step_completed("a").completed()
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from otel_bridge.tracker import HttpBatchTracker, OtelTracker
+
+        events = json.loads(sys.argv[1])
+        closed = OtelTracker("production", "shop", flush_interval_seconds=None)
+        closed.emit(events[0])
+        closed.close()
+        open_ = OtelTracker("production", "shop", flush_interval_seconds=None)
+        for event in events:
+            open_.emit(event)
+        on_file = OtelTracker("production", "shop", state=sys.argv[2], flush_interval_seconds=None)
+        http = HttpBatchTracker(sys.argv[3], "production", "shop")
+        """
+    )
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    args = [json.dumps(run.events), str(tmp_path / "tracker.db"), "http://127.0.0.1:9/v1/events"]
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow quiet", "step a"}
+
+
 def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(otlp_http):
     otlp_http.up = False  # answers 503 to every export
     run = WorkflowRun("forgetful").started().step_started("a").after(5).step_completed("a").completed()
