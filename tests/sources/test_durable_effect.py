@@ -3,7 +3,7 @@
 import pytest
 from builders import JobRun, WorkflowRun
 
-from otel_bridge.lifecycle import FactKind, JobKind, JobRecord, Outcome, WorkflowRecord
+from otel_bridge.lifecycle import FactKind, JobKind, JobRecord, Outcome, WorkflowRecord, event_id_of
 from otel_bridge.sources.durable_effect import EVENT_TYPES, DecodeError, DecodeOptions, decode
 
 
@@ -22,7 +22,9 @@ def test_all_24_event_types_decode():
     assert sorted({e["type"] for e in events}) == sorted(EVENT_TYPES)
     assert len(EVENT_TYPES) == 24
     for event in events:
-        decode(event)
+        record = decode(event)
+        assert isinstance(record, JobRecord if "instanceId" in event else WorkflowRecord), event["type"]
+        assert event_id_of(record) == event["eventId"]
 
 
 def test_workflow_events_become_facts_of_their_run():
