@@ -47,6 +47,27 @@ def test_long_strings_are_truncated_to_the_attribute_limit():
     assert len(span.attributes[0].value.string_value) == 100
 
 
+def test_a_span_is_the_bytes_protobuf_would_write_for_it():
+    # Its attributes are written from a table of those met before, the rest as messages: in field order all the same.
+    span = finished_span(attributes={"workflow.task.name": "pay", "n": 3, "ok": True, "ms": 1.5, "steps": ["a"]})
+    span.remote_links.append((b"\x07" * 16, b"\x08" * 8))
+    for _ in range(2):  # met for the first time, then from the table
+        encoded = encode_span(span)
+        assert encoded == Span.FromString(encoded).SerializeToString()
+
+
+def test_an_attribute_met_before_is_cut_to_the_limit_of_the_span_at_hand():
+    span = finished_span(attributes={"big": "x" * 300})
+    for limit in (300, 100, 300):
+        assert len(Span.FromString(encode_span(span, attribute_limit=limit)).attributes[0].value.string_value) == limit
+
+
+def test_values_equal_in_python_but_of_other_types_keep_their_type():
+    for value, kind in ((1, "int_value"), (True, "bool_value"), (1.0, "double_value"), ("1", "string_value")):
+        span = Span.FromString(encode_span(finished_span(attributes={"v": value})))
+        assert span.attributes[0].value.WhichOneof("value") == kind
+
+
 def test_an_export_request_groups_spans_by_producer():
     a, b = keys.resource_key("a", "prod"), keys.resource_key("b", "prod")
     rows = [
