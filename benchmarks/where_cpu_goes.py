@@ -1,6 +1,6 @@
 """Where the sidecar's CPU goes: the running bridge sampled by py-spy under the sidecar workload, by stage.
 
-    python benchmarks/where_cpu_goes.py [--events 100000] [--batch 100] [--clients 4] [--rate 250]
+    python benchmarks/where_cpu_goes.py [--events 100000] [--batch 100] [--clients 4] [--rate 250] [--raw FILE]
 
 The workload of `sidecar_cpu.py` (the replay mix POSTed by concurrent clients to `otel-bridge
 serve`, SQLite state, OTLP/HTTP to a local receiver, until every span is delivered), with py-spy
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", type=int, default=250, help="py-spy's samples a second")
     parser.add_argument("--top", type=int, default=15, help="functions listed by their own samples")
+    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here, to read a stage's callers")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -129,6 +130,8 @@ def main() -> None:
         if not raw.exists():
             sys.exit(f"py-spy wrote no profile: {said.decode(errors='replace').strip()}")
         stages, own, total = read_raw(raw)
+        if args.raw is not None:
+            shutil.copyfile(raw, args.raw)
     print(f"{args.events:,} events in {args.batch}-event POSTs, {args.clients} clients; {total:,} samples of the")
     print(f"bridge's threads holding the interpreter (py-spy --gil at {args.rate}/s)")
     print(f"{'share':>6}  stage")
