@@ -274,7 +274,8 @@ def _resend_spans(settings: Settings, source: str) -> int:
     finally:
         bridge.stop()
     exported, refused = bridge.drain.exported, bridge.drain.set_aside
-    left = max(before + len(rows) - exported - refused, 0)
+    # What the outbox holds once stopped: the spans of runs the stop settled count too, sent or not.
+    left = bridge.outbox_at_exit or 0
     print(
         f"spans: {len(rows) + len(unreadable)}  queued: {len(rows)}  exported: {exported}  "
         f"refused again: {refused}  not readable: {len(unreadable)}" + (f"  outbox before: {before}" if before else "")

@@ -198,6 +198,9 @@ class Bridge:
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
+        # The spans still in the outbox once `stop` had drained it (None before): what a command that
+        # stops the bridge tells as left, whichever runs they came of.
+        self.outbox_at_exit: int | None = None
         # What the operator should mend that does not stop batches (told by `/readyz` and the log).
         self.warnings: list[str] = []
 
@@ -545,10 +548,11 @@ class Bridge:
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.
             drained = "trace-export" not in stuck and self.drain.drain(remaining, retry=retry_export)
+            self.outbox_at_exit = self.store.outbox_depth()
             if not drained:
                 log.warning(
                     "%d spans still in the outbox at exit%s: %s",
-                    self.store.outbox_depth(),
+                    self.outbox_at_exit,
                     " (an export was still waiting on the backend)" if stuck else "",
                     "lost with the state, which is in memory"
                     if self.settings.in_memory

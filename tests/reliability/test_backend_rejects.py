@@ -10,6 +10,8 @@ import httpx
 import pytest
 from bridge_process import BridgeProcess
 from builders import WorkflowRun
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge import trace_id_for
 
@@ -119,3 +121,27 @@ def test_the_span_dead_letter_file_being_written_is_not_resent_into_itself(tmp_p
     result = subprocess.run(command, env=bridge.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "it is the span dead-letter file this bridge writes to; move it aside first" in result.stderr
+
+
+def test_resending_tells_as_left_what_the_outbox_holds_at_its_end_the_runs_its_stop_settled_included(
+    tmp_path, otlp_http
+):
+    otlp_http.up = False  # the backend is away for the whole test
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, settle_seconds="3600").start()
+    run = WorkflowRun("waiting").started().step_started("a").after(2).step_completed("a").completed()
+    try:
+        assert bridge.post(run.events).status_code == 200
+    finally:
+        bridge.kill()  # the run ended and was stored, but not settled: the resend's stop settles it
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="refused once", start_time_unix_nano=1)
+    letter = {"service.name": "shop", "deployment.environment.name": "production", "event": MessageToDict(span)}
+    (tmp_path / "refused.jsonl").write_text(json.dumps(letter) + "\n")
+
+    command = [sys.executable, "-m", "otel_bridge", "resend-spans", str(tmp_path / "refused.jsonl")]
+    env = {**bridge.env, "OTEL_BRIDGE_DRAIN_TIMEOUT_SECONDS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "queued: 1  exported: 0" in result.stdout
+    # The resent span, and the run's root and step its stop settled: all three wait for the next start.
+    assert "3 spans are still in the outbox (the backend did not take them in time)" in result.stdout
