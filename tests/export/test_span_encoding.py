@@ -7,6 +7,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
+from otel_bridge.export import span_encoding
 from otel_bridge.export.span_encoding import encode_span, export_request, proto_resource
 
 
@@ -60,6 +61,17 @@ def test_an_attribute_met_before_is_cut_to_the_limit_of_the_span_at_hand():
     span = finished_span(attributes={"big": "x" * 300})
     for limit in (300, 100, 300):
         assert len(Span.FromString(encode_span(span, attribute_limit=limit)).attributes[0].value.string_value) == limit
+
+
+def test_the_table_of_encoded_attributes_stays_bounded_and_its_emptying_changes_no_span(monkeypatch):
+    monkeypatch.setattr(span_encoding, "_ENCODED", {})
+    monkeypatch.setattr(span_encoding, "_ENCODED_AT_MOST", 3)
+    spans = [finished_span(attributes={"run": f"id-{n}", "step": "pay"}) for n in range(10)]
+    first = [encode_span(span) for span in spans]
+    assert len(span_encoding._ENCODED) <= 3
+    assert [encode_span(span) for span in spans] == first
+    for span, encoded in zip(spans, first, strict=True):
+        assert {kv.key: kv.value.string_value for kv in Span.FromString(encoded).attributes} == span.attributes
 
 
 def test_values_equal_in_python_but_of_other_types_keep_their_type():
