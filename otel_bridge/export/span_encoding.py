@@ -73,6 +73,9 @@ _ENCODED: dict[tuple[str, type, AttributeValue, int], bytes] = {}
 _ENCODED_AT_MOST = 4096
 # Kept by value: a list cannot be a key, and a float's -0.0 would find 0.0's bytes.
 _KEPT_KINDS = frozenset({str, int, bool})
+# A vocabulary's words are short: a longer text (a captured input, up to `max_input_bytes`) is a run's
+# own, and 4,096 of them would hold megabytes for nothing.
+_KEPT_CHARS = 128
 
 
 def _attributes(attributes: dict[str, AttributeValue], limit: int) -> bytes:
@@ -80,7 +83,7 @@ def _attributes(attributes: dict[str, AttributeValue], limit: int) -> bytes:
     out = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind not in _KEPT_KINDS:
+        if kind not in _KEPT_KINDS or (type(value) is str and len(value) > _KEPT_CHARS):
             out.append(_attribute(key, value, limit))
             continue
         known = (key, kind, value, limit)

@@ -74,6 +74,15 @@ def test_the_table_of_encoded_attributes_stays_bounded_and_its_emptying_changes_
         assert {kv.key: kv.value.string_value for kv in Span.FromString(encoded).attributes} == span.attributes
 
 
+def test_long_texts_are_encoded_each_time_not_kept(monkeypatch):
+    # A captured input is a run's own: kept, thousands of them would hold megabytes for nothing.
+    monkeypatch.setattr(span_encoding, "_ENCODED", {})
+    span = finished_span(attributes={"workflow.execution.input": "x" * 2000, "step": "pay"})
+    encoded = encode_span(span)
+    assert [key for key, *_ in span_encoding._ENCODED] == ["step"]
+    assert Span.FromString(encoded).attributes[0].value.string_value == "x" * 2000
+
+
 def test_values_equal_in_python_but_of_other_types_keep_their_type():
     for value, kind in ((1, "int_value"), (True, "bool_value"), (1.0, "double_value"), ("1", "string_value")):
         span = Span.FromString(encode_span(finished_span(attributes={"v": value})))
