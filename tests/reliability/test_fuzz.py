@@ -1,13 +1,16 @@
-"""Fuzzing the decoder and the fold: arbitrary JSON and mutated events never crash them (hypothesis, bounded)."""
+"""Fuzzing the decoder, the fold and span encoding: arbitrary JSON and mutated events never crash them (hypothesis,
+bounded)."""
 
 from typing import Any
 
 from builders import JobRun, WorkflowRun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge.correlate.jobs import fold_job
 from otel_bridge.correlate.runs import SettlePolicy, fold, settle
+from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.lifecycle import JobRecord, WorkflowRecord
 from otel_bridge.sources.durable_effect import DecodeError, decode
 
@@ -58,7 +61,9 @@ def _decode_and_fold(batch: list[Any]) -> None:
             assert isinstance(record, JobRecord)
             jobs[record.state_key] = fold_job(jobs.get(record.state_key), record)[0]
     for state in runs.values():
-        settle(state, 10**19, SettlePolicy(gap_grace_ns=0))
+        for span in settle(state, 10**19, SettlePolicy(gap_grace_ns=0)).spans:
+            encoded = encode_span(span)  # what a fuzzed run's spans hold is sent as protobuf writes it
+            assert encoded == Span.FromString(encoded).SerializeToString()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
