@@ -1,22 +1,58 @@
-"""`pip install .` gives the `otel-bridge` command and every subpackage (what the Dockerfile installs)."""
+"""`pip install .` gives the `otel-bridge` command, every subpackage (what the Dockerfile installs) and
+the type hints a producer's type checker reads."""
 
 import subprocess
 import sys
+import textwrap
 import zipfile
+from pathlib import Path
+
+import pytest
 
 
-def test_the_wheel_carries_every_package_and_the_console_script(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(built), "."],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("otel_bridge-*.whl")
+    (found,) = built.glob("otel_bridge-*.whl")
+    return found
+
+
+def test_the_wheel_carries_every_package_and_the_console_script(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for package in ("receivers", "sources", "correlate", "state", "export", "producer"):
         assert f"otel_bridge/{package}/__init__.py" in names, package
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "otel-bridge = otel_bridge.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_a_producers_type_checker_reads_the_trackers_types_from_the_installed_package(wheel, tmp_path):
+    # Installed without the PEP 561 marker, the package was "missing library stubs or py.typed
+    # marker" to mypy: every tracker an Any, and `--strict` an error at the import.
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    (site,) = env.glob("lib/python*/site-packages")
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    producer = tmp_path / "producer.py"
+    producer.write_text(
+        textwrap.dedent(
+            """
+            from otel_bridge.tracker import HttpBatchTracker
+
+            tracker = HttpBatchTracker("http://127.0.0.1:4380/v1/events", "production", "shop")
+            tracker.emit("not an event")
+            """
+        )
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(env / "bin" / "python")]
+    result = subprocess.run([*mypy, str(producer)], capture_output=True, text=True, cwd=tmp_path)
+    assert "py.typed" not in result.stdout, result.stdout
+    assert 'Argument 1 to "emit" of "HttpBatchTracker" has incompatible type "str"' in result.stdout, result.stdout
 
 
 def test_the_module_runs_as_python_dash_m():
