@@ -1,26 +1,58 @@
 """How export failures are told: once clearly, then at most once a minute, and once when it recovers.
 
 Without a Collector (the first thing a newcomer tries), the SDK exporters would log a warning
-every one to four seconds for as long as the bridge runs. Their loggers are quietened and
-this says instead what matters: where export goes, that spans wait safely in the outbox, and
-how many.
+every one to four seconds for as long as the bridge runs. What their loggers say while the
+bridge's own senders export is dropped, and this says instead what matters: where export goes,
+that spans wait safely in the outbox, and how many.
 """
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from otel_bridge.repeated_failure import Cadence
 
 log = logging.getLogger("otel_bridge.export")
 
-# The SDK exporters' own loggers: every retry of theirs would be a line.
-SDK_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.exporter.http")
+# The SDK exporters' loggers, all under this name: every retry of theirs would be a line.
+SDK_LOGGERS = "opentelemetry.exporter"
+_ours = threading.local()
+
+
+class _NotDuringOurExports(logging.Filter):
+    """Drops a record made while this thread runs one of the bridge's own exports (`exporting`).
+
+    A filter, not the loggers' level: an application with the in-process tracker may export its
+    own telemetry through the same SDK exporters, and their warnings are its to hear."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_ours, "exporting", False)
+
+
+_FILTER = _NotDuringOurExports()
 
 
 def quieten_sdk_exporters() -> None:
-    for name in SDK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    """Filter what the SDK exporters' loggers say during the bridge's exports. A logger's filter sees
+    only the records made on it, so each is given it: call once the senders' modules are imported."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == SDK_LOGGERS or name.startswith(SDK_LOGGERS + "."):
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+
+
+@contextmanager
+def exporting() -> Iterator[None]:
+    """One of the bridge's own exports runs in this thread (what the SDK's loggers say meanwhile is dropped)."""
+    before = getattr(_ours, "exporting", False)
+    _ours.exporting = True
+    try:
+        yield
+    finally:
+        _ours.exporting = before
 
 
 class ExportHealth:

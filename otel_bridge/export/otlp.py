@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_bridge.config import HTTP_SCHEMES
+from otel_bridge.export.health import exporting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,7 +120,8 @@ class _HttpTraces(HttpSpanExporter):
     def send(self, request: bytes) -> ExportResult:
         # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
         self._recorder.last = None
-        result = self._client.export(request)
+        with exporting():
+            result = self._client.export(request)
         last = self._recorder.last
         if result.success:
             return answered(last.content() if last is not None else None)
@@ -138,16 +140,22 @@ class _HttpTraces(HttpSpanExporter):
         error = result.error or (last.error if last is not None else None)
         return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else str(error or ""))
 
+    def shutdown(self) -> None:
+        with exporting():
+            super().shutdown()  # type: ignore[no-untyped-call]
+
 
 class _MetricSender:
     def __init__(self, exporter: MetricExporter) -> None:
         self._exporter = exporter
 
     def send(self, data: MetricsData) -> bool:
-        return self._exporter.export(data) == MetricExportResult.SUCCESS
+        with exporting():
+            return self._exporter.export(data) == MetricExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        self._exporter.shutdown()
+        with exporting():
+            self._exporter.shutdown()
 
 
 class NoSender:

@@ -8,6 +8,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_bridge.export.health import exporting
 from otel_bridge.export.otlp import NOT_THE_SPANS, Delivery, ExportResult, Recorder, answered, span_count
 
 # Refusals of the bridge rather than of its spans (see otlp.py's HTTP ones): the spans wait in the
@@ -46,7 +47,8 @@ class GrpcTraces(OTLPSpanExporter):
         self._recorder.last = None
         # The gRPC stub serializes a message itself.
         message = ExportTraceServiceRequest.FromString(request)
-        ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
+        with exporting():
+            ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
         last = self._recorder.last
         if ok:
             return answered(last)
@@ -58,3 +60,7 @@ class GrpcTraces(OTLPSpanExporter):
         if code not in self._retryable_error_codes:  # type: ignore[operator]
             return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
         return ExportResult(Delivery.RETRY, f"gRPC {code.name}")
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        with exporting():
+            super().shutdown(timeout_millis, **kwargs)
