@@ -159,7 +159,7 @@ class _MetricSender:
 
 
 class NoSender:
-    """OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none: accept and discard."""
+    """OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none, or OTEL_SDK_DISABLED=true: accept and discard."""
 
     _endpoint = "nowhere (turned off)"
 
@@ -187,9 +187,23 @@ def protocol_for(signal: str) -> str:
     return value
 
 
+def sdk_disabled() -> bool:
+    """`OTEL_SDK_DISABLED`, read as the specification reads a boolean: only "true", in any case, is
+    true; another value than "false" or empty is told (once) and read as false."""
+    raw = os.environ.get("OTEL_SDK_DISABLED", "").strip()
+    if raw.lower() == "true":
+        return True
+    if raw and raw.lower() != "false" and _first_time("OTEL_SDK_DISABLED", raw):
+        log.warning("OTEL_SDK_DISABLED=%s is neither true nor false: read as false, telemetry is exported", raw)
+    return False
+
+
 def _exporter(signal: str) -> str:
     """`OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` (a comma-separated list in the specification):
-    otlp, the default and the first choice; console; none."""
+    otlp, the default and the first choice; console; none. `OTEL_SDK_DISABLED=true` turns both off, as
+    it turns off the SDK's own providers (an application's tests set it to export nothing)."""
+    if sdk_disabled():
+        return "none"
     variable = f"OTEL_{signal.upper()}_EXPORTER"
     raw = os.environ.get(variable, "")
     named = {value.strip().lower() for value in raw.split(",") if value.strip()} or {"otlp"}

@@ -81,3 +81,37 @@ def test_an_exporter_otel_bridge_does_not_speak_is_told_once_for_every_sender(mo
     for sender in senders:
         sender.shutdown()
     assert len([r for r in caplog.records if "OTEL_TRACES_EXPORTER=zipkin" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", " True "])
+def test_otel_sdk_disabled_turns_both_senders_off(monkeypatch, value):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    assert isinstance(otlp.trace_sender(), otlp.NoSender)
+    assert isinstance(otlp.metric_sender(), otlp.NoSender)
+
+
+@pytest.mark.parametrize("value", ["", "false", "FALSE"])
+def test_otel_sdk_disabled_false_or_unset_leaves_export_on(monkeypatch, caplog, value):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        sender = otlp.trace_sender()
+    sender.shutdown()
+    assert not isinstance(sender, otlp.NoSender)
+    assert caplog.records == []
+
+
+def test_otel_sdk_disabled_neither_true_nor_false_is_told_once_and_read_as_false(monkeypatch, caplog):
+    # As the specification reads a boolean: "1" and "yes" are not true.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "yes")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [otlp.trace_sender(), otlp.trace_sender()]
+    for sender in senders:
+        assert not isinstance(sender, otlp.NoSender)
+        sender.shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_SDK_DISABLED=yes is neither true nor false: read as false, telemetry is exported"
+    ]

@@ -138,6 +138,22 @@ def test_a_string_sliced_mid_emoji_is_stored_as_the_sidecar_reads_it_and_holds_n
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step chart \ufffd"}
 
 
+def test_otel_sdk_disabled_turns_the_trackers_export_off_as_it_does_the_sdks(monkeypatch, caplog, otlp_http):
+    # An application's tests set it to export nothing: the tracker stored and settled, sent nothing,
+    # and said nothing of a backend it was never to reach.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "True")
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
+    with caplog.at_level(logging.WARNING), OtelTracker("production", "shop", settle_seconds=0) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        tracker.flush()
+        assert tracker.pending() == 0
+    assert otlp_http.received.unique_spans() == {} and otlp_http.received.metrics == {}
+    assert otlp_http.received.refused == 0
+    assert [r.getMessage() for r in caplog.records if "export" in r.getMessage()] == []
+
+
 def test_an_event_the_pipeline_fails_on_is_dead_lettered_and_holds_up_no_other(tmp_path, monkeypatch, otlp_http):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
     poison = WorkflowRun().started()
