@@ -130,7 +130,19 @@ class Settings(BaseSettings):
         ["password", "secret", "token", "authorization", "apiKey"],
         description="Input keys whose values are replaced by [REDACTED] (comma-separated in the environment).",
     )
-    attribute_value_limit: int = Field(4096, gt=0, description="String span attributes are truncated to this length.")
+    attribute_value_limit: int = Field(
+        4096,
+        gt=0,
+        # The bridge's own variable first, then the specification's for spans, then for every signal.
+        validation_alias=AliasChoices(
+            "OTEL_BRIDGE_ATTRIBUTE_VALUE_LIMIT",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "attribute_value_limit",
+        ),
+        description="String span attributes are truncated to this length (unset, the SDK's "
+        "`OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` or `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` is read).",
+    )
     max_name_chars: int = Field(
         256, gt=1, description="Span names and metric label values (names, service, env) are cut to this length."
     )
@@ -307,7 +319,7 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         env = f"OTEL_BRIDGE_{name.upper()}"
         if isinstance(field.validation_alias, AliasChoices):
-            env = f"{field.validation_alias.choices[0]}, {field.validation_alias.choices[1]}"
+            env = ", ".join(str(choice) for choice in field.validation_alias.choices if str(choice).isupper())
         default = field.default
         if isinstance(default, list):
             default = ",".join(default)

@@ -35,11 +35,29 @@ def test_a_variable_like_no_setting_points_at_the_list_of_settings():
         "OTEL_BRIDGE_EXPORT_DELAY_MS",  # and the settings read from a standard variable, under both names
         "OTEL_BSP_SCHEDULE_DELAY",
         "OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS",
+        "OTEL_BRIDGE_ATTRIBUTE_VALUE_LIMIT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ],
 )
 def test_the_variables_of_settings_are_not_told(variable):
     assert unknown_variables({variable: "1"}) == []
+
+
+def test_the_attribute_value_limit_is_the_bridges_own_else_the_sdks_for_spans_else_for_every_signal(monkeypatch):
+    for name in (
+        "OTEL_BRIDGE_ATTRIBUTE_VALUE_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().attribute_value_limit == 4096
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "300")
+    assert Settings().attribute_value_limit == 300
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "200")
+    assert Settings().attribute_value_limit == 200
+    monkeypatch.setenv("OTEL_BRIDGE_ATTRIBUTE_VALUE_LIMIT", "100")
+    assert Settings().attribute_value_limit == 100
+    assert Settings(attribute_value_limit=50).attribute_value_limit == 50  # a flag, or a tracker's keyword
 
 
 def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplog, capsys):
