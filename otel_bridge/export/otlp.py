@@ -262,6 +262,7 @@ def metric_sender() -> MetricSender:
     exporter = _exporter("metrics")
     if exporter == "none":
         return NoSender()  # its answer is truthy: success
+    _told_if_delta_asked()
     if exporter == "console":
         from otel_bridge.export.console import ConsoleMetrics
 
@@ -271,6 +272,22 @@ def metric_sender() -> MetricSender:
 
         return _MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics"))
     return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
+
+
+_TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+
+
+def _told_if_delta_asked() -> None:
+    """The bridge's sums and histograms are cumulative whatever is asked (what a failed export has
+    not sent goes out whole with the next): a preference for delta is told, not silently ignored."""
+    raw = os.environ.get(_TEMPORALITY, "").strip()
+    if raw and raw.lower() != "cumulative" and _first_time(_TEMPORALITY, raw):
+        log.warning(
+            "%s=%s: otel-bridge exports its metrics cumulative; a backend that takes delta only gets them "
+            "through the Collector's cumulativetodelta processor",
+            _TEMPORALITY,
+            raw,
+        )
 
 
 def _told_if_tls_unasked(exporter: T, signal: str) -> T:

@@ -115,3 +115,26 @@ def test_otel_sdk_disabled_neither_true_nor_false_is_told_once_and_read_as_false
     assert [r.getMessage() for r in caplog.records] == [
         "OTEL_SDK_DISABLED=yes is neither true nor false: read as false, telemetry is exported"
     ]
+
+
+def test_a_preference_for_delta_metrics_is_told_once_as_the_bridge_exports_cumulative(monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [otlp.metric_sender(), otlp.metric_sender()]
+    for sender in senders:
+        sender.shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta: otel-bridge exports its metrics cumulative; "
+        "a backend that takes delta only gets them through the Collector's cumulativetodelta processor"
+    ]
+
+
+def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_told(monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Cumulative")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        otlp.metric_sender().shutdown()
+    assert caplog.records == []
