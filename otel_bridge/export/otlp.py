@@ -247,6 +247,7 @@ def trace_sender() -> TraceSender:
     exporter = _exporter("traces")
     if exporter == "none":
         return NoSender()
+    _told_if_sampling_asked()
     if exporter == "console":
         from otel_bridge.export.console import ConsoleTraces
 
@@ -272,6 +273,24 @@ def metric_sender() -> MetricSender:
 
         return _MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics"))
     return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
+
+
+_SAMPLER = "OTEL_TRACES_SAMPLER"
+_KEEPS_ALL = ("", "always_on", "parentbased_always_on")
+
+
+def _told_if_sampling_asked() -> None:
+    """Every run's trace is sent whole, whatever sampler is asked: a run is decided on as it ends,
+    not as it starts, and a failed one must not be the one dropped. Sampling that keeps whole runs and
+    every failure is the Collector's (tail sampling); asking the bridge is told, not silently ignored."""
+    raw = os.environ.get(_SAMPLER, "").strip()
+    if raw.lower() not in _KEEPS_ALL and _first_time(_SAMPLER, raw):
+        log.warning(
+            "%s=%s: otel-bridge sends every run's trace; sample in the Collector (collector-config/"
+            "otel-collector.yaml carries tail sampling that keeps every failed workflow)",
+            _SAMPLER,
+            raw,
+        )
 
 
 _TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"

@@ -138,3 +138,28 @@ def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_
     with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
         otlp.metric_sender().shutdown()
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("sampler", ["traceidratio", "always_off", "parentbased_traceidratio"])
+def test_a_sampler_asked_of_the_bridge_is_told_once_as_every_runs_trace_is_sent(monkeypatch, caplog, sampler):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [otlp.trace_sender(), otlp.trace_sender()]
+    for sender in senders:
+        sender.shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"OTEL_TRACES_SAMPLER={sampler}: otel-bridge sends every run's trace; sample in the Collector "
+        "(collector-config/otel-collector.yaml carries tail sampling that keeps every failed workflow)"
+    ]
+
+
+@pytest.mark.parametrize("sampler", ["always_on", "parentbased_always_on", "ALWAYS_ON"])
+def test_a_sampler_that_keeps_everything_is_what_the_bridge_does_and_is_not_told(monkeypatch, caplog, sampler):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        otlp.trace_sender().shutdown()
+    assert caplog.records == []
