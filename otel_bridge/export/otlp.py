@@ -275,38 +275,33 @@ def metric_sender() -> MetricSender:
     return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
 
 
-_SAMPLER = "OTEL_TRACES_SAMPLER"
-_KEEPS_ALL = ("", "always_on", "parentbased_always_on")
+def _told_if_asked_otherwise(variable: str, meant: tuple[str, ...], what: str) -> None:
+    """`variable` asks for what the bridge does not do (a value not in `meant`, "" being unset): told
+    once, with what it does instead, not silently ignored."""
+    raw = os.environ.get(variable, "").strip()
+    if raw.lower() not in meant and _first_time(variable, raw):
+        log.warning("%s=%s: %s", variable, raw, what)
 
 
 def _told_if_sampling_asked() -> None:
-    """Every run's trace is sent whole, whatever sampler is asked: a run is decided on as it ends,
-    not as it starts, and a failed one must not be the one dropped. Sampling that keeps whole runs and
-    every failure is the Collector's (tail sampling); asking the bridge is told, not silently ignored."""
-    raw = os.environ.get(_SAMPLER, "").strip()
-    if raw.lower() not in _KEEPS_ALL and _first_time(_SAMPLER, raw):
-        log.warning(
-            "%s=%s: otel-bridge sends every run's trace; sample in the Collector (collector-config/"
-            "otel-collector.yaml carries tail sampling that keeps every failed workflow)",
-            _SAMPLER,
-            raw,
-        )
-
-
-_TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    # A run is known failed only as it ends, and a failed one must not be the one dropped: sampling
+    # that keeps whole runs and every failure is the Collector's (tail sampling).
+    _told_if_asked_otherwise(
+        "OTEL_TRACES_SAMPLER",
+        ("", "always_on", "parentbased_always_on"),
+        "otel-bridge sends every run's trace; sample in the Collector (collector-config/otel-collector.yaml "
+        "carries tail sampling that keeps every failed workflow)",
+    )
 
 
 def _told_if_delta_asked() -> None:
-    """The bridge's sums and histograms are cumulative whatever is asked (what a failed export has
-    not sent goes out whole with the next): a preference for delta is told, not silently ignored."""
-    raw = os.environ.get(_TEMPORALITY, "").strip()
-    if raw and raw.lower() != "cumulative" and _first_time(_TEMPORALITY, raw):
-        log.warning(
-            "%s=%s: otel-bridge exports its metrics cumulative; a backend that takes delta only gets them "
-            "through the Collector's cumulativetodelta processor",
-            _TEMPORALITY,
-            raw,
-        )
+    # Cumulative, so that what a failed export did not send goes out whole with the next.
+    _told_if_asked_otherwise(
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        ("", "cumulative"),
+        "otel-bridge exports its metrics cumulative; a backend that takes delta only gets them through the "
+        "Collector's cumulativetodelta processor",
+    )
 
 
 def _told_if_tls_unasked(exporter: T, signal: str) -> T:
