@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     max_name_chars: int = Field(
         256, gt=1, description="Span names and metric label values (names, service, env) are cut to this length."
     )
+    max_span_events: int = Field(
+        128,
+        gt=1,
+        # The bridge's own variable first, then the specification's.
+        validation_alias=AliasChoices("OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT", "max_span_events"),
+        description="Most events a span carries (a run's pauses, cached steps, late events): past it, the first "
+        "and the last half are kept and the rest counted as dropped (unset, `OTEL_SPAN_EVENT_COUNT_LIMIT` is read).",
+    )
     max_names: int = Field(
         200, gt=0, description="Distinct workflow/step/job names per metric attribute before `_OTHER` is used."
     )

@@ -467,8 +467,9 @@ class Pipeline:
         if step.spans:
             assert isinstance(state, RunState)
             rk = keys.resource_key(state.run.service, state.run.env)
-            limit, name_chars = self.settings.attribute_value_limit, self.settings.max_name_chars
-            rows = [(rk, encode_span(span, limit, name_chars)) for span in step.spans]
+            s = self.settings
+            limit, name_chars, events = s.attribute_value_limit, s.max_name_chars, s.max_span_events
+            rows = [(rk, encode_span(span, limit, name_chars, events)) for span in step.spans]
         tx.outbox_add(rows)
         self._save(tx, key, journal.Changes(step.state, step.due, sent=step.sent, forgotten=step.facts_forgotten))
         return step

@@ -60,6 +60,16 @@ def test_the_attribute_value_limit_is_the_bridges_own_else_the_sdks_for_spans_el
     assert Settings(attribute_value_limit=50).attribute_value_limit == 50  # a flag, or a tracker's keyword
 
 
+def test_the_events_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch):
+    for name in ("OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().max_span_events == 128  # the specification's default
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "500")
+    assert Settings().max_span_events == 500
+    monkeypatch.setenv("OTEL_BRIDGE_MAX_SPAN_EVENTS", "50")
+    assert Settings().max_span_events == 50
+
+
 def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.setenv("OTEL_BRIDGE_STAT", str(tmp_path / "state.db"))  # so the default file is looked for
     monkeypatch.chdir(tmp_path)

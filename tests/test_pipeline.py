@@ -274,3 +274,21 @@ def test_a_run_held_open_after_its_cancellation_before_a_restart_is_ended_by_a_s
     restarted = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
     restarted.restore_gauges()  # as a start does: it reads every header, the held runs' among them
     assert restarted.settle_due(horizon=time.time() + 1, told_all=True) == 2  # the root, and a ended there
+
+
+def test_a_run_that_slept_a_thousand_times_sends_a_root_span_of_bounded_events_saying_how_many_it_dropped(tmp_path):
+    # Four events a sleep on the root: unbounded, a month of sleeping every minute was a root span
+    # of megabytes that a backend refuses whole, and with it the run's trace would have no root.
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, max_span_events=100)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    run = WorkflowRun("poller").started()
+    for _ in range(1000):
+        run.sleep_started(60_000).paused("sleep").after(60_000).resumed().sleep_completed(60_000)
+    run.completed()
+    pipeline.ingest(run.events)
+    pipeline.settle_due(horizon=time.time() + 1)
+    spans = [Span.FromString(row.payload) for row in pipeline.store.outbox_peek(5000)]
+    (root,) = [s for s in spans if not s.parent_span_id]
+    assert len(root.events) == 100 and root.dropped_events_count == 4000 - 100
+    assert root.events[0].time_unix_nano == root.start_time_unix_nano  # how it began...
+    assert root.events[-1].time_unix_nano == root.end_time_unix_nano  # ...and how it came to end

@@ -13,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
-from otel_bridge.correlate.outputs import SpanKind, SpanRecord, SpanStatus
+from otel_bridge.correlate.outputs import SpanEvent, SpanKind, SpanRecord, SpanStatus
 from otel_bridge.lifecycle import AttributeValue
 
 _KINDS = {
@@ -103,8 +103,9 @@ def _attribute(key: str, value: AttributeValue, limit: int) -> bytes:
     return _field(_SPAN_ATTRIBUTES, attribute.SerializeToString())
 
 
-def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256) -> bytes:
-    """A finished span as a serialized OTLP `Span` message (names cut to `name_limit` characters).
+def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256, event_limit: int = 128) -> bytes:
+    """A finished span as a serialized OTLP `Span` message (names cut to `name_limit` characters, at
+    most `event_limit` events).
 
     Written in field order, as protobuf writes it: the fields before the attributes, the
     attributes (their bytes, `_attributes`), then the fields after them.
@@ -120,7 +121,11 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
         end_time_unix_nano=span.end_ns,
     )
     tail = Span(flags=_SAMPLED | 0x100)  # 0x100: the "has is_remote" bit is known (local parent)
-    for event in span.events:
+    events = span.events
+    if len(events) > event_limit:
+        tail.dropped_events_count = len(events) - event_limit
+        events = _kept_events(events, event_limit)
+    for event in events:
         e = tail.events.add(name=event.name[:attribute_limit], time_unix_nano=event.time_ns)
         _fill(event.attributes, e.attributes, attribute_limit)
     for linked in span.links:
@@ -133,6 +138,15 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
         status.message = span.status_message[:attribute_limit]
     attributes = _attributes(span.attributes, attribute_limit)
     return head.SerializeToString() + attributes + tail.SerializeToString()
+
+
+def _kept_events(events: list[SpanEvent], limit: int) -> list[SpanEvent]:
+    """The first and the last half of a span's events past its limit. A run that slept every minute for
+    a month told ~170,000 of them (four a sleep): a root span of megabytes, which a backend refuses
+    (Jaeger takes 4 MB a request) and nobody reads. How it began is in the first half, how it came to
+    end in the last (late events come last)."""
+    last = limit // 2
+    return events[: limit - last] + events[len(events) - last :]
 
 
 def proto_resource(key: str) -> ProtoResource:

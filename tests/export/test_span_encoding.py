@@ -7,6 +7,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
+from otel_bridge.correlate.outputs import SpanEvent
 from otel_bridge.export import span_encoding
 from otel_bridge.export.span_encoding import encode_span, export_request, proto_resource
 
@@ -81,6 +82,15 @@ def test_long_texts_are_encoded_each_time_not_kept(monkeypatch):
     encoded = encode_span(span)
     assert [key for key, *_ in span_encoding._ENCODED] == ["step"]
     assert Span.FromString(encoded).attributes[0].value.string_value == "x" * 2000
+
+
+def test_a_span_with_more_events_than_its_limit_keeps_the_first_and_the_last_half_and_counts_the_rest():
+    events = [SpanEvent(f"e{n}", n, {"n": n}) for n in range(300)]
+    span = Span.FromString(encode_span(finished_span(events=events), event_limit=128))
+    assert [e.name for e in span.events] == [f"e{n}" for n in (*range(64), *range(236, 300))]
+    assert span.dropped_events_count == 300 - 128
+    within = Span.FromString(encode_span(finished_span(events=events[:128]), event_limit=128))
+    assert len(within.events) == 128 and within.dropped_events_count == 0
 
 
 def test_values_equal_in_python_but_of_other_types_keep_their_type():
