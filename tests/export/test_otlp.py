@@ -91,65 +91,52 @@ def test_otel_sdk_disabled_turns_both_senders_off(monkeypatch, value):
     assert isinstance(otlp.metric_sender(), otlp.NoSender)
 
 
+def _told_making_two(monkeypatch, caplog, make, **env: str) -> list[str]:
+    """What the log says as two senders are made (a bridge makes one per concurrent export) under `env`."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setattr(otlp, "_TOLD", set())  # told once per process: each test is a fresh start
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [make(), make()]
+    for sender in senders:
+        assert not isinstance(sender, otlp.NoSender)
+        sender.shutdown()
+    return [r.getMessage() for r in caplog.records]
+
+
 @pytest.mark.parametrize("value", ["", "false", "FALSE"])
 def test_otel_sdk_disabled_false_or_unset_leaves_export_on(monkeypatch, caplog, value):
-    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        sender = otlp.trace_sender()
-    sender.shutdown()
-    assert not isinstance(sender, otlp.NoSender)
-    assert caplog.records == []
+    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, OTEL_SDK_DISABLED=value) == []
 
 
 def test_otel_sdk_disabled_neither_true_nor_false_is_told_once_and_read_as_false(monkeypatch, caplog):
     # As the specification reads a boolean: "1" and "yes" are not true.
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "yes")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        senders = [otlp.trace_sender(), otlp.trace_sender()]
-    for sender in senders:
-        assert not isinstance(sender, otlp.NoSender)
-        sender.shutdown()
-    assert [r.getMessage() for r in caplog.records] == [
+    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, OTEL_SDK_DISABLED="yes") == [
         "OTEL_SDK_DISABLED=yes is neither true nor false: read as false, telemetry is exported"
     ]
 
 
 def test_a_preference_for_delta_metrics_is_told_once_as_the_bridge_exports_cumulative(monkeypatch, caplog):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        senders = [otlp.metric_sender(), otlp.metric_sender()]
-    for sender in senders:
-        sender.shutdown()
-    assert [r.getMessage() for r in caplog.records] == [
+    told = _told_making_two(
+        monkeypatch, caplog, otlp.metric_sender, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta"
+    )
+    assert told == [
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta: otel-bridge exports its metrics cumulative; "
         "a backend that takes delta only gets them through the Collector's cumulativetodelta processor"
     ]
 
 
 def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_told(monkeypatch, caplog):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Cumulative")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        otlp.metric_sender().shutdown()
-    assert caplog.records == []
+    told = _told_making_two(
+        monkeypatch, caplog, otlp.metric_sender, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="Cumulative"
+    )
+    assert told == []
 
 
 @pytest.mark.parametrize("sampler", ["traceidratio", "always_off", "parentbased_traceidratio"])
 def test_a_sampler_asked_of_the_bridge_is_told_once_as_every_runs_trace_is_sent(monkeypatch, caplog, sampler):
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        senders = [otlp.trace_sender(), otlp.trace_sender()]
-    for sender in senders:
-        sender.shutdown()
-    assert [r.getMessage() for r in caplog.records] == [
+    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, OTEL_TRACES_SAMPLER=sampler) == [
         f"OTEL_TRACES_SAMPLER={sampler}: otel-bridge sends every run's trace; sample in the Collector "
         "(collector-config/otel-collector.yaml carries tail sampling that keeps every failed workflow)"
     ]
@@ -157,9 +144,4 @@ def test_a_sampler_asked_of_the_bridge_is_told_once_as_every_runs_trace_is_sent(
 
 @pytest.mark.parametrize("sampler", ["always_on", "parentbased_always_on", "ALWAYS_ON"])
 def test_a_sampler_that_keeps_everything_is_what_the_bridge_does_and_is_not_told(monkeypatch, caplog, sampler):
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        otlp.trace_sender().shutdown()
-    assert caplog.records == []
+    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, OTEL_TRACES_SAMPLER=sampler) == []
