@@ -245,12 +245,15 @@ def _kept(aside: str, blob: bytes) -> dict[str, Any]:
     raise ValueError("not a run set aside by this bridge")
 
 
+def _state_of(aside: str, kept: dict[str, Any]) -> State:
+    """The state `kept` under the key `aside` holds, as this version reads it (raises ValueError)."""
+    return decode(keys.in_play(aside), kept["state"].encode(), [row.encode() for row in kept["facts"]])
+
+
 def read_aside(aside: str, blob: bytes) -> Aside:
     """What `set_aside` kept under the key `aside`; raises ValueError when it cannot be read."""
     kept = _kept(aside, blob)
-    key = keys.in_play(aside)
-    state = decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
-    return Aside(state, str(kept.get("reason", "")), float(kept.get("at", 0.0)))
+    return Aside(_state_of(aside, kept), str(kept.get("reason", "")), float(kept.get("at", 0.0)))
 
 
 def put_back(tx: Transaction, aside: str, now: float) -> str | None:
@@ -265,7 +268,7 @@ def put_back(tx: Transaction, aside: str, now: float) -> str | None:
         return "no longer set aside"
     kept = _kept(aside, loaded[0])
     # Read before it is put back: one this version cannot read would be set aside again at its first event.
-    decode(key, kept["state"].encode(), [row.encode() for row in kept["facts"]])
+    _state_of(aside, kept)
     if tx.load(key) is not None:
         return "the run has a newer state (events that came after it was set aside): left set aside"
     tx.save(key, kept["state"].encode(), now)
