@@ -38,10 +38,10 @@ from otel_bridge.lifecycle import (
     WorkflowRecord,
 )
 from otel_bridge.sources.wire import (
-    MAX_IDENTITY,
     Count,
     DecodeError,
     DecodeOptions,
+    EventId,
     Identity,
     IsoTime,
     Label,
@@ -71,7 +71,7 @@ class WireError(_Wire):
 
 
 class _WorkflowBase(_Wire):
-    event_id: str = Field(min_length=1, max_length=MAX_IDENTITY)
+    event_id: EventId
     timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
     workflow_id: Identity
@@ -181,7 +181,7 @@ class TimeoutExceeded(_WorkflowBase):
 
 
 class _JobBase(_Wire):
-    event_id: str = Field(min_length=1, max_length=MAX_IDENTITY)
+    event_id: EventId
     timestamp: IsoTime
     source: Literal["job"] = "job"
     instance_id: Identity

@@ -59,6 +59,8 @@ MAX_IDENTITY = 1000
 IsoTime = Annotated[datetime, _IsoTime]
 Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]
+# An event's id, bounded as the identities are.
+EventId = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
 Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 
