@@ -21,7 +21,7 @@ from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.export import otlp
-from otel_bridge.export.health import ExportHealth, quieten_sdk_exporters
+from otel_bridge.export.health import ExportHealth
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
@@ -140,7 +140,6 @@ class Bridge:
             dead_spans=self.dead_spans,
             on_result=self._export_result,
         )
-        quieten_sdk_exporters()
         self.trace_health = ExportHealth(
             "trace",
             otlp.endpoint_of(self.trace_senders[0]),

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_bridge.config import HTTP_SCHEMES
-from otel_bridge.export.health import exporting
+from otel_bridge.export.health import exporting, quieten_sdk_exporters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -255,8 +255,8 @@ def trace_sender() -> TraceSender:
     if protocol_for("traces") == GRPC:
         from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
 
-        return _told_if_tls_unasked(GrpcTraces(), "traces")
-    return _a_url(_HttpTraces(), "traces")
+        return _quiet(_told_if_tls_unasked(GrpcTraces(), "traces"))
+    return _quiet(_a_url(_HttpTraces(), "traces"))
 
 
 def metric_sender() -> MetricSender:
@@ -271,8 +271,14 @@ def metric_sender() -> MetricSender:
     if protocol_for("metrics") == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return _MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics"))
-    return _MetricSender(_a_url(HttpMetricExporter(), "metrics"))
+        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics")))
+    return _quiet(_MetricSender(_a_url(HttpMetricExporter(), "metrics")))
+
+
+def _quiet(sender: T) -> T:
+    """`sender`, its SDK exporter's loggers (imported by now) filtered during its exports (`exporting`)."""
+    quieten_sdk_exporters()
+    return sender
 
 
 def _told_if_asked_otherwise(variable: str, meant: tuple[str, ...], what: str) -> None:

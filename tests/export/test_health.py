@@ -7,7 +7,6 @@ from builders import finished_span
 
 from otel_bridge import keys
 from otel_bridge.export import otlp
-from otel_bridge.export.health import quieten_sdk_exporters
 from otel_bridge.export.span_encoding import encode_span, export_request
 
 _SDK = "opentelemetry.exporter"
@@ -25,8 +24,7 @@ def test_the_sdk_exporters_say_nothing_of_the_bridges_exports_but_an_application
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")  # nobody listens
     sender = otlp.trace_sender()
     metrics = otlp.metric_sender()
-    otlp.stop_retrying(sender, metrics)  # one attempt each, no backoff
-    quieten_sdk_exporters()
+    otlp.stop_retrying(sender, metrics)  # one attempt each, no backoff; made, they filter the SDK's loggers
     request = export_request([(keys.resource_key("shop", "production"), encode_span(finished_span()))], "1")
     with caplog.at_level(logging.DEBUG):
         assert sender.send(request).delivery is otlp.Delivery.RETRY
