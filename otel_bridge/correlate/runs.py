@@ -394,6 +394,28 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
     return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
 
 
+def merge(kept: RunState, later: RunState, now_ns: int) -> RunState:
+    """One run held in two states as one: `later`'s facts taken into `kept` as if they had come to it
+    after its own, and the spans either sent known as sent. Returns `kept`.
+
+    A run is split so when it is set aside (its settling failed, or a downgraded version could not
+    read it) and its producer goes on: its later events start it afresh under the same key. The fold
+    is indifferent to order and deduplicates, so the joined run settles to the spans one state told
+    every event would have. What `later` sent counts as sent once all its facts are in (at `kept`'s
+    `seq` then), so none of its facts reads as arriving after its span left. `later` must not be
+    closed: what a closed run sent at its end is not journalled (`journal.write`).
+    """
+    assert not later.closed, "a closed run's sent spans are not known"
+    for fact in sorted(later.facts, key=lambda f: f.seq):
+        fold(kept, later.run, fact, now_ns)
+    for span_id in later.emitted:
+        kept.emitted.setdefault(span_id, kept.seq)
+    if later.seen_digests or later.seen_ids:
+        kept.seen_digests += later.seen_digests
+        kept.remember_seen(later.seen_ids)
+    return kept
+
+
 def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 

@@ -25,7 +25,7 @@ import orjson
 import otel_bridge
 from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
-from otel_bridge.correlate.runs import RunState
+from otel_bridge.correlate.runs import RunState, merge
 from otel_bridge.lifecycle import Fact
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.state.store import Store, Transaction
@@ -199,14 +199,22 @@ def _row(facts: Iterable[Fact]) -> bytes:
 def set_aside(tx: Transaction, key: str, header: bytes, reason: str, now: float, under: str = keys.SET_ASIDE) -> None:
     """A run out of play (its settling keeps failing; `keys.UNREADABLE`: this version cannot read it):
     its state, facts and sent span ids kept whole under the prefix `under` with the reason, for
-    `put_back` once the cause is mended."""
-    kept = {
+    `put_back` once the cause is mended. A run set aside before (which started afresh since, its
+    producer going on) keeps that earlier state inside the new one: a second setting aside used to
+    write over the first, and that part of the run was lost."""
+    kept: dict[str, Any] = {
         "reason": reason,
         "at": now,
         "state": header.decode(errors="replace"),
         "facts": [row.decode(errors="replace") for row in tx.facts(key)],
         "sent": [row.decode(errors="replace") for row in tx.facts(keys.sent_spans(key))],
     }
+    before = tx.load(under + key)
+    if before is not None:
+        try:
+            kept["earlier"] = _kept(under + key, before[0])
+        except ValueError:  # not one this version wrote: kept as text, for a person to read
+            kept["earlier"] = {"text": before[0].decode(errors="replace")}
     tx.save(under + key, orjson.dumps(kept), None)
     delete(tx, key)
 
@@ -245,36 +253,92 @@ def _kept(aside: str, blob: bytes) -> dict[str, Any]:
     raise ValueError("not a run set aside by this bridge")
 
 
+def _chain(kept: dict[str, Any]) -> list[dict[str, Any]]:
+    """The states of one run kept under one key, the earliest first (`set_aside` nests them)."""
+    chain = [kept]
+    while (earlier := chain[-1].get("earlier")) is not None:
+        if not (isinstance(earlier, dict) and isinstance(earlier.get("state"), str)):
+            raise ValueError("an earlier state of the run kept beside it is not one this bridge wrote")
+        chain.append(earlier)
+    return chain[::-1]
+
+
 def _state_of(aside: str, kept: dict[str, Any]) -> State:
     """The state `kept` under the key `aside` holds, as this version reads it (raises ValueError)."""
-    return decode(keys.in_play(aside), kept["state"].encode(), [row.encode() for row in kept["facts"]])
+    rows = [row.encode() for row in kept["facts"]]
+    return decode(keys.in_play(aside), kept["state"].encode(), rows, [row.encode() for row in kept.get("sent", [])])
+
+
+def _joined(states: list[State], now: float) -> State | str:
+    """States of one run, the earliest first, as one (`runs.merge`); or why they cannot be."""
+    first, *rest = states
+    for later in rest:
+        if not isinstance(first, RunState) or not isinstance(later, RunState):
+            return "a job instance has a newer state: left set aside"
+        if later.closed:
+            return (
+                "the run started afresh after it was set aside and has ended since, its end sent without what "
+                "was set aside: left set aside"
+            )
+        merge(first, later, int(now * 1e9))
+    return first
 
 
 def read_aside(aside: str, blob: bytes) -> Aside:
-    """What `set_aside` kept under the key `aside`; raises ValueError when it cannot be read."""
+    """What `set_aside` kept under the key `aside` (a run set aside more than once: its states joined, as
+    `put_back` would); raises ValueError when it cannot be read."""
     kept = _kept(aside, blob)
-    return Aside(_state_of(aside, kept), str(kept.get("reason", "")), float(kept.get("at", 0.0)))
+    chain = _chain(kept)
+    states = [_state_of(aside, k) for k in chain]
+    joined = _joined(states, float(kept.get("at", 0.0)))
+    reason = str(kept.get("reason", ""))
+    if len(chain) > 1:
+        reason += f" (set aside {len(chain)} times: it started afresh in between)"
+    return Aside(joined if not isinstance(joined, str) else states[-1], reason, float(kept.get("at", 0.0)))
 
 
 def put_back(tx: Transaction, aside: str, now: float) -> str | None:
-    """The run set aside under `aside` in play again, due now, as it was; None when done, else why not.
+    """The run set aside under `aside` in play again, due now; None when done, else why not.
 
-    A run that started again under the same key meanwhile (its later events) is left as it is:
-    two states of one run are not merged here. Raises ValueError when this version cannot read it
-    (nothing is put back then)."""
+    Alone, it goes back as it was. A run set aside more than once, or one that started again under the
+    same key meanwhile (its later events), goes back as one run: the states joined (`runs.merge`), the
+    spans any of them sent not sent again. One whose newer state has ended is left set aside: that end
+    was sent without the rest. Raises ValueError when this version cannot read it (nothing is put back
+    then)."""
     key = keys.in_play(aside)
     loaded = tx.load(aside)
     if loaded is None:
         return "no longer set aside"
     kept = _kept(aside, loaded[0])
     # Read before it is put back: one this version cannot read would be set aside again at its first event.
-    _state_of(aside, kept)
-    if tx.load(key) is not None:
-        return "the run has a newer state (events that came after it was set aside): left set aside"
-    tx.save(key, kept["state"].encode(), now)
-    if kept["facts"]:
-        tx.append(key, [(0, b",".join(row.encode() for row in kept["facts"]))])
-    if kept.get("sent"):  # set aside by earlier versions without them: its spans may be sent again
-        tx.append(keys.sent_spans(key), [(0, b",".join(row.encode() for row in kept["sent"]))])
+    chain = _chain(kept)
+    states = [_state_of(aside, k) for k in chain]
+    newer = tx.load(key)
+    if newer is None and len(states) == 1:
+        tx.save(key, kept["state"].encode(), now)
+        if kept["facts"]:
+            tx.append(key, [(0, b",".join(row.encode() for row in kept["facts"]))])
+        if kept.get("sent"):  # set aside by earlier versions without them: its spans may be sent again
+            tx.append(keys.sent_spans(key), [(0, b",".join(row.encode() for row in kept["sent"]))])
+        tx.delete(aside)
+        return None
+    if newer is not None:
+        job = keys.is_job(key)
+        try:
+            states.append(
+                decode(key, newer[0], [] if job else tx.facts(key), [] if job else tx.facts(keys.sent_spans(key)))
+            )
+        except ValueError:
+            return "the run's newer state cannot be read by this version: left set aside"
+    joined = _joined(states, now)
+    if isinstance(joined, str):
+        return joined
+    delete(tx, key)
+    tx.save(key, encode_header(joined), now)
+    assert isinstance(joined, RunState)  # `_joined` joins runs only
+    if joined.facts:
+        tx.append(key, [(0, _row(joined.facts))])
+    if joined.emitted:
+        tx.append(keys.sent_spans(key), [(0, _sent_row(joined.emitted))])
     tx.delete(aside)
     return None

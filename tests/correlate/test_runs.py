@@ -4,9 +4,10 @@ from itertools import pairwise
 
 import msgspec
 from builders import WorkflowRun
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from otel_bridge import conventions as c
 from otel_bridge.correlate import runs
 from otel_bridge.correlate.runs import RunState, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
@@ -128,3 +129,65 @@ def test_a_settling_of_an_open_run_reads_only_the_steps_told_since_the_last(monk
 
     assert [s.name for s in second.spans] == ["step item-100"]
     assert built_from == [2]  # that step's start and end, not the run's 203 facts
+
+
+def _folded(state: RunState | None, events: list[dict], now: float) -> tuple[RunState | None, float]:
+    for raw in events:
+        record = decode(raw)
+        assert isinstance(record, WorkflowRecord)
+        now = max(now, record.fact.time_ns / 1e9)
+        state = apply(state, None, record, now, _POLICY).state  # type: ignore[assignment]
+    return state, now
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=long_histories(), data=st.data())
+def test_a_run_split_in_two_states_and_merged_settles_as_the_run_told_to_one_state(history, data):
+    # A run set aside while its producer went on: its later events started it afresh under the same key.
+    # Joined, it sends what one state told every event sends, each span once, whatever the order.
+    duplicates = data.draw(st.lists(st.sampled_from(history), max_size=len(history) // 3))
+    delivered = data.draw(st.permutations(history + duplicates)) if data.draw(st.booleans()) else history
+    split = data.draw(st.integers(min_value=1, max_value=len(delivered) - 1))
+    cuts = [n for n in data.draw(st.lists(st.integers(min_value=1, max_value=split), max_size=3))]
+    reference = _settled_in_chunks(delivered, [*cuts, split], "in-memory")
+
+    store = SqliteStore(":memory:")
+    sent: list[list[tuple]] = []
+    kept: RunState | None = None
+    now = 0.0
+    for start, end in pairwise([0, *sorted(set(cuts)), split]):
+        kept, now = _folded(kept, delivered[start:end], now)
+        assert kept is not None
+        step = settle_run(kept, now + 1, _POLICY)
+        sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
+        kept = step.state  # type: ignore[assignment]
+        # Set aside while it went on: a run that had ended and been sent takes what follows as late, alike.
+        assume(kept is not None and not kept.closed)
+    later, now = _folded(None, delivered[split:], now)
+    assert kept is not None and later is not None
+    joined = runs.merge(_read_back(kept, store), _read_back(later, store), int(now * 1e9))
+    step = settle_run(_read_back(joined, store), now + 1, _POLICY)
+    sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
+
+    assert [chunk for chunk in sent if chunk] == [chunk for chunk in reference if chunk]
+
+
+def test_merging_keeps_the_spans_the_later_state_sent_as_sent_and_its_events_as_known():
+    run = WorkflowRun("split").started().step_started("a").after(1).step_completed("a")
+    kept, now = _folded(None, run.events, 0.0)
+    run.after(1).step_started("b").after(1).step_completed("b")
+    later, now = _folded(None, run.events[-2:], now)
+    assert later is not None
+    sent_by_later = settle_run(later, now + 1, _POLICY)
+    assert [s.name for s in sent_by_later.spans] == ["step b"]
+
+    joined = runs.merge(kept, later, int(now * 1e9))
+
+    assert [s.name for s in settle_run(joined, now + 1, _POLICY).spans] == ["step a"]  # b left already
+    again = apply(joined, None, decode(run.events[-1]), now, _POLICY)
+    assert again.admission is runs.Admission.REPEATED  # b's end, sent again by the producer
+    run.after(1).completed(["a", "b"])
+    ended = settle_run(apply(joined, None, decode(run.events[-1]), now, _POLICY).state, now + 1, _POLICY)
+    (root,) = ended.spans
+    # b's facts came before b's span left, not after it: none is shown on the root as late.
+    assert [e.name for e in root.events if e.attributes.get(c.WORKFLOW_LATE_EVENT)] == []

@@ -139,21 +139,117 @@ def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is
     assert "set aside: 0" in capsys.readouterr().out
 
 
-def test_a_run_set_aside_that_started_again_meanwhile_is_left_set_aside_and_said_so(tmp_path, monkeypatch, capsys):
+def _spans(store: Store) -> dict[str, Span]:
+    """The spans in the outbox by name, taken out of it as an export takes them."""
+    rows = store.outbox_peek(1000)
+    if rows:
+        store.outbox_ack([row.id for row in rows])
+    return {span.name: span for span in (Span.FromString(row.payload) for row in rows)}
+
+
+def _told_to_one_state(tmp_path, run: WorkflowRun, now: float) -> dict[str, Span]:
+    """The spans of the run had every event come to one state that settled."""
+    settings = Settings(state=str(tmp_path / "control.db"), settle_seconds=0, gap_grace_seconds=0)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: now)
+    pipeline.ingest(run.events)
+    pipeline.settle_due()
+    try:
+        return _spans(pipeline.store)
+    finally:
+        pipeline.store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_run_set_aside_that_went_on_meanwhile_is_put_back_as_one_run_each_span_sent_once(
+    kind, tmp_path, monkeypatch, capsys, request
+):
+    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    settings = Settings(state=state, settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
+    now = [time.time()]
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    poison = _Poison(monkeypatch, "step b")
+    run = WorkflowRun("split").started().step_started("a").after(1).step_completed("a")
+    pipeline.ingest(run.events)
+    _settled_for(pipeline, now, 1)
+    run.after(1).step_started("b").after(1).step_completed("b")
+    pipeline.ingest(run.events[-2:])
+    _settled_for(pipeline, now, 2)
+    assert [key for key, _ in pipeline.store.states() if key.startswith("unsettled")]  # set aside
+    poison.on = False  # the bug mended; the workflow went on meanwhile, its run started afresh
+    run.after(1).step_started("c").after(1).step_completed("c")
+    pipeline.ingest(run.events[-2:])
+    _settled_for(pipeline, now, 1)
+    sent = _spans(pipeline.store)
+    assert sorted(sent) == ["step a", "step c"]
+    pipeline.store.close()
+
+    assert main(["settle-again", "--state", settings.state]) == 0
+    assert "put back: 1" in capsys.readouterr().out
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    run.after(1).completed(["a", "b", "c"])
+    pipeline.ingest(run.events[-1:])
+    _settled_for(pipeline, now)
+    sent_after = _spans(pipeline.store)
+    pipeline.store.close()
+
+    # Each span once, and the trace the one a bridge that never failed would have sent.
+    assert sorted(sent_after) == ["step b", "workflow split"]
+    assert sent | sent_after == _told_to_one_state(tmp_path, run, now[0])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_run_set_aside_twice_keeps_both_parts_and_is_put_back_whole(kind, tmp_path, monkeypatch, capsys, request):
+    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    settings = Settings(state=state, settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
+    now = [time.time()]
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    poison_b, poison_c = _Poison(monkeypatch, "step b"), _Poison(monkeypatch, "step c")
+    run = WorkflowRun("twice").started().step_started("a").after(1).step_completed("a")
+    run.after(1).step_started("b").after(1).step_completed("b")
+    pipeline.ingest(run.events)
+    _settled_for(pipeline, now, 2)
+    # It went on, started afresh, and failed again: the second setting aside used to write over the first.
+    run.after(1).step_started("c").after(1).step_completed("c")
+    pipeline.ingest(run.events[-2:])
+    _settled_for(pipeline, now, 2)
+    assert _spans(pipeline.store) == {}
+    pipeline.store.close()
+
+    assert main(["settle-again", "--state", settings.state, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "set aside 2 times" in listed and "set aside: 1" in listed
+    assert main(["show", run.workflow_id, "--state", settings.state]) == 0
+    shown = capsys.readouterr().out
+    assert "step a #1" in shown and "step c #1" in shown  # both parts
+
+    poison_b.on = poison_c.on = False
+    assert main(["settle-again", "--state", settings.state]) == 0
+    assert "put back: 1" in capsys.readouterr().out
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    run.after(1).completed(["a", "b", "c"])
+    pipeline.ingest(run.events[-1:])
+    _settled_for(pipeline, now)
+    sent = _spans(pipeline.store)
+    pipeline.store.close()
+    assert sent == _told_to_one_state(tmp_path, run, now[0])
+
+
+def test_a_run_set_aside_whose_fresh_part_has_ended_is_left_set_aside_and_said_so(tmp_path, monkeypatch, capsys):
     settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
     now = [time.time()]
     pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: now[0])
-    poison = _Poison(monkeypatch, "workflow poisoned")
-    run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a").completed()
+    poison = _Poison(monkeypatch, "step a")
+    run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a")
     pipeline.ingest(run.events)
     _settled_for(pipeline, now, 2)
     poison.on = False
-    pipeline.ingest(WorkflowRun("poisoned", workflow_id=run.workflow_id).started().events[:1])  # told again, anew
+    pipeline.ingest(run.after(1).completed(["a"]).events[-1:])  # its end, sent without what was set aside
+    _settled_for(pipeline, now, 2)
     pipeline.store.close()
 
     assert main(["settle-again", "--state", settings.state]) == 1
     said = capsys.readouterr().out
-    assert "put back: 0" in said and "left: 1" in said and "newer state" in said
+    assert "put back: 0" in said and "left: 1" in said and "has ended since" in said
 
 
 def test_settle_again_beside_a_running_bridge_lists_but_says_to_stop_it_before_putting_back(tmp_path, capsys):
