@@ -164,6 +164,7 @@ class Pipeline:
             capture_input=settings.capture_input,
             max_input_bytes=settings.max_input_bytes,
             redact_keys=frozenset(settings.redact_keys),
+            max_text_chars=settings.attribute_value_limit,
         )
 
     def durable_effect(self, raw: Any) -> LifecycleRecord:

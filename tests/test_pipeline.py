@@ -292,3 +292,19 @@ def test_a_run_that_slept_a_thousand_times_sends_a_root_span_of_bounded_events_s
     assert len(root.events) == 100 and root.dropped_events_count == 4000 - 100
     assert root.events[0].time_unix_nano == root.start_time_unix_nano  # how it began...
     assert root.events[-1].time_unix_nano == root.end_time_unix_nano  # ...and how it came to end
+
+
+def test_an_errors_stack_is_stored_as_long_as_a_span_may_carry_it_and_sent_the_same(tmp_path):
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, attribute_value_limit=300)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    stack = "Error: declined\n" + "    at pay (pay.ts:1:1)\n" * 40_000  # ~1 MB
+    run = WorkflowRun().started().step_started("pay").after(5).step_failed("pay", 1, stack=stack)
+    pipeline.ingest(run.events)
+    (key,) = [key for key, _ in pipeline.store.states()]
+    stored = sum(map(len, pipeline.store.run(lambda tx: tx.facts(key))))
+    assert stored < 1_500  # the run's facts with 300 characters of the stack, not a megabyte
+
+    pipeline.settle_due(horizon=time.time() + 3600)
+    (row,) = pipeline.store.outbox_peek(10)
+    sent = {kv.key: kv.value.string_value for e in Span.FromString(row.payload).events for kv in e.attributes}
+    assert sent["exception.stacktrace"] == stack[:300]

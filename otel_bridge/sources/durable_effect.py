@@ -46,7 +46,9 @@ from otel_bridge.sources.wire import (
     IsoTime,
     Label,
     Millis,
+    Name,
     attrs,
+    cut,
     iso,
     json_kind,
     ns,
@@ -66,7 +68,7 @@ class _Wire(BaseModel):
 class WireError(_Wire):
     message: str
     stack: str | None = None
-    step_name: str | None = None
+    step_name: Name | None = None
     attempt: Count | None = None
 
 
@@ -75,7 +77,7 @@ class _WorkflowBase(_Wire):
     timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
     workflow_id: Identity
-    workflow_name: str
+    workflow_name: Name
     execution_id: str | None = None
     env: Label
     service_key: Label
@@ -99,7 +101,7 @@ class WorkflowPaused(_WorkflowBase):
     type: Literal["workflow.paused"]
     reason: Literal["sleep", "retry"]
     resume_at: IsoTime | None = None
-    step_name: str | None = None
+    step_name: Name | None = None
 
 
 class WorkflowCompleted(_WorkflowBase):
@@ -122,13 +124,13 @@ class WorkflowCancelled(_WorkflowBase):
 
 class StepStarted(_WorkflowBase):
     type: Literal["step.started"]
-    step_name: str
+    step_name: Name
     attempt: Count
 
 
 class StepCompleted(_WorkflowBase):
     type: Literal["step.completed"]
-    step_name: str
+    step_name: Name
     attempt: Count
     duration_ms: Millis
     cached: bool = False
@@ -136,7 +138,7 @@ class StepCompleted(_WorkflowBase):
 
 class StepFailed(_WorkflowBase):
     type: Literal["step.failed"]
-    step_name: str
+    step_name: Name
     attempt: Count
     error: WireError
     will_retry: bool = False
@@ -144,7 +146,7 @@ class StepFailed(_WorkflowBase):
 
 class RetryScheduled(_WorkflowBase):
     type: Literal["retry.scheduled"]
-    step_name: str
+    step_name: Name
     attempt: Count
     next_attempt_at: IsoTime | None = None
     delay_ms: Millis | None = None
@@ -152,7 +154,7 @@ class RetryScheduled(_WorkflowBase):
 
 class RetryExhausted(_WorkflowBase):
     type: Literal["retry.exhausted"]
-    step_name: str
+    step_name: Name
     attempts: Count
 
 
@@ -169,14 +171,14 @@ class SleepCompleted(_WorkflowBase):
 
 class TimeoutSet(_WorkflowBase):
     type: Literal["timeout.set"]
-    step_name: str
+    step_name: Name
     deadline: IsoTime | None = None
     timeout_ms: Millis | None = None
 
 
 class TimeoutExceeded(_WorkflowBase):
     type: Literal["timeout.exceeded"]
-    step_name: str
+    step_name: Name
     timeout_ms: Millis | None = None
 
 
@@ -186,7 +188,7 @@ class _JobBase(_Wire):
     source: Literal["job"] = "job"
     instance_id: Identity
     job_type: Literal["continuous", "debounce", "task", "workerPool"]
-    job_name: str
+    job_name: Name
     env: Label
     service_key: Label
     id: str | None = None
@@ -355,11 +357,12 @@ def decode(raw: Any, options: DecodeOptions | None = None) -> LifecycleRecord:
         raise exc.of(raw, "eventId") from None
 
 
-def _error(wire: WireError) -> ErrorInfo:
+def _error(wire: WireError, options: DecodeOptions) -> ErrorInfo:
+    limit = options.max_text_chars
     return ErrorInfo(
-        message=wire.message,
+        message=cut(wire.message, limit),
         type=None,
-        stacktrace=wire.stack,
+        stacktrace=cut(wire.stack, limit) if wire.stack is not None else None,
         step=wire.step_name,
         attempt=wire.attempt,
     )
@@ -421,13 +424,13 @@ def _step_completed(e: StepCompleted, _options: DecodeOptions) -> Fact:
     )
 
 
-def _step_failed(e: StepFailed, _options: DecodeOptions) -> Fact:
+def _step_failed(e: StepFailed, options: DecodeOptions) -> Fact:
     return Fact(
         kind=KIND.ATTEMPT_ENDED,
         step=e.step_name,
         attempt=e.attempt,
         outcome=OUTCOME.TIMEOUT if _timed_out(e.error) else OUTCOME.FAILURE,
-        error=_error(e.error),
+        error=_error(e.error, options),
         attributes={"workflow.task.will_retry": e.will_retry},
         **_base(e),
     )
@@ -472,11 +475,11 @@ def _workflow_completed(e: WorkflowCompleted, _options: DecodeOptions) -> Fact:
     )
 
 
-def _workflow_failed(e: WorkflowFailed, _options: DecodeOptions) -> Fact:
+def _workflow_failed(e: WorkflowFailed, options: DecodeOptions) -> Fact:
     return Fact(
         kind=KIND.RUN_ENDED,
         outcome=OUTCOME.TIMEOUT if _timed_out(e.error) else OUTCOME.FAILURE,
-        error=_error(e.error),
+        error=_error(e.error, options),
         step=e.error.step_name,
         attempt=e.error.attempt,
         attributes={c.WORKFLOW_EXECUTION_COMPLETED_STEPS: list(e.completed_steps)},

@@ -25,6 +25,7 @@ from otel_bridge.sources.wire import (
     IsoTime,
     Label,
     attrs,
+    cut,
     ns,
     reason,
     summary,
@@ -187,7 +188,7 @@ class EventSourcedDecoder:
             return Fact(
                 kind=KIND.RUN_ENDED,
                 outcome=outcome,
-                error=_error(e) if outcome is OUTCOME.FAILURE else None,
+                error=_error(e, self.options.decode.max_text_chars) if outcome is OUTCOME.FAILURE else None,
                 reason=state if outcome is OUTCOME.CANCELLATION else None,
                 entered_state=state,
                 attributes=described | move,
@@ -214,11 +215,11 @@ def _task_type(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _error(e: StreamEvent) -> ErrorInfo:
+def _error(e: StreamEvent, limit: int) -> ErrorInfo:
     error = e.payload.get("error")
     if isinstance(error, dict):
-        message = str(error.get("message") or "")
+        message = cut(str(error.get("message") or ""), limit)
         kind = error.get("name") or error.get("type")
-        return ErrorInfo(message=message or "workflow failed", type=str(kind) if kind else None)
-    message = str(error or e.payload.get("errorMessage") or e.payload.get("message") or "")
+        return ErrorInfo(message=message or "workflow failed", type=cut(str(kind), limit) if kind else None)
+    message = cut(str(error or e.payload.get("errorMessage") or e.payload.get("message") or ""), limit)
     return ErrorInfo(message=message or f"moved to {e.to_state}")

@@ -23,6 +23,7 @@ from otel_bridge.sources.wire import (
     Identity,
     IsoTime,
     attrs,
+    cut,
     json_kind,
     ns,
     reason,
@@ -223,7 +224,9 @@ class Phase10Decoder:
                 failed = d.get("failed_steps")
                 counted = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
                 message = d.get("error_message") or counted
-                error = ErrorInfo(message=str(message), type=str(d["error_type"]) if d.get("error_type") else None)
+                error = ErrorInfo(
+                    message=self._text(message), type=self._text(d["error_type"]) if d.get("error_type") else None
+                )
             goes_on = e.event_type in _GOES_ON_AFTER
             return Fact(
                 kind=KIND.RUN_ENDED, outcome=outcome, error=error, carries_on=goes_on, attributes=described, **base
@@ -248,7 +251,11 @@ class Phase10Decoder:
             return Fact(kind=KIND.ATTEMPT_STARTED, attributes=described | told, **step, **base)
         outcome = _STEP_ENDINGS[e.event_type]
         duration = d.get("duration")
-        error = ErrorInfo(message=str(d.get("error_message") or "step failed")) if outcome is OUTCOME.FAILURE else None
+        error = (
+            ErrorInfo(message=self._text(d.get("error_message") or "step failed"))
+            if outcome is OUTCOME.FAILURE
+            else None
+        )
         told = attrs(**{c.WORKFLOW_TASK_OUTPUT: self._captured(d.get("output_data"))})
         return Fact(
             kind=KIND.ATTEMPT_ENDED,
@@ -262,6 +269,10 @@ class Phase10Decoder:
 
     def _captured(self, value: Any) -> str | None:
         return summary(value, self.options.decode) if self.options.decode.capture_input and value else None
+
+    def _text(self, value: Any) -> str:
+        """An error's message or type as the run keeps it: bounded as a span attribute is."""
+        return cut(str(value), self.options.decode.max_text_chars)
 
     def timeline(self, raw: Any) -> list[WorkflowRecord]:
         """A whole execution from its timeline document: what the WebSocket told, and the retries it did not."""
@@ -313,7 +324,11 @@ class Phase10Decoder:
                 outcome
             )
             if outcome is not None and ended_at is not None:
-                error = ErrorInfo(message=entry.error_message or "step failed") if outcome is OUTCOME.FAILURE else None
+                error = (
+                    ErrorInfo(message=self._text(entry.error_message or "step failed"))
+                    if outcome is OUTCOME.FAILURE
+                    else None
+                )
                 duration = entry.duration_seconds * 1000 if entry.duration_seconds is not None else None
                 told(
                     KIND.ATTEMPT_ENDED,
@@ -328,7 +343,7 @@ class Phase10Decoder:
         ending = _TIMELINE_ENDINGS.get(doc.status.lower())
         if ending is not None and doc.completed_at is not None:
             said = _TIMELINE_ERRORS.get(ending)
-            error = ErrorInfo(message=doc.error_message or said) if said else None
+            error = ErrorInfo(message=self._text(doc.error_message or said)) if said else None
             told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 

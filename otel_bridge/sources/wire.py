@@ -59,6 +59,9 @@ MAX_IDENTITY = 1000
 IsoTime = Annotated[datetime, _IsoTime]
 Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]
+# A workflow's, step's or job's name: one names a step's spans (as its identity, with the attempt) and
+# its metrics, and every fact of the step holds it. Bounded as the identities are; its characters free.
+Name = Annotated[str, Field(max_length=MAX_IDENTITY)]
 # An event's id, bounded as the identities are.
 EventId = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
@@ -71,6 +74,15 @@ class DecodeOptions(BaseModel):
     capture_input: bool = False
     max_input_bytes: int = 2048
     redact_keys: frozenset[str] = frozenset({"password", "secret", "token", "authorization", "apiKey"})
+    # Error messages and stacks are kept to what a span can carry (`attribute_value_limit`): kept whole,
+    # a producer's stack of megabytes stayed in its run's facts, in memory and in the store, to be cut
+    # at every export anyway.
+    max_text_chars: int = 4096
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` as a span attribute carries it: its first `limit` characters."""
+    return text if len(text) <= limit else text[:limit]
 
 
 # A time out of range, as pydantic's error names the bound it crossed (UTC written with a Z).

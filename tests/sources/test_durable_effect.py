@@ -103,3 +103,30 @@ def test_captured_input_is_redacted_and_truncated():
     text = fact.attributes["workflow.execution.input"]
     assert "hunter2" not in text and "[REDACTED]" in text
     assert len(text) <= 61
+
+
+def test_an_errors_message_and_stack_are_kept_to_what_a_span_carries():
+    # A stack of megabytes stayed whole in its run's facts (memory, store), to be cut at every export.
+    huge = WorkflowRun().step_failed("a", 1, message="m" * 100_000, stack="Error: x\n" + "  at f\n" * 50_000).last()
+    error = decode(huge).fact.error
+    assert (len(error.message), len(error.stacktrace)) == (4096, 4096)
+    assert error.stacktrace.startswith("Error: x\n")
+    failed = decode(WorkflowRun().failed("m" * 50, stack="s" * 50).last(), DecodeOptions(max_text_chars=10))
+    assert (failed.fact.error.message, failed.fact.error.stacktrace) == ("m" * 10, "s" * 10)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (WorkflowRun("w" * 1001).started().last(), "workflowName"),
+        (WorkflowRun().step_started("s" * 1001).last(), "stepName"),
+        (WorkflowRun().failed(step="s" * 1001).last(), "error.stepName"),
+        (JobRun("j" * 1001).started().last(), "jobName"),
+    ],
+)
+def test_a_name_longer_than_an_identity_may_be_is_rejected_naming_it(event, field):
+    # A step's name is its spans' identity, held by every fact of the step: bounded as workflow ids are.
+    with pytest.raises(DecodeError) as caught:
+        decode(event)
+    assert caught.value.field == field and "at most 1000 characters" in caught.value.reason
+    assert isinstance(decode(WorkflowRun().step_started("s" * 1000).last()), WorkflowRecord)

@@ -160,3 +160,9 @@ def test_a_run_whose_start_or_a_middle_move_is_still_in_flight_waits_for_it():
         assert settle(state, state.ended_seen_ns + 10**9, policy).held, missing
     (whole,) = fold_events(run.events, settle_at_ns=None, decoder=DECODE).runs.values()
     assert not settle(whole, whole.ended_seen_ns + 10**9, policy).held
+
+
+def test_an_error_message_is_kept_to_what_a_span_carries():
+    run = Execution("payout").started().after(5).ended("failed", error="e" * 10_000)
+    root = fold_events(run.events, decoder=DECODE).root
+    assert root.status_message == "e" * 4096

@@ -276,3 +276,11 @@ def test_an_agent_step_names_its_agent_with_the_genai_convention():
     folded = fold_events(run.events, decoder=DECODE)
     assert folded.span("step plan").attributes["gen_ai.agent.id"] == "agent-7"
     assert "gen_ai.agent.id" not in folded.span("step notify").attributes  # the engine sends null
+
+
+def test_an_error_message_is_kept_to_what_a_span_carries():
+    run = Phase10Run("x").started().step_started("s1", "a", 1).after(5).step_failed("s1", "e" * 10_000, 0.1)
+    run.after(1).failed("f" * 10_000, "T" * 10_000)
+    records = [DECODE(raw) for raw in run.events]
+    errors = [r.fact.error for r in records if r is not None and r.fact.error is not None]
+    assert [(len(e.message), len(e.type or "")) for e in errors] == [(4096, 0), (4096, 4096)]
