@@ -59,9 +59,29 @@ MAX_IDENTITY = 1000
 IsoTime = Annotated[datetime, _IsoTime]
 Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]
-# A workflow's, step's or job's name: one names a step's spans (as its identity, with the attempt) and
-# its metrics, and every fact of the step holds it. Bounded as the identities are; its characters free.
-Name = Annotated[str, Field(max_length=MAX_IDENTITY)]
+
+
+class _Name:
+    """A workflow's, step's or job's name, kept to `MAX_NAME` characters: every fact of a step holds its
+    name, and one of a megabyte (a payload sent in the wrong field) stayed so in the run's facts, in
+    memory and in the store, to be cut at every export. Cut, not refused: the event and its run's trace
+    are kept. A name within the bound passes pydantic's compiled check alone; only a longer one costs a
+    Python call."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
+        within = core_schema.str_schema(max_length=MAX_NAME)
+        cut_down = core_schema.no_info_after_validator_function(lambda text: text[:MAX_NAME], core_schema.str_schema())
+        return core_schema.union_schema(
+            [within, cut_down],
+            mode="left_to_right",
+            custom_error_type="string_type",
+        )
+
+
+# What a span attribute carries of a text by default (`attribute_value_limit`); span names are cut shorter.
+MAX_NAME = 4096
+Name = Annotated[str, _Name]
 # An event's id, bounded as the identities are.
 EventId = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]

@@ -115,18 +115,11 @@ def test_an_errors_message_and_stack_are_kept_to_what_a_span_carries():
     assert (failed.fact.error.message, failed.fact.error.stacktrace) == ("m" * 10, "s" * 10)
 
 
-@pytest.mark.parametrize(
-    ("event", "field"),
-    [
-        (WorkflowRun("w" * 1001).started().last(), "workflowName"),
-        (WorkflowRun().step_started("s" * 1001).last(), "stepName"),
-        (WorkflowRun().failed(step="s" * 1001).last(), "error.stepName"),
-        (JobRun("j" * 1001).started().last(), "jobName"),
-    ],
-)
-def test_a_name_longer_than_an_identity_may_be_is_rejected_naming_it(event, field):
-    # A step's name is its spans' identity, held by every fact of the step: bounded as workflow ids are.
-    with pytest.raises(DecodeError) as caught:
-        decode(event)
-    assert caught.value.field == field and "at most 1000 characters" in caught.value.reason
-    assert isinstance(decode(WorkflowRun().step_started("s" * 1000).last()), WorkflowRecord)
+def test_a_name_of_a_megabyte_is_kept_to_what_a_span_attribute_carries_not_refused():
+    # Every fact of a step holds its name: cut as it is read, the event and its run's trace still kept.
+    step = decode(WorkflowRun().step_started("s" * 1_000_000).last())
+    assert step.fact.step == "s" * 4096
+    assert decode(WorkflowRun("w" * 1_000_000).started().last()).run.name == "w" * 4096
+    assert decode(WorkflowRun().failed(step="s" * 5000).last()).fact.error.step == "s" * 4096
+    assert decode(JobRun("j" * 5000).started().last()).job_name == "j" * 4096
+    assert decode(WorkflowRun().step_started("s" * 4096).last()).fact.step == "s" * 4096
