@@ -46,7 +46,7 @@ from otel_bridge.sources.wire import (
     IsoTime,
     Label,
     Millis,
-    Name,
+    Text,
     attrs,
     cut,
     iso,
@@ -68,7 +68,7 @@ class _Wire(BaseModel):
 class WireError(_Wire):
     message: str
     stack: str | None = None
-    step_name: Name | None = None
+    step_name: Text | None = None
     attempt: Count | None = None
 
 
@@ -77,8 +77,8 @@ class _WorkflowBase(_Wire):
     timestamp: IsoTime
     source: Literal["workflow"] = "workflow"
     workflow_id: Identity
-    workflow_name: Name
-    execution_id: str | None = None
+    workflow_name: Text
+    execution_id: Text | None = None
     env: Label
     service_key: Label
 
@@ -101,36 +101,36 @@ class WorkflowPaused(_WorkflowBase):
     type: Literal["workflow.paused"]
     reason: Literal["sleep", "retry"]
     resume_at: IsoTime | None = None
-    step_name: Name | None = None
+    step_name: Text | None = None
 
 
 class WorkflowCompleted(_WorkflowBase):
     type: Literal["workflow.completed"]
-    completed_steps: list[str] = []
+    completed_steps: list[Text] = []
     duration_ms: Millis | None = None
 
 
 class WorkflowFailed(_WorkflowBase):
     type: Literal["workflow.failed"]
     error: WireError
-    completed_steps: list[str] = []
+    completed_steps: list[Text] = []
 
 
 class WorkflowCancelled(_WorkflowBase):
     type: Literal["workflow.cancelled"]
-    reason: str | None = None
-    completed_steps: list[str] = []
+    reason: Text | None = None
+    completed_steps: list[Text] = []
 
 
 class StepStarted(_WorkflowBase):
     type: Literal["step.started"]
-    step_name: Name
+    step_name: Text
     attempt: Count
 
 
 class StepCompleted(_WorkflowBase):
     type: Literal["step.completed"]
-    step_name: Name
+    step_name: Text
     attempt: Count
     duration_ms: Millis
     cached: bool = False
@@ -138,7 +138,7 @@ class StepCompleted(_WorkflowBase):
 
 class StepFailed(_WorkflowBase):
     type: Literal["step.failed"]
-    step_name: Name
+    step_name: Text
     attempt: Count
     error: WireError
     will_retry: bool = False
@@ -146,7 +146,7 @@ class StepFailed(_WorkflowBase):
 
 class RetryScheduled(_WorkflowBase):
     type: Literal["retry.scheduled"]
-    step_name: Name
+    step_name: Text
     attempt: Count
     next_attempt_at: IsoTime | None = None
     delay_ms: Millis | None = None
@@ -154,7 +154,7 @@ class RetryScheduled(_WorkflowBase):
 
 class RetryExhausted(_WorkflowBase):
     type: Literal["retry.exhausted"]
-    step_name: Name
+    step_name: Text
     attempts: Count
 
 
@@ -171,14 +171,14 @@ class SleepCompleted(_WorkflowBase):
 
 class TimeoutSet(_WorkflowBase):
     type: Literal["timeout.set"]
-    step_name: Name
+    step_name: Text
     deadline: IsoTime | None = None
     timeout_ms: Millis | None = None
 
 
 class TimeoutExceeded(_WorkflowBase):
     type: Literal["timeout.exceeded"]
-    step_name: Name
+    step_name: Text
     timeout_ms: Millis | None = None
 
 
@@ -188,10 +188,10 @@ class _JobBase(_Wire):
     source: Literal["job"] = "job"
     instance_id: Identity
     job_type: Literal["continuous", "debounce", "task", "workerPool"]
-    job_name: Name
+    job_name: Text
     env: Label
     service_key: Label
-    id: str | None = None
+    id: Text | None = None
 
 
 class JobStarted(_JobBase):
@@ -222,7 +222,7 @@ class JobRetryExhausted(_JobBase):
 
 class JobTerminated(_JobBase):
     type: Literal["job.terminated"]
-    reason: str | None = None
+    reason: Text | None = None
     run_count: Count = 0
 
 

@@ -61,17 +61,17 @@ Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=P
 Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 
 
-class _Name:
-    """A workflow's, step's or job's name, kept to `MAX_NAME` characters: every fact of a step holds its
-    name, and one of a megabyte (a payload sent in the wrong field) stayed so in the run's facts, in
-    memory and in the store, to be cut at every export. Cut, not refused: the event and its run's trace
-    are kept. A name within the bound passes pydantic's compiled check alone; only a longer one costs a
-    Python call."""
+class _Text:
+    """A text that is no identity (a workflow's, step's or job's name, a reason, an execution id), kept to
+    `MAX_TEXT` characters: every fact of a step holds its name, and one of a megabyte (a payload sent in
+    the wrong field) stayed so in the run's facts, in memory and in the store, to be cut at every export.
+    Cut, not refused: the event and its run's trace are kept. A text within the bound passes pydantic's
+    compiled check alone; only a longer one costs a Python call."""
 
     @classmethod
     def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
-        within = core_schema.str_schema(max_length=MAX_NAME)
-        cut_down = core_schema.no_info_after_validator_function(lambda text: text[:MAX_NAME], core_schema.str_schema())
+        within = core_schema.str_schema(max_length=MAX_TEXT)
+        cut_down = core_schema.no_info_after_validator_function(lambda text: text[:MAX_TEXT], core_schema.str_schema())
         return core_schema.union_schema(
             [within, cut_down],
             mode="left_to_right",
@@ -80,8 +80,8 @@ class _Name:
 
 
 # What a span attribute carries of a text by default (`attribute_value_limit`); span names are cut shorter.
-MAX_NAME = 4096
-Name = Annotated[str, _Name]
+MAX_TEXT = 4096
+Text = Annotated[str, _Text]
 # An event's id, bounded as the identities are.
 EventId = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]

@@ -123,3 +123,5 @@ def test_a_name_of_a_megabyte_is_kept_to_what_a_span_attribute_carries_not_refus
     assert decode(WorkflowRun().failed(step="s" * 5000).last()).fact.error.step == "s" * 4096
     assert decode(JobRun("j" * 5000).started().last()).job_name == "j" * 4096
     assert decode(WorkflowRun().step_started("s" * 4096).last()).fact.step == "s" * 4096
+    ended = decode(WorkflowRun(execution_id="e" * 5000).cancelled(reason="r" * 5000).last())
+    assert (ended.run.correlation_id, ended.fact.reason) == ("e" * 4096, "r" * 4096)
