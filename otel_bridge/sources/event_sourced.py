@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, RunKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import (
+    MAX_TEXT,
     DecodeError,
     DecodeOptions,
     Identity,
     IsoTime,
     Label,
+    Text,
     attrs,
     cut,
     ns,
@@ -47,13 +49,13 @@ class StreamEvent(BaseModel):
 
     event_id: Identity
     execution_id: Label = ""  # required of execution events only (below); never a control character
-    event_name: str = ""
+    event_name: Text = ""
     event_type: str = Field(min_length=1)
     tenant: Label = Field(min_length=1)
     timestamp: IsoTime
     user_id: str = ""
-    from_state: str = ""
-    to_state: str = ""
+    from_state: Text = ""
+    to_state: Text = ""
     payload: dict[str, Any] = {}
     workflow_correlation_key: str = ""
 
@@ -122,7 +124,7 @@ class EventSourcedDecoder:
 
     def _run(self, e: StreamEvent, kind: RunKind = RunKind.WORKFLOW) -> RunRef:
         started = e.event_type == "system" and e.event_name == "workflow.started"
-        name = str(e.payload.get("workflow_name") or "") if started else ""
+        name = cut(str(e.payload.get("workflow_name") or ""), MAX_TEXT) if started else ""
         attributes: dict[str, AttributeValue] = {}
         if started and e.payload.get("workflow_version") not in (None, ""):
             attributes[c.WORKFLOW_DEFINITION_VERSION] = str(e.payload["workflow_version"])

@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import (
+    MAX_TEXT,
     DecodeError,
     DecodeOptions,
     Identity,
     IsoTime,
+    Text,
     attrs,
     cut,
     json_kind,
@@ -90,7 +92,7 @@ class StepEntry(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     step_id: Identity
-    step_name: str = ""
+    step_name: Text = ""
     step_order: int | None = None
     status: str = ""
     started_at: IsoTime | None = None
@@ -109,7 +111,7 @@ class Timeline(BaseModel):
 
     execution_id: Identity
     workflow_id: str = ""
-    workflow_name: str = ""
+    workflow_name: Text = ""
     status: str = ""
     started_at: IsoTime | None = None
     completed_at: IsoTime | None = None
@@ -199,7 +201,7 @@ class Phase10Decoder:
 
     def _run(self, e: Phase10Event) -> RunRef:
         attributes = attrs(**{c.WORKSPACE_ID: e.workspace_id, c.WORKFLOW_DEFINITION_ID: e.workflow_id})
-        name = str(e.data.get("workflow_name") or "") if e.event_type == "workflow_started" else ""
+        name = cut(str(e.data.get("workflow_name") or ""), MAX_TEXT) if e.event_type == "workflow_started" else ""
         return RunRef(
             engine=ENGINE,
             env=self.options.env,
@@ -236,7 +238,7 @@ class Phase10Decoder:
         step: dict[str, Any] = {
             "step": e.workflow_step_id,
             "attempt": 1,
-            "label": str(d.get("step_name") or "") or None,
+            "label": cut(str(d.get("step_name") or ""), MAX_TEXT) or None,
         }
         if e.event_type == "step_started":
             told = attrs(

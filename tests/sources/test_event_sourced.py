@@ -166,3 +166,10 @@ def test_an_error_message_is_kept_to_what_a_span_carries():
     run = Execution("payout").started().after(5).ended("failed", error="e" * 10_000)
     root = fold_events(run.events, decoder=DECODE).root
     assert root.status_message == "e" * 4096
+
+
+def test_names_and_states_of_a_megabyte_are_kept_to_what_a_span_attribute_carries():
+    run = Execution("w" * 1_000_000).started().after(5).moved("s" * 1_000_000, event_name="e" * 1_000_000)
+    started, moved = DECODE(run.events[0]), DECODE(run.events[1])
+    assert started.run.name == "w" * 4096
+    assert (moved.fact.name, moved.fact.entered_state) == ("e" * 4096, "s" * 4096)

@@ -284,3 +284,10 @@ def test_an_error_message_is_kept_to_what_a_span_carries():
     records = [DECODE(raw) for raw in run.events]
     errors = [r.fact.error for r in records if r is not None and r.fact.error is not None]
     assert [(len(e.message), len(e.type or "")) for e in errors] == [(4096, 0), (4096, 4096)]
+
+
+def test_names_of_a_megabyte_are_kept_to_what_a_span_attribute_carries():
+    run = Phase10Run("w" * 1_000_000).started().step_started("s1", "n" * 1_000_000, 1).after(5).step_completed("s1")
+    started, step = DECODE(run.events[0]), DECODE(run.events[1])
+    assert started is not None and step is not None
+    assert (started.run.name, step.fact.label) == ("w" * 4096, "n" * 4096)
