@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="SQLite state: runs kept in memory between batches (least recently used out); "
         "the rest are read from the store when their next event comes.",
     )
+    hot_facts: int = Field(
+        150_000,
+        gt=0,
+        description="SQLite state: most facts (events) the runs kept in memory hold together, ~0.8 KiB each "
+        "(least recently used out; the run being worked on stays, however large).",
+    )
     claim_after_seconds: float = Field(
         60.0,
         gt=0,

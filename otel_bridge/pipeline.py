@@ -156,7 +156,8 @@ class Pipeline:
         self.slices: Slices = here
         self.policy = policy_of(settings)
         # A store of our own is written by this process only: its states can stay in memory.
-        self.hot = None if store.shared or not settings.hot_runs else HotStates(settings.hot_runs)
+        hot = not store.shared and settings.hot_runs
+        self.hot = HotStates(settings.hot_runs, settings.hot_facts) if hot else None
         # Concurrent batches share a commit where the store can keep them apart (savepoints).
         grouping = isinstance(store, GroupStore) and not store.shared
         self._commits = GroupCommit(store, settings.store_timeout_seconds) if grouping else None  # type: ignore[arg-type]
