@@ -1,6 +1,7 @@
 """A run that cannot be settled is tried a few times, then set aside with its reason and counted: never a loop."""
 
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -87,11 +88,28 @@ class _Poison:
         monkeypatch.setattr(pipeline_module, "encode_span", encode)
 
 
-def _exported(store: Store) -> list[str]:
-    """The names of the spans in the outbox, taken out of it as an export takes them."""
+def _taken(store: Store) -> list[Span]:
+    """The spans in the outbox, taken out of it as an export takes them."""
     rows = store.outbox_peek(1000)
-    store.outbox_ack([row.id for row in rows])
-    return sorted(Span.FromString(row.payload).name for row in rows)
+    if rows:
+        store.outbox_ack([row.id for row in rows])
+    return [Span.FromString(row.payload) for row in rows]
+
+
+def _exported(store: Store) -> list[str]:
+    return sorted(span.name for span in _taken(store))
+
+
+def _spans(store: Store) -> dict[str, Span]:
+    return {span.name: span for span in _taken(store)}
+
+
+def _pipeline(kind: str, tmp_path, request, **settings: Any) -> tuple[Pipeline, Settings, list[float]]:
+    """A pipeline on SQLite or Redis with a clock the test moves, and its settings."""
+    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    chosen = Settings(state=state, settle_seconds=0, gap_grace_seconds=0, **settings)
+    now = [time.time()]
+    return Pipeline(open_store(chosen), MetricsHub(), chosen, clock=lambda: now[0]), chosen, now
 
 
 def _settled_for(pipeline: Pipeline, now: list[float], minutes: int = 20) -> None:
@@ -104,10 +122,7 @@ def _settled_for(pipeline: Pipeline, now: list[float], minutes: int = 20) -> Non
 def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is_mended(
     kind, tmp_path, monkeypatch, capsys, request
 ):
-    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
-    settings = Settings(state=state, settle_seconds=0, settle_attempts=2, gap_grace_seconds=0)
-    now = [time.time()]
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    pipeline, settings, now = _pipeline(kind, tmp_path, request, settle_attempts=2)
     poison = _Poison(monkeypatch, "workflow poisoned")
     # It sends its first step before it pauses; the root span it fails on only once it has ended.
     run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a")
@@ -139,14 +154,6 @@ def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is
     assert "set aside: 0" in capsys.readouterr().out
 
 
-def _spans(store: Store) -> dict[str, Span]:
-    """The spans in the outbox by name, taken out of it as an export takes them."""
-    rows = store.outbox_peek(1000)
-    if rows:
-        store.outbox_ack([row.id for row in rows])
-    return {span.name: span for span in (Span.FromString(row.payload) for row in rows)}
-
-
 def _told_to_one_state(tmp_path, run: WorkflowRun, now: float) -> dict[str, Span]:
     """The spans of the run had every event come to one state that settled."""
     settings = Settings(state=str(tmp_path / "control.db"), settle_seconds=0, gap_grace_seconds=0)
@@ -163,10 +170,7 @@ def _told_to_one_state(tmp_path, run: WorkflowRun, now: float) -> dict[str, Span
 def test_a_run_set_aside_that_went_on_meanwhile_is_put_back_as_one_run_each_span_sent_once(
     kind, tmp_path, monkeypatch, capsys, request
 ):
-    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
-    settings = Settings(state=state, settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
-    now = [time.time()]
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    pipeline, settings, now = _pipeline(kind, tmp_path, request, settle_attempts=1)
     poison = _Poison(monkeypatch, "step b")
     run = WorkflowRun("split").started().step_started("a").after(1).step_completed("a")
     pipeline.ingest(run.events)
@@ -199,10 +203,7 @@ def test_a_run_set_aside_that_went_on_meanwhile_is_put_back_as_one_run_each_span
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_a_run_set_aside_twice_keeps_both_parts_and_is_put_back_whole(kind, tmp_path, monkeypatch, capsys, request):
-    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
-    settings = Settings(state=state, settle_seconds=0, settle_attempts=1, gap_grace_seconds=0)
-    now = [time.time()]
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    pipeline, settings, now = _pipeline(kind, tmp_path, request, settle_attempts=1)
     poison_b, poison_c = _Poison(monkeypatch, "step b"), _Poison(monkeypatch, "step c")
     run = WorkflowRun("twice").started().step_started("a").after(1).step_completed("a")
     run.after(1).step_started("b").after(1).step_completed("b")
@@ -269,10 +270,7 @@ def test_settle_again_beside_a_running_bridge_lists_but_says_to_stop_it_before_p
 def test_a_run_an_older_version_could_not_read_is_put_back_whole_once_a_version_that_reads_it_runs(
     kind, tmp_path, monkeypatch, capsys, request
 ):
-    state = str(tmp_path / "p.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
-    settings = Settings(state=state, settle_seconds=0, gap_grace_seconds=0)
-    now = [time.time()]
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    pipeline, settings, now = _pipeline(kind, tmp_path, request)
     run = WorkflowRun("downgraded").started().step_started("a").after(1).step_completed("a")
     pipeline.ingest(run.paused("sleep", resume_in_ms=60_000).events)
     _settled_for(pipeline, now, 1)
