@@ -166,6 +166,20 @@ def _told_to_one_state(tmp_path, run: WorkflowRun, now: float) -> dict[str, Span
         pipeline.store.close()
 
 
+def _put_back_and_ended(settings: Settings, run: WorkflowRun, now: list[float], capsys) -> dict[str, Span]:
+    """`settle-again`, then the run's end: the spans the bridge then sends."""
+    assert main(["settle-again", "--state", settings.state]) == 0
+    assert "put back: 1" in capsys.readouterr().out
+    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
+    run.after(1).completed(["a", "b", "c"])
+    pipeline.ingest(run.events[-1:])
+    _settled_for(pipeline, now)
+    try:
+        return _spans(pipeline.store)
+    finally:
+        pipeline.store.close()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_a_run_set_aside_that_went_on_meanwhile_is_put_back_as_one_run_each_span_sent_once(
     kind, tmp_path, monkeypatch, capsys, request
@@ -187,14 +201,7 @@ def test_a_run_set_aside_that_went_on_meanwhile_is_put_back_as_one_run_each_span
     assert sorted(sent) == ["step a", "step c"]
     pipeline.store.close()
 
-    assert main(["settle-again", "--state", settings.state]) == 0
-    assert "put back: 1" in capsys.readouterr().out
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
-    run.after(1).completed(["a", "b", "c"])
-    pipeline.ingest(run.events[-1:])
-    _settled_for(pipeline, now)
-    sent_after = _spans(pipeline.store)
-    pipeline.store.close()
+    sent_after = _put_back_and_ended(settings, run, now, capsys)
 
     # Each span once, and the trace the one a bridge that never failed would have sent.
     assert sorted(sent_after) == ["step b", "workflow split"]
@@ -224,15 +231,7 @@ def test_a_run_set_aside_twice_keeps_both_parts_and_is_put_back_whole(kind, tmp_
     assert "step a #1" in shown and "step c #1" in shown  # both parts
 
     poison_b.on = poison_c.on = False
-    assert main(["settle-again", "--state", settings.state]) == 0
-    assert "put back: 1" in capsys.readouterr().out
-    pipeline = Pipeline(open_store(settings), MetricsHub(), settings, clock=lambda: now[0])
-    run.after(1).completed(["a", "b", "c"])
-    pipeline.ingest(run.events[-1:])
-    _settled_for(pipeline, now)
-    sent = _spans(pipeline.store)
-    pipeline.store.close()
-    assert sent == _told_to_one_state(tmp_path, run, now[0])
+    assert _put_back_and_ended(settings, run, now, capsys) == _told_to_one_state(tmp_path, run, now[0])
 
 
 def test_a_run_set_aside_whose_fresh_part_has_ended_is_left_set_aside_and_said_so(tmp_path, monkeypatch, capsys):
