@@ -150,6 +150,8 @@ M_BRIDGE_FOLLOWER_CONNECTED: Final = "otel_bridge.follower.connected"
 M_BRIDGE_ALIVE: Final = "otel_bridge.alive"
 M_BRIDGE_STATE_SIZE: Final = "otel_bridge.state.size"
 M_BRIDGE_STATE_DISK_FREE: Final = "otel_bridge.state.disk_free"
+M_BRIDGE_STATE_HOT_RUNS: Final = "otel_bridge.state.hot_runs"
+M_BRIDGE_STATE_HOT_FACTS: Final = "otel_bridge.state.hot_facts"
 M_BRIDGE_BUILD_INFO: Final = "otel_bridge.build.info"
 # Which receiver handed the events over (`http`, `redis-stream`, …), as the Collector labels its own.
 BRIDGE_RECEIVER: Final = "receiver"

@@ -154,6 +154,21 @@ class Bridge:
         )
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        if (hot := self.pipeline.hot) is not None:
+            # Whether `hot_facts` is what holds runs back in memory: at it, runs leave for the store and are
+            # read back (parsed again) at their next event.
+            self.metrics.gauge(
+                c.M_BRIDGE_STATE_HOT_RUNS,
+                "{run}",
+                "Runs kept in memory between batches (at most hot_runs)",
+                hot.__len__,
+            )
+            self.metrics.gauge(
+                c.M_BRIDGE_STATE_HOT_FACTS,
+                "{fact}",
+                "Facts the runs kept in memory hold together (at most hot_facts, beyond the run being worked on)",
+                lambda: hot.facts,
+            )
         self.metrics.gauge(
             c.M_BRIDGE_SETTLE_LAG,
             "s",

@@ -1,5 +1,6 @@
 """Runs kept in memory between batches: bounded, and never ahead of the store."""
 
+import re
 import time
 
 import pytest
@@ -11,7 +12,9 @@ from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.step import Policy, apply
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp import NoSender
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.runtime import Bridge
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.sqlite_store import SqliteStore, SqliteTransaction
@@ -87,3 +90,14 @@ def test_the_run_being_worked_on_stays_in_memory_however_large():
     assert hot.get("small") is None and hot.get("big") is not None and hot.facts == 10
     hot.put("big", None, None)
     assert len(hot) == 0 and hot.facts == 0
+
+
+def test_the_runs_and_facts_in_memory_are_gauges_on_metrics(tmp_path):
+    settings = Settings(
+        state=str(tmp_path / "s.db"), dead_letter=tmp_path / "dead.jsonl", span_dead_letter=tmp_path / "spans.jsonl"
+    )
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender())
+    bridge.pipeline.ingest(WorkflowRun().started().step_started("a").events)
+    body, _ = bridge.exposition("text/plain")
+    found = dict(re.findall(r"^(otel_bridge_state_hot_\w+)\{[^}]*\} (\S+)$", body.decode(), re.M))
+    assert found == {"otel_bridge_state_hot_runs": "1.0", "otel_bridge_state_hot_facts": "3.0"}
