@@ -232,7 +232,10 @@ class Settings(BaseSettings):
         description="Interval of the periodic OTLP metric export in ms (`OTEL_METRIC_EXPORT_INTERVAL`).",
     )
     drain_timeout_seconds: float = Field(
-        10.0, ge=0, description="On SIGTERM, how long to keep exporting before exiting."
+        10.0,
+        ge=0,
+        description="On SIGTERM (or a tracker's close), how long to keep exporting before exiting, "
+        "once the last settling is done.",
     )
     log_level: str = Field("INFO", description="Log level of the bridge: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -350,3 +351,60 @@ def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(o
     assert "safely" not in done.stderr
     # Tried again every half second until drain_timeout_seconds (10 s), it was ~20 refused requests.
     assert otlp_http.received.refused <= 3
+
+
+def test_a_producer_that_starves_the_settle_thread_settles_in_its_own_flush_while_settling_is_behind(
+    monkeypatch, otlp_http
+):
+    # A producer busy on the CPU left the settle thread 7.8 s behind after 40,000 runs, their states in
+    # memory. Here the settle thread does not run at all: the producer's flushes settle what is overdue.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setattr("otel_bridge.runtime.Bridge._settle_loop", lambda self: None)
+    first = WorkflowRun("first").started().step_started("a").after(5).step_completed("a").completed()
+    later = WorkflowRun("later").started()
+    with OtelTracker("production", "shop", settle_seconds=0, flush_interval_seconds=None) as tracker:
+        for event in first.events:
+            tracker.emit(event)
+        tracker.flush()
+        assert tracker.bridge.store.outbox_depth() == 0  # not behind yet: left to the settle thread
+        later_on = lambda: time.time() + 2  # noqa: E731 - the producer went on for two seconds
+        tracker.bridge._clock = tracker.bridge.pipeline._clock = later_on
+        tracker.emit(later.events[0])
+        tracker.flush()
+        assert tracker.bridge.store.outbox_depth() + len(otlp_http.received.unique_spans()) == 2
+    trace_id = trace_id_for("durable-effect", "production", "shop", first.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow first", "step a"}
+
+
+def test_closing_exports_for_the_drain_timeout_however_long_the_last_settling_took(monkeypatch, otlp_http, caplog):
+    # The last settling of 80,000 runs took the whole 10 s, and 148,254 spans were lost with the memory.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    run = WorkflowRun("slow").started().step_started("a").after(5).step_completed("a").completed()
+    with caplog.at_level(logging.WARNING), OtelTracker("production", "shop", drain_timeout_seconds=1) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        real = tracker.bridge.pipeline.settle_due
+
+        def slow(*args, **kwargs):
+            time.sleep(1.5)  # longer than the drain timeout: settling's own work, no backend waited on
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tracker.bridge.pipeline, "settle_due", slow)
+    assert tracker.bridge.outbox_at_exit == 0
+    assert not [r for r in caplog.records if "still in the outbox" in r.getMessage()]
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow slow", "step a"}
+
+
+def test_an_in_memory_tracker_keeps_ended_runs_an_hour_not_a_week_and_their_facts_not_at_all(monkeypatch):
+    # Its store is the process's memory: a week of ended runs, and their facts kept for a command that
+    # cannot read them, grew a worker by hundreds of MiB.
+    with OtelTracker("production", "shop") as tracker:
+        assert (tracker.bridge.settings.dedup_ttl_seconds, tracker.bridge.settings.keep_finished_seconds) == (3600, 0)
+    with OtelTracker("production", "shop", dedup_ttl_seconds=86_400) as tracker:
+        assert tracker.bridge.settings.dedup_ttl_seconds == 86_400
+    monkeypatch.setenv("OTEL_BRIDGE_KEEP_FINISHED_SECONDS", "60")
+    with OtelTracker("production", "shop") as tracker:
+        assert tracker.bridge.settings.keep_finished_seconds == 60
+    with tempfile.TemporaryDirectory() as state, OtelTracker("production", "shop", state=f"{state}/t.db") as tracker:
+        assert tracker.bridge.settings.dedup_ttl_seconds == 7 * 86_400  # on disk, as the sidecar keeps it
