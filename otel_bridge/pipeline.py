@@ -352,13 +352,15 @@ class Pipeline:
         # The due runs read from the store and not yet settled: a chunk of them serves several
         # slices, instead of each millisecond's slice reading 256 keys to settle a handful.
         pending: list[str] = sorted(forced)
+        # Where the last read of the due index ended (due, key): the next reads on from there.
+        cursor: list[tuple[float, str]] = []
         sent = 0
         handed_back = False
         while True:
             keys_, steps, handed_back = self.slices(
                 lambda shared: self._transaction(
                     lambda tx, touched: self._settle_chunk(
-                        tx, horizon, now, policy, done, pending, touched, forced, shared
+                        tx, horizon, now, policy, done, pending, cursor, touched, forced, shared
                     )
                 ),
                 movable=not handed_back,
@@ -385,13 +387,22 @@ class Pipeline:
         policy: Policy,
         done: set[str],
         pending: list[str],
+        cursor: list[tuple[float, str]],
         touched: _Touched,
         forced: set[str],
         shared: bool = False,
     ) -> _Slice:
         """Settle due runs until the slice's time is up (`shared`: whether or not a transaction waits)."""
-        if not pending:
-            pending.extend(k for k in tx.due_keys(horizon, _SETTLE_CHUNK) if k not in done)
+        # Read on from where the last chunk ended, not from the front: a run settled in this pass may be
+        # due again by `horizon` (ended and kept no time, or any at a final settling's infinite one), and
+        # a front of 256 such runs, each skipped as done, read as nothing left and ended the pass. An
+        # in-memory tracker closed so lost its last runs (keep_finished_seconds 0).
+        while not pending:
+            entries = tx.due_after(horizon, _SETTLE_CHUNK, cursor[0] if cursor else None)
+            if not entries:
+                break
+            cursor[:] = entries[-1:]
+            pending.extend(k for _due, k in entries if k not in done)
         due = pending[:]
         steps: list[Step] = []
         until = time.perf_counter() + _SETTLE_SLICE

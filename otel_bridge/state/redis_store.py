@@ -209,6 +209,21 @@ class RedisTransaction:
         keys = self._client.zrangebyscore(f"{self._p}due", "-inf", now, start=0, num=limit)
         return [k.decode() for k in keys]
 
+    def due_after(self, now: float, limit: int, after: tuple[float, str] | None) -> list[tuple[float, str]]:
+        # Members of one score come in their bytes' order, as SQLite orders keys of one due (ASCII keys).
+        # From the cursor's score on: the members of that score up to the cursor are read and dropped,
+        # read more while they take the page's room (a batch's runs share one due).
+        low: float | str = "-inf" if after is None else after[0]
+        count = limit
+        while True:
+            got = self._client.zrangebyscore(f"{self._p}due", low, now, start=0, num=count, withscores=True)
+            entries = [(float(score), member.decode()) for member, score in got]
+            if after is not None:
+                entries = [e for e in entries if e[0] > after[0] or e[1] > after[1]]
+            if len(entries) >= limit or len(got) < count:
+                return entries[:limit]
+            count *= 2
+
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
         for resource, payload in rows:
             self._write("XADD", f"{self._p}outbox", "*", "resource", resource, "payload", payload)

@@ -159,6 +159,20 @@ class SqliteTransaction:
         )
         return [key for (key,) in rows]
 
+    def due_after(self, now: float, limit: int, after: tuple[float, str] | None) -> list[tuple[float, str]]:
+        if after is None:
+            rows = self._db.execute(
+                "SELECT due, key FROM state WHERE due IS NOT NULL AND due <= ? ORDER BY due, key LIMIT ?", (now, limit)
+            )
+        else:
+            due, key = after
+            rows = self._db.execute(
+                "SELECT due, key FROM state WHERE due IS NOT NULL AND due <= ? AND (due > ? OR (due = ? AND key > ?)) "
+                "ORDER BY due, key LIMIT ?",
+                (now, due, due, key, limit),
+            )
+        return [(float(d), k) for d, k in rows]
+
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None:
         before = self._db.total_changes
         self._db.executemany("INSERT INTO outbox (resource, payload) VALUES (?, ?)", rows)

@@ -74,6 +74,10 @@ class Transaction(Protocol):
 
     def due_keys(self, now: float, limit: int) -> list[str]: ...
 
+    def due_after(self, now: float, limit: int, after: tuple[float, str] | None) -> list[tuple[float, str]]:
+        """Due by `now`, in (due, key) order, strictly after `after`: (due, key) pairs."""
+        ...
+
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None: ...
 
 

@@ -463,3 +463,19 @@ def test_redis_that_will_not_say_its_eviction_policy_is_named_for_the_operator_t
         store.close()
     finally:
         server.close()
+
+
+def test_the_due_index_is_read_on_from_a_cursor_in_due_then_key_order(open_store):
+    store = open_store()
+    due = {"a": 1.0, "c": 2.0, "b": 2.0, "d": 2.0, "e": 3.0, "later": 50.0, "never": None}
+    store.run(lambda tx: [tx.save(key, b"{}", at) for key, at in due.items()])
+
+    def read(after, limit=2):
+        return store.run(lambda tx: tx.due_after(10.0, limit, after))
+
+    assert read(None) == [(1.0, "a"), (2.0, "b")]
+    assert read((2.0, "b")) == [(2.0, "c"), (2.0, "d")]  # a batch's runs share one due: read on by key
+    assert read((2.0, "d")) == [(3.0, "e")]
+    assert read((3.0, "e")) == []
+    assert read((1.0, "a"), limit=10) == [(2.0, "b"), (2.0, "c"), (2.0, "d"), (3.0, "e")]
+    store.close()
