@@ -204,12 +204,8 @@ class RedisTransaction:
     def forget(self, key: str) -> None:
         self._write("DEL", f"{self._p}facts:{key}")
 
-    def due_keys(self, now: float, limit: int) -> list[str]:
-        # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
-        keys = self._client.zrangebyscore(f"{self._p}due", "-inf", now, start=0, num=limit)
-        return [k.decode() for k in keys]
-
     def due_after(self, now: float, limit: int, after: tuple[float, str] | None) -> list[tuple[float, str]]:
+        # Not watched: every ingest touches the due index, and each key's state is watched when loaded.
         # Members of one score come in their bytes' order, as SQLite orders keys of one due (ASCII keys).
         # From the cursor's score on: the members of that score up to the cursor are read and dropped,
         # read more while they take the page's room (a batch's runs share one due).

@@ -153,12 +153,6 @@ class SqliteTransaction:
     def forget(self, key: str) -> None:
         self._db.execute("DELETE FROM facts WHERE key = ?", (key,))
 
-    def due_keys(self, now: float, limit: int) -> list[str]:
-        rows = self._db.execute(
-            "SELECT key FROM state WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?", (now, limit)
-        )
-        return [key for (key,) in rows]
-
     def due_after(self, now: float, limit: int, after: tuple[float, str] | None) -> list[tuple[float, str]]:
         if after is None:
             rows = self._db.execute(

@@ -20,6 +20,11 @@ from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Store
 
 
+def _due(tx, now: float, limit: int) -> list[str]:
+    """The keys due by `now`, the earliest first."""
+    return [key for _due_at, key in tx.due_after(now, limit, None)]
+
+
 def test_a_run_that_never_settles_is_set_aside_after_the_configured_tries(tmp_path, monkeypatch):
     settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, settle_attempts=3, gap_grace_seconds=0)
     metrics = MetricsHub()
@@ -69,7 +74,7 @@ def test_a_stuck_run_that_fails_to_settle_is_still_listed_as_overdue_while_it_is
 
     pipeline.settle_due(horizon=time.time() + 10)  # fails, and is to be tried again
 
-    assert pipeline.store.run(lambda tx: tx.due_keys(time.time() + 10, 10)) != []
+    assert pipeline.store.run(lambda tx: _due(tx, time.time() + 10, 10)) != []
     assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]
 
 
