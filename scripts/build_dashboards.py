@@ -398,6 +398,15 @@ def jobs() -> Board:
         description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
         "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
     )
+    b.panel(
+        "Runs in memory",
+        [("max by (instance) (otel_bridge_state_hot_facts)", "facts {{instance}}"),
+         ("max by (instance) (otel_bridge_state_hot_runs)", "runs {{instance}}")],
+        width=12,
+        description="SQLite state: the runs kept in memory between batches and the facts they hold together, "
+        "against hot_facts (150,000 by default, ~0.8 KiB each). At it, runs leave memory and are read back from "
+        "the store at their next event: raise hot_facts where the bridge has the memory and its CPU per event grows.",
+    )  # fmt: skip
     return b
 
 
