@@ -318,7 +318,9 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
         left = []
         for key, _blob in aside:
             try:
-                why = store.run(partial(journal.put_back, aside=key, now=time.time()))
+                why = store.run(
+                    partial(journal.put_back, aside=key, now=time.time(), dedup_ttl=settings.dedup_ttl_seconds)
+                )
             except ValueError as exc:
                 why = f"cannot be read by this version: {exc}"
             if why is not None:

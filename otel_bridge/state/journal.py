@@ -284,6 +284,12 @@ def _joined(states: list[State], now: float) -> State | str:
     return first
 
 
+def _due_when_back(state: State, now: float, dedup_ttl: float) -> float:
+    # When it closed is not kept once its facts are forgotten (`forget_facts`): remembered a whole
+    # `dedup_ttl` from now, at worst that much longer than it would have been.
+    return now + dedup_ttl if isinstance(state, RunState) and state.closed and not state.facts else now
+
+
 def read_aside(aside: str, blob: bytes) -> Aside:
     """What `set_aside` kept under the key `aside` (a run set aside more than once: its states joined, as
     `put_back` would); raises ValueError when it cannot be read."""
@@ -297,8 +303,10 @@ def read_aside(aside: str, blob: bytes) -> Aside:
     return Aside(joined if not isinstance(joined, str) else states[-1], reason, float(kept.get("at", 0.0)))
 
 
-def put_back(tx: Transaction, aside: str, now: float) -> str | None:
-    """The run set aside under `aside` in play again, due now; None when done, else why not.
+def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) -> str | None:
+    """The run set aside under `aside` in play again, due now; None when done, else why not. A run that
+    had ended and forgotten its facts (kept only to tell its events sent again) is due `dedup_ttl` from
+    now: due now, its next settling dropped it at once, and an event of it sent again started a run afresh.
 
     Alone, it goes back as it was. A run set aside more than once, or one that started again under the
     same key meanwhile (its later events), goes back as one run: the states joined (`runs.merge`), the
@@ -315,7 +323,7 @@ def put_back(tx: Transaction, aside: str, now: float) -> str | None:
     states = [_state_of(aside, k) for k in chain]
     newer = tx.load(key)
     if newer is None and len(states) == 1:
-        tx.save(key, kept["state"].encode(), now)
+        tx.save(key, kept["state"].encode(), _due_when_back(states[0], now, dedup_ttl))
         if kept["facts"]:
             tx.append(key, [(0, b",".join(row.encode() for row in kept["facts"]))])
         if kept.get("sent"):  # set aside by earlier versions without them: its spans may be sent again
@@ -334,7 +342,7 @@ def put_back(tx: Transaction, aside: str, now: float) -> str | None:
     if isinstance(joined, str):
         return joined
     delete(tx, key)
-    tx.save(key, encode_header(joined), now)
+    tx.save(key, encode_header(joined), _due_when_back(joined, now, dedup_ttl))
     assert isinstance(joined, RunState)  # `_joined` joins runs only
     if joined.facts:
         tx.append(key, [(0, _row(joined.facts))])

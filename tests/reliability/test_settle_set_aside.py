@@ -335,3 +335,26 @@ def test_an_unreadable_state_kept_by_an_earlier_version_is_read_and_put_back_too
     (state,) = pipeline.runs_named(run.workflow_id)
     assert len(state.facts) == len(run.events)  # with its facts
     pipeline.store.close()
+
+
+def test_an_ended_run_put_back_still_tells_its_events_sent_again_for_the_dedup_ttl(tmp_path, monkeypatch, capsys):
+    # A run that had ended and forgotten its facts is kept to tell its events sent again. Put back due
+    # now, its next settling dropped it at once, and an event of it sent again started a run afresh.
+    pipeline, settings, now = _pipeline("sqlite", tmp_path, None, keep_finished_seconds=60)
+    run = WorkflowRun("ended").started().step_started("a").after(1).step_completed("a").completed()
+    pipeline.ingest(run.events)
+    _settled_for(pipeline, now, 3)  # sent, then its facts forgotten
+    (key,) = [k for k, _ in pipeline.store.states()]
+    readable = journal_module.decode
+    monkeypatch.setattr(journal_module, "decode", lambda *a, **k: (_ for _ in ()).throw(ValueError("newer")))
+    pipeline.store.run(lambda tx: journal_module.load(tx, key))  # a downgraded version meets it: set aside
+    monkeypatch.setattr(journal_module, "decode", readable)
+    pipeline.store.close()
+    assert main(["settle-again", "--state", settings.state]) == 0
+    capsys.readouterr()
+
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: now[0])
+    _settled_for(pipeline, now, 3)
+    report = pipeline.ingest(run.events[:1])  # the producer sends its start again
+    assert (report.accepted, report.duplicates) == (0, 1)
+    pipeline.store.close()
