@@ -45,6 +45,23 @@ _MAX_HELD = 100_000
 _IN_MEMORY_DEDUP_TTL = 3600.0
 
 
+def _in_memory(given: frozenset[str]) -> dict[str, float]:
+    """Defaults of a bridge whose state is the process's memory, but for the settings `given` by keyword
+    or by variable.
+
+    An ended run is remembered so that its events told again are duplicates, not a new run: for a
+    week on disk, ~0.8 KiB a run (a worker running 100,000 runs a day would hold ~540 MiB of them); an
+    hour covers the stragglers a process tells of its own runs. And its facts are kept an hour for
+    `otel-bridge show`, which cannot read a tracker's memory: 80,000 runs of four events held 499 MiB,
+    not 116."""
+    chosen = {"dedup_ttl_seconds": _IN_MEMORY_DEDUP_TTL, "keep_finished_seconds": 0.0}
+    return {
+        name: value
+        for name, value in chosen.items()
+        if name not in given and f"OTEL_BRIDGE_{name.upper()}" not in os.environ
+    }
+
+
 class Scratch:
     """A directory for an in-memory tracker's dead-letter files, removed when it is left empty.
 
@@ -104,16 +121,10 @@ class OtelTracker:
             "dead_letter": files / "otel-tracker-dead-letter.jsonl",
             "span_dead_letter": files / "otel-tracker-dead-spans.jsonl",
         }
+        # The settings given by keyword: an in-memory default (`_in_memory`) never overrides them.
+        self._given = frozenset(settings)
         if state is None:
-            # In memory, what a sidecar keeps on disk is the process's memory. An ended run is remembered
-            # so that its events told again are duplicates, not a new run: for a week on disk, ~0.8 KiB a
-            # run (a worker running 100,000 runs a day would hold ~540 MiB of them); an hour covers the
-            # stragglers a process tells of its own runs. And its facts, kept an hour for `otel-bridge
-            # show`, which cannot read a tracker's memory: 80,000 runs of four events held 499 MiB, not
-            # 116. Either is set by its keyword (or variable), as any setting is.
-            for name, value in (("dedup_ttl_seconds", _IN_MEMORY_DEDUP_TTL), ("keep_finished_seconds", 0.0)):
-                if f"OTEL_BRIDGE_{name.upper()}" not in os.environ:
-                    defaults[name] = value
+            defaults |= _in_memory(self._given)
         self._settings = Settings(**(defaults | settings))
         for problem in unknown_variables(os.environ):
             log.warning(problem)
@@ -165,7 +176,7 @@ class OtelTracker:
                     "of its own.",
                     settings.state,
                 )
-                settings = settings.model_copy(update={"state": ":memory:"})
+                settings = settings.model_copy(update={"state": ":memory:", **_in_memory(self._given)})
             # Two processes appending to, and rotating, one dead-letter file would tangle it; and the
             # parent's scratch directory goes when the parent closes, so the child makes its own.
             files = {name: Path(getattr(settings, name)) for name in _DEAD_LETTER_FILES}

@@ -168,14 +168,19 @@ def test_a_tracker_with_a_state_file_keeps_a_forked_childs_runs_in_memory_and_sa
     state = tmp_path / "tracker.db"
     with OtelTracker("production", "shop", state=state, settle_seconds=0.2) as tracker:
 
-        def in_child() -> list[str]:
+        def in_child() -> dict[str, Any]:
             for event in _run("child").events:
                 tracker.emit(event)
+            tracker.flush()
+            kept = tracker.bridge.settings  # in memory now: remembered as an in-memory tracker remembers
             tracker.close()
-            return [r.getMessage() for r in caplog.records if "forked" in r.getMessage()]
+            said = [r.getMessage() for r in caplog.records if "forked" in r.getMessage()]
+            return {"said": said, "kept": [kept.dedup_ttl_seconds, kept.keep_finished_seconds]}
 
-        (said,) = _in_child(in_child)
+        child = _in_child(in_child)
+        (said,) = child["said"]
         assert str(state) in said and "post_fork" in said
+        assert child["kept"] == [3600, 0]
     trace_id = trace_id_for("durable-effect", "production", "shop", "child").hex()
     otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2, timeout=20)
     SqliteStore(state).close()  # the parent's file, untouched by the child: it opens
