@@ -253,20 +253,19 @@ def _kept(aside: str, blob: bytes) -> dict[str, Any]:
     raise ValueError("not a run set aside by this bridge")
 
 
-def _chain(kept: dict[str, Any]) -> list[dict[str, Any]]:
-    """The states of one run kept under one key, the earliest first (`set_aside` nests them)."""
+def _states_of(aside: str, kept: dict[str, Any]) -> list[State]:
+    """The states of one run `kept` under the key `aside`, the earliest first (`set_aside` nests them),
+    as this version reads them (raises ValueError)."""
     chain = [kept]
     while (earlier := chain[-1].get("earlier")) is not None:
         if not (isinstance(earlier, dict) and isinstance(earlier.get("state"), str)):
             raise ValueError("an earlier state of the run kept beside it is not one this bridge wrote")
         chain.append(earlier)
-    return chain[::-1]
-
-
-def _state_of(aside: str, kept: dict[str, Any]) -> State:
-    """The state `kept` under the key `aside` holds, as this version reads it (raises ValueError)."""
-    rows = [row.encode() for row in kept["facts"]]
-    return decode(keys.in_play(aside), kept["state"].encode(), rows, [row.encode() for row in kept.get("sent", [])])
+    key = keys.in_play(aside)
+    return [
+        decode(key, k["state"].encode(), [r.encode() for r in k["facts"]], [r.encode() for r in k.get("sent", [])])
+        for k in reversed(chain)
+    ]
 
 
 def _joined(states: list[State], now: float) -> State | str:
@@ -294,12 +293,11 @@ def read_aside(aside: str, blob: bytes) -> Aside:
     """What `set_aside` kept under the key `aside` (a run set aside more than once: its states joined, as
     `put_back` would); raises ValueError when it cannot be read."""
     kept = _kept(aside, blob)
-    chain = _chain(kept)
-    states = [_state_of(aside, k) for k in chain]
+    states = _states_of(aside, kept)
     joined = _joined(states, float(kept.get("at", 0.0)))
     reason = str(kept.get("reason", ""))
-    if len(chain) > 1:
-        reason += f" (set aside {len(chain)} times: it started afresh in between)"
+    if len(states) > 1:
+        reason += f" (set aside {len(states)} times: it started afresh in between)"
     return Aside(joined if not isinstance(joined, str) else states[-1], reason, float(kept.get("at", 0.0)))
 
 
@@ -308,7 +306,7 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
     had ended and forgotten its facts (kept only to tell its events sent again) is due `dedup_ttl` from
     now: due now, its next settling dropped it at once, and an event of it sent again started a run afresh.
 
-    Alone, it goes back as it was. A run set aside more than once, or one that started again under the
+    Alone, it goes back as it was kept. A run set aside more than once, or one that started again under the
     same key meanwhile (its later events), goes back as one run: the states joined (`runs.merge`), the
     spans any of them sent not sent again. One whose newer state has ended is left set aside: that end
     was sent without the rest. Raises ValueError when this version cannot read it (nothing is put back
@@ -317,19 +315,9 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
     loaded = tx.load(aside)
     if loaded is None:
         return "no longer set aside"
-    kept = _kept(aside, loaded[0])
     # Read before it is put back: one this version cannot read would be set aside again at its first event.
-    chain = _chain(kept)
-    states = [_state_of(aside, k) for k in chain]
+    states = _states_of(aside, _kept(aside, loaded[0]))
     newer = tx.load(key)
-    if newer is None and len(states) == 1:
-        tx.save(key, kept["state"].encode(), _due_when_back(states[0], now, dedup_ttl))
-        if kept["facts"]:
-            tx.append(key, [(0, b",".join(row.encode() for row in kept["facts"]))])
-        if kept.get("sent"):  # set aside by earlier versions without them: its spans may be sent again
-            tx.append(keys.sent_spans(key), [(0, b",".join(row.encode() for row in kept["sent"]))])
-        tx.delete(aside)
-        return None
     if newer is not None:
         job = keys.is_job(key)
         try:
@@ -341,12 +329,13 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
     joined = _joined(states, now)
     if isinstance(joined, str):
         return joined
+    # Written as this version writes a state (header, a row of facts, a row of sent span ids), whatever
+    # version kept it: one set aside by earlier versions without its sent ids may send its spans again.
     delete(tx, key)
     tx.save(key, encode_header(joined), _due_when_back(joined, now, dedup_ttl))
-    assert isinstance(joined, RunState)  # `_joined` joins runs only
-    if joined.facts:
+    if isinstance(joined, RunState) and joined.facts:
         tx.append(key, [(0, _row(joined.facts))])
-    if joined.emitted:
+    if isinstance(joined, RunState) and joined.emitted:
         tx.append(keys.sent_spans(key), [(0, _sent_row(joined.emitted))])
     tx.delete(aside)
     return None
