@@ -342,6 +342,11 @@ class Pipeline:
 
         `told_all`: nothing more will come of the runs stored, so an ended run waits for no
         straggler (gaps) and no step that goes on after its cancellation."""
+        if self.store.outbox_depth() and self.store.refuses_batches() is not None:
+            # The disk is full: what room there is goes first to what frees it (acknowledging sent
+            # spans, checkpointing). Settling adds spans to the outbox, and waits until it is empty;
+            # what it would send stays in the state meanwhile.
+            return 0
         now = self._clock()
         horizon = now if horizon is None else horizon
         policy = self.policy

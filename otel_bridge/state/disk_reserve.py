@@ -5,10 +5,10 @@ write-ahead log, and a checkpoint copies the log into the database file, both of
 So the spans waiting in the outbox would be sent, never acknowledged, and sent again at every
 drain — and nothing would ever free the disk. A file of `size` bytes beside the state file is that
 room: released the first time SQLite says the disk is full while freeing room (acknowledging
-sent spans, checkpointing), never for a write that adds (batches are refused, 503, as before), it
-lets the outbox drain; the pages freed then serve new batches inside files already as large as they
-need to be, and the reserve is made again once the disk has room for it twice over. The same idea
-as CockroachDB's ballast file.
+sent spans, checkpointing), never for a write that adds (batches are refused, 503, as before;
+settling waits until the outbox is empty), it lets the outbox drain; the pages freed then serve
+what was taken and new batches inside files already as large as they need to be, and the reserve is
+made again once the disk has room for it twice over. The same idea as CockroachDB's ballast file.
 """
 
 import errno
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 class DiskReserve:
     """`kept`: the file is on disk. `full`: SQLite said the disk is full; until the disk has room
-    again, writes that add (batches, settling) are refused without being tried, and what room there
-    is (the reserve, once released) goes to what drains the disk."""
+    again, batches are refused without being tried, settling waits for the outbox to empty, and what
+    room there is (the reserve, once released) goes to what drains the disk."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path

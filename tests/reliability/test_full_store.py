@@ -2,6 +2,8 @@
 is taken for a bad one, no run is set aside, what waits for export can still leave, and once there
 is room again nothing is missing."""
 
+import contextlib
+import sqlite3
 import time
 
 import pytest
@@ -82,6 +84,32 @@ def test_a_full_disk_fails_every_batch_of_a_group_commit_and_leaves_none_half_wr
     disk.free()
     assert store.run(lambda tx: (tx.load("before"), tx.load("small"))) == ((b"x", None), None)
     assert store.outbox_depth() == 0
+
+
+def test_on_a_full_disk_settling_waits_for_the_outbox_to_drain(tmp_path):
+    # The room the reserve gives back is first for what frees the disk (acknowledging, checkpointing):
+    # settling adds spans to the outbox, and had taken it all before the drain could delete a row.
+    with small_filesystem(tmp_path / "disk", 12) as disk:
+        (disk / "other.log").write_bytes(bytes(4 * 2**20))
+        store = SqliteStore(disk / "s.db", reserve_bytes=2**20)
+        pipeline = Pipeline(store, MetricsHub(), Settings(state=str(disk / "s.db"), settle_seconds=60))
+        pipeline.ingest(_run(0).completed().events)  # taken, due in a minute
+        # A backend outage: spans wait until the disk is full, checkpointed as `serve` does.
+        with contextlib.suppress(StoreUnavailable):
+            while store.refuses_batches() is None:  # asked by the pipeline before each batch
+                store.run(lambda tx: tx.outbox_add([("svc", bytes(3000)) for _ in range(20)]))
+                with contextlib.suppress(sqlite3.OperationalError):  # full: `serve` tries again a second later
+                    store.checkpoint()
+        assert "disk is full" in (store.refuses_batches() or "")
+        waiting = store.outbox_depth()
+
+        assert pipeline.settle_due(horizon=time.time() + 120) == 0  # not tried: nothing fails, nothing is lost
+        assert store.outbox_depth() == waiting
+        while rows := store.outbox_peek(256):  # the backend is back
+            store.outbox_ack([row.id for row in rows])
+            store.checkpoint()
+        assert pipeline.settle_due(horizon=time.time() + 120) == 2  # then the run's root and step
+        store.close()
 
 
 @pytest.mark.parametrize("refusal", ["out of memory", "read-only replica"])

@@ -63,6 +63,22 @@ def test_on_a_full_disk_what_waits_for_export_leaves_and_batches_wait_for_room(s
     store.close()
 
 
+def test_acknowledging_sent_spans_logs_the_pages_that_index_them_not_their_bytes_again(tmp_path):
+    # SQLite as Debian and Ubuntu build it zeroes what a DELETE frees (SECURE_DELETE): every span
+    # acknowledged would be written to the log again as zeroes, so a drain on a full disk needed as
+    # much room as it was to free, and the reserve ran out before the outbox was empty.
+    store = SqliteStore(tmp_path / "s.db")
+    store.run(lambda tx: tx.outbox_add([("svc", os.urandom(6000)) for _ in range(500)]))  # ~3 MiB
+    store.checkpoint()
+    checkpointed = sqlite3.connect(tmp_path / "s.db")
+    checkpointed.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log starts empty
+    store.outbox_ack([row.id for row in store.outbox_peek(500)])
+    _busy, logged, _copied = checkpointed.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert logged < 25  # pages of 4 KiB: the outbox's index and the free list, where zeroing logged 752
+    checkpointed.close()
+    store.close()
+
+
 def test_without_the_reserve_a_full_disk_keeps_the_spans_sent_in_the_outbox(small_disk):
     # Why the room is kept: SQLite can neither delete nor checkpoint on a full disk, so every span
     # would be sent again at every drain, and nothing would ever free the disk.
