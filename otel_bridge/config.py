@@ -171,7 +171,8 @@ class Settings(BaseSettings):
     dead_letter_backups: int = Field(5, ge=1, description="Rotated dead-letter files kept.")
     span_dead_letter: Path = Field(
         Path("dead-spans.jsonl"),
-        description="JSONL file that keeps spans the OTLP backend refused for good, with its reason.",
+        description="JSONL file that keeps spans the OTLP backend refused for good, with its reason (and, "
+        "with the state in memory, those not sent by exit).",
     )
     max_outbox_spans: int = Field(
         1_000_000,

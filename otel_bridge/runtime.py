@@ -568,14 +568,25 @@ class Bridge:
             # A request still in flight holds its spans: sending them again beside it could send them twice.
             drained = "trace-export" not in stuck and self.drain.drain(remaining, retry=retry_export)
             self.outbox_at_exit = self.store.outbox_depth()
-            if not drained:
+            waiting = " (an export was still waiting on the backend)" if stuck else ""
+            if not drained and self.settings.in_memory:
+                # The outbox goes with the process: its spans go to a file, not with it. One in flight
+                # may reach the backend too; sent again, it is the identical span (ids are derived).
+                kept = self.drain.keep_the_rest("not sent by exit: the state was in memory")
+                self.outbox_at_exit = self.store.outbox_depth()
                 log.warning(
-                    "%d spans still in the outbox at exit%s: %s",
+                    "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
+                    "`otel-bridge resend-spans %s` sends them once the backend is back",
+                    kept,
+                    waiting,
+                    self.settings.span_dead_letter,
+                    self.settings.span_dead_letter,
+                )
+            elif not drained:
+                log.warning(
+                    "%d spans still in the outbox at exit%s: they are kept and sent on the next start",
                     self.outbox_at_exit,
-                    " (an export was still waiting on the backend)" if stuck else "",
-                    "lost with the state, which is in memory"
-                    if self.settings.in_memory
-                    else "they are kept and sent on the next start",
+                    waiting,
                 )
             if "metric-export" not in stuck:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)

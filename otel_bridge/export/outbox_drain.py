@@ -163,16 +163,7 @@ class OutboxDrain:
             reason,
         )
         if self._dead_spans is not None:
-            service, env = keys.resource_of(row.resource)
-            # The ids as Jaeger and a traceparent write them: OTLP JSON's `event` has them in base64.
-            record = {
-                "reason": reason,
-                "service.name": service,
-                "deployment.environment.name": env,
-                "trace_id": span.trace_id.hex(),
-                "span_id": span.span_id.hex(),
-            }
-            self._dead_spans.keep("otlp", [(record, MessageToDict(span))])
+            self._dead_spans.keep("otlp", [_letter(row, span, reason)])
         self._store.outbox_ack([row.id])
         self._metrics.bridge(c.M_BRIDGE_SPANS_REJECTED, 1)
         with self._counting:
@@ -194,6 +185,19 @@ class OutboxDrain:
                 self._wake.wait(self._poll)
                 self._wake.clear()
 
+    def keep_the_rest(self, reason: str) -> int:
+        """Every span still in the outbox into the span dead-letter file, for `otel-bridge
+        resend-spans` to send once the backend is back: what an outbox in memory would lose with its
+        process at exit. How many."""
+        if self._dead_spans is None:
+            return 0
+        kept = 0
+        while rows := self._store.outbox_peek(1000):
+            self._dead_spans.keep("outbox", [_letter(row, Span.FromString(row.payload), reason) for row in rows])
+            self._store.outbox_ack([row.id for row in rows])
+            kept += len(rows)
+        return kept
+
     def drain(self, timeout: float, retry: bool = True) -> bool:
         """Export until the outbox is empty or `timeout` passes (or an export fails, without `retry`);
         True when empty."""
@@ -207,3 +211,17 @@ class OutboxDrain:
                     break
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
         return self._store.outbox_depth() == 0
+
+
+def _letter(row: OutboxRow, span: Span, reason: str) -> tuple[dict[str, str], dict[str, object]]:
+    """A span as a dead letter: what `dead_spans.outbox_row` reads back, to send it again as it was."""
+    service, env = keys.resource_of(row.resource)
+    # The ids as Jaeger and a traceparent write them: OTLP JSON's `event` has them in base64.
+    record = {
+        "reason": reason,
+        "service.name": service,
+        "deployment.environment.name": env,
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+    }
+    return record, MessageToDict(span)

@@ -85,7 +85,7 @@ def _leave(directory: Path, owner: int) -> None:
     except FileNotFoundError:
         pass
     except OSError:
-        log.warning("the events this in-memory tracker rejected are kept in %s", directory)
+        log.warning("what this in-memory tracker rejected, or could not send by exit, is kept in %s", directory)
 
 
 class OtelTracker:

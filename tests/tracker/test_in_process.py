@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import tempfile
 import textwrap
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from bridge_process import BridgeProcess
@@ -327,7 +330,9 @@ def test_a_producer_with_trackers_exits_without_a_word_on_stderr(tmp_path, otlp_
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow quiet", "step a"}
 
 
-def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(otlp_http):
+def test_at_exit_a_backend_that_is_away_gets_one_attempt_and_the_spans_go_to_a_file_not_with_the_memory(
+    tmp_path, otlp_http
+):
     otlp_http.up = False  # answers 503 to every export
     run = WorkflowRun("forgetful").started().step_started("a").after(5).step_completed("a").completed()
     code = textwrap.dedent(
@@ -345,12 +350,23 @@ def test_at_exit_a_backend_that_is_away_gets_one_attempt_not_the_drain_timeout(o
         [sys.executable, "-c", code, json.dumps(run.events)], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert "2 spans still in the outbox at exit: lost with the state" in done.stderr
     # What the failing export says of the waiting spans is true of an outbox in memory too.
     assert "spans wait in the outbox, in memory, for as long as this process lives" in done.stderr
     assert "safely" not in done.stderr
     # Tried again every half second until drain_timeout_seconds (10 s), it was ~20 refused requests.
     assert otlp_http.received.refused <= 3
+    # They went with the memory ("2 spans still in the outbox at exit: lost with the state"); now a
+    # file keeps them, and says how to send them once the backend is back.
+    kept = re.search(r"2 spans not sent by exit: the state is in memory, so they are kept in (\S+);", done.stderr)
+    assert kept, done.stderr
+    assert "could not send by exit, is kept in" in done.stderr  # its directory is left, and named
+    otlp_http.up = True
+    resend = [sys.executable, "-m", "otel_bridge", "resend-spans", kept[1]]
+    sent = subprocess.run(resend, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow forgetful", "step a"}
+    shutil.rmtree(Path(kept[1]).parent)
 
 
 def test_a_producer_that_starves_the_settle_thread_settles_in_its_own_flush_while_settling_is_behind(
