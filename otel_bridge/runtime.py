@@ -378,6 +378,7 @@ class Bridge:
                 self.consumer("websocket", self.phase10_decoder()),
                 self.dead_letters,
                 progress=phase10.progress,
+                named=phase10.workflow_named,
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
                 open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),

@@ -6,7 +6,7 @@
 {id}/timeline` is each one's whole story. With `X-Workspace-Id` when the engine has several.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,6 +84,16 @@ def history(
         if name and isinstance(document, dict) and not document.get("workflow_name"):
             document["workflow_name"] = name
         yield execution, document
+
+
+def name_it(document: Any, names: Mapping[str, str]) -> Any:
+    """The timeline given the name of its workflow's runs, as `names` has it by workflow id, when it
+    carries none (they never do: without it, its run is named by the workflow id)."""
+    if not isinstance(document, dict) or document.get("workflow_name"):
+        return document
+    if (name := names.get(str(document.get("workflow_id")))) is not None:
+        document["workflow_name"] = name
+    return document
 
 
 def timeline(client: httpx.Client, api_url: str, execution_id: str) -> Any:

@@ -6,9 +6,11 @@ reconnect the timeline of every execution seen starting and not yet seen ending 
 fetched (`GET {api}/api/workflows/executions/{id}/timeline`, header `X-Workspace-Id`),
 so an execution that ended while the bridge was away still gets its whole trace. The
 executions still open in the store when the bridge starts are caught up on at its first
-connection, so a restart is a disconnection like any other. The timelines are fetched by
-a thread of their own, beside the live messages, and those the API could not answer are
-asked again after a backoff. The overlap is harmless: the same facts told twice are one.
+connection, so a restart is a disconnection like any other; one first told of mid-way (it
+started while the bridge was away) has its timeline fetched once, for the beginning the stream
+no longer tells. The timelines are fetched by a thread of their own, beside the live messages,
+and those the API could not answer are asked again after a backoff. The overlap is harmless:
+the same facts told twice are one.
 """
 
 import logging
@@ -31,11 +33,16 @@ from otel_bridge.repeated_failure import RepeatedFailure
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0
+# Executions remembered as told of, so that one first told of mid-way is fetched once: about 100
+# bytes each, and one forgotten and told of again costs one more fetch, nothing else.
+_SEEN_MAX = 100_000
 # A timeline the engine says it does not have, now or ever: not asked again.
 _GONE = (404, 410)
 # (execution id, True when a message starts it, False when it ends it, None otherwise): the
 # source's knowledge, handed in, so this transport knows no event names.
 Progress = Callable[[Any], tuple[str | None, bool | None]]
+# (workflow id, the name of its runs) a message tells as a run starts, or None: the source's too.
+Named = Callable[[Any], tuple[str, str] | None]
 
 
 class WebSocketReceiver:
@@ -46,6 +53,7 @@ class WebSocketReceiver:
         dead_letters: DeadLetters,
         progress: Progress,
         api_url: str | None = None,
+        named: Named = lambda _message: None,
         workspace_id: str | None = None,
         open_at_start: Callable[[], list[str]] = list,
         max_message_bytes: int = 10 * 1024 * 1024,
@@ -61,9 +69,17 @@ class WebSocketReceiver:
         self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
+        # Executions first told of mid-way, their start missed (they began while the bridge was away),
+        # until their timeline is stored; and those told of at all, in the order first told.
+        self._unstarted: dict[str, None] = {}
+        self._seen: dict[str, None] = {}
+        # The names of workflows' runs, by workflow id, as their starts told them: a timeline has none.
+        self._named = named
+        self._workflow_names: dict[str, str] = {}
         self._open_at_start = open_at_start
         self._max_message_bytes = max_message_bytes
-        self._connected = threading.Event()
+        # Set at each connection, and when an execution is first told of mid-way: catching up has work.
+        self._wake = threading.Event()
         # Since when (monotonic) the engine's stream is not followed, None while it is: what it sends
         # meanwhile is told again only for the executions the bridge knew open.
         self.disconnected_since: float | None = time.monotonic()
@@ -90,7 +106,7 @@ class WebSocketReceiver:
                     backoff = 0.5
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
                     self._missed = list(self.open_executions)
-                    self._connected.set()
+                    self._wake.set()
                     self._follow(ws, stop)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 self.disconnected_since = self.disconnected_since or time.monotonic()
@@ -103,7 +119,7 @@ class WebSocketReceiver:
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._url, exc)
                 return
-        self._connected.set()  # the catch-up sees the stop
+        self._wake.set()  # the catch-up sees the stop
 
     def _follow(self, ws: Any, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -119,12 +135,38 @@ class WebSocketReceiver:
                 continue
             if not isinstance(message, dict) or message.get("type") == "heartbeat":
                 continue
-            execution, starts = self._progress(message)
-            if execution and starts:
-                self.open_executions[str(execution)] = None
+            told, starts = self._progress(message)
+            execution = None if told is None else str(told)
+            if starts and (named := self._named(message)) is not None:
+                self._remember(self._workflow_names, *named)
+            if execution is not None:
+                first = self._first_told(execution)
+                if starts:
+                    self.open_executions[execution] = None
+                elif first and execution not in self.open_executions and self._api_url:
+                    # It began while the bridge was away: the stream will not tell its start and first
+                    # steps again, its timeline does. Open until told its end, as one seen starting.
+                    self._unstarted[execution] = None
+                    if starts is None:
+                        self.open_executions[execution] = None
+                    self._wake.set()
             self._store([message], stop, in_hand=True)
-            if execution and starts is False:
-                self.open_executions.pop(str(execution), None)
+            if execution is not None and starts is False:
+                self.open_executions.pop(execution, None)
+
+    def _first_told(self, execution: str) -> bool:
+        """Whether this execution is told of for the first time (then remembered, the oldest forgotten)."""
+        if execution in self._seen:
+            return False
+        self._remember(self._seen, execution, None)
+        return True
+
+    @staticmethod
+    def _remember(memory: dict[str, Any], key: str, value: Any) -> None:
+        memory.pop(key, None)  # the latest told is the last forgotten
+        memory[key] = value
+        if len(memory) > _SEEN_MAX:
+            del memory[next(iter(memory))]
 
     def _store(self, messages: list[Any], stop: threading.Event, in_hand: bool = False) -> None:
         """Commit before reading on: a message not stored now is never told again.
@@ -157,20 +199,26 @@ class WebSocketReceiver:
         retry: list[str] = []
         backoff = 0.5
         while not stop.is_set():
-            if self._connected.wait(timeout=backoff if retry else None):
-                self._connected.clear()
+            if self._wake.wait(timeout=backoff if retry else None):
+                self._wake.clear()
                 if stop.is_set():
                     return
-                todo, backoff = [e for e in self._missed if e in self.open_executions], 0.5
-                if todo:
-                    log.info("connected: fetching the timelines of %d open executions", len(todo))
+                missed, self._missed = [e for e in self._missed if e in self.open_executions], []
+                if missed:
+                    log.info("connected: fetching the timelines of %d open executions", len(missed))
+                todo = list(dict.fromkeys([*missed, *list(self._unstarted), *self._wanted(retry)]))
+                backoff = 0.5
             else:
-                todo, backoff = [e for e in retry if e in self.open_executions], min(backoff * 2, _MAX_BACKOFF)
+                todo, backoff = self._wanted(retry), min(backoff * 2, _MAX_BACKOFF)
             try:
                 retry = self._catch_up(todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
                 log.exception("catching up on %d executions failed", len(todo))
                 retry = todo
+
+    def _wanted(self, executions: list[str]) -> list[str]:
+        """Those still to fetch: open, or told of mid-way and not yet fetched (even if ended since)."""
+        return [e for e in executions if e in self.open_executions or e in self._unstarted]
 
     def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
         """Fetches and stores these executions' timelines; returns those to ask for again."""
@@ -193,7 +241,8 @@ class WebSocketReceiver:
                         again.append(execution)
                     continue
                 self._unanswered.succeeded()
-                self._store([timeline], stop)
+                self._store([timeline_api.name_it(timeline, self._workflow_names)], stop)
+                self._unstarted.pop(execution, None)
                 if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)
         return again
@@ -203,6 +252,7 @@ class WebSocketReceiver:
         # reconnect would never get an answer. The run stays open in the store, where it is listed,
         # counted overdue when it was paused, and ended at `max_open_seconds`.
         self.open_executions.pop(execution, None)
+        self._unstarted.pop(execution, None)
         log.warning(
             "timeline of %s: the engine answered %d; not asked again (the run stays open until max_open_seconds)",
             execution,

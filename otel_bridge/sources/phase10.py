@@ -167,6 +167,22 @@ def progress(message: Any) -> tuple[str | None, bool | None]:
     return execution, None
 
 
+def workflow_named(message: Any) -> tuple[str, str] | None:
+    """(workflow id, the name of its runs) that a message starting a run tells, or None.
+
+    The name is told only as a run starts, and a timeline carries none: a follower that learns it
+    here names a run whose start it missed, fetched from its timeline, as the workflow's other runs."""
+    if not isinstance(message, dict):
+        return None
+    if "event" in message and "event_type" not in message:
+        message = _enveloped(message)
+    data = message.get("data")
+    if message.get("event_type") != "workflow_started" or not isinstance(data, dict):
+        return None
+    workflow, name = message.get("workflow_id"), data.get("workflow_name")
+    return (workflow, name) if isinstance(workflow, str) and isinstance(name, str) and workflow and name else None
+
+
 def _event_id(*parts: object) -> str:
     # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
     # must be the same event, so its id is what it says.

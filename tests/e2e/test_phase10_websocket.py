@@ -221,3 +221,31 @@ def test_import_timeline_keeps_what_it_stored_when_the_listing_fails_halfway(tmp
     assert "100 timelines stored" in result.stderr  # the same command again goes on from there
     roots = {s.trace_id for s in otlp_http.received.unique_spans().values() if s.name.startswith("workflow ")}
     assert roots == {_trace(run) for run in history[30:]}  # the API lists the newest first
+
+
+def test_a_run_that_began_while_the_bridge_was_away_gets_its_whole_trace_and_its_workflows_name(
+    tmp_path, otlp_http, engine
+):
+    # The bridge connects mid-run: the stream tells only the second step and the end. Before, the trace
+    # had no first step and its root began at the second; the engine's timeline tells the beginning.
+    run = Phase10Run("nightly-report").started(2).step_started("s1", "fetch", 1, "http").after(400)
+    missed = len(run.events)
+    run.step_completed("s1", 0.4).after(5).step_started("s2", "render", 2).after(300).step_completed("s2", 0.3)
+    run.after(2).completed()
+    engine.timelines[run.execution_id] = run.timeline()
+    # A timeline has no name: the workflow's run seen starting meanwhile tells it.
+    other = Phase10Run("nightly-report").started(1).after(50).completed()
+    engine.scripts.put([*other.events, *run.events[missed:]])
+
+    bridge = _following(tmp_path, otlp_http, engine).start()
+    got = otlp_http.received
+    try:
+        got.wait_for(lambda: len(got.trace(_trace(run))) == 3, timeout=30)
+    finally:
+        bridge.close()
+    assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id]
+    spans = {s.name: s for s in got.trace(_trace(run))}
+    assert set(spans) == {"workflow nightly-report", "step fetch", "step render"}
+    root = spans["workflow nightly-report"]
+    assert root.start_ns == spans["step fetch"].start_ns  # the run's start, not s2's
+    assert root.status_code == OK

@@ -207,3 +207,25 @@ def test_a_cancelled_execution_that_goes_on_is_caught_up_after_a_reconnect_until
     (state,) = following.pipeline.runs_named(run.execution_id)
     assert {f.name for f in state.facts} >= {"workflow_cancelled", "step_completed", "workflow_completed"}
     assert not state.carrying_on  # told completed: its trace goes at the next settling
+
+
+def test_an_execution_first_told_of_mid_way_is_fetched_once_for_the_beginning_the_stream_no_longer_tells(
+    tmp_path, engine
+):
+    # It started while the bridge was away (before its first connection): the stream goes on from there.
+    run = Phase10Run("triage").started(1).step_started("s1", "classify").after(10)
+    missed = len(run.events)
+    run.step_completed("s1", 0.01).after(1).step_started("s2", "answer").after(20)
+    engine.timelines[run.execution_id] = run.timeline()
+    later = Phase10Run("after").started(1)
+    engine.scripts.put([*run.events[missed:], *later.events[:1]])
+
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: later.execution_id in following.listed(), "the live messages were not stored")
+        _wait(lambda: engine.timeline_requests, "the execution told of mid-way was not fetched")
+        _wait(lambda: not following.receiver._unstarted, "its timeline was not stored")
+    assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id]  # once, not per message
+    (state,) = following.pipeline.runs_named(run.execution_id)
+    assert {f.name for f in state.facts} >= {"workflow_started", "step_started", "step_completed"}
+    # Still running: open, and caught up on again after a disconnection, as one seen starting.
+    assert run.execution_id in following.receiver.open_executions

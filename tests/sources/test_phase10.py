@@ -12,7 +12,7 @@ from otel_bridge.correlate.runs import Admission, RunState, counted_under
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
-from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options, workflow_named
 from otel_bridge.state import journal
 
 DECODE = Phase10Decoder(Phase10Options(service="agents", env="prod"))
@@ -79,6 +79,13 @@ def test_the_documents_envelope_is_accepted_too():
     folded = fold_events(envelope, decoder=DECODE)
     assert folded.span("step initialize").end_ns - folded.span("step initialize").start_ns == 30 * 10**9
     assert folded.root.status is SpanStatus.OK
+
+
+def test_a_run_starting_tells_its_workflows_name_in_either_shape_and_nothing_else_does():
+    run = Phase10Run("nightly-report", workflow_id="wf-9").started().step_started("s1", "fetch")
+    enveloped = {"event": "workflow_started", "data": {"workflow_id": "wf-9", "workflow_name": "nightly-report"}}
+    assert workflow_named(run.events[0]) == workflow_named(enveloped) == ("wf-9", "nightly-report")
+    assert workflow_named(run.events[1]) is None and workflow_named("not a message") is None
 
 
 def test_a_message_is_known_by_the_same_event_id_whether_its_time_says_utc_or_says_no_zone():
