@@ -77,8 +77,12 @@ def _logging(level: str, log_format: str = "text") -> None:
             )
         )
         logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-        return
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level.upper() != "DEBUG":
+        # httpx says every request at INFO: a catch-up or an import of thousands of timelines, a demo's
+        # every POST, drowned what the bridge says of them (how many, which failed).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def own_process_gc() -> None:
@@ -553,7 +557,6 @@ def _demo(args: argparse.Namespace) -> int:
     from otel_bridge.producer.demo import SCENARIOS, run_demo
 
     _logging("INFO")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per POST drowns the summary
     malformed = [h for h in args.header if "=" not in h or not h.split("=", 1)[0].strip()]
     if malformed:
         print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)

@@ -249,3 +249,5 @@ def test_a_run_that_began_while_the_bridge_was_away_gets_its_whole_trace_and_its
     root = spans["workflow nightly-report"]
     assert root.start_ns == spans["step fetch"].start_ns  # the run's start, not s2's
     assert root.status_code == OK
+    # What the bridge says of its fetches, not httpx's line for each (thousands, in a long catch-up).
+    assert "HTTP Request:" not in bridge.log.read_text()
