@@ -238,7 +238,11 @@ class Settings(BaseSettings):
         description="On SIGTERM (or a tracker's close), how long to keep exporting before exiting, "
         "once the last settling is done.",
     )
-    log_level: str = Field("INFO", description="Log level of the bridge: DEBUG, INFO, WARNING, ERROR or CRITICAL (each HTTP request the bridge makes is logged at DEBUG only).")
+    log_level: str = Field(
+        "INFO",
+        description="Log level of the bridge: DEBUG, INFO, WARNING, ERROR or CRITICAL (each HTTP request "
+        "the bridge makes is logged at DEBUG only).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="Log lines as text, or as JSON objects, one a line (`time`, `level`, `logger`, `message`, "
