@@ -49,6 +49,12 @@ _SAVE = """INSERT INTO state (key, blob, due, overdue_at) VALUES (?, ?, ?, ?)
 # Pages of write-ahead log after which a COMMIT checkpoints by itself (SQLite's default is 1,000):
 # only reached when `checkpoint()` is not called, or cannot keep up.
 _AUTOCHECKPOINT_PAGES = 10_000
+# The write-ahead log is cut back to this size when it starts over after a checkpoint. A second's
+# writes (what a checkpoint a second copies) stay within it at the 16 MiB a second the disk reserve
+# is sized for, so it is not cut and grown again at every checkpoint; what a backlog or a reader
+# holding an old snapshot (`otel-bridge runs` in a pager) made it grow to is given back to the disk,
+# where SQLite keeps a log at its largest size for good.
+_WAL_KEPT_BYTES = 16 * 2**20
 # A thread that has just ended a transaction lets those waiting go first, for at most this long.
 _GIVE_WAY_SECONDS = 0.05
 
@@ -236,6 +242,7 @@ class SqliteStore:
                 self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
+                self._db.execute(f"PRAGMA journal_size_limit = {_WAL_KEPT_BYTES}")
                 self._db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
                 # Debian and Ubuntu build SQLite to zero what a DELETE frees (SECURE_DELETE): every
                 # span acknowledged was written to the log again as zeroes, twice the I/O, and on a

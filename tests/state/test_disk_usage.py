@@ -3,11 +3,13 @@ the state's files and the room left on their filesystem, as gauges on /metrics. 
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
 from otel_bridge.runtime import Bridge
+from otel_bridge.state import sqlite_store
 from otel_bridge.state.sqlite_store import SqliteStore
 
 MiB = 2**20
@@ -56,3 +58,24 @@ def test_the_bridge_exposes_them_as_gauges(small_disk, tmp_path):
 
 def test_a_state_not_on_this_disk_has_no_such_gauges(tmp_path, redis_url):
     assert _gauges(_bridge(tmp_path, redis_url)) == {}
+
+
+def test_a_log_grown_past_its_usual_size_gives_the_room_back_once_it_starts_over(tmp_path, monkeypatch):
+    # A reader holding an old snapshot (`otel-bridge runs` in a pager) keeps checkpoints from ending:
+    # the log grows meanwhile, and SQLite kept it at that size for good.
+    monkeypatch.setattr(sqlite_store, "_WAL_KEPT_BYTES", MiB, raising=False)
+    store = SqliteStore(tmp_path / "s.db")
+    reader = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbox").fetchone()
+    for _ in range(8):
+        store.run(lambda tx: tx.outbox_add([("svc", os.urandom(1000)) for _ in range(500)]))
+        store.checkpoint()
+    wal = tmp_path / "s.db-wal"
+    assert wal.stat().st_size > 3 * MiB
+    reader.execute("COMMIT")
+    store.checkpoint()
+    store.run(lambda tx: tx.outbox_add([("svc", b"x")]))  # the log starts over
+    assert wal.stat().st_size <= MiB
+    reader.close()
+    store.close()
