@@ -52,8 +52,8 @@ _AUTOCHECKPOINT_PAGES = 10_000
 # The write-ahead log is cut back to this size when it starts over after a checkpoint. A second's
 # writes (what a checkpoint a second copies) stay within it at the 16 MiB a second the disk reserve
 # is sized for, so it is not cut and grown again at every checkpoint; what a backlog or a reader
-# holding an old snapshot (`otel-bridge runs` in a pager) made it grow to is given back to the disk,
-# where SQLite keeps a log at its largest size for good.
+# holding an old snapshot (a backup, a `sqlite3` shell left in a transaction) made it grow to is
+# given back to the disk, where SQLite keeps a log at its largest size for good.
 _WAL_KEPT_BYTES = 16 * 2**20
 # A thread that has just ended a transaction lets those waiting go first, for at most this long.
 _GIVE_WAY_SECONDS = 0.05

@@ -61,8 +61,8 @@ def test_a_state_not_on_this_disk_has_no_such_gauges(tmp_path, redis_url):
 
 
 def test_a_log_grown_past_its_usual_size_gives_the_room_back_once_it_starts_over(tmp_path, monkeypatch):
-    # A reader holding an old snapshot (`otel-bridge runs` in a pager) keeps checkpoints from ending:
-    # the log grows meanwhile, and SQLite kept it at that size for good.
+    # A reader holding an old snapshot (a backup, a `sqlite3` shell left in a transaction) keeps
+    # checkpoints from ending: the log grows meanwhile, and SQLite kept it at that size for good.
     monkeypatch.setattr(sqlite_store, "_WAL_KEPT_BYTES", MiB, raising=False)
     store = SqliteStore(tmp_path / "s.db")
     reader = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
