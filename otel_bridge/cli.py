@@ -291,6 +291,12 @@ def _resend_spans(settings: Settings, source: str) -> int:
     if left:
         print(f"{left} spans are still in the outbox (the backend did not take them in time): sent at the next start")
         return 2
+    if bridge.kept_at_exit:  # `--state :memory:`, so as not to open the running bridge's state
+        print(
+            f"{bridge.kept_at_exit} spans were not sent in time (the backend did not take them): the state is in "
+            f"memory, so they are kept in {settings.span_dead_letter}; move it aside and resend it"
+        )
+        return 2
     return 1 if refused or unreadable else 0
 
 

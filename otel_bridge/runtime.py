@@ -215,6 +215,8 @@ class Bridge:
         # The spans still in the outbox once `stop` had drained it (None before): what a command that
         # stops the bridge tells as left, whichever runs they came of.
         self.outbox_at_exit: int | None = None
+        # Spans an in-memory state had not sent by its stop, kept in the span dead-letter file instead.
+        self.kept_at_exit = 0
         # What the operator should mend that does not stop batches (told by `/readyz` and the log).
         self.warnings: list[str] = []
 
@@ -573,12 +575,12 @@ class Bridge:
             if not drained and self.settings.in_memory:
                 # The outbox goes with the process: its spans go to a file, not with it. One in flight
                 # may reach the backend too; sent again, it is the identical span (ids are derived).
-                kept = self.drain.keep_the_rest("not sent by exit: the state was in memory")
+                self.kept_at_exit = self.drain.keep_the_rest("not sent by exit: the state was in memory")
                 self.outbox_at_exit = self.store.outbox_depth()
                 log.warning(
                     "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
                     "`otel-bridge resend-spans %s` sends them once the backend is back",
-                    kept,
+                    self.kept_at_exit,
                     waiting,
                     self.settings.span_dead_letter,
                     self.settings.span_dead_letter,

@@ -145,3 +145,25 @@ def test_resending_tells_as_left_what_the_outbox_holds_at_its_end_the_runs_its_s
     assert "queued: 1  exported: 0" in result.stdout
     # The resent span, and the run's root and step its stop settled: all three wait for the next start.
     assert "3 spans are still in the outbox (the backend did not take them in time)" in result.stdout
+
+
+def test_resending_with_the_state_in_memory_keeps_what_the_backend_did_not_take_in_a_file_and_says_so(
+    tmp_path, otlp_http
+):
+    # `--state :memory:` keeps clear of the running bridge's state; what it could not send went with it.
+    otlp_http.up = False
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="refused once", start_time_unix_nano=1)
+    letter = {"service.name": "shop", "deployment.environment.name": "production", "event": MessageToDict(span)}
+    (tmp_path / "refused.jsonl").write_text(json.dumps(letter) + "\n")
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+
+    command = [sys.executable, "-m", "otel_bridge", "resend-spans", "--state", ":memory:", "refused.jsonl"]
+    env = {**bridge.env, "OTEL_BRIDGE_DRAIN_TIMEOUT_SECONDS": "1"}
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "1 spans were not sent in time (the backend did not take them): the state is in memory, so they are " in (
+        result.stdout
+    )
+    (kept,) = [json.loads(line) for line in (tmp_path / "dead-spans.jsonl").read_text().splitlines()]
+    assert (kept["trace_id"], kept["span_id"], kept["event"]["name"]) == ("01" * 16, "02" * 8, "refused once")
