@@ -160,6 +160,13 @@ class Settings(BaseSettings):
         description="Most events a span carries (a run's pauses, cached steps, late events): past it, the first "
         "and the last half are kept and the rest counted as dropped (unset, `OTEL_SPAN_EVENT_COUNT_LIMIT` is read).",
     )
+    max_span_links: int = Field(
+        128,
+        gt=0,
+        validation_alias=AliasChoices("OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT", "max_span_links"),
+        description="Most links a span carries (the attempt a retry follows, the triggers a run follows from): "
+        "past it, the first are kept and the rest counted as dropped (unset, `OTEL_SPAN_LINK_COUNT_LIMIT` is read).",
+    )
     max_names: int = Field(
         200, gt=0, description="Distinct workflow/step/job names per metric attribute before `_OTHER` is used."
     )

@@ -486,8 +486,8 @@ class Pipeline:
             assert isinstance(state, RunState)
             rk = keys.resource_key(state.run.service, state.run.env)
             s = self.settings
-            limit, name_chars, events = s.attribute_value_limit, s.max_name_chars, s.max_span_events
-            rows = [(rk, encode_span(span, limit, name_chars, events)) for span in step.spans]
+            limits = (s.attribute_value_limit, s.max_name_chars, s.max_span_events, s.max_span_links)
+            rows = [(rk, encode_span(span, *limits)) for span in step.spans]
         tx.outbox_add(rows)
         self._save(tx, key, journal.Changes(step.state, step.due, sent=step.sent, forgotten=step.facts_forgotten))
         return step

@@ -70,6 +70,16 @@ def test_the_events_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monke
     assert Settings().max_span_events == 50
 
 
+def test_the_links_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch):
+    for name in ("OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().max_span_links == 128  # the specification's default
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "500")
+    assert Settings().max_span_links == 500
+    monkeypatch.setenv("OTEL_BRIDGE_MAX_SPAN_LINKS", "50")
+    assert Settings().max_span_links == 50
+
+
 def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.setenv("OTEL_BRIDGE_STAT", str(tmp_path / "state.db"))  # so the default file is looked for
     monkeypatch.chdir(tmp_path)

@@ -103,9 +103,11 @@ def _attribute(key: str, value: AttributeValue, limit: int) -> bytes:
     return _field(_SPAN_ATTRIBUTES, attribute.SerializeToString())
 
 
-def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256, event_limit: int = 128) -> bytes:
+def encode_span(
+    span: SpanRecord, attribute_limit: int = 4096, name_limit: int = 256, event_limit: int = 128, link_limit: int = 128
+) -> bytes:
     """A finished span as a serialized OTLP `Span` message (names cut to `name_limit` characters, at
-    most `event_limit` events).
+    most `event_limit` events and `link_limit` links).
 
     Written in field order, as protobuf writes it: the fields before the attributes, the
     attributes (their bytes, `_attributes`), then the fields after them.
@@ -128,9 +130,12 @@ def encode_span(span: SpanRecord, attribute_limit: int = 4096, name_limit: int =
     for event in events:
         e = tail.events.add(name=event.name[:attribute_limit], time_unix_nano=event.time_ns)
         _fill(event.attributes, e.attributes, attribute_limit)
-    for linked in span.links:
-        tail.links.add(trace_id=span.trace_id, span_id=linked, flags=_SAMPLED | 0x100)
-    for trace_id, linked in span.remote_links:
+    # The first, as the SDK keeps them: the attempt a retry follows, then the triggers in the order told.
+    links = [(span.trace_id, linked) for linked in span.links] + span.remote_links
+    if len(links) > link_limit:
+        tail.dropped_links_count = len(links) - link_limit
+        links = links[:link_limit]
+    for trace_id, linked in links:
         tail.links.add(trace_id=trace_id, span_id=linked, flags=_SAMPLED | 0x100)
     status = tail.status
     status.code = _STATUS[span.status]

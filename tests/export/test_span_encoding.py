@@ -93,6 +93,17 @@ def test_a_span_with_more_events_than_its_limit_keeps_the_first_and_the_last_hal
     assert len(within.events) == 128 and within.dropped_events_count == 0
 
 
+def test_a_span_with_more_links_than_its_limit_keeps_the_first_and_counts_the_rest():
+    # A run its engine triggered 300 times follows from 300 runs: the span grew without bound.
+    triggers = [(n.to_bytes(16, "big"), n.to_bytes(8, "big")) for n in range(1, 301)]
+    span = Span.FromString(encode_span(finished_span(links=[b"\x04" * 8], remote_links=triggers), link_limit=128))
+    assert [link.span_id for link in span.links] == [b"\x04" * 8] + [s for _, s in triggers[:127]]
+    assert span.links[1].trace_id == triggers[0][0]
+    assert span.dropped_links_count == 301 - 128
+    within = Span.FromString(encode_span(finished_span(links=[], remote_links=triggers[:128]), link_limit=128))
+    assert len(within.links) == 128 and within.dropped_links_count == 0
+
+
 def test_values_equal_in_python_but_of_other_types_keep_their_type():
     for value, kind in ((1, "int_value"), (True, "bool_value"), (1.0, "double_value"), ("1", "string_value")):
         span = Span.FromString(encode_span(finished_span(attributes={"v": value})))
