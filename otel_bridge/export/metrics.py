@@ -8,6 +8,11 @@ producers. Gauges are the SDK's; histograms (recorded once per span sent) and co
 to the SDK's data at collection.
 """
 
+# Before any MeterProvider is made: the SDK's hook in a forked child submits to a ThreadPoolExecutor
+# (its resource detectors), and that module's own hook frees, in the child, the lock the fork held.
+# Hooks run in the order they were registered: a provider made first (its resource given, so nothing
+# had yet imported the executor) left every forked child waiting on that lock for good.
+import concurrent.futures.thread  # noqa: F401
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
