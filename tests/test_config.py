@@ -60,24 +60,21 @@ def test_the_attribute_value_limit_is_the_bridges_own_else_the_sdks_for_spans_el
     assert Settings(attribute_value_limit=50).attribute_value_limit == 50  # a flag, or a tracker's keyword
 
 
-def test_the_events_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch):
-    for name in ("OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT"):
+@pytest.mark.parametrize(
+    ("setting", "own", "sdks"),
+    [
+        ("max_span_events", "OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT"),
+        ("max_span_links", "OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT"),
+    ],
+)
+def test_the_events_and_links_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch, setting, own, sdks):
+    for name in (own, sdks):
         monkeypatch.delenv(name, raising=False)
-    assert Settings().max_span_events == 128  # the specification's default
-    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "500")
-    assert Settings().max_span_events == 500
-    monkeypatch.setenv("OTEL_BRIDGE_MAX_SPAN_EVENTS", "50")
-    assert Settings().max_span_events == 50
-
-
-def test_the_links_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch):
-    for name in ("OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT"):
-        monkeypatch.delenv(name, raising=False)
-    assert Settings().max_span_links == 128  # the specification's default
-    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "500")
-    assert Settings().max_span_links == 500
-    monkeypatch.setenv("OTEL_BRIDGE_MAX_SPAN_LINKS", "50")
-    assert Settings().max_span_links == 50
+    assert getattr(Settings(), setting) == 128  # the specification's default
+    monkeypatch.setenv(sdks, "500")
+    assert getattr(Settings(), setting) == 500
+    monkeypatch.setenv(own, "50")
+    assert getattr(Settings(), setting) == 50
 
 
 def test_the_command_tells_it_before_doing_anything(tmp_path, monkeypatch, caplog, capsys):
