@@ -7,7 +7,9 @@ span dead-letter file with its reason and counted, and the spans behind it go on
 Requests are bounded in bytes as well as spans, below gRPC's default 4 MiB limit.
 With several senders (`export_concurrency`), that many requests are in flight at once, each
 over consecutive rows of its own: against a backend far away, a request's round trip, not
-the bridge, bounds how fast the outbox drains.
+the bridge, bounds how fast the outbox drains. Rows the backend took whose acknowledgement the
+store refused (a full disk) are acknowledged before anything more is sent, never sent again while
+this process lives: at-least-once only across a crash.
 """
 
 import logging
@@ -60,6 +62,10 @@ class OutboxDrain:
         # Spans the backend took, and spans set aside, since this drain began: what a command says it did.
         self.exported = self.set_aside = 0
         self._counting = threading.Lock()  # chunks are delivered by threads side by side
+        # Rows the backend took (or that were set aside) whose acknowledgement the store refused (a full
+        # disk, without its reserve after a restart): acknowledged first at the next round, never sent
+        # again meanwhile — every drain sent them to the backend once more.
+        self._unacked: dict[int | str, None] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -83,6 +89,9 @@ class OutboxDrain:
 
     def export_once(self) -> int | None:
         """Send one round of requests. Returns spans taken off the outbox, 0 when it is empty, None on failure."""
+        if self._unacked:
+            self._store.outbox_ack(list(self._unacked))  # raises while the store still cannot: nothing is sent
+            self._unacked.clear()
         rows = self._store.outbox_peek(self._batch_size * len(self._senders))
         if not rows:
             return 0
@@ -135,10 +144,11 @@ class OutboxDrain:
         if result.delivery is Delivery.RETRY:
             return 0, result.reason
         if result.delivery is Delivery.SENT:
-            self._store.outbox_ack([row.id for row in rows])
+            # Counted as the backend took them, whether or not the store can acknowledge them now.
             self._metrics.bridge(c.M_BRIDGE_SPANS_EXPORTED, len(rows))
             with self._counting:
                 self.exported += len(rows)
+            self._ack([row.id for row in rows])
             return len(rows), ""
         if len(rows) == 1:
             self._set_aside(rows[0], result.reason)
@@ -164,10 +174,18 @@ class OutboxDrain:
         )
         if self._dead_spans is not None:
             self._dead_spans.keep("otlp", [_letter(row, span, reason)])
-        self._store.outbox_ack([row.id])
         self._metrics.bridge(c.M_BRIDGE_SPANS_REJECTED, 1)
         with self._counting:
             self.set_aside += 1
+        self._ack([row.id])
+
+    def _ack(self, ids: list[int | str]) -> None:
+        try:
+            self._store.outbox_ack(ids)
+        except Exception:
+            with self._counting:
+                self._unacked.update(dict.fromkeys(ids))
+            raise
 
     def run(self, stop: threading.Event, passes: Passes | None = None) -> None:
         backoff = 0.5

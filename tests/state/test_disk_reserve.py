@@ -8,7 +8,12 @@ import os
 import sqlite3
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp import SENT, ExportResult
+from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreUnavailable
 
@@ -88,6 +93,51 @@ def test_without_the_reserve_a_full_disk_keeps_the_spans_sent_in_the_outbox(smal
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         _drain(store)
     assert store.outbox_depth() > waiting // 2
+    store.close()
+
+
+class _Backend:
+    """Takes every request, and counts each span it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, serialized: bytes) -> ExportResult:
+        request = ExportTraceServiceRequest.FromString(serialized)
+        self.sent += [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return SENT
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_spans_the_store_cannot_acknowledge_are_not_sent_again_meanwhile(small_disk):
+    # A bridge restarted on a full disk has no reserve to give back: its acknowledgements fail until
+    # someone frees the disk. Every drain sent the same spans to the backend once more meanwhile.
+    (small_disk / "other.log").write_bytes(os.urandom(5 * MiB))
+    store = SqliteStore(small_disk / "s.db", reserve_bytes=0)
+    rows = 0
+    with contextlib.suppress(StoreUnavailable):
+        while True:
+            spans = [
+                ("svc\x1fenv", Span(span_id=os.urandom(8), name="x" * 1500).SerializeToString()) for _ in range(20)
+            ]
+            store.run(lambda tx, spans=spans: tx.outbox_add(spans))
+            rows += 20
+            with contextlib.suppress(sqlite3.OperationalError):
+                store.checkpoint()
+    backend = _Backend()
+    drain = OutboxDrain(store, backend, MetricsHub(), batch_size=100, poll_seconds=0.01, version="t")
+    for _ in range(5):  # the drain's rounds while the disk stays full
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            drain.export_once()
+    assert len(backend.sent) == 100  # the first round's, sent once
+
+    (small_disk / "other.log").unlink()  # room again
+    while drain.export_once():
+        store.checkpoint()
+    assert store.outbox_depth() == 0
+    assert len(backend.sent) == len(set(backend.sent)) == rows  # every span, each once
     store.close()
 
 
