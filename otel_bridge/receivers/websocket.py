@@ -251,10 +251,12 @@ class WebSocketReceiver:
         # The engine does not know it (deleted, or kept by another workspace): asking again at every
         # reconnect would never get an answer. The run stays open in the store, where it is listed,
         # counted overdue when it was paused, and ended at `max_open_seconds`.
+        open_ = execution in self.open_executions
         self.open_executions.pop(execution, None)
         self._unstarted.pop(execution, None)
         log.warning(
-            "timeline of %s: the engine answered %d; not asked again (the run stays open until max_open_seconds)",
+            "timeline of %s: the engine answered %d; not asked again%s",
             execution,
             status,
+            " (the run stays open until max_open_seconds)" if open_ else " (its trace is what the stream told)",
         )
