@@ -127,7 +127,7 @@ class Bridge:
             settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
         )
         self.dead_spans = DeadLetters(
-            settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+            settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups, "span_dead_letter"
         )
         self.drain = OutboxDrain(
             self.store,
@@ -577,14 +577,23 @@ class Bridge:
                 # may reach the backend too; sent again, it is the identical span (ids are derived).
                 self.kept_at_exit = self.drain.keep_the_rest("not sent by exit: the state was in memory")
                 self.outbox_at_exit = self.store.outbox_depth()
-                log.warning(
-                    "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
-                    "`otel-bridge resend-spans %s` sends them once the backend is back",
-                    self.kept_at_exit,
-                    waiting,
-                    self.settings.span_dead_letter,
-                    self.settings.span_dead_letter,
-                )
+                if self.kept_at_exit:
+                    log.warning(
+                        "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
+                        "`otel-bridge resend-spans %s` sends them once the backend is back",
+                        self.kept_at_exit,
+                        waiting,
+                        self.settings.span_dead_letter,
+                        self.settings.span_dead_letter,
+                    )
+                if self.outbox_at_exit:
+                    log.error(
+                        "%d spans not sent by exit%s, and the span dead-letter file %s could not take them: "
+                        "lost with the state, which is in memory",
+                        self.outbox_at_exit,
+                        waiting,
+                        self.settings.span_dead_letter,
+                    )
             elif not drained:
                 log.warning(
                     "%d spans still in the outbox at exit%s: they are kept and sent on the next start",

@@ -26,14 +26,24 @@ def a_bug_for(monkeypatch, event_id: str) -> None:
 
 
 @contextmanager
-def small_filesystem(where: Path, mib: int) -> Iterator[Path]:
+def small_filesystem(where: Path, mib: int, read_only: bool = False) -> Iterator[Path]:
     """A filesystem of `mib` MiB of its own (tmpfs) at `where`, to be filled up for real: SQLite's
     `max_page_count` leaves its write-ahead log free to grow, which a full disk does not. Mounted as
-    root, or through `sudo` otherwise, as ./scripts/test installs its packages."""
+    root, or through `sudo` otherwise, as ./scripts/test installs its packages; `read_only`, as a
+    container's read-only root is."""
     as_root = [] if os.geteuid() == 0 else ["sudo", "-n"]
     where.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
-        [*as_root, "mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=1777", "tmpfs", str(where)],
+        [
+            *as_root,
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={mib}m,mode=1777{',ro' if read_only else ''}",
+            "tmpfs",
+            str(where),
+        ],
         capture_output=True,
         text=True,
     )

@@ -211,7 +211,10 @@ class OutboxDrain:
             return 0
         kept = 0
         while rows := self._store.outbox_peek(1000):
-            self._dead_spans.keep("outbox", [_letter(row, Span.FromString(row.payload), reason) for row in rows])
+            if not self._dead_spans.keep(
+                "outbox", [_letter(row, Span.FromString(row.payload), reason) for row in rows]
+            ):
+                return kept  # the file cannot take them (told in the log): what is left stays, and is told as such
             self._store.outbox_ack([row.id for row in rows])
             kept += len(rows)
         return kept

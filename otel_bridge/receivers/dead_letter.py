@@ -7,31 +7,78 @@ import datetime as dt
 import json
 import logging
 import logging.handlers
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from otel_bridge.repeated_failure import Cadence
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterUnwritable(ValueError):
+    """The dead-letter file cannot be written where it is set (a read-only directory or mount)."""
+
+
+class _Handler(logging.handlers.RotatingFileHandler):
+    """A dead letter that cannot be written is told in the bridge's log, the first time and then once a
+    minute, not as the standard library's "--- Logging error ---" and its traceback for each one."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+        self.failing = Cadence()
+        self.lost = 0  # dead letters that could not be written, since the start
+
+    def emit(self, record: logging.LogRecord) -> None:
+        failures = self.failing.failures
+        super().emit(record)
+        if self.failing.failures == failures and (ended := self.failing.recovered()) is not None:
+            log.warning("dead letters are kept in %s again, after %d could not be", self.baseFilename, ended[1])
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - the standard library's name
+        self.lost += 1
+        if self.failing.failed():
+            log.error(
+                "could not keep a dead letter in %s (%s): they are lost until it can be written (%d so far)",
+                self.baseFilename,
+                sys.exc_info()[1],
+                self.failing.failures,
+            )
+
 
 class DeadLetters:
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, backups: int, setting: str = "dead_letter") -> None:
+        """`setting`: the setting that names `path`, for the error that says it cannot be written.
+
+        The file is made at the first dead letter, but its place is checked now: in a read-only
+        working directory (a container's read-only root) every dead letter was lost, each with a
+        traceback on stderr."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not (os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)):
+            flag, variable = "--" + setting.replace("_", "-"), "OTEL_BRIDGE_" + setting.upper()
+            raise DeadLetterUnwritable(
+                f"cannot write the dead-letter file {path}: its directory or mount is read-only to this "
+                f"process; set {setting} ({flag}, {variable}) to a writable place"
+            )
         self.path = path
         self._logger = logging.Logger(f"otel_bridge.dead_letter.{path}")
         self._logger.propagate = False
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._logger.addHandler(handler)
+        self._handler = _Handler(path, max_bytes, backups)
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(self._handler)
 
-    def keep(self, receiver: str, rejected: Iterable[tuple[dict[str, Any], Any]], max_bytes: int | None = None) -> None:
-        """Append each (rejection, original event) pair as one JSON line, at most `max_bytes` of them.
+    def keep(self, receiver: str, rejected: Iterable[tuple[dict[str, Any], Any]], max_bytes: int | None = None) -> bool:
+        """Append each (rejection, original event) pair as one JSON line, at most `max_bytes` of them;
+        False when some could not be written (told in the log).
 
         One client's batch must not rotate everybody's older dead letters away: past the
         budget, one line says how many more were rejected and not kept.
         """
+        lost = self._handler.lost
         at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         written = omitted = 0
         for rejection, event in rejected:
@@ -44,10 +91,10 @@ class DeadLetters:
         if omitted:
             line = {"at": at, "receiver": receiver, "omitted": omitted, "error": "over the batch's dead-letter budget"}
             self._logger.error(orjson.dumps(line).decode())
+        return self._handler.lost == lost
 
     def close(self) -> None:
-        for handler in self._logger.handlers:
-            handler.close()
+        self._handler.close()
 
 
 def _line(letter: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Rejected events are kept with why, one JSON line each, whatever they hold, and can be offered again."""
 
 import json
+import logging
 
 import pytest
+from faults import small_filesystem
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
@@ -77,3 +79,21 @@ def test_an_event_a_replay_rejects_again_keeps_its_format_for_the_next_replay(tm
 def test_a_line_with_no_event_to_offer_again_says_why(letter, why):
     with pytest.raises(NotReplayable, match=why):
         unwrap(letter)
+
+
+def test_a_dead_letter_the_disk_cannot_take_is_told_once_in_the_log_not_as_a_traceback_each(tmp_path, caplog, capsys):
+    with small_filesystem(tmp_path / "disk", 1) as disk:
+        letters = DeadLetters(disk / "dead.jsonl", 10**7, 1)
+        (disk / "other.log").write_bytes(bytes(1023 * 1024))  # the disk fills
+        letter = ({"index": 0, "eventId": "e1", "error": "type: Field required"}, {"eventId": "e1", "x": "y" * 8000})
+        with caplog.at_level(logging.WARNING):
+            assert letters.keep("http", [letter] * 3) is False
+        assert "--- Logging error ---" not in capsys.readouterr().err
+        told = [r.getMessage() for r in caplog.records if "could not keep a dead letter" in r.getMessage()]
+        assert len(told) == 1 and str(disk / "dead.jsonl") in told[0] and "No space left" in told[0]
+
+        (disk / "other.log").unlink()
+        with caplog.at_level(logging.WARNING):
+            assert letters.keep("http", [letter]) is True
+        assert any("dead letters are kept in" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
+        letters.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from bridge_process import BridgeProcess, free_port
 from builders import WorkflowRun
+from faults import small_filesystem
 from redis_server import RedisServer
 
 
@@ -136,3 +137,14 @@ def test_a_client_that_disconnects_mid_body_is_a_debug_line_not_an_error(tmp_pat
         bridge.close()
     log = bridge.log.read_text()
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+@pytest.mark.parametrize(
+    ("setting", "flag"), [("dead_letter", "--span-dead-letter"), ("span_dead_letter", "--dead-letter")]
+)
+def test_a_dead_letter_file_in_a_read_only_working_directory(tmp_path, setting, flag):
+    # A container's read-only root: the files are made at the first dead letter, and each was lost
+    # then, with a traceback on stderr; the bridge had started as if all was well.
+    with small_filesystem(tmp_path / "ro", 1, read_only=True) as read_only:
+        result = _run("serve", "--state", str(tmp_path / "s.db"), flag, str(tmp_path / "other.jsonl"), cwd=read_only)
+    _one_clear_line(result, "cannot write the dead-letter file", setting, "OTEL_BRIDGE_" + setting.upper())
