@@ -20,6 +20,7 @@ from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
 from otel_bridge.export.health import ExportHealth
 from otel_bridge.export.metrics import MetricsHub
@@ -498,6 +499,22 @@ class Bridge:
             with self.passes.running("checkpoint"):
                 failures.attempt(self.store.checkpoint)
 
+    def _tell_open_runs_left(self) -> None:
+        """Runs still going on when an in-memory state stops: what they ended is sent, their roots never
+        are (no later start reads this state). Said, so that one who needs them whole knows how."""
+        try:
+            _runs, still_open = self.pipeline.list_runs(RunQuery(), limit=0)
+        except Exception:  # a count for the log must not hold up the stop
+            log.debug("counting the open runs at stop failed", exc_info=True)
+            return
+        if still_open:
+            log.warning(
+                "%d runs still going on are not sent whole: what they ended is, their roots are not, as the "
+                "state is in memory; with a state file (a tracker's `state=`, `--state`) a run goes on after "
+                "a restart as one trace",
+                still_open,
+            )
+
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())
         if data is None:
@@ -562,6 +579,8 @@ class Bridge:
             else:
                 horizon = time.time() + self.settings.settle_seconds
                 self.pipeline.settle_due(horizon=horizon, told_all=told_all)
+            if self.settings.in_memory:
+                self._tell_open_runs_left()
             # The drain timeout bounds the time spent exporting, not settling's own work: an in-memory
             # tracker closed with 80,000 runs still to settle spent the whole 10 s settling them, and
             # its 148,254 spans were lost with its state, though nothing waited on a backend.

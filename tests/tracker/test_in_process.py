@@ -312,7 +312,8 @@ def test_a_producer_with_trackers_exits_without_a_word_on_stderr(tmp_path, otlp_
 
         events = json.loads(sys.argv[1])
         closed = OtelTracker("production", "shop", flush_interval_seconds=None)
-        closed.emit(events[0])
+        for event in events:  # a run ended: one going on is told at close, on purpose
+            closed.emit(event)
         closed.close()
         open_ = OtelTracker("production", "shop", flush_interval_seconds=None)
         for event in events:
@@ -424,3 +425,19 @@ def test_an_in_memory_tracker_keeps_ended_runs_an_hour_not_a_week_and_their_fact
         assert tracker.bridge.settings.keep_finished_seconds == 60
     with tempfile.TemporaryDirectory() as state, OtelTracker("production", "shop", state=f"{state}/t.db") as tracker:
         assert tracker.bridge.settings.dedup_ttl_seconds == 7 * 86_400  # on disk, as the sidecar keeps it
+
+
+def test_closing_an_in_memory_tracker_with_runs_still_going_on_says_their_roots_are_not_sent(
+    monkeypatch, otlp_http, caplog
+):
+    # Durable workflows go on in another process after this one stops: in memory, their roots are lost.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    going_on = WorkflowRun("long").started().step_started("a").after(5).step_completed("a").step_started("b")
+    ended = WorkflowRun("short").started().after(1).completed()
+    with caplog.at_level(logging.WARNING), OtelTracker("production", "shop") as tracker:
+        for event in going_on.events + ended.events:
+            tracker.emit(event)
+    (told,) = [r.getMessage() for r in caplog.records if "still going on" in r.getMessage()]
+    assert told.startswith("1 runs still going on are not sent whole") and "state file" in told
+    trace_id = trace_id_for("durable-effect", "production", "shop", going_on.workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(trace_id)} == {"step a"}  # what it ended
