@@ -111,6 +111,13 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self._clock = clock
+        # First: a dead-letter file that cannot be written is said before the state is opened (and claimed).
+        self.dead_letters = DeadLetters(
+            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
+        )
+        self.dead_spans = DeadLetters(
+            settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups, "span_dead_letter"
+        )
         self.store = open_store(settings)
         self.metrics = MetricsHub(
             settings.max_names,
@@ -124,12 +131,6 @@ class Bridge:
             [trace_sender] if trace_sender else [otlp.trace_sender() for _ in range(settings.export_concurrency)]
         )
         self.metric_sender = metric_sender or otlp.metric_sender()
-        self.dead_letters = DeadLetters(
-            settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
-        )
-        self.dead_spans = DeadLetters(
-            settings.span_dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups, "span_dead_letter"
-        )
         self.drain = OutboxDrain(
             self.store,
             self.trace_senders,
