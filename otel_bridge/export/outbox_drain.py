@@ -224,7 +224,11 @@ class OutboxDrain:
         True when empty."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            sent = self.export_once()
+            try:
+                sent = self.export_once()
+            except Exception as exc:  # the store's (an acknowledgement on a full disk): a stop must still end
+                log.warning("draining the outbox failed: %s", exc)
+                sent = None
             if sent == 0:
                 return True
             if sent is None:

@@ -131,6 +131,7 @@ def test_spans_the_store_cannot_acknowledge_are_not_sent_again_meanwhile(small_d
     for _ in range(5):  # the drain's rounds while the disk stays full
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             drain.export_once()
+    assert drain.drain(0.2) is False  # a stop's last drain says so, and ends
     assert len(backend.sent) == 100  # the first round's, sent once
 
     (small_disk / "other.log").unlink()  # room again
