@@ -5,6 +5,7 @@ import asyncio
 import gc
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +41,16 @@ def _in_child(work: Callable[[], Any], timeout: float = 30.0) -> Any:
             json.dump(answer, out)
         os._exit(0)
     os.close(write)
+    _reap(pid, timeout)
+    with os.fdopen(read) as answer:
+        told = json.loads(answer.read() or '{"failed": "the child died"}')
+    assert "failed" not in told, told["failed"]
+    return told["ok"]
+
+
+def _reap(pid: int, timeout: float = 30.0) -> None:
+    """Wait for the child to end; one hung (a lock held across the fork) is killed and failed, never waited
+    on for ever: the suite hung so past pytest-timeout, whose alarm cannot end a wait in a `finally`."""
     deadline = time.monotonic() + timeout
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
         if time.monotonic() > deadline:
@@ -47,10 +58,6 @@ def _in_child(work: Callable[[], Any], timeout: float = 30.0) -> Any:
             os.waitpid(pid, 0)
             raise AssertionError(f"the child did not finish within {timeout} s (a lock held across the fork?)")
         time.sleep(0.05)
-    with os.fdopen(read) as answer:
-        told = json.loads(answer.read() or '{"failed": "the child died"}')
-    assert "failed" not in told, told["failed"]
-    return told["ok"]
 
 
 class _SlowEndpoint:
@@ -195,12 +202,13 @@ def test_a_forked_child_holds_no_claim_on_the_state_file(tmp_path):
         os.read(finish[0], 1)
         os._exit(0)
     try:
+        assert select.select([started[0]], [], [], 30)[0], "the child did not start (a lock held across the fork?)"
         os.read(started[0], 1)
         store.close()
         SqliteStore(tmp_path / "s.db").close()  # not "in use by another otel-bridge"
     finally:
         os.write(finish[1], b"1")
-        os.waitpid(pid, 0)
+        _reap(pid)
         for fd in (*started, *finish):
             os.close(fd)
 
