@@ -342,7 +342,8 @@ class Pipeline:
 
         `told_all`: nothing more will come of the runs stored, so an ended run waits for no
         straggler (gaps) and no step that goes on after its cancellation."""
-        if self.store.outbox_depth() and self.store.refuses_batches() is not None:
+        # Asked first: the store's own answer, no I/O (Redis's outbox depth is a round trip).
+        if self.store.refuses_batches() is not None and self.store.outbox_depth():
             # The disk is full: what room there is goes first to what frees it (acknowledging sent
             # spans, checkpointing). Settling adds spans to the outbox, and waits until it is empty;
             # what it would send stays in the state meanwhile.

@@ -95,7 +95,8 @@ class Store(Protocol):
         inside `work` (settling, one run at a time) and must not blame a run for a full disk."""
 
     def refuses_batches(self) -> str | None:
-        """Why new batches are refused before any is tried (a full disk), or None."""
+        """Why new batches are refused before any is tried (a full disk), or None; then settling waits
+        for the outbox to drain too. Answered from what the store knows, without I/O."""
 
     def awaited(self) -> bool:
         """Whether a transaction is waiting for the one running now to end (never, on a shared store)."""
