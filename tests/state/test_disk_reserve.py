@@ -8,11 +8,10 @@ import os
 import sqlite3
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otel_bridge.export import otlp
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.export.otlp import SENT, ExportResult
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreUnavailable
@@ -96,22 +95,7 @@ def test_without_the_reserve_a_full_disk_keeps_the_spans_sent_in_the_outbox(smal
     store.close()
 
 
-class _Backend:
-    """Takes every request, and counts each span it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, serialized: bytes) -> ExportResult:
-        request = ExportTraceServiceRequest.FromString(serialized)
-        self.sent += [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-        return SENT
-
-    def shutdown(self) -> None:
-        pass
-
-
-def test_spans_the_store_cannot_acknowledge_are_not_sent_again_meanwhile(small_disk):
+def test_spans_the_store_cannot_acknowledge_are_not_sent_again_meanwhile(small_disk, otlp_http, monkeypatch):
     # A bridge restarted on a full disk has no reserve to give back: its acknowledgements fail until
     # someone frees the disk. Every drain sent the same spans to the backend once more meanwhile.
     (small_disk / "other.log").write_bytes(os.urandom(5 * MiB))
@@ -126,19 +110,20 @@ def test_spans_the_store_cannot_acknowledge_are_not_sent_again_meanwhile(small_d
             rows += 20
             with contextlib.suppress(sqlite3.OperationalError):
                 store.checkpoint()
-    backend = _Backend()
-    drain = OutboxDrain(store, backend, MetricsHub(), batch_size=100, poll_seconds=0.01, version="t")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    sent = otlp_http.received.spans  # each span as many times as it was sent
+    drain = OutboxDrain(store, otlp.trace_sender(), MetricsHub(), batch_size=100, poll_seconds=0.01, version="t")
     for _ in range(5):  # the drain's rounds while the disk stays full
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             drain.export_once()
     assert drain.drain(0.2) is False  # a stop's last drain says so, and ends
-    assert len(backend.sent) == 100  # the first round's, sent once
+    assert len(sent) == 100  # the first round's, sent once
 
     (small_disk / "other.log").unlink()  # room again
     while drain.export_once():
         store.checkpoint()
     assert store.outbox_depth() == 0
-    assert len(backend.sent) == len(set(backend.sent)) == rows  # every span, each once
+    assert len(sent) == len({s.span_id for s in sent}) == rows  # every span, each once
     store.close()
 
 
