@@ -516,6 +516,35 @@ class Bridge:
                 still_open,
             )
 
+    def _tell_unsent(self, waiting: str) -> None:
+        """What the stop's drain left: kept in the span dead-letter file, in the outbox for the next start,
+        or, in memory with a file that could not take them, lost."""
+        if self.kept_at_exit:
+            log.warning(
+                "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
+                "`otel-bridge resend-spans %s` sends them once the backend is back",
+                self.kept_at_exit,
+                waiting,
+                self.settings.span_dead_letter,
+                self.settings.span_dead_letter,
+            )
+        if not self.outbox_at_exit:
+            return
+        if self.settings.in_memory:
+            log.error(
+                "%d spans not sent by exit%s, and the span dead-letter file %s could not take them: "
+                "lost with the state, which is in memory",
+                self.outbox_at_exit,
+                waiting,
+                self.settings.span_dead_letter,
+            )
+        else:
+            log.warning(
+                "%d spans still in the outbox at exit%s: they are kept and sent on the next start",
+                self.outbox_at_exit,
+                waiting,
+            )
+
     def export_metrics(self) -> bool:
         data = otlp.merge_metrics(self.metrics.collect())
         if data is None:
@@ -590,36 +619,13 @@ class Bridge:
             otlp.limit_timeouts(remaining, *self.trace_senders, self.metric_sender)
             # A request still in flight holds its spans: sending them again beside it could send them twice.
             drained = "trace-export" not in stuck and self.drain.drain(remaining, retry=retry_export)
-            self.outbox_at_exit = self.store.outbox_depth()
-            waiting = " (an export was still waiting on the backend)" if stuck else ""
             if not drained and self.settings.in_memory:
                 # The outbox goes with the process: its spans go to a file, not with it. One in flight
                 # may reach the backend too; sent again, it is the identical span (ids are derived).
                 self.kept_at_exit = self.drain.keep_the_rest("not sent by exit: the state was in memory")
-                self.outbox_at_exit = self.store.outbox_depth()
-                if self.kept_at_exit:
-                    log.warning(
-                        "%d spans not sent by exit%s: the state is in memory, so they are kept in %s; "
-                        "`otel-bridge resend-spans %s` sends them once the backend is back",
-                        self.kept_at_exit,
-                        waiting,
-                        self.settings.span_dead_letter,
-                        self.settings.span_dead_letter,
-                    )
-                if self.outbox_at_exit:
-                    log.error(
-                        "%d spans not sent by exit%s, and the span dead-letter file %s could not take them: "
-                        "lost with the state, which is in memory",
-                        self.outbox_at_exit,
-                        waiting,
-                        self.settings.span_dead_letter,
-                    )
-            elif not drained:
-                log.warning(
-                    "%d spans still in the outbox at exit%s: they are kept and sent on the next start",
-                    self.outbox_at_exit,
-                    waiting,
-                )
+            self.outbox_at_exit = self.store.outbox_depth()
+            if not drained:
+                self._tell_unsent(" (an export was still waiting on the backend)" if stuck else "")
             if "metric-export" not in stuck:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
                 self.export_metrics()
