@@ -131,7 +131,10 @@ def encode_span(
         e = tail.events.add(name=event.name[:attribute_limit], time_unix_nano=event.time_ns)
         _fill(event.attributes, e.attributes, attribute_limit)
     # The first, as the SDK keeps them: the attempt a retry follows, then the triggers in the order told.
-    links = [(span.trace_id, linked) for linked in span.links] + span.remote_links
+    # No list is made for the span without local links, most of them (encoded at every settling).
+    links = span.remote_links
+    if span.links:
+        links = [(span.trace_id, linked) for linked in span.links] + links
     if len(links) > link_limit:
         tail.dropped_links_count = len(links) - link_limit
         links = links[:link_limit]
