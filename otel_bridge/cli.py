@@ -24,7 +24,7 @@ from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table, unknown_variables
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
-from otel_bridge.ids import RunIdentity, root_span_id, trace_id_for, traceparent
+from otel_bridge.ids import RunIdentity, root_span_id, sample_bound, trace_id_for, traceparent, within_ratio
 from otel_bridge.state.store import StoreInUse, StoreOpenError
 
 if TYPE_CHECKING:
@@ -548,7 +548,9 @@ def _show(settings: Settings, workflow_id: str) -> int:
 def _trace_id(args: argparse.Namespace) -> int:
     run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
     trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id, run.tenant)
-    print(traceparent(trace_id, root_span_id(run)))
+    # Sampled as the bridge samples the run, so that a producer's own spans below it follow suit.
+    sampled = within_ratio(trace_id, sample_bound(_settings(args).trace_sample_ratio))
+    print(traceparent(trace_id, root_span_id(run), sampled))
     return 0
 
 

@@ -8,11 +8,12 @@ SDK defines them, and two of them are mirrored here for their defaults.
 """
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from otel_bridge.urls import without_password
@@ -167,6 +168,14 @@ class Settings(BaseSettings):
         description="Most links a span carries (the attempt a retry follows, the triggers a run follows from): "
         "past it, the first are kept and the rest counted as dropped (unset, `OTEL_SPAN_LINK_COUNT_LIMIT` is read).",
     )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of runs sent as they go, chosen by trace id as the SDK's `traceidratio` sampler "
+        "chooses; the others are sent whole at their end when any span of them failed, else not at all, and "
+        "counted in the metrics all the same (unset, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` are read).",
+    )
     max_names: int = Field(
         200, gt=0, description="Distinct workflow/step/job names per metric attribute before `_OTHER` is used."
     )
@@ -304,6 +313,14 @@ class Settings(BaseSettings):
         """State that goes with the process (SQLite's `:memory:`, the in-process tracker's default)."""
         return self.state == ":memory:"
 
+    @model_validator(mode="after")
+    def _sampler_of_the_sdk(self) -> "Settings":
+        if "trace_sample_ratio" not in self.model_fields_set:
+            ratio = sampler_ratio(os.environ)
+            # Through __dict__: assigning would validate the whole model again.
+            self.__dict__["trace_sample_ratio"] = 1.0 if ratio is None else ratio
+        return self
+
     @field_validator("api_key", "bearer_token")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
@@ -354,6 +371,23 @@ def settings_table() -> str:
             default = ",".join(default)
         rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | `{default}` | {field.description} |")
     return "\n".join(rows)
+
+
+def sampler_ratio(environ: Mapping[str, str]) -> float | None:
+    """The share of runs `OTEL_TRACES_SAMPLER` (and its `…_ARG`) asks for, or None for a sampler the bridge
+    cannot follow (then every run is sent). A run's root has no parent, so `parentbased_X` samples as X;
+    an argument that is no ratio is None, where the SDK warns and samples everything."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    base = name.removeprefix("parentbased_")
+    if base in ("always_on", "always_off"):
+        return 1.0 if base == "always_on" else 0.0
+    if base != "traceidratio":
+        return None
+    try:
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or 1.0)
+    except ValueError:
+        return None
+    return ratio if 0.0 <= ratio <= 1.0 else None
 
 
 _PREFIX = "OTEL_BRIDGE_"

@@ -70,6 +70,23 @@ def attempt_span_id(run: RunIdentity, step: str, attempt: int) -> bytes:
     return span_id_for(run, "attempt", step, str(attempt))
 
 
+def sample_bound(ratio: float) -> int | None:
+    """What `within_ratio` compares with: the SDK's own bound for `ratio`, so that a run is chosen as its
+    `traceidratio` sampler would choose the trace. None: every trace (a ratio of 1)."""
+    # Here, not at the top: a producer's HttpBatchTracker imports this module, and not the SDK.
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    return None if ratio >= 1 else TraceIdRatioBased.get_bound_for_rate(ratio)
+
+
+def within_ratio(trace_id: bytes, bound: int | None) -> bool:
+    """Whether the SDK's `traceidratio` sampler samples the trace: its id's low 64 bits below `bound`."""
+    return bound is None or int.from_bytes(trace_id) & _LOW_64_BITS < bound
+
+
+_LOW_64_BITS = (1 << 64) - 1
+
+
 def traceparent(trace_id: bytes, span_id: bytes, sampled: bool = True) -> str:
     """W3C `traceparent` header value for a span."""
     return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if sampled else '00'}"

@@ -27,6 +27,7 @@ from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
+from otel_bridge.ids import sample_bound
 from otel_bridge.keys import SET_ASIDE
 from otel_bridge.lifecycle import JobRecord, LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
@@ -105,6 +106,7 @@ def policy_of(settings: Settings) -> Policy:
         cancel_grace_ns=int(settings.cancel_grace_seconds * 1e9),
         sleep_spans=settings.sleep_spans,
         overdue_grace_ns=int(settings.overdue_grace_seconds * 1e9),
+        sample_bound=sample_bound(settings.trace_sample_ratio),
     )
     return Policy(
         settle=settle,

@@ -28,3 +28,10 @@ def test_trace_id_command_prints_a_w3c_traceparent(capsys):
     expected = traceparent(trace_id_for("durable-effect", "prod", "shop", "abc"), root_span_id(run))
     assert capsys.readouterr().out.strip() == expected
     assert expected.startswith("00-") and expected.endswith("-01") and len(expected) == 55
+
+
+def test_trace_id_command_says_not_sampled_when_the_bridge_keeps_the_run_back(capsys, monkeypatch):
+    # A producer's own spans below the run's root (parent-based sampling) then follow the bridge's choice.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    assert main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", "abc"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-00")

@@ -107,7 +107,8 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         overdue_ns=late if late is not None and late > grace_ns else None,
         last_event=last.name,
         last_event_ns=last.time_ns,
-        traceparent=traceparent(run_trace_id(identity), root_span_id(identity)),
+        # Not sampled: kept back by the ratio (sent at its end only if it fails).
+        traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
     )
 
 

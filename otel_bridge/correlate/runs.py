@@ -15,9 +15,9 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from otel_bridge import conventions as c
-from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole
+from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole, SpanStatus
 from otel_bridge.correlate.spans import build_spans, ends_attempt
-from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest
+from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest, run_trace_id, within_ratio
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
 
@@ -73,6 +73,10 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # Told ended only by ends that do not stop it (`Fact.carries_on`): settled as an open run, its root
     # kept, until another end comes or `SettlePolicy.cancel_grace_ns` has passed since.
     carrying_on: bool = False
+    # Sampled out (`SettlePolicy.sample_bound`) before any of its spans left: its spans are built and
+    # counted, but kept back (`emitted` then holds what was built, not what was sent) until its end,
+    # when it is sent whole if any of them failed, and not at all otherwise.
+    withheld: bool = False
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
     # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
@@ -237,6 +241,13 @@ class SettlePolicy:
     sleep_spans: bool = True
     # A run woken (or started) more than this after it was due gets a `workflow.overdue` event.
     overdue_grace_ns: int | None = 300 * 10**9
+    # Runs whose trace id's low 64 bits are below this are sent as they go (the SDK's `traceidratio`
+    # rule, so the same trace ids as its sampler's); the others are withheld (`RunState.withheld`).
+    # None: every run is sent as it goes.
+    sample_bound: int | None = None
+
+    def samples(self, state: "RunState") -> bool:
+        return self.sample_bound is None or within_ratio(run_trace_id(state.run.identity), self.sample_bound)
 
 
 def _identity(f: Fact) -> tuple[object, ...] | None:
@@ -408,8 +419,14 @@ def merge(kept: RunState, later: RunState, now_ns: int) -> RunState:
     assert not later.closed, "a closed run's sent spans are not known"
     for fact in sorted(later.facts, key=lambda f: f.seq):
         fold(kept, later.run, fact, now_ns)
-    for span_id in later.emitted:
-        kept.emitted.setdefault(span_id, kept.seq)
+    if later.withheld and not kept.withheld:
+        pass  # what `later` built was never sent: `kept`'s way sends it
+    elif kept.withheld and not later.withheld:
+        kept.withheld = False  # sent as it went since: what `kept` had built goes out as the rest does
+        kept.emitted = {span_id: kept.seq for span_id in later.emitted}
+    else:
+        for span_id in later.emitted:
+            kept.emitted.setdefault(span_id, kept.seq)
     if later.seen_digests or later.seen_ids:
         kept.seen_digests += later.seen_digests
         kept.remember_seen(later.seen_ids)
@@ -439,6 +456,10 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         result.held = True
         return result
 
+    if policy.sample_bound is not None and not state.emitted and not state.withheld and not policy.samples(state):
+        state.withheld = True
+    # A withheld run's end builds it whole, as if nothing had left: what was built before was kept back.
+    whole = state.withheld and (ended or incomplete)
     # Kept from the second settling on: most runs are settled once, and a dict per run would cost them.
     attempt_ids = state.__dict__.setdefault("_attempt_ids", {}) if state.emitted else None
     told = None if ended or incomplete else _facts_told_of_since_settled(state)
@@ -448,21 +469,34 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         facts = [f for f in facts if f.kind is not KIND.RUN_ENDED]
     spans = (
         build_spans(
-            state.run, facts, state.emitted, incomplete_at, policy.sleep_spans, policy.overdue_grace_ns, attempt_ids
+            state.run,
+            facts,
+            {} if whole else state.emitted,
+            incomplete_at,
+            policy.sleep_spans,
+            policy.overdue_grace_ns,
+            attempt_ids,
         )
         if facts
         else []
     )
     state.mark_settled()
+    # Sent whole when a span of it failed, as a tail sampler keeping failures would (but with every
+    # span, however long the run: a Collector decides on what came within its `decision_wait`), or
+    # when the ratio takes it in now.
+    send = not state.withheld or (whole and (policy.samples(state) or _failed(spans)))
     for span in spans:
-        if span.end_ns is None:
+        if span.end_ns is None or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
         key = span.span_id.hex()
-        if key in state.emitted or (span.role is SpanRole.RUN and not (ended or incomplete)):
-            continue
-        state.emitted[key] = result.sent[key] = state.seq
-        result.spans.append(span)
-        result.observations.extend(_span_observations(state.run, span, state.facts))
+        built = key in state.emitted
+        if not built:
+            state.emitted[key] = result.sent[key] = state.seq
+            # A kept-back span's exemplar would lead nowhere, unless its failure will take the run in.
+            linked = send or span.status is SpanStatus.ERROR
+            result.observations.extend(_span_observations(state.run, span, state.facts, linked))
+        if send and (whole or not built):
+            result.spans.append(span)
 
     if ended or incomplete:
         counted = state.counted_state
@@ -621,12 +655,16 @@ def _move_missing(facts: list[Fact]) -> bool:
     return False
 
 
-def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact]) -> list[Observation]:
+def _failed(spans: list[SpanRecord]) -> bool:
+    return any(span.status is SpanStatus.ERROR for span in spans)
+
+
+def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked: bool = True) -> list[Observation]:
     resource = _resource(run)
     definition = _definition(run)
     assert span.end_ns is not None
     seconds = (span.end_ns - span.start_ns) / 1e9
-    exemplar = {"trace_id": span.trace_id, "span_id": span.span_id}
+    exemplar = {"trace_id": span.trace_id, "span_id": span.span_id} if linked else {}
     if span.role is SpanRole.ATTEMPT:
         result = span.attributes.get(c.WORKFLOW_TASK_RESULT)
         if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):

@@ -86,6 +86,8 @@ def apply(
         # Only an instance counted as active needs remembering indefinitely.
         return Step(job, None if job.counted else now + policy.dedup_ttl_seconds, observations=observations)
     result = fold(state, record.run, record.fact, int(now * 1e9))  # type: ignore[arg-type]
+    if state is None and not policy.settle.samples(result.state):
+        result.state.withheld = True  # from its first event, so that `otel-bridge runs` says so
     step = Step(result.state, due, result.admission, observations=result.observations)
     if result.added is not None:
         step.added.append(result.added)

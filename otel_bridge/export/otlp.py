@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
-from otel_bridge.config import HTTP_SCHEMES
+from otel_bridge.config import HTTP_SCHEMES, sampler_ratio
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
 
 log = logging.getLogger(__name__)
@@ -290,14 +290,17 @@ def _told_if_asked_otherwise(variable: str, meant: tuple[str, ...], what: str) -
 
 
 def _told_if_sampling_asked() -> None:
-    # A run is known failed only as it ends, and a failed one must not be the one dropped: sampling
-    # that keeps whole runs and every failure is the Collector's (tail sampling).
-    _told_if_asked_otherwise(
-        "OTEL_TRACES_SAMPLER",
-        ("", "always_on", "parentbased_always_on"),
-        "otel-bridge sends every run's trace; sample in the Collector (collector-config/otel-collector.yaml "
-        "carries tail sampling that keeps every failed workflow)",
-    )
+    # Followed by the settings (`trace_sample_ratio`) where it is a ratio: told only when it is not.
+    if sampler_ratio(os.environ) is not None or "OTEL_BRIDGE_TRACE_SAMPLE_RATIO" in map(str.upper, os.environ):
+        return
+    sampler, arg = os.environ.get("OTEL_TRACES_SAMPLER", ""), os.environ.get("OTEL_TRACES_SAMPLER_ARG", "")
+    raw = f"{sampler} (OTEL_TRACES_SAMPLER_ARG={arg})" if arg else sampler
+    if _first_time("OTEL_TRACES_SAMPLER", raw):
+        log.warning(
+            "OTEL_TRACES_SAMPLER=%s: otel-bridge follows always_on, always_off and traceidratio with a ratio "
+            "from 0 to 1 (and their parentbased_ forms), so it sends every run; set OTEL_BRIDGE_TRACE_SAMPLE_RATIO",
+            raw,
+        )
 
 
 def _told_if_delta_asked() -> None:

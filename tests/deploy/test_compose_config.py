@@ -114,6 +114,8 @@ def test_the_collector_config_documents_load_balancing_and_tail_sampling():
     text = (ROOT / "collector-config" / "otel-collector.yaml").read_text()
     assert "# loadbalancing:" in text and "routing_key: traceID" in text
     assert "# processors:\n#   tail_sampling:" in text and "status_codes: [ERROR]" in text
+    # Not for the bridge's workflows: their failure comes after `decision_wait`, their sampling is the bridge's.
+    assert "sample in otel-bridge, not here (OTEL_BRIDGE_TRACE_SAMPLE_RATIO" in text
 
 
 def test_prometheus_scrapes_only_services_of_the_stack():

@@ -261,3 +261,33 @@ def test_the_containers_health_check_asks_the_port_the_bridge_was_given(tmp_path
         process.close()
     gone = subprocess.run(healthcheck_command(), env=process.env, capture_output=True, timeout=10)
     assert gone.returncode != 0
+
+
+def test_sampled_with_the_standard_variables_a_failed_run_arrives_whole_and_a_kept_back_one_not_at_all(
+    tmp_path, otlp_http
+):
+    # A ratio of 0: every run kept back. The run that fails goes out whole at its end, the step that had
+    # ended long before it included; the run that succeeds never goes out, and both are counted.
+    process = BridgeProcess(
+        tmp_path, otlp_http.endpoint, OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0"
+    ).start()
+    got = otlp_http.received
+
+    def counted(step: str) -> bool:
+        return f'workflow_task_name="{step}"' in httpx.get(f"{process.url}/metrics").text
+
+    try:
+        fine = WorkflowRun("nightly").started().step_started("fetch").after(5).step_completed("fetch").completed()
+        assert process.post(fine.events).status_code == 200
+        failing = WorkflowRun("nightly").started().step_started("load").after(5).step_completed("load")
+        assert process.post(failing.events).status_code == 200
+        got.wait_for(lambda: counted("fetch") and counted("load"))  # both settled, nothing sent
+
+        failing.after(60_000).step_started("report").after(5).step_failed("report").failed(step="report")
+        assert process.post(failing.events[3:]).status_code == 200
+        failed = trace_id_for("durable-effect", "production", "shop", failing.workflow_id).hex()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(failed)))
+    finally:
+        process.close()
+    assert sorted(s.name for s in got.trace(failed)) == ["step load", "step report", "workflow nightly"]
+    assert got.trace(trace_id_for("durable-effect", "production", "shop", fine.workflow_id).hex()) == []
