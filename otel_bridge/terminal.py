@@ -56,9 +56,15 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:
             _when(run.resume_at_ns),
             overdue,
             f"{run.last_event} {_when(run.last_event_ns)}",
-            trace_link(trace_url, run.trace_id) if trace_url else run.traceparent,
+            _trace_cell(run, trace_url),
         )
     return table
+
+
+def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
+    if not run.sampled:
+        return f"kept back (sent only if it fails) {run.traceparent}"
+    return trace_link(trace_url, run.trace_id) if trace_url else run.traceparent
 
 
 def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> RenderableType:
@@ -88,7 +94,12 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
         )
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
     parts: list[RenderableType] = [title, table, Text("events", style="bold"), events]
-    if trace_url:
+    sent = not state.withheld or (root.end_ns is not None and any(s.status is SpanStatus.ERROR for s in spans))
+    if not sent:
+        # Kept back by `trace_sample_ratio`: no trace to link to, unless it fails.
+        told = "sent whole at its end only if a span of it fails" if root.end_ns is None else "not sent"
+        parts.insert(1, Text(f"trace: kept back by sampling, {told}", style="dim"))
+    elif trace_url:
         link = trace_link(trace_url, root.trace_id.hex())
         parts.insert(1, Text.assemble("trace: ", (link, f"link {link}")))
     return Group(*parts)

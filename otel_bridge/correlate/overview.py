@@ -41,9 +41,14 @@ class RunOverview:
             out[key.removesuffix("_ns")] = iso_ns(value) if value is not None else None
         overdue = out.pop("overdue_ns")
         out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
-        if trace_url:
+        if trace_url and self.sampled:
             out["trace_url"] = trace_link(trace_url, self.trace_id)
         return out
+
+    @property
+    def sampled(self) -> bool:
+        """False for a run the sampling keeps back (`trace_sample_ratio`): sent at its end only if it fails."""
+        return self.traceparent.endswith("-01")
 
     @property
     def trace_id(self) -> str:
