@@ -23,6 +23,7 @@ from opentelemetry.metrics import CallbackOptions
 from opentelemetry.metrics import Observation as ApiObservation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, ResourceMetrics, ScopeMetrics
+from opentelemetry.sdk.resources import OTELResourceDetector
 from opentelemetry.sdk.resources import Resource as SdkResource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -237,8 +238,11 @@ class MetricsHub:
 
     def _new_producer(self, resource: Resource | None) -> _Producer:
         if resource is None:
-            # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info).
-            attributes = {c.SERVICE_NAME: c.BRIDGE_SERVICE_NAME, c.SERVICE_VERSION: __version__}
+            # The bridge's own telemetry: standard detection (OTEL_RESOURCE_ATTRIBUTES, SDK info), and
+            # the service's name from OTEL_SERVICE_NAME (or the attributes) when one is given, as the SDK
+            # names an application: two bridges (regions, a tracker in an application) can be told apart.
+            named = OTELResourceDetector().detect().attributes.get(c.SERVICE_NAME)
+            attributes = {c.SERVICE_NAME: str(named or c.BRIDGE_SERVICE_NAME), c.SERVICE_VERSION: __version__}
             if self._bridge_env:
                 attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
             sdk_resource = SdkResource.create(attributes)

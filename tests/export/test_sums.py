@@ -69,3 +69,17 @@ def test_a_producers_counters_join_its_histograms_and_the_bridges_start_at_zero(
     assert (active.is_monotonic, [p.value for p in active.data_points]) == (False, [1])
     [failures] = by_resource[c.BRIDGE_SERVICE_NAME][c.M_BRIDGE_EXPORT_FAILURES].data.data_points
     assert (failures.value, failures.attributes) == (0, {})
+
+
+def test_the_bridges_own_metrics_are_named_as_the_standard_variables_name_the_service(monkeypatch):
+    def own_name() -> str:
+        hub = MetricsHub()
+        hub.start_bridge_counters([c.M_BRIDGE_EXPORT_FAILURES])
+        (data,) = hub.collect()
+        return data.resource_metrics[0].resource.attributes["service.name"]
+
+    assert own_name() == c.BRIDGE_SERVICE_NAME
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=bridge-eu,team=platform")
+    assert own_name() == "bridge-eu"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "bridge-us")  # wins over the attributes, as the SDK has it
+    assert own_name() == "bridge-us"
