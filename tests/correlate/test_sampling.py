@@ -132,7 +132,8 @@ def test_a_run_left_out_is_still_left_out_when_read_back_from_the_store():
     run.after(1).step_started("b").after(5).step_completed("b")
     for raw in run.events[-2:]:
         read = apply(read, None, decode(raw), 3.0, EVERY_RUN).state
-    assert settle_run(read, 4.0, EVERY_RUN).spans == []
+    going_on = settle_run(read, 4.0, EVERY_RUN)
+    assert going_on.spans == [] and [o.instrument for o in going_on.observations] == [c.M_WORKFLOW_TASK_DURATION]
     run.after(1).completed(["a", "b"])
     ended = settle_run(apply(read, None, decode(run.events[-1]), 5.0, EVERY_RUN).state, 6.0, EVERY_RUN)
     # And at its end the ratio takes it in: sent whole, though nothing of it failed.
