@@ -24,7 +24,8 @@ from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table, unknown_variables
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
-from otel_bridge.ids import RunIdentity, root_span_id, sample_bound, trace_id_for, traceparent, within_ratio
+from otel_bridge.ids import RunIdentity, traceparent
+from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
 
 if TYPE_CHECKING:
@@ -547,10 +548,9 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
 def _trace_id(args: argparse.Namespace) -> int:
     run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
-    trace_id = trace_id_for(run.engine, run.env, run.service, run.run_id, run.tenant)
     # Sampled as the bridge samples the run, so that a producer's own spans below it follow suit.
-    sampled = within_ratio(trace_id, sample_bound(_settings(args).trace_sample_ratio))
-    print(traceparent(trace_id, root_span_id(run), sampled))
+    span = span_context_for(run, args.step, args.attempt, _settings(args).trace_sample_ratio)
+    print(traceparent(span.trace_id.to_bytes(16), span.span_id.to_bytes(8), span.trace_flags.sampled))
     return 0
 
 
@@ -668,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(c.PLATFORM_DURABLE_EFFECT, c.PLATFORM_EVENT_SOURCED, c.PLATFORM_PHASE10),
     )
     trace.add_argument("--tenant", default=None, help="the event-sourced runtime's tenant")
+    trace.add_argument("--step", default=None, help="the span of this step's attempt instead of the run's root")
+    trace.add_argument("--attempt", type=int, default=1, help="with --step: which attempt (from 1)")
     demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
     demo.add_argument(
         "--url",

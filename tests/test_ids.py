@@ -12,6 +12,12 @@ def test_trace_id_is_the_documented_hash():
     assert trace_id_for("durable-effect", "prod", "shop", "abc") == expected
 
 
+def test_an_attempts_span_id_is_the_documented_hash():
+    # What a producer in another language computes to start its own spans under a step's attempt.
+    expected = hashlib.sha256(b"attempt\x1fdurable-effect\x1fprod\x1fshop\x1fabc\x1fpay\x1f2").digest()[:8]
+    assert attempt_span_id(RunIdentity("durable-effect", "prod", "shop", "abc"), "pay", 2) == expected
+
+
 def test_field_boundaries_matter():
     assert trace_id_for("e", "ab", "c", "d") != trace_id_for("e", "a", "bc", "d")
 

@@ -42,10 +42,12 @@ def test_a_producers_type_checker_reads_the_trackers_types_from_the_installed_pa
     producer.write_text(
         textwrap.dedent(
             """
+            from otel_bridge import run_context
             from otel_bridge.tracker import HttpBatchTracker
 
             tracker = HttpBatchTracker("http://127.0.0.1:4380/v1/events", "production", "shop")
             tracker.emit("not an event")
+            run_context("production", "shop", "wf-1", "charge", "2")
             """
         )
     )
@@ -53,6 +55,7 @@ def test_a_producers_type_checker_reads_the_trackers_types_from_the_installed_pa
     result = subprocess.run([*mypy, str(producer)], capture_output=True, text=True, cwd=tmp_path)
     assert "py.typed" not in result.stdout, result.stdout
     assert 'Argument 1 to "emit" of "HttpBatchTracker" has incompatible type "str"' in result.stdout, result.stdout
+    assert 'Argument 5 to "run_context" has incompatible type "str"' in result.stdout, result.stdout
 
 
 def test_the_module_runs_as_python_dash_m():

@@ -28,12 +28,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import Settings, unknown_settings, unknown_variables
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
+from otel_bridge.propagation import run_context
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 
@@ -205,6 +207,16 @@ class OtelTracker:
             self._buffer.append(as_read_back(enriched(event, self.env, self.service_key)))
             return len(self._buffer) >= self._batch_size
 
+    def context(
+        self, workflow_id: str, step: str | None = None, attempt: int | None = None, context: Context | None = None
+    ) -> Context:
+        """The OpenTelemetry context of one of this tracker's runs: its root span, or `step`'s attempt (the
+        first when no `attempt` is given). The application's own spans started in it (`context=` of
+        `start_as_current_span`, or `opentelemetry.context.attach`) are children of that span, in the
+        run's trace, sampled as the run is."""
+        ratio = self._settings.trace_sample_ratio
+        return run_context(self.env, self.service_key, workflow_id, step, attempt, sample_ratio=ratio, context=context)
+
     def pending(self) -> int:
         with self._lock:
             return len(self._buffer)
@@ -311,6 +323,12 @@ class AsyncOtelTracker:
 
     async def pending(self) -> int:
         return self.tracker.pending()
+
+    def context(
+        self, workflow_id: str, step: str | None = None, attempt: int | None = None, context: Context | None = None
+    ) -> Context:
+        """As `OtelTracker.context`: no I/O, so not a coroutine."""
+        return self.tracker.context(workflow_id, step, attempt, context)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.tracker.close)

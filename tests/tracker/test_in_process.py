@@ -441,3 +441,39 @@ def test_closing_an_in_memory_tracker_with_runs_still_going_on_says_their_roots_
     assert told.startswith("1 runs still going on are not sent whole") and "state file" in told
     trace_id = trace_id_for("durable-effect", "production", "shop", going_on.workflow_id).hex()
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"step a"}  # what it ended
+
+
+def test_the_applications_own_spans_in_a_steps_context_arrive_under_that_attempt_in_the_runs_trace(
+    monkeypatch, otlp_http
+):
+    # The calls a step makes (here one span of the application's own tracer) are drawn under that step.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    application = TracerProvider()
+    application.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{otlp_http.endpoint}/v1/traces")))
+    run = WorkflowRun("checkout").started().step_started("charge").after(5).step_failed("charge", will_retry=True)
+    with OtelTracker("production", "shop", settle_seconds=0) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        run.after(1000).step_started("charge", 2)
+        tracker.emit(run.events[-1])
+        with application.get_tracer("shop").start_as_current_span(
+            "POST /payments", context=tracker.context(run.workflow_id, "charge", 2)
+        ):
+            pass
+        run.after(20).step_completed("charge", 2).completed(["charge"])
+        for event in run.events[-2:]:
+            tracker.emit(event)
+    application.shutdown()
+
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    spans = {s.name: s for s in otlp_http.received.trace(trace_id) if s.name != "step charge"}
+    attempts = {
+        s.attributes["workflow.task.attempt"]: s for s in otlp_http.received.trace(trace_id) if s.name == "step charge"
+    }
+    assert set(spans) == {"workflow checkout", "POST /payments"} and set(attempts) == {1, 2}
+    assert spans["POST /payments"].parent_span_id == attempts[2].span_id
+    assert attempts[2].parent_span_id == spans["workflow checkout"].span_id
