@@ -182,6 +182,7 @@ class Bridge:
         self.metrics.start_bridge_counters(
             [
                 c.M_BRIDGE_RUNS_INCOMPLETE,
+                c.M_BRIDGE_RUNS_KEPT_BACK,
                 c.M_BRIDGE_SPANS_EXPORTED,
                 c.M_BRIDGE_SPANS_REJECTED,
                 c.M_BRIDGE_RUNS_SET_ASIDE,

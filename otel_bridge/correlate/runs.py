@@ -229,6 +229,8 @@ class SettleResult(Struct):
     incomplete: bool = False
     # The run ended but its facts show gaps: nothing was sent, ask again after a while.
     held: bool = False
+    # It ended and was never sent (`RunState.withheld`, and none of its spans failed).
+    kept_back: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +503,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     if ended or incomplete:
         counted = state.counted_state
         result.incomplete = incomplete
+        result.kept_back = not send
         state.closed = True
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)

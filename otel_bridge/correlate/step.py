@@ -47,6 +47,8 @@ class Step(Struct):
     # Span ids (hex) this settling sent, with the run's `seq` then: journalled with the run.
     sent: dict[str, int] = {}
     incomplete: bool = False
+    # It ended and was never sent: the sampling left it out, and none of its spans failed.
+    kept_back: bool = False
 
 
 # Facts that end no span: they give the run nothing to send, so they do not make it due.
@@ -128,4 +130,5 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         sent=result.sent,
         observations=result.observations,
         incomplete=result.incomplete,
+        kept_back=result.kept_back,
     )

@@ -100,6 +100,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "counter", "{event}", "Events that arrived after their run's trace was sent"
     ),
     c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec("counter", "{run}", "Runs closed as incomplete after max_open"),
+    c.M_BRIDGE_RUNS_KEPT_BACK: InstrumentSpec(
+        "counter", "{run}", "Runs ended and never sent: left out by trace_sample_ratio, none of their spans failed"
+    ),
     c.M_BRIDGE_SPANS_EXPORTED: InstrumentSpec("counter", "{span}", "Spans acknowledged by the OTLP backend"),
     c.M_BRIDGE_SPANS_REJECTED: InstrumentSpec(
         "counter", "{span}", "Spans the OTLP backend refused for good (kept in the span dead-letter file)"

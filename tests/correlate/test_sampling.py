@@ -84,6 +84,8 @@ def test_a_run_left_out_that_succeeds_sends_nothing_and_is_counted_as_every_run_
     sent = _settled_as_it_goes(events, EVERY_RUN)
 
     assert _sent(left_out) == [] and len(_sent(sent)) == 9  # root, seven steps, the sleep
+    assert [step.kept_back for step in left_out] == [False] * (len(left_out) - 1) + [True]  # told at its end
+    assert not any(step.kept_back for step in sent)
     # The same measurements, but none links to a trace that is not there.
     assert [o[:3] for o in _observed(left_out)] == [o[:3] for o in _observed(sent)]
     assert not any(linked for *_, linked in _observed(left_out))
@@ -94,6 +96,7 @@ def test_a_run_left_out_that_fails_is_sent_whole_at_its_end_each_span_once():
     steps = _settled_as_it_goes(events, NO_RUN)
 
     assert all(step.spans == [] for step in steps[:-1])  # nothing while it went on
+    assert not any(step.kept_back for step in steps)
     assert _sent(steps) == _settled_once_at_its_end(events)
     # Linked to its trace only where the span will be there: the failed step's, and the run's at its end.
     linked = [o.instrument for step in steps for o in step.observations if o.trace_id is not None]

@@ -287,7 +287,9 @@ def test_sampled_with_the_standard_variables_a_failed_run_arrives_whole_and_a_ke
         assert process.post(failing.events[3:]).status_code == 200
         failed = trace_id_for("durable-effect", "production", "shop", failing.workflow_id).hex()
         got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(failed)))
+        metrics = httpx.get(f"{process.url}/metrics").text
     finally:
         process.close()
     assert sorted(s.name for s in got.trace(failed)) == ["step load", "step report", "workflow nightly"]
     assert got.trace(trace_id_for("durable-effect", "production", "shop", fine.workflow_id).hex()) == []
+    assert 'otel_bridge_runs_kept_back_total{service_name="otel-bridge"} 1.0' in metrics
