@@ -566,7 +566,7 @@ def forget_facts(state: RunState) -> None:
     state.seq = state.settled_seq = state.opened_ns = state.closed_ns = state.ended_seen_ns = 0
     state.state_order = state.counted_name = None
     state.execution_state = c.STATE_EXECUTING
-    state.carrying_on = False
+    state.carrying_on = state.withheld = False
     state.__dict__.pop("_where", None)
     state.__dict__.pop("_ids", None)
     state.__dict__.pop("_attempt_ids", None)

@@ -207,3 +207,12 @@ def test_a_run_kept_back_then_set_aside_while_its_producer_went_on_sent_live_is_
     ended = settle_run(apply(joined, None, decode(run.events[-1]), 11.0, EVERY_RUN).state, 12.0, EVERY_RUN)
 
     assert sorted(s.name for s in ended.spans) == ["step a", "workflow split"]  # b had left; a never had
+
+
+def test_a_run_kept_back_forgets_that_it_was_once_it_only_recognises_late_events():
+    # A week of closed runs is most of a busy bridge's state: the header keeps nothing it no longer needs.
+    run = WorkflowRun("done").started().step_started("a").after(5).step_completed("a").completed(["a"])
+    closed = _settled_as_it_goes(run.events, NO_RUN, every=len(run.events))[-1]
+    assert closed.kept_back and closed.state.withheld
+    forgotten = settle_run(closed.state, closed.due, NO_RUN)
+    assert forgotten.facts_forgotten and b"withheld" not in journal.encode_header(forgotten.state)
