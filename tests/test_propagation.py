@@ -47,3 +47,24 @@ def test_trace_id_command_prints_an_attempts_traceparent(capsys):
     assert main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", "wf-1", "--step", "pay"]) == 0
     trace_id = trace_id_for("durable-effect", "prod", "shop", "wf-1").hex()
     assert capsys.readouterr().out.strip() == f"00-{trace_id}-{attempt_span_id(RUN, 'pay', 1).hex()}-01"
+
+
+def test_every_tracker_gives_a_context_so_that_one_stands_in_for_another():
+    from opentelemetry.context import get_current
+
+    from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker, InMemoryTracker, NoopTracker
+
+    posting = HttpBatchTracker("http://127.0.0.1:9/v1/events", "prod", "shop", flush_interval_seconds=None)
+    asyncio_posting = AsyncHttpBatchTracker("http://127.0.0.1:9/v1/events", "prod", "shop")
+    try:
+        for tracker in (posting, asyncio_posting):
+            (span,) = _started_in(tracker.context("wf-1", "pay", 2))
+            assert span.parent.span_id == int.from_bytes(attempt_span_id(RUN, "pay", 2))
+        assert (
+            not trace.get_current_span(posting.context("wf-1", sample_ratio=0)).get_span_context().trace_flags.sampled
+        )
+    finally:
+        posting.close()
+    # Tracking off, or recorded for a test: nothing is sent, the application's spans go on as they were.
+    for stand_in in (NoopTracker(), InMemoryTracker()):
+        assert stand_in.context("wf-1", "pay") is get_current()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import orjson
@@ -30,6 +30,9 @@ from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
 from otel_bridge.urls import without_password
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +276,27 @@ def _post_with(client: httpx.Client, c: _Config, body: bytes) -> httpx.Response 
         return exc
 
 
-class HttpBatchTracker:
+class _RunContexts:
+    _c: _Config
+
+    def context(
+        self,
+        workflow_id: str,
+        step: str | None = None,
+        attempt: int | None = None,
+        context: "Context | None" = None,
+        *,
+        sample_ratio: float = 1.0,
+    ) -> "Context":
+        """As `OtelTracker.context`, for the runs this tracker posts; `sample_ratio`: the bridge's
+        `trace_sample_ratio`, when it samples runs. No I/O (so not a coroutine in the asyncio flavour)."""
+        from otel_bridge.propagation import run_context  # the OpenTelemetry API: only when asked for
+
+        c = self._c
+        return run_context(c.env, c.service_key, workflow_id, step, attempt, sample_ratio=sample_ratio, context=context)
+
+
+class HttpBatchTracker(_RunContexts):
     def __init__(
         self,
         endpoint: str,
@@ -381,7 +404,7 @@ class HttpBatchTracker:
         self.close()
 
 
-class AsyncHttpBatchTracker:
+class AsyncHttpBatchTracker(_RunContexts):
     """The same tracker for asyncio producers: the POST and its backoff never block the event loop."""
 
     def __init__(
