@@ -346,18 +346,20 @@ def jobs() -> Board:
     )  # fmt: skip
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
     b.panel(
-        "Export failures, incomplete, set-aside and unreadable runs, stream entries lost",
+        "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost",
         [("sum(increase(otel_bridge_export_failures_total[$__range]))", "export failures"),
          ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs"),
          ("sum(increase(otel_bridge_runs_set_aside_total[$__range]))", "runs set aside"),
          ("sum(increase(otel_bridge_runs_unreadable_total[$__range]))", "runs unreadable"),
+         ("sum(increase(otel_bridge_runs_kept_back_total[$__range]))", "runs kept back"),
          ("sum(increase(otel_bridge_stream_entries_lost_total[$__range]))", "stream entries lost")],
         kind="stat",
         description="Over the dashboard's range. Incomplete: runs closed after max_open_seconds with events "
         "missing. Set aside: runs whose settling kept failing, kept out of play until `otel-bridge settle-again` "
         "(alert BridgeRunsSetAside). Unreadable: run states another version wrote, kept aside whole, their runs "
         "started afresh (alert BridgeRunsUnreadable). Stream entries lost: the Redis stream trimmed past entries "
-        "the bridge had not read (alert BridgeStreamEntriesLost).",
+        "the bridge had not read (alert BridgeStreamEntriesLost). Kept back: runs `trace_sample_ratio` left out "
+        "that ended without a failed span, counted in every metric, never sent.",
     )  # fmt: skip
     b.state(
         "Engines followed",
