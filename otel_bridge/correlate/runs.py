@@ -442,7 +442,9 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     `policy.max_open_ns` (since the bridge first heard of it) is closed as incomplete.
     An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them. A run told
     ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:
-    its steps that go on are sent as they end, and its root when it ends for good.
+    its steps that go on are sent as they end, and its root when it ends for good. A run the sampling
+    leaves out (`policy.sample_bound`) is settled alike, its spans counted but kept back; at its end it
+    is sent whole if any span of it failed (`result.kept_back` otherwise).
     """
     result = SettleResult(state)
     if state.closed or not state.facts:
