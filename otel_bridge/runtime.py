@@ -386,6 +386,7 @@ class Bridge:
                 named=phase10.workflow_named,
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
+                workspace_of=phase10.workspace_of,
                 open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),
                 max_message_bytes=s.max_body_bytes,
             )

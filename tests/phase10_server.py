@@ -44,6 +44,8 @@ class Phase10Server:
         self.scripts: queue.Queue[list[Any]] = queue.Queue()
         self.timelines: dict[str, dict[str, Any]] = {}
         self.timeline_requests: list[tuple[str, str | None]] = []
+        # An execution's workspace: its timeline is "not found" in another's context, as the engine has it.
+        self.timeline_workspaces: dict[str, str] = {}
         # An execution's timeline answered only once its gate opens (a slow or hung API) ...
         self.timeline_gates: dict[str, threading.Event] = {}
         # ... or with a 503 this many times first (an API restarting).
@@ -85,7 +87,8 @@ class Phase10Server:
             if self.timeline_failures.get(execution, 0) > 0:
                 self.timeline_failures[execution] -= 1
                 return JSONResponse({"detail": "Service Unavailable"}, status_code=503)
-            if execution not in self.timelines:
+            owner = self.timeline_workspaces.get(execution)
+            if execution not in self.timelines or owner not in (None, request.headers.get("x-workspace-id")):
                 return JSONResponse({"detail": "Execution not found"}, status_code=404)
             # json.dumps escapes as JavaScript's JSON.stringify does, lone surrogates included.
             return Response(json.dumps(self.timelines[execution]), media_type="application/json")

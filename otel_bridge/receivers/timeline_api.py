@@ -96,9 +96,12 @@ def name_it(document: Any, names: Mapping[str, str]) -> Any:
     return document
 
 
-def timeline(client: httpx.Client, api_url: str, execution_id: str) -> Any:
+def timeline(client: httpx.Client, api_url: str, execution_id: str, workspace_id: str | None = None) -> Any:
+    """`workspace_id`: the execution's workspace, when not the client's (the engine answers 404 for an
+    execution of another workspace than the one its `X-Workspace-Id` names)."""
     url = f"{api_url}/api/workflows/executions/{execution_id}/timeline"
-    return _json(client.get(url), url)
+    headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
+    return _json(client.get(url, headers=headers), url)
 
 
 def _json(response: httpx.Response, url: str) -> Any:

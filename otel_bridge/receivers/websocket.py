@@ -43,6 +43,8 @@ _GONE = (404, 410)
 Progress = Callable[[Any], tuple[str | None, bool | None]]
 # (workflow id, the name of its runs) a message tells as a run starts, or None: the source's too.
 Named = Callable[[Any], tuple[str, str] | None]
+# The workspace of the execution a message tells of, or None: the source's too.
+WorkspaceOf = Callable[[Any], str | None]
 
 
 class WebSocketReceiver:
@@ -55,12 +57,15 @@ class WebSocketReceiver:
         api_url: str | None = None,
         named: Named = lambda _message: None,
         workspace_id: str | None = None,
+        workspace_of: WorkspaceOf = lambda _message: None,
         open_at_start: Callable[[], list[str]] = list,
         max_message_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         """`open_at_start`: the executions the store holds open, read when following begins.
         `max_message_bytes`: the largest message taken (the HTTP endpoint's body limit); websockets'
-        own default, 1 MiB, closed the connection on a run's large input or output and lost the message."""
+        own default, 1 MiB, closed the connection on a run's large input or output and lost the message.
+        `workspace_id`: sent with every request; an execution a message says is another workspace's
+        (`workspace_of`) has its timeline asked for in that workspace's context."""
         self._url = url
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -76,6 +81,10 @@ class WebSocketReceiver:
         # The names of workflows' runs, by workflow id, as their starts told them: a timeline has none.
         self._named = named
         self._workflow_names: dict[str, str] = {}
+        # The platform's stream tells every workspace's executions; the engine answers a timeline only in
+        # its execution's workspace: each execution's, as its messages told it, the oldest forgotten.
+        self._workspace_of = workspace_of
+        self._workspaces: dict[str, str] = {}
         self._open_at_start = open_at_start
         self._max_message_bytes = max_message_bytes
         # Set at each connection, and when an execution is first told of mid-way: catching up has work.
@@ -140,6 +149,8 @@ class WebSocketReceiver:
             if starts and (named := self._named(message)) is not None:
                 self._remember(self._workflow_names, *named)
             if execution is not None:
+                if (workspace := self._workspace_of(message)) is not None:
+                    self._remember(self._workspaces, execution, workspace)
                 first = self._first_told(execution)
                 if starts:
                     self.open_executions[execution] = None
@@ -229,7 +240,8 @@ class WebSocketReceiver:
                 if stop.is_set():
                     return []
                 try:
-                    timeline = timeline_api.timeline(client, self._api_url, execution)
+                    workspace = self._workspaces.get(execution)
+                    timeline = timeline_api.timeline(client, self._api_url, execution, workspace)
                 except httpx.TransportError as exc:  # down or hung: the rest would wait the same
                     self._unanswered.failed(exc)
                     return again + executions[n:]

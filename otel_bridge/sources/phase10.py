@@ -183,6 +183,17 @@ def workflow_named(message: Any) -> tuple[str, str] | None:
     return (workflow, name) if isinstance(workflow, str) and isinstance(name, str) and workflow and name else None
 
 
+def workspace_of(message: Any) -> str | None:
+    """The workspace a live message's execution belongs to, or None: the stream carries every workspace
+    of the platform, and the engine tells an execution's timeline only in its own workspace's context."""
+    if not isinstance(message, dict):
+        return None
+    if "event" in message and "event_type" not in message:
+        message = _enveloped(message)
+    workspace = message.get("workspace_id")
+    return workspace if isinstance(workspace, str) and workspace else None
+
+
 def _event_id(*parts: object) -> str:
     # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
     # must be the same event, so its id is what it says.

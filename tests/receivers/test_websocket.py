@@ -54,6 +54,7 @@ class _Following:
             progress=phase10.progress,
             api_url=engine.api_url,
             workspace_id="ws-1",
+            workspace_of=phase10.workspace_of,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
@@ -229,3 +230,21 @@ def test_an_execution_first_told_of_mid_way_is_fetched_once_for_the_beginning_th
     assert {f.name for f in state.facts} >= {"workflow_started", "step_started", "step_completed"}
     # Still running: open, and caught up on again after a disconnection, as one seen starting.
     assert run.execution_id in following.receiver.open_executions
+
+
+def test_an_execution_of_another_workspace_is_fetched_in_its_workspaces_context(tmp_path, engine):
+    # The platform's stream tells every workspace's executions; the engine tells a timeline only in the
+    # context of its execution's workspace, and answered the bridge's own workspace a 404.
+    run = Phase10Run("triage", workspace_id="ws-2").started(1).step_started("s1", "classify").after(10)
+    missed = len(run.events)
+    run.step_completed("s1", 0.01).after(1).completed()
+    engine.timelines[run.execution_id] = run.timeline()
+    engine.timeline_workspaces[run.execution_id] = "ws-2"
+    engine.scripts.put(run.events[missed:])
+
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: engine.timeline_requests, "the execution told of mid-way was not fetched")
+        _wait(lambda: not following.receiver._unstarted, "its timeline was not stored")
+    assert engine.timeline_requests == [(run.execution_id, "ws-2")]
+    (state,) = following.pipeline.runs_named(run.execution_id)
+    assert "workflow_started" in {f.name for f in state.facts}  # the beginning the stream no longer told

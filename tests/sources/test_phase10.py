@@ -12,7 +12,7 @@ from otel_bridge.correlate.runs import Admission, RunState, counted_under
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
-from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options, workflow_named
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options, workflow_named, workspace_of
 from otel_bridge.state import journal
 
 DECODE = Phase10Decoder(Phase10Options(service="agents", env="prod"))
@@ -298,3 +298,11 @@ def test_names_of_a_megabyte_are_kept_to_what_a_span_attribute_carries():
     started, step = DECODE(run.events[0]), DECODE(run.events[1])
     assert started is not None and step is not None
     assert (started.run.name, step.fact.label) == ("w" * 4096, "n" * 4096)
+
+
+def test_a_live_message_tells_its_executions_workspace_and_nothing_else_does():
+    run = Phase10Run("triage", workspace_id="ws-2").started(1)
+    assert workspace_of(run.events[0]) == "ws-2"
+    assert workspace_of(run.timeline()) is None  # a timeline names none
+    assert workspace_of({"event": "workflow_started", "data": {"execution_id": "e"}}) is None
+    assert workspace_of("not a message") is None
