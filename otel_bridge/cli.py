@@ -669,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--tenant", default=None, help="the event-sourced runtime's tenant")
     trace.add_argument("--step", default=None, help="the span of this step's attempt instead of the run's root")
-    trace.add_argument("--attempt", type=int, default=1, help="with --step: which attempt (from 1)")
+    trace.add_argument("--attempt", type=int, default=None, help="with --step: which attempt (from 1; 1 unless given)")
     demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
     demo.add_argument(
         "--url",
@@ -711,8 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "trace-id":
+        if args.attempt is not None and args.step is None:
+            parser.error("trace-id: --attempt needs --step (the run's root has no attempts)")
         return _trace_id(args)
     if args.command == "config":
         print(settings_table())

@@ -1,5 +1,6 @@
 """An application's own spans join a run's trace, under its root or under one attempt of a step."""
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -68,3 +69,9 @@ def test_every_tracker_gives_a_context_so_that_one_stands_in_for_another():
     # Tracking off, or recorded for a test: nothing is sent, the application's spans go on as they were.
     for stand_in in (NoopTracker(), InMemoryTracker()):
         assert stand_in.context("wf-1", "pay") is get_current()
+
+
+def test_trace_id_command_refuses_an_attempt_without_its_step(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", "wf-1", "--attempt", "2"])
+    assert exited.value.code == 2 and "--attempt needs --step" in capsys.readouterr().err
