@@ -29,7 +29,7 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.ids import sample_bound
 from otel_bridge.keys import SET_ASIDE
-from otel_bridge.lifecycle import JobRecord, LifecycleRecord, WorkflowRecord, event_id_of, state_key_of
+from otel_bridge.lifecycle import JobRecord, LifecycleRecord, RunRef, WorkflowRecord, event_id_of, state_key_of
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
@@ -596,10 +596,10 @@ class Pipeline:
         run = self._whole(key, head)
         return overview(run, now_ns, grace_ns) if run is not None else None
 
-    def open_run_ids(self, engine: str, env: str, service: str) -> list[str]:
-        """The ids of one producer's runs still open, from the states' headers (not their facts)."""
+    def open_runs_of(self, engine: str, env: str, service: str) -> list[RunRef]:
+        """One producer's runs still open, from the states' headers (not their facts)."""
         heads = self._run_headers(self.store.states(keys.runs_of(engine, env, service)))
-        return [head.run.run_id for _key, head in heads if not head.closed]
+        return [head.run for _key, head in heads if not head.closed]
 
     def restore_gauges(self) -> None:
         """After a restart, count the runs and job instances that are still open in the active gauges.

@@ -387,7 +387,10 @@ class Bridge:
                 api_url=s.ws_api_url,
                 workspace_id=s.ws_workspace_id,
                 workspace_of=phase10.workspace_of,
-                open_at_start=lambda: self.pipeline.open_run_ids(phase10.ENGINE, s.ws_env, s.ws_service_name),
+                open_at_start=lambda: [
+                    (run.run_id, phase10.workspace_in(run))
+                    for run in self.pipeline.open_runs_of(phase10.ENGINE, s.ws_env, s.ws_service_name)
+                ],
                 max_message_bytes=s.max_body_bytes,
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))

@@ -58,10 +58,11 @@ class WebSocketReceiver:
         named: Named = lambda _message: None,
         workspace_id: str | None = None,
         workspace_of: WorkspaceOf = lambda _message: None,
-        open_at_start: Callable[[], list[str]] = list,
+        open_at_start: Callable[[], list[tuple[str, str | None]]] = list,
         max_message_bytes: int = 10 * 1024 * 1024,
     ) -> None:
-        """`open_at_start`: the executions the store holds open, read when following begins.
+        """`open_at_start`: the executions the store holds open, each with its workspace when known, read
+        when following begins.
         `max_message_bytes`: the largest message taken (the HTTP endpoint's body limit); websockets'
         own default, 1 MiB, closed the connection on a run's large input or output and lost the message.
         `workspace_id`: sent with every request; an execution a message says is another workspace's
@@ -100,7 +101,10 @@ class WebSocketReceiver:
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
         if self._api_url:
-            self.open_executions.update(dict.fromkeys(self._open_at_start()))
+            for execution, workspace in self._open_at_start():
+                self.open_executions[execution] = None
+                if workspace is not None:
+                    self._remember(self._workspaces, execution, workspace)
             catching_up = threading.Thread(
                 target=self._catching_up, args=(stop,), name="otel-bridge-websocket-catch-up", daemon=True
             )

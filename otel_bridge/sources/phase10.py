@@ -194,6 +194,12 @@ def workspace_of(message: Any) -> str | None:
     return workspace if isinstance(workspace, str) and workspace else None
 
 
+def workspace_in(run: RunRef) -> str | None:
+    """The workspace a stored run was told it belongs to (by its live messages), or None."""
+    workspace = run.attributes.get(c.WORKSPACE_ID)
+    return workspace if isinstance(workspace, str) and workspace else None
+
+
 def _event_id(*parts: object) -> str:
     # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
     # must be the same event, so its id is what it says.

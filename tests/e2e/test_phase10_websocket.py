@@ -85,11 +85,16 @@ def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http
     assert failed["workflow ingest"].attributes["workflow.task.name"] == "load"
 
 
-def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timeline(tmp_path, otlp_http, engine):
-    run = Phase10Run("deploy-day").started(1).step_started("s1", "build", 1).after(200)
+@pytest.mark.parametrize("workspace", ["ws-1", "ws-2"])  # the bridge's own (`ws_workspace_id`), another's
+def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timeline(
+    tmp_path, otlp_http, engine, workspace
+):
+    run = Phase10Run("deploy-day", workspace_id=workspace).started(1).step_started("s1", "build", 1).after(200)
     seen_live = list(run.events)
     run.step_completed("s1", 0.2).after(1).completed()  # while the bridge is being redeployed
     engine.timelines[run.execution_id] = run.timeline()
+    # The engine tells it only in its workspace's context: the restarted bridge asks in the one stored.
+    engine.timeline_workspaces[run.execution_id] = workspace
     engine.scripts.put(seen_live)  # the first process's connection: the start, then quiet
     engine.scripts.put([])  # the restarted one's: nothing new is ever told of the run
     bridge = _following(tmp_path, otlp_http, engine).start()
@@ -106,7 +111,7 @@ def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timel
         got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
     finally:
         bridge.close()
-    assert engine.timeline_requests == [(run.execution_id, "ws-1")]
+    assert engine.timeline_requests == [(run.execution_id, workspace)]
     spans = {s.name: s for s in got.trace(_trace(run))}
     assert spans["workflow deploy-day"].status_code == OK and spans["step build"].status_code == OK
 
