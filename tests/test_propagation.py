@@ -75,3 +75,18 @@ def test_trace_id_command_refuses_an_attempt_without_its_step(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", "wf-1", "--attempt", "2"])
     assert exited.value.code == 2 and "--attempt needs --step" in capsys.readouterr().err
+
+
+def test_an_in_process_trackers_context_is_sampled_as_the_tracker_samples_its_runs(monkeypatch):
+    from otel_bridge.tracker import AsyncOtelTracker, OtelTracker
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # nothing to export: the context is the subject
+    sending, keeping_back = OtelTracker("prod", "shop"), AsyncOtelTracker("prod", "shop", trace_sample_ratio=0)
+    try:
+        for tracker, sampled in ((sending, True), (keeping_back, False)):
+            span = trace.get_current_span(tracker.context("wf-1", "pay", 2)).get_span_context()
+            assert span.span_id == int.from_bytes(attempt_span_id(RUN, "pay", 2))
+            assert span.trace_flags.sampled is sampled
+    finally:
+        sending.close()
+        keeping_back.tracker.close()
