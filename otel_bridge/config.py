@@ -173,7 +173,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="Share of runs sent as they go, chosen by trace id as the SDK's `traceidratio` sampler "
-        "chooses; the others are sent whole at their end when any span of them failed, else not at all, and "
+        "chooses; the others are sent whole at their end when any span of them failed or they never ended "
+        "(`max_open_seconds`), else not at all, and "
         "counted in the metrics all the same (unset, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` are read).",
     )
     max_names: int = Field(

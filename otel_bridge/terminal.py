@@ -63,7 +63,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
     if not run.sampled:
-        return f"kept back (sent only if it fails) {run.traceparent}"
+        return f"kept back (sent only if it fails or never ends) {run.traceparent}"
     return trace_link(trace_url, run.trace_id) if trace_url else run.traceparent
 
 
@@ -97,7 +97,9 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     sent = not state.withheld or (root.end_ns is not None and any(s.status is SpanStatus.ERROR for s in spans))
     if not sent:
         # Kept back by `trace_sample_ratio`: no trace to link to, unless it fails.
-        told = "sent whole at its end only if a span of it fails" if root.end_ns is None else "not sent"
+        told = (
+            "sent whole at its end only if a span of it fails, or it never ends" if root.end_ns is None else "not sent"
+        )
         parts.insert(1, Text(f"trace: kept back by sampling, {told}", style="dim"))
     elif trace_url:
         link = trace_link(trace_url, root.trace_id.hex())

@@ -47,7 +47,7 @@ class RunOverview:
 
     @property
     def sampled(self) -> bool:
-        """False for a run the sampling keeps back (`trace_sample_ratio`): sent at its end only if it fails."""
+        """False for a run the sampling keeps back (`trace_sample_ratio`): sent only if it fails or never ends."""
         return self.traceparent.endswith("-01")
 
     @property
@@ -112,7 +112,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         overdue_ns=late if late is not None and late > grace_ns else None,
         last_event=last.name,
         last_event_ns=last.time_ns,
-        # Not sampled: kept back by the ratio (sent at its end only if it fails).
+        # Not sampled: kept back by the ratio (sent only if it fails or never ends).
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
     )
 

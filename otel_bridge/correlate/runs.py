@@ -229,7 +229,7 @@ class SettleResult(Struct):
     incomplete: bool = False
     # The run ended but its facts show gaps: nothing was sent, ask again after a while.
     held: bool = False
-    # It ended and was never sent (`RunState.withheld`, and none of its spans failed).
+    # It ended and was never sent (`RunState.withheld`, none of its spans failed, not incomplete).
     kept_back: bool = False
 
 
@@ -444,7 +444,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:
     its steps that go on are sent as they end, and its root when it ends for good. A run the sampling
     leaves out (`policy.sample_bound`) is settled alike, its spans counted but kept back; at its end it
-    is sent whole if any span of it failed (`result.kept_back` otherwise).
+    is sent whole if any span of it failed or it is closed incomplete (`result.kept_back` otherwise).
     """
     result = SettleResult(state)
     if state.closed or not state.facts:
@@ -486,9 +486,9 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     )
     state.mark_settled()
     # Sent whole when a span of it failed, as a tail sampler keeping failures would (but with every
-    # span, however long the run: a Collector decides on what came within its `decision_wait`), or
-    # when the ratio takes it in now.
-    send = not state.withheld or (whole and (policy.samples(state) or _failed(spans)))
+    # span, however long the run: a Collector decides on what came within its `decision_wait`); when
+    # it never ended (closed at `max_open`: stuck, or its end lost); or when the ratio takes it in now.
+    send = not state.withheld or (whole and (incomplete or policy.samples(state) or _failed(spans)))
     for span in spans:
         if span.end_ns is None or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue

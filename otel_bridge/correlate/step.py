@@ -47,7 +47,7 @@ class Step(Struct):
     # Span ids (hex) this settling sent, with the run's `seq` then: journalled with the run.
     sent: dict[str, int] = {}
     incomplete: bool = False
-    # It ended and was never sent: the sampling left it out, and none of its spans failed.
+    # It ended and was never sent: the sampling left it out, none of its spans failed, it ended.
     kept_back: bool = False
 
 

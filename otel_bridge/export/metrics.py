@@ -101,7 +101,7 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     ),
     c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec("counter", "{run}", "Runs closed as incomplete after max_open"),
     c.M_BRIDGE_RUNS_KEPT_BACK: InstrumentSpec(
-        "counter", "{run}", "Runs ended and never sent: left out by trace_sample_ratio, none of their spans failed"
+        "counter", "{run}", "Runs ended and never sent: left out by trace_sample_ratio, no span of them failed"
     ),
     c.M_BRIDGE_SPANS_EXPORTED: InstrumentSpec("counter", "{span}", "Spans acknowledged by the OTLP backend"),
     c.M_BRIDGE_SPANS_REJECTED: InstrumentSpec(

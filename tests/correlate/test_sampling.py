@@ -216,3 +216,16 @@ def test_a_run_kept_back_forgets_that_it_was_once_it_only_recognises_late_events
     assert closed.kept_back and closed.state.withheld
     forgotten = settle_run(closed.state, closed.due, NO_RUN)
     assert forgotten.facts_forgotten and b"withheld" not in journal.encode_header(forgotten.state)
+
+
+def test_a_run_left_out_that_never_ends_is_sent_whole_when_closed_incomplete():
+    # Stuck, or its end lost: what an operator looks for, as much as a failure.
+    policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=0, max_open_ns=3_600 * 10**9))
+    run = WorkflowRun("stuck").started().step_started("a").after(5).step_completed("a").step_started("b")
+    state = None
+    for raw in run.events:
+        state = apply(state, None, decode(raw), 1.0, policy).state
+    assert settle_run(state, 2.0, policy).spans == []
+    closed = settle_run(state, 3_602.0, policy)
+    assert sorted(s.name for s in closed.spans) == ["step a", "step b", "workflow stuck"] and not closed.kept_back
+    assert closed.incomplete
