@@ -596,7 +596,7 @@ def _demo(args: argparse.Namespace) -> int:
         follower.start()
         print(f"  and the other engines: stream {args.stream_url or '-'}, websocket port {args.ws_port or '-'}")
     try:
-        summary = run_demo(args.url, args.rate, args.duration, args.seed, headers)
+        summary = run_demo(args.url, args.rate, args.duration, args.seed, headers, app_spans=args.app_spans)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -693,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-port", type=int, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
     )
     demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
+    demo.add_argument(
+        "--app-spans",
+        action="store_true",
+        help="also export the application's own spans (a call inside each step attempt, under its span) over "
+        "OTLP, as OTEL_EXPORTER_OTLP_* configure",
+    )
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")
     runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")

@@ -218,6 +218,67 @@ SCENARIOS: dict[str, Scenario] = {
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
 
 
+# What the demo application does inside a step, as its own tracer would show it: the call a step makes.
+_CALLS = {
+    "chargeCard": "POST /v1/charges",
+    "capture": "POST /v1/payment_intents/capture",
+    "authorize": "POST /v1/payment_intents",
+    "reserveStock": "UPDATE inventory",
+    "sendReceipt": "POST /v3/mail/send",
+    "pushInvoice": "PUT /api/invoices",
+    "purgeRecords": "DELETE FROM user_records",
+}
+_STEP_ENDS = ("step.completed", "step.failed", "retry.scheduled")
+
+
+class _AppSpans:
+    """The demo application's own spans: a call inside each step attempt, a child of the attempt's span
+    (`run_context`), exported by the SDK over OTLP as the standard variables configure. What an
+    application gets by starting its spans in `tracker.context(...)`."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from otel_bridge.export.otlp import GRPC, protocol_for
+
+        if protocol_for("traces") == GRPC:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+        resource = Resource.create({"service.name": WORKFLOW_SERVICE, "deployment.environment.name": ENV})
+        self._provider = TracerProvider(resource=resource)
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._tracer = self._provider.get_tracer("otel-bridge demo")
+        self._started: dict[tuple[str, str, int], int] = {}
+
+    def posted(self, batch: list[dict[str, Any]]) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        from otel_bridge.propagation import run_context
+
+        for event in batch:
+            if "stepName" not in event or "attempt" not in event:
+                continue
+            key = (event["workflowId"], event["stepName"], event["attempt"])
+            at = int(_timestamp(event) * 1e9)
+            if event["type"] == "step.started":
+                self._started[key] = at
+            elif event["type"] in _STEP_ENDS and (start := self._started.pop(key, None)) is not None:
+                # Inside the attempt, as a call the step makes is.
+                margin = (at - start) // 5
+                context = run_context(ENV, WORKFLOW_SERVICE, *key)
+                call = _CALLS.get(key[1], f"call {key[1]}")
+                span = self._tracer.start_span(call, context=context, start_time=start + margin)
+                if event["type"] != "step.completed":
+                    span.set_status(Status(StatusCode.ERROR, (event.get("error") or {}).get("message", "")))
+                span.end(end_time=at - margin)
+
+    def close(self) -> None:
+        self._provider.shutdown()
+
+
 @dataclass(order=True)
 class _Due:
     at: float
@@ -236,8 +297,11 @@ def run_demo(
     seed: int | None = None,
     headers: dict[str, str] | None = None,
     on_scenario: Callable[[str, Invocations], None] | None = None,
+    app_spans: bool = False,
 ) -> dict[str, Any]:
-    """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever)."""
+    """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever).
+
+    `app_spans`: also export the application's own spans, a call inside each step attempt (`_AppSpans`)."""
     rng = random.Random(seed)
     client = httpx.Client(timeout=30)
     trackers = {
@@ -247,6 +311,7 @@ def run_demo(
     }
     names = list(SCENARIOS)
     order = itertools.chain(names, iter(lambda: rng.choices(names, [WEIGHTS[n] for n in names])[0], None))
+    app = _AppSpans() if app_spans else None
     queue: list[_Due] = []
     seq = itertools.count()
     started = time.time()
@@ -273,6 +338,8 @@ def run_demo(
                 for event in batch:
                     tracker.emit(event)
                 tracker.flush()  # one POST per invocation, awaited, as the engine does
+                if app is not None:
+                    app.posted(batch)
             candidates = [queue[0].at] if queue else []
             if not stopping:
                 candidates.append(next_start)
@@ -281,6 +348,8 @@ def run_demo(
     finally:
         for tracker in trackers.values():
             tracker.close()
+        if app is not None:
+            app.close()
     stats = [t.stats for t in trackers.values()]
     return {
         "scenarios": counts,

@@ -75,6 +75,13 @@ def test_the_demo_posts_to_the_bridge_service():
     assert SERVICES["demo"]["depends_on"]["otel-bridge"]["condition"] == "service_healthy"
 
 
+def test_the_demo_sends_its_applications_own_spans_to_the_collector():
+    demo = SERVICES["demo"]
+    assert "--app-spans" in demo["command"]
+    assert _host_port(demo["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]) == ("otel-collector", 4317)
+    assert demo["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+
+
 def test_the_bridge_follows_the_other_two_engines_the_demo_plays():
     env = SERVICES["otel-bridge"]["environment"]
     command = SERVICES["demo"]["command"]

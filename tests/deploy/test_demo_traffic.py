@@ -17,6 +17,10 @@ def demo(tmp_path_factory):
     from otlp_receiver import OtlpHttpReceiver
 
     receiver = OtlpHttpReceiver()
+    # The application's own spans go to the same receiver, as the stack sends both to its Collector.
+    environ = pytest.MonkeyPatch()
+    environ.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    environ.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     bridge = BridgeProcess(tmp_path_factory.mktemp("demo"), receiver.endpoint, gap_grace_seconds="1").start()
     workflows: dict[str, list[str]] = defaultdict(list)
 
@@ -24,7 +28,8 @@ def demo(tmp_path_factory):
         if name not in JOB_SCENARIOS:
             workflows[name].append(invocations[0][0]["workflowId"])
 
-    summary = run_demo(f"{bridge.url}/v1/events", rate=4, duration=6, seed=5, on_scenario=remember)
+    summary = run_demo(f"{bridge.url}/v1/events", rate=4, duration=6, seed=5, on_scenario=remember, app_spans=True)
+    environ.undo()
     got = receiver.received
     expected_roots = sum(len(ids) for ids in workflows.values())
     got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == expected_roots, 30)
@@ -34,9 +39,14 @@ def demo(tmp_path_factory):
     receiver.close()
 
 
+def _application(span) -> bool:
+    """A span of the demo application's own tracer (its SDK names itself in the resource), not the bridge's."""
+    return "telemetry.sdk.name" in span.resource
+
+
 def _trace(got, workflow_id: str):
     trace_id = trace_id_for("durable-effect", ENV, WORKFLOW_SERVICE, workflow_id).hex()
-    spans = [s for s in got.unique_spans().values() if s.trace_id == trace_id]
+    spans = [s for s in got.unique_spans().values() if s.trace_id == trace_id and not _application(s)]
     roots = [s for s in spans if not s.parent_span_id]
     assert len(roots) == 1, f"{workflow_id}: {len(roots)} roots"
     root = roots[0]
@@ -95,6 +105,22 @@ def test_every_workflow_scenario_is_a_well_formed_trace(demo, scenario):
             assert "step.cached" in events and len(steps["charge"]) == 1
         elif scenario == "evicted":
             assert root.status_code == OK and sorted(steps["pull"]) == [2]
+
+
+def test_the_applications_own_spans_sit_inside_the_attempts_they_were_started_under(demo):
+    _summary, _workflows, got = demo
+    spans = got.unique_spans().values()
+    attempts = {s.span_id: s for s in spans if s.name.startswith("step ") and not _application(s)}
+    calls = [s for s in spans if _application(s)]
+    assert {c.name for c in calls} >= {"POST /v1/charges", "POST /v1/payment_intents/capture"}
+    for call in calls:
+        attempt = attempts[call.parent_span_id]  # under the very attempt, in the run's trace
+        assert call.trace_id == attempt.trace_id
+        assert attempt.start_ns <= call.start_ns <= call.end_ns <= attempt.end_ns
+        assert (call.status_code == ERROR) == (attempt.status_code == ERROR), attempt.name
+    # Each checkout's card charge has its call, and every call found its attempt.
+    charges = [s for s in attempts.values() if s.name == "step chargeCard"]
+    assert charges and len(charges) == sum(1 for c in calls if c.name == "POST /v1/charges")
 
 
 def test_job_scenarios_become_metrics(demo):
