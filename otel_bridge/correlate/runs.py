@@ -500,6 +500,10 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
             linked = send or span.status is SpanStatus.ERROR
             result.observations.extend(_span_observations(state.run, span, state.facts, linked))
         if send and (whole or not built):
+            if span.remote_links and policy.sample_bound is not None:
+                # A trigger (its own one-span trace, which never fails) is sent only when the ratio takes
+                # it: a link to one kept back would lead to a trace that is not there.
+                span.remote_links = [link for link in span.remote_links if within_ratio(link[0], policy.sample_bound)]
             result.spans.append(span)
 
     if ended or incomplete:

@@ -6,14 +6,17 @@ from builders import WorkflowRun
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from otel_bridge import conventions as c
+from otel_bridge import trace_id_for
 from otel_bridge.config import Settings, sampler_ratio
 from otel_bridge.correlate import runs
 from otel_bridge.correlate.overview import overview
 from otel_bridge.correlate.runs import RunState, SettlePolicy
 from otel_bridge.correlate.step import Policy, Step, apply, settle_run
-from otel_bridge.ids import run_trace_id
+from otel_bridge.ids import run_trace_id, sample_bound, within_ratio
 from otel_bridge.pipeline import policy_of
+from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.sources.durable_effect import decode
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.state import journal
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -229,3 +232,25 @@ def test_a_run_left_out_that_never_ends_is_sent_whole_when_closed_incomplete():
     closed = settle_run(state, 3_602.0, policy)
     assert sorted(s.name for s in closed.spans) == ["step a", "step b", "workflow stuck"] and not closed.kept_back
     assert closed.incomplete
+
+
+def test_a_run_sent_links_only_to_the_triggers_the_ratio_sends():
+    # A trigger is a one-span trace that never fails: the ratio alone decides it, and a run it started
+    # that is sent (here: it failed) keeps its link only to a trigger that is sent too.
+    decoder = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
+    bound = sample_bound(0.5)
+    inbound = [trigger("INBOUND_EMAIL_RECEIVED", tenant="acme") for _ in range(40)]
+    sent = {
+        t["event_id"]: within_ratio(trace_id_for("event-sourced", "prod", "crm", t["event_id"], "acme"), bound)
+        for t in inbound
+    }
+    assert 5 < sum(sent.values()) < 35
+    policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=bound))
+    for chosen in (True, False):
+        first = next(t for t in inbound if sent[t["event_id"]] is chosen)
+        run = Execution("triage", tenant="acme").started({"eventId": first["event_id"]}).after(5).ended("failed")
+        state = None
+        for raw in run.events:
+            state = apply(state, None, decoder(raw), 1.0, policy).state
+        (root,) = [s for s in settle_run(state, 2.0, policy).spans if s.parent_span_id is None]
+        assert len(root.remote_links) == (1 if chosen else 0)
