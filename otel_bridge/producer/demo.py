@@ -229,6 +229,7 @@ _CALLS = {
     "purgeRecords": "DELETE FROM user_records",
 }
 _STEP_ENDS = ("step.completed", "step.failed", "retry.scheduled")
+_RUN_ENDS = ("workflow.completed", "workflow.failed", "workflow.cancelled")
 
 
 class _AppSpans:
@@ -251,7 +252,8 @@ class _AppSpans:
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = self._provider.get_tracer("otel-bridge demo")
-        self._started: dict[tuple[str, str, int], int] = {}
+        # When each attempt started, by run: a run's are dropped at its end, the interrupted ones with them.
+        self._started: dict[str, dict[tuple[str, int], int]] = {}
 
     def posted(self, batch: list[dict[str, Any]]) -> None:
         from opentelemetry.trace import Status, StatusCode
@@ -259,17 +261,22 @@ class _AppSpans:
         from otel_bridge.propagation import run_context
 
         for event in batch:
+            run = event.get("workflowId")
+            if run is None:  # a job's
+                continue
+            if event["type"] in _RUN_ENDS:
+                self._started.pop(run, None)
             if "stepName" not in event or "attempt" not in event:
                 continue
-            key = (event["workflowId"], event["stepName"], event["attempt"])
+            key = (event["stepName"], event["attempt"])
             at = int(_timestamp(event) * 1e9)
             if event["type"] == "step.started":
-                self._started[key] = at
-            elif event["type"] in _STEP_ENDS and (start := self._started.pop(key, None)) is not None:
+                self._started.setdefault(run, {})[key] = at
+            elif event["type"] in _STEP_ENDS and (start := self._started.get(run, {}).pop(key, None)) is not None:
                 # Inside the attempt, as a call the step makes is.
                 margin = (at - start) // 5
-                context = run_context(ENV, WORKFLOW_SERVICE, *key)
-                call = _CALLS.get(key[1], f"call {key[1]}")
+                context = run_context(ENV, WORKFLOW_SERVICE, run, *key)
+                call = _CALLS.get(key[0], f"call {key[0]}")
                 span = self._tracer.start_span(call, context=context, start_time=start + margin)
                 if event["type"] != "step.completed":
                     span.set_status(Status(StatusCode.ERROR, (event.get("error") or {}).get("message", "")))
