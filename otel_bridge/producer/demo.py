@@ -232,7 +232,7 @@ _STEP_ENDS = ("step.completed", "step.failed", "retry.scheduled")
 _RUN_ENDS = ("workflow.completed", "workflow.failed", "workflow.cancelled")
 
 
-class _AppSpans:
+class ApplicationSpans:
     """The demo application's own spans: a call inside each step attempt, a child of the attempt's span
     (`run_context`), exported by the SDK over OTLP as the standard variables configure. What an
     application gets by starting its spans in `tracker.context(...)`."""
@@ -308,7 +308,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever).
 
-    `app_spans`: also export the application's own spans, a call inside each step attempt (`_AppSpans`)."""
+    `app_spans`: also export the application's own spans, a call inside each step attempt (`ApplicationSpans`)."""
     rng = random.Random(seed)
     client = httpx.Client(timeout=30)
     trackers = {
@@ -318,7 +318,7 @@ def run_demo(
     }
     names = list(SCENARIOS)
     order = itertools.chain(names, iter(lambda: rng.choices(names, [WEIGHTS[n] for n in names])[0], None))
-    app = _AppSpans() if app_spans else None
+    app = ApplicationSpans() if app_spans else None
     queue: list[_Due] = []
     seq = itertools.count()
     started = time.time()
