@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from otel_bridge import __version__
 from otel_bridge import conventions as c
-from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table, unknown_variables
+from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
@@ -741,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"otel-bridge: invalid configuration: {problems}", file=sys.stderr)
         return 2
     _logging(settings.log_level, settings.log_format)
-    for problem in unknown_variables(os.environ):
+    for problem in settings.told_at_start(os.environ):
         logging.getLogger("otel_bridge").warning(problem)
     try:
         if args.command == "serve":

@@ -322,6 +322,21 @@ class Settings(BaseSettings):
             self.__dict__["trace_sample_ratio"] = 1.0 if ratio is None else ratio
         return self
 
+    def told_at_start(self, environ: Mapping[str, str]) -> list[str]:
+        """What to tell once logging is set up: `OTEL_BRIDGE_*` variables that are no setting, and the SDK's
+        sampler variables asking for what the bridge cannot follow (read only when `trace_sample_ratio`
+        was not given: then every run is sent)."""
+        told = unknown_variables(environ)
+        if "trace_sample_ratio" not in self.model_fields_set and sampler_ratio(environ) is None:
+            sampler, arg = environ.get("OTEL_TRACES_SAMPLER", ""), environ.get("OTEL_TRACES_SAMPLER_ARG", "")
+            asked = f"{sampler} (OTEL_TRACES_SAMPLER_ARG={arg})" if arg else sampler
+            told.append(
+                f"OTEL_TRACES_SAMPLER={asked}: otel-bridge follows always_on, always_off and traceidratio with a "
+                "ratio from 0 to 1 (and their parentbased_ forms), so it sends every run; set "
+                "OTEL_BRIDGE_TRACE_SAMPLE_RATIO"
+            )
+        return told
+
     @field_validator("api_key", "bearer_token")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:

@@ -22,6 +22,49 @@ def test_a_misspelt_variable_is_told_with_the_one_it_was_likely_meant_as():
     ]
 
 
+@pytest.mark.parametrize(
+    ("sampler", "told"),
+    [
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "jaeger_remote"),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"},
+            "traceidratio (OTEL_TRACES_SAMPLER_ARG=half)",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
+            "parentbased_traceidratio (OTEL_TRACES_SAMPLER_ARG=2)",
+        ),
+    ],
+)
+def test_a_sampler_the_bridge_cannot_follow_is_told_at_start_as_every_run_is_sent(monkeypatch, sampler, told):
+    for name, value in sampler.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.trace_sample_ratio == 1.0
+    assert settings.told_at_start(sampler) == [
+        f"OTEL_TRACES_SAMPLER={told}: otel-bridge follows always_on, always_off and traceidratio with a ratio "
+        "from 0 to 1 (and their parentbased_ forms), so it sends every run; set OTEL_BRIDGE_TRACE_SAMPLE_RATIO"
+    ]
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    ["always_on", "parentbased_always_on", "ALWAYS_ON", "always_off", "traceidratio", "parentbased_traceidratio"],
+)
+def test_a_sampler_the_bridge_follows_is_not_told_of(monkeypatch, sampler):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    assert Settings().told_at_start({"OTEL_TRACES_SAMPLER": sampler}) == []
+
+
+def test_a_sampler_is_neither_read_nor_told_of_when_the_ratio_is_given(monkeypatch):
+    # By keyword or flag, or by the bridge's own variable.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "xray")
+    assert Settings(trace_sample_ratio=0.5).told_at_start({"OTEL_TRACES_SAMPLER": "xray"}) == []
+    monkeypatch.setenv("OTEL_BRIDGE_TRACE_SAMPLE_RATIO", "0.5")
+    told = Settings().told_at_start({"OTEL_TRACES_SAMPLER": "xray", "OTEL_BRIDGE_TRACE_SAMPLE_RATIO": "0.5"})
+    assert told == []
+
+
 def test_a_variable_like_no_setting_points_at_the_list_of_settings():
     (told,) = unknown_variables({"OTEL_BRIDGE_VERSION_PINNED_BY_OPS": "3"})
     assert told.endswith("is ignored (otel-bridge config lists the settings)")

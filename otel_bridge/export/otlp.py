@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
-from otel_bridge.config import HTTP_SCHEMES, sampler_ratio
+from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,6 @@ def trace_sender() -> TraceSender:
     exporter = _exporter("traces")
     if exporter == "none":
         return NoSender()
-    _told_if_sampling_asked()
     if exporter == "console":
         from otel_bridge.export.console import ConsoleTraces
 
@@ -287,20 +286,6 @@ def _told_if_asked_otherwise(variable: str, meant: tuple[str, ...], what: str) -
     raw = os.environ.get(variable, "").strip()
     if raw.lower() not in meant and _first_time(variable, raw):
         log.warning("%s=%s: %s", variable, raw, what)
-
-
-def _told_if_sampling_asked() -> None:
-    # Followed by the settings (`trace_sample_ratio`) where it is a ratio: told only when it is not.
-    if sampler_ratio(os.environ) is not None or "OTEL_BRIDGE_TRACE_SAMPLE_RATIO" in map(str.upper, os.environ):
-        return
-    sampler, arg = os.environ.get("OTEL_TRACES_SAMPLER", ""), os.environ.get("OTEL_TRACES_SAMPLER_ARG", "")
-    raw = f"{sampler} (OTEL_TRACES_SAMPLER_ARG={arg})" if arg else sampler
-    if _first_time("OTEL_TRACES_SAMPLER", raw):
-        log.warning(
-            "OTEL_TRACES_SAMPLER=%s: otel-bridge follows always_on, always_off and traceidratio with a ratio "
-            "from 0 to 1 (and their parentbased_ forms), so it sends every run; set OTEL_BRIDGE_TRACE_SAMPLE_RATIO",
-            raw,
-        )
 
 
 def _told_if_delta_asked() -> None:

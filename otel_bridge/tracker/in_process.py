@@ -31,7 +31,7 @@ from typing import Any, Self
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge.config import Settings, unknown_settings, unknown_variables
+from otel_bridge.config import Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
@@ -128,7 +128,7 @@ class OtelTracker:
         if state is None:
             defaults |= _in_memory(self._given)
         self._settings = Settings(**(defaults | settings))
-        for problem in unknown_variables(os.environ):
+        for problem in self._settings.told_at_start(os.environ):
             log.warning(problem)
         self._meter_provider = meter_provider
         self.bridge = Bridge(self._settings, meter_provider=meter_provider).start(follow=False)

@@ -132,39 +132,3 @@ def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_
         monkeypatch, caplog, otlp.metric_sender, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="Cumulative"
     )
     assert told == []
-
-
-@pytest.mark.parametrize(
-    ("sampler", "told"),
-    [
-        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "jaeger_remote"),
-        (
-            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"},
-            "traceidratio (OTEL_TRACES_SAMPLER_ARG=half)",
-        ),
-        (
-            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
-            "parentbased_traceidratio (OTEL_TRACES_SAMPLER_ARG=2)",
-        ),
-    ],
-)
-def test_a_sampler_the_bridge_cannot_follow_is_told_once_as_every_run_is_sent(monkeypatch, caplog, sampler, told):
-    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, **sampler) == [
-        f"OTEL_TRACES_SAMPLER={told}: otel-bridge follows always_on, always_off and traceidratio with a ratio "
-        "from 0 to 1 (and their parentbased_ forms), so it sends every run; set OTEL_BRIDGE_TRACE_SAMPLE_RATIO"
-    ]
-
-
-def test_a_sampler_the_bridge_does_not_read_is_not_told_of(monkeypatch, caplog):
-    told = _told_making_two(
-        monkeypatch, caplog, otlp.trace_sender, OTEL_TRACES_SAMPLER="xray", OTEL_BRIDGE_TRACE_SAMPLE_RATIO="0.5"
-    )
-    assert told == []
-
-
-@pytest.mark.parametrize(
-    "sampler",
-    ["always_on", "parentbased_always_on", "ALWAYS_ON", "always_off", "traceidratio", "parentbased_traceidratio"],
-)
-def test_a_sampler_the_bridge_follows_is_not_told_of(monkeypatch, caplog, sampler):
-    assert _told_making_two(monkeypatch, caplog, otlp.trace_sender, OTEL_TRACES_SAMPLER=sampler) == []
