@@ -399,7 +399,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
             for asked in args.workflow_id:
                 try:
                     for page in _history_pages(client, api_url, asked, window, args.status, unfetched):
-                        store(page)
+                        store([(where, timeline_api.in_workspace(d, workspace)) for where, d in page])
                 except (httpx.HTTPError, timeline_api.ApiError) as exc:
                     stored = f"{done} timelines stored; the same command again goes on, what is stored is a duplicate"
                     raise CliError(
@@ -421,6 +421,7 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
     import httpx
 
     from otel_bridge.json_text import loads
+    from otel_bridge.receivers import timeline_api
 
     documents: list[tuple[str, Any]] = []
     for source in sources:
@@ -431,15 +432,18 @@ def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tup
             except httpx.HTTPError as exc:
                 raise CliError(f"cannot fetch {source}: {exc}") from None
             body = response.content
+            fetched_in = headers.get("X-Workspace-Id")
         elif Path(source).is_file():
             body = Path(source).read_bytes()
+            fetched_in = None  # a file's workspace is not known
         else:
             raise CliError(f"cannot import {source}: {_not_a_file(source)}")
         try:
             parsed = loads(body)
         except ValueError as exc:
             raise CliError(f"{source} is not JSON: {exc}") from None
-        documents.extend((source, d) for d in (parsed if isinstance(parsed, list) else [parsed]))
+        found = parsed if isinstance(parsed, list) else [parsed]
+        documents.extend((source, timeline_api.in_workspace(d, fetched_in)) for d in found)
     return documents
 
 

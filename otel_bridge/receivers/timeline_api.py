@@ -96,6 +96,15 @@ def name_it(document: Any, names: Mapping[str, str]) -> Any:
     return document
 
 
+def in_workspace(document: Any, workspace_id: str | None) -> Any:
+    """The timeline with the workspace it was fetched in, which it does not carry: the engine answers a
+    timeline only in its execution's workspace, so that is the run's (`workspace.id`, as a live
+    message's run has it)."""
+    if isinstance(document, dict) and workspace_id and not document.get("workspace_id"):
+        document["workspace_id"] = workspace_id
+    return document
+
+
 def timeline(client: httpx.Client, api_url: str, execution_id: str, workspace_id: str | None = None) -> Any:
     """`workspace_id`: the execution's workspace, when not the client's (the engine answers 404 for an
     execution of another workspace than the one its `X-Workspace-Id` names)."""

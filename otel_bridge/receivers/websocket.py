@@ -73,6 +73,7 @@ class WebSocketReceiver:
         self._progress = progress
         self._api_url = api_url.rstrip("/") if api_url else None
         self._headers = {"X-Workspace-Id": workspace_id} if workspace_id else {}
+        self._workspace_id = workspace_id
         # Executions seen starting and not yet ending: what a reconnect must catch up on.
         self.open_executions: dict[str, None] = {}
         # Executions first told of mid-way, their start missed (they began while the bridge was away),
@@ -257,7 +258,8 @@ class WebSocketReceiver:
                         again.append(execution)
                     continue
                 self._unanswered.succeeded()
-                self._store([timeline_api.name_it(timeline, self._workflow_names)], stop)
+                named = timeline_api.name_it(timeline, self._workflow_names)
+                self._store([timeline_api.in_workspace(named, workspace or self._workspace_id)], stop)
                 self._unstarted.pop(execution, None)
                 if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)

@@ -117,6 +117,9 @@ class Timeline(BaseModel):
     completed_at: IsoTime | None = None
     step_timeline: list[StepEntry] = []
     error_message: str | None = None
+    # Not the engine's: the workspace the bridge fetched it in (`timeline_api.in_workspace`), as a live
+    # message tells its run's.
+    workspace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,9 @@ class Phase10Decoder:
             service=self.options.service,
             run_id=doc.execution_id,
             name=doc.workflow_name or doc.workflow_id,
-            attributes=attrs(**{c.WORKFLOW_DEFINITION_ID: doc.workflow_id or None}),
+            attributes=attrs(
+                **{c.WORKSPACE_ID: doc.workspace_id or None, c.WORKFLOW_DEFINITION_ID: doc.workflow_id or None}
+            ),
         )
         facts: list[Fact] = []
 

@@ -206,6 +206,10 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     roots = {s.trace_id for s in got.unique_spans().values() if s.name == "workflow nightly"}
     assert roots == {_trace(run) for run in imported}  # none before 08:30, none from 10:00, no other workflow
     assert {workspace for _execution, workspace in engine.timeline_requests} == {"ws-1"}
+    # The workspace the engine answered in is the runs', on their roots as a live run's is.
+    assert {s.attributes.get("workspace.id") for s in got.unique_spans().values() if s.name == "workflow nightly"} == {
+        "ws-1"
+    }
 
 
 def test_import_timeline_keeps_what_it_stored_when_the_listing_fails_halfway(tmp_path, otlp_http, engine):

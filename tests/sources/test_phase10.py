@@ -12,6 +12,7 @@ from otel_bridge.correlate.runs import Admission, RunState, counted_under
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.receivers.timeline_api import in_workspace
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options, workflow_named, workspace_of
 from otel_bridge.state import journal
 
@@ -112,6 +113,13 @@ def test_a_timeline_alone_makes_the_whole_trace_with_its_retries():
     assert [e.name for e in render.events].count("retry.scheduled") == 2
     assert folded.metric("workflow.task.retries", **{"workflow.task.name": "render"}) == [1, 1]
     assert folded.root.status is SpanStatus.ERROR
+
+
+def test_a_timeline_fetched_in_a_workspace_names_it_on_the_root_as_a_live_run_does():
+    run = _report()
+    fetched = fold_events([in_workspace(run.timeline(), "ws-7")], decoder=DECODE)
+    assert fetched.root.attributes["workspace.id"] == "ws-7"
+    assert "workspace.id" not in fold_events([run.timeline()], decoder=DECODE).root.attributes  # from a file
 
 
 def test_a_timeline_after_the_messages_changes_nothing_but_adds_the_retries():
