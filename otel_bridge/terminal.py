@@ -13,7 +13,7 @@ from rich.text import Text
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
 from otel_bridge.correlate.overview import RunOverview, trace_link
-from otel_bridge.correlate.runs import RunState
+from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
 
 _BAR = 48
@@ -94,7 +94,8 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
         )
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
     parts: list[RenderableType] = [title, table, Text("events", style="bold"), events]
-    sent = not state.withheld or (root.end_ns is not None and any(s.status is SpanStatus.ERROR for s in spans))
+    # Still set once closed only if it was never sent; an ended run not settled yet will be, if it failed.
+    sent = not state.withheld or (not state.closed and root.end_ns is not None and any_failed(spans))
     if not sent:
         # Kept back by `trace_sample_ratio`: no trace to link to, unless it fails.
         told = (

@@ -73,9 +73,10 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # Told ended only by ends that do not stop it (`Fact.carries_on`): settled as an open run, its root
     # kept, until another end comes or `SettlePolicy.cancel_grace_ns` has passed since.
     carrying_on: bool = False
-    # Sampled out (`SettlePolicy.sample_bound`) before any of its spans left: its spans are built and
-    # counted, but kept back (`emitted` then holds what was built, not what was sent) until its end,
-    # when it is sent whole if any of them failed, and not at all otherwise.
+    # Sampled out (`SettlePolicy.sample_bound`) at its first event (`step.apply`, the one place that
+    # decides): its spans are built and counted, but kept back (`emitted` then holds what was built, not
+    # what was sent) until its end, when it is sent whole if any of them failed or it never ended, and
+    # not at all otherwise. Still set once closed only if it was never sent.
     withheld: bool = False
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
@@ -460,8 +461,6 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         result.held = True
         return result
 
-    if policy.sample_bound is not None and not state.emitted and not state.withheld and not policy.samples(state):
-        state.withheld = True
     # A withheld run's end builds it whole, as if nothing had left: what was built before was kept back.
     whole = state.withheld and (ended or incomplete)
     # Kept from the second settling on: most runs are settled once, and a dict per run would cost them.
@@ -488,7 +487,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     # Sent whole when a span of it failed, as a tail sampler keeping failures would (but with every
     # span, however long the run: a Collector decides on what came within its `decision_wait`); when
     # it never ended (closed at `max_open`: stuck, or its end lost); or when the ratio takes it in now.
-    send = not state.withheld or (whole and (incomplete or policy.samples(state) or _failed(spans)))
+    send = not state.withheld or (whole and (incomplete or policy.samples(state) or any_failed(spans)))
     for span in spans:
         if span.end_ns is None or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
@@ -510,6 +509,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         counted = state.counted_state
         result.incomplete = incomplete
         result.kept_back = not send
+        state.withheld = not send
         state.closed = True
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
@@ -664,7 +664,7 @@ def _move_missing(facts: list[Fact]) -> bool:
     return False
 
 
-def _failed(spans: list[SpanRecord]) -> bool:
+def any_failed(spans: list[SpanRecord]) -> bool:
     return any(span.status is SpanStatus.ERROR for span in spans)
 
 
