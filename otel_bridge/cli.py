@@ -43,14 +43,21 @@ class CliError(Exception):
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag, after the command's own arguments (so call it last): in a group of their
+    own, below the command's options in `--help`, and one `[--SETTING VALUE ...]` in the usage line
+    instead of seventy that bury the command's own."""
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [--SETTING VALUE ...]"
+    group = parser.add_argument_group(
+        "settings", "Any setting of the bridge, each also an environment variable: `otel-bridge config` lists them."
+    )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("-", "_").replace("_", "-")
         if field.annotation is bool:
-            parser.add_argument(
+            group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
             )
         else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
+            group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

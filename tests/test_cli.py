@@ -45,6 +45,24 @@ def test_the_command_says_which_version_it_is(capsys):
     assert capsys.readouterr().out.strip() == f"otel-bridge {version('otel-bridge')}"
 
 
+@pytest.mark.parametrize("command", ["serve", "replay", "runs", "show", "settle-again"])
+def test_a_commands_help_puts_its_own_arguments_first_and_the_settings_apart(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    usage, _, rest = capsys.readouterr().out.partition("\n\n")
+    assert usage.endswith("[--SETTING VALUE ...]")
+    assert "--state" not in usage  # seventy settings no longer bury the command's own arguments
+    own, _, settings = rest.partition("\nsettings:\n")
+    assert "--help" in own and "--state" not in own
+    assert "--state STATE" in settings and "--trace-url TRACE_URL" in settings
+
+
+def test_a_setting_given_as_a_flag_is_still_taken_after_the_commands_own_arguments(tmp_path, capsys):
+    missing = tmp_path / "none.db"
+    assert main(["runs", "--json", "--state", str(missing)]) == 2
+    assert f"no state file at {missing}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("given", "posted_to"),
     [
