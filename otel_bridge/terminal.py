@@ -93,7 +93,9 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID
         )
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
-    parts: list[RenderableType] = [title, table, Text("events", style="bold"), events]
+    parts: list[RenderableType] = [title, table]
+    if root.events:  # a header over no rows reads as if something failed to show
+        parts += [Text("events", style="bold"), events]
     # Still set once closed only if it was never sent; an ended run not settled yet will be, if it failed.
     sent = not state.withheld or (not state.closed and root.end_ns is not None and any_failed(spans))
     if not sent:

@@ -52,6 +52,12 @@ def test_every_workflow_scenario_of_the_demo_draws():
         assert "workflow " in text, name
 
 
+def test_a_run_without_retries_pauses_or_sleeps_draws_no_empty_events_table():
+    text = _render(_scenario("success"))
+    assert "step chargeCard #1" in text
+    assert "events" not in text.split() and "detail" not in text
+
+
 def test_an_open_run_is_drawn_up_to_now():
     events = _scenario("sleep")
     open_events = [e for e in events if e["type"] not in ("workflow.completed",)]
