@@ -514,8 +514,9 @@ def _as_dicts(listed: tuple[list[RunOverview], int], trace_url: str | None) -> t
 
 def _runs(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.text import Text
 
-    from otel_bridge.terminal import runs_table
+    from otel_bridge.terminal import runs_table, runs_title
 
     pipeline = _looking_pipeline(settings)
     try:
@@ -525,11 +526,13 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
         pipeline.store.close()
     if args.json:
         print(json.dumps([r.as_dict(settings.trace_url) for r in runs], indent=2))
+        if count > len(runs):
+            print(f"the {len(runs)} oldest of {count} runs: --limit N for more", file=sys.stderr)
     else:
         console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
-        console.print(runs_table(runs, settings.trace_url))
-    if count > len(runs):
-        print(f"the {len(runs)} oldest of {count} runs: --limit N for more", file=sys.stderr)
+        title = runs_title(len(runs), count, query)  # says "the 1,000 oldest of …" when cut short
+        # No table with headers over no rows: it reads as if the rows failed to show.
+        console.print(runs_table(runs, settings.trace_url, title) if runs else Text(title))
     return 0
 
 

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.overview import RunOverview, trace_link
+from otel_bridge.correlate.overview import RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
 
@@ -38,9 +38,22 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} d"  # a run open for weeks: days, not 15,364.3 h
 
 
-def runs_table(runs: list[RunOverview], trace_url: str | None = None) -> Table:
+def runs_title(shown: int, count: int, query: RunQuery) -> str:
+    """What a listing holds, in words: "3 overdue runs of billing", "the 1,000 oldest of 52,310 open runs"."""
+    kind = "overdue" if query.overdue else "open"
+    if query.state is not None:
+        kind = f"{kind} {query.state}" if query.overdue else query.state
+    runs = f"{kind} run{'' if count == 1 else 's'}" + (f" of {query.service}" if query.service else "")
+    if count == 0:
+        return f"no {kind} runs" + (f" of {query.service}" if query.service else "")
+    return f"{count:,} {runs}" if shown >= count else f"the {shown:,} oldest of {count:,} {runs}"
+
+
+def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str | None = None) -> Table:
     """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent."""
-    table = Table(title=f"{len(runs)} open runs", header_style="bold")
+    count = len(runs)
+    # Text, not a str: a service named "[prod]" is not markup.
+    table = Table(title=Text(title or f"{count} open run{'' if count == 1 else 's'}"), header_style="bold")
     for column in ("service", "env", "workflow", "id", "state", "since", "resumeAt", "overdue by", "last event"):
         table.add_column(column, overflow="fold")
     table.add_column("trace" if trace_url else "traceparent", overflow="fold", style="dim")

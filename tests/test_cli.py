@@ -10,6 +10,7 @@ import pytest
 from otlp_receiver import OtlpHttpReceiver
 
 from otel_bridge.cli import events_url, main
+from otel_bridge.state.sqlite_store import SqliteStore
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
 
@@ -61,6 +62,13 @@ def test_a_setting_given_as_a_flag_is_still_taken_after_the_commands_own_argumen
     missing = tmp_path / "none.db"
     assert main(["runs", "--json", "--state", str(missing)]) == 2
     assert f"no state file at {missing}" in capsys.readouterr().err
+
+
+def test_runs_says_in_words_that_there_are_none_instead_of_drawing_an_empty_table(tmp_path, capsys):
+    state = tmp_path / "state.db"
+    SqliteStore(str(state)).close()
+    assert main(["runs", "--state", str(state), "--overdue", "--service", "[billing]"]) == 0
+    assert capsys.readouterr().out.strip() == "no overdue runs of [billing]"
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,14 @@
 import random
 from datetime import UTC, datetime
 
+import pytest
 from fold_harness import fold_events
 from rich.console import Console
 
 from otel_bridge import trace_id_for
-from otel_bridge.correlate.overview import overview
+from otel_bridge.correlate.overview import RunQuery, overview
 from otel_bridge.producer.demo import SCENARIOS
-from otel_bridge.terminal import duration, runs_table, waterfall
+from otel_bridge.terminal import duration, runs_table, runs_title, waterfall
 
 NOW = 1_900_000_000 * 10**9
 
@@ -113,3 +114,18 @@ def test_durations_read_in_the_unit_a_person_would_say():
         "3.0 h",
         "30.0 d",
     ]
+
+
+@pytest.mark.parametrize(
+    ("shown", "count", "query", "title"),
+    [
+        (1, 1, RunQuery(), "1 open run"),
+        (3, 3, RunQuery(overdue=True, service="billing"), "3 overdue runs of billing"),
+        (2, 2, RunQuery(state="paused"), "2 paused runs"),
+        (1000, 52_310, RunQuery(), "the 1,000 oldest of 52,310 open runs"),
+        (0, 0, RunQuery(overdue=True), "no overdue runs"),
+        (0, 0, RunQuery(service="billing"), "no open runs of billing"),
+    ],
+)
+def test_a_listing_of_runs_says_what_it_holds_in_words(shown, count, query, title):
+    assert runs_title(shown, count, query) == title
