@@ -536,6 +536,17 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(settings: Settings, timeout_seconds: float) -> int:
+    from otel_bridge.preflight import check
+
+    findings = check(settings, timeout_seconds)
+    width = max(len(f.what) for f in findings)
+    for finding in findings:
+        mark = {True: "ok", False: "FAIL", None: "-"}[finding.ok]
+        print(f"{mark:<5} {finding.what:<{width}}  {finding.detail}")
+    return 1 if any(f.ok is False for f in findings) else 0
+
+
 def _show(settings: Settings, workflow_id: str) -> int:
     import time
 
@@ -730,6 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--dry-run", action="store_true", help="only list them, with why each was set aside")
     _add_settings_flags(again)
+    check = sub.add_parser(
+        "check",
+        help="ask what serve would meet — the state, the OTLP backend, the stream, the WebSocket — and say what "
+        "fails and why (exit 1), before serving",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds each check may wait for an answer (default 5)"
+    )
+    _add_settings_flags(check)
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
 
@@ -770,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show(settings, args.workflow_id)
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
+        if args.command == "check":
+            return _check(settings, args.timeout)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
     except StoreInUse as exc:
         # History (a log, timelines, refused spans) need not wait for the running bridge to stop:

@@ -118,31 +118,55 @@ class _HttpTraces(HttpSpanExporter):
         self._client._transport = self._recorder  # type: ignore[assignment]  # the transport, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
-        # The exporter's HTTP client owns endpoint, headers, TLS, compression and retries.
-        self._recorder.last = None
-        with exporting():
-            result = self._client.export(request)
-        last = self._recorder.last
-        if result.success:
-            return answered(last.content() if last is not None else None)
-        code = result.status_code
-        if code in _HTTP_REFUSES_THE_BRIDGE:
-            return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({NOT_THE_SPANS})")
-        if code is not None and 400 <= code < 500 and code not in (408, 429):
-            body = ""
-            if last is not None:
-                try:
-                    body = last.text()[:500]
-                except Exception:
-                    body = ""
-            return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip())
-        # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
-        error = result.error or (last.error if last is not None else None)
-        return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else str(error or ""))
+        return _sent_over_http(self._client, self._recorder, request)
 
     def shutdown(self) -> None:
         with exporting():
             super().shutdown()  # type: ignore[no-untyped-call]
+
+
+def _sent_over_http(client: Any, recorder: Recorder, request: bytes) -> ExportResult:
+    """`request` sent by an SDK exporter's HTTP client (it owns endpoint, headers, TLS, compression and
+    retries), and what the backend said of it, read from the answer `recorder` kept."""
+    recorder.last = None
+    with exporting():
+        result = client.export(request)
+    last = recorder.last
+    if result.success:
+        return answered(last.content() if last is not None else None)
+    code = result.status_code
+    if code in _HTTP_REFUSES_THE_BRIDGE:
+        return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({NOT_THE_SPANS})")
+    if code is not None and 400 <= code < 500 and code not in (408, 429):
+        body = ""
+        if last is not None:
+            try:
+                body = last.text()[:500]
+            except Exception:
+                body = ""
+        return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip())
+    # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
+    error = result.error or (last.error if last is not None else None)
+    return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else _plainly(error))
+
+
+def _plainly(error: object) -> str:
+    """An HTTP client's error as the cause it wraps: "cannot connect: [Errno 111] Connection refused",
+    not four nested reprs (`HTTPConnectionPool(…): Max retries exceeded … NewConnectionError(…)`)."""
+    if not isinstance(error, BaseException):
+        return str(error or "")
+    cause: BaseException = error
+    for _ in range(8):  # requests' error holds urllib3's, whose `reason` was caused by the socket's
+        inner = getattr(cause, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else cause.__cause__
+        if inner is None:
+            break
+        cause = inner
+    if cause is error:
+        return str(error)
+    told = str(cause) or type(cause).__name__
+    return f"cannot connect: {told}" if "connect" in type(error).__name__.lower() else f"{type(error).__name__}: {told}"
 
 
 class _MetricSender:
@@ -354,3 +378,39 @@ def limit_timeouts(seconds: float, *senders: object) -> None:
 def merge_metrics(parts: Sequence[MetricsData | None]) -> MetricsData | None:
     resource_metrics = [rm for part in parts if part is not None for rm in part.resource_metrics]
     return MetricsData(resource_metrics=resource_metrics) if resource_metrics else None
+
+
+def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | None:
+    """One empty export request of `signal` ("traces" or "metrics"), made as the bridge makes its
+    exports (the standard variables: endpoint, protocol, headers, TLS, compression), with one attempt
+    and at most `timeout_seconds`: (where it went, what the backend said). None when that export is off
+    or goes to the console. An empty request is a valid one: a backend takes it and stores nothing."""
+    if _exporter(signal) in ("none", "console"):
+        return None
+    grpc = protocol_for(signal) == GRPC
+    if signal == "traces":
+        sender: Any = trace_sender()
+    elif grpc:
+        from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
+
+        sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(), "metrics"))
+    else:
+        sender = _quiet(_a_url(_HttpMetricsProbe(), "metrics"))
+    stop_retrying(sender)
+    limit_timeouts(timeout_seconds, sender)
+    try:
+        return endpoint_of(sender), sender.send(b"")
+    finally:
+        sender.shutdown()
+
+
+class _HttpMetricsProbe(HttpMetricExporter):
+    """The SDK's OTLP/HTTP metric exporter, sending a request already encoded, as `_HttpTraces` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._recorder = _RecordingTransport(self._client._transport)
+        self._client._transport = self._recorder  # type: ignore[assignment]  # the transport, duck-typed
+
+    def send(self, request: bytes) -> ExportResult:
+        return _sent_over_http(self._client, self._recorder, request)

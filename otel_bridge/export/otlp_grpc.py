@@ -4,8 +4,13 @@ modules take ~40 ms to import, at every start of the sidecar and of an in-proces
 from typing import Any
 
 import grpc
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
@@ -44,22 +49,51 @@ class GrpcTraces(OTLPSpanExporter):
         self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
-        self._recorder.last = None
         # The gRPC stub serializes a message itself.
-        message = ExportTraceServiceRequest.FromString(request)
+        return _sent_over_grpc(self, self._recorder, ExportTraceServiceRequest.FromString(request))
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with exporting():
-            ok = self._export(message) == SpanExportResult.SUCCESS  # type: ignore[arg-type]
-        last = self._recorder.last
-        if ok:
-            return answered(last)
-        if not isinstance(last, grpc.RpcError):
-            return ExportResult(Delivery.RETRY, "")
-        code, details = last.code(), last.details()
-        if code in _REFUSES_THE_BRIDGE:
-            return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({NOT_THE_SPANS})")
-        if code not in self._retryable_error_codes:  # type: ignore[operator]
-            return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
-        return ExportResult(Delivery.RETRY, f"gRPC {code.name}")
+            super().shutdown(timeout_millis, **kwargs)
+
+
+def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any) -> ExportResult:
+    """`message` sent by an SDK gRPC exporter (its `_export`: channel, metadata, retries), and what the
+    backend said of it, read from the answer or error `recorder` kept."""
+    recorder.last = None
+    with exporting():
+        # SpanExportResult and MetricExportResult alike: SUCCESS is the first member of both.
+        ok = exporter._export(message).value == SpanExportResult.SUCCESS.value
+    last = recorder.last
+    if ok:
+        return answered(last if isinstance(last, ExportTraceServiceResponse) else None)
+    if not isinstance(last, grpc.RpcError):
+        return ExportResult(Delivery.RETRY, "")
+    code, details = last.code(), last.details()
+    if code in _REFUSES_THE_BRIDGE:
+        return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({NOT_THE_SPANS})")
+    if code not in exporter._retryable_error_codes:
+        return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
+    # The details say what a code alone does not ("failed to connect to all addresses", a DNS name).
+    return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details}" if details else f"gRPC {code.name}")
+
+
+class GrpcMetricsProbe(OTLPMetricExporter):
+    """The SDK's OTLP/gRPC metric exporter, sending a request already encoded (`otlp.probe`)."""
+
+    def _translate_data(self, data: ExportMetricsServiceRequest) -> ExportMetricsServiceRequest:  # type: ignore[override]
+        return data
+
+    def _count_data(self, data: ExportMetricsServiceRequest) -> int:  # type: ignore[override]
+        return 0
+
+    def _initialize_channel_and_stub(self) -> None:
+        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+        self._recorder = _RecordingStub(self._client)
+        self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
+
+    def send(self, request: bytes) -> ExportResult:
+        return _sent_over_grpc(self, self._recorder, ExportMetricsServiceRequest.FromString(request))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with exporting():

@@ -1,0 +1,168 @@
+"""`otel-bridge check`: what a bridge with these settings would meet, asked before it serves.
+
+Each check opens what `serve` opens, the way `serve` opens it — the same store, the SDK's exporters
+from the same standard variables, the same stream and WebSocket clients — does one harmless thing
+with it and closes it: an empty OTLP export request (a valid request, of which a backend stores
+nothing), a look at the stream and the bridge's group, a WebSocket handshake, one request to the
+timeline API. Nothing is written: a SQLite state is opened read-only, so a running bridge's can be
+asked too. The point is the deploy that fails at once with the reason — a Collector at the wrong
+port, a credential refused, TLS spoken to a plain-text port — rather than minutes later in a log.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from otel_bridge.config import REDIS_SCHEMES, Settings
+from otel_bridge.consumer import Unavailable
+from otel_bridge.export import otlp
+from otel_bridge.export.otlp import Delivery
+from otel_bridge.state.store import Evicting, StoreOpenError
+from otel_bridge.urls import without_password
+
+# An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
+_NO_EXECUTION = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    what: str
+    # None: not asked, as the settings do not use it.
+    ok: bool | None
+    detail: str
+
+
+def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
+    """Every check, in the order `serve` meets them; none raises (what fails is a finding)."""
+    checks: list[tuple[str, Callable[[], Finding]]] = [
+        ("state", lambda: _state(settings)),
+        ("traces", lambda: _export("traces", timeout_seconds)),
+        ("metrics", lambda: _export("metrics", timeout_seconds)),
+        ("stream", lambda: _stream(settings, timeout_seconds)),
+        ("websocket", lambda: _websocket(settings, timeout_seconds)),
+        ("timeline API", lambda: _timeline_api(settings, timeout_seconds)),
+    ]
+    findings = []
+    for what, asked in checks:
+        try:
+            findings.append(asked())
+        except Exception as exc:  # a check's own failure is told as its finding, not a traceback
+            findings.append(Finding(what, False, f"{type(exc).__name__}: {exc}"))
+    return findings
+
+
+def _state(settings: Settings) -> Finding:
+    from otel_bridge.runtime import open_store
+
+    state = settings.state
+    if state.startswith(REDIS_SCHEMES):
+        name = f"Redis {without_password(state)}"
+    else:
+        name = f"{state} (SQLite)"
+        if not Path(state).exists():
+            folder = Path(state).parent
+            if not folder.is_dir():
+                return Finding("state", False, f"{name} cannot be made: no folder {folder}")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return Finding("state", False, f"{name} cannot be made: the folder {folder} is not writable")
+            return Finding("state", True, f"{name} does not exist yet: made at the first start")
+    try:
+        store = open_store(settings, read_only=True)
+    except (StoreOpenError, Unavailable, OSError) as exc:
+        return Finding("state", False, str(exc))
+    try:
+        detail = f"{name}: {store.outbox_depth():,} spans wait for export"
+        refused = store.refuses_batches()
+        if refused:
+            return Finding("state", False, f"{detail}; batches are refused: {refused}")
+        risk = store.eviction_risk() if isinstance(store, Evicting) else None
+        return Finding("state", True, f"{detail}; {risk}" if risk else detail)
+    finally:
+        store.close()
+
+
+def _export(signal: str, timeout_seconds: float) -> Finding:
+    probed = otlp.probe(signal, timeout_seconds)
+    if probed is None:
+        variable = f"OTEL_{signal.upper()}_EXPORTER"
+        return Finding(signal, None, f"not exported over OTLP ({variable}={os.environ.get(variable, '')})")
+    endpoint, result = probed
+    if result.delivery is Delivery.SENT:
+        return Finding(signal, True, f"{endpoint} took an empty export request")
+    return Finding(signal, False, f"{endpoint}: {result.reason or 'no answer'}")
+
+
+def _stream(settings: Settings, timeout_seconds: float) -> Finding:
+    if not settings.stream_url:
+        return Finding("stream", None, "not followed (--stream-url)")
+    import redis
+
+    where = f"{settings.stream_key} at {without_password(settings.stream_url)}"
+    client = redis.Redis.from_url(
+        settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+    )
+    try:
+        client.ping()
+        if not client.exists(settings.stream_key):
+            return Finding(
+                "stream", True, f"{where}: reachable; no stream yet (the bridge makes it, with its group, at start)"
+            )
+        length = client.xlen(settings.stream_key)
+        group = next(
+            (g for g in client.xinfo_groups(settings.stream_key) if _text(g.get("name")) == settings.stream_group),
+            None,
+        )
+        if group is None:
+            told = f"{length:,} entries; group {settings.stream_group} not made yet (the bridge makes it at start)"
+        else:
+            lag = group.get("lag")
+            told = (
+                f"{length:,} entries; group {settings.stream_group}: {group.get('pending', 0):,} read and not "
+                f"acknowledged, {'?' if lag is None else f'{lag:,}'} not read yet"
+            )
+        return Finding("stream", True, f"{where}: {told}")
+    except redis.RedisError as exc:
+        return Finding("stream", False, f"{where}: {exc}")
+    finally:
+        client.close()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _websocket(settings: Settings, timeout_seconds: float) -> Finding:
+    if not settings.ws_url:
+        return Finding("websocket", None, "not followed (--ws-url)")
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+    from websockets.sync.client import connect
+
+    headers = {"X-Workspace-Id": settings.ws_workspace_id} if settings.ws_workspace_id else {}
+    try:
+        with connect(settings.ws_url, additional_headers=headers, open_timeout=timeout_seconds):
+            pass
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        return Finding("websocket", False, f"{settings.ws_url}: {exc or type(exc).__name__}")
+    return Finding("websocket", True, f"{settings.ws_url}: handshake done")
+
+
+def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:
+    if not settings.ws_api_url:
+        lost = ": what a disconnection makes the bridge miss of a run is lost" if settings.ws_url else ""
+        return Finding("timeline API", None, f"not asked (--ws-api-url){lost}")
+    import httpx
+
+    from otel_bridge.receivers.timeline_api import ApiError, timeline
+
+    api = settings.ws_api_url
+    headers = {"X-Workspace-Id": settings.ws_workspace_id} if settings.ws_workspace_id else {}
+    try:
+        with httpx.Client(timeout=timeout_seconds, headers=headers) as client:
+            timeline(client, api, _NO_EXECUTION)
+    except ApiError as exc:
+        if exc.status != 404:  # 404: no such execution, the answer expected
+            return Finding("timeline API", False, str(exc))
+    except httpx.HTTPError as exc:
+        return Finding("timeline API", False, f"{api}: {exc or type(exc).__name__}")
+    return Finding("timeline API", True, f"{api}: answers")

@@ -1,0 +1,164 @@
+"""`otel-bridge check` asks what `serve` would meet, the way `serve` meets it, and says what fails and why.
+
+Every check here talks to the real thing: an OTLP receiver decoding what it is sent (over HTTP and
+gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, a SQLite file.
+"""
+
+import socket
+
+import pytest
+import redis
+from phase10_server import Phase10Server
+
+from otel_bridge.cli import main
+from otel_bridge.config import Settings
+from otel_bridge.preflight import check
+from otel_bridge.state.sqlite_store import SqliteStore
+
+_CHECKS = ("state", "traces", "metrics", "stream", "websocket", "timeline API")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _findings(settings: Settings) -> dict[str, tuple[bool | None, str]]:
+    return {f.what: (f.ok, f.detail) for f in check(settings, timeout_seconds=3)}
+
+
+@pytest.fixture
+def phase10():
+    server = Phase10Server().start()
+    yield server
+    server.close()
+
+
+def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
+    tmp_path, monkeypatch, otlp, redis_url, phase10, capsys
+):
+    protocol, receiver = otlp
+    receiver.credential = "s3cret"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer s3cret")  # as serve reads them
+    state = tmp_path / "state.db"
+    SqliteStore(str(state)).close()
+    stream = redis.Redis.from_url(redis_url)
+    stream.delete("workflow:events:check")
+    stream.xadd("workflow:events:check", {"event_id": "1"})
+    stream.xgroup_create("workflow:events:check", "otel-bridge", id="0")
+    options = ["--state", str(state), "--stream-url", redis_url, "--stream-key", "workflow:events:check"]
+    options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url]
+    phase10.scripts.put([])  # the engine has nothing to tell the check's connection
+
+    assert main(["check", *options]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    told = {what: next(line for line in lines if line[6:].startswith(what)) for what in _CHECKS}
+    assert all(line.startswith("ok ") for line in lines), lines
+    assert f"{state} (SQLite): 0 spans wait for export" in told["state"]
+    assert "took an empty export request" in told["traces"] and "took an empty export request" in told["metrics"]
+    assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
+    assert f"{phase10.ws_url}: handshake done" in told["websocket"]
+    assert f"{phase10.api_url}: answers" in told["timeline API"]
+    assert receiver.received.refused == 0  # the credential was sent as configured, to each signal
+
+
+def test_a_backend_that_refuses_the_bridges_credential_fails_the_check_naming_the_credential(monkeypatch, otlp):
+    protocol, receiver = otlp
+    receiver.credential = "s3cret"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer wrong")
+
+    findings = _findings(Settings(state=":memory:"))
+
+    for signal in ("traces", "metrics"):
+        ok, detail = findings[signal]
+        assert ok is False
+        assert ("HTTP 401" if protocol == "http/protobuf" else "gRPC UNAUTHENTICATED") in detail
+        assert "check the endpoint and its credentials" in detail
+
+
+def test_a_backend_that_is_not_there_is_told_as_the_connection_refused_not_as_nested_client_errors(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+
+    ok, detail = _findings(Settings(state=":memory:"))["traces"]
+
+    assert ok is False
+    assert detail.endswith("/v1/traces: cannot connect: [Errno 111] Connection refused")
+
+
+def test_a_backend_that_takes_the_connection_and_never_answers_fails_within_the_timeout(monkeypatch):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+
+        findings = check(Settings(state=":memory:"), timeout_seconds=0.5)
+
+    (traces,) = [f for f in findings if f.what == "traces"]
+    assert traces.ok is False and "timed out" in traces.detail
+
+
+def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fail(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+
+    assert main(["check", "--state", str(tmp_path / "new.db")]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["-"] * 5
+    assert "OTEL_TRACES_EXPORTER=none" in lines[1] and "OTEL_METRICS_EXPORTER=console" in lines[2]
+
+
+def test_a_state_file_that_cannot_be_made_fails_the_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    missing = tmp_path / "no-such-folder" / "state.db"
+
+    ok, detail = _findings(Settings(state=str(missing)))["state"]
+
+    assert ok is False and detail.endswith(f"cannot be made: no folder {missing.parent}")
+
+
+def test_a_redis_state_that_is_not_there_fails_the_check():
+    ok, detail = _findings(Settings(state=f"redis://127.0.0.1:{_free_port()}/0"))["state"]
+
+    assert ok is False and "cannot use the redis state" in detail
+
+
+def test_a_redis_state_that_answers_says_what_waits_for_export(redis_url):
+    ok, detail = _findings(Settings(state=redis_url))["state"]
+
+    assert ok is True and detail.startswith(f"Redis {redis_url}: ") and "spans wait for export" in detail
+
+
+def test_a_stream_not_published_yet_is_fine_the_bridge_makes_it(redis_url):
+    redis.Redis.from_url(redis_url).delete("workflow:events:none-yet")
+
+    ok, detail = _findings(Settings(state=":memory:", stream_url=redis_url, stream_key="workflow:events:none-yet"))[
+        "stream"
+    ]
+
+    assert ok is True and "no stream yet" in detail
+
+
+def test_engines_that_are_not_there_fail_the_check_each_with_its_address():
+    port = _free_port()
+    findings = _findings(
+        Settings(
+            state=":memory:",
+            stream_url=f"redis://127.0.0.1:{port}/0",
+            ws_url=f"ws://127.0.0.1:{port}/ws/stream",
+            ws_api_url=f"http://127.0.0.1:{port}",
+        )
+    )
+
+    for what in ("stream", "websocket", "timeline API"):
+        ok, detail = findings[what]
+        assert ok is False, what
+        assert str(port) in detail, what
