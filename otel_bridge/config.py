@@ -214,8 +214,13 @@ class Settings(BaseSettings):
     max_export_bytes: int = Field(
         3_500_000, gt=0, description="Bytes per OTLP export request (below gRPC's default 4 MiB message limit)."
     )
-    export_unready_seconds: float = Field(
-        120.0, gt=0, description="`/readyz` says not ready once trace export has failed for this long."
+    export_unready_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Set, `/readyz` says not ready once trace export has failed for this long (a load balancer "
+        "then sends producers to a replica whose export works). Unset, a failing export is told under `/readyz`'s "
+        "`warnings` only: batches are still taken and wait in the outbox, where a readiness probe that followed "
+        "the backend took the bridge (a sidecar: the whole pod) out of service in the very outage the outbox is for.",
     )
     disk_reserve_mib: float = Field(
         16.0,

@@ -49,6 +49,9 @@ _PURGE_EVERY = 60.0
 _CHECKPOINT_EVERY = 1.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
 _REFUSED_UNREADY_SECONDS = 10.0
+# How long `replay` waits for room when the backlog is full and the backend failing (or for a store
+# that refuses its batch) before it gives up: `export_unready_seconds` when set.
+_REPLAY_PATIENCE_SECONDS = 120.0
 # The largest batch the HTTP server stores on its event loop: ~6 ms of it at ~50 µs an event.
 _INLINE_EVENTS = 128
 
@@ -263,12 +266,18 @@ class Bridge:
             reasons.append(
                 f"export backlog full: {depth} spans wait (max_outbox_spans {self.settings.max_outbox_spans})"
             )
+        warnings = list(self.warnings)
         since = self.trace_health.failing_since
-        if since is not None and time.monotonic() - since >= self.settings.export_unready_seconds:
-            reasons.append(f"trace export failing for {time.monotonic() - since:.0f} s")
+        if since is not None:
+            failing = f"trace export failing for {time.monotonic() - since:.0f} s"
+            unready_after = self.settings.export_unready_seconds
+            if unready_after is not None and time.monotonic() - since >= unready_after:
+                reasons.append(failing)
+            else:  # batches are still taken, and wait in the outbox until the backend is back
+                warnings.append(f"{failing}: spans wait in the outbox ({depth if depth is not None else '?'})")
         status: dict[str, object] = {"ready": not reasons, "outbox": depth, "reasons": reasons}
-        if self.warnings:
-            status["warnings"] = self.warnings  # told, not reasons: batches are taken
+        if warnings:
+            status["warnings"] = warnings  # told, not reasons: batches are taken
         if self.followers:
             # Told, not a reason: the endpoint still takes batches while a followed engine is away.
             status["following"] = {name: _following(f.disconnected_since) for name, f in self.followers.items()}
@@ -292,9 +301,9 @@ class Bridge:
     def waited_for_room(self, refused: Unavailable, waited: float) -> bool:
         """For a tool that stores batches one after another (replay), refused one for now: wait a
         little and say True (offer it again), or say False — waiting is not worth it: the backlog
-        is full and the backend has been failing for `export_unready_seconds`, or the store has
-        refused this batch for as long (the time after which `/readyz` says not ready)."""
-        patience = self.settings.export_unready_seconds
+        is full and the backend has been failing for `export_unready_seconds` (else two minutes), or
+        the store has refused this batch for as long."""
+        patience = self.settings.export_unready_seconds or _REPLAY_PATIENCE_SECONDS
         if isinstance(refused, Backpressure):
             since = self.trace_health.failing_since
             if since is not None and time.monotonic() - since >= patience:

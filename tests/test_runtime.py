@@ -144,3 +144,30 @@ def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warn
     readiness = _started_on_redis(tmp_path, caplog)  # Redis's default: noeviction
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "warnings" not in readiness
+
+
+def test_a_failing_export_is_a_warning_of_readyz_not_a_reason_the_bridge_still_takes_batches(tmp_path):
+    # A readiness probe that followed the backend took the bridge out of its Service (a sidecar: the
+    # application's whole pod) in the very outage its outbox is there to ride out.
+    bridge = _bridge(tmp_path)
+    bridge.ready = True  # as start() leaves it
+    bridge.trace_health.failed("cannot connect: [Errno 111] Connection refused")
+
+    status = bridge.readiness()
+
+    assert status["ready"] is True and status["reasons"] == []
+    (warning,) = status["warnings"]
+    assert warning.startswith("trace export failing for ") and warning.endswith(": spans wait in the outbox (0)")
+
+
+def test_with_export_unready_seconds_set_a_failing_export_makes_the_bridge_not_ready_after_that_long(tmp_path):
+    bridge = _bridge(tmp_path, export_unready_seconds=60)
+    bridge.ready = True
+    bridge.trace_health.failed("HTTP 503")
+    assert bridge.readiness()["ready"] is True  # not yet a minute
+
+    bridge.trace_health._cadence.since -= 61  # type: ignore[operator]  # a minute of failing later
+
+    status = bridge.readiness()
+    assert status["ready"] is False
+    assert [r.split(" for ")[0] for r in status["reasons"]] == ["trace export failing"]
