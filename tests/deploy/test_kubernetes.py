@@ -1,0 +1,113 @@
+"""kubernetes/*.yaml agree with the bridge they run: its settings, its port, its probes, its image, its drain.
+
+No cluster here: the manifests are parsed, and what their probes ask is asked of a real bridge started
+with the manifests' own environment.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from bridge_process import BridgeProcess, healthcheck_command
+
+from otel_bridge.config import Settings, unknown_variables
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE, STATEFUL_SET = yaml.safe_load_all((ROOT / "kubernetes" / "otel-bridge.yaml").read_text())
+(SIDECAR_APP,) = yaml.safe_load_all((ROOT / "kubernetes" / "sidecar.yaml").read_text())
+ALONE = STATEFUL_SET["spec"]["template"]["spec"]["containers"][0]
+(SIDECAR,) = SIDECAR_APP["spec"]["template"]["spec"]["initContainers"]
+(APP,) = SIDECAR_APP["spec"]["template"]["spec"]["containers"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables that have a value of their own (not from a Secret)."""
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def _settings(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in _env(container).items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@pytest.mark.parametrize("container", [ALONE, SIDECAR], ids=["service", "sidecar"])
+def test_every_bridge_variable_is_a_setting_and_the_settings_are_valid(container, monkeypatch):
+    assert container["image"].startswith("otel-bridge:")
+    assert unknown_variables({e["name"]: "" for e in container["env"]}) == []
+    settings = _settings(container, monkeypatch)  # raises if a value is not one the bridge takes
+    folder = Path(settings.state).parent
+    (mount,) = container["volumeMounts"]
+    for path in (settings.state, settings.dead_letter, settings.span_dead_letter):
+        assert Path(path).parent == folder == Path(mount["mountPath"]), "all on the volume, none in the image"
+
+
+@pytest.mark.parametrize("workload", [STATEFUL_SET, SIDECAR_APP], ids=["service", "sidecar"])
+def test_the_pod_runs_as_the_images_user_and_makes_the_volume_its_own(workload):
+    uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1))
+    security = workload["spec"]["template"]["spec"]["securityContext"]
+    assert security == {"runAsNonRoot": True, "runAsUser": uid, "fsGroup": uid}
+
+
+@pytest.mark.parametrize(("workload", "container"), [(STATEFUL_SET, ALONE), (SIDECAR_APP, SIDECAR)])
+def test_the_grace_period_covers_the_pause_before_sigterm_the_last_settling_and_the_drain(
+    workload, container, monkeypatch
+):
+    settings = _settings(container, monkeypatch)
+    pause = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", ["sleep", "0"])
+    assert pause[0] == "sleep"
+    grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # What is left at the end of the drain stays on the volume, but a SIGKILL mid-export sends it again.
+    assert grace >= int(pause[1]) + settings.drain_timeout_seconds + 10
+
+
+def test_the_service_reaches_the_port_the_bridge_listens_on_from_outside_its_pod(monkeypatch):
+    settings = _settings(ALONE, monkeypatch)
+    (port,) = SERVICE["spec"]["ports"]
+    (named,) = [p for p in ALONE["ports"] if p["name"] == port["targetPort"]]
+    assert named["containerPort"] == settings.port == port["port"]
+    assert settings.host == "0.0.0.0"
+    labels = STATEFUL_SET["spec"]["template"]["metadata"]["labels"]
+    assert SERVICE["spec"]["selector"].items() <= labels.items()
+
+
+def test_the_service_bridge_is_alive_by_healthz_and_ready_by_readyz():
+    for probe in ("startupProbe", "livenessProbe"):
+        assert ALONE[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert ALONE["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+
+
+def test_the_sidecar_starts_before_the_application_and_never_takes_it_out_of_service(monkeypatch):
+    assert SIDECAR["restartPolicy"] == "Always"  # a native sidecar: up first, stopped last
+    assert "readinessProbe" not in SIDECAR  # a pod is ready only if every container is
+    settings = _settings(SIDECAR, monkeypatch)
+    assert settings.host == "127.0.0.1"  # the pod's own containers only
+    assert _env(APP)["TRACKER_ENDPOINT"] == f"http://127.0.0.1:{settings.port}{settings.path}"
+
+
+def test_the_sidecars_probes_are_the_images_health_check(monkeypatch):
+    command = healthcheck_command()
+    for probe in ("startupProbe", "livenessProbe"):
+        given = SIDECAR[probe]["exec"]["command"]
+        assert [sys.executable if given[0] == "python" else given[0], *given[1:]] == command
+
+
+def test_what_the_probes_ask_is_answered_by_a_bridge_run_with_the_manifests_environment(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    for name, value in _env(SIDECAR).items():
+        if name.startswith("OTEL_BRIDGE_") and name not in ("OTEL_BRIDGE_PORT", "OTEL_BRIDGE_STATE"):
+            is_path = value.startswith("/data/")
+            bridge.env[name] = str(tmp_path / Path(value).name) if is_path else value
+    bridge.start()
+    try:
+        probe = subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10)
+        assert probe.returncode == 0, probe.stderr
+        for path in ("/healthz", "/readyz"):  # the service's httpGet probes
+            assert httpx.get(f"{bridge.url}{path}", timeout=5).status_code == 200
+    finally:
+        bridge.close()
