@@ -536,6 +536,28 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.text import Text
+
+    from otel_bridge.terminal import jobs_table, jobs_title
+
+    pipeline = _looking_pipeline(settings)
+    try:
+        jobs, count = pipeline.list_jobs(args.overdue, args.service, limit=args.limit)
+    finally:
+        pipeline.store.close()
+    if args.json:
+        print(json.dumps([j.as_dict() for j in jobs], indent=2))
+        if count > len(jobs):
+            print(f"the {len(jobs)} most pressing of {count} job instances: --limit N for more", file=sys.stderr)
+        return 0
+    console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
+    title = jobs_title(len(jobs), count, args.overdue, args.service)
+    console.print(jobs_table(jobs, title) if jobs else Text(title))
+    return 0
+
+
 def _check(settings: Settings, timeout_seconds: float) -> int:
     from otel_bridge.preflight import check
 
@@ -731,6 +753,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
     runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_settings_flags(runs)
+    jobs = sub.add_parser(
+        "jobs",
+        help="the job instances from the store that run or await a run: next run, overdue by, last ran",
+    )
+    jobs.add_argument(
+        "--overdue", action="store_true", help="only those past their time to run with no run (a lost alarm)"
+    )
+    jobs.add_argument("--service", default=None, help="only this producer's jobs (its serviceKey)")
+    jobs.add_argument("--json", action="store_true", help="JSON instead of a table")
+    jobs.add_argument("--limit", type=_count, default=1000, help="at most this many, the most pressing (default 1000)")
+    _add_settings_flags(jobs)
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")
     _add_settings_flags(show)
@@ -788,6 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _runs(settings, args)
         if args.command == "show":
             return _show(settings, args.workflow_id)
+        if args.command == "jobs":
+            return _jobs(settings, args)
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
         if args.command == "check":

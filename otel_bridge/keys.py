@@ -28,6 +28,17 @@ def job_key(engine: str, env: str, service: str, instance_id: str) -> str:
     return SEPARATOR.join(("job", engine, env, service, instance_id))
 
 
+def job_fields(key: str) -> tuple[str, str, str, str]:
+    """(engine, env, service, instance id) of a job key."""
+    _job, engine, env, service, instance_id = key.split(SEPARATOR, 4)
+    return engine, env, service, instance_id
+
+
+def jobs_prefix() -> str:
+    """The prefix of every job key."""
+    return _JOB
+
+
 def sent_spans(key: str) -> str:
     """Where the journal of the spans the run under `key` has sent is kept."""
     return _SENT + key

@@ -210,6 +210,7 @@ class JobRecord(Struct, kw_only=True):
     attempt: int | None = None
     reason: str | None = None
     trigger: str | None = None
+    # When the instance is next to run, as the engine told it: a task's scheduledAt, a debounce's flushAt.
     scheduled_at_ns: int | None = None
 
     @property

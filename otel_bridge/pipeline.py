@@ -22,7 +22,7 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance
 from otel_bridge.correlate.outputs import Observation
-from otel_bridge.correlate.overview import RunOverview, RunQuery, overview
+from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, job_overview, overview
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.export.metrics import MetricsHub
@@ -549,6 +549,42 @@ class Pipeline:
     def overdue_runs(self, now: float | None = None) -> list[RunOverview]:
         """The overdue runs only, found through the store's index: the cost is theirs, not every open run's."""
         return self.list_runs(RunQuery(overdue=True), now)[0]
+
+    def overdue_jobs(self, now: float | None = None) -> list[JobState]:
+        """The job instances past their time to run with no run (their lost alarms), found through the
+        same index as overdue runs: the cost is theirs alone."""
+        return [state for _key, state in self._job_states(self.store.overdue(self._clock() if now is None else now))]
+
+    def list_jobs(
+        self, overdue: bool = False, service: str | None = None, now: float | None = None, limit: int | None = None
+    ) -> tuple[list[JobOverview], int]:
+        """The job instances that run (continuous, started) or await a run, the latest first (at most
+        `limit`), and how many there are; `overdue`: only those past their time to run, through the index."""
+        now = self._clock() if now is None else now
+        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        pairs = self.store.overdue(now) if overdue else self.store.states(keys.jobs_prefix())
+        listed = []
+        for key, state in self._job_states(pairs):
+            if service is not None and state.service != service:
+                continue
+            job = job_overview(key, state, now_ns, grace_ns)
+            if job is not None and (not overdue or job.overdue_ns is not None):
+                listed.append(job)
+        # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
+        listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))
+        return (listed if limit is None else listed[:limit]), len(listed)
+
+    def _job_states(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, JobState]]:
+        for key, header in pairs:
+            if not keys.is_job(key):
+                continue
+            try:
+                state = journal.decode(key, header, [])
+            except ValueError:
+                log.warning("job state %r is not readable; skipped", key)
+                continue
+            if isinstance(state, JobState):
+                yield key, state
 
     def list_runs(
         self, query: RunQuery, now: float | None = None, limit: int | None = None

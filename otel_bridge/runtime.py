@@ -201,6 +201,14 @@ class Bridge:
             "Open runs past their resumeAt (paused) or not started (queued) by more than overdue_grace_seconds",
             lambda resource: self._overdue.get(resource, []),
         )
+        self._overdue_jobs: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
+        self.metrics.producer_gauge(
+            c.M_JOB_INSTANCE_OVERDUE,
+            "{instance}",
+            "Job instances past their time to run (a task's scheduledAt, a debounce's flushAt) by more than "
+            "overdue_grace_seconds with no run",
+            lambda resource: self._overdue_jobs.get(resource, []),
+        )
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.passes = Passes()
@@ -456,7 +464,8 @@ class Bridge:
         self.pipeline.slices = OnLoop(asyncio.get_running_loop(), self.store.quick_now)
 
     def count_overdue(self) -> None:
-        """Count the overdue runs from the store: right after a restart, and the same on every replica.
+        """Count the overdue runs and job instances from the store: right after a restart, and the same on
+        every replica.
 
         The store finds them by an index of when each open run turns overdue, so the count
         costs what the overdue runs cost, not every open run.
@@ -481,6 +490,16 @@ class Bridge:
                 for (engine, name, state), n in per.items()
             ]
         self._overdue = overdue
+        jobs: dict[Resource, dict[tuple[str, str], int]] = {}
+        for job in self.pipeline.overdue_jobs():
+            named = jobs.setdefault(Resource(job.service, job.env), {})
+            named[(job.job_name, job.job_type)] = named.get((job.job_name, job.job_type), 0) + 1
+        for resource in jobs:
+            self.metrics.ensure_producer(resource)
+        self._overdue_jobs = {
+            resource: [(float(n), {c.JOB_NAME: name, c.JOB_TYPE: kind}) for (name, kind), n in named.items()]
+            for resource, named in jobs.items()
+        }
 
     def _overdue_loop(self) -> None:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)

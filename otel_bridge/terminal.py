@@ -12,7 +12,7 @@ from rich.text import Text
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.overview import RunOverview, RunQuery, trace_link
+from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
 
@@ -72,6 +72,29 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             _trace_cell(run, trace_url),
         )
     return table
+
+
+def jobs_table(jobs: list[JobOverview], title: str) -> Table:
+    table = Table(title=Text(title), header_style="bold")
+    for column in ("service", "env", "job", "type", "instance", "next run", "overdue by", "last ran"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
+        due = _when(job.due_ns) if job.due_ns is not None else ("running" if job.active else "-")
+        table.add_row(
+            job.service, job.env, job.name, job.job_type, job.instance_id, due, overdue, _when(job.last_ran_ns)
+        )
+    return table
+
+
+def jobs_title(shown: int, count: int, overdue: bool, service: str | None) -> str:
+    """As `runs_title`: "2 overdue job instances of jobs", "no job instances"."""
+    kind = "overdue job instance" if overdue else "job instance"
+    of = f" of {service}" if service else ""
+    if count == 0:
+        return f"no {kind}s{of}"
+    named = f"{kind}{'' if count == 1 else 's'}{of}"
+    return f"{count:,} {named}" if shown >= count else f"the {shown:,} most pressing of {count:,} {named}"
 
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:

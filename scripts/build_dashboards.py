@@ -307,6 +307,15 @@ def jobs() -> Board:
         [(f"sum by (job_name) (increase(job_terminations_total{{{SEL}}}[$__range]))", "{{job_name}}")],
         kind="bargauge", width=12,
     )  # fmt: skip
+    b.panel(
+        "Overdue instances",
+        # Every replica counts the whole store: max, not sum.
+        [(f"sum by (job_name) (max by (service_name, job_name) (job_instance_overdue{{{SEL}}})) or on() vector(0)",
+          "{{job_name}}")],
+        kind="stat", width=12,
+        description="Past their time to run (a task's scheduledAt, a debounce's flushAt) by more than the overdue "
+                    "grace with no run: a lost alarm (otel-bridge jobs --overdue lists them).",
+    )  # fmt: skip
     b.row("Debounce")
     b.panel(
         "Events per flush (histogram)",

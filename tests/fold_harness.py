@@ -21,6 +21,7 @@ class Folded:
     observations: list[Observation] = field(default_factory=list)
     admissions: list[Admission] = field(default_factory=list)
     runs: dict[str, RunState] = field(default_factory=dict)
+    jobs: dict[str, JobState] = field(default_factory=dict)
 
     def span(self, name: str, attempt: int | None = None) -> SpanRecord:
         found = self.all(name, attempt)
@@ -66,9 +67,8 @@ def fold_events(
     """Fold events (decoded by `decoder`, durable-effect's by default) in the given order, then settle
     every run once at `settle_at_ns`."""
     out = Folded()
-    jobs: dict[str, JobState] = {}
     for record in (r for raw in events for r in _records(raw, decoder)):
-        _apply(out, jobs, record)
+        _apply(out, out.jobs, record)
     if settle_at_ns is not None:
         settle_all(out, settle_at_ns, max_open_ns, sleep_spans)
     return out

@@ -1,15 +1,21 @@
 """The command: its process is tuned for being the bridge (an application using the library keeps its own),
 and it says its version."""
 
+import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from importlib.metadata import version
 
 import pytest
+from builders import JobRun, iso, ns_of
 from otlp_receiver import OtlpHttpReceiver
 
 from otel_bridge.cli import events_url, main
+from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
@@ -46,7 +52,7 @@ def test_the_command_says_which_version_it_is(capsys):
     assert capsys.readouterr().out.strip() == f"otel-bridge {version('otel-bridge')}"
 
 
-@pytest.mark.parametrize("command", ["serve", "replay", "runs", "show", "settle-again"])
+@pytest.mark.parametrize("command", ["serve", "replay", "runs", "jobs", "show", "settle-again", "check"])
 def test_a_commands_help_puts_its_own_arguments_first_and_the_settings_apart(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -104,3 +110,23 @@ def test_runs_takes_a_limit_of_zero_or_more_as_get_v1_runs_does(limit, capsys):
 def test_the_demo_says_at_once_what_is_wrong_with_its_options(capsys, options, told):
     assert main(["demo", *options, "--duration", "1"]) == 2
     assert told in capsys.readouterr().err
+
+
+def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones_are(tmp_path, capsys):
+    state = str(tmp_path / "state.db")
+    settings = Settings(state=state)
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), settings)
+    missed = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past
+    pipeline.ingest(missed.events)
+    pipeline.store.close()
+
+    assert main(["jobs", "--state", state, "--overdue"]) == 0
+    table = capsys.readouterr().out
+    assert "1 overdue job instance" in table and missed.base["instanceId"][:40] in table and " d " in table
+    assert main(["jobs", "--state", state, "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["name"], listed["job_type"], listed["active"]) == ("reminder", "task", False)
+    assert listed["due"] == iso(datetime.fromtimestamp(ns_of(missed.events[0]) / 1e9 + 60, UTC))
+    assert listed["overdue_seconds"] > 0
+    assert main(["jobs", "--state", state, "--service", "elsewhere"]) == 0
+    assert capsys.readouterr().out.strip() == "no job instances of elsewhere"

@@ -2,9 +2,9 @@
 an event sent again is a duplicate, known by its run (workflows) or the seen ids (jobs)."""
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from builders import JobRun, WorkflowRun
+from builders import JobRun, WorkflowRun, ns_of
 from faults import BUG, a_bug_for
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -331,3 +331,28 @@ def test_a_settling_reads_the_due_runs_on_past_the_ones_it_settled_that_are_due_
 
     roots = [Span.FromString(row.payload).name for row in pipeline.store.outbox_peek(1000)]
     assert roots.count("workflow orderProcessing") == 301
+
+
+def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_through_the_index(tmp_path):
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    missed_long = JobRun("reminder", "task", start=now - timedelta(hours=2)).task_scheduled(in_ms=60_000)
+    missed = JobRun("batcher", "debounce", start=now - timedelta(minutes=30)).debounce_started(flush_in_ms=5000)
+    soon = JobRun("reminder", "task", start=now).task_scheduled(in_ms=3_600_000)
+    running = JobRun("refresher", "continuous", start=now - timedelta(minutes=5)).started().after(60_000).executed(1)
+    done = JobRun("reminder", "task", start=now - timedelta(hours=1)).task_scheduled(in_ms=1000).after(1000)
+    done.executed(0)
+    ended = JobRun("refresher", "continuous", start=now - timedelta(hours=1)).started().after(10).terminated(0)
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest([e for job in (missed_long, missed, soon, running, done, ended) for e in job.events])
+    at = now.timestamp()
+
+    listed, count = pipeline.list_jobs(now=at)
+
+    ids = [j.instance_id for j in listed]
+    assert count == 4 and ids == [job.base["instanceId"] for job in (missed_long, missed, soon, running)]
+    assert [j.overdue_ns is not None for j in listed] == [True, True, False, False]
+    assert listed[3].active and listed[3].due_ns is None and listed[3].last_ran_ns == ns_of(running.events[-1])
+    overdue, count = pipeline.list_jobs(overdue=True, now=at)
+    assert count == 2 and [j.name for j in overdue] == ["reminder", "batcher"]
+    assert pipeline.list_jobs(overdue=True, service="elsewhere", now=at) == ([], 0)
+    assert [j.instance_id for j in pipeline.list_jobs(now=at, limit=1)[0]] == ids[:1]

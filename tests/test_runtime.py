@@ -3,10 +3,11 @@ cannot hold it up), how far behind settling is, and what it warns of as it start
 
 import asyncio
 import logging
+import re
 import threading
 
 import pytest
-from builders import WorkflowRun
+from builders import JobRun, WorkflowRun
 from redis_server import RedisServer
 
 from otel_bridge.config import Settings
@@ -171,3 +172,39 @@ def test_with_export_unready_seconds_set_a_failing_export_makes_the_bridge_not_r
     status = bridge.readiness()
     assert status["ready"] is False
     assert [r.split(" for ")[0] for r in status["reasons"]] == ["trace export failing"]
+
+
+def _exposed_by(bridge: Bridge, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    body, _ = bridge.exposition("")
+    found = {}
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{"):
+            given = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            found[tuple(given[label] for label in labels)] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store_and_again_after_a_restart(
+    tmp_path,
+):
+    # Told in 2025 (the builders' clock): long past, well beyond the grace.
+    missed = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
+    ran = JobRun("reminder", "task").task_scheduled(in_ms=30_000).after(30_000).executed(0)
+    collecting = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    bridge = _bridge(tmp_path)
+    bridge.pipeline.ingest(missed.events + ran.events + collecting.events)
+
+    bridge.count_overdue()
+
+    expected = {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0}
+    assert _exposed_by(bridge, "job_instance_overdue", "job_name", "job_type") == expected
+    bridge.store.close()
+    restarted = _bridge(tmp_path)
+    restarted.count_overdue()
+    assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == expected
+
+    restarted.pipeline.ingest(missed.after(3_600_000).executed(0).events[-1:])  # the alarm fired at last
+    restarted.count_overdue()
+    assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == {
+        ("webhookBatcher", "debounce"): 1.0
+    }

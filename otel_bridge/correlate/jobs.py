@@ -6,6 +6,10 @@ after which the engine purges the instance) without a `job.started` (debounce an
 task jobs never emit one), or one arriving before it, never drives the gauge below
 zero; and which failed attempts of the current run of retries were counted, since
 the last failed attempt is told only by the exhaustion's attempt count.
+
+And when an instance is next to run, as the engine told it (a task's `scheduledAt`, a debounce's
+`flushAt`), against when it last ran: an instance whose time passed with no run is **overdue**, the
+job's lost alarm (`job.instance.overdue`), as a paused workflow past its `resumeAt` is.
 """
 
 from msgspec import Struct
@@ -24,6 +28,16 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     # Failed attempts counted in job.executions since the last success, and when that was.
     failed_attempts: list[int] = []
     succeeded_ns: int = 0
+    # When the instance is next to run (0: nothing awaited), as the latest told (by its event's time,
+    # `due_told_ns`); a run at or after `due_from_ns` is the one awaited. A task's next run is told
+    # before the current one's end (task.scheduled, then job.executed), so a run counts for it only from
+    # a second before its time; a debounce's collection ends at any flush after its start (timeout,
+    # maxEvents or manual).
+    due_ns: int = 0
+    due_from_ns: int = 0
+    due_told_ns: int = 0
+    # When it last ran: executed, failed or flushed.
+    ran_ns: int = 0
     # Enough to re-count an open instance after a restart.
     job_name: str = ""
     job_type: str = ""
@@ -35,6 +49,25 @@ def active_instance(state: JobState) -> Observation:
     """The +1 an instance counted in `job.instance.active` contributes."""
     attributes = ((c.JOB_NAME, state.job_name), (c.JOB_TYPE, state.job_type))
     return Observation(c.M_JOB_INSTANCE_ACTIVE, 1, attributes, Resource(state.service, state.env))
+
+
+# An alarm may fire a little before the time it was set for: a run this much earlier still counts.
+_EARLY_NS = 1_000_000_000
+_RAN = frozenset({JOB_KIND.EXECUTED, JOB_KIND.FAILED, JOB_KIND.DEBOUNCE_FLUSHED})
+
+
+def overdue_since_ns(state: JobState) -> int | None:
+    """When the instance was due to run and has not (the producer's clock), or None.
+
+    Not once it ended (terminated, or purged after its retries) after being told, nor once a run came
+    at or after the one awaited: asked of the state as it stands, so the order events came in does not
+    matter.
+    """
+    if not state.due_ns or state.ran_ns >= state.due_from_ns:
+        return None
+    if state.terminated and state.ended_ns >= state.due_told_ns:
+        return None
+    return state.due_ns
 
 
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
@@ -55,6 +88,13 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
             out.append(obs(c.M_JOB_INSTANCE_ACTIVE, -1))
         state.counted, state.terminated = False, True
         state.ended_ns = max(state.ended_ns, record.time_ns)
+
+    if record.kind in _RAN:
+        state.ran_ns = max(state.ran_ns, record.time_ns)
+    elif record.scheduled_at_ns is not None and record.time_ns >= state.due_told_ns:
+        state.due_ns, state.due_told_ns = record.scheduled_at_ns, record.time_ns
+        waited = record.scheduled_at_ns - _EARLY_NS if record.kind is JOB_KIND.TASK_SCHEDULED else record.time_ns
+        state.due_from_ns = waited
 
     match record.kind:
         case JOB_KIND.STARTED:

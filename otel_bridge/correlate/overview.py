@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from otel_bridge import conventions as c
+from otel_bridge import keys
+from otel_bridge.correlate.jobs import JobState
+from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
@@ -114,6 +117,53 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         last_event_ns=last.time_ns,
         # Not sampled: kept back by the ratio (sent only if it fails or never ends).
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobOverview:
+    """A job instance as an on-call engineer asks of it: when it is next to run, late or not."""
+
+    engine: str
+    service: str
+    env: str
+    name: str
+    job_type: str
+    instance_id: str
+    # Active (a continuous job started and not ended), or when it is next to run, as the engine told it.
+    active: bool
+    due_ns: int | None
+    overdue_ns: int | None
+    last_ran_ns: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("due_ns", "last_ran_ns"):
+            value = out.pop(key)
+            out[key.removesuffix("_ns")] = iso_ns(value) if value is not None else None
+        overdue = out.pop("overdue_ns")
+        out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
+        return out
+
+
+def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int) -> JobOverview | None:
+    """The instance under `key` as it stands, or None when it neither runs nor awaits a run."""
+    awaited = job_overdue_since_ns(state)  # when its awaited run was due, not yet come
+    if awaited is None and not state.counted:
+        return None
+    late = now_ns - awaited if awaited is not None else None
+    engine, env, service, instance_id = keys.job_fields(key)
+    return JobOverview(
+        engine=engine,
+        service=service,
+        env=env,
+        name=state.job_name,
+        job_type=state.job_type,
+        instance_id=instance_id,
+        active=state.counted,
+        due_ns=awaited,
+        overdue_ns=late if late is not None and late > grace_ns else None,
+        last_ran_ns=state.ran_ns or None,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from msgspec import Struct
 
 from otel_bridge.correlate.jobs import JobState, fold_job
+from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, forget_facts, settle
@@ -74,8 +75,9 @@ def _first_due(due: float | None, now: float, policy: Policy) -> float:
 
 
 def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
-    """When a run turns overdue (producer clock, seconds): stored, so finding overdue runs reads only them."""
-    since = overdue_since_ns(state) if isinstance(state, RunState) else None
+    """When a run (or job instance) turns overdue (producer clock, seconds): stored, so finding overdue
+    runs reads only them."""
+    since = overdue_since_ns(state) if isinstance(state, RunState) else job_overdue_since_ns(state)
     return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 

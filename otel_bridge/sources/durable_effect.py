@@ -615,6 +615,7 @@ _JOB_EXTRA: dict[type, Callable[[Any], dict[str, Any]]] = {
     JobTerminated: lambda e: {"count": e.run_count, "reason": e.reason},
     DebounceFlushed: lambda e: {"count": e.event_count, "reason": e.reason, "duration_ms": e.duration_ms},
     TaskScheduled: lambda e: {"trigger": e.trigger, "scheduled_at_ns": ns(e.scheduled_at)},
+    DebounceStarted: lambda e: {"scheduled_at_ns": ns(e.flush_at) if e.flush_at is not None else None},
 }
 
 

@@ -1,7 +1,14 @@
 """Jobs become metrics: the guide's continuous, debounce and task flows."""
 
+import itertools
+
 from builders import JobRun
 from fold_harness import fold_events
+
+from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
+from otel_bridge.correlate.runs import SettlePolicy
+from otel_bridge.correlate.step import Policy, overdue_at
+from otel_bridge.producer.events import ns_of
 
 
 def test_continuous_job_lifecycle_counts_executions_and_the_active_instance():
@@ -82,3 +89,81 @@ def test_an_instance_started_again_after_its_purge_is_counted_again():
     job = JobRun("sync", "continuous").started().after(1000).retry_exhausted(attempts=1)
     job.after(5000).started()
     assert fold_events(job.events).metric("job.instance.active") == [1, -1, 1]
+
+
+# Overdue: the job's lost alarm. When an instance is next to run is what the engine told (a task's
+# scheduledAt, a debounce's flushAt); it is overdue from then on until a run comes.
+
+
+def _overdue_since(events: list[dict]) -> int | None:
+    (state,) = fold_events(events).jobs.values()
+    return job_overdue_since_ns(state)
+
+
+def test_a_task_whose_scheduled_time_passed_without_a_run_is_overdue_from_that_time():
+    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
+    assert _overdue_since(job.events) == ns_of(job.events[0]) + 30_000 * 10**6
+
+
+def test_a_task_that_ran_at_its_scheduled_time_is_not_overdue():
+    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000).after(30_000).executed(0)
+    assert _overdue_since(job.events) is None
+
+
+def test_a_run_that_fails_is_a_run_not_a_missed_one():
+    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000).after(30_000).failed(0, will_retry=False)
+    assert _overdue_since(job.events) is None
+
+
+def test_a_task_scheduling_its_next_run_before_its_current_one_ends_awaits_the_next_one():
+    # The engine's order within one execution: task.scheduled (the next), then job.executed (this one).
+    job = JobRun("poller", "task").task_scheduled(in_ms=1000).after(1000)
+    job.task_scheduled(in_ms=60_000).after(20).executed(0)
+    next_run = ns_of(job.events[1]) + 60_000 * 10**6
+    assert _overdue_since(job.events) == next_run
+    assert _overdue_since(job.after(60_000).executed(0).events) is None
+
+
+def test_whether_a_task_is_overdue_does_not_depend_on_the_order_its_events_came_in():
+    job = JobRun("poller", "task").task_scheduled(in_ms=1000).after(1000)
+    job.task_scheduled(in_ms=60_000).after(20).executed(0)
+    told = {_overdue_since(list(order)) for order in itertools.permutations(job.events)}
+    assert told == {ns_of(job.events[1]) + 60_000 * 10**6}
+
+
+def test_a_debounce_whose_flush_time_passed_without_a_flush_is_overdue():
+    job = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    assert _overdue_since(job.events) == ns_of(job.events[0]) + 5000 * 10**6
+
+
+def test_a_debounce_flushed_on_time_or_early_is_not_overdue():
+    on_time = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    on_time.after(5000).executed(0).debounce_flushed(3, reason="timeout")
+    early = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    early.after(100).executed(0).debounce_flushed(100, reason="maxEvents")
+    assert _overdue_since(on_time.events) is None and _overdue_since(early.events) is None
+
+
+def test_a_new_collection_after_a_flush_awaits_its_own_flush():
+    job = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    job.after(5000).executed(0).debounce_flushed(3).after(60_000).debounce_started(flush_in_ms=5000)
+    assert _overdue_since(job.events) == ns_of(job.events[-1]) + 5000 * 10**6
+
+
+def test_a_task_terminated_after_being_scheduled_awaits_nothing_until_it_is_scheduled_again():
+    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000).after(10).terminated(0)
+    assert _overdue_since(job.events) is None
+    job.after(10).task_scheduled(in_ms=30_000)
+    assert _overdue_since(job.events) == ns_of(job.events[-1]) + 30_000 * 10**6
+
+
+def test_a_continuous_job_is_never_overdue_nothing_tells_when_it_runs_next():
+    job = JobRun("tokenRefresher", "continuous").started().after(60_000).executed(1)
+    assert _overdue_since(job.events) is None
+
+
+def test_the_instance_turns_overdue_once_the_grace_has_passed_too():
+    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
+    (state,) = fold_events(job.events).jobs.values()
+    policy = Policy(settle=SettlePolicy(overdue_grace_ns=300 * 10**9))
+    assert overdue_at(state, policy) == (ns_of(job.events[0]) + (30 + 300) * 10**9) / 1e9
