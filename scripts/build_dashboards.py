@@ -246,6 +246,21 @@ def workflows() -> Board:
           f"+ sum(rate(workflow_task_retries_total{{{WF}}}[$__range])))", "attempt success ratio")],
         kind="stat", unit="percentunit",
     )  # fmt: skip
+    b.panel(
+        "Backoff before a retry",
+        quantiles("workflow_task_retry_delay_seconds", "workflow_task_name", base=WF),
+        unit="s", width=12, exemplars=True,
+        description="The delay the engine scheduled each retry after (its backoff, jitter included); click a dot for "
+                    "the attempt it followed.",
+    )  # fmt: skip
+    b.panel(
+        "Attempts per step that succeeded",
+        [(f"1 + sum by (workflow_task_name) (increase(workflow_task_retries_total{{{WF}}}[$__range])) "
+          f'/ sum by (workflow_task_name) (increase(workflow_task_duration_seconds_count{{{WF}, '
+          f'workflow_task_result="success"}}[$__range]))', "{{workflow_task_name}}")],
+        kind="bargauge", width=12,
+        description="On average, how many attempts a step took to succeed (1: never retried).",
+    )  # fmt: skip
     b.row("Sleeps")
     b.panel(
         "Sleep duration",

@@ -678,12 +678,18 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked:
         result = span.attributes.get(c.WORKFLOW_TASK_RESULT)
         if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):
             return []
-        attrs = (
-            *definition,
-            (c.WORKFLOW_TASK_NAME, str(span.attributes[c.WORKFLOW_TASK_NAME])),
-            (c.WORKFLOW_TASK_RESULT, result),
-        )
-        return [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, attrs, resource, **exemplar)]
+        step = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes[c.WORKFLOW_TASK_NAME])))
+        observed = [
+            Observation(
+                c.M_WORKFLOW_TASK_DURATION, seconds, (*step, (c.WORKFLOW_TASK_RESULT, result)), resource, **exemplar
+            )
+        ]
+        # The backoff the engine chose after this attempt, linked to the attempt it follows.
+        for event in span.events:
+            delay = event.attributes.get(c.WORKFLOW_RETRY_DELAY_MS)
+            if isinstance(delay, int | float) and not isinstance(delay, bool) and delay >= 0:
+                observed.append(Observation(c.M_WORKFLOW_TASK_RETRY_DELAY, delay / 1000, step, resource, **exemplar))
+        return observed
     if span.role is SpanRole.SLEEP:
         return [Observation(c.M_WORKFLOW_SLEEP_DURATION, seconds, definition, resource, **exemplar)]
     if span.role is SpanRole.STATE:

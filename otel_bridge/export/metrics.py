@@ -66,6 +66,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "histogram", "s", "Step attempt duration (cached replays excluded)", DURATION_BUCKETS
     ),
     c.M_WORKFLOW_TASK_RETRIES: InstrumentSpec("counter", "{retry}", "Step retries scheduled"),
+    c.M_WORKFLOW_TASK_RETRY_DELAY: InstrumentSpec(
+        "histogram", "s", "Backoff before a step's retry, as the engine scheduled it", DURATION_BUCKETS
+    ),
     c.M_WORKFLOW_TASK_EXHAUSTED: InstrumentSpec("counter", "{step}", "Steps whose retries were exhausted"),
     c.M_WORKFLOW_TASK_TIMEOUTS: InstrumentSpec("counter", "{timeout}", "Step timeouts exceeded"),
     c.M_WORKFLOW_SLEEP_DURATION: InstrumentSpec("histogram", "s", "Workflow sleep duration", DURATION_BUCKETS),

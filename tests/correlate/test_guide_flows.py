@@ -77,6 +77,9 @@ def test_retry_as_the_guide_draws_it_gives_a_failed_then_a_successful_attempt():
     assert first.end_ns < second.start_ns
     assert [e.name for e in folded.root.events] == ["retry.scheduled", "workflow.paused", "workflow.resumed"]
     assert folded.metric("workflow.task.retries", **{"workflow.task.name": "paymentStep"}) == [1]
+    assert folded.metric("workflow.task.retry.delay", **{"workflow.task.name": "paymentStep"}) == [1.0]
+    (backoff,) = [o for o in folded.observations if o.instrument == "workflow.task.retry.delay"]
+    assert backoff.span_id == first.span_id  # its exemplar: the attempt the retry follows
     assert sorted(folded.metric("workflow.task.duration")) == [0.02, 0.03]
 
 
