@@ -23,7 +23,7 @@ from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table
 from otel_bridge.consumer import IngestReport, Unavailable
-from otel_bridge.correlate.overview import RunOverview, RunQuery
+from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
@@ -189,6 +189,7 @@ def _serve(settings: Settings) -> int:
         dead_letters=bridge.dead_letters,
         ingest_inline=bridge.ingests_inline,
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
+        jobs=lambda overdue, service, limit: _jobs_as_dicts(bridge.pipeline.list_jobs(overdue, service, limit=limit)),
     )
     own_process_gc()
     config = uvicorn.Config(
@@ -510,6 +511,11 @@ def _looking_pipeline(settings: Settings) -> "Pipeline":
 def _as_dicts(listed: tuple[list[RunOverview], int], trace_url: str | None) -> tuple[list[dict[str, Any]], int]:
     runs, count = listed
     return [r.as_dict(trace_url) for r in runs], count
+
+
+def _jobs_as_dicts(listed: tuple[list[JobOverview], int]) -> tuple[list[dict[str, Any]], int]:
+    jobs, count = listed
+    return [j.as_dict() for j in jobs], count
 
 
 def _runs(settings: Settings, args: argparse.Namespace) -> int:

@@ -191,6 +191,7 @@ def create_app(
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
     runs: Callable[[RunQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
+    jobs: Callable[[bool, str | None, int], tuple[list[dict[str, Any]], int]] | None = None,
     ingest_inline: Callable[[int], bool] = lambda _events: False,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
@@ -198,7 +199,8 @@ def create_app(
     `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`),
     `liveness()` `/healthz` (its `alive` and `reasons`: asked on the event loop, so it must not wait);
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
-    `runs(state, overdue, service)` answers `GET /v1/runs` (behind the ingest credential);
+    `runs(query, limit)` answers `GET /v1/runs`, `jobs(overdue, service, limit)` `GET /v1/jobs` (both behind
+    the ingest credential);
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
     """
@@ -277,15 +279,27 @@ def create_app(
         state = params.get("state") or None
         if state is not None and state not in c.RUN_STATES:
             return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
-        try:
-            limit = int(params.get("limit", _RUNS_LISTED))
-        except ValueError:
-            return _problem(400, f"limit must be a whole number, not {params['limit']!r}")
-        if limit < 0:
-            return _problem(400, f"limit must be 0 or more, not {limit}")
+        limit = _limit(params.get("limit"))
+        if isinstance(limit, Response):
+            return limit
         query = RunQuery(state, overdue, params.get("service") or None)
         listed, count = await run_in_threadpool(runs, query, limit)
         return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
+
+    async def job_instances(request: Request) -> Response:
+        if not auth.allows(request.headers):
+            return unauthorized()
+        if jobs is None:
+            return _problem(404, "no job listing here")
+        params = request.query_params
+        overdue = _FLAGS.get(params.get("overdue", "false").lower())
+        if overdue is None:
+            return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
+        limit = _limit(params.get("limit"))
+        if isinstance(limit, Response):
+            return limit
+        listed, count = await run_in_threadpool(jobs, overdue, params.get("service") or None, limit)
+        return Response(orjson.dumps({"jobs": listed, "count": count}), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:
         # On the event loop, not in the worker threads: a loop that cannot answer is not alive either.
@@ -320,11 +334,21 @@ def create_app(
 
     routes = [
         Route("/v1/runs", open_runs, methods=["GET"]),
+        Route("/v1/jobs", job_instances, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
     return _IngestFirst(Starlette(routes=routes, lifespan=lifespan), settings.path, ingest)
+
+
+def _limit(given: str | None) -> int | Response:
+    """A listing's `limit`: a whole number of 0 or more (1,000 when not given), or the 400 saying what it is not."""
+    try:
+        limit = int(given) if given is not None else _RUNS_LISTED
+    except ValueError:
+        return _problem(400, f"limit must be a whole number, not {given!r}")
+    return limit if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
 
 
 class _IngestFirst:

@@ -8,10 +8,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from builders import JobRun
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.http import create_app
+from otel_bridge.state.sqlite_store import SqliteStore
 
 BATCH = orjson.dumps({"events": []})
 
@@ -156,6 +160,39 @@ def test_run_listing_filters_left_empty_are_no_filters(tmp_path):
     assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
     ((query, limit),) = asked
     assert (query.overdue, query.state, query.service, limit) == (False, None, None, 1000)
+
+
+def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_credential(tmp_path):
+    settings = Settings(
+        state=str(tmp_path / "s.db"), api_key="k", dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds"
+    )
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    missed = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past
+    pipeline.ingest(missed.events)
+    app = create_app(
+        Counting(),
+        settings,
+        metrics=lambda _a: (b"", "text/plain"),
+        readiness=lambda: {"ready": True},
+        jobs=lambda overdue, service, limit: _listed(pipeline.list_jobs(overdue, service, limit=limit)),
+    )
+    key = {"X-API-KEY": "k"}
+
+    answer = _request(app, "GET", "/v1/jobs", params={"overdue": "true"}, headers=key).json()
+
+    assert answer["count"] == 1 and answer["jobs"][0]["instance_id"] == missed.base["instanceId"]
+    assert answer["jobs"][0]["overdue_seconds"] > 0
+    assert _request(app, "GET", "/v1/jobs", params={"service": "elsewhere"}, headers=key).json() == {
+        "jobs": [],
+        "count": 0,
+    }
+    assert _request(app, "GET", "/v1/jobs").status_code == 401
+    bad = _request(app, "GET", "/v1/jobs", params={"limit": "all"}, headers=key)
+    assert bad.status_code == 400 and "limit must be a whole number, not 'all'" in bad.text
+
+
+def _listed(listed: tuple[list[Any], int]) -> tuple[list[dict[str, Any]], int]:
+    return [job.as_dict() for job in listed[0]], listed[1]
 
 
 @pytest.mark.parametrize(
