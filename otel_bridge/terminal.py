@@ -54,8 +54,9 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
     count = len(runs)
     # Text, not a str: a service named "[prod]" is not markup.
     table = Table(title=Text(title or f"{count} open run{'' if count == 1 else 's'}"), header_style="bold")
-    for column in ("service", "env", "workflow", "id", "state", "since", "resumeAt", "overdue by", "last event"):
+    for column in ("service", "env", "workflow", "id", "state", "steps done", "since", "resumeAt", "overdue by"):
         table.add_column(column, overflow="fold")
+    table.add_column("last event", overflow="fold")
     table.add_column("trace" if trace_url else "traceparent", overflow="fold", style="dim")
     for run in runs:
         overdue = Text(duration(run.overdue_ns / 1e9), style="bold red") if run.overdue_ns is not None else Text("-")
@@ -65,6 +66,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             run.name,
             run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}",
             run.state,
+            str(run.steps_done),
             _when(run.since_ns),
             _when(run.resume_at_ns),
             overdue,

@@ -17,7 +17,7 @@ from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
-from otel_bridge.lifecycle import KIND, Fact, by_order
+from otel_bridge.lifecycle import KIND, OUTCOME, Fact, by_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,8 @@ class RunOverview:
     last_event: str
     last_event_ns: int
     traceparent: str
+    # Its progress: the steps that have succeeded so far (how many there will be, only its end tells).
+    steps_done: int = 0
 
     def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
         """As JSON shows it; with the `trace_url` template, the link to the run's trace as well."""
@@ -117,6 +119,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         last_event_ns=last.time_ns,
         # Not sampled: kept back by the ratio (sent only if it fails or never ends).
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
+        steps_done=len({f.step for f in state.facts if f.kind is KIND.ATTEMPT_ENDED and f.outcome is OUTCOME.SUCCESS}),
     )
 
 

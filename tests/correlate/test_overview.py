@@ -30,6 +30,15 @@ def test_a_paused_run_past_its_resume_at_by_more_than_the_grace_is_overdue():
     assert late.traceparent.startswith("00-") and late.since_ns == ns(run.now)
 
 
+def test_an_open_run_tells_its_progress_as_the_steps_that_succeeded_so_far():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a")
+    run.step_started("b").after(5).retry_scheduled("b", 1).step_started("b", 2).after(5).step_completed("b", 2)
+    run.step_started("c")
+    progress = overview(_state(run), ns(run.now), GRACE)
+    assert progress is not None and progress.steps_done == 2  # a, and b at its second attempt; c still running
+    assert progress.as_dict()["steps_done"] == 2
+
+
 def test_a_queued_run_not_started_within_the_grace_is_overdue():
     run = WorkflowRun().queued()
     late = overview(_state(run), ns(run.now) + GRACE + 1, GRACE)
