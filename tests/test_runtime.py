@@ -184,27 +184,35 @@ def _exposed_by(bridge: Bridge, name: str, *labels: str) -> dict[tuple[str, ...]
     return found
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store_and_again_after_a_restart(
-    tmp_path,
+    tmp_path, store
 ):
     # Told in 2025 (the builders' clock): long past, well beyond the grace.
     missed = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
     ran = JobRun("reminder", "task").task_scheduled(in_ms=30_000).after(30_000).executed(0)
     collecting = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
-    bridge = _bridge(tmp_path)
-    bridge.pipeline.ingest(missed.events + ran.events + collecting.events)
+    server = RedisServer().start() if store == "redis" else None  # a Redis of its own: nothing else counted
+    state = server.url if server is not None else None
+    try:
+        bridge = _bridge(tmp_path, state=state)
+        bridge.pipeline.ingest(missed.events + ran.events + collecting.events)
 
-    bridge.count_overdue()
+        bridge.count_overdue()
 
-    expected = {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0}
-    assert _exposed_by(bridge, "job_instance_overdue", "job_name", "job_type") == expected
-    bridge.store.close()
-    restarted = _bridge(tmp_path)
-    restarted.count_overdue()
-    assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == expected
+        expected = {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0}
+        assert _exposed_by(bridge, "job_instance_overdue", "job_name", "job_type") == expected
+        bridge.store.close()
+        restarted = _bridge(tmp_path, state=state)
+        restarted.count_overdue()
+        assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == expected
 
-    restarted.pipeline.ingest(missed.after(3_600_000).executed(0).events[-1:])  # the alarm fired at last
-    restarted.count_overdue()
-    assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == {
-        ("webhookBatcher", "debounce"): 1.0
-    }
+        restarted.pipeline.ingest(missed.after(3_600_000).executed(0).events[-1:])  # the alarm fired at last
+        restarted.count_overdue()
+        assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == {
+            ("webhookBatcher", "debounce"): 1.0
+        }
+        restarted.store.close()
+    finally:
+        if server is not None:
+            server.close()
