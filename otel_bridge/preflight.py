@@ -37,6 +37,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
     """Every check, in the order `serve` meets them; none raises (what fails is a finding)."""
     checks: list[tuple[str, Callable[[], Finding]]] = [
         ("state", lambda: _state(settings)),
+        ("dead letters", lambda: _dead_letters(settings)),
         ("traces", lambda: _export("traces", timeout_seconds)),
         ("metrics", lambda: _export("metrics", timeout_seconds)),
         ("stream", lambda: _stream(settings, timeout_seconds)),
@@ -80,6 +81,25 @@ def _state(settings: Settings) -> Finding:
         return Finding("state", True, f"{detail}; {risk}" if risk else detail)
     finally:
         store.close()
+
+
+def _dead_letters(settings: Settings) -> Finding:
+    """Where rejected events and refused spans are kept: `serve` refuses to start where it cannot write them."""
+    places = {"dead_letter": Path(settings.dead_letter), "span_dead_letter": Path(settings.span_dead_letter)}
+    unwritable = [f"{setting} {path} cannot be written" for setting, path in places.items() if not _writable(path)]
+    if unwritable:
+        return Finding("dead letters", False, "; ".join(unwritable))
+    return Finding("dead letters", True, f"{places['dead_letter']}, {places['span_dead_letter']}: writable")
+
+
+def _writable(path: Path) -> bool:
+    """Whether `path` can be written, or made (its folders with it) in the nearest folder that exists."""
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _export(signal: str, timeout_seconds: float) -> Finding:

@@ -15,7 +15,7 @@ from otel_bridge.config import Settings
 from otel_bridge.preflight import check
 from otel_bridge.state.sqlite_store import SqliteStore
 
-_CHECKS = ("state", "traces", "metrics", "stream", "websocket", "timeline API")
+_CHECKS = ("state", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API")
 
 
 def _free_port() -> int:
@@ -59,6 +59,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     told = {what: next(line for line in lines if line[6:].startswith(what)) for what in _CHECKS}
     assert all(line.startswith("ok ") for line in lines), lines
     assert f"{state} (SQLite): 0 spans wait for export" in told["state"]
+    assert told["dead letters"].endswith("dead-letter.jsonl, dead-spans.jsonl: writable")
     assert "took an empty export request" in told["traces"] and "took an empty export request" in told["metrics"]
     assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
     assert f"{phase10.ws_url}: handshake done" in told["websocket"]
@@ -112,8 +113,8 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
-    assert [line.split()[0] for line in lines[1:]] == ["-"] * 5
-    assert "OTEL_TRACES_EXPORTER=none" in lines[1] and "OTEL_METRICS_EXPORTER=console" in lines[2]
+    assert [line.split()[0] for line in lines[2:]] == ["-"] * 5
+    assert "OTEL_TRACES_EXPORTER=none" in lines[2] and "OTEL_METRICS_EXPORTER=console" in lines[3]
 
 
 def test_a_state_file_that_cannot_be_made_fails_the_check(tmp_path, monkeypatch):
@@ -123,6 +124,16 @@ def test_a_state_file_that_cannot_be_made_fails_the_check(tmp_path, monkeypatch)
     ok, detail = _findings(Settings(state=str(missing)))["state"]
 
     assert ok is False and detail.endswith(f"cannot be made: no folder {missing.parent}")
+
+
+def test_a_dead_letter_place_that_cannot_be_written_fails_the_check_naming_the_setting(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a file where a folder would have to be
+    settings = Settings(state=":memory:", span_dead_letter=blocked / "spans" / "dead.jsonl")
+
+    ok, detail = _findings(settings)["dead letters"]
+
+    assert ok is False and detail == f"span_dead_letter {blocked / 'spans' / 'dead.jsonl'} cannot be written"
 
 
 def test_a_redis_state_that_is_not_there_fails_the_check():
