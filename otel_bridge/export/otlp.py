@@ -111,15 +111,21 @@ class _RecordingTransport(Recorder):
         return self.last
 
 
-class _HttpTraces(HttpSpanExporter):
+class _SendsEncoded:
+    """Makes an SDK OTLP/HTTP exporter send requests already encoded, keeping the backend's last answer."""
+
+    _client: Any  # the exporter's HTTP client: endpoint, headers, TLS, compression, retries
+
     def __init__(self) -> None:
         super().__init__()
         self._recorder = _RecordingTransport(self._client._transport)
-        self._client._transport = self._recorder  # type: ignore[assignment]  # the transport, duck-typed
+        self._client._transport = self._recorder  # the transport, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
         return _sent_over_http(self._client, self._recorder, request)
 
+
+class _HttpTraces(_SendsEncoded, HttpSpanExporter):
     def shutdown(self) -> None:
         with exporting():
             super().shutdown()  # type: ignore[no-untyped-call]
@@ -404,13 +410,5 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
         sender.shutdown()
 
 
-class _HttpMetricsProbe(HttpMetricExporter):
+class _HttpMetricsProbe(_SendsEncoded, HttpMetricExporter):
     """The SDK's OTLP/HTTP metric exporter, sending a request already encoded, as `_HttpTraces` does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._recorder = _RecordingTransport(self._client._transport)
-        self._client._transport = self._recorder  # type: ignore[assignment]  # the transport, duck-typed
-
-    def send(self, request: bytes) -> ExportResult:
-        return _sent_over_http(self._client, self._recorder, request)

@@ -271,17 +271,13 @@ def create_app(
         if runs is None:
             return _problem(404, "no run listing here")
         params = request.query_params
-        # A filter that is not one (`overdue=maybe`, a misspelt state) answered an empty list, as if
-        # no run were there: the on-call engineer is told instead.
-        overdue = _FLAGS.get(params.get("overdue", "false").lower())
-        if overdue is None:
-            return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
+        asked = _overdue_and_limit(params)
+        if isinstance(asked, Response):
+            return asked
+        overdue, limit = asked
         state = params.get("state") or None
         if state is not None and state not in c.RUN_STATES:
             return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
-        limit = _limit(params.get("limit"))
-        if isinstance(limit, Response):
-            return limit
         query = RunQuery(state, overdue, params.get("service") or None)
         listed, count = await run_in_threadpool(runs, query, limit)
         return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
@@ -292,12 +288,10 @@ def create_app(
         if jobs is None:
             return _problem(404, "no job listing here")
         params = request.query_params
-        overdue = _FLAGS.get(params.get("overdue", "false").lower())
-        if overdue is None:
-            return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
-        limit = _limit(params.get("limit"))
-        if isinstance(limit, Response):
-            return limit
+        asked = _overdue_and_limit(params)
+        if isinstance(asked, Response):
+            return asked
+        overdue, limit = asked
         listed, count = await run_in_threadpool(jobs, overdue, params.get("service") or None, limit)
         return Response(orjson.dumps({"jobs": listed, "count": count}), media_type="application/json")
 
@@ -342,13 +336,19 @@ def create_app(
     return _IngestFirst(Starlette(routes=routes, lifespan=lifespan), settings.path, ingest)
 
 
-def _limit(given: str | None) -> int | Response:
-    """A listing's `limit`: a whole number of 0 or more (1,000 when not given), or the 400 saying what it is not."""
+def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response:
+    """A listing's `overdue` (true or false) and `limit` (a whole number of 0 or more, 1,000 when not
+    given), or the 400 saying which is not. A filter that is not one (`overdue=maybe`) answered an
+    empty list, as if nothing were there: the on-call engineer is told instead."""
+    overdue = _FLAGS.get(params.get("overdue", "false").lower())
+    if overdue is None:
+        return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
+    given = params.get("limit")
     try:
         limit = int(given) if given is not None else _RUNS_LISTED
     except ValueError:
         return _problem(400, f"limit must be a whole number, not {given!r}")
-    return limit if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
+    return (overdue, limit) if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
 
 
 class _IngestFirst:
