@@ -62,11 +62,8 @@ def _state(settings: Settings) -> Finding:
     else:
         name = f"{state} (SQLite)"
         if not Path(state).exists():
-            folder = Path(state).parent
-            if not folder.is_dir():
-                return Finding("state", False, f"{name} cannot be made: no folder {folder}")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                return Finding("state", False, f"{name} cannot be made: the folder {folder} is not writable")
+            if not _writable(Path(state)):  # `serve` makes the folders it needs
+                return Finding("state", False, f"{name} cannot be made: no writable folder to make it in")
             return Finding("state", True, f"{name} does not exist yet: made at the first start")
     try:
         store = open_store(settings, read_only=True)

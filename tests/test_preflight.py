@@ -117,13 +117,17 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
     assert "OTEL_TRACES_EXPORTER=none" in lines[2] and "OTEL_METRICS_EXPORTER=console" in lines[3]
 
 
-def test_a_state_file_that_cannot_be_made_fails_the_check(tmp_path, monkeypatch):
+def test_a_state_file_that_cannot_be_made_fails_the_check_one_in_a_folder_to_be_made_does_not(tmp_path, monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    missing = tmp_path / "no-such-folder" / "state.db"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a file where a folder would have to be
 
-    ok, detail = _findings(Settings(state=str(missing)))["state"]
+    ok, detail = _findings(Settings(state=str(blocked / "state.db")))["state"]
+    assert ok is False and detail.endswith("cannot be made: no writable folder to make it in")
 
-    assert ok is False and detail.endswith(f"cannot be made: no folder {missing.parent}")
+    ok, detail = _findings(Settings(state=str(tmp_path / "new" / "folder" / "state.db")))["state"]
+    assert ok is True and detail.endswith("does not exist yet: made at the first start")  # serve makes the folders
+    assert not (tmp_path / "new").exists()  # the check makes nothing
 
 
 def test_a_dead_letter_place_that_cannot_be_written_fails_the_check_naming_the_setting(tmp_path):
