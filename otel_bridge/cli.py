@@ -586,14 +586,20 @@ def _show(settings: Settings, workflow_id: str) -> int:
     try:
         found = [s for s in pipeline.runs_named(workflow_id) if s.facts]
         aside = pipeline.runs_set_aside(workflow_id)
+        jobs = pipeline.jobs_named(workflow_id) if not found and not aside else []
     finally:
         pipeline.store.close()
+    console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
+    if jobs:  # an id pasted from a job's logs: its runs are metrics, not a trace, but its state is here
+        from otel_bridge.terminal import jobs_table
+
+        console.print(jobs_table(jobs, f"{workflow_id} is a job instance: its runs are metrics, not a trace"))
+        return 0
     if not found and not aside:
         raise CliError(
             f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
             f"{settings.keep_finished_seconds:g} s)"
         )
-    console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
     for state in found:
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     for state, reason in aside:

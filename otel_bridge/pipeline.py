@@ -503,6 +503,15 @@ class Pipeline:
         named = self._run_headers((key, header) for key, header in self.store.states() if key.endswith(ending))
         return [run for key, head in named if (run := self._whole(key, head)) is not None]
 
+    def jobs_named(self, instance_id: str, now: float | None = None) -> list[JobOverview]:
+        """The job instances (of any producer) with this id, as `otel-bridge jobs` lists them (those that
+        neither run nor await a run too)."""
+        now = self._clock() if now is None else now
+        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        ending = keys.SEPARATOR + instance_id
+        pairs = ((key, header) for key, header in self.store.states(keys.jobs_prefix()) if key.endswith(ending))
+        return [job_overview(key, state, now_ns, grace_ns, idle_too=True) for key, state in self._job_states(pairs)]
+
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
         met them), whole, and why each is out of play."""

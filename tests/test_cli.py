@@ -130,3 +130,7 @@ def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones
     assert listed["overdue_seconds"] > 0
     assert main(["jobs", "--state", state, "--service", "elsewhere"]) == 0
     assert capsys.readouterr().out.strip() == "no job instances of elsewhere"
+    # An instance id given to `show` (pasted from a job's logs) is told for what it is, not "no run".
+    assert main(["show", missed.base["instanceId"], "--state", state]) == 0
+    shown = capsys.readouterr().out
+    assert "is a job instance: its runs are metrics, not a trace" in shown and "reminder" in shown

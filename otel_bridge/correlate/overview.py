@@ -8,7 +8,7 @@ grace: the engine loses alarms on eviction and never flushes a cancel of a pause
 """
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
@@ -149,10 +149,15 @@ class JobOverview:
         return out
 
 
-def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int) -> JobOverview | None:
-    """The instance under `key` as it stands, or None when it neither runs nor awaits a run."""
+@overload
+def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int) -> JobOverview | None: ...
+@overload
+def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, idle_too: Literal[True]) -> JobOverview: ...
+def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, idle_too: bool = False) -> JobOverview | None:
+    """The instance under `key` as it stands, or None when it neither runs nor awaits a run (unless
+    `idle_too`: asked for by its id)."""
     awaited = job_overdue_since_ns(state)  # when its awaited run was due, not yet come
-    if awaited is None and not state.counted:
+    if awaited is None and not state.counted and not idle_too:
         return None
     late = now_ns - awaited if awaited is not None else None
     engine, env, service, instance_id = keys.job_fields(key)
