@@ -636,6 +636,9 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.url.startswith(HTTP_SCHEMES):
         print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
         return 2
+    if not 0 <= args.incidents <= 1:
+        print(f"otel-bridge: --incidents {args.incidents:g} is not a share between 0 and 1", file=sys.stderr)
+        return 2
     args.url = events_url(args.url)
     print(f"otel-bridge demo: {len(SCENARIOS)} scenarios at {args.rate}/s to {args.url}", flush=True)
     engines: dict[str, object] = {}
@@ -655,7 +658,9 @@ def _demo(args: argparse.Namespace) -> int:
         follower.start()
         print(f"  and the other engines: stream {args.stream_url or '-'}, websocket port {args.ws_port or '-'}")
     try:
-        summary = run_demo(args.url, args.rate, args.duration, args.seed, headers, app_spans=args.app_spans)
+        summary = run_demo(
+            args.url, args.rate, args.duration, args.seed, headers, app_spans=args.app_spans, incidents=args.incidents
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -757,6 +762,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also export the application's own spans (a call inside each step attempt, under its span) over "
         "OTLP, as OTEL_EXPORTER_OTLP_* configure",
+    )
+    demo.add_argument(
+        "--incidents",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="this share of the runs started (0.02: one in fifty) are incidents the alerts are for: a workflow "
+        "whose sleep alarm is lost, a task whose alarm never fires (overdue once overdue_grace_seconds have passed)",
     )
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")

@@ -214,6 +214,24 @@ SCENARIOS: dict[str, Scenario] = {
     "task-job": task_job,
     "job-exhausted": job_exhausted,
 }
+
+
+# What the alerts are for, played on request (`--incidents`): the engine loses an alarm, so the run or
+# job instance is told when it will go on and then never goes on. Each turns overdue once its time
+# and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue).
+def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
+    run = _wf("nightlyReport", now)
+    cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
+    run.step_completed("gatherFigures").after(2).sleep_started(1000).paused("sleep", resume_in_ms=1000)
+    return cut.cut().invocations  # the alarm never fires: nothing more is sent
+
+
+def lost_task_alarm(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("invoiceReminder", "task", now)
+    return _Cutter(job.task_scheduled(in_ms=rng.randint(500, 1500), trigger="event")).cut().invocations
+
+
+INCIDENTS: dict[str, Scenario] = {"lost-sleep-alarm": lost_sleep_alarm, "lost-task-alarm": lost_task_alarm}
 # How often each scenario comes up once every one has run once: mostly healthy traffic.
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
 
@@ -305,10 +323,12 @@ def run_demo(
     headers: dict[str, str] | None = None,
     on_scenario: Callable[[str, Invocations], None] | None = None,
     app_spans: bool = False,
+    incidents: float = 0.0,
 ) -> dict[str, Any]:
     """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever).
 
-    `app_spans`: also export the application's own spans, a call inside each step attempt (`ApplicationSpans`)."""
+    `app_spans`: also export the application's own spans, a call inside each step attempt (`ApplicationSpans`).
+    `incidents`: the share of starts that are an incident instead (`INCIDENTS`: a lost alarm)."""
     rng = random.Random(seed)
     client = httpx.Client(timeout=30)
     trackers = {
@@ -329,8 +349,8 @@ def run_demo(
             now = time.time()
             stopping = duration and now - started >= duration
             if not stopping and now >= next_start:
-                name = next(order)
-                invocations = SCENARIOS[name](datetime.fromtimestamp(now, UTC), rng)
+                name = rng.choice(list(INCIDENTS)) if incidents and rng.random() < incidents else next(order)
+                invocations = (SCENARIOS | INCIDENTS)[name](datetime.fromtimestamp(now, UTC), rng)
                 counts[name] = counts.get(name, 0) + 1
                 if on_scenario:
                     on_scenario(name, invocations)

@@ -1,12 +1,15 @@
 """`otel-bridge demo` through a real bridge and OTLP receiver: every scenario it claims is a well-formed trace."""
 
+import re
+import time
 from collections import defaultdict
 
+import httpx
 import pytest
 from bridge_process import BridgeProcess
 
 from otel_bridge import trace_id_for
-from otel_bridge.producer.demo import ENV, SCENARIOS, WORKFLOW_SERVICE, run_demo
+from otel_bridge.producer.demo import ENV, INCIDENTS, SCENARIOS, WORKFLOW_SERVICE, run_demo
 
 OK, ERROR, UNSET = 1, 2, 0
 JOB_SCENARIOS = {"continuous-job", "debounce-job", "task-job", "job-exhausted"}
@@ -133,3 +136,34 @@ def test_job_scenarios_become_metrics(demo):
     assert got.metric(
         "job.retry.exhausted", **{"job.name": "ledgerReconcile", "job.retry.exhausted.reason": "max_attempts"}
     )
+
+
+def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1").start()
+    try:
+        summary = run_demo(f"{bridge.url}/v1/events", rate=8, duration=2, seed=3, incidents=1.0)
+        assert set(summary["scenarios"]) == set(INCIDENTS) and summary["dropped_events"] == 0
+
+        def counted(metric: str, name_label: str, name: str) -> float:
+            text = httpx.get(f"{bridge.url}/metrics", timeout=5).text
+            found = re.findall(rf'^{metric}\{{[^}}]*{name_label}="{name}"[^}}]*\}} ([0-9.]+)$', text, re.M)
+            return sum(float(v) for v in found)
+
+        lost = summary["scenarios"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
+            == lost["lost-sleep-alarm"]
+            and counted("job_instance_overdue", "job_name", "invoiceReminder") == lost["lost-task-alarm"]
+        ):
+            time.sleep(0.2)
+        assert (
+            counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
+            == lost["lost-sleep-alarm"]
+        )
+        assert counted("job_instance_overdue", "job_name", "invoiceReminder") == lost["lost-task-alarm"]
+        listed = httpx.get(f"{bridge.url}/v1/jobs", params={"overdue": "true"}, timeout=5).json()
+        assert listed["count"] == lost["lost-task-alarm"]
+        assert {job["name"] for job in listed["jobs"]} == {"invoiceReminder"}
+    finally:
+        bridge.close()
