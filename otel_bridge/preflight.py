@@ -160,8 +160,8 @@ def _websocket(settings: Settings, timeout_seconds: float) -> Finding:
         with connect(settings.ws_url, additional_headers=headers, open_timeout=timeout_seconds):
             pass
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-        return Finding("websocket", False, f"{settings.ws_url}: {exc or type(exc).__name__}")
-    return Finding("websocket", True, f"{settings.ws_url}: handshake done")
+        return Finding("websocket", False, f"{without_password(settings.ws_url)}: {exc or type(exc).__name__}")
+    return Finding("websocket", True, f"{without_password(settings.ws_url)}: handshake done")
 
 
 def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:
@@ -172,11 +172,11 @@ def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:
 
     from otel_bridge.receivers.timeline_api import ApiError, timeline
 
-    api = settings.ws_api_url
+    api = without_password(settings.ws_api_url)
     headers = {"X-Workspace-Id": settings.ws_workspace_id} if settings.ws_workspace_id else {}
     try:
         with httpx.Client(timeout=timeout_seconds, headers=headers) as client:
-            timeline(client, api, _NO_EXECUTION)
+            timeline(client, settings.ws_api_url, _NO_EXECUTION)
     except ApiError as exc:
         if exc.status != 404:  # 404: no such execution, the answer expected
             return Finding("timeline API", False, str(exc))

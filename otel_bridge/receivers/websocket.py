@@ -29,6 +29,7 @@ from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
+from otel_bridge.urls import without_password
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class WebSocketReceiver:
         `workspace_id`: sent with every request; an execution a message says is another workspace's
         (`workspace_of`) has its timeline asked for in that workspace's context."""
         self._url = url
+        self._shown = without_password(url)  # in the log
         self._consumer = consumer
         self._dead_letters = dead_letters
         self._progress = progress
@@ -96,7 +98,7 @@ class WebSocketReceiver:
         self.disconnected_since: float | None = time.monotonic()
         self._missed: list[str] = []
         self._unanswered = RepeatedFailure(
-            f"fetching timelines from {self._api_url}", plain=(httpx.HTTPError, timeline_api.ApiError)
+            f"fetching timelines from {without_password(self._api_url or '')}", plain=(httpx.HTTPError, timeline_api.ApiError)
         )
 
     def run(self, stop: threading.Event) -> None:
@@ -115,7 +117,7 @@ class WebSocketReceiver:
                 with connect(
                     self._url, additional_headers=self._headers, open_timeout=10, max_size=self._max_message_bytes
                 ) as ws:
-                    log.info("following %s", self._url)
+                    log.info("following %s", self._shown)
                     self.disconnected_since = None
                     backoff = 0.5
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
@@ -127,11 +129,11 @@ class WebSocketReceiver:
                 if stop.is_set():
                     break
                 delay = random.uniform(0.5, 1.5) * backoff
-                log.warning("websocket %s: %s; reconnecting in %.1f s", self._url, exc or type(exc).__name__, delay)
+                log.warning("websocket %s: %s; reconnecting in %.1f s", self._shown, exc or type(exc).__name__, delay)
                 stop.wait(delay)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except InvalidURI as exc:
-                log.error("websocket url %s is not valid: %s", self._url, exc)
+                log.error("websocket url %s is not valid: %s", self._shown, exc)
                 return
         self._wake.set()  # the catch-up sees the stop
 

@@ -1,5 +1,7 @@
 """Following the Phase-10 WebSocket (a real stand-in on uvicorn): what a reconnect asks the engine for."""
 
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +12,7 @@ from phase10_server import DROP, Phase10Server
 from websockets.sync.client import ClientConnection
 
 from otel_bridge.config import Settings
-from otel_bridge.consumer import Unavailable
+from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -248,3 +250,30 @@ def test_an_execution_of_another_workspace_is_fetched_in_its_workspaces_context(
     assert engine.timeline_requests == [(run.execution_id, "ws-2")]
     (state,) = following.pipeline.runs_named(run.execution_id)
     assert "workflow_started" in {f.name for f in state.facts}  # the beginning the stream no longer told
+
+
+class _NothingExpected:
+    def ingest(self, events: list[object]) -> IngestReport:
+        raise AssertionError(f"nothing was to be delivered, got {len(events)} events")
+
+
+def test_a_password_in_the_engines_url_never_reaches_the_log(tmp_path, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    dead_letters = DeadLetters(tmp_path / "dead.jsonl", 1 << 20, 1)
+    receiver = WebSocketReceiver(
+        f"ws://bridge:s3cret@127.0.0.1:{port}/ws/stream",
+        _NothingExpected(),
+        dead_letters,
+        progress=phase10.progress,
+    )
+    stop = threading.Event()
+    follower = threading.Thread(target=receiver.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.receivers.websocket"):
+        follower.start()
+        _wait(lambda: "reconnecting" in caplog.text, "the failed connection is told")
+        stop.set()
+        follower.join(10)
+    dead_letters.close()
+    assert "s3cret" not in caplog.text and f"ws://bridge:***@127.0.0.1:{port}/ws/stream" in caplog.text
