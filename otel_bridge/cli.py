@@ -564,15 +564,20 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(settings: Settings, timeout_seconds: float) -> int:
+def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) -> int:
     from otel_bridge.preflight import check
 
     findings = check(settings, timeout_seconds)
+    failed = any(f.ok is False for f in findings)
+    if as_json:
+        checks = [{"check": f.what, "ok": f.ok, "detail": f.detail} for f in findings]
+        print(json.dumps({"ok": not failed, "checks": checks}, indent=2))
+        return 1 if failed else 0
     width = max(len(f.what) for f in findings)
     for finding in findings:
         mark = {True: "ok", False: "FAIL", None: "-"}[finding.ok]
         print(f"{mark:<5} {finding.what:<{width}}  {finding.detail}")
-    return 1 if any(f.ok is False for f in findings) else 0
+    return 1 if failed else 0
 
 
 def _show(settings: Settings, workflow_id: str) -> int:
@@ -807,6 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=5.0, help="seconds each check may wait for an answer (default 5)"
     )
+    check.add_argument("--json", action="store_true", help="JSON instead of lines (for a deploy pipeline)")
     _add_settings_flags(check)
     sub.add_parser("config", help="print the configuration table (markdown)")
     return parser
@@ -851,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
         if args.command == "check":
-            return _check(settings, args.timeout)
+            return _check(settings, args.timeout, args.json)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)
     except StoreInUse as exc:
         # History (a log, timelines, refused spans) need not wait for the running bridge to stop:

@@ -4,6 +4,7 @@ Every check here talks to the real thing: an OTLP receiver decoding what it is s
 gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, a SQLite file.
 """
 
+import json
 import socket
 
 import pytest
@@ -115,6 +116,20 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
     assert [line.split()[0] for line in lines[2:]] == ["-"] * 5
     assert "OTEL_TRACES_EXPORTER=none" in lines[2] and "OTEL_METRICS_EXPORTER=console" in lines[3]
+
+
+def test_check_answers_json_for_a_deploy_pipeline_with_the_same_exit_status(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+
+    assert main(["check", "--json", "--state", str(tmp_path / "s.db")]) == 1
+
+    told = json.loads(capsys.readouterr().out)
+    assert told["ok"] is False
+    by_check = {c["check"]: c for c in told["checks"]}
+    assert list(by_check) == list(_CHECKS)
+    assert by_check["state"]["ok"] is True and by_check["metrics"]["ok"] is None
+    assert by_check["traces"]["ok"] is False and "Connection refused" in by_check["traces"]["detail"]
 
 
 def test_a_state_file_that_cannot_be_made_fails_the_check_one_in_a_folder_to_be_made_does_not(tmp_path, monkeypatch):

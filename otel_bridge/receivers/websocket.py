@@ -98,7 +98,8 @@ class WebSocketReceiver:
         self.disconnected_since: float | None = time.monotonic()
         self._missed: list[str] = []
         self._unanswered = RepeatedFailure(
-            f"fetching timelines from {without_password(self._api_url or '')}", plain=(httpx.HTTPError, timeline_api.ApiError)
+            f"fetching timelines from {without_password(self._api_url or '')}",
+            plain=(httpx.HTTPError, timeline_api.ApiError),
         )
 
     def run(self, stop: threading.Event) -> None:
