@@ -1,6 +1,6 @@
 """Hypothesis strategies of whole event histories, for the properties the correlate stage keeps."""
 
-from builders import WorkflowRun
+from builders import JobRun, WorkflowRun
 from hypothesis import strategies as st
 
 
@@ -34,3 +34,32 @@ def long_histories(draw: st.DrawFn) -> list[dict]:
     if draw(st.booleans()):
         run.after(1).completed(names)
     return run.events
+
+
+@st.composite
+def job_histories(draw: st.DrawFn) -> list[dict]:
+    """One task or debounce instance's events in the order the engine sends them: schedules (each told
+    before the run before it ends), runs that come on time, early, late or never, failures, an end."""
+    kind = draw(st.sampled_from(["task", "debounce"]))
+    job = JobRun("reminder", kind)
+    # Often none: the engine tells several things in one millisecond.
+    gap = st.one_of(st.just(0), st.integers(min_value=0, max_value=120_000))
+    for _ in range(draw(st.integers(min_value=1, max_value=6))):
+        told_in = draw(st.integers(min_value=0, max_value=60_000))
+        if kind == "task":
+            job.after(draw(gap)).task_scheduled(in_ms=told_in)
+        else:
+            job.after(draw(gap)).debounce_started(flush_in_ms=told_in)
+        run = draw(st.sampled_from(["on time", "early", "late", "never", "failed"]))
+        if run == "never":
+            continue
+        job.after({"on time": told_in, "early": told_in // 2, "late": told_in + draw(gap)}.get(run, told_in))
+        if run == "failed":
+            job.failed(0, will_retry=False)
+        elif kind == "task":
+            job.executed(0)
+        else:
+            job.executed(0).debounce_flushed(3, reason="timeout")
+    if draw(st.integers(min_value=0, max_value=5)) == 0:
+        job.after(draw(gap)).terminated(0)
+    return job.events

@@ -36,6 +36,8 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     due_ns: int = 0
     due_from_ns: int = 0
     due_told_ns: int = 0
+    # Its event id: of two told in one millisecond, the later id (UUIDv7, in order within an isolate) wins.
+    due_told_id: str = ""
     # When it last ran: executed, failed or flushed.
     ran_ns: int = 0
     # Enough to re-count an open instance after a restart.
@@ -91,8 +93,11 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
 
     if record.kind in _RAN:
         state.ran_ns = max(state.ran_ns, record.time_ns)
-    elif record.scheduled_at_ns is not None and record.time_ns >= state.due_told_ns:
-        state.due_ns, state.due_told_ns = record.scheduled_at_ns, record.time_ns
+    elif record.scheduled_at_ns is not None and (record.time_ns, record.event_id) > (
+        state.due_told_ns,
+        state.due_told_id,
+    ):
+        state.due_ns, state.due_told_ns, state.due_told_id = record.scheduled_at_ns, record.time_ns, record.event_id
         waited = record.scheduled_at_ns - _EARLY_NS if record.kind is JOB_KIND.TASK_SCHEDULED else record.time_ns
         state.due_from_ns = waited
 

@@ -4,6 +4,9 @@ import itertools
 
 from builders import JobRun
 from fold_harness import fold_events
+from histories import job_histories
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import SettlePolicy
@@ -167,3 +170,20 @@ def test_the_instance_turns_overdue_once_the_grace_has_passed_too():
     (state,) = fold_events(job.events).jobs.values()
     policy = Policy(settle=SettlePolicy(overdue_grace_ns=300 * 10**9))
     assert overdue_at(state, policy) == (ns_of(job.events[0]) + (30 + 300) * 10**9) / 1e9
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=job_histories(), data=st.data())
+def test_whether_and_since_when_an_instance_is_overdue_is_the_same_in_any_order_and_with_repeats(history, data):
+    told = _overdue_since(history)
+    shuffled = data.draw(st.permutations(history))
+    repeated = shuffled + data.draw(st.lists(st.sampled_from(history), max_size=5))
+    assert _overdue_since(repeated) == told
+    # And it is what the history says: awaited since the latest schedule, unless a run came for it.
+    latest = max(
+        (e for e in history if e["type"] in ("task.scheduled", "debounce.started")),
+        key=lambda e: (e["timestamp"], e["eventId"]),
+    )
+    due = latest.get("scheduledAt") or latest["flushAt"]
+    if told is not None:
+        assert told == ns_of({"timestamp": due})
