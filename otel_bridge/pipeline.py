@@ -557,12 +557,15 @@ class Pipeline:
 
     def overdue_runs(self, now: float | None = None) -> list[RunOverview]:
         """The overdue runs only, found through the store's index: the cost is theirs, not every open run's."""
-        return self.list_runs(RunQuery(overdue=True), now)[0]
+        return self.overdue(now)[0]
 
-    def overdue_jobs(self, now: float | None = None) -> list[JobState]:
-        """The job instances past their time to run with no run (their lost alarms), found through the
-        same index as overdue runs: the cost is theirs alone."""
-        return [state for _key, state in self._job_states(self.store.overdue(self._clock() if now is None else now))]
+    def overdue(self, now: float | None = None) -> tuple[list[RunOverview], list[JobState]]:
+        """The overdue runs and job instances (past their time to run with no run: their lost alarms),
+        from one reading of the store's index: the cost is theirs, not every open run's."""
+        now = self._clock() if now is None else now
+        found = self.store.overdue(now)
+        runs = self.list_runs(RunQuery(overdue=True), now, indexed=found)[0]
+        return runs, [state for _key, state in self._job_states(found)]
 
     def list_jobs(
         self, overdue: bool = False, service: str | None = None, now: float | None = None, limit: int | None = None
@@ -596,7 +599,11 @@ class Pipeline:
                 yield key, state
 
     def list_runs(
-        self, query: RunQuery, now: float | None = None, limit: int | None = None
+        self,
+        query: RunQuery,
+        now: float | None = None,
+        limit: int | None = None,
+        indexed: list[tuple[str, bytes]] | None = None,
     ) -> tuple[list[RunOverview], int]:
         """The open runs `query` asks for, the oldest first (at most `limit`), and how many there are.
 
@@ -604,11 +611,14 @@ class Pipeline:
         read, in chunks: it tells a run's state, service and since when (the time of the fact that
         set its state), which is all a listing sorts and filters on, so the facts are read only of
         the `limit` oldest kept: a million open runs are listed in flat memory, and in the time
-        their headers take.
+        their headers take. `indexed`: what the overdue index already answered, not asked again.
         """
         now = self._clock() if now is None else now
         now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
-        headers = self.store.overdue(now) if query.overdue else self.store.states()
+        if query.overdue:
+            headers: Iterable[tuple[str, bytes]] = self.store.overdue(now) if indexed is None else indexed
+        else:
+            headers = self.store.states()
         # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []

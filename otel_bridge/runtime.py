@@ -467,11 +467,12 @@ class Bridge:
         """Count the overdue runs and job instances from the store: right after a restart, and the same on
         every replica.
 
-        The store finds them by an index of when each open run turns overdue, so the count
-        costs what the overdue runs cost, not every open run.
+        The store finds them by an index of when each open run (or job instance) turns overdue, read
+        once a count, so the count costs what the overdue ones cost, not every open run.
         """
+        overdue_runs, overdue_jobs = self.pipeline.overdue()
         counts: dict[Resource, dict[tuple[str, str, str], int]] = {}
-        for run in self.pipeline.overdue_runs():
+        for run in overdue_runs:
             per = counts.setdefault(Resource(run.service, run.env), {})
             key = (run.engine, run.name, run.state)
             per[key] = per.get(key, 0) + 1
@@ -491,7 +492,7 @@ class Bridge:
             ]
         self._overdue = overdue
         jobs: dict[Resource, dict[tuple[str, str], int]] = {}
-        for job in self.pipeline.overdue_jobs():
+        for job in overdue_jobs:
             named = jobs.setdefault(Resource(job.service, job.env), {})
             named[(job.job_name, job.job_type)] = named.get((job.job_name, job.job_type), 0) + 1
         for resource in jobs:
