@@ -18,6 +18,7 @@ from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
+from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.state.store import Evicting, StoreOpenError
 from otel_bridge.urls import without_password
 
@@ -62,7 +63,7 @@ def _state(settings: Settings) -> Finding:
     else:
         name = f"{state} (SQLite)"
         if not Path(state).exists():
-            if not _writable(Path(state)):  # `serve` makes the folders it needs
+            if not can_be_written(Path(state)):  # `serve` makes the folders it needs
                 return Finding("state", False, f"{name} cannot be made: no writable folder to make it in")
             return Finding("state", True, f"{name} does not exist yet: made at the first start")
     try:
@@ -83,20 +84,10 @@ def _state(settings: Settings) -> Finding:
 def _dead_letters(settings: Settings) -> Finding:
     """Where rejected events and refused spans are kept: `serve` refuses to start where it cannot write them."""
     places = {"dead_letter": Path(settings.dead_letter), "span_dead_letter": Path(settings.span_dead_letter)}
-    unwritable = [f"{setting} {path} cannot be written" for setting, path in places.items() if not _writable(path)]
+    unwritable = [f"{setting} {path} cannot be written" for setting, path in places.items() if not can_be_written(path)]
     if unwritable:
         return Finding("dead letters", False, "; ".join(unwritable))
     return Finding("dead letters", True, f"{places['dead_letter']}, {places['span_dead_letter']}: writable")
-
-
-def _writable(path: Path) -> bool:
-    """Whether `path` can be written, or made (its folders with it) in the nearest folder that exists."""
-    if path.exists():
-        return path.is_file() and os.access(path, os.W_OK)
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _export(signal: str, timeout_seconds: float) -> Finding:

@@ -50,6 +50,17 @@ class _Handler(logging.handlers.RotatingFileHandler):
             )
 
 
+def can_be_written(path: Path) -> bool:
+    """Whether this process can write the file at `path`, or make it with the folders it needs (in the
+    nearest folder that exists): what a dead-letter file's place must allow, asked without making anything."""
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
 class DeadLetters:
     def __init__(self, path: Path, max_bytes: int, backups: int, setting: str = "dead_letter") -> None:
         """`setting`: the setting that names `path`, for the error that says it cannot be written.
@@ -57,13 +68,13 @@ class DeadLetters:
         The file is made at the first dead letter, but its place is checked now: in a read-only
         working directory (a container's read-only root) every dead letter was lost, each with a
         traceback on stderr."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not (os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)):
+        if not can_be_written(path):
             flag, variable = "--" + setting.replace("_", "-"), "OTEL_BRIDGE_" + setting.upper()
             raise DeadLetterUnwritable(
                 f"cannot write the dead-letter file {path}: its directory or mount is read-only to this "
                 f"process; set {setting} ({flag}, {variable}) to a writable place"
             )
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._logger = logging.Logger(f"otel_bridge.dead_letter.{path}")
         self._logger.propagate = False
