@@ -530,13 +530,13 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
         runs, count = pipeline.list_runs(query, limit=args.limit)
     finally:
         pipeline.store.close()
+    title = runs_title(len(runs), count, query)  # says "the 1,000 oldest of …" when cut short
     if args.json:
         print(json.dumps([r.as_dict(settings.trace_url) for r in runs], indent=2))
         if count > len(runs):
-            print(f"the {len(runs)} oldest of {count} runs: --limit N for more", file=sys.stderr)
+            print(f"{title}: --limit N for more", file=sys.stderr)
     else:
         console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
-        title = runs_title(len(runs), count, query)  # says "the 1,000 oldest of …" when cut short
         # No table with headers over no rows: it reads as if the rows failed to show.
         console.print(runs_table(runs, settings.trace_url, title) if runs else Text(title))
     return 0
@@ -553,13 +553,13 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         jobs, count = pipeline.list_jobs(args.overdue, args.service, limit=args.limit)
     finally:
         pipeline.store.close()
+    title = jobs_title(len(jobs), count, args.overdue, args.service)
     if args.json:
         print(json.dumps([j.as_dict() for j in jobs], indent=2))
         if count > len(jobs):
-            print(f"the {len(jobs)} most pressing of {count} job instances: --limit N for more", file=sys.stderr)
+            print(f"{title}: --limit N for more", file=sys.stderr)
         return 0
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
-    title = jobs_title(len(jobs), count, args.overdue, args.service)
     console.print(jobs_table(jobs, title) if jobs else Text(title))
     return 0
 

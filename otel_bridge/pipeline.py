@@ -510,7 +510,7 @@ class Pipeline:
         now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
         ending = keys.SEPARATOR + instance_id
         pairs = ((key, header) for key, header in self.store.states(keys.jobs_prefix()) if key.endswith(ending))
-        return [job_overview(key, state, now_ns, grace_ns, idle_too=True) for key, state in self._job_states(pairs)]
+        return [job_overview(key, state, now_ns, grace_ns) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
@@ -580,7 +580,7 @@ class Pipeline:
             if service is not None and state.service != service:
                 continue
             job = job_overview(key, state, now_ns, grace_ns)
-            if job is not None and (not overdue or job.overdue_ns is not None):
+            if job.going_on and (not overdue or job.overdue_ns is not None):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
         listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))

@@ -38,22 +38,33 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} d"  # a run open for weeks: days, not 15,364.3 h
 
 
+def _in_words(shown: int, count: int, noun: str, service: str | None, first: str) -> str:
+    """A listing's title: how many `noun`s (of `service`), and which `shown` when cut short."""
+    of = f" of {service}" if service else ""
+    if count == 0:
+        return f"no {noun}s{of}"
+    named = f"{noun}{'' if count == 1 else 's'}{of}"
+    return f"{count:,} {named}" if shown >= count else f"the {shown:,} {first} of {count:,} {named}"
+
+
 def runs_title(shown: int, count: int, query: RunQuery) -> str:
     """What a listing holds, in words: "3 overdue runs of billing", "the 1,000 oldest of 52,310 open runs"."""
     kind = "overdue" if query.overdue else "open"
     if query.state is not None:
         kind = f"{kind} {query.state}" if query.overdue else query.state
-    runs = f"{kind} run{'' if count == 1 else 's'}" + (f" of {query.service}" if query.service else "")
-    if count == 0:
-        return f"no {kind} runs" + (f" of {query.service}" if query.service else "")
-    return f"{count:,} {runs}" if shown >= count else f"the {shown:,} oldest of {count:,} {runs}"
+    return _in_words(shown, count, f"{kind} run", query.service, "oldest")
+
+
+def jobs_title(shown: int, count: int, overdue: bool, service: str | None) -> str:
+    """As `runs_title`: "2 overdue job instances of jobs", "no job instances"."""
+    return _in_words(shown, count, "overdue job instance" if overdue else "job instance", service, "most pressing")
 
 
 def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str | None = None) -> Table:
     """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent."""
-    count = len(runs)
+    title = title or runs_title(len(runs), len(runs), RunQuery())
     # Text, not a str: a service named "[prod]" is not markup.
-    table = Table(title=Text(title or f"{count} open run{'' if count == 1 else 's'}"), header_style="bold")
+    table = Table(title=Text(title), header_style="bold")
     for column in ("service", "env", "workflow", "id", "state", "steps done", "since", "resumeAt", "overdue by"):
         table.add_column(column, overflow="fold")
     table.add_column("last event", overflow="fold")
@@ -87,16 +98,6 @@ def jobs_table(jobs: list[JobOverview], title: str) -> Table:
             job.service, job.env, job.name, job.job_type, job.instance_id, due, overdue, _when(job.last_ran_ns)
         )
     return table
-
-
-def jobs_title(shown: int, count: int, overdue: bool, service: str | None) -> str:
-    """As `runs_title`: "2 overdue job instances of jobs", "no job instances"."""
-    kind = "overdue job instance" if overdue else "job instance"
-    of = f" of {service}" if service else ""
-    if count == 0:
-        return f"no {kind}s{of}"
-    named = f"{kind}{'' if count == 1 else 's'}{of}"
-    return f"{count:,} {named}" if shown >= count else f"the {shown:,} most pressing of {count:,} {named}"
 
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:

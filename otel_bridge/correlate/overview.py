@@ -8,7 +8,7 @@ grace: the engine loses alarms on eviction and never flushes a cancel of a pause
 """
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
@@ -139,6 +139,11 @@ class JobOverview:
     overdue_ns: int | None
     last_ran_ns: int | None
 
+    @property
+    def going_on(self) -> bool:
+        """Whether it runs (a continuous job started and not ended) or awaits a run: what a listing shows."""
+        return self.active or self.due_ns is not None
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("due_ns", "last_ran_ns"):
@@ -149,16 +154,9 @@ class JobOverview:
         return out
 
 
-@overload
-def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int) -> JobOverview | None: ...
-@overload
-def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, idle_too: Literal[True]) -> JobOverview: ...
-def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, idle_too: bool = False) -> JobOverview | None:
-    """The instance under `key` as it stands, or None when it neither runs nor awaits a run (unless
-    `idle_too`: asked for by its id)."""
+def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int) -> JobOverview:
+    """The instance under `key` as it stands."""
     awaited = job_overdue_since_ns(state)  # when its awaited run was due, not yet come
-    if awaited is None and not state.counted and not idle_too:
-        return None
     late = now_ns - awaited if awaited is not None else None
     engine, env, service, instance_id = keys.job_fields(key)
     return JobOverview(
