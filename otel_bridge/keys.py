@@ -10,7 +10,8 @@ SEPARATOR = "\x1f"
 UNREADABLE = f"unreadable{SEPARATOR}"
 # A run whose settling kept failing, kept with the reason under this prefix + its key.
 SET_ASIDE = f"unsettled{SEPARATOR}"
-_JOB = f"job{SEPARATOR}"
+# Every job instance's key begins so.
+JOBS = f"job{SEPARATOR}"
 # The ids of the spans a run has sent are journalled under this prefix + its key (rows, like its facts).
 _SENT = f"sent{SEPARATOR}"
 
@@ -34,18 +35,13 @@ def job_fields(key: str) -> tuple[str, str, str, str]:
     return engine, env, service, instance_id
 
 
-def jobs_prefix() -> str:
-    """The prefix of every job key."""
-    return _JOB
-
-
 def sent_spans(key: str) -> str:
     """Where the journal of the spans the run under `key` has sent is kept."""
     return _SENT + key
 
 
 def is_job(key: str) -> bool:
-    return key.startswith(_JOB)
+    return key.startswith(JOBS)
 
 
 def is_kept_aside(key: str) -> bool:

@@ -509,7 +509,7 @@ class Pipeline:
         now = self._clock() if now is None else now
         now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
         ending = keys.SEPARATOR + instance_id
-        pairs = ((key, header) for key, header in self.store.states(keys.jobs_prefix()) if key.endswith(ending))
+        pairs = ((key, header) for key, header in self.store.states(keys.JOBS) if key.endswith(ending))
         return [job_overview(key, state, now_ns, grace_ns) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
@@ -532,15 +532,27 @@ class Pipeline:
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
         """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""
+        for key, head in self._headers(pairs, jobs=False):
+            assert isinstance(head, RunState)
+            yield key, head
+
+    def _job_states(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, JobState]]:
+        """The job instances' states among these pairs, decoded (a job's state is its header)."""
+        for key, state in self._headers(pairs, jobs=True):
+            assert isinstance(state, JobState)
+            yield key, state
+
+    def _headers(self, pairs: Iterable[tuple[str, bytes]], jobs: bool) -> Iterator[tuple[str, State]]:
+        """The runs' (or job instances') headers among these pairs, those in play, decoded; one that cannot
+        be is skipped, and said."""
         for key, header in pairs:
-            if keys.is_kept_aside(key) or keys.is_job(key):
+            if keys.is_kept_aside(key) or keys.is_job(key) != jobs:
                 continue
             try:
                 head = journal.decode(key, header, [])
             except ValueError:
-                log.warning("run state %r is not readable; skipped", key)
+                log.warning("%s state %r is not readable; skipped", "job" if jobs else "run", key)
                 continue
-            assert isinstance(head, RunState)
             yield key, head
 
     def _whole(self, key: str, head: RunState) -> RunState | None:
@@ -574,7 +586,7 @@ class Pipeline:
         `limit`), and how many there are; `overdue`: only those past their time to run, through the index."""
         now = self._clock() if now is None else now
         now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
-        pairs = self.store.overdue(now) if overdue else self.store.states(keys.jobs_prefix())
+        pairs = self.store.overdue(now) if overdue else self.store.states(keys.JOBS)
         listed = []
         for key, state in self._job_states(pairs):
             if service is not None and state.service != service:
@@ -585,18 +597,6 @@ class Pipeline:
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
         listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))
         return (listed if limit is None else listed[:limit]), len(listed)
-
-    def _job_states(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, JobState]]:
-        for key, header in pairs:
-            if not keys.is_job(key):
-                continue
-            try:
-                state = journal.decode(key, header, [])
-            except ValueError:
-                log.warning("job state %r is not readable; skipped", key)
-                continue
-            if isinstance(state, JobState):
-                yield key, state
 
     def list_runs(
         self,

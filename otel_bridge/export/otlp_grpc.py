@@ -34,27 +34,35 @@ class _RecordingStub(Recorder):
         return self.last
 
 
-class GrpcTraces(OTLPSpanExporter):
-    # The mixin translates SDK spans into a request right before sending: our
-    # requests are already built.
-    def _translate_data(self, data: ExportTraceServiceRequest) -> ExportTraceServiceRequest:  # type: ignore[override]
+class _SendsEncoded:
+    """Makes an SDK OTLP/gRPC exporter send requests already built, keeping the backend's last answer or
+    error. The SDK's mixin translates SDK spans (or metrics) into a request right before sending: ours are
+    built, and the stub serializes a message itself."""
+
+    _client: Any  # the exporter's stub
+    _request: Any  # the request message, read from the encoded bytes `send` is given
+
+    def _translate_data(self, data: Any) -> Any:
         return data
 
-    def _count_data(self, data: ExportTraceServiceRequest) -> int:  # type: ignore[override]
-        return span_count(data)
-
     def _initialize_channel_and_stub(self) -> None:
-        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+        super()._initialize_channel_and_stub()  # type: ignore[misc]
         self._recorder = _RecordingStub(self._client)
-        self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
+        self._client = self._recorder  # the stub, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
-        # The gRPC stub serializes a message itself.
-        return _sent_over_grpc(self, self._recorder, ExportTraceServiceRequest.FromString(request))
+        return _sent_over_grpc(self, self._recorder, self._request.FromString(request))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with exporting():
-            super().shutdown(timeout_millis, **kwargs)
+            super().shutdown(timeout_millis, **kwargs)  # type: ignore[misc]
+
+
+class GrpcTraces(_SendsEncoded, OTLPSpanExporter):
+    _request = ExportTraceServiceRequest
+
+    def _count_data(self, data: ExportTraceServiceRequest) -> int:  # type: ignore[override]
+        return span_count(data)
 
 
 def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any) -> ExportResult:
@@ -78,23 +86,10 @@ def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any) -> ExportRe
     return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details}" if details else f"gRPC {code.name}")
 
 
-class GrpcMetricsProbe(OTLPMetricExporter):
+class GrpcMetricsProbe(_SendsEncoded, OTLPMetricExporter):
     """The SDK's OTLP/gRPC metric exporter, sending a request already encoded (`otlp.probe`)."""
 
-    def _translate_data(self, data: ExportMetricsServiceRequest) -> ExportMetricsServiceRequest:  # type: ignore[override]
-        return data
+    _request = ExportMetricsServiceRequest
 
     def _count_data(self, data: ExportMetricsServiceRequest) -> int:  # type: ignore[override]
         return 0
-
-    def _initialize_channel_and_stub(self) -> None:
-        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
-        self._recorder = _RecordingStub(self._client)
-        self._client = self._recorder  # type: ignore[assignment]  # the stub, duck-typed
-
-    def send(self, request: bytes) -> ExportResult:
-        return _sent_over_grpc(self, self._recorder, ExportMetricsServiceRequest.FromString(request))
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with exporting():
-            super().shutdown(timeout_millis, **kwargs)

@@ -265,35 +265,35 @@ def create_app(
                 log.exception("writing %d rejected events to the dead-letter file failed", len(report.rejected))
         return 200, orjson.dumps(report.as_dict(settings.max_rejections_listed)), []
 
-    async def open_runs(request: Request) -> Response:
-        if not auth.allows(request.headers):
-            return unauthorized()
-        if runs is None:
-            return _problem(404, "no run listing here")
-        params = request.query_params
-        asked = _overdue_and_limit(params)
-        if isinstance(asked, Response):
-            return asked
-        overdue, limit = asked
+    def listing(name: str, answer: _Listing | None) -> Callable[[Request], Awaitable[Response]]:
+        """`GET /v1/{name}`: what `answer(params, overdue, limit)` lists, as `{name: [...], "count": n}`,
+        behind the ingest credential; 404 where there is no such listing, 400 for a filter that is none."""
+
+        async def listed(request: Request) -> Response:
+            if not auth.allows(request.headers):
+                return unauthorized()
+            if answer is None:
+                return _problem(404, f"no {name.removesuffix('s')} listing here")
+            asked = _overdue_and_limit(request.query_params)
+            if isinstance(asked, Response):
+                return asked
+            found = await run_in_threadpool(answer, request.query_params, *asked)
+            if isinstance(found, Response):
+                return found
+            return Response(orjson.dumps({name: found[0], "count": found[1]}), media_type="application/json")
+
+        return listed
+
+    def open_runs(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
+        assert runs is not None
         state = params.get("state") or None
         if state is not None and state not in c.RUN_STATES:
             return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
-        query = RunQuery(state, overdue, params.get("service") or None)
-        listed, count = await run_in_threadpool(runs, query, limit)
-        return Response(orjson.dumps({"runs": listed, "count": count}), media_type="application/json")
+        return runs(RunQuery(state, overdue, params.get("service") or None), limit)
 
-    async def job_instances(request: Request) -> Response:
-        if not auth.allows(request.headers):
-            return unauthorized()
-        if jobs is None:
-            return _problem(404, "no job listing here")
-        params = request.query_params
-        asked = _overdue_and_limit(params)
-        if isinstance(asked, Response):
-            return asked
-        overdue, limit = asked
-        listed, count = await run_in_threadpool(jobs, overdue, params.get("service") or None, limit)
-        return Response(orjson.dumps({"jobs": listed, "count": count}), media_type="application/json")
+    def job_instances(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
+        assert jobs is not None
+        return jobs(overdue, params.get("service") or None, limit)
 
     async def healthz(_request: Request) -> Response:
         # On the event loop, not in the worker threads: a loop that cannot answer is not alive either.
@@ -327,13 +327,18 @@ def create_app(
                 dead_letters.close()
 
     routes = [
-        Route("/v1/runs", open_runs, methods=["GET"]),
-        Route("/v1/jobs", job_instances, methods=["GET"]),
+        Route("/v1/runs", listing("runs", open_runs if runs is not None else None), methods=["GET"]),
+        Route("/v1/jobs", listing("jobs", job_instances if jobs is not None else None), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
     return _IngestFirst(Starlette(routes=routes, lifespan=lifespan), settings.path, ingest)
+
+
+# A listing's answer (its items as JSON values, how many there are in all), or why it will not be given.
+_Found = tuple[list[dict[str, Any]], int]
+_Listing = Callable[[Mapping[str, str], bool, int], _Found | Response]
 
 
 def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response:
