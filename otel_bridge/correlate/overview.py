@@ -41,9 +41,10 @@ class RunOverview:
     def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
         """As JSON shows it; with the `trace_url` template, the link to the run's trace as well."""
         out = asdict(self)
-        for key in ("since_ns", "resume_at_ns", "last_event_ns"):
+        # `last_event` is the event's name: its time is `last_event_at` (it took the name's place).
+        for key, told in (("since_ns", "since"), ("resume_at_ns", "resume_at"), ("last_event_ns", "last_event_at")):
             value = out.pop(key)
-            out[key.removesuffix("_ns")] = iso_ns(value) if value is not None else None
+            out[told] = iso_ns(value) if value is not None else None
         overdue = out.pop("overdue_ns")
         out["overdue_seconds"] = None if overdue is None else round(overdue / 1e9, 3)
         if trace_url and self.sampled:

@@ -28,6 +28,8 @@ def test_a_paused_run_past_its_resume_at_by_more_than_the_grace_is_overdue():
     assert late is not None and late.overdue_ns == GRACE + 10**9
     assert late.resume_at_ns == due and late.last_event == "workflow.paused"
     assert late.traceparent.startswith("00-") and late.since_ns == ns(run.now)
+    told = late.as_dict()  # as runs --json and GET /v1/runs say it
+    assert (told["last_event"], told["last_event_at"]) == ("workflow.paused", run.events[-1]["timestamp"])
 
 
 def test_an_open_run_tells_its_progress_as_the_steps_that_succeeded_so_far():
