@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -23,7 +23,7 @@ from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table
 from otel_bridge.consumer import IngestReport, Unavailable
-from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery
+from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
@@ -189,6 +189,9 @@ def _serve(settings: Settings) -> int:
         dead_letters=bridge.dead_letters,
         ingest_inline=bridge.ingests_inline,
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
+        close=lambda id_, reason, jobs, service: [
+            closed.as_dict(settings.trace_url) for closed in bridge.pipeline.close(id_, reason, jobs, service)
+        ],
         jobs=lambda overdue, service, limit: _jobs_as_dicts(bridge.pipeline.list_jobs(overdue, service, limit=limit)),
     )
     own_process_gc()
@@ -614,6 +617,74 @@ def _show(settings: Settings, workflow_id: str) -> int:
     return 0
 
 
+def _close(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask the running bridge to close a run (or a job instance's wait) by hand: the store is its own."""
+    import httpx
+
+    base = (args.url or _own_url(settings)).rstrip("/")
+    body = {"reason": args.reason} | ({"service": args.service} if args.service else {})
+    with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
+        for kind in ("runs", "jobs"):  # an id is a run's or a job instance's: the bridge knows which
+            url = f"{base}/v1/{kind}/{quote(args.id, safe='')}/close"
+            try:
+                answer = client.post(url, json=body)
+            except httpx.HTTPError as exc:
+                raise CliError(
+                    f"cannot reach the bridge at {base} ({exc or type(exc).__name__}): --url names it"
+                ) from None
+            if answer.status_code == 404:
+                continue
+            if answer.status_code != 200:
+                raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
+            closed = answer.json()["closed"]
+            if args.json:
+                print(json.dumps(closed, indent=2))
+            for done in closed if not args.json else ():
+                print(_closed_in_words(done, args.reason))
+            return 0
+    of = f" of {args.service}" if args.service else ""
+    raise CliError(f"nothing closed: no open run or job instance {args.id}{of} at {base}")
+
+
+def _own_url(settings: Settings) -> str:
+    """The bridge these settings serve, from this machine: where it listens on every address, loopback."""
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0") else "[::1]" if settings.host == "::" else settings.host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{'https' if settings.tls_certfile else 'http'}://{host}:{settings.port}"
+
+
+def _credential(settings: Settings) -> dict[str, str]:
+    """The ingest credential these settings ask of a client, as its header."""
+    if settings.api_key is not None:
+        return {settings.api_key_header: settings.api_key.get_secret_value()}
+    if settings.bearer_token is not None:
+        return {"Authorization": f"Bearer {settings.bearer_token.get_secret_value()}"}
+    return {}
+
+
+def _error_of(answer: "httpx.Response") -> str:
+    try:
+        return str(answer.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return answer.text.strip() or answer.reason_phrase
+
+
+def _closed_in_words(done: dict[str, Any], reason: str) -> str:
+    if "job" in done:
+        job = done["job"]
+        waited = f", its run due {job['due']} awaited no more" if job["due"] else ""
+        active = ", counted active no more" if job["active"] else ""
+        return f"closed job instance {job['instance_id']} of {job['name']} ({job['service']}){waited}{active}"
+    run = done["run"]
+    spans = done["spans_sent"]
+    how = f", the run marked incomplete ({reason})" if done["incomplete"] else ""
+    link = run.get("trace_url") or run["traceparent"]
+    return (
+        f"closed run {run['run_id']} of {run['name'] or 'workflow'} ({run['service']}), {run['state']} since "
+        f"{run['since']}: {spans} span{'s' if spans != 1 else ''} sent{how}; {link}"
+    )
+
+
 def _trace_id(args: argparse.Namespace) -> int:
     run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
     # Sampled as the bridge samples the run, so that a producer's own spans below it follow suit.
@@ -797,6 +868,24 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")
     _add_settings_flags(show)
+    close = sub.add_parser(
+        "close",
+        help="close by hand a run the engine will never end (its trace sent now, marked incomplete, and it is "
+        "overdue no more), or a job instance's wait for a run that will never come; asks the running bridge",
+    )
+    close.add_argument("id", help="the run's id (workflowId, execution id), or the job instance's")
+    close.add_argument(
+        "--reason",
+        default=DEFAULT_CLOSE_REASON,
+        help="why, on the run's root span (workflow.execution.close_reason) and in the bridge's log",
+    )
+    close.add_argument("--service", default=None, help="only this producer's (its serviceKey), where several have it")
+    close.add_argument(
+        "--url", default=None, help="the running bridge (default: this machine's, at --port: http://127.0.0.1:4380)"
+    )
+    close.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for its answer (default 30)")
+    close.add_argument("--json", action="store_true", help="the bridge's answer as JSON")
+    _add_settings_flags(close)
     again = sub.add_parser(
         "settle-again",
         help="put the runs set aside (after failing to settle, or unreadable by a version that met them) back in "
@@ -856,6 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _jobs(settings, args)
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
+        if args.command == "close":
+            return _close(settings, args)
         if args.command == "check":
             return _check(settings, args.timeout, args.json)
         return _replay(settings, args.file, progress=not args.no_progress, source_format=args.source_format)

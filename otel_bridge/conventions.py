@@ -22,6 +22,8 @@ WORKFLOW_EXECUTION_RESULT: Final = "workflow.execution.result"
 WORKFLOW_EXECUTION_STATE: Final = "workflow.execution.state"
 WORKFLOW_EXECUTION_INCOMPLETE: Final = "workflow.execution.incomplete"
 WORKFLOW_EXECUTION_CANCEL_REASON: Final = "workflow.execution.cancel_reason"
+# Why a run was closed by hand (`otel-bridge close`), on its root span with workflow.execution.incomplete.
+WORKFLOW_EXECUTION_CLOSE_REASON: Final = "workflow.execution.close_reason"
 WORKFLOW_EXECUTION_COMPLETED_STEPS: Final = "workflow.execution.completed_steps"
 WORKFLOW_EXECUTION_INPUT: Final = "workflow.execution.input"
 WORKFLOW_PLATFORM_NAME: Final = "workflow.platform.name"

@@ -22,9 +22,10 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance
 from otel_bridge.correlate.outputs import Observation
-from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, job_overview, overview
+from otel_bridge.correlate.overview import Closed, JobOverview, RunOverview, RunQuery, job_overview, overview
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
+from otel_bridge.correlate.step import close as close_by_hand
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.ids import sample_bound
@@ -97,6 +98,10 @@ class _Ingested:
     report: IngestReport = field(default_factory=IngestReport)
     observations: list[Observation] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
+
+
+def _service_of(head: State) -> str:
+    return head.service if isinstance(head, JobState) else head.run.service
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -480,6 +485,11 @@ class Pipeline:
         if new_facts_at_most is not None and _new_facts(state) > new_facts_at_most:
             raise _TooBig
         step = settle_run(state, now, policy)
+        self._keep_settled(tx, key, step)
+        return step
+
+    def _keep_settled(self, tx: Transaction, key: str, step: Step) -> None:
+        """Write what a settling did: its spans into the outbox, the run as it now stands."""
         if isinstance(step.state, RunState) and step.state.held_open:
             self._held.add(key)
         else:
@@ -487,14 +497,54 @@ class Pipeline:
         # Everything that can fail is computed before the first write, so a failure leaves this run as it was.
         rows = []
         if step.spans:
-            assert isinstance(state, RunState)
-            rk = keys.resource_key(state.run.service, state.run.env)
+            run = step.state
+            assert isinstance(run, RunState)
+            rk = keys.resource_key(run.run.service, run.run.env)
             s = self.settings
             limits = (s.attribute_value_limit, s.max_name_chars, s.max_span_events, s.max_span_links)
             rows = [(rk, encode_span(span, *limits)) for span in step.spans]
         tx.outbox_add(rows)
         self._save(tx, key, journal.Changes(step.state, step.due, sent=step.sent, forgotten=step.facts_forgotten))
-        return step
+
+    def close(self, instance_id: str, reason: str, jobs: bool = False, service: str | None = None) -> list[Closed]:
+        """Close by hand the open runs (`jobs`: the job instances) with this id, of `service` or of any
+        producer: what the engine will never end (`otel-bridge close`). A run's spans go out now, its root
+        marked incomplete with `reason`; a job instance awaits its run no more. [] when none is open."""
+        now = self._clock()
+        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        ending = keys.SEPARATOR + instance_id
+        named = ((key, head) for key, head in self.store.states(keys.JOBS if jobs else "") if key.endswith(ending))
+        found = [key for key, head in self._headers(named, jobs) if service in (None, _service_of(head))]
+
+        def closing(tx: Transaction, touched: _Touched) -> list[tuple[Closed, Step]]:
+            done = []
+            for key in found:
+                state, _due = self._state(tx, key, touched)
+                if state is None:
+                    continue
+                if isinstance(state, JobState):
+                    was: RunOverview | JobOverview | None = job_overview(key, state, now_ns, grace_ns)
+                else:  # one whose end came closes by itself, within its settle window
+                    was = overview(state, now_ns, grace_ns)
+                step = close_by_hand(state, reason, now, self.policy) if was is not None else None
+                if step is None or was is None:
+                    continue
+                if isinstance(state, RunState):
+                    self._keep_settled(tx, key, step)
+                else:
+                    self._save(tx, key, journal.Changes(step.state, step.due))
+                done.append((Closed(was, len(step.spans), step.incomplete), step))
+            return done
+
+        closed = self._transaction(closing) if found else []
+        steps = [step for _closed, step in closed]
+        self.metrics.record(o for s in steps for o in s.observations)
+        self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
+        for done, _step in closed:
+            log.info("closed %s by hand (%s)", done.what, reason)
+        if any(s.spans for s in steps):
+            self._on_spans()
+        return [done for done, _step in closed]
 
     def runs_named(self, run_id: str) -> list[RunState]:
         """The runs (of any producer) with this id: known by their keys' last field, the facts

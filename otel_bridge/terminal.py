@@ -108,8 +108,12 @@ def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
 
 def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> RenderableType:
     """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order."""
-    spans = build_spans(state.run, state.facts, {}, None, True)
+    # Closed without its end (open `max_open_seconds`, or closed by hand): drawn as its trace was sent.
+    incomplete_at = max(f.time_ns for f in state.facts) if state.closed and not state.ended and state.facts else None
+    spans = build_spans(state.run, state.facts, {}, incomplete_at, True)
     root = next(s for s in spans if s.parent_span_id is None)
+    if incomplete_at is not None and state.close_reason:
+        root.attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] = state.close_reason
     end = root.end_ns or max([now_ns, *[s.end_ns or s.start_ns for s in spans]])
     start = root.start_ns
     scale = _BAR / max(end - start, 1)
@@ -160,6 +164,9 @@ def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) ->
     name = span.name + (f" #{attempt}" if attempt is not None else "")
     result = str(span.attributes.get(c.WORKFLOW_TASK_RESULT) or span.attributes.get(c.WORKFLOW_EXECUTION_RESULT) or "")
     status = span.status.value + (f" ({result})" if result else "") if span.end_ns is not None else "running"
+    if span.attributes.get(c.WORKFLOW_EXECUTION_INCOMPLETE):
+        reason = span.attributes.get(c.WORKFLOW_EXECUTION_CLOSE_REASON)
+        status = "incomplete" + (f": {reason}" if reason else ": never ended, closed at max_open_seconds")
     if span.status_message:
         status += f": {span.status_message[:60]}"
     label = Text(name if is_root else "  " + name, style="bold" if is_root else "")

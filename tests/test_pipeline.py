@@ -13,6 +13,7 @@ from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.runtime import open_store
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -356,3 +357,59 @@ def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_thr
     assert count == 2 and [j.name for j in overdue] == ["reminder", "batcher"]
     assert pipeline.list_jobs(overdue=True, service="elsewhere", now=at) == ([], 0)
     assert [j.instance_id for j in pipeline.list_jobs(now=at, limit=1)[0]] == ids[:1]
+
+
+def _lost_sleep(service: str, workflow_id: str | None = None) -> WorkflowRun:
+    run = WorkflowRun("nightly", workflow_id=workflow_id, service=service).started().step_started("a").after(5)
+    return run.step_completed("a").sleep_started(60_000).paused("sleep", resume_in_ms=60_000)  # in 2025: long past
+
+
+def test_a_run_closed_by_hand_is_sent_incomplete_overdue_no_more_and_stays_closed_after_a_restart(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    stuck = _lost_sleep("shop")
+    namesake = _lost_sleep("billing", stuck.workflow_id)  # another producer's run of the same id
+    pipeline.ingest(stuck.events + namesake.events)
+    pipeline.settle_due(horizon=time.time() + 1)
+    sent_before = pipeline.store.outbox_depth()
+    assert len(pipeline.overdue_runs()) == 2
+
+    (closed,) = pipeline.close(stuck.workflow_id, "cancelled in the engine", service="shop")
+
+    assert (closed.was.service, closed.was.state, closed.spans, closed.incomplete) == ("shop", "paused", 2, True)
+    rows = pipeline.store.outbox_peek(100)[sent_before:]
+    (root,) = [s for s in (Span.FromString(row.payload) for row in rows) if not s.parent_span_id]
+    told = {a.key: a.value for a in root.attributes}
+    assert told["workflow.execution.incomplete"].bool_value
+    assert told["workflow.execution.close_reason"].string_value == "cancelled in the engine"
+    assert [r.service for r in pipeline.overdue_runs()] == ["billing"]  # through the index: no longer there
+    assert pipeline.close(stuck.workflow_id, "again", service="shop") == []  # nothing open left of it
+    pipeline.store.close()
+    restarted = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), pipeline.settings)
+    assert [r.service for r in restarted.list_runs(RunQuery())[0]] == ["billing"]
+
+
+def test_a_job_instance_closed_by_hand_is_overdue_and_listed_no_more(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past
+    pipeline.ingest(lost.events)
+    instance = lost.base["instanceId"]
+    assert pipeline.close(instance, "purged") == []  # a run's id is asked by default, not a job instance's
+
+    (closed,) = pipeline.close(instance, "purged", jobs=True)
+
+    assert closed.was.instance_id == instance and closed.was.overdue_ns is not None
+    assert pipeline.overdue() == ([], []) and pipeline.list_jobs() == ([], 0)
+
+
+def test_on_redis_any_replica_closes_a_run_by_hand(redis_url):
+    # A database of its own: the spans it sends stay out of other tests' outbox.
+    settings = Settings(state=redis_url.rsplit("/", 1)[0] + "/7", settle_seconds=0)
+    one, other = (Pipeline(open_store(settings), MetricsHub(), settings) for _ in range(2))
+    stuck = _lost_sleep(f"shop-{time.time_ns()}")
+    one.ingest(stuck.events)
+
+    (closed,) = other.close(stuck.workflow_id, "cancelled in the engine")
+
+    assert closed.incomplete and closed.spans == 3  # the step, the sleep and the root: none settled before
+    assert [r for r in one.list_runs(RunQuery(service=closed.was.service))[0]] == []
+    assert stuck.workflow_id not in [r.run_id for r in one.overdue_runs()]

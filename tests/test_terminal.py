@@ -9,6 +9,7 @@ from rich.console import Console
 
 from otel_bridge import trace_id_for
 from otel_bridge.correlate.overview import RunQuery, overview
+from otel_bridge.correlate.step import Policy, close
 from otel_bridge.producer.demo import SCENARIOS
 from otel_bridge.terminal import duration, runs_table, runs_title, waterfall
 
@@ -63,6 +64,21 @@ def test_an_open_run_is_drawn_up_to_now():
     events = _scenario("sleep")
     open_events = [e for e in events if e["type"] not in ("workflow.completed",)]
     assert "open: drawn up to now" in _render(open_events)
+
+
+def test_a_run_closed_without_its_end_is_drawn_as_its_trace_was_sent_incomplete_and_why():
+    open_events = [e for e in _scenario("sleep") if e["type"] != "workflow.completed"]
+    (at_max_open,) = fold_events(open_events, settle_at_ns=NOW, max_open_ns=0).runs.values()
+    (by_hand,) = fold_events(open_events, settle_at_ns=None).runs.values()
+    close(by_hand, "INC-42", NOW / 1e9, Policy())
+    for state, told in (
+        (at_max_open, "incomplete: never ended, closed at max_open_seconds"),
+        (by_hand, "incomplete: INC-42"),
+    ):
+        console = Console(record=True, width=200)
+        console.print(waterfall(state, NOW))
+        text = console.export_text()
+        assert told in text and "open: drawn up to now" not in text and "running" not in text
 
 
 def test_with_a_trace_url_each_open_run_and_a_shown_run_link_to_their_trace_in_the_tracing_ui():

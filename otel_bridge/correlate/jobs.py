@@ -40,6 +40,9 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     due_told_id: str = ""
     # When it last ran: executed, failed or flushed.
     ran_ns: int = 0
+    # The schedule (`due_told_id`) closed by hand (`otel-bridge close`): awaited no more. One told later
+    # is awaited again.
+    waived_id: str = ""
     # Enough to re-count an open instance after a restart.
     job_name: str = ""
     job_type: str = ""
@@ -65,11 +68,22 @@ def overdue_since_ns(state: JobState) -> int | None:
     at or after the one awaited: asked of the state as it stands, so the order events came in does not
     matter.
     """
-    if not state.due_ns or state.ran_ns >= state.due_from_ns:
+    if not state.due_ns or state.ran_ns >= state.due_from_ns or state.due_told_id == state.waived_id:
         return None
     if state.terminated and state.ended_ns >= state.due_told_ns:
         return None
     return state.due_ns
+
+
+def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
+    """Await no more what the engine will never do (`otel-bridge close`): the instance's awaited run is
+    waived, and it is counted active no more. What the engine tells of it later counts as before."""
+    state = replace(state, waived_id=state.due_told_id)
+    out: list[Observation] = []
+    if state.counted:
+        out.append(replace(active_instance(state), value=-1))
+        state.counted = False
+    return state, out
 
 
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:

@@ -196,3 +196,31 @@ class RunQuery:
             and (not self.overdue or run.overdue_ns is not None)
             and (self.service is None or run.service == self.service)
         )
+
+
+# Why a run was closed by hand, when the one who closed it did not say.
+DEFAULT_CLOSE_REASON = "closed by hand"
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What `otel-bridge close` closed: a run or a job instance as it stood, and what that sent."""
+
+    was: RunOverview | JobOverview
+    # The run's spans sent by its closing (its root among them), and whether it ended incomplete.
+    spans: int = 0
+    incomplete: bool = False
+
+    @property
+    def what(self) -> str:
+        """It in words, for the log and the terminal."""
+        was = self.was
+        producer = f"{was.service}/{was.env}" if was.env else was.service
+        if isinstance(was, JobOverview):
+            return f"job instance {was.instance_id} of {was.name} ({producer})"
+        return f"run {was.run_id} of {was.name or 'workflow'} ({producer})"
+
+    def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
+        if isinstance(self.was, JobOverview):
+            return {"job": self.was.as_dict()}
+        return {"run": self.was.as_dict(trace_url), "spans_sent": self.spans, "incomplete": self.incomplete}

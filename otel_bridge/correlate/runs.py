@@ -78,6 +78,9 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # what was sent) until its end, when it is sent whole if any of them failed or it never ended, and
     # not at all otherwise. Still set once closed only if it was never sent.
     withheld: bool = False
+    # Closed by hand (`otel-bridge close`: the engine will never tell its end), and why: it closes at
+    # its next settling, as incomplete unless its end came, waiting for no gap and no step going on.
+    close_reason: str = ""
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
     # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
@@ -440,7 +443,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
     Called once the run's settle window has passed. A run open longer than
-    `policy.max_open_ns` (since the bridge first heard of it) is closed as incomplete.
+    `policy.max_open_ns` (since the bridge first heard of it), or closed by hand (`close_reason`), is
+    closed as incomplete.
     An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them. A run told
     ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:
     its steps that go on are sent as they end, and its root when it ends for good. A run the sampling
@@ -451,13 +455,14 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     if state.closed or not state.facts:
         return result
     ended = state.ended
+    by_hand = bool(state.close_reason)
     # `carrying_on` is only ever set with the end that made the run `ended`.
-    carrying_on = state.carrying_on and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
+    carrying_on = state.carrying_on and not by_hand and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
     if carrying_on:
         ended = False
-    incomplete = not ended and now_ns - state.opened_ns >= policy.max_open_ns
+    incomplete = not ended and (by_hand or now_ns - state.opened_ns >= policy.max_open_ns)
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
-    if ended and now_ns - state.ended_seen_ns < policy.gap_grace_ns and has_gaps(state.facts):
+    if ended and not by_hand and now_ns - state.ended_seen_ns < policy.gap_grace_ns and has_gaps(state.facts):
         result.held = True
         return result
 
@@ -491,6 +496,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     for span in spans:
         if span.end_ns is None or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
+        if span.role is SpanRole.RUN and incomplete and by_hand:
+            span.attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] = state.close_reason
         key = span.span_id.hex()
         built = key in state.emitted
         if not built:

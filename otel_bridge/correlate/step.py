@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from msgspec import Struct
 
-from otel_bridge.correlate.jobs import JobState, fold_job
+from otel_bridge.correlate.jobs import JobState, close_job, fold_job
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
@@ -134,3 +134,20 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         incomplete=result.incomplete,
         kept_back=result.kept_back,
     )
+
+
+def close(state: RunState | JobState, reason: str, now: float, policy: Policy) -> Step | None:
+    """Close by hand what the engine will never end (`otel-bridge close`), or None: nothing open there.
+
+    A run is settled at once and closed, as incomplete with `reason` unless its end came (then it waits
+    for no straggler and no step going on); a job instance awaits its run no more, and is no longer
+    counted active."""
+    if isinstance(state, JobState):
+        if not state.counted and job_overdue_since_ns(state) is None:
+            return None
+        job, observations = close_job(state)
+        return Step(job, now + policy.dedup_ttl_seconds, observations=observations)
+    if state.closed or not state.facts:
+        return None
+    state.close_reason = reason
+    return settle_run(state, now, policy)

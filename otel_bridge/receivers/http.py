@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -31,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
-from otel_bridge.correlate.overview import RunQuery
+from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, RunQuery
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.sources.wire import json_kind
@@ -193,6 +194,7 @@ def create_app(
     runs: Callable[[RunQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
     jobs: Callable[[bool, str | None, int], tuple[list[dict[str, Any]], int]] | None = None,
     ingest_inline: Callable[[int], bool] = lambda _events: False,
+    close: Callable[[str, str, bool, str | None], list[dict[str, Any]]] | None = None,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
 
@@ -201,6 +203,8 @@ def create_app(
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
     `runs(query, limit)` answers `GET /v1/runs`, `jobs(overdue, service, limit)` `GET /v1/jobs` (both behind
     the ingest credential);
+    `close(id, reason, jobs, service)` answers `POST /v1/runs/{id}/close` and `POST /v1/jobs/{id}/close`
+    (behind the ingest credential too): what it closed, [] when nothing open has that id;
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
     """
@@ -295,6 +299,34 @@ def create_app(
         assert jobs is not None
         return jobs(overdue, params.get("service") or None, limit)
 
+    def closing(name: str) -> Callable[[Request], Awaitable[Response]]:
+        """`POST /v1/{name}/{id}/close`: close by hand what the engine will never end, with an optional
+        `{"reason": ..., "service": ...}`; 404 when nothing open has that id."""
+
+        async def closed(request: Request) -> Response:
+            if not auth.allows(request.headers):
+                return unauthorized()
+            if close is None:
+                return _problem(404, f"nothing to close here: {name} are not kept by this bridge")
+            try:
+                asked = _close_request(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
+            except _Reject as exc:
+                return _problem(exc.status, str(exc), exc.headers)
+            except ClientDisconnect:
+                return Response(status_code=400)
+            instance_id = request.path_params["id"]
+            what = "run" if name == "runs" else "job instance"
+            try:
+                done = await run_in_threadpool(close, instance_id, asked.reason, name == "jobs", asked.service)
+            except Unavailable as exc:
+                return _problem(503, f"state store unavailable, try again: {exc}", {"Retry-After": "2"})
+            if not done:
+                of = f" of {asked.service}" if asked.service else ""
+                return _problem(404, f"no open {what} {instance_id}{of}")
+            return Response(orjson.dumps({"closed": done}), media_type="application/json")
+
+        return closed
+
     async def healthz(_request: Request) -> Response:
         # On the event loop, not in the worker threads: a loop that cannot answer is not alive either.
         status = liveness()
@@ -329,6 +361,8 @@ def create_app(
     routes = [
         Route("/v1/runs", listing("runs", open_runs if runs is not None else None), methods=["GET"]),
         Route("/v1/jobs", listing("jobs", job_instances if jobs is not None else None), methods=["GET"]),
+        Route("/v1/runs/{id}/close", closing("runs"), methods=["POST"]),
+        Route("/v1/jobs/{id}/close", closing("jobs"), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -354,6 +388,27 @@ def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response
     except ValueError:
         return _problem(400, f"limit must be a whole number, not {given!r}")
     return (overdue, limit) if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
+
+
+class CloseRequest(BaseModel):
+    """What `POST /v1/runs/{id}/close` takes (all of it optional): why, and whose run, where several
+    producers have one of that id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default=DEFAULT_CLOSE_REASON, min_length=1, max_length=1000)
+    service: str | None = Field(default=None, min_length=1)
+
+
+def _close_request(body: bytes) -> CloseRequest:
+    """The body of a close, or the 400 naming what is wrong with it (an empty body asks nothing more)."""
+    if not body.strip():
+        return CloseRequest()
+    try:
+        return CloseRequest.model_validate_json(body)
+    except ValidationError as exc:
+        said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise _Reject(400, f"not a close request ({said})") from None
 
 
 class _IngestFirst:

@@ -1,11 +1,14 @@
 """When a run is next due: decided in one place, by `apply` and `settle_run`."""
 
 import msgspec
-from builders import JobRun, WorkflowRun
+from builders import JobRun, WorkflowRun, ns_of
 
+from otel_bridge import conventions as c
 from otel_bridge.correlate import runs
+from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
+from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.correlate.runs import Admission, SettlePolicy
-from otel_bridge.correlate.step import Policy, apply, settle_run
+from otel_bridge.correlate.step import Policy, apply, close, settle_run
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.state import journal
 
@@ -113,3 +116,64 @@ def test_a_job_instance_is_remembered_only_while_it_counts():
     assert due is None  # counted as active: kept until it ends
     _state, due, _ = _applied(JobRun("t", "task").task_scheduled(10).executed(0).events)
     assert due == 50.0 + 1000
+
+
+def _paused() -> WorkflowRun:
+    # A sleep whose alarm the engine lost: nothing will ever end the run.
+    return WorkflowRun().started().step_started("a").after(5).step_completed("a").sleep_started(60_000).paused("sleep")
+
+
+def test_a_run_closed_by_hand_is_sent_at_once_as_incomplete_with_the_reason():
+    state, _due, _ = _applied(_paused().events)
+    first = settle_run(state, 60.0, POLICY)  # the step's span left at its settling
+    step = close(first.state, "cancelled in the engine", 70.0, POLICY)
+    root = next(s for s in step.spans if s.parent_span_id is None)
+    assert root.attributes[c.WORKFLOW_EXECUTION_INCOMPLETE] is True
+    assert root.attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] == "cancelled in the engine"
+    assert root.end_ns == max(f.time_ns for f in state.facts)  # ends where it was last heard of, as at max_open
+    assert {s.name for s in step.spans} == {root.name, "sleep"}  # what had not left yet, and nothing twice
+    assert step.incomplete and step.state.closed and step.due == 70.0 + 100  # kept to be shown, as any closed run
+    assert ("workflow.execution.active", -1) in [(o.instrument, o.value) for o in step.observations]
+
+
+def test_a_run_closed_by_hand_after_its_end_came_is_closed_as_it_ended_waiting_for_no_straggler():
+    # A lost step start is a gap: the run would wait gap_grace for it. Closed by hand, it does not.
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").after(1).completed(["a", "b"])
+    state, _due, _ = _applied(run.events)
+    step = close(state, "no more to come", 51.0, POLICY)
+    root = next(s for s in step.spans if s.parent_span_id is None)
+    assert not step.incomplete and c.WORKFLOW_EXECUTION_CLOSE_REASON not in root.attributes
+    assert root.status is SpanStatus.OK and step.state.closed
+
+
+def test_nothing_is_closed_of_a_run_already_closed():
+    state, _due, _ = _applied(WorkflowRun().started().step_started("a").after(5).step_completed("a").completed().events)
+    assert close(settle_run(state, 60.0, POLICY).state, "again", 61.0, POLICY) is None
+
+
+def test_an_event_of_a_run_closed_by_hand_comes_late_as_one_after_max_open_would():
+    run = _paused()
+    state, _due, _ = _applied(run.events)
+    closed = close(state, "gone", 60.0, POLICY)
+    step = apply(closed.state, closed.due, decode(run.after(10).resumed().events[-1]), 61.0, POLICY)
+    assert step.admission is Admission.LATE
+
+
+def test_a_job_instance_closed_by_hand_awaits_its_run_no_more_and_counts_active_no_more():
+    state, _due, _ = _applied(JobRun("sync").started().task_scheduled(in_ms=30_000).events)
+    step = close(state, "purged", 60.0, POLICY)
+    assert job_overdue_since_ns(step.state) is None and not step.state.counted
+    assert [(o.instrument, o.value) for o in step.observations] == [("job.instance.active", -1)]
+    assert step.due == 60.0 + 1000  # remembered for its events' ids, as any instance that no longer counts
+    assert close(step.state, "again", 61.0, POLICY) is None  # nothing left open
+
+
+def test_a_job_instance_closed_by_hand_awaits_the_next_run_it_is_told_of():
+    job = JobRun("reminder", "task").after(60_000).task_scheduled(in_ms=30_000)
+    state, _due, _ = _applied(job.events)
+    closed = close(state, "lost alarm", 60.0, POLICY).state
+    # One told before the one closed, come late, is not awaited either: the latest told is what counts.
+    earlier = JobRun("reminder", "task", instance_id=job.base["instanceId"]).task_scheduled(in_ms=10_000)
+    assert job_overdue_since_ns(apply(closed, None, decode(earlier.events[0]), 61.0, POLICY).state) is None
+    later = apply(closed, None, decode(job.after(60_000).task_scheduled(in_ms=30_000).events[-1]), 61.0, POLICY)
+    assert job_overdue_since_ns(later.state) == ns_of(job.events[-1]) + 30_000 * 10**6

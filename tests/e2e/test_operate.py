@@ -21,12 +21,13 @@ KEY = "on-call"
 JAEGER = "http://jaeger.example:16686/trace/{trace_id}"
 
 
-def _cli(*args: str, state: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, state: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "OTEL_BRIDGE_STATE": state,
         "OTEL_BRIDGE_OVERDUE_GRACE_SECONDS": "1",
         "OTEL_BRIDGE_TRACE_URL": JAEGER,
+        **{f"OTEL_BRIDGE_{name.upper()}": value for name, value in settings.items()},
     }
     return subprocess.run(
         [sys.executable, "-m", "otel_bridge", *args], env=env, capture_output=True, text=True, timeout=60
@@ -102,6 +103,40 @@ def test_an_overdue_run_is_listed_counted_shown_and_marked_when_it_resumes(tmp_p
     root = next(s for s in got.trace(trace_id) if s.parent_span_id == "")
     (overdue,) = [a for name, _t, a in root.events if name == "workflow.overdue"]
     assert overdue["workflow.overdue.seconds"] == 3540  # woke an hour after the pause, due a minute after it
+
+
+def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue_no_more(tmp_path, otlp_http):
+    # As on call: `otel-bridge close` beside the bridge, with its settings (its port, its credential).
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY).start()
+    stuck = _stuck()
+    trace_id = trace_id_for("durable-effect", "production", "shop", stuck.workflow_id).hex()
+    state, port = str(tmp_path / "state.db"), str(bridge.port)
+    try:
+        assert bridge.post(stuck.events, headers={"X-API-KEY": KEY}).status_code == 200
+        got = otlp_http.received
+        got.wait_for(lambda: _overdue_gauge(bridge) == 1)
+
+        closed = _cli("close", stuck.workflow_id, "--reason", "INC-42", state=state, port=port, api_key=KEY)
+
+        assert closed.returncode == 0, closed.stderr
+        assert f"closed run {stuck.workflow_id} of nightly (shop), paused since" in closed.stdout
+        assert "sent, the run marked incomplete (INC-42); 00-" + trace_id in closed.stdout
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(trace_id)))
+        got.wait_for(lambda: _overdue_gauge(bridge) == 0)
+        again = _cli("close", stuck.workflow_id, state=state, port=port, api_key=KEY)
+        assert again.returncode == 2
+        assert f"nothing closed: no open run or job instance {stuck.workflow_id} at {bridge.url}" in again.stderr
+        refused = _cli("close", stuck.workflow_id, state=state, port=port, api_key="wrong")
+        assert refused.returncode == 2 and "answered 401: missing or wrong credential" in refused.stderr
+        shown = _cli("show", stuck.workflow_id, state=state)
+        assert "incomplete: INC-42" in shown.stdout and "(open: drawn up to now)" not in shown.stdout
+    finally:
+        bridge.close()
+    (root,) = [s for s in got.trace(trace_id) if s.parent_span_id == ""]
+    assert root.attributes["workflow.execution.incomplete"] is True
+    assert root.attributes["workflow.execution.close_reason"] == "INC-42"
+    nowhere = _cli("close", stuck.workflow_id, "--url", bridge.url, state=state)
+    assert nowhere.returncode == 2 and f"cannot reach the bridge at {bridge.url}" in nowhere.stderr
 
 
 def test_overdue_runs_are_counted_from_the_store_after_a_restart(tmp_path, otlp_http):

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from builders import JobRun
+from builders import JobRun, WorkflowRun
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
@@ -193,6 +193,70 @@ def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_cred
 
 def _listed(listed: tuple[list[Any], int]) -> tuple[list[dict[str, Any]], int]:
     return [job.as_dict() for job in listed[0]], listed[1]
+
+
+def _closing_app(tmp_path) -> tuple[Any, Pipeline]:
+    settings = Settings(
+        state=str(tmp_path / "s.db"), api_key="k", dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds"
+    )
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+
+    def close(instance_id: str, reason: str, jobs: bool, service: str | None) -> list[dict[str, Any]]:
+        return [closed.as_dict() for closed in pipeline.close(instance_id, reason, jobs, service)]
+
+    app = create_app(
+        Counting(), settings, metrics=lambda _a: (b"", "text/plain"), readiness=lambda: {"ready": True}, close=close
+    )
+    return app, pipeline
+
+
+def test_closing_a_run_by_hand_answers_what_it_closed_behind_the_ingest_credential(tmp_path):
+    app, pipeline = _closing_app(tmp_path)
+    stuck = WorkflowRun("nightly").started().step_started("a").sleep_started(60_000).paused("sleep")
+    pipeline.ingest(stuck.events)
+    path = f"/v1/runs/{stuck.workflow_id}/close"
+    key = {"X-API-KEY": "k"}
+
+    assert _request(app, "POST", path).status_code == 401
+    answer = _request(app, "POST", path, json={"reason": "INC-42"}, headers=key)
+
+    assert answer.status_code == 200, answer.text
+    (closed,) = answer.json()["closed"]
+    assert closed["run"]["run_id"] == stuck.workflow_id and closed["run"]["state"] == "paused"
+    assert (closed["spans_sent"], closed["incomplete"]) == (3, True)  # the step's, the sleep's and the root
+    again = _request(app, "POST", path, headers=key)
+    assert again.status_code == 404 and again.json() == {"error": f"no open run {stuck.workflow_id}"}
+
+
+def test_closing_a_job_instances_wait_by_hand_needs_no_body(tmp_path):
+    app, pipeline = _closing_app(tmp_path)
+    lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)
+    pipeline.ingest(lost.events)
+
+    answer = _request(app, "POST", f"/v1/jobs/{lost.base['instanceId']}/close", headers={"X-API-KEY": "k"})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["closed"][0]["job"]["instance_id"] == lost.base["instanceId"]
+
+
+@pytest.mark.parametrize(
+    ("body", "told"),
+    [
+        (b"{not json", "not a close request (body: Invalid JSON"),
+        (b'{"reason": 5}', "not a close request (reason: Input should be a valid string)"),
+        (b'{"reason": ""}', "not a close request (reason: String should have at least 1 character)"),
+        (b'{"why": "x"}', "not a close request (why: Extra inputs are not permitted)"),
+    ],
+)
+def test_a_close_request_that_is_none_is_a_400_naming_what_is_wrong(tmp_path, body, told):
+    app, _pipeline = _closing_app(tmp_path)
+    answer = _request(app, "POST", "/v1/runs/r1/close", content=body, headers={"X-API-KEY": "k"})
+    assert answer.status_code == 400 and answer.json()["error"].startswith(told), answer.text
+
+
+def test_a_bridge_that_keeps_no_runs_has_nothing_to_close(tmp_path):
+    answer = _request(_app(tmp_path, Counting()), "POST", "/v1/runs/r1/close")
+    assert answer.status_code == 404 and "nothing to close here" in answer.json()["error"]
 
 
 @pytest.mark.parametrize(
