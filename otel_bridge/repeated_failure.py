@@ -93,3 +93,17 @@ class RepeatedFailure:
         with self._lock:
             if (ended := self._cadence.recovered()) is not None:
                 log.warning("%s works again, after %d failures", self._what, ended[1])
+
+
+def told_unreachable(cadence: Cadence, logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """A follower's failure to reach an engine's stream, told in its `logger` as `cadence` says: the first
+    one, then a line a minute with how many tries and for how long (the follower says when it follows
+    again)."""
+    if not cadence.failed():
+        return
+    said = str(exc) or type(exc).__name__
+    if cadence.failures == 1:
+        logger.warning("%s: %s; reconnecting (told again once a minute while it lasts)", what, said)
+    else:
+        tries, seconds = cadence.failures, cadence.failing_for()
+        logger.warning("%s: still not followed (%d tries in %.0f s): %s; reconnecting", what, tries, seconds, said)

@@ -20,6 +20,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
+from otel_bridge.urls import without_password
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class StreamReceiver:
         self.lag: int | None = None
         # Since when (monotonic) the stream is not read, None while it is (entries wait in the stream).
         self.disconnected_since: float | None = time.monotonic()
+        self._shown = without_password(url)
+        # Redis away for a night: its first failure and then a line a minute, not one a retry.
+        self._unreachable = Cadence()
 
     def _ensure_group(self) -> None:
         try:
@@ -160,6 +166,8 @@ class StreamReceiver:
                 if not ready:
                     self._ensure_group()
                     ready = True
+                    if (ended := self._unreachable.recovered()) is not None:
+                        log.warning("following %s again, after %.0f s and %d tries", self._key, *ended)
                     log.info("consuming %s as %s of group %s", self._key, self._name, self._group)
                 entries = self._next_entries()
                 self.disconnected_since = None
@@ -180,7 +188,7 @@ class StreamReceiver:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except RedisError as exc:
-                log.warning("stream %s unreachable: %s; retrying in %.1f s", self._key, exc, backoff)
+                _told_unreachable(self._unreachable, log, f"stream {self._key} at {self._shown}", exc)
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 ready = False
                 stop.wait(backoff)

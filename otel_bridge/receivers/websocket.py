@@ -28,7 +28,8 @@ from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.repeated_failure import RepeatedFailure
+from otel_bridge.repeated_failure import Cadence, RepeatedFailure
+from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_password
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class WebSocketReceiver:
         # meanwhile is told again only for the executions the bridge knew open.
         self.disconnected_since: float | None = time.monotonic()
         self._missed: list[str] = []
+        # An engine away for a night: its first failure and then a line a minute, not one a reconnection.
+        self._unreachable = Cadence()
         self._unanswered = RepeatedFailure(
             f"fetching timelines from {without_password(self._api_url or '')}",
             plain=(httpx.HTTPError, timeline_api.ApiError),
@@ -118,7 +121,10 @@ class WebSocketReceiver:
                 with connect(
                     self._url, additional_headers=self._headers, open_timeout=10, max_size=self._max_message_bytes
                 ) as ws:
-                    log.info("following %s", self._shown)
+                    if (ended := self._unreachable.recovered()) is not None:
+                        log.warning("following %s again, after %.0f s and %d tries", self._shown, *ended)
+                    else:
+                        log.info("following %s", self._shown)
                     self.disconnected_since = None
                     backoff = 0.5
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
@@ -130,7 +136,7 @@ class WebSocketReceiver:
                 if stop.is_set():
                     break
                 delay = random.uniform(0.5, 1.5) * backoff
-                log.warning("websocket %s: %s; reconnecting in %.1f s", self._shown, exc or type(exc).__name__, delay)
+                _told_unreachable(self._unreachable, log, f"websocket {self._shown}", exc)
                 stop.wait(delay)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except InvalidURI as exc:

@@ -245,3 +245,7 @@ def test_a_stream_the_bridge_cannot_reach_is_told_by_a_gauge_and_readyz_and_then
             got.wait_for(lambda execution=execution: any(s.parent_span_id == "" for s in got.trace(_trace(execution))))
     finally:
         bridge.close()
+    # Told once, not at every retry, and its end told too.
+    told = bridge.log.read_text()
+    assert told.count("reconnecting (told again once a minute while it lasts)") == 1, told
+    assert re.search(rf"following {KEY} again, after \d+ s and \d+ tries", told), told

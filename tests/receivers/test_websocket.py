@@ -1,6 +1,7 @@
 """Following the Phase-10 WebSocket (a real stand-in on uvicorn): what a reconnect asks the engine for."""
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.receivers import websocket
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.replay import replay
 from otel_bridge.receivers.websocket import WebSocketReceiver
@@ -277,3 +279,30 @@ def test_a_password_in_the_engines_url_never_reaches_the_log(tmp_path, caplog):
         follower.join(10)
     dead_letters.close()
     assert "s3cret" not in caplog.text and f"ws://bridge:***@127.0.0.1:{port}/ws/stream" in caplog.text
+
+
+def test_an_engine_away_is_told_once_then_once_a_minute_and_when_it_is_followed_again(tmp_path, caplog, monkeypatch):
+    # An engine down for a night wrote a warning a reconnection (two a minute once backed off).
+    monkeypatch.setattr(websocket, "_MAX_BACKOFF", 0.1)
+    engine = Phase10Server()  # its port bound, nothing answering yet
+    dead_letters = DeadLetters(tmp_path / "dead.jsonl", 1 << 20, 1)
+    receiver = WebSocketReceiver(engine.ws_url, _NothingExpected(), dead_letters, progress=phase10.progress)
+    stop = threading.Event()
+    follower = threading.Thread(target=receiver.run, args=(stop,), daemon=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.websocket"):
+            follower.start()
+            _wait(lambda: receiver._unreachable.failures >= 4, "it tries again and again")
+            assert caplog.text.count("reconnecting") == 1
+            assert "told again once a minute while it lasts" in caplog.text
+            engine.scripts.put([])  # nothing to tell: connected until the follower leaves
+            engine.start()
+            _wait(lambda: "again, after" in caplog.text, "its return is told")
+            stop.set()
+            follower.join(10)
+        assert re.search(rf"following {engine.ws_url} again, after \d+ s and \d+ tries", caplog.text)
+    finally:
+        stop.set()
+        follower.join(10)
+        engine.close()
+        dead_letters.close()
