@@ -102,7 +102,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_EVENTS_LATE: InstrumentSpec(
         "counter", "{event}", "Events that arrived after their run's trace was sent"
     ),
-    c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec("counter", "{run}", "Runs closed as incomplete after max_open"),
+    c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec(
+        "counter", "{run}", "Runs closed as incomplete: open max_open_seconds, or closed by hand (otel-bridge close)"
+    ),
     c.M_BRIDGE_RUNS_KEPT_BACK: InstrumentSpec(
         "counter", "{run}", "Runs ended and never sent: left out by trace_sample_ratio, no span of them failed"
     ),
