@@ -124,6 +124,8 @@ M_WORKFLOW_TASK_EXHAUSTED: Final = "workflow.task.exhausted"
 M_WORKFLOW_STATE_TRANSITIONS: Final = "workflow.state.transitions"
 M_JOB_EXECUTIONS: Final = "job.executions"
 M_JOB_EXECUTION_DURATION: Final = "job.execution.duration"
+# When a job last ran, by result (Unix time): `time() - …` is how long it has not (the seed's "last execution").
+M_JOB_EXECUTION_LAST: Final = "job.execution.last_timestamp"
 M_JOB_RETRY_EXHAUSTED: Final = "job.retry.exhausted"
 M_JOB_TERMINATIONS: Final = "job.terminations"
 M_JOB_INSTANCE_ACTIVE: Final = "job.instance.active"

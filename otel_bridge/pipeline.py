@@ -20,7 +20,7 @@ from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
-from otel_bridge.correlate.jobs import JobState, active_instance
+from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
 from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import Closed, JobOverview, RunOverview, RunQuery, job_overview, overview
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
@@ -707,7 +707,8 @@ class Pipeline:
         return [head.run for _key, head in heads if not head.closed]
 
     def restore_gauges(self) -> None:
-        """After a restart, count the runs and job instances that are still open in the active gauges.
+        """After a restart, count the runs and job instances that are still open in the active gauges, and
+        tell when each job last ran (job.execution.last_timestamp).
 
         Only for a store of our own: with a shared store every replica's gauge is its share of
         the changes it saw, and recounting everything on each replica would count runs twice.
@@ -730,6 +731,7 @@ class Pipeline:
             if isinstance(state, JobState):
                 if state.counted:
                     observations.append(active_instance(state))
+                observations += last_runs(state)
                 continue
             if state.held_open:
                 self._held.add(key)

@@ -320,7 +320,17 @@ def jobs() -> Board:
     b.panel(
         "Terminations",
         [(f"sum by (job_name) (increase(job_terminations_total{{{SEL}}}[$__range]))", "{{job_name}}")],
-        kind="bargauge", width=12,
+        kind="bargauge", width=6,
+    )  # fmt: skip
+    b.panel(
+        "Since the last successful run",
+        # The latest of every instance and every replica: max, then how long ago.
+        [(f'time() - max by (job_name) (job_execution_last_timestamp_seconds{{{SEL}, job_execution_result="success"}})',
+          "{{job_name}}")],
+        kind="stat", unit="s", width=6,
+        description="How long ago each job last ran successfully (its latest instance): the seed's \"last "
+                    "execution\". A continuous job tells no next run, so a stalled one shows here, growing; "
+                    "alert on it with the interval you gave it (README, Stuck runs).",
     )  # fmt: skip
     b.panel(
         "Overdue instances",

@@ -413,3 +413,24 @@ def test_on_redis_any_replica_closes_a_run_by_hand(redis_url):
     assert closed.incomplete and closed.spans == 3  # the step, the sleep and the root: none settled before
     assert [r for r in one.list_runs(RunQuery(service=closed.was.service))[0]] == []
     assert stuck.workflow_id not in [r.run_id for r in one.overdue_runs()]
+
+
+def test_when_each_job_last_ran_is_told_again_after_a_restart(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    job = JobRun("sync").started().after(60_000).executed(1).after(60_000).failed(2).after(1000).executed(2)
+    pipeline.ingest(job.events)
+    pipeline.store.close()
+    hub = MetricsHub()
+    restarted = Pipeline(SqliteStore(pipeline.settings.state), hub, pipeline.settings)
+
+    restarted.restore_gauges()
+
+    points = {
+        point.attributes["job.execution.result"]: point.value
+        for data in hub.collect()
+        for scope in data.resource_metrics[0].scope_metrics
+        for metric in scope.metrics
+        if metric.name == "job.execution.last_timestamp"
+        for point in metric.data.data_points
+    }
+    assert points == {"success": ns_of(job.events[-1]) / 1e9, "failure": ns_of(job.events[2]) / 1e9}

@@ -28,6 +28,8 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     # Failed attempts counted in job.executions since the last success, and when that was.
     failed_attempts: list[int] = []
     succeeded_ns: int = 0
+    # When it last failed: with `succeeded_ns`, job.execution.last_timestamp as it stands after a restart.
+    failed_ns: int = 0
     # When the instance is next to run (0: nothing awaited), as the latest told (by its event's time,
     # `due_told_ns`); a run at or after `due_from_ns` is the one awaited. A task's next run is told
     # before the current one's end (task.scheduled, then job.executed), so a run counts for it only from
@@ -54,6 +56,18 @@ def active_instance(state: JobState) -> Observation:
     """The +1 an instance counted in `job.instance.active` contributes."""
     attributes = ((c.JOB_NAME, state.job_name), (c.JOB_TYPE, state.job_type))
     return Observation(c.M_JOB_INSTANCE_ACTIVE, 1, attributes, Resource(state.service, state.env))
+
+
+def last_runs(state: JobState) -> list[Observation]:
+    """When the instance last ran, by result, as job.execution.last_timestamp tells it: what a restart
+    counts again from the store."""
+    job = ((c.JOB_NAME, state.job_name), (c.JOB_TYPE, state.job_type))
+    resource = Resource(state.service, state.env)
+    return [
+        Observation(c.M_JOB_EXECUTION_LAST, at / 1e9, (*job, (c.JOB_EXECUTION_RESULT, result)), resource)
+        for at, result in ((state.succeeded_ns, c.RESULT_SUCCESS), (state.failed_ns, c.RESULT_FAILURE))
+        if at
+    ]
 
 
 # An alarm may fire a little before the time it was set for: a run this much earlier still counts.
@@ -122,11 +136,14 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
                 out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
         case JOB_KIND.EXECUTED:
             out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
+            out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
             if record.duration_ms is not None:
                 out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
             if record.time_ns >= state.succeeded_ns:
                 state.succeeded_ns, state.failed_attempts = record.time_ns, []
         case JOB_KIND.FAILED:
+            out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, failure))
+            state.failed_ns = max(state.failed_ns, record.time_ns)
             attempt = record.attempt or 1
             current = record.time_ns >= state.succeeded_ns
             if not (current and attempt in state.failed_attempts):

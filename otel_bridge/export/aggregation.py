@@ -1,11 +1,11 @@
-"""What the bridge's own aggregations share (`histograms.py`, `sums.py`): instruments by name, each
+"""What the bridge's own aggregations share (`histograms.py`, `sums.py`, `latest.py`): instruments by name, each
 with its series by attributes, behind one lock, handed out at collection as the SDK's data classes."""
 
 import threading
 import time
 from typing import Generic, Protocol, TypeVar
 
-from opentelemetry.sdk.metrics.export import Histogram, Metric, Sum
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, Sum
 
 Attributes = tuple[tuple[str, str], ...]
 
@@ -38,5 +38,5 @@ class Aggregation(Generic[I]):
                 for name, instrument in self._instruments.items()
             ]
 
-    def _data(self, instrument: I, now: int) -> Histogram | Sum:
+    def _data(self, instrument: I, now: int) -> Histogram | Sum | Gauge:
         raise NotImplementedError

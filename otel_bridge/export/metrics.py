@@ -3,9 +3,9 @@
 Each producer (serviceKey, env) is its own OTLP resource, so it gets its own
 MeterProvider. Every provider has a pull reader that both the periodic OTLP export
 and the Prometheus endpoint collect from, so one thread serves any number of
-producers. Gauges are the SDK's; histograms (recorded once per span sent) and counters
-(moved by every batch) are aggregated here, in `histograms.py` and `sums.py`, and joined
-to the SDK's data at collection.
+producers. Gauges are the SDK's; histograms (recorded once per span sent), counters
+(moved by every batch) and the times things last happened are aggregated here, in
+`histograms.py`, `sums.py` and `latest.py`, and joined to the SDK's data at collection.
 """
 
 # Before any MeterProvider is made: the SDK's hook in a forked child submits to a ThreadPoolExecutor
@@ -32,6 +32,7 @@ from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export.histograms import Histograms
+from otel_bridge.export.latest import Latest
 from otel_bridge.export.sums import Sums
 from otel_bridge.repeated_failure import RepeatedFailure
 
@@ -47,7 +48,7 @@ _NAMED_KEPT = 10_000
 
 @dataclass(frozen=True, slots=True)
 class InstrumentSpec:
-    kind: str  # counter | updowncounter | histogram
+    kind: str  # counter | updowncounter | histogram | latest (a gauge keeping the largest value given)
     unit: str
     description: str
     buckets: tuple[float, ...] | None = None
@@ -78,6 +79,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_WORKFLOW_STATE_TRANSITIONS: InstrumentSpec("counter", "{transition}", "Workflow state transitions"),
     c.M_JOB_EXECUTIONS: InstrumentSpec("counter", "{execution}", "Job executions, by result"),
     c.M_JOB_EXECUTION_DURATION: InstrumentSpec("histogram", "s", "Job execution duration", DURATION_BUCKETS),
+    c.M_JOB_EXECUTION_LAST: InstrumentSpec(
+        "latest", "s", "When the job last ran (Unix time), by result: the time since is how long it has not"
+    ),
     c.M_JOB_RETRY_EXHAUSTED: InstrumentSpec("counter", "{job}", "Jobs whose retries were exhausted"),
     c.M_JOB_TERMINATIONS: InstrumentSpec("counter", "{job}", "Job instances terminated"),
     c.M_JOB_INSTANCE_ACTIVE: InstrumentSpec("updowncounter", "{instance}", "Continuous job instances running"),
@@ -170,14 +174,18 @@ class _Producer:
     instruments: dict[str, object]
     histograms: Histograms | None = None
     sums: Sums | None = None
+    latest: Latest | None = None
     resource: SdkResource | None = None
 
 
 def _with_own(data: MetricsData | None, producer: _Producer) -> MetricsData | None:
-    """The SDK's collection of one producer with the bridge's own sums and histograms added (in its scope)."""
+    """The SDK's collection of one producer with the bridge's own sums, histograms and latest times added (in
+    its scope)."""
     own = producer.sums.metrics() if producer.sums is not None else []
     if producer.histograms is not None:
         own += producer.histograms.metrics()
+    if producer.latest is not None:
+        own += producer.latest.metrics()
     if not own:
         return data
     resource_metrics = list(data.resource_metrics) if data is not None else []
@@ -259,7 +267,7 @@ class MetricsHub:
             sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
         reader = InMemoryMetricReader()
         provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
-        producer = _Producer(provider, reader, {}, Histograms(), Sums(), sdk_resource)
+        producer = _Producer(provider, reader, {}, Histograms(), Sums(), Latest(), sdk_resource)
         if resource is not None:
             for name, spec in self._producer_gauges.items():
                 self._observe(producer, resource, name, *spec)
@@ -308,6 +316,8 @@ class MetricsHub:
                 instrument = meter.create_counter(name, spec.unit, spec.description)
             elif spec.kind == "updowncounter":
                 instrument = meter.create_up_down_counter(name, spec.unit, spec.description)
+            elif spec.kind == "latest":  # an application's provider: its own gauge, the last value recorded
+                instrument = meter.create_gauge(name, spec.unit, spec.description)
             else:
                 instrument = meter.create_histogram(
                     name, spec.unit, spec.description, explicit_bucket_boundaries_advisory=spec.buckets
@@ -321,13 +331,18 @@ class MetricsHub:
         # each record costs a lookup and a lock in `Sums`, or ~10 µs in the SDK's instruments of an
         # application's own MeterProvider.
         sums: dict[tuple[Resource | None, str, tuple[tuple[str, str], ...]], float] = {}
+        latest: dict[tuple[Resource | None, str, tuple[tuple[str, str], ...]], float] = {}
         for o in observations:
-            if INSTRUMENTS[o.instrument].kind == "histogram" or (o.trace_id and o.span_id):
+            kind = INSTRUMENTS[o.instrument].kind
+            if kind == "histogram" or (o.trace_id and o.span_id):
                 self._record(o.resource, o.instrument, o.attributes, o.value, o.trace_id, o.span_id)
+            elif kind == "latest":  # the latest time: only the largest of the batch can count
+                series = (o.resource, o.instrument, o.attributes)
+                latest[series] = max(latest.get(series, o.value), o.value)
             else:
                 series = (o.resource, o.instrument, o.attributes)
                 sums[series] = sums.get(series, 0) + o.value
-        for (resource, name, attributes), value in sums.items():
+        for (resource, name, attributes), value in (*sums.items(), *latest.items()):
             self._record(resource, name, attributes, value, None, None)
 
     def _record(
@@ -352,7 +367,10 @@ class MetricsHub:
             assert spec.buckets is not None
             producer.histograms.record(name, spec.unit, spec.description, spec.buckets, named, value, trace_id, span_id)
             return
-        if spec.kind != "histogram" and producer.sums is not None:
+        if spec.kind == "latest" and producer.latest is not None:
+            producer.latest.observe(name, spec.unit, spec.description, named, value)
+            return
+        if spec.kind not in ("histogram", "latest") and producer.sums is not None:
             # Counters keep no exemplars: only histograms (durations, one per span) link to traces.
             producer.sums.add(name, spec.unit, spec.description, spec.kind == "counter", named, value)
             return
@@ -360,6 +378,8 @@ class MetricsHub:
         context = _exemplar_context(trace_id, span_id) if trace_id and span_id else None
         if spec.kind == "histogram":
             instrument.record(value, dict(named), context=context)  # type: ignore[attr-defined]
+        elif spec.kind == "latest":
+            instrument.set(value, dict(named))  # type: ignore[attr-defined]
         else:
             instrument.add(value, dict(named), context=context)  # type: ignore[attr-defined]
 

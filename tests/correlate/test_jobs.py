@@ -8,6 +8,7 @@ from histories import job_histories
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_bridge.correlate.jobs import last_runs
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import SettlePolicy
 from otel_bridge.correlate.step import Policy, overdue_at
@@ -96,6 +97,28 @@ def test_an_instance_started_again_after_its_purge_is_counted_again():
 
 # Overdue: the job's lost alarm. When an instance is next to run is what the engine told (a task's
 # scheduledAt, a debounce's flushAt); it is overdue from then on until a run comes.
+
+
+def _last_runs(events: list[dict]) -> dict[str, float]:
+    """job.execution.last_timestamp by result, as a gauge keeping the latest time given would hold it."""
+    told: dict[str, float] = {}
+    for o in fold_events(events).observations:
+        if o.instrument == "job.execution.last_timestamp":
+            result = dict(o.attributes)["job.execution.result"]
+            told[result] = max(told.get(result, 0.0), o.value)
+    return told
+
+
+def test_when_a_job_last_ran_is_told_by_result_the_latest_in_any_order():
+    job = JobRun("sync").started().after(60_000).executed(1).after(60_000).failed(2).after(1000).executed(2)
+    job.after(60_000).executed(3)
+    last = {"success": ns_of(job.events[-1]) / 1e9, "failure": ns_of(job.events[2]) / 1e9}
+    assert _last_runs(job.events) == last
+    assert {tuple(sorted(_last_runs(list(order)).items())) for order in itertools.permutations(job.events[1:])} == {
+        tuple(sorted(last.items()))
+    }
+    (state,) = fold_events(job.events).jobs.values()
+    assert {dict(o.attributes)["job.execution.result"]: o.value for o in last_runs(state)} == last  # after a restart
 
 
 def _overdue_since(events: list[dict]) -> int | None:
