@@ -13,6 +13,7 @@ producers. Gauges are the SDK's; histograms (recorded once per span sent), count
 # Hooks run in the order they were registered: a provider made first (its resource given, so nothing
 # had yet imported the executor) left every forked child waiting on that lock for good.
 import concurrent.futures.thread  # noqa: F401
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -338,7 +339,8 @@ class MetricsHub:
                 self._record(o.resource, o.instrument, o.attributes, o.value, o.trace_id, o.span_id)
             elif kind == "latest":  # the latest time: only the largest of the batch can count
                 series = (o.resource, o.instrument, o.attributes)
-                latest[series] = max(latest.get(series, o.value), o.value)
+                if o.value > latest.get(series, -math.inf):
+                    latest[series] = o.value
             else:
                 series = (o.resource, o.instrument, o.attributes)
                 sums[series] = sums.get(series, 0) + o.value
