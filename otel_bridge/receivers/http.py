@@ -361,8 +361,8 @@ def create_app(
     routes = [
         Route("/v1/runs", listing("runs", open_runs if runs is not None else None), methods=["GET"]),
         Route("/v1/jobs", listing("jobs", job_instances if jobs is not None else None), methods=["GET"]),
-        Route("/v1/runs/{id}/close", closing("runs"), methods=["POST"]),
-        Route("/v1/jobs/{id}/close", closing("jobs"), methods=["POST"]),
+        Route("/v1/runs/{id:path}/close", closing("runs"), methods=["POST"]),
+        Route("/v1/jobs/{id:path}/close", closing("jobs"), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),

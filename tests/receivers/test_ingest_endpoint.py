@@ -4,6 +4,7 @@ Starlette keeps, driven in-process with the messages a server sends it."""
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -226,6 +227,15 @@ def test_closing_a_run_by_hand_answers_what_it_closed_behind_the_ingest_credenti
     assert (closed["spans_sent"], closed["incomplete"]) == (3, True)  # the step's, the sleep's and the root
     again = _request(app, "POST", path, headers=key)
     assert again.status_code == 404 and again.json() == {"error": f"no open run {stuck.workflow_id}"}
+
+
+def test_a_run_whose_id_holds_a_slash_or_a_space_is_closed_by_its_id_escaped_in_the_path(tmp_path):
+    app, pipeline = _closing_app(tmp_path)
+    stuck = WorkflowRun("nightly", workflow_id="tenant/42 night ☾").started().step_started("a")
+    pipeline.ingest(stuck.events)
+    answer = _request(app, "POST", f"/v1/runs/{quote(stuck.workflow_id, safe='')}/close", headers={"X-API-KEY": "k"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["closed"][0]["run"]["run_id"] == "tenant/42 night ☾"
 
 
 def test_closing_a_job_instances_wait_by_hand_needs_no_body(tmp_path):
