@@ -639,8 +639,8 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
             closed = answer.json()["closed"]
             if args.json:
                 print(json.dumps(closed, indent=2))
-            for done in closed if not args.json else ():
-                print(_closed_in_words(done, args.reason))
+            else:
+                print("\n".join(_closed_in_words(done, args.reason) for done in closed))
             return 0
     of = f" of {args.service}" if args.service else ""
     raise CliError(f"nothing closed: no open run or job instance {args.id}{of} at {base}")
