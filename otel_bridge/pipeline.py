@@ -42,6 +42,8 @@ from otel_bridge.state.store import Store, StoreUnavailable, Transaction
 log = logging.getLogger(__name__)
 
 _SETTLE_CHUNK = 256
+# A grace no wait outlasts: "not overdue".
+_NEVER = 1 << 62
 # Observations of open runs recorded together when the gauges are restored at start-up.
 _RESTORED_AT_ONCE = 5000
 # Settling commits after this much work (seconds; at least one run per commit) when another transaction waits to
@@ -511,7 +513,7 @@ class Pipeline:
         producer: what the engine will never end (`otel-bridge close`). A run's spans go out now, its root
         marked incomplete with `reason`; a job instance awaits its run no more. [] when none is open."""
         now = self._clock()
-        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        now_ns, grace = int(now * 1e9), self._graces(now)
         ending = keys.SEPARATOR + instance_id
         named = ((key, head) for key, head in self.store.states(keys.JOBS if jobs else "") if key.endswith(ending))
         found = [key for key, head in self._headers(named, jobs) if service in (None, _service_of(head))]
@@ -523,9 +525,9 @@ class Pipeline:
                 if state is None:
                     continue
                 if isinstance(state, JobState):
-                    was: RunOverview | JobOverview | None = job_overview(key, state, now_ns, grace_ns)
+                    was: RunOverview | JobOverview | None = job_overview(key, state, now_ns, grace(key))
                 else:  # one whose end came closes by itself, within its settle window
-                    was = overview(state, now_ns, grace_ns)
+                    was = overview(state, now_ns, grace(key))
                 step = close_by_hand(state, reason, now, self.policy) if was is not None else None
                 if step is None or was is None:
                     continue
@@ -557,10 +559,10 @@ class Pipeline:
         """The job instances (of any producer) with this id, as `otel-bridge jobs` lists them (those that
         neither run nor await a run too)."""
         now = self._clock() if now is None else now
-        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
+        now_ns, grace = int(now * 1e9), self._graces(now)
         ending = keys.SEPARATOR + instance_id
         pairs = ((key, header) for key, header in self.store.states(keys.JOBS) if key.endswith(ending))
-        return [job_overview(key, state, now_ns, grace_ns) for key, state in self._job_states(pairs)]
+        return [job_overview(key, state, now_ns, grace(key)) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
@@ -635,13 +637,14 @@ class Pipeline:
         """The job instances that run (continuous, started) or await a run, the latest first (at most
         `limit`), and how many there are; `overdue`: only those past their time to run, through the index."""
         now = self._clock() if now is None else now
-        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
-        pairs = self.store.overdue(now) if overdue else self.store.states(keys.JOBS)
+        indexed = self.store.overdue(now)
+        now_ns, grace = int(now * 1e9), self._graces(now, indexed)
+        pairs = indexed if overdue else self.store.states(keys.JOBS)
         listed = []
         for key, state in self._job_states(pairs):
             if service is not None and state.service != service:
                 continue
-            job = job_overview(key, state, now_ns, grace_ns)
+            job = job_overview(key, state, now_ns, grace(key))
             if job.going_on and (not overdue or job.overdue_ns is not None):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
@@ -664,11 +667,9 @@ class Pipeline:
         their headers take. `indexed`: what the overdue index already answered, not asked again.
         """
         now = self._clock() if now is None else now
-        now_ns, grace_ns = int(now * 1e9), int(self.settings.overdue_grace_seconds * 1e9)
-        if query.overdue:
-            headers: Iterable[tuple[str, bytes]] = self.store.overdue(now) if indexed is None else indexed
-        else:
-            headers = self.store.states()
+        indexed = self.store.overdue(now) if indexed is None else indexed
+        now_ns, grace = int(now * 1e9), self._graces(now, indexed)
+        headers: Iterable[tuple[str, bytes]] = indexed if query.overdue else self.store.states()
         # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
@@ -678,7 +679,7 @@ class Pipeline:
                 continue
             kept: RunOverview | tuple[str, RunState]
             if query.overdue or head.state_order is None:  # told only by its facts
-                run = self._overview(key, head, now_ns, grace_ns)
+                run = self._overview(key, head, now_ns, grace(key))
                 if run is None or not query.holds(run):
                     continue
                 since, kept = run.since_ns, run
@@ -690,12 +691,20 @@ class Pipeline:
                 heapq.heappop(oldest)  # the newest of those kept
         listed = []
         for _since, _n, kept in sorted(oldest, key=lambda entry: (-entry[0], -entry[1])):
-            run = self._overview(*kept, now_ns, grace_ns) if isinstance(kept, tuple) else kept
+            run = self._overview(*kept, now_ns, grace(kept[0])) if isinstance(kept, tuple) else kept
             if run is None:  # a header without facts: nothing to tell
                 count -= 1
                 continue
             listed.append(run)
         return listed, count
+
+    def _graces(self, now: float, indexed: list[tuple[str, bytes]] | None = None) -> Callable[[str], int]:
+        """The grace a run or job instance under a key is judged overdue by, as the store's overdue index
+        says (`indexed`: what it answered already): none for one in it, as the bridge that wrote it put it
+        there by its own `overdue_grace_seconds`; never for one not in it. A command run with other settings
+        than the bridge's (on another machine, without its environment) lists what its gauge counts."""
+        overdue = {key for key, _blob in (self.store.overdue(now) if indexed is None else indexed)}
+        return lambda key: 0 if key in overdue else _NEVER
 
     def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         run = self._whole(key, head)

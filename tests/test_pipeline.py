@@ -434,3 +434,25 @@ def test_when_each_job_last_ran_is_told_again_after_a_restart(tmp_path):
         for point in metric.data.data_points
     }
     assert points == {"success": ns_of(job.events[-1]) / 1e9, "failure": ns_of(job.events[2]) / 1e9}
+
+
+def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_bridge_counts(tmp_path):
+    # `otel-bridge runs` run on another machine, without the bridge's OTEL_BRIDGE_OVERDUE_GRACE_SECONDS:
+    # it listed "no overdue runs" while the gauge counted them.
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, overdue_grace_seconds=1)
+    bridge = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    stuck = _lost_sleep("shop")  # a minute's sleep in 2025, long past
+    lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)
+    just_now = WorkflowRun("nightly", start=datetime.now(UTC) - timedelta(seconds=63)).started().sleep_started(60_000)
+    just_now.paused("sleep", resume_in_ms=60_000)  # due 3 s ago: overdue to the bridge, not by 300 s
+    bridge.ingest(stuck.events + lost.events + just_now.events)
+    assert len(bridge.overdue_runs()) == 2 and len(bridge.overdue()[1]) == 1
+    bridge.store.close()
+    elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace: 300 s
+    command = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)
+
+    overdue, count = command.list_runs(RunQuery(overdue=True))
+
+    assert count == 2 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id}
+    assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
+    assert [j.instance_id for j in command.list_jobs(overdue=True)[0]] == [lost.base["instanceId"]]
