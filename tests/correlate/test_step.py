@@ -2,6 +2,9 @@
 
 import msgspec
 from builders import JobRun, WorkflowRun, ns_of
+from histories import long_histories
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate import runs
@@ -177,3 +180,41 @@ def test_a_job_instance_closed_by_hand_awaits_the_next_run_it_is_told_of():
     assert job_overdue_since_ns(apply(closed, None, decode(earlier.events[0]), 61.0, POLICY).state) is None
     later = apply(closed, None, decode(job.after(60_000).task_scheduled(in_ms=30_000).events[-1]), 61.0, POLICY)
     assert job_overdue_since_ns(later.state) == ns_of(job.events[-1]) + 30_000 * 10**6
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=long_histories(), data=st.data())
+def test_a_run_closed_by_hand_at_any_point_sends_each_span_once_and_takes_nothing_in_after(history, data):
+    # Any order, repeats, settled after any event, closed by hand after any event: the root leaves once,
+    # at the close unless the run had ended and left before; what comes after the close is late or a repeat.
+    repeats = data.draw(st.lists(st.sampled_from(history), max_size=len(history) // 3))
+    delivered = data.draw(st.permutations(history + repeats))
+    at = data.draw(st.integers(min_value=1, max_value=len(delivered)))
+    settled_after = set(data.draw(st.lists(st.integers(min_value=1, max_value=len(delivered)), max_size=5)))
+    state, due, now = None, None, 100.0
+    sent: list[str] = []
+    roots: list[dict] = []
+    closed = None
+    for n, raw in enumerate(delivered, 1):
+        now += 1
+        step = apply(state, due, decode(raw), now, POLICY)
+        if closed is not None:
+            assert step.admission in (Admission.LATE, Admission.REPEATED), raw["type"]
+        state, due = step.state, step.due
+        settling = None
+        if n == at:
+            closed = settling = close(state, "gone", now, POLICY)
+            if closed is None:  # closed before: it had ended and been settled
+                assert state.closed and roots
+                closed = settle_run(state, now, POLICY)
+        elif n in settled_after and closed is None:
+            settling = settle_run(state, now, POLICY)
+        if settling is not None:
+            state, due = settling.state, settling.due
+            sent += [span.span_id.hex() for span in settling.spans]
+            roots += [span.attributes for span in settling.spans if span.parent_span_id is None]
+    assert len(sent) == len(set(sent))
+    assert len(roots) == 1
+    if not any(raw["type"] in ("workflow.completed", "workflow.failed") for raw in delivered[:at]):
+        assert roots[0][c.WORKFLOW_EXECUTION_CLOSE_REASON] == "gone"
+        assert roots[0][c.WORKFLOW_EXECUTION_INCOMPLETE] is True
