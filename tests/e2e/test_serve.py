@@ -109,6 +109,8 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
         == 1
     )
     assert got.metric("job.instance.active", **{"job.name": "tokenRefresher"})[0]["value"] == 1
+    (last,) = got.metric("job.execution.last_timestamp", **{"job.name": "tokenRefresher"})
+    assert (last["kind"], last["unit"], last["value"]) == ("gauge", "s", ns_of(job.events[-1]) / 1e9)
     flush = got.metric("job.debounce.flush.size", **{"job.debounce.flush.reason": "maxEvents"})[0]
     assert (flush["count"], flush["sum"]) == (1, 7)
     assert got.metric("job.task.schedule.delay", **{"job.task.trigger": "idle"})[0]["sum"] == 60
