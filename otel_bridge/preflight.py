@@ -104,12 +104,13 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
 def _stream(settings: Settings, timeout_seconds: float) -> Finding:
     if not settings.stream_url:
         return Finding("stream", None, "not followed (--stream-url)")
-    import redis
+    from otel_bridge.redis_client import REDIS_ERRORS, connect
 
     where = f"{settings.stream_key} at {without_password(settings.stream_url)}"
-    client = redis.Redis.from_url(
-        settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
-    )
+    try:
+        client = connect(settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
+    except REDIS_ERRORS as exc:
+        return Finding("stream", False, f"{where}: {exc}")
     try:
         client.ping()
         if not client.exists(settings.stream_key):
@@ -130,7 +131,7 @@ def _stream(settings: Settings, timeout_seconds: float) -> Finding:
                 f"acknowledged, {'?' if lag is None else f'{lag:,}'} not read yet"
             )
         return Finding("stream", True, f"{where}: {told}")
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return Finding("stream", False, f"{where}: {exc}")
     finally:
         client.close()

@@ -56,10 +56,14 @@ _REPLAY_PATIENCE_SECONDS = 120.0
 _INLINE_EVENTS = 128
 
 
-def started(settings: Settings, traces: object, metrics: object, waiting: int, follow: bool) -> str:
-    """What a bridge that started is working with, in one line, credentials left out."""
+def started(
+    settings: Settings, traces: object, metrics: object, waiting: int, follow: bool, cluster: bool = False
+) -> str:
+    """What a bridge that started is working with, in one line, credentials left out (`cluster`: its
+    Redis state is a Redis Cluster)."""
     state = settings.state
-    store = f"Redis {without_password(state)}" if state.startswith(REDIS_SCHEMES) else state
+    kind = "Redis Cluster" if cluster else "Redis"
+    store = f"{kind} {without_password(state)}" if state.startswith(REDIS_SCHEMES) else state
     line = f"otel-bridge {__version__} started: state {store}"
     if waiting:
         line += f" ({waiting} spans waiting to be sent)"
@@ -443,7 +447,8 @@ class Bridge:
             waiting = self.store.outbox_depth()
         except Exception:  # a store down at this moment is told by the tasks that use it
             waiting = 0
-        log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow))
+        cluster = bool(getattr(self.store, "cluster", False))
+        log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow, cluster))
         if isinstance(self.store, Evicting) and (risk := self.store.eviction_risk()) is not None:
             self.warnings = [risk]
             log.warning("%s", risk)

@@ -39,3 +39,13 @@ def redis_url() -> Iterator[str]:
     server = RedisServer().start()
     yield server.url
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory) -> Iterator[str]:
+    """A real Redis Cluster of three nodes on 127.0.0.1 (Debian's redis-server, in cluster mode)."""
+    from redis_server import RedisClusterNodes
+
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster.url
+    cluster.close()

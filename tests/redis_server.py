@@ -1,8 +1,10 @@
 """A real redis-server (Debian's package) on a free port of 127.0.0.1, that a test can kill and start again."""
 
 import shutil
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import redis
 from bridge_process import free_port
@@ -61,3 +63,89 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+class RedisClusterNodes:
+    """A real Redis Cluster on 127.0.0.1: three redis-server nodes in cluster mode, the slots shared out
+    among them by `redis-cli --cluster create` (Debian's redis-tools), as a managed cluster runs them."""
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        self.workdir = workdir
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen] = []
+        self._commands: list[list[str]] = []
+        self._nodes = nodes
+
+    def start(self) -> "RedisClusterNodes":
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        assert binary and cli, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
+        while len(self.ports) < self._nodes:
+            port = free_port()
+            if port + 10_000 > 65_535 or not _free(port + 10_000):  # a node's cluster bus is its port + 10000
+                continue
+            home = self.workdir / str(port)
+            home.mkdir(parents=True)
+            node = [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+            node += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home), "--save", ""]
+            node += ["--appendonly", "no"]
+            self._commands.append(node)
+            self.ports.append(port)
+        self._run_nodes()
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-yes"], check=True, capture_output=True)
+        self._wait_ok()
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+        return self
+
+    def _run_nodes(self) -> None:
+        self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
+        for port in self.ports:
+            _answering(port)
+
+    def _wait_ok(self) -> None:
+        deadline = time.monotonic() + 30
+        while not all(
+            b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in self.ports
+        ):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """Every node gone at once (SIGKILL): no node answers."""
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        self.procs = []
+
+    def start_again(self) -> "RedisClusterNodes":
+        """The same nodes back, their slots as their config files keep them, their data lost (no persistence)."""
+        self._run_nodes()
+        self._wait_ok()
+        return self
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs = []
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _answering(port: int) -> None:
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    for _ in range(200):
+        try:
+            client.ping()
+            return
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError(f"redis-server did not start on port {port}")

@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import redis
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.producer.phase10 import Phase10Run, executions_page
+from otel_bridge.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def run_engines_demo(
     """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`)."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
-    client = redis.Redis.from_url(stream_url) if stream_url else None
+    client = connect(stream_url) if stream_url else None
     engine = Phase10Engine(ws_host, ws_port) if ws_port else None
     schedule = _Schedule()
     started = next_start = time.time()

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.redis_client import REDIS_ERRORS, connect
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_password
@@ -27,6 +27,8 @@ from otel_bridge.urls import without_password
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0
+# What leaves a loss untold this time (Redis away, the group or its fields not there yet): told at a later read.
+_NOT_TOLD: tuple[type[Exception], ...] = (*REDIS_ERRORS, StopIteration, KeyError)
 
 
 def _str(value: Any) -> str:
@@ -57,7 +59,11 @@ class StreamReceiver:
         block_ms: int = 1000,
         on_lost: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=max(block_ms / 1000 + 5, 10))
+        self._url = url
+        self._timeout = max(block_ms / 1000 + 5, 10)
+        # Made at the first connection (`run`), where a Redis away is waited for: a cluster's client when
+        # the runtime's Redis is a cluster (its stream is one key: one node holds it).
+        self._client: Any = None
         self._key = key
         self._group = group
         self._name = consumer_name
@@ -75,6 +81,8 @@ class StreamReceiver:
         self._unreachable = Cadence()
 
     def _ensure_group(self) -> None:
+        if self._client is None:
+            self._client = connect(self._url, socket_timeout=self._timeout)
         try:
             # From the start of what the stream holds: event ids make anything seen before a no-op.
             self._client.xgroup_create(self._key, self._group, id="0", mkstream=True)
@@ -114,7 +122,7 @@ class StreamReceiver:
             groups = self._client.xinfo_groups(self._key)
             group = next(g for g in groups if _str(g["name"]) == self._group)
             delivered = _str(group["last-delivered-id"])
-        except (RedisError, StopIteration, KeyError):
+        except _NOT_TOLD:
             return
         added, read = stream.get("entries-added"), group.get("entries-read")
         first = stream.get("first-entry")
@@ -145,7 +153,7 @@ class StreamReceiver:
         self._on_lost(lost)
         try:
             self._client.xgroup_setid(self._key, self._group, delivered, entries_read=int(added) - waiting)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not record the loss on the group: %s", exc)
 
     def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -187,7 +195,7 @@ class StreamReceiver:
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 _told_unreachable(self._unreachable, log, f"stream {self._key} at {self._shown}", exc)
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 ready = False
@@ -199,4 +207,5 @@ class StreamReceiver:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()

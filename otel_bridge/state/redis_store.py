@@ -21,8 +21,9 @@ from typing import Any, cast
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import RedisClusterException, ResponseError, WatchError
 
+from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 from otel_bridge.urls import without_password
 
@@ -45,11 +46,13 @@ end
 """
 # A script unpacks at most ~8,000 arguments for one command: fact rows go a thousand per HSET.
 _ROWS_PER_WRITE = 1000
-# What a transaction reads ahead, as one command too: ARGV is the due index, how many runs, each
-# run's key, state key and facts key, then the keys of journals read alone. A reply per run: its
+# What a transaction reads ahead, as one command too: KEYS[1] is the due index, ARGV how many runs,
+# each run's key, state key and facts key, then the keys of journals read alone. A reply per run: its
 # state (or nil), its due score (or nil), its facts as field, value, …; then each journal's.
+# Both scripts name the due index as their one key: a cluster client sends a script to the node of its
+# keys, and every key of the bridge's is in that node's slot (`RedisStore`).
 _READ = """
-local due, n, out, i = ARGV[1], tonumber(ARGV[2]), {}, 3
+local due, n, out, i = KEYS[1], tonumber(ARGV[1]), {}, 2
 for _ = 1, n do
   local run, state, facts = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   out[#out + 1] = {redis.call('GET', state), redis.call('ZSCORE', due, run), redis.call('HGETALL', facts)}
@@ -68,9 +71,9 @@ _MAX_ATTEMPTS = 50
 def _refusal(exc: Exception) -> StoreUnavailable | None:
     """Redis's own refusals: unreachable, or refusing writes (out of memory under `noeviction`, a
     read-only replica after a failover, a failed snapshot with `stop-writes-on-bgsave-error`)."""
-    if isinstance(exc, WatchError) or not isinstance(exc, RedisError):
+    if isinstance(exc, WatchError) or not isinstance(exc, REDIS_ERRORS):
         return None  # another replica won the race (run again), or not Redis's doing
-    if isinstance(exc, (RedisConnectionError, redis.exceptions.TimeoutError)):
+    if isinstance(exc, (RedisConnectionError, redis.exceptions.TimeoutError, RedisClusterException)):
         return StoreUnavailable(f"redis unavailable: {exc}")
     # A pipeline's error names its command with every argument (spans' bytes), and one raised inside
     # a script the script and its line: keep what Redis said.
@@ -128,7 +131,9 @@ class RedisTransaction:
             return set()
         keys = [f"{self._p}seen:{e}" for e in event_ids]
         self._pipe.watch(*keys)
-        return {e for e, known in zip(event_ids, self._pipe.mget(keys), strict=True) if known is None}
+        # As a command: a cluster's pipeline blocks its multi-key `mget` (these keys share one slot).
+        known = self._pipe.execute_command("MGET", *keys)
+        return {e for e, seen in zip(event_ids, known, strict=True) if seen is None}
 
     def _write(self, command: str, *args: Any) -> None:
         self._writes += (command, len(args), *args)
@@ -149,7 +154,7 @@ class RedisTransaction:
         # Read after the WATCH (any connection will do): a change after this read is a change after
         # the WATCH, and fails the EXEC as it would have on reads one by one.
         runs = [part for triple in zip(wanted, state_keys, fact_keys, strict=True) for part in triple]
-        answers = self._client.eval(_READ, 0, f"{self._p}due", len(wanted), *runs, *journal_keys)
+        answers = self._client.eval(_READ, 1, f"{self._p}due", len(wanted), *runs, *journal_keys)
         for key, (blob, due, rows) in zip(wanted, answers[: len(wanted)], strict=True):
             self._fetched[key] = (blob, None if due is None else float(due), _mapping(rows))
         for key, rows in zip(rows_only, answers[len(wanted) :], strict=True):
@@ -227,7 +232,8 @@ class RedisTransaction:
     def commit(self) -> None:
         self._pipe.multi()
         if self._writes:
-            self._pipe.eval(_WRITE, 0, *self._writes)
+            # As a command: a cluster's transaction pipeline has no `eval` of its own.
+            self._pipe.execute_command("EVAL", _WRITE, 1, f"{self._p}due", *self._writes)
         self._pipe.execute()
 
 
@@ -243,15 +249,19 @@ class RedisStore:
         claim_after_seconds: float = 60.0,
         timeout_seconds: float = 5.0,
     ) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
-        self._p = prefix
-        self._seen_ttl = seen_ttl_seconds
-        self._claim_after_ms = int(claim_after_seconds * 1000)
-        self._consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self._outbox = f"{prefix}outbox"
         try:
+            self._client: Any = connect(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
+            # On a cluster every key is in one hash slot, `{otel-bridge}`: a transaction WATCHes and writes
+            # keys of many runs at once, and a cluster runs a transaction (and a script) within one slot only.
+            # One shard holds the state, as one server did; the cluster gives it its failover.
+            self.cluster = is_cluster(self._client)
+            self._p = f"{{{prefix.rstrip(':')}}}:" if self.cluster else prefix
+            self._seen_ttl = seen_ttl_seconds
+            self._claim_after_ms = int(claim_after_seconds * 1000)
+            self._consumer = f"{socket.gethostname()}-{os.getpid()}"
+            self._outbox = f"{self._p}outbox"
             self._ensure_group()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreOpenError(f"cannot use the redis state at {without_password(url)}: {exc}") from exc
 
     def _ensure_group(self) -> None:
@@ -265,7 +275,7 @@ class RedisStore:
     def eviction_risk(self) -> str | None:
         try:
             answer = cast(dict[Any, Any], self._client.config_get("maxmemory-policy"))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             # Managed services rename or forbid CONFIG, and an ACL user may lack it: say what to check.
             return f"cannot read Redis's maxmemory-policy ({exc}); make sure it is noeviction"
         policy = next(iter(answer.values()), b"noeviction")
@@ -294,7 +304,7 @@ class RedisStore:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             except TimeoutError as exc:
                 raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-            except RedisError as exc:  # unreachable, or refusing writes: answered here, once
+            except REDIS_ERRORS as exc:  # unreachable, or refusing writes: answered here, once
                 refused = _refusal(exc)
                 if refused is None:
                     raise
@@ -316,7 +326,7 @@ class RedisStore:
             try:
                 self._ensure_group()
                 return self._peek(limit)
-            except RedisError as again:
+            except REDIS_ERRORS as again:
                 raise StoreUnavailable(f"redis unavailable: {again}") from again
 
     def _peek(self, limit: int) -> list[OutboxRow]:
@@ -332,7 +342,7 @@ class RedisStore:
                 entries = self._read(limit, ">")
         except ResponseError:
             raise
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return [
             OutboxRow(entry_id.decode(), fields[b"resource"].decode(), fields[b"payload"])
@@ -358,20 +368,20 @@ class RedisStore:
                 pipe.xdel(self._outbox, *ids)
                 pipe.xack(self._outbox, _GROUP, *ids)
                 pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             # Sent but not acknowledged here: sent again later (at-least-once), never lost.
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def outbox_depth(self) -> int:
         try:
             return int(self._client.xlen(self._outbox))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def earliest_due(self) -> float | None:
         try:
             first = cast(list[tuple[bytes, float]], self._client.zrange(f"{self._p}due", 0, 0, withscores=True))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return float(first[0][1]) if first else None
 
@@ -386,9 +396,13 @@ class RedisStore:
         # count that run twice. What is remembered of a key listed is a 128-bit digest, not the
         # key: 74 MiB at a million open runs instead of 175 (two keys alike by chance: 1.5e-27).
         listed: set[int] = set()
+        # On a cluster, the node holding the bridge's slot (asked again at each listing: a failover moves it).
+        node = {"target_nodes": self._client.get_node_from_key(self._outbox)} if self.cluster else {}
         while True:
             # A page of keys, then their states in one round trip (not one per state).
-            cursor, page = self._client.scan(cursor, match=pattern, count=500)
+            cursor, page = self._client.scan(cursor, match=pattern, count=500, **node)
+            if isinstance(cursor, dict):  # a cluster's: each node's cursor
+                (cursor,) = cursor.values()
             found: list[bytes] = []
             for key in cast(list[bytes], page):  # bytes: the client does not decode responses
                 digest = int.from_bytes(blake2b(key, digest_size=16).digest())

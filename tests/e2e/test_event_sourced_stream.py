@@ -1,13 +1,18 @@
 """The event-sourced runtime's Redis stream, consumed by `otel-bridge serve --stream-url`, to a real OTLP receiver."""
 
+import json
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from bridge_process import BridgeProcess
 from redis_server import RedisServer
 
@@ -249,3 +254,49 @@ def test_a_stream_the_bridge_cannot_reach_is_told_by_a_gauge_and_readyz_and_then
     told = bridge.log.read_text()
     assert told.count("reconnecting (told again once a minute while it lasts)") == 1, told
     assert re.search(rf"following {KEY} again, after \d+ s and \d+ tries", told), told
+
+
+def test_on_a_redis_cluster_two_replicas_keep_their_state_and_follow_the_stream(tmp_path, otlp_http, redis_cluster_url):
+    # Managed Redis in cluster mode: the runtime's stream and the bridge's state both on a three-node cluster.
+    executions, inbound = _executions()
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    for entry in [inbound] + [e for run in executions for e in run.events]:
+        cluster.xadd(KEY, entry, maxlen=1000, approximate=True)
+    settings = {
+        "state": redis_cluster_url,
+        "stream_url": redis_cluster_url,
+        "stream_service_name": "crm",
+        "stream_env": "prod",
+        "gap_grace_seconds": "1",
+    }
+    checked = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "check", "--json"],
+        env=os.environ
+        | {f"OTEL_BRIDGE_{k.upper()}": v for k, v in settings.items()}
+        | {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    told = {c["check"]: c for c in json.loads(checked.stdout)["checks"]}
+    assert told["state"]["ok"] and told["stream"]["ok"], checked.stdout
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    replicas = [BridgeProcess(tmp_path / name, otlp_http.endpoint, **settings) for name in ("a", "b")]
+    got = otlp_http.received
+    try:
+        for replica in replicas:
+            replica.start()
+        for run in executions:
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))))
+        got.wait_for(lambda: cluster.xpending(KEY, "otel-bridge")["pending"] == 0)
+    finally:
+        for replica in replicas:
+            replica.close()
+    onboarding = {s.name for s in got.trace(_trace(executions[0]))}
+    assert onboarding == {"workflow onboarding", "state initial", "state collecting", "state approved", "task review"}
+    assert all(len(got.trace(_trace(run))) == len({s.span_id for s in got.trace(_trace(run))}) for run in executions)
+    # Every key of the bridge's in its one slot, {otel-bridge}: a transaction's keys, a script's, together.
+    assert cluster.keys("otel-bridge:*") == [] and cluster.keys("{otel-bridge}:state:*")
+    logs = [replica.log.read_text() for replica in replicas]
+    assert all(f"started: state Redis Cluster {redis_cluster_url}" in log and "Traceback" not in log for log in logs)

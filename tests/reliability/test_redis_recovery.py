@@ -5,7 +5,7 @@ import time
 import httpx
 from bridge_process import BridgeProcess
 from builders import WorkflowRun
-from redis_server import RedisServer
+from redis_server import RedisClusterNodes, RedisServer
 
 from otel_bridge import trace_id_for
 
@@ -76,3 +76,28 @@ def test_redis_down_for_a_while_is_told_once_in_full_then_its_recovery(tmp_path,
     # A line each at most: settling, the outbox drain, the outbox depth gauge, the overdue count.
     assert log.count(" ERROR ") <= 4, log
     assert "Traceback" not in log  # Redis down is a condition, not a bug
+
+
+def test_a_redis_cluster_with_no_node_answering_is_unavailable_not_a_bug_and_recovered(tmp_path, otlp_http):
+    # A cluster client reaching no node raises an error of its own (not a RedisError): it was a 503 with
+    # "internal error" and a traceback a retry.
+    cluster = RedisClusterNodes(tmp_path / "cluster").start()
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, state=cluster.url).start()
+    try:
+        assert bridge.post(_run(0).events).status_code == 200
+        cluster.kill()
+        refused = bridge.post(_run(1).events)
+        assert refused.status_code == 503 and "state store unavailable" in refused.json()["error"]
+        assert "Redis Cluster cannot be connected" in refused.json()["error"]
+        time.sleep(1)
+        cluster.start_again()  # empty: what Redis lost is lost (appendonly no), what comes next is kept
+        deadline = time.monotonic() + 30
+        while bridge.post(_run(2).events).status_code != 200 or "settling works again" not in bridge.log.read_text():
+            assert time.monotonic() < deadline, bridge.log.read_text()
+            time.sleep(0.2)
+    finally:
+        bridge.close()
+        cluster.close()
+    log = bridge.log.read_text()
+    assert "settling failed, retrying: redis unavailable: Redis Cluster cannot be connected" in log
+    assert "Traceback" not in log and "internal error" not in log

@@ -20,12 +20,13 @@ def _due(tx, now: float, limit: int) -> list[str]:
     return [key for _due_at, key in tx.due_after(now, limit, None)]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def open_store(request, tmp_path):
-    """Opens (or reopens) one store; each test gets its own file or key prefix."""
+    """Opens (or reopens) one store; each test gets its own file or key prefix (on a cluster, its own slot:
+    the tests' states land on each of its nodes)."""
     if request.param == "sqlite":
         return lambda: SqliteStore(tmp_path / "s.db")
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
     prefix = f"test{uuid.uuid4().hex[:8]}:"
     return lambda: RedisStore(url, seen_ttl_seconds=3600, prefix=prefix, claim_after_seconds=0.2)
 
