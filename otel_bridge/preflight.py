@@ -70,6 +70,8 @@ def _state(settings: Settings) -> Finding:
         store = open_store(settings, read_only=True)
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("state", False, str(exc))
+    if getattr(store, "cluster", False):
+        name = name.replace("Redis ", "Redis Cluster ", 1)
     try:
         detail = f"{name}: {store.outbox_depth():,} spans wait for export"
         refused = store.refuses_batches()

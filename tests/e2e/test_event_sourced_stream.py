@@ -280,6 +280,7 @@ def test_on_a_redis_cluster_two_replicas_keep_their_state_and_follow_the_stream(
     )
     told = {c["check"]: c for c in json.loads(checked.stdout)["checks"]}
     assert told["state"]["ok"] and told["stream"]["ok"], checked.stdout
+    assert told["state"]["detail"].startswith(f"Redis Cluster {redis_cluster_url}: ")
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     replicas = [BridgeProcess(tmp_path / name, otlp_http.endpoint, **settings) for name in ("a", "b")]
