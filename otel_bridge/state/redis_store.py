@@ -7,7 +7,8 @@ the whole transaction runs again on fresh reads (optimistic concurrency). Seen i
 are keys with a time-to-live, so the dedup memory expires by itself. The outbox
 is a stream read through one consumer group: each span goes to one replica, is
 deleted when the backend acknowledged it, and spans a crashed replica had taken
-are claimed by another after `claim_after_seconds`.
+are claimed by another after `claim_after_seconds`. On a Redis Cluster every key
+carries one hash tag, so every transaction and script stays within one slot.
 """
 
 import logging
