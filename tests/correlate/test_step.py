@@ -207,8 +207,8 @@ def test_a_run_closed_by_hand_at_any_point_sends_each_span_once_and_takes_nothin
             if closed is None:  # closed before: it had ended and been settled
                 assert state.closed and roots
                 closed = settle_run(state, now, POLICY)
-        elif n in settled_after and closed is None:
-            settling = settle_run(state, now, POLICY)
+        elif n in settled_after and closed is None and due is not None and due <= now:
+            settling = settle_run(state, now, POLICY)  # when due, as the pipeline settles
         if settling is not None:
             state, due = settling.state, settling.due
             sent += [span.span_id.hex() for span in settling.spans]
