@@ -1,6 +1,7 @@
 """Redis restarted without its data under load: the bridge recreates what is missing and goes on, no restart."""
 
 import time
+from collections.abc import Callable
 
 import httpx
 from bridge_process import BridgeProcess
@@ -19,6 +20,14 @@ def _run(i: int) -> WorkflowRun:
         .step_completed("a")
         .completed()
     )
+
+
+def _until(done: Callable[[], bool], bridge: BridgeProcess, seconds: float) -> None:
+    """Wait for `done()`; past `seconds`, fail with the bridge's log."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, bridge.log.read_text()
+        time.sleep(0.1)
 
 
 def test_redis_restarted_empty_under_load_is_recovered_without_a_bridge_restart(tmp_path, otlp_http):
@@ -64,10 +73,7 @@ def test_redis_down_for_a_while_is_told_once_in_full_then_its_recovery(tmp_path,
         server.kill()
         time.sleep(3)  # the settle loop retries four times a second meanwhile
         server.start()
-        deadline = time.monotonic() + 20
-        while "settling works again" not in bridge.log.read_text():
-            assert time.monotonic() < deadline, bridge.log.read_text()
-            time.sleep(0.1)
+        _until(lambda: "settling works again" in bridge.log.read_text(), bridge, 20)
     finally:
         bridge.close()
         server.close()
@@ -91,10 +97,8 @@ def test_a_redis_cluster_with_no_node_answering_is_unavailable_not_a_bug_and_rec
         assert "Redis Cluster cannot be connected" in refused.json()["error"]
         time.sleep(1)
         cluster.start_again()  # empty: what Redis lost is lost (appendonly no), what comes next is kept
-        deadline = time.monotonic() + 30
-        while bridge.post(_run(2).events).status_code != 200 or "settling works again" not in bridge.log.read_text():
-            assert time.monotonic() < deadline, bridge.log.read_text()
-            time.sleep(0.2)
+        back = "settling works again"
+        _until(lambda: bridge.post(_run(2).events).status_code == 200 and back in bridge.log.read_text(), bridge, 30)
     finally:
         bridge.close()
         cluster.close()
