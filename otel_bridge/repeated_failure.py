@@ -107,3 +107,14 @@ def told_unreachable(cadence: Cadence, logger: logging.Logger, what: str, exc: B
     else:
         tries, seconds = cadence.failures, cadence.failing_for()
         logger.warning("%s: still not followed (%d tries in %.0f s): %s; reconnecting", what, tries, seconds, said)
+
+
+def told_followed(cadence: Cadence, logger: logging.Logger, what: str, before: bool) -> bool:
+    """A follower that reached its engine's stream after failing to: how long and how many tries it took
+    (`before`: it had followed it before, and follows it again), in its `logger`. False when nothing was
+    failing."""
+    ended = cadence.recovered()
+    if ended is None:
+        return False
+    logger.warning("following %s%s, after %.0f s and %d tries", what, " again" if before else "", *ended)
+    return True

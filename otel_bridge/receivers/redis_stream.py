@@ -21,6 +21,7 @@ from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.redis_client import REDIS_ERRORS, connect
 from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_password
 
@@ -79,6 +80,7 @@ class StreamReceiver:
         self._shown = without_password(url)
         # Redis away for a night: its first failure and then a line a minute, not one a retry.
         self._unreachable = Cadence()
+        self._followed = False  # ever: a connection after failures then follows the stream "again"
 
     def _ensure_group(self) -> None:
         if self._client is None:
@@ -174,8 +176,8 @@ class StreamReceiver:
                 if not ready:
                     self._ensure_group()
                     ready = True
-                    if (ended := self._unreachable.recovered()) is not None:
-                        log.warning("following %s again, after %.0f s and %d tries", self._key, *ended)
+                    _told_followed(self._unreachable, log, self._key, self._followed)
+                    self._followed = True
                     log.info("consuming %s as %s of group %s", self._key, self._name, self._group)
                 entries = self._next_entries()
                 self.disconnected_since = None

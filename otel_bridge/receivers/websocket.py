@@ -29,6 +29,7 @@ from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Cadence, RepeatedFailure
+from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_password
 
@@ -100,6 +101,7 @@ class WebSocketReceiver:
         self._missed: list[str] = []
         # An engine away for a night: its first failure and then a line a minute, not one a reconnection.
         self._unreachable = Cadence()
+        self._followed = False  # ever: a connection after failures then follows the engine "again"
         self._unanswered = RepeatedFailure(
             f"fetching timelines from {without_password(self._api_url or '')}",
             plain=(httpx.HTTPError, timeline_api.ApiError),
@@ -121,10 +123,9 @@ class WebSocketReceiver:
                 with connect(
                     self._url, additional_headers=self._headers, open_timeout=10, max_size=self._max_message_bytes
                 ) as ws:
-                    if (ended := self._unreachable.recovered()) is not None:
-                        log.warning("following %s again, after %.0f s and %d tries", self._shown, *ended)
-                    else:
+                    if not _told_followed(self._unreachable, log, self._shown, self._followed):
                         log.info("following %s", self._shown)
+                    self._followed = True
                     self.disconnected_since = None
                     backoff = 0.5
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
