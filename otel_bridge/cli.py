@@ -618,32 +618,45 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
 
 def _close(settings: Settings, args: argparse.Namespace) -> int:
-    """Ask the running bridge to close a run (or a job instance's wait) by hand: the store is its own."""
+    """Ask the running bridge to close runs (or job instances' waits) by hand: the store is its own. Exit 1
+    when an id had nothing open, after closing the others."""
     import httpx
 
     base = (args.url or _own_url(settings)).rstrip("/")
     body = {"reason": args.reason} | ({"service": args.service} if args.service else {})
+    closed: list[dict[str, Any]] = []
+    missing = []
     with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
-        for kind in ("runs", "jobs"):  # an id is a run's or a job instance's: the bridge knows which
-            url = f"{base}/v1/{kind}/{quote(args.id, safe='')}/close"
-            try:
-                answer = client.post(url, json=body)
-            except httpx.HTTPError as exc:
-                raise CliError(
-                    f"cannot reach the bridge at {base} ({exc or type(exc).__name__}): --url names it"
-                ) from None
-            if answer.status_code == 404:
-                continue
-            if answer.status_code != 200:
-                raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
-            closed = answer.json()["closed"]
-            if args.json:
-                print(json.dumps(closed, indent=2))
-            else:
-                print("\n".join(_closed_in_words(done, args.reason) for done in closed))
-            return 0
+        for instance_id in args.ids:
+            found = _close_one(client, base, instance_id, body)
+            closed += found
+            if not found:
+                missing.append(instance_id)
+            elif not args.json:
+                print("\n".join(_closed_in_words(done, args.reason) for done in found), flush=True)
+    if args.json:
+        print(json.dumps(closed, indent=2))
     of = f" of {args.service}" if args.service else ""
-    raise CliError(f"nothing closed: no open run or job instance {args.id}{of} at {base}")
+    for instance_id in missing:
+        print(f"otel-bridge: nothing closed: no open run or job instance {instance_id}{of} at {base}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _close_one(client: "httpx.Client", base: str, instance_id: str, body: dict[str, str]) -> list[dict[str, Any]]:
+    """What the bridge closed of this id, a run's or a job instance's (the bridge knows which); [] for none."""
+    import httpx
+
+    for kind in ("runs", "jobs"):
+        try:
+            answer = client.post(f"{base}/v1/{kind}/{quote(instance_id, safe='')}/close", json=body)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the bridge at {base} ({exc or type(exc).__name__}): --url names it") from None
+        if answer.status_code == 404:
+            continue
+        if answer.status_code != 200:
+            raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
+        return list(answer.json()["closed"])
+    return []
 
 
 def _own_url(settings: Settings) -> str:
@@ -873,7 +886,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="close by hand a run the engine will never end (its trace sent now, marked incomplete, and it is "
         "overdue no more), or a job instance's wait for a run that will never come; asks the running bridge",
     )
-    close.add_argument("id", help="the run's id (workflowId, execution id), or the job instance's")
+    close.add_argument(
+        "ids",
+        nargs="+",
+        metavar="ID",
+        help="a run's id (workflowId, execution id) or a job instance's; several at once",
+    )
     close.add_argument(
         "--reason",
         default=DEFAULT_CLOSE_REASON,
