@@ -66,15 +66,17 @@ class RedisServer:
 
 
 class RedisClusterNodes:
-    """A real Redis Cluster on 127.0.0.1: three redis-server nodes in cluster mode, the slots shared out
-    among them by `redis-cli --cluster create` (Debian's redis-tools), as a managed cluster runs them."""
+    """A real Redis Cluster on 127.0.0.1: three primaries in cluster mode (and `replicas` replicas of each),
+    the slots shared out among them by `redis-cli --cluster create` (Debian's redis-tools), as a managed
+    cluster runs them. With replicas, a primary gone is failed over within a second or two."""
 
-    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, replicas: int = 0) -> None:
         self.workdir = workdir
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen] = []
         self._commands: list[list[str]] = []
-        self._nodes = nodes
+        self._replicas = replicas
+        self._nodes = 3 * (1 + replicas)
 
     def start(self) -> "RedisClusterNodes":
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
@@ -87,12 +89,13 @@ class RedisClusterNodes:
             home.mkdir(parents=True)
             node = [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
             node += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home), "--save", ""]
-            node += ["--appendonly", "no"]
+            node += ["--appendonly", "no", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
             self._commands.append(node)
             self.ports.append(port)
         self._run_nodes()
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-yes"], check=True, capture_output=True)
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self._replicas), "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True)
         self._wait_ok()
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         return self
@@ -103,12 +106,37 @@ class RedisClusterNodes:
             _answering(port)
 
     def _wait_ok(self) -> None:
+        """Until every node alive says the cluster is ok, and every replica has its primary's data."""
         deadline = time.monotonic() + 30
-        while not all(
-            b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in self.ports
-        ):
-            assert time.monotonic() < deadline, "the cluster did not come up"
+        alive = [port for port, proc in zip(self.ports, self.procs, strict=True) if proc.poll() is None]
+        while not all(_synced(port) for port in alive):
+            assert time.monotonic() < deadline, "the replicas did not sync"
             time.sleep(0.1)
+        while not all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in alive):
+            assert time.monotonic() < deadline, "the cluster is not ok"
+            time.sleep(0.1)
+
+    def kill_primary_of(self, key: str) -> int:
+        """Kill (SIGKILL) the primary that holds `key`'s slot, and wait for a replica to take its place:
+        the failover a managed cluster does. Its port."""
+        client = redis.Redis(port=self.ports[0])
+        slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+        (holder,) = [int(r[2][1]) for r in client.execute_command("CLUSTER", "SLOTS") if r[0] <= slot <= r[1]]
+        self.procs[self.ports.index(holder)].kill()
+        self.procs[self.ports.index(holder)].wait(10)
+        others = [port for port in self.ports if port != holder]
+        deadline = time.monotonic() + 30
+        while True:  # until another node holds the slot
+            try:
+                answer = redis.Redis(port=others[0]).execute_command("CLUSTER", "SLOTS")
+                if [int(r[2][1]) for r in answer if r[0] <= slot <= r[1]] not in ([], [holder]):
+                    break
+            except redis.exceptions.RedisError:
+                pass
+            assert time.monotonic() < deadline, "no replica took the slot over"
+            time.sleep(0.1)
+        self._wait_ok()
+        return holder
 
     def kill(self) -> None:
         """Every node gone at once (SIGKILL): no node answers."""
@@ -125,10 +153,19 @@ class RedisClusterNodes:
 
     def close(self) -> None:
         for proc in self.procs:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
         for proc in self.procs:
             proc.wait(10)
         self.procs = []
+
+
+def _synced(port: int) -> bool:
+    """Whether the node at `port` is a primary, or a replica whose link to its primary is up and synced."""
+    replication = redis.Redis(port=port).info("replication")
+    return replication.get("role") == "master" or (
+        replication.get("master_link_status") == "up" and not replication.get("master_sync_in_progress")
+    )
 
 
 def _free(port: int) -> bool:

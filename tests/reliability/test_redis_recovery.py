@@ -4,11 +4,12 @@ import time
 from collections.abc import Callable
 
 import httpx
-from bridge_process import BridgeProcess
+from bridge_process import BridgeProcess, free_port
 from builders import WorkflowRun
 from redis_server import RedisClusterNodes, RedisServer
 
 from otel_bridge import trace_id_for
+from otel_bridge.state.redis_store import RedisStore
 
 
 def _run(i: int) -> WorkflowRun:
@@ -105,3 +106,25 @@ def test_a_redis_cluster_with_no_node_answering_is_unavailable_not_a_bug_and_rec
     log = bridge.log.read_text()
     assert "settling failed, retrying: redis unavailable: Redis Cluster cannot be connected" in log
     assert "Traceback" not in log and "internal error" not in log
+
+
+def test_a_redis_cluster_failing_over_the_bridges_primary_is_ridden_out(tmp_path):
+    # Managed clusters replace a primary that dies by its replica: the bridge's slot moves to another node,
+    # with the spans waiting in its outbox (the backend is away here, so they wait).
+    cluster = RedisClusterNodes(tmp_path / "cluster", replicas=1).start()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{free_port()}", state=cluster.url).start()
+    store = RedisStore(cluster.url, seen_ttl_seconds=60)
+    try:
+        for i in range(3):
+            assert bridge.post(_run(i).events).status_code == 200
+        _until(lambda: store.outbox_depth() == 6, bridge, 20)  # each run's root and step, settled
+        time.sleep(0.5)  # replicated: Redis replicates after it answers, and what it had not is Redis's to lose
+        cluster.kill_primary_of("{otel-bridge}")
+        _until(lambda: bridge.post(_run(3).events).status_code == 200, bridge, 30)
+        _until(lambda: store.outbox_depth() == 8, bridge, 30)  # what waited is still there, and the new run
+    finally:
+        store.close()
+        bridge.close()
+        cluster.close()
+    log = bridge.log.read_text()
+    assert "Traceback" not in log and "group was gone" not in log
