@@ -637,9 +637,9 @@ class Pipeline:
         """The job instances that run (continuous, started) or await a run, the latest first (at most
         `limit`), and how many there are; `overdue`: only those past their time to run, through the index."""
         now = self._clock() if now is None else now
-        indexed = self.store.overdue(now)
+        indexed = self.store.overdue(now) if overdue else None
         now_ns, grace = int(now * 1e9), self._graces(now, indexed)
-        pairs = indexed if overdue else self.store.states(keys.JOBS)
+        pairs = indexed if indexed is not None else self.store.states(keys.JOBS)
         listed = []
         for key, state in self._job_states(pairs):
             if service is not None and state.service != service:
@@ -667,9 +667,10 @@ class Pipeline:
         their headers take. `indexed`: what the overdue index already answered, not asked again.
         """
         now = self._clock() if now is None else now
-        indexed = self.store.overdue(now) if indexed is None else indexed
+        if query.overdue and indexed is None:
+            indexed = self.store.overdue(now)
         now_ns, grace = int(now * 1e9), self._graces(now, indexed)
-        headers: Iterable[tuple[str, bytes]] = indexed if query.overdue else self.store.states()
+        headers: Iterable[tuple[str, bytes]] = indexed if indexed is not None and query.overdue else self.store.states()
         # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
@@ -703,7 +704,7 @@ class Pipeline:
         says (`indexed`: what it answered already): none for one in it, as the bridge that wrote it put it
         there by its own `overdue_grace_seconds`; never for one not in it. A command run with other settings
         than the bridge's (on another machine, without its environment) lists what its gauge counts."""
-        overdue = {key for key, _blob in (self.store.overdue(now) if indexed is None else indexed)}
+        overdue = self.store.overdue_keys(now) if indexed is None else {key for key, _blob in indexed}
         return lambda key: 0 if key in overdue else _NEVER
 
     def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:

@@ -420,6 +420,9 @@ class RedisStore:
     def facts(self, key: str) -> list[bytes]:
         return _in_order(cast(dict[bytes, bytes], self._client.hgetall(f"{self._p}facts:{key}")))
 
+    def overdue_keys(self, now: float) -> set[str]:
+        return {k.decode() for k in cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))}
+
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
         found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
         keys = [k.decode() for k in found]

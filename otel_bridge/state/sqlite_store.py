@@ -463,6 +463,10 @@ class SqliteStore:
         with self._lock:
             return self._db.execute("SELECT key, blob FROM state WHERE overdue_at <= ?", (now,)).fetchall()
 
+    def overdue_keys(self, now: float) -> set[str]:
+        with self._lock:
+            return {key for (key,) in self._db.execute("SELECT key FROM state WHERE overdue_at <= ?", (now,))}
+
     def disk_usage(self) -> tuple[int, int] | None:
         if self._checkpoint_path is None:
             return None

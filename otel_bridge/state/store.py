@@ -126,6 +126,9 @@ class Store(Protocol):
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
         """The (key, header) of runs whose `overdue_at` has passed."""
 
+    def overdue_keys(self, now: float) -> set[str]:
+        """The keys alone of `overdue(now)`: what a listing of every run asks of each (headers not read)."""
+
     def close(self) -> None: ...
 
 

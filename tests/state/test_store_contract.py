@@ -249,8 +249,9 @@ def test_runs_are_found_by_when_they_turn_overdue_without_reading_the_others(ope
     store.run(lambda tx: (tx.save("late", b"1", None, overdue_at=50.0), tx.save("fine", b"2", None, 500.0)))
     store.run(lambda tx: tx.save("never", b"3", None))
     assert store.overdue(100.0) == [("late", b"1")]
+    assert store.overdue_keys(100.0) == {"late"} and store.overdue_keys(600.0) == {"late", "fine"}
     store.run(lambda tx: tx.save("late", b"1", None))  # woke up
-    assert store.overdue(100.0) == []
+    assert store.overdue(100.0) == [] and store.overdue_keys(100.0) == set()
     store.run(lambda tx: tx.delete("fine"))
     assert store.overdue(1000.0) == []
 
