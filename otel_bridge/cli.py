@@ -940,10 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        print(f"otel-bridge: invalid configuration: {problems}", file=sys.stderr)
+        from otel_bridge.sources.wire import every_reason
+
+        print(f"otel-bridge: invalid configuration: {every_reason(exc)}", file=sys.stderr)
         return 2
     _logging(settings.log_level, settings.log_format)
     for problem in settings.told_at_start(os.environ):

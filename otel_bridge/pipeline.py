@@ -667,10 +667,10 @@ class Pipeline:
         their headers take. `indexed`: what the overdue index already answered, not asked again.
         """
         now = self._clock() if now is None else now
-        if query.overdue and indexed is None:
-            indexed = self.store.overdue(now)
+        headers: Iterable[tuple[str, bytes]] = self.store.states()
+        if query.overdue:
+            headers = indexed = self.store.overdue(now) if indexed is None else indexed
         now_ns, grace = int(now * 1e9), self._graces(now, indexed)
-        headers: Iterable[tuple[str, bytes]] = indexed if indexed is not None and query.overdue else self.store.states()
         # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []

@@ -55,12 +55,10 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
 
 
 def _state(settings: Settings) -> Finding:
-    from otel_bridge.runtime import open_store
+    from otel_bridge.runtime import open_store, state_named
 
     state = settings.state
-    if state.startswith(REDIS_SCHEMES):
-        name = f"Redis {without_password(state)}"
-    else:
+    if not state.startswith(REDIS_SCHEMES):
         name = f"{state} (SQLite)"
         if not Path(state).exists():
             if not can_be_written(Path(state)):  # `serve` makes the folders it needs
@@ -70,8 +68,8 @@ def _state(settings: Settings) -> Finding:
         store = open_store(settings, read_only=True)
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("state", False, str(exc))
-    if getattr(store, "cluster", False):
-        name = name.replace("Redis ", "Redis Cluster ", 1)
+    if state.startswith(REDIS_SCHEMES):
+        name = state_named(state, store)
     try:
         detail = f"{name}: {store.outbox_depth():,} spans wait for export"
         refused = store.refuses_batches()

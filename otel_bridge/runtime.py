@@ -56,15 +56,22 @@ _REPLAY_PATIENCE_SECONDS = 120.0
 _INLINE_EVENTS = 128
 
 
+def state_named(state: str, store: Store | None) -> str:
+    """The state as the log and `otel-bridge check` name it, credentials left out: "Redis Cluster
+    redis://…", "Redis redis://…", or the SQLite file's path."""
+    if not state.startswith(REDIS_SCHEMES):
+        return state
+    from otel_bridge.state.redis_store import RedisStore
+
+    cluster = isinstance(store, RedisStore) and store.cluster
+    return f"{'Redis Cluster' if cluster else 'Redis'} {without_password(state)}"
+
+
 def started(
-    settings: Settings, traces: object, metrics: object, waiting: int, follow: bool, cluster: bool = False
+    settings: Settings, traces: object, metrics: object, waiting: int, follow: bool, store: Store | None = None
 ) -> str:
-    """What a bridge that started is working with, in one line, credentials left out (`cluster`: its
-    Redis state is a Redis Cluster)."""
-    state = settings.state
-    kind = "Redis Cluster" if cluster else "Redis"
-    store = f"{kind} {without_password(state)}" if state.startswith(REDIS_SCHEMES) else state
-    line = f"otel-bridge {__version__} started: state {store}"
+    """What a bridge that started (with `store`) is working with, in one line, credentials left out."""
+    line = f"otel-bridge {__version__} started: state {state_named(settings.state, store)}"
     if waiting:
         line += f" ({waiting} spans waiting to be sent)"
     line += f"; traces to {otlp.endpoint_of(traces)}, metrics to {otlp.endpoint_of(metrics)}"
@@ -447,8 +454,7 @@ class Bridge:
             waiting = self.store.outbox_depth()
         except Exception:  # a store down at this moment is told by the tasks that use it
             waiting = 0
-        cluster = bool(getattr(self.store, "cluster", False))
-        log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow, cluster))
+        log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow, self.store))
         if isinstance(self.store, Evicting) and (risk := self.store.eviction_risk()) is not None:
             self.warnings = [risk]
             log.warning("%s", risk)

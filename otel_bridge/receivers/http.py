@@ -35,7 +35,7 @@ from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, RunQuery
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.sources.wire import json_kind
+from otel_bridge.sources.wire import every_reason, json_kind
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +407,7 @@ def _close_request(body: bytes) -> CloseRequest:
     try:
         return CloseRequest.model_validate_json(body)
     except ValidationError as exc:
-        said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False))
-        raise _Reject(400, f"not a close request ({said})") from None
+        raise _Reject(400, f"not a close request ({every_reason(exc, 'body')})") from None
 
 
 class _IngestFirst:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, Field, GetCoreSchemaHandler
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationError
 from pydantic_core import CoreSchema, ErrorDetails, core_schema
 
 from otel_bridge.json_text import JSON_DEPTH
@@ -119,6 +119,12 @@ def reason(error: ErrorDetails) -> str:
     if (bound := _BOUNDS.get(error["type"])) is not None and error.get("ctx", {}).get(bound[0]) == bound[1]:
         return _OUT_OF_RANGE
     return error["msg"].removeprefix("Value error, ")
+
+
+def every_reason(exc: ValidationError, whole: str = "") -> str:
+    """Every error of a validation, `field: reason; …` (`whole` names an error of the input as a whole)."""
+    told = (f"{'.'.join(map(str, e['loc'])) or whole}: {reason(e)}" for e in exc.errors(include_url=False))
+    return "; ".join(told)
 
 
 _KINDS: dict[type, str] = {
