@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="SQLite state: most facts (events) the runs kept in memory hold together, ~0.8 KiB each "
         "(least recently used out; the run being worked on stays, however large).",
     )
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Redis state: replicas of the Redis primary that must hold a batch before it is answered "
+        "(Redis WAIT, at most half of store_timeout_seconds; else 503, and the producer sends it again), so "
+        "that a failover cannot lose it; 0 answers once the primary has it.",
+    )
     claim_after_seconds: float = Field(
         60.0,
         gt=0,
@@ -341,6 +348,13 @@ class Settings(BaseSettings):
                 "OTEL_BRIDGE_TRACE_SAMPLE_RATIO"
             )
         return told
+
+    @model_validator(mode="after")
+    def _replicas_of_redis(self) -> "Settings":
+        # Asked of SQLite, it would read as a promise kept: no replica holds a SQLite file.
+        if self.wait_replicas and not self.state.startswith(REDIS_SCHEMES):
+            raise ValueError("wait_replicas is for a Redis state (its replicas); a SQLite state has none")
+        return self
 
     @field_validator("api_key", "bearer_token")
     @classmethod

@@ -255,6 +255,13 @@ class Pipeline:
             if (full := self.store.refuses_batches()) is not None:
                 raise StoreUnavailable(full)
             outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched), grouped=True)
+            try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
+                self.metrics.record(outcome.observations)
+            except Exception:  # committed already: a metrics fault must not fail the batch
+                log.exception("recording metrics failed")
+            # Committed, and counted as such; answered only once kept as asked (on Redis's replicas). A
+            # batch refused here is sent again and taken as duplicates: its metrics are not counted twice.
+            self.store.confirm()
         except Unavailable as exc:
             self.refused = (time.monotonic(), str(exc))
             raise
@@ -264,10 +271,6 @@ class Pipeline:
         report.late = len(outcome.late)
         for event_id in outcome.late:
             log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
-        try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
-            self.metrics.record(outcome.observations)
-        except Exception:  # committed already: a metrics fault must not fail the batch
-            log.exception("recording metrics failed")
         return report
 
     def _transaction(self, work: Callable[[Transaction, _Touched], T], grouped: bool = False) -> T:

@@ -36,7 +36,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Checkpointed, Evicting, OnDisk, Store
+from otel_bridge.state.store import Checkpointed, Evicting, OnDisk, Replicated, Store
 from otel_bridge.urls import without_password
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
             seen_ttl_seconds=settings.dedup_ttl_seconds,
             claim_after_seconds=settings.claim_after_seconds,
             timeout_seconds=settings.store_timeout_seconds,
+            wait_replicas=settings.wait_replicas,
         )
     timeout = settings.store_timeout_seconds
     return SqliteStore(
@@ -458,6 +459,15 @@ class Bridge:
         if isinstance(self.store, Evicting) and (risk := self.store.eviction_risk()) is not None:
             self.warnings = [risk]
             log.warning("%s", risk)
+        if isinstance(self.store, Replicated):
+            # Told once, not kept among the health's warnings: a replica may connect the moment after,
+            # and a batch refused meanwhile makes the bridge unready by itself (`pipeline.refused`).
+            try:
+                short = self.store.replicas()[1]
+            except Exception:  # a store down at this moment is told by the tasks that use it
+                short = None
+            if short is not None:
+                log.warning("%s", short)
         return self
 
     def settle_lag(self) -> float:

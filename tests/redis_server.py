@@ -65,6 +65,17 @@ class RedisServer:
             self.proc = None
 
 
+def replica_of(primary: RedisServer) -> RedisServer:
+    """A second redis-server replicating `primary`, back once it holds the primary's data and the primary
+    counts it among its replicas."""
+    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port)).start()
+    deadline = time.monotonic() + 30
+    while not _synced(replica.port) or not primary.client().info("replication").get("connected_slaves"):
+        assert time.monotonic() < deadline, "the replica did not sync"
+        time.sleep(0.05)
+    return replica
+
+
 class RedisClusterNodes:
     """A real Redis Cluster on 127.0.0.1: three primaries in cluster mode (and `replicas` replicas of each),
     the slots shared out among them by `redis-cli --cluster create` (Debian's redis-tools), as a managed

@@ -167,6 +167,15 @@ def test_a_redis_state_that_answers_says_what_waits_for_export(redis_url):
     assert ok is True and detail.startswith(f"Redis {redis_url}: ") and "spans wait for export" in detail
 
 
+def test_a_redis_state_with_fewer_replicas_than_batches_wait_for_fails_the_check(redis_url):
+    ok, detail = _findings(Settings(state=redis_url, wait_replicas=1))["state"]
+
+    assert ok is False and detail.endswith(
+        "Redis has 0 replicas connected, and batches wait for 1 (wait_replicas): every batch is refused (503)"
+        " until enough are"
+    )
+
+
 def test_a_stream_not_published_yet_is_fine_the_bridge_makes_it(redis_url):
     redis.Redis.from_url(redis_url).delete("workflow:events:none-yet")
 

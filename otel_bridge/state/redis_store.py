@@ -249,7 +249,12 @@ class RedisStore:
         prefix: str = "otel-bridge:",
         claim_after_seconds: float = 60.0,
         timeout_seconds: float = 5.0,
+        wait_replicas: int = 0,
     ) -> None:
+        """`wait_replicas`: replicas that must hold what was committed before `confirm` returns, waited
+        for at most half of `timeout_seconds` (the client's own timeout for an answer)."""
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(int(timeout_seconds * 500), 1)
         try:
             self._client: Any = connect(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
             # On a cluster every key is in one hash slot, `{otel-bridge}`: a transaction WATCHes and writes
@@ -261,6 +266,7 @@ class RedisStore:
             self._claim_after_ms = int(claim_after_seconds * 1000)
             self._consumer = f"{socket.gethostname()}-{os.getpid()}"
             self._outbox = f"{self._p}outbox"
+            self._confirmed = f"{self._p}confirmed"
             self._ensure_group()
         except REDIS_ERRORS as exc:
             raise StoreOpenError(f"cannot use the redis state at {without_password(url)}: {exc}") from exc
@@ -311,6 +317,36 @@ class RedisStore:
                     raise
                 raise refused from exc
         raise StoreUnavailable(f"gave up after {_MAX_ATTEMPTS} conflicting attempts")
+
+    def confirm(self) -> None:
+        if not self._wait_replicas:
+            return
+        # WAIT counts the replicas that have its own connection's writes, and a transaction's connection
+        # went back to the pool at EXEC. One write more on the connection WAIT goes on stands for them:
+        # Redis replicates in order, so a replica that has this write has every write before it.
+        try:
+            client = self._client.get_node_from_key(self._confirmed).redis_connection if self.cluster else self._client
+            with client.pipeline(transaction=False) as pipe:
+                pipe.set(self._confirmed, self._consumer, px=60_000)
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+                _, holding = pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise (_refusal(exc) or StoreUnavailable(f"redis unavailable: {exc}")) from exc
+        if int(holding) < self._wait_replicas:
+            raise StoreUnavailable(
+                f"redis had the batch on {holding} of the {self._wait_replicas} replicas asked for (wait_replicas)"
+                f" after {self._wait_ms / 1000:g} s: it is kept, and taken as a duplicate when sent again"
+            )
+
+    def replicas(self) -> tuple[int, str | None]:
+        client = self._client.get_node_from_key(self._confirmed).redis_connection if self.cluster else self._client
+        connected = int(client.info("replication").get("connected_slaves", 0))
+        if connected >= self._wait_replicas:
+            return connected, None
+        return connected, (
+            f"Redis has {connected} replica{'' if connected == 1 else 's'} connected, and batches wait for"
+            f" {self._wait_replicas} (wait_replicas): every batch is refused (503) until enough are"
+        )
 
     def refusal(self, exc: Exception) -> StoreUnavailable | None:
         return _refusal(exc)

@@ -327,6 +327,9 @@ class SqliteStore:
             "still sent, batches are taken again once the disk has room"
         )
 
+    def confirm(self) -> None:
+        pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk
+
     def awaited(self) -> bool:
         """Whether another thread is waiting to begin a transaction."""
         return self._waiting > 0

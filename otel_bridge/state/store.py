@@ -89,6 +89,11 @@ class Store(Protocol):
         """`work` as one transaction; the store's own refusals (unreachable, full, read-only) are
         raised as StoreUnavailable: a producer gets a 503 to retry, no event is taken for a bad one."""
 
+    def confirm(self) -> None:
+        """Return once what this process has committed is kept as the store was asked to keep it before
+        an answer (Redis: on `wait_replicas` replicas as well); raise StoreUnavailable when it is not
+        within the store's wait. Called after a batch's transaction, before the batch is answered."""
+
     def refusal(self, exc: Exception) -> StoreUnavailable | None:
         """The StoreUnavailable that an error this store raised inside a transaction stands for
         (its own refusal), or None: the error is the caller's. For code that catches broadly
@@ -155,3 +160,12 @@ class Evicting(Protocol):
 
     def eviction_risk(self) -> str | None:
         """What the store's eviction can cost, in a sentence for the operator; None when it never evicts."""
+
+
+@runtime_checkable
+class Replicated(Protocol):
+    """A store whose server copies what it commits to replicas (Redis): a batch can be answered once they have it."""
+
+    def replicas(self) -> tuple[int, str | None]:
+        """Replicas connected to the server holding the state, and a sentence for the operator when fewer
+        than batches wait for (`wait_replicas`): every batch is refused until enough are."""
