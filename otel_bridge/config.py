@@ -131,11 +131,19 @@ class Settings(BaseSettings):
         None, description="Shared secret producers must send in the `api_key_header` header (off when unset)."
     )
     api_key_header: str = Field("X-API-KEY", description="Header that carries `api_key`.")
+    retiring_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="While rotating `api_key`: earlier keys still accepted until every producer sends the new "
+        "one (comma-separated); `otel_bridge_requests_authenticated_total` counts the requests of each.",
+    )
     metrics_auth: bool = Field(
         False, description="Put `/metrics` behind the same credential as ingest (open by default, for scrapers)."
     )
     bearer_token: SecretStr | None = Field(
         None, description="Token accepted as `Authorization: Bearer …` (off when unset)."
+    )
+    retiring_bearer_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        [], description="While rotating `bearer_token`: earlier tokens still accepted (comma-separated)."
     )
     sleep_spans: bool = Field(True, description="Show each sleep as a `sleep` span (besides the root's sleep events).")
     capture_input: bool = Field(False, description="Record workflow inputs on the root span (may hold personal data).")
@@ -363,6 +371,27 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is set but empty: unset it to turn authentication off, or give a secret")
         return value
+
+    @field_validator("retiring_api_keys", "retiring_bearer_tokens", mode="before")
+    @classmethod
+    def _comma_separated_secrets(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _rotating_to_a_credential(self) -> "Settings":
+        # Keys being retired with none to move to: producers could not rotate, and a reader would think
+        # authentication is on the way it is with `api_key`.
+        for retiring, current in (("retiring_api_keys", "api_key"), ("retiring_bearer_tokens", "bearer_token")):
+            kept = getattr(self, retiring)
+            if kept and getattr(self, current) is None:
+                raise ValueError(f"{retiring} is set without {current}: give the credential producers move to")
+            if any(not secret.get_secret_value() for secret in kept):
+                raise ValueError(f"{retiring} holds an empty secret")
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -160,6 +160,11 @@ M_BRIDGE_STATE_DISK_FREE: Final = "otel_bridge.state.disk_free"
 M_BRIDGE_STATE_HOT_RUNS: Final = "otel_bridge.state.hot_runs"
 M_BRIDGE_STATE_HOT_FACTS: Final = "otel_bridge.state.hot_facts"
 M_BRIDGE_BUILD_INFO: Final = "otel_bridge.build.info"
+# Requests by the credential they carried (`api_key`, `retiring_api_keys.1`, …: its place, never the
+# secret), and those whose credential was missing or wrong (answered 401: their events are not taken).
+M_BRIDGE_REQUESTS_AUTHENTICATED: Final = "otel_bridge.requests.authenticated"
+M_BRIDGE_REQUESTS_UNAUTHORIZED: Final = "otel_bridge.requests.unauthorized"
+BRIDGE_CREDENTIAL: Final = "credential"
 # Which receiver handed the events over (`http`, `redis-stream`, …), as the Collector labels its own.
 BRIDGE_RECEIVER: Final = "receiver"
 # Why a batch was refused for now: its sender offers it again.

@@ -205,6 +205,9 @@ class Bridge:
                 c.M_BRIDGE_EXPORT_FAILURES,
             ]
         )
+        if settings.api_key is not None or settings.bearer_token is not None:
+            # At zero from the start: a producer's wrong credential is then an increase an alert sees.
+            self.metrics.start_bridge_counters([c.M_BRIDGE_REQUESTS_UNAUTHORIZED])
         # Overdue open runs, counted from the store by a background scan: producer -> [(count, attributes)].
         self._overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
         self.metrics.producer_gauge(
@@ -348,6 +351,13 @@ class Bridge:
         if receiver not in self._consumers:  # asked for at every flush of the in-process tracker
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
+
+    def credential_used(self, name: str | None) -> None:
+        """A request the HTTP receiver checked, with the name of the credential it carried (None: refused)."""
+        if name is None:
+            self.metrics.bridge(c.M_BRIDGE_REQUESTS_UNAUTHORIZED)
+        else:
+            self.metrics.bridge(c.M_BRIDGE_REQUESTS_AUTHENTICATED, 1, **{c.BRIDGE_CREDENTIAL: name})
 
     def ingests_inline(self, events: int) -> bool:
         """Whether the HTTP server stores a batch of `events` on its event loop, not in a worker thread.

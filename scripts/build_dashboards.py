@@ -443,6 +443,16 @@ def jobs() -> Board:
         "against hot_facts (150,000 by default, ~0.8 KiB each). At it, runs leave memory and are read back from "
         "the store at their next event: raise hot_facts where the bridge has the memory and its CPU per event grows.",
     )  # fmt: skip
+    b.panel(
+        "Requests by credential",
+        [("sum by (credential) (rate(otel_bridge_requests_authenticated_total[$__rate_interval]))", "{{credential}}"),
+         ("sum(rate(otel_bridge_requests_unauthorized_total[$__rate_interval]))", "refused (401)")],
+        unit="reqps",
+        width=12,
+        description="With api_key or bearer_token set: each request by the credential it carried, named by its "
+        "setting and place (never the secret). While rotating, a retiring key whose rate has dropped to 0 on every "
+        "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized.",
+    )  # fmt: skip
     return b
 
 

@@ -127,6 +127,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "counter", "{run}", "Run states this version could not read (kept aside whole, the run started afresh)"
     ),
     c.M_BRIDGE_EXPORT_FAILURES: InstrumentSpec("counter", "{failure}", "Failed OTLP export attempts"),
+    c.M_BRIDGE_REQUESTS_AUTHENTICATED: InstrumentSpec(
+        "counter", "{request}", "Requests by the credential they carried (its setting and place, not the secret)"
+    ),
+    c.M_BRIDGE_REQUESTS_UNAUTHORIZED: InstrumentSpec(
+        "counter", "{request}", "Requests refused with 401: credential missing or wrong (their events not taken)"
+    ),
     c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
         "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS
     ),

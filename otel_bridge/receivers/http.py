@@ -16,12 +16,12 @@ import asyncio
 import hmac
 import logging
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -74,12 +74,21 @@ _UNAUTHORIZED = (401, "missing or wrong credential", {"WWW-Authenticate": 'Beare
 
 
 class Authenticator:
-    """An optional shared secret in a named header, or a bearer token; compared in constant time."""
+    """An optional shared secret in a named header, or a bearer token, each with earlier ones still
+    accepted while producers move to it; compared in constant time. `told(name)`: each request checked,
+    with the name of the credential it carried (`api_key`, `retiring_api_keys.1`, …), None when refused."""
 
-    def __init__(self, header: str, api_key: str | None, bearer: str | None) -> None:
+    def __init__(
+        self,
+        header: str,
+        api_keys: Sequence[str],
+        bearers: Sequence[str],
+        told: Callable[[str | None], object] = lambda _name: None,
+    ) -> None:
         self._header = header.lower()  # header names are read in lower case
-        self._api_key = api_key.encode() if api_key else None
-        self._bearer = bearer.encode() if bearer else None
+        self._api_keys = _named("api_key", api_keys)
+        self._bearers = _named("bearer_token", bearers)
+        self._told = told
 
     @staticmethod
     def _raw(value: str) -> bytes:
@@ -89,21 +98,43 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return self._api_key is not None or self._bearer is not None
+        return bool(self._api_keys or self._bearers)
 
     def allows(self, headers: Mapping[str, str]) -> bool:
         """`headers`: by lower-case name, decoded as Latin-1 (Starlette's `request.headers` is such a mapping)."""
         if not self.enabled:
             return True
-        if self._api_key is not None:
-            given = headers.get(self._header)
-            if given is not None and hmac.compare_digest(self._raw(given), self._api_key):
-                return True
-        if self._bearer is not None:
+        name = self.credential(headers)
+        self._told(name)
+        return name is not None
+
+    def credential(self, headers: Mapping[str, str]) -> str | None:
+        """The name of the credential `headers` carry, None when none is right."""
+        found = None
+        if self._api_keys and (given := headers.get(self._header)) is not None:
+            found = _matching(self._raw(given), self._api_keys)
+        if found is None and self._bearers:
             scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(self._raw(token.strip()), self._bearer):
-                return True
-        return False
+            if scheme.lower() == "bearer":
+                found = _matching(self._raw(token.strip()), self._bearers)
+        return found
+
+
+def _named(setting: str, secrets: Sequence[str]) -> list[tuple[str, bytes]]:
+    """The current secret as its setting, the retiring ones by their place among them."""
+    return [(setting if n == 0 else f"retiring_{setting}s.{n}", s.encode()) for n, s in enumerate(secrets)]
+
+
+def _matching(given: bytes, secrets: list[tuple[str, bytes]]) -> str | None:
+    found = None
+    for name, secret in secrets:  # each compared, whichever matches: how long it takes tells nothing
+        if hmac.compare_digest(given, secret) and found is None:
+            found = name
+    return found
+
+
+def _secrets(current: SecretStr | None, retiring: Sequence[SecretStr]) -> list[str]:
+    return [current.get_secret_value(), *(r.get_secret_value() for r in retiring)] if current else []
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -195,6 +226,7 @@ def create_app(
     jobs: Callable[[bool, str | None, int], tuple[list[dict[str, Any]], int]] | None = None,
     ingest_inline: Callable[[int], bool] = lambda _events: False,
     close: Callable[[str, str, bool, str | None], list[dict[str, Any]]] | None = None,
+    credentials: Callable[[str | None], object] = lambda _name: None,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
 
@@ -205,13 +237,15 @@ def create_app(
     the ingest credential);
     `close(id, reason, jobs, service)` answers `POST /v1/runs/{id}/close` and `POST /v1/jobs/{id}/close`
     (behind the ingest credential too): what it closed, [] when nothing open has that id;
+    `credentials(name)` is told of each request checked, with its credential's name (None: refused);
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
     """
     auth = Authenticator(
         settings.api_key_header,
-        settings.api_key.get_secret_value() if settings.api_key else None,
-        settings.bearer_token.get_secret_value() if settings.bearer_token else None,
+        _secrets(settings.api_key, settings.retiring_api_keys),
+        _secrets(settings.bearer_token, settings.retiring_bearer_tokens),
+        credentials,
     )
     owned = dead_letters is None
     if dead_letters is None:

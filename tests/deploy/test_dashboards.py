@@ -38,6 +38,9 @@ def _queries() -> list[tuple[str, str, str]]:
     return out
 
 
+DEMO_KEY = "demo-key"
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory) -> Iterator[str]:
     """Prometheus with the stack's own prometheus.yml, its targets pointed at processes on this machine."""
@@ -56,6 +59,7 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
         stream_url=stream.url,
         ws_url=f"ws://127.0.0.1:{ws_port}/ws/stream",
         ws_api_url=f"http://127.0.0.1:{ws_port}",
+        api_key=DEMO_KEY,  # the demo's producer sends it: the requests by credential have data
     ).start()
 
     config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
@@ -75,7 +79,7 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
          "--duration", str(DEMO_SECONDS), "--seed", "11", "--stream-url", stream.url,
-         "--ws-port", str(ws_port), "--ws-host", "127.0.0.1"],
+         "--ws-port", str(ws_port), "--ws-host", "127.0.0.1", "--header", f"X-API-KEY={DEMO_KEY}"],
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -90,6 +91,29 @@ def test_a_body_that_is_not_gzip_but_says_so_is_400(bridge):
 
 def test_an_empty_batch_is_fine(bridge):
     assert _post(bridge, b'{"events": []}').json() == {"accepted": 0, "duplicates": 0, "late": 0, "rejected": []}
+
+
+def _requests(bridge: BridgeProcess, credential: str | None) -> float:
+    """The bridge's count of requests that carried `credential` (None: refused), from its /metrics."""
+    text = httpx.get(f"{bridge.url}/metrics", headers={"x-api-key": KEY}).text
+    name, label = (
+        ("otel_bridge_requests_unauthorized_total", "")
+        if credential is None
+        else ("otel_bridge_requests_authenticated_total", f'credential="{credential}",')
+    )
+    found = re.search(rf"^{name}\{{{label}[^}}]*\}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_each_request_is_counted_by_the_credential_it_carried_and_refusals_apart(bridge):
+    before = {c: _requests(bridge, c) for c in ("api_key", "bearer_token", None)}
+    _post(bridge, _batch())
+    _post(bridge, _batch(), **{"x-api-key": "", "authorization": f"Bearer {TOKEN}"})
+    _post(bridge, _batch(), **{"x-api-key": "wrong"})
+    _post(bridge, _batch(), **{"x-api-key": "wrong"})
+    after = {c: _requests(bridge, c) for c in ("api_key", "bearer_token", None)}
+    # The metrics scrapes carry the key too (`/metrics` is open here: checked only when metrics_auth).
+    assert {c: after[c] - before[c] for c in after} == {"api_key": 1, "bearer_token": 1, None: 2}
 
 
 def test_health_needs_no_credential(bridge):
