@@ -56,6 +56,8 @@ class Phase10Server:
         self.page_limit = 100
         # The listing answers 500 from this offset on (an API failing halfway through a history).
         self.listing_fails_from: int | None = None
+        # (workflow id, X-Workspace-Id) of each listing asked for.
+        self.listing_requests: list[tuple[str, str | None]] = []
 
         async def stream(websocket: WebSocket) -> None:
             await websocket.accept()
@@ -95,6 +97,7 @@ class Phase10Server:
 
         async def executions(request: Request) -> Response:
             query = request.query_params
+            self.listing_requests.append((request.path_params["workflow_id"], request.headers.get("x-workspace-id")))
             if self.listing_fails_from is not None and int(query.get("skip", 0)) >= self.listing_fails_from:
                 return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
             page = executions_page(

@@ -48,14 +48,21 @@ class ApiError(Exception):
 
 
 def executions(
-    client: httpx.Client, api_url: str, workflow_id: str, window: Window, status: str | None = None
+    client: httpx.Client,
+    api_url: str,
+    workflow_id: str,
+    window: Window,
+    status: str | None = None,
+    workspace_id: str | None = None,
 ) -> Iterator[str]:
-    """The ids of the workflow's executions started in `window`, page by page."""
+    """The ids of the workflow's executions started in `window`, page by page (`workspace_id`: the
+    workflow's workspace, when not the client's)."""
     skip = 0
+    headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
     while True:
         params: dict[str, Any] = {"skip": skip, "limit": PAGE} | ({"status": status} if status else {})
         url = f"{api_url}/api/workflows/{workflow_id}/executions"
-        page = _json(client.get(url, params=params), url)
+        page = _json(client.get(url, params=params, headers=headers), url)
         items = page.get("items") if isinstance(page, dict) else page
         if not isinstance(items, list):
             raise ApiError(f"{url} answered no list of executions (expected {{'items': [...]}})")

@@ -9,8 +9,10 @@ executions still open in the store when the bridge starts are caught up on at it
 connection, so a restart is a disconnection like any other; one first told of mid-way (it
 started while the bridge was away) has its timeline fetched once, for the beginning the stream
 no longer tells. The timelines are fetched by a thread of their own, beside the live messages,
-and those the API could not answer are asked again after a backoff. The overlap is harmless:
-the same facts told twice are one.
+and those the API could not answer are asked again after a backoff. After a reconnect, the
+executions of the workflows told of that began meanwhile and that no message told (begun and
+ended while the bridge was away) are listed (`GET {api}/api/workflows/{id}/executions`) and
+fetched too. The overlap is harmless: the same facts told twice are one.
 """
 
 import logging
@@ -18,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -36,6 +39,9 @@ from otel_bridge.urls import without_password
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0
+# After a disconnection, executions started since this long before it was noticed are looked for: a
+# dead connection is noticed late (by the read that fails), and the engine's clock is not the bridge's.
+_GAP_MARGIN = 60.0
 # Executions remembered as told of, so that one first told of mid-way is fetched once: about 100
 # bytes each, and one forgotten and told of again costs one more fetch, nothing else.
 _SEEN_MAX = 100_000
@@ -87,6 +93,13 @@ class WebSocketReceiver:
         # The names of workflows' runs, by workflow id, as their starts told them: a timeline has none.
         self._named = named
         self._workflow_names: dict[str, str] = {}
+        # The workflows told of (by a run's start, or a timeline), each with its workspace: after a
+        # disconnection, their executions begun meanwhile are listed, those no message told fetched.
+        self._workflows: dict[str, str | None] = {}
+        # Since when (Unix time) executions are to be looked for, set at a reconnection: None when none is;
+        # and how many reconnections set it, so that one during a look is looked for again.
+        self._gap_since: float | None = None
+        self._gaps = 0
         # The platform's stream tells every workspace's executions; the engine answers a timeline only in
         # its execution's workspace: each execution's, as its messages told it, the oldest forgotten.
         self._workspace_of = workspace_of
@@ -125,6 +138,11 @@ class WebSocketReceiver:
                 ) as ws:
                     if not _told_followed(self._unreachable, log, self._shown, self._followed):
                         log.info("following %s", self._shown)
+                    if self._followed and self.disconnected_since is not None and self._api_url:
+                        # Not at the first connection: what began before it is history (`import-timeline`).
+                        since = time.time() - (time.monotonic() - self.disconnected_since) - _GAP_MARGIN
+                        self._gap_since = since if self._gap_since is None else min(self._gap_since, since)
+                        self._gaps += 1
                     self._followed = True
                     self.disconnected_since = None
                     backoff = 0.5
@@ -161,10 +179,12 @@ class WebSocketReceiver:
                 continue
             told, starts = self._progress(message)
             execution = None if told is None else str(told)
+            workspace = self._workspace_of(message)
             if starts and (named := self._named(message)) is not None:
                 self._remember(self._workflow_names, *named)
+                self._remember(self._workflows, named[0], workspace)
             if execution is not None:
-                if (workspace := self._workspace_of(message)) is not None:
+                if workspace is not None:
                     self._remember(self._workspaces, execution, workspace)
                 first = self._first_told(execution)
                 if starts:
@@ -225,22 +245,59 @@ class WebSocketReceiver:
         retry: list[str] = []
         backoff = 0.5
         while not stop.is_set():
-            if self._wake.wait(timeout=backoff if retry else None):
+            if self._wake.wait(timeout=backoff if retry or self._gap_since is not None else None):
                 self._wake.clear()
                 if stop.is_set():
                     return
                 missed, self._missed = [e for e in self._missed if e in self.open_executions], []
                 if missed:
                     log.info("connected: fetching the timelines of %d open executions", len(missed))
+                self._look_for_begun()
                 todo = list(dict.fromkeys([*missed, *list(self._unstarted), *self._wanted(retry)]))
                 backoff = 0.5
             else:
+                self._look_for_begun()
                 todo, backoff = self._wanted(retry), min(backoff * 2, _MAX_BACKOFF)
+                todo = list(dict.fromkeys([*todo, *list(self._unstarted)]))
             try:
                 retry = self._catch_up(todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
                 log.exception("catching up on %d executions failed", len(todo))
                 retry = todo
+
+    def _look_for_begun(self) -> None:
+        """After a disconnection, the executions of the workflows told of that began since and that no
+        message told: begun (and maybe ended) while the stream was not followed, neither the stream nor
+        an open run's timeline tells them. Each is fetched as one told of mid-way (`_unstarted`). The
+        engine lists a workflow's executions unordered and with no time filter: every page of each
+        workflow, once a reconnection. A listing that fails is asked again after the backoff."""
+        since, gaps = self._gap_since, self._gaps
+        if since is None or self._api_url is None:
+            return
+        window = timeline_api.Window(since=datetime.fromtimestamp(since, UTC))
+        begun: list[str] = []
+        with httpx.Client(timeout=10, headers=self._headers) as client:
+            for workflow, workspace in list(self._workflows.items()):
+                try:
+                    listed = timeline_api.executions(client, self._api_url, workflow, window, workspace_id=workspace)
+                    mine = [e for e in listed if e not in self._seen and e not in self.open_executions]
+                except (httpx.HTTPError, timeline_api.ApiError) as exc:
+                    self._unanswered.failed(exc)
+                    return
+                begun += mine
+                if workspace is not None:
+                    for execution in mine:
+                        self._remember(self._workspaces, execution, workspace)
+        if self._gaps == gaps:  # else a reconnection came meanwhile: looked for again, from the oldest
+            self._gap_since = None
+        if begun:
+            log.info(
+                "%d executions began while the stream was not followed, told by no message: fetching their timelines",
+                len(begun),
+            )
+        for execution in begun:
+            self._remember(self._seen, execution, None)
+            self._unstarted[execution] = None
 
     def _wanted(self, executions: list[str]) -> list[str]:
         """Those still to fetch: open, or told of mid-way and not yet fetched (even if ended since)."""
@@ -268,6 +325,8 @@ class WebSocketReceiver:
                         again.append(execution)
                     continue
                 self._unanswered.succeeded()
+                if isinstance(timeline, dict) and isinstance(workflow := timeline.get("workflow_id"), str):
+                    self._remember(self._workflows, workflow, workspace or self._workspace_id)
                 named = timeline_api.name_it(timeline, self._workflow_names)
                 self._store([timeline_api.in_workspace(named, workspace or self._workspace_id)], stop)
                 self._unstarted.pop(execution, None)

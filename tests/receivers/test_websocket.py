@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -57,6 +58,7 @@ class _Following:
             self._dead_letters,
             progress=phase10.progress,
             api_url=engine.api_url,
+            named=phase10.workflow_named,
             workspace_id="ws-1",
             workspace_of=phase10.workspace_of,
         )
@@ -95,6 +97,58 @@ def test_an_execution_the_engine_does_not_know_is_asked_for_once_not_at_every_re
     assert following.receiver.open_executions == {last.execution_id: None}
     # The forgotten run is still the bridge's to tell: open, listed, ended at max_open_seconds.
     assert following.listed() == {deleted.execution_id, last.execution_id}
+
+
+def _stored(following: _Following, execution: str) -> bool:
+    return bool(following.pipeline.runs_named(execution))
+
+
+def test_an_execution_begun_and_ended_while_the_stream_was_not_followed_is_fetched_at_the_reconnect(tmp_path, engine):
+    # No message tells it, and no open run's timeline: the workflow's executions begun since the disconnection
+    # are listed, and those never told of fetched.
+    now = datetime.now(UTC)
+    told = Phase10Run("report", workflow_id="wf-r", workspace_id="ws-2", start=now).started(1)
+    missed = Phase10Run("report", workflow_id="wf-r", workspace_id="ws-2", start=now).started(1)
+    missed.step_started("s1", "fetch").after(10).step_completed("s1").completed()
+    history = Phase10Run("report", workflow_id="wf-r", workspace_id="ws-2", start=now - timedelta(days=2))
+    history.started(1).after(10).completed()
+    engine.runs = [told, missed, history]
+    engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+    engine.timeline_workspaces = {run.execution_id: "ws-2" for run in engine.runs}
+    engine.scripts.put([*told.events, DROP])
+    engine.scripts.put([])  # connected from then on
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: _stored(following, missed.execution_id), "the execution begun meanwhile was not fetched")
+        (run,) = following.pipeline.runs_named(missed.execution_id)
+        assert run.run.name == "report"  # named as the workflow's runs told as they started
+    assert engine.listing_requests == [("wf-r", "ws-2")]  # once, at the reconnect, in the workflow's workspace
+    asked = [execution for execution, _workspace in engine.timeline_requests]
+    assert missed.execution_id in asked and history.execution_id not in asked
+    assert not _stored(following, history.execution_id)  # begun long before: history, `import-timeline`'s
+
+
+def test_a_listing_that_fails_after_a_reconnect_is_asked_again(tmp_path, engine):
+    now = datetime.now(UTC)
+    told = Phase10Run("report", workflow_id="wf-r", start=now).started(1)
+    missed = Phase10Run("report", workflow_id="wf-r", start=now).started(1).after(10).completed()
+    engine.runs = [told, missed]
+    engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+    engine.listing_fails_from = 0  # the API answers 500
+    engine.scripts.put([*told.events, DROP])
+    engine.scripts.put([])
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: len(engine.listing_requests) >= 2, "the listing was not asked again")
+        engine.listing_fails_from = None
+        _wait(lambda: _stored(following, missed.execution_id), "the execution begun meanwhile was not fetched")
+
+
+def test_the_first_connection_lists_nothing_history_is_import_timelines(tmp_path, engine):
+    run = Phase10Run("report", workflow_id="wf-r", start=datetime.now(UTC)).started(1)
+    engine.runs = [run]
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: run.execution_id in following.listed(), "the message was not stored")
+    assert engine.listing_requests == []
 
 
 def test_a_hung_timeline_api_does_not_hold_up_the_live_messages(tmp_path, engine):
