@@ -252,11 +252,11 @@ class WebSocketReceiver:
                 missed, self._missed = [e for e in self._missed if e in self.open_executions], []
                 if missed:
                     log.info("connected: fetching the timelines of %d open executions", len(missed))
-                self._look_for_begun()
+                self._look_for_begun(stop)
                 todo = list(dict.fromkeys([*missed, *list(self._unstarted), *self._wanted(retry)]))
                 backoff = 0.5
             else:
-                self._look_for_begun()
+                self._look_for_begun(stop)
                 todo, backoff = self._wanted(retry), min(backoff * 2, _MAX_BACKOFF)
                 todo = list(dict.fromkeys([*todo, *list(self._unstarted)]))
             try:
@@ -265,7 +265,7 @@ class WebSocketReceiver:
                 log.exception("catching up on %d executions failed", len(todo))
                 retry = todo
 
-    def _look_for_begun(self) -> None:
+    def _look_for_begun(self, stop: threading.Event) -> None:
         """After a disconnection, the executions of the workflows told of that began since and that no
         message told: begun (and maybe ended) while the stream was not followed, neither the stream nor
         an open run's timeline tells them. Each is fetched as one told of mid-way (`_unstarted`). The
@@ -278,6 +278,8 @@ class WebSocketReceiver:
         begun: list[str] = []
         with httpx.Client(timeout=10, headers=self._headers) as client:
             for workflow, workspace in list(self._workflows.items()):
+                if stop.is_set():
+                    return
                 try:
                     listed = timeline_api.executions(client, self._api_url, workflow, window, workspace_id=workspace)
                     mine = [e for e in listed if e not in self._seen and e not in self.open_executions]
