@@ -2,8 +2,9 @@
 
 `OtelTracker` decodes, folds, settles and encodes exactly as `otel-bridge serve` does
 (it runs the same `Bridge`), so the traces and metrics are the sidecar's. Its state is
-in memory by default, or in a SQLite file (`state="tracker.db"`) that survives the
-producer's restart. Spans go out through the OTLP exporter the standard
+in memory by default, in a SQLite file (`state="tracker.db"`) that survives the
+producer's restart, or in Redis (`state="redis://…"`), shared by the producer's processes:
+one trace per run, whichever process tells its events. Spans go out through the OTLP exporter the standard
 `OTEL_EXPORTER_OTLP_*` variables configure, metrics through its own MeterProvider and
 periodic export, or into the MeterProvider the application passes, next to its own.
 
@@ -14,7 +15,8 @@ later) sends every run that has ended, gaps or not, before it returns.
 
 A child process forked after the tracker was made gets a bridge of its own at its first
 flush, in memory: the parent's runs, store and threads stay the parent's (a SQLite file
-is one process's, so a tracker with a state file says so, and keeps the child's in memory).
+is one process's, so a tracker with a state file says so, and keeps the child's in memory;
+on Redis the child's bridge shares the state, with connections of its own).
 """
 
 import asyncio
@@ -31,7 +33,7 @@ from typing import Any, Self
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge.config import Settings, unknown_settings
+from otel_bridge.config import REDIS_SCHEMES, Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
@@ -109,9 +111,11 @@ class OtelTracker:
             raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
         self.env, self.service_key = env, service_key
         self._memory = state is None
-        # In memory, the dead-letter files go to a directory of this tracker's, removed if left empty.
+        shared = isinstance(state, str) and state.startswith(REDIS_SCHEMES)
+        # In memory (or Redis, where no file is), the dead-letter files go to a directory of this tracker's,
+        # removed if left empty; beside a state file, with it.
         self._scratch: Scratch | None = None
-        if state is not None:
+        if state is not None and not shared:
             files = Path(state).parent
         elif all(name in settings for name in _DEAD_LETTER_FILES):
             files = Path()  # both given: no directory of the tracker's is needed
@@ -170,7 +174,8 @@ class OtelTracker:
         """The bridge of this process (called under `_storing`): after a fork, a new one, in memory."""
         if self._inherited:
             settings = self._settings
-            if not settings.in_memory:
+            # A state file is the parent's alone; Redis is everyone's, the child's bridge opens it anew.
+            if not settings.in_memory and not settings.state.startswith(REDIS_SCHEMES):
                 log.error(
                     "OtelTracker: this process was forked from the one that opened the state file %s, which is "
                     "that process's alone: this process's runs are kept in memory (lost if it is killed). Make "
@@ -189,7 +194,7 @@ class OtelTracker:
             bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
             self._ancestors.append(self.bridge)
             self.bridge = bridge
-            self._memory = True
+            self._memory = settings.in_memory
             self._inherited = False
         return self.bridge
 

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import redis
 from builders import WorkflowRun
 
 from otel_bridge import trace_id_for
@@ -191,6 +192,39 @@ def test_a_tracker_with_a_state_file_keeps_a_forked_childs_runs_in_memory_and_sa
     trace_id = trace_id_for("durable-effect", "production", "shop", "child").hex()
     otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2, timeout=20)
     SqliteStore(state).close()  # the parent's file, untouched by the child: it opens
+
+
+def test_a_tracker_on_redis_keeps_a_forked_childs_runs_there_beside_the_parents(
+    redis_url, monkeypatch, otlp_http, caplog
+):
+    # A shared state is the child's too: its bridge opens Redis anew, and a run begun in the parent ends
+    # in the child as one trace.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    state = redis_url.rsplit("/", 1)[0] + "/12"
+    redis.Redis.from_url(state).flushdb()
+    run = WorkflowRun(workflow_id="resumed").started().step_started("a").after(5).step_completed("a")
+    begun = len(run.events)
+    run.after(5).step_started("b").after(5).step_completed("b").completed(["a", "b"])
+    with OtelTracker("production", "shop", state=state, settle_seconds=0.2) as tracker:
+        for event in run.events[:begun]:
+            tracker.emit(event)
+        tracker.flush()
+
+        def in_child() -> dict[str, Any]:
+            for event in run.events[begun:]:
+                tracker.emit(event)
+            tracker.flush()
+            kept = tracker.bridge.settings.state
+            tracker.close()
+            return {"kept": kept, "said": [r.getMessage() for r in caplog.records if "forked" in r.getMessage()]}
+
+        assert _in_child(in_child) == {"kept": state, "said": []}
+    trace_id = trace_id_for("durable-effect", "production", "shop", "resumed").hex()
+    got = otlp_http.received
+    got.wait_for(lambda: len(got.trace(trace_id)) == 3, timeout=20)
+    time.sleep(0.5)  # anything sent twice would be here by now
+    assert sorted(s.name for s in got.trace(trace_id)) == ["step a", "step b", "workflow orderProcessing"]
 
 
 def test_a_forked_child_holds_no_claim_on_the_state_file(tmp_path):

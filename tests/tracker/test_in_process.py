@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 from bridge_process import BridgeProcess
 from builders import WorkflowRun, ns_of
 from faults import BUG, a_bug_for
@@ -278,6 +279,35 @@ def test_a_producer_killed_mid_workflow_finishes_the_run_as_one_trace_after_its_
     assert all(
         s.parent_span_id == spans["workflow resilient"].span_id for n, s in spans.items() if n != "workflow resilient"
     )
+
+
+def test_a_producers_processes_sharing_redis_build_one_trace_per_run_whichever_tells_its_events(redis_url, otlp_http):
+    # gunicorn or Celery workers: a durable workflow resumes in whichever process, its events told from each.
+    state = redis_url.rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(state).flushdb()
+    run = WorkflowRun("shared").started().step_started("a").after(5).step_completed("a")
+    first = list(run.events)
+    run.after(1000).step_started("b").after(5).step_completed("b").completed(["a", "b"])
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    for events in (first, run.events[len(first) :]):
+        told = subprocess.run(
+            [sys.executable, "-c", PRODUCER, state, json.dumps(events), "finish"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tempfile.gettempdir(),
+        )
+        assert told.returncode == 0, told.stderr
+        assert "Traceback" not in told.stderr and "forked" not in told.stderr
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    got = otlp_http.received
+    got.wait_for(lambda: len(got.trace(trace_id)) == 3)
+    time.sleep(0.5)  # anything sent twice would be here by now
+    spans = {s.name: s for s in got.trace(trace_id)}
+    assert len(got.trace(trace_id)) == 3 and set(spans) == {"workflow shared", "step a", "step b"}
+    assert spans["step a"].parent_span_id == spans["step b"].parent_span_id == spans["workflow shared"].span_id
+    assert not list(Path(tempfile.gettempdir()).glob("redis:*"))  # no folder named after the URL
 
 
 def test_a_producer_that_exits_without_closing_its_tracker_still_sends_its_runs(otlp_http):
