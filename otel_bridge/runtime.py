@@ -80,7 +80,15 @@ def started(
         following.append(f"the Redis stream {settings.stream_key} at {without_password(settings.stream_url)}")
     if follow and settings.ws_url:
         following.append(f"the WebSocket {without_password(settings.ws_url)}")
-    return line + (f"; following {' and '.join(following)}" if following else "")
+    if following:
+        line += f"; following {' and '.join(following)}"
+    # A rotation is done once the old credential is taken out: said at every start until it is.
+    retiring = [
+        f"{len(kept)} retiring {name}{'s' if len(kept) > 1 else ''}"
+        for name, kept in (("api key", settings.retiring_api_keys), ("bearer token", settings.retiring_bearer_tokens))
+        if kept
+    ]
+    return line + (f"; still accepting {' and '.join(retiring)}" if retiring else "")
 
 
 def _build_info() -> list[tuple[float, dict[str, str]]]:

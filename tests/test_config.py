@@ -150,6 +150,13 @@ def test_the_line_a_started_bridge_logs_names_what_it_works_with_and_no_password
     assert "s3cret" not in started(settings, otlp.NoSender(), otlp.NoSender(), 0, follow=False)
 
 
+def test_the_start_line_says_while_retiring_credentials_are_still_accepted():
+    rotating = Settings(api_key="new", retiring_api_keys="old1,old2", bearer_token="t2", retiring_bearer_tokens="t1")
+    line = started(rotating, otlp.NoSender(), otlp.NoSender(), 0, follow=False)
+    assert line.endswith("; still accepting 2 retiring api keys and 1 retiring bearer token")
+    assert "old1" not in line and "t1" not in line
+
+
 def test_a_log_level_is_one_of_loggings_in_any_case_and_a_typo_is_a_configuration_error(capsys):
     assert Settings(log_level="debug").log_level == "DEBUG"
     assert main(["serve", "--log-level", "loud"]) == 2
