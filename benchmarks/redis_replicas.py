@@ -1,12 +1,14 @@
 """Redis state: one replica and two replicas on one Redis, same workload, in one run.
 
-    python benchmarks/redis_replicas.py [--events 30000] [--rounds 3]
+    python benchmarks/redis_replicas.py [--events 30000] [--rounds 3] [--wait-replicas 1]
 
 The replay mix in POSTs of 100 from 4 clients (split evenly between the replicas when
 there are two), every run's events in one client's share as a producer's tracker sends
 them; OTLP/HTTP to a local counting receiver; a round ends when every span is delivered.
 Shows accepted events per second and per bridge CPU-second (all replicas together),
-medians over alternating rounds. Needs `redis-server` (./scripts/test installs it).
+medians over alternating rounds. `--wait-replicas N` adds this tree with N Redis replicas of the
+primary, each batch answered once they hold it (`wait_replicas`): what that wait costs.
+Needs `redis-server` (./scripts/test installs it).
 """
 
 import argparse
@@ -24,15 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bridge_process import BridgeProcess
-from redis_server import RedisServer
+from redis_server import RedisServer, replica_of
 from replay_throughput import generate
 from sidecar_cpu import CountingReceiver, cpu_seconds, post_all, wait_delivered
 
 
 def one_round(
-    replicas: int, bodies: list[bytes], receiver: CountingReceiver, clients: int, tree: str | None = None
+    replicas: int,
+    bodies: list[bytes],
+    receiver: CountingReceiver,
+    clients: int,
+    tree: str | None = None,
+    wait_replicas: int = 0,
 ) -> tuple[float, float]:
     redis = RedisServer().start()
+    copies = [replica_of(redis) for _ in range(wait_replicas)]
     bridges = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,6 +49,8 @@ def one_round(
                 workdir.mkdir()
                 bridge = BridgeProcess(workdir, receiver.endpoint, log_level="WARNING", settle_seconds="1")
                 bridge.env["OTEL_BRIDGE_STATE"] = redis.url
+                if wait_replicas:
+                    bridge.env["OTEL_BRIDGE_WAIT_REPLICAS"] = str(wait_replicas)
                 bridge.env.pop("OTEL_BSP_SCHEDULE_DELAY")
                 bridge.env.pop("OTEL_METRIC_EXPORT_INTERVAL")
                 if tree is not None:  # another checkout, as a baseline
@@ -65,6 +75,8 @@ def one_round(
     finally:
         for b in bridges:
             b.close()
+        for copy in copies:
+            copy.close()
         redis.close()
 
 
@@ -74,16 +86,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--baseline", help="another checkout of otel-bridge, measured the same way")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="also this tree waiting for N Redis replicas")
     args = parser.parse_args()
     events = generate(args.events)
     # A run's events stay together in one POST sequence, as one producer sends them.
     bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
     receiver = CountingReceiver()
-    trees = {"otel-bridge": None, **({"baseline": args.baseline} if args.baseline else {})}
+    # name -> (checkout, Redis replicas each batch waits for)
+    trees: dict[str, tuple[str | None, int]] = {"otel-bridge": (None, 0)}
+    if args.baseline:
+        trees["baseline"] = (args.baseline, 0)
+    if args.wait_replicas:
+        trees[f"wait {args.wait_replicas}"] = (None, args.wait_replicas)
     results: dict[tuple[str, int], list[tuple[float, float]]] = {(t, r): [] for t in trees for r in (1, 2)}
     for _ in range(args.rounds):
         for (name, replicas), rounds in results.items():
-            rounds.append(one_round(replicas, bodies, receiver, args.clients, trees[name]))
+            rounds.append(one_round(replicas, bodies, receiver, args.clients, *trees[name]))
     receiver.close()
     n = len(events)
     print(f"{n} events, POSTs of 100, {args.clients} clients, {args.rounds} rounds (cores: {os.cpu_count()})")
