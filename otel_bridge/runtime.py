@@ -439,6 +439,12 @@ class Bridge:
                     for run in self.pipeline.open_runs_of(phase10.ENGINE, s.ws_env, s.ws_service_name)
                 ],
                 max_message_bytes=s.max_body_bytes,
+                # Kept with the state, one set per engine followed: a restart looks for what began meanwhile.
+                recall=lambda name: self.store.bookmark(f"websocket {without_password(s.ws_url or '')} {name}"),
+                note=lambda name, value: self.store.set_bookmark(
+                    f"websocket {without_password(s.ws_url or '')} {name}", value
+                ),
+                max_look_back_seconds=s.dedup_ttl_seconds,
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket

@@ -12,7 +12,9 @@ no longer tells. The timelines are fetched by a thread of their own, beside the 
 and those the API could not answer are asked again after a backoff. After a reconnect, the
 executions of the workflows told of that began meanwhile and that no message told (begun and
 ended while the bridge was away) are listed (`GET {api}/api/workflows/{id}/executions`) and
-fetched too. The overlap is harmless: the same facts told twice are one.
+fetched too; bookmarks kept with the state (until when the stream was followed, the workflows
+told of) make a restart look the same way. The overlap is harmless: the same facts told twice
+are one.
 """
 
 import logging
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
@@ -42,6 +45,9 @@ _MAX_BACKOFF = 30.0
 # After a disconnection, executions started since this long before it was noticed are looked for: a
 # dead connection is noticed late (by the read that fails), and the engine's clock is not the bridge's.
 _GAP_MARGIN = 60.0
+# How often the follower writes down, with the state, until when it followed and the workflows told of: a
+# restarted bridge looks for what began while it was down from there.
+_BOOKMARK_EVERY = 10.0
 # Executions remembered as told of, so that one first told of mid-way is fetched once: about 100
 # bytes each, and one forgotten and told of again costs one more fetch, nothing else.
 _SEEN_MAX = 100_000
@@ -69,13 +75,19 @@ class WebSocketReceiver:
         workspace_of: WorkspaceOf = lambda _message: None,
         open_at_start: Callable[[], list[tuple[str, str | None]]] = list,
         max_message_bytes: int = 10 * 1024 * 1024,
+        recall: Callable[[str], bytes | None] = lambda _name: None,
+        note: Callable[[str, bytes], None] = lambda _name, _value: None,
+        max_look_back_seconds: float = 7 * 86_400.0,
     ) -> None:
         """`open_at_start`: the executions the store holds open, each with its workspace when known, read
         when following begins.
         `max_message_bytes`: the largest message taken (the HTTP endpoint's body limit); websockets'
         own default, 1 MiB, closed the connection on a run's large input or output and lost the message.
         `workspace_id`: sent with every request; an execution a message says is another workspace's
-        (`workspace_of`) has its timeline asked for in that workspace's context."""
+        (`workspace_of`) has its timeline asked for in that workspace's context.
+        `recall(name)` and `note(name, value)`: bookmarks kept with the state (until when the stream was
+        followed, the workflows told of), so that a restart looks for what began while the bridge was
+        down, as a reconnection does; at most `max_look_back_seconds` back."""
         self._url = url
         self._shown = without_password(url)  # in the log
         self._consumer = consumer
@@ -100,6 +112,14 @@ class WebSocketReceiver:
         # and how many reconnections set it, so that one during a look is looked for again.
         self._gap_since: float | None = None
         self._gaps = 0
+        self._recall, self._note = recall, note
+        self._max_look_back = max_look_back_seconds
+        # Until when (Unix time) the stream was last followed, and when (monotonic) that and the workflows
+        # were last written down; the workflows are written again only when they changed.
+        self._followed_at: float | None = None
+        self._noted_at = 0.0
+        self._workflows_noted = 0
+        self._workflows_told = 0
         # The platform's stream tells every workspace's executions; the engine answers a timeline only in
         # its execution's workspace: each execution's, as its messages told it, the oldest forgotten.
         self._workspace_of = workspace_of
@@ -123,6 +143,7 @@ class WebSocketReceiver:
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
         if self._api_url:
+            self._recall_bookmarks()
             for execution, workspace in self._open_at_start():
                 self.open_executions[execution] = None
                 if workspace is not None:
@@ -161,10 +182,13 @@ class WebSocketReceiver:
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._shown, exc)
                 return
+        self._keep_bookmarks(at_stop=True)
         self._wake.set()  # the catch-up sees the stop
 
     def _follow(self, ws: Any, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._followed_at = time.time()
+            self._keep_bookmarks()
             try:
                 text = ws.recv(timeout=1)
             except TimeoutError:
@@ -181,8 +205,7 @@ class WebSocketReceiver:
             execution = None if told is None else str(told)
             workspace = self._workspace_of(message)
             if starts and (named := self._named(message)) is not None:
-                self._remember(self._workflow_names, *named)
-                self._remember(self._workflows, named[0], workspace)
+                self._told_workflow(named[0], workspace, named[1])
             if execution is not None:
                 if workspace is not None:
                     self._remember(self._workspaces, execution, workspace)
@@ -199,6 +222,58 @@ class WebSocketReceiver:
             self._store([message], stop, in_hand=True)
             if execution is not None and starts is False:
                 self.open_executions.pop(execution, None)
+
+    def _told_workflow(self, workflow: str, workspace: str | None, name: str | None = None) -> None:
+        """A workflow told of, in `workspace`, its runs named `name` when a start said so."""
+        if self._workflows.get(workflow, "") != workspace or (name and self._workflow_names.get(workflow) != name):
+            self._workflows_told += 1  # written down again
+        self._remember(self._workflows, workflow, workspace)
+        if name:
+            self._remember(self._workflow_names, workflow, name)
+
+    def _recall_bookmarks(self) -> None:
+        """What the bridge before this one wrote down: until when it followed the stream, and the workflows it
+        was told of. What began since then (a minute earlier, at most `max_look_back_seconds` ago) is
+        looked for at the first connection, as after a reconnection."""
+        try:
+            followed = orjson.loads(self._recall("followed") or b"null")
+            workflows = orjson.loads(self._recall("workflows") or b"{}")
+        except Exception as exc:  # a store away, or a bookmark unreadable: nothing to look for, said why
+            log.warning("the bookmarks of the stream could not be read (%s): what began while the bridge was "
+                        "down is not looked for", exc)  # fmt: skip
+            return
+        if isinstance(workflows, dict):
+            for workflow, told in workflows.items():
+                if isinstance(workflow, str) and isinstance(told, dict):
+                    workspace, name = told.get("workspace"), told.get("name")
+                    self._told_workflow(
+                        workflow,
+                        workspace if isinstance(workspace, str) else None,
+                        name if isinstance(name, str) else None,
+                    )
+        self._workflows_noted = self._workflows_told
+        if isinstance(followed, int | float) and self._workflows:
+            self._gap_since = max(followed - _GAP_MARGIN, time.time() - self._max_look_back)
+            self._gaps += 1
+
+    def _keep_bookmarks(self, at_stop: bool = False) -> None:
+        """Write down until when the stream was followed, and the workflows when they changed: every
+        `_BOOKMARK_EVERY` seconds, and as the bridge stops. A store away is asked again next time."""
+        if self._api_url is None or self._followed_at is None:
+            return
+        if not at_stop and time.monotonic() - self._noted_at < _BOOKMARK_EVERY:
+            return
+        self._noted_at = time.monotonic()
+        try:
+            if self._workflows_told != self._workflows_noted:
+                told = self._workflows_told
+                names = self._workflow_names
+                told_of = {w: {"workspace": space, "name": names.get(w)} for w, space in list(self._workflows.items())}
+                self._note("workflows", orjson.dumps(told_of))
+                self._workflows_noted = told
+            self._note("followed", orjson.dumps(self._followed_at))
+        except Exception as exc:  # the stream goes on: a bookmark is only for a later start
+            log.debug("writing the stream's bookmarks failed: %s", exc)
 
     def _first_told(self, execution: str) -> bool:
         """Whether this execution is told of for the first time (then remembered, the oldest forgotten)."""
@@ -328,7 +403,7 @@ class WebSocketReceiver:
                     continue
                 self._unanswered.succeeded()
                 if isinstance(timeline, dict) and isinstance(workflow := timeline.get("workflow_id"), str):
-                    self._remember(self._workflows, workflow, workspace or self._workspace_id)
+                    self._told_workflow(workflow, workspace or self._workspace_id)
                 named = timeline_api.name_it(timeline, self._workflow_names)
                 self._store([timeline_api.in_workspace(named, workspace or self._workspace_id)], stop)
                 self._unstarted.pop(execution, None)

@@ -415,6 +415,18 @@ class RedisStore:
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
+    def bookmark(self, name: str) -> bytes | None:
+        try:
+            return cast(bytes | None, self._client.get(f"{self._p}bookmark:{name}"))
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    def set_bookmark(self, name: str, value: bytes) -> None:
+        try:
+            self._client.set(f"{self._p}bookmark:{name}", value)
+        except REDIS_ERRORS as exc:
+            raise (_refusal(exc) or StoreUnavailable(f"redis unavailable: {exc}")) from exc
+
     def earliest_due(self) -> float | None:
         try:
             first = cast(list[tuple[bytes, float]], self._client.zrange(f"{self._p}due", 0, 0, withscores=True))

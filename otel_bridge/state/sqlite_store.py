@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS facts (key TEXT NOT NULL, seq INTEGER NOT NULL, blob 
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, resource TEXT NOT NULL, payload BLOB NOT NULL);
 """
 
+# Followers' bookmarks (where they were), made by the first written: a state no follower uses has no table.
+_BOOKMARKS = "CREATE TABLE IF NOT EXISTS bookmarks (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+
 # The outbox's ids are rowids, not AUTOINCREMENT (files made before keep theirs: both work): an
 # id is taken again only once the table's newest row has left it, and the drain acknowledges only
 # rows it has just read, which are still there. AUTOINCREMENT's sqlite_sequence row was one more
@@ -418,6 +421,21 @@ class SqliteStore:
 
     def outbox_depth(self) -> int:
         return self._depth
+
+    def bookmark(self, name: str) -> bytes | None:
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT value FROM bookmarks WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:  # no follower ever wrote one here: its table is made by the first
+            return None
+        return None if row is None else bytes(row[0])
+
+    def set_bookmark(self, name: str, value: bytes) -> None:
+        def write(tx: SqliteTransaction) -> None:
+            tx._db.execute(_BOOKMARKS)
+            tx._db.execute("INSERT OR REPLACE INTO bookmarks VALUES (?, ?)", (name, value))
+
+        self.run(write)
 
     def earliest_due(self) -> float | None:
         with self._lock:

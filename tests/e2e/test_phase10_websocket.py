@@ -116,6 +116,31 @@ def test_a_run_that_ended_while_the_bridge_restarted_is_caught_up_from_the_timel
     assert spans["workflow deploy-day"].status_code == OK and spans["step build"].status_code == OK
 
 
+def test_a_run_that_began_and_ended_while_the_bridge_was_down_is_fetched_after_its_restart(tmp_path, otlp_http, engine):
+    # No message tells it and no open run holds it: the restarted bridge lists the workflow's executions
+    # begun since the last it followed (its bookmark, kept in the state file), and fetches this one.
+    told = Phase10Run("deploy-day", start=datetime.now()).started(1).after(10).completed()
+    engine.scripts.put(list(told.events))
+    engine.scripts.put([])  # the restarted one's: nothing is told live
+    bridge = _following(tmp_path, otlp_http, engine).start()
+    got = otlp_http.received
+    try:
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(told))), timeout=30)
+        assert bridge.stop()
+        while_down = Phase10Run("deploy-day", start=datetime.now()).started(1).step_started("s1", "build", 1)
+        while_down.after(200).step_completed("s1", 0.2).after(1).completed()
+        engine.runs = [told, while_down]
+        engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+        bridge.start()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(while_down))), timeout=30)
+    finally:
+        bridge.close()
+    spans = {s.name: s for s in got.trace(_trace(while_down))}
+    assert set(spans) == {"workflow deploy-day", "step build"}  # named as the workflow's runs told live
+    assert engine.listing_requests == [(told.workflow_id, "ws-1")]
+    assert "Traceback" not in bridge.log.read_text()
+
+
 def test_steps_that_go_on_after_a_cancellation_join_the_trace_and_none_is_late(tmp_path, otlp_http, engine):
     # The engine's cancel lets the execution run on: its step ends, the next runs, then it completes,
     # each long after the bridge's settle window (0.2 s here) has passed since the cancellation.

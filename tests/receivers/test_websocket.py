@@ -52,6 +52,7 @@ class _Following:
         self._dead_letters = DeadLetters(
             settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
         )
+        store = self.pipeline.store
         self.receiver = WebSocketReceiver(
             engine.ws_url,
             self.pipeline.consumer(decoder),
@@ -61,6 +62,8 @@ class _Following:
             named=phase10.workflow_named,
             workspace_id="ws-1",
             workspace_of=phase10.workspace_of,
+            recall=lambda name: store.bookmark(f"websocket {name}"),
+            note=lambda name, value: store.set_bookmark(f"websocket {name}", value),
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
@@ -142,7 +145,26 @@ def test_a_listing_that_fails_after_a_reconnect_is_asked_again(tmp_path, engine)
         _wait(lambda: _stored(following, missed.execution_id), "the execution begun meanwhile was not fetched")
 
 
-def test_the_first_connection_lists_nothing_history_is_import_timelines(tmp_path, engine):
+def test_a_restarted_bridge_fetches_what_began_and_ended_while_it_was_down(tmp_path, engine):
+    # The bridge before it wrote down, with the state, until when it followed and the workflows told of.
+    now = datetime.now(UTC)
+    told = Phase10Run("report", workflow_id="wf-r", start=now).started(1).after(10).completed()
+    engine.scripts.put(list(told.events))
+    with _Following(tmp_path, engine) as before:
+        _wait(lambda: _stored(before, told.execution_id), "the first bridge did not store the run")
+    before.pipeline.store.close()  # stopped: the next bridge opens the file
+    missed = Phase10Run("report", workflow_id="wf-r", start=datetime.now(UTC)).started(1).after(10).completed()
+    history = Phase10Run("report", workflow_id="wf-r", start=now - timedelta(days=2)).started(1).after(10).completed()
+    engine.runs = [told, missed, history]
+    engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+    engine.scripts.put([])
+    with _Following(tmp_path, engine) as after:
+        _wait(lambda: _stored(after, missed.execution_id), "the run begun while the bridge was down was not fetched")
+    assert engine.listing_requests == [("wf-r", "ws-1")]
+    assert history.execution_id not in [execution for execution, _ in engine.timeline_requests]
+
+
+def test_the_first_connection_of_a_bridge_never_started_before_lists_nothing(tmp_path, engine):
     run = Phase10Run("report", workflow_id="wf-r", start=datetime.now(UTC)).started(1)
     engine.runs = [run]
     engine.scripts.put(list(run.events))

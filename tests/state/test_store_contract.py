@@ -486,3 +486,15 @@ def test_the_due_index_is_read_on_from_a_cursor_in_due_then_key_order(open_store
     assert read((3.0, "e")) == []
     assert read((1.0, "a"), limit=10) == [(2.0, "b"), (2.0, "c"), (2.0, "d"), (3.0, "e")]
     store.close()
+
+
+def test_a_followers_bookmark_is_kept_with_the_state_across_reopening(open_store):
+    store = open_store()
+    assert store.bookmark("websocket") is None
+    store.set_bookmark("websocket", b'{"followed_at": 1}')
+    store.set_bookmark("websocket", b'{"followed_at": 2}')  # the latest written is the one read
+    store.close()
+    store = open_store()
+    assert store.bookmark("websocket") == b'{"followed_at": 2}'
+    assert store.bookmark("another") is None
+    assert list(store.states()) == []  # a bookmark is no run's state
