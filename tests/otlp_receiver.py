@@ -3,6 +3,7 @@
 It can be switched to refuse (HTTP 503 / gRPC UNAVAILABLE) to play a backend outage.
 """
 
+import gzip
 import threading
 import time
 from collections.abc import Callable
@@ -173,6 +174,8 @@ class OtlpHttpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip
+                    body = gzip.decompress(body)
                 receiver.received.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if not receiver.up or (
                     receiver.credential and self.headers.get("authorization") != f"Bearer {receiver.credential}"

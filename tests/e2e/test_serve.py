@@ -233,6 +233,22 @@ def test_the_standard_otlp_headers_variable_reaches_the_backend(tmp_path, otlp):
     assert any(h.get("x-tenant") == "acme" for h in receiver.received.headers)
 
 
+def test_the_standard_otlp_compression_variable_compresses_what_the_backend_gets(tmp_path, otlp):
+    # Backends across the internet (a SaaS) are sent gzip: the outbox's encoded spans are compressed as the
+    # SDK's exporters compress their own, and the receiver decodes them as a Collector does.
+    protocol, receiver = otlp
+    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
+    process.start()
+    try:
+        run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+        assert process.post(run.events).status_code == 200
+        receiver.received.wait_for(lambda: len(receiver.received.spans) == 2)
+    finally:
+        process.close()
+    if protocol == "http/protobuf":  # gRPC's own header is the transport's, not shown to the service
+        assert receiver.received.headers[-1].get("content-encoding") == "gzip"
+
+
 def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_path, otlp_http):
     process = BridgeProcess(tmp_path, otlp_http.endpoint, log_format="json").start()
     try:
