@@ -104,7 +104,28 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
     endpoint, result = probed
     if result.delivery is Delivery.SENT:
         return Finding(signal, True, f"{endpoint} took an empty export request")
-    return Finding(signal, False, f"{endpoint}: {result.reason or 'no answer'}")
+    reason = result.reason or "no answer"
+    return Finding(signal, False, f"{endpoint}: {reason}{_tls_hint(signal, reason)}")
+
+
+def _tls_hint(signal: str, reason: str) -> str:
+    """What to give when an export failed at the TLS handshake, which each client words its own way: an
+    untrusted backend certificate, or a backend asking for the bridge's own (mutual TLS) that closes
+    the connection without it (gRPC says only "Socket closed")."""
+    told = reason.lower()
+
+    def given(name: str) -> bool:  # the variable, or its signal's own
+        return any(os.environ.get(f"OTEL_EXPORTER_OTLP_{p}{name}") for p in ("", f"{signal.upper()}_"))
+
+    if "certificate verify failed" in told or "certificate_verify_failed" in told:
+        return "; the backend's certificate is not trusted here: give its CA in OTEL_EXPORTER_OTLP_CERTIFICATE"
+    handshake = "ssl" in told or "tls" in told or ("socket closed" in told and given("CERTIFICATE"))
+    if handshake and not given("CLIENT_CERTIFICATE"):
+        return (
+            "; a backend that asks for the bridge's own certificate (mutual TLS) ends the handshake without it:"
+            " give OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY"
+        )
+    return ""
 
 
 def _stream(settings: Settings, timeout_seconds: float) -> Finding:

@@ -4,12 +4,14 @@ It can be switched to refuse (HTTP 503 / gRPC UNAVAILABLE) to play a backend out
 """
 
 import gzip
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -161,7 +163,11 @@ class Received:
 
 
 class OtlpHttpReceiver:
-    def __init__(self, port: int = 0, received: Received | None = None) -> None:
+    def __init__(
+        self, port: int = 0, received: Received | None = None, tls: tuple[str, str, str | None] | None = None
+    ) -> None:
+        """`tls`: (certificate, key, the CA client certificates must be signed by, or None): served over
+        HTTPS, as a Collector behind TLS (mutual TLS with a CA)."""
         self.received = received or Received()
         self.up = True
         # When set, requests must carry `authorization: Bearer <credential>` (401 otherwise), as a SaaS backend's.
@@ -218,6 +224,15 @@ class OtlpHttpReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            cert, key, client_ca = tls
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            if client_ca is not None:
+                context.load_verify_locations(client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.endpoint = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -227,7 +242,10 @@ class OtlpHttpReceiver:
 
 
 class OtlpGrpcReceiver:
-    def __init__(self, port: int = 0, received: Received | None = None) -> None:
+    def __init__(
+        self, port: int = 0, received: Received | None = None, tls: tuple[str, str, str | None] | None = None
+    ) -> None:
+        """`tls`: as OtlpHttpReceiver's."""
         self.received = received or Received()
         self.up = True
         self.credential: str | None = None  # as OtlpHttpReceiver's: UNAUTHENTICATED without it
@@ -267,8 +285,17 @@ class OtlpGrpcReceiver:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+        else:
+            cert, key, client_ca = (Path(p).read_bytes() if p else None for p in tls)
+            assert cert is not None and key is not None
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            self.port = self._server.add_secure_port(f"127.0.0.1:{port}", credentials)
+            self.endpoint = f"https://127.0.0.1:{self.port}"
         self._server.start()
 
     def close(self) -> None:

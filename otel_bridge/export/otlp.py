@@ -273,6 +273,31 @@ def _a_url(sender: T, signal: str) -> T:
     return sender
 
 
+def _verify_as_configured(exporter: T) -> T:
+    """`exporter` (an SDK OTLP/HTTP one), verifying the backend with the CA it was given.
+
+    The SDK gives its requests session the `OTEL_EXPORTER_OTLP_*CERTIFICATE` file as the session's own
+    `verify`; requests lets `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` take over from a session's `verify`
+    (psf/requests#3829), and images with a corporate CA bundle set them. The backend's private CA was then
+    never asked, and every export failed its certificate check. Proxies and the rest still come from
+    the environment."""
+    client = getattr(exporter, "_client", None)
+    transport = getattr(client, "_transport", None)
+    session = getattr(getattr(transport, "_inner", transport), "_session", None)
+    if session is None or not isinstance(session.verify, str):
+        return exporter  # no CA file given: the environment's bundle is as good as the default
+    merge = session.merge_environment_settings
+
+    def as_configured(url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        settings = dict(merge(url, proxies, stream, verify, cert))
+        if verify is None:  # not asked for by the request: the session's own, the CA configured
+            settings["verify"] = session.verify
+        return settings
+
+    session.merge_environment_settings = as_configured
+    return exporter
+
+
 def trace_sender() -> TraceSender:
     exporter = _exporter("traces")
     if exporter == "none":
@@ -285,7 +310,7 @@ def trace_sender() -> TraceSender:
         from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
 
         return _quiet(_told_if_tls_unasked(GrpcTraces(), "traces"))
-    return _quiet(_a_url(_HttpTraces(), "traces"))
+    return _quiet(_a_url(_verify_as_configured(_HttpTraces()), "traces"))
 
 
 def metric_sender() -> MetricSender:
@@ -301,7 +326,7 @@ def metric_sender() -> MetricSender:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics")))
-    return _quiet(_MetricSender(_a_url(HttpMetricExporter(), "metrics")))
+    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter()), "metrics")))
 
 
 def _quiet(sender: T) -> T:
@@ -401,7 +426,7 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
 
         sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(), "metrics"))
     else:
-        sender = _quiet(_a_url(_HttpMetricsProbe(), "metrics"))
+        sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe()), "metrics"))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:

@@ -1,0 +1,124 @@
+"""A backend behind TLS, and behind mutual TLS (a Collector that asks for the bridge's certificate): the
+standard `OTEL_EXPORTER_OTLP_*` certificate variables, over both protocols, through `otel-bridge serve`."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import certifi
+import pytest
+from bridge_process import BridgeProcess
+from builders import WorkflowRun
+from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+
+from otel_bridge import trace_id_for
+from otel_bridge.state.sqlite_store import SqliteStore
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, str]:
+    """A CA, the backend's certificate for 127.0.0.1 and the bridge's client certificate, both signed by it."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, subject, extension in (("backend", "/CN=127.0.0.1", ["-extfile", str(d / "san.ext")]),
+                                     ("bridge", "/CN=otel-bridge", [])):  # fmt: skip
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+                 "-CAcreateserial", "-days", "1", "-out", str(d / f"{name}.pem"), *extension)  # fmt: skip
+    return {p.stem + p.suffix: str(p) for p in Path(d).iterdir()}
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def mutual_tls_backend(request, pki) -> Iterator[tuple[str, OtlpHttpReceiver | OtlpGrpcReceiver]]:
+    tls = (pki["backend.pem"], pki["backend.key"], pki["ca.pem"])
+    receiver = OtlpHttpReceiver(tls=tls) if request.param == "http/protobuf" else OtlpGrpcReceiver(tls=tls)
+    yield request.param, receiver
+    receiver.close()
+
+
+def _run_sent(
+    tmp_path, protocol: str, receiver, environ: dict[str, str] | None = None, **env: str
+) -> tuple[BridgeProcess, bool]:
+    """A run posted to a bridge exporting to `receiver` with `env` (and other variables, `environ`);
+    whether its two spans arrived."""
+    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, **env)
+    process.env.update(environ or {})
+    process.start()
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    try:
+        assert process.post(run.events).status_code == 200
+        try:
+            receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2, timeout=8)
+        except AssertionError:
+            return process, False
+        return process, True
+    finally:
+        process.close()
+
+
+def test_a_backend_behind_mutual_tls_gets_the_spans_with_the_bridges_client_certificate(
+    tmp_path, pki, mutual_tls_backend
+):
+    protocol, receiver = mutual_tls_backend
+    _process, arrived = _run_sent(
+        tmp_path,
+        protocol,
+        receiver,
+        OTEL_EXPORTER_OTLP_CERTIFICATE=pki["ca.pem"],
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=pki["bridge.pem"],
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=pki["bridge.key"],
+        # Set where a corporate CA bundle is (this machine's image sets it): requests let it take over from
+        # the certificate the bridge was given, and no export got through.
+        environ={"REQUESTS_CA_BUNDLE": certifi.where()},
+    )
+    assert arrived
+
+
+def test_without_its_client_certificate_nothing_is_lost_the_spans_wait_and_check_says_why(
+    tmp_path, pki, mutual_tls_backend
+):
+    protocol, receiver = mutual_tls_backend
+    process, arrived = _run_sent(tmp_path, protocol, receiver, OTEL_EXPORTER_OTLP_CERTIFICATE=pki["ca.pem"])
+    assert not arrived
+    store = SqliteStore(tmp_path / "state.db")  # the bridge stopped: its spans wait for the backend
+    assert store.outbox_depth() == 2
+    store.close()
+    check = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "check"],
+        env=process.env,
+        cwd=process.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
+    assert traces.startswith("FAIL") and "give OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and" in traces, traces
+
+
+def test_a_backend_whose_ca_is_not_given_is_named_untrusted_by_check(tmp_path, pki):
+    # Over HTTP on a machine whose requests bundle is set (REQUESTS_CA_BUNDLE): the system's CAs only.
+    receiver = OtlpHttpReceiver(tls=(pki["backend.pem"], pki["backend.key"], None))
+    try:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        env.pop("OTEL_EXPORTER_OTLP_CERTIFICATE", None)
+        check = subprocess.run(
+            [sys.executable, "-m", "otel_bridge", "check", "--state", str(tmp_path / "s.db")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        receiver.close()
+    (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
+    assert traces.startswith("FAIL") and "give its CA in OTEL_EXPORTER_OTLP_CERTIFICATE" in traces, traces
