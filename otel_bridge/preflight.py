@@ -131,13 +131,13 @@ def _tls_hint(signal: str, reason: str) -> str:
 def _stream(settings: Settings, timeout_seconds: float) -> Finding:
     if not settings.stream_url:
         return Finding("stream", None, "not followed (--stream-url)")
-    from otel_bridge.redis_client import REDIS_ERRORS, connect
+    from otel_bridge.redis_client import REDIS_ERRORS, connect, tls_hint
 
     where = f"{settings.stream_key} at {without_password(settings.stream_url)}"
     try:
         client = connect(settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
     except REDIS_ERRORS as exc:
-        return Finding("stream", False, f"{where}: {exc}")
+        return Finding("stream", False, f"{where}: {exc}{tls_hint(exc)}")
     try:
         client.ping()
         if not client.exists(settings.stream_key):

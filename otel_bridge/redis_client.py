@@ -36,4 +36,19 @@ def is_cluster(client: "redis.Redis | RedisCluster") -> bool:
     return isinstance(client, RedisCluster)
 
 
-__all__ = ["REDIS_ERRORS", "RedisError", "connect", "is_cluster"]
+def tls_hint(error: BaseException) -> str:
+    """What to add to a `rediss://` URL when Redis's certificate, or the lack of the bridge's own, failed
+    the handshake: redis-py reads the files from the URL's query, which nothing else says."""
+    told = str(error).lower()
+    if "certificate verify failed" in told:
+        return "; give the CA that signed Redis's certificate in the URL: rediss://…?ssl_ca_certs=/path/ca.pem"
+    # Redis asking for the bridge's certificate ends the handshake, which the client words variously.
+    if any(said in told for said in ("certificate required", "handshake failure", "eof occurred in violation")):
+        return (
+            "; if Redis asks for the bridge's own certificate (mutual TLS), give it in the URL:"
+            " rediss://…?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem"
+        )
+    return ""
+
+
+__all__ = ["REDIS_ERRORS", "RedisError", "connect", "is_cluster", "tls_hint"]

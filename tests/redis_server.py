@@ -65,6 +65,44 @@ class RedisServer:
             self.proc = None
 
 
+class TlsRedisServer:
+    """A real redis-server answering over TLS only (as managed Redis with encryption in transit does),
+    its certificate signed by the test's CA; `url` carries that CA as redis-py reads it from a URL."""
+
+    def __init__(self, pki: dict[str, str], clients_need_certificates: bool = False) -> None:
+        self.port = free_port()
+        self.pki = pki
+        self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={pki['ca.pem']}"
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
+        command = [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--tls-cert-file", pki["backend.pem"], "--tls-key-file", pki["backend.key"]]
+        command += [
+            "--tls-ca-cert-file",
+            pki["ca.pem"],
+            "--tls-auth-clients",
+            "yes" if clients_need_certificates else "no",
+        ]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        for _ in range(200):  # the port first: redis-py's own retries back off for seconds at each refusal
+            assert self.proc.poll() is None, "redis-server with TLS did not start"
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.05)
+        assert self.client().ping(), f"redis-server with TLS did not answer on port {self.port}"
+
+    def client(self) -> redis.Redis:
+        pki = self.pki
+        return redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=pki["ca.pem"],
+                           ssl_certfile=pki["bridge.pem"], ssl_keyfile=pki["bridge.key"],
+                           socket_timeout=1, socket_connect_timeout=1)  # fmt: skip
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def replica_of(primary: RedisServer) -> RedisServer:
     """A second redis-server replicating `primary`, back once it holds the primary's data and the primary
     counts it among its replicas."""

@@ -24,7 +24,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError, WatchError
 
-from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster
+from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
 from otel_bridge.urls import without_password
 
@@ -269,7 +269,9 @@ class RedisStore:
             self._confirmed = f"{self._p}confirmed"
             self._ensure_group()
         except REDIS_ERRORS as exc:
-            raise StoreOpenError(f"cannot use the redis state at {without_password(url)}: {exc}") from exc
+            raise StoreOpenError(
+                f"cannot use the redis state at {without_password(url)}: {exc}{tls_hint(exc)}"
+            ) from exc
 
     def _ensure_group(self) -> None:
         """Create the outbox stream and its consumer group if they are missing (at start, or after Redis lost them)."""

@@ -5,36 +5,21 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import certifi
 import pytest
 from bridge_process import BridgeProcess
 from builders import WorkflowRun
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from pki import make_pki
 
 from otel_bridge import trace_id_for
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, str]:
-    """A CA, the backend's certificate for 127.0.0.1 and the bridge's client certificate, both signed by it."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, subject, extension in (("backend", "/CN=127.0.0.1", ["-extfile", str(d / "san.ext")]),
-                                     ("bridge", "/CN=otel-bridge", [])):  # fmt: skip
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                 "-CAcreateserial", "-days", "1", "-out", str(d / f"{name}.pem"), *extension)  # fmt: skip
-    return {p.stem + p.suffix: str(p) for p in Path(d).iterdir()}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(params=["http/protobuf", "grpc"])

@@ -1,0 +1,68 @@
+"""Redis over TLS (`rediss://`), as managed Redis with encryption in transit runs: the state and the
+engine's stream on a real redis-server answering over TLS only, the CA (and for mutual TLS, the bridge's
+certificate) given in the URL as redis-py reads them, and a clear word when they are missing."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from pki import make_pki
+from redis_server import TlsRedisServer
+
+from otel_bridge.state.redis_store import RedisStore
+from otel_bridge.state.store import StoreOpenError
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, str]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_redis(pki) -> Iterator[TlsRedisServer]:
+    server = TlsRedisServer(pki)
+    yield server
+    server.close()
+
+
+def test_the_state_is_kept_on_a_redis_over_tls_with_its_ca_given_in_the_url(tls_redis):
+    store = RedisStore(tls_redis.url, seen_ttl_seconds=60, prefix="tls-test:")
+    try:
+        store.run(lambda tx: (tx.save("run1", b"{}", due=5.0), tx.outbox_add([("svc\x1fenv", b"span")])))
+        assert store.run(lambda tx: tx.load("run1")) == (b"{}", 5.0)
+        assert [row.payload for row in store.outbox_peek(10)] == [b"span"]
+    finally:
+        store.close()
+
+
+def test_without_the_ca_the_state_is_refused_naming_the_url_parameter_to_give(tls_redis):
+    without_ca = tls_redis.url.partition("?")[0]
+    with pytest.raises(StoreOpenError, match=r"certificate verify failed.*rediss://…\?ssl_ca_certs=/path/ca.pem"):
+        RedisStore(without_ca, seen_ttl_seconds=60)
+
+
+def test_mutual_tls_takes_the_bridges_certificate_from_the_url(pki):
+    server = TlsRedisServer(pki, clients_need_certificates=True)
+    try:
+        with pytest.raises(StoreOpenError, match=r"ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem"):
+            RedisStore(server.url, seen_ttl_seconds=60)
+        url = f"{server.url}&ssl_certfile={pki['bridge.pem']}&ssl_keyfile={pki['bridge.key']}"
+        store = RedisStore(url, seen_ttl_seconds=60, prefix="mtls-test:")
+        assert store.outbox_depth() == 0
+        store.close()
+    finally:
+        server.close()
+
+
+def test_check_reaches_the_state_and_the_stream_over_tls(tmp_path, tls_redis):
+    check = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "check", "--state", tls_redis.url, "--stream-url", tls_redis.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
+    )
+    lines = {line.split()[1]: line for line in check.stdout.splitlines() if len(line.split()) > 1}
+    assert lines["state"].startswith("ok") and lines["stream"].startswith("ok"), check.stdout
