@@ -220,16 +220,20 @@ def test_duplicate_batches_from_producer_retries_change_nothing(bridge):
     assert len(receiver.received.trace(trace_id)) == 2
 
 
-def test_the_standard_otlp_headers_variable_reaches_the_backend(tmp_path, otlp):
-    protocol, receiver = otlp
-    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, OTEL_EXPORTER_OTLP_HEADERS="x-tenant=acme")
-    process.start()
+def _one_run_through(tmp_path, protocol: str, receiver, **env: str) -> None:
+    """A run of two spans posted to a bridge exporting to `receiver` with `env`, until both arrived."""
+    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, **env).start()
     try:
         run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
         assert process.post(run.events).status_code == 200
         receiver.received.wait_for(lambda: len(receiver.received.spans) == 2)
     finally:
         process.close()
+
+
+def test_the_standard_otlp_headers_variable_reaches_the_backend(tmp_path, otlp):
+    protocol, receiver = otlp
+    _one_run_through(tmp_path, protocol, receiver, OTEL_EXPORTER_OTLP_HEADERS="x-tenant=acme")
     assert any(h.get("x-tenant") == "acme" for h in receiver.received.headers)
 
 
@@ -237,14 +241,7 @@ def test_the_standard_otlp_compression_variable_compresses_what_the_backend_gets
     # Backends across the internet (a SaaS) are sent gzip: the outbox's encoded spans are compressed as the
     # SDK's exporters compress their own, and the receiver decodes them as a Collector does.
     protocol, receiver = otlp
-    process = BridgeProcess(tmp_path, receiver.endpoint, protocol, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
-    process.start()
-    try:
-        run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
-        assert process.post(run.events).status_code == 200
-        receiver.received.wait_for(lambda: len(receiver.received.spans) == 2)
-    finally:
-        process.close()
+    _one_run_through(tmp_path, protocol, receiver, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
     if protocol == "http/protobuf":  # gRPC's own header is the transport's, not shown to the service
         assert receiver.received.headers[-1].get("content-encoding") == "gzip"
 
