@@ -13,6 +13,7 @@ import pytest
 from bridge_process import BridgeProcess, free_port
 from builders import WorkflowRun
 from otlp_receiver import OtlpHttpReceiver
+from pki import make_pki
 from redis_server import RedisServer
 
 from otel_bridge import trace_id_for
@@ -140,6 +141,30 @@ def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue
     assert root.attributes["workflow.execution.close_reason"] == "INC-42"
     nowhere = _cli("close", stuck.workflow_id, "--url", bridge.url, state=state)
     assert nowhere.returncode == 2 and f"cannot reach the bridge at {bridge.url}" in nowhere.stderr
+
+
+def test_close_asks_a_bridge_behind_tls_trusting_the_certificate_it_serves_whatever_its_name(tmp_path, otlp_http):
+    # The certificate names the service (CN=otel-bridge, no 127.0.0.1): asked at the loopback address, the
+    # name could not match. The CLI trusts exactly the certificate the settings serve, no more.
+    pki = make_pki(tmp_path)
+    tls = {"tls_certfile": pki["bridge.pem"], "tls_keyfile": pki["bridge.key"]}
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, api_key=KEY, **tls)
+    bridge.url = bridge.url.replace("http://", "https://")
+    bridge.client = httpx.Client(verify=False, timeout=10)  # the test's own look at it, not what is tested
+    stuck = _stuck()
+    state = str(tmp_path / "state.db")
+    try:
+        bridge.start()
+        assert bridge.post(stuck.events, headers={"X-API-KEY": KEY}).status_code == 200
+        closed = _cli("close", stuck.workflow_id, state=state, port=str(bridge.port), api_key=KEY, **tls)
+        assert closed.returncode == 0, closed.stderr
+        assert f"closed run {stuck.workflow_id}" in closed.stdout
+        # Another certificate of the same CA is not the one served: refused.
+        other = {"tls_certfile": pki["backend.pem"], "tls_keyfile": pki["backend.key"]}
+        refused = _cli("close", stuck.workflow_id, state=state, port=str(bridge.port), api_key=KEY, **other)
+        assert refused.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+    finally:
+        bridge.close()
 
 
 def test_overdue_runs_are_counted_from_the_store_after_a_restart(tmp_path, otlp_http):
