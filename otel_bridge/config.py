@@ -433,7 +433,8 @@ def settings_table() -> str:
         default = field.default
         if isinstance(default, list):
             default = ",".join(default)
-        rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | `{default}` | {field.description} |")
+        shown = f"`{default}`" if default != "" else "(none)"  # an empty code span shows as two backticks
+        rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
 
