@@ -33,14 +33,16 @@ class Pause:
 
 
 class Phase10Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (certificate, key): its WebSocket and API over TLS (`wss://`, `https://`)."""
         # Bound here, handed to uvicorn: no other test's server can take the port in between.
         self._socket = socket.socket()
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/stream"
-        self.api_url = f"http://127.0.0.1:{self.port}"
+        secure = "s" if tls else ""
+        self.ws_url = f"ws{secure}://127.0.0.1:{self.port}/ws/stream"
+        self.api_url = f"http{secure}://127.0.0.1:{self.port}"
         self.scripts: queue.Queue[list[Any]] = queue.Queue()
         self.timelines: dict[str, dict[str, Any]] = {}
         self.timeline_requests: list[tuple[str, str | None]] = []
@@ -117,7 +119,11 @@ class Phase10Server:
                 Route("/api/workflows/{workflow_id}/executions", executions),
             ]
         )
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        certificate, key = tls or (None, None)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", ssl_certfile=certificate, ssl_keyfile=key
+        )
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     def start(self) -> "Phase10Server":

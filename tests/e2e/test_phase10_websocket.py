@@ -13,6 +13,7 @@ import httpx
 import pytest
 from bridge_process import BridgeProcess
 from phase10_server import DROP, Pause, Phase10Server
+from pki import make_pki
 
 from otel_bridge import trace_id_for
 from otel_bridge.producer.phase10 import Phase10Run
@@ -83,6 +84,29 @@ def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http
     assert failed["workflow ingest"].status_code == ERROR
     assert failed["step load"].status_message == "disk full"
     assert failed["workflow ingest"].attributes["workflow.task.name"] == "load"
+
+
+def test_an_engine_behind_tls_with_a_private_ca_is_followed_and_caught_up(tmp_path, otlp_http):
+    # `wss://` and an `https://` API whose certificate a CA of the organisation's signed: given as the
+    # machine's trust (`SSL_CERT_FILE`), which websockets and httpx read as OpenSSL does.
+    pki = make_pki(tmp_path)
+    engine = Phase10Server(tls=(pki["backend.pem"], pki["backend.key"])).start()
+    interrupted = Phase10Run("nightly-report").started(1).step_started("s1", "fetch", 1, "http").after(400)
+    engine.scripts.put([*interrupted.events, DROP])
+    engine.scripts.put([])
+    interrupted.step_completed("s1", 0.4).after(5).completed()
+    engine.timelines[interrupted.execution_id] = interrupted.timeline()
+    bridge = _following(tmp_path, otlp_http, engine)
+    bridge.env["SSL_CERT_FILE"] = pki["ca.pem"]
+    got = otlp_http.received
+    try:
+        bridge.start()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(interrupted))), timeout=30)
+    finally:
+        bridge.close()
+        engine.close()
+    assert engine.connections >= 2 and (interrupted.execution_id, "ws-1") in engine.timeline_requests
+    assert {s.name for s in got.trace(_trace(interrupted))} == {"workflow nightly-report", "step fetch"}
 
 
 @pytest.mark.parametrize("workspace", ["ws-1", "ws-2"])  # the bridge's own (`ws_workspace_id`), another's
