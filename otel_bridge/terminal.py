@@ -110,10 +110,8 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order."""
     # Closed without its end (open `max_open_seconds`, or closed by hand): drawn as its trace was sent.
     incomplete_at = max(f.time_ns for f in state.facts) if state.closed and not state.ended and state.facts else None
-    spans = build_spans(state.run, state.facts, {}, incomplete_at, True)
+    spans = build_spans(state.run, state.facts, {}, incomplete_at, True, close_reason=state.close_reason)
     root = next(s for s in spans if s.parent_span_id is None)
-    if incomplete_at is not None and state.close_reason:
-        root.attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] = state.close_reason
     end = root.end_ns or max([now_ns, *[s.end_ns or s.start_ns for s in spans]])
     start = root.start_ns
     scale = _BAR / max(end - start, 1)

@@ -484,6 +484,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
             policy.sleep_spans,
             policy.overdue_grace_ns,
             attempt_ids,
+            state.close_reason,
         )
         if facts
         else []
@@ -496,8 +497,6 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     for span in spans:
         if span.end_ns is None or (span.role is SpanRole.RUN and not (ended or incomplete)):
             continue
-        if span.role is SpanRole.RUN and incomplete and by_hand:
-            span.attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] = state.close_reason
         key = span.span_id.hex()
         built = key in state.emitted
         if not built:

@@ -57,14 +57,16 @@ def build_spans(
     sleep_spans: bool = True,
     overdue_grace_ns: int | None = None,
     attempt_ids: dict[tuple[str, int], bytes] | None = None,
+    close_reason: str = "",
 ) -> list[SpanRecord]:
     """Every span the facts describe, but those already sent; a span with `end_ns` None is still open.
 
     `emitted` maps span ids (hex) already sent to the arrival sequence number at
     which they left: facts that arrived later and belong to them are shown as
     events of the root span instead. `incomplete_at_ns` closes a run that never
-    ended (max_open) at that time. `attempt_ids`: the attempts' span ids known so far, kept
-    up here (they are hashes of the run and the attempt, the same at every call).
+    ended (max_open, or by hand: `close_reason`, said on the root) at that time. `attempt_ids`: the
+    attempts' span ids known so far, kept up here (they are hashes of the run and the attempt, the same
+    at every call).
     """
     if not facts:
         return []
@@ -109,7 +111,7 @@ def build_spans(
         spans.extend(_task_spans(identity, trace_id, root_id, ordered, root_end))
     late = _late_facts(ordered, emitted, ids) if emitted else []
     root_facts = [f for f in ordered if f.event_id not in told] if told else ordered
-    root = _root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late)
+    root = _root_span(run, trace_id, root_id, root_facts, root_start, root_end, ended, attempts, late, close_reason)
     if overdue_grace_ns is not None and not kinds.isdisjoint(_WAIT_KINDS):
         overdue = overdue_events(ordered, overdue_grace_ns)
         if overdue:
@@ -485,6 +487,7 @@ def _root_span(
     ended: Fact | None,
     attempts: dict[tuple[str, int], _Attempt],
     late: list[Fact],
+    close_reason: str,
 ) -> SpanRecord:
     attributes: dict[str, AttributeValue] = dict(run.attributes) | {
         c.WORKFLOW_DEFINITION_NAME: run.name,
@@ -536,6 +539,8 @@ def _root_span(
             attributes[c.WORKFLOW_EXECUTION_CANCEL_REASON] = ended.reason
     elif end_ns is not None:
         attributes[c.WORKFLOW_EXECUTION_INCOMPLETE] = True
+        if close_reason:
+            attributes[c.WORKFLOW_EXECUTION_CLOSE_REASON] = close_reason
     return SpanRecord(
         role=SpanRole.RUN,
         trace_id=trace_id,
