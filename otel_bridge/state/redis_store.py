@@ -327,8 +327,7 @@ class RedisStore:
         # went back to the pool at EXEC. One write more on the connection WAIT goes on stands for them:
         # Redis replicates in order, so a replica that has this write has every write before it.
         try:
-            client = self._client.get_node_from_key(self._confirmed).redis_connection if self.cluster else self._client
-            with client.pipeline(transaction=False) as pipe:
+            with self._holder().pipeline(transaction=False) as pipe:
                 pipe.set(self._confirmed, self._consumer, px=60_000)
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
                 _, holding = pipe.execute()
@@ -340,9 +339,13 @@ class RedisStore:
                 f" after {self._wait_ms / 1000:g} s: it is kept, and taken as a duplicate when sent again"
             )
 
+    def _holder(self) -> Any:
+        """A client of the server holding the bridge's keys alone: on a cluster, the primary of its slot as
+        it is now (a failover moves it)."""
+        return self._client.get_node_from_key(self._outbox).redis_connection if self.cluster else self._client
+
     def replicas(self) -> tuple[int, str | None]:
-        client = self._client.get_node_from_key(self._confirmed).redis_connection if self.cluster else self._client
-        connected = int(client.info("replication").get("connected_slaves", 0))
+        connected = int(self._holder().info("replication").get("connected_slaves", 0))
         if connected >= self._wait_replicas:
             return connected, None
         return connected, (
