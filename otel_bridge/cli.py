@@ -627,8 +627,9 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
     body = {"reason": args.reason} | ({"service": args.service} if args.service else {})
     closed: list[dict[str, Any]] = []
     missing = []
-    own_tls = args.url is None and settings.tls_certfile is not None
-    verify = _served_certificate(settings.tls_certfile) if own_tls and settings.tls_certfile else True
+    verify: ssl.SSLContext | bool = True
+    if args.url is None and settings.tls_certfile is not None:  # this machine's bridge, behind TLS
+        verify = _served_certificate(settings.tls_certfile)
     with httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify) as client:
         for instance_id in args.ids:
             found = _close_one(client, base, instance_id, body)

@@ -334,6 +334,11 @@ class Settings(BaseSettings):
         """State that goes with the process (SQLite's `:memory:`, the in-process tracker's default)."""
         return self.state == ":memory:"
 
+    @property
+    def shared_state(self) -> bool:
+        """State in Redis, shared by every process given it (otherwise a SQLite file, one process's)."""
+        return self.state.startswith(REDIS_SCHEMES)
+
     @model_validator(mode="after")
     def _sampler_of_the_sdk(self) -> "Settings":
         if "trace_sample_ratio" not in self.model_fields_set:
@@ -360,7 +365,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _replicas_of_redis(self) -> "Settings":
         # Asked of SQLite, it would read as a promise kept: no replica holds a SQLite file.
-        if self.wait_replicas and not self.state.startswith(REDIS_SCHEMES):
+        if self.wait_replicas and not self.shared_state:
             raise ValueError("wait_replicas is for a Redis state (its replicas); a SQLite state has none")
         return self
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_bridge.config import REDIS_SCHEMES, Settings
+from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
@@ -58,7 +58,7 @@ def _state(settings: Settings) -> Finding:
     from otel_bridge.runtime import open_store, state_named
 
     state = settings.state
-    if not state.startswith(REDIS_SCHEMES):
+    if not settings.shared_state:
         name = f"{state} (SQLite)"
         if not Path(state).exists():
             if not can_be_written(Path(state)):  # `serve` makes the folders it needs
@@ -68,7 +68,7 @@ def _state(settings: Settings) -> Finding:
         store = open_store(settings, read_only=True)
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("state", False, str(exc))
-    if state.startswith(REDIS_SCHEMES):
+    if settings.shared_state:
         name = state_named(state, store)
     try:
         detail = f"{name}: {store.outbox_depth():,} spans wait for export"

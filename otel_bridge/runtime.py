@@ -102,7 +102,7 @@ def _following(disconnected_since: float | None) -> str:
 
 
 def open_store(settings: Settings, read_only: bool = False) -> Store:
-    if settings.state.startswith(REDIS_SCHEMES):
+    if settings.shared_state:
         from otel_bridge.state.redis_store import RedisStore
 
         return RedisStore(

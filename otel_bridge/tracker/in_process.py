@@ -175,7 +175,7 @@ class OtelTracker:
         if self._inherited:
             settings = self._settings
             # A state file is the parent's alone; Redis is everyone's, the child's bridge opens it anew.
-            if not settings.in_memory and not settings.state.startswith(REDIS_SCHEMES):
+            if not settings.in_memory and not settings.shared_state:
                 log.error(
                     "OtelTracker: this process was forked from the one that opened the state file %s, which is "
                     "that process's alone: this process's runs are kept in memory (lost if it is killed). Make "
