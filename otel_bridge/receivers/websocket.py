@@ -320,6 +320,7 @@ class WebSocketReceiver:
         retry: list[str] = []
         backoff = 0.5
         while not stop.is_set():
+            missed: list[str] = []
             if self._wake.wait(timeout=backoff if retry or self._gap_since is not None else None):
                 self._wake.clear()
                 if stop.is_set():
@@ -327,13 +328,11 @@ class WebSocketReceiver:
                 missed, self._missed = [e for e in self._missed if e in self.open_executions], []
                 if missed:
                     log.info("connected: fetching the timelines of %d open executions", len(missed))
-                self._look_for_begun(stop)
-                todo = list(dict.fromkeys([*missed, *list(self._unstarted), *self._wanted(retry)]))
                 backoff = 0.5
             else:
-                self._look_for_begun(stop)
-                todo, backoff = self._wanted(retry), min(backoff * 2, _MAX_BACKOFF)
-                todo = list(dict.fromkeys([*todo, *list(self._unstarted)]))
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            self._look_for_begun(stop)
+            todo = list(dict.fromkeys([*missed, *self._unstarted, *self._wanted(retry)]))
             try:
                 retry = self._catch_up(todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
