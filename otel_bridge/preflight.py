@@ -19,7 +19,7 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
-from otel_bridge.state.store import Evicting, Replicated, StoreOpenError
+from otel_bridge.state.store import Replicated, ServerConfigured, StoreOpenError
 from otel_bridge.urls import without_password
 
 # An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
@@ -81,8 +81,8 @@ def _state(settings: Settings) -> Finding:
                 return Finding("state", False, f"{detail}; {short}")
             if settings.wait_replicas:
                 detail += f"; {connected} replicas connected, batches wait for {settings.wait_replicas}"
-        risk = store.eviction_risk() if isinstance(store, Evicting) else None
-        return Finding("state", True, f"{detail}; {risk}" if risk else detail)
+        risks = store.risks() if isinstance(store, ServerConfigured) else []
+        return Finding("state", True, "; ".join([detail, *risks]))
     finally:
         store.close()
 

@@ -165,6 +165,8 @@ def test_a_redis_state_that_answers_says_what_waits_for_export(redis_url):
     ok, detail = _findings(Settings(state=redis_url))["state"]
 
     assert ok is True and detail.startswith(f"Redis {redis_url}: ") and "spans wait for export" in detail
+    # Still fine to serve, but what Redis keeps on disk is said (the tests' servers keep nothing).
+    assert "; Redis keeps nothing on disk (appendonly no, no save points)" in detail
 
 
 def test_a_redis_state_with_fewer_replicas_than_batches_wait_for_fails_the_check(redis_url):

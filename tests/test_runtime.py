@@ -141,8 +141,16 @@ def test_a_bridge_on_a_redis_that_may_evict_what_it_took_warns_as_it_starts(tmp_
     assert readiness["ready"] is True and "allkeys-lru" in readiness["warnings"][0]
 
 
-def test_a_bridge_on_a_redis_that_refuses_writes_when_full_starts_without_a_warning(tmp_path, caplog):
-    readiness = _started_on_redis(tmp_path, caplog)  # Redis's default: noeviction
+def test_a_bridge_on_a_redis_that_keeps_nothing_on_disk_warns_as_it_starts(tmp_path, caplog):
+    readiness = _started_on_redis(tmp_path, caplog)  # the tests' servers: `--save "" --appendonly no`
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith("Redis keeps nothing on disk")
+    assert readiness["ready"] is True and readiness["warnings"] == [warning]
+
+
+def test_a_bridge_on_a_redis_that_refuses_writes_when_full_and_keeps_a_log_starts_without_a_warning(tmp_path, caplog):
+    # Redis's default policy, noeviction; an append-only file written before each answer.
+    readiness = _started_on_redis(tmp_path, caplog, "--appendonly", "yes", "--dir", str(tmp_path))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "warnings" not in readiness
 

@@ -101,9 +101,45 @@ def eviction_risk(policy: str) -> str | None:
     )
 
 
+_KEEP_IT = "set appendonly yes (appendfsync everysec), or give Redis a replica and the bridge --wait-replicas 1"
+
+
+def persistence_risk(aof: bool, appendfsync: str | None, save: str | None) -> str | None:
+    """What Redis's persistence can cost batches the bridge answered once Redis goes down, or None when
+    nothing: an append-only file written before each answer keeps them through a crash of Redis's process.
+    `appendfsync`, `save`: Redis's settings (`save ""` takes no snapshot), None where it would not say."""
+    if aof:
+        if appendfsync != "no":
+            return None
+        return (
+            "Redis leaves flushing its append-only file to the system (appendfsync no): a crash of Redis's"
+            " machine can lose the last ~30 s of batches already answered; set appendfsync everysec"
+        )
+    if save == "":
+        return (
+            "Redis keeps nothing on disk (appendonly no, no save points): a restart of Redis loses every batch"
+            f" already answered that is not sent yet (open runs, seen ids, spans waiting for export); {_KEEP_IT}"
+        )
+    taken = f"only snapshots (save {save})" if save else "at most snapshots"
+    return (
+        f"Redis writes no append-only file, {taken}: a crash of Redis loses the batches answered since its last"
+        f" snapshot; {_KEEP_IT}"
+    )
+
+
 def _glob_escaped(text: str) -> str:
     """`text` matched literally in a SCAN pattern (a service may be named `a*` or `[x]`)."""
     return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
+
+
+def _config(client: Any, name: str) -> str | None:
+    """One of Redis's settings, or None where it will not say (CONFIG forbidden or renamed)."""
+    try:
+        answer = cast(dict[Any, Any], client.config_get(name))
+    except REDIS_ERRORS:
+        return None
+    value = next(iter(answer.values()), None)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _mapping(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -281,14 +317,28 @@ class RedisStore:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def eviction_risk(self) -> str | None:
-        try:
-            answer = cast(dict[Any, Any], self._client.config_get("maxmemory-policy"))
-        except REDIS_ERRORS as exc:
+    def risks(self) -> list[str]:
+        holder = self._holder()
+        said = [self._eviction_risk(holder)]
+        if not self._wait_replicas:  # the replicas hold what was answered: a failover keeps it
+            said.append(self._persistence_risk(holder))
+        return [risk for risk in said if risk is not None]
+
+    @staticmethod
+    def _eviction_risk(holder: Any) -> str | None:
+        policy = _config(holder, "maxmemory-policy")
+        if policy is None:
             # Managed services rename or forbid CONFIG, and an ACL user may lack it: say what to check.
-            return f"cannot read Redis's maxmemory-policy ({exc}); make sure it is noeviction"
-        policy = next(iter(answer.values()), b"noeviction")
-        return eviction_risk(policy.decode() if isinstance(policy, bytes) else str(policy))
+            return "cannot read Redis's maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
+        return eviction_risk(policy)
+
+    @staticmethod
+    def _persistence_risk(holder: Any) -> str | None:
+        try:
+            aof = bool(int(holder.info("persistence").get("aof_enabled", 0)))
+        except REDIS_ERRORS as exc:
+            return f"cannot read Redis's persistence ({exc}); make sure it writes an append-only file (appendonly yes)"
+        return persistence_risk(aof, _config(holder, "appendfsync"), _config(holder, "save"))
 
     def refuses_batches(self) -> str | None:
         return None  # Redis says so itself, at each write (out of memory, read-only)

@@ -162,11 +162,12 @@ class OnDisk(Protocol):
 
 
 @runtime_checkable
-class Evicting(Protocol):
-    """A store that may drop what it was given by itself when full (Redis, by its eviction policy)."""
+class ServerConfigured(Protocol):
+    """A store on a server whose own settings can undo what the bridge answered (Redis: what it evicts
+    when full, what it keeps on disk)."""
 
-    def eviction_risk(self) -> str | None:
-        """What the store's eviction can cost, in a sentence for the operator; None when it never evicts."""
+    def risks(self) -> list[str]:
+        """What the server's settings can cost, a sentence each for the operator; none when nothing."""
 
 
 @runtime_checkable

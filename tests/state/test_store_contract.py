@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from redis_server import RedisServer
 
 from otel_bridge import keys
 from otel_bridge.keys import runs_of
@@ -432,44 +431,6 @@ def test_sqlite_leaves_dropping_a_state_to_its_due_time(tmp_path):
     store = SqliteStore(str(tmp_path / "s.db"))
     assert store.run(lambda tx: tx.expire_at("k", time.time())) is False  # the journal keeps it due instead
     store.close()
-
-
-@pytest.mark.parametrize(
-    ("policy", "risk"),
-    [
-        ("noeviction", None),
-        ("volatile-lru", "counted again"),  # only keys with a time to live: seen ids, ended runs kept
-        ("volatile-ttl", "counted again"),
-        ("allkeys-lru", "already acknowledged"),  # any key: open runs, the outbox
-        ("allkeys-random", "already acknowledged"),
-    ],
-)
-def test_redis_says_what_its_eviction_policy_can_cost(policy, risk):
-    server = RedisServer(None, "--maxmemory-policy", policy).start()
-    try:
-        store = RedisStore(server.url, seen_ttl_seconds=60)
-        said = store.eviction_risk()
-        if risk is None:
-            assert said is None
-        else:
-            assert said is not None and policy in said and risk in said and "noeviction" in said
-        store.close()
-    finally:
-        server.close()
-
-
-def test_redis_that_will_not_say_its_eviction_policy_is_named_for_the_operator_to_check():
-    # Managed services forbid CONFIG, as does an ACL user without it.
-    server = RedisServer().start()
-    try:
-        admin = server.client()
-        admin.acl_setuser("bridge", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-config"])
-        store = RedisStore(server.url.replace("redis://", "redis://bridge:pw@"), seen_ttl_seconds=60)
-        said = store.eviction_risk()
-        assert said is not None and "maxmemory-policy" in said and "noeviction" in said
-        store.close()
-    finally:
-        server.close()
 
 
 def test_the_due_index_is_read_on_from_a_cursor_in_due_then_key_order(open_store):
