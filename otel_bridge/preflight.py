@@ -19,7 +19,8 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
-from otel_bridge.state.store import Replicated, ServerConfigured, StoreOpenError
+from otel_bridge.state import mounts
+from otel_bridge.state.store import Replicated, StoreOpenError, WithRisks
 from otel_bridge.urls import without_password
 
 # An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
@@ -63,7 +64,9 @@ def _state(settings: Settings) -> Finding:
         if not Path(state).exists():
             if not can_be_written(Path(state)):  # `serve` makes the folders it needs
                 return Finding("state", False, f"{name} cannot be made: no writable folder to make it in")
-            return Finding("state", True, f"{name} does not exist yet: made at the first start")
+            said = f"{name} does not exist yet: made at the first start"
+            risk = mounts.network_risk(state)
+            return Finding("state", True, f"{said}; {risk}" if risk else said)
     try:
         store = open_store(settings, read_only=True)
     except (StoreOpenError, Unavailable, OSError) as exc:
@@ -81,7 +84,7 @@ def _state(settings: Settings) -> Finding:
                 return Finding("state", False, f"{detail}; {short}")
             if settings.wait_replicas:
                 detail += f"; {connected} replicas connected, batches wait for {settings.wait_replicas}"
-        risks = store.risks() if isinstance(store, ServerConfigured) else []
+        risks = store.risks() if isinstance(store, WithRisks) else []
         return Finding("state", True, "; ".join([detail, *risks]))
     finally:
         store.close()

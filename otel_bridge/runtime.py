@@ -36,7 +36,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Checkpointed, OnDisk, Replicated, ServerConfigured, Store
+from otel_bridge.state.store import Checkpointed, OnDisk, Replicated, Store, WithRisks
 from otel_bridge.urls import without_password
 
 if TYPE_CHECKING:
@@ -480,7 +480,7 @@ class Bridge:
         except Exception:  # a store down at this moment is told by the tasks that use it
             waiting = 0
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow, self.store))
-        if isinstance(self.store, ServerConfigured):
+        if isinstance(self.store, WithRisks):
             try:
                 self.warnings = self.store.risks()
             except Exception:  # a store down at this moment is told by the tasks that use it

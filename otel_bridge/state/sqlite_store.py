@@ -24,7 +24,7 @@ from typing import IO
 
 from otel_bridge.forks import after_fork_in_child, held_across_fork
 from otel_bridge.ids import event_digest
-from otel_bridge.state import disk_reserve
+from otel_bridge.state import disk_reserve, mounts
 from otel_bridge.state.disk_reserve import DiskReserve
 from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
@@ -487,6 +487,10 @@ class SqliteStore:
     def overdue_keys(self, now: float) -> set[str]:
         with self._lock:
             return {key for (key,) in self._db.execute("SELECT key FROM state WHERE overdue_at <= ?", (now,))}
+
+    def risks(self) -> list[str]:
+        risk = None if self.path == ":memory:" else mounts.network_risk(self.path)
+        return [] if risk is None else [risk]
 
     def disk_usage(self) -> tuple[int, int] | None:
         if self._checkpoint_path is None:

@@ -162,12 +162,12 @@ class OnDisk(Protocol):
 
 
 @runtime_checkable
-class ServerConfigured(Protocol):
-    """A store on a server whose own settings can undo what the bridge answered (Redis: what it evicts
-    when full, what it keeps on disk)."""
+class WithRisks(Protocol):
+    """A store whose setting-up can undo what the bridge answered (Redis: what it evicts when full, what it
+    keeps on disk; SQLite: a file on a network filesystem): said as the bridge starts, in /readyz and by check."""
 
     def risks(self) -> list[str]:
-        """What the server's settings can cost, a sentence each for the operator; none when nothing."""
+        """What the store's setting-up can cost, a sentence each for the operator; none when nothing."""
 
 
 @runtime_checkable
