@@ -366,16 +366,34 @@ def _learnt(known: RunRef, told: RunRef) -> RunRef:
     return replace(known, **update) if update else known
 
 
+def _named(state: RunState, learnt: RunRef) -> list[Observation]:
+    """Take in what a telling says of its run. A name told only now (the event-sourced runtime and the
+    Phase-10 engine name a run in its start alone, and a move or a step may arrive first) counts what the
+    facts before it could not, under it, and moves the run's place in the active gauge to it."""
+    unnamed = not state.run.name
+    state.run = learnt
+    if not unnamed or not learnt.name or state.closed:  # a closed run counted its facts as it closed
+        return []
+    observed = [o for f in state.facts for o in _counted(f, learnt)]
+    counted = state.counted_state
+    if counted is not None and state.counted_name == "":
+        observed.append(active_run(state, counted, -1))
+        state.counted_name = learnt.name
+        observed.append(active_run(state, counted, 1))
+    return observed
+
+
 def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldResult:
     """Take one fact, received at `now_ns`, into the run's state."""
+    named: list[Observation] = []
     if state is None:
         state = RunState(run=run, opened_ns=now_ns)
     elif run is not state.run:
         learnt = _learnt(state.run, run)
         if learnt is not state.run:
-            state.run = learnt
+            named = _named(state, learnt)
     if state.knows_event(fact.event_id):
-        return FoldResult(state, Admission.REPEATED)
+        return FoldResult(state, Admission.REPEATED, named)
     identity = _identity(fact)
     if state.closed:
         if identity is not None and state.position_of(identity) is not None:
@@ -396,9 +414,9 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         if merged != earlier.attributes or (later.label and not earlier.label):
             earlier = replace(earlier, attributes=merged, label=earlier.label or later.label)
         if earlier is known:
-            return FoldResult(state, Admission.REPEATED)
+            return FoldResult(state, Admission.REPEATED, named)
         state.replace_fact(i, earlier)
-        return FoldResult(state, Admission.REPEATED, added=earlier, replaced=known.seq)
+        return FoldResult(state, Admission.REPEATED, named, added=earlier, replaced=known.seq)
 
     counted = state.counted_state
     state.append(fact, identity)
@@ -407,7 +425,8 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         # Only while no end that stops the run has come, in whatever order they arrive.
         state.carrying_on = fact.carries_on and (state.carrying_on or not state.ended)
     _advance_state(state, fact)
-    observations = _counted(fact, state.run) + _active_change(state, counted)
+    # Not yet named: counted once a telling names it (`_named`), or under no name as it closes.
+    observations = named + (_counted(fact, state.run) if state.run.name else []) + _active_change(state, counted)
     return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
 
 
@@ -519,6 +538,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         state.closed = True
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
+        if not state.run.name:  # never named: what its facts count, under no name rather than never
+            result.observations += [o for f in state.facts for o in _counted(f, state.run)]
     return result
 
 

@@ -4,7 +4,7 @@ from datetime import datetime
 
 import orjson
 import pytest
-from fold_harness import fold_events
+from fold_harness import FAR_FUTURE_NS, fold_events, settle_all
 
 from otel_bridge import trace_id_for
 from otel_bridge.correlate.outputs import SpanKind, SpanStatus
@@ -111,6 +111,25 @@ def test_metrics_count_transitions_and_time_in_state_not_tenants():
     assert folded.metric("workflow.execution.duration", **{"workflow.execution.result": "success"})
     assert sum(folded.metric("workflow.execution.active")) == 0
     assert all("tenant.id" not in dict(o.attributes) for o in folded.observations)
+
+
+def test_moves_told_before_their_executions_start_are_counted_under_its_name_once_the_start_comes():
+    # Two bridges of one consumer group each take part of an execution's entries, and a claimed entry
+    # comes late: the start, which alone names the workflow, may be stored after a move.
+    run = Execution("onboarding").started().after(5).moved("review").after(5).ended("completed")
+    start, *moves = run.events
+    folded = fold_events([*moves, start], decoder=DECODE)
+    counted = [(dict(o.attributes)["workflow.definition.name"], o.value) for o in folded.observations
+               if o.instrument == "workflow.state.transitions"]  # fmt: skip
+    assert counted == [("onboarding", 1)] * 3  # into initial, review, completed: none under no name
+
+
+def test_an_execution_never_named_counts_its_moves_under_no_name_as_it_closes_not_never():
+    run = Execution("onboarding").started().after(5).moved("review").after(5).ended("completed")
+    folded = fold_events(run.events[1:], settle_at_ns=None, decoder=DECODE)  # its start lost for good
+    assert not folded.metric("workflow.state.transitions")
+    settle_all(folded, FAR_FUTURE_NS)
+    assert folded.metric("workflow.state.transitions", **{"workflow.definition.name": ""}) == [1, 1]
 
 
 def test_table_rows_decode_like_stream_entries():

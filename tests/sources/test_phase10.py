@@ -89,6 +89,19 @@ def test_a_run_starting_tells_its_workflows_name_in_either_shape_and_nothing_els
     assert workflow_named(run.events[1]) is None and workflow_named("not a message") is None
 
 
+def test_a_run_whose_step_is_told_before_its_start_is_active_under_its_name_once_the_start_comes():
+    # Before, it stayed counted as active under no name for as long as it ran.
+    run = Phase10Run("nightly-report").started(2).step_started("s1", "fetch")
+    start, step = run.events
+    folded = fold_events([step, start], settle_at_ns=None, decoder=DECODE)
+    active: dict[str, float] = {}
+    for o in folded.observations:
+        if o.instrument == "workflow.execution.active":
+            name = dict(o.attributes)["workflow.definition.name"]
+            active[name] = active.get(name, 0) + o.value
+    assert active == {"": 0, "nightly-report": 1}
+
+
 def test_a_message_is_known_by_the_same_event_id_whether_its_time_says_utc_or_says_no_zone():
     # The engine writes UTC without a zone; the id hashes the time as an aware datetime writes it,
     # as earlier versions did: a message told again after an upgrade is still a duplicate.
