@@ -7,16 +7,23 @@ execution's messages are told again by the timeline fetched after a reconnect (h
 
 from collections import Counter
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
+import msgspec
 from fold_harness import fold_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otel_bridge.correlate.runs import RunState, SettlePolicy
+from otel_bridge.correlate.step import Policy, apply, settle_run
+from otel_bridge.lifecycle import WorkflowRecord
 from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.state import journal
+from otel_bridge.state.sqlite_store import SqliteStore
 
 EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
 PHASE10 = Phase10Decoder(Phase10Options(service="agents", env="prod"))
@@ -130,3 +137,72 @@ def test_an_event_sourced_execution_told_in_any_order_and_twice_gives_the_same_t
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_told_in_any_order_and_twice_gives_the_same_trace_and_metrics(history, data):
     _same_in_any_order(history, data, PHASE10)
+
+
+_POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
+
+
+def _read_back(state: RunState, store: SqliteStore) -> RunState:
+    """The run as the store gives it back (header, fact rows, sent span ids), nothing kept in memory."""
+    key = state.run.state_key
+
+    def write_and_load(tx):
+        journal.delete(tx, key)
+        whole = journal.Changes(state, None, added={f.seq: f for f in state.facts}, sent=dict(state.emitted))
+        journal.write(tx, key, whole, None)
+        return journal.load(tx, key)[0]
+
+    return store.run(write_and_load)
+
+
+def _settled_in_chunks(events: list[Any], cuts: list[int], read_back: bool, decoder: Callable[[Any], Any]) -> list:
+    """Fold `events` in this order, settling every run after each chunk, kept in memory or given back by the
+    store each time: the spans each settling sent, and the metric totals."""
+    store = SqliteStore(":memory:")
+    states: dict[str, RunState] = {}
+    sent: list[list[tuple]] = []
+    totals: Counter = Counter()
+    now = 0.0
+    for start, end in pairwise([0, *sorted(set(cuts)), len(events)]):
+        for raw in events[start:end]:
+            record = decoder(raw)
+            assert isinstance(record, WorkflowRecord)
+            now = max(now, record.fact.time_ns / 1e9)
+            step = apply(states.get(record.run.state_key), None, record, now, _POLICY)
+            states[record.run.state_key] = step.state  # type: ignore[assignment]
+            totals.update({(o.instrument, o.attributes): o.value for o in step.observations})
+        for key, state in sorted(states.items()):
+            settled = settle_run(_read_back(state, store) if read_back else state, now + 1, _POLICY)
+            sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in settled.spans))
+            for o in settled.observations:
+                totals[(o.instrument, o.attributes)] += o.value
+            if settled.state is None:  # forgotten: nothing more to tell of it
+                del states[key]
+            else:
+                states[key] = settled.state  # type: ignore[assignment]
+    return [sent, +totals]
+
+
+def _same_kept_in_memory_or_read_back(history: list[Any], data: st.DataObject, decoder: Callable[[Any], Any]) -> None:
+    duplicates = data.draw(st.lists(st.sampled_from(history), max_size=len(history) // 2))
+    delivered = data.draw(st.permutations(history + duplicates)) if data.draw(st.booleans()) else history
+    cuts = [n for n, cut in enumerate(data.draw(st.lists(st.booleans(), min_size=len(delivered))), 1) if cut]
+    in_memory = _settled_in_chunks(delivered, cuts, False, decoder)
+    assert any(in_memory[0]) or in_memory[1], "nothing was sent or counted"
+    assert _settled_in_chunks(delivered, cuts, True, decoder) == in_memory
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=executions(), data=st.data())
+def test_an_event_sourced_execution_settled_as_it_goes_sends_the_same_whether_kept_in_memory_or_read_back(
+    history, data
+):
+    # Each settling after any event, the run kept in memory (a hot run) or read back from the store (a
+    # run another replica wrote, or one the cache let go): the same spans leave at each, each once.
+    _same_kept_in_memory_or_read_back(history, data, EVENT_SOURCED)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=phase10_runs(), data=st.data())
+def test_a_phase10_execution_settled_as_it_goes_sends_the_same_whether_kept_in_memory_or_read_back(history, data):
+    _same_kept_in_memory_or_read_back(history, data, PHASE10)
