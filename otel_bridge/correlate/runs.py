@@ -352,31 +352,39 @@ def _counted(f: Fact, run: RunRef) -> list[Observation]:
     return [Observation(name, 1, attributes, _resource(run))]
 
 
+def _told_name(run: RunRef) -> bool:
+    """Whether the run's name is one its engine told: not none, nor the stand-in a Phase-10 timeline,
+    which carries no name, is given (its workflow's id)."""
+    return bool(run.name) and run.name != run.attributes.get(c.WORKFLOW_DEFINITION_ID)
+
+
 def _learnt(known: RunRef, told: RunRef) -> RunRef:
-    """What a run's events say of it, together: one event may carry a name another lacks."""
+    """What a run's events say of it, together: one event may carry a name another lacks, or the name
+    of which another had only a stand-in."""
     update: dict[str, object] = {}
     if known.name and (known.correlation_id or not told.correlation_id) and not told.attributes:
         return known  # the common case: nothing this event could add
-    if told.name and not known.name:
-        update["name"] = told.name
     if told.correlation_id and not known.correlation_id:
         update["correlation_id"] = told.correlation_id
     if told.attributes.keys() - known.attributes.keys():
         update["attributes"] = told.attributes | dict(known.attributes)
+    if told.name and not _told_name(known) and (not known.name or _told_name(told)):
+        update["name"] = told.name
     return replace(known, **update) if update else known
 
 
 def _named(state: RunState, learnt: RunRef) -> list[Observation]:
     """Take in what a telling says of its run. A name told only now (the event-sourced runtime and the
-    Phase-10 engine name a run in its start alone, and a move or a step may arrive first) counts what the
-    facts before it could not, under it, and moves the run's place in the active gauge to it."""
-    unnamed = not state.run.name
+    Phase-10 engine name a run in its start alone, and a move, a step or a timeline may arrive first)
+    counts what the facts before it could not, under it, and moves the run's place in the active gauge
+    to it."""
+    unnamed = not _told_name(state.run)
     state.run = learnt
-    if not unnamed or not learnt.name or state.closed:  # a closed run counted its facts as it closed
+    if not unnamed or not _told_name(learnt) or state.closed:  # a closed run counted its facts as it closed
         return []
     observed = [o for f in state.facts for o in _counted(f, learnt)]
     counted = state.counted_state
-    if counted is not None and state.counted_name == "":
+    if counted is not None and state.counted_name not in (None, learnt.name):
         observed.append(active_run(state, counted, -1))
         state.counted_name = learnt.name
         observed.append(active_run(state, counted, 1))
@@ -425,8 +433,8 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         # Only while no end that stops the run has come, in whatever order they arrive.
         state.carrying_on = fact.carries_on and (state.carrying_on or not state.ended)
     _advance_state(state, fact)
-    # Not yet named: counted once a telling names it (`_named`), or under no name as it closes.
-    observations = named + (_counted(fact, state.run) if state.run.name else []) + _active_change(state, counted)
+    # Not yet named: counted once a telling names it (`_named`), or under the name it has as it closes.
+    observations = named + (_counted(fact, state.run) if _told_name(state.run) else []) + _active_change(state, counted)
     return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
 
 
@@ -538,7 +546,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         state.closed = True
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
-        if not state.run.name:  # never named: what its facts count, under no name rather than never
+        if not _told_name(state.run):  # never named: what its facts count, under the name it has, not never
             result.observations += [o for f in state.facts for o in _counted(f, state.run)]
     return result
 

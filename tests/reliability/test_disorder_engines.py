@@ -63,6 +63,21 @@ def executions(draw: st.DrawFn) -> list[dict[str, str]]:
 
 @st.composite
 def phase10_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A Phase-10 execution's messages."""
+    return draw(phase10_executions()).events
+
+
+@st.composite
+def phase10_told_twice(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Phase-10 execution's messages, and its timeline as the API answers once it has ended (fetched
+    after a reconnect, with retries no message tells)."""
+    run = draw(phase10_executions(ended=True))
+    retries = draw(st.dictionaries(st.sampled_from([f"s{n}" for n in range(1, 5)]), st.integers(1, 3), max_size=2))
+    return run.events, run.timeline(retries)
+
+
+@st.composite
+def phase10_executions(draw: st.DrawFn, ended: bool = False) -> Phase10Run:
     """A Phase-10 execution as its WebSocket tells it: steps that complete, fail or are skipped, and any
     ending — a cancellation with a step that goes on after it, or none yet."""
     steps = draw(st.integers(min_value=1, max_value=4))
@@ -78,7 +93,8 @@ def phase10_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
             run.step_completed(f"s{n}", 0.5, rows=n)
         else:
             run.step_failed(f"s{n}", "boom", 0.3)
-    ending = draw(st.sampled_from(["completed", "failed", "cancelled", "cancelled-then-completed", "open"]))
+    endings = ["completed", "failed", "cancelled", "cancelled-then-completed", *([] if ended else ["open"])]
+    ending = draw(st.sampled_from(endings))
     if ending == "completed":
         run.after(draw(_GAP)).completed()
     elif ending == "failed":
@@ -88,7 +104,7 @@ def phase10_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
         if ending == "cancelled-then-completed":  # the engine's cancel lets a running step finish
             run.after(draw(_GAP)).step_started("late", "late", steps + 1).after(draw(_GAP))
             run.step_completed("late", 0.1).after(1).completed()
-    return run.events
+    return run
 
 
 def _trace(events: list[Any], decoder: Callable[[Any], Any]) -> list[tuple]:
@@ -137,6 +153,19 @@ def test_an_event_sourced_execution_told_in_any_order_and_twice_gives_the_same_t
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_told_in_any_order_and_twice_gives_the_same_trace_and_metrics(history, data):
     _same_in_any_order(history, data, PHASE10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(told=phase10_told_twice(), data=st.data())
+def test_a_phase10_timeline_fetched_before_between_or_after_the_messages_gives_the_same_trace(told, data):
+    # The catch-up after a reconnect fetches timelines beside the live stream: the timeline may be taken
+    # in before the messages it repeats, between them, or after, and messages may come twice.
+    messages, timeline = told
+    delivered = data.draw(st.permutations(messages + data.draw(st.lists(st.sampled_from(messages), max_size=3))))
+    at = data.draw(st.integers(min_value=0, max_value=len(delivered)))
+    ordered = [*messages, timeline]
+    assert _trace([*delivered[:at], timeline, *delivered[at:]], PHASE10) == _trace(ordered, PHASE10)
+    assert _net_metrics([*delivered[:at], timeline, *delivered[at:]], PHASE10) == _net_metrics(ordered, PHASE10)
 
 
 _POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))

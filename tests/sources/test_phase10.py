@@ -102,6 +102,22 @@ def test_a_run_whose_step_is_told_before_its_start_is_active_under_its_name_once
     assert active == {"": 0, "nightly-report": 1}
 
 
+def test_a_timeline_taken_in_before_its_runs_start_is_named_by_the_start_when_it_comes():
+    # A timeline carries no name: its run stands named by its workflow's id until the engine tells the
+    # name (the catch-up after a reconnect can fetch it before the live start is read). Before, the
+    # stand-in stayed: the root, and the metrics, named by the id.
+    run = _report()
+    folded = fold_events([run.timeline(retries={"s2": 1}), *run.events], decoder=DECODE)
+    assert folded.root.name == "workflow nightly-report"
+    counted = [o for o in folded.observations if o.instrument != "workflow.execution.active"]
+    assert {dict(o.attributes)["workflow.definition.name"] for o in counted} == {"nightly-report"}
+    # The timeline alone began and ended the run under the stand-in, in the active gauge: net nothing.
+    assert sum(folded.metric("workflow.execution.active", **{"workflow.definition.name": "wf-report"})) == 0
+    alone = fold_events([run.timeline(retries={"s2": 1})], decoder=DECODE)  # no start ever: the id it is
+    assert alone.root.name == "workflow wf-report"
+    assert alone.metric("workflow.task.retries", **{"workflow.definition.name": "wf-report"}) == [1]
+
+
 def test_a_message_is_known_by_the_same_event_id_whether_its_time_says_utc_or_says_no_zone():
     # The engine writes UTC without a zone; the id hashes the time as an aware datetime writes it,
     # as earlier versions did: a message told again after an upgrade is still a duplicate.
