@@ -434,7 +434,10 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         state.carrying_on = fact.carries_on and (state.carrying_on or not state.ended)
     _advance_state(state, fact)
     # Not yet named: counted once a telling names it (`_named`), or under the name it has as it closes.
-    observations = named + (_counted(fact, state.run) if _told_name(state.run) else []) + _active_change(state, counted)
+    observations = _counted(fact, state.run) if _told_name(state.run) else []
+    if named:
+        observations = named + observations
+    observations += _active_change(state, counted)
     return FoldResult(state, Admission.ACCEPTED, observations, added=fact)
 
 
