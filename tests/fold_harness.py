@@ -1,6 +1,7 @@
 """Drive the pure fold with event streams: decode, fold in a given order, settle."""
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.lifecycle import JobRecord, WorkflowRecord
 from otel_bridge.sources.durable_effect import decode
+from otel_bridge.state import journal
+from otel_bridge.state.sqlite_store import SqliteStore
 
 FAR_FUTURE_NS = 4_000_000_000 * 10**9
 WEEK_NS = 7 * 86_400 * 10**9
@@ -102,3 +105,46 @@ def fold_more(out: Folded, events: list[dict[str, Any]]) -> None:
         record = decode(raw)
         assert isinstance(record, WorkflowRecord)
         _apply(out, {}, record)
+
+
+def comparable(spans: Iterable[SpanRecord]) -> list[tuple]:
+    """Spans as sorted tuples of everything a backend shows (ids, names, times, statuses, attributes,
+    events, links): two traces compare equal only if they would look the same."""
+    return sorted(
+        (
+            s.trace_id,
+            s.span_id,
+            s.parent_span_id,
+            s.name,
+            s.kind,
+            s.start_ns,
+            s.end_ns,
+            s.status,
+            s.status_message,
+            tuple(sorted((k, str(v)) for k, v in s.attributes.items())),
+            tuple(sorted((e.name, e.time_ns, tuple(sorted(e.attributes.items(), key=str))) for e in s.events)),
+            tuple(s.links),
+        )
+        for s in spans
+    )
+
+
+def net_metrics(observations: Iterable[Observation]) -> Counter:
+    """Each series' total: what every counter, histogram sum and up-down count comes to."""
+    totals: Counter = Counter()
+    for o in observations:
+        totals[(o.instrument, o.attributes)] += round(o.value, 9)
+    return totals
+
+
+def read_back(state: RunState, store: SqliteStore) -> RunState:
+    """The run as the store gives it back (header, fact rows, sent span ids), nothing kept in memory."""
+    key = state.run.state_key
+
+    def write_and_load(tx):
+        journal.delete(tx, key)
+        whole = journal.Changes(state, None, added={f.seq: f for f in state.facts}, sent=dict(state.emitted))
+        journal.write(tx, key, whole, None)
+        return journal.load(tx, key)[0]
+
+    return store.run(write_and_load)

@@ -4,6 +4,7 @@ from itertools import pairwise
 
 import msgspec
 from builders import WorkflowRun
+from fold_harness import read_back
 from histories import long_histories
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -14,23 +15,9 @@ from otel_bridge.correlate.runs import RunState, SettlePolicy
 from otel_bridge.correlate.step import Policy, apply, settle_run
 from otel_bridge.lifecycle import WorkflowRecord
 from otel_bridge.sources.durable_effect import decode
-from otel_bridge.state import journal
 from otel_bridge.state.sqlite_store import SqliteStore
 
 _POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
-
-
-def _read_back(state: RunState, store: SqliteStore) -> RunState:
-    """The run as the store gives it back (header, fact rows, sent span ids), nothing kept in memory."""
-    key = state.run.state_key
-
-    def write_and_load(tx):
-        journal.delete(tx, key)
-        whole = journal.Changes(state, None, added={f.seq: f for f in state.facts}, sent=dict(state.emitted))
-        journal.write(tx, key, whole, None)
-        return journal.load(tx, key)[0]
-
-    return store.run(write_and_load)
 
 
 def _settled_in_chunks(events: list[dict], cuts: list[int], how: str) -> list[list[tuple]]:
@@ -54,7 +41,7 @@ def _settled_in_chunks(events: list[dict], cuts: list[int], how: str) -> list[li
         if how == "from-every-fact":
             state.settled_seq = 0  # as if never settled: every span built from every fact
         elif how == "read-back":
-            state = _read_back(state, store)
+            state = read_back(state, store)
         step = settle_run(state, now + 1, _POLICY)
         sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
         state = step.state  # type: ignore[assignment]
@@ -134,8 +121,8 @@ def test_a_run_split_in_two_states_and_merged_settles_as_the_run_told_to_one_sta
         assume(kept is not None and not kept.closed)
     later, now = _folded(None, delivered[split:], now)
     assert kept is not None and later is not None
-    joined = runs.merge(_read_back(kept, store), _read_back(later, store), int(now * 1e9))
-    step = settle_run(_read_back(joined, store), now + 1, _POLICY)
+    joined = runs.merge(read_back(kept, store), read_back(later, store), int(now * 1e9))
+    step = settle_run(read_back(joined, store), now + 1, _POLICY)
     sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in step.spans))
 
     assert [chunk for chunk in sent if chunk] == [chunk for chunk in reference if chunk]

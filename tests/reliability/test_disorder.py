@@ -3,7 +3,7 @@
 from collections import Counter
 
 from builders import WorkflowRun
-from fold_harness import fold_events
+from fold_harness import comparable, fold_events, net_metrics
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,29 +69,11 @@ def _as_store_delivers(events: list[dict]) -> list[dict]:
 
 
 def _trace(events: list[dict]) -> list[tuple]:
-    folded = fold_events(_as_store_delivers(events))
-    return sorted(
-        (
-            s.span_id,
-            s.parent_span_id,
-            s.name,
-            s.start_ns,
-            s.end_ns,
-            s.status,
-            s.status_message,
-            tuple(sorted((k, str(v)) for k, v in s.attributes.items())),
-            tuple(sorted((e.name, e.time_ns, tuple(sorted(e.attributes.items(), key=str))) for e in s.events)),
-            tuple(s.links),
-        )
-        for s in folded.spans
-    )
+    return comparable(fold_events(_as_store_delivers(events)).spans)
 
 
 def _net_metrics(events: list[dict]) -> Counter:
-    totals: Counter = Counter()
-    for o in fold_events(_as_store_delivers(events)).observations:
-        totals[(o.instrument, o.attributes)] += round(o.value, 9)
-    return totals
+    return net_metrics(fold_events(_as_store_delivers(events)).observations)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ from itertools import pairwise
 from typing import Any
 
 import msgspec
-from fold_harness import fold_events
+from fold_harness import comparable, fold_events, net_metrics, read_back
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +22,6 @@ from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
-from otel_bridge.state import journal
 from otel_bridge.state.sqlite_store import SqliteStore
 
 EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
@@ -108,30 +107,11 @@ def phase10_executions(draw: st.DrawFn, ended: bool = False) -> Phase10Run:
 
 
 def _trace(events: list[Any], decoder: Callable[[Any], Any]) -> list[tuple]:
-    return sorted(
-        (
-            s.trace_id,
-            s.span_id,
-            s.parent_span_id,
-            s.name,
-            s.kind,
-            s.start_ns,
-            s.end_ns,
-            s.status,
-            s.status_message,
-            tuple(sorted((k, str(v)) for k, v in s.attributes.items())),
-            tuple(sorted((e.name, e.time_ns, tuple(sorted(e.attributes.items(), key=str))) for e in s.events)),
-            tuple(s.links),
-        )
-        for s in fold_events(events, decoder=decoder).spans
-    )
+    return comparable(fold_events(events, decoder=decoder).spans)
 
 
 def _net_metrics(events: list[Any], decoder: Callable[[Any], Any]) -> Counter:
-    totals: Counter = Counter()
-    for o in fold_events(events, decoder=decoder).observations:
-        totals[(o.instrument, o.attributes)] += round(o.value, 9)
-    return totals
+    return net_metrics(fold_events(events, decoder=decoder).observations)
 
 
 def _same_in_any_order(history: list[Any], data: st.DataObject, decoder: Callable[[Any], Any]) -> None:
@@ -171,20 +151,7 @@ def test_a_phase10_timeline_fetched_before_between_or_after_the_messages_gives_t
 _POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
 
 
-def _read_back(state: RunState, store: SqliteStore) -> RunState:
-    """The run as the store gives it back (header, fact rows, sent span ids), nothing kept in memory."""
-    key = state.run.state_key
-
-    def write_and_load(tx):
-        journal.delete(tx, key)
-        whole = journal.Changes(state, None, added={f.seq: f for f in state.facts}, sent=dict(state.emitted))
-        journal.write(tx, key, whole, None)
-        return journal.load(tx, key)[0]
-
-    return store.run(write_and_load)
-
-
-def _settled_in_chunks(events: list[Any], cuts: list[int], read_back: bool, decoder: Callable[[Any], Any]) -> list:
+def _settled_in_chunks(events: list[Any], cuts: list[int], from_store: bool, decoder: Callable[[Any], Any]) -> list:
     """Fold `events` in this order, settling every run after each chunk, kept in memory or given back by the
     store each time: the spans each settling sent, and the metric totals."""
     store = SqliteStore(":memory:")
@@ -199,17 +166,16 @@ def _settled_in_chunks(events: list[Any], cuts: list[int], read_back: bool, deco
             now = max(now, record.fact.time_ns / 1e9)
             step = apply(states.get(record.run.state_key), None, record, now, _POLICY)
             states[record.run.state_key] = step.state  # type: ignore[assignment]
-            totals.update({(o.instrument, o.attributes): o.value for o in step.observations})
+            totals.update(net_metrics(step.observations))
         for key, state in sorted(states.items()):
-            settled = settle_run(_read_back(state, store) if read_back else state, now + 1, _POLICY)
+            settled = settle_run(read_back(state, store) if from_store else state, now + 1, _POLICY)
             sent.append(sorted((s.span_id, msgspec.json.encode(s)) for s in settled.spans))
-            for o in settled.observations:
-                totals[(o.instrument, o.attributes)] += o.value
+            totals.update(net_metrics(settled.observations))
             if settled.state is None:  # forgotten: nothing more to tell of it
                 del states[key]
             else:
                 states[key] = settled.state  # type: ignore[assignment]
-    return [sent, +totals]
+    return [sent, {series: total for series, total in totals.items() if total}]
 
 
 def _same_kept_in_memory_or_read_back(history: list[Any], data: st.DataObject, decoder: Callable[[Any], Any]) -> None:
