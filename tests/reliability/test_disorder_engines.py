@@ -76,17 +76,36 @@ def phase10_told_twice(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str,
 
 
 @st.composite
-def phase10_executions(draw: st.DrawFn, ended: bool = False) -> Phase10Run:
+def phase10_mid_run(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Phase-10 execution's messages, and its timeline as the API answered while it ran (fetched for a
+    run first told of mid-way, whose start the stream no longer tells)."""
+    snapshots: list[dict[str, Any]] = []
+    run = draw(phase10_executions(snapshots=snapshots))
+    return run.events, draw(st.sampled_from(snapshots)) if snapshots else run.timeline()
+
+
+@st.composite
+def phase10_executions(
+    draw: st.DrawFn, ended: bool = False, snapshots: list[dict[str, Any]] | None = None
+) -> Phase10Run:
     """A Phase-10 execution as its WebSocket tells it: steps that complete, fail or are skipped, and any
-    ending — a cancellation with a step that goes on after it, or none yet."""
+    ending — a cancellation with a step that goes on after it, or none yet. `snapshots`: its timeline
+    as it stood at some of the moments between (for the caller to pick from)."""
+
+    def maybe_fetched() -> None:
+        if snapshots is not None and draw(st.booleans()):
+            snapshots.append(run.timeline())
+
     steps = draw(st.integers(min_value=1, max_value=4))
     run = Phase10Run(draw(st.sampled_from(["nightly-report", "triage"]))).started(steps)
     for n in range(1, steps + 1):
+        maybe_fetched()
         outcome = draw(st.sampled_from(["completed", "completed", "failed", "skipped"]))
         if outcome == "skipped":
             run.after(draw(_GAP)).step_skipped(f"s{n}")
             continue
         run.after(draw(_GAP)).step_started(f"s{n}", f"step-{n}", n)
+        maybe_fetched()
         run.after(draw(_GAP))
         if outcome == "completed":
             run.step_completed(f"s{n}", 0.5, rows=n)
@@ -151,6 +170,19 @@ def test_a_phase10_timeline_fetched_before_between_or_after_the_messages_gives_t
     ordered = [*messages, timeline]
     assert _trace([*delivered[:at], timeline, *delivered[at:]], PHASE10) == _trace(ordered, PHASE10)
     assert _net_metrics([*delivered[:at], timeline, *delivered[at:]], PHASE10) == _net_metrics(ordered, PHASE10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(told=phase10_mid_run(), data=st.data())
+def test_a_phase10_timeline_fetched_while_the_run_went_on_changes_nothing_wherever_it_is_taken_in(told, data):
+    # What a timeline of a running execution says is what the messages said up to then: taken in before,
+    # between or after them, the trace is the one the messages make.
+    messages, timeline = told
+    delivered = data.draw(st.permutations(messages))
+    at = data.draw(st.integers(min_value=0, max_value=len(delivered)))
+    mixed = [*delivered[:at], timeline, *delivered[at:]]
+    assert _trace(mixed, PHASE10) == _trace(messages, PHASE10)
+    assert _net_metrics(mixed, PHASE10) == _net_metrics(messages, PHASE10)
 
 
 _POLICY = Policy(settle=SettlePolicy(gap_grace_ns=0))
