@@ -3,9 +3,13 @@ an event sent again is a duplicate, known by its run (workflows) or the seen ids
 
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from builders import JobRun, WorkflowRun, ns_of
 from faults import BUG, a_bug_for
+from histories import long_histories
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge.config import Settings
@@ -15,6 +19,7 @@ from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.runtime import open_store
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -456,3 +461,55 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     assert count == 2 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id}
     assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
     assert [j.instance_id for j in command.list_jobs(overdue=True)[0]] == [lost.base["instanceId"]]
+
+
+def _outbox_after(state: str, batches: list[list[dict]], restart_after: set[int], **values) -> list[bytes]:
+    """Every span the pipeline put in its outbox, ingesting `batches` one by one and settling after each
+    as a running bridge does (its clock two seconds on each time), restarted after the batches named.
+    `state`: a SQLite file, or a Redis URL with the key prefix to use after a space."""
+    now = [1_000_000.0]
+    url, _, prefix = state.partition(" ")
+    chosen = Settings(state=url, settle_seconds=1, **values)
+
+    def opened() -> Pipeline:
+        store = RedisStore(url, chosen.dedup_ttl_seconds, prefix=prefix) if prefix else SqliteStore(url)
+        return Pipeline(store, MetricsHub(), chosen, clock=lambda: now[0])
+
+    pipeline = opened()
+    for n, batch in enumerate(batches):
+        pipeline.ingest(batch)
+        now[0] += 2
+        pipeline.settle_due()
+        if n in restart_after:
+            pipeline.store.close()
+            pipeline = opened()
+    pipeline.settle_due(horizon=now[0] + 10**6, told_all=True)
+    sent = sorted(row.payload for row in pipeline.store.outbox_peek(10**6))
+    pipeline.store.close()
+    return sent
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(runs=st.lists(long_histories(), min_size=1, max_size=3), data=st.data())
+def test_runs_kept_in_memory_or_read_from_the_store_or_across_restarts_send_the_same_spans(
+    tmp_path_factory, redis_url, runs, data
+):
+    # The runs in memory are a cache of the store: with none, with one so small that runs leave it between
+    # their batches, and with restarts between batches, the outbox holds the same spans, each once; and
+    # so does Redis's store, which keeps no run in memory (its replicas share the runs).
+    events = [e for run in runs for e in run]
+    delivered = data.draw(st.permutations(events + data.draw(st.lists(st.sampled_from(events), max_size=5))))
+    cuts = (
+        sorted(set(data.draw(st.lists(st.integers(1, len(delivered) - 1), max_size=6)))) if len(delivered) > 1 else []
+    )
+    batches = [delivered[a:b] for a, b in pairwise([0, *cuts, len(delivered)])]
+    restarts = set(data.draw(st.lists(st.integers(0, len(batches) - 1), max_size=3)))
+    tmp = tmp_path_factory.mktemp("cache")
+    in_memory = _outbox_after(str(tmp / "hot.db"), batches, set())
+    assert in_memory and len({Span.FromString(p).span_id for p in in_memory}) == len(in_memory)
+    assert _outbox_after(str(tmp / "cold.db"), batches, set(), hot_runs=0) == in_memory
+    assert _outbox_after(str(tmp / "tiny.db"), batches, set(), hot_runs=1, hot_facts=1) == in_memory
+    assert _outbox_after(str(tmp / "restarted.db"), batches, restarts) == in_memory
+    assert _outbox_after(f"{redis_url} {tmp.name}:", batches, restarts) == in_memory
