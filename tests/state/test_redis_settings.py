@@ -3,6 +3,7 @@ and by `otel-bridge check`: keys evicted when Redis is full, and what a crash of
 keeps too little on disk. Against a real redis-server started with those settings."""
 
 import pytest
+import redis
 from redis_server import RedisServer
 
 from otel_bridge.state.redis_store import RedisStore
@@ -95,3 +96,26 @@ def test_a_redis_that_will_not_say_how_it_keeps_its_data_is_named_for_the_operat
     assert eviction == "cannot read Redis's maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
     assert persistence.startswith("cannot read Redis's persistence (")
     assert persistence.endswith("make sure it writes an append-only file (appendonly yes)")
+
+
+def test_on_a_cluster_the_primary_holding_the_bridges_keys_is_the_one_asked(redis_cluster_url):
+    # Every key of the bridge's is in one slot (`{otel-bridge}`): what the other shards keep is not its.
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    holder = cluster.get_node_from_key("{otel-bridge}:outbox")
+    primaries = cluster.get_primaries()
+    assert holder in primaries and len(primaries) == 3
+    store = RedisStore(redis_cluster_url, seen_ttl_seconds=60)
+
+    def keeping_a_log(nodes) -> list[str]:
+        for node in primaries:
+            node.redis_connection.config_set("appendonly", "yes" if node in nodes else "no")
+        return [risk for risk in store.risks() if "append-only" in risk or "on disk" in risk]
+
+    try:
+        assert keeping_a_log([holder]) == []
+        (said,) = keeping_a_log([node for node in primaries if node is not holder])
+        assert said.startswith("Redis keeps nothing on disk")
+    finally:
+        keeping_a_log([])  # as the session's cluster was started
+        store.close()
+        cluster.close()
