@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from otel_bridge.urls import without_password
+from otel_bridge.urls import sentinels_of, without_password
 
 DAY = 86_400.0
 
@@ -24,8 +24,10 @@ DAY = 86_400.0
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # What an HTTP URL starts with (the engine's API, an OTLP/HTTP endpoint, a tracker endpoint).
 HTTP_SCHEMES = ("http://", "https://")
+# A Redis whose primary Sentinels watch (redis_client.py reads the URL).
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 # A state that names Redis rather than a SQLite file, and what a Redis stream's URL starts with.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 # Each URL setting, the schemes it may start with: unchecked, a wrong one failed at start-up as a
 # traceback (the stream) or was logged and never followed (the WebSocket) while the bridge ran on.
 _URL_SCHEMES = {
@@ -43,7 +45,8 @@ class Settings(BaseSettings):
     path: str = Field("/v1/events", description="Path of the tracker endpoint producers POST batches to.")
     state: str = Field(
         "otel-bridge.db",
-        description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas.",
+        description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas "
+        "(`redis+sentinel://host:26379/SERVICE` for a primary Sentinels watch).",
     )
     durability: Literal["process", "full"] = Field(
         "process",
@@ -413,7 +416,16 @@ class Settings(BaseSettings):
         schemes = _URL_SCHEMES[str(info.field_name)]
         if value and not value.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}, not {without_password(value)!r}")
+        if value and value.startswith(SENTINEL_SCHEMES):
+            sentinels_of(value)  # names what it cannot read: a start that fails on it says it in one line
         return value or None
+
+    @field_validator("state")
+    @classmethod
+    def _a_state_it_can_open(cls, value: str) -> str:
+        if value.startswith(SENTINEL_SCHEMES):
+            sentinels_of(value)
+        return value
 
     @field_validator("trace_url")
     @classmethod

@@ -2,6 +2,9 @@
 
 from urllib.parse import urlsplit, urlunsplit
 
+# Where Sentinels listen unless a `redis+sentinel://` URL says otherwise.
+SENTINEL_PORT = 26379
+
 
 def without_password(url: str) -> str:
     """The URL without its password, for messages and logs."""
@@ -10,3 +13,25 @@ def without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """The Sentinels a `redis+sentinel://` URL names, the service they watch, and the database."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in (h.strip() for h in hosts.split(",")):
+        # A name, an IPv4 address or a bracketed IPv6 one, and its port when given.
+        name, port = (host, "") if host.endswith("]") or ":" not in host else host.rsplit(":", 1)
+        if not name.strip("[]") or (port and not port.isdigit()):
+            raise ValueError(f"{without_password(url)!r}: {host!r} is no host[:port] of a Sentinel")
+        sentinels.append((name.strip("[]"), int(port or SENTINEL_PORT)))
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service:
+        raise ValueError(
+            f"{without_password(url)!r} names no service: redis+sentinel://host:26379/SERVICE[/db]"
+            " (the name the Sentinels monitor it by, `mymaster` in their example)"
+        )
+    if db and not db.isdigit():
+        raise ValueError(f"{without_password(url)!r}: the database {db!r} is no number")
+    return sentinels, service, int(db or 0)

@@ -114,6 +114,52 @@ def replica_of(primary: RedisServer) -> RedisServer:
     return replica
 
 
+class SentinelServer:
+    """A real Redis Sentinel (Debian's redis-server in sentinel mode) on 127.0.0.1 watching `primary` as
+    `service`, quick to call it down (half a second) and to fail it over to a replica, alone in its quorum."""
+
+    def __init__(self, workdir: Path, primary: RedisServer, service: str = "mymaster") -> None:
+        self.port = free_port()
+        self.service = service
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{service}/0"
+        self.config = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it as it learns
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {service} 500\n"
+            f"sentinel failover-timeout {service} 2000\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SentinelServer":
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
+        self.proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
+        _answering(self.port)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def primary_port(self) -> int:
+        address = self.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(address[1])
+
+    def wait_failed_over_from(self, port: int, seconds: float = 30) -> int:
+        """The port of the primary once the Sentinel has made another than `port` primary."""
+        deadline = time.monotonic() + seconds
+        while (now := self.primary_port()) == port:
+            assert time.monotonic() < deadline, "the Sentinel did not fail the primary over"
+            time.sleep(0.1)
+        return now
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
 class RedisClusterNodes:
     """A real Redis Cluster on 127.0.0.1: three primaries in cluster mode (and `replicas` replicas of each),
     the slots shared out among them by `redis-cli --cluster create` (Debian's redis-tools), as a managed
