@@ -116,15 +116,31 @@ def replica_of(primary: RedisServer) -> RedisServer:
 
 class SentinelServer:
     """A real Redis Sentinel (Debian's redis-server in sentinel mode) on 127.0.0.1 watching `primary` as
-    `service`, quick to call it down (half a second) and to fail it over to a replica, alone in its quorum."""
+    `service`, quick to call it down (half a second) and to fail it over to a replica, alone in its quorum.
+    With `pki`, it answers over TLS only and reaches the primary over TLS (a `TlsRedisServer`)."""
 
-    def __init__(self, workdir: Path, primary: RedisServer, service: str = "mymaster") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        primary: "RedisServer | TlsRedisServer",
+        service: str = "mymaster",
+        pki: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.service = service
-        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{service}/0"
+        self.pki = pki
+        scheme, query = ("rediss", f"?ssl_ca_certs={pki['ca.pem']}") if pki else ("redis", "")
+        self.url = f"{scheme}+sentinel://127.0.0.1:{self.port}/{service}/0{query}"
         self.config = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it as it learns
+        listen = f"port 0\ntls-port {self.port}\n" if pki else f"port {self.port}\n"
+        tls = (
+            f"tls-cert-file {pki['backend.pem']}\ntls-key-file {pki['backend.key']}\n"
+            f"tls-ca-cert-file {pki['ca.pem']}\ntls-auth-clients no\ntls-replication yes\n"
+            if pki
+            else ""
+        )
         self.config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"{listen}bind 127.0.0.1\ndir {workdir}\n{tls}"
             f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
             f"sentinel down-after-milliseconds {service} 500\n"
             f"sentinel failover-timeout {service} 2000\n"
@@ -135,11 +151,18 @@ class SentinelServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
         self.proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
-        _answering(self.port)
-        return self
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "the Sentinel did not start"
+                time.sleep(0.05)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        tls = {"ssl": True, "ssl_ca_certs": self.pki["ca.pem"]} if self.pki else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **tls)
 
     def primary_port(self) -> int:
         address = self.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)

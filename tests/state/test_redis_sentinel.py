@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 from builders import WorkflowRun
+from pki import make_pki
 from pydantic import ValidationError
-from redis_server import RedisServer, SentinelServer, replica_of
+from redis_server import RedisServer, SentinelServer, TlsRedisServer, replica_of
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
@@ -102,6 +103,21 @@ def test_check_and_the_stream_reach_redis_through_its_sentinels(primary, replica
     found = {f.what: f for f in check(settings, timeout_seconds=2)}
     assert found["state"].ok is True and found["state"].detail.startswith(f"Redis {sentinel.url}: ")
     assert found["stream"].ok is True, found["stream"].detail
+
+
+def test_a_primary_and_its_sentinel_over_tls_are_both_reached_with_the_ca_the_url_gives(tmp_path):
+    # `rediss+sentinel://…?ssl_ca_certs=…`: the Sentinel, and the primary it names, each over TLS only.
+    pki = make_pki(tmp_path)
+    primary = TlsRedisServer(pki)
+    sentinel = SentinelServer(tmp_path, primary, pki=pki).start()
+    try:
+        pipeline = _pipeline(sentinel.url)
+        pipeline.ingest(WorkflowRun(workflow_id="encrypted").started().events)
+        assert any(b"encrypted" in key for key in primary.client().keys("*"))
+        pipeline.store.close()
+    finally:
+        sentinel.close()
+        primary.close()
 
 
 @pytest.mark.parametrize(
