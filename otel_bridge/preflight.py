@@ -57,6 +57,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
 
 def _state(settings: Settings) -> Finding:
     from otel_bridge.runtime import open_store, state_named
+    from otel_bridge.state.redis_store import RedisStore
 
     state = settings.state
     if not settings.shared_state:
@@ -73,6 +74,8 @@ def _state(settings: Settings) -> Finding:
         return Finding("state", False, str(exc))
     if settings.shared_state:
         name = state_named(state, store)
+        if isinstance(store, RedisStore) and (primary := store.primary()) is not None:
+            name += f" (the Sentinels' primary now {primary})"
     try:
         detail = f"{name}: {store.outbox_depth():,} spans wait for export"
         refused = store.refuses_batches()

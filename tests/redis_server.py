@@ -164,16 +164,21 @@ class SentinelServer:
         tls = {"ssl": True, "ssl_ca_certs": self.pki["ca.pem"]} if self.pki else {}
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **tls)
 
-    def primary_port(self) -> int:
-        address = self.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
-        return int(address[1])
+    def primary_port(self) -> int | None:
+        """The primary's port as clients are told it (`SENTINEL MASTERS`, which redis-py asks); None while a
+        failover is under way (`GET-MASTER-ADDR-BY-NAME` names the new primary a moment earlier)."""
+        (state,) = [
+            m for m in self.client().execute_command("SENTINEL", "MASTERS") if m[b"name"] == self.service.encode()
+        ]
+        return None if b"failover_in_progress" in state[b"flags"] else int(state[b"port"])
 
     def wait_failed_over_from(self, port: int, seconds: float = 30) -> int:
-        """The port of the primary once the Sentinel has made another than `port` primary."""
+        """The port of the primary once the Sentinel has made another than `port` primary, and says so."""
         deadline = time.monotonic() + seconds
-        while (now := self.primary_port()) == port:
+        while (now := self.primary_port()) in (port, None):
             assert time.monotonic() < deadline, "the Sentinel did not fail the primary over"
             time.sleep(0.1)
+        assert now is not None
         return now
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any, cast
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError, WatchError
+from redis.sentinel import SentinelConnectionPool
 
 from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
@@ -393,6 +394,14 @@ class RedisStore:
         """A client of the server holding the bridge's keys alone: on a cluster, the primary of its slot as
         it is now (a failover moves it)."""
         return self._client.get_node_from_key(self._outbox).redis_connection if self.cluster else self._client
+
+    def primary(self) -> str | None:
+        """Where the primary the Sentinels watch is now (`host:port`), asked of them; None without Sentinels."""
+        pool = getattr(self._client, "connection_pool", None)
+        if not isinstance(pool, SentinelConnectionPool):
+            return None
+        host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+        return f"{host}:{port}"
 
     def replicas(self) -> tuple[int, str | None]:
         connected = int(self._holder().info("replication").get("connected_slaves", 0))

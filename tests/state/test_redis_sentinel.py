@@ -101,8 +101,14 @@ def test_check_and_the_stream_reach_redis_through_its_sentinels(primary, replica
         span_dead_letter=tmp_path / "s.jsonl",
     )
     found = {f.what: f for f in check(settings, timeout_seconds=2)}
-    assert found["state"].ok is True and found["state"].detail.startswith(f"Redis {sentinel.url}: ")
+    named = f"Redis {sentinel.url} (the Sentinels' primary now 127.0.0.1:{primary.port}): "
+    assert found["state"].ok is True and found["state"].detail.startswith(named)
     assert found["stream"].ok is True, found["stream"].detail
+
+    primary.kill()  # where the primary is after a failover is what is said
+    sentinel.wait_failed_over_from(primary.port)
+    found = {f.what: f for f in check(settings, timeout_seconds=2)}
+    assert f"(the Sentinels' primary now 127.0.0.1:{replica.port})" in found["state"].detail
 
 
 def test_a_primary_and_its_sentinel_over_tls_are_both_reached_with_the_ca_the_url_gives(tmp_path):
