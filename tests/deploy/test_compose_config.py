@@ -202,4 +202,11 @@ def test_every_bridge_variable_of_the_compose_file_is_a_setting():
 def test_the_bridges_runs_link_to_their_traces_in_the_jaeger_ui_the_stack_publishes():
     link = SERVICES["otel-bridge"]["environment"]["OTEL_BRIDGE_TRACE_URL"]
     assert link == "http://localhost:16686/trace/{trace_id}"
-    assert "16686:16686" in [str(port).split()[0] for port in SERVICES["jaeger"]["ports"]]
+    assert "127.0.0.1:16686:16686" in [str(port).split()[0] for port in SERVICES["jaeger"]["ports"]]
+
+
+def test_every_port_is_published_on_the_loopback_only():
+    # Docker publishes on every interface unless told: the demo stack's ingest endpoint, anonymous Grafana
+    # and Prometheus's lifecycle API would be open to the machine's whole network.
+    published = [(name, str(port)) for name, service in SERVICES.items() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for _, port in published), published
