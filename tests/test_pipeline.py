@@ -7,8 +7,9 @@ from itertools import pairwise
 
 from builders import JobRun, WorkflowRun, ns_of
 from faults import BUG, a_bug_for
-from histories import long_histories
-from hypothesis import HealthCheck, given, settings
+from fold_harness import net_metrics
+from histories import job_histories, long_histories
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -513,3 +514,61 @@ def test_runs_kept_in_memory_or_read_from_the_store_or_across_restarts_send_the_
     assert _outbox_after(str(tmp / "tiny.db"), batches, set(), hot_runs=1, hot_facts=1) == in_memory
     assert _outbox_after(str(tmp / "restarted.db"), batches, restarts) == in_memory
     assert _outbox_after(f"{redis_url} {tmp.name}:", batches, restarts) == in_memory
+
+
+class _Recorded(MetricsHub):
+    """The hub the pipeline records into, keeping every observation for the test to add up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list = []
+
+    def record(self, observations) -> None:
+        self.observed += list(observations)
+
+
+def _active_after(state: str, batches: list[list[dict]], restart_after: set[int]) -> dict:
+    """The active gauges (workflow runs, job instances) the last process would export: what it restored
+    from the store as it started, and what it counted since."""
+    now = [1_000_000.0]
+    chosen = Settings(state=state, settle_seconds=1)
+
+    def opened() -> Pipeline:
+        pipeline = Pipeline(SqliteStore(state), _Recorded(), chosen, clock=lambda: now[0])
+        pipeline.restore_gauges()  # as a bridge does as it starts
+        return pipeline
+
+    pipeline = opened()
+    for n, batch in enumerate(batches):
+        pipeline.ingest(batch)
+        now[0] += 2
+        pipeline.settle_due()
+        if n in restart_after:
+            pipeline.store.close()
+            pipeline = opened()
+    pipeline.store.close()
+    active = [o for o in pipeline.metrics.observed if o.instrument.endswith(".active")]  # type: ignore[attr-defined]
+    return {series: total for series, total in net_metrics(active).items() if total}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    runs=st.lists(long_histories(), max_size=2),
+    jobs=st.lists(job_histories(), max_size=2),
+    data=st.data(),
+)
+def test_the_active_gauges_after_a_restart_are_what_the_bridge_counted_without_one(tmp_path_factory, runs, jobs, data):
+    # A restart recounts the open runs and job instances from the store (their states' headers): the gauges
+    # it exports then are the ones a bridge that never stopped would export.
+    events = [e for history in runs + jobs for e in history]
+    assume(events)
+    delivered = data.draw(st.permutations(events))
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(len(delivered) - 1, 1)), max_size=5))))
+    batches = [delivered[a:b] for a, b in pairwise([0, *cuts, len(delivered)]) if a < b]
+    restarts = set(data.draw(st.lists(st.integers(0, len(batches) - 1), min_size=1, max_size=3)))
+    tmp = tmp_path_factory.mktemp("gauges")
+    assert _active_after(str(tmp / "restarted.db"), batches, restarts) == _active_after(
+        str(tmp / "running.db"), batches, set()
+    )
