@@ -1,7 +1,12 @@
 """Hypothesis strategies of whole event histories, for the properties the correlate stage keeps."""
 
+from typing import Any
+
 from builders import JobRun, WorkflowRun
 from hypothesis import strategies as st
+
+from otel_bridge.producer.event_sourced import Execution, trigger
+from otel_bridge.producer.phase10 import Phase10Run
 
 
 @st.composite
@@ -63,3 +68,101 @@ def job_histories(draw: st.DrawFn) -> list[dict]:
     if draw(st.integers(min_value=0, max_value=5)) == 0:
         job.after(draw(gap)).terminated(0)
     return job.events
+
+
+_GAP = st.integers(min_value=0, max_value=5000)
+
+
+@st.composite
+def executions(draw: st.DrawFn) -> list[dict[str, str]]:
+    """An execution as the runtime publishes it: moves, events submitted in a state, human tasks, a
+    trigger that started it, and any ending — or none yet."""
+    started_by = draw(st.booleans())
+    events = [trigger("INBOUND_EMAIL_RECEIVED", from_="a@b.c")] if started_by else []
+    run = Execution(draw(st.sampled_from(["onboarding", "claims"])))
+    initial = {"eventId": events[0]["event_id"]} if started_by else {}
+    run.started(initial)
+    tasks = 0
+    for state in draw(st.lists(st.sampled_from(["review", "docs", "approval"]), max_size=4)):
+        run.after(draw(_GAP))
+        action = draw(st.sampled_from(["move", "submit", "task"]))
+        if action == "move":
+            run.moved(state, user=draw(st.sampled_from(["", "u-1"])))
+        elif action == "submit":
+            run.submitted("document_uploaded", user="u-2", kind=state)
+        else:
+            tasks += 1
+            run.task_created(f"t-{tasks}", state)
+            if draw(st.booleans()):
+                run.after(draw(_GAP)).task_completed(f"t-{tasks}", to=draw(st.sampled_from([None, "approved"])))
+    ending = draw(st.sampled_from(["completed", "failed", "cancelled", "open"]))
+    if ending == "failed":
+        run.after(draw(_GAP)).ended("failed", error="kyc rejected")
+    elif ending != "open":
+        run.after(draw(_GAP)).ended(ending)
+    return events + run.events
+
+
+@st.composite
+def phase10_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A Phase-10 execution's messages."""
+    return draw(phase10_executions()).events
+
+
+@st.composite
+def phase10_told_twice(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Phase-10 execution's messages, and its timeline as the API answers once it has ended (fetched
+    after a reconnect, with retries no message tells)."""
+    run = draw(phase10_executions(ended=True))
+    retries = draw(st.dictionaries(st.sampled_from([f"s{n}" for n in range(1, 5)]), st.integers(1, 3), max_size=2))
+    return run.events, run.timeline(retries)
+
+
+@st.composite
+def phase10_mid_run(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Phase-10 execution's messages, and its timeline as the API answered while it ran (fetched for a
+    run first told of mid-way, whose start the stream no longer tells)."""
+    snapshots: list[dict[str, Any]] = []
+    run = draw(phase10_executions(snapshots=snapshots))
+    return run.events, draw(st.sampled_from(snapshots)) if snapshots else run.timeline()
+
+
+@st.composite
+def phase10_executions(
+    draw: st.DrawFn, ended: bool = False, snapshots: list[dict[str, Any]] | None = None
+) -> Phase10Run:
+    """A Phase-10 execution as its WebSocket tells it: steps that complete, fail or are skipped, and any
+    ending — a cancellation with a step that goes on after it, or none yet. `snapshots`: its timeline
+    as it stood at some of the moments between (for the caller to pick from)."""
+
+    def maybe_fetched() -> None:
+        if snapshots is not None and draw(st.booleans()):
+            snapshots.append(run.timeline())
+
+    steps = draw(st.integers(min_value=1, max_value=4))
+    run = Phase10Run(draw(st.sampled_from(["nightly-report", "triage"]))).started(steps)
+    for n in range(1, steps + 1):
+        maybe_fetched()
+        outcome = draw(st.sampled_from(["completed", "completed", "failed", "skipped"]))
+        if outcome == "skipped":
+            run.after(draw(_GAP)).step_skipped(f"s{n}")
+            continue
+        run.after(draw(_GAP)).step_started(f"s{n}", f"step-{n}", n)
+        maybe_fetched()
+        run.after(draw(_GAP))
+        if outcome == "completed":
+            run.step_completed(f"s{n}", 0.5, rows=n)
+        else:
+            run.step_failed(f"s{n}", "boom", 0.3)
+    endings = ["completed", "failed", "cancelled", "cancelled-then-completed", *([] if ended else ["open"])]
+    ending = draw(st.sampled_from(endings))
+    if ending == "completed":
+        run.after(draw(_GAP)).completed()
+    elif ending == "failed":
+        run.after(draw(_GAP)).failed(draw(st.sampled_from([None, "agent crashed"])))
+    elif ending.startswith("cancelled"):
+        run.after(draw(_GAP)).cancelled()
+        if ending == "cancelled-then-completed":  # the engine's cancel lets a running step finish
+            run.after(draw(_GAP)).step_started("late", "late", steps + 1).after(draw(_GAP))
+            run.step_completed("late", 0.1).after(1).completed()
+    return run

@@ -562,7 +562,9 @@ def failing_step(ordered: list[Fact], ended: Fact) -> str:
     """The step a failed run failed in: the engine's word if it gave one, else its facts'.
 
     durable-effect never names it in `workflow.failed`; the attempt that failed last
-    (a failure that was not retried, exhausted retries, an exceeded timeout) did it.
+    (a failure that was not retried, exhausted retries, an exceeded timeout) did it. One told at
+    the very time of the end is before it, whatever the event ids say: only durable-effect's ids
+    are in emission order (the event-sourced runtime's are random, Phase-10's content hashes).
     """
     if ended.error is not None and ended.error.step:
         return ended.error.step
@@ -570,7 +572,7 @@ def failing_step(ordered: list[Fact], ended: Fact) -> str:
         f
         for f in reversed(ordered)
         if f.step is not None
-        and f.order <= ended.order
+        and f.time_ns <= ended.time_ns
         and (
             f.kind in _FAILING_KINDS
             or (f.kind is KIND.ATTEMPT_ENDED and f.outcome in (OUTCOME.FAILURE, OUTCOME.TIMEOUT))

@@ -65,7 +65,17 @@ _TIMELINE_ENDINGS = {
     "timeout": OUTCOME.TIMEOUT,
 }
 # What an execution that ended so says when the timeline gives no error message.
-_TIMELINE_ERRORS = {OUTCOME.FAILURE: "workflow failed", OUTCOME.TIMEOUT: "workflow timed out"}
+_TIMELINE_ERRORS = {OUTCOME.TIMEOUT: "workflow timed out"}
+
+
+def _failure_said(failed_steps: object) -> str:
+    """A failed run's message where the engine gave none, alike whether a live message or a timeline
+    tells the end: the two tellings of one end, at one time, must not differ by which was kept."""
+    if isinstance(failed_steps, int) and not isinstance(failed_steps, bool) and failed_steps > 0:
+        return f"{failed_steps} step{'' if failed_steps == 1 else 's'} failed"
+    return "workflow failed"
+
+
 _TIMELINE_STEP_ENDINGS = {
     "completed": OUTCOME.SUCCESS,
     "failed": OUTCOME.FAILURE,
@@ -117,6 +127,7 @@ class Timeline(BaseModel):
     completed_at: IsoTime | None = None
     step_timeline: list[StepEntry] = []
     error_message: str | None = None
+    failed_step_count: int | None = None
     # Not the engine's: the workspace the bridge fetched it in (`timeline_api.in_workspace`), as a live
     # message tells its run's.
     workspace_id: str | None = None
@@ -203,10 +214,17 @@ def workspace_in(run: RunRef) -> str | None:
     return workspace if isinstance(workspace, str) and workspace else None
 
 
-def _event_id(*parts: object) -> str:
+def _event_id(*parts: object, prefix: str = "p10-") -> str:
     # Nothing on the wire names an event: the same message told twice (a reconnect's overlap)
     # must be the same event, so its id is what it says.
-    return "p10-" + hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+    return prefix + hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def _timeline_event_id(*parts: object) -> str:
+    # A fact a timeline tells again at the very time a message told it is ordered by event id, and the
+    # fold keeps the telling ordered first: "p10t-" sorts after every message's "p10-", so the engine's
+    # own message is kept, whichever came first, and a timeline changes nothing a message told.
+    return _event_id("timeline", *parts, prefix="p10t-")
 
 
 def _problem(exc: ValidationError) -> DecodeError:
@@ -259,9 +277,7 @@ class Phase10Decoder:
             outcome = _ENDINGS[e.event_type]
             error = None
             if outcome is OUTCOME.FAILURE:
-                failed = d.get("failed_steps")
-                counted = f"{failed} step{'' if failed == 1 else 's'} failed" if failed else "workflow failed"
-                message = d.get("error_message") or counted
+                message = d.get("error_message") or _failure_said(d.get("failed_steps"))
                 error = ErrorInfo(
                     message=self._text(message), type=self._text(d["error_type"]) if d.get("error_type") else None
                 )
@@ -331,7 +347,7 @@ class Phase10Decoder:
         facts: list[Fact] = []
 
         def told(kind: FactKind, at: Any, *key: object, **fields: Any) -> None:
-            event_id = _event_id("timeline", doc.execution_id, kind, *key)
+            event_id = _timeline_event_id(doc.execution_id, kind, *key)
             facts.append(
                 Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes={c.WORKFLOW_EVENT_ID: event_id}, **fields)
             )
@@ -382,14 +398,14 @@ class Phase10Decoder:
                 )
         ending = _TIMELINE_ENDINGS.get(doc.status.lower())
         if ending is not None and doc.completed_at is not None:
-            said = _TIMELINE_ERRORS.get(ending)
+            said = _failure_said(doc.failed_step_count) if ending is OUTCOME.FAILURE else _TIMELINE_ERRORS.get(ending)
             error = ErrorInfo(message=self._text(doc.error_message or said)) if said else None
             told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
     def _step_started(self, doc: Timeline, entry: StepEntry, step: dict[str, Any]) -> Fact:
         assert entry.started_at is not None  # asked only of steps that started
-        event_id = _event_id("timeline", doc.execution_id, KIND.ATTEMPT_STARTED, entry.step_id)
+        event_id = _timeline_event_id(doc.execution_id, KIND.ATTEMPT_STARTED, entry.step_id)
         told = attrs(
             **{
                 c.WORKFLOW_EVENT_ID: event_id,
