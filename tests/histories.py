@@ -71,6 +71,7 @@ def job_histories(draw: st.DrawFn) -> list[dict]:
 
 
 _GAP = st.integers(min_value=0, max_value=5000)
+_IDS = st.uuids().map(lambda u: u.hex)
 
 
 @st.composite
@@ -79,7 +80,8 @@ def executions(draw: st.DrawFn) -> list[dict[str, str]]:
     trigger that started it, and any ending — or none yet."""
     started_by = draw(st.booleans())
     events = [trigger("INBOUND_EMAIL_RECEIVED", from_="a@b.c")] if started_by else []
-    run = Execution(draw(st.sampled_from(["onboarding", "claims"])))
+    # Ids drawn, not random: the ids break ties in time, and a failure found must be found again.
+    run = Execution(draw(st.sampled_from(["onboarding", "claims"])), execution_id=f"exec-{draw(_IDS)}")
     initial = {"eventId": events[0]["event_id"]} if started_by else {}
     run.started(initial)
     tasks = 0
@@ -140,7 +142,8 @@ def phase10_executions(
             snapshots.append(run.timeline())
 
     steps = draw(st.integers(min_value=1, max_value=4))
-    run = Phase10Run(draw(st.sampled_from(["nightly-report", "triage"]))).started(steps)
+    run = Phase10Run(draw(st.sampled_from(["nightly-report", "triage"])), execution_id=f"p10-exec-{draw(_IDS)}")
+    run.started(steps)
     for n in range(1, steps + 1):
         maybe_fetched()
         outcome = draw(st.sampled_from(["completed", "completed", "failed", "skipped"]))
