@@ -64,8 +64,14 @@ _TIMELINE_ENDINGS = {
     "cancelled": OUTCOME.CANCELLATION,
     "timeout": OUTCOME.TIMEOUT,
 }
-# What an execution that ended so says when the timeline gives no error message.
+# What an execution that ended so says when the timeline gives no error message (a failure: `_failure_said`).
 _TIMELINE_ERRORS = {OUTCOME.TIMEOUT: "workflow timed out"}
+_TIMELINE_STEP_ENDINGS = {
+    "completed": OUTCOME.SUCCESS,
+    "failed": OUTCOME.FAILURE,
+    "skipped": OUTCOME.SKIPPED,
+    "cancelled": OUTCOME.CANCELLATION,
+}
 
 
 def _failure_said(failed_steps: object) -> str:
@@ -74,14 +80,6 @@ def _failure_said(failed_steps: object) -> str:
     if isinstance(failed_steps, int) and not isinstance(failed_steps, bool) and failed_steps > 0:
         return f"{failed_steps} step{'' if failed_steps == 1 else 's'} failed"
     return "workflow failed"
-
-
-_TIMELINE_STEP_ENDINGS = {
-    "completed": OUTCOME.SUCCESS,
-    "failed": OUTCOME.FAILURE,
-    "skipped": OUTCOME.SKIPPED,
-    "cancelled": OUTCOME.CANCELLATION,
-}
 
 
 class Phase10Event(BaseModel):
@@ -127,7 +125,8 @@ class Timeline(BaseModel):
     completed_at: IsoTime | None = None
     step_timeline: list[StepEntry] = []
     error_message: str | None = None
-    failed_step_count: int | None = None
+    # Read as anything: a count it cannot read words the failure as a timeline that gives none does.
+    failed_step_count: Any = None
     # Not the engine's: the workspace the bridge fetched it in (`timeline_api.in_workspace`), as a live
     # message tells its run's.
     workspace_id: str | None = None
