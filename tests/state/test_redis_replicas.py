@@ -5,33 +5,16 @@ refused, kept, and taken as duplicates when the producer sends it again."""
 import os
 import signal
 import threading
-from collections.abc import Iterator
 
 import pytest
 from builders import WorkflowRun
-from redis_server import RedisServer, replica_of
+from redis_server import RedisServer
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.store import StoreUnavailable
-
-
-@pytest.fixture
-def primary() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def replica(primary) -> Iterator[RedisServer]:
-    server = replica_of(primary)
-    yield server
-    if server.proc is not None:
-        os.kill(server.proc.pid, signal.SIGCONT)  # a test that stopped it and failed
-    server.close()
 
 
 def _pipeline(url: str, wait_replicas: int) -> Pipeline:

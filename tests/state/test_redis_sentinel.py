@@ -10,7 +10,7 @@ import pytest
 from builders import WorkflowRun
 from pki import make_pki
 from pydantic import ValidationError
-from redis_server import RedisServer, SentinelServer, TlsRedisServer, replica_of
+from redis_server import SentinelServer, TlsRedisServer
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
@@ -20,20 +20,6 @@ from otel_bridge.sources.wire import every_reason
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.store import StoreUnavailable
 from otel_bridge.urls import sentinels_of
-
-
-@pytest.fixture
-def primary() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def replica(primary) -> Iterator[RedisServer]:
-    server = replica_of(primary)
-    yield server
-    server.close()
 
 
 @pytest.fixture
