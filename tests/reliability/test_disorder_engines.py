@@ -16,8 +16,8 @@ from histories import executions, phase10_mid_run, phase10_runs, phase10_told_tw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otel_bridge.correlate.runs import RunState, SettlePolicy
-from otel_bridge.correlate.step import Policy, apply, settle_run
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy
+from otel_bridge.correlate.step import Policy, apply, close, settle_run
 from otel_bridge.lifecycle import WorkflowRecord
 from otel_bridge.producer.event_sourced import as_row
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
@@ -141,3 +141,56 @@ def test_an_event_sourced_execution_settled_as_it_goes_sends_the_same_whether_ke
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_settled_as_it_goes_sends_the_same_whether_kept_in_memory_or_read_back(history, data):
     _same_kept_in_memory_or_read_back(history, data, PHASE10)
+
+
+_CLOSING = Policy(settle=SettlePolicy(max_open_ns=10_000 * 10**9), settle_seconds=2, dedup_ttl_seconds=1000)
+
+
+def _closed_by_hand_at_any_point(history: list[Any], data: st.DataObject, decoder: Callable[[Any], Any]) -> None:
+    """Any order, repeats, settled when due after any event, closed by hand after any event: each span leaves
+    once, the root once, and what comes after the close is late or a repeat."""
+    repeats = data.draw(st.lists(st.sampled_from(history), max_size=len(history) // 3))
+    delivered = data.draw(st.permutations(history + repeats))
+    at = data.draw(st.integers(min_value=1, max_value=len(delivered)))
+    settled_after = set(data.draw(st.lists(st.integers(min_value=1, max_value=len(delivered)), max_size=5)))
+    states: dict[str, tuple[Any, float | None]] = {}
+    sent: list[bytes] = []
+    roots: dict[str, int] = {}
+    now = 100.0
+    for n, raw in enumerate(delivered, 1):
+        now += 1
+        record = decoder(raw)
+        key = record.run.state_key
+        state, due = states.get(key, (None, None))
+        step = apply(state, due, record, now, _CLOSING)
+        if key in roots:  # closed by hand, or ended and sent whole: nothing more is taken in
+            assert step.admission in (Admission.LATE, Admission.REPEATED), raw
+        states[key] = (step.state, step.due)
+        for key, (state, due) in list(states.items()):
+            settling = None
+            if n == at and key not in roots:
+                settling = close(state, "gone", now, _CLOSING)
+            elif n in settled_after and due is not None and due <= now:
+                settling = settle_run(state, now, _CLOSING)
+            if settling is None:
+                continue
+            states[key] = (settling.state, settling.due)
+            sent += [span.span_id for span in settling.spans]
+            for span in settling.spans:
+                if span.parent_span_id is None:
+                    roots[key] = roots.get(key, 0) + 1
+    assert len(sent) == len(set(sent)), "a span sent twice"
+    assert all(count == 1 for count in roots.values()), roots
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=executions(), data=st.data())
+def test_an_event_sourced_execution_closed_by_hand_at_any_point_sends_each_span_once(history, data):
+    _closed_by_hand_at_any_point(history, data, EVENT_SOURCED)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=phase10_runs(), data=st.data())
+def test_a_phase10_execution_closed_by_hand_at_any_point_sends_each_span_once(history, data):
+    # A cancelled execution whose step goes on after the cancellation (held open) closed by hand too.
+    _closed_by_hand_at_any_point(history, data, PHASE10)
