@@ -3,7 +3,9 @@ an execution's events, any of them told twice, gives the trace and metrics of th
 
 The event-sourced runtime's stream comes back out of order when a bridge claims a dead one's pending
 entries, and two bridges of one consumer group each take part of an execution's entries; a Phase-10
-execution's messages are told again by the timeline fetched after a reconnect (hypothesis)."""
+execution's messages are told again by the timeline fetched after a reconnect. Each engine's runs are
+also settled as they go (kept in memory or read back from the store) and closed by hand at any point:
+each span leaves once (hypothesis)."""
 
 from collections import Counter
 from collections.abc import Callable
