@@ -416,15 +416,13 @@ class Settings(BaseSettings):
         schemes = _URL_SCHEMES[str(info.field_name)]
         if value and not value.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}, not {without_password(value)!r}")
-        if value and value.startswith(SENTINEL_SCHEMES):
-            sentinels_of(value)  # names what it cannot read: a start that fails on it says it in one line
         return value or None
 
-    @field_validator("state")
+    @field_validator("state", "stream_url")
     @classmethod
-    def _a_state_it_can_open(cls, value: str) -> str:
-        if value.startswith(SENTINEL_SCHEMES):
-            sentinels_of(value)
+    def _sentinels_it_can_read(cls, value: str | None) -> str | None:
+        if value and value.startswith(SENTINEL_SCHEMES):
+            sentinels_of(value)  # names what it cannot read: a start that fails on it says it in one line
         return value
 
     @field_validator("trace_url")

@@ -358,6 +358,11 @@ def _told_name(run: RunRef) -> bool:
     return bool(run.name) and run.name != run.attributes.get(c.WORKFLOW_DEFINITION_ID)
 
 
+def _counted_facts(state: RunState) -> list[Observation]:
+    """What the run's facts count the moment they are known, all of them: for a run counted late."""
+    return [o for f in state.facts for o in _counted(f, state.run)]
+
+
 def _learnt(known: RunRef, told: RunRef) -> RunRef:
     """What a run's events say of it, together: one event may carry a name another lacks, or the name
     of which another had only a stand-in."""
@@ -382,7 +387,7 @@ def _named(state: RunState, learnt: RunRef) -> list[Observation]:
     state.run = learnt
     if not unnamed or not _told_name(learnt) or state.closed:  # a closed run counted its facts as it closed
         return []
-    observed = [o for f in state.facts for o in _counted(f, learnt)]
+    observed = _counted_facts(state)
     counted = state.counted_state
     if counted is not None and state.counted_name not in (None, learnt.name):
         observed.append(active_run(state, counted, -1))
@@ -550,7 +555,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         state.closed_ns = now_ns
         result.observations += _active_change(state, counted)
         if not _told_name(state.run):  # never named: what its facts count, under the name it has, not never
-            result.observations += [o for f in state.facts for o in _counted(f, state.run)]
+            result.observations += _counted_facts(state)
     return result
 
 
