@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 60.0
 _CHECKPOINT_EVERY = 1.0
+# How often the store's risks (its eviction policy, what it keeps on disk) are read again while running.
+_RISKS_EVERY = 60.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
 _REFUSED_UNREADY_SECONDS = 10.0
 # How long `replay` waits for room when the backlog is full and the backend failing (or for a store
@@ -480,13 +482,7 @@ class Bridge:
         except Exception:  # a store down at this moment is told by the tasks that use it
             waiting = 0
         log.info("%s", started(self.settings, self.trace_senders[0], self.metric_sender, waiting, follow, self.store))
-        if isinstance(self.store, WithRisks):
-            try:
-                self.warnings = self.store.risks()
-            except Exception:  # a store down at this moment is told by the tasks that use it
-                self.warnings = []
-            for risk in self.warnings:
-                log.warning("%s", risk)
+        self.read_risks()
         if isinstance(self.store, Replicated):
             # Told once, not kept among the health's warnings: a replica may connect the moment after,
             # and a batch refused meanwhile makes the bridge unready by itself (`pipeline.refused`).
@@ -551,12 +547,36 @@ class Bridge:
             for resource, named in jobs.items()
         }
 
+    def read_risks(self) -> None:
+        """Read again what the store's setting-up can cost (`WithRisks`), for `/readyz` and the log: a Redis
+        restarted without its disk (a container recreated without its volume) or set otherwise (CONFIG SET,
+        a managed service's change) while the bridge runs is told, and one mended stops being told. A risk
+        is logged when it appears, and once more when it is gone."""
+        if not isinstance(self.store, WithRisks):
+            return
+        try:
+            risks = self.store.risks()
+        except Exception:  # a store down at this moment is told by the tasks that use it; what was read stays
+            return
+        for risk in risks:
+            if risk not in self.warnings:
+                log.warning("%s", risk)
+        for gone in self.warnings:
+            if gone not in risks:
+                log.info("no longer so, the state store's settings read again: %s", gone)
+        self.warnings = risks
+
     def _overdue_loop(self) -> None:
+        # Also where the store's risks are read again: both are a few reads of the store, at a slow pace.
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
+        risks_read = time.monotonic()
         while True:
             with self.passes.running("overdue"):
                 failures.attempt(self.count_overdue)
+                if time.monotonic() - risks_read >= _RISKS_EVERY:
+                    risks_read = time.monotonic()
+                    self.read_risks()
             if self._stop.wait(interval):
                 return
 

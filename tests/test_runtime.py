@@ -5,6 +5,7 @@ import asyncio
 import logging
 import re
 import threading
+import time
 
 import pytest
 from builders import JobRun, WorkflowRun
@@ -14,6 +15,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
 from otel_bridge.on_loop import OnLoop
 from otel_bridge.pipeline import here
+from otel_bridge import runtime
 from otel_bridge.runtime import Bridge
 
 
@@ -153,6 +155,43 @@ def test_a_bridge_on_a_redis_that_refuses_writes_when_full_and_keeps_a_log_start
     readiness = _started_on_redis(tmp_path, caplog, "--appendonly", "yes", "--dir", str(tmp_path))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "warnings" not in readiness
+
+
+def test_a_redis_set_to_keep_nothing_on_disk_while_the_bridge_runs_is_told_and_told_again_once_mended(
+    tmp_path, caplog, monkeypatch
+):
+    # As a Redis recreated without its volume, or reconfigured by hand or by a managed service, would be.
+    monkeypatch.setattr(runtime, "_RISKS_EVERY", 0.0)  # read again at every pass of the overdue loop
+    server = RedisServer(None, "--appendonly", "yes", "--dir", str(tmp_path)).start()
+    bridge = _bridge(tmp_path, state=server.url, overdue_grace_seconds=4)  # a pass a second
+    try:
+        with caplog.at_level(logging.INFO, logger="otel_bridge.runtime"):
+            bridge.start(follow=False)
+            assert "warnings" not in bridge.readiness()
+
+            server.client().config_set("appendonly", "no")
+            warnings = _eventually(lambda: bridge.readiness().get("warnings"))
+            assert len(warnings) == 1 and warnings[0].startswith("Redis keeps nothing on disk")
+            assert bridge.readiness()["ready"] is True  # told, not refused: batches are still taken
+
+            server.client().config_set("appendonly", "yes")
+            _eventually(lambda: "warnings" not in bridge.readiness())
+    finally:
+        bridge.stop()
+        server.close()
+    told = [(r.levelno, r.getMessage()) for r in caplog.records if "keeps nothing on disk" in r.getMessage()]
+    assert told == [
+        (logging.WARNING, warnings[0]),
+        (logging.INFO, f"no longer so, the state store's settings read again: {warnings[0]}"),
+    ]
+
+
+def _eventually(condition, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "not within the time given"
+        time.sleep(0.05)
+    return result
 
 
 def test_a_failing_export_is_a_warning_of_readyz_not_a_reason_the_bridge_still_takes_batches(tmp_path):
