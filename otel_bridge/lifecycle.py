@@ -146,6 +146,9 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
     resume_at_ns: int | None = None
     # The state this fact moved the run into (state machines), if it did.
     entered_state: str | None = None
+    # The state a fact that moved nothing happened in (state machines), when its source tells it: places
+    # it among moves of the same instant, which its time alone cannot.
+    in_state: str | None = None
     # Runs this one follows from (a trigger's run id): the root span links to their roots.
     links: tuple[str, ...] = ()
     # Which of several like facts of one step this is, when the source numbers them (the

@@ -11,11 +11,11 @@ import pytest
 from builders import JobRun, WorkflowRun
 from redis_server import RedisServer
 
+from otel_bridge import runtime
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
 from otel_bridge.on_loop import OnLoop
 from otel_bridge.pipeline import here
-from otel_bridge import runtime
 from otel_bridge.runtime import Bridge
 
 

@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole, SpanStatus
-from otel_bridge.correlate.spans import build_spans, ends_attempt
+from otel_bridge.correlate.spans import build_spans, chained, ends_attempt
 from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest, run_trace_id, within_ratio
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
@@ -698,7 +698,9 @@ def _start_missing(facts: list[Fact], moved: bool) -> bool:
 def _move_missing(facts: list[Fact]) -> bool:
     """A state machine's move that leaves a state the run was never seen entering: one is still in flight."""
     entered: str | None = None
-    for f in sorted((f for f in facts if f.entered_state is not None or f.kind is KIND.RUN_ENDED), key=by_order):
+    for f in chained(
+        sorted((f for f in facts if f.entered_state is not None or f.kind is KIND.RUN_ENDED), key=by_order)
+    ):
         left = f.attributes.get(c.WORKFLOW_STATE_FROM)
         if entered is not None and left is not None and left != entered:
             return True

@@ -6,6 +6,7 @@ indifferent to disorder and replays.
 """
 
 import re
+from bisect import bisect_right
 from datetime import UTC, datetime
 
 from msgspec import Struct
@@ -47,6 +48,44 @@ class _Attempt(Struct):
 
 def sorted_facts(facts: list[Fact]) -> list[Fact]:
     return sorted(facts, key=by_order)
+
+
+def chained(moves: list[Fact]) -> list[Fact]:
+    """A state machine's moves (sorted by time, then event id) with those of one instant in the order their
+    states chain: each leaves the state the one before it entered.
+
+    A workflow that moves on at once (`draft → review → approved` in one tick) tells its moves in one
+    millisecond, and nothing in its events says which came first but their states: their ids are random
+    (the stream's own order is not in an event, nor in the table's rows). Ordered by id, such a run was
+    shown half the time sitting in `review` until its next move. Among moves of one instant, the one leaving
+    the state entered last goes next; failing one, one that leaves no state another of them enters; then the id.
+    """
+    out: list[Fact] = []
+    current: str | None = None
+    i, n = 0, len(moves)
+    while i < n:
+        j = i + 1
+        while j < n and moves[j].time_ns == moves[i].time_ns:
+            j += 1
+        tied = moves[i:j] if j - i == 1 else _chain(moves[i:j], current)
+        out += tied
+        current = next((m.entered_state for m in reversed(tied) if m.entered_state is not None), current)
+        i = j
+    return out
+
+
+def _chain(tied: list[Fact], current: str | None) -> list[Fact]:
+    left = list(tied)
+    ordered: list[Fact] = []
+    while left:
+        pick = next((m for m in left if m.attributes.get(c.WORKFLOW_STATE_FROM) == current), None)
+        if pick is None:
+            entered = {m.entered_state for m in left}
+            pick = next((m for m in left if m.attributes.get(c.WORKFLOW_STATE_FROM) not in entered), left[0])
+        left.remove(pick)
+        ordered.append(pick)
+        current = pick.entered_state if pick.entered_state is not None else current
+    return ordered
 
 
 def build_spans(
@@ -346,15 +385,23 @@ def _state_spans(
     Annotations (events that moved nothing) become events of the state they happened in;
     the second value is their event ids, which the root then leaves out.
     """
-    moves = [f for f in ordered if f.entered_state is not None]
-    # Each annotation belongs to the state entered last before it: one pass over the facts.
+    moves = chained([f for f in ordered if f.entered_state is not None])
+    # Each annotation belongs to the state entered last before it (or at its very instant); among moves
+    # of that instant, to the one into the state it says it happened in, when it says.
     inside_of: list[list[Fact]] = [[] for _ in moves]
-    current = -1
+    times = [m.time_ns for m in moves]
     for f in ordered:
-        if f.entered_state is not None:
-            current += 1
-        elif f.kind is KIND.ANNOTATION and f.step is None and current >= 0:
-            inside_of[current].append(f)
+        if f.kind is not KIND.ANNOTATION or f.step is not None:
+            continue
+        at = bisect_right(times, f.time_ns) - 1
+        if f.in_state is not None:  # back through the moves of its instant, to the last one before it
+            j = at
+            while j >= 0 and moves[j].entered_state != f.in_state and times[j] == f.time_ns:
+                j -= 1
+            if j >= 0 and moves[j].entered_state == f.in_state:
+                at = j
+        if at >= 0:
+            inside_of[at].append(f)
     spans: list[SpanRecord] = []
     told: set[str] = set()
     for i, entry in enumerate(moves):

@@ -206,7 +206,9 @@ class EventSourcedDecoder:
             )
         if moved:
             return Fact(kind=KIND.STATE_ENTERED, entered_state=e.to_state, attributes=described | move, **base)
-        return Fact(kind=KIND.ANNOTATION, attributes=described, **base)
+        # Submitted asynchronously, it names the state it happened in (to_state == from_state).
+        within = e.to_state or None if e.to_state == e.from_state else None
+        return Fact(kind=KIND.ANNOTATION, in_state=within, attributes=described, **base)
 
 
 def _task_type(payload: dict[str, Any]) -> str | None:

@@ -9,13 +9,14 @@ each span leaves once (hypothesis)."""
 
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
 import msgspec
 from fold_harness import comparable, fold_events, net_metrics, read_back
 from histories import executions, phase10_mid_run, phase10_runs, phase10_told_twice
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy
@@ -56,6 +57,43 @@ def test_an_event_sourced_execution_told_in_any_order_and_twice_gives_the_same_t
     told = [as_row(entry) if row else entry for entry, row in zip(history, as_rows, strict=True)]
     assert _trace(told, EVENT_SOURCED) == _trace(history, EVENT_SOURCED)
     _same_in_any_order(told, data, EVENT_SOURCED)
+
+
+def _told_states(history: list[dict[str, str]]) -> tuple[list[tuple], list[tuple]]:
+    """The states an execution sat in, as the runtime told them in the order it published them: (state,
+    from, to) each; and the events submitted in each, (state, at, name). (Which visit of a state an event
+    belongs to is not said when the state was left and entered again in its millisecond.)"""
+    states: list[tuple] = []
+    notes: list[tuple] = []
+    current: tuple[str, int] | None = None
+    for e in history:
+        if not e["execution_id"] or e["event_type"] == "task_created":
+            continue  # the trigger; a task opened moves nothing
+        at = _ns(e)
+        if e["to_state"] and e["to_state"] != e["from_state"]:
+            if current is not None:
+                states.append((*current, at))
+            current = None if e["to_state"] in ("completed", "failed", "cancelled") else (e["to_state"], at)
+        elif current is not None and not e["event_name"].startswith("Task:"):
+            notes.append((current[0], at, e["event_name"]))
+    return sorted(states), sorted(notes)
+
+
+def _ns(entry: dict[str, str]) -> int:
+    return int(datetime.fromisoformat(entry["timestamp"]).timestamp() * 1000) * 1_000_000
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=executions())
+def test_an_event_sourced_execution_shows_each_state_from_the_move_into_it_to_the_next_ties_and_all(history):
+    # The gaps are drawn from 0 ms: moves and events submitted in one millisecond, whose ids (random, as
+    # the runtime's) say nothing of the order they were published in; their states do.
+    assume(history[-1]["to_state"] in ("completed", "failed", "cancelled"))  # an open one sends no states yet
+    spans = [s for s in fold_events(history, decoder=EVENT_SOURCED).spans if s.name.startswith("state ")]
+    shown = sorted((s.name.removeprefix("state "), s.start_ns, s.end_ns) for s in spans)
+    inside = sorted((s.name.removeprefix("state "), e.time_ns, e.name) for s in spans for e in s.events)
+    assert (shown, inside) == _told_states(history)
+    assert all(s.start_ns <= e.time_ns <= s.end_ns for s in spans for e in s.events)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,5 +1,6 @@
 """The event-sourced runtime's stream entries become traces: states as spans, tasks, triggers, no completion event."""
 
+import itertools
 from datetime import datetime
 
 import orjson
@@ -179,6 +180,28 @@ def test_a_run_whose_start_or_a_middle_move_is_still_in_flight_waits_for_it():
         assert settle(state, state.ended_seen_ns + 10**9, policy).held, missing
     (whole,) = fold_events(run.events, settle_at_ns=None, decoder=DECODE).runs.values()
     assert not settle(whole, whole.ended_seen_ns + 10**9, policy).held
+
+
+@pytest.mark.parametrize("ids", list(itertools.permutations(["e-1", "e-2", "e-3", "e-4"])))
+def test_what_happened_in_one_millisecond_is_ordered_by_the_states_it_names_whatever_the_ids(ids):
+    # A workflow that moves on at once tells its moves in one millisecond; their ids are random, and the
+    # stream's order is in no event: `initial → review` comes before `review → approved`, and an event
+    # submitted in between (to_state == from_state names its state) belongs to the state it names.
+    run = Execution("approval").started().after(10).moved("review").submitted("reviewed")
+    run.moved("approved").submitted("noted").after(3_600_000).ended("completed")
+    events = [dict(e) for e in run.events]
+    for event, given in zip(events[1:5], ids, strict=True):
+        event["event_id"] = given
+    (state,) = fold_events(events, settle_at_ns=None, decoder=DECODE).runs.values()
+    folded = fold_events(events, decoder=DECODE)
+
+    review, approved = folded.span("state review"), folded.span("state approved")
+    assert review.start_ns == review.end_ns == approved.start_ns == _ns(events[1])
+    assert approved.end_ns == folded.root.end_ns == _ns(events[-1])  # the hour was spent approved
+    assert approved.attributes["workflow.state.from"] == "review"
+    assert [e.name for e in review.events] == ["reviewed"] and [e.name for e in approved.events] == ["noted"]
+    # Nothing seems missing between the moves: the run is sent as it ends, not held for a move in flight.
+    assert not settle(state, state.ended_seen_ns + 10**9, SettlePolicy(gap_grace_ns=15 * 10**9)).held
 
 
 def test_an_error_message_is_kept_to_what_a_span_carries():
