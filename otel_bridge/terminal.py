@@ -76,7 +76,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             run.env,
             run.name,
             run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}",
-            run.state,
+            run.state if run.machine_state is None else f"{run.state}: {run.machine_state}",
             str(run.steps_done),
             _when(run.since_ns),
             _when(run.resume_at_ns),

@@ -15,7 +15,7 @@ from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
-from otel_bridge.correlate.spans import iso_ns
+from otel_bridge.correlate.spans import chained, iso_ns
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
 from otel_bridge.lifecycle import KIND, OUTCOME, Fact, by_order
 
@@ -37,6 +37,8 @@ class RunOverview:
     traceparent: str
     # Its progress: the steps that have succeeded so far (how many there will be, only its end tells).
     steps_done: int = 0
+    # A state machine's run (the event-sourced runtime's): the state it sits in, entered at `since`.
+    machine_state: str | None = None
 
     def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
         """As JSON shows it; with the `trace_url` template, the link to the run's trace as well."""
@@ -101,6 +103,10 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     last = max(state.facts, key=by_order)
     current = state.execution_state
     since = _stating_fact(state) or min(state.facts, key=by_order)
+    moves = sorted((f for f in state.facts if f.entered_state is not None), key=by_order)
+    entered = chained(moves)[-1] if moves else None
+    if entered is not None and current == c.STATE_EXECUTING:
+        since = entered  # in the state it sits in since it entered it, not since a later event in it
     due = overdue_since_ns(state)  # when it was due to go on: a paused run at its resumeAt, a queued one at once
     late = now_ns - due if due is not None else None
     run = state.run
@@ -121,6 +127,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         # Not sampled: kept back by the ratio (sent only if it fails or never ends).
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
         steps_done=len({f.step for f in state.facts if f.kind is KIND.ATTEMPT_ENDED and f.outcome is OUTCOME.SUCCESS}),
+        machine_state=entered.entered_state if entered is not None else None,
     )
 
 

@@ -6,10 +6,15 @@ from builders import WorkflowRun, ns, ns_of
 from fold_harness import fold_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from otel_bridge.correlate.overview import RunQuery, overdue_since_ns, overview
+from otel_bridge.producer.event_sourced import Execution
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.terminal import runs_table
 
 GRACE = 300 * 10**9
+EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
 
 
 def _state(run: WorkflowRun):
@@ -39,6 +44,25 @@ def test_an_open_run_tells_its_progress_as_the_steps_that_succeeded_so_far():
     progress = overview(_state(run), ns(run.now), GRACE)
     assert progress is not None and progress.steps_done == 2  # a, and b at its second attempt; c still running
     assert progress.as_dict()["steps_done"] == 2
+
+
+def test_a_state_machines_run_tells_the_state_it_sits_in_and_since_when():
+    # The event-sourced runtime's runs move through states of their own: `executing` alone does not
+    # tell an on-call engineer that one waits in `review`.
+    run = Execution("approval").started().after(10).moved("review").after(2000).submitted("comment_added")
+    (state,) = fold_events(run.events, settle_at_ns=None, decoder=EVENT_SOURCED).runs.values()
+    told = overview(state, ns_of(run.events[-1]), GRACE)
+    assert told is not None and (told.state, told.machine_state) == ("executing", "review")
+    assert told.since_ns == ns_of(run.events[1]) and told.last_event == "comment_added"
+    assert told.as_dict()["machine_state"] == "review"
+    console = Console(record=True, width=300)
+    console.print(runs_table([told]))
+    assert "│ executing: review │" in console.export_text()  # as `otel-bridge runs` shows it
+
+
+def test_a_run_of_steps_has_no_machine_state():
+    told = overview(_state(WorkflowRun().started().step_started("a")), 0, GRACE)
+    assert told is not None and told.machine_state is None
 
 
 def test_a_queued_run_not_started_within_the_grace_is_overdue():
