@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from otel_bridge.config import unknown_variables
+from otel_bridge.export.metrics import DURATION_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 COLLECTOR = yaml.safe_load((ROOT / "collector-config" / "otel-collector.yaml").read_text())
+JAEGER = yaml.safe_load((ROOT / "collector-config" / "jaeger.yaml").read_text())
 PROMETHEUS = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
 DATASOURCES = yaml.safe_load(
     (ROOT / "collector-config" / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
@@ -109,12 +111,54 @@ def test_collector_pipelines_reference_defined_components():
 def test_collector_sends_traces_to_jaeger_and_exposes_metrics_for_prometheus():
     jaeger = COLLECTOR["exporters"]["otlp/jaeger"]
     assert _host_port(jaeger["endpoint"]) == ("jaeger", 4317)
-    assert "--set=receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in SERVICES["jaeger"]["command"]
+    # A Collector distribution's receivers listen on localhost unless told (jaegertracing/jaeger#6207).
+    assert JAEGER["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert "otlp" in JAEGER["service"]["pipelines"]["traces"]["receivers"]
     assert COLLECTOR["exporters"]["prometheus"]["resource_to_telemetry_conversion"]["enabled"] is True
     exporter_port = _host_port(COLLECTOR["exporters"]["prometheus"]["endpoint"])[1]
     targets = {t for job in PROMETHEUS["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert f"otel-collector:{exporter_port}" in targets
     assert exporter_port in _published("otel-collector")
+
+
+def test_jaeger_is_started_with_its_configuration_and_its_pipelines_reference_defined_components():
+    assert SERVICES["jaeger"]["command"] == ["--config=/etc/jaeger/config.yaml"]
+    assert "./collector-config/jaeger.yaml:/etc/jaeger/config.yaml:ro" in SERVICES["jaeger"]["volumes"]
+    pipelines = JAEGER["service"]["pipelines"]
+    for name, pipeline in pipelines.items():
+        for kind, defined_in in (("receivers", "receivers"), ("processors", "processors"), ("exporters", "exporters")):
+            for component in pipeline.get(kind, []):
+                # A connector is the exporter of one pipeline and the receiver of another.
+                assert component in JAEGER[defined_in] or component in JAEGER["connectors"], (name, component)
+    for extension in JAEGER["service"]["extensions"]:
+        assert extension in JAEGER["extensions"]
+    ui = JAEGER["extensions"]["jaeger_query"]["http"]["endpoint"]
+    assert ui.startswith("0.0.0.0:") and _host_port(ui)[1] in _published("jaeger")
+
+
+def test_jaegers_monitor_tab_reads_the_span_metrics_jaeger_counts_from_the_stacks_prometheus():
+    pipelines = JAEGER["service"]["pipelines"]
+    assert "spanmetrics" in pipelines["traces"]["exporters"]
+    (counted,) = [p for p in pipelines.values() if "spanmetrics" in p.get("receivers", [])]
+    exporter_port = _host_port(JAEGER["exporters"][counted["exporters"][0]]["endpoint"])[1]
+    targets = {t for job in PROMETHEUS["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert f"jaeger:{exporter_port}" in targets
+    storage, query = JAEGER["extensions"]["jaeger_storage"], JAEGER["extensions"]["jaeger_query"]["storage"]
+    assert query["traces"] in storage["backends"]
+    assert JAEGER["exporters"]["jaeger_storage_exporter"]["trace_storage"] == query["traces"]
+    prometheus = storage["metric_backends"][query["metrics"]]["prometheus"]
+    assert _host_port(prometheus["endpoint"]) == ("prometheus", 9090) and 9090 in _published("prometheus")
+    # The names the connector's Prometheus exporter writes (`_total`, `_milliseconds`): durations in ms.
+    assert prometheus["normalize_calls"] is True and prometheus["normalize_duration"] is True
+    assert JAEGER["connectors"]["spanmetrics"]["histogram"]["unit"] == "ms"
+
+
+def test_jaegers_span_latencies_are_bucketed_as_the_bridges_own_up_to_a_week():
+    # The connector's default buckets stop at 15 s: every run that slept would show a latency of 15 s.
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    told = JAEGER["connectors"]["spanmetrics"]["histogram"]["explicit"]["buckets"]
+    seconds = [float(b[:-2]) * units["ms"] if b.endswith("ms") else float(b[:-1]) * units[b[-1]] for b in told]
+    assert seconds == pytest.approx(DURATION_BUCKETS)
 
 
 def test_the_collector_config_documents_load_balancing_and_tail_sampling():
