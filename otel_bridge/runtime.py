@@ -245,6 +245,14 @@ class Bridge:
             "1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one",
             lambda: 1.0 if self.liveness()["alive"] else 0.0,
         )
+        if isinstance(self.store, WithRisks):
+            self.metrics.gauge(
+                c.M_BRIDGE_STATE_RISKS,
+                "{risk}",
+                "Settings of the state store that can lose or count again events already answered (an eviction"
+                " policy, too little kept on disk, a network filesystem), read every minute: /readyz says which",
+                lambda: float(len(self.warnings)),
+            )
         if isinstance(self.store, OnDisk):
             self._disk_gauges(self.store)
         # The engines' streams this bridge follows, by name: each says since when it is not followed.

@@ -168,14 +168,17 @@ def test_a_redis_set_to_keep_nothing_on_disk_while_the_bridge_runs_is_told_and_t
         with caplog.at_level(logging.INFO, logger="otel_bridge.runtime"):
             bridge.start(follow=False)
             assert "warnings" not in bridge.readiness()
+            assert _exposed(bridge, "otel_bridge_state_risks") == 0.0
 
             server.client().config_set("appendonly", "no")
             warnings = _eventually(lambda: bridge.readiness().get("warnings"))
             assert len(warnings) == 1 and warnings[0].startswith("Redis keeps nothing on disk")
             assert bridge.readiness()["ready"] is True  # told, not refused: batches are still taken
+            assert _exposed(bridge, "otel_bridge_state_risks") == 1.0  # what BridgeStateAtRisk alerts on
 
             server.client().config_set("appendonly", "yes")
             _eventually(lambda: "warnings" not in bridge.readiness())
+            assert _exposed(bridge, "otel_bridge_state_risks") == 0.0
     finally:
         bridge.stop()
         server.close()
