@@ -453,6 +453,14 @@ def jobs() -> Board:
         "setting and place (never the secret). While rotating, a retiring key whose rate has dropped to 0 on every "
         "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized.",
     )  # fmt: skip
+    b.panel(
+        "State store settings at risk",
+        [("max by (instance) (otel_bridge_state_risks)", "{{instance}}")],
+        width=12,
+        description="Settings of each bridge's state store that can lose events it answered, or count them again "
+        "(a Redis that evicts keys or keeps too little on disk, a SQLite file on a network filesystem), read every "
+        "minute; /readyz's warnings name them and the fix. 0 is the goal: alert BridgeStateAtRisk.",
+    )  # fmt: skip
     return b
 
 
