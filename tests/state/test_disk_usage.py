@@ -32,7 +32,8 @@ def _bridge(tmp_path: Path, state: str) -> Bridge:
 
 def _gauges(bridge: Bridge) -> dict[str, float]:
     body, _ = bridge.exposition("text/plain")
-    found = re.findall(r"^(otel_bridge_state_\w+)\{[^}]*\} (\S+)$", body.decode(), re.M)
+    # The disk's gauges (in bytes): the state's others (its risks, the runs in memory) are not the disk's.
+    found = re.findall(r"^(otel_bridge_state_\w+_bytes)\{[^}]*\} (\S+)$", body.decode(), re.M)
     return {name: float(value) for name, value in found}
 
 
