@@ -261,7 +261,10 @@ class Pipeline:
                 log.exception("recording metrics failed")
             # Committed, and counted as such; answered only once kept as asked (on Redis's replicas). A
             # batch refused here is sent again and taken as duplicates: its metrics are not counted twice.
-            self.store.confirm()
+            try:
+                self.store.confirm()
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(f"{exc}: the batch is kept, and taken as duplicates when sent again") from exc
         except Unavailable as exc:
             self.refused = (time.monotonic(), str(exc))
             raise
@@ -549,6 +552,14 @@ class Pipeline:
             log.info("closed %s by hand (%s)", done.what, reason)
         if any(s.spans for s in steps):
             self._on_spans()
+        if closed:
+            try:  # kept as a batch is before it is answered: on the replicas asked for (`wait_replicas`)
+                self.store.confirm()
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(
+                    f"closed, but not yet held by the replicas asked for: a failover now would open it again"
+                    f" (close it again then; until then it is closed): {exc}"
+                ) from exc
         return [done for done, _step in closed]
 
     def runs_named(self, run_id: str) -> list[RunState]:

@@ -386,8 +386,8 @@ class RedisStore:
             raise (_refusal(exc) or StoreUnavailable(f"redis unavailable: {exc}")) from exc
         if int(holding) < self._wait_replicas:
             raise StoreUnavailable(
-                f"redis had the batch on {holding} of the {self._wait_replicas} replicas asked for (wait_replicas)"
-                f" after {self._wait_ms / 1000:g} s: it is kept, and taken as a duplicate when sent again"
+                f"redis had it on {holding} of the {self._wait_replicas} replicas asked for (wait_replicas)"
+                f" after {self._wait_ms / 1000:g} s"
             )
 
     def _holder(self) -> Any:

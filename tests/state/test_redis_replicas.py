@@ -63,7 +63,10 @@ def test_a_batch_the_replica_does_not_hold_in_time_is_refused_then_taken_as_dupl
     run = WorkflowRun(workflow_id="lagging").started().step_started("a").after(1).step_completed("a").completed()
     _stopped(replica)
     try:
-        with pytest.raises(StoreUnavailable, match=r"on 0 of the 1 replicas asked for \(wait_replicas\) after 1 s"):
+        with pytest.raises(
+            StoreUnavailable,
+            match=r"on 0 of the 1 replicas asked for \(wait_replicas\) after 1 s: the batch is kept, and taken as dup",
+        ):
             pipeline.ingest(run.events)
         assert pipeline.refused is not None  # unready meanwhile: /health says why
     finally:
@@ -72,6 +75,25 @@ def test_a_batch_the_replica_does_not_hold_in_time_is_refused_then_taken_as_dupl
     assert (report.accepted, report.duplicates) == (0, len(run.events))
     assert pipeline.refused is None
     assert pipeline.settle_due(horizon=float("inf")) == 2  # the run's root and step, once
+
+
+def test_a_run_closed_by_hand_is_answered_only_once_the_replica_holds_the_close(primary, replica):
+    # As a batch is: a close the replica does not hold would be undone by a failover, the run open again.
+    pipeline = _pipeline(primary.url, wait_replicas=1)
+    pipeline.ingest(WorkflowRun(workflow_id="stuck").started().step_started("a").events)
+    _stopped(replica)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"^closed, but not yet held by the replicas asked for.*on 0 of"):
+            pipeline.close("stuck", "lost alarm")
+    finally:
+        _continued(replica)
+    assert pipeline.close("stuck", "lost alarm") == []  # closed all the same: nothing open by that id
+
+    pipeline.ingest(WorkflowRun(workflow_id="stuck-too").started().events)
+    assert len(pipeline.close("stuck-too", "lost alarm")) == 1  # the replica holds it: answered
+    primary.kill()
+    replica.client().execute_command("REPLICAOF", "NO", "ONE")
+    assert _pipeline(replica.url, wait_replicas=0).runs_named("stuck-too")[0].closed
 
 
 def test_without_replicas_to_wait_for_a_batch_is_answered_once_the_primary_has_it(primary, replica):
