@@ -123,7 +123,12 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("span", "status", "duration", "timeline"):
         table.add_column(column)
-    children = sorted((s for s in spans if s is not root), key=lambda s: (s.start_ns, s.name))
+    # Of spans begun at one instant, the one that ended first is drawn first: a state a run passed through
+    # in the millisecond it entered the next one reads before that one.
+    children = sorted(
+        (s for s in spans if s is not root),
+        key=lambda s: (s.start_ns, s.end_ns if s.end_ns is not None else end, s.name),
+    )
     for span in [root, *children]:
         table.add_row(*_row(span, start, end, scale, span is root))
     events = Table(show_header=True, header_style="bold", box=None, pad_edge=False)

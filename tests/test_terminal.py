@@ -11,9 +11,12 @@ from otel_bridge import trace_id_for
 from otel_bridge.correlate.overview import RunQuery, overview
 from otel_bridge.correlate.step import Policy, close
 from otel_bridge.producer.demo import SCENARIOS
+from otel_bridge.producer.event_sourced import Execution
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.terminal import duration, runs_table, runs_title, waterfall
 
 NOW = 1_900_000_000 * 10**9
+EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
 
 
 def _render(events: list[dict]) -> str:
@@ -36,6 +39,15 @@ def test_a_retried_run_shows_each_attempt_and_the_retry_in_order():
     assert "error" in first_try and "retry scheduled" in first_try
     events = [line.split()[4] for line in text.splitlines() if line[:4].isdigit()]  # date, time, +n unit, event
     assert events == ["retry.scheduled", "workflow.paused", "workflow.resumed"]
+
+
+def test_states_a_run_passed_through_in_one_millisecond_are_drawn_in_the_order_it_went():
+    run = Execution("approval").started().after(10).moved("review").moved("approved").after(60_000)
+    (state,) = fold_events(run.events, settle_at_ns=None, decoder=EVENT_SOURCED).runs.values()
+    console = Console(record=True, width=200)
+    console.print(waterfall(state, NOW))
+    rows = [line.split()[1] for line in console.export_text().splitlines() if line.startswith("  state ")]
+    assert rows == ["initial", "review", "approved"]  # not by name: `approved` sorts before `review`
 
 
 def test_a_sleeping_run_shows_the_sleep_between_its_steps():
