@@ -327,6 +327,12 @@ class Settings(BaseSettings):
         description="The Phase-10 REST API (`http://HOST:PORT`): timelines of runs a disconnection interrupted.",
     )
     ws_workspace_id: str | None = Field(None, description="`X-Workspace-Id` sent to the Phase-10 engine.")
+    ws_timeline_at_end: bool = Field(
+        True,
+        description="With ws_api_url: fetch each execution's timeline as the WebSocket tells it completed or failed,"
+        " for the retries only a timeline tells (counted in workflow.task.retries); the run waits for it up to"
+        " gap_grace_seconds. One GET per execution.",
+    )
     ws_service_name: str = Field(
         "phase10", min_length=1, description="`service.name` of the WebSocket's runs (the engine does not say)."
     )

@@ -157,6 +157,11 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
     # On a run's end: the engine said so without stopping the run (Phase-10's cancel), whose steps go
     # on and which is told completed or failed later. The run stays open for them (`cancel_grace`).
     carries_on: bool = False
+    # On a run's end: its engine's summary of the run (a timeline, fetched as it ends) follows and tells what
+    # the live stream does not (Phase-10's retries); the run waits for it as for a gap (`gap_grace_ns`).
+    summary_follows: bool = False
+    # Told by such a summary of the whole run rather than live.
+    summary: bool = False
     # `{}` is copied for each fact (msgspec does so for empty mutable defaults).
     attributes: dict[str, AttributeValue] = {}
     # Arrival order inside the run, set by the fold: tells whether a fact came

@@ -401,10 +401,14 @@ class Bridge:
             )
         )
 
-    def phase10_decoder(self) -> Phase10Decoder:
+    def phase10_decoder(self, following: bool = False) -> Phase10Decoder:
+        """`following`: the WebSocket's, whose live ends await the timeline its follower fetches at each end."""
         s = self.settings
+        at_end = following and s.ws_timeline_at_end and s.ws_api_url is not None
         return Phase10Decoder(
-            Phase10Options(service=s.ws_service_name, env=s.ws_env, decode=self.pipeline.decode_options)
+            Phase10Options(
+                service=s.ws_service_name, env=s.ws_env, decode=self.pipeline.decode_options, timeline_at_end=at_end
+            )
         )
 
     def _receivers(self) -> list[tuple[str, Callable[[], None]]]:
@@ -437,7 +441,7 @@ class Bridge:
 
             websocket = WebSocketReceiver(
                 s.ws_url,
-                self.consumer("websocket", self.phase10_decoder()),
+                self.consumer("websocket", self.phase10_decoder(following=True)),
                 self.dead_letters,
                 progress=phase10.progress,
                 named=phase10.workflow_named,
@@ -455,6 +459,8 @@ class Bridge:
                     f"websocket {without_password(s.ws_url or '')} {name}", value
                 ),
                 max_look_back_seconds=s.dedup_ttl_seconds,
+                # As long as a run told ended waits for it (then it is sent without what it would add).
+                timeline_at_end_seconds=s.gap_grace_seconds if s.ws_timeline_at_end else None,
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket

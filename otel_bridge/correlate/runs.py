@@ -73,6 +73,10 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # Told ended only by ends that do not stop it (`Fact.carries_on`): settled as an open run, its root
     # kept, until another end comes or `SettlePolicy.cancel_grace_ns` has passed since.
     carrying_on: bool = False
+    # Told ended by an end after which the engine's summary of the run follows (`Fact.summary_follows`),
+    # and whether a summary telling its end has come: until it has, the run waits as for a gap.
+    awaits_summary: bool = False
+    summarised: bool = False
     # Sampled out (`SettlePolicy.sample_bound`) at its first event (`step.apply`, the one place that
     # decides): its spans are built and counted, but kept back (`emitted` then holds what was built, not
     # what was sent) until its end, when it is sent whole if any of them failed or it never ended, and
@@ -405,6 +409,10 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         learnt = _learnt(state.run, run)
         if learnt is not state.run:
             named = _named(state, learnt)
+    if fact.kind is KIND.RUN_ENDED and (fact.summary_follows or fact.summary):
+        # Marked whether or not this telling is new: a summary that only repeats the live end has come all the same.
+        state.awaits_summary |= fact.summary_follows
+        state.summarised |= fact.summary
     if state.knows_event(fact.event_id):
         return FoldResult(state, Admission.REPEATED, named)
     identity = _identity(fact)
@@ -497,7 +505,13 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         ended = False
     incomplete = not ended and (by_hand or now_ns - state.opened_ns >= policy.max_open_ns)
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
-    if ended and not by_hand and now_ns - state.ended_seen_ns < policy.gap_grace_ns and has_gaps(state.facts):
+    awaited = state.awaits_summary and not state.summarised
+    if (
+        ended
+        and not by_hand
+        and now_ns - state.ended_seen_ns < policy.gap_grace_ns
+        and (awaited or has_gaps(state.facts))
+    ):
         result.held = True
         return result
 
@@ -615,7 +629,7 @@ def forget_facts(state: RunState) -> None:
     state.seq = state.settled_seq = state.opened_ns = state.closed_ns = state.ended_seen_ns = 0
     state.state_order = state.counted_name = None
     state.execution_state = c.STATE_EXECUTING
-    state.carrying_on = state.withheld = False
+    state.carrying_on = state.withheld = state.awaits_summary = state.summarised = False
     state.__dict__.pop("_where", None)
     state.__dict__.pop("_ids", None)
     state.__dict__.pop("_attempt_ids", None)

@@ -78,6 +78,7 @@ class WebSocketReceiver:
         recall: Callable[[str], bytes | None] = lambda _name: None,
         note: Callable[[str, bytes], None] = lambda _name, _value: None,
         max_look_back_seconds: float = 7 * 86_400.0,
+        timeline_at_end_seconds: float | None = None,
     ) -> None:
         """`open_at_start`: the executions the store holds open, each with its workspace when known, read
         when following begins.
@@ -87,7 +88,9 @@ class WebSocketReceiver:
         (`workspace_of`) has its timeline asked for in that workspace's context.
         `recall(name)` and `note(name, value)`: bookmarks kept with the state (until when the stream was
         followed, the workflows told of), so that a restart looks for what began while the bridge was
-        down, as a reconnection does; at most `max_look_back_seconds` back."""
+        down, as a reconnection does; at most `max_look_back_seconds` back.
+        `timeline_at_end_seconds`: with an API, each execution's timeline is fetched as a message tells it
+        ended, for what only a timeline tells (retries), asked for this long (its run waits as long)."""
         self._url = url
         self._shown = without_password(url)  # in the log
         self._consumer = consumer
@@ -102,6 +105,12 @@ class WebSocketReceiver:
         # until their timeline is stored; and those told of at all, in the order first told.
         self._unstarted: dict[str, None] = {}
         self._seen: dict[str, None] = {}
+        # Executions told ended whose timeline is to be fetched (`timeline_at_end_seconds`), each until when.
+        self._timeline_at_end = timeline_at_end_seconds if api_url else None
+        self._ending: dict[str, float] = {}
+        # Executions whose timeline was fetched once they had ended (caught up on, or told of mid-way):
+        # their end, told after, needs no fetch of its own.
+        self._fetched_ended: dict[str, None] = {}
         # The names of workflows' runs, by workflow id, as their starts told them: a timeline has none.
         self._named = named
         self._workflow_names: dict[str, str] = {}
@@ -222,6 +231,9 @@ class WebSocketReceiver:
             self._store([message], stop, in_hand=True)
             if execution is not None and starts is False:
                 self.open_executions.pop(execution, None)
+                if self._timeline_at_end is not None and execution not in self._fetched_ended:
+                    self._ending[execution] = time.monotonic() + self._timeline_at_end
+                    self._wake.set()
 
     def _told_workflow(self, workflow: str, workspace: str | None, name: str | None = None) -> None:
         """A workflow told of, in `workspace`, its runs named `name` when a start said so."""
@@ -332,7 +344,9 @@ class WebSocketReceiver:
             else:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             self._look_for_begun(stop)
-            todo = list(dict.fromkeys([*missed, *self._unstarted, *self._wanted(retry)]))
+            todo = list(
+                dict.fromkeys([*missed, *self._unstarted, *self._wanted(list(self._ending)), *self._wanted(retry)])
+            )
             try:
                 retry = self._catch_up(todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
@@ -376,8 +390,13 @@ class WebSocketReceiver:
             self._unstarted[execution] = None
 
     def _wanted(self, executions: list[str]) -> list[str]:
-        """Those still to fetch: open, or told of mid-way and not yet fetched (even if ended since)."""
-        return [e for e in executions if e in self.open_executions or e in self._unstarted]
+        """Those still to fetch: open, told of mid-way and not yet fetched (even if ended since), or told ended
+        and their timeline awaited still (`timeline_at_end_seconds`: past it their run has been sent)."""
+        now = time.monotonic()
+        for execution, until in list(self._ending.items()):
+            if until < now:
+                self._ending.pop(execution, None)
+        return [e for e in executions if e in self.open_executions or e in self._unstarted or e in self._ending]
 
     def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
         """Fetches and stores these executions' timelines; returns those to ask for again."""
@@ -408,6 +427,10 @@ class WebSocketReceiver:
                 self._unstarted.pop(execution, None)
                 if self._progress(timeline)[1] is False:
                     self.open_executions.pop(execution, None)
+                    self._ending.pop(execution, None)
+                    self._remember(self._fetched_ended, execution, None)
+                elif execution in self._ending:  # told ended, its timeline not yet written so: asked again
+                    again.append(execution)
         return again
 
     def _forget(self, execution: str, status: int) -> None:
@@ -417,6 +440,7 @@ class WebSocketReceiver:
         open_ = execution in self.open_executions
         self.open_executions.pop(execution, None)
         self._unstarted.pop(execution, None)
+        self._ending.pop(execution, None)
         log.warning(
             "timeline of %s: the engine answered %d; not asked again%s",
             execution,

@@ -137,6 +137,9 @@ class Phase10Options:
     service: str = "phase10"
     env: str = "production"
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    # The follower fetches each execution's timeline as it is told ended (`ws_timeline_at_end`): a live end
+    # says so (`Fact.summary_follows`), and the run waits for it, for the retries only a timeline tells.
+    timeline_at_end: bool = False
 
 
 def _enveloped(raw: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +285,14 @@ class Phase10Decoder:
                 )
             goes_on = e.event_type in _GOES_ON_AFTER
             return Fact(
-                kind=KIND.RUN_ENDED, outcome=outcome, error=error, carries_on=goes_on, attributes=described, **base
+                kind=KIND.RUN_ENDED,
+                outcome=outcome,
+                error=error,
+                carries_on=goes_on,
+                # Not after a cancellation: the execution goes on, and so does the stream's telling of it.
+                summary_follows=self.options.timeline_at_end and not goes_on,
+                attributes=described,
+                **base,
             )
         if e.workflow_step_id is None:
             raise DecodeError("workflow_step_id", f"a {e.event_type} message must name its step")
@@ -399,7 +409,14 @@ class Phase10Decoder:
         if ending is not None and doc.completed_at is not None:
             said = _failure_said(doc.failed_step_count) if ending is OUTCOME.FAILURE else _TIMELINE_ERRORS.get(ending)
             error = ErrorInfo(message=self._text(doc.error_message or said)) if said else None
-            told(KIND.RUN_ENDED, doc.completed_at, name=f"workflow_{doc.status.lower()}", outcome=ending, error=error)
+            told(
+                KIND.RUN_ENDED,
+                doc.completed_at,
+                name=f"workflow_{doc.status.lower()}",
+                outcome=ending,
+                error=error,
+                summary=True,
+            )
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
     def _step_started(self, doc: Timeline, entry: StepEntry, step: dict[str, Any]) -> Fact:

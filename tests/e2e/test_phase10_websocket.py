@@ -293,15 +293,20 @@ def test_a_run_that_began_while_the_bridge_was_away_gets_its_whole_trace_and_its
     engine.timelines[run.execution_id] = run.timeline()
     # A timeline has no name: the workflow's run seen starting meanwhile tells it.
     other = Phase10Run("nightly-report").started(1).after(50).completed()
+    engine.timelines[other.execution_id] = other.timeline()
     engine.scripts.put([*other.events, *run.events[missed:]])
 
     bridge = _following(tmp_path, otlp_http, engine).start()
     got = otlp_http.received
     try:
         got.wait_for(lambda: len(got.trace(_trace(run))) == 3, timeout=30)
+        got.wait_for(lambda: len(got.trace(_trace(other))) == 1, timeout=30)  # sent once its timeline came
     finally:
         bridge.close()
-    assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id]
+    # For its beginning (which serves as its end's too, unless the end came while it was being fetched), and
+    # the other run's at its end (`ws_timeline_at_end`).
+    asked = [execution for execution, _ in engine.timeline_requests]
+    assert set(asked) == {run.execution_id, other.execution_id} and asked.count(other.execution_id) == 1
     spans = {s.name: s for s in got.trace(_trace(run))}
     assert set(spans) == {"workflow nightly-report", "step fetch", "step render"}
     root = spans["workflow nightly-report"]

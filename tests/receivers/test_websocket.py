@@ -17,6 +17,7 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.lifecycle import KIND
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.receivers import websocket
@@ -45,10 +46,14 @@ def _wait(condition, what: str, timeout: float = 20) -> None:
 class _Following:
     """A WebSocketReceiver storing into a real pipeline, run in a thread until the block ends."""
 
-    def __init__(self, tmp_path, engine: Phase10Server) -> None:
+    def __init__(self, tmp_path, engine: Phase10Server, at_end: bool = False) -> None:
+        """`at_end`: each execution's timeline fetched as it is told ended (`ws_timeline_at_end`)."""
         settings = Settings(state=str(tmp_path / "state.db"), dead_letter=str(tmp_path / "dead.jsonl"))
         self.pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
-        decoder = Phase10Decoder(Phase10Options(service="agents", env="prod", decode=self.pipeline.decode_options))
+        options = Phase10Options(
+            service="agents", env="prod", decode=self.pipeline.decode_options, timeline_at_end=at_end
+        )
+        decoder = Phase10Decoder(options)
         self._dead_letters = DeadLetters(
             settings.dead_letter, settings.dead_letter_max_bytes, settings.dead_letter_backups
         )
@@ -64,6 +69,7 @@ class _Following:
             workspace_of=phase10.workspace_of,
             recall=lambda name: store.bookmark(f"websocket {name}"),
             note=lambda name, value: store.set_bookmark(f"websocket {name}", value),
+            timeline_at_end_seconds=15.0 if at_end else None,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
@@ -104,6 +110,55 @@ def test_an_execution_the_engine_does_not_know_is_asked_for_once_not_at_every_re
 
 def _stored(following: _Following, execution: str) -> bool:
     return bool(following.pipeline.runs_named(execution))
+
+
+def _retries(following: _Following, execution: str) -> int:
+    return sum(f.kind is KIND.RETRY_SCHEDULED for run in following.pipeline.runs_named(execution) for f in run.facts)
+
+
+def test_an_execution_told_ended_has_its_timeline_fetched_for_the_retries_no_message_tells(tmp_path, engine):
+    run = Phase10Run("report", workflow_id="wf-r").started(1).step_started("s1", "fetch").after(10)
+    run.step_completed("s1").after(1).completed()
+    engine.timelines = {run.execution_id: run.timeline(retries={"s1": 2})}
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine, at_end=True) as following:
+        _wait(lambda: _retries(following, run.execution_id) == 2, "the timeline was not fetched at the end")
+    assert [execution for execution, _workspace in engine.timeline_requests] == [run.execution_id]  # once
+
+
+def test_a_timeline_not_yet_written_as_ended_is_asked_again_until_it_is(tmp_path, engine):
+    # The engine tells the end before its row says so: a timeline still running is asked for again.
+    run = Phase10Run("report", workflow_id="wf-r").started(1).step_started("s1", "fetch").after(10)
+    run.step_completed("s1").after(1).completed()
+    ended = run.timeline(retries={"s1": 1})
+    engine.timelines = _WrittenLate({run.execution_id: ended}, ended | {"status": "running", "completed_at": None})
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine, at_end=True) as following:
+        _wait(lambda: _retries(following, run.execution_id) == 1, "the timeline was not stored")
+        _wait(lambda: following.pipeline.runs_named(run.execution_id)[0].summarised, "the ended one was not asked for")
+    assert len(engine.timeline_requests) == 2
+
+
+class _WrittenLate(dict):
+    """Timelines whose first reading still says running, as a row not yet written ended does."""
+
+    def __init__(self, timelines: dict[str, dict], first: dict) -> None:
+        super().__init__(timelines)
+        self._first: dict | None = first
+
+    def __getitem__(self, key: str) -> dict:
+        first, self._first = self._first, None
+        return first if first is not None else super().__getitem__(key)
+
+
+def test_without_timelines_at_the_end_none_is_asked_for_an_execution_seen_whole(tmp_path, engine):
+    run = Phase10Run("report", workflow_id="wf-r").started(1).after(10).completed()
+    engine.timelines = {run.execution_id: run.timeline()}
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: _stored(following, run.execution_id), "the run was not stored")
+        time.sleep(0.3)
+    assert engine.timeline_requests == []
 
 
 def test_an_execution_begun_and_ended_while_the_stream_was_not_followed_is_fetched_at_the_reconnect(tmp_path, engine):

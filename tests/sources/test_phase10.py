@@ -184,24 +184,30 @@ def test_an_execution_cancelled_that_carries_on_ends_at_its_cancellation_and_sho
 class _Live:
     """One run as a bridge meets it: each message taken in when it is sent, settled when due."""
 
-    def __init__(self) -> None:
+    def __init__(self, decoder: Phase10Decoder = DECODE) -> None:
         self.policy = Policy()
+        self.decoder = decoder
         self.state: RunState | None = None
         self.due: float | None = None
         self.admissions: list[Admission] = []
         self.sent: list[SpanRecord] = []
         self.active = 0  # the run's share of workflow.execution.active
+        self.observed: list[Observation] = []
 
     def _count(self, observations: list[Observation]) -> None:
         self.active += sum(int(o.value) for o in observations if o.instrument == "workflow.execution.active")
+        self.observed += observations
 
-    def take(self, messages: list[dict]) -> None:
+    def take(self, messages: list[dict], at_s: float | None = None) -> None:
+        """Each message taken in at its own time, or at `at_s` (a timeline, which has none of its own)."""
         for message in messages:
-            record = DECODE(message)
-            step = apply(self.state, self.due, record, _ns(message) / 1e9, self.policy)
-            self.state, self.due = step.state, step.due  # type: ignore[assignment]
-            self.admissions.append(step.admission)
-            self._count(step.observations)
+            decoded = self.decoder(message)
+            for record in decoded if isinstance(decoded, list) else [decoded]:
+                now = at_s if at_s is not None else _ns(message) / 1e9
+                step = apply(self.state, self.due, record, now, self.policy)
+                self.state, self.due = step.state, step.due  # type: ignore[assignment]
+                self.admissions.append(step.admission)
+                self._count(step.observations)
 
     def settle_when_due(self, until_s: float) -> list[SpanRecord]:
         """Settle at each due time up to `until_s`, as the settle loop does: the spans sent."""
@@ -213,6 +219,65 @@ class _Live:
             self._count(step.observations)
         self.sent += out
         return out
+
+
+AT_END = Phase10Decoder(Phase10Options(service="agents", env="prod", timeline_at_end=True))
+
+
+def test_a_run_told_ended_waits_for_the_timeline_fetched_at_its_end_for_the_retries_only_it_tells():
+    # No live message tells a retry (issue 7): the follower fetches each execution's timeline as it is told
+    # ended, and the run waits for it as for a gap: its trace is then the timeline's, retries and all.
+    run = _report()
+    ended_at = _ns(run.events[-1]) / 1e9
+    live = _Live(AT_END)
+    live.take(run.events)
+    assert live.settle_when_due(ended_at + 5) == []  # all of it waits for the timeline
+
+    live.take([run.timeline(retries={"s2": 2})], at_s=ended_at + 6)
+    sent = {s.name: s for s in live.settle_when_due(ended_at + 10)}
+    assert sorted(sent) == ["step fetch", "step render", "step s3", "workflow nightly-report"]
+    assert sent["step render"].attributes["workflow.task.attempt"] == 3
+    assert [e.name for e in sent["step render"].events].count("retry.scheduled") == 2
+    retries = [o for o in live.observed if o.instrument == "workflow.task.retries"]
+    assert sum(o.value for o in retries) == 2 and {dict(o.attributes)["workflow.task.name"] for o in retries} == {
+        "render"
+    }
+
+
+def test_a_step_sent_before_its_run_ended_has_its_retries_told_on_the_root():
+    # A long run's steps are sent as they end; the timeline comes at its end: what it adds of a step that
+    # has left is told on the run's root, and counted.
+    run = Phase10Run("nightly-report").started(2).step_started("s1", "fetch", 1, "http").after(800)
+    run.step_completed("s1", 0.8).after(60_000).step_started("s2", "render", 2).after(300).step_completed("s2", 0.3)
+    run.after(1).completed()
+    ended_at = _ns(run.events[-1]) / 1e9
+    live = _Live(AT_END)
+    live.take(run.events[:3])
+    assert [s.name for s in live.settle_when_due(ended_at - 30)] == ["step fetch"]
+    live.take(run.events[3:])
+    assert live.settle_when_due(ended_at + 5) == []  # the rest waits for the timeline
+    live.take([run.timeline(retries={"s1": 1})], at_s=ended_at + 6)
+    sent = {s.name: s for s in live.settle_when_due(ended_at + 10)}
+    assert sorted(sent) == ["step render", "workflow nightly-report"]
+    assert [e.name for e in sent["workflow nightly-report"].events].count("retry.scheduled") == 1
+    assert sum(o.value for o in live.observed if o.instrument == "workflow.task.retries") == 1
+
+
+def test_a_run_whose_timeline_never_comes_is_sent_once_the_gap_grace_has_passed():
+    run = _report()
+    ended_at = _ns(run.events[-1]) / 1e9
+    live = _Live(AT_END)
+    live.take(run.events)
+    live.settle_when_due(ended_at + 14)
+    assert "workflow nightly-report" not in [s.name for s in live.sent]
+    live.settle_when_due(ended_at + 16)
+    assert "workflow nightly-report" in [s.name for s in live.sent]  # as it was before: no retries, sent
+
+
+def test_a_cancellation_awaits_no_timeline_the_execution_goes_on_and_the_stream_tells_it():
+    run = Phase10Run("r").started(1).step_started("s1", "a").after(100).step_completed("s1").after(1).cancelled()
+    (state,) = fold_events(run.events, settle_at_ns=None, decoder=AT_END).runs.values()
+    assert not state.awaits_summary
 
 
 def test_a_cancelled_execution_stays_open_for_the_steps_that_go_on_and_is_sent_when_told_completed():
