@@ -409,7 +409,7 @@ def fold(state: RunState | None, run: RunRef, fact: Fact, now_ns: int) -> FoldRe
         learnt = _learnt(state.run, run)
         if learnt is not state.run:
             named = _named(state, learnt)
-    if fact.kind is KIND.RUN_ENDED and (fact.summary_follows or fact.summary):
+    if fact.kind is KIND.RUN_ENDED and (fact.summary_follows or fact.summary) and not state.closed:
         # Marked whether or not this telling is new: a summary that only repeats the live end has come all the same.
         state.awaits_summary |= fact.summary_follows
         state.summarised |= fact.summary
