@@ -103,8 +103,8 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     last = max(state.facts, key=by_order)
     current = state.execution_state
     since = _stating_fact(state) or min(state.facts, key=by_order)
-    moves = sorted((f for f in state.facts if f.entered_state is not None), key=by_order)
-    entered = chained(moves)[-1] if moves else None
+    moves = chained(f for f in state.facts if f.entered_state is not None)
+    entered = moves[-1] if moves else None
     if entered is not None and current == c.STATE_EXECUTING:
         since = entered  # in the state it sits in since it entered it, not since a later event in it
     due = overdue_since_ns(state)  # when it was due to go on: a paused run at its resumeAt, a queued one at once

@@ -505,13 +505,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         ended = False
     incomplete = not ended and (by_hand or now_ns - state.opened_ns >= policy.max_open_ns)
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
-    awaited = state.awaits_summary and not state.summarised
-    if (
-        ended
-        and not by_hand
-        and now_ns - state.ended_seen_ns < policy.gap_grace_ns
-        and (awaited or has_gaps(state.facts))
-    ):
+    if ended and not by_hand and now_ns - state.ended_seen_ns < policy.gap_grace_ns and _awaits_more(state):
         result.held = True
         return result
 
@@ -637,6 +631,12 @@ def forget_facts(state: RunState) -> None:
     state.__dict__.pop("_by_step", None)
 
 
+def _awaits_more(state: RunState) -> bool:
+    """Whether more of an ended run is still on its way: events its facts show missing (`has_gaps`), or the
+    engine's summary of it, which its end said follows."""
+    return (state.awaits_summary and not state.summarised) or has_gaps(state.facts)
+
+
 def has_gaps(facts: list[Fact]) -> bool:
     """Whether an ended run's facts say that some of its events have not arrived yet.
 
@@ -712,9 +712,7 @@ def _start_missing(facts: list[Fact], moved: bool) -> bool:
 def _move_missing(facts: list[Fact]) -> bool:
     """A state machine's move that leaves a state the run was never seen entering: one is still in flight."""
     entered: str | None = None
-    for f in chained(
-        sorted((f for f in facts if f.entered_state is not None or f.kind is KIND.RUN_ENDED), key=by_order)
-    ):
+    for f in chained(f for f in facts if f.entered_state is not None or f.kind is KIND.RUN_ENDED):
         left = f.attributes.get(c.WORKFLOW_STATE_FROM)
         if entered is not None and left is not None and left != entered:
             return True

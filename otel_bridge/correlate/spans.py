@@ -7,6 +7,7 @@ indifferent to disorder and replays.
 
 import re
 from bisect import bisect_right
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from msgspec import Struct
@@ -50,9 +51,9 @@ def sorted_facts(facts: list[Fact]) -> list[Fact]:
     return sorted(facts, key=by_order)
 
 
-def chained(moves: list[Fact]) -> list[Fact]:
-    """A state machine's moves (sorted by time, then event id) with those of one instant in the order their
-    states chain: each leaves the state the one before it entered.
+def chained(moves: Iterable[Fact]) -> list[Fact]:
+    """A state machine's moves in order: by time, then event id, and those of one instant in the order their
+    states chain (each leaves the state the one before it entered).
 
     A workflow that moves on at once (`draft → review → approved` in one tick) tells its moves in one
     millisecond, and nothing in its events says which came first but their states: their ids are random
@@ -60,6 +61,7 @@ def chained(moves: list[Fact]) -> list[Fact]:
     shown half the time sitting in `review` until its next move. Among moves of one instant, the one leaving
     the state entered last goes next; failing one, one that leaves no state another of them enters; then the id.
     """
+    moves = sorted(moves, key=by_order)
     out: list[Fact] = []
     current: str | None = None
     i, n = 0, len(moves)
@@ -385,7 +387,7 @@ def _state_spans(
     Annotations (events that moved nothing) become events of the state they happened in;
     the second value is their event ids, which the root then leaves out.
     """
-    moves = chained([f for f in ordered if f.entered_state is not None])
+    moves = chained(f for f in ordered if f.entered_state is not None)
     # Each annotation belongs to the state entered last before it (or at its very instant); among moves
     # of that instant, to the one into the state it says it happened in, when it says.
     inside_of: list[list[Fact]] = [[] for _ in moves]

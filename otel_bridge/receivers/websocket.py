@@ -344,9 +344,7 @@ class WebSocketReceiver:
             else:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             self._look_for_begun(stop)
-            todo = list(
-                dict.fromkeys([*missed, *self._unstarted, *self._wanted(list(self._ending)), *self._wanted(retry)])
-            )
+            todo = list(dict.fromkeys([*missed, *self._unstarted, *self._awaited_at_end(), *self._wanted(retry)]))
             try:
                 retry = self._catch_up(todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
@@ -389,13 +387,18 @@ class WebSocketReceiver:
             self._remember(self._seen, execution, None)
             self._unstarted[execution] = None
 
-    def _wanted(self, executions: list[str]) -> list[str]:
-        """Those still to fetch: open, told of mid-way and not yet fetched (even if ended since), or told ended
-        and their timeline awaited still (`timeline_at_end_seconds`: past it their run has been sent)."""
+    def _awaited_at_end(self) -> list[str]:
+        """The executions told ended whose timeline their run still waits for; those past
+        `timeline_at_end_seconds` are dropped (their run has been sent without it)."""
         now = time.monotonic()
         for execution, until in list(self._ending.items()):
             if until < now:
                 self._ending.pop(execution, None)
+        return list(self._ending)
+
+    def _wanted(self, executions: list[str]) -> list[str]:
+        """Those still to fetch: open, told of mid-way and not yet fetched (even if ended since), or told ended
+        and their timeline still awaited."""
         return [e for e in executions if e in self.open_executions or e in self._unstarted or e in self._ending]
 
     def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
