@@ -29,6 +29,9 @@ from otel_bridge.state.sqlite_store import SqliteStore
 
 EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
 PHASE10 = Phase10Decoder(Phase10Options(service="agents", env="prod"))
+# Each example folds a history whole; those settled as they go settle it after every event, and take fewer.
+_ORDERS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTLED_AS_THEY_GO = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _trace(events: list[Any], decoder: Callable[[Any], Any]) -> list[tuple]:
@@ -48,7 +51,7 @@ def _same_in_any_order(history: list[Any], data: st.DataObject, decoder: Callabl
     assert _net_metrics(shuffled, decoder) == _net_metrics(history, decoder)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_ORDERS
 @given(history=executions(), data=st.data())
 def test_an_event_sourced_execution_told_in_any_order_and_twice_gives_the_same_trace_and_metrics(history, data):
     # Some of them as rows of the runtime's `workflow_events` table (`replay --format event-sourced`): a
@@ -83,7 +86,7 @@ def _ns(entry: dict[str, str]) -> int:
     return int(datetime.fromisoformat(entry["timestamp"]).timestamp() * 1000) * 1_000_000
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_ORDERS
 @given(history=executions())
 def test_an_event_sourced_execution_shows_each_state_from_the_move_into_it_to_the_next_ties_and_all(history):
     # The gaps are drawn from 0 ms: moves and events submitted in one millisecond, whose ids (random, as
@@ -96,13 +99,13 @@ def test_an_event_sourced_execution_shows_each_state_from_the_move_into_it_to_th
     assert all(s.start_ns <= e.time_ns <= s.end_ns for s in spans for e in s.events)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_ORDERS
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_told_in_any_order_and_twice_gives_the_same_trace_and_metrics(history, data):
     _same_in_any_order(history, data, PHASE10)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_ORDERS
 @given(told=phase10_told_twice(), data=st.data())
 def test_a_phase10_timeline_fetched_before_between_or_after_the_messages_gives_the_same_trace(told, data):
     # The catch-up after a reconnect fetches timelines beside the live stream: the timeline may be taken
@@ -115,7 +118,7 @@ def test_a_phase10_timeline_fetched_before_between_or_after_the_messages_gives_t
     assert _net_metrics([*delivered[:at], timeline, *delivered[at:]], PHASE10) == _net_metrics(ordered, PHASE10)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_ORDERS
 @given(told=phase10_mid_run(), data=st.data())
 def test_a_phase10_timeline_fetched_while_the_run_went_on_changes_nothing_wherever_it_is_taken_in(told, data):
     # What a timeline of a running execution says is what the messages said up to then: taken in before,
@@ -167,7 +170,7 @@ def _same_kept_in_memory_or_read_back(history: list[Any], data: st.DataObject, d
     assert _settled_in_chunks(delivered, cuts, True, decoder) == in_memory
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_SETTLED_AS_THEY_GO
 @given(history=executions(), data=st.data())
 def test_an_event_sourced_execution_settled_as_it_goes_sends_the_same_whether_kept_in_memory_or_read_back(
     history, data
@@ -177,7 +180,7 @@ def test_an_event_sourced_execution_settled_as_it_goes_sends_the_same_whether_ke
     _same_kept_in_memory_or_read_back(history, data, EVENT_SOURCED)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_SETTLED_AS_THEY_GO
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_settled_as_it_goes_sends_the_same_whether_kept_in_memory_or_read_back(history, data):
     _same_kept_in_memory_or_read_back(history, data, PHASE10)
@@ -223,13 +226,13 @@ def _closed_by_hand_at_any_point(history: list[Any], data: st.DataObject, decode
     assert all(count == 1 for count in roots.values()), roots
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_SETTLED_AS_THEY_GO
 @given(history=executions(), data=st.data())
 def test_an_event_sourced_execution_closed_by_hand_at_any_point_sends_each_span_once(history, data):
     _closed_by_hand_at_any_point(history, data, EVENT_SOURCED)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_SETTLED_AS_THEY_GO
 @given(history=phase10_runs(), data=st.data())
 def test_a_phase10_execution_closed_by_hand_at_any_point_sends_each_span_once(history, data):
     # A cancelled execution whose step goes on after the cancellation (held open) closed by hand too.
