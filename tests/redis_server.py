@@ -3,6 +3,7 @@
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
         # Its own pick until it first started: one another test's server took meanwhile is picked again.
         self._may_move = port is None
+        # Its files where no one looks: a replica writes the primary's snapshot to its `dir` (the working
+        # directory unless told) at each full sync, even with `--save ""`.
+        self._home = tempfile.TemporaryDirectory(prefix="redis-", ignore_cleanup_errors=True)
 
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
@@ -25,6 +29,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self._extra],
             stdout=subprocess.DEVNULL,
+            cwd=self._home.name,
         )
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         for _ in range(200):
@@ -83,7 +88,8 @@ class TlsRedisServer:
             "--tls-auth-clients",
             "yes" if clients_need_certificates else "no",
         ]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        self._home = tempfile.TemporaryDirectory(prefix="redis-", ignore_cleanup_errors=True)
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
         for _ in range(200):  # the port first: redis-py's own retries back off for seconds at each refusal
             assert self.proc.poll() is None, "redis-server with TLS did not start"
             with socket.socket() as probe:
