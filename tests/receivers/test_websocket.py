@@ -70,6 +70,11 @@ class _Following:
             recall=lambda name: store.bookmark(f"websocket {name}"),
             note=lambda name, value: store.set_bookmark(f"websocket {name}", value),
             timeline_at_end_seconds=15.0 if at_end else None,
+            # As the bridge reads them at start (runtime): the runs its store holds open.
+            open_at_start=lambda: [
+                (run.run_id, phase10.workspace_in(run))
+                for run in self.pipeline.open_runs_of(phase10.ENGINE, "prod", "agents")
+            ],
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
@@ -137,6 +142,28 @@ def test_a_timeline_not_yet_written_as_ended_is_asked_again_until_it_is(tmp_path
         _wait(lambda: _retries(following, run.execution_id) == 1, "the timeline was not stored")
         _wait(lambda: following.pipeline.runs_named(run.execution_id)[0].summarised, "the ended one was not asked for")
     assert len(engine.timeline_requests) == 2
+
+
+def test_a_bridge_restarted_before_an_ended_executions_timeline_came_fetches_it_at_its_first_connection(
+    tmp_path, engine
+):
+    # Which ended executions await their timeline is not only the follower's memory: their runs, ended and
+    # held for it, are not closed, and a restarted bridge catches up on the runs its store holds open.
+    run = Phase10Run("report", workflow_id="wf-r").started(1).step_started("s1", "fetch").after(10)
+    run.step_completed("s1").after(1).completed()
+    engine.timelines = {run.execution_id: run.timeline(retries={"s1": 2})}
+    engine.timeline_failures[run.execution_id] = 1_000  # the API restarting as the bridge stops
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine, at_end=True) as before:
+        _wait(lambda: engine.timeline_requests, "the timeline was not asked for at the end")
+        (held,) = before.pipeline.runs_named(run.execution_id)
+        assert held.ended and held.awaits_summary and not held.summarised
+    before.pipeline.store.close()
+    engine.timeline_failures.clear()
+    engine.scripts.put([])
+    with _Following(tmp_path, engine, at_end=True) as after:
+        _wait(lambda: _retries(after, run.execution_id) == 2, "the restarted bridge did not fetch the timeline")
+        assert after.pipeline.runs_named(run.execution_id)[0].summarised
 
 
 class _WrittenLate(dict):
