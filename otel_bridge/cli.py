@@ -194,6 +194,7 @@ def _serve(settings: Settings) -> int:
             closed.as_dict(settings.trace_url) for closed in bridge.pipeline.close(id_, reason, jobs, service)
         ],
         jobs=lambda overdue, service, limit: _jobs_as_dicts(bridge.pipeline.list_jobs(overdue, service, limit=limit)),
+        not_open=bridge.pipeline.not_open,
     )
     own_process_gc()
     config = uvicorn.Config(
@@ -632,35 +633,45 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
         verify = _served_certificate(settings.tls_certfile)
     with httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify) as client:
         for instance_id in args.ids:
-            found = _close_one(client, base, instance_id, body)
+            found, why = _close_one(client, base, instance_id, body)
             closed += found
             if not found:
-                missing.append(instance_id)
+                missing.append((instance_id, why))
             elif not args.json:
                 print("\n".join(_closed_in_words(done, args.reason) for done in found), flush=True)
     if args.json:
         print(json.dumps(closed, indent=2))
     of = f" of {args.service}" if args.service else ""
-    for instance_id in missing:
-        print(f"otel-bridge: nothing closed: no open run or job instance {instance_id}{of} at {base}", file=sys.stderr)
+    for instance_id, why in missing:
+        said = f": {why}" if why else ""
+        print(
+            f"otel-bridge: nothing closed: no open run or job instance {instance_id}{of} at {base}{said}",
+            file=sys.stderr,
+        )
     return 1 if missing else 0
 
 
-def _close_one(client: "httpx.Client", base: str, instance_id: str, body: dict[str, str]) -> list[dict[str, Any]]:
-    """What the bridge closed of this id, a run's or a job instance's (the bridge knows which); [] for none."""
+def _close_one(
+    client: "httpx.Client", base: str, instance_id: str, body: dict[str, str]
+) -> tuple[list[dict[str, Any]], str]:
+    """What the bridge closed of this id, a run's or a job instance's (the bridge knows which), and when
+    that is nothing, why the runs of that id it knows are not open (closed already, ended), if any."""
     import httpx
 
+    why = ""
     for kind in ("runs", "jobs"):
         try:
             answer = client.post(f"{base}/v1/{kind}/{quote(instance_id, safe='')}/close", json=body)
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the bridge at {base} ({exc or type(exc).__name__}): --url names it") from None
         if answer.status_code == 404:
+            if kind == "runs":
+                why = "; ".join(_not_open_of(answer))
             continue
         if answer.status_code != 200:
             raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
-        return list(answer.json()["closed"])
-    return []
+        return list(answer.json()["closed"]), ""
+    return [], why
 
 
 def _own_url(settings: Settings) -> str:
@@ -689,6 +700,15 @@ def _credential(settings: Settings) -> dict[str, str]:
     if settings.bearer_token is not None:
         return {"Authorization": f"Bearer {settings.bearer_token.get_secret_value()}"}
     return {}
+
+
+def _not_open_of(answer: "httpx.Response") -> list[str]:
+    """Why the runs a 404 of a close names are not open; [] when it names none (or an older bridge answered)."""
+    try:
+        told = answer.json()["not_open"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [str(why) for why in told] if isinstance(told, list) else []
 
 
 def _error_of(answer: "httpx.Response") -> str:

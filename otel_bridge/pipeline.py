@@ -22,7 +22,15 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
 from otel_bridge.correlate.outputs import Observation
-from otel_bridge.correlate.overview import Closed, JobOverview, RunOverview, RunQuery, job_overview, overview
+from otel_bridge.correlate.overview import (
+    Closed,
+    JobOverview,
+    RunOverview,
+    RunQuery,
+    job_overview,
+    not_open_in_words,
+    overview,
+)
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
 from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
 from otel_bridge.correlate.step import close as close_by_hand
@@ -561,6 +569,16 @@ class Pipeline:
                     f" (close it again then; until then it is closed): {exc}"
                 ) from exc
         return [done for done, _step in closed]
+
+    def not_open(self, instance_id: str, service: str | None = None) -> list[str]:
+        """Why each run with this id, of `service` or any producer, is not open (closed already, or ended):
+        what a close that closed nothing answers, where "no open run" alone sent the one who asked
+        looking for a run that is closed already — after a close answered 503, say, and sent again."""
+        ending = keys.SEPARATOR + instance_id
+        named = ((key, head) for key, head in self.store.states("") if key.endswith(ending))
+        runs = (head for _key, head in self._headers(named, jobs=False) if isinstance(head, RunState))
+        said = (not_open_in_words(head) for head in runs if service in (None, _service_of(head)))
+        return [why for why in said if why is not None]
 
     def runs_named(self, run_id: str) -> list[RunState]:
         """The runs (of any producer) with this id: known by their keys' last field, the facts

@@ -396,6 +396,29 @@ def test_a_run_closed_by_hand_is_sent_incomplete_overdue_no_more_and_stays_close
     assert [r.service for r in restarted.list_runs(RunQuery())[0]] == ["billing"]
 
 
+def test_a_close_that_finds_nothing_open_is_told_why_each_run_of_that_id_is_not(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    stuck, namesake = _lost_sleep("shop"), _lost_sleep("billing")
+    ended = WorkflowRun("report", service="shop").started().step_started("a").step_completed("a").completed(["a"])
+    gone = WorkflowRun("report", service="shop").started().step_started("a").step_completed("a").completed(["a"])
+    pipeline.ingest(stuck.events + namesake.events[:1] + gone.events)
+    pipeline.settle_due(horizon=time.time() + 1)  # `gone` closes at its end
+    pipeline.ingest(ended.events)  # ended, not yet settled
+    pipeline.close(stuck.workflow_id, "INC-7", service="shop")
+
+    assert pipeline.not_open(stuck.workflow_id) == [
+        f"run {stuck.workflow_id} of nightly (shop/production) is closed already, by hand (INC-7)"
+    ]
+    assert pipeline.not_open(gone.workflow_id) == [
+        f"run {gone.workflow_id} of report (shop/production) is closed already, at its end"
+    ]
+    assert pipeline.not_open(ended.workflow_id) == [
+        f"run {ended.workflow_id} of report (shop/production) has ended: it closes by itself at its next settling"
+    ]
+    assert pipeline.not_open(namesake.workflow_id) == []  # open: a close closes it
+    assert pipeline.not_open(stuck.workflow_id, service="billing") == pipeline.not_open("no-such-run") == []
+
+
 def test_a_job_instance_closed_by_hand_is_overdue_and_listed_no_more(tmp_path):
     pipeline = _pipeline(tmp_path)
     lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past

@@ -231,3 +231,16 @@ class Closed:
         if isinstance(self.was, JobOverview):
             return {"job": self.was.as_dict()}
         return {"run": self.was.as_dict(trace_url), "spans_sent": self.spans, "incomplete": self.incomplete}
+
+
+def not_open_in_words(state: RunState) -> str | None:
+    """Why a run the store knows is not open, for a close that finds nothing to close; None when it is."""
+    run = state.run
+    producer = f"{run.service}/{run.env}" if run.env else run.service
+    what = f"run {run.run_id} of {run.name or 'workflow'} ({producer})"
+    if state.closed:
+        how = f"by hand ({state.close_reason})" if state.close_reason else "at its end"
+        return f"{what} is closed already, {how}"
+    if state.ended and not state.carrying_on:
+        return f"{what} has ended: it closes by itself at its next settling"
+    return None

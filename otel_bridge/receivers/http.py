@@ -226,6 +226,7 @@ def create_app(
     jobs: Callable[[bool, str | None, int], tuple[list[dict[str, Any]], int]] | None = None,
     ingest_inline: Callable[[int], bool] = lambda _events: False,
     close: Callable[[str, str, bool, str | None], list[dict[str, Any]]] | None = None,
+    not_open: Callable[[str, str | None], list[str]] = lambda _id, _service: [],
     credentials: Callable[[str | None], object] = lambda _name: None,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
@@ -236,7 +237,9 @@ def create_app(
     `runs(query, limit)` answers `GET /v1/runs`, `jobs(overdue, service, limit)` `GET /v1/jobs` (both behind
     the ingest credential);
     `close(id, reason, jobs, service)` answers `POST /v1/runs/{id}/close` and `POST /v1/jobs/{id}/close`
-    (behind the ingest credential too): what it closed, [] when nothing open has that id;
+    (behind the ingest credential too): what it closed, [] when nothing open has that id; `not_open(id,
+    service)` then says why each run of that id the store knows is not open, in the 404 (its `error`, and
+    `not_open` listing them);
     `credentials(name)` is told of each request checked, with its credential's name (None: refused);
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
@@ -356,7 +359,14 @@ def create_app(
                 return _problem(503, f"state store unavailable, try again: {exc}", {"Retry-After": "2"})
             if not done:
                 of = f" of {asked.service}" if asked.service else ""
-                return _problem(404, f"no open {what} {instance_id}{of}")
+                try:
+                    why = await run_in_threadpool(not_open, instance_id, asked.service) if name == "runs" else []
+                except Unavailable:  # the store went away since: the 404 says less, and is no less true
+                    why = []
+                if not why:
+                    return _problem(404, f"no open {what} {instance_id}{of}")
+                told = {"error": "; ".join([f"no open {what} {instance_id}{of}", *why]), "not_open": why}
+                return Response(orjson.dumps(told), status_code=404, media_type="application/json")
             return Response(orjson.dumps({"closed": done}), media_type="application/json")
 
         return closed

@@ -130,6 +130,9 @@ def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue
         got.wait_for(lambda: _overdue_gauge(bridge) == 0)
         again = _cli("close", stuck.workflow_id, "--json", state=state, port=port, api_key=KEY)
         assert again.returncode == 1 and json.loads(again.stdout) == []
+        # Closed again (a close answered 503 and sent again, say): told it is closed already, and how.
+        closed_already = f"run {stuck.workflow_id} of nightly (shop/production) is closed already, by hand (INC-42)"
+        assert f"no open run or job instance {stuck.workflow_id} at {bridge.url}: {closed_already}" in again.stderr
         refused = _cli("close", stuck.workflow_id, state=state, port=port, api_key="wrong")
         assert refused.returncode == 2 and "answered 401: missing or wrong credential" in refused.stderr
         shown = _cli("show", stuck.workflow_id, state=state)

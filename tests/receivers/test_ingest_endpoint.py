@@ -206,7 +206,12 @@ def _closing_app(tmp_path) -> tuple[Any, Pipeline]:
         return [closed.as_dict() for closed in pipeline.close(instance_id, reason, jobs, service)]
 
     app = create_app(
-        Counting(), settings, metrics=lambda _a: (b"", "text/plain"), readiness=lambda: {"ready": True}, close=close
+        Counting(),
+        settings,
+        metrics=lambda _a: (b"", "text/plain"),
+        readiness=lambda: {"ready": True},
+        close=close,
+        not_open=pipeline.not_open,
     )
     return app, pipeline
 
@@ -226,7 +231,11 @@ def test_closing_a_run_by_hand_answers_what_it_closed_behind_the_ingest_credenti
     assert closed["run"]["run_id"] == stuck.workflow_id and closed["run"]["state"] == "paused"
     assert (closed["spans_sent"], closed["incomplete"]) == (3, True)  # the step's, the sleep's and the root
     again = _request(app, "POST", path, headers=key)
-    assert again.status_code == 404 and again.json() == {"error": f"no open run {stuck.workflow_id}"}
+    assert again.status_code == 404, again.text
+    said = f"run {stuck.workflow_id} of nightly (shop/production) is closed already, by hand (INC-42)"
+    assert again.json() == {"error": f"no open run {stuck.workflow_id}; {said}", "not_open": [said]}
+    unknown = _request(app, "POST", "/v1/runs/no-such-run/close", headers=key)
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no open run no-such-run"}
 
 
 def test_a_run_whose_id_holds_a_slash_or_a_space_is_closed_by_its_id_escaped_in_the_path(tmp_path):
