@@ -8,6 +8,13 @@ from hypothesis import strategies as st
 from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.producer.phase10 import Phase10Run
 
+# Any JSON value, a few levels deep: what a producer with a bug, or no producer, might send.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
 
 @st.composite
 def long_histories(draw: st.DrawFn) -> list[dict]:

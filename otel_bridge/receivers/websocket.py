@@ -210,10 +210,15 @@ class WebSocketReceiver:
                 continue
             if not isinstance(message, dict) or message.get("type") == "heartbeat":
                 continue
-            told, starts = self._progress(message)
+            try:
+                told, starts = self._progress(message)
+                workspace = self._workspace_of(message)
+                named = self._named(message) if starts else None
+            except Exception:  # a bug in reading it must not end following: the message is stored all the same
+                log.exception("reading which execution a message tells of failed; stored without it")
+                told, starts, workspace, named = None, None, None, None
             execution = None if told is None else str(told)
-            workspace = self._workspace_of(message)
-            if starts and (named := self._named(message)) is not None:
+            if named is not None:
                 self._told_workflow(named[0], workspace, named[1])
             if execution is not None:
                 if workspace is not None:

@@ -172,15 +172,22 @@ def progress(message: Any) -> tuple[str | None, bool | None]:
         return None, None
     if "step_timeline" in message:
         finished = str(message.get("status", "")).lower() in _TIMELINE_ENDINGS
-        return message.get("execution_id"), False if finished else None
+        return _named(message.get("execution_id")), False if finished else None
     if "event" in message and "event_type" not in message:
         message = _enveloped(message)
-    event_type, execution = message.get("event_type"), message.get("workflow_execution_id")
+    # Read off any message, however it is spoilt (it is rejected when decoded): a list where a name is
+    # would be unhashable below, and a follower that raised here would stop following.
+    event_type, execution = _named(message.get("event_type")), _named(message.get("workflow_execution_id"))
     if event_type == "workflow_started":
         return execution, True
     if event_type in _ENDINGS and event_type not in _GOES_ON_AFTER:
         return execution, False
     return execution, None
+
+
+def _named(value: Any) -> str | None:
+    """A name or an id as a message tells it: non-empty text, else none."""
+    return value if isinstance(value, str) and value else None
 
 
 def workflow_named(message: Any) -> tuple[str, str] | None:
@@ -247,7 +254,10 @@ class Phase10Decoder:
             return self.timeline(raw)
         if "event" in raw and "event_type" not in raw:
             raw = _enveloped(raw)
-        if raw.get("type") == "heartbeat" or raw.get("event_type") not in WORKFLOW_EVENTS:
+        told = raw.get("event_type")
+        if told is not None and not isinstance(told, str):
+            raise DecodeError("event_type", f"must be text, not {json_kind(told)}")
+        if raw.get("type") == "heartbeat" or told not in WORKFLOW_EVENTS:
             return None
         try:
             event = Phase10Event.model_validate(raw)
@@ -304,7 +314,9 @@ class Phase10Decoder:
         if e.event_type == "step_started":
             told = attrs(
                 **{
-                    c.WORKFLOW_TASK_TYPE: d.get("step_type"),
+                    # Text, bounded as every text: anything else the engine never sends (a span with an
+                    # object for a value could not be written, and its run would be set aside).
+                    c.WORKFLOW_TASK_TYPE: cut(t, MAX_TEXT) if isinstance(t := d.get("step_type"), str) and t else None,
                     c.GEN_AI_AGENT_ID: str(e.agent_id) if e.agent_id not in (None, "") else None,
                     # `true` is no order, though Python counts a bool as an int.
                     c.WORKFLOW_TASK_ORDER: d.get("step_order") if type(d.get("step_order")) is int else None,

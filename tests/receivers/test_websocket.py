@@ -303,6 +303,36 @@ def test_a_message_over_a_mebibyte_is_taken_as_the_http_endpoint_takes_a_body(tm
     assert engine.connections == 1
 
 
+def test_a_spoilt_message_is_kept_with_why_and_the_follower_goes_on(tmp_path, engine):
+    # A list where the event's name is, an object where its execution's id is: told of in the dead-letter
+    # file, where reading such a message once stopped the follower for good (an unhashable name).
+    run = Phase10Run("after").started(1)
+    spoilt = dict(run.events[0], event_type=["workflow_started"], workflow_execution_id={"id": 1})
+    engine.scripts.put([spoilt, *run.events])
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: run.execution_id in following.listed(), "the follower did not go on past the spoilt message")
+    (letter,) = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert letter["event"] == spoilt
+    assert (letter["field"], letter["error"]) == ("event_type", "event_type: must be text, not an array")
+
+
+def test_a_bug_in_reading_which_execution_a_message_tells_of_does_not_end_following(tmp_path, engine):
+    first, second = Phase10Run("first").started(1), Phase10Run("second").started(1)
+    engine.scripts.put([*first.events, *second.events])
+    following = _Following(tmp_path, engine)
+    read = following.receiver._progress
+
+    def progress(message):
+        if message.get("workflow_execution_id") == first.execution_id:
+            raise RuntimeError("a bug the follower has for this message")
+        return read(message)
+
+    following.receiver._progress = progress
+    with following:
+        _wait(lambda: following.listed() == {first.execution_id, second.execution_id}, "following ended")
+    assert following.receiver.open_executions == {second.execution_id: None}  # the first's read failed
+
+
 def test_a_message_received_as_the_bridge_stops_is_stored_before_the_follower_ends(tmp_path, engine, monkeypatch):
     run = Phase10Run("in-hand").started(1)
     engine.scripts.put(list(run.events[:1]))

@@ -4,6 +4,7 @@ bounded)."""
 from typing import Any
 
 from builders import JobRun, WorkflowRun
+from histories import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -13,12 +14,6 @@ from otel_bridge.correlate.runs import SettlePolicy, fold, settle
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.lifecycle import JobRecord, WorkflowRecord
 from otel_bridge.sources.durable_effect import DecodeError, decode
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=20,
-)
 
 
 def _valid_events() -> list[dict]:

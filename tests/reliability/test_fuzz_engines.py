@@ -1,0 +1,113 @@
+"""Fuzzing the event-sourced runtime's and the Phase-10 engine's decoders, and what the fold, settling and span
+encoding make of what they take: a stream entry, a table row, a WebSocket message or a timeline, mutated or
+arbitrary, is decoded or rejected with a field and a reason, never an exception of another kind (hypothesis,
+bounded; the durable-effect decoder's own are in test_fuzz.py)."""
+
+import json
+from typing import Any
+
+from histories import json_values
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from otel_bridge.correlate.runs import RunState, SettlePolicy, fold, settle
+from otel_bridge.export.span_encoding import encode_span
+from otel_bridge.lifecycle import WorkflowRecord
+from otel_bridge.producer.event_sourced import Execution, as_row, trigger
+from otel_bridge.producer.phase10 import Phase10Run
+from otel_bridge.sources.event_sourced import EventSourcedDecoder
+from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.sources.wire import DecodeError
+
+
+def _entries() -> list[dict[str, Any]]:
+    run = Execution("onboarding").started({"who": "ada"}).after(5).moved("review", user="u1", note="n")
+    run.submitted("comment", user="u2", text="ok").task_created("t1").after(5).task_completed("t1", to="approved")
+    run.after(1).ended("completed", result={"ok": True})
+    cancelled = Execution("refund").started().moved("checking").ended("cancelled", reason="asked")
+    entries: list[dict[str, Any]] = [*run.events, *cancelled.events, trigger("email.received", sender="x@y")]
+    return entries + [as_row(entry) for entry in entries]
+
+
+def _messages() -> list[dict[str, Any]]:
+    run = Phase10Run("report", workflow_id="wf-r").started(3, region="eu").step_started("s1", "fetch").after(10)
+    run.step_completed("s1", rows=3).step_started("s2", "send").after(5).step_failed("s2", "smtp down")
+    run.step_skipped("s3").failed("smtp down", "SMTPError")
+    cancelled = Phase10Run("report", workflow_id="wf-r").started(1).step_started("s1", "fetch").cancelled()
+    done = Phase10Run("sync", workflow_id="wf-s").started(1).step_started("s1", "pull").after(3)
+    done.step_completed("s1").completed()
+    timelines = [run.timeline(retries={"s1": 2}), cancelled.timeline(), done.timeline(retries={"s1": 1})]
+    enveloped = [{"event": m["event_type"], "data": m} for m in done.events[:2]]
+    return [*run.events, *cancelled.events, *done.events, *timelines, *enveloped]
+
+
+ENTRIES = _entries()
+MESSAGES = _messages()
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, valid: list[dict[str, Any]], flat: bool) -> Any:
+    """A valid event with a few fields dropped or changed: to any JSON, or (`flat`: a stream entry's fields
+    are text) to any text, JSON text included (`payload_json`); one level down too (a payload, a step)."""
+    event = dict(draw(st.sampled_from(valid)))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        if not event:
+            break
+        key = draw(st.sampled_from(sorted(event)))
+        nested = event[key]
+        if isinstance(nested, dict) and nested and draw(st.booleans()):
+            inner = dict(nested)
+            inner[draw(st.sampled_from(sorted(inner)))] = draw(json_values)
+            event[key] = inner
+        elif isinstance(nested, list) and nested and all(isinstance(x, dict) for x in nested) and draw(st.booleans()):
+            items = [dict(x) for x in nested]
+            chosen = items[draw(st.integers(min_value=0, max_value=len(items) - 1))]
+            if chosen:
+                changed = draw(st.sampled_from(sorted(chosen)))
+                if draw(st.booleans()):
+                    del chosen[changed]
+                else:
+                    chosen[changed] = draw(json_values)
+            event[key] = items
+        elif draw(st.booleans()):
+            del event[key]
+        elif flat and isinstance(nested, str):
+            event[key] = draw(st.text(max_size=30) | json_values.map(json.dumps))
+        else:
+            event[key] = draw(json_values)
+    return event
+
+
+def _decode_and_fold(decoder: Any, batch: list[Any]) -> None:
+    runs: dict[str, RunState] = {}
+    for raw in batch:
+        try:
+            decoded = decoder(raw)
+        except DecodeError as exc:
+            assert isinstance(exc.reason, str) and exc.reason, exc
+            continue
+        records = [] if decoded is None else [decoded] if isinstance(decoded, WorkflowRecord) else decoded
+        for record in records:
+            assert isinstance(record, WorkflowRecord)
+            key = record.run.state_key
+            runs[key] = fold(runs.get(key), record.run, record.fact, 0).state
+    for state in runs.values():
+        for span in settle(state, 10**19, SettlePolicy(gap_grace_ns=0)).spans:
+            encoded = encode_span(span)
+            assert encoded == Span.FromString(encoded).SerializeToString()
+
+
+_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(st.lists(_mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | json_values, min_size=1, max_size=10))
+def test_mutated_event_sourced_entries_and_rows_never_crash_the_decoder_or_the_fold(batch):
+    _decode_and_fold(EventSourcedDecoder(), batch)
+
+
+@_FUZZ
+@given(st.lists(_mutated(MESSAGES, flat=False) | st.sampled_from(MESSAGES) | json_values, min_size=1, max_size=10))
+def test_mutated_phase10_messages_and_timelines_never_crash_the_decoder_or_the_fold(batch):
+    _decode_and_fold(Phase10Decoder(Phase10Options(timeline_at_end=True)), batch)
