@@ -1,24 +1,34 @@
 """Fuzzing the event-sourced runtime's and the Phase-10 engine's decoders, and what the fold, settling and span
 encoding make of what they take: a stream entry, a table row, a WebSocket message or a timeline, mutated or
 arbitrary, is decoded or rejected with a field and a reason, never an exception of another kind (hypothesis,
-bounded; the durable-effect decoder's own are in test_fuzz.py)."""
+bounded; the durable-effect decoder's own are in test_fuzz.py). And all three engines' through the real
+pipeline on a SQLite state: stored, settled, sent and read back after a restart without a fault of the
+bridge's own (no event "could not be" decoded or stored, no run set aside)."""
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from histories import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from test_fuzz import VALID, mutated_events
 
+from otel_bridge.config import Settings
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.correlate.runs import RunState, SettlePolicy, fold, settle
+from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.lifecycle import WorkflowRecord
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.event_sourced import Execution, as_row, trigger
 from otel_bridge.producer.phase10 import Phase10Run
-from otel_bridge.sources.event_sourced import EventSourcedDecoder
+from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.wire import DecodeError
+from otel_bridge.state.sqlite_store import SqliteStore
 
 
 def _entries() -> list[dict[str, Any]]:
@@ -111,3 +121,60 @@ def test_mutated_event_sourced_entries_and_rows_never_crash_the_decoder_or_the_f
 @given(st.lists(_mutated(MESSAGES, flat=False) | st.sampled_from(MESSAGES) | json_values, min_size=1, max_size=10))
 def test_mutated_phase10_messages_and_timelines_never_crash_the_decoder_or_the_fold(batch):
     _decode_and_fold(Phase10Decoder(Phase10Options(timeline_at_end=True)), batch)
+
+
+def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]]) -> None:
+    """Each batch stored by a real pipeline, every run then settled and sent, and the state read back by a
+    restarted one: whatever was rejected was rejected for what it is, not for a fault of the bridge."""
+    with tempfile.TemporaryDirectory() as directory:
+        settings = Settings(state=str(Path(directory) / "s.db"), dead_letter=Path(directory) / "dead.jsonl")
+        pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+
+        def settle_failed(_tx: Any, key: str, _now: float, exc: Exception) -> None:
+            raise AssertionError(f"settling {key!r} failed: {exc!r}") from exc
+
+        pipeline._settle_failed = settle_failed  # type: ignore[method-assign]
+        decoder = decoder_of(pipeline)
+        for batch in batches:
+            report = pipeline.ingest(batch, decoder)
+            faults = [r for r in report.rejected if r.reason.startswith("could not be")]
+            assert not faults, faults
+        pipeline.settle_due(horizon=10**10, told_all=True)
+        for row in pipeline.store.outbox_peek(10**6):
+            Span.FromString(row.payload)
+        still_open = pipeline.list_runs(RunQuery())[0]
+        pipeline.store.close()
+        restarted = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+        restarted.restore_gauges()
+        assert restarted.list_runs(RunQuery())[0] == still_open  # runs never told ended: the same, read back
+        restarted.store.close()
+
+
+_THROUGH = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _batches(events: Any) -> Any:
+    return st.lists(st.lists(events, min_size=1, max_size=8), min_size=1, max_size=3)
+
+
+@_THROUGH
+@given(_batches(mutated_events() | st.sampled_from(VALID) | json_values))
+def test_durable_effect_events_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
+    _through_the_pipeline(lambda pipeline: None, batches)
+
+
+@_THROUGH
+@given(_batches(_mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | json_values))
+def test_event_sourced_entries_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
+    _through_the_pipeline(
+        lambda pipeline: EventSourcedDecoder(EventSourcedOptions(decode=pipeline.decode_options)), batches
+    )
+
+
+@_THROUGH
+@given(_batches(_mutated(MESSAGES, flat=False) | st.sampled_from(MESSAGES) | json_values))
+def test_phase10_messages_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
+    _through_the_pipeline(
+        lambda pipeline: Phase10Decoder(Phase10Options(decode=pipeline.decode_options, timeline_at_end=True)),
+        batches,
+    )
