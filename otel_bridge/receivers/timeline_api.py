@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -61,7 +62,7 @@ def executions(
     headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
     while True:
         params: dict[str, Any] = {"skip": skip, "limit": PAGE} | ({"status": status} if status else {})
-        url = f"{api_url}/api/workflows/{workflow_id}/executions"
+        url = f"{api_url}/api/workflows/{quote(workflow_id, safe='')}/executions"
         page = _json(client.get(url, params=params, headers=headers), url)
         items = page.get("items") if isinstance(page, dict) else page
         if not isinstance(items, list):
@@ -115,7 +116,8 @@ def in_workspace(document: Any, workspace_id: str | None) -> Any:
 def timeline(client: httpx.Client, api_url: str, execution_id: str, workspace_id: str | None = None) -> Any:
     """`workspace_id`: the execution's workspace, when not the client's (the engine answers 404 for an
     execution of another workspace than the one its `X-Workspace-Id` names)."""
-    url = f"{api_url}/api/workflows/executions/{execution_id}/timeline"
+    # Escaped: an id is what a message said, and one holding "/" or ".." must not name another resource.
+    url = f"{api_url}/api/workflows/executions/{quote(execution_id, safe='')}/timeline"
     headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
     return _json(client.get(url, headers=headers), url)
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from otel_bridge.receivers.timeline_api import ApiError, Window, executions
+from otel_bridge.receivers.timeline_api import ApiError, Window, executions, timeline
 
 
 def _api(items: list[dict], cap: int, with_total: bool) -> httpx.Client:
@@ -43,3 +43,19 @@ def test_an_answer_that_is_no_list_of_executions_names_the_url():
     failing = httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(503, text="restarting")))
     with pytest.raises(ApiError, match="answered 503: restarting"):
         list(executions(failing, "http://engine", "wf", Window()))
+
+
+def test_an_id_a_message_told_is_one_segment_of_the_path_whatever_it_holds():
+    asked: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.raw_path)
+        return httpx.Response(200, json={"items": []})
+
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    timeline(client, "http://engine", "../../workflows/wf/executions?skip=0")
+    list(executions(client, "http://engine", "wf/../x", Window()))
+    assert asked == [
+        b"/api/workflows/executions/..%2F..%2Fworkflows%2Fwf%2Fexecutions%3Fskip%3D0/timeline",
+        b"/api/workflows/wf%2F..%2Fx/executions?skip=0&limit=100",
+    ]
