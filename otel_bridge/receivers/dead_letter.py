@@ -109,16 +109,28 @@ class DeadLetters:
 
 
 def _line(letter: dict[str, Any]) -> str:
+    # Keys that are not text (a Python producer's `{1: ...}`) as JSON text would have them: as text.
     try:
-        return orjson.dumps(letter, default=repr).decode()
+        return orjson.dumps(letter, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
-        # An event nested deeper than orjson writes (254 levels) is valid JSON all the same: the
-        # standard encoder goes as deep as Python recurses, and past that the event is named only.
-        try:
-            return json.dumps(letter, default=repr)  # ASCII escapes: a lone surrogate too
-        except (RecursionError, ValueError):
-            named = {**letter, "event": "[not kept: nested too deeply to write out]"}
-            return orjson.dumps(named, default=repr).decode()
+        pass
+    # An event nested deeper than orjson writes (254 levels) is valid JSON all the same: the standard
+    # encoder goes as deep as Python recurses, and past that the event is named only. So is one that is
+    # no JSON at all (a key that is a tuple, an object whose repr fails): it is kept as its repr, if any.
+    try:
+        return json.dumps(letter, default=repr)  # ASCII escapes: a lone surrogate too
+    except RecursionError:
+        told = "[not kept: nested too deeply to write out]"
+    except Exception:
+        told = _as_repr(letter["event"])
+    return orjson.dumps({**letter, "event": told}, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _as_repr(event: Any) -> str:
+    try:
+        return f"[not kept as JSON, which it is not: {repr(event)[:2000]}]"
+    except Exception:
+        return "[not kept: it is not JSON, and has no repr]"
 
 
 # The events each receiver keeps are in its engine's format; a dead letter saying its own

@@ -21,6 +21,8 @@ import redis
 from bridge_process import BridgeProcess
 from builders import WorkflowRun, ns_of
 from faults import BUG, a_bug_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otlp_receiver import OtlpHttpReceiver
@@ -31,6 +33,24 @@ from otel_bridge.tracker import AsyncOtelTracker, OtelTracker
 
 # Nothing settles before every event is in, in both: the comparison is of the same complete fact sets.
 SETTLE = "3"
+
+
+class _NoText:
+    """An object a producer's event might hold that will not even be written as text."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+# What a Python producer's events might hold: values JSON has, and values it has not.
+_python_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10) | st.binary(max_size=4)
+    | st.datetimes() | st.decimals() | st.uuids() | st.sets(st.integers(), max_size=2) | st.builds(_NoText),
+    lambda children: st.lists(children, max_size=3)
+    | st.tuples(children)
+    | st.dictionaries(st.text(max_size=5) | st.integers() | st.tuples(st.integers()), children, max_size=3),
+    max_leaves=10,
+)  # fmt: skip
 
 
 def _invocations() -> list[list[dict]]:
@@ -213,6 +233,48 @@ def test_what_is_no_event_or_holds_itself_raises_nothing_into_the_workflow(tmp_p
     assert kept["event"] is None and kept["error"] == "an event must be a JSON object, not null"
     trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
     otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 1)
+
+
+def test_an_event_that_is_no_json_at_all_is_kept_as_its_repr_and_raises_nothing_into_the_workflow(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    # A key that is a tuple is written by no JSON encoder: its rejection once raised out of `flush`, and the
+    # rejections beside it were not kept.
+    run = WorkflowRun().started()
+    spoilt = [{(1, 2): "a tuple for a key"}, run.events[0] | {"input": {(3,): _NoText()}}, {1: "a number for a key"}]
+    with OtelTracker("production", "shop", dead_letter=tmp_path / "dead.jsonl") as tracker:
+        for event in spoilt:
+            tracker.emit(event)
+        tracker.flush()
+        assert tracker.rejected == 2
+    kept = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    producer = {"env": "production", "serviceKey": "shop"}
+    assert [letter["event"] for letter in kept] == [
+        "[not kept as JSON, which it is not: {(1, 2): 'a tuple for a key', 'env': 'production', 'serviceKey': 'shop'}]",
+        {"1": "a number for a key", **producer},  # as JSON text has such a key: as text
+    ]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(_python_values, min_size=1, max_size=5), min_size=1, max_size=3))
+def test_whatever_a_producer_emits_nothing_is_raised_into_the_workflow_and_every_rejection_is_kept(
+    monkeypatch, batches
+):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    with tempfile.TemporaryDirectory() as directory:
+        kept = Path(directory) / "dead.jsonl"
+        with OtelTracker("production", "shop", dead_letter=kept) as tracker:
+            for batch in batches:
+                for event in batch:
+                    tracker.emit(event)
+                tracker.flush()
+            rejected = tracker.rejected
+        # A JSON line ends at "\n" alone: U+0085 and the like are text in JSON.
+        lines = [line for line in kept.read_text().split("\n") if line] if kept.exists() else []
+        assert len(lines) == rejected
 
 
 def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
