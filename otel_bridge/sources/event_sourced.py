@@ -110,7 +110,11 @@ class EventSourcedDecoder:
 
     def _decode(self, raw: Any) -> WorkflowRecord:
         if isinstance(raw, dict) and raw and all(isinstance(k, bytes) for k in raw):
-            raw = {k.decode(): v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in raw.items()}
+            # As JSON text is read: a byte that is not UTF-8 made U+FFFD, in a field's name too.
+            raw = {
+                k.decode(errors="replace"): v.decode(errors="replace") if isinstance(v, bytes) else v
+                for k, v in raw.items()
+            }
         try:
             event = StreamEvent.model_validate(raw)
         except ValidationError as exc:

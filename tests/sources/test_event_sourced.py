@@ -171,6 +171,13 @@ def test_a_bad_entry_names_its_field():
         raise AssertionError("an execution id holding the field separator was accepted")
 
 
+def test_a_stream_entry_as_redis_hands_it_decodes_whatever_its_bytes():
+    entry = {k.encode(): v.encode() for k, v in Execution().started().events[0].items()}
+    # A field not UTF-8 at all, name and value, once a traceback in the log ("could not be decoded").
+    assert DECODE(entry | {b"extra \xff": b"\xfe"}).fact.name == "workflow.started"
+    assert DECODE(entry | {b"execution_id": b"exec-\xff"}).run.run_id == "exec-\ufffd"
+
+
 def test_a_run_whose_start_or_a_middle_move_is_still_in_flight_waits_for_it():
     run = Execution("flow").started().after(5).moved("working").after(5).ended("completed")
     policy = SettlePolicy(gap_grace_ns=15 * 10**9)
