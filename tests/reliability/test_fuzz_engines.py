@@ -111,8 +111,27 @@ def _decode_and_fold(decoder: Any, batch: list[Any]) -> None:
 _FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _as_redis_hands_it(entry: Any) -> Any:
+    """A stream entry's fields as redis-py hands them: bytes, names and values."""
+    if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+        return entry
+    return {k.encode(errors="surrogatepass"): v.encode(errors="surrogatepass") for k, v in entry.items()}
+
+
+# Entries as Redis hands them, spoilt or not, and fields of any bytes at all.
+_ENTRIES_IN_BYTES = _mutated(ENTRIES, flat=True).map(_as_redis_hands_it) | st.dictionaries(
+    st.binary(min_size=1, max_size=12), st.binary(max_size=24), min_size=1, max_size=10
+)
+
+
 @_FUZZ
-@given(st.lists(_mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | json_values, min_size=1, max_size=10))
+@given(
+    st.lists(
+        _mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | _ENTRIES_IN_BYTES | json_values,
+        min_size=1,
+        max_size=10,
+    )
+)
 def test_mutated_event_sourced_entries_and_rows_never_crash_the_decoder_or_the_fold(batch):
     _decode_and_fold(EventSourcedDecoder(), batch)
 
