@@ -7,9 +7,11 @@ bridge's own (no event "could not be" decoded or stored, no run set aside)."""
 
 import json
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from histories import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +30,7 @@ from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.wire import DecodeError
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -142,12 +145,19 @@ def test_mutated_phase10_messages_and_timelines_never_crash_the_decoder_or_the_f
     _decode_and_fold(Phase10Decoder(Phase10Options(timeline_at_end=True)), batch)
 
 
-def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]]) -> None:
+def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]], redis_url: str | None = None) -> None:
     """Each batch stored by a real pipeline, every run then settled and sent, and the state read back by a
-    restarted one: whatever was rejected was rejected for what it is, not for a fault of the bridge."""
+    restarted one: whatever was rejected was rejected for what it is, not for a fault of the bridge. On
+    SQLite, or on the Redis at `redis_url` (each time under a prefix of its own)."""
+    prefix = f"fuzz-{uuid.uuid4().hex}:"
     with tempfile.TemporaryDirectory() as directory:
-        settings = Settings(state=str(Path(directory) / "s.db"), dead_letter=Path(directory) / "dead.jsonl")
-        pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+        state = redis_url or str(Path(directory) / "s.db")
+        settings = Settings(state=state, dead_letter=Path(directory) / "dead.jsonl")
+
+        def store() -> Any:
+            return RedisStore(state, settings.dedup_ttl_seconds, prefix) if redis_url else SqliteStore(state)
+
+        pipeline = Pipeline(store(), MetricsHub(), settings, clock=lambda: 1_000_000.0)
 
         def settle_failed(_tx: Any, key: str, _now: float, exc: Exception) -> None:
             raise AssertionError(f"settling {key!r} failed: {exc!r}") from exc
@@ -163,7 +173,7 @@ def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]]) -> None:
             Span.FromString(row.payload)
         still_open = pipeline.list_runs(RunQuery())[0]
         pipeline.store.close()
-        restarted = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+        restarted = Pipeline(store(), MetricsHub(), settings, clock=lambda: 1_000_000.0)
         restarted.restore_gauges()
         assert restarted.list_runs(RunQuery())[0] == still_open  # runs never told ended: the same, read back
         restarted.store.close()
@@ -176,24 +186,29 @@ def _batches(events: Any) -> Any:
     return st.lists(st.lists(events, min_size=1, max_size=8), min_size=1, max_size=3)
 
 
+_DECODERS = {
+    "durable-effect": lambda pipeline: None,
+    "event-sourced": lambda pipeline: EventSourcedDecoder(EventSourcedOptions(decode=pipeline.decode_options)),
+    "phase10": lambda pipeline: Phase10Decoder(Phase10Options(decode=pipeline.decode_options, timeline_at_end=True)),
+}
+_EVENTS = {
+    "durable-effect": mutated_events() | st.sampled_from(VALID) | json_values,
+    "event-sourced": _mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | _ENTRIES_IN_BYTES | json_values,
+    "phase10": _mutated(MESSAGES, flat=False) | st.sampled_from(MESSAGES) | json_values,
+}
+
+
+@pytest.mark.parametrize("engine", sorted(_EVENTS))
 @_THROUGH
-@given(_batches(mutated_events() | st.sampled_from(VALID) | json_values))
-def test_durable_effect_events_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
-    _through_the_pipeline(lambda pipeline: None, batches)
+@given(data=st.data())
+def test_an_engines_events_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(engine, data):
+    _through_the_pipeline(_DECODERS[engine], data.draw(_batches(_EVENTS[engine]), label="batches"))
 
 
+@pytest.mark.parametrize("engine", sorted(_EVENTS))
 @_THROUGH
-@given(_batches(_mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | json_values))
-def test_event_sourced_entries_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
-    _through_the_pipeline(
-        lambda pipeline: EventSourcedDecoder(EventSourcedOptions(decode=pipeline.decode_options)), batches
-    )
-
-
-@_THROUGH
-@given(_batches(_mutated(MESSAGES, flat=False) | st.sampled_from(MESSAGES) | json_values))
-def test_phase10_messages_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(batches):
-    _through_the_pipeline(
-        lambda pipeline: Phase10Decoder(Phase10Options(decode=pipeline.decode_options, timeline_at_end=True)),
-        batches,
-    )
+@given(data=st.data())
+def test_an_engines_events_spoilt_or_not_go_through_the_pipeline_on_redis_without_a_fault_of_its_own(
+    redis_url, engine, data
+):
+    _through_the_pipeline(_DECODERS[engine], data.draw(_batches(_EVENTS[engine]), label="batches"), redis_url)
