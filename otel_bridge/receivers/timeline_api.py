@@ -6,6 +6,7 @@
 {id}/timeline` is each one's whole story. With `X-Workspace-Id` when the engine has several.
 """
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,8 @@ import httpx
 
 from otel_bridge.json_text import loads
 from otel_bridge.sources.wire import utc
+
+log = logging.getLogger(__name__)
 
 PAGE = 100  # the most the API hands out at once
 
@@ -60,6 +63,7 @@ def executions(
     workflow's workspace, when not the client's)."""
     skip = 0
     headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
+    listed: set[str] = set()
     while True:
         params: dict[str, Any] = {"skip": skip, "limit": PAGE} | ({"status": status} if status else {})
         url = f"{api_url}/api/workflows/{quote(workflow_id, safe='')}/executions"
@@ -67,14 +71,27 @@ def executions(
         items = page.get("items") if isinstance(page, dict) else page
         if not isinstance(items, list):
             raise ApiError(f"{url} answered no list of executions (expected {{'items': [...]}})")
+        new = 0
         for item in items:
             execution = (item.get("id") or item.get("execution_id")) if isinstance(item, dict) else None
-            if isinstance(execution, str) and window.holds(item.get("started_at")):
+            if not isinstance(execution, str) or execution in listed:
+                continue
+            listed.add(execution)
+            new += 1
+            if window.holds(item.get("started_at")):
                 yield execution
         skip += len(items)
         total = page.get("total") if isinstance(page, dict) else None
         # The page size is the API's to cap: the end is an empty page, or the total reached.
         if not items or (isinstance(total, int) and skip >= total):
+            return
+        if not new:
+            # A page of executions all listed already: an API that does not page (`skip` ignored), which
+            # would otherwise be asked for the same page for ever, and no total to stop at.
+            log.warning(
+                "%s answered the executions it had listed already at skip=%d: the listing ends there (%d listed)",
+                url, skip - len(items), len(listed),
+            )  # fmt: skip
             return
 
 

@@ -59,3 +59,28 @@ def test_an_id_a_message_told_is_one_segment_of_the_path_whatever_it_holds():
         b"/api/workflows/executions/..%2F..%2Fworkflows%2Fwf%2Fexecutions%3Fskip%3D0/timeline",
         b"/api/workflows/wf%2F..%2Fx/executions?skip=0&limit=100",
     ]
+
+
+def test_an_api_that_does_not_page_ends_the_listing_at_its_first_page_repeated_not_never(caplog):
+    # `skip` ignored, no total: the same page for ever, once asked for page after page without end.
+    items = _items(3)
+    asked: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(int(request.url.params["skip"]))
+        return httpx.Response(200, json=items)
+
+    listed = list(executions(httpx.Client(transport=httpx.MockTransport(answer)), "http://engine", "wf", Window()))
+    assert listed == ["e0", "e1", "e2"] and asked == [0, 3]
+    assert "answered the executions it had listed already at skip=3: the listing ends there (3 listed)" in caplog.text
+
+
+def test_an_execution_listed_again_on_a_later_page_is_taken_once():
+    # A run that began while the pages were read shifts the rest by one: the next page repeats one.
+    pages = {0: _items(3), 3: [_items(3)[2], *_items(5)[3:]], 6: []}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=pages[int(request.url.params["skip"])])
+
+    listed = list(executions(httpx.Client(transport=httpx.MockTransport(answer)), "http://engine", "wf", Window()))
+    assert listed == ["e0", "e1", "e2", "e3", "e4"]
