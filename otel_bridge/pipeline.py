@@ -570,6 +570,22 @@ class Pipeline:
                 ) from exc
         return [done for done, _step in closed]
 
+    def summary_not_coming(self, key: str) -> bool:
+        """The summary an ended run awaits (`RunState.awaits_summary`: a Phase-10 timeline) will not come,
+        the engine having none: the run waits for it no more and is due now, to be sent as its messages
+        told it, not at the end of `gap_grace_seconds`. False when that run awaits none."""
+        now = self._clock()
+
+        def forgo(tx: Transaction, touched: _Touched) -> bool:
+            state, _due = self._state(tx, key, touched)
+            if not isinstance(state, RunState) or not state.awaits_summary or state.summarised or state.closed:
+                return False
+            state.awaits_summary = False
+            self._save(tx, key, journal.Changes(state, now))
+            return True
+
+        return self._transaction(forgo)
+
     def not_open(self, instance_id: str, service: str | None = None) -> list[str]:
         """Why each run with this id, of `service` or any producer, is not open (closed already, or ended):
         what a close that closed nothing answers, where "no open run" alone sent the one who asked

@@ -439,9 +439,10 @@ class Bridge:
         if s.ws_url:
             from otel_bridge.receivers.websocket import WebSocketReceiver
 
+            following = self.phase10_decoder(following=True)
             websocket = WebSocketReceiver(
                 s.ws_url,
-                self.consumer("websocket", self.phase10_decoder(following=True)),
+                self.consumer("websocket", following),
                 self.dead_letters,
                 progress=phase10.progress,
                 named=phase10.workflow_named,
@@ -461,6 +462,7 @@ class Bridge:
                 max_look_back_seconds=s.dedup_ttl_seconds,
                 # As long as a run told ended waits for it (then it is sent without what it would add).
                 timeline_at_end_seconds=s.gap_grace_seconds if s.ws_timeline_at_end else None,
+                no_timeline=lambda execution: self.pipeline.summary_not_coming(following.state_key(execution)),
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket

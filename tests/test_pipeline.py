@@ -396,6 +396,22 @@ def test_a_run_closed_by_hand_is_sent_incomplete_overdue_no_more_and_stays_close
     assert [r.service for r in restarted.list_runs(RunQuery())[0]] == ["billing"]
 
 
+def test_a_run_whose_summary_will_not_come_waits_for_it_no_more(tmp_path):
+    settings = Settings(state=str(tmp_path / "s.db"), settle_seconds=1)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    decoder = Phase10Decoder(Phase10Options(service="agents", env="prod", timeline_at_end=True))
+    run = Phase10Run("report").started(1).step_started("s1", "fetch").after(10).step_completed("s1").completed()
+    pipeline.ingest(run.events, decoder)
+    key = decoder.state_key(run.execution_id)
+    assert pipeline.settle_due(horizon=time.time() + 2) == 0  # held for its timeline (up to the grace): no span sent
+
+    assert pipeline.summary_not_coming(key)
+
+    assert pipeline.settle_due(horizon=time.time() + 2) == 2 and pipeline.runs_named(run.execution_id)[0].closed
+    assert not pipeline.summary_not_coming(key)  # closed: nothing to forgo
+    assert not pipeline.summary_not_coming(decoder.state_key("never-told-of"))
+
+
 def test_a_close_that_finds_nothing_open_is_told_why_each_run_of_that_id_is_not(tmp_path):
     pipeline = _pipeline(tmp_path)
     stuck, namesake = _lost_sleep("shop"), _lost_sleep("billing")

@@ -79,6 +79,7 @@ class WebSocketReceiver:
         note: Callable[[str, bytes], None] = lambda _name, _value: None,
         max_look_back_seconds: float = 7 * 86_400.0,
         timeline_at_end_seconds: float | None = None,
+        no_timeline: Callable[[str], object] = lambda _execution: None,
     ) -> None:
         """`open_at_start`: the executions the store holds open, each with its workspace when known, read
         when following begins.
@@ -90,7 +91,9 @@ class WebSocketReceiver:
         followed, the workflows told of), so that a restart looks for what began while the bridge was
         down, as a reconnection does; at most `max_look_back_seconds` back.
         `timeline_at_end_seconds`: with an API, each execution's timeline is fetched as a message tells it
-        ended, for what only a timeline tells (retries), asked for this long (its run waits as long)."""
+        ended, for what only a timeline tells (retries), asked for this long (its run waits as long);
+        `no_timeline(execution)` is told when the engine answers it has none (404, 410): its run waits no
+        more."""
         self._url = url
         self._shown = without_password(url)  # in the log
         self._consumer = consumer
@@ -108,6 +111,7 @@ class WebSocketReceiver:
         # Executions told ended whose timeline is to be fetched (`timeline_at_end_seconds`), each until when.
         self._timeline_at_end = timeline_at_end_seconds if api_url else None
         self._ending: dict[str, float] = {}
+        self._no_timeline = no_timeline
         # Executions whose timeline was fetched once they had ended (caught up on, or told of mid-way):
         # their end, told after, needs no fetch of its own.
         self._fetched_ended: dict[str, None] = {}
@@ -448,7 +452,11 @@ class WebSocketReceiver:
         open_ = execution in self.open_executions
         self.open_executions.pop(execution, None)
         self._unstarted.pop(execution, None)
-        self._ending.pop(execution, None)
+        if self._ending.pop(execution, None) is not None:
+            try:  # its run waits for the timeline no more: sent now, as the stream told it
+                self._no_timeline(execution)
+            except Exception as exc:  # the store away: the run is sent at the end of its wait all the same
+                log.debug("telling that %s has no timeline failed: %s", execution, exc)
         log.warning(
             "timeline of %s: the engine answered %d; not asked again%s",
             execution,

@@ -265,6 +265,12 @@ class Phase10Decoder:
             raise _problem(exc) from None
         return WorkflowRecord(run=self._run(event), fact=self._fact(event))
 
+    def state_key(self, execution_id: str) -> str:
+        """Where the run of this execution is kept (its messages' and its timeline's run)."""
+        return RunRef(
+            engine=ENGINE, env=self.options.env, service=self.options.service, run_id=execution_id, name=""
+        ).state_key
+
     def _run(self, e: Phase10Event) -> RunRef:
         attributes = attrs(**{c.WORKSPACE_ID: e.workspace_id, c.WORKFLOW_DEFINITION_ID: e.workflow_id})
         name = cut(str(e.data.get("workflow_name") or ""), MAX_TEXT) if e.event_type == "workflow_started" else ""

@@ -32,7 +32,7 @@ def _trace(run: Phase10Run) -> str:
     return trace_id_for("phase10", "prod", "agents", run.execution_id).hex()
 
 
-def _following(tmp_path, otlp_http, engine: Phase10Server) -> BridgeProcess:
+def _following(tmp_path, otlp_http, engine: Phase10Server, **settings: str) -> BridgeProcess:
     """`otel-bridge serve` following the stand-in's WebSocket, its timelines behind workspace ws-1."""
     return BridgeProcess(
         tmp_path,
@@ -42,6 +42,7 @@ def _following(tmp_path, otlp_http, engine: Phase10Server) -> BridgeProcess:
         ws_workspace_id="ws-1",
         ws_service_name="agents",
         ws_env="prod",
+        **settings,
     )
 
 
@@ -60,7 +61,9 @@ def test_a_dropped_connection_is_caught_up_from_the_timeline(tmp_path, otlp_http
     engine.scripts.put([*before_drop, DROP])
     engine.scripts.put([noise, {"type": "heartbeat", "timestamp": "2025-03-01T12:00:00"}, *later.events])
 
-    bridge = _following(tmp_path, otlp_http, engine).start()
+    # `later` has no timeline (a 404 at its end): sent at once, not at the end of the grace (here longer
+    # than the wait below).
+    bridge = _following(tmp_path, otlp_http, engine, gap_grace_seconds="120").start()
     got = otlp_http.received
     try:
         for run in (interrupted, later):

@@ -70,6 +70,7 @@ class _Following:
             recall=lambda name: store.bookmark(f"websocket {name}"),
             note=lambda name, value: store.set_bookmark(f"websocket {name}", value),
             timeline_at_end_seconds=15.0 if at_end else None,
+            no_timeline=lambda execution: self.pipeline.summary_not_coming(decoder.state_key(execution)),
             # As the bridge reads them at start (runtime): the runs its store holds open.
             open_at_start=lambda: [
                 (run.run_id, phase10.workspace_in(run))
@@ -129,6 +130,23 @@ def test_an_execution_told_ended_has_its_timeline_fetched_for_the_retries_no_mes
     with _Following(tmp_path, engine, at_end=True) as following:
         _wait(lambda: _retries(following, run.execution_id) == 2, "the timeline was not fetched at the end")
     assert [execution for execution, _workspace in engine.timeline_requests] == [run.execution_id]  # once
+
+
+def test_an_execution_told_ended_whose_timeline_the_engine_has_not_is_sent_at_once_not_after_the_grace(
+    tmp_path, engine
+):
+    # A 404 (deleted at once, or another workspace's that no message named): nothing more will come, and
+    # the run no longer waits the 15 s of the grace for it.
+    run = Phase10Run("report", workflow_id="wf-r").started(1).step_started("s1", "fetch").after(10)
+    run.step_completed("s1").after(1).completed()
+    engine.scripts.put(list(run.events))
+    with _Following(tmp_path, engine, at_end=True) as following:
+        _wait(lambda: engine.timeline_requests, "the timeline was not asked for at the end")
+        _wait(lambda: not following.pipeline.runs_named(run.execution_id)[0].awaits_summary, "the run still waits")
+        following.pipeline.settle_due(horizon=time.time() + 1)  # its settle window, not the grace
+    (sent,) = following.pipeline.runs_named(run.execution_id)
+    assert sent.closed and following.pipeline.store.outbox_depth() == 2  # the step and the root
+    assert len(engine.timeline_requests) == 1
 
 
 def test_a_timeline_not_yet_written_as_ended_is_asked_again_until_it_is(tmp_path, engine):
