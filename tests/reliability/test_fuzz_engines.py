@@ -2,8 +2,8 @@
 encoding make of what they take: a stream entry, a table row, a WebSocket message or a timeline, mutated or
 arbitrary, is decoded or rejected with a field and a reason, never an exception of another kind (hypothesis,
 bounded; the durable-effect decoder's own are in test_fuzz.py). And all three engines' through the real
-pipeline on a SQLite state: stored, settled, sent and read back after a restart without a fault of the
-bridge's own (no event "could not be" decoded or stored, no run set aside)."""
+pipeline, on SQLite and on a real Redis: stored, settled, sent and read back after a restart without a
+fault of the bridge's own (no event "could not be" decoded or stored, no run set aside)."""
 
 import json
 import tempfile
