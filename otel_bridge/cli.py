@@ -27,6 +27,7 @@ from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, Ru
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
+from otel_bridge.visible import visible, visible_lines
 
 if TYPE_CHECKING:
     import httpx
@@ -253,7 +254,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         whole = summary is not None and not (summary.interrupted or summary.stopped or summary.broken)
         bridge.stop(told_all=whole)
     assert summary is not None
-    print(summary.render())
+    print(visible_lines(summary.render()))  # events' ids and reasons, as the file had them
     if summary.interrupted:
         return 130  # as a shell reports a process stopped by Ctrl-C
     return 2 if summary.stopped or summary.broken else 1 if summary.rejected else 0
@@ -425,7 +426,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
         f"rejected: {len(rejected)}" + (f"  not fetched: {len(unfetched)}" if unfetched else "")
     )
     for line in (rejected + unfetched)[:20]:
-        print(line)
+        print(visible(line))
     return 1 if rejected or unfetched else 0
 
 
@@ -589,6 +590,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
     import time
 
     from rich.console import Console
+    from rich.text import Text
 
     from otel_bridge.terminal import waterfall
 
@@ -614,7 +616,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     for state, reason in aside:
         # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
-        console.print(f"set aside, {reason}; `otel-bridge settle-again` puts it back")
+        console.print(Text(visible(f"set aside, {reason}; `otel-bridge settle-again` puts it back")))
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
     return 0
 
@@ -638,7 +640,7 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
             if not found:
                 missing.append((instance_id, why))
             elif not args.json:
-                print("\n".join(_closed_in_words(done, args.reason) for done in found), flush=True)
+                print("\n".join(visible(_closed_in_words(done, args.reason)) for done in found), flush=True)
     if args.json:
         print(json.dumps(closed, indent=2))
     of = f" of {args.service}" if args.service else ""

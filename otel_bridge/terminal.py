@@ -15,9 +15,16 @@ from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
 from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
+from otel_bridge.visible import visible
 
 _BAR = 48
 _STATUS_STYLE = {SpanStatus.OK: "green", SpanStatus.ERROR: "red", SpanStatus.UNSET: "yellow"}
+
+
+def _cell(text: object, style: str = "") -> Text:
+    """A table cell of what producers said: Text, never markup (a name holding "[/bold]" raised rich's
+    MarkupError, and "[link=…]" made a link), its control characters shown."""
+    return Text(visible(text), style=style)
 
 
 def _when(ns: int | None) -> str:
@@ -72,17 +79,17 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
     for run in runs:
         overdue = Text(duration(run.overdue_ns / 1e9), style="bold red") if run.overdue_ns is not None else Text("-")
         table.add_row(
-            run.service,
-            run.env,
-            run.name,
-            run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}",
-            run.state if run.machine_state is None else f"{run.state}: {run.machine_state}",
+            _cell(run.service),
+            _cell(run.env),
+            _cell(run.name),
+            _cell(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}"),
+            _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
             str(run.steps_done),
             _when(run.since_ns),
             _when(run.resume_at_ns),
             overdue,
-            f"{run.last_event} {_when(run.last_event_ns)}",
-            _trace_cell(run, trace_url),
+            _cell(f"{run.last_event} {_when(run.last_event_ns)}"),
+            _cell(_trace_cell(run, trace_url)),
         )
     return table
 
@@ -94,9 +101,8 @@ def jobs_table(jobs: list[JobOverview], title: str) -> Table:
     for job in jobs:
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
         due = _when(job.due_ns) if job.due_ns is not None else ("running" if job.active else "-")
-        table.add_row(
-            job.service, job.env, job.name, job.job_type, job.instance_id, due, overdue, _when(job.last_ran_ns)
-        )
+        said = (job.service, job.env, job.name, job.job_type, job.instance_id, due)
+        table.add_row(*map(_cell, said), overdue, _when(job.last_ran_ns))
     return table
 
 
@@ -117,8 +123,8 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     scale = _BAR / max(end - start, 1)
     open_note = "" if root.end_ns is not None else " (open: drawn up to now)"
     title = Text.assemble(
-        (root.name, "bold"),
-        f"  {state.run.run_id}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
+        (visible(root.name), "bold"),
+        f"  {visible(state.run.run_id)}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("span", "status", "duration", "timeline"):
@@ -138,7 +144,7 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
         detail = ", ".join(
             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID
         )
-        events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), event.name, detail)
+        events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), _cell(event.name), _cell(detail))
     parts: list[RenderableType] = [title, table]
     if root.events:  # a header over no rows reads as if something failed to show
         parts += [Text("events", style="bold"), events]
@@ -172,5 +178,5 @@ def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) ->
         status = "incomplete" + (f": {reason}" if reason else ": never ended, closed at max_open_seconds")
     if span.status_message:
         status += f": {span.status_message[:60]}"
-    label = Text(name if is_root else "  " + name, style="bold" if is_root else "")
-    return label, Text(status, style=_STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9), bar
+    label = _cell(name if is_root else "  " + name, style="bold" if is_root else "")
+    return label, _cell(status, _STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9), bar

@@ -4,16 +4,17 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+from builders import JobRun, WorkflowRun
 from fold_harness import fold_events
 from rich.console import Console
 
 from otel_bridge import trace_id_for
-from otel_bridge.correlate.overview import RunQuery, overview
+from otel_bridge.correlate.overview import RunQuery, job_overview, overview
 from otel_bridge.correlate.step import Policy, close
 from otel_bridge.producer.demo import SCENARIOS
 from otel_bridge.producer.event_sourced import Execution
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
-from otel_bridge.terminal import duration, runs_table, runs_title, waterfall
+from otel_bridge.terminal import duration, jobs_table, runs_table, runs_title, waterfall
 
 NOW = 1_900_000_000 * 10**9
 EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
@@ -157,3 +158,36 @@ def test_durations_read_in_the_unit_a_person_would_say():
 )
 def test_a_listing_of_runs_says_what_it_holds_in_words(shown, count, query, title):
     assert runs_title(shown, count, query) == title
+
+
+def _written(*renderables) -> str:
+    """What a terminal is sent: rich's own styling off, so that any escape left is the data's."""
+    console = Console(record=True, width=250, color_system=None, force_terminal=True)
+    for renderable in renderables:
+        console.print(renderable)
+    return console.export_text(styles=False)
+
+
+def test_what_producers_named_is_shown_as_they_named_it_never_as_markup_or_terminal_commands():
+    # "[/bold]" once raised rich's MarkupError (no `runs`, no `show`), "[link=…]" made a hidden link, and an
+    # ESC reached the terminal as a command (here: clear the screen, retitle the window).
+    name = "[/bold]nightly [link=https://evil.example]x[/link]\x1b[2J"
+    step = "fetch\x1b]0;pwned\x07"
+    run = WorkflowRun(name).started().step_started(step).after(5).step_completed(step).sleep_started(60_000)
+    (state,) = fold_events(run.paused("sleep").events, settle_at_ns=None).runs.values()
+    listed = overview(state, NOW, 0)
+    assert listed is not None
+
+    text = _written(runs_table([listed]), waterfall(state, NOW))
+
+    assert "\x1b" not in text and "\x07" not in text
+    assert "[/bold]nightly [link=https://evil.example]x[/link]\\x1b[2J" in text
+    assert "step fetch\\x1b]0;pwned\\x07" in text
+
+
+def test_a_job_named_with_markup_is_listed_as_named():
+    lost = JobRun("[/red]reminder\x1b[5m", "task").task_scheduled(in_ms=60_000)
+    folded = fold_events(lost.events, settle_at_ns=None)
+    ((key, state),) = folded.jobs.items()
+    text = _written(jobs_table([job_overview(key, state, NOW, 0)], "1 job instance"))
+    assert "[/red]reminder\\x1b[5m" in text and "\x1b" not in text
