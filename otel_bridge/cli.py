@@ -645,7 +645,7 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(closed, indent=2))
     of = f" of {args.service}" if args.service else ""
     for instance_id, why in missing:
-        said = f": {why}" if why else ""
+        said = f": {visible(why)}" if why else ""
         print(
             f"otel-bridge: nothing closed: no open run or job instance {instance_id}{of} at {base}{said}",
             file=sys.stderr,
