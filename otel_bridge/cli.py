@@ -27,7 +27,7 @@ from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, Ru
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
-from otel_bridge.visible import visible, visible_lines
+from otel_bridge.visible import TextLog, visible, visible_lines
 
 if TYPE_CHECKING:
     import httpx
@@ -87,7 +87,9 @@ def _logging(level: str, log_format: str = "text") -> None:
         )
         logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     else:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(TextLog("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
     if level.upper() != "DEBUG":
         # httpx says every request at INFO: a catch-up or an import of thousands of timelines, a demo's
         # every POST, drowned what the bridge says of them (how many, which failed).

@@ -38,6 +38,7 @@ from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Checkpointed, OnDisk, Replicated, Store, WithRisks
 from otel_bridge.urls import without_password
+from otel_bridge.visible import Verbatim
 
 if TYPE_CHECKING:
     from otel_bridge.receivers.redis_stream import StreamReceiver
@@ -335,7 +336,7 @@ class Bridge:
         for name in told.keys() - self._told_stuck:
             thread = self._threads.get(name)
             where = liveness.stack_of(thread) if thread is not None and thread.is_alive() else ""
-            log.error("not alive: %s%s", told[name], f"; where it is:\n{where}" if where else "")
+            log.error("not alive: %s%s", told[name], Verbatim(f"; where it is:\n{where}") if where else "")
         self._told_stuck = set(told)
         return {"alive": not told, "reasons": list(told.values())}
 

@@ -134,3 +134,12 @@ def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones
     assert main(["show", missed.base["instanceId"], "--state", state]) == 0
     shown = capsys.readouterr().out
     assert "is a job instance: its runs are metrics, not a trace" in shown and "reminder" in shown
+
+
+def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():
+    said = (
+        "from otel_bridge.cli import _logging; import logging; _logging('INFO');"
+        "logging.getLogger('otel_bridge.pipeline').warning('late event %s: counted', 'e-1\\nINFO forged\\x1b[2J')"
+    )
+    written = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, check=True).stderr
+    assert written.count("\n") == 1 and "late event e-1\\x0aINFO forged\\x1b[2J: counted" in written
