@@ -528,8 +528,7 @@ class Pipeline:
         marked incomplete with `reason`; a job instance awaits its run no more. [] when none is open."""
         now = self._clock()
         now_ns, grace = int(now * 1e9), self._graces(now)
-        ending = keys.SEPARATOR + instance_id
-        named = ((key, head) for key, head in self.store.states(keys.JOBS if jobs else "") if key.endswith(ending))
+        named = self._states_named(instance_id, keys.JOBS if jobs else "")
         found = [key for key, head in self._headers(named, jobs) if service in (None, _service_of(head))]
 
         def closing(tx: Transaction, touched: _Touched) -> list[tuple[Closed, Step]]:
@@ -590,17 +589,14 @@ class Pipeline:
         """Why each run with this id, of `service` or any producer, is not open (closed already, or ended):
         what a close that closed nothing answers, where "no open run" alone sent the one who asked
         looking for a run that is closed already — after a close answered 503, say, and sent again."""
-        ending = keys.SEPARATOR + instance_id
-        named = ((key, head) for key, head in self.store.states("") if key.endswith(ending))
-        runs = (head for _key, head in self._headers(named, jobs=False) if isinstance(head, RunState))
-        said = (not_open_in_words(head) for head in runs if service in (None, _service_of(head)))
+        runs = self._run_headers(self._states_named(instance_id))
+        said = (not_open_in_words(head) for _key, head in runs if service in (None, _service_of(head)))
         return [why for why in said if why is not None]
 
     def runs_named(self, run_id: str) -> list[RunState]:
         """The runs (of any producer) with this id: known by their keys' last field, the facts
         read only of those."""
-        ending = keys.SEPARATOR + run_id
-        named = self._run_headers((key, header) for key, header in self.store.states() if key.endswith(ending))
+        named = self._run_headers(self._states_named(run_id))
         return [run for key, head in named if (run := self._whole(key, head)) is not None]
 
     def jobs_named(self, instance_id: str, now: float | None = None) -> list[JobOverview]:
@@ -608,8 +604,7 @@ class Pipeline:
         neither run nor await a run too)."""
         now = self._clock() if now is None else now
         now_ns, grace = int(now * 1e9), self._graces(now)
-        ending = keys.SEPARATOR + instance_id
-        pairs = ((key, header) for key, header in self.store.states(keys.JOBS) if key.endswith(ending))
+        pairs = self._states_named(instance_id, keys.JOBS)
         return [job_overview(key, state, now_ns, grace(key)) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
@@ -629,6 +624,12 @@ class Pipeline:
                 unreadable = key.startswith(keys.UNREADABLE)
                 found.append((aside.state, aside.reason if unreadable else f"failed to settle: {aside.reason}"))
         return found
+
+    def _states_named(self, instance_id: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """The stored states under `prefix` (runs and job instances, or `keys.JOBS`) whose id is `instance_id`:
+        known by their keys' last field, every key read, no state decoded."""
+        ending = keys.SEPARATOR + instance_id
+        return ((key, header) for key, header in self.store.states(prefix) if key.endswith(ending))
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
         """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""

@@ -215,13 +215,12 @@ class WebSocketReceiver:
             if not isinstance(message, dict) or message.get("type") == "heartbeat":
                 continue
             try:
-                told, starts = self._progress(message)
+                execution, starts = self._progress(message)
                 workspace = self._workspace_of(message)
                 named = self._named(message) if starts else None
             except Exception:  # a bug in reading it must not end following: the message is stored all the same
                 log.exception("reading which execution a message tells of failed; stored without it")
-                told, starts, workspace, named = None, None, None, None
-            execution = None if told is None else str(told)
+                execution, starts, workspace, named = None, None, None, None
             if named is not None:
                 self._told_workflow(named[0], workspace, named[1])
             if execution is not None:

@@ -213,14 +213,12 @@ def workspace_of(message: Any) -> str | None:
         return None
     if "event" in message and "event_type" not in message:
         message = _enveloped(message)
-    workspace = message.get("workspace_id")
-    return workspace if isinstance(workspace, str) and workspace else None
+    return _named(message.get("workspace_id"))
 
 
 def workspace_in(run: RunRef) -> str | None:
     """The workspace a stored run was told it belongs to (by its live messages), or None."""
-    workspace = run.attributes.get(c.WORKSPACE_ID)
-    return workspace if isinstance(workspace, str) and workspace else None
+    return _named(run.attributes.get(c.WORKSPACE_ID))
 
 
 def _event_id(*parts: object, prefix: str = "p10-") -> str:
