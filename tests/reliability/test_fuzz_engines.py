@@ -16,6 +16,7 @@ from histories import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pipelines import decoder_for, store_for
 from test_fuzz import VALID, mutated_events
 
 from otel_bridge.config import Settings
@@ -27,11 +28,9 @@ from otel_bridge.lifecycle import WorkflowRecord
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.event_sourced import Execution, as_row, trigger
 from otel_bridge.producer.phase10 import Phase10Run
-from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.sources.event_sourced import EventSourcedDecoder
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.wire import DecodeError
-from otel_bridge.state.redis_store import RedisStore
-from otel_bridge.state.sqlite_store import SqliteStore
 
 
 def _entries() -> list[dict[str, Any]]:
@@ -145,7 +144,7 @@ def test_mutated_phase10_messages_and_timelines_never_crash_the_decoder_or_the_f
     _decode_and_fold(Phase10Decoder(Phase10Options(timeline_at_end=True)), batch)
 
 
-def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]], redis_url: str | None = None) -> None:
+def _through_the_pipeline(engine: str, batches: list[list[Any]], redis_url: str | None = None) -> None:
     """Each batch stored by a real pipeline, every run then settled and sent, and the state read back by a
     restarted one: whatever was rejected was rejected for what it is, not for a fault of the bridge. On
     SQLite, or on the Redis at `redis_url` (each time under a prefix of its own)."""
@@ -154,16 +153,13 @@ def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]], redis_url: 
         state = redis_url or str(Path(directory) / "s.db")
         settings = Settings(state=state, dead_letter=Path(directory) / "dead.jsonl")
 
-        def store() -> Any:
-            return RedisStore(state, settings.dedup_ttl_seconds, prefix) if redis_url else SqliteStore(state)
-
-        pipeline = Pipeline(store(), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+        pipeline = Pipeline(store_for(settings, prefix), MetricsHub(), settings, clock=lambda: 1_000_000.0)
 
         def settle_failed(_tx: Any, key: str, _now: float, exc: Exception) -> None:
             raise AssertionError(f"settling {key!r} failed: {exc!r}") from exc
 
         pipeline._settle_failed = settle_failed  # type: ignore[method-assign]
-        decoder = decoder_of(pipeline)
+        decoder = decoder_for(engine, pipeline, timeline_at_end=True)
         for batch in batches:
             report = pipeline.ingest(batch, decoder)
             faults = [r for r in report.rejected if r.reason.startswith("could not be")]
@@ -173,7 +169,7 @@ def _through_the_pipeline(decoder_of: Any, batches: list[list[Any]], redis_url: 
             Span.FromString(row.payload)
         still_open = pipeline.list_runs(RunQuery())[0]
         pipeline.store.close()
-        restarted = Pipeline(store(), MetricsHub(), settings, clock=lambda: 1_000_000.0)
+        restarted = Pipeline(store_for(settings, prefix), MetricsHub(), settings, clock=lambda: 1_000_000.0)
         restarted.restore_gauges()
         assert restarted.list_runs(RunQuery())[0] == still_open  # runs never told ended: the same, read back
         restarted.store.close()
@@ -186,11 +182,6 @@ def _batches(events: Any) -> Any:
     return st.lists(st.lists(events, min_size=1, max_size=8), min_size=1, max_size=3)
 
 
-_DECODERS = {
-    "durable-effect": lambda pipeline: None,
-    "event-sourced": lambda pipeline: EventSourcedDecoder(EventSourcedOptions(decode=pipeline.decode_options)),
-    "phase10": lambda pipeline: Phase10Decoder(Phase10Options(decode=pipeline.decode_options, timeline_at_end=True)),
-}
 _EVENTS = {
     "durable-effect": mutated_events() | st.sampled_from(VALID) | json_values,
     "event-sourced": _mutated(ENTRIES, flat=True) | st.sampled_from(ENTRIES) | _ENTRIES_IN_BYTES | json_values,
@@ -202,7 +193,7 @@ _EVENTS = {
 @_THROUGH
 @given(data=st.data())
 def test_an_engines_events_spoilt_or_not_go_through_the_pipeline_without_a_fault_of_its_own(engine, data):
-    _through_the_pipeline(_DECODERS[engine], data.draw(_batches(_EVENTS[engine]), label="batches"))
+    _through_the_pipeline(engine, data.draw(_batches(_EVENTS[engine]), label="batches"))
 
 
 @pytest.mark.parametrize("engine", sorted(_EVENTS))
@@ -211,4 +202,4 @@ def test_an_engines_events_spoilt_or_not_go_through_the_pipeline_without_a_fault
 def test_an_engines_events_spoilt_or_not_go_through_the_pipeline_on_redis_without_a_fault_of_its_own(
     redis_url, engine, data
 ):
-    _through_the_pipeline(_DECODERS[engine], data.draw(_batches(_EVENTS[engine]), label="batches"), redis_url)
+    _through_the_pipeline(engine, data.draw(_batches(_EVENTS[engine]), label="batches"), redis_url)

@@ -7,7 +7,6 @@ the same) — sends the same spans, byte for byte, and none twice (hypothesis)."
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,13 @@ from histories import executions, job_histories, phase10_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pipelines import decoder_for, store_for
 from test_disorder import histories
 
 from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.pipeline import Decoder, Pipeline
-from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
-from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
-from otel_bridge.state.redis_store import RedisStore
-from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.pipeline import Pipeline
 
 _START = 1_000_000.0
 # Bridge-clock seconds a settling may come after the batch before it: within a settle window, past it,
@@ -38,11 +34,6 @@ _HISTORIES = {
     "durable-effect": st.tuples(st.lists(histories(), min_size=1, max_size=3), st.lists(job_histories(), max_size=2)),
     "event-sourced": st.tuples(st.lists(executions(), min_size=1, max_size=3)),
     "phase10": st.tuples(st.lists(phase10_runs(), min_size=1, max_size=3)),
-}
-_DECODERS: dict[str, Callable[[Pipeline], Decoder | None]] = {
-    "durable-effect": lambda _pipeline: None,
-    "event-sourced": lambda pipeline: EventSourcedDecoder(EventSourcedOptions(decode=pipeline.decode_options)),
-    "phase10": lambda pipeline: Phase10Decoder(Phase10Options(decode=pipeline.decode_options)),
 }
 
 
@@ -72,15 +63,12 @@ class _Played:
         self._engine = engine
         self._restarts = restarts
         self._prefix = f"schedule-{uuid.uuid4().hex}:"
-        self._redis_url = redis_url
         state = redis_url or str(directory / f"{uuid.uuid4().hex}.db")
         self.settings = Settings(state=state, dead_letter=directory / "dead.jsonl", settle_seconds=1, hot_runs=hot_runs)
         self.pipeline = self._started()
 
     def _started(self) -> Pipeline:
-        s = self.settings
-        store = RedisStore(s.state, s.dedup_ttl_seconds, self._prefix) if self._redis_url else SqliteStore(s.state)
-        pipeline = Pipeline(store, MetricsHub(), s, clock=lambda: self.now)
+        pipeline = Pipeline(store_for(self.settings, self._prefix), MetricsHub(), self.settings, clock=lambda: self.now)
         pipeline.restore_gauges()
         return pipeline
 
@@ -88,7 +76,7 @@ class _Played:
         for step in steps:
             if step[0] == "batch":
                 self.now += 0.01
-                report = self.pipeline.ingest(step[1], _DECODERS[self._engine](self.pipeline))
+                report = self.pipeline.ingest(step[1], decoder_for(self._engine, self.pipeline))
                 assert not report.rejected, report.rejected
             elif step[0] == "settle":
                 self.now += step[1]
