@@ -173,10 +173,12 @@ BRIDGE_REFUSAL_REASON: Final = "reason"
 REFUSED_OUTBOX_FULL: Final = "outbox_full"  # max_outbox_spans wait for export
 REFUSED_STORE_UNAVAILABLE: Final = "store_unavailable"  # the store is down, locked or on a full disk
 
-# Attribute keys that may appear on metrics: anything else is dropped there,
-# because metric attributes must stay low-cardinality.
+# Metric attributes whose values the producer chooses (names, and the error classes its code throws):
+# bounded per key by `max_names` (`_OTHER` past it) and in length, so that a producer's names cannot
+# make the series without end. The other metric attributes take values of the bridge's own vocabulary.
 BOUNDED_NAME_ATTRIBUTES: Final = frozenset(
     {
+        ERROR_TYPE,
         WORKFLOW_DEFINITION_NAME,
         WORKFLOW_TASK_NAME,
         JOB_NAME,

@@ -202,6 +202,16 @@ def workflows() -> Board:
         kind="bargauge", link=JAEGER_SEARCH + '&tags={"error":"true"}',
     )  # fmt: skip
     b.panel(
+        "Failures by error type",
+        [(f"sum by (workflow_definition_name, error_type) "
+          f"(increase(workflow_execution_errors_total{{{WF}}}[$__range]))",
+          "{{workflow_definition_name}} / {{error_type}}")],
+        kind="bargauge", link=JAEGER_SEARCH + '&tags={"error":"true"}',
+        description="The class of error failed runs ended with (error.type: the error's name in its stack, the "
+                    "engine's error type, timeout; _OTHER when the engine told none). In Jaeger, the tag "
+                    "error.type finds the runs.",
+    )  # fmt: skip
+    b.panel(
         "Run duration (start to end)",
         quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
                   ', workflow_execution_state="executing"', WF),

@@ -725,6 +725,13 @@ def any_failed(spans: list[SpanRecord]) -> bool:
     return any(span.status is SpanStatus.ERROR for span in spans)
 
 
+def _error_type_of(span: SpanRecord) -> tuple[tuple[str, str], ...]:
+    """The span's `error.type` as a metric attribute: present if and only if it failed, as the workflow
+    conventions require it of the errors counter and of a failed run's or task's duration."""
+    error_type = span.attributes.get(c.ERROR_TYPE)
+    return ((c.ERROR_TYPE, str(error_type)),) if error_type is not None else ()
+
+
 def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked: bool = True) -> list[Observation]:
     resource = _resource(run)
     definition = _definition(run)
@@ -736,11 +743,8 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked:
         if result not in (c.RESULT_SUCCESS, c.RESULT_FAILURE):
             return []
         step = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes[c.WORKFLOW_TASK_NAME])))
-        observed = [
-            Observation(
-                c.M_WORKFLOW_TASK_DURATION, seconds, (*step, (c.WORKFLOW_TASK_RESULT, result)), resource, **exemplar
-            )
-        ]
+        outcome = (*step, (c.WORKFLOW_TASK_RESULT, result), *_error_type_of(span))
+        observed = [Observation(c.M_WORKFLOW_TASK_DURATION, seconds, outcome, resource, **exemplar)]
         # The backoff the engine chose after this attempt, linked to the attempt it follows.
         for event in span.events:
             delay = event.attributes.get(c.WORKFLOW_RETRY_DELAY_MS)
@@ -761,7 +765,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked:
     if result in (c.RESULT_FAILURE, c.RESULT_TIMEOUT):
         # Counted when the trace is complete, so the failing step can be named from every fact.
         failing = (*definition, (c.WORKFLOW_TASK_NAME, str(span.attributes.get(c.WORKFLOW_TASK_NAME, ""))))
-        out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, failing, resource))
+        out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, (*failing, *_error_type_of(span)), resource))
     ordered = sorted(facts, key=by_order)
     queued = next((f for f in ordered if f.kind is KIND.RUN_QUEUED), None)
     started = next((f for f in ordered if f.kind in _EXECUTING_KINDS), None)
@@ -781,7 +785,7 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked:
         Observation(
             c.M_WORKFLOW_EXECUTION_DURATION,
             max(span.end_ns - begin, 0) / 1e9,
-            (*definition, (c.WORKFLOW_EXECUTION_STATE, c.STATE_EXECUTING), result_attr),
+            (*definition, (c.WORKFLOW_EXECUTION_STATE, c.STATE_EXECUTING), result_attr, *_error_type_of(span)),
             resource,
             **exemplar,
         )

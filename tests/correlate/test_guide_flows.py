@@ -134,6 +134,39 @@ def test_failed_workflow_is_an_error_root_with_the_exception():
     assert folded.metric("workflow.task.duration", **{"workflow.task.result": "failure"}) == [0.005]
 
 
+def test_failures_are_counted_and_timed_by_the_class_of_their_error():
+    run = WorkflowRun().started().step_started("reserve").after(3).step_completed("reserve")
+    run.step_started("charge").after(5)
+    run.step_failed("charge", 1, message="insufficient funds", stack="PaymentError: insufficient funds\n  at charge")
+    run.failed("insufficient funds", step="charge", attempt=1, stack="PaymentError: insufficient funds\n  at charge")
+
+    folded = fold_events(run.events)
+    # The workflow conventions require error.type on the errors counter, and on a duration if and only if
+    # what it measures failed: "failures by error" is one query, and a success never carries one.
+    assert folded.metric("workflow.execution.errors", **{"error.type": "PaymentError"}) == [1]
+    assert folded.metric("workflow.task.duration", **{"workflow.task.result": "failure", "error.type": "PaymentError"})
+    executing = {"workflow.execution.state": "executing", "workflow.execution.result": "failure"}
+    assert folded.metric("workflow.execution.duration", **executing, **{"error.type": "PaymentError"}) == [0.008]
+    succeeded = [o for o in folded.observations if dict(o.attributes).get("workflow.task.result") == "success"]
+    assert succeeded and all("error.type" not in dict(o.attributes) for o in succeeded)
+
+
+def test_a_run_that_timed_out_counts_its_error_as_a_timeout_and_one_without_a_stack_as_other():
+    timed_out = WorkflowRun().started().step_started("charge", 1).timeout_set("charge", 1000).after(2000)
+    timed_out.timeout_exceeded("charge", 1000).failed("timed out", step="charge")
+    assert fold_events(timed_out.events).metric("workflow.execution.errors", **{"error.type": "timeout"}) == [1]
+
+    unknown = WorkflowRun().started().step_started("charge").after(5).step_failed("charge", 1).failed("boom")
+    assert fold_events(unknown.events).metric("workflow.execution.errors", **{"error.type": "_OTHER"}) == [1]
+
+
+def test_a_completed_run_carries_no_error_type_on_any_metric():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed(["a"])
+    folded = fold_events(run.events)
+    assert folded.metric("workflow.execution.duration")
+    assert all("error.type" not in dict(o.attributes) for o in folded.observations)
+
+
 def test_queued_workflow_starts_its_root_at_the_queue_and_measures_the_wait():
     run = WorkflowRun().queued(input={"order": 1})
     queued_at = run.now

@@ -81,7 +81,8 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
     process, receiver = bridge
     run = _retry_workflow()
     failing = WorkflowRun("checkout", service="shop", env="staging").started().step_started("charge")
-    failing.after(10).retry_exhausted("charge", 1).failed("card declined", step="charge", attempt=1)
+    stack = "CardDeclinedError: card declined\n    at charge (worker.js:12:7)"
+    failing.after(10).retry_exhausted("charge", 1).failed("card declined", step="charge", attempt=1, stack=stack)
     job = JobRun("tokenRefresher", "continuous", service="jobs").started().after(10).executed(1, duration_ms=200)
     debounce = JobRun("webhookBatcher", "debounce", service="jobs").debounce_started()
     debounce.after(5000).executed(0).debounce_flushed(7, reason="maxEvents", duration_ms=5000)
@@ -102,8 +103,13 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
     )
     assert got.metric("workflow.task.retries", **{"workflow.task.name": "charge"})[0]["value"] == 1
     assert got.metric("workflow.execution.errors", **{"workflow.task.name": "charge"})[0]["value"] == 1
-    task_durations = got.metric("workflow.task.duration", **{"workflow.task.name": "charge"})
-    assert sorted(p["count"] for p in task_durations) == [1, 2]  # success once; failure twice (two runs)
+    assert got.metric("workflow.execution.errors", **{"error.type": "CardDeclinedError"})[0]["value"] == 1
+    charge = {"workflow.task.name": "charge"}
+    succeeded = got.metric("workflow.task.duration", **charge, **{"workflow.task.result": "success"})
+    failed = got.metric("workflow.task.duration", **charge, **{"workflow.task.result": "failure"})
+    assert [p["count"] for p in succeeded] == [1]
+    assert sorted(p["count"] for p in failed) == [1, 1]  # failed twice (two runs), a series for each error's class
+    assert got.metric("workflow.task.duration", **{"error.type": "CardDeclinedError"})[0]["count"] == 1
     assert (
         got.metric("job.executions", **{"job.name": "tokenRefresher", "job.execution.result": "success"})[0]["value"]
         == 1

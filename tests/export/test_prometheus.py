@@ -64,6 +64,21 @@ def test_names_past_the_allow_list_become_other():
     )
 
 
+def test_error_types_past_the_allow_list_become_other_as_names_do():
+    # A producer's error classes are its own (a class per customer id would be a series each): bounded alike.
+    hub = MetricsHub(max_names=2)
+    for error_type in ("PaymentError", "GatewayError", "Error_4711", "Error_4712"):
+        attrs = (("workflow.definition.name", "checkout"), ("workflow.task.name", "charge"), ("error.type", error_type))
+        hub.record([Observation("workflow.execution.errors", 1, attrs, Resource("s", "e"))])
+    text = _exposition(hub)
+    assert 'error_type="PaymentError"' in text and 'error_type="GatewayError"' in text
+    assert 'error_type="Error_4711"' not in text
+    assert (
+        'error_type="_OTHER",service_name="s",workflow_definition_name="checkout",workflow_task_name="charge"} 2.0'
+        in (text)
+    )
+
+
 def test_a_name_keeps_its_answer_when_recorded_again_and_unbounded_names_keep_memory_bounded(monkeypatch):
     monkeypatch.setattr("otel_bridge.export.metrics._NAMED_KEPT", 3)
     hub = MetricsHub(max_names=2)
