@@ -216,6 +216,8 @@ class JobRecord(Struct, kw_only=True):
     count: int | None = None
     # The attempt a job execution or failure was (1 = the first try).
     attempt: int | None = None
+    # A failure the engine retries (`willRetry`): its attempt is one of a run of retries.
+    will_retry: bool = False
     reason: str | None = None
     trigger: str | None = None
     # When the instance is next to run, as the engine told it: a task's scheduledAt, a debounce's flushAt.

@@ -77,6 +77,49 @@ def job_histories(draw: st.DrawFn) -> list[dict]:
     return job.events
 
 
+@st.composite
+def job_retry_histories(draw: st.DrawFn) -> tuple[list[dict], int]:
+    """One continuous or debounce instance's executions as the engine's retry executor tells them, and
+    the failed attempts they come to: each failure retried is told (`willRetry`), and a run of retries
+    ends in a success, in a failure not retried (its attempt told, and numbering starts again), or in
+    exhausted retries (the last attempt told by nothing but the count), after which the instance is
+    purged and the same id may be used again; or, as the seed guide draws it, a final `job.failed` and
+    the exhaustion at once. Any gap of at least a millisecond between invocations; at most fifteen ends
+    of runs of retries (what the fold keeps to place an event told late)."""
+    kind = draw(st.sampled_from(["continuous", "debounce"]))
+    job = JobRun("sync", kind)
+    gap = st.integers(min_value=1, max_value=90_000)
+    max_attempts = draw(st.integers(min_value=1, max_value=3))
+    failed = 0
+    for _incarnation in range(draw(st.integers(min_value=1, max_value=3))):
+        if kind == "continuous":
+            job.after(draw(gap)).started()
+        run = 0
+        for _execution in range(draw(st.integers(min_value=1, max_value=4))):
+            run += 1
+            retried = draw(st.integers(min_value=0, max_value=max_attempts))
+            for attempt in range(1, retried + 1):
+                job.after(draw(gap)).failed(run, attempt=attempt, will_retry=True)
+            failed += retried
+            ending = draw(st.sampled_from(["success", "success", "not retried", "exhausted", "guide"]))
+            job.after(draw(gap))
+            if ending == "success":
+                job.executed(run, attempt=retried + 1)
+                continue
+            failed += 1
+            if ending == "not retried":
+                job.failed(run, attempt=retried + 1, will_retry=False)
+                continue
+            if ending == "guide":
+                job.failed(run, attempt=retried + 1, will_retry=False)
+            job.retry_exhausted(attempts=retried + 1)
+            break  # purged: the next incarnation begins again
+        else:
+            if draw(st.booleans()):
+                job.after(draw(gap)).terminated(run)
+    return job.events, failed
+
+
 _GAP = st.integers(min_value=0, max_value=5000)
 _IDS = st.uuids().map(lambda u: u.hex)
 

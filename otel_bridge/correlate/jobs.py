@@ -4,13 +4,16 @@ Jobs become metrics, not traces. A job instance's state is whether it is counted
 in `job.instance.active`, so that an end (`job.terminated`, or exhausted retries,
 after which the engine purges the instance) without a `job.started` (debounce and
 task jobs never emit one), or one arriving before it, never drives the gauge below
-zero; and which failed attempts of the current run of retries were counted, since
-the last failed attempt is told only by the exhaustion's attempt count.
+zero; and the failures told, placed in their runs of retries by time, so that each
+failed attempt is counted once in any order: the last one of retries exhausted is
+told only by the exhaustion's attempt count.
 
 And when an instance is next to run, as the engine told it (a task's `scheduledAt`, a debounce's
 `flushAt`), against when it last ran: an instance whose time passed with no run is **overdue**, the
 job's lost alarm (`job.instance.overdue`), as a paused workflow past its `resumeAt` is.
 """
+
+from bisect import bisect_left
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -25,8 +28,19 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     terminated: bool = False
     # When the instance last ended (terminated or purged): a start after it is a new instance.
     ended_ns: int = 0
-    # Failed attempts counted in job.executions since the last success, and when that was.
-    failed_attempts: list[int] = []
+    # The failures told, for job.executions to count each failed attempt once in any order: (time,
+    # attempt) of those the engine retries and of those it does not; (time, attempts) of retries
+    # exhausted, whose last attempt nothing else tells; and when runs of retries otherwise ended (a
+    # success, a termination). A failure not retried and an exhaustion end their run too: the engine
+    # numbers attempts from 1 again after any of those ends.
+    retried: list[tuple[int, int]] = []
+    final: list[tuple[int, int]] = []
+    exhausted: list[tuple[int, int]] = []
+    resets: list[int] = []
+    # The failed attempts job.executions has counted (of those still told above): what they come to may
+    # fall for a while, when an exhaustion comes before the end that parts its run from an earlier one.
+    failures_counted: int = 0
+    # When it last succeeded.
     succeeded_ns: int = 0
     # When it last failed: with `succeeded_ns`, job.execution.last_timestamp as it stands after a restart.
     failed_ns: int = 0
@@ -89,6 +103,65 @@ def overdue_since_ns(state: JobState) -> int | None:
     return state.due_ns
 
 
+# The latest ends of runs of retries kept (and the failures after the oldest of them) to place what is
+# told late: its producer re-sends a batch for 7 s at most, while sixteen runs of an instance take
+# longer than that (each an alarm of its own, a retry after its backoff). Told later still, a failure
+# is counted in a run of its own, and an end no longer parts the runs on either side of it.
+_ENDS_KEPT = 16
+_COUNTS_FAILURES = frozenset({JOB_KIND.FAILED, JOB_KIND.RETRY_EXHAUSTED, JOB_KIND.EXECUTED, JOB_KIND.TERMINATED})
+
+
+def _ends(state: JobState) -> list[int]:
+    return sorted({*state.resets, *(t for t, _ in state.exhausted), *(t for t, _ in state.final)})
+
+
+def failed_attempts(state: JobState) -> int:
+    """The failed attempts the failures told so far come to: in each run of retries (up to and with the
+    end that closes it), every attempt once — those retried, and all an exhaustion counts — and the
+    failure not retried that ended it, but for one an exhaustion in the same millisecond counts already
+    (the seed guide's `job.failed` with `willRetry: false`, then `job.retryExhausted`)."""
+    if not (state.retried or state.final or state.exhausted):
+        return 0
+    ends = _ends(state)
+    attempts: dict[int, set[int]] = {}
+    exhausted_at: dict[int, int] = {}
+    for t, count in state.exhausted:
+        run = bisect_left(ends, t)
+        exhausted_at[run] = max(exhausted_at.get(run, 0), count)
+        attempts.setdefault(run, set()).update(range(1, count + 1))
+    for t, attempt in state.retried:
+        attempts.setdefault(bisect_left(ends, t), set()).add(attempt)
+    finals = sum(1 for t, attempt in state.final if attempt > exhausted_at.get(bisect_left(ends, t), 0))
+    return sum(len(told) for told in attempts.values()) + finals
+
+
+def _forget_old_failures(state: JobState) -> None:
+    ends = _ends(state)
+    if len(ends) <= _ENDS_KEPT:
+        return
+    told = failed_attempts(state)
+    oldest = ends[-_ENDS_KEPT]
+    state.resets = [t for t in state.resets if t >= oldest]
+    state.exhausted = [e for e in state.exhausted if e[0] >= oldest]
+    state.retried = [f for f in state.retried if f[0] > oldest]
+    state.final = [f for f in state.final if f[0] >= oldest]
+    state.failures_counted = max(state.failures_counted - (told - failed_attempts(state)), 0)
+
+
+def _with_failure_told(state: JobState, record: JobRecord) -> None:
+    """The record added to the failures told (new lists: the state before may still be read)."""
+    told = (record.time_ns, record.attempt or 1)
+    match record.kind:
+        case JOB_KIND.FAILED if record.will_retry:
+            state.retried = [*state.retried, told]
+        case JOB_KIND.FAILED:
+            state.final = [*state.final, told]
+        case JOB_KIND.RETRY_EXHAUSTED:
+            state.exhausted = [*state.exhausted, (record.time_ns, record.count or 0)]
+        case _:
+            state.resets = [*state.resets, record.time_ns]
+
+
 def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
     """Await no more what the engine will never do (`otel-bridge close`): the instance's awaited run is
     waived, and it is counted active no more. What the engine tells of it later counts as before."""
@@ -119,6 +192,13 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
         state.counted, state.terminated = False, True
         state.ended_ns = max(state.ended_ns, record.time_ns)
 
+    if record.kind in _COUNTS_FAILURES:
+        _forget_old_failures(state)
+        _with_failure_told(state, record)
+        if (more := failed_attempts(state) - state.failures_counted) > 0:
+            out.append(obs(c.M_JOB_EXECUTIONS, more, failure))
+            state.failures_counted += more
+
     if record.kind in _RAN:
         state.ran_ns = max(state.ran_ns, record.time_ns)
     elif record.scheduled_at_ns is not None and (record.time_ns, record.event_id) > (
@@ -139,24 +219,12 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
             if record.duration_ms is not None:
                 out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
-            if record.time_ns >= state.succeeded_ns:
-                state.succeeded_ns, state.failed_attempts = record.time_ns, []
+            state.succeeded_ns = max(state.succeeded_ns, record.time_ns)
         case JOB_KIND.FAILED:
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, failure))
             state.failed_ns = max(state.failed_ns, record.time_ns)
-            attempt = record.attempt or 1
-            current = record.time_ns >= state.succeeded_ns
-            if not (current and attempt in state.failed_attempts):
-                out.append(obs(c.M_JOB_EXECUTIONS, 1, failure))
-                if current:
-                    state.failed_attempts.append(attempt)
         case JOB_KIND.RETRY_EXHAUSTED:
             out.append(obs(c.M_JOB_RETRY_EXHAUSTED, 1, (c.JOB_RETRY_EXHAUSTED_REASON, record.reason or "")))
-            # The last attempt's failure is never sent: the attempt count is its only trace.
-            untold = [n for n in range(1, (record.count or 0) + 1) if n not in state.failed_attempts]
-            if untold:
-                out.append(obs(c.M_JOB_EXECUTIONS, len(untold), failure))
-                state.failed_attempts.extend(untold)
             end_instance()
         case JOB_KIND.TERMINATED:
             out.append(obs(c.M_JOB_TERMINATIONS, 1))

@@ -4,7 +4,7 @@ import itertools
 
 from builders import JobRun
 from fold_harness import fold_events
-from histories import job_histories
+from histories import job_histories, job_retry_histories
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +87,52 @@ def test_failures_before_a_success_are_their_own_run_of_attempts():
     job.after(60_000).failed(2, attempt=1).after(1000).retry_exhausted(attempts=2)
     folded = fold_events(job.events)
     assert sum(folded.metric("job.executions", **{"job.execution.result": "failure"})) == 3
+
+
+def _failures(events: list[dict]) -> float:
+    return sum(fold_events(events).metric("job.executions", **{"job.execution.result": "failure"}))
+
+
+def test_an_instance_used_again_after_its_retries_were_exhausted_counts_its_new_failures():
+    # A debounce per customer whose webhook is down: each incarnation fails and gives up alike. The
+    # attempts told of the first must not hide the second's (its failures were counted as none).
+    job = JobRun("webhookBatcher", "debounce").debounce_started()
+    for _incarnation in (1, 2):
+        job.after(5000).failed(0, attempt=1).after(1000).failed(0, attempt=2).after(2000).retry_exhausted(attempts=3)
+        job.after(60_000).debounce_started()
+    assert _failures(job.events) == 6
+
+
+def test_a_failure_not_retried_each_time_is_counted_each_time():
+    job = JobRun("sync", "continuous").started()
+    for run in (1, 2, 3):
+        job.after(60_000).failed(run, attempt=1, will_retry=False)
+    assert _failures(job.events) == 3
+
+
+def test_a_success_told_late_still_parts_the_runs_of_retries_on_either_side_of_it():
+    job = JobRun("sync", "continuous").started().after(1000).failed(1, attempt=1).after(1000).executed(1, attempt=2)
+    job.after(60_000).failed(2, attempt=1).after(1000).failed(2, attempt=2).after(1000).retry_exhausted(attempts=3)
+    success = job.events[2]
+    told_late = [e for e in job.events if e is not success] + [success]
+    assert _failures(job.events) == _failures(told_late) == 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=job_retry_histories(), data=st.data())
+def test_every_failed_attempt_is_counted_once_in_any_order(history, data):
+    events, failed = history
+    assert _failures(events) == failed
+    assert _failures(data.draw(st.permutations(events))) == failed
+
+
+def test_what_is_kept_to_count_failures_stays_small_however_long_an_instance_lives():
+    job = JobRun("sync", "continuous").started()
+    for run in range(1, 200):
+        job.after(60_000).failed(run, attempt=1).after(1000).executed(run, attempt=2)
+    (state,) = fold_events(job.events).jobs.values()
+    assert len(state.resets) <= 17 and len(state.retried) <= 17
+    assert _failures(job.events) == 199
 
 
 def test_an_instance_started_again_after_its_purge_is_counted_again():
