@@ -28,6 +28,8 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     terminated: bool = False
     # When the instance last ended (terminated or purged): a start after it is a new instance.
     ended_ns: int = 0
+    # When it was last started: an end told late, from before it, is of the instance before.
+    started_ns: int = 0
     # The failures told, for job.executions to count each failed attempt once in any order: (time,
     # attempt) of those the engine retries and of those it does not; (time, attempts) of retries
     # exhausted, whose last attempt nothing else tells; and when runs of retries otherwise ended (a
@@ -187,9 +189,10 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
     failure = (c.JOB_EXECUTION_RESULT, c.RESULT_FAILURE)
 
     def end_instance() -> None:
-        if state.counted:
+        if state.counted and record.time_ns >= state.started_ns:
             out.append(obs(c.M_JOB_INSTANCE_ACTIVE, -1))
-        state.counted, state.terminated = False, True
+            state.counted = False
+        state.terminated = True
         state.ended_ns = max(state.ended_ns, record.time_ns)
 
     if record.kind in _COUNTS_FAILURES:
@@ -211,6 +214,7 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
 
     match record.kind:
         case JOB_KIND.STARTED:
+            state.started_ns = max(state.started_ns, record.time_ns)
             if not state.counted and (not state.terminated or record.time_ns > state.ended_ns):
                 state.counted, state.terminated = True, False
                 out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))

@@ -126,6 +126,27 @@ def test_every_failed_attempt_is_counted_once_in_any_order(history, data):
     assert _failures(data.draw(st.permutations(events))) == failed
 
 
+def _active(events: list[dict]) -> float:
+    return sum(fold_events(events).metric("job.instance.active"))
+
+
+def test_an_end_told_after_the_next_start_ends_the_instance_before_it_not_the_new_one():
+    job = JobRun("sync", "continuous").started().after(1000).failed(1).after(2000).retry_exhausted(attempts=2)
+    job.after(60_000).started()
+    ended, restarted = job.events[2], job.events[3]
+    assert _active(job.events) == _active([*job.events[:2], restarted, ended]) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=job_retry_histories(), data=st.data())
+def test_an_instance_is_counted_active_in_any_order_as_its_latest_start_and_end_say(history, data):
+    events, _failed = history
+    ends = [i for i, e in enumerate(events) if e["type"] in ("job.terminated", "job.retryExhausted")]
+    starts = [i for i, e in enumerate(events) if e["type"] == "job.started"]
+    alive = max(starts, default=-1) > max(ends, default=-1)
+    assert _active(events) == _active(data.draw(st.permutations(events))) == (1 if alive else 0)
+
+
 def test_what_is_kept_to_count_failures_stays_small_however_long_an_instance_lives():
     job = JobRun("sync", "continuous").started()
     for run in range(1, 200):
