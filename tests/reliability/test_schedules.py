@@ -2,16 +2,18 @@
 and job instances' events, in any order, some sent again), settlings at any time and restarts at any
 point, played on the real pipeline three ways — SQLite with its runs kept in memory, SQLite with a cache
 of one run and a restart wherever the schedule says, and a real Redis (nothing kept in memory, restarted
-the same) — sends the same spans, byte for byte, and none twice (hypothesis)."""
+the same) — sends the same spans, byte for byte, and none twice, and counts the same job executions
+(hypothesis)."""
 
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from histories import executions, job_histories, phase10_runs
+from histories import executions, job_histories, job_retry_histories, phase10_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -19,6 +21,7 @@ from pipelines import decoder_for, store_for
 from test_disorder import histories
 
 from otel_bridge.config import Settings
+from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -31,7 +34,10 @@ _PAUSES = st.sampled_from([0.2, 1.5, 4.0, 20.0, 3600.0])
 
 # Each engine's histories (several runs, and job instances for durable-effect's), and its decoder.
 _HISTORIES = {
-    "durable-effect": st.tuples(st.lists(histories(), min_size=1, max_size=3), st.lists(job_histories(), max_size=2)),
+    "durable-effect": st.tuples(
+        st.lists(histories(), min_size=1, max_size=3),
+        st.lists(job_histories() | job_retry_histories().map(lambda told: told[0]), max_size=2),
+    ),
     "event-sourced": st.tuples(st.lists(executions(), min_size=1, max_size=3)),
     "phase10": st.tuples(st.lists(phase10_runs(), min_size=1, max_size=3)),
 }
@@ -55,6 +61,21 @@ def schedules(draw: st.DrawFn, engine: str) -> list[tuple[Any, ...]]:
     return steps
 
 
+class _Counting(MetricsHub):
+    """The hub, adding up what the job counters were given (whatever restarts come between)."""
+
+    def __init__(self, counted: Counter) -> None:
+        super().__init__()
+        self._counted = counted
+
+    def record(self, observations: Iterable[Observation]) -> None:
+        observations = list(observations)
+        for o in observations:
+            if o.instrument in ("job.executions", "job.retry.exhausted", "job.terminations"):
+                self._counted[(o.instrument, o.attributes)] += o.value
+        super().record(observations)
+
+
 class _Played:
     """A schedule played on a pipeline of its own; `restarts`: whether the restarts in it are made."""
 
@@ -65,10 +86,12 @@ class _Played:
         self._prefix = f"schedule-{uuid.uuid4().hex}:"
         state = redis_url or str(directory / f"{uuid.uuid4().hex}.db")
         self.settings = Settings(state=state, dead_letter=directory / "dead.jsonl", settle_seconds=1, hot_runs=hot_runs)
+        self.job_counts: Counter = Counter()
         self.pipeline = self._started()
 
     def _started(self) -> Pipeline:
-        pipeline = Pipeline(store_for(self.settings, self._prefix), MetricsHub(), self.settings, clock=lambda: self.now)
+        hub = _Counting(self.job_counts)
+        pipeline = Pipeline(store_for(self.settings, self._prefix), hub, self.settings, clock=lambda: self.now)
         pipeline.restore_gauges()
         return pipeline
 
@@ -108,6 +131,7 @@ def _played_three_ways(engine: str, steps: list[tuple[Any, ...]], redis_url: str
             sent = other.play(steps)
             assert sorted(sent) == sorted(in_memory)
             assert other.open == kept.open
+            assert other.job_counts == kept.job_counts
     twice = [key for key, n in _ids(in_memory).items() if n > 1]
     assert not twice, f"{len(twice)} spans sent more than once"
 
