@@ -138,6 +138,8 @@ def failed_attempts(state: JobState) -> int:
 
 
 def _forget_old_failures(state: JobState) -> None:
+    if len(state.resets) + len(state.exhausted) + len(state.final) <= _ENDS_KEPT:
+        return  # no more ends than that (some may share a time)
     ends = _ends(state)
     if len(ends) <= _ENDS_KEPT:
         return
