@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from otel_bridge.urls import sentinels_of, without_password
+from otel_bridge.urls import parse_error, sentinels_of, without_password
 
 DAY = 86_400.0
 
@@ -429,6 +429,17 @@ class Settings(BaseSettings):
     def _sentinels_it_can_read(cls, value: str | None) -> str | None:
         if value and value.startswith(SENTINEL_SCHEMES):
             sentinels_of(value)  # names what it cannot read: a start that fails on it says it in one line
+        return value
+
+    @field_validator("state", *_URL_SCHEMES)
+    @classmethod
+    def _a_url_that_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Unchecked, a bracket not closed or a port that is no number failed at start-up as a traceback
+        # (the stream, the WebSocket) or as a bare "Invalid IPv6 URL" (the state). Sentinels' URLs list
+        # several hosts, read by `sentinels_of`; a state that is not a URL is a SQLite file.
+        is_url = info.field_name != "state" or (value or "").startswith(REDIS_SCHEMES)
+        if value and is_url and not value.startswith(SENTINEL_SCHEMES) and (why := parse_error(value)):
+            raise ValueError(f"{without_password(value)!r} is not a URL: {why}")
         return value
 
     @field_validator("trace_url")

@@ -1,18 +1,37 @@
 """URLs as the bridge's messages and logs show them."""
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 # Where Sentinels listen unless a `redis+sentinel://` URL says otherwise.
 SENTINEL_PORT = 26379
 
 
+# What stands between `//` and `@`: the user and password of a URL that does not parse.
+_USER_INFO = re.compile(r"//[^/@]*@")
+
+
 def without_password(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
+    """The URL without its password, for messages and logs (one that does not parse, without what
+    stands before its `@`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USER_INFO.sub("//***@", url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_error(url: str) -> str | None:
+    """Why `url` does not parse as a URL with a host and an optional port (a bracket not closed, a port
+    that is no number), or None."""
+    try:
+        _port = urlsplit(url).port
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:

@@ -178,6 +178,29 @@ def test_an_engine_url_of_the_wrong_kind_is_a_configuration_error_naming_it(caps
     assert told in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "url", "told"),
+    [
+        ("--stream-url", "redis://[::1/0", "stream_url: 'redis://[::1/0' is not a URL: Invalid IPv6 URL"),
+        ("--ws-url", "ws://engine:port/ws", "ws_url: 'ws://engine:port/ws' is not a URL: Port could not be cast"),
+        ("--ws-api-url", "http://[engine", "ws_api_url: 'http://[engine' is not a URL: Invalid IPv6 URL"),
+        ("--state", "redis://:secret@cache:63 79/0", "state: 'redis://:***@cache:63 79/0' is not a URL: Port"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_a_configuration_error_naming_it_and_hiding_its_password(
+    capsys, option, url, told
+):
+    # Unchecked, the stream's and the WebSocket's failed the start-up with a traceback, the state's with
+    # a bare "Invalid IPv6 URL".
+    assert main(["serve", option, url]) == 2
+    err = capsys.readouterr().err
+    assert told in err and "secret" not in err
+
+
+def test_a_state_that_is_no_url_is_a_sqlite_file_whatever_it_holds():
+    assert Settings(state="runs [2026]:old.db").state == "runs [2026]:old.db"
+
+
 def test_an_engine_url_names_no_password_when_it_is_refused(capsys):
     assert main(["serve", "--ws-url", "http://user:secret@engine/ws"]) == 2
     err = capsys.readouterr().err
