@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from otel_bridge import __version__
 from otel_bridge import conventions as c
-from otel_bridge.config import HTTP_SCHEMES, Settings, settings_table
+from otel_bridge.config import HTTP_SCHEMES, Settings, setting_named, settings_table
 from otel_bridge.consumer import IngestReport, Unavailable
 from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
@@ -980,9 +980,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        from otel_bridge.sources.wire import every_reason
+        from otel_bridge.sources.wire import reason
 
-        print(f"otel-bridge: invalid configuration: {every_reason(exc)}", file=sys.stderr)
+        told = "; ".join(
+            f"{'.'.join([setting_named(str(e['loc'][0])), *map(str, e['loc'][1:])])}: {reason(e)}"
+            for e in exc.errors(include_url=False)
+        )
+        print(f"otel-bridge: invalid configuration: {told}", file=sys.stderr)
         return 2
     _logging(settings.log_level, settings.log_format)
     for problem in settings.told_at_start(os.environ):

@@ -37,8 +37,16 @@ _URL_SCHEMES = {
 }
 
 
+# The longest time a setting may give (a century: nanoseconds since 1970 plus it still fit in 63 bits).
+_CENTURY_SECONDS = 100 * 365 * 86_400
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OTEL_BRIDGE_", extra="ignore", populate_by_name=True)
+    # `inf` and `nan` are no settings: an infinite time failed the start as a traceback where the bridge
+    # counts it in nanoseconds (a run that should never close takes a long time, not an infinite one).
+    model_config = SettingsConfigDict(
+        env_prefix="OTEL_BRIDGE_", extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
 
     host: str = Field("127.0.0.1", description="Address the HTTP receiver listens on.")
     port: int = Field(4380, ge=0, le=65535, description="Port of the HTTP receiver.")
@@ -225,7 +233,8 @@ class Settings(BaseSettings):
     )
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
-    export_batch_size: int = Field(512, gt=0, description="Spans per OTLP export request.")
+    # Bounded as SQLite's LIMIT takes it, and far past what any backend takes in one request.
+    export_batch_size: int = Field(512, gt=0, le=1_000_000, description="Spans per OTLP export request.")
     export_concurrency: int = Field(
         2, ge=1, le=16, description="OTLP export requests in flight at once (a distant backend drains faster)."
     )
@@ -243,6 +252,7 @@ class Settings(BaseSettings):
     disk_reserve_mib: float = Field(
         16.0,
         ge=0,
+        le=1024 * 1024,
         description="SQLite state: room kept beside the state file (STATE.reserve), given back when its disk is "
         "full so that what waits for export can still leave; kept again once there is room (0: none).",
     )
@@ -442,6 +452,18 @@ class Settings(BaseSettings):
             raise ValueError(f"{without_password(value)!r} is not a URL: {why}")
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _a_time_it_can_count(cls, value: object, info: ValidationInfo) -> object:
+        # Times are counted in nanoseconds beside today's date (int64 in SQLite, Redis and OTLP), and
+        # waited for by threads: a larger one failed the start as a traceback (an OverflowError).
+        name = str(info.field_name)
+        if isinstance(value, float) and name.endswith(("_seconds", "_ms")):
+            unit, longest = ("ms", _CENTURY_SECONDS * 1000) if name.endswith("_ms") else ("s", _CENTURY_SECONDS)
+            if value > longest:
+                raise ValueError(f"must be at most a century ({longest:,} {unit}), not {value:g}")
+        return value
+
     @field_validator("trace_url")
     @classmethod
     def _names_the_trace(cls, value: str | None) -> str | None:
@@ -533,3 +555,16 @@ def _meant(name: str, known: Iterable[str]) -> str | None:
     """The known name `name` is most likely a misspelling of, if any is close."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
     return close[0] if close else None
+
+
+def setting_named(loc: str) -> str:
+    """How a configuration error names its setting: pydantic names a setting read from one of several
+    variables by the first of them (`OTEL_BSP_SCHEDULE_DELAY`), whichever was given; so the setting and
+    every variable it is read from (`export_delay_ms (OTEL_BSP_SCHEDULE_DELAY or
+    OTEL_BRIDGE_EXPORT_DELAY_MS)`)."""
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and loc in alias.choices:
+            variables = [str(choice) for choice in alias.choices if str(choice).isupper()]
+            return f"{name} ({' or '.join(variables)})"
+    return loc

@@ -197,6 +197,43 @@ def test_a_url_that_does_not_parse_is_a_configuration_error_naming_it_and_hiding
     assert told in err and "secret" not in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "told"),
+    [
+        ("OTEL_BRIDGE_MAX_OPEN_SECONDS", "1e300", "max_open_seconds: must be at most a century (3,153,600,000 s)"),
+        ("OTEL_BRIDGE_GAP_GRACE_SECONDS", "inf", "gap_grace_seconds: Input should be a finite number"),
+        ("OTEL_BRIDGE_TRACE_SAMPLE_RATIO", "nan", "trace_sample_ratio: Input should be a finite number"),
+        ("OTEL_BRIDGE_DISK_RESERVE_MIB", "1e300", "disk_reserve_mib: Input should be less than or equal to 1048576"),
+        ("OTEL_BRIDGE_EXPORT_BATCH_SIZE", str(10**20), "export_batch_size: Input should be less than or equal to"),
+        (
+            "OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS",
+            "1e300",
+            "metric_export_interval_ms (OTEL_METRIC_EXPORT_INTERVAL or OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS): must be "
+            "at most a century",
+        ),
+    ],
+)
+def test_a_time_or_size_too_large_to_count_is_a_configuration_error_naming_the_setting(
+    capsys, monkeypatch, variable, value, told
+):
+    # Each failed the start with an OverflowError's traceback (times are counted in nanoseconds beside
+    # today's date; SQLite takes a 64-bit LIMIT).
+    monkeypatch.setenv(variable, value)
+    assert main(["runs"]) == 2
+    assert told in capsys.readouterr().err
+
+
+def test_a_century_is_a_time_a_setting_may_give():
+    assert Settings(max_open_seconds=100 * 365 * 86_400, dedup_ttl_seconds="3e9").max_open_seconds == 3_153_600_000
+
+
+def test_an_error_of_a_setting_read_from_several_variables_names_them_all(capsys, monkeypatch):
+    # pydantic named only the first (the standard OTEL_BSP_SCHEDULE_DELAY), whichever variable was given.
+    monkeypatch.setenv("OTEL_BRIDGE_EXPORT_DELAY_MS", "soon")
+    assert main(["runs"]) == 2
+    assert "export_delay_ms (OTEL_BSP_SCHEDULE_DELAY or OTEL_BRIDGE_EXPORT_DELAY_MS): " in capsys.readouterr().err
+
+
 def test_a_state_that_is_no_url_is_a_sqlite_file_whatever_it_holds():
     assert Settings(state="runs [2026]:old.db").state == "runs [2026]:old.db"
 
