@@ -37,6 +37,10 @@ _URL_SCHEMES = {
 }
 
 
+# The paths the bridge answers on besides the tracker endpoint's (`receivers/http.py`): a `path` among
+# them would take their requests (a GET of `/metrics` answered 405, and Prometheus scraped nothing).
+OWN_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/runs", "/v1/jobs")
+
 # The longest time a setting may give (a century: nanoseconds since 1970 plus it still fit in 63 bits).
 _CENTURY_SECONDS = 100 * 365 * 86_400
 
@@ -50,7 +54,11 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the HTTP receiver listens on.")
     port: int = Field(4380, ge=0, le=65535, description="Port of the HTTP receiver.")
-    path: str = Field("/v1/events", description="Path of the tracker endpoint producers POST batches to.")
+    path: str = Field(
+        "/v1/events",
+        description="Path of the tracker endpoint producers POST batches to (with or without a trailing slash; a "
+        "leading one is added when missing).",
+    )
     state: str = Field(
         "otel-bridge.db",
         description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas "
@@ -463,6 +471,16 @@ class Settings(BaseSettings):
             if value > longest:
                 raise ValueError(f"must be at most a century ({longest:,} {unit}), not {value:g}")
         return value
+
+    @field_validator("path")
+    @classmethod
+    def _a_path_producers_can_post_to(cls, value: str) -> str:
+        # A request's path always begins with "/": `events` was an endpoint no POST could reach.
+        path = value if value.startswith("/") else f"/{value}"
+        trimmed = path.rstrip("/")
+        if trimmed in OWN_PATHS or trimmed.startswith(("/v1/runs/", "/v1/jobs/")):
+            raise ValueError(f"{path!r} is one of the bridge's own paths ({', '.join(OWN_PATHS)}): choose another")
+        return path
 
     @field_validator("trace_url")
     @classmethod

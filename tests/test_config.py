@@ -234,6 +234,28 @@ def test_an_error_of_a_setting_read_from_several_variables_names_them_all(capsys
     assert "export_delay_ms (OTEL_BSP_SCHEDULE_DELAY or OTEL_BRIDGE_EXPORT_DELAY_MS): " in capsys.readouterr().err
 
 
+def test_a_path_without_its_leading_slash_is_the_path_producers_post_to():
+    # Every request's path begins with "/": `events` was an endpoint no POST could reach.
+    assert Settings(path="events").path == "/events"
+    assert Settings(path="").path == "/"
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz/", "readyz", "/v1/runs", "/v1/jobs/j-1/close"])
+def test_a_path_that_is_one_of_the_bridges_own_is_a_configuration_error(capsys, path):
+    # `/metrics` took Prometheus's scrape (a GET answered 405).
+    assert main(["serve", "--path", path]) == 2
+    assert "is one of the bridge's own paths" in capsys.readouterr().err
+
+
+def test_the_bridges_own_paths_are_every_route_the_app_answers_on():
+    from otel_bridge.config import OWN_PATHS
+    from otel_bridge.receivers.http import create_app
+
+    app = create_app(lambda events: None, Settings(), metrics=lambda _accept: (b"", "text/plain"), readiness=dict)
+    routes = {route.path.split("/{")[0] for route in app.app.routes}
+    assert routes == set(OWN_PATHS)
+
+
 def test_a_state_that_is_no_url_is_a_sqlite_file_whatever_it_holds():
     assert Settings(state="runs [2026]:old.db").state == "runs [2026]:old.db"
 
