@@ -9,6 +9,7 @@ SDK defines them, and two of them are mirrored here for their defaults.
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,6 +37,9 @@ _URL_SCHEMES = {
     "ws_api_url": HTTP_SCHEMES,
 }
 
+
+# What an HTTP header's name may hold (RFC 9110's token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # The paths the bridge answers on besides the tracker endpoint's (`receivers/http.py`): a `path` among
 # them would take their requests (a GET of `/metrics` answered 405, and Prometheus scraped nothing).
@@ -470,6 +474,14 @@ class Settings(BaseSettings):
             unit, longest = ("ms", _CENTURY_SECONDS * 1000) if name.endswith("_ms") else ("s", _CENTURY_SECONDS)
             if value > longest:
                 raise ValueError(f"must be at most a century ({longest:,} {unit}), not {value:g}")
+        return value
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _a_header_a_request_can_carry(cls, value: str) -> str:
+        # Any other name no client can send: with an api_key set, every batch was answered 401.
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(f"must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~), not {value!r}")
         return value
 
     @field_validator("path")

@@ -256,6 +256,13 @@ def test_the_bridges_own_paths_are_every_route_the_app_answers_on():
     assert routes == set(OWN_PATHS)
 
 
+@pytest.mark.parametrize("header", ["X API KEY", "X-API-KEY:", ""])
+def test_an_api_key_header_no_request_can_carry_is_a_configuration_error(capsys, header):
+    # With an api_key set, every batch was answered 401: no client sends a header named so.
+    assert main(["serve", "--api-key-header", header]) == 2
+    assert "api_key_header: must be an HTTP header name" in capsys.readouterr().err
+
+
 def test_a_state_that_is_no_url_is_a_sqlite_file_whatever_it_holds():
     assert Settings(state="runs [2026]:old.db").state == "runs [2026]:old.db"
 
