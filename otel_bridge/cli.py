@@ -110,9 +110,13 @@ def own_process_gc() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
-def _not_a_file(path: str) -> str:
-    """Why `path` cannot be read as a file."""
-    return "a directory, not a file" if Path(path).is_dir() else "no such file"
+def _not_a_file(path: str, stdin: bool = False) -> str:
+    """Why `path` cannot be read as a file (`stdin`: the command reads standard input as `-`)."""
+    if Path(path).is_dir():
+        return "a directory, not a file"
+    if Path(path).exists():  # a pipe, a device: it was told "no such file"
+        return "not a regular file" + (" (`-` reads standard input)" if stdin else "")
+    return "no such file"
 
 
 def _listening(host: str, port: int) -> list[socket.socket]:
@@ -229,7 +233,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     from otel_bridge.runtime import Bridge
 
     if source != "-" and not Path(source).is_file():
-        raise CliError(f"cannot replay {source}: {_not_a_file(source)}")
+        raise CliError(f"cannot replay {source}: {_not_a_file(source, stdin=True)}")
     if source != "-":
         _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
     bridge = Bridge(settings).start(follow=False)

@@ -143,3 +143,13 @@ def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_ch
     )
     written = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, check=True).stderr
     assert written.count("\n") == 1 and "late event e-1\\x0aINFO forged\\x1b[2J: counted" in written
+
+
+def test_a_pipe_or_device_given_to_replay_is_told_as_such_and_standard_input_named(tmp_path, capsys):
+    # It was told "no such file": a process substitution (`<(zcat events.gz)`) is a pipe that exists.
+    fifo = tmp_path / "events"
+    os.mkfifo(fifo)
+    assert main(["replay", str(fifo), "--state", str(tmp_path / "s.db")]) == 2
+    assert "not a regular file (`-` reads standard input)" in capsys.readouterr().err
+    assert main(["resend-spans", "/dev/null", "--state", str(tmp_path / "s.db")]) == 2
+    assert "cannot resend /dev/null: not a regular file\n" in capsys.readouterr().err
