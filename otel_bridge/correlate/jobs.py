@@ -125,16 +125,16 @@ def failed_attempts(state: JobState) -> int:
     if not (state.retried or state.final or state.exhausted):
         return 0
     ends = _ends(state)
-    attempts: dict[int, set[int]] = {}
+    # Counted, not listed: an exhaustion's attempts 1..N, and each attempt told beyond them, once.
     exhausted_at: dict[int, int] = {}
     for t, count in state.exhausted:
         run = bisect_left(ends, t)
         exhausted_at[run] = max(exhausted_at.get(run, 0), count)
-        attempts.setdefault(run, set()).update(range(1, count + 1))
-    for t, attempt in state.retried:
-        attempts.setdefault(bisect_left(ends, t), set()).add(attempt)
+    beyond = {
+        (run, attempt) for t, attempt in state.retried if attempt > exhausted_at.get(run := bisect_left(ends, t), 0)
+    }
     finals = sum(1 for t, attempt in state.final if attempt > exhausted_at.get(bisect_left(ends, t), 0))
-    return sum(len(told) for told in attempts.values()) + finals
+    return sum(exhausted_at.values()) + len(beyond) + finals
 
 
 def _forget_old_failures(state: JobState) -> None:

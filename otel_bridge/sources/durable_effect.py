@@ -38,6 +38,7 @@ from otel_bridge.lifecycle import (
     WorkflowRecord,
 )
 from otel_bridge.sources.wire import (
+    Attempts,
     Count,
     DecodeError,
     DecodeOptions,
@@ -216,7 +217,7 @@ class JobFailed(_JobBase):
 
 class JobRetryExhausted(_JobBase):
     type: Literal["job.retryExhausted"]
-    attempts: Count
+    attempts: Attempts
     reason: Literal["max_attempts", "max_duration"]
 
 

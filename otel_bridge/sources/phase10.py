@@ -19,6 +19,7 @@ from otel_bridge import conventions as c
 from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
 from otel_bridge.sources.wire import (
     MAX_TEXT,
+    Attempts,
     DecodeError,
     DecodeOptions,
     Identity,
@@ -106,7 +107,7 @@ class StepEntry(BaseModel):
     started_at: IsoTime | None = None
     completed_at: IsoTime | None = None
     duration_seconds: float | None = Field(None, ge=0, le=4e9)
-    retry_count: int = Field(0, ge=0, le=10_000)
+    retry_count: Attempts = 0
     error_message: str | None = None
     input_summary: dict[str, Any] | None = None
     output_summary: dict[str, Any] | None = None

@@ -85,6 +85,10 @@ Text = Annotated[str, _Text]
 # An event's id, bounded as the identities are.
 EventId = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
+# How many attempts a step or job was given: an engine gives up within a few retries, and each attempt
+# an exhaustion or a timeline counts is a failure (a metric point, a span event) — a count past this is
+# no count of attempts, and one of 2**62 held the fold for good.
+Attempts = Annotated[int, Field(ge=0, le=10_000)]
 Millis = Annotated[float, Field(ge=-_MAX_MS, le=_MAX_MS)]
 
 

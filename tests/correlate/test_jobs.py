@@ -147,6 +147,14 @@ def test_an_instance_is_counted_active_in_any_order_as_its_latest_start_and_end_
     assert _active(events) == _active(data.draw(st.permutations(events))) == (1 if alive else 0)
 
 
+def test_an_exhaustion_counts_its_attempts_without_listing_them():
+    # Each attempt was listed to count it once: an exhaustion telling 2**62 attempts held the fold for
+    # good (the decoder now takes at most 10,000); counted, a large one costs what a small one does.
+    job = JobRun("sync", "continuous").started().after(1000).failed(1, attempt=1).after(1000).failed(1, attempt=2)
+    job.after(1000).retry_exhausted(attempts=10_000)
+    assert _failures(job.events) == 10_000
+
+
 def test_what_is_kept_to_count_failures_stays_small_however_long_an_instance_lives():
     job = JobRun("sync", "continuous").started()
     for run in range(1, 200):

@@ -84,6 +84,15 @@ def test_bad_events_are_rejected_naming_the_field(change, field, reason):
     assert reason in caught.value.reason
 
 
+def test_an_exhaustion_of_more_attempts_than_any_engine_gives_is_rejected():
+    # Each attempt it tells is a failure counted: 2**62 of them is no count of attempts.
+    event = JobRun("sync", "continuous").retry_exhausted(attempts=2**62).last()
+    with pytest.raises(DecodeError) as caught:
+        decode(event)
+    assert caught.value.field == "attempts" and "less than or equal to 10000" in caught.value.reason
+    assert decode(event | {"attempts": 10_000}) is not None
+
+
 def test_a_missing_required_field_is_named():
     event = WorkflowRun().step_started("a").last()
     del event["stepName"]
