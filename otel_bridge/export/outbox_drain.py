@@ -24,13 +24,17 @@ from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.otlp import Delivery, ExportResult, TraceSender
-from otel_bridge.export.span_encoding import export_request
+from otel_bridge.export.span_encoding import export_request, shrunk
 from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.state.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
+
+# What an export request holds besides its one span (its resource and scope), kept free when a span too
+# big to send is made smaller.
+_REQUEST_OVERHEAD = 4096
 
 _MAX_BACKOFF = 30.0
 
@@ -130,7 +134,17 @@ class OutboxDrain:
 
     def _send(self, sender: TraceSender, rows: list[OutboxRow]) -> ExportResult:
         if len(rows) == 1 and len(rows[0].payload) > self._max_bytes:
-            return ExportResult(Delivery.REJECTED, f"span of {len(rows[0].payload)} bytes is over max_export_bytes")
+            # Set aside whole, a run lost its span (a root listing ~300,000 completed steps): what a
+            # backend shows of it is worth more than the attributes that made it too big to send.
+            smaller = shrunk(rows[0].payload, self._max_bytes - _REQUEST_OVERHEAD)
+            if smaller is None:
+                return ExportResult(Delivery.REJECTED, f"span of {len(rows[0].payload)} bytes is over max_export_bytes")
+            log.warning(
+                "span %s of %d bytes is over max_export_bytes: sent in %d bytes, without its largest attributes "
+                "and events (counted as dropped on it)",
+                Span.FromString(smaller).span_id.hex(), len(rows[0].payload), len(smaller),
+            )  # fmt: skip
+            rows = [OutboxRow(rows[0].id, rows[0].resource, smaller)]
         request = export_request([(row.resource, row.payload) for row in rows], self._version)
         try:
             return sender.send(request)

@@ -205,3 +205,20 @@ def export_request(rows: list[tuple[str, bytes]], scope_version: str) -> bytes:
         resource = _field(_RESOURCE, proto_resource(key).SerializeToString())
         request += _field(_RESOURCE_SPANS, resource + _field(_SCOPE_SPANS, scope_spans))
     return bytes(request)
+
+
+def shrunk(payload: bytes, max_bytes: int) -> bytes | None:
+    """An encoded span made to take at most `max_bytes`: its largest attributes left out first, then
+    its largest events, then its links, each counted in the span's `dropped_*_count` as an SDK's limits
+    count what they drop; None when its ids, name and times alone take more."""
+    span = Span.FromString(payload)
+    for kept, dropped in (("attributes", "dropped_attributes_count"), ("events", "dropped_events_count")):
+        items = getattr(span, kept)
+        while span.ByteSize() > max_bytes and len(items):
+            largest = max(range(len(items)), key=lambda i: items[i].ByteSize())
+            del items[largest]
+            setattr(span, dropped, getattr(span, dropped) + 1)
+    while span.ByteSize() > max_bytes and len(span.links):
+        del span.links[max(range(len(span.links)), key=lambda i: span.links[i].ByteSize())]
+        span.dropped_links_count += 1
+    return span.SerializeToString() if span.ByteSize() <= max_bytes else None

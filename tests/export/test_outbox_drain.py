@@ -123,9 +123,35 @@ def test_a_refused_span_is_isolated_set_aside_and_the_rest_delivered(tmp_path):
     assert dead["event"]["name"] == "bad" and "INVALID_ARGUMENT" in dead["reason"]
 
 
-def test_a_single_span_over_the_byte_bound_is_set_aside_not_retried_for_ever(tmp_path):
-    backend = Backend(limit=10**9)
+def test_a_single_span_over_the_byte_bound_is_sent_without_its_largest_attributes_counted_as_dropped(tmp_path):
+    # It was set aside whole: a run's root listing ~300,000 completed steps was lost to the backend.
+    backend = _Keeping(limit=10**9)
     _store, drain = _drain(tmp_path, backend, [_span("huge", 300_000), _span("small", 10)], max_bytes=100_000)
+    assert drain.drain(timeout=10)
+    assert sorted(backend.names) == ["huge", "small"]
+    huge = next(s for s in backend.spans if s.name == "huge")
+    assert huge.ByteSize() <= 100_000 and len(huge.attributes) + huge.dropped_attributes_count == 75
+    assert huge.dropped_attributes_count > 0 and (huge.trace_id, huge.start_time_unix_nano) == (b"\x01" * 16, 1)
+    assert not (tmp_path / "dead-spans.jsonl").exists()
+
+
+def test_a_span_too_big_to_send_even_without_attributes_is_set_aside_not_retried_for_ever(tmp_path):
+    backend = Backend(limit=10**9)
+    # 4,100 bytes leave 4 for the span once the request's own are kept free: not even its ids fit.
+    _store, drain = _drain(tmp_path, backend, [_span("huge", 300_000), _span("small", 10)], max_bytes=4_100)
     assert drain.drain(timeout=10)
     assert backend.names == ["small"]
     assert "over max_export_bytes" in (tmp_path / "dead-spans.jsonl").read_text()
+
+
+class _Keeping(Backend):
+    """Keeps the spans it takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.spans: list = []
+
+    def send(self, serialized: bytes) -> ExportResult:
+        request = ExportTraceServiceRequest.FromString(serialized)
+        self.spans += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return super().send(serialized)
