@@ -984,13 +984,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        from otel_bridge.sources.wire import reason
+        from otel_bridge.sources.wire import every_reason
 
-        told = "; ".join(
-            f"{'.'.join([setting_named(str(e['loc'][0])), *map(str, e['loc'][1:])])}: {reason(e)}"
-            for e in exc.errors(include_url=False)
-        )
-        print(f"otel-bridge: invalid configuration: {told}", file=sys.stderr)
+        print(f"otel-bridge: invalid configuration: {every_reason(exc, named=setting_named)}", file=sys.stderr)
         return 2
     _logging(settings.log_level, settings.log_format)
     for problem in settings.told_at_start(os.environ):

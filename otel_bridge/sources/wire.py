@@ -1,6 +1,7 @@
 """What every source's wire models share: times OTLP can carry, identities without control
 characters, bounded numbers, the decode error naming a field, and what a payload may reveal."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -125,9 +126,13 @@ def reason(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def every_reason(exc: ValidationError, whole: str = "") -> str:
-    """Every error of a validation, `field: reason; …` (`whole` names an error of the input as a whole)."""
-    told = (f"{'.'.join(map(str, e['loc'])) or whole}: {reason(e)}" for e in exc.errors(include_url=False))
+def every_reason(exc: ValidationError, whole: str = "", named: Callable[[str], str] = str) -> str:
+    """Every error of a validation, `field: reason; …` (`whole` names an error of the input as a whole;
+    `named(field)` how a field is shown)."""
+    told = (
+        f"{'.'.join([named(str(e['loc'][0])), *map(str, e['loc'][1:])]) if e['loc'] else whole}: {reason(e)}"
+        for e in exc.errors(include_url=False)
+    )
     return "; ".join(told)
 
 
