@@ -57,15 +57,19 @@ class _Reject(Exception):
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
-    """Every error the endpoints answer: `{"error": message}`."""
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, more: dict[str, object] | None = None
+) -> _Answer:
+    """Every error the endpoints answer: `{"error": message}`, and `more` fields beside it."""
     encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
-    return status, orjson.dumps({"error": message}), encoded
+    return status, orjson.dumps({"error": message, **(more or {})}), encoded
 
 
-def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def _problem(
+    status: int, message: str, headers: dict[str, str] | None = None, more: dict[str, object] | None = None
+) -> Response:
     """`_error` as the Starlette routes answer it."""
-    status, body, _ = _error(status, message)
+    status, body, _ = _error(status, message, more=more)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -365,8 +369,7 @@ def create_app(
                     why = []
                 if not why:
                     return _problem(404, f"no open {what} {instance_id}{of}")
-                told = {"error": "; ".join([f"no open {what} {instance_id}{of}", *why]), "not_open": why}
-                return Response(orjson.dumps(told), status_code=404, media_type="application/json")
+                return _problem(404, "; ".join([f"no open {what} {instance_id}{of}", *why]), more={"not_open": why})
             return Response(orjson.dumps({"closed": done}), media_type="application/json")
 
         return closed
