@@ -446,21 +446,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {' or '.join(schemes)}, not {without_password(value)!r}")
         return value or None
 
-    @field_validator("state", "stream_url")
-    @classmethod
-    def _sentinels_it_can_read(cls, value: str | None) -> str | None:
-        if value and value.startswith(SENTINEL_SCHEMES):
-            sentinels_of(value)  # names what it cannot read: a start that fails on it says it in one line
-        return value
-
     @field_validator("state", *_URL_SCHEMES)
     @classmethod
-    def _a_url_that_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # Unchecked, a bracket not closed or a port that is no number failed at start-up as a traceback
-        # (the stream, the WebSocket) or as a bare "Invalid IPv6 URL" (the state). Sentinels' URLs list
-        # several hosts, read by `sentinels_of`; a state that is not a URL is a SQLite file.
-        is_url = info.field_name != "state" or (value or "").startswith(REDIS_SCHEMES)
-        if value and is_url and not value.startswith(SENTINEL_SCHEMES) and (why := parse_error(value)):
+    def _a_url_it_can_read(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Read now, a start that fails on it says so in one line: unchecked, a bracket not closed or a
+        # port that is no number failed the start as a traceback (the stream, the WebSocket) or as a bare
+        # "Invalid IPv6 URL" (the state). A state that is not a URL is a SQLite file.
+        if not value or (info.field_name == "state" and not value.startswith(REDIS_SCHEMES)):
+            return value
+        if value.startswith(SENTINEL_SCHEMES):
+            sentinels_of(value)  # several hosts: it names what it cannot read
+        elif why := parse_error(value):
             raise ValueError(f"{without_password(value)!r} is not a URL: {why}")
         return value
 
