@@ -130,9 +130,11 @@ def failed_attempts(state: JobState) -> int:
     for t, count in state.exhausted:
         run = bisect_left(ends, t)
         exhausted_at[run] = max(exhausted_at.get(run, 0), count)
-    beyond = {
-        (run, attempt) for t, attempt in state.retried if attempt > exhausted_at.get(run := bisect_left(ends, t), 0)
-    }
+    beyond: set[tuple[int, int]] = set()  # (run, attempt) of retried attempts past their run's exhaustion
+    for t, attempt in state.retried:
+        run = bisect_left(ends, t)
+        if attempt > exhausted_at.get(run, 0):
+            beyond.add((run, attempt))
     finals = sum(1 for t, attempt in state.final if attempt > exhausted_at.get(bisect_left(ends, t), 0))
     return sum(exhausted_at.values()) + len(beyond) + finals
 
