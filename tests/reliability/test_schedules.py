@@ -62,6 +62,9 @@ def schedules(draw: st.DrawFn, engine: str) -> list[tuple[Any, ...]]:
     return steps
 
 
+_JOB_COUNTERS = ("job.executions", "job.retry.exhausted", "job.terminations")
+
+
 class _Counting(MetricsHub):
     """The hub, adding up what the job counters were given (whatever restarts come between)."""
 
@@ -72,7 +75,7 @@ class _Counting(MetricsHub):
     def record(self, observations: Iterable[Observation]) -> None:
         observations = list(observations)
         for o in observations:
-            if o.instrument in ("job.executions", "job.retry.exhausted", "job.terminations"):
+            if o.instrument in _JOB_COUNTERS:
                 self._counted[(o.instrument, o.attributes)] += o.value
         super().record(observations)
 
@@ -129,7 +132,7 @@ def _job_counts_of_the_fold(steps: list[tuple[Any, ...]]) -> Counter:
             told.setdefault(event["eventId"], event)
     counted: Counter = Counter()
     for o in fold_events(list(told.values())).observations:
-        if o.instrument in ("job.executions", "job.retry.exhausted", "job.terminations"):
+        if o.instrument in _JOB_COUNTERS:
             counted[(o.instrument, o.attributes)] += o.value
     return counted
 
