@@ -134,7 +134,10 @@ class Bridge:
         metric_sender: otlp.MetricSender | None = None,
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
+        export_timeout_unit: float = otlp.MILLISECONDS,
     ) -> None:
+        """`export_timeout_unit`: how the standard `OTEL_EXPORTER_OTLP_*TIMEOUT` variables count
+        (`otlp.MILLISECONDS`, the specification's; `otlp.SECONDS` in a Python application's process)."""
         self.settings = settings
         self._clock = clock
         # First: a dead-letter file that cannot be written is said before the state is opened (and claimed).
@@ -154,9 +157,11 @@ class Bridge:
         self.exposition = exposition(self.metrics.collect)
         # One exporter per export request in flight (`export_concurrency`); a sender handed in is the only one.
         self.trace_senders = (
-            [trace_sender] if trace_sender else [otlp.trace_sender() for _ in range(settings.export_concurrency)]
+            [trace_sender]
+            if trace_sender
+            else [otlp.trace_sender(export_timeout_unit) for _ in range(settings.export_concurrency)]
         )
-        self.metric_sender = metric_sender or otlp.metric_sender()
+        self.metric_sender = metric_sender or otlp.metric_sender(export_timeout_unit)
         self.drain = OutboxDrain(
             self.store,
             self.trace_senders,

@@ -1,9 +1,10 @@
 """OTLP senders for traces and metrics, configured the standard way.
 
-Endpoint, headers, TLS, compression and timeout come from the standard
-`OTEL_EXPORTER_OTLP_*` variables, read by the SDK's own exporters. The trace
-outbox already holds encoded spans, so traces go through a thin shim that hands
-the SDK exporters a ready `ExportTraceServiceRequest` instead of SDK spans.
+Endpoint, headers, TLS and compression come from the standard `OTEL_EXPORTER_OTLP_*`
+variables, read by the SDK's own exporters; the timeout is read here (`export_timeout`),
+checked, and given to them. The trace outbox already holds encoded spans, so traces go
+through a thin shim that hands the SDK exporters a ready `ExportTraceServiceRequest`
+instead of SDK spans.
 """
 
 import logging
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -24,6 +26,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
+from otel_bridge.urls import parse_error, without_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,8 +119,8 @@ class _SendsEncoded:
 
     _client: Any  # the exporter's HTTP client: endpoint, headers, TLS, compression, retries
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._recorder = _RecordingTransport(self._client._transport)
         self._client._transport = self._recorder  # the transport, duck-typed
 
@@ -270,7 +273,80 @@ def _a_url(sender: T, signal: str) -> T:
             f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
         )
+    _readable("OTLP/HTTP", signal)
     return sender
+
+
+def _readable(protocol: str, signal: str) -> None:
+    """The endpoint variable `signal` is exported by, once it reads as a host and a port: with a
+    bracket not closed, a port that is no number or past 65535, or no host at all, every export
+    failed as if the backend were away (or the gRPC exporter failed the start: "Invalid IPv6 URL")."""
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if endpoint := os.environ.get(variable, ""):
+            break
+    if "://" not in endpoint:
+        return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
+    why = parse_error(endpoint) or ("" if urlsplit(endpoint).hostname else "it names no host")
+    if why:
+        shown = without_password(endpoint)
+        raise ValueError(f"{variable}={shown!r}: the {protocol} {signal} endpoint does not parse ({why})")
+
+
+def _grpc_can_read(signal: str) -> None:
+    """What the SDK's OTLP/gRPC exporter of `signal` reads as it is made, checked before: its endpoint,
+    and its signal's timeout variable, read whatever timeout it is given (set but empty, it failed
+    the start with a bare "could not convert string to float")."""
+    _readable("OTLP/gRPC", signal)
+    timeout = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
+    if timeout in os.environ and not os.environ[timeout].strip():
+        raise ValueError(f"{timeout} is set but empty, which the OTLP/gRPC exporter cannot read: unset it")
+
+
+# How an `OTEL_EXPORTER_OTLP_*TIMEOUT` value is counted, in seconds a unit. The specification counts
+# milliseconds, as the Collector and the other languages' SDKs do; the Python SDK's exporters read
+# seconds (open-telemetry/opentelemetry-python#4044), so an operator's `10000` (ten seconds
+# everywhere else) held each export request of the bridge up to 2.8 hours on a backend that took
+# the connection and never answered. The sidecar reads milliseconds; the in-process tracker reads
+# seconds, as the application's own Python exporters in its process read the same variable.
+MILLISECONDS = 1e-3
+SECONDS = 1.0
+_DEFAULT_TIMEOUT_SECONDS = 10.0
+# Longer than any export request should wait; past it, the SDK's deadline overflowed a time_t.
+_LONGEST_TIMEOUT_SECONDS = 86_400.0
+# A timeout no backend across a network meets: most likely seconds meant, as the Python SDK reads them.
+_SHORTEST_LIKELY_SECONDS = 0.1
+
+
+def export_timeout(signal: str, unit: float = MILLISECONDS) -> float:
+    """Seconds each export request of `signal` may take, from `OTEL_EXPORTER_OTLP_{SIGNAL}_TIMEOUT`, else
+    `OTEL_EXPORTER_OTLP_TIMEOUT`, counted in `unit`s (10 s when neither is set). A value that is no
+    number, not above 0 or past a day is a ValueError naming the variable: the SDK read `-5` and
+    every export failed, `1e300` and every export failed, and its gRPC exporter failed the start on
+    `abc` with a bare "could not convert string to float"."""
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
+        raw = os.environ.get(variable, "")
+        if not raw.strip():
+            continue  # unset, as the specification reads an empty value
+        counted = "milliseconds" if unit == MILLISECONDS else "seconds"
+        try:
+            seconds = float(raw) * unit
+        except ValueError:
+            raise ValueError(f"{variable}={raw!r} is no number of {counted}") from None
+        if not 0 < seconds <= _LONGEST_TIMEOUT_SECONDS:
+            longest = _LONGEST_TIMEOUT_SECONDS / unit
+            raise ValueError(f"{variable}={raw!r} must be above 0 and at most a day ({longest:,.0f} {counted})")
+        if unit == MILLISECONDS and seconds < _SHORTEST_LIKELY_SECONDS and _first_time("timeout", variable, raw):
+            log.warning(
+                "%s=%s is %g ms for each export request: the specification's unit, milliseconds, which "
+                "otel-bridge reads (the Python SDK reads seconds); for %s seconds write %s",
+                variable,
+                raw,
+                seconds * 1000,
+                raw,
+                f"{float(raw) * 1000:g}",
+            )
+        return seconds
+    return _DEFAULT_TIMEOUT_SECONDS
 
 
 def _verify_as_configured(exporter: T) -> T:
@@ -298,7 +374,8 @@ def _verify_as_configured(exporter: T) -> T:
     return exporter
 
 
-def trace_sender() -> TraceSender:
+def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
+    """What sends the spans, as the standard variables say (`timeout_unit`: how their timeout counts)."""
     exporter = _exporter("traces")
     if exporter == "none":
         return NoSender()
@@ -306,14 +383,17 @@ def trace_sender() -> TraceSender:
         from otel_bridge.export.console import ConsoleTraces
 
         return ConsoleTraces(None)
+    timeout = export_timeout("traces", timeout_unit)
     if protocol_for("traces") == GRPC:
         from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
 
-        return _quiet(_told_if_tls_unasked(GrpcTraces(), "traces"))
-    return _quiet(_a_url(_verify_as_configured(_HttpTraces()), "traces"))
+        _grpc_can_read("traces")
+        return _quiet(_told_if_tls_unasked(GrpcTraces(timeout=timeout), "traces"))
+    return _quiet(_a_url(_verify_as_configured(_HttpTraces(timeout=timeout)), "traces"))
 
 
-def metric_sender() -> MetricSender:
+def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
+    """What sends the metrics, as the standard variables say (`timeout_unit`: how their timeout counts)."""
     exporter = _exporter("metrics")
     if exporter == "none":
         return NoSender()  # its answer is truthy: success
@@ -322,11 +402,13 @@ def metric_sender() -> MetricSender:
         from otel_bridge.export.console import ConsoleMetrics
 
         return ConsoleMetrics(None)
+    timeout = export_timeout("metrics", timeout_unit)
     if protocol_for("metrics") == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(), "metrics")))
-    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter()), "metrics")))
+        _grpc_can_read("metrics")
+        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(timeout=timeout), "metrics")))
+    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter(timeout=timeout)), "metrics")))
 
 
 def _quiet(sender: T) -> T:
@@ -424,9 +506,10 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
     elif grpc:
         from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
 
-        sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(), "metrics"))
+        _grpc_can_read("metrics")
+        sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(timeout=export_timeout("metrics")), "metrics"))
     else:
-        sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe()), "metrics"))
+        sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(timeout=export_timeout("metrics"))), "metrics"))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:

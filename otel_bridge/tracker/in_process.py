@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import REDIS_SCHEMES, Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
+from otel_bridge.export import otlp
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context
@@ -47,6 +48,9 @@ _DEAD_LETTER_FILES = ("dead_letter", "span_dead_letter")
 # Events held while the store refuses them (the export backlog is full); past it the oldest are dropped.
 _MAX_HELD = 100_000
 _IN_MEMORY_DEDUP_TTL = 3600.0
+# `OTEL_EXPORTER_OTLP_*TIMEOUT` in seconds, as the application's own Python exporters in this process
+# read the same variables (the sidecar reads the specification's milliseconds).
+_AS_PYTHON_SDK = otlp.SECONDS
 
 
 def _in_memory(given: frozenset[str]) -> dict[str, float]:
@@ -135,7 +139,9 @@ class OtelTracker:
         for problem in self._settings.told_at_start(os.environ):
             log.warning(problem)
         self._meter_provider = meter_provider
-        self.bridge = Bridge(self._settings, meter_provider=meter_provider).start(follow=False)
+        self.bridge = Bridge(self._settings, meter_provider=meter_provider, export_timeout_unit=_AS_PYTHON_SDK).start(
+            follow=False
+        )
         # True in a child process forked from the one that started `bridge`, until it has its own.
         self._inherited = False
         # The bridges of the processes this one was forked from: kept, never closed (closing a
@@ -191,7 +197,9 @@ class OtelTracker:
                 parents, self._scratch = self._scratch.path, Scratch()
                 files = {name: self._scratch.path / f.name if f.parent == parents else f for name, f in files.items()}
             settings = settings.model_copy(update={name: of_this_process(f) for name, f in files.items()})
-            bridge = Bridge(settings, meter_provider=self._meter_provider).start(follow=False)
+            bridge = Bridge(settings, meter_provider=self._meter_provider, export_timeout_unit=_AS_PYTHON_SDK).start(
+                follow=False
+            )
             self._ancestors.append(self.bridge)
             self.bridge = bridge
             self._memory = settings.in_memory

@@ -213,7 +213,7 @@ def test_two_replicas_on_redis_both_see_the_overdue_run(tmp_path, otlp_http):
 def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_its_recovery(tmp_path):
     port = free_port()
     bridge = BridgeProcess(
-        tmp_path, f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_TIMEOUT="1", export_log_interval_seconds="4"
+        tmp_path, f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_TIMEOUT="1000", export_log_interval_seconds="4"
     ).start()
     receiver = None
     try:

@@ -122,7 +122,7 @@ def test_a_replay_refused_for_a_full_export_backlog_waits_for_the_backend_or_sto
     tmp_path, otlp_http, monkeypatch
 ):
     down = type("Down", (), {"endpoint": f"http://127.0.0.1:{free_port()}"})()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # each export's own retries: a second
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")  # each export's own retries: a second
     quick = ("--settle-seconds", "0", "--drain-timeout-seconds", "1")
     earlier, earlier_log = _history(tmp_path, "earlier")
     assert _run_replay(tmp_path, down, earlier_log, None, *quick).returncode == 0  # its 500 spans wait

@@ -1,6 +1,8 @@
-"""The OTLP senders as the SDK's variables configure them: a gRPC endpoint that will be TLS unasked is told."""
+"""The OTLP senders as the standard variables configure them: what no export could work with is a configuration
+error naming the variable, a gRPC endpoint that will be TLS unasked is told, the timeout counts milliseconds."""
 
 import logging
+import re
 
 import pytest
 
@@ -70,6 +72,110 @@ def test_an_otlp_http_endpoint_that_is_no_url_is_a_configuration_error_naming_it
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"OTLP/HTTP {signal} endpoint '{endpoint}' is not an http"):
         otlp.trace_sender() if signal == "traces" else otlp.metric_sender()
+
+
+def _standard_variables(monkeypatch, **env: str) -> None:
+    """Only `env` of the exporters' endpoint and timeout variables set, as a fresh start sees them."""
+    for name in ("ENDPOINT", "TIMEOUT"):
+        for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
+            monkeypatch.delenv(prefix + name, raising=False)
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+@pytest.mark.parametrize(
+    ("variable", "endpoint", "why"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1", "Invalid IPv6 URL"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:port", "Port could not be cast to integer value"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999", "Port out of range 0-65535"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://", "it names no host"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://:4318/v1/traces", "it names no host"),
+    ],
+)
+def test_an_endpoint_that_does_not_parse_is_a_configuration_error_naming_its_variable(
+    monkeypatch, protocol, variable, endpoint, why
+):
+    # The HTTP exporter took it and every export failed, told as a backend away; the gRPC one failed
+    # the start with a bare "Invalid IPv6 URL", or took the port that is no number and failed as well.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, **{variable: endpoint})
+    with pytest.raises(ValueError, match=re.escape(f"{variable}={endpoint!r}: the ") + f".* traces endpoint .*{why}"):
+        otlp.trace_sender()
+
+
+def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
+    with pytest.raises(ValueError) as raised:
+        otlp.trace_sender()
+    assert "s3cret" not in str(raised.value) and "'https://***@[::1'" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "seconds"),
+    [
+        ({}, 10.0),  # the specification's default
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, 10.0),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "2500"}, 2.5),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "500"}, 0.5),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "3000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": ""}, 3.0),  # empty: unset
+    ],
+)
+def test_the_export_timeout_counts_the_specifications_milliseconds(monkeypatch, env, seconds):
+    _standard_variables(monkeypatch, **env)
+    assert otlp.export_timeout("traces") == seconds
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_senders_wait_as_long_as_the_timeout_says(monkeypatch, protocol):
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_TIMEOUT="2500")
+    for sender in (otlp.trace_sender(), otlp.metric_sender()):
+        exporter = getattr(sender, "_exporter", sender)
+        # OTLP/HTTP keeps it on its client, OTLP/gRPC on the exporter.
+        assert getattr(getattr(exporter, "_client", None), "_timeout", None) == 2.5 or exporter._timeout == 2.5
+        sender.shutdown()
+
+
+def test_in_a_python_application_the_export_timeout_counts_seconds_as_its_own_exporters_do(monkeypatch):
+    # The in-process tracker shares the variable with the application's own Python SDK exporters.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_TIMEOUT="5")
+    assert otlp.export_timeout("traces", otlp.SECONDS) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten", "'ten' is no number of milliseconds"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5", "'-5' must be above 0 and at most a day (86,400,000 milliseconds)"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "'0' must be above 0"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1e300", "'1e300' must be above 0"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan", "'nan' must be above 0"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf", "'inf' must be above 0"),
+    ],
+)
+def test_a_timeout_no_export_could_keep_is_a_configuration_error_naming_its_variable(monkeypatch, variable, value, why):
+    # The SDK took -5 or 1e300 and every export failed; its gRPC exporter failed the start on "ten".
+    _standard_variables(monkeypatch, **{variable: value})
+    with pytest.raises(ValueError, match=re.escape(f"{variable}={why}")):
+        otlp.trace_sender() if "METRICS" not in variable else otlp.metric_sender()
+
+
+def test_a_timeout_likely_meant_in_seconds_is_told_once_with_what_to_write(monkeypatch, caplog):
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_TIMEOUT="30")
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        assert otlp.export_timeout("traces") == otlp.export_timeout("metrics") == 0.03
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_TIMEOUT=30 is 30 ms for each export request: the specification's unit, milliseconds, "
+        "which otel-bridge reads (the Python SDK reads seconds); for 30 seconds write 30000"
+    ]
+
+
+def test_a_grpc_signal_timeout_set_but_empty_is_told_as_what_it_is(monkeypatch):
+    # The SDK's gRPC exporter reads it whatever timeout it is given: "could not convert string to float: ''".
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_TRACES_TIMEOUT is set but empty"):
+        otlp.trace_sender()
 
 
 def test_an_exporter_otel_bridge_does_not_speak_is_told_once_for_every_sender(monkeypatch, caplog):

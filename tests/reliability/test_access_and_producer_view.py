@@ -55,7 +55,7 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
 
 
 def test_the_answer_does_not_wait_for_an_unreachable_backend(tmp_path):
-    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{free_port()}", OTEL_EXPORTER_OTLP_TIMEOUT="30").start()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{free_port()}", OTEL_EXPORTER_OTLP_TIMEOUT="30000").start()
     try:
         for i in range(20):
             run = WorkflowRun(workflow_id=f"wait-{i}").started().step_started("a").after(1).step_completed("a")

@@ -33,7 +33,7 @@ def _metric(bridge: BridgeProcess, name: str) -> float:
 def test_a_refusing_backend_keeps_spans_in_the_outbox_until_it_accepts(tmp_path):
     receiver = OtlpHttpReceiver()
     receiver.up = False  # answers 503
-    bridge = BridgeProcess(tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1").start()
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1000").start()
     try:
         runs = _runs(20, "refused")
         started = time.monotonic()
@@ -57,7 +57,7 @@ def test_a_refusing_backend_keeps_spans_in_the_outbox_until_it_accepts(tmp_path)
 @pytest.mark.timeout(LONG_OUTAGE_SECONDS + 180)
 def test_an_unreachable_grpc_backend_for_two_minutes_gets_everything_once_it_starts(tmp_path):
     port = free_port()
-    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="1").start()
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="1000").start()
     receiver = None
     try:
         runs = _runs(60, "unreachable")
@@ -79,7 +79,11 @@ def test_a_full_outbox_answers_503_with_retry_after_and_recovers(tmp_path):
     receiver = OtlpHttpReceiver(received=received)
     receiver.up = False
     bridge = BridgeProcess(
-        tmp_path, receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1", max_outbox_spans="10", export_unready_seconds="1"
+        tmp_path,
+        receiver.endpoint,
+        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+        max_outbox_spans="10",
+        export_unready_seconds="1",
     ).start()
     try:
         refused = None
@@ -203,3 +207,24 @@ def test_stopped_while_an_export_waits_on_a_backend_that_never_answers_the_bridg
     finally:
         backend.close()
     _sent_at_the_next_start(bridge, protocol, 2 * len(runs))  # the backend replaced
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_export_timeout_counts_milliseconds_as_the_specification_says(tmp_path, protocol):
+    # 1500 is a second and a half in the specification, the Collector and the other languages' SDKs;
+    # read as the Python SDK reads it (seconds), each request to a backend that takes the connection
+    # and never answers waited 25 minutes before the export was told failing.
+    backend = _Unanswering()
+    endpoint = f"http://127.0.0.1:{backend.port}"
+    bridge = BridgeProcess(tmp_path, endpoint, protocol, OTEL_EXPORTER_OTLP_TIMEOUT="1500").start()
+    try:
+        assert bridge.post(_runs(1, "timed")[0].events).status_code == 200
+        assert backend.requests.wait(20), "no export reached the backend"
+        deadline = time.monotonic() + 60
+        while "trace export to" not in bridge.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        told = [line for line in bridge.log.read_text().splitlines() if "trace export to" in line]
+        assert told and "is failing" in told[0], told
+    finally:
+        bridge.close()
+        backend.close()

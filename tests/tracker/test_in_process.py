@@ -121,6 +121,16 @@ def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
     assert {"workflow.execution.duration", "workflow.task.duration"} <= names
 
 
+def test_the_export_timeout_counts_seconds_as_the_applications_own_python_exporters_read_it(monkeypatch, otlp_http):
+    # One variable, one process: the sidecar reads the specification's milliseconds, but here `5` is
+    # what the application's own OTLP exporters wait (5 s), and the tracker waits as long.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    with OtelTracker("production", "shop") as tracker:
+        waits = [sender._client._timeout for sender in tracker.bridge.trace_senders]
+        assert waits and set(waits) == {5.0}
+
+
 def test_a_setting_misspelt_is_a_type_error_naming_the_one_meant():
     # Settings ignores names it does not know: settle_second=1 left settle_seconds at its default, unsaid.
     with pytest.raises(TypeError) as misspelt:
