@@ -273,7 +273,6 @@ def _a_url(sender: T, signal: str) -> T:
             f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
         )
-    _readable("OTLP/HTTP", signal)
     return sender
 
 
@@ -292,13 +291,37 @@ def _readable(protocol: str, signal: str) -> None:
         raise ValueError(f"{variable}={shown!r}: the {protocol} {signal} endpoint does not parse ({why})")
 
 
-def _grpc_can_read(signal: str) -> None:
-    """What the SDK's OTLP/gRPC exporter of `signal` reads as it is made, checked before: its endpoint,
-    and its signal's timeout variable, read whatever timeout it is given (set but empty, it failed
-    the start with a bare "could not convert string to float")."""
-    _readable("OTLP/gRPC", signal)
+# The TLS files the standard variables may name, and what each is to the export.
+_TLS_FILES = {
+    "CERTIFICATE": "the CA the backend's certificate is checked against",
+    "CLIENT_KEY": "the bridge's own key, for mutual TLS",
+    "CLIENT_CERTIFICATE": "the bridge's own certificate, for mutual TLS",
+}
+
+
+def _tls_files_readable(signal: str) -> None:
+    """Each TLS file the variables name for `signal`, once it is a file the bridge can read: a CA file
+    that was not there failed every OTLP/HTTP export ("Could not find a suitable TLS CA certificate
+    bundle"), told as a backend away, and the gRPC exporter logged a traceback and went on without it."""
+    for name, what in _TLS_FILES.items():
+        for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+            if path := os.environ.get(variable, ""):
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise ValueError(f"{variable}={path!r} cannot be read ({exc.strerror}): it is {what}") from None
+                break
+
+
+def _can_read(signal: str, protocol: str) -> None:
+    """What the SDK's exporter of `signal` will read, checked before it is made: its endpoint, its TLS
+    files, and for gRPC its signal's timeout variable, which that exporter reads whatever timeout it is
+    given (set but empty, it failed the start with a bare "could not convert string to float")."""
+    _readable("OTLP/gRPC" if protocol == GRPC else "OTLP/HTTP", signal)
+    _tls_files_readable(signal)
     timeout = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
-    if timeout in os.environ and not os.environ[timeout].strip():
+    if protocol == GRPC and timeout in os.environ and not os.environ[timeout].strip():
         raise ValueError(f"{timeout} is set but empty, which the OTLP/gRPC exporter cannot read: unset it")
 
 
@@ -384,10 +407,10 @@ def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
 
         return ConsoleTraces(None)
     timeout = export_timeout("traces", timeout_unit)
-    if protocol_for("traces") == GRPC:
+    _can_read("traces", protocol := protocol_for("traces"))
+    if protocol == GRPC:
         from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
 
-        _grpc_can_read("traces")
         return _quiet(_told_if_tls_unasked(GrpcTraces(timeout=timeout), "traces"))
     return _quiet(_a_url(_verify_as_configured(_HttpTraces(timeout=timeout)), "traces"))
 
@@ -403,10 +426,10 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
 
         return ConsoleMetrics(None)
     timeout = export_timeout("metrics", timeout_unit)
-    if protocol_for("metrics") == GRPC:
+    _can_read("metrics", protocol := protocol_for("metrics"))
+    if protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        _grpc_can_read("metrics")
         return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(timeout=timeout), "metrics")))
     return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter(timeout=timeout)), "metrics")))
 
@@ -500,16 +523,17 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
     or goes to the console. An empty request is a valid one: a backend takes it and stores nothing."""
     if _exporter(signal) in ("none", "console"):
         return None
-    grpc = protocol_for(signal) == GRPC
     if signal == "traces":
         sender: Any = trace_sender()
-    elif grpc:
-        from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
-
-        _grpc_can_read("metrics")
-        sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(timeout=export_timeout("metrics")), "metrics"))
     else:
-        sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(timeout=export_timeout("metrics"))), "metrics"))
+        timeout = export_timeout("metrics")
+        _can_read("metrics", protocol := protocol_for("metrics"))
+        if protocol == GRPC:
+            from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
+
+            sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(timeout=timeout), "metrics"))
+        else:
+            sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(timeout=timeout)), "metrics"))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:

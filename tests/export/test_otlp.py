@@ -75,8 +75,8 @@ def test_an_otlp_http_endpoint_that_is_no_url_is_a_configuration_error_naming_it
 
 
 def _standard_variables(monkeypatch, **env: str) -> None:
-    """Only `env` of the exporters' endpoint and timeout variables set, as a fresh start sees them."""
-    for name in ("ENDPOINT", "TIMEOUT"):
+    """Only `env` of the exporters' endpoint, timeout and TLS variables set, as a fresh start sees them."""
+    for name in ("ENDPOINT", "TIMEOUT", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setattr(otlp, "_TOLD", set())
@@ -103,6 +103,36 @@ def test_an_endpoint_that_does_not_parse_is_a_configuration_error_naming_its_var
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, **{variable: endpoint})
     with pytest.raises(ValueError, match=re.escape(f"{variable}={endpoint!r}: the ") + f".* traces endpoint .*{why}"):
         otlp.trace_sender()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+@pytest.mark.parametrize(
+    ("variable", "what"),
+    [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "the CA the backend's certificate is checked against"),
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "the bridge's own key, for mutual TLS"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "the bridge's own certificate, for mutual TLS"),
+    ],
+)
+def test_a_tls_file_that_cannot_be_read_is_a_configuration_error_naming_its_variable(
+    monkeypatch, tmp_path, protocol, variable, what
+):
+    # A CA file that was not there failed every OTLP/HTTP export, told as a backend away; the gRPC
+    # exporter logged a traceback and went on without it.
+    endpoint = "https://collector:4318"
+    for path, why in ((tmp_path / "missing.pem", "No such file or directory"), (tmp_path, "Is a directory")):
+        _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+        monkeypatch.setenv(variable, str(path))
+        with pytest.raises(ValueError) as raised:
+            otlp.trace_sender()
+        assert str(raised.value) == f"{variable}={str(path)!r} cannot be read ({why}): it is {what}"
+
+
+def test_a_tls_file_of_the_other_signal_is_asked_of_that_signal_only(monkeypatch, tmp_path):
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE=str(tmp_path / "missing.pem"))
+    otlp.trace_sender().shutdown()
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE="):
+        otlp.metric_sender()
 
 
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
