@@ -9,6 +9,7 @@ instead of SDK spans.
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -314,12 +315,37 @@ def _tls_files_readable(signal: str) -> None:
                 break
 
 
+# A header of `OTEL_EXPORTER_OTLP_HEADERS`: `name=value`, the name a token, the value printable ASCII
+# without `"`, `,`, `;` or `\` (URL-encoded, or with spaces, as the SDK's liberal reading takes it).
+_HEADER = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
+# Its name, where one stands before an `=` or a `:` (a lone token might be the credential itself).
+_HEADER_NAME = re.compile(r"[ \t]*([!#-'*+\-.0-9A-Z^-z|~]+)[ \t]*[=:]")
+
+
+def _headers_readable(signal: str) -> None:
+    """The headers the variables give `signal`'s export, once each is a `name=value` the SDK takes: it
+    dropped one that was not (`x-api-key:…`, a colon for the `=`) and wrote it whole in its warning,
+    the credential in it too, three times at every start — then every export was refused."""
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
+        if raw := os.environ.get(variable, ""):
+            break
+    for place, header in enumerate(re.split(r"[ \t]*,[ \t]*", raw), 1):
+        if header and not _HEADER.fullmatch(header.strip()):
+            named = _HEADER_NAME.match(header)
+            which = f"the header {named.group(1)!r}" if named else f"its header number {place}"
+            raise ValueError(
+                f"{variable}: {which} is no name=value (comma-separated, the value URL-encoded where it "
+                "holds a comma, a semicolon, a quote, a backslash or what is not ASCII); its value is not shown"
+            )
+
+
 def _can_read(signal: str, protocol: str) -> None:
     """What the SDK's exporter of `signal` will read, checked before it is made: its endpoint, its TLS
     files, and for gRPC its signal's timeout variable, which that exporter reads whatever timeout it is
     given (set but empty, it failed the start with a bare "could not convert string to float")."""
     _readable("OTLP/gRPC" if protocol == GRPC else "OTLP/HTTP", signal)
     _tls_files_readable(signal)
+    _headers_readable(signal)
     timeout = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
     if protocol == GRPC and timeout in os.environ and not os.environ[timeout].strip():
         raise ValueError(f"{timeout} is set but empty, which the OTLP/gRPC exporter cannot read: unset it")

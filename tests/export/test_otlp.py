@@ -75,8 +75,8 @@ def test_an_otlp_http_endpoint_that_is_no_url_is_a_configuration_error_naming_it
 
 
 def _standard_variables(monkeypatch, **env: str) -> None:
-    """Only `env` of the exporters' endpoint, timeout and TLS variables set, as a fresh start sees them."""
-    for name in ("ENDPOINT", "TIMEOUT", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
+    """Only `env` of the exporters' endpoint, timeout, header and TLS variables set, as a fresh start sees them."""
+    for name in ("ENDPOINT", "TIMEOUT", "HEADERS", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setattr(otlp, "_TOLD", set())
@@ -133,6 +133,39 @@ def test_a_tls_file_of_the_other_signal_is_asked_of_that_signal_only(monkeypatch
     otlp.trace_sender().shutdown()
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE="):
         otlp.metric_sender()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+@pytest.mark.parametrize(
+    ("headers", "which"),
+    [
+        ("x-api-key:s3cret", "the header 'x-api-key'"),  # a colon for the `=`
+        ("tenant=a,authorization :Bearer s3cret", "the header 'authorization'"),
+        ("s3cret", "its header number 1"),  # a lone token might be the credential: not named
+        ("tenant=a, api key=s3cret", "its header number 2"),
+        ("x-api-key=s3cr\u00e9t", "the header 'x-api-key'"),  # not ASCII: URL-encoded it is taken
+    ],
+)
+def test_a_header_the_sdk_would_drop_is_a_configuration_error_that_never_shows_its_value(
+    monkeypatch, caplog, protocol, headers, which
+):
+    # The SDK dropped it, every export was then refused, and its warning wrote the header whole,
+    # credential and all, three times at every start.
+    headers = headers.encode().decode("unicode_escape")
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_HEADERS=headers)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ValueError) as raised:
+        otlp.trace_sender()
+    assert str(raised.value).startswith(f"OTEL_EXPORTER_OTLP_HEADERS: {which} is no name=value")
+    assert "s3cr" not in str(raised.value) + caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    ["x-api-key=s3cret", "Authorization=Bearer s3cret", " a = 1 , b=2=3,", "x-api-key=s3cr%C3%A9t", ""],
+)
+def test_headers_the_sdk_takes_are_taken(monkeypatch, headers):
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_HEADERS=headers)
+    otlp.trace_sender().shutdown()
 
 
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
