@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -423,6 +424,39 @@ def _verify_as_configured(exporter: T) -> T:
     return exporter
 
 
+def export_compression(signal: str, protocol: str) -> str:
+    """How `signal`'s export requests are compressed, from `OTEL_EXPORTER_OTLP_{SIGNAL}_COMPRESSION`, else
+    `OTEL_EXPORTER_OTLP_COMPRESSION`: gzip or none, as the specification has them (and deflate over
+    OTLP/HTTP). Another value is a ValueError naming the variable: the SDK's HTTP exporter warned and sent
+    uncompressed, its gRPC exporter failed the start with a traceback — on `none` too."""
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
+        if raw := os.environ.get(variable, "").strip():
+            break
+    else:
+        return "none"
+    kinds = ("gzip", "none") if protocol == GRPC else ("gzip", "deflate", "none")
+    if raw.lower() not in kinds:
+        raise ValueError(f"{variable}={raw!r}: OTLP over {protocol} compresses with {', '.join(kinds)}")
+    return raw.lower()
+
+
+def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str, Any]]:
+    """The protocol of `signal`'s export, and what its SDK exporter is given rather than left to read from
+    the variables (its timeout and compression, read and checked here); what it still reads is checked
+    before it is made (`_can_read`)."""
+    protocol = protocol_for(signal)
+    timeout = export_timeout(signal, timeout_unit)
+    _can_read(signal, protocol)
+    compression = export_compression(signal, protocol)
+    if protocol == GRPC:
+        import grpc  # gRPC's own modules: only when asked for
+
+        kinds: dict[str, Any] = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
+    else:
+        kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
+    return protocol, {"timeout": timeout, "compression": kinds[compression]}
+
+
 def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
     """What sends the spans, as the standard variables say (`timeout_unit`: how their timeout counts)."""
     exporter = _exporter("traces")
@@ -432,13 +466,12 @@ def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
         from otel_bridge.export.console import ConsoleTraces
 
         return ConsoleTraces(None)
-    timeout = export_timeout("traces", timeout_unit)
-    _can_read("traces", protocol := protocol_for("traces"))
+    protocol, given = _exporter_arguments("traces", timeout_unit)
     if protocol == GRPC:
         from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
 
-        return _quiet(_told_if_tls_unasked(GrpcTraces(timeout=timeout), "traces"))
-    return _quiet(_a_url(_verify_as_configured(_HttpTraces(timeout=timeout)), "traces"))
+        return _quiet(_told_if_tls_unasked(GrpcTraces(**given), "traces"))
+    return _quiet(_a_url(_verify_as_configured(_HttpTraces(**given)), "traces"))
 
 
 def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
@@ -451,13 +484,12 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
         from otel_bridge.export.console import ConsoleMetrics
 
         return ConsoleMetrics(None)
-    timeout = export_timeout("metrics", timeout_unit)
-    _can_read("metrics", protocol := protocol_for("metrics"))
+    protocol, given = _exporter_arguments("metrics", timeout_unit)
     if protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(timeout=timeout), "metrics")))
-    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter(timeout=timeout)), "metrics")))
+        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(**given), "metrics")))
+    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter(**given)), "metrics")))
 
 
 def _quiet(sender: T) -> T:
@@ -552,14 +584,13 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
     if signal == "traces":
         sender: Any = trace_sender()
     else:
-        timeout = export_timeout("metrics")
-        _can_read("metrics", protocol := protocol_for("metrics"))
+        protocol, given = _exporter_arguments("metrics", MILLISECONDS)
         if protocol == GRPC:
             from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
 
-            sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(timeout=timeout), "metrics"))
+            sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(**given), "metrics"))
         else:
-            sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(timeout=timeout)), "metrics"))
+            sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(**given)), "metrics"))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:

@@ -168,6 +168,48 @@ def test_headers_the_sdk_takes_are_taken(monkeypatch, headers):
     otlp.trace_sender().shutdown()
 
 
+@pytest.mark.parametrize(
+    ("protocol", "env", "compression"),
+    [
+        ("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "none"}, "none"),  # the SDK's gRPC exporter failed the start
+        ("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP"}, "gzip"),
+        ("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": ""}, "gzip"),
+        ("http/protobuf", {"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "deflate"}, "deflate"),
+        (
+            "http/protobuf",
+            {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "none"},
+            "none",
+        ),
+        ("http/protobuf", {}, "none"),
+    ],
+)
+def test_the_compression_the_variables_ask_for_is_the_one_the_exporter_uses(monkeypatch, protocol, env, compression):
+    for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"):
+        monkeypatch.delenv(prefix + "COMPRESSION", raising=False)
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, **env)
+    assert otlp.export_compression("traces", protocol) == compression
+    sender = otlp.trace_sender()
+    # grpc.Compression.NoCompression or Gzip; the HTTP exporter's own NONE, DEFLATE or GZIP.
+    assert sender._compression.name.lower() in {compression, compression.replace("none", "nocompression")}
+    sender.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "value", "kinds"),
+    [("grpc", "deflate", "gzip, none"), ("grpc", "zstd", "gzip, none"), ("http/protobuf", "br", "gzip, deflate, none")],
+)
+def test_a_compression_the_protocol_has_not_is_a_configuration_error_naming_its_variable(
+    monkeypatch, protocol, value, kinds
+):
+    # The SDK's HTTP exporter warned and sent uncompressed; its gRPC exporter failed the start with a traceback.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_COMPRESSION=value)
+    with pytest.raises(ValueError) as raised:
+        otlp.metric_sender()
+    assert (
+        str(raised.value) == f"OTEL_EXPORTER_OTLP_COMPRESSION={value!r}: OTLP over {protocol} compresses with {kinds}"
+    )
+
+
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
     with pytest.raises(ValueError) as raised:
