@@ -440,6 +440,25 @@ def export_compression(signal: str, protocol: str) -> str:
     return raw.lower()
 
 
+def _grpc_insecure(signal: str) -> bool:
+    """Whether `signal`'s OTLP/gRPC export speaks plain text, as the specification decides it: by the
+    endpoint's scheme when it has one (`http://` plain, `https://` TLS), else by
+    `OTEL_EXPORTER_OTLP_{SIGNAL}_INSECURE` or `OTEL_EXPORTER_OTLP_INSECURE` (`true`: plain; else TLS).
+    The SDK let any INSECURE value but `true` turn `http://collector:4317` into TLS, and every export
+    failed its handshake with a plain-text Collector; a value neither true nor false is told (once)."""
+    variables = (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint = next((value for value in map(os.environ.get, variables) if value), "http://localhost:4317")
+    scheme = urlsplit(endpoint).scheme.lower() if "://" in endpoint else ""
+    if scheme in ("http", "https"):
+        return scheme == "http"
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"):
+        if raw := os.environ.get(variable, "").strip():
+            if raw.lower() not in ("true", "false") and _first_time(variable, raw):
+                log.warning("%s=%s is neither true nor false: read as false, so %s go over TLS", variable, raw, signal)
+            return raw.lower() == "true"
+    return False
+
+
 def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str, Any]]:
     """The protocol of `signal`'s export, and what its SDK exporter is given rather than left to read from
     the variables (its timeout and compression, read and checked here); what it still reads is checked
@@ -452,8 +471,8 @@ def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str
         import grpc  # gRPC's own modules: only when asked for
 
         kinds: dict[str, Any] = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
-    else:
-        kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
+        return protocol, {"timeout": timeout, "compression": kinds[compression], "insecure": _grpc_insecure(signal)}
+    kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
     return protocol, {"timeout": timeout, "compression": kinds[compression]}
 
 

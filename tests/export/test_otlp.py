@@ -210,6 +210,65 @@ def test_a_compression_the_protocol_has_not_is_a_configuration_error_naming_its_
     )
 
 
+@pytest.mark.parametrize("insecure", ["OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_TRACES_INSECURE"])
+def test_an_http_grpc_endpoint_is_plain_text_whatever_insecure_says(monkeypatch, otlp_grpc, insecure):
+    # The specification lets the scheme decide; the SDK let INSECURE=false (an operator's default for
+    # every exporter) turn http:// into TLS, and every export failed its handshake with the Collector.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_ENDPOINT=otlp_grpc.endpoint)
+    monkeypatch.setenv(insecure, "false")
+    sender = otlp.trace_sender()
+    otlp.stop_retrying(sender)
+    try:
+        assert sender.send(b"") == otlp.SENT  # an empty request, answered by the plain-text receiver
+    finally:
+        sender.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "plain"),
+    [
+        ({}, True),  # the SDK's default endpoint, http://localhost:4317
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "false"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "TRUE"}, True),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false",
+            },
+            False,
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317", "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:1"},
+            True,
+        ),
+    ],
+)
+def test_grpc_speaks_plain_text_or_tls_as_the_specification_decides(monkeypatch, env, plain):
+    for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"):
+        monkeypatch.delenv(prefix + "INSECURE", raising=False)
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", **env)
+    sender = otlp.trace_sender()
+    assert sender._insecure is plain
+    sender.shutdown()
+
+
+def test_an_insecure_neither_true_nor_false_is_told_once_and_read_as_false(monkeypatch, caplog):
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_INSECURE", raising=False)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "yes"}
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", **env)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        senders = [otlp.trace_sender(), otlp.trace_sender()]
+    assert [sender._insecure for sender in senders] == [False, False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_INSECURE=yes is neither true nor false: read as false, so traces go over TLS"
+    ]
+    for sender in senders:
+        sender.shutdown()
+
+
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
     with pytest.raises(ValueError) as raised:
