@@ -275,6 +275,18 @@ def _a_url(sender: T, signal: str) -> T:
             f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
         )
+    variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    if os.environ.get(variable) and urlsplit(endpoint).path in ("", "/") and _first_time("path", variable, endpoint):
+        # The Collector answers 404 at its root: every export is refused, told only as "check the endpoint".
+        log.warning(
+            "%s=%s has no path: a signal's own endpoint is used as it is given, so the %s go to its root; "
+            "write %s/v1/%s (or give the base URL as OTEL_EXPORTER_OTLP_ENDPOINT)",
+            variable,
+            endpoint,
+            signal,
+            endpoint.rstrip("/"),
+            signal,
+        )
     return sender
 
 

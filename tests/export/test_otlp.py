@@ -269,6 +269,23 @@ def test_an_insecure_neither_true_nor_false_is_told_once_and_read_as_false(monke
         sender.shutdown()
 
 
+def test_a_signals_own_http_endpoint_without_a_path_is_told_with_the_one_meant(monkeypatch, caplog):
+    # Used as it is given, as the specification says: every export went to the Collector's root, 404.
+    _standard_variables(
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://collector:4318",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://collector:4318/v1/metrics",
+    )
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        for sender in (otlp.trace_sender(), otlp.trace_sender(), otlp.metric_sender()):
+            sender.shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://collector:4318 has no path: a signal's own endpoint is used "
+        "as it is given, so the traces go to its root; write http://collector:4318/v1/traces (or give the base "
+        "URL as OTEL_EXPORTER_OTLP_ENDPOINT)"
+    ]
+
+
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
     with pytest.raises(ValueError) as raised:
