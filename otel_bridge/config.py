@@ -246,7 +246,16 @@ class Settings(BaseSettings):
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
     # Bounded as SQLite's LIMIT takes it, and far past what any backend takes in one request.
-    export_batch_size: int = Field(512, gt=0, le=1_000_000, description="Spans per OTLP export request.")
+    export_batch_size: int = Field(
+        512,
+        gt=0,
+        le=1_000_000,
+        # The bridge's own variable first, then the specification's.
+        validation_alias=AliasChoices(
+            "OTEL_BRIDGE_EXPORT_BATCH_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "export_batch_size"
+        ),
+        description="Spans per OTLP export request (unset, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is read).",
+    )
     export_concurrency: int = Field(
         2, ge=1, le=16, description="OTLP export requests in flight at once (a distant backend drains faster)."
     )

@@ -104,16 +104,17 @@ def test_the_attribute_value_limit_is_the_bridges_own_else_the_sdks_for_spans_el
 
 
 @pytest.mark.parametrize(
-    ("setting", "own", "sdks"),
+    ("setting", "own", "sdks", "default"),
     [
-        ("max_span_events", "OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT"),
-        ("max_span_links", "OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT"),
+        ("max_span_events", "OTEL_BRIDGE_MAX_SPAN_EVENTS", "OTEL_SPAN_EVENT_COUNT_LIMIT", 128),
+        ("max_span_links", "OTEL_BRIDGE_MAX_SPAN_LINKS", "OTEL_SPAN_LINK_COUNT_LIMIT", 128),
+        ("export_batch_size", "OTEL_BRIDGE_EXPORT_BATCH_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
     ],
 )
-def test_the_events_and_links_a_span_carries_are_the_bridges_own_limit_else_the_sdks(monkeypatch, setting, own, sdks):
+def test_the_spans_limits_and_export_batch_are_the_bridges_own_else_the_sdks(monkeypatch, setting, own, sdks, default):
     for name in (own, sdks):
         monkeypatch.delenv(name, raising=False)
-    assert getattr(Settings(), setting) == 128  # the specification's default
+    assert getattr(Settings(), setting) == default  # the specification's default
     monkeypatch.setenv(sdks, "500")
     assert getattr(Settings(), setting) == 500
     monkeypatch.setenv(own, "50")
@@ -204,7 +205,12 @@ def test_a_url_that_does_not_parse_is_a_configuration_error_naming_it_and_hiding
         ("OTEL_BRIDGE_GAP_GRACE_SECONDS", "inf", "gap_grace_seconds: Input should be a finite number"),
         ("OTEL_BRIDGE_TRACE_SAMPLE_RATIO", "nan", "trace_sample_ratio: Input should be a finite number"),
         ("OTEL_BRIDGE_DISK_RESERVE_MIB", "1e300", "disk_reserve_mib: Input should be less than or equal to 1048576"),
-        ("OTEL_BRIDGE_EXPORT_BATCH_SIZE", str(10**20), "export_batch_size: Input should be less than or equal to"),
+        (
+            "OTEL_BRIDGE_EXPORT_BATCH_SIZE",
+            str(10**20),
+            "export_batch_size (OTEL_BRIDGE_EXPORT_BATCH_SIZE or OTEL_BSP_MAX_EXPORT_BATCH_SIZE): "
+            "Input should be less than or equal to",
+        ),
         (
             "OTEL_BRIDGE_METRIC_EXPORT_INTERVAL_MS",
             "1e300",
