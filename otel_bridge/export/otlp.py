@@ -511,6 +511,7 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
     if exporter == "none":
         return NoSender()  # its answer is truthy: success
     _told_if_delta_asked()
+    _told_if_exponential_asked()
     if exporter == "console":
         from otel_bridge.export.console import ConsoleMetrics
 
@@ -544,6 +545,16 @@ def _told_if_delta_asked() -> None:
         ("", "cumulative"),
         "otel-bridge exports its metrics cumulative; a backend that takes delta only gets them through the "
         "Collector's cumulativetodelta processor",
+    )
+
+
+def _told_if_exponential_asked() -> None:
+    # Explicit buckets from 5 ms to 7 days, as Prometheus, Grafana's panels and the alert rules read them.
+    _told_if_asked_otherwise(
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        ("", "explicit_bucket_histogram"),
+        "otel-bridge exports its histograms with explicit buckets, from 5 ms to 7 days (workflows sleep for "
+        "days), which its dashboards and alert rules read",
     )
 
 

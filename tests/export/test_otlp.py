@@ -414,6 +414,19 @@ def test_a_preference_for_delta_metrics_is_told_once_as_the_bridge_exports_cumul
     ]
 
 
+def test_a_preference_for_exponential_histograms_is_told_once_as_the_bridge_exports_explicit_buckets(
+    monkeypatch, caplog
+):
+    variable = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+    told = _told_making_two(monkeypatch, caplog, otlp.metric_sender, **{variable: "base2_exponential_bucket_histogram"})
+    assert told == [
+        f"{variable}=base2_exponential_bucket_histogram: otel-bridge exports its histograms with explicit buckets, "
+        "from 5 ms to 7 days (workflows sleep for days), which its dashboards and alert rules read"
+    ]
+    caplog.clear()
+    assert _told_making_two(monkeypatch, caplog, otlp.metric_sender, **{variable: "explicit_bucket_histogram"}) == []
+
+
 def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_told(monkeypatch, caplog):
     told = _told_making_two(
         monkeypatch, caplog, otlp.metric_sender, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="Cumulative"
