@@ -272,22 +272,37 @@ def _a_url(sender: T, signal: str) -> T:
     endpoint = endpoint_of(sender)
     if not endpoint.startswith(HTTP_SCHEMES):
         raise ValueError(
-            f"the OTLP/HTTP {signal} endpoint {endpoint!r} is not an http:// or https:// URL "
+            f"the OTLP/HTTP {signal} endpoint {without_password(endpoint)!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
         )
+    _told_if_path_misplaced(signal, endpoint)
+    return sender
+
+
+def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
+    """A path the Collector answers 404 at, told once at start: a base URL ending with a signal's path
+    (each signal's is added to it), or a signal's own URL without one (used as it is given). Every
+    export was refused, told only as "check the endpoint and its credentials"."""
     variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    base = "" if os.environ.get(variable) else os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if base.rstrip("/").endswith(("/v1/traces", "/v1/metrics", "/v1/logs")) and _first_time("path", base):
+        log.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT=%s ends with a signal's path: it is the base URL, and each signal's "
+            "path is added to it (%s); write %s",
+            without_password(base),
+            without_password(endpoint),
+            without_password(base.rstrip("/").rsplit("/v1/", 1)[0]),
+        )
     if os.environ.get(variable) and urlsplit(endpoint).path in ("", "/") and _first_time("path", variable, endpoint):
-        # The Collector answers 404 at its root: every export is refused, told only as "check the endpoint".
         log.warning(
             "%s=%s has no path: a signal's own endpoint is used as it is given, so the %s go to its root; "
             "write %s/v1/%s (or give the base URL as OTEL_EXPORTER_OTLP_ENDPOINT)",
             variable,
-            endpoint,
+            without_password(endpoint),
             signal,
-            endpoint.rstrip("/"),
+            without_password(endpoint.rstrip("/")),
             signal,
         )
-    return sender
 
 
 def _readable(protocol: str, signal: str) -> None:

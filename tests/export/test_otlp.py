@@ -286,6 +286,25 @@ def test_a_signals_own_http_endpoint_without_a_path_is_told_with_the_one_meant(m
     ]
 
 
+def test_a_base_endpoint_ending_with_a_signals_path_is_told_once_with_the_base_meant(monkeypatch, caplog):
+    # Each signal's path is added to it: every export went to …/v1/traces/v1/traces, the Collector's 404.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/v1/traces")
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        for sender in (otlp.trace_sender(), otlp.metric_sender()):
+            sender.shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318/v1/traces ends with a signal's path: it is the base "
+        "URL, and each signal's path is added to it (http://collector:4318/v1/traces/v1/traces); write "
+        "http://collector:4318"
+    ]
+    caplog.clear()  # a signal with an endpoint of its own does not add to the base
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://a:4318/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://a:4318/v1/traces")
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        otlp.trace_sender().shutdown()
+    assert caplog.records == []
+
+
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
     with pytest.raises(ValueError) as raised:
