@@ -206,8 +206,10 @@ class NoSender:
 
 
 def endpoint_of(sender: object) -> str:
-    """Where a sender exports to, for messages (the SDK exporters keep it as `_endpoint`, and so do ours)."""
-    return str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
+    """Where a sender exports to, for messages and logs, without the password its URL may hold (the SDK
+    exporters keep it as `_endpoint`, and so do ours; the gRPC one as `host:port`, its user info kept)."""
+    endpoint = str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
+    return without_password(endpoint) if "://" in endpoint else re.sub(r"^[^/@]*@", "***@", endpoint)
 
 
 def protocol_for(signal: str) -> str:
@@ -315,6 +317,10 @@ def _readable(protocol: str, signal: str) -> None:
     if "://" not in endpoint:
         return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
     why = parse_error(endpoint) or ("" if urlsplit(endpoint).hostname else "it names no host")
+    if not why and protocol == "OTLP/gRPC" and urlsplit(endpoint).username is not None:
+        # gRPC sends no user info: the channel took `user:password@host` for a host name, and every
+        # export failed "resolving" it, the password in each failure told.
+        why = "gRPC sends no user and password in the URL: give them as a header, OTEL_EXPORTER_OTLP_HEADERS"
     if why:
         shown = without_password(endpoint)
         raise ValueError(f"{variable}={shown!r}: the {protocol} {signal} endpoint does not parse ({why})")

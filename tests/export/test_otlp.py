@@ -305,6 +305,26 @@ def test_a_base_endpoint_ending_with_a_signals_path_is_told_once_with_the_base_m
     assert caplog.records == []
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_where_the_export_goes_is_told_without_the_password_its_url_holds(monkeypatch, protocol):
+    # Written at start ("traces to …") and at every failing export.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318")
+    sender = otlp.trace_sender()
+    for kept in ("http://user:s3cret@c:4318/v1/traces", "user:s3cret@c:4317"):  # as each SDK exporter keeps it
+        sender._endpoint = kept
+        assert "s3cret" not in otlp.endpoint_of(sender) and "***@c:431" in otlp.endpoint_of(sender)
+    sender.shutdown()
+
+
+def test_a_grpc_endpoint_with_a_user_and_password_is_a_configuration_error(monkeypatch):
+    # gRPC sends no user info: every export failed resolving "user:s3cret@collector", the password in each failure.
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:s3cret@collector:4317"}
+    _standard_variables(monkeypatch, **env)
+    with pytest.raises(ValueError) as raised:
+        otlp.trace_sender()
+    assert "s3cret" not in str(raised.value) and "give them as a header" in str(raised.value)
+
+
 def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatch):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="https://user:s3cret@[::1")
     with pytest.raises(ValueError) as raised:
