@@ -816,6 +816,46 @@ def _count(text: str) -> int:
     return value
 
 
+def _above_zero(text: str) -> float:
+    """A number above 0 that a clock can count (a rate, a timeout): `--rate 0` was a ZeroDivisionError,
+    `--timeout -1` a bare "Timeout value out of range"."""
+    value = _a_number(text)
+    if not 0 < value <= _LONGEST:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {_LONGEST:,.0f}, not {text}")
+    return value
+
+
+def _zero_or_more(text: str) -> float:
+    """A number of seconds, 0 or more (`--duration -5` ran nothing and said nothing)."""
+    value = _a_number(text)
+    if not 0 <= value <= _LONGEST:
+        raise argparse.ArgumentTypeError(f"must be 0 or more and at most {_LONGEST:,.0f}, not {text}")
+    return value
+
+
+def _a_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on (`--ws-port 99999` failed the demo's engine thread with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, not {value}")
+    return value
+
+
+# A flag's largest number of seconds (or per second): a day, past which no rate, wait or demo makes sense
+# (`nan` and `inf` are not within it).
+_LONGEST = 86_400.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-bridge",
@@ -877,8 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="http://127.0.0.1:4380/v1/events",
         help="the bridge's tracker endpoint (an address alone: its /v1/events)",
     )
-    demo.add_argument("--rate", type=float, default=2.0, help="runs started per second")
-    demo.add_argument("--duration", type=float, default=0.0, help="seconds to generate for (0: until stopped)")
+    demo.add_argument("--rate", type=_above_zero, default=2.0, help="runs started per second")
+    demo.add_argument("--duration", type=_zero_or_more, default=0.0, help="seconds to generate for (0: until stopped)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
     demo.add_argument(
         "--header", action="append", default=[], metavar="NAME=VALUE", help="extra header, e.g. X-API-KEY=…"
@@ -887,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream-url", default=None, help="also publish event-sourced executions to this Redis (the runtime's stream)"
     )
     demo.add_argument(
-        "--ws-port", type=int, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
+        "--ws-port", type=_port, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
     )
     demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
     demo.add_argument(
@@ -945,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument(
         "--url", default=None, help="the running bridge (default: this machine's, at --port: http://127.0.0.1:4380)"
     )
-    close.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for its answer (default 30)")
+    close.add_argument("--timeout", type=_above_zero, default=30.0, help="seconds to wait for its answer (default 30)")
     close.add_argument("--json", action="store_true", help="the bridge's answer as JSON")
     _add_settings_flags(close)
     again = sub.add_parser(
@@ -961,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fails and why (exit 1), before serving",
     )
     check.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds each check may wait for an answer (default 5)"
+        "--timeout", type=_above_zero, default=5.0, help="seconds each check may wait for an answer (default 5)"
     )
     check.add_argument("--json", action="store_true", help="JSON instead of lines (for a deploy pipeline)")
     _add_settings_flags(check)

@@ -112,6 +112,24 @@ def test_the_demo_says_at_once_what_is_wrong_with_its_options(capsys, options, t
     assert told in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "told"),
+    [
+        (["demo", "--rate", "0"], "--rate: must be above 0"),  # was a ZeroDivisionError
+        (["demo", "--rate", "nan"], "--rate: must be above 0"),
+        (["demo", "--duration", "-5"], "--duration: must be 0 or more"),  # ran nothing and said nothing
+        (["demo", "--ws-port", "99999"], "--ws-port: must be a port from 1 to 65535"),  # a thread's traceback
+        (["close", "x", "--timeout", "-1"], "--timeout: must be above 0"),  # "Timeout value out of range"
+        (["check", "--timeout", "inf"], "--timeout: must be above 0 and at most 86,400"),
+    ],
+)
+def test_a_number_a_command_cannot_work_with_is_refused_naming_its_flag(capsys, argv, told):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert told in capsys.readouterr().err
+
+
 def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones_are(tmp_path, capsys):
     state = str(tmp_path / "state.db")
     settings = Settings(state=state)
