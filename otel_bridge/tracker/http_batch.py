@@ -13,6 +13,7 @@ In a child process forked after the tracker was made, it starts afresh: an empty
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -29,7 +31,7 @@ from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
-from otel_bridge.urls import without_password
+from otel_bridge.urls import parse_error, without_password
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -178,6 +180,46 @@ def _told(answer: httpx.Response | Exception) -> str:
     return f"{told}: {said[:_BODY_TOLD]}" if said else told
 
 
+# What an endpoint, an identity and a header the bridge takes look like, checked as the tracker is made:
+# taken as given, each one was a tracker whose every batch was re-sent for seconds and dropped (a URL
+# with no scheme), whose every event the bridge rejected (a serviceKey holding a tab), or whose timer thread
+# died (an interval of `inf`) — in the producer's log at best, and the workflow none the wiser.
+_SCHEMES = ("http://", "https://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LONGEST_SECONDS = 86_400.0
+
+
+def _checked(
+    endpoint: str,
+    env: str,
+    service_key: str,
+    headers: Mapping[str, str],
+    flush_interval_seconds: float | None,
+    initial_delay_ms: float,
+    timeout_seconds: float,
+) -> None:
+    """A ValueError naming the first argument no bridge or clock could work with."""
+    why = parse_error(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL"
+    if why or not urlsplit(endpoint).hostname:
+        raise ValueError(f"endpoint {without_password(endpoint)!r}: {why or 'names no host'}")
+    for name, label in (("env", env), ("service_key", service_key)):
+        if len(label) > 1000 or _CONTROL.search(label):
+            raise ValueError(
+                f"{name} {label[:40]!r} is none the bridge takes: 1,000 characters at most, none a control"
+            )
+    for header, value in headers.items():
+        if not _TOKEN.fullmatch(str(header)) or _CONTROL.search(str(value).replace("\t", "")):
+            raise ValueError(f"header {header!r} is no HTTP header a request can carry (its value is not shown)")
+    # None or 0 and less: no timer (flush on size, flush() and close() only).
+    if flush_interval_seconds is not None and not flush_interval_seconds <= _LONGEST_SECONDS:
+        raise ValueError(f"flush_interval_seconds must be at most a day, not {flush_interval_seconds}")
+    if not 0 <= initial_delay_ms <= _LONGEST_SECONDS * 1000:
+        raise ValueError(f"initial_delay_ms must be 0 or more and at most a day, not {initial_delay_ms}")
+    if not 0 < timeout_seconds <= _LONGEST_SECONDS:
+        raise ValueError(f"timeout_seconds must be above 0 and at most a day, not {timeout_seconds}")
+
+
 def _config(
     endpoint: str,
     env: str,
@@ -189,6 +231,7 @@ def _config(
     initial_delay_ms: float,
     timeout_seconds: float,
 ) -> _Config:
+    _checked(endpoint, env, service_key, dict(headers or {}), flush_interval_seconds, initial_delay_ms, timeout_seconds)
     return _Config(
         endpoint,
         env,

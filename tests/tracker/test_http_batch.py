@@ -130,6 +130,31 @@ def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error_and_no_pa
     tracker.close()
 
 
+@pytest.mark.parametrize("flavour", [HttpBatchTracker, AsyncHttpBatchTracker])
+@pytest.mark.parametrize(
+    ("given", "told"),
+    [
+        # Every batch re-sent for seconds and dropped, in the producer's log at best:
+        ({"endpoint": "127.0.0.1:4380"}, "endpoint '127.0.0.1:4380': is not an http:// or https:// URL"),
+        ({"endpoint": "http://user:s3cret@[::1"}, "endpoint 'http://***@[::1': Invalid IPv6 URL"),
+        ({"endpoint": "https://"}, "endpoint 'https://': names no host"),
+        ({"timeout_seconds": 0}, "timeout_seconds must be above 0 and at most a day, not 0"),
+        ({"headers": {"api key": "s3cret"}}, "header 'api key' is no HTTP header a request can carry"),
+        ({"headers": {"x-api-key": "s3cret\n"}}, "header 'x-api-key' is no HTTP header a request can carry"),
+        # Every event rejected by the bridge:
+        ({"service_key": "shop\tus"}, "service_key 'shop\\tus' is none the bridge takes"),
+        # The timer thread died with an OverflowError; a negative backoff failed every re-send's sleep:
+        ({"flush_interval_seconds": float("inf")}, "flush_interval_seconds must be at most a day, not inf"),
+        ({"initial_delay_ms": -1}, "initial_delay_ms must be 0 or more and at most a day, not -1"),
+    ],
+)
+def test_what_no_bridge_or_clock_could_work_with_is_a_value_error_naming_it(flavour, given, told):
+    arguments = {"endpoint": "http://127.0.0.1:4380/v1/events", "env": "staging", "service_key": "shop"} | given
+    with pytest.raises(ValueError) as raised:
+        flavour(**arguments)
+    assert str(raised.value).startswith(told) and "s3cret" not in str(raised.value)
+
+
 def test_an_event_emitted_after_close_is_dropped_at_once_counted_and_told_once(endpoint, caplog):
     # Buffered, it went through the retries against the closed client at the next flush (7 s of the
     # workflow's time), and a buffer nobody flushed any more only grew.
