@@ -30,7 +30,7 @@ import orjson
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
-from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
+from otel_bridge.tracker.contract import CONTROL_CHARACTER, AfterClose, at_exit, checked_labels, enriched
 from otel_bridge.urls import parse_error, without_password
 
 if TYPE_CHECKING:
@@ -185,7 +185,6 @@ def _told(answer: httpx.Response | Exception) -> str:
 # with no scheme), whose every event the bridge rejected (a serviceKey holding a tab), or whose timer thread
 # died (an interval of `inf`) — in the producer's log at best, and the workflow none the wiser.
 _SCHEMES = ("http://", "https://")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LONGEST_SECONDS = 86_400.0
 
@@ -203,13 +202,9 @@ def _checked(
     why = parse_error(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL"
     if why or not urlsplit(endpoint).hostname:
         raise ValueError(f"endpoint {without_password(endpoint)!r}: {why or 'names no host'}")
-    for name, label in (("env", env), ("service_key", service_key)):
-        if len(label) > 1000 or _CONTROL.search(label):
-            raise ValueError(
-                f"{name} {label[:40]!r} is none the bridge takes: 1,000 characters at most, none a control"
-            )
+    checked_labels(env, service_key)
     for header, value in headers.items():
-        if not _TOKEN.fullmatch(str(header)) or _CONTROL.search(str(value).replace("\t", "")):
+        if not _TOKEN.fullmatch(str(header)) or CONTROL_CHARACTER.search(str(value).replace("\t", "")):
             raise ValueError(f"header {header!r} is no HTTP header a request can carry (its value is not shown)")
     # None or 0 and less: no timer (flush on size, flush() and close() only).
     if flush_interval_seconds is not None and not flush_interval_seconds <= _LONGEST_SECONDS:

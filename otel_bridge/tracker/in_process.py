@@ -40,7 +40,7 @@ from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context
 from otel_bridge.runtime import Bridge
-from otel_bridge.tracker.contract import AfterClose, at_exit, enriched
+from otel_bridge.tracker.contract import AfterClose, at_exit, checked_labels, enriched
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class OtelTracker:
         A name that is no setting raises TypeError, as a misspelt keyword argument does."""
         if unknown := unknown_settings(settings):
             raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
+        checked_labels(env, service_key)
         self.env, self.service_key = env, service_key
         self._memory = state is None
         shared = isinstance(state, str) and state.startswith(REDIS_SCHEMES)

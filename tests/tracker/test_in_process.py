@@ -131,6 +131,15 @@ def test_the_export_timeout_counts_seconds_as_the_applications_own_python_export
         assert waits and set(waits) == {5.0}
 
 
+@pytest.mark.parametrize(
+    ("env", "service_key", "named"), [("prod", "shop\tus", "service_key"), ("p" * 1001, "shop", "env")]
+)
+def test_an_env_or_service_key_the_bridge_rejects_is_a_value_error_as_the_tracker_is_made(env, service_key, named):
+    # Taken, every event the tracker was given was rejected and kept in a dead-letter file.
+    with pytest.raises(ValueError, match=f"^{named} .* is none the bridge takes"):
+        OtelTracker(env, service_key)
+
+
 def test_a_setting_misspelt_is_a_type_error_naming_the_one_meant():
     # Settings ignores names it does not know: settle_second=1 left settle_seconds at its default, unsaid.
     with pytest.raises(TypeError) as misspelt:
