@@ -268,6 +268,16 @@ def _first_time(*what: str) -> bool:
     return True
 
 
+def _standard(signal: str, name: str) -> tuple[str, str]:
+    """The variable that gives `name` (ENDPOINT, TIMEOUT, …) to `signal`'s export, and its value: the
+    signal's own first, then the one for every signal, as the SDK and the specification read them (an
+    empty value is unset); the latter's name and "" when neither is set."""
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        if value := os.environ.get(variable, "").strip():
+            return variable, value
+    return f"OTEL_EXPORTER_OTLP_{name}", ""
+
+
 def _a_url(sender: T, signal: str) -> T:
     """`sender`, once its OTLP/HTTP endpoint is a URL: without a scheme (`::1`, `collector:4318` read
     as a path) every export failed, told as a failing backend, never as the setting it is."""
@@ -311,9 +321,7 @@ def _readable(protocol: str, signal: str) -> None:
     """The endpoint variable `signal` is exported by, once it reads as a host and a port: with a
     bracket not closed, a port that is no number or past 65535, or no host at all, every export
     failed as if the backend were away (or the gRPC exporter failed the start: "Invalid IPv6 URL")."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-        if endpoint := os.environ.get(variable, ""):
-            break
+    variable, endpoint = _standard(signal, "ENDPOINT")
     if "://" not in endpoint:
         return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
     why = parse_error(endpoint) or ("" if urlsplit(endpoint).hostname else "it names no host")
@@ -339,14 +347,13 @@ def _tls_files_readable(signal: str) -> None:
     that was not there failed every OTLP/HTTP export ("Could not find a suitable TLS CA certificate
     bundle"), told as a backend away, and the gRPC exporter logged a traceback and went on without it."""
     for name, what in _TLS_FILES.items():
-        for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
-            if path := os.environ.get(variable, ""):
-                try:
-                    with open(path, "rb"):
-                        pass
-                except OSError as exc:
-                    raise ValueError(f"{variable}={path!r} cannot be read ({exc.strerror}): it is {what}") from None
-                break
+        variable, path = _standard(signal, name)
+        try:
+            if path:
+                with open(path, "rb"):
+                    pass
+        except OSError as exc:
+            raise ValueError(f"{variable}={path!r} cannot be read ({exc.strerror}): it is {what}") from None
 
 
 # A header of `OTEL_EXPORTER_OTLP_HEADERS`: `name=value`, the name a token, the value printable ASCII
@@ -360,9 +367,7 @@ def _headers_readable(signal: str) -> None:
     """The headers the variables give `signal`'s export, once each is a `name=value` the SDK takes: it
     dropped one that was not (`x-api-key:…`, a colon for the `=`) and wrote it whole in its warning,
     the credential in it too, three times at every start — then every export was refused."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
-        if raw := os.environ.get(variable, ""):
-            break
+    variable, raw = _standard(signal, "HEADERS")
     for place, header in enumerate(re.split(r"[ \t]*,[ \t]*", raw), 1):
         if header and not _HEADER.fullmatch(header.strip()):
             named = _HEADER_NAME.match(header)
@@ -406,30 +411,28 @@ def export_timeout(signal: str, unit: float = MILLISECONDS) -> float:
     number, not above 0 or past a day is a ValueError naming the variable: the SDK read `-5` and
     every export failed, `1e300` and every export failed, and its gRPC exporter failed the start on
     `abc` with a bare "could not convert string to float"."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
-        raw = os.environ.get(variable, "")
-        if not raw.strip():
-            continue  # unset, as the specification reads an empty value
-        counted = "milliseconds" if unit == MILLISECONDS else "seconds"
-        try:
-            seconds = float(raw) * unit
-        except ValueError:
-            raise ValueError(f"{variable}={raw!r} is no number of {counted}") from None
-        if not 0 < seconds <= _LONGEST_TIMEOUT_SECONDS:
-            longest = _LONGEST_TIMEOUT_SECONDS / unit
-            raise ValueError(f"{variable}={raw!r} must be above 0 and at most a day ({longest:,.0f} {counted})")
-        if unit == MILLISECONDS and seconds < _SHORTEST_LIKELY_SECONDS and _first_time("timeout", variable, raw):
-            log.warning(
-                "%s=%s is %g ms for each export request: the specification's unit, milliseconds, which "
-                "otel-bridge reads (the Python SDK reads seconds); for %s seconds write %s",
-                variable,
-                raw,
-                seconds * 1000,
-                raw,
-                f"{float(raw) * 1000:g}",
-            )
-        return seconds
-    return _DEFAULT_TIMEOUT_SECONDS
+    variable, raw = _standard(signal, "TIMEOUT")
+    if not raw:
+        return _DEFAULT_TIMEOUT_SECONDS
+    counted = "milliseconds" if unit == MILLISECONDS else "seconds"
+    try:
+        seconds = float(raw) * unit
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r} is no number of {counted}") from None
+    if not 0 < seconds <= _LONGEST_TIMEOUT_SECONDS:
+        longest = _LONGEST_TIMEOUT_SECONDS / unit
+        raise ValueError(f"{variable}={raw!r} must be above 0 and at most a day ({longest:,.0f} {counted})")
+    if unit == MILLISECONDS and seconds < _SHORTEST_LIKELY_SECONDS and _first_time("timeout", variable, raw):
+        log.warning(
+            "%s=%s is %g ms for each export request: the specification's unit, milliseconds, which "
+            "otel-bridge reads (the Python SDK reads seconds); for %s seconds write %s",
+            variable,
+            raw,
+            seconds * 1000,
+            raw,
+            f"{float(raw) * 1000:g}",
+        )
+    return seconds
 
 
 def _verify_as_configured(exporter: T) -> T:
@@ -462,10 +465,8 @@ def export_compression(signal: str, protocol: str) -> str:
     `OTEL_EXPORTER_OTLP_COMPRESSION`: gzip or none, as the specification has them (and deflate over
     OTLP/HTTP). Another value is a ValueError naming the variable: the SDK's HTTP exporter warned and sent
     uncompressed, its gRPC exporter failed the start with a traceback — on `none` too."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-        if raw := os.environ.get(variable, "").strip():
-            break
-    else:
+    variable, raw = _standard(signal, "COMPRESSION")
+    if not raw:
         return "none"
     kinds = ("gzip", "none") if protocol == GRPC else ("gzip", "deflate", "none")
     if raw.lower() not in kinds:
@@ -479,17 +480,14 @@ def _grpc_insecure(signal: str) -> bool:
     `OTEL_EXPORTER_OTLP_{SIGNAL}_INSECURE` or `OTEL_EXPORTER_OTLP_INSECURE` (`true`: plain; else TLS).
     The SDK let any INSECURE value but `true` turn `http://collector:4317` into TLS, and every export
     failed its handshake with a plain-text Collector; a value neither true nor false is told (once)."""
-    variables = (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    endpoint = next((value for value in map(os.environ.get, variables) if value), "http://localhost:4317")
+    endpoint = _standard(signal, "ENDPOINT")[1] or "http://localhost:4317"
     scheme = urlsplit(endpoint).scheme.lower() if "://" in endpoint else ""
     if scheme in ("http", "https"):
         return scheme == "http"
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"):
-        if raw := os.environ.get(variable, "").strip():
-            if raw.lower() not in ("true", "false") and _first_time(variable, raw):
-                log.warning("%s=%s is neither true nor false: read as false, so %s go over TLS", variable, raw, signal)
-            return raw.lower() == "true"
-    return False
+    variable, raw = _standard(signal, "INSECURE")
+    if raw and raw.lower() not in ("true", "false") and _first_time(variable, raw):
+        log.warning("%s=%s is neither true nor false: read as false, so %s go over TLS", variable, raw, signal)
+    return raw.lower() == "true"
 
 
 def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str, Any]]:
