@@ -184,7 +184,7 @@ def _told(answer: httpx.Response | Exception) -> str:
 # taken as given, each one was a tracker whose every batch was re-sent for seconds and dropped (a URL
 # with no scheme), whose every event the bridge rejected (a serviceKey holding a tab), or whose timer thread
 # died (an interval of `inf`) — in the producer's log at best, and the workflow none the wiser.
-_SCHEMES = ("http://", "https://")
+_SCHEMES = ("http://", "https://")  # config's HTTP_SCHEMES, without loading pydantic-settings into a producer
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LONGEST_SECONDS = 86_400.0
 
