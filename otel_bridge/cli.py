@@ -27,6 +27,7 @@ from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, Ru
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
+from otel_bridge.tracker.contract import CONTROL_CHARACTER
 from otel_bridge.visible import TextLog, visible, visible_lines
 
 if TYPE_CHECKING:
@@ -851,6 +852,34 @@ def _port(text: str) -> int:
     return value
 
 
+def _label(text: str) -> str:
+    """A name the bridge takes in an event (an env, a serviceKey): a trace id printed for one it rejects
+    (a control character, past 1,000 characters) is the id of a trace that will never exist."""
+    if len(text) > 1000 or CONTROL_CHARACTER.search(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is none the bridge takes: 1,000 characters at most, none a control"
+        )
+    return text
+
+
+def _identity(text: str) -> str:
+    """A run's id the bridge takes: a label that is not empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return _label(text)
+
+
+def _attempt(text: str) -> int:
+    """An attempt number the bridge takes (0 from the engine's older versions, which counted from 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (below 2**63), not {value}")
+    return value
+
+
 # A flag's largest number of seconds (or per second): a day, past which no rate, wait or demo makes sense
 # (`nan` and `inf` are not within it).
 _LONGEST = 86_400.0
@@ -900,17 +929,19 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--status", help="with --workflow-id: executions in this status only (completed, failed, …)")
     _add_settings_flags(timeline)
     trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")
-    trace.add_argument("--env", required=True)
-    trace.add_argument("--service", required=True, help="the producer's serviceKey")
-    trace.add_argument("--workflow-id", required=True)
+    trace.add_argument("--env", required=True, type=_label)
+    trace.add_argument("--service", required=True, type=_label, help="the producer's serviceKey")
+    trace.add_argument("--workflow-id", required=True, type=_identity)
     trace.add_argument(
         "--engine",
         default=c.PLATFORM_DURABLE_EFFECT,
         choices=(c.PLATFORM_DURABLE_EFFECT, c.PLATFORM_EVENT_SOURCED, c.PLATFORM_PHASE10),
     )
-    trace.add_argument("--tenant", default=None, help="the event-sourced runtime's tenant")
+    trace.add_argument("--tenant", default=None, type=_label, help="the event-sourced runtime's tenant")
     trace.add_argument("--step", default=None, help="the span of this step's attempt instead of the run's root")
-    trace.add_argument("--attempt", type=int, default=None, help="with --step: which attempt (from 1; 1 unless given)")
+    trace.add_argument(
+        "--attempt", type=_attempt, default=None, help="with --step: which attempt (from 1; 1 unless given)"
+    )
     demo = sub.add_parser("demo", help="post realistic workflow and job traffic to a bridge, as a producer would")
     demo.add_argument(
         "--url",

@@ -121,9 +121,14 @@ def test_the_demo_says_at_once_what_is_wrong_with_its_options(capsys, options, t
         (["demo", "--ws-port", "99999"], "--ws-port: must be a port from 1 to 65535"),  # a thread's traceback
         (["close", "x", "--timeout", "-1"], "--timeout: must be above 0"),  # "Timeout value out of range"
         (["check", "--timeout", "inf"], "--timeout: must be above 0 and at most 86,400"),
+        # A traceparent printed for a run the bridge would reject: the id of a trace that will never exist.
+        (["trace-id", "--env", "p", "--service", "s", "--workflow-id", "w\x1f"], "--workflow-id: 'w\\x1f' is none"),
+        (["trace-id", "--env", "p", "--service", "s", "--workflow-id", ""], "--workflow-id: must not be empty"),
+        (["trace-id", "--env", "p", "--service", "s", "--workflow-id", "w", "--step", "a", "--attempt", "-1"],
+         "--attempt: must be 0 or more"),
     ],
-)
-def test_a_number_a_command_cannot_work_with_is_refused_naming_its_flag(capsys, argv, told):
+)  # fmt: skip
+def test_a_value_a_command_cannot_work_with_is_refused_naming_its_flag(capsys, argv, told):
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
