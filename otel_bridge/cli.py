@@ -27,7 +27,8 @@ from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, Ru
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
-from otel_bridge.tracker.contract import CONTROL_CHARACTER
+from otel_bridge.tokens import label_problem
+from otel_bridge.urls import host_problem, without_password
 from otel_bridge.visible import TextLog, visible, visible_lines
 
 if TYPE_CHECKING:
@@ -770,6 +771,10 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.url.startswith(HTTP_SCHEMES):
         print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
         return 2
+    if why := host_problem(args.url):  # `http://[::1` was a traceback
+        shown = without_password(args.url)
+        print(f"otel-bridge: --url {shown!r} names no bridge to post to: {why}", file=sys.stderr)
+        return 2
     if not 0 <= args.incidents <= 1:
         print(f"otel-bridge: --incidents {args.incidents:g} is not a share between 0 and 1", file=sys.stderr)
         return 2
@@ -855,10 +860,8 @@ def _port(text: str) -> int:
 def _label(text: str) -> str:
     """A name the bridge takes in an event (an env, a serviceKey): a trace id printed for one it rejects
     (a control character, past 1,000 characters) is the id of a trace that will never exist."""
-    if len(text) > 1000 or CONTROL_CHARACTER.search(text):
-        raise argparse.ArgumentTypeError(
-            f"{text[:40]!r} is none the bridge takes: 1,000 characters at most, none a control"
-        )
+    if why := label_problem(text):
+        raise argparse.ArgumentTypeError(why)
     return text
 
 
@@ -871,11 +874,8 @@ def _identity(text: str) -> str:
 
 def _attempt(text: str) -> int:
     """An attempt number the bridge takes (0 from the engine's older versions, which counted from 0)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
+    value = _count(text)
+    if value >= 2**63:
         raise argparse.ArgumentTypeError(f"must be 0 or more (below 2**63), not {value}")
     return value
 

@@ -9,7 +9,6 @@ SDK defines them, and two of them are mirrored here for their defaults.
 
 import difflib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from otel_bridge.tokens import HEADER_NAME
 from otel_bridge.urls import parse_error, sentinels_of, without_password
 
 DAY = 86_400.0
@@ -37,9 +37,6 @@ _URL_SCHEMES = {
     "ws_api_url": HTTP_SCHEMES,
 }
 
-
-# What an HTTP header's name may hold (RFC 9110's token).
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # The paths the bridge answers on besides the tracker endpoint's (`receivers/http.py`): a `path` among
 # them would take their requests (a GET of `/metrics` answered 405, and Prometheus scraped nothing).
@@ -485,7 +482,7 @@ class Settings(BaseSettings):
     @classmethod
     def _a_header_a_request_can_carry(cls, value: str) -> str:
         # Any other name no client can send: with an api_key set, every batch was answered 401.
-        if not _HEADER_NAME.fullmatch(value):
+        if not HEADER_NAME.fullmatch(value):
             raise ValueError(f"must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~), not {value!r}")
         return value
 

@@ -34,6 +34,11 @@ def parse_error(url: str) -> str | None:
     return None
 
 
+def host_problem(url: str) -> str | None:
+    """Why `url` names no host a request can go to — it does not parse, or it names none — or None."""
+    return parse_error(url) or (None if urlsplit(url).hostname else "it names no host")
+
+
 def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
     """The Sentinels a `redis+sentinel://` URL names, the service they watch, and the database."""
     parts = urlsplit(url)

@@ -105,6 +105,7 @@ def test_runs_takes_a_limit_of_zero_or_more_as_get_v1_runs_does(limit, capsys):
         # Taken as it was, every POST failed and each batch went through the tracker's retries first.
         (["--url", "127.0.0.1:4380"], "--url '127.0.0.1:4380' is not an http:// or https:// URL"),
         (["--header", "X-API-KEY"], "--header 'X-API-KEY' is not NAME=VALUE"),  # was a traceback
+        (["--url", "http://[::1"], "--url 'http://[::1' names no bridge to post to: Invalid IPv6 URL"),  # likewise
     ],
 )
 def test_the_demo_says_at_once_what_is_wrong_with_its_options(capsys, options, told):

@@ -28,7 +28,8 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
-from otel_bridge.urls import parse_error, without_password
+from otel_bridge.tokens import TOKEN
+from otel_bridge.urls import host_problem, without_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -324,7 +325,7 @@ def _readable(protocol: str, signal: str) -> None:
     variable, endpoint = _standard(signal, "ENDPOINT")
     if "://" not in endpoint:
         return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
-    why = parse_error(endpoint) or ("" if urlsplit(endpoint).hostname else "it names no host")
+    why = host_problem(endpoint)
     if not why and protocol == "OTLP/gRPC" and urlsplit(endpoint).username is not None:
         # gRPC sends no user info: the channel took `user:password@host` for a host name, and every
         # export failed "resolving" it, the password in each failure told.
@@ -358,9 +359,9 @@ def _tls_files_readable(signal: str) -> None:
 
 # A header of `OTEL_EXPORTER_OTLP_HEADERS`: `name=value`, the name a token, the value printable ASCII
 # without `"`, `,`, `;` or `\` (URL-encoded, or with spaces, as the SDK's liberal reading takes it).
-_HEADER = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
+_HEADER = re.compile(rf"[ \t]*{TOKEN}[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
 # Its name, where one stands before an `=` or a `:` (a lone token might be the credential itself).
-_HEADER_NAME = re.compile(r"[ \t]*([!#-'*+\-.0-9A-Z^-z|~]+)[ \t]*[=:]")
+_HEADER_NAME = re.compile(rf"[ \t]*({TOKEN})[ \t]*[=:]")
 
 
 def _headers_readable(signal: str) -> None:
@@ -586,10 +587,12 @@ def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     """
     if getattr(exporter, "_insecure", True):
         return exporter
-    prefixes = (f"OTEL_EXPORTER_OTLP_{signal.upper()}_", "OTEL_EXPORTER_OTLP_")
-    setting = {name: [os.environ.get(p + name) for p in prefixes] for name in ("ENDPOINT", "INSECURE", "CERTIFICATE")}
-    endpoint = next((value for value in setting["ENDPOINT"] if value), "")
-    if endpoint.lower().startswith("https://") or any(setting["INSECURE"] + setting["CERTIFICATE"]):
+    endpoint = _standard(signal, "ENDPOINT")[1]
+    if (
+        endpoint.lower().startswith("https://")
+        or _standard(signal, "INSECURE")[1]
+        or _standard(signal, "CERTIFICATE")[1]
+    ):
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
     if not _first_time("tls", signal, endpoint):  # once, however many exporters a signal has
         return exporter

@@ -11,6 +11,7 @@ from pydantic_core import CoreSchema, ErrorDetails, core_schema
 
 from otel_bridge.json_text import JSON_DEPTH
 from otel_bridge.lifecycle import AttributeValue
+from otel_bridge.tokens import MAX_IDENTITY
 
 # OTLP carries times as unsigned 64-bit nanoseconds since 1970: 2554-07-21T23:34:33Z is the last one.
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,10 +54,6 @@ CONTROL_CHARACTERS = "must not contain control characters (U+0000-U+001F, U+007F
 # Producers' counts and durations: bounded so that no sum or conversion to nanoseconds overflows.
 _MAX_MS = 2**63 / 1e6 / 2
 
-# An identity is in the key of every row its run keeps, and on its spans: one of a megabyte (a
-# payload sent in the wrong field) made each of its run's rows as large. Temporal bounds its ids
-# and names at 1,000 characters (`limit.maxIDLength`); so do we.
-MAX_IDENTITY = 1000
 IsoTime = Annotated[datetime, _IsoTime]
 Identity = Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY, pattern=PRINTABLE)]
 Label = Annotated[str, Field(max_length=MAX_IDENTITY, pattern=PRINTABLE)]

@@ -7,13 +7,13 @@ into the workflow that emits: a delivery problem is logged, counted and retried 
 
 import atexit
 import logging
-import re
 import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 from otel_bridge.forks import after_fork_in_child
+from otel_bridge.tokens import label_problem
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,13 @@ class AsyncTracker(Protocol):
     async def pending(self) -> int: ...
 
 
-# What the bridge refuses in an identity, and no header carries: a control character (the field separator
-# of its trace ids among them).
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def checked_labels(env: str, service_key: str) -> None:
     """A ValueError naming `env` or `service_key` when the bridge would reject every event that carries it:
     more than 1,000 characters, or a control character. Taken as given, every event of the tracker was
     rejected (kept in a dead-letter file), and the workflow none the wiser."""
     for name, label in (("env", env), ("service_key", service_key)):
-        if len(label) > 1000 or CONTROL_CHARACTER.search(label):
-            raise ValueError(
-                f"{name} {label[:40]!r} is none the bridge takes: 1,000 characters at most, none a control"
-            )
+        if why := label_problem(label):
+            raise ValueError(f"{name} {why}")
 
 
 def enriched(event: Mapping[str, Any], env: str, service_key: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ In a child process forked after the tracker was made, it starts afresh: an empty
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -30,8 +28,9 @@ import orjson
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
-from otel_bridge.tracker.contract import CONTROL_CHARACTER, AfterClose, at_exit, checked_labels, enriched
-from otel_bridge.urls import parse_error, without_password
+from otel_bridge.tokens import CONTROL_CHARACTER, HEADER_NAME
+from otel_bridge.tracker.contract import AfterClose, at_exit, checked_labels, enriched
+from otel_bridge.urls import host_problem, without_password
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -185,7 +184,6 @@ def _told(answer: httpx.Response | Exception) -> str:
 # with no scheme), whose every event the bridge rejected (a serviceKey holding a tab), or whose timer thread
 # died (an interval of `inf`) — in the producer's log at best, and the workflow none the wiser.
 _SCHEMES = ("http://", "https://")  # config's HTTP_SCHEMES, without loading pydantic-settings into a producer
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LONGEST_SECONDS = 86_400.0
 
 
@@ -199,12 +197,11 @@ def _checked(
     timeout_seconds: float,
 ) -> None:
     """A ValueError naming the first argument no bridge or clock could work with."""
-    why = parse_error(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL"
-    if why or not urlsplit(endpoint).hostname:
-        raise ValueError(f"endpoint {without_password(endpoint)!r}: {why or 'names no host'}")
+    if why := host_problem(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL":
+        raise ValueError(f"endpoint {without_password(endpoint)!r}: {why}")
     checked_labels(env, service_key)
     for header, value in headers.items():
-        if not _TOKEN.fullmatch(str(header)) or CONTROL_CHARACTER.search(str(value).replace("\t", "")):
+        if not HEADER_NAME.fullmatch(str(header)) or CONTROL_CHARACTER.search(str(value).replace("\t", "")):
             raise ValueError(f"header {header!r} is no HTTP header a request can carry (its value is not shown)")
     # None or 0 and less: no timer (flush on size, flush() and close() only).
     if flush_interval_seconds is not None and not flush_interval_seconds <= _LONGEST_SECONDS:

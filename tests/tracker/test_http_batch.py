@@ -137,7 +137,7 @@ def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error_and_no_pa
         # Every batch re-sent for seconds and dropped, in the producer's log at best:
         ({"endpoint": "127.0.0.1:4380"}, "endpoint '127.0.0.1:4380': is not an http:// or https:// URL"),
         ({"endpoint": "http://user:s3cret@[::1"}, "endpoint 'http://***@[::1': Invalid IPv6 URL"),
-        ({"endpoint": "https://"}, "endpoint 'https://': names no host"),
+        ({"endpoint": "https://"}, "endpoint 'https://': it names no host"),
         ({"timeout_seconds": 0}, "timeout_seconds must be above 0 and at most a day, not 0"),
         ({"headers": {"api key": "s3cret"}}, "header 'api key' is no HTTP header a request can carry"),
         ({"headers": {"x-api-key": "s3cret\n"}}, "header 'x-api-key' is no HTTP header a request can carry"),
