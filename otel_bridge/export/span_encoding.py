@@ -212,13 +212,9 @@ def shrunk(payload: bytes, max_bytes: int) -> bytes | None:
     its largest events, then its links, each counted in the span's `dropped_*_count` as an SDK's limits
     count what they drop; None when its ids, name and times alone take more."""
     span = Span.FromString(payload)
-    for kept, dropped in (("attributes", "dropped_attributes_count"), ("events", "dropped_events_count")):
-        items = getattr(span, kept)
+    for kept in ("attributes", "events", "links"):
+        items, dropped = getattr(span, kept), f"dropped_{kept}_count"
         while span.ByteSize() > max_bytes and len(items):
-            largest = max(range(len(items)), key=lambda i: items[i].ByteSize())
-            del items[largest]
+            del items[max(range(len(items)), key=lambda i: items[i].ByteSize())]
             setattr(span, dropped, getattr(span, dropped) + 1)
-    while span.ByteSize() > max_bytes and len(span.links):
-        del span.links[max(range(len(span.links)), key=lambda i: span.links[i].ByteSize())]
-        span.dropped_links_count += 1
     return span.SerializeToString() if span.ByteSize() <= max_bytes else None
