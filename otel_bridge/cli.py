@@ -848,10 +848,7 @@ def _a_number(text: str) -> float:
 
 def _port(text: str) -> int:
     """A TCP port to listen on (`--ws-port 99999` failed the demo's engine thread with a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    value = _count(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, not {value}")
     return value
