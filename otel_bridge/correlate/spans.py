@@ -219,7 +219,11 @@ def _error_type(error: ErrorInfo | None) -> str:
 
 
 def _exception_event(time_ns: int, message: str, error: ErrorInfo | None) -> SpanEvent:
-    attributes: dict[str, AttributeValue] = {c.EXCEPTION_MESSAGE: message, c.EXCEPTION_TYPE: _error_type(error)}
+    attributes: dict[str, AttributeValue] = {c.EXCEPTION_MESSAGE: message}
+    # `_OTHER` is error.type's word for a class not told; exception.type names a class or is left out
+    # (the exception conventions want it only where there is no message, and the message is always here).
+    if (told := _error_type(error)) != c.OVERFLOW_VALUE:
+        attributes[c.EXCEPTION_TYPE] = told
     if error is not None and error.stacktrace:
         attributes[c.EXCEPTION_STACKTRACE] = error.stacktrace
     return SpanEvent(c.EXCEPTION_EVENT, time_ns, attributes)

@@ -160,6 +160,22 @@ def test_a_run_that_timed_out_counts_its_error_as_a_timeout_and_one_without_a_st
     assert fold_events(unknown.events).metric("workflow.execution.errors", **{"error.type": "_OTHER"}) == [1]
 
 
+def test_an_exception_names_its_class_only_when_one_is_told():
+    stack = "CardDeclinedError: declined\n  at charge"
+    told = WorkflowRun().started().step_started("charge").after(5)
+    told.step_failed("charge", 1, message="declined", stack=stack).failed("declined", stack=stack)
+    exceptions = [e for s in fold_events(told.events).spans for e in s.events if e.name == "exception"]
+    assert [e.attributes["exception.type"] for e in exceptions] == ["CardDeclinedError"] * 2
+
+    # error.type's `_OTHER` is no class: Jaeger showed `exception.type=_OTHER` on every such failure.
+    unknown = WorkflowRun().started().step_started("charge").after(5).step_failed("charge", 1).failed("boom")
+    folded = fold_events(unknown.events)
+    exceptions = [e for s in folded.spans for e in s.events if e.name == "exception"]
+    assert len(exceptions) == 2 and all("exception.type" not in e.attributes for e in exceptions)
+    assert all(e.attributes["exception.message"] for e in exceptions)
+    assert folded.root.attributes["error.type"] == "_OTHER"
+
+
 def test_a_completed_run_carries_no_error_type_on_any_metric():
     run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed(["a"])
     folded = fold_events(run.events)
