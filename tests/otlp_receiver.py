@@ -56,6 +56,8 @@ class Received:
     trace_requests: int = 0
     refused: int = 0
     headers: list[dict[str, str]] = field(default_factory=list)
+    # Each request's target: its path and query, as the request line gave them.
+    targets: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # A backend that refuses some spans for good: those whose name holds `poison`, either the
     # whole request (HTTP 400, gRPC INVALID_ARGUMENT) or just them (OTLP partial_success).
@@ -172,6 +174,8 @@ class OtlpHttpReceiver:
         self.up = True
         # When set, requests must carry `authorization: Bearer <credential>` (401 otherwise), as a SaaS backend's.
         self.credential: str | None = None
+        # Where the signals' paths begin, as behind a gateway that serves OTLP under a path of its own.
+        self.prefix = ""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -183,6 +187,8 @@ class OtlpHttpReceiver:
                 if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip
                     body = gzip.decompress(body)
                 receiver.received.headers.append({k.lower(): v for k, v in self.headers.items()})
+                receiver.received.targets.append(self.path)
+                path = self.path.partition("?")[0].removeprefix(receiver.prefix)
                 if not receiver.up or (
                     receiver.credential and self.headers.get("authorization") != f"Bearer {receiver.credential}"
                 ):
@@ -191,7 +197,7 @@ class OtlpHttpReceiver:
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
-                if self.path == "/v1/traces":
+                if path == "/v1/traces":
                     got = receiver.received
                     kept, refused = got.sift(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
                     answer = trace_service_pb2.ExportTraceServiceResponse()
@@ -208,7 +214,7 @@ class OtlpHttpReceiver:
                         answer.partial_success.error_message = "span name refused by policy"
                     got.take_traces(kept)
                     reply = answer.SerializeToString()
-                elif self.path == "/v1/metrics":
+                elif path == "/v1/metrics":
                     receiver.received.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
                     reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
                 else:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
@@ -505,7 +505,22 @@ def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str
         kinds: dict[str, Any] = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
         return protocol, {"timeout": timeout, "compression": kinds[compression], "insecure": _grpc_insecure(signal)}
     kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
-    return protocol, {"timeout": timeout, "compression": kinds[compression]}
+    given = {"timeout": timeout, "compression": kinds[compression]}
+    if endpoint := _joined_past_a_query(signal):
+        given["endpoint"] = endpoint
+    return protocol, given
+
+
+def _joined_past_a_query(signal: str) -> str | None:
+    """`signal`'s OTLP/HTTP URL where the base endpoint has a query (a gateway's `?api-key=…`) or a
+    fragment: the signal's path added to the base's path. The SDK adds it to the end of the text, so
+    `http://gw:4318/?key=k` sent every export to `/` with the query `key=k/v1/traces`: the gateway's 404."""
+    if _standard(signal, "ENDPOINT")[0] != "OTEL_EXPORTER_OTLP_ENDPOINT":
+        return None  # a signal's own endpoint is used as it is given
+    base = urlsplit(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+    if not (base.query or base.fragment):
+        return None
+    return urlunsplit(base._replace(path=f"{base.path.rstrip('/')}/v1/{signal}", fragment=""))
 
 
 def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:

@@ -5,6 +5,7 @@ import logging
 import re
 
 import pytest
+from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_bridge.export import otlp
 
@@ -303,6 +304,36 @@ def test_a_base_endpoint_ending_with_a_signals_path_is_told_once_with_the_base_m
     with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
         otlp.trace_sender().shutdown()
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("query", ["?api-key=k1", "/?api-key=k1", "/otlp?api-key=k1", "/otlp/#top"])
+def test_a_base_endpoint_with_a_query_has_each_signals_path_put_in_its_path(monkeypatch, otlp_http, query):
+    # The SDK adds the path to the end of the text: `/?api-key=k1/v1/traces`, a gateway's 404 for every export.
+    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_http.endpoint + query)
+    otlp_http.prefix = prefix = "/otlp" if "otlp" in query else ""
+    traces, metrics = otlp.trace_sender(), otlp.metric_sender()
+    try:
+        assert traces.send(b"") == otlp.SENT
+        assert metrics.send(MetricsData(resource_metrics=[]))
+    finally:
+        traces.shutdown()
+        metrics.shutdown()
+    asked = "?api-key=k1" if "?" in query else ""  # a fragment is no part of a request
+    assert otlp_http.received.targets == [f"{prefix}/v1/traces{asked}", f"{prefix}/v1/metrics{asked}"]
+
+
+def test_a_signals_own_endpoint_with_a_query_is_used_as_it_is_given(monkeypatch, otlp_http):
+    _standard_variables(
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://elsewhere:4318/?k=1",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{otlp_http.endpoint}/v1/traces?api-key=k1",
+    )
+    traces = otlp.trace_sender()
+    try:
+        assert traces.send(b"") == otlp.SENT
+    finally:
+        traces.shutdown()
+    assert otlp_http.received.targets == ["/v1/traces?api-key=k1"]
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
