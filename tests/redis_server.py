@@ -112,12 +112,26 @@ class TlsRedisServer:
 def replica_of(primary: RedisServer) -> RedisServer:
     """A second redis-server replicating `primary`, back once it holds the primary's data and the primary
     counts it among its replicas."""
-    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port)).start()
+    # A primary waits `repl-diskless-sync-delay` (5 s) for more replicas before it sends its data: each
+    # test with a replica spent those 5 s before it began. The replica may be made primary in its turn.
+    primary.client().config_set("repl-diskless-sync-delay", 0)
+    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0")
+    replica.start()
     deadline = time.monotonic() + 30
-    while not _synced(replica.port) or not primary.client().info("replication").get("connected_slaves"):
+    while not _synced(replica.port) or not _acknowledging(primary):
         assert time.monotonic() < deadline, "the replica did not sync"
         time.sleep(0.05)
     return replica
+
+
+def _acknowledging(primary: RedisServer) -> bool:
+    """Whether the replica acknowledges what `primary` sends it now. Listed online and synced, a replica
+    fresh from a diskless sync is sent nothing until its first acknowledgement (up to a second later): a
+    test's WAIT then timed out, the replica stopped or not. A PUBLISH travels the replication stream and
+    writes no key."""
+    client = primary.client()
+    client.publish("replica-of", "")
+    return bool(client.execute_command("WAIT", 1, 100))
 
 
 class SentinelServer:
