@@ -1,7 +1,8 @@
 """kubernetes/*.yaml agree with the bridge they run: its settings, its port, its probes, its image, its drain.
 
-No cluster here: the manifests are parsed, and what their probes ask is asked of a real bridge started
-with the manifests' own environment.
+No cluster here: the manifests are validated against the Kubernetes API's own schemas (strict: no field
+the API does not have), and what their probes ask is asked of a real bridge started with the manifests'
+own environment.
 """
 
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes_validate
 import pytest
 import yaml
 from bridge_process import BridgeProcess, healthcheck_command
@@ -34,6 +36,29 @@ def _settings(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Set
     for name, value in _env(container).items():
         monkeypatch.setenv(name, value)
     return Settings()
+
+
+# The oldest Kubernetes the manifests are for (the sidecar is a native one: an init container that keeps
+# running, 1.29 and later), and the newest whose schemas the validator carries.
+KUBERNETES_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("manifest", sorted((ROOT / "kubernetes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_manifest_is_valid_against_the_kubernetes_api_schemas(manifest, version):
+    # Strict: a field the API does not have (`readinesProbe`) is an error, where a parse took it and
+    # Kubernetes dropped it (a warning at best), leaving the bridge without the probe it was written with.
+    for document in yaml.safe_load_all(manifest.read_text()):
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_a_misspelled_field_is_caught_by_that_validation():
+    broken = yaml.safe_load_all((ROOT / "kubernetes" / "otel-bridge.yaml").read_text())
+    _, workload = broken
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(workload, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 @pytest.mark.parametrize("container", [ALONE, SIDECAR], ids=["service", "sidecar"])
