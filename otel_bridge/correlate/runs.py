@@ -338,8 +338,10 @@ def _active_change(state: RunState, old: str | None) -> list[Observation]:
 def _counted(f: Fact, run: RunRef) -> list[Observation]:
     """Counters that move the moment a fact is known."""
     if f.entered_state is not None:
-        left = str(f.attributes.get(c.WORKFLOW_STATE_FROM, ""))
-        moved = (*_definition(run), (c.WORKFLOW_STATE_FROM, left), (c.WORKFLOW_STATE_TO, f.entered_state))
+        # The first move (into the initial state) leaves none: no `from`, rather than an empty one.
+        left = f.attributes.get(c.WORKFLOW_STATE_FROM)
+        came_from = ((c.WORKFLOW_STATE_FROM, str(left)),) if left is not None else ()
+        moved = (*_definition(run), *came_from, (c.WORKFLOW_STATE_TO, f.entered_state))
         return [Observation(c.M_WORKFLOW_STATE_TRANSITIONS, 1, moved, _resource(run))]
     if f.step is None:
         return []

@@ -109,6 +109,9 @@ def test_metrics_count_transitions_and_time_in_state_not_tenants():
     folded = fold_events(_onboarding().events, decoder=DECODE)
     moves = folded.metric("workflow.state.transitions", **{"workflow.state.to": "collecting_docs"})
     assert moves == [1]
+    (first,) = [dict(o.attributes) for o in folded.observations
+                if dict(o.attributes).get("workflow.state.to") == "initial"]  # fmt: skip
+    assert "workflow.state.from" not in first  # where it came from is none, not an empty name
     assert folded.metric("workflow.state.duration", **{"workflow.state.name": "collecting_docs"})
     assert folded.metric("workflow.execution.duration", **{"workflow.execution.result": "success"})
     assert sum(folded.metric("workflow.execution.active")) == 0
