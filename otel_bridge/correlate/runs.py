@@ -767,8 +767,8 @@ def _span_observations(run: RunRef, span: SpanRecord, facts: list[Fact], linked:
     if result in (c.RESULT_FAILURE, c.RESULT_TIMEOUT):
         # Counted when the trace is complete, so the failing step can be named from every fact.
         # A run that failed outside its steps (in a state, before any step) names none: no empty name.
-        step = span.attributes.get(c.WORKFLOW_TASK_NAME)
-        failing = (*definition, (c.WORKFLOW_TASK_NAME, str(step))) if step is not None else definition
+        failed_in = span.attributes.get(c.WORKFLOW_TASK_NAME)
+        failing = (*definition, (c.WORKFLOW_TASK_NAME, str(failed_in))) if failed_in is not None else definition
         out.append(Observation(c.M_WORKFLOW_EXECUTION_ERRORS, 1, (*failing, *_error_type_of(span)), resource))
     ordered = sorted(facts, key=by_order)
     queued = next((f for f in ordered if f.kind is KIND.RUN_QUEUED), None)
