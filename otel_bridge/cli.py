@@ -28,7 +28,7 @@ from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
 from otel_bridge.tokens import label_problem
-from otel_bridge.urls import host_problem, without_password
+from otel_bridge.urls import host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
 
 if TYPE_CHECKING:
@@ -772,7 +772,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
         return 2
     if why := host_problem(args.url):  # `http://[::1` was a traceback
-        shown = without_password(args.url)
+        shown = without_secrets(args.url)
         print(f"otel-bridge: --url {shown!r} names no bridge to post to: {why}", file=sys.stderr)
         return 2
     if not 0 <= args.incidents <= 1:

@@ -17,7 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from otel_bridge.tokens import HEADER_NAME
-from otel_bridge.urls import parse_error, sentinels_of, without_password
+from otel_bridge.urls import parse_error, sentinels_of, without_secrets
 
 DAY = 86_400.0
 
@@ -449,7 +449,7 @@ class Settings(BaseSettings):
     def _a_url_it_can_follow(cls, value: str | None, info: ValidationInfo) -> str | None:
         schemes = _URL_SCHEMES[str(info.field_name)]
         if value and not value.startswith(schemes):
-            raise ValueError(f"must start with {' or '.join(schemes)}, not {without_password(value)!r}")
+            raise ValueError(f"must start with {' or '.join(schemes)}, not {without_secrets(value)!r}")
         return value or None
 
     @field_validator("state", *_URL_SCHEMES)
@@ -463,7 +463,7 @@ class Settings(BaseSettings):
         if value.startswith(SENTINEL_SCHEMES):
             sentinels_of(value)  # several hosts: it names what it cannot read
         elif why := parse_error(value):
-            raise ValueError(f"{without_password(value)!r} is not a URL: {why}")
+            raise ValueError(f"{without_secrets(value)!r} is not a URL: {why}")
         return value
 
     @field_validator("*")

@@ -21,7 +21,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.state import mounts
 from otel_bridge.state.store import Replicated, StoreOpenError, WithRisks
-from otel_bridge.urls import without_password
+from otel_bridge.urls import without_secrets
 
 # An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
 _NO_EXECUTION = "00000000-0000-0000-0000-000000000000"
@@ -139,7 +139,7 @@ def _stream(settings: Settings, timeout_seconds: float) -> Finding:
         return Finding("stream", None, "not followed (--stream-url)")
     from otel_bridge.redis_client import REDIS_ERRORS, connect, tls_hint
 
-    where = f"{settings.stream_key} at {without_password(settings.stream_url)}"
+    where = f"{settings.stream_key} at {without_secrets(settings.stream_url)}"
     try:
         client = connect(settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
     except REDIS_ERRORS as exc:
@@ -185,8 +185,8 @@ def _websocket(settings: Settings, timeout_seconds: float) -> Finding:
         with connect(settings.ws_url, additional_headers=headers, open_timeout=timeout_seconds):
             pass
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-        return Finding("websocket", False, f"{without_password(settings.ws_url)}: {exc or type(exc).__name__}")
-    return Finding("websocket", True, f"{without_password(settings.ws_url)}: handshake done")
+        return Finding("websocket", False, f"{without_secrets(settings.ws_url)}: {exc or type(exc).__name__}")
+    return Finding("websocket", True, f"{without_secrets(settings.ws_url)}: handshake done")
 
 
 def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:
@@ -197,7 +197,7 @@ def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:
 
     from otel_bridge.receivers.timeline_api import ApiError, timeline
 
-    api = without_password(settings.ws_api_url)
+    api = without_secrets(settings.ws_api_url)
     headers = {"X-Workspace-Id": settings.ws_workspace_id} if settings.ws_workspace_id else {}
     try:
         with httpx.Client(timeout=timeout_seconds, headers=headers) as client:

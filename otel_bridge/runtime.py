@@ -37,7 +37,7 @@ from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedO
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import Checkpointed, OnDisk, Replicated, Store, WithRisks
-from otel_bridge.urls import without_password
+from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def state_named(state: str, store: Store | None) -> str:
     from otel_bridge.state.redis_store import RedisStore
 
     cluster = isinstance(store, RedisStore) and store.cluster
-    return f"{'Redis Cluster' if cluster else 'Redis'} {without_password(state)}"
+    return f"{'Redis Cluster' if cluster else 'Redis'} {without_secrets(state)}"
 
 
 def started(
@@ -80,9 +80,9 @@ def started(
     line += f"; traces to {otlp.endpoint_of(traces)}, metrics to {otlp.endpoint_of(metrics)}"
     following = []
     if follow and settings.stream_url:
-        following.append(f"the Redis stream {settings.stream_key} at {without_password(settings.stream_url)}")
+        following.append(f"the Redis stream {settings.stream_key} at {without_secrets(settings.stream_url)}")
     if follow and settings.ws_url:
-        following.append(f"the WebSocket {without_password(settings.ws_url)}")
+        following.append(f"the WebSocket {without_secrets(settings.ws_url)}")
     if following:
         line += f"; following {' and '.join(following)}"
     # A rotation is done once the old credential is taken out: said at every start until it is.
@@ -461,9 +461,9 @@ class Bridge:
                 ],
                 max_message_bytes=s.max_body_bytes,
                 # Kept with the state, one set per engine followed: a restart looks for what began meanwhile.
-                recall=lambda name: self.store.bookmark(f"websocket {without_password(s.ws_url or '')} {name}"),
+                recall=lambda name: self.store.bookmark(f"websocket {without_secrets(s.ws_url or '')} {name}"),
                 note=lambda name, value: self.store.set_bookmark(
-                    f"websocket {without_password(s.ws_url or '')} {name}", value
+                    f"websocket {without_secrets(s.ws_url or '')} {name}", value
                 ),
                 max_look_back_seconds=s.dedup_ttl_seconds,
                 # As long as a run told ended waits for it (then it is sent without what it would add).

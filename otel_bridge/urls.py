@@ -1,7 +1,7 @@
 """URLs as the bridge's messages and logs show them."""
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Where Sentinels listen unless a `redis+sentinel://` URL says otherwise.
 SENTINEL_PORT = 26379
@@ -11,17 +11,25 @@ SENTINEL_PORT = 26379
 _USER_INFO = re.compile(r"//[^/@]*@")
 
 
-def without_password(url: str) -> str:
-    """The URL without its password, for messages and logs (one that does not parse, without what
-    stands before its `@`)."""
+# Query parameters whose value is a credential by its name: a gateway's `?api-key=`, a SAS `sig=`,
+# redis-py's `?password=`. Their values are not shown; the other parameters (`ssl_ca_certs`) are.
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key|auth|sig|credential", re.IGNORECASE)
+
+
+def without_secrets(url: str) -> str:
+    """The URL without its password, nor the values of the query parameters a credential is given in,
+    for messages and logs (one that does not parse, without what stands before its `@`)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return _USER_INFO.sub("//***@", url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if parts.query and _SECRET_PARAMETER.search(parts.query):
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        shown = [(name, "***" if _SECRET_PARAMETER.search(name) else value) for name, value in pairs]
+        parts = parts._replace(query=urlencode(shown, safe="*/:"))
+    return urlunsplit(parts)
 
 
 def parse_error(url: str) -> str | None:
@@ -48,14 +56,14 @@ def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
         # A name, an IPv4 address or a bracketed IPv6 one, and its port when given.
         name, port = (host, "") if host.endswith("]") or ":" not in host else host.rsplit(":", 1)
         if not name.strip("[]") or (port and not port.isdigit()):
-            raise ValueError(f"{without_password(url)!r}: {host!r} is no host[:port] of a Sentinel")
+            raise ValueError(f"{without_secrets(url)!r}: {host!r} is no host[:port] of a Sentinel")
         sentinels.append((name.strip("[]"), int(port or SENTINEL_PORT)))
     service, _, db = parts.path.strip("/").partition("/")
     if not service:
         raise ValueError(
-            f"{without_password(url)!r} names no service: redis+sentinel://host:26379/SERVICE[/db]"
+            f"{without_secrets(url)!r} names no service: redis+sentinel://host:26379/SERVICE[/db]"
             " (the name the Sentinels monitor it by, `mymaster` in their example)"
         )
     if db and not db.isdigit():
-        raise ValueError(f"{without_password(url)!r}: the database {db!r} is no number")
+        raise ValueError(f"{without_secrets(url)!r}: the database {db!r} is no number")
     return sentinels, service, int(db or 0)

@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
 from otel_bridge.tokens import TOKEN
-from otel_bridge.urls import host_problem, without_password
+from otel_bridge.urls import host_problem, without_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -210,7 +210,7 @@ def endpoint_of(sender: object) -> str:
     """Where a sender exports to, for messages and logs, without the password its URL may hold (the SDK
     exporters keep it as `_endpoint`, and so do ours; the gRPC one as `host:port`, its user info kept)."""
     endpoint = str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
-    return without_password(endpoint) if "://" in endpoint else re.sub(r"^[^/@]*@", "***@", endpoint)
+    return without_secrets(endpoint) if "://" in endpoint else re.sub(r"^[^/@]*@", "***@", endpoint)
 
 
 def protocol_for(signal: str) -> str:
@@ -285,7 +285,7 @@ def _a_url(sender: T, signal: str) -> T:
     endpoint = endpoint_of(sender)
     if not endpoint.startswith(HTTP_SCHEMES):
         raise ValueError(
-            f"the OTLP/HTTP {signal} endpoint {without_password(endpoint)!r} is not an http:// or https:// URL "
+            f"the OTLP/HTTP {signal} endpoint {without_secrets(endpoint)!r} is not an http:// or https:// URL "
             f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
         )
     _told_if_path_misplaced(signal, endpoint)
@@ -302,18 +302,18 @@ def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
         log.warning(
             "OTEL_EXPORTER_OTLP_ENDPOINT=%s ends with a signal's path: it is the base URL, and each signal's "
             "path is added to it (%s); write %s",
-            without_password(base),
-            without_password(endpoint),
-            without_password(base.rstrip("/").rsplit("/v1/", 1)[0]),
+            without_secrets(base),
+            without_secrets(endpoint),
+            without_secrets(base.rstrip("/").rsplit("/v1/", 1)[0]),
         )
     if os.environ.get(variable) and urlsplit(endpoint).path in ("", "/") and _first_time("path", variable, endpoint):
         log.warning(
             "%s=%s has no path: a signal's own endpoint is used as it is given, so the %s go to its root; "
             "write %s/v1/%s (or give the base URL as OTEL_EXPORTER_OTLP_ENDPOINT)",
             variable,
-            without_password(endpoint),
+            without_secrets(endpoint),
             signal,
-            without_password(endpoint.rstrip("/")),
+            without_secrets(endpoint.rstrip("/")),
             signal,
         )
 
@@ -331,7 +331,7 @@ def _readable(protocol: str, signal: str) -> None:
         # export failed "resolving" it, the password in each failure told.
         why = "gRPC sends no user and password in the URL: give them as a header, OTEL_EXPORTER_OTLP_HEADERS"
     if why:
-        shown = without_password(endpoint)
+        shown = without_secrets(endpoint)
         raise ValueError(f"{variable}={shown!r}: the {protocol} {signal} endpoint does not parse ({why})")
 
 

@@ -23,7 +23,7 @@ from otel_bridge.redis_client import REDIS_ERRORS, connect
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
-from otel_bridge.urls import without_password
+from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class StreamReceiver:
         self.lag: int | None = None
         # Since when (monotonic) the stream is not read, None while it is (entries wait in the stream).
         self.disconnected_since: float | None = time.monotonic()
-        self._shown = without_password(url)
+        self._shown = without_secrets(url)
         # Redis away for a night: its first failure and then a line a minute, not one a retry.
         self._unreachable = Cadence()
         self._followed = False  # ever: a connection after failures then follows the stream "again"

@@ -37,7 +37,7 @@ from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Cadence, RepeatedFailure
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
-from otel_bridge.urls import without_password
+from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class WebSocketReceiver:
         `no_timeline(execution)` is told when the engine answers it has none (404, 410): its run waits no
         more."""
         self._url = url
-        self._shown = without_password(url)  # in the log
+        self._shown = without_secrets(url)  # in the log
         self._consumer = consumer
         self._dead_letters = dead_letters
         self._progress = progress
@@ -149,7 +149,7 @@ class WebSocketReceiver:
         self._unreachable = Cadence()
         self._followed = False  # ever: a connection after failures then follows the engine "again"
         self._unanswered = RepeatedFailure(
-            f"fetching timelines from {without_password(self._api_url or '')}",
+            f"fetching timelines from {without_secrets(self._api_url or '')}",
             plain=(httpx.HTTPError, timeline_api.ApiError),
         )
 

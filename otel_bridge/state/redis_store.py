@@ -27,7 +27,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
 from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
-from otel_bridge.urls import without_password
+from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,7 @@ class RedisStore:
             self._confirmed = f"{self._p}confirmed"
             self._ensure_group()
         except REDIS_ERRORS as exc:
-            raise StoreOpenError(
-                f"cannot use the redis state at {without_password(url)}: {exc}{tls_hint(exc)}"
-            ) from exc
+            raise StoreOpenError(f"cannot use the redis state at {without_secrets(url)}: {exc}{tls_hint(exc)}") from exc
 
     def _ensure_group(self) -> None:
         """Create the outbox stream and its consumer group if they are missing (at start, or after Redis lost them)."""

@@ -30,7 +30,7 @@ from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.tokens import CONTROL_CHARACTER, HEADER_NAME
 from otel_bridge.tracker.contract import AfterClose, at_exit, checked_labels, enriched
-from otel_bridge.urls import host_problem, without_password
+from otel_bridge.urls import host_problem, without_secrets
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -198,7 +198,7 @@ def _checked(
 ) -> None:
     """A ValueError naming the first argument no bridge or clock could work with."""
     if why := host_problem(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL":
-        raise ValueError(f"endpoint {without_password(endpoint)!r}: {why}")
+        raise ValueError(f"endpoint {without_secrets(endpoint)!r}: {why}")
     checked_labels(env, service_key)
     for header, value in headers.items():
         if not HEADER_NAME.fullmatch(str(header)) or CONTROL_CHARACTER.search(str(value).replace("\t", "")):
@@ -268,7 +268,7 @@ class _Delivery:
         self.attempts += 1
         asked = None
         if isinstance(answer, Exception):  # never into the workflow
-            log.warning("tracker POST to %s failed: %s", without_password(self._c.endpoint), answer)
+            log.warning("tracker POST to %s failed: %s", without_secrets(self._c.endpoint), answer)
         elif self._stats.answered(answer, self._batch):
             self.over = self.delivered = True
             return
@@ -280,13 +280,13 @@ class _Delivery:
             if len(self._batch) > 1:
                 self.split = True
             else:
-                self._stats.dropped(self._batch, self.attempts, without_password(self._c.endpoint), _told(answer))
+                self._stats.dropped(self._batch, self.attempts, without_secrets(self._c.endpoint), _told(answer))
             return
         else:
             asked = _retry_after(answer)
         if self.attempts > self._c.max_attempts:
             self.over = True
-            self._stats.dropped(self._batch, self.attempts, without_password(self._c.endpoint), _told(answer))
+            self._stats.dropped(self._batch, self.attempts, without_secrets(self._c.endpoint), _told(answer))
             return
         self._stats.retries += 1
         self.wait = self._c.delay(self.attempts, asked)

@@ -313,6 +313,8 @@ def test_a_base_endpoint_with_a_query_has_each_signals_path_put_in_its_path(monk
     otlp_http.prefix = prefix = "/otlp" if "otlp" in query else ""
     traces, metrics = otlp.trace_sender(), otlp.metric_sender()
     try:
+        # Where it goes is told (the start line, every failing export) without the key.
+        assert otlp.endpoint_of(traces).endswith("/v1/traces?api-key=***" if "?" in query else "/v1/traces")
         assert traces.send(b"") == otlp.SENT
         assert metrics.send(MetricsData(resource_metrics=[]))
     finally:
