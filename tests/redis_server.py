@@ -225,17 +225,14 @@ class RedisClusterNodes:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         assert binary and cli, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
         while len(self.ports) < self._nodes:
-            port = free_port()
-            if port + 10_000 > 65_535 or not _free(port + 10_000):  # a node's cluster bus is its port + 10000
-                continue
-            home = self.workdir / str(port)
-            home.mkdir(parents=True)
-            node = [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-            node += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home), "--save", ""]
-            node += ["--appendonly", "no", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
-            self._commands.append(node)
-            self.ports.append(port)
-        self._run_nodes()
+            self._commands.append(self._node(binary))
+        self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
+        for n in range(self._nodes):
+            while not _answering(self.ports[n], self.procs[n]):
+                # Found free, its port was taken by another test's server before this node bound it (the
+                # node exited): the node on another port. Before, redis-py's own retries waited for minutes.
+                self._commands[n] = self._node(binary, n)
+                self.procs[n] = subprocess.Popen(self._commands[n], stdout=subprocess.DEVNULL)
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
         create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self._replicas), "--cluster-yes"]
         subprocess.run(create, check=True, capture_output=True)
@@ -243,10 +240,26 @@ class RedisClusterNodes:
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         return self
 
+    def _node(self, binary: str, n: int | None = None) -> list[str]:
+        """A node's command on a port free now (its cluster bus, the port + 10000, too), as node `n`
+        (a new one when None)."""
+        port = free_port()
+        while port + 10_000 > 65_535 or not _free(port + 10_000):
+            port = free_port()
+        if n is None:
+            self.ports.append(port)
+        else:
+            self.ports[n] = port
+        home = self.workdir / str(port)
+        home.mkdir(parents=True)
+        node = [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        node += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home), "--save", ""]
+        return [*node, "--appendonly", "no", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
+
     def _run_nodes(self) -> None:
         self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
-        for port in self.ports:
-            _answering(port)
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            assert _answering(port, proc), f"redis-server did not start again on port {port}"
 
     def _wait_ok(self) -> None:
         """Until every node alive says the cluster is ok, and every replica has its primary's data."""
@@ -320,12 +333,17 @@ def _free(port: int) -> bool:
         return True
 
 
-def _answering(port: int) -> None:
-    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+def _answering(port: int, proc: subprocess.Popen) -> bool:
+    """Whether `proc`, a redis-server started on `port`, answers there: False once it has exited (its port
+    was taken). Asked without redis-py's own retries, which back off for seconds at each refusal."""
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=None)
     for _ in range(200):
         try:
-            client.ping()
-            return
+            if client.info("server")["process_id"] == proc.pid:
+                return True
         except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
     raise AssertionError(f"redis-server did not start on port {port}")
