@@ -1038,6 +1038,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The gRPC core writes lines of its own to stderr (an `I…` line at each failed TLS handshake), outside
+    # the log and its JSON: its errors are kept, and what an export meets is told in the bridge's own line.
+    # Only the commands' own process: the in-process tracker leaves the application's gRPC as it is.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "trace-id":

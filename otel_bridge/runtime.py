@@ -675,14 +675,15 @@ class Bridge:
         if data is None:
             return True
         try:
-            ok = bool(self.metric_sender.send(data))
+            result = self.metric_sender.send(data)
         except Exception:
             log.exception("OTLP metric export raised")
-            ok = False
+            result = otlp.ExportResult(otlp.Delivery.RETRY, "exporter raised")
+        ok = result.delivery is otlp.Delivery.SENT
         if ok:
             self.metric_health.succeeded()
         else:
-            self.metric_health.failed()
+            self.metric_health.failed(result.reason)
             self.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="metrics")
         return ok
 

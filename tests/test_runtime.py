@@ -11,6 +11,7 @@ import pytest
 from builders import JobRun, WorkflowRun
 from redis_server import RedisServer
 
+from otel_bridge import conventions as c
 from otel_bridge import runtime
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
@@ -266,3 +267,19 @@ def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store
     finally:
         if server is not None:
             server.close()
+
+
+def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    otlp_http.credential = "not-the-bridges"
+    settings = Settings(
+        state=str(tmp_path / "s.db"), dead_letter=tmp_path / "d.jsonl", span_dead_letter=tmp_path / "s.jsonl"
+    )
+    bridge = Bridge(settings, trace_sender=NoSender())
+    bridge.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")  # something to send
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
+        assert not bridge.export_metrics()
+    (told,) = [r.getMessage() for r in caplog.records if "metric export" in r.getMessage()]
+    assert f"metric export to {otlp_http.endpoint}/v1/metrics is failing (HTTP 401" in told
+    assert "not its data points" in told

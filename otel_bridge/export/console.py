@@ -61,6 +61,6 @@ class ConsoleTraces(_Lines):
 
 
 class ConsoleMetrics(_Lines):
-    def send(self, data: MetricsData) -> bool:
+    def send(self, data: MetricsData) -> ExportResult:
         self.write(encode_metrics(data))
-        return True
+        return SENT

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -24,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
@@ -69,7 +70,7 @@ class TraceSender(Protocol):
 
 
 class MetricSender(Protocol):
-    def send(self, data: MetricsData) -> bool: ...
+    def send(self, data: MetricsData) -> ExportResult: ...
 
     def shutdown(self) -> None: ...
 
@@ -78,8 +79,11 @@ def span_count(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
-def answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResult:
-    """A 2xx answer, read for the spans it may have refused (OTLP partial success)."""
+def answered(response: bytes | ExportTraceServiceResponse | None, what: str = "spans") -> ExportResult:
+    """A 2xx answer, read for the spans it may have refused (OTLP partial success). Of metrics (`what`
+    is not spans), a refusal of some points is no failure: sending them again would not mend it."""
+    if what != "spans":
+        return SENT
     if isinstance(response, bytes | bytearray):
         try:
             response = ExportTraceServiceResponse.FromString(response)
@@ -97,7 +101,11 @@ def answered(response: bytes | ExportTraceServiceResponse | None) -> ExportResul
 # single spans) until someone fixed the configuration; as failures, the spans wait in the outbox, the
 # export is told failing (log, /readyz, BridgeExportFailing) and everything goes out once it is fixed.
 _HTTP_REFUSES_THE_BRIDGE = frozenset({401, 403, 404, 405, 407})
-NOT_THE_SPANS = "the backend refuses the bridge, not its spans: check the endpoint and its credentials"
+
+
+def not_the(what: str) -> str:
+    """Why a refusal of the bridge itself is no refusal of what it sent (`what`: spans, data points)."""
+    return f"the backend refuses the bridge, not its {what}: check the endpoint and its credentials"
 
 
 class Recorder:
@@ -121,6 +129,7 @@ class _SendsEncoded:
     """Makes an SDK OTLP/HTTP exporter send requests already encoded, keeping the backend's last answer."""
 
     _client: Any  # the exporter's HTTP client: endpoint, headers, TLS, compression, retries
+    _what = "spans"  # what its requests carry, as its answers are told
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -128,7 +137,7 @@ class _SendsEncoded:
         self._client._transport = self._recorder  # the transport, duck-typed
 
     def send(self, request: bytes) -> ExportResult:
-        return _sent_over_http(self._client, self._recorder, request)
+        return _sent_over_http(self._client, self._recorder, request, self._what)
 
 
 class _HttpTraces(_SendsEncoded, HttpSpanExporter):
@@ -137,7 +146,7 @@ class _HttpTraces(_SendsEncoded, HttpSpanExporter):
             super().shutdown()  # type: ignore[no-untyped-call]
 
 
-def _sent_over_http(client: Any, recorder: Recorder, request: bytes) -> ExportResult:
+def _sent_over_http(client: Any, recorder: Recorder, request: bytes, what: str = "spans") -> ExportResult:
     """`request` sent by an SDK exporter's HTTP client (it owns endpoint, headers, TLS, compression and
     retries), and what the backend said of it, read from the answer `recorder` kept."""
     recorder.last = None
@@ -145,10 +154,10 @@ def _sent_over_http(client: Any, recorder: Recorder, request: bytes) -> ExportRe
         result = client.export(request)
     last = recorder.last
     if result.success:
-        return answered(last.content() if last is not None else None)
+        return answered(last.content() if last is not None else None, what)
     code = result.status_code
     if code in _HTTP_REFUSES_THE_BRIDGE:
-        return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({NOT_THE_SPANS})")
+        return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({not_the(what)})")
     if code is not None and 400 <= code < 500 and code not in (408, 429):
         body = ""
         if last is not None:
@@ -182,12 +191,15 @@ def _plainly(error: object) -> str:
 
 
 class _MetricSender:
-    def __init__(self, exporter: MetricExporter) -> None:
-        self._exporter = exporter
+    """The SDK's OTLP metric exporter given the request encoded as it would encode it (`encode_metrics`),
+    so that a failing export says why, as a trace export does: the SDK's `export` says only that it failed,
+    and the gRPC core's own lines on stderr (outside the log, `--log-format json` too) were all that told."""
 
-    def send(self, data: MetricsData) -> bool:
-        with exporting():
-            return self._exporter.export(data) == MetricExportResult.SUCCESS
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = exporter  # one that sends requests already encoded (`_SendsEncoded`)
+
+    def send(self, data: MetricsData) -> ExportResult:
+        return self._exporter.send(encode_metrics(data).SerializeToString())  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         with exporting():
@@ -551,12 +563,17 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
         from otel_bridge.export.console import ConsoleMetrics
 
         return ConsoleMetrics(None)
+    return _quiet(_MetricSender(_metric_exporter(timeout_unit)))
+
+
+def _metric_exporter(timeout_unit: float) -> Any:
+    """The SDK's OTLP metric exporter of the protocol the variables say, sending requests already encoded."""
     protocol, given = _exporter_arguments("metrics", timeout_unit)
     if protocol == GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from otel_bridge.export.otlp_grpc import GrpcMetrics  # gRPC's own modules: only when asked for
 
-        return _quiet(_MetricSender(_told_if_tls_unasked(OTLPMetricExporter(**given), "metrics")))
-    return _quiet(_MetricSender(_a_url(_verify_as_configured(HttpMetricExporter(**given)), "metrics")))
+        return _told_if_tls_unasked(GrpcMetrics(**given), "metrics")
+    return _a_url(_verify_as_configured(_HttpMetrics(**given)), "metrics")
 
 
 def _quiet(sender: T) -> T:
@@ -660,16 +677,7 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
     or goes to the console. An empty request is a valid one: a backend takes it and stores nothing."""
     if _exporter(signal) in ("none", "console"):
         return None
-    if signal == "traces":
-        sender: Any = trace_sender()
-    else:
-        protocol, given = _exporter_arguments("metrics", MILLISECONDS)
-        if protocol == GRPC:
-            from otel_bridge.export.otlp_grpc import GrpcMetricsProbe
-
-            sender = _quiet(_told_if_tls_unasked(GrpcMetricsProbe(**given), "metrics"))
-        else:
-            sender = _quiet(_a_url(_verify_as_configured(_HttpMetricsProbe(**given)), "metrics"))
+    sender: Any = trace_sender() if signal == "traces" else _quiet(_metric_exporter(MILLISECONDS))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:
@@ -678,5 +686,7 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
         sender.shutdown()
 
 
-class _HttpMetricsProbe(_SendsEncoded, HttpMetricExporter):
+class _HttpMetrics(_SendsEncoded, HttpMetricExporter):
     """The SDK's OTLP/HTTP metric exporter, sending a request already encoded, as `_HttpTraces` does."""
+
+    _what = "data points"

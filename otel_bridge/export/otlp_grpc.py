@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
-from otel_bridge.export.otlp import NOT_THE_SPANS, Delivery, ExportResult, Recorder, answered, span_count
+from otel_bridge.export.otlp import Delivery, ExportResult, Recorder, answered, not_the, span_count
 
 # Refusals of the bridge rather than of its spans (see otlp.py's HTTP ones): the spans wait in the
 # outbox and the export is told failing until the configuration is mended.
@@ -50,8 +50,10 @@ class _SendsEncoded:
         self._recorder = _RecordingStub(self._client)
         self._client = self._recorder  # the stub, duck-typed
 
+    _what = "spans"  # what its requests carry, as its answers are told
+
     def send(self, request: bytes) -> ExportResult:
-        return _sent_over_grpc(self, self._recorder, self._request.FromString(request))
+        return _sent_over_grpc(self, self._recorder, self._request.FromString(request), self._what)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with exporting():
@@ -65,7 +67,7 @@ class GrpcTraces(_SendsEncoded, OTLPSpanExporter):
         return span_count(data)
 
 
-def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any) -> ExportResult:
+def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any, what: str = "spans") -> ExportResult:
     """`message` sent by an SDK gRPC exporter (its `_export`: channel, metadata, retries), and what the
     backend said of it, read from the answer or error `recorder` kept."""
     recorder.last = None
@@ -74,22 +76,23 @@ def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any) -> ExportRe
         ok = exporter._export(message).value == SpanExportResult.SUCCESS.value
     last = recorder.last
     if ok:
-        return answered(last if isinstance(last, ExportTraceServiceResponse) else None)
+        return answered(last if isinstance(last, ExportTraceServiceResponse) else None, what)
     if not isinstance(last, grpc.RpcError):
         return ExportResult(Delivery.RETRY, "")
     code, details = last.code(), last.details()
     if code in _REFUSES_THE_BRIDGE:
-        return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({NOT_THE_SPANS})")
+        return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({not_the(what)})")
     if code not in exporter._retryable_error_codes:
         return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
     # The details say what a code alone does not ("failed to connect to all addresses", a DNS name).
     return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details}" if details else f"gRPC {code.name}")
 
 
-class GrpcMetricsProbe(_SendsEncoded, OTLPMetricExporter):
-    """The SDK's OTLP/gRPC metric exporter, sending a request already encoded (`otlp.probe`)."""
+class GrpcMetrics(_SendsEncoded, OTLPMetricExporter):
+    """The SDK's OTLP/gRPC metric exporter, sending a request already encoded."""
 
     _request = ExportMetricsServiceRequest
+    _what = "data points"
 
     def _count_data(self, data: ExportMetricsServiceRequest) -> int:  # type: ignore[override]
         return 0

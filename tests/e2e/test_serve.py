@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 
@@ -271,6 +272,22 @@ def test_with_json_logs_every_line_the_process_writes_is_one_json_object(tmp_pat
     (late,) = [line for line in lines if line["logger"] == "otel_bridge.pipeline"]
     assert late["level"] == "WARNING" and late["message"].startswith("late event")
     assert all(line["time"].endswith("+00:00") for line in lines)
+
+
+def test_with_json_logs_a_failing_grpc_export_writes_no_line_of_its_own_and_the_bridges_says_why(tmp_path, otlp_grpc):
+    # TLS asked of a plain-text Collector: the gRPC core wrote an `I…ssl_transport_security.cc…` line to
+    # stderr at each handshake, breaking the JSON a log pipeline reads, and the metric line said no why.
+    endpoint = otlp_grpc.endpoint.replace("http://", "https://")
+    process = BridgeProcess(tmp_path, endpoint, "grpc", log_format="json", metric_export_interval_ms="500").start()
+    try:
+        deadline = time.monotonic() + 20
+        while "metric export to" not in process.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        assert process.stop()
+    lines = [json.loads(line) for line in process.log.read_text().splitlines() if line.strip()]
+    (failing,) = [line["message"] for line in lines if line["message"].startswith("metric export to")]
+    assert "is failing (gRPC UNAVAILABLE" in failing and "handshake" in failing.lower()
 
 
 def test_the_containers_health_check_asks_the_port_the_bridge_was_given(tmp_path, otlp_http):

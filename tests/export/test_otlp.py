@@ -316,7 +316,7 @@ def test_a_base_endpoint_with_a_query_has_each_signals_path_put_in_its_path(monk
         # Where it goes is told (the start line, every failing export) without the key.
         assert otlp.endpoint_of(traces).endswith("/v1/traces?api-key=***" if "?" in query else "/v1/traces")
         assert traces.send(b"") == otlp.SENT
-        assert metrics.send(MetricsData(resource_metrics=[]))
+        assert metrics.send(MetricsData(resource_metrics=[])) == otlp.SENT
     finally:
         traces.shutdown()
         metrics.shutdown()
@@ -504,3 +504,26 @@ def test_a_preference_for_cumulative_metrics_is_what_the_bridge_does_and_is_not_
         monkeypatch, caplog, otlp.metric_sender, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="Cumulative"
     )
     assert told == []
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_failing_metric_export_says_why_as_a_trace_export_does(monkeypatch, request, protocol):
+    # The SDK's metric exporter says only that it failed: the bridge's line said "is failing" and no more,
+    # the reason left to the gRPC core's own lines on stderr, outside the log (and its JSON).
+    receiver = request.getfixturevalue("otlp_http" if protocol == "http/protobuf" else "otlp_grpc")
+    _standard_variables(
+        monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint
+    )
+    sender = otlp.metric_sender()
+    otlp.stop_retrying(sender)
+    try:
+        assert sender.send(MetricsData(resource_metrics=[])) == otlp.SENT
+        receiver.credential = "the-right-one"
+        refused = sender.send(MetricsData(resource_metrics=[]))
+    finally:
+        sender.shutdown()
+    assert refused.delivery is otlp.Delivery.RETRY
+    assert refused.reason.startswith("HTTP 401" if protocol == "http/protobuf" else "gRPC UNAUTHENTICATED")
+    assert refused.reason.endswith(
+        "(the backend refuses the bridge, not its data points: check the endpoint and its credentials)"
+    )
