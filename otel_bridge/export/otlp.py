@@ -219,7 +219,7 @@ class NoSender:
 
 
 def endpoint_of(sender: object) -> str:
-    """Where a sender exports to, for messages and logs, without the password its URL may hold (the SDK
+    """Where a sender exports to, for messages and logs, without the credentials its URL may hold (the SDK
     exporters keep it as `_endpoint`, and so do ours; the gRPC one as `host:port`, its user info kept)."""
     endpoint = str(getattr(sender, "_endpoint", None) or getattr(getattr(sender, "_exporter", None), "_endpoint", "-"))
     return without_secrets(endpoint) if "://" in endpoint else re.sub(r"^[^/@]*@", "***@", endpoint)
