@@ -227,16 +227,20 @@ class RedisClusterNodes:
         while len(self.ports) < self._nodes:
             self._commands.append(self._node(binary))
         self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
-        for n in range(self._nodes):
-            while not _answering(self.ports[n], self.procs[n]):
-                # Found free, its port was taken by another test's server before this node bound it (the
-                # node exited): the node on another port. Before, redis-py's own retries waited for minutes.
-                self._commands[n] = self._node(binary, n)
-                self.procs[n] = subprocess.Popen(self._commands[n], stdout=subprocess.DEVNULL)
-        addresses = [f"127.0.0.1:{port}" for port in self.ports]
-        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self._replicas), "--cluster-yes"]
-        subprocess.run(create, check=True, capture_output=True)
-        self._wait_ok()
+        try:
+            for n in range(self._nodes):
+                while not _answering(self.ports[n], self.procs[n]):
+                    # Found free, its port was taken by another test's server before this node bound it (the
+                    # node exited): the node on another port. Before, redis-py's retries waited for minutes.
+                    self._commands[n] = self._node(binary, n)
+                    self.procs[n] = subprocess.Popen(self._commands[n], stdout=subprocess.DEVNULL)
+            addresses = [f"127.0.0.1:{port}" for port in self.ports]
+            create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self._replicas)]
+            subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True)
+            self._wait_ok()
+        except BaseException:
+            self.close()  # a cluster that did not start leaves no node behind (the test gets no handle on it)
+            raise
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         return self
 
