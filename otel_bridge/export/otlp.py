@@ -195,11 +195,11 @@ class _MetricSender:
     so that a failing export says why, as a trace export does: the SDK's `export` says only that it failed,
     and the gRPC core's own lines on stderr (outside the log, `--log-format json` too) were all that told."""
 
-    def __init__(self, exporter: Any) -> None:
-        self._exporter = exporter  # one that sends requests already encoded (`_SendsEncoded`)
+    def __init__(self, exporter: TraceSender) -> None:
+        self._exporter = exporter  # the metrics' exporter of requests already encoded (`_encoded_sender`)
 
     def send(self, data: MetricsData) -> ExportResult:
-        return self._exporter.send(encode_metrics(data).SerializeToString())  # type: ignore[no-any-return]
+        return self._exporter.send(encode_metrics(data).SerializeToString())
 
     def shutdown(self) -> None:
         with exporting():
@@ -281,6 +281,10 @@ def _first_time(*what: str) -> bool:
     return True
 
 
+# The endpoint every signal's path is added to (a signal's own is used as it is given).
+_BASE_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
 def _standard(signal: str, name: str) -> tuple[str, str]:
     """The variable that gives `name` (ENDPOINT, TIMEOUT, …) to `signal`'s export, and its value: the
     signal's own first, then the one for every signal, as the SDK and the specification read them (an
@@ -308,8 +312,8 @@ def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
     """A path the Collector answers 404 at, told once at start: a base URL ending with a signal's path
     (each signal's is added to it), or a signal's own URL without one (used as it is given). Every
     export was refused, told only as "check the endpoint and its credentials"."""
-    variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
-    base = "" if os.environ.get(variable) else os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    variable, given = _standard(signal, "ENDPOINT")
+    base, own = (given, "") if variable == _BASE_ENDPOINT else ("", given)
     if base.rstrip("/").endswith(("/v1/traces", "/v1/metrics", "/v1/logs")) and _first_time("path", base):
         log.warning(
             "OTEL_EXPORTER_OTLP_ENDPOINT=%s ends with a signal's path: it is the base URL, and each signal's "
@@ -318,7 +322,7 @@ def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
             without_secrets(endpoint),
             without_secrets(base.rstrip("/").rsplit("/v1/", 1)[0]),
         )
-    if os.environ.get(variable) and urlsplit(endpoint).path in ("", "/") and _first_time("path", variable, endpoint):
+    if own and urlsplit(endpoint).path in ("", "/") and _first_time("path", variable, endpoint):
         log.warning(
             "%s=%s has no path: a signal's own endpoint is used as it is given, so the %s go to its root; "
             "write %s/v1/%s (or give the base URL as OTEL_EXPORTER_OTLP_ENDPOINT)",
@@ -527,9 +531,10 @@ def _joined_past_a_query(signal: str) -> str | None:
     """`signal`'s OTLP/HTTP URL where the base endpoint has a query (a gateway's `?api-key=…`) or a
     fragment: the signal's path added to the base's path. The SDK adds it to the end of the text, so
     `http://gw:4318/?key=k` sent every export to `/` with the query `key=k/v1/traces`: the gateway's 404."""
-    if _standard(signal, "ENDPOINT")[0] != "OTEL_EXPORTER_OTLP_ENDPOINT":
-        return None  # a signal's own endpoint is used as it is given
-    base = urlsplit(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+    variable, given = _standard(signal, "ENDPOINT")
+    if variable != _BASE_ENDPOINT or not given:
+        return None  # unset, or a signal's own endpoint, used as it is given
+    base = urlsplit(given)
     if not (base.query or base.fragment):
         return None
     return urlunsplit(base._replace(path=f"{base.path.rstrip('/')}/v1/{signal}", fragment=""))
@@ -544,12 +549,7 @@ def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
         from otel_bridge.export.console import ConsoleTraces
 
         return ConsoleTraces(None)
-    protocol, given = _exporter_arguments("traces", timeout_unit)
-    if protocol == GRPC:
-        from otel_bridge.export.otlp_grpc import GrpcTraces  # gRPC's own modules: only when asked for
-
-        return _quiet(_told_if_tls_unasked(GrpcTraces(**given), "traces"))
-    return _quiet(_a_url(_verify_as_configured(_HttpTraces(**given)), "traces"))
+    return _quiet(_encoded_sender("traces", timeout_unit))
 
 
 def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
@@ -563,17 +563,21 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
         from otel_bridge.export.console import ConsoleMetrics
 
         return ConsoleMetrics(None)
-    return _quiet(_MetricSender(_metric_exporter(timeout_unit)))
+    return _quiet(_MetricSender(_encoded_sender("metrics", timeout_unit)))
 
 
-def _metric_exporter(timeout_unit: float) -> Any:
-    """The SDK's OTLP metric exporter of the protocol the variables say, sending requests already encoded."""
-    protocol, given = _exporter_arguments("metrics", timeout_unit)
+def _encoded_sender(signal: str, timeout_unit: float) -> TraceSender:
+    """The SDK's OTLP exporter of `signal` ("traces" or "metrics") for the protocol the variables say,
+    sending requests already encoded and telling what the backend answered: a TraceSender's `send`, of
+    an ExportMetricsServiceRequest for the metrics."""
+    protocol, given = _exporter_arguments(signal, timeout_unit)
     if protocol == GRPC:
-        from otel_bridge.export.otlp_grpc import GrpcMetrics  # gRPC's own modules: only when asked for
+        from otel_bridge.export import otlp_grpc  # gRPC's own modules: only when asked for
 
-        return _told_if_tls_unasked(GrpcMetrics(**given), "metrics")
-    return _a_url(_verify_as_configured(_HttpMetrics(**given)), "metrics")
+        grpc_exporter = otlp_grpc.GrpcTraces if signal == "traces" else otlp_grpc.GrpcMetrics
+        return _told_if_tls_unasked(grpc_exporter(**given), signal)
+    http_exporter = _HttpTraces if signal == "traces" else _HttpMetrics
+    return _a_url(_verify_as_configured(http_exporter(**given)), signal)
 
 
 def _quiet(sender: T) -> T:
@@ -677,7 +681,7 @@ def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | Non
     or goes to the console. An empty request is a valid one: a backend takes it and stores nothing."""
     if _exporter(signal) in ("none", "console"):
         return None
-    sender: Any = trace_sender() if signal == "traces" else _quiet(_metric_exporter(MILLISECONDS))
+    sender = _quiet(_encoded_sender(signal, MILLISECONDS))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:
