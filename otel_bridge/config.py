@@ -114,7 +114,10 @@ class Settings(BaseSettings):
         "it ends at its cancellation.",
     )
     max_open_seconds: float = Field(
-        7 * DAY, gt=0, description="A run open this long (since the bridge first heard of it) is closed as incomplete."
+        7 * DAY,
+        gt=0,
+        description="A run open this long (since the bridge first heard of it, or since a pause of it was told to "
+        "end, when later: a workflow asleep for a month is waiting, not stuck) is closed as incomplete.",
     )
     overdue_grace_seconds: float = Field(
         300.0,

@@ -484,12 +484,26 @@ def merge(kept: RunState, later: RunState, now_ns: int) -> RunState:
     return kept
 
 
+def closes_at_ns(state: RunState, now_ns: int, policy: SettlePolicy) -> int:
+    """When a run that has not ended is closed as incomplete: `policy.max_open_ns` after the bridge first
+    heard of it or, when later, after the latest time its engine said a pause of it would end (a sleep's or
+    a retry's `resumeAt`). A workflow asleep for thirty days is waiting, not stuck: closed at a week, its
+    trace went out incomplete and all it told on waking was late. One that does not wake is overdue from
+    its `resumeAt` on, and closed `max_open` after it. The engine's clock meets the bridge's here: a skew
+    of seconds against a grace of days."""
+    opened = state.opened_ns + policy.max_open_ns
+    if opened > now_ns:
+        return opened  # most runs: their facts not looked through
+    told = (f.resume_at_ns for f in state.facts if f.kind is KIND.RUN_PAUSED and f.resume_at_ns is not None)
+    return max(opened, max(told, default=0) + policy.max_open_ns)
+
+
 def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
-    Called once the run's settle window has passed. A run open longer than
-    `policy.max_open_ns` (since the bridge first heard of it), or closed by hand (`close_reason`), is
-    closed as incomplete.
+    Called once the run's settle window has passed. A run not ended by `closes_at_ns` (`max_open`
+    after the bridge first heard of it, or after the end of its latest pause), or closed by hand
+    (`close_reason`), is closed as incomplete.
     An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them. A run told
     ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:
     its steps that go on are sent as they end, and its root when it ends for good. A run the sampling
@@ -505,7 +519,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     carrying_on = state.carrying_on and not by_hand and now_ns - state.ended_seen_ns < policy.cancel_grace_ns
     if carrying_on:
         ended = False
-    incomplete = not ended and (by_hand or now_ns - state.opened_ns >= policy.max_open_ns)
+    incomplete = not ended and (by_hand or now_ns >= closes_at_ns(state, now_ns, policy))
     incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
     if ended and not by_hand and now_ns - state.ended_seen_ns < policy.gap_grace_ns and _awaits_more(state):
         result.held = True

@@ -13,7 +13,7 @@ from otel_bridge.correlate.jobs import JobState, close_job, fold_job
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
-from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, fold, forget_facts, settle
+from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, closes_at_ns, fold, forget_facts, settle
 from otel_bridge.lifecycle import KIND, Fact, LifecycleRecord, WorkflowRecord
 
 
@@ -122,7 +122,7 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
     elif state.closed:
         due = now + min(policy.keep_finished_seconds, policy.dedup_ttl_seconds)
     else:
-        due = max(state.opened_ns / 1e9 + policy.max_open_seconds, now)
+        due = max(closes_at_ns(state, int(now * 1e9), policy.settle) / 1e9, now)
         if state.carrying_on:  # ends at its cancellation if nothing more comes
             due = min(due, max((state.ended_seen_ns + policy.settle.cancel_grace_ns) / 1e9, now))
     return Step(

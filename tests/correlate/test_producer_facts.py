@@ -147,6 +147,49 @@ def test_a_run_that_never_ends_is_closed_as_incomplete_after_max_open():
     assert sum(active) == 0
 
 
+DAY_MS = 86_400_000
+
+
+def _a_month_asleep() -> tuple[WorkflowRun, int]:
+    """A trial that signs up, sleeps thirty days (`Workflow.sleep("30 days")`), then reminds: the events
+    and how many of them come before it wakes."""
+    run = WorkflowRun().started().step_started("signup").after(5).step_completed("signup")
+    run.sleep_started(30 * DAY_MS).paused("sleep", resume_in_ms=30 * DAY_MS)
+    asleep = len(run.events)
+    run.after(30 * DAY_MS).resumed().sleep_completed(30 * DAY_MS).step_started("remind").after(5)
+    run.step_completed("remind").completed(["signup", "remind"])
+    return run, asleep
+
+
+def test_a_workflow_asleep_longer_than_max_open_is_waiting_not_stuck_and_ends_whole_when_it_wakes():
+    run, asleep = _a_month_asleep()
+    week_later = ns_of(run.events[0]) + WEEK_NS + 86_400 * 10**9
+    folded = fold_events(run.events[:asleep], settle_at_ns=week_later, max_open_ns=WEEK_NS)
+    assert "workflow orderProcessing" not in folded.names()  # still open: no root, nor one marked incomplete
+    assert folded.metric("workflow.execution.active", **{"workflow.execution.state": "paused"}) == [1]
+
+    fold_more(folded, run.events[asleep:])
+    settle_all(folded, ns(run.now) + 10**9, max_open_ns=WEEK_NS)
+    assert set(folded.admissions) == {Admission.ACCEPTED}  # nothing it told on waking was late
+    root = folded.root
+    assert root.status is SpanStatus.OK
+    assert "workflow.execution.incomplete" not in root.attributes
+    assert root.end_ns - root.start_ns >= 30 * DAY_MS * 10**6
+    assert folded.span("sleep").end_ns - folded.span("sleep").start_ns == 30 * DAY_MS * 10**6
+    assert folded.span("step remind").status is SpanStatus.OK
+    assert sum(folded.metric("workflow.execution.active")) == 0
+
+
+def test_a_workflow_that_does_not_wake_is_closed_max_open_after_it_was_due_not_before():
+    run, asleep = _a_month_asleep()
+    due_ns = ns_of(run.events[asleep - 1]) + 30 * DAY_MS * 10**6
+    before = fold_events(run.events[:asleep], settle_at_ns=due_ns + WEEK_NS - 10**9, max_open_ns=WEEK_NS)
+    assert before.spans == [s for s in before.spans if s.parent_span_id is not None]  # the root not sent
+    after = fold_events(run.events[:asleep], settle_at_ns=due_ns + WEEK_NS + 10**6, max_open_ns=WEEK_NS)
+    assert after.root.attributes["workflow.execution.incomplete"] is True
+    assert after.root.end_ns == ns_of(run.events[asleep - 1])  # where it was last heard of
+
+
 def test_older_engines_cached_completions_from_attempt_zero_are_not_attempts():
     run = WorkflowRun().started().step_started("a", 1).after(4).step_completed("a", 1)
     run.after(100).resumed().step_completed("a", attempt=0, duration_ms=0, cached=True).completed()

@@ -1,5 +1,7 @@
 """When a run is next due: decided in one place, by `apply` and `settle_run`."""
 
+from datetime import UTC, datetime
+
 import msgspec
 from builders import JobRun, WorkflowRun, ns_of
 from histories import long_histories
@@ -124,6 +126,19 @@ def test_a_job_instance_is_remembered_only_while_it_counts():
 def _paused() -> WorkflowRun:
     # A sleep whose alarm the engine lost: nothing will ever end the run.
     return WorkflowRun().started().step_started("a").after(5).step_completed("a").sleep_started(60_000).paused("sleep")
+
+
+def test_a_run_asleep_past_max_open_is_looked_at_again_max_open_after_it_is_due_to_wake():
+    # Told at 50 s that it sleeps until 20,050 s, twice max_open: waiting, not stuck.
+    run = WorkflowRun(start=datetime.fromtimestamp(50, UTC)).started().sleep_started(20_000_000)
+    state, _due, _ = _applied(run.paused("sleep", resume_in_ms=20_000_000).events, now=50.0)
+    first = settle_run(state, 52.0, POLICY)
+    assert first.due == 50.0 + 10_000  # as any run open: its facts not looked through yet
+    looked = settle_run(first.state, first.due, POLICY)
+    assert not looked.incomplete and looked.spans == []
+    assert looked.due == 20_050.0 + 10_000
+    closed = settle_run(looked.state, looked.due, POLICY)
+    assert closed.incomplete and {s.name for s in closed.spans} == {"sleep", "workflow orderProcessing"}
 
 
 def test_a_run_closed_by_hand_is_sent_at_once_as_incomplete_with_the_reason():
