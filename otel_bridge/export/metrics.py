@@ -37,10 +37,10 @@ from otel_bridge.export.latest import Latest
 from otel_bridge.export.sums import Sums
 from otel_bridge.repeated_failure import RepeatedFailure
 
-# 5 ms to 7 days: workflows sleep for days, and the SDK default stops at 10 s.
+# 5 ms to 30 days: workflows sleep for days (a trial's end, a month), and the SDK default stops at 10 s.
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
-    1800, 3600, 7200, 21600, 43200, 86400, 172800, 345600, 604800,
+    1800, 3600, 7200, 21600, 43200, 86400, 172800, 345600, 604800, 1209600, 2592000,
 )  # fmt: skip
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 # Attribute sets whose limited names are remembered (`MetricsHub._named`).

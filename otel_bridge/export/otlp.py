@@ -605,11 +605,11 @@ def _told_if_delta_asked() -> None:
 
 
 def _told_if_exponential_asked() -> None:
-    # Explicit buckets from 5 ms to 7 days, as Prometheus, Grafana's panels and the alert rules read them.
+    # Explicit buckets from 5 ms to 30 days, as Prometheus, Grafana's panels and the alert rules read them.
     _told_if_asked_otherwise(
         "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
         ("", "explicit_bucket_histogram"),
-        "otel-bridge exports its histograms with explicit buckets, from 5 ms to 7 days (workflows sleep for "
+        "otel-bridge exports its histograms with explicit buckets, from 5 ms to 30 days (workflows sleep for "
         "days), which its dashboards and alert rules read",
     )
 

@@ -153,7 +153,7 @@ def test_jaegers_monitor_tab_reads_the_span_metrics_jaeger_counts_from_the_stack
     assert JAEGER["connectors"]["spanmetrics"]["histogram"]["unit"] == "ms"
 
 
-def test_jaegers_span_latencies_are_bucketed_as_the_bridges_own_up_to_a_week():
+def test_jaegers_span_latencies_are_bucketed_as_the_bridges_own_up_to_a_month():
     # The connector's default buckets stop at 15 s: every run that slept would show a latency of 15 s.
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     told = JAEGER["connectors"]["spanmetrics"]["histogram"]["explicit"]["buckets"]

@@ -97,7 +97,7 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
 
     pending = got.metric("workflow.execution.duration", **{"workflow.execution.state": "pending"})[0]
     assert pending["unit"] == "s" and pending["count"] == 1 and pending["sum"] == pytest.approx(0.04)
-    assert pending["bounds"][0] == 0.005 and pending["bounds"][-1] == 604800
+    assert pending["bounds"][0] == 0.005 and pending["bounds"][-1] == 2592000
     assert (
         pending["exemplars"]
         and pending["exemplars"][0][0] == trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()

@@ -493,7 +493,7 @@ def test_a_preference_for_exponential_histograms_is_told_once_as_the_bridge_expo
     told = _told_making_two(monkeypatch, caplog, otlp.metric_sender, **{variable: "base2_exponential_bucket_histogram"})
     assert told == [
         f"{variable}=base2_exponential_bucket_histogram: otel-bridge exports its histograms with explicit buckets, "
-        "from 5 ms to 7 days (workflows sleep for days), which its dashboards and alert rules read"
+        "from 5 ms to 30 days (workflows sleep for days), which its dashboards and alert rules read"
     ]
     caplog.clear()
     assert _told_making_two(monkeypatch, caplog, otlp.metric_sender, **{variable: "explicit_bucket_histogram"}) == []

@@ -49,7 +49,7 @@ def test_histograms_carry_trace_exemplars_in_openmetrics():
     text = _exposition(hub, openmetrics=True)
     assert "workflow_task_duration_seconds_bucket{" in text
     assert f'# {{span_id="{span_id.hex()}",trace_id="{trace_id.hex()}"}} 0.2' in text
-    assert 'le="604800.0"' in text
+    assert 'le="2592000.0"' in text
 
 
 def test_names_past_the_allow_list_become_other():
