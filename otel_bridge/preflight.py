@@ -143,7 +143,7 @@ def _stream(settings: Settings, timeout_seconds: float) -> Finding:
     try:
         client = connect(settings.stream_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
     except REDIS_ERRORS as exc:
-        return Finding("stream", False, f"{where}: {exc}{tls_hint(exc)}")
+        return Finding("stream", False, f"{where}: {exc}{tls_hint(exc, settings.stream_url)}")
     try:
         client.ping()
         if not client.exists(settings.stream_key):
@@ -164,8 +164,8 @@ def _stream(settings: Settings, timeout_seconds: float) -> Finding:
                 f"acknowledged, {'?' if lag is None else f'{lag:,}'} not read yet"
             )
         return Finding("stream", True, f"{where}: {told}")
-    except REDIS_ERRORS as exc:
-        return Finding("stream", False, f"{where}: {exc}")
+    except REDIS_ERRORS as exc:  # the connection is made at the first command: a TLS handshake fails here
+        return Finding("stream", False, f"{where}: {exc}{tls_hint(exc, settings.stream_url)}")
     finally:
         client.close()
 

@@ -78,14 +78,19 @@ def is_cluster(client: "redis.Redis | RedisCluster") -> bool:
     return isinstance(client, RedisCluster)
 
 
-def tls_hint(error: BaseException) -> str:
+def tls_hint(error: BaseException, url: str) -> str:
     """What to add to a `rediss://` URL when Redis's certificate, or the lack of the bridge's own, failed
     the handshake: redis-py reads the files from the URL's query, which nothing else says."""
     told = str(error).lower()
     if "certificate verify failed" in told:
         return "; give the CA that signed Redis's certificate in the URL: rediss://…?ssl_ca_certs=/path/ca.pem"
-    # Redis asking for the bridge's certificate ends the handshake, which the client words variously.
-    if any(said in told for said in ("certificate required", "handshake failure", "eof occurred in violation")):
+    # Redis asking for the bridge's certificate ends the handshake, which the client words variously. Over
+    # TLS 1.3 the client's side of the handshake is done before Redis has read it: the refusal may come as
+    # a reset of the connection at the first command instead (one run in a few).
+    refused = ("certificate required", "handshake failure", "eof occurred in violation")
+    reset = ("connection reset by peer", "broken pipe")
+    without = url.startswith("rediss") and "ssl_certfile" not in url
+    if any(said in told for said in refused) or (without and any(said in told for said in reset)):
         return (
             "; if Redis asks for the bridge's own certificate (mutual TLS), give it in the URL:"
             " rediss://…?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem"

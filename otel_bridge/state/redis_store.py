@@ -306,7 +306,9 @@ class RedisStore:
             self._confirmed = f"{self._p}confirmed"
             self._ensure_group()
         except REDIS_ERRORS as exc:
-            raise StoreOpenError(f"cannot use the redis state at {without_secrets(url)}: {exc}{tls_hint(exc)}") from exc
+            raise StoreOpenError(
+                f"cannot use the redis state at {without_secrets(url)}: {exc}{tls_hint(exc, url)}"
+            ) from exc
 
     def _ensure_group(self) -> None:
         """Create the outbox stream and its consumer group if they are missing (at start, or after Redis lost them)."""
