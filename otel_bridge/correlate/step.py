@@ -81,14 +81,23 @@ def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
+def _job_kept_until(job: JobState, now: float, policy: Policy) -> float | None:
+    """Until when a job instance is remembered: for ever while counted active; else `dedup_ttl_seconds`
+    (its events' ids), and as long after the run it awaits — a task scheduled a month ahead was forgotten
+    at a week, and with it the lost alarm its time would have shown (overdue, listed by `jobs`)."""
+    if job.counted:
+        return None
+    awaited = job_overdue_since_ns(job)
+    return max(now, awaited / 1e9 if awaited is not None else now) + policy.dedup_ttl_seconds
+
+
 def apply(
     state: RunState | JobState | None, due: float | None, record: LifecycleRecord, now: float, policy: Policy
 ) -> Step:
     """Take one record, received at `now`, into its run's (or job instance's) state."""
     if not isinstance(record, WorkflowRecord):
         job, observations = fold_job(state, record)  # type: ignore[arg-type]
-        # Only an instance counted as active needs remembering indefinitely.
-        return Step(job, None if job.counted else now + policy.dedup_ttl_seconds, observations=observations)
+        return Step(job, _job_kept_until(job, now, policy), observations=observations)
     result = fold(state, record.run, record.fact, int(now * 1e9))  # type: ignore[arg-type]
     if state is None and not policy.settle.samples(result.state):
         result.state.withheld = True  # from its first event, so that `otel-bridge runs` says so

@@ -177,6 +177,17 @@ def test_an_event_of_a_run_closed_by_hand_comes_late_as_one_after_max_open_would
     assert step.admission is Admission.LATE
 
 
+def test_a_task_scheduled_past_the_memory_of_ids_is_remembered_until_a_while_after_its_time():
+    # A reminder a month ahead: forgotten at dedup_ttl, nothing could tell the day it does not run.
+    task = JobRun("trialReminder", "task", start=datetime.fromtimestamp(50, UTC))
+    task.task_scheduled(in_ms=30 * 86_400_000)
+    state, due, _ = _applied(task.events, now=50.0)
+    assert job_overdue_since_ns(state) == (50 + 30 * 86_400) * 10**9
+    assert due == 50 + 30 * 86_400 + 1000  # the grace after it as after any event: overdue meanwhile
+    ran = apply(state, due, decode(task.after(30 * 86_400_000).executed(5).events[-1]), 50 + 30 * 86_400, POLICY)
+    assert ran.due == 50 + 30 * 86_400 + 1000  # ran: remembered for its events' ids alone
+
+
 def test_a_job_instance_closed_by_hand_awaits_its_run_no_more_and_counts_active_no_more():
     state, _due, _ = _applied(JobRun("sync").started().task_scheduled(in_ms=30_000).events)
     step = close(state, "purged", 60.0, POLICY)
