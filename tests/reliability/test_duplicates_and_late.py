@@ -2,6 +2,7 @@
 
 import re
 import time
+from datetime import UTC, datetime
 
 import httpx
 from bridge_process import BridgeProcess
@@ -80,6 +81,27 @@ def test_late_events_and_never_ending_runs_show_on_metrics(tmp_path, otlp_http):
         time.sleep(0.5)
         assert len([s for s in got.spans if s.trace_id == root.trace_id]) == 2  # nothing new was sent
         assert "late event" in bridge.log.read_text()
+    finally:
+        bridge.close()
+
+
+def test_a_run_asleep_past_max_open_stays_open_and_its_waking_joins_its_trace(tmp_path, otlp_http):
+    # max_open a second, the sleep four: a month's sleep against a week's max_open, as serve runs it.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, max_open_seconds="1").start()
+    try:
+        asleep = WorkflowRun("nap", start=datetime.now(UTC)).started().step_started("a").after(5).step_completed("a")
+        assert bridge.post(asleep.sleep_started(4000).paused("sleep", resume_in_ms=4000).events).status_code == 200
+        got = otlp_http.received
+        got.wait_for(lambda: any(s.name == "step a" for s in got.spans))
+        time.sleep(2)  # past max_open: the run was closed incomplete here
+        assert _metric(bridge, "otel_bridge_runs_incomplete_total") == 0
+        woke = WorkflowRun("nap", workflow_id=asleep.workflow_id, start=asleep.now).after(4000).resumed()
+        woke.sleep_completed(4000).completed(["a"])
+        assert bridge.post(woke.events).json() == {"accepted": 3, "duplicates": 0, "late": 0, "rejected": []}
+        got.wait_for(lambda: any(not s.parent_span_id for s in got.spans))
+        root = next(s for s in got.spans if not s.parent_span_id)
+        assert root.status_code == 1 and "workflow.execution.incomplete" not in root.attributes  # OK, whole
+        assert {s.name for s in got.spans if s.trace_id == root.trace_id} == {"workflow nap", "step a", "sleep"}
     finally:
         bridge.close()
 
