@@ -83,12 +83,13 @@ def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
 
 def _job_kept_until(job: JobState, now: float, policy: Policy) -> float | None:
     """Until when a job instance is remembered: for ever while counted active; else `dedup_ttl_seconds`
-    (its events' ids), and as long after the run it awaits — a task scheduled a month ahead was forgotten
-    at a week, and with it the lost alarm its time would have shown (overdue, listed by `jobs`)."""
+    (its events' ids), and as long after the run it awaits turns overdue — a task scheduled a month ahead
+    was forgotten at a week, and with it the lost alarm its time would have shown (overdue, listed by
+    `jobs`)."""
     if job.counted:
         return None
-    awaited = job_overdue_since_ns(job)
-    return max(now, awaited / 1e9 if awaited is not None else now) + policy.dedup_ttl_seconds
+    overdue = overdue_at(job, policy)
+    return max(now, overdue if overdue is not None else now) + policy.dedup_ttl_seconds
 
 
 def apply(

@@ -183,7 +183,7 @@ def test_a_task_scheduled_past_the_memory_of_ids_is_remembered_until_a_while_aft
     task.task_scheduled(in_ms=30 * 86_400_000)
     state, due, _ = _applied(task.events, now=50.0)
     assert job_overdue_since_ns(state) == (50 + 30 * 86_400) * 10**9
-    assert due == 50 + 30 * 86_400 + 1000  # the grace after it as after any event: overdue meanwhile
+    assert due == 50 + 30 * 86_400 + 300 + 1000  # overdue once the grace has passed, and remembered a while so
     ran = apply(state, due, decode(task.after(30 * 86_400_000).executed(5).events[-1]), 50 + 30 * 86_400, POLICY)
     assert ran.due == 50 + 30 * 86_400 + 1000  # ran: remembered for its events' ids alone
 

@@ -106,6 +106,23 @@ def test_a_run_asleep_past_max_open_stays_open_and_its_waking_joins_its_trace(tm
         bridge.close()
 
 
+def test_a_task_scheduled_past_the_memory_of_ids_is_still_awaited_and_turns_overdue(tmp_path, otlp_http):
+    # dedup_ttl three seconds, the task due in two and a half (overdue a second later): a month's schedule
+    # against a week's memory. Forgotten at three seconds, it never turned overdue.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, dedup_ttl_seconds="3", overdue_grace_seconds="1").start()
+    try:
+        task = JobRun("reminder", "task", start=datetime.now(UTC)).task_scheduled(in_ms=2500)
+        assert bridge.post(task.events).json()["accepted"] == 1
+        time.sleep(3)
+        assert _metric(bridge, "job_instance_active") == 0  # a task is never counted active: kept for its schedule
+        deadline = time.monotonic() + 5
+        while _metric(bridge, "job_instance_overdue", job_name="reminder") != 1:
+            assert time.monotonic() < deadline, "the task's lost alarm never showed"
+            time.sleep(0.1)
+    finally:
+        bridge.close()
+
+
 def test_the_dedup_memory_forgets_after_its_time_to_live(tmp_path, otlp_http):
     bridge = BridgeProcess(tmp_path, otlp_http.endpoint, dedup_ttl_seconds="1").start()
     try:
