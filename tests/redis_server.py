@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from bridge_process import free_port
@@ -75,34 +76,51 @@ class TlsRedisServer:
     its certificate signed by the test's CA; `url` carries that CA as redis-py reads it from a URL."""
 
     def __init__(self, pki: dict[str, str], clients_need_certificates: bool = False) -> None:
-        self.port = free_port()
         self.pki = pki
-        self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={pki['ca.pem']}"
+        self._home = tempfile.TemporaryDirectory(prefix="redis-", ignore_cleanup_errors=True)
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
-        command = [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--tls-cert-file", pki["backend.pem"], "--tls-key-file", pki["backend.key"]]
-        command += [
-            "--tls-ca-cert-file",
-            pki["ca.pem"],
-            "--tls-auth-clients",
-            "yes" if clients_need_certificates else "no",
-        ]
-        self._home = tempfile.TemporaryDirectory(prefix="redis-", ignore_cleanup_errors=True)
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
-        for _ in range(200):  # the port first: redis-py's own retries back off for seconds at each refusal
-            assert self.proc.poll() is None, "redis-server with TLS did not start"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            time.sleep(0.05)
-        assert self.client().ping(), f"redis-server with TLS did not answer on port {self.port}"
+        auth = ["--tls-auth-clients", "yes" if clients_need_certificates else "no"]
+        for _ in range(5):  # a port found free that another test's server took before this one bound it: another
+            self.port = free_port()
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={pki['ca.pem']}"
+            command = [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            command += [
+                "--appendonly",
+                "no",
+                "--tls-cert-file",
+                pki["backend.pem"],
+                "--tls-key-file",
+                pki["backend.key"],
+            ]
+            command += ["--tls-ca-cert-file", pki["ca.pem"], *auth]
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
+            if self._answering():
+                return
+            self.proc.kill()
+            self.proc.wait(10)
+        raise AssertionError("redis-server with TLS did not start on any of five ports")
 
-    def client(self) -> redis.Redis:
+    def _answering(self) -> bool:
+        """Whether this server, not another test's on its port, answers; False once it exited (port taken).
+        Asked without redis-py's own retries, which back off for seconds at each refusal."""
+        client = self.client(retry=None, socket_timeout=0.2, socket_connect_timeout=0.2)
+        for _ in range(200):
+            try:
+                if client.info("server")["process_id"] == self.proc.pid:
+                    return True
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def client(self, **options: Any) -> redis.Redis:
         pki = self.pki
-        return redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=pki["ca.pem"],
-                           ssl_certfile=pki["bridge.pem"], ssl_keyfile=pki["bridge.key"],
-                           socket_timeout=1, socket_connect_timeout=1)  # fmt: skip
+        return redis.Redis(**{"host": "127.0.0.1", "port": self.port, "ssl": True, "ssl_ca_certs": pki["ca.pem"],
+                              "ssl_certfile": pki["bridge.pem"], "ssl_keyfile": pki["bridge.key"],
+                              "socket_timeout": 1, "socket_connect_timeout": 1, **options})  # fmt: skip
 
     def close(self) -> None:
         self.proc.terminate()

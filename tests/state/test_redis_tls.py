@@ -2,11 +2,13 @@
 engine's stream on a real redis-server answering over TLS only, the CA (and for mutual TLS, the bridge's
 certificate) given in the URL as redis-py reads them, and a clear word when they are missing."""
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from bridge_process import free_port
 from pki import make_pki
 from redis_server import TlsRedisServer
 
@@ -85,3 +87,20 @@ def test_check_reaches_the_state_and_the_stream_over_tls(tmp_path, tls_redis):
     )
     lines = {line.split()[1]: line for line in check.stdout.splitlines() if len(line.split()) > 1}
     assert lines["state"].startswith("ok") and lines["stream"].startswith("ok"), check.stdout
+
+
+def test_the_tests_tls_redis_moves_to_another_port_when_another_server_took_the_one_it_found_free(pki, monkeypatch):
+    # The fixture's own behaviour: a port found free, taken by another test's server before redis-server
+    # bound it, failed the test that asked for a TLS Redis (the suite runs two test files at once).
+    import redis_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(redis_server, "free_port", lambda: next(ports, None) or free_port())
+        server = TlsRedisServer(pki)
+        try:
+            assert server.port != taken.getsockname()[1] and server.client().ping()
+        finally:
+            server.close()
