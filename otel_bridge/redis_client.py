@@ -89,8 +89,8 @@ def tls_hint(error: BaseException, url: str) -> str:
     # a reset of the connection at the first command instead (one run in a few).
     refused = ("certificate required", "handshake failure", "eof occurred in violation")
     reset = ("connection reset by peer", "broken pipe")
-    without = url.startswith("rediss") and "ssl_certfile" not in url
-    if any(said in told for said in refused) or (without and any(said in told for said in reset)):
+    no_certificate_given = url.startswith("rediss") and "ssl_certfile" not in url
+    if any(said in told for said in refused) or (no_certificate_given and any(said in told for said in reset)):
         return (
             "; if Redis asks for the bridge's own certificate (mutual TLS), give it in the URL:"
             " rediss://…?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem"

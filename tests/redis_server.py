@@ -95,26 +95,12 @@ class TlsRedisServer:
             ]
             command += ["--tls-ca-cert-file", pki["ca.pem"], *auth]
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
-            if self._answering():
+            # Asked quickly: a port another test took may hold a server that never answers this one's TLS.
+            if _answering(self.client(retry=None, socket_timeout=0.2, socket_connect_timeout=0.2), self.proc):
                 return
             self.proc.kill()
             self.proc.wait(10)
         raise AssertionError("redis-server with TLS did not start on any of five ports")
-
-    def _answering(self) -> bool:
-        """Whether this server, not another test's on its port, answers; False once it exited (port taken).
-        Asked without redis-py's own retries, which back off for seconds at each refusal."""
-        client = self.client(retry=None, socket_timeout=0.2, socket_connect_timeout=0.2)
-        for _ in range(200):
-            try:
-                if client.info("server")["process_id"] == self.proc.pid:
-                    return True
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(0.05)
-        return False
 
     def client(self, **options: Any) -> redis.Redis:
         pki = self.pki
@@ -247,7 +233,7 @@ class RedisClusterNodes:
         self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
         try:
             for n in range(self._nodes):
-                while not _answering(self.ports[n], self.procs[n]):
+                while not _answering(_plain(self.ports[n]), self.procs[n]):
                     # Found free, its port was taken by another test's server before this node bound it (the
                     # node exited): the node on another port. Before, redis-py's retries waited for minutes.
                     self._commands[n] = self._node(binary, n)
@@ -281,7 +267,7 @@ class RedisClusterNodes:
     def _run_nodes(self) -> None:
         self.procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
         for port, proc in zip(self.ports, self.procs, strict=True):
-            assert _answering(port, proc), f"redis-server did not start again on port {port}"
+            assert _answering(_plain(port), proc), f"redis-server did not start again on port {port}"
 
     def _wait_ok(self) -> None:
         """Until every node alive says the cluster is ok, and every replica has its primary's data."""
@@ -355,17 +341,22 @@ def _free(port: int) -> bool:
         return True
 
 
-def _answering(port: int, proc: subprocess.Popen) -> bool:
-    """Whether `proc`, a redis-server started on `port`, answers there: False once it has exited (its port
-    was taken). Asked without redis-py's own retries, which back off for seconds at each refusal."""
-    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=None)
+def _plain(port: int) -> redis.Redis:
+    """A client of the redis-server on `port`, without redis-py's own retries, which back off for seconds
+    at each refusal."""
+    return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=None)
+
+
+def _answering(client: redis.Redis, proc: subprocess.Popen) -> bool:
+    """Whether `proc`, a redis-server, answers `client` (not another test's server on its port): False once
+    it has exited (its port was taken)."""
     for _ in range(200):
         try:
             if client.info("server")["process_id"] == proc.pid:
                 return True
-        except redis.exceptions.ConnectionError:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             pass
         if proc.poll() is not None:
             return False
         time.sleep(0.05)
-    raise AssertionError(f"redis-server did not start on port {port}")
+    raise AssertionError(f"redis-server did not start on {client.connection_pool.connection_kwargs.get('port')}")

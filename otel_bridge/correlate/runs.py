@@ -490,10 +490,13 @@ def closes_at_ns(state: RunState, now_ns: int, policy: SettlePolicy) -> int:
     a retry's `resumeAt`). A workflow asleep for thirty days is waiting, not stuck: closed at a week, its
     trace went out incomplete and all it told on waking was late. One that does not wake is overdue from
     its `resumeAt` on, and closed `max_open` after it. The engine's clock meets the bridge's here: a skew
-    of seconds against a grace of days."""
+    of seconds against a grace of days.
+
+    While the first of those times is still ahead of `now_ns`, that time is returned: the soonest the run
+    can close, when it is looked at again — most runs' facts are then never looked through."""
     opened = state.opened_ns + policy.max_open_ns
     if opened > now_ns:
-        return opened  # most runs: their facts not looked through
+        return opened
     told = (f.resume_at_ns for f in state.facts if f.kind is KIND.RUN_PAUSED and f.resume_at_ns is not None)
     return max(opened, max(told, default=0) + policy.max_open_ns)
 

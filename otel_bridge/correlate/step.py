@@ -88,8 +88,7 @@ def _job_kept_until(job: JobState, now: float, policy: Policy) -> float | None:
     `jobs`)."""
     if job.counted:
         return None
-    overdue = overdue_at(job, policy)
-    return max(now, overdue if overdue is not None else now) + policy.dedup_ttl_seconds
+    return max(now, overdue_at(job, policy) or now) + policy.dedup_ttl_seconds
 
 
 def apply(
@@ -156,7 +155,7 @@ def close(state: RunState | JobState, reason: str, now: float, policy: Policy) -
         if not state.counted and job_overdue_since_ns(state) is None:
             return None
         job, observations = close_job(state)
-        return Step(job, now + policy.dedup_ttl_seconds, observations=observations)
+        return Step(job, _job_kept_until(job, now, policy), observations=observations)
     if state.closed or not state.facts:
         return None
     state.close_reason = reason
