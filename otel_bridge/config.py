@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         ge=0,
         description="A paused run whose resumeAt passed this long ago (or queued and not started as long) is overdue.",
     )
+    overdue_tasks: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Task jobs, by name (`*`: all), that turn overdue as a debounce does when their `scheduledAt` "
+        "passes with no run told (the same grace): name those whose every alarm tells its run. Unnamed, a task "
+        "is not: one that ends itself at its alarm (`ctx.clear()`, `ctx.terminate()`) tells nothing, as a lost "
+        "alarm (comma-separated in the environment).",
+    )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
     )
@@ -506,7 +513,7 @@ class Settings(BaseSettings):
             raise ValueError("must hold {trace_id}, where the run's trace id goes")
         return value or None
 
-    @field_validator("redact_keys", "stream_terminal_states", mode="before")
+    @field_validator("redact_keys", "stream_terminal_states", "overdue_tasks", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value

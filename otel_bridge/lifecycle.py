@@ -200,6 +200,10 @@ class JobKind(StrEnum):
 JOB_KIND = SimpleNamespace(**JobKind.__members__)  # as KIND, for the same reason
 
 
+# The job type whose next run its own code schedules (`scheduledAt`), and may cancel or end unsaid.
+TASK_JOB_TYPE = "task"
+
+
 class JobRecord(Struct, kw_only=True):
     """One job lifecycle observation."""
 

@@ -11,6 +11,7 @@ observations recorded and the batch answered. Settling is the same script around
 
 import heapq
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -128,6 +129,7 @@ def policy_of(settings: Settings) -> Policy:
         settle_seconds=settings.settle_seconds,
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         keep_finished_seconds=settings.keep_finished_seconds,
+        overdue_tasks=frozenset(settings.overdue_tasks),
     )
 
 
@@ -538,7 +540,9 @@ class Pipeline:
                 if state is None:
                     continue
                 if isinstance(state, JobState):
-                    was: RunOverview | JobOverview | None = job_overview(key, state, now_ns, grace(key))
+                    was: RunOverview | JobOverview | None = job_overview(
+                        key, state, now_ns, grace(key), self.policy.judges(state)
+                    )
                 else:  # one whose end came closes by itself, within its settle window
                     was = overview(state, now_ns, grace(key))
                 step = close_by_hand(state, reason, now, self.policy) if was is not None else None
@@ -605,7 +609,8 @@ class Pipeline:
         now = self._clock() if now is None else now
         now_ns, grace = int(now * 1e9), self._graces(now)
         pairs = self._states_named(instance_id, keys.JOBS)
-        return [job_overview(key, state, now_ns, grace(key)) for key, state in self._job_states(pairs)]
+        judged = self.policy.judges
+        return [job_overview(key, state, now_ns, grace(key), judged(state)) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
@@ -693,7 +698,7 @@ class Pipeline:
         for key, state in self._job_states(pairs):
             if service is not None and state.service != service:
                 continue
-            job = job_overview(key, state, now_ns, grace(key))
+            job = job_overview(key, state, now_ns, grace(key), self.policy.judges(state))
             if job.going_on and (not overdue or job.overdue_ns is not None):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
@@ -779,6 +784,8 @@ class Pipeline:
         observations = []
         unreadable = []
         waiting = []  # paused or queued: the runs that can turn overdue
+        indexed = self.store.overdue_keys(math.inf)
+        judged_anew = []  # job instances the overdue index holds, or not, by other settings (`overdue_tasks`)
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
                 continue
@@ -791,6 +798,8 @@ class Pipeline:
                 if state.counted:
                     observations.append(active_instance(state))
                 observations += last_runs(state)
+                if (overdue_at(state, self.policy) is not None) != (key in indexed):
+                    judged_anew.append(key)
                 continue
             if state.held_open:
                 self._held.add(key)
@@ -805,12 +814,15 @@ class Pipeline:
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self._transaction(lambda tx, touched: [self._state(tx, key, touched) for key in unreadable])
-        if waiting and self.store.overdue_index_new:
-            self.store.run(lambda tx: self._index_overdue(tx, waiting))
+        if not self.store.overdue_index_new:
+            waiting.clear()
+        if waiting or judged_anew:
+            self.store.run(lambda tx: self._index_overdue(tx, waiting + judged_anew))
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
-        """Runs stored before the overdue index existed: tell it when each paused or queued one turns overdue."""
+        """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored
+        before the index existed (paused or queued), job instances indexed by other settings."""
         for key in keys_:
             state, due = journal.load(tx, key)
-            if isinstance(state, RunState) and (at := overdue_at(state, self.policy)) is not None:
-                tx.save(key, journal.encode_header(state), due, at)
+            if state is not None:
+                tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))

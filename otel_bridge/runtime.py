@@ -236,8 +236,8 @@ class Bridge:
         self.metrics.producer_gauge(
             c.M_JOB_INSTANCE_OVERDUE,
             "{instance}",
-            "Job instances past their time to run (a task's scheduledAt, a debounce's flushAt) by more than "
-            "overdue_grace_seconds with no run",
+            "Job instances past their time to run (a debounce's flushAt; the scheduledAt of a task overdue_tasks "
+            "names) by more than overdue_grace_seconds with no run",
             lambda resource: self._overdue_jobs.get(resource, []),
         )
         self._stop = threading.Event()

@@ -348,8 +348,9 @@ def jobs() -> Board:
         [(f"sum by (job_name) (max by (service_name, job_name) (job_instance_overdue{{{SEL}}})) or on() vector(0)",
           "{{job_name}}")],
         kind="stat", width=12,
-        description="Past their time to run (a task's scheduledAt, a debounce's flushAt) by more than the overdue "
-                    "grace with no run: a lost alarm (otel-bridge jobs --overdue lists them).",
+        description="Past their time to run (a debounce's flushAt, the scheduledAt of a task OTEL_BRIDGE_OVERDUE_TASKS "
+                    "names) by more than the overdue grace with no run: a lost alarm (otel-bridge jobs --overdue lists "
+                    "them).",
     )  # fmt: skip
     b.row("Debounce")
     b.panel(

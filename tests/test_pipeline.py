@@ -26,8 +26,8 @@ from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
-def _pipeline(tmp_path) -> Pipeline:
-    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0)
+def _pipeline(tmp_path, **values) -> Pipeline:
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, **values)
     return Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
 
 
@@ -351,8 +351,10 @@ def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_thr
     done = JobRun("reminder", "task", start=now - timedelta(hours=1)).task_scheduled(in_ms=1000).after(1000)
     done.executed(0)
     ended = JobRun("refresher", "continuous", start=now - timedelta(hours=1)).started().after(10).terminated(0)
-    pipeline = _pipeline(tmp_path)
-    pipeline.ingest([e for job in (missed_long, missed, soon, running, done, ended) for e in job.events])
+    # A task the settings do not name, past its time: it may have ended itself then (`ctx.clear()`).
+    unsaid = JobRun("oneShot", "task", start=now - timedelta(hours=1)).task_scheduled(in_ms=1000)
+    pipeline = _pipeline(tmp_path, overdue_tasks=["reminder"])
+    pipeline.ingest([e for job in (missed_long, missed, soon, running, done, ended, unsaid) for e in job.events])
     at = now.timestamp()
 
     listed, count = pipeline.list_jobs(now=at)
@@ -436,7 +438,7 @@ def test_a_close_that_finds_nothing_open_is_told_why_each_run_of_that_id_is_not(
 
 
 def test_a_job_instance_closed_by_hand_is_overdue_and_listed_no_more(tmp_path):
-    pipeline = _pipeline(tmp_path)
+    pipeline = _pipeline(tmp_path, overdue_tasks=["*"])
     lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past
     pipeline.ingest(lost.events)
     instance = lost.base["instanceId"]
@@ -486,7 +488,9 @@ def test_when_each_job_last_ran_is_told_again_after_a_restart(tmp_path):
 def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_bridge_counts(tmp_path):
     # `otel-bridge runs` run on another machine, without the bridge's OTEL_BRIDGE_OVERDUE_GRACE_SECONDS:
     # it listed "no overdue runs" while the gauge counted them.
-    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0, overdue_grace_seconds=1)
+    settings = Settings(
+        state=str(tmp_path / "p.db"), settle_seconds=0, overdue_grace_seconds=1, overdue_tasks=["reminder"]
+    )
     bridge = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
     stuck = _lost_sleep("shop")  # a minute's sleep in 2025, long past
     lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)
@@ -495,7 +499,7 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     bridge.ingest(stuck.events + lost.events + just_now.events)
     assert len(bridge.overdue_runs()) == 2 and len(bridge.overdue()[1]) == 1
     bridge.store.close()
-    elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace: 300 s
+    elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace (300 s), no task named
     command = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)
 
     overdue, count = command.list_runs(RunQuery(overdue=True))

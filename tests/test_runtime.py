@@ -246,7 +246,7 @@ def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store
     server = RedisServer().start() if store == "redis" else None  # a Redis of its own: nothing else counted
     state = server.url if server is not None else None
     try:
-        bridge = _bridge(tmp_path, state=state)
+        bridge = _bridge(tmp_path, state=state, overdue_tasks=["reminder"])
         bridge.pipeline.ingest(missed.events + ran.events + collecting.events)
 
         bridge.count_overdue()
@@ -254,7 +254,7 @@ def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store
         expected = {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0}
         assert _exposed_by(bridge, "job_instance_overdue", "job_name", "job_type") == expected
         bridge.store.close()
-        restarted = _bridge(tmp_path, state=state)
+        restarted = _bridge(tmp_path, state=state, overdue_tasks=["reminder"])
         restarted.count_overdue()
         assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == expected
 
@@ -267,6 +267,28 @@ def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store
     finally:
         if server is not None:
             server.close()
+
+
+def test_a_restart_with_other_tasks_named_counts_overdue_by_its_own_settings(tmp_path):
+    # The overdue index is written as instances are saved; a lost task alarm saved by a bridge that named
+    # its task stayed counted for a week by one that did not (an upgrade to tasks unnamed by default).
+    missed = JobRun("reminder", "task").task_scheduled(in_ms=30_000)  # in 2025: long past
+    collecting = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
+    bridge = _bridge(tmp_path, overdue_tasks=["*"])
+    bridge.pipeline.ingest(missed.events + collecting.events)
+    bridge.store.close()
+    counted = []
+    for named in ([], ["reminder"]):
+        restarted = _bridge(tmp_path, overdue_tasks=named)
+        restarted.pipeline.restore_gauges()  # as `start` does
+        restarted.count_overdue()
+        counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
+        restarted.store.close()
+
+    assert counted == [
+        {("webhookBatcher", "debounce"): 1.0},
+        {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0},
+    ]
 
 
 def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypatch, caplog):

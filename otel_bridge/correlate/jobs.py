@@ -42,8 +42,9 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     # The failed attempts job.executions has counted (of those still told above): what they come to may
     # fall for a while, when an exhaustion comes before the end that parts its run from an earlier one.
     failures_counted: int = 0
-    # When it last succeeded.
+    # When it last succeeded, and when that run began (its end less its durationMs; 0 when not told).
     succeeded_ns: int = 0
+    succeeded_from_ns: int = 0
     # When it last failed: with `succeeded_ns`, job.execution.last_timestamp as it stands after a restart.
     failed_ns: int = 0
     # When the instance is next to run (0: nothing awaited), as the latest told (by its event's time,
@@ -88,6 +89,9 @@ def last_runs(state: JobState) -> list[Observation]:
 
 # An alarm may fire a little before the time it was set for: a run this much earlier still counts.
 _EARLY_NS = 1_000_000_000
+# A run's events are stamped within it: its start (its end less its durationMs, the engine's clock read a
+# moment apart) may come out a millisecond after a schedule it told. Later than this, another invocation.
+_SAME_INVOCATION_NS = 5_000_000
 _RAN = frozenset({JOB_KIND.EXECUTED, JOB_KIND.FAILED, JOB_KIND.DEBOUNCE_FLUSHED})
 
 
@@ -95,10 +99,16 @@ def overdue_since_ns(state: JobState) -> int | None:
     """When the instance was due to run and has not (the producer's clock), or None.
 
     Not once it ended (terminated, or purged after its retries) after being told, nor once a run came
-    at or after the one awaited: asked of the state as it stands, so the order events came in does not
-    matter.
+    at or after the one awaited, nor once a run of its own came between (below): asked of the state as
+    it stands, so the order events came in does not matter. Whether an instance that is due counts as
+    overdue is the bridge's settings' to say (`overdue_tasks`, `correlate.step.overdue_at`).
     """
     if not state.due_ns or state.ran_ns >= state.due_from_ns or state.due_told_id == state.waived_id:
+        return None
+    if state.succeeded_from_ns > state.due_told_ns + _SAME_INVOCATION_NS and state.succeeded_ns < state.due_from_ns:
+        # A task's run begun after its schedule was told, and ended before its time, that told no schedule
+        # of its own (the engine tells one before its run's end): the schedule stands, or the run cancelled
+        # it (`ctx.cancelSchedule()`: nothing tells it). Awaited no more: an order paid is no alarm lost.
         return None
     if state.terminated and state.ended_ns >= state.due_told_ns:
         return None
@@ -227,7 +237,11 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))
             if record.duration_ms is not None:
                 out.append(obs(c.M_JOB_EXECUTION_DURATION, record.duration_ms / 1000))
-            state.succeeded_ns = max(state.succeeded_ns, record.time_ns)
+            began = record.time_ns - int(record.duration_ms * 1_000_000) if record.duration_ms is not None else 0
+            if record.time_ns > state.succeeded_ns:
+                state.succeeded_ns, state.succeeded_from_ns = record.time_ns, began
+            elif record.time_ns == state.succeeded_ns:
+                state.succeeded_from_ns = max(state.succeeded_from_ns, began)
         case JOB_KIND.FAILED:
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, failure))
             state.failed_ns = max(state.failed_ns, record.time_ns)

@@ -14,7 +14,7 @@ from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, closes_at_ns, fold, forget_facts, settle
-from otel_bridge.lifecycle import KIND, Fact, LifecycleRecord, WorkflowRecord
+from otel_bridge.lifecycle import KIND, TASK_JOB_TYPE, Fact, LifecycleRecord, WorkflowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +25,18 @@ class Policy:
     settle_seconds: float = 1.0
     dedup_ttl_seconds: float = 7 * 86_400
     keep_finished_seconds: float = 3_600
+    # The task jobs (by name; `*`: all) whose time passing with no run told is overdue (`overdue_tasks`).
+    overdue_tasks: frozenset[str] = frozenset()
 
     @property
     def max_open_seconds(self) -> float:
         return self.settle.max_open_ns / 1e9
+
+    def judges(self, job: JobState) -> bool:
+        """Whether a job instance whose time passed with no run told counts as overdue: a debounce's
+        (its flush always tells), a task's only where the settings name it — one that ends itself at
+        its alarm (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm."""
+        return job.job_type != TASK_JOB_TYPE or bool({"*", job.job_name} & self.overdue_tasks)
 
 
 class Step(Struct):
@@ -77,18 +85,23 @@ def _first_due(due: float | None, now: float, policy: Policy) -> float:
 def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     """When a run (or job instance) turns overdue (producer clock, seconds): stored, so finding overdue
     runs reads only them."""
-    since = overdue_since_ns(state) if isinstance(state, RunState) else job_overdue_since_ns(state)
-    return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
+    if isinstance(state, JobState) and not policy.judges(state):
+        return None
+    return _after_grace(overdue_since_ns(state) if isinstance(state, RunState) else job_overdue_since_ns(state), policy)
+
+
+def _after_grace(since_ns: int | None, policy: Policy) -> float | None:
+    return None if since_ns is None else (since_ns + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
 def _job_kept_until(job: JobState, now: float, policy: Policy) -> float | None:
     """Until when a job instance is remembered: for ever while counted active; else `dedup_ttl_seconds`
-    (its events' ids), and as long after the run it awaits turns overdue — a task scheduled a month ahead
-    was forgotten at a week, and with it the lost alarm its time would have shown (overdue, listed by
-    `jobs`)."""
+    (its events' ids), and as long after the run it awaits would turn overdue — a task scheduled a month
+    ahead was forgotten at a week, and with it the lost alarm its time would have shown (overdue, listed
+    by `jobs`)."""
     if job.counted:
         return None
-    return max(now, overdue_at(job, policy) or now) + policy.dedup_ttl_seconds
+    return max(now, _after_grace(job_overdue_since_ns(job), policy) or now) + policy.dedup_ttl_seconds
 
 
 def apply(

@@ -181,10 +181,20 @@ def debounce_job(now: datetime, rng: random.Random) -> Invocations:
 
 
 def task_job(now: datetime, rng: random.Random) -> Invocations:
+    """The engine's own one-shot reminder: the event's run schedules it (told before the run's end); at
+    its time the alarm sends it and the task clears itself (`ctx.clear()`), which tells nothing."""
     job = _job("reminderSender", "task", now)
-    delay = rng.randint(300, 1500)
-    cut = _Cutter(job.task_scheduled(in_ms=delay, trigger=rng.choice(["event", "execute", "idle"]))).cut()
-    job.after(delay).executed(0, duration_ms=rng.randint(5, 60))
+    job.task_scheduled(in_ms=rng.randint(300, 1500), trigger="event").after(rng.randint(1, 5))
+    return [job.executed(0, duration_ms=rng.randint(5, 20)).events]
+
+
+def task_cancelled(now: datetime, rng: random.Random) -> Invocations:
+    """An order's payment deadline, scheduled as it is created and cancelled when it is paid
+    (`ctx.cancelSchedule()` in the payment's run, which tells its run and nothing of the schedule)."""
+    job = _job("orderTimeout", "task", now)
+    deadline = rng.randint(2500, 3500)
+    cut = _Cutter(job.task_scheduled(in_ms=deadline, trigger="event").after(2).executed(0, duration_ms=4)).cut()
+    job.after(rng.randint(300, 900)).executed(0, duration_ms=rng.randint(5, 30))  # paid
     return cut.cut().invocations
 
 
@@ -212,13 +222,15 @@ SCENARIOS: dict[str, Scenario] = {
     "continuous-job": continuous_job,
     "debounce-job": debounce_job,
     "task-job": task_job,
+    "task-cancelled": task_cancelled,
     "job-exhausted": job_exhausted,
 }
 
 
 # What the alerts are for, played on request (`--incidents`): the engine loses an alarm, so the run or
 # job instance is told when it will go on and then never goes on. Each turns overdue once its time
-# and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue).
+# and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a task's: one that
+# ends itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are.
 def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     run = _wf("nightlyReport", now)
     cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
@@ -226,12 +238,12 @@ def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     return cut.cut().invocations  # the alarm never fires: nothing more is sent
 
 
-def lost_task_alarm(now: datetime, rng: random.Random) -> Invocations:
-    job = _job("invoiceReminder", "task", now)
-    return _Cutter(job.task_scheduled(in_ms=rng.randint(500, 1500), trigger="event")).cut().invocations
+def lost_flush_alarm(now: datetime, rng: random.Random) -> Invocations:
+    job = _job("digestMailer", "debounce", now)
+    return _Cutter(job.debounce_started(flush_in_ms=rng.randint(500, 1500))).cut().invocations
 
 
-INCIDENTS: dict[str, Scenario] = {"lost-sleep-alarm": lost_sleep_alarm, "lost-task-alarm": lost_task_alarm}
+INCIDENTS: dict[str, Scenario] = {"lost-sleep-alarm": lost_sleep_alarm, "lost-flush-alarm": lost_flush_alarm}
 # How often each scenario comes up once every one has run once: mostly healthy traffic.
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
 

@@ -264,10 +264,47 @@ def test_a_continuous_job_is_never_overdue_nothing_tells_when_it_runs_next():
 
 
 def test_the_instance_turns_overdue_once_the_grace_has_passed_too():
-    job = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
+    job = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=30_000)
     (state,) = fold_events(job.events).jobs.values()
     policy = Policy(settle=SettlePolicy(overdue_grace_ns=300 * 10**9))
     assert overdue_at(state, policy) == (ns_of(job.events[0]) + (30 + 300) * 10**9) / 1e9
+
+
+# A task's code sets its own schedule, and may end without a word: `ctx.clear()` or `ctx.terminate()` at
+# its alarm (the engine's own one-shot reminder) purges it and tells nothing, exactly as a lost alarm.
+
+
+def test_a_task_is_overdue_only_where_the_settings_name_it_a_debounce_always():
+    reminder = JobRun("reminder", "task").task_scheduled(in_ms=30_000)
+    (state,) = fold_events(reminder.events).jobs.values()
+    (flush,) = fold_events(JobRun("batcher", "debounce").debounce_started(flush_in_ms=30_000).events).jobs.values()
+    judged = (ns_of(reminder.events[0]) + 30 * 10**9) / 1e9
+    grace = SettlePolicy(overdue_grace_ns=0)
+
+    assert overdue_at(state, Policy(settle=grace)) is None  # by default: it may have ended itself at its time
+    assert overdue_at(state, Policy(settle=grace, overdue_tasks=frozenset({"reminder"}))) == judged
+    assert overdue_at(state, Policy(settle=grace, overdue_tasks=frozenset({"*"}))) == judged
+    assert overdue_at(state, Policy(settle=grace, overdue_tasks=frozenset({"invoiceReminder"}))) is None
+    assert overdue_at(flush, Policy(settle=grace)) is not None
+
+
+def test_a_task_whose_later_run_cancelled_its_schedule_awaits_nothing():
+    # The engine's order example: created (a reminder in an hour), then paid — `ctx.cancelSchedule()` in
+    # that event's run, which tells its run (job.executed) and nothing of the schedule.
+    order = JobRun("orderTimeout", "task").task_scheduled(in_ms=3_600_000).after(2).executed(0, duration_ms=4)
+    assert _overdue_since(order.events) == ns_of(order.events[0]) + 3_600_000 * 10**6
+    order.after(600_000).executed(0, duration_ms=30)
+
+    assert _overdue_since(order.events) is None
+    assert {_overdue_since(list(o)) for o in itertools.permutations(order.events)} == {None}
+    order.after(60_000).task_scheduled(in_ms=86_400_000)  # shipped: a check in a day, told
+    assert _overdue_since(order.events) == ns_of(order.events[-1]) + 86_400_000 * 10**6
+
+
+def test_the_run_that_told_a_schedule_does_not_cancel_it_though_its_clock_was_read_a_moment_apart():
+    # durationMs is read before the end is stamped: the run's start comes out a millisecond late.
+    job = JobRun("reminder", "task").task_scheduled(in_ms=60_000).after(2).executed(0, duration_ms=1)
+    assert _overdue_since(job.events) == ns_of(job.events[0]) + 60_000 * 10**6
 
 
 @settings(max_examples=150, deadline=None)

@@ -10,9 +10,10 @@ from bridge_process import BridgeProcess
 
 from otel_bridge import trace_id_for
 from otel_bridge.producer.demo import ENV, INCIDENTS, SCENARIOS, WORKFLOW_SERVICE, run_demo
+from otel_bridge.producer.events import ns_of
 
 OK, ERROR, UNSET = 1, 2, 0
-JOB_SCENARIOS = {"continuous-job", "debounce-job", "task-job", "job-exhausted"}
+JOB_SCENARIOS = {"continuous-job", "debounce-job", "task-job", "task-cancelled", "job-exhausted"}
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +140,20 @@ def test_job_scenarios_become_metrics(demo):
 
 
 def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look(tmp_path, otlp_http):
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1").start()
+    # Its tasks past their time are no incident: the reminder that cleared itself, the order timeout its
+    # payment cancelled (though the settings name it), the delivery check run on time.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", overdue_tasks="orderTimeout")
+    bridge.start()
     try:
-        summary = run_demo(f"{bridge.url}/v1/events", rate=8, duration=2, seed=3, incidents=1.0)
-        assert set(summary["scenarios"]) == set(INCIDENTS) and summary["dropped_events"] == 0
+        due: list[float] = []  # when each task was scheduled to run, in Unix seconds
+
+        def scheduled(_name: str, invocations: list[list[dict]]) -> None:
+            told = [e["scheduledAt"] for batch in invocations for e in batch if e["type"] == "task.scheduled"]
+            due.extend(ns_of({"timestamp": at}) / 1e9 for at in told)
+
+        summary = run_demo(f"{bridge.url}/v1/events", rate=8, duration=5, seed=3, incidents=0.5, on_scenario=scheduled)
+        assert set(summary["scenarios"]) >= set(INCIDENTS) | {"task-job", "task-cancelled"}
+        assert summary["dropped_events"] == 0 and summary["rejected_events"] == 0
 
         def counted(metric: str, name_label: str, name: str) -> float:
             text = httpx.get(f"{bridge.url}/metrics", timeout=5).text
@@ -154,16 +165,18 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
         while time.monotonic() < deadline and not (
             counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
             == lost["lost-sleep-alarm"]
-            and counted("job_instance_overdue", "job_name", "invoiceReminder") == lost["lost-task-alarm"]
+            and counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
         ):
             time.sleep(0.2)
         assert (
             counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
             == lost["lost-sleep-alarm"]
         )
-        assert counted("job_instance_overdue", "job_name", "invoiceReminder") == lost["lost-task-alarm"]
+        assert counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
+        time.sleep(max(max(due) + 1 + 2 - time.time(), 0))  # every task's time and grace passed, and a count
         listed = httpx.get(f"{bridge.url}/v1/jobs", params={"overdue": "true"}, timeout=5).json()
-        assert listed["count"] == lost["lost-task-alarm"]
-        assert {job["name"] for job in listed["jobs"]} == {"invoiceReminder"}
+        assert listed["count"] == lost["lost-flush-alarm"]
+        assert {job["name"] for job in listed["jobs"]} == {"digestMailer"}
+        assert counted("job_instance_overdue", "job_type", "task") == 0
     finally:
         bridge.close()

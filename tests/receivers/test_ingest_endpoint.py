@@ -165,7 +165,11 @@ def test_run_listing_filters_left_empty_are_no_filters(tmp_path):
 
 def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_credential(tmp_path):
     settings = Settings(
-        state=str(tmp_path / "s.db"), api_key="k", dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds"
+        state=str(tmp_path / "s.db"),
+        api_key="k",
+        dead_letter=tmp_path / "dl.jsonl",
+        span_dead_letter=tmp_path / "ds",
+        overdue_tasks=["reminder"],
     )
     pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
     missed = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past

@@ -109,7 +109,9 @@ def test_a_run_asleep_past_max_open_stays_open_and_its_waking_joins_its_trace(tm
 def test_a_task_scheduled_past_the_memory_of_ids_is_still_awaited_and_turns_overdue(tmp_path, otlp_http):
     # dedup_ttl three seconds, the task due in two and a half (overdue a second later): a month's schedule
     # against a week's memory. Forgotten at three seconds, it never turned overdue.
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, dedup_ttl_seconds="3", overdue_grace_seconds="1").start()
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, dedup_ttl_seconds="3", overdue_grace_seconds="1", overdue_tasks="reminder"
+    ).start()
     try:
         task = JobRun("reminder", "task", start=datetime.now(UTC)).task_scheduled(in_ms=2500)
         assert bridge.post(task.events).json()["accepted"] == 1
