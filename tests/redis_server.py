@@ -150,12 +150,16 @@ class SentinelServer:
         service: str = "mymaster",
         pki: dict[str, str] | None = None,
     ) -> None:
+        self.workdir, self.primary, self.service, self.pki = workdir, primary, service, pki
+        self.proc: subprocess.Popen | None = None
+
+    def _configure(self) -> None:
+        """Its port, URL and configuration file, on a port found free."""
+        pki, service = self.pki, self.service
         self.port = free_port()
-        self.service = service
-        self.pki = pki
         scheme, query = ("rediss", f"?ssl_ca_certs={pki['ca.pem']}") if pki else ("redis", "")
         self.url = f"{scheme}+sentinel://127.0.0.1:{self.port}/{service}/0{query}"
-        self.config = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it as it learns
+        self.config = self.workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it as it learns
         listen = f"port 0\ntls-port {self.port}\n" if pki else f"port {self.port}\n"
         tls = (
             f"tls-cert-file {pki['backend.pem']}\ntls-key-file {pki['backend.key']}\n"
@@ -164,29 +168,27 @@ class SentinelServer:
             else ""
         )
         self.config.write_text(
-            f"{listen}bind 127.0.0.1\ndir {workdir}\n{tls}"
-            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+            f"{listen}bind 127.0.0.1\ndir {self.workdir}\n{tls}"
+            f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 1\n"
             f"sentinel down-after-milliseconds {service} 500\n"
             f"sentinel failover-timeout {service} 2000\n"
         )
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> "SentinelServer":
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
-        self.proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client().ping()
+        for _ in range(5):  # a port found free that another test's server took before this one bound it: another
+            self._configure()
+            self.proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
+            if _answering(self.client(retry=None), self.proc):
                 return self
-            except redis.exceptions.ConnectionError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "the Sentinel did not start"
-                time.sleep(0.05)
+        raise AssertionError("the Sentinel found no free port in five tries")
 
-    def client(self) -> redis.Redis:
+    def client(self, **options: Any) -> redis.Redis:
         tls = {"ssl": True, "ssl_ca_certs": self.pki["ca.pem"]} if self.pki else {}
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **tls)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **tls, **options
+        )
 
     def primary_port(self) -> int | None:
         """The primary's port as clients are told it (`SENTINEL MASTERS`, which redis-py asks); None while a

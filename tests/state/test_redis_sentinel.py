@@ -3,6 +3,7 @@ primary is, and after a failover writes to the replica made primary — an addre
 would lead to a server that is gone, or comes back as a replica refusing every write. Against real
 redis-servers and a real Sentinel (Debian's redis-server in sentinel mode)."""
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import pytest
 from builders import WorkflowRun
 from pki import make_pki
 from pydantic import ValidationError
-from redis_server import SentinelServer, TlsRedisServer
+from redis_server import SentinelServer, TlsRedisServer, free_port
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
@@ -145,3 +146,22 @@ def test_a_sentinel_url_it_cannot_read_is_refused_with_what_is_wrong_and_no_pass
     assert said in told and "secret" not in told
     with pytest.raises(ValidationError, match="names no service"):
         Settings(stream_url="redis+sentinel://s1")
+
+
+def test_the_tests_sentinel_moves_to_another_port_when_another_server_took_the_one_it_found_free(
+    tmp_path, primary, monkeypatch
+):
+    # The fixture's own behaviour, as the TLS Redis's: the suite runs two test files at once.
+    import redis_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(redis_server, "free_port", lambda: next(ports, None) or free_port())
+        server = SentinelServer(tmp_path, primary).start()
+        try:
+            assert server.port != taken.getsockname()[1] and server.client().ping()
+            assert str(server.port) in server.url
+        finally:
+            server.close()
