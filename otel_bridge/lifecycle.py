@@ -226,6 +226,8 @@ class JobRecord(Struct, kw_only=True):
     trigger: str | None = None
     # When the instance is next to run, as the engine told it: a task's scheduledAt, a debounce's flushAt.
     scheduled_at_ns: int | None = None
+    # The application's own id of the instance (durable-effect's job `id`), as its logs name it.
+    correlation_id: str | None = None
 
     @property
     def state_key(self) -> str:

@@ -630,11 +630,26 @@ class Pipeline:
                 found.append((aside.state, aside.reason if unreadable else f"failed to settle: {aside.reason}"))
         return found
 
-    def _states_named(self, instance_id: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+    def _states_named(self, instance_id: str, prefix: str = "") -> list[tuple[str, bytes]]:
         """The stored states under `prefix` (runs and job instances, or `keys.JOBS`) whose id is `instance_id`:
-        known by their keys' last field, every key read, no state decoded."""
+        known by their keys' last field, every key read, no state decoded. None so named: those the
+        application gave that id of its own (durable-effect's `executionId`, a job's `id`), which its logs
+        name them by, where the engine's id is a Durable Object's hex — every state decoded, then."""
         ending = keys.SEPARATOR + instance_id
-        return ((key, header) for key, header in self.store.states(prefix) if key.endswith(ending))
+        named = [(key, header) for key, header in self.store.states(prefix) if key.endswith(ending)]
+        return named or list(self._states_correlated(instance_id, prefix))
+
+    def _states_correlated(self, correlation_id: str, prefix: str) -> Iterator[tuple[str, bytes]]:
+        for key, header in self.store.states(prefix):
+            if keys.is_kept_aside(key):
+                continue
+            try:
+                head = journal.decode(key, header, [])
+            except ValueError:
+                continue  # said when it is met in play
+            told = head.correlation_id if isinstance(head, JobState) else head.run.correlation_id
+            if told == correlation_id:
+                yield key, header
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
         """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""

@@ -82,7 +82,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             _cell(run.service),
             _cell(run.env),
             _cell(run.name),
-            _cell(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}"),
+            _cell(_with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id)),
             _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
             str(run.steps_done),
             _when(run.since_ns),
@@ -101,9 +101,15 @@ def jobs_table(jobs: list[JobOverview], title: str) -> Table:
     for job in jobs:
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
         due = _when(job.due_ns) if job.due_ns is not None else ("running" if job.active else "-")
-        said = (job.service, job.env, job.name, job.job_type, job.instance_id, due)
+        said = (job.service, job.env, job.name, job.job_type, _with_own_id(job.instance_id, job.correlation_id), due)
         table.add_row(*map(_cell, said), overdue, _when(job.last_ran_ns))
     return table
+
+
+def _with_own_id(engine_id: str, own_id: str | None) -> str:
+    """The engine's id (a Durable Object's hex), under the application's own when told: the one its logs
+    name it by, which `show` and `close` take too."""
+    return engine_id if not own_id else f"{own_id}\n{engine_id}"
 
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
@@ -122,9 +128,10 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     start = root.start_ns
     scale = _BAR / max(end - start, 1)
     open_note = "" if root.end_ns is not None else " (open: drawn up to now)"
+    named = visible(state.run.run_id) + (f" ({visible(state.run.correlation_id)})" if state.run.correlation_id else "")
     title = Text.assemble(
         (visible(root.name), "bold"),
-        f"  {visible(state.run.run_id)}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
+        f"  {named}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("span", "status", "duration", "timeline"):

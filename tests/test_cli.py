@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 
 import pytest
-from builders import JobRun, iso, ns_of
+from builders import JobRun, WorkflowRun, iso, ns_of
 from otlp_receiver import OtlpHttpReceiver
 
 from otel_bridge.cli import events_url, main
@@ -158,6 +158,25 @@ def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones
     assert main(["show", missed.base["instanceId"], "--state", state]) == 0
     shown = capsys.readouterr().out
     assert "is a job instance: its runs are metrics, not a trace" in shown and "reminder" in shown
+
+
+def test_show_and_jobs_tell_and_take_the_applications_own_id(tmp_path, capsys):
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    order = WorkflowRun("checkout", execution_id="order-42").started().step_started("pay").after(30)
+    digest = JobRun("digestMailer", "debounce", job_id="digest-user-7").debounce_started(flush_in_ms=60_000)
+    pipeline.ingest(order.step_completed("pay").events + digest.events)
+    pipeline.store.close()
+
+    assert main(["show", "order-42", "--state", state]) == 0
+    shown = capsys.readouterr().out
+    assert f"{order.workflow_id} (order-42)" in shown and "step pay #1" in shown
+    assert main(["jobs", "--state", state]) == 0
+    assert "digest-user-7" in capsys.readouterr().out
+    assert main(["jobs", "--state", state, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["correlation_id"] == "digest-user-7"
+    assert main(["show", "digest-user-7", "--state", state]) == 0
+    assert digest.base["instanceId"][:40] in capsys.readouterr().out
 
 
 def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():

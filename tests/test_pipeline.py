@@ -437,6 +437,30 @@ def test_a_close_that_finds_nothing_open_is_told_why_each_run_of_that_id_is_not(
     assert pipeline.not_open(stuck.workflow_id, service="billing") == pipeline.not_open("no-such-run") == []
 
 
+def test_runs_and_job_instances_are_found_by_the_applications_own_id_too(tmp_path):
+    # An on-call engineer holds the id the application logs (durable-effect's executionId, a job's `id`),
+    # not the Durable Object's hex: `show`, `close` and the listings take and tell it.
+    pipeline = _pipeline(tmp_path)
+    order = WorkflowRun("checkout", service="shop", execution_id="order-42").started().step_started("pay")
+    digest = JobRun("digestMailer", "debounce", job_id="digest-user-7").debounce_started(flush_in_ms=60_000)
+    other = JobRun("digestMailer", "debounce", job_id="digest-user-8").debounce_started(flush_in_ms=60_000)
+    pipeline.ingest(order.events + digest.events + other.events)
+
+    (run,) = pipeline.runs_named("order-42")
+    (job,) = pipeline.jobs_named("digest-user-7")
+
+    assert run.run.run_id == order.workflow_id and job.instance_id == digest.base["instanceId"]
+    assert job.correlation_id == "digest-user-7"
+    (listed,) = pipeline.list_runs(RunQuery())[0]
+    assert listed.as_dict()["correlation_id"] == "order-42"
+    assert pipeline.runs_named(order.workflow_id) == [run]  # the engine's id, as before
+    assert pipeline.runs_named("order-43") == [] and pipeline.jobs_named("digest-user-9") == []
+    (closed,) = pipeline.close("digest-user-7", "cleared by its client", jobs=True)
+    assert closed.was.instance_id == digest.base["instanceId"]
+    (closed,) = pipeline.close("order-42", "INC-9")
+    assert closed.incomplete and closed.was.run_id == order.workflow_id
+
+
 def test_a_job_instance_closed_by_hand_is_overdue_and_listed_no_more(tmp_path):
     pipeline = _pipeline(tmp_path, overdue_tasks=["*"])
     lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)  # in 2025: long past

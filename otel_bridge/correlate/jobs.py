@@ -62,6 +62,8 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     # The schedule (`due_told_id`) closed by hand (`otel-bridge close`): awaited no more. One told later
     # is awaited again.
     waived_id: str = ""
+    # The application's own id of the instance, when its events tell one (what its logs name it by).
+    correlation_id: str = ""
     # Enough to re-count an open instance after a restart.
     job_name: str = ""
     job_type: str = ""
@@ -192,6 +194,8 @@ def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
     state = replace(state) if state is not None else JobState()
     state.job_name, state.job_type = record.job_name, record.job_type
+    if record.correlation_id:
+        state.correlation_id = record.correlation_id
     state.service, state.env = record.service, record.env
     resource = Resource(record.service, record.env)
     job = ((c.JOB_NAME, record.job_name), (c.JOB_TYPE, record.job_type))

@@ -39,6 +39,8 @@ class RunOverview:
     steps_done: int = 0
     # A state machine's run (the event-sourced runtime's): the state it sits in, entered at `since`.
     machine_state: str | None = None
+    # The application's own id of the run (durable-effect's `executionId`), when told.
+    correlation_id: str | None = None
 
     def as_dict(self, trace_url: str | None = None) -> dict[str, Any]:
         """As JSON shows it; with the `trace_url` template, the link to the run's trace as well."""
@@ -128,6 +130,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         traceparent=traceparent(run_trace_id(identity), root_span_id(identity), not state.withheld),
         steps_done=len({f.step for f in state.facts if f.kind is KIND.ATTEMPT_ENDED and f.outcome is OUTCOME.SUCCESS}),
         machine_state=entered.entered_state if entered is not None else None,
+        correlation_id=run.correlation_id,
     )
 
 
@@ -146,6 +149,8 @@ class JobOverview:
     due_ns: int | None
     overdue_ns: int | None
     last_ran_ns: int | None
+    # The application's own id of the instance (a durable-effect job's `id`), when told.
+    correlation_id: str | None = None
 
     @property
     def going_on(self) -> bool:
@@ -182,6 +187,7 @@ def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, judged: 
         due_ns=awaited,
         overdue_ns=late if late is not None and late > grace_ns else None,
         last_ran_ns=state.ran_ns or None,
+        correlation_id=state.correlation_id or None,
     )
 
 

@@ -41,12 +41,12 @@ class _Cutter:
         return self
 
 
-def _wf(name: str, now: datetime) -> WorkflowRun:
-    return WorkflowRun(name, env=ENV, service=WORKFLOW_SERVICE, start=now)
+def _wf(name: str, now: datetime, execution_id: str | None = None) -> WorkflowRun:
+    return WorkflowRun(name, env=ENV, service=WORKFLOW_SERVICE, start=now, execution_id=execution_id)
 
 
-def _job(name: str, job_type: str, now: datetime) -> JobRun:
-    return JobRun(name, job_type, env=ENV, service=JOB_SERVICE, start=now)
+def _job(name: str, job_type: str, now: datetime, job_id: str | None = None) -> JobRun:
+    return JobRun(name, job_type, env=ENV, service=JOB_SERVICE, start=now, job_id=job_id)
 
 
 def success(now: datetime, rng: random.Random) -> Invocations:
@@ -232,14 +232,14 @@ SCENARIOS: dict[str, Scenario] = {
 # and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a task's: one that
 # ends itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are.
 def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
-    run = _wf("nightlyReport", now)
+    run = _wf("nightlyReport", now, execution_id=f"report-{rng.randint(1, 99_999)}")  # the app's own id, as it logs it
     cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
     run.step_completed("gatherFigures").after(2).sleep_started(1000).paused("sleep", resume_in_ms=1000)
     return cut.cut().invocations  # the alarm never fires: nothing more is sent
 
 
 def lost_flush_alarm(now: datetime, rng: random.Random) -> Invocations:
-    job = _job("digestMailer", "debounce", now)
+    job = _job("digestMailer", "debounce", now, job_id=f"digest-user-{rng.randint(1, 9999)}")
     return _Cutter(job.debounce_started(flush_in_ms=rng.randint(500, 1500))).cut().invocations
 
 

@@ -176,6 +176,7 @@ class JobRun(_Stream):
         env: str = "production",
         service: str = "jobs",
         start: datetime | None = None,
+        job_id: str | None = None,
     ) -> None:
         super().__init__(start)
         self.base = {
@@ -186,6 +187,8 @@ class JobRun(_Stream):
             "env": env,
             "serviceKey": service,
         }
+        if job_id is not None:  # the application's own id of the instance (`id` in `send`, `add`, `start`)
+            self.base["id"] = job_id
 
     def started(self) -> "JobRun":
         return self.emit("job.started", input={"n": 1})

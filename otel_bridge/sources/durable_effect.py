@@ -633,5 +633,6 @@ def _job_record(e: Any) -> JobRecord:
         instance_id=e.instance_id,
         job_name=e.job_name,
         job_type=e.job_type,
+        correlation_id=e.id or None,
         **extra,
     )

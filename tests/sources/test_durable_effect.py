@@ -52,6 +52,13 @@ def test_events_without_source_are_routed_by_their_id_field():
     assert isinstance(decode(job), JobRecord)
 
 
+def test_a_jobs_own_id_is_kept_as_the_instances_correlation_id():
+    (told, untold) = (
+        JobRun("digest", "debounce", job_id=i).debounce_started(flush_in_ms=10).events[0] for i in ("d-7", None)
+    )
+    assert decode(told).correlation_id == "d-7" and decode(untold).correlation_id is None
+
+
 def test_unknown_extra_fields_and_null_pre_execution_state_are_tolerated():
     event = JobRun().executed(1).last() | {"preExecutionState": None, "somethingNew": {"x": 1}}
     assert decode(event).kind is JobKind.EXECUTED
