@@ -82,7 +82,7 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             _cell(run.service),
             _cell(run.env),
             _cell(run.name),
-            _cell(_with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id)),
+            _with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id),
             _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
             str(run.steps_done),
             _when(run.since_ns),
@@ -101,15 +101,17 @@ def jobs_table(jobs: list[JobOverview], title: str) -> Table:
     for job in jobs:
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
         due = _when(job.due_ns) if job.due_ns is not None else ("running" if job.active else "-")
-        said = (job.service, job.env, job.name, job.job_type, _with_own_id(job.instance_id, job.correlation_id), due)
-        table.add_row(*map(_cell, said), overdue, _when(job.last_ran_ns))
+        said = map(_cell, (job.service, job.env, job.name, job.job_type))
+        table.add_row(
+            *said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, _when(job.last_ran_ns)
+        )
     return table
 
 
-def _with_own_id(engine_id: str, own_id: str | None) -> str:
+def _with_own_id(engine_id: str, own_id: str | None) -> Text:
     """The engine's id (a Durable Object's hex), under the application's own when told: the one its logs
     name it by, which `show` and `close` take too."""
-    return engine_id if not own_id else f"{own_id}\n{engine_id}"
+    return _cell(engine_id) if not own_id else Text.assemble(_cell(own_id), "\n", _cell(engine_id, "dim"))
 
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:

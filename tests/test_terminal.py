@@ -191,3 +191,21 @@ def test_a_job_named_with_markup_is_listed_as_named():
     ((key, state),) = folded.jobs.items()
     text = _written(jobs_table([job_overview(key, state, NOW, 0)], "1 job instance"))
     assert "[/red]reminder\\x1b[5m" in text and "\x1b" not in text
+
+
+def test_the_applications_own_id_is_shown_above_the_engines_its_control_characters_escaped():
+    digest = JobRun("digestMailer", "debounce", job_id="digest-user-7\x1b[2J").debounce_started(flush_in_ms=60_000)
+    ((key, state),) = fold_events(digest.events, settle_at_ns=None).jobs.items()
+    order = WorkflowRun("checkout", execution_id="order-42").started().step_started("pay")
+    (run,) = fold_events(order.events, settle_at_ns=None).runs.values()
+    listed = overview(run, NOW, 0)
+    assert listed is not None
+
+    lines = _written(jobs_table([job_overview(key, state, NOW, 0)], "1 job instance"), runs_table([listed]))
+    lines = lines.splitlines()
+
+    (own,) = [i for i, line in enumerate(lines) if "digest-user-7\\x1b[2J" in line]
+    assert digest.base["instanceId"][:30] in lines[own + 1] and "\x1b" not in "".join(lines)
+    (own,) = [i for i, line in enumerate(lines) if "order-42" in line]
+    assert order.workflow_id[:20] in lines[own + 1]
+    assert "order-42" in _written(waterfall(run, NOW)).splitlines()[0]
