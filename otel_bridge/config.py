@@ -117,7 +117,8 @@ class Settings(BaseSettings):
         7 * DAY,
         gt=0,
         description="A run open this long (since the bridge first heard of it, or since a pause of it was told to "
-        "end, when later: a workflow asleep for a month is waiting, not stuck) is closed as incomplete.",
+        "end, when later: a workflow asleep for a month is waiting, not stuck) is closed as incomplete; a job "
+        "instance counted active that has told nothing this long is presumed ended.",
     )
     overdue_grace_seconds: float = Field(
         300.0,

@@ -25,6 +25,11 @@ from otel_bridge.lifecycle import JOB_KIND, JobRecord
 
 class JobState(Struct, kw_only=True, omit_defaults=True):
     counted: bool = False
+    # The latest time any of its events told (the producer's clock): how long it has said nothing.
+    told_ns: int = 0
+    # Counted no more after saying nothing for `max_open` (a continuous job that ended itself with
+    # `ctx.terminate()` tells nothing), up to its latest event then: a run told after it counts it again.
+    silent_after_ns: int = 0
     terminated: bool = False
     # When the instance last ended (terminated or purged): a start after it is a new instance.
     ended_ns: int = 0
@@ -180,6 +185,16 @@ def _with_failure_told(state: JobState, record: JobRecord) -> None:
             state.resets = [*state.resets, record.time_ns]
 
 
+def presume_ended(state: JobState) -> tuple[JobState, list[Observation]]:
+    """An instance counted active that has told nothing for `max_open`, counted no more: a continuous job
+    that ends itself (`ctx.terminate()`) tells nothing, and was counted, and kept, for ever. Should it run
+    again (a schedule slower than `max_open`), it is counted again."""
+    if not state.counted:
+        return state, []
+    state = replace(state, counted=False, silent_after_ns=state.told_ns)
+    return state, [replace(active_instance(state), value=-1)]
+
+
 def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
     """Await no more what the engine will never do (`otel-bridge close`): the instance's awaited run is
     waived, and it is counted active no more. What the engine tells of it later counts as before."""
@@ -194,6 +209,7 @@ def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
     state = replace(state) if state is not None else JobState()
     state.job_name, state.job_type = record.job_name, record.job_type
+    state.told_ns = max(state.told_ns, record.time_ns)
     if record.correlation_id:
         state.correlation_id = record.correlation_id
     state.service, state.env = record.service, record.env
@@ -222,6 +238,10 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
 
     if record.kind in _RAN:
         state.ran_ns = max(state.ran_ns, record.time_ns)
+        if state.silent_after_ns and record.time_ns > state.silent_after_ns and not state.terminated:
+            # Presumed ended for its silence, it runs: a schedule slower than that, counted again.
+            state.counted, state.silent_after_ns = True, 0
+            out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
     elif record.scheduled_at_ns is not None and (record.time_ns, record.event_id) > (
         state.due_told_ns,
         state.due_told_id,
@@ -234,7 +254,7 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
         case JOB_KIND.STARTED:
             state.started_ns = max(state.started_ns, record.time_ns)
             if not state.counted and (not state.terminated or record.time_ns > state.ended_ns):
-                state.counted, state.terminated = True, False
+                state.counted, state.terminated, state.silent_after_ns = True, False, 0
                 out.append(obs(c.M_JOB_INSTANCE_ACTIVE, 1))
         case JOB_KIND.EXECUTED:
             out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.RESULT_SUCCESS)))

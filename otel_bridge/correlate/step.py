@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from msgspec import Struct
 
-from otel_bridge.correlate.jobs import JobState, close_job, fold_job
+from otel_bridge.correlate.jobs import JobState, close_job, fold_job, presume_ended
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
@@ -94,13 +94,14 @@ def _after_grace(since_ns: int | None, policy: Policy) -> float | None:
     return None if since_ns is None else (since_ns + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
-def _job_kept_until(job: JobState, now: float, policy: Policy) -> float | None:
-    """Until when a job instance is remembered: for ever while counted active; else `dedup_ttl_seconds`
-    (its events' ids), and as long after the run it awaits would turn overdue — a task scheduled a month
-    ahead was forgotten at a week, and with it the lost alarm its time would have shown (overdue, listed
-    by `jobs`)."""
+def _job_kept_until(job: JobState, now: float, policy: Policy) -> float:
+    """Until when a job instance is remembered (or, counted active, looked at again): while counted, until
+    it has told nothing for `max_open_seconds` (then it is presumed ended, `settle_run`); else
+    `dedup_ttl_seconds` (its events' ids), and as long after the run it awaits would turn overdue — a task
+    scheduled a month ahead was forgotten at a week, and with it the lost alarm its time would have shown
+    (overdue, listed by `jobs`)."""
     if job.counted:
-        return None
+        return max(now, job.told_ns / 1e9 + policy.max_open_seconds)
     return max(now, _after_grace(job_overdue_since_ns(job), policy) or now) + policy.dedup_ttl_seconds
 
 
@@ -130,7 +131,12 @@ def apply(
 def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
     """Send what a due run has to send: its ended spans, its end; forget what is no longer needed."""
     if isinstance(state, JobState):
-        return Step(None, None)  # a job instance's state is due only once it no longer matters
+        if not state.counted:
+            return Step(None, None)  # due only once it no longer matters
+        if now < state.told_ns / 1e9 + policy.max_open_seconds:
+            return Step(state, _job_kept_until(state, now, policy))
+        job, observations = presume_ended(state)
+        return Step(job, _job_kept_until(job, now, policy), observations=observations)
     if state.closed:
         if not state.facts:
             return Step(None, None)  # remembered for late events long enough

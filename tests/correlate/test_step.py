@@ -13,7 +13,7 @@ from otel_bridge.correlate import runs
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.correlate.runs import Admission, SettlePolicy
-from otel_bridge.correlate.step import Policy, apply, close, settle_run
+from otel_bridge.correlate.step import Policy, Step, apply, close, settle_run
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.state import journal
 
@@ -117,10 +117,40 @@ def test_an_open_run_is_next_due_when_it_has_been_open_too_long():
 
 
 def test_a_job_instance_is_remembered_only_while_it_counts():
-    _state, due, _ = _applied(JobRun("sync").started().events)
-    assert due is None  # counted as active: kept until it ends
+    _state, due, _ = _applied(JobRun("sync", start=datetime.fromtimestamp(40, UTC)).started().events)
+    assert due == 40.0 + 10_000  # counted as active: looked at again once it has said nothing for max_open
     _state, due, _ = _applied(JobRun("t", "task").task_scheduled(10).executed(0).events)
     assert due == 50.0 + 1000
+
+
+def _active(observations) -> list[float]:
+    return [o.value for o in observations if o.instrument == c.M_JOB_INSTANCE_ACTIVE]
+
+
+def test_a_continuous_job_silent_for_max_open_is_presumed_ended_and_counted_again_if_it_runs():
+    # `ctx.terminate()` from its own execute tells nothing: it was counted active, and kept, for ever.
+    job = JobRun("poller", start=datetime.fromtimestamp(40, UTC)).started().after(60_000).executed(1)
+    state, due, _ = _applied(job.events)
+    assert due == 100.0 + 10_000 and settle_run(state, 5_000.0, POLICY).due == due  # not silent long enough
+
+    ended = settle_run(state, due, POLICY)
+
+    assert _active(ended.observations) == [-1] and not ended.state.counted
+    assert ended.due == due + 1000  # remembered dedup_ttl, then forgotten
+    assert settle_run(ended.state, ended.due, POLICY) == Step(None, None)
+    # Its schedule was slower than max_open: it runs again, and counts again (once).
+    again = apply(ended.state, ended.due, decode(job.after(10_500_000).executed(2).events[-1]), 10_700.0, POLICY)
+    assert _active(again.observations) == [1] and again.state.counted
+    late = apply(ended.state, ended.due, decode(job.events[1]), 10_700.0, POLICY)  # a repeat from before
+    assert _active(late.observations) == [] and not late.state.counted
+
+
+def test_a_job_terminated_after_it_was_presumed_ended_is_not_counted_down_twice():
+    job = JobRun("poller", start=datetime.fromtimestamp(40, UTC)).started()
+    state, due, _ = _applied(job.events)
+    ended = settle_run(state, due, POLICY)
+    step = apply(ended.state, ended.due, decode(job.after(20_000_000).terminated(1).events[-1]), 20_100.0, POLICY)
+    assert _active(ended.observations) == [-1] and _active(step.observations) == []
 
 
 def _paused() -> WorkflowRun:

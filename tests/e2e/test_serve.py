@@ -4,6 +4,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from importlib.metadata import version
 
 import httpx
@@ -84,7 +85,9 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
     failing = WorkflowRun("checkout", service="shop", env="staging").started().step_started("charge")
     stack = "CardDeclinedError: card declined\n    at charge (worker.js:12:7)"
     failing.after(10).retry_exhausted("charge", 1).failed("card declined", step="charge", attempt=1, stack=stack)
-    job = JobRun("tokenRefresher", "continuous", service="jobs").started().after(10).executed(1, duration_ms=200)
+    # Told now, as a live producer tells it: an instance silent for max_open_seconds is presumed ended.
+    job = JobRun("tokenRefresher", "continuous", service="jobs", start=datetime.now(UTC)).started()
+    job.after(10).executed(1, duration_ms=200)
     debounce = JobRun("webhookBatcher", "debounce", service="jobs").debounce_started()
     debounce.after(5000).executed(0).debounce_flushed(7, reason="maxEvents", duration_ms=5000)
     task = JobRun("reminder", "task", service="jobs").task_scheduled(in_ms=60_000, trigger="idle")
@@ -134,8 +137,9 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
 
 def test_metrics_endpoint_labels_every_series_with_its_producer(bridge):
     process, _receiver = bridge
-    job = JobRun("tokenRefresher", service="jobs", env="prod").started().executed(1, duration_ms=20)
-    other = JobRun("tokenRefresher", service="billing", env="prod").started().executed(1, duration_ms=20)
+    now = datetime.now(UTC)
+    job = JobRun("tokenRefresher", service="jobs", env="prod", start=now).started().executed(1, duration_ms=20)
+    other = JobRun("tokenRefresher", service="billing", env="prod", start=now).started().executed(1, duration_ms=20)
     assert process.post(job.events + other.events).status_code == 200
     text = httpx.get(f"{process.url}/metrics").text
     assert (
