@@ -36,7 +36,7 @@ class Policy:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's
         (its flush always tells), a task's only where the settings name it — one that ends itself at
         its alarm (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm."""
-        return job.job_type != TASK_JOB_TYPE or bool({"*", job.job_name} & self.overdue_tasks)
+        return job.job_type != TASK_JOB_TYPE or "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
 
 
 class Step(Struct):
@@ -85,9 +85,13 @@ def _first_due(due: float | None, now: float, policy: Policy) -> float:
 def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     """When a run (or job instance) turns overdue (producer clock, seconds): stored, so finding overdue
     runs reads only them."""
-    if isinstance(state, JobState) and not policy.judges(state):
+    if isinstance(state, RunState):
+        since = overdue_since_ns(state)
+    elif policy.judges(state):
+        since = job_overdue_since_ns(state)
+    else:
         return None
-    return _after_grace(overdue_since_ns(state) if isinstance(state, RunState) else job_overdue_since_ns(state), policy)
+    return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
 def _after_grace(since_ns: int | None, policy: Policy) -> float | None:
@@ -111,7 +115,10 @@ def apply(
     """Take one record, received at `now`, into its run's (or job instance's) state."""
     if not isinstance(record, WorkflowRecord):
         job, observations = fold_job(state, record)  # type: ignore[arg-type]
-        return Step(job, _job_kept_until(job, now, policy), observations=observations)
+        # Counted, it keeps its due: looked at then, it is looked at again later if it told something since
+        # (`settle_run`), rather than the due index rewritten at every run of every continuous job.
+        kept = due if job.counted and due is not None else _job_kept_until(job, now, policy)
+        return Step(job, kept, observations=observations)
     result = fold(state, record.run, record.fact, int(now * 1e9))  # type: ignore[arg-type]
     if state is None and not policy.settle.samples(result.state):
         result.state.withheld = True  # from its first event, so that `otel-bridge runs` says so

@@ -131,12 +131,15 @@ def test_a_continuous_job_silent_for_max_open_is_presumed_ended_and_counted_agai
     # `ctx.terminate()` from its own execute tells nothing: it was counted active, and kept, for ever.
     job = JobRun("poller", start=datetime.fromtimestamp(40, UTC)).started().after(60_000).executed(1)
     state, due, _ = _applied(job.events)
-    assert due == 100.0 + 10_000 and settle_run(state, 5_000.0, POLICY).due == due  # not silent long enough
+    # Due max_open after it was first counted, not rewritten at each of its runs: looked at then, it is
+    # looked at again max_open after the latest thing it told.
+    assert due == 40.0 + 10_000
+    assert settle_run(state, 5_000.0, POLICY).due == settle_run(state, due, POLICY).due == 100.0 + 10_000
 
-    ended = settle_run(state, due, POLICY)
+    ended = settle_run(state, 100.0 + 10_000, POLICY)
 
     assert _active(ended.observations) == [-1] and not ended.state.counted
-    assert ended.due == due + 1000  # remembered dedup_ttl, then forgotten
+    assert ended.due == 100.0 + 10_000 + 1000  # remembered dedup_ttl, then forgotten
     assert settle_run(ended.state, ended.due, POLICY) == Step(None, None)
     # Its schedule was slower than max_open: it runs again, and counts again (once).
     again = apply(ended.state, ended.due, decode(job.after(10_500_000).executed(2).events[-1]), 10_700.0, POLICY)
