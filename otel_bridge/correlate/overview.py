@@ -173,7 +173,7 @@ def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, judged: 
     itself, cancelled, or lost: nothing tells which)."""
     awaited = job_overdue_since_ns(state)  # when its awaited run was due, not yet come
     late = now_ns - awaited if awaited is not None else None
-    if not judged and late is not None and late >= 0 and late <= grace_ns:
+    if not judged and late is not None and 0 <= late <= grace_ns:
         awaited = late = None
     engine, env, service, instance_id = keys.job_fields(key)
     return JobOverview(

@@ -91,7 +91,7 @@ def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
         since = job_overdue_since_ns(state)
     else:
         return None
-    return None if since is None else (since + (policy.settle.overdue_grace_ns or 0)) / 1e9
+    return _after_grace(since, policy)
 
 
 def _after_grace(since_ns: int | None, policy: Policy) -> float | None:
