@@ -614,21 +614,26 @@ class Pipeline:
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
-        met them), whole, and why each is out of play."""
+        met them), whole, and why each is out of play; none so named, those with it as the application's
+        own id (as `_states_named`: a handful, all read)."""
         ending = keys.SEPARATOR + run_id
-        found = []
+        named: list[tuple[RunState, str]] = []
+        correlated: list[tuple[RunState, str]] = []
         for key, blob in journal.kept_aside(self.store).items():
-            if not key.endswith(ending):
-                continue
             try:
                 aside = journal.read_aside(key, blob)
             except ValueError:
-                log.warning("run state %r is not readable; skipped", key)
+                if key.endswith(ending):
+                    log.warning("run state %r is not readable; skipped", key)
                 continue
             if isinstance(aside.state, RunState):
                 unreadable = key.startswith(keys.UNREADABLE)
-                found.append((aside.state, aside.reason if unreadable else f"failed to settle: {aside.reason}"))
-        return found
+                why = aside.reason if unreadable else f"failed to settle: {aside.reason}"
+                if key.endswith(ending):
+                    named.append((aside.state, why))
+                elif aside.state.run.correlation_id == run_id:
+                    correlated.append((aside.state, why))
+        return named or correlated
 
     def _states_named(self, instance_id: str, prefix: str = "") -> list[tuple[str, bytes]]:
         """The stored states under `prefix` (runs and job instances, or `keys.JOBS`) whose id is `instance_id`:

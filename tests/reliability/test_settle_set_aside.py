@@ -130,7 +130,7 @@ def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is
     pipeline, settings, now = _pipeline(kind, tmp_path, request, settle_attempts=2)
     poison = _Poison(monkeypatch, "workflow poisoned")
     # It sends its first step before it pauses; the root span it fails on only once it has ended.
-    run = WorkflowRun("poisoned").started().step_started("a").after(1).step_completed("a")
+    run = WorkflowRun("poisoned", execution_id="poison-1").started().step_started("a").after(1).step_completed("a")
     pipeline.ingest(run.paused("sleep", resume_in_ms=1000).events)
     _settled_for(pipeline, now, 1)
     assert _exported(pipeline.store) == ["step a"]
@@ -145,6 +145,8 @@ def test_settle_again_puts_a_run_set_aside_back_and_it_is_sent_once_the_cause_is
     assert main(["show", run.workflow_id, "--state", settings.state]) == 0  # what it holds, and why it is out
     shown = capsys.readouterr().out
     assert "set aside, failed to settle: OverflowError" in shown and "step b #1" in shown
+    assert main(["show", "poison-1", "--state", settings.state]) == 0  # by the application's own id too
+    assert "set aside, failed to settle: OverflowError" in capsys.readouterr().out
 
     poison.on = False  # the bridge upgraded: the bug mended
     assert main(["settle-again", "--state", settings.state]) == 0
