@@ -21,7 +21,7 @@ from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
-from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
+from otel_bridge.correlate.jobs import JobState, active_instance, last_runs, last_told_ns
 from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import (
     Closed,
@@ -33,7 +33,7 @@ from otel_bridge.correlate.overview import (
     overview,
 )
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, active_run, counted_under
-from otel_bridge.correlate.step import Policy, Step, apply, overdue_at, settle_run
+from otel_bridge.correlate.step import Policy, Step, apply, job_kept_until, overdue_at, settle_run
 from otel_bridge.correlate.step import close as close_by_hand
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
@@ -818,8 +818,10 @@ class Pipeline:
                 if state.counted:
                     observations.append(active_instance(state))
                 observations += last_runs(state)
-                if (overdue_at(state, self.policy) is not None) != (key in indexed):
-                    judged_anew.append(key)
+                if (overdue_at(state, self.policy) is not None) != (key in indexed) or (
+                    state.counted and not state.told_ns
+                ):
+                    judged_anew.append(key)  # or counted by a version that kept it for ever: due it
                 continue
             if state.held_open:
                 self._held.add(key)
@@ -841,8 +843,12 @@ class Pipeline:
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
         """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored
-        before the index existed (paused or queued), job instances indexed by other settings."""
+        before the index existed (paused or queued), job instances indexed by other settings. A job instance
+        counted active with no due (a version that kept it for ever) is given the one it now has."""
         for key in keys_:
             state, due = journal.load(tx, key)
+            if isinstance(state, JobState) and state.counted and not state.told_ns:
+                state.told_ns = last_told_ns(state)
+                due = job_kept_until(state, self._clock(), self.policy) if due is None else due
             if state is not None:
                 tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))

@@ -5,6 +5,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
+import msgspec
 import pytest
 from builders import JobRun, WorkflowRun, ns_of
 from faults import BUG, a_bug_for
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import INSTRUMENTS, MetricsHub
@@ -22,6 +24,7 @@ from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.runtime import open_store
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.state import journal
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -435,6 +438,27 @@ def test_a_close_that_finds_nothing_open_is_told_why_each_run_of_that_id_is_not(
     ]
     assert pipeline.not_open(namesake.workflow_id) == []  # open: a close closes it
     assert pipeline.not_open(stuck.workflow_id, service="billing") == pipeline.not_open("no-such-run") == []
+
+
+def test_a_job_instance_an_earlier_version_counted_for_ever_is_presumed_ended_after_a_restart(tmp_path):
+    # Stored by a version that kept a counted instance for ever: no due, no time of its latest event.
+    pipeline = _pipeline(tmp_path)
+    poller = JobRun("poller").started().after(60_000).executed(1)  # in 2025: silent for long since
+    pipeline.ingest(poller.events)
+    ((key, header),) = list(pipeline.store.states(keys.JOBS))
+    old = msgspec.structs.replace(journal.decode(key, header, []), told_ns=0)
+    with pipeline.store.transaction() as tx:
+        tx.save(key, journal.encode_header(old), None)
+    pipeline.store.close()
+    hub = MetricsHub()
+    restarted = Pipeline(SqliteStore(pipeline.settings.state), hub, pipeline.settings)
+
+    restarted.restore_gauges()
+    restarted.settle_due(horizon=time.time() + 1)
+
+    assert restarted.list_jobs() == ([], 0)  # counted at the restart, then presumed ended
+    (state,) = [journal.decode(k, h, []) for k, h in restarted.store.states(keys.JOBS)]
+    assert not state.counted and state.silent_after_ns == ns_of(poller.events[-1])
 
 
 def test_runs_and_job_instances_are_found_by_the_applications_own_id_too(tmp_path):

@@ -185,13 +185,19 @@ def _with_failure_told(state: JobState, record: JobRecord) -> None:
             state.resets = [*state.resets, record.time_ns]
 
 
+def last_told_ns(state: JobState) -> int:
+    """The latest time any of its events told; of a state an earlier version kept (no `told_ns`), the
+    latest it kept."""
+    return state.told_ns or max(state.started_ns, state.ran_ns, state.ended_ns, state.due_told_ns)
+
+
 def presume_ended(state: JobState) -> tuple[JobState, list[Observation]]:
     """An instance counted active that has told nothing for `max_open`, counted no more: a continuous job
     that ends itself (`ctx.terminate()`) tells nothing, and was counted, and kept, for ever. Should it run
     again (a schedule slower than `max_open`), it is counted again."""
     if not state.counted:
         return state, []
-    state = replace(state, counted=False, silent_after_ns=state.told_ns)
+    state = replace(state, counted=False, silent_after_ns=last_told_ns(state))
     return state, [replace(active_instance(state), value=-1)]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from msgspec import Struct
 
-from otel_bridge.correlate.jobs import JobState, close_job, fold_job, presume_ended
+from otel_bridge.correlate.jobs import JobState, close_job, fold_job, last_told_ns, presume_ended
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
@@ -98,14 +98,14 @@ def _after_grace(since_ns: int | None, policy: Policy) -> float | None:
     return None if since_ns is None else (since_ns + (policy.settle.overdue_grace_ns or 0)) / 1e9
 
 
-def _job_kept_until(job: JobState, now: float, policy: Policy) -> float:
+def job_kept_until(job: JobState, now: float, policy: Policy) -> float:
     """Until when a job instance is remembered (or, counted active, looked at again): while counted, until
     it has told nothing for `max_open_seconds` (then it is presumed ended, `settle_run`); else
     `dedup_ttl_seconds` (its events' ids), and as long after the run it awaits would turn overdue — a task
     scheduled a month ahead was forgotten at a week, and with it the lost alarm its time would have shown
     (overdue, listed by `jobs`)."""
     if job.counted:
-        return max(now, job.told_ns / 1e9 + policy.max_open_seconds)
+        return max(now, last_told_ns(job) / 1e9 + policy.max_open_seconds)
     return max(now, _after_grace(job_overdue_since_ns(job), policy) or now) + policy.dedup_ttl_seconds
 
 
@@ -117,7 +117,7 @@ def apply(
         job, observations = fold_job(state, record)  # type: ignore[arg-type]
         # Counted, it keeps its due: looked at then, it is looked at again later if it told something since
         # (`settle_run`), rather than the due index rewritten at every run of every continuous job.
-        kept = due if job.counted and due is not None else _job_kept_until(job, now, policy)
+        kept = due if job.counted and due is not None else job_kept_until(job, now, policy)
         return Step(job, kept, observations=observations)
     result = fold(state, record.run, record.fact, int(now * 1e9))  # type: ignore[arg-type]
     if state is None and not policy.settle.samples(result.state):
@@ -140,10 +140,10 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
     if isinstance(state, JobState):
         if not state.counted:
             return Step(None, None)  # due only once it no longer matters
-        if now < state.told_ns / 1e9 + policy.max_open_seconds:
-            return Step(state, _job_kept_until(state, now, policy))
+        if now < last_told_ns(state) / 1e9 + policy.max_open_seconds:
+            return Step(state, job_kept_until(state, now, policy))
         job, observations = presume_ended(state)
-        return Step(job, _job_kept_until(job, now, policy), observations=observations)
+        return Step(job, job_kept_until(job, now, policy), observations=observations)
     if state.closed:
         if not state.facts:
             return Step(None, None)  # remembered for late events long enough
@@ -181,7 +181,7 @@ def close(state: RunState | JobState, reason: str, now: float, policy: Policy) -
         if not state.counted and job_overdue_since_ns(state) is None:
             return None
         job, observations = close_job(state)
-        return Step(job, _job_kept_until(job, now, policy), observations=observations)
+        return Step(job, job_kept_until(job, now, policy), observations=observations)
     if state.closed or not state.facts:
         return None
     state.close_reason = reason
