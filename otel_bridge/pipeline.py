@@ -401,6 +401,7 @@ class Pipeline:
             sent += sum(len(s.spans) for s in steps)
             self.metrics.record(o for s in steps for o in s.observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
+            self.metrics.bridge(c.M_BRIDGE_JOBS_PRESUMED_ENDED, sum(s.presumed_ended for s in steps))
             self.metrics.bridge(c.M_BRIDGE_RUNS_KEPT_BACK, sum(s.kept_back for s in steps))
             self.metrics.bridge(c.M_BRIDGE_RUNS_SET_ASIDE, self.set_aside)
             self.set_aside = 0

@@ -213,6 +213,7 @@ class Bridge:
         self.metrics.start_bridge_counters(
             [
                 c.M_BRIDGE_RUNS_INCOMPLETE,
+                c.M_BRIDGE_JOBS_PRESUMED_ENDED,
                 c.M_BRIDGE_RUNS_KEPT_BACK,
                 c.M_BRIDGE_SPANS_EXPORTED,
                 c.M_BRIDGE_SPANS_REJECTED,

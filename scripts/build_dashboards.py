@@ -391,9 +391,11 @@ def jobs() -> Board:
     )  # fmt: skip
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
     b.panel(
-        "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost",
+        "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost, jobs presumed "
+        "ended",
         [("sum(increase(otel_bridge_export_failures_total[$__range]))", "export failures"),
          ("sum(increase(otel_bridge_runs_incomplete_total[$__range]))", "incomplete runs"),
+         ("sum(increase(otel_bridge_jobs_presumed_ended_total[$__range]))", "jobs presumed ended"),
          ("sum(increase(otel_bridge_runs_set_aside_total[$__range]))", "runs set aside"),
          ("sum(increase(otel_bridge_runs_unreadable_total[$__range]))", "runs unreadable"),
          ("sum(increase(otel_bridge_runs_kept_back_total[$__range]))", "runs kept back"),

@@ -7,6 +7,7 @@ from itertools import pairwise
 
 import msgspec
 import pytest
+from bridge_counters import counted
 from builders import JobRun, WorkflowRun, ns_of
 from faults import BUG, a_bug_for
 from fold_harness import net_metrics
@@ -457,6 +458,7 @@ def test_a_job_instance_an_earlier_version_counted_for_ever_is_presumed_ended_af
     restarted.settle_due(horizon=time.time() + 1)
 
     assert restarted.list_jobs() == ([], 0)  # counted at the restart, then presumed ended
+    assert counted(hub, "otel_bridge.jobs.presumed_ended") == 1  # and said so
     (state,) = [journal.decode(k, h, []) for k, h in restarted.store.states(keys.JOBS)]
     assert not state.counted and state.silent_after_ns == ns_of(poller.events[-1])
 

@@ -58,6 +58,8 @@ class Step(Struct):
     incomplete: bool = False
     # It ended and was never sent: the sampling left it out, none of its spans failed, it ended.
     kept_back: bool = False
+    # A job instance counted active, presumed ended for its silence.
+    presumed_ended: bool = False
 
 
 # Facts that end no span: they give the run nothing to send, so they do not make it due.
@@ -143,7 +145,7 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
         if now < last_told_ns(state) / 1e9 + policy.max_open_seconds:
             return Step(state, job_kept_until(state, now, policy))
         job, observations = presume_ended(state)
-        return Step(job, job_kept_until(job, now, policy), observations=observations)
+        return Step(job, job_kept_until(job, now, policy), observations=observations, presumed_ended=True)
     if state.closed:
         if not state.facts:
             return Step(None, None)  # remembered for late events long enough

@@ -110,6 +110,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_RUNS_INCOMPLETE: InstrumentSpec(
         "counter", "{run}", "Runs closed as incomplete: open max_open_seconds, or closed by hand (otel-bridge close)"
     ),
+    c.M_BRIDGE_JOBS_PRESUMED_ENDED: InstrumentSpec(
+        "counter",
+        "{instance}",
+        "Job instances counted active that told nothing for max_open_seconds, presumed ended (a continuous job "
+        "that ends itself tells nothing)",
+    ),
     c.M_BRIDGE_RUNS_KEPT_BACK: InstrumentSpec(
         "counter", "{run}", "Runs ended and never sent: left out by trace_sample_ratio, no span of them failed"
     ),

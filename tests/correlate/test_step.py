@@ -138,7 +138,7 @@ def test_a_continuous_job_silent_for_max_open_is_presumed_ended_and_counted_agai
 
     ended = settle_run(state, 100.0 + 10_000, POLICY)
 
-    assert _active(ended.observations) == [-1] and not ended.state.counted
+    assert _active(ended.observations) == [-1] and not ended.state.counted and ended.presumed_ended
     assert ended.due == 100.0 + 10_000 + 1000  # remembered dedup_ttl, then forgotten
     assert settle_run(ended.state, ended.due, POLICY) == Step(None, None)
     # Its schedule was slower than max_open: it runs again, and counts again (once).
