@@ -21,7 +21,7 @@ from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
-from otel_bridge.correlate.jobs import JobState, active_instance, last_runs, last_told_ns
+from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
 from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import (
     Closed,
@@ -807,6 +807,7 @@ class Pipeline:
         waiting = []  # paused or queued: the runs that can turn overdue
         indexed = self.store.overdue_keys(math.inf)
         judged_anew = []  # job instances the overdue index holds, or not, by other settings (`overdue_tasks`)
+        counted_jobs = []
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
                 continue
@@ -818,11 +819,10 @@ class Pipeline:
             if isinstance(state, JobState):
                 if state.counted:
                     observations.append(active_instance(state))
+                    counted_jobs.append(key)
                 observations += last_runs(state)
-                if (overdue_at(state, self.policy) is not None) != (key in indexed) or (
-                    state.counted and not state.told_ns
-                ):
-                    judged_anew.append(key)  # or counted by a version that kept it for ever: due it
+                if (overdue_at(state, self.policy) is not None) != (key in indexed):
+                    judged_anew.append(key)
                 continue
             if state.held_open:
                 self._held.add(key)
@@ -841,15 +841,22 @@ class Pipeline:
             waiting.clear()
         if waiting or judged_anew:
             self.store.run(lambda tx: self._index_overdue(tx, waiting + judged_anew))
+        if counted_jobs:
+            self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
         """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored
-        before the index existed (paused or queued), job instances indexed by other settings. A job instance
-        counted active with no due (a version that kept it for ever) is given the one it now has."""
+        before the index existed (paused or queued), job instances indexed by other settings."""
         for key in keys_:
             state, due = journal.load(tx, key)
-            if isinstance(state, JobState) and state.counted and not state.told_ns:
-                state.told_ns = last_told_ns(state)
-                due = job_kept_until(state, self._clock(), self.policy) if due is None else due
             if state is not None:
+                tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))
+
+    def _due_counted(self, tx: Transaction, keys_: list[str]) -> None:
+        """Job instances counted active with no due, as a version that kept them for ever stored them: due when
+        they would be presumed ended, or they never would be (the silent ones are those no event wakes)."""
+        for key in keys_:
+            state, due = journal.load(tx, key)
+            if isinstance(state, JobState) and due is None:
+                due = job_kept_until(state, self._clock(), self.policy)
                 tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))

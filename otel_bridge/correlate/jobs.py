@@ -25,8 +25,6 @@ from otel_bridge.lifecycle import JOB_KIND, JobRecord
 
 class JobState(Struct, kw_only=True, omit_defaults=True):
     counted: bool = False
-    # The latest time any of its events told (the producer's clock): how long it has said nothing.
-    told_ns: int = 0
     # Counted no more after saying nothing for `max_open` (a continuous job that ended itself with
     # `ctx.terminate()` tells nothing), up to its latest event then: a run told after it counts it again.
     silent_after_ns: int = 0
@@ -186,9 +184,9 @@ def _with_failure_told(state: JobState, record: JobRecord) -> None:
 
 
 def last_told_ns(state: JobState) -> int:
-    """The latest time any of its events told; of a state an earlier version kept (no `told_ns`), the
-    latest it kept."""
-    return state.told_ns or max(state.started_ns, state.ran_ns, state.ended_ns, state.due_told_ns)
+    """The latest time any of its events told (the producer's clock): how long it has said nothing. Every
+    kind of event moves one of these on (a start, a run, an end, a schedule told)."""
+    return max(state.started_ns, state.ran_ns, state.ended_ns, state.due_told_ns)
 
 
 def presume_ended(state: JobState) -> tuple[JobState, list[Observation]]:
@@ -215,7 +213,6 @@ def close_job(state: JobState) -> tuple[JobState, list[Observation]]:
 def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[Observation]]:
     state = replace(state) if state is not None else JobState()
     state.job_name, state.job_type = record.job_name, record.job_type
-    state.told_ns = max(state.told_ns, record.time_ns)
     if record.correlation_id:
         state.correlation_id = record.correlation_id
     state.service, state.env = record.service, record.env

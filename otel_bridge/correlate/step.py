@@ -142,8 +142,8 @@ def settle_run(state: RunState | JobState, now: float, policy: Policy) -> Step:
     if isinstance(state, JobState):
         if not state.counted:
             return Step(None, None)  # due only once it no longer matters
-        if now < last_told_ns(state) / 1e9 + policy.max_open_seconds:
-            return Step(state, job_kept_until(state, now, policy))
+        if (until := job_kept_until(state, now, policy)) > now:
+            return Step(state, until)  # it told something since it was due: not silent long enough
         job, observations = presume_ended(state)
         return Step(job, job_kept_until(job, now, policy), observations=observations, presumed_ended=True)
     if state.closed:
