@@ -5,6 +5,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ class TlsRedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
         auth = ["--tls-auth-clients", "yes" if clients_need_certificates else "no"]
-        for _ in range(5):  # a port found free that another test's server took before this one bound it: another
+
+        def start() -> tuple[subprocess.Popen, redis.Redis]:
             self.port = free_port()
             self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={pki['ca.pem']}"
             command = [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
@@ -94,13 +96,11 @@ class TlsRedisServer:
                 pki["backend.key"],
             ]
             command += ["--tls-ca-cert-file", pki["ca.pem"], *auth]
-            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=self._home.name)
             # Asked quickly: a port another test took may hold a server that never answers this one's TLS.
-            if _answering(self.client(retry=None, socket_timeout=0.2, socket_connect_timeout=0.2), self.proc):
-                return
-            self.proc.kill()
-            self.proc.wait(10)
-        raise AssertionError("redis-server with TLS did not start on any of five ports")
+            return proc, self.client(retry=None, socket_timeout=0.2, socket_connect_timeout=0.2)
+
+        self.proc = _on_a_free_port(start, "redis-server with TLS")
 
     def client(self, **options: Any) -> redis.Redis:
         pki = self.pki
@@ -177,12 +177,14 @@ class SentinelServer:
     def start(self) -> "SentinelServer":
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: ./scripts/test installs it (apt-get install redis-server)"
-        for _ in range(5):  # a port found free that another test's server took before this one bound it: another
+
+        def start() -> tuple[subprocess.Popen, redis.Redis]:
             self._configure()
-            self.proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
-            if _answering(self.client(retry=None), self.proc):
-                return self
-        raise AssertionError("the Sentinel found no free port in five tries")
+            proc = subprocess.Popen([binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL)
+            return proc, self.client(retry=None)
+
+        self.proc = _on_a_free_port(start, "the Sentinel")
+        return self
 
     def client(self, **options: Any) -> redis.Redis:
         tls = {"ssl": True, "ssl_ca_certs": self.pki["ca.pem"]} if self.pki else {}
@@ -347,6 +349,19 @@ def _plain(port: int) -> redis.Redis:
     """A client of the redis-server on `port`, without redis-py's own retries, which back off for seconds
     at each refusal."""
     return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=None)
+
+
+def _on_a_free_port(start: Callable[[], tuple[subprocess.Popen, redis.Redis]], what: str) -> subprocess.Popen:
+    """A server `start`ed (on a port it finds free; its process and a client of it) that answers: on another
+    port when another test's server took the one found free before this one bound it (the suite runs two
+    test files at once)."""
+    for _ in range(5):
+        proc, client = start()
+        if _answering(client, proc):
+            return proc
+        proc.kill()
+        proc.wait(10)
+    raise AssertionError(f"{what} did not start on any of five ports")
 
 
 def _answering(client: redis.Redis, proc: subprocess.Popen) -> bool:
