@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, setting_named, settings_table
-from otel_bridge.consumer import IngestReport, Unavailable
+from otel_bridge.consumer import AmbiguousId, IngestReport, Unavailable
 from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
@@ -607,13 +607,17 @@ def _show(settings: Settings, workflow_id: str) -> int:
         found = [s for s in pipeline.runs_named(workflow_id) if s.facts]
         aside = pipeline.runs_set_aside(workflow_id)
         jobs = pipeline.jobs_named(workflow_id) if not found and not aside else []
+    except AmbiguousId as exc:
+        raise CliError(str(exc)) from None
     finally:
         pipeline.store.close()
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
     if jobs:  # an id pasted from a job's logs: its runs are metrics, not a trace, but its state is here
-        from otel_bridge.terminal import jobs_table
+        from otel_bridge.terminal import jobs_table, jobs_title
 
-        console.print(jobs_table(jobs, f"{workflow_id} is a job instance: its runs are metrics, not a trace"))
+        # Said above the table, not as its title: a title is wrapped to the table's width.
+        console.print(Text(visible(f"{workflow_id} is a job instance: its runs are metrics, not a trace")))
+        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), False, None)))
         return 0
     if not found and not aside:
         raise CliError(

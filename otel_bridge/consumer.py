@@ -55,6 +55,15 @@ class Backpressure(Unavailable):
     """The export backlog reached its bound: batches are refused rather than anything dropped."""
 
 
+class AmbiguousId(LookupError):
+    """A run (or job instance) asked for by the first characters of its id, which begin more than one id."""
+
+    def __init__(self, given: str, ids: list[str], what: str) -> None:
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        super().__init__(f"{given} begins the ids of {len(ids)} {what} ({shown}): give more of it")
+        self.ids = ids
+
+
 class EventConsumer(Protocol):
     def ingest(self, events: Sequence[Any]) -> IngestReport:
         """Store one batch of raw events; raises Unavailable when nothing could be stored."""

@@ -10,19 +10,25 @@ SEPARATOR = "\x1f"
 UNREADABLE = f"unreadable{SEPARATOR}"
 # A run whose settling kept failing, kept with the reason under this prefix + its key.
 SET_ASIDE = f"unsettled{SEPARATOR}"
-# Every job instance's key begins so.
+# Every run's key begins so, every job instance's so.
+RUNS = f"run{SEPARATOR}"
 JOBS = f"job{SEPARATOR}"
 # The ids of the spans a run has sent are journalled under this prefix + its key (rows, like its facts).
 _SENT = f"sent{SEPARATOR}"
 
 
 def run_key(identity_fields: tuple[str, ...]) -> str:
-    return SEPARATOR.join(("run", *identity_fields))
+    return RUNS + SEPARATOR.join(identity_fields)
 
 
 def runs_of(engine: str, env: str, service: str) -> str:
     """The prefix of every run key of one producer."""
-    return SEPARATOR.join(("run", engine, env, service, ""))
+    return RUNS + SEPARATOR.join((engine, env, service, ""))
+
+
+def id_of(key: str) -> str:
+    """The run's (or job instance's) own id: its key's last field."""
+    return key.rpartition(SEPARATOR)[2]
 
 
 def job_key(engine: str, env: str, service: str, instance_id: str) -> str:

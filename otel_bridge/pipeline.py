@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.config import Settings
-from otel_bridge.consumer import Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
+from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
 from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import (
@@ -78,6 +78,11 @@ class Slices(Protocol):
 def here(work: Callable[[bool], T], movable: bool = True) -> T:
     """Every slice in the thread that settles."""
     return work(False)
+
+
+# The fewest characters an id is taken by (its first ones, as `runs` shows a Durable Object's hex id):
+# fewer begin too many ids to name one, and a slip of the keyboard would close a stranger's run.
+ABBREVIATION_MIN = 6
 
 
 class _Touched(set[str]):
@@ -640,22 +645,37 @@ class Pipeline:
         """The stored states under `prefix` (runs and job instances, or `keys.JOBS`) whose id is `instance_id`:
         known by their keys' last field, every key read, no state decoded. None so named: those the
         application gave that id of its own (durable-effect's `executionId`, a job's `id`), which its logs
-        name them by, where the engine's id is a Durable Object's hex — every state decoded, then."""
+        name them by, where the engine's id is a Durable Object's hex — every state decoded, then; and
+        none of those either, the runs (or job instances) whose id begins with it, as `runs` and `jobs`
+        show a Durable Object's hex id by its first characters (as docker shows a container's): raises
+        `AmbiguousId` when it begins more than one id."""
         ending = keys.SEPARATOR + instance_id
         named = [(key, header) for key, header in self.store.states(prefix) if key.endswith(ending)]
-        return named or list(self._states_correlated(instance_id, prefix))
+        return named or self._states_otherwise_named(instance_id, prefix)
 
-    def _states_correlated(self, correlation_id: str, prefix: str) -> Iterator[tuple[str, bytes]]:
+    def _states_otherwise_named(self, instance_id: str, prefix: str) -> list[tuple[str, bytes]]:
+        correlated: list[tuple[str, bytes]] = []
+        begun: dict[str, list[tuple[str, bytes]]] = {}  # by the id `instance_id` begins
+        kind = keys.JOBS if prefix == keys.JOBS else keys.RUNS
+        abbreviated = len(instance_id) >= ABBREVIATION_MIN
         for key, header in self.store.states(prefix):
             if keys.is_kept_aside(key):
                 continue
+            if abbreviated and key.startswith(kind) and (whole := keys.id_of(key)).startswith(instance_id):
+                begun.setdefault(whole, []).append((key, header))
             try:
                 head = journal.decode(key, header, [])
             except ValueError:
                 continue  # said when it is met in play
             told = head.correlation_id if isinstance(head, JobState) else head.run.correlation_id
-            if told == correlation_id:
-                yield key, header
+            if told == instance_id:
+                correlated.append((key, header))
+        if correlated or not begun:
+            return correlated
+        if len(begun) > 1:
+            raise AmbiguousId(instance_id, sorted(begun), "job instances" if kind == keys.JOBS else "runs")
+        (found,) = begun.values()
+        return found
 
     def _run_headers(self, pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, RunState]]:
         """The runs' headers among these (key, header) pairs, decoded; outside a transaction, for looking only."""

@@ -18,6 +18,9 @@ from otel_bridge.correlate.spans import build_spans
 from otel_bridge.visible import visible
 
 _BAR = 48
+# A Durable Object's id is shown by its first characters (`abbreviated`): so many.
+_SHOWN = 12
+_HEX = frozenset("0123456789abcdef")
 _STATUS_STYLE = {SpanStatus.OK: "green", SpanStatus.ERROR: "red", SpanStatus.UNSET: "yellow"}
 
 
@@ -109,9 +112,19 @@ def jobs_table(jobs: list[JobOverview], title: str) -> Table:
 
 
 def _with_own_id(engine_id: str, own_id: str | None) -> Text:
-    """The engine's id (a Durable Object's hex), under the application's own when told: the one its logs
-    name it by, which `show` and `close` take too."""
-    return _cell(engine_id) if not own_id else Text.assemble(_cell(own_id), "\n", _cell(engine_id, "dim"))
+    """The engine's id, under the application's own when told: the one its logs name it by, which `show`
+    and `close` take too."""
+    shown = abbreviated(engine_id)
+    return _cell(shown) if not own_id else Text.assemble(_cell(own_id), "\n", _cell(shown, "dim"))
+
+
+def abbreviated(engine_id: str) -> str:
+    """A Durable Object's id (64 hex characters, random) by its first twelve, as docker shows a container's:
+    a table row on one line, not four; `show` and `close` take it (`--json` lists them whole). Other ids
+    (an execution's `exec-…`, a tenant's) are shown whole: their beginnings say little apart."""
+    if len(engine_id) >= 32 and _HEX.issuperset(engine_id):
+        return engine_id[:_SHOWN] + "…"
+    return engine_id
 
 
 def _trace_cell(run: RunOverview, trace_url: str | None) -> str:

@@ -17,6 +17,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.terminal import abbreviated
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
 
@@ -146,7 +147,7 @@ def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones
 
     assert main(["jobs", "--state", state, "--overdue"]) == 0
     table = capsys.readouterr().out
-    assert "1 overdue job instance" in table and missed.base["instanceId"][:40] in table and " d " in table
+    assert "1 overdue job instance" in table and abbreviated(missed.base["instanceId"]) in table and " d " in table
     assert main(["jobs", "--state", state, "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert (listed["name"], listed["job_type"], listed["active"]) == ("reminder", "task", False)
@@ -176,7 +177,24 @@ def test_show_and_jobs_tell_and_take_the_applications_own_id(tmp_path, capsys):
     assert main(["jobs", "--state", state, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["correlation_id"] == "digest-user-7"
     assert main(["show", "digest-user-7", "--state", state]) == 0
-    assert digest.base["instanceId"][:40] in capsys.readouterr().out
+    assert abbreviated(digest.base["instanceId"]) in capsys.readouterr().out
+
+
+def test_show_takes_the_beginning_of_an_id_as_runs_lists_it_and_says_when_it_names_several(tmp_path, capsys):
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    first, second = "ab12cd34ef56" + "0" * 52, "ab12cd99ef56" + "1" * 52
+    for object_id in (first, second):
+        pipeline.ingest(WorkflowRun("checkout", workflow_id=object_id).started().step_started("pay").events)
+    pipeline.store.close()
+
+    assert main(["runs", "--state", state]) == 0
+    assert "ab12cd34ef56…" in capsys.readouterr().out
+    assert main(["show", "ab12cd34ef56…".rstrip("…"), "--state", state]) == 0
+    assert first in capsys.readouterr().out  # the waterfall names it whole
+    assert main(["show", "ab12cd", "--state", state]) == 2
+    told = capsys.readouterr().err
+    assert "ab12cd begins the ids of 2 runs" in told and first in told and "give more of it" in told
 
 
 def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():

@@ -17,6 +17,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_bridge import keys
 from otel_bridge.config import Settings
+from otel_bridge.consumer import AmbiguousId
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import INSTRUMENTS, MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -483,6 +484,30 @@ def test_runs_and_job_instances_are_found_by_the_applications_own_id_too(tmp_pat
     assert closed.was.instance_id == digest.base["instanceId"]
     (closed,) = pipeline.close("order-42", "INC-9")
     assert closed.incomplete and closed.was.run_id == order.workflow_id
+
+
+def test_a_run_or_job_instance_is_found_by_the_first_characters_of_its_id_when_they_name_one(tmp_path):
+    # `runs` and `jobs` show a Durable Object's id by its first twelve characters (as docker shows a
+    # container's): `show` and `close` take that, or any beginning of six or more that names one id.
+    pipeline = _pipeline(tmp_path)
+    first, second = "3f9a0c7e51d2" + "4b" * 26, "3f9a0c7e99aa" + "c1" * 26
+    runs = [WorkflowRun("checkout", workflow_id=i).started().step_started("pay") for i in (first, second)]
+    digest = JobRun("digestMailer", "debounce", "3f9a0c7e51d2" + "d9" * 26).debounce_started(flush_in_ms=60_000)
+    pipeline.ingest(runs[0].events + runs[1].events + digest.events)
+
+    (found,) = pipeline.runs_named("3f9a0c7e51d2")  # a job instance's id begins so too: not a run's
+    assert found.run.run_id == first
+    (job,) = pipeline.jobs_named("3f9a0c7e51")
+    assert job.instance_id == digest.base["instanceId"]
+    with pytest.raises(AmbiguousId, match=f"3f9a0c7e begins the ids of 2 runs \\({first}, {second}\\)"):
+        pipeline.runs_named("3f9a0c7e")
+    with pytest.raises(AmbiguousId):  # closing one of them could be closing a stranger's
+        pipeline.close("3f9a0c", "INC-1")
+    assert pipeline.runs_named("3f9a0") == []  # five characters name nothing: a slip would close a stranger's run
+    assert pipeline.runs_named("4b4b4b4b") == []  # its beginning, not any part of it
+
+    (closed,) = pipeline.close("3f9a0c7e99", "INC-2")
+    assert closed.was.run_id == second and closed.incomplete
 
 
 def test_a_job_instance_closed_by_hand_is_overdue_and_listed_no_more(tmp_path):

@@ -9,6 +9,7 @@ in Jaeger show real gaps. Waits are compressed to seconds.
 import heapq
 import itertools
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,12 +42,17 @@ class _Cutter:
         return self
 
 
+def _object_id() -> str:
+    """A Durable Object's id as the engine's runs and job instances have them: 64 hex characters, random."""
+    return secrets.token_hex(32)
+
+
 def _wf(name: str, now: datetime, execution_id: str | None = None) -> WorkflowRun:
-    return WorkflowRun(name, env=ENV, service=WORKFLOW_SERVICE, start=now, execution_id=execution_id)
+    return WorkflowRun(name, _object_id(), env=ENV, service=WORKFLOW_SERVICE, start=now, execution_id=execution_id)
 
 
 def _job(name: str, job_type: str, now: datetime, job_id: str | None = None) -> JobRun:
-    return JobRun(name, job_type, env=ENV, service=JOB_SERVICE, start=now, job_id=job_id)
+    return JobRun(name, job_type, _object_id(), env=ENV, service=JOB_SERVICE, start=now, job_id=job_id)
 
 
 def success(now: datetime, rng: random.Random) -> Invocations:

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
-from otel_bridge.consumer import Backpressure, EventConsumer, Unavailable
+from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, RunQuery
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
@@ -361,11 +361,13 @@ def create_app(
                 done = await run_in_threadpool(close, instance_id, asked.reason, name == "jobs", asked.service)
             except Unavailable as exc:
                 return _problem(503, f"state store unavailable, try again: {exc}", {"Retry-After": "2"})
+            except AmbiguousId as exc:  # closing one of them could be closing a stranger's
+                return _problem(409, str(exc), more={"ids": exc.ids})
             if not done:
                 of = f" of {asked.service}" if asked.service else ""
                 try:
                     why = await run_in_threadpool(not_open, instance_id, asked.service) if name == "runs" else []
-                except Unavailable:  # the store went away since: the 404 says less, and is no less true
+                except (Unavailable, AmbiguousId):  # the store went away since: the 404 says less, no less true
                     why = []
                 if not why:
                     return _problem(404, f"no open {what} {instance_id}{of}")

@@ -13,6 +13,7 @@ from builders import JobRun, WorkflowRun
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.http import create_app
@@ -240,6 +241,21 @@ def test_closing_a_run_by_hand_answers_what_it_closed_behind_the_ingest_credenti
     assert again.json() == {"error": f"no open run {stuck.workflow_id}; {said}", "not_open": [said]}
     unknown = _request(app, "POST", "/v1/runs/no-such-run/close", headers=key)
     assert unknown.status_code == 404 and unknown.json() == {"error": "no open run no-such-run"}
+
+
+def test_a_close_by_the_beginning_of_an_id_that_begins_several_closes_none_and_names_them(tmp_path):
+    app, pipeline = _closing_app(tmp_path)
+    ids = ["ab12cd34" + "0" * 56, "ab12cd99" + "1" * 56]
+    for object_id in ids:
+        pipeline.ingest(WorkflowRun("nightly", workflow_id=object_id).started().step_started("export").events)
+
+    answer = _request(app, "POST", "/v1/runs/ab12cd/close", headers={"X-API-KEY": "k"})
+
+    assert answer.status_code == 409 and answer.json()["ids"] == ids
+    assert "ab12cd begins the ids of 2 runs" in answer.json()["error"]
+    assert len(pipeline.list_runs(RunQuery())[0]) == 2  # both still open
+    closed = _request(app, "POST", "/v1/runs/ab12cd34/close", headers={"X-API-KEY": "k"})
+    assert closed.status_code == 200 and closed.json()["closed"][0]["run"]["run_id"] == ids[0]
 
 
 def test_a_run_whose_id_holds_a_slash_or_a_space_is_closed_by_its_id_escaped_in_the_path(tmp_path):
