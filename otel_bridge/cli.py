@@ -23,7 +23,7 @@ from otel_bridge import __version__
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, setting_named, settings_table
 from otel_bridge.consumer import AmbiguousId, IngestReport, Unavailable
-from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, RunOverview, RunQuery
+from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, JobQuery, RunOverview, RunQuery
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
@@ -202,7 +202,7 @@ def _serve(settings: Settings) -> int:
         close=lambda id_, reason, jobs, service: [
             closed.as_dict(settings.trace_url) for closed in bridge.pipeline.close(id_, reason, jobs, service)
         ],
-        jobs=lambda overdue, service, limit: _jobs_as_dicts(bridge.pipeline.list_jobs(overdue, service, limit=limit)),
+        jobs=lambda query, limit: _jobs_as_dicts(bridge.pipeline.list_jobs(query, limit=limit)),
         not_open=bridge.pipeline.not_open,
     )
     own_process_gc()
@@ -540,7 +540,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        query = RunQuery(args.run_state, args.overdue, args.service)
+        query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow)
         runs, count = pipeline.list_runs(query, limit=args.limit)
     finally:
         pipeline.store.close()
@@ -564,10 +564,11 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        jobs, count = pipeline.list_jobs(args.overdue, args.service, limit=args.limit)
+        query = JobQuery(args.overdue, args.service, args.env, args.job)
+        jobs, count = pipeline.list_jobs(query, limit=args.limit)
     finally:
         pipeline.store.close()
-    title = jobs_title(len(jobs), count, args.overdue, args.service)
+    title = jobs_title(len(jobs), count, query)
     if args.json:
         print(json.dumps([j.as_dict() for j in jobs], indent=2))
         if count > len(jobs):
@@ -617,7 +618,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
         # Said above the table, not as its title: a title is wrapped to the table's width.
         console.print(Text(visible(f"{workflow_id} is a job instance: its runs are metrics, not a trace")))
-        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), False, None)))
+        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), JobQuery())))
         return 0
     if not found and not aside:
         raise CliError(
@@ -981,6 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")
     runs.add_argument("--overdue", action="store_true", help="only runs past their resumeAt (or queued too long)")
     runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
+    runs.add_argument("--env", default=None, help="only the runs of this environment (the producer's env)")
+    runs.add_argument("--workflow", default=None, help="only the runs of this workflow (its definition's name)")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
     runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_settings_flags(runs)
@@ -992,6 +995,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overdue", action="store_true", help="only those past their time to run with no run (a lost alarm)"
     )
     jobs.add_argument("--service", default=None, help="only this producer's jobs (its serviceKey)")
+    jobs.add_argument("--env", default=None, help="only the instances of this environment (the producer's env)")
+    jobs.add_argument("--job", default=None, help="only the instances of this job (its name)")
     jobs.add_argument("--json", action="store_true", help="JSON instead of a table")
     jobs.add_argument("--limit", type=_count, default=1000, help="at most this many, the most pressing (default 1000)")
     _add_settings_flags(jobs)

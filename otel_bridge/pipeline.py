@@ -26,6 +26,7 @@ from otel_bridge.correlate.outputs import Observation
 from otel_bridge.correlate.overview import (
     Closed,
     JobOverview,
+    JobQuery,
     RunOverview,
     RunQuery,
     job_overview,
@@ -727,20 +728,21 @@ class Pipeline:
         return runs, [state for _key, state in self._job_states(found)]
 
     def list_jobs(
-        self, overdue: bool = False, service: str | None = None, now: float | None = None, limit: int | None = None
+        self, query: JobQuery | None = None, now: float | None = None, limit: int | None = None
     ) -> tuple[list[JobOverview], int]:
-        """The job instances that run (continuous, started) or await a run, the latest first (at most
-        `limit`), and how many there are; `overdue`: only those past their time to run, through the index."""
+        """The job instances `query` asks for (all, unsaid) that run (continuous, started) or await a run,
+        the most pressing first (at most `limit`), and how many there are; overdue ones through the index."""
+        query = query or JobQuery()
         now = self._clock() if now is None else now
-        indexed = self.store.overdue(now) if overdue else None
+        indexed = self.store.overdue(now) if query.overdue else None
         now_ns, grace = int(now * 1e9), self._graces(now, indexed)
         pairs = indexed if indexed is not None else self.store.states(keys.JOBS)
         listed = []
         for key, state in self._job_states(pairs):
-            if service is not None and state.service != service:
+            if not query.may_hold(state):
                 continue
             job = job_overview(key, state, now_ns, grace(key), self.policy.judges(state))
-            if job.going_on and (not overdue or job.overdue_ns is not None):
+            if query.holds(job):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
         listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
-from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, trace_link
+from otel_bridge.correlate.overview import JobOverview, JobQuery, RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
 from otel_bridge.visible import visible
@@ -48,9 +48,9 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} d"  # a run open for weeks: days, not 15,364.3 h
 
 
-def _in_words(shown: int, count: int, noun: str, service: str | None, first: str) -> str:
-    """A listing's title: how many `noun`s (of `service`), and which `shown` when cut short."""
-    of = f" of {service}" if service else ""
+def _in_words(shown: int, count: int, noun: str, service: str | None, env: str | None, first: str) -> str:
+    """A listing's title: how many `noun`s (of `service`, in `env`), and which `shown` when cut short."""
+    of = (f" of {service}" if service else "") + (f" in {env}" if env else "")
     if count == 0:
         return f"no {noun}s{of}"
     named = f"{noun}{'' if count == 1 else 's'}{of}"
@@ -58,16 +58,21 @@ def _in_words(shown: int, count: int, noun: str, service: str | None, first: str
 
 
 def runs_title(shown: int, count: int, query: RunQuery) -> str:
-    """What a listing holds, in words: "3 overdue runs of billing", "the 1,000 oldest of 52,310 open runs"."""
+    """What a listing holds, in words: "3 overdue nightlyReport runs of billing", "the 1,000 oldest of 52,310
+    open runs"."""
     kind = "overdue" if query.overdue else "open"
     if query.state is not None:
         kind = f"{kind} {query.state}" if query.overdue else query.state
-    return _in_words(shown, count, f"{kind} run", query.service, "oldest")
+    noun = f"{kind} {query.workflow} run" if query.workflow else f"{kind} run"
+    return _in_words(shown, count, noun, query.service, query.env, "oldest")
 
 
-def jobs_title(shown: int, count: int, overdue: bool, service: str | None) -> str:
-    """As `runs_title`: "2 overdue job instances of jobs", "no job instances"."""
-    return _in_words(shown, count, "overdue job instance" if overdue else "job instance", service, "most pressing")
+def jobs_title(shown: int, count: int, query: JobQuery) -> str:
+    """As `runs_title`: "2 overdue digestMailer job instances of jobs", "no job instances"."""
+    noun = f"{query.job} job instance" if query.job else "job instance"
+    return _in_words(
+        shown, count, f"overdue {noun}" if query.overdue else noun, query.service, query.env, "most pressing"
+    )
 
 
 def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str | None = None) -> Table:

@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId
-from otel_bridge.correlate.overview import RunQuery
+from otel_bridge.correlate.overview import JobQuery, RunQuery
 from otel_bridge.export.metrics import INSTRUMENTS, MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.phase10 import Phase10Run
@@ -237,6 +237,38 @@ def test_a_long_list_of_open_runs_keeps_the_oldest_and_counts_them_all(tmp_path)
     assert pipeline.list_runs(RunQuery(state="paused"))[1] == 0
 
 
+def test_runs_and_job_instances_are_listed_by_the_labels_an_alert_names_them_by(tmp_path):
+    # WorkflowRunsOverdue and JobsOverdue name a service, an environment and a workflow (a job): the
+    # listing the runbook gives is of exactly those.
+    pipeline = _pipeline(tmp_path, overdue_tasks=["*"])
+    runs = [
+        WorkflowRun(name, workflow_id=f"{name}-{env}", service="shop", env=env).started().paused(resume_in_ms=1)
+        for name in ("nightlyReport", "checkout")
+        for env in ("production", "staging")
+    ]
+    jobs = [
+        JobRun(name, "task", f"{name}-{env}", env=env, service="jobs").task_scheduled(in_ms=1)
+        for name in ("reminder", "digest")
+        for env in ("production", "staging")
+    ]
+    pipeline.ingest([e for stream in (*runs, *jobs) for e in stream.events])  # each in 2025: long overdue
+
+    asked = RunQuery(overdue=True, service="shop", env="production", workflow="nightlyReport")
+    (run,), count = pipeline.list_runs(asked)
+    assert run.run_id == "nightlyReport-production" and count == 1
+    assert {r.run_id for r in pipeline.list_runs(RunQuery(env="staging"))[0]} == {
+        "nightlyReport-staging",
+        "checkout-staging",
+    }
+    assert pipeline.list_runs(RunQuery(workflow="checkout", env="test"))[1] == 0
+    (job,), count = pipeline.list_jobs(JobQuery(overdue=True, service="jobs", env="staging", job="digest"))
+    assert job.instance_id == "digest-staging" and count == 1
+    assert {j.instance_id for j in pipeline.list_jobs(JobQuery(job="reminder"))[0]} == {
+        "reminder-production",
+        "reminder-staging",
+    }
+
+
 def test_open_runs_are_listed_by_when_they_entered_their_state_reading_the_facts_of_those_listed_only(tmp_path):
     pipeline = _pipeline(tmp_path)
     long_running = WorkflowRun(workflow_id="paused-late").started().after(5_000).paused(resume_in_ms=600_000)
@@ -367,9 +399,9 @@ def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_thr
     assert count == 4 and ids == [job.base["instanceId"] for job in (missed_long, missed, soon, running)]
     assert [j.overdue_ns is not None for j in listed] == [True, True, False, False]
     assert listed[3].active and listed[3].due_ns is None and listed[3].last_ran_ns == ns_of(running.events[-1])
-    overdue, count = pipeline.list_jobs(overdue=True, now=at)
+    overdue, count = pipeline.list_jobs(JobQuery(overdue=True), now=at)
     assert count == 2 and [j.name for j in overdue] == ["reminder", "batcher"]
-    assert pipeline.list_jobs(overdue=True, service="elsewhere", now=at) == ([], 0)
+    assert pipeline.list_jobs(JobQuery(overdue=True, service="elsewhere"), now=at) == ([], 0)
     assert [j.instance_id for j in pipeline.list_jobs(now=at, limit=1)[0]] == ids[:1]
 
 
@@ -579,7 +611,7 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
 
     assert count == 2 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id}
     assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
-    assert [j.instance_id for j in command.list_jobs(overdue=True)[0]] == [lost.base["instanceId"]]
+    assert [j.instance_id for j in command.list_jobs(JobQuery(overdue=True))[0]] == [lost.base["instanceId"]]
 
 
 def _outbox_after(state: str, batches: list[list[dict]], restart_after: set[int], **values) -> list[bytes]:

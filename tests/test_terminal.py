@@ -9,12 +9,12 @@ from fold_harness import fold_events
 from rich.console import Console
 
 from otel_bridge import trace_id_for
-from otel_bridge.correlate.overview import RunQuery, job_overview, overview
+from otel_bridge.correlate.overview import JobQuery, RunQuery, job_overview, overview
 from otel_bridge.correlate.step import Policy, close
 from otel_bridge.producer.demo import SCENARIOS
 from otel_bridge.producer.event_sourced import Execution
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
-from otel_bridge.terminal import abbreviated, duration, jobs_table, runs_table, runs_title, waterfall
+from otel_bridge.terminal import abbreviated, duration, jobs_table, jobs_title, runs_table, runs_title, waterfall
 
 NOW = 1_900_000_000 * 10**9
 EVENT_SOURCED = EventSourcedDecoder(EventSourcedOptions(service="crm", env="prod"))
@@ -154,10 +154,29 @@ def test_durations_read_in_the_unit_a_person_would_say():
         (1000, 52_310, RunQuery(), "the 1,000 oldest of 52,310 open runs"),
         (0, 0, RunQuery(overdue=True), "no overdue runs"),
         (0, 0, RunQuery(service="billing"), "no open runs of billing"),
+        (
+            2,
+            2,
+            RunQuery(overdue=True, service="shop", env="prod", workflow="nightly"),
+            "2 overdue nightly runs of shop in prod",
+        ),
+        (1, 1, RunQuery(env="staging"), "1 open run in staging"),
     ],
 )
 def test_a_listing_of_runs_says_what_it_holds_in_words(shown, count, query, title):
     assert runs_title(shown, count, query) == title
+
+
+@pytest.mark.parametrize(
+    ("count", "query", "title"),
+    [
+        (2, JobQuery(overdue=True, service="jobs"), "2 overdue job instances of jobs"),
+        (1, JobQuery(job="digestMailer", env="prod"), "1 digestMailer job instance in prod"),
+        (0, JobQuery(overdue=True, job="reminder"), "no overdue reminder job instances"),
+    ],
+)
+def test_a_listing_of_job_instances_says_what_it_holds_in_words(count, query, title):
+    assert jobs_title(count, count, query) == title
 
 
 def _written(*renderables) -> str:

@@ -193,17 +193,23 @@ def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, judged: 
 
 @dataclass(frozen=True, slots=True)
 class RunQuery:
-    """What an on-call engineer asks for: the runs in a state, overdue only, of one service."""
+    """What an on-call engineer asks for: the runs in a state, overdue only, of one service, environment
+    or workflow — the labels an alert names them by (`WorkflowRunsOverdue`)."""
 
     state: str | None = None
     overdue: bool = False
     service: str | None = None
+    env: str | None = None
+    workflow: str | None = None
 
     def may_hold(self, header: RunState) -> bool:
         """Whether a run known by its header alone (no facts read) may be one asked for."""
+        run = header.run
         return (
             header.going_on
-            and (self.service is None or header.run.service == self.service)
+            and (self.service is None or run.service == self.service)
+            and (self.env is None or run.env == self.env)
+            and (self.workflow is None or run.name == self.workflow)
             and (self.state is None or header.execution_state == self.state)
         )
 
@@ -212,7 +218,31 @@ class RunQuery:
             (self.state is None or run.state == self.state)
             and (not self.overdue or run.overdue_ns is not None)
             and (self.service is None or run.service == self.service)
+            and (self.env is None or run.env == self.env)
+            and (self.workflow is None or run.name == self.workflow)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """What an on-call engineer asks of the job instances: overdue only, of one service, environment or
+    job — the labels `JobsOverdue` names them by."""
+
+    overdue: bool = False
+    service: str | None = None
+    env: str | None = None
+    job: str | None = None
+
+    def may_hold(self, state: JobState) -> bool:
+        """Whether an instance may be one asked for, before its overview is made."""
+        return (
+            (self.service is None or state.service == self.service)
+            and (self.env is None or state.env == self.env)
+            and (self.job is None or state.job_name == self.job)
+        )
+
+    def holds(self, job: JobOverview) -> bool:
+        return job.going_on and (not self.overdue or job.overdue_ns is not None)
 
 
 # Why a run was closed by hand, when the one who closed it did not say.

@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, Unavailable
-from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, RunQuery
+from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobQuery, RunQuery
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.sources.wire import every_reason, json_kind
@@ -227,7 +227,7 @@ def create_app(
     on_stop: Callable[[], object] = lambda: None,
     dead_letters: DeadLetters | None = None,
     runs: Callable[[RunQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
-    jobs: Callable[[bool, str | None, int], tuple[list[dict[str, Any]], int]] | None = None,
+    jobs: Callable[[JobQuery, int], tuple[list[dict[str, Any]], int]] | None = None,
     ingest_inline: Callable[[int], bool] = lambda _events: False,
     close: Callable[[str, str, bool, str | None], list[dict[str, Any]]] | None = None,
     not_open: Callable[[str, str | None], list[str]] = lambda _id, _service: [],
@@ -238,7 +238,7 @@ def create_app(
     `metrics(accept)` renders `/metrics`; `readiness()` answers `/readyz` (its `ready` and `reasons`),
     `liveness()` `/healthz` (its `alive` and `reasons`: asked on the event loop, so it must not wait);
     `on_start`/`on_stop` run at server start and graceful shutdown (the SIGTERM drain);
-    `runs(query, limit)` answers `GET /v1/runs`, `jobs(overdue, service, limit)` `GET /v1/jobs` (both behind
+    `runs(query, limit)` answers `GET /v1/runs`, `jobs(query, limit)` `GET /v1/jobs` (both behind
     the ingest credential);
     `close(id, reason, jobs, service)` answers `POST /v1/runs/{id}/close` and `POST /v1/jobs/{id}/close`
     (behind the ingest credential too): what it closed, [] when nothing open has that id; `not_open(id,
@@ -334,11 +334,15 @@ def create_app(
         state = params.get("state") or None
         if state is not None and state not in c.RUN_STATES:
             return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
-        return runs(RunQuery(state, overdue, params.get("service") or None), limit)
+        given = params.get
+        return runs(
+            RunQuery(state, overdue, given("service") or None, given("env") or None, given("workflow") or None), limit
+        )
 
     def job_instances(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
         assert jobs is not None
-        return jobs(overdue, params.get("service") or None, limit)
+        given = params.get
+        return jobs(JobQuery(overdue, given("service") or None, given("env") or None, given("job") or None), limit)
 
     def closing(name: str) -> Callable[[Request], Awaitable[Response]]:
         """`POST /v1/{name}/{id}/close`: close by hand what the engine will never end, with an optional

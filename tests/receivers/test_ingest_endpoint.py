@@ -158,10 +158,17 @@ def test_a_run_listing_filter_that_is_none_is_a_400_naming_it(tmp_path, params, 
 
 def test_run_listing_filters_left_empty_are_no_filters(tmp_path):
     asked: list[tuple[Any, int]] = []
-    params = {"overdue": "No", "state": "", "service": ""}
+    params = {"overdue": "No", "state": "", "service": "", "env": "", "workflow": ""}
     assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
     ((query, limit),) = asked
-    assert (query.overdue, query.state, query.service, limit) == (False, None, None, 1000)
+    assert (query, limit) == (RunQuery(), 1000)
+
+
+def test_runs_are_listed_by_the_service_environment_and_workflow_an_alert_names(tmp_path):
+    asked: list[tuple[Any, int]] = []
+    params = {"overdue": "true", "service": "shop", "env": "production", "workflow": "nightlyReport"}
+    assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
+    assert asked == [(RunQuery(overdue=True, service="shop", env="production", workflow="nightlyReport"), 1000)]
 
 
 def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_credential(tmp_path):
@@ -180,7 +187,7 @@ def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_cred
         settings,
         metrics=lambda _a: (b"", "text/plain"),
         readiness=lambda: {"ready": True},
-        jobs=lambda overdue, service, limit: _listed(pipeline.list_jobs(overdue, service, limit=limit)),
+        jobs=lambda query, limit: _listed(pipeline.list_jobs(query, limit=limit)),
     )
     key = {"X-API-KEY": "k"}
 
@@ -192,6 +199,11 @@ def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_cred
         "jobs": [],
         "count": 0,
     }
+    assert (
+        _request(app, "GET", "/v1/jobs", params={"env": "production", "job": "reminder"}, headers=key).json()["count"]
+        == 1
+    )
+    assert _request(app, "GET", "/v1/jobs", params={"job": "digest"}, headers=key).json()["count"] == 0
     assert _request(app, "GET", "/v1/jobs").status_code == 401
     bad = _request(app, "GET", "/v1/jobs", params={"limit": "all"}, headers=key)
     assert bad.status_code == 400 and "limit must be a whole number, not 'all'" in bad.text
