@@ -43,6 +43,8 @@ class BridgeProcess:
         # Where it runs: `python -m otel_bridge` imports the package found there first (a benchmark
         # points this at another checkout to measure a baseline).
         self.cwd: str | None = None
+        # A command it is run through (`unshare …`), which ends by running the bridge's as its own process.
+        self.wrapper: list[str] = []
         # One keep-alive client, as a producer's runtime has: a fresh client per POST costs ~20 ms.
         self.client = httpx.Client(timeout=10)
 
@@ -51,7 +53,7 @@ class BridgeProcess:
         logged = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "otel_bridge", "serve"],
+                [*self.wrapper, sys.executable, "-m", "otel_bridge", "serve"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from bridge_process import BridgeProcess, healthcheck_command
+from builders import WorkflowRun
 
 from otel_bridge.config import Settings, unknown_variables
 
@@ -67,16 +68,127 @@ def test_every_bridge_variable_is_a_setting_and_the_settings_are_valid(container
     assert unknown_variables({e["name"]: "" for e in container["env"]}) == []
     settings = _settings(container, monkeypatch)  # raises if a value is not one the bridge takes
     folder = Path(settings.state).parent
-    (mount,) = container["volumeMounts"]
+    mounted = {Path(m["mountPath"]) for m in container["volumeMounts"]}
+    assert mounted == {folder, Path("/tmp")}  # its volume, and SQLite's temporary files: the rest is read-only
     for path in (settings.state, settings.dead_letter, settings.span_dead_letter):
-        assert Path(path).parent == folder == Path(mount["mountPath"]), "all on the volume, none in the image"
+        assert Path(path).parent == folder, "all on the volume, none in the image"
 
 
 @pytest.mark.parametrize("workload", [STATEFUL_SET, SIDECAR_APP], ids=["service", "sidecar"])
 def test_the_pod_runs_as_the_images_user_and_makes_the_volume_its_own(workload):
     uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1))
     security = workload["spec"]["template"]["spec"]["securityContext"]
-    assert security == {"runAsNonRoot": True, "runAsUser": uid, "fsGroup": uid}
+    assert security == {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+# What the "restricted" Pod Security Standard asks of a pod (kubernetes.io/docs/concepts/security/
+# pod-security-standards): a namespace that enforces it refuses any pod that asks for more.
+_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def _restricted_problems(pod: dict[str, Any]) -> list[str]:
+    problems = [f"{host} is set" for host in ("hostNetwork", "hostPID", "hostIPC") if pod.get(host)]
+    security = pod.get("securityContext", {})
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        problems += [f"volume {volume['name']} is a {kind}" for kind in kinds - _RESTRICTED_VOLUMES]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        own = container.get("securityContext", {})
+        name = container["name"]
+        if own.get("privileged"):
+            problems.append(f"{name} is privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name} does not say allowPrivilegeEscalation: false")
+        if not own.get("runAsNonRoot", security.get("runAsNonRoot")):
+            problems.append(f"{name} may run as root")
+        if own.get("runAsUser", security.get("runAsUser")) == 0:
+            problems.append(f"{name} runs as uid 0")
+        seccomp = own.get("seccompProfile", security.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name} has no seccomp profile")
+        capabilities = own.get("capabilities", {})
+        if capabilities.get("drop") != ["ALL"] or set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name} does not drop every capability")
+        problems += [f"{name} binds a host port" for port in container.get("ports", []) if port.get("hostPort")]
+    return problems
+
+
+@pytest.mark.parametrize("workload", [STATEFUL_SET, SIDECAR_APP], ids=["service", "sidecar"])
+def test_the_pods_are_admitted_where_the_restricted_pod_security_standard_is_enforced(workload):
+    # Without it, a namespace labelled pod-security.kubernetes.io/enforce=restricted refused the pods.
+    assert _restricted_problems(workload["spec"]["template"]["spec"]) == []
+
+
+def test_the_restricted_check_finds_what_the_standard_refuses():
+    pod = yaml.safe_load(yaml.safe_dump(STATEFUL_SET["spec"]["template"]["spec"]))
+    (container,) = pod["containers"]
+    del container["securityContext"]["allowPrivilegeEscalation"]
+    container["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    pod["securityContext"].pop("seccompProfile")
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/var/run"}})
+    assert sorted(_restricted_problems(pod)) == [
+        "otel-bridge does not drop every capability",
+        "otel-bridge does not say allowPrivilegeEscalation: false",
+        "otel-bridge has no seccomp profile",
+        "volume host is a hostPath",
+    ]
+
+
+@pytest.mark.parametrize("container", [ALONE, SIDECAR], ids=["service", "sidecar"])
+def test_the_bridge_serves_with_the_root_filesystem_read_only_writing_its_volume_and_tmp_only(
+    container, tmp_path, otlp_http, monkeypatch
+):
+    # readOnlyRootFilesystem, as the manifests ask: a bridge in a mount namespace of its own where / is
+    # read-only, the manifest's volume is a directory of the test's (at /mnt) and /tmp a tmpfs.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    settings = _settings(container, monkeypatch)
+    folder = str(Path(settings.state).parent)
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    for name, value in _env(container).items():
+        if name.startswith("OTEL_BRIDGE_") and name not in ("OTEL_BRIDGE_PORT", "OTEL_BRIDGE_HOST"):
+            bridge.env[name] = value.replace(folder, "/mnt")
+    bridge.wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-ec", _READ_ONLY_ROOT, "sh", str(volume)]
+    run = WorkflowRun("checkout", service="shop", env="production").started().step_started("pay").after(20)
+    run.step_completed("pay").completed(["pay"])
+    try:
+        bridge.start()
+        assert bridge.proc is not None
+        mounts = [line.split() for line in Path(f"/proc/{bridge.proc.pid}/mounts").read_text().splitlines()]
+        assert {(at, options.split(",")[0]) for _dev, at, _kind, options, *_ in mounts} >= {
+            ("/", "ro"),
+            ("/mnt", "rw"),
+            ("/tmp", "rw"),
+        }
+        assert bridge.post(run.events).json()["accepted"] == len(run.events)
+        otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) == 2)
+        assert bridge.stop(), bridge.log.read_text()
+    finally:
+        bridge.close()
+    assert {p.name for p in volume.iterdir()} >= {Path(settings.state).name}
+    assert "Read-only file system" not in bridge.log.read_text()
+
+
+# Mounts the volume at /mnt and a tmpfs at /tmp, makes / read-only, then runs the bridge ("$@").
+_READ_ONLY_ROOT = (
+    'volume="$1"; shift; mount --bind "$volume" /mnt; mount -o remount,bind,ro /;'
+    ' mount -t tmpfs -o size=64m tmpfs /tmp; exec "$@"'
+)
 
 
 @pytest.mark.parametrize(("workload", "container"), [(STATEFUL_SET, ALONE), (SIDECAR_APP, SIDECAR)])
