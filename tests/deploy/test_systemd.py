@@ -5,6 +5,7 @@ a bad value, a command that is not there are each a line on its stderr), with th
 this checkout's.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,20 @@ def test_systemd_accepts_the_unit_with_no_warning(tmp_path):
     unit.write_text(UNIT.read_text().replace("/opt/otel-bridge/bin/otel-bridge", command))
     verified = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+
+
+def test_the_service_is_sandboxed_as_systemds_own_security_review_asks(tmp_path):
+    # No capability, no namespaces, the syscalls of an ordinary service: 6.5 "MEDIUM" without these lines.
+    command = str(Path(sys.executable).with_name("otel-bridge"))
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/otel-bridge/bin/otel-bridge", command))
+    review = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", review.stdout)
+    assert found, review.stdout + review.stderr
+    assert float(found.group(1)) <= 2.0, review.stdout
+    assert _values("UMask") == ["0077"]  # its state and dead letters may hold personal data: its own to read
 
 
 def test_every_bridge_variable_is_a_setting_and_the_settings_are_valid(monkeypatch):
