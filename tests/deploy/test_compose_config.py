@@ -254,3 +254,16 @@ def test_every_port_is_published_on_the_loopback_only():
     # and Prometheus's lifecycle API would be open to the machine's whole network.
     published = [(name, str(port)) for name, service in SERVICES.items() for port in service.get("ports", [])]
     assert published and all(port.startswith("127.0.0.1:") for _, port in published), published
+
+
+def test_the_bridge_runs_on_a_read_only_image_writing_its_volume_and_tmp_only():
+    # The same confinement as the Kubernetes manifests', whose test runs a bridge under it for real.
+    bridge = SERVICES["otel-bridge"]
+    assert bridge["read_only"] is True and bridge["tmpfs"] == ["/tmp"]
+    assert bridge["cap_drop"] == ["ALL"] and bridge["security_opt"] == ["no-new-privileges:true"]
+    # Where it writes its state and dead letters: the image's ENV, unless the service says otherwise.
+    image = dict(re.findall(r"(OTEL_BRIDGE_\w+)=(\S+)", (ROOT / "Dockerfile").read_text()))
+    places = ("OTEL_BRIDGE_STATE", "OTEL_BRIDGE_DEAD_LETTER", "OTEL_BRIDGE_SPAN_DEAD_LETTER")
+    written = [bridge["environment"].get(name, image[name]) for name in places]
+    assert {str(Path(path).parent) for path in written} == {"/data"}
+    assert [volume.split(":")[1] for volume in bridge["volumes"]] == ["/data"]
