@@ -1001,7 +1001,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=_count, default=1000, help="at most this many, the most pressing (default 1000)")
     _add_settings_flags(jobs)
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
-    show.add_argument("workflow_id", help="the run's id (workflowId, execution id)")
+    show.add_argument(
+        "workflow_id",
+        help="the run's id (workflowId, execution id, or six or more of its first characters) or the "
+        "application's own (executionId, a job's id)",
+    )
     _add_settings_flags(show)
     close = sub.add_parser(
         "close",
@@ -1012,7 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ids",
         nargs="+",
         metavar="ID",
-        help="a run's id (workflowId, execution id) or a job instance's; several at once",
+        help="a run's id (workflowId, execution id, or six or more of its first characters) or a job "
+        "instance's, or the application's own (executionId, a job's id); several at once",
     )
     close.add_argument(
         "--reason",
