@@ -623,7 +623,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
     if not found and not aside:
         raise CliError(
             f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
-            f"{settings.keep_finished_seconds:g} s)"
+            f"{settings.keep_finished_seconds:g} s){_too_short(workflow_id)}"
         )
     for state in found:
         console.print(waterfall(state, time.time_ns(), settings.trace_url))
@@ -658,7 +658,7 @@ def _close(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(closed, indent=2))
     of = f" of {args.service}" if args.service else ""
     for instance_id, why in missing:
-        said = f": {visible(why)}" if why else ""
+        said = f": {visible(why)}" if why else _too_short(instance_id)
         print(
             f"otel-bridge: nothing closed: no open run or job instance {instance_id}{of} at {base}{said}",
             file=sys.stderr,
@@ -687,6 +687,15 @@ def _close_one(
             raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
         return list(answer.json()["closed"]), ""
     return [], why
+
+
+def _too_short(given: str) -> str:
+    """What to say of an id that found nothing and is too short to be taken by its beginning."""
+    from otel_bridge.pipeline import ABBREVIATION_MIN
+
+    if len(given) >= ABBREVIATION_MIN:
+        return ""
+    return f"; an id is taken by its beginning from {ABBREVIATION_MIN} characters on"
 
 
 def _own_url(settings: Settings) -> str:

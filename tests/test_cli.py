@@ -195,6 +195,8 @@ def test_show_takes_the_beginning_of_an_id_as_runs_lists_it_and_says_when_it_nam
     assert main(["show", "ab12cd", "--state", state]) == 2
     told = capsys.readouterr().err
     assert "ab12cd begins the ids of 2 runs" in told and first in told and "give more of it" in told
+    assert main(["show", "ab12c", "--state", state]) == 2
+    assert "an id is taken by its beginning from 6 characters on" in capsys.readouterr().err
 
 
 def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():
