@@ -5,6 +5,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -540,7 +541,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow)
+        query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow, args.silent_for)
         runs, count = pipeline.list_runs(query, limit=args.limit)
     finally:
         pipeline.store.close()
@@ -836,6 +837,21 @@ def _count(text: str) -> int:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _duration(text: str) -> float:
+    """A length of time, as a person writes it (`90s`, `15m`, `2h`, `3d`) or in seconds (`5400`)."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90s, 15m, 2h, 3d, or seconds)") from None
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, and finite, not {text}")
+    return seconds
+
+
 def _above_zero(text: str) -> float:
     """A number above 0 that a clock can count (a rate, a timeout): `--rate 0` was a ZeroDivisionError,
     `--timeout -1` a bare "Timeout value out of range"."""
@@ -993,6 +1009,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--service", default=None, help="only this producer's runs (its serviceKey)")
     runs.add_argument("--env", default=None, help="only the runs of this environment (the producer's env)")
     runs.add_argument("--workflow", default=None, help="only the runs of this workflow (its definition's name)")
+    runs.add_argument(
+        "--silent-for",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="only the runs whose latest event is at least this old (90s, 15m, 2h, 3d, or seconds): with "
+        "--run-state executing, the runs stuck mid-step, which no alert tells",
+    )
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
     runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_settings_flags(runs)

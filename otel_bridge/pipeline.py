@@ -761,7 +761,9 @@ class Pipeline:
         read, in chunks: it tells a run's state, service and since when (the time of the fact that
         set its state), which is all a listing sorts and filters on, so the facts are read only of
         the `limit` oldest kept: a million open runs are listed in flat memory, and in the time
-        their headers take. `indexed`: what the overdue index already answered, not asked again.
+        their headers take. Runs asked for by their silence (`silent_for`) are read whole, one at a time:
+        the time their facts take, in the same flat memory. `indexed`: what the overdue index already
+        answered, not asked again.
         """
         now = self._clock() if now is None else now
         headers: Iterable[tuple[str, bytes]] = self.store.states()
@@ -776,9 +778,9 @@ class Pipeline:
             if not query.may_hold(head):
                 continue
             kept: RunOverview | tuple[str, RunState]
-            if query.overdue or head.state_order is None:  # told only by its facts
+            if query.overdue or query.silent_for is not None or head.state_order is None:  # told by its facts
                 run = self._overview(key, head, now_ns, grace(key))
-                if run is None or not query.holds(run):
+                if run is None or not query.holds(run, now_ns):
                     continue
                 since, kept = run.since_ns, run
             else:

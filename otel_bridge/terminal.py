@@ -48,9 +48,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} d"  # a run open for weeks: days, not 15,364.3 h
 
 
-def _in_words(shown: int, count: int, noun: str, service: str | None, env: str | None, first: str) -> str:
-    """A listing's title: how many `noun`s (of `service`, in `env`), and which `shown` when cut short."""
-    of = (f" of {service}" if service else "") + (f" in {env}" if env else "")
+def _in_words(
+    shown: int, count: int, noun: str, service: str | None, env: str | None, first: str, then: str = ""
+) -> str:
+    """A listing's title: how many `noun`s (of `service`, in `env`, `then`), and which `shown` when cut short."""
+    of = (f" of {service}" if service else "") + (f" in {env}" if env else "") + then
     if count == 0:
         return f"no {noun}s{of}"
     named = f"{noun}{'' if count == 1 else 's'}{of}"
@@ -64,7 +66,8 @@ def runs_title(shown: int, count: int, query: RunQuery) -> str:
     if query.state is not None:
         kind = f"{kind} {query.state}" if query.overdue else query.state
     noun = f"{kind} {query.workflow} run" if query.workflow else f"{kind} run"
-    return _in_words(shown, count, noun, query.service, query.env, "oldest")
+    silent = f" silent for {duration(query.silent_for)} or more" if query.silent_for is not None else ""
+    return _in_words(shown, count, noun, query.service, query.env, "oldest", silent)
 
 
 def jobs_title(shown: int, count: int, query: JobQuery) -> str:

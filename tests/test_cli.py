@@ -17,7 +17,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.terminal import abbreviated
+from otel_bridge.terminal import abbreviated, duration
 
 _REPORT = "import gc; print(gc.get_threshold(), gc.get_freeze_count() > 0)"
 
@@ -197,6 +197,25 @@ def test_show_takes_the_beginning_of_an_id_as_runs_lists_it_and_says_when_it_nam
     assert "ab12cd begins the ids of 2 runs" in told and first in told and "give more of it" in told
     assert main(["show", "ab12c", "--state", state]) == 2
     assert "an id is taken by its beginning from 6 characters on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("3d", 259_200), ("5400", 5400)]
+)
+def test_silent_for_takes_a_duration_as_a_person_writes_it(tmp_path, capsys, given, seconds):
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    pipeline.ingest(WorkflowRun("export").started().step_started("upload").events)  # in 2025: long silent
+    pipeline.store.close()
+    assert main(["runs", "--state", state, "--run-state", "executing", "--silent-for", given]) == 0
+    assert f"1 executing run silent for {duration(seconds)} or more" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given", ["soon", "-5m", "infs", "nan"])
+def test_a_silence_that_is_no_duration_is_refused_naming_it(tmp_path, capsys, given):
+    with pytest.raises(SystemExit) as exited:
+        main(["runs", "--state", str(tmp_path / "s.db"), f"--silent-for={given}"])
+    assert exited.value.code == 2 and "--silent-for" in capsys.readouterr().err
 
 
 def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():

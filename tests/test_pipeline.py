@@ -269,6 +269,23 @@ def test_runs_and_job_instances_are_listed_by_the_labels_an_alert_names_them_by(
     }
 
 
+def test_runs_stuck_executing_are_found_by_how_long_they_have_told_nothing(tmp_path):
+    # No index knows an executing run's silence (it is overdue for nothing): its invocation died mid-step,
+    # or its engine failed it for its recovery limit without a word. `--silent-for` finds it by its facts.
+    pipeline = _pipeline(tmp_path)
+    now = datetime(2025, 3, 1, 14, 0, tzinfo=UTC).timestamp()  # two hours after the builders' runs begin
+    stuck = WorkflowRun("export", workflow_id="stuck").started().step_started("upload")  # 12:00
+    busy = WorkflowRun("export", workflow_id="busy").started().after(7_000_000).step_started("upload")  # 13:56
+    asleep = WorkflowRun("export", workflow_id="asleep").started().paused(resume_in_ms=86_400_000)
+    pipeline.ingest(stuck.events + busy.events + asleep.events)
+
+    executing = RunQuery(state="executing", silent_for=3600)
+    (run,), count = pipeline.list_runs(executing, now=now)
+    assert run.run_id == "stuck" and count == 1
+    assert {r.run_id for r in pipeline.list_runs(RunQuery(silent_for=3600), now=now)[0]} == {"stuck", "asleep"}
+    assert pipeline.list_runs(RunQuery(silent_for=3 * 3600), now=now) == ([], 0)
+
+
 def test_open_runs_are_listed_by_when_they_entered_their_state_reading_the_facts_of_those_listed_only(tmp_path):
     pipeline = _pipeline(tmp_path)
     long_running = WorkflowRun(workflow_id="paused-late").started().after(5_000).paused(resume_in_ms=600_000)

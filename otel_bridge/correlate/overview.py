@@ -201,6 +201,10 @@ class RunQuery:
     service: str | None = None
     env: str | None = None
     workflow: str | None = None
+    # Only the runs whose latest event is at least this old (seconds): a run stuck executing (its
+    # invocation died mid-step, or its engine failed it without a word) tells nothing, and no index
+    # keeps its silence: its facts are read to know it.
+    silent_for: float | None = None
 
     def may_hold(self, header: RunState) -> bool:
         """Whether a run known by its header alone (no facts read) may be one asked for."""
@@ -213,13 +217,15 @@ class RunQuery:
             and (self.state is None or header.execution_state == self.state)
         )
 
-    def holds(self, run: RunOverview) -> bool:
+    def holds(self, run: RunOverview, now_ns: int = 0) -> bool:
+        """Whether `run` is one asked for, at `now_ns` (what `silent_for` counts from)."""
         return (
             (self.state is None or run.state == self.state)
             and (not self.overdue or run.overdue_ns is not None)
             and (self.service is None or run.service == self.service)
             and (self.env is None or run.env == self.env)
             and (self.workflow is None or run.name == self.workflow)
+            and (self.silent_for is None or now_ns - run.last_event_ns >= self.silent_for * 1e9)
         )
 
 

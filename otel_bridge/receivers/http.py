@@ -15,6 +15,7 @@ the pipeline (47 against ~24 µs a POST). It still reads the request through Sta
 import asyncio
 import hmac
 import logging
+import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -335,9 +336,15 @@ def create_app(
         if state is not None and state not in c.RUN_STATES:
             return _problem(400, f"state must be one of {', '.join(c.RUN_STATES)}, not {state!r}")
         given = params.get
-        return runs(
-            RunQuery(state, overdue, given("service") or None, given("env") or None, given("workflow") or None), limit
-        )
+        silent = given("silent_for") or None
+        try:
+            silent_for = float(silent) if silent is not None else None
+        except ValueError:
+            silent_for = math.nan
+        if silent_for is not None and not 0 <= silent_for < math.inf:
+            return _problem(400, f"silent_for must be a number of seconds, 0 or more, not {silent!r}")
+        filters = (given("service") or None, given("env") or None, given("workflow") or None)
+        return runs(RunQuery(state, overdue, *filters, silent_for), limit)
 
     def job_instances(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
         assert jobs is not None

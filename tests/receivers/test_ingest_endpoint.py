@@ -171,6 +171,16 @@ def test_runs_are_listed_by_the_service_environment_and_workflow_an_alert_names(
     assert asked == [(RunQuery(overdue=True, service="shop", env="production", workflow="nightlyReport"), 1000)]
 
 
+def test_runs_are_listed_by_how_long_they_have_told_nothing(tmp_path):
+    asked: list[tuple[Any, int]] = []
+    params = {"state": "executing", "silent_for": "3600"}
+    assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
+    assert asked == [(RunQuery(state="executing", silent_for=3600.0), 1000)]
+    for silence in ("an hour", "-1", "inf", "nan"):
+        refused = _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params={"silent_for": silence})
+        assert refused.status_code == 400 and "silent_for must be a number of seconds" in refused.text
+
+
 def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_credential(tmp_path):
     settings = Settings(
         state=str(tmp_path / "s.db"),
