@@ -70,8 +70,10 @@ def _primary_of(url: str, **options: Any) -> redis.Redis:
     # The Sentinels over TLS as the nodes are, with their CA; and never waited on for ever (no timeout).
     ssl = {k: v for k, v in data.items() if k.startswith("ssl")}
     timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
-    watchers = Sentinel(sentinels, sentinel_kwargs=own | ssl | timeouts, **data)  # type: ignore[no-untyped-call]
-    return cast(redis.Redis, watchers.master_for(service, **options))  # type: ignore[no-untyped-call]
+    # redis-py types its Sentinel from 8.2 on, not before: called through Any, as either types it.
+    sentinel: Any = Sentinel
+    watchers = sentinel(sentinels, sentinel_kwargs=own | ssl | timeouts, **data)
+    return cast(redis.Redis, watchers.master_for(service, **options))
 
 
 def is_cluster(client: "redis.Redis | RedisCluster") -> bool:
