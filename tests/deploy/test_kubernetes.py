@@ -153,7 +153,7 @@ def test_the_bridge_serves_with_the_root_filesystem_read_only_writing_its_volume
     container, tmp_path, otlp_http, monkeypatch
 ):
     # readOnlyRootFilesystem, as the manifests ask: a bridge in a mount namespace of its own where / is
-    # read-only, the manifest's volume is a directory of the test's (at /mnt) and /tmp a tmpfs.
+    # read-only, the manifest's volume is a directory of the test's (at /mnt) and /tmp writable.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     volume = tmp_path / "volume"
     volume.mkdir()
@@ -184,10 +184,11 @@ def test_the_bridge_serves_with_the_root_filesystem_read_only_writing_its_volume
     assert "Read-only file system" not in bridge.log.read_text()
 
 
-# Mounts the volume at /mnt and a tmpfs at /tmp, makes / read-only, then runs the bridge ("$@").
+# Mounts the volume at /mnt, keeps /tmp writable, makes / read-only, then runs the bridge ("$@").
+# /tmp stays itself (a mount of its own, writable, as the manifests' emptyDir): a tmpfs over it hid the
+# checkout's .venv wherever the checkout is under /tmp, as CI's may be.
 _READ_ONLY_ROOT = (
-    'volume="$1"; shift; mount --bind "$volume" /mnt; mount -o remount,bind,ro /;'
-    ' mount -t tmpfs -o size=64m tmpfs /tmp; exec "$@"'
+    'volume="$1"; shift; mount --bind "$volume" /mnt; mount --bind /tmp /tmp; mount -o remount,bind,ro /; exec "$@"'
 )
 
 
