@@ -218,6 +218,16 @@ def test_a_silence_that_is_no_duration_is_refused_naming_it(tmp_path, capsys, gi
     assert exited.value.code == 2 and "--silent-for" in capsys.readouterr().err
 
 
+def test_trace_id_of_what_looks_like_the_beginning_of_an_object_id_says_it_is_of_that_id_exactly(capsys):
+    # `runs` shows a Durable Object's id by its first twelve characters: pasted here, it names another trace.
+    assert main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", "47e1aff6d17e"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("00-") and "looks like the beginning of a Durable Object's id" in err
+    whole = "47e1aff6d17e" + "0" * 52
+    assert main(["trace-id", "--env", "prod", "--service", "shop", "--workflow-id", whole]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_the_text_log_of_a_command_shows_what_producers_sent_with_its_control_characters_escaped():
     said = (
         "from otel_bridge.cli import _logging; import logging; _logging('INFO');"
