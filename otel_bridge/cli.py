@@ -11,6 +11,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import partial
@@ -331,8 +332,6 @@ def _resend_spans(settings: Settings, source: str) -> int:
 def _settle_again(settings: Settings, dry_run: bool) -> int:
     """Runs set aside after failing to settle `settle_attempts` times, or kept aside as unreadable by
     the version that met them, put back in play (due now)."""
-    import time
-
     from otel_bridge import keys
     from otel_bridge.correlate.runs import RunState
     from otel_bridge.runtime import open_store
@@ -553,7 +552,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     else:
         console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
         # No table with headers over no rows: it reads as if the rows failed to show.
-        console.print(runs_table(runs, settings.trace_url, title) if runs else Text(title))
+        console.print(runs_table(runs, settings.trace_url, title, time.time_ns()) if runs else Text(title))
     return 0
 
 
@@ -576,7 +575,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{title}: --limit N for more", file=sys.stderr)
         return 0
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
-    console.print(jobs_table(jobs, title) if jobs else Text(title))
+    console.print(jobs_table(jobs, title, time.time_ns()) if jobs else Text(title))
     return 0
 
 
@@ -597,8 +596,6 @@ def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) ->
 
 
 def _show(settings: Settings, workflow_id: str) -> int:
-    import time
-
     from rich.console import Console
     from rich.text import Text
 
@@ -619,7 +616,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
         # Said above the table, not as its title: a title is wrapped to the table's width.
         console.print(Text(visible(f"{workflow_id} is a job instance: its runs are metrics, not a trace")))
-        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), JobQuery())))
+        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), JobQuery()), time.time_ns()))
         return 0
     if not found and not aside:
         raise CliError(

@@ -36,6 +36,17 @@ def _when(ns: int | None) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _listed_when(ns: int | None, now_ns: int | None) -> str:
+    """A time in a listing's row (UTC), as short as tells it apart from `now_ns`: the hour today, the day and
+    minute this year, the date before — three whole timestamps a row folded it over two lines or three."""
+    if ns is None or now_ns is None:
+        return _when(ns)
+    at, now = datetime.fromtimestamp(ns / 1e9, UTC), datetime.fromtimestamp(now_ns / 1e9, UTC)
+    if at.date() == now.date():
+        return at.strftime("%H:%M:%S")
+    return at.strftime("%b %d %H:%M") if at.year == now.year else at.strftime("%Y-%m-%d")
+
+
 def duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
@@ -78,11 +89,14 @@ def jobs_title(shown: int, count: int, query: JobQuery) -> str:
     )
 
 
-def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str | None = None) -> Table:
-    """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent."""
+def runs_table(
+    runs: list[RunOverview], trace_url: str | None = None, title: str | None = None, now_ns: int | None = None
+) -> Table:
+    """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent;
+    with `now_ns`, times are told as short as tells them apart from it."""
     title = title or runs_title(len(runs), len(runs), RunQuery())
     # Text, not a str: a service named "[prod]" is not markup.
-    table = Table(title=Text(title), header_style="bold")
+    table = Table(title=Text(title), caption="times in UTC", header_style="bold")
     for column in ("service", "env", "workflow", "id", "state", "steps done", "since", "resumeAt", "overdue by"):
         table.add_column(column, overflow="fold")
     table.add_column("last event", overflow="fold")
@@ -96,26 +110,25 @@ def runs_table(runs: list[RunOverview], trace_url: str | None = None, title: str
             _with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id),
             _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
             str(run.steps_done),
-            _when(run.since_ns),
-            _when(run.resume_at_ns),
+            _listed_when(run.since_ns, now_ns),
+            _listed_when(run.resume_at_ns, now_ns),
             overdue,
-            _cell(f"{run.last_event} {_when(run.last_event_ns)}"),
+            _cell(f"{run.last_event} {_listed_when(run.last_event_ns, now_ns)}"),
             _cell(_trace_cell(run, trace_url)),
         )
     return table
 
 
-def jobs_table(jobs: list[JobOverview], title: str) -> Table:
-    table = Table(title=Text(title), header_style="bold")
+def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None) -> Table:
+    table = Table(title=Text(title), caption="times in UTC", header_style="bold")
     for column in ("service", "env", "job", "type", "instance", "next run", "overdue by", "last ran"):
         table.add_column(column, overflow="fold")
     for job in jobs:
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
-        due = _when(job.due_ns) if job.due_ns is not None else ("running" if job.active else "-")
+        due = _listed_when(job.due_ns, now_ns) if job.due_ns is not None else ("running" if job.active else "-")
         said = map(_cell, (job.service, job.env, job.name, job.job_type))
-        table.add_row(
-            *said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, _when(job.last_ran_ns)
-        )
+        last_ran = _listed_when(job.last_ran_ns, now_ns)
+        table.add_row(*said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, last_ran)
     return table
 
 

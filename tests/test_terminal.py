@@ -244,3 +244,22 @@ def test_a_durable_objects_id_is_listed_by_its_first_twelve_characters_each_run_
     assert abbreviated(object_id) == "3f9a0c7e51d2…" and "3f9a0c7e51d2…" in text and object_id not in text
     assert "exec-000001-f41324df" in text
     assert [abbreviated(i) for i in ("ABCDEF" * 11, "0123456789abcdef" * 1)] == ["ABCDEF" * 11, "0123456789abcdef"]
+
+
+def test_a_listing_tells_each_time_as_short_as_tells_it_apart_from_now_in_utc():
+    # Three whole timestamps folded a row of `runs` over two lines or three: the hour today, the day this
+    # year, the date before; the caption says the zone.
+    now = int(datetime(2026, 12, 4, 15, 0, tzinfo=UTC).timestamp() * 1e9)
+    cases = {
+        datetime(2026, 12, 4, 9, 7, 5, tzinfo=UTC): "09:07:05",
+        datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC): "Nov 30 23:59",
+        datetime(2025, 3, 1, 12, 0, tzinfo=UTC): "2025-03-01",
+    }
+    for at, shown in cases.items():
+        run = WorkflowRun("checkout", start=at).started().step_started("pay")
+        (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+        listed = overview(state, now, 0)
+        assert listed is not None
+        text = _written(runs_table([listed], now_ns=now))
+        assert f"│ {shown}" in text and "times in UTC" in text, text
+    assert "2025-03-01 12:00:00" in _written(runs_table([listed]))  # no `now`: whole, as before
