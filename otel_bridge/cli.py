@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from otel_bridge import __version__
+from otel_bridge import __version__, keys
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, setting_named, settings_table
 from otel_bridge.consumer import AmbiguousId, IngestReport, Unavailable
@@ -332,7 +332,6 @@ def _resend_spans(settings: Settings, source: str) -> int:
 def _settle_again(settings: Settings, dry_run: bool) -> int:
     """Runs set aside after failing to settle `settle_attempts` times, or kept aside as unreadable by
     the version that met them, put back in play (due now)."""
-    from otel_bridge import keys
     from otel_bridge.correlate.runs import RunState
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
@@ -689,11 +688,9 @@ def _close_one(
 
 def _too_short(given: str) -> str:
     """What to say of an id that found nothing and is too short to be taken by its beginning."""
-    from otel_bridge.pipeline import ABBREVIATION_MIN
-
-    if len(given) >= ABBREVIATION_MIN:
+    if len(given) >= keys.ABBREVIATION_MIN:
         return ""
-    return f"; an id is taken by its beginning from {ABBREVIATION_MIN} characters on"
+    return f"; an id is taken by its beginning from {keys.ABBREVIATION_MIN} characters on"
 
 
 def _own_url(settings: Settings) -> str:
@@ -774,7 +771,7 @@ def _trace_id(args: argparse.Namespace) -> int:
 
 
 def _begins_an_object_id(given: str) -> bool:
-    return 6 <= len(given) < 64 and all(ch in "0123456789abcdef" for ch in given)
+    return keys.ABBREVIATION_MIN <= len(given) < 64 and keys.is_hex(given)
 
 
 def events_url(url: str) -> str:

@@ -31,6 +31,17 @@ def id_of(key: str) -> str:
     return key.rpartition(SEPARATOR)[2]
 
 
+# An id may be given by its first characters (`runs` shows a Durable Object's by twelve), from so many on:
+# fewer begin too many ids to name one, and a slip of the keyboard would close a stranger's run.
+ABBREVIATION_MIN = 6
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_hex(text: str) -> bool:
+    """Lower-case hex throughout, as a Durable Object's id (64 characters) and any beginning of it are."""
+    return _HEX.issuperset(text)
+
+
 def job_key(engine: str, env: str, service: str, instance_id: str) -> str:
     return SEPARATOR.join(("job", engine, env, service, instance_id))
 

@@ -81,11 +81,6 @@ def here(work: Callable[[bool], T], movable: bool = True) -> T:
     return work(False)
 
 
-# The fewest characters an id is taken by (its first ones, as `runs` shows a Durable Object's hex id):
-# fewer begin too many ids to name one, and a slip of the keyboard would close a stranger's run.
-ABBREVIATION_MIN = 6
-
-
 class _Touched(set[str]):
     """The keys one transaction touched (they leave memory if it fails), and those it found this
     version cannot read and kept aside (counted once it commits; a set, for a transaction run again)."""
@@ -623,20 +618,19 @@ class Pipeline:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
         met them), whole, and why each is out of play; none so named, those with it as the application's
         own id (as `_states_named`: a handful, all read)."""
-        ending = keys.SEPARATOR + run_id
         named: list[tuple[RunState, str]] = []
         correlated: list[tuple[RunState, str]] = []
         for key, blob in journal.kept_aside(self.store).items():
             try:
                 aside = journal.read_aside(key, blob)
             except ValueError:
-                if key.endswith(ending):
+                if keys.id_of(key) == run_id:
                     log.warning("run state %r is not readable; skipped", key)
                 continue
             if isinstance(aside.state, RunState):
                 unreadable = key.startswith(keys.UNREADABLE)
                 why = aside.reason if unreadable else f"failed to settle: {aside.reason}"
-                if key.endswith(ending):
+                if keys.id_of(key) == run_id:
                     named.append((aside.state, why))
                 elif aside.state.run.correlation_id == run_id:
                     correlated.append((aside.state, why))
@@ -650,15 +644,14 @@ class Pipeline:
         none of those either, the runs (or job instances) whose id begins with it, as `runs` and `jobs`
         show a Durable Object's hex id by its first characters (as docker shows a container's): raises
         `AmbiguousId` when it begins more than one id."""
-        ending = keys.SEPARATOR + instance_id
-        named = [(key, header) for key, header in self.store.states(prefix) if key.endswith(ending)]
+        named = [(key, header) for key, header in self.store.states(prefix) if keys.id_of(key) == instance_id]
         return named or self._states_otherwise_named(instance_id, prefix)
 
     def _states_otherwise_named(self, instance_id: str, prefix: str) -> list[tuple[str, bytes]]:
         correlated: list[tuple[str, bytes]] = []
         begun: dict[str, list[tuple[str, bytes]]] = {}  # by the id `instance_id` begins
         kind = keys.JOBS if prefix == keys.JOBS else keys.RUNS
-        abbreviated = len(instance_id) >= ABBREVIATION_MIN
+        abbreviated = len(instance_id) >= keys.ABBREVIATION_MIN
         for key, header in self.store.states(prefix):
             if keys.is_kept_aside(key):
                 continue
@@ -879,8 +872,9 @@ class Pipeline:
     def _due_counted(self, tx: Transaction, keys_: list[str]) -> None:
         """Job instances counted active with no due, as a version that kept them for ever stored them: due when
         they would be presumed ended, or they never would be (the silent ones are those no event wakes)."""
+        now = self._clock()
         for key in keys_:
             state, due = journal.load(tx, key)
             if isinstance(state, JobState) and due is None:
-                due = job_kept_until(state, self._clock(), self.policy)
+                due = job_kept_until(state, now, self.policy)
                 tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))

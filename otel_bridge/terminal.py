@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from otel_bridge import conventions as c
+from otel_bridge import keys
 from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
 from otel_bridge.correlate.overview import JobOverview, JobQuery, RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
@@ -20,7 +21,6 @@ from otel_bridge.visible import visible
 _BAR = 48
 # A Durable Object's id is shown by its first characters (`abbreviated`): so many.
 _SHOWN = 12
-_HEX = frozenset("0123456789abcdef")
 _STATUS_STYLE = {SpanStatus.OK: "green", SpanStatus.ERROR: "red", SpanStatus.UNSET: "yellow"}
 
 
@@ -143,7 +143,7 @@ def abbreviated(engine_id: str) -> str:
     """A Durable Object's id (64 hex characters, random) by its first twelve, as docker shows a container's:
     a table row on one line, not four; `show` and `close` take it (`--json` lists them whole). Other ids
     (an execution's `exec-…`, a tenant's) are shown whole: their beginnings say little apart."""
-    if len(engine_id) >= 32 and _HEX.issuperset(engine_id):
+    if len(engine_id) >= 32 and keys.is_hex(engine_id):
         return engine_id[:_SHOWN] + "…"
     return engine_id
 

@@ -217,7 +217,7 @@ class RunQuery:
             and (self.state is None or header.execution_state == self.state)
         )
 
-    def holds(self, run: RunOverview, now_ns: int = 0) -> bool:
+    def holds(self, run: RunOverview, now_ns: int) -> bool:
         """Whether `run` is one asked for, at `now_ns` (what `silent_for` counts from)."""
         return (
             (self.state is None or run.state == self.state)

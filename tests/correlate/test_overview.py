@@ -97,9 +97,9 @@ def test_select_filters_by_state_overdue_and_service():
     running = WorkflowRun(service="b").started().step_started("x")
     now = max(ns(paused.now), ns(running.now)) + 2 * GRACE
     runs = [overview(_state(r), now, GRACE) for r in (paused, running)]
-    assert [r.run_id for r in runs if RunQuery(overdue=True).holds(r)] == [paused.workflow_id]
-    assert [r.run_id for r in runs if RunQuery(state="executing").holds(r)] == [running.workflow_id]
-    assert [r.run_id for r in runs if RunQuery(service="a").holds(r)] == [paused.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(overdue=True).holds(r, now)] == [paused.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(state="executing").holds(r, now)] == [running.workflow_id]
+    assert [r.run_id for r in runs if RunQuery(service="a").holds(r, now)] == [paused.workflow_id]
 
 
 @st.composite
