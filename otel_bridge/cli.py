@@ -5,7 +5,6 @@ import argparse
 import gc
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -25,7 +24,14 @@ from otel_bridge import __version__, keys
 from otel_bridge import conventions as c
 from otel_bridge.config import HTTP_SCHEMES, Settings, setting_named, settings_table
 from otel_bridge.consumer import AmbiguousId, IngestReport, Unavailable
-from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobOverview, JobQuery, RunOverview, RunQuery
+from otel_bridge.correlate.overview import (
+    DEFAULT_CLOSE_REASON,
+    JobOverview,
+    JobQuery,
+    RunOverview,
+    RunQuery,
+    seconds_of,
+)
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.store import StoreInUse, StoreOpenError
@@ -844,19 +850,11 @@ def _count(text: str) -> int:
     return value
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
 def _duration(text: str) -> float:
-    """A length of time, as a person writes it (`90s`, `15m`, `2h`, `3d`) or in seconds (`5400`)."""
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
     try:
-        seconds = float(number) * _UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90s, 15m, 2h, 3d, or seconds)") from None
-    if not 0 <= seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, and finite, not {text}")
-    return seconds
+        return seconds_of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _above_zero(text: str) -> float:

@@ -7,6 +7,7 @@ passed more than the grace ago with nothing since, or queued and not started wit
 grace: the engine loses alarms on eviction and never flushes a cancel of a paused run.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -227,6 +228,22 @@ class RunQuery:
             and (self.workflow is None or run.name == self.workflow)
             and (self.silent_for is None or now_ns - run.last_event_ns >= self.silent_for * 1e9)
         )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def seconds_of(text: str) -> float:
+    """A length of time as a person writes it (`90s`, `15m`, `2h`, `3d`) or in seconds (`5400`), as
+    `silent_for` takes it from the command line and the HTTP listing alike; ValueError if it is none."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{text!r} is not a duration of 0 or more (90s, 15m, 2h, 3d, or seconds)")
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)

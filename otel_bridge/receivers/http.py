@@ -15,7 +15,6 @@ the pipeline (47 against ~24 µs a POST). It still reads the request through Sta
 import asyncio
 import hmac
 import logging
-import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -33,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, Unavailable
-from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobQuery, RunQuery
+from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobQuery, RunQuery, seconds_of
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.sources.wire import every_reason, json_kind
@@ -338,11 +337,11 @@ def create_app(
         given = params.get
         silent = given("silent_for") or None
         try:
-            silent_for = float(silent) if silent is not None else None
+            silent_for = seconds_of(silent) if silent is not None else None
         except ValueError:
-            silent_for = math.nan
-        if silent_for is not None and not 0 <= silent_for < math.inf:
-            return _problem(400, f"silent_for must be a number of seconds, 0 or more, not {silent!r}")
+            return _problem(
+                400, f"silent_for must be a number of seconds (or 90s, 15m, 2h, 3d), 0 or more, not {silent!r}"
+            )
         filters = (given("service") or None, given("env") or None, given("workflow") or None)
         return runs(RunQuery(state, overdue, *filters, silent_for), limit)
 
