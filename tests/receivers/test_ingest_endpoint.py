@@ -176,6 +176,8 @@ def test_runs_are_listed_by_how_long_they_have_told_nothing(tmp_path):
     params = {"state": "executing", "silent_for": "3600"}
     assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params=params).status_code == 200
     assert asked == [(RunQuery(state="executing", silent_for=3600.0), 1000)]
+    assert _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params={"silent_for": "1h"}).status_code == 200
+    assert asked[-1] == (RunQuery(silent_for=3600.0), 1000)  # as the command line writes it
     for silence in ("an hour", "-1", "inf", "nan"):
         refused = _request(_runs_app(tmp_path, asked), "GET", "/v1/runs", params={"silent_for": silence})
         assert refused.status_code == 400 and "silent_for must be a number of seconds" in refused.text
