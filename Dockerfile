@@ -1,9 +1,10 @@
 # otel-bridge: slim, non-root, with a health check.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY otel_bridge ./otel_bridge
-RUN pip install --no-cache-dir --prefix=/install .
+# The versions the test suite last passed with (./scripts/lock), not whatever was released this morning.
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -1,13 +1,20 @@
 """`pip install .` gives the `otel-bridge` command, every subpackage (what the Dockerfile installs) and
-the type hints a producer's type checker reads."""
+the type hints a producer's type checker reads; every install of it here takes the versions of the lock."""
 
+import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +78,57 @@ def test_the_redis_client_parses_replies_in_c():
     from redis.utils import HIREDIS_AVAILABLE
 
     assert HIREDIS_AVAILABLE
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lock() -> dict[str, tuple[str, str]]:
+    """constraints.txt as {normalised name: (version, environment marker)}."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement, _, marker = line.partition(";")
+        name, equals, version = requirement.strip().partition("==")
+        assert equals and version and " " not in version, f"not a pin: {line!r}"
+        pins[canonicalize_name(name)] = (version, marker.strip())
+    return pins
+
+
+def _declared() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in (*project["dependencies"], *extras["test"], *extras["bench"])]
+
+
+def test_the_lock_pins_every_declared_dependency_within_the_range_pyproject_gives():
+    # Moved by ./scripts/lock only: CI, ./scripts/serve and the image install what the suite last passed
+    # with, and a pin outside pyproject's range would test what no user can install.
+    pins = _lock()
+    for requirement in _declared():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is not in constraints.txt: run ./scripts/lock"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), f"{name}=={version} is outside {requirement}"
+    assert "hiredis" in pins, "redis[hiredis]'s extra"
+
+
+def test_every_install_of_the_bridge_takes_the_lock():
+    for installer in ("scripts/serve", "scripts/test", "Dockerfile"):
+        assert "-c constraints.txt" in (ROOT / installer).read_text(), installer
+    assert "constraints.txt" in (ROOT / "Dockerfile").read_text().split("RUN pip install")[0], (
+        "copied before the install"
+    )
+
+
+def test_the_suite_runs_on_what_the_lock_says_unless_told_to_take_the_newest():
+    unpinned = bool(os.environ.get("OTEL_BRIDGE_UNPINNED"))
+    for name, (version, marker) in _lock().items():
+        if marker and not Marker(marker).evaluate():
+            continue
+        installed = metadata.version(name)
+        if unpinned:
+            assert Version(installed) >= Version(version), f"{name} {installed} is older than the lock's {version}"
+        else:
+            assert installed == version, f"{name} {installed} installed, the lock says {version}: run ./scripts/test"
