@@ -1041,6 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument(
         "workflow_id",
+        type=_identity,
         help="the run's id (workflowId, execution id, or six or more of its first characters) or the "
         "application's own (executionId, a job's id)",
     )
@@ -1054,6 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ids",
         nargs="+",
         metavar="ID",
+        type=_identity,
         help="a run's id (workflowId, execution id, or six or more of its first characters) or a job "
         "instance's, or the application's own (executionId, a job's id); several at once",
     )

@@ -199,6 +199,15 @@ def test_show_takes_the_beginning_of_an_id_as_runs_lists_it_and_says_when_it_nam
     assert "an id is taken by its beginning from 6 characters on" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["show", ""], ["close", "wf-1", "", "--url", "http://127.0.0.1:9"]])
+def test_an_empty_id_is_refused_naming_it_before_anything_is_asked(tmp_path, capsys, command):
+    # It was "no run  in otel-bridge.db", or a close asked of a bridge that may not be running.
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--state", str(tmp_path / "s.db")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "must not be empty" in err, err
+
+
 @pytest.mark.parametrize(
     ("given", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("3d", 259_200), ("5400", 5400)]
 )

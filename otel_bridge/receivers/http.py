@@ -367,6 +367,8 @@ def create_app(
                 return Response(status_code=400)
             instance_id = request.path_params["id"]
             what = "run" if name == "runs" else "job instance"
+            if not instance_id:
+                return _problem(400, f"no id: POST /v1/{name}/{{id}}/close names the {what} to close")
             try:
                 done = await run_in_threadpool(close, instance_id, asked.reason, name == "jobs", asked.service)
             except Unavailable as exc:

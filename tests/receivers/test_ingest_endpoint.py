@@ -317,6 +317,14 @@ def test_a_close_request_that_is_none_is_a_400_naming_what_is_wrong(tmp_path, bo
     assert answer.status_code == 400 and answer.json()["error"].startswith(told), answer.text
 
 
+@pytest.mark.parametrize("name", ["runs", "jobs"])
+def test_a_close_without_an_id_is_a_400_saying_what_the_path_names(tmp_path, name):
+    app, _pipeline = _closing_app(tmp_path)
+    answer = _request(app, "POST", f"/v1/{name}//close", headers={"X-API-KEY": "k"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(f"no id: POST /v1/{name}/{{id}}/close names the")
+
+
 def test_a_bridge_that_keeps_no_runs_has_nothing_to_close(tmp_path):
     answer = _request(_app(tmp_path, Counting()), "POST", "/v1/runs/r1/close")
     assert answer.status_code == 404 and "nothing to close here" in answer.json()["error"]
