@@ -141,6 +141,10 @@ M_BRIDGE_EVENTS_REJECTED: Final = "otel_bridge.events.rejected"
 M_BRIDGE_EVENTS_DUPLICATE: Final = "otel_bridge.events.duplicate"
 M_BRIDGE_EVENTS_LATE: Final = "otel_bridge.events.late"
 M_BRIDGE_EVENTS_REFUSED: Final = "otel_bridge.events.refused"
+# A producer's events taken into the store, counted under that producer's resource (by engine): the one
+# sign of a producer whose tracker stopped delivering (a wrong endpoint after a deploy drops every batch
+# after three re-sends, and the bridge, hearing nothing, has nothing else to count).
+M_PRODUCER_EVENTS: Final = "otel_bridge.producer.events"
 M_BRIDGE_RUNS_INCOMPLETE: Final = "otel_bridge.runs.incomplete"
 M_BRIDGE_JOBS_PRESUMED_ENDED: Final = "otel_bridge.jobs.presumed_ended"
 M_BRIDGE_RUNS_KEPT_BACK: Final = "otel_bridge.runs.kept_back"

@@ -13,6 +13,7 @@ import heapq
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -22,7 +23,7 @@ from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, IngestReport, Rejection, Unavailable
 from otel_bridge.correlate.jobs import JobState, active_instance, last_runs
-from otel_bridge.correlate.outputs import Observation
+from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.overview import (
     Closed,
     JobOverview,
@@ -110,6 +111,8 @@ class _Ingested:
     report: IngestReport = field(default_factory=IngestReport)
     observations: list[Observation] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
+    # Events accepted by producer and engine: one observation each per batch, not one per event.
+    producers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
 def _service_of(head: State) -> str:
@@ -353,6 +356,8 @@ class Pipeline:
             out.observations += step.observations
             if step.admission is Admission.ACCEPTED:
                 out.report.accepted += 1
+                made = record.run if isinstance(record, WorkflowRecord) else record
+                out.producers[made.service, made.env, made.engine] += 1
             elif step.admission is Admission.REPEATED:
                 out.report.duplicates += 1
             else:
@@ -361,6 +366,10 @@ class Pipeline:
             self._save(tx, key, changes)
         if jobs:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
+        out.observations += [
+            Observation(c.M_PRODUCER_EVENTS, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
+            for (service, env, engine), count in out.producers.items()
+        ]
         return out
 
     def settle_due(self, horizon: float | None = None, told_all: bool = False) -> int:

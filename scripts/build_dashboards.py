@@ -389,6 +389,16 @@ def jobs() -> Board:
          ("sum by (reason) (rate(otel_bridge_events_refused_total[$__rate_interval]))", "refused {{reason}}")],
         unit="ops",
     )  # fmt: skip
+    b.panel(
+        "Events by producer",
+        [("sum by (service_name, deployment_environment_name, workflow_platform_name) "
+          "(rate(otel_bridge_producer_events_total[$__rate_interval]))",
+          "{{service_name}} ({{deployment_environment_name}}, {{workflow_platform_name}})")],
+        unit="ops",
+        description="Each producer's events taken into the store (duplicates not counted). A line that drops to "
+        "nothing is a producer whose tracker stopped delivering, or that stopped: alert ProducerSilent, against "
+        "the same hour a week before.",
+    )  # fmt: skip
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
     b.panel(
         "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost, jobs presumed "

@@ -21,6 +21,7 @@ from otel_bridge.consumer import AmbiguousId
 from otel_bridge.correlate.overview import JobQuery, RunQuery
 from otel_bridge.export.metrics import INSTRUMENTS, MetricsHub
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.producer.event_sourced import Execution
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.runtime import open_store
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
@@ -605,6 +606,36 @@ def test_when_each_job_last_ran_is_told_again_after_a_restart(tmp_path):
         for point in metric.data.data_points
     }
     assert points == {"success": ns_of(job.events[-1]) / 1e9, "failure": ns_of(job.events[2]) / 1e9}
+
+
+def test_each_producers_events_taken_are_counted_under_it_by_engine_and_a_repeat_is_not(tmp_path):
+    # What the ProducerSilent alert reads: the one sign of a producer whose tracker stopped delivering.
+    pipeline = _pipeline(tmp_path)
+    checkout = WorkflowRun("checkout", service="shop").started().step_started("pay")
+    refresher = JobRun("refresher", service="shop").started()
+    staging = WorkflowRun("checkout", service="shop", env="staging").started()
+    pipeline.ingest([*checkout.events, *refresher.events, *staging.events])
+    pipeline.ingest(checkout.events)  # sent again: duplicates
+    stream = pipeline.consumer(EventSourcedDecoder(EventSourcedOptions("crm", "production")))
+    stream.ingest(Execution("onboarding").started().after(10).moved("review").events)
+
+    counted_events = {
+        (
+            data.resource_metrics[0].resource.attributes["service.name"],
+            data.resource_metrics[0].resource.attributes["deployment.environment.name"],
+            point.attributes["workflow.platform.name"],
+        ): point.value
+        for data in pipeline.metrics.collect()
+        for scope in data.resource_metrics[0].scope_metrics
+        for metric in scope.metrics
+        if metric.name == "otel_bridge.producer.events"
+        for point in metric.data.data_points
+    }
+    assert counted_events == {
+        ("shop", "production", "durable-effect"): 3,  # a run's two and a job's one, not the two sent again
+        ("shop", "staging", "durable-effect"): 1,
+        ("crm", "production", "event-sourced"): 2,
+    }
 
 
 def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_bridge_counts(tmp_path):

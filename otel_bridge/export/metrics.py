@@ -96,6 +96,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_EVENTS_RECEIVED: InstrumentSpec("counter", "{event}", "Events received"),
     c.M_BRIDGE_EVENTS_ACCEPTED: InstrumentSpec("counter", "{event}", "Events accepted into the store"),
     c.M_BRIDGE_EVENTS_REJECTED: InstrumentSpec("counter", "{event}", "Events rejected as invalid (dead-lettered)"),
+    c.M_PRODUCER_EVENTS: InstrumentSpec(
+        "counter", "{event}", "This producer's events accepted into the store, by engine (duplicates not counted)"
+    ),
     c.M_BRIDGE_EVENTS_REFUSED: InstrumentSpec(
         "counter",
         "{event}",
