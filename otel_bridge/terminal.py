@@ -67,6 +67,8 @@ def _in_words(
     if count == 0:
         return f"no {noun}s{of}"
     named = f"{noun}{'' if count == 1 else 's'}{of}"
+    if shown == 0:  # `--limit 0`: how many there are, not "the 0 oldest of 1"
+        return f"{count:,} {named}, none listed"
     return f"{count:,} {named}" if shown >= count else f"the {shown:,} {first} of {count:,} {named}"
 
 

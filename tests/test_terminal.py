@@ -152,6 +152,7 @@ def test_durations_read_in_the_unit_a_person_would_say():
         (3, 3, RunQuery(overdue=True, service="billing"), "3 overdue runs of billing"),
         (2, 2, RunQuery(state="paused"), "2 paused runs"),
         (1000, 52_310, RunQuery(), "the 1,000 oldest of 52,310 open runs"),
+        (0, 52_310, RunQuery(), "52,310 open runs, none listed"),  # --limit 0: a count alone
         (0, 0, RunQuery(overdue=True), "no overdue runs"),
         (0, 0, RunQuery(service="billing"), "no open runs of billing"),
         (
