@@ -52,6 +52,12 @@ def job_fields(key: str) -> tuple[str, str, str, str]:
     return engine, env, service, instance_id
 
 
+def producer_of(key: str) -> tuple[str, str, str]:
+    """(engine, env, service) of a run's or a job instance's key: whose it is."""
+    _kind, engine, env, service, _rest = key.split(SEPARATOR, 4)
+    return engine, env, service
+
+
 def sent_spans(key: str) -> str:
     """Where the journal of the spans the run under `key` has sent is kept."""
     return _SENT + key

@@ -111,8 +111,20 @@ class _Ingested:
     report: IngestReport = field(default_factory=IngestReport)
     observations: list[Observation] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
-    # Events accepted by producer and engine: one observation each per batch, not one per event.
-    producers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # The state key of each event accepted: whose it was, counted once a batch (keys.producer_of).
+    accepted_keys: list[str] = field(default_factory=list)
+
+
+def _producer_events(accepted_keys: list[str]) -> list[Observation]:
+    """A batch's accepted events counted by producer and engine: an observation for each, not for each event."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for key, count in Counter(accepted_keys).items():  # counted in C; split once a run of the batch
+        producer = keys.producer_of(key)
+        counts[producer] = counts.get(producer, 0) + count
+    return [
+        Observation(c.M_PRODUCER_EVENTS, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
+        for (engine, env, service), count in counts.items()
+    ]
 
 
 def _service_of(head: State) -> str:
@@ -356,8 +368,7 @@ class Pipeline:
             out.observations += step.observations
             if step.admission is Admission.ACCEPTED:
                 out.report.accepted += 1
-                made = record.run if isinstance(record, WorkflowRecord) else record
-                out.producers[made.service, made.env, made.engine] += 1
+                out.accepted_keys.append(key)
             elif step.admission is Admission.REPEATED:
                 out.report.duplicates += 1
             else:
@@ -366,10 +377,7 @@ class Pipeline:
             self._save(tx, key, changes)
         if jobs:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
-        out.observations += [
-            Observation(c.M_PRODUCER_EVENTS, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
-            for (service, env, engine), count in out.producers.items()
-        ]
+        out.observations += _producer_events(out.accepted_keys)
         return out
 
     def settle_due(self, horizon: float | None = None, told_all: bool = False) -> int:
