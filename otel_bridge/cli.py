@@ -134,19 +134,23 @@ def _listening(host: str, port: int) -> list[socket.socket]:
 
     Left to uvicorn, a port another server holds was found only after the bridge had started (its
     state opened, its threads running), and told among uvicorn's lines with exit 3; a start-up
-    mistake is one line and exit 2. Each address `host` names is bound as asyncio's
-    `create_server` binds it (SO_REUSEADDR; IPv6 only on an IPv6 socket)."""
+    mistake is one line and exit 2. Each address `host` names is bound with SO_REUSEADDR; `""` names
+    every address of both families, as asyncio's `create_server` takes none. An IPv6 socket takes IPv4
+    too (`::`: a dual-stack cluster's pod reached at either address) unless an IPv4 socket of the same
+    port is bound beside it, as `""` gives on a host with both (`""` was refused, and `::` took IPv6
+    alone)."""
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    both = {socket.AF_INET, socket.AF_INET6} <= {family for family, *_ in addresses}
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _name, address in dict.fromkeys(addresses):
             sockets.append(listener := socket.socket(family, kind, proto))
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(both))
             listener.bind(address)
     except OSError as exc:
         for listener in sockets:

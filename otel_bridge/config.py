@@ -53,7 +53,11 @@ class Settings(BaseSettings):
         env_prefix="OTEL_BRIDGE_", extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
-    host: str = Field("127.0.0.1", description="Address the HTTP receiver listens on.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP receiver listens on: `0.0.0.0` every IPv4 address, `::` every IPv6 and "
+        "IPv4 address (dual stack), empty every address of both families, one socket each.",
+    )
     port: int = Field(4380, ge=0, le=65535, description="Port of the HTTP receiver.")
     path: str = Field(
         "/v1/events",

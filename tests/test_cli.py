@@ -3,6 +3,7 @@ and it says its version."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import pytest
 from builders import JobRun, WorkflowRun, iso, ns_of
 from otlp_receiver import OtlpHttpReceiver
 
-from otel_bridge.cli import events_url, main
+from otel_bridge.cli import _listening, events_url, main
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -254,3 +255,30 @@ def test_a_pipe_or_device_given_to_replay_is_told_as_such_and_standard_input_nam
     assert "not a regular file (`-` reads standard input)" in capsys.readouterr().err
     assert main(["resend-spans", "/dev/null", "--state", str(tmp_path / "s.db")]) == 2
     assert "cannot resend /dev/null: not a regular file\n" in capsys.readouterr().err
+
+
+def _reached(listener, address: str) -> bool:
+    listener.listen()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(2)
+        return client.connect_ex((address, listener.getsockname()[1])) == 0
+
+
+def test_listening_on_double_colon_takes_ipv6_and_ipv4_alike():
+    # A dual-stack cluster reaches a pod at either address: `::` took IPv6 alone.
+    (listener,) = _listening("::", 0)
+    with listener:
+        assert listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert _reached(listener, "::1") and _reached(listener, "127.0.0.1")
+
+
+def test_listening_on_no_host_binds_every_address_of_both_families_one_socket_each():
+    listeners = _listening("", 0)  # it was "cannot listen on :4380: Name or service not known"
+    try:
+        assert {s.family for s in listeners} == {socket.AF_INET, socket.AF_INET6}
+        six = next(s for s in listeners if s.family == socket.AF_INET6)
+        assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1  # IPv4 is the other's
+    finally:
+        for listener in listeners:
+            listener.close()
