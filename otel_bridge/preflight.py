@@ -60,6 +60,8 @@ def _state(settings: Settings) -> Finding:
     from otel_bridge.state.redis_store import RedisStore
 
     state = settings.state
+    if settings.in_memory:  # nothing to reach or to make: it was ":memory: does not exist yet"
+        return Finding("state", True, "in memory (:memory:): kept for this process only, nothing across a restart")
     if not settings.shared_state:
         name = f"{state} (SQLite)"
         if not Path(state).exists():

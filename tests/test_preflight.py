@@ -145,6 +145,11 @@ def test_a_state_file_that_cannot_be_made_fails_the_check_one_in_a_folder_to_be_
     assert not (tmp_path / "new").exists()  # the check makes nothing
 
 
+def test_a_state_in_memory_is_said_to_be_one_and_what_it_keeps_not():
+    ok, detail = _findings(Settings(state=":memory:"))["state"]
+    assert ok is True and detail == "in memory (:memory:): kept for this process only, nothing across a restart"
+
+
 def test_a_dead_letter_place_that_cannot_be_written_fails_the_check_naming_the_setting(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("")  # a file where a folder would have to be
