@@ -406,7 +406,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     window = timeline_api.Window(_moment(args.since, "--since"), _moment(args.until, "--until"))
     documents = _timeline_documents(args.sources, headers)
     bridge = Bridge(settings).start(follow=False)
-    consumer = bridge.consumer("import-timeline", bridge.phase10_decoder())
+    consumer = bridge.consumer("import-timeline", bridge.phase10_decoder().timeline_document)
     total = IngestReport()
     rejected: list[str] = []  # (where from: what was wrong)
     unfetched: list[str] = []

@@ -222,6 +222,16 @@ def test_import_timeline_turns_documents_into_complete_traces(tmp_path, otlp_htt
     assert spans["workflow wf-report"].status_code == ERROR
 
 
+def test_import_timeline_of_a_file_that_is_no_timeline_rejects_it_naming_what_it_lacks(tmp_path, otlp_http):
+    path = tmp_path / "timeline.json"
+    path.write_text(json.dumps({"detail": "Not authenticated"}))  # an error body saved where a timeline was asked
+    result = _import(tmp_path, otlp_http, str(path))
+    assert result.returncode == 1, result.stdout + result.stderr  # it was "timelines: 1 … rejected: 0", exit 0
+    assert "rejected: 1" in result.stdout and "timeline.json: execution_id: Field required" in result.stdout
+    (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["receiver"] == "import-timeline" and letter["event"] == {"detail": "Not authenticated"}
+
+
 def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_a_window(tmp_path, otlp_http, engine):
     start = datetime(2026, 11, 30, 8, 0)
     history = [

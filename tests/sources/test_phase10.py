@@ -3,6 +3,7 @@
 import hashlib
 from datetime import UTC, datetime
 
+import pytest
 from fold_harness import fold_events
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -14,6 +15,7 @@ from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.receivers.timeline_api import in_workspace
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options, workflow_named, workspace_of
+from otel_bridge.sources.wire import DecodeError
 from otel_bridge.state import journal
 
 DECODE = Phase10Decoder(Phase10Options(service="agents", env="prod"))
@@ -408,3 +410,23 @@ def test_a_live_message_tells_its_executions_workspace_and_nothing_else_does():
     assert workspace_of(run.timeline()) is None  # a timeline names none
     assert workspace_of({"event": "workflow_started", "data": {"execution_id": "e"}}) is None
     assert workspace_of("not a message") is None
+
+
+@pytest.mark.parametrize(
+    ("document", "told"),
+    [
+        ({"x": 1}, ("execution_id", "Field required")),
+        # A run of no steps, whose timeline may leave `step_timeline` out: it was ignored as a message was.
+        ({"execution_id": "e1", "status": "completed", "started_at": "2026-11-30T08:00:00Z"}, None),
+        ([], ("", "a timeline must be a JSON object, not an array")),
+    ],
+)
+def test_a_document_imported_as_a_timeline_is_one_or_is_rejected_naming_what_it_lacks(document, told):
+    # As a WebSocket message, a JSON object of no message type is ignored: `import-timeline` of a wrong file
+    # (or of an error body fetched for a timeline) said "1 timeline, 0 events" and exited 0.
+    if told is None:
+        assert [r.fact.kind for r in DECODE.timeline_document(document)][:1] == ["run.started"]
+        return
+    with pytest.raises(DecodeError) as raised:
+        DECODE.timeline_document(document)
+    assert (raised.value.field, raised.value.reason) == told
