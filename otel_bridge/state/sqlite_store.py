@@ -231,6 +231,8 @@ class SqliteStore:
         self._claimed: IO[str] | None = None
         self.overdue_index_new = False
         try:
+            if self.path != ":memory:" and Path(self.path).is_dir():  # SQLite says "unable to open database file"
+                raise OSError(f"it is a directory: name a file in it (--state {Path(self.path) / 'otel-bridge.db'})")
             if read_only:
                 if not Path(self.path).is_file():
                     raise OSError(f"no state file at {self.path}")

@@ -42,6 +42,12 @@ def test_a_corrupt_state_file(tmp_path):
     _one_clear_line(_run("serve", "--state", "state.db", cwd=tmp_path), "state.db", "not a SQLite database")
 
 
+def test_a_state_that_names_a_directory(tmp_path):
+    # It said "unable to open database file (is its directory writable by this user?)".
+    (tmp_path / "data").mkdir()
+    _one_clear_line(_run("serve", "--state", "data", cwd=tmp_path), "data: it is a directory", "data/otel-bridge.db")
+
+
 def test_a_state_directory_that_cannot_be_written(tmp_path):
     # /proc refuses new files even to root, as a read-only mount does.
     _one_clear_line(_run("serve", "--state", "/proc/otel-bridge/state.db", cwd=tmp_path), "/proc/otel-bridge")
