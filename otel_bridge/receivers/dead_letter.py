@@ -70,10 +70,13 @@ class DeadLetters:
         traceback on stderr."""
         if not can_be_written(path):
             flag, variable = "--" + setting.replace("_", "-"), "OTEL_BRIDGE_" + setting.upper()
-            raise DeadLetterUnwritable(
-                f"cannot write the dead-letter file {path}: its directory or mount is read-only to this "
-                f"process; set {setting} ({flag}, {variable}) to a writable place"
+            why = (
+                f"it is a directory; set {setting} ({flag}, {variable}) to a file in it"
+                if path.is_dir()
+                else f"its directory or mount is read-only to this process; set {setting} ({flag}, {variable}) "
+                "to a writable place"
             )
+            raise DeadLetterUnwritable(f"cannot write the dead-letter file {path}: {why}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._logger = logging.Logger(f"otel_bridge.dead_letter.{path}")

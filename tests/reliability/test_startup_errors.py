@@ -48,6 +48,12 @@ def test_a_state_that_names_a_directory(tmp_path):
     _one_clear_line(_run("serve", "--state", "data", cwd=tmp_path), "data: it is a directory", "data/otel-bridge.db")
 
 
+def test_a_dead_letter_file_that_names_a_directory(tmp_path):
+    (tmp_path / "letters").mkdir()  # it was said to be read-only
+    result = _run("serve", "--state", ":memory:", "--dead-letter", "letters", cwd=tmp_path)
+    _one_clear_line(result, "letters: it is a directory; set dead_letter (--dead-letter, OTEL_BRIDGE_DEAD_LETTER)")
+
+
 def test_a_state_directory_that_cannot_be_written(tmp_path):
     # /proc refuses new files even to root, as a read-only mount does.
     _one_clear_line(_run("serve", "--state", "/proc/otel-bridge/state.db", cwd=tmp_path), "/proc/otel-bridge")
