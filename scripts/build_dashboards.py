@@ -379,7 +379,17 @@ def jobs() -> Board:
         width=12,
     )  # fmt: skip
     b.panel("Schedule delay", quantiles("job_task_schedule_delay_seconds", "job_name"), unit="s", width=12)
-    b.row("The bridge itself")
+    return b
+
+
+def bridge() -> Board:
+    b = Board(
+        "otel-bridge-itself",
+        "otel-bridge",
+        "The bridge's own health: what it takes in and from whom, what waits for export, its state, the engines it "
+        "follows. Each alert of the bridge (Bridge*, ProducerSilent) reads a panel here.",
+    )
+    b.row("What comes in")
     b.panel(
         "Events in",
         [("sum by (receiver) (rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted {{receiver}}"),
@@ -388,6 +398,7 @@ def jobs() -> Board:
          ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late"),
          ("sum by (reason) (rate(otel_bridge_events_refused_total[$__rate_interval]))", "refused {{reason}}")],
         unit="ops",
+        width=12,
     )  # fmt: skip
     b.panel(
         "Events by producer",
@@ -395,10 +406,36 @@ def jobs() -> Board:
           "(rate(otel_bridge_producer_events_total[$__rate_interval]))",
           "{{service_name}} ({{deployment_environment_name}}, {{workflow_platform_name}})")],
         unit="ops",
+        width=12,
         description="Each producer's events taken into the store (duplicates not counted). A line that drops to "
         "nothing is a producer whose tracker stopped delivering, or that stopped: alert ProducerSilent, against "
         "the same hour a week before.",
     )  # fmt: skip
+    b.panel(
+        "Requests by credential",
+        [("sum by (credential) (rate(otel_bridge_requests_authenticated_total[$__rate_interval]))", "{{credential}}"),
+         ("sum(rate(otel_bridge_requests_unauthorized_total[$__rate_interval]))", "refused (401)")],
+        unit="reqps",
+        width=8,
+        description="With api_key or bearer_token set: each request by the credential it carried, named by its "
+        "setting and place (never the secret). While rotating, a retiring key whose rate has dropped to 0 on every "
+        "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized.",
+    )  # fmt: skip
+    b.state(
+        "Engines followed",
+        "otel_bridge_follower_connected",
+        "follower",
+        width=8,
+        description="1 while the bridge follows the engine's stream (the event-sourced runtime's Redis stream, "
+        "the Phase-10 WebSocket), 0 while it cannot reach it: alert BridgeFollowerDisconnected.",
+    )
+    b.panel(
+        "Stream lag",
+        [("sum(otel_bridge_stream_lag)", "entries behind")],
+        width=8,
+        description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
+    )
+    b.row("What goes out, and the state")
     b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
     b.panel(
         "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost, jobs presumed "
@@ -418,78 +455,54 @@ def jobs() -> Board:
         "the bridge had not read (alert BridgeStreamEntriesLost). Kept back: runs `trace_sample_ratio` left out "
         "that ended without a failed span, counted in every metric, never sent.",
     )  # fmt: skip
-    b.state(
-        "Engines followed",
-        "otel_bridge_follower_connected",
-        "follower",
-        width=12,
-        description="1 while the bridge follows the engine's stream (the event-sourced runtime's Redis stream, "
-        "the Phase-10 WebSocket), 0 while it cannot reach it: alert BridgeFollowerDisconnected.",
-    )
     b.panel(
-        "Stream lag",
-        [("sum(otel_bridge_stream_lag)", "entries behind")],
-        width=12,
-        description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
+        "Settle lag",
+        [("max by (instance) (otel_bridge_settle_lag_seconds)", "{{instance}}")],
+        unit="s",
+        width=8,
+        description="How long the run due soonest has waited past its settle window: a few tenths of a second "
+        "while settling keeps up; growing, traces reach the backend late (alert BridgeSettlingBehind).",
     )
     b.panel(
         "State on disk",
         [("max by (instance) (otel_bridge_state_size_bytes)", "state {{instance}}"),
          ("min by (instance) (otel_bridge_state_disk_free_bytes)", "room left {{instance}}")],
         unit="bytes",
-        width=12,
+        width=8,
         description="The SQLite state file with its log, and the room left on its filesystem; with none left, "
         "batches are refused (503): alert BridgeStateDiskFillingUp. Ended runs are kept for dedup_ttl_seconds.",
     )  # fmt: skip
     b.panel(
-        "Settle lag",
-        [("max by (instance) (otel_bridge_settle_lag_seconds)", "{{instance}}")],
-        unit="s",
-        width=12,
-        description="How long the run due soonest has waited past its settle window: a few tenths of a second "
-        "while settling keeps up; growing, traces reach the backend late (alert BridgeSettlingBehind).",
-    )
-    b.state(
-        "Alive",
-        "otel_bridge_alive",
-        "instance",
-        width=12,
-        description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
-        "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
-    )
-    b.panel(
         "Runs in memory",
         [("max by (instance) (otel_bridge_state_hot_facts)", "facts {{instance}}"),
          ("max by (instance) (otel_bridge_state_hot_runs)", "runs {{instance}}")],
-        width=12,
+        width=8,
         description="SQLite state: the runs kept in memory between batches and the facts they hold together, "
         "against hot_facts (150,000 by default, ~0.8 KiB each). At it, runs leave memory and are read back from "
         "the store at their next event: raise hot_facts where the bridge has the memory and its CPU per event grows.",
     )  # fmt: skip
     b.panel(
-        "Requests by credential",
-        [("sum by (credential) (rate(otel_bridge_requests_authenticated_total[$__rate_interval]))", "{{credential}}"),
-         ("sum(rate(otel_bridge_requests_unauthorized_total[$__rate_interval]))", "refused (401)")],
-        unit="reqps",
-        width=12,
-        description="With api_key or bearer_token set: each request by the credential it carried, named by its "
-        "setting and place (never the secret). While rotating, a retiring key whose rate has dropped to 0 on every "
-        "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized.",
-    )  # fmt: skip
-    b.panel(
         "State store settings at risk",
         [("max by (instance) (otel_bridge_state_risks)", "{{instance}}")],
-        width=12,
+        width=8,
         description="Settings of each bridge's state store that can lose events it answered, or count them again "
         "(a Redis that evicts keys or keeps too little on disk, a SQLite file on a network filesystem), read every "
         "minute; /readyz's warnings name them and the fix. 0 is the goal: alert BridgeStateAtRisk.",
     )  # fmt: skip
+    b.state(
+        "Alive",
+        "otel_bridge_alive",
+        "instance",
+        width=24,
+        description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
+        "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
+    )
     return b
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, board in (("workflows", workflows()), ("jobs", jobs())):
+    for name, board in (("workflows", workflows()), ("jobs", jobs()), ("bridge", bridge())):
         (OUT / f"{name}.json").write_text(json.dumps(board.json(), indent=2) + "\n")
 
 

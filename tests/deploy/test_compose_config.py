@@ -202,7 +202,7 @@ def test_grafana_datasources_point_at_stack_services_and_link_exemplars_to_jaege
 
 def test_dashboards_use_only_provisioned_datasource_uids():
     uids = {d["uid"] for d in DATASOURCES["datasources"]}
-    assert set(DASHBOARDS) == {"workflows", "jobs"}
+    assert set(DASHBOARDS) == {"workflows", "jobs", "bridge"}
     for name, board in DASHBOARDS.items():
         for panel in board["panels"]:
             for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
@@ -218,6 +218,7 @@ def test_dashboards_are_what_the_generator_writes(tmp_path):
     exec(compile(script.read_text(), str(script), "exec"), namespace)
     assert namespace["workflows"]().json() == DASHBOARDS["workflows"]
     assert namespace["jobs"]().json() == DASHBOARDS["jobs"]
+    assert namespace["bridge"]().json() == DASHBOARDS["bridge"]
 
 
 def test_histogram_panels_show_exemplars_and_counter_panels_link_to_jaeger():
