@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         description="While rotating `api_key`: earlier keys still accepted until every producer sends the new "
         "one (comma-separated); `otel_bridge_requests_authenticated_total` counts the requests of each.",
     )
+    producer_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
+        [],
+        description="Keys that each let one producer post its own events only (`serviceKey=key`, comma-separated; "
+        "a serviceKey named twice has two, for rotating): an event of another serviceKey is rejected. Sent as "
+        "`api_key` is, or as a bearer token; the runs API and `/metrics` take the bridge's own credential.",
+    )
     metrics_auth: bool = Field(
         False, description="Put `/metrics` behind the same credential as ingest (open by default, for scrapers)."
     )
@@ -437,6 +443,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("producer_api_keys", mode="before")
+    @classmethod
+    def _producer_and_key_pairs(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        pairs = []
+        for part in filter(None, (part.strip() for part in value.split(","))):
+            # The first `=`: a key in base64 may end in `=`, a serviceKey does not hold one.
+            service, equals, key = part.partition("=")
+            if not equals or not service.strip() or not key.strip():
+                raise ValueError("is not serviceKey=key pairs (comma-separated)")
+            pairs.append((service.strip(), key.strip()))
+        return pairs
 
     @model_validator(mode="after")
     def _rotating_to_a_credential(self) -> "Settings":

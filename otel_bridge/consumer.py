@@ -65,6 +65,7 @@ class AmbiguousId(LookupError):
 
 
 class EventConsumer(Protocol):
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
-        """Store one batch of raw events; raises Unavailable when nothing could be stored."""
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
+        """Store one batch of raw events; raises Unavailable when nothing could be stored. `producer`: the
+        one serviceKey the batch's credential may post for (a producer's own key): another's event is rejected."""
         ...

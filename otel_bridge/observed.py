@@ -42,13 +42,13 @@ class ObservedConsumer:
         for attributes in self._refused.values():
             metrics.start_bridge_counters([c.M_BRIDGE_EVENTS_REFUSED], **dict(attributes))
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         """The batch as the consumer stores it. A batch refused for now (Unavailable) is not received:
         its sender offers it again. It is counted apart, as refused: an HTTP producer drops a batch
         after three re-sends, so refusals that last are data lost upstream."""
         started = time.perf_counter()
         try:
-            report = self._consumer.ingest(events)
+            report = self._consumer.ingest(events, producer=producer)
         except Unavailable as exc:
             reason = c.REFUSED_OUTBOX_FULL if isinstance(exc, Backpressure) else c.REFUSED_STORE_UNAVAILABLE
             try:

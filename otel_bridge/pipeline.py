@@ -115,6 +115,17 @@ class _Ingested:
     accepted_keys: list[str] = field(default_factory=list)
 
 
+def _posted_by(raw: Any, producer: str) -> None:
+    """Raise DecodeError unless `raw` is an event of `producer` (its serviceKey): what a producer's own key
+    may post. Any other, or one that names none, could be a producer writing into another's traces."""
+    given = raw.get("serviceKey") if isinstance(raw, dict) else None
+    if given != producer:
+        told = "names no serviceKey" if given is None else f"is {repr(given)[:200]}'s"
+        raise DecodeError("serviceKey", f"this credential posts {producer}'s events only; this event {told}").of(
+            raw, "eventId"
+        )
+
+
 def _producer_events(accepted_keys: list[str]) -> list[Observation]:
     """A batch's accepted events counted by producer and engine: an observation for each, not for each event."""
     counts: dict[tuple[str, str, str], int] = {}
@@ -159,8 +170,8 @@ class _SourceConsumer:
         self._pipeline = pipeline
         self._decoder = decoder
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
-        return self._pipeline.ingest(events, self._decoder)
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
+        return self._pipeline.ingest(events, self._decoder, producer=producer)
 
 
 class Pipeline:
@@ -212,13 +223,16 @@ class Pipeline:
         return _SourceConsumer(self, decoder)
 
     def decode(
-        self, events: Sequence[Any], decoder: Decoder | None = None
+        self, events: Sequence[Any], decoder: Decoder | None = None, producer: str | None = None
     ) -> tuple[list[LifecycleRecord], list[Rejection]]:
+        """`producer`: the one serviceKey the events may name (a producer's own key posted them)."""
         decoder = decoder or self.durable_effect
         records: list[LifecycleRecord] = []
         rejected: list[Rejection] = []
         for index, raw in enumerate(events):
             try:
+                if producer is not None:
+                    _posted_by(raw, producer)
                 decoded = decoder(raw)
                 if isinstance(decoded, (WorkflowRecord, JobRecord)):
                     records.append(decoded)
@@ -231,12 +245,14 @@ class Pipeline:
                 rejected.append(Rejection(index, None, "", f"could not be decoded: {exc!r}"[:300]))
         return records, rejected
 
-    def ingest(self, events: Sequence[Any], decoder: Decoder | None = None) -> IngestReport:
+    def ingest(
+        self, events: Sequence[Any], decoder: Decoder | None = None, *, producer: str | None = None
+    ) -> IngestReport:
         """Decode and store one batch. Raises StoreUnavailable when nothing could be stored."""
         depth = self.store.outbox_depth()
         if depth >= self.settings.max_outbox_spans:
             raise Backpressure(f"{depth} spans wait for export (max_outbox_spans {self.settings.max_outbox_spans})")
-        records, rejected = self.decode(events, decoder)
+        records, rejected = self.decode(events, decoder, producer)
         try:
             report = self.ingest_records(records)
         except Unavailable:

@@ -18,7 +18,8 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -77,10 +78,19 @@ def _problem(
 _UNAUTHORIZED = (401, "missing or wrong credential", {"WWW-Authenticate": 'Bearer realm="otel-bridge"'})
 
 
+class Access(NamedTuple):
+    """Who a request's credential lets in: its name, and the one producer (serviceKey) whose events it may
+    post, None for a credential of the bridge's own (any producer's events, the runs API, `/metrics`)."""
+
+    credential: str
+    producer: str | None = None
+
+
 class Authenticator:
     """An optional shared secret in a named header, or a bearer token, each with earlier ones still
-    accepted while producers move to it; compared in constant time. `told(name)`: each request checked,
-    with the name of the credential it carried (`api_key`, `retiring_api_keys.1`, …), None when refused."""
+    accepted while producers move to it, and keys of one producer each; compared in constant time.
+    `told(name)`: each request checked, with the name of the credential it carried (`api_key`,
+    `retiring_api_keys.1`, `producer_api_keys.shop`, …), None when refused."""
 
     def __init__(
         self,
@@ -88,11 +98,20 @@ class Authenticator:
         api_keys: Sequence[str],
         bearers: Sequence[str],
         told: Callable[[str | None], object] = lambda _name: None,
+        producer_keys: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._header = header.lower()  # header names are read in lower case
         self._api_keys = _named("api_key", api_keys)
         self._bearers = _named("bearer_token", bearers)
         self._told = told
+        self._producer_keys: list[tuple[str, bytes]] = []
+        self._producers: dict[str, str] = {}  # credential name -> its producer
+        kept: dict[str, int] = {}
+        for service, key in producer_keys:  # a producer's second key (rotating) is `….shop.1`
+            n = kept[service] = kept.get(service, -1) + 1
+            name = f"producer_api_keys.{service}" + (f".{n}" if n else "")
+            self._producer_keys.append((name, key.encode()))
+            self._producers[name] = service
 
     @staticmethod
     def _raw(value: str) -> bytes:
@@ -102,25 +121,36 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._api_keys or self._bearers)
+        return bool(self._api_keys or self._bearers or self._producer_keys)
 
     def allows(self, headers: Mapping[str, str]) -> bool:
-        """`headers`: by lower-case name, decoded as Latin-1 (Starlette's `request.headers` is such a mapping)."""
+        """Whether `headers` carry a credential of the bridge's own (a producer's key is not one).
+        `headers`: by lower-case name, decoded as Latin-1 (Starlette's `request.headers` is such a mapping)."""
+        access = self.access(headers)
+        return access is not None and access.producer is None
+
+    def access(self, headers: Mapping[str, str]) -> Access | None:
+        """Who `headers` let in, None when no credential of theirs is right (or every request, when there are none)."""
         if not self.enabled:
-            return True
+            return Access("")
         name = self.credential(headers)
         self._told(name)
-        return name is not None
+        return None if name is None else Access(name, self._producers.get(name))
 
     def credential(self, headers: Mapping[str, str]) -> str | None:
         """The name of the credential `headers` carry, None when none is right."""
         found = None
-        if self._api_keys and (given := headers.get(self._header)) is not None:
+        given = headers.get(self._header)
+        if given is not None and self._api_keys:
             found = _matching(self._raw(given), self._api_keys)
-        if found is None and self._bearers:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer":
-                found = _matching(self._raw(token.strip()), self._bearers)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        if found is None and bearer is not None and self._bearers:
+            found = _matching(self._raw(bearer), self._bearers)
+        if found is None and self._producer_keys:  # in the key's header, or as a bearer token
+            for offered in (given, bearer):
+                if offered is not None and found is None:
+                    found = _matching(self._raw(offered), self._producer_keys)
         return found
 
 
@@ -253,6 +283,7 @@ def create_app(
         _secrets(settings.api_key, settings.retiring_api_keys),
         _secrets(settings.bearer_token, settings.retiring_bearer_tokens),
         credentials,
+        [(service, key.get_secret_value()) for service, key in settings.producer_api_keys],
     )
     owned = dead_letters is None
     if dead_letters is None:
@@ -266,7 +297,7 @@ def create_app(
 
     async def _ingest(request: Request) -> _Answer:
         headers = request.headers
-        if not auth.allows(headers):
+        if (access := auth.access(headers)) is None:
             return _error(*_UNAUTHORIZED)
         content_type, *parameters = headers.get("content-type", "application/json").lower().split(";")
         content_type = content_type.strip()
@@ -279,9 +310,9 @@ def create_app(
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
             events = parse_envelope(body, settings.max_batch_events)
             if ingest_inline(len(events)):
-                report = consumer.ingest(events)
+                report = consumer.ingest(events, producer=access.producer)
             else:
-                report = await run_in_threadpool(consumer.ingest, events)
+                report = await run_in_threadpool(partial(consumer.ingest, producer=access.producer), events)
         except _Reject as exc:
             return _error(exc.status, str(exc), exc.headers)
         except ClientDisconnect:

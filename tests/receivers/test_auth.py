@@ -1,16 +1,23 @@
 """Who may post and scrape: the credential rules of the endpoint, in-process (httpx's ASGI transport)."""
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import pytest
+from builders import WorkflowRun
 from pydantic import ValidationError
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
+from otel_bridge.correlate.overview import RunQuery
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.observed import ObservedConsumer
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.http import create_app
+from otel_bridge.state.sqlite_store import SqliteStore
 
 UTF8_KEY = "clé-секрет-🔑"
 
@@ -19,7 +26,7 @@ class Counting:
     def __init__(self) -> None:
         self.batches = 0
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         self.batches += 1
         return IngestReport(accepted=len(events))
 
@@ -128,3 +135,90 @@ def test_retiring_keys_come_from_the_environment_comma_separated(monkeypatch):
     monkeypatch.setenv("OTEL_BRIDGE_RETIRING_API_KEYS", "old1,old2")
     assert [k.get_secret_value() for k in Settings().retiring_api_keys] == ["old1", "old2"]
     assert "old1" not in repr(Settings())  # secrets, as the current key is
+
+
+def _producer_app(tmp_path, **values: Any) -> tuple[Any, Pipeline]:
+    """The endpoint in front of a real pipeline, with the bridge's own key and a key for `shop` alone."""
+    settings = _settings(
+        tmp_path, state=str(tmp_path / "s.db"), api_key="bridge-key", producer_api_keys="shop=shop-key", **values
+    )
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    app = create_app(
+        ObservedConsumer("http", pipeline, pipeline.metrics),
+        settings,
+        metrics=lambda _a: (b"m 1\n", "text/plain"),
+        readiness=dict,
+        runs=lambda _query, _limit: ([], 0),
+    )
+    return app, pipeline
+
+
+def _request(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _post(app: Any, events: list[dict[str, Any]], headers: dict[str, str]) -> httpx.Response:
+    return _request(app, "POST", "/v1/events", json={"events": events}, headers=headers)
+
+
+def test_a_producers_own_key_posts_its_events_and_no_other_producers(tmp_path):
+    # One bridge for several teams: a key given to shop cannot write into billing's traces.
+    app, pipeline = _producer_app(tmp_path)
+    own = WorkflowRun("checkout", service="shop").started().step_started("pay").events
+    forged = WorkflowRun("invoice", service="billing").started().events
+    nameless = {k: v for k, v in WorkflowRun("x", service="shop").started().events[0].items() if k != "serviceKey"}
+
+    answer = _post(app, [own[0], *forged, own[1], nameless], {"x-api-key": "shop-key"})
+
+    assert answer.status_code == 200, answer.text
+    told = answer.json()
+    assert told["accepted"] == 2
+    assert [(r["index"], r["eventId"], r["field"]) for r in told["rejected"]] == [
+        (1, forged[0]["eventId"], "serviceKey"),
+        (3, nameless["eventId"], "serviceKey"),
+    ]
+    assert told["rejected"][0]["error"] == (
+        "serviceKey: this credential posts shop's events only; this event is 'billing''s"
+    )
+    assert "this event names no serviceKey" in told["rejected"][1]["error"]
+    kept = [json.loads(line) for line in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert [letter["event"] for letter in kept] == [forged[0], nameless]  # offered again once mended
+    assert {r.service for r in pipeline.list_runs(RunQuery())[0]} == {"shop"}
+
+
+def test_the_bridges_own_key_posts_any_producers_events(tmp_path):
+    app, _pipeline = _producer_app(tmp_path)
+    events = [*WorkflowRun("a", service="shop").started().events, *WorkflowRun("b", service="billing").started().events]
+    assert _post(app, events, {"x-api-key": "bridge-key"}).json()["accepted"] == 2
+    # shop's key as a bearer token is taken too: its own event again (a duplicate), billing's not.
+    told = _post(app, events, {"authorization": "Bearer shop-key"}).json()
+    assert (told["duplicates"], [r["index"] for r in told["rejected"]]) == (1, [1])
+
+
+def test_a_producers_key_opens_neither_the_runs_api_nor_guarded_metrics(tmp_path):
+    app, _pipeline = _producer_app(tmp_path, metrics_auth=True)
+    for path in ("/v1/runs", "/metrics"):
+        assert _request(app, "GET", path, headers={"x-api-key": "shop-key"}).status_code == 401, path
+        assert _request(app, "GET", path, headers={"x-api-key": "bridge-key"}).status_code == 200, path
+    closing = _request(app, "POST", "/v1/runs/wf-1/close", headers={"x-api-key": "shop-key"})
+    assert closing.status_code == 401
+
+
+def test_each_producer_key_is_told_by_its_producer_a_second_one_while_rotating_by_its_place(tmp_path):
+    settings = _settings(tmp_path, producer_api_keys="shop=old, billing=b, shop=new")
+    assert _told(settings, ["old", "new", "b", "nope"]) == [
+        "producer_api_keys.shop",
+        "producer_api_keys.shop.1",
+        "producer_api_keys.billing",
+        None,
+    ]
+
+
+@pytest.mark.parametrize("given", ["shop", "=key", "shop=", "shop=k,billing"])
+def test_producer_keys_that_are_not_pairs_are_a_configuration_error(tmp_path, given):
+    with pytest.raises(ValidationError, match="is not serviceKey=key pairs"):
+        _settings(tmp_path, producer_api_keys=given)

@@ -20,7 +20,7 @@ class Recording:
         self.on_loop: list[bool] = []
         self.release = release
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         try:
             asyncio.get_running_loop()
             self.on_loop.append(True)

@@ -26,7 +26,7 @@ class Counting:
     def __init__(self) -> None:
         self.batches: list[Sequence[Any]] = []
 
-    def ingest(self, events: Sequence[Any]) -> IngestReport:
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         self.batches.append(events)
         return IngestReport(accepted=len(events))
 
