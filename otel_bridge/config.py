@@ -175,7 +175,8 @@ class Settings(BaseSettings):
         [],
         description="Keys that each let one producer post its own events only (`serviceKey=key`, comma-separated; "
         "a serviceKey named twice has two, for rotating): an event of another serviceKey is rejected. Sent as "
-        "`api_key` is, or as a bearer token; the runs API and `/metrics` take the bridge's own credential.",
+        "`api_key` is, or as a bearer token; it lists and closes that producer's runs alone, and `/metrics` takes "
+        "the bridge's own credential.",
     )
     metrics_auth: bool = Field(
         False, description="Put `/metrics` behind the same credential as ingest (open by default, for scrapers)."

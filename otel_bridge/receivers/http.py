@@ -346,14 +346,17 @@ def create_app(
         behind the ingest credential; 404 where there is no such listing, 400 for a filter that is none."""
 
         async def listed(request: Request) -> Response:
-            if not auth.allows(request.headers):
+            if (access := auth.access(request.headers)) is None:
                 return unauthorized()
             if answer is None:
                 return _problem(404, f"no {name.removesuffix('s')} listing here")
-            asked = _overdue_and_limit(request.query_params)
+            params = _own(request.query_params, access, name)
+            if isinstance(params, Response):
+                return params
+            asked = _overdue_and_limit(params)
             if isinstance(asked, Response):
                 return asked
-            found = await run_in_threadpool(answer, request.query_params, *asked)
+            found = await run_in_threadpool(answer, params, *asked)
             if isinstance(found, Response):
                 return found
             return Response(orjson.dumps({name: found[0], "count": found[1]}), media_type="application/json")
@@ -386,7 +389,7 @@ def create_app(
         `{"reason": ..., "service": ...}`; 404 when nothing open has that id."""
 
         async def closed(request: Request) -> Response:
-            if not auth.allows(request.headers):
+            if (access := auth.access(request.headers)) is None:
                 return unauthorized()
             if close is None:
                 return _problem(404, f"nothing to close here: {name} are not kept by this bridge")
@@ -396,6 +399,10 @@ def create_app(
                 return _problem(exc.status, str(exc), exc.headers)
             except ClientDisconnect:
                 return Response(status_code=400)
+            if access.producer is not None:  # a producer's own key closes its own runs only
+                if asked.service not in (None, access.producer):
+                    return _problem(403, f"this credential closes {access.producer}'s {name} only")
+                asked = asked.model_copy(update={"service": access.producer})
             instance_id = request.path_params["id"]
             what = "run" if name == "runs" else "job instance"
             if not instance_id:
@@ -465,6 +472,16 @@ def create_app(
 # A listing's answer (its items as JSON values, how many there are in all), or why it will not be given.
 _Found = tuple[list[dict[str, Any]], int]
 _Listing = Callable[[Mapping[str, str], bool, int], _Found | Response]
+
+
+def _own(params: Mapping[str, str], access: Access, name: str) -> Mapping[str, str] | Response:
+    """A listing's filters as `access` may ask them: a producer's own key lists that producer's alone (another
+    asked for by name is a 403, not an empty list that would read as "nothing stuck")."""
+    if access.producer is None:
+        return params
+    if params.get("service", access.producer) not in (access.producer, ""):
+        return _problem(403, f"this credential lists {access.producer}'s {name} only")
+    return {**params, "service": access.producer}
 
 
 def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response:

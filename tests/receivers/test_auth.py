@@ -148,7 +148,9 @@ def _producer_app(tmp_path, **values: Any) -> tuple[Any, Pipeline]:
         settings,
         metrics=lambda _a: (b"m 1\n", "text/plain"),
         readiness=dict,
-        runs=lambda _query, _limit: ([], 0),
+        runs=lambda query, limit: ([r.as_dict() for r in pipeline.list_runs(query, limit=limit)[0]], 0),
+        close=lambda id_, reason, jobs, service: [c.as_dict() for c in pipeline.close(id_, reason, jobs, service)],
+        not_open=pipeline.not_open,
     )
     return app, pipeline
 
@@ -199,13 +201,28 @@ def test_the_bridges_own_key_posts_any_producers_events(tmp_path):
     assert (told["duplicates"], [r["index"] for r in told["rejected"]]) == (1, [1])
 
 
-def test_a_producers_key_opens_neither_the_runs_api_nor_guarded_metrics(tmp_path):
-    app, _pipeline = _producer_app(tmp_path, metrics_auth=True)
-    for path in ("/v1/runs", "/metrics"):
-        assert _request(app, "GET", path, headers={"x-api-key": "shop-key"}).status_code == 401, path
-        assert _request(app, "GET", path, headers={"x-api-key": "bridge-key"}).status_code == 200, path
-    closing = _request(app, "POST", "/v1/runs/wf-1/close", headers={"x-api-key": "shop-key"})
-    assert closing.status_code == 401
+def test_a_producers_key_lists_and_closes_its_own_runs_only_and_never_opens_guarded_metrics(tmp_path):
+    # A team's on-call engineer closes its own stuck runs with its own key; another team's stay out of reach.
+    app, pipeline = _producer_app(tmp_path, metrics_auth=True)
+    shop = WorkflowRun("checkout", service="shop", workflow_id="wf-same").started().step_started("pay")
+    billing = WorkflowRun("invoice", service="billing", workflow_id="wf-same").started().step_started("bill")
+    pipeline.ingest([*shop.events, *billing.events])
+    key = {"x-api-key": "shop-key"}
+
+    listed = _request(app, "GET", "/v1/runs", headers=key).json()["runs"]
+    assert [run["service"] for run in listed] == ["shop"]
+    assert _request(app, "GET", "/v1/runs", params={"service": "billing"}, headers=key).status_code == 403
+    refused = _request(app, "POST", "/v1/runs/wf-same/close", json={"service": "billing"}, headers=key)
+    assert refused.status_code == 403 and "closes shop's runs only" in refused.json()["error"]
+    closed = _request(app, "POST", "/v1/runs/wf-same/close", headers=key)  # the id is both's: shop's alone
+    assert closed.status_code == 200, closed.text
+    assert [c["run"]["service"] for c in closed.json()["closed"]] == ["shop"]
+    assert [r.service for r in pipeline.list_runs(RunQuery())[0]] == ["billing"]
+
+    assert _request(app, "GET", "/metrics", headers=key).status_code == 401
+    assert _request(app, "GET", "/metrics", headers={"x-api-key": "bridge-key"}).status_code == 200
+    both = _request(app, "GET", "/v1/runs", headers={"x-api-key": "bridge-key"}).json()["runs"]
+    assert [run["service"] for run in both] == ["billing"]
 
 
 def test_each_producer_key_is_told_by_its_producer_a_second_one_while_rotating_by_its_place(tmp_path):
