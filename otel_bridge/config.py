@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         "is not: one that ends itself at its alarm (`ctx.clear()`, `ctx.terminate()`) tells nothing, as a lost "
         "alarm (comma-separated in the environment).",
     )
+    cleared_debounces: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Debounce jobs, by name (`*`: all), whose clients `clear()` them: a `flushAt` passing with no "
+        "flush told is no lost alarm for them, as a cleared debounce tells nothing (comma-separated in the "
+        "environment). Unnamed, a debounce is judged: its flush always tells.",
+    )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
     )
@@ -541,7 +547,7 @@ class Settings(BaseSettings):
             raise ValueError("must hold {trace_id}, where the run's trace id goes")
         return value or None
 
-    @field_validator("redact_keys", "stream_terminal_states", "overdue_tasks", mode="before")
+    @field_validator("redact_keys", "stream_terminal_states", "overdue_tasks", "cleared_debounces", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value

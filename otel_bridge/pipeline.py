@@ -157,6 +157,7 @@ def policy_of(settings: Settings) -> Policy:
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         keep_finished_seconds=settings.keep_finished_seconds,
         overdue_tasks=frozenset(settings.overdue_tasks),
+        cleared_debounces=frozenset(settings.cleared_debounces),
     )
 
 

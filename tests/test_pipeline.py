@@ -1,6 +1,7 @@
 """The pipeline around the fold: one bad run never blocks the others; job state stays bounded;
 an event sent again is a duplicate, known by its run (workflows) or the seen ids (jobs)."""
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -421,6 +422,23 @@ def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_thr
     assert count == 2 and [j.name for j in overdue] == ["reminder", "batcher"]
     assert pipeline.list_jobs(JobQuery(overdue=True, service="elsewhere"), now=at) == ([], 0)
     assert [j.instance_id for j in pipeline.list_jobs(now=at, limit=1)[0]] == ids[:1]
+
+
+def test_a_debounce_its_clients_clear_is_overdue_no_more_once_the_settings_say_so_restarted_or_not(tmp_path):
+    cleared = JobRun("batcher", "debounce").debounce_started(flush_in_ms=1000)  # in 2025: long past its flushAt
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest(cleared.events)
+    assert pipeline.list_jobs(JobQuery(overdue=True))[1] == 1
+    pipeline.store.close()
+
+    told = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), Settings(**{
+        **pipeline.settings.model_dump(), "cleared_debounces": ["batcher"]
+    }))  # fmt: skip
+    told.restore_gauges()  # indexed again by these settings as it starts
+
+    assert told.list_jobs(JobQuery(overdue=True)) == ([], 0)
+    assert told.store.overdue_keys(math.inf) == set()
+    assert told.list_jobs() == ([], 0)  # past its time it awaits nothing, as a task the settings do not name
 
 
 def _lost_sleep(service: str, workflow_id: str | None = None) -> WorkflowRun:

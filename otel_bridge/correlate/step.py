@@ -27,16 +27,21 @@ class Policy:
     keep_finished_seconds: float = 3_600
     # The task jobs (by name; `*`: all) whose time passing with no run told is overdue (`overdue_tasks`).
     overdue_tasks: frozenset[str] = frozenset()
+    # The debounce jobs (by name; `*`: all) whose clients clear them, silently: not judged (`cleared_debounces`).
+    cleared_debounces: frozenset[str] = frozenset()
 
     @property
     def max_open_seconds(self) -> float:
         return self.settle.max_open_ns / 1e9
 
     def judges(self, job: JobState) -> bool:
-        """Whether a job instance whose time passed with no run told counts as overdue: a debounce's
-        (its flush always tells), a task's only where the settings name it — one that ends itself at
-        its alarm (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm."""
-        return job.job_type != TASK_JOB_TYPE or "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
+        """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
+        flush always tells) unless the settings say its clients clear it — a client's `clear()` purges it
+        untold —, a task's only where the settings name it — one that ends itself at its alarm
+        (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm."""
+        if job.job_type == TASK_JOB_TYPE:
+            return "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
+        return "*" not in self.cleared_debounces and job.job_name not in self.cleared_debounces
 
 
 class Step(Struct):

@@ -288,6 +288,21 @@ def test_a_task_is_overdue_only_where_the_settings_name_it_a_debounce_always():
     assert overdue_at(flush, Policy(settle=grace)) is not None
 
 
+def test_a_debounce_is_judged_unless_the_settings_say_its_clients_clear_it():
+    # A client's `clear()` purges a debounce and tells nothing: its flushAt passing looks like a lost alarm,
+    # and an application that clears as a matter of course had JobsOverdue firing for each one it cleared.
+    batcher = JobRun("batcher", "debounce").debounce_started(flush_in_ms=30_000)
+    (state,) = fold_events(batcher.events).jobs.values()
+    judged = (ns_of(batcher.events[0]) + 30 * 10**9) / 1e9
+    grace = SettlePolicy(overdue_grace_ns=0)
+
+    assert overdue_at(state, Policy(settle=grace)) == judged
+    assert overdue_at(state, Policy(settle=grace, cleared_debounces=frozenset({"batcher"}))) is None
+    assert overdue_at(state, Policy(settle=grace, cleared_debounces=frozenset({"*"}))) is None
+    assert overdue_at(state, Policy(settle=grace, cleared_debounces=frozenset({"digest"}))) == judged
+    assert overdue_at(state, Policy(settle=grace, overdue_tasks=frozenset({"*"}))) == judged  # tasks' alone
+
+
 def test_a_task_whose_later_run_cancelled_its_schedule_awaits_nothing():
     # The engine's order example: created (a reminder in an hour), then paid — `ctx.cancelSchedule()` in
     # that event's run, which tells its run (job.executed) and nothing of the schedule.
