@@ -45,6 +45,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
         ("stream", lambda: _stream(settings, timeout_seconds)),
         ("websocket", lambda: _websocket(settings, timeout_seconds)),
         ("timeline API", lambda: _timeline_api(settings, timeout_seconds)),
+        ("access", lambda: _access(settings)),
     ]
     findings = []
     for what, asked in checks:
@@ -53,6 +54,24 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
         except Exception as exc:  # a check's own failure is told as its finding, not a traceback
             findings.append(Finding(what, False, f"{type(exc).__name__}: {exc}"))
     return findings
+
+
+def _access(settings: Settings) -> Finding:
+    """Which credentials the endpoint asks for, by setting (never a secret): a deploy whose Secret did not
+    reach the bridge serves everyone, and only this says so before producers find out."""
+    said = []
+    if settings.api_key is not None:
+        retiring = f" (and {len(settings.retiring_api_keys)} retiring)" if settings.retiring_api_keys else ""
+        said.append(f"api_key in {settings.api_key_header}{retiring}")
+    if settings.bearer_token is not None:
+        retiring = f" (and {len(settings.retiring_bearer_tokens)} retiring)" if settings.retiring_bearer_tokens else ""
+        said.append(f"bearer_token{retiring}")
+    if producers := sorted({service for service, _key in settings.producer_api_keys}):
+        said.append(f"producer keys of {', '.join(producers)}")
+    if not said:
+        return Finding("access", None, "open: no credential is asked (api_key, bearer_token, producer_api_keys)")
+    metrics = "/metrics behind the bridge's own credential" if settings.metrics_auth else "/metrics open"
+    return Finding("access", True, f"{'; '.join(said)}; {metrics}")
 
 
 def _state(settings: Settings) -> Finding:

@@ -16,7 +16,7 @@ from otel_bridge.config import Settings
 from otel_bridge.preflight import check
 from otel_bridge.state.sqlite_store import SqliteStore
 
-_CHECKS = ("state", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API")
+_CHECKS = ("state", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API", "access")
 
 
 def _free_port() -> int:
@@ -51,7 +51,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     stream.xadd("workflow:events:check", {"event_id": "1"})
     stream.xgroup_create("workflow:events:check", "otel-bridge", id="0")
     options = ["--state", str(state), "--stream-url", redis_url, "--stream-key", "workflow:events:check"]
-    options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url]
+    options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url, "--api-key", "producers-key"]
     phase10.scripts.put([])  # the engine has nothing to tell the check's connection
 
     assert main(["check", *options]) == 0
@@ -65,6 +65,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
     assert f"{phase10.ws_url}: handshake done" in told["websocket"]
     assert f"{phase10.api_url}: answers" in told["timeline API"]
+    assert told["access"].endswith("api_key in X-API-KEY; /metrics open")
     assert receiver.received.refused == 0  # the credential was sent as configured, to each signal
 
 
@@ -114,7 +115,7 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
-    assert [line.split()[0] for line in lines[2:]] == ["-"] * 5
+    assert [line.split()[0] for line in lines[2:]] == ["-"] * 6  # the last: no credential asked
     assert "OTEL_TRACES_EXPORTER=none" in lines[2] and "OTEL_METRICS_EXPORTER=console" in lines[3]
 
 
@@ -143,6 +144,26 @@ def test_a_state_file_that_cannot_be_made_fails_the_check_one_in_a_folder_to_be_
     ok, detail = _findings(Settings(state=str(tmp_path / "new" / "folder" / "state.db")))["state"]
     assert ok is True and detail.endswith("does not exist yet: made at the first start")  # serve makes the folders
     assert not (tmp_path / "new").exists()  # the check makes nothing
+
+
+def test_the_credentials_asked_are_named_by_their_settings_never_their_secrets():
+    assert _findings(Settings(state=":memory:"))["access"] == (
+        None,
+        "open: no credential is asked (api_key, bearer_token, producer_api_keys)",
+    )
+    guarded = Settings(
+        state=":memory:",
+        api_key="s3cret-new",
+        retiring_api_keys="s3cret-old",
+        producer_api_keys="shop=s3cret-shop,billing=s3cret-billing,shop=s3cret-shop2",
+        metrics_auth=True,
+    )
+    ok, detail = _findings(guarded)["access"]
+    assert ok is True and "s3cret" not in detail
+    assert detail == (
+        "api_key in X-API-KEY (and 1 retiring); producer keys of billing, shop; /metrics behind the bridge's own "
+        "credential"
+    )
 
 
 def test_a_state_in_memory_is_said_to_be_one_and_what_it_keeps_not():
