@@ -53,6 +53,18 @@ class CliError(Exception):
     """A mistake in what the command was given, said in one line."""
 
 
+def _add_remote_flags(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument(
+        "--url",
+        default=None,
+        help=f"ask a running bridge (GET /v1/{kind}) instead of the store: from another machine or pod, with the "
+        "credential the settings give (OTEL_BRIDGE_API_KEY; a producer's own key lists its producer's alone)",
+    )
+    parser.add_argument(
+        "--timeout", type=_above_zero, default=30.0, help="with --url: seconds to wait for its answer (default 30)"
+    )
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag, after the command's own arguments (so call it last): in a group of their
     own, below the command's options in `--help`, and one `[--SETTING VALUE ...]` in the usage line
@@ -547,15 +559,21 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
     from otel_bridge.terminal import runs_table, runs_title
 
-    pipeline = _looking_pipeline(settings)
-    try:
-        query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow, args.silent_for)
-        runs, count = pipeline.list_runs(query, limit=args.limit)
-    finally:
-        pipeline.store.close()
+    query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow, args.silent_for)
+    if args.url is not None:  # a running bridge's listing, as it answers GET /v1/runs
+        given = {"state": query.state, "service": query.service, "env": query.env, "workflow": query.workflow}
+        told, count = _listed_by(settings, args.url, "runs", given | {"silent_for": args.silent_for}, args)
+        runs = [RunOverview.from_dict(run) for run in told]
+    else:
+        pipeline = _looking_pipeline(settings)
+        try:
+            runs, count = pipeline.list_runs(query, limit=args.limit)
+        finally:
+            pipeline.store.close()
+        told = [r.as_dict(settings.trace_url) for r in runs]
     title = runs_title(len(runs), count, query)  # says "the 1,000 oldest of …" when cut short
     if args.json:
-        print(json.dumps([r.as_dict(settings.trace_url) for r in runs], indent=2))
+        print(json.dumps(told, indent=2))
         if count > len(runs):
             print(f"{title}: --limit N for more", file=sys.stderr)
     else:
@@ -571,21 +589,48 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
     from otel_bridge.terminal import jobs_table, jobs_title
 
-    pipeline = _looking_pipeline(settings)
-    try:
-        query = JobQuery(args.overdue, args.service, args.env, args.job)
-        jobs, count = pipeline.list_jobs(query, limit=args.limit)
-    finally:
-        pipeline.store.close()
+    query = JobQuery(args.overdue, args.service, args.env, args.job)
+    if args.url is not None:  # a running bridge's listing, as it answers GET /v1/jobs
+        given = {"service": query.service, "env": query.env, "job": query.job}
+        told, count = _listed_by(settings, args.url, "jobs", given, args)
+        jobs = [JobOverview.from_dict(job) for job in told]
+    else:
+        pipeline = _looking_pipeline(settings)
+        try:
+            jobs, count = pipeline.list_jobs(query, limit=args.limit)
+        finally:
+            pipeline.store.close()
+        told = [j.as_dict() for j in jobs]
     title = jobs_title(len(jobs), count, query)
     if args.json:
-        print(json.dumps([j.as_dict() for j in jobs], indent=2))
+        print(json.dumps(told, indent=2))
         if count > len(jobs):
             print(f"{title}: --limit N for more", file=sys.stderr)
         return 0
     console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
     console.print(jobs_table(jobs, title, time.time_ns()) if jobs else Text(title))
     return 0
+
+
+def _listed_by(
+    settings: Settings, url: str, kind: str, filters: dict[str, Any], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], int]:
+    """What the bridge at `url` lists of `kind` (`GET /v1/runs|jobs`) with these filters, asked with the
+    credential these settings give (a producer's own key lists its producer's alone) and its count."""
+    import httpx
+
+    base = url.rstrip("/")
+    asked = {key: str(value) for key, value in filters.items() if value is not None}
+    asked |= {"overdue": "true" if args.overdue else "false", "limit": str(args.limit)}
+    try:
+        with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
+            answer = client.get(f"{base}/v1/{kind}", params=asked)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({exc or type(exc).__name__})") from None
+    if answer.status_code != 200:
+        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
+    listed = answer.json()
+    return list(listed[kind]), int(listed["count"])
 
 
 def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) -> int:
@@ -1028,6 +1073,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
     runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
+    _add_remote_flags(runs, "runs")
     _add_settings_flags(runs)
     jobs = sub.add_parser(
         "jobs",
@@ -1041,6 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--job", default=None, help="only the instances of this job (its name)")
     jobs.add_argument("--json", action="store_true", help="JSON instead of a table")
     jobs.add_argument("--limit", type=_count, default=1000, help="at most this many, the most pressing (default 1000)")
+    _add_remote_flags(jobs, "jobs")
     _add_settings_flags(jobs)
     show = sub.add_parser("show", help="one run's timeline as a waterfall in the terminal, open or finished")
     show.add_argument(

@@ -8,7 +8,8 @@ grace: the engine loses alarms on eviction and never flushes a cancel of a pause
 """
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from otel_bridge import conventions as c
@@ -16,7 +17,7 @@ from otel_bridge import keys
 from otel_bridge.correlate.jobs import JobState
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
-from otel_bridge.correlate.spans import chained, iso_ns
+from otel_bridge.correlate.spans import chained, iso_ns, ns_of_iso
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
 from otel_bridge.lifecycle import KIND, OUTCOME, Fact, by_order
 
@@ -55,6 +56,16 @@ class RunOverview:
         if trace_url and self.sampled:
             out["trace_url"] = trace_link(trace_url, self.trace_id)
         return out
+
+    @classmethod
+    def from_dict(cls, told: Mapping[str, Any]) -> "RunOverview":
+        """`as_dict` read back (a running bridge's `GET /v1/runs`), for the same table; what it adds (its
+        `trace_url`) is left."""
+        values = {f.name: told[f.name] for f in fields(cls) if f.name in told}
+        for key, said in (("since_ns", "since"), ("resume_at_ns", "resume_at"), ("last_event_ns", "last_event_at")):
+            values[key] = ns_of_iso(told[said]) if told.get(said) is not None else None
+        values["overdue_ns"] = _ns_of_seconds(told.get("overdue_seconds"))
+        return cls(**values)
 
     @property
     def sampled(self) -> bool:
@@ -157,6 +168,16 @@ class JobOverview:
     def going_on(self) -> bool:
         """Whether it runs (a continuous job started and not ended) or awaits a run: what a listing shows."""
         return self.active or self.due_ns is not None
+
+    @classmethod
+    def from_dict(cls, told: Mapping[str, Any]) -> "JobOverview":
+        """`as_dict` read back (a running bridge's `GET /v1/jobs`), for the same table."""
+        values = {f.name: told[f.name] for f in fields(cls) if f.name in told}
+        for key in ("due_ns", "last_ran_ns"):
+            said = told.get(key.removesuffix("_ns"))
+            values[key] = ns_of_iso(said) if said is not None else None
+        values["overdue_ns"] = _ns_of_seconds(told.get("overdue_seconds"))
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -307,3 +328,7 @@ def not_open_in_words(state: RunState) -> str | None:
     if state.ended and not state.carrying_on:
         return f"{what} has ended: it closes by itself at its next settling"
     return None
+
+
+def _ns_of_seconds(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1e9)

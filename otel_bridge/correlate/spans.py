@@ -670,3 +670,8 @@ def overdue_events(ordered: list[Fact], grace_ns: int) -> list[SpanEvent]:
 def iso_ns(ns: int) -> str:
     """Unix nanoseconds as the ISO-8601 UTC text the engines write (milliseconds, Z)."""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ns_of_iso(text: str) -> int:
+    """`iso_ns` read back, to the millisecond it keeps."""
+    return round(datetime.fromisoformat(text).timestamp() * 1000) * 1_000_000

@@ -2,15 +2,19 @@
 
 from datetime import datetime
 
-from builders import WorkflowRun, ns, ns_of
+from builders import JobRun, WorkflowRun, ns, ns_of
 from fold_harness import fold_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from otel_bridge.correlate.overview import RunQuery, overdue_since_ns, overview
+from otel_bridge.config import Settings
+from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, overdue_since_ns, overview
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.event_sourced import Execution
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.terminal import runs_table
 
 GRACE = 300 * 10**9
@@ -148,3 +152,16 @@ def _due_as_the_history_tells(history: list[dict]) -> int | None:
 def _state_of(events: list[dict]):
     (state,) = fold_events(events, settle_at_ns=None).runs.values()
     return state
+
+
+def test_a_listing_read_back_from_its_json_says_what_the_json_said():
+    # `runs --url` and `jobs --url` draw a running bridge's GET /v1/runs|jobs as the store's own listing.
+    pipeline = Pipeline(SqliteStore(":memory:"), MetricsHub(), Settings(state=":memory:"))
+    paused = WorkflowRun("nightly", execution_id="order-7").started().step_started("a").sleep_started(60_000)
+    pipeline.ingest(paused.paused("sleep").events + JobRun("batcher", "debounce").debounce_started().events)
+    (run,), _count = pipeline.list_runs(RunQuery())
+    (job,), _count = pipeline.list_jobs()
+
+    told = run.as_dict("http://jaeger/trace/{trace_id}")
+    assert RunOverview.from_dict(told).as_dict() == {k: v for k, v in told.items() if k != "trace_url"}
+    assert JobOverview.from_dict(job.as_dict()).as_dict() == job.as_dict()

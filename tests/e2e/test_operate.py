@@ -146,6 +146,34 @@ def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue
     assert nowhere.returncode == 2 and f"cannot reach the bridge at {bridge.url}" in nowhere.stderr
 
 
+def test_runs_and_jobs_are_listed_from_a_running_bridge_a_producers_key_listing_its_own(tmp_path, otlp_http):
+    # From another machine or pod, no store at hand: a team lists its stuck runs with its own key.
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", api_key=KEY, producer_api_keys="shop=shop-key"
+    ).start()
+    stuck = _stuck()
+    billing = WorkflowRun("invoice", service="billing").started().step_started("bill")
+    nowhere = tmp_path / "no-store-here.db"
+    try:
+        assert bridge.post(stuck.events + billing.events, headers={"X-API-KEY": KEY}).status_code == 200
+
+        mine = _cli("runs", "--json", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
+        assert mine.returncode == 0, mine.stderr
+        assert [(r["run_id"], r["service"]) for r in json.loads(mine.stdout)] == [(stuck.workflow_id, "shop")]
+        table = _cli("runs", "--overdue", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
+        assert table.returncode == 0 and "1 overdue nightly run" not in table.stderr
+        assert "1 overdue run" in table.stdout and "nightly" in table.stdout and "billing" not in table.stdout
+        every = _cli("runs", "--json", "--url", bridge.url, state=str(nowhere), api_key=KEY)
+        assert sorted(r["service"] for r in json.loads(every.stdout)) == ["billing", "shop"]
+        jobs = _cli("jobs", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
+        assert jobs.returncode == 0 and "no job instances" in jobs.stdout
+        theirs = _cli("runs", "--service", "billing", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
+        assert theirs.returncode == 2 and "answered 403: this credential lists shop's runs only" in theirs.stderr
+    finally:
+        bridge.close()
+    assert not nowhere.exists()  # the store was never opened
+
+
 def test_close_asks_a_bridge_behind_tls_trusting_the_certificate_it_serves_whatever_its_name(tmp_path, otlp_http):
     # The certificate names the service (CN=otel-bridge, no 127.0.0.1): asked at the loopback address, the
     # name could not match. The CLI trusts exactly the certificate the settings serve, no more.
