@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -562,8 +563,9 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow, args.silent_for)
     if args.url is not None:  # a running bridge's listing, as it answers GET /v1/runs
         given = {"state": query.state, "service": query.service, "env": query.env, "workflow": query.workflow}
-        told, count = _listed_by(settings, args.url, "runs", given | {"silent_for": args.silent_for}, args)
+        told, count, only = _listed_by(settings, args.url, "runs", given | {"silent_for": args.silent_for}, args)
         runs = [RunOverview.from_dict(run) for run in told]
+        query = replace(query, service=only or query.service)  # a producer's own key lists its own alone
     else:
         pipeline = _looking_pipeline(settings)
         try:
@@ -592,8 +594,9 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     query = JobQuery(args.overdue, args.service, args.env, args.job)
     if args.url is not None:  # a running bridge's listing, as it answers GET /v1/jobs
         given = {"service": query.service, "env": query.env, "job": query.job}
-        told, count = _listed_by(settings, args.url, "jobs", given, args)
+        told, count, only = _listed_by(settings, args.url, "jobs", given, args)
         jobs = [JobOverview.from_dict(job) for job in told]
+        query = replace(query, service=only or query.service)
     else:
         pipeline = _looking_pipeline(settings)
         try:
@@ -614,9 +617,9 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _listed_by(
     settings: Settings, url: str, kind: str, filters: dict[str, Any], args: argparse.Namespace
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, str | None]:
     """What the bridge at `url` lists of `kind` (`GET /v1/runs|jobs`) with these filters, asked with the
-    credential these settings give (a producer's own key lists its producer's alone) and its count."""
+    credential these settings give, its count, and the producer it listed alone (a producer's own key)."""
     import httpx
 
     base = url.rstrip("/")
@@ -630,7 +633,7 @@ def _listed_by(
     if answer.status_code != 200:
         raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
     listed = answer.json()
-    return list(listed[kind]), int(listed["count"])
+    return list(listed[kind]), int(listed["count"]), listed.get("service")
 
 
 def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) -> int:

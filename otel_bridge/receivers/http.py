@@ -359,7 +359,10 @@ def create_app(
             found = await run_in_threadpool(answer, params, *asked)
             if isinstance(found, Response):
                 return found
-            return Response(orjson.dumps({name: found[0], "count": found[1]}), media_type="application/json")
+            listed: dict[str, Any] = {name: found[0], "count": found[1]}
+            if access.producer is not None:  # whose alone: a title can say so
+                listed["service"] = access.producer
+            return Response(orjson.dumps(listed), media_type="application/json")
 
         return listed
 
