@@ -11,12 +11,12 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -39,6 +39,8 @@ from otel_bridge.state.store import StoreInUse, StoreOpenError
 from otel_bridge.tokens import label_problem
 from otel_bridge.urls import host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import httpx
@@ -535,6 +537,15 @@ def _moment(text: str | None, flag: str) -> datetime | None:
         raise CliError(f"{flag} {text!r} is not an ISO 8601 time (2026-11-30 or 2026-11-30T08:00:00Z)") from None
 
 
+def _from_the_store(settings: Settings, listing: Callable[["Pipeline"], T]) -> T:
+    """What `listing` reads of the store of a bridge that may be running, the store closed after."""
+    pipeline = _looking_pipeline(settings)
+    try:
+        return listing(pipeline)
+    finally:
+        pipeline.store.close()
+
+
 def _looking_pipeline(settings: Settings) -> "Pipeline":
     """The store of a bridge that may be running, opened only to look."""
     from otel_bridge.export.metrics import MetricsHub
@@ -567,11 +578,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
         runs = [RunOverview.from_dict(run) for run in told]
         query = replace(query, service=only or query.service)  # a producer's own key lists its own alone
     else:
-        pipeline = _looking_pipeline(settings)
-        try:
-            runs, count = pipeline.list_runs(query, limit=args.limit)
-        finally:
-            pipeline.store.close()
+        runs, count = _from_the_store(settings, lambda pipeline: pipeline.list_runs(query, limit=args.limit))
         told = [r.as_dict(settings.trace_url) for r in runs]
     title = runs_title(len(runs), count, query)  # says "the 1,000 oldest of …" when cut short
     if args.json:
@@ -598,11 +605,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         jobs = [JobOverview.from_dict(job) for job in told]
         query = replace(query, service=only or query.service)
     else:
-        pipeline = _looking_pipeline(settings)
-        try:
-            jobs, count = pipeline.list_jobs(query, limit=args.limit)
-        finally:
-            pipeline.store.close()
+        jobs, count = _from_the_store(settings, lambda pipeline: pipeline.list_jobs(query, limit=args.limit))
         told = [j.as_dict() for j in jobs]
     title = jobs_title(len(jobs), count, query)
     if args.json:
