@@ -42,7 +42,7 @@ from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.ids import sample_bound
 from otel_bridge.keys import SET_ASIDE
 from otel_bridge.lifecycle import JobRecord, LifecycleRecord, RunRef, WorkflowRecord, event_id_of, state_key_of
-from otel_bridge.sources.durable_effect import decode
+from otel_bridge.sources.durable_effect import decode, posted_by
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
@@ -113,17 +113,6 @@ class _Ingested:
     late: list[str] = field(default_factory=list)
     # The state key of each event accepted: whose it was, counted once a batch (keys.producer_of).
     accepted_keys: list[str] = field(default_factory=list)
-
-
-def _posted_by(raw: Any, producer: str) -> None:
-    """Raise DecodeError unless `raw` is an event of `producer` (its serviceKey): what a producer's own key
-    may post. Any other, or one that names none, could be a producer writing into another's traces."""
-    given = raw.get("serviceKey") if isinstance(raw, dict) else None
-    if given != producer:
-        told = "names no serviceKey" if given is None else f"is {repr(given)[:200]}'s"
-        raise DecodeError("serviceKey", f"this credential posts {producer}'s events only; this event {told}").of(
-            raw, "eventId"
-        )
 
 
 def _producer_events(accepted_keys: list[str]) -> list[Observation]:
@@ -233,7 +222,7 @@ class Pipeline:
         for index, raw in enumerate(events):
             try:
                 if producer is not None:
-                    _posted_by(raw, producer)
+                    posted_by(raw, producer)
                 decoded = decoder(raw)
                 if isinstance(decoded, (WorkflowRecord, JobRecord)):
                     records.append(decoded)

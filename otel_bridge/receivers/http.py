@@ -85,6 +85,16 @@ class Access(NamedTuple):
     credential: str
     producer: str | None = None
 
+    def acting_for(self, asked: str | None, doing: str) -> str | None:
+        """The producer a listing or a close acts for: the one asked (any, unsaid) with the bridge's own
+        credential; with a producer's key, that producer, and another asked for by name is a 403 — not an
+        empty answer that would read as "nothing stuck"."""
+        if self.producer is None:
+            return asked
+        if asked not in (None, "", self.producer):
+            raise _Reject(403, f"this credential {doing} {self.producer}'s only")
+        return self.producer
+
 
 class Authenticator:
     """An optional shared secret in a named header, or a bearer token, each with earlier ones still
@@ -350,9 +360,12 @@ def create_app(
                 return unauthorized()
             if answer is None:
                 return _problem(404, f"no {name.removesuffix('s')} listing here")
-            params = _own(request.query_params, access, name)
-            if isinstance(params, Response):
-                return params
+            params: Mapping[str, str] = request.query_params
+            try:
+                if (service := access.acting_for(params.get("service"), f"lists {name}")) is not None:
+                    params = {**params, "service": service}
+            except _Reject as exc:
+                return _problem(exc.status, str(exc))
             asked = _overdue_and_limit(params)
             if isinstance(asked, Response):
                 return asked
@@ -398,14 +411,11 @@ def create_app(
                 return _problem(404, f"nothing to close here: {name} are not kept by this bridge")
             try:
                 asked = _close_request(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
+                asked.service = access.acting_for(asked.service, f"closes {name}")
             except _Reject as exc:
                 return _problem(exc.status, str(exc), exc.headers)
             except ClientDisconnect:
                 return Response(status_code=400)
-            if access.producer is not None:  # a producer's own key closes its own runs only
-                if asked.service not in (None, access.producer):
-                    return _problem(403, f"this credential closes {access.producer}'s {name} only")
-                asked = asked.model_copy(update={"service": access.producer})
             instance_id = request.path_params["id"]
             what = "run" if name == "runs" else "job instance"
             if not instance_id:
@@ -475,16 +485,6 @@ def create_app(
 # A listing's answer (its items as JSON values, how many there are in all), or why it will not be given.
 _Found = tuple[list[dict[str, Any]], int]
 _Listing = Callable[[Mapping[str, str], bool, int], _Found | Response]
-
-
-def _own(params: Mapping[str, str], access: Access, name: str) -> Mapping[str, str] | Response:
-    """A listing's filters as `access` may ask them: a producer's own key lists that producer's alone (another
-    asked for by name is a 403, not an empty list that would read as "nothing stuck")."""
-    if access.producer is None:
-        return params
-    if params.get("service", access.producer) not in (access.producer, ""):
-        return _problem(403, f"this credential lists {access.producer}'s {name} only")
-    return {**params, "service": access.producer}
 
 
 def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response:

@@ -636,3 +636,15 @@ def _job_record(e: Any) -> JobRecord:
         correlation_id=e.id or None,
         **extra,
     )
+
+
+def posted_by(raw: Any, producer: str) -> None:
+    """Raise DecodeError unless `raw` is an event of `producer` (its serviceKey): what a producer's own key
+    may post (the HTTP endpoint's, `producer_api_keys`). Any other, or one that names none, could be a
+    producer writing into another's traces."""
+    given = raw.get("serviceKey") if isinstance(raw, dict) else None
+    if given != producer:
+        told = "names no serviceKey" if given is None else f"is {repr(given)[:200]}'s"
+        raise DecodeError("serviceKey", f"this credential posts {producer}'s events only; this event {told}").of(
+            raw, "eventId"
+        )
