@@ -85,14 +85,14 @@ class Access(NamedTuple):
     credential: str
     producer: str | None = None
 
-    def acting_for(self, asked: str | None, doing: str) -> str | None:
+    def acting_for(self, asked: str | None, doing: str, what: str) -> str | None:
         """The producer a listing or a close acts for: the one asked (any, unsaid) with the bridge's own
         credential; with a producer's key, that producer, and another asked for by name is a 403 — not an
         empty answer that would read as "nothing stuck"."""
         if self.producer is None:
             return asked
         if asked not in (None, "", self.producer):
-            raise _Reject(403, f"this credential {doing} {self.producer}'s only")
+            raise _Reject(403, f"this credential {doing} {self.producer}'s {what} only")
         return self.producer
 
 
@@ -362,7 +362,7 @@ def create_app(
                 return _problem(404, f"no {name.removesuffix('s')} listing here")
             params: Mapping[str, str] = request.query_params
             try:
-                if (service := access.acting_for(params.get("service"), f"lists {name}")) is not None:
+                if (service := access.acting_for(params.get("service"), "lists", name)) is not None:
                     params = {**params, "service": service}
             except _Reject as exc:
                 return _problem(exc.status, str(exc))
@@ -411,7 +411,7 @@ def create_app(
                 return _problem(404, f"nothing to close here: {name} are not kept by this bridge")
             try:
                 asked = _close_request(await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds))
-                asked.service = access.acting_for(asked.service, f"closes {name}")
+                asked.service = access.acting_for(asked.service, "closes", name)
             except _Reject as exc:
                 return _problem(exc.status, str(exc), exc.headers)
             except ClientDisconnect:
