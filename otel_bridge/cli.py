@@ -11,7 +11,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -574,7 +574,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
     query = RunQuery(args.run_state, args.overdue, args.service, args.env, args.workflow, args.silent_for)
     if args.url is not None:  # a running bridge's listing, as it answers GET /v1/runs
         given = {"state": query.state, "service": query.service, "env": query.env, "workflow": query.workflow}
-        told, count, only = _listed_by(settings, args.url, "runs", given | {"silent_for": args.silent_for}, args)
+        told, count, only = _listed_by(settings, args.url, "runs", given | {"silent_for": query.silent_for}, args)
         runs = [RunOverview.from_dict(run) for run in told]
         query = replace(query, service=only or query.service)  # a producer's own key lists its own alone
     else:
@@ -619,7 +619,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _listed_by(
-    settings: Settings, url: str, kind: str, filters: dict[str, Any], args: argparse.Namespace
+    settings: Settings, url: str, kind: str, filters: Mapping[str, object], args: argparse.Namespace
 ) -> tuple[list[dict[str, Any]], int, str | None]:
     """What the bridge at `url` lists of `kind` (`GET /v1/runs|jobs`) with these filters, asked with the
     credential these settings give, its count, and the producer it listed alone (a producer's own key)."""
@@ -628,14 +628,8 @@ def _listed_by(
     base = url.rstrip("/")
     asked = {key: str(value) for key, value in filters.items() if value is not None}
     asked |= {"overdue": "true" if args.overdue else "false", "limit": str(args.limit)}
-    try:
-        with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
-            answer = client.get(f"{base}/v1/{kind}", params=asked)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({exc or type(exc).__name__})") from None
-    if answer.status_code != 200:
-        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
-    listed = answer.json()
+    with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
+        listed = _asked(base, partial(client.get, f"{base}/v1/{kind}", params=asked)).json()
     return list(listed[kind]), int(listed["count"]), listed.get("service")
 
 
@@ -729,22 +723,31 @@ def _close_one(
 ) -> tuple[list[dict[str, Any]], str]:
     """What the bridge closed of this id, a run's or a job instance's (the bridge knows which), and when
     that is nothing, why the runs of that id it knows are not open (closed already, ended), if any."""
-    import httpx
-
     why = ""
     for kind in ("runs", "jobs"):
-        try:
-            answer = client.post(f"{base}/v1/{kind}/{quote(instance_id, safe='')}/close", json=body)
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the bridge at {base} ({exc or type(exc).__name__}): --url names it") from None
+        url = f"{base}/v1/{kind}/{quote(instance_id, safe='')}/close"
+        answer = _asked(base, partial(client.post, url, json=body), answered=(200, 404))
         if answer.status_code == 404:
             if kind == "runs":
                 why = "; ".join(_not_open_of(answer))
             continue
-        if answer.status_code != 200:
-            raise CliError(f"the bridge at {base} answered {answer.status_code}: {_error_of(answer)}")
         return list(answer.json()["closed"]), ""
     return [], why
+
+
+def _asked(base: str, request: "Callable[[], httpx.Response]", answered: tuple[int, ...] = (200,)) -> "httpx.Response":
+    """The running bridge's answer to `request`, one of the statuses `answered`; any other, or no answer,
+    is the one line saying so."""
+    import httpx
+
+    try:
+        answer = request()
+    except httpx.HTTPError as exc:
+        said = exc or type(exc).__name__
+        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it") from None
+    if answer.status_code not in answered:
+        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
+    return answer
 
 
 def _too_short(given: str) -> str:

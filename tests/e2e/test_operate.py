@@ -165,6 +165,9 @@ def test_runs_and_jobs_are_listed_from_a_running_bridge_a_producers_key_listing_
         assert "1 overdue run of shop" in table.stdout and "billing" not in table.stdout  # whose, the title says
         every = _cli("runs", "--json", "--url", bridge.url, state=str(nowhere), api_key=KEY)
         assert sorted(r["service"] for r in json.loads(every.stdout)) == ["billing", "shop"]
+        asked = ["runs", "--json", "--run-state", "executing", "--silent-for", "1h", "--url", bridge.url]
+        silent = _cli(*asked, state=str(nowhere), api_key=KEY)  # billing's, told nothing since 2025
+        assert [r["service"] for r in json.loads(silent.stdout)] == ["billing"], silent.stderr
         jobs = _cli("jobs", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
         assert jobs.returncode == 0 and "no job instances" in jobs.stdout
         theirs = _cli("runs", "--service", "billing", "--url", bridge.url, state=str(nowhere), api_key="shop-key")
