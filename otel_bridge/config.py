@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from otel_bridge.correlate.overview import seconds_of
 from otel_bridge.tokens import HEADER_NAME
 from otel_bridge.urls import parse_error, sentinels_of, without_secrets
 
@@ -141,6 +142,13 @@ class Settings(BaseSettings):
         description="Debounce jobs, by name (`*`: all), whose clients `clear()` them: a `flushAt` passing with no "
         "flush told is no lost alarm for them, as a cleared debounce tells nothing (comma-separated in the "
         "environment). Unnamed, a debounce is judged: its flush always tells.",
+    )
+    silent_executing: Annotated[dict[str, float], NoDecode] = Field(
+        {},
+        description="Workflows, by name (`*`: every other), and how long a run of each may execute telling "
+        "nothing (`checkout=15m,*=2h`: `90s`, `15m`, `2h`, `3d` or seconds): a run executing and silent past it "
+        "(its Durable Object or worker died mid-step) is overdue once `overdue_grace_seconds` has passed too, "
+        "as a paused run past its resumeAt. Unnamed, an executing run never is: a step may run for hours.",
     )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
@@ -451,6 +459,19 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("silent_executing", mode="before")
+    @classmethod
+    def _workflow_and_duration_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in filter(None, (part.strip() for part in value.split(","))):
+            workflow, equals, duration = (text.strip() for text in part.rpartition("="))
+            if not equals or not workflow:
+                raise ValueError(f"{part!r} is not workflow=duration (comma-separated: checkout=15m,*=2h)")
+            pairs[workflow] = seconds_of(duration)
+        return pairs
+
     @field_validator("producer_api_keys", mode="before")
     @classmethod
     def _producer_and_key_pairs(cls, value: object) -> object:
@@ -563,6 +584,8 @@ def settings_table() -> str:
         default = field.default
         if isinstance(default, list):
             default = ",".join(default)
+        elif isinstance(default, dict):
+            default = ",".join(f"{key}={value}" for key, value in default.items())
         shown = f"`{default}`" if default != "" else "(none)"  # an empty code span shows as two backticks
         rows.append(f"| {name} | `--{name.replace('_', '-')}` | `{env}` | {shown} | {field.description} |")
     return "\n".join(rows)

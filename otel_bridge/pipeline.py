@@ -147,6 +147,7 @@ def policy_of(settings: Settings) -> Policy:
         keep_finished_seconds=settings.keep_finished_seconds,
         overdue_tasks=frozenset(settings.overdue_tasks),
         cleared_debounces=frozenset(settings.cleared_debounces),
+        silent_executing={name: int(seconds * 1e9) for name, seconds in settings.silent_executing.items()},
     )
 
 
@@ -569,7 +570,7 @@ class Pipeline:
                         key, state, now_ns, grace(key), self.policy.judges(state)
                     )
                 else:  # one whose end came closes by itself, within its settle window
-                    was = overview(state, now_ns, grace(key))
+                    was = self._overview_of(state, now_ns, grace(key))
                 step = close_by_hand(state, reason, now, self.policy) if was is not None else None
                 if step is None or was is None:
                     continue
@@ -791,7 +792,7 @@ class Pipeline:
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
         count = 0
         for n, (key, head) in enumerate(self._run_headers(headers)):
-            if not query.may_hold(head):
+            if not query.may_hold(head, now_ns):
                 continue
             kept: RunOverview | tuple[str, RunState]
             if query.overdue or query.silent_for is not None or head.state_order is None:  # told by its facts
@@ -824,7 +825,14 @@ class Pipeline:
 
     def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         run = self._whole(key, head)
-        return overview(run, now_ns, grace_ns) if run is not None else None
+        return self._overview_of(run, now_ns, grace_ns) if run is not None else None
+
+    def _overview_of(self, run: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
+        """`overview` by these settings' `silent_executing`, or, for a run the overdue index holds (a grace
+        of 0, `_graces`) that they do not name, as silent from its latest event: the bridge that indexed it
+        named it, and a listing with other settings says overdue what the bridge counts."""
+        silence = self.policy.silence_ns(run.run.name)
+        return overview(run, now_ns, grace_ns, 0 if silence is None and grace_ns == 0 else silence)
 
     def open_runs_of(self, engine: str, env: str, service: str) -> list[RunRef]:
         """One producer's runs still open, from the states' headers (not their facts)."""
@@ -846,7 +854,9 @@ class Pipeline:
         unreadable = []
         waiting = []  # paused or queued: the runs that can turn overdue
         indexed = self.store.overdue_keys(math.inf)
-        judged_anew = []  # job instances the overdue index holds, or not, by other settings (`overdue_tasks`)
+        # Job instances and executing runs the overdue index holds, or not, by other settings (`overdue_tasks`,
+        # `silent_executing`).
+        judged_anew = []
         counted_jobs = []
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
@@ -869,6 +879,8 @@ class Pipeline:
             counted = counted_under(state)
             if counted in (c.STATE_PAUSED, c.STATE_PENDING):
                 waiting.append(key)
+            elif counted == c.STATE_EXECUTING and self._judged_anew(key, state, indexed):
+                judged_anew.append(key)
             if counted is not None:
                 observations.append(active_run(state, counted))
             if len(observations) >= _RESTORED_AT_ONCE:  # a million open runs are not held at once
@@ -884,9 +896,16 @@ class Pipeline:
         if counted_jobs:
             self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
 
+    def _judged_anew(self, key: str, header: RunState, indexed: set[str]) -> bool:
+        """Whether an executing run (its header) is in the overdue index, or not, by other settings than
+        these (`silent_executing`), or was stored before its header kept when it last told anything."""
+        if not header.last_told_ns:
+            return self.policy.silence_ns(header.run.name) is not None
+        return (overdue_at(header, self.policy) is not None) != (key in indexed)
+
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
         """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored
-        before the index existed (paused or queued), job instances indexed by other settings."""
+        before the index existed (paused or queued), job instances and executing runs indexed by other settings."""
         for key in keys_:
             state, due = journal.load(tx, key)
             if state is not None:

@@ -230,7 +230,8 @@ class Bridge:
         self.metrics.producer_gauge(
             c.M_WORKFLOW_EXECUTION_OVERDUE,
             "{execution}",
-            "Open runs past their resumeAt (paused) or not started (queued) by more than overdue_grace_seconds",
+            "Open runs past their resumeAt (paused), not started (queued), or executing and silent past "
+            "silent_executing, by more than overdue_grace_seconds",
             lambda resource: self._overdue.get(resource, []),
         )
         self._overdue_jobs: dict[Resource, list[tuple[float, dict[str, str]]]] = {}

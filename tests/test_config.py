@@ -277,3 +277,12 @@ def test_an_engine_url_names_no_password_when_it_is_refused(capsys):
     assert main(["serve", "--ws-url", "http://user:secret@engine/ws"]) == 2
     err = capsys.readouterr().err
     assert "secret" not in err and "user:***@engine" in err
+
+
+def test_silences_are_workflow_and_duration_pairs_and_one_that_is_not_is_a_configuration_error(capsys, monkeypatch):
+    monkeypatch.setenv("OTEL_BRIDGE_SILENT_EXECUTING", "checkout=15m, *=2h")
+    assert Settings().silent_executing == {"checkout": 900.0, "*": 7_200.0}
+    assert main(["serve", "--silent-executing", "checkout"]) == 2
+    assert "'checkout' is not workflow=duration (comma-separated: checkout=15m,*=2h)" in capsys.readouterr().err
+    assert main(["serve", "--silent-executing", "checkout=soon"]) == 2
+    assert "'soon' is not a duration of 0 or more" in capsys.readouterr().err

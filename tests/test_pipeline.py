@@ -272,8 +272,9 @@ def test_runs_and_job_instances_are_listed_by_the_labels_an_alert_names_them_by(
 
 
 def test_runs_stuck_executing_are_found_by_how_long_they_have_told_nothing(tmp_path):
-    # No index knows an executing run's silence (it is overdue for nothing): its invocation died mid-step,
-    # or its engine failed it for its recovery limit without a word. `--silent-for` finds it by its facts.
+    # Its invocation died mid-step, or its engine failed it for its recovery limit without a word: of a
+    # workflow `silent_executing` does not name, it is overdue for nothing. `--silent-for` finds it by when its
+    # header says it last told anything, reading the facts of the silent runs only.
     pipeline = _pipeline(tmp_path)
     now = datetime(2025, 3, 1, 14, 0, tzinfo=UTC).timestamp()  # two hours after the builders' runs begin
     stuck = WorkflowRun("export", workflow_id="stuck").started().step_started("upload")  # 12:00
@@ -281,9 +282,14 @@ def test_runs_stuck_executing_are_found_by_how_long_they_have_told_nothing(tmp_p
     asleep = WorkflowRun("export", workflow_id="asleep").started().paused(resume_in_ms=86_400_000)
     pipeline.ingest(stuck.events + busy.events + asleep.events)
 
+    read: list[str] = []
+    facts = pipeline.store.facts
+    pipeline.store.facts = lambda key: read.append(key) or facts(key)  # type: ignore[method-assign]
+
     executing = RunQuery(state="executing", silent_for=3600)
     (run,), count = pipeline.list_runs(executing, now=now)
     assert run.run_id == "stuck" and count == 1
+    assert read and all(key.endswith("stuck") for key in read)
     assert {r.run_id for r in pipeline.list_runs(RunQuery(silent_for=3600), now=now)[0]} == {"stuck", "asleep"}
     assert pipeline.list_runs(RunQuery(silent_for=3 * 3600), now=now) == ([], 0)
 
@@ -439,6 +445,23 @@ def test_a_debounce_its_clients_clear_is_overdue_no_more_once_the_settings_say_s
     assert told.list_jobs(JobQuery(overdue=True)) == ([], 0)
     assert told.store.overdue_keys(math.inf) == set()
     assert told.list_jobs() == ([], 0)  # past its time it awaits nothing, as a task the settings do not name
+
+
+def test_a_run_silent_mid_step_past_its_workflows_silence_is_overdue_until_it_tells_something_again(tmp_path):
+    pipeline = _pipeline(tmp_path, silent_executing={"checkout": 3_600})
+    stuck = WorkflowRun("checkout").started().step_started("charge")  # its Durable Object died mid-step
+    rendering = WorkflowRun("report").started().step_started("render")  # unnamed: a step may run for hours
+    pipeline.ingest(stuck.events + rendering.events)
+    silent_since = ns_of(stuck.events[-1]) / 1e9
+
+    assert pipeline.list_runs(RunQuery(overdue=True), now=silent_since + 3_600 + 299) == ([], 0)  # the grace
+    (late,), count = pipeline.list_runs(RunQuery(overdue=True), now=silent_since + 3_600 + 301)
+    assert count == 1 and (late.run_id, late.state, late.resume_at_ns) == (stuck.workflow_id, "executing", None)
+    assert late.overdue_ns == 301 * 10**9  # past the time it was due to tell something
+    assert [r.run_id for r in pipeline.overdue_runs()] == [stuck.workflow_id]
+
+    pipeline.ingest(stuck.after(60_000).step_completed("charge").events[-1:])  # it was slow, not dead
+    assert pipeline.list_runs(RunQuery(overdue=True), now=silent_since + 3_600 + 301) == ([], 0)
 
 
 def _lost_sleep(service: str, workflow_id: str | None = None) -> WorkflowRun:
@@ -660,22 +683,29 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     # `otel-bridge runs` run on another machine, without the bridge's OTEL_BRIDGE_OVERDUE_GRACE_SECONDS:
     # it listed "no overdue runs" while the gauge counted them.
     settings = Settings(
-        state=str(tmp_path / "p.db"), settle_seconds=0, overdue_grace_seconds=1, overdue_tasks=["reminder"]
+        state=str(tmp_path / "p.db"),
+        settle_seconds=0,
+        overdue_grace_seconds=1,
+        overdue_tasks=["reminder"],
+        silent_executing={"checkout": 60},
     )
     bridge = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
     stuck = _lost_sleep("shop")  # a minute's sleep in 2025, long past
     lost = JobRun("reminder", "task").task_scheduled(in_ms=60_000)
     just_now = WorkflowRun("nightly", start=datetime.now(UTC) - timedelta(seconds=63)).started().sleep_started(60_000)
     just_now.paused("sleep", resume_in_ms=60_000)  # due 3 s ago: overdue to the bridge, not by 300 s
-    bridge.ingest(stuck.events + lost.events + just_now.events)
-    assert len(bridge.overdue_runs()) == 2 and len(bridge.overdue()[1]) == 1
+    died = WorkflowRun("checkout").started().step_started("charge")  # silent since 2025
+    bridge.ingest(stuck.events + lost.events + just_now.events + died.events)
+    assert len(bridge.overdue_runs()) == 3 and len(bridge.overdue()[1]) == 1
     bridge.store.close()
     elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace (300 s), no task named
     command = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)
 
     overdue, count = command.list_runs(RunQuery(overdue=True))
 
-    assert count == 2 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id}
+    assert count == 3 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id, died.workflow_id}
+    (silent,) = [r for r in overdue if r.state == "executing"]
+    assert silent.overdue_ns == pytest.approx(time.time() * 1e9 - ns_of(died.events[-1]), rel=1e-3)  # silent since
     assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
     assert [j.instance_id for j in command.list_jobs(JobQuery(overdue=True))[0]] == [lost.base["instanceId"]]
 

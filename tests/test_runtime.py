@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from builders import JobRun, WorkflowRun
+from builders import JobRun, WorkflowRun, ns_of
 from redis_server import RedisServer
 
 from otel_bridge import conventions as c
@@ -289,6 +289,32 @@ def test_a_restart_with_other_tasks_named_counts_overdue_by_its_own_settings(tmp
         {("webhookBatcher", "debounce"): 1.0},
         {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0},
     ]
+
+
+def test_runs_silent_mid_step_are_counted_overdue_by_the_silences_the_bridge_is_started_with(tmp_path):
+    # Silent since 2025 (the builders' clock); the first one stored as a version before this one did,
+    # its header not saying when it last told anything.
+    died = WorkflowRun("checkout").started().step_started("charge")
+    crashed = WorkflowRun("checkout").started().step_started("ship")
+    rendering = WorkflowRun("report").started().step_started("render")
+    bridge = _bridge(tmp_path)
+    bridge.pipeline.ingest(died.events + crashed.events + rendering.events)
+    (key,) = [key for key, _head in bridge.store.states() if key.endswith(died.workflow_id)]
+    with bridge.store.transaction() as tx:
+        header, due = tx.load(key) or (b"", None)
+        tx.save(key, header.replace(b',"last_told_ns":' + str(ns_of(died.events[-1])).encode(), b""), due)
+    bridge.store.close()
+    counted = []
+    for silences in ({"checkout": 3_600}, {"report": 3_600}, {}):
+        restarted = _bridge(tmp_path, silent_executing=silences)
+        restarted.pipeline.restore_gauges()  # as `start` does
+        restarted.count_overdue()
+        counted.append(
+            _exposed_by(restarted, "workflow_execution_overdue", "workflow_definition_name", "workflow_execution_state")
+        )
+        restarted.store.close()
+
+    assert counted == [{("checkout", "executing"): 2.0}, {("report", "executing"): 1.0}, {}]
 
 
 def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypatch, caplog):

@@ -19,7 +19,7 @@ from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import chained, iso_ns, ns_of_iso
 from otel_bridge.ids import root_span_id, run_trace_id, traceparent
-from otel_bridge.lifecycle import KIND, OUTCOME, Fact, by_order
+from otel_bridge.lifecycle import KIND, OUTCOME, Fact, RunKind, by_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +83,22 @@ def trace_link(template: str, trace_id: str) -> str:
     return template.replace("{trace_id}", trace_id)
 
 
-def overdue_since_ns(state: RunState) -> int | None:
-    """From when an open run counts as late (it is overdue once the grace has passed too).
+def overdue_since_ns(state: RunState, silence_ns: int | None = None) -> int | None:
+    """From when an open run counts as late (it is overdue once the grace has passed too): a paused run
+    from its resumeAt, a queued one from then, and — given `silence_ns`, how long one may execute telling
+    nothing (`silent_executing`) — an executing one from that long after its latest event.
 
     Asked on every save of a run, so no sort; `overview` tells it too. The fact that put the run
     in its state is looked for from the newest: most often the last one, in a run of any length (a
     step polled thousands of times pauses between its attempts).
     """
-    if not state.going_on or not state.facts:
+    if not state.going_on:
+        return None
+    if state.execution_state == c.STATE_EXECUTING:  # told by its header (a restart re-indexes from headers)
+        if silence_ns is None or not state.last_told_ns or state.run.kind is RunKind.TRIGGER:
+            return None
+        return state.last_told_ns + silence_ns
+    if not state.facts:
         return None
     if state.execution_state == c.STATE_PAUSED:
         # The latest pause is the fact that put the run in its state (every pause states it).
@@ -110,8 +118,9 @@ def _stating_fact(state: RunState) -> Fact | None:
     return next((f for f in reversed(state.facts) if f.order == order), None)
 
 
-def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
-    """The run as it stands, or None when it has ended (or holds nothing to tell)."""
+def overview(state: RunState, now_ns: int, grace_ns: int, silence_ns: int | None = None) -> RunOverview | None:
+    """The run as it stands, or None when it has ended (or holds nothing to tell). `silence_ns`: as
+    `overdue_since_ns`."""
     if not state.going_on or not state.facts:
         return None
     last = max(state.facts, key=by_order)
@@ -121,7 +130,7 @@ def overview(state: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
     entered = moves[-1] if moves else None
     if entered is not None and current == c.STATE_EXECUTING:
         since = entered  # in the state it sits in since it entered it, not since a later event in it
-    due = overdue_since_ns(state)  # when it was due to go on: a paused run at its resumeAt, a queued one at once
+    due = overdue_since_ns(state, silence_ns)  # when it was due to go on, or (executing) to tell something
     late = now_ns - due if due is not None else None
     run = state.run
     identity = run.identity
@@ -224,19 +233,21 @@ class RunQuery:
     env: str | None = None
     workflow: str | None = None
     # Only the runs whose latest event is at least this old (seconds): a run stuck executing (its
-    # invocation died mid-step, or its engine failed it without a word) tells nothing, and no index
-    # keeps its silence: its facts are read to know it.
+    # invocation died mid-step, or its engine failed it without a word) tells nothing more. No index
+    # keeps its silence; its header does (`last_told_ns`), so only the silent ones' facts are read.
     silent_for: float | None = None
 
-    def may_hold(self, header: RunState) -> bool:
-        """Whether a run known by its header alone (no facts read) may be one asked for."""
+    def may_hold(self, header: RunState, now_ns: int) -> bool:
+        """Whether a run known by its header alone (no facts read) may be one asked for, at `now_ns`."""
         run = header.run
+        told = header.last_told_ns  # 0: stored by a version that did not keep it; its facts will tell
         return (
             header.going_on
             and (self.service is None or run.service == self.service)
             and (self.env is None or run.env == self.env)
             and (self.workflow is None or run.name == self.workflow)
             and (self.state is None or header.execution_state == self.state)
+            and (self.silent_for is None or not told or now_ns - told >= self.silent_for * 1e9)
         )
 
     def holds(self, run: RunOverview, now_ns: int) -> bool:

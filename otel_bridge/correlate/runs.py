@@ -85,6 +85,9 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # Closed by hand (`otel-bridge close`: the engine will never tell its end), and why: it closes at
     # its next settling, as incomplete unless its end came, waiting for no gap and no step going on.
     close_reason: str = ""
+    # The time of its latest fact (producer clock, ns; 0: none, or stored before this was kept): how long
+    # it has told nothing, from its header alone (`silent_executing`, `runs --silent-for`).
+    last_told_ns: int = 0
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
     # use, then kept up by `append` and `replace_fact`: where each fact that has an identity
@@ -147,6 +150,8 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
         self.facts[i] = fact
 
     def _remember(self, fact: Fact) -> None:
+        if fact.time_ns > self.last_told_ns:
+            self.last_told_ns = fact.time_ns
         ids = self.__dict__.get("_ids")
         if ids is not None:
             ids.add(fact.event_id)
@@ -639,7 +644,7 @@ def forget_facts(state: RunState) -> None:
     state.emitted = {}
     # What only an open run, or its settling, reads: left at its default, it is left out of the
     # stored header (a week of closed runs is most of a busy bridge's state).
-    state.seq = state.settled_seq = state.opened_ns = state.closed_ns = state.ended_seen_ns = 0
+    state.seq = state.settled_seq = state.opened_ns = state.closed_ns = state.ended_seen_ns = state.last_told_ns = 0
     state.state_order = state.counted_name = None
     state.execution_state = c.STATE_EXECUTING
     state.carrying_on = state.withheld = state.awaits_summary = state.summarised = False

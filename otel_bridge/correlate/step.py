@@ -5,6 +5,7 @@ pure: state and the time in, a `Step` out. The pipeline only loads, applies, sav
 what the step says changed, and puts its spans in the outbox.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from msgspec import Struct
@@ -29,10 +30,18 @@ class Policy:
     overdue_tasks: frozenset[str] = frozenset()
     # The debounce jobs (by name; `*`: all) whose clients clear them, silently: not judged (`cleared_debounces`).
     cleared_debounces: frozenset[str] = frozenset()
+    # The workflows (by name; `*`: the others) whose runs executing and silent this long (ns) are due to
+    # have told something, so overdue once the grace has passed too (`silent_executing`).
+    silent_executing: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def max_open_seconds(self) -> float:
         return self.settle.max_open_ns / 1e9
+
+    def silence_ns(self, workflow: str) -> int | None:
+        """How long a run of `workflow` may execute telling nothing (`silent_executing`); None: for ever."""
+        silences = self.silent_executing
+        return silences.get(workflow, silences.get("*")) if silences else None
 
     def judges(self, job: JobState) -> bool:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
@@ -93,7 +102,7 @@ def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     """When a run (or job instance) turns overdue (producer clock, seconds): stored, so finding overdue
     runs reads only them."""
     if isinstance(state, RunState):
-        since = overdue_since_ns(state)
+        since = overdue_since_ns(state, policy.silence_ns(state.run.name))
     elif policy.judges(state):
         since = job_overdue_since_ns(state)
     else:

@@ -234,9 +234,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 # What the alerts are for, played on request (`--incidents`): the engine loses an alarm, so the run or
-# job instance is told when it will go on and then never goes on. Each turns overdue once its time
-# and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a task's: one that
-# ends itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are.
+# job instance is told when it will go on and then never goes on; or a run dies mid-step and tells
+# nothing more. Each turns overdue once its time (for the one that died, `silent_executing` of
+# `catalogImport`) and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a
+# task's: one that ends itself at its alarm tells as little (`task_job`), so only the tasks
+# `overdue_tasks` names are.
 def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     run = _wf("nightlyReport", now, execution_id=f"report-{rng.randint(1, 99_999)}")  # the app's own id, as it logs it
     cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
@@ -244,12 +246,27 @@ def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     return cut.cut().invocations  # the alarm never fires: nothing more is sent
 
 
+def died_mid_step(now: datetime, rng: random.Random) -> Invocations:
+    """A long invocation's tracker posts at `batchSize`, mid-step; then its Durable Object is evicted with
+    the rest of its buffer, and the engine fails the run for its recovery limit, which tells nothing."""
+    run = _wf("catalogImport", now, execution_id=f"import-{rng.randint(1, 99_999)}")
+    run.started()
+    for page in range(1, 4):
+        step = f"importPage{page}"
+        run.after(rng.randint(2, 10)).step_started(step).after(rng.randint(50, 150)).step_completed(step)
+    return [run.after(2).step_started("importPage4").events]
+
+
 def lost_flush_alarm(now: datetime, rng: random.Random) -> Invocations:
     job = _job("digestMailer", "debounce", now, job_id=f"digest-user-{rng.randint(1, 9999)}")
     return _Cutter(job.debounce_started(flush_in_ms=rng.randint(500, 1500))).cut().invocations
 
 
-INCIDENTS: dict[str, Scenario] = {"lost-sleep-alarm": lost_sleep_alarm, "lost-flush-alarm": lost_flush_alarm}
+INCIDENTS: dict[str, Scenario] = {
+    "lost-sleep-alarm": lost_sleep_alarm,
+    "died-mid-step": died_mid_step,
+    "lost-flush-alarm": lost_flush_alarm,
+}
 # How often each scenario comes up once every one has run once: mostly healthy traffic.
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
 

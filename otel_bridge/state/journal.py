@@ -66,6 +66,8 @@ def with_facts(state: RunState, rows: list[bytes]) -> RunState:
     """A run decoded from its header alone, given its fact rows. Raises ValueError as `decode`."""
     if rows:
         state.facts.extend(_FACTS.decode(b"[" + b",".join(rows) + b"]"))
+    if state.facts and not state.last_told_ns:  # stored before its header kept it
+        state.last_told_ns = max(f.time_ns for f in state.facts)
     return state
 
 

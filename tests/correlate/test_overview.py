@@ -82,6 +82,27 @@ def test_a_running_or_ended_run_is_never_overdue():
     assert overview(_state(ended), ns(ended.now) + 10 * GRACE, GRACE) is None
 
 
+def test_an_executing_run_silent_past_its_workflows_silence_is_overdue_once_the_grace_has_passed_too():
+    # Its Durable Object died mid-step: nothing more comes, and nothing it said tells when it is late.
+    run = WorkflowRun().started().step_started("charge")
+    state, silence, last = _state(run), 3_600 * 10**9, ns(run.now)
+    assert (
+        overview(state, last + 10 * silence, GRACE).overdue_ns is None
+    )  # its workflow unnamed: a step may run for hours
+    on_time = overview(state, last + silence + GRACE, GRACE, silence)
+    assert on_time is not None and on_time.state == "executing" and on_time.overdue_ns is None
+    late = overview(state, last + silence + GRACE + 10**9, GRACE, silence)
+    assert late is not None and late.overdue_ns == GRACE + 10**9 and late.resume_at_ns is None
+    assert overdue_since_ns(state, silence) == last + silence
+
+
+def test_an_executing_run_is_judged_silent_from_its_latest_event_whatever_order_its_events_came_in():
+    run = WorkflowRun().started().step_started("a").after(5).step_completed("a").after(60_000).step_started("b")
+    late_first = _state_of(run.events[-1:] + run.events[:-1])
+    assert late_first.last_told_ns == ns(run.now)
+    assert overdue_since_ns(late_first, 10**9) == ns(run.now) + 10**9
+
+
 def test_a_run_that_woke_up_late_carries_a_workflow_overdue_event_with_how_late():
     run = WorkflowRun().started().sleep_started(1000).paused("sleep", resume_in_ms=1000)
     run.after(1000 + 600_000).resumed().sleep_completed(1000).completed()
@@ -134,6 +155,7 @@ def test_the_time_a_run_turns_overdue_is_stored_as_the_overview_tells_it_in_any_
     due = None if told is None else {"paused": told.resume_at_ns, "pending": told.since_ns}.get(told.state)
     assert overdue_since_ns(state) == due
     assert overdue_since_ns(state) == _due_as_the_history_tells(history)
+    assert state.last_told_ns == max(ns_of(event) for event in history)
 
 
 def _due_as_the_history_tells(history: list[dict]) -> int | None:

@@ -13,7 +13,7 @@ from otel_bridge.correlate import runs
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.correlate.runs import Admission, SettlePolicy
-from otel_bridge.correlate.step import Policy, Step, apply, close, settle_run
+from otel_bridge.correlate.step import Policy, Step, apply, close, overdue_at, settle_run
 from otel_bridge.sources.durable_effect import decode
 from otel_bridge.state import journal
 
@@ -277,3 +277,20 @@ def test_a_run_closed_by_hand_at_any_point_sends_each_span_once_and_takes_nothin
     if not any(raw["type"] in ("workflow.completed", "workflow.failed") for raw in delivered[:at]):
         assert roots[0][c.WORKFLOW_EXECUTION_CLOSE_REASON] == "gone"
         assert roots[0][c.WORKFLOW_EXECUTION_INCOMPLETE] is True
+
+
+def test_a_workflows_own_silence_is_taken_before_every_others():
+    policy = Policy(silent_executing={"checkout": 900 * 10**9, "*": 7_200 * 10**9})
+    assert policy.silence_ns("checkout") == 900 * 10**9 and policy.silence_ns("report") == 7_200 * 10**9
+    assert Policy(silent_executing={"checkout": 10**9}).silence_ns("report") is None
+    assert Policy().silence_ns("checkout") is None
+
+
+def test_an_executing_run_is_stored_to_turn_overdue_its_silence_and_the_grace_after_its_latest_event():
+    run = WorkflowRun("checkout").started().step_started("charge")
+    policy = Policy(silent_executing={"checkout": 900 * 10**9})
+    state, _due, _steps = _applied(run.events)
+    assert overdue_at(state, policy) == (ns_of(run.events[-1]) + (900 + 300) * 10**9) / 1e9
+    assert overdue_at(state, Policy()) is None
+    ended, _due, _steps = _applied(run.after(5).step_completed("charge").completed().events)
+    assert overdue_at(ended, policy) is None

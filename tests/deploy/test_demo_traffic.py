@@ -142,7 +142,13 @@ def test_job_scenarios_become_metrics(demo):
 def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look(tmp_path, otlp_http):
     # Its tasks past their time are no incident: the reminder that cleared itself, the order timeout its
     # payment cancelled (though the settings name it), the delivery check run on time.
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, overdue_grace_seconds="1", overdue_tasks="orderTimeout")
+    bridge = BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        overdue_grace_seconds="1",
+        overdue_tasks="orderTimeout",
+        silent_executing="catalogImport=1s",
+    )
     bridge.start()
     try:
         due: list[float] = []  # when each task was scheduled to run, in Unix seconds
@@ -165,6 +171,8 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
         while time.monotonic() < deadline and not (
             counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
             == lost["lost-sleep-alarm"]
+            and counted("workflow_execution_overdue", "workflow_definition_name", "catalogImport")
+            == lost["died-mid-step"]
             and counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
         ):
             time.sleep(0.2)
@@ -172,6 +180,10 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
             counted("workflow_execution_overdue", "workflow_definition_name", "nightlyReport")
             == lost["lost-sleep-alarm"]
         )
+        assert (
+            counted("workflow_execution_overdue", "workflow_definition_name", "catalogImport") == lost["died-mid-step"]
+        )
+        assert counted("workflow_execution_overdue", "workflow_execution_state", "executing") == lost["died-mid-step"]
         assert counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
         time.sleep(max(max(due) + 1 + 2 - time.time(), 0))  # every task's time and grace passed, and a count
         listed = httpx.get(f"{bridge.url}/v1/jobs", params={"overdue": "true"}, timeout=5).json()
