@@ -854,6 +854,13 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
         return 2
     headers = dict(h.split("=", 1) for h in args.header)
+    try:  # as a producer of this bridge would post: with the credential its settings ask for, unless given
+        credential = _credential(Settings(**{}))
+    except ValidationError as exc:
+        print(f"otel-bridge: invalid configuration: {_every_reason(exc)}", file=sys.stderr)
+        return 2
+    given = {name.strip().lower() for name in headers}
+    headers = {name: value for name, value in credential.items() if name.lower() not in given} | headers
     if not args.url.startswith(HTTP_SCHEMES):
         print(f"otel-bridge: --url {args.url!r} is not an http:// or https:// URL", file=sys.stderr)
         return 2
@@ -1042,7 +1049,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_zero_or_more, default=0.0, help="seconds to generate for (0: until stopped)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
     demo.add_argument(
-        "--header", action="append", default=[], metavar="NAME=VALUE", help="extra header, e.g. X-API-KEY=…"
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra header, e.g. X-API-KEY=… (a producer's key); unless one is given, the credential "
+        "OTEL_BRIDGE_API_KEY (or OTEL_BRIDGE_BEARER_TOKEN) gives is sent, as runs --url and close send it",
     )
     demo.add_argument(
         "--stream-url", default=None, help="also publish event-sourced executions to this Redis (the runtime's stream)"
@@ -1152,6 +1164,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _every_reason(exc: ValidationError) -> str:
+    from otel_bridge.sources.wire import every_reason
+
+    return every_reason(exc, named=setting_named)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # The gRPC core writes lines of its own to stderr (an `I…` line at each failed TLS handshake), outside
     # the log and its JSON: its errors are kept, and what an export meets is told in the bridge's own line.
@@ -1171,9 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        from otel_bridge.sources.wire import every_reason
-
-        print(f"otel-bridge: invalid configuration: {every_reason(exc, named=setting_named)}", file=sys.stderr)
+        print(f"otel-bridge: invalid configuration: {_every_reason(exc)}", file=sys.stderr)
         return 2
     _logging(settings.log_level, settings.log_format)
     for problem in settings.told_at_start(os.environ):

@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 
 import pytest
@@ -282,3 +284,38 @@ def test_listening_on_no_host_binds_every_address_of_both_families_one_socket_ea
     finally:
         for listener in listeners:
             listener.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ([], "k-from-the-settings"),  # was: every POST 401, each batch retried and dropped
+        (["--header", "x-api-key=shop-key"], "shop-key"),  # a producer's own key, whatever its case
+    ],
+)
+def test_the_demo_posts_with_the_credential_the_settings_give_unless_one_is_given(monkeypatch, capsys, given, sent):
+    keys: list[str | None] = []
+
+    class Bridge(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            keys.extend(self.headers.get_all("X-API-KEY") or [None])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bridge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_BRIDGE_API_KEY", "k-from-the-settings")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["demo", "--url", url, "--duration", "0.5", "--rate", "4", "--seed", "1", *given]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert keys and set(keys) == {sent}
+    assert '"dropped_events": 0' in capsys.readouterr().out
