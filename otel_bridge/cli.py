@@ -44,6 +44,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     import httpx
+    from rich.console import RenderableType
 
     from otel_bridge.pipeline import Pipeline
     from otel_bridge.receivers import timeline_api
@@ -566,7 +567,6 @@ def _jobs_as_dicts(listed: tuple[list[JobOverview], int]) -> tuple[list[dict[str
 
 
 def _runs(settings: Settings, args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.text import Text
 
     from otel_bridge.terminal import runs_table, runs_title
@@ -586,14 +586,26 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
         if count > len(runs):
             print(f"{title}: --limit N for more", file=sys.stderr)
     else:
-        console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
         # No table with headers over no rows: it reads as if the rows failed to show.
-        console.print(runs_table(runs, settings.trace_url, title, time.time_ns()) if runs else Text(title))
+        _printed(runs_table(runs, settings.trace_url, title, time.time_ns()) if runs else Text(title))
     return 0
 
 
-def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+def _printed(listing: "RenderableType") -> None:
+    """A listing on a terminal as its width allows; piped (to grep, a file, `kubectl exec` without -t), as
+    wide as its rows need, each cell on its lines: at 200 columns a traceparent was folded over two lines,
+    and neither pasted nor grepped whole."""
     from rich.console import Console
+    from rich.measure import Measurement
+
+    if sys.stdout.isatty():
+        Console().print(listing)
+        return
+    unbounded = Console(width=100_000)
+    Console(width=Measurement.get(unbounded, unbounded.options, listing).maximum).print(listing)
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from otel_bridge.terminal import jobs_table, jobs_title
@@ -613,8 +625,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         if count > len(jobs):
             print(f"{title}: --limit N for more", file=sys.stderr)
         return 0
-    console = Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None)
-    console.print(jobs_table(jobs, title, time.time_ns()) if jobs else Text(title))
+    _printed(jobs_table(jobs, title, time.time_ns()) if jobs else Text(title))
     return 0
 
 

@@ -3,6 +3,7 @@ and it says its version."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,6 +80,24 @@ def test_runs_says_in_words_that_there_are_none_instead_of_drawing_an_empty_tabl
     SqliteStore(str(state)).close()
     assert main(["runs", "--state", str(state), "--overdue", "--service", "[billing]"]) == 0
     assert capsys.readouterr().out.strip() == "no overdue runs of [billing]"
+
+
+def test_runs_and_jobs_piped_keep_each_cell_whole_on_its_line_however_wide(tmp_path, capsys):
+    # At 200 columns a traceparent was folded over two lines: grep found half, a paste took half.
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    name = "reconcileEveryLedgerOfEveryTenantInEveryRegionBeforeTheMonthCloses"
+    run = WorkflowRun(name, execution_id="ledger-close-2026-11").started().step_started("sumAllTheEntriesOfTheMonth")
+    job = JobRun("aDigestMailerWithAVeryLongNameIndeed", "debounce").debounce_started(flush_in_ms=1000)
+    pipeline.ingest(run.events + job.events)
+    pipeline.store.close()
+
+    assert main(["runs", "--state", state]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if name in line]
+    assert len(re.findall(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", row)) == 1  # whole, on the row's line
+    assert row.count("│") == 12 and "ledger-close-2026-11" in row
+    assert main(["jobs", "--state", state]) == 0
+    assert any("aDigestMailerWithAVeryLongNameIndeed" in line for line in capsys.readouterr().out.splitlines())
 
 
 @pytest.mark.parametrize(
