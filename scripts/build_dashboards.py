@@ -190,8 +190,8 @@ def workflows() -> Board:
           f"workflow_execution_state) (workflow_execution_overdue{{{WF}}})) or on() vector(0)",
           "{{workflow_execution_state}}")],
         kind="stat", width=4,
-        description="Paused past their resumeAt, or queued and not started, by more than the overdue grace "
-                    "(otel-bridge runs --overdue lists them).",
+        description="Paused past their resumeAt, queued and not started, or executing and silent past "
+                    "silent_executing, by more than the overdue grace (otel-bridge runs --overdue lists them).",
     )  # fmt: skip
     b.alerts("Firing alerts")
     b.panel(
