@@ -121,9 +121,9 @@ class Settings(BaseSettings):
     max_open_seconds: float = Field(
         7 * DAY,
         gt=0,
-        description="A run open this long (since the bridge first heard of it, or since a pause of it was told to "
-        "end, when later: a workflow asleep for a month is waiting, not stuck) is closed as incomplete; a job "
-        "instance counted active that has told nothing this long is presumed ended.",
+        description="A run open this long (since the latest of: the bridge first heard of it, its latest event, "
+        "a pause of it was told to end — a run that keeps telling, or asleep for a month, is going on, not stuck) "
+        "is closed as incomplete; a job instance counted active that has told nothing this long is presumed ended.",
     )
     overdue_grace_seconds: float = Field(
         300.0,

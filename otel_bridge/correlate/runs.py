@@ -490,12 +490,13 @@ def merge(kept: RunState, later: RunState, now_ns: int) -> RunState:
 
 
 def closes_at_ns(state: RunState, now_ns: int, policy: SettlePolicy) -> int:
-    """When a run that has not ended is closed as incomplete: `policy.max_open_ns` after the bridge first
-    heard of it or, when later, after the latest time its engine said a pause of it would end (a sleep's or
-    a retry's `resumeAt`). A workflow asleep for thirty days is waiting, not stuck: closed at a week, its
-    trace went out incomplete and all it told on waking was late. One that does not wake is overdue from
-    its `resumeAt` on, and closed `max_open` after it. The engine's clock meets the bridge's here: a skew
-    of seconds against a grace of days.
+    """When a run that has not ended is closed as incomplete: `policy.max_open_ns` after the latest of when
+    the bridge first heard of it, its latest event, and the latest time its engine said a pause of it would
+    end (a sleep's or a retry's `resumeAt`). A run that keeps telling is going on, not stuck: an approval
+    that gathers a comment a day, closed a week after it started, sent its trace incomplete and all it told
+    after as late. Nor is a workflow asleep for thirty days: closed at a week, all it told on waking was
+    late. One that does not wake is overdue from its `resumeAt` on, and closed `max_open` after it. The
+    engine's clock meets the bridge's here: a skew of seconds against a grace of days.
 
     While the first of those times is still ahead of `now_ns`, that time is returned: the soonest the run
     can close, when it is looked at again — most runs' facts are then never looked through."""
@@ -503,14 +504,14 @@ def closes_at_ns(state: RunState, now_ns: int, policy: SettlePolicy) -> int:
     if opened > now_ns:
         return opened
     told = (f.resume_at_ns for f in state.facts if f.kind is KIND.RUN_PAUSED and f.resume_at_ns is not None)
-    return max(opened, max(told, default=0) + policy.max_open_ns)
+    return max(opened, state.last_told_ns + policy.max_open_ns, max(told, default=0) + policy.max_open_ns)
 
 
 def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     """Send every span that has ended and was not sent yet; close the run when it ended.
 
     Called once the run's settle window has passed. A run not ended by `closes_at_ns` (`max_open`
-    after the bridge first heard of it, or after the end of its latest pause), or closed by hand
+    after the bridge first heard of it, its latest event, or the end of its latest pause), or closed by hand
     (`close_reason`), is closed as incomplete.
     An ended run whose facts show gaps waits up to `policy.gap_grace_ns` for them. A run told
     ended by an end that does not stop it is settled as still open for `policy.cancel_grace_ns`:

@@ -150,6 +150,22 @@ def test_a_run_that_never_ends_is_closed_as_incomplete_after_max_open():
 DAY_MS = 86_400_000
 
 
+def test_a_run_that_keeps_telling_is_closed_max_open_after_its_latest_event_not_after_it_started():
+    # An approval that gathers a comment a day for two weeks: closed a week after it started, its trace
+    # went out incomplete and everything it told after was late.
+    run = WorkflowRun().started()
+    for day in range(14):
+        run.after(DAY_MS).step_started(f"comment{day}").after(5).step_completed(f"comment{day}")
+    going_on = fold_events(run.events, settle_at_ns=ns(run.now) + WEEK_NS - 10**9, max_open_ns=WEEK_NS)
+    assert "workflow orderProcessing" not in going_on.names() and len(going_on.all("step comment13")) == 1
+    fold_more(going_on, run.after(DAY_MS).step_started("approve").after(5).step_completed("approve").events[-2:])
+    assert set(going_on.admissions) == {Admission.ACCEPTED}
+
+    silent = fold_events(run.events, settle_at_ns=ns(run.now) + WEEK_NS + 10**6, max_open_ns=WEEK_NS)
+    assert silent.root.attributes["workflow.execution.incomplete"] is True
+    assert silent.root.end_ns == ns(run.now)  # where it was last heard of
+
+
 def _a_month_asleep() -> tuple[WorkflowRun, int]:
     """A trial that signs up, sleeps thirty days (`Workflow.sleep("30 days")`), then reminds: the events
     and how many of them come before it wakes."""

@@ -2,7 +2,7 @@
 anywhere is sent whole at its end and the others not at all, every run counted in the metrics alike."""
 
 import msgspec
-from builders import WorkflowRun
+from builders import WorkflowRun, ns_of
 from histories import long_histories
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -228,11 +228,11 @@ def test_a_run_left_out_that_never_ends_is_sent_whole_when_closed_incomplete():
     # Stuck, or its end lost: what an operator looks for, as much as a failure.
     policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=0, max_open_ns=3_600 * 10**9))
     run = WorkflowRun("stuck").started().step_started("a").after(5).step_completed("a").step_started("b")
-    state = None
+    state, heard = None, ns_of(run.events[-1]) / 1e9  # its last event, as the bridge's clock reads it
     for raw in run.events:
-        state = apply(state, None, decode(raw), 1.0, policy).state
-    assert settle_run(state, 2.0, policy).spans == []
-    closed = settle_run(state, 3_602.0, policy)
+        state = apply(state, None, decode(raw), heard, policy).state
+    assert settle_run(state, heard + 1, policy).spans == []
+    closed = settle_run(state, heard + 3_601, policy)
     assert sorted(s.name for s in closed.spans) == ["step a", "step b", "workflow stuck"] and not closed.kept_back
     assert closed.incomplete
 
