@@ -9,6 +9,7 @@ asked too. The point is the deploy that fails at once with the reason — a Coll
 port, a credential refused, TLS spoken to a plain-text port — rather than minutes later in a log.
 """
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
     """Every check, in the order `serve` meets them; none raises (what fails is a finding)."""
     checks: list[tuple[str, Callable[[], Finding]]] = [
         ("state", lambda: _state(settings)),
+        ("names", lambda: _names(settings)),
         ("dead letters", lambda: _dead_letters(settings)),
         ("traces", lambda: _export("traces", timeout_seconds)),
         ("metrics", lambda: _export("metrics", timeout_seconds)),
@@ -112,6 +114,42 @@ def _state(settings: Settings) -> Finding:
         return Finding("state", True, "; ".join([detail, *risks]))
     finally:
         store.close()
+
+
+def _names(settings: Settings) -> Finding:
+    """The workflows and jobs the settings name, against those the store holds: a name misspelt in
+    `silent_executing`, `overdue_tasks` or `cleared_debounces` turns its alert off (or on) and says nothing.
+    A name the store holds nothing of is told, not failed: a monthly job may not have run yet."""
+    from otel_bridge.runtime import open_store
+    from otel_bridge.state import journal
+
+    named = {
+        "silent_executing": sorted(settings.silent_executing),
+        "overdue_tasks": settings.overdue_tasks,
+        "cleared_debounces": settings.cleared_debounces,
+    }
+    named = {setting: [name for name in names if name != "*"] for setting, names in named.items()}
+    if not any(named.values()):
+        return Finding("names", None, "no workflow or job named (silent_executing, overdue_tasks, cleared_debounces)")
+    if settings.in_memory or (not settings.shared_state and not Path(settings.state).exists()):
+        return Finding("names", None, "nothing stored yet to find the names in")
+    try:
+        store = open_store(settings, read_only=True)
+    except (StoreOpenError, Unavailable, OSError) as exc:
+        return Finding("names", None, f"not asked: {exc}")
+    try:
+        workflows, jobs = journal.names(store)
+    finally:
+        store.close()
+    said = [f"{len(workflows):,} workflows and {len(jobs):,} jobs stored"]
+    for setting, names in named.items():
+        known, of = (workflows, "run") if setting == "silent_executing" else (jobs, "job instance")
+        for name in names:
+            if name not in known:
+                alike = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {alike[0]}?)" if alike else ""
+                said.append(f"{setting} names {name}, of which the store holds no {of}{hint}")
+    return Finding("names", True, "; ".join(said))
 
 
 def _dead_letters(settings: Settings) -> Finding:

@@ -9,14 +9,17 @@ import socket
 
 import pytest
 import redis
+from builders import JobRun, WorkflowRun
 from phase10_server import Phase10Server
 
 from otel_bridge.cli import main
 from otel_bridge.config import Settings
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
 from otel_bridge.state.sqlite_store import SqliteStore
 
-_CHECKS = ("state", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API", "access")
+_CHECKS = ("state", "names", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API", "access")
 
 
 def _free_port() -> int:
@@ -52,6 +55,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     stream.xgroup_create("workflow:events:check", "otel-bridge", id="0")
     options = ["--state", str(state), "--stream-url", redis_url, "--stream-key", "workflow:events:check"]
     options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url, "--api-key", "producers-key"]
+    options += ["--silent-executing", "catalogImport=1h"]
     phase10.scripts.put([])  # the engine has nothing to tell the check's connection
 
     assert main(["check", *options]) == 0
@@ -60,6 +64,9 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     told = {what: next(line for line in lines if line[6:].startswith(what)) for what in _CHECKS}
     assert all(line.startswith("ok ") for line in lines), lines
     assert f"{state} (SQLite): 0 spans wait for export" in told["state"]
+    assert told["names"].endswith(
+        "0 workflows and 0 jobs stored; silent_executing names catalogImport, of which the store holds no run"
+    )
     assert told["dead letters"].endswith("dead-letter.jsonl, dead-spans.jsonl: writable")
     assert "took an empty export request" in told["traces"] and "took an empty export request" in told["metrics"]
     assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
@@ -115,8 +122,8 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
-    assert [line.split()[0] for line in lines[2:]] == ["-"] * 6  # the last: no credential asked
-    assert "OTEL_TRACES_EXPORTER=none" in lines[2] and "OTEL_METRICS_EXPORTER=console" in lines[3]
+    assert [line.split()[0] for line in lines[1:2] + lines[3:]] == ["-"] * 7  # the last: no credential asked
+    assert "OTEL_TRACES_EXPORTER=none" in lines[3] and "OTEL_METRICS_EXPORTER=console" in lines[4]
 
 
 def test_check_answers_json_for_a_deploy_pipeline_with_the_same_exit_status(tmp_path, monkeypatch, capsys):
@@ -166,6 +173,37 @@ def test_the_credentials_asked_are_named_by_their_settings_never_their_secrets()
     )
 
 
+def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp_path):
+    # A workflow misspelt in silent_executing: the alert its runs were named for never fires, and nothing said so.
+    state = str(tmp_path / "s.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    pipeline.ingest(
+        WorkflowRun("catalogImport").started().events + JobRun("reminderSender", "task").task_scheduled(in_ms=1).events
+    )
+    pipeline.store.close()
+    settings = Settings(
+        state=state,
+        silent_executing="catalogImprt=1m,*=2h",
+        overdue_tasks=["reminderSender", "monthlyClose"],
+        cleared_debounces=["*"],
+    )
+
+    ok, detail = _findings(settings)["names"]
+
+    assert ok is True  # told, not failed: a monthly job may not have run yet
+    assert detail.split("; ") == [
+        "1 workflows and 1 jobs stored",
+        "silent_executing names catalogImprt, of which the store holds no run (did you mean catalogImport?)",
+        "overdue_tasks names monthlyClose, of which the store holds no job instance",
+    ]
+    assert _findings(Settings(state=state))["names"] == (
+        None,
+        "no workflow or job named (silent_executing, overdue_tasks, cleared_debounces)",
+    )
+    nowhere = Settings(state=str(tmp_path / "new.db"), overdue_tasks=["reminderSender"])
+    assert _findings(nowhere)["names"] == (None, "nothing stored yet to find the names in")
+
+
 def test_a_state_in_memory_is_said_to_be_one_and_what_it_keeps_not():
     ok, detail = _findings(Settings(state=":memory:"))["state"]
     assert ok is True and detail == "in memory (:memory:): kept for this process only, nothing across a restart"
@@ -193,6 +231,10 @@ def test_a_redis_state_that_answers_says_what_waits_for_export(redis_url):
     assert ok is True and detail.startswith(f"Redis {redis_url}: ") and "spans wait for export" in detail
     # Still fine to serve, but what Redis keeps on disk is said (the tests' servers keep nothing).
     assert "; Redis keeps nothing on disk (appendonly no, no save points)" in detail
+    ok, detail = _findings(Settings(state=redis_url, overdue_tasks=["noSuchTaskAnywhere"]))["names"]
+    assert ok is True and detail.endswith(
+        "overdue_tasks names noSuchTaskAnywhere, of which the store holds no job instance"
+    )
 
 
 def test_a_redis_state_with_fewer_replicas_than_batches_wait_for_fails_the_check(redis_url):

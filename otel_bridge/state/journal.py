@@ -341,3 +341,23 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
         tx.append(keys.sent_spans(key), [(0, _sent_row(joined.emitted))])
     tx.delete(aside)
     return None
+
+
+def names(store: Store) -> tuple[set[str], set[str]]:
+    """The workflow and job names the stored states carry (runs open, or closed and remembered for their
+    late events; job instances), from their headers: what names in the settings can be checked against.
+    States this version cannot read are passed over."""
+    workflows: set[str] = set()
+    jobs: set[str] = set()
+    for key, header in store.states():
+        if keys.is_kept_aside(key):
+            continue
+        try:
+            state = decode(key, header, [])
+        except ValueError:
+            continue
+        if isinstance(state, JobState):
+            jobs.add(state.job_name)
+        else:
+            workflows.add(state.run.name)
+    return workflows - {""}, jobs - {""}
