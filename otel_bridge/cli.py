@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -668,7 +669,7 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
     pipeline = _looking_pipeline(settings)
     try:
-        found = [s for s in pipeline.runs_named(workflow_id) if s.facts]
+        found = [(s, pipeline.standing(s)) for s in pipeline.runs_named(workflow_id) if s.facts]
         aside = pipeline.runs_set_aside(workflow_id)
         jobs = pipeline.jobs_named(workflow_id) if not found and not aside else []
     except AmbiguousId as exc:
@@ -688,8 +689,8 @@ def _show(settings: Settings, workflow_id: str) -> int:
             f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
             f"{settings.keep_finished_seconds:g} s){_too_short(workflow_id)}"
         )
-    for state in found:
-        console.print(waterfall(state, time.time_ns(), settings.trace_url))
+    for state, standing in found:
+        console.print(waterfall(state, time.time_ns(), settings.trace_url, standing))
     for state, reason in aside:
         # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
         console.print(Text(visible(f"set aside, {reason}; `otel-bridge settle-again` puts it back")))
@@ -1182,6 +1183,16 @@ def _every_reason(exc: ValidationError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _command(argv)
+    except BrokenPipeError:
+        # What it printed to was closed (`otel-bridge runs | head`): stop quietly, as a program the pipe's
+        # SIGPIPE ends does, rather than "otel-bridge: Broken pipe" and a second error at exit's flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _command(argv: Sequence[str] | None) -> int:
     # The gRPC core writes lines of its own to stderr (an `I…` line at each failed TLS handshake), outside
     # the log and its JSON: its errors are kept, and what an export meets is told in the bridge's own line.
     # Only the commands' own process: the in-process tracker leaves the application's gRPC as it is.
@@ -1244,6 +1255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"otel-bridge: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
         print(f"otel-bridge: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while starting or stopping: what was committed stays committed

@@ -827,6 +827,11 @@ class Pipeline:
         run = self._whole(key, head)
         return self._overview_of(run, now_ns, grace_ns) if run is not None else None
 
+    def standing(self, run: RunState) -> RunOverview | None:
+        """An open run as `runs` lists it now (overdue as the store's index says), for `show`; None once ended."""
+        now = self._clock()
+        return self._overview_of(run, int(now * 1e9), self._graces(now)(run.run.state_key))
+
     def _overview_of(self, run: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         """`overview` by these settings' `silent_executing`, or, for a run the overdue index holds (a grace
         of 0, `_graces`) that they do not name, as silent from its latest event: the bridge that indexed it

@@ -156,8 +156,11 @@ def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
     return trace_link(trace_url, run.trace_id) if trace_url else run.traceparent
 
 
-def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> RenderableType:
-    """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order."""
+def waterfall(
+    state: RunState, now_ns: int, trace_url: str | None = None, standing: RunOverview | None = None
+) -> RenderableType:
+    """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order;
+    with `standing` (the run as `runs` lists it), an open run overdue says so, as its row does."""
     # Closed without its end (open `max_open_seconds`, or closed by hand): drawn as its trace was sent.
     incomplete_at = max(f.time_ns for f in state.facts) if state.closed and not state.ended and state.facts else None
     spans = build_spans(state.run, state.facts, {}, incomplete_at, True, close_reason=state.close_reason)
@@ -167,9 +170,11 @@ def waterfall(state: RunState, now_ns: int, trace_url: str | None = None) -> Ren
     scale = _BAR / max(end - start, 1)
     open_note = "" if root.end_ns is not None else " (open: drawn up to now)"
     named = visible(state.run.run_id) + (f" ({visible(state.run.correlation_id)})" if state.run.correlation_id else "")
+    late = standing.overdue_ns if standing is not None and root.end_ns is None else None
     title = Text.assemble(
         (visible(root.name), "bold"),
         f"  {named}  {_when(start)} → {_when(end)}  {duration((end - start) / 1e9)}{open_note}",
+        (f"  {standing.state}, overdue by {duration(late / 1e9)}", "bold red") if standing and late else "",
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("span", "status", "duration", "timeline"):

@@ -338,3 +338,28 @@ def test_the_demo_posts_with_the_credential_the_settings_give_unless_one_is_give
         server.server_close()
     assert keys and set(keys) == {sent}
     assert '"dropped_events": 0' in capsys.readouterr().out
+
+
+def test_a_listing_whose_reader_went_away_stops_quietly_as_one_its_pipes_sigpipe_ends(tmp_path):
+    # `otel-bridge runs | head` said "otel-bridge: Broken pipe", and exited 2 as if it had failed.
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "otel_bridge", "config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # the reader gone before it writes
+    assert listing.wait(timeout=30) == 141  # 128 + SIGPIPE, what a shell reports of one SIGPIPE ended
+    assert listing.stderr.read() == b""
+
+
+def test_show_says_an_open_run_is_overdue_as_its_row_in_runs_does(tmp_path, capsys):
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    lost = WorkflowRun("nightly").started().sleep_started(60_000).paused("sleep", resume_in_ms=60_000)  # 2025
+    awake = WorkflowRun("nightly", start=datetime.now(UTC)).started().step_started("a")
+    pipeline.ingest(lost.events + awake.events)
+    pipeline.store.close()
+
+    assert main(["show", lost.workflow_id, "--state", state]) == 0
+    assert "paused, overdue by " in capsys.readouterr().out
+    assert main(["show", awake.workflow_id, "--state", state]) == 0
+    assert "overdue" not in capsys.readouterr().out
