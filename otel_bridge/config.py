@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         "(its Durable Object or worker died mid-step) is overdue once `overdue_grace_seconds` has passed too, "
         "as a paused run past its resumeAt. Unnamed, an executing run never is: a step may run for hours.",
     )
+    silent_continuous: Annotated[dict[str, float], NoDecode] = Field(
+        {},
+        description="Continuous jobs, by name (`*`: every other), and how long an instance of each may go without "
+        "a run (`tokenRefresher=15m`, in the same forms): an instance counted active that has not run (or started) "
+        "for that long (its alarm lost) is overdue once `overdue_grace_seconds` has passed too, as a debounce past "
+        "its flushAt. Unnamed, a continuous job never is: it tells no next run.",
+    )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
     )
@@ -459,17 +466,22 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("silent_executing", mode="before")
+    @field_validator("silent_executing", "silent_continuous", mode="before")
     @classmethod
-    def _workflow_and_duration_pairs(cls, value: object) -> object:
+    def _name_and_duration_pairs(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
+        kind, example = (
+            ("job", "tokenRefresher=15m")
+            if info.field_name == "silent_continuous"
+            else ("workflow", "checkout=15m,*=2h")
+        )
         pairs = {}
         for part in filter(None, (part.strip() for part in value.split(","))):
-            workflow, equals, duration = (text.strip() for text in part.rpartition("="))
-            if not equals or not workflow:
-                raise ValueError(f"{part!r} is not workflow=duration (comma-separated: checkout=15m,*=2h)")
-            pairs[workflow] = seconds_of(duration)
+            name, equals, duration = (text.strip() for text in part.rpartition("="))
+            if not equals or not name:
+                raise ValueError(f"{part!r} is not {kind}=duration (comma-separated: {example})")
+            pairs[name] = seconds_of(duration)
         return pairs
 
     @field_validator("producer_api_keys", mode="before")

@@ -202,6 +202,7 @@ JOB_KIND = SimpleNamespace(**JobKind.__members__)  # as KIND, for the same reaso
 
 # The job type whose next run its own code schedules (`scheduledAt`), and may cancel or end unsaid.
 TASK_JOB_TYPE = "task"
+CONTINUOUS_JOB_TYPE = "continuous"
 
 
 class JobRecord(Struct, kw_only=True):

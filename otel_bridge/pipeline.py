@@ -41,7 +41,15 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.span_encoding import encode_span
 from otel_bridge.ids import sample_bound
 from otel_bridge.keys import SET_ASIDE
-from otel_bridge.lifecycle import JobRecord, LifecycleRecord, RunRef, WorkflowRecord, event_id_of, state_key_of
+from otel_bridge.lifecycle import (
+    CONTINUOUS_JOB_TYPE,
+    JobRecord,
+    LifecycleRecord,
+    RunRef,
+    WorkflowRecord,
+    event_id_of,
+    state_key_of,
+)
 from otel_bridge.sources.durable_effect import decode, posted_by
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 from otel_bridge.state import journal
@@ -148,6 +156,7 @@ def policy_of(settings: Settings) -> Policy:
         overdue_tasks=frozenset(settings.overdue_tasks),
         cleared_debounces=frozenset(settings.cleared_debounces),
         silent_executing={name: int(seconds * 1e9) for name, seconds in settings.silent_executing.items()},
+        silent_continuous={name: int(seconds * 1e9) for name, seconds in settings.silent_continuous.items()},
     )
 
 
@@ -566,9 +575,7 @@ class Pipeline:
                 if state is None:
                     continue
                 if isinstance(state, JobState):
-                    was: RunOverview | JobOverview | None = job_overview(
-                        key, state, now_ns, grace(key), self.policy.judges(state)
-                    )
+                    was: RunOverview | JobOverview | None = self._job_overview(key, state, now_ns, grace(key))
                 else:  # one whose end came closes by itself, within its settle window
                     was = self._overview_of(state, now_ns, grace(key))
                 step = close_by_hand(state, reason, now, self.policy) if was is not None else None
@@ -635,8 +642,7 @@ class Pipeline:
         now = self._clock() if now is None else now
         now_ns, grace = int(now * 1e9), self._graces(now)
         pairs = self._states_named(instance_id, keys.JOBS)
-        judged = self.policy.judges
-        return [job_overview(key, state, now_ns, grace(key), judged(state)) for key, state in self._job_states(pairs)]
+        return [self._job_overview(key, state, now_ns, grace(key)) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
@@ -758,7 +764,7 @@ class Pipeline:
         for key, state in self._job_states(pairs):
             if not query.may_hold(state):
                 continue
-            job = job_overview(key, state, now_ns, grace(key), self.policy.judges(state))
+            job = self._job_overview(key, state, now_ns, grace(key))
             if query.holds(job):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
@@ -826,6 +832,15 @@ class Pipeline:
     def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
         run = self._whole(key, head)
         return self._overview_of(run, now_ns, grace_ns) if run is not None else None
+
+    def _job_overview(self, key: str, job: JobState, now_ns: int, grace_ns: int) -> JobOverview:
+        """`job_overview` by these settings (`overdue_tasks`, `cleared_debounces`, `silent_continuous`), or, for
+        a continuous instance the overdue index holds (a grace of 0, `_graces`) that they do not name, as due
+        when it last ran: as `_overview_of`."""
+        silence = self.policy.job_silence_ns(job)
+        if silence is None and grace_ns == 0 and job.job_type == CONTINUOUS_JOB_TYPE:
+            silence = 0
+        return job_overview(key, job, now_ns, grace_ns, self.policy.judges(job), silence)
 
     def standing(self, run: RunState) -> RunOverview | None:
         """An open run as `runs` lists it now (overdue as the store's index says), for `show`; None once ended."""

@@ -118,19 +118,22 @@ def _state(settings: Settings) -> Finding:
 
 def _names(settings: Settings) -> Finding:
     """The workflows and jobs the settings name, against those the store holds: a name misspelt in
-    `silent_executing`, `overdue_tasks` or `cleared_debounces` turns its alert off (or on) and says nothing.
+    `silent_executing`, `silent_continuous`, `overdue_tasks` or `cleared_debounces` turns its alert off (or on)
+    and says nothing.
     A name the store holds nothing of is told, not failed: a monthly job may not have run yet."""
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
 
     named = {
         "silent_executing": sorted(settings.silent_executing),
+        "silent_continuous": sorted(settings.silent_continuous),
         "overdue_tasks": settings.overdue_tasks,
         "cleared_debounces": settings.cleared_debounces,
     }
     named = {setting: [name for name in names if name != "*"] for setting, names in named.items()}
     if not any(named.values()):
-        return Finding("names", None, "no workflow or job named (silent_executing, overdue_tasks, cleared_debounces)")
+        settings_ = "silent_executing, silent_continuous, overdue_tasks, cleared_debounces"
+        return Finding("names", None, f"no workflow or job named ({settings_})")
     if settings.in_memory or (not settings.shared_state and not Path(settings.state).exists()):
         return Finding("names", None, "nothing stored yet to find the names in")
     try:

@@ -349,8 +349,8 @@ def jobs() -> Board:
           "{{job_name}}")],
         kind="stat", width=12,
         description="Past their time to run (a debounce's flushAt, the scheduledAt of a task OTEL_BRIDGE_OVERDUE_TASKS "
-                    "names) by more than the overdue grace with no run: a lost alarm (otel-bridge jobs --overdue lists "
-                    "them).",
+                    "names, a continuous job's last run and its OTEL_BRIDGE_SILENT_CONTINUOUS) by more than the "
+                    "overdue grace with no run: a lost alarm (otel-bridge jobs --overdue lists them).",
     )  # fmt: skip
     b.row("Debounce")
     b.panel(

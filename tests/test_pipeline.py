@@ -464,6 +464,22 @@ def test_a_run_silent_mid_step_past_its_workflows_silence_is_overdue_until_it_te
     assert pipeline.list_runs(RunQuery(overdue=True), now=silent_since + 3_600 + 301) == ([], 0)
 
 
+def test_a_continuous_job_that_runs_no_more_is_overdue_where_the_settings_name_it_until_it_runs_again(tmp_path):
+    pipeline = _pipeline(tmp_path, silent_continuous={"tokenRefresher": 900})
+    lost = JobRun("tokenRefresher", "continuous").started().after(300_000).executed(1)  # its alarm lost
+    unnamed = JobRun("ledgerReconcile", "continuous").started().after(300_000).executed(1)
+    pipeline.ingest(lost.events + unnamed.events)
+    ran = ns_of(lost.events[-1]) / 1e9
+
+    assert pipeline.list_jobs(JobQuery(overdue=True), now=ran + 900 + 299) == ([], 0)  # the grace
+    (late,), count = pipeline.list_jobs(JobQuery(overdue=True), now=ran + 900 + 301)
+    assert count == 1 and (late.name, late.job_type, late.overdue_ns) == ("tokenRefresher", "continuous", 301 * 10**9)
+    assert late.due_ns == int((ran + 900) * 1e9) and late.last_ran_ns == ns_of(lost.events[-1])  # "next run"
+
+    pipeline.ingest(lost.after(1_200_000).executed(2).events[-1:])  # it ran at last
+    assert pipeline.list_jobs(JobQuery(overdue=True), now=ran + 900 + 301) == ([], 0)
+
+
 def _lost_sleep(service: str, workflow_id: str | None = None) -> WorkflowRun:
     run = WorkflowRun("nightly", workflow_id=workflow_id, service=service).started().step_started("a").after(5)
     return run.step_completed("a").sleep_started(60_000).paused("sleep", resume_in_ms=60_000)  # in 2025: long past
@@ -688,6 +704,7 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
         overdue_grace_seconds=1,
         overdue_tasks=["reminder"],
         silent_executing={"checkout": 60},
+        silent_continuous={"tokenRefresher": 60},
     )
     bridge = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
     stuck = _lost_sleep("shop")  # a minute's sleep in 2025, long past
@@ -695,8 +712,9 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     just_now = WorkflowRun("nightly", start=datetime.now(UTC) - timedelta(seconds=63)).started().sleep_started(60_000)
     just_now.paused("sleep", resume_in_ms=60_000)  # due 3 s ago: overdue to the bridge, not by 300 s
     died = WorkflowRun("checkout").started().step_started("charge")  # silent since 2025
-    bridge.ingest(stuck.events + lost.events + just_now.events + died.events)
-    assert len(bridge.overdue_runs()) == 3 and len(bridge.overdue()[1]) == 1
+    stopped = JobRun("tokenRefresher", "continuous").started().after(60_000).executed(1)  # not run since 2025
+    bridge.ingest(stuck.events + lost.events + just_now.events + died.events + stopped.events)
+    assert len(bridge.overdue_runs()) == 3 and len(bridge.overdue()[1]) == 2
     bridge.store.close()
     elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace (300 s), no task named
     command = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)
@@ -707,7 +725,8 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     (silent,) = [r for r in overdue if r.state == "executing"]
     assert silent.overdue_ns == pytest.approx(time.time() * 1e9 - ns_of(died.events[-1]), rel=1e-3)  # silent since
     assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
-    assert [j.instance_id for j in command.list_jobs(JobQuery(overdue=True))[0]] == [lost.base["instanceId"]]
+    listed = command.list_jobs(JobQuery(overdue=True))[0]
+    assert {j.instance_id for j in listed} == {lost.base["instanceId"], stopped.base["instanceId"]}
 
 
 def _outbox_after(state: str, batches: list[list[dict]], restart_after: set[int], **values) -> list[bytes]:

@@ -186,6 +186,7 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
         silent_executing="catalogImprt=1m,*=2h",
         overdue_tasks=["reminderSender", "monthlyClose"],
         cleared_debounces=["*"],
+        silent_continuous={"reminderSender": 60},
     )
 
     ok, detail = _findings(settings)["names"]
@@ -198,7 +199,7 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
     ]
     assert _findings(Settings(state=state))["names"] == (
         None,
-        "no workflow or job named (silent_executing, overdue_tasks, cleared_debounces)",
+        "no workflow or job named (silent_executing, silent_continuous, overdue_tasks, cleared_debounces)",
     )
     nowhere = Settings(state=str(tmp_path / "new.db"), overdue_tasks=["reminderSender"])
     assert _findings(nowhere)["names"] == (None, "nothing stored yet to find the names in")

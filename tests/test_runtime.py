@@ -317,6 +317,22 @@ def test_runs_silent_mid_step_are_counted_overdue_by_the_silences_the_bridge_is_
     assert counted == [{("checkout", "executing"): 2.0}, {("report", "executing"): 1.0}, {}]
 
 
+def test_continuous_jobs_that_run_no_more_are_counted_overdue_by_the_silences_the_bridge_is_started_with(tmp_path):
+    stopped = JobRun("tokenRefresher", "continuous").started().after(60_000).executed(1)  # not run since 2025
+    bridge = _bridge(tmp_path)
+    bridge.pipeline.ingest(stopped.events)
+    bridge.store.close()
+    counted = []
+    for silences in ({"tokenRefresher": 900}, {}):
+        restarted = _bridge(tmp_path, silent_continuous=silences)
+        restarted.pipeline.restore_gauges()  # as `start` does
+        restarted.count_overdue()
+        counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
+        restarted.store.close()
+
+    assert counted == [{("tokenRefresher", "continuous"): 1.0}, {}]
+
+
 def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypatch, caplog):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")

@@ -20,7 +20,7 @@ from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource
-from otel_bridge.lifecycle import JOB_KIND, JobRecord
+from otel_bridge.lifecycle import CONTINUOUS_JOB_TYPE, JOB_KIND, JobRecord
 
 
 class JobState(Struct, kw_only=True, omit_defaults=True):
@@ -100,14 +100,19 @@ _SAME_INVOCATION_NS = 5_000_000
 _RAN = frozenset({JOB_KIND.EXECUTED, JOB_KIND.FAILED, JOB_KIND.DEBOUNCE_FLUSHED})
 
 
-def overdue_since_ns(state: JobState) -> int | None:
+def overdue_since_ns(state: JobState, silence_ns: int | None = None) -> int | None:
     """When the instance was due to run and has not (the producer's clock), or None.
 
     Not once it ended (terminated, or purged after its retries) after being told, nor once a run came
     at or after the one awaited, nor once a run of its own came between (below): asked of the state as
     it stands, so the order events came in does not matter. Whether an instance that is due counts as
-    overdue is the bridge's settings' to say (`overdue_tasks`, `correlate.step.overdue_at`).
+    overdue is the bridge's settings' to say (`overdue_tasks`, `correlate.step.overdue_at`). A continuous
+    job tells no next run: given `silence_ns`, how long it may go without one (`silent_continuous`), one
+    counted active is due that long after it last ran (or started).
     """
+    if state.job_type == CONTINUOUS_JOB_TYPE:
+        since = max(state.ran_ns, state.started_ns)
+        return since + silence_ns if silence_ns is not None and state.counted and since else None
     if not state.due_ns or state.ran_ns >= state.due_from_ns or state.due_told_id == state.waived_id:
         return None
     if state.succeeded_from_ns > state.due_told_ns + _SAME_INVOCATION_NS and state.succeeded_ns < state.due_from_ns:

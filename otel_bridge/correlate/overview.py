@@ -198,11 +198,13 @@ class JobOverview:
         return out
 
 
-def job_overview(key: str, state: JobState, now_ns: int, grace_ns: int, judged: bool = True) -> JobOverview:
+def job_overview(
+    key: str, state: JobState, now_ns: int, grace_ns: int, judged: bool = True, silence_ns: int | None = None
+) -> JobOverview:
     """The instance under `key` as it stands; `judged`: whether its time passing with no run told is
     overdue (`Policy.judges`) — if not, it awaits nothing once its time has passed (a task that ended
-    itself, cancelled, or lost: nothing tells which)."""
-    awaited = job_overdue_since_ns(state)  # when its awaited run was due, not yet come
+    itself, cancelled, or lost: nothing tells which). `silence_ns`: as `jobs.overdue_since_ns`."""
+    awaited = job_overdue_since_ns(state, silence_ns)  # when its awaited run was due, not yet come
     late = now_ns - awaited if awaited is not None else None
     if not judged and late is not None and 0 <= late <= grace_ns:
         awaited = late = None

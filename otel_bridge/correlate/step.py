@@ -15,7 +15,7 @@ from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, closes_at_ns, fold, forget_facts, settle
-from otel_bridge.lifecycle import KIND, TASK_JOB_TYPE, Fact, LifecycleRecord, WorkflowRecord
+from otel_bridge.lifecycle import CONTINUOUS_JOB_TYPE, KIND, TASK_JOB_TYPE, Fact, LifecycleRecord, WorkflowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class Policy:
     # The workflows (by name; `*`: the others) whose runs executing and silent this long (ns) are due to
     # have told something, so overdue once the grace has passed too (`silent_executing`).
     silent_executing: Mapping[str, int] = field(default_factory=dict)
+    # The continuous jobs (by name; `*`: the others) that are due to run again this long (ns) after they
+    # last ran, so overdue once the grace has passed too (`silent_continuous`).
+    silent_continuous: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def max_open_seconds(self) -> float:
@@ -40,8 +43,11 @@ class Policy:
 
     def silence_ns(self, workflow: str) -> int | None:
         """How long a run of `workflow` may execute telling nothing (`silent_executing`); None: for ever."""
-        silences = self.silent_executing
-        return silences.get(workflow, silences.get("*")) if silences else None
+        return _named(self.silent_executing, workflow)
+
+    def job_silence_ns(self, job: JobState) -> int | None:
+        """How long a continuous job instance may go without a run (`silent_continuous`); None: for ever."""
+        return _named(self.silent_continuous, job.job_name) if job.job_type == CONTINUOUS_JOB_TYPE else None
 
     def judges(self, job: JobState) -> bool:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
@@ -51,6 +57,10 @@ class Policy:
         if job.job_type == TASK_JOB_TYPE:
             return "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
         return "*" not in self.cleared_debounces and job.job_name not in self.cleared_debounces
+
+
+def _named(durations: Mapping[str, int], name: str) -> int | None:
+    return durations.get(name, durations.get("*")) if durations else None
 
 
 class Step(Struct):
@@ -104,7 +114,7 @@ def overdue_at(state: RunState | JobState, policy: Policy) -> float | None:
     if isinstance(state, RunState):
         since = overdue_since_ns(state, policy.silence_ns(state.run.name))
     elif policy.judges(state):
-        since = job_overdue_since_ns(state)
+        since = job_overdue_since_ns(state, policy.job_silence_ns(state))
     else:
         return None
     return _after_grace(since, policy)

@@ -234,11 +234,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 # What the alerts are for, played on request (`--incidents`): the engine loses an alarm, so the run or
-# job instance is told when it will go on and then never goes on; or a run dies mid-step and tells
-# nothing more. Each turns overdue once its time (for the one that died, `silent_executing` of
-# `catalogImport`) and `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a
-# task's: one that ends itself at its alarm tells as little (`task_job`), so only the tasks
-# `overdue_tasks` names are.
+# job instance is told when it will go on and then never goes on; or a run dies mid-step, or a
+# continuous job runs no more, and tells nothing of it. Each turns overdue once its time (for those
+# silent, `silent_executing` of `catalogImport`, `silent_continuous` of `tokenRefresher`) and
+# `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a task's: one that ends
+# itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are.
 def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     run = _wf("nightlyReport", now, execution_id=f"report-{rng.randint(1, 99_999)}")  # the app's own id, as it logs it
     cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
@@ -257,6 +257,14 @@ def died_mid_step(now: datetime, rng: random.Random) -> Invocations:
     return [run.after(2).step_started("importPage4").events]
 
 
+def lost_continuous_alarm(now: datetime, rng: random.Random) -> Invocations:
+    """A continuous job runs, then its alarm is lost: it runs no more and tells nothing of it."""
+    job = _job("tokenRefresher", "continuous", now, job_id=f"token-tenant-{rng.randint(1, 999)}")
+    cut = _Cutter(job.started()).cut()
+    job.after(rng.randint(400, 900)).executed(1, duration_ms=rng.randint(20, 300))
+    return cut.cut().invocations
+
+
 def lost_flush_alarm(now: datetime, rng: random.Random) -> Invocations:
     job = _job("digestMailer", "debounce", now, job_id=f"digest-user-{rng.randint(1, 9999)}")
     return _Cutter(job.debounce_started(flush_in_ms=rng.randint(500, 1500))).cut().invocations
@@ -266,6 +274,7 @@ INCIDENTS: dict[str, Scenario] = {
     "lost-sleep-alarm": lost_sleep_alarm,
     "died-mid-step": died_mid_step,
     "lost-flush-alarm": lost_flush_alarm,
+    "lost-continuous-alarm": lost_continuous_alarm,
 }
 # How often each scenario comes up once every one has run once: mostly healthy traffic.
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}

@@ -8,7 +8,7 @@ from histories import job_histories, job_retry_histories
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_bridge.correlate.jobs import last_runs
+from otel_bridge.correlate.jobs import JobState, last_runs
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import SettlePolicy
 from otel_bridge.correlate.step import Policy, overdue_at
@@ -261,6 +261,39 @@ def test_a_task_terminated_after_being_scheduled_awaits_nothing_until_it_is_sche
 def test_a_continuous_job_is_never_overdue_nothing_tells_when_it_runs_next():
     job = JobRun("tokenRefresher", "continuous").started().after(60_000).executed(1)
     assert _overdue_since(job.events) is None
+
+
+def test_a_continuous_job_given_a_silence_is_due_that_long_after_it_last_ran_while_it_is_active():
+    # `Continuous.every("5 minutes")`: its alarm lost, it runs no more, and tells nothing of it.
+    minutes = 15 * 60 * 10**9
+    job = JobRun("tokenRefresher", "continuous").started()
+    (started,) = fold_events(job.events).jobs.values()
+    assert job_overdue_since_ns(started, minutes) == ns_of(job.events[0]) + minutes  # never ran: from its start
+    job.after(300_000).executed(1).after(300_000).executed(2)
+    told = {job_overdue_since_ns(_state_of(list(order)), minutes) for order in itertools.permutations(job.events)}
+    assert told == {ns_of(job.events[-1]) + minutes}
+    (ended,) = fold_events(job.after(5).terminated(2).events).jobs.values()
+    assert job_overdue_since_ns(ended, minutes) is None  # it ended itself: awaited no more
+
+
+def _state_of(events: list[dict]) -> "JobState":
+    (state,) = fold_events(events).jobs.values()
+    return state
+
+
+def test_a_continuous_job_is_overdue_only_where_the_settings_name_it():
+    job = JobRun("tokenRefresher", "continuous").started().after(300_000).executed(1)
+    (state,) = fold_events(job.events).jobs.values()
+    grace = SettlePolicy(overdue_grace_ns=300 * 10**9)
+    named = Policy(settle=grace, silent_continuous={"tokenRefresher": 900 * 10**9, "*": 60 * 10**9})
+    assert overdue_at(state, named) == (ns_of(job.events[-1]) + (900 + 300) * 10**9) / 1e9
+    every_other = Policy(settle=grace, silent_continuous={"*": 60 * 10**9})
+    assert overdue_at(state, every_other) == (ns_of(job.events[-1]) + (60 + 300) * 10**9) / 1e9
+    assert overdue_at(state, Policy(settle=grace, silent_continuous={"ledgerReconcile": 60 * 10**9})) is None
+    assert overdue_at(state, Policy(settle=grace)) is None
+    batcher = JobRun("tokenRefresher", "debounce").debounce_started(flush_in_ms=1000)
+    (debounce,) = fold_events(batcher.events).jobs.values()
+    assert named.job_silence_ns(debounce) is None  # a debounce tells when it is due
 
 
 def test_the_instance_turns_overdue_once_the_grace_has_passed_too():

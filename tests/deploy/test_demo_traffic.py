@@ -148,6 +148,7 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
         overdue_grace_seconds="1",
         overdue_tasks="orderTimeout",
         silent_executing="catalogImport=1s",
+        silent_continuous="tokenRefresher=2s",
     )
     bridge.start()
     try:
@@ -174,6 +175,7 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
             and counted("workflow_execution_overdue", "workflow_definition_name", "catalogImport")
             == lost["died-mid-step"]
             and counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
+            and counted("job_instance_overdue", "job_name", "tokenRefresher") == lost["lost-continuous-alarm"]
         ):
             time.sleep(0.2)
         assert (
@@ -184,11 +186,12 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
             counted("workflow_execution_overdue", "workflow_definition_name", "catalogImport") == lost["died-mid-step"]
         )
         assert counted("workflow_execution_overdue", "workflow_execution_state", "executing") == lost["died-mid-step"]
+        assert counted("job_instance_overdue", "job_name", "tokenRefresher") == lost["lost-continuous-alarm"]
         assert counted("job_instance_overdue", "job_name", "digestMailer") == lost["lost-flush-alarm"]
         time.sleep(max(max(due) + 1 + 2 - time.time(), 0))  # every task's time and grace passed, and a count
         listed = httpx.get(f"{bridge.url}/v1/jobs", params={"overdue": "true"}, timeout=5).json()
-        assert listed["count"] == lost["lost-flush-alarm"]
-        assert {job["name"] for job in listed["jobs"]} == {"digestMailer"}
+        assert listed["count"] == lost["lost-flush-alarm"] + lost["lost-continuous-alarm"]
+        assert {job["name"] for job in listed["jobs"]} == {"digestMailer", "tokenRefresher"}
         assert counted("job_instance_overdue", "job_type", "task") == 0
     finally:
         bridge.close()
