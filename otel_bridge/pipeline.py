@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from otel_bridge import conventions as c
@@ -65,6 +66,8 @@ _SETTLE_CHUNK = 256
 _NEVER = 1 << 62
 # Observations of open runs recorded together when the gauges are restored at start-up.
 _RESTORED_AT_ONCE = 5000
+# The bookmark the settings the overdue index was written by are kept under (`index_by_these_settings`).
+_INDEXED_BY = "overdue-index-settings"
 # Settling commits after this much work (seconds; at least one run per commit) when another transaction waits to
 # begin (`Store.awaited`): ingest waits for the store while a settle transaction holds it, and producers wait on ingest.
 # A slice on the HTTP server's event loop ends at this time whatever the store says: requests wait on it unseen.
@@ -873,10 +876,6 @@ class Pipeline:
         observations = []
         unreadable = []
         waiting = []  # paused or queued: the runs that can turn overdue
-        indexed = self.store.overdue_keys(math.inf)
-        # Job instances and executing runs the overdue index holds, or not, by other settings (`overdue_tasks`,
-        # `silent_executing`).
-        judged_anew = []
         counted_jobs = []
         for key, header in self.store.states():
             if keys.is_kept_aside(key):
@@ -891,16 +890,12 @@ class Pipeline:
                     observations.append(active_instance(state))
                     counted_jobs.append(key)
                 observations += last_runs(state)
-                if (overdue_at(state, self.policy) is not None) != (key in indexed):
-                    judged_anew.append(key)
                 continue
             if state.held_open:
                 self._held.add(key)
             counted = counted_under(state)
             if counted in (c.STATE_PAUSED, c.STATE_PENDING):
                 waiting.append(key)
-            elif counted == c.STATE_EXECUTING and self._judged_anew(key, state, indexed):
-                judged_anew.append(key)
             if counted is not None:
                 observations.append(active_run(state, counted))
             if len(observations) >= _RESTORED_AT_ONCE:  # a million open runs are not held at once
@@ -909,19 +904,43 @@ class Pipeline:
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self._transaction(lambda tx, touched: [self._state(tx, key, touched) for key in unreadable])
-        if not self.store.overdue_index_new:
-            waiting.clear()
-        if waiting or judged_anew:
-            self.store.run(lambda tx: self._index_overdue(tx, waiting + judged_anew))
+        if waiting and self.store.overdue_index_new:
+            self.store.run(lambda tx: self._index_overdue(tx, waiting))
         if counted_jobs:
             self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
 
-    def _judged_anew(self, key: str, header: RunState, indexed: set[str]) -> bool:
-        """Whether an executing run (its header) is in the overdue index, or not, by other settings than
-        these (`silent_executing`), or was stored before its header kept when it last told anything."""
-        if not header.last_told_ns:
-            return self.policy.silence_ns(header.run.name) is not None
-        return (overdue_at(header, self.policy) is not None) != (key in indexed)
+    def index_by_these_settings(self) -> int:
+        """Write the overdue index again by these settings where others wrote it (`Policy.overdue_judged_by`,
+        kept in the store): a task named in `overdue_tasks` since, a workflow's `silent_executing`, a job's
+        `silent_continuous` or the grace changed. The job instances and executing runs these settings judge,
+        or the index holds, are indexed again, read from every state's header, in the background as the
+        bridge starts (`Bridge._overdue_loop`), once for each change of the settings, on a store of its own
+        as on a shared one. Without it a stuck run, which no later event saves again, stayed as other
+        settings had judged it. How many were indexed again."""
+        judged_by = self.policy.overdue_judged_by()
+        if self.store.bookmark(_INDEXED_BY) == judged_by:
+            return 0
+        indexed = self.store.overdue_keys(math.inf)
+        again = []
+        for key, header in self.store.states():
+            if keys.is_kept_aside(key):
+                continue
+            try:
+                state = journal.decode(key, header, [])
+            except ValueError:  # set aside at start (`restore_gauges`), or at its next event
+                continue
+            if isinstance(state, JobState):
+                judged = overdue_at(state, self.policy) is not None
+            elif counted_under(state) == c.STATE_EXECUTING:
+                judged = self.policy.silence_ns(state.run.name) is not None
+            else:
+                continue  # paused or queued: judged alike by every setting but the grace, at their next save
+            if judged or key in indexed:
+                again.append(key)
+        for start in range(0, len(again), _RESTORED_AT_ONCE):
+            self.store.run(partial(self._index_overdue, keys_=again[start : start + _RESTORED_AT_ONCE]))
+        self.store.set_bookmark(_INDEXED_BY, judged_by)
+        return len(again)
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
         """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored

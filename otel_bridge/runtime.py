@@ -532,6 +532,14 @@ class Bridge:
             return  # never quick (round trips, a sync per commit): no slice would be taken, each asked in vain
         self.pipeline.slices = OnLoop(asyncio.get_running_loop(), self.store.quick_now)
 
+    def index_by_these_settings(self) -> int:
+        """The overdue index written again where other settings wrote it (`Pipeline.index_by_these_settings`):
+        as the bridge starts, before its first count."""
+        again = self.pipeline.index_by_these_settings()
+        if again:
+            log.info("overdue index: %d job instances and executing runs judged again by these settings", again)
+        return again
+
     def count_overdue(self) -> None:
         """Count the overdue runs and job instances from the store: right after a restart, and the same on
         every replica.
@@ -595,8 +603,11 @@ class Bridge:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
         risks_read = time.monotonic()
+        indexed = False  # by these settings (`index_by_these_settings`): tried again at each pass until done
         while True:
             with self.passes.running("overdue"):
+                if not indexed:
+                    indexed = failures.attempt(self.index_by_these_settings) is not None
                 failures.attempt(self.count_overdue)
                 if time.monotonic() - risks_read >= _RISKS_EVERY:
                     risks_read = time.monotonic()

@@ -440,7 +440,9 @@ def test_a_debounce_its_clients_clear_is_overdue_no_more_once_the_settings_say_s
     told = Pipeline(SqliteStore(pipeline.settings.state), MetricsHub(), Settings(**{
         **pipeline.settings.model_dump(), "cleared_debounces": ["batcher"]
     }))  # fmt: skip
-    told.restore_gauges()  # indexed again by these settings as it starts
+    told.restore_gauges()
+    assert told.index_by_these_settings() == 1  # indexed again by these settings as it starts
+    assert told.index_by_these_settings() == 0  # once for each change of them
 
     assert told.list_jobs(JobQuery(overdue=True)) == ([], 0)
     assert told.store.overdue_keys(math.inf) == set()

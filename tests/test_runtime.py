@@ -281,6 +281,7 @@ def test_a_restart_with_other_tasks_named_counts_overdue_by_its_own_settings(tmp
     for named in ([], ["reminder"]):
         restarted = _bridge(tmp_path, overdue_tasks=named)
         restarted.pipeline.restore_gauges()  # as `start` does
+        restarted.index_by_these_settings()
         restarted.count_overdue()
         counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
         restarted.store.close()
@@ -308,6 +309,7 @@ def test_runs_silent_mid_step_are_counted_overdue_by_the_silences_the_bridge_is_
     for silences in ({"checkout": 3_600}, {"report": 3_600}, {}):
         restarted = _bridge(tmp_path, silent_executing=silences)
         restarted.pipeline.restore_gauges()  # as `start` does
+        restarted.index_by_these_settings()
         restarted.count_overdue()
         counted.append(
             _exposed_by(restarted, "workflow_execution_overdue", "workflow_definition_name", "workflow_execution_state")
@@ -317,20 +319,33 @@ def test_runs_silent_mid_step_are_counted_overdue_by_the_silences_the_bridge_is_
     assert counted == [{("checkout", "executing"): 2.0}, {("report", "executing"): 1.0}, {}]
 
 
-def test_continuous_jobs_that_run_no_more_are_counted_overdue_by_the_silences_the_bridge_is_started_with(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_continuous_jobs_that_run_no_more_are_counted_overdue_by_the_silences_the_bridge_is_started_with(
+    tmp_path, store
+):
+    # On Redis too, where no start reads every state: the instance that runs no more tells nothing that
+    # would save it again, and stayed as the settings before had judged it.
     stopped = JobRun("tokenRefresher", "continuous").started().after(60_000).executed(1)  # not run since 2025
-    bridge = _bridge(tmp_path)
-    bridge.pipeline.ingest(stopped.events)
-    bridge.store.close()
-    counted = []
-    for silences in ({"tokenRefresher": 900}, {}):
-        restarted = _bridge(tmp_path, silent_continuous=silences)
-        restarted.pipeline.restore_gauges()  # as `start` does
-        restarted.count_overdue()
-        counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
-        restarted.store.close()
+    server = RedisServer().start() if store == "redis" else None
+    state = server.url if server is not None else None
+    try:
+        bridge = _bridge(tmp_path, state=state)
+        bridge.pipeline.ingest(stopped.events)
+        bridge.store.close()
+        counted = []
+        for silences in ({"tokenRefresher": 900}, {"tokenRefresher": 900}, {}):
+            restarted = _bridge(tmp_path, state=state, silent_continuous=silences)
+            restarted.pipeline.restore_gauges()  # as `start` does
+            counted.append(restarted.index_by_these_settings())
+            restarted.count_overdue()
+            counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
+            restarted.store.close()
+    finally:
+        if server is not None:
+            server.close()
 
-    assert counted == [{("tokenRefresher", "continuous"): 1.0}, {}]
+    overdue = {("tokenRefresher", "continuous"): 1.0}
+    assert counted == [1, overdue, 0, overdue, 1, {}]  # indexed again once for each change of the settings
 
 
 def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypatch, caplog):

@@ -8,6 +8,7 @@ what the step says changed, and puts its spans in the outbox.
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
 from msgspec import Struct
 
 from otel_bridge.correlate.jobs import JobState, close_job, fold_job, last_told_ns, presume_ended
@@ -48,6 +49,19 @@ class Policy:
     def job_silence_ns(self, job: JobState) -> int | None:
         """How long a continuous job instance may go without a run (`silent_continuous`); None: for ever."""
         return _named(self.silent_continuous, job.job_name) if job.job_type == CONTINUOUS_JOB_TYPE else None
+
+    def overdue_judged_by(self) -> bytes:
+        """What decides when runs and job instances turn overdue, as the store's overdue index is written
+        by it: the index written by another (a restart with other settings) is written again."""
+        return msgspec.json.encode(
+            [
+                self.settle.overdue_grace_ns,
+                sorted(self.overdue_tasks),
+                sorted(self.cleared_debounces),
+                sorted(self.silent_executing.items()),
+                sorted(self.silent_continuous.items()),
+            ]
+        )
 
     def judges(self, job: JobState) -> bool:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
