@@ -605,9 +605,9 @@ class Bridge:
         risks_read = time.monotonic()
         indexed = False  # by these settings (`index_by_these_settings`): tried again at each pass until done
         while True:
+            if not indexed:  # outside a pass: read from every state's header, it takes what the store's size takes
+                indexed = failures.attempt(self.index_by_these_settings) is not None
             with self.passes.running("overdue"):
-                if not indexed:
-                    indexed = failures.attempt(self.index_by_these_settings) is not None
                 failures.attempt(self.count_overdue)
                 if time.monotonic() - risks_read >= _RISKS_EVERY:
                     risks_read = time.monotonic()
