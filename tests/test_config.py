@@ -286,3 +286,5 @@ def test_silences_are_workflow_and_duration_pairs_and_one_that_is_not_is_a_confi
     assert "'checkout' is not workflow=duration (comma-separated: checkout=15m,*=2h)" in capsys.readouterr().err
     assert main(["serve", "--silent-executing", "checkout=soon"]) == 2
     assert "'soon' is not a duration of 0 or more" in capsys.readouterr().err
+    assert main(["serve", "--silent-continuous", "tokenRefresher=100000d"]) == 2
+    assert "'tokenRefresher=100000d': must be at most a century" in capsys.readouterr().err
