@@ -168,6 +168,33 @@ def policy_of(settings: Settings) -> Policy:
 Decoder = Callable[[Any], LifecycleRecord | Sequence[LifecycleRecord] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _AsIndexed:
+    """What the store's overdue index holds as overdue now, and the settings that wrote it (`Pipeline._as_indexed`)."""
+
+    overdue: set[str]
+    policy: Policy
+
+    def grace_ns(self, key: str) -> int:
+        """No grace for one the index holds, as the bridge that wrote it put it there by its own; never for
+        one it does not."""
+        return 0 if key in self.overdue else _NEVER
+
+    def run(self, key: str, run: RunState, now_ns: int) -> RunOverview | None:
+        """`overview` by the index's `silent_executing`; a run it holds that they do not name (an index of an
+        earlier version, which kept no settings), as silent from its latest event."""
+        silence, grace = self.policy.silence_ns(run.run.name), self.grace_ns(key)
+        return overview(run, now_ns, grace, 0 if silence is None and grace == 0 else silence)
+
+    def job(self, key: str, job: JobState, now_ns: int) -> JobOverview:
+        """`job_overview` by the index's settings; a continuous instance it holds that they do not name, as due
+        when it last ran (as `run`)."""
+        silence, grace = self.policy.job_silence_ns(job), self.grace_ns(key)
+        if silence is None and grace == 0 and job.job_type == CONTINUOUS_JOB_TYPE:
+            silence = 0
+        return job_overview(key, job, now_ns, grace, self.policy.judges(job), silence)
+
+
 class _SourceConsumer:
     def __init__(self, pipeline: "Pipeline", decoder: Decoder) -> None:
         self._pipeline = pipeline
@@ -567,7 +594,7 @@ class Pipeline:
         producer: what the engine will never end (`otel-bridge close`). A run's spans go out now, its root
         marked incomplete with `reason`; a job instance awaits its run no more. [] when none is open."""
         now = self._clock()
-        now_ns, grace = int(now * 1e9), self._graces(now)
+        now_ns, judged = int(now * 1e9), self._as_indexed(now)
         named = self._states_named(instance_id, keys.JOBS if jobs else "")
         found = [key for key, head in self._headers(named, jobs) if service in (None, _service_of(head))]
 
@@ -578,9 +605,9 @@ class Pipeline:
                 if state is None:
                     continue
                 if isinstance(state, JobState):
-                    was: RunOverview | JobOverview | None = self._job_overview(key, state, now_ns, grace(key))
+                    was: RunOverview | JobOverview | None = judged.job(key, state, now_ns)
                 else:  # one whose end came closes by itself, within its settle window
-                    was = self._overview_of(state, now_ns, grace(key))
+                    was = judged.run(key, state, now_ns)
                 step = close_by_hand(state, reason, now, self.policy) if was is not None else None
                 if step is None or was is None:
                     continue
@@ -643,9 +670,9 @@ class Pipeline:
         """The job instances (of any producer) with this id, as `otel-bridge jobs` lists them (those that
         neither run nor await a run too)."""
         now = self._clock() if now is None else now
-        now_ns, grace = int(now * 1e9), self._graces(now)
+        now_ns, judged = int(now * 1e9), self._as_indexed(now)
         pairs = self._states_named(instance_id, keys.JOBS)
-        return [self._job_overview(key, state, now_ns, grace(key)) for key, state in self._job_states(pairs)]
+        return [judged.job(key, state, now_ns) for key, state in self._job_states(pairs)]
 
     def runs_set_aside(self, run_id: str) -> list[tuple[RunState, str]]:
         """The runs with this id set aside (after failing to settle, or unreadable by a version that
@@ -761,13 +788,13 @@ class Pipeline:
         query = query or JobQuery()
         now = self._clock() if now is None else now
         indexed = self.store.overdue(now) if query.overdue else None
-        now_ns, grace = int(now * 1e9), self._graces(now, indexed)
+        now_ns, judged = int(now * 1e9), self._as_indexed(now, indexed)
         pairs = indexed if indexed is not None else self.store.states(keys.JOBS)
         listed = []
         for key, state in self._job_states(pairs):
             if not query.may_hold(state):
                 continue
-            job = self._job_overview(key, state, now_ns, grace(key))
+            job = judged.job(key, state, now_ns)
             if query.holds(job):
                 listed.append(job)
         # Most pressing first: overdue longest, then due soonest, then those running with nothing told.
@@ -795,7 +822,7 @@ class Pipeline:
         headers: Iterable[tuple[str, bytes]] = self.store.states()
         if query.overdue:
             headers = indexed = self.store.overdue(now) if indexed is None else indexed
-        now_ns, grace = int(now * 1e9), self._graces(now, indexed)
+        now_ns, judged = int(now * 1e9), self._as_indexed(now, indexed)
         # A heap of the runs kept, the newest on top to leave first: (-since, -order read, run or
         # its key and header, to be read whole once kept to the end).
         oldest: list[tuple[int, int, RunOverview | tuple[str, RunState]]] = []
@@ -805,7 +832,7 @@ class Pipeline:
                 continue
             kept: RunOverview | tuple[str, RunState]
             if query.overdue or query.silent_for is not None or head.state_order is None:  # told by its facts
-                run = self._overview(key, head, now_ns, grace(key))
+                run = self._overview(key, head, now_ns, judged)
                 if run is None or not query.holds(run, now_ns):
                     continue
                 since, kept = run.since_ns, run
@@ -817,45 +844,30 @@ class Pipeline:
                 heapq.heappop(oldest)  # the newest of those kept
         listed = []
         for _since, _n, kept in sorted(oldest, key=lambda entry: (-entry[0], -entry[1])):
-            run = self._overview(*kept, now_ns, grace(kept[0])) if isinstance(kept, tuple) else kept
+            run = self._overview(*kept, now_ns, judged) if isinstance(kept, tuple) else kept
             if run is None:  # a header without facts: nothing to tell
                 count -= 1
                 continue
             listed.append(run)
         return listed, count
 
-    def _graces(self, now: float, indexed: list[tuple[str, bytes]] | None = None) -> Callable[[str], int]:
-        """The grace a run or job instance under a key is judged overdue by, as the store's overdue index
-        says (`indexed`: what it answered already): none for one in it, as the bridge that wrote it put it
-        there by its own `overdue_grace_seconds`; never for one not in it. A command run with other settings
-        than the bridge's (on another machine, without its environment) lists what its gauge counts."""
+    def _as_indexed(self, now: float, indexed: list[tuple[str, bytes]] | None = None) -> "_AsIndexed":
+        """How a listing judges what is overdue: as the store's overdue index says (`indexed`: what it
+        answered already), by the settings that wrote it (`index_by_these_settings` keeps them), else these.
+        A command run with other settings than the bridge's (on another machine, without its environment)
+        lists what its gauge counts, overdue by as much as the bridge says."""
         overdue = self.store.overdue_keys(now) if indexed is None else {key for key, _blob in indexed}
-        return lambda key: 0 if key in overdue else _NEVER
+        told = self.store.bookmark(_INDEXED_BY)
+        return _AsIndexed(overdue, self.policy if told is None else self.policy.judging_as(told))
 
-    def _overview(self, key: str, head: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
+    def _overview(self, key: str, head: RunState, now_ns: int, judged: "_AsIndexed") -> RunOverview | None:
         run = self._whole(key, head)
-        return self._overview_of(run, now_ns, grace_ns) if run is not None else None
-
-    def _job_overview(self, key: str, job: JobState, now_ns: int, grace_ns: int) -> JobOverview:
-        """`job_overview` by these settings (`overdue_tasks`, `cleared_debounces`, `silent_continuous`), or, for
-        a continuous instance the overdue index holds (a grace of 0, `_graces`) that they do not name, as due
-        when it last ran: as `_overview_of`."""
-        silence = self.policy.job_silence_ns(job)
-        if silence is None and grace_ns == 0 and job.job_type == CONTINUOUS_JOB_TYPE:
-            silence = 0
-        return job_overview(key, job, now_ns, grace_ns, self.policy.judges(job), silence)
+        return judged.run(key, run, now_ns) if run is not None else None
 
     def standing(self, run: RunState) -> RunOverview | None:
         """An open run as `runs` lists it now (overdue as the store's index says), for `show`; None once ended."""
         now = self._clock()
-        return self._overview_of(run, int(now * 1e9), self._graces(now)(run.run.state_key))
-
-    def _overview_of(self, run: RunState, now_ns: int, grace_ns: int) -> RunOverview | None:
-        """`overview` by these settings' `silent_executing`, or, for a run the overdue index holds (a grace
-        of 0, `_graces`) that they do not name, as silent from its latest event: the bridge that indexed it
-        named it, and a listing with other settings says overdue what the bridge counts."""
-        silence = self.policy.silence_ns(run.run.name)
-        return overview(run, now_ns, grace_ns, 0 if silence is None and grace_ns == 0 else silence)
+        return self._as_indexed(now).run(run.run.state_key, run, int(now * 1e9))
 
     def open_runs_of(self, engine: str, env: str, service: str) -> list[RunRef]:
         """One producer's runs still open, from the states' headers (not their facts)."""

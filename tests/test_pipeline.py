@@ -719,16 +719,26 @@ def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_br
     assert len(bridge.overdue_runs()) == 3 and len(bridge.overdue()[1]) == 2
     bridge.store.close()
     elsewhere = Settings(state=settings.state, settle_seconds=0)  # the default grace (300 s), no task named
+    earlier = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)  # an index that kept no settings
+    (unnamed,) = [r for r in earlier.list_runs(RunQuery(overdue=True))[0] if r.state == "executing"]
+    assert abs(unnamed.overdue_ns - (time.time() * 1e9 - ns_of(died.events[-1]))) < 5e9  # as silent since
+    earlier.store.close()
+    bridge = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+    bridge.index_by_these_settings()  # as a serving bridge does as it starts: the store keeps its settings
+    bridge.store.close()
     command = Pipeline(SqliteStore(settings.state), MetricsHub(), elsewhere)
 
     overdue, count = command.list_runs(RunQuery(overdue=True))
 
     assert count == 3 and {r.run_id for r in overdue} == {stuck.workflow_id, just_now.workflow_id, died.workflow_id}
     (silent,) = [r for r in overdue if r.state == "executing"]
-    assert silent.overdue_ns == pytest.approx(time.time() * 1e9 - ns_of(died.events[-1]), rel=1e-3)  # silent since
+    silent_for = time.time() * 1e9 - ns_of(died.events[-1])
+    assert abs(silent.overdue_ns - (silent_for - 60e9)) < 5e9  # past the bridge's silence, not these settings' none
     assert all(r.overdue_ns for r in command.list_runs(RunQuery())[0])
     listed = command.list_jobs(JobQuery(overdue=True))[0]
     assert {j.instance_id for j in listed} == {lost.base["instanceId"], stopped.base["instanceId"]}
+    (refresher,) = [j for j in listed if j.name == "tokenRefresher"]
+    assert refresher.due_ns == ns_of(stopped.events[-1]) + 60 * 10**9  # "next run", by the bridge's silence
 
 
 def _outbox_after(state: str, batches: list[list[dict]], restart_after: set[int], **values) -> list[bytes]:

@@ -6,7 +6,7 @@ what the step says changed, and puts its spans in the outbox.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgspec
 from msgspec import Struct
@@ -63,6 +63,22 @@ class Policy:
             ]
         )
 
+    def judging_as(self, told: bytes) -> "Policy":
+        """These settings, judging overdue as those `overdue_judged_by` told (the ones that wrote a store's
+        overdue index); these alone when it tells nothing this version reads."""
+        try:
+            grace, tasks, cleared, executing, continuous = msgspec.json.decode(told, type=_JUDGED_BY)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return self
+        return replace(
+            self,
+            settle=replace(self.settle, overdue_grace_ns=grace),
+            overdue_tasks=frozenset(tasks),
+            cleared_debounces=frozenset(cleared),
+            silent_executing=dict(executing),
+            silent_continuous=dict(continuous),
+        )
+
     def judges(self, job: JobState) -> bool:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
         flush always tells) unless the settings say its clients clear it — a client's `clear()` purges it
@@ -71,6 +87,10 @@ class Policy:
         if job.job_type == TASK_JOB_TYPE:
             return "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
         return "*" not in self.cleared_debounces and job.job_name not in self.cleared_debounces
+
+
+# What `Policy.overdue_judged_by` writes: the grace, the tasks named, the debounces cleared, the silences.
+_JUDGED_BY = tuple[int | None, list[str], list[str], list[tuple[str, int]], list[tuple[str, int]]]
 
 
 def _named(durations: Mapping[str, int], name: str) -> int | None:

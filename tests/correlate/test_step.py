@@ -294,3 +294,18 @@ def test_an_executing_run_is_stored_to_turn_overdue_its_silence_and_the_grace_af
     assert overdue_at(state, Policy()) is None
     ended, _due, _steps = _applied(run.after(5).step_completed("charge").completed().events)
     assert overdue_at(ended, policy) is None
+
+
+def test_the_settings_that_judge_overdue_are_read_back_as_written_and_garbage_leaves_these():
+    written = Policy(
+        settle=SettlePolicy(overdue_grace_ns=60 * 10**9),
+        overdue_tasks=frozenset({"reminder"}),
+        cleared_debounces=frozenset({"*"}),
+        silent_executing={"checkout": 900 * 10**9},
+        silent_continuous={"tokenRefresher": 300 * 10**9},
+    )
+    read = POLICY.judging_as(written.overdue_judged_by())
+    assert read.overdue_judged_by() == written.overdue_judged_by()
+    assert read.silence_ns("checkout") == 900 * 10**9 and read.settle.overdue_grace_ns == 60 * 10**9
+    assert read.dedup_ttl_seconds == POLICY.dedup_ttl_seconds  # the rest are these settings'
+    assert POLICY.judging_as(b'{"not": "these"}') is POLICY
