@@ -889,12 +889,8 @@ class Pipeline:
         unreadable = []
         waiting = []  # paused or queued: the runs that can turn overdue
         counted_jobs = []
-        for key, header in self.store.states():
-            if keys.is_kept_aside(key):
-                continue
-            try:
-                state = journal.decode(key, header, [])
-            except ValueError:
+        for key, state in journal.headers(self.store):
+            if state is None:
                 unreadable.append(key)
                 continue
             if isinstance(state, JobState):
@@ -934,12 +930,8 @@ class Pipeline:
             return 0
         indexed = self.store.overdue_keys(math.inf)
         again = []
-        for key, header in self.store.states():
-            if keys.is_kept_aside(key):
-                continue
-            try:
-                state = journal.decode(key, header, [])
-            except ValueError:  # set aside at start (`restore_gauges`), or at its next event
+        for key, state in journal.headers(self.store):
+            if state is None:  # set aside at start (`restore_gauges`), or at its next event
                 continue
             if isinstance(state, JobState):
                 judged = overdue_at(state, self.policy) is not None

@@ -15,7 +15,7 @@ before they had rows) reads too, and they are journalled at that reading.
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -343,18 +343,26 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
     return None
 
 
+def headers(store: Store) -> Iterator[tuple[str, State | None]]:
+    """Every state in play decoded from its header alone (facts not read), or None for one this version
+    cannot read: what a start, the overdue index and `check` read of every run and job instance."""
+    for key, header in store.states():
+        if keys.is_kept_aside(key):
+            continue
+        try:
+            yield key, decode(key, header, [])
+        except ValueError:
+            yield key, None
+
+
 def names(store: Store) -> tuple[set[str], set[str]]:
     """The workflow and job names the stored states carry (runs open, or closed and remembered for their
     late events; job instances), from their headers: what names in the settings can be checked against.
     States this version cannot read are passed over."""
     workflows: set[str] = set()
     jobs: set[str] = set()
-    for key, header in store.states():
-        if keys.is_kept_aside(key):
-            continue
-        try:
-            state = decode(key, header, [])
-        except ValueError:
+    for _key, state in headers(store):
+        if state is None:
             continue
         if isinstance(state, JobState):
             jobs.add(state.job_name)
