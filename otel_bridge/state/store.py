@@ -135,11 +135,12 @@ class Store(Protocol):
         """The keys alone of `overdue(now)`: what a listing of every run asks of each (headers not read)."""
 
     def bookmark(self, name: str) -> bytes | None:
-        """What a follower of an engine wrote down under `name` of where it was (`set_bookmark`), kept with
-        the state so that a restarted bridge knows it; None when nothing was."""
+        """What was written down under `name` (`set_bookmark`), kept with the state so that a restarted bridge
+        knows it — where a follower of an engine was, the settings the overdue index was written by —; None
+        when nothing was."""
 
     def set_bookmark(self, name: str, value: bytes) -> None:
-        """Write a follower's bookmark, outside any batch's transaction; raises StoreUnavailable."""
+        """Write a bookmark, outside any batch's transaction; raises StoreUnavailable."""
 
     def close(self) -> None: ...
 
