@@ -921,25 +921,30 @@ class Pipeline:
         """Write the overdue index again by these settings where others wrote it (`Policy.overdue_judged_by`,
         kept in the store): a task named in `overdue_tasks` since, a workflow's `silent_executing`, a job's
         `silent_continuous` or the grace changed. The job instances and executing runs these settings judge,
-        or the index holds, are indexed again, read from every state's header, in the background as the
-        bridge starts (`Bridge._overdue_loop`), once for each change of the settings, on a store of its own
-        as on a shared one. Without it a stuck run, which no later event saves again, stayed as other
-        settings had judged it. How many were indexed again."""
+        or the index holds, are indexed again — and, when the grace changed, every paused or queued run —,
+        found from every state's header, in the background as the bridge starts (`Bridge._overdue_loop`), once
+        for each change of the settings, on a store of its own as on a shared one. Without it a stuck run,
+        which no later event saves again, stayed as other settings had judged it. How many were indexed again."""
         judged_by = self.policy.overdue_judged_by()
-        if self.store.bookmark(_INDEXED_BY) == judged_by:
+        told = self.store.bookmark(_INDEXED_BY)
+        if told == judged_by:
             return 0
+        # Written by an earlier version (no settings kept), the paused runs were indexed by the grace then: as now,
+        # most likely, and reading every paused run's facts at an upgrade is not worth the doubt.
+        before = self.policy if told is None else self.policy.judging_as(told)
+        waits_otherwise = before.settle.overdue_grace_ns != self.policy.settle.overdue_grace_ns
         indexed = self.store.overdue_keys(math.inf)
         again = []
         for key, state in journal.headers(self.store):
             if state is None:  # set aside at start (`restore_gauges`), or at its next event
                 continue
             if isinstance(state, JobState):
-                judged = overdue_at(state, self.policy) is not None
-            elif counted_under(state) == c.STATE_EXECUTING:
-                judged = self.policy.silence_ns(state.run.name) is not None
-            else:
-                continue  # paused or queued: judged alike by every setting but the grace, at their next save
-            if judged or key in indexed:
+                judged_again = overdue_at(state, self.policy) is not None or key in indexed
+            elif (counted := counted_under(state)) == c.STATE_EXECUTING:
+                judged_again = self.policy.silence_ns(state.run.name) is not None or key in indexed
+            else:  # paused or queued: due at its resumeAt (or its queueing) and the grace, whatever else is set
+                judged_again = waits_otherwise and counted in (c.STATE_PAUSED, c.STATE_PENDING)
+            if judged_again:
                 again.append(key)
         for start in range(0, len(again), _RESTORED_AT_ONCE):
             self.store.run(partial(self._index_overdue, keys_=again[start : start + _RESTORED_AT_ONCE]))

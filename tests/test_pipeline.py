@@ -482,6 +482,26 @@ def test_a_continuous_job_that_runs_no_more_is_overdue_where_the_settings_name_i
     assert pipeline.list_jobs(JobQuery(overdue=True), now=ran + 900 + 301) == ([], 0)
 
 
+def test_a_bridge_started_with_another_grace_judges_the_runs_already_paused_by_it(tmp_path):
+    # A paused run whose alarm is lost is saved no more: it stayed due by the grace it was first saved under.
+    paused = WorkflowRun("nightly", start=datetime.now(UTC) - timedelta(seconds=63)).started().sleep_started(60_000)
+    paused.paused("sleep", resume_in_ms=60_000)  # due 3 s ago
+    first = _pipeline(tmp_path)  # the default grace, 300 s
+    first.ingest(paused.events)
+    first.index_by_these_settings()
+    assert first.list_runs(RunQuery(overdue=True))[1] == 0
+    first.store.close()
+
+    again = _pipeline(tmp_path, overdue_grace_seconds=1)
+
+    assert again.index_by_these_settings() == 1
+    assert again.list_runs(RunQuery(overdue=True))[1] == 1
+    again.store.close()
+    one_more_silence = Settings(**{**again.settings.model_dump(), "silent_executing": {"checkout": 60}})
+    later = Pipeline(SqliteStore(one_more_silence.state), MetricsHub(), one_more_silence)
+    assert later.index_by_these_settings() == 0  # the same grace: the paused runs are left as they are
+
+
 def _lost_sleep(service: str, workflow_id: str | None = None) -> WorkflowRun:
     run = WorkflowRun("nightly", workflow_id=workflow_id, service=service).started().step_started("a").after(5)
     return run.step_completed("a").sleep_started(60_000).paused("sleep", resume_in_ms=60_000)  # in 2025: long past
