@@ -162,7 +162,7 @@ def waterfall(
     """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order;
     with `standing` (the run as `runs` lists it), an open run overdue says so, as its row does."""
     # Closed without its end (open `max_open_seconds`, or closed by hand): drawn as its trace was sent.
-    incomplete_at = max(f.time_ns for f in state.facts) if state.closed and not state.ended and state.facts else None
+    incomplete_at = state.last_told_ns if state.closed and not state.ended and state.facts else None
     spans = build_spans(state.run, state.facts, {}, incomplete_at, True, close_reason=state.close_reason)
     root = next(s for s in spans if s.parent_span_id is None)
     end = root.end_ns or max([now_ns, *[s.end_ns or s.start_ns for s in spans]])

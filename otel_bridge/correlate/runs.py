@@ -85,8 +85,9 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     # Closed by hand (`otel-bridge close`: the engine will never tell its end), and why: it closes at
     # its next settling, as incomplete unless its end came, waiting for no gap and no step going on.
     close_reason: str = ""
-    # The time of its latest fact (producer clock, ns; 0: none, or stored before this was kept): how long
-    # it has told nothing, from its header alone (`silent_executing`, `runs --silent-for`).
+    # The time of its latest fact (producer clock, ns; 0: none, or stored before this was kept), whatever
+    # order they came in: how long it has told nothing, from its header alone (`silent_executing`, `runs
+    # --silent-for`), and where a run closed without its end ends.
     last_told_ns: int = 0
 
     # Not fields, so never stored (`dict=True` lets them live on the instance); built on first
@@ -146,8 +147,11 @@ class RunState(Struct, kw_only=True, omit_defaults=True, dict=True):
     def replace_fact(self, i: int, fact: Fact) -> None:
         """Keep `fact` in place of the fact at `i`, the same fact told otherwise (same identity:
         the same kind, step and attempt, so it sits where `_by_step` says)."""
+        told_before = self.facts[i].time_ns
         self._remember(fact)
         self.facts[i] = fact
+        if fact.time_ns < told_before == self.last_told_ns:  # told earlier than it was: the latest may be another
+            self.last_told_ns = max(f.time_ns for f in self.facts)
 
     def _remember(self, fact: Fact) -> None:
         if fact.time_ns > self.last_told_ns:
@@ -529,7 +533,7 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
     if carrying_on:
         ended = False
     incomplete = not ended and (by_hand or now_ns >= closes_at_ns(state, now_ns, policy))
-    incomplete_at = max(f.time_ns for f in state.facts) if incomplete else None
+    incomplete_at = state.last_told_ns if incomplete else None
     if ended and not by_hand and now_ns - state.ended_seen_ns < policy.gap_grace_ns and _awaits_more(state):
         result.held = True
         return result

@@ -103,6 +103,14 @@ def test_an_executing_run_is_judged_silent_from_its_latest_event_whatever_order_
     assert overdue_since_ns(late_first, 10**9) == ns(run.now) + 10**9
 
 
+def test_a_run_told_a_fact_again_later_is_silent_from_its_latest_kept_fact_in_either_order():
+    # A re-executed invocation tells `step.started` of the same attempt again: the earliest telling is kept.
+    run = WorkflowRun().started().step_started("a").after(5_000).step_started("a")
+    first_telling = ns_of(run.events[1])
+    in_order, told_again_first = _state_of(run.events), _state_of([run.events[0], run.events[2], run.events[1]])
+    assert in_order.last_told_ns == told_again_first.last_told_ns == first_telling
+
+
 def test_a_run_that_woke_up_late_carries_a_workflow_overdue_event_with_how_late():
     run = WorkflowRun().started().sleep_started(1000).paused("sleep", resume_in_ms=1000)
     run.after(1000 + 600_000).resumed().sleep_completed(1000).completed()
