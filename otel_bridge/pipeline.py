@@ -887,7 +887,6 @@ class Pipeline:
             return
         observations = []
         unreadable = []
-        waiting = []  # paused or queued: the runs that can turn overdue
         counted_jobs = []
         for key, state in journal.headers(self.store):
             if state is None:
@@ -902,8 +901,6 @@ class Pipeline:
             if state.held_open:
                 self._held.add(key)
             counted = counted_under(state)
-            if counted in (c.STATE_PAUSED, c.STATE_PENDING):
-                waiting.append(key)
             if counted is not None:
                 observations.append(active_run(state, counted))
             if len(observations) >= _RESTORED_AT_ONCE:  # a million open runs are not held at once
@@ -912,8 +909,6 @@ class Pipeline:
         self.metrics.record(observations)
         if unreadable:  # set aside now, by the one loader's policy, rather than at their next event
             self._transaction(lambda tx, touched: [self._state(tx, key, touched) for key in unreadable])
-        if waiting and self.store.overdue_index_new:
-            self.store.run(lambda tx: self._index_overdue(tx, waiting))
         if counted_jobs:
             self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
 
@@ -927,12 +922,15 @@ class Pipeline:
         which no later event saves again, stayed as other settings had judged it. How many were indexed again."""
         judged_by = self.policy.overdue_judged_by()
         told = self.store.bookmark(_INDEXED_BY)
-        if told == judged_by:
+        if told == judged_by and not self.store.overdue_index_new:
             return 0
         # Written by an earlier version (no settings kept), the paused runs were indexed by the grace then: as now,
-        # most likely, and reading every paused run's facts at an upgrade is not worth the doubt.
+        # most likely, and reading every paused run's facts at an upgrade is not worth the doubt. Stored before
+        # the index existed (`overdue_index_new`), they are in it by no grace at all.
         before = self.policy if told is None else self.policy.judging_as(told)
-        waits_otherwise = before.settle.overdue_grace_ns != self.policy.settle.overdue_grace_ns
+        waits_otherwise = (
+            self.store.overdue_index_new or before.settle.overdue_grace_ns != self.policy.settle.overdue_grace_ns
+        )
         indexed = self.store.overdue_keys(math.inf)
         again = []
         for key, state in journal.headers(self.store):
@@ -952,8 +950,7 @@ class Pipeline:
         return len(again)
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
-        """Tell the overdue index when each of these turns overdue, by this bridge's settings: runs stored
-        before the index existed (paused or queued), job instances and executing runs indexed by other settings."""
+        """Tell the overdue index when each of these turns overdue, by this bridge's settings."""
         for key in keys_:
             state, due = journal.load(tx, key)
             if state is not None:

@@ -361,6 +361,7 @@ def test_runs_paused_before_the_overdue_index_existed_are_found_after_the_upgrad
 
     again = _pipeline(path)
     again.restore_gauges()  # start-up
+    again.index_by_these_settings()  # and, in the background, before the first count
     assert [r.run_id for r in again.overdue_runs()] == [stuck.workflow_id]
 
 
