@@ -1,6 +1,8 @@
 """A real OTLP receiver (HTTP and gRPC) that decodes what the bridge sends with opentelemetry-proto.
 
-It can be switched to refuse (HTTP 503 / gRPC UNAVAILABLE) to play a backend outage.
+It can be switched to refuse (HTTP 503 / gRPC UNAVAILABLE) to play a backend outage, and to throttle
+(HTTP 429 with Retry-After / gRPC UNAVAILABLE or RESOURCE_EXHAUSTED with RetryInfo) as the OTLP
+specification has an overloaded backend do.
 """
 
 import gzip
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -64,6 +68,21 @@ class Received:
     poison: str = ""
     partial: bool = False
     refused_for_good: int = 0
+    # A backend throttling trace requests until `throttled_until` (monotonic), asking for `asks` seconds
+    # (HTTP Retry-After, gRPC RetryInfo; none when None) with `code` (gRPC); when each was refused.
+    throttled_until: float = 0.0
+    asks: float | None = None
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    throttled_at: list[float] = field(default_factory=list)
+
+    def throttling(self) -> bool:
+        """True when this request is throttled (and noted so)."""
+        now = time.monotonic()
+        with self.lock:
+            if now >= self.throttled_until:
+                return False
+            self.throttled_at.append(now)
+            return True
 
     def take_traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         with self.lock:
@@ -176,6 +195,8 @@ class OtlpHttpReceiver:
         self.credential: str | None = None
         # Where the signals' paths begin, as behind a gateway that serves OTLP under a path of its own.
         self.prefix = ""
+        # The largest body taken, as a proxy's (nginx's client_max_body_size): 413 past it.
+        self.max_body_bytes: int | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -184,6 +205,12 @@ class OtlpHttpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if receiver.max_body_bytes is not None and len(body) > receiver.max_body_bytes:
+                    receiver.received.refused += 1
+                    self.send_response(413)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip
                     body = gzip.decompress(body)
                 receiver.received.headers.append({k.lower(): v for k, v in self.headers.items()})
@@ -194,6 +221,13 @@ class OtlpHttpReceiver:
                 ):
                     receiver.received.refused += 1
                     self.send_response(503 if not receiver.up else 401)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if path == "/v1/traces" and receiver.received.throttling():
+                    self.send_response(429)
+                    if (asks := receiver.received.asks) is not None:
+                        self.send_header("retry-after", f"{asks:g}")
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
@@ -249,9 +283,14 @@ class OtlpHttpReceiver:
 
 class OtlpGrpcReceiver:
     def __init__(
-        self, port: int = 0, received: Received | None = None, tls: tuple[str, str, str | None] | None = None
+        self,
+        port: int = 0,
+        received: Received | None = None,
+        tls: tuple[str, str, str | None] | None = None,
+        max_receive_bytes: int | None = None,
     ) -> None:
-        """`tls`: as OtlpHttpReceiver's."""
+        """`tls`: as OtlpHttpReceiver's; `max_receive_bytes`: the server's limit on a message (gRPC's
+        default 4 MiB), past which it answers RESOURCE_EXHAUSTED."""
         self.received = received or Received()
         self.up = True
         self.credential: str | None = None  # as OtlpHttpReceiver's: UNAUTHENTICATED without it
@@ -271,6 +310,11 @@ class OtlpGrpcReceiver:
                 receiver.received.headers.append(dict(context.invocation_metadata()))
                 refuse_unless_allowed(context)
                 got = receiver.received
+                if got.throttling():
+                    if got.asks is not None:
+                        delay = RetryInfo(retry_delay=Duration(seconds=int(got.asks), nanos=int(got.asks % 1 * 1e9)))
+                        context.set_trailing_metadata((("google.rpc.retryinfo-bin", delay.SerializeToString()),))
+                    context.abort(got.code, "throttled for the test")
                 kept, refused = got.sift(request)
                 answer = trace_service_pb2.ExportTraceServiceResponse()
                 if refused and not got.partial:
@@ -288,7 +332,8 @@ class OtlpGrpcReceiver:
                 receiver.received.take_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        options = [("grpc.max_receive_message_length", max_receive_bytes)] if max_receive_bytes else []
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._server)
         if tls is None:

@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
+from otel_bridge.retry_after import seconds_asked
 from otel_bridge.tokens import TOKEN
 from otel_bridge.urls import host_problem, without_secrets
 
@@ -57,6 +58,11 @@ class ExportResult:
     reason: str = ""
     # Spans the backend refused while taking the rest (partial_success), 0 when it took all or none.
     rejected_spans: int = 0
+    # How long the backend asked to be left before the next request (HTTP `Retry-After`, gRPC
+    # `RetryInfo`), when it said so: longer than the exporter's own deadline let it wait.
+    wait_seconds: float | None = None
+    # Refused for its size (HTTP 413, gRPC's "larger than max"): smaller requests will be taken.
+    too_large: bool = False
 
 
 SENT = ExportResult(Delivery.SENT)
@@ -165,10 +171,36 @@ def _sent_over_http(client: Any, recorder: Recorder, request: bytes, what: str =
                 body = last.text()[:500]
             except Exception:
                 body = ""
-        return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip())
+        return ExportResult(
+            Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip(), too_large=code == 413
+        )
     # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
     error = result.error or (last.error if last is not None else None)
-    return ExportResult(Delivery.RETRY, f"HTTP {code}" if code else _plainly(error))
+    if not code:
+        return ExportResult(Delivery.RETRY, _plainly(error))
+    return throttled(ExportResult(Delivery.RETRY, f"HTTP {code}"), _header(last, "retry-after"))
+
+
+def _header(answer: Any, name: str) -> str | None:
+    try:
+        return answer.headers().get(name) if answer is not None else None
+    except Exception:  # headers that do not parse: as if not given
+        return None
+
+
+# The longest wait a backend's throttling is taken at its word for: past it, the export is asked
+# again and told failing (the OpenTelemetry Collector gives up retrying after five minutes in all).
+LONGEST_WAIT_ASKED = 300.0
+
+
+def throttled(result: ExportResult, asked: float | str | None) -> ExportResult:
+    """`result` with the wait the backend asked for (`Retry-After` text, or seconds), at most
+    `LONGEST_WAIT_ASKED`, said in its reason; as it was when none was asked."""
+    seconds = seconds_asked(asked) if isinstance(asked, str | None) else asked
+    if seconds is None:
+        return result
+    seconds = min(seconds, LONGEST_WAIT_ASKED)
+    return replace(result, reason=f"{result.reason} (the backend asks to wait {seconds:.3g} s)", wait_seconds=seconds)
 
 
 def _plainly(error: object) -> str:

@@ -4,6 +4,7 @@ modules take ~40 ms to import, at every start of the sidecar and of an in-proces
 from typing import Any
 
 import grpc
+from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -14,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
-from otel_bridge.export.otlp import Delivery, ExportResult, Recorder, answered, not_the, span_count
+from otel_bridge.export.otlp import Delivery, ExportResult, Recorder, answered, not_the, span_count, throttled
 
 # Refusals of the bridge rather than of its spans (see otlp.py's HTTP ones): the spans wait in the
 # outbox and the export is told failing until the configuration is mended.
@@ -80,12 +81,39 @@ def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any, what: str =
     if not isinstance(last, grpc.RpcError):
         return ExportResult(Delivery.RETRY, "")
     code, details = last.code(), last.details()
+    told = f"gRPC {code.name}: {details}" if details else f"gRPC {code.name}"
     if code in _REFUSES_THE_BRIDGE:
-        return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details} ({not_the(what)})")
+        return ExportResult(Delivery.RETRY, f"{told} ({not_the(what)})")
+    wait = _retry_delay(last)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and wait is None and _TOO_LARGE in (details or ""):
+        # A backend taking smaller messages than `max_export_bytes` makes (its receiver's own limit):
+        # the same request would be refused for ever, halves are taken. Other exhaustions (a quota)
+        # are waited out though the specification calls one without RetryInfo final: refused, every
+        # span would be set aside, one request each, for as long as the quota lasted.
+        return ExportResult(Delivery.REJECTED, told, too_large=True)
     if code not in exporter._retryable_error_codes:
-        return ExportResult(Delivery.REJECTED, f"gRPC {code.name}: {details}")
+        return ExportResult(Delivery.REJECTED, told)
     # The details say what a code alone does not ("failed to connect to all addresses", a DNS name).
-    return ExportResult(Delivery.RETRY, f"gRPC {code.name}: {details}" if details else f"gRPC {code.name}")
+    return throttled(ExportResult(Delivery.RETRY, told), wait)
+
+
+# What gRPC says of a message past the receiving end's `max_receive_message_length`.
+_TOO_LARGE = "larger than max"
+
+
+def _retry_delay(error: grpc.RpcError) -> float | None:
+    """The wait a backend's RetryInfo asks for (trailing metadata `google.rpc.retryinfo-bin`, as the
+    OTLP specification has a throttling server send it), in seconds; None when it sent none."""
+    metadata: Any = error.trailing_metadata() or ()
+    for key, sent in metadata:
+        if key == "google.rpc.retryinfo-bin" and isinstance(sent, bytes):
+            try:
+                delay = RetryInfo.FromString(sent).retry_delay
+            except Exception:  # what does not parse: as if none were sent
+                return None
+            seconds: float = delay.seconds + delay.nanos / 1e9
+            return max(seconds, 0.0)
+    return None
 
 
 class GrpcMetrics(_SendsEncoded, OTLPMetricExporter):

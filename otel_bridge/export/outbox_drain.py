@@ -23,7 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otel_bridge import conventions as c
 from otel_bridge import keys
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.export.otlp import Delivery, ExportResult, TraceSender
+from otel_bridge.export.otlp import SENT, Delivery, ExportResult, TraceSender
 from otel_bridge.export.span_encoding import export_request, shrunk
 from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 _REQUEST_OVERHEAD = 4096
 
 _MAX_BACKOFF = 30.0
+
+# Below it, a backend refusing requests for their size is not taken at its word any further: single
+# spans are sent, and what it refuses alone is set aside.
+_SMALLEST_BOUND = 16 * 1024
 
 
 class OutboxDrain:
@@ -70,6 +74,8 @@ class OutboxDrain:
         # disk, without its reserve after a restart): acknowledged first at the next round, never sent
         # again meanwhile — every drain sent them to the backend once more.
         self._unacked: dict[int | str, None] = {}
+        # Seconds a throttling backend asked to be left after the last round (Retry-After, RetryInfo).
+        self.asked_wait = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -101,18 +107,19 @@ class OutboxDrain:
             return 0
         chunks = self._chunks(rows)
         results = self._deliver_all(chunks)
-        done = sum(sent for sent, _reason in results)
-        complete = all(sent == len(chunk) for (sent, _), chunk in zip(results, chunks, strict=True))
-        reason = next((why for (sent, why), chunk in zip(results, chunks, strict=True) if sent < len(chunk)), "")
-        self._on_result(complete, reason)
+        done = sum(sent for sent, _why in results)
+        stopped = [why for (sent, why), chunk in zip(results, chunks, strict=True) if sent < len(chunk)]
+        # The longest wait a throttling backend asked for holds every sender: they share its limit.
+        self.asked_wait = max((why.wait_seconds or 0.0 for why in stopped), default=0.0)
+        self._on_result(not stopped, stopped[0].reason if stopped else "")
         if done == 0:
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
             return None
         return done
 
-    def _deliver_all(self, chunks: list[list[OutboxRow]]) -> list[tuple[int, str]]:
+    def _deliver_all(self, chunks: list[list[OutboxRow]]) -> list[tuple[int, ExportResult]]:
         """Each chunk by a sender of its own, at once; the first in this thread."""
-        results: list[tuple[int, str]] = [(0, "")] * len(chunks)
+        results: list[tuple[int, ExportResult]] = [(0, SENT)] * len(chunks)
         errors: list[Exception] = []
 
         def deliver(n: int) -> None:
@@ -147,26 +154,45 @@ class OutboxDrain:
             rows = [OutboxRow(rows[0].id, rows[0].resource, smaller)]
         request = export_request([(row.resource, row.payload) for row in rows], self._version)
         try:
-            return sender.send(request)
+            result = sender.send(request)
         except Exception:  # an exporter bug must not kill the drain: the spans stay queued
             log.exception("OTLP trace export raised")
             return ExportResult(Delivery.RETRY, "exporter raised")
+        if result.too_large:
+            self._take_smaller(len(request), result.reason)
+        return result
 
-    def _deliver(self, sender: TraceSender, rows: list[OutboxRow]) -> tuple[int, str]:
-        """Send `rows`, splitting what the backend refuses: how many left the outbox, and why not all."""
+    def _take_smaller(self, refused: int, reason: str) -> None:
+        """Requests from now on at most half of `refused` bytes: the backend (or a proxy before it) takes
+        less than `max_export_bytes`. The refused one is halved too, but without this every round
+        would begin again at the size refused, each paying its refusal."""
+        with self._counting:
+            bound = max(refused // 2, _SMALLEST_BOUND)
+            if bound >= self._max_bytes:
+                return
+            self._max_bytes = bound
+        log.warning(
+            "the OTLP backend refused a request of %d bytes for its size (%s): requests are at most %d bytes "
+            "from now on; set max_export_bytes to what it takes",
+            refused, reason, bound,
+        )  # fmt: skip
+
+    def _deliver(self, sender: TraceSender, rows: list[OutboxRow]) -> tuple[int, ExportResult]:
+        """Send `rows`, splitting what the backend refuses: how many left the outbox, and what the
+        backend said of the rest when not all did."""
         result = self._send(sender, rows)
         if result.delivery is Delivery.RETRY:
-            return 0, result.reason
+            return 0, result
         if result.delivery is Delivery.SENT:
             # Counted as the backend took them, whether or not the store can acknowledge them now.
             self._metrics.bridge(c.M_BRIDGE_SPANS_EXPORTED, len(rows))
             with self._counting:
                 self.exported += len(rows)
             self._ack([row.id for row in rows])
-            return len(rows), ""
+            return len(rows), SENT
         if len(rows) == 1:
             self._set_aside(rows[0], result.reason)
-            return 1, ""
+            return 1, SENT
         # Some span in here is refused: halve until it stands alone. A partial success
         # re-sends spans the backend took already; their ids are deterministic, so the
         # backend sees the identical span again (at-least-once, as after a crash).
@@ -209,10 +235,14 @@ class OutboxDrain:
             with passes.running("trace-export"):
                 sent = failures.attempt(self.export_once)
             if sent is None:
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                # Exponential from what a throttling backend asked for, as its RetryInfo's own
+                # documentation has a client do when the retry fails again.
+                stop.wait(max(backoff, self.asked_wait))
+                backoff = min(max(backoff, self.asked_wait) * 2, _MAX_BACKOFF)
                 continue
             backoff = 0.5
+            if self.asked_wait:  # some requests went, another was asked to wait: so do they all
+                stop.wait(self.asked_wait)
             if sent == 0:
                 self._wake.wait(self._poll)
                 self._wake.clear()
@@ -246,9 +276,14 @@ class OutboxDrain:
             if sent == 0:
                 return True
             if sent is None:
-                if not retry:
+                pause = max(0.5, self.asked_wait)
+                if not retry or pause >= deadline - time.monotonic():
+                    break  # what is left stays on disk for the next start
+                time.sleep(pause)
+            elif self.asked_wait:
+                if self.asked_wait >= deadline - time.monotonic():
                     break
-                time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+                time.sleep(self.asked_wait)
         return self._store.outbox_depth() == 0
 
 

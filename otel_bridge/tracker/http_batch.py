@@ -17,8 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -28,6 +26,7 @@ import orjson
 from otel_bridge.forks import after_fork_in_child, event_like
 from otel_bridge.json_text import as_read_back
 from otel_bridge.repeated_failure import Cadence
+from otel_bridge.retry_after import seconds_asked
 from otel_bridge.tokens import CONTROL_CHARACTER, HEADER_NAME
 from otel_bridge.tracker.contract import AfterClose, at_exit, checked_labels, enriched
 from otel_bridge.urls import host_problem, without_secrets
@@ -119,17 +118,9 @@ _MAX_RETRY_AFTER = 60.0
 
 def _retry_after(response: httpx.Response) -> float | None:
     """The wait a refusal asks for (`Retry-After`: seconds, or an HTTP date), at most a minute."""
-    value = response.headers.get("retry-after")
-    if response.is_success or not value:
+    if response.is_success or (asked := seconds_asked(response.headers.get("retry-after"))) is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    return min(asked, _MAX_RETRY_AFTER)
 
 
 # How much of a refusal's body the log keeps: the bridge names what was wrong in a line or two.
