@@ -60,6 +60,21 @@ class Phase10Server:
         self.listing_fails_from: int | None = None
         # (workflow id, X-Workspace-Id) of each listing asked for.
         self.listing_requests: list[tuple[str, str | None]] = []
+        # A rate limiter before the API: each request answered 429 with `retry_after` (none when None)
+        # when it comes sooner than `min_interval` seconds after the last one taken; when each was.
+        self.min_interval = 0.0
+        self.retry_after: str | None = None
+        self.throttled: list[float] = []
+        self._last_taken = 0.0
+
+        def limited() -> Response | None:
+            now = time.monotonic()
+            if now - self._last_taken < self.min_interval:
+                self.throttled.append(now)
+                asks = {"retry-after": self.retry_after} if self.retry_after is not None else None
+                return JSONResponse({"detail": "Too Many Requests"}, status_code=429, headers=asks)
+            self._last_taken = now
+            return None
 
         async def stream(websocket: WebSocket) -> None:
             await websocket.accept()
@@ -85,6 +100,8 @@ class Phase10Server:
 
         async def timeline(request: Request) -> Response:
             execution = request.path_params["execution_id"]
+            if (refused := limited()) is not None:
+                return refused
             self.timeline_requests.append((execution, request.headers.get("x-workspace-id")))
             if (gate := self.timeline_gates.get(execution)) is not None:
                 await asyncio.to_thread(gate.wait, 60)
@@ -99,6 +116,8 @@ class Phase10Server:
 
         async def executions(request: Request) -> Response:
             query = request.query_params
+            if (refused := limited()) is not None:
+                return refused
             self.listing_requests.append((request.path_params["workflow_id"], request.headers.get("x-workspace-id")))
             if self.listing_fails_from is not None and int(query.get("skip", 0)) >= self.listing_fails_from:
                 return JSONResponse({"detail": "Internal Server Error"}, status_code=500)

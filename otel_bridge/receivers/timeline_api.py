@@ -7,6 +7,8 @@
 """
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,11 +18,22 @@ from urllib.parse import quote
 import httpx
 
 from otel_bridge.json_text import loads
+from otel_bridge.repeated_failure import Cadence
+from otel_bridge.retry_after import seconds_asked
 from otel_bridge.sources.wire import utc
 
 log = logging.getLogger(__name__)
 
 PAGE = 100  # the most the API hands out at once
+
+# Answers that say "not now" rather than "no": a rate limiter before the API, the API overloaded or
+# restarting. Asked again as the answer asks (`Retry-After`), else after 1, 2, 4, 8 s, before the
+# answer is taken for a failure: a history of thousands of executions behind a rate limiter was
+# fetched at full speed, most of it "not fetched", and the follower's catch-up asked again at once.
+THROTTLED = frozenset({429, 503})
+_TRIES = 5
+_LONGEST_WAIT = 60.0
+_throttled = Cadence()  # told once, then once a minute while it lasts
 
 
 @dataclass(frozen=True)
@@ -58,16 +71,17 @@ def executions(
     window: Window,
     status: str | None = None,
     workspace_id: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[str]:
     """The ids of the workflow's executions started in `window`, page by page (`workspace_id`: the
-    workflow's workspace, when not the client's)."""
+    workflow's workspace, when not the client's; `stop`: what ends a wait a throttled answer asks)."""
     skip = 0
     headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
     listed: set[str] = set()
     while True:
         params: dict[str, Any] = {"skip": skip, "limit": PAGE} | ({"status": status} if status else {})
         url = f"{api_url}/api/workflows/{quote(workflow_id, safe='')}/executions"
-        page = _json(client.get(url, params=params, headers=headers), url)
+        page = _get(client, url, params=params, headers=headers, stop=stop)
         items = page.get("items") if isinstance(page, dict) else page
         if not isinstance(items, list):
             raise ApiError(f"{url} answered no list of executions (expected {{'items': [...]}})")
@@ -130,13 +144,49 @@ def in_workspace(document: Any, workspace_id: str | None) -> Any:
     return document
 
 
-def timeline(client: httpx.Client, api_url: str, execution_id: str, workspace_id: str | None = None) -> Any:
+def timeline(
+    client: httpx.Client,
+    api_url: str,
+    execution_id: str,
+    workspace_id: str | None = None,
+    stop: threading.Event | None = None,
+) -> Any:
     """`workspace_id`: the execution's workspace, when not the client's (the engine answers 404 for an
-    execution of another workspace than the one its `X-Workspace-Id` names)."""
+    execution of another workspace than the one its `X-Workspace-Id` names); `stop`: as `executions`'."""
     # Escaped: an id is what a message said, and one holding "/" or ".." must not name another resource.
     url = f"{api_url}/api/workflows/executions/{quote(execution_id, safe='')}/timeline"
     headers = {"X-Workspace-Id": workspace_id} if workspace_id else None
-    return _json(client.get(url, headers=headers), url)
+    return _get(client, url, headers=headers, stop=stop)
+
+
+def _get(
+    client: httpx.Client,
+    url: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    stop: threading.Event | None = None,
+) -> Any:
+    """The JSON `url` answers, asked again while the answer is a throttled one (`THROTTLED`)."""
+    response = client.get(url, params=params, headers=headers)
+    for attempt in range(_TRIES - 1):
+        if response.status_code not in THROTTLED:
+            break
+        asked = seconds_asked(response.headers.get("retry-after"))
+        wait = min(asked if asked is not None else 2.0**attempt, _LONGEST_WAIT)
+        if _throttled.failed():
+            log.warning(
+                "the Phase-10 API answered %d at %s: asked again in %.3g s%s (told once a minute while it lasts)",
+                response.status_code, url, wait, ", as it asks" if asked is not None else "",
+            )  # fmt: skip
+        if stop is None:
+            time.sleep(wait)
+        elif stop.wait(wait):
+            break  # stopping: the answer as it was
+        response = client.get(url, params=params, headers=headers)
+    if not response.is_error:
+        _throttled.recovered()
+    return _json(response, url)
 
 
 def _json(response: httpx.Response, url: str) -> Any:

@@ -375,7 +375,9 @@ class WebSocketReceiver:
                 if stop.is_set():
                     return
                 try:
-                    listed = timeline_api.executions(client, self._api_url, workflow, window, workspace_id=workspace)
+                    listed = timeline_api.executions(
+                        client, self._api_url, workflow, window, workspace_id=workspace, stop=stop
+                    )
                     mine = [e for e in listed if e not in self._seen and e not in self.open_executions]
                 except (httpx.HTTPError, timeline_api.ApiError) as exc:
                     self._unanswered.failed(exc)
@@ -419,7 +421,7 @@ class WebSocketReceiver:
                     return []
                 try:
                     workspace = self._workspaces.get(execution)
-                    timeline = timeline_api.timeline(client, self._api_url, execution, workspace)
+                    timeline = timeline_api.timeline(client, self._api_url, execution, workspace, stop)
                 except httpx.TransportError as exc:  # down or hung: the rest would wait the same
                     self._unanswered.failed(exc)
                     return again + executions[n:]

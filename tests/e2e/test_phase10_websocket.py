@@ -274,6 +274,24 @@ def test_import_timeline_takes_a_workflows_history_from_the_api_page_by_page_in_
     }
 
 
+def test_import_timeline_behind_a_rate_limiter_fetches_every_timeline_as_fast_as_it_is_let(tmp_path, otlp_http, engine):
+    # Each request answered 429 but for the first in every 0.2 s, asking for that much: all of a history
+    # came back "not fetched" but a few, each asked for once at full speed.
+    history = [Phase10Run("nightly", workflow_id="wf-nightly").started(1).completed() for _ in range(12)]
+    engine.runs = history
+    engine.timelines = {run.execution_id: run.timeline() for run in history}
+    engine.min_interval, engine.retry_after = 0.2, "0.2"
+
+    result = _import(tmp_path, otlp_http, "--ws-api-url", engine.api_url, "--workflow-id", "wf-nightly")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "timelines: 12" in result.stdout and "not fetched" not in result.stdout
+    assert len(engine.timeline_requests) == 12  # each taken once
+    # Asked again when the limiter asked, not sooner: no request refused twice in a row.
+    assert 0 < len(engine.throttled) <= len(engine.timeline_requests) + len(engine.listing_requests)
+    assert "the Phase-10 API answered 429" in result.stderr and "as it asks" in result.stderr
+
+
 def test_import_timeline_keeps_what_it_stored_when_the_listing_fails_halfway(tmp_path, otlp_http, engine):
     start = datetime(2026, 11, 30, 8, 0)
     history = [

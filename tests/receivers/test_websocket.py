@@ -300,6 +300,23 @@ def test_a_timeline_the_api_could_not_answer_is_asked_again_without_a_reconnect(
     assert [execution for execution, _ in engine.timeline_requests] == [run.execution_id] * 3
 
 
+def test_catching_up_behind_a_rate_limiter_asks_again_when_it_is_let_not_sooner(tmp_path, engine):
+    # A 429 was a failure like any: the next execution was asked for at once (refused too), and every
+    # one again after the backoff, most of them refused again.
+    runs = [Phase10Run(f"limited-{n}").started(1) for n in range(6)]
+    for run in runs:
+        engine.timelines[run.execution_id] = run.after(10).completed().timeline()
+    engine.min_interval, engine.retry_after = 0.3, "0.3"
+    engine.scripts.put([*(run.events[0] for run in runs), DROP])
+    engine.scripts.put([])  # reconnected: the six open executions caught up
+    with _Following(tmp_path, engine) as following:
+        _wait(lambda: engine.connections == 2, "no reconnect")
+        for run in runs:
+            _wait(lambda run=run: run.execution_id not in following.listed(), "an end was not caught up", timeout=30)
+    assert sorted(e for e, _ in engine.timeline_requests) == sorted(run.execution_id for run in runs)  # once each
+    assert 0 < len(engine.throttled) <= len(engine.timeline_requests)  # none refused twice in a row
+
+
 def test_the_receiver_tells_since_when_the_engine_is_not_followed(tmp_path, engine):
     engine.scripts.put([])  # connected, quiet
     following = _Following(tmp_path, engine)
