@@ -43,6 +43,15 @@ class _SendsEncoded:
     _client: Any  # the exporter's stub
     _request: Any  # the request message, read from the encoded bytes `send` is given
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The exporter's own retries of RESOURCE_EXHAUSTED (1, 2, 4 s within its timeout) are the
+        # bridge's to make: a request too large is halved at once, a quota waited for by the outbox.
+        exporter: Any = self  # the SDK's attribute, typed as its first assignment guessed
+        exporter._retryable_error_codes = frozenset(exporter._retryable_error_codes) - {
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        }
+
     def _translate_data(self, data: Any) -> Any:
         return data
 
@@ -85,12 +94,14 @@ def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any, what: str =
     if code in _REFUSES_THE_BRIDGE:
         return ExportResult(Delivery.RETRY, f"{told} ({not_the(what)})")
     wait = _retry_delay(last)
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and wait is None and _TOO_LARGE in (details or ""):
-        # A backend taking smaller messages than `max_export_bytes` makes (its receiver's own limit):
-        # the same request would be refused for ever, halves are taken. Other exhaustions (a quota)
-        # are waited out though the specification calls one without RetryInfo final: refused, every
-        # span would be set aside, one request each, for as long as the quota lasted.
-        return ExportResult(Delivery.REJECTED, told, too_large=True)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if wait is None and _TOO_LARGE in (details or ""):
+            # A backend taking smaller messages than `max_export_bytes` makes (its receiver's own
+            # limit): the same request would be refused for ever, halves are taken.
+            return ExportResult(Delivery.REJECTED, told, too_large=True)
+        # A quota, waited out though the specification calls one without RetryInfo final: refused,
+        # every span would be set aside, one request each, for as long as the quota lasted.
+        return throttled(ExportResult(Delivery.RETRY, told), wait)
     if code not in exporter._retryable_error_codes:
         return ExportResult(Delivery.REJECTED, told)
     # The details say what a code alone does not ("failed to connect to all addresses", a DNS name).
