@@ -6,6 +6,7 @@ gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, a SQLit
 
 import json
 import socket
+import time
 
 import pytest
 import redis
@@ -90,6 +91,19 @@ def test_a_backend_that_refuses_the_bridges_credential_fails_the_check_naming_th
         assert ok is False
         assert ("HTTP 401" if protocol == "http/protobuf" else "gRPC UNAUTHENTICATED") in detail
         assert "check the endpoint and its credentials" in detail
+
+
+def test_a_backend_that_throttles_is_there_and_told_so_without_failing_the_check(monkeypatch, otlp):
+    protocol, receiver = otlp
+    receiver.received.asks, receiver.received.throttled_until = 30.0, time.monotonic() + 60
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+
+    ok, detail = _findings(Settings(state=":memory:"))["traces"]
+
+    assert ok is True
+    assert "throttles the bridge now" in detail and "(the backend asks to wait 30 s)" in detail
+    assert ("HTTP 429" if protocol == "http/protobuf" else "gRPC UNAVAILABLE") in detail
 
 
 def test_a_backend_that_is_not_there_is_told_as_the_connection_refused_not_as_nested_client_errors(monkeypatch):
