@@ -177,7 +177,7 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
         # There, and the settings reach it: what it sends waits in the outbox until the backend takes
         # it. Its credential is not known good until it has taken a request.
         return Finding(
-            signal, True, f"{endpoint} throttles the bridge now ({reason}): the spans wait until it takes them"
+            signal, True, f"{endpoint} throttles the bridge now: {reason}; the spans wait until it takes them"
         )
     return Finding(signal, False, f"{endpoint}: {reason}{_tls_hint(signal, reason)}")
 

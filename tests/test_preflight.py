@@ -102,7 +102,7 @@ def test_a_backend_that_throttles_is_there_and_told_so_without_failing_the_check
     ok, detail = _findings(Settings(state=":memory:"))["traces"]
 
     assert ok is True
-    assert "throttles the bridge now" in detail and "(the backend asks to wait 30 s)" in detail
+    assert "throttles the bridge now" in detail and ", the backend asks to wait 30 s;" in detail
     assert ("HTTP 429" if protocol == "http/protobuf" else "gRPC UNAVAILABLE") in detail
 
 

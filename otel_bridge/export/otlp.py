@@ -200,7 +200,7 @@ def throttled(result: ExportResult, asked: float | str | None) -> ExportResult:
     if seconds is None:
         return result
     seconds = min(seconds, LONGEST_WAIT_ASKED)
-    return replace(result, reason=f"{result.reason} (the backend asks to wait {seconds:.3g} s)", wait_seconds=seconds)
+    return replace(result, reason=f"{result.reason}, the backend asks to wait {seconds:.3g} s", wait_seconds=seconds)
 
 
 def _plainly(error: object) -> str:

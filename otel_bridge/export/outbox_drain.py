@@ -74,8 +74,10 @@ class OutboxDrain:
         # disk, without its reserve after a restart): acknowledged first at the next round, never sent
         # again meanwhile — every drain sent them to the backend once more.
         self._unacked: dict[int | str, None] = {}
-        # Seconds a throttling backend asked to be left after the last round (Retry-After, RetryInfo).
+        # Seconds a throttling backend asked to be left after the last round (Retry-After, RetryInfo),
+        # and until when (the clock's): the drain at a stop keeps to it too.
         self.asked_wait = 0.0
+        self._quiet_until = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -111,6 +113,7 @@ class OutboxDrain:
         stopped = [why for (sent, why), chunk in zip(results, chunks, strict=True) if sent < len(chunk)]
         # The longest wait a throttling backend asked for holds every sender: they share its limit.
         self.asked_wait = max((why.wait_seconds or 0.0 for why in stopped), default=0.0)
+        self._quiet_until = time.monotonic() + self.asked_wait if self.asked_wait else 0.0
         self._on_result(not stopped, stopped[0].reason if stopped else "")
         if done == 0:
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
@@ -267,7 +270,11 @@ class OutboxDrain:
         """Export until the outbox is empty or `timeout` passes (or an export fails, without `retry`);
         True when empty."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
+            if (quiet := self._quiet_until - now) > 0:
+                if quiet >= deadline - now:
+                    break  # asked to wait past the timeout: what is left stays on disk for the next start
+                time.sleep(quiet)
             try:
                 sent = self.export_once()
             except Exception as exc:  # the store's (an acknowledgement on a full disk): a stop must still end
@@ -276,14 +283,9 @@ class OutboxDrain:
             if sent == 0:
                 return True
             if sent is None:
-                pause = max(0.5, self.asked_wait)
-                if not retry or pause >= deadline - time.monotonic():
-                    break  # what is left stays on disk for the next start
-                time.sleep(pause)
-            elif self.asked_wait:
-                if self.asked_wait >= deadline - time.monotonic():
+                if not retry:
                     break
-                time.sleep(self.asked_wait)
+                time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
         return self._store.outbox_depth() == 0
 
 

@@ -84,8 +84,19 @@ def test_a_backend_asking_to_wait_is_asked_again_once_the_wait_is_over(tmp_path,
     assert len(got.spans) == 20
     assert len(got.throttled_at) == 1
     (ok, why), *_ = draining.told
-    assert not ok and why.endswith("(the backend asks to wait 3 s)")
+    assert not ok and why.endswith(", the backend asks to wait 3 s")
     assert why.startswith("HTTP 429" if protocol == "http/protobuf" else "gRPC UNAVAILABLE")
+
+
+def test_a_stop_keeps_to_the_wait_asked_and_leaves_the_spans_for_the_next_start(tmp_path, monkeypatch, otlp_http):
+    got = otlp_http.received
+    got.asks, got.throttled_until = 30.0, time.monotonic() + 60
+    draining = Draining(tmp_path, monkeypatch, "http/protobuf", otlp_http.endpoint, [_span(n) for n in range(5)])
+    assert draining.drain.export_once() is None  # the export loop's last round: asked to wait 30 s
+    assert draining.drain.drain(timeout=5) is False  # the stop's drain: the wait is past its timeout
+    assert len(got.throttled_at) == 1 and draining.store.outbox_depth() == 5
+    draining.sender.shutdown()
+    draining.store.close()
 
 
 def test_a_backend_throttling_without_saying_how_long_is_asked_again_with_backoff(tmp_path, monkeypatch, otlp):
@@ -117,7 +128,7 @@ def test_an_exhausted_quota_with_retry_info_is_left_as_long_as_it_asks(tmp_path,
     assert len(got.spans) == 5 and len(got.throttled_at) == 1
     assert draining.told[0] == (
         False,
-        "gRPC RESOURCE_EXHAUSTED: throttled for the test (the backend asks to wait 2.5 s)",
+        "gRPC RESOURCE_EXHAUSTED: throttled for the test, the backend asks to wait 2.5 s",
     )
 
 
