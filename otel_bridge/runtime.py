@@ -185,6 +185,7 @@ class Bridge:
             lambda: "the counts go on accumulating and are sent whole",
             settings.export_log_interval_seconds,
         )
+        self._metrics_quiet_until = 0.0  # the clock's time a throttling backend asked metrics to wait for
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
         self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
         if (hot := self.pipeline.hot) is not None:
@@ -698,13 +699,18 @@ class Bridge:
         else:
             self.metric_health.failed(result.reason)
             self.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="metrics")
+        # A throttling backend's wait, kept to by the next push (the counts are cumulative: nothing is
+        # lost by a push made later).
+        self._metrics_quiet_until = time.monotonic() + (result.wait_seconds or 0.0)
         return ok
 
     def _metric_loop(self) -> None:
         interval = self.settings.metric_export_interval_ms / 1000
-        while not self._stop.wait(interval):
+        wait = interval
+        while not self._stop.wait(wait):
             with self.passes.running("metric-export"):
                 self.export_metrics()
+            wait = max(interval, self._metrics_quiet_until - time.monotonic())
 
     def _outbox_waiting(self) -> str:
         # "Safely" only where the outbox is on disk: an in-memory one goes with the process.

@@ -74,6 +74,7 @@ class Received:
     asks: float | None = None
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     throttled_at: list[float] = field(default_factory=list)
+    throttles_metrics: bool = False  # metric requests too, not only trace ones
 
     def throttling(self) -> bool:
         """True when this request is throttled (and noted so)."""
@@ -248,6 +249,13 @@ class OtlpHttpReceiver:
                         answer.partial_success.error_message = "span name refused by policy"
                     got.take_traces(kept)
                     reply = answer.SerializeToString()
+                elif path == "/v1/metrics" and receiver.received.throttles_metrics and receiver.received.throttling():
+                    self.send_response(429)
+                    if (asks := receiver.received.asks) is not None:
+                        self.send_header("retry-after", f"{asks:g}")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 elif path == "/v1/metrics":
                     receiver.received.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
                     reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()

@@ -362,3 +362,30 @@ def test_a_failing_metric_export_is_told_with_why(tmp_path, otlp_http, monkeypat
     (told,) = [r.getMessage() for r in caplog.records if "metric export" in r.getMessage()]
     assert f"metric export to {otlp_http.endpoint}/v1/metrics is failing (HTTP 401" in told
     assert "not its data points" in told
+
+
+def test_metrics_are_pushed_again_once_the_wait_a_throttling_backend_asked_for_is_over(
+    tmp_path, otlp_http, monkeypatch
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "500")  # shorter than the wait: the exporter gives up at once
+    got = otlp_http.received
+    got.throttles_metrics, got.asks, got.throttled_until = True, 2.0, time.monotonic() + 1.9
+    settings = Settings(
+        state=str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "d.jsonl",
+        span_dead_letter=tmp_path / "s.jsonl",
+        metric_export_interval_ms=100,
+    )
+    bridge = Bridge(settings, trace_sender=NoSender())
+    bridge.metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")  # something to send
+    pushing = threading.Thread(target=bridge._metric_loop, daemon=True)
+    pushing.start()
+    try:
+        got.wait_for(lambda: bool(got.metrics), timeout=10)
+    finally:
+        bridge._stop.set()
+        pushing.join(5)
+        bridge.store.close()
+    assert len(got.throttled_at) == 1  # not once every 100 ms until the wait was over
