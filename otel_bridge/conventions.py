@@ -145,6 +145,9 @@ M_BRIDGE_EVENTS_REFUSED: Final = "otel_bridge.events.refused"
 # sign of a producer whose tracker stopped delivering (a wrong endpoint after a deploy drops every batch
 # after three re-sends, and the bridge, hearing nothing, has nothing else to count).
 M_PRODUCER_EVENTS: Final = "otel_bridge.producer.events"
+# Those of them timestamped more than a minute ahead of the bridge's clock: the producer's clock, or the
+# bridge's, is wrong (spans in the future; overdue and max_open judged off).
+M_PRODUCER_EVENTS_AHEAD: Final = "otel_bridge.producer.events_ahead"
 M_BRIDGE_RUNS_INCOMPLETE: Final = "otel_bridge.runs.incomplete"
 M_BRIDGE_JOBS_PRESUMED_ENDED: Final = "otel_bridge.jobs.presumed_ended"
 M_BRIDGE_RUNS_KEPT_BACK: Final = "otel_bridge.runs.kept_back"

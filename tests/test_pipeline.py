@@ -1,6 +1,7 @@
 """The pipeline around the fold: one bad run never blocks the others; job state stays bounded;
 an event sent again is a duplicate, known by its run (workflows) or the seen ids (jobs)."""
 
+import logging
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -715,6 +716,46 @@ def test_each_producers_events_taken_are_counted_under_it_by_engine_and_a_repeat
         ("shop", "staging", "durable-effect"): 1,
         ("crm", "production", "event-sourced"): 2,
     }
+
+
+def _counted(pipeline: Pipeline, name: str) -> dict[tuple[str, str], float]:
+    return {
+        (
+            data.resource_metrics[0].resource.attributes["service.name"],
+            point.attributes["workflow.platform.name"],
+        ): point.value
+        for data in pipeline.metrics.collect()
+        for scope in data.resource_metrics[0].scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    }
+
+
+def test_events_timestamped_ahead_of_the_bridges_clock_are_counted_under_their_producer_and_told(tmp_path, caplog):
+    # A producer's clock an hour ahead: its spans show in the future, its runs turn overdue and close an hour
+    # late, and nothing said why.
+    settings = Settings(state=str(tmp_path / "p.db"), settle_seconds=0)
+    now = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings, clock=lambda: now.timestamp())
+    ahead = WorkflowRun("checkout", service="shop", start=now + timedelta(hours=1)).started().step_started("pay")
+    in_time = WorkflowRun("checkout", service="billing", start=now + timedelta(seconds=30)).started()
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.pipeline"):
+        pipeline.ingest([*ahead.events, *in_time.events])
+        pipeline.ingest(ahead.events)  # sent again: duplicates, not counted again
+        pipeline.ingest(WorkflowRun("refund", service="shop", start=now + timedelta(hours=1)).started().events)
+
+    assert _counted(pipeline, "otel_bridge.producer.events_ahead") == {("shop", "durable-effect"): 3}
+    assert _counted(pipeline, "otel_bridge.producer.events") == {
+        ("shop", "durable-effect"): 3,
+        ("billing", "durable-effect"): 1,
+    }
+    (told,) = [
+        r.getMessage() for r in caplog.records if "ahead of this host's clock" in r.getMessage()
+    ]  # once a minute
+    assert told.startswith(
+        "events timestamped up to 3600 s ahead of this host's clock: 2 of shop (production, durable-effect);"
+    )
 
 
 def test_a_listing_with_other_settings_than_the_bridges_says_overdue_what_the_bridge_counts(tmp_path):

@@ -99,6 +99,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_PRODUCER_EVENTS: InstrumentSpec(
         "counter", "{event}", "This producer's events accepted into the store, by engine (duplicates not counted)"
     ),
+    c.M_PRODUCER_EVENTS_AHEAD: InstrumentSpec(
+        "counter",
+        "{event}",
+        "This producer's events accepted timestamped more than a minute ahead of the bridge's clock: one of the "
+        "two clocks is wrong",
+    ),
     c.M_BRIDGE_EVENTS_REFUSED: InstrumentSpec(
         "counter",
         "{event}",
