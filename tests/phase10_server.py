@@ -107,7 +107,8 @@ class Phase10Server:
                 await asyncio.to_thread(gate.wait, 60)
             if self.timeline_failures.get(execution, 0) > 0:
                 self.timeline_failures[execution] -= 1
-                return JSONResponse({"detail": "Service Unavailable"}, status_code=503)
+                asks = {"retry-after": self.retry_after} if self.retry_after is not None else None
+                return JSONResponse({"detail": "Service Unavailable"}, status_code=503, headers=asks)
             owner = self.timeline_workspaces.get(execution)
             if execution not in self.timelines or owner not in (None, request.headers.get("x-workspace-id")):
                 return JSONResponse({"detail": "Execution not found"}, status_code=404)

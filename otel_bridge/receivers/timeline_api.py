@@ -9,6 +9,7 @@
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,10 @@ THROTTLED = frozenset({429, 503})
 _TRIES = 5
 _LONGEST_WAIT = 60.0
 _throttled = Cadence()  # told once, then once a minute while it lasts
+# The clients one of whose requests was throttled through all its tries (an API down behind a load
+# balancer answers 503 for as long as it is down): their requests after it are asked once, until one is
+# answered otherwise, or a history of thousands of executions would wait 15 s for each.
+_gave_up: "weakref.WeakSet[httpx.Client]" = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def _get(
 ) -> Any:
     """The JSON `url` answers, asked again while the answer is a throttled one (`THROTTLED`)."""
     response = client.get(url, params=params, headers=headers)
-    for attempt in range(_TRIES - 1):
+    for attempt in range(0 if client in _gave_up else _TRIES - 1):
         if response.status_code not in THROTTLED:
             break
         asked = seconds_asked(response.headers.get("retry-after"))
@@ -184,7 +189,10 @@ def _get(
         elif stop.wait(wait):
             break  # stopping: the answer as it was
         response = client.get(url, params=params, headers=headers)
-    if not response.is_error:
+    if response.status_code in THROTTLED:
+        _gave_up.add(client)
+    else:
+        _gave_up.discard(client)
         _throttled.recovered()
     return _json(response, url)
 

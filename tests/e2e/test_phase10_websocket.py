@@ -292,6 +292,24 @@ def test_import_timeline_behind_a_rate_limiter_fetches_every_timeline_as_fast_as
     assert "the Phase-10 API answered 429" in result.stderr and "as it asks" in result.stderr
 
 
+def test_import_timeline_from_an_api_that_stays_unavailable_waits_for_the_first_timeline_only(
+    tmp_path, otlp_http, engine
+):
+    # A load balancer answers 503 for as long as the API behind it is down: each of a history's timelines
+    # waited out its five tries.
+    history = [Phase10Run("nightly", workflow_id="wf-nightly").started(1).completed() for _ in range(6)]
+    engine.runs = history
+    engine.timelines = {run.execution_id: run.timeline() for run in history}
+    engine.timeline_failures = {run.execution_id: 1_000 for run in history}
+    engine.retry_after = "0.05"
+
+    result = _import(tmp_path, otlp_http, "--ws-api-url", engine.api_url, "--workflow-id", "wf-nightly")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not fetched: 6" in result.stdout and "503" in result.stdout
+    assert len(engine.timeline_requests) == 5 + 5  # the first asked five times, the others once each
+
+
 def test_import_timeline_keeps_what_it_stored_when_the_listing_fails_halfway(tmp_path, otlp_http, engine):
     start = datetime(2026, 11, 30, 8, 0)
     history = [
