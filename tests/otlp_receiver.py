@@ -225,15 +225,15 @@ class OtlpHttpReceiver:
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
-                if path == "/v1/traces" and receiver.received.throttling():
+                got = receiver.received
+                if (path == "/v1/traces" or (path == "/v1/metrics" and got.throttles_metrics)) and got.throttling():
                     self.send_response(429)
-                    if (asks := receiver.received.asks) is not None:
-                        self.send_header("retry-after", f"{asks:g}")
+                    if got.asks is not None:
+                        self.send_header("retry-after", f"{got.asks:g}")
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
                 if path == "/v1/traces":
-                    got = receiver.received
                     kept, refused = got.sift(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
                     answer = trace_service_pb2.ExportTraceServiceResponse()
                     if refused and not got.partial:
@@ -249,13 +249,6 @@ class OtlpHttpReceiver:
                         answer.partial_success.error_message = "span name refused by policy"
                     got.take_traces(kept)
                     reply = answer.SerializeToString()
-                elif path == "/v1/metrics" and receiver.received.throttles_metrics and receiver.received.throttling():
-                    self.send_response(429)
-                    if (asks := receiver.received.asks) is not None:
-                        self.send_header("retry-after", f"{asks:g}")
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
                 elif path == "/v1/metrics":
                     receiver.received.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
                     reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()

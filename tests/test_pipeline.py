@@ -688,6 +688,22 @@ def test_when_each_job_last_ran_is_told_again_after_a_restart(tmp_path):
     assert points == {"success": ns_of(job.events[-1]) / 1e9, "failure": ns_of(job.events[2]) / 1e9}
 
 
+def _counted(pipeline: Pipeline, name: str) -> dict[tuple[str, str, str], float]:
+    """Each producer's count of `name`: (service, environment, engine) -> value."""
+    return {
+        (
+            data.resource_metrics[0].resource.attributes["service.name"],
+            data.resource_metrics[0].resource.attributes["deployment.environment.name"],
+            point.attributes["workflow.platform.name"],
+        ): point.value
+        for data in pipeline.metrics.collect()
+        for scope in data.resource_metrics[0].scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    }
+
+
 def test_each_producers_events_taken_are_counted_under_it_by_engine_and_a_repeat_is_not(tmp_path):
     # What the ProducerSilent alert reads: the one sign of a producer whose tracker stopped delivering.
     pipeline = _pipeline(tmp_path)
@@ -699,36 +715,10 @@ def test_each_producers_events_taken_are_counted_under_it_by_engine_and_a_repeat
     stream = pipeline.consumer(EventSourcedDecoder(EventSourcedOptions("crm", "production")))
     stream.ingest(Execution("onboarding").started().after(10).moved("review").events)
 
-    counted_events = {
-        (
-            data.resource_metrics[0].resource.attributes["service.name"],
-            data.resource_metrics[0].resource.attributes["deployment.environment.name"],
-            point.attributes["workflow.platform.name"],
-        ): point.value
-        for data in pipeline.metrics.collect()
-        for scope in data.resource_metrics[0].scope_metrics
-        for metric in scope.metrics
-        if metric.name == "otel_bridge.producer.events"
-        for point in metric.data.data_points
-    }
-    assert counted_events == {
+    assert _counted(pipeline, "otel_bridge.producer.events") == {
         ("shop", "production", "durable-effect"): 3,  # a run's two and a job's one, not the two sent again
         ("shop", "staging", "durable-effect"): 1,
         ("crm", "production", "event-sourced"): 2,
-    }
-
-
-def _counted(pipeline: Pipeline, name: str) -> dict[tuple[str, str], float]:
-    return {
-        (
-            data.resource_metrics[0].resource.attributes["service.name"],
-            point.attributes["workflow.platform.name"],
-        ): point.value
-        for data in pipeline.metrics.collect()
-        for scope in data.resource_metrics[0].scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
     }
 
 
@@ -745,11 +735,9 @@ def test_events_timestamped_ahead_of_the_bridges_clock_are_counted_under_their_p
         pipeline.ingest(ahead.events)  # sent again: duplicates, not counted again
         pipeline.ingest(WorkflowRun("refund", service="shop", start=now + timedelta(hours=1)).started().events)
 
-    assert _counted(pipeline, "otel_bridge.producer.events_ahead") == {("shop", "durable-effect"): 3}
-    assert _counted(pipeline, "otel_bridge.producer.events") == {
-        ("shop", "durable-effect"): 3,
-        ("billing", "durable-effect"): 1,
-    }
+    shop, billing = ("shop", "production", "durable-effect"), ("billing", "production", "durable-effect")
+    assert _counted(pipeline, "otel_bridge.producer.events_ahead") == {shop: 3}
+    assert _counted(pipeline, "otel_bridge.producer.events") == {shop: 3, billing: 1}
     (told,) = [
         r.getMessage() for r in caplog.records if "ahead of this host's clock" in r.getMessage()
     ]  # once a minute
