@@ -173,7 +173,7 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
     if result.delivery is Delivery.SENT:
         return Finding(signal, True, f"{endpoint} took an empty export request")
     reason = result.reason or "no answer"
-    if result.wait_seconds is not None or reason.startswith(("HTTP 429", "gRPC RESOURCE_EXHAUSTED")):
+    if result.throttled:
         # There, and the settings reach it: what it sends waits in the outbox until the backend takes
         # it. Its credential is not known good until it has taken a request.
         return Finding(

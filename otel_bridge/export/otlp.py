@@ -63,6 +63,9 @@ class ExportResult:
     wait_seconds: float | None = None
     # Refused for its size (HTTP 413, gRPC's "larger than max"): smaller requests will be taken.
     too_large: bool = False
+    # Refused for now for the backend's load or a quota (HTTP 429, gRPC RESOURCE_EXHAUSTED), or with a
+    # wait asked: the backend is there and reached.
+    throttled: bool = False
 
 
 SENT = ExportResult(Delivery.SENT)
@@ -178,7 +181,8 @@ def _sent_over_http(client: Any, recorder: Recorder, request: bytes, what: str =
     error = result.error or (last.error if last is not None else None)
     if not code:
         return ExportResult(Delivery.RETRY, _plainly(error))
-    return throttled(ExportResult(Delivery.RETRY, f"HTTP {code}"), _header(last, "retry-after"))
+    asked = seconds_asked(_header(last, "retry-after"))
+    return throttled(ExportResult(Delivery.RETRY, f"HTTP {code}"), asked, said=code == 429)
 
 
 def _header(answer: Any, name: str) -> str | None:
@@ -193,14 +197,15 @@ def _header(answer: Any, name: str) -> str | None:
 LONGEST_WAIT_ASKED = 300.0
 
 
-def throttled(result: ExportResult, asked: float | str | None) -> ExportResult:
-    """`result` with the wait the backend asked for (`Retry-After` text, or seconds), at most
-    `LONGEST_WAIT_ASKED`, said in its reason; as it was when none was asked."""
-    seconds = seconds_asked(asked) if isinstance(asked, str | None) else asked
+def throttled(result: ExportResult, seconds: float | None, *, said: bool = False) -> ExportResult:
+    """`result` with the wait the backend asked for (`Retry-After`, `RetryInfo`: seconds), at most
+    `LONGEST_WAIT_ASKED`, said in its reason, and told throttled; `said`: throttled by its code alone
+    (HTTP 429, gRPC RESOURCE_EXHAUSTED), no wait asked. As it was otherwise."""
     if seconds is None:
-        return result
+        return replace(result, throttled=True) if said else result
     seconds = min(seconds, LONGEST_WAIT_ASKED)
-    return replace(result, reason=f"{result.reason}, the backend asks to wait {seconds:.3g} s", wait_seconds=seconds)
+    reason = f"{result.reason}, the backend asks to wait {seconds:.3g} s"
+    return replace(result, reason=reason, wait_seconds=seconds, throttled=True)
 
 
 def _plainly(error: object) -> str:

@@ -101,7 +101,7 @@ def _sent_over_grpc(exporter: Any, recorder: Recorder, message: Any, what: str =
             return ExportResult(Delivery.REJECTED, told, too_large=True)
         # A quota, waited out though the specification calls one without RetryInfo final: refused,
         # every span would be set aside, one request each, for as long as the quota lasted.
-        return throttled(ExportResult(Delivery.RETRY, told), wait)
+        return throttled(ExportResult(Delivery.RETRY, told), wait, said=True)
     if code not in exporter._retryable_error_codes:
         return ExportResult(Delivery.REJECTED, told)
     # The details say what a code alone does not ("failed to connect to all addresses", a DNS name).
