@@ -74,13 +74,16 @@ class OutboxDrain:
         # disk, without its reserve after a restart): acknowledged first at the next round, never sent
         # again meanwhile — every drain sent them to the backend once more.
         self._unacked: dict[int | str, None] = {}
-        # Seconds a throttling backend asked to be left after the last round (Retry-After, RetryInfo),
-        # and until when (the clock's): the drain at a stop keeps to it too.
-        self.asked_wait = 0.0
+        # Until when (the clock's) a throttling backend asked to be left after the last round (Retry-After,
+        # RetryInfo): the export loop and the drain at a stop keep to it.
         self._quiet_until = 0.0
 
     def wake(self) -> None:
         self._wake.set()
+
+    def quiet_for(self) -> float:
+        """Seconds left of the wait a throttling backend asked for, 0 when none is."""
+        return max(self._quiet_until - time.monotonic(), 0.0)
 
     def _chunks(self, rows: list[OutboxRow]) -> list[list[OutboxRow]]:
         """`rows` in consecutive requests, each of `batch_size` spans and `max_request_bytes` at most
@@ -112,8 +115,7 @@ class OutboxDrain:
         done = sum(sent for sent, _why in results)
         stopped = [why for (sent, why), chunk in zip(results, chunks, strict=True) if sent < len(chunk)]
         # The longest wait a throttling backend asked for holds every sender: they share its limit.
-        self.asked_wait = max((why.wait_seconds or 0.0 for why in stopped), default=0.0)
-        self._quiet_until = time.monotonic() + self.asked_wait if self.asked_wait else 0.0
+        self._quiet_until = time.monotonic() + max((why.wait_seconds or 0.0 for why in stopped), default=0.0)
         self._on_result(not stopped, stopped[0].reason if stopped else "")
         if done == 0:
             self._metrics.bridge(c.M_BRIDGE_EXPORT_FAILURES, 1, signal="traces")
@@ -240,12 +242,12 @@ class OutboxDrain:
             if sent is None:
                 # Exponential from what a throttling backend asked for, as its RetryInfo's own
                 # documentation has a client do when the retry fails again.
-                stop.wait(max(backoff, self.asked_wait))
-                backoff = min(max(backoff, self.asked_wait) * 2, _MAX_BACKOFF)
+                wait = max(backoff, self.quiet_for())
+                stop.wait(wait)
+                backoff = min(wait * 2, _MAX_BACKOFF)
                 continue
             backoff = 0.5
-            if self.asked_wait:  # some requests went, another was asked to wait: so do they all
-                stop.wait(self.asked_wait)
+            stop.wait(self.quiet_for())  # some requests went, another was asked to wait: so do they all
             if sent == 0:
                 self._wake.wait(self._poll)
                 self._wake.clear()
@@ -271,7 +273,7 @@ class OutboxDrain:
         True when empty."""
         deadline = time.monotonic() + timeout
         while (now := time.monotonic()) < deadline:
-            if (quiet := self._quiet_until - now) > 0:
+            if (quiet := self.quiet_for()) > 0:
                 if quiet >= deadline - now:
                     break  # asked to wait past the timeout: what is left stays on disk for the next start
                 time.sleep(quiet)
