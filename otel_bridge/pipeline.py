@@ -126,20 +126,25 @@ class _Ingested:
     # The state key of each event accepted: whose it was, counted once a batch (keys.producer_of).
     accepted_keys: list[str] = field(default_factory=list)
     # Those of the events accepted that were timestamped further ahead of this host's clock than
-    # `AHEAD_NS`, and the furthest of them (ns).
+    # `AHEAD_NS`, and the latest time of them (ns).
     ahead_keys: list[str] = field(default_factory=list)
-    furthest_ahead_ns: int = 0
+    latest_ahead_ns: int = 0
+
+
+def _by_producer(state_keys: list[str]) -> dict[tuple[str, str, str], int]:
+    """How many of these events' state keys are each producer's ((engine, env, service): count)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for key, count in Counter(state_keys).items():  # counted in C; split once a run of the batch
+        producer = keys.producer_of(key)
+        counts[producer] = counts.get(producer, 0) + count
+    return counts
 
 
 def _producer_events(accepted_keys: list[str], name: str = c.M_PRODUCER_EVENTS) -> list[Observation]:
     """A batch's accepted events counted by producer and engine: an observation for each, not for each event."""
-    counts: dict[tuple[str, str, str], int] = {}
-    for key, count in Counter(accepted_keys).items():  # counted in C; split once a run of the batch
-        producer = keys.producer_of(key)
-        counts[producer] = counts.get(producer, 0) + count
     return [
         Observation(name, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
-        for (engine, env, service), count in counts.items()
+        for (engine, env, service), count in _by_producer(accepted_keys).items()
     ]
 
 
@@ -338,10 +343,17 @@ class Pipeline:
         for record in records:
             unique.setdefault(event_id_of(record), record)
         now = self._clock()
+        # A skewed clock skews every event of its producer, and a batch is one producer's: its first and
+        # last events tell whether each is looked at (looked at always, it cost 0.8 % of an event's
+        # instructions). Decided once, outside the transaction, which may run more than once.
+        ahead_from = int(now * 1e9) + AHEAD_NS
+        looked = ahead_from if records and max(_time_of(records[0]), _time_of(records[-1])) > ahead_from else None
         try:
             if (full := self.store.refuses_batches()) is not None:
                 raise StoreUnavailable(full)
-            outcome = self._transaction(lambda tx, touched: self._ingest(tx, unique, now, touched), grouped=True)
+            outcome = self._transaction(
+                lambda tx, touched: self._ingest(tx, unique, now, touched, looked), grouped=True
+            )
             try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
                 self.metrics.record(outcome.observations)
             except Exception:  # committed already: a metrics fault must not fail the batch
@@ -360,13 +372,13 @@ class Pipeline:
         report = outcome.report
         report.late = len(outcome.late)
         if outcome.ahead_keys and self._ahead_told.failed():
-            producers = Counter(map(keys.producer_of, outcome.ahead_keys))
+            producers = _by_producer(outcome.ahead_keys)
             whose = ", ".join(f"{n} of {service} ({env}, {engine})" for (engine, env, service), n in producers.items())
             log.warning(
                 "events timestamped up to %.0f s ahead of this host's clock: %s; one of the two clocks is wrong — "
                 "their spans show in the future, and when runs turn overdue or are closed is judged off by as "
                 "much (told once a minute while it lasts; otel_bridge_producer_events_ahead_total)",
-                outcome.furthest_ahead_ns / 1e9, whose,
+                outcome.latest_ahead_ns / 1e9 - now, whose,
             )  # fmt: skip
         for event_id in outcome.late:
             log.warning("late event %s: its run's trace was already sent; counted, not attached", event_id)
@@ -415,14 +427,17 @@ class Pipeline:
             closed = isinstance(state, RunState) and state.closed
             self.hot.put(key, None if closed else state, changes.due)
 
-    def _ingest(self, tx: Transaction, unique: dict[str, LifecycleRecord], now: float, touched: _Touched) -> _Ingested:
-        """The transaction of one batch; may run more than once on a shared store."""
+    def _ingest(
+        self,
+        tx: Transaction,
+        unique: dict[str, LifecycleRecord],
+        now: float,
+        touched: _Touched,
+        ahead_from: int | None = None,
+    ) -> _Ingested:
+        """The transaction of one batch; may run more than once on a shared store. `ahead_from`: the time
+        (ns) past which an accepted event is noted as timestamped ahead of this host's clock; None: none is."""
         out = _Ingested()
-        # A skewed clock skews every event of its producer, and a batch is one producer's: its first and
-        # last events tell whether to look at each (the per-event look cost 0.8 % of an event's instructions).
-        ahead_from = int(now * 1e9) + AHEAD_NS
-        edges = list(unique.values())[:: max(len(unique) - 1, 1)]
-        look_ahead = any(_time_of(record) > ahead_from for record in edges)
         # A workflow event is known again by its run (its facts' event ids); a job's, which leaves
         # no facts, by the store's table of seen ids.
         jobs = [event_id for event_id, record in unique.items() if not isinstance(record, WorkflowRecord)]
@@ -444,9 +459,9 @@ class Pipeline:
             if step.admission is Admission.ACCEPTED:
                 out.report.accepted += 1
                 out.accepted_keys.append(key)
-                if look_ahead and (ahead := _time_of(record) - ahead_from) > 0:
+                if ahead_from is not None and (told := _time_of(record)) > ahead_from:
                     out.ahead_keys.append(key)
-                    out.furthest_ahead_ns = max(out.furthest_ahead_ns, ahead + AHEAD_NS)
+                    out.latest_ahead_ns = max(out.latest_ahead_ns, told)
             elif step.admission is Admission.REPEATED:
                 out.report.duplicates += 1
             else:
