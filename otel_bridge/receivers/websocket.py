@@ -336,7 +336,13 @@ class WebSocketReceiver:
     def _catching_up(self, stop: threading.Event) -> None:
         """At each connection, the timelines of the executions open, fetched beside the live messages
         (a slow or hung API must not hold them up: nothing acknowledges them, the engine only buffers);
-        those the API could not answer are asked again after a backoff, connected or not."""
+        those the API could not answer are asked again after a backoff, connected or not. One client for
+        the follower's life: its connections are kept between passes, and an API that stays unavailable
+        is waited out for the first request only, not at every pass (`timeline_api`)."""
+        with httpx.Client(timeout=10, headers=self._headers) as client:
+            self._catching_up_with(client, stop)
+
+    def _catching_up_with(self, client: httpx.Client, stop: threading.Event) -> None:
         retry: list[str] = []
         backoff = 0.5
         while not stop.is_set():
@@ -351,15 +357,15 @@ class WebSocketReceiver:
                 backoff = 0.5
             else:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
-            self._look_for_begun(stop)
+            self._look_for_begun(client, stop)
             todo = list(dict.fromkeys([*missed, *self._unstarted, *self._awaited_at_end(), *self._wanted(retry)]))
             try:
-                retry = self._catch_up(todo, stop)
+                retry = self._catch_up(client, todo, stop)
             except Exception:  # a bug must not end catching up for good: asked again after the backoff
                 log.exception("catching up on %d executions failed", len(todo))
                 retry = todo
 
-    def _look_for_begun(self, stop: threading.Event) -> None:
+    def _look_for_begun(self, client: httpx.Client, stop: threading.Event) -> None:
         """After a disconnection, the executions of the workflows told of that began since and that no
         message told: begun (and maybe ended) while the stream was not followed, neither the stream nor
         an open run's timeline tells them. Each is fetched as one told of mid-way (`_unstarted`). The
@@ -370,22 +376,21 @@ class WebSocketReceiver:
             return
         window = timeline_api.Window(since=datetime.fromtimestamp(since, UTC))
         begun: list[str] = []
-        with httpx.Client(timeout=10, headers=self._headers) as client:
-            for workflow, workspace in list(self._workflows.items()):
-                if stop.is_set():
-                    return
-                try:
-                    listed = timeline_api.executions(
-                        client, self._api_url, workflow, window, workspace_id=workspace, stop=stop
-                    )
-                    mine = [e for e in listed if e not in self._seen and e not in self.open_executions]
-                except (httpx.HTTPError, timeline_api.ApiError) as exc:
-                    self._unanswered.failed(exc)
-                    return
-                begun += mine
-                if workspace is not None:
-                    for execution in mine:
-                        self._remember(self._workspaces, execution, workspace)
+        for workflow, workspace in list(self._workflows.items()):
+            if stop.is_set():
+                return
+            try:
+                listed = timeline_api.executions(
+                    client, self._api_url, workflow, window, workspace_id=workspace, stop=stop
+                )
+                mine = [e for e in listed if e not in self._seen and e not in self.open_executions]
+            except (httpx.HTTPError, timeline_api.ApiError) as exc:
+                self._unanswered.failed(exc)
+                return
+            begun += mine
+            if workspace is not None:
+                for execution in mine:
+                    self._remember(self._workspaces, execution, workspace)
         if self._gaps == gaps:  # else a reconnection came meanwhile: looked for again, from the oldest
             self._gap_since = None
         if begun:
@@ -411,39 +416,38 @@ class WebSocketReceiver:
         and their timeline still awaited."""
         return [e for e in executions if e in self.open_executions or e in self._unstarted or e in self._ending]
 
-    def _catch_up(self, executions: list[str], stop: threading.Event) -> list[str]:
+    def _catch_up(self, client: httpx.Client, executions: list[str], stop: threading.Event) -> list[str]:
         """Fetches and stores these executions' timelines; returns those to ask for again."""
         assert self._api_url is not None  # caught up on only with an API to ask
         again: list[str] = []
-        with httpx.Client(timeout=10, headers=self._headers) as client:
-            for n, execution in enumerate(executions):
-                if stop.is_set():
-                    return []
-                try:
-                    workspace = self._workspaces.get(execution)
-                    timeline = timeline_api.timeline(client, self._api_url, execution, workspace, stop)
-                except httpx.TransportError as exc:  # down or hung: the rest would wait the same
+        for n, execution in enumerate(executions):
+            if stop.is_set():
+                return []
+            try:
+                workspace = self._workspaces.get(execution)
+                timeline = timeline_api.timeline(client, self._api_url, execution, workspace, stop)
+            except httpx.TransportError as exc:  # down or hung: the rest would wait the same
+                self._unanswered.failed(exc)
+                return again + executions[n:]
+            except timeline_api.ApiError as exc:
+                if exc.status in _GONE:
+                    self._forget(execution, exc.status)
+                else:
                     self._unanswered.failed(exc)
-                    return again + executions[n:]
-                except timeline_api.ApiError as exc:
-                    if exc.status in _GONE:
-                        self._forget(execution, exc.status)
-                    else:
-                        self._unanswered.failed(exc)
-                        again.append(execution)
-                    continue
-                self._unanswered.succeeded()
-                if isinstance(timeline, dict) and isinstance(workflow := timeline.get("workflow_id"), str):
-                    self._told_workflow(workflow, workspace or self._workspace_id)
-                named = timeline_api.name_it(timeline, self._workflow_names)
-                self._store([timeline_api.in_workspace(named, workspace or self._workspace_id)], stop)
-                self._unstarted.pop(execution, None)
-                if self._progress(timeline)[1] is False:
-                    self.open_executions.pop(execution, None)
-                    self._ending.pop(execution, None)
-                    self._remember(self._fetched_ended, execution, None)
-                elif execution in self._ending:  # told ended, its timeline not yet written so: asked again
                     again.append(execution)
+                continue
+            self._unanswered.succeeded()
+            if isinstance(timeline, dict) and isinstance(workflow := timeline.get("workflow_id"), str):
+                self._told_workflow(workflow, workspace or self._workspace_id)
+            named = timeline_api.name_it(timeline, self._workflow_names)
+            self._store([timeline_api.in_workspace(named, workspace or self._workspace_id)], stop)
+            self._unstarted.pop(execution, None)
+            if self._progress(timeline)[1] is False:
+                self.open_executions.pop(execution, None)
+                self._ending.pop(execution, None)
+                self._remember(self._fetched_ended, execution, None)
+            elif execution in self._ending:  # told ended, its timeline not yet written so: asked again
+                again.append(execution)
         return again
 
     def _forget(self, execution: str, status: int) -> None:

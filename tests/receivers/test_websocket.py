@@ -317,6 +317,21 @@ def test_catching_up_behind_a_rate_limiter_asks_again_when_it_is_let_not_sooner(
     assert 0 < len(engine.throttled) <= len(engine.timeline_requests)  # none refused twice in a row
 
 
+def test_an_api_that_stays_unavailable_is_waited_out_once_not_at_every_pass(tmp_path, engine):
+    # A load balancer answers 503 while the API behind it is down. Each catch-up pass made a client of its
+    # own, so each waited out the first timeline's five tries again before asking the rest once.
+    first, second = (Phase10Run(f"down-{n}").started(1) for n in range(2))
+    engine.timeline_failures = {first.execution_id: 1_000, second.execution_id: 1_000}
+    engine.retry_after = "0.05"
+    engine.scripts.put([first.events[0], second.events[0], DROP])
+    engine.scripts.put([])  # reconnected: both caught up on, and asked again after each backoff
+    with _Following(tmp_path, engine):
+        _wait(lambda: len(engine.timeline_requests) >= 10, "the catch-up was not asked again", timeout=30)
+    asked = [execution for execution, _ in engine.timeline_requests][:10]
+    a, b = first.execution_id, second.execution_id
+    assert asked == [a] * 5 + [b] + [a, b] * 2  # then once each a pass, until one is answered
+
+
 def test_the_receiver_tells_since_when_the_engine_is_not_followed(tmp_path, engine):
     engine.scripts.put([])  # connected, quiet
     following = _Following(tmp_path, engine)
