@@ -1089,7 +1089,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="this share of the runs started (0.02: one in fifty) are incidents the alerts are for: a workflow "
         "whose sleep alarm is lost, a catalogImport run that dies mid-step (overdue where silent_executing names "
         "catalogImport), a debounce whose flush never comes, a tokenRefresher whose alarm is lost (overdue where "
-        "silent_continuous names it), each overdue once overdue_grace_seconds have passed",
+        "silent_continuous names it), each overdue once overdue_grace_seconds have passed; and a billing producer "
+        "whose clock runs two hours ahead (ProducerClockAhead). Each is played once first, then drawn at random",
     )
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")

@@ -404,12 +404,17 @@ def bridge() -> Board:
         "Events by producer",
         [("sum by (service_name, deployment_environment_name, workflow_platform_name) "
           "(rate(otel_bridge_producer_events_total[$__rate_interval]))",
-          "{{service_name}} ({{deployment_environment_name}}, {{workflow_platform_name}})")],
+          "{{service_name}} ({{deployment_environment_name}}, {{workflow_platform_name}})"),
+         ("sum by (service_name, deployment_environment_name, workflow_platform_name) "
+          "(rate(otel_bridge_producer_events_ahead_total[$__rate_interval]))",
+          "clock ahead: {{service_name}} ({{deployment_environment_name}}, {{workflow_platform_name}})")],
         unit="ops",
         width=12,
         description="Each producer's events taken into the store (duplicates not counted). A line that drops to "
         "nothing is a producer whose tracker stopped delivering, or that stopped: alert ProducerSilent, against "
-        "the same hour a week before.",
+        "the same hour a week before. A 'clock ahead' line: a producer's events timestamped more than a minute "
+        "ahead of the bridge's clock, whose spans show in the future (alert ProducerClockAhead; the bridge's log "
+        "says how far).",
     )  # fmt: skip
     b.panel(
         "Requests by credential",

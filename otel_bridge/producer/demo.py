@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,6 +23,9 @@ from otel_bridge.tracker import HttpBatchTracker
 
 WORKFLOW_SERVICE = "shop"
 JOB_SERVICE = "jobs"
+# A producer on a host whose clock runs ahead (its time sync broken): the `clock-ahead` incident's.
+SKEWED_SERVICE = "billing"
+CLOCK_AHEAD = timedelta(hours=2)
 ENV = "demo"
 
 Invocations = list[list[dict[str, Any]]]
@@ -238,7 +241,8 @@ SCENARIOS: dict[str, Scenario] = {
 # continuous job runs no more, and tells nothing of it. Each turns overdue once its time (for those
 # silent, `silent_executing` of `catalogImport`, `silent_continuous` of `tokenRefresher`) and
 # `overdue_grace_seconds` have passed (WorkflowRunsOverdue, JobsOverdue). Not a task's: one that ends
-# itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are.
+# itself at its alarm tells as little (`task_job`), so only the tasks `overdue_tasks` names are. And a
+# producer whose clock runs ahead (`clock_ahead`: ProducerClockAhead).
 def lost_sleep_alarm(now: datetime, rng: random.Random) -> Invocations:
     run = _wf("nightlyReport", now, execution_id=f"report-{rng.randint(1, 99_999)}")  # the app's own id, as it logs it
     cut = _Cutter(run.started().step_started("gatherFigures").after(rng.randint(20, 80)))
@@ -265,6 +269,16 @@ def lost_continuous_alarm(now: datetime, rng: random.Random) -> Invocations:
     return cut.cut().invocations
 
 
+def clock_ahead(now: datetime, rng: random.Random) -> Invocations:
+    """A run whose producer's clock runs `CLOCK_AHEAD` ahead: told now, timestamped two hours on
+    (ProducerClockAhead). Its spans show in the future, as a backend shows what such a host sends."""
+    run = WorkflowRun("invoiceRun", _object_id(), env=ENV, service=SKEWED_SERVICE, start=now + CLOCK_AHEAD)
+    run.started({"invoice": rng.randint(1, 99_999)})
+    for step in ("collectUsage", "priceUsage", "issueInvoice"):
+        run.after(rng.randint(2, 10)).step_started(step).after(rng.randint(20, 200)).step_completed(step)
+    return [run.after(2).completed(["collectUsage", "priceUsage", "issueInvoice"]).events]
+
+
 def lost_flush_alarm(now: datetime, rng: random.Random) -> Invocations:
     job = _job("digestMailer", "debounce", now, job_id=f"digest-user-{rng.randint(1, 9999)}")
     return _Cutter(job.debounce_started(flush_in_ms=rng.randint(500, 1500))).cut().invocations
@@ -275,6 +289,7 @@ INCIDENTS: dict[str, Scenario] = {
     "died-mid-step": died_mid_step,
     "lost-flush-alarm": lost_flush_alarm,
     "lost-continuous-alarm": lost_continuous_alarm,
+    "clock-ahead": clock_ahead,
 }
 # How often each scenario comes up once every one has run once: mostly healthy traffic.
 WEIGHTS = {name: 1 for name in SCENARIOS} | {"success": 6, "retry": 3, "continuous-job": 3, "debounce-job": 3}
@@ -359,6 +374,13 @@ def _timestamp(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def _due(batch: list[dict[str, Any]]) -> float:
+    """When an invocation posts, by the clock of the host it runs on: a skewed producer's timestamps are
+    ahead of it."""
+    ahead = CLOCK_AHEAD.total_seconds() if batch[0]["serviceKey"] == SKEWED_SERVICE else 0.0
+    return _timestamp(batch[0]) - ahead
+
+
 def run_demo(
     url: str,
     rate: float = 2.0,
@@ -372,16 +394,19 @@ def run_demo(
     """Start `rate` runs per second (every scenario once first) for `duration` s (0: forever).
 
     `app_spans`: also export the application's own spans, a call inside each step attempt (`ApplicationSpans`).
-    `incidents`: the share of starts that are an incident instead (`INCIDENTS`: a lost alarm)."""
+    `incidents`: the share of starts that are an incident instead (`INCIDENTS`: a lost alarm, a run that
+    dies, a producer's clock ahead), each once first, then drawn at random."""
     rng = random.Random(seed)
     client = httpx.Client(timeout=30)
     trackers = {
         # No timer: one POST per invocation, flushed when it ends, as the engine does.
         service: HttpBatchTracker(url, ENV, service, headers=headers, client=client, flush_interval_seconds=None)
-        for service in (WORKFLOW_SERVICE, JOB_SERVICE)
+        for service in (WORKFLOW_SERVICE, JOB_SERVICE, SKEWED_SERVICE)
     }
     names = list(SCENARIOS)
     order = itertools.chain(names, iter(lambda: rng.choices(names, [WEIGHTS[n] for n in names])[0], None))
+    # Each incident once first, as each scenario: every alert has something to show within minutes.
+    mishaps = itertools.chain(INCIDENTS, iter(lambda: rng.choice(list(INCIDENTS)), None))
     app = ApplicationSpans() if app_spans else None
     queue: list[_Due] = []
     seq = itertools.count()
@@ -393,13 +418,13 @@ def run_demo(
             now = time.time()
             stopping = duration and now - started >= duration
             if not stopping and now >= next_start:
-                name = rng.choice(list(INCIDENTS)) if incidents and rng.random() < incidents else next(order)
+                name = next(mishaps) if incidents and rng.random() < incidents else next(order)
                 invocations = (SCENARIOS | INCIDENTS)[name](datetime.fromtimestamp(now, UTC), rng)
                 counts[name] = counts.get(name, 0) + 1
                 if on_scenario:
                     on_scenario(name, invocations)
                 for batch in invocations:
-                    heapq.heappush(queue, _Due(_timestamp(batch[0]), next(seq), batch))
+                    heapq.heappush(queue, _Due(_due(batch), next(seq), batch))
                 next_start += 1 / rate
             if stopping and not queue:
                 break

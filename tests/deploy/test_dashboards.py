@@ -78,7 +78,7 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
-         "--duration", str(DEMO_SECONDS), "--seed", "11", "--stream-url", stream.url,
+         "--duration", str(DEMO_SECONDS), "--seed", "11", "--incidents", "0.1", "--stream-url", stream.url,
          "--ws-port", str(ws_port), "--ws-host", "127.0.0.1", "--header", f"X-API-KEY={DEMO_KEY}"],
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip

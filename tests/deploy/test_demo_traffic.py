@@ -9,7 +9,7 @@ import pytest
 from bridge_process import BridgeProcess
 
 from otel_bridge import trace_id_for
-from otel_bridge.producer.demo import ENV, INCIDENTS, SCENARIOS, WORKFLOW_SERVICE, run_demo
+from otel_bridge.producer.demo import ENV, INCIDENTS, SCENARIOS, SKEWED_SERVICE, WORKFLOW_SERVICE, run_demo
 from otel_bridge.producer.events import ns_of
 
 OK, ERROR, UNSET = 1, 2, 0
@@ -153,10 +153,13 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
     bridge.start()
     try:
         due: list[float] = []  # when each task was scheduled to run, in Unix seconds
+        skewed: list[dict] = []  # the events of the producer whose clock runs ahead
 
-        def scheduled(_name: str, invocations: list[list[dict]]) -> None:
+        def scheduled(name: str, invocations: list[list[dict]]) -> None:
             told = [e["scheduledAt"] for batch in invocations for e in batch if e["type"] == "task.scheduled"]
             due.extend(ns_of({"timestamp": at}) / 1e9 for at in told)
+            if name == "clock-ahead":
+                skewed.extend(e for batch in invocations for e in batch)
 
         summary = run_demo(f"{bridge.url}/v1/events", rate=8, duration=5, seed=3, incidents=0.5, on_scenario=scheduled)
         assert set(summary["scenarios"]) >= set(INCIDENTS) | {"task-job", "task-cancelled"}
@@ -193,5 +196,9 @@ def test_the_demos_incidents_turn_overdue_where_the_alerts_and_the_listings_look
         assert listed["count"] == lost["lost-flush-alarm"] + lost["lost-continuous-alarm"]
         assert {job["name"] for job in listed["jobs"]} == {"digestMailer", "tokenRefresher"}
         assert counted("job_instance_overdue", "job_type", "task") == 0
+        # Posted as they happened, timestamped two hours on: each counted under its producer, no other's.
+        assert skewed and all(ns_of(e) / 1e9 > time.time() + 3600 for e in skewed)
+        assert counted("otel_bridge_producer_events_ahead_total", "service_name", SKEWED_SERVICE) == len(skewed)
+        assert counted("otel_bridge_producer_events_ahead_total", "service_name", WORKFLOW_SERVICE) == 0
     finally:
         bridge.close()
