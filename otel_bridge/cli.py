@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 import threading
@@ -36,7 +37,8 @@ from otel_bridge.correlate.overview import (
 )
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
-from otel_bridge.state.store import StoreInUse, StoreOpenError
+from otel_bridge.state.sqlite_store import damaged
+from otel_bridge.state.store import DAMAGED_HELP, StoreInUse, StoreOpenError
 from otel_bridge.tokens import label_problem
 from otel_bridge.urls import host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
@@ -206,6 +208,7 @@ def _serve(settings: Settings) -> int:
     _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
     listening = _listening(settings.host, settings.port)
     bridge = Bridge(settings)
+    bridge.restore()
     scheme = "https" if settings.tls_certfile else "http"
 
     def start() -> None:  # on the server's event loop, as it starts
@@ -354,6 +357,29 @@ def _resend_spans(settings: Settings, source: str) -> int:
         )
         return 2
     return 1 if refused or unreadable else 0
+
+
+def _salvage_state(settings: Settings) -> int:
+    """What still reads of a damaged SQLite state file, copied into a fresh one put in its place."""
+    from otel_bridge.state.salvage import salvage
+
+    if settings.shared_state or settings.in_memory:
+        raise CliError(f"salvage-state salvages a SQLite state file; the state is {settings.state}")
+    path = Path(settings.state)
+    if not path.is_file():
+        raise CliError(f"no state file at {path}")
+    done = salvage(path)
+    if done is None:
+        print(f"{path}: SQLite finds nothing damaged in it (PRAGMA quick_check): nothing done")
+        return 0
+    copied = ", ".join(f"{table} {count:,}" for table, count in done.copied.items())
+    print(f"{path}: salvaged what reads into a fresh file, rows: {copied}")
+    if done.broken:
+        print(f"  broken pages met in: {', '.join(done.broken)} (their rows on those pages are lost)")
+    if done.orphaned_facts:
+        print(f"  {done.orphaned_facts:,} facts left out: their run's state was lost (its next events start it afresh)")
+    print(f"  the damaged file is kept as {done.kept_as} (with its -wal and -shm): start the bridge")
+    return 0
 
 
 def _settle_again(settings: Settings, dry_run: bool) -> int:
@@ -1164,6 +1190,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--dry-run", action="store_true", help="only list them, with why each was set aside")
     _add_settings_flags(again)
+    salvage = sub.add_parser(
+        "salvage-state",
+        help="copy what still reads of a SQLite state file SQLite finds damaged into a fresh one put in its "
+        "place, the damaged file kept beside; the bridge stopped",
+    )
+    _add_settings_flags(salvage)
     check = sub.add_parser(
         "check",
         help="ask what serve would meet — the state, the OTLP backend, the stream, the WebSocket — and say what "
@@ -1233,6 +1265,8 @@ def _command(argv: Sequence[str] | None) -> int:
             return _jobs(settings, args)
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
+        if args.command == "salvage-state":
+            return _salvage_state(settings)
         if args.command == "close":
             return _close(settings, args)
         if args.command == "check":
@@ -1244,6 +1278,7 @@ def _command(argv: Sequence[str] | None) -> int:
         hints = {
             "serve": "",
             "settle-again": "; stop it first: the runs are put back into its state, and settled when it starts again",
+            "salvage-state": "; stop it first: the file is read whole and put back new",
         }
         hint = hints.get(
             args.command,
@@ -1255,6 +1290,12 @@ def _command(argv: Sequence[str] | None) -> int:
     except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
         # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.
         print(f"otel-bridge: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        if not damaged(exc):
+            raise
+        # Met reading it (the file opens; a page of it does not read): at start, or by a listing.
+        print(f"otel-bridge: the state file {settings.state} is damaged ({exc}): {DAMAGED_HELP}", file=sys.stderr)
         return 2
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):

@@ -63,6 +63,11 @@ def sent_spans(key: str) -> str:
     return _SENT + key
 
 
+def state_of(facts_key: str) -> str:
+    """The key of the state whose facts are kept under `facts_key`: its own, or the spans it has sent."""
+    return facts_key.removeprefix(_SENT)
+
+
 def is_job(key: str) -> bool:
     return key.startswith(JOBS)
 

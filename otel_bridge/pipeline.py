@@ -58,7 +58,7 @@ from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
-from otel_bridge.state.store import Store, StoreUnavailable, Transaction
+from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,11 @@ class Pipeline:
         # When the store last refused a batch, and why (None once a batch got through): readiness says so.
         self.refused: tuple[float, str] | None = None
         self._ahead_told = Cadence()  # events timestamped ahead of this host's clock: once a minute
+        # A damaged store (a page of the SQLite file that no longer reads): what was met, told once a
+        # minute; the runs whose settling meets it, left out of settling for this process's life.
+        self.damage: str | None = None
+        self._damage_told = Cadence()
+        self._damaged_runs: set[str] = set()
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
         self.set_aside = 0
@@ -307,8 +312,11 @@ class Pipeline:
             report = self.ingest_records(records)
         except Unavailable:
             raise
-        except Exception:
-            log.exception("storing a batch of %d events failed; storing them event by event", len(events))
+        except Exception as exc:
+            if self.store.damaged(exc):
+                self._met_damage(exc, "storing a batch")
+            else:
+                log.exception("storing a batch of %d events failed; storing them event by event", len(events))
             report = self._event_by_event(events, decoder, {r.index for r in rejected})
         report.rejected = sorted(rejected + report.rejected, key=lambda r: r.index)
         return report
@@ -329,8 +337,11 @@ class Pipeline:
             except Unavailable:
                 raise
             except Exception as exc:
-                log.exception("event %d of the batch could not be stored", index)
-                reason = f"could not be stored: {exc!r}"[:300]
+                if self.store.damaged(exc):  # kept in the dead-letter file: replayed once the file is salvaged
+                    reason = f"could not be stored: the state file is damaged where it goes ({exc}): salvage-state"
+                else:
+                    log.exception("event %d of the batch could not be stored", index)
+                    reason = f"could not be stored: {exc!r}"[:300]
                 total.rejected.append(Rejection(index, event_id_of(own[0]), "", reason))
                 continue
             total.accepted += report.accepted
@@ -548,7 +559,7 @@ class Pipeline:
             if not entries:
                 break
             cursor[:] = entries[-1:]
-            pending.extend(k for _due, k in entries if k not in done)
+            pending.extend(k for _due, k in entries if k not in done and k not in self._damaged_runs)
         due = pending[:]
         steps: list[Step] = []
         until = time.perf_counter() + _SETTLE_SLICE
@@ -565,6 +576,13 @@ class Pipeline:
                 del due[n:]
                 return _Slice(due, steps, handed_back=True)
             except Exception as exc:
+                if self.store.damaged(exc):
+                    # No retry mends it, and setting it aside would read it again: left out of settling. The
+                    # pass is rolled back (what it wrote beside the broken page may not commit) and made
+                    # again without the run.
+                    self._damaged_runs.add(key)
+                    self._met_damage(exc, f"settling {keys.readable(key)} (left unsettled)")
+                    raise
                 # The store's own refusal (a full disk) is not this run's fault: none is set aside for it.
                 if (refused := self.store.refusal(exc)) is not None:
                     raise refused from exc
@@ -575,6 +593,16 @@ class Pipeline:
             if step is not None:
                 steps.append(step)
         return _Slice(due, steps, handed_back=False)
+
+    def _met_damage(self, exc: Exception, where: str) -> None:
+        """The store is damaged where this went: said once a minute, and kept for readiness's warnings."""
+        self.damage = f"the state file is damaged ({exc})"
+        if self._damage_told.failed():
+            log.error(
+                "%s, met %s: the events that need the damaged part are rejected and kept in the dead-letter file, "
+                "the runs in it are not settled; %s",
+                self.damage, where, DAMAGED_HELP,
+            )  # fmt: skip
 
     def _settle_failed(self, tx: Transaction, key: str, now: float, exc: Exception) -> None:
         """Try a run that failed to settle again with backoff; after `settle_attempts` tries, set it aside."""

@@ -11,6 +11,7 @@ port, a credential refused, TLS spoken to a plain-text port — rather than minu
 
 import difflib
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.state import mounts
-from otel_bridge.state.store import Replicated, StoreOpenError, WithRisks
+from otel_bridge.state.sqlite_store import SqliteStore, damaged
+from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
 from otel_bridge.urls import without_secrets
 
 # An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
@@ -100,6 +102,8 @@ def _state(settings: Settings) -> Finding:
         if isinstance(store, RedisStore) and (primary := store.primary()) is not None:
             name += f" (the Sentinels' primary now {primary})"
     try:
+        if isinstance(store, SqliteStore) and (damage := store.damage_found()) is not None:
+            return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
         detail = f"{name}: {store.outbox_depth():,} spans wait for export"
         refused = store.refuses_batches()
         if refused:
@@ -142,6 +146,10 @@ def _names(settings: Settings) -> Finding:
         return Finding("names", None, f"not asked: {exc}")
     try:
         workflows, jobs = journal.names(store)
+    except sqlite3.DatabaseError as exc:
+        if not damaged(exc):
+            raise
+        return Finding("names", None, "not asked: the state file is damaged (the state's finding says how)")
     finally:
         store.close()
     said = [f"{len(workflows):,} workflows and {len(jobs):,} jobs stored"]

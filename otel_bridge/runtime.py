@@ -36,7 +36,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import Checkpointed, OnDisk, Replicated, Store, WithRisks
+from otel_bridge.state.store import DAMAGED_HELP, Checkpointed, OnDisk, Replicated, Store, WithRisks
 from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
 
@@ -260,7 +260,7 @@ class Bridge:
                 "{risk}",
                 "Settings of the state store that can lose or count again events already answered (an eviction"
                 " policy, too little kept on disk, a network filesystem), read every minute: /readyz says which",
-                lambda: float(len(self.warnings)),
+                lambda: float(len(self.at_risk())),
             )
         if isinstance(self.store, OnDisk):
             self._disk_gauges(self.store)
@@ -268,6 +268,7 @@ class Bridge:
         self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
+        self._restored = False
         # The spans still in the outbox once `stop` had drained it (None before): what a command that
         # stops the bridge tells as left, whichever runs they came of.
         self.outbox_at_exit: int | None = None
@@ -316,7 +317,7 @@ class Bridge:
             reasons.append(
                 f"export backlog full: {depth} spans wait (max_outbox_spans {self.settings.max_outbox_spans})"
             )
-        warnings = list(self.warnings)
+        warnings = self.at_risk()
         since = self.trace_health.failing_since
         if since is not None:
             failing = f"trace export failing for {time.monotonic() - since:.0f} s"
@@ -487,9 +488,16 @@ class Bridge:
             )
         return out
 
+    def restore(self) -> None:
+        """Read back from the store what the gauges count (once): `serve` does it before its server starts,
+        where what it meets (a damaged state file) is told in one line, not among the server's."""
+        if not self._restored:
+            self.pipeline.restore_gauges()
+            self._restored = True
+
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
-        self.pipeline.restore_gauges()
+        self.restore()
         for name, target in (
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop, self.passes)),
@@ -579,6 +587,17 @@ class Bridge:
             resource: [(float(n), {c.JOB_NAME: name, c.JOB_TYPE: kind}) for (name, kind), n in named.items()]
             for resource, named in jobs.items()
         }
+
+    def at_risk(self) -> list[str]:
+        """What can lose or has lost what the bridge answered: the store's settings read last (`read_risks`),
+        and a damaged state file the pipeline met, until the bridge runs on a salvaged one."""
+        if (damage := self.pipeline.damage) is None:
+            return list(self.warnings)
+        return [
+            *self.warnings,
+            f"{damage}: the events that need the damaged part are rejected (kept in the dead-letter file), the "
+            f"runs in it not settled; {DAMAGED_HELP}",
+        ]
 
     def read_risks(self) -> None:
         """Read again what the store's setting-up can cost (`WithRisks`), for `/readyz` and the log: a Redis

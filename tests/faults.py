@@ -54,3 +54,47 @@ def small_filesystem(where: Path, mib: int, read_only: bool = False) -> Iterator
         yield where
     finally:
         subprocess.run([*as_root, "umount", "-l", str(where)], check=False)
+
+
+def broken_page(path: Path, table: str) -> int:
+    """Overwrite a leaf page of `table` in the SQLite file at `path` (no process holding it) with noise, as
+    a disk fault or a copy taken mid-write leaves one; the rows that page held (lost with it)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+        leaves = db.execute(
+            "SELECT pageno, ncell FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (table,)
+        ).fetchall()
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+    assert len(leaves) >= 3, f"{table} fits on {len(leaves)} pages: store more to break one in the middle"
+    page, rows = leaves[len(leaves) // 2]
+    with path.open("r+b") as file:
+        file.seek((page - 1) * page_size)
+        file.write(bytes(range(256)) * (page_size // 256))
+    return rows
+
+
+def open_runs(path: Path, count: int) -> list:
+    """A bridge's SQLite state file at `path` holding `count` workflow runs, each mid-way (open: a step done
+    and its span waiting for export, the next begun), the bridge stopped: enough pages for one of them to
+    be broken (`broken_page`)."""
+    from builders import WorkflowRun
+
+    from otel_bridge.config import Settings
+    from otel_bridge.export.metrics import MetricsHub
+    from otel_bridge.state.sqlite_store import SqliteStore
+
+    settings = Settings(state=str(path), settle_seconds=0)
+    store = SqliteStore(settings.state)
+    bridge = pipeline.Pipeline(store, MetricsHub(), settings)
+    runs = [WorkflowRun(f"order{n % 7}").started({"order": n}) for n in range(count)]
+    for run in runs:
+        run.step_started("check").after(3).step_completed("check").step_started("pay").after(5)
+        bridge.ingest(run.events)
+    bridge.settle_due(horizon=float("inf"))  # each first step's span in the outbox, its id among the sent
+    store.close()
+    return runs

@@ -415,6 +415,9 @@ class RedisStore:
     def refusal(self, exc: Exception) -> StoreUnavailable | None:
         return _refusal(exc)
 
+    def damaged(self, exc: Exception) -> bool:
+        return False  # what Redis keeps reads whole or not at all: a failure of it is a refusal
+
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         try:
             return self._peek(limit)

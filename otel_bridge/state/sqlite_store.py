@@ -26,7 +26,7 @@ from otel_bridge.forks import after_fork_in_child, held_across_fork
 from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve, mounts
 from otel_bridge.state.disk_reserve import DiskReserve
-from otel_bridge.state.store import OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import DAMAGED_HELP, OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, resource TEXT NOT NUL
 """
 
 # Followers' bookmarks (where they were), made by the first written: a state no follower uses has no table.
-_BOOKMARKS = "CREATE TABLE IF NOT EXISTS bookmarks (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+BOOKMARKS = "CREATE TABLE IF NOT EXISTS bookmarks (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
 
 # The outbox's ids are rowids, not AUTOINCREMENT (files made before keep theirs: both work): an
 # id is taken again only once the table's newest row has left it, and the drain acknowledges only
@@ -79,9 +79,18 @@ def _is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
+def damaged(exc: BaseException) -> bool:
+    """SQLite met a page of the file it cannot read as what it should hold (SQLITE_CORRUPT): the file was
+    damaged from outside (copied while in use, a disk or filesystem fault). No retry mends it."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT
+
+
 def _refusal(exc: BaseException) -> StoreUnavailable | None:
-    """SQLite refusing for reasons of its own (a full disk, an I/O error, a corrupt or read-only
-    file), not because of what was asked: a retry may succeed, and no event is to blame."""
+    """SQLite refusing for reasons of its own (a full disk, an I/O error, a read-only file), not
+    because of what was asked: a retry may succeed, and no event is to blame. Not a damaged page
+    (`damaged`): no retry mends it, and only what needs that page meets it."""
+    if damaged(exc):
+        return None
     if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
         return StoreUnavailable(f"the state file refused a write: {exc}")
     return None
@@ -205,6 +214,16 @@ def _claim(path: str) -> IO[str]:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     return handle
+
+
+@contextmanager
+def claimed(path: str) -> Iterator[None]:
+    """Hold `path`'s lock for the block, as a bridge on it does (`_claim`): none starts on it meanwhile."""
+    handle = _claim(path)
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 class SqliteStore:
@@ -332,6 +351,18 @@ class SqliteStore:
             "still sent, batches are taken again once the disk has room"
         )
 
+    def damage_found(self) -> str | None:
+        """What SQLite's check of every page finds broken (`PRAGMA quick_check`: it reads the whole file, a
+        few seconds a GiB), or None when it finds nothing: for `check`, never on the hot path."""
+        with self._lock:
+            try:
+                rows = [str(row) for (row,) in self._db.execute("PRAGMA quick_check(3)")]
+            except sqlite3.DatabaseError as exc:  # too broken to be walked at all
+                return str(exc)
+        # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
+        found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
+        return None if found == ["ok"] else "; ".join(found[:3])
+
     def confirm(self) -> None:
         pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk
 
@@ -369,6 +400,9 @@ class SqliteStore:
 
     def refusal(self, exc: Exception) -> StoreUnavailable | None:
         return _refusal(exc)
+
+    def damaged(self, exc: Exception) -> bool:
+        return damaged(exc)
 
     def _rollback(self) -> None:
         # SQLite may have rolled the transaction back itself (a full disk, an I/O error): a
@@ -434,7 +468,7 @@ class SqliteStore:
 
     def set_bookmark(self, name: str, value: bytes) -> None:
         def write(tx: SqliteTransaction) -> None:
-            tx._db.execute(_BOOKMARKS)
+            tx._db.execute(BOOKMARKS)
             tx._db.execute("INSERT OR REPLACE INTO bookmarks VALUES (?, ?)", (name, value))
 
         self.run(write)
@@ -540,6 +574,8 @@ class SqliteStore:
 def _why(exc: Exception) -> str:
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return "it is not a SQLite database (corrupt, or another file): move it aside, or point --state elsewhere"
+    if damaged(exc):
+        return f"it is damaged ({exc}): {DAMAGED_HELP}"
     if isinstance(exc, PermissionError) or "readonly" in str(exc) or "unable to open" in str(exc):
         return f"{exc} (is its directory writable by this user?)"
     return str(exc)

@@ -16,6 +16,13 @@ from otel_bridge.consumer import Unavailable
 T = TypeVar("T")
 
 
+# What to do about a state file SQLite found damaged: said wherever the damage is met.
+DAMAGED_HELP = (
+    "stop the bridge, then `otel-bridge salvage-state` keeps what still reads in a fresh file, the damaged one "
+    "beside it (README: Runbook: a damaged state file)"
+)
+
+
 class StoreUnavailable(Unavailable):
     """The store cannot take writes now (locked, unreachable, full): answer 503, let the producer retry."""
 
@@ -98,6 +105,11 @@ class Store(Protocol):
         """The StoreUnavailable that an error this store raised inside a transaction stands for
         (its own refusal), or None: the error is the caller's. For code that catches broadly
         inside `work` (settling, one run at a time) and must not blame a run for a full disk."""
+
+    def damaged(self, exc: Exception) -> bool:
+        """Whether an error this store raised says a part of it is damaged (a page of a SQLite file that
+        no longer reads): not a refusal of every batch, nor the caller's fault, but what the events and
+        runs that need that part meet until it is salvaged; the rest of the store is used as before."""
 
     def refuses_batches(self) -> str | None:
         """Why new batches are refused before any is tried (a full disk), or None; then settling waits

@@ -268,3 +268,31 @@ def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_
         line for line in bridge.log.read_text().splitlines() if "trace export to" in line and "recovered" in line
     ]
     assert len(recovered) == 1
+
+
+def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept(tmp_path, otlp_http):
+    # A page of the runs' facts overwritten under a stopped bridge; then it serves on the file. An event that
+    # needed the page was answered 503 and dropped by its producer after three re-sends.
+    from faults import broken_page, open_runs
+
+    runs = open_runs(tmp_path / "state.db", 300)
+    broken_page(tmp_path / "state.db", "facts")
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
+    try:
+        answers = [bridge.post(run.step_completed("pay").completed().events[-2:]) for run in runs]
+        assert {answer.status_code for answer in answers} == {200}
+        rejected = [r for answer in answers for r in answer.json().get("rejected", [])]
+        assert 0 < len(rejected) < len(runs) // 4 and all("the state file is damaged" in r["error"] for r in rejected)
+        kept = (tmp_path / "dead-letter.jsonl").read_text().splitlines()
+        assert len(kept) == len(rejected)  # each kept, to be replayed once the file is salvaged
+        ready = httpx.get(f"{bridge.url}/readyz", timeout=5).json()
+        assert ready["ready"] and any("the state file is damaged" in w for w in ready["warnings"])
+        assert re.search(r"^otel_bridge_state_risks\S* 1(\.0)?$", httpx.get(f"{bridge.url}/metrics").text, re.M)
+        # Every run the damage spared is sent whole: its root reaches the backend.
+        got = otlp_http.received
+        spared = sum(1 for answer in answers if not answer.json().get("rejected"))
+        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) >= spared, 30)
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert "the state file is damaged" in log and "salvage-state" in log and "Traceback" not in log

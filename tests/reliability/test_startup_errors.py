@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bridge_process import BridgeProcess, free_port
 from builders import WorkflowRun
-from faults import small_filesystem
+from faults import broken_page, open_runs, small_filesystem
 from redis_server import RedisServer
 
 
@@ -40,6 +40,24 @@ def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> No
 def test_a_corrupt_state_file(tmp_path):
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
     _one_clear_line(_run("serve", "--state", "state.db", cwd=tmp_path), "state.db", "not a SQLite database")
+
+
+def test_a_damaged_state_file_is_named_with_what_to_do_and_salvaged_by_the_command_it_names(tmp_path):
+    # A page SQLite cannot read (a disk fault, a copy taken mid-write): the start read every run state and
+    # failed with uvicorn's traceback, and so did `runs`.
+    open_runs(tmp_path / "state.db", 300)
+    broken_page(tmp_path / "state.db", "state")
+    for command in ("serve", "runs"):
+        _one_clear_line(_run(command, "--state", "state.db", cwd=tmp_path), "state.db is damaged", "salvage-state")
+    checked = _run("check", "--state", "state.db", cwd=tmp_path)
+    assert checked.returncode == 1 and "FAIL  state         state.db (SQLite) is damaged" in checked.stdout
+
+    salvaged = _run("salvage-state", "--state", "state.db", cwd=tmp_path)
+
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert "broken pages met in: state" in salvaged.stdout and "state.db.damaged-" in salvaged.stdout
+    listed = _run("runs", "--state", "state.db", "--json", cwd=tmp_path)
+    assert listed.returncode == 0 and 290 <= len(json.loads(listed.stdout)) < 300, listed.stderr
 
 
 def test_a_state_that_names_a_directory(tmp_path):
