@@ -259,7 +259,8 @@ class Bridge:
                 c.M_BRIDGE_STATE_RISKS,
                 "{risk}",
                 "Settings of the state store that can lose or count again events already answered (an eviction"
-                " policy, too little kept on disk, a network filesystem), read every minute: /readyz says which",
+                " policy, too little kept on disk, a network filesystem), read every minute, and a damaged state"
+                " file met: /readyz says which",
                 lambda: float(len(self.at_risk())),
             )
         if isinstance(self.store, OnDisk):
