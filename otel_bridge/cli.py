@@ -382,6 +382,25 @@ def _salvage_state(settings: Settings) -> int:
     return 0
 
 
+def _backup_state(settings: Settings, to: Path) -> int:
+    """One moment of the SQLite state file, whole, copied to `to` beside a running bridge."""
+    from otel_bridge.state.backup import BackupError, back_up
+
+    if settings.shared_state or settings.in_memory:
+        raise CliError(f"backup-state copies a SQLite state file; the state is {settings.state} (Redis keeps its own)")
+    if to.is_dir():
+        to = to / Path(settings.state).name
+    try:
+        copied = back_up(Path(settings.state), to)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"{settings.state} backed up to {to}: {copied.runs:,} run states, {copied.jobs:,} job instances, "
+        f"{copied.outbox:,} spans waiting for export, {copied.size_bytes / 2**20:.1f} MiB"
+    )
+    return 0
+
+
 def _settle_again(settings: Settings, dry_run: bool) -> int:
     """Runs set aside after failing to settle `settle_attempts` times, or kept aside as unreadable by
     the version that met them, put back in play (due now)."""
@@ -1196,6 +1215,13 @@ def build_parser() -> argparse.ArgumentParser:
         "place, the damaged file kept beside; the bridge stopped",
     )
     _add_settings_flags(salvage)
+    backup = sub.add_parser(
+        "backup-state",
+        help="copy the SQLite state file as it is at one moment, whole, beside a running bridge (a `cp` of it "
+        "while the bridge writes is torn)",
+    )
+    backup.add_argument("to", type=Path, help="the copy (replaced if there), or a directory to put it in")
+    _add_settings_flags(backup)
     check = sub.add_parser(
         "check",
         help="ask what serve would meet — the state, the OTLP backend, the stream, the WebSocket — and say what "
@@ -1267,6 +1293,8 @@ def _command(argv: Sequence[str] | None) -> int:
             return _settle_again(settings, args.dry_run)
         if args.command == "salvage-state":
             return _salvage_state(settings)
+        if args.command == "backup-state":
+            return _backup_state(settings, args.to)
         if args.command == "close":
             return _close(settings, args)
         if args.command == "check":

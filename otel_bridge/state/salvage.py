@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_bridge import keys
-from otel_bridge.state.sqlite_store import BOOKMARKS, SqliteStore, claimed, damaged
+from otel_bridge.state.sqlite_store import BOOKMARKS, SqliteStore, claimed, damaged, quick_check
 
 # Each table the bridge keeps, with the columns of its key.
 _TABLES: dict[str, tuple[str, ...]] = {
@@ -64,7 +64,7 @@ def salvage(path: Path) -> Salvaged | None:
     with claimed(str(path)):
         source = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
-            if _intact(source):
+            if quick_check(source) is None:
                 return None
             tables, broken = _read_all(source)
         finally:
@@ -87,15 +87,6 @@ def salvage(path: Path) -> Salvaged | None:
                 Path(f"{path}{suffix}").rename(f"{out.kept_as}{suffix}")
         fresh.rename(path)
         return out
-
-
-def _intact(db: sqlite3.Connection) -> bool:
-    try:
-        return [row for (row,) in db.execute("PRAGMA quick_check(1)")] == ["ok"]
-    except sqlite3.DatabaseError as exc:
-        if not damaged(exc):
-            raise
-        return False
 
 
 def _read_all(db: sqlite3.Connection) -> tuple[dict[str, Table], list[str]]:

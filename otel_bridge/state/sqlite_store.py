@@ -85,6 +85,17 @@ def damaged(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT
 
 
+def quick_check(db: sqlite3.Connection) -> str | None:
+    """What SQLite's check of every page of `db` finds broken (its first three findings), or None."""
+    try:
+        rows = [str(row) for (row,) in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:  # too broken to be walked at all
+        return str(exc)
+    # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
+    found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
+    return None if found == ["ok"] else "; ".join(found[:3])
+
+
 def _refusal(exc: BaseException) -> StoreUnavailable | None:
     """SQLite refusing for reasons of its own (a full disk, an I/O error, a read-only file), not
     because of what was asked: a retry may succeed, and no event is to blame. Not a damaged page
@@ -355,13 +366,7 @@ class SqliteStore:
         """What SQLite's check of every page finds broken (`PRAGMA quick_check`: it reads the whole file, a
         few seconds a GiB), or None when it finds nothing: for `check`, never on the hot path."""
         with self._lock:
-            try:
-                rows = [str(row) for (row,) in self._db.execute("PRAGMA quick_check(3)")]
-            except sqlite3.DatabaseError as exc:  # too broken to be walked at all
-                return str(exc)
-        # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
-        found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
-        return None if found == ["ok"] else "; ".join(found[:3])
+            return quick_check(self._db)
 
     def confirm(self) -> None:
         pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk

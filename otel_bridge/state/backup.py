@@ -1,0 +1,69 @@
+"""A copy of a SQLite state file taken while a bridge runs on it: one moment of it, whole.
+
+A file copied with `cp` while the bridge writes is torn (pages of two moments), and without its
+`-wal` it lacks the last second's commits: put back, SQLite finds it damaged. SQLite's online backup
+copies every page as of one read transaction, which WAL lets the bridge write beside; the copy is
+checked (`PRAGMA quick_check`) and made a file of its own (no log beside it) before it takes the name
+asked, so an interrupted backup never leaves half a file there.
+"""
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from otel_bridge import keys
+from otel_bridge.state.sqlite_store import damaged, quick_check
+from otel_bridge.state.store import DAMAGED_HELP
+
+
+class BackupError(Exception):
+    """The backup could not be taken: said in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What the copy holds."""
+
+    runs: int
+    jobs: int
+    outbox: int
+    size_bytes: int
+
+
+def back_up(state: Path, to: Path) -> Copied:
+    """Copy the state file at `state` (a bridge may run on it) to `to` (replaced if there)."""
+    if not state.is_file():
+        raise BackupError(f"no state file at {state}")
+    partial = to.with_name(to.name + ".partial")
+    partial.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{state.resolve()}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)  # every page in one step: one read transaction, one moment
+            copy.execute("PRAGMA journal_mode = DELETE")  # one file: its own, to copy or move as it is
+            if (found := quick_check(copy)) is not None:
+                raise BackupError(f"the state file {state} is damaged ({found}): {DAMAGED_HELP}")
+            copied = _what(copy)
+        finally:
+            copy.close()
+    except sqlite3.DatabaseError as exc:
+        partial.unlink(missing_ok=True)
+        if damaged(exc):
+            raise BackupError(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from None
+        raise BackupError(f"cannot back up {state} to {to}: {exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        source.close()
+    os.replace(partial, to)
+    return Copied(copied.runs, copied.jobs, copied.outbox, to.stat().st_size)
+
+
+def _what(db: sqlite3.Connection) -> Copied:
+    runs = db.execute("SELECT count(*) FROM state WHERE substr(key, 1, ?) = ?", (len(keys.RUNS), keys.RUNS))
+    jobs = db.execute("SELECT count(*) FROM state WHERE substr(key, 1, ?) = ?", (len(keys.JOBS), keys.JOBS))
+    outbox = db.execute("SELECT count(*) FROM outbox")
+    return Copied(runs.fetchone()[0], jobs.fetchone()[0], outbox.fetchone()[0], 0)
