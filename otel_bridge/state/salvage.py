@@ -16,7 +16,6 @@ The damaged file is kept beside, renamed, with its log: nothing is deleted.
 
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,15 +35,13 @@ _STATE_INDEXES = {"state_due": "due IS NOT NULL", "state_overdue": "overdue_at I
 # The files SQLite keeps beside a database in WAL mode, moved with it.
 _BESIDE = ("-wal", "-shm")
 
-Row = tuple[object, ...]
-
-
-@dataclass
-class Table:
-    """The rows read of one table, each with its key's columns first, in the order `columns` names."""
-
-    columns: list[str]
-    rows: list[Row] = field(default_factory=list)
+# A facts key's state key, in SQL (`keys.state_of`): its own, or, for the spans it has sent, after the prefix.
+_OWNER = (
+    f"CASE WHEN substr(key, 1, {len(keys.sent_spans(''))}) = '{keys.sent_spans('')}' "
+    f"THEN substr(key, {len(keys.sent_spans('')) + 1}) ELSE key END"
+)
+# Rows written to the fresh file at a time.
+_CHUNK = 1000
 
 
 @dataclass
@@ -60,28 +57,29 @@ class Salvaged:
 def salvage(path: Path) -> Salvaged | None:
     """Copy what reads of the state file at `path` into a fresh one, keep the damaged file beside as
     `<path>.damaged-<UTC time>` and put the fresh one in its place; None when SQLite finds nothing
-    damaged (nothing is done then). Holds the file's lock throughout: no bridge may run on it."""
+    damaged (nothing is done then). Holds the file's lock throughout: no bridge may run on it. Rows go
+    from one file to the other a thousand at a time: a state of any size is salvaged in little memory."""
     with claimed(str(path)):
         source = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
             if quick_check(source) is None:
                 return None
-            tables, broken = _read_all(source)
+            fresh = path.with_name(path.name + ".salvaged")
+            for stale in (fresh, *(Path(f"{fresh}{suffix}") for suffix in _BESIDE)):
+                stale.unlink(missing_ok=True)
+            SqliteStore(str(fresh), reserve_bytes=0).close()  # the schema, as this version makes it
+            Path(f"{fresh}.lock").unlink(missing_ok=True)
+            out = Salvaged(path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
+            # Two connections: SQLite rolls back the transaction a read that meets a broken page is in.
+            target = sqlite3.connect(fresh, isolation_level=None)
+            try:
+                target.execute("PRAGMA synchronous = OFF")  # a file of no use until it is whole and renamed
+                _copy_all(source, target, out)
+                out.copied = {name: target.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES}
+            finally:
+                target.close()
         finally:
             source.close()
-        out = Salvaged(path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
-        out.broken = broken
-        if "state" in tables and "facts" in tables:  # a run is its state and its facts together
-            states = {row[0] for row in tables["state"].rows}
-            whole = [row for row in tables["facts"].rows if keys.state_of(str(row[0])) in states]
-            out.orphaned_facts = len(tables["facts"].rows) - len(whole)
-            tables["facts"].rows = whole
-        fresh = path.with_name(path.name + ".salvaged")
-        for stale in (fresh, *(Path(f"{fresh}{suffix}") for suffix in _BESIDE)):
-            stale.unlink(missing_ok=True)
-        SqliteStore(str(fresh), reserve_bytes=0).close()  # the schema, as this version makes it
-        Path(f"{fresh}.lock").unlink(missing_ok=True)
-        out.copied = _write(fresh, tables)
         for suffix in ("", *_BESIDE):
             if Path(f"{path}{suffix}").exists():
                 Path(f"{path}{suffix}").rename(f"{out.kept_as}{suffix}")
@@ -89,90 +87,87 @@ def salvage(path: Path) -> Salvaged | None:
         return out
 
 
-def _read_all(db: sqlite3.Connection) -> tuple[dict[str, Table], list[str]]:
-    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    tables: dict[str, Table] = {}
-    broken: list[str] = []
+def _copy_all(source: sqlite3.Connection, target: sqlite3.Connection, out: Salvaged) -> None:
+    target.execute(BOOKMARKS)
+    present = {name for (name,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    columns: dict[str, list[str]] = {}
     for name, key in _TABLES.items():
         if name not in present:
             continue
-        found = [column for (_cid, column, *_rest) in db.execute(f"PRAGMA table_info({name})")]
-        table = tables[name] = Table([*key, *(c for c in found if c not in key)])
-        if _from_both_ends(db, name, table, len(key)):
-            broken.append(name)
-    if "state" in tables:
-        known = {row[0] for row in tables["state"].rows}
-        facts = tables["facts"].rows if "facts" in tables else []
-        named = _indexed_keys(db) | {keys.state_of(str(row[0])) for row in facts}
-        tables["state"].rows += _by_key(db, "state", tables["state"], named - known)
-    if "facts" in broken and "state" in tables:
-        read = {row[:2] for row in tables["facts"].rows}
-        owners = [str(row[0]) for row in tables["state"].rows]
-        again = _by_key(db, "facts", tables["facts"], [*owners, *map(keys.sent_spans, owners)])
-        tables["facts"].rows += [row for row in again if row[:2] not in read]
-    return tables, broken
+        found = [column for (_cid, column, *_rest) in source.execute(f"PRAGMA table_info({name})")]
+        columns[name] = [*key, *(c for c in found if c not in key)]
+        if _from_both_ends(source, target, name, columns[name], len(key)):
+            out.broken.append(name)
+    if "state" in columns:
+        # The states the facts and the state's indexes name that no scan reached, each read by its key.
+        missing = f"SELECT DISTINCT {_OWNER} AS owner FROM facts WHERE owner NOT IN (SELECT key FROM state)"
+        for key in [key for (key,) in target.execute(missing)] + _indexed_keys(source, target):
+            _from_both_ends(source, target, "state", columns["state"], 1, "WHERE key = ?", key)
+    if "facts" in out.broken:
+        owners = [key for (key,) in target.execute("SELECT key FROM state")]
+        for key in (*owners, *map(keys.sent_spans, owners)):
+            _from_both_ends(source, target, "facts", columns["facts"], 2, "WHERE key = ?", key)
+    # A run is its state and its facts together: facts whose state was lost are left out.
+    orphans = f"DELETE FROM facts WHERE {_OWNER} NOT IN (SELECT key FROM state)"
+    out.orphaned_facts = target.execute(orphans).rowcount
 
 
 def _from_both_ends(
-    db: sqlite3.Connection, name: str, table: Table, width: int, where: str = "", value: object = None
+    source: sqlite3.Connection,
+    target: sqlite3.Connection,
+    name: str,
+    columns: list[str],
+    width: int,
+    where: str = "",
+    value: object = None,
 ) -> bool:
-    """Read into `table` the rows of `name` (those `where` picks, by `value`) from the first up to a broken
-    page, and from the last down to one; whether a broken page was met. A row read before the read
-    failed is kept: a key between two pages (kept in the page above them) is read on the way."""
-    key = table.columns[:width]
-    taken: set[Row] = set()
+    """Copy the rows of `name` (those `where` picks, by `value`) from the first up to a broken page, and
+    from the last down to one, or to a row copied already; whether a broken page was met. A row read
+    before the read failed is kept: a key between two pages (kept in the page above them) is read on
+    the way."""
+    listed = ", ".join(columns)
+    insert = f"INSERT OR IGNORE INTO {name} ({listed}) VALUES ({', '.join('?' * len(columns))})"
     for order in ("ASC", "DESC"):
-        query = (
-            f"SELECT {', '.join(table.columns)} FROM {name} {where} ORDER BY {', '.join(f'{k} {order}' for k in key)}"
-        )
+        rows: list[tuple[object, ...]] = []
+        query = f"SELECT {listed} FROM {name} {where} ORDER BY {', '.join(f'{k} {order}' for k in columns[:width])}"
         try:
-            for row in db.execute(query, () if value is None else (value,)):
-                if row[:width] in taken:  # read from the other end already
-                    return True
-                taken.add(row[:width])
-                table.rows.append(row)
+            for row in source.execute(query, () if value is None else (value,)):
+                rows.append(row)
+                if len(rows) == _CHUNK:
+                    copied = _inserted(target, insert, rows)
+                    if order == "DESC" and copied < len(rows):  # reached, from the other end, what was copied
+                        return True
+                    rows = []
+            _inserted(target, insert, rows)
             if order == "ASC":
                 return False
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
+            _inserted(target, insert, rows)
     return True
 
 
-def _indexed_keys(db: sqlite3.Connection) -> set[object]:
-    found: set[object] = set()
+def _inserted(target: sqlite3.Connection, insert: str, rows: list[tuple[object, ...]]) -> int:
+    before = target.total_changes
+    target.execute("BEGIN")
+    target.executemany(insert, rows)
+    target.execute("COMMIT")
+    return target.total_changes - before
+
+
+def _indexed_keys(source: sqlite3.Connection, target: sqlite3.Connection) -> list[object]:
+    """The state keys the state's indexes hold that no scan copied (read up to a broken page, if any)."""
+    found: list[object] = []
     for index, where in _STATE_INDEXES.items():
+        query = f"SELECT key FROM state INDEXED BY {index} WHERE {where}"
         try:
-            found.update(key for (key,) in db.execute(f"SELECT key FROM state INDEXED BY {index} WHERE {where}"))
+            for (key,) in source.execute(query):
+                if target.execute("SELECT 1 FROM state WHERE key = ?", (key,)).fetchone() is None:
+                    found.append(key)
         except sqlite3.OperationalError:  # an index this file has not (an earlier version's)
             continue
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
     return found
-
-
-def _by_key(db: sqlite3.Connection, name: str, table: Table, wanted: Iterable[object]) -> list[Row]:
-    """The rows of `name` whose first key column is each of `wanted`, read by key: a broken page
-    elsewhere is not walked through; the rows on one are left."""
-    found = Table(table.columns)
-    for value in wanted:
-        _from_both_ends(db, name, found, len(_TABLES[name]), f"WHERE {table.columns[0]} = ?", value)
-    return found.rows
-
-
-def _write(fresh: Path, tables: dict[str, Table]) -> dict[str, int]:
-    copied: dict[str, int] = {}
-    db = sqlite3.connect(fresh, isolation_level=None)
-    try:
-        db.execute("BEGIN")
-        if "bookmarks" in tables:
-            db.execute(BOOKMARKS)
-        for name, table in tables.items():
-            marks = ", ".join("?" * len(table.columns))
-            db.executemany(f"INSERT OR IGNORE INTO {name} ({', '.join(table.columns)}) VALUES ({marks})", table.rows)
-            copied[name] = db.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    return copied

@@ -82,7 +82,9 @@ def _is_disk_full(exc: BaseException) -> bool:
 def damaged(exc: BaseException) -> bool:
     """SQLite met a page of the file it cannot read as what it should hold (SQLITE_CORRUPT): the file was
     damaged from outside (copied while in use, a disk or filesystem fault). No retry mends it."""
-    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT
+    # The extended code (SQLITE_CORRUPT_INDEX, …) in its high bits, the primary one in its low byte.
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.DatabaseError) else None
+    return code is not None and code & 0xFF == sqlite3.SQLITE_CORRUPT
 
 
 def quick_check(db: sqlite3.Connection) -> str | None:
