@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, NamedTuple, Protocol, TypeVar
+from functools import partial, wraps
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
@@ -80,6 +80,24 @@ _READ_AHEAD = 32
 # a new fact (a run of 10,000 attempts settled the first time: 0.4 s), and the loop answers nobody meanwhile.
 _SHARED_NEW_FACTS = 256
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _damage_told(method: "Callable[Concatenate[Pipeline, P], T]") -> "Callable[Concatenate[Pipeline, P], T]":
+    """A read a person asked for (a listing, a close) that meets a damaged store: said as the store
+    unavailable for it, naming the file and how to mend it (503, one line), not as a server's error."""
+
+    @wraps(method)
+    def reading(pipeline: "Pipeline", /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(pipeline, *args, **kwargs)
+        except Exception as exc:
+            if not pipeline.store.damaged(exc):
+                raise
+            state = pipeline.settings.state
+            raise StoreUnavailable(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from exc
+
+    return reading
 
 
 class Slices(Protocol):
@@ -666,6 +684,7 @@ class Pipeline:
         tx.outbox_add(rows)
         self._save(tx, key, journal.Changes(step.state, step.due, sent=step.sent, forgotten=step.facts_forgotten))
 
+    @_damage_told
     def close(self, instance_id: str, reason: str, jobs: bool = False, service: str | None = None) -> list[Closed]:
         """Close by hand the open runs (`jobs`: the job instances) with this id, of `service` or of any
         producer: what the engine will never end (`otel-bridge close`). A run's spans go out now, its root
@@ -729,6 +748,7 @@ class Pipeline:
 
         return self._transaction(forgo)
 
+    @_damage_told
     def not_open(self, instance_id: str, service: str | None = None) -> list[str]:
         """Why each run with this id, of `service` or any producer, is not open (closed already, or ended):
         what a close that closed nothing answers, where "no open run" alone sent the one who asked
@@ -857,6 +877,7 @@ class Pipeline:
         runs = self.list_runs(RunQuery(overdue=True), now, indexed=found)[0]
         return runs, [state for _key, state in self._job_states(found)]
 
+    @_damage_told
     def list_jobs(
         self, query: JobQuery | None = None, now: float | None = None, limit: int | None = None
     ) -> tuple[list[JobOverview], int]:
@@ -878,6 +899,7 @@ class Pipeline:
         listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))
         return (listed if limit is None else listed[:limit]), len(listed)
 
+    @_damage_told
     def list_runs(
         self,
         query: RunQuery,

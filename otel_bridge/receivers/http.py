@@ -369,7 +369,10 @@ def create_app(
             asked = _overdue_and_limit(params)
             if isinstance(asked, Response):
                 return asked
-            found = await run_in_threadpool(answer, params, *asked)
+            try:
+                found = await run_in_threadpool(answer, params, *asked)
+            except Unavailable as exc:  # Redis away, or a damaged state file: said, not a server's error
+                return _problem(503, f"state store unavailable: {exc}", {"Retry-After": "2"})
             if isinstance(found, Response):
                 return found
             listed: dict[str, Any] = {name: found[0], "count": found[1]}

@@ -296,3 +296,18 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
         bridge.close()
     log = bridge.log.read_text()
     assert "the state file is damaged" in log and "salvage-state" in log and "Traceback" not in log
+
+
+def test_a_listing_that_meets_a_damaged_state_file_is_a_503_naming_it(tmp_path, otlp_http):
+    from faults import broken_page, open_runs
+
+    open_runs(tmp_path / "state.db", 300)
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    try:
+        assert httpx.get(f"{bridge.url}/v1/runs", timeout=10).json()["count"] == 300
+        broken_page(tmp_path / "state.db", "state")  # under the running bridge: a disk fault
+        answer = httpx.get(f"{bridge.url}/v1/runs", timeout=10)
+        assert answer.status_code == 503, answer.text  # it was a 500
+        assert "state.db is damaged" in answer.json()["error"] and "salvage-state" in answer.json()["error"]
+    finally:
+        bridge.close()
