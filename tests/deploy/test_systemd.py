@@ -1,4 +1,4 @@
-"""systemd/otel-bridge.service: systemd itself accepts it, and it agrees with the bridge it runs.
+"""systemd/: systemd itself accepts the units, and they agree with the bridge they run.
 
 No service manager runs here: `systemd-analyze verify` reads the unit as systemd would (an unknown key,
 a bad value, a command that is not there are each a line on its stderr), with the command pointed at
@@ -17,39 +17,57 @@ from otel_bridge.config import Settings, unknown_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "otel-bridge.service"
+BACKUP = ROOT / "systemd" / "otel-bridge-backup.service"
+SERVICES = [UNIT, BACKUP]
 
 
-def _values(key: str) -> list[str]:
+def _values(key: str, unit: Path = UNIT) -> list[str]:
     """Every value of `key` in the unit (Environment= comes once a variable)."""
-    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith(key + "=")]
+    return [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(key + "=")]
 
 
-def _environment() -> dict[str, str]:
-    return dict(value.split("=", 1) for value in _values("Environment"))
+def _environment(unit: Path = UNIT) -> dict[str, str]:
+    return dict(value.split("=", 1) for value in _values("Environment", unit))
 
 
-def test_systemd_accepts_the_unit_with_no_warning(tmp_path):
+def _here(unit: Path, tmp_path: Path) -> Path:
+    """The unit with its command pointed at this checkout's, beside the units it names."""
+    command = str(Path(sys.executable).with_name("otel-bridge"))
+    for each in (ROOT / "systemd").iterdir():
+        (tmp_path / each.name).write_text(each.read_text().replace("/opt/otel-bridge/bin/otel-bridge", command))
+    return tmp_path / unit.name
+
+
+@pytest.mark.parametrize("unit", [*SERVICES, ROOT / "systemd" / "otel-bridge-backup.timer"], ids=lambda u: u.name)
+def test_systemd_accepts_the_unit_with_no_warning(unit, tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze comes with Debian's systemd package (scripts/test installs it)"
-    command = str(Path(sys.executable).with_name("otel-bridge"))
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/otel-bridge/bin/otel-bridge", command))
-    verified = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    here = _here(unit, tmp_path)
+    verified = subprocess.run([analyze, "verify", str(here)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
-def test_the_service_is_sandboxed_as_systemds_own_security_review_asks(tmp_path):
+@pytest.mark.parametrize("unit", SERVICES, ids=lambda u: u.name)
+def test_the_service_is_sandboxed_as_systemds_own_security_review_asks(unit, tmp_path):
     # No capability, no namespaces, the syscalls of an ordinary service: 6.5 "MEDIUM" without these lines.
-    command = str(Path(sys.executable).with_name("otel-bridge"))
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/otel-bridge/bin/otel-bridge", command))
     review = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60
-    )
+        ["systemd-analyze", "security", "--offline=true", str(_here(unit, tmp_path))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     found = re.search(r"Overall exposure level for \S+: ([\d.]+)", review.stdout)
     assert found, review.stdout + review.stderr
     assert float(found.group(1)) <= 2.0, review.stdout
-    assert _values("UMask") == ["0077"]  # its state and dead letters may hold personal data: its own to read
+    assert _values("UMask", unit) == ["0077"]  # its state and dead letters may hold personal data: its own to read
+
+
+def test_the_backup_reads_the_services_state_as_the_service_runs_it():
+    assert _environment(BACKUP)["OTEL_BRIDGE_STATE"] == _environment()["OTEL_BRIDGE_STATE"]
+    assert _values("User", BACKUP) == _values("User") == ["otel-bridge"]  # one dynamic user: the state is its
+    assert _values("StateDirectory")[0] in _values("StateDirectory", BACKUP)[0].split()
+    (command,) = _values("ExecStart", BACKUP)
+    destination = Path(command.split()[-1])
+    assert command.split()[1] == "backup-state" and destination.parent == Path("/var/lib")
+    assert destination.name in _values("StateDirectory", BACKUP)[0].split()  # made for it by systemd
 
 
 def test_every_bridge_variable_is_a_setting_and_the_settings_are_valid(monkeypatch):
