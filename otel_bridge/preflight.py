@@ -11,7 +11,6 @@ port, a credential refused, TLS spoken to a plain-text port — rather than minu
 
 import difflib
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.state import mounts
-from otel_bridge.state.sqlite_store import SqliteStore, damaged
+from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
 from otel_bridge.urls import without_secrets
 
@@ -146,8 +145,8 @@ def _names(settings: Settings) -> Finding:
         return Finding("names", None, f"not asked: {exc}")
     try:
         workflows, jobs = journal.names(store)
-    except sqlite3.DatabaseError as exc:
-        if not damaged(exc):
+    except Exception as exc:
+        if not store.damaged(exc):
             raise
         return Finding("names", None, "not asked: the state file is damaged (the state's finding says how)")
     finally:
