@@ -36,7 +36,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import DAMAGED_HELP, Checkpointed, OnDisk, Replicated, Store, WithRisks
+from otel_bridge.state.store import DAMAGED_HELP, Checkpointed, OnDisk, Replicated, Store, StoreOpenError, WithRisks
 from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
 
@@ -492,9 +492,17 @@ class Bridge:
     def restore(self) -> None:
         """Read back from the store what the gauges count (once): `serve` does it before its server starts,
         where what it meets (a damaged state file) is told in one line, not among the server's."""
-        if not self._restored:
+        if self._restored:
+            return
+        try:
             self.pipeline.restore_gauges()
-            self._restored = True
+        except Exception as exc:
+            if not self.store.damaged(exc):
+                raise
+            self.store.close()  # its lock let go: `salvage-state` (or a tracker made again after it) takes it
+            state = self.settings.state
+            raise StoreOpenError(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from exc
+        self._restored = True
 
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""

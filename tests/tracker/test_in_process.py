@@ -588,3 +588,25 @@ def test_the_applications_own_spans_in_a_steps_context_arrive_under_that_attempt
     assert set(spans) == {"workflow checkout", "POST /payments"} and set(attempts) == {1, 2}
     assert spans["POST /payments"].parent_span_id == attempts[2].span_id
     assert attempts[2].parent_span_id == spans["workflow checkout"].span_id
+
+
+def test_a_damaged_state_file_is_one_clear_error_to_the_application_and_salvaged_it_goes_on(tmp_path, monkeypatch):
+    # It raised SQLite's own "database disk image is malformed" from inside the tracker's start.
+    from faults import broken_page, open_runs
+
+    from otel_bridge.state.salvage import salvage
+    from otel_bridge.state.store import StoreOpenError
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    state = tmp_path / "tracker.db"
+    runs = open_runs(state, 300)
+    broken_page(state, "state")
+    with pytest.raises(StoreOpenError, match=r"tracker\.db is damaged .*salvage-state"):
+        OtelTracker("production", "shop", state=str(state))
+    assert salvage(state) is not None  # the lock the failed start held is let go
+    with OtelTracker("production", "shop", state=str(state), flush_interval_seconds=None) as tracker:
+        for event in runs[0].step_completed("pay").completed().events[-2:]:
+            tracker.emit(event)
+        tracker.flush()
+        assert tracker.pending() == 0
