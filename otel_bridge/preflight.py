@@ -40,7 +40,7 @@ class Finding:
 def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
     """Every check, in the order `serve` meets them; none raises (what fails is a finding)."""
     checks: list[tuple[str, Callable[[], Finding]]] = [
-        ("state", lambda: _state(settings)),
+        ("state", lambda: _state(settings, timeout_seconds)),
         ("names", lambda: _names(settings)),
         ("dead letters", lambda: _dead_letters(settings)),
         ("traces", lambda: _export("traces", timeout_seconds)),
@@ -77,7 +77,7 @@ def _access(settings: Settings) -> Finding:
     return Finding("access", True, f"{'; '.join(said)}; {metrics}")
 
 
-def _state(settings: Settings) -> Finding:
+def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
     from otel_bridge.runtime import open_store, state_named
     from otel_bridge.state.redis_store import RedisStore
 
@@ -101,9 +101,18 @@ def _state(settings: Settings) -> Finding:
         if isinstance(store, RedisStore) and (primary := store.primary()) is not None:
             name += f" (the Sentinels' primary now {primary})"
     try:
-        if isinstance(store, SqliteStore) and (damage := store.damage_found()) is not None:
-            return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
-        detail = f"{name}: {store.outbox_depth():,} spans wait for export"
+        unread = ""
+        if isinstance(store, SqliteStore):
+            try:
+                if (damage := store.damage_found(within_seconds=timeout_seconds)) is not None:
+                    return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
+            except TimeoutError:  # a deploy gated on `check` does not wait minutes for a file of many GiB
+                size = Path(state).stat().st_size / 2**30
+                unread = (
+                    f"; not every page checked for damage within {timeout_seconds:g} s ({size:.1f} GiB): "
+                    "a longer --timeout reads them all"
+                )
+        detail = f"{name}: {store.outbox_depth():,} spans wait for export{unread}"
         refused = store.refuses_batches()
         if refused:
             return Finding("state", False, f"{detail}; batches are refused: {refused}")

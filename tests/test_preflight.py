@@ -286,3 +286,14 @@ def test_engines_that_are_not_there_fail_the_check_each_with_its_address():
         ok, detail = findings[what]
         assert ok is False, what
         assert str(port) in detail, what
+
+
+def test_a_state_file_too_big_to_be_checked_page_by_page_in_time_says_so_and_is_not_failed(tmp_path):
+    from faults import open_runs
+
+    open_runs(tmp_path / "state.db", 50)
+    settings = Settings(state=str(tmp_path / "state.db"))
+    (finding,) = [f for f in check(settings, timeout_seconds=1e-9) if f.what == "state"]
+    assert finding.ok is True and "not every page checked for damage within 1e-09 s" in finding.detail
+    (finding,) = [f for f in check(settings, timeout_seconds=5) if f.what == "state"]
+    assert finding.ok is True and "not every page" not in finding.detail

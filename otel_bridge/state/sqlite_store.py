@@ -87,12 +87,23 @@ def damaged(exc: BaseException) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_CORRUPT
 
 
-def quick_check(db: sqlite3.Connection) -> str | None:
-    """What SQLite's check of every page of `db` finds broken (its first three findings), or None."""
+def quick_check(db: sqlite3.Connection, within_seconds: float | None = None) -> str | None:
+    """What SQLite's check of every page of `db` finds broken (its first three findings), or None.
+    `within_seconds`: TimeoutError once that long has passed (a file of many GiB takes minutes)."""
+    if within_seconds is not None:
+        deadline = time.monotonic() + within_seconds
+        db.set_progress_handler(lambda: time.monotonic() > deadline, 1_000)
     try:
         rows = [str(row) for (row,) in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.OperationalError as exc:
+        if within_seconds is not None and "interrupted" in str(exc):
+            raise TimeoutError(f"not every page checked within {within_seconds:g} s") from None
+        return str(exc)
     except sqlite3.DatabaseError as exc:  # too broken to be walked at all
         return str(exc)
+    finally:
+        if within_seconds is not None:
+            db.set_progress_handler(None, 0)
     # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
     found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
     return None if found == ["ok"] else "; ".join(found[:3])
@@ -364,11 +375,12 @@ class SqliteStore:
             "still sent, batches are taken again once the disk has room"
         )
 
-    def damage_found(self) -> str | None:
+    def damage_found(self, within_seconds: float | None = None) -> str | None:
         """What SQLite's check of every page finds broken (`PRAGMA quick_check`: it reads the whole file, a
-        few seconds a GiB), or None when it finds nothing: for `check`, never on the hot path."""
+        few seconds a GiB), or None when it finds nothing: for `check`, never on the hot path.
+        `within_seconds`: TimeoutError once that long has passed."""
         with self._lock:
-            return quick_check(self._db)
+            return quick_check(self._db, within_seconds)
 
     def confirm(self) -> None:
         pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk
