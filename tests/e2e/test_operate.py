@@ -297,6 +297,21 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
     log = bridge.log.read_text()
     assert "the state file is damaged" in log and "salvage-state" in log and "Traceback" not in log
 
+    # The runbook: salvaged, the dead letters replayed, the bridge started again: every run ends in its trace.
+    state = ["--state", str(tmp_path / "state.db")]
+    salvaged = _cli("salvage-state", state=str(tmp_path / "state.db"))
+    assert salvaged.returncode == 0 and "broken pages met in: facts" in salvaged.stdout, salvaged.stderr
+    (tmp_path / "dead-letter.jsonl").rename(tmp_path / "rejected.jsonl")
+    replayed = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "replay", "--format", "dead-letter", str(tmp_path / "rejected.jsonl"),
+         "--no-progress", *state],
+        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_METRICS_EXPORTER": "none"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    got = otlp_http.received
+    got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+
 
 def test_a_listing_that_meets_a_damaged_state_file_is_a_503_naming_it(tmp_path, otlp_http):
     from faults import broken_page, open_runs
