@@ -600,13 +600,15 @@ class Bridge:
     def at_risk(self) -> list[str]:
         """What can lose or has lost what the bridge answered: the store's settings read last (`read_risks`),
         and a damaged state file the pipeline met, until the bridge runs on a salvaged one."""
-        if (damage := self.pipeline.damage) is None:
-            return list(self.warnings)
-        return [
-            *self.warnings,
-            f"{damage}: the events that need the damaged part are rejected (kept in the dead-letter file), the "
-            f"runs in it not settled; {DAMAGED_HELP}",
-        ]
+        told = list(self.warnings)
+        if (damage := self.pipeline.damage) is not None:
+            told.append(
+                f"{damage}: the events that need the damaged part are rejected (kept in the dead-letter file), "
+                f"the runs in it not settled; {DAMAGED_HELP}"
+            )
+        if (damage := self.drain.damage) is not None:
+            told.append(f"{damage} where its outbox is: the spans from there on are not sent; {DAMAGED_HELP}")
+        return told
 
     def read_risks(self) -> None:
         """Read again what the store's setting-up can cost (`WithRisks`), for `/readyz` and the log: a Redis

@@ -77,6 +77,9 @@ class OutboxDrain:
         # Until when (the clock's) a throttling backend asked to be left after the last round (Retry-After,
         # RetryInfo): the export loop and the drain at a stop keep to it.
         self._quiet_until = 0.0
+        # A damaged state file met reading the outbox (a page of it that no longer reads), for the bridge's
+        # risks: the spans from there on wait until the file is salvaged.
+        self.damage: str | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -238,7 +241,7 @@ class OutboxDrain:
         passes = passes or Passes()
         while not stop.is_set():
             with passes.running("trace-export"):
-                sent = failures.attempt(self.export_once)
+                sent = failures.attempt(self._exporting)
             if sent is None:
                 # Exponential from what a throttling backend asked for, as its RetryInfo's own
                 # documentation has a client do when the retry fails again.
@@ -251,6 +254,14 @@ class OutboxDrain:
             if sent == 0:
                 self._wake.wait(self._poll)
                 self._wake.clear()
+
+    def _exporting(self) -> int | None:
+        try:
+            return self.export_once()
+        except Exception as exc:
+            if self._store.damaged(exc):
+                self.damage = f"the state file is damaged ({exc})"
+            raise
 
     def keep_the_rest(self, reason: str) -> int:
         """Every span still in the outbox into the span dead-letter file, for `otel-bridge

@@ -155,3 +155,32 @@ class _Keeping(Backend):
         request = ExportTraceServiceRequest.FromString(serialized)
         self.spans += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
         return super().send(serialized)
+
+
+def test_a_damaged_outbox_is_told_as_such_for_the_bridges_risks(tmp_path):
+    # Met while the bridge runs (a disk fault under it): the drain failed every round with SQLite's error,
+    # and nothing but its log said why the spans stopped.
+    import sqlite3
+
+    from faults import broken_page
+
+    store, drain = _drain(tmp_path, Backend(limit=10**9), [_span(f"s{n}", 4000) for n in range(300)], 10**7)
+    broken_page(tmp_path / "s.db", "outbox")
+    other = sqlite3.connect(tmp_path / "s.db")  # a commit of another connection: the store reads the file anew
+    other.execute("CREATE TABLE IF NOT EXISTS touched (x)")
+    other.commit()
+    other.close()
+    stop = threading.Event()
+    running = threading.Thread(target=drain.run, args=(stop,))
+    running.start()
+    try:
+        for _ in range(200):
+            if drain.damage is not None:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        drain.wake()
+        running.join(10)
+        store.close()
+    assert drain.damage is not None and "the state file is damaged" in drain.damage
