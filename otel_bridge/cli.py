@@ -361,14 +361,17 @@ def _resend_spans(settings: Settings, source: str) -> int:
 
 def _salvage_state(settings: Settings) -> int:
     """What still reads of a damaged SQLite state file, copied into a fresh one put in its place."""
-    from otel_bridge.state.salvage import salvage
+    from otel_bridge.state.salvage import SalvageError, salvage
 
     if settings.shared_state or settings.in_memory:
         raise CliError(f"salvage-state salvages a SQLite state file; the state is {settings.state}")
     path = Path(settings.state)
     if not path.is_file():
         raise CliError(f"no state file at {path}")
-    done = salvage(path)
+    try:
+        done = salvage(path)
+    except SalvageError as exc:
+        raise CliError(str(exc)) from None
     if done is None:
         print(f"{path}: SQLite finds nothing damaged in it (PRAGMA quick_check): nothing done")
         return 0

@@ -14,6 +14,7 @@ to it from one side only: one on the far side of a broken page is lost with it.
 The damaged file is kept beside, renamed, with its log: nothing is deleted.
 """
 
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ _OWNER = (
 _CHUNK = 1000
 
 
+class SalvageError(Exception):
+    """The salvage could not be made (no room for the fresh file): nothing was changed, said in one line."""
+
+
 @dataclass
 class Salvaged:
     """What `salvage` copied, table by table, and where it met a page it could not read."""
@@ -64,20 +69,9 @@ def salvage(path: Path) -> Salvaged | None:
         try:
             if quick_check(source) is None:
                 return None
-            fresh = path.with_name(path.name + ".salvaged")
-            for stale in (fresh, *(Path(f"{fresh}{suffix}") for suffix in _BESIDE)):
-                stale.unlink(missing_ok=True)
-            SqliteStore(str(fresh), reserve_bytes=0).close()  # the schema, as this version makes it
-            Path(f"{fresh}.lock").unlink(missing_ok=True)
             out = Salvaged(path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
-            # Two connections: SQLite rolls back the transaction a read that meets a broken page is in.
-            target = sqlite3.connect(fresh, isolation_level=None)
-            try:
-                target.execute("PRAGMA synchronous = OFF")  # a file of no use until it is whole and renamed
-                _copy_all(source, target, out)
-                out.copied = {name: target.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES}
-            finally:
-                target.close()
+            fresh = path.with_name(path.name + ".salvaged")
+            _fresh_copy(source, path, fresh, out)
         finally:
             source.close()
         for suffix in ("", *_BESIDE):
@@ -85,6 +79,49 @@ def salvage(path: Path) -> Salvaged | None:
                 Path(f"{path}{suffix}").rename(f"{out.kept_as}{suffix}")
         fresh.rename(path)
         return out
+
+
+def _fresh_copy(source: sqlite3.Connection, path: Path, fresh: Path, out: Salvaged) -> None:
+    """Make `fresh` of what reads of `source` (the file at `path`); on a failure, nothing of it is left."""
+    made = (fresh, *(Path(f"{fresh}{suffix}") for suffix in (*_BESIDE, ".lock")))
+    for stale in made:
+        stale.unlink(missing_ok=True)
+    _room_for(path)
+    try:
+        SqliteStore(str(fresh), reserve_bytes=0).close()  # the schema, as this version makes it
+        # Two connections: SQLite rolls back the transaction a read that meets a broken page is in.
+        target = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            target.execute("PRAGMA synchronous = OFF")  # a file of no use until it is whole and renamed
+            _copy_all(source, target, out)
+            out.copied = {name: target.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES}
+        finally:
+            target.close()
+    except BaseException as exc:  # the damaged file as it was, and nothing half made beside it
+        for partial in made:
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            raise SalvageError(f"the disk beside {path} filled up during the salvage: {exc}") from None
+        raise
+    finally:
+        Path(f"{fresh}.lock").unlink(missing_ok=True)
+
+
+def _room_for(path: Path) -> None:
+    """Raise SalvageError unless the disk has room for a fresh copy as large as the file and its log."""
+    size = sum(Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists())
+    free = shutil.disk_usage(path.parent).free
+    if free < size:
+        reserve = Path(f"{path}.reserve")
+        spare = (
+            f"; its .reserve ({reserve.stat().st_size / 2**20:.0f} MiB) may go, made again at start"
+            if (reserve.exists())
+            else ""
+        )
+        raise SalvageError(
+            f"{free / 2**20:.0f} MiB free beside {path}, and its salvage writes a fresh file of up to "
+            f"{size / 2**20:.0f} MiB: make room{spare}, then run it again"
+        )
 
 
 def _copy_all(source: sqlite3.Connection, target: sqlite3.Connection, out: Salvaged) -> None:

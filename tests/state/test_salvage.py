@@ -1,5 +1,6 @@
 """A state file SQLite finds damaged: what still reads is salvaged into a fresh file the bridge goes on with."""
 
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
-from otel_bridge.state.salvage import salvage
+from otel_bridge.state.salvage import SalvageError, salvage
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreInUse
 
@@ -137,3 +138,20 @@ def test_a_file_a_bridge_holds_is_not_salvaged_under_it(tmp_path):
             salvage(path)
     finally:
         held.close()
+
+
+def test_a_disk_without_room_for_the_fresh_file_is_said_before_anything_changes(tmp_path, small_disk):
+    # A fresh file as large as the damaged one would have filled the disk the bridge's state lives on.
+    open_runs(tmp_path / "made.db", 600)  # made elsewhere: unchecked, SQLite's log outgrows the small disk
+    path = small_disk / "otel-bridge.db"
+    shutil.copyfile(tmp_path / "made.db", path)
+    broken_page(path, "state")
+    ballast = small_disk / "other.log"  # what else the volume holds
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - path.stat().st_size // 2))
+    before = path.read_bytes()
+    with pytest.raises(SalvageError, match=r"MiB free beside .* make room"):
+        salvage(path)
+    assert path.read_bytes() == before
+    assert not [p.name for p in small_disk.iterdir() if ".salvaged" in p.name or ".damaged-" in p.name]
+    ballast.unlink()
+    assert salvage(path) is not None  # once there is room
