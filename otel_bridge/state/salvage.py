@@ -112,12 +112,10 @@ def _room_for(path: Path) -> None:
     size = sum(Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists())
     free = shutil.disk_usage(path.parent).free
     if free < size:
-        reserve = Path(f"{path}.reserve")
-        spare = (
-            f"; its .reserve ({reserve.stat().st_size / 2**20:.0f} MiB) may go, made again at start"
-            if (reserve.exists())
-            else ""
-        )
+        reserve = Path(f"{path}.reserve")  # the bridge's room for a full disk (`disk_reserve.py`)
+        spare = ""
+        if reserve.exists():
+            spare = f"; its .reserve ({reserve.stat().st_size / 2**20:.0f} MiB) may go, made again at start"
         raise SalvageError(
             f"{free / 2**20:.0f} MiB free beside {path}, and its salvage writes a fresh file of up to "
             f"{size / 2**20:.0f} MiB: make room{spare}, then run it again"
