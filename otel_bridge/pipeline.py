@@ -860,6 +860,11 @@ class Pipeline:
         except ValueError:
             log.warning("run state %r is not readable; skipped", key)
             return None
+        except Exception as exc:
+            if not self.store.damaged(exc):
+                raise
+            self._met_damage(exc, f"reading {keys.readable(key)} (left out of listings and counts)")
+            return None
 
     def open_runs(self, now: float | None = None) -> list[RunOverview]:
         """The open runs as an on-call engineer asks for them: state, since, due, overdue by."""
@@ -1044,14 +1049,29 @@ class Pipeline:
             if judged_again:
                 again.append(key)
         for start in range(0, len(again), _RESTORED_AT_ONCE):
-            self.store.run(partial(self._index_overdue, keys_=again[start : start + _RESTORED_AT_ONCE]))
+            chunk = again[start : start + _RESTORED_AT_ONCE]
+            while chunk:
+                try:
+                    self.store.run(partial(self._index_overdue, keys_=chunk))
+                    break
+                except Exception as exc:  # a run on a damaged page: the chunk again without it
+                    left = [key for key in chunk if key not in self._damaged_runs]
+                    if not self.store.damaged(exc) or len(left) == len(chunk):
+                        raise
+                    chunk = left
         self.store.set_bookmark(_INDEXED_BY, judged_by)
         return len(again)
 
     def _index_overdue(self, tx: Transaction, keys_: list[str]) -> None:
         """Tell the overdue index when each of these turns overdue, by this bridge's settings."""
         for key in keys_:
-            state, due = journal.load(tx, key)
+            try:
+                state, due = journal.load(tx, key)
+            except Exception as exc:
+                if self.store.damaged(exc):  # left as it was indexed, and out of settling as well
+                    self._damaged_runs.add(key)
+                    self._met_damage(exc, f"indexing {keys.readable(key)} (left as it was)")
+                raise
             if state is not None:
                 tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))
 

@@ -1,5 +1,6 @@
 """A state file SQLite finds damaged: what still reads is salvaged into a fresh file the bridge goes on with."""
 
+import math
 import shutil
 import sqlite3
 import time
@@ -155,3 +156,21 @@ def test_a_disk_without_room_for_the_fresh_file_is_said_before_anything_changes(
     assert not [p.name for p in small_disk.iterdir() if ".salvaged" in p.name or ".damaged-" in p.name]
     ballast.unlink()
     assert salvage(path) is not None  # once there is room
+
+
+def test_runs_on_a_broken_page_are_left_as_indexed_and_every_other_run_is_judged_by_the_settings(tmp_path):
+    # Met by the overdue index written again at start (silent_executing set since): it failed every pass,
+    # with a traceback each minute, and no run was indexed by the new settings.
+    path = tmp_path / "otel-bridge.db"
+    open_runs(path, RUNS)
+    broken_page(path, "facts")
+    settings = Settings(state=str(path), settle_seconds=0, silent_executing="*=60s")
+    pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+
+    assert pipeline.index_by_these_settings() == RUNS
+    left = len(pipeline._damaged_runs)
+    assert 0 < left < 20
+    assert len(pipeline.store.overdue_keys(math.inf)) == RUNS - left
+    # Counted overdue an hour on, as the gauge counts them: those it can read.
+    overdue, _jobs = pipeline.overdue(now=time.time() + 3600)
+    assert len(overdue) == RUNS - left and pipeline.damage is not None
