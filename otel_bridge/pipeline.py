@@ -530,14 +530,22 @@ class Pipeline:
         sent = 0
         handed_back = False
         while True:
-            keys_, steps, handed_back = self.slices(
-                lambda shared: self._transaction(
-                    lambda tx, touched: self._settle_chunk(
-                        tx, horizon, now, policy, done, pending, cursor, touched, forced, shared
-                    )
-                ),
-                movable=not handed_back,
-            )
+            try:
+                keys_, steps, handed_back = self.slices(
+                    lambda shared: self._transaction(
+                        lambda tx, touched: self._settle_chunk(
+                            tx, horizon, now, policy, done, pending, cursor, touched, forced, shared
+                        )
+                    ),
+                    movable=not handed_back,
+                )
+            except Exception as exc:
+                # A run on a damaged page (`_settle_chunk`): the slice again without it, told once already.
+                left = [key for key in pending if key not in self._damaged_runs]
+                if not self.store.damaged(exc) or len(left) == len(pending):
+                    raise
+                pending[:] = left
+                continue
             done.update(keys_)
             del pending[: len(keys_)]
             sent += sum(len(s.spans) for s in steps)
@@ -596,8 +604,8 @@ class Pipeline:
             except Exception as exc:
                 if self.store.damaged(exc):
                     # No retry mends it, and setting it aside would read it again: left out of settling. The
-                    # pass is rolled back (what it wrote beside the broken page may not commit) and made
-                    # again without the run.
+                    # slice is rolled back (what it wrote beside the broken page may not commit) and made
+                    # again without the run (`settle_due`).
                     self._damaged_runs.add(key)
                     self._met_damage(exc, f"settling {keys.readable(key)} (left unsettled)")
                     raise
