@@ -505,6 +505,12 @@ class RedisStore:
         return 0  # seen ids expire by themselves
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        try:
+            yield from self._states(prefix)
+        except REDIS_ERRORS as exc:  # a listing while Redis is away: said as such (503), not a server's error
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    def _states(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         pattern = f"{_glob_escaped(self._p)}state:{_glob_escaped(prefix)}*"
         skip = len(f"{self._p}state:")
         cursor = 0
@@ -533,15 +539,25 @@ class RedisStore:
                 return
 
     def facts(self, key: str) -> list[bytes]:
-        return _in_order(cast(dict[bytes, bytes], self._client.hgetall(f"{self._p}facts:{key}")))
+        try:
+            return _in_order(cast(dict[bytes, bytes], self._client.hgetall(f"{self._p}facts:{key}")))
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def overdue_keys(self, now: float) -> set[str]:
-        return {k.decode() for k in cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))}
+        try:
+            found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        return {k.decode() for k in found}
 
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
-        found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
-        keys = [k.decode() for k in found]
-        blobs = cast(list[bytes | None], self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else [])
+        try:
+            found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
+            keys = [k.decode() for k in found]
+            blobs = cast(list[bytes | None], self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else [])
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return [(k, b) for k, b in zip(keys, blobs, strict=True) if b is not None]
 
     def close(self) -> None:

@@ -73,6 +73,11 @@ def test_redis_down_for_a_while_is_told_once_in_full_then_its_recovery(tmp_path,
         assert bridge.post(_run(0).events).status_code == 200
         server.kill()
         time.sleep(3)  # the settle loop retries four times a second meanwhile
+        # An on-call engineer asks meanwhile: the listings were a 500 with a traceback each.
+        for listing in ("runs", "jobs"):
+            answer = bridge.client.get(f"{bridge.url}/v1/{listing}")
+            assert answer.status_code == 503 and "redis unavailable" in answer.json()["error"], answer.text
+        assert bridge.client.get(f"{bridge.url}/metrics").status_code == 200
         server.start()
         _until(lambda: "settling works again" in bridge.log.read_text(), bridge, 20)
     finally:
