@@ -8,6 +8,7 @@ asked, so an interrupted backup never leaves half a file there.
 """
 
 import os
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ def back_up(state: Path, to: Path) -> Copied:
         raise BackupError(f"no state file at {state}")
     partial = to.with_name(to.name + ".partial")
     partial.unlink(missing_ok=True)
+    _room_for(state, to)
     source = sqlite3.connect(f"file:{state.resolve()}?mode=ro", uri=True)
     try:
         copy = sqlite3.connect(partial)
@@ -60,6 +62,24 @@ def back_up(state: Path, to: Path) -> Copied:
         source.close()
     os.replace(partial, to)
     return Copied(copied.runs, copied.jobs, copied.outbox, to.stat().st_size)
+
+
+def _room_for(state: Path, to: Path) -> None:
+    """Raise BackupError when the copy would not fit where it goes, or, on the state's own disk, would leave
+    the running bridge less room than the state takes: it writes on while the copy is taken, the copy stays
+    (BridgeStateDiskFillingUp counts it), and a full disk refuses its batches."""
+    size = sum(Path(f"{state}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{state}{suffix}").exists())
+    disk = shutil.disk_usage(to.parent)
+    shared = os.stat(to.parent).st_dev == os.stat(state.parent).st_dev
+    left = disk.free - size
+    if left >= size or (left >= 0 and not shared):
+        return
+    why = "it would not fit" if left < 0 else "it would leave the running bridge less room than its state takes"
+    where = "the state's own disk" if shared else "another disk"
+    raise BackupError(
+        f"{disk.free / 2**20:,.0f} MiB free where the copy goes ({where}), and it takes up to "
+        f"{size / 2**20:,.0f} MiB: {why}; back up to another disk, or make room"
+    )
 
 
 def _what(db: sqlite3.Connection) -> Copied:

@@ -1,5 +1,6 @@
 """`otel-bridge backup-state`: one moment of a running bridge's SQLite state, whole, that a bridge goes on from."""
 
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -93,3 +94,17 @@ def test_a_redis_state_is_not_backed_up_by_the_bridge(tmp_path, capsys):
     assert main(["backup-state", str(tmp_path / "copy.db"), "--state", "redis://127.0.0.1:6399/0"]) == 2
     assert "backup-state copies a SQLite state file" in capsys.readouterr().err
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_a_backup_that_would_leave_the_bridge_less_room_than_its_state_takes_is_not_taken(tmp_path, small_disk):
+    # On the state's own disk the copy stays: the bridge, writing on, would meet a full disk (503s).
+    open_runs(tmp_path / "made.db", 600)  # made elsewhere: unchecked, SQLite's log outgrows the small disk
+    state = small_disk / "otel-bridge.db"
+    shutil.copyfile(tmp_path / "made.db", state)
+    size = state.stat().st_size
+    ballast = small_disk / "other.log"
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - size * 3 // 2))
+    with pytest.raises(BackupError, match="less room than its state takes; back up to another disk"):
+        back_up(state, small_disk / "copy.db")
+    assert not [p.name for p in small_disk.iterdir() if p.name.startswith("copy.db")]
+    assert back_up(state, tmp_path / "copy.db").runs == 600  # to another disk
