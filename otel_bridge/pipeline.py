@@ -261,7 +261,7 @@ class Pipeline:
         # A damaged store (a page of the SQLite file that no longer reads): what was met, told once a
         # minute; the runs whose settling meets it, left out of settling for this process's life.
         self.damage: str | None = None
-        self._damage_told = Cadence()
+        self._damage_said = Cadence()
         self._damaged_runs: set[str] = set()
         # Runs whose settling failed, with how many times: retried with backoff, then set aside.
         self._settle_failures: dict[str, int] = {}
@@ -623,7 +623,7 @@ class Pipeline:
     def _met_damage(self, exc: Exception, where: str) -> None:
         """The store is damaged where this went: said once a minute, and kept for readiness's warnings."""
         self.damage = f"the state file is damaged ({exc})"
-        if self._damage_told.failed():
+        if self._damage_said.failed():
             log.error(
                 "%s, met %s: the events that need the damaged part are rejected and kept in the dead-letter file, "
                 "the runs in it are not settled; %s",
