@@ -21,7 +21,7 @@ from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.state import mounts
-from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
 from otel_bridge.urls import without_secrets
 
@@ -107,7 +107,7 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
                 if (damage := store.damage_found(within_seconds=timeout_seconds)) is not None:
                     return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
             except TimeoutError:  # a deploy gated on `check` does not wait minutes for a file of many GiB
-                size = Path(state).stat().st_size / 2**30
+                size = file_bytes(state) / 2**30
                 unread = (
                     f"; not every page checked for damage within {timeout_seconds:g} s ({size:.1f} GiB): "
                     "a longer --timeout reads them all"

@@ -8,13 +8,13 @@ asked, so an interrupted backup never leaves half a file there.
 """
 
 import os
-import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from otel_bridge import keys
-from otel_bridge.state.sqlite_store import damaged, quick_check
+from otel_bridge.state.disk_reserve import free_bytes
+from otel_bridge.state.sqlite_store import damaged, file_bytes, quick_check
 from otel_bridge.state.store import DAMAGED_HELP
 
 
@@ -68,16 +68,15 @@ def _room_for(state: Path, to: Path) -> None:
     """Raise BackupError when the copy would not fit where it goes, or, on the state's own disk, would leave
     the running bridge less room than the state takes: it writes on while the copy is taken, the copy stays
     (BridgeStateDiskFillingUp counts it), and a full disk refuses its batches."""
-    size = sum(Path(f"{state}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{state}{suffix}").exists())
-    disk = shutil.disk_usage(to.parent)
+    size, free = file_bytes(state), free_bytes(to.parent)
     shared = os.stat(to.parent).st_dev == os.stat(state.parent).st_dev
-    left = disk.free - size
+    left = free - size
     if left >= size or (left >= 0 and not shared):
         return
     why = "it would not fit" if left < 0 else "it would leave the running bridge less room than its state takes"
     where = "the state's own disk" if shared else "another disk"
     raise BackupError(
-        f"{disk.free / 2**20:,.0f} MiB free where the copy goes ({where}), and it takes up to "
+        f"{free / 2**20:,.0f} MiB free where the copy goes ({where}), and it takes up to "
         f"{size / 2**20:,.0f} MiB: {why}; back up to another disk, or make room"
     )
 

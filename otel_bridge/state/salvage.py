@@ -14,14 +14,14 @@ to it from one side only: one on the far side of a broken page is lost with it.
 The damaged file is kept beside, renamed, with its log: nothing is deleted.
 """
 
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_bridge import keys
-from otel_bridge.state.sqlite_store import BOOKMARKS, SqliteStore, claimed, damaged, quick_check
+from otel_bridge.state.disk_reserve import free_bytes
+from otel_bridge.state.sqlite_store import BOOKMARKS, SqliteStore, claimed, damaged, file_bytes, quick_check
 
 # Each table the bridge keeps, with the columns of its key.
 _TABLES: dict[str, tuple[str, ...]] = {
@@ -109,8 +109,7 @@ def _fresh_copy(source: sqlite3.Connection, path: Path, fresh: Path, out: Salvag
 
 def _room_for(path: Path) -> None:
     """Raise SalvageError unless the disk has room for a fresh copy as large as the file and its log."""
-    size = sum(Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists())
-    free = shutil.disk_usage(path.parent).free
+    size, free = file_bytes(path), free_bytes(path.parent)
     if free < size:
         reserve = Path(f"{path}.reserve")  # the bridge's room for a full disk (`disk_reserve.py`)
         spare = ""

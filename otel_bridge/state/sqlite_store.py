@@ -79,6 +79,12 @@ def _is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
+def file_bytes(path: str | Path) -> int:
+    """The state file's size with its write-ahead log (none while the database is closed)."""
+    files = (Path(f"{path}{suffix}") for suffix in ("", "-wal"))
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
 def damaged(exc: BaseException) -> bool:
     """SQLite met a page of the file it cannot read as what it should hold (SQLITE_CORRUPT): the file was
     damaged from outside (copied while in use, a disk or filesystem fault). No retry mends it."""
@@ -550,9 +556,7 @@ class SqliteStore:
     def disk_usage(self) -> tuple[int, int] | None:
         if self._checkpoint_path is None:
             return None
-        files = (Path(self._checkpoint_path + suffix) for suffix in ("", "-wal"))
-        size = sum(f.stat().st_size for f in files if f.exists())  # no log while the database is closed
-        return size, disk_reserve.free_bytes(Path(self._checkpoint_path).parent)
+        return file_bytes(self._checkpoint_path), disk_reserve.free_bytes(Path(self._checkpoint_path).parent)
 
     def checkpoint(self) -> int:
         """Copy the log's committed pages into the database without holding up any transaction.
