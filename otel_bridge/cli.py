@@ -38,7 +38,7 @@ from otel_bridge.correlate.overview import (
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
 from otel_bridge.state.sqlite_store import damaged
-from otel_bridge.state.store import DAMAGED_HELP, StoreInUse, StoreOpenError
+from otel_bridge.state.store import StoreInUse, StoreOpenError, damaged_said
 from otel_bridge.tokens import label_problem
 from otel_bridge.urls import host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
@@ -1326,7 +1326,7 @@ def _command(argv: Sequence[str] | None) -> int:
         if not damaged(exc):
             raise
         # Met reading it (the file opens; a page of it does not read): at start, or by a listing.
-        print(f"otel-bridge: the state file {settings.state} is damaged ({exc}): {DAMAGED_HELP}", file=sys.stderr)
+        print(f"otel-bridge: {damaged_said(settings.state, exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):

@@ -58,7 +58,7 @@ from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
-from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction
+from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction, damaged_said
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ def _damage_told(method: "Callable[Concatenate[Pipeline, P], T]") -> "Callable[C
         except Exception as exc:
             if not pipeline.store.damaged(exc):
                 raise
-            state = pipeline.settings.state
-            raise StoreUnavailable(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from exc
+            raise StoreUnavailable(damaged_said(pipeline.settings.state, exc)) from exc
 
     return reading
 

@@ -36,7 +36,16 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.state.sqlite_store import SqliteStore
-from otel_bridge.state.store import DAMAGED_HELP, Checkpointed, OnDisk, Replicated, Store, StoreOpenError, WithRisks
+from otel_bridge.state.store import (
+    DAMAGED_HELP,
+    Checkpointed,
+    OnDisk,
+    Replicated,
+    Store,
+    StoreOpenError,
+    WithRisks,
+    damaged_said,
+)
 from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
 
@@ -500,8 +509,7 @@ class Bridge:
             if not self.store.damaged(exc):
                 raise
             self.store.close()  # its lock let go: `salvage-state` (or a tracker made again after it) takes it
-            state = self.settings.state
-            raise StoreOpenError(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from exc
+            raise StoreOpenError(damaged_said(self.settings.state, exc)) from exc
         self._restored = True
 
     def start(self, follow: bool = True) -> "Bridge":

@@ -15,7 +15,7 @@ from pathlib import Path
 from otel_bridge import keys
 from otel_bridge.state.disk_reserve import free_bytes
 from otel_bridge.state.sqlite_store import damaged, file_bytes, quick_check
-from otel_bridge.state.store import DAMAGED_HELP
+from otel_bridge.state.store import damaged_said
 
 
 class BackupError(Exception):
@@ -46,14 +46,14 @@ def back_up(state: Path, to: Path) -> Copied:
             source.backup(copy)  # every page in one step: one read transaction, one moment
             copy.execute("PRAGMA journal_mode = DELETE")  # one file: its own, to copy or move as it is
             if (found := quick_check(copy)) is not None:
-                raise BackupError(f"the state file {state} is damaged ({found}): {DAMAGED_HELP}")
+                raise BackupError(damaged_said(state, found))
             copied = _what(copy)
         finally:
             copy.close()
     except sqlite3.DatabaseError as exc:
         partial.unlink(missing_ok=True)
         if damaged(exc):
-            raise BackupError(f"the state file {state} is damaged ({exc}): {DAMAGED_HELP}") from None
+            raise BackupError(damaged_said(state, exc)) from None
         raise BackupError(f"cannot back up {state} to {to}: {exc}") from None
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -23,6 +23,11 @@ DAMAGED_HELP = (
 )
 
 
+def damaged_said(state: object, found: object) -> str:
+    """One line for a state file found damaged: which, what SQLite found, and what to do."""
+    return f"the state file {state} is damaged ({found}): {DAMAGED_HELP}"
+
+
 class StoreUnavailable(Unavailable):
     """The store cannot take writes now (locked, unreachable, full): answer 503, let the producer retry."""
 
