@@ -539,11 +539,7 @@ class Pipeline:
                     movable=not handed_back,
                 )
             except Exception as exc:
-                # A run on a damaged page (`_settle_chunk`): the slice again without it, told once already.
-                left = [key for key in pending if key not in self._damaged_runs]
-                if not self.store.damaged(exc) or len(left) == len(pending):
-                    raise
-                pending[:] = left
+                pending[:] = self._without_damaged(exc, pending)  # the slice again without the run met
                 continue
             done.update(keys_)
             del pending[: len(keys_)]
@@ -605,8 +601,7 @@ class Pipeline:
                     # No retry mends it, and setting it aside would read it again: left out of settling. The
                     # slice is rolled back (what it wrote beside the broken page may not commit) and made
                     # again without the run (`settle_due`).
-                    self._damaged_runs.add(key)
-                    self._met_damage(exc, f"settling {keys.readable(key)} (left unsettled)")
+                    self._met_damaged_run(exc, key, "settling", "left unsettled")
                     raise
                 # The store's own refusal (a full disk) is not this run's fault: none is set aside for it.
                 if (refused := self.store.refusal(exc)) is not None:
@@ -618,6 +613,20 @@ class Pipeline:
             if step is not None:
                 steps.append(step)
         return _Slice(due, steps, handed_back=False)
+
+    def _met_damaged_run(self, exc: Exception, key: str, doing: str, left: str) -> None:
+        """A run whose state or facts are on a damaged page: out of settling and indexing from now on."""
+        self._damaged_runs.add(key)
+        self._met_damage(exc, f"{doing} {keys.readable(key)} ({left})")
+
+    def _without_damaged(self, exc: Exception, keys_: list[str]) -> list[str]:
+        """After a transaction over `keys_` failed, those to try again: all but the runs a damaged page was
+        met in (`_met_damaged_run`). Raises `exc` when it was no such page, or met in none of them (it would
+        be met again)."""
+        left = [key for key in keys_ if key not in self._damaged_runs]
+        if not self.store.damaged(exc) or len(left) == len(keys_):
+            raise exc
+        return left
 
     def _met_damage(self, exc: Exception, where: str) -> None:
         """The store is damaged where this went: said once a minute, and kept for readiness's warnings."""
@@ -1061,11 +1070,8 @@ class Pipeline:
                 try:
                     self.store.run(partial(self._index_overdue, keys_=chunk))
                     break
-                except Exception as exc:  # a run on a damaged page: the chunk again without it
-                    left = [key for key in chunk if key not in self._damaged_runs]
-                    if not self.store.damaged(exc) or len(left) == len(chunk):
-                        raise
-                    chunk = left
+                except Exception as exc:
+                    chunk = self._without_damaged(exc, chunk)
         self.store.set_bookmark(_INDEXED_BY, judged_by)
         return len(again)
 
@@ -1075,9 +1081,8 @@ class Pipeline:
             try:
                 state, due = journal.load(tx, key)
             except Exception as exc:
-                if self.store.damaged(exc):  # left as it was indexed, and out of settling as well
-                    self._damaged_runs.add(key)
-                    self._met_damage(exc, f"indexing {keys.readable(key)} (left as it was)")
+                if self.store.damaged(exc):
+                    self._met_damaged_run(exc, key, "indexing", "left as it was")
                 raise
             if state is not None:
                 tx.save(key, journal.encode_header(state), due, overdue_at(state, self.policy))
