@@ -17,6 +17,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from hashlib import blake2b
 from typing import Any, cast
 
@@ -81,6 +82,16 @@ def _refusal(exc: Exception) -> StoreUnavailable | None:
     # a script the script and its line: keep what Redis said.
     said = str(exc).rpartition(" of pipeline caused error: ")[2].partition(" script: ")[0]
     return StoreUnavailable(f"redis refused: {said}")
+
+
+@contextmanager
+def _away_said() -> Iterator[None]:
+    """A read while Redis is away: StoreUnavailable ("redis unavailable"), which the receivers answer 503 and
+    the background loops tell in one line, not the client's own error (a 500 and a traceback)."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
 
 def eviction_risk(policy: str) -> str | None:
@@ -477,16 +488,12 @@ class RedisStore:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def outbox_depth(self) -> int:
-        try:
+        with _away_said():
             return int(self._client.xlen(self._outbox))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def bookmark(self, name: str) -> bytes | None:
-        try:
+        with _away_said():
             return cast(bytes | None, self._client.get(f"{self._p}bookmark:{name}"))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def set_bookmark(self, name: str, value: bytes) -> None:
         try:
@@ -495,20 +502,16 @@ class RedisStore:
             raise (_refusal(exc) or StoreUnavailable(f"redis unavailable: {exc}")) from exc
 
     def earliest_due(self) -> float | None:
-        try:
+        with _away_said():
             first = cast(list[tuple[bytes, float]], self._client.zrange(f"{self._p}due", 0, 0, withscores=True))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return float(first[0][1]) if first else None
 
     def purge_seen(self, before: float) -> int:
         return 0  # seen ids expire by themselves
 
     def states(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        try:
+        with _away_said():
             yield from self._states(prefix)
-        except REDIS_ERRORS as exc:  # a listing while Redis is away: said as such (503), not a server's error
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def _states(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         pattern = f"{_glob_escaped(self._p)}state:{_glob_escaped(prefix)}*"
@@ -539,25 +542,19 @@ class RedisStore:
                 return
 
     def facts(self, key: str) -> list[bytes]:
-        try:
+        with _away_said():
             return _in_order(cast(dict[bytes, bytes], self._client.hgetall(f"{self._p}facts:{key}")))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     def overdue_keys(self, now: float) -> set[str]:
-        try:
+        with _away_said():
             found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return {k.decode() for k in found}
 
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
-        try:
+        with _away_said():
             found = cast(list[bytes], self._client.zrangebyscore(f"{self._p}overdue", "-inf", now))
             keys = [k.decode() for k in found]
             blobs = cast(list[bytes | None], self._client.mget([f"{self._p}state:{k}" for k in keys]) if keys else [])
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
         return [(k, b) for k, b in zip(keys, blobs, strict=True) if b is not None]
 
     def close(self) -> None:
