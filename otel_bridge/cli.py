@@ -686,11 +686,16 @@ def _listed_by(
     import httpx
 
     base = url.rstrip("/")
-    asked = {key: str(value) for key, value in filters.items() if value is not None}
+    asked = {key: _query_value(value) for key, value in filters.items() if value is not None}
     asked |= {"overdue": "true" if args.overdue else "false", "limit": str(args.limit)}
     with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
         listed = _asked(base, partial(client.get, f"{base}/v1/{kind}", params=asked)).json()
     return list(listed[kind]), int(listed["count"]), listed.get("service")
+
+
+def _query_value(value: object) -> str:
+    # A duration as `seconds_of` reads it back: never `1e+16`, as str() writes a large float.
+    return f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
 
 
 def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) -> int:

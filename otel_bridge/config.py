@@ -41,7 +41,7 @@ _URL_SCHEMES = {
 
 # The paths the bridge answers on besides the tracker endpoint's (`receivers/http.py`): a `path` among
 # them would take their requests (a GET of `/metrics` answered 405, and Prometheus scraped nothing).
-OWN_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/runs", "/v1/jobs")
+OWN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/runs", "/v1/jobs")
 
 # The longest time a setting may give (a century: nanoseconds since 1970 plus it still fit in 63 bits).
 _CENTURY_SECONDS = 100 * 365 * 86_400

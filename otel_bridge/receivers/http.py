@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -33,9 +33,10 @@ from starlette.types import Receive, Scope, Send
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, Unavailable
-from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, JobQuery, RunQuery, seconds_of
+from otel_bridge.correlate.overview import JobQuery, RunQuery, seconds_of
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.http_contract import LISTING_PARAMETERS, CloseRequest, openapi
 from otel_bridge.sources.wire import every_reason, json_kind
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,9 @@ def create_app(
             if answer is None:
                 return _problem(404, f"no {name.removesuffix('s')} listing here")
             params: Mapping[str, str] = request.query_params
+            known = LISTING_PARAMETERS[name]
+            if unknown := [p for p in params if p not in known]:  # `overdu=true` listed every run as overdue
+                return _problem(400, f"unknown parameter {unknown[0]!r}: {name} are asked by {', '.join(known)}")
             try:
                 if (service := access.acting_for(params.get("service"), "lists", name)) is not None:
                     params = {**params, "service": service}
@@ -457,6 +461,14 @@ def create_app(
             return JSONResponse({"status": "not ready", "error": "; ".join(reasons), **status}, status_code=503)
         return JSONResponse({"status": "ready", **status})
 
+    described: list[bytes] = []
+
+    async def contract(_request: Request) -> Response:
+        # Made at the first asking (a few ms of schema building), not at every start.
+        if not described:
+            described.append(orjson.dumps(openapi(settings)))
+        return Response(described[0], media_type="application/json")
+
     async def prometheus(request: Request) -> Response:
         if settings.metrics_auth and not auth.allows(request.headers):
             return unauthorized()
@@ -481,8 +493,19 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", contract, methods=["GET"]),
     ]
-    return _IngestFirst(Starlette(routes=routes, lifespan=lifespan), settings.path, ingest)
+    # Starlette's own 404 and 405 are plain text: every answer of the bridge's is `{"error": …}`
+    # (a close of an id holding a newline, which no route matches, was the one that was not).
+    unrouted = {status: _unrouted for status in (404, 405)}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
+    return _IngestFirst(app, settings.path, ingest)
+
+
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    said = f"no endpoint {request.url.path}" if status == 404 else f"{request.method} is not allowed here"
+    return _problem(status, said, getattr(exc, "headers", None))
 
 
 # A listing's answer (its items as JSON values, how many there are in all), or why it will not be given.
@@ -503,16 +526,6 @@ def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response
     except ValueError:
         return _problem(400, f"limit must be a whole number, not {given!r}")
     return (overdue, limit) if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
-
-
-class CloseRequest(BaseModel):
-    """What `POST /v1/runs/{id}/close` takes (all of it optional): why, and whose run, where several
-    producers have one of that id."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(default=DEFAULT_CLOSE_REASON, min_length=1, max_length=1000)
-    service: str | None = Field(default=None, min_length=1)
 
 
 def _close_request(body: bytes) -> CloseRequest:

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationError
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, ErrorDetails, core_schema
 
 from otel_bridge.json_text import JSON_DEPTH
@@ -45,6 +46,10 @@ class _IsoTime:
         moment = core_schema.datetime_schema(ge=_EARLIEST, lt=_LATEST)
         return core_schema.chain_schema([text, core_schema.no_info_after_validator_function(utc, moment)])
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _schema: CoreSchema, _handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "format": "date-time", "description": "ISO-8601, 1970-01-01 to 2554-07-21 (UTC)"}
+
 
 # U+001F separates the fields of the hashes that make trace ids: an identity holding it (or any
 # control character) could make two producers' runs share one trace. A pattern, checked by
@@ -75,6 +80,10 @@ class _Text:
             mode="left_to_right",
             custom_error_type="string_type",
         )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _schema: CoreSchema, _handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "description": f"Any length; kept to its first {MAX_TEXT} characters"}
 
 
 # What a span attribute carries of a text by default (`attribute_value_limit`); span names are cut shorter.

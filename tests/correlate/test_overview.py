@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+import pytest
 from builders import JobRun, WorkflowRun, ns, ns_of
 from fold_harness import fold_events
 from hypothesis import given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from otel_bridge.config import Settings
-from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, overdue_since_ns, overview
+from otel_bridge.correlate.overview import JobOverview, RunOverview, RunQuery, overdue_since_ns, overview, seconds_of
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.producer.event_sourced import Execution
@@ -195,3 +196,18 @@ def test_a_listing_read_back_from_its_json_says_what_the_json_said():
     told = run.as_dict("http://jaeger/trace/{trace_id}")
     assert RunOverview.from_dict(told).as_dict() == {k: v for k, v in told.items() if k != "trace_url"}
     assert JobOverview.from_dict(job.as_dict()).as_dict() == job.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("90s", 90), ("15m", 900), ("2h", 7200), ("3d", 259_200), ("1.5h", 5400), (".5m", 30), ("5400", 5400)],
+)
+def test_a_duration_is_read_as_a_person_writes_it(written, seconds):
+    assert seconds_of(written) == seconds
+
+
+@pytest.mark.parametrize("written", ["1e3", "1_000", " 5", "5 s", "inf", "nan", "-1", "", "5x", "5\n", "9" * 21])
+def test_what_no_one_writes_for_a_duration_is_refused_not_guessed(written):
+    # float() read `1e3`, `1_000`, ` 5`, `5 s` and `5\n`: the HTTP API's document could not have said so.
+    with pytest.raises(ValueError, match="not a duration"):
+        seconds_of(written)
