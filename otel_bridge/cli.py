@@ -1241,6 +1241,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="JSON instead of lines (for a deploy pipeline)")
     _add_settings_flags(check)
     sub.add_parser("config", help="print the configuration table (markdown)")
+    contract = sub.add_parser(
+        "openapi",
+        help="print the HTTP endpoints' OpenAPI document, as a bridge with these settings serves it at "
+        "/openapi.json (a producer's types generated from it, with no bridge running)",
+    )
+    _add_settings_flags(contract)
     return parser
 
 
@@ -1281,6 +1287,11 @@ def _command(argv: Sequence[str] | None) -> int:
     except ValidationError as exc:
         print(f"otel-bridge: invalid configuration: {_every_reason(exc)}", file=sys.stderr)
         return 2
+    if args.command == "openapi":
+        from otel_bridge.receivers.http_contract import openapi
+
+        print(json.dumps(openapi(settings), indent=2))
+        return 0
     _logging(settings.log_level, settings.log_format)
     for problem in settings.told_at_start(os.environ):
         logging.getLogger("otel_bridge").warning(problem)

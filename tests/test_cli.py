@@ -363,3 +363,13 @@ def test_show_says_an_open_run_is_overdue_as_its_row_in_runs_does(tmp_path, caps
     assert "paused, overdue by " in capsys.readouterr().out
     assert main(["show", awake.workflow_id, "--state", state]) == 0
     assert "overdue" not in capsys.readouterr().out
+
+
+def test_openapi_prints_the_document_a_bridge_of_these_settings_serves(capsys, monkeypatch):
+    from otel_bridge.receivers.http_contract import openapi
+
+    monkeypatch.setenv("OTEL_BRIDGE_API_KEY", "k")
+    assert main(["openapi", "--path", "/ingest"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(openapi(Settings(path="/ingest", api_key="k"))))
+    assert "/ingest" in printed["paths"] and printed["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-KEY"

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
+import otel_bridge
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import DEFAULT_CLOSE_REASON, DURATION
@@ -168,7 +169,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "otel-bridge",
-            "version": _version(),
+            "version": otel_bridge.__version__,
             "description": "Workflow and job lifecycle events in, OpenTelemetry traces and metrics out. "
             "The batch endpoint is what a durable-effect HTTP batch tracker posts to.",
         },
@@ -190,15 +191,6 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"},
         }
     return document
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("otel-bridge")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "0"
 
 
 def _schemas() -> dict[str, Any]:
