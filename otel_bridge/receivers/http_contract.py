@@ -173,15 +173,18 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "description": "Workflow and job lifecycle events in, OpenTelemetry traces and metrics out. "
             "The batch endpoint is what a durable-effect HTTP batch tracker posts to.",
         },
+        # Each operation with the name and group a client generated from the document gives it.
         "paths": {
-            settings.path: {"post": _ingest(settings, guarded)},
-            "/v1/runs": {"get": _listing("runs", guarded, _RUN_FILTERS)},
-            "/v1/jobs": {"get": _listing("jobs", guarded, _JOB_FILTERS)},
-            "/v1/runs/{id}/close": {"post": _closing("run", guarded)},
-            "/v1/jobs/{id}/close": {"post": _closing("job instance", guarded)},
-            "/healthz": {"get": _probe("Liveness", "Alive", "Stuck: a restart would mend it")},
-            "/readyz": {"get": _probe("Readiness", "Ready", "Batches are (or soon would be) refused")},
-            "/metrics": {"get": _metrics(guarded if settings.metrics_auth else [])},
+            settings.path: {"post": _ingest(settings, guarded) | _named("postEvents", "events")},
+            "/v1/runs": {"get": _listing("runs", guarded, _RUN_FILTERS) | _named("listRuns", "runs")},
+            "/v1/jobs": {"get": _listing("jobs", guarded, _JOB_FILTERS) | _named("listJobs", "jobs")},
+            "/v1/runs/{id}/close": {"post": _closing("run", guarded) | _named("closeRun", "runs")},
+            "/v1/jobs/{id}/close": {"post": _closing("job instance", guarded) | _named("closeJob", "jobs")},
+            "/healthz": {"get": _probe("Liveness", "Alive", "Stuck: a restart would mend it") | _named("liveness")},
+            "/readyz": {
+                "get": _probe("Readiness", "Ready", "Batches are (or soon would be) refused") | _named("readiness")
+            },
+            "/metrics": {"get": _metrics(guarded if settings.metrics_auth else []) | _named("metrics")},
         },
         "components": {"schemas": schemas},
     }
@@ -191,6 +194,10 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"},
         }
     return document
+
+
+def _named(operation: str, tag: str = "operations") -> dict[str, Any]:
+    return {"operationId": operation, "tags": [tag]}
 
 
 def _schemas() -> dict[str, Any]:

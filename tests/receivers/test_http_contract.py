@@ -177,3 +177,13 @@ def test_a_path_no_endpoint_answers_is_a_json_404(tmp_path):
     answer = _get("/v1/nothing", dead_letter=tmp_path / "dl.jsonl")
     assert answer.status_code == 404
     assert answer.json() == {"error": "no endpoint /v1/nothing"}
+
+
+@pytest.mark.parametrize(
+    "values", [{}, {"api_key": "k", "metrics_auth": True}, {"producer_api_keys": "shop=k", "path": "/ingest"}]
+)
+def test_the_document_is_valid_openapi_3_1_with_an_operation_id_for_each_operation(values):
+    document = openapi(Settings(**values))
+    schemathesis.openapi.from_dict(document).validate()  # against the OpenAPI 3.1 schema itself
+    ids = [operation["operationId"] for path in document["paths"].values() for operation in path.values()]
+    assert len(ids) == len(set(ids)) == 8
