@@ -46,11 +46,15 @@ class IngestAnswer(TypedDict):
     rejectedCount: NotRequired[int]
 
 
-@with_config(ConfigDict(extra="allow"))
+@with_config(_STRICT)
 class Problem(TypedDict):
     """Why a request was refused, in words naming what was wrong."""
 
     error: str
+    # A close that found nothing open: why each run of that id the bridge knows is not open.
+    not_open: NotRequired[list[str]]
+    # A close by the first characters of an id that begin several: those ids.
+    ids: NotRequired[list[str]]
 
 
 @with_config(_STRICT)

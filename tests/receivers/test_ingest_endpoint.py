@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 from builders import JobRun, WorkflowRun
+from pydantic import TypeAdapter
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
@@ -17,6 +18,7 @@ from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.http import create_app
+from otel_bridge.receivers.http_contract import Closed, Problem
 from otel_bridge.state.sqlite_store import SqliteStore
 
 BATCH = orjson.dumps({"events": []})
@@ -263,6 +265,8 @@ def test_closing_a_run_by_hand_answers_what_it_closed_behind_the_ingest_credenti
     assert again.status_code == 404, again.text
     said = f"run {stuck.workflow_id} of nightly (shop/production) is closed already, by hand (INC-42)"
     assert again.json() == {"error": f"no open run {stuck.workflow_id}; {said}", "not_open": [said]}
+    TypeAdapter(Closed).validate_python(answer.json())  # each as the OpenAPI document has it
+    TypeAdapter(Problem).validate_python(again.json())
     unknown = _request(app, "POST", "/v1/runs/no-such-run/close", headers=key)
     assert unknown.status_code == 404 and unknown.json() == {"error": "no open run no-such-run"}
 
@@ -277,6 +281,7 @@ def test_a_close_by_the_beginning_of_an_id_that_begins_several_closes_none_and_n
 
     assert answer.status_code == 409 and answer.json()["ids"] == ids
     assert "ab12cd begins the ids of 2 runs" in answer.json()["error"]
+    TypeAdapter(Problem).validate_python(answer.json())
     assert len(pipeline.list_runs(RunQuery())[0]) == 2  # both still open
     closed = _request(app, "POST", "/v1/runs/ab12cd34/close", headers={"X-API-KEY": "k"})
     assert closed.status_code == 200 and closed.json()["closed"][0]["run"]["run_id"] == ids[0]
