@@ -139,7 +139,7 @@ def test_a_listed_run_and_job_are_what_the_document_says_they_are():
     TypeAdapter(Job).validate_python(job.as_dict())
 
 
-def _get(path: str, **settings: Any) -> httpx.Response:
+def _get(path: str, method: str = "GET", **settings: Any) -> httpx.Response:
     app = create_app(
         _Consumer(),
         Settings(**settings),
@@ -150,7 +150,7 @@ def _get(path: str, **settings: Any) -> httpx.Response:
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
-            return await client.get(path)
+            return await client.request(method, path)
 
     return asyncio.run(go())
 
@@ -187,3 +187,10 @@ def test_the_document_is_valid_openapi_3_1_with_an_operation_id_for_each_operati
     schemathesis.openapi.from_dict(document).validate()  # against the OpenAPI 3.1 schema itself
     ids = [operation["operationId"] for path in document["paths"].values() for operation in path.values()]
     assert len(ids) == len(set(ids)) == 8
+
+
+def test_a_method_an_endpoint_does_not_take_is_a_json_405_naming_those_it_does(tmp_path):
+    answer = _get("/v1/runs", "DELETE", dead_letter=tmp_path / "dl.jsonl")
+    assert answer.status_code == 405
+    assert answer.json() == {"error": "DELETE is not allowed here"}
+    assert answer.headers["allow"] == "GET, HEAD"
