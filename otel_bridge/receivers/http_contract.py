@@ -1,9 +1,10 @@
 """The HTTP endpoints' contract as an OpenAPI 3.1 document, served at `GET /openapi.json`.
 
-Made from the models that check what comes in (the durable-effect events, a close's body) and the
-shapes of what goes out (below), never written by hand beside them: a producer in another language
-generates its client from it, and `tests/receivers/test_http_contract.py` has schemathesis hold a
-real bridge to it (no 5xx, every answer of a documented status, type and shape).
+What comes in is described by the very models that check it (the durable-effect events, a close's
+body); what goes out by the shapes below, which the tests hold to what the endpoints write:
+`tests/receivers/test_http_contract.py` has schemathesis make requests from the document to a real
+bridge (no 5xx, every answer of a documented status, type and shape). A producer in another
+language generates its client from it.
 
 A batch is taken whole or refused whole only for its envelope: inside a valid one, each event
 that breaks the event schema is rejected on its own, in a 200 that lists it. The document says so
