@@ -266,7 +266,7 @@ class RunQuery:
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # What `seconds_of` reads, as the HTTP API's document gives it: `float()` alone also took `1e3`,
-# `1_000`, ` 5` and `infinity`, which no one writes for a duration and the document could not say.
+# `1_000`, ` 5` and `5\n`, which no one writes for a duration and the document could not say.
 # Twenty digits (three trillion years) and it stays a finite float in any unit: a longer one may not.
 DURATION = r"^([0-9]{1,20}(\.[0-9]*)?|\.[0-9]+)[smhd]?$"
 

@@ -34,7 +34,7 @@ KEY = "contract-key"
 def bridge(tmp_path_factory) -> Iterator[BridgeProcess]:
     receiver = OtlpHttpReceiver()
     process = BridgeProcess(tmp_path_factory.mktemp("contract"), receiver.endpoint, api_key=KEY).start()
-    # Runs and job instances to list (schemathesis's own events are mostly rejected: random text is no time).
+    # A run to list and close (schemathesis's own events are mostly rejected: random text is no time).
     run = WorkflowRun().started().step_started("charge")
     process.post(run.events, headers={"x-api-key": KEY}).raise_for_status()
     yield process
