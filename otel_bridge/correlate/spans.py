@@ -45,6 +45,9 @@ class _Attempt(Struct):
     start: Fact | None = None
     end: Fact | None = None
     notes: list[Fact] = []
+    # Its failure told after a note had ended it: the engine's workflow-v2 (and its npm package) sends
+    # `retry.exhausted`, then `step.failed` for the same attempt with the real error and stack.
+    failure: Fact | None = None
 
 
 def sorted_facts(facts: list[Fact]) -> list[Fact]:
@@ -182,8 +185,11 @@ def _attempts(ordered: list[Fact]) -> dict[tuple[str, int], _Attempt]:
             attempt = attempts[key] = _Attempt(key[0], key[1])
         if step_note:
             attempt.notes.append(f)
-        if closes and attempt.end is None:
-            attempt.end = f
+        if closes:
+            if attempt.end is None:
+                attempt.end = f
+            elif attempt.end.kind is not KIND.ATTEMPT_ENDED and f.kind is KIND.ATTEMPT_ENDED:
+                attempt.failure = f
     return {key: attempts[key] for key in sorted(attempts)}
 
 
@@ -276,7 +282,9 @@ def _attempt_span(
         else:
             status = SpanStatus.ERROR
             attributes[c.WORKFLOW_TASK_RESULT] = c.RESULT_FAILURE
-            error = end.error or _run_error_for(ended, a, attempts)
+            error = (
+                end.error or (a.failure.error if a.failure is not None else None) or _run_error_for(ended, a, attempts)
+            )
             message = _attempt_error_message(end, error)
             events.append(_exception_event(end_ns, message, error))
             attributes[c.ERROR_TYPE] = c.RESULT_TIMEOUT if _timed_out(end) else _error_type(error)

@@ -398,3 +398,25 @@ def test_a_failed_or_cancelled_run_does_not_wait_for_the_end_of_the_step_it_stop
         assert not done.held
         step = next(s for s in done.spans if s.name == "step a")
         assert step.attributes["workflow.task.result"] == "interrupted"
+
+
+def test_a_failure_told_after_exhaustion_gives_the_exhausted_attempt_its_error():
+    # The engine's workflow-v2 package (and its npm release): retry.exhausted, then step.failed for the
+    # same attempt with the real error, and a workflow.failed that names no step.
+    stack = "GatewayError: gateway down\n    at charge (pay.ts:10)"
+    run = WorkflowRun().started().step_started("pay", 1).after(10).retry_scheduled("pay", 1).after(1000)
+    run.step_started("pay", 2).after(10)
+    exhausted_at = run.now
+    run.retry_exhausted("pay", attempts=2).after(1).step_failed("pay", 2, message="gateway down", stack=stack)
+    run.failed('Step "pay" failed after 2 attempts: gateway down')
+
+    folded = fold_events(run.events)
+    last = folded.span("step pay", 2)
+    assert last.end_ns == ns(exhausted_at)
+    assert (last.status, last.status_message) == (SpanStatus.ERROR, "gateway down")
+    assert last.attributes["error.type"] == "GatewayError"
+    (exception,) = [e for e in last.events if e.name == "exception"]
+    assert exception.attributes["exception.stacktrace"] == stack
+    assert "retry.exhausted" in [e.name for e in last.events]
+    assert len(folded.all("step pay")) == 2
+    assert folded.admissions.count(Admission.LATE) == 0
