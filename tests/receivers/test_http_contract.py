@@ -4,6 +4,7 @@ the requests (valid ones, and ones that break the document) and checks each answ
 
 import asyncio
 import random
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,26 @@ fuzzed = schemathesis.openapi.from_dict(
     CONTRACT,
     config=SchemathesisConfig.from_dict({"auth": {"openapi": {"apiKey": {"api_key": KEY}}}, "phases": _PHASES}),
 )
+
+
+@fuzzed.hook
+def map_body(_context: Any, body: Any) -> Any:
+    """Most events drawn from the schema carry a time OTLP cannot (the year 0001, 9999) and ids of their
+    own: some are given a time of this year and one of a few runs, steps and attempts, so that runs are
+    folded, settled and exported from them. From what each event holds, not at random: a failure
+    found is found again."""
+    if not (isinstance(body, dict) and isinstance(body.get("events"), list)):
+        return body
+    for index, event in enumerate(body["events"]):
+        if not isinstance(event, dict) or (seed := zlib.crc32(str(event.get("eventId")).encode())) % 4 == 0:
+            continue
+        event["timestamp"] = f"2026-12-04T10:{index % 60:02d}:{seed % 60:02d}.{seed % 1000:03d}Z"
+        for field, few in (("workflowId", "w"), ("instanceId", "j"), ("stepName", "s")):
+            if field in event:
+                event[field] = f"{few}{seed % 3}"
+        if "attempt" in event:
+            event["attempt"] = seed % 4
+    return body
 
 
 def test_a_real_bridge_serves_the_document_its_settings_make(bridge):
