@@ -636,8 +636,16 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{title}: --limit N for more", file=sys.stderr)
     else:
         # No table with headers over no rows: it reads as if the rows failed to show.
-        _printed(runs_table(runs, settings.trace_url, title, time.time_ns()) if runs else Text(title))
+        fit = _terminal_width()
+        _printed(runs_table(runs, settings.trace_url, title, time.time_ns(), fit) if runs else Text(title))
     return 0
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width, None when the listing is piped (written as wide as its rows need)."""
+    from rich.console import Console
+
+    return Console().width if sys.stdout.isatty() else None
 
 
 def _printed(listing: "RenderableType") -> None:

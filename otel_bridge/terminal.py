@@ -6,7 +6,8 @@ the terminal and Jaeger never disagree; a run still open is drawn up to now.
 
 from datetime import UTC, datetime
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -91,34 +92,68 @@ def jobs_title(shown: int, count: int, query: JobQuery) -> str:
     )
 
 
+# What a terminal too narrow for the whole table does without, least needed first: every one is in
+# `--json`, and the trace in `show`. At 80 columns the eleven of them folded each row over six lines.
+_SPARED = ("traceparent", "trace", "env", "steps done", "resumeAt", "last event")
+
+
 def runs_table(
-    runs: list[RunOverview], trace_url: str | None = None, title: str | None = None, now_ns: int | None = None
+    runs: list[RunOverview],
+    trace_url: str | None = None,
+    title: str | None = None,
+    now_ns: int | None = None,
+    width: int | None = None,
 ) -> Table:
     """With a `trace_url` template, each run links to its trace in the tracing UI instead of its traceparent;
-    with `now_ns`, times are told as short as tells them apart from it."""
+    with `now_ns`, times are told as short as tells them apart from it; with `width` (a terminal's), the
+    columns least needed are left out, as many as it takes for a row to fit on a line, and the caption
+    names them."""
     title = title or runs_title(len(runs), len(runs), RunQuery())
-    # Text, not a str: a service named "[prod]" is not markup.
-    table = Table(title=Text(title), caption="times in UTC", header_style="bold")
-    for column in ("service", "env", "workflow", "id", "state", "steps done", "since", "resumeAt", "overdue by"):
-        table.add_column(column, overflow="fold")
-    table.add_column("last event", overflow="fold")
-    table.add_column("trace" if trace_url else "traceparent", overflow="fold", style="dim")
+    names = ["service", "env", "workflow", "id", "state", "steps done", "since", "resumeAt", "overdue by"]
+    names += ["last event", "trace" if trace_url else "traceparent"]
+    rows: list[list[Text | str]] = []
     for run in runs:
         overdue = Text(duration(run.overdue_ns / 1e9), style="bold red") if run.overdue_ns is not None else Text("-")
-        table.add_row(
-            _cell(run.service),
-            _cell(run.env),
-            _cell(run.name),
-            _with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id),
-            _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
-            str(run.steps_done),
-            _listed_when(run.since_ns, now_ns),
-            _listed_when(run.resume_at_ns, now_ns),
-            overdue,
-            _cell(f"{run.last_event} {_listed_when(run.last_event_ns, now_ns)}"),
-            _cell(_trace_cell(run, trace_url)),
+        rows.append(
+            [
+                _cell(run.service),
+                _cell(run.env),
+                _cell(run.name),
+                _with_own_id(run.run_id if run.tenant is None else f"{run.tenant}/{run.run_id}", run.correlation_id),
+                _cell(run.state if run.machine_state is None else f"{run.state}: {run.machine_state}"),
+                str(run.steps_done),
+                _listed_when(run.since_ns, now_ns),
+                _listed_when(run.resume_at_ns, now_ns),
+                overdue,
+                _cell(f"{run.last_event} {_listed_when(run.last_event_ns, now_ns)}"),
+                _cell(_trace_cell(run, trace_url), "dim"),
+            ]
         )
+    left_out: list[str] = []
+    while True:
+        table = _table(title, names, rows, left_out)
+        spare = next((n for n in _SPARED if n in names and n not in left_out), None)
+        if width is None or spare is None or _widest(table) <= width:
+            return table
+        left_out.append(spare)
+
+
+def _table(title: str, names: list[str], rows: list[list[Text | str]], left_out: list[str]) -> Table:
+    kept = [i for i, name in enumerate(names) if name not in left_out]
+    caption = "times in UTC" + (f"; left out to fit: {', '.join(left_out)} (--json has them)" if left_out else "")
+    # Text, not a str: a service named "[prod]" is not markup.
+    table = Table(title=Text(title), caption=caption, header_style="bold")
+    for i in kept:
+        table.add_column(names[i], overflow="fold")
+    for row in rows:
+        table.add_row(*(row[i] for i in kept))
     return table
+
+
+def _widest(table: Table) -> int:
+    """How wide `table` is with no cell folded."""
+    unbounded = Console(width=100_000)
+    return Measurement.get(unbounded, unbounded.options, table).maximum
 
 
 def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None) -> Table:

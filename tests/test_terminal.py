@@ -264,3 +264,31 @@ def test_a_listing_tells_each_time_as_short_as_tells_it_apart_from_now_in_utc():
         text = _written(runs_table([listed], now_ns=now))
         assert f"│ {shown}" in text and "times in UTC" in text, text
     assert "2025-03-01 12:00:00" in _written(runs_table([listed]))  # no `now`: whole, as before
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_on_a_narrow_terminal_the_runs_table_leaves_out_what_it_least_needs_and_says_so(width):
+    # Eleven columns folded each row of `runs` over six lines at 80 columns. The trace, the env, the steps
+    # done, resumeAt and the last event are left out in that order, as few as fit: all are in `--json`.
+    now = int(datetime(2026, 12, 4, 15, 0, tzinfo=UTC).timestamp() * 1e9)
+    runs = []
+    for name in ("checkout", "nightlyReport"):
+        run = WorkflowRun(name, start=datetime(2026, 12, 4, 14, 0, tzinfo=UTC)).started().step_started("pay")
+        run.after(5).step_completed("pay").sleep_started(60_000)
+        (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+        runs.append(overview(state, now, 0))
+
+    console = Console(record=True, width=width)
+    console.print(runs_table(runs, now_ns=now, width=width))
+    text = console.export_text()
+
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines)
+    rows = [line for line in lines if "checkout" in line or "nightlyReport" in line]
+    assert len(rows) == 2  # each run on one line
+    assert "left out to fit: traceparent" in " ".join(text.split())
+    for kept in ("workflow", "id", "state", "since", "overdue by"):
+        assert kept in text
+    whole = Console(record=True, width=400)
+    whole.print(runs_table(runs, now_ns=now))
+    assert "traceparent" in whole.export_text() and "left out" not in whole.export_text()
