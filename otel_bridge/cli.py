@@ -682,7 +682,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         if count > len(jobs):
             print(f"{title}: --limit N for more", file=sys.stderr)
         return 0
-    _printed(jobs_table(jobs, title, time.time_ns()) if jobs else Text(title))
+    _printed(jobs_table(jobs, title, time.time_ns(), _terminal_width()) if jobs else Text(title))
     return 0
 
 

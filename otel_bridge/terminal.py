@@ -95,6 +95,8 @@ def jobs_title(shown: int, count: int, query: JobQuery) -> str:
 # What a terminal too narrow for the whole table does without, least needed first: every one is in
 # `--json`, and the trace in `show`. At 80 columns the eleven of them folded each row over six lines.
 _SPARED = ("traceparent", "trace", "env", "steps done", "resumeAt", "last event")
+# And of the job instances (at 80 columns, a row over four lines): the kind of job, then the env.
+_JOBS_SPARED = ("env", "type", "last ran")
 
 
 def runs_table(
@@ -129,10 +131,18 @@ def runs_table(
                 _cell(_trace_cell(run, trace_url), "dim"),
             ]
         )
+    return _fitted(title, names, rows, width, _SPARED)
+
+
+def _fitted(
+    title: str, names: list[str], rows: list[list[Text | str]], width: int | None, spared: tuple[str, ...]
+) -> Table:
+    """The table of these rows, with as few of the `spared` columns left out (in that order) as let it be
+    `width` wide with no cell folded; the caption names them."""
     left_out: list[str] = []
     while True:
         table = _table(title, names, rows, left_out)
-        spare = next((n for n in _SPARED if n in names and n not in left_out), None)
+        spare = next((n for n in spared if n in names and n not in left_out), None)
         if width is None or spare is None or _widest(table) <= width:
             return table
         left_out.append(spare)
@@ -156,17 +166,17 @@ def _widest(table: Table) -> int:
     return Measurement.get(unbounded, unbounded.options, table).maximum
 
 
-def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None) -> Table:
-    table = Table(title=Text(title), caption="times in UTC", header_style="bold")
-    for column in ("service", "env", "job", "type", "instance", "next run", "overdue by", "last ran"):
-        table.add_column(column, overflow="fold")
+def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None, width: int | None = None) -> Table:
+    """As `runs_table`, of job instances."""
+    names = ["service", "env", "job", "type", "instance", "next run", "overdue by", "last ran"]
+    rows: list[list[Text | str]] = []
     for job in jobs:
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
         due = _listed_when(job.due_ns, now_ns) if job.due_ns is not None else ("running" if job.active else "-")
         said = map(_cell, (job.service, job.env, job.name, job.job_type))
         last_ran = _listed_when(job.last_ran_ns, now_ns)
-        table.add_row(*said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, last_ran)
-    return table
+        rows.append([*said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, last_ran])
+    return _fitted(title, names, rows, width, _JOBS_SPARED)
 
 
 def _with_own_id(engine_id: str, own_id: str | None) -> Text:

@@ -292,3 +292,19 @@ def test_on_a_narrow_terminal_the_runs_table_leaves_out_what_it_least_needs_and_
     whole = Console(record=True, width=400)
     whole.print(runs_table(runs, now_ns=now))
     assert "traceparent" in whole.export_text() and "left out" not in whole.export_text()
+
+
+def test_on_a_narrow_terminal_the_jobs_table_leaves_out_env_type_and_last_ran_as_it_must():
+    jobs = []
+    for name in ("digestMailer", "tokenRefresher"):
+        job = JobRun(name, "debounce", instance_id=f"{name}-user-2167").debounce_started().debounce_flushed(3)
+        folded = fold_events(job.events, settle_at_ns=None)
+        jobs += [job_overview(key, state, NOW, 0) for key, state in folded.jobs.items()]
+
+    console = Console(record=True, width=70)
+    console.print(jobs_table(jobs, "2 job instances", width=70))
+    text = console.export_text()
+
+    assert all(len(line) <= 70 for line in text.splitlines())
+    assert "left out to fit: env" in " ".join(text.split()) and "instance" in text and "next run" in text
+    assert "left out" not in _written(jobs_table(jobs, "2 job instances"))
