@@ -743,7 +743,8 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
         # Said above the table, not as its title: a title is wrapped to the table's width.
         console.print(Text(visible(f"{workflow_id} is a job instance: its runs are metrics, not a trace")))
-        console.print(jobs_table(jobs, jobs_title(len(jobs), len(jobs), JobQuery()), time.time_ns()))
+        title = jobs_title(len(jobs), len(jobs), JobQuery())
+        console.print(jobs_table(jobs, title, time.time_ns(), _terminal_width()))
         return 0
     if not found and not aside:
         raise CliError(
