@@ -752,11 +752,11 @@ def _show(settings: Settings, workflow_id: str) -> int:
             f"{settings.keep_finished_seconds:g} s){_too_short(workflow_id)}"
         )
     for state, standing in found:
-        console.print(waterfall(state, time.time_ns(), settings.trace_url, standing))
+        console.print(waterfall(state, time.time_ns(), settings.trace_url, standing, _terminal_width()))
     for state, reason in aside:
         # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
         console.print(Text(visible(f"set aside, {reason}; `otel-bridge settle-again` puts it back")))
-        console.print(waterfall(state, time.time_ns(), settings.trace_url))
+        console.print(waterfall(state, time.time_ns(), settings.trace_url, width=_terminal_width()))
     return 0
 
 

@@ -20,6 +20,8 @@ from otel_bridge.correlate.spans import build_spans
 from otel_bridge.visible import visible
 
 _BAR = 48
+# The shortest a terminal too narrow for them makes the waterfall's bars: still a time axis.
+_SHORTEST_BAR = 12
 # A Durable Object's id is shown by its first characters (`abbreviated`): so many.
 _SHOWN = 12
 _STATUS_STYLE = {SpanStatus.OK: "green", SpanStatus.ERROR: "red", SpanStatus.UNSET: "yellow"}
@@ -202,17 +204,21 @@ def _trace_cell(run: RunOverview, trace_url: str | None) -> str:
 
 
 def waterfall(
-    state: RunState, now_ns: int, trace_url: str | None = None, standing: RunOverview | None = None
+    state: RunState,
+    now_ns: int,
+    trace_url: str | None = None,
+    standing: RunOverview | None = None,
+    width: int | None = None,
 ) -> RenderableType:
     """The run's spans as bars on one time axis, with the root's events (retries, pauses, sleeps) in order;
-    with `standing` (the run as `runs` lists it), an open run overdue says so, as its row does."""
+    with `standing` (the run as `runs` lists it), an open run overdue says so, as its row does; with
+    `width` (a terminal's), the bars are as long as leave each row on a line (at least `_SHORTEST_BAR`)."""
     # Closed without its end (open `max_open_seconds`, or closed by hand): drawn as its trace was sent.
     incomplete_at = state.last_told_ns if state.closed and not state.ended and state.facts else None
     spans = build_spans(state.run, state.facts, {}, incomplete_at, True, close_reason=state.close_reason)
     root = next(s for s in spans if s.parent_span_id is None)
     end = root.end_ns or max([now_ns, *[s.end_ns or s.start_ns for s in spans]])
     start = root.start_ns
-    scale = _BAR / max(end - start, 1)
     open_note = "" if root.end_ns is not None else " (open: drawn up to now)"
     named = visible(state.run.run_id) + (f" ({visible(state.run.correlation_id)})" if state.run.correlation_id else "")
     late = standing.overdue_ns if standing is not None and root.end_ns is None else None
@@ -230,8 +236,14 @@ def waterfall(
         (s for s in spans if s is not root),
         key=lambda s: (s.start_ns, s.end_ns if s.end_ns is not None else end, s.name),
     )
-    for span in [root, *children]:
-        table.add_row(*_row(span, start, end, scale, span is root))
+    labels = [_labels(span, end, span is root) for span in [root, *children]]
+    bar = _BAR
+    if width is not None:  # what the other columns leave: two spaces between each two, and the bar's `…`
+        widths = [max(map(_length, column)) for column in zip(*labels, strict=True)]
+        bar = max(min(_BAR, width - sum(widths) - 2 * len(widths) - 1), _SHORTEST_BAR)
+    scale = bar / max(end - start, 1)
+    for span, row in zip([root, *children], labels, strict=True):
+        table.add_row(*row, _bar(span, start, end, scale, bar))
     events = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("at", "+", "event", "detail"):
         events.add_column(column)
@@ -257,13 +269,24 @@ def waterfall(
     return Group(*parts)
 
 
-def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) -> tuple[Text, Text, str, Text]:
+def _length(cell: Text | str) -> int:
+    return len(cell.plain if isinstance(cell, Text) else cell)
+
+
+def _bar(span: SpanRecord, start: int, end: int, scale: float, bar: int) -> Text:
+    """The span on the run's time axis, `bar` characters long; `…` after one still going on."""
     span_end = span.end_ns if span.end_ns is not None else end
     offset = int((span.start_ns - start) * scale)
     width = max(int((span_end - span.start_ns) * scale), 1)
-    bar = Text(" " * offset) + Text("█" * min(width, _BAR - offset or 1), style=_STATUS_STYLE[span.status])
+    drawn = Text(" " * offset) + Text("█" * min(width, bar - offset or 1), style=_STATUS_STYLE[span.status])
     if span.end_ns is None:
-        bar += Text("…", style="dim")
+        drawn += Text("…", style="dim")
+    return drawn
+
+
+def _labels(span: SpanRecord, end: int, is_root: bool) -> tuple[Text, Text, str]:
+    """The span's name, status and duration, as its row of the waterfall gives them."""
+    span_end = span.end_ns if span.end_ns is not None else end
     attempt = span.attributes.get(c.WORKFLOW_TASK_ATTEMPT)
     name = span.name + (f" #{attempt}" if attempt is not None else "")
     result = str(span.attributes.get(c.WORKFLOW_TASK_RESULT) or span.attributes.get(c.WORKFLOW_EXECUTION_RESULT) or "")
@@ -274,4 +297,4 @@ def _row(span: SpanRecord, start: int, end: int, scale: float, is_root: bool) ->
     if span.status_message:
         status += f": {span.status_message[:60]}"
     label = _cell(name if is_root else "  " + name, style="bold" if is_root else "")
-    return label, _cell(status, _STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9), bar
+    return label, _cell(status, _STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9)

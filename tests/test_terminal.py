@@ -308,3 +308,22 @@ def test_on_a_narrow_terminal_the_jobs_table_leaves_out_env_type_and_last_ran_as
     assert all(len(line) <= 70 for line in text.splitlines())
     assert "left out to fit: env" in " ".join(text.split()) and "instance" in text and "next run" in text
     assert "left out" not in _written(jobs_table(jobs, "2 job instances"))
+
+
+def test_on_a_narrow_terminal_the_waterfall_draws_shorter_bars_whole():
+    # Bars of a fixed 48 characters were cut by the terminal at 80 columns: a step late in the run, drawn
+    # past the cut, had no bar at all.
+    run = WorkflowRun("catalogImport").started().step_started("importPage1").after(10_000)
+    run.step_completed("importPage1").after(80_000).step_started("importPage2").after(10_000)
+    run.step_completed("importPage2").completed()
+    (state,) = fold_events(run.events, settle_at_ns=None).runs.values()
+
+    console = Console(record=True, width=80)
+    console.print(waterfall(state, NOW, width=80))
+    rows = [line for line in console.export_text().splitlines() if "█" in line]
+
+    assert len(rows) == 3 and all(len(row.rstrip()) <= 80 for row in rows), rows  # the root and both steps
+    assert rows[-1].index("█") > rows[1].index("█") + 20  # drawn where it is on the axis: near its end
+    whole = Console(record=True, width=200)
+    whole.print(waterfall(state, NOW))
+    assert max(line.count("█") for line in whole.export_text().splitlines()) == 48
