@@ -58,7 +58,7 @@ from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
-from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction, damaged_said
+from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction, damage_met, damaged_said
 
 log = logging.getLogger(__name__)
 
@@ -630,7 +630,7 @@ class Pipeline:
 
     def _met_damage(self, exc: Exception, where: str) -> None:
         """The store is damaged where this went: said once a minute, and kept for readiness's warnings."""
-        self.damage = f"the state file is damaged ({exc})"
+        self.damage = damage_met(exc)
         if self._damage_said.failed():
             log.error(
                 "%s, met %s: the events that need the damaged part are rejected and kept in the dead-letter file, "

@@ -28,7 +28,7 @@ from otel_bridge.export.span_encoding import export_request, shrunk
 from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
-from otel_bridge.state.store import OutboxRow, Store
+from otel_bridge.state.store import OutboxRow, Store, damage_met
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class OutboxDrain:
             return self.export_once()
         except Exception as exc:
             if self._store.damaged(exc):
-                self.damage = f"the state file is damaged ({exc})"
+                self.damage = damage_met(exc)
             raise
 
     def keep_the_rest(self, reason: str) -> int:

@@ -23,9 +23,14 @@ DAMAGED_HELP = (
 )
 
 
+def damage_met(found: object, state: object = None) -> str:
+    """A state file found damaged, and what SQLite found: what the bridge keeps of it for its warnings."""
+    return f"the state file{f' {state}' if state is not None else ''} is damaged ({found})"
+
+
 def damaged_said(state: object, found: object) -> str:
     """One line for a state file found damaged: which, what SQLite found, and what to do."""
-    return f"the state file {state} is damaged ({found}): {DAMAGED_HELP}"
+    return f"{damage_met(found, state)}: {DAMAGED_HELP}"
 
 
 class StoreUnavailable(Unavailable):
