@@ -653,13 +653,10 @@ def _printed(listing: "RenderableType") -> None:
     wide as its rows need, each cell on its lines: at 200 columns a traceparent was folded over two lines,
     and neither pasted nor grepped whole."""
     from rich.console import Console
-    from rich.measure import Measurement
 
-    if sys.stdout.isatty():
-        Console().print(listing)
-        return
-    unbounded = Console(width=100_000)
-    Console(width=Measurement.get(unbounded, unbounded.options, listing).maximum).print(listing)
+    from otel_bridge.terminal import widest
+
+    Console(width=None if sys.stdout.isatty() else widest(listing)).print(listing)
 
 
 def _jobs(settings: Settings, args: argparse.Namespace) -> int:
@@ -751,12 +748,13 @@ def _show(settings: Settings, workflow_id: str) -> int:
             f"no run {workflow_id} in {settings.state} (finished runs are kept keep_finished_seconds, "
             f"{settings.keep_finished_seconds:g} s){_too_short(workflow_id)}"
         )
+    fit = _terminal_width()
     for state, standing in found:
-        console.print(waterfall(state, time.time_ns(), settings.trace_url, standing, _terminal_width()))
+        console.print(waterfall(state, time.time_ns(), settings.trace_url, standing, fit))
     for state, reason in aside:
         # The alert's first question (BridgeRunsSetAside): what that run holds, and why it is out of play.
         console.print(Text(visible(f"set aside, {reason}; `otel-bridge settle-again` puts it back")))
-        console.print(waterfall(state, time.time_ns(), settings.trace_url, width=_terminal_width()))
+        console.print(waterfall(state, time.time_ns(), settings.trace_url, width=fit))
     return 0
 
 

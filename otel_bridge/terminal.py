@@ -145,7 +145,7 @@ def _fitted(
     while True:
         table = _table(title, names, rows, left_out)
         spare = next((n for n in spared if n in names and n not in left_out), None)
-        if width is None or spare is None or _widest(table) <= width:
+        if width is None or spare is None or widest(table) <= width:
             return table
         left_out.append(spare)
 
@@ -162,10 +162,10 @@ def _table(title: str, names: list[str], rows: list[list[Text | str]], left_out:
     return table
 
 
-def _widest(table: Table) -> int:
-    """How wide `table` is with no cell folded."""
+def widest(renderable: RenderableType) -> int:
+    """How wide `renderable` is with no cell folded."""
     unbounded = Console(width=100_000)
-    return Measurement.get(unbounded, unbounded.options, table).maximum
+    return Measurement.get(unbounded, unbounded.options, renderable).maximum
 
 
 def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None, width: int | None = None) -> Table:

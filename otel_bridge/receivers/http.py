@@ -18,7 +18,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -461,13 +461,11 @@ def create_app(
             return JSONResponse({"status": "not ready", "error": "; ".join(reasons), **status}, status_code=503)
         return JSONResponse({"status": "ready", **status})
 
-    described: list[bytes] = []
+    # Made at the first asking (a few ms of schema building), not at every start.
+    described = cache(lambda: orjson.dumps(openapi(settings)))
 
     async def contract(_request: Request) -> Response:
-        # Made at the first asking (a few ms of schema building), not at every start.
-        if not described:
-            described.append(orjson.dumps(openapi(settings)))
-        return Response(described[0], media_type="application/json")
+        return Response(described(), media_type="application/json")
 
     async def prometheus(request: Request) -> Response:
         if settings.metrics_auth and not auth.allows(request.headers):
