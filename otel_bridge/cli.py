@@ -1,5 +1,5 @@
-"""The `otel-bridge` command: serve, replay, resend-spans, import-timeline, trace-id, demo, runs, show,
-settle-again, config."""
+"""The `otel-bridge` command: serve, replay, resend-spans, import-timeline, import-runtime-v2, trace-id, demo,
+runs, show, settle-again, config."""
 
 import argparse
 import gc
@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import httpx
     from rich.console import RenderableType
 
+    from otel_bridge.consumer import EventConsumer
     from otel_bridge.pipeline import Pipeline
     from otel_bridge.receivers import timeline_api
     from otel_bridge.state.store import Transaction
@@ -276,6 +277,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         "durable-effect": bridge.consumer("replay"),
         "event-sourced": bridge.consumer("replay", bridge.event_sourced_decoder()),
         "phase10": bridge.consumer("replay", bridge.phase10_decoder()),
+        "runtime-v2": bridge.consumer("replay", bridge.runtime_v2_decoder()),
     }
     summary = None
     try:
@@ -510,6 +512,61 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     for line in (rejected + unfetched)[:20]:
         print(visible(line))
     return 1 if rejected or unfetched else 0
+
+
+class _Counted:
+    """A consumer's reports, added up."""
+
+    def __init__(self, consumer: "EventConsumer") -> None:
+        self._consumer = consumer
+        self.total = IngestReport()
+        self.rejected: list[str] = []
+
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
+        report = self._consumer.ingest(events, producer=producer)
+        self.total.accepted += report.accepted
+        self.total.duplicates += report.duplicates
+        self.rejected += [f"  {r.error}" for r in report.rejected]
+        return report
+
+
+def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
+    """The runtime v2's runs changed since `--since` (all of them by default), read from its tables at once."""
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TablePoller
+    from otel_bridge.runtime import Bridge
+
+    if not settings.runtime_v2_url:
+        raise CliError("nothing to import from: give the runtime's database with --runtime-v2-url postgresql://…")
+    since = _moment(args.since, "--since") or datetime(1970, 1, 1, tzinfo=UTC)
+    bridge = Bridge(settings).start(follow=False)
+    counted = _Counted(bridge.consumer("import-runtime-v2", bridge.runtime_v2_decoder()))
+    poller = TablePoller(
+        settings.runtime_v2_url,
+        counted,
+        bridge.dead_letters,
+        recall=lambda _name: None,
+        note=lambda _name, _value: None,  # the serving bridge's mark is its own
+        overlap_seconds=0,
+        capture_input=settings.capture_input,
+        start=since,
+    )
+    try:
+        runs = poller.poll_once()
+    except psycopg.Error as exc:
+        raise CliError(f"cannot read the runs at {without_secrets(settings.runtime_v2_url)}: {exc}") from None
+    finally:
+        poller.close()
+        bridge.stop(told_all=True)  # the tables tell each run whole: nothing will fill a gap
+    total = counted.total
+    print(
+        f"runs: {runs}  events accepted: {total.accepted}  duplicates: {total.duplicates}  "
+        f"rejected: {len(counted.rejected)}"
+    )
+    for line in counted.rejected[:20]:
+        print(visible(line))
+    return 1 if counted.rejected else 0
 
 
 def _timeline_documents(sources: list[str], headers: dict[str, str]) -> list[tuple[str, Any]]:
@@ -1069,10 +1126,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--format",
         dest="source_format",
-        choices=("durable-effect", "event-sourced", "dead-letter"),
+        choices=("durable-effect", "event-sourced", "runtime-v2", "dead-letter"),
         default="durable-effect",
-        help="durable-effect tracker events, rows of the event-sourced runtime's workflow_events table, or "
-        "a dead-letter file of the bridge (each event offered again in the format it was received in)",
+        help="durable-effect tracker events, rows of the event-sourced runtime's workflow_events table, rows of "
+        "the runtime v2's tables (workflow_runs, workflow_run_steps, workflow_run_waits), or a dead-letter file "
+        "of the bridge (each event offered again in the format it was received in)",
     )
     _add_settings_flags(replay)
     resend = sub.add_parser(
@@ -1096,6 +1154,12 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--since", help="with --workflow-id: executions started at or after this ISO 8601 time")
     timeline.add_argument("--until", help="with --workflow-id: executions started before this ISO 8601 time")
     timeline.add_argument("--status", help="with --workflow-id: executions in this status only (completed, failed, …)")
+    runtime_v2 = sub.add_parser(
+        "import-runtime-v2",
+        help="turn the runs in the runtime v2's tables (--runtime-v2-url) into traces at once: its history",
+    )
+    runtime_v2.add_argument("--since", help="the runs changed at or after this ISO 8601 time (default: all of them)")
+    _add_settings_flags(runtime_v2)
     _add_settings_flags(timeline)
     trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")
     trace.add_argument("--env", required=True, type=_label)
@@ -1309,6 +1373,8 @@ def _command(argv: Sequence[str] | None) -> int:
             return _resend_spans(settings, args.file)
         if args.command == "import-timeline":
             return _import_timeline(settings, args)
+        if args.command == "import-runtime-v2":
+            return _import_runtime_v2(settings, args)
         if args.command == "runs":
             return _runs(settings, args)
         if args.command == "show":

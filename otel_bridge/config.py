@@ -36,6 +36,7 @@ _URL_SCHEMES = {
     "stream_url": REDIS_SCHEMES,
     "ws_url": ("ws://", "wss://"),
     "ws_api_url": HTTP_SCHEMES,
+    "runtime_v2_url": ("postgresql://", "postgres://"),
 }
 
 
@@ -408,6 +409,27 @@ class Settings(BaseSettings):
         "phase10", min_length=1, description="`service.name` of the WebSocket's runs (the engine does not say)."
     )
     ws_env: str = Field("production", min_length=1, description="`deployment.environment.name` of its runs.")
+    runtime_v2_url: str | None = Field(
+        None,
+        description="Follow the runtime v2's runs in its PostgreSQL tables at this `postgresql://` URL "
+        "(read only: `workflow_runs`, `workflow_run_steps`, `workflow_run_waits`, `workflow_definitions`).",
+    )
+    runtime_v2_poll_seconds: float = Field(2.0, gt=0, description="How often the runtime v2's tables are read.")
+    runtime_v2_overlap_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="Each read goes back this far past the last change read: a row its writer dated earlier "
+        "than it committed (clocks of several workers) is still met.",
+    )
+    runtime_v2_look_back_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="At the first start (no mark kept with the state yet): the runs changed this long ago are read.",
+    )
+    runtime_v2_service_name: str = Field(
+        "workflow-runtime-v2", min_length=1, description="`service.name` of the runtime v2's runs."
+    )
+    runtime_v2_env: str = Field("production", min_length=1, description="`deployment.environment.name` of its runs.")
 
     @property
     def in_memory(self) -> bool:

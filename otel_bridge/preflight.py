@@ -48,6 +48,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
         ("stream", lambda: _stream(settings, timeout_seconds)),
         ("websocket", lambda: _websocket(settings, timeout_seconds)),
         ("timeline API", lambda: _timeline_api(settings, timeout_seconds)),
+        ("runtime v2", lambda: _runtime_v2(settings, timeout_seconds)),
         ("access", lambda: _access(settings)),
     ]
     findings = []
@@ -271,6 +272,32 @@ def _websocket(settings: Settings, timeout_seconds: float) -> Finding:
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         return Finding("websocket", False, f"{without_secrets(settings.ws_url)}: {exc or type(exc).__name__}")
     return Finding("websocket", True, f"{without_secrets(settings.ws_url)}: handshake done")
+
+
+def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
+    if not settings.runtime_v2_url:
+        return Finding("runtime v2", None, "not followed (--runtime-v2-url)")
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
+
+    where = without_secrets(settings.runtime_v2_url)
+    try:
+        with psycopg.connect(settings.runtime_v2_url, connect_timeout=max(int(timeout_seconds), 1)) as db:
+            present = {
+                row[0]
+                for row in db.execute(
+                    "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%s) AND pg_table_is_visible(c.oid)",
+                    (list(RUNTIME_V2_TABLES),),
+                )
+            }
+            missing = [t for t in RUNTIME_V2_TABLES if t not in present]
+            if missing:
+                return Finding("runtime v2", False, f"{where}: no table {', '.join(missing)} here (its search_path)")
+            row = db.execute("SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')").fetchone()
+    except psycopg.Error as exc:
+        return Finding("runtime v2", False, f"{where}: {str(exc).strip() or type(exc).__name__}")
+    return Finding("runtime v2", True, f"{where}: readable; {row[0] if row else 0:,} runs running or waiting")
 
 
 def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:

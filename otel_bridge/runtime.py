@@ -35,6 +35,7 @@ from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -50,6 +51,7 @@ from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
 
 if TYPE_CHECKING:
+    from otel_bridge.receivers.postgres_poll import TablePoller
     from otel_bridge.receivers.redis_stream import StreamReceiver
     from otel_bridge.receivers.websocket import WebSocketReceiver
 
@@ -92,6 +94,8 @@ def started(
         following.append(f"the Redis stream {settings.stream_key} at {without_secrets(settings.stream_url)}")
     if follow and settings.ws_url:
         following.append(f"the WebSocket {without_secrets(settings.ws_url)}")
+    if follow and settings.runtime_v2_url:
+        following.append(f"the runtime v2's runs at {without_secrets(settings.runtime_v2_url)}")
     if following:
         line += f"; following {' and '.join(following)}"
     # A rotation is done once the old credential is taken out: said at every start until it is.
@@ -275,7 +279,7 @@ class Bridge:
         if isinstance(self.store, OnDisk):
             self._disk_gauges(self.store)
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
-        self.followers: dict[str, StreamReceiver | WebSocketReceiver] = {}
+        self.followers: dict[str, StreamReceiver | WebSocketReceiver | TablePoller] = {}
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
         self._restored = False
@@ -431,6 +435,14 @@ class Bridge:
             )
         )
 
+    def runtime_v2_decoder(self) -> RuntimeV2Decoder:
+        s = self.settings
+        return RuntimeV2Decoder(
+            RuntimeV2Options(
+                service=s.runtime_v2_service_name, env=s.runtime_v2_env, decode=self.pipeline.decode_options
+            )
+        )
+
     def _receivers(self) -> list[tuple[str, Callable[[], None]]]:
         """The engines' own transports this bridge follows besides its HTTP endpoint."""
         s = self.settings
@@ -486,6 +498,23 @@ class Bridge:
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket
+        if s.runtime_v2_url:
+            from otel_bridge.receivers.postgres_poll import TablePoller  # psycopg: only for a bridge that follows
+
+            poller = TablePoller(
+                s.runtime_v2_url,
+                self.consumer("runtime-v2", self.runtime_v2_decoder()),
+                self.dead_letters,
+                # Kept with the state: a restart reads on from the last change it read.
+                recall=self.store.bookmark,
+                note=self.store.set_bookmark,
+                poll_seconds=s.runtime_v2_poll_seconds,
+                overlap_seconds=s.runtime_v2_overlap_seconds,
+                look_back_seconds=s.runtime_v2_look_back_seconds,
+                capture_input=s.capture_input,
+            )
+            out.append(("runtime-v2", lambda: poller.run(self._stop)))
+            self.followers["runtime-v2"] = poller
         if self.followers:
             self.metrics.gauges(
                 c.M_BRIDGE_FOLLOWER_CONNECTED,

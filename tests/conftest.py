@@ -1,8 +1,12 @@
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+
+if TYPE_CHECKING:
+    from postgres_server import PostgresServer
 
 # Every bridge the tests start, in this process or as a child, keeps 1 MiB beside its state file
 # rather than the default 16: hundreds of them run (tests/state/test_disk_reserve.py tries the real size).
@@ -49,3 +53,19 @@ def redis_cluster_url(tmp_path_factory) -> Iterator[str]:
     cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster.url
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator["PostgresServer"]:
+    """A real PostgreSQL on 127.0.0.1 (Debian's package, installed by ./scripts/test), for a test file."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database(postgres: "PostgresServer", request: pytest.FixtureRequest) -> str:
+    """The URL of a database of this test's own on the file's PostgreSQL."""
+    return postgres.database("t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:50])

@@ -1,17 +1,20 @@
 """`otel-bridge check` asks what `serve` would meet, the way `serve` meets it, and says what fails and why.
 
 Every check here talks to the real thing: an OTLP receiver decoding what it is sent (over HTTP and
-gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, a SQLite file.
+gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, PostgreSQL, a SQLite file.
 """
 
 import json
 import socket
 import time
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import redis
 from builders import JobRun, WorkflowRun
 from phase10_server import Phase10Server
+from runtime_v2_tables import Runtime
 
 from otel_bridge.cli import main
 from otel_bridge.config import Settings
@@ -20,7 +23,18 @@ from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
 from otel_bridge.state.sqlite_store import SqliteStore
 
-_CHECKS = ("state", "names", "dead letters", "traces", "metrics", "stream", "websocket", "timeline API", "access")
+_CHECKS = (
+    "state",
+    "names",
+    "dead letters",
+    "traces",
+    "metrics",
+    "stream",
+    "websocket",
+    "timeline API",
+    "runtime v2",
+    "access",
+)
 
 
 def _free_port() -> int:
@@ -41,7 +55,7 @@ def phase10():
 
 
 def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
-    tmp_path, monkeypatch, otlp, redis_url, phase10, capsys
+    tmp_path, monkeypatch, otlp, redis_url, phase10, database, capsys
 ):
     protocol, receiver = otlp
     receiver.credential = "s3cret"
@@ -56,7 +70,8 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     stream.xgroup_create("workflow:events:check", "otel-bridge", id="0")
     options = ["--state", str(state), "--stream-url", redis_url, "--stream-key", "workflow:events:check"]
     options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url, "--api-key", "producers-key"]
-    options += ["--silent-executing", "catalogImport=1h"]
+    options += ["--silent-executing", "catalogImport=1h", "--runtime-v2-url", database]
+    Runtime(psycopg.connect(database, autocommit=True)).start_run(datetime.now(UTC))
     phase10.scripts.put([])  # the engine has nothing to tell the check's connection
 
     assert main(["check", *options]) == 0
@@ -73,6 +88,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
     assert f"{phase10.ws_url}: handshake done" in told["websocket"]
     assert f"{phase10.api_url}: answers" in told["timeline API"]
+    assert told["runtime v2"].endswith(f"{database}: readable; 1 runs running or waiting")
     assert told["access"].endswith("api_key in X-API-KEY; /metrics open")
     assert receiver.received.refused == 0  # the credential was sent as configured, to each signal
 
@@ -136,7 +152,7 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
-    assert [line.split()[0] for line in lines[1:2] + lines[3:]] == ["-"] * 7  # the last: no credential asked
+    assert [line.split()[0] for line in lines[1:2] + lines[3:]] == ["-"] * 8  # the last: no credential asked
     assert "OTEL_TRACES_EXPORTER=none" in lines[3] and "OTEL_METRICS_EXPORTER=console" in lines[4]
 
 
@@ -297,3 +313,13 @@ def test_a_state_file_too_big_to_be_checked_page_by_page_in_time_says_so_and_is_
     assert finding.ok is True and "not every page checked for damage within 1e-09 s" in finding.detail
     (finding,) = [f for f in check(settings, timeout_seconds=5) if f.what == "state"]
     assert finding.ok is True and "not every page" not in finding.detail
+
+
+def test_a_database_without_the_runtimes_tables_fails_the_check_naming_them(database):
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert ok is False
+    assert detail.endswith(
+        ": no table workflow_runs, workflow_run_steps, workflow_run_waits, workflow_definitions here (its search_path)"
+    )
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database + "_gone"))["runtime v2"]
+    assert ok is False and 'database "' in detail and "does not exist" in detail

@@ -138,12 +138,13 @@ def _as_repr(event: Any) -> str:
 
 # The events each receiver keeps are in its engine's format; a dead letter saying its own
 # `format` (the replay's) is taken at its word.
-FORMATS = ("durable-effect", "event-sourced", "phase10")
+FORMATS = ("durable-effect", "event-sourced", "phase10", "runtime-v2")
 _FORMAT_OF = {
     "http": "durable-effect",
     "tracker": "durable-effect",
     "websocket": "phase10",
     "import-timeline": "phase10",
+    "runtime-v2": "runtime-v2",
 }
 _FORMAT_OF_PREFIX = {"redis-stream:": "event-sourced", "replay:": "durable-effect"}
 

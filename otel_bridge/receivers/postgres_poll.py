@@ -1,0 +1,197 @@
+"""Follows the runtime v2's runs in its PostgreSQL tables (sources/runtime_v2.py), beside the HTTP endpoint.
+
+The runtime publishes nothing; it updates its rows in place. Every change it makes to a run's
+steps or waits is followed by an update of the run's row (`updated_at`), so the poller reads
+the runs changed since its mark, oldest first, and with each the rows of its steps and waits
+changed since it last read the run (all of them for a run it has not seen: a run first met
+mid-way still gets its whole trace). The mark is kept with the state once the rows are
+committed, so a restarted bridge goes on where it stopped.
+
+`updated_at` is written by the runtime's workers' clocks and committed a moment after: each
+poll reads again the last `overlap` seconds, skipping the runs it read already at the same
+`updated_at`. A row read twice tells the same facts under the same event ids: a no-op.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+
+from otel_bridge.consumer import EventConsumer, Unavailable
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import told_followed as _told_followed
+from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
+from otel_bridge.urls import without_secrets
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 30.0
+_BOOKMARK = "runtime-v2 runs updated_at"
+# What the poller reads (and `check` looks for).
+TABLES = ("workflow_runs", "workflow_run_steps", "workflow_run_waits", "workflow_definitions")
+# Where a keyset page starts when no run of that instant was read yet: before every uuid.
+_FIRST_ID = "00000000-0000-0000-0000-000000000000"
+# Payloads the bridge does not show (the input only with capture_input): not read at all.
+_RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"]
+
+_RUNS = """
+SELECT (to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object('workflow_name', d.name))::text,
+       r.updated_at, r.run_id::text
+FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s, %(after_id)s)
+ORDER BY r.updated_at, r.run_id::text
+LIMIT %(limit)s
+"""
+# The rows of the changed runs changed since each run was last read (`since` null: all of them), found by
+# run_id (the runtime's index on steps' (run_id, step_path)).
+_STEPS = """
+SELECT (to_jsonb(s) - 'snapshot_id')::text
+FROM workflow_run_steps s
+JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON s.run_id = c.run_id
+WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
+"""
+# A wait names its step's path, not the execution it parked: the latest one at that path by then.
+_WAITS = """
+SELECT (to_jsonb(w) - 'payload' || coalesce((
+          SELECT jsonb_build_object('attempt', s.attempt, 'definition_step_id', s.definition_step_id)
+          FROM workflow_run_steps s
+          WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
+          ORDER BY s.attempt DESC LIMIT 1), '{}'))::text
+FROM workflow_run_waits w
+JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON w.run_id = c.run_id
+WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
+"""
+
+
+class TablePoller:
+    def __init__(
+        self,
+        url: str,
+        consumer: EventConsumer,
+        dead_letters: DeadLetters,
+        recall: Callable[[str], bytes | None],
+        note: Callable[[str, bytes], None],
+        poll_seconds: float = 2.0,
+        overlap_seconds: float = 15.0,
+        look_back_seconds: float = 3600.0,
+        capture_input: bool = False,
+        page: int = 500,
+        start: datetime | None = None,
+    ) -> None:
+        """`start`: read the runs changed since then, whatever mark is kept (an import of the history)."""
+        self._url = url
+        self._consumer = consumer
+        self._dead_letters = dead_letters
+        self._recall = recall
+        self._note = note
+        self._poll = poll_seconds
+        self._overlap = timedelta(seconds=overlap_seconds)
+        self._look_back = timedelta(seconds=look_back_seconds)
+        self._dropped = _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
+        self._page = page
+        self._db: psycopg.Connection[Any] | None = None
+        # Runs read within the overlap, at the updated_at they were read at: read again only once changed.
+        self._seen: dict[str, datetime] = {}
+        self._mark: datetime | None = start
+        # Since when (monotonic) the tables are not read, None while they are.
+        self.disconnected_since: float | None = time.monotonic()
+        self._shown = without_secrets(url)
+        self._unreachable = Cadence()
+        self._followed = False
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed:
+            # Autocommit: each poll's reads see what was committed by then, and hold no snapshot between polls.
+            self._db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        return self._db
+
+    def _start_mark(self, db: psycopg.Connection[Any]) -> datetime:
+        kept = self._recall(_BOOKMARK)
+        if kept:
+            return datetime.fromisoformat(kept.decode())
+        now = db.execute("SELECT now()").fetchone()
+        assert now is not None
+        return now[0] - self._look_back  # type: ignore[no-any-return]
+
+    def poll_once(self) -> int:
+        """Read what changed since the mark and hand it over; how many runs changed."""
+        db = self._connect()
+        if self._mark is None:
+            self._mark = self._start_mark(db)
+        after, after_id = self._mark - self._overlap, _FIRST_ID
+        # Read again (the overlap), rows are handed over again only for runs not read at that updated_at.
+        self._seen = {run: at for run, at in self._seen.items() if at >= after}
+        changed_runs = 0
+        while True:
+            rows = db.execute(
+                _RUNS, {"dropped": self._dropped, "after": after, "after_id": after_id, "limit": self._page}
+            ).fetchall()
+            if not rows:
+                break
+            fresh = [(text, at, run) for text, at, run in rows if self._seen.get(run) != at]
+            if fresh:
+                self._take(db, fresh)
+                changed_runs += len(fresh)
+            after, after_id = rows[-1][1], rows[-1][2]
+            if after > self._mark:
+                self._mark = after
+                self._note(_BOOKMARK, after.isoformat().encode())
+            if len(rows) < self._page:
+                break
+        return changed_runs
+
+    def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, datetime, str]]) -> None:
+        runs = [run for _text, _at, run in fresh]
+        since = [self._seen[run] - self._overlap if run in self._seen else None for run in runs]
+        params = {"runs": runs, "since": since}
+        texts = [text for text, _at, _run in fresh]
+        texts += [row[0] for row in db.execute(_STEPS, params)]
+        texts += [row[0] for row in db.execute(_WAITS, params)]
+        rows = [orjson.loads(text) for text in texts]
+        report = self._consumer.ingest(rows)  # committed when this returns
+        if report.rejected:
+            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
+        for _text, at, run in fresh:
+            self._seen[run] = at
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self.poll_once()
+                if self.disconnected_since is not None:
+                    again = _told_followed(self._unreachable, log, f"runs at {self._shown}", self._followed)
+                    if not again and not self._followed:
+                        log.info("following the runtime v2's runs at %s, read every %g s", self._shown, self._poll)
+                    self._followed = True
+                self.disconnected_since = None
+                backoff = 0.5
+                stop.wait(self._poll)
+            except Unavailable as exc:
+                log.warning("store unavailable, the runs' rows are read again at the next poll: %s", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except psycopg.Error as exc:
+                _told_unreachable(self._unreachable, log, f"runs at {self._shown}", exc)
+                self.disconnected_since = self.disconnected_since or time.monotonic()
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                log.exception("runtime v2 poller failed; retrying")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            finally:
+                self._db = None

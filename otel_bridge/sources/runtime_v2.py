@@ -1,0 +1,359 @@
+"""The event-sourced runtime's successor (Alga PSA's `WorkflowRuntimeV2`): its PostgreSQL rows.
+
+The runtime keeps each run in tables it updates in place, and publishes nothing: a row of
+`workflow_runs` (status RUNNING, WAITING, SUCCEEDED, FAILED or CANCELED), a row of
+`workflow_run_steps` for every execution of a step (`attempt` counts executions at its path,
+so a step resumed after a wait or run again by a loop counts one more, as a retry does; status
+STARTED, SUCCEEDED, FAILED, RETRY_SCHEDULED or CANCELED) and a row of `workflow_run_waits` for
+each wait (`wait_type` retry, time, event or human; status WAITING, RESOLVED or CANCELED). A
+step that waits stays STARTED for good: its run resumes in a new execution of the step.
+
+A row read again, as it was or since updated, tells the same facts under the same event ids
+(made from the row's own id), so the poller may read a row any number of times.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from otel_bridge import conventions as c
+from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
+from otel_bridge.sources.wire import (
+    MAX_TEXT,
+    Attempts,
+    DecodeError,
+    DecodeOptions,
+    Identity,
+    IsoTime,
+    Label,
+    Text,
+    attrs,
+    cut,
+    json_kind,
+    ns,
+    reason,
+    summary,
+)
+
+ENGINE = c.PLATFORM_RUNTIME_V2
+_RUN_ENDINGS = {"SUCCEEDED": OUTCOME.SUCCESS, "FAILED": OUTCOME.FAILURE, "CANCELED": OUTCOME.CANCELLATION}
+_STEP_ENDINGS = {
+    "SUCCEEDED": OUTCOME.SUCCESS,
+    "FAILED": OUTCOME.FAILURE,
+    "RETRY_SCHEDULED": OUTCOME.FAILURE,
+    "CANCELED": OUTCOME.CANCELLATION,
+}
+# Waits that park the run until something outside it comes (an event, a person's answer).
+_PAUSES = frozenset({"event", "human"})
+
+
+def _json_column(value: Any) -> Any:
+    # A json(b) column exported as text (psql's CSV, a text column in an older schema): the same JSON, quoted.
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: Identity
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _json_column(value)
+
+
+class RunRow(_Row):
+    """A row of `workflow_runs`, with its workflow's name (`workflow_definitions.name`) when joined."""
+
+    workflow_id: Identity
+    workflow_name: Text = ""
+    workflow_version: int | None = None
+    status: Label
+    tenant_id: Label | None = None
+    tenant: Label | None = None
+    trigger_type: Label | None = None
+    event_type: Label | None = None
+    input_json: Any = None
+    error_json: Any = None
+    started_at: IsoTime
+    completed_at: IsoTime | None = None
+    updated_at: IsoTime | None = None
+
+
+class StepRow(_Row):
+    """A row of `workflow_run_steps`: one execution of the step at `step_path`."""
+
+    step_id: Identity
+    step_path: Identity
+    definition_step_id: Text = ""
+    status: Label
+    attempt: Attempts = 1
+    duration_ms: int | None = None
+    error_json: Any = None
+    started_at: IsoTime
+    completed_at: IsoTime | None = None
+
+
+class WaitRow(_Row):
+    """A row of `workflow_run_waits`, with the execution it parked (`attempt`, `definition_step_id`) when joined."""
+
+    wait_id: Identity
+    step_path: Identity
+    wait_type: Label
+    status: Label = "WAITING"
+    key: Text | None = None
+    event_name: Text | None = None
+    timeout_at: IsoTime | None = None
+    created_at: IsoTime
+    resolved_at: IsoTime | None = None
+    attempt: Attempts | None = None
+    definition_step_id: Text = ""
+
+
+@dataclass(frozen=True)
+class RuntimeV2Options:
+    """What the rows do not say: whose service and environment the runs are."""
+
+    service: str = "workflow-runtime-v2"
+    env: str = "production"
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+
+
+def table_of(raw: Any) -> str:
+    """Which of the runtime's tables a row is from, by the columns only that table has."""
+    if not isinstance(raw, dict):
+        raise DecodeError("", f"a row must be a JSON object, not {json_kind(raw)}")
+    if "wait_id" in raw:
+        return "workflow_run_waits"
+    if "step_id" in raw and "attempt" in raw:
+        return "workflow_run_steps"
+    if "workflow_id" in raw and "status" in raw:
+        return "workflow_runs"
+    raise DecodeError(
+        "",
+        "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt) "
+        "or workflow_run_waits (wait_id)",
+    )
+
+
+class RuntimeV2Decoder:
+    """A row of one of the runtime's tables -> the facts it tells (raises DecodeError)."""
+
+    def __init__(self, options: RuntimeV2Options | None = None) -> None:
+        self.options = options or RuntimeV2Options()
+        self._decoders = {
+            "workflow_runs": self._run,
+            "workflow_run_steps": self._step,
+            "workflow_run_waits": self._wait,
+        }
+        self._models: dict[str, type[_Row]] = {
+            "workflow_runs": RunRow,
+            "workflow_run_steps": StepRow,
+            "workflow_run_waits": WaitRow,
+        }
+
+    def __call__(self, raw: Any) -> list[WorkflowRecord]:
+        table = table_of(raw)
+        try:
+            row = self._models[table].model_validate(raw)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise DecodeError(where, f"{reason(error)} (a row of {table})").of(raw, "run_id") from None
+        run, facts = self._decoders[table](row)
+        return [WorkflowRecord(run=run, fact=f) for f in facts]
+
+    def state_key(self, run_id: str) -> str:
+        return self._ref(run_id).state_key
+
+    def _ref(self, run_id: str, name: str = "", attributes: dict[str, AttributeValue] | None = None) -> RunRef:
+        # The run's id alone names it (a UUID): its tenant is shown, not part of its identity, since the
+        # steps' and waits' rows of older schemas do not carry it.
+        return RunRef(
+            engine=ENGINE,
+            env=self.options.env,
+            service=self.options.service,
+            run_id=run_id,
+            name=name,
+            attributes=attributes or {},
+        )
+
+    def _run(self, row: _Row) -> tuple[RunRef, list[Fact]]:
+        assert isinstance(row, RunRow)
+        tenant = row.tenant_id or row.tenant
+        version = str(row.workflow_version) if row.workflow_version is not None else None
+        run = self._ref(
+            row.run_id,
+            cut(row.workflow_name, MAX_TEXT) or row.workflow_id,
+            attrs(
+                **{
+                    c.WORKFLOW_DEFINITION_ID: row.workflow_id,
+                    c.WORKFLOW_DEFINITION_VERSION: version,
+                    c.TENANT_ID: tenant,
+                }
+            ),
+        )
+        told = _Told(row.run_id)
+        started = attrs(
+            **{
+                c.WORKFLOW_EVENT_TYPE: row.event_type,
+                c.WORKFLOW_TRIGGER_TYPE: row.trigger_type,
+                c.WORKFLOW_EXECUTION_INPUT: summary(row.input_json, self.options.decode)
+                if isinstance(row.input_json, dict) and self.options.decode.capture_input
+                else None,
+            }
+        )
+        told(KIND.RUN_STARTED, row.started_at, "started", name="run.started", attributes=started)
+        ending = _RUN_ENDINGS.get(row.status.upper())
+        ended_at = row.completed_at or row.updated_at
+        if ending is not None and ended_at is not None:
+            error = self._error(row.error_json) if ending is OUTCOME.FAILURE else None
+            told(
+                KIND.RUN_ENDED,
+                ended_at,
+                "ended",
+                name=f"run.{row.status.lower()}",
+                outcome=ending,
+                error=error or (ErrorInfo(message="run failed") if ending is OUTCOME.FAILURE else None),
+                reason="canceled" if ending is OUTCOME.CANCELLATION else None,
+            )
+        return run, told.facts
+
+    def _step(self, row: _Row) -> tuple[RunRef, list[Fact]]:
+        assert isinstance(row, StepRow)
+        told = _Told(row.step_id)
+        step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
+        told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
+        outcome = _STEP_ENDINGS.get(row.status.upper())
+        if outcome is not None:
+            ended_at = row.completed_at
+            if ended_at is None:
+                ended_at = row.started_at + timedelta(milliseconds=row.duration_ms or 0)
+            error = self._error(row.error_json)
+            told(
+                KIND.ATTEMPT_ENDED,
+                ended_at,
+                "ended",
+                name=f"step.{row.status.lower()}",
+                outcome=outcome,
+                error=(error or ErrorInfo(message="step failed")) if outcome is OUTCOME.FAILURE else None,
+                duration_ms=float(row.duration_ms) if row.duration_ms is not None else None,
+                **step,
+            )
+            if outcome is OUTCOME.SUCCESS and error is not None:
+                # `onError: continue`: the step failed and the run went on as if it had not.
+                told(
+                    KIND.ANNOTATION,
+                    ended_at,
+                    "continued",
+                    name="step.error_continued",
+                    attributes=attrs(**{c.EXCEPTION_MESSAGE: error.message, c.EXCEPTION_TYPE: error.type}),
+                    **step,
+                )
+        return self._ref(row.run_id), told.facts
+
+    def _wait(self, row: _Row) -> tuple[RunRef, list[Fact]]:
+        assert isinstance(row, WaitRow)
+        told = _Told(row.wait_id)
+        kind = row.wait_type.lower()
+        status = row.status.upper()
+        resume_at = ns(row.timeout_at) if row.timeout_at is not None else None
+        step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
+        if kind == "retry":
+            delay = (row.timeout_at - row.created_at).total_seconds() * 1000 if row.timeout_at is not None else None
+            told(
+                KIND.RETRY_SCHEDULED,
+                row.created_at,
+                "created",
+                name="retry.scheduled",
+                closes_attempt=OUTCOME.FAILURE,
+                resume_at_ns=resume_at,
+                attributes=attrs(
+                    **{c.WORKFLOW_RETRY_DELAY_MS: delay, c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: _iso(row.timeout_at)}
+                ),
+                **step,
+            )
+            return self._ref(row.run_id), told.facts
+        # The execution that waits ends here: the run resumes in a new one (the step's next attempt).
+        if row.attempt is not None:
+            # "closed" sorts before "created": of one instant, the execution ends, then the run pauses.
+            told(KIND.ATTEMPT_ENDED, row.created_at, "closed", name="step.waiting", outcome=OUTCOME.SUCCESS, **step)
+        if kind == "time":
+            told(
+                KIND.SLEEP_STARTED,
+                row.created_at,
+                "created",
+                name="sleep.started",
+                step=row.step_path,
+                resume_at_ns=resume_at,
+                attributes=attrs(**{c.WORKFLOW_SLEEP_RESUME_AT: _iso(row.timeout_at)}),
+            )
+            if status != "WAITING" and row.resolved_at is not None:
+                told(KIND.SLEEP_ENDED, row.resolved_at, "resolved", name="sleep.completed", step=row.step_path)
+            return self._ref(row.run_id), told.facts
+        waiting_for = row.event_name or kind
+        said = f"waiting for {waiting_for}" + (f" ({row.key})" if row.key else "")
+        told(
+            KIND.RUN_PAUSED,
+            row.created_at,
+            "created",
+            name="human.task.created" if kind == "human" else "event.wait.created",
+            reason=cut(said, MAX_TEXT),
+            resume_at_ns=resume_at,
+            attributes=attrs(
+                **{
+                    c.WORKFLOW_PAUSE_REASON: cut(said, MAX_TEXT),
+                    c.WORKFLOW_EVENT_NAME: row.event_name,
+                    c.WORKFLOW_EXECUTION_CORRELATION_ID: row.key,
+                    c.WORKFLOW_TIMEOUT_DEADLINE: _iso(row.timeout_at),
+                }
+            ),
+        )
+        if status == "CANCELED" or row.resolved_at is None or status == "WAITING":
+            return self._ref(row.run_id), told.facts  # a run canceled while it waited: its end tells it
+        timed_out = (row.timeout_at is not None and row.resolved_at >= row.timeout_at) or "TIMEOUT" in status
+        if timed_out:
+            told(KIND.TIMEOUT_EXCEEDED, row.resolved_at, "timeout", name="wait.timed_out", **step)
+        told(KIND.RUN_RESUMED, row.resolved_at, "resolved", name="event.wait.resolved")
+        return self._ref(row.run_id), told.facts
+
+    def _error(self, value: Any) -> ErrorInfo | None:
+        if not isinstance(value, dict) or not value:
+            return None
+        limit = self.options.decode.max_text_chars
+        message = value.get("message")
+        kind = value.get("category") or value.get("name") or value.get("code")
+        step = value.get("nodePath")
+        return ErrorInfo(
+            message=cut(str(message) if message not in (None, "") else "step failed", limit),
+            type=cut(str(kind), limit) if kind else None,
+            stacktrace=cut(str(value["stack"]), limit) if value.get("stack") else None,
+            step=cut(str(step), limit) if step else None,
+        )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+class _Told:
+    """The facts of one row, each under an event id made from the row's id and what the fact is: the same at
+    every read of the row. Facts of one instant are in the order of their ids (`Fact.order`)."""
+
+    def __init__(self, row_id: str) -> None:
+        self.row_id = row_id
+        self.facts: list[Fact] = []
+
+    def __call__(self, kind: FactKind, at: datetime, what: str, **fields: Any) -> None:
+        event_id = f"v2:{self.row_id}:{what}"
+        attributes = {c.WORKFLOW_EVENT_ID: event_id, **fields.pop("attributes", {})}
+        self.facts.append(Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes=attributes, **fields))

@@ -1,0 +1,155 @@
+"""The runtime v2's runs in a real PostgreSQL, followed by `otel-bridge serve --runtime-v2-url`, to a real
+OTLP receiver."""
+
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from bridge_process import BridgeProcess
+from runtime_v2_tables import Runtime, at
+
+from otel_bridge import trace_id_for
+
+OK, ERROR = 1, 2
+
+
+def _bridge(tmp_path, otlp_http, database: str, **settings: str) -> BridgeProcess:
+    return BridgeProcess(
+        tmp_path,
+        otlp_http.endpoint,
+        runtime_v2_url=database,
+        runtime_v2_poll_seconds="0.2",
+        # The runs are dated 2026-12-04 09:00: a first start reads back far enough to meet them.
+        runtime_v2_look_back_seconds=str(10**9),
+        runtime_v2_service_name="psa",
+        runtime_v2_env="prod",
+        **settings,
+    )
+
+
+def _trace(run_id: str, env: str = "prod", service: str = "psa") -> str:
+    return trace_id_for("workflow-runtime-v2", env, service, run_id).hex()
+
+
+def _root(got, run_id: str):
+    return next((s for s in got.trace(_trace(run_id)) if s.parent_span_id == ""), None)
+
+
+def _escalation(runtime: Runtime, offset: float = 0) -> str:
+    run = runtime.start_run(at(offset))
+    lookup = runtime.step_started(run, "root.steps[0]", "lookup", at(offset + 1))
+    runtime.retry_scheduled(run, lookup, "root.steps[0]", at(offset + 1), at(offset + 2), backoff=5)
+    runtime.due_waits_resolved(run, "retry", at(offset + 7))
+    again = runtime.step_started(run, "root.steps[0]", "lookup", at(offset + 7.1))
+    runtime.step_succeeded(run, again, at(offset + 7.1), at(offset + 8), "root.steps[1]")
+    runtime.step_started(run, "root.steps[1]", "wait-approval", at(offset + 8.1))
+    runtime.event_wait(run, "root.steps[1]", at(offset + 8.2), "APPROVED", "T-1", timeout=3600)
+    runtime.event_arrived(run, "APPROVED", at(offset + 100))
+    resumed = runtime.step_started(run, "root.steps[1]", "wait-approval", at(offset + 100.1))
+    runtime.step_succeeded(run, resumed, at(offset + 100.1), at(offset + 100.2), None)
+    return run
+
+
+def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_path, otlp_http, database):
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    escalated = _escalation(runtime)
+    failed = runtime.start_run(at(10))
+    lookup = runtime.step_started(failed, "root.steps[0]", "lookup", at(11))
+    runtime.step_failed(failed, lookup, "root.steps[0]", at(11), at(12))
+    waiting = runtime.start_run(at(20))
+    runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(21))
+    runtime.event_wait(waiting, "root.steps[0]", at(22), "APPROVED", "T-9", timeout=86_400)
+
+    bridge = _bridge(tmp_path, otlp_http, database).start()
+    got = otlp_http.received
+    try:
+        got.wait_for(lambda: _root(got, escalated) is not None and _root(got, failed) is not None, timeout=30)
+        listed = bridge.client.get(f"{bridge.url}/v1/runs", params={"state": "paused"}).json()
+        assert [r["run_id"] for r in listed["runs"]] == [waiting]
+        assert listed["runs"][0]["name"] == "ticket-escalation"
+        # Written while the bridge runs (later than every change before): read at its next poll.
+        runtime.event_arrived(waiting, "APPROVED", at(300))
+        resumed = runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(300.1))
+        runtime.step_succeeded(waiting, resumed, at(300.1), at(301), None)
+        got.wait_for(lambda: _root(got, waiting) is not None, timeout=30)
+    finally:
+        bridge.close()
+
+    spans = sorted((s.name, s.status_code) for s in got.trace(_trace(escalated)))
+    assert spans == [
+        ("step lookup", OK),
+        ("step lookup", ERROR),
+        ("step wait-approval", OK),
+        ("step wait-approval", OK),
+        ("workflow ticket-escalation", OK),
+    ]
+    root = _root(got, escalated)
+    assert root.resource == {"service.name": "psa", "deployment.environment.name": "prod"}
+    assert root.attributes["tenant.id"] == "acme" and root.attributes["workflow.platform.name"] == "workflow-runtime-v2"
+    failed_root = _root(got, failed)
+    assert failed_root.status_code == ERROR and failed_root.status_message == "ticket not found"
+    assert failed_root.attributes["error.type"] == "ActionError"
+    assert "started: " in bridge.log.read_text() and "following the runtime v2's runs at" in bridge.log.read_text()
+
+
+def test_kill_9_between_polls_loses_nothing_and_doubles_nothing(tmp_path, otlp_http, database):
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    bridge = _bridge(tmp_path, otlp_http, database).start()
+    got = otlp_http.received
+    runs = []
+    try:
+        for i in range(6):
+            runs.append(_escalation(runtime, offset=200 * i))
+            if i % 2:
+                bridge.kill()
+                bridge.start()
+        for run in runs:
+            got.wait_for(lambda run=run: _root(got, run) is not None, timeout=30)
+    finally:
+        bridge.close()
+    unique = got.unique_spans()  # a span received twice must be identical
+    for run in runs:
+        assert len([s for s in unique.values() if s.trace_id == _trace(run)]) == 5
+
+
+def test_import_reads_the_history_at_once_and_again_is_all_duplicates(tmp_path, otlp_http, database):
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    runs = [_escalation(runtime, offset=0), _escalation(runtime, offset=500)]
+    env = {**BridgeProcess(tmp_path, otlp_http.endpoint).env, "OTEL_BRIDGE_RUNTIME_V2_URL": database}
+    command = [sys.executable, "-m", "otel_bridge", "import-runtime-v2"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("runs: 2  events accepted: 26  duplicates: 0  rejected: 0"), first.stdout
+    for run in runs:
+        # The runs' service and environment by default.
+        assert len(otlp_http.received.trace(_trace(run, "production", "workflow-runtime-v2"))) == 5
+    later = subprocess.run([*command, "--since", "2026-12-04T09:05:00Z"], env=env, capture_output=True, text=True)
+    assert later.stdout.startswith("runs: 1  events accepted: 0  duplicates: 13"), later.stdout
+    elsewhere = {**env, "OTEL_BRIDGE_RUNTIME_V2_URL": database + "_gone"}
+    gone = subprocess.run(command, env=elsewhere, capture_output=True, text=True, timeout=120)
+    assert gone.returncode != 0 and "cannot read the runs at" in gone.stderr and "does not exist" in gone.stderr
+
+
+def test_the_readmes_export_replayed_makes_the_same_traces(tmp_path, otlp_http, database):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    query = readme.split("""psql "$ALGA_DATABASE_URL" -At > runs.jsonl <<'SQL'\n""", 1)[1].split("\nSQL\n", 1)[0]
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    runs = [_escalation(runtime, offset=0), _escalation(runtime, offset=500)]
+    psql = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
+    export = tmp_path / "runs.jsonl"
+    with export.open("w") as out:
+        subprocess.run([psql, database, "-At"], input=query, stdout=out, text=True, check=True, timeout=60)
+    env = BridgeProcess(tmp_path, otlp_http.endpoint, runtime_v2_service_name="psa", runtime_v2_env="prod").env
+    command = [sys.executable, "-m", "otel_bridge", "replay", str(export), "--format", "runtime-v2", "--no-progress"]
+    replayed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    for run in runs:
+        assert sorted(s.name for s in otlp_http.received.trace(_trace(run))) == [
+            "step lookup",
+            "step lookup",
+            "step wait-approval",
+            "step wait-approval",
+            "workflow ticket-escalation",
+        ]

@@ -1,0 +1,189 @@
+"""The runtime v2's runs, read from a real PostgreSQL as its runtime writes them, poll by poll."""
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from fold_harness import fold_events
+from runtime_v2_tables import Runtime, at
+
+from otel_bridge.config import Settings
+from otel_bridge.consumer import IngestReport
+from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.pipeline import Pipeline
+from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.postgres_poll import TablePoller
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
+from otel_bridge.state.sqlite_store import SqliteStore
+
+DECODE = RuntimeV2Decoder()
+
+
+class Recorded:
+    """The pipeline's consumer, each batch's rows kept to be folded by the test."""
+
+    def __init__(self, tmp_path) -> None:
+        state = str(tmp_path / "state.db")
+        self.pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+        self._consumer = self.pipeline.consumer(DECODE)
+        self.rows: list[dict[str, Any]] = []
+        self.batches = 0
+
+    def ingest(self, events: Any, *, producer: str | None = None) -> IngestReport:
+        report = self._consumer.ingest(events, producer=producer)
+        self.rows += events
+        self.batches += 1
+        return report
+
+
+def _poller(url: str, consumer: Any, tmp_path, marks: dict[str, bytes], **settings: Any) -> TablePoller:
+    letters = DeadLetters(tmp_path / "dead.jsonl", 1_000_000, 1)
+    # The runtime's rows are dated 2026-12-04 09:00 on: a first start reads back far enough.
+    settings.setdefault("look_back_seconds", 10**9)
+    return TablePoller(url, consumer, letters, marks.get, marks.__setitem__, **settings)
+
+
+def _runtime(url: str) -> Runtime:
+    import psycopg
+
+    return Runtime(psycopg.connect(url, autocommit=True))
+
+
+def test_a_run_is_read_as_it_goes_and_its_rows_make_the_trace_read_once_would(database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    poller = _poller(database, recorded, tmp_path, marks)
+    run = runtime.start_run(at(0))
+    lookup = runtime.step_started(run, "root.steps[0]", "lookup", at(1))
+    runtime.retry_scheduled(run, lookup, "root.steps[0]", at(1), at(2), backoff=5)
+    assert poller.poll_once() == 1
+    assert poller.poll_once() == 0, "a run not changed since is not read again"
+    runtime.due_waits_resolved(run, "retry", at(7))
+    again = runtime.step_started(run, "root.steps[0]", "lookup", at(7.1))
+    runtime.step_succeeded(run, again, at(7.1), at(8), "root.steps[1]")
+    runtime.step_started(run, "root.steps[1]", "wait-approval", at(8.1))
+    runtime.event_wait(run, "root.steps[1]", at(8.2), "APPROVED", "T-1", timeout=3600)
+    assert poller.poll_once() == 1
+    runtime.event_arrived(run, "APPROVED", at(100))
+    resumed = runtime.step_started(run, "root.steps[1]", "wait-approval", at(100.1))
+    runtime.step_succeeded(run, resumed, at(100.1), at(100.2), None)
+    assert poller.poll_once() == 1
+    assert marks["runtime-v2 runs updated_at"].decode().startswith("2026-12-04T09:01:40.2")
+
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    assert folded.root.name == "workflow ticket-escalation" and folded.root.status is SpanStatus.OK
+    assert folded.root.attributes["tenant.id"] == "acme"
+    assert [s.status for s in folded.all("step lookup")] == [SpanStatus.ERROR, SpanStatus.OK]
+    (retry,) = [e for e in folded.span("step lookup", 1).events if e.name == "retry.scheduled"]
+    assert retry.attributes["workflow.retry.delay_ms"] == 5000
+    assert len(folded.all("step wait-approval")) == 2
+    assert {"event.wait.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
+    # The same rows read once, at the end, tell the same spans.
+    import psycopg
+
+    with psycopg.connect(database) as db:
+        whole = [
+            orjson.loads(r[0])
+            for r in db.execute(
+                "SELECT (to_jsonb(r) || jsonb_build_object('workflow_name', 'ticket-escalation'))::text "
+                "FROM workflow_runs r UNION ALL SELECT to_jsonb(s)::text FROM workflow_run_steps s "
+                "UNION ALL SELECT (to_jsonb(w) || jsonb_build_object('attempt', CASE WHEN w.wait_type = 'retry' "
+                "THEN 1 ELSE 1 END, 'definition_step_id', CASE WHEN w.wait_type = 'retry' THEN 'lookup' "
+                "ELSE 'wait-approval' END))::text FROM workflow_run_waits w"
+            )
+        ]
+    once = fold_events(whole, decoder=DECODE)
+    assert sorted((s.name, s.start_ns, s.end_ns, s.status) for s in once.spans) == sorted(
+        (s.name, s.start_ns, s.end_ns, s.status) for s in folded.spans
+    )
+
+
+def test_a_restarted_poller_goes_on_from_its_mark_and_reads_a_run_first_met_whole(database, tmp_path):
+    runtime, marks = _runtime(database), {}
+    first = Recorded(tmp_path)
+    runs = []
+    for began in (0, 100):
+        run = runtime.start_run(at(began))
+        step = runtime.step_started(run, "root.steps[0]", "lookup", at(began + 1))
+        runtime.step_succeeded(run, step, at(began + 1), at(began + 2), None)
+        runs.append(run)
+    _poller(database, first, tmp_path, marks, overlap_seconds=15).poll_once()
+    assert {r["run_id"] for r in first.rows} == set(runs)
+    # Meanwhile, long after: a run the first poller never saw.
+    later = runtime.start_run(at(600))
+    step = runtime.step_started(later, "root.steps[0]", "lookup", at(601))
+    runtime.step_succeeded(later, step, at(601), at(602), None)
+    (tmp_path / "again").mkdir()
+    second = Recorded(tmp_path / "again")
+    _poller(database, second, tmp_path, marks, overlap_seconds=15).poll_once()
+    # Read again: only what changed within the overlap before the mark (the second run), whole.
+    assert {r["run_id"] for r in second.rows} == {runs[1], later}
+    assert len(fold_events([r for r in second.rows if r["run_id"] == later], decoder=DECODE).spans) == 2
+
+
+def test_a_change_dated_before_the_mark_and_committed_after_it_is_still_read(database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    poller = _poller(database, recorded, tmp_path, marks, overlap_seconds=15)
+    fast = runtime.start_run(at(10))
+    poller.poll_once()
+    # Another worker's clock is 5 s behind: its run is dated before what was read already.
+    slow = runtime.start_run(at(5))
+    assert poller.poll_once() == 1
+    assert {r["run_id"] for r in recorded.rows if "workflow_id" in r} == {fast, slow}
+
+
+def test_a_row_it_cannot_read_is_kept_as_a_dead_letter_and_the_rest_of_the_run_is_read(database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    run = runtime.start_run(at(0))
+    step = runtime.step_started(run, "root.steps[0]", "lookup", at(1))
+    runtime.step_succeeded(run, step, at(1), at(2), None)
+    runtime.db.execute("UPDATE workflow_run_steps SET attempt = 99999 WHERE step_id = %s", (step,))
+    runtime.db.execute("UPDATE workflow_runs SET updated_at = updated_at + interval '1 ms' WHERE run_id = %s", (run,))
+    poller = _poller(database, recorded, tmp_path, marks)
+    poller.poll_once()
+    (letter,) = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["receiver"] == "runtime-v2" and letter["event"]["step_id"] == step
+    assert "attempt" in letter["error"]
+    root = fold_events(recorded.rows, decoder=lambda row: [] if row.get("attempt") == 99999 else DECODE(row)).root
+    assert root.status is SpanStatus.OK
+
+
+def test_while_postgres_is_down_it_says_so_and_then_reads_what_changed_meanwhile(postgres, database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    poller = _poller(database, recorded, tmp_path, marks, poll_seconds=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        first = runtime.start_run(at(0))
+        _until(lambda: any(r.get("run_id") == first for r in recorded.rows))
+        assert poller.disconnected_since is None
+        runtime.db.close()
+        postgres.stop()
+        _until(lambda: poller.disconnected_since is not None)
+        postgres.start()
+        runtime = _runtime(database)
+        second = runtime.start_run(at(30))
+        _until(lambda: any(r.get("run_id") == second for r in recorded.rows))
+        assert poller.disconnected_since is None
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not met in time"
+        time.sleep(0.05)
+
+
+def test_first_start_reads_only_the_runs_changed_within_its_look_back(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    now = runtime.db.execute("SELECT now()").fetchone()[0]
+    runtime.start_run(now - timedelta(days=2))
+    recent = runtime.start_run(now - timedelta(minutes=5))
+    _poller(database, recorded, tmp_path, {}, look_back_seconds=3600).poll_once()
+    assert {r["run_id"] for r in recorded.rows} == {recent}

@@ -1,0 +1,264 @@
+"""The runtime v2's rows become traces: a span per execution of a step, retries, waits and sleeps,
+whatever number of times a row is read."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fold_harness import comparable, fold_events
+
+from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
+from otel_bridge.sources.wire import DecodeError, DecodeOptions
+
+DECODE = RuntimeV2Decoder(RuntimeV2Options(service="psa", env="prod"))
+T0 = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+
+
+def _at(seconds: float) -> str:
+    # As PostgreSQL writes a timestamptz in JSON (to_jsonb).
+    return (T0 + timedelta(seconds=seconds)).isoformat()
+
+
+def _ns(seconds: float) -> int:
+    return int((T0 + timedelta(seconds=seconds)).timestamp() * 1e9)
+
+
+class Run:
+    """A run's rows as the poller reads them (`to_jsonb` of each, the run's joined with its workflow's name)."""
+
+    def __init__(self, name: str = "ticket-escalation", **columns: Any) -> None:
+        self.run_id = str(uuid.uuid4())
+        self.row: dict[str, Any] = {
+            "run_id": self.run_id,
+            "workflow_id": str(uuid.uuid4()),
+            "workflow_name": name,
+            "workflow_version": 3,
+            "tenant_id": "acme",
+            "status": "RUNNING",
+            "trigger_type": "event",
+            "event_type": "TICKET_CREATED",
+            "started_at": _at(0),
+            "updated_at": _at(0),
+            "completed_at": None,
+            "error_json": None,
+        } | columns
+        self.steps: list[dict[str, Any]] = []
+        self.waits: list[dict[str, Any]] = []
+
+    def step(self, path: str, step: str, start: float, status: str = "STARTED", end: float | None = None, **more: Any):
+        attempt = 1 + max((s["attempt"] for s in self.steps if s["step_path"] == path), default=0)
+        row = {
+            "step_id": str(uuid.uuid4()),
+            "run_id": self.run_id,
+            "step_path": path,
+            "definition_step_id": step,
+            "status": status,
+            "attempt": attempt,
+            "started_at": _at(start),
+            "completed_at": _at(end) if end is not None else None,
+            "duration_ms": int((end - start) * 1000) if end is not None else None,
+            "error_json": None,
+        } | more
+        self.steps.append(row)
+        return row
+
+    def wait(self, path: str, kind: str, created: float, timeout: float | None = None, **more: Any) -> dict[str, Any]:
+        parked = max((s for s in self.steps if s["step_path"] == path), key=lambda s: s["attempt"], default=None)
+        row = (
+            {
+                "wait_id": str(uuid.uuid4()),
+                "run_id": self.run_id,
+                "step_path": path,
+                "wait_type": kind,
+                "key": None,
+                "event_name": None,
+                "timeout_at": _at(timeout) if timeout is not None else None,
+                "status": "WAITING",
+                "created_at": _at(created),
+                "resolved_at": None,
+            }
+            | ({"attempt": parked["attempt"], "definition_step_id": parked["definition_step_id"]} if parked else {})
+            | more
+        )
+        self.waits.append(row)
+        return row
+
+    def ended(self, status: str, at: float, error: dict[str, Any] | None = None) -> "Run":
+        self.row |= {"status": status, "completed_at": _at(at), "updated_at": _at(at), "error_json": error}
+        return self
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row, *self.steps, *self.waits]
+
+
+def _error(category: str, message: str, path: str) -> dict[str, Any]:
+    return {"category": category, "message": message, "nodePath": path, "at": _at(0)}
+
+
+def _escalation() -> Run:
+    """Looked a ticket up (a 503, retried after 5 s), waited for approval (an hour), then notified."""
+    run = Run()
+    run.step(
+        "root.steps[0]",
+        "lookup",
+        1,
+        "RETRY_SCHEDULED",
+        2,
+        error_json=_error("TransientError", "upstream 503", "root.steps[0]"),
+    )
+    run.wait("root.steps[0]", "retry", 2, timeout=7, status="RESOLVED", resolved_at=_at(7))
+    run.step("root.steps[0]", "lookup", 7.1, "SUCCEEDED", 8)
+    run.step("root.steps[1]", "wait-approval", 8.1)  # left STARTED: the run resumes in a new execution
+    run.wait(
+        "root.steps[1]",
+        "event",
+        8.2,
+        timeout=3608.2,
+        event_name="APPROVED",
+        key="T-1",
+        status="RESOLVED",
+        resolved_at=_at(100),
+    )
+    run.step("root.steps[1]", "wait-approval", 100.1, "SUCCEEDED", 100.2)
+    run.step("root.steps[2]", "notify", 100.3, "SUCCEEDED", 101)
+    return run.ended("SUCCEEDED", 101)
+
+
+def test_each_execution_of_a_step_is_a_span_and_a_retry_is_an_event_of_the_one_that_failed():
+    run = _escalation()
+    folded = fold_events(run.rows, decoder=DECODE)
+    root = folded.root
+    assert root.name == "workflow ticket-escalation" and root.status is SpanStatus.OK
+    assert (root.start_ns, root.end_ns) == (_ns(0), _ns(101))
+    assert root.attributes["workflow.execution.id"] == run.run_id
+    assert root.attributes["tenant.id"] == "acme" and root.attributes["workflow.definition.version"] == "3"
+    assert root.attributes["workflow.definition.id"] == run.row["workflow_id"]
+    assert root.attributes["workflow.platform.name"] == "workflow-runtime-v2"
+    failed, retried = folded.span("step lookup", 1), folded.span("step lookup", 2)
+    assert failed.status is SpanStatus.ERROR and (failed.start_ns, failed.end_ns) == (_ns(1), _ns(2))
+    assert failed.attributes["error.type"] == "TransientError"
+    events = {e.name: e for e in failed.events}
+    assert events["exception"].attributes["exception.message"] == "upstream 503"
+    assert events["retry.scheduled"].attributes["workflow.retry.delay_ms"] == 5000
+    assert retried.status is SpanStatus.OK and retried.links, "the retry links to the attempt it follows"
+    assert folded.metric("workflow.task.retries", **{"workflow.task.name": "lookup"}) == [1]
+
+
+def test_a_step_that_waits_ends_as_its_wait_begins_and_the_run_pauses_until_the_event():
+    folded = fold_events(_escalation().rows, decoder=DECODE)
+    parked, resumed = folded.span("step wait-approval", 1), folded.span("step wait-approval", 2)
+    assert (parked.start_ns, parked.end_ns) == (_ns(8.1), _ns(8.2)) and parked.status is SpanStatus.OK
+    assert (resumed.start_ns, resumed.end_ns) == (_ns(100.1), _ns(100.2))
+    told = {e.name: e for e in folded.root.events}
+    assert told["event.wait.created"].time_ns == _ns(8.2)
+    assert told["event.wait.created"].attributes["workflow.pause.reason"] == "waiting for APPROVED (T-1)"
+    assert told["event.wait.resolved"].time_ns == _ns(100)
+    waiting = Run()
+    waiting.step("root.steps[0]", "wait-approval", 1)
+    waiting.wait("root.steps[0]", "event", 1.1, event_name="APPROVED")
+    (state,) = fold_events(waiting.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    assert state.counted_state == "paused", "the execution ends, then the run pauses: both at the wait's creation"
+
+
+def test_rows_read_as_they_changed_and_read_again_tell_the_same_trace_as_read_once():
+    run = _escalation()
+    once = fold_events(run.rows, decoder=DECODE)
+    # What a poller meets: each row as it was at an earlier read (STARTED, WAITING), then as it is, some twice.
+    earlier = [
+        {**row, "status": "STARTED", "completed_at": None, "duration_ms": None} if "step_id" in row else
+        {**row, "status": "WAITING", "resolved_at": None} if "wait_id" in row else
+        {**row, "status": "RUNNING", "completed_at": None}
+        for row in run.rows
+    ]  # fmt: skip
+    again = fold_events([*earlier, *run.rows, *reversed(run.rows)], decoder=DECODE)
+    assert comparable(again.spans) == comparable(once.spans)
+
+
+def test_a_failed_run_carries_the_runtimes_error_and_its_category():
+    run = Run("payout")
+    error = _error("ActionError", "ticket not found", "root.steps[0]")
+    run.step("root.steps[0]", "lookup", 1, "FAILED", 2, error_json=error)
+    folded = fold_events(run.ended("FAILED", 2, error).rows, decoder=DECODE)
+    assert folded.root.status is SpanStatus.ERROR and folded.root.attributes["error.type"] == "ActionError"
+    assert folded.root.status_message == "ticket not found"
+    step = folded.span("step lookup")
+    assert step.status is SpanStatus.ERROR and step.attributes["error.type"] == "ActionError"
+
+
+def test_a_run_canceled_while_it_waited_is_cancelled_without_a_resume():
+    run = Run()
+    run.step("root.steps[0]", "wait-approval", 1)
+    run.wait("root.steps[0]", "event", 1.1, event_name="APPROVED", status="CANCELED", resolved_at=_at(50))
+    folded = fold_events(run.ended("CANCELED", 50).rows, decoder=DECODE)
+    assert folded.root.attributes["workflow.execution.result"] == "cancellation"
+    assert "event.wait.resolved" not in {e.name for e in folded.root.events}
+
+
+def test_a_time_wait_is_a_sleep_span_until_the_worker_resolves_it():
+    run = Run()
+    run.step("root.steps[0]", "delay", 1)
+    run.wait("root.steps[0]", "time", 1.5, timeout=61.5, status="RESOLVED", resolved_at=_at(62))
+    run.step("root.steps[0]", "delay", 62.1, "SUCCEEDED", 62.2)
+    folded = fold_events(run.ended("SUCCEEDED", 63).rows, decoder=DECODE)
+    sleep = folded.span("sleep")
+    assert (sleep.start_ns, sleep.end_ns) == (_ns(1.5), _ns(62))
+
+
+def test_a_run_still_waiting_is_paused_with_its_timeout_as_its_resume_time():
+    run = Run()
+    run.step("root.steps[0]", "wait-approval", 1)
+    run.wait("root.steps[0]", "human", 2, timeout=86_402, event_name="APPROVAL", key="T-1")
+    folded = fold_events(run.rows, decoder=DECODE, settle_at_ns=None)
+    (state,) = folded.runs.values()
+    paused = [f for f in state.facts if f.kind.value == "run.paused"]
+    assert paused and paused[0].resume_at_ns == _ns(86_402) and paused[0].name == "human.task.created"
+
+
+def test_an_error_the_step_continued_past_is_an_event_of_a_step_that_succeeded():
+    run = Run()
+    error = _error("ActionError", "mailbox full", "root.steps[0]")
+    run.step("root.steps[0]", "notify", 1, "SUCCEEDED", 2, error_json=error)
+    step = fold_events(run.ended("SUCCEEDED", 2).rows, decoder=DECODE).span("step notify")
+    assert step.status is SpanStatus.OK
+    (continued,) = [e for e in step.events if e.name == "step.error_continued"]
+    assert continued.attributes["exception.message"] == "mailbox full"
+
+
+def test_the_input_is_shown_only_when_asked_for():
+    run = Run(input_json={"ticketId": "T-1", "token": "s3cret"}).ended("SUCCEEDED", 1)
+    hidden = fold_events(run.rows, decoder=DECODE).root.attributes
+    assert "workflow.execution.input" not in hidden
+    shown = RuntimeV2Decoder(RuntimeV2Options(decode=DecodeOptions(capture_input=True)))
+    text = fold_events(run.rows, decoder=shown).root.attributes["workflow.execution.input"]
+    assert "T-1" in text and "s3cret" not in text
+
+
+def test_a_json_column_exported_as_text_is_read_as_json():
+    run = Run()
+    error = _error("ActionError", "ticket not found", "root.steps[0]")
+    run.step("root.steps[0]", "lookup", 1, "FAILED", 2, error_json=__import__("json").dumps(error))
+    step = fold_events(run.rows, decoder=DECODE).span("step lookup")
+    assert step.attributes["error.type"] == "ActionError"
+
+
+@pytest.mark.parametrize(
+    ("row", "said"),
+    [
+        ([1, 2], "a row must be a JSON object, not an array"),
+        ({"log_id": "x", "message": "Step started"}, "not a row of workflow_runs"),
+        (
+            {"run_id": "r", "workflow_id": "w", "status": "RUNNING"},
+            "started_at: Field required (a row of workflow_runs)",
+        ),
+        (
+            {"run_id": "r", "step_id": "s", "step_path": "p", "status": "STARTED", "attempt": 1, "started_at": "soon"},
+            "started_at: Input should be a valid datetime or date, input is too short (a row of workflow_run_steps)",
+        ),
+    ],
+)
+def test_a_row_it_cannot_read_is_refused_naming_what_is_wrong(row, said):
+    with pytest.raises(DecodeError, match=__import__("re").escape(said)):
+        DECODE(row)
