@@ -1005,19 +1005,30 @@ def _demo(args: argparse.Namespace) -> int:
     engines: dict[str, object] = {}
     stop = threading.Event()
     follower = None
-    if args.stream_url or args.ws_port:
+    if args.stream_url or args.ws_port or args.runtime_v2_url:
         from otel_bridge.producer.engines_demo import run_engines_demo
 
         def engines_demo() -> None:
             engines.update(
                 run_engines_demo(
-                    args.stream_url, args.ws_port, args.rate / 2, args.duration, args.seed, args.ws_host, stop
+                    args.stream_url,
+                    args.ws_port,
+                    args.rate / 2,
+                    args.duration,
+                    args.seed,
+                    args.ws_host,
+                    stop,
+                    runtime_v2_url=args.runtime_v2_url,
                 )
             )
 
         follower = threading.Thread(target=engines_demo, name="engines-demo", daemon=True)
         follower.start()
-        print(f"  and the other engines: stream {args.stream_url or '-'}, websocket port {args.ws_port or '-'}")
+        tables = without_secrets(args.runtime_v2_url) if args.runtime_v2_url else "-"
+        print(
+            f"  and the other engines: stream {args.stream_url or '-'}, websocket port {args.ws_port or '-'}, "
+            f"runtime v2 tables {tables}"
+        )
     try:
         summary = run_demo(
             args.url, args.rate, args.duration, args.seed, headers, app_spans=args.app_spans, incidents=args.incidents
@@ -1199,6 +1210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-port", type=_port, default=None, help="also play a Phase-10 engine: /ws/stream and its timeline API here"
     )
     demo.add_argument("--ws-host", default="0.0.0.0", help="address the Phase-10 stand-in listens on")
+    demo.add_argument(
+        "--runtime-v2-url",
+        default=None,
+        help="also play the runtime v2: write its runs into its tables in this PostgreSQL database (made there "
+        "when missing: give it a database of its own)",
+    )
     demo.add_argument(
         "--app-spans",
         action="store_true",

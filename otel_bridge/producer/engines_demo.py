@@ -1,5 +1,6 @@
-"""Demo traffic for the two other engines: event-sourced executions on a Redis stream, and a Phase-10
-engine's WebSocket with its timeline API, as `otel-bridge serve --stream-url/--ws-url` follow them.
+"""Demo traffic for the other engines: event-sourced executions on a Redis stream, the runtime v2's
+runs in its PostgreSQL tables, and a Phase-10 engine's WebSocket with its timeline API, as
+`otel-bridge serve --stream-url/--runtime-v2-url/--ws-url` follow them.
 
 Each scenario is built with the producer-side builders, its events published when their time
 comes (waits compressed to seconds), so Jaeger shows real timelines for all three engines.
@@ -17,10 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import psycopg
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
+from otel_bridge.producer import runtime_v2
 from otel_bridge.producer.event_sourced import Execution, trigger
 from otel_bridge.producer.phase10 import Phase10Run, executions_page
 from otel_bridge.redis_client import connect
@@ -160,16 +163,26 @@ def run_engines_demo(
     seed: int | None,
     ws_host: str = "0.0.0.0",
     stop: threading.Event | None = None,
+    runtime_v2_url: str | None = None,
 ) -> dict[str, int]:
     """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`)."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
     client = connect(stream_url) if stream_url else None
     engine = Phase10Engine(ws_host, ws_port) if ws_port else None
+    # The runtime v2's tables, made in that database if they are not there (the demo's own database).
+    tables = runtime_v2.Runtime(psycopg.connect(runtime_v2_url, autocommit=True)) if runtime_v2_url else None
     schedule = _Schedule()
     started = next_start = time.time()
-    counts = {"event-sourced": 0, "phase10": 0}
+    counts = {"event-sourced": 0, "phase10": 0, "runtime-v2": 0}
     publishers: list[Callable[[datetime], None]] = []
+    if tables is not None:
+
+        def escalation(now: datetime) -> None:
+            schedule.add([(at, ("tables", write)) for at, write in runtime_v2.scenario(tables, now.timestamp(), rng)])
+            counts["runtime-v2"] += 1
+
+        publishers.append(escalation)
     if client is not None:
 
         def execution(now: datetime) -> None:
@@ -197,7 +210,9 @@ def run_engines_demo(
                     publish(datetime.fromtimestamp(now, UTC))
                 next_start += 1 / rate
             for where, message in schedule.due():
-                if where == "stream" and client is not None:
+                if where == "tables":
+                    message(datetime.now(UTC))  # written at the runtime's clock: the time it is
+                elif where == "stream" and client is not None:
                     client.xadd(STREAM_KEY, message, maxlen=1000, approximate=True)
                 elif engine is not None:
                     engine.broadcast(message)
@@ -207,6 +222,8 @@ def run_engines_demo(
             engine.close()
         if client is not None:
             client.close()
+        if tables is not None:
+            tables.db.close()
     return counts
 
 

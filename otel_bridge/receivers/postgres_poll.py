@@ -3,13 +3,14 @@
 The runtime publishes nothing; it updates its rows in place. Every change it makes to a run's
 steps or waits is followed by an update of the run's row (`updated_at`), so the poller reads
 the runs changed since its mark, oldest first, and with each the rows of its steps and waits
-changed since it last read the run (all of them for a run it has not seen: a run first met
-mid-way still gets its whole trace). The mark is kept with the state once the rows are
-committed, so a restarted bridge goes on where it stopped.
+changed since it last read the run — all of them for a run this process has not read yet, so a
+run first met mid-way (or met again after a restart) gets its whole trace, once. The mark is
+kept with the state once the rows are committed, so a restarted bridge goes on where it stopped.
 
-`updated_at` is written by the runtime's workers' clocks and committed a moment after: each
-poll reads again the last `overlap` seconds, skipping the runs it read already at the same
-`updated_at`. A row read twice tells the same facts under the same event ids: a no-op.
+`updated_at` is written by the runtime's workers' clocks (to the millisecond) and committed a
+moment after: each poll reads again the last `overlap` seconds, handing over again only runs whose
+row changed since they were read — by its content, not its `updated_at` alone, which two updates
+of one millisecond share. A row read twice tells the same facts under the same event ids: a no-op.
 """
 
 import logging
@@ -37,6 +38,8 @@ _BOOKMARK = "runtime-v2 runs updated_at"
 TABLES = ("workflow_runs", "workflow_run_steps", "workflow_run_waits", "workflow_definitions")
 # Where a keyset page starts when no run of that instant was read yet: before every uuid.
 _FIRST_ID = "00000000-0000-0000-0000-000000000000"
+# Runs remembered as read (when, and what their row said): one met again past it is read whole again, once.
+_REMEMBERED = 100_000
 # Payloads the bridge does not show (the input only with capture_input): not read at all.
 _RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"]
 
@@ -96,8 +99,8 @@ class TablePoller:
         self._dropped = _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
         self._page = page
         self._db: psycopg.Connection[Any] | None = None
-        # Runs read within the overlap, at the updated_at they were read at: read again only once changed.
-        self._seen: dict[str, datetime] = {}
+        # The runs read, oldest read first: the updated_at they were read at, and a hash of their row then.
+        self._seen: dict[str, tuple[datetime, int]] = {}
         self._mark: datetime | None = start
         # Since when (monotonic) the tables are not read, None while they are.
         self.disconnected_since: float | None = time.monotonic()
@@ -125,8 +128,6 @@ class TablePoller:
         if self._mark is None:
             self._mark = self._start_mark(db)
         after, after_id = self._mark - self._overlap, _FIRST_ID
-        # Read again (the overlap), rows are handed over again only for runs not read at that updated_at.
-        self._seen = {run: at for run, at in self._seen.items() if at >= after}
         changed_runs = 0
         while True:
             rows = db.execute(
@@ -134,7 +135,7 @@ class TablePoller:
             ).fetchall()
             if not rows:
                 break
-            fresh = [(text, at, run) for text, at, run in rows if self._seen.get(run) != at]
+            fresh = [(text, at, run) for text, at, run in rows if self._seen.get(run) != (at, hash(text))]
             if fresh:
                 self._take(db, fresh)
                 changed_runs += len(fresh)
@@ -148,7 +149,7 @@ class TablePoller:
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, datetime, str]]) -> None:
         runs = [run for _text, _at, run in fresh]
-        since = [self._seen[run] - self._overlap if run in self._seen else None for run in runs]
+        since = [self._seen[run][0] - self._overlap if run in self._seen else None for run in runs]
         params = {"runs": runs, "since": since}
         texts = [text for text, _at, _run in fresh]
         texts += [row[0] for row in db.execute(_STEPS, params)]
@@ -157,8 +158,11 @@ class TablePoller:
         report = self._consumer.ingest(rows)  # committed when this returns
         if report.rejected:
             self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
-        for _text, at, run in fresh:
-            self._seen[run] = at
+        for text, at, run in fresh:
+            self._seen.pop(run, None)  # to the end: the oldest read is forgotten first
+            self._seen[run] = (at, hash(text))
+        while len(self._seen) > _REMEMBERED:
+            del self._seen[next(iter(self._seen))]
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5

@@ -12,6 +12,7 @@ A row read again, as it was or since updated, tells the same facts under the sam
 (made from the row's own id), so the poller may read a row any number of times.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,11 +66,6 @@ class _Row(BaseModel):
 
     run_id: Identity
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _columns(cls, value: Any) -> Any:
-        return _json_column(value)
-
 
 class RunRow(_Row):
     """A row of `workflow_runs`, with its workflow's name (`workflow_definitions.name`) when joined."""
@@ -88,6 +84,8 @@ class RunRow(_Row):
     completed_at: IsoTime | None = None
     updated_at: IsoTime | None = None
 
+    json_columns = field_validator("input_json", "error_json", mode="before")(_json_column)
+
 
 class StepRow(_Row):
     """A row of `workflow_run_steps`: one execution of the step at `step_path`."""
@@ -101,6 +99,8 @@ class StepRow(_Row):
     error_json: Any = None
     started_at: IsoTime
     completed_at: IsoTime | None = None
+
+    json_columns = field_validator("error_json", mode="before")(_json_column)
 
 
 class WaitRow(_Row):
@@ -150,26 +150,23 @@ class RuntimeV2Decoder:
 
     def __init__(self, options: RuntimeV2Options | None = None) -> None:
         self.options = options or RuntimeV2Options()
-        self._decoders = {
-            "workflow_runs": self._run,
-            "workflow_run_steps": self._step,
-            "workflow_run_waits": self._wait,
-        }
-        self._models: dict[str, type[_Row]] = {
-            "workflow_runs": RunRow,
-            "workflow_run_steps": StepRow,
-            "workflow_run_waits": WaitRow,
+        # Each table's row model, and what its rows tell.
+        self._tables: dict[str, tuple[type[_Row], Callable[[Any], tuple[RunRef, list[Fact]]]]] = {
+            "workflow_runs": (RunRow, self._run),
+            "workflow_run_steps": (StepRow, self._step),
+            "workflow_run_waits": (WaitRow, self._wait),
         }
 
     def __call__(self, raw: Any) -> list[WorkflowRecord]:
         table = table_of(raw)
+        model, told = self._tables[table]
         try:
-            row = self._models[table].model_validate(raw)
+            row = model.model_validate(raw)
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])
             raise DecodeError(where, f"{reason(error)} (a row of {table})").of(raw, "run_id") from None
-        run, facts = self._decoders[table](row)
+        run, facts = told(row)
         return [WorkflowRecord(run=run, fact=f) for f in facts]
 
     def state_key(self, run_id: str) -> str:
@@ -187,8 +184,7 @@ class RuntimeV2Decoder:
             attributes=attributes or {},
         )
 
-    def _run(self, row: _Row) -> tuple[RunRef, list[Fact]]:
-        assert isinstance(row, RunRow)
+    def _run(self, row: RunRow) -> tuple[RunRef, list[Fact]]:
         tenant = row.tenant_id or row.tenant
         version = str(row.workflow_version) if row.workflow_version is not None else None
         run = self._ref(
@@ -228,8 +224,7 @@ class RuntimeV2Decoder:
             )
         return run, told.facts
 
-    def _step(self, row: _Row) -> tuple[RunRef, list[Fact]]:
-        assert isinstance(row, StepRow)
+    def _step(self, row: StepRow) -> tuple[RunRef, list[Fact]]:
         told = _Told(row.step_id)
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
         told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
@@ -261,8 +256,7 @@ class RuntimeV2Decoder:
                 )
         return self._ref(row.run_id), told.facts
 
-    def _wait(self, row: _Row) -> tuple[RunRef, list[Fact]]:
-        assert isinstance(row, WaitRow)
+    def _wait(self, row: WaitRow) -> tuple[RunRef, list[Fact]]:
         told = _Told(row.wait_id)
         kind = row.wait_type.lower()
         status = row.status.upper()

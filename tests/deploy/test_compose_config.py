@@ -84,7 +84,7 @@ def test_the_demo_sends_its_applications_own_spans_to_the_collector():
     assert demo["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
 
 
-def test_the_bridge_follows_the_other_two_engines_the_demo_plays():
+def test_the_bridge_follows_the_other_engines_the_demo_plays():
     env = SERVICES["otel-bridge"]["environment"]
     command = SERVICES["demo"]["command"]
     stream = command[command.index("--stream-url") + 1]
@@ -93,6 +93,12 @@ def test_the_bridge_follows_the_other_two_engines_the_demo_plays():
     assert _host_port(env["OTEL_BRIDGE_WS_URL"]) == ("demo", ws_port)
     assert env["OTEL_BRIDGE_WS_URL"].endswith("/ws/stream")
     assert _host_port(env["OTEL_BRIDGE_WS_API_URL"]) == ("demo", ws_port)
+    tables = command[command.index("--runtime-v2-url") + 1]
+    assert env["OTEL_BRIDGE_RUNTIME_V2_URL"] == tables and _host_port(tables.split("@")[-1]) == ("postgres", 5432)
+    postgres = SERVICES["postgres"]
+    assert tables.rsplit("/", 1)[1] == postgres["environment"]["POSTGRES_DB"]
+    assert SERVICES["otel-bridge"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
 
 
 def test_collector_pipelines_reference_defined_components():

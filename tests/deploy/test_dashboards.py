@@ -42,15 +42,17 @@ DEMO_KEY = "demo-key"
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory) -> Iterator[str]:
+def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
     """Prometheus with the stack's own prometheus.yml, its targets pointed at processes on this machine."""
     binary = shutil.which("prometheus")
     assert binary, "the prometheus package is missing: ./scripts/test installs it (apt-get install prometheus)"
     workdir = tmp_path_factory.mktemp("prometheus")
     otlp_port = free_port()  # traces are not the point here: nothing listens, the outbox just waits
-    # All three engines feed the bridge: durable-effect over HTTP, the event-sourced runtime's
-    # stream on a real Redis, and a Phase-10 stand-in's WebSocket that the demo serves.
+    # Every engine feeds the bridge: durable-effect over HTTP, the event-sourced runtime's stream on a
+    # real Redis, its successor's tables in a real PostgreSQL, and a Phase-10 stand-in's WebSocket that
+    # the demo serves.
     stream = RedisServer().start()
+    tables = postgres.database("runtime")
     ws_port = free_port()
     bridge = BridgeProcess(
         workdir,
@@ -59,6 +61,8 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
         stream_url=stream.url,
         ws_url=f"ws://127.0.0.1:{ws_port}/ws/stream",
         ws_api_url=f"http://127.0.0.1:{ws_port}",
+        runtime_v2_url=tables,
+        runtime_v2_poll_seconds="0.5",
         api_key=DEMO_KEY,  # the demo's producer sends it: the requests by credential have data
     ).start()
 
@@ -79,7 +83,8 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
          "--duration", str(DEMO_SECONDS), "--seed", "11", "--incidents", "0.1", "--stream-url", stream.url,
-         "--ws-port", str(ws_port), "--ws-host", "127.0.0.1", "--header", f"X-API-KEY={DEMO_KEY}"],
+         "--ws-port", str(ws_port), "--ws-host", "127.0.0.1", "--header", f"X-API-KEY={DEMO_KEY}",
+         "--runtime-v2-url", tables],
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -127,3 +132,11 @@ def test_prometheus_loads_and_evaluates_the_alert_rules(prometheus):
     (down,) = [rule for rule in rules if rule["name"] == "BridgeDown"]
     answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": down["query"]}, timeout=10).json()
     assert answer["status"] == "success" and answer["data"]["result"] == []
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 120)
+def test_every_engine_the_stack_follows_has_its_runs_on_the_dashboards(prometheus):
+    query = "sum by (workflow_platform_name) (workflow_execution_duration_seconds_count)"
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()
+    engines = {r["metric"]["workflow_platform_name"] for r in response["data"]["result"]}
+    assert engines == {"durable-effect", "event-sourced", "phase10", "workflow-runtime-v2"}

@@ -1,14 +1,18 @@
 """The demo's Phase-10 stand-in answers the engine's REST API as `otel-bridge` reads it: timelines, and a
-workflow's executions page by page (what `import-timeline --workflow-id` asks a real engine)."""
+workflow's executions page by page (what `import-timeline --workflow-id` asks a real engine); its runtime
+v2 writes whole runs into a real PostgreSQL."""
 
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
+import psycopg
 from bridge_process import free_port
 
-from otel_bridge.producer.engines_demo import Phase10Engine
+from otel_bridge.producer.engines_demo import Phase10Engine, run_engines_demo
 from otel_bridge.producer.phase10 import Phase10Run
 from otel_bridge.receivers.timeline_api import Window, executions, timeline
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
 
 
 def test_the_demo_engine_lists_a_workflows_executions_as_the_history_import_pages_them():
@@ -31,3 +35,20 @@ def test_the_demo_engine_lists_a_workflows_executions_as_the_history_import_page
             assert client.get(f"{api}/api/workflows/wf-report/executions", params={"limit": "x"}).status_code == 422
     finally:
         engine.close()
+
+
+def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_reads_whole(database):
+    counts = run_engines_demo(None, None, rate=4, duration=3, seed=5, runtime_v2_url=database)
+    assert counts["runtime-v2"] >= 10
+    decode = RuntimeV2Decoder()
+    with psycopg.connect(database) as db:
+        statuses = dict(db.execute("SELECT status, count(*) FROM workflow_runs GROUP BY status").fetchall())
+        rows = [orjson.loads(r[0]) for r in db.execute(
+            "SELECT to_jsonb(r)::text FROM workflow_runs r "
+            "UNION ALL SELECT to_jsonb(s)::text FROM workflow_run_steps s "
+            "UNION ALL SELECT to_jsonb(w)::text FROM workflow_run_waits w"
+        )]  # fmt: skip
+    assert sum(statuses.values()) == counts["runtime-v2"] and set(statuses) <= {"SUCCEEDED", "FAILED", "CANCELED"}
+    assert statuses.get("SUCCEEDED", 0) > 0
+    facts = [record.fact for row in rows for record in decode(row)]
+    assert sum(1 for f in facts if f.kind.value == "run.ended") == counts["runtime-v2"]

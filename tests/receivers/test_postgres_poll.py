@@ -187,3 +187,37 @@ def test_first_start_reads_only_the_runs_changed_within_its_look_back(database, 
     recent = runtime.start_run(now - timedelta(minutes=5))
     _poller(database, recorded, tmp_path, {}, look_back_seconds=3600).poll_once()
     assert {r["run_id"] for r in recorded.rows} == {recent}
+
+
+def test_a_second_update_in_the_same_millisecond_as_the_one_read_is_not_missed(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0))
+    step = runtime.step_started(run, "root.steps[0]", "check", at(1))
+    runtime.db.execute("UPDATE workflow_runs SET node_path = 'root.steps[0]', updated_at = %s", (at(1),))
+    poller.poll_once()
+    # The control step ends and the run with it, in the millisecond of the run's last update.
+    runtime.step_succeeded(run, step, at(1), at(1), None)
+    assert poller.poll_once() == 1
+    assert fold_events(recorded.rows, decoder=DECODE).root.status is SpanStatus.OK
+
+
+def test_a_long_run_is_read_whole_once_then_only_what_changed(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0))
+    for i in range(200):
+        step = runtime.step_started(run, f"root.steps[{i}]", f"s{i}", at(i))
+        runtime.step_succeeded(run, step, at(i), at(i + 0.5), f"root.steps[{i + 1}]")
+    poller.poll_once()
+    assert len(recorded.rows) == 201
+    runtime.start_run(at(500))  # others' runs go on meanwhile, long past the overlap
+    poller.poll_once()
+    del recorded.rows[201:]
+    step = runtime.step_started(run, "root.steps[200]", "last", at(1000))
+    runtime.step_succeeded(run, step, at(1000), at(1001), None)
+    poller.poll_once()
+    again = {r.get("definition_step_id") for r in recorded.rows[201:]}
+    # Its row, its new step, and those that changed in the overlap (15 s) before its last read: not all 200.
+    assert again == {None, "last", *(f"s{i}" for i in range(184, 200))}
+    assert len(fold_events(recorded.rows, decoder=DECODE).spans) == 202

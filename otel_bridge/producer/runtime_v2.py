@@ -1,0 +1,248 @@
+"""The runtime v2's tables, and its writes to them in the order `WorkflowRuntimeV2` makes them.
+
+The tables as the runtime's migration creates them (uuid keys, timestamptz, jsonb), and a
+`Runtime` that writes a run's rows as `executeRun`, the worker's tick (due retries, time
+waits), `submitWorkflowEventAction` (an event that resumes a wait) and the cancel action do:
+each row updated in place, every change followed by the run's `updated_at`. Times are the
+writer's clock, given by the caller. The tests write runs with it, and `otel-bridge demo
+--runtime-v2-url` plays the runtime with it (`scenario`), in a database of its own.
+"""
+
+import random
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workflow_definitions (
+  workflow_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  name text NOT NULL,
+  payload_schema_ref text NOT NULL DEFAULT '',
+  draft_definition jsonb NOT NULL DEFAULT '{}',
+  status text NOT NULL DEFAULT 'draft',
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS workflow_runs (
+  run_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  workflow_id uuid NOT NULL REFERENCES workflow_definitions ON DELETE CASCADE,
+  workflow_version integer NOT NULL,
+  tenant_id text,
+  status text NOT NULL,
+  node_path text,
+  trigger_type text,
+  event_type text,
+  input_json jsonb,
+  resume_event_payload jsonb,
+  resume_event_name text,
+  resume_error jsonb,
+  error_json jsonb,
+  lease_owner text,
+  lease_expires_at timestamptz,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  completed_at timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idx_workflow_runs_status ON workflow_runs (status);
+CREATE TABLE IF NOT EXISTS workflow_run_steps (
+  step_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
+  step_path text NOT NULL,
+  definition_step_id text NOT NULL,
+  status text NOT NULL,
+  attempt integer NOT NULL DEFAULT 1,
+  duration_ms integer,
+  error_json jsonb,
+  snapshot_id uuid,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  completed_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS idx_workflow_run_steps_run_path ON workflow_run_steps (run_id, step_path);
+CREATE TABLE IF NOT EXISTS workflow_run_waits (
+  wait_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
+  step_path text NOT NULL,
+  wait_type text NOT NULL,
+  key text,
+  event_name text,
+  timeout_at timestamptz,
+  status text NOT NULL DEFAULT 'WAITING',
+  payload jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  resolved_at timestamptz
+);
+"""
+
+
+class Runtime:
+    """One workflow's runs, written as the runtime writes them."""
+
+    def __init__(self, db: psycopg.Connection[Any], name: str = "ticket-escalation", tenant: str = "acme") -> None:
+        db.execute(SCHEMA)
+        self.db = db
+        self.tenant = tenant
+        row = db.execute(
+            "INSERT INTO workflow_definitions (name) VALUES (%s) RETURNING workflow_id", (name,)
+        ).fetchone()
+        assert row is not None
+        self.workflow_id = row[0]
+
+    def start_run(self, when: datetime, payload: dict[str, Any] | None = None) -> str:
+        run_id = str(uuid.uuid4())
+        self.db.execute(
+            "INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, tenant_id, status, node_path, "
+            "trigger_type, event_type, input_json, started_at, updated_at) "
+            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s)",
+            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), when, when),
+        )
+        return run_id
+
+    def _run(self, run_id: str, when: datetime, **columns: Any) -> None:
+        sets = ", ".join(f"{name} = %s" for name in columns)
+        values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
+        self.db.execute(f"UPDATE workflow_runs SET {sets}, updated_at = %s WHERE run_id = %s", (*values, when, run_id))
+
+    def step_started(self, run_id: str, path: str, step: str, when: datetime) -> str:
+        last = self.db.execute(
+            "SELECT max(attempt) FROM workflow_run_steps WHERE run_id = %s AND step_path = %s", (run_id, path)
+        ).fetchone()
+        attempt = (last[0] or 0) + 1 if last else 1
+        row = self.db.execute(
+            "INSERT INTO workflow_run_steps (run_id, step_path, definition_step_id, status, attempt, started_at) "
+            "VALUES (%s, %s, %s, 'STARTED', %s, %s) RETURNING step_id",
+            (run_id, path, step, attempt, when),
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _step(self, step_id: str, **columns: Any) -> None:
+        sets = ", ".join(f"{name} = %s" for name in columns)
+        values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
+        self.db.execute(f"UPDATE workflow_run_steps SET {sets} WHERE step_id = %s", (*values, step_id))
+
+    def step_succeeded(
+        self, run_id: str, step_id: str, started: datetime, when: datetime, next_path: str | None
+    ) -> None:
+        ms = int((when - started).total_seconds() * 1000)
+        self._step(step_id, status="SUCCEEDED", duration_ms=ms, completed_at=when)
+        status = "RUNNING" if next_path else "SUCCEEDED"
+        self._run(run_id, when, node_path=next_path, status=status, completed_at=None if next_path else when)
+
+    def retry_scheduled(
+        self, run_id: str, step_id: str, path: str, started: datetime, when: datetime, backoff: float
+    ) -> None:
+        error = {"category": "TransientError", "message": "upstream 503", "nodePath": path, "at": when.isoformat()}
+        ms = int((when - started).total_seconds() * 1000)
+        self._step(step_id, status="RETRY_SCHEDULED", duration_ms=ms, completed_at=when, error_json=error)
+        self.db.execute(
+            "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, timeout_at, status, created_at) "
+            "VALUES (%s, %s, 'retry', %s, 'WAITING', %s)",
+            (run_id, path, when + timedelta(seconds=backoff), when),
+        )
+        self._run(run_id, when, status="WAITING", node_path=path, error_json=error)
+
+    def due_waits_resolved(self, run_id: str, kind: str, when: datetime) -> None:
+        """The worker's tick: a due retry or time wait resolved, the run runnable again."""
+        self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s "
+            "WHERE run_id = %s AND wait_type = %s AND status = 'WAITING'",
+            (when, run_id, kind),
+        )
+        self._run(run_id, when, status="RUNNING")
+
+    def event_wait(self, run_id: str, path: str, when: datetime, event: str, key: str, timeout: float | None) -> None:
+        """A node that waits (`publishWait`): the wait, the step left STARTED, the run WAITING."""
+        timeout_at = when + timedelta(seconds=timeout) if timeout is not None else None
+        self.db.execute(
+            "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, key, event_name, timeout_at, status, "
+            "created_at) VALUES (%s, %s, 'event', %s, %s, %s, 'WAITING', %s)",
+            (run_id, path, key, event, timeout_at, when),
+        )
+        self._run(run_id, when, status="WAITING")
+
+    def time_wait(self, run_id: str, path: str, when: datetime, seconds: float) -> None:
+        self.db.execute(
+            "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, timeout_at, status, created_at) "
+            "VALUES (%s, %s, 'time', %s, 'WAITING', %s)",
+            (run_id, path, when + timedelta(seconds=seconds), when),
+        )
+        self._run(run_id, when, status="WAITING")
+
+    def event_arrived(self, run_id: str, event: str, when: datetime) -> None:
+        self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s "
+            "WHERE run_id = %s AND event_name = %s AND status = 'WAITING'",
+            (when, run_id, event),
+        )
+        self._run(run_id, when, status="RUNNING", resume_event_name=event)
+
+    def step_failed(self, run_id: str, step_id: str, path: str, started: datetime, when: datetime) -> None:
+        error = {"category": "ActionError", "message": "ticket not found", "nodePath": path, "at": when.isoformat()}
+        ms = int((when - started).total_seconds() * 1000)
+        self._step(step_id, status="FAILED", duration_ms=ms, completed_at=when, error_json=error)
+        self._run(run_id, when, status="FAILED", node_path=None, error_json=error, completed_at=when)
+
+    def canceled(self, run_id: str, when: datetime) -> None:
+        self._run(run_id, when, status="CANCELED", node_path=None, completed_at=when)
+        self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'CANCELED', resolved_at = %s "
+            "WHERE run_id = %s AND status = 'WAITING'",
+            (when, run_id),
+        )
+
+
+Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)
+
+
+def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
+    """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
+    up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
+    time in eight the lookup fails for good, one in ten the run is cancelled while it waits."""
+    run: dict[str, Any] = {}
+    writes: Scheduled = []
+    clock = now
+
+    def then(delay_ms: float, write: Callable[[datetime], None]) -> None:
+        nonlocal clock
+        clock += delay_ms / 1000
+        writes.append((clock, write))
+
+    def started(path: str, step: str) -> Callable[[datetime], None]:
+        return lambda when: run.update(step=runtime.step_started(run["id"], path, step, when), began=when)
+
+    then(0, lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"})))
+    then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
+    if rng.random() < 0.25:
+        backoff = rng.uniform(1, 3)
+        then(
+            rng.randint(100, 500),
+            lambda when: runtime.retry_scheduled(run["id"], run["step"], "root.steps[0]", run["began"], when, backoff),
+        )
+        then(backoff * 1000, lambda when: runtime.due_waits_resolved(run["id"], "retry", when))
+        then(20, started("root.steps[0]", "lookupTicket"))
+    if rng.random() < 0.125:
+        then(
+            rng.randint(100, 600),
+            lambda when: runtime.step_failed(run["id"], run["step"], "root.steps[0]", run["began"], when),
+        )
+        return writes
+    then(
+        rng.randint(100, 600),
+        lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[1]"),
+    )
+    then(10, started("root.steps[1]", "awaitApproval"))
+    key = f"T-{rng.randint(1, 99_999)}"
+    then(30, lambda when: runtime.event_wait(run["id"], "root.steps[1]", when, "TICKET_APPROVED", key, timeout=3600))
+    if rng.random() < 0.1:
+        then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when))
+        return writes
+    then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], "TICKET_APPROVED", when))
+    then(20, started("root.steps[1]", "awaitApproval"))
+    then(5, lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[2]"))
+    then(10, started("root.steps[2]", "notifyRequester"))
+    then(rng.randint(50, 400), lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, None))
+    return writes
