@@ -51,13 +51,28 @@ WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s,
 ORDER BY r.updated_at, r.run_id::text
 LIMIT %(limit)s
 """
+# A step's row, and for one left STARTED when the step was run again (the runtime's interpreter resumes a
+# wait in a new execution; a worker that died leaves its execution so): when the next began, and when the
+# wait at that path between them began, if one did.
+_STEP_ROW = """(to_jsonb(s) - 'snapshot_id' || CASE WHEN s.status <> 'STARTED' THEN '{}' ELSE coalesce((
+          SELECT jsonb_build_object('next_started_at', n.started_at, 'waited_at', (
+                   SELECT max(w.created_at) FROM workflow_run_waits w
+                   WHERE w.run_id = s.run_id AND w.step_path = s.step_path
+                     AND w.created_at >= s.started_at AND w.created_at <= n.started_at))
+          FROM workflow_run_steps n
+          WHERE n.run_id = s.run_id AND n.step_path = s.step_path AND n.attempt = s.attempt + 1), '{}') END)::text"""
 # The rows of the changed runs changed since each run was last read (`since` null: all of them), found by
-# run_id (the runtime's index on steps' (run_id, step_path)).
-_STEPS = """
-SELECT (to_jsonb(s) - 'snapshot_id')::text
+# run_id (the runtime's index on steps' (run_id, step_path)); and an execution left STARTED whose step
+# was run again since.
+_STEPS = f"""
+SELECT {_STEP_ROW}
 FROM workflow_run_steps s
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON s.run_id = c.run_id
 WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
+   OR (s.status = 'STARTED' AND EXISTS (
+         SELECT 1 FROM workflow_run_steps n
+         WHERE n.run_id = s.run_id AND n.step_path = s.step_path AND n.attempt = s.attempt + 1
+           AND n.started_at >= c.since))
 """
 # A wait names its step's path, not the execution it parked: the latest one at that path by then.
 _WAITS = """

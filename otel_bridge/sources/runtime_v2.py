@@ -6,7 +6,9 @@ The runtime keeps each run in tables it updates in place, and publishes nothing:
 so a step resumed after a wait or run again by a loop counts one more, as a retry does; status
 STARTED, SUCCEEDED, FAILED, RETRY_SCHEDULED or CANCELED) and a row of `workflow_run_waits` for
 each wait (`wait_type` retry, time, event or human; status WAITING, RESOLVED or CANCELED). A
-step that waits stays STARTED for good: its run resumes in a new execution of the step.
+step that waits stays STARTED for good in the runtime's interpreter: its run resumes in a new
+execution of the step (the poller tells when it began, and when the wait did); a run that
+Temporal drives ends the same execution once the wait is over.
 
 A row read again, as it was or since updated, tells the same facts under the same event ids
 (made from the row's own id), so the poller may read a row any number of times.
@@ -47,8 +49,7 @@ _STEP_ENDINGS = {
     "RETRY_SCHEDULED": OUTCOME.FAILURE,
     "CANCELED": OUTCOME.CANCELLATION,
 }
-# Waits that park the run until something outside it comes (an event, a person's answer).
-_PAUSES = frozenset({"event", "human"})
+_ABANDONED = "its execution stopped without an end (a worker that stopped): the step was run again"
 
 
 def _json_column(value: Any) -> Any:
@@ -99,6 +100,9 @@ class StepRow(_Row):
     error_json: Any = None
     started_at: IsoTime
     completed_at: IsoTime | None = None
+    # Joined, for an execution left STARTED: when the step's next execution began, and the wait between.
+    next_started_at: IsoTime | None = None
+    waited_at: IsoTime | None = None
 
     json_columns = field_validator("error_json", mode="before")(_json_column)
 
@@ -229,6 +233,18 @@ class RuntimeV2Decoder:
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
         told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
         outcome = _STEP_ENDINGS.get(row.status.upper())
+        if outcome is None and row.next_started_at is not None:
+            # Left STARTED and run again: it ended as its wait began (the run resumes in the next), or,
+            # with no wait, it was abandoned (a worker that stopped) and is failed as the next one begins.
+            told(
+                KIND.ATTEMPT_ENDED,
+                row.waited_at or row.next_started_at,
+                "closed",
+                name="step.waiting" if row.waited_at else "step.abandoned",
+                outcome=OUTCOME.SUCCESS if row.waited_at else OUTCOME.FAILURE,
+                error=None if row.waited_at else ErrorInfo(message=_ABANDONED),
+                **step,
+            )
         if outcome is not None:
             ended_at = row.completed_at
             if ended_at is None:
@@ -277,10 +293,6 @@ class RuntimeV2Decoder:
                 **step,
             )
             return self._ref(row.run_id), told.facts
-        # The execution that waits ends here: the run resumes in a new one (the step's next attempt).
-        if row.attempt is not None:
-            # "closed" sorts before "created": of one instant, the execution ends, then the run pauses.
-            told(KIND.ATTEMPT_ENDED, row.created_at, "closed", name="step.waiting", outcome=OUTCOME.SUCCESS, **step)
         if kind == "time":
             told(
                 KIND.SLEEP_STARTED,

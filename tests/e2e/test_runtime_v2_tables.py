@@ -132,24 +132,33 @@ def test_import_reads_the_history_at_once_and_again_is_all_duplicates(tmp_path, 
     assert gone.returncode != 0 and "cannot read the runs at" in gone.stderr and "does not exist" in gone.stderr
 
 
-def test_the_readmes_export_replayed_makes_the_same_traces(tmp_path, otlp_http, database):
+def test_the_readmes_export_replayed_makes_the_traces_the_import_makes(tmp_path, otlp_http, database):
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     query = readme.split("""psql "$ALGA_DATABASE_URL" -At > runs.jsonl <<'SQL'\n""", 1)[1].split("\nSQL\n", 1)[0]
     runtime = Runtime(psycopg.connect(database, autocommit=True))
-    runs = [_escalation(runtime, offset=0), _escalation(runtime, offset=500)]
+    for offset in (0, 500):
+        _escalation(runtime, offset)
+    waiting = runtime.start_run(at(900))
+    runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(901))
+    runtime.event_wait(waiting, "root.steps[0]", at(902), "APPROVED", "T-2", timeout=60)
     psql = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
     export = tmp_path / "runs.jsonl"
     with export.open("w") as out:
         subprocess.run([psql, database, "-At"], input=query, stdout=out, text=True, check=True, timeout=60)
-    env = BridgeProcess(tmp_path, otlp_http.endpoint, runtime_v2_service_name="psa", runtime_v2_env="prod").env
+    (tmp_path / "imported").mkdir()
+    imported = {**BridgeProcess(tmp_path / "imported", otlp_http.endpoint).env, "OTEL_BRIDGE_RUNTIME_V2_URL": database}
+    command = [sys.executable, "-m", "otel_bridge", "import-runtime-v2"]
+    assert subprocess.run(command, env=imported, capture_output=True, text=True, timeout=120).returncode == 0
+    got = otlp_http.received
+    by_import = _seen(got.spans)
+    replayed = BridgeProcess(tmp_path, otlp_http.endpoint).env
     command = [sys.executable, "-m", "otel_bridge", "replay", str(export), "--format", "runtime-v2", "--no-progress"]
-    replayed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    for run in runs:
-        assert sorted(s.name for s in otlp_http.received.trace(_trace(run))) == [
-            "step lookup",
-            "step lookup",
-            "step wait-approval",
-            "step wait-approval",
-            "workflow ticket-escalation",
-        ]
+    result = subprocess.run(command, env=replayed, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(_seen(got.spans[len(by_import) :])) == set(by_import)
+    parked = [s for s in by_import if s[0] == "step wait-approval" and s[3] == OK]
+    assert len(parked) == 4 and all(end - start < 10**9 for _n, start, end, _s in parked)
+
+
+def _seen(spans) -> list[tuple]:
+    return [(s.name, s.start_ns, s.end_ns, s.status_code) for s in spans]

@@ -80,24 +80,38 @@ def test_a_run_is_read_as_it_goes_and_its_rows_make_the_trace_read_once_would(da
     assert retry.attributes["workflow.retry.delay_ms"] == 5000
     assert len(folded.all("step wait-approval")) == 2
     assert {"event.wait.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
-    # The same rows read once, at the end, tell the same spans.
-    import psycopg
+    # The same rows read once, at the end (as `import-runtime-v2` reads them), tell the same spans.
+    once = Recorded(tmp_path / "once") if (tmp_path / "once").mkdir() is None else None
+    assert once is not None
+    _poller(database, once, tmp_path, {}, overlap_seconds=0).poll_once()
+    assert _spans(fold_events(once.rows, decoder=DECODE)) == _spans(folded)
+    parked = folded.span("step wait-approval", 1)
+    assert (parked.start_ns, parked.end_ns) == (_ns(at(8.1)), _ns(at(8.2))), "ended as its wait began"
 
-    with psycopg.connect(database) as db:
-        whole = [
-            orjson.loads(r[0])
-            for r in db.execute(
-                "SELECT (to_jsonb(r) || jsonb_build_object('workflow_name', 'ticket-escalation'))::text "
-                "FROM workflow_runs r UNION ALL SELECT to_jsonb(s)::text FROM workflow_run_steps s "
-                "UNION ALL SELECT (to_jsonb(w) || jsonb_build_object('attempt', CASE WHEN w.wait_type = 'retry' "
-                "THEN 1 ELSE 1 END, 'definition_step_id', CASE WHEN w.wait_type = 'retry' THEN 'lookup' "
-                "ELSE 'wait-approval' END))::text FROM workflow_run_waits w"
-            )
-        ]
-    once = fold_events(whole, decoder=DECODE)
-    assert sorted((s.name, s.start_ns, s.end_ns, s.status) for s in once.spans) == sorted(
-        (s.name, s.start_ns, s.end_ns, s.status) for s in folded.spans
-    )
+
+def _spans(folded) -> list[tuple]:
+    return sorted((s.name, s.start_ns, s.end_ns, s.status) for s in folded.spans)
+
+
+def _ns(moment) -> int:
+    return int(moment.timestamp() * 1e9)
+
+
+def test_an_execution_left_waiting_is_ended_when_the_run_resumes_however_long_after(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {}, overlap_seconds=15)
+    run = runtime.start_run(at(0))
+    runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
+    runtime.event_wait(run, "root.steps[0]", at(2), "APPROVED", "T-1", timeout=None)
+    poller.poll_once()
+    runtime.event_arrived(run, "APPROVED", at(7200))  # two hours later: far past the overlap
+    resumed = runtime.step_started(run, "root.steps[0]", "wait-approval", at(7200.5))
+    runtime.step_succeeded(run, resumed, at(7200.5), at(7201), None)
+    poller.poll_once()
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    parked, done = folded.span("step wait-approval", 1), folded.span("step wait-approval", 2)
+    assert (parked.start_ns, parked.end_ns) == (_ns(at(1)), _ns(at(2)))
+    assert (done.start_ns, done.end_ns) == (_ns(at(7200.5)), _ns(at(7201)))
 
 
 def test_a_restarted_poller_goes_on_from_its_mark_and_reads_a_run_first_met_whole(database, tmp_path):

@@ -48,7 +48,16 @@ class Run:
         self.waits: list[dict[str, Any]] = []
 
     def step(self, path: str, step: str, start: float, status: str = "STARTED", end: float | None = None, **more: Any):
-        attempt = 1 + max((s["attempt"] for s in self.steps if s["step_path"] == path), default=0)
+        before = max((s for s in self.steps if s["step_path"] == path), key=lambda s: s["attempt"], default=None)
+        attempt = 1 + (before["attempt"] if before else 0)
+        if before is not None and before["status"] == "STARTED":
+            # As the poller joins it: the execution left STARTED, run again now, and the wait between.
+            waits = [
+                w["created_at"]
+                for w in self.waits
+                if w["step_path"] == path and w["created_at"] >= before["started_at"]
+            ]
+            before |= {"next_started_at": _at(start), "waited_at": max(waits, default=None)}
         row = {
             "step_id": str(uuid.uuid4()),
             "run_id": self.run_id,
@@ -262,3 +271,24 @@ def test_a_json_column_exported_as_text_is_read_as_json():
 def test_a_row_it_cannot_read_is_refused_naming_what_is_wrong(row, said):
     with pytest.raises(DecodeError, match=__import__("re").escape(said)):
         DECODE(row)
+
+
+def test_an_execution_run_again_with_no_wait_between_was_abandoned_and_fails_as_the_next_begins():
+    run = Run()
+    run.step("root.steps[0]", "import", 1)  # its worker died: the lease ran out, another ran the step again
+    run.step("root.steps[0]", "import", 40, "SUCCEEDED", 41)
+    folded = fold_events(run.ended("SUCCEEDED", 41).rows, decoder=DECODE)
+    abandoned = folded.span("step import", 1)
+    assert (abandoned.start_ns, abandoned.end_ns) == (_ns(1), _ns(40)) and abandoned.status is SpanStatus.ERROR
+    assert "the step was run again" in abandoned.status_message
+    assert folded.span("step import", 2).status is SpanStatus.OK
+
+
+def test_a_step_that_temporal_drives_is_one_execution_across_its_wait():
+    run = Run()
+    run.step("root.steps[0]", "delay", 1, "SUCCEEDED", 62.2)  # the same row, ended once the wait is over
+    run.wait("root.steps[0]", "time", 1.5, timeout=61.5, status="RESOLVED", resolved_at=_at(62))
+    folded = fold_events(run.ended("SUCCEEDED", 63).rows, decoder=DECODE)
+    (step,) = folded.all("step delay")
+    assert (step.start_ns, step.end_ns) == (_ns(1), _ns(62.2)) and step.status is SpanStatus.OK
+    assert (folded.span("sleep").start_ns, folded.span("sleep").end_ns) == (_ns(1.5), _ns(62))
