@@ -43,9 +43,10 @@ _REMEMBERED = 100_000
 # Payloads the bridge does not show (the input only with capture_input): not read at all.
 _RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"]
 
-_RUNS = """
-SELECT (to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object('workflow_name', d.name))::text,
-       r.updated_at, r.run_id::text
+# A run's row, with its workflow's name.
+_RUN_ROW = "(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object('workflow_name', d.name))::text"
+_RUNS = f"""
+SELECT {_RUN_ROW}, r.updated_at, r.run_id::text
 FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s, %(after_id)s)
 ORDER BY r.updated_at, r.run_id::text
@@ -75,15 +76,26 @@ WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
            AND n.started_at >= c.since))
 """
 # A wait names its step's path, not the execution it parked: the latest one at that path by then.
-_WAITS = """
-SELECT (to_jsonb(w) - 'payload' || coalesce((
+_WAIT_ROW = """(to_jsonb(w) - 'payload' || coalesce((
           SELECT jsonb_build_object('attempt', s.attempt, 'definition_step_id', s.definition_step_id)
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
-          ORDER BY s.attempt DESC LIMIT 1), '{}'))::text
+          ORDER BY s.attempt DESC LIMIT 1), '{}'))::text"""
+_WAITS = f"""
+SELECT {_WAIT_ROW}
 FROM workflow_run_waits w
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON w.run_id = c.run_id
 WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
+"""
+# The waits still waiting, by the runtime's index on (wait_type, status), with their run's row: a run that
+# Temporal drives writes its waits without updating its own row, so they are not met through it until the
+# run goes on.
+_WAITING = f"""
+SELECT {_WAIT_ROW}, {_RUN_ROW}, w.wait_id::text
+FROM workflow_run_waits w
+JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING'
+  AND w.created_at >= %(after)s
 """
 
 
@@ -116,6 +128,8 @@ class TablePoller:
         self._db: psycopg.Connection[Any] | None = None
         # The runs read, oldest read first: the updated_at they were read at, and a hash of their row then.
         self._seen: dict[str, tuple[datetime, int]] = {}
+        # The waits handed over while still waiting (those the last poll found so).
+        self._waiting: set[str] = set()
         self._mark: datetime | None = start
         # Since when (monotonic) the tables are not read, None while they are.
         self.disconnected_since: float | None = time.monotonic()
@@ -160,7 +174,24 @@ class TablePoller:
                 self._note(_BOOKMARK, after.isoformat().encode())
             if len(rows) < self._page:
                 break
+        self._take_waiting(db)
         return changed_runs
+
+    def _take_waiting(self, db: psycopg.Connection[Any]) -> None:
+        assert self._mark is not None
+        asked = {"after": self._mark - self._look_back, "dropped": self._dropped}
+        waiting = db.execute(_WAITING, asked).fetchall()
+        new = [
+            orjson.loads(text)
+            for wait_row, run_row, wait in waiting
+            if wait not in self._waiting
+            for text in (run_row, wait_row)
+        ]
+        if new:
+            report = self._consumer.ingest(new)  # committed when this returns
+            if report.rejected:
+                self._dead_letters.keep("runtime-v2", [(r.as_dict(), new[r.index]) for r in report.rejected])
+        self._waiting = {wait for _wait_row, _run_row, wait in waiting}
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, datetime, str]]) -> None:
         runs = [run for _text, _at, run in fresh]

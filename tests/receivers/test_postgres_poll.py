@@ -235,3 +235,30 @@ def test_a_long_run_is_read_whole_once_then_only_what_changed(database, tmp_path
     # Its row, its new step, and those that changed in the overlap (15 s) before its last read: not all 200.
     assert again == {None, "last", *(f"s{i}" for i in range(184, 200))}
     assert len(fold_events(recorded.rows, decoder=DECODE).spans) == 202
+
+
+def test_a_wait_written_without_an_update_of_its_run_is_met_while_it_waits(database, tmp_path):
+    """As the Temporal projection writes a run: the step's start updates the run, its wait does not."""
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0))
+    step = runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
+    runtime.db.execute("UPDATE workflow_runs SET node_path = 'root.steps[0]', updated_at = %s", (at(1),))
+    poller.poll_once()
+    runtime.db.execute(
+        "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, event_name, key, status, created_at) "
+        "VALUES (%s, 'root.steps[0]', 'event', 'APPROVED', 'T-1', 'WAITING', %s)",
+        (run, at(2)),
+    )
+    assert poller.poll_once() == 0, "the run's row did not change"
+    poller.poll_once()  # the same wait, still waiting, is not handed over again
+    (state,) = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    assert state.counted_state == "paused"
+    assert sum(1 for r in recorded.rows if "wait_id" in r) == 1
+    runtime.db.execute("UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s", (at(60),))
+    runtime.step_succeeded(run, step, at(1), at(61), None)  # the same execution ends, after its wait
+    poller.poll_once()
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    (only,) = folded.all("step wait-approval")
+    assert (only.start_ns, only.end_ns) == (_ns(at(1)), _ns(at(61)))
+    assert {"event.wait.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
