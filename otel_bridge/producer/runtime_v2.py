@@ -164,6 +164,18 @@ class Runtime:
         )
         self._run(run_id, when, status="WAITING")
 
+    def human_task(self, run_id: str, path: str, when: datetime, task_type: str) -> str:
+        """A task for a person (`startWorkflowRuntimeV2HumanTaskWait`): a wait keyed by the task's id, answered
+        by the event `HUMAN_TASK_COMPLETED`; the task's id."""
+        task_id = str(uuid.uuid4())
+        self.db.execute(
+            "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, key, event_name, status, payload, "
+            "created_at) VALUES (%s, %s, 'human', %s, 'HUMAN_TASK_COMPLETED', 'WAITING', %s, %s)",
+            (run_id, path, task_id, Jsonb({"taskId": task_id, "taskType": task_type}), when),
+        )
+        self._run(run_id, when, status="WAITING")
+        return task_id
+
     def time_wait(self, run_id: str, path: str, when: datetime, seconds: float) -> None:
         self.db.execute(
             "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, timeout_at, status, created_at) "
@@ -235,12 +247,19 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
         lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[1]"),
     )
     then(10, started("root.steps[1]", "awaitApproval"))
-    key = f"T-{rng.randint(1, 99_999)}"
-    then(30, lambda when: runtime.event_wait(run["id"], "root.steps[1]", when, "TICKET_APPROVED", key, timeout=3600))
+    # A manager's approval: half the time a task in the inbox, else an event from the ticketing system.
+    answer = "HUMAN_TASK_COMPLETED" if rng.random() < 0.5 else "TICKET_APPROVED"
+    if answer == "TICKET_APPROVED":
+        key = f"T-{rng.randint(1, 99_999)}"
+        then(30, lambda when: runtime.event_wait(run["id"], "root.steps[1]", when, answer, key, timeout=3600))
+    else:
+        then(
+            30, lambda when: run.update(task=runtime.human_task(run["id"], "root.steps[1]", when, "escalationApproval"))
+        )
     if rng.random() < 0.1:
         then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when))
         return writes
-    then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], "TICKET_APPROVED", when))
+    then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when))
     then(20, started("root.steps[1]", "awaitApproval"))
     then(5, lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[2]"))
     then(10, started("root.steps[2]", "notifyRequester"))

@@ -76,7 +76,7 @@ WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
            AND n.started_at >= c.since))
 """
 # A wait names its step's path, not the execution it parked: the latest one at that path by then.
-_WAIT_ROW = """(to_jsonb(w) - 'payload' || coalesce((
+_WAIT_ROW = """(to_jsonb(w) - 'payload' || jsonb_build_object('task_type', w.payload->>'taskType') || coalesce((
           SELECT jsonb_build_object('attempt', s.attempt, 'definition_step_id', s.definition_step_id)
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at

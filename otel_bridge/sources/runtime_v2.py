@@ -121,6 +121,8 @@ class WaitRow(_Row):
     resolved_at: IsoTime | None = None
     attempt: Attempts | None = None
     definition_step_id: Text = ""
+    # A human task's kind (its payload's `taskType`), when joined.
+    task_type: Text | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,12 @@ class RuntimeV2Decoder:
                 }
             ),
         )
+        if kind == "human":
+            # The person's task, as the event-sourced runtime's tasks are: a span from its creation to its answer.
+            task = {"step": row.key or row.wait_id, "label": row.task_type or None}
+            told(KIND.TASK_OPENED, row.created_at, "task-opened", name="human.task.opened", **task)
+            if status == "RESOLVED" and row.resolved_at is not None:
+                told(KIND.TASK_CLOSED, row.resolved_at, "task-closed", name="human.task.completed", **task)
         if status == "CANCELED" or row.resolved_at is None or status == "WAITING":
             return self._ref(row.run_id), told.facts  # a run canceled while it waited: its end tells it
         timed_out = (row.timeout_at is not None and row.resolved_at >= row.timeout_at) or "TIMEOUT" in status

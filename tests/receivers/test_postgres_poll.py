@@ -262,3 +262,17 @@ def test_a_wait_written_without_an_update_of_its_run_is_met_while_it_waits(datab
     (only,) = folded.all("step wait-approval")
     assert (only.start_ns, only.end_ns) == (_ns(at(1)), _ns(at(61)))
     assert {"event.wait.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
+
+
+def test_a_task_for_a_person_is_read_with_its_kind(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    run = runtime.start_run(at(0))
+    runtime.step_started(run, "root.steps[0]", "approve", at(1))
+    task = runtime.human_task(run, "root.steps[0]", at(2), "escalationApproval")
+    runtime.event_arrived(run, "HUMAN_TASK_COMPLETED", at(90))
+    step = runtime.step_started(run, "root.steps[0]", "approve", at(90.1))
+    runtime.step_succeeded(run, step, at(90.1), at(90.2), None)
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    span = fold_events(recorded.rows, decoder=DECODE).span("task escalationApproval")
+    assert (span.start_ns, span.end_ns) == (_ns(at(2)), _ns(at(90)))
+    assert span.attributes["workflow.human_task.id"] == task

@@ -292,3 +292,16 @@ def test_a_step_that_temporal_drives_is_one_execution_across_its_wait():
     (step,) = folded.all("step delay")
     assert (step.start_ns, step.end_ns) == (_ns(1), _ns(62.2)) and step.status is SpanStatus.OK
     assert (folded.span("sleep").start_ns, folded.span("sleep").end_ns) == (_ns(1.5), _ns(62))
+
+
+def test_a_human_wait_is_a_task_span_from_its_creation_to_its_answer_and_pauses_the_run():
+    run = Run()
+    run.step("root.steps[0]", "approve", 1)
+    run.wait("root.steps[0]", "human", 2, event_name="HUMAN_TASK_COMPLETED", key="task-9", task_type="approval",
+             status="RESOLVED", resolved_at=_at(300))  # fmt: skip
+    run.step("root.steps[0]", "approve", 300.1, "SUCCEEDED", 300.2)
+    folded = fold_events(run.ended("SUCCEEDED", 301).rows, decoder=DECODE)
+    task = folded.span("task approval")
+    assert (task.start_ns, task.end_ns) == (_ns(2), _ns(300))
+    assert task.attributes["workflow.human_task.id"] == "task-9"
+    assert {"human.task.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
