@@ -228,7 +228,9 @@ class TablePoller:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except psycopg.Error as exc:
-                _told_unreachable(self._unreachable, log, f"runs at {self._shown}", exc)
+                # PostgreSQL's first line ("relation "workflow_runs" does not exist"), not the query it quotes.
+                said = exc.diag.message_primary or (str(exc).splitlines() or [type(exc).__name__])[0]
+                _told_unreachable(self._unreachable, log, f"runs at {self._shown}", type(exc)(said))
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 self.close()
                 stop.wait(backoff)

@@ -296,6 +296,17 @@ class RuntimeV2Decoder:
             )
             return self._ref(row.run_id), told.facts
         if kind == "time":
+            # Asleep: paused until its time (past it, overdue: the worker's tick that wakes it lost).
+            until = _iso(row.timeout_at)
+            told(
+                KIND.RUN_PAUSED,
+                row.created_at,
+                "paused",
+                name="time.wait.created",
+                reason=f"sleeping until {until}" if until else "sleeping",
+                resume_at_ns=resume_at,
+                attributes=attrs(**{c.WORKFLOW_PAUSE_REASON: "sleep", c.WORKFLOW_PAUSE_RESUME_AT: until}),
+            )
             told(
                 KIND.SLEEP_STARTED,
                 row.created_at,
@@ -303,10 +314,12 @@ class RuntimeV2Decoder:
                 name="sleep.started",
                 step=row.step_path,
                 resume_at_ns=resume_at,
-                attributes=attrs(**{c.WORKFLOW_SLEEP_RESUME_AT: _iso(row.timeout_at)}),
+                attributes=attrs(**{c.WORKFLOW_SLEEP_RESUME_AT: until}),
             )
             if status != "WAITING" and row.resolved_at is not None:
                 told(KIND.SLEEP_ENDED, row.resolved_at, "resolved", name="sleep.completed", step=row.step_path)
+                if status != "CANCELED":
+                    told(KIND.RUN_RESUMED, row.resolved_at, "resumed", name="time.wait.resolved")
             return self._ref(row.run_id), told.facts
         waiting_for = row.event_name or kind
         said = f"waiting for {waiting_for}" + (f" ({row.key})" if row.key else "")

@@ -276,3 +276,22 @@ def test_a_task_for_a_person_is_read_with_its_kind(database, tmp_path):
     span = fold_events(recorded.rows, decoder=DECODE).span("task escalationApproval")
     assert (span.start_ns, span.end_ns) == (_ns(at(2)), _ns(at(90)))
     assert span.attributes["workflow.human_task.id"] == task
+
+
+def test_tables_not_there_yet_are_told_in_postgresqls_words_then_followed_once_made(database, tmp_path, caplog):
+    recorded = Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {}, poll_seconds=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    with caplog.at_level("INFO", logger="otel_bridge.receivers.postgres_poll"):
+        thread.start()
+        try:
+            _until(lambda: poller._unreachable.failures > 0)
+            run = _runtime(database).start_run(at(0))  # the runtime's migration ran: its tables are there
+            _until(lambda: any(r.get("run_id") == run for r in recorded.rows))
+        finally:
+            stop.set()
+            thread.join(10)
+    told = caplog.text
+    assert 'relation "workflow_runs" does not exist; reconnecting' in told and "LINE" not in told, told
+    assert "following runs at" in told and " again" not in told.split("following runs at", 1)[1].split("\n")[0]

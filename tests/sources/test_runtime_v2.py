@@ -214,6 +214,12 @@ def test_a_time_wait_is_a_sleep_span_until_the_worker_resolves_it():
     folded = fold_events(run.ended("SUCCEEDED", 63).rows, decoder=DECODE)
     sleep = folded.span("sleep")
     assert (sleep.start_ns, sleep.end_ns) == (_ns(1.5), _ns(62))
+    asleep = Run()
+    asleep.step("root.steps[0]", "delay", 1)
+    asleep.wait("root.steps[0]", "time", 1.5, timeout=61.5)
+    (state,) = fold_events(asleep.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    paused = next(f for f in state.facts if f.kind.value == "run.paused")
+    assert state.counted_state == "paused" and paused.resume_at_ns == _ns(61.5), "asleep: overdue once its time passed"
 
 
 def test_a_run_still_waiting_is_paused_with_its_timeout_as_its_resume_time():
