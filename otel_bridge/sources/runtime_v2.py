@@ -204,7 +204,7 @@ class RuntimeV2Decoder:
                 }
             ),
         )
-        told = _Told(row.run_id)
+        told = _Told("run", row.run_id)
         started = attrs(
             **{
                 c.WORKFLOW_EVENT_TYPE: row.event_type,
@@ -231,7 +231,7 @@ class RuntimeV2Decoder:
         return run, told.facts
 
     def _step(self, row: StepRow) -> tuple[RunRef, list[Fact]]:
-        told = _Told(row.step_id)
+        told = _Told("step", row.step_id)
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
         told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
         outcome = _STEP_ENDINGS.get(row.status.upper())
@@ -275,7 +275,7 @@ class RuntimeV2Decoder:
         return self._ref(row.run_id), told.facts
 
     def _wait(self, row: WaitRow) -> tuple[RunRef, list[Fact]]:
-        told = _Told(row.wait_id)
+        told = _Told("wait", row.wait_id)
         kind = row.wait_type.lower()
         status = row.status.upper()
         resume_at = ns(row.timeout_at) if row.timeout_at is not None else None
@@ -372,15 +372,21 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-class _Told:
-    """The facts of one row, each under an event id made from the row's id and what the fact is: the same at
-    every read of the row. Facts of one instant are in the order of their ids (`Fact.order`)."""
+# Facts of one instant are in the order of their ids (`Fact.order`), and the rows' ids are random: their
+# table's rank first puts a run's start before its step's, and a step's start before the wait it publishes
+# (the runtime writes them in that order, often within a millisecond).
+_RANKS = {"run": "0", "step": "1", "wait": "2"}
 
-    def __init__(self, row_id: str) -> None:
-        self.row_id = row_id
+
+class _Told:
+    """The facts of one row, each under an event id made from the row's table and id, and what the fact is:
+    the same at every read of the row."""
+
+    def __init__(self, table: str, row_id: str) -> None:
+        self.prefix = f"v2:{_RANKS[table]}{table}:{row_id}:"
         self.facts: list[Fact] = []
 
     def __call__(self, kind: FactKind, at: datetime, what: str, **fields: Any) -> None:
-        event_id = f"v2:{self.row_id}:{what}"
+        event_id = self.prefix + what
         attributes = {c.WORKFLOW_EVENT_ID: event_id, **fields.pop("attributes", {})}
         self.facts.append(Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes=attributes, **fields))

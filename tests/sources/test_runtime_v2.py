@@ -311,3 +311,12 @@ def test_a_human_wait_is_a_task_span_from_its_creation_to_its_answer_and_pauses_
     assert (task.start_ns, task.end_ns) == (_ns(2), _ns(300))
     assert task.attributes["workflow.human_task.id"] == "task-9"
     assert {"human.task.created", "event.wait.resolved"} <= {e.name for e in folded.root.events}
+
+
+def test_of_one_instant_a_run_starts_then_its_step_then_the_step_waits():
+    run = Run(started_at=_at(1))
+    run.step("root.steps[0]", "pause", 1)
+    run.wait("root.steps[0]", "time", 1, timeout=3601)
+    for order in (run.rows, list(reversed(run.rows))):
+        (state,) = fold_events(order, decoder=DECODE, settle_at_ns=None).runs.values()
+        assert state.counted_state == "paused"
