@@ -12,6 +12,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Backoff:
+    """How long a follower waits before trying again: `least` seconds after its first failure, twice as long
+    after each next one, `most` at most; from `least` again once it works."""
+
+    def __init__(self, least: float = 0.5, most: float = 30.0) -> None:
+        self._least, self._most = least, most
+        self._next = least
+
+    def wait(self, stop: threading.Event) -> None:
+        """Wait the current time (less if `stop` is set meanwhile); the next wait is twice as long."""
+        stop.wait(self._next)
+        self._next = min(self._next * 2, self._most)
+
+    def worked(self) -> None:
+        self._next = self._least
+
+
 class Cadence:
     """When a failure that keeps coming is told: the first, then once per `every_seconds`, and its end."""
 

@@ -2,8 +2,9 @@
 
 import logging
 import sqlite3
+import threading
 
-from otel_bridge.repeated_failure import RepeatedFailure
+from otel_bridge.repeated_failure import Backoff, RepeatedFailure
 from otel_bridge.state.store import StoreUnavailable
 
 
@@ -54,3 +55,24 @@ def test_an_attempt_answers_what_the_work_returned_or_none_when_it_raised(caplog
         assert failures.attempt(broken) is None
         assert failures.attempt(lambda: 7.0) == 7.0
     assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]  # failed, then works again
+
+
+class _Recorded(threading.Event):
+    """A stop that is never set, and keeps the waits asked of it instead of waiting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        return False
+
+
+def test_a_followers_waits_double_up_to_the_most_and_start_again_once_it_works():
+    stop, backoff = _Recorded(), Backoff(least=0.5, most=3.0)
+    for _ in range(5):
+        backoff.wait(stop)
+    backoff.worked()
+    backoff.wait(stop)
+    assert stop.waits == [0.5, 1.0, 2.0, 3.0, 3.0, 0.5]

@@ -25,14 +25,13 @@ import psycopg
 
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF = 30.0
 _BOOKMARK = "runtime-v2 runs updated_at"
 # What the poller reads (and `check` looks for).
 TABLES = ("workflow_runs", "workflow_run_steps", "workflow_run_waits", "workflow_definitions")
@@ -211,7 +210,7 @@ class TablePoller:
             del self._seen[next(iter(self._seen))]
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 self.poll_once()
@@ -221,24 +220,21 @@ class TablePoller:
                         log.info("following the runtime v2's runs at %s, read every %g s", self._shown, self._poll)
                     self._followed = True
                 self.disconnected_since = None
-                backoff = 0.5
+                backoff.worked()
                 stop.wait(self._poll)
             except Unavailable as exc:
                 log.warning("store unavailable, the runs' rows are read again at the next poll: %s", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except psycopg.Error as exc:
                 # PostgreSQL's first line ("relation "workflow_runs" does not exist"), not the query it quotes.
                 said = exc.diag.message_primary or (str(exc).splitlines() or [type(exc).__name__])[0]
                 _told_unreachable(self._unreachable, log, f"runs at {self._shown}", type(exc)(said))
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 self.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except Exception:
                 log.exception("runtime v2 poller failed; retrying")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
         self.close()
 
     def close(self) -> None:

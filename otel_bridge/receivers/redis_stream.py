@@ -20,14 +20,13 @@ from redis.exceptions import ResponseError
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.redis_client import REDIS_ERRORS, connect
-from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF = 30.0
 # What leaves a loss untold this time (Redis away, the group or its fields not there yet): told at a later read.
 _NOT_TOLD: tuple[type[Exception], ...] = (*REDIS_ERRORS, StopIteration, KeyError)
 
@@ -169,7 +168,7 @@ class StreamReceiver:
         self._client.xack(self._key, self._group, *ids)
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         ready = False
         while not stop.is_set():
             try:
@@ -183,11 +182,10 @@ class StreamReceiver:
                 self.disconnected_since = None
                 if entries:
                     self._take(entries)
-                backoff = 0.5
+                backoff.worked()
             except Unavailable as exc:
                 log.warning("store unavailable, stream entries stay pending: %s", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     log.warning("the consumer group %s is gone (redis lost its data?): creating it again", self._group)
@@ -195,18 +193,15 @@ class StreamReceiver:
                     continue
                 log.error("redis refused the stream read: %s", exc)
                 self.disconnected_since = self.disconnected_since or time.monotonic()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except REDIS_ERRORS as exc:
                 _told_unreachable(self._unreachable, log, f"stream {self._key} at {self._shown}", exc)
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 ready = False
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except Exception:
                 log.exception("stream receiver failed; retrying")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
 
     def close(self) -> None:
         if self._client is not None:

@@ -2,6 +2,8 @@
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -167,10 +169,7 @@ def test_a_row_it_cannot_read_is_kept_as_a_dead_letter_and_the_rest_of_the_run_i
 def test_while_postgres_is_down_it_says_so_and_then_reads_what_changed_meanwhile(postgres, database, tmp_path):
     runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
     poller = _poller(database, recorded, tmp_path, marks, poll_seconds=0.1)
-    stop = threading.Event()
-    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _running(poller):
         first = runtime.start_run(at(0))
         _until(lambda: any(r.get("run_id") == first for r in recorded.rows))
         assert poller.disconnected_since is None
@@ -182,6 +181,16 @@ def test_while_postgres_is_down_it_says_so_and_then_reads_what_changed_meanwhile
         second = runtime.start_run(at(30))
         _until(lambda: any(r.get("run_id") == second for r in recorded.rows))
         assert poller.disconnected_since is None
+
+
+@contextmanager
+def _running(poller: TablePoller) -> Iterator[None]:
+    """The poller following the tables in a thread of its own, as `serve` runs it, until the block ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
     finally:
         stop.set()
         thread.join(10)
@@ -281,17 +290,10 @@ def test_a_task_for_a_person_is_read_with_its_kind(database, tmp_path):
 def test_tables_not_there_yet_are_told_in_postgresqls_words_then_followed_once_made(database, tmp_path, caplog):
     recorded = Recorded(tmp_path)
     poller = _poller(database, recorded, tmp_path, {}, poll_seconds=0.1)
-    stop = threading.Event()
-    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
-    with caplog.at_level("INFO", logger="otel_bridge.receivers.postgres_poll"):
-        thread.start()
-        try:
-            _until(lambda: poller._unreachable.failures > 0)
-            run = _runtime(database).start_run(at(0))  # the runtime's migration ran: its tables are there
-            _until(lambda: any(r.get("run_id") == run for r in recorded.rows))
-        finally:
-            stop.set()
-            thread.join(10)
+    with caplog.at_level("INFO", logger="otel_bridge.receivers.postgres_poll"), _running(poller):
+        _until(lambda: "does not exist" in caplog.text)
+        run = _runtime(database).start_run(at(0))  # the runtime's migration ran: its tables are there
+        _until(lambda: any(r.get("run_id") == run for r in recorded.rows))
     told = caplog.text
     assert 'relation "workflow_runs" does not exist; reconnecting' in told and "LINE" not in told, told
     assert "following runs at" in told and " again" not in told.split("following runs at", 1)[1].split("\n")[0]
