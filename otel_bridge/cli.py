@@ -1179,7 +1179,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument(
         "--engine",
         default=c.PLATFORM_DURABLE_EFFECT,
-        choices=(c.PLATFORM_DURABLE_EFFECT, c.PLATFORM_EVENT_SOURCED, c.PLATFORM_PHASE10),
+        choices=(c.PLATFORM_DURABLE_EFFECT, c.PLATFORM_EVENT_SOURCED, c.PLATFORM_RUNTIME_V2, c.PLATFORM_PHASE10),
     )
     trace.add_argument("--tenant", default=None, type=_label, help="the event-sourced runtime's tenant")
     trace.add_argument("--step", default=None, help="the span of this step's attempt instead of the run's root")

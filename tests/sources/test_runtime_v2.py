@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fold_harness import comparable, fold_events
 
+from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
@@ -320,3 +321,15 @@ def test_of_one_instant_a_run_starts_then_its_step_then_the_step_waits():
     for order in (run.rows, list(reversed(run.rows))):
         (state,) = fold_events(order, decoder=DECODE, settle_at_ns=None).runs.values()
         assert state.counted_state == "paused"
+
+
+def test_trace_id_names_the_root_and_an_executions_span_as_the_bridge_sends_them(capsys):
+    run = _escalation()
+    folded = fold_events(run.rows, decoder=DECODE)
+    asked = ["trace-id", "--engine", "workflow-runtime-v2", "--env", "prod", "--service", "psa"]
+    assert main([*asked, "--workflow-id", run.run_id]) == 0
+    root = capsys.readouterr().out.split()[0].split("-")
+    assert (root[1], root[2]) == (folded.root.trace_id.hex(), folded.root.span_id.hex())
+    assert main([*asked, "--workflow-id", run.run_id, "--step", "root.steps[0]", "--attempt", "2"]) == 0
+    retried = capsys.readouterr().out.split()[0].split("-")
+    assert retried[2] == folded.span("step lookup", 2).span_id.hex()
