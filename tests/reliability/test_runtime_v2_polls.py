@@ -1,0 +1,94 @@
+"""However the poller's reads fall among the runtime v2's writes, it hands over what one read at the end would.
+
+Runs written into a real PostgreSQL as the runtime writes them (`producer.runtime_v2.scenario`: retries,
+waits for an event or a person, failures, cancels), several at once, each by a worker whose clock runs
+behind by up to ten seconds (its rows dated before others already read), with reads of the poller drawn
+among the writes, and restarts of it (a new poller going on from the mark the last one kept): the spans of
+every row they handed over are the spans of the rows read once, whole, at the end.
+"""
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from fold_harness import comparable, fold_events
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_bridge.consumer import IngestReport
+from otel_bridge.producer import runtime_v2
+from otel_bridge.receivers.postgres_poll import TablePoller
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
+
+DECODE = RuntimeV2Decoder()
+T0 = datetime(2026, 12, 4, 9, 0, tzinfo=UTC).timestamp()
+
+
+class _Kept:
+    """Every row handed over, as the pipeline would take them (each decodes: none is refused)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def ingest(self, events: Any, *, producer: str | None = None) -> IngestReport:
+        for row in events:
+            DECODE(row)
+        self.rows += events
+        return IngestReport(accepted=len(events))
+
+
+@pytest.fixture(scope="module")
+def tables(postgres) -> psycopg.Connection[Any]:
+    url = postgres.database("polls")
+    db = psycopg.connect(url, autocommit=True)
+    db.execute(runtime_v2.SCHEMA)
+    return db
+
+
+def _poller(url: str, kept: _Kept, marks: dict[str, bytes], **settings: Any) -> TablePoller:
+    # No dead letters: every row decodes (`_Kept` would have raised).
+    return TablePoller(url, kept, None, marks.get, marks.__setitem__, look_back_seconds=10**9, **settings)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.integers(1, 6),
+    reads=st.lists(st.integers(0, 200), max_size=12),
+    restarts=st.lists(st.integers(0, 200), max_size=3),
+    behind=st.lists(st.floats(0, 10), min_size=6, max_size=6),
+)
+def test_reads_drawn_among_the_writes_hand_over_what_one_read_at_the_end_would(
+    tables, seed, runs, reads, restarts, behind
+):
+    tables.execute("TRUNCATE workflow_run_waits, workflow_run_steps, workflow_runs, workflow_definitions")
+    url = tables.info.dsn
+    runtime = runtime_v2.Runtime(tables, name="escalation")
+    rng = random.Random(seed)
+    writes = []
+    for n in range(runs):
+        started = T0 + rng.uniform(0, 20)
+        skew = behind[n]  # this run's worker's clock is behind by so much
+        writes += [(at, skew, write) for at, write in runtime_v2.scenario(runtime, started, rng)]
+    writes.sort(key=lambda w: w[0])
+    kept, marks = _Kept(), {}
+    poller = _poller(url, kept, marks, overlap_seconds=15)
+    for i, (at, skew, write) in enumerate(writes):
+        write(datetime.fromtimestamp(at - skew, UTC))
+        if i in restarts:
+            poller.close()
+            poller = _poller(url, kept, marks, overlap_seconds=15)
+        if i in reads:
+            poller.poll_once()
+    poller.poll_once()
+    poller.close()
+
+    once = _Kept()
+    whole = _poller(url, once, {}, overlap_seconds=0)
+    whole.poll_once()
+    whole.close()
+    assert comparable(fold_events(kept.rows, decoder=DECODE).spans) == comparable(
+        fold_events(once.rows, decoder=DECODE).spans
+    )
