@@ -58,6 +58,10 @@ WORKFLOW_HUMAN_TASK_TYPE: Final = "workflow.human_task.type"
 WORKFLOW_EVENT_NAME: Final = "workflow.event.name"
 WORKFLOW_EVENT_TYPE: Final = "workflow.event.type"
 WORKFLOW_EVENT_PAYLOAD: Final = "workflow.event.payload"
+# An action a step called (the runtime v2's registry of actions: `tickets.create`), its version, how long it took.
+WORKFLOW_ACTION_ID: Final = "workflow.action.id"
+WORKFLOW_ACTION_VERSION: Final = "workflow.action.version"
+WORKFLOW_ACTION_DURATION_MS: Final = "workflow.action.duration_ms"
 # What started a run (event, schedule, recurring), as its engine names it.
 WORKFLOW_TRIGGER_TYPE: Final = "workflow.trigger.type"
 WORKFLOW_DEFINITION_ID: Final = "workflow.definition.id"

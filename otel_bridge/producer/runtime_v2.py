@@ -62,6 +62,26 @@ CREATE TABLE IF NOT EXISTS workflow_run_steps (
   completed_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_run_steps_run_path ON workflow_run_steps (run_id, step_path);
+CREATE TABLE IF NOT EXISTS workflow_action_invocations (
+  invocation_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
+  step_path text NOT NULL,
+  action_id text NOT NULL,
+  action_version integer NOT NULL,
+  idempotency_key text NOT NULL,
+  status text NOT NULL,
+  attempt integer NOT NULL DEFAULT 1,
+  lease_owner text,
+  lease_expires_at timestamptz,
+  input_json jsonb,
+  output_json jsonb,
+  error_message text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  started_at timestamptz,
+  completed_at timestamptz,
+  UNIQUE (action_id, action_version, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS idx_workflow_action_invocations_run_path ON workflow_action_invocations (run_id, step_path);
 CREATE TABLE IF NOT EXISTS workflow_run_waits (
   wait_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
@@ -123,6 +143,23 @@ class Runtime:
         sets = ", ".join(f"{name} = %s" for name in columns)
         values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
         self.db.execute(f"UPDATE workflow_run_steps SET {sets} WHERE step_id = %s", (*values, step_id))
+
+    def action_called(
+        self, run_id: str, path: str, action: str, began: datetime, ended: datetime, error: str | None = None
+    ) -> None:
+        """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED."""
+        row = self.db.execute(
+            "INSERT INTO workflow_action_invocations (run_id, step_path, action_id, action_version, idempotency_key, "
+            "status, input_json, created_at, started_at) VALUES (%s, %s, %s, 1, %s, 'STARTED', %s, %s, %s) "
+            "RETURNING invocation_id",
+            (run_id, path, action, str(uuid.uuid4()), Jsonb({"ticketId": "T-1"}), began, began),
+        ).fetchone()
+        assert row is not None
+        self.db.execute(
+            "UPDATE workflow_action_invocations SET status = %s, error_message = %s, completed_at = %s "
+            "WHERE invocation_id = %s",
+            ("FAILED" if error else "SUCCEEDED", error, ended, row[0]),
+        )
 
     def step_succeeded(
         self, run_id: str, step_id: str, started: datetime, when: datetime, next_path: str | None
@@ -224,7 +261,16 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
         writes.append((clock, write))
 
     def started(path: str, step: str) -> Callable[[datetime], None]:
-        return lambda when: run.update(step=runtime.step_started(run["id"], path, step, when), began=when)
+        return lambda when: run.update(step=runtime.step_started(run["id"], path, step, when), began=when, path=path)
+
+    def calling(action: str, ends: Callable[[datetime], None], error: str | None = None) -> Callable[[datetime], None]:
+        """The step's action, called as it began and returning (or failing) as it ends, then the step's end."""
+
+        def write(when: datetime) -> None:
+            runtime.action_called(run["id"], run["path"], action, run["began"] + timedelta(milliseconds=2), when, error)
+            ends(when)
+
+        return write
 
     then(0, lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"})))
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
@@ -232,19 +278,32 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
         backoff = rng.uniform(1, 3)
         then(
             rng.randint(100, 500),
-            lambda when: runtime.retry_scheduled(run["id"], run["step"], "root.steps[0]", run["began"], when, backoff),
+            calling(
+                "tickets.find",
+                lambda when: runtime.retry_scheduled(
+                    run["id"], run["step"], "root.steps[0]", run["began"], when, backoff
+                ),
+                error="upstream 503",
+            ),
         )
         then(backoff * 1000, lambda when: runtime.due_waits_resolved(run["id"], "retry", when))
         then(20, started("root.steps[0]", "lookupTicket"))
     if rng.random() < 0.125:
         then(
             rng.randint(100, 600),
-            lambda when: runtime.step_failed(run["id"], run["step"], "root.steps[0]", run["began"], when),
+            calling(
+                "tickets.find",
+                lambda when: runtime.step_failed(run["id"], run["step"], "root.steps[0]", run["began"], when),
+                error="ticket not found",
+            ),
         )
         return writes
     then(
         rng.randint(100, 600),
-        lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[1]"),
+        calling(
+            "tickets.find",
+            lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[1]"),
+        ),
     )
     then(10, started("root.steps[1]", "awaitApproval"))
     # A manager's approval: half the time a task in the inbox, else an event from the ticketing system.
@@ -263,5 +322,8 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
     then(20, started("root.steps[1]", "awaitApproval"))
     then(5, lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[2]"))
     then(10, started("root.steps[2]", "notifyRequester"))
-    then(rng.randint(50, 400), lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, None))
+    then(
+        rng.randint(50, 400),
+        calling("email.send", lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, None)),
+    )
     return writes

@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 _BOOKMARK = "runtime-v2 runs updated_at"
 # What the poller reads (and `check` looks for).
-TABLES = ("workflow_runs", "workflow_run_steps", "workflow_run_waits", "workflow_definitions")
+TABLES = (
+    "workflow_runs",
+    "workflow_run_steps",
+    "workflow_run_waits",
+    "workflow_action_invocations",
+    "workflow_definitions",
+)
 # Where a keyset page starts when no run of that instant was read yet: before every uuid.
 _FIRST_ID = "00000000-0000-0000-0000-000000000000"
 # Runs remembered as read (when, and what their row said): one met again past it is read whole again, once.
@@ -85,6 +91,17 @@ SELECT {_WAIT_ROW}
 FROM workflow_run_waits w
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON w.run_id = c.run_id
 WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
+"""
+# The actions a step called, ended since (their inputs and outputs not read), each with the execution of
+# its step it was called from: the latest at its path by then.
+_ACTIONS = """
+SELECT (to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key' - 'lease_owner' - 'lease_expires_at'
+        || jsonb_build_object('attempt', (
+             SELECT max(s.attempt) FROM workflow_run_steps s
+             WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text
+FROM workflow_action_invocations a
+JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON a.run_id = c.run_id
+WHERE a.completed_at IS NOT NULL AND (c.since IS NULL OR a.completed_at >= c.since)
 """
 # The waits still waiting, by the runtime's index on (wait_type, status), with their run's row: a run that
 # Temporal drives writes its waits without updating its own row, so they are not met through it until the
@@ -199,6 +216,7 @@ class TablePoller:
         texts = [text for text, _at, _run in fresh]
         texts += [row[0] for row in db.execute(_STEPS, params)]
         texts += [row[0] for row in db.execute(_WAITS, params)]
+        texts += [row[0] for row in db.execute(_ACTIONS, params)]
         rows = [orjson.loads(text) for text in texts]
         report = self._consumer.ingest(rows)  # committed when this returns
         if report.rejected:

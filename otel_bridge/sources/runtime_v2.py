@@ -14,6 +14,7 @@ A row read again, as it was or since updated, tells the same facts under the sam
 (made from the row's own id), so the poller may read a row any number of times.
 """
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -125,6 +126,21 @@ class WaitRow(_Row):
     task_type: Text | None = None
 
 
+class ActionRow(_Row):
+    """A row of `workflow_action_invocations`: an action a step called, with its step's execution (`attempt`)
+    when joined."""
+
+    invocation_id: Identity
+    step_path: Identity
+    action_id: Text
+    action_version: int | None = None
+    status: Label
+    error_message: Text | None = None
+    started_at: IsoTime | None = None
+    completed_at: IsoTime | None = None
+    attempt: Attempts | None = None
+
+
 @dataclass(frozen=True)
 class RuntimeV2Options:
     """What the rows do not say: whose service and environment the runs are."""
@@ -140,14 +156,16 @@ def table_of(raw: Any) -> str:
         raise DecodeError("", f"a row must be a JSON object, not {json_kind(raw)}")
     if "wait_id" in raw:
         return "workflow_run_waits"
+    if "invocation_id" in raw:
+        return "workflow_action_invocations"
     if "step_id" in raw and "attempt" in raw:
         return "workflow_run_steps"
     if "workflow_id" in raw and "status" in raw:
         return "workflow_runs"
     raise DecodeError(
         "",
-        "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt) "
-        "or workflow_run_waits (wait_id)",
+        "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt), "
+        "workflow_run_waits (wait_id) or workflow_action_invocations (invocation_id)",
     )
 
 
@@ -161,6 +179,7 @@ class RuntimeV2Decoder:
             "workflow_runs": (RunRow, self._run),
             "workflow_run_steps": (StepRow, self._step),
             "workflow_run_waits": (WaitRow, self._wait),
+            "workflow_action_invocations": (ActionRow, self._action),
         }
 
     def __call__(self, raw: Any) -> list[WorkflowRecord]:
@@ -353,6 +372,35 @@ class RuntimeV2Decoder:
         told(KIND.RUN_RESUMED, row.resolved_at, "resolved", name="event.wait.resolved")
         return self._ref(row.run_id), told.facts
 
+    def _action(self, row: ActionRow) -> tuple[RunRef, list[Fact]]:
+        """An action the step called, once it ended: an event on the execution that called it."""
+        told = _Told("action", row.invocation_id)
+        if row.completed_at is None or row.status.upper() not in ("SUCCEEDED", "FAILED"):
+            return self._ref(row.run_id), told.facts
+        took = (row.completed_at - row.started_at).total_seconds() * 1000 if row.started_at is not None else None
+        failed = row.status.upper() == "FAILED"
+        told(
+            KIND.ANNOTATION,
+            row.completed_at,
+            "ended",
+            name=f"action.{row.status.lower()}",
+            step=row.step_path,
+            attempt=row.attempt,
+            # Two calls of one action in one execution are two events (a note is known by its ordinal).
+            ordinal=zlib.crc32(row.invocation_id.encode()),
+            attributes=attrs(
+                **{
+                    c.WORKFLOW_ACTION_ID: row.action_id,
+                    c.WORKFLOW_ACTION_VERSION: row.action_version,
+                    c.WORKFLOW_ACTION_DURATION_MS: took,
+                    c.EXCEPTION_MESSAGE: cut(row.error_message or "action failed", self.options.decode.max_text_chars)
+                    if failed
+                    else None,
+                }
+            ),
+        )
+        return self._ref(row.run_id), told.facts
+
     def _error(self, value: Any) -> ErrorInfo | None:
         if not isinstance(value, dict) or not value:
             return None
@@ -375,7 +423,7 @@ def _iso(moment: datetime | None) -> str | None:
 # Facts of one instant are in the order of their ids (`Fact.order`), and the rows' ids are random: their
 # table's rank first puts a run's start before its step's, and a step's start before the wait it publishes
 # (the runtime writes them in that order, often within a millisecond).
-_RANKS = {"run": "0", "step": "1", "wait": "2"}
+_RANKS = {"run": "0", "step": "1", "wait": "2", "action": "3"}
 
 
 class _Told:

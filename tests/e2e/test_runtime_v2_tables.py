@@ -40,9 +40,11 @@ def _root(got, run_id: str):
 def _escalation(runtime: Runtime, offset: float = 0) -> str:
     run = runtime.start_run(at(offset))
     lookup = runtime.step_started(run, "root.steps[0]", "lookup", at(offset + 1))
+    runtime.action_called(run, "root.steps[0]", "tickets.find", at(offset + 1.1), at(offset + 1.9), "upstream 503")
     runtime.retry_scheduled(run, lookup, "root.steps[0]", at(offset + 1), at(offset + 2), backoff=5)
     runtime.due_waits_resolved(run, "retry", at(offset + 7))
     again = runtime.step_started(run, "root.steps[0]", "lookup", at(offset + 7.1))
+    runtime.action_called(run, "root.steps[0]", "tickets.find", at(offset + 7.2), at(offset + 7.9))
     runtime.step_succeeded(run, again, at(offset + 7.1), at(offset + 8), "root.steps[1]")
     runtime.step_started(run, "root.steps[1]", "wait-approval", at(offset + 8.1))
     runtime.event_wait(run, "root.steps[1]", at(offset + 8.2), "APPROVED", "T-1", timeout=3600)
@@ -85,6 +87,10 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
         ("step wait-approval", OK),
         ("workflow ticket-escalation", OK),
     ]
+    failed_lookup = next(s for s in got.trace(_trace(escalated)) if s.name == "step lookup" and s.status_code == ERROR)
+    (action,) = [(name, attrs) for name, _t, attrs in failed_lookup.events if name.startswith("action.")]
+    assert action[0] == "action.failed" and action[1]["workflow.action.id"] == "tickets.find"
+    assert action[1]["exception.message"] == "upstream 503" and action[1]["workflow.action.duration_ms"] == 800
     root = _root(got, escalated)
     assert root.resource == {"service.name": "psa", "deployment.environment.name": "prod"}
     assert root.attributes["tenant.id"] == "acme" and root.attributes["workflow.platform.name"] == "workflow-runtime-v2"
@@ -121,12 +127,12 @@ def test_import_reads_the_history_at_once_and_again_is_all_duplicates(tmp_path, 
     command = [sys.executable, "-m", "otel_bridge", "import-runtime-v2"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("runs: 2  events accepted: 26  duplicates: 0  rejected: 0"), first.stdout
+    assert first.stdout.startswith("runs: 2  events accepted: 30  duplicates: 0  rejected: 0"), first.stdout
     for run in runs:
         # The runs' service and environment by default.
         assert len(otlp_http.received.trace(_trace(run, "production", "workflow-runtime-v2"))) == 5
     later = subprocess.run([*command, "--since", "2026-12-04T09:05:00Z"], env=env, capture_output=True, text=True)
-    assert later.stdout.startswith("runs: 1  events accepted: 0  duplicates: 13"), later.stdout
+    assert later.stdout.startswith("runs: 1  events accepted: 0  duplicates: 15"), later.stdout
     elsewhere = {**env, "OTEL_BRIDGE_RUNTIME_V2_URL": database + "_gone"}
     gone = subprocess.run(command, env=elsewhere, capture_output=True, text=True, timeout=120)
     assert gone.returncode != 0 and "cannot read the runs at" in gone.stderr and "does not exist" in gone.stderr
@@ -156,9 +162,11 @@ def test_the_readmes_export_replayed_makes_the_traces_the_import_makes(tmp_path,
     result = subprocess.run(command, env=replayed, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert set(_seen(got.spans[len(by_import) :])) == set(by_import)
-    parked = [s for s in by_import if s[0] == "step wait-approval" and s[3] == OK]
-    assert len(parked) == 4 and all(end - start < 10**9 for _n, start, end, _s in parked)
+    parked = [s for s in set(by_import) if s[0] == "step wait-approval" and s[3] == OK]
+    assert len(parked) == 4 and all(end - start < 10**9 for _n, start, end, _s, _e in parked)
+    failed = [s for s in set(by_import) if s[0] == "step lookup" and "action.failed" in s[4]]
+    assert len(failed) == 2 and all(s[3] == ERROR for s in failed), "one a run: on its first lookup"
 
 
 def _seen(spans) -> list[tuple]:
-    return [(s.name, s.start_ns, s.end_ns, s.status_code) for s in spans]
+    return [(s.name, s.start_ns, s.end_ns, s.status_code, tuple(sorted(e[0] for e in s.events))) for s in spans]

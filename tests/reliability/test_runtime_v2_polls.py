@@ -63,7 +63,7 @@ def _poller(url: str, kept: _Kept, marks: dict[str, bytes], **settings: Any) -> 
 def test_reads_drawn_among_the_writes_hand_over_what_one_read_at_the_end_would(
     tables, seed, runs, reads, restarts, behind
 ):
-    tables.execute("TRUNCATE workflow_run_waits, workflow_run_steps, workflow_runs, workflow_definitions")
+    tables.execute("TRUNCATE workflow_definitions CASCADE")
     url = tables.info.dsn
     runtime = runtime_v2.Runtime(tables, name="escalation")
     rng = random.Random(seed)

@@ -333,3 +333,19 @@ def test_trace_id_names_the_root_and_an_executions_span_as_the_bridge_sends_them
     assert main([*asked, "--workflow-id", run.run_id, "--step", "root.steps[0]", "--attempt", "2"]) == 0
     retried = capsys.readouterr().out.split()[0].split("-")
     assert retried[2] == folded.span("step lookup", 2).span_id.hex()
+
+
+def test_each_action_a_step_called_is_an_event_of_the_execution_that_called_it():
+    run = Run()
+    lookup = run.step("root.steps[0]", "lookup", 1, "SUCCEEDED", 3)
+    actions = [
+        {"invocation_id": str(uuid.uuid4()), "run_id": run.run_id, "step_path": "root.steps[0]",
+         "action_id": "tickets.find", "action_version": 1, "status": status, "error_message": error,
+         "started_at": _at(began), "completed_at": _at(began + 0.5), "attempt": lookup["attempt"]}
+        for began, status, error in ((1.1, "FAILED", "upstream 503"), (1.7, "SUCCEEDED", None))
+    ]  # fmt: skip
+    step = fold_events([*run.ended("SUCCEEDED", 3).rows, *actions], decoder=DECODE).span("step lookup")
+    told = [(e.name, e.time_ns, e.attributes) for e in step.events]
+    assert [(name, at) for name, at, _a in told] == [("action.failed", _ns(1.6)), ("action.succeeded", _ns(2.2))]
+    assert told[0][2]["exception.message"] == "upstream 503" and told[0][2]["workflow.action.id"] == "tickets.find"
+    assert told[1][2]["workflow.action.duration_ms"] == 500 and told[1][2]["workflow.action.version"] == 1
