@@ -7,9 +7,11 @@ are pushed one last time.
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -501,6 +503,8 @@ class Bridge:
         if s.runtime_v2_url:
             from otel_bridge.receivers.postgres_poll import TablePoller  # psycopg: only for a bridge that follows
 
+            holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
             poller = TablePoller(
                 s.runtime_v2_url,
                 self.consumer("runtime-v2", self.runtime_v2_decoder()),
@@ -512,6 +516,8 @@ class Bridge:
                 overlap_seconds=s.runtime_v2_overlap_seconds,
                 look_back_seconds=s.runtime_v2_look_back_seconds,
                 capture_input=s.capture_input,
+                # Replicas on one Redis store: one reads the tables, the others stand by.
+                lease=(lambda seconds: self.store.lease("runtime-v2", holder, seconds)) if self.store.shared else None,
             )
             out.append(("runtime-v2", lambda: poller.run(self._stop)))
             self.followers["runtime-v2"] = poller

@@ -131,8 +131,12 @@ class TablePoller:
         capture_input: bool = False,
         page: int = 500,
         start: datetime | None = None,
+        lease: Callable[[float], bool] | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
-        """`start`: read the runs changed since then, whatever mark is kept (an import of the history)."""
+        """`start`: read the runs changed since then, whatever mark is kept (an import of the history).
+        `lease(seconds)`: whether this bridge holds the lease of reading the tables for so long, among
+        replicas sharing a state (None: it is alone); held `lease_seconds` (five polls, 10 s at least)."""
         self._url = url
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -154,6 +158,27 @@ class TablePoller:
         self._shown = without_secrets(url)
         self._unreachable = Cadence()
         self._followed = False
+        self._lease = lease
+        self._lease_seconds = lease_seconds or max(5 * poll_seconds, 10.0)
+        # Whether this replica read the tables at its last turn (None: not asked yet).
+        self.reading: bool | None = None
+
+    def _leads(self) -> bool:
+        """Whether this replica reads the tables now: one of the replicas sharing a state does, the others
+        stand by and take over once its lease lapses (a replica stopped, or stalled past it)."""
+        if self._lease is None:
+            return True
+        leads = self._lease(self._lease_seconds)
+        if leads and self.reading is not True:
+            log.info("reading the runtime v2's tables for the replicas sharing this state")
+            # Where the one that read them left off: the mark kept with the state, not this replica's.
+            self._mark = None
+        elif not leads and self.reading is not False:
+            log.info("another replica sharing this state reads the runtime v2's tables: standing by")
+            self._seen.clear()
+            self._waiting.clear()
+        self.reading = leads
+        return leads
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
@@ -233,6 +258,10 @@ class TablePoller:
         backoff = Backoff()
         while not stop.is_set():
             try:
+                if not self._leads():
+                    self.disconnected_since = None
+                    stop.wait(self._poll)
+                    continue
                 self.poll_once()
                 if self.disconnected_since is not None:
                     again = _told_followed(self._unreachable, log, f"runs at {self._shown}", self._followed)

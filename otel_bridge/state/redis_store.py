@@ -71,6 +71,19 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _MAX_ATTEMPTS = 50
 
 
+# Renew the lease its holder holds, or take it when no one does: one script, so that a lease lapsing between
+# a read and a renewal is never renewed for another.
+_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+
 def _refusal(exc: Exception) -> StoreUnavailable | None:
     """Redis's own refusals: unreachable, or refusing writes (out of memory under `noeviction`, a
     read-only replica after a failover, a failed snapshot with `stop-writes-on-bgsave-error`)."""
@@ -494,6 +507,10 @@ class RedisStore:
     def bookmark(self, name: str) -> bytes | None:
         with _away_said():
             return cast(bytes | None, self._client.get(f"{self._p}bookmark:{name}"))
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        with _away_said():
+            return bool(self._client.eval(_LEASE, 1, f"{self._p}lease:{name}", holder, max(int(seconds * 1000), 1)))
 
     def set_bookmark(self, name: str, value: bytes) -> None:
         try:

@@ -491,6 +491,9 @@ class SqliteStore:
             return None
         return None if row is None else bytes(row[0])
 
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        return True  # the file is this process's alone (its lock): no other bridge shares the state
+
     def set_bookmark(self, name: str, value: bytes) -> None:
         def write(tx: SqliteTransaction) -> None:
             tx._db.execute(BOOKMARKS)

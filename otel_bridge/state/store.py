@@ -164,6 +164,11 @@ class Store(Protocol):
     def set_bookmark(self, name: str, value: bytes) -> None:
         """Write a bookmark, outside any batch's transaction; raises StoreUnavailable."""
 
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` holds the lease `name` for the next `seconds` (taken if no one holds it, renewed
+        if `holder` does): of the bridges sharing the state, the one that does a task alone. Raises
+        StoreUnavailable."""
+
     def close(self) -> None: ...
 
 

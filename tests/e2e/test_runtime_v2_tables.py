@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import redis
 from bridge_process import BridgeProcess
 from runtime_v2_tables import Runtime, at
 
@@ -170,3 +171,28 @@ def test_the_readmes_export_replayed_makes_the_traces_the_import_makes(tmp_path,
 
 def _seen(spans) -> list[tuple]:
     return [(s.name, s.start_ns, s.end_ns, s.status_code, tuple(sorted(e[0] for e in s.events))) for s in spans]
+
+
+def test_of_two_replicas_on_one_redis_state_one_reads_the_tables(tmp_path, otlp_http, database, redis_url):
+    state = redis_url.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(state).flushdb()
+    replicas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        replicas.append(_bridge(tmp_path / name, otlp_http, database, state=state))
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    got = otlp_http.received
+    try:
+        for replica in replicas:
+            replica.start()
+        runs = [_escalation(runtime, offset) for offset in (0, 500, 1000)]
+        for run in runs:
+            got.wait_for(lambda run=run: _root(got, run) is not None, timeout=30)
+    finally:
+        for replica in replicas:
+            replica.close()
+    told = [replica.log.read_text() for replica in replicas]
+    assert sum("reading the runtime v2's tables" in t for t in told) == 1, told
+    assert sum("standing by" in t for t in told) == 1, told
+    for run in runs:
+        assert len({s.span_id for s in got.trace(_trace(run))}) == 5

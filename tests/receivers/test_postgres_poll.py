@@ -2,6 +2,7 @@
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -19,6 +20,7 @@ from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.postgres_poll import TablePoller
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
 DECODE = RuntimeV2Decoder()
@@ -297,3 +299,41 @@ def test_tables_not_there_yet_are_told_in_postgresqls_words_then_followed_once_m
     told = caplog.text
     assert 'relation "workflow_runs" does not exist; reconnecting' in told and "LINE" not in told, told
     assert "following runs at" in told and " again" not in told.split("following runs at", 1)[1].split("\n")[0]
+
+
+def test_of_replicas_sharing_a_redis_state_one_reads_the_tables_and_another_takes_over_when_it_stops(
+    database, tmp_path, redis_url
+):
+    prefix = f"otel-bridge-test:{uuid.uuid4().hex[:8]}:"
+    runtime = _runtime(database)
+    replicas, marks = [], {}  # the mark, kept with the state they share
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        store = RedisStore(redis_url, 3600, prefix)
+        recorded = Recorded(tmp_path / name)
+        holder = f"replica-{name}"
+        poller = _poller(
+            database,
+            recorded,
+            tmp_path / name,
+            marks,
+            poll_seconds=0.1,
+            lease=lambda seconds, store=store, holder=holder: store.lease("runtime-v2", holder, seconds),
+            lease_seconds=1.0,
+        )
+        replicas.append((poller, recorded))
+    (first, first_rows), (second, second_rows) = replicas
+    first_run = runtime.start_run(at(0))
+    with _running(first):
+        _until(lambda: any(r.get("run_id") == first_run for r in first_rows.rows))
+        with _running(second):
+            time.sleep(0.5)
+            assert second.reading is False and second_rows.rows == [], "the other stands by"
+        second_run = runtime.start_run(at(30))
+        _until(lambda: any(r.get("run_id") == second_run for r in first_rows.rows))
+    with _running(second):  # the first stopped: its lease lapses within a second
+        third_run = runtime.start_run(at(60))
+        _until(lambda: any(r.get("run_id") == third_run for r in second_rows.rows))
+        assert second.reading is True
+    read_by_second = {r["run_id"] for r in second_rows.rows if "workflow_id" in r}
+    assert first_run not in read_by_second, "it went on from the mark the first kept, not its own start"

@@ -459,3 +459,16 @@ def test_a_followers_bookmark_is_kept_with_the_state_across_reopening(open_store
     assert store.bookmark("websocket") == b'{"followed_at": 2}'
     assert store.bookmark("another") is None
     assert list(store.states()) == []  # a bookmark is no run's state
+
+
+def test_a_lease_is_held_by_one_holder_until_it_lapses(open_store):
+    store = open_store()
+    assert store.lease("runtime-v2", "a", 0.3) and store.lease("runtime-v2", "a", 0.3), "taken, then renewed"
+    if not store.shared:
+        assert store.lease("runtime-v2", "b", 0.3), "a file is one bridge's: no one else to lease it from"
+        return
+    assert not store.lease("runtime-v2", "b", 0.3), "another replica's while it holds"
+    assert store.lease("another task", "b", 0.3)
+    time.sleep(0.5)  # a lapses: stopped, or stalled past it
+    assert store.lease("runtime-v2", "b", 0.3) and not store.lease("runtime-v2", "a", 0.3)
+    store.close()
