@@ -412,7 +412,9 @@ class Settings(BaseSettings):
     runtime_v2_url: str | None = Field(
         None,
         description="Follow the runtime v2's runs in its PostgreSQL tables at this `postgresql://` URL "
-        "(read only: `workflow_runs`, `workflow_run_steps`, `workflow_run_waits`, `workflow_definitions`).",
+        "(read only: `workflow_runs`, `workflow_run_steps`, `workflow_run_waits`, `workflow_action_invocations`, "
+        "`workflow_definitions`; TLS and credentials as libpq reads them: `?sslmode=verify-full&sslrootcert=…`, "
+        "or `PGPASSWORD`, `PGSSLMODE`…).",
     )
     runtime_v2_poll_seconds: float = Field(2.0, gt=0, description="How often the runtime v2's tables are read.")
     runtime_v2_overlap_seconds: float = Field(
