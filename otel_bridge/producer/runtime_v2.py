@@ -95,6 +95,8 @@ CREATE TABLE IF NOT EXISTS workflow_run_waits (
   created_at timestamptz NOT NULL DEFAULT now(),
   resolved_at timestamptz
 );
+CREATE INDEX IF NOT EXISTS idx_workflow_run_waits_type_status ON workflow_run_waits (wait_type, status);
+CREATE INDEX IF NOT EXISTS idx_workflow_run_waits_event_key ON workflow_run_waits (event_name, key, status);
 """
 
 

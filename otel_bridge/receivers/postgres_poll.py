@@ -11,8 +11,9 @@ restarted bridge goes on where it stopped.
 
 `updated_at` is written by the runtime's workers' clocks (to the millisecond) and committed a
 moment after: each poll reads again the last `overlap` seconds, handing over again only runs whose
-row changed since they were read — by its content, not its `updated_at` alone, which two updates
-of one millisecond share. A row read twice tells the same facts under the same event ids: a no-op.
+row changed since they were read — by its version (`xmin`), not its `updated_at` alone, which two
+updates of one millisecond share; of the others, only their keys are read again. A row read twice
+tells the same facts under the same event ids: a no-op.
 """
 
 import logging
@@ -52,12 +53,20 @@ _RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"
 
 # A run's row, with its workflow's name.
 _RUN_ROW = "(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object('workflow_name', d.name))::text"
-_RUNS = f"""
-SELECT {_RUN_ROW}, r.updated_at, r.run_id::text
-FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+# The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
+# update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
+_RUN_KEYS = """
+SELECT r.updated_at, r.run_id::text, r.xmin::text
+FROM workflow_runs r
 WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s, %(after_id)s)
 ORDER BY r.updated_at, r.run_id::text
 LIMIT %(limit)s
+"""
+# The rows of those not read as they are.
+_RUNS = f"""
+SELECT r.run_id::text, {_RUN_ROW}
+FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+WHERE r.run_id = ANY(%(runs)s::uuid[])
 """
 # A step's row, and for one left STARTED when the step was run again (the runtime's interpreter resumes a
 # wait in a new execution; a worker that died leaves its execution so): when the next began, and when the
@@ -108,12 +117,16 @@ WHERE a.completed_at IS NOT NULL AND (c.since IS NULL OR a.completed_at >= c.sin
 # The waits still waiting, by the runtime's index on (wait_type, status), with their run's row: a run that
 # Temporal drives writes its waits without updating its own row, so they are not met through it until the
 # run goes on.
-_WAITING = f"""
-SELECT {_WAIT_ROW}, {_RUN_ROW}, w.wait_id::text
+# Their ids at every poll (a task may wait for days: its rows are not read again), their rows once.
+_WAITING = """
+SELECT w.wait_id::text FROM workflow_run_waits w
+WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING' AND w.created_at >= %(after)s
+"""
+_WAITING_ROWS = f"""
+SELECT {_WAIT_ROW}, {_RUN_ROW}
 FROM workflow_run_waits w
 JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
-WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING'
-  AND w.created_at >= %(after)s
+WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
 
@@ -148,8 +161,8 @@ class TablePoller:
         self._dropped = _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
         self._page = page
         self._db: psycopg.Connection[Any] | None = None
-        # The runs read, oldest read first: the updated_at they were read at, and a hash of their row then.
-        self._seen: dict[str, tuple[datetime, int]] = {}
+        # The runs read, oldest read first: the updated_at and the version (xmin) of their row read.
+        self._seen: dict[str, tuple[datetime, str]] = {}
         # The waits handed over while still waiting (those the last poll found so).
         self._waiting: set[str] = set()
         self._mark: datetime | None = start
@@ -202,45 +215,41 @@ class TablePoller:
         after, after_id = self._mark - self._overlap, _FIRST_ID
         changed_runs = 0
         while True:
-            rows = db.execute(
-                _RUNS, {"dropped": self._dropped, "after": after, "after_id": after_id, "limit": self._page}
-            ).fetchall()
-            if not rows:
+            keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
+            if not keys:
                 break
-            fresh = [(text, at, run) for text, at, run in rows if self._seen.get(run) != (at, hash(text))]
+            fresh = [(run, (at, version)) for at, run, version in keys if self._seen.get(run) != (at, version)]
             if fresh:
                 self._take(db, fresh)
                 changed_runs += len(fresh)
-            after, after_id = rows[-1][1], rows[-1][2]
+            after, after_id = keys[-1][0], keys[-1][1]
             if after > self._mark:
                 self._mark = after
                 self._note(_BOOKMARK, after.isoformat().encode())
-            if len(rows) < self._page:
+            if len(keys) < self._page:
                 break
         self._take_waiting(db)
         return changed_runs
 
     def _take_waiting(self, db: psycopg.Connection[Any]) -> None:
         assert self._mark is not None
-        asked = {"after": self._mark - self._look_back, "dropped": self._dropped}
-        waiting = db.execute(_WAITING, asked).fetchall()
-        new = [
-            orjson.loads(text)
-            for wait_row, run_row, wait in waiting
-            if wait not in self._waiting
-            for text in (run_row, wait_row)
-        ]
-        if new:
+        waiting = {row[0] for row in db.execute(_WAITING, {"after": self._mark - self._look_back})}
+        if new_waits := sorted(waiting - self._waiting):
+            asked = {"waits": new_waits, "dropped": self._dropped}
+            rows = db.execute(_WAITING_ROWS, asked).fetchall()
+            new = [orjson.loads(text) for wait_row, run_row in rows for text in (run_row, wait_row)]
             report = self._consumer.ingest(new)  # committed when this returns
             if report.rejected:
                 self._dead_letters.keep("runtime-v2", [(r.as_dict(), new[r.index]) for r in report.rejected])
-        self._waiting = {wait for _wait_row, _run_row, wait in waiting}
+        self._waiting = waiting
 
-    def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, datetime, str]]) -> None:
-        runs = [run for _text, _at, run in fresh]
+    def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
+        """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of
+        their steps, waits and actions changed since each was read."""
+        runs = [run for run, _read in fresh]
         since = [self._seen[run][0] - self._overlap if run in self._seen else None for run in runs]
         params = {"runs": runs, "since": since}
-        texts = [text for text, _at, _run in fresh]
+        texts = [text for _run, text in db.execute(_RUNS, {"runs": runs, "dropped": self._dropped})]
         texts += [row[0] for row in db.execute(_STEPS, params)]
         texts += [row[0] for row in db.execute(_WAITS, params)]
         texts += [row[0] for row in db.execute(_ACTIONS, params)]
@@ -248,9 +257,9 @@ class TablePoller:
         report = self._consumer.ingest(rows)  # committed when this returns
         if report.rejected:
             self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
-        for text, at, run in fresh:
+        for run, read in fresh:
             self._seen.pop(run, None)  # to the end: the oldest read is forgotten first
-            self._seen[run] = (at, hash(text))
+            self._seen[run] = read
         while len(self._seen) > _REMEMBERED:
             del self._seen[next(iter(self._seen))]
 
