@@ -482,8 +482,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
     def store(batch: list[tuple[str, Any]]) -> None:
         nonlocal done
         report = consumer.ingest([document for _where, document in batch])
-        total.accepted += report.accepted
-        total.duplicates += report.duplicates
+        total.add(report)
         for r in report.rejected:
             rejected.append(f"  {batch[r.index][0]}: {r.error}")
         if report.rejected:
@@ -524,8 +523,7 @@ class _Counted:
 
     def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         report = self._consumer.ingest(events, producer=producer)
-        self.total.accepted += report.accepted
-        self.total.duplicates += report.duplicates
+        self.total.add(report)
         self.rejected += [f"  {r.error}" for r in report.rejected]
         return report
 

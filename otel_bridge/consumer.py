@@ -33,6 +33,13 @@ class IngestReport:
     late: int = 0
     rejected: list[Rejection] = field(default_factory=list)
 
+    def add(self, other: "IngestReport") -> None:
+        """Count another batch's outcome in this one (its rejections are the caller's to place: their
+        indexes are the other batch's)."""
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.late += other.late
+
     def as_dict(self, max_listed: int | None = None) -> dict[str, Any]:
         """The answer to the producer: at most `max_listed` rejections one by one, all of them counted."""
         listed = self.rejected if max_listed is None else self.rejected[:max_listed]

@@ -361,9 +361,7 @@ class Pipeline:
                     reason = f"could not be stored: {exc!r}"[:300]
                 total.rejected.append(Rejection(index, event_id_of(own[0]), "", reason))
                 continue
-            total.accepted += report.accepted
-            total.duplicates += report.duplicates
-            total.late += report.late
+            total.add(report)
         return total
 
     def ingest_records(self, records: Sequence[LifecycleRecord]) -> IngestReport:

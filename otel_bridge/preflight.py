@@ -280,6 +280,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     import psycopg
 
     from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
+    from otel_bridge.receivers.postgres_poll import said
 
     where = without_secrets(settings.runtime_v2_url)
     try:
@@ -296,7 +297,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 return Finding("runtime v2", False, f"{where}: no table {', '.join(missing)} here (its search_path)")
             row = db.execute("SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')").fetchone()
     except psycopg.Error as exc:
-        return Finding("runtime v2", False, f"{where}: {str(exc).strip() or type(exc).__name__}")
+        return Finding("runtime v2", False, f"{where}: {said(exc)}")
     return Finding("runtime v2", True, f"{where}: readable; {row[0] if row else 0:,} runs running or waiting")
 
 

@@ -112,13 +112,13 @@ class RepeatedFailure:
                 log.warning("%s works again, after %d failures", self._what, ended[1])
 
 
-def told_unreachable(cadence: Cadence, logger: logging.Logger, what: str, exc: BaseException) -> None:
-    """A follower's failure to reach an engine's stream, told in its `logger` as `cadence` says: the first
-    one, then a line a minute with how many tries and for how long (the follower says when it follows
-    again)."""
+def told_unreachable(cadence: Cadence, logger: logging.Logger, what: str, exc: BaseException | str) -> None:
+    """A follower's failure to reach an engine's stream (the error, or what to say of it), told in its
+    `logger` as `cadence` says: the first one, then a line a minute with how many tries and for how long
+    (the follower says when it follows again)."""
     if not cadence.failed():
         return
-    said = str(exc) or type(exc).__name__
+    said = exc if isinstance(exc, str) else str(exc) or type(exc).__name__
     if cadence.failures == 1:
         logger.warning("%s: %s; reconnecting (told again once a minute while it lasts)", what, said)
     else:

@@ -128,7 +128,9 @@ class Runtime:
         values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
         self.db.execute(f"UPDATE workflow_runs SET {sets}, updated_at = %s WHERE run_id = %s", (*values, when, run_id))
 
-    def step_started(self, run_id: str, path: str, step: str, when: datetime) -> str:
+    def step_started(self, run_id: str, path: str, step: str, when: datetime, temporal: bool = False) -> str:
+        """An execution of the step at `path` begins; with `temporal`, as the Temporal projection begins it
+        (`projectWorkflowRuntimeV2StepStart`), the run's row updated too."""
         last = self.db.execute(
             "SELECT max(attempt) FROM workflow_run_steps WHERE run_id = %s AND step_path = %s", (run_id, path)
         ).fetchone()
@@ -139,6 +141,8 @@ class Runtime:
             (run_id, path, step, attempt, when),
         ).fetchone()
         assert row is not None
+        if temporal:
+            self._run(run_id, when, node_path=path, status="RUNNING")
         return str(row[0])
 
     def _step(self, step_id: str, **columns: Any) -> None:

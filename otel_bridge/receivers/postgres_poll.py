@@ -114,10 +114,9 @@ FROM workflow_action_invocations a
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON a.run_id = c.run_id
 WHERE a.completed_at IS NOT NULL AND (c.since IS NULL OR a.completed_at >= c.since)
 """
-# The waits still waiting, by the runtime's index on (wait_type, status), with their run's row: a run that
-# Temporal drives writes its waits without updating its own row, so they are not met through it until the
-# run goes on.
-# Their ids at every poll (a task may wait for days: its rows are not read again), their rows once.
+# The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
+# its waits without updating its own row, so they are not met through it until the run goes on. Their ids
+# at every poll (a task may wait for days), and the rows of a new one once, with its run's row.
 _WAITING = """
 SELECT w.wait_id::text FROM workflow_run_waits w
 WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING' AND w.created_at >= %(after)s
@@ -128,6 +127,12 @@ FROM workflow_run_waits w
 JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
+
+
+def said(exc: psycopg.Error) -> str:
+    """What PostgreSQL said, its first line ("relation "workflow_runs" does not exist"), not the query it
+    quotes after it."""
+    return exc.diag.message_primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class TablePoller:
@@ -237,11 +242,16 @@ class TablePoller:
         if new_waits := sorted(waiting - self._waiting):
             asked = {"waits": new_waits, "dropped": self._dropped}
             rows = db.execute(_WAITING_ROWS, asked).fetchall()
-            new = [orjson.loads(text) for wait_row, run_row in rows for text in (run_row, wait_row)]
-            report = self._consumer.ingest(new)  # committed when this returns
-            if report.rejected:
-                self._dead_letters.keep("runtime-v2", [(r.as_dict(), new[r.index]) for r in report.rejected])
+            self._hand_over([text for wait_row, run_row in rows for text in (run_row, wait_row)])
         self._waiting = waiting
+
+    def _hand_over(self, texts: list[str]) -> None:
+        """The rows (as PostgreSQL wrote them in JSON) to the pipeline, committed when this returns; those it
+        cannot read kept as dead letters."""
+        rows = [orjson.loads(text) for text in texts]
+        report = self._consumer.ingest(rows)
+        if report.rejected:
+            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
         """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of
@@ -253,10 +263,7 @@ class TablePoller:
         texts += [row[0] for row in db.execute(_STEPS, params)]
         texts += [row[0] for row in db.execute(_WAITS, params)]
         texts += [row[0] for row in db.execute(_ACTIONS, params)]
-        rows = [orjson.loads(text) for text in texts]
-        report = self._consumer.ingest(rows)  # committed when this returns
-        if report.rejected:
-            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
+        self._hand_over(texts)
         for run, read in fresh:
             self._seen.pop(run, None)  # to the end: the oldest read is forgotten first
             self._seen[run] = read
@@ -284,9 +291,7 @@ class TablePoller:
                 log.warning("store unavailable, the runs' rows are read again at the next poll: %s", exc)
                 backoff.wait(stop)
             except psycopg.Error as exc:
-                # PostgreSQL's first line ("relation "workflow_runs" does not exist"), not the query it quotes.
-                said = exc.diag.message_primary or (str(exc).splitlines() or [type(exc).__name__])[0]
-                _told_unreachable(self._unreachable, log, f"runs at {self._shown}", type(exc)(said))
+                _told_unreachable(self._unreachable, log, f"runs at {self._shown}", said(exc))
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 self.close()
                 backoff.wait(stop)

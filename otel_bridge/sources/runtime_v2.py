@@ -36,6 +36,7 @@ from otel_bridge.sources.wire import (
     Text,
     attrs,
     cut,
+    iso,
     json_kind,
     ns,
     reason,
@@ -309,14 +310,14 @@ class RuntimeV2Decoder:
                 closes_attempt=OUTCOME.FAILURE,
                 resume_at_ns=resume_at,
                 attributes=attrs(
-                    **{c.WORKFLOW_RETRY_DELAY_MS: delay, c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: _iso(row.timeout_at)}
+                    **{c.WORKFLOW_RETRY_DELAY_MS: delay, c.WORKFLOW_RETRY_NEXT_ATTEMPT_AT: iso(row.timeout_at)}
                 ),
                 **step,
             )
             return self._ref(row.run_id), told.facts
         if kind == "time":
             # Asleep: paused until its time (past it, overdue: the worker's tick that wakes it lost).
-            until = _iso(row.timeout_at)
+            until = iso(row.timeout_at)
             told(
                 KIND.RUN_PAUSED,
                 row.created_at,
@@ -354,7 +355,7 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_PAUSE_REASON: cut(said, MAX_TEXT),
                     c.WORKFLOW_EVENT_NAME: row.event_name,
                     c.WORKFLOW_EXECUTION_CORRELATION_ID: row.key,
-                    c.WORKFLOW_TIMEOUT_DEADLINE: _iso(row.timeout_at),
+                    c.WORKFLOW_TIMEOUT_DEADLINE: iso(row.timeout_at),
                 }
             ),
         )
@@ -414,10 +415,6 @@ class RuntimeV2Decoder:
             stacktrace=cut(str(value["stack"]), limit) if value.get("stack") else None,
             step=cut(str(step), limit) if step else None,
         )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 # Facts of one instant are in the order of their ids (`Fact.order`), and the rows' ids are random: their

@@ -218,8 +218,7 @@ def test_a_second_update_in_the_same_millisecond_as_the_one_read_is_not_missed(d
     runtime, recorded = _runtime(database), Recorded(tmp_path)
     poller = _poller(database, recorded, tmp_path, {})
     run = runtime.start_run(at(0))
-    step = runtime.step_started(run, "root.steps[0]", "check", at(1))
-    runtime.db.execute("UPDATE workflow_runs SET node_path = 'root.steps[0]', updated_at = %s", (at(1),))
+    step = runtime.step_started(run, "root.steps[0]", "check", at(1), temporal=True)
     poller.poll_once()
     # The control step ends and the run with it, in the millisecond of the run's last update.
     runtime.step_succeeded(run, step, at(1), at(1), None)
@@ -253,8 +252,7 @@ def test_a_wait_written_without_an_update_of_its_run_is_met_while_it_waits(datab
     runtime, recorded = _runtime(database), Recorded(tmp_path)
     poller = _poller(database, recorded, tmp_path, {})
     run = runtime.start_run(at(0))
-    step = runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
-    runtime.db.execute("UPDATE workflow_runs SET node_path = 'root.steps[0]', updated_at = %s", (at(1),))
+    step = runtime.step_started(run, "root.steps[0]", "wait-approval", at(1), temporal=True)
     poller.poll_once()
     runtime.db.execute(
         "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, event_name, key, status, created_at) "
