@@ -532,9 +532,13 @@ def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
     """The runtime v2's runs changed since `--since` (all of them by default), read from its tables at once."""
     import psycopg
 
-    from otel_bridge.receivers.postgres_poll import TablePoller
+    from otel_bridge.receivers.postgres_poll import TablePoller, export_sql
     from otel_bridge.runtime import Bridge
+    from otel_bridge.sources.runtime_v2 import levels_from
 
+    if args.export_sql:
+        print(export_sql(settings.capture_input, levels_from(settings.runtime_v2_log_level)), end="")
+        return 0
     if not settings.runtime_v2_url:
         raise CliError("nothing to import from: give the runtime's database with --runtime-v2-url postgresql://…")
     since = _moment(args.since, "--since") or datetime(1970, 1, 1, tzinfo=UTC)
@@ -548,6 +552,7 @@ def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
         note=lambda _name, _value: None,  # the serving bridge's mark is its own
         overlap_seconds=0,
         capture_input=settings.capture_input,
+        log_levels=levels_from(settings.runtime_v2_log_level),
         start=since,
     )
     try:
@@ -1168,6 +1173,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn the runs in the runtime v2's tables (--runtime-v2-url) into traces at once: its history",
     )
     runtime_v2.add_argument("--since", help="the runs changed at or after this ISO 8601 time (default: all of them)")
+    runtime_v2.add_argument(
+        "--export-sql",
+        action="store_true",
+        help="print the query that exports every row it would read, one JSON object a line (`psql -At -f`), "
+        "for `replay --format runtime-v2` where the bridge cannot reach the database; read nothing",
+    )
     _add_settings_flags(runtime_v2)
     _add_settings_flags(timeline)
     trace = sub.add_parser("trace-id", help="print the W3C traceparent of a workflow run's root span")

@@ -413,8 +413,8 @@ class Settings(BaseSettings):
         None,
         description="Follow the runtime v2's runs in its PostgreSQL tables at this `postgresql://` URL "
         "(read only: `workflow_runs`, `workflow_run_steps`, `workflow_run_waits`, `workflow_action_invocations`, "
-        "`workflow_definitions`; TLS and credentials as libpq reads them: `?sslmode=verify-full&sslrootcert=…`, "
-        "or `PGPASSWORD`, `PGSSLMODE`…).",
+        "`workflow_run_logs`, `workflow_definitions`; TLS and credentials as libpq reads them: "
+        "`?sslmode=verify-full&sslrootcert=…`, or `PGPASSWORD`, `PGSSLMODE`…).",
     )
     runtime_v2_poll_seconds: float = Field(2.0, gt=0, description="How often the runtime v2's tables are read.")
     runtime_v2_overlap_seconds: float = Field(
@@ -427,6 +427,12 @@ class Settings(BaseSettings):
         3600.0,
         ge=0,
         description="At the first start (no mark kept with the state yet): the runs changed this long ago are read.",
+    )
+    runtime_v2_log_level: Literal["debug", "info", "warn", "error", "none"] = Field(
+        "warn",
+        description="The lines of a run's log (`workflow_run_logs`) shown as events of its spans, from this level "
+        "up; at `warn`, also what its operators did (a cancel, a resume, a retry, with their reason), which the "
+        "runtime logs at INFO. At `info`, also the runtime's line at every step's start and end.",
     )
     runtime_v2_service_name: str = Field(
         "workflow-runtime-v2", min_length=1, description="`service.name` of the runtime v2's runs."

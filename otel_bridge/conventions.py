@@ -26,6 +26,10 @@ WORKFLOW_EXECUTION_CANCEL_REASON: Final = "workflow.execution.cancel_reason"
 WORKFLOW_EXECUTION_CLOSE_REASON: Final = "workflow.execution.close_reason"
 WORKFLOW_EXECUTION_COMPLETED_STEPS: Final = "workflow.execution.completed_steps"
 WORKFLOW_EXECUTION_INPUT: Final = "workflow.execution.input"
+# Which retry of a failed run by its operator a trace is (1, 2…): each is a trace of its own, linked to the one before.
+WORKFLOW_EXECUTION_RETRY: Final = "workflow.execution.retry"
+# The run that started this one as a child (the runtime v2's `parent_run_id`): its root is linked too.
+WORKFLOW_EXECUTION_PARENT_ID: Final = "workflow.execution.parent_id"
 WORKFLOW_PLATFORM_NAME: Final = "workflow.platform.name"
 WORKFLOW_TASK_NAME: Final = "workflow.task.name"
 WORKFLOW_TASK_ATTEMPT: Final = "workflow.task.attempt"
@@ -64,6 +68,10 @@ WORKFLOW_ACTION_VERSION: Final = "workflow.action.version"
 WORKFLOW_ACTION_DURATION_MS: Final = "workflow.action.duration_ms"
 # What started a run (event, schedule, recurring), as its engine names it.
 WORKFLOW_TRIGGER_TYPE: Final = "workflow.trigger.type"
+# A line of a run's log (the runtime v2's `workflow_run_logs`), as a span event named by its message.
+WORKFLOW_LOG_LEVEL: Final = "workflow.log.level"
+WORKFLOW_LOG_SOURCE: Final = "workflow.log.source"
+WORKFLOW_LOG_CONTEXT: Final = "workflow.log.context"
 WORKFLOW_DEFINITION_ID: Final = "workflow.definition.id"
 WORKFLOW_DEFINITION_VERSION: Final = "workflow.definition.version"
 WORKFLOW_TASK_OUTPUT: Final = "workflow.task.output"

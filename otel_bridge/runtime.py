@@ -37,7 +37,7 @@ from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
-from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -441,7 +441,10 @@ class Bridge:
         s = self.settings
         return RuntimeV2Decoder(
             RuntimeV2Options(
-                service=s.runtime_v2_service_name, env=s.runtime_v2_env, decode=self.pipeline.decode_options
+                service=s.runtime_v2_service_name,
+                env=s.runtime_v2_env,
+                decode=self.pipeline.decode_options,
+                log_levels=levels_from(s.runtime_v2_log_level),
             )
         )
 
@@ -516,6 +519,7 @@ class Bridge:
                 overlap_seconds=s.runtime_v2_overlap_seconds,
                 look_back_seconds=s.runtime_v2_look_back_seconds,
                 capture_input=s.capture_input,
+                log_levels=levels_from(s.runtime_v2_log_level),
                 # Replicas on one Redis store: one reads the tables, the others stand by.
                 lease=(lambda seconds: self.store.lease("runtime-v2", holder, seconds)) if self.store.shared else None,
             )

@@ -320,7 +320,7 @@ def test_a_database_without_the_runtimes_tables_fails_the_check_naming_them(data
     assert ok is False
     assert detail.endswith(
         ": no table workflow_runs, workflow_run_steps, workflow_run_waits, workflow_action_invocations, "
-        "workflow_definitions here (its search_path)"
+        "workflow_run_logs, workflow_definitions here (its search_path)"
     )
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database + "_gone"))["runtime v2"]
     assert ok is False and 'database "' in detail and "does not exist" in detail

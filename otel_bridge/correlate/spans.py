@@ -552,7 +552,8 @@ def _root_span(
 ) -> SpanRecord:
     attributes: dict[str, AttributeValue] = dict(run.attributes) | {
         c.WORKFLOW_DEFINITION_NAME: run.name,
-        c.WORKFLOW_EXECUTION_ID: run.run_id,
+        # A source may show its engine's id where the bridge's differs (a retry of a run, a trace of its own).
+        c.WORKFLOW_EXECUTION_ID: run.attributes.get(c.WORKFLOW_EXECUTION_ID, run.run_id),
         c.WORKFLOW_PLATFORM_NAME: run.engine,
     }
     if run.correlation_id:

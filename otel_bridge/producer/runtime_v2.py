@@ -2,8 +2,9 @@
 
 The tables as the runtime's migration creates them (uuid keys, timestamptz, jsonb), and a
 `Runtime` that writes a run's rows as `executeRun`, the worker's tick (due retries, time
-waits), `submitWorkflowEventAction` (an event that resumes a wait) and the cancel action do:
-each row updated in place, every change followed by the run's `updated_at`. Times are the
+waits), `submitWorkflowEventAction` (an event that resumes a wait) and the operators' actions
+(cancel, retry a failed run) do: each row updated in place, every change followed by the run's
+`updated_at`, and the lines of the run's log the runtime writes beside them. Times are the
 writer's clock, given by the caller. The tests write runs with it, and `otel-bridge demo
 --runtime-v2-url` plays the runtime with it (`scenario`), in a database of its own.
 """
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS workflow_runs (
   error_json jsonb,
   lease_owner text,
   lease_expires_at timestamptz,
+  parent_run_id uuid,
+  root_run_id uuid,
   started_at timestamptz NOT NULL DEFAULT now(),
   completed_at timestamptz,
   updated_at timestamptz NOT NULL DEFAULT now()
@@ -97,6 +100,21 @@ CREATE TABLE IF NOT EXISTS workflow_run_waits (
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_run_waits_type_status ON workflow_run_waits (wait_type, status);
 CREATE INDEX IF NOT EXISTS idx_workflow_run_waits_event_key ON workflow_run_waits (event_name, key, status);
+CREATE TABLE IF NOT EXISTS workflow_run_logs (
+  log_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
+  tenant_id text,
+  step_id uuid,
+  step_path text,
+  level text NOT NULL,
+  message text NOT NULL,
+  context_json jsonb,
+  correlation_key text,
+  event_name text,
+  source text,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idx_workflow_run_logs_run_created ON workflow_run_logs (run_id, created_at);
 """
 
 
@@ -113,15 +131,38 @@ class Runtime:
         assert row is not None
         self.workflow_id = row[0]
 
-    def start_run(self, when: datetime, payload: dict[str, Any] | None = None) -> str:
+    def start_run(self, when: datetime, payload: dict[str, Any] | None = None, parent: str | None = None) -> str:
+        """A run, of a workflow started by an event, or called by the run `parent` (a child workflow)."""
         run_id = str(uuid.uuid4())
         self.db.execute(
             "INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, tenant_id, status, node_path, "
-            "trigger_type, event_type, input_json, started_at, updated_at) "
-            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s)",
-            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), when, when),
+            "trigger_type, event_type, input_json, parent_run_id, root_run_id, started_at, updated_at) "
+            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s, %s, %s)",
+            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), parent, parent, when, when),
         )
+        self.log(run_id, when, "INFO", "Run started", context={"workflowVersion": 3})
         return run_id
+
+    def log(
+        self,
+        run_id: str,
+        when: datetime,
+        level: str,
+        message: str,
+        step_id: str | None = None,
+        path: str | None = None,
+        context: dict[str, Any] | None = None,
+        source: str = "runtime",
+        event: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        """A line of the run's log (`logRunEvent`)."""
+        self.db.execute(
+            "INSERT INTO workflow_run_logs (run_id, tenant_id, step_id, step_path, level, message, context_json, "
+            "correlation_key, event_name, source, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, self.tenant, step_id, path, level, message, Jsonb(context) if context else None, key, event,
+             source, when),
+        )  # fmt: skip
 
     def _run(self, run_id: str, when: datetime, **columns: Any) -> None:
         sets = ", ".join(f"{name} = %s" for name in columns)
@@ -143,6 +184,8 @@ class Runtime:
         assert row is not None
         if temporal:
             self._run(run_id, when, node_path=path, status="RUNNING")
+        context = {"definitionStepId": step, "attempt": attempt}
+        self.log(run_id, when, "INFO", "Step started", str(row[0]), path, context)
         return str(row[0])
 
     def _step(self, step_id: str, **columns: Any) -> None:
@@ -154,6 +197,8 @@ class Runtime:
         self, run_id: str, path: str, action: str, began: datetime, ended: datetime, error: str | None = None
     ) -> None:
         """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED."""
+        said = {"actionId": action, "actionVersion": 1, "attempt": 1}
+        self.log(run_id, began, "INFO", "Action invocation started", path=path, context=said)
         row = self.db.execute(
             "INSERT INTO workflow_action_invocations (run_id, step_path, action_id, action_version, idempotency_key, "
             "status, input_json, created_at, started_at) VALUES (%s, %s, %s, 1, %s, 'STARTED', %s, %s, %s) "
@@ -166,6 +211,10 @@ class Runtime:
             "WHERE invocation_id = %s",
             ("FAILED" if error else "SUCCEEDED", error, ended, row[0]),
         )
+        if error:
+            self.log(run_id, ended, "ERROR", "Action invocation failed", path=path, context=said | {"error": error})
+        else:
+            self.log(run_id, ended, "INFO", "Action invocation succeeded", path=path, context=said)
 
     def step_succeeded(
         self, run_id: str, step_id: str, started: datetime, when: datetime, next_path: str | None
@@ -174,6 +223,9 @@ class Runtime:
         self._step(step_id, status="SUCCEEDED", duration_ms=ms, completed_at=when)
         status = "RUNNING" if next_path else "SUCCEEDED"
         self._run(run_id, when, node_path=next_path, status=status, completed_at=None if next_path else when)
+        self.log(run_id, when, "INFO", "Step succeeded", step_id, context={"durationMs": ms})
+        if not next_path:
+            self.log(run_id, when, "INFO", "Run completed", context={"status": "SUCCEEDED"})
 
     def retry_scheduled(
         self, run_id: str, step_id: str, path: str, started: datetime, when: datetime, backoff: float
@@ -187,6 +239,8 @@ class Runtime:
             (run_id, path, when + timedelta(seconds=backoff), when),
         )
         self._run(run_id, when, status="WAITING", node_path=path, error_json=error)
+        context = {"error": error, "timeoutAt": (when + timedelta(seconds=backoff)).isoformat()}
+        self.log(run_id, when, "WARN", "Retry scheduled", step_id, path, context)
 
     def due_waits_resolved(self, run_id: str, kind: str, when: datetime) -> None:
         """The worker's tick: a due retry or time wait resolved, the run runnable again."""
@@ -240,14 +294,25 @@ class Runtime:
         ms = int((when - started).total_seconds() * 1000)
         self._step(step_id, status="FAILED", duration_ms=ms, completed_at=when, error_json=error)
         self._run(run_id, when, status="FAILED", node_path=None, error_json=error, completed_at=when)
+        self.log(run_id, when, "ERROR", "Run failed", step_id, path, error)
 
-    def canceled(self, run_id: str, when: datetime) -> None:
+    def canceled(self, run_id: str, when: datetime, reason: str | None = None) -> None:
+        """The run cancelled: by its operator when a `reason` is given (`cancelWorkflowRunAction`, which logs it)."""
         self._run(run_id, when, status="CANCELED", node_path=None, completed_at=when)
         self.db.execute(
             "UPDATE workflow_run_waits SET status = 'CANCELED', resolved_at = %s "
             "WHERE run_id = %s AND status = 'WAITING'",
             (when, run_id),
         )
+        if reason is not None:
+            self.log(run_id, when, "WARN", "Run canceled by operator", context={"reason": reason}, source="api")
+
+    def retried(self, run_id: str, path: str, when: datetime, reason: str) -> None:
+        """A failed run retried by its operator (`retryWorkflowRunAction`): RUNNING again from its failed step,
+        which the caller then runs again."""
+        self._run(run_id, when, status="RUNNING", node_path=path, completed_at=None, error_json=None)
+        context = {"reason": reason, "nodePath": path}
+        self.log(run_id, when, "INFO", "Run retry requested", context=context, source="api")
 
 
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)

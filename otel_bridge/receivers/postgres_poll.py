@@ -31,6 +31,7 @@ from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
+from otel_bridge.sources.runtime_v2 import RETRY_REQUESTED, RUNTIME_SOURCES
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ TABLES = (
     "workflow_run_steps",
     "workflow_run_waits",
     "workflow_action_invocations",
+    "workflow_run_logs",
     "workflow_definitions",
 )
 # Where a keyset page starts when no run of that instant was read yet: before every uuid.
@@ -51,12 +53,25 @@ _REMEMBERED = 100_000
 # Payloads the bridge does not show (the input only with capture_input): not read at all.
 _RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"]
 
-# A run's row, with its workflow's name.
-_RUN_ROW = "(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object('workflow_name', d.name))::text"
+
+def _retries(row: str, at: str) -> str:
+    """How many retries of a failed run its operator asked for by `at` (in its log, by the runtime's index on
+    the log's (run_id, created_at)): which of the run's traces the row `row` belongs to."""
+    return (
+        f"(SELECT count(*) FROM workflow_run_logs g WHERE g.run_id = {row}.run_id "
+        f"AND g.message = '{RETRY_REQUESTED}' AND g.created_at <= {at})"
+    )
+
+
+# A run's row, with its workflow's name, its retries and when the latest was asked for.
+_RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
+          'workflow_name', d.name, 'retries', {_retries("r", "'infinity'")}, 'retried_at', (
+            SELECT max(g.created_at) FROM workflow_run_logs g WHERE g.run_id = r.run_id
+              AND g.message = '{RETRY_REQUESTED}')))::text"""
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
 _RUN_KEYS = """
-SELECT r.updated_at, r.run_id::text, r.xmin::text
+SELECT r.updated_at, r.run_id::text, r.xmin::text, r.status IN ('SUCCEEDED', 'FAILED', 'CANCELED')
 FROM workflow_runs r
 WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s, %(after_id)s)
 ORDER BY r.updated_at, r.run_id::text
@@ -71,13 +86,14 @@ WHERE r.run_id = ANY(%(runs)s::uuid[])
 # A step's row, and for one left STARTED when the step was run again (the runtime's interpreter resumes a
 # wait in a new execution; a worker that died leaves its execution so): when the next began, and when the
 # wait at that path between them began, if one did.
-_STEP_ROW = """(to_jsonb(s) - 'snapshot_id' || CASE WHEN s.status <> 'STARTED' THEN '{}' ELSE coalesce((
+_STEP_ROW = f"""(to_jsonb(s) - 'snapshot_id' || jsonb_build_object('retries', {_retries("s", "s.started_at")})
+        || CASE WHEN s.status <> 'STARTED' THEN '{{}}' ELSE coalesce((
           SELECT jsonb_build_object('next_started_at', n.started_at, 'waited_at', (
                    SELECT max(w.created_at) FROM workflow_run_waits w
                    WHERE w.run_id = s.run_id AND w.step_path = s.step_path
                      AND w.created_at >= s.started_at AND w.created_at <= n.started_at))
           FROM workflow_run_steps n
-          WHERE n.run_id = s.run_id AND n.step_path = s.step_path AND n.attempt = s.attempt + 1), '{}') END)::text"""
+          WHERE n.run_id = s.run_id AND n.step_path = s.step_path AND n.attempt = s.attempt + 1), '{{}}') END)::text"""
 # The rows of the changed runs changed since each run was last read (`since` null: all of them), found by
 # run_id (the runtime's index on steps' (run_id, step_path)); and an execution left STARTED whose step
 # was run again since.
@@ -92,11 +108,12 @@ WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
            AND n.started_at >= c.since))
 """
 # A wait names its step's path, not the execution it parked: the latest one at that path by then.
-_WAIT_ROW = """(to_jsonb(w) - 'payload' || jsonb_build_object('task_type', w.payload->>'taskType') || coalesce((
+_WAIT_ROW = f"""(to_jsonb(w) - 'payload' || jsonb_build_object(
+          'task_type', w.payload->>'taskType', 'retries', {_retries("w", "w.created_at")}) || coalesce((
           SELECT jsonb_build_object('attempt', s.attempt, 'definition_step_id', s.definition_step_id)
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
-          ORDER BY s.attempt DESC LIMIT 1), '{}'))::text"""
+          ORDER BY s.attempt DESC LIMIT 1), '{{}}'))::text"""
 _WAITS = f"""
 SELECT {_WAIT_ROW}
 FROM workflow_run_waits w
@@ -105,14 +122,51 @@ WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
 """
 # The actions a step called, ended since (their inputs and outputs not read), each with the execution of
 # its step it was called from: the latest at its path by then.
-_ACTIONS = """
-SELECT (to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key' - 'lease_owner' - 'lease_expires_at'
-        || jsonb_build_object('attempt', (
+_ACTION_ROW = f"""(to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key' - 'lease_owner' - 'lease_expires_at'
+        || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")}, 'attempt', (
              SELECT max(s.attempt) FROM workflow_run_steps s
-             WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text
+             WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text"""
+_ACTIONS = f"""
+SELECT {_ACTION_ROW}
 FROM workflow_action_invocations a
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON a.run_id = c.run_id
 WHERE a.completed_at IS NOT NULL AND (c.since IS NULL OR a.completed_at >= c.since)
+"""
+# The run's log lines written since (`since` null: all of them) that are told (at a level asked for, an
+# operator's, a retry asked for), each with the execution of its step it was written in, and for a retry
+# when the run retried did its last; by the runtime's index on the log's (run_id, created_at).
+_LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
+          'retries', {_retries("l", "l.created_at")},
+          'attempt', coalesce(
+            (SELECT s.attempt FROM workflow_run_steps s WHERE s.step_id = l.step_id),
+            (SELECT max(s.attempt) FROM workflow_run_steps s
+             WHERE s.run_id = l.run_id AND s.step_path = l.step_path AND s.started_at <= l.created_at)),
+          'ended_at', CASE WHEN l.message = '{RETRY_REQUESTED}' THEN (
+            SELECT max(s.completed_at) FROM workflow_run_steps s
+            WHERE s.run_id = l.run_id AND s.started_at <= l.created_at) END)
+        || CASE WHEN l.message <> '{RETRY_REQUESTED}' THEN '{{}}' ELSE (
+            SELECT jsonb_build_object('workflow_name', d.name, 'run_started_at', r.started_at)
+            FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+            WHERE r.run_id = l.run_id) END)::text"""
+_LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message = '{RETRY_REQUESTED}'
+       OR (%(operators)s AND l.level = 'INFO' AND coalesce(l.source, '') <> ALL(%(runtime_sources)s::text[])))"""
+_LOGS = f"""
+SELECT {_LOG_ROW}
+FROM workflow_run_logs l
+JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON l.run_id = c.run_id
+WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
+"""
+# Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
+_EXPORT = f"""SELECT {_RUN_ROW}
+  FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+UNION ALL SELECT {_STEP_ROW}
+  FROM workflow_run_steps s
+UNION ALL SELECT {_WAIT_ROW}
+  FROM workflow_run_waits w
+UNION ALL SELECT {_ACTION_ROW}
+  FROM workflow_action_invocations a WHERE a.completed_at IS NOT NULL
+UNION ALL SELECT {_LOG_ROW}
+  FROM workflow_run_logs l WHERE {_LOG_TOLD};
 """
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
@@ -127,6 +181,29 @@ FROM workflow_run_waits w
 JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
+
+
+def _read_logs(log_levels: tuple[str, ...]) -> dict[str, Any]:
+    """Which of the runs' log lines are read (sources/runtime_v2.py `log_is_read` says the same)."""
+    return {"levels": list(log_levels), "operators": "WARN" in log_levels, "runtime_sources": list(RUNTIME_SOURCES)}
+
+
+def export_sql(capture_input: bool, log_levels: tuple[str, ...]) -> str:
+    """The query that writes every row the poller would read, one JSON object a line (`psql -At`), for
+    `otel-bridge replay --format runtime-v2` where the bridge cannot reach the database."""
+
+    def literal(value: Any) -> str:
+        # Only the bridge's own names and levels: none holds a quote.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "ARRAY[" + ", ".join(f"'{item}'" for item in value) + "]"
+
+    params = {"dropped": _dropped(capture_input), **_read_logs(log_levels)}
+    return _EXPORT % {name: literal(value) for name, value in params.items()}
+
+
+def _dropped(capture_input: bool) -> list[str]:
+    return _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
 
 
 def said(exc: psycopg.Error) -> str:
@@ -151,6 +228,7 @@ class TablePoller:
         start: datetime | None = None,
         lease: Callable[[float], bool] | None = None,
         lease_seconds: float | None = None,
+        log_levels: tuple[str, ...] = ("WARN", "ERROR"),
     ) -> None:
         """`start`: read the runs changed since then, whatever mark is kept (an import of the history).
         `lease(seconds)`: whether this bridge holds the lease of reading the tables for so long, among
@@ -163,8 +241,9 @@ class TablePoller:
         self._poll = poll_seconds
         self._overlap = timedelta(seconds=overlap_seconds)
         self._look_back = timedelta(seconds=look_back_seconds)
-        self._dropped = _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
+        self._dropped = _dropped(capture_input)
         self._page = page
+        self._logs = _read_logs(log_levels)
         self._db: psycopg.Connection[Any] | None = None
         # The runs read, oldest read first: the updated_at and the version (xmin) of their row read.
         self._seen: dict[str, tuple[datetime, str]] = {}
@@ -223,7 +302,13 @@ class TablePoller:
             keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
             if not keys:
                 break
-            fresh = [(run, (at, version)) for at, run, version in keys if self._seen.get(run) != (at, version)]
+            fresh = [(run, (at, version)) for at, run, version, _ended in keys if self._seen.get(run) != (at, version)]
+            # A run that ended, read as it is: the lines of its log written after its row's last update (the
+            # runtime writes its end's, an operator's cancel, just after), read again while in the overlap.
+            if ended := [(run, at) for at, run, version, done in keys if done and self._seen.get(run) == (at, version)]:
+                since = [at - self._overlap for _run, at in ended]
+                logs = db.execute(_LOGS, {"runs": [run for run, _at in ended], "since": since, **self._logs})
+                self._hand_over([row[0] for row in logs])
             if fresh:
                 self._take(db, fresh)
                 changed_runs += len(fresh)
@@ -263,6 +348,7 @@ class TablePoller:
         texts += [row[0] for row in db.execute(_STEPS, params)]
         texts += [row[0] for row in db.execute(_WAITS, params)]
         texts += [row[0] for row in db.execute(_ACTIONS, params)]
+        texts += [row[0] for row in db.execute(_LOGS, params | self._logs)]
         self._hand_over(texts)
         for run, read in fresh:
             self._seen.pop(run, None)  # to the end: the oldest read is forgotten first

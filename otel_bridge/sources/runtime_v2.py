@@ -12,6 +12,13 @@ Temporal drives ends the same execution once the wait is over.
 
 A row read again, as it was or since updated, tells the same facts under the same event ids
 (made from the row's own id), so the poller may read a row any number of times.
+
+An operator may retry a failed run (`retryWorkflowRunAction`): its row goes back to RUNNING and
+its failed step runs again. The failed run's trace was sent, so each retry is a trace of its own
+(`<run_id>/retry-<n>`, its root linked to the one before): every row is read with how many
+retries were asked for before it (`retries`, counted in `workflow_run_logs`), which names the
+trace it belongs to. A run's log lines (`workflow_run_logs`, at the levels asked for) are span
+events, each named by its message.
 """
 
 import zlib
@@ -68,6 +75,8 @@ class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     run_id: Identity
+    # Joined: how many retries of the failed run its operator asked for before the row was written.
+    retries: Attempts = 0
 
 
 class RunRow(_Row):
@@ -86,6 +95,10 @@ class RunRow(_Row):
     started_at: IsoTime
     completed_at: IsoTime | None = None
     updated_at: IsoTime | None = None
+    # The run that called this one (a child workflow, in the runtime's newer schema).
+    parent_run_id: Identity | None = None
+    # Joined: when its operator asked for its latest retry.
+    retried_at: IsoTime | None = None
 
     json_columns = field_validator("input_json", "error_json", mode="before")(_json_column)
 
@@ -142,6 +155,57 @@ class ActionRow(_Row):
     attempt: Attempts | None = None
 
 
+class LogRow(_Row):
+    """A line of `workflow_run_logs`, with the execution of its step it was written in (`attempt`) and, for a
+    retry its operator asked for, when the run retried did its last (`ended_at`), its workflow's name and when
+    it first started, when joined."""
+
+    log_id: Identity
+    step_id: Identity | None = None
+    step_path: Text | None = None
+    level: Label
+    message: Text
+    context_json: Any = None
+    correlation_key: Text | None = None
+    event_name: Text | None = None
+    source: Label | None = None
+    created_at: IsoTime
+    attempt: Attempts | None = None
+    ended_at: IsoTime | None = None
+    workflow_name: Text = ""
+    run_started_at: IsoTime | None = None
+
+    json_columns = field_validator("context_json", mode="before")(_json_column)
+
+
+# The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
+RETRY_REQUESTED = "Run retry requested"
+# A run's log levels, least first: lines at the level asked for and above are read.
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+# Where the runtime writes its own lines from; the others are its operators' (the API, the UI): read from INFO.
+RUNTIME_SOURCES = ("runtime", "worker", "event")
+# A span event's name is the line's message, cut to this.
+_MESSAGE_CHARS = 200
+
+
+def levels_from(level: str) -> tuple[str, ...]:
+    """The log levels read when asked for `level` and above (`none`: no line but the retries asked for)."""
+    wanted = level.upper()
+    if wanted == "NONE":
+        return ()
+    if wanted == "WARNING":
+        wanted = "WARN"
+    return LOG_LEVELS[LOG_LEVELS.index(wanted) :]
+
+
+def log_is_read(row_level: str, source: str | None, message: str, levels: tuple[str, ...]) -> bool:
+    """Whether a log line is told: at a level asked for, or an operator's (from INFO when WARN is), or a retry."""
+    level = row_level.upper()
+    if level in levels or message == RETRY_REQUESTED:
+        return True
+    return bool(levels) and level == "INFO" and "WARN" in levels and source not in RUNTIME_SOURCES
+
+
 @dataclass(frozen=True)
 class RuntimeV2Options:
     """What the rows do not say: whose service and environment the runs are."""
@@ -149,6 +213,8 @@ class RuntimeV2Options:
     service: str = "workflow-runtime-v2"
     env: str = "production"
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    # The run's log lines told, by level (`levels_from`): warnings and errors, and what operators did.
+    log_levels: tuple[str, ...] = ("WARN", "ERROR")
 
 
 def table_of(raw: Any) -> str:
@@ -159,6 +225,8 @@ def table_of(raw: Any) -> str:
         return "workflow_run_waits"
     if "invocation_id" in raw:
         return "workflow_action_invocations"
+    if "log_id" in raw:
+        return "workflow_run_logs"
     if "step_id" in raw and "attempt" in raw:
         return "workflow_run_steps"
     if "workflow_id" in raw and "status" in raw:
@@ -166,7 +234,7 @@ def table_of(raw: Any) -> str:
     raise DecodeError(
         "",
         "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt), "
-        "workflow_run_waits (wait_id) or workflow_action_invocations (invocation_id)",
+        "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id) or workflow_run_logs (log_id)",
     )
 
 
@@ -176,12 +244,15 @@ class RuntimeV2Decoder:
     def __init__(self, options: RuntimeV2Options | None = None) -> None:
         self.options = options or RuntimeV2Options()
         # Each table's row model, and what its rows tell.
-        self._tables: dict[str, tuple[type[_Row], Callable[[Any], tuple[RunRef, list[Fact]]]]] = {
+        self._tables: dict[str, tuple[type[_Row], Callable[[Any], list[WorkflowRecord]]]] = {
             "workflow_runs": (RunRow, self._run),
             "workflow_run_steps": (StepRow, self._step),
             "workflow_run_waits": (WaitRow, self._wait),
             "workflow_action_invocations": (ActionRow, self._action),
+            "workflow_run_logs": (LogRow, self._log),
         }
+        # A log line's context is the runtime's own, redacted by it for its run's page: shown as JSON.
+        self._context = self.options.decode.model_copy(update={"capture_input": True})
 
     def __call__(self, raw: Any) -> list[WorkflowRecord]:
         table = table_of(raw)
@@ -192,39 +263,49 @@ class RuntimeV2Decoder:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])
             raise DecodeError(where, f"{reason(error)} (a row of {table})").of(raw, "run_id") from None
-        run, facts = told(row)
-        return [WorkflowRecord(run=run, fact=f) for f in facts]
+        return told(row)
 
     def state_key(self, run_id: str) -> str:
         return self._ref(run_id).state_key
 
-    def _ref(self, run_id: str, name: str = "", attributes: dict[str, AttributeValue] | None = None) -> RunRef:
+    def _ref(
+        self, run_id: str, retries: int = 0, name: str = "", attributes: dict[str, AttributeValue] | None = None
+    ) -> RunRef:
         # The run's id alone names it (a UUID): its tenant is shown, not part of its identity, since the
-        # steps' and waits' rows of older schemas do not carry it.
+        # steps' and waits' rows of older schemas do not carry it. A retry its operator asked for is a trace
+        # of its own, which shows the runtime's id all the same.
+        shown = attributes or {}
+        if retries:
+            shown = shown | {c.WORKFLOW_EXECUTION_ID: run_id, c.WORKFLOW_EXECUTION_RETRY: retries}
         return RunRef(
             engine=ENGINE,
             env=self.options.env,
             service=self.options.service,
-            run_id=run_id,
+            run_id=life_of(run_id, retries),
             name=name,
-            attributes=attributes or {},
+            attributes=shown,
         )
 
-    def _run(self, row: RunRow) -> tuple[RunRef, list[Fact]]:
+    def _run(self, row: RunRow) -> list[WorkflowRecord]:
         tenant = row.tenant_id or row.tenant
         version = str(row.workflow_version) if row.workflow_version is not None else None
         run = self._ref(
             row.run_id,
+            row.retries,
             cut(row.workflow_name, MAX_TEXT) or row.workflow_id,
             attrs(
                 **{
                     c.WORKFLOW_DEFINITION_ID: row.workflow_id,
                     c.WORKFLOW_DEFINITION_VERSION: version,
                     c.TENANT_ID: tenant,
+                    c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
                 }
             ),
         )
-        told = _Told("run", row.run_id)
+        told = _Told("run", row.run_id, run, life=row.retries)
+        # A retry starts as its operator asked for it, and follows the run it retries; a child follows its parent.
+        links = [life_of(row.run_id, row.retries - 1)] if row.retries else []
+        links += [row.parent_run_id] if row.parent_run_id else []
         started = attrs(
             **{
                 c.WORKFLOW_EVENT_TYPE: row.event_type,
@@ -234,7 +315,8 @@ class RuntimeV2Decoder:
                 else None,
             }
         )
-        told(KIND.RUN_STARTED, row.started_at, "started", name="run.started", attributes=started)
+        began = (row.retried_at or row.started_at) if row.retries else row.started_at
+        told(KIND.RUN_STARTED, began, "started", name="run.started", attributes=started, links=tuple(links))
         ending = _RUN_ENDINGS.get(row.status.upper())
         ended_at = row.completed_at or row.updated_at
         if ending is not None and ended_at is not None:
@@ -248,10 +330,10 @@ class RuntimeV2Decoder:
                 error=error or (ErrorInfo(message="run failed") if ending is OUTCOME.FAILURE else None),
                 reason="canceled" if ending is OUTCOME.CANCELLATION else None,
             )
-        return run, told.facts
+        return told.records
 
-    def _step(self, row: StepRow) -> tuple[RunRef, list[Fact]]:
-        told = _Told("step", row.step_id)
+    def _step(self, row: StepRow) -> list[WorkflowRecord]:
+        told = _Told("step", row.step_id, self._ref(row.run_id, row.retries))
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
         told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
         outcome = _STEP_ENDINGS.get(row.status.upper())
@@ -292,10 +374,10 @@ class RuntimeV2Decoder:
                     attributes=attrs(**{c.EXCEPTION_MESSAGE: error.message, c.EXCEPTION_TYPE: error.type}),
                     **step,
                 )
-        return self._ref(row.run_id), told.facts
+        return told.records
 
-    def _wait(self, row: WaitRow) -> tuple[RunRef, list[Fact]]:
-        told = _Told("wait", row.wait_id)
+    def _wait(self, row: WaitRow) -> list[WorkflowRecord]:
+        told = _Told("wait", row.wait_id, self._ref(row.run_id, row.retries))
         kind = row.wait_type.lower()
         status = row.status.upper()
         resume_at = ns(row.timeout_at) if row.timeout_at is not None else None
@@ -314,7 +396,7 @@ class RuntimeV2Decoder:
                 ),
                 **step,
             )
-            return self._ref(row.run_id), told.facts
+            return told.records
         if kind == "time":
             # Asleep: paused until its time (past it, overdue: the worker's tick that wakes it lost).
             until = iso(row.timeout_at)
@@ -340,7 +422,7 @@ class RuntimeV2Decoder:
                 told(KIND.SLEEP_ENDED, row.resolved_at, "resolved", name="sleep.completed", step=row.step_path)
                 if status != "CANCELED":
                     told(KIND.RUN_RESUMED, row.resolved_at, "resumed", name="time.wait.resolved")
-            return self._ref(row.run_id), told.facts
+            return told.records
         waiting_for = row.event_name or kind
         said = f"waiting for {waiting_for}" + (f" ({row.key})" if row.key else "")
         told(
@@ -366,18 +448,18 @@ class RuntimeV2Decoder:
             if status == "RESOLVED" and row.resolved_at is not None:
                 told(KIND.TASK_CLOSED, row.resolved_at, "task-closed", name="human.task.completed", **task)
         if status == "CANCELED" or row.resolved_at is None or status == "WAITING":
-            return self._ref(row.run_id), told.facts  # a run canceled while it waited: its end tells it
+            return told.records  # a run canceled while it waited: its end tells it
         timed_out = (row.timeout_at is not None and row.resolved_at >= row.timeout_at) or "TIMEOUT" in status
         if timed_out:
             told(KIND.TIMEOUT_EXCEEDED, row.resolved_at, "timeout", name="wait.timed_out", **step)
         told(KIND.RUN_RESUMED, row.resolved_at, "resolved", name="event.wait.resolved")
-        return self._ref(row.run_id), told.facts
+        return told.records
 
-    def _action(self, row: ActionRow) -> tuple[RunRef, list[Fact]]:
+    def _action(self, row: ActionRow) -> list[WorkflowRecord]:
         """An action the step called, once it ended: an event on the execution that called it."""
-        told = _Told("action", row.invocation_id)
+        told = _Told("action", row.invocation_id, self._ref(row.run_id, row.retries))
         if row.completed_at is None or row.status.upper() not in ("SUCCEEDED", "FAILED"):
-            return self._ref(row.run_id), told.facts
+            return told.records
         took = (row.completed_at - row.started_at).total_seconds() * 1000 if row.started_at is not None else None
         failed = row.status.upper() == "FAILED"
         told(
@@ -400,7 +482,47 @@ class RuntimeV2Decoder:
                 }
             ),
         )
-        return self._ref(row.run_id), told.facts
+        return told.records
+
+    def _log(self, row: LogRow) -> list[WorkflowRecord]:
+        """A line of the run's log: an event of the execution it was written in, or of the run. A retry its
+        operator asked for also starts the retry, and ends the run it retries (as failed, when it did its
+        last) — its row, which the retry overwrote, may never have been read failed — under the ids the
+        run's row tells them by."""
+        told = _Told("log", row.log_id, self._ref(row.run_id, row.retries))
+        if not log_is_read(row.level, row.source, row.message, self.options.log_levels):
+            return told.records
+        if row.message == RETRY_REQUESTED and row.retries:
+            name = cut(row.workflow_name, MAX_TEXT)
+            retried = _Told("run", row.run_id, self._ref(row.run_id, row.retries - 1, name), life=row.retries - 1)
+            if row.retries == 1 and row.run_started_at is not None:
+                retried(KIND.RUN_STARTED, row.run_started_at, "started", name="run.started")
+            failed_at = row.ended_at or row.created_at
+            error = ErrorInfo(message="run failed")
+            retried(KIND.RUN_ENDED, failed_at, "ended", name="run.failed", outcome=OUTCOME.FAILURE, error=error)
+            retry = _Told("run", row.run_id, self._ref(row.run_id, row.retries, name), life=row.retries)
+            follows = (life_of(row.run_id, row.retries - 1),)
+            retry(KIND.RUN_STARTED, row.created_at, "started", name="run.started", links=follows)
+            told.records[:0] = retried.records + retry.records
+        told(
+            KIND.ANNOTATION,
+            row.created_at,
+            "logged",
+            name=cut(row.message, _MESSAGE_CHARS) or row.level.lower(),
+            # Not joined to its execution (an export without it): the latest at its path by then.
+            step=row.step_path,
+            attempt=row.attempt,
+            attributes=attrs(
+                **{
+                    c.WORKFLOW_LOG_LEVEL: row.level.upper(),
+                    c.WORKFLOW_LOG_SOURCE: row.source,
+                    c.WORKFLOW_LOG_CONTEXT: summary(row.context_json, self._context) if row.context_json else None,
+                    c.WORKFLOW_EVENT_NAME: row.event_name,
+                    c.WORKFLOW_EXECUTION_CORRELATION_ID: row.correlation_key,
+                }
+            ),
+        )
+        return told.records
 
     def _error(self, value: Any) -> ErrorInfo | None:
         if not isinstance(value, dict) or not value:
@@ -420,18 +542,26 @@ class RuntimeV2Decoder:
 # Facts of one instant are in the order of their ids (`Fact.order`), and the rows' ids are random: their
 # table's rank first puts a run's start before its step's, and a step's start before the wait it publishes
 # (the runtime writes them in that order, often within a millisecond).
-_RANKS = {"run": "0", "step": "1", "wait": "2", "action": "3"}
+_RANKS = {"run": "0", "step": "1", "wait": "2", "action": "3", "log": "4"}
+
+
+def life_of(run_id: str, retries: int) -> str:
+    """The bridge's id of a run (its trace), or of the `retries`-th retry of it its operator asked for."""
+    return f"{run_id}/retry-{retries}" if retries else run_id
 
 
 class _Told:
-    """The facts of one row, each under an event id made from the row's table and id, and what the fact is:
-    the same at every read of the row."""
+    """The facts of one row about `run`, each under an event id made from the row's table and id, and what
+    the fact is: the same at every read of the row. A run's own facts are told apart by its retry (`life`)."""
 
-    def __init__(self, table: str, row_id: str) -> None:
+    def __init__(self, table: str, row_id: str, run: RunRef, life: int = 0) -> None:
         self.prefix = f"v2:{_RANKS[table]}{table}:{row_id}:"
-        self.facts: list[Fact] = []
+        self.suffix = f":{life}" if life else ""
+        self.run = run
+        self.records: list[WorkflowRecord] = []
 
     def __call__(self, kind: FactKind, at: datetime, what: str, **fields: Any) -> None:
-        event_id = self.prefix + what
+        event_id = self.prefix + what + self.suffix
         attributes = {c.WORKFLOW_EVENT_ID: event_id, **fields.pop("attributes", {})}
-        self.facts.append(Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes=attributes, **fields))
+        fact = Fact(event_id=event_id, time_ns=ns(at), kind=kind, attributes=attributes, **fields)
+        self.records.append(WorkflowRecord(run=self.run, fact=fact))

@@ -78,6 +78,11 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
         resumed = runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(300.1))
         runtime.step_succeeded(waiting, resumed, at(300.1), at(301), None)
         got.wait_for(lambda: _root(got, waiting) is not None, timeout=30)
+        # Its operator retries the failed run, which succeeds: a trace of its own, following the failed one.
+        runtime.retried(failed, "root.steps[0]", at(400), "the ticket was restored")
+        again = runtime.step_started(failed, "root.steps[0]", "lookup", at(400.1))
+        runtime.step_succeeded(failed, again, at(400.1), at(401), None)
+        got.wait_for(lambda: _root(got, f"{failed}/retry-1") is not None, timeout=30)
     finally:
         bridge.close()
 
@@ -98,6 +103,10 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
     assert root.attributes["tenant.id"] == "acme" and root.attributes["workflow.platform.name"] == "workflow-runtime-v2"
     failed_root = _root(got, failed)
     assert failed_root.status_code == ERROR and failed_root.status_message == "ticket not found"
+    retry = _root(got, f"{failed}/retry-1")
+    assert retry.status_code == OK and retry.links == [(failed_root.trace_id, failed_root.span_id)]
+    assert retry.attributes["workflow.execution.id"] == failed and retry.attributes["workflow.execution.retry"] == 1
+    assert [s.name for s in got.trace(_trace(failed))].count("workflow ticket-escalation") == 1, "sent once, failed"
     assert failed_root.attributes["error.type"] == "ActionError"
     told = bridge.log.read_text()
     assert "following the runtime v2's runs at postgresql://postgres:***@" in told and "hunter2" not in told
@@ -130,26 +139,34 @@ def test_import_reads_the_history_at_once_and_again_is_all_duplicates(tmp_path, 
     command = [sys.executable, "-m", "otel_bridge", "import-runtime-v2"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("runs: 2  events accepted: 30  duplicates: 0  rejected: 0"), first.stdout
+    assert first.stdout.startswith("runs: 2  events accepted: 34  duplicates: 0  rejected: 0"), first.stdout
     for run in runs:
         # The runs' service and environment by default.
         assert len(otlp_http.received.trace(_trace(run, "production", "workflow-runtime-v2"))) == 5
     later = subprocess.run([*command, "--since", "2026-12-04T09:05:00Z"], env=env, capture_output=True, text=True)
-    assert later.stdout.startswith("runs: 1  events accepted: 0  duplicates: 15"), later.stdout
+    assert later.stdout.startswith("runs: 1  events accepted: 0  duplicates: 17"), later.stdout
     elsewhere = {**env, "OTEL_BRIDGE_RUNTIME_V2_URL": database + "_gone"}
     gone = subprocess.run(command, env=elsewhere, capture_output=True, text=True, timeout=120)
     assert gone.returncode != 0 and "cannot read the runs at" in gone.stderr and "does not exist" in gone.stderr
 
 
-def test_the_readmes_export_replayed_makes_the_traces_the_import_makes(tmp_path, otlp_http, database):
+def test_the_export_replayed_makes_the_traces_the_import_makes(tmp_path, otlp_http, database):
+    printed = [sys.executable, "-m", "otel_bridge", "import-runtime-v2", "--export-sql"]
+    query = subprocess.run(printed, capture_output=True, text=True, check=True, timeout=60).stdout
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    query = readme.split("""psql "$ALGA_DATABASE_URL" -At > runs.jsonl <<'SQL'\n""", 1)[1].split("\nSQL\n", 1)[0]
+    assert "otel-bridge import-runtime-v2 --export-sql > export.sql" in readme
     runtime = Runtime(psycopg.connect(database, autocommit=True))
     for offset in (0, 500):
         _escalation(runtime, offset)
     waiting = runtime.start_run(at(900))
     runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(901))
     runtime.event_wait(waiting, "root.steps[0]", at(902), "APPROVED", "T-2", timeout=60)
+    retried = runtime.start_run(at(1000))
+    lookup = runtime.step_started(retried, "root.steps[0]", "lookup", at(1001))
+    runtime.step_failed(retried, lookup, "root.steps[0]", at(1001), at(1002))
+    runtime.retried(retried, "root.steps[0]", at(1100), "the ticket was restored")
+    again = runtime.step_started(retried, "root.steps[0]", "lookup", at(1101))
+    runtime.step_succeeded(retried, again, at(1101), at(1102), None)
     psql = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
     export = tmp_path / "runs.jsonl"
     with export.open("w") as out:
@@ -169,6 +186,10 @@ def test_the_readmes_export_replayed_makes_the_traces_the_import_makes(tmp_path,
     assert len(parked) == 4 and all(end - start < 10**9 for _n, start, end, _s, _e in parked)
     failed = [s for s in set(by_import) if s[0] == "step lookup" and "action.failed" in s[4]]
     assert len(failed) == 2 and all(s[3] == ERROR for s in failed), "one a run: on its first lookup"
+    roots = [
+        s for s in set(by_import) if s[0] == "workflow ticket-escalation" and s[1] >= at(1000).timestamp() * 1e9 - 1
+    ]
+    assert sorted((s[3], "Run retry requested" in s[4]) for s in roots) == [(OK, True), (ERROR, False)]
 
 
 def _seen(spans) -> list[tuple]:

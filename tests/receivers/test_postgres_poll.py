@@ -19,7 +19,7 @@ from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.postgres_poll import TablePoller
-from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -335,3 +335,73 @@ def test_of_replicas_sharing_a_redis_state_one_reads_the_tables_and_another_take
         assert second.reading is True
     read_by_second = {r["run_id"] for r in second_rows.rows if "workflow_id" in r}
     assert first_run not in read_by_second, "it went on from the mark the first kept, not its own start"
+
+
+def test_a_failed_run_its_operator_retries_is_a_second_trace_following_the_first(database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    poller = _poller(database, recorded, tmp_path, marks)
+    run = runtime.start_run(at(0))
+    lookup = runtime.step_started(run, "root.steps[0]", "lookup", at(1))
+    runtime.step_failed(run, lookup, "root.steps[0]", at(1), at(2))
+    poller.poll_once()
+    failed = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=None)
+    runtime.retried(run, "root.steps[0]", at(600), "the ticket was restored")
+    again = runtime.step_started(run, "root.steps[0]", "lookup", at(601))
+    runtime.step_succeeded(run, again, at(601), at(602), None)
+    poller.poll_once()
+
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    first, retry = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+    assert first.status is SpanStatus.ERROR and first.status_message == "ticket not found", "as read when it failed"
+    assert retry.status is SpanStatus.OK and retry.start_ns == _ns(at(600)) and retry.trace_id != first.trace_id
+    assert retry.remote_links == [(first.trace_id, first.span_id)]
+    assert retry.attributes["workflow.execution.id"] == run and retry.attributes["workflow.execution.retry"] == 1
+    asked = next(e for e in retry.events if e.name == "Run retry requested")
+    assert '"reason":"the ticket was restored"' in asked.attributes["workflow.log.context"]
+    assert [s.name for s in folded.spans if s.trace_id == retry.trace_id and s.parent_span_id] == ["step lookup"]
+    assert all(a.value != "late" for a in folded.admissions), "nothing after the failed run's end is late"
+    assert len(failed.runs) == 1
+
+
+def test_an_operators_cancel_written_after_the_runs_end_is_still_read_with_its_reason(database, tmp_path):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    poller = _poller(database, recorded, tmp_path, marks)
+    run = runtime.start_run(at(0))
+    runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
+    runtime.event_wait(run, "root.steps[0]", at(2), "APPROVED", "T-1", timeout=3600)
+    runtime._run(run, at(50), status="CANCELED", node_path=None, completed_at=at(50))
+    assert poller.poll_once() == 1
+    # The runtime's cancel action logs the operator's reason just after it updated the run, never again.
+    runtime.log(run, at(50.01), "WARN", "Run canceled by operator", context={"reason": "duplicate"}, source="api")
+    assert poller.poll_once() == 0
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    canceled = next(e for e in folded.root.events if e.name == "Run canceled by operator")
+    assert (
+        canceled.attributes["workflow.log.level"] == "WARN"
+        and "duplicate" in canceled.attributes["workflow.log.context"]
+    )
+
+
+def test_a_runs_log_is_read_from_the_level_asked_for_on_the_execution_it_was_written_in(database, tmp_path):
+    runtime = _runtime(database)
+    run = runtime.start_run(at(0))
+    lookup = runtime.step_started(run, "root.steps[0]", "lookup", at(1))
+    runtime.action_called(run, "root.steps[0]", "tickets.find", at(1.1), at(1.9), "upstream 503")
+    runtime.retry_scheduled(run, lookup, "root.steps[0]", at(1), at(2), backoff=5)
+    told = {}
+    for level in ("warn", "info", "none"):
+        recorded = Recorded(tmp_path / level)
+        levels = {"warn": ("WARN", "ERROR"), "info": ("INFO", "WARN", "ERROR"), "none": ()}[level]
+        _poller(database, recorded, tmp_path / level, {}, log_levels=levels).poll_once()
+        decoded = RuntimeV2Decoder(RuntimeV2Options(log_levels=levels))
+        told[level] = [e.name for e in fold_events(recorded.rows, decoder=decoded).span("step lookup").events]
+    # The runtime's own warnings and errors, in its words, beside what its rows tell.
+    assert told["warn"] == [
+        "action.failed",
+        "Action invocation failed",
+        "retry.scheduled",
+        "Retry scheduled",
+        "exception",
+    ]
+    assert told["info"][:2] == ["Step started", "Action invocation started"] and len(told["info"]) == 7
+    assert told["none"] == ["action.failed", "retry.scheduled", "exception"]

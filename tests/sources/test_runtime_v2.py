@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fold_harness import comparable, fold_events
+from fold_harness import _apply, _records, comparable, fold_events, settle_all
 
 from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
@@ -264,7 +264,7 @@ def test_a_json_column_exported_as_text_is_read_as_json():
     ("row", "said"),
     [
         ([1, 2], "a row must be a JSON object, not an array"),
-        ({"log_id": "x", "message": "Step started"}, "not a row of workflow_runs"),
+        ({"snapshot_id": "x", "envelope_json": {}}, "not a row of workflow_runs"),
         (
             {"run_id": "r", "workflow_id": "w", "status": "RUNNING"},
             "started_at: Field required (a row of workflow_runs)",
@@ -349,3 +349,102 @@ def test_each_action_a_step_called_is_an_event_of_the_execution_that_called_it()
     assert [(name, at) for name, at, _a in told] == [("action.failed", _ns(1.6)), ("action.succeeded", _ns(2.2))]
     assert told[0][2]["exception.message"] == "upstream 503" and told[0][2]["workflow.action.id"] == "tickets.find"
     assert told[1][2]["workflow.action.duration_ms"] == 500 and told[1][2]["workflow.action.version"] == 1
+
+
+def _log(run: Run, at: float, level: str, message: str, **more: Any) -> dict[str, Any]:
+    return {
+        "log_id": str(uuid.uuid4()),
+        "run_id": run.run_id,
+        "level": level,
+        "message": message,
+        "source": "runtime",
+        "created_at": _at(at),
+    } | more
+
+
+def _retried() -> tuple[Run, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run failed at 2 and retried by its operator at 10, which succeeded at 11: its rows as read before the
+    retry, and as read after it."""
+    run = Run("payout")
+    error = _error("ActionError", "ticket not found", "root.steps[0]")
+    run.step("root.steps[0]", "lookup", 1, "FAILED", 2, error_json=error)
+    before = [dict(row) for row in run.ended("FAILED", 2, error).rows]
+    asked = _log(
+        run,
+        10,
+        "INFO",
+        "Run retry requested",
+        source="api",
+        context_json={"reason": "restored", "nodePath": "root.steps[0]"},
+        retries=1,
+        ended_at=_at(2),
+        workflow_name="payout",
+        run_started_at=_at(0),
+    )
+    run.row |= {"retries": 1, "retried_at": _at(10)}
+    run.step("root.steps[0]", "lookup", 10.1, "SUCCEEDED", 11, retries=1)
+    return run, before, [*run.ended("SUCCEEDED", 11).rows, asked]
+
+
+def _shape(spans) -> list[tuple]:
+    return sorted((s.name, s.start_ns, s.end_ns, s.status, s.attributes.get("workflow.execution.retry")) for s in spans)
+
+
+def test_a_failed_run_retried_by_its_operator_is_a_second_trace_linked_to_the_first_however_read():
+    run, before, after = _retried()
+    live = fold_events(before, decoder=DECODE, settle_at_ns=_ns(5))
+    for raw in after:
+        for record in _records(raw, DECODE):
+            _apply(live, live.jobs, record)
+    settle_all(live, _ns(20))
+    once = fold_events(after, decoder=DECODE)
+    assert (
+        _shape(live.spans)
+        == _shape(once.spans)
+        == [
+            ("step lookup", _ns(1), _ns(2), SpanStatus.ERROR, None),
+            ("step lookup", _ns(10.1), _ns(11), SpanStatus.OK, None),
+            ("workflow payout", _ns(0), _ns(2), SpanStatus.ERROR, None),
+            ("workflow payout", _ns(10), _ns(11), SpanStatus.OK, 1),
+        ]
+    )
+    for folded in (live, once):
+        first, retry = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+        assert retry.remote_links == [(first.trace_id, first.span_id)] and retry.trace_id != first.trace_id
+        assert retry.attributes["workflow.execution.id"] == first.attributes["workflow.execution.id"] == run.run_id
+    assert "late" not in {a.value for a in live.admissions}
+
+
+def test_a_child_run_follows_the_run_that_called_it():
+    parent = Run("escalation")
+    child = Run("notify", parent_run_id=parent.run_id)
+    folded = fold_events([*parent.ended("SUCCEEDED", 5).rows, *child.ended("SUCCEEDED", 3).rows], decoder=DECODE)
+    roots = {s.name: s for s in folded.spans}
+    notify, escalation = roots["workflow notify"], roots["workflow escalation"]
+    assert notify.remote_links == [(escalation.trace_id, escalation.span_id)]
+    assert notify.attributes["workflow.execution.parent_id"] == parent.run_id
+
+
+@pytest.mark.parametrize(
+    ("levels", "told"),
+    [
+        (("WARN", "ERROR"), ["Run canceled by operator", "Step failed (caught)"]),
+        (("INFO", "WARN", "ERROR"), ["Run canceled by operator", "Step failed (caught)", "Step started"]),
+        ((), []),
+    ],
+)
+def test_a_runs_log_lines_are_told_from_the_level_asked_for_and_an_operators_from_info(levels, told):
+    run = Run()
+    run.step("root.steps[0]", "lookup", 1, "FAILED", 2)
+    lines = [
+        _log(run, 1, "INFO", "Step started", step_path="root.steps[0]", attempt=1),
+        _log(run, 2, "ERROR", "Step failed (caught)", step_path="root.steps[0]", context_json={"password": "x"}),
+        _log(run, 3, "DEBUG", "Lease renewed"),
+        _log(run, 4, "INFO", "Run canceled by operator", source="api", context_json={"reason": "duplicate"}),
+    ]
+    decode = RuntimeV2Decoder(RuntimeV2Options(log_levels=levels))
+    folded = fold_events([*run.ended("CANCELED", 4).rows, *lines], decoder=decode)
+    assert sorted({e.name for s in folded.spans for e in s.events} & {line["message"] for line in lines}) == told
+    caught = [e for e in folded.span("step lookup").events if e.name == "Step failed (caught)"]
+    if caught:
+        assert caught[0].attributes["workflow.log.context"] == '{"password":"[REDACTED]"}'
