@@ -321,7 +321,8 @@ Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to writ
 def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
-    time in eight the lookup fails for good, one in ten the run is cancelled while it waits."""
+    time in eight the lookup fails, and half of those runs its operator retries a few seconds later; one in
+    ten is cancelled by its operator while it waits."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     clock = now
@@ -368,7 +369,11 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
                 error="ticket not found",
             ),
         )
-        return writes
+        if rng.random() < 0.5:
+            return writes
+        restored = "the ticket was restored"
+        then(rng.randint(2000, 5000), lambda when: runtime.retried(run["id"], "root.steps[0]", when, restored))
+        then(20, started("root.steps[0]", "lookupTicket"))
     then(
         rng.randint(100, 600),
         calling(
@@ -387,7 +392,7 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
             30, lambda when: run.update(task=runtime.human_task(run["id"], "root.steps[1]", when, "escalationApproval"))
         )
     if rng.random() < 0.1:
-        then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when))
+        then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when, "duplicate ticket"))
         return writes
     then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when))
     then(20, started("root.steps[1]", "awaitApproval"))

@@ -48,6 +48,9 @@ TABLES = (
 )
 # Where a keyset page starts when no run of that instant was read yet: before every uuid.
 _FIRST_ID = "00000000-0000-0000-0000-000000000000"
+# How long before a run's row's last update the lines its log is read again for were written: the
+# runtime writes them after it, from the process that updated the row (clocks of one machine).
+_TRAILING = timedelta(seconds=1)
 # Runs remembered as read (when, and what their row said): one met again past it is read whole again, once.
 _REMEMBERED = 100_000
 # Payloads the bridge does not show (the input only with capture_input): not read at all.
@@ -55,19 +58,26 @@ _RUN_PAYLOADS = ["resume_event_payload", "trigger_metadata_json", "resume_error"
 
 
 def _retries(row: str, at: str) -> str:
-    """How many retries of a failed run its operator asked for by `at` (in its log, by the runtime's index on
-    the log's (run_id, created_at)): which of the run's traces the row `row` belongs to."""
+    """How many retries of a failed run its operator asked for by `at`: which of the run's traces the row
+    `row` belongs to. Counted in the query's `retried` (`_asked`), the times they were asked for, per run."""
+    return f"(SELECT count(*) FROM retried q, unnest(q.asked) t WHERE q.run_id = {row}.run_id AND t <= {at})"
+
+
+def _asked(runs: str) -> str:
+    """`retried`: for each of the runs `runs` selects, when a retry of it was asked for — its log read once
+    a query, by the runtime's index on (run_id, created_at), not once a row."""
     return (
-        f"(SELECT count(*) FROM workflow_run_logs g WHERE g.run_id = {row}.run_id "
-        f"AND g.message = '{RETRY_REQUESTED}' AND g.created_at <= {at})"
+        f"WITH retried AS MATERIALIZED (SELECT run_id, array_agg(created_at) AS asked FROM workflow_run_logs "
+        f"WHERE message = '{RETRY_REQUESTED}' AND run_id IN ({runs}) GROUP BY run_id)\n"
     )
 
+
+_GIVEN_RUNS = _asked("SELECT unnest(%(runs)s::uuid[])")
 
 # A run's row, with its workflow's name, its retries and when the latest was asked for.
 _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
           'workflow_name', d.name, 'retries', {_retries("r", "'infinity'")}, 'retried_at', (
-            SELECT max(g.created_at) FROM workflow_run_logs g WHERE g.run_id = r.run_id
-              AND g.message = '{RETRY_REQUESTED}')))::text"""
+            SELECT max(t) FROM retried q, unnest(q.asked) t WHERE q.run_id = r.run_id)))::text"""
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
 _RUN_KEYS = """
@@ -78,7 +88,7 @@ ORDER BY r.updated_at, r.run_id::text
 LIMIT %(limit)s
 """
 # The rows of those not read as they are.
-_RUNS = f"""
+_RUNS = f"""{_GIVEN_RUNS}
 SELECT r.run_id::text, {_RUN_ROW}
 FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 WHERE r.run_id = ANY(%(runs)s::uuid[])
@@ -97,7 +107,7 @@ _STEP_ROW = f"""(to_jsonb(s) - 'snapshot_id' || jsonb_build_object('retries', {_
 # The rows of the changed runs changed since each run was last read (`since` null: all of them), found by
 # run_id (the runtime's index on steps' (run_id, step_path)); and an execution left STARTED whose step
 # was run again since.
-_STEPS = f"""
+_STEPS = f"""{_GIVEN_RUNS}
 SELECT {_STEP_ROW}
 FROM workflow_run_steps s
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON s.run_id = c.run_id
@@ -114,7 +124,7 @@ _WAIT_ROW = f"""(to_jsonb(w) - 'payload' || jsonb_build_object(
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
           ORDER BY s.attempt DESC LIMIT 1), '{{}}'))::text"""
-_WAITS = f"""
+_WAITS = f"""{_GIVEN_RUNS}
 SELECT {_WAIT_ROW}
 FROM workflow_run_waits w
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON w.run_id = c.run_id
@@ -126,7 +136,7 @@ _ACTION_ROW = f"""(to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key
         || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")}, 'attempt', (
              SELECT max(s.attempt) FROM workflow_run_steps s
              WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text"""
-_ACTIONS = f"""
+_ACTIONS = f"""{_GIVEN_RUNS}
 SELECT {_ACTION_ROW}
 FROM workflow_action_invocations a
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON a.run_id = c.run_id
@@ -144,20 +154,22 @@ _LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
           'ended_at', CASE WHEN l.message = '{RETRY_REQUESTED}' THEN (
             SELECT max(s.completed_at) FROM workflow_run_steps s
             WHERE s.run_id = l.run_id AND s.started_at <= l.created_at) END)
-        || CASE WHEN l.message <> '{RETRY_REQUESTED}' THEN '{{}}' ELSE (
-            SELECT jsonb_build_object('workflow_name', d.name, 'run_started_at', r.started_at)
-            FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
-            WHERE r.run_id = l.run_id) END)::text"""
+        || CASE WHEN l.message <> '{RETRY_REQUESTED}' THEN '{{}}' ELSE jsonb_build_object(
+          'run', (SELECT {_RUN_ROW}::jsonb FROM workflow_runs r LEFT JOIN workflow_definitions d
+                  ON d.workflow_id = r.workflow_id WHERE r.run_id = l.run_id),
+          'failed_error', (SELECT s.error_json FROM workflow_run_steps s
+                           WHERE s.run_id = l.run_id AND s.status = 'FAILED' AND s.started_at <= l.created_at
+                           ORDER BY s.completed_at DESC LIMIT 1)) END)::text"""
 _LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message = '{RETRY_REQUESTED}'
        OR (%(operators)s AND l.level = 'INFO' AND coalesce(l.source, '') <> ALL(%(runtime_sources)s::text[])))"""
-_LOGS = f"""
+_LOGS = f"""{_GIVEN_RUNS}
 SELECT {_LOG_ROW}
 FROM workflow_run_logs l
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON l.run_id = c.run_id
 WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
 """
 # Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
-_EXPORT = f"""SELECT {_RUN_ROW}
+_EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
   FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 UNION ALL SELECT {_STEP_ROW}
   FROM workflow_run_steps s
@@ -175,7 +187,7 @@ _WAITING = """
 SELECT w.wait_id::text FROM workflow_run_waits w
 WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING' AND w.created_at >= %(after)s
 """
-_WAITING_ROWS = f"""
+_WAITING_ROWS = f"""{_asked("SELECT run_id FROM workflow_run_waits WHERE wait_id = ANY(%(waits)s::uuid[])")}
 SELECT {_WAIT_ROW}, {_RUN_ROW}
 FROM workflow_run_waits w
 JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
@@ -243,7 +255,7 @@ class TablePoller:
         self._look_back = timedelta(seconds=look_back_seconds)
         self._dropped = _dropped(capture_input)
         self._page = page
-        self._logs = _read_logs(log_levels)
+        self._logs = _read_logs(log_levels) | {"dropped": self._dropped}
         self._db: psycopg.Connection[Any] | None = None
         # The runs read, oldest read first: the updated_at and the version (xmin) of their row read.
         self._seen: dict[str, tuple[datetime, str]] = {}
@@ -304,9 +316,10 @@ class TablePoller:
                 break
             fresh = [(run, (at, version)) for at, run, version, _ended in keys if self._seen.get(run) != (at, version)]
             # A run that ended, read as it is: the lines of its log written after its row's last update (the
-            # runtime writes its end's, an operator's cancel, just after), read again while in the overlap.
+            # runtime writes its end's, an operator's cancel, just after, from the same process), read again
+            # while in the overlap.
             if ended := [(run, at) for at, run, version, done in keys if done and self._seen.get(run) == (at, version)]:
-                since = [at - self._overlap for _run, at in ended]
+                since = [at - _TRAILING for _run, at in ended]
                 logs = db.execute(_LOGS, {"runs": [run for run, _at in ended], "since": since, **self._logs})
                 self._hand_over([row[0] for row in logs])
             if fresh:

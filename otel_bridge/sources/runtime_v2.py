@@ -157,8 +157,8 @@ class ActionRow(_Row):
 
 class LogRow(_Row):
     """A line of `workflow_run_logs`, with the execution of its step it was written in (`attempt`) and, for a
-    retry its operator asked for, when the run retried did its last (`ended_at`), its workflow's name and when
-    it first started, when joined."""
+    retry its operator asked for, its run's row, when the run retried did its last (`ended_at`) and the error
+    its failed step ended with (`failed_error`), when joined."""
 
     log_id: Identity
     step_id: Identity | None = None
@@ -172,10 +172,10 @@ class LogRow(_Row):
     created_at: IsoTime
     attempt: Attempts | None = None
     ended_at: IsoTime | None = None
-    workflow_name: Text = ""
-    run_started_at: IsoTime | None = None
+    run: RunRow | None = None
+    failed_error: Any = None
 
-    json_columns = field_validator("context_json", mode="before")(_json_column)
+    json_columns = field_validator("context_json", "failed_error", mode="before")(_json_column)
 
 
 # The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
@@ -286,25 +286,27 @@ class RuntimeV2Decoder:
             attributes=shown,
         )
 
-    def _run(self, row: RunRow) -> list[WorkflowRecord]:
-        tenant = row.tenant_id or row.tenant
+    def _life(self, row: RunRow, retries: int) -> "_Told":
+        """The run of this row, or its `retries`-th retry: its facts told under the ids its row tells them by."""
         version = str(row.workflow_version) if row.workflow_version is not None else None
         run = self._ref(
             row.run_id,
-            row.retries,
+            retries,
             cut(row.workflow_name, MAX_TEXT) or row.workflow_id,
             attrs(
                 **{
                     c.WORKFLOW_DEFINITION_ID: row.workflow_id,
                     c.WORKFLOW_DEFINITION_VERSION: version,
-                    c.TENANT_ID: tenant,
+                    c.TENANT_ID: row.tenant_id or row.tenant,
                     c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
                 }
             ),
         )
-        told = _Told("run", row.run_id, run, life=row.retries)
+        return _Told("run", row.run_id, run, life=retries)
+
+    def _started(self, told: "_Told", row: RunRow, retries: int, at: datetime) -> None:
         # A retry starts as its operator asked for it, and follows the run it retries; a child follows its parent.
-        links = [life_of(row.run_id, row.retries - 1)] if row.retries else []
+        links = [life_of(row.run_id, retries - 1)] if retries else []
         links += [row.parent_run_id] if row.parent_run_id else []
         started = attrs(
             **{
@@ -315,8 +317,11 @@ class RuntimeV2Decoder:
                 else None,
             }
         )
-        began = (row.retried_at or row.started_at) if row.retries else row.started_at
-        told(KIND.RUN_STARTED, began, "started", name="run.started", attributes=started, links=tuple(links))
+        told(KIND.RUN_STARTED, at, "started", name="run.started", attributes=started, links=tuple(links))
+
+    def _run(self, row: RunRow) -> list[WorkflowRecord]:
+        told = self._life(row, row.retries)
+        self._started(told, row, row.retries, (row.retried_at or row.started_at) if row.retries else row.started_at)
         ending = _RUN_ENDINGS.get(row.status.upper())
         ended_at = row.completed_at or row.updated_at
         if ending is not None and ended_at is not None:
@@ -492,17 +497,16 @@ class RuntimeV2Decoder:
         told = _Told("log", row.log_id, self._ref(row.run_id, row.retries))
         if not log_is_read(row.level, row.source, row.message, self.options.log_levels):
             return told.records
-        if row.message == RETRY_REQUESTED and row.retries:
-            name = cut(row.workflow_name, MAX_TEXT)
-            retried = _Told("run", row.run_id, self._ref(row.run_id, row.retries - 1, name), life=row.retries - 1)
-            if row.retries == 1 and row.run_started_at is not None:
-                retried(KIND.RUN_STARTED, row.run_started_at, "started", name="run.started")
-            failed_at = row.ended_at or row.created_at
-            error = ErrorInfo(message="run failed")
-            retried(KIND.RUN_ENDED, failed_at, "ended", name="run.failed", outcome=OUTCOME.FAILURE, error=error)
-            retry = _Told("run", row.run_id, self._ref(row.run_id, row.retries, name), life=row.retries)
-            follows = (life_of(row.run_id, row.retries - 1),)
-            retry(KIND.RUN_STARTED, row.created_at, "started", name="run.started", links=follows)
+        if row.message == RETRY_REQUESTED and row.retries and row.run is not None:
+            # The run's row, which the retry overwrote, tells the failed run as its failed step does.
+            retried = self._life(row.run, row.retries - 1)
+            if row.retries == 1:
+                self._started(retried, row.run, 0, row.run.started_at)
+            error = self._error(row.failed_error) or ErrorInfo(message="run failed")
+            at = row.ended_at or row.created_at
+            retried(KIND.RUN_ENDED, at, "ended", name="run.failed", outcome=OUTCOME.FAILURE, error=error)
+            retry = self._life(row.run, row.retries)
+            self._started(retry, row.run, row.retries, row.created_at)
             told.records[:0] = retried.records + retry.records
         told(
             KIND.ANNOTATION,
