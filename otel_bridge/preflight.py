@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
@@ -24,6 +25,9 @@ from otel_bridge.state import mounts
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
 from otel_bridge.urls import without_secrets
+
+if TYPE_CHECKING:
+    import psycopg
 
 # An execution id no engine holds: the timeline API's answer for it (404) proves it answers.
 _NO_EXECUTION = "00000000-0000-0000-0000-000000000000"
@@ -295,10 +299,30 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
             missing = [t for t in RUNTIME_V2_TABLES if t not in present]
             if missing:
                 return Finding("runtime v2", False, f"{where}: no table {', '.join(missing)} here (its search_path)")
-            row = db.execute("SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')").fetchone()
+            denied = [t for t in RUNTIME_V2_TABLES if not _one(db, "SELECT has_table_privilege(%s, 'SELECT')", t)]
+            if denied:
+                grant = f"GRANT SELECT ON {', '.join(denied)} TO {_one(db, 'SELECT current_user')}"
+                return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
+            running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
+            # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
+            indexed = _one(db, _UPDATED_AT_INDEXED)
     except psycopg.Error as exc:
         return Finding("runtime v2", False, f"{where}: {said(exc)}")
-    return Finding("runtime v2", True, f"{where}: readable; {row[0] if row else 0:,} runs running or waiting")
+    scan = "" if indexed else "; no index on workflow_runs (updated_at): each read scans the runs (README: Cost)"
+    return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{scan}")
+
+
+# Whether an index of `workflow_runs` begins with `updated_at` (what the poller's reads go by).
+_UPDATED_AT_INDEXED = """
+SELECT EXISTS (
+  SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+  WHERE i.indrelid = 'workflow_runs'::regclass AND a.attname = 'updated_at')
+"""
+
+
+def _one(db: "psycopg.Connection[Any]", query: str, *params: Any) -> Any:
+    row = db.execute(query, params or None).fetchone()
+    return row[0] if row else None
 
 
 def _timeline_api(settings: Settings, timeout_seconds: float) -> Finding:

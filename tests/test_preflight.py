@@ -88,7 +88,10 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     assert "1 entries; group otel-bridge: 0 read and not acknowledged, 1 not read yet" in told["stream"]
     assert f"{phase10.ws_url}: handshake done" in told["websocket"]
     assert f"{phase10.api_url}: answers" in told["timeline API"]
-    assert told["runtime v2"].endswith(f"{database}: readable; 1 runs running or waiting")
+    assert told["runtime v2"].endswith(
+        f"{database}: readable; 1 runs running or waiting; no index on workflow_runs (updated_at): each read scans "
+        "the runs (README: Cost)"
+    )
     assert told["access"].endswith("api_key in X-API-KEY; /metrics open")
     assert receiver.received.refused == 0  # the credential was sent as configured, to each signal
 
@@ -324,3 +327,21 @@ def test_a_database_without_the_runtimes_tables_fails_the_check_naming_them(data
     )
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database + "_gone"))["runtime v2"]
     assert ok is False and 'database "' in detail and "does not exist" in detail
+
+
+def test_the_runtimes_tables_readable_by_another_role_fail_the_check_with_the_grant_it_needs(database):
+    import psycopg
+
+    db = psycopg.connect(database, autocommit=True)
+    Runtime(db)
+    db.execute("DROP ROLE IF EXISTS otel_bridge_check; CREATE ROLE otel_bridge_check LOGIN")
+    db.execute("GRANT SELECT ON workflow_runs, workflow_run_steps, workflow_definitions TO otel_bridge_check")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_check@")
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
+    assert ok is False and detail.endswith(
+        ": may not read workflow_run_waits, workflow_action_invocations, workflow_run_logs (GRANT SELECT ON "
+        "workflow_run_waits, workflow_action_invocations, workflow_run_logs TO otel_bridge_check)"
+    )
+    db.execute("CREATE INDEX ON workflow_runs (updated_at)")
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert ok is True and detail.endswith(": readable; 0 runs running or waiting"), "indexed as README advises"
