@@ -447,3 +447,29 @@ def test_a_runs_log_lines_are_told_from_the_level_asked_for_and_an_operators_fro
     caught = [e for e in folded.span("step lookup").events if e.name == "Step failed (caught)"]
     if caught:
         assert caught[0].attributes["workflow.log.context"] == '{"password":"[REDACTED]"}'
+
+
+def test_a_run_retried_twice_is_three_traces_each_following_the_one_before():
+    run = Run("payout")
+    error = _error("ActionError", "ticket not found", "root.steps[0]")
+    asks = []
+    # Each retry asked for half a second before it begins; the run it retries ended with its step.
+    for retries, begins, retried_ended in ((0, 1, None), (1, 10, 2), (2, 20, 11)):
+        status = "SUCCEEDED" if retries == 2 else "FAILED"
+        run.step("root.steps[0]", "lookup", begins, status, begins + 1, retries=retries, error_json=error)
+        if retries:
+            asks.append(_log(run, begins - 0.5, "INFO", "Run retry requested", source="api", retries=retries))
+            asks[-1] |= {"ended_at": _at(retried_ended), "failed_error": error}
+    run.row |= {"retries": 2, "retried_at": _at(19.5)}
+    run.ended("SUCCEEDED", 21)
+    for asked in asks:
+        asked["run"] = dict(run.row)
+    folded = fold_events([*run.rows, *asks], decoder=DECODE)
+    roots = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+    assert [(r.start_ns, r.end_ns, r.status) for r in roots] == [
+        (_ns(0), _ns(2), SpanStatus.ERROR),
+        (_ns(9.5), _ns(11), SpanStatus.ERROR),
+        (_ns(19.5), _ns(21), SpanStatus.OK),
+    ]
+    assert [r.remote_links for r in roots] == [[], *([(a.trace_id, a.span_id)] for a in roots[:2])]
+    assert {r.name for r in roots} == {"workflow payout"} and roots[1].status_message == "ticket not found"
