@@ -307,6 +307,21 @@ class Runtime:
         if reason is not None:
             self.log(run_id, when, "WARN", "Run canceled by operator", context={"reason": reason}, source="api")
 
+    def requeued(self, run_id: str, when: datetime, reason: str) -> None:
+        """Its latest event wait put back to waiting by its operator (`requeueWorkflowRunEventWaitAction`)."""
+        row = self.db.execute(
+            "SELECT wait_id, step_path FROM workflow_run_waits WHERE run_id = %s AND wait_type = 'event' "
+            "ORDER BY created_at DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        assert row is not None
+        self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'WAITING', resolved_at = NULL WHERE wait_id = %s", (row[0],)
+        )
+        self._run(run_id, when, status="WAITING", node_path=row[1], completed_at=None, error_json=None)
+        context = {"reason": reason, "waitId": str(row[0])}
+        self.log(run_id, when, "INFO", "Event wait requeued by operator", context=context, source="api")
+
     def retried(self, run_id: str, path: str, when: datetime, reason: str) -> None:
         """A failed run retried by its operator (`retryWorkflowRunAction`): RUNNING again from its failed step,
         which the caller then runs again."""

@@ -31,7 +31,7 @@ from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
-from otel_bridge.sources.runtime_v2 import RETRY_REQUESTED, RUNTIME_SOURCES
+from otel_bridge.sources.runtime_v2 import ALWAYS_READ, RETRY_REQUESTED, RUNTIME_SOURCES
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ _LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
           'failed_error', (SELECT s.error_json FROM workflow_run_steps s
                            WHERE s.run_id = l.run_id AND s.status = 'FAILED' AND s.started_at <= l.created_at
                            ORDER BY s.completed_at DESC LIMIT 1)) END)::text"""
-_LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message = '{RETRY_REQUESTED}'
+_LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message IN ({", ".join(f"'{m}'" for m in ALWAYS_READ)})
        OR (%(operators)s AND l.level = 'INFO' AND coalesce(l.source, '') <> ALL(%(runtime_sources)s::text[])))"""
 _LOGS = f"""{_GIVEN_RUNS}
 SELECT {_LOG_ROW}

@@ -180,6 +180,10 @@ class LogRow(_Row):
 
 # The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
 RETRY_REQUESTED = "Run retry requested"
+# The line it writes as its operator puts a resolved event wait back to waiting (`requeueWorkflowRunEventWaitAction`).
+REQUEUED = "Event wait requeued by operator"
+# Lines read whatever the level asked for: what the rows alone do not tell of the run.
+ALWAYS_READ = (RETRY_REQUESTED, REQUEUED)
 # A run's log levels, least first: lines at the level asked for and above are read.
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 # Where the runtime writes its own lines from; the others are its operators' (the API, the UI): read from INFO.
@@ -201,7 +205,7 @@ def levels_from(level: str) -> tuple[str, ...]:
 def log_is_read(row_level: str, source: str | None, message: str, levels: tuple[str, ...]) -> bool:
     """Whether a log line is told: at a level asked for, or an operator's (from INFO when WARN is), or a retry."""
     level = row_level.upper()
-    if level in levels or message == RETRY_REQUESTED:
+    if level in levels or message in ALWAYS_READ:
         return True
     return bool(levels) and level == "INFO" and "WARN" in levels and source not in RUNTIME_SOURCES
 
@@ -455,9 +459,11 @@ class RuntimeV2Decoder:
         if status == "CANCELED" or row.resolved_at is None or status == "WAITING":
             return told.records  # a run canceled while it waited: its end tells it
         timed_out = (row.timeout_at is not None and row.resolved_at >= row.timeout_at) or "TIMEOUT" in status
+        # An event wait its operator requeued is resolved again later: each resolution a fact of its own.
+        again = f"@{iso(row.resolved_at)}" if kind == "event" else ""
         if timed_out:
-            told(KIND.TIMEOUT_EXCEEDED, row.resolved_at, "timeout", name="wait.timed_out", **step)
-        told(KIND.RUN_RESUMED, row.resolved_at, "resolved", name="event.wait.resolved")
+            told(KIND.TIMEOUT_EXCEEDED, row.resolved_at, "timeout" + again, name="wait.timed_out", **step)
+        told(KIND.RUN_RESUMED, row.resolved_at, "resolved" + again, name="event.wait.resolved")
         return told.records
 
     def _action(self, row: ActionRow) -> list[WorkflowRecord]:
@@ -508,6 +514,10 @@ class RuntimeV2Decoder:
             retry = self._life(row.run, row.retries)
             self._started(retry, row.run, row.retries, row.created_at)
             told.records[:0] = retried.records + retry.records
+        if row.message == REQUEUED:
+            # Waiting again: the wait's row, back to WAITING, tells nothing new until its event comes again.
+            said = "waiting again for its event (requeued by its operator)"
+            told(KIND.RUN_PAUSED, row.created_at, "paused", name="event.wait.requeued", reason=said)
         told(
             KIND.ANNOTATION,
             row.created_at,

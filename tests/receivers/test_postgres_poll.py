@@ -405,3 +405,32 @@ def test_a_runs_log_is_read_from_the_level_asked_for_on_the_execution_it_was_wri
     ]
     assert told["info"][:2] == ["Step started", "Action invocation started"] and len(told["info"]) == 7
     assert told["none"] == ["action.failed", "retry.scheduled", "exception"]
+
+
+def test_an_event_wait_its_operator_requeues_pauses_the_run_again_until_its_event_comes_again(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0))
+    runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
+    runtime.event_wait(run, "root.steps[0]", at(2), "APPROVED", "T-1", timeout=None)
+    runtime.event_arrived(run, "APPROVED", at(100))
+    poller.poll_once()
+    runtime.requeued(run, at(200), "approved by mistake")
+    poller.poll_once()
+    (state,) = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    assert state.counted_state == "paused", "waiting again, not running"
+    runtime.event_arrived(run, "APPROVED", at(300))
+    resumed = runtime.step_started(run, "root.steps[0]", "wait-approval", at(300.1))
+    runtime.step_succeeded(run, resumed, at(300.1), at(301), None)
+    poller.poll_once()
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    told = [(e.name, e.time_ns) for e in folded.root.events if e.name.startswith("event.wait")]
+    assert told == [
+        ("event.wait.created", _ns(at(2))),
+        ("event.wait.resolved", _ns(at(100))),
+        ("event.wait.requeued", _ns(at(200))),
+        ("event.wait.resolved", _ns(at(300))),
+    ]
+    assert folded.root.status is SpanStatus.OK and folded.root.end_ns == _ns(at(301))
+    (line,) = [e for e in folded.root.events if e.name == "Event wait requeued by operator"]
+    assert "approved by mistake" in line.attributes["workflow.log.context"]
