@@ -193,7 +193,7 @@ _MESSAGE_CHARS = 200
 
 
 def levels_from(level: str) -> tuple[str, ...]:
-    """The log levels read when asked for `level` and above (`none`: no line but the retries asked for)."""
+    """The log levels read when asked for `level` and above (`none`: no line but those `ALWAYS_READ`)."""
     wanted = level.upper()
     if wanted == "NONE":
         return ()
@@ -203,7 +203,8 @@ def levels_from(level: str) -> tuple[str, ...]:
 
 
 def log_is_read(row_level: str, source: str | None, message: str, levels: tuple[str, ...]) -> bool:
-    """Whether a log line is told: at a level asked for, or an operator's (from INFO when WARN is), or a retry."""
+    """Whether a log line is told: at a level asked for, an operator's (from INFO when WARN is), or one
+    `ALWAYS_READ`."""
     level = row_level.upper()
     if level in levels or message in ALWAYS_READ:
         return True
