@@ -3,12 +3,13 @@
 The runtime publishes nothing; it updates its rows in place. Every change its interpreter makes
 to a run's steps, waits and actions is followed by an update of the run's row (`updated_at`), so
 the poller reads the runs changed since its mark, oldest first, and with each the rows of its
-steps, waits, actions and log lines changed since it last read the run — all of them for a run this process
-has not read yet, so a run first met mid-way (or met again after a restart) gets its whole trace,
-once. A run Temporal drives writes its waits without updating its row: the waits still waiting
-are read at every poll too; so are the log lines of a run that ended within the overlap, which the
-runtime writes just after the run's last update (its end, an operator's cancel). The mark is kept with the state once the rows are committed, so a
-restarted bridge goes on where it stopped.
+steps, waits, actions and log lines changed since it last read the run — all of them for a run
+this process has not read yet, so a run first met mid-way (or met again after a restart) gets its
+whole trace, once. A run Temporal drives writes its waits without updating its row: the waits
+still waiting are read at every poll too; so are the log lines of a run that ended within the
+overlap, which the runtime writes just after the run's last update (its end, an operator's
+cancel). The mark is kept with the state once the rows are committed, so a restarted bridge goes
+on where it stopped.
 
 `updated_at` is written by the runtime's workers' clocks (to the millisecond) and committed a
 moment after: each poll reads again the last `overlap` seconds, handing over again only runs whose
