@@ -170,7 +170,7 @@ def main() -> None:
                 handed = statistics.median(x[2] for x in readings[what])
                 print(f"{label:<27}{level:<11}{wall:>9.1f}{cpu:>15.1f}{handed:>7.0f}")
     finally:
-        server.stop()
+        server.close()  # its cluster's directory too
 
 
 if __name__ == "__main__":
