@@ -33,7 +33,7 @@ from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
-from otel_bridge.sources.runtime_v2 import ALWAYS_READ, RETRY_REQUESTED, RUNTIME_SOURCES
+from otel_bridge.sources.runtime_v2 import ALWAYS_READ, OPERATOR_LINES, RETRY_REQUESTED
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ _LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
                            WHERE s.run_id = l.run_id AND s.status = 'FAILED' AND s.started_at <= l.created_at
                            ORDER BY s.completed_at DESC LIMIT 1)) END)::text"""
 _LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message IN ({", ".join(f"'{m}'" for m in ALWAYS_READ)})
-       OR (%(operators)s AND l.level = 'INFO' AND coalesce(l.source, '') <> ALL(%(runtime_sources)s::text[])))"""
+       OR (%(operators)s AND l.level = 'INFO' AND l.message = ANY(%(operator_lines)s::text[])))"""
 _LOGS = f"""{_GIVEN_RUNS}
 SELECT {_LOG_ROW}
 FROM workflow_run_logs l
@@ -199,7 +199,7 @@ WHERE w.wait_id = ANY(%(waits)s::uuid[])
 
 def _read_logs(log_levels: tuple[str, ...]) -> dict[str, Any]:
     """Which of the runs' log lines are read (sources/runtime_v2.py `log_is_read` says the same)."""
-    return {"levels": list(log_levels), "operators": "WARN" in log_levels, "runtime_sources": list(RUNTIME_SOURCES)}
+    return {"levels": list(log_levels), "operators": "WARN" in log_levels, "operator_lines": list(OPERATOR_LINES)}
 
 
 def export_sql(capture_input: bool, log_levels: tuple[str, ...]) -> str:

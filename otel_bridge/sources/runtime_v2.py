@@ -49,6 +49,7 @@ from otel_bridge.sources.wire import (
     reason,
     summary,
 )
+from otel_bridge.tokens import MAX_IDENTITY
 
 ENGINE = c.PLATFORM_RUNTIME_V2
 _RUN_ENDINGS = {"SUCCEEDED": OUTCOME.SUCCESS, "FAILED": OUTCOME.FAILURE, "CANCELED": OUTCOME.CANCELLATION}
@@ -186,8 +187,16 @@ REQUEUED = "Event wait requeued by operator"
 ALWAYS_READ = (RETRY_REQUESTED, REQUEUED)
 # A run's log levels, least first: lines at the level asked for and above are read.
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
-# Where the runtime writes its own lines from; the others are its operators' (the API, the UI): read from INFO.
-RUNTIME_SOURCES = ("runtime", "worker", "event")
+# The line a run its operator replayed from another run's input starts with, naming that run (`sourceRunId`).
+REPLAYED = "Run replayed from previous run"
+# What its operators did, as its admin actions log it (at INFO, with the reason they gave): read from WARN up.
+OPERATOR_LINES = (
+    "Run canceled by operator",
+    "Run resumed by operator",
+    REPLAYED,
+    "Run replay created",
+    *ALWAYS_READ,
+)
 # A span event's name is the line's message, cut to this.
 _MESSAGE_CHARS = 200
 
@@ -202,13 +211,13 @@ def levels_from(level: str) -> tuple[str, ...]:
     return LOG_LEVELS[LOG_LEVELS.index(wanted) :]
 
 
-def log_is_read(row_level: str, source: str | None, message: str, levels: tuple[str, ...]) -> bool:
+def log_is_read(row_level: str, message: str, levels: tuple[str, ...]) -> bool:
     """Whether a log line is told: at a level asked for, an operator's (from INFO when WARN is), or one
     `ALWAYS_READ`."""
     level = row_level.upper()
     if level in levels or message in ALWAYS_READ:
         return True
-    return bool(levels) and level == "INFO" and "WARN" in levels and source not in RUNTIME_SOURCES
+    return level == "INFO" and "WARN" in levels and message in OPERATOR_LINES
 
 
 @dataclass(frozen=True)
@@ -502,7 +511,7 @@ class RuntimeV2Decoder:
         last) — its row, which the retry overwrote, may never have been read failed — under the ids the
         run's row tells them by."""
         told = _Told("log", row.log_id, self._ref(row.run_id, row.retries))
-        if not log_is_read(row.level, row.source, row.message, self.options.log_levels):
+        if not log_is_read(row.level, row.message, self.options.log_levels):
             return told.records
         if row.message == RETRY_REQUESTED and row.retries and row.run is not None:
             # The run's row, which the retry overwrote, tells the failed run as its failed step does.
@@ -536,8 +545,17 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_EXECUTION_CORRELATION_ID: row.correlation_key,
                 }
             ),
+            links=self._replayed_from(row),
         )
         return told.records
+
+    @staticmethod
+    def _replayed_from(row: LogRow) -> tuple[str, ...]:
+        """A run its operator started again from another's input (`replayWorkflowRunAction`) follows it."""
+        source = row.context_json.get("sourceRunId") if isinstance(row.context_json, dict) else None
+        if row.message != REPLAYED or not isinstance(source, str) or not 0 < len(source) <= MAX_IDENTITY:
+            return ()
+        return (source,)
 
     def _error(self, value: Any) -> ErrorInfo | None:
         if not isinstance(value, dict) or not value:

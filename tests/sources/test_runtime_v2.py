@@ -473,3 +473,13 @@ def test_a_run_retried_twice_is_three_traces_each_following_the_one_before():
     ]
     assert [r.remote_links for r in roots] == [[], *([(a.trace_id, a.span_id)] for a in roots[:2])]
     assert {r.name for r in roots} == {"workflow payout"} and roots[1].status_message == "ticket not found"
+
+
+def test_a_run_its_operator_replayed_from_another_follows_it():
+    first = Run("payout").ended("FAILED", 2)
+    replay = Run("payout", started_at=_at(50), updated_at=_at(50))
+    said = {"sourceRunId": first.run_id, "reason": "fixed input"}
+    line = _log(replay, 50, "INFO", "Run replayed from previous run", source="api", context_json=said)
+    folded = fold_events([*first.rows, *replay.ended("SUCCEEDED", 51).rows, line], decoder=DECODE)
+    old, new = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+    assert new.remote_links == [(old.trace_id, old.span_id)] and old.remote_links == []
