@@ -53,6 +53,9 @@ _FIRST_ID = "00000000-0000-0000-0000-000000000000"
 # How long before a run's row's last update the lines its log is read again for were written: the
 # runtime writes them after it, from the process that updated the row (clocks of one machine).
 _TRAILING = timedelta(seconds=1)
+# Rows handed to the pipeline at once: a run of 20,000 steps read whole (its log at `info`, 60,000 rows) peaked
+# at 355 MiB handed over in one batch, 189 MiB in batches of 5,000.
+_BATCH = 5_000
 # Runs remembered as read (when, and what their row said): one met again past it is read whole again, once.
 _REMEMBERED = 100_000
 # Payloads the bridge does not show (the input only with capture_input): not read at all.
@@ -346,12 +349,13 @@ class TablePoller:
         self._waiting = waiting
 
     def _hand_over(self, texts: list[str]) -> None:
-        """The rows (as PostgreSQL wrote them in JSON) to the pipeline, committed when this returns; those it
-        cannot read kept as dead letters."""
-        rows = [orjson.loads(text) for text in texts]
-        report = self._consumer.ingest(rows)
-        if report.rejected:
-            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
+        """The rows (as PostgreSQL wrote them in JSON) to the pipeline, `_BATCH` at a time, committed when this
+        returns; those it cannot read kept as dead letters."""
+        for start in range(0, len(texts), _BATCH):
+            rows = [orjson.loads(text) for text in texts[start : start + _BATCH]]
+            report = self._consumer.ingest(rows)
+            if report.rejected:
+                self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
         """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of

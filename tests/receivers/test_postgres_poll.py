@@ -434,3 +434,18 @@ def test_an_event_wait_its_operator_requeues_pauses_the_run_again_until_its_even
     assert folded.root.status is SpanStatus.OK and folded.root.end_ns == _ns(at(301))
     (line,) = [e for e in folded.root.events if e.name == "Event wait requeued by operator"]
     assert "approved by mistake" in line.attributes["workflow.log.context"]
+
+
+def test_a_long_run_read_whole_is_handed_over_in_batches_that_make_its_trace(database, tmp_path, monkeypatch):
+    import otel_bridge.receivers.postgres_poll as poll
+
+    monkeypatch.setattr(poll, "_BATCH", 50)
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    run = runtime.start_run(at(0))
+    for i in range(120):
+        step = runtime.step_started(run, f"root.steps[{i}]", f"s{i}", at(i))
+        runtime.step_succeeded(run, step, at(i), at(i + 0.5), None if i == 119 else f"root.steps[{i + 1}]")
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    assert len(recorded.rows) == 121 and recorded.batches == 3
+    folded = fold_events(recorded.rows, decoder=DECODE)
+    assert len(folded.spans) == 121 and folded.root.status is SpanStatus.OK
