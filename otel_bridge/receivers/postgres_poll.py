@@ -93,8 +93,8 @@ ORDER BY r.updated_at, r.run_id::text
 LIMIT %(limit)s
 """
 # The rows of those not read as they are.
-_RUNS = f"""{_GIVEN_RUNS}
-SELECT r.run_id::text, {_RUN_ROW}
+_RUNS = f"""
+SELECT {_RUN_ROW}
 FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
 WHERE r.run_id = ANY(%(runs)s::uuid[])
 """
@@ -112,7 +112,7 @@ _STEP_ROW = f"""(to_jsonb(s) - 'snapshot_id' || jsonb_build_object('retries', {_
 # The rows of the changed runs changed since each run was last read (`since` null: all of them), found by
 # run_id (the runtime's index on steps' (run_id, step_path)); and an execution left STARTED whose step
 # was run again since.
-_STEPS = f"""{_GIVEN_RUNS}
+_STEPS = f"""
 SELECT {_STEP_ROW}
 FROM workflow_run_steps s
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON s.run_id = c.run_id
@@ -129,7 +129,7 @@ _WAIT_ROW = f"""(to_jsonb(w) - 'payload' || jsonb_build_object(
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
           ORDER BY s.attempt DESC LIMIT 1), '{{}}'))::text"""
-_WAITS = f"""{_GIVEN_RUNS}
+_WAITS = f"""
 SELECT {_WAIT_ROW}
 FROM workflow_run_waits w
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON w.run_id = c.run_id
@@ -141,7 +141,7 @@ _ACTION_ROW = f"""(to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key
         || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")}, 'attempt', (
              SELECT max(s.attempt) FROM workflow_run_steps s
              WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text"""
-_ACTIONS = f"""{_GIVEN_RUNS}
+_ACTIONS = f"""
 SELECT {_ACTION_ROW}
 FROM workflow_action_invocations a
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON a.run_id = c.run_id
@@ -167,12 +167,16 @@ _LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
                            ORDER BY s.completed_at DESC LIMIT 1)) END)::text"""
 _LOG_TOLD = f"""(l.level = ANY(%(levels)s::text[]) OR l.message IN ({", ".join(f"'{m}'" for m in ALWAYS_READ)})
        OR (%(operators)s AND l.level = 'INFO' AND l.message = ANY(%(operator_lines)s::text[])))"""
-_LOGS = f"""{_GIVEN_RUNS}
+_LOGS = f"""
 SELECT {_LOG_ROW}
 FROM workflow_run_logs l
 JOIN unnest(%(runs)s::uuid[], %(since)s::timestamptz[]) AS c(run_id, since) ON l.run_id = c.run_id
 WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
 """
+# All of them in one read, the retries asked for counted once: the rows of runs changed, or the lines of
+# the log of runs that ended (`_TRAILING`).
+_TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIONS}UNION ALL{_LOGS}"
+_TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
 # Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
 _EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
   FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
@@ -325,7 +329,7 @@ class TablePoller:
             # while in the overlap.
             if ended := [(run, at) for at, run, version, done in keys if done and self._seen.get(run) == (at, version)]:
                 since = [at - _TRAILING for _run, at in ended]
-                logs = db.execute(_LOGS, {"runs": [run for run, _at in ended], "since": since, **self._logs})
+                logs = db.execute(_TRAILING_LINES, {"runs": [run for run, _at in ended], "since": since, **self._logs})
                 self._hand_over([row[0] for row in logs])
             if fresh:
                 self._take(db, fresh)
@@ -359,16 +363,10 @@ class TablePoller:
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
         """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of
-        their steps, waits and actions changed since each was read."""
+        their steps, waits, actions and log lines changed since each was read."""
         runs = [run for run, _read in fresh]
         since = [self._seen[run][0] - self._overlap if run in self._seen else None for run in runs]
-        params = {"runs": runs, "since": since}
-        texts = [text for _run, text in db.execute(_RUNS, {"runs": runs, "dropped": self._dropped})]
-        texts += [row[0] for row in db.execute(_STEPS, params)]
-        texts += [row[0] for row in db.execute(_WAITS, params)]
-        texts += [row[0] for row in db.execute(_ACTIONS, params)]
-        texts += [row[0] for row in db.execute(_LOGS, params | self._logs)]
-        self._hand_over(texts)
+        self._hand_over([row[0] for row in db.execute(_TAKE, {"runs": runs, "since": since, **self._logs})])
         for run, read in fresh:
             self._seen.pop(run, None)  # to the end: the oldest read is forgotten first
             self._seen[run] = read
