@@ -449,3 +449,17 @@ def test_a_long_run_read_whole_is_handed_over_in_batches_that_make_its_trace(dat
     assert len(recorded.rows) == 121 and recorded.batches == 3
     folded = fold_events(recorded.rows, decoder=DECODE)
     assert len(folded.spans) == 121 and folded.root.status is SpanStatus.OK
+
+
+def test_a_run_another_called_is_read_with_its_parent_and_links_to_it(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    parent = runtime.start_run(at(0))
+    child = runtime.start_run(at(1), parent=parent)
+    step = runtime.step_started(child, "root.steps[0]", "notify", at(1.1))
+    runtime.step_succeeded(child, step, at(1.1), at(1.5), None)
+    runtime.canceled(parent, at(2))
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    spans = fold_events(recorded.rows, decoder=DECODE).spans
+    roots = {s.attributes["workflow.execution.id"]: s for s in spans if s.parent_span_id is None}
+    assert roots[child].remote_links == [(roots[parent].trace_id, roots[parent].span_id)]
+    assert roots[child].attributes["workflow.execution.parent_id"] == parent
