@@ -402,7 +402,7 @@ class RuntimeV2Decoder:
         resume_at = ns(row.timeout_at) if row.timeout_at is not None else None
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
         if kind == "retry":
-            delay = (row.timeout_at - row.created_at).total_seconds() * 1000 if row.timeout_at is not None else None
+            delay = _ms(row.timeout_at - row.created_at) if row.timeout_at is not None else None
             told(
                 KIND.RETRY_SCHEDULED,
                 row.created_at,
@@ -481,7 +481,7 @@ class RuntimeV2Decoder:
         told = _Told("action", row.invocation_id, self._ref(row.run_id, row.retries))
         if row.completed_at is None or row.status.upper() not in ("SUCCEEDED", "FAILED"):
             return told.records
-        took = (row.completed_at - row.started_at).total_seconds() * 1000 if row.started_at is not None else None
+        took = _ms(row.completed_at - row.started_at) if row.started_at is not None else None
         failed = row.status.upper() == "FAILED"
         told(
             KIND.ANNOTATION,
@@ -576,6 +576,11 @@ class RuntimeV2Decoder:
 # table's rank first puts a run's start before its step's, and a step's start before the wait it publishes
 # (the runtime writes them in that order, often within a millisecond).
 _RANKS = {"run": "0", "step": "1", "wait": "2", "action": "3", "log": "4"}
+
+
+def _ms(span: timedelta) -> float:
+    # To the microsecond the runtime's times carry: a float of milliseconds read 61.178000000000004 otherwise.
+    return round(span.total_seconds() * 1000, 3)
 
 
 def life_of(run_id: str, retries: int) -> str:
