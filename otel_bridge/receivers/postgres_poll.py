@@ -33,7 +33,7 @@ from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
-from otel_bridge.sources.runtime_v2 import ALWAYS_READ, OPERATOR_LINES, RETRY_REQUESTED
+from otel_bridge.sources.runtime_v2 import ALWAYS_READ, CANCELED_BY_OPERATOR, OPERATOR_LINES, RETRY_REQUESTED
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,15 @@ def _asked(runs: str) -> str:
 
 _GIVEN_RUNS = _asked("SELECT unnest(%(runs)s::uuid[])")
 
-# A run's row, with its workflow's name, its retries and when the latest was asked for.
+# A run's row, with its workflow's name, its retries and when the latest was asked for, and for one its
+# operator cancelled, the reason they gave (in its log: the run's cancel action writes it a moment after).
 _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
           'workflow_name', d.name, 'retries', {_retries("r", "'infinity'")}, 'retried_at', (
-            SELECT max(t) FROM retried q, unnest(q.asked) t WHERE q.run_id = r.run_id)))::text"""
+            SELECT max(t) FROM retried q, unnest(q.asked) t WHERE q.run_id = r.run_id),
+          'cancel_reason', CASE WHEN r.status = 'CANCELED' THEN (
+            SELECT l.context_json->>'reason' FROM workflow_run_logs l
+            WHERE l.run_id = r.run_id AND l.message = '{CANCELED_BY_OPERATOR}'
+            ORDER BY l.created_at DESC LIMIT 1) END))::text"""
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
 _RUN_KEYS = """

@@ -98,8 +98,9 @@ class RunRow(_Row):
     updated_at: IsoTime | None = None
     # The run that called this one (a child workflow, in the runtime's newer schema).
     parent_run_id: Identity | None = None
-    # Joined: when its operator asked for its latest retry.
+    # Joined: when its operator asked for its latest retry; why they cancelled it.
     retried_at: IsoTime | None = None
+    cancel_reason: Text | None = None
 
     json_columns = field_validator("input_json", "error_json", mode="before")(_json_column)
 
@@ -189,9 +190,11 @@ ALWAYS_READ = (RETRY_REQUESTED, REQUEUED)
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 # The line a run its operator replayed from another run's input starts with, naming that run (`sourceRunId`).
 REPLAYED = "Run replayed from previous run"
+# The line its cancel action writes, with the operator's reason, just after the run's row says CANCELED.
+CANCELED_BY_OPERATOR = "Run canceled by operator"
 # What its operators did, as its admin actions log it (at INFO, with the reason they gave): read from WARN up.
 OPERATOR_LINES = (
-    "Run canceled by operator",
+    CANCELED_BY_OPERATOR,
     "Run resumed by operator",
     REPLAYED,
     "Run replay created",
@@ -347,7 +350,7 @@ class RuntimeV2Decoder:
                 name=f"run.{row.status.lower()}",
                 outcome=ending,
                 error=error or (ErrorInfo(message="run failed") if ending is OUTCOME.FAILURE else None),
-                reason="canceled" if ending is OUTCOME.CANCELLATION else None,
+                reason=(row.cancel_reason or "canceled") if ending is OUTCOME.CANCELLATION else None,
             )
         return told.records
 

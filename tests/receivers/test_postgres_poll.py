@@ -463,3 +463,15 @@ def test_a_run_another_called_is_read_with_its_parent_and_links_to_it(database, 
     roots = {s.attributes["workflow.execution.id"]: s for s in spans if s.parent_span_id is None}
     assert roots[child].remote_links == [(roots[parent].trace_id, roots[parent].span_id)]
     assert roots[child].attributes["workflow.execution.parent_id"] == parent
+
+
+def test_a_run_its_operator_cancelled_carries_their_reason(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    run = runtime.start_run(at(0))
+    runtime.step_started(run, "root.steps[0]", "wait-approval", at(1))
+    runtime.event_wait(run, "root.steps[0]", at(2), "APPROVED", "T-1", timeout=3600)
+    runtime.canceled(run, at(50), "duplicate ticket")
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    root = fold_events(recorded.rows, decoder=DECODE).root
+    assert root.attributes["workflow.execution.cancel_reason"] == "duplicate ticket"
+    assert root.attributes["workflow.execution.result"] == "cancellation"
