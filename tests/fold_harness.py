@@ -100,11 +100,11 @@ def settle_all(out: Folded, now_ns: int, max_open_ns: int = FAR_FUTURE_NS, sleep
         out.observations += step.observations
 
 
-def fold_more(out: Folded, events: list[dict[str, Any]]) -> None:
-    for raw in events:
-        record = decode(raw)
+def fold_more(out: Folded, events: list[Any], decoder: Callable[[Any], Any] = decode) -> None:
+    """Fold more events into `out`, received after what it holds (settle it again with `settle_all`)."""
+    for record in (r for raw in events for r in _records(raw, decoder)):
         assert isinstance(record, WorkflowRecord)
-        _apply(out, {}, record)
+        _apply(out, out.jobs, record)
 
 
 def comparable(spans: Iterable[SpanRecord]) -> list[tuple]:

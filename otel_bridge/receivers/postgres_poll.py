@@ -209,9 +209,16 @@ WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
 
-def _read_logs(log_levels: tuple[str, ...]) -> dict[str, Any]:
-    """Which of the runs' log lines are read (sources/runtime_v2.py `log_is_read` says the same)."""
-    return {"levels": list(log_levels), "operators": "WARN" in log_levels, "operator_lines": list(OPERATOR_LINES)}
+def _settled(capture_input: bool, log_levels: tuple[str, ...]) -> dict[str, Any]:
+    """What the settings make of the rows' queries: the run's payloads left out (its input but with
+    `capture_input`), and which of the runs' log lines are read (sources/runtime_v2.py `log_is_read` says
+    the same, for rows it is given otherwise)."""
+    return {
+        "dropped": _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"],
+        "levels": list(log_levels),
+        "operators": "WARN" in log_levels,
+        "operator_lines": list(OPERATOR_LINES),
+    }
 
 
 def export_sql(capture_input: bool, log_levels: tuple[str, ...]) -> str:
@@ -224,12 +231,7 @@ def export_sql(capture_input: bool, log_levels: tuple[str, ...]) -> str:
             return "true" if value else "false"
         return "ARRAY[" + ", ".join(f"'{item}'" for item in value) + "]"
 
-    params = {"dropped": _dropped(capture_input), **_read_logs(log_levels)}
-    return _EXPORT % {name: literal(value) for name, value in params.items()}
-
-
-def _dropped(capture_input: bool) -> list[str]:
-    return _RUN_PAYLOADS if capture_input else [*_RUN_PAYLOADS, "input_json"]
+    return _EXPORT % {name: literal(value) for name, value in _settled(capture_input, log_levels).items()}
 
 
 def said(exc: psycopg.Error) -> str:
@@ -267,9 +269,8 @@ class TablePoller:
         self._poll = poll_seconds
         self._overlap = timedelta(seconds=overlap_seconds)
         self._look_back = timedelta(seconds=look_back_seconds)
-        self._dropped = _dropped(capture_input)
         self._page = page
-        self._logs = _read_logs(log_levels) | {"dropped": self._dropped}
+        self._settled = _settled(capture_input, log_levels)
         self._db: psycopg.Connection[Any] | None = None
         # The runs read, oldest read first: the updated_at and the version (xmin) of their row read.
         self._seen: dict[str, tuple[datetime, str]] = {}
@@ -328,13 +329,20 @@ class TablePoller:
             keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
             if not keys:
                 break
-            fresh = [(run, (at, version)) for at, run, version, _ended in keys if self._seen.get(run) != (at, version)]
-            # A run that ended, read as it is: the lines of its log written after its row's last update (the
-            # runtime writes its end's, an operator's cancel, just after, from the same process), read again
-            # while in the overlap.
-            if ended := [(run, at) for at, run, version, done in keys if done and self._seen.get(run) == (at, version)]:
-                since = [at - _TRAILING for _run, at in ended]
-                logs = db.execute(_TRAILING_LINES, {"runs": [run for run, _at in ended], "since": since, **self._logs})
+            fresh: list[tuple[str, tuple[datetime, str]]] = []
+            ended: list[str] = []
+            since: list[datetime] = []
+            for at, run, version, done in keys:
+                if self._seen.get(run) != (at, version):
+                    fresh.append((run, (at, version)))
+                elif done:
+                    # A run that ended, read as it is: the lines of its log written after its row's last update
+                    # (the runtime writes its end's, an operator's cancel, just after, from the same process),
+                    # read again while in the overlap.
+                    ended.append(run)
+                    since.append(at - _TRAILING)
+            if ended:
+                logs = db.execute(_TRAILING_LINES, {"runs": ended, "since": since, **self._settled})
                 self._hand_over([row[0] for row in logs])
             if fresh:
                 self._take(db, fresh)
@@ -352,7 +360,7 @@ class TablePoller:
         assert self._mark is not None
         waiting = {row[0] for row in db.execute(_WAITING, {"after": self._mark - self._look_back})}
         if new_waits := sorted(waiting - self._waiting):
-            asked = {"waits": new_waits, "dropped": self._dropped}
+            asked = {"waits": new_waits, **self._settled}
             rows = db.execute(_WAITING_ROWS, asked).fetchall()
             self._hand_over([text for wait_row, run_row in rows for text in (run_row, wait_row)])
         self._waiting = waiting
@@ -371,7 +379,7 @@ class TablePoller:
         their steps, waits, actions and log lines changed since each was read."""
         runs = [run for run, _read in fresh]
         since = [self._seen[run][0] - self._overlap if run in self._seen else None for run in runs]
-        self._hand_over([row[0] for row in db.execute(_TAKE, {"runs": runs, "since": since, **self._logs})])
+        self._hand_over([row[0] for row in db.execute(_TAKE, {"runs": runs, "since": since, **self._settled})])
         for run, read in fresh:
             self._seen.pop(run, None)  # to the end: the oldest read is forgotten first
             self._seen[run] = read

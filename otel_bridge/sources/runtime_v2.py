@@ -207,11 +207,7 @@ _MESSAGE_CHARS = 200
 def levels_from(level: str) -> tuple[str, ...]:
     """The log levels read when asked for `level` and above (`none`: no line but those `ALWAYS_READ`)."""
     wanted = level.upper()
-    if wanted == "NONE":
-        return ()
-    if wanted == "WARNING":
-        wanted = "WARN"
-    return LOG_LEVELS[LOG_LEVELS.index(wanted) :]
+    return () if wanted == "NONE" else LOG_LEVELS[LOG_LEVELS.index(wanted) :]
 
 
 def log_is_read(row_level: str, message: str, levels: tuple[str, ...]) -> bool:

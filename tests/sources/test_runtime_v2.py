@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fold_harness import _apply, _records, comparable, fold_events, settle_all
+from fold_harness import comparable, fold_events, fold_more, settle_all
 
 from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
@@ -395,9 +395,7 @@ def _shape(spans) -> list[tuple]:
 def test_a_failed_run_retried_by_its_operator_is_a_second_trace_linked_to_the_first_however_read():
     run, before, after = _retried()
     live = fold_events(before, decoder=DECODE, settle_at_ns=_ns(5))
-    for raw in after:
-        for record in _records(raw, DECODE):
-            _apply(live, live.jobs, record)
+    fold_more(live, after, decoder=DECODE)
     settle_all(live, _ns(20))
     once = fold_events(after, decoder=DECODE)
     assert comparable(live.spans) == comparable(once.spans), "the failed run's row is gone: its failed step tells it"
