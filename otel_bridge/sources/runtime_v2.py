@@ -335,20 +335,24 @@ class RuntimeV2Decoder:
     def _run(self, row: RunRow) -> list[WorkflowRecord]:
         told = self._life(row, row.retries)
         self._started(told, row, row.retries, (row.retried_at or row.started_at) if row.retries else row.started_at)
-        ending = _RUN_ENDINGS.get(row.status.upper())
         ended_at = row.completed_at or row.updated_at
-        if ending is not None and ended_at is not None:
-            error = self._error(row.error_json) if ending is OUTCOME.FAILURE else None
-            told(
-                KIND.RUN_ENDED,
-                ended_at,
-                "ended",
-                name=f"run.{row.status.lower()}",
-                outcome=ending,
-                error=error or (ErrorInfo(message="run failed") if ending is OUTCOME.FAILURE else None),
-                reason=(row.cancel_reason or "canceled") if ending is OUTCOME.CANCELLATION else None,
-            )
+        if row.status.upper() in _RUN_ENDINGS and ended_at is not None:
+            self._ended(told, row.status, ended_at, row.error_json, row.cancel_reason)
         return told.records
+
+    def _ended(self, told: "_Told", status: str, at: datetime, error_json: Any, cancel_reason: str | None) -> None:
+        """The run's end, as its row says it (`status`), or as a retry of it tells it once its row no longer does."""
+        ending = _RUN_ENDINGS[status.upper()]
+        failed = ending is OUTCOME.FAILURE
+        told(
+            KIND.RUN_ENDED,
+            at,
+            "ended",
+            name=f"run.{status.lower()}",
+            outcome=ending,
+            error=(self._error(error_json) or ErrorInfo(message="run failed")) if failed else None,
+            reason=(cancel_reason or "canceled") if ending is OUTCOME.CANCELLATION else None,
+        )
 
     def _step(self, row: StepRow) -> list[WorkflowRecord]:
         told = _Told("step", row.step_id, self._ref(row.run_id, row.retries))
@@ -517,9 +521,7 @@ class RuntimeV2Decoder:
             retried = self._life(row.run, row.retries - 1)
             if row.retries == 1:
                 self._started(retried, row.run, 0, row.run.started_at)
-            error = self._error(row.failed_error) or ErrorInfo(message="run failed")
-            at = row.ended_at or row.created_at
-            retried(KIND.RUN_ENDED, at, "ended", name="run.failed", outcome=OUTCOME.FAILURE, error=error)
+            self._ended(retried, "FAILED", row.ended_at or row.created_at, row.failed_error, None)
             retry = self._life(row.run, row.retries)
             self._started(retry, row.run, row.retries, row.created_at)
             told.records[:0] = retried.records + retry.records
