@@ -149,7 +149,8 @@ class Fact(Struct, kw_only=True, omit_defaults=True):
     # The state a fact that moved nothing happened in (state machines), when its source tells it: places
     # it among moves of the same instant, which its time alone cannot.
     in_state: str | None = None
-    # Runs this one follows from (a trigger's run id): the root span links to their roots.
+    # Runs this one follows from (a trigger's run id): the root span links to their roots. On an attempt's
+    # start, the run the attempt before it ran in, when not this one (a retry's trace): its span links there.
     links: tuple[str, ...] = ()
     # Which of several like facts of one step this is, when the source numbers them (the
     # retries a summary tells of): keeps them apart in deduplication.

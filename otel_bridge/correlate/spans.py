@@ -293,7 +293,16 @@ def _attempt_span(
         attributes[c.WORKFLOW_TASK_RESULT] = c.TASK_RESULT_INTERRUPTED
     else:
         end_ns = None
-    links = [ids.get((a.step, a.number - 1)) or attempt_span_id(run, a.step, a.number - 1)] if a.number > 1 else []
+    links: list[bytes] = []
+    remote_links: list[tuple[bytes, bytes]] = []
+    if a.number > 1:
+        previous_id = ids.get((a.step, a.number - 1))
+        if previous_id is None and start is not None and start.links:
+            # The attempt before ran in another trace (a retry of a failed run its operator asked for).
+            other = _followed(run, start.links[0])
+            remote_links = [(run_trace_id(other), attempt_span_id(other, a.step, a.number - 1))]
+        else:
+            links = [previous_id or attempt_span_id(run, a.step, a.number - 1)]
     return SpanRecord(
         role=SpanRole.ATTEMPT,
         trace_id=trace_id,
@@ -308,6 +317,7 @@ def _attempt_span(
         attributes=attributes,
         events=sorted(events, key=_at) if len(events) > 1 else events,
         links=links,
+        remote_links=remote_links,
     )
 
 
@@ -504,12 +514,18 @@ def _trigger_span(run: RunRef, trace_id: bytes, root_id: bytes, fact: Fact) -> S
 
 def _remote_links(run: RunRef, ordered: list[Fact]) -> list[tuple[bytes, bytes]]:
     """The roots of the runs (triggers) this run follows from."""
-    linked = dict.fromkeys(link for f in ordered for link in f.links)
+    # An attempt's links name where the attempt before it ran: its own span's link, not the root's.
+    linked = dict.fromkeys(link for f in ordered if f.links and f.kind is not KIND.ATTEMPT_STARTED for link in f.links)
     out = []
     for run_id in linked:
-        other = RunIdentity(run.engine, run.env, run.service, run_id, run.tenant)
+        other = _followed(run.identity, run_id)
         out.append((run_trace_id(other), root_span_id(other)))
     return out
+
+
+def _followed(run: RunIdentity, run_id: str) -> RunIdentity:
+    """The run `run_id` of the same producer as `run`."""
+    return RunIdentity(run.engine, run.env, run.service, run_id, run.tenant)
 
 
 def _late_facts(ordered: list[Fact], emitted: dict[str, int], ids: dict[tuple[str, int], bytes]) -> list[Fact]:

@@ -357,7 +357,9 @@ class RuntimeV2Decoder:
     def _step(self, row: StepRow) -> list[WorkflowRecord]:
         told = _Told("step", row.step_id, self._ref(row.run_id, row.retries))
         step: dict[str, Any] = {"step": row.step_path, "attempt": row.attempt, "label": row.definition_step_id or None}
-        told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", **step)
+        # In a retry's trace, the execution before this one may have run in the trace before: its link goes there.
+        followed = (life_of(row.run_id, row.retries - 1),) if row.retries and row.attempt > 1 else ()
+        told(KIND.ATTEMPT_STARTED, row.started_at, "started", name="step.started", links=followed, **step)
         outcome = _STEP_ENDINGS.get(row.status.upper())
         if outcome is None and row.next_started_at is not None:
             # Left STARTED and run again: it ended as its wait began (the run resumes in the next), or,

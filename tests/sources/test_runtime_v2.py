@@ -409,6 +409,8 @@ def test_a_failed_run_retried_by_its_operator_is_a_second_trace_linked_to_the_fi
         first, retry = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
         assert retry.remote_links == [(first.trace_id, first.span_id)] and retry.trace_id != first.trace_id
         assert retry.attributes["workflow.execution.id"] == first.attributes["workflow.execution.id"] == run.run_id
+        failed, again = sorted((s for s in folded.spans if s.name == "step lookup"), key=lambda s: s.start_ns)
+        assert again.links == [] and again.remote_links == [(failed.trace_id, failed.span_id)], "where it failed"
     assert "late" not in {a.value for a in live.admissions}
 
 
@@ -471,6 +473,8 @@ def test_a_run_retried_twice_is_three_traces_each_following_the_one_before():
     ]
     assert [r.remote_links for r in roots] == [[], *([(a.trace_id, a.span_id)] for a in roots[:2])]
     assert {r.name for r in roots} == {"workflow payout"} and roots[1].status_message == "ticket not found"
+    lookups = sorted((s for s in folded.spans if s.name == "step lookup"), key=lambda s: s.start_ns)
+    assert [s.remote_links for s in lookups] == [[], *([(a.trace_id, a.span_id)] for a in lookups[:2])]
 
 
 def test_a_run_its_operator_replayed_from_another_follows_it():
