@@ -1022,6 +1022,7 @@ def _demo(args: argparse.Namespace) -> int:
                     args.ws_host,
                     stop,
                     runtime_v2_url=args.runtime_v2_url,
+                    incidents=args.incidents,
                 )
             )
 
@@ -1240,7 +1241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "whose sleep alarm is lost, a catalogImport run that dies mid-step (overdue where silent_executing names "
         "catalogImport), a debounce whose flush never comes, a tokenRefresher whose alarm is lost (overdue where "
         "silent_continuous names it), each overdue once overdue_grace_seconds have passed; and a billing producer "
-        "whose clock runs two hours ahead (ProducerClockAhead). Each is played once first, then drawn at random",
+        "whose clock runs two hours ahead (ProducerClockAhead); with --runtime-v2-url, a run launched that no "
+        "worker takes (RUNNING with no step). Each is played once first, then drawn at random",
     )
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")

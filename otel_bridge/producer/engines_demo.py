@@ -164,8 +164,10 @@ def run_engines_demo(
     ws_host: str = "0.0.0.0",
     stop: threading.Event | None = None,
     runtime_v2_url: str | None = None,
+    incidents: float = 0.0,
 ) -> dict[str, int]:
-    """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`)."""
+    """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`). `incidents`:
+    the share of the runtime v2's runs launched that no worker takes (the first of them is one)."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
     client = connect(stream_url) if stream_url else None
@@ -179,7 +181,9 @@ def run_engines_demo(
     if tables is not None:
 
         def escalation(now: datetime) -> None:
-            schedule.add([(at, ("tables", write)) for at, write in runtime_v2.scenario(tables, now.timestamp(), rng)])
+            stranded = incidents > 0 and (not counts["runtime-v2"] or rng.random() < incidents)
+            writes = runtime_v2.scenario(tables, now.timestamp(), rng, stranded)
+            schedule.add([(at, ("tables", write)) for at, write in writes])
             counts["runtime-v2"] += 1
 
         publishers.append(escalation)

@@ -333,11 +333,12 @@ class Runtime:
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)
 
 
-def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
+def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = False) -> Scheduled:
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
     time in eight the lookup fails, and half of those runs its operator retries a few seconds later; one in
-    ten is cancelled by its operator while it waits."""
+    ten is cancelled by its operator while it waits. `stranded`: launched, and no worker takes it (none
+    consumes its task queue): RUNNING with no step, for good."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     clock = now
@@ -360,6 +361,8 @@ def scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
         return write
 
     then(0, lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"})))
+    if stranded:
+        return writes
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
     if rng.random() < 0.25:
         backoff = rng.uniform(1, 3)

@@ -318,6 +318,9 @@ class RuntimeV2Decoder:
         return _Told("run", row.run_id, run, life=retries)
 
     def _started(self, told: "_Told", row: RunRow, retries: int, at: datetime) -> None:
+        # The row is written as the run is launched, RUNNING, before any worker takes it: it is queued until
+        # its first step begins. One no worker takes (none running, or none on its task queue) stays so, and is
+        # overdue once the grace has passed, as the runtime's own page warns of a run RUNNING with no step.
         # A retry starts as its operator asked for it, and follows the run it retries; a child follows its parent.
         links = [life_of(row.run_id, retries - 1)] if retries else []
         links += [row.parent_run_id] if row.parent_run_id else []
@@ -330,7 +333,7 @@ class RuntimeV2Decoder:
                 else None,
             }
         )
-        told(KIND.RUN_STARTED, at, "started", name="run.started", attributes=started, links=tuple(links))
+        told(KIND.RUN_QUEUED, at, "queued", name="run.queued", attributes=started, links=tuple(links))
 
     def _run(self, row: RunRow) -> list[WorkflowRecord]:
         told = self._life(row, row.retries)

@@ -64,6 +64,8 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
     waiting = runtime.start_run(at(20))
     runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(21))
     runtime.event_wait(waiting, "root.steps[0]", at(22), "APPROVED", "T-9", timeout=86_400)
+    # Launched, and no worker took it: RUNNING with no step, hours ago.
+    stranded = runtime.start_run(at(30))
 
     # With a password in its URL (the test's server trusts any): told nowhere.
     bridge = _bridge(tmp_path, otlp_http, database.replace("postgres@", "postgres:hunter2@")).start()
@@ -73,6 +75,8 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
         listed = bridge.client.get(f"{bridge.url}/v1/runs", params={"state": "paused"}).json()
         assert [r["run_id"] for r in listed["runs"]] == [waiting]
         assert listed["runs"][0]["name"] == "ticket-escalation"
+        overdue = bridge.client.get(f"{bridge.url}/v1/runs", params={"overdue": "true"}).json()["runs"]
+        assert [(r["run_id"], r["state"]) for r in overdue] == [(stranded, "pending")]
         # Written while the bridge runs (later than every change before): read at its next poll.
         runtime.event_arrived(waiting, "APPROVED", at(300))
         resumed = runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(300.1))

@@ -10,6 +10,7 @@ from fold_harness import comparable, fold_events, fold_more, settle_all
 
 from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
+from otel_bridge.correlate.overview import overview
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 
@@ -221,6 +222,21 @@ def test_a_time_wait_is_a_sleep_span_until_the_worker_resolves_it():
     (state,) = fold_events(asleep.rows, decoder=DECODE, settle_at_ns=None).runs.values()
     paused = next(f for f in state.facts if f.kind.value == "run.paused")
     assert state.counted_state == "paused" and paused.resume_at_ns == _ns(61.5), "asleep: overdue once its time passed"
+
+
+def test_a_run_no_worker_has_taken_is_queued_and_overdue_once_the_grace_has_passed():
+    # As the runtime's page warns of a run RUNNING with no step: no worker consumes its task queue.
+    stranded = Run(started_at=_at(0))
+    (state,) = fold_events(stranded.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    assert state.counted_state == "pending"
+    assert overview(state, _ns(299), grace_ns=300 * 10**9).overdue_ns is None
+    assert overview(state, _ns(400), grace_ns=300 * 10**9).overdue_ns == 400 * 10**9, "since it was launched"
+    taken = Run(started_at=_at(0))
+    taken.step("root.steps[0]", "lookup", 0.25, "SUCCEEDED", 1)
+    folded = fold_events(taken.ended("SUCCEEDED", 1).rows, decoder=DECODE)
+    assert folded.metric("workflow.execution.duration", **{"workflow.execution.state": "pending"}) == [0.25]
+    assert folded.metric("workflow.execution.duration", **{"workflow.execution.state": "executing"}) == [0.75]
+    assert (folded.root.start_ns, folded.root.events[0].name) == (_ns(0), "run.queued")
 
 
 def test_a_run_still_waiting_is_paused_with_its_timeout_as_its_resume_time():
