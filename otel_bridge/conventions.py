@@ -66,6 +66,12 @@ WORKFLOW_EVENT_PAYLOAD: Final = "workflow.event.payload"
 WORKFLOW_ACTION_ID: Final = "workflow.action.id"
 WORKFLOW_ACTION_VERSION: Final = "workflow.action.version"
 WORKFLOW_ACTION_DURATION_MS: Final = "workflow.action.duration_ms"
+# Which call of it this was, when it was called again (a failed call its step retried): from 2 on.
+WORKFLOW_ACTION_ATTEMPT: Final = "workflow.action.attempt"
+# The Temporal workflow that runs a run, and its run, as Temporal's own tracing interceptors name them (the
+# Go, .NET and Python SDKs): a search by either finds the bridge's trace beside Temporal's spans.
+TEMPORAL_WORKFLOW_ID: Final = "temporalWorkflowID"
+TEMPORAL_RUN_ID: Final = "temporalRunID"
 # What started a run (event, schedule, recurring), as its engine names it.
 WORKFLOW_TRIGGER_TYPE: Final = "workflow.trigger.type"
 # A line of a run's log (the runtime v2's `workflow_run_logs`), as a span event named by its message.

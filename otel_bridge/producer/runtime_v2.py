@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS workflow_runs (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_runs_status ON workflow_runs (status);
+-- The runtime's Temporal mode (its only one since June 2026): what runs a run, and Temporal's ids of it.
+ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS engine text;
+ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS temporal_workflow_id text;
+ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS temporal_run_id text;
 CREATE TABLE IF NOT EXISTS workflow_run_steps (
   step_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
@@ -85,6 +89,7 @@ CREATE TABLE IF NOT EXISTS workflow_action_invocations (
   UNIQUE (action_id, action_version, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_action_invocations_run_path ON workflow_action_invocations (run_id, step_path);
+ALTER TABLE workflow_action_invocations ADD COLUMN IF NOT EXISTS error_json jsonb;
 CREATE TABLE IF NOT EXISTS workflow_run_waits (
   wait_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
@@ -131,15 +136,26 @@ class Runtime:
         assert row is not None
         self.workflow_id = row[0]
 
-    def start_run(self, when: datetime, payload: dict[str, Any] | None = None, parent: str | None = None) -> str:
-        """A run, of a workflow started by an event, or called by the run `parent` (a child workflow)."""
+    def start_run(
+        self,
+        when: datetime,
+        payload: dict[str, Any] | None = None,
+        parent: str | None = None,
+        temporal: bool = False,
+    ) -> str:
+        """A run, of a workflow started by an event, or called by the run `parent` (a child workflow); with
+        `temporal`, launched on Temporal (`launchPublishedWorkflowRun`), which the caller then projects."""
         run_id = str(uuid.uuid4())
+        engine = ("temporal", f"workflow-runtime-v2:run:{run_id}", str(uuid.uuid4())) if temporal else (None,) * 3
         self.db.execute(
             "INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, tenant_id, status, node_path, "
-            "trigger_type, event_type, input_json, parent_run_id, root_run_id, started_at, updated_at) "
-            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s, %s, %s)",
-            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), parent, parent, when, when),
-        )
+            "trigger_type, event_type, input_json, parent_run_id, root_run_id, engine, temporal_workflow_id, "
+            "temporal_run_id, started_at, updated_at) "
+            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s, %s, %s, %s, "
+            "%s, %s)",
+            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), parent, parent, *engine,
+             when, when),
+        )  # fmt: skip
         self.log(run_id, when, "INFO", "Run started", context={"workflowVersion": 3})
         return run_id
 
@@ -195,8 +211,8 @@ class Runtime:
 
     def action_called(
         self, run_id: str, path: str, action: str, began: datetime, ended: datetime, error: str | None = None
-    ) -> None:
-        """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED."""
+    ) -> str:
+        """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED; its id."""
         said = {"actionId": action, "actionVersion": 1, "attempt": 1}
         self.log(run_id, began, "INFO", "Action invocation started", path=path, context=said)
         row = self.db.execute(
@@ -215,6 +231,22 @@ class Runtime:
             self.log(run_id, ended, "ERROR", "Action invocation failed", path=path, context=said | {"error": error})
         else:
             self.log(run_id, ended, "INFO", "Action invocation succeeded", path=path, context=said)
+        return str(row[0])
+
+    def action_called_again(self, invocation_id: str, began: datetime, ended: datetime, error: str | None) -> None:
+        """A failed call its step retries, in the same row (the Temporal workflow's `executeActionInvocation`
+        claims the failed invocation: one more attempt), then its end."""
+        self.db.execute(
+            "UPDATE workflow_action_invocations SET status = 'STARTED', attempt = attempt + 1, started_at = %s, "
+            "completed_at = NULL WHERE invocation_id = %s AND status = 'FAILED'",
+            (began, invocation_id),
+        )
+        failure = Jsonb({"category": "ActionError", "message": error}) if error else None
+        self.db.execute(
+            "UPDATE workflow_action_invocations SET status = %s, error_message = %s, error_json = %s, "
+            "completed_at = %s WHERE invocation_id = %s",
+            ("FAILED" if error else "SUCCEEDED", error, failure, ended, invocation_id),
+        )
 
     def step_succeeded(
         self, run_id: str, step_id: str, started: datetime, when: datetime, next_path: str | None
@@ -321,6 +353,38 @@ class Runtime:
         self._run(run_id, when, status="WAITING", node_path=row[1], completed_at=None, error_json=None)
         context = {"reason": reason, "waitId": str(row[0])}
         self.log(run_id, when, "INFO", "Event wait requeued by operator", context=context, source="api")
+
+    def temporal_step_ended(
+        self, run_id: str, step_id: str, path: str, started: datetime, when: datetime, error: str | None = None
+    ) -> None:
+        """A step's end as the Temporal workflow projects it (`projectWorkflowRuntimeV2StepCompletion`): a failed
+        step marks its run FAILED, without `completed_at` — a catch block may yet take the failure."""
+        ms = int((when - started).total_seconds() * 1000)
+        said = {"message": error} if error else None
+        self._step(
+            step_id, status="FAILED" if error else "SUCCEEDED", duration_ms=ms, completed_at=when, error_json=said
+        )
+        if said:
+            self._run(run_id, when, status="FAILED", error_json=said | {"nodePath": path})
+        else:
+            self._run(run_id, when, status="RUNNING", error_json=None)
+
+    def temporal_run_completed(self, run_id: str, when: datetime, status: str) -> None:
+        """The run's end as the Temporal workflow writes it (`completeWorkflowRuntimeV2Run`)."""
+        self._run(run_id, when, status=status, node_path=None, completed_at=when)
+
+    def quota_paused(self, run_id: str, path: str, when: datetime, used: int, limit: int, until: datetime) -> None:
+        """Its tenant's step quota for the period used up as a step was to start (`reserveStepStart`): a quota
+        wait until the period ends, the run WAITING."""
+        said = {"reason": "workflow_step_quota_exceeded", "usedCount": used, "effectiveLimit": limit,
+                "periodEnd": until.isoformat()}  # fmt: skip
+        self.db.execute(
+            "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, timeout_at, status, payload, created_at) "
+            "VALUES (%s, %s, 'quota', %s, 'WAITING', %s, %s)",
+            (run_id, path, until, Jsonb(said), when),
+        )
+        quota = {"category": "QuotaExceeded", "message": "Workflow step quota exceeded for current billing period"}
+        self._run(run_id, when, node_path=path, status="WAITING", error_json=quota | {"nodePath": path})
 
     def retried(self, run_id: str, path: str, when: datetime, reason: str) -> None:
         """A failed run retried by its operator (`retryWorkflowRunAction`): RUNNING again from its failed step,

@@ -129,7 +129,8 @@ WHERE c.since IS NULL OR s.started_at >= c.since OR s.completed_at >= c.since
 """
 # A wait names its step's path, not the execution it parked: the latest one at that path by then.
 _WAIT_ROW = f"""(to_jsonb(w) - 'payload' || jsonb_build_object(
-          'task_type', w.payload->>'taskType', 'retries', {_retries("w", "w.created_at")}) || coalesce((
+          'task_type', w.payload->>'taskType', 'quota_used', w.payload->>'usedCount',
+          'quota_limit', w.payload->>'effectiveLimit', 'retries', {_retries("w", "w.created_at")}) || coalesce((
           SELECT jsonb_build_object('attempt', s.attempt, 'definition_step_id', s.definition_step_id)
           FROM workflow_run_steps s
           WHERE s.run_id = w.run_id AND s.step_path = w.step_path AND s.started_at <= w.created_at
@@ -143,7 +144,8 @@ WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
 # The actions a step called, ended since (their inputs and outputs not read), each with the execution of
 # its step it was called from: the latest at its path by then.
 _ACTION_ROW = f"""(to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key' - 'lease_owner' - 'lease_expires_at'
-        || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")}, 'attempt', (
+        || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")},
+             'invocation_attempt', a.attempt, 'attempt', (
              SELECT max(s.attempt) FROM workflow_run_steps s
              WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text"""
 _ACTIONS = f"""
@@ -199,7 +201,7 @@ UNION ALL SELECT {_LOG_ROW}
 # at every poll (a task may wait for days), and the rows of a new one once, with its run's row.
 _WAITING = """
 SELECT w.wait_id::text FROM workflow_run_waits w
-WHERE w.wait_type IN ('retry', 'time', 'event', 'human') AND w.status = 'WAITING' AND w.created_at >= %(after)s
+WHERE w.wait_type IN ('retry', 'time', 'event', 'human', 'quota') AND w.status = 'WAITING' AND w.created_at >= %(after)s
 """
 _WAITING_ROWS = f"""{_asked("SELECT run_id FROM workflow_run_waits WHERE wait_id = ANY(%(waits)s::uuid[])")}
 SELECT {_WAIT_ROW}, {_RUN_ROW}

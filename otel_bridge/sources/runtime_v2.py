@@ -98,6 +98,10 @@ class RunRow(_Row):
     updated_at: IsoTime | None = None
     # The run that called this one (a child workflow, in the runtime's newer schema).
     parent_run_id: Identity | None = None
+    # What runs it (`temporal`, `db`; none before the runtime had Temporal), and Temporal's ids of it.
+    engine: Label | None = None
+    temporal_workflow_id: Text | None = None
+    temporal_run_id: Text | None = None
     # Joined: when its operator asked for its latest retry; why they cancelled it.
     retried_at: IsoTime | None = None
     cancel_reason: Text | None = None
@@ -138,8 +142,10 @@ class WaitRow(_Row):
     resolved_at: IsoTime | None = None
     attempt: Attempts | None = None
     definition_step_id: Text = ""
-    # A human task's kind (its payload's `taskType`), when joined.
+    # A human task's kind (its payload's `taskType`), when joined; a quota wait's steps used of its limit.
     task_type: Text | None = None
+    quota_used: Text | None = None
+    quota_limit: Text | None = None
 
 
 class ActionRow(_Row):
@@ -152,9 +158,14 @@ class ActionRow(_Row):
     action_version: int | None = None
     status: Label
     error_message: Text | None = None
+    error_json: Any = None
     started_at: IsoTime | None = None
     completed_at: IsoTime | None = None
     attempt: Attempts | None = None
+    # Which call of the action this row holds: a failed call retried is called again in the same row.
+    invocation_attempt: Attempts = 1
+
+    json_columns = field_validator("error_json", mode="before")(_json_column)
 
 
 class LogRow(_Row):
@@ -312,6 +323,8 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_DEFINITION_VERSION: version,
                     c.TENANT_ID: row.tenant_id or row.tenant,
                     c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
+                    c.TEMPORAL_WORKFLOW_ID: row.temporal_workflow_id,
+                    c.TEMPORAL_RUN_ID: row.temporal_run_id,
                 }
             ),
         )
@@ -338,7 +351,11 @@ class RuntimeV2Decoder:
     def _run(self, row: RunRow) -> list[WorkflowRecord]:
         told = self._life(row, row.retries)
         self._started(told, row, row.retries, (row.retried_at or row.started_at) if row.retries else row.started_at)
-        ended_at = row.completed_at or row.updated_at
+        # A run Temporal drives ends as its workflow writes `completed_at`. A step that failed (or was cancelled)
+        # marks its run FAILED (CANCELED) a moment before that, without it, and a catch block that takes the
+        # failure runs on: RUNNING again at its first step. Older runs' ends may lack it: their last update.
+        temporal = (row.engine or "").lower() == "temporal"
+        ended_at = row.completed_at if temporal else row.completed_at or row.updated_at
         if row.status.upper() in _RUN_ENDINGS and ended_at is not None:
             self._ended(told, row.status, ended_at, row.error_json, row.cancel_reason)
         return told.records
@@ -450,13 +467,18 @@ class RuntimeV2Decoder:
                 if status != "CANCELED":
                     told(KIND.RUN_RESUMED, row.resolved_at, "resumed", name="time.wait.resolved")
             return told.records
-        waiting_for = row.event_name or kind
-        said = f"waiting for {waiting_for}" + (f" ({row.key})" if row.key else "")
+        if kind == "quota":
+            # Its tenant used the steps its plan allows this period: paused until the period ends, or an operator
+            # resumes it.
+            used = f" ({row.quota_used} of {row.quota_limit})" if row.quota_limit is not None else ""
+            said = f"step quota exceeded{used}"
+        else:
+            said = f"waiting for {row.event_name or kind}" + (f" ({row.key})" if row.key else "")
         told(
             KIND.RUN_PAUSED,
             row.created_at,
             "created",
-            name="human.task.created" if kind == "human" else "event.wait.created",
+            name=_WAIT_CREATED.get(kind, "event.wait.created"),
             reason=cut(said, MAX_TEXT),
             resume_at_ns=resume_at,
             attributes=attrs(
@@ -481,33 +503,41 @@ class RuntimeV2Decoder:
         again = f"@{iso(row.resolved_at)}" if kind == "event" else ""
         if timed_out:
             told(KIND.TIMEOUT_EXCEEDED, row.resolved_at, "timeout" + again, name="wait.timed_out", **step)
-        told(KIND.RUN_RESUMED, row.resolved_at, "resolved" + again, name="event.wait.resolved")
+        told(
+            KIND.RUN_RESUMED, row.resolved_at, "resolved" + again, name=_WAIT_RESOLVED.get(kind, "event.wait.resolved")
+        )
         return told.records
 
     def _action(self, row: ActionRow) -> list[WorkflowRecord]:
-        """An action the step called, once it ended: an event on the execution that called it."""
+        """An action the step called, once it ended: an event on the execution that called it. A failed call its
+        step retries is called again in the same row (the runtime's Temporal workflow retries within the step's
+        execution): each call's end is an event of its own, those read."""
         told = _Told("action", row.invocation_id, self._ref(row.run_id, row.retries))
         if row.completed_at is None or row.status.upper() not in ("SUCCEEDED", "FAILED"):
             return told.records
         took = _ms(row.completed_at - row.started_at) if row.started_at is not None else None
         failed = row.status.upper() == "FAILED"
+        call = row.invocation_attempt
+        error = self._error(row.error_json) if failed else None
         told(
             KIND.ANNOTATION,
             row.completed_at,
-            "ended",
+            "ended" if call == 1 else f"ended:{call}",
             name=f"action.{row.status.lower()}",
             step=row.step_path,
             attempt=row.attempt,
-            # Two calls of one action in one execution are two events (a note is known by its ordinal).
-            ordinal=zlib.crc32(row.invocation_id.encode()),
+            # Two calls in one execution are two events (a note is known by its ordinal).
+            ordinal=zlib.crc32(row.invocation_id.encode() if call == 1 else f"{row.invocation_id}:{call}".encode()),
             attributes=attrs(
                 **{
                     c.WORKFLOW_ACTION_ID: row.action_id,
                     c.WORKFLOW_ACTION_VERSION: row.action_version,
+                    c.WORKFLOW_ACTION_ATTEMPT: call if call > 1 else None,
                     c.WORKFLOW_ACTION_DURATION_MS: took,
                     c.EXCEPTION_MESSAGE: cut(row.error_message or "action failed", self.options.decode.max_text_chars)
                     if failed
                     else None,
+                    c.EXCEPTION_TYPE: error.type if error is not None else None,
                 }
             ),
         )
@@ -577,6 +607,10 @@ class RuntimeV2Decoder:
             step=cut(str(step), limit) if step else None,
         )
 
+
+# What a wait's start and end are named by its type (`event` and any other: event.wait.*).
+_WAIT_CREATED = {"human": "human.task.created", "quota": "quota.wait.created"}
+_WAIT_RESOLVED = {"quota": "quota.wait.resolved"}
 
 # Facts of one instant are in the order of their ids (`Fact.order`), and the rows' ids are random: their
 # table's rank first puts a run's start before its step's, and a step's start before the wait it publishes

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from fold_harness import fold_events
+from fold_harness import fold_events, fold_more, settle_all
 from runtime_v2_tables import Runtime, at
 
 from otel_bridge.config import Settings
@@ -475,3 +475,41 @@ def test_a_run_its_operator_cancelled_carries_their_reason(database, tmp_path):
     root = fold_events(recorded.rows, decoder=DECODE).root
     assert root.attributes["workflow.execution.cancel_reason"] == "duplicate ticket"
     assert root.attributes["workflow.execution.result"] == "cancellation"
+
+
+def test_a_temporal_run_a_catch_block_took_on_is_one_trace_however_its_reads_fell(database, tmp_path):
+    """As the runtime's Temporal workflow projects a run: a failed step marks the run FAILED a moment before a
+    catch block's first step makes it RUNNING again; its action retried within the step, in the same row."""
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0), temporal=True)
+    lookup = runtime.step_started(run, "root.steps[0].try.steps[0]", "lookup", at(1), temporal=True)
+    call = runtime.action_called(run, "root.steps[0].try.steps[0]", "tickets.find", at(1.1), at(1.5), "upstream 503")
+    runtime.action_called_again(call, at(2.5), at(2.9), "ticket not found")
+    runtime.temporal_step_ended(run, lookup, "root.steps[0].try.steps[0]", at(1), at(3), "ticket not found")
+    assert poller.poll_once() == 1, "read while the run is marked FAILED"
+    first = list(recorded.rows)
+    notify = runtime.step_started(run, "root.steps[0].catch.steps[0]", "notify-owner", at(3.1), temporal=True)
+    runtime.temporal_step_ended(run, notify, "root.steps[0].catch.steps[0]", at(3.1), at(3.5))
+    runtime.quota_paused(run, "root.steps[1]", at(3.6), 100, 100, at(86_400))
+    assert poller.poll_once() == 1
+    runtime.db.execute("UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s", (at(4000),))
+    last = runtime.step_started(run, "root.steps[1]", "close-ticket", at(4000.1), temporal=True)
+    runtime.temporal_step_ended(run, last, "root.steps[1]", at(4000.1), at(4000.2))
+    runtime.temporal_run_completed(run, at(4000.3), "SUCCEEDED")
+    assert poller.poll_once() == 1
+
+    live = fold_events(first, decoder=DECODE, settle_at_ns=_ns(at(3.05)))
+    assert [s.name for s in live.spans] == ["step lookup"], "its root waits for the run's end"
+    fold_more(live, recorded.rows[len(first) :], decoder=DECODE)
+    settle_all(live, _ns(at(5000)))
+    assert "late" not in {a.value for a in live.admissions}
+    assert (live.root.status, live.root.end_ns) == (SpanStatus.OK, _ns(at(4000.3)))
+    assert live.root.attributes["temporalWorkflowID"] == f"workflow-runtime-v2:run:{run}"
+    lookup_span = live.span("step lookup")
+    assert lookup_span.status is SpanStatus.ERROR and lookup_span.status_message == "ticket not found"
+    called = [(e.name, e.attributes.get("workflow.action.attempt")) for e in lookup_span.events if "action" in e.name]
+    assert called == [("action.failed", 2)], "the row holds its last call: the second"
+    assert {"quota.wait.created", "quota.wait.resolved"} <= {e.name for e in live.root.events}
+    paused = next(e for e in live.root.events if e.name == "quota.wait.created")
+    assert paused.attributes["workflow.pause.reason"] == "step quota exceeded (100 of 100)"

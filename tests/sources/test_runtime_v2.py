@@ -501,3 +501,70 @@ def test_a_run_its_operator_replayed_from_another_follows_it():
     folded = fold_events([*first.rows, *replay.ended("SUCCEEDED", 51).rows, line], decoder=DECODE)
     old, new = sorted((s for s in folded.spans if s.parent_span_id is None), key=lambda s: s.start_ns)
     assert new.remote_links == [(old.trace_id, old.span_id)] and old.remote_links == []
+
+
+# Since June 2026 Temporal runs every run: its workflow projects each step into the tables (a step's row as it
+# starts, its end, then the run's row), retries a failed action within the step's execution, and writes the
+# run's end with `completed_at`.
+def _temporal(**columns: Any) -> Run:
+    run = Run(engine="temporal", temporal_run_id="0193-temporal-run", **columns)
+    run.row["temporal_workflow_id"] = f"workflow-runtime-v2:run:{run.run_id}"
+    return run
+
+
+def test_a_temporal_run_marked_failed_by_a_step_a_catch_block_takes_goes_on_in_one_trace():
+    run = _temporal()
+    error = {"message": "ticket not found", "nodePath": "root.steps[0].try.steps[0]"}
+    run.step("root.steps[0].try.steps[0]", "lookup", 1, "FAILED", 2, error_json={"message": "ticket not found"})
+    # Read between the step's end, which marks the run FAILED, and the catch block's first step.
+    marked = dict(run.row) | {"status": "FAILED", "error_json": error, "updated_at": _at(2)}
+    live = fold_events([marked, *run.steps], decoder=DECODE, settle_at_ns=_ns(5))
+    assert [s.name for s in live.spans] == ["step lookup"], "the run has not ended: its root is not sent"
+    run.step("root.steps[0].catch.steps[0]", "notify-owner", 2.1, "SUCCEEDED", 2.5)
+    fold_more(live, [*run.ended("SUCCEEDED", 2.6).rows], decoder=DECODE)
+    settle_all(live, _ns(20))
+    assert "late" not in {a.value for a in live.admissions}
+    root = next(s for s in live.spans if s.parent_span_id is None)
+    assert (root.status, root.end_ns) == (SpanStatus.OK, _ns(2.6))
+    assert sorted(s.name for s in live.spans) == ["step lookup", "step notify-owner", "workflow ticket-escalation"]
+    assert root.attributes["temporalWorkflowID"] == f"workflow-runtime-v2:run:{run.run_id}"
+    assert root.attributes["temporalRunID"] == "0193-temporal-run"
+
+
+def test_a_temporal_run_has_ended_once_its_workflow_wrote_when_and_a_run_of_before_by_its_last_update():
+    failed = _temporal()
+    failed.step("root.steps[0]", "lookup", 1, "FAILED", 2, error_json={"message": "ticket not found"})
+    folded = fold_events(failed.ended("FAILED", 2.1, {"message": "ticket not found"}).rows, decoder=DECODE)
+    assert (folded.root.status, folded.root.end_ns) == (SpanStatus.ERROR, _ns(2.1))
+    assert folded.root.status_message == "ticket not found"
+    older = Run(status="CANCELED", updated_at=_at(7))
+    assert fold_events(older.rows, decoder=DECODE).root.end_ns == _ns(7), "no engine: its row's last update"
+
+
+def test_a_run_its_tenant_quota_stopped_is_paused_until_the_period_ends():
+    run = _temporal(status="WAITING")
+    run.step("root.steps[0]", "lookup", 1, "SUCCEEDED", 2)
+    run.wait("root.steps[1]", "quota", 2.1, timeout=86_400 * 20, quota_used="10000", quota_limit="10000")
+    (state,) = fold_events(run.rows, decoder=DECODE, settle_at_ns=None).runs.values()
+    paused = next(f for f in state.facts if f.kind.value == "run.paused")
+    assert (paused.name, paused.reason) == ("quota.wait.created", "step quota exceeded (10000 of 10000)")
+    assert state.counted_state == "paused" and paused.resume_at_ns == _ns(86_400 * 20)
+
+
+def test_an_action_its_step_called_again_in_the_same_row_is_an_event_for_each_call_read():
+    run = _temporal()
+    lookup = run.step("root.steps[0]", "lookup", 1, "SUCCEEDED", 5)
+    call = {"invocation_id": str(uuid.uuid4()), "run_id": run.run_id, "step_path": "root.steps[0]",
+            "action_id": "tickets.find", "action_version": 1, "attempt": lookup["attempt"]}  # fmt: skip
+    first = call | {"status": "FAILED", "error_message": "upstream 503", "invocation_attempt": 1,
+                    "error_json": {"category": "TransientError", "message": "upstream 503"},
+                    "started_at": _at(1.1), "completed_at": _at(1.6)}  # fmt: skip
+    again = call | {"status": "SUCCEEDED", "invocation_attempt": 2, "started_at": _at(3.6), "completed_at": _at(4)}
+    rows = run.ended("SUCCEEDED", 5).rows
+    both = fold_events([*rows, first, again], decoder=DECODE).span("step lookup")
+    told = [
+        (e.name, e.attributes.get("workflow.action.attempt"), e.attributes.get("exception.type")) for e in both.events
+    ]
+    assert told == [("action.failed", None, "TransientError"), ("action.succeeded", 2, None)]
+    last = fold_events([*rows, again], decoder=DECODE).span("step lookup")
+    assert [(e.name, e.attributes["workflow.action.attempt"]) for e in last.events] == [("action.succeeded", 2)]
