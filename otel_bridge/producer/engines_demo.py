@@ -182,7 +182,12 @@ def run_engines_demo(
 
         def escalation(now: datetime) -> None:
             stranded = incidents > 0 and (not counts["runtime-v2"] or rng.random() < incidents)
-            writes = runtime_v2.scenario(tables, now.timestamp(), rng, stranded)
+            # Half of them as its Temporal workflow runs them (its only mode since June 2026), half as its
+            # interpreter before did, whose runs an operator could still retry.
+            if not stranded and rng.random() < 0.5:
+                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng)
+            else:
+                writes = runtime_v2.scenario(tables, now.timestamp(), rng, stranded)
             schedule.add([(at, ("tables", write)) for at, write in writes])
             counts["runtime-v2"] += 1
 

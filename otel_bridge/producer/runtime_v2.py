@@ -283,26 +283,38 @@ class Runtime:
         )
         self._run(run_id, when, status="RUNNING")
 
-    def event_wait(self, run_id: str, path: str, when: datetime, event: str, key: str, timeout: float | None) -> None:
-        """A node that waits (`publishWait`): the wait, the step left STARTED, the run WAITING."""
+    def event_wait(
+        self,
+        run_id: str,
+        path: str,
+        when: datetime,
+        event: str,
+        key: str,
+        timeout: float | None,
+        temporal: bool = False,
+    ) -> None:
+        """A node that waits (`publishWait`): the wait, the step left STARTED, the run WAITING; with `temporal`,
+        the wait alone (`projectWorkflowRuntimeV2EventWaitStart`), its run left RUNNING."""
         timeout_at = when + timedelta(seconds=timeout) if timeout is not None else None
         self.db.execute(
             "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, key, event_name, timeout_at, status, "
             "created_at) VALUES (%s, %s, 'event', %s, %s, %s, 'WAITING', %s)",
             (run_id, path, key, event, timeout_at, when),
         )
-        self._run(run_id, when, status="WAITING")
+        if not temporal:
+            self._run(run_id, when, status="WAITING")
 
-    def human_task(self, run_id: str, path: str, when: datetime, task_type: str) -> str:
+    def human_task(self, run_id: str, path: str, when: datetime, task_type: str, temporal: bool = False) -> str:
         """A task for a person (`startWorkflowRuntimeV2HumanTaskWait`): a wait keyed by the task's id, answered
-        by the event `HUMAN_TASK_COMPLETED`; the task's id."""
+        by the event `HUMAN_TASK_COMPLETED`; the task's id. With `temporal`, the run's row is left as it was."""
         task_id = str(uuid.uuid4())
         self.db.execute(
             "INSERT INTO workflow_run_waits (run_id, step_path, wait_type, key, event_name, status, payload, "
             "created_at) VALUES (%s, %s, 'human', %s, 'HUMAN_TASK_COMPLETED', 'WAITING', %s, %s)",
             (run_id, path, task_id, Jsonb({"taskId": task_id, "taskType": task_type}), when),
         )
-        self._run(run_id, when, status="WAITING")
+        if not temporal:
+            self._run(run_id, when, status="WAITING")
         return task_id
 
     def time_wait(self, run_id: str, path: str, when: datetime, seconds: float) -> None:
@@ -313,13 +325,16 @@ class Runtime:
         )
         self._run(run_id, when, status="WAITING")
 
-    def event_arrived(self, run_id: str, event: str, when: datetime) -> None:
+    def event_arrived(self, run_id: str, event: str, when: datetime, temporal: bool = False) -> None:
+        """The event a wait waits for: the wait resolved, the run RUNNING again; with `temporal`, the wait alone
+        (`projectWorkflowRuntimeV2EventWaitResolved`): the step's end, which the caller writes, updates the run."""
         self.db.execute(
             "UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s "
             "WHERE run_id = %s AND event_name = %s AND status = 'WAITING'",
             (when, run_id, event),
         )
-        self._run(run_id, when, status="RUNNING", resume_event_name=event)
+        if not temporal:
+            self._run(run_id, when, status="RUNNING", resume_event_name=event)
 
     def step_failed(self, run_id: str, step_id: str, path: str, started: datetime, when: datetime) -> None:
         error = {"category": "ActionError", "message": "ticket not found", "nodePath": path, "at": when.isoformat()}
@@ -368,6 +383,18 @@ class Runtime:
             self._run(run_id, when, status="FAILED", error_json=said | {"nodePath": path})
         else:
             self._run(run_id, when, status="RUNNING", error_json=None)
+
+    def temporal_canceled(self, run_id: str, step_id: str, started: datetime, when: datetime) -> None:
+        """Its Temporal workflow cancelled while a step waited: the wait, the step and the run CANCELED, the run
+        without `completed_at` until `temporal_run_completed`."""
+        self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'CANCELED', resolved_at = %s "
+            "WHERE run_id = %s AND status = 'WAITING'",
+            (when, run_id),
+        )
+        ms = int((when - started).total_seconds() * 1000)
+        self._step(step_id, status="CANCELED", duration_ms=ms, completed_at=when)
+        self._run(run_id, when, status="CANCELED")
 
     def temporal_run_completed(self, run_id: str, when: datetime, status: str) -> None:
         """The run's end as the Temporal workflow writes it (`completeWorkflowRuntimeV2Run`)."""
@@ -484,4 +511,82 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
         rng.randint(50, 400),
         calling("email.send", lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, None)),
     )
+    return writes
+
+
+def temporal_scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
+    """One ticket escalation as the runtime's Temporal workflow runs it (its only mode since June 2026), its
+    writes due at their times: the lookup in a try block, its call retried within the step after a 503 one
+    time in four; one time in eight the ticket is not found and the catch block tells its owner; a manager's
+    approval — a task or an event, the run left RUNNING meanwhile (the workflow projects its waits without
+    its run) —, and a notification. One in ten is cancelled while it waits."""
+    run: dict[str, Any] = {}
+    writes: Scheduled = []
+    clock = now
+
+    def then(delay_ms: float, write: Callable[[datetime], None]) -> None:
+        nonlocal clock
+        clock += delay_ms / 1000
+        writes.append((clock, write))
+
+    def started(path: str, step: str) -> Callable[[datetime], None]:
+        return lambda when: run.update(
+            step=runtime.step_started(run["id"], path, step, when, temporal=True), began=when, path=path
+        )
+
+    def ended(error: str | None = None) -> Callable[[datetime], None]:
+        return lambda when: runtime.temporal_step_ended(run["id"], run["step"], run["path"], run["began"], when, error)
+
+    def call(action: str, error: str | None = None) -> Callable[[datetime], None]:
+        return lambda when: run.update(
+            call=runtime.action_called(run["id"], run["path"], action, run["began"], when, error)
+        )
+
+    then(
+        0,
+        lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"}, temporal=True)),
+    )
+    then(rng.randint(20, 120), started("root.steps[0]", "tryLookup"))
+    then(2, ended())  # a control.tryCatch step: its try block next
+    then(3, started("root.steps[0].try.steps[0]", "lookupTicket"))
+    missing = "ticket not found" if rng.random() < 0.125 else None
+    if rng.random() < 0.25:
+        then(rng.randint(100, 500), call("tickets.find", "upstream 503"))
+        then(rng.uniform(1000, 3000), lambda when: run.update(again=when))  # its backoff, slept in the workflow
+        then(
+            rng.randint(100, 600),
+            lambda when: runtime.action_called_again(run["call"], run["again"], when, missing),
+        )
+    else:
+        then(rng.randint(100, 600), call("tickets.find", missing))
+    then(1, ended(missing))
+    if missing:
+        then(20, started("root.steps[0].catch.steps[0]", "notifyOwner"))
+        then(rng.randint(50, 300), call("email.send"))
+        then(1, ended())
+    then(10, started("root.steps[1]", "awaitApproval"))
+    answer = "HUMAN_TASK_COMPLETED" if rng.random() < 0.5 else "TICKET_APPROVED"
+    if answer == "TICKET_APPROVED":
+        key = f"T-{rng.randint(1, 99_999)}"
+        then(30, lambda when: runtime.event_wait(run["id"], "root.steps[1]", when, answer, key, 3600, temporal=True))
+    else:
+        then(
+            30,
+            lambda when: run.update(
+                task=runtime.human_task(run["id"], "root.steps[1]", when, "escalationApproval", temporal=True)
+            ),
+        )
+    if rng.random() < 0.1:
+        then(
+            rng.randint(1000, 4000),
+            lambda when: runtime.temporal_canceled(run["id"], run["step"], run["began"], when),
+        )
+        then(5, lambda when: runtime.temporal_run_completed(run["id"], when, "CANCELED"))
+        return writes
+    then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when, temporal=True))
+    then(5, ended())
+    then(10, started("root.steps[2]", "notifyRequester"))
+    then(rng.randint(50, 400), call("email.send"))
+    then(1, ended())
+    then(2, lambda when: runtime.temporal_run_completed(run["id"], when, "SUCCEEDED"))
     return writes
