@@ -4,6 +4,8 @@ Drawn with rich from the same spans the bridge exports (`correlate.spans.build_s
 the terminal and Jaeger never disagree; a run still open is drawn up to now.
 """
 
+from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from rich.console import Console, Group, RenderableType
@@ -248,9 +250,8 @@ def waterfall(
     for column in ("at", "+", "event", "detail"):
         events.add_column(column)
     for event in root.events:
-        detail = ", ".join(
-            f"{k.rsplit('.', 1)[-1]}={v}" for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID
-        )
+        shown = {k: v for k, v in event.attributes.items() if k != c.WORKFLOW_EVENT_ID}
+        detail = ", ".join(f"{key}={shown[name]}" for name, key in _short_names(shown).items())
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), _cell(event.name), _cell(detail))
     parts: list[RenderableType] = [title, table]
     if root.events:  # a header over no rows reads as if something failed to show
@@ -298,3 +299,13 @@ def _labels(span: SpanRecord, end: int, is_root: bool) -> tuple[Text, Text, str]
         status += f": {span.status_message[:60]}"
     label = _cell(name if is_root else "  " + name, style="bold" if is_root else "")
     return label, _cell(status, _STATUS_STYLE[span.status]), duration((span_end - span.start_ns) / 1e9)
+
+
+def _short_names(attributes: Mapping[str, object]) -> dict[str, str]:
+    """Each attribute's name as an event's detail shows it: its last part, or its last two where another's
+    last part is the same (`workflow.event.type` and `workflow.trigger.type`: `event.type`, `trigger.type`)."""
+    last = Counter(name.rsplit(".", 1)[-1] for name in attributes)
+    return {
+        name: name.rsplit(".", 1)[-1] if last[name.rsplit(".", 1)[-1]] == 1 else ".".join(name.split(".")[-2:])
+        for name in attributes
+    }

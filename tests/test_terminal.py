@@ -14,6 +14,7 @@ from otel_bridge.correlate.step import Policy, close
 from otel_bridge.producer.demo import SCENARIOS
 from otel_bridge.producer.event_sourced import Execution
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
+from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder
 from otel_bridge.terminal import abbreviated, duration, jobs_table, jobs_title, runs_table, runs_title, waterfall
 
 NOW = 1_900_000_000 * 10**9
@@ -327,3 +328,13 @@ def test_on_a_narrow_terminal_the_waterfall_draws_shorter_bars_whole():
     whole = Console(record=True, width=200)
     whole.print(waterfall(state, NOW))
     assert max(line.count("█") for line in whole.export_text().splitlines()) == 48
+
+
+def test_an_events_detail_names_each_attribute_by_its_last_part_or_two_where_one_would_repeat():
+    run = {"run_id": "9b0cada3-b0e3-48c0-8325-98e0c9a4a2ff", "workflow_id": "4f0c2f4e-8d3a-4a53-9d1e-3b1d1c0e2a11",
+           "workflow_name": "escalation", "status": "RUNNING", "trigger_type": "event", "event_type": "TICKET_CREATED",
+           "started_at": "2026-12-04T09:00:00+00:00", "updated_at": "2026-12-04T09:00:00+00:00"}  # fmt: skip
+    (state,) = fold_events([run], settle_at_ns=None, decoder=RuntimeV2Decoder()).runs.values()
+    console = Console(record=True, width=200)
+    console.print(waterfall(state, NOW))
+    assert "run.queued  event.type=TICKET_CREATED, trigger.type=event" in console.export_text()

@@ -428,8 +428,8 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
     time in eight the lookup fails, and half of those runs its operator retries a few seconds later; one in
-    ten is cancelled by its operator while it waits. `stranded`: launched, and no worker takes it (none
-    consumes its task queue): RUNNING with no step, for good."""
+    ten is cancelled by its operator while it waits. `stranded`: launched on Temporal, and no worker takes
+    it (none consumes its task queue): RUNNING with no step, for good."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     clock = now
@@ -451,7 +451,8 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
 
         return write
 
-    then(0, lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"})))
+    ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
+    then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=stranded)))
     if stranded:
         return writes
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))

@@ -57,13 +57,14 @@ def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_rea
 def test_the_demo_runtime_v2_incidents_are_runs_no_worker_takes_the_first_of_them_one(database):
     counts = run_engines_demo(None, None, rate=4, duration=1, seed=5, runtime_v2_url=database, incidents=0.01)
     with psycopg.connect(database) as db:
-        first_run, first_status, its_steps = db.execute(
-            "SELECT r.run_id, r.status, (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.run_id) "
+        first_run, first_status, engine, its_steps = db.execute(
+            "SELECT r.run_id, r.status, r.engine, "
+            "(SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.run_id) "
             "FROM workflow_runs r ORDER BY r.started_at LIMIT 1"
         ).fetchone()
         stranded = db.execute(
             "SELECT count(*) FROM workflow_runs r WHERE r.status = 'RUNNING' "
             "AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.run_id)"
         ).fetchone()[0]
-    assert (first_status, its_steps) == ("RUNNING", 0) and first_run
+    assert (first_status, engine, its_steps) == ("RUNNING", "temporal", 0) and first_run
     assert 1 <= stranded < counts["runtime-v2"], "the others are taken and run to their end"
