@@ -198,10 +198,11 @@ class Runtime:
             (run_id, path, step, attempt, when),
         ).fetchone()
         assert row is not None
-        if temporal:
+        if temporal:  # which writes no log line
             self._run(run_id, when, node_path=path, status="RUNNING")
-        context = {"definitionStepId": step, "attempt": attempt}
-        self.log(run_id, when, "INFO", "Step started", str(row[0]), path, context)
+        else:
+            context = {"definitionStepId": step, "attempt": attempt}
+            self.log(run_id, when, "INFO", "Step started", str(row[0]), path, context)
         return str(row[0])
 
     def _step(self, step_id: str, **columns: Any) -> None:
@@ -210,11 +211,20 @@ class Runtime:
         self.db.execute(f"UPDATE workflow_run_steps SET {sets} WHERE step_id = %s", (*values, step_id))
 
     def action_called(
-        self, run_id: str, path: str, action: str, began: datetime, ended: datetime, error: str | None = None
+        self,
+        run_id: str,
+        path: str,
+        action: str,
+        began: datetime,
+        ended: datetime,
+        error: str | None = None,
+        temporal: bool = False,
     ) -> str:
-        """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED; its id."""
+        """An action a step calls (`executeAction`): its invocation STARTED, then SUCCEEDED or FAILED; its id.
+        With `temporal`, as the Temporal workflow's activity calls it, which writes no log line."""
         said = {"actionId": action, "actionVersion": 1, "attempt": 1}
-        self.log(run_id, began, "INFO", "Action invocation started", path=path, context=said)
+        if not temporal:
+            self.log(run_id, began, "INFO", "Action invocation started", path=path, context=said)
         row = self.db.execute(
             "INSERT INTO workflow_action_invocations (run_id, step_path, action_id, action_version, idempotency_key, "
             "status, input_json, created_at, started_at) VALUES (%s, %s, %s, 1, %s, 'STARTED', %s, %s, %s) "
@@ -227,9 +237,9 @@ class Runtime:
             "WHERE invocation_id = %s",
             ("FAILED" if error else "SUCCEEDED", error, ended, row[0]),
         )
-        if error:
+        if error and not temporal:
             self.log(run_id, ended, "ERROR", "Action invocation failed", path=path, context=said | {"error": error})
-        else:
+        elif not temporal:
             self.log(run_id, ended, "INFO", "Action invocation succeeded", path=path, context=said)
         return str(row[0])
 
@@ -540,7 +550,7 @@ def temporal_scenario(runtime: Runtime, now: float, rng: random.Random) -> Sched
 
     def call(action: str, error: str | None = None) -> Callable[[datetime], None]:
         return lambda when: run.update(
-            call=runtime.action_called(run["id"], run["path"], action, run["began"], when, error)
+            call=runtime.action_called(run["id"], run["path"], action, run["began"], when, error, temporal=True)
         )
 
     then(

@@ -484,7 +484,8 @@ def test_a_temporal_run_a_catch_block_took_on_is_one_trace_however_its_reads_fel
     poller = _poller(database, recorded, tmp_path, {})
     run = runtime.start_run(at(0), temporal=True)
     lookup = runtime.step_started(run, "root.steps[0].try.steps[0]", "lookup", at(1), temporal=True)
-    call = runtime.action_called(run, "root.steps[0].try.steps[0]", "tickets.find", at(1.1), at(1.5), "upstream 503")
+    lookup_path = "root.steps[0].try.steps[0]"
+    call = runtime.action_called(run, lookup_path, "tickets.find", at(1.1), at(1.5), "upstream 503", temporal=True)
     runtime.action_called_again(call, at(2.5), at(2.9), "ticket not found")
     runtime.temporal_step_ended(run, lookup, "root.steps[0].try.steps[0]", at(1), at(3), "ticket not found")
     assert poller.poll_once() == 1, "read while the run is marked FAILED"
