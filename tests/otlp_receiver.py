@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -196,8 +197,11 @@ class OtlpHttpReceiver:
         self.credential: str | None = None
         # Where the signals' paths begin, as behind a gateway that serves OTLP under a path of its own.
         self.prefix = ""
-        # The largest body taken, as a proxy's (nginx's client_max_body_size): 413 past it.
+        # The largest body taken, as a proxy's (nginx's client_max_body_size): 413 past it; with
+        # `too_large_as_collector`, as the Collector's own receiver answers (its max_request_body_size): a 400
+        # whose google.rpc.Status says "http: request body too large".
         self.max_body_bytes: int | None = None
+        self.too_large_as_collector = False
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -208,9 +212,14 @@ class OtlpHttpReceiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if receiver.max_body_bytes is not None and len(body) > receiver.max_body_bytes:
                     receiver.received.refused += 1
-                    self.send_response(413)
-                    self.send_header("content-length", "0")
+                    said = b""
+                    if receiver.too_large_as_collector:
+                        said = Status(code=3, message="http: request body too large").SerializeToString()
+                    self.send_response(400 if receiver.too_large_as_collector else 413)
+                    self.send_header("content-type", "application/x-protobuf")
+                    self.send_header("content-length", str(len(said)))
                     self.end_headers()
+                    self.wfile.write(said)
                     return
                 if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip
                     body = gzip.decompress(body)

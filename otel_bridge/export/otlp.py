@@ -174,15 +174,27 @@ def _sent_over_http(client: Any, recorder: Recorder, request: bytes, what: str =
                 body = last.text()[:500]
             except Exception:
                 body = ""
-        return ExportResult(
-            Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip(), too_large=code == 413
-        )
+        too_large = code == 413 or (code == 400 and _TOO_LARGE in _content(last))
+        return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip(), too_large=too_large)
     # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
     error = result.error or (last.error if last is not None else None)
     if not code:
         return ExportResult(Delivery.RETRY, _plainly(error))
     asked = seconds_asked(_header(last, "retry-after"))
     return throttled(ExportResult(Delivery.RETRY, f"HTTP {code}"), asked, said=code == 429)
+
+
+# What the OpenTelemetry Collector's OTLP/HTTP receiver says of a body over its `max_request_body_size`
+# (Go's `http.MaxBytesReader`), in the google.rpc.Status of a 400, not a 413.
+_TOO_LARGE = b"http: request body too large"
+
+
+def _content(answer: Any) -> bytes:
+    try:
+        content = answer.content() if answer is not None else b""
+    except Exception:  # a body that cannot be read: as if none
+        return b""
+    return content if isinstance(content, bytes) else b""
 
 
 def _header(answer: Any, name: str) -> str | None:
