@@ -13,12 +13,18 @@ Temporal drives ends the same execution once the wait is over.
 A row read again, as it was or since updated, tells the same facts under the same event ids
 (made from the row's own id), so the poller may read a row any number of times.
 
-An operator may retry a failed run (`retryWorkflowRunAction`): its row goes back to RUNNING and
-its failed step runs again. The failed run's trace was sent, so each retry is a trace of its own
-(`<run_id>/retry-<n>`, its root linked to the one before): every row is read with how many
-retries were asked for before it (`retries`, counted in `workflow_run_logs`), which names the
-trace it belongs to. A run's log lines (`workflow_run_logs`, at the levels asked for) are span
-events, each named by its message.
+Since June 2026 the runtime's Temporal workflow runs every run (`engine` temporal) and projects it into
+the same tables: the run's row written as it is launched (queued until its first step: one no worker
+takes stays so), a failed step marking its run FAILED before a catch block may go on (only
+`completed_at` ends such a run), a failed action called again within its step's execution in the same
+row, a tenant past its step quota parked on a `quota` wait.
+
+An operator of the runtime's interpreter before it (`engine` db) may retry a failed run
+(`retryWorkflowRunAction`): its row goes back to RUNNING and its failed step runs again. The failed
+run's trace was sent, so each retry is a trace of its own (`<run_id>/retry-<n>`, its root linked to
+the one before): every row is read with how many retries were asked for before it (`retries`,
+counted in `workflow_run_logs`), which names the trace it belongs to. A run's log lines
+(`workflow_run_logs`, at the levels asked for) are span events, each named by its message.
 """
 
 import zlib
