@@ -16,7 +16,7 @@ A row read again, as it was or since updated, tells the same facts under the sam
 Since June 2026 the runtime's Temporal workflow runs every run (`engine` temporal) and projects it into
 the same tables: the run's row written as it is launched (queued until its first step: one no worker
 takes stays so), a failed step marking its run FAILED before a catch block may go on (only
-`completed_at` ends such a run), a failed action called again within its step's execution in the same
+`completed_at` ends a run), a failed action called again within its step's execution in the same
 row, a tenant past its step quota parked on a `quota` wait.
 
 An operator of the runtime's interpreter before it (`engine` db) may retry a failed run
@@ -357,11 +357,11 @@ class RuntimeV2Decoder:
     def _run(self, row: RunRow) -> list[WorkflowRecord]:
         told = self._life(row, row.retries)
         self._started(told, row, row.retries, (row.retried_at or row.started_at) if row.retries else row.started_at)
-        # A run Temporal drives ends as its workflow writes `completed_at`. A step that failed (or was cancelled)
-        # marks its run FAILED (CANCELED) a moment before that, without it, and a catch block that takes the
-        # failure runs on: RUNNING again at its first step. Older runs' ends may lack it: their last update.
-        temporal = (row.engine or "").lower() == "temporal"
-        ended_at = row.completed_at if temporal else row.completed_at or row.updated_at
+        # A run ends as the runtime writes `completed_at`, in every mode. Its Temporal workflow marks the run
+        # FAILED (CANCELED) as a step fails (is cancelled), a moment before that and without it, and a catch
+        # block that takes the failure runs on: RUNNING again at its first step. Not by `engine`: a child run
+        # has none (only a run launched from the runtime's API is told `temporal`, after it was started).
+        ended_at = row.completed_at
         if row.status.upper() in _RUN_ENDINGS and ended_at is not None:
             self._ended(told, row.status, ended_at, row.error_json, row.cancel_reason)
         return told.records

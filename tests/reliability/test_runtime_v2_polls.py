@@ -93,6 +93,17 @@ def test_reads_drawn_among_the_writes_hand_over_what_one_read_at_the_end_would(
     whole = _poller(url, once, {}, overlap_seconds=0)
     whole.poll_once()
     whole.close()
-    assert comparable(fold_events(kept.rows, decoder=DECODE).spans) == comparable(
+    assert comparable(fold_events(_latest_calls(kept.rows), decoder=DECODE).spans) == comparable(
         fold_events(once.rows, decoder=DECODE).spans
     )
+
+
+def _latest_calls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, but those of an action's calls its row holds no more: a failed call its step retries is
+    overwritten by the next in the same row, and shown only if a read fell between (README), the one thing
+    a reading along the way may show that one at the end cannot."""
+    latest: dict[str, int] = {}
+    for row in rows:
+        if "invocation_id" in row:
+            latest[row["invocation_id"]] = max(latest.get(row["invocation_id"], 0), row["invocation_attempt"])
+    return [r for r in rows if "invocation_id" not in r or r["invocation_attempt"] == latest[r["invocation_id"]]]

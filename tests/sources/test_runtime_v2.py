@@ -531,14 +531,18 @@ def test_a_temporal_run_marked_failed_by_a_step_a_catch_block_takes_goes_on_in_o
     assert root.attributes["temporalRunID"] == "0193-temporal-run"
 
 
-def test_a_temporal_run_has_ended_once_its_workflow_wrote_when_and_a_run_of_before_by_its_last_update():
+def test_a_run_has_ended_once_the_runtime_wrote_when_whatever_its_engine():
     failed = _temporal()
     failed.step("root.steps[0]", "lookup", 1, "FAILED", 2, error_json={"message": "ticket not found"})
     folded = fold_events(failed.ended("FAILED", 2.1, {"message": "ticket not found"}).rows, decoder=DECODE)
     assert (folded.root.status, folded.root.end_ns) == (SpanStatus.ERROR, _ns(2.1))
     assert folded.root.status_message == "ticket not found"
-    older = Run(status="CANCELED", updated_at=_at(7))
-    assert fold_events(older.rows, decoder=DECODE).root.end_ns == _ns(7), "no engine: its row's last update"
+    # A child run Temporal drives is told no engine: marked FAILED by a step a catch block takes, it goes on.
+    child = Run(parent_run_id=str(uuid.uuid4()))
+    child.step("root.steps[0].try.steps[0]", "lookup", 1, "FAILED", 2, error_json={"message": "ticket not found"})
+    marked = dict(child.row) | {"status": "FAILED", "updated_at": _at(2)}
+    (state,) = fold_events([marked, *child.steps], decoder=DECODE, settle_at_ns=None).runs.values()
+    assert not state.ended
 
 
 def test_a_run_its_tenant_quota_stopped_is_paused_until_the_period_ends():
