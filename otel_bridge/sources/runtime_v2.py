@@ -104,8 +104,7 @@ class RunRow(_Row):
     updated_at: IsoTime | None = None
     # The run that called this one (a child workflow, in the runtime's newer schema).
     parent_run_id: Identity | None = None
-    # What runs it (`temporal`, `db`; none before the runtime had Temporal), and Temporal's ids of it.
-    engine: Label | None = None
+    # Temporal's ids of the run, once the runtime launched it there (not a child run's).
     temporal_workflow_id: Text | None = None
     temporal_run_id: Text | None = None
     # Joined: when its operator asked for its latest retry; why they cancelled it.
