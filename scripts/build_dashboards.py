@@ -218,10 +218,12 @@ def workflows() -> Board:
         unit="s", width=12, exemplars=True, description="Percentiles; dots are exemplars: click for the trace.",
     )  # fmt: skip
     b.panel(
-        "Queue wait (runAsync)",
+        "Queue wait (queued until it began)",
         quantiles("workflow_execution_duration_seconds", "workflow_definition_name",
                   ', workflow_execution_state="pending"', WF),
         unit="s", width=12, exemplars=True,
+        description="From queued to running: durable-effect's runAsync until workflow.started, the runtime v2's "
+        "launch until a worker begins its first step. A run no worker takes is not here: see Overdue runs.",
     )  # fmt: skip
     b.row("Steps")
     b.panel(
