@@ -304,12 +304,24 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 grant = f"GRANT SELECT ON {', '.join(denied)} TO {_one(db, 'SELECT current_user')}"
                 return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
+            stranded = _one(db, _NOT_BEGUN)
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _UPDATED_AT_INDEXED)
     except psycopg.Error as exc:
         return Finding("runtime v2", False, f"{where}: {said(exc)}")
     scan = "" if indexed else "; no index on workflow_runs (updated_at): each read scans the runs (README: Cost)"
-    return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{scan}")
+    # The failure the runtime's own run page warns of: no worker consumes its task queue (the bridge shows
+    # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
+    begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
+    return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{scan}")
+
+
+# Runs RUNNING a minute after they were launched with no step yet, by the index on status and the steps' on run_id.
+_NOT_BEGUN = """
+SELECT count(*) FROM workflow_runs r
+WHERE r.status = 'RUNNING' AND r.started_at < now() - interval '1 minute'
+  AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.run_id)
+"""
 
 
 # Whether an index of `workflow_runs` begins with `updated_at` (what the poller's reads go by).

@@ -7,7 +7,7 @@ gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, Postgre
 import json
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -345,3 +345,19 @@ def test_the_runtimes_tables_readable_by_another_role_fail_the_check_with_the_gr
     db.execute("CREATE INDEX ON workflow_runs (updated_at)")
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
     assert ok is True and detail.endswith(": readable; 0 runs running or waiting"), "indexed as README advises"
+
+
+def test_the_runs_no_worker_has_begun_are_counted_by_the_check(database):
+    import psycopg
+
+    runtime = Runtime(psycopg.connect(database, autocommit=True))
+    now = datetime.now(UTC)
+    runtime.start_run(now - timedelta(minutes=5), temporal=True)  # launched, and no worker took it
+    runtime.step_started(runtime.start_run(now - timedelta(minutes=5)), "root.steps[0]", "lookup", now)
+    runtime.start_run(now)  # just launched
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert (
+        ok is True
+        and ": readable; 3 runs running or waiting, 1 launched over a minute ago that no worker has begun; no index"
+        in detail
+    )
