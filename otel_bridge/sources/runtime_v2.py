@@ -369,13 +369,18 @@ class RuntimeV2Decoder:
         """The run's end, as its row says it (`status`), or as a retry of it tells it once its row no longer does."""
         ending = _RUN_ENDINGS[status.upper()]
         failed = ending is OUTCOME.FAILURE
+        error = self._error(error_json)
+        if ending is OUTCOME.CANCELLATION and not cancel_reason and error is not None:
+            # Cancelled by no operator's hand: its row says why (Temporal's cancellation, or the migration that
+            # ended the runs the interpreter before it stranded, "temporal-only cutover").
+            cancel_reason = error.message
         told(
             KIND.RUN_ENDED,
             at,
             "ended",
             name=f"run.{status.lower()}",
             outcome=ending,
-            error=(self._error(error_json) or ErrorInfo(message="run failed")) if failed else None,
+            error=(error or ErrorInfo(message="run failed")) if failed else None,
             reason=(cancel_reason or "canceled") if ending is OUTCOME.CANCELLATION else None,
         )
 

@@ -572,3 +572,12 @@ def test_an_action_its_step_called_again_in_the_same_row_is_an_event_for_each_ca
     assert told == [("action.failed", None, "TransientError"), ("action.succeeded", 2, None)]
     last = fold_events([*rows, again], decoder=DECODE).span("step lookup")
     assert [(e.name, e.attributes["workflow.action.attempt"]) for e in last.events] == [("action.succeeded", 2)]
+
+
+def test_a_run_cancelled_by_no_operator_carries_the_reason_its_row_gives():
+    # As the runtime's migration to Temporal alone ended the runs its interpreter before had left running.
+    said = {"category": "Canceled", "message": "Run canceled by the temporal-only cutover"}
+    stranded = Run(status="CANCELED", completed_at=_at(9), updated_at=_at(9), error_json=said)
+    folded = fold_events(stranded.rows, decoder=DECODE)
+    assert folded.root.attributes["workflow.execution.cancel_reason"] == "Run canceled by the temporal-only cutover"
+    assert folded.root.status is SpanStatus.UNSET
