@@ -434,6 +434,19 @@ class Runtime:
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)
 
 
+def _due_in_turn(writes: Scheduled, start: float) -> Callable[[float, Callable[[datetime], None]], None]:
+    """`then(delay_ms, write)`: puts `write` in `writes`, due `delay_ms` after the one before (the first, after
+    `start`)."""
+    clock = start
+
+    def then(delay_ms: float, write: Callable[[datetime], None]) -> None:
+        nonlocal clock
+        clock += delay_ms / 1000
+        writes.append((clock, write))
+
+    return then
+
+
 def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = False) -> Scheduled:
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
@@ -442,12 +455,7 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
     it (none consumes its task queue): RUNNING with no step, for good."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
-    clock = now
-
-    def then(delay_ms: float, write: Callable[[datetime], None]) -> None:
-        nonlocal clock
-        clock += delay_ms / 1000
-        writes.append((clock, write))
+    then = _due_in_turn(writes, now)
 
     def started(path: str, step: str) -> Callable[[datetime], None]:
         return lambda when: run.update(step=runtime.step_started(run["id"], path, step, when), began=when, path=path)
@@ -533,12 +541,7 @@ def temporal_scenario(runtime: Runtime, now: float, rng: random.Random) -> Sched
     its run) —, and a notification. One in ten is cancelled while it waits."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
-    clock = now
-
-    def then(delay_ms: float, write: Callable[[datetime], None]) -> None:
-        nonlocal clock
-        clock += delay_ms / 1000
-        writes.append((clock, write))
+    then = _due_in_turn(writes, now)
 
     def started(path: str, step: str) -> Callable[[datetime], None]:
         return lambda when: run.update(
