@@ -168,13 +168,9 @@ def _sent_over_http(client: Any, recorder: Recorder, request: bytes, what: str =
     if code in _HTTP_REFUSES_THE_BRIDGE:
         return ExportResult(Delivery.RETRY, f"HTTP {code} {result.reason or ''} ({not_the(what)})")
     if code is not None and 400 <= code < 500 and code not in (408, 429):
-        body = ""
-        if last is not None:
-            try:
-                body = last.text()[:500]
-            except Exception:
-                body = ""
-        too_large = code == 413 or (code == 400 and _TOO_LARGE in _content(last))
+        content = _content(last)
+        body = content[:500].decode("utf-8", "replace")
+        too_large = code == 413 or (code == 400 and _TOO_LARGE in content)
         return ExportResult(Delivery.REJECTED, f"HTTP {code} {result.reason or ''} {body}".strip(), too_large=too_large)
     # Given up on at shutdown, the exporter's result says nothing: its last attempt does.
     error = result.error or (last.error if last is not None else None)

@@ -77,6 +77,14 @@ def _asked(runs: str) -> str:
     )
 
 
+def _execution(row: str, at: str) -> str:
+    """The execution of its step the row `row` was written in, by `at`: the latest at its path by then."""
+    return (
+        f"(SELECT max(s.attempt) FROM workflow_run_steps s "
+        f"WHERE s.run_id = {row}.run_id AND s.step_path = {row}.step_path AND s.started_at <= {at})"
+    )
+
+
 _GIVEN_RUNS = _asked("SELECT unnest(%(runs)s::uuid[])")
 
 # A run's row, with its workflow's name, its retries and when the latest was asked for, and for one its
@@ -88,6 +96,8 @@ _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
             SELECT l.context_json->>'reason' FROM workflow_run_logs l
             WHERE l.run_id = r.run_id AND l.message = '{CANCELED_BY_OPERATOR}'
             ORDER BY l.created_at DESC LIMIT 1) END))::text"""
+# What `_RUN_ROW` reads its workflow's name (`d`) by, after `FROM workflow_runs r`.
+_NAMED = "LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id"
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
 _RUN_KEYS = """
@@ -100,7 +110,7 @@ LIMIT %(limit)s
 # The rows of those not read as they are.
 _RUNS = f"""
 SELECT {_RUN_ROW}
-FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+FROM workflow_runs r {_NAMED}
 WHERE r.run_id = ANY(%(runs)s::uuid[])
 """
 # A step's row, and for one left STARTED when the step was run again (the runtime's interpreter resumes a
@@ -145,9 +155,7 @@ WHERE c.since IS NULL OR w.created_at >= c.since OR w.resolved_at >= c.since
 # its step it was called from: the latest at its path by then.
 _ACTION_ROW = f"""(to_jsonb(a) - 'input_json' - 'output_json' - 'idempotency_key' - 'lease_owner' - 'lease_expires_at'
         || jsonb_build_object('retries', {_retries("a", "coalesce(a.started_at, a.created_at)")},
-             'invocation_attempt', a.attempt, 'attempt', (
-             SELECT max(s.attempt) FROM workflow_run_steps s
-             WHERE s.run_id = a.run_id AND s.step_path = a.step_path AND s.started_at <= a.started_at)))::text"""
+             'invocation_attempt', a.attempt, 'attempt', {_execution("a", "a.started_at")}))::text"""
 _ACTIONS = f"""
 SELECT {_ACTION_ROW}
 FROM workflow_action_invocations a
@@ -161,14 +169,12 @@ _LOG_ROW = f"""(to_jsonb(l) || jsonb_build_object(
           'retries', {_retries("l", "l.created_at")},
           'attempt', coalesce(
             (SELECT s.attempt FROM workflow_run_steps s WHERE s.step_id = l.step_id),
-            (SELECT max(s.attempt) FROM workflow_run_steps s
-             WHERE s.run_id = l.run_id AND s.step_path = l.step_path AND s.started_at <= l.created_at)),
+            {_execution("l", "l.created_at")}),
           'ended_at', CASE WHEN l.message = '{RETRY_REQUESTED}' THEN (
             SELECT max(s.completed_at) FROM workflow_run_steps s
             WHERE s.run_id = l.run_id AND s.started_at <= l.created_at) END)
         || CASE WHEN l.message <> '{RETRY_REQUESTED}' THEN '{{}}' ELSE jsonb_build_object(
-          'run', (SELECT {_RUN_ROW}::jsonb FROM workflow_runs r LEFT JOIN workflow_definitions d
-                  ON d.workflow_id = r.workflow_id WHERE r.run_id = l.run_id),
+          'run', (SELECT {_RUN_ROW}::jsonb FROM workflow_runs r {_NAMED} WHERE r.run_id = l.run_id),
           'failed_error', (SELECT s.error_json FROM workflow_run_steps s
                            WHERE s.run_id = l.run_id AND s.status = 'FAILED' AND s.started_at <= l.created_at
                            ORDER BY s.completed_at DESC LIMIT 1)) END)::text"""
@@ -186,7 +192,7 @@ _TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIO
 _TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
 # Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
 _EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
-  FROM workflow_runs r LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+  FROM workflow_runs r {_NAMED}
 UNION ALL SELECT {_STEP_ROW}
   FROM workflow_run_steps s
 UNION ALL SELECT {_WAIT_ROW}
@@ -206,7 +212,7 @@ WHERE w.wait_type IN ('retry', 'time', 'event', 'human', 'quota') AND w.status =
 _WAITING_ROWS = f"""{_asked("SELECT run_id FROM workflow_run_waits WHERE wait_id = ANY(%(waits)s::uuid[])")}
 SELECT {_WAIT_ROW}, {_RUN_ROW}
 FROM workflow_run_waits w
-JOIN workflow_runs r ON r.run_id = w.run_id LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id
+JOIN workflow_runs r ON r.run_id = w.run_id {_NAMED}
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 

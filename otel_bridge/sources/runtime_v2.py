@@ -360,9 +360,8 @@ class RuntimeV2Decoder:
         # FAILED (CANCELED) as a step fails (is cancelled), a moment before that and without it, and a catch
         # block that takes the failure runs on: RUNNING again at its first step. Not by `engine`: a child run
         # has none (only a run launched from the runtime's API is told `temporal`, after it was started).
-        ended_at = row.completed_at
-        if row.status.upper() in _RUN_ENDINGS and ended_at is not None:
-            self._ended(told, row.status, ended_at, row.error_json, row.cancel_reason)
+        if row.status.upper() in _RUN_ENDINGS and row.completed_at is not None:
+            self._ended(told, row.status, row.completed_at, row.error_json, row.cancel_reason)
         return told.records
 
     def _ended(self, told: "_Told", status: str, at: datetime, error_json: Any, cancel_reason: str | None) -> None:
@@ -528,21 +527,23 @@ class RuntimeV2Decoder:
         took = _ms(row.completed_at - row.started_at) if row.started_at is not None else None
         failed = row.status.upper() == "FAILED"
         call = row.invocation_attempt
+        # The first call under the ids it always had; each call after it under its own.
+        again = f":{call}" if call > 1 else ""
         error = self._error(row.error_json) if failed else None
         told(
             KIND.ANNOTATION,
             row.completed_at,
-            "ended" if call == 1 else f"ended:{call}",
+            "ended" + again,
             name=f"action.{row.status.lower()}",
             step=row.step_path,
             attempt=row.attempt,
             # Two calls in one execution are two events (a note is known by its ordinal).
-            ordinal=zlib.crc32(row.invocation_id.encode() if call == 1 else f"{row.invocation_id}:{call}".encode()),
+            ordinal=zlib.crc32((row.invocation_id + again).encode()),
             attributes=attrs(
                 **{
                     c.WORKFLOW_ACTION_ID: row.action_id,
                     c.WORKFLOW_ACTION_VERSION: row.action_version,
-                    c.WORKFLOW_ACTION_ATTEMPT: call if call > 1 else None,
+                    c.WORKFLOW_ACTION_ATTEMPT: call if again else None,
                     c.WORKFLOW_ACTION_DURATION_MS: took,
                     c.EXCEPTION_MESSAGE: cut(row.error_message or "action failed", self.options.decode.max_text_chars)
                     if failed
