@@ -237,9 +237,11 @@ class Runtime:
             "WHERE invocation_id = %s",
             ("FAILED" if error else "SUCCEEDED", error, ended, row[0]),
         )
-        if error and not temporal:
+        if temporal:
+            return str(row[0])
+        if error:
             self.log(run_id, ended, "ERROR", "Action invocation failed", path=path, context=said | {"error": error})
-        elif not temporal:
+        else:
             self.log(run_id, ended, "INFO", "Action invocation succeeded", path=path, context=said)
         return str(row[0])
 
