@@ -654,7 +654,7 @@ class Bridge:
                 f"the runs in it not settled; {DAMAGED_HELP}"
             )
         if (damage := self.drain.damage) is not None:
-            told.append(f"{damage} where its outbox is: the spans from there on are not sent; {DAMAGED_HELP}")
+            told.append(f"{damage}; {DAMAGED_HELP}")
         return told
 
     def read_risks(self) -> None:

@@ -56,22 +56,24 @@ def small_filesystem(where: Path, mib: int, read_only: bool = False) -> Iterator
         subprocess.run([*as_root, "umount", "-l", str(where)], check=False)
 
 
-def broken_page(path: Path, table: str) -> int:
-    """Overwrite a leaf page of `table` in the SQLite file at `path` (no process holding it) with noise, as
-    a disk fault or a copy taken mid-write leaves one; the rows that page held (lost with it)."""
+def broken_page(path: Path, table: str, at: float = 0.5, kind: str = "leaf") -> int:
+    """Overwrite a page of `table` in the SQLite file at `path` (no process holding it) with noise, as a disk
+    fault or a copy taken mid-write leaves one; the rows that page held (lost with it). Which: the one `at`
+    that fraction of the table's pages of that `kind` (SQLite's `dbstat`: leaf, internal, overflow), in
+    the order they lie in the file."""
     import sqlite3
 
     db = sqlite3.connect(path)
     try:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
         leaves = db.execute(
-            "SELECT pageno, ncell FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (table,)
+            "SELECT pageno, ncell FROM dbstat WHERE name = ? AND pagetype = ? ORDER BY pageno", (table, kind)
         ).fetchall()
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
     finally:
         db.close()
-    assert len(leaves) >= 3, f"{table} fits on {len(leaves)} pages: store more to break one in the middle"
-    page, rows = leaves[len(leaves) // 2]
+    assert len(leaves) >= 3 or kind != "leaf", f"{table} fits on {len(leaves)} pages: store more to break one"
+    page, rows = leaves[min(int(len(leaves) * at), len(leaves) - 1)]
     with path.open("r+b") as file:
         file.seek((page - 1) * page_size)
         file.write(bytes(range(256)) * (page_size // 256))

@@ -78,7 +78,7 @@ class OutboxDrain:
         # RetryInfo): the export loop and the drain at a stop keep to it.
         self._quiet_until = 0.0
         # A damaged state file met reading the outbox (a page of it that no longer reads), for the bridge's
-        # risks: the spans from there on wait until the file is salvaged.
+        # risks: which spans it keeps from being sent until the file is salvaged.
         self.damage: str | None = None
 
     def wake(self) -> None:
@@ -257,11 +257,18 @@ class OutboxDrain:
 
     def _exporting(self) -> int | None:
         try:
-            return self.export_once()
+            sent = self.export_once()
         except Exception as exc:
             if self._store.damaged(exc):
-                self.damage = damage_met(exc)
+                self.damage = f"{damage_met(exc)} where its outbox is: the spans from there on are not sent"
             raise
+        if (passed := self._store.outbox_passed) is not None:
+            first, last, found = passed
+            self.damage = (
+                f"{damage_met(found)} where its outbox holds spans {first} to {last}: those are not sent, "
+                "the spans after them are"
+            )
+        return sent
 
     def keep_the_rest(self, reason: str) -> int:
         """Every span still in the outbox into the span dead-letter file, for `otel-bridge

@@ -302,6 +302,7 @@ class RedisTransaction:
 class RedisStore:
     shared = True
     overdue_index_new = False  # earlier versions' runs enter the index at their next save
+    outbox_passed: tuple[int, int, str] | None = None  # no page of it to damage
 
     def __init__(
         self,

@@ -6,7 +6,8 @@ broken page loses the rows it holds and stops any read that walks through it; th
 reads. So each table is read in the order of its key from both ends, each direction up to the
 first page that does not read, and the rows of one table that another names are read by their
 key, which reaches them past a broken page elsewhere: a run's state by the keys its facts and the
-state's two indexes hold, a run's facts (and the spans it has sent) by its state's key. Facts whose
+state's two indexes hold, a run's facts (and the spans it has sent) by its state's key. The outbox,
+keyed by numbers, is read in order past each broken page, from the first id after it. Facts whose
 run state was lost are left out (a run is its state and its facts together: what its next event
 brings starts it afresh). A key between two pages, kept in the page above them, is read on the way
 to it from one side only: one on the far side of a broken page is lost with it.
@@ -16,12 +17,22 @@ The damaged file is kept beside, renamed, with its log: nothing is deleted.
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_bridge import keys
 from otel_bridge.state.disk_reserve import free_bytes
-from otel_bridge.state.sqlite_store import BOOKMARKS, SqliteStore, claimed, damaged, file_bytes, quick_check
+from otel_bridge.state.sqlite_store import (
+    BOOKMARKS,
+    Passed,
+    SqliteStore,
+    claimed,
+    damaged,
+    file_bytes,
+    quick_check,
+    read_around_damage,
+)
 
 # Each table the bridge keeps, with the columns of its key.
 _TABLES: dict[str, tuple[str, ...]] = {
@@ -31,6 +42,8 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "seen": ("event_id",),
     "bookmarks": ("name",),
 }
+# The outbox's columns, as this version and those before it make it: its key is the number a read begins from.
+_OUTBOX = ("id", "resource", "payload")
 # The state table's indexes, each holding the keys of the states it indexes (partial: read as they are).
 _STATE_INDEXES = {"state_due": "due IS NOT NULL", "state_overdue": "overdue_at IS NOT NULL"}
 # The files SQLite keeps beside a database in WAL mode, moved with it.
@@ -130,7 +143,11 @@ def _copy_all(source: sqlite3.Connection, target: sqlite3.Connection, out: Salva
             continue
         found = [column for (_cid, column, *_rest) in source.execute(f"PRAGMA table_info({name})")]
         columns[name] = [*key, *(c for c in found if c not in key)]
-        if _from_both_ends(source, target, name, columns[name], len(key)):
+        if name == "outbox" and columns[name] == list(_OUTBOX):
+            broken = _outbox_past_damage(source, target)
+        else:
+            broken = _from_both_ends(source, target, name, columns[name], len(key))
+        if broken:
             out.broken.append(name)
     if "state" in columns:
         # The states the facts and the state's indexes name that no scan reached, each read by its key.
@@ -182,7 +199,42 @@ def _from_both_ends(
     return True
 
 
-def _inserted(target: sqlite3.Connection, insert: str, rows: list[tuple[object, ...]]) -> int:
+def _outbox_past_damage(source: sqlite3.Connection, target: sqlite3.Connection) -> bool:
+    """Copy the outbox's rows in the order of their ids, past each broken page (`read_around_damage`): a
+    read can begin from any id, beyond a page it cannot read, where other tables' text keys are only
+    known from the rows read. Whether a broken page was met."""
+    insert = f"INSERT OR IGNORE INTO outbox ({', '.join(_OUTBOX)}) VALUES (?, ?, ?)"
+    at, broken = 0, False
+    while True:
+        rows: list[tuple[int, str, bytes]] = []
+        try:
+            for row in source.execute(f"SELECT {', '.join(_OUTBOX)} FROM outbox WHERE id >= ? ORDER BY id", (at,)):
+                rows.append(row)
+                if len(rows) == _CHUNK:
+                    _inserted(target, insert, rows)
+                    at, rows = rows[-1][0] + 1, []
+            _inserted(target, insert, rows)
+            return broken
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+        _inserted(target, insert, rows)
+        at = rows[-1][0] + 1 if rows else at
+        try:
+            around = read_around_damage(source, at, _CHUNK)
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            return True  # nothing past the damage reads
+        if not around:
+            return broken
+        _inserted(target, insert, [read for read in around if not isinstance(read, Passed)])
+        broken = broken or any(isinstance(read, Passed) for read in around)
+        last = around[-1]
+        at = (last.last if isinstance(last, Passed) else last[0]) + 1
+
+
+def _inserted(target: sqlite3.Connection, insert: str, rows: Sequence[tuple[object, ...]]) -> int:
     before = target.total_changes
     target.execute("BEGIN")
     target.executemany(insert, rows)

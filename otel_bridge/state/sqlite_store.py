@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -60,6 +61,13 @@ _AUTOCHECKPOINT_PAGES = 10_000
 _WAL_KEPT_BYTES = 16 * 2**20
 # A thread that has just ended a transaction lets those waiting go first, for at most this long.
 _GIVE_WAY_SECONDS = 0.05
+
+# The outbox's spans in the order they were taken, from an id on.
+_OUTBOX_READ = "SELECT id, resource, payload FROM outbox WHERE id >= ? ORDER BY id"
+# How many ids past a damaged page of the outbox its read is tried from one by one, more than a leaf page
+# holds; past them (a broken page above the leaves holds up many) the step doubles.
+_ONE_BY_ONE = 512
+_LAST_ROWID = 2**63 - 1
 
 # States read at a time when all are asked for (`states()`).
 _STATES_CHUNK = 1000
@@ -113,6 +121,76 @@ def quick_check(db: sqlite3.Connection, within_seconds: float | None = None) -> 
     # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
     found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
     return None if found == ["ok"] else "; ".join(found[:3])
+
+
+@dataclass(frozen=True)
+class Passed:
+    """Ids of the outbox on a damaged page, passed over by its read, and what SQLite found there."""
+
+    first: int
+    last: int
+    found: str
+
+
+def read_around_damage(db: sqlite3.Connection, at: int, limit: int) -> list[tuple[int, str, bytes] | Passed]:
+    """Up to `limit` rows of the outbox of `db` from id `at` on, in order, read one at a time around its
+    damaged pages (`readable_from`), each passed over in its place as `Passed`: sqlite3 steps to the next
+    row before it hands one over, and a step into a damaged page loses the row it was about to hand over.
+    Raises the damage met when nothing past it reads and no row was read before it."""
+    read: list[tuple[int, str, bytes] | Passed] = []
+    rows = 0
+    while rows < limit:
+        try:
+            found = db.execute(f"{_OUTBOX_READ} LIMIT 1", (at,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            past = readable_from(db, at)
+            if past is None:
+                if rows:
+                    break
+                raise
+            read.append(Passed(at, past - 1, str(exc)))
+            at = past
+            continue
+        if found is None:
+            break
+        read.append(found)
+        rows += 1
+        at = found[0] + 1
+    return read
+
+
+def readable_from(db: sqlite3.Connection, at: int) -> int | None:
+    """The least id past `at` from which the outbox of `db` reads again, when its read from `at` meets a
+    damaged page: the ids from `at` up to it are on that page. None when no read past `at` gets past it.
+
+    A read from an id goes down through the pages above the leaves to the leaf that would hold it: from
+    past the last id a leaf may hold (the key its parent keeps for it), to the leaf after it, never into
+    the damaged one. Each try reads one row (`LIMIT 1` ends the read before it steps to the next page),
+    with its payload: a span too big for its leaf goes on in pages of its own, which may be the damaged ones."""
+
+    def reads(start: int) -> bool:
+        try:
+            db.execute(f"{_OUTBOX_READ} LIMIT 1", (start,)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            return False
+        return True
+
+    for start in range(at + 1, at + _ONE_BY_ONE + 1):
+        if reads(start):
+            return start
+    low, step = at + _ONE_BY_ONE, _ONE_BY_ONE
+    while not reads(high := min(low + step, _LAST_ROWID)):
+        if high == _LAST_ROWID:
+            return None
+        low, step = high, step * 2
+    while high - low > 1:  # reads from `high`, not from `low`: the least id it reads from lies between
+        middle = (low + high) // 2
+        low, high = (low, middle) if reads(middle) else (middle, high)
+    return high
 
 
 def _refusal(exc: BaseException) -> StoreUnavailable | None:
@@ -323,6 +401,13 @@ class SqliteStore:
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         self._released_by: int | None = None
+        # Damaged pages of the outbox met while the bridge runs: where its reads begin (past the ids on
+        # them, once every span before them is sent), the last id read, the ids on each (the last to the
+        # first), and the ids sent whose rows beside them could not be deleted.
+        self._outbox_from = self._outbox_read = 0
+        self._outbox_damaged: dict[int, int] = {}
+        self._outbox_sent: set[int] = set()
+        self.outbox_passed: tuple[int, int, str] | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._text_ids = self._holds_text_ids()
@@ -459,15 +544,58 @@ class SqliteStore:
 
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         with self._lock:
-            rows = self._db.execute("SELECT id, resource, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
-            return [OutboxRow(*row) for row in rows.fetchall()]
+            try:
+                sent = self._outbox_sent
+                read = self._db.execute(f"{_OUTBOX_READ} LIMIT ?", (self._outbox_from, limit + len(sent))).fetchall()
+                rows = [OutboxRow(*row) for row in read if not sent or row[0] not in sent][:limit]
+            except sqlite3.DatabaseError as exc:
+                if not damaged(exc):
+                    raise
+                rows = self._outbox_around_damage(limit)
+            if rows:
+                self._outbox_read = int(rows[-1].id)
+            return rows
+
+    def _outbox_around_damage(self, limit: int) -> list[OutboxRow]:
+        """The outbox's next `limit` spans read around its damaged pages (`read_around_damage`), each met
+        for the first time told in `outbox_passed`."""
+        rows: list[OutboxRow] = []
+        for read in read_around_damage(self._db, self._outbox_from, limit + len(self._outbox_sent)):
+            if isinstance(read, Passed):
+                if read.last not in self._outbox_damaged:  # newly met: from past the last span read
+                    self._outbox_damaged[read.last] = first = max(read.first, self._outbox_read + 1)
+                    self.outbox_passed = (first, read.last, read.found)
+                if not rows:  # nothing before the damage is left to send: the reads begin past it from now on
+                    self._outbox_from = read.last + 1
+            elif read[0] not in self._outbox_sent:
+                rows.append(OutboxRow(*read))
+        return rows[:limit]
 
     def outbox_ack(self, ids: list[int | str]) -> None:
         with self._lock:
-            for chunk in _chunks([str(i) for i in ids]):
+            for chunk in _chunks(ids):
                 delete = f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})"
-                self._depth -= self._freeing(self._db, delete, chunk).rowcount
+                try:
+                    self._depth -= self._freeing(self._db, delete, chunk).rowcount
+                except sqlite3.DatabaseError as exc:
+                    if not damaged(exc):
+                        raise
+                    self._depth -= self._ack_beside_damage(chunk)
                 self._commits += 1  # a commit of its own: the checkpoint has it to copy
+
+    def _ack_beside_damage(self, ids: Sequence[int | str]) -> int:
+        """Acknowledge `ids` one by one, where deleting them together met a damaged page (SQLite merging a
+        leaf left nearly empty with its neighbours, the damaged one among them): those whose row cannot
+        be deleted are passed over by the outbox's reads from now on, never sent again. How many went."""
+        deleted = 0
+        for i in ids:
+            try:
+                deleted += self._freeing(self._db, "DELETE FROM outbox WHERE id = ?", (i,)).rowcount
+            except sqlite3.DatabaseError as exc:
+                if not damaged(exc):
+                    raise
+                self._outbox_sent.add(int(i))
+        return deleted
 
     def _freeing(self, db: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         """A statement that frees room (acknowledging sent spans, checkpointing, purging seen ids): if

@@ -101,6 +101,9 @@ class Store(Protocol):
     shared: bool
     # Whether the index of when runs turn overdue was just created over states stored without it.
     overdue_index_new: bool
+    # The outbox's ids (first, last) on a damaged part of it that its reads now pass over, with what the
+    # store found there; None while none is (a store with no pages to damage never has one).
+    outbox_passed: tuple[int, int, str] | None
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         """`work` as one transaction; the store's own refusals (unreachable, full, read-only) are

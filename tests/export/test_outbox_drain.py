@@ -157,15 +157,17 @@ class _Keeping(Backend):
         return super().send(serialized)
 
 
-def test_a_damaged_outbox_is_told_as_such_for_the_bridges_risks(tmp_path):
-    # Met while the bridge runs (a disk fault under it): the drain failed every round with SQLite's error,
-    # and nothing but its log said why the spans stopped.
+def _draining_damaged(tmp_path, backend: Backend, page: tuple[float, str]) -> tuple[OutboxDrain, int]:
+    """The drain of 300 spans running, as a page of its outbox (`broken_page`'s `at` and `kind`) is damaged
+    under it, until the drain has told the damage and the backend holds every span but the page's (none,
+    for a page above the leaves), or 10 s pass; the spans the page held."""
     import sqlite3
 
     from faults import broken_page
 
-    store, drain = _drain(tmp_path, Backend(limit=10**9), [_span(f"s{n}", 4000) for n in range(300)], 10**7)
-    broken_page(tmp_path / "s.db", "outbox")
+    store, drain = _drain(tmp_path, backend, [_span(f"s{n}", 4000) for n in range(300)], 10**7)
+    at, kind = page
+    lost = broken_page(tmp_path / "s.db", "outbox", at, kind)
     other = sqlite3.connect(tmp_path / "s.db")  # a commit of another connection: the store reads the file anew
     other.execute("CREATE TABLE IF NOT EXISTS touched (x)")
     other.commit()
@@ -175,7 +177,7 @@ def test_a_damaged_outbox_is_told_as_such_for_the_bridges_risks(tmp_path):
     running.start()
     try:
         for _ in range(200):
-            if drain.damage is not None:
+            if drain.damage is not None and (len(backend.names) >= 300 - lost or kind == "internal"):
                 break
             stop.wait(0.05)
     finally:
@@ -183,4 +185,23 @@ def test_a_damaged_outbox_is_told_as_such_for_the_bridges_risks(tmp_path):
         drain.wake()
         running.join(10)
         store.close()
+    return drain, lost
+
+
+def test_a_damaged_page_of_the_outbox_holds_back_its_own_spans_alone_and_is_told(tmp_path):
+    # Met while the bridge runs (a disk fault under it): the drain failed every round with SQLite's error,
+    # and every span after the page waited for the bridge to be stopped and its file salvaged.
+    backend = Backend(limit=10**9)
+    drain, lost = _draining_damaged(tmp_path, backend, (0.5, "leaf"))
+
+    assert 0 < lost < 100 and sorted(backend.names) == sorted(set(backend.names))
+    ids = sorted(n + 1 for n in range(300) if f"s{n}" not in backend.names)  # the outbox's ids of those not sent
+    assert len(ids) == lost and ids == list(range(ids[0], ids[0] + lost))
     assert drain.damage is not None and "the state file is damaged" in drain.damage
+    assert f"holds spans {ids[0]} to {ids[-1]}: those are not sent, the spans after them are" in drain.damage
+
+
+def test_an_outbox_damaged_above_its_leaves_is_told_as_holding_every_span_from_there_on(tmp_path):
+    drain, _lost = _draining_damaged(tmp_path, Backend(limit=10**9), (0.0, "internal"))
+
+    assert drain.damage is not None and "the spans from there on are not sent" in drain.damage

@@ -80,6 +80,24 @@ def test_a_broken_page_of_facts_loses_the_facts_on_it_and_every_run(tmp_path):
     assert facts - lost - 2 <= done.copied["facts"] <= facts - lost  # read from both ends up to the broken page
 
 
+def test_two_broken_pages_of_the_outbox_lose_the_spans_on_them_and_none_between(tmp_path):
+    # Read from both ends, the spans between the two pages were lost with them: a read of the outbox can
+    # begin from any id, past a page it cannot read.
+    path = tmp_path / "otel-bridge.db"
+    store = SqliteStore(path)
+    store.run(lambda tx: tx.outbox_add(("svc\x1fenv", n.to_bytes(4, "big") * 75) for n in range(3000)))
+    store.close()
+    lost = broken_page(path, "outbox", 0.3) + broken_page(path, "outbox", 0.7)
+
+    done = salvage(path)
+
+    assert done is not None and done.broken == ["outbox"] and done.copied["outbox"] == 3000 - lost
+    salvaged = SqliteStore(path)
+    payloads = [row.payload for row in salvaged.outbox_peek(3000)]
+    salvaged.close()
+    assert payloads == sorted(payloads) and len(payloads) == 3000 - lost
+
+
 def test_events_that_meet_a_broken_page_are_rejected_naming_it_and_the_others_are_stored(tmp_path):
     # Refused with a 503, they were dropped after the producer's three re-sends: rejected, each is kept in
     # the dead-letter file (replayed once the file is salvaged), and the producer's other runs go on.
