@@ -9,8 +9,9 @@ key, which reaches them past a broken page elsewhere: a run's state by the keys 
 state's two indexes hold, a run's facts (and the spans it has sent) by its state's key. The outbox,
 keyed by numbers, is read in order past each broken page, from the first id after it. Facts whose
 run state was lost are left out (a run is its state and its facts together: what its next event
-brings starts it afresh). A key between two pages, kept in the page above them, is read on the way
-to it from one side only: one on the far side of a broken page is lost with it.
+brings starts it afresh). The last rows before a broken page are read one at a time: Python's
+sqlite3 steps to the next row before it hands one over, and the step into the broken page lost the
+row it was about to hand over, among them the key kept in the page above, between two pages.
 
 The damaged file is kept beside, renamed, with its log: nothing is deleted.
 """
@@ -153,11 +154,11 @@ def _copy_all(source: sqlite3.Connection, target: sqlite3.Connection, out: Salva
         # The states the facts and the state's indexes name that no scan reached, each read by its key.
         missing = f"SELECT DISTINCT {_OWNER} AS owner FROM facts WHERE owner NOT IN (SELECT key FROM state)"
         for key in [key for (key,) in target.execute(missing)] + _indexed_keys(source, target):
-            _from_both_ends(source, target, "state", columns["state"], 1, "WHERE key = ?", key)
+            _from_both_ends(source, target, "state", columns["state"], 1, "key = ?", key)
     if "facts" in out.broken:
         owners = [key for (key,) in target.execute("SELECT key FROM state")]
         for key in (*owners, *map(keys.sent_spans, owners)):
-            _from_both_ends(source, target, "facts", columns["facts"], 2, "WHERE key = ?", key)
+            _from_both_ends(source, target, "facts", columns["facts"], 2, "key = ?", key)
     # A run is its state and its facts together: facts whose state was lost are left out.
     orphans = f"DELETE FROM facts WHERE {_OWNER} NOT IN (SELECT key FROM state)"
     out.orphaned_facts = target.execute(orphans).rowcount
@@ -169,21 +170,21 @@ def _from_both_ends(
     name: str,
     columns: list[str],
     width: int,
-    where: str = "",
+    pick: str = "",
     value: object = None,
 ) -> bool:
-    """Copy the rows of `name` (those `where` picks, by `value`) from the first up to a broken page, and
-    from the last down to one, or to a row copied already; whether a broken page was met. A row read
-    before the read failed is kept: a key between two pages (kept in the page above them) is read on
-    the way."""
+    """Copy the rows of `name` (those the condition `pick` picks, by `value`) from the first up to a broken
+    page, and from the last down to one, or to a row copied already; whether a broken page was met."""
     listed = ", ".join(columns)
     insert = f"INSERT OR IGNORE INTO {name} ({listed}) VALUES ({', '.join('?' * len(columns))})"
     for order in ("ASC", "DESC"):
         rows: list[tuple[object, ...]] = []
-        query = f"SELECT {listed} FROM {name} {where} ORDER BY {', '.join(f'{k} {order}' for k in columns[:width])}"
+        last: tuple[object, ...] | None = None
+        ordered = f"ORDER BY {', '.join(f'{k} {order}' for k in columns[:width])}"
+        query = f"SELECT {listed} FROM {name} {f'WHERE {pick}' if pick else ''} {ordered}"
         try:
-            for row in source.execute(query, () if value is None else (value,)):
-                rows.append(row)
+            for last in source.execute(query, () if value is None else (value,)):
+                rows.append(last)
                 if len(rows) == _CHUNK:
                     copied = _inserted(target, insert, rows)
                     if order == "DESC" and copied < len(rows):  # reached, from the other end, what was copied
@@ -195,8 +196,43 @@ def _from_both_ends(
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
+            rows += _up_to_damage(source, name, listed, columns[:width], ordered, pick, value, last)
             _inserted(target, insert, rows)
     return True
+
+
+def _up_to_damage(
+    source: sqlite3.Connection,
+    name: str,
+    listed: str,
+    keys: list[str],
+    ordered: str,
+    pick: str,
+    value: object,
+    last: tuple[object, ...] | None,
+) -> list[tuple[object, ...]]:
+    """The rows after `last` in that order, read one at a time up to the broken page: sqlite3 steps to the
+    next row before it hands one over, and the step into a broken page lost the row it was about to hand
+    over (the key between two pages, kept in the page above them, among them). `LIMIT 1` ends each read
+    before it steps on."""
+    after = "<" if ordered.endswith("DESC") else ">"
+    found: list[tuple[object, ...]] = []
+    while True:
+        conditions = [pick] if pick else []
+        params = [] if value is None else [value]
+        if last is not None:
+            conditions.append(f"({', '.join(keys)}) {after} ({', '.join('?' * len(keys))})")
+            params += last[: len(keys)]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        try:
+            last = source.execute(f"SELECT {listed} FROM {name} {where} {ordered} LIMIT 1", params).fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            return found
+        if last is None:
+            return found
+        found.append(last)
 
 
 def _outbox_past_damage(source: sqlite3.Connection, target: sqlite3.Connection) -> bool:
