@@ -196,6 +196,8 @@ class JobKind(StrEnum):
     DEBOUNCE_STARTED = "debounce_started"
     DEBOUNCE_FLUSHED = "debounce_flushed"
     TASK_SCHEDULED = "task_scheduled"
+    # An occurrence its scheduler let pass on purpose (the runtime v2's schedule outside business days).
+    SKIPPED = "skipped"
 
 
 JOB_KIND = SimpleNamespace(**JobKind.__members__)  # as KIND, for the same reason
@@ -204,6 +206,9 @@ JOB_KIND = SimpleNamespace(**JobKind.__members__)  # as KIND, for the same reaso
 # The job type whose next run its own code schedules (`scheduledAt`), and may cancel or end unsaid.
 TASK_JOB_TYPE = "task"
 CONTINUOUS_JOB_TYPE = "continuous"
+# The job types of a scheduler that tells every occurrence it fires (the runtime v2's schedules, by their
+# `trigger_type`: cron, or once at a time): an occurrence whose time passes untold is a lost one.
+SCHEDULED_JOB_TYPES = frozenset({"recurring", "schedule"})
 
 
 class JobRecord(Struct, kw_only=True):

@@ -283,8 +283,8 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
         return Finding("runtime v2", None, "not followed (--runtime-v2-url)")
     import psycopg
 
+    from otel_bridge.receivers.postgres_poll import SCHEDULES_KEPT, said
     from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
-    from otel_bridge.receivers.postgres_poll import said
 
     where = without_secrets(settings.runtime_v2_url)
     try:
@@ -305,6 +305,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
             stranded = _one(db, _NOT_BEGUN)
+            schedules = _schedules(db, _one(db, SCHEDULES_KEPT))
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _UPDATED_AT_INDEXED)
     except psycopg.Error as exc:
@@ -313,7 +314,23 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     # The failure the runtime's own run page warns of: no worker consumes its task queue (the bridge shows
     # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
     begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
-    return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{scan}")
+    return Finding(
+        "runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{schedules}{scan}"
+    )
+
+
+def _schedules(db: "psycopg.Connection[Any]", readable: bool | None) -> str:
+    """What `check` says of the runtime's schedules: none where its edition has no table of them."""
+    if readable is None:
+        return ""
+    if not readable:
+        user = _one(db, "SELECT current_user")
+        return f"; may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule TO {user})"
+    awaited, late = db.execute(_SCHEDULES_LATE).fetchone() or (0, 0)
+    if not awaited:
+        return ""
+    missed = f", {late:,} past it by over a minute (their job runner lost them?)" if late else ""
+    return f"; {awaited:,} schedules awaiting their next occurrence{missed}"
 
 
 # Runs RUNNING a minute after they were launched with no step yet, by the index on status and the steps' on run_id.
@@ -321,6 +338,13 @@ _NOT_BEGUN = """
 SELECT count(*) FROM workflow_runs r
 WHERE r.status = 'RUNNING' AND r.started_at < now() - interval '1 minute'
   AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.run_id)
+"""
+
+
+# The schedules enabled, and of them those whose next occurrence should have been written a minute ago.
+_SCHEDULES_LATE = """
+SELECT count(*), count(*) FILTER (WHERE next_fire_at < now() - interval '1 minute')
+FROM tenant_workflow_schedule WHERE enabled AND status = 'scheduled'
 """
 
 

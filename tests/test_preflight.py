@@ -21,6 +21,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
+from otel_bridge.receivers.postgres_poll import TABLES
 from otel_bridge.state.sqlite_store import SqliteStore
 
 _CHECKS = (
@@ -359,5 +360,29 @@ def test_the_runs_no_worker_has_begun_are_counted_by_the_check(database):
     assert (
         ok is True
         and ": readable; 3 runs running or waiting, 1 launched over a minute ago that no worker has begun; no index"
+        in detail
+    )
+
+
+def test_the_schedules_past_their_next_occurrence_are_counted_and_one_not_readable_is_told(database):
+    import psycopg
+
+    db = psycopg.connect(database, autocommit=True)
+    runtime = Runtime(db)
+    now = datetime.now(UTC)
+    runtime.schedule("Nightly digest", now - timedelta(minutes=10), timedelta(minutes=5))  # due 5 minutes ago
+    runtime.schedule("Weekly report", now, timedelta(days=7))
+    runtime.schedule_disabled(runtime.schedule("Old report", now, timedelta(days=7)), now)
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert ok is True and (
+        "; 2 schedules awaiting their next occurrence, 1 past it by over a minute (their job runner lost them?)"
+        in detail
+    )
+    db.execute("DROP ROLE IF EXISTS otel_bridge_schedules; CREATE ROLE otel_bridge_schedules LOGIN")
+    db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_schedules")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_schedules@")
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
+    assert ok is True and (
+        "; may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule TO otel_bridge_schedules)"
         in detail
     )

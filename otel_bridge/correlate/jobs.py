@@ -97,7 +97,7 @@ _EARLY_NS = 1_000_000_000
 # A run's events are stamped within it: its start (its end less its durationMs, the engine's clock read a
 # moment apart) may come out a millisecond after a schedule it told. Later than this, another invocation.
 _SAME_INVOCATION_NS = 5_000_000
-_RAN = frozenset({JOB_KIND.EXECUTED, JOB_KIND.FAILED, JOB_KIND.DEBOUNCE_FLUSHED})
+_RAN = frozenset({JOB_KIND.EXECUTED, JOB_KIND.FAILED, JOB_KIND.DEBOUNCE_FLUSHED, JOB_KIND.SKIPPED})
 
 
 def overdue_since_ns(state: JobState, silence_ns: int | None = None) -> int | None:
@@ -274,6 +274,8 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
                 state.succeeded_ns, state.succeeded_from_ns = record.time_ns, began
             elif record.time_ns == state.succeeded_ns:
                 state.succeeded_from_ns = max(state.succeeded_from_ns, began)
+        case JOB_KIND.SKIPPED:
+            out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.TASK_RESULT_SKIPPED)))
         case JOB_KIND.FAILED:
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, failure))
             state.failed_ns = max(state.failed_ns, record.time_ns)

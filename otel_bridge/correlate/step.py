@@ -16,7 +16,15 @@ from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.outputs import Observation, SpanRecord
 from otel_bridge.correlate.overview import overdue_since_ns
 from otel_bridge.correlate.runs import Admission, RunState, SettlePolicy, closes_at_ns, fold, forget_facts, settle
-from otel_bridge.lifecycle import CONTINUOUS_JOB_TYPE, KIND, TASK_JOB_TYPE, Fact, LifecycleRecord, WorkflowRecord
+from otel_bridge.lifecycle import (
+    CONTINUOUS_JOB_TYPE,
+    KIND,
+    SCHEDULED_JOB_TYPES,
+    TASK_JOB_TYPE,
+    Fact,
+    LifecycleRecord,
+    WorkflowRecord,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +91,12 @@ class Policy:
         """Whether a job instance whose time passed with no run told counts as overdue: a debounce's (its
         flush always tells) unless the settings say its clients clear it — a client's `clear()` purges it
         untold —, a task's only where the settings name it — one that ends itself at its alarm
-        (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm."""
+        (`ctx.clear()`, the engine's own one-shot reminder) tells nothing, as a lost alarm —, a schedule's
+        always."""
         if job.job_type == TASK_JOB_TYPE:
             return "*" in self.overdue_tasks or job.job_name in self.overdue_tasks
+        if job.job_type in SCHEDULED_JOB_TYPES:
+            return True  # its scheduler tells every occurrence, on time or let pass
         return "*" not in self.cleared_debounces and job.job_name not in self.cleared_debounces
 
 

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -165,9 +165,11 @@ def run_engines_demo(
     stop: threading.Event | None = None,
     runtime_v2_url: str | None = None,
     incidents: float = 0.0,
+    schedule_every: float = 20.0,
 ) -> dict[str, int]:
-    """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`). `incidents`:
-    the share of the runtime v2's runs launched that no worker takes (the first of them is one)."""
+    """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`), and of the
+    runtime v2 a schedule's run every `schedule_every` s. `incidents`: the share of the runtime v2's runs
+    launched that no worker takes (the first of them is one); and one schedule whose occurrences never come."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
     client = connect(stream_url) if stream_url else None
@@ -192,6 +194,22 @@ def run_engines_demo(
             counts["runtime-v2"] += 1
 
         publishers.append(escalation)
+        # A schedule of the workflow, each occurrence a run of it (one in ten let pass, not a business day);
+        # among incidents, one whose job runner is lost: its first occurrence never comes.
+        every = timedelta(seconds=schedule_every)
+        digest = tables.schedule("escalation-digest", datetime.now(UTC), every)
+        if incidents > 0:
+            tables.schedule("weekly-report", datetime.now(UTC), every)
+
+        def occurrence(now: datetime) -> None:
+            skipped = rng.random() < 0.1
+            tables.schedule_fired(digest, now, "skipped" if skipped else "success", then=now + every)
+            if not skipped:
+                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng)
+                schedule.add([(at, ("tables", write)) for at, write in writes])
+                counts["runtime-v2"] += 1
+
+        next_occurrence = time.time() + schedule_every
     if client is not None:
 
         def execution(now: datetime) -> None:
@@ -214,6 +232,9 @@ def run_engines_demo(
             stopping = duration and now - started >= duration
             if stopping and not len(schedule):
                 break
+            if tables is not None and not stopping and now >= next_occurrence:
+                occurrence(datetime.fromtimestamp(now, UTC))
+                next_occurrence += schedule_every
             if not stopping and now >= next_start and publishers:
                 for publish in publishers:
                     publish(datetime.fromtimestamp(now, UTC))

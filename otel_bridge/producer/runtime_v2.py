@@ -120,6 +120,33 @@ CREATE TABLE IF NOT EXISTS workflow_run_logs (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_run_logs_run_created ON workflow_run_logs (run_id, created_at);
+-- A workflow's schedule (the runtime's enterprise edition; the community one has no such table), as its
+-- migrations leave it: written at its creation and by its scheduled-run handler at each occurrence.
+CREATE TABLE IF NOT EXISTS tenant_workflow_schedule (
+  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  tenant text NOT NULL,
+  workflow_id uuid NOT NULL,
+  workflow_version integer NOT NULL,
+  name text NOT NULL,
+  trigger_type varchar(32) NOT NULL,
+  day_type_filter varchar(32) NOT NULL DEFAULT 'any',
+  business_hours_schedule_id uuid,
+  run_at timestamptz,
+  cron text,
+  timezone varchar(64),
+  payload_json jsonb,
+  enabled boolean NOT NULL DEFAULT true,
+  status varchar(32) NOT NULL DEFAULT 'scheduled',
+  job_id uuid,
+  runner_schedule_id varchar(255),
+  last_fire_at timestamptz,
+  next_fire_at timestamptz,
+  last_run_status varchar(32),
+  last_error text,
+  last_fire_key text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 
@@ -431,6 +458,52 @@ class Runtime:
         self._run(run_id, when, status="RUNNING", node_path=path, completed_at=None, error_json=None)
         context = {"reason": reason, "nodePath": path}
         self.log(run_id, when, "INFO", "Run retry requested", context=context, source="api")
+
+    def schedule(self, name: str, when: datetime, every: timedelta | None = None) -> str:
+        """A schedule of this workflow (`createWorkflowScheduleAction`): `every` so long (a cron), or once, `when`
+        and its first occurrence `every` later (or at once)."""
+        schedule_id = str(uuid.uuid4())
+        kind, cron = ("recurring", f"every {every.total_seconds():g}s") if every else ("schedule", None)
+        first = when + (every or timedelta(0))
+        self.db.execute(
+            "INSERT INTO tenant_workflow_schedule (id, tenant, workflow_id, workflow_version, name, trigger_type, "
+            "run_at, cron, timezone, payload_json, next_fire_at, created_at, updated_at) "
+            "VALUES (%s, %s, %s, 3, %s, %s, %s, %s, 'UTC', '{}', %s, %s, %s)",
+            (schedule_id, self.tenant, self.workflow_id, name, kind, None if every else first, cron, first, when,
+             when),
+        )  # fmt: skip
+        return schedule_id
+
+    def schedule_fired(
+        self,
+        schedule_id: str,
+        when: datetime,
+        result: str = "success",
+        error: str | None = None,
+        then: datetime | None = None,
+    ) -> None:
+        """An occurrence, as the scheduled-run handler writes it (`runScheduledWorkflow`) once it launched its run
+        (`result` success, the run the caller's; `error`: its launch failed; `skipped`: not a business day),
+        with the next occurrence `then` in the same update (none: a one-time schedule, done)."""
+        fire_key = f"workflow-schedule-fire:{schedule_id}:{uuid.uuid4()}"
+        done = {} if then else {"enabled": False, "status": "completed", "next_fire_at": None}
+        columns = {"last_fire_at": when, "last_run_status": result, "last_error": error, "last_fire_key": fire_key,
+                   "next_fire_at": then, **done}  # fmt: skip
+        self._schedule(schedule_id, when + timedelta(milliseconds=40), **columns)
+
+    def schedule_disabled(self, schedule_id: str, when: datetime) -> None:
+        """Its operator turned it off (`updateWorkflowScheduleAction`, enabled false)."""
+        self._schedule(schedule_id, when, enabled=False, status="disabled", next_fire_at=None)
+
+    def schedule_deleted(self, schedule_id: str) -> None:
+        self.db.execute("DELETE FROM tenant_workflow_schedule WHERE id = %s", (schedule_id,))
+
+    def _schedule(self, schedule_id: str, when: datetime, **columns: Any) -> None:
+        sets = ", ".join(f"{name} = %s" for name in columns)
+        self.db.execute(
+            f"UPDATE tenant_workflow_schedule SET {sets}, updated_at = %s WHERE id = %s",
+            (*columns.values(), when, schedule_id),
+        )
 
 
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)

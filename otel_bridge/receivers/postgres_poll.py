@@ -16,6 +16,9 @@ moment after: each poll reads again the last `overlap` seconds, handing over aga
 row changed since they were read — by its version (`xmin`), not its `updated_at` alone, which two
 updates of one millisecond share; of the others, only their keys are read again. A row read twice
 tells the same facts under the same event ids: a no-op.
+
+The workflows' schedules, few and written at each occurrence, are read by their keys and row versions at
+every poll, and a row again only once it changed; one gone since is told deleted.
 """
 
 import logging
@@ -216,6 +219,34 @@ JOIN workflow_runs r ON r.run_id = w.run_id {_NAMED}
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
+# The workflows' schedules (an edition of the runtime without them has no such table): each row's key and
+# version at every poll (the runtime writes a row at each occurrence, a few a minute at most), and the rows
+# changed since read, with their workflow's name. A row last written before this process's first mark tells
+# the occurrence it awaits, not the one it last had: that is history the bridge did not follow (counted
+# again after a restart once its event ids were forgotten, it would be an execution counted twice).
+# Whether they are there (null: no) and may be read: without them, or without the right, runs are read as before.
+SCHEDULES_KEPT = """SELECT CASE WHEN to_regclass('tenant_workflow_schedule') IS NOT NULL
+  THEN has_table_privilege('tenant_workflow_schedule', 'SELECT') END"""
+_SCHEDULE_KEYS = "SELECT s.id::text, s.xmin::text FROM tenant_workflow_schedule s"
+_OCCURRENCE = ["last_fire_at", "last_run_status", "last_error", "last_fire_key"]
+# What names a schedule's job, kept to tell that it is awaited no more once its row is gone.
+_NAMING = ("id", "workflow_id", "workflow_name", "name", "trigger_type")
+_DELETED = {"enabled": False, "status": "deleted", "next_fire_at": None}
+_SCHEDULES = """
+SELECT (to_jsonb(s) - 'payload_json'
+          - CASE WHEN s.updated_at < %(looked)s THEN %(occurrence)s::text[] ELSE '{}'::text[] END
+        || jsonb_build_object('workflow_name', d.name))::text
+FROM tenant_workflow_schedule s LEFT JOIN workflow_definitions d ON d.workflow_id = s.workflow_id
+WHERE s.id = ANY(%(ids)s::uuid[])
+"""
+
+
+def _now(db: psycopg.Connection[Any]) -> str:
+    """The database's time, as it writes a timestamptz in JSON."""
+    now = db.execute("SELECT to_jsonb(now())::text").fetchone()
+    assert now is not None
+    return str(orjson.loads(now[0]))
+
 
 def _settled(capture_input: bool, log_levels: tuple[str, ...]) -> dict[str, Any]:
     """What the settings make of the rows' queries: the run's payloads left out (its input but with
@@ -284,6 +315,12 @@ class TablePoller:
         self._seen: dict[str, tuple[datetime, str]] = {}
         # The waits handed over while still waiting (those the last poll found so).
         self._waiting: set[str] = set()
+        # The schedules read (the version of their row, and what names them), whether the database has them
+        # (None: not asked on this connection yet), and since when their occurrences are followed (this
+        # process's first mark).
+        self._schedules: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._scheduling: bool | None = None
+        self._looked: datetime | None = None
         self._mark: datetime | None = start
         # Since when (monotonic) the tables are not read, None while they are.
         self.disconnected_since: float | None = time.monotonic()
@@ -309,6 +346,7 @@ class TablePoller:
             log.info("another replica sharing this state reads the runtime v2's tables: standing by")
             self._seen.clear()
             self._waiting.clear()
+            self._schedules.clear()
         self.reading = leads
         return leads
 
@@ -316,6 +354,7 @@ class TablePoller:
         if self._db is None or self._db.closed:
             # Autocommit: each poll's reads see what was committed by then, and hold no snapshot between polls.
             self._db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            self._scheduling = None
         return self._db
 
     def _start_mark(self, db: psycopg.Connection[Any]) -> datetime:
@@ -332,6 +371,7 @@ class TablePoller:
         if self._mark is None:
             self._mark = self._start_mark(db)
         after, after_id = self._mark - self._overlap, _FIRST_ID
+        self._looked = self._looked or after
         changed_runs = 0
         while True:
             keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
@@ -362,7 +402,34 @@ class TablePoller:
             if len(keys) < self._page:
                 break
         self._take_waiting(db)
+        self._take_schedules(db)
         return changed_runs
+
+    def _take_schedules(self, db: psycopg.Connection[Any]) -> None:
+        if self._scheduling is None:
+            kept = db.execute(SCHEDULES_KEPT).fetchone()
+            self._scheduling = bool(kept and kept[0])
+            if kept and kept[0] is False:
+                log.warning(
+                    "the runtime v2's schedules are not followed: this user may not read tenant_workflow_schedule "
+                    "(GRANT SELECT ON tenant_workflow_schedule TO it)"
+                )
+        if not self._scheduling:
+            return
+        versions: dict[str, str] = dict(db.execute(_SCHEDULE_KEYS).fetchall())
+        read = {id_: row for id_, (version, row) in self._schedules.items() if versions.get(id_) == version}
+        # A schedule deleted (with its workflow, or by its operator) is awaited no more.
+        gone = [row for id_, (_version, row) in self._schedules.items() if id_ not in versions and row]
+        if gone:
+            deleted = _DELETED | {"updated_at": _now(db)}
+            gone = [row | deleted for row in gone]
+        fetched: list[dict[str, Any]] = []
+        if changed := sorted(versions.keys() - read.keys()):
+            asked = {"ids": changed, "looked": self._looked, "occurrence": _OCCURRENCE}
+            fetched = [orjson.loads(text) for (text,) in db.execute(_SCHEDULES, asked)]
+        self._hand_over_rows([*gone, *fetched])
+        read |= {row["id"]: {name: row.get(name) for name in _NAMING} for row in fetched}
+        self._schedules = {id_: (version, read.get(id_, {})) for id_, version in versions.items()}
 
     def _take_waiting(self, db: psycopg.Connection[Any]) -> None:
         assert self._mark is not None
@@ -377,10 +444,14 @@ class TablePoller:
         """The rows (as PostgreSQL wrote them in JSON) to the pipeline, `_BATCH` at a time, committed when this
         returns; those it cannot read kept as dead letters."""
         for start in range(0, len(texts), _BATCH):
-            rows = [orjson.loads(text) for text in texts[start : start + _BATCH]]
-            report = self._consumer.ingest(rows)
-            if report.rejected:
-                self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
+            self._hand_over_rows([orjson.loads(text) for text in texts[start : start + _BATCH]])
+
+    def _hand_over_rows(self, rows: list[Any]) -> None:
+        if not rows:
+            return
+        report = self._consumer.ingest(rows)
+        if report.rejected:
+            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
         """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of

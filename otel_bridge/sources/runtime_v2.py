@@ -25,19 +25,36 @@ run's trace was sent, so each retry is a trace of its own (`<run_id>/retry-<n>`,
 the one before): every row is read with how many retries were asked for before it (`retries`,
 counted in `workflow_run_logs`), which names the trace it belongs to. A run's log lines
 (`workflow_run_logs`, at the levels asked for) are span events, each named by its message.
+
+A workflow's schedule (`tenant_workflow_schedule`, in the runtime's enterprise edition) is a job: its
+row, written at each occurrence, tells that occurrence (a run launched, a launch that failed, one let
+pass) and the next one awaited, which a job runner that lost the schedule never writes.
 """
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from msgspec.structs import replace
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from otel_bridge import conventions as c
-from otel_bridge.lifecycle import KIND, OUTCOME, AttributeValue, ErrorInfo, Fact, FactKind, RunRef, WorkflowRecord
+from otel_bridge.lifecycle import (
+    JOB_KIND,
+    KIND,
+    OUTCOME,
+    AttributeValue,
+    ErrorInfo,
+    Fact,
+    FactKind,
+    JobRecord,
+    LifecycleRecord,
+    RunRef,
+    WorkflowRecord,
+)
 from otel_bridge.sources.wire import (
     MAX_TEXT,
     Attempts,
@@ -196,6 +213,28 @@ class LogRow(_Row):
     json_columns = field_validator("context_json", "failed_error", mode="before")(_json_column)
 
 
+class ScheduleRow(BaseModel):
+    """A row of `tenant_workflow_schedule`: a workflow's schedule (cron, or once at a time), as the runtime's
+    scheduled-run handler last wrote it at an occurrence, with its workflow's name when joined."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: Identity
+    workflow_id: Identity
+    workflow_name: Text = ""
+    name: Text = ""
+    trigger_type: Label
+    enabled: bool = True
+    status: Label = "scheduled"
+    cron: Text | None = None
+    next_fire_at: IsoTime | None = None
+    last_fire_at: IsoTime | None = None
+    last_run_status: Label | None = None
+    last_error: Text | None = None
+    last_fire_key: Text | None = None
+    updated_at: IsoTime
+
+
 # The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
 RETRY_REQUESTED = "Run retry requested"
 # The line it writes as its operator puts a resolved event wait back to waiting (`requeueWorkflowRunEventWaitAction`).
@@ -250,6 +289,8 @@ def table_of(raw: Any) -> str:
     """Which of the runtime's tables a row is from, by the columns only that table has."""
     if not isinstance(raw, dict):
         raise DecodeError("", f"a row must be a JSON object, not {json_kind(raw)}")
+    if "next_fire_at" in raw:
+        return "tenant_workflow_schedule"
     if "wait_id" in raw:
         return "workflow_run_waits"
     if "invocation_id" in raw:
@@ -263,7 +304,8 @@ def table_of(raw: Any) -> str:
     raise DecodeError(
         "",
         "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt), "
-        "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id) or workflow_run_logs (log_id)",
+        "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id), workflow_run_logs (log_id) "
+        "or tenant_workflow_schedule (next_fire_at)",
     )
 
 
@@ -273,17 +315,18 @@ class RuntimeV2Decoder:
     def __init__(self, options: RuntimeV2Options | None = None) -> None:
         self.options = options or RuntimeV2Options()
         # Each table's row model, and what its rows tell.
-        self._tables: dict[str, tuple[type[_Row], Callable[[Any], list[WorkflowRecord]]]] = {
+        self._tables: dict[str, tuple[type[BaseModel], Callable[[Any], Sequence[LifecycleRecord]]]] = {
             "workflow_runs": (RunRow, self._run),
             "workflow_run_steps": (StepRow, self._step),
             "workflow_run_waits": (WaitRow, self._wait),
             "workflow_action_invocations": (ActionRow, self._action),
             "workflow_run_logs": (LogRow, self._log),
+            "tenant_workflow_schedule": (ScheduleRow, self._schedule),
         }
         # A log line's context is the runtime's own, redacted by it for its run's page: shown as JSON.
         self._context = self.options.decode.model_copy(update={"capture_input": True})
 
-    def __call__(self, raw: Any) -> list[WorkflowRecord]:
+    def __call__(self, raw: Any) -> Sequence[LifecycleRecord]:
         table = table_of(raw)
         model, told = self._tables[table]
         try:
@@ -291,7 +334,9 @@ class RuntimeV2Decoder:
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])
-            raise DecodeError(where, f"{reason(error)} (a row of {table})").of(raw, "run_id") from None
+            raise DecodeError(where, f"{reason(error)} (a row of {table})").of(
+                raw, _KEYS.get(table, "run_id")
+            ) from None
         return told(row)
 
     def state_key(self, run_id: str) -> str:
@@ -596,6 +641,46 @@ class RuntimeV2Decoder:
         )
         return told.records
 
+    def _schedule(self, row: ScheduleRow) -> list[JobRecord]:
+        """A schedule's row: its last occurrence (fired, failed to launch its run, or let pass), and the next
+        it awaits, or, disabled, paused or done, none. A job instance of its own, named by the schedule (or
+        its workflow), of the type its trigger is."""
+        job = JobRecord(
+            event_id=f"v2:schedule:{row.id}:",
+            time_ns=ns(row.updated_at),
+            kind=JOB_KIND.TASK_SCHEDULED,
+            engine=ENGINE,
+            env=self.options.env,
+            service=self.options.service,
+            instance_id=row.id,
+            job_name=cut(row.name or row.workflow_name, MAX_TEXT) or row.workflow_id,
+            job_type=row.trigger_type,
+        )
+        out: list[JobRecord] = []
+        if row.last_fire_at is not None and (kind := _OCCURRENCES.get(row.last_run_status or "")) is not None:
+            # The occurrence's key (the job runner's execution of it) names it: a retried one's end is told too.
+            occurrence = row.last_fire_key or iso(row.last_fire_at)
+            failed = row.last_error if kind is JOB_KIND.FAILED else None
+            out.append(
+                replace(
+                    job,
+                    event_id=f"{job.event_id}{occurrence}:{row.last_run_status}",
+                    time_ns=ns(row.last_fire_at),
+                    kind=kind,
+                    reason=cut(failed, self.options.decode.max_text_chars) if failed else None,
+                    attempt=1 if failed is not None else None,
+                )
+            )
+        if row.enabled and row.status == "scheduled":
+            if row.next_fire_at is not None:
+                at = ns(row.next_fire_at)
+                out.append(
+                    replace(job, event_id=f"{job.event_id}next:{at}", scheduled_at_ns=at, trigger=row.trigger_type)
+                )
+        else:  # awaited no more, until enabled again with an occurrence of its own
+            out.append(replace(job, event_id=f"{job.event_id}{row.status}:{job.time_ns}", kind=JOB_KIND.TERMINATED))
+        return out
+
     @staticmethod
     def _replayed_from(row: LogRow) -> tuple[str, ...]:
         """A run its operator started again from another's input (`replayWorkflowRunAction`) follows it."""
@@ -618,6 +703,11 @@ class RuntimeV2Decoder:
             step=cut(str(step), limit) if step else None,
         )
 
+
+# A row's key, where it is not its run's: what names a row that cannot be read.
+_KEYS = {"tenant_workflow_schedule": "id"}
+# What a schedule's occurrence was, by the status its handler wrote of it (`last_run_status`).
+_OCCURRENCES = {"success": JOB_KIND.EXECUTED, "error": JOB_KIND.FAILED, "skipped": JOB_KIND.SKIPPED}
 
 # What a wait's start and end are named by its type (`event` and any other: event.wait.*).
 _WAIT_CREATED = {"human": "human.task.created", "quota": "quota.wait.created"}

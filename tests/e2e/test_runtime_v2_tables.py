@@ -4,6 +4,7 @@ OTLP receiver."""
 import glob
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -66,6 +67,9 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
     runtime.event_wait(waiting, "root.steps[0]", at(22), "APPROVED", "T-9", timeout=86_400)
     # Launched, and no worker took it: RUNNING with no step, hours ago.
     stranded = runtime.start_run(at(30))
+    # A schedule that ran once, and whose next occurrence, hours ago, never came: its job runner lost it.
+    nightly = runtime.schedule("Nightly digest", at(0), timedelta(minutes=5))
+    runtime.schedule_fired(nightly, at(300), then=at(600))
 
     # With a password in its URL (the test's server trusts any): told nowhere.
     bridge = _bridge(tmp_path, otlp_http, database.replace("postgres@", "postgres:hunter2@")).start()
@@ -77,6 +81,12 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
         assert listed["runs"][0]["name"] == "ticket-escalation"
         overdue = bridge.client.get(f"{bridge.url}/v1/runs", params={"overdue": "true"}).json()["runs"]
         assert [(r["run_id"], r["state"]) for r in overdue] == [(stranded, "pending")]
+        jobs = bridge.client.get(f"{bridge.url}/v1/jobs", params={"overdue": "true"}).json()["jobs"]
+        assert [(j["name"], j["job_type"], j["instance_id"]) for j in jobs] == [
+            ("Nightly digest", "recurring", nightly)
+        ]
+        scraped = bridge.client.get(f"{bridge.url}/metrics").text
+        assert 'job_executions_total{deployment_environment_name="prod",job_execution_result="success",' in scraped
         # Written while the bridge runs (later than every change before): read at its next poll.
         runtime.event_arrived(waiting, "APPROVED", at(300))
         resumed = runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(300.1))

@@ -38,7 +38,7 @@ def test_the_demo_engine_lists_a_workflows_executions_as_the_history_import_page
 
 
 def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_reads_whole(database):
-    counts = run_engines_demo(None, None, rate=4, duration=3, seed=5, runtime_v2_url=database)
+    counts = run_engines_demo(None, None, rate=4, duration=3, seed=5, runtime_v2_url=database, schedule_every=1)
     assert counts["runtime-v2"] >= 10
     decode = RuntimeV2Decoder()
     with psycopg.connect(database) as db:
@@ -48,10 +48,16 @@ def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_rea
             "UNION ALL SELECT to_jsonb(s)::text FROM workflow_run_steps s "
             "UNION ALL SELECT to_jsonb(w)::text FROM workflow_run_waits w"
         )]  # fmt: skip
+        schedules = db.execute("SELECT to_jsonb(s)::text FROM tenant_workflow_schedule s")
+        (digest,) = [orjson.loads(r[0]) for r in schedules]
     assert sum(statuses.values()) == counts["runtime-v2"] and set(statuses) <= {"SUCCEEDED", "FAILED", "CANCELED"}
     assert statuses.get("SUCCEEDED", 0) > 0
     facts = [record.fact for row in rows for record in decode(row)]
     assert sum(1 for f in facts if f.kind.value == "run.ended") == counts["runtime-v2"]
+    # Its schedule's occurrences, each a run of the workflow (those let pass none), the next one awaited.
+    assert digest["name"] == "escalation-digest" and digest["last_run_status"] in ("success", "skipped")
+    assert [r.kind.value for r in decode(digest)] == ["executed" if digest["last_run_status"] == "success"
+                                                      else "skipped", "task_scheduled"]  # fmt: skip
 
 
 def test_the_demo_runtime_v2_incidents_are_runs_no_worker_takes_the_first_of_them_one(database):
@@ -66,5 +72,7 @@ def test_the_demo_runtime_v2_incidents_are_runs_no_worker_takes_the_first_of_the
             "SELECT count(*) FROM workflow_runs r WHERE r.status = 'RUNNING' "
             "AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.run_id)"
         ).fetchone()[0]
+        lost = db.execute("SELECT last_fire_at FROM tenant_workflow_schedule WHERE name = 'weekly-report'").fetchone()
+    assert lost == (None,), "among the incidents, a schedule whose occurrences never come"
     assert (first_status, engine, its_steps) == ("RUNNING", "temporal", 0) and first_run
     assert 1 <= stranded < counts["runtime-v2"], "the others are taken and run to their end"

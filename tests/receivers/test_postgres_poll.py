@@ -514,3 +514,70 @@ def test_a_temporal_run_a_catch_block_took_on_is_one_trace_however_its_reads_fel
     assert {"quota.wait.created", "quota.wait.resolved"} <= {e.name for e in live.root.events}
     paused = next(e for e in live.root.events if e.name == "quota.wait.created")
     assert paused.attributes["workflow.pause.reason"] == "step quota exceeded (100 of 100)"
+
+
+def test_a_schedules_occurrences_are_its_jobs_runs_and_one_that_never_comes_is_overdue(database, tmp_path):
+    from otel_bridge.correlate.overview import JobQuery
+
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    every = timedelta(minutes=5)
+    nightly = runtime.schedule("Nightly digest", at(0), every)
+    kickoff = runtime.schedule("Quarterly kickoff", at(0))  # once, at once
+    paused = runtime.schedule("Weekly report", at(0), every)
+    poller.poll_once()
+    runtime.schedule_fired(nightly, at(300), then=at(600))
+    runtime.schedule_fired(nightly, at(600), "error", "workflow version 3 is not published", then=at(900))
+    runtime.schedule_fired(kickoff, at(1))
+    runtime.schedule_disabled(paused, at(2))
+    poller.poll_once()
+    read = len(recorded.rows)
+    poller.poll_once()
+    assert len(recorded.rows) == read, "a schedule not changed since is not read again"
+
+    pipeline = recorded.pipeline
+    jobs, _count = pipeline.list_jobs(now=at(900).timestamp())
+    assert [(j.name, j.job_type, j.due_ns) for j in jobs] == [("Nightly digest", "recurring", _ns(at(900)))]
+    late = at(900 + 301).timestamp()  # past the default grace (300 s): the occurrence at 900 never came
+    (overdue,), _count = pipeline.list_jobs(JobQuery(overdue=True), now=late)
+    assert (overdue.name, overdue.due_ns, overdue.overdue_ns) == ("Nightly digest", _ns(at(900)), 301 * 10**9)
+    # The runs the schedule launched are traces of their own; its failure names why it launched none.
+    (failed,) = [r for r in recorded.rows if r.get("last_run_status") == "error"]
+    assert failed["last_error"] == "workflow version 3 is not published" and "payload_json" not in failed
+
+    runtime.schedule_deleted(nightly)  # its workflow deleted: awaited no more
+    poller.poll_once()
+    assert pipeline.list_jobs(JobQuery(overdue=True), now=late)[0] == []
+
+
+def test_a_schedule_last_written_before_the_bridge_looked_tells_its_next_occurrence_not_its_last(database, tmp_path):
+    # Its last occurrence is history the bridge did not follow: counted at every start whose seen ids had
+    # forgotten it, it would be one execution counted again and again.
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    nightly = runtime.schedule("Nightly digest", at(0), timedelta(minutes=5))
+    runtime.schedule_fired(nightly, at(300), then=at(600))
+    poller = _poller(database, recorded, tmp_path, {"runtime-v2 runs updated_at": at(3600).isoformat().encode()})
+    poller.poll_once()
+    (row,) = [r for r in recorded.rows if "next_fire_at" in r]
+    assert "last_fire_at" not in row and row["next_fire_at"].startswith("2026-12-04T09:10:00")
+
+
+def test_a_database_without_schedules_or_the_right_to_read_them_is_read_as_before(database, tmp_path, caplog):
+    # The runtime's community edition has no schedules' table; a user granted the six tables alone may not
+    # read it: each read failed on it, and no run was followed.
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES
+
+    runtime = _runtime(database)
+    runtime.schedule("Nightly digest", at(0), timedelta(minutes=5))
+    runtime.start_run(at(0))
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DROP ROLE IF EXISTS otel_bridge_runs; CREATE ROLE otel_bridge_runs LOGIN")
+        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_runs")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_runs@")
+    assert _poller(reader, Recorded(tmp_path / "a"), tmp_path, {}).poll_once() == 1
+    assert "may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule" in caplog.text
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DROP TABLE tenant_workflow_schedule")
+    assert _poller(database, Recorded(tmp_path / "b"), tmp_path, {}).poll_once() == 1

@@ -581,3 +581,65 @@ def test_a_run_cancelled_by_no_operator_carries_the_reason_its_row_gives():
     folded = fold_events(stranded.rows, decoder=DECODE)
     assert folded.root.attributes["workflow.execution.cancel_reason"] == "Run canceled by the temporal-only cutover"
     assert folded.root.status is SpanStatus.UNSET
+
+
+SCHEDULE = {"id": str(uuid.uuid4()), "tenant": "acme", "workflow_id": str(uuid.uuid4()), "workflow_version": 3,
+            "workflow_name": "ticket-escalation", "name": "Nightly digest", "trigger_type": "recurring",
+            "cron": "*/5 * * * *", "timezone": "UTC", "enabled": True, "status": "scheduled",
+            "next_fire_at": _at(300), "last_fire_at": None, "last_run_status": None, "last_error": None,
+            "last_fire_key": None, "created_at": _at(0), "updated_at": _at(0)}  # fmt: skip
+
+
+def _fired(at: float, result: str = "success", error: str | None = None, key: str = "job-1", **more: Any) -> dict:
+    """The schedule's row as the runtime's scheduled-run handler writes it at an occurrence: its next one's time
+    written in the same update (`computeNextFireAtForSchedule`)."""
+    occurrence = {"last_fire_at": _at(at), "last_run_status": result, "last_error": error,
+                  "last_fire_key": f"workflow-schedule-fire:{SCHEDULE['id']}:{key}", "next_fire_at": _at(at + 300),
+                  "updated_at": _at(at + 0.2)}  # fmt: skip
+    return SCHEDULE | occurrence | more
+
+
+def _schedule_job(rows: list[dict]) -> tuple[Any, Any]:
+    folded = fold_events(rows, settle_at_ns=None, decoder=DECODE)
+    (state,) = folded.jobs.values()
+    return folded, state
+
+
+def test_a_schedules_occurrences_are_a_jobs_executions_and_its_next_is_awaited():
+    from otel_bridge.correlate.jobs import overdue_since_ns
+    from otel_bridge.correlate.step import Policy
+
+    rows = [SCHEDULE, _fired(300), _fired(600, "error", "workflow version 3 is not published", "job-2"),
+            _fired(900, "skipped", key="job-3")]  # fmt: skip
+    assert [DECODE(row) for row in rows] == [DECODE(row) for row in rows]  # read again: the same ids
+    folded, state = _schedule_job(rows)
+
+    job = {"job.name": "Nightly digest", "job.type": "recurring"}
+    assert folded.metric("job.executions", **job, **{"job.execution.result": "success"}) == [1]
+    assert folded.metric("job.executions", **job, **{"job.execution.result": "failure"}) == [1]
+    assert folded.metric("job.executions", **job, **{"job.execution.result": "skipped"}) == [1]
+    assert folded.metric("job.task.scheduled", **{"job.name": "Nightly digest"}) == [1, 1, 1, 1]
+    # Awaited at its next occurrence, which no run has come for: overdue once the grace passes, always judged.
+    assert overdue_since_ns(state) == _ns(1200) and Policy().judges(state)
+    assert overdue_since_ns(_schedule_job([*rows, _fired(1200, key="job-4")])[1]) == _ns(1500)
+
+
+def test_a_schedule_disabled_or_done_is_awaited_no_more_and_enabled_again_it_is():
+    from otel_bridge.correlate.jobs import overdue_since_ns
+
+    disabled = SCHEDULE | {"enabled": False, "status": "disabled", "updated_at": _at(100)}
+    assert overdue_since_ns(_schedule_job([SCHEDULE, disabled])[1]) is None
+    enabled = SCHEDULE | {"next_fire_at": _at(600), "updated_at": _at(200)}
+    assert overdue_since_ns(_schedule_job([SCHEDULE, disabled, enabled])[1]) == _ns(600)
+    # Once at a time: fired, it is done.
+    once = SCHEDULE | {"trigger_type": "schedule", "cron": None, "next_fire_at": _at(300)}
+    done = _fired(300, enabled=False, status="completed", next_fire_at=None) | {"trigger_type": "schedule"}
+    folded, state = _schedule_job([once, done])
+    assert overdue_since_ns(state) is None
+    assert folded.metric("job.executions", **{"job.type": "schedule", "job.execution.result": "success"}) == [1]
+
+
+def test_a_schedule_row_it_cannot_read_is_refused_naming_the_schedule():
+    with pytest.raises(DecodeError, match=r"trigger_type: Field required \(a row of tenant_workflow_schedule\)") as e:
+        DECODE({k: v for k, v in SCHEDULE.items() if k != "trigger_type"})
+    assert e.value.event_id == SCHEDULE["id"]
