@@ -452,6 +452,23 @@ class Runtime:
         quota = {"category": "QuotaExceeded", "message": "Workflow step quota exceeded for current billing period"}
         self._run(run_id, when, node_path=path, status="WAITING", error_json=quota | {"nodePath": path})
 
+    def quota_resumed(self, run_id: str, path: str, when: datetime) -> None:
+        """Its tenant has steps to run again: the runtime's scheduled scan (`workflowQuotaResumeScanHandler`)
+        resolves the quota wait and sets the run RUNNING, leaving the run's `updated_at` as it was."""
+        wait = self.db.execute(
+            "UPDATE workflow_run_waits SET status = 'RESOLVED', resolved_at = %s "
+            "WHERE run_id = %s AND wait_type = 'quota' AND status = 'WAITING' RETURNING wait_id",
+            (when, run_id),
+        ).fetchone()
+        self.db.execute(
+            "UPDATE workflow_runs SET status = 'RUNNING', resume_event_name = NULL, resume_event_payload = NULL, "
+            "resume_error = NULL WHERE run_id = %s AND status = 'WAITING'",
+            (run_id,),
+        )
+        context = {"waitId": str(wait[0]) if wait else None, "resumedBy": "job:workflow-quota-resume-scan"}
+        self.log(run_id, when, "INFO", "Quota wait resolved by scheduled scan", path=path, context=context,
+                 source="worker")  # fmt: skip
+
     def retried(self, run_id: str, path: str, when: datetime, reason: str) -> None:
         """A failed run retried by its operator (`retryWorkflowRunAction`): RUNNING again from its failed step,
         which the caller then runs again."""

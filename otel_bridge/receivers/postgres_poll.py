@@ -207,7 +207,8 @@ UNION ALL SELECT {_LOG_ROW}
 """
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
-# at every poll (a task may wait for days), and the rows of a new one once, with its run's row.
+# at every poll (a task may wait for days), and the rows of a new one once, with its run's row, and once
+# more as it leaves them.
 _WAITING = """
 SELECT w.wait_id::text FROM workflow_run_waits w
 WHERE w.wait_type IN ('retry', 'time', 'event', 'human', 'quota') AND w.status = 'WAITING' AND w.created_at >= %(after)s
@@ -434,8 +435,11 @@ class TablePoller:
     def _take_waiting(self, db: psycopg.Connection[Any]) -> None:
         assert self._mark is not None
         waiting = {row[0] for row in db.execute(_WAITING, {"after": self._mark - self._look_back})}
-        if new_waits := sorted(waiting - self._waiting):
-            asked = {"waits": new_waits, **self._settled}
+        # The new ones, and those no longer waiting: the runtime's scan that resumes quota waits resolves them,
+        # and sets their runs RUNNING, without updating the runs' `updated_at` (it would be read at the run's
+        # next change, a Temporal run's re-entry, maybe never).
+        if changed := sorted(waiting ^ self._waiting):
+            asked = {"waits": changed, **self._settled}
             rows = db.execute(_WAITING_ROWS, asked).fetchall()
             self._hand_over([text for wait_row, run_row in rows for text in (run_row, wait_row)])
         self._waiting = waiting

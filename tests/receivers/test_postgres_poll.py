@@ -516,6 +516,31 @@ def test_a_temporal_run_a_catch_block_took_on_is_one_trace_however_its_reads_fel
     assert paused.attributes["workflow.pause.reason"] == "step quota exceeded (100 of 100)"
 
 
+def test_a_quota_wait_the_runtimes_scan_resolves_is_read_as_it_is_though_the_runs_row_is_not_touched(
+    database, tmp_path
+):
+    # The scan sets the run RUNNING without its `updated_at`: the run was shown paused until its next change,
+    # which for a run Temporal drives comes only once the runtime brings it back.
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0), temporal=True)
+    first = runtime.step_started(run, "root.steps[0]", "lookup", at(1), temporal=True)
+    runtime.temporal_step_ended(run, first, "root.steps[0]", at(1), at(2))
+    runtime.quota_paused(run, "root.steps[1]", at(2.1), 100, 100, at(86_400))
+    poller.poll_once()
+    runtime.start_run(at(500))  # other runs go on: the mark moves past the paused run's row
+    poller.poll_once()
+    runtime.quota_resumed(run, "root.steps[1]", at(600))
+    poller.poll_once()
+
+    from otel_bridge.correlate.overview import RunQuery
+
+    listed, _count = recorded.pipeline.list_runs(RunQuery(), now=at(601).timestamp())
+    assert [(r.run_id, r.state) for r in listed if r.run_id == run] == [(run, "executing")]
+    folded = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=None)
+    assert folded.runs[DECODE.state_key(run)].counted_state == "executing"
+
+
 def test_a_schedules_occurrences_are_its_jobs_runs_and_one_that_never_comes_is_overdue(database, tmp_path):
     from otel_bridge.correlate.overview import JobQuery
 
