@@ -256,7 +256,10 @@ class RedisClusterNodes:
         """A node's command on a port free now (its cluster bus, the port + 10000, too), as node `n`
         (a new one when None)."""
         port = free_port()
-        while port + 10_000 > 65_535 or not _free(port + 10_000):
+        # Each port asked for is let go before the next is asked for: the system may give one twice (a CI run
+        # found two nodes on one), and a node started again may be given the port another node holds.
+        taken = {*self.ports, *(p + 10_000 for p in self.ports)}
+        while {port, port + 10_000} & taken or port + 10_000 > 65_535 or not _free(port + 10_000):
             port = free_port()
         if n is None:
             self.ports.append(port)
