@@ -226,7 +226,6 @@ class ScheduleRow(BaseModel):
     trigger_type: Label
     enabled: bool = True
     status: Label = "scheduled"
-    cron: Text | None = None
     next_fire_at: IsoTime | None = None
     last_fire_at: IsoTime | None = None
     last_run_status: Label | None = None
@@ -660,15 +659,17 @@ class RuntimeV2Decoder:
         if row.last_fire_at is not None and (kind := _OCCURRENCES.get(row.last_run_status or "")) is not None:
             # The occurrence's key (the job runner's execution of it) names it: a retried one's end is told too.
             occurrence = row.last_fire_key or iso(row.last_fire_at)
-            failed = row.last_error if kind is JOB_KIND.FAILED else None
+            failed = kind is JOB_KIND.FAILED
             out.append(
                 replace(
                     job,
                     event_id=f"{job.event_id}{occurrence}:{row.last_run_status}",
                     time_ns=ns(row.last_fire_at),
                     kind=kind,
-                    reason=cut(failed, self.options.decode.max_text_chars) if failed else None,
-                    attempt=1 if failed is not None else None,
+                    reason=cut(row.last_error, self.options.decode.max_text_chars)
+                    if failed and row.last_error
+                    else None,
+                    attempt=1 if failed else None,
                 )
             )
         if row.enabled and row.status == "scheduled":
