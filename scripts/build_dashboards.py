@@ -299,7 +299,11 @@ def workflows() -> Board:
 
 
 def jobs() -> Board:
-    b = Board("otel-bridge-jobs", "Jobs", "Continuous, debounce and task jobs converted by otel-bridge.")
+    b = Board(
+        "otel-bridge-jobs",
+        "Jobs",
+        "Continuous, debounce and task jobs, and the runtime v2's schedules, converted by otel-bridge.",
+    )
     b.row("All jobs")
     b.panel(
         "Executions by job and result",
@@ -310,7 +314,8 @@ def jobs() -> Board:
     b.panel(
         "Error rate by job",
         [(f'sum by (job_name) (rate(job_executions_total{{{SEL}, job_execution_result="failure"}}[$__range])) '
-          f"/ sum by (job_name) (rate(job_executions_total{{{SEL}}}[$__range]))", "{{job_name}}")],
+          f'/ sum by (job_name) (rate(job_executions_total{{{SEL}, job_execution_result!="skipped"}}[$__range]))',
+          "{{job_name}}")],
         kind="bargauge", unit="percentunit", width=6,
     )  # fmt: skip
     b.panel(
