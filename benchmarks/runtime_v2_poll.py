@@ -9,6 +9,9 @@ and end too: 12 log lines a run), then the poller reads:
 3. idle again, those runs ended within the overlap (their logs read again, for lines written after
    their row's last update).
 
+With `--schedules N`, the workflow has N schedules too, whose keys every poll reads (the first poll of each
+round, before these, reads their rows).
+
 Each row: the median of `--rounds` reads, the poll's wall time (the database's time, mostly) and the
 bridge's CPU, rows handed over. Side by side in one run: `--runtime-v2-log-level` none (the rows alone
 and the retries' count), warn (the default) and info, and with `--baseline DIR` the poller of another
@@ -60,6 +63,16 @@ INSERT INTO workflow_run_logs (run_id, step_id, step_path, level, message, sourc
 SELECT run_id, step_id, step_path, 'INFO', m, 'runtime',
        CASE WHEN m = 'Step started' THEN started_at ELSE completed_at END
 FROM steps, unnest(ARRAY['Step started', 'Step succeeded']) m
+"""
+
+
+# Schedules of the workflow, each having run once and awaiting its next occurrence.
+_SCHEDULES = """
+INSERT INTO tenant_workflow_schedule (tenant, workflow_id, workflow_version, name, trigger_type, cron, timezone,
+  last_fire_at, last_run_status, last_fire_key, next_fire_at, created_at, updated_at)
+SELECT 'acme', %(workflow)s, 3, 'schedule ' || n, 'recurring', '0 * * * *', 'UTC', %(t0)s::timestamptz,
+  'success', 'workflow-schedule-fire:' || n, %(t0)s::timestamptz + interval '1 hour', %(t0)s, %(t0)s
+FROM generate_series(1, %(schedules)s) n
 """
 
 
@@ -131,6 +144,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200_000)
     parser.add_argument("--changed", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--schedules", type=int, default=0, help="schedules of the workflow, each read at every poll")
     parser.add_argument("--baseline", help="a checkout of the bridge whose poller to measure beside this one")
     parser.add_argument("--measure", nargs=2, metavar=("URL", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,8 +161,11 @@ def main() -> None:
         runtime = Runtime(db)
         started = time.perf_counter()
         db.execute(_BULK, {"workflow": runtime.workflow_id, "t0": T0, "runs": args.runs})
+        db.execute(_SCHEDULES, {"workflow": runtime.workflow_id, "t0": T0, "schedules": args.schedules})
         db.execute("ANALYZE")
         print(f"{args.runs:,} finished runs of five steps written in {time.perf_counter() - started:.1f} s")
+        if args.schedules:
+            print(f"{args.schedules:,} schedules of the workflow, each read at every poll (by key and version)")
         here = str(Path(__file__).resolve().parents[1])
         pollers = [("baseline", args.baseline)] if args.baseline else []
         pollers += [(level, here) for level in ("none", "warn", "info")]
