@@ -66,13 +66,13 @@ FROM steps, unnest(ARRAY['Step started', 'Step succeeded']) m
 """
 
 
-# Schedules of the workflow, each having run once and awaiting its next occurrence.
+# Schedules of the workflow, each having run once (one a second, before the runs) and awaiting its next occurrence.
 _SCHEDULES = """
 INSERT INTO tenant_workflow_schedule (tenant, workflow_id, workflow_version, name, trigger_type, cron, timezone,
   last_fire_at, last_run_status, last_fire_key, next_fire_at, created_at, updated_at)
-SELECT 'acme', %(workflow)s, 3, 'schedule ' || n, 'recurring', '0 * * * *', 'UTC', %(t0)s::timestamptz,
-  'success', 'workflow-schedule-fire:' || n, %(t0)s::timestamptz + interval '1 hour', %(t0)s, %(t0)s
-FROM generate_series(1, %(schedules)s) n
+SELECT 'acme', %(workflow)s, 3, 'schedule ' || n, 'recurring', '0 * * * *', 'UTC', t, 'success',
+  'workflow-schedule-fire:' || n, t + interval '1 hour', t, t
+FROM (SELECT n, %(t0)s::timestamptz - n * interval '1 s' AS t FROM generate_series(1, %(schedules)s) n) g
 """
 
 
