@@ -74,6 +74,11 @@ TEMPORAL_WORKFLOW_ID: Final = "temporalWorkflowID"
 TEMPORAL_RUN_ID: Final = "temporalRunID"
 # What started a run (event, schedule, recurring), as its engine names it.
 WORKFLOW_TRIGGER_TYPE: Final = "workflow.trigger.type"
+# The schedule whose occurrence launched a run (the runtime v2's: the job its occurrences are), and the time
+# that occurrence was for.
+WORKFLOW_SCHEDULE_ID: Final = "workflow.schedule.id"
+WORKFLOW_SCHEDULE_NAME: Final = "workflow.schedule.name"
+WORKFLOW_SCHEDULE_OCCURRENCE: Final = "workflow.schedule.occurrence"
 # A line of a run's log (the runtime v2's `workflow_run_logs`), as a span event named by its message.
 WORKFLOW_LOG_LEVEL: Final = "workflow.log.level"
 WORKFLOW_LOG_SOURCE: Final = "workflow.log.source"

@@ -205,7 +205,8 @@ def run_engines_demo(
             skipped = rng.random() < 0.1
             tables.schedule_fired(digest, now, "skipped" if skipped else "success", then=now + every)
             if not skipped:
-                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng)
+                launched_by = (digest, "escalation-digest", now)
+                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng, launched_by)
                 schedule.add([(at, ("tables", write)) for at, write in writes])
                 counts["runtime-v2"] += 1
 

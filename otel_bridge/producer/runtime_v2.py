@@ -55,6 +55,9 @@ CREATE INDEX IF NOT EXISTS idx_workflow_runs_status ON workflow_runs (status);
 ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS engine text;
 ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS temporal_workflow_id text;
 ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS temporal_run_id text;
+-- What launched a run, as its launcher writes it (a schedule's occurrence: its id, name and time).
+ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS trigger_metadata_json jsonb;
+ALTER TABLE workflow_runs ADD COLUMN IF NOT EXISTS trigger_fire_key text;
 CREATE TABLE IF NOT EXISTS workflow_run_steps (
   step_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   run_id uuid NOT NULL REFERENCES workflow_runs ON DELETE CASCADE,
@@ -169,19 +172,27 @@ class Runtime:
         payload: dict[str, Any] | None = None,
         parent: str | None = None,
         temporal: bool = False,
+        schedule: tuple[str, str, datetime] | None = None,
     ) -> str:
-        """A run, of a workflow started by an event, or called by the run `parent` (a child workflow); with
-        `temporal`, launched on Temporal (`launchPublishedWorkflowRun`), which the caller then projects."""
+        """A run, of a workflow started by an event, called by the run `parent` (a child workflow), or launched
+        by an occurrence of a `schedule` (its id, name, and the time the occurrence was for), as the scheduled-run
+        handler writes its trigger; with `temporal`, launched on Temporal (`launchPublishedWorkflowRun`), which
+        the caller then projects."""
         run_id = str(uuid.uuid4())
         engine = ("temporal", f"workflow-runtime-v2:run:{run_id}", str(uuid.uuid4())) if temporal else (None,) * 3
+        trigger: tuple[str, str | None, Jsonb | None] = ("event", "TICKET_CREATED", None)
+        if schedule is not None:
+            schedule_id, name, occurrence = schedule
+            said = {"triggerType": "recurring", "scheduleId": schedule_id, "scheduleName": name,
+                    "scheduledFor": occurrence.isoformat(), "firedAt": when.isoformat()}  # fmt: skip
+            trigger = ("recurring", None, Jsonb(said))
         self.db.execute(
             "INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, tenant_id, status, node_path, "
-            "trigger_type, event_type, input_json, parent_run_id, root_run_id, engine, temporal_workflow_id, "
-            "temporal_run_id, started_at, updated_at) "
-            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', 'event', 'TICKET_CREATED', %s, %s, %s, %s, %s, %s, "
-            "%s, %s)",
-            (run_id, self.workflow_id, self.tenant, Jsonb(payload or {"ticketId": "T-1"}), parent, parent, *engine,
-             when, when),
+            "trigger_type, event_type, trigger_metadata_json, input_json, parent_run_id, root_run_id, engine, "
+            "temporal_workflow_id, temporal_run_id, started_at, updated_at) "
+            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, self.workflow_id, self.tenant, *trigger, Jsonb(payload or {"ticketId": "T-1"}), parent, parent,
+             *engine, when, when),
         )  # fmt: skip
         self.log(run_id, when, "INFO", "Run started", context={"workflowVersion": 3})
         return run_id
@@ -625,12 +636,15 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
     return writes
 
 
-def temporal_scenario(runtime: Runtime, now: float, rng: random.Random) -> Scheduled:
+def temporal_scenario(
+    runtime: Runtime, now: float, rng: random.Random, schedule: tuple[str, str, datetime] | None = None
+) -> Scheduled:
     """One ticket escalation as the runtime's Temporal workflow runs it (its only mode since June 2026), its
     writes due at their times: the lookup in a try block, its call retried within the step after a 503 one
     time in four; one time in eight the ticket is not found and the catch block tells its owner; a manager's
     approval — a task or an event, the run left RUNNING meanwhile (the workflow projects its waits without
-    its run) —, and a notification. One in ten is cancelled while it waits."""
+    its run) —, and a notification. One in ten is cancelled while it waits. Launched by an occurrence of a
+    `schedule` (its id, name and the occurrence's time) when given."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     then = _due_in_turn(writes, now)
@@ -648,10 +662,8 @@ def temporal_scenario(runtime: Runtime, now: float, rng: random.Random) -> Sched
             call=runtime.action_called(run["id"], run["path"], action, run["began"], when, error, temporal=True)
         )
 
-    then(
-        0,
-        lambda when: run.update(id=runtime.start_run(when, {"ticketId": f"T-{rng.randint(1, 99_999)}"}, temporal=True)),
-    )
+    ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
+    then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=True, schedule=schedule)))
     then(rng.randint(20, 120), started("root.steps[0]", "tryLookup"))
     then(2, ended())  # a control.tryCatch step: its try block next
     then(3, started("root.steps[0].try.steps[0]", "lookupTicket"))

@@ -91,10 +91,21 @@ def _execution(row: str, at: str) -> str:
 
 _GIVEN_RUNS = _asked("SELECT unnest(%(runs)s::uuid[])")
 
-# A run's row, with its workflow's name, its retries and when the latest was asked for, and for one its
-# operator cancelled, the reason they gave (in its log: the run's cancel action writes it a moment after).
+# The schedule whose occurrence launched a run, from what its launch wrote of it (its trigger's metadata, a
+# payload otherwise not read; read through the row's JSON: older schemas have no such column).
+_LAUNCHED_BY = ", ".join(
+    f"'{field}', to_jsonb(r)->'trigger_metadata_json'->>'{key}'"
+    for field, key in (
+        ("schedule_id", "scheduleId"),
+        ("schedule_name", "scheduleName"),
+        ("scheduled_for", "scheduledFor"),
+    )
+)
+# A run's row, with its workflow's name, its retries and when the latest was asked for, the schedule that
+# launched it, and for one its operator cancelled, the reason they gave (in its log: the run's cancel action
+# writes it a moment after).
 _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
-          'workflow_name', d.name, 'retries', {_retries("r", "'infinity'")}, 'retried_at', (
+          'workflow_name', d.name, 'retries', {_retries("r", "'infinity'")}, {_LAUNCHED_BY}, 'retried_at', (
             SELECT max(t) FROM retried q, unnest(q.asked) t WHERE q.run_id = r.run_id),
           'cancel_reason', CASE WHEN r.status = 'CANCELED' THEN (
             SELECT l.context_json->>'reason' FROM workflow_run_logs l

@@ -124,9 +124,13 @@ class RunRow(_Row):
     # Temporal's ids of the run, once the runtime launched it there (not a child run's).
     temporal_workflow_id: Text | None = None
     temporal_run_id: Text | None = None
-    # Joined: when its operator asked for its latest retry; why they cancelled it.
+    # Joined: when its operator asked for its latest retry; why they cancelled it; the schedule whose occurrence
+    # launched it, and the time that occurrence was for.
     retried_at: IsoTime | None = None
     cancel_reason: Text | None = None
+    schedule_id: Text | None = None
+    schedule_name: Text | None = None
+    scheduled_for: Text | None = None
 
     json_columns = field_validator("input_json", "error_json", mode="before")(_json_column)
 
@@ -374,6 +378,9 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
                     c.TEMPORAL_WORKFLOW_ID: row.temporal_workflow_id,
                     c.TEMPORAL_RUN_ID: row.temporal_run_id,
+                    c.WORKFLOW_SCHEDULE_ID: row.schedule_id,
+                    c.WORKFLOW_SCHEDULE_NAME: row.schedule_name,
+                    c.WORKFLOW_SCHEDULE_OCCURRENCE: row.scheduled_for,
                 }
             ),
         )
@@ -695,7 +702,8 @@ class RuntimeV2Decoder:
             return None
         limit = self.options.decode.max_text_chars
         message = value.get("message")
-        kind = value.get("category") or value.get("name") or value.get("code")
+        # A launch that failed says so by its stage (its input failed validation, Temporal was out of reach).
+        kind = value.get("category") or value.get("name") or value.get("code") or value.get("stage")
         step = value.get("nodePath")
         return ErrorInfo(
             message=cut(str(message) if message not in (None, "") else "step failed", limit),

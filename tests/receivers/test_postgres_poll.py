@@ -551,6 +551,7 @@ def test_a_schedules_occurrences_are_its_jobs_runs_and_one_that_never_comes_is_o
     kickoff = runtime.schedule("Quarterly kickoff", at(0))  # once, at once
     paused = runtime.schedule("Weekly report", at(0), every)
     poller.poll_once()
+    launched = runtime.start_run(at(300), temporal=True, schedule=(nightly, "Nightly digest", at(300)))
     runtime.schedule_fired(nightly, at(300), then=at(600))
     runtime.schedule_fired(nightly, at(600), "error", "workflow version 3 is not published", then=at(900))
     runtime.schedule_fired(kickoff, at(1))
@@ -566,7 +567,11 @@ def test_a_schedules_occurrences_are_its_jobs_runs_and_one_that_never_comes_is_o
     late = at(900 + 301).timestamp()  # past the default grace (300 s): the occurrence at 900 never came
     (overdue,), _count = pipeline.list_jobs(JobQuery(overdue=True), now=late)
     assert (overdue.name, overdue.due_ns, overdue.overdue_ns) == ("Nightly digest", _ns(at(900)), 301 * 10**9)
-    # The runs the schedule launched are traces of their own; its failure names why it launched none.
+    # The runs the schedule launched are traces of their own, which name it; its failure names why it launched none.
+    (run_row,) = [r for r in recorded.rows if r.get("run_id") == launched and "status" in r and "step_id" not in r]
+    (queued, *_rest) = DECODE(run_row)
+    assert queued.run.attributes["workflow.schedule.id"] == nightly
+    assert queued.run.attributes["workflow.schedule.name"] == "Nightly digest"
     (failed,) = [r for r in recorded.rows if r.get("last_run_status") == "error"]
     assert failed["last_error"] == "workflow version 3 is not published" and "payload_json" not in failed
 

@@ -639,6 +639,25 @@ def test_a_schedule_disabled_or_done_is_awaited_no_more_and_enabled_again_it_is(
     assert folded.metric("job.executions", **{"job.type": "schedule", "job.execution.result": "success"}) == [1]
 
 
+def test_a_run_a_schedules_occurrence_launched_names_the_schedule_and_the_occurrences_time():
+    launched = Run(trigger_type="recurring", event_type=None, schedule_id=SCHEDULE["id"],
+                   schedule_name="Nightly digest", scheduled_for=_at(300), started_at=_at(300.2))  # fmt: skip
+    launched.step("root.steps[0]", "digest", 301, "SUCCEEDED", 302)
+    root = fold_events(launched.ended("SUCCEEDED", 303).rows, decoder=DECODE).root
+    assert root.attributes["workflow.schedule.id"] == SCHEDULE["id"]
+    assert root.attributes["workflow.schedule.name"] == "Nightly digest"
+    assert root.attributes["workflow.schedule.occurrence"] == _at(300)
+
+
+def test_a_run_whose_launch_failed_is_a_failed_root_of_the_launchs_error():
+    # `recordFailedWorkflowRunLaunch`: written FAILED, ended as it is written, with no step.
+    said = {"message": "Workflow payload failed validation", "stage": "launch", "details": {"issues": []}}
+    failed = Run(status="FAILED", completed_at=_at(0), error_json=said)
+    root = fold_events(failed.rows, decoder=DECODE).root
+    assert (root.status, root.status_message) == (SpanStatus.ERROR, "Workflow payload failed validation")
+    assert root.attributes["error.type"] == "launch"
+
+
 def test_a_schedule_row_it_cannot_read_is_refused_naming_the_schedule():
     with pytest.raises(DecodeError, match=r"trigger_type: Field required \(a row of tenant_workflow_schedule\)") as e:
         DECODE({k: v for k, v in SCHEDULE.items() if k != "trigger_type"})
