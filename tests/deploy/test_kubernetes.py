@@ -23,7 +23,10 @@ from otel_bridge.config import Settings, unknown_variables
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE, STATEFUL_SET = yaml.safe_load_all((ROOT / "kubernetes" / "otel-bridge.yaml").read_text())
 (SIDECAR_APP,) = yaml.safe_load_all((ROOT / "kubernetes" / "sidecar.yaml").read_text())
+BACKUP_CLAIM, BACKUP_JOB = yaml.safe_load_all((ROOT / "kubernetes" / "backup-cronjob.yaml").read_text())
 ALONE = STATEFUL_SET["spec"]["template"]["spec"]["containers"][0]
+BACKUP_POD = BACKUP_JOB["spec"]["jobTemplate"]["spec"]["template"]
+(BACKUP,) = BACKUP_POD["spec"]["containers"]
 (SIDECAR,) = SIDECAR_APP["spec"]["template"]["spec"]["initContainers"]
 (APP,) = SIDECAR_APP["spec"]["template"]["spec"]["containers"]
 
@@ -78,10 +81,14 @@ def test_every_bridge_variable_is_a_setting_and_the_settings_are_valid(container
         assert Path(path).parent == folder, "all on the volume, none in the image"
 
 
-@pytest.mark.parametrize("workload", [STATEFUL_SET, SIDECAR_APP], ids=["service", "sidecar"])
-def test_the_pod_runs_as_the_images_user_and_makes_the_volume_its_own(workload):
+# Each workload's pod template.
+PODS = {"service": STATEFUL_SET["spec"]["template"], "sidecar": SIDECAR_APP["spec"]["template"], "backup": BACKUP_POD}
+
+
+@pytest.mark.parametrize("pod", PODS.values(), ids=PODS.keys())
+def test_the_pod_runs_as_the_images_user_and_makes_the_volume_its_own(pod):
     uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1))
-    security = workload["spec"]["template"]["spec"]["securityContext"]
+    security = pod["spec"]["securityContext"]
     assert security == {
         "runAsNonRoot": True,
         "runAsUser": uid,
@@ -131,10 +138,64 @@ def _restricted_problems(pod: dict[str, Any]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("workload", [STATEFUL_SET, SIDECAR_APP], ids=["service", "sidecar"])
-def test_the_pods_are_admitted_where_the_restricted_pod_security_standard_is_enforced(workload):
+@pytest.mark.parametrize("pod", PODS.values(), ids=PODS.keys())
+def test_the_pods_are_admitted_where_the_restricted_pod_security_standard_is_enforced(pod):
     # Without it, a namespace labelled pod-security.kubernetes.io/enforce=restricted refused the pods.
-    assert _restricted_problems(workload["spec"]["template"]["spec"]) == []
+    assert _restricted_problems(pod["spec"]) == []
+
+
+def test_the_backup_job_mounts_the_bridges_own_volume_on_its_node_and_reads_the_state_it_writes(monkeypatch):
+    pod = BACKUP_POD["spec"]
+    (template,) = STATEFUL_SET["spec"]["volumeClaimTemplates"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    # A StatefulSet's claim is named `<template>-<set>-<ordinal>`.
+    assert claims == {"data": f"{template['metadata']['name']}-{STATEFUL_SET['metadata']['name']}-0",
+                      "backups": BACKUP_CLAIM["metadata"]["name"]}  # fmt: skip
+    # ReadWriteOnce: mounted by pods of one node only, the bridge's.
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == STATEFUL_SET["spec"]["template"]["metadata"]["labels"]
+    assert _settings(BACKUP, monkeypatch).state == _settings(ALONE, monkeypatch).state
+    (mounted,) = [m["mountPath"] for m in BACKUP["volumeMounts"] if m["name"] == "data"]
+    (bridges,) = [m["mountPath"] for m in ALONE["volumeMounts"] if m["name"] == "data"]
+    assert mounted == bridges
+    assert BACKUP_JOB["spec"]["concurrencyPolicy"] == "Forbid", "a second copy would replace the one being written"
+
+
+def test_the_backup_jobs_command_copies_a_running_bridges_state_whole(tmp_path, otlp_http, monkeypatch):
+    # The job's arguments and environment, its volumes directories of the test's, beside a real bridge.
+    import sqlite3
+
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    data.mkdir(), backups.mkdir()
+    paths = {m["mountPath"]: str(tmp_path / m["name"]) for m in BACKUP["volumeMounts"] if m["name"] != "tmp"}
+
+    def mapped(value: str) -> str:
+        for mount, there in paths.items():
+            value = value.replace(mount, there)
+        return value
+
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    bridge.env["OTEL_BRIDGE_STATE"] = mapped(_env(BACKUP)["OTEL_BRIDGE_STATE"])
+    run = WorkflowRun("checkout", service="shop", env="production").started().step_started("pay").after(20)
+    try:
+        bridge.start()
+        assert bridge.post(run.events).json()["accepted"] == len(run.events)
+        job = {**bridge.env, **{name: mapped(value) for name, value in _env(BACKUP).items()}}
+        done = subprocess.run(
+            [sys.executable, "-m", "otel_bridge", *(mapped(a) for a in BACKUP["args"])],
+            env=job, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        bridge.close()
+    assert done.returncode == 0, done.stderr
+    (copy,) = backups.iterdir()
+    db = sqlite3.connect(copy)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("SELECT count(*) FROM state").fetchone()[0] == 1, "the open run, whole"
+    db.close()
 
 
 def test_the_restricted_check_finds_what_the_standard_refuses():
