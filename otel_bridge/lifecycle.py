@@ -229,6 +229,7 @@ class JobRecord(Struct, kw_only=True):
     attempt: int | None = None
     # A failure the engine retries (`willRetry`): its attempt is one of a run of retries.
     will_retry: bool = False
+    # Why: a retry exhaustion's, a flush's, a termination's; a failure's error message.
     reason: str | None = None
     trigger: str | None = None
     # When the instance is next to run, as the engine told it: a task's scheduledAt, a debounce's flushAt.

@@ -178,7 +178,9 @@ def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None, w
         overdue = Text(duration(job.overdue_ns / 1e9), style="bold red") if job.overdue_ns is not None else Text("-")
         due = _listed_when(job.due_ns, now_ns) if job.due_ns is not None else ("running" if job.active else "-")
         said = map(_cell, (job.service, job.env, job.name, job.job_type))
-        last_ran = _listed_when(job.last_ran_ns, now_ns)
+        last_ran: Text | str = _listed_when(job.last_ran_ns, now_ns)
+        if job.last_failure is not None:  # its latest run failed: why, under when
+            last_ran = Text.assemble(_cell(str(last_ran)), "\n", _cell(f"failed: {job.last_failure}", "red"))
         rows.append([*said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, last_ran])
     return _fitted(title, names, rows, width, _JOBS_SPARED)
 

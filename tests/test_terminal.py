@@ -214,6 +214,17 @@ def test_a_job_named_with_markup_is_listed_as_named():
     assert "[/red]reminder\\x1b[5m" in text and "\x1b" not in text
 
 
+def test_a_job_whose_latest_run_failed_is_listed_with_why_under_when_it_ran():
+    sync = JobRun("invoiceSync", "continuous").started().after(10).failed(1, will_retry=False)
+    sync.events[-1]["error"]["message"] = "the ledger refused\x1b[2J the invoice"
+    ((key, state),) = fold_events(sync.events, settle_at_ns=None).jobs.items()
+    listed = job_overview(key, state, NOW, 0)
+    assert listed.last_failure == "the ledger refused\x1b[2J the invoice"
+    assert listed.as_dict()["last_failure"] == listed.last_failure  # `--json`, GET /v1/jobs
+    text = " ".join(_written(jobs_table([listed], "1 job instance")).split())
+    assert "failed: the ledger refused\\x1b[2J the invoice" in text and "\x1b" not in text
+
+
 def test_the_applications_own_id_is_shown_above_the_engines_its_control_characters_escaped():
     digest = JobRun("digestMailer", "debounce", job_id="digest-user-7\x1b[2J").debounce_started(flush_in_ms=60_000)
     ((key, state),) = fold_events(digest.events, settle_at_ns=None).jobs.items()

@@ -48,8 +48,10 @@ class JobState(Struct, kw_only=True, omit_defaults=True):
     # When it last succeeded, and when that run began (its end less its durationMs; 0 when not told).
     succeeded_ns: int = 0
     succeeded_from_ns: int = 0
-    # When it last failed: with `succeeded_ns`, job.execution.last_timestamp as it stands after a restart.
+    # When it last failed: with `succeeded_ns`, job.execution.last_timestamp as it stands after a restart;
+    # and why (its error's message, its first `FAILURE_SHOWN` characters): what a listing shows of it.
     failed_ns: int = 0
+    failure: str = ""
     # When the instance is next to run (0: nothing awaited), as the latest told (by its event's time,
     # `due_told_ns`); a run at or after `due_from_ns` is the one awaited. A task's next run is told
     # before the current one's end (task.scheduled, then job.executed), so a run counts for it only from
@@ -90,6 +92,16 @@ def last_runs(state: JobState) -> list[Observation]:
         for at, result in ((state.succeeded_ns, c.RESULT_SUCCESS), (state.failed_ns, c.RESULT_FAILURE))
         if at
     ]
+
+
+# A failure's message kept with the instance, as far as a listing shows it.
+FAILURE_SHOWN = 300
+
+
+def last_failure(state: JobState) -> str | None:
+    """Why its latest run failed, when its latest run did (a success since clears it), or None."""
+    failed = state.failed_ns and state.failed_ns >= state.succeeded_ns
+    return (state.failure or "failed, saying nothing of why") if failed else None
 
 
 # An alarm may fire a little before the time it was set for: a run this much earlier still counts.
@@ -278,7 +290,8 @@ def fold_job(state: JobState | None, record: JobRecord) -> tuple[JobState, list[
             out.append(obs(c.M_JOB_EXECUTIONS, 1, (c.JOB_EXECUTION_RESULT, c.TASK_RESULT_SKIPPED)))
         case JOB_KIND.FAILED:
             out.append(obs(c.M_JOB_EXECUTION_LAST, record.time_ns / 1e9, failure))
-            state.failed_ns = max(state.failed_ns, record.time_ns)
+            if record.time_ns >= state.failed_ns:
+                state.failed_ns, state.failure = record.time_ns, (record.reason or "")[:FAILURE_SHOWN]
         case JOB_KIND.RETRY_EXHAUSTED:
             out.append(obs(c.M_JOB_RETRY_EXHAUSTED, 1, (c.JOB_RETRY_EXHAUSTED_REASON, record.reason or "")))
             end_instance()

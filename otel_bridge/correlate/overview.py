@@ -14,7 +14,7 @@ from typing import Any
 
 from otel_bridge import conventions as c
 from otel_bridge import keys
-from otel_bridge.correlate.jobs import JobState
+from otel_bridge.correlate.jobs import JobState, last_failure
 from otel_bridge.correlate.jobs import overdue_since_ns as job_overdue_since_ns
 from otel_bridge.correlate.runs import RunState
 from otel_bridge.correlate.spans import chained, iso_ns, ns_of_iso
@@ -172,6 +172,8 @@ class JobOverview:
     last_ran_ns: int | None
     # The application's own id of the instance (a durable-effect job's `id`), when told.
     correlation_id: str | None = None
+    # Why its latest run failed, when it did (its error's message; a schedule's launch that failed).
+    last_failure: str | None = None
 
     @property
     def going_on(self) -> bool:
@@ -221,6 +223,7 @@ def job_overview(
         overdue_ns=late if late is not None and late > grace_ns else None,
         last_ran_ns=state.ran_ns or None,
         correlation_id=state.correlation_id or None,
+        last_failure=last_failure(state),
     )
 
 

@@ -96,6 +96,7 @@ class Job(TypedDict):
     overdue_seconds: float | None
     last_ran: str | None
     correlation_id: str | None
+    last_failure: str | None
 
 
 @with_config(_STRICT)

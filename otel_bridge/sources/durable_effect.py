@@ -611,7 +611,12 @@ _JOB_KINDS = {
 # What each job event adds to the record besides what every one carries, by its wire model.
 _JOB_EXTRA: dict[type, Callable[[Any], dict[str, Any]]] = {
     JobExecuted: lambda e: {"duration_ms": e.duration_ms, "count": e.run_count},
-    JobFailed: lambda e: {"count": e.run_count, "attempt": e.attempt, "will_retry": e.will_retry},
+    JobFailed: lambda e: {
+        "count": e.run_count,
+        "attempt": e.attempt,
+        "will_retry": e.will_retry,
+        "reason": e.error.message,
+    },
     JobRetryExhausted: lambda e: {"count": e.attempts, "reason": e.reason},
     JobTerminated: lambda e: {"count": e.run_count, "reason": e.reason},
     DebounceFlushed: lambda e: {"count": e.event_count, "reason": e.reason, "duration_ms": e.duration_ms},

@@ -370,3 +370,20 @@ def test_whether_and_since_when_an_instance_is_overdue_is_the_same_in_any_order_
     due = latest.get("scheduledAt") or latest["flushAt"]
     if told is not None:
         assert told == ns_of({"timestamp": due})
+
+
+def test_an_instance_whose_latest_run_failed_says_why_until_a_run_succeeds():
+    from otel_bridge.correlate.jobs import last_failure
+
+    job = JobRun("invoiceSync", "continuous").started().after(10).failed(1, will_retry=False)
+    (state,) = fold_events(job.events).jobs.values()
+    assert last_failure(state) == "Retry scheduled for attempt 2"  # the builder's error message
+    job.after(60_000).executed(2)
+    (state,) = fold_events(job.events).jobs.values()
+    assert last_failure(state) is None, "its latest run succeeded"
+    # Told late, an older failure does not hide the latest one's message.
+    both = JobRun("invoiceSync", "continuous").started().after(10).failed(1, will_retry=False)
+    both.after(60_000).failed(2, will_retry=False).events[-1]["error"]["message"] = "the ledger refused the invoice"
+    started, older, newer = both.events
+    (state,) = fold_events([started, newer, older]).jobs.values()
+    assert last_failure(state) == "the ledger refused the invoice"
