@@ -423,7 +423,17 @@ class TablePoller:
             if len(keys) < self._page:
                 break
         self._take_waiting(db)
-        self._take_schedules(db)
+        try:
+            self._take_schedules(db)
+        except (
+            psycopg.errors.InsufficientPrivilege,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedColumn,
+        ) as exc:
+            # The right to read them taken back, their table dropped or made otherwise: the runs are followed
+            # all the same (a poll failing on them followed none); asked again at the next connection.
+            log.warning("the runtime v2's schedules are not followed: %s", said(exc))
+            self._scheduling = False
         return changed_runs
 
     def _take_schedules(self, db: psycopg.Connection[Any]) -> None:

@@ -608,6 +608,16 @@ def test_a_database_without_schedules_or_the_right_to_read_them_is_read_as_befor
     reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_runs@")
     assert _poller(reader, Recorded(tmp_path / "a"), tmp_path, {}).poll_once() == 1
     assert "may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule" in caplog.text
+    # The right given, then taken back while the poller reads: its runs are followed all the same.
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("GRANT SELECT ON tenant_workflow_schedule TO otel_bridge_runs")
+    poller = _poller(reader, Recorded(tmp_path / "c"), tmp_path, {})
+    assert poller.poll_once() == 1
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("REVOKE SELECT ON tenant_workflow_schedule FROM otel_bridge_runs")
+        runtime.start_run(at(10))
+    assert poller.poll_once() == 1
+    assert "schedules are not followed: permission denied for table tenant_workflow_schedule" in caplog.text
     with psycopg.connect(database, autocommit=True) as db:
         db.execute("DROP TABLE tenant_workflow_schedule")
-    assert _poller(database, Recorded(tmp_path / "b"), tmp_path, {}).poll_once() == 1
+    assert _poller(database, Recorded(tmp_path / "b"), tmp_path, {}).poll_once() == 2
