@@ -43,10 +43,12 @@ from otel_bridge.state.store import (
     DAMAGED_HELP,
     Checkpointed,
     OnDisk,
+    PagesChecked,
     Replicated,
     Store,
     StoreOpenError,
     WithRisks,
+    damage_met,
     damaged_said,
 )
 from otel_bridge.urls import without_secrets
@@ -61,6 +63,9 @@ log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 60.0
 _CHECKPOINT_EVERY = 1.0
+# How long the read of every page of the state file after a start may take (a state of many GiB takes
+# minutes, while its writes make the log grow): past it, the check stops, and says so.
+_PAGES_CHECKED_WITHIN = 120.0
 # How often the store's risks (its eviction policy, what it keeps on disk) are read again while running.
 _RISKS_EVERY = 60.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
@@ -292,6 +297,8 @@ class Bridge:
         self.kept_at_exit = 0
         # What the operator should mend that does not stop batches (told by `/readyz` and the log).
         self.warnings: list[str] = []
+        # A damaged state file the read of every page after the start found (`_check_pages`).
+        self.pages_damage: str | None = None
 
     def _disk_gauges(self, store: OnDisk) -> None:
         # A full disk makes the bridge refuse batches (503), and producers drop a batch after three
@@ -565,6 +572,9 @@ class Bridge:
             thread = threading.Thread(target=target, name=f"otel-bridge-{name}", daemon=True)
             thread.start()
             self._threads[name] = thread
+        if isinstance(self.store, PagesChecked):
+            # Once, apart from the loops (`/healthz` watches theirs): a damaged page nothing has needed yet.
+            threading.Thread(target=self._check_pages, name="otel-bridge-page-check", daemon=True).start()
         self.ready = True
         try:
             waiting = self.store.outbox_depth()
@@ -655,6 +665,8 @@ class Bridge:
             )
         if (damage := self.drain.damage) is not None:
             told.append(f"{damage}; {DAMAGED_HELP}")
+        if (damage := self.pages_damage) is not None and self.pipeline.damage is None and self.drain.damage is None:
+            told.append(f"{damage}, found reading every page after the start (nothing met it yet); {DAMAGED_HELP}")
         return told
 
     def read_risks(self) -> None:
@@ -708,6 +720,23 @@ class Bridge:
         while not self._stop.wait(tick):
             with self.passes.running("settle"):
                 failures.attempt(settle)
+
+    def _check_pages(self) -> None:
+        """Read every page of the state file once after the start (SQLite's `quick_check`), beside the bridge:
+        a page damaged where no event or run has gone yet is told (`at_risk`) before one meets it, when a
+        salvage can be planned (before, `check` alone found it)."""
+        assert isinstance(self.store, PagesChecked)
+        try:
+            found = self.store.pages_damaged(_PAGES_CHECKED_WITHIN)
+        except TimeoutError as exc:
+            log.info("the state file's pages were not all checked after the start: %s", exc)
+            return
+        except Exception:  # a file gone or locked away: what uses it says so
+            log.debug("checking the state file's pages after the start failed", exc_info=True)
+            return
+        if found is not None:
+            self.pages_damage = damage_met(found, self.settings.state)
+            log.error("%s, found reading every page after the start; %s", self.pages_damage, DAMAGED_HELP)
 
     def _checkpoint_loop(self) -> None:
         assert isinstance(self.store, Checkpointed)

@@ -389,3 +389,48 @@ def test_metrics_are_pushed_again_once_the_wait_a_throttling_backend_asked_for_i
         pushing.join(5)
         bridge.store.close()
     assert len(got.throttled_at) == 1  # not once every 100 ms until the wait was over
+
+
+def test_a_damaged_page_nothing_has_needed_yet_is_found_after_the_start_and_told(tmp_path, caplog):
+    # A page of run facts: the start reads the states, not their facts, so nothing met it until an event of
+    # one of those runs came (hours later, maybe), and only `check` found it before.
+    from faults import broken_page, open_runs
+
+    open_runs(tmp_path / "s.db", 300)
+    broken_page(tmp_path / "s.db", "facts")
+    bridge = _bridge(tmp_path)
+    bridge.start(follow=False)
+    try:
+        for _ in range(200):
+            if bridge.pages_damage is not None:
+                break
+            time.sleep(0.05)
+        (told,) = bridge.at_risk()
+    finally:
+        bridge.stop()
+    assert "is damaged" in told and "found reading every page after the start" in told and "salvage-state" in told
+    assert "found reading every page after the start" in caplog.text
+
+
+def test_a_whole_state_file_is_checked_after_the_start_and_nothing_is_told(tmp_path):
+    from faults import open_runs
+
+    open_runs(tmp_path / "s.db", 50)
+    bridge = _bridge(tmp_path)
+    checked = threading.Event()
+    real = bridge.store.pages_damaged
+
+    def pages_damaged(within_seconds: float) -> str | None:
+        try:
+            return real(within_seconds)
+        finally:
+            checked.set()
+
+    bridge.store.pages_damaged = pages_damaged  # type: ignore[method-assign]
+    bridge.start(follow=False)
+    try:
+        assert checked.wait(10)
+        time.sleep(0.1)
+        assert bridge.pages_damage is None and bridge.at_risk() == []
+    finally:
+        bridge.stop()

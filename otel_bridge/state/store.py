@@ -184,6 +184,15 @@ class Checkpointed(Protocol):
 
 
 @runtime_checkable
+class PagesChecked(Protocol):
+    """A store in a file whose every page can be read through beside the bridge (SQLite)."""
+
+    def pages_damaged(self, within_seconds: float) -> str | None:
+        """What a read of every page finds broken, on a connection of its own (the store goes on meanwhile),
+        or None; TimeoutError once `within_seconds` have passed."""
+
+
+@runtime_checkable
 class OnDisk(Protocol):
     """A store kept in files on this machine (SQLite): what it takes of its disk, for the operator."""
 
