@@ -727,7 +727,7 @@ class Bridge:
         salvage can be planned (before, `check` alone found it)."""
         assert isinstance(self.store, PagesChecked)
         try:
-            found = self.store.pages_damaged(_PAGES_CHECKED_WITHIN)
+            found = self.store.damage_found(_PAGES_CHECKED_WITHIN)
         except TimeoutError as exc:
             log.info("the state file's pages were not all checked after the start: %s", exc)
             return

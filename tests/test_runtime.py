@@ -418,15 +418,15 @@ def test_a_whole_state_file_is_checked_after_the_start_and_nothing_is_told(tmp_p
     open_runs(tmp_path / "s.db", 50)
     bridge = _bridge(tmp_path)
     checked = threading.Event()
-    real = bridge.store.pages_damaged
+    real = bridge.store.damage_found
 
-    def pages_damaged(within_seconds: float) -> str | None:
+    def damage_found(within_seconds: float | None = None) -> str | None:
         try:
             return real(within_seconds)
         finally:
             checked.set()
 
-    bridge.store.pages_damaged = pages_damaged  # type: ignore[method-assign]
+    bridge.store.damage_found = damage_found  # type: ignore[method-assign]
     bridge.start(follow=False)
     try:
         assert checked.wait(10)

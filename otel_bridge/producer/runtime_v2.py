@@ -218,10 +218,14 @@ class Runtime:
              source, when),
         )  # fmt: skip
 
-    def _run(self, run_id: str, when: datetime, **columns: Any) -> None:
+    def _update(self, table: str, key: str, row_id: str, **columns: Any) -> None:
+        """Columns of one row of `table` (by its `key`) set as the runtime sets them: a dict a jsonb column's."""
         sets = ", ".join(f"{name} = %s" for name in columns)
         values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
-        self.db.execute(f"UPDATE workflow_runs SET {sets}, updated_at = %s WHERE run_id = %s", (*values, when, run_id))
+        self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = %s", (*values, row_id))
+
+    def _run(self, run_id: str, when: datetime, **columns: Any) -> None:
+        self._update("workflow_runs", "run_id", run_id, **columns, updated_at=when)
 
     def step_started(self, run_id: str, path: str, step: str, when: datetime, temporal: bool = False) -> str:
         """An execution of the step at `path` begins; with `temporal`, as the Temporal projection begins it
@@ -244,9 +248,7 @@ class Runtime:
         return str(row[0])
 
     def _step(self, step_id: str, **columns: Any) -> None:
-        sets = ", ".join(f"{name} = %s" for name in columns)
-        values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
-        self.db.execute(f"UPDATE workflow_run_steps SET {sets} WHERE step_id = %s", (*values, step_id))
+        self._update("workflow_run_steps", "step_id", step_id, **columns)
 
     def action_called(
         self,
@@ -527,11 +529,7 @@ class Runtime:
         self.db.execute("DELETE FROM tenant_workflow_schedule WHERE id = %s", (schedule_id,))
 
     def _schedule(self, schedule_id: str, when: datetime, **columns: Any) -> None:
-        sets = ", ".join(f"{name} = %s" for name in columns)
-        self.db.execute(
-            f"UPDATE tenant_workflow_schedule SET {sets}, updated_at = %s WHERE id = %s",
-            (*columns.values(), when, schedule_id),
-        )
+        self._update("tenant_workflow_schedule", "id", schedule_id, **columns, updated_at=when)
 
 
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)

@@ -89,6 +89,11 @@ def _execution(row: str, at: str) -> str:
     )
 
 
+def _named(row: str) -> str:
+    """What a row of a run or a schedule (`row`) reads its workflow's name (`d.name`) by, after its FROM."""
+    return f"LEFT JOIN workflow_definitions d ON d.workflow_id = {row}.workflow_id"
+
+
 _GIVEN_RUNS = _asked("SELECT unnest(%(runs)s::uuid[])")
 
 # The schedule whose occurrence launched a run, from what its launch wrote of it (its trigger's metadata, a
@@ -111,8 +116,8 @@ _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
             SELECT l.context_json->>'reason' FROM workflow_run_logs l
             WHERE l.run_id = r.run_id AND l.message = '{CANCELED_BY_OPERATOR}'
             ORDER BY l.created_at DESC LIMIT 1) END))::text"""
-# What `_RUN_ROW` reads its workflow's name (`d`) by, after `FROM workflow_runs r`.
-_NAMED = "LEFT JOIN workflow_definitions d ON d.workflow_id = r.workflow_id"
+# What `_RUN_ROW` reads its workflow's name by, after `FROM workflow_runs r`.
+_NAMED = _named("r")
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
 _RUN_KEYS = """
@@ -249,11 +254,11 @@ _OCCURRENCE = ["last_fire_at", "last_run_status", "last_error", "last_fire_key"]
 # What names a schedule's job, kept to tell that it is awaited no more once its row is gone.
 _NAMING = ("id", "workflow_id", "workflow_name", "name", "trigger_type")
 _DELETED = {"enabled": False, "status": "deleted", "next_fire_at": None}
-_SCHEDULES = """
+_SCHEDULES = f"""
 SELECT (to_jsonb(s) - 'payload_json'
-          - CASE WHEN s.updated_at < %(looked)s THEN %(occurrence)s::text[] ELSE '{}'::text[] END
+          - CASE WHEN s.updated_at < %(looked)s THEN %(occurrence)s::text[] ELSE '{{}}'::text[] END
         || jsonb_build_object('workflow_name', d.name))::text
-FROM tenant_workflow_schedule s LEFT JOIN workflow_definitions d ON d.workflow_id = s.workflow_id
+FROM tenant_workflow_schedule s {_named("s")}
 WHERE s.id = ANY(%(ids)s::uuid[])
 """
 

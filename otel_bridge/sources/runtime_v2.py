@@ -95,9 +95,13 @@ def _json_column(value: Any) -> Any:
     return value
 
 
-class _Row(BaseModel):
+class _TableRow(BaseModel):
+    """A row of one of the runtime's tables, as `to_jsonb` writes it: the columns the bridge reads."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+
+class _Row(_TableRow):
     run_id: Identity
     # Joined: how many retries of the failed run its operator asked for before the row was written.
     retries: Attempts = 0
@@ -217,11 +221,9 @@ class LogRow(_Row):
     json_columns = field_validator("context_json", "failed_error", mode="before")(_json_column)
 
 
-class ScheduleRow(BaseModel):
+class ScheduleRow(_TableRow):
     """A row of `tenant_workflow_schedule`: a workflow's schedule (cron, or once at a time), as the runtime's
     scheduled-run handler last wrote it at an occurrence, with its workflow's name when joined."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: Identity
     workflow_id: Identity
@@ -317,29 +319,27 @@ class RuntimeV2Decoder:
 
     def __init__(self, options: RuntimeV2Options | None = None) -> None:
         self.options = options or RuntimeV2Options()
-        # Each table's row model, and what its rows tell.
-        self._tables: dict[str, tuple[type[BaseModel], Callable[[Any], Sequence[LifecycleRecord]]]] = {
-            "workflow_runs": (RunRow, self._run),
-            "workflow_run_steps": (StepRow, self._step),
-            "workflow_run_waits": (WaitRow, self._wait),
-            "workflow_action_invocations": (ActionRow, self._action),
-            "workflow_run_logs": (LogRow, self._log),
-            "tenant_workflow_schedule": (ScheduleRow, self._schedule),
+        # Each table's row model, what its rows tell, and the column that names a row it cannot read.
+        self._tables: dict[str, tuple[type[_TableRow], Callable[[Any], Sequence[LifecycleRecord]], str]] = {
+            "workflow_runs": (RunRow, self._run, "run_id"),
+            "workflow_run_steps": (StepRow, self._step, "run_id"),
+            "workflow_run_waits": (WaitRow, self._wait, "run_id"),
+            "workflow_action_invocations": (ActionRow, self._action, "run_id"),
+            "workflow_run_logs": (LogRow, self._log, "run_id"),
+            "tenant_workflow_schedule": (ScheduleRow, self._schedule, "id"),
         }
         # A log line's context is the runtime's own, redacted by it for its run's page: shown as JSON.
         self._context = self.options.decode.model_copy(update={"capture_input": True})
 
     def __call__(self, raw: Any) -> Sequence[LifecycleRecord]:
         table = table_of(raw)
-        model, told = self._tables[table]
+        model, told, key = self._tables[table]
         try:
             row = model.model_validate(raw)
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])
-            raise DecodeError(where, f"{reason(error)} (a row of {table})").of(
-                raw, _KEYS.get(table, "run_id")
-            ) from None
+            raise DecodeError(where, f"{reason(error)} (a row of {table})").of(raw, key) from None
         return told(row)
 
     def state_key(self, run_id: str) -> str:
@@ -713,8 +713,6 @@ class RuntimeV2Decoder:
         )
 
 
-# A row's key, where it is not its run's: what names a row that cannot be read.
-_KEYS = {"tenant_workflow_schedule": "id"}
 # What a schedule's occurrence was, by the status its handler wrote of it (`last_run_status`).
 _OCCURRENCES = {"success": JOB_KIND.EXECUTED, "error": JOB_KIND.FAILED, "skipped": JOB_KIND.SKIPPED}
 

@@ -466,23 +466,19 @@ class SqliteStore:
             "still sent, batches are taken again once the disk has room"
         )
 
-    def pages_damaged(self, within_seconds: float) -> str | None:
-        """As `damage_found`, on a connection of its own, read-only: the store is not held meanwhile (its
-        writes go on, WAL; the check reads the file as it was as it began). None too for a store in memory."""
-        if self._checkpoint_path is None:
+    def damage_found(self, within_seconds: float | None = None) -> str | None:
+        """What SQLite's check of every page finds broken (`PRAGMA quick_check`: it reads the whole file, a
+        few seconds a GiB), or None when it finds nothing (or nothing is on disk: a store in memory). On a
+        connection of its own, read-only: the store is not held meanwhile (its writes go on, WAL; the check
+        reads the file as it was as it began). Never on the hot path. `within_seconds`: TimeoutError once that
+        long has passed."""
+        if self.path == ":memory:":
             return None
-        db = sqlite3.connect(f"file:{self._checkpoint_path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
         try:
             return quick_check(db, within_seconds)
         finally:
             db.close()
-
-    def damage_found(self, within_seconds: float | None = None) -> str | None:
-        """What SQLite's check of every page finds broken (`PRAGMA quick_check`: it reads the whole file, a
-        few seconds a GiB), or None when it finds nothing: for `check`, never on the hot path.
-        `within_seconds`: TimeoutError once that long has passed."""
-        with self._lock:
-            return quick_check(self._db, within_seconds)
 
     def confirm(self) -> None:
         pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk

@@ -187,7 +187,7 @@ class Checkpointed(Protocol):
 class PagesChecked(Protocol):
     """A store in a file whose every page can be read through beside the bridge (SQLite)."""
 
-    def pages_damaged(self, within_seconds: float) -> str | None:
+    def damage_found(self, within_seconds: float | None = None) -> str | None:
         """What a read of every page finds broken, on a connection of its own (the store goes on meanwhile),
         or None; TimeoutError once `within_seconds` have passed."""
 
