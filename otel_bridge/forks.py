@@ -2,10 +2,11 @@
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 def after_fork_in_child(method: Callable[[], None]) -> None:
@@ -18,7 +19,44 @@ def after_fork_in_child(method: Callable[[], None]) -> None:
     _in_child.add(method)
 
 
-def held_across_fork(locks: Callable[[], list[threading.Lock]], timeout: float) -> None:
+class Lock(Protocol):
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class GivenUpToFork:
+    """A lock held through one long SQLite call (a check of every page: seconds a GiB) that its holder gives
+    up when a fork wants it: `wanted` turns true, the call is cut short (its progress handler), and the
+    holder takes it again once the fork is done, then starts over. Forks alone wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._forks = 0  # waiting: forks are one at a time, so only one thread ever counts
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self._forks += 1
+        try:
+            return self._lock.acquire(blocking, timeout)
+        finally:
+            self._forks -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def wanted(self) -> bool:
+        return self._forks > 0
+
+    def __enter__(self) -> None:
+        while self._forks:  # the holder that gave way lets the fork take it first
+            time.sleep(0.001)
+        self._lock.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lock.release()
+
+
+def held_across_fork(locks: Callable[[], list[Lock]], timeout: float) -> None:
     """Hold the locks the bound method `locks` names while the process forks, for as long as its object lives.
 
     A thread inside SQLite when another forks may hold one of SQLite's own process-wide mutexes (its
@@ -63,7 +101,7 @@ class _Registry:
 
 _in_child = _Registry()
 _held = _Registry()
-_taken: list[threading.Lock] = []  # forks are one at a time: CPython holds its import lock across them
+_taken: list[Lock] = []  # forks are one at a time: CPython holds its import lock across them
 
 
 def _start_afresh() -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from otel_bridge.forks import after_fork_in_child, held_across_fork
+from otel_bridge.forks import GivenUpToFork, Lock, after_fork_in_child, held_across_fork
 from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve, mounts
 from otel_bridge.state.disk_reserve import DiskReserve
@@ -101,23 +101,34 @@ def damaged(exc: BaseException) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_CORRUPT
 
 
-def quick_check(db: sqlite3.Connection, within_seconds: float | None = None) -> str | None:
+class GaveWay(Exception):
+    """A check of every page cut short for a fork (`quick_check`'s `give_way`)."""
+
+
+def quick_check(
+    db: sqlite3.Connection, within_seconds: float | None = None, give_way: Callable[[], bool] | None = None
+) -> str | None:
     """What SQLite's check of every page of `db` finds broken (its first three findings), or None.
-    `within_seconds`: TimeoutError once that long has passed (a file of many GiB takes minutes)."""
-    if within_seconds is not None:
-        deadline = time.monotonic() + within_seconds
-        db.set_progress_handler(lambda: time.monotonic() > deadline, 1_000)
+    `within_seconds`: TimeoutError once that long has passed (a file of many GiB takes minutes).
+    `give_way`: GaveWay, the check cut short, once it turns true."""
+    deadline = None if within_seconds is None else time.monotonic() + within_seconds
+    if deadline is not None or give_way is not None:
+        db.set_progress_handler(
+            lambda: (give_way is not None and give_way()) or (deadline is not None and time.monotonic() > deadline),
+            1_000,
+        )
     try:
         rows = [str(row) for (row,) in db.execute("PRAGMA quick_check(3)")]
     except sqlite3.OperationalError as exc:
-        if within_seconds is not None and "interrupted" in str(exc):
+        if "interrupted" in str(exc) and give_way is not None and give_way():
+            raise GaveWay() from None
+        if "interrupted" in str(exc) and within_seconds is not None:
             raise TimeoutError(f"not every page checked within {within_seconds:g} s") from None
         return str(exc)
     except sqlite3.DatabaseError as exc:  # too broken to be walked at all
         return str(exc)
     finally:
-        if within_seconds is not None:
-            db.set_progress_handler(None, 0)
+        db.set_progress_handler(None, 0)
     # Its first row opens with which database ("*** in database main ***"), and rows hold several lines.
     found = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
     return None if found == ["ok"] else "; ".join(found[:3])
@@ -397,6 +408,7 @@ class SqliteStore:
         self._checkpointed = 0
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
+        self._checking = GivenUpToFork()  # the check of every page (`damage_found`)
         # Threads waiting to begin a transaction: a long one (settling) gives way when there are any.
         self._waiting = 0
         self._waiting_lock = threading.Lock()
@@ -421,9 +433,9 @@ class SqliteStore:
         after_fork_in_child(self._forked)
         held_across_fork(self._guards, timeout=lock_timeout_seconds)
 
-    def _guards(self) -> list[threading.Lock]:
+    def _guards(self) -> list[Lock]:
         """The locks every SQLite call of this store is made under."""
-        return [self._lock, self._checkpoint_lock]
+        return [self._lock, self._checkpoint_lock, self._checking]
 
     def _forked(self) -> None:
         # One bridge per file: a child process holds no claim on it. Its copy of the lock's file
@@ -474,11 +486,19 @@ class SqliteStore:
         long has passed."""
         if self.path == ":memory:":
             return None
-        db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
-        try:
-            return quick_check(db, within_seconds)
-        finally:
-            db.close()
+        deadline = None if within_seconds is None else time.monotonic() + within_seconds
+        while True:
+            # Its SQLite calls take SQLite's process-wide mutexes: one held as another thread forks would be
+            # held for ever in the child (`held_across_fork`). So the check gives way to a fork, and starts over.
+            with self._checking:
+                db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
+                try:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    return quick_check(db, left, give_way=self._checking.wanted)
+                except GaveWay:
+                    pass
+                finally:
+                    db.close()
 
     def confirm(self) -> None:
         pass  # a commit is as kept as it gets here (`durability`): in the log, or synced to the disk

@@ -309,6 +309,31 @@ def test_a_fork_waits_for_the_sqlite_stores_transaction_in_flight_to_end(tmp_pat
     store.close()
 
 
+def test_a_fork_cuts_short_the_check_of_every_page_under_way_which_then_starts_over(tmp_path):
+    # The check after a start reads the file on a thread of its own, and SQLite takes its process-wide
+    # mutexes there too: children forked as it ran hung on their first SQLite call (a sixth of them).
+    store = SqliteStore(tmp_path / "s.db")
+    store.run(lambda tx: [tx.save(f"run-{n}", b"x" * 2000, None) for n in range(2000)])
+    found: list[str | None] = []
+    stop = threading.Event()
+
+    def check_again_and_again() -> None:
+        while not stop.is_set():
+            found.append(store.damage_found())
+
+    checking = threading.Thread(target=check_again_and_again)
+    checking.start()
+    try:
+        for _ in range(12):
+            time.sleep(0.01)
+            assert _in_child(lambda: sqlite3.connect(":memory:").execute("SELECT 1").fetchone()[0], 10) == 1
+    finally:
+        stop.set()
+        checking.join(30)
+    assert found and set(found) == {None}  # each check, started over after a fork, read every page
+    store.close()
+
+
 _MULTIPROCESSING = """
 import json, multiprocessing, sys
 from otel_bridge.tracker import HttpBatchTracker, OtelTracker
