@@ -43,6 +43,8 @@ from otel_bridge.urls import without_secrets
 log = logging.getLogger(__name__)
 
 _BOOKMARK = "runtime-v2 runs updated_at"
+# The schedules read, what names each (JSON): one deleted while no bridge read the tables is ended at the next start.
+_SCHEDULES_KNOWN = "runtime-v2 schedules read"
 # What the poller reads (and `check` looks for).
 TABLES = (
     "workflow_runs",
@@ -263,6 +265,18 @@ WHERE s.id = ANY(%(ids)s::uuid[])
 """
 
 
+def _recalled_names(kept: bytes | None) -> dict[str, dict[str, Any]]:
+    """The schedules read before, by id, as `_take_schedules` kept them; none when none were, or what was kept
+    does not read (an older bridge's, a damaged value: their deletions while no bridge read go untold)."""
+    try:
+        names = orjson.loads(kept) if kept else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(names, dict):
+        return {}
+    return {id_: value for id_, value in names.items() if isinstance(value, dict) and value.get("id") == id_}
+
+
 def _now(db: psycopg.Connection[Any]) -> str:
     """The database's time, as it writes a timestamptz in JSON."""
     now = db.execute("SELECT to_jsonb(now())::text").fetchone()
@@ -452,6 +466,11 @@ class TablePoller:
                 )
         if not self._scheduling:
             return
+        if self._schedules_mark is None and not self._schedule_versions:
+            # The first read here: those read before (by this bridge before its restart, or the replica that
+            # read the tables) are compared with the table as the read finds it, as if read with no version.
+            self._schedule_names = _recalled_names(self._recall(_SCHEDULES_KNOWN))
+            self._schedule_versions = dict.fromkeys(self._schedule_names, "")
         changed, gone = self._schedule_changes(db)
         # A schedule deleted (with its workflow, or by its operator) is awaited no more.
         deleted = [self._schedule_names[id_] for id_ in gone if id_ in self._schedule_names]
@@ -467,7 +486,11 @@ class TablePoller:
             self._schedule_versions.pop(id_, None)
             self._schedule_names.pop(id_, None)
         self._schedule_versions.update(changed)
-        self._schedule_names.update((row["id"], {name: row.get(name) for name in _NAMING}) for row in fetched)
+        named = {row["id"]: {name: row.get(name) for name in _NAMING} for row in fetched}
+        renamed = [id_ for id_, names in named.items() if self._schedule_names.get(id_) != names]
+        self._schedule_names.update(named)
+        if gone or renamed:  # kept as the set or a name changes: a schedule made, renamed or deleted
+            self._note(_SCHEDULES_KNOWN, orjson.dumps(self._schedule_names))
 
     def _schedule_changes(self, db: psycopg.Connection[Any]) -> tuple[dict[str, str], list[str]]:
         """The schedules whose row changed since read (their new version), and those gone: of those written

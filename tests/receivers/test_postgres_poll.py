@@ -580,6 +580,25 @@ def test_a_schedules_occurrences_are_its_jobs_runs_and_one_that_never_comes_is_o
     assert pipeline.list_jobs(JobQuery(overdue=True), now=late)[0] == []
 
 
+def test_a_schedule_deleted_while_no_bridge_read_the_tables_is_awaited_no_more_from_the_next_start(database, tmp_path):
+    # Deleted meanwhile, its row was gone from the table the next start read: it stayed awaited, and overdue.
+    from otel_bridge.correlate.overview import JobQuery
+
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    every = timedelta(minutes=5)
+    nightly = runtime.schedule("Nightly digest", at(0), every)
+    weekly = runtime.schedule("Weekly report", at(0), every)
+    _poller(database, recorded, tmp_path, marks).poll_once()
+    runtime.schedule_deleted(nightly)  # the bridge stopped meanwhile
+    _poller(database, recorded, tmp_path, marks).poll_once()
+    jobs, _count = recorded.pipeline.list_jobs(JobQuery(), now=at(301).timestamp())
+    assert [j.name for j in jobs] == ["Weekly report"]
+    marks["runtime-v2 schedules read"] = b"not what a bridge keeps"  # unreadable: read as if none were kept
+    runtime.schedule_deleted(weekly)
+    _poller(database, recorded, tmp_path, marks).poll_once()
+    assert [j.name for j in recorded.pipeline.list_jobs(JobQuery(), now=at(301).timestamp())[0]] == ["Weekly report"]
+
+
 def test_a_schedule_last_written_before_the_bridge_looked_tells_its_next_occurrence_not_its_last(database, tmp_path):
     # Its last occurrence is history the bridge did not follow: counted at every start whose seen ids had
     # forgotten it, it would be one execution counted again and again.
