@@ -21,6 +21,7 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
+from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
@@ -283,7 +284,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
         return Finding("runtime v2", None, "not followed (--runtime-v2-url)")
     import psycopg
 
-    from otel_bridge.receivers.postgres_poll import SCHEDULES_KEPT, said
+    from otel_bridge.receivers.postgres_poll import EVENTS_KEPT, SCHEDULES_KEPT, said
     from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
 
     where = without_secrets(settings.runtime_v2_url)
@@ -305,7 +306,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
             stranded = _one(db, _NOT_BEGUN)
-            schedules = _schedules(db, _one(db, SCHEDULES_KEPT))
+            schedules = _schedules(db, _one(db, SCHEDULES_KEPT)) + _events(db, _one(db, EVENTS_KEPT))
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _UPDATED_AT_INDEXED)
     except psycopg.Error as exc:
@@ -324,13 +325,36 @@ def _schedules(db: "psycopg.Connection[Any]", readable: bool | None) -> str:
     if readable is None:
         return ""
     if not readable:
-        user = _one(db, "SELECT current_user")
-        return f"; may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule TO {user})"
+        return _may_not_read(db, "tenant_workflow_schedule")
     awaited, late = db.execute(_SCHEDULES_LATE).fetchone() or (0, 0)
     if not awaited:
         return ""
     missed = f", {late:,} past it by over a minute (their job runner lost them?)" if late else ""
     return f"; {awaited:,} schedules awaiting their next occurrence{missed}"
+
+
+def _events(db: "psycopg.Connection[Any]", readable: bool | None) -> str:
+    """What `check` says of the events the runtime took in within the hour, and of those not delivered."""
+    if readable is None:
+        return ""
+    if not readable:
+        return _may_not_read(db, "workflow_runtime_events")
+    taken, failed = db.execute(_EVENTS_TAKEN).fetchone() or (0, 0)
+    undelivered = f", {failed:,} not delivered (their error_message says why)" if failed else ""
+    return f"; {taken:,} events taken in within the hour{undelivered}" if taken else ""
+
+
+def _may_not_read(db: "psycopg.Connection[Any]", table: str) -> str:
+    return f"; may not read {table} (GRANT SELECT ON {table} TO {_one(db, 'SELECT current_user')})"
+
+
+# The events of the last hour, by the runtime's index on created_at, and those not delivered (as the bridge
+# counts them: sources/runtime_v2.py); read through the row's JSON, which older schemas write without it.
+_EVENTS_TAKEN = f"""
+SELECT count(*), count(*) FILTER (
+  WHERE to_jsonb(e)->>'error_message' <> '' AND to_jsonb(e)->>'error_message' NOT LIKE '{NO_CORRELATION_KEY}%')
+FROM workflow_runtime_events e WHERE e.created_at > now() - interval '1 hour'
+"""
 
 
 # Runs RUNNING a minute after they were launched with no step yet, by the index on status and the steps' on run_id.

@@ -364,7 +364,9 @@ def test_the_runs_no_worker_has_begun_are_counted_by_the_check(database):
     )
 
 
-def test_the_schedules_past_their_next_occurrence_are_counted_and_one_not_readable_is_told(database):
+def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_are_counted_and_an_unreadable_table_told(
+    database,
+):
     import psycopg
 
     db = psycopg.connect(database, autocommit=True)
@@ -378,11 +380,23 @@ def test_the_schedules_past_their_next_occurrence_are_counted_and_one_not_readab
         "; 2 schedules awaiting their next occurrence, 1 past it by over a minute (their job runner lost them?)"
         in detail
     )
+    # The events of the hour, and those not delivered: an event with no correlation key is not one.
+    run = runtime.start_run(now)
+    runtime.event_taken("TICKET_CREATED", now, started=run)
+    runtime.event_taken("TICKET_UPDATED", now, key=None)
+    runtime.event_taken("TICKET_CREATED", now, error="Failed to launch Temporal workflow for workflow w: down")
+    runtime.event_taken("TICKET_CREATED", now - timedelta(hours=2))
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert "; 3 events taken in within the hour, 1 not delivered (their error_message says why)" in detail
     db.execute("DROP ROLE IF EXISTS otel_bridge_schedules; CREATE ROLE otel_bridge_schedules LOGIN")
     db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_schedules")
     reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_schedules@")
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
     assert ok is True and (
         "; may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule TO otel_bridge_schedules)"
+        in detail
+    )
+    assert (
+        "; may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO otel_bridge_schedules)"
         in detail
     )

@@ -150,6 +150,24 @@ CREATE TABLE IF NOT EXISTS tenant_workflow_schedule (
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- The events the runtime took in, as its migrations leave the table: its event worker writes an event's row as
+-- it takes it, then the run it started or resumed and what failed.
+CREATE TABLE IF NOT EXISTS workflow_runtime_events (
+  event_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  tenant text,
+  event_name text NOT NULL,
+  correlation_key text,
+  payload jsonb,
+  payload_schema_ref text,
+  schema_ref_conflict jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  processed_at timestamptz,
+  matched_run_id uuid,
+  matched_wait_id uuid,
+  matched_step_path text,
+  error_message text
+);
+CREATE INDEX IF NOT EXISTS idx_workflow_runtime_events_created_at ON workflow_runtime_events (created_at);
 """
 
 
@@ -489,6 +507,39 @@ class Runtime:
         context = {"reason": reason, "nodePath": path}
         self.log(run_id, when, "INFO", "Run retry requested", context=context, source="api")
 
+    def event_taken(
+        self,
+        name: str,
+        when: datetime | None,
+        key: str | None = "T-1",
+        started: str | None = None,
+        resumed: tuple[str, str] | None = None,
+        error: str | None = None,
+    ) -> str:
+        """An event the event worker takes in (`WorkflowRuntimeV2EventStreamWorker.processEvent`), at `when` (None:
+        the database's now): its row, written as it takes it, then the run it `started`, or the run and step
+        whose wait it `resumed`, and the error that came of it (one with no correlation `key` is refused so);
+        its id."""
+        event_id = str(uuid.uuid4())
+        self.db.execute(
+            "INSERT INTO workflow_runtime_events (event_id, tenant, event_name, correlation_key, payload, "
+            "created_at, processed_at) VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()), coalesce(%s, now()))",
+            (event_id, self.tenant, name, key, Jsonb({"ticketId": key}), when, when),
+        )
+        if error is None and key is None:
+            error = (
+                "Missing workflow correlation key (no explicit key and no configured derivation path produced a value)"
+            )
+        matched = resumed[0] if resumed is not None else started
+        if matched is not None:
+            step = resumed[1] if resumed is not None else None
+            self._update(
+                "workflow_runtime_events", "event_id", event_id, matched_run_id=matched, matched_step_path=step
+            )
+        if error is not None:
+            self._update("workflow_runtime_events", "event_id", event_id, error_message=error)
+        return event_id
+
     def schedule(self, name: str, when: datetime, every: timedelta | None = None) -> str:
         """A schedule of this workflow (`createWorkflowScheduleAction`): `every` so long (a cron), or once, `when`
         and its first occurrence `every` later (or at once)."""
@@ -572,6 +623,12 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
 
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=stranded)))
+    then(
+        0,
+        lambda when: run.update(
+            event=runtime.event_taken("TICKET_CREATED", when, ticket["ticketId"], started=run["id"])
+        ),
+    )
     if stranded:
         return writes
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
@@ -624,6 +681,12 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
         then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when, "duplicate ticket"))
         return writes
     then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when))
+    then(
+        0,
+        lambda when: run.update(
+            event=runtime.event_taken(answer, when, ticket["ticketId"], resumed=(run["id"], "root.steps[1]"))
+        ),
+    )
     then(20, started("root.steps[1]", "awaitApproval"))
     then(5, lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[2]"))
     then(10, started("root.steps[2]", "notifyRequester"))
@@ -662,6 +725,13 @@ def temporal_scenario(
 
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=True, schedule=schedule)))
+    if schedule is None:
+        then(
+            0,
+            lambda when: run.update(
+                event=runtime.event_taken("TICKET_CREATED", when, ticket["ticketId"], started=run["id"])
+            ),
+        )
     then(rng.randint(20, 120), started("root.steps[0]", "tryLookup"))
     then(2, ended())  # a control.tryCatch step: its try block next
     then(3, started("root.steps[0].try.steps[0]", "lookupTicket"))
@@ -700,6 +770,12 @@ def temporal_scenario(
         then(5, lambda when: runtime.temporal_run_completed(run["id"], when, "CANCELED"))
         return writes
     then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when, temporal=True))
+    then(
+        0,
+        lambda when: run.update(
+            event=runtime.event_taken(answer, when, ticket["ticketId"], resumed=(run["id"], "root.steps[1]"))
+        ),
+    )
     then(5, ended())
     then(10, started("root.steps[2]", "notifyRequester"))
     then(rng.randint(50, 400), call("email.send"))

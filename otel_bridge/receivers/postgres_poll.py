@@ -213,6 +213,8 @@ WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
 _TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIONS}UNION ALL{_LOGS}"
 _TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
 # Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
+# An event the runtime took in, as its row is, but its payload (the event's data, not shown).
+_EVENT_ROW = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')::text"
 _EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
   FROM workflow_runs r {_NAMED}
 UNION ALL SELECT {_STEP_ROW}
@@ -222,7 +224,9 @@ UNION ALL SELECT {_WAIT_ROW}
 UNION ALL SELECT {_ACTION_ROW}
   FROM workflow_action_invocations a WHERE a.completed_at IS NOT NULL
 UNION ALL SELECT {_LOG_ROW}
-  FROM workflow_run_logs l WHERE {_LOG_TOLD};
+  FROM workflow_run_logs l WHERE {_LOG_TOLD}
+UNION ALL SELECT {_EVENT_ROW}
+  FROM workflow_runtime_events e;
 """
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
@@ -239,14 +243,18 @@ JOIN workflow_runs r ON r.run_id = w.run_id {_NAMED}
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
+
 # The workflows' schedules (an edition of the runtime without them has no such table): the keys and versions
 # of the rows written since the latest read (less the overlap) at every poll, and the rows changed since read,
 # with their workflow's name. A row last written before this process's first mark tells
 # the occurrence it awaits, not the one it last had: that is history the bridge did not follow (counted
 # again after a restart once its event ids were forgotten, it would be an execution counted twice).
 # Whether they are there (null: no) and may be read: without them, or without the right, runs are read as before.
-SCHEDULES_KEPT = """SELECT CASE WHEN to_regclass('tenant_workflow_schedule') IS NOT NULL
-  THEN has_table_privilege('tenant_workflow_schedule', 'SELECT') END"""
+def _kept(table: str) -> str:
+    return f"SELECT CASE WHEN to_regclass('{table}') IS NOT NULL THEN has_table_privilege('{table}', 'SELECT') END"
+
+
+SCHEDULES_KEPT = _kept("tenant_workflow_schedule")
 _SCHEDULE_KEYS = "SELECT s.id::text, s.xmin::text FROM tenant_workflow_schedule s"
 # Those written since a moment; how many there are, and the latest written: all their keys are read only when
 # the count says one is gone (10,000 schedules: 13-18 ms of the bridge's CPU a poll, each key compared).
@@ -275,6 +283,21 @@ def _recalled_names(kept: bytes | None) -> dict[str, dict[str, Any]]:
     if not isinstance(names, dict):
         return {}
     return {id_: value for id_, value in names.items() if isinstance(value, dict) and value.get("id") == id_}
+
+
+# The events the runtime took in (`workflow_runtime_events`): its event worker writes an event's row as it takes
+# it, then, as it goes on, the run it started or resumed and what failed. A row is read once it is `_SETTLED`
+# old, by the runtime's index on `created_at`, from the latest read less the overlap (its workers' clocks):
+# the keys of those written since, and the rows of those not yet handed over, without their payloads.
+EVENTS_KEPT = _kept("workflow_runtime_events")
+_EVENTS_MARK = "runtime-v2 events created_at"
+_SETTLED = timedelta(seconds=30)
+_EVENT_KEYS = """
+SELECT e.created_at, e.event_id::text FROM workflow_runtime_events e
+WHERE (e.created_at, e.event_id) > (%(after)s, %(after_id)s::uuid) AND e.created_at < now() - %(settled)s
+ORDER BY e.created_at, e.event_id LIMIT %(limit)s
+"""
+_EVENTS = f"SELECT {_EVENT_ROW} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
 
 
 def _now(db: psycopg.Connection[Any]) -> str:
@@ -351,15 +374,20 @@ class TablePoller:
         self._seen: dict[str, tuple[datetime, str]] = {}
         # The waits handed over while still waiting (those the last poll found so).
         self._waiting: set[str] = set()
-        # The schedules read (the version of their row, what names them, the latest `updated_at` read), whether
-        # the database has them (None: not asked on this connection yet), and since when their occurrences are
-        # followed (this process's first mark).
+        # The schedules read (the version of their row, what names them, the latest `updated_at` read), and
+        # since when their occurrences are followed (this process's first mark).
         self._schedule_versions: dict[str, str] = {}
         self._schedule_names: dict[str, dict[str, Any]] = {}
         self._schedules_mark: datetime | None = None
-        self._scheduling: bool | None = None
         self._looked: datetime | None = None
         self._mark: datetime | None = start
+        # The events the runtime took in: the latest `created_at` read, and those handed over since it less the
+        # overlap (when each was written).
+        self._events_mark: datetime | None = start
+        self._events_told: dict[str, datetime] = {}
+        # Whether the database has the tables only some editions or versions of the runtime have, and they may
+        # be read (not asked on this connection yet: absent).
+        self._readable: dict[str, bool] = {}
         # Since when (monotonic) the tables are not read, None while they are.
         self.disconnected_since: float | None = time.monotonic()
         self._shown = without_secrets(url)
@@ -378,8 +406,8 @@ class TablePoller:
         leads = self._lease(self._lease_seconds)
         if leads and self.reading is not True:
             log.info("reading the runtime v2's tables for the replicas sharing this state")
-            # Where the one that read them left off: the mark kept with the state, not this replica's.
-            self._mark = None
+            # Where the one that read them left off: the marks kept with the state, not this replica's.
+            self._mark = self._events_mark = None
         elif not leads and self.reading is not False:
             log.info("another replica sharing this state reads the runtime v2's tables: standing by")
             self._seen.clear()
@@ -387,6 +415,7 @@ class TablePoller:
             self._schedule_versions.clear()
             self._schedule_names.clear()
             self._schedules_mark = None
+            self._events_told.clear()
         self.reading = leads
         return leads
 
@@ -394,7 +423,7 @@ class TablePoller:
         if self._db is None or self._db.closed:
             # Autocommit: each poll's reads see what was committed by then, and hold no snapshot between polls.
             self._db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
-            self._scheduling = None
+            self._readable.clear()
         return self._db
 
     def _start_mark(self, db: psycopg.Connection[Any]) -> datetime:
@@ -442,30 +471,40 @@ class TablePoller:
             if len(keys) < self._page:
                 break
         self._take_waiting(db)
-        try:
-            self._take_schedules(db)
-        except (
-            psycopg.errors.InsufficientPrivilege,
-            psycopg.errors.UndefinedTable,
-            psycopg.errors.UndefinedColumn,
-        ) as exc:
-            # The right to read them taken back, their table dropped or made otherwise: the runs are followed
-            # all the same (a poll failing on them followed none); asked again at the next connection.
-            log.warning("the runtime v2's schedules are not followed: %s", said(exc))
-            self._scheduling = False
+        for what, table, take in (
+            ("schedules", "tenant_workflow_schedule", self._take_schedules),
+            ("events taken in", "workflow_runtime_events", self._take_events),
+        ):
+            if not self._reads(db, what, table):
+                continue
+            try:
+                take(db)
+            except (
+                psycopg.errors.InsufficientPrivilege,
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.UndefinedColumn,
+            ) as exc:
+                # The right to read them taken back, their table dropped or made otherwise: the runs are followed
+                # all the same (a poll failing on them followed none); asked again at the next connection.
+                log.warning("the runtime v2's %s are not followed: %s", what, said(exc))
+                self._readable[table] = False
         return changed_runs
 
-    def _take_schedules(self, db: psycopg.Connection[Any]) -> None:
-        if self._scheduling is None:
-            kept = db.execute(SCHEDULES_KEPT).fetchone()
-            self._scheduling = bool(kept and kept[0])
+    def _reads(self, db: psycopg.Connection[Any], what: str, table: str) -> bool:
+        """Whether `table`, which only some editions or versions of the runtime have, is there and may be read."""
+        if table not in self._readable:
+            kept = db.execute(_kept(table)).fetchone()
+            self._readable[table] = bool(kept and kept[0])
             if kept and kept[0] is False:
                 log.warning(
-                    "the runtime v2's schedules are not followed: this user may not read tenant_workflow_schedule "
-                    "(GRANT SELECT ON tenant_workflow_schedule TO it)"
+                    "the runtime v2's %s are not followed: this user may not read %s (GRANT SELECT ON %s TO it)",
+                    what,
+                    table,
+                    table,
                 )
-        if not self._scheduling:
-            return
+        return self._readable[table]
+
+    def _take_schedules(self, db: psycopg.Connection[Any]) -> None:
         if self._schedules_mark is None and not self._schedule_versions:
             # The first read here: those read before (by this bridge before its restart, or the replica that
             # read the tables) are compared with the table as the read finds it, as if read with no version.
@@ -509,6 +548,31 @@ class TablePoller:
         every = dict(db.execute(_SCHEDULE_KEYS).fetchall())
         self._schedules_mark = latest
         return {id_: v for id_, v in every.items() if known.get(id_) != v}, [id_ for id_ in known if id_ not in every]
+
+    def _take_events(self, db: psycopg.Connection[Any]) -> None:
+        """Hand over the events the runtime took in since the latest read (less the overlap), once each, once
+        their rows are `_SETTLED` old: by then the event worker has written what came of each."""
+        if self._events_mark is None:
+            kept = self._recall(_EVENTS_MARK)
+            self._events_mark = datetime.fromisoformat(kept.decode()) if kept else self._start_mark(db)
+        after, after_id = self._events_mark - self._overlap, _FIRST_ID
+        while True:
+            asked = {"after": after, "after_id": after_id, "settled": _SETTLED, "limit": self._page}
+            keys = db.execute(_EVENT_KEYS, asked).fetchall()
+            if not keys:
+                break
+            fresh = {id_: at for at, id_ in keys if id_ not in self._events_told}
+            if fresh:
+                self._hand_over([text for (text,) in db.execute(_EVENTS, {"ids": list(fresh)})])
+                self._events_told.update(fresh)
+            after, after_id = keys[-1]
+            if after > self._events_mark:
+                self._events_mark = after
+                self._note(_EVENTS_MARK, after.isoformat().encode())
+            if len(keys) < self._page:
+                break
+        forgotten = self._events_mark - self._overlap
+        self._events_told = {id_: at for id_, at in self._events_told.items() if at >= forgotten}
 
     def _take_waiting(self, db: psycopg.Connection[Any]) -> None:
         assert self._mark is not None

@@ -240,6 +240,27 @@ class ScheduleRow(_TableRow):
     updated_at: IsoTime
 
 
+class RuntimeEventRow(_TableRow):
+    """A row of `workflow_runtime_events`: an event the runtime's event worker took in (or its API was given), and
+    what came of it — the run it started or resumed (`matched_run_id`), or why it failed (`error_message`)."""
+
+    event_id: Identity
+    event_name: Identity
+    tenant: Label | None = None
+    tenant_id: Label | None = None
+    correlation_key: Text | None = None
+    created_at: IsoTime
+    matched_run_id: Identity | None = None
+    matched_step_path: Text | None = None
+    error_message: Text | None = None
+
+
+# The job type of the events the runtime took in: each a job's run, its outcome the run's result.
+EVENT_JOB_TYPE = "event"
+# How the runtime's event worker begins the error it writes of an event it found no correlation key for.
+NO_CORRELATION_KEY = "Missing workflow correlation key"
+
+
 # The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
 RETRY_REQUESTED = "Run retry requested"
 # The line it writes as its operator puts a resolved event wait back to waiting (`requeueWorkflowRunEventWaitAction`).
@@ -296,6 +317,8 @@ def table_of(raw: Any) -> str:
         raise DecodeError("", f"a row must be a JSON object, not {json_kind(raw)}")
     if "next_fire_at" in raw:
         return "tenant_workflow_schedule"
+    if "event_id" in raw and "event_name" in raw and "run_id" not in raw:
+        return "workflow_runtime_events"
     if "wait_id" in raw:
         return "workflow_run_waits"
     if "invocation_id" in raw:
@@ -310,7 +333,7 @@ def table_of(raw: Any) -> str:
         "",
         "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt), "
         "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id), workflow_run_logs (log_id) "
-        "or tenant_workflow_schedule (next_fire_at)",
+        "tenant_workflow_schedule (next_fire_at) or workflow_runtime_events (event_id, event_name)",
     )
 
 
@@ -327,6 +350,7 @@ class RuntimeV2Decoder:
             "workflow_action_invocations": (ActionRow, self._action, "run_id"),
             "workflow_run_logs": (LogRow, self._log, "run_id"),
             "tenant_workflow_schedule": (ScheduleRow, self._schedule, "id"),
+            "workflow_runtime_events": (RuntimeEventRow, self._event, "event_id"),
         }
         # A log line's context is the runtime's own, redacted by it for its run's page: shown as JSON.
         self._context = self.options.decode.model_copy(update={"capture_input": True})
@@ -688,6 +712,31 @@ class RuntimeV2Decoder:
         else:  # awaited no more, until enabled again with an occurrence of its own
             out.append(replace(job, event_id=f"{job.event_id}{row.status}:{job.time_ns}", kind=JOB_KIND.TERMINATED))
         return out
+
+    def _event(self, row: RuntimeEventRow) -> list[JobRecord]:
+        """An event the runtime took in: a run of the job named by the event's name (one instance per name), a
+        failure with why (as the runtime's own event list has it, an error wins: a run signalled, another not),
+        a success when it started or resumed a run, skipped when no run took it — with no correlation key
+        too, which the runtime writes as an error: most events no workflow waits for nor starts on have none,
+        and a wait it left waiting shows as its run overdue."""
+        error = row.error_message or ""
+        failed = bool(error) and not error.startswith(NO_CORRELATION_KEY)
+        kind = JOB_KIND.FAILED if failed else JOB_KIND.EXECUTED if row.matched_run_id else JOB_KIND.SKIPPED
+        return [
+            JobRecord(
+                event_id=f"v2:event:{row.event_id}",
+                time_ns=ns(row.created_at),
+                kind=kind,
+                engine=ENGINE,
+                env=self.options.env,
+                service=self.options.service,
+                instance_id=row.event_name,
+                job_name=row.event_name,
+                job_type=EVENT_JOB_TYPE,
+                attempt=1 if failed else None,
+                reason=cut(error, self.options.decode.max_text_chars) if failed else None,
+            )
+        ]
 
     @staticmethod
     def _replayed_from(row: LogRow) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_rea
         )]  # fmt: skip
         schedules = db.execute("SELECT to_jsonb(s)::text FROM tenant_workflow_schedule s")
         (digest,) = [orjson.loads(r[0]) for r in schedules]
+        events = [orjson.loads(r[0]) for r in db.execute("SELECT to_jsonb(e)::text FROM workflow_runtime_events e")]
     assert sum(statuses.values()) == counts["runtime-v2"] and set(statuses) <= {"SUCCEEDED", "FAILED", "CANCELED"}
     assert statuses.get("SUCCEEDED", 0) > 0
     facts = [record.fact for row in rows for record in decode(row)]
@@ -58,6 +59,10 @@ def test_the_demo_plays_the_runtime_v2_in_its_tables_and_every_run_it_writes_rea
     assert digest["name"] == "escalation-digest" and digest["last_run_status"] in ("success", "skipped")
     assert [r.kind.value for r in decode(digest)] == ["executed" if digest["last_run_status"] == "success"
                                                       else "skipped", "task_scheduled"]  # fmt: skip
+    # The events that started its runs (not those of the schedule) and resumed their waits, and those no run took.
+    taken = [(record.job_name, record.kind.value) for row in events for record in decode(row)]
+    assert ("TICKET_CREATED", "executed") in taken and ("TICKET_UPDATED", "skipped") in taken
+    assert taken.count(("TICKET_UPDATED", "skipped")) == sum(1 for r in rows if r.get("event_type") == "TICKET_CREATED")
 
 
 def test_the_demo_runtime_v2_incidents_are_runs_no_worker_takes_the_first_of_them_one(database):

@@ -640,3 +640,55 @@ def test_a_database_without_schedules_or_the_right_to_read_them_is_read_as_befor
     with psycopg.connect(database, autocommit=True) as db:
         db.execute("DROP TABLE tenant_workflow_schedule")
     assert _poller(database, Recorded(tmp_path / "b"), tmp_path, {}).poll_once() == 2
+
+
+def test_the_events_the_runtime_took_in_are_read_once_each_once_settled_and_after_a_restart_not_again(
+    database, tmp_path
+):
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    run = runtime.start_run(at(0))
+    runtime.event_taken("TICKET_CREATED", at(0), started=run)
+    runtime.event_taken("TICKET_CREATED", at(1))  # no workflow took it
+    runtime.event_taken("TICKET_UPDATED", at(2), error="Failed to launch Temporal workflow for workflow w: down")
+    young = runtime.event_taken("TICKET_UPDATED", None, started=run)  # just taken: what comes of it is not yet written
+    poller = _poller(database, recorded, tmp_path, marks)
+    poller.poll_once()
+
+    def counted(name: str, result: str) -> list[float]:
+        # Read again, a row tells the same event ids, which the pipeline takes once: folded here once each.
+        rows = {row.get("event_id") or orjson.dumps(row, option=orjson.OPT_SORT_KEYS): row for row in recorded.rows}
+        folded = fold_events(list(rows.values()), decoder=DECODE, settle_at_ns=None)
+        return folded.metric("job.executions", **{"job.name": name, "job.execution.result": result})
+
+    assert counted("TICKET_CREATED", "success") == [1] and counted("TICKET_CREATED", "skipped") == [1]
+    assert counted("TICKET_UPDATED", "failure") == [1]
+    assert all(row.get("event_id") != young for row in recorded.rows)
+    assert all("payload" not in row for row in recorded.rows if "event_name" in row)
+    read = len(recorded.rows)
+    poller.poll_once()
+    assert len(recorded.rows) == read, "an event read is not handed over again"
+    runtime.event_taken("TICKET_CREATED", at(3), started=run)
+    _poller(database, recorded, tmp_path, marks).poll_once()  # restarted: from its mark, less the overlap
+    assert counted("TICKET_CREATED", "success") == [1, 1]
+    (failed,) = {row["event_id"]: row for row in recorded.rows if row.get("error_message")}.values()
+    assert failed["error_message"] == "Failed to launch Temporal workflow for workflow w: down"
+
+
+def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_the_same(database, tmp_path, caplog):
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES
+
+    runtime = _runtime(database)
+    runtime.start_run(at(0))
+    runtime.event_taken("TICKET_CREATED", at(0))
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DROP ROLE IF EXISTS otel_bridge_events; CREATE ROLE otel_bridge_events LOGIN")
+        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", tenant_workflow_schedule TO otel_bridge_events")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_events@")
+    recorded = Recorded(tmp_path)
+    poller = _poller(reader, recorded, tmp_path, {})
+    assert poller.poll_once() == 1 and poller.poll_once() == 0
+    said = "may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO it)"
+    assert caplog.text.count(said) == 1
+    assert not [row for row in recorded.rows if "event_name" in row and "run_id" not in row]

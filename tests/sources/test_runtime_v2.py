@@ -662,3 +662,47 @@ def test_a_schedule_row_it_cannot_read_is_refused_naming_the_schedule():
     with pytest.raises(DecodeError, match=r"trigger_type: Field required \(a row of tenant_workflow_schedule\)") as e:
         DECODE({k: v for k, v in SCHEDULE.items() if k != "trigger_type"})
     assert e.value.event_id == SCHEDULE["id"]
+
+
+def _event(seconds: float, name: str = "TICKET_CREATED", **columns: Any) -> dict[str, Any]:
+    """A row of `workflow_runtime_events` as the poller reads it (its payload left out)."""
+    row = {"event_id": str(uuid.uuid4()), "tenant": "acme", "event_name": name, "correlation_key": "T-1",
+           "payload_schema_ref": None, "created_at": _at(seconds), "processed_at": _at(seconds),
+           "matched_run_id": None, "matched_wait_id": None, "matched_step_path": None,
+           "error_message": None}  # fmt: skip
+    return row | columns
+
+
+def test_the_events_the_runtime_took_in_are_runs_of_a_job_of_each_events_name_by_what_came_of_them():
+    run = str(uuid.uuid4())
+    rows = [
+        _event(1, matched_run_id=run),  # it started a run
+        _event(2, "TICKET_UPDATED", matched_run_id=run, matched_step_path="root.steps[1]"),  # it resumed one
+        _event(3),  # no run took it
+        _event(4, error_message="Payload validation failed for workflow escalate (w-1) using ticket.v1: [...]"),
+        _event(5, matched_run_id=run, error_message="Failed to signal Temporal event wait for run x: timeout"),
+        # The runtime writes it as an error; most events no workflow waits for nor starts on have no key.
+        _event(6, correlation_key=None, error_message="Missing workflow correlation key (no explicit key)"),
+    ]
+    assert [DECODE(row) for row in rows] == [DECODE(row) for row in rows]  # read again: the same ids
+    folded = fold_events(rows, settle_at_ns=None, decoder=DECODE)
+    created = {"job.name": "TICKET_CREATED", "job.type": "event"}
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "success"}) == [1]
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "skipped"}) == [1, 1]
+    # As the runtime's own list of events has it: an error wins over a run it signalled.
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "failure"}) == [1, 1]
+    updated = {"job.name": "TICKET_UPDATED", "job.type": "event", "job.execution.result": "success"}
+    assert folded.metric("job.executions", **updated) == [1]
+    from otel_bridge.correlate.jobs import last_failure, overdue_since_ns
+
+    states = {state.job_name: state for state in folded.jobs.values()}
+    assert last_failure(states["TICKET_CREATED"]) == "Failed to signal Temporal event wait for run x: timeout"
+    assert last_failure(states["TICKET_UPDATED"]) is None
+    assert overdue_since_ns(states["TICKET_CREATED"]) is None  # nothing awaited of an event
+
+
+def test_an_event_row_it_cannot_read_is_refused_naming_the_event():
+    row = _event(1)
+    with pytest.raises(DecodeError, match=r"created_at: Field required \(a row of workflow_runtime_events\)") as e:
+        DECODE({k: v for k, v in row.items() if k != "created_at"})
+    assert e.value.event_id == row["event_id"]
