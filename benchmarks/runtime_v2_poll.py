@@ -10,7 +10,9 @@ and end too: 12 log lines a run), then the poller reads:
    their row's last update).
 
 With `--schedules N`, the workflow has N schedules too, whose keys every poll reads (the first poll of each
-round, before these, reads their rows).
+round, before these, reads their rows). With `--events N`, N events the runtime took in were written within
+the overlap before the mark (15 s: N/15 events a second, as the runtime takes them in steadily), whose keys
+every poll reads again, handing over none (the first poll of each round hands them over).
 
 Each row: the median of `--rounds` reads, the poll's wall time (the database's time, mostly) and the
 bridge's CPU, rows handed over. Side by side in one run: `--runtime-v2-log-level` none (the rows alone
@@ -76,6 +78,21 @@ FROM (SELECT n, %(t0)s::timestamptz - n * interval '1 s' AS t FROM generate_seri
 """
 
 
+# Events the runtime took in, each starting a run, spread over the overlap before the mark (`--events`).
+_EVENTS = """
+INSERT INTO workflow_runtime_events (tenant, event_name, correlation_key, created_at, processed_at, matched_run_id)
+SELECT 'acme', 'TICKET_CREATED', 'T-' || n, t, t, gen_random_uuid()
+FROM (SELECT n, %(mark)s::timestamptz - n * (interval '15 s' / %(events)s) AS t FROM generate_series(1, %(events)s) n) g
+"""
+
+
+def _mark(db: Any) -> datetime:
+    """A mark past every run's `updated_at`, beyond the overlap: as a bridge that followed them."""
+    latest = db.execute("SELECT max(updated_at) FROM workflow_runs").fetchone()
+    assert latest is not None
+    return latest[0] + timedelta(minutes=1)  # type: ignore[no-any-return]
+
+
 class Dropped:
     """A consumer that keeps nothing: what the poller costs alone."""
 
@@ -108,7 +125,9 @@ def _timed(poller: TablePoller, consumer: Dropped) -> tuple[float, float, int]:
     return time.perf_counter() - wall, time.process_time() - cpu, consumer.rows - before_rows
 
 
-def measure(url: str, level: str, rounds: int, changed: int) -> dict[str, list[tuple[float, float, int]]]:
+def measure(
+    url: str, level: str, rounds: int, changed: int, events: int = 0
+) -> dict[str, list[tuple[float, float, int]]]:
     """This process's poller (the checkout on its path), idle, after `changed` runs, idle again."""
     import psycopg
 
@@ -124,10 +143,9 @@ def measure(url: str, level: str, rounds: int, changed: int) -> dict[str, list[t
         with tempfile.TemporaryDirectory() as tmp:
             consumer = Dropped()
             letters = DeadLetters(Path(tmp) / "dead.jsonl", 1_000_000, 1)
-            # A mark past every run's `updated_at`, beyond the overlap: as a bridge that followed them.
-            latest = db.execute("SELECT max(updated_at) FROM workflow_runs").fetchone()
-            assert latest is not None
-            last = latest[0] + timedelta(minutes=1)
+            last = _mark(db)
+            if events:  # within this round's overlap
+                db.execute(_EVENTS, {"mark": last, "events": events})
             marks = {"runtime-v2 runs updated_at": last.isoformat().encode()}
             poller = TablePoller(url, consumer, letters, marks.get, marks.__setitem__, **settings)
             poller.poll_once()
@@ -145,11 +163,12 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--schedules", type=int, default=0, help="schedules of the workflow, each read at every poll")
+    parser.add_argument("--events", type=int, default=0, help="events taken in within the overlap, read at every poll")
     parser.add_argument("--baseline", help="a checkout of the bridge whose poller to measure beside this one")
     parser.add_argument("--measure", nargs=2, metavar=("URL", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure[0], args.measure[1], args.rounds, args.changed)))
+        print(json.dumps(measure(args.measure[0], args.measure[1], args.rounds, args.changed, args.events)))
         return
 
     import psycopg
@@ -166,13 +185,15 @@ def main() -> None:
         print(f"{args.runs:,} finished runs of five steps written in {time.perf_counter() - started:.1f} s")
         if args.schedules:
             print(f"{args.schedules:,} schedules of the workflow, each read at every poll (by key and version)")
+        if args.events:
+            print(f"{args.events:,} events taken in within the overlap, each read at every poll (by key)")
         here = str(Path(__file__).resolve().parents[1])
         pollers = [("baseline", args.baseline)] if args.baseline else []
         pollers += [(level, here) for level in ("none", "warn", "info")]
         rows: dict[str, dict[str, list[list[float]]]] = {}
         for level, checkout in pollers:
             command = [sys.executable, __file__, "--measure", url, level]
-            command += ["--rounds", str(args.rounds), "--changed", str(args.changed)]
+            command += ["--rounds", str(args.rounds), "--changed", str(args.changed), "--events", str(args.events)]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, os.environ.get("PYTHONPATH", "")])}
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=checkout)
             rows[level] = json.loads(done.stdout)
