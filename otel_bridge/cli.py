@@ -724,9 +724,9 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
     from otel_bridge.terminal import jobs_table, jobs_title
 
-    query = JobQuery(args.overdue, args.service, args.env, args.job)
+    query = JobQuery(args.overdue, args.service, args.env, args.job, args.failing)
     if args.url is not None:  # a running bridge's listing, as it answers GET /v1/jobs
-        given = {"service": query.service, "env": query.env, "job": query.job}
+        given = {"service": query.service, "env": query.env, "job": query.job, "failing": _flag(query.failing)}
         told, count, only = _listed_by(settings, args.url, "jobs", given, args)
         jobs = [JobOverview.from_dict(job) for job in told]
         query = replace(query, service=only or query.service)
@@ -756,6 +756,11 @@ def _listed_by(
     with httpx.Client(timeout=args.timeout, headers=_credential(settings)) as client:
         listed = _asked(base, partial(client.get, f"{base}/v1/{kind}", params=asked)).json()
     return list(listed[kind]), int(listed["count"]), listed.get("service")
+
+
+def _flag(value: bool) -> str | None:
+    """A listing's flag as the bridge takes it, left out when false (a bridge before it knew none)."""
+    return "true" if value else None
 
 
 def _query_value(value: object) -> str:
@@ -1268,6 +1273,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument(
         "--overdue", action="store_true", help="only those past their time to run with no run (a lost alarm)"
+    )
+    jobs.add_argument(
+        "--failing",
+        action="store_true",
+        help="only those whose latest run failed, whatever they await (a runtime's events, a task not scheduled "
+        "again), the latest failed first, each with why",
     )
     jobs.add_argument("--service", default=None, help="only this producer's jobs (its serviceKey)")
     jobs.add_argument("--env", default=None, help="only the instances of this environment (the producer's env)")

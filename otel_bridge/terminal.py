@@ -91,9 +91,9 @@ def runs_title(shown: int, count: int, query: RunQuery) -> str:
 def jobs_title(shown: int, count: int, query: JobQuery) -> str:
     """As `runs_title`: "2 overdue digestMailer job instances of jobs", "no job instances"."""
     noun = f"{query.job} job instance" if query.job else "job instance"
-    return _in_words(
-        shown, count, f"overdue {noun}" if query.overdue else noun, query.service, query.env, "most pressing"
-    )
+    noun = f"failing {noun}" if query.failing else noun
+    first = "latest failed" if query.failing else "most pressing"
+    return _in_words(shown, count, f"overdue {noun}" if query.overdue else noun, query.service, query.env, first)
 
 
 # What a terminal too narrow for the whole table does without, least needed first: every one is in

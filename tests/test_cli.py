@@ -183,6 +183,24 @@ def test_jobs_lists_the_instances_that_await_a_run_with_how_late_the_missed_ones
     assert "is a job instance: its runs are metrics, not a trace" in shown and "reminder" in shown
 
 
+def test_jobs_failing_lists_those_whose_latest_run_failed_with_why_whatever_they_await(tmp_path, capsys):
+    state = str(tmp_path / "state.db")
+    pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))
+    # A task not scheduled again awaits nothing (as the runtime v2's events, each a run when one comes).
+    failed = JobRun("sendInvoice", "task").failed(1, will_retry=False)
+    failed.events[-1]["error"] = {"message": "SMTP 451: mailbox unavailable"}
+    pipeline.ingest(failed.events)
+    pipeline.store.close()
+
+    assert main(["jobs", "--state", state]) == 0
+    assert capsys.readouterr().out.strip() == "no job instances"
+    assert main(["jobs", "--state", state, "--failing"]) == 0
+    table = capsys.readouterr().out
+    assert "1 failing job instance" in table and "sendInvoice" in table and "mailbox unavailable" in table
+    assert main(["jobs", "--state", state, "--failing", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["last_failure"] == "SMTP 451: mailbox unavailable"
+
+
 def test_show_and_jobs_tell_and_take_the_applications_own_id(tmp_path, capsys):
     state = str(tmp_path / "state.db")
     pipeline = Pipeline(SqliteStore(state), MetricsHub(), Settings(state=state))

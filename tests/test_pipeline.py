@@ -431,6 +431,24 @@ def test_job_instances_are_listed_most_pressing_first_and_overdue_ones_found_thr
     assert [j.instance_id for j in pipeline.list_jobs(now=at, limit=1)[0]] == ids[:1]
 
 
+def test_job_instances_whose_latest_run_failed_are_listed_whatever_they_await_the_latest_failed_first(tmp_path):
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    # A task not scheduled again awaits nothing: listed nowhere before, though its latest run failed.
+    earlier = JobRun("reminder", "task", start=now - timedelta(hours=2)).failed(1, will_retry=False)
+    later = JobRun("mailer", "task", start=now - timedelta(hours=1)).failed(1, will_retry=False)
+    mended = JobRun("mailer", "task", start=now - timedelta(hours=3)).failed(1).after(1000).executed(1)
+    pipeline = _pipeline(tmp_path)
+    pipeline.ingest([e for job in (earlier, later, mended) for e in job.events])
+    at = now.timestamp()
+
+    assert pipeline.list_jobs(now=at) == ([], 0)
+    failing, count = pipeline.list_jobs(JobQuery(failing=True), now=at)
+    assert count == 2 and [j.instance_id for j in failing] == [later.base["instanceId"], earlier.base["instanceId"]]
+    assert all(j.last_failure for j in failing)
+    assert pipeline.list_jobs(JobQuery(failing=True, job="reminder"), now=at)[1] == 1
+    assert pipeline.list_jobs(JobQuery(failing=True, overdue=True), now=at) == ([], 0)
+
+
 def test_a_debounce_its_clients_clear_is_overdue_no_more_once_the_settings_say_so_restarted_or_not(tmp_path):
     cleared = JobRun("batcher", "debounce").debounce_started(flush_in_ms=1000)  # in 2025: long past its flushAt
     pipeline = _pipeline(tmp_path)

@@ -292,6 +292,9 @@ class JobQuery:
     service: str | None = None
     env: str | None = None
     job: str | None = None
+    # Those whose latest run failed, whatever they await: a job that runs only when something comes (an
+    # event the runtime took in, a task no one scheduled again) awaits nothing, and was listed nowhere.
+    failing: bool = False
 
     def may_hold(self, state: JobState) -> bool:
         """Whether an instance may be one asked for, before its overview is made."""
@@ -302,7 +305,8 @@ class JobQuery:
         )
 
     def holds(self, job: JobOverview) -> bool:
-        return job.going_on and (not self.overdue or job.overdue_ns is not None)
+        listed = job.last_failure is not None if self.failing else job.going_on
+        return listed and (not self.overdue or job.overdue_ns is not None)
 
 
 # Why a run was closed by hand, when the one who closed it did not say.

@@ -405,7 +405,11 @@ def create_app(
     def job_instances(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
         assert jobs is not None
         given = params.get
-        return jobs(JobQuery(overdue, given("service") or None, given("env") or None, given("job") or None), limit)
+        failing = _FLAGS.get(params.get("failing", "false").lower())
+        if failing is None:
+            return _problem(400, f"failing must be true or false, not {params['failing']!r}")
+        filters = (given("service") or None, given("env") or None, given("job") or None)
+        return jobs(JobQuery(overdue, *filters, failing), limit)
 
     def closing(name: str) -> Callable[[Request], Awaitable[Response]]:
         """`POST /v1/{name}/{id}/close`: close by hand what the engine will never end, with an optional

@@ -299,7 +299,14 @@ _RUN_FILTERS: list[_Filter] = [
         "Runs told nothing for this long (seconds, or 90s, 15m, 2h, 3d; empty: any)",
     ),
 ]
-_JOB_FILTERS: list[_Filter] = [("job", _TEXT, "Instances of this job only")]
+_JOB_FILTERS: list[_Filter] = [
+    ("job", _TEXT, "Instances of this job only"),
+    (
+        "failing",
+        {"type": "boolean"},
+        "Only those whose latest run failed, whatever they await, the latest failed first (also 1/0, yes/no)",
+    ),
+]
 _COMMON: list[_Filter] = [
     ("overdue", {"type": "boolean"}, "Overdue ones only (also 1/0, yes/no)"),
     ("service", _TEXT, "Of this producer (serviceKey) only"),

@@ -221,6 +221,10 @@ def test_job_listing_answers_the_instances_from_the_store_behind_the_ingest_cred
     assert _request(app, "GET", "/v1/jobs").status_code == 401
     bad = _request(app, "GET", "/v1/jobs", params={"limit": "all"}, headers=key)
     assert bad.status_code == 400 and "limit must be a whole number, not 'all'" in bad.text
+    # Those whose latest run failed, whatever they await: this one awaits its next run, and never failed.
+    assert _request(app, "GET", "/v1/jobs", params={"failing": "yes"}, headers=key).json() == {"jobs": [], "count": 0}
+    bad = _request(app, "GET", "/v1/jobs", params={"failing": "maybe"}, headers=key)
+    assert bad.status_code == 400 and "failing must be true or false, not 'maybe'" in bad.text
 
 
 def _listed(listed: tuple[list[Any], int]) -> tuple[list[dict[str, Any]], int]:
