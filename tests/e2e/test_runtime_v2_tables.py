@@ -181,6 +181,7 @@ def test_the_export_replayed_makes_the_traces_the_import_makes(tmp_path, otlp_ht
     runtime.retried(retried, "root.steps[0]", at(1100), "the ticket was restored")
     again = runtime.step_started(retried, "root.steps[0]", "lookup", at(1101))
     runtime.step_succeeded(retried, again, at(1101), at(1102), None)
+    runtime.event_taken("TICKET_CREATED", at(1103), started=retried)  # read too: replayed, not rejected (exit 1)
     psql = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
     export = tmp_path / "runs.jsonl"
     with export.open("w") as out:
