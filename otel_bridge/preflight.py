@@ -306,7 +306,21 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
             stranded = _one(db, _NOT_BEGUN)
-            schedules = _schedules(db, _one(db, SCHEDULES_KEPT)) + _events(db, _one(db, EVENTS_KEPT))
+            schedules = _optional(
+                db,
+                "tenant_workflow_schedule",
+                _one(db, SCHEDULES_KEPT),
+                _SCHEDULES_LATE,
+                "; {:,} schedules awaiting their next occurrence",
+                ", {:,} past it by over a minute (their job runner lost them?)",
+            ) + _optional(
+                db,
+                "workflow_runtime_events",
+                _one(db, EVENTS_KEPT),
+                _EVENTS_TAKEN,
+                "; {:,} events taken in within the hour",
+                ", {:,} not delivered (their error_message says why)",
+            )
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _UPDATED_AT_INDEXED)
     except psycopg.Error as exc:
@@ -320,28 +334,18 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     )
 
 
-def _schedules(db: "psycopg.Connection[Any]", readable: bool | None) -> str:
-    """What `check` says of the runtime's schedules: none where its edition has no table of them."""
+def _optional(db: "psycopg.Connection[Any]", table: str, readable: bool | None, counted: str, *said: str) -> str:
+    """What `check` says of a table only some editions or versions of the runtime have (nothing where it is
+    missing): the two counts `counted` reads, each in its words `said` (the second left out when 0), nothing
+    when the first is 0."""
     if readable is None:
         return ""
     if not readable:
-        return _may_not_read(db, "tenant_workflow_schedule")
-    awaited, late = db.execute(_SCHEDULES_LATE).fetchone() or (0, 0)
-    if not awaited:
+        return _may_not_read(db, table)
+    every, some = db.execute(counted).fetchone() or (0, 0)
+    if not every:
         return ""
-    missed = f", {late:,} past it by over a minute (their job runner lost them?)" if late else ""
-    return f"; {awaited:,} schedules awaiting their next occurrence{missed}"
-
-
-def _events(db: "psycopg.Connection[Any]", readable: bool | None) -> str:
-    """What `check` says of the events the runtime took in within the hour, and of those not delivered."""
-    if readable is None:
-        return ""
-    if not readable:
-        return _may_not_read(db, "workflow_runtime_events")
-    taken, failed = db.execute(_EVENTS_TAKEN).fetchone() or (0, 0)
-    undelivered = f", {failed:,} not delivered (their error_message says why)" if failed else ""
-    return f"; {taken:,} events taken in within the hour{undelivered}" if taken else ""
+    return said[0].format(every) + (said[1].format(some) if some else "")
 
 
 def _may_not_read(db: "psycopg.Connection[Any]", table: str) -> str:
