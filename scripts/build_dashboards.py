@@ -302,7 +302,8 @@ def jobs() -> Board:
     b = Board(
         "otel-bridge-jobs",
         "Jobs",
-        "Continuous, debounce and task jobs, and the runtime v2's schedules, converted by otel-bridge.",
+        "Continuous, debounce and task jobs, and the runtime v2's schedules and the events it took in, converted by "
+        "otel-bridge.",
     )
     b.row("All jobs")
     b.panel(
@@ -386,6 +387,25 @@ def jobs() -> Board:
         width=12,
     )  # fmt: skip
     b.panel("Schedule delay", quantiles("job_task_schedule_delay_seconds", "job_name"), unit="s", width=12)
+    b.row("Events taken in (runtime v2)")
+    events = f'{SEL}, job_type="event"'
+    b.panel(
+        "Events by name and what came of them",
+        [(f"sum by (job_name, job_execution_result) (rate(job_executions_total{{{events}}}[$__rate_interval]))",
+          "{{job_name}} {{job_execution_result}}")],
+        unit="ops", width=12,
+        description="Each event the runtime took in, by its name: success (it started or resumed a run), failure "
+                    "(not delivered), skipped (no run took it, or it had no correlation key).",
+    )  # fmt: skip
+    b.panel(
+        "Not delivered",
+        [(f'sum by (job_name) (increase(job_executions_total{{{events}, job_execution_result="failure"}}[$__range]))',
+          "{{job_name}}")],
+        kind="bargauge", width=12,
+        description="Events whose run was not launched or resumed (WorkflowEventsNotDelivered): each event's "
+                    "row says why (workflow_runtime_events.error_message); otel-bridge jobs --failing lists the "
+                    "names whose latest event was not delivered.",
+    )  # fmt: skip
     return b
 
 

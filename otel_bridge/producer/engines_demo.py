@@ -169,8 +169,8 @@ def run_engines_demo(
 ) -> dict[str, int]:
     """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`), and of the
     runtime v2 a schedule's run every `schedule_every` s. `incidents`: the share of the runtime v2's runs
-    launched that no worker takes (the first of them is one), a quarter of that of events not delivered; and
-    one schedule whose occurrences never come."""
+    launched that no worker takes (the first of them is one), a quarter of that of events not delivered (with
+    the first run); and one schedule whose occurrences never come."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
     client = connect(stream_url) if stream_url else None
@@ -195,7 +195,7 @@ def run_engines_demo(
             counts["runtime-v2"] += 1
             # Events no run takes (most of them), and among incidents one its worker could not deliver.
             tables.event_taken("TICKET_UPDATED", now, key=None)
-            if incidents > 0 and rng.random() < incidents / 4:
+            if incidents > 0 and (counts["runtime-v2"] == 1 or rng.random() < incidents / 4):
                 down = (
                     "Failed to launch Temporal workflow for workflow ticket-escalation: 14 UNAVAILABLE: no connection"
                 )

@@ -80,6 +80,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=(workdir / "prometheus.log").open("wb"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    began = time.monotonic()
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
          "--duration", str(DEMO_SECONDS), "--seed", "11", "--incidents", "0.1", "--stream-url", stream.url,
@@ -88,7 +89,9 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    time.sleep(3)  # a few more scrapes after the last run settled
+    # A few more scrapes after the last run settled, and the first events the runtime took in read: once their
+    # rows are 30 s old (sources/runtime_v2.py, the poller's `_SETTLED`).
+    time.sleep(max(3.0, began + 33 - time.monotonic()))
     try:
         yield url
     finally:
