@@ -306,6 +306,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 return Finding("runtime v2", False, f"{where}: may not read {', '.join(denied)} ({grant})")
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
             stranded = _one(db, _NOT_BEGUN)
+            events_kept = _one(db, EVENTS_KEPT)
             schedules = _optional(
                 db,
                 "tenant_workflow_schedule",
@@ -316,16 +317,23 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
             ) + _optional(
                 db,
                 "workflow_runtime_events",
-                _one(db, EVENTS_KEPT),
+                events_kept,
                 _EVENTS_TAKEN,
                 "; {:,} events taken in within the hour",
                 ", {:,} not delivered (their error_message says why)",
             )
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
-            indexed = _one(db, _UPDATED_AT_INDEXED)
+            indexed = _one(db, _INDEXED, "workflow_runs", "updated_at")
+            # The runtime's later migrations index the events' `created_at`; its first did not.
+            events_indexed = not events_kept or _one(db, _INDEXED, "workflow_runtime_events", "created_at")
     except psycopg.Error as exc:
         return Finding("runtime v2", False, f"{where}: {said(exc)}")
     scan = "" if indexed else "; no index on workflow_runs (updated_at): each read scans the runs (README: Cost)"
+    if not events_indexed:
+        scan += (
+            "; no index on workflow_runtime_events (created_at): each read scans the events (CREATE INDEX "
+            "CONCURRENTLY ON workflow_runtime_events (created_at))"
+        )
     # The failure the runtime's own run page warns of: no worker consumes its task queue (the bridge shows
     # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
     begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
@@ -376,11 +384,11 @@ FROM tenant_workflow_schedule WHERE enabled AND status = 'scheduled'
 """
 
 
-# Whether an index of `workflow_runs` begins with `updated_at` (what the poller's reads go by).
-_UPDATED_AT_INDEXED = """
+# Whether an index of a table begins with a column (what the poller's reads go by).
+_INDEXED = """
 SELECT EXISTS (
   SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-  WHERE i.indrelid = 'workflow_runs'::regclass AND a.attname = 'updated_at')
+  WHERE i.indrelid = %s::regclass AND a.attname = %s)
 """
 
 

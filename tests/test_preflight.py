@@ -388,6 +388,13 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
     runtime.event_taken("TICKET_CREATED", now - timedelta(hours=2))
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
     assert "; 3 events taken in within the hour, 1 not delivered (their error_message says why)" in detail
+    assert "no index on workflow_runtime_events" not in detail
+    db.execute("DROP INDEX idx_workflow_runtime_events_created_at")  # as the runtime's first migration left it
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert ok is True and detail.endswith(
+        "; no index on workflow_runtime_events (created_at): each read scans the events (CREATE INDEX CONCURRENTLY "
+        "ON workflow_runtime_events (created_at))"
+    )
     db.execute("DROP ROLE IF EXISTS otel_bridge_schedules; CREATE ROLE otel_bridge_schedules LOGIN")
     db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_schedules")
     reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_schedules@")
