@@ -212,9 +212,9 @@ WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
 # the log of runs that ended (`_TRAILING`).
 _TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIONS}UNION ALL{_LOGS}"
 _TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
-# Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
 # An event the runtime took in, as its row is, but its payload (the event's data, not shown).
 _EVENT_ROW = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')::text"
+# Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
 _EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
   FROM workflow_runs r {_NAMED}
 UNION ALL SELECT {_STEP_ROW}
@@ -244,16 +244,17 @@ WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
 
+def _kept(table: str) -> str:
+    """Whether `table`, which only some editions or versions of the runtime have, is there (null: no) and may be
+    read: without it, or without the right, the runs are read as before."""
+    return f"SELECT CASE WHEN to_regclass('{table}') IS NOT NULL THEN has_table_privilege('{table}', 'SELECT') END"
+
+
 # The workflows' schedules (an edition of the runtime without them has no such table): the keys and versions
 # of the rows written since the latest read (less the overlap) at every poll, and the rows changed since read,
 # with their workflow's name. A row last written before this process's first mark tells
 # the occurrence it awaits, not the one it last had: that is history the bridge did not follow (counted
 # again after a restart once its event ids were forgotten, it would be an execution counted twice).
-# Whether they are there (null: no) and may be read: without them, or without the right, runs are read as before.
-def _kept(table: str) -> str:
-    return f"SELECT CASE WHEN to_regclass('{table}') IS NOT NULL THEN has_table_privilege('{table}', 'SELECT') END"
-
-
 SCHEDULES_KEPT = _kept("tenant_workflow_schedule")
 _SCHEDULE_KEYS = "SELECT s.id::text, s.xmin::text FROM tenant_workflow_schedule s"
 # Those written since a moment; how many there are, and the latest written: all their keys are read only when
