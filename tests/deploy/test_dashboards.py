@@ -91,7 +91,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     # A few more scrapes after the last run settled, and the first events the runtime took in read: once their
     # rows are 30 s old (sources/runtime_v2.py, the poller's `_SETTLED`).
-    time.sleep(max(3.0, began + 33 - time.monotonic()))
+    time.sleep(max(3.0, began + 36 - time.monotonic()))
     try:
         yield url
     finally:
