@@ -286,6 +286,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
 
     from otel_bridge.receivers.postgres_poll import EVENTS_KEPT, SCHEDULES_KEPT, said
     from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
+    from otel_bridge.terminal import duration
 
     where = without_secrets(settings.runtime_v2_url)
     try:
@@ -314,7 +315,8 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 _SCHEDULES_LATE,
                 "; {:,} schedules awaiting their next occurrence",
                 ", {:,} past it by over a minute (their job runner lost them?)",
-            ) + _optional(
+            )
+            taken = _optional(
                 db,
                 "workflow_runtime_events",
                 events_kept,
@@ -322,6 +324,10 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 "; {:,} events taken in within the hour",
                 ", {:,} not delivered (their error_message says why)",
             )
+            if events_kept and not taken and (silent := _one(db, _EVENTS_SILENT)) is not None:
+                # None within the hour: since when (its event worker down, its stream out of reach?).
+                taken = f"; no event taken in within the hour, the latest {duration(silent)} ago"
+            schedules += taken
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _INDEXED, "workflow_runs", "updated_at")
             # The runtime's later migrations index the events' `created_at`; its first did not.
@@ -367,6 +373,10 @@ SELECT count(*), count(*) FILTER (
   WHERE to_jsonb(e)->>'error_message' <> '' AND to_jsonb(e)->>'error_message' NOT LIKE '{NO_CORRELATION_KEY}%')
 FROM workflow_runtime_events e WHERE e.created_at > now() - interval '1 hour'
 """
+
+
+# How long ago the latest event was taken in, in seconds (null: none ever), by the index on created_at.
+_EVENTS_SILENT = "SELECT extract(epoch FROM now() - max(created_at))::float8 FROM workflow_runtime_events"
 
 
 # Runs RUNNING a minute after they were launched with no step yet, by the index on status and the steps' on run_id.

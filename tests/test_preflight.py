@@ -388,6 +388,10 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
     runtime.event_taken("TICKET_CREATED", now - timedelta(hours=2))
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
     assert "; 3 events taken in within the hour, 1 not delivered (their error_message says why)" in detail
+    # None within the hour: since when, as its event worker may be down.
+    db.execute("UPDATE workflow_runtime_events SET created_at = created_at - interval '3 hours'")
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    assert "; no event taken in within the hour, the latest 3.0 h ago" in detail
     assert "no index on workflow_runtime_events" not in detail
     db.execute("DROP INDEX idx_workflow_runtime_events_created_at")  # as the runtime's first migration left it
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
