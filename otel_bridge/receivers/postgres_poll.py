@@ -440,6 +440,11 @@ class TablePoller:
         db = self._connect()
         if self._mark is None:
             self._mark = self._start_mark(db)
+        if self._events_mark is None:
+            # Where the events are read from: where they were, or where the runs' read begins (this poll moves
+            # the runs' mark to the latest run it reads, and a first one reads the look-back's runs).
+            kept = self._recall(_EVENTS_MARK)
+            self._events_mark = datetime.fromisoformat(kept.decode()) if kept else self._mark
         after, after_id = self._mark - self._overlap, _FIRST_ID
         self._looked = self._looked or after
         changed_runs = 0
@@ -553,9 +558,7 @@ class TablePoller:
     def _take_events(self, db: psycopg.Connection[Any]) -> None:
         """Hand over the events the runtime took in since the latest read (less the overlap), once each, once
         their rows are `_SETTLED` old: by then the event worker has written what came of each."""
-        if self._events_mark is None:
-            kept = self._recall(_EVENTS_MARK)
-            self._events_mark = datetime.fromisoformat(kept.decode()) if kept else self._start_mark(db)
+        assert self._events_mark is not None
         after, after_id = self._events_mark - self._overlap, _FIRST_ID
         while True:
             asked = {"after": after, "after_id": after_id, "settled": _SETTLED, "limit": self._page}

@@ -674,6 +674,17 @@ def test_the_events_the_runtime_took_in_are_read_once_each_once_settled_and_afte
     assert failed["error_message"] == "Failed to launch Temporal workflow for workflow w: down"
 
 
+def test_a_first_start_reads_the_look_backs_events_though_the_runs_it_reads_move_its_mark_past_them(database, tmp_path):
+    # The events' read began where the runs' read had just moved the mark: past every event of the look-back.
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    runtime.event_taken("TICKET_CREATED", at(0))
+    runtime.start_run(at(600))
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    assert [row["event_name"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [
+        "TICKET_CREATED"
+    ]
+
+
 def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_the_same(database, tmp_path, caplog):
     import psycopg
 

@@ -5,7 +5,8 @@ waits for an event or a person, failures, cancels; `temporal_scenario`, as its T
 them: a catch block taking a failed step, calls retried in one row), several at once, each by a worker whose clock runs
 behind by up to ten seconds (its rows dated before others already read), with reads of the poller drawn
 among the writes, and restarts of it (a new poller going on from the mark the last one kept): the spans of
-every row they handed over are the spans of the rows read once, whole, at the end.
+every row they handed over are the spans of the rows read once, whole, at the end; and the events the
+runtime took in, each told once, as that read tells them.
 """
 
 import random
@@ -64,7 +65,7 @@ def _poller(url: str, kept: _Kept, marks: dict[str, bytes], **settings: Any) -> 
 def test_reads_drawn_among_the_writes_hand_over_what_one_read_at_the_end_would(
     tables, seed, runs, reads, restarts, behind
 ):
-    tables.execute("TRUNCATE workflow_definitions CASCADE")
+    tables.execute("TRUNCATE workflow_definitions, workflow_runtime_events CASCADE")
     url = tables.info.dsn
     runtime = runtime_v2.Runtime(tables, name="escalation")
     rng = random.Random(seed)
@@ -96,6 +97,20 @@ def test_reads_drawn_among_the_writes_hand_over_what_one_read_at_the_end_would(
     assert comparable(fold_events(_latest_calls(kept.rows), decoder=DECODE).spans) == comparable(
         fold_events(once.rows, decoder=DECODE).spans
     )
+    # The events the runtime took in (those that started the runs and resumed their waits): each handed over,
+    # told as the pipeline takes it (its first reading of an event id), as the read at the end tells it.
+    assert _events(kept.rows) == _events(once.rows) and len(_events(once.rows)) >= runs
+
+
+def _events(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each event the runtime took in, by its id: what its first reading tells of it (the pipeline takes an
+    event id once)."""
+    told: dict[str, str] = {}
+    for row in rows:
+        if "event_name" in row and "run_id" not in row:
+            (record,) = DECODE(row)
+            told.setdefault(record.event_id, record.kind.value)
+    return told
 
 
 def _latest_calls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
