@@ -6,11 +6,13 @@ them: a catch block taking a failed step, calls retried in one row), several at 
 behind by up to ten seconds (its rows dated before others already read), with reads of the poller drawn
 among the writes, and restarts of it (a new poller going on from the mark the last one kept): the spans of
 every row they handed over are the spans of the rows read once, whole, at the end; and the events the
-runtime took in, each told once, as that read tells them.
+runtime took in, each told once, as that read tells them. And a workflow's schedules made, fired, disabled
+and deleted among reads and restarts (deleted while no poller ran too): the occurrences awaited at the end
+are those the table holds.
 """
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -122,3 +124,63 @@ def _latest_calls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "invocation_id" in row:
             latest[row["invocation_id"]] = max(latest.get(row["invocation_id"], 0), row["invocation_attempt"])
     return [r for r in rows if "invocation_id" not in r or r["invocation_attempt"] == latest[r["invocation_id"]]]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["make", "fire", "fail", "skip", "disable", "delete"]),
+            st.integers(0, 5),
+            st.booleans(),  # read after it
+            st.integers(0, 3).map(lambda n: n == 0),  # restarted after it (before the read)
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_however_reads_and_restarts_fall_among_a_schedules_changes_what_is_awaited_is_what_the_table_says(
+    tables, steps
+):
+    # A schedule made, fired (launched, failed, let pass), disabled or deleted — deleted while no poller ran
+    # too, between a restart's stop and start —: the occurrences awaited at the end are those the table holds.
+    from otel_bridge.correlate.jobs import overdue_since_ns
+
+    tables.execute("TRUNCATE workflow_definitions, tenant_workflow_schedule CASCADE")
+    url = tables.info.dsn
+    runtime = runtime_v2.Runtime(tables, name="digest")
+    every = timedelta(minutes=5)
+    made: list[str] = []
+    kept, marks = _Kept(), {}
+    poller = _poller(url, kept, marks, overlap_seconds=15)
+    for i, (step, which, read, restart) in enumerate(steps):
+        when = datetime.fromtimestamp(T0 + 60 * i, UTC)
+        if step == "make" or not made:
+            made.append(runtime.schedule(f"schedule {i}", when, every))
+        else:
+            schedule = made[which % len(made)]
+            if step == "delete":
+                runtime.schedule_deleted(schedule)
+                made.remove(schedule)
+            elif step == "disable":
+                runtime.schedule_disabled(schedule, when)
+            else:
+                result = {"fire": "success", "fail": "error", "skip": "skipped"}[step]
+                runtime.schedule_fired(schedule, when, result, "refused" if step == "fail" else None, when + every)
+        if restart:  # stopped before this change was read: only the next poller may read it
+            poller.close()
+            poller = _poller(url, kept, marks, overlap_seconds=15)
+        if read:
+            poller.poll_once()
+    poller.poll_once()
+    poller.close()
+
+    awaited = {
+        state.job_name: overdue_since_ns(state)
+        for state in fold_events(kept.rows, decoder=DECODE, settle_at_ns=None).jobs.values()
+        if overdue_since_ns(state) is not None
+    }
+    said = tables.execute(
+        "SELECT name, next_fire_at FROM tenant_workflow_schedule WHERE enabled AND status = 'scheduled'"
+    ).fetchall()
+    assert awaited == {name: int(at.timestamp() * 1e9) for name, at in said}
