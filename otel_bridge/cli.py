@@ -1247,7 +1247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "catalogImport), a debounce whose flush never comes, a tokenRefresher whose alarm is lost (overdue where "
         "silent_continuous names it), each overdue once overdue_grace_seconds have passed; and a billing producer "
         "whose clock runs two hours ahead (ProducerClockAhead); with --runtime-v2-url, a run launched that no "
-        "worker takes (RUNNING with no step). Each is played once first, then drawn at random",
+        "worker takes (RUNNING with no step), a schedule whose occurrences never come and events the runtime "
+        "could not deliver (WorkflowEventsNotDelivered). Each is played once first, then drawn at random",
     )
     runs = sub.add_parser("runs", help="the open runs from the store: state, since, resumeAt, overdue by, traceparent")
     runs.add_argument("--run-state", choices=c.RUN_STATES, default=None, help="only runs in this state")
