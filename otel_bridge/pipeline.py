@@ -914,11 +914,10 @@ class Pipeline:
             job = judged.job(key, state, now_ns)
             if query.holds(job):
                 listed.append(job)
-        # Most pressing first: overdue longest, then due soonest, then those running with nothing told; those
-        # failing, the latest failed first.
-        listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))
-        if query.failing:
+        if query.failing:  # the latest failed first
             listed.sort(key=lambda j: -(j.last_ran_ns or 0))
+        else:  # most pressing first: overdue longest, then due soonest, then those running with nothing told
+            listed.sort(key=lambda j: (j.overdue_ns is None, -(j.overdue_ns or 0), j.due_ns is None, j.due_ns or 0))
         return (listed if limit is None else listed[:limit]), len(listed)
 
     @_damage_told

@@ -308,7 +308,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
             running = _one(db, "SELECT count(*) FROM workflow_runs WHERE status IN ('RUNNING', 'WAITING')")
             stranded = _one(db, _NOT_BEGUN)
             events_kept = _one(db, EVENTS_KEPT)
-            schedules = _optional(
+            optional = _optional(
                 db,
                 "tenant_workflow_schedule",
                 _one(db, SCHEDULES_KEPT),
@@ -327,7 +327,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
             if events_kept and not taken and (silent := _one(db, _EVENTS_SILENT)) is not None:
                 # None within the hour: since when (its event worker down, its stream out of reach?).
                 taken = f"; no event taken in within the hour, the latest {duration(silent)} ago"
-            schedules += taken
+            optional += taken
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _INDEXED, "workflow_runs", "updated_at")
             # The runtime's later migrations index the events' `created_at`; its first did not.
@@ -343,9 +343,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     # The failure the runtime's own run page warns of: no worker consumes its task queue (the bridge shows
     # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
     begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
-    return Finding(
-        "runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{schedules}{scan}"
-    )
+    return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{optional}{scan}")
 
 
 def _optional(db: "psycopg.Connection[Any]", table: str, readable: bool | None, counted: str, *said: str) -> str:

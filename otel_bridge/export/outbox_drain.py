@@ -263,10 +263,9 @@ class OutboxDrain:
                 self.damage = f"{damage_met(exc)} where its outbox is: the spans from there on are not sent"
             raise
         if (passed := self._store.outbox_passed) is not None:
-            first, last, found = passed
             self.damage = (
-                f"{damage_met(found)} where its outbox holds spans {first} to {last}: those are not sent, "
-                "the spans after them are"
+                f"{damage_met(passed.found)} where its outbox holds spans {passed.first} to {passed.last}: those "
+                "are not sent, the spans after them are"
             )
         return sent
 

@@ -599,6 +599,20 @@ def _due_in_turn(writes: Scheduled, start: float) -> Callable[[float, Callable[[
     return then
 
 
+def _event_taken(
+    runtime: Runtime, run: dict[str, Any], name: str, key: str, resumed: str | None = None
+) -> Callable[[datetime], None]:
+    """The write of the event that started `run`, or, `resumed` (a step's path), resumed its wait there."""
+
+    def write(when: datetime) -> None:
+        if resumed is None:
+            runtime.event_taken(name, when, key, started=run["id"])
+        else:
+            runtime.event_taken(name, when, key, resumed=(run["id"], resumed))
+
+    return write
+
+
 def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = False) -> Scheduled:
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
@@ -623,12 +637,7 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
 
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=stranded)))
-    then(
-        0,
-        lambda when: run.update(
-            event=runtime.event_taken("TICKET_CREATED", when, ticket["ticketId"], started=run["id"])
-        ),
-    )
+    then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"]))
     if stranded:
         return writes
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
@@ -681,12 +690,7 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
         then(rng.randint(1000, 4000), lambda when: runtime.canceled(run["id"], when, "duplicate ticket"))
         return writes
     then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when))
-    then(
-        0,
-        lambda when: run.update(
-            event=runtime.event_taken(answer, when, ticket["ticketId"], resumed=(run["id"], "root.steps[1]"))
-        ),
-    )
+    then(0, _event_taken(runtime, run, answer, ticket["ticketId"], resumed="root.steps[1]"))
     then(20, started("root.steps[1]", "awaitApproval"))
     then(5, lambda when: runtime.step_succeeded(run["id"], run["step"], run["began"], when, "root.steps[2]"))
     then(10, started("root.steps[2]", "notifyRequester"))
@@ -726,12 +730,7 @@ def temporal_scenario(
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=True, schedule=schedule)))
     if schedule is None:
-        then(
-            0,
-            lambda when: run.update(
-                event=runtime.event_taken("TICKET_CREATED", when, ticket["ticketId"], started=run["id"])
-            ),
-        )
+        then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"]))
     then(rng.randint(20, 120), started("root.steps[0]", "tryLookup"))
     then(2, ended())  # a control.tryCatch step: its try block next
     then(3, started("root.steps[0].try.steps[0]", "lookupTicket"))
@@ -770,12 +769,7 @@ def temporal_scenario(
         then(5, lambda when: runtime.temporal_run_completed(run["id"], when, "CANCELED"))
         return writes
     then(rng.randint(1000, 5000), lambda when: runtime.event_arrived(run["id"], answer, when, temporal=True))
-    then(
-        0,
-        lambda when: run.update(
-            event=runtime.event_taken(answer, when, ticket["ticketId"], resumed=(run["id"], "root.steps[1]"))
-        ),
-    )
+    then(0, _event_taken(runtime, run, answer, ticket["ticketId"], resumed="root.steps[1]"))
     then(5, ended())
     then(10, started("root.steps[2]", "notifyRequester"))
     then(rng.randint(50, 400), call("email.send"))

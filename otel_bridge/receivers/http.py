@@ -405,9 +405,8 @@ def create_app(
     def job_instances(params: Mapping[str, str], overdue: bool, limit: int) -> _Found | Response:
         assert jobs is not None
         given = params.get
-        failing = _FLAGS.get(params.get("failing", "false").lower())
-        if failing is None:
-            return _problem(400, f"failing must be true or false, not {params['failing']!r}")
+        if isinstance(failing := _flag(params, "failing"), Response):
+            return failing
         filters = (given("service") or None, given("env") or None, given("job") or None)
         return jobs(JobQuery(overdue, *filters, failing), limit)
 
@@ -519,15 +518,20 @@ def _overdue_and_limit(params: Mapping[str, str]) -> tuple[bool, int] | Response
     """A listing's `overdue` (true or false) and `limit` (a whole number of 0 or more, 1,000 when not
     given), or the 400 saying which is not. A filter that is not one (`overdue=maybe`) answered an
     empty list, as if nothing were there: the on-call engineer is told instead."""
-    overdue = _FLAGS.get(params.get("overdue", "false").lower())
-    if overdue is None:
-        return _problem(400, f"overdue must be true or false, not {params['overdue']!r}")
+    if isinstance(overdue := _flag(params, "overdue"), Response):
+        return overdue
     given = params.get("limit")
     try:
         limit = int(given) if given is not None else _RUNS_LISTED
     except ValueError:
         return _problem(400, f"limit must be a whole number, not {given!r}")
     return (overdue, limit) if limit >= 0 else _problem(400, f"limit must be 0 or more, not {limit}")
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool | Response:
+    """A listing's flag (true or false, 1/0, yes/no; false when not given), or the 400 saying it is none."""
+    flag = _FLAGS.get(params.get(name, "false").lower())
+    return flag if flag is not None else _problem(400, f"{name} must be true or false, not {params[name]!r}")
 
 
 def _close_request(body: bytes) -> CloseRequest:

@@ -332,7 +332,7 @@ def table_of(raw: Any) -> str:
     raise DecodeError(
         "",
         "not a row of workflow_runs (workflow_id, status), workflow_run_steps (step_id, attempt), "
-        "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id), workflow_run_logs (log_id) "
+        "workflow_run_waits (wait_id), workflow_action_invocations (invocation_id), workflow_run_logs (log_id), "
         "tenant_workflow_schedule (next_fire_at) or workflow_runtime_events (event_id, event_name)",
     )
 
@@ -675,13 +675,10 @@ class RuntimeV2Decoder:
         """A schedule's row: its last occurrence (fired, failed to launch its run, or let pass), and the next
         it awaits, or, disabled, paused or done, none. A job instance of its own, named by the schedule (or
         its workflow), of the type its trigger is."""
-        job = JobRecord(
+        job = self._job(
             event_id=f"v2:schedule:{row.id}:",
             time_ns=ns(row.updated_at),
             kind=JOB_KIND.TASK_SCHEDULED,
-            engine=ENGINE,
-            env=self.options.env,
-            service=self.options.service,
             instance_id=row.id,
             job_name=cut(row.name or row.workflow_name, MAX_TEXT) or row.workflow_id,
             job_type=row.trigger_type,
@@ -718,18 +715,15 @@ class RuntimeV2Decoder:
         failure with why (as the runtime's own event list has it, an error wins: a run signalled, another not),
         a success when it started or resumed a run, skipped when no run took it — with no correlation key
         too, which the runtime writes as an error: most events no workflow waits for nor starts on have none,
-        and a wait it left waiting shows as its run overdue."""
+        and a wait it left waiting shows as its run paused (overdue past the wait's timeout)."""
         error = row.error_message or ""
         failed = bool(error) and not error.startswith(NO_CORRELATION_KEY)
         kind = JOB_KIND.FAILED if failed else JOB_KIND.EXECUTED if row.matched_run_id else JOB_KIND.SKIPPED
         return [
-            JobRecord(
+            self._job(
                 event_id=f"v2:event:{row.event_id}",
                 time_ns=ns(row.created_at),
                 kind=kind,
-                engine=ENGINE,
-                env=self.options.env,
-                service=self.options.service,
                 instance_id=row.event_name,
                 job_name=row.event_name,
                 job_type=EVENT_JOB_TYPE,
@@ -737,6 +731,10 @@ class RuntimeV2Decoder:
                 reason=cut(error, self.options.decode.max_text_chars) if failed else None,
             )
         ]
+
+    def _job(self, **told: Any) -> JobRecord:
+        """A record of a job of the runtime's (a schedule's, an event name's), of these options' service."""
+        return JobRecord(engine=ENGINE, env=self.options.env, service=self.options.service, **told)
 
     @staticmethod
     def _replayed_from(row: LogRow) -> tuple[str, ...]:

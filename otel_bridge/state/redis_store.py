@@ -27,7 +27,7 @@ from redis.exceptions import RedisClusterException, ResponseError, WatchError
 from redis.sentinel import SentinelConnectionPool
 
 from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
-from otel_bridge.state.store import OutboxRow, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, Passed, StoreOpenError, StoreUnavailable, T
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ class RedisTransaction:
 class RedisStore:
     shared = True
     overdue_index_new = False  # earlier versions' runs enter the index at their next save
-    outbox_passed: tuple[int, int, str] | None = None  # no page of it to damage
+    outbox_passed: Passed | None = None  # no page of it to damage
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from otel_bridge import keys
 from otel_bridge.state.disk_reserve import free_bytes
 from otel_bridge.state.sqlite_store import (
     BOOKMARKS,
-    Passed,
+    OUTBOX_READ,
     SqliteStore,
     claimed,
     damaged,
@@ -34,6 +34,7 @@ from otel_bridge.state.sqlite_store import (
     quick_check,
     read_around_damage,
 )
+from otel_bridge.state.store import Passed
 
 # Each table the bridge keeps, with the columns of its key.
 _TABLES: dict[str, tuple[str, ...]] = {
@@ -244,7 +245,7 @@ def _outbox_past_damage(source: sqlite3.Connection, target: sqlite3.Connection) 
     while True:
         rows: list[tuple[int, str, bytes]] = []
         try:
-            for row in source.execute(f"SELECT {', '.join(_OUTBOX)} FROM outbox WHERE id >= ? ORDER BY id", (at,)):
+            for row in source.execute(OUTBOX_READ, (at,)):
                 rows.append(row)
                 if len(rows) == _CHUNK:
                     _inserted(target, insert, rows)

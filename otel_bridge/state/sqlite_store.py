@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -27,7 +26,15 @@ from otel_bridge.forks import GivenUpToFork, Lock, after_fork_in_child, held_acr
 from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve, mounts
 from otel_bridge.state.disk_reserve import DiskReserve
-from otel_bridge.state.store import DAMAGED_HELP, OutboxRow, StoreInUse, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import (
+    DAMAGED_HELP,
+    OutboxRow,
+    Passed,
+    StoreInUse,
+    StoreOpenError,
+    StoreUnavailable,
+    T,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
@@ -63,7 +70,7 @@ _WAL_KEPT_BYTES = 16 * 2**20
 _GIVE_WAY_SECONDS = 0.05
 
 # The outbox's spans in the order they were taken, from an id on.
-_OUTBOX_READ = "SELECT id, resource, payload FROM outbox WHERE id >= ? ORDER BY id"
+OUTBOX_READ = "SELECT id, resource, payload FROM outbox WHERE id >= ? ORDER BY id"
 # How many ids past a damaged page of the outbox its read is tried from one by one, more than a leaf page
 # holds; past them (a broken page above the leaves holds up many) the step doubles.
 _ONE_BY_ONE = 512
@@ -134,15 +141,6 @@ def quick_check(
     return None if found == ["ok"] else "; ".join(found[:3])
 
 
-@dataclass(frozen=True)
-class Passed:
-    """Ids of the outbox on a damaged page, passed over by its read, and what SQLite found there."""
-
-    first: int
-    last: int
-    found: str
-
-
 def read_around_damage(db: sqlite3.Connection, at: int, limit: int) -> list[tuple[int, str, bytes] | Passed]:
     """Up to `limit` rows of the outbox of `db` from id `at` on, in order, read one at a time around its
     damaged pages (`readable_from`), each passed over in its place as `Passed`: sqlite3 steps to the next
@@ -152,7 +150,7 @@ def read_around_damage(db: sqlite3.Connection, at: int, limit: int) -> list[tupl
     rows = 0
     while rows < limit:
         try:
-            found = db.execute(f"{_OUTBOX_READ} LIMIT 1", (at,)).fetchone()
+            found = db.execute(f"{OUTBOX_READ} LIMIT 1", (at,)).fetchone()
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
@@ -183,7 +181,7 @@ def readable_from(db: sqlite3.Connection, at: int) -> int | None:
 
     def reads(start: int) -> bool:
         try:
-            db.execute(f"{_OUTBOX_READ} LIMIT 1", (start,)).fetchall()
+            db.execute(f"{OUTBOX_READ} LIMIT 1", (start,)).fetchall()
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
@@ -419,7 +417,7 @@ class SqliteStore:
         self._outbox_from = self._outbox_read = 0
         self._outbox_damaged: dict[int, int] = {}
         self._outbox_sent: set[int] = set()
-        self.outbox_passed: tuple[int, int, str] | None = None
+        self.outbox_passed: Passed | None = None
         # Kept in memory so the backpressure check on every ingest costs nothing.
         self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._text_ids = self._holds_text_ids()
@@ -573,7 +571,7 @@ class SqliteStore:
         with self._lock:
             try:
                 sent = self._outbox_sent
-                read = self._db.execute(f"{_OUTBOX_READ} LIMIT ?", (self._outbox_from, limit + len(sent))).fetchall()
+                read = self._db.execute(f"{OUTBOX_READ} LIMIT ?", (self._outbox_from, limit + len(sent))).fetchall()
                 rows = [OutboxRow(*row) for row in read if not sent or row[0] not in sent][:limit]
             except sqlite3.DatabaseError as exc:
                 if not damaged(exc):
@@ -591,7 +589,7 @@ class SqliteStore:
             if isinstance(read, Passed):
                 if read.last not in self._outbox_damaged:  # newly met: from past the last span read
                     self._outbox_damaged[read.last] = first = max(read.first, self._outbox_read + 1)
-                    self.outbox_passed = (first, read.last, read.found)
+                    self.outbox_passed = Passed(first, read.last, read.found)
                 if not rows:  # nothing before the damage is left to send: the reads begin past it from now on
                     self._outbox_from = read.last + 1
             elif read[0] not in self._outbox_sent:

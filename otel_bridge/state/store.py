@@ -9,7 +9,7 @@ bridge replicas may run it again when another replica changed what it read, so
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from otel_bridge.consumer import Unavailable
 
@@ -96,14 +96,22 @@ class Transaction(Protocol):
     def outbox_add(self, rows: Iterable[tuple[str, bytes]]) -> None: ...
 
 
+class Passed(NamedTuple):
+    """Ids of the outbox on a damaged page, passed over by its read, and what SQLite found there."""
+
+    first: int
+    last: int
+    found: str
+
+
 class Store(Protocol):
     # Whether the state is shared with other bridge processes (then in-memory gauges are per replica).
     shared: bool
     # Whether the index of when runs turn overdue was just created over states stored without it.
     overdue_index_new: bool
-    # The outbox's ids (first, last) on a damaged part of it that its reads now pass over, with what the
-    # store found there; None while none is (a store with no pages to damage never has one).
-    outbox_passed: tuple[int, int, str] | None
+    # The outbox's ids on the latest damaged part of it its reads now pass over, with what the store found
+    # there; None while none is (a store with no pages to damage never has one).
+    outbox_passed: Passed | None
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         """`work` as one transaction; the store's own refusals (unreachable, full, read-only) are
