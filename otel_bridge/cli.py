@@ -208,8 +208,7 @@ def _serve(settings: Settings) -> int:
 
     _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
     listening = _listening(settings.host, settings.port)
-    bridge = Bridge(settings)
-    bridge.restore()
+    bridge = Bridge.opened(settings)
     scheme = "https" if settings.tls_certfile else "http"
 
     def start() -> None:  # on the server's event loop, as it starts
@@ -271,7 +270,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         raise CliError(f"cannot replay {source}: {_not_a_file(source, stdin=True)}")
     if source != "-":
         _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
-    bridge = Bridge(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False)
     own_process_gc()
     consumers = {
         "durable-effect": bridge.consumer("replay"),
@@ -330,7 +329,7 @@ def _resend_spans(settings: Settings, source: str) -> int:
                 rows.append(outbox_row(loads(line)))
             except (ValueError, NotResendable) as exc:
                 unreadable.append(f"  line {number}: {exc}")
-    bridge = Bridge(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False)
     try:
         before = bridge.store.outbox_depth()
         for start in range(0, len(rows), 1000):
@@ -377,13 +376,11 @@ def _salvage_state(settings: Settings) -> int:
     if done is None:
         print(f"{path}: SQLite finds nothing damaged in it (PRAGMA quick_check): nothing done")
         return 0
-    copied = ", ".join(f"{table} {count:,}" for table, count in done.copied.items())
-    print(f"{path}: salvaged what reads into a fresh file, rows: {copied}")
-    if done.broken:
-        print(f"  broken pages met in: {', '.join(done.broken)} (their rows on those pages are lost)")
-    if done.orphaned_facts:
-        print(f"  {done.orphaned_facts:,} facts left out: their run's state was lost (its next events start it afresh)")
-    print(f"  the damaged file is kept as {done.kept_as} (with its -wal and -shm): start the bridge")
+    first, *rest = done.told()
+    print(f"{path}: salvaged, {first}")
+    for line in rest:
+        print(f"  {line}")
+    print("  start the bridge")
     return 0
 
 
@@ -472,7 +469,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError("nothing to import: give timeline files or URLs, or --workflow-id with --ws-api-url")
     window = timeline_api.Window(_moment(args.since, "--since"), _moment(args.until, "--until"))
     documents = _timeline_documents(args.sources, headers)
-    bridge = Bridge(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False)
     consumer = bridge.consumer("import-timeline", bridge.phase10_decoder().timeline_document)
     total = IngestReport()
     rejected: list[str] = []  # (where from: what was wrong)
@@ -542,7 +539,7 @@ def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.runtime_v2_url:
         raise CliError("nothing to import from: give the runtime's database with --runtime-v2-url postgresql://…")
     since = _moment(args.since, "--since") or datetime(1970, 1, 1, tzinfo=UTC)
-    bridge = Bridge(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False)
     counted = _Counted(bridge.consumer("import-runtime-v2", bridge.runtime_v2_decoder()))
     poller = TablePoller(
         settings.runtime_v2_url,

@@ -318,6 +318,12 @@ class Settings(BaseSettings):
         description="SQLite state: room kept beside the state file (STATE.reserve), given back when its disk is "
         "full so that what waits for export can still leave; kept again once there is room (0: none).",
     )
+    salvage_at_start: bool = Field(
+        True,
+        description="SQLite state: a state file found damaged (a page SQLite cannot read) at start, or by a bridge "
+        "or `check` before it (STATE.needs-salvage), is salvaged before the bridge serves: what reads is copied "
+        "into a fresh file, the damaged one kept beside. Off, such a start refuses and names `salvage-state`.",
+    )
     stuck_after_seconds: float = Field(
         300.0,
         gt=0,

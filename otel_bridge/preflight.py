@@ -9,6 +9,7 @@ asked too. The point is the deploy that fails at once with the reason — a Coll
 port, a credential refused, TLS spoken to a plain-text port — rather than minutes later in a log.
 """
 
+import contextlib
 import difflib
 import os
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
+from otel_bridge.state.salvage import note_damage
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
-from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreOpenError, WithRisks
+from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
 
 if TYPE_CHECKING:
@@ -100,6 +102,9 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
             return Finding("state", True, f"{said}; {risk}" if risk else said)
     try:
         store = open_store(settings, read_only=True)
+    except StoreDamaged as exc:
+        _noted(settings, exc.met)
+        return Finding("state", False, str(exc))
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("state", False, str(exc))
     if settings.shared_state:
@@ -111,6 +116,7 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
         if isinstance(store, SqliteStore):
             try:
                 if (damage := store.damage_found(within_seconds=timeout_seconds)) is not None:
+                    _noted(settings, damage_met(damage, state))
                     return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
             except TimeoutError:  # a deploy gated on `check` does not wait minutes for a file of many GiB
                 size = file_bytes(state) / 2**30
@@ -132,6 +138,15 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
         return Finding("state", True, "; ".join([detail, *risks]))
     finally:
         store.close()
+
+
+def _noted(settings: Settings, met: str) -> None:
+    """The damage `check` found, noted beside the state file for the next start to salvage (as a bridge
+    that meets it does): that start's own reads might not pass through the damaged page."""
+    if settings.salvage_at_start:
+        # A folder `check` may not write to: the finding says what to do all the same.
+        with contextlib.suppress(OSError):
+            note_damage(Path(settings.state), met)
 
 
 def _names(settings: Settings) -> Finding:

@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 
@@ -38,6 +39,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
+from otel_bridge.state.salvage import SalvageError, damage_noted, note_damage, salvage
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -46,10 +48,10 @@ from otel_bridge.state.store import (
     PagesChecked,
     Replicated,
     Store,
+    StoreDamaged,
     StoreOpenError,
     WithRisks,
     damage_met,
-    damaged_said,
 )
 from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
@@ -147,6 +149,44 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
 
 
 class Bridge:
+    @classmethod
+    def opened(cls, settings: Settings, **kwargs: Any) -> "Bridge":
+        """A bridge on `settings` (`kwargs` as `Bridge` takes them), what its gauges count read back
+        (`restore`). A SQLite state file found damaged, opening it or reading it back, or noted damaged by
+        a bridge or `check` before (`note_damage`), is salvaged first with `salvage_at_start`; without
+        it, a damage met raises StoreDamaged (one line naming `salvage-state`)."""
+        file = None if settings.in_memory or settings.shared_state else Path(settings.state)
+        # A note beside no file (the state moved away by hand) asks nothing: the start makes a fresh one.
+        met = damage_noted(file) if file is not None and file.is_file() and settings.salvage_at_start else None
+        if met is None:
+            try:
+                return cls(settings, **kwargs).restored()
+            except StoreDamaged as exc:
+                if file is None or not settings.salvage_at_start:
+                    raise
+                met = exc.met
+        assert file is not None
+        # Before serving, not beside it: the salvage reads the file whole and puts a fresh one in its place.
+        log.warning("%s: salvaging it before the bridge starts (salvage_at_start; ~20 s a GiB)", met)
+        try:
+            done = salvage(file)
+        except SalvageError as exc:
+            raise StoreOpenError(f"{met}; its salvage at start could not be made: {exc}") from None
+        if done is None:
+            log.warning("SQLite finds nothing damaged in %s (PRAGMA quick_check): started on it as it is", file)
+        else:
+            rejected = Path(settings.dead_letter)
+            log.warning(
+                "the state file %s is salvaged: %s%s",
+                file,
+                "; ".join(done.told()),
+                f"; events rejected for the damage before are kept in {rejected} (README: Runbook: a damaged "
+                "state file)"
+                if rejected.is_file() and rejected.stat().st_size
+                else "",
+            )
+        return cls(settings, **kwargs).restored()
+
     def __init__(
         self,
         settings: Settings,
@@ -299,6 +339,7 @@ class Bridge:
         self.warnings: list[str] = []
         # A damaged state file the read of every page after the start found (`_check_pages`).
         self.pages_damage: str | None = None
+        self._damage_noted = False  # beside the state file, for the next start (`note_damage`)
 
     def _disk_gauges(self, store: OnDisk) -> None:
         # A full disk makes the bridge refuse batches (503), and producers drop a batch after three
@@ -554,9 +595,28 @@ class Bridge:
         except Exception as exc:
             if not self.store.damaged(exc):
                 raise
-            self.store.close()  # its lock let go: `salvage-state` (or a tracker made again after it) takes it
-            raise StoreOpenError(damaged_said(self.settings.state, exc)) from exc
+            self.store.close()  # its lock let go: the salvage (`opened`, `salvage-state`) takes it
+            raise StoreDamaged(self.settings.state, exc) from exc
         self._restored = True
+
+    def restored(self) -> "Bridge":
+        self.restore()
+        return self
+
+    def note_damage(self) -> None:
+        """Leave a note beside the state file of a damage met while running (once), for the next start to
+        salvage it (`opened`): its own reads might not pass through the damaged page."""
+        if self._damage_noted or self.settings.in_memory or not isinstance(self.store, SqliteStore):
+            return
+        met = self.pipeline.damage or self.drain.damage or self.pages_damage
+        if met is None:
+            return
+        try:
+            note_damage(Path(self.settings.state), met)
+        except OSError as exc:  # a full disk: the damage is told all the same (`at_risk`)
+            log.debug("leaving a note of the damage beside the state file failed: %s", exc)
+            return
+        self._damage_noted = True
 
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
@@ -699,6 +759,7 @@ class Bridge:
                 indexed = failures.attempt(self.index_by_these_settings) is not None
             with self.passes.running("overdue"):
                 failures.attempt(self.count_overdue)
+                self.note_damage()
                 if time.monotonic() - risks_read >= _RISKS_EVERY:
                     risks_read = time.monotonic()
                     self.read_risks()
@@ -737,6 +798,7 @@ class Bridge:
         if found is not None:
             self.pages_damage = damage_met(found, self.settings.state)
             log.error("%s, found reading every page after the start; %s", self.pages_damage, DAMAGED_HELP)
+            self.note_damage()
 
     def _checkpoint_loop(self) -> None:
         assert isinstance(self.store, Checkpointed)
@@ -881,6 +943,7 @@ class Bridge:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
                 self.export_metrics()
         finally:
+            self.note_damage()  # what the stop met too
             self.dead_letters.close()
             self.dead_spans.close()
             for sender in self.trace_senders:

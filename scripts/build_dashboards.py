@@ -519,7 +519,7 @@ def bridge() -> Board:
         width=8,
         description="Settings of each bridge's state store that can lose events it answered, or count them again "
         "(a Redis that evicts keys or keeps too little on disk, a SQLite file on a network filesystem), read every "
-        "minute, and a damaged state file the bridge met (otel-bridge salvage-state); /readyz's warnings name them "
+        "minute, and a damaged state file the bridge met (a restart salvages it); /readyz's warnings name them "
         "and the fix. 0 is the goal: alert BridgeStateAtRisk.",
     )  # fmt: skip
     b.state(

@@ -4,6 +4,7 @@ cannot hold it up), how far behind settling is, and what it warns of as it start
 import asyncio
 import logging
 import re
+import shutil
 import threading
 import time
 
@@ -14,10 +15,12 @@ from redis_server import RedisServer
 from otel_bridge import conventions as c
 from otel_bridge import runtime
 from otel_bridge.config import Settings
+from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.otlp import NoSender
 from otel_bridge.on_loop import OnLoop
 from otel_bridge.pipeline import here
 from otel_bridge.runtime import Bridge
+from otel_bridge.state.store import StoreDamaged, StoreOpenError
 
 
 def _bridge(tmp_path, state: str | None = None, **values) -> Bridge:
@@ -410,6 +413,116 @@ def test_a_damaged_page_nothing_has_needed_yet_is_found_after_the_start_and_told
         bridge.stop()
     assert "is damaged" in told and "found reading every page after the start" in told and "salvage-state" in told
     assert "found reading every page after the start" in caplog.text
+
+
+def _opened(tmp_path, **values) -> Bridge:
+    """`Bridge.opened`, as `serve` and a tracker open the state, on the test's files."""
+    settings = Settings(
+        state=str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "dead.jsonl",
+        span_dead_letter=tmp_path / "spans.jsonl",
+        **values,
+    )
+    return Bridge.opened(settings, trace_sender=NoSender(), metric_sender=NoSender())
+
+
+def _open_runs_listed(bridge: Bridge) -> int:
+    return bridge.pipeline.list_runs(RunQuery(), limit=0)[1]
+
+
+def test_a_state_file_found_damaged_at_start_is_salvaged_before_the_bridge_starts_the_damaged_one_kept(
+    tmp_path, caplog
+):
+    # The start refused, naming `salvage-state`: a sidecar restarted by its orchestrator never came back
+    # by itself, and its producers dropped every batch after three re-sends meanwhile.
+    from faults import broken_page, open_runs
+
+    open_runs(tmp_path / "s.db", 300)
+    broken_page(tmp_path / "s.db", "state")
+    caplog.set_level(logging.WARNING)
+
+    bridge = _opened(tmp_path)
+    try:
+        assert 290 <= _open_runs_listed(bridge) < 300  # those on the broken page lost, the rest kept
+    finally:
+        bridge.stop()
+    (kept,) = tmp_path.glob("s.db.damaged-*[0-9Z]")
+    assert kept.stat().st_size > 0  # the damaged file, whole, beside the fresh one
+    assert "s.db is damaged" in caplog.text and "salvaging it before the bridge starts" in caplog.text
+    assert "broken pages met in: state" in caplog.text and str(kept) in caplog.text
+
+
+def test_without_salvage_at_start_a_state_file_found_damaged_refuses_the_start_and_is_left_as_it_is(tmp_path):
+    from faults import broken_page, open_runs
+
+    open_runs(tmp_path / "s.db", 300)
+    broken_page(tmp_path / "s.db", "state")
+    before = (tmp_path / "s.db").read_bytes()
+
+    with pytest.raises(StoreDamaged, match=r"s\.db is damaged .*salvage-state"):
+        _opened(tmp_path, salvage_at_start=False)
+
+    assert (tmp_path / "s.db").read_bytes() == before and not list(tmp_path.glob("s.db.damaged-*"))
+
+
+def test_a_damage_met_while_running_is_noted_beside_the_file_and_salvaged_at_the_next_start(tmp_path):
+    # A page of run facts: the start reads the states, not their facts, so a restart ran on around the
+    # damage, and the salvage waited for someone to stop the bridge and run `salvage-state`.
+    from faults import broken_page, open_runs
+
+    open_runs(tmp_path / "s.db", 300)
+    broken_page(tmp_path / "s.db", "facts")
+    bridge = _opened(tmp_path).start(follow=False)
+    try:
+        for _ in range(200):
+            if bridge.pages_damage is not None:
+                break
+            time.sleep(0.05)
+        assert bridge.pages_damage is not None
+    finally:
+        bridge.stop()
+    note = tmp_path / "s.db.needs-salvage"
+    assert "s.db is damaged" in note.read_text()
+    assert not list(tmp_path.glob("s.db.damaged-*"))  # the start that met nothing salvaged nothing
+
+    again = _opened(tmp_path).start(follow=False)
+    try:
+        found = again.store.damage_found()  # type: ignore[attr-defined]
+    finally:
+        again.stop()
+    assert found is None and not note.exists() and len(list(tmp_path.glob("s.db.damaged-*[0-9Z]"))) == 1
+
+
+def test_a_note_of_damage_sqlite_no_longer_finds_is_taken_away_and_the_file_used_as_it_is(tmp_path, caplog):
+    from faults import open_runs
+
+    open_runs(tmp_path / "s.db", 20)
+    (tmp_path / "s.db.needs-salvage").write_text("the state file s.db is damaged (…) (noted 2026-12-05T00:00:00Z)\n")
+    caplog.set_level(logging.WARNING)
+
+    _opened(tmp_path).stop()
+
+    assert not (tmp_path / "s.db.needs-salvage").exists() and not list(tmp_path.glob("s.db.damaged-*"))
+    assert "SQLite finds nothing damaged in" in caplog.text
+
+
+def test_a_salvage_at_start_without_room_for_the_fresh_file_refuses_the_start_saying_so(tmp_path):
+    from faults import broken_page, open_runs, small_filesystem
+
+    with small_filesystem(tmp_path / "disk", 16) as disk:
+        open_runs(disk / "s.db", 300)
+        broken_page(disk / "s.db", "state")
+        size = (disk / "s.db").stat().st_size
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - size // 2))
+        before = (disk / "s.db").read_bytes()
+
+        with pytest.raises(
+            StoreOpenError, match=r"s\.db is damaged \(.*\); its salvage at start could not be made.*make room"
+        ):
+            _opened(disk, disk_reserve_mib=0)
+
+        assert (disk / "s.db").read_bytes() == before and not list(disk.glob("s.db.*salvaged*"))
 
 
 def test_a_whole_state_file_is_checked_after_the_start_and_nothing_is_told(tmp_path):

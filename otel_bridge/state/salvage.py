@@ -14,6 +14,10 @@ sqlite3 steps to the next row before it hands one over, and the step into the br
 row it was about to hand over, among them the key kept in the page above, between two pages.
 
 The damaged file is kept beside, renamed, with its log: nothing is deleted.
+
+A bridge that meets a damaged page while it runs, or `check` that finds one, leaves a note of it beside
+the file (`<state>.needs-salvage`): the next start salvages the file first (`Bridge.opened`), though its
+own reads might not pass through the page. A salvage takes the note away.
 """
 
 import sqlite3
@@ -73,6 +77,41 @@ class Salvaged:
     broken: list[str] = field(default_factory=list)
     orphaned_facts: int = 0
 
+    def told(self) -> list[str]:
+        """What was done, a line each: what the command prints, what a start's salvage logs."""
+        copied = ", ".join(f"{table} {count:,}" for table, count in self.copied.items())
+        lines = [f"what reads is in a fresh file, rows: {copied}"]
+        if self.broken:
+            lines.append(f"broken pages met in: {', '.join(self.broken)} (their rows on those pages are lost)")
+        if self.orphaned_facts:
+            lost = "their run's state was lost (its next events start it afresh)"
+            lines.append(f"{self.orphaned_facts:,} facts left out: {lost}")
+        lines.append(f"the damaged file is kept as {self.kept_as} (with its -wal and -shm)")
+        return lines
+
+
+def needs_salvage(path: Path) -> Path:
+    """The note beside a state file that asks its next start for a salvage (`note_damage`)."""
+    return path.with_name(path.name + ".needs-salvage")
+
+
+def note_damage(path: Path, found: str) -> None:
+    """Leave beside the state file at `path` what was found damaged in it (once: an earlier note stays)."""
+    note = needs_salvage(path)
+    try:
+        with note.open("x") as out:
+            out.write(f"{found} (noted {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n")
+    except FileExistsError:
+        pass
+
+
+def damage_noted(path: Path) -> str | None:
+    """What a bridge or `check` noted damaged in the state file at `path`, or None."""
+    try:
+        return needs_salvage(path).read_text().strip() or f"the state file {path} is noted damaged"
+    except FileNotFoundError:
+        return None
+
 
 def salvage(path: Path) -> Salvaged | None:
     """Copy what reads of the state file at `path` into a fresh one, keep the damaged file beside as
@@ -83,6 +122,7 @@ def salvage(path: Path) -> Salvaged | None:
         source = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
             if quick_check(source) is None:
+                needs_salvage(path).unlink(missing_ok=True)
                 return None
             out = Salvaged(path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
             fresh = path.with_name(path.name + ".salvaged")
@@ -93,6 +133,7 @@ def salvage(path: Path) -> Salvaged | None:
             if Path(f"{path}{suffix}").exists():
                 Path(f"{path}{suffix}").rename(f"{out.kept_as}{suffix}")
         fresh.rename(path)
+        needs_salvage(path).unlink(missing_ok=True)
         return out
 
 

@@ -27,9 +27,9 @@ from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve, mounts
 from otel_bridge.state.disk_reserve import DiskReserve
 from otel_bridge.state.store import (
-    DAMAGED_HELP,
     OutboxRow,
     Passed,
+    StoreDamaged,
     StoreInUse,
     StoreOpenError,
     StoreUnavailable,
@@ -392,9 +392,16 @@ class SqliteStore:
                 self._db.execute("PRAGMA secure_delete = FAST")
                 self._db.executescript(_SCHEMA)
                 self.overdue_index_new = _migrate(self._db)
+            # Kept in memory so the backpressure check on every ingest costs nothing.
+            self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            self._text_ids = self._holds_text_ids()
         except (sqlite3.Error, OSError) as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
             if self._claimed is not None:
                 self._claimed.close()
+            if damaged(exc):  # salvaged at start (`Bridge.opened`), or by `salvage-state`
+                raise StoreDamaged(self.path, exc) from exc
             raise StoreOpenError(f"cannot open the state file {self.path}: {_why(exc)}") from exc
         # Where the background checkpoint finds the file (absolute: the working directory may change).
         self._checkpoint_path = None if read_only or self.path == ":memory:" else str(Path(self.path).resolve())
@@ -418,9 +425,6 @@ class SqliteStore:
         self._outbox_damaged: dict[int, int] = {}
         self._outbox_sent: set[int] = set()
         self.outbox_passed: Passed | None = None
-        # Kept in memory so the backpressure check on every ingest costs nothing.
-        self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        self._text_ids = self._holds_text_ids()
         self._reserve = None
         if self._checkpoint_path is not None:
             reserve = Path(self._checkpoint_path + ".reserve")
@@ -753,8 +757,6 @@ class SqliteStore:
 def _why(exc: Exception) -> str:
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return "it is not a SQLite database (corrupt, or another file): move it aside, or point --state elsewhere"
-    if damaged(exc):
-        return f"it is damaged ({exc}): {DAMAGED_HELP}"
     if isinstance(exc, PermissionError) or "readonly" in str(exc) or "unable to open" in str(exc):
         return f"{exc} (is its directory writable by this user?)"
     return str(exc)

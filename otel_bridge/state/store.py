@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 # What to do about a state file SQLite found damaged: said wherever the damage is met.
 DAMAGED_HELP = (
-    "stop the bridge, then `otel-bridge salvage-state` keeps what still reads in a fresh file, the damaged one "
-    "beside it (README: Runbook: a damaged state file)"
+    "the bridge's next start salvages it (salvage_at_start), or `otel-bridge salvage-state` does, the bridge "
+    "stopped: what still reads goes into a fresh file, the damaged one kept beside (README: Runbook: a damaged "
+    "state file)"
 )
 
 
@@ -39,6 +40,14 @@ class StoreUnavailable(Unavailable):
 
 class StoreOpenError(Exception):
     """The store cannot be opened at all (corrupt, read-only, in use, unreachable): said in one line at start."""
+
+
+class StoreDamaged(StoreOpenError):
+    """The SQLite state file has a page SQLite cannot read, met opening it or reading it back at start."""
+
+    def __init__(self, state: object, found: object) -> None:
+        super().__init__(damaged_said(state, found))
+        self.met = damage_met(found, state)  # without what to do: the salvage at start is doing it
 
 
 class StoreInUse(StoreOpenError):

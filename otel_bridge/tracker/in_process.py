@@ -140,9 +140,9 @@ class OtelTracker:
         for problem in self._settings.told_at_start(os.environ):
             log.warning(problem)
         self._meter_provider = meter_provider
-        self.bridge = Bridge(self._settings, meter_provider=meter_provider, export_timeout_unit=_AS_PYTHON_SDK).start(
-            follow=False
-        )
+        self.bridge = Bridge.opened(
+            self._settings, meter_provider=meter_provider, export_timeout_unit=_AS_PYTHON_SDK
+        ).start(follow=False)
         # True in a child process forked from the one that started `bridge`, until it has its own.
         self._inherited = False
         # The bridges of the processes this one was forked from: kept, never closed (closing a
@@ -198,9 +198,9 @@ class OtelTracker:
                 parents, self._scratch = self._scratch.path, Scratch()
                 files = {name: self._scratch.path / f.name if f.parent == parents else f for name, f in files.items()}
             settings = settings.model_copy(update={name: of_this_process(f) for name, f in files.items()})
-            bridge = Bridge(settings, meter_provider=self._meter_provider, export_timeout_unit=_AS_PYTHON_SDK).start(
-                follow=False
-            )
+            bridge = Bridge.opened(
+                settings, meter_provider=self._meter_provider, export_timeout_unit=_AS_PYTHON_SDK
+            ).start(follow=False)
             self._ancestors.append(self.bridge)
             self.bridge = bridge
             self._memory = settings.in_memory

@@ -44,20 +44,40 @@ def test_a_corrupt_state_file(tmp_path):
 
 def test_a_damaged_state_file_is_named_with_what_to_do_and_salvaged_by_the_command_it_names(tmp_path):
     # A page SQLite cannot read (a disk fault, a copy taken mid-write): the start read every run state and
-    # failed with uvicorn's traceback, and so did `runs`.
+    # failed with uvicorn's traceback, and so did `runs`. A listing never salvages (it only reads), nor does
+    # a start told not to.
     open_runs(tmp_path / "state.db", 300)
     broken_page(tmp_path / "state.db", "state")
-    for command in ("serve", "runs"):
-        _one_clear_line(_run(command, "--state", "state.db", cwd=tmp_path), "state.db is damaged", "salvage-state")
+    for command in (("serve", "--no-salvage-at-start"), ("runs",)):
+        _one_clear_line(_run(*command, "--state", "state.db", cwd=tmp_path), "state.db is damaged", "salvage-state")
     checked = _run("check", "--state", "state.db", cwd=tmp_path)
     assert checked.returncode == 1 and "FAIL  state         state.db (SQLite) is damaged" in checked.stdout
+    assert (tmp_path / "state.db.needs-salvage").exists()  # for the next start to salvage
 
     salvaged = _run("salvage-state", "--state", "state.db", cwd=tmp_path)
 
     assert salvaged.returncode == 0, salvaged.stderr
     assert "broken pages met in: state" in salvaged.stdout and "state.db.damaged-" in salvaged.stdout
+    assert not (tmp_path / "state.db.needs-salvage").exists()
     listed = _run("runs", "--state", "state.db", "--json", cwd=tmp_path)
     assert listed.returncode == 0 and 290 <= len(json.loads(listed.stdout)) < 300, listed.stderr
+
+
+def test_serve_salvages_a_damaged_state_file_before_it_serves_and_goes_on_with_what_reads(tmp_path):
+    runs = open_runs(tmp_path / "state.db", 300)
+    broken_page(tmp_path / "state.db", "state")
+    bridge = BridgeProcess(tmp_path, "http://127.0.0.1:9", OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+    try:
+        bridge.start()
+        listed = bridge.client.get(f"{bridge.url}/v1/runs").json()["count"]
+        answer = bridge.post(runs[0].step_completed("pay").completed().events[-2:])
+        assert bridge.stop()
+    finally:
+        bridge.close()
+    assert 290 <= listed < 300 and answer.status_code == 200, answer.text
+    log = bridge.log.read_text()
+    assert "salvaging it before the bridge starts" in log and "the state file" in log and "is salvaged" in log
+    assert "Traceback" not in log and len(list(tmp_path.glob("state.db.damaged-*[0-9Z]"))) == 1
 
 
 def test_a_state_that_names_a_directory(tmp_path):

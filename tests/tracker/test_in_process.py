@@ -591,10 +591,10 @@ def test_the_applications_own_spans_in_a_steps_context_arrive_under_that_attempt
 
 
 def test_a_damaged_state_file_is_one_clear_error_to_the_application_and_salvaged_it_goes_on(tmp_path, monkeypatch):
-    # It raised SQLite's own "database disk image is malformed" from inside the tracker's start.
+    # It raised SQLite's own "database disk image is malformed" from inside the tracker's start. Told not to
+    # salvage at start, it is one clear error; by default, the start salvages it and the application goes on.
     from faults import broken_page, open_runs
 
-    from otel_bridge.state.salvage import salvage
     from otel_bridge.state.store import StoreOpenError
 
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
@@ -603,10 +603,11 @@ def test_a_damaged_state_file_is_one_clear_error_to_the_application_and_salvaged
     runs = open_runs(state, 300)
     broken_page(state, "state")
     with pytest.raises(StoreOpenError, match=r"tracker\.db is damaged .*salvage-state"):
-        OtelTracker("production", "shop", state=str(state))
-    assert salvage(state) is not None  # the lock the failed start held is let go
+        OtelTracker("production", "shop", state=str(state), salvage_at_start=False)
+    # The lock the failed start held is let go: the next start takes it, and salvages the file first.
     with OtelTracker("production", "shop", state=str(state), flush_interval_seconds=None) as tracker:
         for event in runs[0].step_completed("pay").completed().events[-2:]:
             tracker.emit(event)
         tracker.flush()
         assert tracker.pending() == 0
+    assert len(list(tmp_path.glob("tracker.db.damaged-*[0-9Z]"))) == 1  # kept beside, whole
