@@ -174,18 +174,19 @@ class Bridge:
             raise StoreOpenError(f"{met}; its salvage at start could not be made: {exc}") from None
         if done is None:
             log.warning("SQLite finds nothing damaged in %s (PRAGMA quick_check): started on it as it is", file)
-        else:
-            rejected = Path(settings.dead_letter)
-            log.warning(
-                "the state file %s is salvaged: %s%s",
-                file,
-                "; ".join(done.told()),
-                f"; events rejected for the damage before are kept in {rejected} (README: Runbook: a damaged "
-                "state file)"
-                if rejected.is_file() and rejected.stat().st_size
-                else "",
-            )
-        return cls(settings, **kwargs).restored()
+            return cls(settings, **kwargs).restored()
+        rejected = Path(settings.dead_letter)
+        log.warning(
+            "the state file %s is salvaged: %s%s",
+            file,
+            "; ".join(done.told()),
+            f"; events rejected for the damage before are kept in {rejected} (README: Runbook: a damaged state file)"
+            if rejected.is_file() and rejected.stat().st_size
+            else "",
+        )
+        bridge = cls(settings, **kwargs).restored()
+        bridge.salvaged_at = time.time()
+        return bridge
 
     def __init__(
         self,
@@ -325,6 +326,16 @@ class Bridge:
             )
         if isinstance(self.store, OnDisk):
             self._disk_gauges(self.store)
+        # When this process salvaged its damaged state file at start (`opened`), rows on the broken pages lost:
+        # what BridgeStateSalvaged tells for an hour, the log saying what was met and where the file is kept.
+        self.salvaged_at: float | None = None
+        self.metrics.gauges(
+            c.M_BRIDGE_STATE_SALVAGED,
+            "s",
+            "Unix time this bridge salvaged its damaged state file at start (salvage_at_start): what still read was "
+            "kept, the rows on broken pages lost; absent when it did not",
+            lambda: [] if self.salvaged_at is None else [(self.salvaged_at, {})],
+        )
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver | TablePoller] = {}
         self._consumers: dict[str, ObservedConsumer] = {}

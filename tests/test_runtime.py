@@ -441,9 +441,12 @@ def test_a_state_file_found_damaged_at_start_is_salvaged_before_the_bridge_start
     broken_page(tmp_path / "s.db", "state")
     caplog.set_level(logging.WARNING)
 
+    began = time.time()
     bridge = _opened(tmp_path)
     try:
         assert 290 <= _open_runs_listed(bridge) < 300  # those on the broken page lost, the rest kept
+        # What BridgeStateSalvaged alerts on for an hour.
+        assert began <= _exposed(bridge, "otel_bridge_state_salvaged_timestamp_seconds") <= time.time()
     finally:
         bridge.stop()
     (kept,) = tmp_path.glob("s.db.damaged-*[0-9Z]")
@@ -500,9 +503,12 @@ def test_a_note_of_damage_sqlite_no_longer_finds_is_taken_away_and_the_file_used
     (tmp_path / "s.db.needs-salvage").write_text("the state file s.db is damaged (…) (noted 2026-12-05T00:00:00Z)\n")
     caplog.set_level(logging.WARNING)
 
-    _opened(tmp_path).stop()
+    bridge = _opened(tmp_path)
+    body, _ = bridge.exposition("")
+    bridge.stop()
 
     assert not (tmp_path / "s.db.needs-salvage").exists() and not list(tmp_path.glob("s.db.damaged-*"))
+    assert b"otel_bridge_state_salvaged_timestamp_seconds " not in body  # nothing was salvaged
     assert "SQLite finds nothing damaged in" in caplog.text
 
 
