@@ -20,6 +20,8 @@ the file (`<state>.needs-salvage`): the next start salvages the file first (`Bri
 own reads might not pass through the page. A salvage takes the note away.
 """
 
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -124,17 +126,53 @@ def salvage(path: Path) -> Salvaged | None:
             if quick_check(source) is None:
                 needs_salvage(path).unlink(missing_ok=True)
                 return None
-            out = Salvaged(path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
+            out = Salvaged(_kept_name(path))
             fresh = path.with_name(path.name + ".salvaged")
             _fresh_copy(source, path, fresh, out)
         finally:
             source.close()
-        for suffix in ("", *_BESIDE):
-            if Path(f"{path}{suffix}").exists():
-                Path(f"{path}{suffix}").rename(f"{out.kept_as}{suffix}")
-        fresh.rename(path)
+        _put_in_place(fresh, path, out.kept_as)
         needs_salvage(path).unlink(missing_ok=True)
         return out
+
+
+def _kept_name(path: Path) -> Path:
+    """`<path>.damaged-<UTC time>`, one no earlier salvage took (one cut short a moment before took it)."""
+    kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    n = 1
+    while any(Path(f"{kept}{suffix}").exists() for suffix in ("", *_BESIDE)):
+        kept, n = kept.with_name(f"{kept.name.split('~')[0]}~{n}"), n + 1
+    return kept
+
+
+def _put_in_place(fresh: Path, path: Path, kept_as: Path) -> None:
+    """The fresh file in the damaged one's place, the damaged one (with its log) kept as `kept_as`. Whenever
+    the process is killed, `path` is one whole file or the other: a salvage at start may be cut short by
+    the restart of its pod, and a state file gone would have the next start begin an empty one."""
+    with fresh.open("rb+") as written:  # written with synchronous=OFF: on the disk before it takes the name
+        os.fsync(written.fileno())
+    beside = [(Path(f"{path}{suffix}"), Path(f"{kept_as}{suffix}")) for suffix in ("", *_BESIDE)]
+    for now, kept in beside:
+        if now.exists():
+            try:
+                os.link(now, kept)  # kept under its new name too, before anything is taken away
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(now, kept)
+    for now, _kept in beside[1:]:
+        # The damaged file's log must not be read into the fresh one: gone before the fresh file takes the
+        # name. Cut short here, the damaged file is left without it, and salvaged again (its log is kept).
+        now.unlink(missing_ok=True)
+    fresh.replace(path)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The names changed in `folder` on the disk (a rename is the folder's write)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _fresh_copy(source: sqlite3.Connection, path: Path, fresh: Path, out: Salvaged) -> None:

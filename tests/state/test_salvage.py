@@ -188,3 +188,36 @@ def test_runs_on_a_broken_page_are_left_as_indexed_and_every_other_run_is_judged
     # Counted overdue an hour on, as the gauge counts them: those it can read.
     overdue, _jobs = pipeline.overdue(now=time.time() + 3600)
     assert len(overdue) == RUNS - left and pipeline.damage is not None
+
+
+class _Killed(BaseException):
+    """The process killed at that point (a pod restarted by its probe in the middle of a salvage at start)."""
+
+
+def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_file_and_is_made_again(
+    tmp_path, monkeypatch
+):
+    # The damaged file was renamed away before the fresh one took its name: killed between the two, there
+    # was no state file, and the next start began an empty one.
+    path = tmp_path / "otel-bridge.db"
+    open_runs(path, RUNS)
+    states = _rows(path, "state")
+    lost = broken_page(path, "state")
+    damaged = path.read_bytes()
+
+    def killed(self: Path, target: object) -> Path:
+        raise _Killed()
+
+    monkeypatch.setattr(Path, "replace", killed)
+    with pytest.raises(_Killed):
+        salvage(path)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == damaged  # the damaged file, still where the bridge reads it
+    (first,) = tmp_path.glob("otel-bridge.db.damaged-*[0-9Z]")
+    assert first.read_bytes() == damaged  # and already kept beside
+
+    done = salvage(path)
+
+    assert done is not None and done.kept_as != first and done.kept_as.read_bytes() == damaged
+    assert _rows(path, "state") == states - lost
