@@ -37,8 +37,9 @@ from otel_bridge.correlate.overview import (
 )
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
+from otel_bridge.state.salvage import note_met
 from otel_bridge.state.sqlite_store import damaged
-from otel_bridge.state.store import StoreInUse, StoreOpenError, damaged_said
+from otel_bridge.state.store import StoreDamaged, StoreInUse, StoreOpenError, damage_met, damaged_said
 from otel_bridge.tokens import label_problem
 from otel_bridge.urls import host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
@@ -1445,13 +1446,15 @@ def _command(argv: Sequence[str] | None) -> int:
         print(f"otel-bridge: {exc}{hint}", file=sys.stderr)
         return 2
     except (ValueError, CliError, StoreOpenError, Unavailable) as exc:
+        _note_damage_met(settings, exc)
         # What an operator can fix (a path, a URL, a password) is said in one line, not a traceback.
         print(f"otel-bridge: {exc}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as exc:
         if not damaged(exc):
             raise
-        # Met reading it (the file opens; a page of it does not read): at start, or by a listing.
+        # Met reading it (the file opens; a page of it does not read).
+        _note_damage_met(settings, exc)
         print(f"otel-bridge: {damaged_said(settings.state, exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -1462,6 +1465,16 @@ def _command(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while starting or stopping: what was committed stays committed
         print("otel-bridge: interrupted", file=sys.stderr)
         return 130
+
+
+def _note_damage_met(settings: Settings, exc: BaseException | None) -> None:
+    """A damaged state file a command met (opening it, or a listing reading it: `exc` or what it was raised
+    from), noted beside it for the next start to salvage: that start's own reads might not meet it."""
+    while settings.salvage_at_start and exc is not None:
+        if isinstance(exc, StoreDamaged) or damaged(exc):
+            note_met(settings.state, exc.met if isinstance(exc, StoreDamaged) else damage_met(exc, settings.state))
+            return
+        exc = exc.__cause__
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ def _damage_told(method: "Callable[Concatenate[Pipeline, P], T]") -> "Callable[C
         except Exception as exc:
             if not pipeline.store.damaged(exc):
                 raise
+            # Told by readiness too, and noted for the next start to salvage (`Bridge.note_damage`).
+            pipeline.damage = pipeline.damage or damage_met(exc)
             raise StoreUnavailable(damaged_said(pipeline.settings.state, exc)) from exc
 
     return reading

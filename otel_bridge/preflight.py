@@ -9,7 +9,6 @@ asked too. The point is the deploy that fails at once with the reason — a Coll
 port, a credential refused, TLS spoken to a plain-text port — rather than minutes later in a log.
 """
 
-import contextlib
 import difflib
 import os
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import note_damage
+from otel_bridge.state.salvage import note_met
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -144,9 +143,7 @@ def _noted(settings: Settings, met: str) -> None:
     """The damage `check` found, noted beside the state file for the next start to salvage (as a bridge
     that meets it does): that start's own reads might not pass through the damaged page."""
     if settings.salvage_at_start:
-        # A folder `check` may not write to: the finding says what to do all the same.
-        with contextlib.suppress(OSError):
-            note_damage(Path(settings.state), met)
+        note_met(settings.state, met)
 
 
 def _names(settings: Settings) -> Finding:

@@ -15,11 +15,12 @@ row it was about to hand over, among them the key kept in the page above, betwee
 
 The damaged file is kept beside, renamed, with its log: nothing is deleted.
 
-A bridge that meets a damaged page while it runs, or `check` that finds one, leaves a note of it beside
-the file (`<state>.needs-salvage`): the next start salvages the file first (`Bridge.opened`), though its
-own reads might not pass through the page. A salvage takes the note away.
+A bridge that meets a damaged page while it runs, or a command that does (`check`, a listing), leaves
+a note of it beside the file (`<state>.needs-salvage`): the next start salvages the file first
+(`Bridge.opened`), though its own reads might not pass through the page. A salvage takes the note away.
 """
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -105,6 +106,14 @@ def note_damage(path: Path, found: str) -> None:
             out.write(f"{found} (noted {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n")
     except FileExistsError:
         pass
+
+
+def note_met(state: str, found: str) -> None:
+    """`note_damage` for a command that met the damage (`check`, a listing): nothing for a state that is no
+    file (in memory, Redis), nor where the note cannot be written (what to do is said all the same)."""
+    if Path(state).is_file():
+        with contextlib.suppress(OSError):
+            note_damage(Path(state), found)
 
 
 def damage_noted(path: Path) -> str | None:

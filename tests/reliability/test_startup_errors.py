@@ -50,15 +50,18 @@ def test_a_damaged_state_file_is_named_with_what_to_do_and_salvaged_by_the_comma
     broken_page(tmp_path / "state.db", "state")
     for command in (("serve", "--no-salvage-at-start"), ("runs",)):
         _one_clear_line(_run(*command, "--state", "state.db", cwd=tmp_path), "state.db is damaged", "salvage-state")
+    note = tmp_path / "state.db.needs-salvage"
+    assert "state.db is damaged" in note.read_text()  # left by the listing, for the next start to salvage
+    note.unlink()
     checked = _run("check", "--state", "state.db", cwd=tmp_path)
     assert checked.returncode == 1 and "FAIL  state         state.db (SQLite) is damaged" in checked.stdout
-    assert (tmp_path / "state.db.needs-salvage").exists()  # for the next start to salvage
+    assert note.exists()  # and by `check`
 
     salvaged = _run("salvage-state", "--state", "state.db", cwd=tmp_path)
 
     assert salvaged.returncode == 0, salvaged.stderr
     assert "broken pages met in: state" in salvaged.stdout and "state.db.damaged-" in salvaged.stdout
-    assert not (tmp_path / "state.db.needs-salvage").exists()
+    assert not note.exists()
     listed = _run("runs", "--state", "state.db", "--json", cwd=tmp_path)
     assert listed.returncode == 0 and 290 <= len(json.loads(listed.stdout)) < 300, listed.stderr
 
