@@ -273,16 +273,10 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
     bridge = Bridge.opened(settings).start(follow=False)
     own_process_gc()
-    consumers = {
-        "durable-effect": bridge.consumer("replay"),
-        "event-sourced": bridge.consumer("replay", bridge.event_sourced_decoder()),
-        "phase10": bridge.consumer("replay", bridge.phase10_decoder()),
-        "runtime-v2": bridge.consumer("replay", bridge.runtime_v2_decoder()),
-    }
     summary = None
     try:
         summary = replay(
-            consumers,
+            bridge.consumers_by_format("replay"),
             source,
             bridge.dead_letters,
             progress=progress,

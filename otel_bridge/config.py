@@ -320,9 +320,10 @@ class Settings(BaseSettings):
     )
     salvage_at_start: bool = Field(
         True,
-        description="SQLite state: a state file found damaged (a page SQLite cannot read) at start, or by a bridge "
-        "or `check` before it (STATE.needs-salvage), is salvaged before the bridge serves: what reads is copied "
-        "into a fresh file, the damaged one kept beside. Off, such a start refuses and names `salvage-state`.",
+        description="SQLite state: a state file found damaged (a page SQLite cannot read) at start, or by a "
+        "bridge, `check` or a listing before it (STATE.needs-salvage), is salvaged before the bridge serves: what "
+        "reads is copied into a fresh file, the damaged one kept beside, and the events the damage rejected are "
+        "taken again from the dead-letter file. Off, such a start refuses and names `salvage-state`.",
     )
     stuck_after_seconds: float = Field(
         300.0,

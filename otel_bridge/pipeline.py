@@ -58,7 +58,15 @@ from otel_bridge.state import journal
 from otel_bridge.state.group_commit import GroupCommit, GroupStore
 from otel_bridge.state.hot import HotStates
 from otel_bridge.state.journal import State
-from otel_bridge.state.store import DAMAGED_HELP, Store, StoreUnavailable, Transaction, damage_met, damaged_said
+from otel_bridge.state.store import (
+    DAMAGE_REJECTED,
+    DAMAGED_HELP,
+    Store,
+    StoreUnavailable,
+    Transaction,
+    damage_met,
+    damaged_said,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +365,7 @@ class Pipeline:
                 raise
             except Exception as exc:
                 if self.store.damaged(exc):  # kept in the dead-letter file: replayed once the file is salvaged
-                    reason = f"could not be stored: the state file is damaged where it goes ({exc}): salvage-state"
+                    reason = f"{DAMAGE_REJECTED} ({exc}): salvage-state"
                 else:
                     log.exception("event %d of the batch could not be stored", index)
                     reason = f"could not be stored: {exc!r}"[:300]

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from otel_bridge import __version__, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
-from otel_bridge.consumer import Backpressure, Unavailable
+from otel_bridge.consumer import Backpressure, IngestReport, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
@@ -75,6 +76,8 @@ _REFUSED_UNREADY_SECONDS = 10.0
 # How long `replay` waits for room when the backlog is full and the backend failing (or for a store
 # that refuses its batch) before it gives up: `export_unready_seconds` when set.
 _REPLAY_PATIENCE_SECONDS = 120.0
+# Events the damage rejected, taken again after a salvage at start, stored at a time.
+_TAKEN_AGAIN_AT_ONCE = 1000
 # The largest batch the HTTP server stores on its event loop: ~6 ms of it at ~50 µs an event.
 _INLINE_EVENTS = 128
 
@@ -175,17 +178,13 @@ class Bridge:
         if done is None:
             log.warning("SQLite finds nothing damaged in %s (PRAGMA quick_check): started on it as it is", file)
             return cls(settings, **kwargs).restored()
-        rejected = Path(settings.dead_letter)
-        log.warning(
-            "the state file %s is salvaged: %s%s",
-            file,
-            "; ".join(done.told()),
-            f"; events rejected for the damage before are kept in {rejected} (README: Runbook: a damaged state file)"
-            if rejected.is_file() and rejected.stat().st_size
-            else "",
-        )
+        log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
         bridge = cls(settings, **kwargs).restored()
         bridge.salvaged_at = time.time()
+        try:
+            bridge.take_again_what_damage_rejected()
+        except Exception:  # they wait in the dead-letter file, to be replayed by hand: no reason not to serve
+            log.exception("taking again the events the damage rejected, from %s, failed", settings.dead_letter)
         return bridge
 
     def __init__(
@@ -454,6 +453,52 @@ class Bridge:
         if receiver not in self._consumers:  # asked for at every flush of the in-process tracker
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
+
+    def take_again_what_damage_rejected(self) -> IngestReport | None:
+        """The events rejected because the state file was damaged where they went, kept in the dead-letter
+        file within the memory of duplicates (`dedup_ttl_seconds`), offered again once it is salvaged: no
+        producer offers them again, and a replay of them by hand needed the bridge stopped a second time.
+        Taken already (a salvage before), they are duplicates; refused for now, they wait in the file."""
+        from otel_bridge.receivers.replay import rejected_for_damage  # its progress bar's import: only here
+
+        since = datetime.fromtimestamp(time.time() - self.settings.dedup_ttl_seconds, UTC)
+        batches: dict[str, list[Any]] = {}
+        total = IngestReport()
+        consumers = self.consumers_by_format("salvage")
+        path, backups = self.dead_letters.path, self.settings.dead_letter_backups
+        try:
+            for event_format, event in rejected_for_damage(path, backups, since.isoformat(timespec="milliseconds")):
+                batch = batches.setdefault(event_format, [])
+                batch.append(event)
+                if len(batch) >= _TAKEN_AGAIN_AT_ONCE:
+                    self._take_again(consumers[event_format], batches.pop(event_format), total)
+            for event_format, batch in batches.items():
+                self._take_again(consumers[event_format], batch, total)
+        except Unavailable as exc:
+            log.warning("the events the damage rejected, in %s, could not all be taken again: %s", path, exc)
+        if total.accepted + total.duplicates + len(total.rejected) + total.late:
+            log.warning(
+                "events the damage rejected before the salvage, taken again from %s: %d accepted, %d duplicates, "
+                "%d rejected again",
+                path, total.accepted, total.duplicates, len(total.rejected),
+            )  # fmt: skip
+            return total
+        return None
+
+    def _take_again(self, consumer: ObservedConsumer, events: list[Any], total: IngestReport) -> None:
+        report = consumer.ingest(events)
+        total.add(report)
+        total.rejected += report.rejected
+        self.dead_letters.keep("salvage", [(r.as_dict(), events[r.index]) for r in report.rejected])
+
+    def consumers_by_format(self, receiver: str) -> dict[str, ObservedConsumer]:
+        """A consumer for the events of each engine's format (`replay.FORMATS`), counted as `receiver`'s."""
+        return {
+            "durable-effect": self.consumer(receiver),
+            "event-sourced": self.consumer(receiver, self.event_sourced_decoder()),
+            "phase10": self.consumer(receiver, self.phase10_decoder()),
+            "runtime-v2": self.consumer(receiver, self.runtime_v2_decoder()),
+        }
 
     def credential_used(self, name: str | None) -> None:
         """A request the HTTP receiver checked, with the name of the credential it carried (None: refused)."""

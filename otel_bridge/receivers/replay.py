@@ -19,6 +19,7 @@ from tqdm import tqdm
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
 from otel_bridge.json_text import BOM, loads
 from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
+from otel_bridge.state.store import DAMAGE_REJECTED
 
 BATCH = 1000
 
@@ -186,6 +187,34 @@ def replay(
 
 
 DEAD_LETTER = "dead-letter"
+
+
+def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[tuple[str, Any]]:
+    """The events the dead-letter file at `path` and its `backups` rotated ones (oldest first) kept as
+    rejected for a damaged state file (`DAMAGE_REJECTED`) at `since` (ISO time, UTC) or later, each with
+    the format it is in."""
+    marker = DAMAGE_REJECTED.encode()
+    for file in [*(Path(f"{path}.{n}") for n in range(backups, 0, -1)), path]:
+        try:
+            stream = file.open("rb")
+        except FileNotFoundError:
+            continue
+        with stream:
+            for line in stream:
+                if marker not in line:  # most lines: not parsed
+                    continue
+                try:
+                    letter = loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(letter, dict) or not str(letter.get("error", "")).startswith(DAMAGE_REJECTED):
+                    continue
+                if str(letter.get("at", "")) < since:
+                    continue
+                try:
+                    yield unwrap(letter)
+                except NotReplayable:
+                    continue
 
 
 @dataclass(slots=True)

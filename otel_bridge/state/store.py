@@ -24,6 +24,11 @@ DAMAGED_HELP = (
 )
 
 
+# Why an event was rejected whose place in the state file was damaged: kept in the dead-letter file, and
+# taken again from there after a salvage at start (`Bridge.opened`).
+DAMAGE_REJECTED = "could not be stored: the state file is damaged where it goes"
+
+
 def damage_met(found: object, state: object = None) -> str:
     """A state file found damaged, and what SQLite found: what the bridge keeps of it for its warnings."""
     return f"the state file{f' {state}' if state is not None else ''} is damaged ({found})"

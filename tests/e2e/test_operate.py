@@ -270,9 +270,9 @@ def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_
     assert len(recovered) == 1
 
 
-def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept(tmp_path, otlp_http):
-    # A page of the runs' facts overwritten under a stopped bridge; then it serves on the file. An event that
-    # needed the page was answered 503 and dropped by its producer after three re-sends.
+def _served_on_a_damaged_page(tmp_path, otlp_http) -> tuple[list[WorkflowRun], BridgeProcess]:
+    """A page of the runs' facts overwritten under a stopped bridge; then a bridge served on the file, each
+    run's end posted to it, and stopped: the runs, and the bridge (its log)."""
     from faults import broken_page, open_runs
 
     runs = open_runs(tmp_path / "state.db", 300)
@@ -292,10 +292,17 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
         got = otlp_http.received
         spared = sum(1 for answer in answers if not answer.json().get("rejected"))
         got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) >= spared, 30)
+        assert bridge.stop()
     finally:
         bridge.close()
     log = bridge.log.read_text()
     assert "the state file is damaged" in log and "salvage-state" in log and "Traceback" not in log
+    return runs, bridge
+
+
+def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept(tmp_path, otlp_http):
+    # An event that needed the damaged page was answered 503 and dropped by its producer after three re-sends.
+    runs, _bridge = _served_on_a_damaged_page(tmp_path, otlp_http)
 
     # The runbook: salvaged, the dead letters replayed, the bridge started again: every run ends in its trace.
     state = ["--state", str(tmp_path / "state.db")]
@@ -311,6 +318,29 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     got = otlp_http.received
     got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+
+
+def test_a_restart_salvages_a_state_file_damaged_under_a_running_bridge_and_takes_its_rejected_events_again(
+    tmp_path, otlp_http
+):
+    # The same without the runbook's hands: the start met no damage (it reads the runs' headers, not their
+    # facts), so a restart ran on around it, and the events it rejected waited in the dead-letter file.
+    runs, _first = _served_on_a_damaged_page(tmp_path, otlp_http)
+    assert (tmp_path / "state.db.needs-salvage").exists()  # noted by the bridge that met it
+
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
+    try:
+        got = otlp_http.received
+        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+        assert bridge.stop()
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert "salvaging it before the bridge starts" in log and "broken pages met in: facts" in log
+    assert "Traceback" not in log
+    taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
+    assert taken is not None and int(taken[1]) > 0, log
+    assert not (tmp_path / "state.db.needs-salvage").exists()
 
 
 def test_a_listing_that_meets_a_damaged_state_file_is_a_503_naming_it(tmp_path, otlp_http):

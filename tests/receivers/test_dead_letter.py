@@ -98,3 +98,36 @@ def test_a_dead_letter_the_disk_cannot_take_is_told_once_in_the_log_not_as_a_tra
             assert letters.keep("http", [letter]) is True
         assert any("dead letters are kept in" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
         letters.close()
+
+
+def test_the_events_a_damaged_state_file_rejected_are_found_in_every_rotated_file_oldest_first_and_no_other():
+    import datetime as dt
+    import tempfile
+    from pathlib import Path
+
+    from otel_bridge.receivers.replay import rejected_for_damage
+    from otel_bridge.state.store import DAMAGE_REJECTED
+
+    damage = f"{DAMAGE_REJECTED} (database disk image is malformed): salvage-state"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "dead.jsonl"
+        letters = DeadLetters(path, 400, 3)  # rotated at every line or two
+        for n in range(4):
+            letters.keep("http", [({"index": 0, "error": damage}, {"eventId": f"e{n}"})])
+            letters.keep("http", [({"index": 0, "error": "type: Field required"}, {"eventId": f"bad{n}"})])
+        letters.keep("redis-stream:workflow:events", [({"error": damage}, {"event_id": "s1"})])
+        letters.keep("http", [({"error": damage}, "[not kept as JSON, which it is not: b'x']")])
+        letters.close()
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat(timespec="milliseconds")
+
+        found = list(rejected_for_damage(path, 3, "2000-01-01T00:00:00.000+00:00"))
+        none_since = list(rejected_for_damage(path, 3, later))
+
+    # The oldest rotated away past the 3 files kept; the rest in the order they were rejected, each in its
+    # format; neither those rejected for another reason nor one not kept as JSON.
+    assert found == [
+        ("durable-effect", {"eventId": "e2"}),
+        ("durable-effect", {"eventId": "e3"}),
+        ("event-sourced", {"event_id": "s1"}),
+    ]
+    assert none_since == []  # older than the memory of duplicates: taken again, they would count twice
