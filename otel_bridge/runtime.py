@@ -652,6 +652,8 @@ class Bridge:
             if not self.store.damaged(exc):
                 raise
             self.store.close()  # its lock let go: the salvage (`opened`, `salvage-state`) takes it
+            # Not to be used: an application's MeterProvider reads the bridge made after the salvage instead.
+            self.metrics.shutdown()
             raise StoreDamaged(self.settings.state, exc) from exc
         self._restored = True
 

@@ -14,7 +14,9 @@ producers. Gauges are the SDK's; histograms (recorded once per span sent), count
 # had yet imported the executor) left every forked child waiting on that lock for good.
 import concurrent.futures.thread  # noqa: F401
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -198,6 +200,56 @@ class _Producer:
     sums: Sums | None = None
     latest: Latest | None = None
     resource: SdkResource | None = None
+
+
+# The gauges of the bridges that report to an application's MeterProvider (in-process trackers), by provider
+# and name, each bridge's reading by its hub: the SDK hands the first instrument of a name, with its callback,
+# to whoever asks for that name again, so a tracker made after another was closed reported the closed one's
+# store (an error at every collection), and never its own. One instrument a name reads the hubs there now.
+_SHARED_GAUGES: "weakref.WeakKeyDictionary[MeterProvider, dict[str, dict[int, Callable[[], list[ApiObservation]]]]]" = (
+    weakref.WeakKeyDictionary()
+)
+_SHARED_GAUGES_LOCK = threading.Lock()
+
+
+def _shared_gauges_lock_afresh() -> None:
+    # A child forked while a parent's thread held it would wait for it for ever (its tracker's first bridge).
+    global _SHARED_GAUGES_LOCK
+    _SHARED_GAUGES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_shared_gauges_lock_afresh)
+
+
+def _shared_gauge(
+    provider: MeterProvider,
+    hub: int,
+    name: str,
+    unit: str,
+    description: str,
+    observe: Callable[[], list[ApiObservation]],
+) -> None:
+    """`observe` as `hub`'s reading of the gauge `name` of the application's `provider`, made there once."""
+    with _SHARED_GAUGES_LOCK:
+        gauges = _SHARED_GAUGES.setdefault(provider, {})
+        readings = gauges.get(name)
+        if readings is None:
+            readings = gauges[name] = {}
+
+            def observed(
+                _options: CallbackOptions, readings: dict[int, Callable[[], list[ApiObservation]]] = readings
+            ) -> list[ApiObservation]:
+                return [point for read in list(readings.values()) for point in read()]
+
+            provider.get_meter(c.SCOPE_NAME).create_observable_gauge(name, [observed], unit, description)
+        readings[hub] = observe
+
+
+def _shared_gauges_gone(provider: MeterProvider, hub: int) -> None:
+    """`hub`'s gauges read no more from the application's `provider` (its bridge stopped)."""
+    with _SHARED_GAUGES_LOCK:
+        for readings in _SHARED_GAUGES.get(provider, {}).values():
+            readings.pop(hub, None)
 
 
 def _with_own(data: MetricsData | None, producer: _Producer) -> MetricsData | None:
@@ -430,12 +482,15 @@ class MetricsHub:
         """An observable gauge of the bridge itself, a series per attribute set: `read()` -> [(value, attributes)]."""
         failures = RepeatedFailure(f"reading the gauge {name}")
 
-        def observe(_options: CallbackOptions) -> list[ApiObservation]:
+        def observe() -> list[ApiObservation]:
             points = failures.attempt(read)
             return [] if points is None else [ApiObservation(value, attributes) for value, attributes in points]
 
+        if self._shared is not None:
+            _shared_gauge(self._shared.provider, id(self), name, unit, description, observe)
+            return
         meter = self._producer(None).provider.get_meter(c.SCOPE_NAME)
-        meter.create_observable_gauge(name, [observe], unit, description)
+        meter.create_observable_gauge(name, [lambda _options: observe()], unit, description)
 
     def collect(self) -> list[MetricsData]:
         with self._lock:
@@ -454,3 +509,10 @@ class MetricsHub:
             producers = list(self._producers.values())
         for producer in producers:
             producer.provider.shutdown()
+        self.leave_shared_provider()
+
+    def leave_shared_provider(self) -> None:
+        """The application's own provider goes on, without this hub's gauges (its bridge stopped, or left
+        behind in a forked child: its store is the parent's)."""
+        if self._shared is not None:
+            _shared_gauges_gone(self._shared.provider, id(self))

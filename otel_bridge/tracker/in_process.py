@@ -201,6 +201,7 @@ class OtelTracker:
             bridge = Bridge.opened(
                 settings, meter_provider=self._meter_provider, export_timeout_unit=_AS_PYTHON_SDK
             ).start(follow=False)
+            self.bridge.metrics.leave_shared_provider()  # the parent's gauges read the parent's store
             self._ancestors.append(self.bridge)
             self.bridge = bridge
             self._memory = settings.in_memory

@@ -194,6 +194,43 @@ def test_a_tracker_with_a_state_file_keeps_a_forked_childs_runs_in_memory_and_sa
     SqliteStore(state).close()  # the parent's file, untouched by the child: it opens
 
 
+def test_a_forked_childs_gauges_on_the_applications_meter_provider_are_its_own_bridges(tmp_path, monkeypatch):
+    # The parent's gauges, left registered, read the parent's store from the child (what SQLite warns against
+    # across a fork), and the child's own were never read.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+
+    def hot_runs() -> list[float]:
+        return [
+            point.value
+            for rm in reader.get_metrics_data().resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "otel_bridge.state.hot_runs"
+            for point in m.data.data_points
+        ]
+
+    with OtelTracker("production", "shop", state=tmp_path / "t.db", meter_provider=provider) as tracker:
+        for n in range(3):
+            tracker.emit(WorkflowRun(f"parent{n}").started().events[0])
+        tracker.flush()
+
+        def in_child() -> list[float]:
+            tracker.emit(WorkflowRun("child").started().events[0])
+            tracker.flush()  # its own bridge, in memory, made here
+            try:
+                return hot_runs()
+            finally:
+                tracker.close()
+
+        assert _in_child(in_child) == [1]
+        assert hot_runs() == [3]
+
+
 def test_a_tracker_on_redis_keeps_a_forked_childs_runs_there_beside_the_parents(
     redis_url, monkeypatch, otlp_http, caplog
 ):

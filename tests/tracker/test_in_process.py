@@ -121,6 +121,41 @@ def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
     assert {"workflow.execution.duration", "workflow.task.duration"} <= names
 
 
+def _gauge_points(reader: InMemoryMetricReader, name: str) -> list[float]:
+    return [
+        point.value
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == name
+        for point in m.data.data_points
+    ]
+
+
+def test_a_tracker_made_after_another_was_closed_reports_its_own_gauges_to_the_applications_meter_provider(
+    monkeypatch, tmp_path, caplog
+):
+    # The SDK hands the first instrument of a name, with its callback, to whoever asks for it again: the
+    # second tracker's gauges read the first one's closed store (an error logged at a collection) and
+    # never its own.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with OtelTracker("production", "shop", state=str(tmp_path / "a.db"), meter_provider=provider) as first:
+        for n in range(3):
+            first.emit(WorkflowRun(f"order{n}").started().events[0])
+        first.flush()
+        assert _gauge_points(reader, "otel_bridge.state.hot_runs") == [3]
+
+    assert _gauge_points(reader, "otel_bridge.state.hot_runs") == []  # closed: none of its gauges
+
+    with OtelTracker("production", "shop", state=str(tmp_path / "b.db"), meter_provider=provider) as second:
+        second.emit(WorkflowRun("refund").started().events[0])
+        second.flush()
+        assert _gauge_points(reader, "otel_bridge.state.hot_runs") == [1]
+    assert "reading the gauge" not in caplog.text
+
+
 def test_the_export_timeout_counts_seconds_as_the_applications_own_python_exporters_read_it(monkeypatch, otlp_http):
     # One variable, one process: the sidecar reads the specification's milliseconds, but here `5` is
     # what the application's own OTLP exporters wait (5 s), and the tracker waits as long.
