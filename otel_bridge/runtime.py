@@ -664,7 +664,9 @@ class Bridge:
     def note_damage(self) -> None:
         """Leave a note beside the state file of a damage met while running (once), for the next start to
         salvage it (`opened`): its own reads might not pass through the damaged page."""
-        if self._damage_noted or self.settings.in_memory or not isinstance(self.store, SqliteStore):
+        if self._damage_noted or not self.settings.salvage_at_start or self.settings.in_memory:
+            return
+        if not isinstance(self.store, SqliteStore):
             return
         met = self.pipeline.damage or self.drain.damage or self.pages_damage
         if met is None:
