@@ -23,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import note_met
+from otel_bridge.state.salvage import damage_noted, note_met
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -123,6 +123,9 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
                     f"; not every page checked for damage within {timeout_seconds:g} s ({size:.1f} GiB): "
                     "a longer --timeout reads them all"
                 )
+            if settings.salvage_at_start and (noted := damage_noted(Path(state))) is not None:
+                # What a bridge met running: the next start checks every page and salvages it if need be.
+                unread += f"; noted ({noted}): the next start salvages it first, ~20 s a GiB"
         detail = f"{name}: {store.outbox_depth():,} spans wait for export{unread}"
         refused = store.refuses_batches()
         if refused:

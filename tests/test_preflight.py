@@ -411,3 +411,21 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
         "; may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO otel_bridge_schedules)"
         in detail
     )
+
+
+def test_a_state_file_a_bridge_noted_damaged_is_said_to_be_salvaged_by_the_next_start(tmp_path):
+    # Too big for its pages to be read within the timeout, a file a running bridge met damaged looked fine.
+    from faults import open_runs
+
+    open_runs(tmp_path / "state.db", 50)
+    (tmp_path / "state.db.needs-salvage").write_text("the state file state.db is damaged (malformed) (noted …)\n")
+    settings = Settings(state=str(tmp_path / "state.db"))
+
+    (finding,) = [f for f in check(settings, timeout_seconds=1e-9) if f.what == "state"]
+
+    assert finding.ok is True and "not every page checked" in finding.detail
+    assert "noted (the state file state.db is damaged (malformed) (noted …)): the next start salvages it" in (
+        finding.detail
+    )
+    (finding,) = [f for f in check(Settings(state=settings.state, salvage_at_start=False), 1e-9) if f.what == "state"]
+    assert "noted" not in finding.detail  # a start that will not salvage it
