@@ -156,7 +156,8 @@ class Bridge:
     def opened(cls, settings: Settings, **kwargs: Any) -> "Bridge":
         """A bridge on `settings` (`kwargs` as `Bridge` takes them), what its gauges count read back
         (`restore`). A SQLite state file found damaged, opening it or reading it back, or noted damaged by
-        a bridge or `check` before (`note_damage`), is salvaged first with `salvage_at_start`; without
+        a bridge, `check` or a listing before (`note_damage`), is salvaged first with `salvage_at_start`, and
+        the events the damage rejected are taken again (`take_again_what_damage_rejected`); without
         it, a damage met raises StoreDamaged (one line naming `salvage-state`)."""
         file = None if settings.in_memory or settings.shared_state else Path(settings.state)
         # A note beside no file (the state moved away by hand) asks nothing: the start makes a fresh one.

@@ -117,7 +117,7 @@ def note_met(state: str, found: str) -> None:
 
 
 def damage_noted(path: Path) -> str | None:
-    """What a bridge or `check` noted damaged in the state file at `path`, or None."""
+    """What a bridge, `check` or a listing noted damaged in the state file at `path`, or None."""
     try:
         return needs_salvage(path).read_text().strip() or f"the state file {path} is noted damaged"
     except FileNotFoundError:
