@@ -205,11 +205,17 @@ def _serve(settings: Settings) -> int:
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
+    from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
     _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
     listening = _listening(settings.host, settings.port)
-    bridge = Bridge.opened(settings)
+    tls = None
+    if settings.tls_certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+    # A salvage at start takes ~20 s a GiB: the port says meanwhile that the bridge is alive, and not ready.
+    bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
     scheme = "https" if settings.tls_certfile else "http"
 
     def start() -> None:  # on the server's event loop, as it starts

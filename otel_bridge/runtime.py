@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,12 +154,18 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
 
 class Bridge:
     @classmethod
-    def opened(cls, settings: Settings, **kwargs: Any) -> "Bridge":
+    def opened(
+        cls,
+        settings: Settings,
+        while_salvaging: Callable[[], AbstractContextManager[None]] = nullcontext,
+        **kwargs: Any,
+    ) -> "Bridge":
         """A bridge on `settings` (`kwargs` as `Bridge` takes them), what its gauges count read back
         (`restore`). A SQLite state file found damaged, opening it or reading it back, or noted damaged by
         a bridge, `check` or a listing before (`note_damage`), is salvaged first with `salvage_at_start`, and
         the events the damage rejected are taken again (`take_again_what_damage_rejected`); without
-        it, a damage met raises StoreDamaged (one line naming `salvage-state`)."""
+        it, a damage met raises StoreDamaged (one line naming `salvage-state`). `while_salvaging`: what
+        goes on meanwhile (`serve`'s port answering, `while_starting.py`)."""
         file = None if settings.in_memory or settings.shared_state else Path(settings.state)
         # A note beside no file (the state moved away by hand) asks nothing: the start makes a fresh one.
         met = damage_noted(file) if file is not None and file.is_file() and settings.salvage_at_start else None
@@ -173,7 +180,8 @@ class Bridge:
         # Before serving, not beside it: the salvage reads the file whole and puts a fresh one in its place.
         log.warning("%s: salvaging it before the bridge starts (salvage_at_start; ~20 s a GiB)", met)
         try:
-            done = salvage(file)
+            with while_salvaging():
+                done = salvage(file)
         except SalvageError as exc:
             raise StoreOpenError(f"{met}; its salvage at start could not be made: {exc}") from None
         if done is None:

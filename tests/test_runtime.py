@@ -2,11 +2,13 @@
 cannot hold it up), how far behind settling is, and what it warns of as it starts."""
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from builders import JobRun, WorkflowRun, ns_of
@@ -415,7 +417,7 @@ def test_a_damaged_page_nothing_has_needed_yet_is_found_after_the_start_and_told
     assert "found reading every page after the start" in caplog.text
 
 
-def _opened(tmp_path, **values) -> Bridge:
+def _opened(tmp_path, while_salvaging=contextlib.nullcontext, **values) -> Bridge:
     """`Bridge.opened`, as `serve` and a tracker open the state, on the test's files."""
     settings = Settings(
         state=str(tmp_path / "s.db"),
@@ -423,7 +425,7 @@ def _opened(tmp_path, **values) -> Bridge:
         span_dead_letter=tmp_path / "spans.jsonl",
         **values,
     )
-    return Bridge.opened(settings, trace_sender=NoSender(), metric_sender=NoSender())
+    return Bridge.opened(settings, while_salvaging, trace_sender=NoSender(), metric_sender=NoSender())
 
 
 def _open_runs_listed(bridge: Bridge) -> int:
@@ -442,8 +444,17 @@ def test_a_state_file_found_damaged_at_start_is_salvaged_before_the_bridge_start
     caplog.set_level(logging.WARNING)
 
     began = time.time()
-    bridge = _opened(tmp_path)
+    meanwhile: list[str] = []
+
+    @contextlib.contextmanager
+    def answering() -> Iterator[None]:  # `serve`'s port answers meanwhile: the salvage is under way in it
+        meanwhile.append("entered" + ("" if list(tmp_path.glob("s.db.damaged-*")) else ", not yet salvaged"))
+        yield
+        meanwhile.append("left" + (", salvaged" if list(tmp_path.glob("s.db.damaged-*")) else ""))
+
+    bridge = _opened(tmp_path, answering)
     try:
+        assert meanwhile == ["entered, not yet salvaged", "left, salvaged"]
         assert 290 <= _open_runs_listed(bridge) < 300  # those on the broken page lost, the rest kept
         # What BridgeStateSalvaged alerts on for an hour.
         assert began <= _exposed(bridge, "otel_bridge_state_salvaged_timestamp_seconds") <= time.time()

@@ -1,0 +1,102 @@
+"""The HTTP port answering while the bridge salvages its state file at start, before its server runs.
+
+The port is bound before the state is opened (a port another server holds is said first), and its server
+starts once the state is read back. A salvage at start copies the whole file meanwhile, ~20 s a GiB:
+with nothing answering, a startup probe failed on every try and had the salvage cut short by a restart,
+again and again, for a state larger than the probe allowed for. Meanwhile `/healthz` says alive (the
+salvage is under way), `/readyz` not ready, and anything else is asked again later (503, Retry-After),
+as the server says while its store is unavailable.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+# Longest wait for a request's head: a client that sends nothing does not hold a connection for long.
+_HEAD_SECONDS = 5.0
+_HEAD_BYTES = 65536
+# What the server's answers to a batch refused for now say to wait (seconds).
+_RETRY_AFTER = 5
+
+
+@contextlib.contextmanager
+def answering(listening: Sequence[socket.socket], doing: str, tls: ssl.SSLContext | None = None) -> Iterator[None]:
+    """Answer on the bound `listening` sockets for the block, saying the bridge is `doing`; after it they
+    listen still, for the server the sockets are handed to (the connections waiting included)."""
+    ready = threading.Event()
+    stopped = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def serve() -> None:
+        # Each socket's own copy: a server closes the sockets it serves on, and these go on to the next.
+        servers = [
+            await asyncio.start_server(_answerer(doing), sock=listener.dup(), ssl=tls, limit=_HEAD_BYTES)
+            for listener in listening
+        ]
+        ready.set()
+        while not stopped.is_set():
+            await asyncio.sleep(0.05)
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve())
+        except Exception:  # the start goes on all the same, answering nothing until its server runs
+            log.warning("answering on the port while the bridge starts failed", exc_info=True)
+        finally:
+            ready.set()
+            loop.close()
+
+    thread = threading.Thread(target=run, name="otel-bridge-starting", daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join(10)
+
+
+def _answerer(doing: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_SECONDS)
+            path = head.split(b" ", 2)[1].split(b"?", 1)[0] if head.count(b" ") >= 2 else b""
+            body: dict[str, object]
+            if path == b"/healthz":
+                status, body, more = "200 OK", {"status": "ok", "starting": doing}, b""
+            elif path == b"/readyz":
+                status, body, more = "503 Service Unavailable", _not_yet(doing), b""
+            else:
+                status, body, more = "503 Service Unavailable", _not_yet(doing), b"Retry-After: %d\r\n" % _RETRY_AFTER
+            content = orjson.dumps(body)
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n"
+                % (status.encode(), len(content), more)
+                + content
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
+            pass  # a client gone, silent or speaking something else: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+
+    return answer
+
+
+def _not_yet(doing: str) -> dict[str, object]:
+    reason = f"the bridge is starting: {doing}"
+    return {"status": "not ready", "error": reason, "ready": False, "reasons": [reason]}

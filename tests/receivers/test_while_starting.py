@@ -1,0 +1,62 @@
+"""While the bridge salvages its state file at start, its port says it is alive and not ready, and asks
+everything else again later; then the port listens on for the bridge's own server."""
+
+import socket
+import ssl
+
+import httpx
+from pki import make_pki
+
+from otel_bridge.receivers.while_starting import answering
+
+
+def _bound() -> socket.socket:
+    """A socket bound as `serve` binds its port before the state is opened: not yet listening."""
+    bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound.bind(("127.0.0.1", 0))
+    return bound
+
+
+def test_the_port_says_alive_not_ready_and_asks_batches_again_later_then_listens_on_for_the_server():
+    bound = _bound()
+    url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+    try:
+        with answering([bound], "salvaging its state file"):
+            silent = socket.create_connection(bound.getsockname())  # sends nothing: holds up no one
+            alive = httpx.get(f"{url}/healthz", timeout=5)
+            ready = httpx.get(f"{url}/readyz?verbose=1", timeout=5)
+            batch = httpx.post(f"{url}/v1/events", json={"events": []}, timeout=5)
+            silent.close()
+
+        assert alive.status_code == 200 and alive.json() == {"status": "ok", "starting": "salvaging its state file"}
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert ready.json()["reasons"] == ["the bridge is starting: salvaging its state file"]
+        assert batch.status_code == 503 and batch.headers["retry-after"] == "5"
+        assert "salvaging its state file" in batch.json()["error"]
+        # After it, the socket listens still: the connection waits for the server the socket goes to.
+        client = socket.create_connection(bound.getsockname(), timeout=5)
+        bound.settimeout(5)
+        accepted, _address = bound.accept()
+        accepted.close()
+        client.close()
+    finally:
+        bound.close()
+
+
+def test_over_tls_as_the_server_serves(tmp_path):
+    pki = make_pki(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki["backend.pem"], pki["backend.key"])
+    bound = _bound()
+    try:
+        with answering([bound], "salvaging its state file", tls):
+            trusted = ssl.create_default_context(cafile=pki["ca.pem"])
+            alive = httpx.get(f"https://127.0.0.1:{bound.getsockname()[1]}/healthz", verify=trusted, timeout=5)
+            plain = httpx.get(f"http://127.0.0.1:{bound.getsockname()[1]}/healthz", timeout=5)
+    except httpx.HTTPError as exc:
+        plain = exc  # plain HTTP to a TLS port: refused by the client or the server, never answered 200
+    finally:
+        bound.close()
+    assert alive.status_code == 200
+    assert not isinstance(plain, httpx.Response) or plain.status_code != 200
