@@ -23,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import damage_noted, note_met
+from otel_bridge.state.salvage import damage_noted, damaged_copies, note_met
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -126,6 +126,13 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
             if settings.salvage_at_start and (noted := damage_noted(Path(state))) is not None:
                 # What a bridge met running: the next start checks every page and salvages it if need be.
                 unread += f"; noted ({noted}): the next start salvages it first, ~20 s a GiB"
+            if kept := damaged_copies(Path(state)):
+                # Each as large as the state was: on a disk that fails again and again they fill it.
+                size = sum(file_bytes(copy) for copy in kept) / 2**20
+                unread += (
+                    f"; {len(kept)} damaged cop{'ies' if len(kept) > 1 else 'y'} kept beside it by a salvage "
+                    f"({size:,.0f} MiB, the latest {kept[-1].name}): delete once the bridge runs well"
+                )
         detail = f"{name}: {store.outbox_depth():,} spans wait for export{unread}"
         refused = store.refuses_batches()
         if refused:

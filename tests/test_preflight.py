@@ -429,3 +429,24 @@ def test_a_state_file_a_bridge_noted_damaged_is_said_to_be_salvaged_by_the_next_
     )
     (finding,) = [f for f in check(Settings(state=settings.state, salvage_at_start=False), 1e-9) if f.what == "state"]
     assert "noted" not in finding.detail  # a start that will not salvage it
+
+
+def test_the_damaged_copies_salvages_kept_beside_the_state_are_counted_with_their_size(tmp_path):
+    # Each as large as the state was: a disk that damages the file again and again fills with them.
+    from faults import open_runs
+
+    open_runs(tmp_path / "state.db", 50)
+    for at in ("20261205T010000Z", "20261205T020000Z"):
+        (tmp_path / f"state.db.damaged-{at}").write_bytes(b"\0" * 2**20)
+        (tmp_path / f"state.db.damaged-{at}-shm").write_bytes(b"\0" * 2**15)
+
+    ok, detail = _findings(Settings(state=str(tmp_path / "state.db")))["state"]
+
+    assert (
+        ok is True
+        and (
+            "2 damaged copies kept beside it by a salvage (2 MiB, the latest state.db.damaged-20261205T020000Z): "
+            "delete once the bridge runs well"
+        )
+        in detail
+    )

@@ -145,6 +145,12 @@ def salvage(path: Path) -> Salvaged | None:
         return out
 
 
+def damaged_copies(path: Path) -> list[Path]:
+    """The damaged files salvages of the state file at `path` kept beside it, the oldest first."""
+    kept = path.with_name(f"{path.name}.damaged-*")
+    return sorted(copy for copy in path.parent.glob(kept.name) if not copy.name.endswith(_BESIDE))
+
+
 def _kept_name(path: Path) -> Path:
     """`<path>.damaged-<UTC time>`, one no earlier salvage took (one cut short a moment before took it)."""
     kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
