@@ -191,7 +191,7 @@ def test_runs_on_a_broken_page_are_left_as_indexed_and_every_other_run_is_judged
 
 
 class _Killed(BaseException):
-    """The process killed at that point (a pod restarted by its probe in the middle of a salvage at start)."""
+    """The process killed at that point (a node drained, an out-of-memory kill, in the middle of a salvage)."""
 
 
 def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_file_and_is_made_again(
