@@ -473,16 +473,15 @@ class Bridge:
         since = datetime.fromtimestamp(time.time() - self.settings.dedup_ttl_seconds, UTC)
         batches: dict[str, list[Any]] = {}
         total = IngestReport()
-        consumers = self.consumers_by_format("salvage")
         path, backups = self.dead_letters.path, self.settings.dead_letter_backups
         try:
             for event_format, event in rejected_for_damage(path, backups, since.isoformat(timespec="milliseconds")):
                 batch = batches.setdefault(event_format, [])
                 batch.append(event)
                 if len(batch) >= _TAKEN_AGAIN_AT_ONCE:
-                    self._take_again(consumers[event_format], batches.pop(event_format), total)
+                    self._take_again(event_format, batches.pop(event_format), total)
             for event_format, batch in batches.items():
-                self._take_again(consumers[event_format], batch, total)
+                self._take_again(event_format, batch, total)
         except Unavailable as exc:
             log.warning("the events the damage rejected, in %s, could not all be taken again: %s", path, exc)
         if total.accepted + total.duplicates + len(total.rejected) + total.late:
@@ -494,11 +493,13 @@ class Bridge:
             return total
         return None
 
-    def _take_again(self, consumer: ObservedConsumer, events: list[Any], total: IngestReport) -> None:
-        report = consumer.ingest(events)
+    def _take_again(self, event_format: str, events: list[Any], total: IngestReport) -> None:
+        report = self.consumers_by_format("salvage")[event_format].ingest(events)
         total.add(report)
         total.rejected += report.rejected
-        self.dead_letters.keep("salvage", [(r.as_dict(), events[r.index]) for r in report.rejected])
+        # Its format said, as a replay's rejections say it: offered again from the file, it goes to its decoder.
+        rejected = [({"format": event_format, **r.as_dict()}, events[r.index]) for r in report.rejected]
+        self.dead_letters.keep("salvage", rejected)
 
     def consumers_by_format(self, receiver: str) -> dict[str, ObservedConsumer]:
         """A consumer for the events of each engine's format (`replay.FORMATS`), counted as `receiver`'s."""

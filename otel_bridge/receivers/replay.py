@@ -7,6 +7,7 @@ says no more, the replay stops at that batch's first line and says how to go on.
 """
 
 import gzip
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -200,7 +201,13 @@ def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[tuple[
         except FileNotFoundError:
             continue
         with stream:
+            # What the files held as the read began: an event rejected again as it is offered is kept at
+            # the end, and is not read back (were the fresh file damaged too, it would go round for ever).
+            left = os.fstat(stream.fileno()).st_size
             for line in stream:
+                left -= len(line)
+                if left < 0:
+                    break
                 if marker not in line:  # most lines: not parsed
                     continue
                 try:

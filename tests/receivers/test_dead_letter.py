@@ -131,3 +131,23 @@ def test_the_events_a_damaged_state_file_rejected_are_found_in_every_rotated_fil
         ("event-sourced", {"event_id": "s1"}),
     ]
     assert none_since == []  # older than the memory of duplicates: taken again, they would count twice
+
+
+def test_an_event_rejected_again_as_the_damages_rejections_are_offered_is_not_read_back(tmp_path):
+    # Were the fresh file damaged too, each event offered would be kept again at the end, read, offered…
+    from otel_bridge.receivers.replay import rejected_for_damage
+    from otel_bridge.state.store import DAMAGE_REJECTED
+
+    letters = DeadLetters(tmp_path / "dead.jsonl", 10**7, 1)
+    for n in range(3):
+        letters.keep("http", [({"error": f"{DAMAGE_REJECTED} (malformed)"}, {"eventId": f"e{n}"})])
+    found = rejected_for_damage(tmp_path / "dead.jsonl", 1, "2000")
+    offered = [next(found)]
+    # Rejected again as it is offered, kept with its format (as a replay's rejections are): replayable.
+    again = {"format": "durable-effect", "error": f"{DAMAGE_REJECTED} (malformed)"}
+    letters.keep("salvage", [(again, {"eventId": "e0"})])
+    offered += list(found)
+    letters.close()
+
+    assert [event["eventId"] for _format, event in offered] == ["e0", "e1", "e2"]
+    assert [event["eventId"] for _format, event in rejected_for_damage(tmp_path / "dead.jsonl", 1, "2000")][-1] == "e0"
