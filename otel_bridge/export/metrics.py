@@ -30,6 +30,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector
 from opentelemetry.sdk.resources import Resource as SdkResource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from otel_bridge import __version__
 from otel_bridge import conventions as c
@@ -239,10 +240,37 @@ def _shared_gauge(
             def observed(
                 _options: CallbackOptions, readings: dict[int, Callable[[], list[ApiObservation]]] = readings
             ) -> list[ApiObservation]:
-                return [point for read in list(readings.values()) for point in read()]
+                return _combined(name, [point for read in list(readings.values()) for point in read()])
 
             provider.get_meter(c.SCOPE_NAME).create_observable_gauge(name, [observed], unit, description)
         readings[hub] = observe
+
+
+# How the readings of several trackers open at once on one provider make one value, by gauge (the others
+# count things, and add up): two points of one attribute set, and the SDK keeps one of them.
+_COMBINED: dict[str, Callable[[float, float], float]] = {
+    c.M_BRIDGE_SETTLE_LAG: max,
+    c.M_BRIDGE_ALIVE: min,
+    c.M_BRIDGE_STATE_DISK_FREE: min,
+    c.M_BRIDGE_FOLLOWER_CONNECTED: min,
+    c.M_BRIDGE_BUILD_INFO: max,
+    c.M_BRIDGE_STATE_SALVAGED: max,
+}
+
+
+def _added(one: float, other: float) -> float:
+    return one + other
+
+
+def _combined(name: str, points: list[ApiObservation]) -> list[ApiObservation]:
+    """`points` of the gauge `name`, one per attribute set, those alike made one as `_COMBINED` says."""
+    combine = _COMBINED.get(name, _added)
+    values: dict[frozenset[tuple[str, AttributeValue]], tuple[float, Attributes]] = {}
+    for point in points:
+        key = frozenset((point.attributes or {}).items())
+        known = values.get(key)
+        values[key] = (point.value if known is None else combine(known[0], point.value), point.attributes)
+    return [ApiObservation(value, attributes) for value, attributes in values.values()]
 
 
 def _shared_gauges_gone(provider: MeterProvider, hub: int) -> None:

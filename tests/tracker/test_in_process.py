@@ -156,6 +156,26 @@ def test_a_tracker_made_after_another_was_closed_reports_its_own_gauges_to_the_a
     assert "reading the gauge" not in caplog.text
 
 
+def test_two_trackers_open_at_once_on_the_applications_meter_provider_report_one_value_of_both(monkeypatch, tmp_path):
+    # Their points carried the same attributes, and the SDK kept one: one tracker's runs hid the other's.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with (
+        OtelTracker("production", "shop", state=str(tmp_path / "a.db"), meter_provider=provider) as shop,
+        OtelTracker("production", "billing", state=str(tmp_path / "b.db"), meter_provider=provider) as billing,
+    ):
+        for n in range(3):
+            shop.emit(WorkflowRun(f"order{n}").started().events[0])
+        billing.emit(WorkflowRun("invoice").started().events[0])
+        shop.flush()
+        billing.flush()
+
+        assert _gauge_points(reader, "otel_bridge.state.hot_runs") == [4]  # runs in memory: added up
+        assert _gauge_points(reader, "otel_bridge.alive") == [1]  # alive while both are: the least
+        assert _gauge_points(reader, "otel_bridge.build.info") == [1]
+
+
 def test_the_export_timeout_counts_seconds_as_the_applications_own_python_exporters_read_it(monkeypatch, otlp_http):
     # One variable, one process: the sidecar reads the specification's milliseconds, but here `5` is
     # what the application's own OTLP exporters wait (5 s), and the tracker waits as long.
