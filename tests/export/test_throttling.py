@@ -73,6 +73,14 @@ class Draining:
         assert self.store.outbox_depth() == 0
 
 
+def _each_sent_once(got, draining: Draining) -> bool:
+    """Every span delivered, each once, but after a request that failed otherwise than by the throttling
+    (its answer later than the exporter's 1 s, on a loaded machine): taken, and sent again, the same spans
+    (at least once, the same ids: a backend keeps one)."""
+    other = [why for ok, why in draining.told if not ok and not why.startswith(("gRPC UNAVAILABLE", "HTTP 429"))]
+    return len(got.unique_spans()) == 20 and (len(got.spans) == 20 or bool(other))
+
+
 def test_a_backend_asking_to_wait_is_asked_again_once_the_wait_is_over(tmp_path, monkeypatch, otlp):
     protocol, receiver = otlp
     got = receiver.received
@@ -81,7 +89,7 @@ def test_a_backend_asking_to_wait_is_asked_again_once_the_wait_is_over(tmp_path,
     got.asks, got.throttled_until = 3.0, time.monotonic() + 2.9
     with Draining(tmp_path, monkeypatch, protocol, receiver.endpoint, [_span(n) for n in range(20)]) as draining:
         draining.until_empty()
-    assert len(got.spans) == 20
+    assert _each_sent_once(got, draining)
     assert len(got.throttled_at) == 1
     (ok, why), *_ = draining.told
     assert not ok and why.endswith(", the backend asks to wait 3 s")
@@ -105,7 +113,7 @@ def test_a_backend_throttling_without_saying_how_long_is_asked_again_with_backof
     got.throttled_until = time.monotonic() + 1.0
     with Draining(tmp_path, monkeypatch, protocol, receiver.endpoint, [_span(n) for n in range(20)]) as draining:
         draining.until_empty()
-    assert len(got.spans) == 20 and len(got.throttled_at) >= 1
+    assert _each_sent_once(got, draining) and len(got.throttled_at) >= 1
     assert not any("asks to wait" in why for _ok, why in draining.told)
 
 
