@@ -37,7 +37,6 @@ from otel_bridge.correlate.overview import (
 )
 from otel_bridge.ids import RunIdentity, traceparent
 from otel_bridge.propagation import span_context_for
-from otel_bridge.state.salvage import note_met
 from otel_bridge.state.sqlite_store import damaged
 from otel_bridge.state.store import StoreDamaged, StoreInUse, StoreOpenError, damage_met, damaged_said
 from otel_bridge.tokens import label_problem
@@ -1472,7 +1471,9 @@ def _note_damage_met(settings: Settings, exc: BaseException | None) -> None:
     from), noted beside it for the next start to salvage: that start's own reads might not meet it."""
     while settings.salvage_at_start and exc is not None:
         if isinstance(exc, StoreDamaged) or damaged(exc):
-            note_met(settings.state, exc.met if isinstance(exc, StoreDamaged) else damage_met(exc, settings.state))
+            from otel_bridge.runtime import note_damage_met
+
+            note_damage_met(settings, exc.met if isinstance(exc, StoreDamaged) else damage_met(exc, settings.state))
             return
         exc = exc.__cause__
 

@@ -23,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import damage_noted, damaged_copies, note_met
+from otel_bridge.state.salvage import damage_noted, damaged_copies
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -85,7 +85,7 @@ def _access(settings: Settings) -> Finding:
 
 
 def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
-    from otel_bridge.runtime import open_store, state_named
+    from otel_bridge.runtime import note_damage_met, open_store, state_named
     from otel_bridge.state.redis_store import RedisStore
 
     state = settings.state
@@ -102,7 +102,7 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
     try:
         store = open_store(settings, read_only=True)
     except StoreDamaged as exc:
-        _noted(settings, exc.met)
+        note_damage_met(settings, exc.met)
         return Finding("state", False, str(exc))
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("state", False, str(exc))
@@ -115,7 +115,7 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
         if isinstance(store, SqliteStore):
             try:
                 if (damage := store.damage_found(within_seconds=timeout_seconds)) is not None:
-                    _noted(settings, damage_met(damage, state))
+                    note_damage_met(settings, damage_met(damage, state))
                     return Finding("state", False, f"{name} is damaged ({damage}): {DAMAGED_HELP}")
             except TimeoutError:  # a deploy gated on `check` does not wait minutes for a file of many GiB
                 size = file_bytes(state) / 2**30
@@ -147,13 +147,6 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
         return Finding("state", True, "; ".join([detail, *risks]))
     finally:
         store.close()
-
-
-def _noted(settings: Settings, met: str) -> None:
-    """The damage `check` found, noted beside the state file for the next start to salvage (as a bridge
-    that meets it does): that start's own reads might not pass through the damaged page."""
-    if settings.salvage_at_start:
-        note_met(settings.state, met)
 
 
 def _names(settings: Settings) -> Finding:

@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from otel_bridge import __version__, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
-from otel_bridge.consumer import Backpressure, IngestReport, Unavailable
+from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
@@ -41,7 +41,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
-from otel_bridge.state.salvage import SalvageError, damage_noted, note_damage, salvage
+from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -61,6 +61,7 @@ from otel_bridge.visible import Verbatim
 if TYPE_CHECKING:
     from otel_bridge.receivers.postgres_poll import TablePoller
     from otel_bridge.receivers.redis_stream import StreamReceiver
+    from otel_bridge.receivers.replay import ReplaySummary
     from otel_bridge.receivers.websocket import WebSocketReceiver
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ _REFUSED_UNREADY_SECONDS = 10.0
 # How long `replay` waits for room when the backlog is full and the backend failing (or for a store
 # that refuses its batch) before it gives up: `export_unready_seconds` when set.
 _REPLAY_PATIENCE_SECONDS = 120.0
-# Events the damage rejected, taken again after a salvage at start, stored at a time.
-_TAKEN_AGAIN_AT_ONCE = 1000
 # The largest batch the HTTP server stores on its event loop: ~6 ms of it at ~50 µs an event.
 _INLINE_EVENTS = 128
 
@@ -150,6 +149,14 @@ def open_store(settings: Settings, read_only: bool = False) -> Store:
         durability=settings.durability,
         reserve_bytes=int(settings.disk_reserve_mib * 2**20),
     )
+
+
+def note_damage_met(settings: Settings, met: str) -> None:
+    """A damaged state file met (by a running bridge, `check`, a listing), noted beside it for the next start
+    to salvage (`Bridge.opened`), whose own reads might not pass through the damaged page; nothing when
+    that start will not salvage it (salvage_at_start off), or the state is no file."""
+    if settings.salvage_at_start:
+        note_met(settings.state, met)
 
 
 class Bridge:
@@ -463,43 +470,30 @@ class Bridge:
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
 
-    def take_again_what_damage_rejected(self) -> IngestReport | None:
+    def take_again_what_damage_rejected(self) -> "ReplaySummary":
         """The events rejected because the state file was damaged where they went, kept in the dead-letter
-        file within the memory of duplicates (`dedup_ttl_seconds`), offered again once it is salvaged: no
-        producer offers them again, and a replay of them by hand needed the bridge stopped a second time.
-        Taken already (a salvage before), they are duplicates; refused for now, they wait in the file."""
-        from otel_bridge.receivers.replay import rejected_for_damage  # its progress bar's import: only here
+        file within the memory of duplicates (`dedup_ttl_seconds`), offered again once it is salvaged, as
+        `replay --format dead-letter` offers them: no producer offers them again, and a replay of them by
+        hand needed the bridge stopped a second time. Taken already (a salvage before), they are
+        duplicates; refused for now, they wait in the file."""
+        from otel_bridge.receivers.replay import DEAD_LETTER, rejected_for_damage, replay  # its progress bar
 
         since = datetime.fromtimestamp(time.time() - self.settings.dedup_ttl_seconds, UTC)
-        batches: dict[str, list[Any]] = {}
-        total = IngestReport()
-        path, backups = self.dead_letters.path, self.settings.dead_letter_backups
-        try:
-            for event_format, event in rejected_for_damage(path, backups, since.isoformat(timespec="milliseconds")):
-                batch = batches.setdefault(event_format, [])
-                batch.append(event)
-                if len(batch) >= _TAKEN_AGAIN_AT_ONCE:
-                    self._take_again(event_format, batches.pop(event_format), total)
-            for event_format, batch in batches.items():
-                self._take_again(event_format, batch, total)
-        except Unavailable as exc:
-            log.warning("the events the damage rejected, in %s, could not all be taken again: %s", path, exc)
-        if total.accepted + total.duplicates + len(total.rejected) + total.late:
+        path = self.dead_letters.path
+        lines = rejected_for_damage(path, self.settings.dead_letter_backups, since.isoformat(timespec="milliseconds"))
+        consumers = self.consumers_by_format("salvage")
+        summary = replay(consumers, "salvage", self.dead_letters, False, source_format=DEAD_LETTER, lines=lines)
+        if summary.stopped is not None:
+            log.warning(
+                "the events the damage rejected, in %s, could not all be taken again: %s", path, summary.stopped[1]
+            )
+        if summary.lines:
             log.warning(
                 "events the damage rejected before the salvage, taken again from %s: %d accepted, %d duplicates, "
                 "%d rejected again",
-                path, total.accepted, total.duplicates, len(total.rejected),
+                path, summary.accepted, summary.duplicates, len(summary.rejected),
             )  # fmt: skip
-            return total
-        return None
-
-    def _take_again(self, event_format: str, events: list[Any], total: IngestReport) -> None:
-        report = self.consumers_by_format("salvage")[event_format].ingest(events)
-        total.add(report)
-        total.rejected += report.rejected
-        # Its format said, as a replay's rejections say it: offered again from the file, it goes to its decoder.
-        rejected = [({"format": event_format, **r.as_dict()}, events[r.index]) for r in report.rejected]
-        self.dead_letters.keep("salvage", rejected)
+        return summary
 
     def consumers_by_format(self, receiver: str) -> dict[str, ObservedConsumer]:
         """A consumer for the events of each engine's format (`replay.FORMATS`), counted as `receiver`'s."""
@@ -674,19 +668,10 @@ class Bridge:
     def note_damage(self) -> None:
         """Leave a note beside the state file of a damage met while running (once), for the next start to
         salvage it (`opened`): its own reads might not pass through the damaged page."""
-        if self._damage_noted or not self.settings.salvage_at_start or self.settings.in_memory:
-            return
-        if not isinstance(self.store, SqliteStore):
-            return
         met = self.pipeline.damage or self.drain.damage or self.pages_damage
-        if met is None:
-            return
-        try:
-            note_damage(Path(self.settings.state), met)
-        except OSError as exc:  # a full disk: the damage is told all the same (`at_risk`)
-            log.debug("leaving a note of the damage beside the state file failed: %s", exc)
-            return
-        self._damage_noted = True
+        if met is not None and not self._damage_noted:
+            note_damage_met(self.settings, met)
+            self._damage_noted = True
 
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""

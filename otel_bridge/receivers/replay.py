@@ -96,16 +96,19 @@ def replay(
     progress: bool = True,
     waits: Callable[[Unavailable, float], bool] = lambda _refused, _waited: False,
     source_format: str = "durable-effect",
+    lines: Iterable[bytes] | None = None,
 ) -> ReplaySummary:
     """Each line an event in `source_format` (a key of `consumers`), or with "dead-letter" a line of
     a dead-letter file, whose event goes to the consumer of the format it was received in.
 
+    `lines`: the lines themselves, `source` only naming them (the receiver of their rejections).
+
     `waits(refusal, seconds the batch has been refused)`: True after waiting a while (offer it
     again), False to stop the replay there."""
     summary = ReplaySummary()
-    stream = _opened(source)
+    stream = _opened(source) if lines is None else None
     # Progress in bytes read; a gzip file's decompressed size is not known ahead.
-    total = None if source == "-" or source.endswith(".gz") else Path(source).stat().st_size
+    total = None if stream is None or source == "-" or source.endswith(".gz") else Path(source).stat().st_size
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", disable=not progress, file=sys.stderr)
     # One batch per format: a dead-letter file mixes the engines' events.
     batches: dict[str, _Batch] = {}
@@ -142,11 +145,11 @@ def replay(
         dead_letters.keep(f"replay:{source}", kept)
 
     number = 0
-    lines = _lines(stream)
+    numbered = _lines(stream if stream is not None else lines or ())
     try:
         while True:
             try:
-                number, line = next(lines)
+                number, line = next(numbered)
             except StopIteration:
                 break
             except (OSError, EOFError) as exc:  # truncated or corrupt (gzip): what was read is stored
@@ -182,7 +185,7 @@ def replay(
         summary.stopped = (_first_pending(batches) or max(number, 1), _INTERRUPTED)
     finally:
         bar.close()
-        if stream is not sys.stdin.buffer:
+        if stream is not None and stream is not sys.stdin.buffer:
             stream.close()
     return summary
 
@@ -190,10 +193,10 @@ def replay(
 DEAD_LETTER = "dead-letter"
 
 
-def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[tuple[str, Any]]:
-    """The events the dead-letter file at `path` and its `backups` rotated ones (oldest first) kept as
-    rejected for a damaged state file (`DAMAGE_REJECTED`) at `since` (ISO time, UTC) or later, each with
-    the format it is in."""
+def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[bytes]:
+    """The lines of the dead-letter file at `path` and its `backups` rotated ones (oldest first) that kept
+    an event rejected for a damaged state file (`DAMAGE_REJECTED`) at `since` (ISO time, UTC) or later:
+    what `replay` of them as "dead-letter" lines offers again."""
     marker = DAMAGE_REJECTED.encode()
     for file in [*(Path(f"{path}.{n}") for n in range(backups, 0, -1)), path]:
         try:
@@ -216,12 +219,8 @@ def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[tuple[
                     continue
                 if not isinstance(letter, dict) or not str(letter.get("error", "")).startswith(DAMAGE_REJECTED):
                     continue
-                if str(letter.get("at", "")) < since:
-                    continue
-                try:
-                    yield unwrap(letter)
-                except NotReplayable:
-                    continue
+                if str(letter.get("at", "")) >= since:
+                    yield line
 
 
 @dataclass(slots=True)
