@@ -21,7 +21,7 @@ from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
-from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY
+from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY, SIGNAL_FAILED
 from otel_bridge.state import mounts
 from otel_bridge.state.salvage import damage_noted, damaged_copies
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
@@ -299,7 +299,14 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
         return Finding("runtime v2", None, "not followed (--runtime-v2-url)")
     import psycopg
 
-    from otel_bridge.receivers.postgres_poll import EVENTS_KEPT, SCHEDULES_KEPT, said
+    from otel_bridge.receivers.postgres_poll import (
+        EVENTS_KEPT,
+        LAUNCH_SKIPS,
+        LAUNCH_SKIPS_KEPT,
+        OF_THE_EVENT,
+        SCHEDULES_KEPT,
+        said,
+    )
     from otel_bridge.receivers.postgres_poll import TABLES as RUNTIME_V2_TABLES
     from otel_bridge.terminal import duration
 
@@ -331,17 +338,28 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 "; {:,} schedules awaiting their next occurrence",
                 ", {:,} past it by over a minute (their job runner lost them?)",
             )
+            # With the workflows not launched for each event where the runtime writes them, as the bridge reads them.
+            skips_kept = _one(db, LAUNCH_SKIPS_KEPT) if events_kept else None
             taken = _optional(
                 db,
                 "workflow_runtime_events",
                 events_kept,
-                _EVENTS_TAKEN,
+                _EVENTS_TAKEN_SKIPPED.format(skips=LAUNCH_SKIPS, of_the_event=OF_THE_EVENT)
+                if skips_kept
+                else _EVENTS_TAKEN,
                 "; {:,} events taken in within the hour",
-                ", {:,} not delivered (their error_message says why)",
+                ", {:,} not delivered ("
+                + (
+                    "their error_message and workflow_event_launch_skips say why)"
+                    if skips_kept
+                    else "their error_message says why)"
+                ),
             )
             if events_kept and not taken and (silent := _one(db, _EVENTS_SILENT)) is not None:
                 # None within the hour: since when (its event worker down, its stream out of reach?).
                 taken = f"; no event taken in within the hour, the latest {duration(silent)} ago"
+            if skips_kept is False:
+                taken += _may_not_read(db, LAUNCH_SKIPS)
             optional += taken
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _INDEXED, "workflow_runs", "updated_at")
@@ -384,6 +402,19 @@ def _may_not_read(db: "psycopg.Connection[Any]", table: str) -> str:
 _EVENTS_TAKEN = f"""
 SELECT count(*), count(*) FILTER (
   WHERE to_jsonb(e)->>'error_message' <> '' AND to_jsonb(e)->>'error_message' NOT LIKE '{NO_CORRELATION_KEY}%')
+FROM workflow_runtime_events e WHERE e.created_at > now() - interval '1 hour'
+"""
+
+
+_ERROR = "to_jsonb(e)->>'error_message'"
+# Where the runtime writes the workflows it did not launch for an event: not delivered, one it did not mean to
+# skip, or a wait it could not resume; with none written (the event taken before their table), its error alone.
+_EVENTS_TAKEN_SKIPPED = f"""
+SELECT count(*), count(*) FILTER (WHERE CASE
+  WHEN EXISTS (SELECT 1 FROM {{skips}} s WHERE {{of_the_event}})
+    THEN EXISTS (SELECT 1 FROM {{skips}} s WHERE {{of_the_event}} AND NOT s.intentional)
+      OR {_ERROR} ~ '(^|\n){SIGNAL_FAILED}'
+  ELSE {_ERROR} <> '' AND {_ERROR} NOT LIKE '{NO_CORRELATION_KEY}%' END)
 FROM workflow_runtime_events e WHERE e.created_at > now() - interval '1 hour'
 """
 

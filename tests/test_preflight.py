@@ -7,6 +7,7 @@ gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, Postgre
 import json
 import socket
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -387,7 +388,8 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
     runtime.event_taken("TICKET_CREATED", now, error="Failed to launch Temporal workflow for workflow w: down")
     runtime.event_taken("TICKET_CREATED", now - timedelta(hours=2))
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
-    assert "; 3 events taken in within the hour, 1 not delivered (their error_message says why)" in detail
+    said = "1 not delivered (their error_message and workflow_event_launch_skips say why)"
+    assert f"; 3 events taken in within the hour, {said}" in detail
     # None within the hour: since when, as its event worker may be down.
     db.execute("UPDATE workflow_runtime_events SET created_at = created_at - interval '3 hours'")
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
@@ -409,6 +411,38 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
     )
     assert (
         "; may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO otel_bridge_schedules)"
+        in detail
+    )
+
+
+def test_the_events_not_delivered_are_counted_by_the_workflows_not_launched_as_the_bridge_reads_them(database):
+    import psycopg
+
+    db = psycopg.connect(database, autocommit=True)
+    runtime = Runtime(db, tenant=str(uuid.uuid4()))
+    now, other = datetime.now(UTC), runtime.workflow_id
+    run = runtime.start_run(now)
+    invalid = (other, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
+    for name in ("TICKET_CREATED", "TICKET_UPDATED"):  # no error written: not delivered all the same
+        runtime.event_taken(name, now, started=run, skipped=[invalid])
+    runtime.event_taken("TICKET_CREATED", now, skipped=[(other, "lineage_loop_guard", "Guarded")])  # an error, meant
+    runtime.event_taken("TICKET_CREATED", now, skipped=[(other, "launch_failed", "Failed to launch: down")])
+    runtime.event_taken("TICKET_CREATED", now, error="Failed to signal Temporal event wait for run x: down",
+                        skipped=[(other, "paused", "Workflow is paused")])  # fmt: skip
+    runtime.event_taken("TICKET_CREATED", now, error="Payload validation failed for workflow w (w): [...]")  # older
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
+    said = "5 not delivered (their error_message and workflow_event_launch_skips say why)"
+    assert f"; 6 events taken in within the hour, {said}" in detail
+    db.execute("DROP ROLE IF EXISTS otel_bridge_skips; CREATE ROLE otel_bridge_skips LOGIN")
+    db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", workflow_runtime_events TO otel_bridge_skips")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_skips@")
+    ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
+    assert (
+        ok is True
+        and (
+            "; 6 events taken in within the hour, 4 not delivered (their error_message says why); may not read "
+            "workflow_event_launch_skips (GRANT SELECT ON workflow_event_launch_skips TO otel_bridge_skips)"
+        )
         in detail
     )
 

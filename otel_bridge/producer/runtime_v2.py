@@ -11,7 +11,7 @@ writer's clock, given by the caller. The tests write runs with it, and `otel-bri
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,7 +168,38 @@ CREATE TABLE IF NOT EXISTS workflow_runtime_events (
   error_message text
 );
 CREATE INDEX IF NOT EXISTS idx_workflow_runtime_events_created_at ON workflow_runtime_events (created_at);
+-- The workflows its event worker did not launch for an event, and why (since October 2026), as its migration
+-- makes the table: one row per event and workflow, written once the event's workflows are all tried.
+CREATE TABLE IF NOT EXISTS workflow_event_launch_skips (
+  tenant uuid NOT NULL,
+  skip_id uuid NOT NULL DEFAULT gen_random_uuid(),
+  event_id uuid NOT NULL,
+  workflow_id uuid NOT NULL,
+  workflow_version integer NULL,
+  event_name text NOT NULL,
+  reason text NOT NULL,
+  intentional boolean NOT NULL,
+  message text NOT NULL,
+  details jsonb NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT workflow_event_launch_skips_pkey PRIMARY KEY (tenant, skip_id),
+  CONSTRAINT workflow_event_launch_skips_event_workflow_unique UNIQUE (tenant, event_id, workflow_id),
+  CONSTRAINT workflow_event_launch_skips_reason_check CHECK (reason IN (
+    'missing_schema_ref', 'unknown_schema_ref', 'missing_source_schema', 'schema_mismatch', 'payload_mapping_failed',
+    'payload_validation_failed', 'launch_failed', 'paused', 'lineage_loop_guard', 'self_trigger_guard',
+    'causation_depth_exceeded'))
+);
 """
+_LAUNCH_FAILED = "Failed to launch Temporal workflow: "
+# The reasons the runtime means (`WORKFLOW_LAUNCH_SKIP_INTENTIONAL`): a workflow paused, its trigger loops' guards.
+INTENTIONAL_SKIPS = ("paused", "lineage_loop_guard", "self_trigger_guard", "causation_depth_exceeded")
+# Those it writes into the event's error when nothing launched, validation's first, then the rest in turn;
+# a launch that failed it writes there whatever else launched (`processEvent`).
+_VALIDATION = ("payload_validation_failed",)
+_DIAGNOSTIC = (
+    "missing_schema_ref", "unknown_schema_ref", "missing_source_schema", "schema_mismatch",
+    "payload_mapping_failed", "lineage_loop_guard",
+)  # fmt: skip
 
 
 class Runtime:
@@ -515,17 +546,27 @@ class Runtime:
         started: str | None = None,
         resumed: tuple[str, str] | None = None,
         error: str | None = None,
+        skipped: Sequence[tuple[str, str, str]] = (),
     ) -> str:
         """An event the event worker takes in (`WorkflowRuntimeV2EventStreamWorker.processEvent`), at `when` (None:
-        the database's now): its row, written as it takes it, then the run it `started`, or the run and step
-        whose wait it `resumed`, and the error that came of it (one with no correlation `key` is refused so);
-        its id."""
+        the database's now): its row, written as it takes it, then the workflows it did not launch (`skipped`:
+        each one's id, reason and message, its tenant a uuid), the run it `started`, or the run and step whose
+        wait it `resumed`, and the error that came of it — by default as the worker writes it of the skips, and
+        of no correlation `key`; its id."""
         event_id = str(uuid.uuid4())
         self.db.execute(
             "INSERT INTO workflow_runtime_events (event_id, tenant, event_name, correlation_key, payload, "
             "created_at, processed_at) VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()), coalesce(%s, now()))",
             (event_id, self.tenant, name, key, Jsonb({"ticketId": key}), when, when),
         )
+        for workflow_id, why, message in skipped:
+            self.db.execute(
+                "INSERT INTO workflow_event_launch_skips (tenant, event_id, workflow_id, event_name, reason, "
+                "intentional, message, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()))",
+                (self.tenant, event_id, workflow_id, name, why, why in INTENTIONAL_SKIPS, message, when),
+            )
+        if error is None:
+            error = _error_of(skipped, launched=started is not None or resumed is not None)
         if error is None and key is None:
             error = (
                 "Missing workflow correlation key (no explicit key and no configured derivation path produced a value)"
@@ -584,6 +625,29 @@ class Runtime:
 
 
 Scheduled = list[tuple[float, Callable[[datetime], None]]]  # (Unix time to write at, the write, given that time)
+
+
+def _error_of(skipped: Sequence[tuple[str, str, str]], launched: bool) -> str | None:
+    """The error the event worker writes of the workflows it did not launch for an event: the launches that
+    failed, or, when nothing launched, its validation's and its diagnostics' (paused and guarded: none)."""
+    failed = [
+        f"Failed to launch Temporal workflow for workflow {w}: {m.removeprefix(_LAUNCH_FAILED)}"
+        for w, why, m in skipped
+        if why == "launch_failed"
+    ]
+    if failed:
+        return "\n".join(failed)
+    if launched:
+        return None
+    told = [
+        f"Skipped workflow {w} ({w}): {m[:1].lower()}{m[1:]}"
+        if why in _DIAGNOSTIC
+        else m.replace("Payload validation failed", f"Payload validation failed for workflow {w} ({w})", 1)
+        for section in (_VALIDATION, _DIAGNOSTIC)
+        for w, why, m in skipped
+        if why in section
+    ]
+    return "\n".join(told) or None
 
 
 def _due_in_turn(writes: Scheduled, start: float) -> Callable[[float, Callable[[datetime], None]], None]:

@@ -28,7 +28,9 @@ counted in `workflow_run_logs`), which names the trace it belongs to. A run's lo
 
 A workflow's schedule (`tenant_workflow_schedule`, in the runtime's enterprise edition) is a job: its
 row, written at each occurrence, tells that occurrence (a run launched, a launch that failed, one let
-pass) and the next one awaited, which a job runner that lost the schedule never writes.
+pass) and the next one awaited, which a job runner that lost the schedule never writes. An event the
+runtime took in (`workflow_runtime_events`) is a job's run, read with the workflows it did not launch for
+it (`workflow_event_launch_skips`), which say whether it was delivered.
 """
 
 import zlib
@@ -240,9 +242,23 @@ class ScheduleRow(_TableRow):
     updated_at: IsoTime
 
 
+class LaunchSkipRow(_TableRow):
+    """A row of `workflow_event_launch_skips` (the runtime's since October 2026), read with its event's: a
+    workflow that starts on the event was not launched for it, and why (`reason`, `message`) — `intentional`
+    as the runtime marks it (paused, its trigger loops' guards: meant, never alarming)."""
+
+    workflow_id: Identity
+    workflow_name: Text = ""
+    reason: Label
+    intentional: bool
+    message: Text = ""
+
+
 class RuntimeEventRow(_TableRow):
     """A row of `workflow_runtime_events`: an event the runtime's event worker took in (or its API was given), and
-    what came of it — the run it started or resumed (`matched_run_id`), or why it failed (`error_message`)."""
+    what came of it — the run it started or resumed (`matched_run_id`), or why it failed (`error_message`) —,
+    with the workflows it did not launch (`launch_skips`; None where the runtime writes none, or the bridge may
+    not read them)."""
 
     event_id: Identity
     event_name: Identity
@@ -253,12 +269,15 @@ class RuntimeEventRow(_TableRow):
     matched_run_id: Identity | None = None
     matched_step_path: Text | None = None
     error_message: Text | None = None
+    launch_skips: tuple[LaunchSkipRow, ...] | None = None
 
 
 # The job type of the events the runtime took in: each a job's run, its outcome the run's result.
 EVENT_JOB_TYPE = "event"
 # How the runtime's event worker begins the error it writes of an event it found no correlation key for.
 NO_CORRELATION_KEY = "Missing workflow correlation key"
+# How it begins the error of a run whose wait it could not resume (Temporal out of reach): no launch skip tells it.
+SIGNAL_FAILED = "Failed to signal Temporal "
 
 
 # The line the runtime writes as its operator asks for a failed run to be retried (`retryWorkflowRunAction`).
@@ -309,6 +328,12 @@ class RuntimeV2Options:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     # The run's log lines told, by level (`levels_from`): warnings and errors, and what operators did.
     log_levels: tuple[str, ...] = ("WARN", "ERROR")
+
+
+def _not_launched(skip: LaunchSkipRow) -> str:
+    """A workflow not launched for an event, in the runtime's own words: which, and why."""
+    named = f"{skip.workflow_name} ({skip.workflow_id})" if skip.workflow_name else skip.workflow_id
+    return f"workflow {named} not launched ({skip.reason}): {skip.message}"
 
 
 def table_of(raw: Any) -> str:
@@ -715,9 +740,20 @@ class RuntimeV2Decoder:
         failure with why (as the runtime's own event list has it, an error wins: a run signalled, another not),
         a success when it started or resumed a run, skipped when no run took it — with no correlation key
         too, which the runtime writes as an error: most events no workflow waits for nor starts on have none,
-        and a wait it left waiting shows as its run paused (overdue past the wait's timeout)."""
+        and a wait it left waiting shows as its run paused (overdue past the wait's timeout).
+        With the workflows it did not launch (`launch_skips`), those the runtime did not mean to skip fail it,
+        whether another workflow launched or not (the runtime writes no error then), and those it meant (a
+        workflow paused, a trigger loop guarded) do not (it writes a loop guard's as an error when nothing
+        launched)."""
         error = row.error_message or ""
-        failed = bool(error) and not error.startswith(NO_CORRELATION_KEY)
+        if row.launch_skips:
+            # A launch that failed is a skip too: of the error, only a wait not resumed is told by nothing else.
+            told = [line for line in error.splitlines() if line.startswith(SIGNAL_FAILED)]
+            told += [_not_launched(skip) for skip in row.launch_skips if not skip.intentional]
+            error = "\n".join(told)
+            failed = bool(told)
+        else:  # no skip written (older runtimes, or events taken before their table): its error alone says
+            failed = bool(error) and not error.startswith(NO_CORRELATION_KEY)
         kind = JOB_KIND.FAILED if failed else JOB_KIND.EXECUTED if row.matched_run_id else JOB_KIND.SKIPPED
         return [
             self._job(

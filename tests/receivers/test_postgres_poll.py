@@ -703,3 +703,70 @@ def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_
     said = "may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO it)"
     assert caplog.text.count(said) == 1
     assert not [row for row in recorded.rows if "event_name" in row and "run_id" not in row]
+
+
+def test_the_workflows_not_launched_for_an_event_are_read_with_it_and_those_not_meant_fail_it(database, tmp_path):
+    # The runtime writes them since October 2026 (`workflow_event_launch_skips`), its tenants uuids: an event
+    # that launched one workflow and not another, which refused its payload, has no error in its row.
+    import psycopg
+
+    tenant = str(uuid.uuid4())
+    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
+    other = Runtime(psycopg.connect(database, autocommit=True), "notify-owner", tenant=tenant).workflow_id
+    run = runtime.start_run(at(0))
+    invalid = (other, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
+    partly = runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[invalid])
+    guarded = (other, "lineage_loop_guard", "Workflow is already in the event lineage (trigger loop guard)")
+    looped = runtime.event_taken("TICKET_CREATED", at(2), skipped=[guarded])
+    recorded = Recorded(tmp_path)
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    rows = {row["event_id"]: row for row in recorded.rows if "event_name" in row and "run_id" not in row}
+    assert rows[partly]["error_message"] is None
+    assert [skip["workflow_name"] for skip in rows[partly]["launch_skips"]] == ["notify-owner"]
+    assert rows[looped]["error_message"].startswith(f"Skipped workflow {other} ({other}): workflow is already")
+    folded = fold_events(list(rows.values()), decoder=DECODE, settle_at_ns=None)
+    created = {"job.name": "TICKET_CREATED", "job.type": "event"}
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "failure"}) == [1]
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "skipped"}) == [1]
+    (failed,) = [r for row in rows.values() for r in DECODE(row) if r.reason]
+    assert failed.reason == (
+        f"workflow notify-owner ({other}) not launched (payload_validation_failed): "
+        "Payload validation failed using ticket.v1: [...]"
+    )
+
+
+def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their_errors(database, tmp_path, caplog):
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES
+
+    tenant = str(uuid.uuid4())
+    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
+    skipped = [(runtime.workflow_id, "schema_mismatch", "Event payload schema a differs from workflow schema b")]
+    runtime.event_taken("TICKET_CREATED", at(0), skipped=skipped)
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DROP ROLE IF EXISTS otel_bridge_skips; CREATE ROLE otel_bridge_skips LOGIN")
+        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", workflow_runtime_events TO otel_bridge_skips")
+    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_skips@")
+    recorded = Recorded(tmp_path)
+    poller = _poller(reader, recorded, tmp_path, {})
+    poller.poll_once()
+    said = "may not read workflow_event_launch_skips (GRANT SELECT ON workflow_event_launch_skips TO it)"
+    assert caplog.text.count(said) == 1
+    (row,) = [row for row in recorded.rows if "event_name" in row and "run_id" not in row]
+    assert "launch_skips" not in row and row["error_message"].startswith("Skipped workflow")
+    # The right given, then taken back between two reads: the events are read all the same.
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("GRANT SELECT ON workflow_event_launch_skips TO otel_bridge_skips")
+    poller = _poller(reader, recorded := Recorded(tmp_path / "b"), tmp_path, {})
+    poller.poll_once()
+    assert [len(row["launch_skips"]) for row in recorded.rows if "launch_skips" in row] == [1]
+    runtime.event_taken("TICKET_UPDATED", at(5), skipped=skipped)
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("REVOKE SELECT ON workflow_event_launch_skips FROM otel_bridge_skips")
+    poller.poll_once()
+    assert "workflows not launched for an event are not followed: permission denied" in caplog.text
+    assert [row["event_name"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [
+        "TICKET_CREATED",
+        "TICKET_UPDATED",
+    ]

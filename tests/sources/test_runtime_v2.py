@@ -11,6 +11,7 @@ from fold_harness import comparable, fold_events, fold_more, settle_all
 from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.correlate.overview import overview
+from otel_bridge.lifecycle import JOB_KIND
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
 
@@ -699,6 +700,47 @@ def test_the_events_the_runtime_took_in_are_runs_of_a_job_of_each_events_name_by
     assert last_failure(states["TICKET_CREATED"]) == "Failed to signal Temporal event wait for run x: timeout"
     assert last_failure(states["TICKET_UPDATED"]) is None
     assert overdue_since_ns(states["TICKET_CREATED"]) is None  # nothing awaited of an event
+
+
+def _skip(reason: str, message: str, intentional: bool = False, name: str = "notify-owner") -> dict[str, Any]:
+    """A workflow not launched for an event, as the poller reads it with the event's row."""
+    return {"workflow_id": "w-2", "workflow_name": name, "reason": reason, "intentional": intentional,
+            "message": message}  # fmt: skip
+
+
+def test_a_workflow_not_launched_for_an_event_fails_it_though_another_launched_unless_the_runtime_meant_it():
+    run = str(uuid.uuid4())
+    invalid = _skip("payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
+    rows = [
+        # One workflow started, another refused the payload: the runtime writes no error, only the skip.
+        _event(1, matched_run_id=run, launch_skips=[invalid]),
+        # Nothing launched but a trigger loop guarded: an error in the row, which the runtime means.
+        _event(2, error_message="Skipped workflow notify-owner (w-2): workflow is already in the event lineage",
+               launch_skips=[_skip("lineage_loop_guard", "Workflow is already in the event lineage", True)]),
+        _event(3, launch_skips=[_skip("paused", "Workflow is paused", True)]),
+        # A wait not resumed is told by the error alone; the workflow paused beside it is not.
+        _event(4, matched_run_id=run, error_message="Failed to signal Temporal event wait for run x: timeout",
+               launch_skips=[_skip("paused", "Workflow is paused", True)]),
+    ]  # fmt: skip
+    folded = fold_events(rows, settle_at_ns=None, decoder=DECODE)
+    created = {"job.name": "TICKET_CREATED", "job.type": "event"}
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "failure"}) == [1, 1]
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "skipped"}) == [1, 1]
+    (first,) = DECODE(rows[0])
+    assert first.reason == (
+        "workflow notify-owner (w-2) not launched (payload_validation_failed): "
+        "Payload validation failed using ticket.v1: [...]"
+    )
+    (fourth,) = DECODE(rows[3])
+    assert fourth.reason == "Failed to signal Temporal event wait for run x: timeout"
+
+
+def test_an_event_with_no_launch_skip_written_is_read_by_its_error_as_before():
+    # A runtime older than their table, or an event taken before it: an empty list, or none at all.
+    error = "Payload validation failed for workflow escalate (w-1) using ticket.v1: [...]"
+    for skips in ([], None):
+        (record,) = DECODE(_event(1, error_message=error, launch_skips=skips))
+        assert (record.kind, record.reason) == (JOB_KIND.FAILED, error)
 
 
 def test_an_event_row_it_cannot_read_is_refused_naming_the_event():
