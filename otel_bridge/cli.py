@@ -370,7 +370,7 @@ def _salvage_state(settings: Settings) -> int:
     if not path.is_file():
         raise CliError(f"no state file at {path}")
     try:
-        done = salvage(path)
+        done = salvage(path, settings.salvage_keep_damaged)
     except SalvageError as exc:
         raise CliError(str(exc)) from None
     if done is None:
@@ -380,7 +380,7 @@ def _salvage_state(settings: Settings) -> int:
     print(f"{path}: salvaged, {first}")
     for line in rest:
         print(f"  {line}")
-    print("  start the bridge")
+    print("  start the bridge: it takes again the events the damage rejected, from the dead-letter file")
     return 0
 
 

@@ -325,6 +325,13 @@ class Settings(BaseSettings):
         "reads is copied into a fresh file, the damaged one kept beside, and the events the damage rejected are "
         "taken again from the dead-letter file. Off, such a start refuses and names `salvage-state`.",
     )
+    salvage_keep_damaged: int = Field(
+        2,
+        ge=1,
+        description="SQLite state: damaged state files a salvage keeps beside the state (STATE.damaged-<UTC "
+        "time>), the latest: each as large as the state was, the oldest deleted as a salvage keeps another, so "
+        "that a disk that damages the file again and again does not fill with them.",
+    )
     stuck_after_seconds: float = Field(
         300.0,
         gt=0,

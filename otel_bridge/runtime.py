@@ -41,7 +41,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
-from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage
+from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage, take_again
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -178,7 +178,7 @@ class Bridge:
         met = damage_noted(file) if file is not None and file.is_file() and settings.salvage_at_start else None
         if met is None:
             try:
-                return cls(settings, **kwargs).restored()
+                return cls(settings, **kwargs).restored().took_again(file)
             except StoreDamaged as exc:
                 if file is None or not settings.salvage_at_start:
                     raise
@@ -188,20 +188,16 @@ class Bridge:
         log.warning("%s: salvaging it before the bridge starts (salvage_at_start; ~20 s a GiB)", met)
         try:
             with while_salvaging():
-                done = salvage(file)
+                done = salvage(file, settings.salvage_keep_damaged)
         except SalvageError as exc:
             raise StoreOpenError(f"{met}; its salvage at start could not be made: {exc}") from None
         if done is None:
             log.warning("SQLite finds nothing damaged in %s (PRAGMA quick_check): started on it as it is", file)
-            return cls(settings, **kwargs).restored()
+            return cls(settings, **kwargs).restored().took_again(file)
         log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
         bridge = cls(settings, **kwargs).restored()
         bridge.salvaged_at = time.time()
-        try:
-            bridge.take_again_what_damage_rejected()
-        except Exception:  # they wait in the dead-letter file, to be replayed by hand: no reason not to serve
-            log.exception("taking again the events the damage rejected, from %s, failed", settings.dead_letter)
-        return bridge
+        return bridge.took_again(file)
 
     def __init__(
         self,
@@ -469,6 +465,20 @@ class Bridge:
         if receiver not in self._consumers:  # asked for at every flush of the in-process tracker
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
+
+    def took_again(self, file: Path | None) -> "Bridge":
+        """This bridge, once it took again the events the damage rejected, where a salvage of its state file (at
+        start, or by hand) noted that it should: the note stays for the next start while some could not be."""
+        if file is None or not (note := take_again(file)).exists():
+            return self
+        try:
+            summary = self.take_again_what_damage_rejected()
+        except Exception:  # they wait in the dead-letter file, and the next start tries again: no reason not to serve
+            log.exception("taking again the events the damage rejected, from %s, failed", self.settings.dead_letter)
+            return self
+        if summary.stopped is None:
+            note.unlink(missing_ok=True)
+        return self
 
     def take_again_what_damage_rejected(self) -> "ReplaySummary":
         """The events rejected because the state file was damaged where they went, kept in the dead-letter

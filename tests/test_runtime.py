@@ -466,6 +466,41 @@ def test_a_state_file_found_damaged_at_start_is_salvaged_before_the_bridge_start
     assert "broken pages met in: state" in caplog.text and str(kept) in caplog.text
 
 
+def test_after_a_salvage_by_hand_the_next_start_takes_again_the_events_the_damage_rejected(tmp_path, monkeypatch):
+    # They were left to a replay by hand, the bridge stopped a second time.
+    from faults import broken_page, open_runs
+
+    from otel_bridge.receivers.dead_letter import DeadLetters
+    from otel_bridge.state.salvage import salvage
+    from otel_bridge.state.store import DAMAGE_REJECTED
+
+    open_runs(tmp_path / "s.db", 300)
+    broken_page(tmp_path / "s.db", "state")
+    letters = DeadLetters(tmp_path / "dead.jsonl", 10**7, 1)
+    rejected = WorkflowRun().started().events
+    letters.keep("http", [({"index": 0, "error": f"{DAMAGE_REJECTED} (malformed)"}, event) for event in rejected])
+    letters.close()
+    assert salvage(tmp_path / "s.db") is not None
+    note = tmp_path / "s.db.take-again"
+    assert note.exists()
+
+    # A start whose taking again fails serves all the same, and leaves the note for the next one.
+    def failing(self: Bridge) -> None:
+        raise OSError("the dead-letter file cannot be read")
+
+    monkeypatch.setattr(Bridge, "take_again_what_damage_rejected", failing)
+    _opened(tmp_path).stop()
+    assert note.exists()
+    monkeypatch.undo()
+    bridge = _opened(tmp_path)
+    try:
+        listed = bridge.pipeline.list_runs(RunQuery(), limit=1000)[0]
+        assert rejected[0]["workflowId"] in {run.run_id for run in listed}
+    finally:
+        bridge.stop()
+    assert not note.exists()
+
+
 def test_without_salvage_at_start_a_state_file_found_damaged_refuses_the_start_and_is_left_as_it_is(tmp_path):
     from faults import broken_page, open_runs
 

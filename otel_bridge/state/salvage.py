@@ -13,11 +13,13 @@ brings starts it afresh). The last rows before a broken page are read one at a t
 sqlite3 steps to the next row before it hands one over, and the step into the broken page lost the
 row it was about to hand over, among them the key kept in the page above, between two pages.
 
-The damaged file is kept beside, renamed, with its log: nothing is deleted.
+The damaged file is kept beside, renamed, with its log; of those kept, the oldest beyond a number (two by
+default) are deleted as another is kept.
 
 A bridge that meets a damaged page while it runs, or a command that does (`check`, a listing), leaves
 a note of it beside the file (`<state>.needs-salvage`): the next start salvages the file first
-(`Bridge.opened`), though its own reads might not pass through the page. A salvage takes the note away.
+(`Bridge.opened`), though its own reads might not pass through the page. A salvage takes the note away,
+and leaves one (`<state>.take-again`) for the next start to take again the events the damage rejected.
 """
 
 import contextlib
@@ -79,6 +81,8 @@ class Salvaged:
     copied: dict[str, int] = field(default_factory=dict)
     broken: list[str] = field(default_factory=list)
     orphaned_facts: int = 0
+    # The damaged files earlier salvages kept, deleted as this one keeps another (`keep_damaged`).
+    deleted: list[Path] = field(default_factory=list)
 
     def told(self) -> list[str]:
         """What was done, a line each: what the command prints, what a start's salvage logs."""
@@ -90,6 +94,8 @@ class Salvaged:
             lost = "their run's state was lost (its next events start it afresh)"
             lines.append(f"{self.orphaned_facts:,} facts left out: {lost}")
         lines.append(f"the damaged file is kept as {self.kept_as} (with its -wal and -shm)")
+        if self.deleted:
+            lines.append(f"older damaged files deleted (salvage_keep_damaged): {', '.join(map(str, self.deleted))}")
         return lines
 
 
@@ -116,6 +122,13 @@ def note_met(state: str, found: str) -> None:
             note_damage(Path(state), found)
 
 
+def take_again(path: Path) -> Path:
+    """The note a salvage leaves beside the state file at `path` for the next start to take again the events the
+    damage rejected (`Bridge.opened`), which a salvage by hand left to a replay with the bridge stopped again;
+    taken away once they are."""
+    return path.with_name(path.name + ".take-again")
+
+
 def damage_noted(path: Path) -> str | None:
     """What a bridge, `check` or a listing noted damaged in the state file at `path`, or None."""
     try:
@@ -124,11 +137,13 @@ def damage_noted(path: Path) -> str | None:
         return None
 
 
-def salvage(path: Path) -> Salvaged | None:
+def salvage(path: Path, keep_damaged: int = 2) -> Salvaged | None:
     """Copy what reads of the state file at `path` into a fresh one, keep the damaged file beside as
     `<path>.damaged-<UTC time>` and put the fresh one in its place; None when SQLite finds nothing
-    damaged (nothing is done then). Holds the file's lock throughout: no bridge may run on it. Rows go
-    from one file to the other a thousand at a time: a state of any size is salvaged in little memory."""
+    damaged (nothing is done then). Of the damaged files kept, the latest `keep_damaged` are left, this
+    one among them: the older ones are deleted before the copy, which needs their room. Holds the file's
+    lock throughout: no bridge may run on it. Rows go from one file to the other a thousand at a time: a
+    state of any size is salvaged in little memory."""
     with claimed(str(path)):
         source = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
@@ -136,10 +151,13 @@ def salvage(path: Path) -> Salvaged | None:
                 needs_salvage(path).unlink(missing_ok=True)
                 return None
             out = Salvaged(_kept_name(path))
+            out.deleted = _delete_oldest(damaged_copies(path), keep_damaged - 1)
             fresh = path.with_name(path.name + ".salvaged")
             _fresh_copy(source, path, fresh, out)
         finally:
             source.close()
+        # Before the swap: a salvage cut short after it takes nothing again otherwise (the file reads whole).
+        take_again(path).write_text(f"salvaged {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
         _put_in_place(fresh, path, out.kept_as)
         needs_salvage(path).unlink(missing_ok=True)
         return out
@@ -149,6 +167,16 @@ def damaged_copies(path: Path) -> list[Path]:
     """The damaged files salvages of the state file at `path` kept beside it, the oldest first."""
     kept = path.with_name(f"{path.name}.damaged-*")
     return sorted(copy for copy in path.parent.glob(kept.name) if not copy.name.endswith(_BESIDE))
+
+
+def _delete_oldest(copies: list[Path], keep: int) -> list[Path]:
+    """The oldest of the damaged files `copies` (oldest first) deleted, with their logs, but the latest
+    `keep`: those deleted."""
+    deleted = copies[: max(len(copies) - keep, 0)]
+    for copy in deleted:
+        for suffix in ("", *_BESIDE):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+    return deleted
 
 
 def _kept_name(path: Path) -> Path:

@@ -304,20 +304,23 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
     # An event that needed the damaged page was answered 503 and dropped by its producer after three re-sends.
     runs, _bridge = _served_on_a_damaged_page(tmp_path, otlp_http)
 
-    # The runbook: salvaged, the dead letters replayed, the bridge started again: every run ends in its trace.
-    state = ["--state", str(tmp_path / "state.db")]
+    # The runbook by hand: salvaged, the bridge started again, which takes the rejected events again (they were
+    # replayed by hand, the bridge stopped a second time): every run ends in its trace.
     salvaged = _cli("salvage-state", state=str(tmp_path / "state.db"))
     assert salvaged.returncode == 0 and "broken pages met in: facts" in salvaged.stdout, salvaged.stderr
-    (tmp_path / "dead-letter.jsonl").rename(tmp_path / "rejected.jsonl")
-    replayed = subprocess.run(
-        [sys.executable, "-m", "otel_bridge", "replay", "--format", "dead-letter", str(tmp_path / "rejected.jsonl"),
-         "--no-progress", *state],
-        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_METRICS_EXPORTER": "none"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    got = otlp_http.received
-    got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+    assert "start the bridge: it takes again the events the damage rejected" in salvaged.stdout
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
+    try:
+        got = otlp_http.received
+        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+        assert bridge.stop()
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert "salvaging it before" not in log and "Traceback" not in log
+    taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
+    assert taken is not None and int(taken[1]) > 0, log
+    assert not (tmp_path / "state.db.take-again").exists()
 
 
 def test_a_restart_salvages_a_state_file_damaged_under_a_running_bridge_and_takes_its_rejected_events_again(
@@ -340,7 +343,7 @@ def test_a_restart_salvages_a_state_file_damaged_under_a_running_bridge_and_take
     assert "Traceback" not in log
     taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
     assert taken is not None and int(taken[1]) > 0, log
-    assert not (tmp_path / "state.db.needs-salvage").exists()
+    assert not (tmp_path / "state.db.needs-salvage").exists() and not (tmp_path / "state.db.take-again").exists()
 
 
 def test_a_listing_that_meets_a_damaged_state_file_is_a_503_naming_it(tmp_path, otlp_http):

@@ -221,3 +221,27 @@ def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_fi
 
     assert done is not None and done.kept_as != first and done.kept_as.read_bytes() == damaged
     assert _rows(path, "state") == states - lost
+
+
+def test_of_the_damaged_files_salvages_keep_the_latest_are_left_and_the_older_deleted(tmp_path):
+    # Each is as large as the state was: a disk that damaged the file again and again filled with them.
+    path = tmp_path / "otel-bridge.db"
+    open_runs(path, RUNS)
+    kept: list[Path] = []
+    for _ in range(3):
+        broken_page(path, "state")
+        done = salvage(path, keep_damaged=2)
+        assert done is not None
+        kept.append(done.kept_as)
+        Path(f"{done.kept_as}-wal").write_bytes(b"its log")  # as a bridge's running on it leaves one
+        assert done.deleted == kept[:-2]
+    left = sorted(tmp_path.glob("otel-bridge.db.damaged-*"))
+    assert [p for p in left if not p.name.endswith(("-wal", "-shm"))] == kept[1:]
+    assert not {f"{kept[0].name}{suffix}" for suffix in ("", "-wal", "-shm")} & {p.name for p in left}  # its log too
+    assert any("older damaged files deleted (salvage_keep_damaged)" in line for line in done.told())
+    broken_page(path, "state")
+    done = salvage(path, keep_damaged=1)
+    assert done is not None and done.deleted == kept[1:]
+    assert {p.name for p in tmp_path.glob("otel-bridge.db.damaged-*")} <= {
+        f"{done.kept_as.name}{suffix}" for suffix in ("", "-wal", "-shm")
+    }
