@@ -736,11 +736,13 @@ class RuntimeV2Decoder:
         return out
 
     def _event(self, row: RuntimeEventRow) -> list[JobRecord]:
-        """An event the runtime took in: a run of the job named by the event's name (one instance per name), a
-        failure with why (as the runtime's own event list has it, an error wins: a run signalled, another not),
-        a success when it started or resumed a run, skipped when no run took it — with no correlation key
-        too, which the runtime writes as an error: most events no workflow waits for nor starts on have none,
-        and a wait it left waiting shows as its run paused (overdue past the wait's timeout).
+        """An event the runtime took in: a run of the job named by the event's name (an instance per name and
+        tenant, `<name>@<tenant>`: each tenant has workflows of its own, and one tenant's event delivered hid
+        another's not delivered from `jobs --failing`), a failure with why (as the runtime's own event list
+        has it, an error wins: a run signalled, another not), a success when it started or resumed a run,
+        skipped when no run took it — with no correlation key too, which the runtime writes as an error:
+        most events no workflow waits for nor starts on have none, and a wait it left waiting shows as its
+        run paused (overdue past the wait's timeout).
         With the workflows it did not launch (`launch_skips`), those the runtime did not mean to skip fail it,
         whether another workflow launched or not (the runtime writes no error then), and those it meant (a
         workflow paused, a trigger loop guarded) do not (it writes a loop guard's as an error when nothing
@@ -760,7 +762,7 @@ class RuntimeV2Decoder:
                 event_id=f"v2:event:{row.event_id}",
                 time_ns=ns(row.created_at),
                 kind=kind,
-                instance_id=row.event_name,
+                instance_id=f"{row.event_name}@{tenant}" if (tenant := row.tenant or row.tenant_id) else row.event_name,
                 job_name=row.event_name,
                 job_type=EVENT_JOB_TYPE,
                 attempt=1 if failed else None,

@@ -743,6 +743,26 @@ def test_an_event_with_no_launch_skip_written_is_read_by_its_error_as_before():
         assert (record.kind, record.reason) == (JOB_KIND.FAILED, error)
 
 
+def test_each_tenants_events_of_a_name_are_an_instance_of_their_own_so_one_delivered_hides_no_other_not():
+    # Each tenant has workflows of its own: acme's refuses the payload, globex's starts; globex's event came
+    # last, and with one instance per name, acme's not delivered was listed by `jobs --failing` no more.
+    from otel_bridge import keys
+    from otel_bridge.correlate.jobs import last_failure
+
+    refused = "Payload validation failed for workflow escalate (w-1) using ticket.v1: [...]"
+    rows = [
+        _event(1, error_message=refused),
+        _event(2, tenant="globex", matched_run_id=str(uuid.uuid4())),
+        {k: v for k, v in _event(3, "TICKET_UPDATED").items() if k != "tenant"},  # a row that names none
+    ]
+    folded = fold_events(rows, settle_at_ns=None, decoder=DECODE)
+    failures = {keys.job_fields(key)[3]: last_failure(state) for key, state in folded.jobs.items()}
+    assert failures == {"TICKET_CREATED@acme": refused, "TICKET_CREATED@globex": None, "TICKET_UPDATED": None}
+    created = {"job.name": "TICKET_CREATED", "job.type": "event"}  # the metrics by name, as before
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "failure"}) == [1]
+    assert folded.metric("job.executions", **created, **{"job.execution.result": "success"}) == [1]
+
+
 def test_an_event_row_it_cannot_read_is_refused_naming_the_event():
     row = _event(1)
     with pytest.raises(DecodeError, match=r"created_at: Field required \(a row of workflow_runtime_events\)") as e:
