@@ -31,6 +31,8 @@ from otel_bridge.redis_client import connect
 log = logging.getLogger(__name__)
 
 STREAM_KEY = "workflow:events:global"
+# The runtime v2's tenant in the demo: a uuid, as the runtime's tenants are.
+DEMO_TENANT = "5f0c1a2e-7b3d-4e8f-9a61-2c4d6e8f0a1b"
 Scheduled = list[tuple[float, Any]]  # (Unix time to publish at, the message)
 
 
@@ -170,36 +172,50 @@ def run_engines_demo(
     """Publish `rate` runs per second of each engine given, for `duration` s (0: until `stop`), and of the
     runtime v2 a schedule's run every `schedule_every` s. `incidents`: the share of the runtime v2's runs
     launched that no worker takes (the first of them is one), a quarter of that of events not delivered (with
-    the first run); and one schedule whose occurrences never come."""
+    the first run: Temporal out of reach) and as many whose second workflow refused their payload beside the
+    run they launched; and one schedule whose occurrences never come."""
     rng = random.Random(seed)
     stop = stop or threading.Event()
     client = connect(stream_url) if stream_url else None
     engine = Phase10Engine(ws_host, ws_port) if ws_port else None
     # The runtime v2's tables, made in that database if they are not there (the demo's own database).
-    tables = runtime_v2.Runtime(psycopg.connect(runtime_v2_url, autocommit=True)) if runtime_v2_url else None
+    # Its tenant a uuid, as the runtime's are: the workflows it did not launch for an event are kept by it.
+    tables = (
+        runtime_v2.Runtime(psycopg.connect(runtime_v2_url, autocommit=True), tenant=DEMO_TENANT)
+        if runtime_v2_url
+        else None
+    )
     schedule = _Schedule()
     started = next_start = time.time()
     counts = {"event-sourced": 0, "phase10": 0, "runtime-v2": 0}
     publishers: list[Callable[[datetime], None]] = []
     if tables is not None:
+        # A second workflow that starts on the tickets created, whose trigger refuses now and then the payload
+        # of one: the escalation launched, and the runtime writes no error of it, only why it did not launch.
+        notify = tables.another_workflow("notify-owner")
+        refused = (
+            notify,
+            "payload_validation_failed",
+            'Payload validation failed using payload.TicketCreated.v1: [{"path":"ownerId","code":"invalid_type",'
+            '"message":"Required"}]',
+        )
 
         def escalation(now: datetime) -> None:
             stranded = incidents > 0 and (not counts["runtime-v2"] or rng.random() < incidents)
             # Half of them as its Temporal workflow runs them (its only mode since June 2026), half as its
             # interpreter before did, whose runs an operator could still retry.
+            skipped = [refused] if incidents > 0 and rng.random() < incidents / 4 else []
             if not stranded and rng.random() < 0.5:
-                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng)
+                writes = runtime_v2.temporal_scenario(tables, now.timestamp(), rng, skipped=skipped)
             else:
-                writes = runtime_v2.scenario(tables, now.timestamp(), rng, stranded)
+                writes = runtime_v2.scenario(tables, now.timestamp(), rng, stranded, skipped=skipped)
             schedule.add([(at, ("tables", write)) for at, write in writes])
             counts["runtime-v2"] += 1
             # Events no run takes (most of them), and among incidents one its worker could not deliver.
             tables.event_taken("TICKET_UPDATED", now, key=None)
             if incidents > 0 and (counts["runtime-v2"] == 1 or rng.random() < incidents / 4):
-                down = (
-                    "Failed to launch Temporal workflow for workflow ticket-escalation: 14 UNAVAILABLE: no connection"
-                )
-                tables.event_taken("TICKET_CREATED", now, error=down)
+                down = "Failed to launch Temporal workflow: 14 UNAVAILABLE: No connection established"
+                tables.event_taken("TICKET_CREATED", now, skipped=[(tables.workflow_id, "launch_failed", down)])
 
         publishers.append(escalation)
         # A schedule of the workflow, each occurrence a run of it (one in ten let pass, not a business day);

@@ -215,6 +215,15 @@ class Runtime:
         assert row is not None
         self.workflow_id = row[0]
 
+    def another_workflow(self, name: str) -> str:
+        """Another workflow of its tenant's (its id), published beside this one: one that starts on the same
+        events, say."""
+        row = self.db.execute(
+            "INSERT INTO workflow_definitions (name) VALUES (%s) RETURNING workflow_id", (name,)
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
     def start_run(
         self,
         when: datetime,
@@ -664,25 +673,38 @@ def _due_in_turn(writes: Scheduled, start: float) -> Callable[[float, Callable[[
 
 
 def _event_taken(
-    runtime: Runtime, run: dict[str, Any], name: str, key: str, resumed: str | None = None
+    runtime: Runtime,
+    run: dict[str, Any],
+    name: str,
+    key: str,
+    resumed: str | None = None,
+    skipped: Sequence[tuple[str, str, str]] = (),
 ) -> Callable[[datetime], None]:
-    """The write of the event that started `run`, or, `resumed` (a step's path), resumed its wait there."""
+    """The write of the event that started `run` (and not the workflows `skipped`), or, `resumed` (a step's
+    path), resumed its wait there."""
 
     def write(when: datetime) -> None:
         if resumed is None:
-            runtime.event_taken(name, when, key, started=run["id"])
+            runtime.event_taken(name, when, key, started=run["id"], skipped=skipped)
         else:
             runtime.event_taken(name, when, key, resumed=(run["id"], resumed))
 
     return write
 
 
-def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = False) -> Scheduled:
+def scenario(
+    runtime: Runtime,
+    now: float,
+    rng: random.Random,
+    stranded: bool = False,
+    skipped: Sequence[tuple[str, str, str]] = (),
+) -> Scheduled:
     """One ticket escalation, its writes due at their times (waits compressed to seconds): looks the ticket
     up (one time in four a 503, retried after a backoff), waits for a manager's approval, notifies; one
     time in eight the lookup fails, and half of those runs its operator retries a few seconds later; one in
     ten is cancelled by its operator while it waits. `stranded`: launched on Temporal, and no worker takes
-    it (none consumes its task queue): RUNNING with no step, for good."""
+    it (none consumes its task queue): RUNNING with no step, for good. `skipped`: the workflows the event that
+    launched it did not launch beside it (their ids, reasons and messages)."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     then = _due_in_turn(writes, now)
@@ -701,7 +723,7 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
 
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=stranded)))
-    then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"]))
+    then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"], skipped=skipped))
     if stranded:
         return writes
     then(rng.randint(20, 120), started("root.steps[0]", "lookupTicket"))
@@ -766,14 +788,19 @@ def scenario(runtime: Runtime, now: float, rng: random.Random, stranded: bool = 
 
 
 def temporal_scenario(
-    runtime: Runtime, now: float, rng: random.Random, schedule: tuple[str, str, datetime] | None = None
+    runtime: Runtime,
+    now: float,
+    rng: random.Random,
+    schedule: tuple[str, str, datetime] | None = None,
+    skipped: Sequence[tuple[str, str, str]] = (),
 ) -> Scheduled:
     """One ticket escalation as the runtime's Temporal workflow runs it (its only mode since June 2026), its
     writes due at their times: the lookup in a try block, its call retried within the step after a 503 one
     time in four; one time in eight the ticket is not found and the catch block tells its owner; a manager's
     approval — a task or an event, the run left RUNNING meanwhile (the workflow projects its waits without
     its run) —, and a notification. One in ten is cancelled while it waits. Launched by an occurrence of a
-    `schedule` (its id, name and the occurrence's time) when given."""
+    `schedule` (its id, name and the occurrence's time) when given; else by an event, which did not launch
+    the workflows `skipped`."""
     run: dict[str, Any] = {}
     writes: Scheduled = []
     then = _due_in_turn(writes, now)
@@ -794,7 +821,7 @@ def temporal_scenario(
     ticket = {"ticketId": f"T-{rng.randint(1, 99_999)}"}
     then(0, lambda when: run.update(id=runtime.start_run(when, ticket, temporal=True, schedule=schedule)))
     if schedule is None:
-        then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"]))
+        then(0, _event_taken(runtime, run, "TICKET_CREATED", ticket["ticketId"], skipped=skipped))
     then(rng.randint(20, 120), started("root.steps[0]", "tryLookup"))
     then(2, ended())  # a control.tryCatch step: its try block next
     then(3, started("root.steps[0].try.steps[0]", "lookupTicket"))

@@ -80,7 +80,9 @@ def test_the_demo_runtime_v2_incidents_are_runs_no_worker_takes_the_first_of_the
         lost = db.execute("SELECT last_fire_at FROM tenant_workflow_schedule WHERE name = 'weekly-report'").fetchone()
         undelivered = db.execute("SELECT count(*) FROM workflow_runtime_events WHERE error_message LIKE 'Failed%'")
         (not_delivered,) = undelivered.fetchone()
+        skips = {reason for (reason,) in db.execute("SELECT reason FROM workflow_event_launch_skips")}
     assert lost == (None,), "among the incidents, a schedule whose occurrences never come"
     assert not_delivered >= 1, "and an event the runtime could not deliver, with the first run"
+    assert "launch_failed" in skips, "the workflow it did not launch written, as the runtime writes it"
     assert (first_status, engine, its_steps) == ("RUNNING", "temporal", 0) and first_run
     assert 1 <= stranded < counts["runtime-v2"], "the others are taken and run to their end"
