@@ -299,6 +299,13 @@ WHERE (e.created_at, e.event_id) > (%(after)s, %(after_id)s::uuid) AND e.created
 ORDER BY e.created_at, e.event_id LIMIT %(limit)s
 """
 _EVENTS = f"SELECT {_EVENT_ROW} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
+# An event whose row tells nothing yet of what came of it (no run, no error, no workflow not launched) may
+# still be in its worker's hands — each launch or signal it makes with Temporal out of reach waits out the
+# connection's 10 s timeout, and it writes what came of them all at the end —, or nothing waits for it nor
+# starts on it (then it tells nothing ever). Held, and its row read again at every poll, until it tells or is
+# `_HELD` old (handed over as it is then: no run took it), `_HELD_AT_MOST` at a time (the oldest go first).
+_HELD = timedelta(minutes=5)
+_HELD_AT_MOST = 10_000
 # The workflows the runtime did not launch for an event, and why (`workflow_event_launch_skips`, since October
 # 2026): read with the event, by the table's key on (tenant, event_id, workflow_id) — its tenant a uuid, the
 # event's text (one that is no uuid has none: the runtime could not have written them).
@@ -318,6 +325,18 @@ _EVENTS_SKIPPED = f"""
 SELECT ((to_jsonb(e) - 'payload' - 'schema_ref_conflict') || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text
 FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])
 """
+
+
+def _tells(event: dict[str, Any]) -> bool:
+    """Whether an event's row tells what came of it: a run started or resumed, an error, a workflow not launched."""
+    return bool(event.get("matched_run_id") or event.get("error_message") or event.get("launch_skips"))
+
+
+def _now_at(db: psycopg.Connection[Any]) -> datetime:
+    """The database's time: how old the rows its clock dated are."""
+    now = db.execute("SELECT now()").fetchone()
+    assert now is not None
+    return now[0]  # type: ignore[no-any-return]
 
 
 def _now(db: psycopg.Connection[Any]) -> str:
@@ -405,6 +424,10 @@ class TablePoller:
         # overlap (when each was written).
         self._events_mark: datetime | None = start
         self._events_told: dict[str, datetime] = {}
+        # Those read that told nothing yet (`_HELD`), when each was written; and the mark kept with the state,
+        # the oldest of them when some are held: a restart reads them again.
+        self._events_held: dict[str, datetime] = {}
+        self._events_kept: datetime | None = None
         # Whether the database has the tables only some editions or versions of the runtime have, and they may
         # be read (not asked on this connection yet: absent).
         self._readable: dict[str, bool] = {}
@@ -436,6 +459,7 @@ class TablePoller:
             self._schedule_names.clear()
             self._schedules_mark = None
             self._events_told.clear()
+            self._events_held.clear()
         self.reading = leads
         return leads
 
@@ -464,6 +488,7 @@ class TablePoller:
             # the runs' mark to the latest run it reads, and a first one reads the look-back's runs).
             kept = self._recall(_EVENTS_MARK)
             self._events_mark = datetime.fromisoformat(kept.decode()) if kept else self._mark
+            self._events_kept = self._events_mark if kept else None
         after, after_id = self._mark - self._overlap, _FIRST_ID
         self._looked = self._looked or after
         changed_runs = 0
@@ -576,8 +601,12 @@ class TablePoller:
 
     def _take_events(self, db: psycopg.Connection[Any]) -> None:
         """Hand over the events the runtime took in since the latest read (less the overlap), once each, once
-        their rows are `_SETTLED` old: by then the event worker has written what came of each."""
+        their rows are `_SETTLED` old: by then the event worker has written what came of most; those that
+        tell nothing yet are held (`_HELD`)."""
         assert self._events_mark is not None
+        now = _now_at(db)
+        if self._events_held:
+            self._hand_over_events(db, now, list(self._events_held))
         after, after_id = self._events_mark - self._overlap, _FIRST_ID
         while True:
             asked = {"after": after, "after_id": after_id, "settled": _SETTLED, "limit": self._page}
@@ -586,16 +615,47 @@ class TablePoller:
                 break
             fresh = {id_: at for at, id_ in keys if id_ not in self._events_told}
             if fresh:
-                self._hand_over(self._event_rows(db, list(fresh)))
                 self._events_told.update(fresh)
+                self._hand_over_events(db, now, list(fresh))
             after, after_id = keys[-1]
-            if after > self._events_mark:
-                self._events_mark = after
-                self._note(_EVENTS_MARK, after.isoformat().encode())
+            self._events_mark = max(self._events_mark, after)
+            self._keep_events_mark()
             if len(keys) < self._page:
                 break
+        self._keep_events_mark()
         forgotten = self._events_mark - self._overlap
         self._events_told = {id_: at for id_, at in self._events_told.items() if at >= forgotten}
+
+    def _hand_over_events(self, db: psycopg.Connection[Any], now: datetime, ids: list[str]) -> None:
+        """The rows of the events `ids` handed over, but those that tell nothing yet and are younger than
+        `_HELD`, which are held (the oldest handed over past `_HELD_AT_MOST`)."""
+        rows = [orjson.loads(text) for text in self._event_rows(db, ids)]
+        for id_ in ids:
+            self._events_held.pop(id_, None)  # read again: held again below if it still tells nothing
+        given = []
+        for row in rows:
+            written = datetime.fromisoformat(row["created_at"])
+            if _tells(row) or written <= now - _HELD:
+                given.append(row)
+            else:
+                self._events_held[row["event_id"]] = written
+        if len(self._events_held) > _HELD_AT_MOST:
+            oldest = sorted(self._events_held, key=self._events_held.__getitem__)
+            let_go = set(oldest[: len(oldest) - _HELD_AT_MOST])
+            given += [row for row in rows if row["event_id"] in let_go]
+            for id_ in let_go:
+                del self._events_held[id_]
+        for start in range(0, len(given), _BATCH):
+            self._hand_over_rows(given[start : start + _BATCH])
+
+    def _keep_events_mark(self) -> None:
+        """The events' mark kept with the state: the latest read, or the oldest held when some are (a restart,
+        or a replica taking over, reads them again)."""
+        assert self._events_mark is not None
+        kept = min(self._events_mark, *self._events_held.values()) if self._events_held else self._events_mark
+        if kept != self._events_kept:
+            self._note(_EVENTS_MARK, kept.isoformat().encode())
+            self._events_kept = kept
 
     def _event_rows(self, db: psycopg.Connection[Any], ids: list[str]) -> list[str]:
         """The rows of the events `ids`, with the workflows not launched for each where the runtime writes them."""

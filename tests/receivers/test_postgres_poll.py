@@ -770,3 +770,56 @@ def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their
         "TICKET_CREATED",
         "TICKET_UPDATED",
     ]
+
+
+def test_an_event_that_tells_nothing_yet_is_held_until_it_does_or_is_five_minutes_old_and_a_restart_reads_it_again(
+    database, tmp_path
+):
+    # Its worker writes what came of an event once every launch and signal is made, each waiting out Temporal's
+    # 10 s connection timeout while it is out of reach: read at 30 s, one not delivered was counted as one that
+    # no run took, and WorkflowEventsNotDelivered did not fire.
+    from datetime import UTC, datetime
+
+    runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
+    now = datetime.now(UTC)
+    slow = runtime.event_taken("TICKET_CREATED", now - timedelta(seconds=40))  # its worker still at it
+    quiet = runtime.event_taken("TICKET_UPDATED", now - timedelta(minutes=6))  # nothing took it, long ago
+    told = runtime.event_taken("TICKET_CREATED", now - timedelta(seconds=40), error="Failed to signal Temporal x")
+    poller = _poller(database, recorded, tmp_path, marks)
+    poller.poll_once()
+
+    def events() -> dict[str, dict[str, Any]]:
+        return {row["event_id"]: row for row in recorded.rows if "event_name" in row and "run_id" not in row}
+
+    assert set(events()) == {quiet, told}
+    poller.poll_once()
+    assert set(events()) == {quiet, told}, "held while it tells nothing"
+    # Restarted meanwhile: the mark kept is the held event's, which the next start reads again.
+    restarted = Recorded(tmp_path / "again")
+    second = _poller(database, restarted, tmp_path, dict(marks))
+    second.poll_once()
+    assert slow not in {row.get("event_id") for row in restarted.rows}
+    failure = "Failed to launch Temporal workflow for workflow w: 14 UNAVAILABLE: No connection established"
+    runtime._update("workflow_runtime_events", "event_id", slow, error_message=failure)
+    second.poll_once()
+    assert slow in {row.get("event_id") for row in restarted.rows}
+    poller.poll_once()
+    assert events()[slow]["error_message"] == failure
+    (record,) = DECODE(events()[slow])
+    assert record.reason == failure  # counted not delivered, not as an event no run took
+    poller.poll_once()
+    assert [row.get("event_id") for row in recorded.rows].count(slow) == 1, "handed over once"
+
+
+def test_past_so_many_events_held_the_oldest_are_handed_over_as_they_are(database, tmp_path, monkeypatch):
+    # Most events start nothing and tell nothing ever: at a high rate, those held would grow without bound.
+    from datetime import UTC, datetime
+
+    from otel_bridge.receivers import postgres_poll
+
+    monkeypatch.setattr(postgres_poll, "_HELD_AT_MOST", 2)
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    now = datetime.now(UTC)
+    taken = [runtime.event_taken("TICKET_UPDATED", now - timedelta(seconds=60 - n)) for n in range(3)]
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    assert [row["event_id"] for row in recorded.rows if "event_name" in row] == taken[:1]
