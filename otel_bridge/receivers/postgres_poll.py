@@ -615,38 +615,36 @@ class TablePoller:
                 break
             fresh = {id_: at for at, id_ in keys if id_ not in self._events_told}
             if fresh:
-                self._events_told.update(fresh)
                 self._hand_over_events(db, now, list(fresh))
+                self._events_told.update(fresh)  # those held among them too: they are read again as held
             after, after_id = keys[-1]
             self._events_mark = max(self._events_mark, after)
             self._keep_events_mark()
             if len(keys) < self._page:
                 break
+        if len(self._events_held) > _HELD_AT_MOST:
+            by_age = sorted(self._events_held, key=self._events_held.__getitem__)
+            self._hand_over_events(db, None, by_age[: len(by_age) - _HELD_AT_MOST])
         self._keep_events_mark()
         forgotten = self._events_mark - self._overlap
         self._events_told = {id_: at for id_, at in self._events_told.items() if at >= forgotten}
 
-    def _hand_over_events(self, db: psycopg.Connection[Any], now: datetime, ids: list[str]) -> None:
+    def _hand_over_events(self, db: psycopg.Connection[Any], now: datetime | None, ids: list[str]) -> None:
         """The rows of the events `ids` handed over, but those that tell nothing yet and are younger than
-        `_HELD`, which are held (the oldest handed over past `_HELD_AT_MOST`)."""
-        rows = [orjson.loads(text) for text in self._event_rows(db, ids)]
-        for id_ in ids:
-            self._events_held.pop(id_, None)  # read again: held again below if it still tells nothing
-        given = []
-        for row in rows:
+        `_HELD` at `now` (None: none held), which are held."""
+        given: list[Any] = []
+        held: dict[str, datetime] = {}
+        for row in map(orjson.loads, self._event_rows(db, ids)):
             written = datetime.fromisoformat(row["created_at"])
-            if _tells(row) or written <= now - _HELD:
+            if now is None or _tells(row) or written <= now - _HELD:
                 given.append(row)
             else:
-                self._events_held[row["event_id"]] = written
-        if len(self._events_held) > _HELD_AT_MOST:
-            oldest = sorted(self._events_held, key=self._events_held.__getitem__)
-            let_go = set(oldest[: len(oldest) - _HELD_AT_MOST])
-            given += [row for row in rows if row["event_id"] in let_go]
-            for id_ in let_go:
-                del self._events_held[id_]
+                held[row["event_id"]] = written
         for start in range(0, len(given), _BATCH):
             self._hand_over_rows(given[start : start + _BATCH])
+        for id_ in ids:  # handed over, or gone from the table (a row deleted): held no more
+            self._events_held.pop(id_, None)
+        self._events_held.update(held)
 
     def _keep_events_mark(self) -> None:
         """The events' mark kept with the state: the latest read, or the oldest held when some are (a restart,

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 from fold_harness import fold_events, fold_more, settle_all
 from runtime_v2_tables import Runtime, at
 
@@ -823,3 +824,37 @@ def test_past_so_many_events_held_the_oldest_are_handed_over_as_they_are(databas
     taken = [runtime.event_taken("TICKET_UPDATED", now - timedelta(seconds=60 - n)) for n in range(3)]
     _poller(database, recorded, tmp_path, {}).poll_once()
     assert [row["event_id"] for row in recorded.rows if "event_name" in row] == taken[:1]
+
+
+def test_events_a_poll_could_not_hand_over_are_handed_over_by_the_next_held_or_not(database, tmp_path):
+    # The pipeline refusing a batch for now (its store busy, its disk full): the poll fails, and the next one
+    # hands over the same events — marked read before they were taken, they were lost.
+    from datetime import UTC, datetime
+
+    from otel_bridge.consumer import Unavailable
+
+    class Refusing(Recorded):
+        refuse = True
+
+        def ingest(self, events: Any, *, producer: str | None = None) -> IngestReport:
+            if self.refuse:
+                raise Unavailable("the state is busy")
+            return super().ingest(events, producer=producer)
+
+    runtime, recorded = _runtime(database), Refusing(tmp_path)
+    now = datetime.now(UTC)
+    at_once = runtime.event_taken("TICKET_CREATED", now - timedelta(seconds=40), error="Failed to signal Temporal x")
+    held = runtime.event_taken("TICKET_UPDATED", now - timedelta(seconds=40))
+    poller = _poller(database, recorded, tmp_path, {})
+    with pytest.raises(Unavailable):
+        poller.poll_once()
+    recorded.refuse = False
+    poller.poll_once()
+    assert [row["event_id"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [at_once]
+    runtime._update("workflow_runtime_events", "event_id", held, matched_run_id=str(uuid.uuid4()))
+    recorded.refuse = True
+    with pytest.raises(Unavailable):
+        poller.poll_once()
+    recorded.refuse = False
+    poller.poll_once()
+    assert [row["event_id"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [at_once, held]
