@@ -300,6 +300,24 @@ def _served_on_a_damaged_page(tmp_path, otlp_http) -> tuple[list[WorkflowRun], B
     return runs, bridge
 
 
+def _restarted_takes_them_again(tmp_path, otlp_http, runs: list[WorkflowRun]) -> str:
+    """A bridge started on the salvaged state (or the one its start salvages): it takes again the events the
+    damage rejected, every run ends in its trace, and the note asking for it is gone; its log."""
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
+    try:
+        got = otlp_http.received
+        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
+        assert bridge.stop()
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert "Traceback" not in log
+    taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
+    assert taken is not None and int(taken[1]) > 0, log
+    assert not (tmp_path / "state.db.take-again").exists()
+    return log
+
+
 def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept(tmp_path, otlp_http):
     # An event that needed the damaged page was answered 503 and dropped by its producer after three re-sends.
     runs, _bridge = _served_on_a_damaged_page(tmp_path, otlp_http)
@@ -309,18 +327,8 @@ def test_a_damaged_state_file_is_worked_around_told_and_its_rejected_events_kept
     salvaged = _cli("salvage-state", state=str(tmp_path / "state.db"))
     assert salvaged.returncode == 0 and "broken pages met in: facts" in salvaged.stdout, salvaged.stderr
     assert "start the bridge: it takes again the events the damage rejected" in salvaged.stdout
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
-    try:
-        got = otlp_http.received
-        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
-        assert bridge.stop()
-    finally:
-        bridge.close()
-    log = bridge.log.read_text()
-    assert "salvaging it before" not in log and "Traceback" not in log
-    taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
-    assert taken is not None and int(taken[1]) > 0, log
-    assert not (tmp_path / "state.db.take-again").exists()
+    log = _restarted_takes_them_again(tmp_path, otlp_http, runs)
+    assert "salvaging it before" not in log
 
 
 def test_a_restart_salvages_a_state_file_damaged_under_a_running_bridge_and_takes_its_rejected_events_again(
@@ -331,18 +339,8 @@ def test_a_restart_salvages_a_state_file_damaged_under_a_running_bridge_and_take
     runs, _first = _served_on_a_damaged_page(tmp_path, otlp_http)
     assert (tmp_path / "state.db.needs-salvage").exists()  # noted by the bridge that met it
 
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, gap_grace_seconds="0").start()
-    try:
-        got = otlp_http.received
-        got.wait_for(lambda: sum(1 for s in got.unique_spans().values() if not s.parent_span_id) == len(runs), 30)
-        assert bridge.stop()
-    finally:
-        bridge.close()
-    log = bridge.log.read_text()
+    log = _restarted_takes_them_again(tmp_path, otlp_http, runs)
     assert "salvaging it before the bridge starts" in log and "broken pages met in: facts" in log
-    assert "Traceback" not in log
-    taken = re.search(r"taken again from \S+: (\d+) accepted, 0 duplicates, 0 rejected again", log)
-    assert taken is not None and int(taken[1]) > 0, log
     assert not (tmp_path / "state.db.needs-salvage").exists() and not (tmp_path / "state.db.take-again").exists()
 
 

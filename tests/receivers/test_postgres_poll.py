@@ -51,6 +51,18 @@ def _poller(url: str, consumer: Any, tmp_path, marks: dict[str, bytes], **settin
     return TablePoller(url, consumer, letters, marks.get, marks.__setitem__, **settings)
 
 
+def _reader(url: str, role: str, *tables: str) -> str:
+    """The URL of the database for a user `role` who may read the six tables the poller needs, and `tables`."""
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")
+        db.execute(f"GRANT SELECT ON {', '.join([*TABLES, *tables])} TO {role}")
+    return url.replace("postgresql://postgres@", f"postgresql://{role}@")
+
+
 def _runtime(url: str) -> Runtime:
     import psycopg
 
@@ -617,15 +629,10 @@ def test_a_database_without_schedules_or_the_right_to_read_them_is_read_as_befor
     # read it: each read failed on it, and no run was followed.
     import psycopg
 
-    from otel_bridge.receivers.postgres_poll import TABLES
-
     runtime = _runtime(database)
     runtime.schedule("Nightly digest", at(0), timedelta(minutes=5))
     runtime.start_run(at(0))
-    with psycopg.connect(database, autocommit=True) as db:
-        db.execute("DROP ROLE IF EXISTS otel_bridge_runs; CREATE ROLE otel_bridge_runs LOGIN")
-        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_runs")
-    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_runs@")
+    reader = _reader(database, "otel_bridge_runs")
     assert _poller(reader, Recorded(tmp_path / "a"), tmp_path, {}).poll_once() == 1
     assert "may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule" in caplog.text
     # The right given, then taken back while the poller reads: its runs are followed all the same.
@@ -687,17 +694,11 @@ def test_a_first_start_reads_the_look_backs_events_though_the_runs_it_reads_move
 
 
 def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_the_same(database, tmp_path, caplog):
-    import psycopg
-
-    from otel_bridge.receivers.postgres_poll import TABLES
 
     runtime = _runtime(database)
     runtime.start_run(at(0))
     runtime.event_taken("TICKET_CREATED", at(0))
-    with psycopg.connect(database, autocommit=True) as db:
-        db.execute("DROP ROLE IF EXISTS otel_bridge_events; CREATE ROLE otel_bridge_events LOGIN")
-        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", tenant_workflow_schedule TO otel_bridge_events")
-    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_events@")
+    reader = _reader(database, "otel_bridge_events", "tenant_workflow_schedule")
     recorded = Recorded(tmp_path)
     poller = _poller(reader, recorded, tmp_path, {})
     assert poller.poll_once() == 1 and poller.poll_once() == 0
@@ -739,16 +740,11 @@ def test_the_workflows_not_launched_for_an_event_are_read_with_it_and_those_not_
 def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their_errors(database, tmp_path, caplog):
     import psycopg
 
-    from otel_bridge.receivers.postgres_poll import TABLES
-
     tenant = str(uuid.uuid4())
     runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
     skipped = [(runtime.workflow_id, "schema_mismatch", "Event payload schema a differs from workflow schema b")]
     runtime.event_taken("TICKET_CREATED", at(0), skipped=skipped)
-    with psycopg.connect(database, autocommit=True) as db:
-        db.execute("DROP ROLE IF EXISTS otel_bridge_skips; CREATE ROLE otel_bridge_skips LOGIN")
-        db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", workflow_runtime_events TO otel_bridge_skips")
-    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_skips@")
+    reader = _reader(database, "otel_bridge_skips", "workflow_runtime_events")
     recorded = Recorded(tmp_path)
     poller = _poller(reader, recorded, tmp_path, {})
     poller.poll_once()
