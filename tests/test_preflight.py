@@ -431,7 +431,10 @@ def test_the_events_not_delivered_are_counted_by_the_workflows_not_launched_as_t
                         skipped=[(other, "paused", "Workflow is paused")])  # fmt: skip
     runtime.event_taken("TICKET_CREATED", now, error="Payload validation failed for workflow w (w): [...]")  # older
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=database))["runtime v2"]
-    said = "5 not delivered (their error_message and workflow_event_launch_skips say why)"
+    said = (
+        "5 not delivered (their error_message and workflow_event_launch_skips say why: payload_validation_failed 2, "
+        "launch_failed 1)"
+    )
     assert f"; 6 events taken in within the hour, {said}" in detail
     db.execute("DROP ROLE IF EXISTS otel_bridge_skips; CREATE ROLE otel_bridge_skips LOGIN")
     db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", workflow_runtime_events TO otel_bridge_skips")
