@@ -5,7 +5,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -342,12 +342,18 @@ def test_of_replicas_sharing_a_redis_state_one_reads_the_tables_and_another_take
             assert second.reading is False and second_rows.rows == [], "the other stands by"
         second_run = runtime.start_run(at(30))
         _until(lambda: any(r.get("run_id") == second_run for r in first_rows.rows))
+        # An event its worker is still at as the first stops: held by it, then read again by the other.
+        held = runtime.event_taken("TICKET_CREATED", datetime.now(UTC) - timedelta(seconds=40))
+        time.sleep(0.5)
     with _running(second):  # the first stopped: its lease lapses within a second
         third_run = runtime.start_run(at(60))
         _until(lambda: any(r.get("run_id") == third_run for r in second_rows.rows))
         assert second.reading is True
+        runtime._update("workflow_runtime_events", "event_id", held, matched_run_id=third_run)
+        _until(lambda: any(r.get("event_id") == held for r in second_rows.rows))
     read_by_second = {r["run_id"] for r in second_rows.rows if "workflow_id" in r}
     assert first_run not in read_by_second, "it went on from the mark the first kept, not its own start"
+    assert not any(r.get("event_id") == held for r in first_rows.rows)
 
 
 def test_a_failed_run_its_operator_retries_is_a_second_trace_following_the_first(database, tmp_path):
@@ -775,8 +781,6 @@ def test_an_event_that_tells_nothing_yet_is_held_until_it_does_or_is_five_minute
     # Its worker writes what came of an event once every launch and signal is made, each waiting out Temporal's
     # 10 s connection timeout while it is out of reach: read at 30 s, one not delivered was counted as one that
     # no run took, and WorkflowEventsNotDelivered did not fire.
-    from datetime import UTC, datetime
-
     runtime, recorded, marks = _runtime(database), Recorded(tmp_path), {}
     now = datetime.now(UTC)
     slow = runtime.event_taken("TICKET_CREATED", now - timedelta(seconds=40))  # its worker still at it
@@ -810,8 +814,6 @@ def test_an_event_that_tells_nothing_yet_is_held_until_it_does_or_is_five_minute
 
 def test_past_so_many_events_held_the_oldest_are_handed_over_as_they_are(database, tmp_path, monkeypatch):
     # Most events start nothing and tell nothing ever: at a high rate, those held would grow without bound.
-    from datetime import UTC, datetime
-
     from otel_bridge.receivers import postgres_poll
 
     monkeypatch.setattr(postgres_poll, "_HELD_AT_MOST", 2)
@@ -825,8 +827,6 @@ def test_past_so_many_events_held_the_oldest_are_handed_over_as_they_are(databas
 def test_events_a_poll_could_not_hand_over_are_handed_over_by_the_next_held_or_not(database, tmp_path):
     # The pipeline refusing a batch for now (its store busy, its disk full): the poll fails, and the next one
     # hands over the same events — marked read before they were taken, they were lost.
-    from datetime import UTC, datetime
-
     from otel_bridge.consumer import Unavailable
 
     class Refusing(Recorded):
