@@ -23,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY, SIGNAL_FAILED
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import damage_noted, damaged_copies
+from otel_bridge.state.salvage import damage_noted, damaged_copies, take_again
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -126,6 +126,11 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
             if settings.salvage_at_start and (noted := damage_noted(Path(state))) is not None:
                 # What a bridge met running: the next start checks every page and salvages it if need be.
                 unread += f"; noted ({noted}): the next start salvages it first, ~20 s a GiB"
+            if take_again(Path(state)).exists():
+                # Left by a salvage: the start after it takes them, and one that could not left it (its log said why).
+                unread += (
+                    "; the events the damage rejected wait in the dead-letter file for the next start to take again"
+                )
             if kept := damaged_copies(Path(state)):
                 # Each as large as the state was: on a disk that fails again and again they fill it.
                 size = sum(file_bytes(copy) for copy in kept) / 2**20

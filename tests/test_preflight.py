@@ -487,3 +487,15 @@ def test_the_damaged_copies_salvages_kept_beside_the_state_are_counted_with_thei
         )
         in detail
     )
+
+
+def test_the_events_a_salvage_left_to_the_next_start_to_take_again_are_said_to_wait(tmp_path):
+    # A start that could not take them all again (its log said why) leaves the note for the next one.
+    from faults import open_runs
+
+    open_runs(tmp_path / "state.db", 5)
+    (tmp_path / "state.db.take-again").write_text("salvaged 2026-12-05T05:00:00Z\n")
+
+    ok, detail = _findings(Settings(state=str(tmp_path / "state.db")))["state"]
+
+    assert ok is True and "the events the damage rejected wait in the dead-letter file for the next start" in detail
