@@ -48,6 +48,13 @@ def answering(listening: Sequence[socket.socket], doing: str, tls: ssl.SSLContex
             server.close()
         for server in servers:
             await server.wait_closed()
+        # A connection still open (a client that sent nothing yet) is closed now, while the loop runs: left to
+        # the loop's close, its answer was cut at an await and closed its writer on a closed loop ("Exception
+        # ignored" in the log, and the client left hanging until it gave up).
+        answering_now = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in answering_now:
+            task.cancel()
+        await asyncio.gather(*answering_now, return_exceptions=True)
 
     def run() -> None:
         try:
