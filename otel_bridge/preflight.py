@@ -308,7 +308,6 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
         EVENTS_KEPT,
         LAUNCH_SKIPS,
         LAUNCH_SKIPS_KEPT,
-        OF_THE_EVENT,
         SCHEDULES_KEPT,
         said,
     )
@@ -348,8 +347,8 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
             why = "their error_message says why"
             if skips_kept:
                 # Which workflows' launches failed how, in the runtime's words: what to mend first.
-                asked = _SKIPPED_BY_REASON.format(skips=LAUNCH_SKIPS, of_the_event=OF_THE_EVENT)
-                reasons = ", ".join(f"{reason} {count:,}" for reason, count in db.execute(asked))
+                by_reason = db.execute(_of_the_skips(_SKIPPED_BY_REASON))
+                reasons = ", ".join(f"{reason} {count:,}" for reason, count in by_reason)
                 why = "their error_message and workflow_event_launch_skips say why" + (
                     f": {reasons}" if reasons else ""
                 )
@@ -357,9 +356,7 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 db,
                 "workflow_runtime_events",
                 events_kept,
-                _EVENTS_TAKEN_SKIPPED.format(skips=LAUNCH_SKIPS, of_the_event=OF_THE_EVENT)
-                if skips_kept
-                else _EVENTS_TAKEN,
+                _of_the_skips(_EVENTS_TAKEN_SKIPPED) if skips_kept else _EVENTS_TAKEN,
                 "; {:,} events taken in within the hour",
                 ", {:,} not delivered (" + why.replace("{", "{{").replace("}", "}}") + ")",
             )
@@ -385,6 +382,13 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
     begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
     return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{optional}{scan}")
+
+
+def _of_the_skips(query: str) -> str:
+    """`query` reading the workflows not launched for an event `e` (`{skips}`, joined `s` `{of_the_event}`)."""
+    from otel_bridge.receivers.postgres_poll import LAUNCH_SKIPS, OF_THE_EVENT
+
+    return query.format(skips=LAUNCH_SKIPS, of_the_event=OF_THE_EVENT)
 
 
 def _optional(db: "psycopg.Connection[Any]", table: str, readable: bool | None, counted: str, *said: str) -> str:

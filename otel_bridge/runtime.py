@@ -193,10 +193,10 @@ class Bridge:
             raise StoreOpenError(f"{met}; its salvage at start could not be made: {exc}") from None
         if done is None:
             log.warning("SQLite finds nothing damaged in %s (PRAGMA quick_check): started on it as it is", file)
-            return cls(settings, **kwargs).restored().took_again(file)
-        log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
+        else:
+            log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
         bridge = cls(settings, **kwargs).restored()
-        bridge.salvaged_at = time.time()
+        bridge.salvaged_at = None if done is None else time.time()
         return bridge.took_again(file)
 
     def __init__(

@@ -192,7 +192,7 @@ def run_engines_demo(
     if tables is not None:
         # A second workflow that starts on the tickets created, whose trigger refuses now and then the payload
         # of one: the escalation launched, and the runtime writes no error of it, only why it did not launch.
-        notify = tables.another_workflow("notify-owner")
+        notify = tables.published("notify-owner")
         refused = (
             notify,
             "payload_validation_failed",

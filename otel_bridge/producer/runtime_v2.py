@@ -209,15 +209,11 @@ class Runtime:
         db.execute(SCHEMA)
         self.db = db
         self.tenant = tenant
-        row = db.execute(
-            "INSERT INTO workflow_definitions (name) VALUES (%s) RETURNING workflow_id", (name,)
-        ).fetchone()
-        assert row is not None
-        self.workflow_id = row[0]
+        self.workflow_id = self.published(name)
 
-    def another_workflow(self, name: str) -> str:
-        """Another workflow of its tenant's (its id), published beside this one: one that starts on the same
-        events, say."""
+    def published(self, name: str) -> str:
+        """A workflow of its tenant's published (its id): this one's, or another beside it (one that starts on
+        the same events, say)."""
         row = self.db.execute(
             "INSERT INTO workflow_definitions (name) VALUES (%s) RETURNING workflow_id", (name,)
         ).fetchone()

@@ -25,8 +25,9 @@ count says one is gone, which is told deleted.
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -475,9 +476,7 @@ class TablePoller:
         kept = self._recall(_BOOKMARK)
         if kept:
             return datetime.fromisoformat(kept.decode())
-        now = db.execute("SELECT now()").fetchone()
-        assert now is not None
-        return now[0] - self._look_back  # type: ignore[no-any-return]
+        return _now_at(db) - self._look_back
 
     def poll_once(self) -> int:
         """Read what changed since the mark and hand it over; how many runs changed."""
@@ -641,8 +640,7 @@ class TablePoller:
                 given.append(row)
             else:
                 held[row["event_id"]] = written
-        for start in range(0, len(given), _BATCH):
-            self._hand_over_rows(given[start : start + _BATCH])
+        self._hand_over_rows(given)
         for id_ in ids:  # handed over, or gone from the table (a row deleted): held no more
             self._events_held.pop(id_, None)
         self._events_held.update(held)
@@ -685,17 +683,17 @@ class TablePoller:
         self._waiting = waiting
 
     def _hand_over(self, texts: list[str]) -> None:
-        """The rows (as PostgreSQL wrote them in JSON) to the pipeline, `_BATCH` at a time, committed when this
-        returns; those it cannot read kept as dead letters."""
-        for start in range(0, len(texts), _BATCH):
-            self._hand_over_rows([orjson.loads(text) for text in texts[start : start + _BATCH]])
+        """The rows (as PostgreSQL wrote them in JSON) to the pipeline, read a batch at a time."""
+        self._hand_over_rows(map(orjson.loads, texts))
 
-    def _hand_over_rows(self, rows: list[Any]) -> None:
-        if not rows:
-            return
-        report = self._consumer.ingest(rows)
-        if report.rejected:
-            self._dead_letters.keep("runtime-v2", [(r.as_dict(), rows[r.index]) for r in report.rejected])
+    def _hand_over_rows(self, rows: Iterable[Any]) -> None:
+        """The rows to the pipeline, `_BATCH` at a time, committed when this returns; those it cannot read kept
+        as dead letters."""
+        left = iter(rows)
+        while batch := list(islice(left, _BATCH)):
+            report = self._consumer.ingest(batch)
+            if report.rejected:
+                self._dead_letters.keep("runtime-v2", [(r.as_dict(), batch[r.index]) for r in report.rejected])
 
     def _take(self, db: psycopg.Connection[Any], fresh: list[tuple[str, tuple[datetime, str]]]) -> None:
         """Hand over the rows of these runs (by id, with the (updated_at, version) they were found at) and of
