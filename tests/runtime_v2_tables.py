@@ -11,4 +11,16 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-__all__ = ["Runtime", "at"]
+def reader_of(url: str, role: str, *tables: str) -> str:
+    """The URL of the database for a user `role` who may read the six tables the poller needs, and `tables`."""
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import TABLES
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")
+        db.execute(f"GRANT SELECT ON {', '.join([*TABLES, *tables])} TO {role}")
+    return url.replace("postgresql://postgres@", f"postgresql://{role}@")
+
+
+__all__ = ["Runtime", "at", "reader_of"]

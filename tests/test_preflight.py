@@ -15,14 +15,13 @@ import pytest
 import redis
 from builders import JobRun, WorkflowRun
 from phase10_server import Phase10Server
-from runtime_v2_tables import Runtime
+from runtime_v2_tables import Runtime, reader_of
 
 from otel_bridge.cli import main
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
-from otel_bridge.receivers.postgres_poll import TABLES
 from otel_bridge.state.sqlite_store import SqliteStore
 
 _CHECKS = (
@@ -401,9 +400,7 @@ def test_the_schedules_past_their_next_occurrence_and_the_events_not_delivered_a
         "; no index on workflow_runtime_events (created_at): each read scans the events (CREATE INDEX CONCURRENTLY "
         "ON workflow_runtime_events (created_at))"
     )
-    db.execute("DROP ROLE IF EXISTS otel_bridge_schedules; CREATE ROLE otel_bridge_schedules LOGIN")
-    db.execute("GRANT SELECT ON " + ", ".join(TABLES) + " TO otel_bridge_schedules")
-    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_schedules@")
+    reader = reader_of(database, "otel_bridge_schedules")
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
     assert ok is True and (
         "; may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule TO otel_bridge_schedules)"
@@ -436,9 +433,7 @@ def test_the_events_not_delivered_are_counted_by_the_workflows_not_launched_as_t
         "launch_failed 1)"
     )
     assert f"; 6 events taken in within the hour, {said}" in detail
-    db.execute("DROP ROLE IF EXISTS otel_bridge_skips; CREATE ROLE otel_bridge_skips LOGIN")
-    db.execute("GRANT SELECT ON " + ", ".join(TABLES) + ", workflow_runtime_events TO otel_bridge_skips")
-    reader = database.replace("postgresql://postgres@", "postgresql://otel_bridge_skips@")
+    reader = reader_of(database, "otel_bridge_skips", "workflow_runtime_events")
     ok, detail = _findings(Settings(state=":memory:", runtime_v2_url=reader))["runtime v2"]
     assert (
         ok is True
@@ -468,16 +463,26 @@ def test_a_state_file_a_bridge_noted_damaged_is_said_to_be_salvaged_by_the_next_
     assert "noted" not in finding.detail  # a start that will not salvage it
 
 
-def test_the_damaged_copies_salvages_kept_beside_the_state_are_counted_with_their_size(tmp_path):
-    # Each as large as the state was: a disk that damages the file again and again fills with them.
+def _state_with_beside(tmp_path, beside: dict[str, bytes]) -> tuple[bool | None, str]:
+    """What `check` says of a state file of 50 open runs with these files beside it (by name)."""
     from faults import open_runs
 
     open_runs(tmp_path / "state.db", 50)
-    for at in ("20261205T010000Z", "20261205T020000Z"):
-        (tmp_path / f"state.db.damaged-{at}").write_bytes(b"\0" * 2**20)
-        (tmp_path / f"state.db.damaged-{at}-shm").write_bytes(b"\0" * 2**15)
+    for name, content in beside.items():
+        (tmp_path / name).write_bytes(content)
+    return _findings(Settings(state=str(tmp_path / "state.db")))["state"]
 
-    ok, detail = _findings(Settings(state=str(tmp_path / "state.db")))["state"]
+
+def test_the_damaged_copies_salvages_kept_beside_the_state_are_counted_with_their_size(tmp_path):
+    # Each as large as the state was: a disk that damages the file again and again fills with them.
+    ok, detail = _state_with_beside(
+        tmp_path,
+        {
+            name: b"\0" * size
+            for at in ("20261205T010000Z", "20261205T020000Z")
+            for name, size in ((f"state.db.damaged-{at}", 2**20), (f"state.db.damaged-{at}-shm", 2**15))
+        },
+    )
 
     assert (
         ok is True
@@ -491,11 +496,6 @@ def test_the_damaged_copies_salvages_kept_beside_the_state_are_counted_with_thei
 
 def test_the_events_a_salvage_left_to_the_next_start_to_take_again_are_said_to_wait(tmp_path):
     # A start that could not take them all again (its log said why) leaves the note for the next one.
-    from faults import open_runs
-
-    open_runs(tmp_path / "state.db", 5)
-    (tmp_path / "state.db.take-again").write_text("salvaged 2026-12-05T05:00:00Z\n")
-
-    ok, detail = _findings(Settings(state=str(tmp_path / "state.db")))["state"]
+    ok, detail = _state_with_beside(tmp_path, {"state.db.take-again": b"salvaged 2026-12-05T05:00:00Z\n"})
 
     assert ok is True and "the events the damage rejected wait in the dead-letter file for the next start" in detail

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from fold_harness import fold_events, fold_more, settle_all
-from runtime_v2_tables import Runtime, at
+from runtime_v2_tables import Runtime, at, reader_of
 
 from otel_bridge.config import Settings
 from otel_bridge.consumer import IngestReport
@@ -49,18 +49,6 @@ def _poller(url: str, consumer: Any, tmp_path, marks: dict[str, bytes], **settin
     # The runtime's rows are dated 2026-12-04 09:00 on: a first start reads back far enough.
     settings.setdefault("look_back_seconds", 10**9)
     return TablePoller(url, consumer, letters, marks.get, marks.__setitem__, **settings)
-
-
-def _reader(url: str, role: str, *tables: str) -> str:
-    """The URL of the database for a user `role` who may read the six tables the poller needs, and `tables`."""
-    import psycopg
-
-    from otel_bridge.receivers.postgres_poll import TABLES
-
-    with psycopg.connect(url, autocommit=True) as db:
-        db.execute(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")
-        db.execute(f"GRANT SELECT ON {', '.join([*TABLES, *tables])} TO {role}")
-    return url.replace("postgresql://postgres@", f"postgresql://{role}@")
 
 
 def _runtime(url: str) -> Runtime:
@@ -638,7 +626,7 @@ def test_a_database_without_schedules_or_the_right_to_read_them_is_read_as_befor
     runtime = _runtime(database)
     runtime.schedule("Nightly digest", at(0), timedelta(minutes=5))
     runtime.start_run(at(0))
-    reader = _reader(database, "otel_bridge_runs")
+    reader = reader_of(database, "otel_bridge_runs")
     assert _poller(reader, Recorded(tmp_path / "a"), tmp_path, {}).poll_once() == 1
     assert "may not read tenant_workflow_schedule (GRANT SELECT ON tenant_workflow_schedule" in caplog.text
     # The right given, then taken back while the poller reads: its runs are followed all the same.
@@ -704,7 +692,7 @@ def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_
     runtime = _runtime(database)
     runtime.start_run(at(0))
     runtime.event_taken("TICKET_CREATED", at(0))
-    reader = _reader(database, "otel_bridge_events", "tenant_workflow_schedule")
+    reader = reader_of(database, "otel_bridge_events", "tenant_workflow_schedule")
     recorded = Recorded(tmp_path)
     poller = _poller(reader, recorded, tmp_path, {})
     assert poller.poll_once() == 1 and poller.poll_once() == 0
@@ -750,7 +738,7 @@ def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their
     runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
     skipped = [(runtime.workflow_id, "schema_mismatch", "Event payload schema a differs from workflow schema b")]
     runtime.event_taken("TICKET_CREATED", at(0), skipped=skipped)
-    reader = _reader(database, "otel_bridge_skips", "workflow_runtime_events")
+    reader = reader_of(database, "otel_bridge_skips", "workflow_runtime_events")
     recorded = Recorded(tmp_path)
     poller = _poller(reader, recorded, tmp_path, {})
     poller.poll_once()
