@@ -25,6 +25,8 @@ _HEAD_SECONDS = 5.0
 _HEAD_BYTES = 65536
 # What the server's answers to a batch refused for now say to wait (seconds).
 _RETRY_AFTER = 5
+# Longest wait, as the salvage ends, for the answers of the connections let go to end.
+_LET_GO_SECONDS = 2.0
 
 
 @contextlib.contextmanager
@@ -36,9 +38,10 @@ def answering(listening: Sequence[socket.socket], doing: str, tls: ssl.SSLContex
     loop = asyncio.new_event_loop()
 
     async def serve() -> None:
+        connected: set[asyncio.StreamWriter] = set()
         # Each socket's own copy: a server closes the sockets it serves on, and these go on to the next.
         servers = [
-            await asyncio.start_server(_answerer(doing), sock=listener.dup(), ssl=tls, limit=_HEAD_BYTES)
+            await asyncio.start_server(_answerer(doing, connected), sock=listener.dup(), ssl=tls, limit=_HEAD_BYTES)
             for listener in listening
         ]
         ready.set()
@@ -48,13 +51,7 @@ def answering(listening: Sequence[socket.socket], doing: str, tls: ssl.SSLContex
             server.close()
         for server in servers:
             await server.wait_closed()
-        # A connection still open (a client that sent nothing yet) is closed now, while the loop runs: left to
-        # the loop's close, its answer was cut at an await and closed its writer on a closed loop ("Exception
-        # ignored" in the log, and the client left hanging until it gave up).
-        answering_now = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in answering_now:
-            task.cancel()
-        await asyncio.gather(*answering_now, return_exceptions=True)
+        await _let_go(connected)
 
     def run() -> None:
         try:
@@ -75,8 +72,35 @@ def answering(listening: Sequence[socket.socket], doing: str, tls: ssl.SSLContex
         thread.join(10)
 
 
-def _answerer(doing: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+async def _let_go(connected: set[asyncio.StreamWriter]) -> None:
+    """Close the connections still open (clients that sent nothing yet) while the loop runs, and wait for
+    their answers to end.
+
+    Left to the loop's close, an answer was cut at an await and closed its writer on a closed loop
+    ("Exception ignored" in the log, the client left hanging until it gave up). Cut by `Task.cancel`,
+    Python 3.11's own callback on the task raised in the log ("Exception in callback … connection_made"),
+    and a read ended in the same turn lost its exception ("Task exception was never retrieved"). So each
+    connection is aborted instead: its read meets the end, and its answer ends as for a client gone. A
+    connection accepted meanwhile is let go in the next round.
+    """
+    deadline = asyncio.get_running_loop().time() + _LET_GO_SECONDS
+    while others := [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]:
+        for writer in list(connected):
+            writer.transport.abort()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            for task in others:  # an answer that did not end: it would be cut at the loop's close anyway
+                task.cancel()
+            await asyncio.wait(others)
+            return
+        await asyncio.wait(others, timeout=min(left, 0.05))
+
+
+def _answerer(
+    doing: str, connected: set[asyncio.StreamWriter]
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.add(writer)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_SECONDS)
             path = head.split(b" ", 2)[1].split(b"?", 1)[0] if head.count(b" ") >= 2 else b""
@@ -97,6 +121,7 @@ def _answerer(doing: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWrite
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
             pass  # a client gone, silent or speaking something else: nothing to answer
         finally:
+            connected.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()

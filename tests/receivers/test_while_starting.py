@@ -1,8 +1,13 @@
 """While the bridge salvages its state file at start, its port says it is alive and not ready, and asks
 everything else again later; then the port listens on for the bridge's own server."""
 
+import contextlib
+import gc
+import logging
 import socket
 import ssl
+import threading
+import time
 
 import httpx
 from pki import make_pki
@@ -44,14 +49,15 @@ def test_the_port_says_alive_not_ready_and_asks_batches_again_later_then_listens
         bound.close()
 
 
-def test_a_client_still_connected_as_the_salvage_ends_is_let_go_and_nothing_is_left_to_the_closed_loop():
+def test_a_client_still_connected_as_the_salvage_ends_is_let_go_and_nothing_is_left_to_the_closed_loop(caplog):
     # Its answer was cut at an await as the loop closed, and closed its writer on the closed loop: "Exception
-    # ignored" in the log (CI met it once), the client left waiting until it gave up.
-    import gc
+    # ignored" in the log (CI met it once), the client left waiting until it gave up. Then its answer was
+    # cancelled, and Python 3.11's own callback on it raised in the log ("Exception in callback", CI again).
     import sys
 
     unraised: list[object] = []
     hook, sys.unraisablehook = sys.unraisablehook, unraised.append
+    caplog.set_level(logging.WARNING, logger="asyncio")
     bound = _bound()
     try:
         with answering([bound], "salvaging its state file"):
@@ -63,7 +69,34 @@ def test_a_client_still_connected_as_the_salvage_ends_is_let_go_and_nothing_is_l
     finally:
         sys.unraisablehook = hook
         bound.close()
-    assert unraised == []
+    assert unraised == [] and [record.getMessage() for record in caplog.records if record.name == "asyncio"] == []
+
+
+def test_clients_that_come_and_go_as_the_salvage_ends_leave_nothing_in_the_log(caplog):
+    # A read that ended (the client gone) in the turn its answer was cut lost its exception: "Task exception
+    # was never retrieved" in the log (CI met it once). It is a race: each round ends while clients come and go.
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    for _round in range(20):
+        bound = _bound()
+        coming = threading.Event()
+        coming.set()
+        clients = threading.Thread(target=_come_and_go, args=(bound.getsockname(), coming))
+        try:
+            with answering([bound], "salvaging its state file"):
+                clients.start()
+                time.sleep(0.02)
+        finally:
+            coming.clear()
+            clients.join()
+            bound.close()
+    gc.collect()
+    assert [record.getMessage() for record in caplog.records if record.name == "asyncio"] == []
+
+
+def _come_and_go(address: tuple[str, int], coming: threading.Event) -> None:
+    while coming.is_set():
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=0.05):
+            pass
 
 
 def test_over_tls_as_the_server_serves(tmp_path):
