@@ -215,20 +215,6 @@ _TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIO
 _TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
 # An event the runtime took in, as its row is, but its payload (the event's data, not shown).
 _EVENT_ROW = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')::text"
-# Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database.
-_EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
-  FROM workflow_runs r {_NAMED}
-UNION ALL SELECT {_STEP_ROW}
-  FROM workflow_run_steps s
-UNION ALL SELECT {_WAIT_ROW}
-  FROM workflow_run_waits w
-UNION ALL SELECT {_ACTION_ROW}
-  FROM workflow_action_invocations a WHERE a.completed_at IS NOT NULL
-UNION ALL SELECT {_LOG_ROW}
-  FROM workflow_run_logs l WHERE {_LOG_TOLD}
-UNION ALL SELECT {_EVENT_ROW}
-  FROM workflow_runtime_events e;
-"""
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
 # at every poll (a task may wait for days), and the rows of a new one once, with its run's row, and once
@@ -323,9 +309,29 @@ _LAUNCH_SKIPS = f"""coalesce((
            'workflow_name', (SELECT d.name FROM workflow_definitions d WHERE d.workflow_id = s.workflow_id))
          ORDER BY s.created_at, s.workflow_id)
   FROM {LAUNCH_SKIPS} s WHERE {OF_THE_EVENT}), '[]')"""
-_EVENTS_SKIPPED = f"""
-SELECT ((to_jsonb(e) - 'payload' - 'schema_ref_conflict') || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text
-FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])
+_EVENT_SKIPPED_ROW = (
+    f"((to_jsonb(e) - 'payload' - 'schema_ref_conflict') || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text"
+)
+_EVENTS_SKIPPED = f"SELECT {_EVENT_SKIPPED_ROW} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
+# Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database. The events
+# with their launch skips where the table is there and may be read, as the poller reads them (psql's `\if`, of
+# PostgreSQL 10 on: a query naming a table not there fails whole).
+_EXPORT = f"""{_asked("SELECT run_id FROM workflow_runs")}SELECT {_RUN_ROW}
+  FROM workflow_runs r {_NAMED}
+UNION ALL SELECT {_STEP_ROW}
+  FROM workflow_run_steps s
+UNION ALL SELECT {_WAIT_ROW}
+  FROM workflow_run_waits w
+UNION ALL SELECT {_ACTION_ROW}
+  FROM workflow_action_invocations a WHERE a.completed_at IS NOT NULL
+UNION ALL SELECT {_LOG_ROW}
+  FROM workflow_run_logs l WHERE {_LOG_TOLD};
+SELECT coalesce(({LAUNCH_SKIPS_KEPT}), false) AS otel_bridge_launch_skips \\gset
+\\if :otel_bridge_launch_skips
+SELECT {_EVENT_SKIPPED_ROW} FROM workflow_runtime_events e;
+\\else
+SELECT {_EVENT_ROW} FROM workflow_runtime_events e;
+\\endif
 """
 
 

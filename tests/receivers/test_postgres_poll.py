@@ -1,5 +1,7 @@
 """The runtime v2's runs, read from a real PostgreSQL as its runtime writes them, poll by poll."""
 
+import glob
+import subprocess
 import threading
 import time
 import uuid
@@ -729,6 +731,50 @@ def test_the_workflows_not_launched_for_an_event_are_read_with_it_and_those_not_
         f"workflow notify-owner ({other}) not launched (payload_validation_failed): "
         "Payload validation failed using ticket.v1: [...]"
     )
+
+
+def test_the_export_reads_the_events_with_their_launch_skips_where_it_may_as_the_poller_reads_them(database, tmp_path):
+    # `--export-sql` read the events by their errors alone: replayed, an event that launched one workflow and
+    # not another, which refused its payload, was a success.
+    import psycopg
+
+    from otel_bridge.receivers.postgres_poll import export_sql
+
+    tenant = str(uuid.uuid4())
+    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
+    other = Runtime(psycopg.connect(database, autocommit=True), "notify-owner", tenant=tenant).workflow_id
+    run = runtime.start_run(at(0))
+    invalid = (other, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
+    runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[invalid])
+    runtime.event_taken("TICKET_CREATED", at(2), started=run)
+    recorded = Recorded(tmp_path)
+    _poller(database, recorded, tmp_path, {}).poll_once()
+    polled = _events_of(recorded.rows)
+    query = export_sql(capture_input=False, log_levels=("WARN", "ERROR"))
+
+    def exported(url: str) -> dict[str, dict[str, Any]]:
+        psql = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
+        printed = subprocess.run(
+            [psql, url, "-At", "-v", "ON_ERROR_STOP=1"], input=query, capture_output=True, text=True, timeout=60
+        )
+        assert printed.returncode == 0 and not printed.stderr, printed.stderr
+        return _events_of([orjson.loads(line) for line in printed.stdout.splitlines()])
+
+    assert exported(database) == polled and [len(row["launch_skips"]) for row in polled.values()] == [1, 0]
+    # A user who may not read the table, or a runtime without it: the events by their errors, as the poller.
+    without_the_right = exported(reader_of(database, "otel_bridge_export", "workflow_runtime_events"))
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DROP TABLE workflow_event_launch_skips")
+    assert without_the_right == exported(database) == {key: _without_skips(row) for key, row in polled.items()}
+
+
+def _events_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The events the runtime took in among rows read, by id."""
+    return {row["event_id"]: row for row in rows if "event_name" in row and "run_id" not in row}
+
+
+def _without_skips(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key != "launch_skips"}
 
 
 def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their_errors(database, tmp_path, caplog):
