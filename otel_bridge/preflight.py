@@ -23,7 +23,7 @@ from otel_bridge.export.otlp import Delivery
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY, SIGNAL_FAILED
 from otel_bridge.state import mounts
-from otel_bridge.state.salvage import damage_noted, damaged_copies, take_again
+from otel_bridge.state.salvage import damage_noted, damaged_copies, swapping, take_again
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
 from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
 from otel_bridge.urls import without_secrets
@@ -126,6 +126,9 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
             if settings.salvage_at_start and (noted := damage_noted(Path(state))) is not None:
                 # What a bridge met running: the next start checks every page and salvages it if need be.
                 unread += f"; noted ({noted}): the next start salvages it first, ~20 s a GiB"
+            if swapping(Path(state)).exists():
+                # Killed as the fresh file was to take the name: this may be the damaged file, without its log.
+                unread += "; a salvage was cut short as its fresh file took the name: the next start finishes it"
             if take_again(Path(state)).exists():
                 # Left by a salvage: the start after it takes them, and one that could not left it (its log said why).
                 unread += (

@@ -41,7 +41,7 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
-from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage, take_again
+from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage, swapping, take_again
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -171,11 +171,14 @@ class Bridge:
         (`restore`). A SQLite state file found damaged, opening it or reading it back, or noted damaged by
         a bridge, `check` or a listing before (`note_damage`), is salvaged first with `salvage_at_start`, and
         the events the damage rejected are taken again (`take_again_what_damage_rejected`); without
-        it, a damage met raises StoreDamaged (one line naming `salvage-state`). `while_salvaging`: what
+        it, a damage met raises StoreDamaged (one line naming `salvage-state`). A salvage cut short as its
+        fresh file took the name (`swapping`) is finished first, whatever the settings. `while_salvaging`: what
         goes on meanwhile (`serve`'s port answering, `while_starting.py`)."""
         file = None if settings.in_memory or settings.shared_state else Path(settings.state)
         # A note beside no file (the state moved away by hand) asks nothing: the start makes a fresh one.
         met = damage_noted(file) if file is not None and file.is_file() and settings.salvage_at_start else None
+        if file is not None and swapping(file).exists():  # whatever the settings: the file may be the damaged one
+            met = f"a salvage of the state file {file} was cut short as its fresh file took the name"
         if met is None:
             try:
                 return cls(settings, **kwargs).restored().took_again(file)

@@ -499,3 +499,11 @@ def test_the_events_a_salvage_left_to_the_next_start_to_take_again_are_said_to_w
     ok, detail = _state_with_beside(tmp_path, {"state.db.take-again": b"salvaged 2026-12-05T05:00:00Z\n"})
 
     assert ok is True and "the events the damage rejected wait in the dead-letter file for the next start" in detail
+
+
+def test_a_salvage_cut_short_as_its_fresh_file_took_the_name_is_said_to_be_finished_by_the_next_start(tmp_path):
+    ok, detail = _state_with_beside(tmp_path, {"state.db.swapping": b"state.db.damaged-20261205T050000Z\n"})
+
+    assert (
+        ok is True and "a salvage was cut short as its fresh file took the name: the next start finishes it" in detail
+    )

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from builders import JobRun, WorkflowRun, ns_of
@@ -499,6 +500,37 @@ def test_after_a_salvage_by_hand_the_next_start_takes_again_the_events_the_damag
     finally:
         bridge.stop()
     assert not note.exists()
+
+
+def test_a_start_finishes_a_salvage_cut_short_as_its_fresh_file_took_the_name_whatever_the_settings(
+    tmp_path, monkeypatch, caplog
+):
+    # The damaged file was left in place without its log: started on, what the log held was lost, and the
+    # damage was met again later or never (a page the start does not read).
+    from faults import broken_page, open_runs
+
+    from otel_bridge.state.salvage import salvage
+
+    open_runs(tmp_path / "s.db", 300)
+    lost = broken_page(tmp_path / "s.db", "state")
+
+    def killed(self: Path, target: object) -> Path:
+        raise KeyboardInterrupt  # the process killed as the fresh file was to take the name
+
+    monkeypatch.setattr(Path, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        salvage(tmp_path / "s.db")
+    monkeypatch.undo()
+    caplog.set_level(logging.WARNING)
+
+    bridge = _opened(tmp_path, salvage_at_start=False)
+    try:
+        assert _open_runs_listed(bridge) == 300 - lost
+    finally:
+        bridge.stop()
+    assert "was cut short as its fresh file took the name" in caplog.text
+    assert "the fresh file of a salvage cut short as it took the state's name is put in place" in caplog.text
+    assert not (tmp_path / "s.db.swapping").exists() and len(list(tmp_path.glob("s.db.damaged-*[0-9Z]"))) == 1
 
 
 def test_without_salvage_at_start_a_state_file_found_damaged_refuses_the_start_and_is_left_as_it_is(tmp_path):

@@ -16,6 +16,11 @@ row it was about to hand over, among them the key kept in the page above, betwee
 The damaged file is kept beside, renamed, with its log; of those kept, the oldest beyond a number (two by
 default) are deleted as another is kept.
 
+The fresh file takes the damaged one's name once the damaged file's log is taken away (it must not be read
+into the fresh one); a note beside (`<state>.swapping`, naming the copy kept) says the swap is under way, and
+a salvage cut short in it is finished by the next (`salvage`, which every start makes when it finds the note):
+made again, it read the damaged file without its log.
+
 A bridge that meets a damaged page while it runs, or a command that does (`check`, a listing), leaves
 a note of it beside the file (`<state>.needs-salvage`): the next start salvages the file first
 (`Bridge.opened`), though its own reads might not pass through the page. A salvage takes the note away,
@@ -83,11 +88,16 @@ class Salvaged:
     orphaned_facts: int = 0
     # The damaged files earlier salvages kept, deleted as this one keeps another (`keep_damaged`).
     deleted: list[Path] = field(default_factory=list)
+    # An earlier salvage cut short as its fresh file took the name, finished: nothing copied again.
+    finished: bool = False
 
     def told(self) -> list[str]:
         """What was done, a line each: what the command prints, what a start's salvage logs."""
-        copied = ", ".join(f"{table} {count:,}" for table, count in self.copied.items())
-        lines = [f"what reads is in a fresh file, rows: {copied}"]
+        if self.finished:
+            lines = ["the fresh file of a salvage cut short as it took the state's name is put in place"]
+        else:
+            copied = ", ".join(f"{table} {count:,}" for table, count in self.copied.items())
+            lines = [f"what reads is in a fresh file, rows: {copied}"]
         if self.broken:
             lines.append(f"broken pages met in: {', '.join(self.broken)} (their rows on those pages are lost)")
         if self.orphaned_facts:
@@ -97,6 +107,11 @@ class Salvaged:
         if self.deleted:
             lines.append(f"older damaged files deleted (salvage_keep_damaged): {', '.join(map(str, self.deleted))}")
         return lines
+
+
+def swapping(path: Path) -> Path:
+    """The note beside a state file a salvage leaves while its fresh file takes the name (`_put_in_place`)."""
+    return path.with_name(path.name + ".swapping")
 
 
 def needs_salvage(path: Path) -> Path:
@@ -143,8 +158,11 @@ def salvage(path: Path, keep_damaged: int = 2) -> Salvaged | None:
     damaged (nothing is done then). Of the damaged files kept, the latest `keep_damaged` are left, this
     one among them: the older ones are deleted before the copy, which needs their room. Holds the file's
     lock throughout: no bridge may run on it. Rows go from one file to the other a thousand at a time: a
-    state of any size is salvaged in little memory."""
+    state of any size is salvaged in little memory. An earlier salvage cut short as its fresh file took the
+    name (`swapping`) is finished instead."""
     with claimed(str(path)):
+        if (finished := _finish_swap(path)) is not None:
+            return finished
         source = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
             if quick_check(source) is None:
@@ -194,19 +212,56 @@ def _put_in_place(fresh: Path, path: Path, kept_as: Path) -> None:
     the restart of its pod, and a state file gone would have the next start begin an empty one."""
     with fresh.open("rb+") as written:  # written with synchronous=OFF: on the disk before it takes the name
         os.fsync(written.fileno())
-    beside = [(Path(f"{path}{suffix}"), Path(f"{kept_as}{suffix}")) for suffix in ("", *_BESIDE)]
-    for now, kept in beside:
-        if now.exists():
+    _keep(path, kept_as)
+    note = swapping(path)
+    with note.open("w") as out:
+        out.write(f"{kept_as}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    _sync_folder(path.parent)
+    _swap(fresh, path)
+
+
+def _keep(path: Path, kept_as: Path) -> None:
+    """The damaged file at `path`, with its log, kept under the name `kept_as` too (but what is kept already)."""
+    for suffix in ("", *_BESIDE):
+        now, kept = Path(f"{path}{suffix}"), Path(f"{kept_as}{suffix}")
+        if now.exists() and not kept.exists():
             try:
-                os.link(now, kept)  # kept under its new name too, before anything is taken away
+                os.link(now, kept)  # before anything is taken away
             except OSError:  # a filesystem without hard links
                 shutil.copy2(now, kept)
-    for now, _kept in beside[1:]:
+
+
+def _swap(fresh: Path, path: Path) -> None:
+    """The fresh file in the place of the damaged one, kept beside already; the note of the swap taken away."""
+    for suffix in _BESIDE:
         # The damaged file's log must not be read into the fresh one: gone before the fresh file takes the
-        # name. Cut short here, the damaged file is left without it, and salvaged again (its log is kept).
-        now.unlink(missing_ok=True)
+        # name. Cut short here, the damaged file is left without it: the note has the next salvage finish.
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
     fresh.replace(path)
     _sync_folder(path.parent)
+    swapping(path).unlink(missing_ok=True)
+
+
+def _finish_swap(path: Path) -> Salvaged | None:
+    """A salvage cut short as its fresh file took the name of the state file at `path` (the note of the swap
+    left), finished; None when none was. Made again, it read the damaged file without its log, which was
+    taken away first: what the log held was lost to the fresh file."""
+    note = swapping(path)
+    try:
+        named = note.read_text().strip()
+    except FileNotFoundError:
+        return None
+    kept_as = Path(named) if named else _kept_name(path)  # a note cut short as it was written: a name of its own
+    fresh = path.with_name(path.name + ".salvaged")
+    if fresh.exists():
+        _keep(path, kept_as)
+        _swap(fresh, path)
+    else:  # cut short after the fresh file took the name: only the note was left
+        note.unlink(missing_ok=True)
+    needs_salvage(path).unlink(missing_ok=True)
+    return Salvaged(kept_as, finished=True)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -13,6 +13,7 @@ from otel_bridge.config import Settings
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
+from otel_bridge.state import salvage as salvage_module
 from otel_bridge.state.salvage import SalvageError, salvage
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import StoreInUse
@@ -194,15 +195,17 @@ class _Killed(BaseException):
     """The process killed at that point (a node drained, an out-of-memory kill, in the middle of a salvage)."""
 
 
-def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_file_and_is_made_again(
+def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_file_and_the_next_finishes_it(
     tmp_path, monkeypatch
 ):
     # The damaged file was renamed away before the fresh one took its name: killed between the two, there
-    # was no state file, and the next start began an empty one.
+    # was no state file, and the next start began an empty one. Then the next salvage made it again from the
+    # damaged file, its log taken away already: what the log held was lost.
     path = tmp_path / "otel-bridge.db"
     open_runs(path, RUNS)
     states = _rows(path, "state")
     lost = broken_page(path, "state")
+    _logged(path, "an event taken last")
     damaged = path.read_bytes()
 
     def killed(self: Path, target: object) -> Path:
@@ -215,12 +218,65 @@ def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_fi
 
     assert path.read_bytes() == damaged  # the damaged file, still where the bridge reads it
     (first,) = tmp_path.glob("otel-bridge.db.damaged-*[0-9Z]")
-    assert first.read_bytes() == damaged  # and already kept beside
+    assert first.read_bytes() == damaged and Path(f"{first}-wal").exists()  # already kept beside, with its log
 
     done = salvage(path)
 
-    assert done is not None and done.kept_as != first and done.kept_as.read_bytes() == damaged
+    assert done is not None and done.finished and done.kept_as == first
+    assert "cut short" in done.told()[0] and str(first) in done.told()[-1]
     assert _rows(path, "state") == states - lost
+    assert _seen(path, "an event taken last")
+    assert len(list(tmp_path.glob("otel-bridge.db.damaged-*[0-9Z]"))) == 1
+    assert {p.name for p in tmp_path.iterdir()} >= {"otel-bridge.db", "otel-bridge.db.take-again"}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".swapping", ".salvaged"))]
+    assert salvage(path) is None, "nothing damaged in it now"
+
+
+def test_a_salvage_cut_short_once_its_fresh_file_took_the_name_leaves_nothing_to_finish(tmp_path, monkeypatch):
+    path = tmp_path / "otel-bridge.db"
+    open_runs(path, RUNS)
+    broken_page(path, "state")
+    monkeypatch.setattr(salvage_module, "_sync_folder", _killed_once_renamed(path))
+    with pytest.raises(_Killed):
+        salvage(path)
+    monkeypatch.undo()
+    done = salvage(path)
+    assert done is not None and done.finished and not (tmp_path / "otel-bridge.db.swapping").exists()
+    assert _rows(path, "state") > 0 and salvage(path) is None
+
+
+def _killed_once_renamed(path: Path):
+    """`_sync_folder` killed once the fresh file took the name of `path` (before the note of the swap went)."""
+    sync = salvage_module._sync_folder
+
+    def syncing(folder: Path) -> None:
+        sync(folder)
+        if not path.with_name(path.name + ".salvaged").exists():
+            raise _Killed()
+
+    return syncing
+
+
+def _logged(path: Path, event_id: str) -> None:
+    """An event id taken, written to the file at `path` in its log alone (the file as it was, the log beside),
+    as a bridge killed before SQLite copied its log into the file leaves it."""
+    before = path.read_bytes()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("INSERT INTO seen (event_id, at) VALUES (?, ?)", (event_id, time.time()))
+    db.commit()
+    log = Path(f"{path}-wal").read_bytes()
+    db.close()
+    path.write_bytes(before)
+    Path(f"{path}-wal").write_bytes(log)
+
+
+def _seen(path: Path, event_id: str) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT 1 FROM seen WHERE event_id = ?", (event_id,)).fetchone() is not None
+    finally:
+        db.close()
 
 
 def test_of_the_damaged_files_salvages_keep_the_latest_are_left_and_the_older_deleted(tmp_path):
