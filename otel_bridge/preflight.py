@@ -368,6 +368,8 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
                 taken = f"; no event taken in within the hour, the latest {duration(silent)} ago"
             if skips_kept is False:
                 taken += _may_not_read(db, LAUNCH_SKIPS)
+            elif skips_kept and taken:
+                taken += _on_purpose(db)
             optional += taken
             # The runtime indexes no `updated_at`: without one, every read scans the runs (README: Cost).
             indexed = _one(db, _INDEXED, "workflow_runs", "updated_at")
@@ -385,6 +387,18 @@ def _runtime_v2(settings: Settings, timeout_seconds: float) -> Finding:
     # them queued, overdue once the grace has passed; the runtime is not the bridge's to mend).
     begun = f", {stranded:,} launched over a minute ago that no worker has begun" if stranded else ""
     return Finding("runtime v2", True, f"{where}: readable; {running:,} runs running or waiting{begun}{optional}{scan}")
+
+
+def _on_purpose(db: "psycopg.Connection[Any]") -> str:
+    """The workflows the runtime did not launch on purpose for the hour's events (a workflow paused, a trigger
+    loop guarded), with how many events each: a failure of none, counted nowhere else, and a workflow paused
+    and forgotten misses every event meanwhile."""
+    skipped = db.execute(_of_the_skips(_SKIPPED_ON_PURPOSE)).fetchall()
+    if not skipped:
+        return ""
+    named = [f"{name} ({reason}) for {count:,} event{'s' if count > 1 else ''}" for name, reason, count in skipped]
+    more = f" and {len(named) - _NAMED_AT_MOST:,} more" if len(named) > _NAMED_AT_MOST else ""
+    return f"; not launched on purpose: {', '.join(named[:_NAMED_AT_MOST])}{more}"
 
 
 def _of_the_skips(query: str) -> str:
@@ -441,6 +455,17 @@ SELECT s.reason, count(DISTINCT e.event_id) FROM workflow_runtime_events e JOIN 
 WHERE e.created_at > now() - interval '1 hour' AND NOT s.intentional
 GROUP BY s.reason ORDER BY 2 DESC, 1
 """
+
+# The hour's workflows not launched on purpose for an event, by workflow and reason, with how many events each.
+_SKIPPED_ON_PURPOSE = """
+SELECT coalesce(d.name, s.workflow_id::text), s.reason, count(DISTINCT e.event_id)
+FROM workflow_runtime_events e JOIN {skips} s ON {of_the_event}
+LEFT JOIN workflow_definitions d ON d.workflow_id = s.workflow_id
+WHERE e.created_at > now() - interval '1 hour' AND s.intentional
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+"""
+# Of them, those named (the rest counted).
+_NAMED_AT_MOST = 5
 
 
 # How long ago the latest event was taken in, in seconds (null: none ever), by the index on created_at.
