@@ -214,8 +214,8 @@ def _put_in_place(fresh: Path, path: Path, kept_as: Path) -> None:
         os.fsync(written.fileno())
     _keep(path, kept_as)
     note = swapping(path)
-    with note.open("w") as out:
-        out.write(f"{kept_as}\n")
+    with note.open("w") as out:  # the copy kept, and the damaged file as it is: another put in its place is told
+        out.write(f"{kept_as}\n{_as_it_is(path)}\n")
         out.flush()
         os.fsync(out.fileno())
     _sync_folder(path.parent)
@@ -244,22 +244,33 @@ def _swap(fresh: Path, path: Path) -> None:
     swapping(path).unlink(missing_ok=True)
 
 
+def _as_it_is(path: Path) -> str:
+    """The file at `path` as it is (its size, when it was last written): told apart from another put in its place."""
+    now = path.stat()
+    return f"{now.st_size} {now.st_mtime_ns}"
+
+
 def _finish_swap(path: Path) -> Salvaged | None:
     """A salvage cut short as its fresh file took the name of the state file at `path` (the note of the swap
     left), finished; None when none was. Made again, it read the damaged file without its log, which was
     taken away first: what the log held was lost to the fresh file."""
     note = swapping(path)
     try:
-        named = note.read_text().strip()
+        named, *stat = note.read_text().splitlines() or [""]
     except FileNotFoundError:
         return None
     kept_as = Path(named) if named else _kept_name(path)  # a note cut short as it was written: a name of its own
     fresh = path.with_name(path.name + ".salvaged")
-    if fresh.exists():
+    if not fresh.exists():  # cut short after the fresh file took the name: only the note was left
+        note.unlink(missing_ok=True)
+    elif stat and stat[0] != _as_it_is(path):
+        # Another file put in the state's place since (a backup put back): it is not the damaged one to swap.
+        fresh.unlink()
+        note.unlink(missing_ok=True)
+        return None
+    else:
         _keep(path, kept_as)
         _swap(fresh, path)
-    else:  # cut short after the fresh file took the name: only the note was left
-        note.unlink(missing_ok=True)
     needs_salvage(path).unlink(missing_ok=True)
     return Salvaged(kept_as, finished=True)
 

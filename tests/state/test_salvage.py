@@ -208,10 +208,7 @@ def test_a_salvage_cut_short_as_the_fresh_file_takes_its_place_leaves_a_whole_fi
     _logged(path, "an event taken last")
     damaged = path.read_bytes()
 
-    def killed(self: Path, target: object) -> Path:
-        raise _Killed()
-
-    monkeypatch.setattr(Path, "replace", killed)
+    monkeypatch.setattr(Path, "replace", _killed)
     with pytest.raises(_Killed):
         salvage(path)
     monkeypatch.undo()
@@ -243,6 +240,26 @@ def test_a_salvage_cut_short_once_its_fresh_file_took_the_name_leaves_nothing_to
     done = salvage(path)
     assert done is not None and done.finished and not (tmp_path / "otel-bridge.db.swapping").exists()
     assert _rows(path, "state") > 0 and salvage(path) is None
+
+
+def test_a_backup_put_back_after_a_salvage_was_cut_short_is_not_swapped_away(tmp_path, monkeypatch):
+    path, backup = tmp_path / "otel-bridge.db", tmp_path / "backup.db"
+    open_runs(path, RUNS)
+    shutil.copyfile(path, backup)
+    broken_page(path, "state")
+    monkeypatch.setattr(Path, "replace", _killed)
+    with pytest.raises(_Killed):
+        salvage(path)
+    monkeypatch.undo()
+    time.sleep(0.01)  # a later write, as a person's is
+    shutil.copyfile(backup, path)  # the runbook's way: the bridge stopped, its log removed, the backup copied over
+
+    assert salvage(path) is None and path.read_bytes() == backup.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".swapping", ".salvaged"))]
+
+
+def _killed(self: Path, target: object) -> Path:
+    raise _Killed()
 
 
 def _killed_once_renamed(path: Path):
