@@ -177,9 +177,7 @@ class Bridge:
         file = None if settings.in_memory or settings.shared_state else Path(settings.state)
         # A note beside no file (the state moved away by hand) asks nothing: the start makes a fresh one.
         met = damage_noted(file) if file is not None and file.is_file() and settings.salvage_at_start else None
-        if (
-            file is not None and file.is_file() and swapping(file).exists()
-        ):  # whatever the settings: it may be the damaged one
+        if file is not None and file.is_file() and swapping(file).exists():  # it may be the damaged one: always
             met = f"a salvage of the state file {file} was cut short as its fresh file took the name"
         if met is None:
             try:
