@@ -38,6 +38,7 @@ class PostgresServer:
             self._as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": self._home}
         self.proc: subprocess.Popen | None = None
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._may_move = True  # until it has started once
 
     def start(self) -> "PostgresServer":
         data = self._home / "data"
@@ -62,11 +63,22 @@ class PostgresServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                with psycopg.connect(self.url, connect_timeout=1):
-                    return self
+                with psycopg.connect(self.url, connect_timeout=1) as db:
+                    # Answered by this server, not by another test's that took the port first.
+                    (served,) = db.execute("SHOW data_directory").fetchone() or ("",)
+                    if Path(served).resolve() == data.resolve():
+                        self._may_move = False
+                        return self
             except psycopg.OperationalError:
-                assert self.proc.poll() is None, "postgres exited at start"
-                time.sleep(0.1)
+                pass
+            if self.proc.poll() is not None:
+                assert self._may_move, "postgres exited at start"
+                # The port was taken as it was to bind it (tests run side by side): another, at its first start
+                # only (a restart keeps the port its clients know).
+                self.port = free_port()
+                self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+                return self.start()
+            time.sleep(0.1)
         raise AssertionError(f"postgres did not start on port {self.port}")
 
     def database(self, name: str) -> str:
