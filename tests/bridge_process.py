@@ -19,6 +19,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def held_port() -> socket.socket:
+    """A port of 127.0.0.1 bound and not listening — a connection to it is refused, as to a backend down — and
+    held from the other tests' servers until closed, just before a server of the test's own takes it (a
+    port `free_port` found was free when found, and a backend down for minutes left it to anyone)."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
+
+
 class BridgeProcess:
     def __init__(self, workdir: Path, otlp_endpoint: str, protocol: str = "http/protobuf", **settings: str) -> None:
         self.workdir = workdir

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from bridge_process import BridgeProcess, free_port
+from bridge_process import BridgeProcess, held_port
 from builders import WorkflowRun
 from otlp_receiver import OtlpHttpReceiver
 from pki import make_pki
@@ -242,7 +242,8 @@ def test_two_replicas_on_redis_both_see_the_overdue_run(tmp_path, otlp_http):
 
 @pytest.mark.timeout(90)
 def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_its_recovery(tmp_path):
-    port = free_port()
+    held = held_port()
+    port = held.getsockname()[1]
     bridge = BridgeProcess(
         tmp_path, f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_TIMEOUT="1000", export_log_interval_seconds="4"
     ).start()
@@ -257,6 +258,7 @@ def test_an_unreachable_backend_is_said_once_then_at_most_once_an_interval_then_
         assert "is failing" in failing[0] and f"127.0.0.1:{port}" in failing[0]
         assert "2 spans wait safely in the outbox" in failing[0]
         assert "opentelemetry.exporter" not in log  # the SDK's own line per retry is quiet
+        held.close()
         receiver = OtlpHttpReceiver(port=port)
         receiver.received.wait_for(lambda: len(receiver.received.spans) == 2, timeout=40)
         bridge.stop()

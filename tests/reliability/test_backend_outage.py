@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from bridge_process import BridgeProcess, free_port, healthcheck_command
+from bridge_process import BridgeProcess, healthcheck_command, held_port
 from builders import JobRun, WorkflowRun
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, Received
 
@@ -56,7 +56,8 @@ def test_a_refusing_backend_keeps_spans_in_the_outbox_until_it_accepts(tmp_path)
 
 @pytest.mark.timeout(LONG_OUTAGE_SECONDS + 180)
 def test_an_unreachable_grpc_backend_for_two_minutes_gets_everything_once_it_starts(tmp_path):
-    port = free_port()
+    held = held_port()
+    port = held.getsockname()[1]
     bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{port}", "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="1000").start()
     receiver = None
     try:
@@ -66,6 +67,7 @@ def test_an_unreachable_grpc_backend_for_two_minutes_gets_everything_once_it_sta
             time.sleep(LONG_OUTAGE_SECONDS / len(runs))
         assert _metric(bridge, "otel_bridge_export_failures_total") >= 3
         assert _metric(bridge, "otel_bridge_outbox_depth") == 120
+        held.close()
         receiver = OtlpGrpcReceiver(port=port)
         receiver.received.wait_for(lambda: len(receiver.received.unique_spans()) == 120, timeout=90)
     finally:
@@ -133,10 +135,10 @@ def test_stopped_while_the_backend_is_down_the_bridge_exits_within_its_drain_tim
 ):
     # The exporters retry within one export for up to OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default):
     # the export at exit waited that out twice (spans, then metrics) past the drain timeout.
-    port = free_port()
-    bridge, runs = _runs_posted(tmp_path, f"http://127.0.0.1:{port}", protocol, "at-exit")
+    held = held_port()
+    bridge, runs = _runs_posted(tmp_path, f"http://127.0.0.1:{held.getsockname()[1]}", protocol, "at-exit")
     assert bridge.stop(timeout=8)  # 1 s of drain, and no 20 s of retries after it
-    _sent_at_the_next_start(bridge, protocol, 2 * len(runs), port)
+    _sent_at_the_next_start(bridge, protocol, 2 * len(runs), held)
 
 
 def _runs_posted(tmp_path, endpoint: str, protocol: str, name: str) -> tuple[BridgeProcess, list]:
@@ -148,8 +150,13 @@ def _runs_posted(tmp_path, endpoint: str, protocol: str, name: str) -> tuple[Bri
     return bridge, runs
 
 
-def _sent_at_the_next_start(bridge: BridgeProcess, protocol: str, spans: int, port: int = 0) -> None:
-    """The bridge started again, a backend up (on `port`, or any): every span kept arrives."""
+def _sent_at_the_next_start(
+    bridge: BridgeProcess, protocol: str, spans: int, held: socket.socket | None = None
+) -> None:
+    """The bridge started again, a backend up (on the port `held`, or any): every span kept arrives."""
+    port = held.getsockname()[1] if held else 0
+    if held:
+        held.close()
     received = Received()
     receiver = (OtlpHttpReceiver if protocol == "http/protobuf" else OtlpGrpcReceiver)(port, received)
     bridge.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
