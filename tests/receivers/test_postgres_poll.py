@@ -684,9 +684,7 @@ def test_a_first_start_reads_the_look_backs_events_though_the_runs_it_reads_move
     runtime.event_taken("TICKET_CREATED", at(0))
     runtime.start_run(at(600))
     _poller(database, recorded, tmp_path, {}).poll_once()
-    assert [row["event_name"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [
-        "TICKET_CREATED"
-    ]
+    assert [row["event_name"] for row in _event_rows(recorded.rows)] == ["TICKET_CREATED"]
 
 
 def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_the_same(database, tmp_path, caplog):
@@ -700,25 +698,20 @@ def test_the_events_table_unreadable_is_told_once_and_the_runs_are_followed_all_
     assert poller.poll_once() == 1 and poller.poll_once() == 0
     said = "may not read workflow_runtime_events (GRANT SELECT ON workflow_runtime_events TO it)"
     assert caplog.text.count(said) == 1
-    assert not [row for row in recorded.rows if "event_name" in row and "run_id" not in row]
+    assert not _event_rows(recorded.rows)
 
 
 def test_the_workflows_not_launched_for_an_event_are_read_with_it_and_those_not_meant_fail_it(database, tmp_path):
     # The runtime writes them since October 2026 (`workflow_event_launch_skips`), its tenants uuids: an event
     # that launched one workflow and not another, which refused its payload, has no error in its row.
-    import psycopg
-
-    tenant = str(uuid.uuid4())
-    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
-    other = Runtime(psycopg.connect(database, autocommit=True), "notify-owner", tenant=tenant).workflow_id
+    runtime, other = _with_a_second_workflow(database)
     run = runtime.start_run(at(0))
-    invalid = (other, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
-    partly = runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[invalid])
+    partly = runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[_refused(other)])
     guarded = (other, "lineage_loop_guard", "Workflow is already in the event lineage (trigger loop guard)")
     looped = runtime.event_taken("TICKET_CREATED", at(2), skipped=[guarded])
     recorded = Recorded(tmp_path)
     _poller(database, recorded, tmp_path, {}).poll_once()
-    rows = {row["event_id"]: row for row in recorded.rows if "event_name" in row and "run_id" not in row}
+    rows = _events_of(recorded.rows)
     assert rows[partly]["error_message"] is None
     assert [skip["workflow_name"] for skip in rows[partly]["launch_skips"]] == ["notify-owner"]
     assert rows[looped]["error_message"].startswith(f"Skipped workflow {other} ({other}): workflow is already")
@@ -740,12 +733,9 @@ def test_the_export_reads_the_events_with_their_launch_skips_where_it_may_as_the
 
     from otel_bridge.receivers.postgres_poll import export_sql
 
-    tenant = str(uuid.uuid4())
-    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
-    other = Runtime(psycopg.connect(database, autocommit=True), "notify-owner", tenant=tenant).workflow_id
+    runtime, other = _with_a_second_workflow(database)
     run = runtime.start_run(at(0))
-    invalid = (other, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
-    runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[invalid])
+    runtime.event_taken("TICKET_CREATED", at(1), started=run, skipped=[_refused(other)])
     runtime.event_taken("TICKET_CREATED", at(2), started=run)
     recorded = Recorded(tmp_path)
     _poller(database, recorded, tmp_path, {}).poll_once()
@@ -768,9 +758,29 @@ def test_the_export_reads_the_events_with_their_launch_skips_where_it_may_as_the
     assert without_the_right == exported(database) == {key: _without_skips(row) for key, row in polled.items()}
 
 
+def _with_a_second_workflow(database: str) -> tuple[Runtime, str]:
+    """The runtime of a tenant (a uuid, as the runtime's tenants are), and the id of a second workflow
+    (`notify-owner`) that starts on its events."""
+    import psycopg
+
+    tenant = str(uuid.uuid4())
+    runtime = Runtime(psycopg.connect(database, autocommit=True), tenant=tenant)
+    return runtime, Runtime(psycopg.connect(database, autocommit=True), "notify-owner", tenant=tenant).workflow_id
+
+
+def _refused(workflow_id: str) -> tuple[str, str, str]:
+    """A launch skip of the workflow `workflow_id`, whose schema refused the event's payload."""
+    return (workflow_id, "payload_validation_failed", "Payload validation failed using ticket.v1: [...]")
+
+
 def _events_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The events the runtime took in among rows read, by id."""
-    return {row["event_id"]: row for row in rows if "event_name" in row and "run_id" not in row}
+    return {row["event_id"]: row for row in _event_rows(rows)}
+
+
+def _event_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the events the runtime took in among rows read (a run's row names its event too), in order."""
+    return [row for row in rows if "event_name" in row and "run_id" not in row]
 
 
 def _without_skips(row: dict[str, Any]) -> dict[str, Any]:
@@ -790,7 +800,7 @@ def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their
     poller.poll_once()
     said = "may not read workflow_event_launch_skips (GRANT SELECT ON workflow_event_launch_skips TO it)"
     assert caplog.text.count(said) == 1
-    (row,) = [row for row in recorded.rows if "event_name" in row and "run_id" not in row]
+    (row,) = _events_of(recorded.rows).values()
     assert "launch_skips" not in row and row["error_message"].startswith("Skipped workflow")
     # The right given, then taken back between two reads: the events are read all the same.
     with psycopg.connect(database, autocommit=True) as db:
@@ -803,7 +813,7 @@ def test_without_the_right_to_read_the_launch_skips_the_events_are_read_by_their
         db.execute("REVOKE SELECT ON workflow_event_launch_skips FROM otel_bridge_skips")
     poller.poll_once()
     assert "workflows not launched for an event are not followed: permission denied" in caplog.text
-    assert [row["event_name"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [
+    assert [row["event_name"] for row in _event_rows(recorded.rows)] == [
         "TICKET_CREATED",
         "TICKET_UPDATED",
     ]
@@ -824,7 +834,7 @@ def test_an_event_that_tells_nothing_yet_is_held_until_it_does_or_is_five_minute
     poller.poll_once()
 
     def events() -> dict[str, dict[str, Any]]:
-        return {row["event_id"]: row for row in recorded.rows if "event_name" in row and "run_id" not in row}
+        return _events_of(recorded.rows)
 
     assert set(events()) == {quiet, told}
     poller.poll_once()
@@ -880,11 +890,11 @@ def test_events_a_poll_could_not_hand_over_are_handed_over_by_the_next_held_or_n
         poller.poll_once()
     recorded.refuse = False
     poller.poll_once()
-    assert [row["event_id"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [at_once]
+    assert [row["event_id"] for row in _event_rows(recorded.rows)] == [at_once]
     runtime._update("workflow_runtime_events", "event_id", held, matched_run_id=str(uuid.uuid4()))
     recorded.refuse = True
     with pytest.raises(Unavailable):
         poller.poll_once()
     recorded.refuse = False
     poller.poll_once()
-    assert [row["event_id"] for row in recorded.rows if "event_name" in row and "run_id" not in row] == [at_once, held]
+    assert [row["event_id"] for row in _event_rows(recorded.rows)] == [at_once, held]
