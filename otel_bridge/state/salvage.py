@@ -168,6 +168,7 @@ def salvage(path: Path, keep_damaged: int = 2) -> Salvaged | None:
             if quick_check(source) is None:
                 needs_salvage(path).unlink(missing_ok=True)
                 return None
+            _schema_reads(source, path)
             out = Salvaged(_kept_name(path))
             out.deleted = _delete_oldest(damaged_copies(path), keep_damaged - 1)
             fresh = path.with_name(path.name + ".salvaged")
@@ -179,6 +180,17 @@ def salvage(path: Path, keep_damaged: int = 2) -> Salvaged | None:
         _put_in_place(fresh, path, out.kept_as)
         needs_salvage(path).unlink(missing_ok=True)
         return out
+
+
+def _schema_reads(source: sqlite3.Connection, path: Path) -> None:
+    """Raise SalvageError unless the schema of `source` (the file at `path`) reads: without it no row is found."""
+    try:
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SalvageError(
+            f"nothing of {path} reads ({exc}: no SQLite database, or its first page, which holds where every "
+            "table is, is broken); move it aside to start with an empty state, or put a backup back (backup-state)"
+        ) from None
 
 
 def damaged_copies(path: Path) -> list[Path]:

@@ -40,6 +40,8 @@ def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> No
 def test_a_corrupt_state_file(tmp_path):
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
     _one_clear_line(_run("serve", "--state", "state.db", cwd=tmp_path), "state.db", "not a SQLite database")
+    # Its salvage asked for: it was a traceback.
+    _one_clear_line(_run("salvage-state", "--state", "state.db", cwd=tmp_path), "nothing of state.db reads")
 
 
 def test_a_damaged_state_file_is_named_with_what_to_do_and_salvaged_by_the_command_it_names(tmp_path):

@@ -144,6 +144,21 @@ def test_a_file_nothing_is_damaged_in_is_left_as_it_is(tmp_path):
     assert path.read_bytes() == before and list(tmp_path.glob("*.damaged-*")) == []
 
 
+def test_a_file_whose_first_page_is_broken_is_said_to_hold_nothing_that_reads_and_left_as_it_is(tmp_path):
+    # Its schema is on that page: the salvage met "file is not a database" copying, and raised it (a traceback).
+    path = tmp_path / "otel-bridge.db"
+    open_runs(path, RUNS)
+    with path.open("r+b") as file:
+        file.write(b"\xff" * 512)
+    before = path.read_bytes()
+
+    with pytest.raises(SalvageError, match=r"nothing of .*otel-bridge\.db reads \(file is not a database: .*backup"):
+        salvage(path)
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["otel-bridge.db", "otel-bridge.db.lock"]
+
+
 def test_a_file_a_bridge_holds_is_not_salvaged_under_it(tmp_path):
     path = tmp_path / "otel-bridge.db"
     open_runs(path, RUNS)
