@@ -36,6 +36,7 @@ def back_up(state: Path, to: Path) -> Copied:
     """Copy the state file at `state` (a bridge may run on it) to `to` (replaced if there)."""
     if not state.is_file():
         raise BackupError(f"no state file at {state}")
+    _may_take(to, state)
     partial = to.with_name(to.name + ".partial")
     partial.unlink(missing_ok=True)
     _room_for(state, to)
@@ -62,6 +63,18 @@ def back_up(state: Path, to: Path) -> Copied:
         source.close()
     os.replace(partial, to)
     return Copied(copied.runs, copied.jobs, copied.outbox, to.stat().st_size)
+
+
+def _may_take(to: Path, state: Path) -> None:
+    """Raise BackupError unless the copy may take the name `to`: a regular file (replaced) or none, and not the
+    state file's own, nor one of the files its bridge keeps beside it. Taken, the state's name left the
+    running bridge writing to a file no longer named, beside a log no longer its own; a device's (as root)
+    was replaced by the copy."""
+    if to.exists() and not to.is_file():
+        raise BackupError(f"{to} is no file to copy to (a device, a pipe or a socket): name a file or a directory")
+    own = [Path(f"{state}{suffix}") for suffix in ("", "-wal", "-shm", ".lock", ".reserve")]
+    if any(to.resolve() == file.resolve() or (to.exists() and file.exists() and to.samefile(file)) for file in own):
+        raise BackupError(f"{to} is the state file's own, or one its bridge keeps beside it: name another")
 
 
 def _room_for(state: Path, to: Path) -> None:

@@ -1,5 +1,6 @@
 """`otel-bridge backup-state`: one moment of a running bridge's SQLite state, whole, that a bridge goes on from."""
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -86,6 +87,24 @@ def test_a_backup_replaces_the_one_before(tmp_path):
     copied = back_up(state, to)
     assert copied.runs == 10 and copied.outbox == 10 and copied.size_bytes == to.stat().st_size
     assert to.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize("name", ["otel-bridge.db", "otel-bridge.db-wal", "a hard link of it", "a pipe"])
+def test_a_copy_is_not_put_in_the_place_of_the_state_its_files_or_what_is_no_file(tmp_path, name):
+    # The state's own name was taken (`backup-state .` beside it), and a device's as root (/dev/full became a file).
+    state = tmp_path / "otel-bridge.db"
+    open_runs(state, 10)
+    to = tmp_path / name
+    if name == "a hard link of it":
+        os.link(state, to)
+    elif name == "a pipe":
+        os.mkfifo(to)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+
+    with pytest.raises(BackupError, match=r"is the state file's own|is no file to copy to"):
+        back_up(state, to)
+
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
 
 
 def test_a_redis_state_is_not_backed_up_by_the_bridge(tmp_path, capsys):
