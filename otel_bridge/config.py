@@ -262,7 +262,11 @@ class Settings(BaseSettings):
     max_producers: int = Field(
         100, gt=0, description="Distinct (serviceKey, env) metric resources before `_OTHER` is used."
     )
-    dead_letter: Path = Field(Path("dead-letter.jsonl"), description="JSONL file that keeps rejected events.")
+    dead_letter: Path = Field(
+        Path("dead-letter.jsonl"),
+        description="JSONL file that keeps rejected events (a file: rotated by renaming it, not a device such as "
+        "/dev/null, which is refused).",
+    )
     dead_letter_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Dead-letter file size before rotation.")
     dead_letter_backups: int = Field(5, ge=1, description="Rotated dead-letter files kept.")
     span_dead_letter: Path = Field(

@@ -70,12 +70,16 @@ class DeadLetters:
         traceback on stderr."""
         if not can_be_written(path):
             flag, variable = "--" + setting.replace("_", "-"), "OTEL_BRIDGE_" + setting.upper()
-            why = (
-                f"it is a directory; set {setting} ({flag}, {variable}) to a file in it"
-                if path.is_dir()
-                else f"its directory or mount is read-only to this process; set {setting} ({flag}, {variable}) "
-                "to a writable place"
-            )
+            if path.is_dir():
+                why = f"it is a directory; set {setting} ({flag}, {variable}) to a file in it"
+            elif path.exists() and not path.is_file():
+                # /dev/null to keep nothing: its rotation renames the file, and as root would take the device's name.
+                why = f"it is no file (a device, a pipe or a socket); set {setting} ({flag}, {variable}) to a file"
+            else:
+                why = (
+                    f"its directory or mount is read-only to this process; set {setting} ({flag}, {variable}) "
+                    "to a writable place"
+                )
             raise DeadLetterUnwritable(f"cannot write the dead-letter file {path}: {why}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path

@@ -3,6 +3,7 @@
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from faults import small_filesystem
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
-from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
+from otel_bridge.receivers.dead_letter import DeadLetters, DeadLetterUnwritable, NotReplayable, unwrap
 from otel_bridge.receivers.replay import replay
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.state.sqlite_store import SqliteStore
@@ -42,6 +43,12 @@ def test_an_event_too_deep_even_for_that_is_named_rather_than_lost_with_its_reas
     (kept,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert (kept["index"], kept["eventId"], kept["error"]) == (3, "e9", "why")
     assert kept["event"].startswith("[not kept")
+
+
+def test_a_dead_letter_file_that_is_no_file_is_refused_saying_so():
+    # /dev/null, to keep nothing, was said to be read-only; its rotation renames the file (as root, the device).
+    with pytest.raises(DeadLetterUnwritable, match=r"/dev/null: it is no file \(a device, a pipe or a socket\)"):
+        DeadLetters(Path("/dev/null"), 1_000_000, 1)
 
 
 def test_a_dead_letters_event_goes_back_in_the_format_of_the_receiver_that_kept_it():
