@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     )
     state: str = Field(
         "otel-bridge.db",
-        description="State store: a SQLite file path (embedded), or a `redis://` URL shared by several replicas "
-        "(`redis+sentinel://host:26379/SERVICE` for a primary Sentinels watch).",
+        description="State store: a SQLite file path (embedded; a file, not a device: `:memory:` keeps nothing), "
+        "or a `redis://` URL shared by several replicas (`redis+sentinel://host:26379/SERVICE` for a primary "
+        "Sentinels watch).",
     )
     durability: Literal["process", "full"] = Field(
         "process",

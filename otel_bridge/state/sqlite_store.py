@@ -369,6 +369,10 @@ class SqliteStore:
         try:
             if self.path != ":memory:" and Path(self.path).is_dir():  # SQLite says "unable to open database file"
                 raise OSError(f"it is a directory: name a file in it (--state {Path(self.path) / 'otel-bridge.db'})")
+            if self.path != ":memory:" and Path(self.path).exists() and not Path(self.path).is_file():
+                # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the
+                # device (as root, in /dev); `:memory:` is what keeps nothing.
+                raise OSError("it is no file (a device, a pipe or a socket): name a file, or :memory: to keep nothing")
             if read_only:
                 if not Path(self.path).is_file():
                     raise OSError(f"no state file at {self.path}")

@@ -1,6 +1,7 @@
 """The SQLite store where a page of its file no longer reads (a disk fault under a running bridge): the
 outbox is read past it, and only the spans on it wait for the salvage."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from faults import broken_page
 
 from otel_bridge.state.sqlite_store import SqliteStore, damaged
+from otel_bridge.state.store import StoreOpenError
 
 SPANS = 3000
 
@@ -36,6 +38,16 @@ def _sent(store: SqliteStore, batch: int = 100) -> list[bytes]:
         sent += [row.payload for row in rows]
         store.outbox_ack([row.id for row in rows])
     return sent
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["serve", "a listing"])
+def test_a_state_that_names_no_file_is_refused_saying_so_and_nothing_is_made_beside_it(tmp_path, read_only):
+    # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the device.
+    pipe = tmp_path / "state"
+    os.mkfifo(pipe)
+    with pytest.raises(StoreOpenError, match=r"state: it is no file \(a device, a pipe or a socket\).*:memory:"):
+        SqliteStore(pipe, read_only=read_only)
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
 
 
 def test_the_outbox_is_read_past_two_damaged_pages_losing_only_the_spans_they_held(tmp_path):
