@@ -367,7 +367,8 @@ class SqliteStore:
         self._claimed: IO[str] | None = None
         self.overdue_index_new = False
         try:
-            if self.path != ":memory:" and Path(self.path).is_dir():  # SQLite says "unable to open database file"
+            if self.path != ":memory:" and (Path(self.path).is_dir() or self.path.endswith("/")):
+                # SQLite says "unable to open database file"; one not there yet, "No such file …: 'dir/.lock'".
                 raise OSError(f"it is a directory: name a file in it (--state {Path(self.path) / 'otel-bridge.db'})")
             if self.path != ":memory:" and Path(self.path).exists() and not Path(self.path).is_file():
                 # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the

@@ -89,6 +89,8 @@ def test_a_state_that_names_a_directory(tmp_path):
     # It said "unable to open database file (is its directory writable by this user?)".
     (tmp_path / "data").mkdir()
     _one_clear_line(_run("serve", "--state", "data", cwd=tmp_path), "data: it is a directory", "data/otel-bridge.db")
+    # One not made yet, named as a directory: "No such file or directory: 'later/.lock'".
+    _one_clear_line(_run("serve", "--state", "later/", cwd=tmp_path), "it is a directory", "later/otel-bridge.db")
 
 
 def test_a_dead_letter_file_that_names_a_directory(tmp_path):
