@@ -181,21 +181,44 @@ def _listening(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _tls_loadable(certfile: Path | None, keyfile: Path | None) -> None:
-    """Raise CliError when the server could not load its certificate: uvicorn's own error names
-    neither file ("No such file or directory", "[SSL] PEM lib"), and comes after the state is opened."""
+class _Encrypted(Exception):
+    """The served key is encrypted and no pass phrase is given."""
+
+
+def _served_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The context the server serves HTTPS with (None: plain HTTP). CliError when it could not load its
+    certificate: uvicorn's own error names neither file ("No such file or directory", "[SSL] PEM lib"), and
+    comes after the state is opened; and an encrypted key without its pass phrase was asked for on the
+    terminal (a service started from one waited there), or refused as "Invalid argument" without one."""
+    certfile, keyfile, password = settings.tls_certfile, settings.tls_keyfile, settings.tls_keyfile_password
     if certfile is None:
         if keyfile is not None:  # uvicorn would serve plain HTTP and say nothing
             raise CliError(f"tls_keyfile {keyfile} is set without tls_certfile: give both to serve HTTPS")
-        return
+        return None
     files = f"{certfile}" + (f" (key {keyfile})" if keyfile is not None else "")
+
+    def asked() -> str:
+        if password is None:
+            raise _Encrypted()
+        return password.get_secret_value()
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        tls.load_cert_chain(certfile, keyfile, password=asked)
+    except _Encrypted:
+        raise CliError(
+            f"the TLS key of {files} is encrypted: give its pass phrase (tls_keyfile_password, "
+            "OTEL_BRIDGE_TLS_KEYFILE_PASSWORD), or the key decrypted"
+        ) from None
     except ssl.SSLError as exc:
         said = exc.reason or exc.strerror or exc  # OpenSSL's "PEM lib" comes with no reason
-        raise CliError(f"cannot use the TLS certificate {files}: not a PEM certificate and its key ({said})") from None
+        wrong = ", or the pass phrase (tls_keyfile_password) is not its" if password is not None else ""
+        raise CliError(
+            f"cannot use the TLS certificate {files}: not a PEM certificate and its key{wrong} ({said})"
+        ) from None
     except OSError as exc:
         raise CliError(f"cannot read the TLS certificate {files}: {exc.strerror or exc}") from None
+    return tls
 
 
 def _serve(settings: Settings) -> int:
@@ -207,12 +230,8 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
-    _tls_loadable(settings.tls_certfile, settings.tls_keyfile)
+    tls = _served_tls(settings)
     listening = _listening(settings.host, settings.port)
-    tls = None
-    if settings.tls_certfile:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
     # A salvage at start takes ~20 s a GiB: the port says meanwhile that the bridge is alive, and not ready.
     bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
     scheme = "https" if settings.tls_certfile else "http"
@@ -249,6 +268,9 @@ def _serve(settings: Settings) -> int:
         http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        ssl_keyfile_password=(
+            settings.tls_keyfile_password.get_secret_value() if settings.tls_keyfile_password else None
+        ),
         limit_concurrency=settings.limit_concurrency,
         host=settings.host,
         port=settings.port,

@@ -291,6 +291,11 @@ class Settings(BaseSettings):
     )
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
+    tls_keyfile_password: SecretStr | None = Field(
+        None,
+        description="Pass phrase of `tls_keyfile` when it is encrypted (best in the environment: a flag shows in "
+        "the process list). Without it an encrypted key is refused saying so, not asked for on the terminal.",
+    )
     # Bounded as SQLite's LIMIT takes it, and far past what any backend takes in one request.
     export_batch_size: int = Field(
         512,

@@ -38,9 +38,15 @@ def certificate(tmp_path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certificate):
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain key", "encrypted key"])
+def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certificate, encrypted):
     cert, key = certificate
-    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, tls_certfile=cert, tls_keyfile=key)
+    given = {}
+    if encrypted:  # its pass phrase given in the environment
+        subprocess.run(["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:its own", "-out", key + ".enc"],
+                       check=True, capture_output=True)  # fmt: skip
+        key, given = key + ".enc", {"tls_keyfile_password": "its own"}
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, tls_certfile=cert, tls_keyfile=key, **given)
     bridge.url = bridge.url.replace("http://", "https://")
     bridge.client = httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=10)
     try:
@@ -52,6 +58,7 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
         assert subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10).returncode == 0
     finally:
         bridge.close()
+    assert "its own" not in bridge.log.read_text()
 
 
 def test_the_answer_does_not_wait_for_an_unreachable_backend(tmp_path):

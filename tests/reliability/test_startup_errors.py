@@ -142,6 +142,21 @@ def test_a_tls_certificate_the_server_cannot_use_is_named_before_the_state_is_op
     assert not (tmp_path / "state.db").exists()
 
 
+@pytest.mark.parametrize("password", [None, "not its"], ids=["no pass phrase", "another pass phrase"])
+def test_an_encrypted_key_without_its_pass_phrase_is_named_before_the_state_is_opened(tmp_path, password):
+    # OpenSSL asked for it on the terminal (a service started from one waited there), else "Invalid argument".
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=127.0.0.1", "-passout",
+         "pass:its own", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    options = ["--tls-certfile", "cert.pem", "--tls-keyfile", "key.pem"]
+    given = {"OTEL_BRIDGE_TLS_KEYFILE_PASSWORD": password} if password else {}
+    said = "is encrypted: give its pass phrase (tls_keyfile_password" if password is None else "is not its"
+    _one_clear_line(_run("serve", "--state", "state.db", *options, cwd=tmp_path, **given), "key.pem", said)
+    assert not (tmp_path / "state.db").exists()
+
+
 def test_an_empty_api_key_refuses_to_start_instead_of_turning_auth_off(tmp_path):
     _one_clear_line(_run("serve", cwd=tmp_path, OTEL_BRIDGE_API_KEY=""), "api_key", "empty")
 
