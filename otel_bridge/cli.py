@@ -903,7 +903,19 @@ def _asked(base: str, request: "Callable[[], httpx.Response]", answered: tuple[i
         raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it") from None
     if answer.status_code not in answered:
         raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
+    if not _json_in(answer):
+        # Another server on that port (a page of HTML): it read "Expecting value: line 1 column 1 (char 0)".
+        kind = answer.headers.get("content-type") or "no content type"
+        raise CliError(
+            f"the server at {without_secrets(base)} answered {answer.status_code} with {kind}, not an otel-bridge's "
+            "JSON: does --url name the bridge (its HTTP port, 4380 by default)?"
+        )
     return answer
+
+
+def _json_in(answer: "httpx.Response") -> bool:
+    kind: str = answer.headers.get("content-type", "")
+    return kind.split(";")[0].strip().lower() == "application/json"
 
 
 def _too_short(given: str) -> str:
@@ -954,7 +966,10 @@ def _error_of(answer: "httpx.Response") -> str:
     try:
         return str(answer.json()["error"])
     except (ValueError, KeyError, TypeError):
-        return answer.text.strip() or answer.reason_phrase
+        pass
+    # Not the bridge's answer (a proxy's, another server's page): its first line, not the whole page.
+    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), "") or answer.reason_phrase
+    return first[:200] + ("" if _json_in(answer) else " (not an otel-bridge's answer: does --url name the bridge?)")
 
 
 def _closed_in_words(done: dict[str, Any], reason: str) -> str:

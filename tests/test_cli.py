@@ -358,6 +358,40 @@ def test_the_demo_posts_with_the_credential_the_settings_give_unless_one_is_give
     assert '"dropped_events": 0' in capsys.readouterr().out
 
 
+# It read "Expecting value: line 1 column 1 (char 0)" (200), or printed the whole page (an error).
+@pytest.mark.parametrize("status", [200, 404])
+@pytest.mark.parametrize("command", [["runs"], ["jobs"], ["close", "wf-1"]])
+def test_another_server_at_the_url_is_said_to_be_no_bridge_in_one_line(capsys, command, status):
+    class Elsewhere(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            page = b"<!DOCTYPE html>\n<html><body>Welcome to someone else's server</body></html>\n"
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.answer()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert main([*command, "--url", f"http://127.0.0.1:{server.server_address[1]}"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"answered {status}" in line and "not an otel-bridge's" in line and "does --url name the bridge" in line
+
+
 def test_a_listing_whose_reader_went_away_stops_quietly_as_one_its_pipes_sigpipe_ends(tmp_path):
     # `otel-bridge runs | head` said "otel-bridge: Broken pipe", and exited 2 as if it had failed.
     listing = subprocess.Popen(
