@@ -900,7 +900,13 @@ def _asked(base: str, request: "Callable[[], httpx.Response]", answered: tuple[i
         answer = request()
     except httpx.HTTPError as exc:
         said = exc or type(exc).__name__
-        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it") from None
+        # A bridge behind a certificate a CA of one's own signed: the machine's trust does not hold that CA.
+        trust = (
+            "; trust the CA that signed it: SSL_CERT_FILE=/path/ca.pem"
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc)
+            else ""
+        )
+        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it{trust}") from None
     if answer.status_code not in answered:
         raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
     if not _json_in(answer):

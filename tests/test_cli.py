@@ -392,6 +392,33 @@ def test_another_server_at_the_url_is_said_to_be_no_bridge_in_one_line(capsys, c
     assert f"answered {status}" in line and "not an otel-bridge's" in line and "does --url name the bridge" in line
 
 
+def test_a_bridge_behind_a_certificate_the_machine_does_not_trust_is_said_with_how_to_trust_it(tmp_path, capsys):
+    import ssl
+
+    from pki import make_pki
+
+    pki = make_pki(tmp_path)
+
+    class Bridge(BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bridge)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki["backend.pem"], pki["backend.key"])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert main(["runs", "--url", f"https://127.0.0.1:{server.server_address[1]}"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "CERTIFICATE_VERIFY_FAILED" in line and line.endswith(
+        "trust the CA that signed it: SSL_CERT_FILE=/path/ca.pem"
+    )
+
+
 def test_a_listing_whose_reader_went_away_stops_quietly_as_one_its_pipes_sigpipe_ends(tmp_path):
     # `otel-bridge runs | head` said "otel-bridge: Broken pipe", and exited 2 as if it had failed.
     listing = subprocess.Popen(
