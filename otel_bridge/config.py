@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from otel_bridge.correlate.overview import seconds_of
 from otel_bridge.tokens import HEADER_NAME
-from otel_bridge.urls import parse_error, sentinels_of, without_secrets
+from otel_bridge.urls import encrypted_key_unsaid, parse_error, sentinels_of, without_secrets
 
 DAY = 86_400.0
 
@@ -597,6 +597,8 @@ class Settings(BaseSettings):
             sentinels_of(value)  # several hosts: it names what it cannot read
         elif why := parse_error(value):
             raise ValueError(f"{without_secrets(value)!r} is not a URL: {why}")
+        if value.startswith(REDIS_SCHEMES) and (unsaid := encrypted_key_unsaid(value)):
+            raise ValueError(unsaid)
         return value
 
     @field_validator("*")

@@ -32,6 +32,26 @@ def without_secrets(url: str) -> str:
     return urlunsplit(parts)
 
 
+def encrypted_key_unsaid(url: str) -> str | None:
+    """What to say when the URL's own key (`ssl_keyfile`, mutual TLS to Redis) is encrypted and no
+    `ssl_password` is given, else None: OpenSSL asked for it on the terminal at the first connection (a
+    service started from one waited there), else failed it unsaid."""
+    try:
+        query = dict(parse_qsl(urlsplit(url).query))
+    except ValueError:
+        return None  # said by `parse_error`
+    if "ssl_keyfile" not in query or "ssl_password" in query:
+        return None
+    try:
+        with open(query["ssl_keyfile"], "rb") as key:
+            head = key.read(4096)
+    except OSError:
+        return None  # said by the connection, naming the file
+    if b"ENCRYPTED" not in head:  # PKCS #8's "BEGIN ENCRYPTED PRIVATE KEY", or the older "Proc-Type: 4,ENCRYPTED"
+        return None
+    return f"its key {query['ssl_keyfile']} is encrypted: give its pass phrase (…&ssl_password=…), or the key decrypted"
+
+
 def parse_error(url: str) -> str | None:
     """Why `url` does not parse as a URL with a host and an optional port (a bracket not closed, a port
     that is no number), or None."""

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 from bridge_process import free_port
 from pki import make_pki
+from pydantic import ValidationError
 from redis_server import TlsRedisServer
 
+from otel_bridge.config import Settings
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.store import StoreOpenError
 
@@ -51,6 +53,19 @@ def test_mutual_tls_takes_the_bridges_certificate_from_the_url(pki):
             RedisStore(server.url, seen_ttl_seconds=60)
         url = f"{server.url}&ssl_certfile={pki['bridge.pem']}&ssl_keyfile={pki['bridge.key']}"
         store = RedisStore(url, seen_ttl_seconds=60, prefix="mtls-test:")
+        assert store.outbox_depth() == 0
+        store.close()
+        # Its key encrypted: the pass phrase in the URL too. Without it OpenSSL asked on the terminal (a
+        # service started from one waited there); now the settings refuse it in one line.
+        encrypted = f"{pki['bridge.key']}.enc"
+        subprocess.run(
+            ["openssl", "pkey", "-in", pki["bridge.key"], "-aes256", "-passout", "pass:its own", "-out", encrypted],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        url = f"{server.url}&ssl_certfile={pki['bridge.pem']}&ssl_keyfile={encrypted}"
+        with pytest.raises(ValidationError, match=r"state\n.*its key .*\.enc is encrypted: give its pass phrase"):
+            Settings(state=url)
+        store = RedisStore(Settings(state=f"{url}&ssl_password=its own").state, seen_ttl_seconds=60, prefix="m:")
         assert store.outbox_depth() == 0
         store.close()
     finally:
