@@ -3,6 +3,8 @@
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from otel_bridge import pem
+
 # Where Sentinels listen unless a `redis+sentinel://` URL says otherwise.
 SENTINEL_PORT = 26379
 
@@ -40,14 +42,7 @@ def encrypted_key_unsaid(url: str) -> str | None:
         query = dict(parse_qsl(urlsplit(url).query))
     except ValueError:
         return None  # said by `parse_error`
-    if "ssl_keyfile" not in query or "ssl_password" in query:
-        return None
-    try:
-        with open(query["ssl_keyfile"], "rb") as key:
-            head = key.read(4096)
-    except OSError:
-        return None  # said by the connection, naming the file
-    if b"ENCRYPTED" not in head:  # PKCS #8's "BEGIN ENCRYPTED PRIVATE KEY", or the older "Proc-Type: 4,ENCRYPTED"
+    if "ssl_keyfile" not in query or "ssl_password" in query or not pem.encrypted(query["ssl_keyfile"]):
         return None
     return f"its key {query['ssl_keyfile']} is encrypted: give its pass phrase (…&ssl_password=…), or the key decrypted"
 

@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from otel_bridge import pem
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
 from otel_bridge.retry_after import seconds_asked
@@ -416,6 +417,12 @@ def _tls_files_readable(signal: str) -> None:
                     pass
         except OSError as exc:
             raise ValueError(f"{variable}={path!r} cannot be read ({exc.strerror}): it is {what}") from None
+        if name == "CLIENT_KEY" and path and pem.encrypted(path):
+            # The standard variables give no pass phrase: OpenSSL asked for it on the terminal (OTLP/HTTP), and
+            # gRPC refused the key.
+            raise ValueError(
+                f"{variable}={path!r} is encrypted: the OTLP exporters take no pass phrase; give the key decrypted"
+            )
 
 
 # A header of `OTEL_EXPORTER_OTLP_HEADERS`: `name=value`, the name a token, the value printable ASCII

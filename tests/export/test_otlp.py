@@ -3,6 +3,7 @@ error naming the variable, a gRPC endpoint that will be TLS unasked is told, the
 
 import logging
 import re
+import subprocess
 
 import pytest
 from opentelemetry.sdk.metrics.export import MetricsData
@@ -127,6 +128,28 @@ def test_a_tls_file_that_cannot_be_read_is_a_configuration_error_naming_its_vari
         with pytest.raises(ValueError) as raised:
             otlp.trace_sender()
         assert str(raised.value) == f"{variable}={str(path)!r} cannot be read ({why}): it is {what}"
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_encrypted_client_key_is_a_configuration_error_the_variables_give_no_pass_phrase(
+    monkeypatch, tmp_path, protocol
+):
+    # OpenSSL asked for its pass phrase on the terminal at the first export (OTLP/HTTP); gRPC refused the key.
+    key, certificate = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=bridge", "-passout",
+         "pass:its own", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _standard_variables(
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4318",
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=str(key),
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=str(certificate),
+    )
+    with pytest.raises(ValueError, match=r"OTEL_EXPORTER_OTLP_CLIENT_KEY=.*key\.pem' is encrypted: the OTLP exporters"):
+        otlp.trace_sender()
 
 
 def test_a_tls_file_of_the_other_signal_is_asked_of_that_signal_only(monkeypatch, tmp_path):
