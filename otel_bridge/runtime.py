@@ -41,7 +41,15 @@ from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
-from otel_bridge.state.salvage import SalvageError, damage_noted, note_met, salvage, swapping, take_again
+from otel_bridge.state.salvage import (
+    SalvageError,
+    cut_copy_swept,
+    damage_noted,
+    note_met,
+    salvage,
+    swapping,
+    take_again,
+)
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.state.store import (
     DAMAGED_HELP,
@@ -181,7 +189,7 @@ class Bridge:
             met = f"a salvage of the state file {file} was cut short as its fresh file took the name"
         if met is None:
             try:
-                return cls(settings, **kwargs).restored().took_again(file)
+                return cls(settings, **kwargs).restored().swept(file).took_again(file)
             except StoreDamaged as exc:
                 if file is None or not settings.salvage_at_start:
                     raise
@@ -200,7 +208,7 @@ class Bridge:
             log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
         bridge = cls(settings, **kwargs).restored()
         bridge.salvaged_at = None if done is None else time.time()
-        return bridge.took_again(file)
+        return bridge.swept(file).took_again(file)
 
     def __init__(
         self,
@@ -468,6 +476,15 @@ class Bridge:
         if receiver not in self._consumers:  # asked for at every flush of the in-process tracker
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
+
+    def swept(self, file: Path | None) -> "Bridge":
+        """This bridge, once the fresh file a salvage killed while it copied left beside its state file is
+        deleted (`cut_copy_swept`): this bridge holds the file's lock, so no salvage is making one."""
+        if file is not None and (swept := cut_copy_swept(file)):
+            log.warning(
+                "a salvage of %s killed while it copied left its fresh file (%.1f MiB): deleted", file, swept / 2**20
+            )
+        return self
 
     def took_again(self, file: Path | None) -> "Bridge":
         """This bridge, once it took again the events the damage rejected, where a salvage of its state file (at

@@ -533,6 +533,23 @@ def test_a_start_finishes_a_salvage_cut_short_as_its_fresh_file_took_the_name_wh
     assert not (tmp_path / "s.db.swapping").exists() and len(list(tmp_path.glob("s.db.damaged-*[0-9Z]"))) == 1
 
 
+def test_the_fresh_file_a_salvage_killed_while_it_copied_left_is_deleted_by_the_next_start(tmp_path, caplog):
+    # As large as what it had copied, it stayed until the next salvage, which might never come.
+    from faults import open_runs
+
+    open_runs(tmp_path / "s.db", 10)
+    (tmp_path / "s.db.salvaged").write_bytes(b"\0" * 2**20)  # the copy, cut short
+    (tmp_path / "s.db.salvaged-wal").write_bytes(b"\0" * 2**10)
+    caplog.set_level(logging.WARNING)
+
+    _opened(tmp_path).stop()
+
+    assert not [p.name for p in tmp_path.iterdir() if ".salvaged" in p.name]
+    assert (
+        "a salvage of" in caplog.text and "killed while it copied left its fresh file (1.0 MiB): deleted" in caplog.text
+    )
+
+
 def test_without_salvage_at_start_a_state_file_found_damaged_refuses_the_start_and_is_left_as_it_is(tmp_path):
     from faults import broken_page, open_runs
 

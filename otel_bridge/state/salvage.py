@@ -193,6 +193,22 @@ def _schema_reads(source: sqlite3.Connection, path: Path) -> None:
         ) from None
 
 
+def cut_copy_swept(path: Path) -> int:
+    """The fresh file a salvage killed while it copied left beside the state file at `path` (no swap under
+    way: `swapping`), deleted with its files: of no use, and as large as what it had copied, it stayed until
+    the next salvage, which might never come. Its bytes, 0 when there was none. Called holding the lock of
+    the file (a bridge's), so that no salvage is making one meanwhile."""
+    if swapping(path).exists():
+        return 0
+    fresh = path.with_name(path.name + ".salvaged")
+    swept = 0
+    for made in (fresh, *(Path(f"{fresh}{suffix}") for suffix in (*_BESIDE, ".lock"))):
+        with contextlib.suppress(FileNotFoundError):
+            swept += made.stat().st_size
+            made.unlink()
+    return swept
+
+
 def damaged_copies(path: Path) -> list[Path]:
     """The damaged files salvages of the state file at `path` kept beside it, the oldest first."""
     kept = path.with_name(f"{path.name}.damaged-*")
