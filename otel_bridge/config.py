@@ -597,7 +597,7 @@ class Settings(BaseSettings):
             sentinels_of(value)  # several hosts: it names what it cannot read
         elif why := parse_error(value):
             raise ValueError(f"{without_secrets(value)!r} is not a URL: {why}")
-        if value.startswith(REDIS_SCHEMES) and (unsaid := encrypted_key_unsaid(value)):
+        if unsaid := encrypted_key_unsaid(value):
             raise ValueError(unsaid)
         return value
 

@@ -34,17 +34,23 @@ def without_secrets(url: str) -> str:
     return urlunsplit(parts)
 
 
+# The query parameters that name a client's own key and give its pass phrase: redis-py's, and libpq's.
+_KEY_AND_PASS_PHRASE = (("ssl_keyfile", "ssl_password"), ("sslkey", "sslpassword"))
+
+
 def encrypted_key_unsaid(url: str) -> str | None:
-    """What to say when the URL's own key (`ssl_keyfile`, mutual TLS to Redis) is encrypted and no
-    `ssl_password` is given, else None: OpenSSL asked for it on the terminal at the first connection (a
-    service started from one waited there), else failed it unsaid."""
+    """What to say when the URL's own key (mutual TLS: a Redis URL's `ssl_keyfile`, a PostgreSQL URL's
+    `sslkey`) is encrypted and its pass phrase (`ssl_password`, `sslpassword`) is not given, else None:
+    OpenSSL, and libpq, asked for it on the terminal at the first connection (a service started from one
+    waited there), else failed it unsaid."""
     try:
         query = dict(parse_qsl(urlsplit(url).query))
     except ValueError:
         return None  # said by `parse_error`
-    if "ssl_keyfile" not in query or "ssl_password" in query or not pem.encrypted(query["ssl_keyfile"]):
-        return None
-    return f"its key {query['ssl_keyfile']} is encrypted: give its pass phrase (…&ssl_password=…), or the key decrypted"
+    for key, pass_phrase in _KEY_AND_PASS_PHRASE:
+        if key in query and pass_phrase not in query and pem.encrypted(query[key]):
+            return f"its key {query[key]} is encrypted: give its pass phrase (…&{pass_phrase}=…), or the key decrypted"
+    return None
 
 
 def parse_error(url: str) -> str | None:

@@ -288,3 +288,29 @@ def test_silences_are_workflow_and_duration_pairs_and_one_that_is_not_is_a_confi
     assert "'soon' is not a duration of 0 or more" in capsys.readouterr().err
     assert main(["serve", "--silent-continuous", "tokenRefresher=100000d"]) == 2
     assert "'tokenRefresher=100000d': must be at most a century" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "pass_phrase"),
+    [
+        ("runtime_v2_url", "postgresql://bridge@db/alga?sslmode=verify-full&sslkey={key}", "sslpassword"),
+        ("stream_url", "rediss://redis:6380/0?ssl_certfile=cert.pem&ssl_keyfile={key}", "ssl_password"),
+    ],
+    ids=["libpq", "redis-py"],
+)
+def test_a_urls_encrypted_key_without_its_pass_phrase_is_refused_with_the_settings(tmp_path, setting, url, pass_phrase):
+    # OpenSSL, and libpq, asked for it on the terminal at the first connection (a service started from one waited).
+    import subprocess
+
+    from pydantic import ValidationError
+
+    key = tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes256",
+         "-pass", "pass:its own", "-out", str(key)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    given = url.format(key=key)
+    with pytest.raises(ValidationError, match=rf"{setting}\n.*its key .*key\.pem is encrypted: .*&{pass_phrase}="):
+        Settings(**{setting: given})
+    assert getattr(Settings(**{setting: f"{given}&{pass_phrase}=its%20own"}), setting).endswith("its%20own")
