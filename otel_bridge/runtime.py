@@ -189,7 +189,7 @@ class Bridge:
             met = f"a salvage of the state file {file} was cut short as its fresh file took the name"
         if met is None:
             try:
-                return cls(settings, **kwargs).restored().swept(file).took_again(file)
+                return cls(settings, **kwargs).restored().after_salvages(file)
             except StoreDamaged as exc:
                 if file is None or not settings.salvage_at_start:
                     raise
@@ -208,7 +208,7 @@ class Bridge:
             log.warning("the state file %s is salvaged: %s", file, "; ".join(done.told()))
         bridge = cls(settings, **kwargs).restored()
         bridge.salvaged_at = None if done is None else time.time()
-        return bridge.swept(file).took_again(file)
+        return bridge.after_salvages(file)
 
     def __init__(
         self,
@@ -477,19 +477,18 @@ class Bridge:
             self._consumers[receiver] = ObservedConsumer(receiver, self.pipeline, self.metrics)
         return self._consumers[receiver]
 
-    def swept(self, file: Path | None) -> "Bridge":
-        """This bridge, once the fresh file a salvage killed while it copied left beside its state file is
-        deleted (`cut_copy_swept`): this bridge holds the file's lock, so no salvage is making one."""
-        if file is not None and (swept := cut_copy_swept(file)):
+    def after_salvages(self, file: Path | None) -> "Bridge":
+        """This bridge, once what salvages of its state file (at start, or by hand) left beside it is dealt with:
+        the fresh file of one killed while it copied deleted (`cut_copy_swept`: this bridge holds the file's
+        lock, so no salvage is making one), and the events the damage rejected taken again where one noted that
+        they should be (the note stays for the next start while some could not be)."""
+        if file is None:
+            return self
+        if swept := cut_copy_swept(file):
             log.warning(
                 "a salvage of %s killed while it copied left its fresh file (%.1f MiB): deleted", file, swept / 2**20
             )
-        return self
-
-    def took_again(self, file: Path | None) -> "Bridge":
-        """This bridge, once it took again the events the damage rejected, where a salvage of its state file (at
-        start, or by hand) noted that it should: the note stays for the next start while some could not be."""
-        if file is None or not (note := take_again(file)).exists():
+        if not (note := take_again(file)).exists():
             return self
         try:
             summary = self.take_again_what_damage_rejected()
