@@ -109,6 +109,16 @@ class Salvaged:
         return lines
 
 
+def _fresh_of(path: Path) -> Path:
+    """Where a salvage of the state file at `path` makes the fresh file, before it takes the name."""
+    return path.with_name(path.name + ".salvaged")
+
+
+def _made_for(fresh: Path) -> tuple[Path, ...]:
+    """The fresh file `fresh` and those SQLite and the store make beside it as it is written."""
+    return (fresh, *(Path(f"{fresh}{suffix}") for suffix in (*_BESIDE, ".lock")))
+
+
 def swapping(path: Path) -> Path:
     """The note beside a state file a salvage leaves while its fresh file takes the name (`_put_in_place`)."""
     return path.with_name(path.name + ".swapping")
@@ -171,7 +181,7 @@ def salvage(path: Path, keep_damaged: int = 2) -> Salvaged | None:
             _schema_reads(source, path)
             out = Salvaged(_kept_name(path))
             out.deleted = _delete_oldest(damaged_copies(path), keep_damaged - 1)
-            fresh = path.with_name(path.name + ".salvaged")
+            fresh = _fresh_of(path)
             _fresh_copy(source, path, fresh, out)
         finally:
             source.close()
@@ -200,9 +210,8 @@ def cut_copy_swept(path: Path) -> int:
     the file (a bridge's), so that no salvage is making one meanwhile."""
     if swapping(path).exists():
         return 0
-    fresh = path.with_name(path.name + ".salvaged")
     swept = 0
-    for made in (fresh, *(Path(f"{fresh}{suffix}") for suffix in (*_BESIDE, ".lock"))):
+    for made in _made_for(_fresh_of(path)):
         with contextlib.suppress(FileNotFoundError):
             swept += made.stat().st_size
             made.unlink()
@@ -288,7 +297,7 @@ def _finish_swap(path: Path) -> Salvaged | None:
     except FileNotFoundError:
         return None
     kept_as = Path(named) if named else _kept_name(path)  # a note cut short as it was written: a name of its own
-    fresh = path.with_name(path.name + ".salvaged")
+    fresh = _fresh_of(path)
     if not fresh.exists():  # cut short after the fresh file took the name: only the note was left
         note.unlink(missing_ok=True)
     elif stat and stat[0] != _as_it_is(path):
@@ -314,7 +323,7 @@ def _sync_folder(folder: Path) -> None:
 
 def _fresh_copy(source: sqlite3.Connection, path: Path, fresh: Path, out: Salvaged) -> None:
     """Make `fresh` of what reads of `source` (the file at `path`); on a failure, nothing of it is left."""
-    made = (fresh, *(Path(f"{fresh}{suffix}") for suffix in (*_BESIDE, ".lock")))
+    made = _made_for(fresh)
     for stale in made:
         stale.unlink(missing_ok=True)
     _room_for(path)
