@@ -308,6 +308,18 @@ class SqliteTransaction:
         self.added += self._db.total_changes - before
 
 
+def _names_a_file(path: str) -> None:
+    """Raise OSError, saying why, unless `path` names a file SQLite can hold the state in, or may make."""
+    named = Path(path)
+    if named.is_dir() or path.endswith("/"):
+        # SQLite says "unable to open database file"; one not there yet, "No such file …: 'dir/.lock'".
+        raise OSError(f"it is a directory: name a file in it (--state {named / 'otel-bridge.db'})")
+    if named.exists() and not named.is_file():
+        # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the
+        # device (as root, in /dev); `:memory:` is what keeps nothing.
+        raise OSError("it is no file (a device, a pipe or a socket): name a file, or :memory: to keep nothing")
+
+
 def _claim(path: str) -> IO[str]:
     """Hold `path`.lock for as long as this store is open: one bridge per SQLite file.
 
@@ -367,13 +379,8 @@ class SqliteStore:
         self._claimed: IO[str] | None = None
         self.overdue_index_new = False
         try:
-            if self.path != ":memory:" and (Path(self.path).is_dir() or self.path.endswith("/")):
-                # SQLite says "unable to open database file"; one not there yet, "No such file …: 'dir/.lock'".
-                raise OSError(f"it is a directory: name a file in it (--state {Path(self.path) / 'otel-bridge.db'})")
-            if self.path != ":memory:" and Path(self.path).exists() and not Path(self.path).is_file():
-                # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the
-                # device (as root, in /dev); `:memory:` is what keeps nothing.
-                raise OSError("it is no file (a device, a pipe or a socket): name a file, or :memory: to keep nothing")
+            if self.path != ":memory:":
+                _names_a_file(self.path)
             if read_only:
                 if not Path(self.path).is_file():
                     raise OSError(f"no state file at {self.path}")
