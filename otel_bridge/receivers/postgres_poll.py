@@ -214,7 +214,8 @@ WHERE (c.since IS NULL OR l.created_at >= c.since) AND {_LOG_TOLD}
 _TAKE = f"{_GIVEN_RUNS}{_RUNS}UNION ALL{_STEPS}UNION ALL{_WAITS}UNION ALL{_ACTIONS}UNION ALL{_LOGS}"
 _TRAILING_LINES = f"{_GIVEN_RUNS}{_LOGS}"
 # An event the runtime took in, as its row is, but its payload (the event's data, not shown).
-_EVENT_ROW = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')::text"
+_EVENT_JSON = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')"
+_EVENT_ROW = f"{_EVENT_JSON}::text"
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
 # at every poll (a task may wait for days), and the rows of a new one once, with its run's row, and once
@@ -285,7 +286,9 @@ SELECT e.created_at, e.event_id::text FROM workflow_runtime_events e
 WHERE (e.created_at, e.event_id) > (%(after)s, %(after_id)s::uuid) AND e.created_at < now() - %(settled)s
 ORDER BY e.created_at, e.event_id LIMIT %(limit)s
 """
-_EVENTS = f"SELECT {_EVENT_ROW} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
+# The rows (as `row` reads them) of the events whose ids are given.
+_EVENTS_BY_ID = "SELECT {row} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
+_EVENTS = _EVENTS_BY_ID.format(row=_EVENT_ROW)
 # An event whose row tells nothing yet of what came of it (no run, no error, no workflow not launched) may
 # still be in its worker's hands — each launch or signal it makes with Temporal out of reach waits out the
 # connection's 10 s timeout, and it writes what came of them all at the end —, or nothing waits for it nor
@@ -309,10 +312,8 @@ _LAUNCH_SKIPS = f"""coalesce((
            'workflow_name', (SELECT d.name FROM workflow_definitions d WHERE d.workflow_id = s.workflow_id))
          ORDER BY s.created_at, s.workflow_id)
   FROM {LAUNCH_SKIPS} s WHERE {OF_THE_EVENT}), '[]')"""
-_EVENT_SKIPPED_ROW = (
-    f"((to_jsonb(e) - 'payload' - 'schema_ref_conflict') || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text"
-)
-_EVENTS_SKIPPED = f"SELECT {_EVENT_SKIPPED_ROW} FROM workflow_runtime_events e WHERE e.event_id = ANY(%(ids)s::uuid[])"
+_EVENT_SKIPPED_ROW = f"({_EVENT_JSON} || jsonb_build_object('launch_skips', {_LAUNCH_SKIPS}))::text"
+_EVENTS_SKIPPED = _EVENTS_BY_ID.format(row=_EVENT_SKIPPED_ROW)
 # Every row the poller reads, as it reads them: for `psql` where the bridge cannot reach the database. The events
 # with their launch skips where the table is there and may be read, as the poller reads them (psql's `\if`, of
 # PostgreSQL 10 on: a query naming a table not there fails whole).
