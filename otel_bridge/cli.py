@@ -1180,7 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP tracker endpoint and export over OTLP")
     _add_settings_flags(serve)
-    replay = sub.add_parser("replay", help="push a file of events (one JSON event per line) through the pipeline")
+    replay = sub.add_parser(
+        "replay", help="push a file of events (one JSON event, or one posted batch, per line) through the pipeline"
+    )
     replay.add_argument("file", help="JSONL file, or - for standard input")
     replay.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     replay.add_argument(

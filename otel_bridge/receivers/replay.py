@@ -1,5 +1,7 @@
 """`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline;
-or a dead-letter file, each event to the decoder of the receiver that kept it.
+or a dead-letter file, each event to the decoder of the receiver that kept it. A line of
+durable-effect events may also be a batch as producers POST it (`{"events": [...]}`): bodies logged
+by a proxy or a tracking service of one's own are replayed as they were kept.
 
 A batch the bridge refuses for now (the export backlog full, the store busy or full) is
 offered again for as long as `waits` says so, as a producer honours Retry-After; when it
@@ -13,16 +15,27 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
 from otel_bridge.json_text import BOM, loads
 from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
+from otel_bridge.sources.wire import json_kind
 from otel_bridge.state.store import DAMAGE_REJECTED
 
 BATCH = 1000
+
+
+class At(NamedTuple):
+    """Where an event was in the file: its line, and its index in the line's batch when the line is one."""
+
+    line: int
+    within: int | None = None
+
+    def __str__(self) -> str:
+        return f"line {self.line}" if self.within is None else f"line {self.line} events[{self.within}]"
 
 
 @dataclass(slots=True)
@@ -31,8 +44,7 @@ class ReplaySummary:
     accepted: int = 0
     duplicates: int = 0
     late: int = 0
-    # (line number, rejection)
-    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+    rejected: list[tuple[At, Rejection]] = field(default_factory=list)
     # (the first line not stored, why) when the bridge kept refusing a batch, or on Ctrl-C
     stopped: tuple[int, str] | None = None
     # (the first line that could not be read, why): a truncated or corrupt file
@@ -48,13 +60,15 @@ class ReplaySummary:
             f"late: {self.late}  rejected: {len(self.rejected)}"
         ]
         # In the file's order: a batch's lines that are not JSON are told before the ones its decoder refused.
-        for line, r in sorted(self.rejected, key=lambda rejected: rejected[0])[:max_reasons]:
-            out.append(f"  line {line}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
+        in_order = sorted(self.rejected, key=lambda rejected: (rejected[0].line, rejected[0].within or 0))
+        for at, r in in_order[:max_reasons]:
+            out.append(f"  {at}: {r.error}" + (f" (eventId {r.event_id})" if r.event_id else ""))
         if len(self.rejected) > max_reasons:
             out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
         if self.broken is not None:
             line, reason = self.broken
-            out.append(f"the file cannot be read from line {line} on ({reason}); the lines before it are stored")
+            stored = "the lines before it are stored" if self.lines else "nothing of it is stored"
+            out.append(f"the file cannot be read from line {line} on ({reason}); {stored}")
         if self.stopped is not None:
             line, reason = self.stopped
             out.append(
@@ -115,7 +129,7 @@ def replay(
 
     def reject(number: int, error: str, kept: Any) -> None:
         rejection = Rejection(-1, None, "", error)
-        summary.rejected.append((number, rejection))
+        summary.rejected.append((At(number), rejection))
         dead_letters.keep(f"replay:{source}", [({"line": number, "error": rejection.error}, kept)])
 
     def flush(event_format: str) -> None:
@@ -138,9 +152,12 @@ def replay(
         summary.late += report.late
         kept = []
         for r in report.rejected:
-            summary.rejected.append((batch.numbers[r.index], r))
+            at = batch.places[r.index]
+            summary.rejected.append((at, r))
             # Its format said: offered again from this dead-letter file, it goes to the same decoder.
-            letter = {"line": batch.numbers[r.index], "format": event_format, **r.as_dict()}
+            letter = {"line": at.line, "format": event_format, **r.as_dict()}
+            if at.within is not None:
+                letter["within"] = at.within
             kept.append((letter, batch.events[r.index]))
         dead_letters.keep(f"replay:{source}", kept)
 
@@ -155,26 +172,39 @@ def replay(
             except (OSError, EOFError) as exc:  # truncated or corrupt (gzip): what was read is stored
                 summary.broken = (number + 1, str(exc) or type(exc).__name__)
                 break
-            summary.lines += 1
             bar.update(len(line))
             try:
                 event = loads(line)
             except ValueError as exc:
+                if not summary.lines and _opens_a_document(line):
+                    # Every line of it would be rejected and kept, one by one, for nothing.
+                    summary.broken = (number, _SPREAD)
+                    break
+                summary.lines += 1
                 reject(number, f"line is not valid JSON: {exc}", line.decode(errors="replace"))
                 continue
+            summary.lines += 1
             event_format = source_format
             if source_format == DEAD_LETTER:
                 try:
                     event_format, event = unwrap(event)
                 except NotReplayable as exc:
                     # Kept again would only copy the line: the file it came from still has it.
-                    summary.rejected.append((number, Rejection(-1, None, "", str(exc))))
+                    summary.rejected.append((At(number), Rejection(-1, None, "", str(exc))))
                     continue
-            batch = batches.setdefault(event_format, _Batch())
-            batch.events.append(event)
-            batch.numbers.append(number)
-            if len(batch.events) >= BATCH:
-                flush(event_format)
+            if source_format == POSTED and _is_a_batch(event):
+                if not isinstance(event["events"], list):
+                    reject(number, f'"events" must be an array, not {json_kind(event["events"])}', event)
+                    continue
+                placed = [(inner, At(number, within)) for within, inner in enumerate(event["events"])]
+            else:
+                placed = [(event, At(number))]
+            for inner, at in placed:
+                batch = batches.setdefault(event_format, _Batch())
+                batch.events.append(inner)
+                batch.places.append(at)
+                if len(batch.events) >= BATCH:
+                    flush(event_format)
         for event_format in list(batches):
             flush(event_format)
     except _Stopped:
@@ -191,6 +221,26 @@ def replay(
 
 
 DEAD_LETTER = "dead-letter"
+_SPREAD = (
+    'it opens one JSON document spread over lines, where replay reads one JSON event, or one {"events": [...]} '
+    "batch, per line: `jq -c '.events[]' FILE` (or `jq -c '.[]'` for an array) writes them so"
+)
+
+
+def _opens_a_document(line: bytes) -> bool:
+    """A first line that opens an object or an array and says no more (`{`, `{"events": [`): a
+    pretty-printed document, not a truncated event."""
+    return line.rstrip().endswith((b"{", b"["))
+
+
+# The format producers POST to the HTTP endpoint, in batches: a line of it may be one.
+POSTED = "durable-effect"
+
+
+def _is_a_batch(line: Any) -> bool:
+    """A line that is a batch as the HTTP endpoint takes it, not an event: no event of the format is
+    without its `type`, and none has `events`."""
+    return isinstance(line, dict) and "events" in line and "type" not in line
 
 
 def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[bytes]:
@@ -226,9 +276,10 @@ def rejected_for_damage(path: Path, backups: int, since: str) -> Iterator[bytes]
 @dataclass(slots=True)
 class _Batch:
     events: list[Any] = field(default_factory=list)
-    numbers: list[int] = field(default_factory=list)
+    places: list[At] = field(default_factory=list)
 
 
 def _first_pending(batches: dict[str, _Batch]) -> int:
-    """The first line not known stored: every line before it is."""
-    return min((batch.numbers[0] for batch in batches.values() if batch.numbers), default=0)
+    """The first line not known stored: every line before it is (a line's batch may be partly stored:
+    offered again, what was is a duplicate)."""
+    return min((batch.places[0].line for batch in batches.values() if batch.places), default=0)

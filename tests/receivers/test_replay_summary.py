@@ -1,12 +1,22 @@
 """What a replay tells at its end: its summary, for the person who ran it."""
 
 from otel_bridge.consumer import Rejection
-from otel_bridge.receivers.replay import ReplaySummary
+from otel_bridge.receivers.replay import At, ReplaySummary
 
 
 def test_the_rejected_lines_are_told_in_the_files_order():
     # A batch's lines that are not JSON were told first, then the ones its decoder refused.
-    rejected = [(3, Rejection(0, None, "", "not JSON")), (1, Rejection(0, "e1", "type", "no"))]
+    rejected = [
+        (At(3), Rejection(0, None, "", "not JSON")),
+        (At(2, 1), Rejection(2, "e3", "", "late")),
+        (At(1), Rejection(0, "e1", "type", "no")),
+        (At(2, 0), Rejection(1, "e2", "", "bad")),
+    ]
     summary = ReplaySummary(lines=3, rejected=rejected)
     told = summary.render().splitlines()
-    assert told[1:] == ["  line 1: type: no (eventId e1)", "  line 3: not JSON"]
+    assert told[1:] == [
+        "  line 1: type: no (eventId e1)",
+        "  line 2 events[0]: bad (eventId e2)",
+        "  line 2 events[1]: late (eventId e3)",
+        "  line 3: not JSON",
+    ]
