@@ -44,9 +44,10 @@ def test_every_image_is_pinned_to_a_version():
 
 
 def test_the_stack_has_every_service_with_its_ui_port():
-    assert {"otel-bridge", "otel-collector", "jaeger", "prometheus", "grafana", "demo"} <= set(SERVICES)
+    assert {"otel-bridge", "otel-collector", "jaeger", "prometheus", "alertmanager", "grafana", "demo"} <= set(SERVICES)
     assert 16686 in _published("jaeger")
     assert 9090 in _published("prometheus")
+    assert 9093 in _published("alertmanager")
     assert 3000 in _published("grafana")
     assert 4380 in _published("otel-bridge")
     assert "jaegertracing/jaeger:2." in SERVICES["jaeger"]["image"]  # Jaeger v2 all-in-one
@@ -186,6 +187,16 @@ def test_prometheus_scrapes_only_services_of_the_stack():
     assert "--enable-feature=exemplar-storage" in SERVICES["prometheus"]["command"]
 
 
+def test_prometheus_sends_its_alerts_to_the_stacks_alertmanager_which_reads_the_file_the_tests_check():
+    ((target,),) = [
+        static["targets"] for am in PROMETHEUS["alerting"]["alertmanagers"] for static in am["static_configs"]
+    ]
+    assert _host_port(target) == ("alertmanager", 9093)
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["alertmanager"]["volumes"]}
+    assert mounted["./collector-config/alertmanager.yml"] == "/etc/alertmanager/alertmanager.yml"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in SERVICES["alertmanager"]["command"]
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with the prometheus package")
 def test_promtool_accepts_the_prometheus_config():
     result = subprocess.run(
@@ -200,6 +211,8 @@ def test_grafana_datasources_point_at_stack_services_and_link_exemplars_to_jaege
     by_uid = {d["uid"]: d for d in DATASOURCES["datasources"]}
     assert _host_port(by_uid["prometheus"]["url"]) == ("prometheus", 9090)
     assert _host_port(by_uid["jaeger"]["url"]) == ("jaeger", 16686)
+    assert _host_port(by_uid["alertmanager"]["url"]) == ("alertmanager", 9093)
+    assert by_uid["alertmanager"]["jsonData"]["implementation"] == "prometheus"  # silences made from Grafana
     destinations = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     assert destinations == [{"name": "trace_id", "datasourceUid": "jaeger"}]
     env = SERVICES["grafana"]["environment"]

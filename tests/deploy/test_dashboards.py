@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import BridgeProcess, free_port
+from prometheus_server import prometheus_server
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
     config["scrape_configs"] = [bridge_job]  # the Collector has no native package: only the bridge job runs
     config["rule_files"] = [str(ROOT / "collector-config" / "prometheus" / "rules.yml")]  # what the stack mounts
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server, url = _prometheus(binary, workdir)
+    server, url = prometheus_server(binary, workdir)
     began = time.monotonic()
     demo = subprocess.run(
         [sys.executable, "-m", "otel_bridge", "demo", "--url", f"{bridge.url}/v1/events", "--rate", "3",
@@ -93,32 +94,6 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         server.wait(10)
         bridge.close()
         stream.close()
-
-
-def _prometheus(binary: str, workdir: Path, tries: int = 3) -> tuple[subprocess.Popen, str]:
-    """Prometheus on a free port, with `workdir`'s config and storage, once it answers, and its URL. The server
-    that answers is this one (its config file): another test's that took the port first would answer too."""
-    port = free_port()
-    config = workdir / "prometheus.yml"
-    server = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "prometheus.log").open("ab"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            flags = httpx.get(f"{url}/api/v1/status/flags", timeout=1).json()["data"]
-            if flags.get("config.file") == str(config):
-                return server, url
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    server.terminate()
-    server.wait(10)
-    assert tries > 1, f"prometheus did not start: {(workdir / 'prometheus.log').read_text()[-2000:]}"
-    return _prometheus(binary, workdir, tries - 1)  # its port taken as it was to bind it: another
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 120)

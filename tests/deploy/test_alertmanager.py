@@ -1,0 +1,274 @@
+"""The stack's Alertmanager (collector-config/alertmanager.yml): amtool accepts it, each alert goes where its
+severity says, and a real Alertmanager, fed by a real Prometheus with the stack's rules, groups, routes and
+keeps a consequence quiet while its cause fires, as the file says."""
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from bridge_process import free_port, held_port
+from prometheus_server import prometheus_server
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "collector-config" / "alertmanager.yml"
+ALERTMANAGER = yaml.safe_load(CONFIG.read_text())
+RULES = ROOT / "collector-config" / "prometheus" / "rules.yml"
+ALERTS = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+# The labels each alert fires with, as the rules' unit tests (promtool) expect them.
+FIRED = [
+    (case["alertname"], expected["exp_labels"])
+    for test in yaml.safe_load((RULES.parent / "rules.test.yml").read_text())["tests"]
+    for case in test["alert_rule_test"]
+    for expected in case["exp_alerts"]
+]
+AMTOOL = shutil.which("amtool")
+BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert AMTOOL, "the prometheus-alertmanager package is missing: ./scripts/test installs it"
+    return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_amtool_accepts_the_configuration():
+    result = _amtool("check-config", str(CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alert", ALERTS, ids=lambda alert: f"{alert['alert']}-{alert['labels']['severity']}")
+def test_every_alert_goes_to_the_receiver_its_severity_says(alert):
+    severity = alert["labels"]["severity"]
+    expected = "page" if severity == "critical" else "notify"
+    result = _amtool(
+        "config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={expected}",
+        f"alertname={alert['alert']}", f"severity={severity}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_inhibition_pairs_alerts_that_exist_and_carry_the_labels_it_compares():
+    # `equal` on a label one of them lacks holds only while both lack it: the pair would never match.
+    def named(matchers: list[str]) -> str | None:
+        for matcher in matchers:
+            if matcher.startswith("alertname="):
+                return matcher.split("=", 1)[1].strip('"')
+        return None
+
+    labels_of: dict[str, list[dict[str, str]]] = {}
+    for name, labels in FIRED:
+        labels_of.setdefault(name, []).append(labels)
+    for rule in ALERTMANAGER["inhibit_rules"]:
+        source, target = named(rule["source_matchers"]), named(rule["target_matchers"])
+        if source is None:  # by severity alone: an alert's critical twin quiets its warning one
+            assert target is None and rule["equal"][0] == "alertname"
+            continue
+        assert source in labels_of and target in labels_of, rule
+        for label in rule["equal"]:
+            assert all(label in labels for labels in labels_of[source] + labels_of[target]), (rule, label)
+    assert any(rule["equal"] == ["instance"] for rule in ALERTMANAGER["inhibit_rules"])
+
+
+def test_nothing_is_inhibited_across_bridges():
+    for rule in ALERTMANAGER["inhibit_rules"]:
+        assert "instance" in rule["equal"], rule
+
+
+class _Webhook:
+    """A receiver's webhook on 127.0.0.1: each notification Alertmanager posts, by the receiver it was for."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path.strip("/"), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, receiver: str) -> list[dict[str, Any]]:
+        return [alert for to, note in list(self.received) if to == receiver for alert in note["alerts"]]
+
+    def wait_for(self, receiver: str, alertname: str, seconds: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for alert in self.alerts(receiver):
+                if alert["labels"]["alertname"] == alertname:
+                    return alert
+            time.sleep(0.1)
+        raise AssertionError(f"{receiver} was not told {alertname}: {self.received}")
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[_Webhook]:
+    hook = _Webhook()
+    yield hook
+    hook.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory, webhook) -> Iterator[str]:
+    """The stack's Alertmanager, its receivers given a webhook each and its waits cut to a second: the routes,
+    groups and inhibitions are the file's own."""
+    assert BINARY, "the prometheus-alertmanager package is missing: ./scripts/test installs it"
+    workdir = tmp_path_factory.mktemp("alertmanager")
+    config = json.loads(json.dumps(ALERTMANAGER))
+    for receiver in config["receivers"]:
+        receiver["webhook_configs"] = [{"url": f"{webhook.url}/{receiver['name']}", "send_resolved": False}]
+    for route in [config["route"], *config["route"]["routes"]]:
+        route["group_wait"] = "1s"
+    config["route"]["group_interval"] = "1s"
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    server, url = _alertmanager(workdir, webhook.url)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _alertmanager(workdir: Path, marker: str, tries: int = 3) -> tuple[subprocess.Popen, str]:
+    """Alertmanager on a free port once it answers with `workdir`'s config, which holds `marker` (not another
+    test's server that took the port first), and its URL; alone, not in a cluster (a port of its own)."""
+    assert BINARY
+    port = free_port()
+    server = subprocess.Popen(
+        [BINARY, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "alertmanager.log").open("ab"),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            status = httpx.get(f"{url}/api/v2/status", timeout=1).json()
+            if marker in status["config"]["original"]:
+                return server, url
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    server.terminate()
+    server.wait(10)
+    assert tries > 1, f"alertmanager did not start: {(workdir / 'alertmanager.log').read_text()[-2000:]}"
+    return _alertmanager(workdir, marker, tries - 1)
+
+
+def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_pages_for_a_critical_one(
+    tmp_path, alertmanager, webhook
+):
+    binary = shutil.which("prometheus")
+    assert binary, "the prometheus package is missing: ./scripts/test installs it"
+    down = held_port()  # the bridge Prometheus scrapes is down: BridgeDown, once its 2 minutes are cut
+    config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    bridge_job = next(job for job in config["scrape_configs"] if job["job_name"] == "otel-bridge")
+    bridge_job["static_configs"] = [{"targets": [f"127.0.0.1:{down.getsockname()[1]}"]}]
+    config["scrape_configs"] = [bridge_job]
+    ((sent_to,),) = [am["static_configs"][0]["targets"] for am in config["alerting"]["alertmanagers"]]
+    assert sent_to == "alertmanager:9093"  # the stack's service
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager.removeprefix("http://")]
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)  # fire at the first evaluation
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    config["rule_files"] = [str(tmp_path / "rules.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    server, _url = prometheus_server(binary, tmp_path)
+    try:
+        alert = webhook.wait_for("page", "BridgeDown", seconds=60)
+    finally:
+        server.terminate()
+        server.wait(10)
+        down.close()
+    assert alert["labels"]["severity"] == "critical" and alert["labels"]["job"] == "otel-bridge"
+    assert alert["annotations"]["runbook"] == "README.md#runbook-bridgedown"
+    assert "BridgeDown" not in {a["labels"]["alertname"] for a in webhook.alerts("notify")}
+
+
+def _post(alertmanager: str, *alerts: dict[str, str]) -> None:
+    """Alerts as Prometheus posts them, firing for the next ten minutes."""
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)).isoformat()
+    body = [{"labels": labels, "annotations": {"summary": labels["alertname"]}, "endsAt": ends} for labels in alerts]
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=body, timeout=5).raise_for_status()
+
+
+def _states(alertmanager: str, instance: str) -> dict[tuple[str, str], str]:
+    listed = httpx.get(f"{alertmanager}/api/v2/alerts", params={"filter": f'instance="{instance}"'}, timeout=5).json()
+    return {(a["labels"]["alertname"], a["labels"]["severity"]): a["status"]["state"] for a in listed}
+
+
+def test_a_consequence_is_kept_quiet_while_its_cause_fires_on_the_same_bridge_and_not_on_another(alertmanager, webhook):
+    a, b = "bridge-a:4380", "bridge-b:4380"
+    _post(
+        alertmanager,
+        {"alertname": "BridgeStuck", "severity": "critical", "instance": a},
+        {"alertname": "BridgeSettlingBehind", "severity": "warning", "instance": a},
+        {"alertname": "BridgeExportFailing", "severity": "critical", "instance": a, "signal": "traces"},
+        {"alertname": "BridgeOutboxGrowing", "severity": "warning", "instance": a},
+        {"alertname": "BridgeStateDiskFillingUp", "severity": "critical", "instance": a},
+        {"alertname": "BridgeStateDiskFillingUp", "severity": "warning", "instance": a},
+        # The same consequences on another bridge, whose causes do not fire: told.
+        {"alertname": "BridgeSettlingBehind", "severity": "warning", "instance": b},
+        {"alertname": "BridgeOutboxGrowing", "severity": "warning", "instance": b},
+        {"alertname": "BridgeStateDiskFillingUp", "severity": "warning", "instance": b},
+    )
+    webhook.wait_for("page", "BridgeStateDiskFillingUp")
+    for name in ("BridgeSettlingBehind", "BridgeOutboxGrowing", "BridgeStateDiskFillingUp"):
+        webhook.wait_for("notify", name)
+    time.sleep(2)  # a notification the inhibited ones would have had, had they not been: its group's wait
+
+    assert _states(alertmanager, a) == {
+        ("BridgeStuck", "critical"): "active",
+        ("BridgeExportFailing", "critical"): "active",
+        ("BridgeStateDiskFillingUp", "critical"): "active",
+        ("BridgeSettlingBehind", "warning"): "suppressed",
+        ("BridgeOutboxGrowing", "warning"): "suppressed",
+        ("BridgeStateDiskFillingUp", "warning"): "suppressed",
+    }
+    assert set(_states(alertmanager, b).values()) == {"active"}
+    told = [(x["labels"]["alertname"], x["labels"]["instance"]) for x in webhook.alerts("notify")]
+    assert {(name, instance) for name, instance in told if instance in (a, b)} == {
+        ("BridgeSettlingBehind", b),
+        ("BridgeOutboxGrowing", b),
+        ("BridgeStateDiskFillingUp", b),
+    }
+
+
+def test_the_alerts_of_one_producer_are_one_notification_and_anothers_another(alertmanager, webhook):
+    overdue = [
+        {"alertname": "WorkflowRunsOverdue", "severity": "warning", "service_name": service,
+         "deployment_environment_name": "prod", "workflow_definition_name": definition}
+        for service in ("shop", "billing")
+        for definition in ("checkout", "refund", "invoice")
+    ]  # fmt: skip
+    _post(alertmanager, *overdue)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        notes = [n for to, n in list(webhook.received) if n["groupLabels"].get("alertname") == "WorkflowRunsOverdue"]
+        if sum(len(n["alerts"]) for n in notes) >= 6:
+            break
+        time.sleep(0.1)
+    by_service = {n["groupLabels"]["service_name"]: n for n in notes}
+    assert len(notes) == 2 and set(by_service) == {"shop", "billing"}
+    for service, note in by_service.items():
+        definitions = sorted(alert["labels"]["workflow_definition_name"] for alert in note["alerts"])
+        assert definitions == ["checkout", "invoice", "refund"], service
