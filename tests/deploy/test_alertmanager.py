@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from bridge_process import free_port, held_port
-from prometheus_server import prometheus_server
+from bridge_process import held_port
+from prometheus_servers import alertmanager_server, prometheus_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "collector-config" / "alertmanager.yml"
@@ -137,38 +137,12 @@ def alertmanager(tmp_path_factory, webhook) -> Iterator[str]:
         route["group_wait"] = "1s"
     config["route"]["group_interval"] = "1s"
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    server, url = _alertmanager(workdir, webhook.url)
+    server, url = alertmanager_server(BINARY, workdir, webhook.url)
     try:
         yield url
     finally:
         server.terminate()
         server.wait(10)
-
-
-def _alertmanager(workdir: Path, marker: str, tries: int = 3) -> tuple[subprocess.Popen, str]:
-    """Alertmanager on a free port once it answers with `workdir`'s config, which holds `marker` (not another
-    test's server that took the port first), and its URL; alone, not in a cluster (a port of its own)."""
-    assert BINARY
-    port = free_port()
-    server = subprocess.Popen(
-        [BINARY, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "alertmanager.log").open("ab"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            status = httpx.get(f"{url}/api/v2/status", timeout=1).json()
-            if marker in status["config"]["original"]:
-                return server, url
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    server.terminate()
-    server.wait(10)
-    assert tries > 1, f"alertmanager did not start: {(workdir / 'alertmanager.log').read_text()[-2000:]}"
-    return _alertmanager(workdir, marker, tries - 1)
 
 
 def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_pages_for_a_critical_one(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import BridgeProcess, free_port
-from prometheus_server import prometheus_server
+from prometheus_servers import prometheus_server
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
