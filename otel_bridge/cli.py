@@ -995,9 +995,13 @@ def _closed_in_words(done: dict[str, Any], reason: str) -> str:
 
 
 def _trace_id(args: argparse.Namespace) -> int:
+    from otel_bridge.sources.runtime_v2 import is_a_retry
+
     run = RunIdentity(args.engine, args.env, args.service, args.workflow_id, args.tenant)
-    # Sampled as the bridge samples the run, so that a producer's own spans below it follow suit.
-    span = span_context_for(run, args.step, args.attempt, _settings(args).trace_sample_ratio)
+    # Sampled as the bridge samples the run, so that a producer's own spans below it follow suit: a retry of a
+    # failed run always (`correlate.runs.retries_a_failed_run`).
+    retry = args.engine == c.PLATFORM_RUNTIME_V2 and is_a_retry(args.workflow_id)
+    span = span_context_for(run, args.step, args.attempt, 1.0 if retry else _settings(args).trace_sample_ratio)
     print(traceparent(span.trace_id.to_bytes(16), span.span_id.to_bytes(8), span.trace_flags.sampled))
     if args.engine == "durable-effect" and _begins_an_object_id(args.workflow_id):
         # `runs` shows an object's id by its first twelve characters; its ids are hashed whole, so that

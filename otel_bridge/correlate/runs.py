@@ -266,7 +266,18 @@ class SettlePolicy:
     sample_bound: int | None = None
 
     def samples(self, state: "RunState") -> bool:
-        return self.sample_bound is None or within_ratio(run_trace_id(state.run.identity), self.sample_bound)
+        return (
+            self.sample_bound is None
+            or within_ratio(run_trace_id(state.run.identity), self.sample_bound)
+            or retries_a_failed_run(state.run)
+        )
+
+
+def retries_a_failed_run(run: RunRef) -> bool:
+    """A run that is its operator's retry of a failed run (`workflow.execution.retry`): always sent, as the run
+    it retries was (a failed run is sent whole). Left out, the failed trace was there without the retry that
+    mended it, and the retry's link to it was dropped as if it led nowhere."""
+    return bool(run.attributes.get(c.WORKFLOW_EXECUTION_RETRY))
 
 
 def _identity(f: Fact) -> tuple[object, ...] | None:
@@ -577,9 +588,10 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
             linked = send or span.status is SpanStatus.ERROR
             result.observations.extend(_span_observations(state.run, span, state.facts, linked))
         if send and (whole or not built):
-            if span.remote_links and policy.sample_bound is not None:
+            if span.remote_links and policy.sample_bound is not None and not retries_a_failed_run(state.run):
                 # A trigger (its own one-span trace, which never fails) is sent only when the ratio takes
-                # it: a link to one kept back would lead to a trace that is not there.
+                # it: a link to one kept back would lead to a trace that is not there. A retry's lead to
+                # the failed run it retries, which was sent.
                 span.remote_links = [link for link in span.remote_links if within_ratio(link[0], policy.sample_bound)]
             result.spans.append(span)
 

@@ -818,7 +818,16 @@ def _ms(span: timedelta) -> float:
 
 def life_of(run_id: str, retries: int) -> str:
     """The bridge's id of a run (its trace), or of the `retries`-th retry of it its operator asked for."""
-    return f"{run_id}/retry-{retries}" if retries else run_id
+    return f"{run_id}{_RETRY_MARK}{retries}" if retries else run_id
+
+
+def is_a_retry(life: str) -> bool:
+    """Whether `life` (a `life_of`) names a retry of a failed run, not the run itself."""
+    _run_id, mark, retries = life.rpartition(_RETRY_MARK)
+    return bool(mark) and retries.isdecimal() and int(retries) > 0
+
+
+_RETRY_MARK = "/retry-"
 
 
 class _Told:

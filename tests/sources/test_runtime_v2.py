@@ -352,6 +352,24 @@ def test_trace_id_names_the_root_and_an_executions_span_as_the_bridge_sends_them
     assert retried[2] == folded.span("step lookup", 2).span_id.hex()
 
 
+@pytest.mark.parametrize(
+    ("life", "sampled"),
+    [
+        ("{run}", "00"),
+        ("{run}/retry-1", "01"),
+        ("{run}/retry-12", "01"),
+        ("{run}/retry-0", "00"),
+        ("{run}/retry-x", "00"),
+    ],
+)
+def test_trace_id_flags_a_retry_of_a_failed_run_sampled_whatever_the_ratio(capsys, monkeypatch, life, sampled):
+    monkeypatch.setenv("OTEL_BRIDGE_TRACE_SAMPLE_RATIO", "0")
+    asked = ["trace-id", "--engine", "workflow-runtime-v2", "--env", "prod", "--service", "psa"]
+    run = str(uuid.uuid4())
+    assert main([*asked, "--workflow-id", life.format(run=run)]) == 0
+    assert capsys.readouterr().out.split()[0].endswith(f"-{sampled}")
+
+
 def test_each_action_a_step_called_is_an_event_of_the_execution_that_called_it():
     run = Run()
     lookup = run.step("root.steps[0]", "lookup", 1, "SUCCEEDED", 3)
@@ -429,6 +447,35 @@ def test_a_failed_run_retried_by_its_operator_is_a_second_trace_linked_to_the_fi
         failed, again = sorted((s for s in folded.spans if s.name == "step lookup"), key=lambda s: s.start_ns)
         assert again.links == [] and again.remote_links == [(failed.trace_id, failed.span_id)], "where it failed"
     assert "late" not in {a.value for a in live.admissions}
+
+
+def test_a_retry_of_a_failed_run_is_sent_whatever_the_ratio_with_its_links_to_the_run_it_retries():
+    # The failed run is sent whole (it failed); left out as every successful run is at a ratio of 0, the retry
+    # that mended it was missing beside it, and its links dropped as if they led nowhere.
+    from otel_bridge.correlate.runs import SettlePolicy
+    from otel_bridge.correlate.step import Policy, apply, settle_run
+
+    _run, before, after = _retried()
+    other = Run("payout")
+    other.step("root.steps[0]", "lookup", 1, "SUCCEEDED", 2)
+    policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=0))  # no run chosen by its trace id
+    states: dict[str, Any] = {}
+    for raw in [*before, *after, *other.ended("SUCCEEDED", 2).rows]:
+        for record in DECODE(raw):
+            key = record.run.state_key
+            states[key] = apply(states.get(key), None, record, record.fact.time_ns / 1e9, policy).state
+    sent = [span for state in states.values() for span in settle_run(state, _ns(30) / 1e9, policy).spans]
+
+    assert _shape(sent) == [
+        ("step lookup", _ns(1), _ns(2), SpanStatus.ERROR, None),
+        ("step lookup", _ns(10.1), _ns(11), SpanStatus.OK, None),
+        ("workflow payout", _ns(0), _ns(2), SpanStatus.ERROR, None),
+        ("workflow payout", _ns(10), _ns(11), SpanStatus.OK, 1),
+    ], "the other run, which succeeded, is left out"
+    first, retry = sorted((s for s in sent if s.parent_span_id is None), key=lambda s: s.start_ns)
+    assert retry.remote_links == [(first.trace_id, first.span_id)]
+    failed, again = sorted((s for s in sent if s.name == "step lookup"), key=lambda s: s.start_ns)
+    assert again.remote_links == [(failed.trace_id, failed.span_id)]
 
 
 def test_a_child_run_follows_the_run_that_called_it():
