@@ -64,7 +64,8 @@ def test_runs_in_the_tables_become_traces_failed_and_waiting_ones_included(tmp_p
     runtime.step_failed(failed, lookup, "root.steps[0]", at(11), at(12))
     waiting = runtime.start_run(at(20))
     runtime.step_started(waiting, "root.steps[0]", "wait-approval", at(21))
-    runtime.event_wait(waiting, "root.steps[0]", at(22), "APPROVED", "T-9", timeout=86_400)
+    # Waiting for longer than the test's clock will run: a day from its fixed morning made it overdue the next day.
+    runtime.event_wait(waiting, "root.steps[0]", at(22), "APPROVED", "T-9", timeout=100 * 365 * 86_400)
     # Launched, and no worker took it: RUNNING with no step, hours ago.
     stranded = runtime.start_run(at(30))
     # A schedule that ran once, and whose next occurrence, hours ago, never came: its job runner lost it.
