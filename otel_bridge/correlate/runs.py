@@ -590,8 +590,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
         if send and (whole or not built):
             if span.remote_links and policy.sample_bound is not None and not retries_a_failed_run(state.run):
                 # A trigger (its own one-span trace, which never fails) is sent only when the ratio takes
-                # it: a link to one kept back would lead to a trace that is not there. A retry's lead to
-                # the failed run it retries, which was sent.
+                # it: a link to one kept back would lead to a trace that is not there. A retry's links lead
+                # to the failed run it retries, which was sent whole.
                 span.remote_links = [link for link in span.remote_links if within_ratio(link[0], policy.sample_bound)]
             result.spans.append(span)
 
