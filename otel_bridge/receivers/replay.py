@@ -41,6 +41,9 @@ class At(NamedTuple):
 @dataclass(slots=True)
 class ReplaySummary:
     lines: int = 0
+    # The lines that held a batch (`{"events": [...]}`), and the events they held: every other line is one.
+    batch_lines: int = 0
+    batched: int = 0
     accepted: int = 0
     duplicates: int = 0
     late: int = 0
@@ -55,8 +58,9 @@ class ReplaySummary:
         return self.stopped is not None and self.stopped[1] == _INTERRUPTED
 
     def render(self, max_reasons: int = 20) -> str:
+        held = f"  events: {self.lines - self.batch_lines + self.batched}" if self.batch_lines else ""
         out = [
-            f"lines: {self.lines}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
+            f"lines: {self.lines}{held}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
             f"late: {self.late}  rejected: {len(self.rejected)}"
         ]
         # In the file's order: a batch's lines that are not JSON are told before the ones its decoder refused.
@@ -197,6 +201,8 @@ def replay(
                     reject(number, f'"events" must be an array, not {json_kind(event["events"])}', event)
                     continue
                 placed = [(inner, At(number, within)) for within, inner in enumerate(event["events"])]
+                summary.batch_lines += 1
+                summary.batched += len(placed)
             else:
                 placed = [(event, At(number))]
             for inner, at in placed:

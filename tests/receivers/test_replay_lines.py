@@ -33,6 +33,7 @@ def test_a_line_that_is_a_posted_batch_is_replayed_as_its_events(tmp_path):
     job = JobRun().started().executed(1)
     summary, dead = _replayed(tmp_path, [{"events": run.events[:2]}, {"events": run.events[2:]}, *job.events])
     assert (summary.lines, summary.accepted, summary.rejected, dead) == (2 + len(job.events), 6, [], [])
+    assert summary.render().startswith(f"lines: {2 + len(job.events)}  events: 6  accepted: 6  ")
 
     again, _ = _replayed(tmp_path, [{"events": run.events}])
     assert again.accepted == 4

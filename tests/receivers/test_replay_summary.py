@@ -20,3 +20,9 @@ def test_the_rejected_lines_are_told_in_the_files_order():
         "  line 2 events[1]: late (eventId e3)",
         "  line 3: not JSON",
     ]
+
+
+def test_the_events_are_counted_beside_the_lines_only_when_a_line_held_a_batch():
+    assert ReplaySummary(lines=3, accepted=3).render() == "lines: 3  accepted: 3  duplicates: 0  late: 0  rejected: 0"
+    batched = ReplaySummary(lines=3, batch_lines=2, batched=250, accepted=251)
+    assert batched.render().startswith("lines: 3  events: 251  accepted: 251  ")
