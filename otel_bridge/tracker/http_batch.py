@@ -12,6 +12,7 @@ In a child process forked after the tracker was made, it starts afresh: an empty
 """
 
 import asyncio
+import gzip
 import logging
 import threading
 import time
@@ -105,6 +106,8 @@ class _Config:
     max_attempts: int
     initial_delay: float
     timeout: float
+    # "gzip": each body compressed (`Content-Encoding: gzip`, which the bridge takes), else None.
+    compression: str | None = None
 
     def delay(self, attempt: int, asked: float | None = None) -> float:
         """Before re-send `attempt`: the engine's backoff, or longer when the bridge asked for it."""
@@ -175,6 +178,7 @@ def _told(answer: httpx.Response | Exception) -> str:
 # with no scheme), whose every event the bridge rejected (a serviceKey holding a tab), or whose timer thread
 # died (an interval of `inf`) — in the producer's log at best, and the workflow none the wiser.
 _SCHEMES = ("http://", "https://")  # config's HTTP_SCHEMES, without loading pydantic-settings into a producer
+_COMPRESSIONS = (None, "gzip")
 _LONGEST_SECONDS = 86_400.0
 
 
@@ -186,8 +190,11 @@ def _checked(
     flush_interval_seconds: float | None,
     initial_delay_ms: float,
     timeout_seconds: float,
+    compression: str | None = None,
 ) -> None:
     """A ValueError naming the first argument no bridge or clock could work with."""
+    if compression not in _COMPRESSIONS:
+        raise ValueError(f"compression must be 'gzip' or None, not {compression!r}")
     if why := host_problem(endpoint) if endpoint.startswith(_SCHEMES) else "is not an http:// or https:// URL":
         raise ValueError(f"endpoint {without_secrets(endpoint)!r}: {why}")
     checked_labels(env, service_key)
@@ -213,18 +220,24 @@ def _config(
     max_attempts: int,
     initial_delay_ms: float,
     timeout_seconds: float,
+    compression: str | None,
 ) -> _Config:
-    _checked(endpoint, env, service_key, dict(headers or {}), flush_interval_seconds, initial_delay_ms, timeout_seconds)
+    _checked(
+        endpoint, env, service_key, dict(headers or {}), flush_interval_seconds, initial_delay_ms, timeout_seconds,
+        compression,
+    )  # fmt: skip
+    encoding = {"content-encoding": compression} if compression else {}
     return _Config(
         endpoint,
         env,
         service_key,
         max(batch_size, 1),
         flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None,
-        {"content-type": "application/json", **(headers or {})},
+        {"content-type": "application/json", **(headers or {}), **encoding},
         max(max_attempts, 0),
         initial_delay_ms / 1000,
         timeout_seconds,
+        compression,
     )
 
 
@@ -237,6 +250,10 @@ class _Delivery:
     def __init__(self, c: _Config, stats: TrackerStats, batch: list[Any]) -> None:
         self._c, self._stats = c, stats
         self.body, self._batch = _encoded(batch, stats)
+        if c.compression:
+            # zlib's own default level: 100 of the demo's events, 35 KB, become 3.3 KB in 0.2 ms; level 9
+            # took 2.5 times as long for 4 % less, level 1 a quarter of the time for 20 % more bytes.
+            self.body = gzip.compress(self.body, compresslevel=6, mtime=0)
         self._whole = len(self._batch) == len(batch)  # no event dropped as impossible to write
         self.attempts = 0
         self.wait = 0.0
@@ -336,11 +353,13 @@ class HttpBatchTracker(_RunContexts):
         initial_delay_ms: float = 1000,
         timeout_seconds: float = 10.0,
         client: httpx.Client | None = None,
+        compression: str | None = None,
     ) -> None:
-        """`client`: an httpx client of the application's (then its to make safe across a fork)."""
+        """`client`: an httpx client of the application's (then its to make safe across a fork).
+        `compression="gzip"`: each batch's body compressed, for a bridge across a network."""
         self._c = _config(
             endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
-            initial_delay_ms, timeout_seconds,
+            initial_delay_ms, timeout_seconds, compression,
         )  # fmt: skip
         self._client = client  # or one of ours, made at the first POST (in each process)
         self._own_client = client is None
@@ -446,10 +465,11 @@ class AsyncHttpBatchTracker(_RunContexts):
         initial_delay_ms: float = 1000,
         timeout_seconds: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        compression: str | None = None,
     ) -> None:
         self._c = _config(
             endpoint, env, service_key, batch_size, flush_interval_seconds, headers, max_attempts,
-            initial_delay_ms, timeout_seconds,
+            initial_delay_ms, timeout_seconds, compression,
         )  # fmt: skip
         self._client = client  # or one of ours, made at the first POST (in each process)
         self._own_client = client is None

@@ -2,6 +2,7 @@
 
 import asyncio
 import decimal
+import gzip
 import json
 import logging
 import subprocess
@@ -146,6 +147,8 @@ def test_a_batch_dropped_for_want_of_a_bridge_is_logged_with_the_error_and_no_pa
         # The timer thread died with an OverflowError; a negative backoff failed every re-send's sleep:
         ({"flush_interval_seconds": float("inf")}, "flush_interval_seconds must be at most a day, not inf"),
         ({"initial_delay_ms": -1}, "initial_delay_ms must be 0 or more and at most a day, not -1"),
+        # Every batch refused (415) by a bridge that takes gzip alone:
+        ({"compression": "br"}, "compression must be 'gzip' or None, not 'br'"),
     ],
 )
 def test_what_no_bridge_or_clock_could_work_with_is_a_value_error_naming_it(flavour, given, told):
@@ -273,6 +276,45 @@ def test_against_the_real_bridge_retries_deliver_when_it_comes_up_in_time(tmp_pa
     finally:
         starter.join()
         tracker.close()
+        bridge.close()
+
+
+def test_a_compressed_batch_is_the_same_envelope_gzipped_and_says_so_in_both_flavours(endpoint):
+    events = WorkflowRun().started().step_started("a").events
+    tracker = _tracker(endpoint, compression="gzip")
+    for event in events:
+        tracker.emit(event)
+    assert tracker.flush()
+
+    async def produce() -> None:
+        async with AsyncHttpBatchTracker(
+            endpoint.url, "staging", "shop", flush_interval_seconds=None, compression="gzip"
+        ) as tracker:
+            for event in events:
+                await tracker.emit(event)
+
+    asyncio.run(produce())
+    for body, headers in zip(endpoint.bodies, endpoint.headers, strict=True):
+        assert headers["content-encoding"] == "gzip" and headers["content-type"] == "application/json"
+        sent = json.loads(gzip.decompress(body))
+        assert [e["eventId"] for e in sent["events"]] == [e["eventId"] for e in events]
+    assert len(endpoint.bodies) == 2
+
+
+def test_against_the_real_bridge_a_compressed_batch_is_taken_and_its_run_exported(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    run = WorkflowRun().started().step_started("a").after(2).step_completed("a").completed()
+    try:
+        with HttpBatchTracker(
+            f"{bridge.url}/v1/events", "staging", "shop", flush_interval_seconds=None, compression="gzip"
+        ) as tracker:
+            for event in run.events:
+                tracker.emit(event)
+            assert tracker.flush()
+            assert (tracker.stats.events, tracker.stats.retries, tracker.stats.dropped_events) == (4, 0, 0)
+        trace_id = trace_id_for("durable-effect", "staging", "shop", run.workflow_id).hex()
+        otlp_http.received.wait_for(lambda: len(otlp_http.received.trace(trace_id)) == 2)
+    finally:
         bridge.close()
 
 
