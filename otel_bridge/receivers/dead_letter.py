@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from otel_bridge.files import NO_FILE, special
 from otel_bridge.repeated_failure import Cadence
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ class DeadLetters:
             flag, variable = "--" + setting.replace("_", "-"), "OTEL_BRIDGE_" + setting.upper()
             if path.is_dir():
                 why = f"it is a directory; set {setting} ({flag}, {variable}) to a file in it"
-            elif path.exists() and not path.is_file():
+            elif special(path):
                 # /dev/null to keep nothing: its rotation renames the file, and as root would take the device's name.
-                why = f"it is no file (a device, a pipe or a socket); set {setting} ({flag}, {variable}) to a file"
+                why = f"{NO_FILE}; set {setting} ({flag}, {variable}) to a file"
             else:
                 why = (
                     f"its directory or mount is read-only to this process; set {setting} ({flag}, {variable}) "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_bridge import keys
+from otel_bridge.files import special
 from otel_bridge.state.disk_reserve import free_bytes
 from otel_bridge.state.sqlite_store import damaged, file_bytes, quick_check
 from otel_bridge.state.store import damaged_said
@@ -70,7 +71,7 @@ def _may_take(to: Path, state: Path) -> None:
     state file's own, nor one of the files its bridge keeps beside it. Taken, the state's name left the
     running bridge writing to a file no longer named, beside a log no longer its own; a device's (as root)
     was replaced by the copy."""
-    if to.exists() and not to.is_file():
+    if special(to):
         raise BackupError(f"{to} is no file to copy to (a device, a pipe or a socket): name a file or a directory")
     own = [Path(f"{state}{suffix}") for suffix in ("", "-wal", "-shm", ".lock", ".reserve")]
     if any(to.resolve() == file.resolve() or (to.exists() and file.exists() and to.samefile(file)) for file in own):

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from otel_bridge.files import NO_FILE, special
 from otel_bridge.forks import GivenUpToFork, Lock, after_fork_in_child, held_across_fork
 from otel_bridge.ids import event_digest
 from otel_bridge.state import disk_reserve, mounts
@@ -314,10 +315,10 @@ def _names_a_file(path: str) -> None:
     if named.is_dir() or path.endswith("/"):
         # SQLite says "unable to open database file"; one not there yet, "No such file …: 'dir/.lock'".
         raise OSError(f"it is a directory: name a file in it (--state {named / 'otel-bridge.db'})")
-    if named.exists() and not named.is_file():
+    if special(named):
         # /dev/null for no state: SQLite said "disk I/O error", having made its lock and journal beside the
         # device (as root, in /dev); `:memory:` is what keeps nothing.
-        raise OSError("it is no file (a device, a pipe or a socket): name a file, or :memory: to keep nothing")
+        raise OSError(f"{NO_FILE}: name a file, or :memory: to keep nothing")
 
 
 def _claim(path: str) -> IO[str]:
