@@ -152,6 +152,8 @@ _FORMAT_OF = {
     "runtime-v2": "runtime-v2",
 }
 _FORMAT_OF_PREFIX = {"redis-stream:": "event-sourced", "replay:": "durable-effect"}
+# The format of what producers POST to the HTTP endpoint, in batches.
+POSTED = _FORMAT_OF["http"]
 
 
 class NotReplayable(ValueError):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
 from otel_bridge.json_text import BOM, loads
-from otel_bridge.receivers.dead_letter import DeadLetters, NotReplayable, unwrap
+from otel_bridge.receivers.dead_letter import POSTED, DeadLetters, NotReplayable, unwrap
 from otel_bridge.sources.wire import json_kind
 from otel_bridge.state.store import DAMAGE_REJECTED
 
@@ -113,7 +113,7 @@ def replay(
     dead_letters: DeadLetters,
     progress: bool = True,
     waits: Callable[[Unavailable, float], bool] = lambda _refused, _waited: False,
-    source_format: str = "durable-effect",
+    source_format: str = POSTED,
     lines: Iterable[bytes] | None = None,
 ) -> ReplaySummary:
     """Each line an event in `source_format` (a key of `consumers`), or with "dead-letter" a line of
@@ -239,13 +239,9 @@ def _opens_a_document(line: bytes) -> bool:
     return line.rstrip().endswith((b"{", b"["))
 
 
-# The format producers POST to the HTTP endpoint, in batches: a line of it may be one.
-POSTED = "durable-effect"
-
-
 def _is_a_batch(line: Any) -> bool:
-    """A line that is a batch as the HTTP endpoint takes it, not an event: no event of the format is
-    without its `type`, and none has `events`."""
+    """A line of the `POSTED` format that is a batch as the HTTP endpoint takes it, not an event: no event of
+    the format is without its `type`, and none has `events`."""
     return isinstance(line, dict) and "events" in line and "type" not in line
 
 
