@@ -6,11 +6,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import yaml
 from bridge_process import free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def prometheus_server(binary: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """Prometheus with `workdir`'s config and storage, once it answers, and its URL."""
+
+def stack_rule_files() -> list[Path]:
+    """The rule files the stack's Prometheus loads (its `rule_files`), as the files of this repository that
+    docker-compose.yml mounts there."""
+    named = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())["rule_files"]
+    volumes = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]["volumes"]
+    mounted = {inside: ROOT / outside for outside, inside, *_ in (volume.split(":") for volume in volumes)}
+    missing = [path for path in named if path not in mounted]
+    assert not missing, f"prometheus.yml loads {missing}, which docker-compose.yml does not mount"
+    return [mounted[path] for path in named]
+
+
+def prometheus_server(binary: str, workdir: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """Prometheus with `workdir`'s config and storage, and `flags`, once it answers, and its URL."""
     config = workdir / "prometheus.yml"
 
     def ours(url: str) -> bool:
@@ -18,7 +32,7 @@ def prometheus_server(binary: str, workdir: Path) -> tuple[subprocess.Popen, str
 
     return _served(
         lambda port: [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                      f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+                      f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage", *flags],
         ours, workdir / "prometheus.log",
     )  # fmt: skip
 

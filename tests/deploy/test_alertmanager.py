@@ -4,6 +4,7 @@ keeps a consequence quiet while its cause fires, as the file says."""
 
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import held_port
-from prometheus_servers import alertmanager_server, prometheus_server
+from prometheus_servers import alertmanager_server, prometheus_server, stack_rule_files
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "collector-config" / "alertmanager.yml"
@@ -31,6 +32,7 @@ FIRED = [
     for case in test["alert_rule_test"]
     for expected in case["exp_alerts"]
 ]
+HEARTBEAT = {"alertname": "Watchdog", "severity": "none"}  # as collector-config/prometheus/watchdog.yml fires it
 AMTOOL = shutil.which("amtool")
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
@@ -54,6 +56,21 @@ def test_every_alert_goes_to_the_receiver_its_severity_says(alert):
         f"alertname={alert['alert']}", f"severity={severity}",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_heartbeat_goes_to_the_dead_mans_switch_and_nowhere_else():
+    labels = [f"{name}={value}" for name, value in HEARTBEAT.items()]
+    result = _amtool("config", "routes", "test", f"--config.file={CONFIG}", "--verify.receivers=heartbeat", *labels)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (route,) = [route for route in ALERTMANAGER["route"]["routes"] if route["receiver"] == "heartbeat"]
+    assert not route.get("continue")  # a person is never told it fires
+
+
+def test_no_inhibition_quiets_the_heartbeat():
+    # Inhibited, it would stop reaching the switch whenever its source fires: a page for nothing, mid-incident.
+    for rule in ALERTMANAGER["inhibit_rules"]:
+        wanted = dict(re.fullmatch(r'(\w+)="([^"]*)"', matcher).groups() for matcher in rule["target_matchers"])
+        assert not wanted.items() <= HEARTBEAT.items(), rule
 
 
 def test_each_inhibition_pairs_alerts_that_exist_and_carry_the_labels_it_compares():
@@ -136,6 +153,9 @@ def alertmanager(tmp_path_factory, webhook) -> Iterator[str]:
     for route in [config["route"], *config["route"]["routes"]]:
         route["group_wait"] = "1s"
     config["route"]["group_interval"] = "1s"
+    # The heartbeat's minute cut to a second, its repeat kept shorter than its interval, as the file has it.
+    (heartbeat,) = [route for route in config["route"]["routes"] if route["receiver"] == "heartbeat"]
+    heartbeat.update(group_interval="1s", repeat_interval="500ms")
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
     server, url = alertmanager_server(BINARY, workdir, webhook.url)
     try:
@@ -159,16 +179,20 @@ def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_p
     ((sent_to,),) = [am["static_configs"][0]["targets"] for am in config["alerting"]["alertmanagers"]]
     assert sent_to == "alertmanager:9093"  # the stack's service
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager.removeprefix("http://")]
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("for", None)  # fire at the first evaluation
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    config["rule_files"] = [str(tmp_path / "rules.yml")]
+    config["rule_files"] = []
+    for path in stack_rule_files():  # the alerts and the heartbeat, as the stack mounts them
+        rules = yaml.safe_load(path.read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                rule.pop("for", None)  # fire at the first evaluation
+        (tmp_path / path.name).write_text(yaml.safe_dump(rules))
+        config["rule_files"].append(str(tmp_path / path.name))
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server, _url = prometheus_server(binary, tmp_path)
+    # An alert that fires before Prometheus has found its Alertmanager is sent again a minute later: a second.
+    server, _url = prometheus_server(binary, tmp_path, "--rules.alert.resend-delay=1s")
     try:
         alert = webhook.wait_for("page", "BridgeDown", seconds=60)
+        heartbeat = webhook.wait_for("heartbeat", "Watchdog", seconds=30)
     finally:
         server.terminate()
         server.wait(10)
@@ -176,6 +200,8 @@ def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_p
     assert alert["labels"]["severity"] == "critical" and alert["labels"]["job"] == "otel-bridge"
     assert alert["annotations"]["runbook"] == "README.md#runbook-bridgedown"
     assert "BridgeDown" not in {a["labels"]["alertname"] for a in webhook.alerts("notify")}
+    assert heartbeat["labels"] == HEARTBEAT
+    assert "Watchdog" not in {a["labels"]["alertname"] for to in ("page", "notify") for a in webhook.alerts(to)}
 
 
 def _post(alertmanager: str, *alerts: dict[str, str]) -> None:
@@ -246,3 +272,20 @@ def test_the_alerts_of_one_producer_are_one_notification_and_anothers_another(al
     for service, note in by_service.items():
         definitions = sorted(alert["labels"]["workflow_definition_name"] for alert in note["alerts"])
         assert definitions == ["checkout", "invoice", "refund"], service
+
+
+def test_the_heartbeat_is_told_again_at_every_tick_while_it_fires(alertmanager, webhook):
+    # A dead man's switch pages when the pings stop: one notification, then silence while nothing changes (as
+    # any other alert is told), would page it within its period.
+    before = len(webhook.received)  # another test's Prometheus may have sent it already
+    _post(alertmanager, HEARTBEAT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(_heartbeats(webhook, before)) < 3:
+        time.sleep(0.1)
+    notes = _heartbeats(webhook, before)
+    assert len(notes) >= 3, webhook.received
+    assert all([alert["labels"] for alert in note["alerts"]] == [HEARTBEAT] for note in notes)
+
+
+def _heartbeats(webhook: _Webhook, after: int) -> list[dict[str, Any]]:
+    return [note for to, note in webhook.received[after:] if to == "heartbeat"]

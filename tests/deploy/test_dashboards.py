@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import BridgeProcess, free_port
-from prometheus_servers import prometheus_server
+from prometheus_servers import prometheus_server, stack_rule_files
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
     bridge_job = next(job for job in config["scrape_configs"] if job["job_name"] == "otel-bridge")
     bridge_job["static_configs"] = [{"targets": [f"127.0.0.1:{bridge.port}"]}]
     config["scrape_configs"] = [bridge_job]  # the Collector has no native package: only the bridge job runs
-    config["rule_files"] = [str(ROOT / "collector-config" / "prometheus" / "rules.yml")]  # what the stack mounts
+    config["rule_files"] = [str(path) for path in stack_rule_files()]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     server, url = prometheus_server(binary, workdir)
     began = time.monotonic()
@@ -123,7 +123,7 @@ def test_histogram_exemplars_carry_trace_ids(prometheus):
 def test_prometheus_loads_and_evaluates_the_alert_rules(prometheus):
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    written = yaml.safe_load((ROOT / "collector-config" / "prometheus" / "rules.yml").read_text())["groups"]
+    written = [group for path in stack_rule_files() for group in yaml.safe_load(path.read_text())["groups"]]
     assert sorted(rule["name"] for rule in rules) == sorted(rule["alert"] for g in written for rule in g["rules"])
     assert all(rule["health"] == "ok" for rule in rules), rules
     # The alert for a bridge Prometheus cannot scrape names the real scrape job: quiet while it is scraped.
