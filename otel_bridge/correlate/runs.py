@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from otel_bridge import conventions as c
 from otel_bridge.correlate.outputs import Observation, Resource, SpanRecord, SpanRole, SpanStatus
-from otel_bridge.correlate.spans import build_spans, chained, ends_attempt
+from otel_bridge.correlate.spans import build_spans, chained, ends_attempt, followed
 from otel_bridge.ids import EVENT_DIGEST_BYTES, event_digest, run_trace_id, within_ratio
 from otel_bridge.lifecycle import KIND, NOTE_KINDS, OUTCOME, Fact, RunKind, RunRef, by_order
 
@@ -270,7 +270,29 @@ class SettlePolicy:
             self.sample_bound is None
             or within_ratio(run_trace_id(state.run.identity), self.sample_bound)
             or retries_a_failed_run(state.run)
+            or self.takes_family(state.run)
         )
+
+    def takes_family(self, run: RunRef) -> bool:
+        """Whether the ratio takes the family of a child run (`family_root`) by the run it began with: a parent
+        taken is shown with every run it called, and theirs, as the SDK's `parentbased_` samplers keep a trace
+        whole. A child is taken by its own id too, so that which telling of it comes first (the one naming its
+        parent, or another) changes when it is sent, never whether: decided again at its end (`settle_run`)."""
+        root = family_root(run)
+        return root is not None and within_ratio(run_trace_id(followed(run.identity, root)), self.sample_bound)
+
+
+def family_root(run: RunRef) -> str | None:
+    """The run the family of a child run began with (`workflow.execution.root_id`, or the parent that called it
+    when that is the root); None for a run no other called."""
+    root = run.attributes.get(c.WORKFLOW_EXECUTION_ROOT_ID) or run.attributes.get(c.WORKFLOW_EXECUTION_PARENT_ID)
+    return root if isinstance(root, str) and root else None
+
+
+def _parent_trace(run: RunRef) -> bytes | None:
+    """The trace of the run that called this one, if one did."""
+    parent = run.attributes.get(c.WORKFLOW_EXECUTION_PARENT_ID)
+    return run_trace_id(followed(run.identity, parent)) if isinstance(parent, str) and parent else None
 
 
 def retries_a_failed_run(run: RunRef) -> bool:
@@ -591,8 +613,12 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
             if span.remote_links and policy.sample_bound is not None and not retries_a_failed_run(state.run):
                 # A trigger (its own one-span trace, which never fails) is sent only when the ratio takes
                 # it: a link to one kept back would lead to a trace that is not there. A retry's links lead
-                # to the failed run it retries, which was sent whole.
-                span.remote_links = [link for link in span.remote_links if within_ratio(link[0], policy.sample_bound)]
+                # to the failed run it retries, which was sent whole; a child's to its parent, taken with
+                # the family.
+                kept = _parent_trace(state.run) if policy.takes_family(state.run) else None
+                span.remote_links = [
+                    link for link in span.remote_links if link[0] == kept or within_ratio(link[0], policy.sample_bound)
+                ]
             result.spans.append(span)
 
     if ended or incomplete:

@@ -299,7 +299,7 @@ def _attempt_span(
         previous_id = ids.get((a.step, a.number - 1))
         if previous_id is None and start is not None and start.links:
             # The attempt before ran in another trace (a retry of a failed run its operator asked for).
-            other = _followed(run, start.links[0])
+            other = followed(run, start.links[0])
             remote_links = [(run_trace_id(other), attempt_span_id(other, a.step, a.number - 1))]
         else:
             links = [previous_id or attempt_span_id(run, a.step, a.number - 1)]
@@ -518,12 +518,12 @@ def _remote_links(run: RunRef, ordered: list[Fact]) -> list[tuple[bytes, bytes]]
     linked = dict.fromkeys(link for f in ordered if f.links and f.kind is not KIND.ATTEMPT_STARTED for link in f.links)
     out = []
     for run_id in linked:
-        other = _followed(run.identity, run_id)
+        other = followed(run.identity, run_id)
         out.append((run_trace_id(other), root_span_id(other)))
     return out
 
 
-def _followed(run: RunIdentity, run_id: str) -> RunIdentity:
+def followed(run: RunIdentity, run_id: str) -> RunIdentity:
     """The run `run_id` of the same producer as `run`."""
     return RunIdentity(run.engine, run.env, run.service, run_id, run.tenant)
 

@@ -125,8 +125,10 @@ class RunRow(_Row):
     started_at: IsoTime
     completed_at: IsoTime | None = None
     updated_at: IsoTime | None = None
-    # The run that called this one (a child workflow, in the runtime's newer schema).
+    # The run that called this one (a child workflow, in the runtime's newer schema), and the run its family began
+    # with (the parent's root, or the parent).
     parent_run_id: Identity | None = None
+    root_run_id: Identity | None = None
     # Temporal's ids of the run, once the runtime launched it there (not a child run's).
     temporal_workflow_id: Text | None = None
     temporal_run_id: Text | None = None
@@ -425,6 +427,9 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_DEFINITION_VERSION: version,
                     c.TENANT_ID: row.tenant_id or row.tenant,
                     c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
+                    c.WORKFLOW_EXECUTION_ROOT_ID: row.root_run_id
+                    if row.parent_run_id and row.root_run_id not in (row.parent_run_id, row.run_id)
+                    else None,
                     c.TEMPORAL_WORKFLOW_ID: row.temporal_workflow_id,
                     c.TEMPORAL_RUN_ID: row.temporal_run_id,
                     c.WORKFLOW_SCHEDULE_ID: row.schedule_id,

@@ -466,12 +466,19 @@ def test_a_run_another_called_is_read_with_its_parent_and_links_to_it(database, 
     child = runtime.start_run(at(1), parent=parent)
     step = runtime.step_started(child, "root.steps[0]", "notify", at(1.1))
     runtime.step_succeeded(child, step, at(1.1), at(1.5), None)
+    grandchild = runtime.start_run(at(1.2), parent=child)
+    step = runtime.step_started(grandchild, "root.steps[0]", "page", at(1.3))
+    runtime.step_succeeded(grandchild, step, at(1.3), at(1.4), None)
     runtime.canceled(parent, at(2))
     _poller(database, recorded, tmp_path, {}).poll_once()
     spans = fold_events(recorded.rows, decoder=DECODE).spans
     roots = {s.attributes["workflow.execution.id"]: s for s in spans if s.parent_span_id is None}
     assert roots[child].remote_links == [(roots[parent].trace_id, roots[parent].span_id)]
     assert roots[child].attributes["workflow.execution.parent_id"] == parent
+    # The run its family began with, as the row names it (`root_run_id`): what the family is sampled by.
+    assert roots[grandchild].remote_links == [(roots[child].trace_id, roots[child].span_id)]
+    assert roots[grandchild].attributes["workflow.execution.root_id"] == parent
+    assert "workflow.execution.root_id" not in roots[child].attributes
 
 
 def test_a_run_its_operator_cancelled_carries_their_reason(database, tmp_path):

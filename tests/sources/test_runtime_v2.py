@@ -488,6 +488,75 @@ def test_a_child_run_follows_the_run_that_called_it():
     assert notify.attributes["workflow.execution.parent_id"] == parent.run_id
 
 
+def _sent_at_half(rows: list[dict[str, Any]]) -> list[Any]:
+    """The spans sent of these rows, taken in this order, at a ratio of one half, once every run has ended."""
+    from otel_bridge.correlate.runs import SettlePolicy
+    from otel_bridge.correlate.step import Policy, apply, settle_run
+    from otel_bridge.ids import sample_bound
+
+    policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=sample_bound(0.5)))
+    states: dict[str, Any] = {}
+    for raw in rows:
+        for record in DECODE(raw):
+            key = record.run.state_key
+            states[key] = apply(states.get(key), None, record, record.fact.time_ns / 1e9, policy).state
+    return [span for state in states.values() for span in settle_run(state, _ns(60) / 1e9, policy).spans]
+
+
+def _taken_by_its_id(taken: bool, name: str, **columns: Any) -> Run:
+    """A run that a ratio of one half takes by its own trace id, or leaves out."""
+    from otel_bridge.ids import run_trace_id, sample_bound, within_ratio
+
+    while True:
+        run = Run(name, **columns)
+        (record, *_) = DECODE(run.row)
+        if within_ratio(run_trace_id(record.run.identity), sample_bound(0.5)) is taken:
+            return run
+
+
+@pytest.mark.parametrize("order", ["as the runtime writes them", "each run's row last"])
+def test_a_family_of_runs_is_sent_whole_when_the_ratio_takes_the_run_it_began_with(order):
+    # The escalation the ratio takes called `notify`, which called `page`: both left out by their own ids, and
+    # sent with it, each linked to its caller. Another family, whose first run the ratio leaves out, is not sent.
+    escalation = _taken_by_its_id(True, "escalation")
+    notify = _taken_by_its_id(False, "notify", parent_run_id=escalation.run_id)
+    page = _taken_by_its_id(False, "page", parent_run_id=notify.run_id, root_run_id=escalation.run_id)
+    audit = _taken_by_its_id(False, "audit")
+    archive = _taken_by_its_id(False, "archive", parent_run_id=audit.run_id)
+    for run, end in ((escalation, 9), (notify, 6), (page, 4), (audit, 3), (archive, 2)):
+        run.step("root.steps[0]", "act", 1, "SUCCEEDED", end - 0.5)
+        run.ended("SUCCEEDED", end)
+    families = [escalation, notify, page, audit, archive]
+    rows = [row for run in families for row in (run.rows if order.startswith("as") else run.rows[::-1])]
+
+    sent = _sent_at_half(rows)
+
+    assert sorted(s.name for s in sent) == sorted(
+        ["workflow escalation", "workflow notify", "workflow page", "step act", "step act", "step act"]
+    )
+    roots = {s.name: s for s in sent if s.parent_span_id is None}
+    assert roots["workflow page"].remote_links == [
+        (roots["workflow notify"].trace_id, roots["workflow notify"].span_id)
+    ]
+    assert roots["workflow notify"].remote_links == [
+        (roots["workflow escalation"].trace_id, roots["workflow escalation"].span_id)
+    ]
+    assert roots["workflow page"].attributes["workflow.execution.root_id"] == escalation.run_id
+    assert "workflow.execution.root_id" not in roots["workflow notify"].attributes  # its parent is the root
+
+
+def test_a_child_the_ratio_takes_by_its_own_id_is_sent_without_a_link_to_a_parent_left_out():
+    audit = _taken_by_its_id(False, "audit")
+    archive = _taken_by_its_id(True, "archive", parent_run_id=audit.run_id)
+    for run in (audit, archive):
+        run.ended("SUCCEEDED", 3)
+
+    (root,) = _sent_at_half([*audit.rows, *archive.rows])
+
+    assert root.name == "workflow archive" and root.remote_links == []
+    assert root.attributes["workflow.execution.parent_id"] == audit.run_id  # still found by a search
+
+
 @pytest.mark.parametrize(
     ("levels", "told"),
     [
