@@ -18,7 +18,7 @@ SEL = 'service_name=~"$service", deployment_environment_name=~"$env"'
 # Workflow series also say which engine ran them (durable-effect, event-sourced, phase10).
 WF = SEL + ', workflow_platform_name=~"$source"'
 JAEGER_SEARCH = "http://localhost:16686/search?service=${service}"
-# The alerting path's heartbeat (prometheus/watchdog.yml) always fires: listed, it would be a line that
+# The alerting path's heartbeat (prometheus/alerting-path.yml) always fires: listed, it would be a line that
 # never goes away among the alerts someone must look at. Grafana's label matcher syntax.
 WITHOUT_HEARTBEAT = '{alertname!="Watchdog"}'
 

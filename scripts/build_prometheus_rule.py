@@ -23,8 +23,9 @@ HEAD = """\
 # asks for the label `release: <its Helm release>` unless told otherwise (serviceMonitorSelector,
 # ruleSelector), so add that label to both here. The scrape's job is the Service's name, otel-bridge,
 # which BridgeDown and ProducerSilent name (`up{job="otel-bridge"}`). With OTEL_BRIDGE_METRICS_AUTH=true,
-# the endpoint needs the credential too (an `authorization` from the Secret). The compose stack's heartbeat
-# (collector-config/prometheus/watchdog.yml) is not here: kube-prometheus-stack fires its own `Watchdog`.
+# the endpoint needs the credential too (an `authorization` from the Secret). The compose stack's alerts on its
+# alerting path (collector-config/prometheus/alerting-path.yml: Watchdog, AlertmanagerFailedToSendAlerts…) are
+# not here: kube-prometheus-stack has its own, by the same names.
 apiVersion: monitoring.coreos.com/v1
 kind: ServiceMonitor
 metadata:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -32,7 +33,12 @@ FIRED = [
     for case in test["alert_rule_test"]
     for expected in case["exp_alerts"]
 ]
-HEARTBEAT = {"alertname": "Watchdog", "severity": "none"}  # as collector-config/prometheus/watchdog.yml fires it
+ALERTING_PATH = RULES.parent / "alerting-path.yml"
+PATH_ALERTS = [rule for group in yaml.safe_load(ALERTING_PATH.read_text())["groups"] for rule in group["rules"]]
+HEARTBEAT = {"alertname": "Watchdog", "severity": "none"}  # as alerting-path.yml fires it
+# Where an alert goes other than by its severity: the heartbeat to the dead man's switch alone, a failing
+# integration through both receivers (the one that works tells of the one that fails).
+NOT_BY_SEVERITY = {"Watchdog": "heartbeat", "AlertmanagerFailedToSendAlerts": "page,notify"}
 AMTOOL = shutil.which("amtool")
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
@@ -47,10 +53,12 @@ def test_amtool_accepts_the_configuration():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("alert", ALERTS, ids=lambda alert: f"{alert['alert']}-{alert['labels']['severity']}")
+@pytest.mark.parametrize(
+    "alert", ALERTS + PATH_ALERTS, ids=lambda alert: f"{alert['alert']}-{alert['labels']['severity']}"
+)
 def test_every_alert_goes_to_the_receiver_its_severity_says(alert):
     severity = alert["labels"]["severity"]
-    expected = "page" if severity == "critical" else "notify"
+    expected = NOT_BY_SEVERITY.get(alert["alert"], "page" if severity == "critical" else "notify")
     result = _amtool(
         "config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={expected}",
         f"alertname={alert['alert']}", f"severity={severity}",
@@ -289,3 +297,81 @@ def test_the_heartbeat_is_told_again_at_every_tick_while_it_fires(alertmanager, 
 
 def _heartbeats(webhook: _Webhook, after: int) -> list[dict[str, Any]]:
     return [note for to, note in webhook.received[after:] if to == "heartbeat"]
+
+
+def test_the_alerting_path_tells_of_a_receiver_that_fails_and_of_a_rule_that_cannot_be_evaluated(
+    tmp_path, alertmanager, webhook
+):
+    """A real Prometheus with the stack's alerting-path rules scrapes itself and a real Alertmanager whose only
+    receiver posts where nothing listens; a rule of its own fails at every evaluation."""
+    binary = shutil.which("prometheus")
+    assert binary, "the prometheus package is missing: ./scripts/test installs it"
+    nowhere = held_port()
+    failing_dir = tmp_path / "failing"
+    failing_dir.mkdir()
+    broken = {"name": "broken", "webhook_configs": [{"url": f"http://127.0.0.1:{nowhere.getsockname()[1]}/"}]}
+    failing_config = {
+        "route": {"receiver": "broken", "group_wait": "1s", "group_interval": "1s"},
+        "receivers": [broken],
+    }
+    (failing_dir / "alertmanager.yml").write_text(yaml.safe_dump(failing_config))
+    failing, failing_url = alertmanager_server(BINARY, failing_dir, broken["webhook_configs"][0]["url"])
+
+    rules = yaml.safe_load(ALERTING_PATH.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)  # fire at the first evaluation
+    (tmp_path / ALERTING_PATH.name).write_text(yaml.safe_dump(rules))
+    # Two `up` series on each side of a one-to-one match on nothing: an error at every evaluation.
+    failing_rule = {"groups": [{"name": "broken", "rules": [{"alert": "NeverFires", "expr": "up + on() up"}]}]}
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(failing_rule))
+    config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(tmp_path / ALERTING_PATH.name), str(tmp_path / "broken.yml")]
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager.removeprefix("http://")]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["alertmanager"]["static_configs"] = [{"targets": [failing_url.removeprefix("http://")]}]
+    config["scrape_configs"] = [jobs["prometheus"], jobs["alertmanager"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    server, url = prometheus_server(binary, tmp_path, "--rules.alert.resend-delay=1s")
+    try:
+        # Its own address is known once it runs: told, and the configuration read again (SIGHUP).
+        jobs["prometheus"]["static_configs"] = [{"targets": [url.removeprefix("http://")]}]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        server.send_signal(signal.SIGHUP)
+        _post(failing_url, {"alertname": "SomethingToTell", "severity": "warning"})
+
+        failed = webhook.wait_for("page", "AlertmanagerFailedToSendAlerts", seconds=60)
+        told = webhook.wait_for("notify", "AlertmanagerFailedToSendAlerts", seconds=10)
+        rule_failing = webhook.wait_for("page", "PrometheusRuleFailures", seconds=30)
+        # Every series the path's alerts read is there, by the job the stack scrapes it under.
+        for name, job in {(n, j) for rule in PATH_ALERTS for n, j in re.findall(r'(\w+)\{job="(\w+)"\}', rule["expr"])}:
+            found = httpx.get(f"{url}/api/v1/query", params={"query": f'{name}{{job="{job}"}}'}, timeout=5).json()
+            assert found["data"]["result"], f"{name} of {job}"
+        # A configuration refused at a reload, each server running the one before: what the reload alerts read.
+        (failing_dir / "alertmanager.yml").write_text("route: [")
+        httpx.post(f"{failing_url}/-/reload", timeout=5)
+        (tmp_path / "prometheus.yml").write_text("scrape_configs: [")
+        server.send_signal(signal.SIGHUP)
+        for metric in ("alertmanager_config_last_reload_successful", "prometheus_config_last_reload_successful"):
+            deadline = time.monotonic() + 30
+            while _value(url, metric) != 0.0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _value(url, metric) == 0.0, metric
+    finally:
+        server.terminate()
+        server.wait(10)
+        failing.terminate()
+        failing.wait(10)
+        nowhere.close()
+    assert failed["labels"] == told["labels"]
+    assert failed["labels"]["integration"] == "webhook" and failed["labels"]["severity"] == "warning"
+    assert rule_failing["labels"]["rule_group"] == f"{tmp_path / 'broken.yml'};broken"
+    assert rule_failing["labels"]["severity"] == "critical"
+
+
+def _value(prometheus: str, metric: str) -> float | None:
+    """The latest value of `metric`, scraped by the stack's job of that name's server."""
+    job = metric.split("_")[0]
+    found = httpx.get(f"{prometheus}/api/v1/query", params={"query": f'{metric}{{job="{job}"}}'}, timeout=5).json()
+    return float(found["data"]["result"][0]["value"][1]) if found["data"]["result"] else None

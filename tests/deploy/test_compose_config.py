@@ -185,6 +185,9 @@ def test_prometheus_scrapes_only_services_of_the_stack():
                 assert host in SERVICES, f"{job['job_name']} scrapes unknown host {host}"
     bridge_job = next(j for j in PROMETHEUS["scrape_configs"] if j["job_name"] == "otel-bridge")
     assert bridge_job["static_configs"][0]["targets"] == ["otel-bridge:4380"]
+    # The alerting path's own alerts name these jobs: Prometheus itself, the Alertmanager it sends to.
+    by_job = {job["job_name"]: job["static_configs"][0]["targets"] for job in PROMETHEUS["scrape_configs"]}
+    assert by_job["prometheus"] == ["prometheus:9090"] and by_job["alertmanager"] == ["alertmanager:9093"]
     assert "--enable-feature=exemplar-storage" in SERVICES["prometheus"]["command"]
 
 
@@ -237,14 +240,12 @@ def test_prometheus_loads_every_rule_file_of_the_stack_as_the_tests_check_it():
     # unit-tested here and missing there.
     rules = ROOT / "collector-config" / "prometheus"
     assert set(stack_rule_files()) == {path for path in rules.glob("*.yml") if not path.name.endswith(".test.yml")}
-    assert {path.name for path in stack_rule_files()} == {"rules.yml", "watchdog.yml"}
+    assert {path.name for path in stack_rule_files()} == {"rules.yml", "alerting-path.yml"}
 
 
 def test_the_dashboards_alert_lists_leave_the_always_firing_heartbeat_out():
-    ((heartbeat,),) = [
-        group["rules"]
-        for group in yaml.safe_load((ROOT / "collector-config/prometheus/watchdog.yml").read_text())["groups"]
-    ]
+    path = yaml.safe_load((ROOT / "collector-config/prometheus/alerting-path.yml").read_text())["groups"]
+    (heartbeat,) = [rule for group in path for rule in group["rules"] if rule["expr"] == "vector(1)"]
     lists = [panel for board in DASHBOARDS.values() for panel in board["panels"] if panel["type"] == "alertlist"]
     assert lists
     for panel in lists:
