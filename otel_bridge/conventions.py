@@ -30,8 +30,8 @@ WORKFLOW_EXECUTION_INPUT: Final = "workflow.execution.input"
 WORKFLOW_EXECUTION_RETRY: Final = "workflow.execution.retry"
 # The run that started this one as a child (the runtime v2's `parent_run_id`): its root is linked too.
 WORKFLOW_EXECUTION_PARENT_ID: Final = "workflow.execution.parent_id"
-# The run a child's family began with (the runtime v2's `root_run_id`), when it is not the parent: its grandchildren
-# and below. The family is sampled by it (`correlate/runs.family_root`).
+# The run a child's family began with (the runtime v2's `root_run_id`; the parent when that is all its row says):
+# one search finds a family's runs below its first. The family is sampled by it (`correlate/runs.family_root`).
 WORKFLOW_EXECUTION_ROOT_ID: Final = "workflow.execution.root_id"
 WORKFLOW_PLATFORM_NAME: Final = "workflow.platform.name"
 WORKFLOW_TASK_NAME: Final = "workflow.task.name"

@@ -283,8 +283,8 @@ class SettlePolicy:
 
 
 def family_root(run: RunRef) -> str | None:
-    """The run the family of a child run began with (`workflow.execution.root_id`, or the parent that called it
-    when that is the root); None for a run no other called."""
+    """The run the family of a child run began with (`workflow.execution.root_id`, else the parent that called
+    it); None for a run no other called."""
     root = run.attributes.get(c.WORKFLOW_EXECUTION_ROOT_ID) or run.attributes.get(c.WORKFLOW_EXECUTION_PARENT_ID)
     return root if isinstance(root, str) and root else None
 

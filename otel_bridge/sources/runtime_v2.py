@@ -427,9 +427,7 @@ class RuntimeV2Decoder:
                     c.WORKFLOW_DEFINITION_VERSION: version,
                     c.TENANT_ID: row.tenant_id or row.tenant,
                     c.WORKFLOW_EXECUTION_PARENT_ID: row.parent_run_id,
-                    c.WORKFLOW_EXECUTION_ROOT_ID: row.root_run_id
-                    if row.parent_run_id and row.root_run_id not in (row.parent_run_id, row.run_id)
-                    else None,
+                    c.WORKFLOW_EXECUTION_ROOT_ID: (row.root_run_id or row.parent_run_id) if row.parent_run_id else None,
                     c.TEMPORAL_WORKFLOW_ID: row.temporal_workflow_id,
                     c.TEMPORAL_RUN_ID: row.temporal_run_id,
                     c.WORKFLOW_SCHEDULE_ID: row.schedule_id,

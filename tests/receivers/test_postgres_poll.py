@@ -475,10 +475,12 @@ def test_a_run_another_called_is_read_with_its_parent_and_links_to_it(database, 
     roots = {s.attributes["workflow.execution.id"]: s for s in spans if s.parent_span_id is None}
     assert roots[child].remote_links == [(roots[parent].trace_id, roots[parent].span_id)]
     assert roots[child].attributes["workflow.execution.parent_id"] == parent
-    # The run its family began with, as the row names it (`root_run_id`): what the family is sampled by.
+    # The run its family began with, as the row names it (`root_run_id`): what the family is sampled by, and
+    # found by in one search.
     assert roots[grandchild].remote_links == [(roots[child].trace_id, roots[child].span_id)]
     assert roots[grandchild].attributes["workflow.execution.root_id"] == parent
-    assert "workflow.execution.root_id" not in roots[child].attributes
+    assert roots[child].attributes["workflow.execution.root_id"] == parent
+    assert "workflow.execution.root_id" not in roots[parent].attributes
 
 
 def test_a_run_its_operator_cancelled_carries_their_reason(database, tmp_path):

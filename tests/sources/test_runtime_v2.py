@@ -542,7 +542,8 @@ def test_a_family_of_runs_is_sent_whole_when_the_ratio_takes_the_run_it_began_wi
         (roots["workflow escalation"].trace_id, roots["workflow escalation"].span_id)
     ]
     assert roots["workflow page"].attributes["workflow.execution.root_id"] == escalation.run_id
-    assert "workflow.execution.root_id" not in roots["workflow notify"].attributes  # its parent is the root
+    assert roots["workflow notify"].attributes["workflow.execution.root_id"] == escalation.run_id  # its parent
+    assert "workflow.execution.root_id" not in roots["workflow escalation"].attributes  # called by none
 
 
 def test_a_child_the_ratio_takes_by_its_own_id_is_sent_without_a_link_to_a_parent_left_out():
