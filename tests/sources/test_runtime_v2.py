@@ -2,15 +2,22 @@
 whatever number of times a row is read."""
 
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from fold_harness import comparable, fold_events, fold_more, settle_all
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from otel_bridge.cli import main
 from otel_bridge.correlate.outputs import SpanStatus
 from otel_bridge.correlate.overview import overview
+from otel_bridge.correlate.runs import SettlePolicy
+from otel_bridge.correlate.step import Policy, apply, settle_run
+from otel_bridge.ids import run_trace_id, sample_bound, within_ratio
 from otel_bridge.lifecycle import JOB_KIND
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options
 from otel_bridge.sources.wire import DecodeError, DecodeOptions
@@ -488,29 +495,48 @@ def test_a_child_run_follows_the_run_that_called_it():
     assert notify.attributes["workflow.execution.parent_id"] == parent.run_id
 
 
-def _sent_at_half(rows: list[dict[str, Any]]) -> list[Any]:
-    """The spans sent of these rows, taken in this order, at a ratio of one half, once every run has ended."""
-    from otel_bridge.correlate.runs import SettlePolicy
-    from otel_bridge.correlate.step import Policy, apply, settle_run
-    from otel_bridge.ids import sample_bound
+_AT_HALF = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=sample_bound(0.5)))
 
-    policy = Policy(settle=SettlePolicy(gap_grace_ns=0, sample_bound=sample_bound(0.5)))
-    states: dict[str, Any] = {}
-    for raw in rows:
+
+def _sent_at_half(rows: list[dict[str, Any]], settled_after: Collection[int] = ()) -> list[Any]:
+    """The spans sent of these rows, taken in this order at a ratio of one half: settled after each row whose
+    place `settled_after` names, and once all are read."""
+    states: dict[str, tuple[Any, float | None]] = {}  # each run's state, and when it is next due
+    sent = []
+
+    def settle(now: float) -> None:
+        for key, (state, due) in list(states.items()):
+            if due is not None and due > now:
+                continue  # as the bridge settles: a run when it is due (a closed one, once it is forgotten)
+            step = settle_run(state, now, _AT_HALF)
+            sent.extend(step.spans)
+            if step.state is None:
+                del states[key]
+            else:
+                states[key] = (step.state, step.due)
+
+    for n, raw in enumerate(rows, 1):
         for record in DECODE(raw):
             key = record.run.state_key
-            states[key] = apply(states.get(key), None, record, record.fact.time_ns / 1e9, policy).state
-    return [span for state in states.values() for span in settle_run(state, _ns(60) / 1e9, policy).spans]
+            state, due = states.get(key, (None, None))
+            step = apply(state, due, record, record.fact.time_ns / 1e9, _AT_HALF)
+            states[key] = (step.state, step.due)
+        if n in settled_after:
+            settle(_ns(5) / 1e9)  # as the rows come, before the others are read
+    settle(_ns(60) / 1e9)
+    return sent
+
+
+def _taken(run: "Run") -> bool:
+    (record, *_) = DECODE(run.row)
+    return within_ratio(run_trace_id(record.run.identity), sample_bound(0.5))
 
 
 def _taken_by_its_id(taken: bool, name: str, **columns: Any) -> Run:
     """A run that a ratio of one half takes by its own trace id, or leaves out."""
-    from otel_bridge.ids import run_trace_id, sample_bound, within_ratio
-
     while True:
         run = Run(name, **columns)
-        (record, *_) = DECODE(run.row)
-        if within_ratio(run_trace_id(record.run.identity), sample_bound(0.5)) is taken:
+        if _taken(run) is taken:
             return run
 
 
@@ -544,6 +570,42 @@ def test_a_family_of_runs_is_sent_whole_when_the_ratio_takes_the_run_it_began_wi
     assert roots["workflow page"].attributes["workflow.execution.root_id"] == escalation.run_id
     assert roots["workflow notify"].attributes["workflow.execution.root_id"] == escalation.run_id  # its parent
     assert "workflow.execution.root_id" not in roots["workflow escalation"].attributes  # called by none
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_family_is_sent_when_its_first_run_is_taken_whatever_the_order_its_rows_are_read_in(data):
+    # Families of any shape: each run a child of one before it, or of none. A run is sent when the ratio takes
+    # it by its own id or takes the run its family began with; which, and every span, whatever order the runs
+    # are read in (each run's rows in any order, but together, as the poller hands a run over), read again,
+    # and however often settled in between.
+    runs: list[Run] = []
+    for n in range(data.draw(st.integers(min_value=1, max_value=6), label="runs")):
+        caller = data.draw(st.sampled_from([None, *runs]), label="called by") if runs else None
+        columns = {}
+        if caller is not None:
+            columns = {"parent_run_id": caller.run_id, "root_run_id": caller.row.get("root_run_id") or caller.run_id}
+        run = Run(f"w{n}", **columns)
+        run.run_id = run.row["run_id"] = str(data.draw(st.uuids(), label="run id"))
+        for k in range(data.draw(st.integers(min_value=0, max_value=2), label="steps")):
+            run.step(f"root.steps[{k}]", f"s{k}", 1 + k, "SUCCEEDED", 1.5 + k)
+        runs.append(run.ended("SUCCEEDED", 4))
+    by_id = {run.run_id: run for run in runs}
+    rows = [row for run in runs for row in run.rows]
+    batches = data.draw(st.permutations(runs + data.draw(st.lists(st.sampled_from(runs), max_size=2))), label="runs")
+    read, settled_after = [], set()
+    for run in batches:
+        read += data.draw(st.permutations(run.rows), label="its rows")
+        if data.draw(st.booleans(), label="settled"):
+            settled_after.add(len(read))
+
+    sent = _sent_at_half(read, settled_after)
+
+    taken = {
+        run.row["workflow_name"] for run in runs if _taken(run) or _taken(by_id.get(run.row.get("root_run_id"), run))
+    }
+    assert {s.name.removeprefix("workflow ") for s in sent if s.parent_span_id is None} == taken
+    assert sorted(msgspec.json.encode(s) for s in sent) == sorted(msgspec.json.encode(s) for s in _sent_at_half(rows))
 
 
 def test_a_child_the_ratio_takes_by_its_own_id_is_sent_without_a_link_to_a_parent_left_out():
