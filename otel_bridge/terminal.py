@@ -256,6 +256,8 @@ def waterfall(
         detail = ", ".join(f"{key}={shown[name]}" for name, key in _short_names(shown).items())
         events.add_row(_when(event.time_ns), duration((event.time_ns - start) / 1e9), _cell(event.name), _cell(detail))
     parts: list[RenderableType] = [title, table]
+    if called := _called_by(root):
+        parts.insert(1, called)
     if root.events:  # a header over no rows reads as if something failed to show
         parts += [Text("events", style="bold"), events]
     # Still set once closed only if it was never sent; an ended run not settled yet will be, if it failed.
@@ -270,6 +272,17 @@ def waterfall(
         link = trace_link(trace_url, root.trace_id.hex())
         parts.insert(1, Text.assemble("trace: ", (link, f"link {link}")))
     return Group(*parts)
+
+
+def _called_by(root: SpanRecord) -> Text | None:
+    """For a run another called (a child workflow), which, and the run its family began with when that is
+    another: the runs to `show` next, which its trace reaches only by a link."""
+    parent = root.attributes.get(c.WORKFLOW_EXECUTION_PARENT_ID)
+    if not parent:
+        return None
+    first = root.attributes.get(c.WORKFLOW_EXECUTION_ROOT_ID)
+    family = ("", ("  its family began with ", "dim"), _cell(first)) if first and first != parent else ()
+    return Text.assemble(("called by ", "dim"), _cell(parent), *family)
 
 
 def _length(cell: Text | str) -> int:

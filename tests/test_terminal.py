@@ -136,6 +136,33 @@ def test_a_run_kept_back_by_sampling_says_so_instead_of_linking_to_a_trace_that_
     assert "trace: http://jaeger:16686/trace/" in console.export_text()
 
 
+def test_a_run_another_called_says_which_and_where_its_family_began():
+    decode = RuntimeV2Decoder()
+    first, parent, child = (
+        "11111111-1111-4111-8111-111111111111",
+        "22222222-2222-4222-8222-222222222222",
+        "33333333-3333-4333-8333-333333333333",
+    )
+    rows = {
+        run_id: {"run_id": run_id, "workflow_id": "w", "workflow_name": name, "status": "RUNNING",
+                 "started_at": "2026-12-04T09:00:00+00:00"} | columns
+        for run_id, name, columns in (
+            (first, "escalation", {}),
+            (parent, "notify", {"parent_run_id": first, "root_run_id": first}),
+            (child, "page", {"parent_run_id": parent, "root_run_id": first}),
+        )
+    }  # fmt: skip
+    shown = {}
+    for run_id, row in rows.items():
+        (state,) = fold_events([row], settle_at_ns=None, decoder=decode).runs.values()
+        console = Console(record=True, width=200)
+        console.print(waterfall(state, NOW))
+        shown[run_id] = console.export_text()
+    assert f"called by {first}\n" in shown[parent]  # its parent is where its family began
+    assert f"called by {parent}  its family began with {first}" in shown[child]
+    assert "called by" not in shown[first]
+
+
 def test_durations_read_in_the_unit_a_person_would_say():
     assert [duration(s) for s in (0.25, 42, 600, 3 * 3600, 30 * 86_400)] == [
         "250 ms",
