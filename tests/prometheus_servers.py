@@ -1,4 +1,5 @@
-"""A real Prometheus and a real Alertmanager for the tests, from Debian's packages, each on a port of its own."""
+"""A real Prometheus and a real Alertmanager for the tests, from Debian's packages, each on a port of its own; and
+the rule files the stack's Prometheus loads."""
 
 import subprocess
 import time
