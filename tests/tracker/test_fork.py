@@ -20,12 +20,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from builders import WorkflowRun
 
 from otel_bridge import trace_id_for
 from otel_bridge.state.sqlite_store import SqliteStore
 from otel_bridge.tracker import AsyncHttpBatchTracker, HttpBatchTracker, OtelTracker
+
+# Forking a process whose tracker runs threads is what these tests are about (gunicorn's preload_app forks such
+# a process); Python 3.12 and later warn of it, the risk the tracker's at-fork handlers are there to meet.
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 
 
 def _in_child(work: Callable[[], Any], timeout: float = 30.0) -> Any:
