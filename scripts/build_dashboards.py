@@ -21,6 +21,9 @@ JAEGER_SEARCH = "http://localhost:16686/search?service=${service}"
 # The alerting path's heartbeat (prometheus/alerting-path.yml) always fires: listed, it would be a line that
 # never goes away among the alerts someone must look at. Grafana's label matcher syntax.
 WITHOUT_HEARTBEAT = '{alertname!="Watchdog"}'
+# The bridge's own alerts and the alerting path's (prometheus/alerting-path.yml), the heartbeat left out: what
+# the operator of the bridge, rather than of the workflows, is paged for.
+THE_BRIDGES = '{alertname=~"Bridge.+|Producer.+|Prometheus.+|Alertmanager.+"}'
 
 
 class Board:
@@ -86,9 +89,9 @@ class Board:
             description=description,
         )  # fmt: skip
 
-    def alerts(self, title: str, width: int = 8) -> None:
-        """The alerts Prometheus evaluates (collector-config/prometheus/rules.yml) that fire now, but the
-        heartbeat."""
+    def alerts(self, title: str, width: int = 8, only: str = WITHOUT_HEARTBEAT) -> None:
+        """The alerts Prometheus evaluates (collector-config/prometheus/) that fire now, of those `only` (Grafana's
+        label matchers) names: by default all but the heartbeat."""
         if self._x + width > 24:
             self._x = 0
             self._y += 8
@@ -96,7 +99,7 @@ class Board:
             {"id": self._take_id(), "type": "alertlist", "title": title,
              "gridPos": {"h": 8, "w": width, "x": self._x, "y": self._y},
              "options": {"viewMode": "list", "groupMode": "default", "maxItems": 20, "sortOrder": 1,
-                         "dashboardAlerts": False, "alertName": "", "alertInstanceLabelFilter": WITHOUT_HEARTBEAT,
+                         "dashboardAlerts": False, "alertName": "", "alertInstanceLabelFilter": only,
                          "datasource": "Prometheus",
                          "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False,
                                          "error": True}}}
@@ -420,6 +423,7 @@ def bridge() -> Board:
         "The bridge's own health: what it takes in and from whom, what waits for export, its state, the engines it "
         "follows. Each alert of the bridge (Bridge*, ProducerSilent) reads a panel here.",
     )
+    b.alerts("Firing alerts: the bridge's own and the alerting path's", width=24, only=THE_BRIDGES)
     b.row("What comes in")
     b.panel(
         "Events in",

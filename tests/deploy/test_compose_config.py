@@ -243,14 +243,38 @@ def test_prometheus_loads_every_rule_file_of_the_stack_as_the_tests_check_it():
     assert {path.name for path in stack_rule_files()} == {"rules.yml", "alerting-path.yml"}
 
 
-def test_the_dashboards_alert_lists_leave_the_always_firing_heartbeat_out():
-    path = yaml.safe_load((ROOT / "collector-config/prometheus/alerting-path.yml").read_text())["groups"]
-    (heartbeat,) = [rule for group in path for rule in group["rules"] if rule["expr"] == "vector(1)"]
-    lists = [panel for board in DASHBOARDS.values() for panel in board["panels"] if panel["type"] == "alertlist"]
-    assert lists
-    for panel in lists:
-        # Grafana's label matchers, as its alert list takes them: every alert but the heartbeat.
-        assert panel["options"]["alertInstanceLabelFilter"] == f'{{alertname!="{heartbeat["alert"]}"}}'
+def _listed(matcher: str, names: set[str]) -> set[str]:
+    """The alerts of `names` an alert list's label matcher (Grafana's syntax, one matcher on the name) shows."""
+    match = re.fullmatch(r'\{alertname(!=|=~)"([^"]*)"\}', matcher)
+    assert match, matcher
+    op, value = match.groups()
+    return {name for name in names if (name != value if op == "!=" else re.fullmatch(value, name))}
+
+
+def test_the_dashboards_alert_lists_show_what_each_is_for_and_never_the_always_firing_heartbeat():
+    alerts = {
+        path.name: {rule["alert"] for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]}
+        for path in stack_rule_files()
+    }
+    (heartbeat,) = [
+        rule["alert"]
+        for group in yaml.safe_load((ROOT / "collector-config/prometheus/alerting-path.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if rule["expr"] == "vector(1)"
+    ]
+    every = alerts["rules.yml"] | alerts["alerting-path.yml"]
+    lists = {
+        name: [
+            panel["options"]["alertInstanceLabelFilter"] for panel in board["panels"] if panel["type"] == "alertlist"
+        ]
+        for name, board in DASHBOARDS.items()
+    }
+    # The workflows' dashboard: every alert firing, but the heartbeat.
+    assert [_listed(matcher, every) for matcher in lists["workflows"]] == [every - {heartbeat}]
+    # The bridge's: its own alerts (Bridge*, the producers it hears from) and the alerting path's.
+    bridge = {n for n in alerts["rules.yml"] if n.startswith(("Bridge", "Producer"))} | alerts["alerting-path.yml"]
+    assert [_listed(matcher, every) for matcher in lists["bridge"]] == [bridge - {heartbeat}]
+    assert lists["jobs"] == []
 
 
 def test_dashboards_are_what_the_generator_writes(tmp_path):
