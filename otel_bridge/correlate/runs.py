@@ -281,6 +281,18 @@ class SettlePolicy:
         root = family_root(run)
         return root is not None and within_ratio(run_trace_id(followed(run.identity, root)), self.sample_bound)
 
+    def keeps_link(self, run: RunRef, trace_id: bytes) -> bool:
+        """Whether a link of `run`'s to the trace `trace_id` leads to a trace that is sent: one the ratio takes (a
+        trigger, its own one-span trace, which never fails, is sent only then); any of a retry of a failed run
+        (they lead to the run it retries, sent whole for failing); a child's to its parent, taken with the
+        family. A link to a trace kept back would lead nowhere."""
+        return (
+            self.sample_bound is None
+            or within_ratio(trace_id, self.sample_bound)
+            or retries_a_failed_run(run)
+            or (trace_id == _parent_trace(run) and self.takes_family(run))
+        )
+
 
 def family_root(run: RunRef) -> str | None:
     """The run the family of a child run began with (`workflow.execution.root_id`, else the parent that called
@@ -610,15 +622,8 @@ def settle(state: RunState, now_ns: int, policy: SettlePolicy) -> SettleResult:
             linked = send or span.status is SpanStatus.ERROR
             result.observations.extend(_span_observations(state.run, span, state.facts, linked))
         if send and (whole or not built):
-            if span.remote_links and policy.sample_bound is not None and not retries_a_failed_run(state.run):
-                # A trigger (its own one-span trace, which never fails) is sent only when the ratio takes
-                # it: a link to one kept back would lead to a trace that is not there. A retry's links lead
-                # to the failed run it retries, which was sent whole; a child's to its parent, taken with
-                # the family.
-                kept = _parent_trace(state.run) if policy.takes_family(state.run) else None
-                span.remote_links = [
-                    link for link in span.remote_links if link[0] == kept or within_ratio(link[0], policy.sample_bound)
-                ]
+            if span.remote_links and policy.sample_bound is not None:
+                span.remote_links = [link for link in span.remote_links if policy.keeps_link(state.run, link[0])]
             result.spans.append(span)
 
     if ended or incomplete:
