@@ -281,7 +281,7 @@ def _called_by(root: SpanRecord) -> Text | None:
     if not parent:
         return None
     first = root.attributes.get(c.WORKFLOW_EXECUTION_ROOT_ID)
-    family = ("", ("  its family began with ", "dim"), _cell(first)) if first and first != parent else ()
+    family = (("  its family began with ", "dim"), _cell(first)) if first and first != parent else ()
     return Text.assemble(("called by ", "dim"), _cell(parent), *family)
 
 

@@ -240,20 +240,14 @@ class Runtime:
             said = {"triggerType": "recurring", "scheduleId": schedule_id, "scheduleName": name,
                     "scheduledFor": occurrence.isoformat(), "firedAt": when.isoformat()}  # fmt: skip
             trigger = ("recurring", None, Jsonb(said))
-        # The family's first run: the parent's own root, or the parent.
-        called_by = (
-            parent
-            and self.db.execute(
-                "SELECT coalesce(root_run_id, run_id)::text FROM workflow_runs WHERE run_id = %s", (parent,)
-            ).fetchone()
-        )
-        root = called_by[0] if called_by else parent
         self.db.execute(
             "INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, tenant_id, status, node_path, "
             "trigger_type, event_type, trigger_metadata_json, input_json, parent_run_id, root_run_id, engine, "
             "temporal_workflow_id, temporal_run_id, started_at, updated_at) "
-            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (run_id, self.workflow_id, self.tenant, *trigger, Jsonb(payload or {"ticketId": "T-1"}), parent, root,
+            # root_run_id: the run the family began with, the parent's own or the parent.
+            "VALUES (%s, %s, 3, %s, 'RUNNING', 'root.steps[0]', %s, %s, %s, %s, %s, "
+            "(SELECT coalesce(root_run_id, run_id) FROM workflow_runs WHERE run_id = %s), %s, %s, %s, %s, %s)",
+            (run_id, self.workflow_id, self.tenant, *trigger, Jsonb(payload or {"ticketId": "T-1"}), parent, parent,
              *engine, when, when),
         )  # fmt: skip
         self.log(run_id, when, "INFO", "Run started", context={"workflowVersion": 3})
