@@ -187,14 +187,8 @@ def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_p
     ((sent_to,),) = [am["static_configs"][0]["targets"] for am in config["alerting"]["alertmanagers"]]
     assert sent_to == "alertmanager:9093"  # the stack's service
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager.removeprefix("http://")]
-    config["rule_files"] = []
-    for path in stack_rule_files():  # the alerts and the heartbeat, as the stack mounts them
-        rules = yaml.safe_load(path.read_text())
-        for group in rules["groups"]:
-            for rule in group["rules"]:
-                rule.pop("for", None)  # fire at the first evaluation
-        (tmp_path / path.name).write_text(yaml.safe_dump(rules))
-        config["rule_files"].append(str(tmp_path / path.name))
+    # The alerts and the heartbeat, as the stack mounts them.
+    config["rule_files"] = [str(_firing_at_once(path, tmp_path)) for path in stack_rule_files()]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     # An alert that fires before Prometheus has found its Alertmanager is sent again a minute later: a second.
     server, _url = prometheus_server(binary, tmp_path, "--rules.alert.resend-delay=1s")
@@ -210,6 +204,16 @@ def test_prometheus_sends_what_the_stacks_rules_fire_to_the_alertmanager_which_p
     assert "BridgeDown" not in {a["labels"]["alertname"] for a in webhook.alerts("notify")}
     assert heartbeat["labels"] == HEARTBEAT
     assert "Watchdog" not in {a["labels"]["alertname"] for to in ("page", "notify") for a in webhook.alerts(to)}
+
+
+def _firing_at_once(rules: Path, into: Path) -> Path:
+    """The rule file `rules` written in `into`, each alert firing at its first evaluation (no `for`)."""
+    written = yaml.safe_load(rules.read_text())
+    for group in written["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    (into / rules.name).write_text(yaml.safe_dump(written))
+    return into / rules.name
 
 
 def _post(alertmanager: str, *alerts: dict[str, str]) -> None:
@@ -317,17 +321,12 @@ def test_the_alerting_path_tells_of_a_receiver_that_fails_and_of_a_rule_that_can
     (failing_dir / "alertmanager.yml").write_text(yaml.safe_dump(failing_config))
     failing, failing_url = alertmanager_server(BINARY, failing_dir, broken["webhook_configs"][0]["url"])
 
-    rules = yaml.safe_load(ALERTING_PATH.read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("for", None)  # fire at the first evaluation
-    (tmp_path / ALERTING_PATH.name).write_text(yaml.safe_dump(rules))
     # Two `up` series on each side of a one-to-one match on nothing: an error at every evaluation.
     failing_rule = {"groups": [{"name": "broken", "rules": [{"alert": "NeverFires", "expr": "up + on() up"}]}]}
     (tmp_path / "broken.yml").write_text(yaml.safe_dump(failing_rule))
     config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(tmp_path / ALERTING_PATH.name), str(tmp_path / "broken.yml")]
+    config["rule_files"] = [str(_firing_at_once(ALERTING_PATH, tmp_path)), str(tmp_path / "broken.yml")]
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager.removeprefix("http://")]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     jobs["alertmanager"]["static_configs"] = [{"targets": [failing_url.removeprefix("http://")]}]
