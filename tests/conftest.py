@@ -8,9 +8,14 @@ from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 if TYPE_CHECKING:
     from postgres_server import PostgresServer
 
+# The suite specifies the bridge's defaults and the settings each test gives: none from the shell it
+# runs in (an exported OTEL_EXPORTER_OTLP_ENDPOINT would send the tests' spans to a real backend, and an
+# OTEL_BRIDGE_* variable would change what every bridge the tests start does, or be warned of).
+for _name in [name for name in os.environ if name.startswith("OTEL_")]:
+    del os.environ[_name]
 # Every bridge the tests start, in this process or as a child, keeps 1 MiB beside its state file
 # rather than the default 16: hundreds of them run (tests/state/test_disk_reserve.py tries the real size).
-os.environ.setdefault("OTEL_BRIDGE_DISK_RESERVE_MIB", "1")
+os.environ["OTEL_BRIDGE_DISK_RESERVE_MIB"] = "1"
 
 
 @pytest.fixture
