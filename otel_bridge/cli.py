@@ -573,6 +573,7 @@ def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
         capture_input=settings.capture_input,
         log_levels=levels_from(settings.runtime_v2_log_level),
         start=since,
+        follows=False,
     )
     try:
         runs = poller.poll_once()

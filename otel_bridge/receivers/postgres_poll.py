@@ -8,8 +8,10 @@ this process has not read yet, so a run first met mid-way (or met again after a 
 whole trace, once. A run Temporal drives writes its waits without updating its row: the waits
 still waiting are read at every poll too; so are the log lines of a run that ended within the
 overlap, which the runtime writes just after the run's last update (its end, an operator's
-cancel). The mark is kept with the state once the rows are committed, so a restarted bridge goes
-on where it stopped.
+cancel). A run that ended within the second before a poll (by the database's clock) is left to the
+next poll, once, so that those lines come with its end: handed over before them, its trace was sent
+before they were read. The mark is kept with the state once the rows are committed, so a restarted
+bridge goes on where it stopped.
 
 `updated_at` is written by the runtime's workers' clocks (to the millisecond) and committed a
 moment after: each poll reads again the last `overlap` seconds, handing over again only runs whose
@@ -58,8 +60,13 @@ TABLES = (
 # Where a keyset page starts when no run of that instant was read yet: before every uuid.
 _FIRST_ID = "00000000-0000-0000-0000-000000000000"
 # How long before a run's row's last update the lines its log is read again for were written: the
-# runtime writes them after it, from the process that updated the row (clocks of one machine).
+# runtime writes them after it, from the process that updated the row (clocks of one machine). A run that
+# ended within it is read at the next poll (`_holds`).
 _TRAILING = timedelta(seconds=1)
+# Whether a run's row says it ended (a run Temporal drives may be marked FAILED a moment before a catch block
+# takes the failure on), and whether it was updated within `_TRAILING` of the database's clock.
+_DONE = "r.status IN ('SUCCEEDED', 'FAILED', 'CANCELED')"
+_JUST_UPDATED = "r.updated_at > now() - %(trailing)s::interval"
 # Rows handed to the pipeline at once: a run of 20,000 steps read whole (its log at `info`, 60,000 rows) peaked
 # at 355 MiB handed over in one batch, 189 MiB in batches of 5,000.
 _BATCH = 5_000
@@ -123,8 +130,8 @@ _RUN_ROW = f"""(to_jsonb(r) - %(dropped)s::text[] || jsonb_build_object(
 _NAMED = _named("r")
 # The runs changed past a point, by their keys alone, with the version of their row (`xmin`, new at every
 # update, even two in one millisecond): the overlap is read again at every poll, and most of it was read.
-_RUN_KEYS = """
-SELECT r.updated_at, r.run_id::text, r.xmin::text, r.status IN ('SUCCEEDED', 'FAILED', 'CANCELED')
+_RUN_KEYS = f"""
+SELECT r.updated_at, r.run_id::text, r.xmin::text, {_DONE}, {_JUST_UPDATED}
 FROM workflow_runs r
 WHERE r.updated_at >= %(after)s AND (r.updated_at, r.run_id::text) > (%(after)s, %(after_id)s)
 ORDER BY r.updated_at, r.run_id::text
@@ -218,16 +225,16 @@ _EVENT_JSON = "(to_jsonb(e) - 'payload' - 'schema_ref_conflict')"
 _EVENT_ROW = f"{_EVENT_JSON}::text"
 # The waits still waiting, by the runtime's index on (wait_type, status): a run that Temporal drives writes
 # its waits without updating its own row, so they are not met through it until the run goes on. Their ids
-# at every poll (a task may wait for days), and the rows of a new one once, with its run's row, and once
-# more as it leaves them.
+# at every poll (a task may wait for days), and the rows of a new one once, with its run's key and version,
+# and once more as it leaves them.
 _WAITING = """
 SELECT w.wait_id::text FROM workflow_run_waits w
 WHERE w.wait_type IN ('retry', 'time', 'event', 'human', 'quota') AND w.status = 'WAITING' AND w.created_at >= %(after)s
 """
 _WAITING_ROWS = f"""{_asked("SELECT run_id FROM workflow_run_waits WHERE wait_id = ANY(%(waits)s::uuid[])")}
-SELECT {_WAIT_ROW}, {_RUN_ROW}
+SELECT {_WAIT_ROW}, r.run_id::text, r.updated_at, r.xmin::text, {_DONE} AND {_JUST_UPDATED}
 FROM workflow_run_waits w
-JOIN workflow_runs r ON r.run_id = w.run_id {_NAMED}
+JOIN workflow_runs r ON r.run_id = w.run_id
 WHERE w.wait_id = ANY(%(waits)s::uuid[])
 """
 
@@ -403,8 +410,10 @@ class TablePoller:
         lease: Callable[[float], bool] | None = None,
         lease_seconds: float | None = None,
         log_levels: tuple[str, ...] = ("WARN", "ERROR"),
+        follows: bool = True,
     ) -> None:
         """`start`: read the runs changed since then, whatever mark is kept (an import of the history).
+        `follows`: polls follow this one (False: one read, an import: no run is left to a next poll).
         `lease(seconds)`: whether this bridge holds the lease of reading the tables for so long, among
         replicas sharing a state (None: it is alone); held `lease_seconds` (five polls, 10 s at least)."""
         self._url = url
@@ -422,6 +431,11 @@ class TablePoller:
         self._seen: dict[str, tuple[datetime, str]] = {}
         # The waits handed over while still waiting (those the last poll found so).
         self._waiting: set[str] = set()
+        # The runs (and the version of their row) that had just ended, left to the next poll by the last one and
+        # by this one.
+        self._follows = follows
+        self._left: set[tuple[str, str]] = set()
+        self._leaving: set[tuple[str, str]] = set()
         # The schedules read (the version of their row, what names them, the latest `updated_at` read), and
         # since when their occurrences are followed (this process's first mark).
         self._schedule_versions: dict[str, str] = {}
@@ -498,16 +512,24 @@ class TablePoller:
             self._events_kept = self._events_mark if kept else None
         after, after_id = self._mark - self._overlap, _FIRST_ID
         self._looked = self._looked or after
+        self._left, self._leaving = self._leaving, set()
         changed_runs = 0
+        # The first run left to the next poll: the mark stops there, so that it is read again however small the
+        # overlap.
+        left_at: datetime | None = None
         while True:
-            keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
+            asked = {"after": after, "after_id": after_id, "limit": self._page, "trailing": _TRAILING}
+            keys = db.execute(_RUN_KEYS, asked).fetchall()
             if not keys:
                 break
             fresh: list[tuple[str, tuple[datetime, str]]] = []
             ended: list[str] = []
             since: list[datetime] = []
-            for at, run, version, done in keys:
+            for at, run, version, done, just in keys:
                 if self._seen.get(run) != (at, version):
+                    if done and just and self._holds(run, version):
+                        left_at = left_at or at
+                        continue
                     fresh.append((run, (at, version)))
                 elif done:
                     # A run that ended, read as it is: the lines of its log written after its row's last update
@@ -522,9 +544,9 @@ class TablePoller:
                 self._take(db, fresh)
                 changed_runs += len(fresh)
             after, after_id = keys[-1][0], keys[-1][1]
-            if after > self._mark:
-                self._mark = after
-                self._note(_BOOKMARK, after.isoformat().encode())
+            if (marked := min(after, left_at or after)) > self._mark:
+                self._mark = marked
+                self._note(_BOOKMARK, marked.isoformat().encode())
             if len(keys) < self._page:
                 break
         self._take_waiting(db)
@@ -684,10 +706,31 @@ class TablePoller:
         # and sets their runs RUNNING, without updating the runs' `updated_at` (it would be read at the run's
         # next change, a Temporal run's re-entry, maybe never).
         if changed := sorted(waiting ^ self._waiting):
-            asked = {"waits": changed, **self._settled}
-            rows = db.execute(_WAITING_ROWS, asked).fetchall()
-            self._hand_over([text for wait_row, run_row in rows for text in (run_row, wait_row)])
+            rows = db.execute(_WAITING_ROWS, {"waits": changed, "trailing": _TRAILING}).fetchall()
+            # A run whose row changed since it was read is read as the runs are, with every row of it changed since,
+            # its waits among them: handed over alone, its row could tell the run's end without the step's end
+            # written a moment before it (a run cancelled while its task waited, between this poll's read of the
+            # runs and of the waits), and the run was sent before its next read brought the step's. One that has
+            # just ended is left to the next poll's read of the runs, as there.
+            fresh = {
+                run: (at, version) for _wait, run, at, version, _just in rows if self._seen.get(run) != (at, version)
+            }
+            left = {
+                run for _wait, run, _at, version, just in rows if run in fresh and just and self._holds(run, version)
+            }
+            if taken := [(run, read) for run, read in fresh.items() if run not in left]:
+                self._take(db, taken)
+            self._hand_over([wait_row for wait_row, run, *_read in rows if run not in fresh])
         self._waiting = waiting
+
+    def _holds(self, run: str, version: str) -> bool:
+        """Whether to leave to the next poll a run whose row has just told its end: the lines of its log the
+        runtime writes just after (an operator's reason, `Run failed`) come then with it. Once a version of its
+        row, whatever the clock of the worker that dated it."""
+        if not self._follows or (run, version) in self._left:
+            return False
+        self._leaving.add((run, version))
+        return True
 
     def _hand_over(self, texts: list[str]) -> None:
         """The rows (as PostgreSQL wrote them in JSON) to the pipeline, read a batch at a time."""

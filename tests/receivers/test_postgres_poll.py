@@ -101,7 +101,8 @@ def _spans(folded) -> list[tuple]:
 
 
 def _ns(moment) -> int:
-    return int(moment.timestamp() * 1e9)
+    """Nanoseconds since the epoch, exactly (a float's product drifts by some hundred ns)."""
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
 def test_an_execution_left_waiting_is_ended_when_the_run_resumes_however_long_after(database, tmp_path):
@@ -391,6 +392,47 @@ def test_an_operators_cancel_written_after_the_runs_end_is_still_read_with_its_r
     )
 
 
+def test_a_run_that_has_just_ended_is_read_at_the_next_poll_with_the_lines_its_log_writes_after_its_end(
+    database, tmp_path
+):
+    """Read in the moment between the cancel's update of the run and its log line, the run was sent (a settle
+    window later) before the next poll read the line: a "late event", its reason lost."""
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {}, overlap_seconds=0)
+    now = datetime.now(UTC)
+    run = runtime.start_run(now - timedelta(seconds=5))
+    runtime.step_started(run, "root.steps[0]", "wait-approval", now - timedelta(seconds=4))
+    runtime.event_wait(run, "root.steps[0]", now - timedelta(seconds=3), "APPROVED", "T-1", timeout=3600)
+    poller.poll_once()
+    other = runtime.start_run(now - timedelta(seconds=2))
+    runtime._run(run, now, status="CANCELED", node_path=None, completed_at=now)
+    runtime._run(other, now + timedelta(milliseconds=5), status="RUNNING")  # the mark would move past the first
+    assert poller.poll_once() == 1, "the run that has just ended is left to the next poll"
+    runtime.log(run, now + timedelta(milliseconds=10), "WARN", "Run canceled by operator",
+                context={"reason": "duplicate"}, source="api")  # fmt: skip
+    live = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=_ns(now + timedelta(seconds=1.5)))
+    assert not [s for s in live.spans if s.parent_span_id is None and run in str(s.attributes)], "not sent"
+    before = len(recorded.rows)
+    assert poller.poll_once() == 1, "read again though the overlap is none: the mark stopped at it"
+    fold_more(live, recorded.rows[before:], decoder=DECODE)
+    settle_all(live, _ns(now + timedelta(seconds=4)))
+    assert "late" not in {a.value for a in live.admissions}
+    (root,) = [s for s in live.spans if s.parent_span_id is None and s.attributes.get("workflow.execution.id") == run]
+    assert root.attributes["workflow.execution.cancel_reason"] == "duplicate"
+    assert "Run canceled by operator" in {e.name for e in root.events}
+    assert poller.poll_once() == 0, "and left once only"
+
+
+def test_an_import_reads_a_run_that_has_just_ended_at_once(database, tmp_path):
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    now = datetime.now(UTC)
+    run = runtime.start_run(now - timedelta(seconds=2))
+    step = runtime.step_started(run, "root.steps[0]", "lookup", now - timedelta(seconds=1))
+    runtime.step_succeeded(run, step, now - timedelta(seconds=1), now, None)
+    assert _poller(database, recorded, tmp_path, {}, overlap_seconds=0, follows=False).poll_once() == 1
+    assert fold_events(recorded.rows, decoder=DECODE).root.end_ns == _ns(now)
+
+
 def test_a_runs_log_is_read_from_the_level_asked_for_on_the_execution_it_was_written_in(database, tmp_path):
     runtime = _runtime(database)
     run = runtime.start_run(at(0))
@@ -532,6 +574,37 @@ def test_a_temporal_run_a_catch_block_took_on_is_one_trace_however_its_reads_fel
     assert {"quota.wait.created", "quota.wait.resolved"} <= {e.name for e in live.root.events}
     paused = next(e for e in live.root.events if e.name == "quota.wait.created")
     assert paused.attributes["workflow.pause.reason"] == "step quota exceeded (100 of 100)"
+
+
+def test_a_run_that_ends_as_its_waits_are_read_is_handed_over_with_the_rows_that_ended_it(database, tmp_path):
+    """A run Temporal drives, cancelled while its step waits for a person, in the moment between a poll's read
+    of the runs and its read of the waits: the wait read as cancelled came with its run's row, which already
+    told the run's end, and not the step's, which the run's next read brought after the run was sent (a
+    "late event", met in a ten-minute run of the demo)."""
+    runtime, recorded = _runtime(database), Recorded(tmp_path)
+    poller = _poller(database, recorded, tmp_path, {})
+    run = runtime.start_run(at(0), temporal=True)
+    approval = runtime.step_started(run, "root.steps[0]", "awaitApproval", at(1), temporal=True)
+    runtime.human_task(run, "root.steps[0]", at(1.1), "escalationApproval", temporal=True)
+    poller.poll_once()
+    read_waits = poller._take_waiting
+
+    def cancelled_meanwhile(db) -> None:
+        runtime.temporal_canceled(run, approval, at(1), at(30))
+        runtime.temporal_run_completed(run, at(31), "CANCELED")
+        read_waits(db)
+
+    poller._take_waiting = cancelled_meanwhile  # type: ignore[method-assign]
+    poller.poll_once()
+    poller._take_waiting = read_waits  # type: ignore[method-assign]
+    live = fold_events(recorded.rows, decoder=DECODE, settle_at_ns=_ns(at(33)))  # sent a settle window after
+    assert live.root.end_ns == _ns(at(31)), "the run was sent as it ended"
+    before = len(recorded.rows)
+    poller.poll_once()
+    fold_more(live, recorded.rows[before:], decoder=DECODE)
+    assert "late" not in {a.value for a in live.admissions}
+    waited = live.span("step awaitApproval")
+    assert (waited.end_ns, waited.status) == (_ns(at(30)), SpanStatus.UNSET)
 
 
 def test_a_quota_wait_the_runtimes_scan_resolves_is_read_as_it_is_though_the_runs_row_is_not_touched(
