@@ -1,0 +1,150 @@
+"""A sidecar following every engine at once, for minutes: what it holds over time, and what it counted late.
+
+    python benchmarks/every_engine.py [--minutes 10] [--rate 6] [--kill-at 300] [--baseline DIR]
+
+`otel-bridge serve` (SQLite state, production defaults but `overdue_grace_seconds` 60) follows the
+event-sourced runtime's Redis stream, a Phase-10 engine's WebSocket and the runtime v2's PostgreSQL tables
+(a real Redis and PostgreSQL, Debian's, in temporary directories), and takes durable-effect producers'
+POSTs, while `otel-bridge demo` plays all of them (`--rate` runs a second of each, one in twenty an incident
+the alerts are for), every span to a local OTLP/HTTP receiver that decodes it. Every 30 s: the bridge's
+RSS, threads, open files and state file (with its write-ahead log, without the disk reserve), and the spans
+received. At the end: the events the bridge counted late (`otel_bridge_events_late_total`: an event of a
+run whose trace was already sent — a straggler a source handed over after the run's end), the warnings of
+its log by kind, and the demo's counts. `--kill-at S`: kill -9 the bridge S seconds in and start it again on
+the same state (the demo's tracker re-sends what was refused meanwhile). With `--baseline DIR` the same
+traffic (one seed, the demo of this checkout) goes to that checkout's bridge first, then to this one's.
+
+What must hold: RSS, threads and open files level off; nothing counted late that an engine wrote in order.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bridge_process import free_port
+from postgres_server import PostgresServer
+from redis_server import RedisServer
+from sidecar_cpu import CountingReceiver, bridge_process
+from steady_stream import rss_mib
+
+_EVERY = 30.0
+_LATE = re.compile(r"^otel_bridge_events_late_total(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
+
+
+def _sample(pid: int, workdir: Path, receiver: CountingReceiver, started: float) -> tuple[float, ...]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    files = len(os.listdir(f"/proc/{pid}/fd"))
+    state = sum(f.stat().st_size for f in workdir.glob("state.db*") if f.suffix != ".reserve")
+    return (time.monotonic() - started, rss_mib(pid), threads, files, state / 2**20, receiver.spans)
+
+
+def _late(url: str) -> float:
+    """The events this bridge process counted late so far (its counters start again with the process)."""
+    return sum(float(n) for n in _LATE.findall(httpx.get(f"{url}/metrics", timeout=10).text))
+
+
+def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, seed: int) -> dict:
+    receiver = CountingReceiver()
+    workdir = Path(tempfile.mkdtemp(prefix="every-engine-"))
+    redis, postgres = RedisServer().start(), PostgresServer().start()
+    tables = postgres.database("runtime")
+    ws_port = free_port()
+    followed = {
+        "stream_url": redis.url,
+        "ws_url": f"ws://127.0.0.1:{ws_port}/ws/stream",
+        "ws_api_url": f"http://127.0.0.1:{ws_port}",
+        "runtime_v2_url": tables,
+        "overdue_grace_seconds": "60",
+    }
+    bridge = bridge_process(workdir, receiver, followed, tree)
+    bridge.env["OTEL_BRIDGE_LOG_LEVEL"] = "INFO"
+    bridge.start()
+    demo_args = ["--rate", str(rate), "--duration", str(minutes * 60), "--incidents", "0.05", "--seed", str(seed)]
+    demo_args += ["--stream-url", redis.url, "--ws-port", str(ws_port), "--ws-host", "127.0.0.1"]
+    told = workdir / "demo.out"
+    with told.open("w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "otel_bridge", "demo", "--url", bridge.url, *demo_args, "--runtime-v2-url", tables],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    rows: list[tuple[float, ...]] = []
+    late = 0.0
+    started = time.monotonic()
+    next_row = started + _EVERY
+    demo_ended: float | None = None
+    try:
+        # Until the demo has ended and its last runs have had 30 s to be settled and sent.
+        while demo_ended is None or time.monotonic() - demo_ended < 30:
+            time.sleep(1)
+            if demo_ended is None and demo.poll() is not None:
+                demo_ended = time.monotonic()
+            assert bridge.proc is not None and bridge.proc.poll() is None, bridge.log.read_text()[-3000:]
+            if kill_at is not None and time.monotonic() - started >= kill_at:
+                late += _late(bridge.url)
+                bridge.kill()
+                bridge.start()
+                kill_at = None
+            if time.monotonic() >= next_row:
+                rows.append(_sample(bridge.proc.pid, workdir, receiver, started))
+                next_row += _EVERY
+        late += _late(bridge.url)
+        rows.append(_sample(bridge.proc.pid, workdir, receiver, started))
+        bridge.stop(timeout=60)
+        said = told.read_text()
+    finally:
+        bridge.close()
+        demo.kill()
+        receiver.close()
+        redis.close()
+        postgres.close()
+    warnings = collections.Counter(
+        re.sub(r"[0-9a-f-]{36}|\d+", "N", line.split(" WARNING ", 1)[1])[:110]
+        for line in bridge.log.read_text().splitlines()
+        if " WARNING " in line
+    )
+    summary = json.loads(said.strip().splitlines()[-1])
+    demo_said = {k: summary[k] for k in ("events", "posts", "retries", "dropped_events", "rejected_events", "engines")}
+    return {"rows": rows, "late": late, "warnings": warnings, "demo": demo_said}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=6, help="runs started a second, of each engine")
+    parser.add_argument("--kill-at", type=float, default=None, help="kill -9 the bridge this many seconds in")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--baseline", help="another checkout of otel-bridge, given the same traffic first")
+    args = parser.parse_args()
+    runs = {}
+    if args.baseline:
+        runs["baseline"] = soak(str(Path(args.baseline).resolve()), args.minutes, args.rate, args.kill_at, args.seed)
+    runs["otel-bridge"] = soak(None, args.minutes, args.rate, args.kill_at, args.seed)
+    print(f"every engine, {args.rate:g} runs a second of each for {args.minutes:g} min (demo seed {args.seed})")
+    for name, run in runs.items():
+        print(f"\n{name}")
+        print(f"{'s':>7}{'RSS MiB':>9}{'threads':>9}{'files':>7}{'state MiB':>11}{'spans':>9}")
+        for at, rss, threads, files, state, spans in run["rows"]:
+            print(f"{at:7.0f}{rss:9.0f}{threads:9.0f}{files:7.0f}{state:11.1f}{spans:9,.0f}")
+        print(f"events counted late: {run['late']:.0f}")
+        for warning, n in run["warnings"].most_common(8):
+            print(f"  {n:5} x WARNING {warning}")
+        print(f"  demo: {run['demo']}")
+
+
+if __name__ == "__main__":
+    main()
