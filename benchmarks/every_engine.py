@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,30 +34,39 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bridge_process import free_port
+from bridge_process import BridgeProcess, free_port
 from postgres_server import PostgresServer
 from redis_server import RedisServer
 from sidecar_cpu import CountingReceiver, bridge_process
 from steady_stream import rss_mib
 
 _EVERY = 30.0
-_LATE = re.compile(r"^otel_bridge_events_late_total(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
+_COUNTER = re.compile(r'^otel_bridge_events_(late|duplicate)_total\{[^}]*receiver="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
-def _sample(pid: int, workdir: Path, receiver: CountingReceiver, started: float) -> tuple[float, ...]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
-    files = len(os.listdir(f"/proc/{pid}/fd"))
-    state = sum(f.stat().st_size for f in workdir.glob("state.db*") if f.suffix != ".reserve")
-    return (time.monotonic() - started, rss_mib(pid), threads, files, state / 2**20, receiver.spans)
+def _sample(
+    bridges: list[BridgeProcess], state: Callable[[], float], receiver: CountingReceiver, started: float
+) -> list:
+    """Seconds in; each replica's RSS, threads and open files; the state's MiB; spans received."""
+    each = []
+    for bridge in bridges:
+        assert bridge.proc is not None
+        pid = bridge.proc.pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+        each.append((rss_mib(pid), threads, len(os.listdir(f"/proc/{pid}/fd"))))
+    return [time.monotonic() - started, each, state(), receiver.spans]
 
 
-def _late(url: str) -> float:
-    """The events this bridge process counted late so far (its counters start again with the process)."""
-    return sum(float(n) for n in _LATE.findall(httpx.get(f"{url}/metrics", timeout=10).text))
+def _counted(url: str) -> collections.Counter:
+    """This bridge process's late and duplicate events so far, by source (its counters start with the process)."""
+    counted: collections.Counter = collections.Counter()
+    for what, receiver, n in _COUNTER.findall(httpx.get(f"{url}/metrics", timeout=10).text):
+        counted[what, receiver] += float(n)
+    return counted
 
 
-def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, seed: int) -> dict:
+def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, seed: int, replicas: int) -> dict:
     receiver = CountingReceiver()
     workdir = Path(tempfile.mkdtemp(prefix="every-engine-"))
     redis, postgres = RedisServer().start(), PostgresServer().start()
@@ -69,21 +79,46 @@ def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, s
         "runtime_v2_url": tables,
         "overdue_grace_seconds": "60",
     }
-    bridge = bridge_process(workdir, receiver, followed, tree)
-    bridge.env["OTEL_BRIDGE_LOG_LEVEL"] = "INFO"
-    bridge.start()
+    shared = redis.url.rsplit("/", 1)[0] + "/1"  # the replicas' state: another database of the same Redis
+    if replicas > 1:
+        followed["state"] = shared
+        memory = redis.client()
+
+        def state() -> float:
+            return memory.info("memory")["used_memory"] / 2**20
+    else:
+
+        def state() -> float:
+            return sum(f.stat().st_size for f in workdir.glob("*/state.db*") if f.suffix != ".reserve") / 2**20
+
+    bridges = []
+    for n in range(replicas):
+        (workdir / f"replica-{n}").mkdir()
+        bridge = bridge_process(workdir / f"replica-{n}", receiver, dict(followed), tree)
+        bridge.env["OTEL_BRIDGE_LOG_LEVEL"] = "INFO"
+        bridges.append(bridge.start())
     demo_args = ["--rate", str(rate), "--duration", str(minutes * 60), "--incidents", "0.05", "--seed", str(seed)]
     demo_args += ["--stream-url", redis.url, "--ws-port", str(ws_port), "--ws-host", "127.0.0.1"]
     told = workdir / "demo.out"
     with told.open("w") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "otel_bridge", "demo", "--url", bridge.url, *demo_args, "--runtime-v2-url", tables],
+            [
+                sys.executable,
+                "-m",
+                "otel_bridge",
+                "demo",
+                "--url",
+                bridges[0].url,
+                *demo_args,
+                "--runtime-v2-url",
+                tables,
+            ],
             stdout=out,
             stderr=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[1],
         )
-    rows: list[tuple[float, ...]] = []
-    late = 0.0
+    rows: list[list] = []
+    counted: collections.Counter = collections.Counter()
     started = time.monotonic()
     next_row = started + _EVERY
     demo_ended: float | None = None
@@ -93,33 +128,38 @@ def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, s
             time.sleep(1)
             if demo_ended is None and demo.poll() is not None:
                 demo_ended = time.monotonic()
-            assert bridge.proc is not None and bridge.proc.poll() is None, bridge.log.read_text()[-3000:]
+            for bridge in bridges:
+                assert bridge.proc is not None and bridge.proc.poll() is None, bridge.log.read_text()[-3000:]
             if kill_at is not None and time.monotonic() - started >= kill_at:
-                late += _late(bridge.url)
-                bridge.kill()
-                bridge.start()
+                counted += _counted(bridges[0].url)
+                bridges[0].kill()
+                bridges[0].start()
                 kill_at = None
             if time.monotonic() >= next_row:
-                rows.append(_sample(bridge.proc.pid, workdir, receiver, started))
+                rows.append(_sample(bridges, state, receiver, started))
                 next_row += _EVERY
-        late += _late(bridge.url)
-        rows.append(_sample(bridge.proc.pid, workdir, receiver, started))
-        bridge.stop(timeout=60)
+        for bridge in bridges:
+            counted += _counted(bridge.url)
+        rows.append(_sample(bridges, state, receiver, started))
+        for bridge in bridges:
+            bridge.stop(timeout=60)
         said = told.read_text()
     finally:
-        bridge.close()
+        for bridge in bridges:
+            bridge.close()
         demo.kill()
         receiver.close()
         redis.close()
         postgres.close()
     warnings = collections.Counter(
         re.sub(r"[0-9a-f-]{36}|\d+", "N", line.split(" WARNING ", 1)[1])[:110]
+        for bridge in bridges
         for line in bridge.log.read_text().splitlines()
         if " WARNING " in line
     )
     summary = json.loads(said.strip().splitlines()[-1])
     demo_said = {k: summary[k] for k in ("events", "posts", "retries", "dropped_events", "rejected_events", "engines")}
-    return {"rows": rows, "late": late, "warnings": warnings, "demo": demo_said}
+    return {"rows": rows, "counted": counted, "warnings": warnings, "demo": demo_said}
 
 
 def main() -> None:
@@ -128,19 +168,28 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=6, help="runs started a second, of each engine")
     parser.add_argument("--kill-at", type=float, default=None, help="kill -9 the bridge this many seconds in")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--replicas", type=int, default=1, help="replicas sharing a Redis state (1: one, on SQLite)")
     parser.add_argument("--baseline", help="another checkout of otel-bridge, given the same traffic first")
     args = parser.parse_args()
     runs = {}
     if args.baseline:
-        runs["baseline"] = soak(str(Path(args.baseline).resolve()), args.minutes, args.rate, args.kill_at, args.seed)
-    runs["otel-bridge"] = soak(None, args.minutes, args.rate, args.kill_at, args.seed)
-    print(f"every engine, {args.rate:g} runs a second of each for {args.minutes:g} min (demo seed {args.seed})")
+        runs["baseline"] = soak(
+            str(Path(args.baseline).resolve()), args.minutes, args.rate, args.kill_at, args.seed, args.replicas
+        )
+    runs["otel-bridge"] = soak(None, args.minutes, args.rate, args.kill_at, args.seed, args.replicas)
+    shared = f", {args.replicas} replicas sharing a Redis state" if args.replicas > 1 else ""
+    print(f"every engine, {args.rate:g} runs a second of each for {args.minutes:g} min (demo seed {args.seed}){shared}")
     for name, run in runs.items():
         print(f"\n{name}")
-        print(f"{'s':>7}{'RSS MiB':>9}{'threads':>9}{'files':>7}{'state MiB':>11}{'spans':>9}")
-        for at, rss, threads, files, state, spans in run["rows"]:
-            print(f"{at:7.0f}{rss:9.0f}{threads:9.0f}{files:7.0f}{state:11.1f}{spans:9,.0f}")
-        print(f"events counted late: {run['late']:.0f}")
+        each = "".join(f"{'RSS MiB':>9}{'threads':>9}{'files':>7}" for _ in range(args.replicas))
+        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}")
+        for at, replicas, state, spans in run["rows"]:
+            each = "".join(f"{rss:9.0f}{threads:9.0f}{files:7.0f}" for rss, threads, files in replicas)
+            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}")
+        late = {source: n for (what, source), n in run["counted"].items() if what == "late" and n}
+        duplicates = {source: n for (what, source), n in run["counted"].items() if what == "duplicate" and n}
+        print(f"events counted late: {sum(late.values()):.0f} {late or ''}")
+        print(f"events counted duplicate, by receiver: {duplicates}")
         for warning, n in run["warnings"].most_common(8):
             print(f"  {n:5} x WARNING {warning}")
         print(f"  demo: {run['demo']}")

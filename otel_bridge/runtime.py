@@ -131,7 +131,10 @@ def _build_info() -> list[tuple[float, dict[str, str]]]:
     return [(1.0, {"version": __version__})]
 
 
-def _following(disconnected_since: float | None) -> str:
+def _following(follower: Any) -> str:
+    if getattr(follower, "reading", None) is False:
+        return "standing by: another replica sharing the state follows it"
+    disconnected_since = follower.disconnected_since
     if disconnected_since is None:
         return "connected"
     return f"disconnected for {time.monotonic() - disconnected_since:.0f} s"
@@ -428,7 +431,7 @@ class Bridge:
             status["warnings"] = warnings  # told, not reasons: batches are taken
         if self.followers:
             # Told, not a reason: the endpoint still takes batches while a followed engine is away.
-            status["following"] = {name: _following(f.disconnected_since) for name, f in self.followers.items()}
+            status["following"] = {name: _following(f) for name, f in self.followers.items()}
         return status
 
     def liveness(self) -> dict[str, object]:
@@ -610,6 +613,8 @@ class Bridge:
             self.metrics.start_bridge_counters([c.M_BRIDGE_STREAM_ENTRIES_LOST])
             out.append(("redis-stream", lambda: stream.run(self._stop)))
             self.followers["redis-stream"] = stream
+        # Of replicas sharing a state, the one that follows an engine's stream or reads its tables, alone.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         if s.ws_url:
             from otel_bridge.receivers.websocket import WebSocketReceiver
 
@@ -637,13 +642,17 @@ class Bridge:
                 # As long as a run told ended waits for it (then it is sent without what it would add).
                 timeline_at_end_seconds=s.gap_grace_seconds if s.ws_timeline_at_end else None,
                 no_timeline=lambda execution: self.pipeline.summary_not_coming(following.state_key(execution)),
+                # Replicas on one Redis store: one follows the stream, the others stand by.
+                lease=(
+                    (lambda seconds: self.store.lease(f"websocket {without_secrets(s.ws_url or '')}", holder, seconds))
+                    if self.store.shared
+                    else None
+                ),
             )
             out.append(("websocket", lambda: websocket.run(self._stop)))
             self.followers["websocket"] = websocket
         if s.runtime_v2_url:
             from otel_bridge.receivers.postgres_poll import TablePoller  # psycopg: only for a bridge that follows
-
-            holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
             poller = TablePoller(
                 s.runtime_v2_url,

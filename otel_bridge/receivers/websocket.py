@@ -6,7 +6,9 @@ reconnect the timeline of every execution seen starting and not yet seen ending 
 fetched (`GET {api}/api/workflows/executions/{id}/timeline`, header `X-Workspace-Id`),
 so an execution that ended while the bridge was away still gets its whole trace. The
 executions still open in the store when the bridge starts are caught up on at its first
-connection, so a restart is a disconnection like any other; one first told of mid-way (it
+connection, so a restart is a disconnection like any other — and so is a replica taking over from
+another: of the replicas sharing a state, one follows the stream (a lease in the store), the others
+stand by, and one of them takes over once the lease lapses, as a restarted bridge begins; one first told of mid-way (it
 started while the bridge was away) has its timeline fetched once, for the beginning the stream
 no longer tells. The timelines are fetched by a thread of their own, beside the live messages,
 and those the API could not answer are asked again after a backoff. After a reconnect, the
@@ -80,6 +82,8 @@ class WebSocketReceiver:
         max_look_back_seconds: float = 7 * 86_400.0,
         timeline_at_end_seconds: float | None = None,
         no_timeline: Callable[[str], object] = lambda _execution: None,
+        lease: Callable[[float], bool] | None = None,
+        lease_seconds: float = 10.0,
     ) -> None:
         """`open_at_start`: the executions the store holds open, each with its workspace when known, read
         when following begins.
@@ -93,7 +97,10 @@ class WebSocketReceiver:
         `timeline_at_end_seconds`: with an API, each execution's timeline is fetched as a message tells it
         ended, for what only a timeline tells (retries), asked for this long (its run waits as long);
         `no_timeline(execution)` is told when the engine answers it has none (404, 410): its run waits no
-        more."""
+        more.
+        `lease(seconds)`: whether this bridge holds the lease of following the stream for so long, among
+        replicas sharing a state (None: it is alone), renewed every fifth of `lease_seconds`: each replica
+        following it took every message in, and asked the engine for every timeline, once a replica."""
         self._url = url
         self._shown = without_secrets(url)  # in the log
         self._consumer = consumer
@@ -152,20 +159,24 @@ class WebSocketReceiver:
             f"fetching timelines from {without_secrets(self._api_url or '')}",
             plain=(httpx.HTTPError, timeline_api.ApiError),
         )
+        self._lease = lease
+        self._lease_seconds = lease_seconds
+        self._leased_at = 0.0
+        # Whether this replica follows the stream now (None: not asked yet; False: another does).
+        self.reading: bool | None = None
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
         if self._api_url:
-            self._recall_bookmarks()
-            for execution, workspace in self._open_at_start():
-                self.open_executions[execution] = None
-                if workspace is not None:
-                    self._remember(self._workspaces, execution, workspace)
             catching_up = threading.Thread(
                 target=self._catching_up, args=(stop,), name="otel-bridge-websocket-catch-up", daemon=True
             )
             catching_up.start()
         while not stop.is_set():
+            if not self._leads():
+                self.disconnected_since = None  # standing by is no disconnection: nothing to alert on
+                stop.wait(self._lease_seconds / 5)
+                continue
             try:
                 with connect(
                     self._url, additional_headers=self._headers, open_timeout=10, max_size=self._max_message_bytes
@@ -195,11 +206,58 @@ class WebSocketReceiver:
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._shown, exc)
                 return
-        self._keep_bookmarks(at_stop=True)
+        if self.reading:  # a replica standing by would write back where it last followed, long ago
+            self._keep_bookmarks(at_stop=True)
         self._wake.set()  # the catch-up sees the stop
+
+    def _leads(self) -> bool:
+        """Whether this bridge follows the stream now: of the replicas sharing a state, one does, the others
+        stand by and take over once its lease lapses (a replica stopped, or stalled past it). Each time it
+        begins, it begins as a bridge starting does (`_begin`). A store away keeps the role it had."""
+        leads = True
+        if self._lease is not None:
+            try:
+                leads = self._lease(self._lease_seconds)
+            except Unavailable as exc:
+                log.debug("the lease of following %s could not be asked for: %s", self._shown, exc)
+                leads = self.reading is not False
+            if leads and self.reading is not True:
+                log.info("following %s for the replicas sharing this state", self._shown)
+            elif not leads and self.reading is not False:
+                log.info("another replica sharing this state follows %s: standing by", self._shown)
+        self._leased_at = time.monotonic()
+        if leads and self.reading is not True:
+            self._begin()
+        self.reading = leads
+        return leads
+
+    def _begin(self) -> None:
+        """As it begins to follow the stream — started, or taking over from another replica —: what the bridge
+        before it wrote down (until when it followed, the workflows told of), to look for what began since,
+        and the executions the state holds open, to catch up on at its first connection."""
+        if not self._api_url:
+            return
+        self._recall_bookmarks()
+        try:
+            held_open = self._open_at_start()
+        except Unavailable as exc:
+            log.warning("the executions open in the state could not be read (%s): those that ended while the "
+                        "stream was not followed are sent at max_open_seconds", exc)  # fmt: skip
+            return
+        for execution, workspace in held_open:
+            self.open_executions[execution] = None
+            if workspace is not None:
+                self._remember(self._workspaces, execution, workspace)
+
+    def _lease_lost(self) -> bool:
+        """Whether, asked again (every fifth of `lease_seconds` while it follows), the lease is another's."""
+        due = self._lease is not None and time.monotonic() - self._leased_at >= self._lease_seconds / 5
+        return due and not self._leads()
 
     def _follow(self, ws: Any, stop: threading.Event) -> None:
         while not stop.is_set():
+            if self._lease_lost():
+                return  # it stalled past its lease, and another replica follows the stream now
             self._followed_at = time.time()
             self._keep_bookmarks()
             try:

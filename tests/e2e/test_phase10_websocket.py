@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
+import redis
 from bridge_process import BridgeProcess
 from phase10_server import DROP, Pause, Phase10Server
 from pki import make_pki
@@ -363,3 +364,32 @@ def test_a_run_that_began_while_the_bridge_was_away_gets_its_whole_trace_and_its
     assert root.status_code == OK
     # What the bridge says of its fetches, not httpx's line for each (thousands, in a long catch-up).
     assert "HTTP Request:" not in bridge.log.read_text()
+
+
+def test_of_two_replicas_on_one_redis_state_one_follows_the_stream_and_the_other_says_it_stands_by(
+    tmp_path, otlp_http, engine, redis_url
+):
+    state = redis_url.rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(state).flushdb()
+    run = Phase10Run("ingest").started(1).step_started("a", "load", 1).after(50).step_completed("a", 0.05)
+    run.after(1).completed()
+    engine.scripts.put(list(run.events))
+    replicas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        replicas.append(_following(tmp_path / name, otlp_http, engine, state=state))
+    got = otlp_http.received
+    try:
+        for replica in replicas:
+            replica.start()
+        got.wait_for(lambda: any(s.parent_span_id == "" for s in got.trace(_trace(run))), timeout=30)
+        said = {replica.client.get(f"{replica.url}/readyz").json()["following"]["websocket"] for replica in replicas}
+    finally:
+        for replica in replicas:
+            replica.close()
+    assert said == {"connected", "standing by: another replica sharing the state follows it"}
+    assert engine.connections == 1, "one replica took the stream in"
+    told = [replica.log.read_text() for replica in replicas]
+    assert sum("for the replicas sharing this state" in t for t in told) == 1, told
+    assert sum("standing by" in t for t in told) == 1, told
+    assert len({s.span_id for s in got.trace(_trace(run))}) == 2

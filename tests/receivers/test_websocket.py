@@ -5,8 +5,10 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -26,6 +28,7 @@ from otel_bridge.receivers.replay import replay
 from otel_bridge.receivers.websocket import WebSocketReceiver
 from otel_bridge.sources import phase10
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
+from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -46,10 +49,13 @@ def _wait(condition, what: str, timeout: float = 20) -> None:
 class _Following:
     """A WebSocketReceiver storing into a real pipeline, run in a thread until the block ends."""
 
-    def __init__(self, tmp_path, engine: Phase10Server, at_end: bool = False) -> None:
-        """`at_end`: each execution's timeline fetched as it is told ended (`ws_timeline_at_end`)."""
+    def __init__(
+        self, tmp_path, engine: Phase10Server, at_end: bool = False, store: Any = None, holder: str | None = None
+    ) -> None:
+        """`at_end`: each execution's timeline fetched as it is told ended (`ws_timeline_at_end`). `store`: a state
+        shared with other replicas (a RedisStore), the stream followed by the `holder` of its lease (1 s)."""
         settings = Settings(state=str(tmp_path / "state.db"), dead_letter=str(tmp_path / "dead.jsonl"))
-        self.pipeline = Pipeline(SqliteStore(settings.state), MetricsHub(), settings)
+        self.pipeline = Pipeline(store or SqliteStore(settings.state), MetricsHub(), settings)
         options = Phase10Options(
             service="agents", env="prod", decode=self.pipeline.decode_options, timeline_at_end=at_end
         )
@@ -76,6 +82,8 @@ class _Following:
                 (run.run_id, phase10.workspace_in(run))
                 for run in self.pipeline.open_runs_of(phase10.ENGINE, "prod", "agents")
             ],
+            lease=(lambda seconds: store.lease("websocket", holder, seconds)) if holder else None,
+            lease_seconds=1.0,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.receiver.run, args=(self._stop,), daemon=True)
@@ -262,6 +270,41 @@ def test_a_restarted_bridge_fetches_what_began_and_ended_while_it_was_down(tmp_p
         _wait(lambda: _stored(after, missed.execution_id), "the run begun while the bridge was down was not fetched")
     assert engine.listing_requests == [("wf-r", "ws-1")]
     assert history.execution_id not in [execution for execution, _ in engine.timeline_requests]
+
+
+def test_of_replicas_sharing_a_redis_state_one_follows_the_stream_and_another_takes_over_when_it_stops(
+    tmp_path, engine, redis_url
+):
+    """Each replica following the stream took every message in and asked for every timeline: the work, and the
+    duplicates counted, once a replica."""
+    prefix = f"otel-bridge-test:{uuid.uuid4().hex[:8]}:"
+    now = datetime.now(UTC)
+    going_on = Phase10Run("report", workflow_id="wf-r", start=now).started(1)
+    engine.scripts.put(list(going_on.events))  # the first replica's connection
+    engine.scripts.put([])  # the second's, once it takes over
+    replicas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        replicas.append(_Following(tmp_path / name, engine, store=RedisStore(redis_url, 3600, prefix), holder=name))
+    first, second = replicas
+    first.__enter__()
+    _wait(lambda: _stored(first, going_on.execution_id), "the first replica did not store the run")
+    second.__enter__()
+    time.sleep(1)
+    assert (engine.connections, second.receiver.reading) == (1, False), "the other stands by"
+    first.__exit__(None, None, None)  # stopped: its lease lapses within a second
+    ended = going_on.after(20).completed()
+    missed = Phase10Run("report", workflow_id="wf-r", start=datetime.now(UTC)).started(1).after(10).completed()
+    engine.runs = [ended, missed]
+    engine.timelines = {run.execution_id: run.timeline() for run in engine.runs}
+    try:
+        _wait(lambda: engine.connections == 2, "the other replica did not take over")
+        _wait(lambda: going_on.execution_id not in second.listed(), "the run the first left open was not caught up")
+        _wait(lambda: _stored(second, missed.execution_id), "the run begun while none followed was not fetched")
+    finally:
+        second.__exit__(None, None, None)
+    assert second.receiver.reading is True
+    assert engine.listing_requests == [("wf-r", "ws-1")], "from where the first left off, written in the state"
 
 
 def test_the_first_connection_of_a_bridge_never_started_before_lists_nothing(tmp_path, engine):
