@@ -428,12 +428,16 @@ def bridge() -> Board:
     b.panel(
         "Events in",
         [("sum by (receiver) (rate(otel_bridge_events_accepted_total[$__rate_interval]))", "accepted {{receiver}}"),
-         ("sum(rate(otel_bridge_events_duplicate_total[$__rate_interval]))", "duplicate"),
+         ("sum by (receiver) (rate(otel_bridge_events_duplicate_total[$__rate_interval]))", "duplicate {{receiver}}"),
          ("sum by (receiver) (rate(otel_bridge_events_rejected_total[$__rate_interval]))", "rejected {{receiver}}"),
          ("sum(rate(otel_bridge_events_late_total[$__rate_interval]))", "late"),
          ("sum by (reason) (rate(otel_bridge_events_refused_total[$__rate_interval]))", "refused {{reason}}")],
         unit="ops",
         width=12,
+        description="Duplicates are events already taken in, by the receiver that met them again: a producer's "
+        "re-sends after a failed POST (http), the rows the runtime v2's poller reads again within its overlap "
+        "(runtime-v2), the timelines a Phase-10 follower fetches beside the live messages (websocket) — by design, "
+        "not a fault. Late: events of a run whose trace was already sent (alert BridgeLateEvents).",
     )  # fmt: skip
     b.panel(
         "Events by producer",
