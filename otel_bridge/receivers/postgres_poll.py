@@ -37,6 +37,7 @@ import psycopg
 
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.lease import Lease
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
@@ -66,7 +67,7 @@ _TRAILING = timedelta(seconds=1)
 # Whether a run's row says it ended (a run Temporal drives may be marked FAILED a moment before a catch block
 # takes the failure on), and whether it was updated within `_TRAILING` of the database's clock.
 _DONE = "r.status IN ('SUCCEEDED', 'FAILED', 'CANCELED')"
-_JUST_UPDATED = "r.updated_at > now() - %(trailing)s::interval"
+_JUST_UPDATED = f"r.updated_at > now() - interval '{_TRAILING.total_seconds():g} seconds'"
 # Rows handed to the pipeline at once: a run of 20,000 steps read whole (its log at `info`, 60,000 rows) peaked
 # at 355 MiB handed over in one batch, 189 MiB in batches of 5,000.
 _BATCH = 5_000
@@ -459,23 +460,22 @@ class TablePoller:
         self._shown = without_secrets(url)
         self._unreachable = Cadence()
         self._followed = False
-        self._lease = lease
-        self._lease_seconds = lease_seconds or max(5 * poll_seconds, 10.0)
-        # Whether this replica read the tables at its last turn (None: not asked yet).
-        self.reading: bool | None = None
+        tables = "the runtime v2's tables"
+        self._lease = Lease(lease, lease_seconds or max(5 * poll_seconds, 10.0), f"reading {tables}", f"reads {tables}")
+
+    @property
+    def reading(self) -> bool | None:
+        """Whether this replica read the tables at its last turn (None: alone, or not asked yet)."""
+        return self._lease.reading
 
     def _leads(self) -> bool:
         """Whether this replica reads the tables now: one of the replicas sharing a state does, the others
         stand by and take over once its lease lapses (a replica stopped, or stalled past it)."""
-        if self._lease is None:
-            return True
-        leads = self._lease(self._lease_seconds)
-        if leads and self.reading is not True:
-            log.info("reading the runtime v2's tables for the replicas sharing this state")
+        turned = self._lease.changed()
+        if turned:
             # Where the one that read them left off: the marks kept with the state, not this replica's.
             self._mark = self._events_mark = None
-        elif not leads and self.reading is not False:
-            log.info("another replica sharing this state reads the runtime v2's tables: standing by")
+        elif turned is False:
             self._seen.clear()
             self._waiting.clear()
             self._schedule_versions.clear()
@@ -483,8 +483,7 @@ class TablePoller:
             self._schedules_mark = None
             self._events_told.clear()
             self._events_held.clear()
-        self.reading = leads
-        return leads
+        return self._lease.reading is not False
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
@@ -518,8 +517,7 @@ class TablePoller:
         # overlap.
         left_at: datetime | None = None
         while True:
-            asked = {"after": after, "after_id": after_id, "limit": self._page, "trailing": _TRAILING}
-            keys = db.execute(_RUN_KEYS, asked).fetchall()
+            keys = db.execute(_RUN_KEYS, {"after": after, "after_id": after_id, "limit": self._page}).fetchall()
             if not keys:
                 break
             fresh: list[tuple[str, tuple[datetime, str]]] = []
@@ -706,7 +704,7 @@ class TablePoller:
         # and sets their runs RUNNING, without updating the runs' `updated_at` (it would be read at the run's
         # next change, a Temporal run's re-entry, maybe never).
         if changed := sorted(waiting ^ self._waiting):
-            rows = db.execute(_WAITING_ROWS, {"waits": changed, "trailing": _TRAILING}).fetchall()
+            rows = db.execute(_WAITING_ROWS, {"waits": changed}).fetchall()
             # A run whose row changed since it was read is read as the runs are, with every row of it changed since,
             # its waits among them: handed over alone, its row could tell the run's end without the step's end
             # written a moment before it (a run cancelled while its task waited, between this poll's read of the

@@ -36,6 +36,7 @@ from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
+from otel_bridge.receivers.lease import Lease
 from otel_bridge.repeated_failure import Cadence, RepeatedFailure
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
@@ -159,11 +160,14 @@ class WebSocketReceiver:
             f"fetching timelines from {without_secrets(self._api_url or '')}",
             plain=(httpx.HTTPError, timeline_api.ApiError),
         )
-        self._lease = lease
-        self._lease_seconds = lease_seconds
+        self._lease = Lease(lease, lease_seconds, f"following {self._shown}", f"follows {self._shown}")
         self._leased_at = 0.0
-        # Whether this replica follows the stream now (None: not asked yet; False: another does).
-        self.reading: bool | None = None
+        self._begun = False
+
+    @property
+    def reading(self) -> bool | None:
+        """Whether this replica follows the stream now (None: alone, or not asked yet; False: another does)."""
+        return self._lease.reading
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
@@ -175,7 +179,7 @@ class WebSocketReceiver:
         while not stop.is_set():
             if not self._leads():
                 self.disconnected_since = None  # standing by is no disconnection: nothing to alert on
-                stop.wait(self._lease_seconds / 5)
+                stop.wait(self._lease.seconds / 5)
                 continue
             try:
                 with connect(
@@ -206,7 +210,7 @@ class WebSocketReceiver:
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._shown, exc)
                 return
-        if self.reading:  # a replica standing by would write back where it last followed, long ago
+        if self._begun and self.reading is not False:  # one standing by would write back where it last followed
             self._keep_bookmarks(at_stop=True)
         self._wake.set()  # the catch-up sees the stop
 
@@ -214,21 +218,16 @@ class WebSocketReceiver:
         """Whether this bridge follows the stream now: of the replicas sharing a state, one does, the others
         stand by and take over once its lease lapses (a replica stopped, or stalled past it). Each time it
         begins, it begins as a bridge starting does (`_begin`). A store away keeps the role it had."""
-        leads = True
-        if self._lease is not None:
-            try:
-                leads = self._lease(self._lease_seconds)
-            except Unavailable as exc:
-                log.debug("the lease of following %s could not be asked for: %s", self._shown, exc)
-                leads = self.reading is not False
-            if leads and self.reading is not True:
-                log.info("following %s for the replicas sharing this state", self._shown)
-            elif not leads and self.reading is not False:
-                log.info("another replica sharing this state follows %s: standing by", self._shown)
+        try:
+            turned = self._lease.changed()
+        except Unavailable as exc:
+            log.debug("the lease of following %s could not be asked for: %s", self._shown, exc)
+            turned = None
         self._leased_at = time.monotonic()
-        if leads and self.reading is not True:
+        leads = self.reading is not False
+        if leads and (turned or not self._begun):
             self._begin()
-        self.reading = leads
+            self._begun = True
         return leads
 
     def _begin(self) -> None:
@@ -251,7 +250,7 @@ class WebSocketReceiver:
 
     def _lease_lost(self) -> bool:
         """Whether, asked again (every fifth of `lease_seconds` while it follows), the lease is another's."""
-        due = self._lease is not None and time.monotonic() - self._leased_at >= self._lease_seconds / 5
+        due = self.reading is not None and time.monotonic() - self._leased_at >= self._lease.seconds / 5
         return due and not self._leads()
 
     def _follow(self, ws: Any, stop: threading.Event) -> None:
