@@ -1,6 +1,7 @@
 """A sidecar following every engine at once, for minutes: what it holds over time, and what it counted late.
 
-    python benchmarks/every_engine.py [--minutes 10] [--rate 6] [--kill-at 300] [--baseline DIR]
+    python benchmarks/every_engine.py [--minutes 10] [--rate 6] [--kill-at 300] [--outage-at 120 --outage-for 90]
+                                      [--replicas 2] [--baseline DIR]
 
 `otel-bridge serve` (SQLite state, production defaults but `overdue_grace_seconds` 60) follows the
 event-sourced runtime's Redis stream, a Phase-10 engine's WebSocket and the runtime v2's PostgreSQL tables
@@ -11,8 +12,11 @@ RSS, threads, open files and state file (with its write-ahead log, without the d
 received. At the end: the events the bridge counted late (`otel_bridge_events_late_total`: an event of a
 run whose trace was already sent — a straggler a source handed over after the run's end), the warnings of
 its log by kind, and the demo's counts. `--kill-at S`: kill -9 the bridge S seconds in and start it again on
-the same state (the demo's tracker re-sends what was refused meanwhile). With `--baseline DIR` the same
-traffic (one seed, the demo of this checkout) goes to that checkout's bridge first, then to this one's.
+the same state (the demo's tracker re-sends what was refused meanwhile). `--outage-at S --outage-for D`: the
+OTLP receiver answers 503 to everything from S seconds in for D seconds (a Collector restarting); each sample
+then shows the spans waiting in the outbox (`otel_bridge_outbox_depth`), and the end how long after the
+outage the outbox was empty again. With `--baseline DIR` the same traffic (one seed, the demo of this
+checkout) goes to that checkout's bridge first, then to this one's.
 
 What must hold: RSS, threads and open files level off; nothing counted late that an engine wrote in order.
 """
@@ -41,13 +45,14 @@ from sidecar_cpu import CountingReceiver, bridge_process
 from steady_stream import rss_mib
 
 _EVERY = 30.0
+_DEPTH = re.compile(r"^otel_bridge_outbox_depth(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
 _COUNTER = re.compile(r'^otel_bridge_events_(late|duplicate)_total\{[^}]*receiver="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
 def _sample(
     bridges: list[BridgeProcess], state: Callable[[], float], receiver: CountingReceiver, started: float
 ) -> list:
-    """Seconds in; each replica's RSS, threads and open files; the state's MiB; spans received."""
+    """Seconds in; each replica's RSS, threads and open files; the state's MiB; spans received; outbox depth."""
     each = []
     for bridge in bridges:
         assert bridge.proc is not None
@@ -55,7 +60,15 @@ def _sample(
         status = Path(f"/proc/{pid}/status").read_text()
         threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
         each.append((rss_mib(pid), threads, len(os.listdir(f"/proc/{pid}/fd"))))
-    return [time.monotonic() - started, each, state(), receiver.spans]
+    return [time.monotonic() - started, each, state(), receiver.spans, _outbox(bridges[0].url)]
+
+
+def _outbox(url: str) -> float:
+    """Spans waiting in the outbox (the state's, so any replica's reading is the whole of it)."""
+    try:
+        return sum(float(n) for n in _DEPTH.findall(httpx.get(f"{url}/metrics", timeout=10).text))
+    except httpx.HTTPError:
+        return float("nan")
 
 
 def _counted(url: str) -> collections.Counter:
@@ -66,7 +79,15 @@ def _counted(url: str) -> collections.Counter:
     return counted
 
 
-def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, seed: int, replicas: int) -> dict:
+def soak(
+    tree: str | None,
+    minutes: float,
+    rate: float,
+    kill_at: float | None,
+    seed: int,
+    replicas: int,
+    outage: tuple[float, float] | None = None,
+) -> dict:
     receiver = CountingReceiver()
     workdir = Path(tempfile.mkdtemp(prefix="every-engine-"))
     redis, postgres = RedisServer().start(), PostgresServer().start()
@@ -122,6 +143,8 @@ def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, s
     started = time.monotonic()
     next_row = started + _EVERY
     demo_ended: float | None = None
+    outage_ended: float | None = None
+    drained_after: float | None = None
     try:
         # Until the demo has ended and its last runs have had 30 s to be settled and sent.
         while demo_ended is None or time.monotonic() - demo_ended < 30:
@@ -135,6 +158,13 @@ def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, s
                 bridges[0].kill()
                 bridges[0].start()
                 kill_at = None
+            now = time.monotonic() - started
+            if outage is not None and not receiver.down and outage_ended is None and now >= outage[0]:
+                receiver.down = True
+            if outage is not None and receiver.down and now >= outage[0] + outage[1]:
+                receiver.down, outage_ended = False, now
+            if outage_ended is not None and drained_after is None and _outbox(bridges[0].url) == 0:
+                drained_after = now - outage_ended
             if time.monotonic() >= next_row:
                 rows.append(_sample(bridges, state, receiver, started))
                 next_row += _EVERY
@@ -159,7 +189,8 @@ def soak(tree: str | None, minutes: float, rate: float, kill_at: float | None, s
     )
     summary = json.loads(said.strip().splitlines()[-1])
     demo_said = {k: summary[k] for k in ("events", "posts", "retries", "dropped_events", "rejected_events", "engines")}
-    return {"rows": rows, "counted": counted, "warnings": warnings, "demo": demo_said}
+    told_outage = {"refused": receiver.refused, "drained_after_s": drained_after} if outage else None
+    return {"rows": rows, "counted": counted, "warnings": warnings, "demo": demo_said, "outage": told_outage}
 
 
 def main() -> None:
@@ -169,23 +200,29 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=None, help="kill -9 the bridge this many seconds in")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--replicas", type=int, default=1, help="replicas sharing a Redis state (1: one, on SQLite)")
+    parser.add_argument("--outage-at", type=float, default=None, help="the OTLP receiver answers 503 from then")
+    parser.add_argument("--outage-for", type=float, default=60, help="seconds the outage lasts")
     parser.add_argument("--baseline", help="another checkout of otel-bridge, given the same traffic first")
     args = parser.parse_args()
+    outage = None if args.outage_at is None else (args.outage_at, args.outage_for)
     runs = {}
-    if args.baseline:
-        runs["baseline"] = soak(
-            str(Path(args.baseline).resolve()), args.minutes, args.rate, args.kill_at, args.seed, args.replicas
-        )
-    runs["otel-bridge"] = soak(None, args.minutes, args.rate, args.kill_at, args.seed, args.replicas)
+    for name, tree in ([("baseline", str(Path(args.baseline).resolve()))] if args.baseline else []) + [
+        ("otel-bridge", None)
+    ]:
+        runs[name] = soak(tree, args.minutes, args.rate, args.kill_at, args.seed, args.replicas, outage)
     shared = f", {args.replicas} replicas sharing a Redis state" if args.replicas > 1 else ""
-    print(f"every engine, {args.rate:g} runs a second of each for {args.minutes:g} min (demo seed {args.seed}){shared}")
+    down = f", the backend down from {outage[0]:g} s for {outage[1]:g} s" if outage else ""
+    print(
+        f"every engine, {args.rate:g} runs a second of each for {args.minutes:g} min (demo seed {args.seed}){shared}"
+        f"{down}"
+    )
     for name, run in runs.items():
         print(f"\n{name}")
         each = "".join(f"{'RSS MiB':>9}{'threads':>9}{'files':>7}" for _ in range(args.replicas))
-        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}")
-        for at, replicas, state, spans in run["rows"]:
+        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}{'outbox':>9}")
+        for at, replicas, state, spans, outbox in run["rows"]:
             each = "".join(f"{rss:9.0f}{threads:9.0f}{files:7.0f}" for rss, threads, files in replicas)
-            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}")
+            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}{outbox:9,.0f}")
         late = {source: n for (what, source), n in run["counted"].items() if what == "late" and n}
         duplicates = {source: n for (what, source), n in run["counted"].items() if what == "duplicate" and n}
         print(f"events counted late: {sum(late.values()):.0f} {late or ''}")
@@ -193,6 +230,8 @@ def main() -> None:
         for warning, n in run["warnings"].most_common(8):
             print(f"  {n:5} x WARNING {warning}")
         print(f"  demo: {run['demo']}")
+        if run["outage"]:
+            print(f"  outage: {run['outage']}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ class CountingReceiver:
         self.last = 0.0
         # Seconds each trace request waits before its answer: a backend that far away.
         self.delay = delay
+        # While set, every request is answered 503: a backend down (a Collector restarting).
+        self.down = False
+        self.refused = 0
         lock = threading.Lock()
         receiver = self
 
@@ -82,6 +85,13 @@ class CountingReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if receiver.down:
+                    with lock:
+                        receiver.refused += 1
+                    self.send_response(503)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/v1/traces":
                     time.sleep(receiver.delay)
                     request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)

@@ -1,6 +1,7 @@
 """How a background task that is retried until it works tells the log it is failing."""
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -13,17 +14,26 @@ T = TypeVar("T")
 
 
 class Backoff:
-    """How long a follower waits before trying again: `least` seconds after its first failure, twice as long
-    after each next one, `most` at most; from `least` again once it works."""
+    """How long a loop waits before trying again: about `least` seconds after its first failure, twice as
+    long after each next one, `most` at most; from `least` again once it works.
 
-    def __init__(self, least: float = 0.5, most: float = 30.0) -> None:
-        self._least, self._most = least, most
+    Each wait is drawn within `spread` of its time either way (never past `most`), as the Collector's
+    exporters draw theirs (`randomization_factor`, 0.5): sidecars that lost one backend, Redis or engine
+    together would otherwise come back to it in step, every one at the same instants, for as long as it
+    is away and in one burst once it is back."""
+
+    def __init__(self, least: float = 0.5, most: float = 30.0, spread: float = 0.5) -> None:
+        self._least, self._most, self._spread = least, most, spread
         self._next = least
 
-    def wait(self, stop: threading.Event) -> None:
-        """Wait the current time (less if `stop` is set meanwhile); the next wait is twice as long."""
-        stop.wait(self._next)
-        self._next = min(self._next * 2, self._most)
+    def wait(self, stop: threading.Event, at_least: float = 0.0) -> None:
+        """Wait the current time, drawn (less if `stop` is set meanwhile), and `at_least` as long: what the
+        other side asked for (a throttling backend's Retry-After), never cut short by the draw. The next
+        wait is twice as long as the longer of the two."""
+        # Drawn below the most, not cut at it: cut, half the draws at the most would be in step again.
+        drawn = random.uniform(self._next * (1 - self._spread), min(self._next * (1 + self._spread), self._most))
+        stop.wait(max(drawn, at_least))
+        self._next = min(max(self._next, at_least) * 2, self._most)
 
     def worked(self) -> None:
         self._next = self._least

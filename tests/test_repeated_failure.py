@@ -70,9 +70,32 @@ class _Recorded(threading.Event):
 
 
 def test_a_followers_waits_double_up_to_the_most_and_start_again_once_it_works():
-    stop, backoff = _Recorded(), Backoff(least=0.5, most=3.0)
+    stop, backoff = _Recorded(), Backoff(least=0.5, most=3.0, spread=0)
     for _ in range(5):
         backoff.wait(stop)
     backoff.worked()
     backoff.wait(stop)
     assert stop.waits == [0.5, 1.0, 2.0, 3.0, 3.0, 0.5]
+
+
+def test_each_wait_is_drawn_about_its_time_so_that_bridges_failing_together_do_not_try_again_in_step():
+    waits = []
+    for _ in range(200):
+        stop, backoff = _Recorded(), Backoff(least=1.0, most=4.0)
+        for _ in range(4):
+            backoff.wait(stop)
+        waits.append(stop.waits)
+    for n, time in enumerate([1.0, 2.0, 4.0]):
+        drawn = [w[n] for w in waits]
+        assert min(drawn) >= time * 0.5 and max(drawn) <= min(time * 1.5, 4.0)
+        assert len(set(drawn)) > 150  # spread, not a few fixed values
+    at_most = [w[3] for w in waits]  # at the most, drawn below it: never past it, and never in step there
+    assert max(at_most) <= 4.0 and min(at_most) >= 2.0 and len(set(at_most)) > 150
+
+
+def test_a_wait_the_other_side_asked_for_is_kept_whole_and_the_next_doubles_from_it():
+    stop, backoff = _Recorded(), Backoff(least=0.5, most=30.0)
+    backoff.wait(stop, at_least=3.0)  # a throttling backend's Retry-After: never cut short by the draw
+    backoff.wait(stop)
+    assert stop.waits[0] == 3.0
+    assert 3.0 <= stop.waits[1] <= 9.0  # about 6 s: twice what was asked

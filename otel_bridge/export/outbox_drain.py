@@ -27,7 +27,7 @@ from otel_bridge.export.otlp import SENT, Delivery, ExportResult, TraceSender
 from otel_bridge.export.span_encoding import export_request, shrunk
 from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
-from otel_bridge.repeated_failure import RepeatedFailure
+from otel_bridge.repeated_failure import Backoff, RepeatedFailure
 from otel_bridge.state.store import OutboxRow, Store, damage_met
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class OutboxDrain:
             raise
 
     def run(self, stop: threading.Event, passes: Passes | None = None) -> None:
-        backoff = 0.5
+        backoff = Backoff(most=_MAX_BACKOFF)
         failures = RepeatedFailure("draining the outbox")
         passes = passes or Passes()
         while not stop.is_set():
@@ -245,11 +245,9 @@ class OutboxDrain:
             if sent is None:
                 # Exponential from what a throttling backend asked for, as its RetryInfo's own
                 # documentation has a client do when the retry fails again.
-                wait = max(backoff, self.quiet_for())
-                stop.wait(wait)
-                backoff = min(wait * 2, _MAX_BACKOFF)
+                backoff.wait(stop, at_least=self.quiet_for())
                 continue
-            backoff = 0.5
+            backoff.worked()
             stop.wait(self.quiet_for())  # some requests went, another was asked to wait: so do they all
             if sent == 0:
                 self._wake.wait(self._poll)

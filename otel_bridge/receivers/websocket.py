@@ -20,7 +20,6 @@ are one.
 """
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from otel_bridge.json_text import loads
 from otel_bridge.receivers import timeline_api
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.lease import Lease
-from otel_bridge.repeated_failure import Cadence, RepeatedFailure
+from otel_bridge.repeated_failure import Backoff, Cadence, RepeatedFailure
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
 from otel_bridge.urls import without_secrets
@@ -170,7 +169,7 @@ class WebSocketReceiver:
         return self._lease.reading
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        backoff = Backoff(most=_MAX_BACKOFF)
         if self._api_url:
             catching_up = threading.Thread(
                 target=self._catching_up, args=(stop,), name="otel-bridge-websocket-catch-up", daemon=True
@@ -194,7 +193,7 @@ class WebSocketReceiver:
                         self._gaps += 1
                     self._followed = True
                     self.disconnected_since = None
-                    backoff = 0.5
+                    backoff.worked()
                     # What the last disconnection, or restart, missed: those open now, fetched beside.
                     self._missed = list(self.open_executions)
                     self._wake.set()
@@ -203,10 +202,8 @@ class WebSocketReceiver:
                 self.disconnected_since = self.disconnected_since or time.monotonic()
                 if stop.is_set():
                     break
-                delay = random.uniform(0.5, 1.5) * backoff
                 _told_unreachable(self._unreachable, log, f"websocket {self._shown}", exc)
-                stop.wait(delay)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait(stop)
             except InvalidURI as exc:
                 log.error("websocket url %s is not valid: %s", self._shown, exc)
                 return
@@ -371,7 +368,7 @@ class WebSocketReceiver:
 
         `in_hand`: a live message, offered at least once even when the bridge is stopping, and
         kept in the dead-letter file if the store cannot take it then (a timeline is asked again)."""
-        backoff = 0.2
+        backoff = Backoff(least=0.2, most=5.0)
         while in_hand or not stop.is_set():
             try:
                 report = self._consumer.ingest(messages)
@@ -383,8 +380,7 @@ class WebSocketReceiver:
                         self._dead_letters.keep("websocket", [(letter, message) for message in messages])
                     return
                 log.warning("store unavailable, holding the websocket: %s", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff.wait(stop)
                 continue
             if report.rejected:
                 self._dead_letters.keep("websocket", [(r.as_dict(), messages[r.index]) for r in report.rejected])
