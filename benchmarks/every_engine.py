@@ -52,7 +52,8 @@ _COUNTER = re.compile(r'^otel_bridge_events_(late|duplicate)_total\{[^}]*receive
 def _sample(
     bridges: list[BridgeProcess], state: Callable[[], float], receiver: CountingReceiver, started: float
 ) -> list:
-    """Seconds in; each replica's RSS, threads and open files; the state's MiB; spans received; outbox depth."""
+    """Seconds in; each replica's RSS, threads and open files; the state's MiB; spans received; outbox depth;
+    series on /metrics."""
     each = []
     for bridge in bridges:
         assert bridge.proc is not None
@@ -60,15 +61,23 @@ def _sample(
         status = Path(f"/proc/{pid}/status").read_text()
         threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
         each.append((rss_mib(pid), threads, len(os.listdir(f"/proc/{pid}/fd"))))
-    return [time.monotonic() - started, each, state(), receiver.spans, _outbox(bridges[0].url)]
+    outbox, series = _scraped(bridges[0].url)
+    return [time.monotonic() - started, each, state(), receiver.spans, outbox, series]
+
+
+def _scraped(url: str) -> tuple[float, float]:
+    """Spans waiting in the outbox (the state's, so any replica's reading is the whole of it), and the series
+    the bridge's /metrics shows (which must level off: none is made per run)."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return float("nan"), float("nan")
+    series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return sum(float(n) for n in _DEPTH.findall(text)), series
 
 
 def _outbox(url: str) -> float:
-    """Spans waiting in the outbox (the state's, so any replica's reading is the whole of it)."""
-    try:
-        return sum(float(n) for n in _DEPTH.findall(httpx.get(f"{url}/metrics", timeout=10).text))
-    except httpx.HTTPError:
-        return float("nan")
+    return _scraped(url)[0]
 
 
 def _counted(url: str) -> collections.Counter:
@@ -219,10 +228,10 @@ def main() -> None:
     for name, run in runs.items():
         print(f"\n{name}")
         each = "".join(f"{'RSS MiB':>9}{'threads':>9}{'files':>7}" for _ in range(args.replicas))
-        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}{'outbox':>9}")
-        for at, replicas, state, spans, outbox in run["rows"]:
+        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}{'outbox':>9}{'series':>9}")
+        for at, replicas, state, spans, outbox, series in run["rows"]:
             each = "".join(f"{rss:9.0f}{threads:9.0f}{files:7.0f}" for rss, threads, files in replicas)
-            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}{outbox:9,.0f}")
+            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}{outbox:9,.0f}{series:9,.0f}")
         late = {source: n for (what, source), n in run["counted"].items() if what == "late" and n}
         duplicates = {source: n for (what, source), n in run["counted"].items() if what == "duplicate" and n}
         print(f"events counted late: {sum(late.values()):.0f} {late or ''}")

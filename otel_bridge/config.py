@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     )
     state: str = Field(
         "otel-bridge.db",
-        description="State store: a SQLite file path (embedded; a file, not a device: `:memory:` keeps nothing), "
+        description="State store: a SQLite file path (embedded; a file, not a device: `:memory:` keeps nothing, "
+        "in a temporary file SQLite removes as it makes it), "
         "or a `redis://` URL shared by several replicas (`redis+sentinel://host:26379/SERVICE` for a primary "
         "Sentinels watch).",
     )
