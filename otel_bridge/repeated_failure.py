@@ -30,10 +30,15 @@ class Backoff:
         """Wait the current time, drawn (less if `stop` is set meanwhile), and `at_least` as long: what the
         other side asked for (a throttling backend's Retry-After), never cut short by the draw. The next
         wait is twice as long as the longer of the two."""
+        stop.wait(self.drawn(at_least))
+
+    def drawn(self, at_least: float = 0.0) -> float:
+        """The current time, drawn, and `at_least` as long, for a caller that does not sleep it (the next is
+        twice as long, as after `wait`)."""
         # Drawn below the most, not cut at it: cut, half the draws at the most would be in step again.
         drawn = random.uniform(self._next * (1 - self._spread), min(self._next * (1 + self._spread), self._most))
-        stop.wait(max(drawn, at_least))
         self._next = min(max(self._next, at_least) * 2, self._most)
+        return max(drawn, at_least)
 
     def worked(self) -> None:
         self._next = self._least

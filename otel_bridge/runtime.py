@@ -60,6 +60,7 @@ from otel_bridge.state.store import (
     Store,
     StoreDamaged,
     StoreOpenError,
+    StoreUnavailable,
     WithRisks,
     damage_met,
 )
@@ -1010,11 +1011,16 @@ class Bridge:
         self.pipeline.slices = here  # the last settling is this thread's, whatever the loop does meanwhile
         try:
             settling = time.monotonic()
-            if final:
-                self.pipeline.settle_due(horizon=float("inf"), told_all=True)
-            else:
-                horizon = time.time() + self.settings.settle_seconds
-                self.pipeline.settle_due(horizon=horizon, told_all=told_all)
+            try:
+                if final:
+                    self.pipeline.settle_due(horizon=float("inf"), told_all=True)
+                else:
+                    horizon = time.time() + self.settings.settle_seconds
+                    self.pipeline.settle_due(horizon=horizon, told_all=told_all)
+            except StoreUnavailable as exc:
+                # A full disk: what the outbox holds is still sent (or kept) below, where the stop ended here
+                # with a traceback, and an in-memory state's spans went with it.
+                log.error("the last settling could not write to the store (%s): the runs it was to end stay in it", exc)
             if self.settings.in_memory:
                 self._tell_open_runs_left()
             # The drain timeout bounds the time spent exporting, not settling's own work: an in-memory

@@ -10,8 +10,10 @@ periodic export, or into the MeterProvider the application passes, next to its o
 
 `emit` only buffers; the buffer is stored on `flush`, when full, and every
 `flush_interval_seconds`; settling and export run in background threads, so nothing in
-the workflow waits on a backend. `close()` stores the rest, and (in-memory state has no
-later) sends every run that has ended, gaps or not, before it returns.
+the workflow waits on a backend. While the store refuses (its export backlog full, its disk full,
+Redis away), the events wait in the buffer and a flush tries again only once a backoff is over.
+`close()` stores the rest, and (in-memory state has no later) sends every run that has ended, gaps
+or not, before it returns.
 
 A child process forked after the tracker was made gets a bridge of its own at its first
 flush, in memory: the parent's runs, store and threads stay the parent's (a SQLite file
@@ -24,6 +26,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +42,7 @@ from otel_bridge.export import otlp
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context
+from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.runtime import Bridge
 from otel_bridge.tracker.contract import AfterClose, at_exit, checked_labels, enriched
 
@@ -158,10 +162,20 @@ class OtelTracker:
         self._after_close = AfterClose("OtelTracker")
         self.dropped = 0
         self.rejected = 0
+        self._refusing()
         self._interval = flush_interval_seconds if flush_interval_seconds and flush_interval_seconds > 0 else None
         self._start_timer()
         after_fork_in_child(self._forked)
         self._forget_exit = at_exit(self, OtelTracker._close_at_exit)
+
+    def _refusing(self) -> None:
+        # While the store refuses: when a flush is to try again. A flush before then stores nothing and takes no
+        # time: each emit that found the buffer full (and every flush of the application's) tried every event
+        # held again, and a producer whose tracker's disk was full emitted a few hundred runs a minute, a
+        # warning each.
+        self._refused = Backoff(least=0.5, most=30.0)
+        self._refused_until = 0.0
+        self._refusals = Cadence()
 
     def _start_timer(self) -> None:
         if self._interval is not None and not self._closed.is_set():
@@ -174,6 +188,7 @@ class OtelTracker:
         self._buffer = []
         self._lock, self._storing, self._closed = threading.Lock(), threading.Lock(), event_like(self._closed)
         self.dropped = self.rejected = 0
+        self._refusing()
         self._after_close = AfterClose("OtelTracker")
         self._start_timer()
 
@@ -220,7 +235,15 @@ class OtelTracker:
             return False
         with self._lock:
             self._buffer.append(as_read_back(enriched(event, self.env, self.service_key)))
-            return len(self._buffer) >= self._batch_size
+            if len(self._buffer) > _MAX_HELD + self._batch_size:  # held for long: the oldest go, a batch at a time
+                self._drop_oldest()
+            return len(self._buffer) >= self._batch_size and time.monotonic() >= self._refused_until
+
+    def _drop_oldest(self) -> None:
+        excess = len(self._buffer) - _MAX_HELD
+        if excess > 0:
+            del self._buffer[:excess]
+            self.dropped += excess
 
     def context(
         self, workflow_id: str, step: str | None = None, attempt: int | None = None, context: Context | None = None
@@ -237,8 +260,13 @@ class OtelTracker:
             return len(self._buffer)
 
     def flush(self) -> None:
-        """Store what is buffered (the spans follow in the background). Never raises."""
+        """Store what is buffered (the spans follow in the background). Never raises.
+
+        While the store refuses, what is buffered waits there until a backoff (0.5 s, doubling to 30 s) is
+        over: a flush before then does nothing. `close()` tries once more whatever the wait."""
         with self._storing:
+            if time.monotonic() < self._refused_until and not self._closed.is_set():
+                return
             with self._lock:
                 batch, self._buffer = self._buffer, []
             if not batch:
@@ -246,13 +274,11 @@ class OtelTracker:
             try:
                 bridge = self._own_bridge()
                 report = bridge.consumer("tracker").ingest(batch)
-            except Unavailable as exc:
+            except Exception as exc:  # the store refused (Unavailable), or a bug: never raised into the workflow
                 self._hold(batch, exc)
                 return
-            except Exception:
-                log.exception("the in-process tracker could not store %d events", len(batch))
-                self._hold(batch, None)
-                return
+            if self._refused_until:
+                self._taken_again(len(batch))
             self._settle_if_behind(bridge)
             if report.rejected:  # each rejected event (a bad one, or one the pipeline failed on) is kept
                 self.rejected += len(report.rejected)
@@ -280,15 +306,41 @@ class OtelTracker:
         except Exception:  # the settle thread meets the same and says so; never raised into the workflow
             log.debug("settling in the producer's thread failed", exc_info=True)
 
-    def _hold(self, batch: list[dict[str, Any]], reason: Exception | None) -> None:
+    def _hold(self, batch: list[dict[str, Any]], reason: Exception) -> None:
+        """The store refused `batch` (`reason`: Unavailable, or a bug's exception): back into the buffer, tried
+        again after the backoff; told once (a bug with its traceback), then once a minute, with what is held
+        and dropped."""
         with self._lock:
             self._buffer[:0] = batch
-            excess = len(self._buffer) - _MAX_HELD
-            if excess > 0:
-                del self._buffer[:excess]
-                self.dropped += excess
-        if reason is not None:
-            log.warning("holding %d events: %s", len(batch), reason)
+            self._drop_oldest()
+            held = len(self._buffer)
+        self._refused_until = time.monotonic() + self._refused.drawn()
+        if not self._refusals.failed():
+            return
+        if self._refusals.failures == 1:
+            log.warning(
+                "the store refused %s events (%s): held, and offered again after a wait, 0.5 s doubling to 30 s "
+                "(told again once a minute while it lasts; past %s held, the oldest are dropped)",
+                f"{held:,}", reason or type(reason).__name__, f"{_MAX_HELD:,}",
+                exc_info=None if isinstance(reason, Unavailable) else reason,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "the store still refuses events (%d times in %.0f s): %s held, %s dropped; %s",
+                self._refusals.failures, self._refusals.failing_for(), f"{held:,}", f"{self.dropped:,}", reason,
+            )  # fmt: skip
+
+    def _taken_again(self, taken: int) -> None:
+        """The store took a batch after refusing: back to storing at once, and said."""
+        self._refused_until = 0.0
+        self._refused.worked()
+        if (ended := self._refusals.recovered()) is not None:
+            seconds, tries = ended
+            dropped = f"{self.dropped:,} dropped in all" if self.dropped else "none dropped"
+            log.warning(
+                "the store takes events again, after refusing them %d times in %.0f s: %s stored now, %s",
+                tries, seconds, f"{taken:,}", dropped,
+            )  # fmt: skip
 
     def _timer(self, interval: float) -> None:
         while not self._closed.wait(interval):
@@ -311,10 +363,30 @@ class OtelTracker:
         self._forget_exit()
         self._closed.set()
         self.flush()
+        self._keep_unstored()
         if not self._inherited:  # a child that stored nothing has no bridge of its own to stop
-            self.bridge.stop(final=self._memory, retry_export=retry_export)
+            try:
+                self.bridge.stop(final=self._memory, retry_export=retry_export)
+            except Exception:  # never raised into the application, which is closing
+                log.exception("closing the in-process tracker failed")
         if self._scratch is not None:
             self._scratch.leave()
+
+    def _keep_unstored(self) -> None:
+        """At close, the events the store refused to the last: kept in the dead-letter file with why, for
+        `otel-bridge replay --format dead-letter` to offer again, not lost with the buffer."""
+        with self._lock:
+            left, self._buffer = self._buffer, []
+        if not left or self._inherited:
+            return
+        why = {"error": "not stored: the store refused them until the tracker was closed"}
+        dead_letters = self.bridge.dead_letters
+        dead_letters.keep("tracker", [(why, event) for event in left])
+        log.error(
+            "%s events the store refused until the tracker was closed are kept in %s: `otel-bridge replay --format "
+            "dead-letter` offers them again",
+            f"{len(left):,}", dead_letters.path,
+        )  # fmt: skip
 
     def __enter__(self) -> Self:
         return self

@@ -20,7 +20,7 @@ import pytest
 import redis
 from bridge_process import BridgeProcess
 from builders import WorkflowRun, ns_of
-from faults import BUG, a_bug_for
+from faults import BUG, a_bug_for, small_filesystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,7 +29,7 @@ from otlp_receiver import OtlpHttpReceiver
 
 from otel_bridge import trace_id_for
 from otel_bridge.producer.demo import ENV, JOB_SERVICE, SCENARIOS, WORKFLOW_SERVICE
-from otel_bridge.tracker import AsyncOtelTracker, OtelTracker
+from otel_bridge.tracker import AsyncOtelTracker, OtelTracker, in_process
 
 # Nothing settles before every event is in, in both: the comparison is of the same complete fact sets.
 SETTLE = "3"
@@ -666,3 +666,126 @@ def test_a_damaged_state_file_is_one_clear_error_to_the_application_and_salvaged
         tracker.flush()
         assert tracker.pending() == 0
     assert len(list(tmp_path.glob("tracker.db.damaged-*[0-9Z]"))) == 1  # kept beside, whole
+
+
+def test_a_store_that_refuses_holds_the_events_asks_again_after_a_wait_and_loses_none(monkeypatch, otlp_http, caplog):
+    # The export backlog full (the backend away): each emit that found the buffer full offered every event
+    # held again, a warning each, and a producer whose tracker's disk was full emitted a few hundred runs a
+    # minute. Now the store is asked again once a backoff is over; the events wait in the buffer meanwhile.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    otlp_http.up = False
+    runs = [
+        WorkflowRun(f"held-{n}").started().step_started("a").after(5).step_completed("a").completed()
+        for n in range(400)
+    ]
+    with (
+        caplog.at_level(logging.WARNING, logger="otel_bridge.tracker.in_process"),
+        OtelTracker("production", "shop", settle_seconds=0, max_outbox_spans=10, batch_size=10) as tracker,
+    ):
+        for run in runs[:5]:  # 10 spans: the outbox full once they are settled
+            for event in run.events:
+                tracker.emit(event)
+        tracker.flush()
+        otlp_http.received.wait_for(lambda: tracker.bridge.store.outbox_depth() == 10)
+        consumer, offered = tracker.bridge.consumer("tracker"), []  # the one every flush hands its batch to
+        real = consumer.ingest
+        monkeypatch.setattr(consumer, "ingest", lambda batch: offered.append(len(batch)) or real(batch))
+        for run in runs[5:]:
+            for event in run.events:
+                tracker.emit(event)
+        assert tracker.pending() > 1000 and tracker.dropped == 0  # held, none lost
+        assert len(offered) <= 3  # asked again after 0.5 s, 1 s…, not at each of the ~150 full buffers
+        assert caplog.text.count("the store refused") == 1
+        assert "spans wait for export (max_outbox_spans 10)" in caplog.text  # why
+        otlp_http.up = True  # the backend is back: the outbox drains, and the store takes the held events
+        otlp_http.received.wait_for(lambda: "the store takes events again" in caplog.text, timeout=30)
+        assert tracker.pending() == 0 and "1,580 stored now, none dropped" in caplog.text
+    ids = {trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex() for run in runs}
+    assert {s.trace_id for s in otlp_http.received.unique_spans().values()} == ids
+    assert len(otlp_http.received.unique_spans()) == 2 * len(runs) and tracker.dropped == 0
+
+
+def test_past_the_most_held_the_oldest_events_are_dropped_counted_and_said(monkeypatch, otlp_http, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    monkeypatch.setattr(in_process, "_MAX_HELD", 100)
+    otlp_http.up = False
+    runs = [
+        WorkflowRun(f"many-{n}").started().step_started("a").after(5).step_completed("a").completed()
+        for n in range(105)
+    ]
+    with (
+        caplog.at_level(logging.WARNING, logger="otel_bridge.tracker.in_process"),
+        OtelTracker("production", "shop", settle_seconds=0, max_outbox_spans=10, batch_size=10) as tracker,
+    ):
+        for run in runs[:5]:
+            for event in run.events:
+                tracker.emit(event)
+        tracker.flush()
+        otlp_http.received.wait_for(lambda: tracker.bridge.store.outbox_depth() == 10)
+        for run in runs[5:]:  # 400 events, while the store holds at most 100
+            for event in run.events:
+                tracker.emit(event)
+        assert 100 <= tracker.pending() <= 110 and tracker.dropped == 400 - tracker.pending()
+        otlp_http.up = True
+        otlp_http.received.wait_for(lambda: "the store takes events again" in caplog.text, timeout=30)
+        assert f"{tracker.dropped} dropped in all" in caplog.text
+    # The newest were kept: the last runs' traces are whole.
+    last = trace_id_for("durable-effect", "production", "shop", runs[-1].workflow_id).hex()
+    assert {s.name for s in otlp_http.received.trace(last)} == {"workflow many-104", "step a"}
+
+
+def test_a_tracker_whose_disk_is_full_goes_on_without_slowing_the_workflow_and_keeps_what_it_held(tmp_path, otlp_http):
+    # Its state (a temporary file of SQLite's) on a disk truly full, the backend away. Each emit offered
+    # every event held again: 30,000 runs took past five minutes; and `close()` raised the store's error into
+    # the application, the events it held lost.
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from otel_bridge.tracker import OtelTracker, WorkflowEvents, in_process
+        in_process._MAX_HELD = 2000
+        tracker = OtelTracker("production", "shop", dead_letter=sys.argv[1], span_dead_letter=sys.argv[2])
+        for n in range(10_000):
+            run = WorkflowEvents(workflow_id=f"full-{n}", workflow_name="invoice")
+            for event in (run.started(), run.step_started("a", 1), run.step_completed("a", 1, 5), run.completed(["a"])):
+                tracker.emit(event)
+        print("emitted", tracker.dropped, tracker.pending(), flush=True)
+        tracker.close(retry_export=False)
+        print("closed", flush=True)
+        """
+    )
+    dead, spans = tmp_path / "dead.jsonl", tmp_path / "dead-spans.jsonl"
+    otlp_http.up = False
+    with small_filesystem(tmp_path / "disk", 4) as disk:
+        env = {**os.environ, "SQLITE_TMPDIR": str(disk), "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(dead), str(spans)], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr
+    emitted, dropped, held = done.stdout.split("\n")[0].split()
+    assert emitted == "emitted" and int(held) >= 2000 and int(dropped) > 0 and done.stdout.endswith("closed\n")
+    assert "the store refused" in done.stderr and "database or disk is full" in done.stderr
+    assert f"events the store refused until the tracker was closed are kept in {dead}" in done.stderr
+    kept = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert len(kept) == 2000 and {k["error"] for k in kept} == {  # the newest, as many as are held at most
+        "not stored: the store refused them until the tracker was closed"
+    }
+    # Offered again once there is room: the last runs' traces are whole.
+    otlp_http.up = True
+    replay = [
+        sys.executable,
+        "-m",
+        "otel_bridge",
+        "replay",
+        "--format",
+        "dead-letter",
+        "--state",
+        ":memory:",
+        str(dead),
+    ]
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint, "OTEL_BRIDGE_SETTLE_SECONDS": "0"}
+    replayed = subprocess.run(replay, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    last = trace_id_for("durable-effect", "production", "shop", "full-9999").hex()
+    assert {s.name for s in otlp_http.received.trace(last)} == {"workflow invoice", "step a"}
