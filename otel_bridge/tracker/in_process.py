@@ -337,9 +337,10 @@ class OtelTracker:
         if (ended := self._refusals.recovered()) is not None:
             seconds, tries = ended
             dropped = f"{self.dropped:,} dropped in all" if self.dropped else "none dropped"
+            times = "once" if tries == 1 else f"{tries} times"
             log.warning(
-                "the store takes events again, after refusing them %d times in %.0f s: %s stored now, %s",
-                tries, seconds, f"{taken:,}", dropped,
+                "the store takes events again, after refusing them %s in %.0f s: %s stored now, %s",
+                times, seconds, f"{taken:,}", dropped,
             )  # fmt: skip
 
     def _timer(self, interval: float) -> None:
