@@ -5,7 +5,8 @@ as `{"events": [...]}` when it holds `batch_size` events, every `flush_interval_
 and on `flush()`/`close()`. A failed POST (non-2xx or a network error) is re-sent
 identically `max_attempts` more times after 1, 2, 4 … s (`initial_delay_ms`, doubling),
 as the real engine does — or after the `Retry-After` a refusal asks for, when longer (at
-most a minute) — then dropped and counted. Nothing is ever raised into the
+most a minute; drawn up to half as long again, so that producers refused together do not
+come back together) — then dropped and counted. Nothing is ever raised into the
 workflow, and a flush returns within `(max_attempts + 1) * timeout_seconds + the backoffs`.
 In a child process forked after the tracker was made, it starts afresh: an empty buffer
 (the parent's events are the parent's to send), its own locks, timer and connections.
@@ -14,6 +15,7 @@ In a child process forked after the tracker was made, it starts afresh: an empty
 import asyncio
 import gzip
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -110,9 +112,11 @@ class _Config:
     compression: str | None = None
 
     def delay(self, attempt: int, asked: float | None = None) -> float:
-        """Before re-send `attempt`: the engine's backoff, or longer when the bridge asked for it."""
+        """Before re-send `attempt`: the engine's backoff, or longer when the bridge asked for it — drawn up to
+        half as long again: the bridge asks every producer it refuses for the same wait (2 s, 5 s), and those
+        it refused together came back to it at the same instant, to be refused together again."""
         backoff = self.initial_delay * 2.0 ** (attempt - 1)
-        return backoff if asked is None else max(backoff, asked)
+        return backoff if asked is None or asked <= backoff else random.uniform(asked, asked * 1.5)
 
 
 # The longest Retry-After honoured: a flush must still end in bounded time.

@@ -489,3 +489,14 @@ print(OtelTracker.__module__, WorkflowEvents.__module__)
     loaded, modules = done.stdout.splitlines()
     assert loaded == "[]"
     assert modules == "otel_bridge.tracker.in_process otel_bridge.tracker.events"
+
+
+def test_the_wait_a_refusal_asks_for_is_drawn_up_to_half_as_long_again_the_engines_backoff_as_it_is():
+    # Every producer the bridge refuses is asked for the same wait: kept to the letter, they all came back at once.
+    tracker = HttpBatchTracker("http://127.0.0.1:9/v1/events", "staging", "shop", flush_interval_seconds=None)
+    config = tracker._c
+    tracker.close()
+    asked = [config.delay(1, asked=5.0) for _ in range(200)]
+    assert min(asked) >= 5.0 and max(asked) <= 7.5 and len(set(asked)) > 150
+    assert [config.delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]  # the engine's own, to the letter
+    assert config.delay(3, asked=2.0) == 4.0  # a shorter wait asked: the backoff, as the engine's
