@@ -171,8 +171,8 @@ class OtelTracker:
     def _refusing(self) -> None:
         # While the store refuses: when a flush is to try again. A flush before then stores nothing and takes no
         # time: each emit that found the buffer full (and every flush of the application's) tried every event
-        # held again, and a producer whose tracker's disk was full emitted a few hundred runs a minute, a
-        # warning each.
+        # held again, with a warning each: a producer whose tracker's disk was full took past five minutes to
+        # emit 30,000 runs (now 1.7 s).
         self._refused = Backoff(least=0.5, most=30.0)
         self._refused_until = 0.0
         self._refusals = Cadence()
@@ -321,7 +321,7 @@ class OtelTracker:
             log.warning(
                 "the store refused %s events (%s): held, and offered again after a wait, 0.5 s doubling to 30 s "
                 "(told again once a minute while it lasts; past %s held, the oldest are dropped)",
-                f"{held:,}", reason or type(reason).__name__, f"{_MAX_HELD:,}",
+                f"{held:,}", str(reason) or type(reason).__name__, f"{_MAX_HELD:,}",
                 exc_info=None if isinstance(reason, Unavailable) else reason,
             )  # fmt: skip
         else:
