@@ -398,7 +398,8 @@ class Settings(BaseSettings):
     stream_group: str = Field("otel-bridge", description="Consumer group the bridges share on the stream.")
     stream_consumer: str | None = Field(
         None,
-        description="This bridge's consumer name in the group (default: the host name; one name per bridge).",
+        description="This bridge's consumer name in the group (default: `host:port`, the host's name and the "
+        "bridge's port; one name per bridge).",
     )
     stream_claim_after_seconds: float = Field(
         10.0,

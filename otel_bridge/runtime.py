@@ -600,8 +600,10 @@ class Bridge:
                 s.stream_url,
                 s.stream_key,
                 s.stream_group,
-                # The host's name by default: a restarted bridge reads its own unacknowledged entries at once.
-                s.stream_consumer or socket.gethostname(),
+                # The host's name and the bridge's port by default: a bridge started again (on its port) reads its
+                # own unacknowledged entries at once, and two on one host are two consumers — one name, each read
+                # as its own the entries the other had just read, and both stored them.
+                s.stream_consumer or f"{socket.gethostname()}:{s.port}",
                 self.consumer("redis-stream", self.event_sourced_decoder()),
                 self.dead_letters,
                 claim_after_seconds=s.stream_claim_after_seconds,

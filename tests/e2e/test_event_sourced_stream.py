@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -141,7 +142,7 @@ def test_kill_9_between_read_and_ack_loses_nothing_and_doubles_nothing(tmp_path,
         run = Execution(f"flow-{i % 3}", tenant=f"t{i % 4}").started().after(5).moved("working").after(5)
         runs.append(run.submitted("note").after(5).ended("completed"))
     entries = [e for run in runs for e in run.events]
-    # Each start is a new consumer of the group (host and pid): the dead one's pending entries are claimed.
+    # Each start on its port is the consumer it was (host and port): it reads what it left pending at once.
     bridge = _bridge(tmp_path, otlp_http, redis_server, stream_claim_after_seconds="1").start()
     got = otlp_http.received
     try:
@@ -301,3 +302,32 @@ def test_on_a_redis_cluster_two_replicas_keep_their_state_and_follow_the_stream(
     assert cluster.keys("otel-bridge:*") == [] and cluster.keys("{otel-bridge}:state:*")
     logs = [replica.log.read_text() for replica in replicas]
     assert all(f"started: state Redis Cluster {redis_cluster_url}" in log and "Traceback" not in log for log in logs)
+
+
+def test_replicas_on_one_host_are_consumers_of_their_own_and_read_no_entry_twice(tmp_path, otlp_http, redis_server):
+    # Named after the host alone, two bridges on one machine were one consumer of the group: each read its
+    # "own" pending entries first, the ones the other had just read and not yet acknowledged, and both
+    # stored them (every_engine.py --replicas 2 counted 309 in four minutes). Host and port: each its own,
+    # and a bridge started again on its port is the consumer it was, reading what it left unacknowledged.
+    executions, inbound = _executions()
+    state = redis_server.url.rsplit("/", 1)[0] + "/3"
+    replicas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        replicas.append(_bridge(tmp_path / name, otlp_http, redis_server, state=state).start())
+    got = otlp_http.received
+    try:
+        _publish(redis_server, [inbound] + [e for run in executions for e in run.events])
+        for run in executions:
+            got.wait_for(lambda run=run: any(s.parent_span_id == "" for s in got.trace(_trace(run))))
+        client = redis_server.client()
+        got.wait_for(lambda: client.xpending(KEY, "otel-bridge")["pending"] == 0)
+        names = {c["name"].decode() for c in client.xinfo_consumers(KEY, "otel-bridge")}
+        assert names == {f"{socket.gethostname()}:{httpx.URL(r.url).port}" for r in replicas}
+        assert (
+            sum(_metric(r, 'otel_bridge_events_duplicate_total{[^}]*receiver="redis-stream"[^}]*}') for r in replicas)
+            == 0
+        )
+    finally:
+        for replica in replicas:
+            replica.close()
