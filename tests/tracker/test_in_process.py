@@ -13,6 +13,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -668,26 +670,38 @@ def test_a_damaged_state_file_is_one_clear_error_to_the_application_and_salvaged
     assert len(list(tmp_path.glob("tracker.db.damaged-*[0-9Z]"))) == 1  # kept beside, whole
 
 
-def test_a_store_that_refuses_holds_the_events_asks_again_after_a_wait_and_loses_none(monkeypatch, otlp_http, caplog):
-    # The export backlog full (the backend away): each emit that found the buffer full offered every event
-    # held again, a warning each, and a producer whose tracker's disk was full emitted a few hundred runs a
-    # minute. Now the store is asked again once a backoff is over; the events wait in the buffer meanwhile.
+def _ended_runs(prefix: str, n: int) -> list[WorkflowRun]:
+    return [
+        WorkflowRun(f"{prefix}-{k}").started().step_started("a").after(5).step_completed("a").completed()
+        for k in range(n)
+    ]
+
+
+@contextmanager
+def _backlog_full(monkeypatch, otlp_http, caplog, runs: list[WorkflowRun]) -> Iterator[OtelTracker]:
+    """A tracker whose outbox (10 spans at most) the first five of `runs` fill, the backend away: its store
+    refuses what comes next, until the backend is back (`otlp_http.up`) and the outbox drains."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     otlp_http.up = False
-    runs = [
-        WorkflowRun(f"held-{n}").started().step_started("a").after(5).step_completed("a").completed()
-        for n in range(400)
-    ]
     with (
         caplog.at_level(logging.WARNING, logger="otel_bridge.tracker.in_process"),
         OtelTracker("production", "shop", settle_seconds=0, max_outbox_spans=10, batch_size=10) as tracker,
     ):
-        for run in runs[:5]:  # 10 spans: the outbox full once they are settled
+        for run in runs[:5]:
             for event in run.events:
                 tracker.emit(event)
         tracker.flush()
         otlp_http.received.wait_for(lambda: tracker.bridge.store.outbox_depth() == 10)
+        yield tracker
+
+
+def test_a_store_that_refuses_holds_the_events_asks_again_after_a_wait_and_loses_none(monkeypatch, otlp_http, caplog):
+    # The export backlog full (the backend away): each emit that found the buffer full offered every event
+    # held again, a warning each. Now the store is asked again once a backoff is over; the events wait in the
+    # buffer meanwhile.
+    runs = _ended_runs("held", 400)
+    with _backlog_full(monkeypatch, otlp_http, caplog, runs) as tracker:
         consumer, offered = tracker.bridge.consumer("tracker"), []  # the one every flush hands its batch to
         real = consumer.ingest
         monkeypatch.setattr(consumer, "ingest", lambda batch: offered.append(len(batch)) or real(batch))
@@ -707,23 +721,9 @@ def test_a_store_that_refuses_holds_the_events_asks_again_after_a_wait_and_loses
 
 
 def test_past_the_most_held_the_oldest_events_are_dropped_counted_and_said(monkeypatch, otlp_http, caplog):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http.endpoint)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     monkeypatch.setattr(in_process, "_MAX_HELD", 100)
-    otlp_http.up = False
-    runs = [
-        WorkflowRun(f"many-{n}").started().step_started("a").after(5).step_completed("a").completed()
-        for n in range(105)
-    ]
-    with (
-        caplog.at_level(logging.WARNING, logger="otel_bridge.tracker.in_process"),
-        OtelTracker("production", "shop", settle_seconds=0, max_outbox_spans=10, batch_size=10) as tracker,
-    ):
-        for run in runs[:5]:
-            for event in run.events:
-                tracker.emit(event)
-        tracker.flush()
-        otlp_http.received.wait_for(lambda: tracker.bridge.store.outbox_depth() == 10)
+    runs = _ended_runs("many", 105)
+    with _backlog_full(monkeypatch, otlp_http, caplog, runs) as tracker:
         for run in runs[5:]:  # 400 events, while the store holds at most 100
             for event in run.events:
                 tracker.emit(event)
