@@ -26,6 +26,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,7 @@ def soak(
         for line in bridge.log.read_text().splitlines()
         if " WARNING " in line
     )
+    shutil.rmtree(workdir)  # its state files and logs, read: a failed soak leaves them to look at
     summary = json.loads(said.strip().splitlines()[-1])
     demo_said = {k: summary[k] for k in ("events", "posts", "retries", "dropped_events", "rejected_events", "engines")}
     told_outage = {"refused": receiver.refused, "drained_after_s": drained_after} if outage else None
