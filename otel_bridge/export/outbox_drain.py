@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 # big to send is made smaller.
 _REQUEST_OVERHEAD = 4096
 
-_MAX_BACKOFF = 30.0
-
 # Below it, a backend refusing requests for their size is not taken at its word any further: single
 # spans are sent, and what it refuses alone is set aside.
 _SMALLEST_BOUND = 16 * 1024
@@ -236,7 +234,7 @@ class OutboxDrain:
             raise
 
     def run(self, stop: threading.Event, passes: Passes | None = None) -> None:
-        backoff = Backoff(most=_MAX_BACKOFF)
+        backoff = Backoff()  # 0.5 s doubling to 30 s, the Collector's exporters' most
         failures = RepeatedFailure("draining the outbox")
         passes = passes or Passes()
         while not stop.is_set():

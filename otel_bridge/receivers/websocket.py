@@ -397,19 +397,18 @@ class WebSocketReceiver:
 
     def _catching_up_with(self, client: httpx.Client, stop: threading.Event) -> None:
         retry: list[str] = []
-        backoff = 0.5
+        backoff = Backoff(most=_MAX_BACKOFF)
         while not stop.is_set():
             missed: list[str] = []
-            if self._wake.wait(timeout=backoff if retry or self._gap_since is not None else None):
+            # Woken by a connection, or asked again after the backoff while something is left to ask for.
+            if self._wake.wait(timeout=backoff.drawn() if retry or self._gap_since is not None else None):
                 self._wake.clear()
                 if stop.is_set():
                     return
                 missed, self._missed = [e for e in self._missed if e in self.open_executions], []
                 if missed:
                     log.info("connected: fetching the timelines of %d open executions", len(missed))
-                backoff = 0.5
-            else:
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.worked()
             self._look_for_begun(client, stop)
             todo = list(dict.fromkeys([*missed, *self._unstarted, *self._awaited_at_end(), *self._wanted(retry)]))
             try:

@@ -426,16 +426,13 @@ class SqliteStore:
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                 self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             else:
-                if self.path != ":memory:":
+                if self.path == ":memory:":
+                    self._db = _keeping_nothing()  # its one connection's alone: nothing to wait for, or log
+                else:
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                     self._claimed = _claim(self.path)
-                memory = self.path == ":memory:"
-                if memory:
-                    self._db = _keeping_nothing()
-                else:
                     self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                if not memory:
+                    self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                     self._db.execute("PRAGMA journal_mode = WAL")
                     self._db.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
                     self._db.execute(f"PRAGMA journal_size_limit = {_WAL_KEPT_BYTES}")
