@@ -3,7 +3,8 @@
 Entries are acknowledged (XACK) only once the batch is committed to the store, so a
 bridge killed between reading and acknowledging leaves them pending: the same consumer
 reads its own pending entries first on its next turn, and another consumer of the group
-claims a dead one's (XAUTOCLAIM) once they have been idle for `claim_after_seconds`.
+claims a dead one's (XAUTOCLAIM) once they have been idle for `claim_after_seconds`; a consumer
+silent for an hour with nothing pending is forgotten (`redis_groups`).
 Event ids make a redelivered entry a no-op. The runtime trims the stream
 (`MAXLEN ~ 1000`): entries trimmed before the group read them are lost, and said so,
 loudly, with a count.
@@ -20,6 +21,7 @@ from redis.exceptions import ResponseError
 from otel_bridge.consumer import EventConsumer, Unavailable
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.redis_client import REDIS_ERRORS, connect
+from otel_bridge.redis_groups import FORGET_AFTER_SECONDS, Departures
 from otel_bridge.repeated_failure import Backoff, Cadence
 from otel_bridge.repeated_failure import told_followed as _told_followed
 from otel_bridge.repeated_failure import told_unreachable as _told_unreachable
@@ -58,6 +60,7 @@ class StreamReceiver:
         batch: int = 500,
         block_ms: int = 1000,
         on_lost: Callable[[int], None] = lambda n: None,
+        forget_after_seconds: float = FORGET_AFTER_SECONDS,
     ) -> None:
         self._url = url
         self._timeout = max(block_ms / 1000 + 5, 10)
@@ -73,6 +76,7 @@ class StreamReceiver:
         self._batch = batch
         self._block_ms = block_ms
         self._on_lost = on_lost
+        self.departures = Departures(key, group, consumer_name, forget_after_seconds)
         self.lag: int | None = None
         # Since when (monotonic) the stream is not read, None while it is (entries wait in the stream).
         self.disconnected_since: float | None = time.monotonic()
@@ -102,6 +106,7 @@ class StreamReceiver:
         if claimed:
             return cast(list[tuple[bytes, dict[bytes, bytes]]], claimed)
         self._check_losses()
+        self.departures.sweep(self._client)
         return self._read(">", block=self._block_ms)
 
     def _read(self, start: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:

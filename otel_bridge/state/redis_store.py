@@ -7,7 +7,8 @@ the whole transaction runs again on fresh reads (optimistic concurrency). Seen i
 are keys with a time-to-live, so the dedup memory expires by itself. The outbox
 is a stream read through one consumer group: each span goes to one replica, is
 deleted when the backend acknowledged it, and spans a crashed replica had taken
-are claimed by another after `claim_after_seconds`. On a Redis Cluster every key
+are claimed by another after `claim_after_seconds` (a replica gone for an hour is forgotten
+from the group: `redis_groups`). On a Redis Cluster every key
 carries one hash tag, so every transaction and script stays within one slot.
 """
 
@@ -27,6 +28,7 @@ from redis.exceptions import RedisClusterException, ResponseError, WatchError
 from redis.sentinel import SentinelConnectionPool
 
 from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
+from otel_bridge.redis_groups import Departures
 from otel_bridge.state.store import OutboxRow, Passed, StoreOpenError, StoreUnavailable, T
 from otel_bridge.urls import without_secrets
 
@@ -328,6 +330,8 @@ class RedisStore:
             self._claim_after_ms = int(claim_after_seconds * 1000)
             self._consumer = f"{socket.gethostname()}-{os.getpid()}"
             self._outbox = f"{self._p}outbox"
+            # A consumer per process started: those of processes gone would pile up in the group for ever.
+            self.departures = Departures(self._outbox, _GROUP, self._consumer)
             self._confirmed = f"{self._p}confirmed"
             self._ensure_group()
         except REDIS_ERRORS as exc:
@@ -468,6 +472,7 @@ class RedisStore:
                 )
                 entries = [e for e in claimed if e[1]]
             if not entries:
+                self.departures.sweep(self._client)
                 entries = self._read(limit, ">")
         except ResponseError:
             raise
