@@ -1,7 +1,12 @@
 """`otel-bridge replay FILE`: a file of events, one JSON event per line, through the same pipeline;
 or a dead-letter file, each event to the decoder of the receiver that kept it. A line of
 durable-effect events may also be a batch as producers POST it (`{"events": [...]}`): bodies logged
-by a proxy or a tracking service of one's own are replayed as they were kept.
+by a proxy or a tracking service of one's own are replayed as they were kept; a line that is an
+array holds events (or batches) too.
+
+A file that is one JSON document spread over lines — an array of events as a tracking service or a
+database exports them, a pretty-printed batch, `jq .`'s output — is read as one, the items of its
+array one at a time as they are parsed (ijson): a file of any length is read in flat memory.
 
 A batch the bridge refuses for now (the export backlog full, the store busy or full) is
 offered again for as long as `waits` says so, as a producer honours Retry-After; when it
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import ijson
 from tqdm import tqdm
 
 from otel_bridge.consumer import EventConsumer, Rejection, Unavailable
@@ -29,18 +35,23 @@ BATCH = 1000
 
 
 class At(NamedTuple):
-    """Where an event was in the file: its line, and its index in the line's batch when the line is one."""
+    """Where an event was in the file: its line (or the item of the document it is: `unit`), and its index
+    in the line's batch or array when the line is one."""
 
     line: int
     within: int | None = None
+    unit: str = "line"
 
     def __str__(self) -> str:
-        return f"line {self.line}" if self.within is None else f"line {self.line} events[{self.within}]"
+        at = f"{self.unit} {self.line}"
+        return at if self.within is None else f"{at} events[{self.within}]"
 
 
 @dataclass(slots=True)
 class ReplaySummary:
+    # The lines read, or the items of the document the file is (`unit` "item").
     lines: int = 0
+    unit: str = "line"
     # The lines that held a batch (`{"events": [...]}`), and the events they held: every other line is one.
     batch_lines: int = 0
     batched: int = 0
@@ -59,8 +70,9 @@ class ReplaySummary:
 
     def render(self, max_reasons: int = 20) -> str:
         held = f"  events: {self.lines - self.batch_lines + self.batched}" if self.batch_lines else ""
+        unit = self.unit
         out = [
-            f"lines: {self.lines}{held}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
+            f"{unit}s: {self.lines}{held}  accepted: {self.accepted}  duplicates: {self.duplicates}  "
             f"late: {self.late}  rejected: {len(self.rejected)}"
         ]
         # In the file's order: a batch's lines that are not JSON are told before the ones its decoder refused.
@@ -71,12 +83,12 @@ class ReplaySummary:
             out.append(f"  … and {len(self.rejected) - max_reasons} more (see the dead-letter file)")
         if self.broken is not None:
             line, reason = self.broken
-            stored = "the lines before it are stored" if self.lines else "nothing of it is stored"
-            out.append(f"the file cannot be read from line {line} on ({reason}); {stored}")
+            stored = f"the {unit}s before it are stored" if self.lines else "nothing of it is stored"
+            out.append(f"the file cannot be read from {unit} {line} on ({reason}); {stored}")
         if self.stopped is not None:
             line, reason = self.stopped
             out.append(
-                f"stopped at line {line}: {reason}. The lines before it are stored (their spans go out "
+                f"stopped at {unit} {line}: {reason}. The {unit}s before it are stored (their spans go out "
                 "with the next start if not yet); replay the same file again to go on: what is stored "
                 "already counts as duplicates."
             )
@@ -90,6 +102,19 @@ class _Stopped(Exception):
     pass
 
 
+class _Broken(Exception):
+    """The file cannot be read from `at` on (truncated, corrupt, not JSON past a point of its document)."""
+
+    def __init__(self, at: int, reason: str) -> None:
+        super().__init__(reason)
+        self.at = at
+
+
+class _NotJson(NamedTuple):
+    error: str
+    text: str
+
+
 def _opened(source: str) -> IO[bytes] | gzip.GzipFile:
     """Standard input, a file, or a gzip-compressed file (`.gz`), as logs are kept."""
     if source == "-":
@@ -99,12 +124,87 @@ def _opened(source: str) -> IO[bytes] | gzip.GzipFile:
     return Path(source).open("rb")
 
 
-def _lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(stream, start=1):
+def _values(
+    stream: Iterable[bytes], summary: "ReplaySummary", read: Callable[[int], object], documents: bool
+) -> Iterator[tuple[int, Any]]:
+    """The file's values, numbered: a line each (`_NotJson` for a line that is not), or the items of the one
+    document the file is when its first line opens one and says no more (`documents`; the summary then
+    counts items). Raises `_Broken` where the file cannot be read on."""
+    lines = iter(stream)
+    number, first = 0, True
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (OSError, EOFError) as exc:  # truncated or corrupt (gzip): what was read is stored
+            raise _Broken(number + 1, str(exc) or type(exc).__name__) from exc
+        number += 1
         if number == 1:
             line = line.removeprefix(BOM)  # a first line holding only it is blank, and skipped
-        if line.strip():
-            yield number, line
+        if not line.strip():
+            continue
+        read(len(line))
+        try:
+            value = loads(line)
+        except ValueError as exc:
+            if first and _opens_a_document(line):
+                if not documents:  # every line of it rejected and kept would do no good
+                    raise _Broken(number, _SPREAD) from exc
+                summary.unit = "item"
+                yield from _items(line, lines, read)
+                return
+            value = _NotJson(str(exc), line.decode(errors="replace"))
+        first = False
+        yield number, value
+
+
+def _items(first: bytes, rest: Iterator[bytes], read: Callable[[int], object]) -> Iterator[tuple[int, Any]]:
+    """The items of the document that `first` opens, numbered from 1: those of its array as each is
+    parsed (an array's whole is never in memory), or each value of a file of values one after another
+    (`jq .`'s output)."""
+    found = ijson.sendable_list()
+    parser = ijson.items_coro(
+        found, "item" if first.lstrip().startswith(b"[") else "", multiple_values=True, use_float=True
+    )
+    number, broken, ended = 0, None, False
+    chunks = _chunks(first, rest, read)
+    while not ended:
+        try:
+            chunk = next(chunks, None)
+            if chunk is None:
+                ended = True
+                parser.close()
+            else:
+                parser.send(chunk)
+        except (OSError, EOFError) as exc:
+            broken = _Broken(number + len(found) + 1, str(exc) or type(exc).__name__)
+        except ijson.JSONError as exc:
+            # yajl's words, then the text where it stopped and a line pointing at it: the words and the text.
+            said, near, *_ = [*str(exc).splitlines(), "", ""]
+            shown = f"not JSON: {said}" + (f" at `{near.strip()}`" if near.strip() else "")
+            broken = _Broken(number + len(found) + 1, shown)
+        for value in found:  # the items whole before where it broke too
+            number += 1
+            yield number, value
+        del found[:]
+        if broken is not None:
+            raise broken
+
+
+def _chunks(first: bytes, rest: Iterator[bytes], read: Callable[[int], object], size: int = 1 << 16) -> Iterator[bytes]:
+    """The lines as chunks of about `size` bytes: a pretty-printed document has millions of short lines."""
+    chunk = [first]
+    held = len(first)
+    for line in rest:
+        read(len(line))
+        chunk.append(line)
+        held += len(line)
+        if held >= size:
+            yield b"".join(chunk)
+            chunk, held = [], 0
+    if chunk:
+        yield b"".join(chunk)
 
 
 def replay(
@@ -133,8 +233,8 @@ def replay(
 
     def reject(number: int, error: str, kept: Any) -> None:
         rejection = Rejection(-1, None, "", error)
-        summary.rejected.append((At(number), rejection))
-        dead_letters.keep(f"replay:{source}", [({"line": number, "error": rejection.error}, kept)])
+        summary.rejected.append((At(number, unit=summary.unit), rejection))
+        dead_letters.keep(f"replay:{source}", [({summary.unit: number, "error": rejection.error}, kept)])
 
     def flush(event_format: str) -> None:
         batch = batches[event_format]  # pending until stored: an interrupt names its first line
@@ -159,35 +259,29 @@ def replay(
             at = batch.places[r.index]
             summary.rejected.append((at, r))
             # Its format said: offered again from this dead-letter file, it goes to the same decoder.
-            letter = {"line": at.line, "format": event_format, **r.as_dict()}
+            letter = {at.unit: at.line, "format": event_format, **r.as_dict()}
             if at.within is not None:
                 letter["within"] = at.within
             kept.append((letter, batch.events[r.index]))
         dead_letters.keep(f"replay:{source}", kept)
 
     number = 0
-    numbered = _lines(stream if stream is not None else lines or ())
+    # A dead-letter file is the bridge's own, a letter a line: never a document.
+    values = _values(stream if stream is not None else lines or (), summary, bar.update, source_format != DEAD_LETTER)
     try:
         while True:
             try:
-                number, line = next(numbered)
+                number, event = next(values)
             except StopIteration:
                 break
-            except (OSError, EOFError) as exc:  # truncated or corrupt (gzip): what was read is stored
-                summary.broken = (number + 1, str(exc) or type(exc).__name__)
+            except _Broken as exc:  # what was read is stored
+                summary.broken = (exc.at, str(exc))
                 break
-            bar.update(len(line))
-            try:
-                event = loads(line)
-            except ValueError as exc:
-                if not summary.lines and _opens_a_document(line):
-                    # Every line of it would be rejected and kept, one by one, for nothing.
-                    summary.broken = (number, _SPREAD)
-                    break
-                summary.lines += 1
-                reject(number, f"line is not valid JSON: {exc}", line.decode(errors="replace"))
-                continue
             summary.lines += 1
+            unit = summary.unit
+            if isinstance(event, _NotJson):
+                reject(number, f"line is not valid JSON: {event.error}", event.text)
+                continue
             event_format = source_format
             if source_format == DEAD_LETTER:
                 try:
@@ -196,15 +290,16 @@ def replay(
                     # Kept again would only copy the line: the file it came from still has it.
                     summary.rejected.append((At(number), Rejection(-1, None, "", str(exc))))
                     continue
-            if source_format == POSTED and _is_a_batch(event):
-                if not isinstance(event["events"], list):
-                    reject(number, f'"events" must be an array, not {json_kind(event["events"])}', event)
-                    continue
-                placed = [(inner, At(number, within)) for within, inner in enumerate(event["events"])]
+            held = event.get("events") if source_format == POSTED and _is_a_batch(event) else event
+            if held is not event and not isinstance(held, list):
+                reject(number, f'"events" must be an array, not {json_kind(held)}', event)
+                continue
+            if isinstance(held, list) and source_format != DEAD_LETTER:  # a batch, or an array of events
+                placed = [(inner, At(number, within, unit)) for within, inner in enumerate(held)]
                 summary.batch_lines += 1
                 summary.batched += len(placed)
             else:
-                placed = [(event, At(number))]
+                placed = [(event, At(number, unit=unit))]
             for inner, at in placed:
                 batch = batches.setdefault(event_format, _Batch())
                 batch.events.append(inner)
@@ -228,15 +323,15 @@ def replay(
 
 DEAD_LETTER = "dead-letter"
 _SPREAD = (
-    'it opens one JSON document spread over lines, where replay reads one JSON event, or one {"events": [...]} '
-    "batch, per line: `jq -c '.events[]' FILE` (or `jq -c '.[]'` for an array) writes them so"
+    "it opens one JSON document spread over lines, where a dead-letter file holds one letter per line, as the "
+    "bridge writes them: `jq -c '.[]' FILE` writes an array's one per line"
 )
 
 
 def _opens_a_document(line: bytes) -> bool:
-    """A first line that opens an object or an array and says no more (`{`, `{"events": [`): a
-    pretty-printed document, not a truncated event."""
-    return line.rstrip().endswith((b"{", b"["))
+    """A first line, not JSON itself, that opens an array (`[`, `[{"type": …},`: no event is an array), or an
+    object and says no more of it (`{`, `{"events": [`): a document spread over lines, not a truncated event."""
+    return line.lstrip().startswith(b"[") or line.rstrip().endswith((b"{", b"["))
 
 
 def _is_a_batch(line: Any) -> bool:

@@ -1,4 +1,5 @@
-"""`replay`: what a file's lines hand the pipeline — an event a line, or a batch as producers POST it."""
+"""`replay`: what a file hands the pipeline — an event a line, a batch as producers POST it, or the items of
+one JSON document."""
 
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters, unwrap
-from otel_bridge.receivers.replay import BATCH, ReplaySummary, replay
+from otel_bridge.receivers.replay import BATCH, DEAD_LETTER, ReplaySummary, replay
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -75,15 +76,100 @@ def test_an_event_is_never_taken_for_a_batch(tmp_path):
     assert (summary.accepted, summary.rejected) == (1, [])
 
 
-def test_a_pretty_printed_document_stops_at_its_first_line_saying_how_to_write_one_per_line(tmp_path):
-    # Each of its lines rejected and kept would fill the dead-letter file with fragments of one body.
-    run = WorkflowRun("w").started().completed()
-    summary, dead = _replayed(tmp_path, [], text=json.dumps({"events": run.events}, indent=2))
+def test_a_pretty_printed_batch_is_read_as_one_document_its_events_named_by_item_and_index(tmp_path):
+    run = WorkflowRun("w").started().step_started("s").step_completed("s").completed()
+    bad = {"type": "step.started", "eventId": "e-bad"}  # names no run
+    body = {"events": [run.events[0], bad, *run.events[1:]]}
+    summary, dead = _replayed(tmp_path, [], text=json.dumps(body, indent=2))
 
-    assert (summary.lines, summary.accepted, summary.rejected, dead) == (0, 0, [], [])
+    assert (summary.unit, summary.lines, summary.accepted, summary.broken) == ("item", 1, 4, None)
+    told = summary.render().splitlines()
+    assert told[0].startswith("items: 1  events: 5  accepted: 4  ")
+    assert told[1].startswith("  item 1 events[1]: ") and told[1].endswith("(eventId e-bad)")
+    (letter,) = dead
+    assert (letter["item"], letter["within"]) == (1, 1)
+    assert unwrap(letter) == ("durable-effect", bad)
+
+
+def test_an_exported_array_of_events_and_batches_is_read_item_by_item_as_they_are_parsed(tmp_path):
+    """An array of any length in flat memory: its first events are stored before the parser has seen its end."""
+    runs = [WorkflowRun(f"w{i}").started().completed() for i in range(BATCH)]
+    items: list[Any] = [e for run in runs for e in run.events]
+    items.append({"events": WorkflowRun("batched").started().completed().events})
+    text = json.dumps(items, indent=2)
+    stored_before_the_end: list[int] = []
+    pipeline = Pipeline(SqliteStore(":memory:"), MetricsHub(), Settings(state=":memory:"))
+    consumer = pipeline.consumer(pipeline.durable_effect)
+    ingested: list[int] = []
+
+    class Counting:
+        def ingest(self, events):
+            ingested.append(len(events))
+            return consumer.ingest(events)
+
+    def lines():
+        *body, closing = text.encode().splitlines(keepends=True)
+        yield from body
+        stored_before_the_end.append(sum(ingested))
+        yield closing
+
+    letters = DeadLetters(tmp_path / "dead.jsonl", 10**7, 1)
+    summary = replay({"durable-effect": Counting()}, "export", letters, False, lines=lines())
+    assert (summary.unit, summary.lines, summary.accepted, summary.rejected) == (
+        "item",
+        2 * BATCH + 1,
+        2 * BATCH + 2,
+        [],
+    )
+    assert stored_before_the_end[0] >= BATCH
+    assert summary.render().startswith(f"items: {2 * BATCH + 1}  events: {2 * BATCH + 2}  accepted: {2 * BATCH + 2}  ")
+
+
+def test_values_one_after_another_as_jq_prints_them_are_each_an_item(tmp_path):
+    run = WorkflowRun("w").started().step_started("s").step_completed("s").completed()
+    summary, _ = _replayed(tmp_path, [], text="\n".join(json.dumps(e, indent=2) for e in run.events) + "\n")
+    assert (summary.unit, summary.lines, summary.accepted, summary.rejected) == ("item", 4, 4, [])
+
+
+def test_a_line_that_is_an_array_holds_events_as_a_batch_does(tmp_path):
+    run = WorkflowRun("w").started().completed()
+    summary, _ = _replayed(tmp_path, [run.events, {"events": []}])
+    assert (summary.unit, summary.lines, summary.batched, summary.accepted) == ("line", 2, 2, 2)
+
+
+def test_a_document_cut_short_is_stored_up_to_its_last_whole_item_and_says_where_it_breaks(tmp_path):
+    runs = [WorkflowRun(f"w{i}").started().completed() for i in range(3)]
+    text = json.dumps([e for run in runs for e in run.events], indent=2)
+    summary, dead = _replayed(tmp_path, [], text=text[: text.index(runs[2].events[1]["eventId"])])
+    assert (summary.lines, summary.accepted, dead) == (5, 5, [])
+    told = summary.render().splitlines()[-1]
+    assert told.startswith("the file cannot be read from item 6 on (not JSON: parse error: premature EOF)")
+    assert told.endswith("; the items before it are stored")
+
+
+def test_a_document_with_what_is_not_json_in_it_is_stored_up_to_there_and_says_what_and_where(tmp_path):
+    run = WorkflowRun("w").started().completed()
+    text = "[" + json.dumps(run.events[0]) + ",\n  {x: 1},\n" + json.dumps(run.events[1]) + "]\n"
+    summary, _ = _replayed(tmp_path, [], text=text)
+    assert (summary.lines, summary.accepted) == (1, 1)
+    told = summary.render().splitlines()[-1]
+    assert told.startswith(
+        "the file cannot be read from item 2 on (not JSON: lexical error: invalid char in json text."
+    )
+    assert "{x: 1}" in told
+
+
+def test_a_pretty_printed_dead_letter_file_stops_at_its_first_line_saying_how_to_write_one_per_line(tmp_path):
+    # The bridge writes a letter a line: each of this one's lines rejected and kept would do no good.
+    source = tmp_path / "dead-letter.json"
+    source.write_text(json.dumps([{"format": "durable-effect", "event": {"type": "x"}}], indent=2))
+    letters = DeadLetters(tmp_path / "dead.jsonl", 10**7, 1)
+    summary = replay({}, str(source), letters, False, source_format=DEAD_LETTER)
+
+    assert (summary.lines, summary.accepted, summary.rejected) == (0, 0, [])
     told = summary.render()
     assert "cannot be read from line 1 on (it opens one JSON document spread over lines" in told
-    assert "jq -c '.events[]'" in told and told.endswith("nothing of it is stored")
+    assert "jq -c '.[]'" in told and told.endswith("nothing of it is stored")
 
 
 def test_a_truncated_event_on_the_first_line_is_rejected_and_the_lines_after_it_replayed(tmp_path):
