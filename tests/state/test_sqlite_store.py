@@ -13,7 +13,7 @@ import pytest
 from faults import broken_page
 
 from otel_bridge.state.sqlite_store import SqliteStore, damaged
-from otel_bridge.state.store import StoreOpenError
+from otel_bridge.state.store import StoreOpenError, StoreUnavailable
 
 SPANS = 3000
 
@@ -95,6 +95,42 @@ def test_an_outbox_with_no_read_past_its_damage_is_told_as_damaged(tmp_path):
         store.outbox_peek(100)
 
     assert damaged(raised.value) and store.outbox_passed is None
+    store.close()
+
+
+class _DiskFull:
+    """A connection whose every statement meets a full disk, as SQLite's own reads do when they must spill
+    its cache to a file that cannot grow."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, *_args: object) -> sqlite3.Cursor:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("outbox_peek", (10,)),
+        ("outbox_ack", ([1],)),
+        ("earliest_due", ()),
+        ("overdue", (0,)),
+        ("overdue_keys", (0,)),
+        ("facts", ("k",)),
+        ("states", ()),
+        ("purge_seen", (0,)),
+    ],
+)
+def test_a_read_or_an_acknowledgement_that_meets_a_full_disk_is_the_stores_refusal_not_a_bug(method, args):
+    # A bug's traceback in the log for a condition: the outbox's drain and the settle lag's gauge told one.
+    store = SqliteStore(":memory:")
+    store._db = _DiskFull(store._db)
+    with pytest.raises(StoreUnavailable, match=r"^the state file's disk is full \(sqlite: database or disk is full\)$"):
+        list(getattr(store, method)(*args) or ())
     store.close()
 
 
