@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from otel_bridge.consumer import EventConsumer
     from otel_bridge.pipeline import Pipeline
     from otel_bridge.receivers import timeline_api
+    from otel_bridge.receivers.served_tls import ServedCertificate
     from otel_bridge.state.store import Transaction
 
 log = logging.getLogger(__name__)
@@ -181,44 +182,20 @@ def _listening(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-class _Encrypted(Exception):
-    """The served key is encrypted and no pass phrase is given."""
+def _served_tls(settings: Settings) -> "ServedCertificate | None":
+    """The certificate the server serves HTTPS with, as it is renewed (None: plain HTTP). CliError when it
+    could not load it, naming the files, before the state is opened."""
+    from otel_bridge.receivers.served_tls import ServedCertificate, TlsFilesError
 
-
-def _served_tls(settings: Settings) -> ssl.SSLContext | None:
-    """The context the server serves HTTPS with (None: plain HTTP). CliError when it could not load its
-    certificate: uvicorn's own error names neither file ("No such file or directory", "[SSL] PEM lib"), and
-    comes after the state is opened; and an encrypted key without its pass phrase was asked for on the
-    terminal (a service started from one waited there), or refused as "Invalid argument" without one."""
     certfile, keyfile, password = settings.tls_certfile, settings.tls_keyfile, settings.tls_keyfile_password
     if certfile is None:
         if keyfile is not None:  # uvicorn would serve plain HTTP and say nothing
             raise CliError(f"tls_keyfile {keyfile} is set without tls_certfile: give both to serve HTTPS")
         return None
-    files = f"{certfile}" + (f" (key {keyfile})" if keyfile is not None else "")
-
-    def asked() -> str:
-        if password is None:
-            raise _Encrypted()
-        return password.get_secret_value()
-
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        tls.load_cert_chain(certfile, keyfile, password=asked)
-    except _Encrypted:
-        raise CliError(
-            f"the TLS key of {files} is encrypted: give its pass phrase (tls_keyfile_password, "
-            "OTEL_BRIDGE_TLS_KEYFILE_PASSWORD), or the key decrypted"
-        ) from None
-    except ssl.SSLError as exc:
-        said = exc.reason or exc.strerror or exc  # OpenSSL's "PEM lib" comes with no reason
-        wrong = ", or the pass phrase (tls_keyfile_password) is not its" if password is not None else ""
-        raise CliError(
-            f"cannot use the TLS certificate {files}: not a PEM certificate and its key{wrong} ({said})"
-        ) from None
-    except OSError as exc:
-        raise CliError(f"cannot read the TLS certificate {files}: {exc.strerror or exc}") from None
-    return tls
+        return ServedCertificate(certfile, keyfile, password)
+    except TlsFilesError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _serve(settings: Settings) -> int:
@@ -227,18 +204,29 @@ def _serve(settings: Settings) -> int:
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
+    from otel_bridge.receivers.served_tls import look_every
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
-    tls = _served_tls(settings)
+    served = _served_tls(settings)
+    tls = served.context if served is not None else None
     listening = _listening(settings.host, settings.port)
     # A salvage at start takes ~20 s a GiB: the port says meanwhile that the bridge is alive, and not ready.
     bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
     scheme = "https" if settings.tls_certfile else "http"
+    if served is not None:
+        bridge.metrics.gauge(
+            c.M_BRIDGE_TLS_CERTIFICATE_EXPIRATION,
+            "s",
+            "Unix time the TLS certificate the bridge serves ends (as renewed on disk, taken every tls_reload_seconds)",
+            lambda: served.expires_at,
+        )
 
     def start() -> None:  # on the server's event loop, as it starts
         bridge.start()
         bridge.settle_on_loop()
+        if served is not None:
+            look_every(settings.tls_reload_seconds, served)
         # uvicorn tells where it listens only of the sockets it binds itself.
         for listener in listening:
             address, port = listener.getsockname()[:2]
@@ -266,11 +254,9 @@ def _serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app,
         http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
-        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        ssl_keyfile_password=(
-            settings.tls_keyfile_password.get_secret_value() if settings.tls_keyfile_password else None
-        ),
+        # The context already loaded, which serves renewed certificates: uvicorn's own would load the files again
+        # and keep what it read.
+        ssl_context_factory=None if tls is None else lambda _config, _default: tls,
         limit_concurrency=settings.limit_concurrency,
         host=settings.host,
         port=settings.port,

@@ -297,6 +297,12 @@ class Settings(BaseSettings):
         description="Pass phrase of `tls_keyfile` when it is encrypted (best in the environment: a flag shows in "
         "the process list). Without it an encrypted key is refused saying so, not asked for on the terminal.",
     )
+    tls_reload_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Look at `tls_certfile` and `tls_keyfile` this often: once renewed (cert-manager, certbot), new "
+        "connections are served the new certificate, without a restart.",
+    )
     # Bounded as SQLite's LIMIT takes it, and far past what any backend takes in one request.
     export_batch_size: int = Field(
         512,

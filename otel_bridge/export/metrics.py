@@ -255,6 +255,7 @@ _COMBINED: dict[str, Callable[[float, float], float]] = {
     c.M_BRIDGE_FOLLOWER_CONNECTED: min,
     c.M_BRIDGE_BUILD_INFO: max,
     c.M_BRIDGE_STATE_SALVAGED: max,
+    c.M_BRIDGE_TLS_CERTIFICATE_EXPIRATION: min,
 }
 
 

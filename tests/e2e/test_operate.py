@@ -4,14 +4,17 @@
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from bridge_process import BridgeProcess, held_port
 from builders import WorkflowRun
+from cryptography import x509
 from otlp_receiver import OtlpHttpReceiver
 from pki import make_pki
 from redis_server import RedisServer
@@ -199,6 +202,57 @@ def test_close_asks_a_bridge_behind_tls_trusting_the_certificate_it_serves_whate
         assert refused.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
     finally:
         bridge.close()
+
+
+def test_a_bridge_behind_tls_serves_its_renewed_certificate_without_a_restart(tmp_path, otlp_http):
+    # A certificate cert-manager or certbot renews on disk: read once, it was served until it ended, and every
+    # producer then refused the bridge.
+    pki = make_pki(tmp_path)
+    certfile, keyfile = tmp_path / "tls.crt", tmp_path / "tls.key"
+    certfile.write_bytes(Path(pki["bridge.pem"]).read_bytes())
+    keyfile.write_bytes(Path(pki["bridge.key"]).read_bytes())
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, tls_certfile=str(certfile), tls_keyfile=str(keyfile), tls_reload_seconds="0.2"
+    )
+    bridge.url = bridge.url.replace("http://", "https://")
+    trusted = ssl.create_default_context(cafile=pki["ca.pem"])
+    trusted.check_hostname = False  # its name is the service's (CN=otel-bridge), asked at the loopback address
+    bridge.client = httpx.Client(verify=trusted, timeout=10)
+
+    def served() -> str:
+        return ssl.get_server_certificate(("127.0.0.1", bridge.port))
+
+    def expiration() -> float:
+        text = bridge.client.get(f"{bridge.url}/metrics").text
+        (value,) = re.findall(
+            r"^otel_bridge_tls_certificate_expiration_timestamp_seconds(?:{[^}]*})? (\S+)$", text, re.M
+        )
+        return float(value)
+
+    def ends(pem: str) -> float:
+        return x509.load_pem_x509_certificate(Path(pem).read_bytes()).not_valid_after_utc.timestamp()
+
+    try:
+        bridge.start()
+        before = bridge.client.get(f"{bridge.url}/healthz")  # a connection kept open across the renewal
+        assert before.status_code == 200 and served() == _pem_of(pki["bridge.pem"])
+        assert expiration() == ends(pki["bridge.pem"])
+        keyfile.write_bytes(Path(pki["backend.key"]).read_bytes())  # the key first: not served until its certificate
+        certfile.write_bytes(Path(pki["backend.pem"]).read_bytes())
+        deadline = time.monotonic() + 10
+        while served() != _pem_of(pki["backend.pem"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served() == _pem_of(pki["backend.pem"])
+        assert expiration() == ends(pki["backend.pem"])
+        assert bridge.client.get(f"{bridge.url}/healthz").status_code == 200
+    finally:
+        bridge.close()
+    log = bridge.log.read_text()
+    assert f"serving the renewed TLS certificate {certfile}" in log and "Traceback" not in log
+
+
+def _pem_of(path: str) -> str:
+    return ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(Path(path).read_text()))
 
 
 def test_overdue_runs_are_counted_from_the_store_after_a_restart(tmp_path, otlp_http):

@@ -1,0 +1,161 @@
+"""The certificate the HTTP endpoint serves, taken again from its files as they are renewed.
+
+Certificates are renewed on disk while a server runs — cert-manager rewrites a Secret's files a month
+before they end, certbot every sixty days — and a server that read them once serves the old one until it
+expires, when every producer refuses it (and drops its batches after three re-sends). The files are
+looked at every `tls_reload_seconds`; once changed and read whole (a certificate and the key that goes
+with it), new connections are served from a new context: the served context's SNI callback, called at
+every handshake, hands it the newest one, so no handshake meets a context half changed, and connections
+already open keep theirs. Files caught mid-write (the key before its certificate) are taken at a later
+look, the certificate before them served meanwhile.
+"""
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+# How long before its end a certificate is said to end soon, as it is taken.
+SOON_SECONDS = 14 * 86400
+
+
+class TlsFilesError(ValueError):
+    """The certificate files cannot be served: why, naming them."""
+
+
+class _Encrypted(Exception):
+    """The served key is encrypted and no pass phrase is given."""
+
+
+def _context(certfile: Path, keyfile: Path | None, password: SecretStr | None) -> ssl.SSLContext:
+    """A server context of the files. TlsFilesError naming them when they cannot be served: OpenSSL's own
+    error names neither file ("No such file or directory", "[SSL] PEM lib"), and an encrypted key without
+    its pass phrase would be asked for on the terminal (a service started from one waited there)."""
+    files = f"{certfile}" + (f" (key {keyfile})" if keyfile is not None else "")
+
+    def asked() -> str:
+        if password is None:
+            raise _Encrypted()
+        return password.get_secret_value()
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        tls.load_cert_chain(certfile, keyfile, password=asked)
+    except _Encrypted:
+        raise TlsFilesError(
+            f"the TLS key of {files} is encrypted: give its pass phrase (tls_keyfile_password, "
+            "OTEL_BRIDGE_TLS_KEYFILE_PASSWORD), or the key decrypted"
+        ) from None
+    except ssl.SSLError as exc:
+        said = exc.reason or exc.strerror or exc  # OpenSSL's "PEM lib" comes with no reason
+        wrong = ", or the pass phrase (tls_keyfile_password) is not its" if password is not None else ""
+        raise TlsFilesError(
+            f"cannot use the TLS certificate {files}: not a PEM certificate and its key{wrong} ({said})"
+        ) from None
+    except OSError as exc:
+        raise TlsFilesError(f"cannot read the TLS certificate {files}: {exc.strerror or exc}") from None
+    return tls
+
+
+def expiration(certfile: Path) -> float:
+    """When the certificate `certfile` serves (its first, the chain's leaf) ends: seconds since the epoch."""
+    try:
+        certificate = x509.load_pem_x509_certificates(certfile.read_bytes())[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise TlsFilesError(f"cannot read the TLS certificate {certfile}: {exc}") from None
+    return certificate.not_valid_after_utc.timestamp()
+
+
+def _contents(path: Path | None) -> bytes | None:
+    """What a file holds now (a few KB, read at each look: a time or a size would miss a file rewritten within
+    the clock's tick, as a test does, or to the same length); None when it cannot be read for a moment."""
+    if path is None:
+        return b""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+class ServedCertificate:
+    """`context` is what the server serves with, from the files given, as they are renewed (`look`)."""
+
+    def __init__(
+        self,
+        certfile: Path,
+        keyfile: Path | None,
+        password: SecretStr | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._files = certfile, keyfile, password
+        self._clock = clock
+        self._seen = self._identities()
+        self.context = self._newest = _context(*self._files)
+        self.expires_at = expiration(certfile)
+        self.renewals = 0
+        self._refused: str | None = None  # the files' last refusal, told once until they change again
+        self.context.sni_callback = self._hand_newest
+        self._tell_if_ending("serving")
+
+    def _identities(self) -> tuple[bytes | None, bytes | None]:
+        certfile, keyfile, _password = self._files
+        return _contents(certfile), _contents(keyfile)
+
+    def _hand_newest(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _given: ssl.SSLContext
+    ) -> None:
+        if self._newest is not self.context:
+            connection.context = self._newest
+
+    def look(self) -> bool:
+        """Take the files again if they changed since they were last taken: True when a renewed certificate is
+        served from now on."""
+        seen = self._identities()
+        if seen == self._seen:
+            return False
+        try:
+            fresh, ends = _context(*self._files), expiration(self._files[0])
+        except TlsFilesError as exc:
+            if str(exc) != self._refused:  # the same refusal is told once: the files are looked at again
+                self._refused = str(exc)
+                log.warning(
+                    "the renewed TLS certificate is not served yet: %s; the one before is served meanwhile", exc
+                )
+            return False
+        self._seen, self._newest, self.expires_at, self._refused = seen, fresh, ends, None
+        self.renewals += 1
+        self._tell_if_ending("serving the renewed")
+        return True
+
+    def _tell_if_ending(self, serving: str) -> None:
+        ends = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
+        left = self.expires_at - self._clock()
+        certfile = self._files[0]
+        if left <= 0:
+            log.error("%s TLS certificate %s, which ended %s: clients refuse it", serving, certfile, ends)
+        elif left < SOON_SECONDS:
+            log.warning("%s TLS certificate %s, which ends %s (in %.1f days)", serving, certfile, ends, left / 86400)
+        else:
+            log.info("%s TLS certificate %s, which ends %s", serving, certfile, ends)
+
+
+def look_every(seconds: float, served: ServedCertificate) -> None:
+    """Look at the files every `seconds`, on the running event loop: where the handshakes are."""
+    loop = asyncio.get_running_loop()
+
+    def look() -> None:
+        try:
+            served.look()
+        except Exception:  # a bug of the look's own: the certificate taken is still served, and looked at again
+            log.exception("looking at the TLS certificate's files failed")
+        loop.call_later(seconds, look)
+
+    loop.call_later(seconds, look)
