@@ -11,8 +11,10 @@ port, a credential refused, TLS spoken to a plain-text port — rather than minu
 
 import difflib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
         ("timeline API", lambda: _timeline_api(settings, timeout_seconds)),
         ("runtime v2", lambda: _runtime_v2(settings, timeout_seconds)),
         ("access", lambda: _access(settings)),
+        ("tls", lambda: _tls(settings)),
     ]
     findings = []
     for what, asked in checks:
@@ -64,6 +67,26 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
         except Exception as exc:  # a check's own failure is told as its finding, not a traceback
             findings.append(Finding(what, False, f"{type(exc).__name__}: {exc}"))
     return findings
+
+
+def _tls(settings: Settings) -> Finding:
+    """Whether the certificate `serve` would serve HTTPS with loads, with its key, and how long it lasts."""
+    from otel_bridge.receivers.served_tls import SOON_SECONDS, TlsFilesError, expiration, server_context
+
+    certfile, keyfile = settings.tls_certfile, settings.tls_keyfile
+    if certfile is None:
+        return Finding("tls", None, "plain HTTP (tls_certfile)")
+    try:
+        server_context(certfile, keyfile, settings.tls_keyfile_password)
+        ends = expiration(certfile)
+    except TlsFilesError as exc:
+        return Finding("tls", False, str(exc))
+    when, left = datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), ends - time.time()
+    if left <= 0:
+        return Finding("tls", False, f"{certfile} ended {when}: clients refuse it")
+    soon = " (BridgeCertificateExpiring warns from two weeks before)" if left < SOON_SECONDS else ""
+    renewed = f"a renewed one is taken within {settings.tls_reload_seconds:g} s"
+    return Finding("tls", True, f"{certfile} serves HTTPS until {when}, in {left / 86400:.1f} days{soon}; {renewed}")
 
 
 def _access(settings: Settings) -> Finding:

@@ -15,6 +15,7 @@ import pytest
 import redis
 from builders import JobRun, WorkflowRun
 from phase10_server import Phase10Server
+from pki import make_pki
 from runtime_v2_tables import Runtime, reader_of
 
 from otel_bridge.cli import main
@@ -35,6 +36,7 @@ _CHECKS = (
     "timeline API",
     "runtime v2",
     "access",
+    "tls",
 )
 
 
@@ -72,6 +74,8 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
     options = ["--state", str(state), "--stream-url", redis_url, "--stream-key", "workflow:events:check"]
     options += ["--ws-url", phase10.ws_url, "--ws-api-url", phase10.api_url, "--api-key", "producers-key"]
     options += ["--silent-executing", "catalogImport=1h", "--runtime-v2-url", database]
+    pki = make_pki(tmp_path)
+    options += ["--tls-certfile", pki["bridge.pem"], "--tls-keyfile", pki["bridge.key"]]
     Runtime(psycopg.connect(database, autocommit=True)).start_run(datetime.now(UTC))
     phase10.scripts.put([])  # the engine has nothing to tell the check's connection
 
@@ -94,6 +98,7 @@ def test_a_bridge_whose_every_part_answers_is_told_ok_part_by_part_and_exits_0(
         "the runs (README: Cost)"
     )
     assert told["access"].endswith("api_key in X-API-KEY; /metrics open")
+    assert f"{pki['bridge.pem']} serves HTTPS until " in told["tls"]
     assert receiver.received.refused == 0  # the credential was sent as configured, to each signal
 
 
@@ -156,8 +161,23 @@ def test_exports_turned_off_and_engines_not_followed_are_not_asked_and_do_not_fa
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "does not exist yet: made at the first start" in lines[0]
-    assert [line.split()[0] for line in lines[1:2] + lines[3:]] == ["-"] * 8  # the last: no credential asked
+    assert [line.split()[0] for line in lines[1:2] + lines[3:]] == ["-"] * 9  # no credential asked, plain HTTP
     assert "OTEL_TRACES_EXPORTER=none" in lines[3] and "OTEL_METRICS_EXPORTER=console" in lines[4]
+
+
+def test_the_certificate_serve_would_serve_is_loaded_with_its_key_and_its_end_told(tmp_path):
+    pki = make_pki(tmp_path)
+    served = {"state": ":memory:", "tls_certfile": pki["bridge.pem"], "tls_keyfile": pki["bridge.key"]}
+    (tls,) = [f for f in check(Settings(**served)) if f.what == "tls"]
+    assert tls.ok and tls.detail.startswith(f"{pki['bridge.pem']} serves HTTPS until ")
+    assert tls.detail.endswith(
+        "in 1.0 days (BridgeCertificateExpiring warns from two weeks before); a renewed one is taken within 30 s"
+    )
+    another_key = {**served, "tls_keyfile": pki["backend.key"]}
+    (tls,) = [f for f in check(Settings(**another_key)) if f.what == "tls"]
+    assert tls.ok is False and tls.detail.startswith(f"cannot use the TLS certificate {pki['bridge.pem']} (key ")
+    (tls,) = [f for f in check(Settings(state=":memory:")) if f.what == "tls"]
+    assert (tls.ok, tls.detail) == (None, "plain HTTP (tls_certfile)")
 
 
 def test_check_answers_json_for_a_deploy_pipeline_with_the_same_exit_status(tmp_path, monkeypatch, capsys):

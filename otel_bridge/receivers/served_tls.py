@@ -35,7 +35,7 @@ class _Encrypted(Exception):
     """The served key is encrypted and no pass phrase is given."""
 
 
-def _context(certfile: Path, keyfile: Path | None, password: SecretStr | None) -> ssl.SSLContext:
+def server_context(certfile: Path, keyfile: Path | None, password: SecretStr | None) -> ssl.SSLContext:
     """A server context of the files. TlsFilesError naming them when they cannot be served: OpenSSL's own
     error names neither file ("No such file or directory", "[SSL] PEM lib"), and an encrypted key without
     its pass phrase would be asked for on the terminal (a service started from one waited there)."""
@@ -98,7 +98,7 @@ class ServedCertificate:
         self._files = certfile, keyfile, password
         self._clock = clock
         self._seen = self._identities()
-        self.context = self._newest = _context(*self._files)
+        self.context = self._newest = server_context(*self._files)
         self.expires_at = expiration(certfile)
         self.renewals = 0
         self._refused: str | None = None  # the files' last refusal, told once until they change again
@@ -122,7 +122,7 @@ class ServedCertificate:
         if seen == self._seen:
             return False
         try:
-            fresh, ends = _context(*self._files), expiration(self._files[0])
+            fresh, ends = server_context(*self._files), expiration(self._files[0])
         except TlsFilesError as exc:
             if str(exc) != self._refused:  # the same refusal is told once: the files are looked at again
                 self._refused = str(exc)
