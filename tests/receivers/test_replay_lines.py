@@ -132,9 +132,17 @@ def test_values_one_after_another_as_jq_prints_them_are_each_an_item(tmp_path):
 
 
 def test_a_line_that_is_an_array_holds_events_as_a_batch_does(tmp_path):
-    run = WorkflowRun("w").started().completed()
-    summary, _ = _replayed(tmp_path, [run.events, {"events": []}])
-    assert (summary.unit, summary.lines, summary.batched, summary.accepted) == ("line", 2, 2, 2)
+    run = WorkflowRun("w").started().step_started("s").completed()
+    summary, _ = _replayed(tmp_path, [run.events[0], run.events[1:], {"events": []}])
+    assert (summary.unit, summary.lines, summary.batched, summary.accepted) == ("line", 3, 2, 3)
+
+
+def test_an_export_on_one_line_is_read_item_by_item_and_what_follows_its_array_is_not_passed_over(tmp_path):
+    # `json.dump(events, f)`: the whole export one line, which was read and parsed whole.
+    runs = [WorkflowRun(f"w{i}").started().completed() for i in range(3)]
+    lines = [[e for run in runs[:2] for e in run.events], *runs[2].events]
+    summary, _ = _replayed(tmp_path, lines)
+    assert (summary.unit, summary.lines, summary.accepted, summary.rejected) == ("item", 6, 6, [])
 
 
 def test_a_document_cut_short_is_stored_up_to_its_last_whole_item_and_says_where_it_breaks(tmp_path):
