@@ -331,7 +331,7 @@ def _first_time(*what: str) -> bool:
 _BASE_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 
-def _standard(signal: str, name: str) -> tuple[str, str]:
+def standard_variable(signal: str, name: str) -> tuple[str, str]:
     """The variable that gives `name` (ENDPOINT, TIMEOUT, …) to `signal`'s export, and its value: the
     signal's own first, then the one for every signal, as the SDK and the specification read them (an
     empty value is unset); the latter's name and "" when neither is set."""
@@ -358,7 +358,7 @@ def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
     """A path the Collector answers 404 at, told once at start: a base URL ending with a signal's path
     (each signal's is added to it), or a signal's own URL without one (used as it is given). Every
     export was refused, told only as "check the endpoint and its credentials"."""
-    variable, given = _standard(signal, "ENDPOINT")
+    variable, given = standard_variable(signal, "ENDPOINT")
     base, own = (given, "") if variable == _BASE_ENDPOINT else ("", given)
     if base.rstrip("/").endswith(("/v1/traces", "/v1/metrics", "/v1/logs")) and _first_time("path", base):
         log.warning(
@@ -384,7 +384,7 @@ def _readable(protocol: str, signal: str) -> None:
     """The endpoint variable `signal` is exported by, once it reads as a host and a port: with a
     bracket not closed, a port that is no number or past 65535, or no host at all, every export
     failed as if the backend were away (or the gRPC exporter failed the start: "Invalid IPv6 URL")."""
-    variable, endpoint = _standard(signal, "ENDPOINT")
+    variable, endpoint = standard_variable(signal, "ENDPOINT")
     if "://" not in endpoint:
         return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
     why = host_problem(endpoint)
@@ -410,7 +410,7 @@ def _tls_files_readable(signal: str) -> None:
     that was not there failed every OTLP/HTTP export ("Could not find a suitable TLS CA certificate
     bundle"), told as a backend away, and the gRPC exporter logged a traceback and went on without it."""
     for name, what in _TLS_FILES.items():
-        variable, path = _standard(signal, name)
+        variable, path = standard_variable(signal, name)
         try:
             if path:
                 with open(path, "rb"):
@@ -436,7 +436,7 @@ def _headers_readable(signal: str) -> None:
     """The headers the variables give `signal`'s export, once each is a `name=value` the SDK takes: it
     dropped one that was not (`x-api-key:…`, a colon for the `=`) and wrote it whole in its warning,
     the credential in it too, three times at every start — then every export was refused."""
-    variable, raw = _standard(signal, "HEADERS")
+    variable, raw = standard_variable(signal, "HEADERS")
     for place, header in enumerate(re.split(r"[ \t]*,[ \t]*", raw), 1):
         if header and not _HEADER.fullmatch(header.strip()):
             named = _HEADER_NAME.match(header)
@@ -480,7 +480,7 @@ def export_timeout(signal: str, unit: float = MILLISECONDS) -> float:
     number, not above 0 or past a day is a ValueError naming the variable: the SDK read `-5` and
     every export failed, `1e300` and every export failed, and its gRPC exporter failed the start on
     `abc` with a bare "could not convert string to float"."""
-    variable, raw = _standard(signal, "TIMEOUT")
+    variable, raw = standard_variable(signal, "TIMEOUT")
     if not raw:
         return _DEFAULT_TIMEOUT_SECONDS
     counted = "milliseconds" if unit == MILLISECONDS else "seconds"
@@ -534,7 +534,7 @@ def export_compression(signal: str, protocol: str) -> str:
     `OTEL_EXPORTER_OTLP_COMPRESSION`: gzip or none, as the specification has them (and deflate over
     OTLP/HTTP). Another value is a ValueError naming the variable: the SDK's HTTP exporter warned and sent
     uncompressed, its gRPC exporter failed the start with a traceback — on `none` too."""
-    variable, raw = _standard(signal, "COMPRESSION")
+    variable, raw = standard_variable(signal, "COMPRESSION")
     if not raw:
         return "none"
     kinds = ("gzip", "none") if protocol == GRPC else ("gzip", "deflate", "none")
@@ -549,11 +549,11 @@ def _grpc_insecure(signal: str) -> bool:
     `OTEL_EXPORTER_OTLP_{SIGNAL}_INSECURE` or `OTEL_EXPORTER_OTLP_INSECURE` (`true`: plain; else TLS).
     The SDK let any INSECURE value but `true` turn `http://collector:4317` into TLS, and every export
     failed its handshake with a plain-text Collector; a value neither true nor false is told (once)."""
-    endpoint = _standard(signal, "ENDPOINT")[1] or "http://localhost:4317"
+    endpoint = standard_variable(signal, "ENDPOINT")[1] or "http://localhost:4317"
     scheme = urlsplit(endpoint).scheme.lower() if "://" in endpoint else ""
     if scheme in ("http", "https"):
         return scheme == "http"
-    variable, raw = _standard(signal, "INSECURE")
+    variable, raw = standard_variable(signal, "INSECURE")
     if raw and raw.lower() not in ("true", "false") and _first_time(variable, raw):
         log.warning("%s=%s is neither true nor false: read as false, so %s go over TLS", variable, raw, signal)
     return raw.lower() == "true"
@@ -583,7 +583,7 @@ def _joined_past_a_query(signal: str) -> str | None:
     """`signal`'s OTLP/HTTP URL where the base endpoint has a query (a gateway's `?api-key=…`) or a
     fragment: the signal's path added to the base's path. The SDK adds it to the end of the text, so
     `http://gw:4318/?key=k` sent every export to `/` with the query `key=k/v1/traces`: the gateway's 404."""
-    variable, given = _standard(signal, "ENDPOINT")
+    variable, given = standard_variable(signal, "ENDPOINT")
     if variable != _BASE_ENDPOINT or not given:
         return None  # unset, or a signal's own endpoint, used as it is given
     base = urlsplit(given)
@@ -675,11 +675,11 @@ def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     """
     if getattr(exporter, "_insecure", True):
         return exporter
-    endpoint = _standard(signal, "ENDPOINT")[1]
+    endpoint = standard_variable(signal, "ENDPOINT")[1]
     if (
         endpoint.lower().startswith("https://")
-        or _standard(signal, "INSECURE")[1]
-        or _standard(signal, "CERTIFICATE")[1]
+        or standard_variable(signal, "INSECURE")[1]
+        or standard_variable(signal, "CERTIFICATE")[1]
     ):
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
     if not _first_time("tls", signal, endpoint):  # once, however many exporters a signal has

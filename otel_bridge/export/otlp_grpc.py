@@ -1,6 +1,8 @@
 """The OTLP/gRPC trace sender: imported only by a bridge whose traces go over gRPC (grpc's own
 modules take ~40 ms to import, at every start of the sidecar and of an in-process tracker)."""
 
+import logging
+import os
 from typing import Any
 
 import grpc
@@ -15,7 +17,21 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
-from otel_bridge.export.otlp import Delivery, ExportResult, Recorder, answered, not_the, span_count, throttled
+from otel_bridge.export.otlp import (
+    Delivery,
+    ExportResult,
+    Recorder,
+    answered,
+    not_the,
+    span_count,
+    standard_variable,
+    throttled,
+)
+
+log = logging.getLogger(__name__)
+
+# The files of the channel's TLS, in the order gRPC's credentials take them.
+_TLS_FILES = ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE")
 
 # Refusals of the bridge rather than of its spans (see otlp.py's HTTP ones): the spans wait in the
 # outbox and the export is told failing until the configuration is mended.
@@ -56,6 +72,25 @@ class _SendsEncoded:
         return data
 
     def _initialize_channel_and_stub(self) -> None:
+        # At start, and again each time an export meets UNAVAILABLE (the SDK's reconnection): a client
+        # certificate renewed on disk since (cert-manager's, in place) is presented from this connection
+        # on. The SDK reads the files once, and presented the old one at every reconnection after it ended.
+        exporter: Any = self
+        provider = (
+            f"OTEL_PYTHON_EXPORTER_OTLP_GRPC_{exporter._signal.upper()}_CREDENTIAL_PROVIDER",
+            _CREDENTIAL_PROVIDER,
+        )
+        if not exporter._insecure and not any(os.environ.get(variable) for variable in provider):
+            held = _tls_files_held(exporter._signal)
+            if held is not None:
+                before = getattr(self, "_tls_held", None)
+                if before is not None and held != before:
+                    exporter._credentials = grpc.ssl_channel_credentials(*held)
+                    log.info(
+                        "the OTLP/gRPC %s export's TLS files changed: taken for its connections from now on",
+                        exporter._signal,
+                    )
+                self._tls_held = held
         super()._initialize_channel_and_stub()  # type: ignore[misc]
         self._recorder = _RecordingStub(self._client)
         self._client = self._recorder  # the stub, duck-typed
@@ -68,6 +103,24 @@ class _SendsEncoded:
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with exporting():
             super().shutdown(timeout_millis, **kwargs)  # type: ignore[misc]
+
+
+# The SDK's own way to credentials (an entry point): left as it made them.
+_CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER"
+
+
+def _tls_files_held(signal: str) -> tuple[bytes | None, ...] | None:
+    """What the TLS files the standard variables name for `signal` hold now (None for one not named); None
+    when one named cannot be read (mid-renewal): the credentials then stay as they were, looked at again at
+    the next reconnection."""
+    held: list[bytes | None] = []
+    for name in _TLS_FILES:
+        path = standard_variable(signal, name)[1]
+        try:
+            held.append(open(path, "rb").read() if path else None)  # noqa: SIM115 - a few KB, read whole
+        except OSError:
+            return None
+    return tuple(held)
 
 
 class GrpcTraces(_SendsEncoded, OTLPSpanExporter):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import certifi
 import pytest
@@ -107,3 +108,38 @@ def test_a_backend_whose_ca_is_not_given_is_named_untrusted_by_check(tmp_path, p
         receiver.close()
     (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
     assert traces.startswith("FAIL") and "give its CA in OTEL_EXPORTER_OTLP_CERTIFICATE" in traces, traces
+
+
+def test_a_client_certificate_renewed_on_disk_is_presented_at_the_next_connection(tmp_path, pki, mutual_tls_backend):
+    # cert-manager renews the bridge's client certificate in place: read once, the old one was presented
+    # at every reconnection after it ended (gRPC's credentials were built at start), and nothing got through
+    # until a restart.
+    protocol, receiver = mutual_tls_backend
+    (tmp_path / "other-ca").mkdir()
+    other = make_pki(tmp_path / "other-ca")  # a certificate the backend's CA never signed: refused
+    certificate, key = tmp_path / "client.pem", tmp_path / "client.key"
+    certificate.write_bytes(Path(other["bridge.pem"]).read_bytes())
+    key.write_bytes(Path(other["bridge.key"]).read_bytes())
+    process = BridgeProcess(
+        tmp_path,
+        receiver.endpoint,
+        protocol,
+        OTEL_EXPORTER_OTLP_CERTIFICATE=pki["ca.pem"],
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=str(certificate),
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=str(key),
+    )
+    process.env["REQUESTS_CA_BUNDLE"] = certifi.where()
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    try:
+        process.start()
+        assert process.post(run.events).status_code == 200
+        with pytest.raises(AssertionError):  # refused: the spans wait in the outbox
+            receiver.received.wait_for(lambda: receiver.received.trace(trace_id), timeout=3)
+        key.write_bytes(Path(pki["bridge.key"]).read_bytes())  # renewed, by the CA the backend trusts
+        certificate.write_bytes(Path(pki["bridge.pem"]).read_bytes())
+        receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2, timeout=60)
+    finally:
+        process.close()
+    if protocol == "grpc":  # over HTTP each new connection reads the files (requests' own way)
+        assert "the OTLP/gRPC traces export's TLS files changed" in process.log.read_text()
