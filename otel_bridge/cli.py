@@ -1174,7 +1174,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="push a file of events (one JSON event, or one posted batch, per line) through the pipeline"
     )
-    replay.add_argument("file", help="JSONL file, or - for standard input")
+    replay.add_argument(
+        "file", help="JSONL file (.gz too), a JSON document (an array of events, a batch), or - for standard input"
+    )
     replay.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     replay.add_argument(
         "--format",
