@@ -1,17 +1,20 @@
 """`replay`: what a file hands the pipeline — an event a line, a batch as producers POST it, or the items of
 one JSON document."""
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 from builders import JobRun, WorkflowRun
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.receivers.dead_letter import DeadLetters, unwrap
-from otel_bridge.receivers.replay import BATCH, DEAD_LETTER, ReplaySummary, replay
+from otel_bridge.receivers.replay import BATCH, DEAD_LETTER, ReplaySummary, _items, replay
 from otel_bridge.state.sqlite_store import SqliteStore
 
 
@@ -186,3 +189,26 @@ def test_a_truncated_event_on_the_first_line_is_rejected_and_the_lines_after_it_
     summary, dead = _replayed(tmp_path, [], text=text)
     assert (summary.lines, summary.accepted, len(summary.rejected), len(dead)) == (3, 2, 1, 1)
     assert summary.broken is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+_top = st.lists(_json, max_size=4) | _json.filter(lambda v: not isinstance(v, list))  # an array's items are the values
+
+
+@settings(max_examples=200, deadline=None)
+@given(tops=st.lists(_top, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_a_documents_items_are_its_arrays_items_and_its_other_values_however_its_bytes_come(tops, cuts):
+    # Arrays and values one after another, read in chunks cut anywhere: every item, in order, none passed over.
+    text = "\n".join(json.dumps(top) for top in tops).encode()
+    bounds = sorted({0, len(text), *(cut % (len(text) + 1) for cut in cuts)})
+    chunks = iter([text[a:b] for a, b in itertools.pairwise(bounds)])
+    expected = [item for top in tops for item in (top if isinstance(top, list) else [top])]
+    got = [value for _number, value in _items(chunks)]
+    assert got == json.loads(json.dumps(expected))
