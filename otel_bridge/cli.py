@@ -214,13 +214,7 @@ def _serve(settings: Settings) -> int:
     # A salvage at start takes ~20 s a GiB: the port says meanwhile that the bridge is alive, and not ready.
     bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
     scheme = "https" if settings.tls_certfile else "http"
-    if served is not None:
-        bridge.metrics.gauge(
-            c.M_BRIDGE_TLS_CERTIFICATE_EXPIRATION,
-            "s",
-            "Unix time the TLS certificate the bridge serves ends (as renewed on disk, taken every tls_reload_seconds)",
-            lambda: served.expires_at,
-        )
+    bridge.served_certificate = served
 
     def start() -> None:  # on the server's event loop, as it starts
         bridge.start()

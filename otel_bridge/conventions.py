@@ -195,6 +195,9 @@ M_BRIDGE_ALIVE: Final = "otel_bridge.alive"
 M_BRIDGE_STATE_RISKS: Final = "otel_bridge.state.risks"
 M_BRIDGE_STATE_SALVAGED: Final = "otel_bridge.state.salvaged_timestamp"
 M_BRIDGE_TLS_CERTIFICATE_EXPIRATION: Final = "otel_bridge.tls.certificate_expiration_timestamp"
+# Which certificate a series is of: the setting or variable that names its file (`tls_certfile`,
+# `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`).
+BRIDGE_CERTIFICATE: Final = "certificate"
 M_BRIDGE_STATE_SIZE: Final = "otel_bridge.state.size"
 M_BRIDGE_STATE_DISK_FREE: Final = "otel_bridge.state.disk_free"
 M_BRIDGE_STATE_HOT_RUNS: Final = "otel_bridge.state.hot_runs"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge import __version__, liveness
+from otel_bridge import __version__, certificates, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from otel_bridge.receivers.postgres_poll import TablePoller
     from otel_bridge.receivers.redis_stream import StreamReceiver
     from otel_bridge.receivers.replay import ReplaySummary
+    from otel_bridge.receivers.served_tls import ServedCertificate
     from otel_bridge.receivers.websocket import WebSocketReceiver
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,16 @@ class Bridge:
             "Unix time this bridge salvaged its damaged state file at start (salvage_at_start): what still read was "
             "kept, the rows on broken pages lost; absent when it did not",
             lambda: [] if self.salvaged_at is None else [(self.salvaged_at, {})],
+        )
+        # The certificate `serve` serves HTTPS with (set by it), and the OTLP export's client certificates: when
+        # each ends, read as renewed on disk, for an alert before a renewal that did not come stops them.
+        self.served_certificate: ServedCertificate | None = None
+        self.metrics.gauges(
+            c.M_BRIDGE_TLS_CERTIFICATE_EXPIRATION,
+            "s",
+            "Unix time each certificate the bridge presents ends, as renewed on disk: the one it serves HTTPS with "
+            "(certificate=tls_certfile), its OTLP client certificate (the variable that names it)",
+            self._certificates_end(certificates.otlp_client_certificates()),
         )
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver | TablePoller] = {}
@@ -754,6 +765,20 @@ class Bridge:
         second or so, so more than a few seconds means settling does not keep up (or does not run)."""
         due = self.store.earliest_due()
         return 0.0 if due is None else max(self._clock() - due, 0.0)
+
+    def _certificates_end(self, clients: dict[str, Path]) -> Callable[[], list[tuple[float, dict[str, str]]]]:
+        def read() -> list[tuple[float, dict[str, str]]]:
+            ends = []
+            if self.served_certificate is not None:
+                ends.append((self.served_certificate.expires_at, {c.BRIDGE_CERTIFICATE: "tls_certfile"}))
+            for variable, path in clients.items():
+                try:
+                    ends.append((certificates.expiration(path), {c.BRIDGE_CERTIFICATE: variable}))
+                except certificates.UnreadableCertificate:
+                    continue  # mid-renewal, or not there: no point this time (the export says what fails)
+            return ends
+
+        return read
 
     def settle_on_loop(self) -> None:
         """Hand settling's slices to the running event loop (the HTTP server's) where it can take them

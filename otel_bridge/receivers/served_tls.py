@@ -18,8 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
 from pydantic import SecretStr
+
+from otel_bridge import certificates
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,11 @@ def server_context(certfile: Path, keyfile: Path | None, password: SecretStr | N
 
 
 def expiration(certfile: Path) -> float:
-    """When the certificate `certfile` serves (its first, the chain's leaf) ends: seconds since the epoch."""
+    """When the certificate `certfile` serves ends (seconds since the epoch); TlsFilesError when unreadable."""
     try:
-        certificate = x509.load_pem_x509_certificates(certfile.read_bytes())[0]
-    except (OSError, ValueError, IndexError) as exc:
-        raise TlsFilesError(f"cannot read the TLS certificate {certfile}: {exc}") from None
-    return certificate.not_valid_after_utc.timestamp()
+        return certificates.expiration(certfile)
+    except certificates.UnreadableCertificate as exc:
+        raise TlsFilesError(str(exc)) from None
 
 
 def _contents(path: Path | None) -> bytes | None:

@@ -2,6 +2,7 @@
 standard `OTEL_EXPORTER_OTLP_*` certificate variables, over both protocols, through `otel-bridge serve`."""
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import certifi
 import pytest
 from bridge_process import BridgeProcess
 from builders import WorkflowRun
+from cryptography import x509
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from pki import make_pki
 
@@ -139,6 +141,15 @@ def test_a_client_certificate_renewed_on_disk_is_presented_at_the_next_connectio
         key.write_bytes(Path(pki["bridge.key"]).read_bytes())  # renewed, by the CA the backend trusts
         certificate.write_bytes(Path(pki["bridge.pem"]).read_bytes())
         receiver.received.wait_for(lambda: len(receiver.received.trace(trace_id)) == 2, timeout=60)
+        # When it ends, read as renewed: the alert before a renewal that did not come stops the export.
+        metrics = process.client.get(f"{process.url}/metrics").text
+        series = (
+            r"^otel_bridge_tls_certificate_expiration_timestamp_seconds"
+            r'{[^}]*certificate="OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"[^}]*} (\S+)$'
+        )
+        (ends,) = re.findall(series, metrics, re.M)
+        renewed = x509.load_pem_x509_certificate(Path(pki["bridge.pem"]).read_bytes())
+        assert float(ends) == renewed.not_valid_after_utc.timestamp()
     finally:
         process.close()
     if protocol == "grpc":  # over HTTP each new connection reads the files (requests' own way)

@@ -225,7 +225,9 @@ def test_a_bridge_behind_tls_serves_its_renewed_certificate_without_a_restart(tm
     def expiration() -> float:
         text = bridge.client.get(f"{bridge.url}/metrics").text
         (value,) = re.findall(
-            r"^otel_bridge_tls_certificate_expiration_timestamp_seconds(?:{[^}]*})? (\S+)$", text, re.M
+            r'^otel_bridge_tls_certificate_expiration_timestamp_seconds{[^}]*certificate="tls_certfile"[^}]*} (\S+)$',
+            text,
+            re.M,
         )
         return float(value)
 
