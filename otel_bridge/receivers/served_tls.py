@@ -97,7 +97,7 @@ class ServedCertificate:
     ) -> None:
         self._files = certfile, keyfile, password
         self._clock = clock
-        self._seen = self._identities()
+        self._seen = self._held()
         self.context = self._newest = server_context(*self._files)
         self.expires_at = expiration(certfile)
         self.renewals = 0
@@ -105,7 +105,7 @@ class ServedCertificate:
         self.context.sni_callback = self._hand_newest
         self._tell_if_ending("serving")
 
-    def _identities(self) -> tuple[bytes | None, bytes | None]:
+    def _held(self) -> tuple[bytes | None, bytes | None]:
         certfile, keyfile, _password = self._files
         return _contents(certfile), _contents(keyfile)
 
@@ -118,7 +118,7 @@ class ServedCertificate:
     def look(self) -> bool:
         """Take the files again if they changed since they were last taken: True when a renewed certificate is
         served from now on."""
-        seen = self._identities()
+        seen = self._held()
         if seen == self._seen:
             return False
         try:
