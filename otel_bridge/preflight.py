@@ -239,7 +239,7 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
         return Finding(signal, None, f"not exported over OTLP ({variable}={os.environ.get(variable, '')})")
     endpoint, result = probed
     if result.delivery is Delivery.SENT:
-        return Finding(signal, True, f"{endpoint} took an empty export request")
+        return Finding(signal, True, f"{endpoint} took an empty export request{_client_certificate_ends(signal)}")
     reason = result.reason or "no answer"
     if result.throttled:
         # There, and the settings reach it: what it sends waits in the outbox until the backend takes
@@ -248,6 +248,21 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
             signal, True, f"{endpoint} throttles the bridge now: {reason}; the spans wait until it takes them"
         )
     return Finding(signal, False, f"{endpoint}: {reason}{_tls_hint(signal, reason)}")
+
+
+def _client_certificate_ends(signal: str) -> str:
+    """When the client certificate `signal`'s export presents ends, said after a backend took it ("" without one)."""
+    from otel_bridge import certificates
+
+    path = otlp.standard_variable(signal, "CLIENT_CERTIFICATE")[1]
+    if not path:
+        return ""
+    try:
+        ends = certificates.expiration(Path(path))
+    except certificates.UnreadableCertificate as exc:
+        return f"; {exc}"
+    when = datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds")
+    return f"; its client certificate ({path}) ends {when}, in {(ends - time.time()) / 86400:.1f} days"
 
 
 def _tls_hint(signal: str, reason: str) -> str:

@@ -154,3 +154,26 @@ def test_a_client_certificate_renewed_on_disk_is_presented_at_the_next_connectio
         process.close()
     if protocol == "grpc":  # over HTTP each new connection reads the files (requests' own way)
         assert "the OTLP/gRPC traces export's TLS files changed" in process.log.read_text()
+
+
+def test_check_says_when_the_client_certificate_a_backend_took_ends(tmp_path, pki, mutual_tls_backend):
+    protocol, receiver = mutual_tls_backend
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": pki["ca.pem"],
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": pki["bridge.pem"],
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": pki["bridge.key"],
+        "REQUESTS_CA_BUNDLE": certifi.where(),
+    }
+    check = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "check", "--state", str(tmp_path / "s.db")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
+    assert traces.startswith("ok") and f"its client certificate ({pki['bridge.pem']}) ends " in traces, traces
+    assert traces.endswith("in 1.0 days"), traces
