@@ -123,3 +123,23 @@ def test_a_file_that_is_no_certificate_is_refused_naming_it(tmp_path):
         TlsFilesError, match=rf"^cannot use the TLS certificate {certfile} \(key {keyfile}\): not a PEM"
     ):
         ServedCertificate(certfile, keyfile, None)
+
+
+def test_a_secret_volume_renewed_as_kubernetes_renews_it_is_taken(tmp_path):
+    # The kubelet writes the new files into a directory of their own and swaps the `..data` link to it at once:
+    # the paths the bridge was given (`tls.crt` -> `..data/tls.crt`) never change, what they lead to does.
+    def version(name: str, pair: tuple[bytes, bytes]) -> None:
+        (tmp_path / name).mkdir()
+        _write(tmp_path / name, pair)
+
+    first, renewed = _certificate(90), _certificate(90)
+    version("..2026_12_05_09_00_00.1", first)
+    (tmp_path / "..data").symlink_to("..2026_12_05_09_00_00.1")
+    for name in ("tls.crt", "tls.key"):
+        (tmp_path / name).symlink_to(f"..data/{name}")
+    served = ServedCertificate(tmp_path / "tls.crt", tmp_path / "tls.key", None, clock=NOW.timestamp)
+
+    version("..2027_01_04_09_00_00.2", renewed)
+    (tmp_path / "..data_tmp").symlink_to("..2027_01_04_09_00_00.2")
+    (tmp_path / "..data_tmp").rename(tmp_path / "..data")  # the swap: one rename
+    assert served.look() and _served(served.context) == _der(renewed[0])
