@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from otel_bridge.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Departures:
         self._clock = clock
         self._next = clock()
         self.forgotten = 0
+        self._refused = False
 
     def sweep(self, client: Any) -> list[str]:
         """The consumers forgotten now (none when not yet time, or Redis failed: tried at the next time)."""
@@ -71,7 +74,18 @@ class Departures:
         self._next = now + self._every
         try:
             answer = client.eval(_FORGET, 1, self._key, self._group, self._own, self._after_ms)
-        except REDIS_ERRORS as exc:
+        except ResponseError as exc:  # refused, not away: an ACL without EVAL or XGROUP, told once
+            if not self._refused:
+                self._refused = True
+                log.warning(
+                    "cannot forget the consumers gone from the group %s of %s (%s): they stay listed; nothing "
+                    "else depends on it",
+                    self._group,
+                    self._key,
+                    exc,
+                )
+            return []
+        except REDIS_ERRORS as exc:  # Redis away: the read loop tells it
             log.debug("could not look for consumers gone from the group %s: %s", self._group, exc)
             return []
         gone = [name.decode(errors="replace") if isinstance(name, bytes) else str(name) for name in answer or []]

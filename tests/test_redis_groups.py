@@ -130,3 +130,16 @@ def test_the_redis_state_forgets_the_outbox_consumers_of_processes_gone(redis_ur
         assert "host-1234" not in _consumers(client, outbox, "exporters")
     finally:
         store.close()
+
+
+def test_a_redis_whose_acl_refuses_the_script_is_told_once_and_the_consumers_stay(redis_url, caplog):
+    client = _group_of_its_own(redis_url)
+    _read(client, "gone")
+    client.acl_setuser("no-scripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-eval"])
+    limited = redis.Redis.from_url(redis_url, username="no-scripts", password="pw")
+    departures = Departures(KEY, GROUP, "me", after_seconds=0, every_seconds=0)
+    assert departures.sweep(limited) == [] and departures.sweep(limited) == []
+    told = [r for r in caplog.records if "cannot forget the consumers gone from the group" in r.getMessage()]
+    assert len(told) == 1 and "no permissions to run the 'eval' command" in told[0].getMessage()
+    assert "gone" in _consumers(client)
+    client.acl_deluser("no-scripts")
