@@ -204,7 +204,7 @@ def _serve(settings: Settings) -> int:
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
-    from otel_bridge.receivers.served_tls import look_every
+    from otel_bridge.receivers.served_tls import look_every, look_on_hangup
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
@@ -221,6 +221,7 @@ def _serve(settings: Settings) -> int:
         bridge.settle_on_loop()
         if served is not None:
             look_every(settings.tls_reload_seconds, served)
+        look_on_hangup(served)
         # uvicorn tells where it listens only of the sockets it binds itself.
         for listener in listening:
             address, port = listener.getsockname()[:2]

@@ -12,7 +12,9 @@ look, the certificate before them served meanwhile.
 
 import asyncio
 import logging
+import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -159,3 +161,21 @@ def look_every(seconds: float, served: ServedCertificate) -> None:
         loop.call_later(seconds, look)
 
     loop.call_later(seconds, look)
+
+
+def look_on_hangup(served: ServedCertificate | None) -> None:
+    """SIGHUP (`systemctl reload`, certbot's deploy hook) looks at the certificate's files at once, on the running
+    event loop, as daemons reload on it; without TLS it is said to reload nothing. Its default ended the bridge
+    there and then, without the drain a SIGTERM has."""
+    loop = asyncio.get_running_loop()
+
+    def looked() -> None:
+        if served is None:
+            log.info(
+                "SIGHUP: nothing to read again (the settings are read at start: restart the bridge to change them)"
+            )
+        elif not served.look():
+            log.info("SIGHUP: the TLS certificate's files are as they were")
+
+    if threading.current_thread() is threading.main_thread():  # where signals are listened to (as uvicorn's own)
+        signal.signal(signal.SIGHUP, lambda _signal, _frame: loop.call_soon_threadsafe(looked))

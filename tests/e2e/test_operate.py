@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -251,6 +252,42 @@ def test_a_bridge_behind_tls_serves_its_renewed_certificate_without_a_restart(tm
         bridge.close()
     log = bridge.log.read_text()
     assert f"serving the renewed TLS certificate {certfile}" in log and "Traceback" not in log
+
+
+def test_sighup_reads_the_certificate_again_at_once_and_the_bridge_goes_on(tmp_path, otlp_http):
+    # `systemctl reload` after certbot renewed, where a SIGHUP ended the bridge there and then (no drain).
+    pki = make_pki(tmp_path)
+    certfile, keyfile = tmp_path / "tls.crt", tmp_path / "tls.key"
+    certfile.write_bytes(Path(pki["bridge.pem"]).read_bytes())
+    keyfile.write_bytes(Path(pki["bridge.key"]).read_bytes())
+    tls = {"tls_certfile": str(certfile), "tls_keyfile": str(keyfile), "tls_reload_seconds": "3600"}
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "plain").mkdir()
+    bridge = BridgeProcess(tmp_path / "tls", otlp_http.endpoint, **tls)
+    bridge.url = bridge.url.replace("http://", "https://")
+    bridge.client = httpx.Client(verify=False, timeout=10)  # the test's own look at it, not what is tested
+    plain = BridgeProcess(tmp_path / "plain", otlp_http.endpoint)
+    try:
+        bridge.start()
+        plain.start()
+        keyfile.write_bytes(Path(pki["backend.key"]).read_bytes())
+        certfile.write_bytes(Path(pki["backend.pem"]).read_bytes())
+        assert bridge.proc is not None and plain.proc is not None
+        bridge.proc.send_signal(signal.SIGHUP)
+        plain.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while ssl.get_server_certificate(("127.0.0.1", bridge.port)) != _pem_of(pki["backend.pem"]):
+            assert time.monotonic() < deadline, "the renewed certificate was not served after SIGHUP"
+            time.sleep(0.05)
+        assert bridge.client.get(f"{bridge.url}/healthz").status_code == 200
+        deadline = time.monotonic() + 5
+        while "SIGHUP: nothing to read again" not in plain.log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert plain.client.get(f"{plain.url}/healthz").status_code == 200
+    finally:
+        bridge.close()
+        plain.close()
 
 
 def _pem_of(path: str) -> str:
