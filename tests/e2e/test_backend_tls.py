@@ -99,16 +99,9 @@ def test_a_backend_whose_ca_is_not_given_is_named_untrusted_by_check(tmp_path, p
     try:
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
         env.pop("OTEL_EXPORTER_OTLP_CERTIFICATE", None)
-        check = subprocess.run(
-            [sys.executable, "-m", "otel_bridge", "check", "--state", str(tmp_path / "s.db")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        traces = _checked_traces(env, tmp_path / "s.db")
     finally:
         receiver.close()
-    (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
     assert traces.startswith("FAIL") and "give its CA in OTEL_EXPORTER_OTLP_CERTIFICATE" in traces, traces
 
 
@@ -167,13 +160,19 @@ def test_check_says_when_the_client_certificate_a_backend_took_ends(tmp_path, pk
         "OTEL_EXPORTER_OTLP_CLIENT_KEY": pki["bridge.key"],
         "REQUESTS_CA_BUNDLE": certifi.where(),
     }
+    traces = _checked_traces(env, tmp_path / "s.db")
+    assert traces.startswith("ok") and f"its client certificate ({pki['bridge.pem']}) ends " in traces, traces
+    assert traces.endswith("in 1.0 days"), traces
+
+
+def _checked_traces(env: dict[str, str], state: Path) -> str:
+    """What `otel-bridge check` with `env` says of the traces' export: its line."""
     check = subprocess.run(
-        [sys.executable, "-m", "otel_bridge", "check", "--state", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "otel_bridge", "check", "--state", str(state)],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     (traces,) = [line for line in check.stdout.splitlines() if line.split()[1:2] == ["traces"]]
-    assert traces.startswith("ok") and f"its client certificate ({pki['bridge.pem']}) ends " in traces, traces
-    assert traces.endswith("in 1.0 days"), traces
+    return traces
