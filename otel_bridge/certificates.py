@@ -3,13 +3,17 @@ and its client certificate for an OTLP backend that asks for one (mutual TLS). B
 while the bridge runs and taken without a restart (receivers/served_tls.py, export/otlp_grpc.py); one
 that ends before its renewal came stops the producers' batches, or the export."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from otel_bridge.export.otlp import standard_variable
 
+# How long before its end a certificate is said to end soon (a warning, and BridgeCertificateExpiring's).
+SOON_SECONDS = 14 * 86400
 
-class UnreadableCertificate(ValueError):
-    """The file holds no PEM certificate that can be read (or cannot be read at all): why, naming it."""
+
+class TlsFilesError(ValueError):
+    """A certificate's files cannot be used (read, loaded with their key): why, naming them."""
 
 
 def expiration(certfile: Path) -> float:
@@ -19,8 +23,13 @@ def expiration(certfile: Path) -> float:
     try:
         certificate = x509.load_pem_x509_certificates(certfile.read_bytes())[0]
     except (OSError, ValueError, IndexError) as exc:
-        raise UnreadableCertificate(f"cannot read the TLS certificate {certfile}: {exc}") from None
+        raise TlsFilesError(f"cannot read the TLS certificate {certfile}: {exc}") from None
     return certificate.not_valid_after_utc.timestamp()
+
+
+def when_it_ends(ends: float, now: float) -> tuple[str, float]:
+    """A certificate's end (`expiration`) as told: its time (ISO 8601, UTC) and the days left from `now`."""
+    return datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), (ends - now) / 86400
 
 
 def otlp_client_certificates() -> dict[str, Path]:

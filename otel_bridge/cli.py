@@ -185,7 +185,8 @@ def _listening(host: str, port: int) -> list[socket.socket]:
 def _served_tls(settings: Settings) -> "ServedCertificate | None":
     """The certificate the server serves HTTPS with, as it is renewed (None: plain HTTP). CliError when it
     could not load it, naming the files, before the state is opened."""
-    from otel_bridge.receivers.served_tls import ServedCertificate, TlsFilesError
+    from otel_bridge.certificates import TlsFilesError
+    from otel_bridge.receivers.served_tls import ServedCertificate
 
     certfile, keyfile, password = settings.tls_certfile, settings.tls_keyfile, settings.tls_keyfile_password
     if certfile is None:
@@ -204,7 +205,7 @@ def _serve(settings: Settings) -> int:
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
-    from otel_bridge.receivers.served_tls import look_every, look_on_hangup
+    from otel_bridge.receivers.served_tls import look_again
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
@@ -213,15 +214,13 @@ def _serve(settings: Settings) -> int:
     listening = _listening(settings.host, settings.port)
     # A salvage at start takes ~20 s a GiB: the port says meanwhile that the bridge is alive, and not ready.
     bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
-    scheme = "https" if settings.tls_certfile else "http"
+    scheme = "https" if served is not None else "http"
     bridge.served_certificate = served
 
     def start() -> None:  # on the server's event loop, as it starts
         bridge.start()
         bridge.settle_on_loop()
-        if served is not None:
-            look_every(settings.tls_reload_seconds, served)
-        look_on_hangup(served)
+        look_again(served, settings.tls_reload_seconds)
         # uvicorn tells where it listens only of the sockets it binds itself.
         for listener in listening:
             address, port = listener.getsockname()[:2]

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +70,8 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
 
 def _tls(settings: Settings) -> Finding:
     """Whether the certificate `serve` would serve HTTPS with loads, with its key, and how long it lasts."""
-    from otel_bridge.receivers.served_tls import SOON_SECONDS, TlsFilesError, expiration, server_context
+    from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, expiration, when_it_ends
+    from otel_bridge.receivers.served_tls import server_context
 
     certfile, keyfile = settings.tls_certfile, settings.tls_keyfile
     if certfile is None:
@@ -81,12 +81,12 @@ def _tls(settings: Settings) -> Finding:
         ends = expiration(certfile)
     except TlsFilesError as exc:
         return Finding("tls", False, str(exc))
-    when, left = datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), ends - time.time()
-    if left <= 0:
+    when, days = when_it_ends(ends, time.time())
+    if days <= 0:
         return Finding("tls", False, f"{certfile} ended {when}: clients refuse it")
-    soon = " (BridgeCertificateExpiring warns from two weeks before)" if left < SOON_SECONDS else ""
+    soon = " (BridgeCertificateExpiring warns from two weeks before)" if days * 86400 < SOON_SECONDS else ""
     renewed = f"a renewed one is taken within {settings.tls_reload_seconds:g} s"
-    return Finding("tls", True, f"{certfile} serves HTTPS until {when}, in {left / 86400:.1f} days{soon}; {renewed}")
+    return Finding("tls", True, f"{certfile} serves HTTPS until {when}, in {days:.1f} days{soon}; {renewed}")
 
 
 def _access(settings: Settings) -> Finding:
@@ -252,17 +252,16 @@ def _export(signal: str, timeout_seconds: float) -> Finding:
 
 def _client_certificate_ends(signal: str) -> str:
     """When the client certificate `signal`'s export presents ends, said after a backend took it ("" without one)."""
-    from otel_bridge import certificates
+    from otel_bridge.certificates import TlsFilesError, expiration, when_it_ends
 
     path = otlp.standard_variable(signal, "CLIENT_CERTIFICATE")[1]
     if not path:
         return ""
     try:
-        ends = certificates.expiration(Path(path))
-    except certificates.UnreadableCertificate as exc:
+        when, days = when_it_ends(expiration(Path(path)), time.time())
+    except TlsFilesError as exc:
         return f"; {exc}"
-    when = datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds")
-    return f"; its client certificate ({path}) ends {when}, in {(ends - time.time()) / 86400:.1f} days"
+    return f"; its client certificate ({path}) ends {when}, in {days:.1f} days"
 
 
 def _tls_hint(signal: str, reason: str) -> str:

@@ -774,7 +774,7 @@ class Bridge:
             for variable, path in clients.items():
                 try:
                     ends.append((certificates.expiration(path), {c.BRIDGE_CERTIFICATE: variable}))
-                except certificates.UnreadableCertificate:
+                except certificates.TlsFilesError:
                     continue  # mid-renewal, or not there: no point this time (the export says what fails)
             return ends
 

@@ -17,21 +17,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import SecretStr
 
-from otel_bridge import certificates
+from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, expiration, when_it_ends
 
 log = logging.getLogger(__name__)
-
-# How long before its end a certificate is said to end soon, as it is taken.
-SOON_SECONDS = 14 * 86400
-
-
-class TlsFilesError(ValueError):
-    """The certificate files cannot be served: why, naming them."""
 
 
 class _Encrypted(Exception):
@@ -66,14 +58,6 @@ def server_context(certfile: Path, keyfile: Path | None, password: SecretStr | N
     except OSError as exc:
         raise TlsFilesError(f"cannot read the TLS certificate {files}: {exc.strerror or exc}") from None
     return tls
-
-
-def expiration(certfile: Path) -> float:
-    """When the certificate `certfile` serves ends (seconds since the epoch); TlsFilesError when unreadable."""
-    try:
-        return certificates.expiration(certfile)
-    except certificates.UnreadableCertificate as exc:
-        raise TlsFilesError(str(exc)) from None
 
 
 def _contents(path: Path | None) -> bytes | None:
@@ -138,38 +122,23 @@ class ServedCertificate:
         return True
 
     def _tell_if_ending(self, serving: str) -> None:
-        ends = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
-        left = self.expires_at - self._clock()
+        ends, days = when_it_ends(self.expires_at, self._clock())
         certfile = self._files[0]
-        if left <= 0:
+        if days <= 0:
             log.error("%s TLS certificate %s, which ended %s: clients refuse it", serving, certfile, ends)
-        elif left < SOON_SECONDS:
-            log.warning("%s TLS certificate %s, which ends %s (in %.1f days)", serving, certfile, ends, left / 86400)
+        elif days * 86400 < SOON_SECONDS:
+            log.warning("%s TLS certificate %s, which ends %s (in %.1f days)", serving, certfile, ends, days)
         else:
             log.info("%s TLS certificate %s, which ends %s", serving, certfile, ends)
 
 
-def look_every(seconds: float, served: ServedCertificate) -> None:
-    """Look at the files every `seconds`, on the running event loop: where the handshakes are."""
+def look_again(served: ServedCertificate | None, every_seconds: float) -> None:
+    """On the running event loop (where the handshakes are): look at the files every `every_seconds`, and at
+    once on SIGHUP (`systemctl reload`, certbot's deploy hook), as daemons reload on it — its default ended
+    the bridge there and then, without the drain a SIGTERM has. Without TLS, SIGHUP is said to reload nothing."""
     loop = asyncio.get_running_loop()
 
-    def look() -> None:
-        try:
-            served.look()
-        except Exception:  # a bug of the look's own: the certificate taken is still served, and looked at again
-            log.exception("looking at the TLS certificate's files failed")
-        loop.call_later(seconds, look)
-
-    loop.call_later(seconds, look)
-
-
-def look_on_hangup(served: ServedCertificate | None) -> None:
-    """SIGHUP (`systemctl reload`, certbot's deploy hook) looks at the certificate's files at once, on the running
-    event loop, as daemons reload on it; without TLS it is said to reload nothing. Its default ended the bridge
-    there and then, without the drain a SIGTERM has."""
-    loop = asyncio.get_running_loop()
-
-    def looked() -> None:
+    def hung_up() -> None:
         if served is None:
             log.info(
                 "SIGHUP: nothing to read again (the settings are read at start: restart the bridge to change them)"
@@ -177,5 +146,15 @@ def look_on_hangup(served: ServedCertificate | None) -> None:
         elif not served.look():
             log.info("SIGHUP: the TLS certificate's files are as they were")
 
+    if served is not None:
+        loop.call_later(every_seconds, _look_every, loop, served, every_seconds)
     if threading.current_thread() is threading.main_thread():  # where signals are listened to (as uvicorn's own)
-        signal.signal(signal.SIGHUP, lambda _signal, _frame: loop.call_soon_threadsafe(looked))
+        signal.signal(signal.SIGHUP, lambda _signal, _frame: loop.call_soon_threadsafe(hung_up))
+
+
+def _look_every(loop: asyncio.AbstractEventLoop, served: ServedCertificate, seconds: float) -> None:
+    try:
+        served.look()
+    except Exception:  # a bug of the look's own: the certificate taken is still served, and looked at again
+        log.exception("looking at the TLS certificate's files failed")
+    loop.call_later(seconds, _look_every, loop, served, seconds)

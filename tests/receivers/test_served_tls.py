@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from otel_bridge.receivers.served_tls import ServedCertificate, TlsFilesError
+from otel_bridge.certificates import TlsFilesError
+from otel_bridge.receivers.served_tls import ServedCertificate
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 
