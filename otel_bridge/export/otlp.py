@@ -398,7 +398,8 @@ def _readable(protocol: str, signal: str) -> None:
 
 
 # The TLS files the standard variables may name, and what each is to the export.
-_TLS_FILES = {
+# In the order gRPC's channel credentials take them (root certificates, private key, certificate chain).
+TLS_FILES = {
     "CERTIFICATE": "the CA the backend's certificate is checked against",
     "CLIENT_KEY": "the bridge's own key, for mutual TLS",
     "CLIENT_CERTIFICATE": "the bridge's own certificate, for mutual TLS",
@@ -409,7 +410,7 @@ def _tls_files_readable(signal: str) -> None:
     """Each TLS file the variables name for `signal`, once it is a file the bridge can read: a CA file
     that was not there failed every OTLP/HTTP export ("Could not find a suitable TLS CA certificate
     bundle"), told as a backend away, and the gRPC exporter logged a traceback and went on without it."""
-    for name, what in _TLS_FILES.items():
+    for name, what in TLS_FILES.items():
         variable, path = standard_variable(signal, name)
         try:
             if path:

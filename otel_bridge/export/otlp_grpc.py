@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
 from otel_bridge.export.otlp import (
+    TLS_FILES,
     Delivery,
     ExportResult,
     Recorder,
@@ -29,9 +30,6 @@ from otel_bridge.export.otlp import (
 )
 
 log = logging.getLogger(__name__)
-
-# The files of the channel's TLS, in the order gRPC's credentials take them.
-_TLS_FILES = ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE")
 
 # Refusals of the bridge rather than of its spans (see otlp.py's HTTP ones): the spans wait in the
 # outbox and the export is told failing until the configuration is mended.
@@ -114,7 +112,7 @@ def _tls_files_held(signal: str) -> tuple[bytes | None, ...] | None:
     when one named cannot be read (mid-renewal): the credentials then stay as they were, looked at again at
     the next reconnection."""
     held: list[bytes | None] = []
-    for name in _TLS_FILES:
+    for name in TLS_FILES:  # in the order the credentials take them
         path = standard_variable(signal, name)[1]
         try:
             held.append(open(path, "rb").read() if path else None)  # noqa: SIM115 - a few KB, read whole

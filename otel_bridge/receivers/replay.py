@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
@@ -136,7 +137,10 @@ def _values(
     line, and parsed whole."""
     if documents and _opens_an_array(stream):
         summary.unit = "item"
-        yield from _items(_read_in_chunks(cast(IO[bytes], stream), read))
+        raw = cast(IO[bytes], stream)
+        head = raw.read(_CHUNK)
+        read(len(head))
+        yield from _items(_chunks(head.removeprefix(BOM), iter(partial(raw.read, _CHUNK), b""), read))
         return
     lines = iter(stream)
     number, first = 0, True
@@ -225,19 +229,12 @@ def _opens_an_array(stream: Iterable[bytes]) -> bool:
     return bool(peek(_CHUNK)[:_CHUNK].removeprefix(BOM).lstrip().startswith(b"["))
 
 
-def _read_in_chunks(stream: IO[bytes], read: Callable[[int], object]) -> Iterator[bytes]:
-    first = True
-    while chunk := stream.read(_CHUNK):
-        read(len(chunk))
-        yield chunk.removeprefix(BOM) if first else chunk
-        first = False
-
-
 _CHUNK = 1 << 16
 
 
 def _chunks(first: bytes, rest: Iterator[bytes], read: Callable[[int], object], size: int = _CHUNK) -> Iterator[bytes]:
-    """The lines as chunks of about `size` bytes: a pretty-printed document has millions of short lines."""
+    """`first` and what follows it (lines, or reads of a file) as chunks of about `size` bytes: a pretty-printed
+    document has millions of short lines."""
     chunk = [first]
     held = len(first)
     for line in rest:

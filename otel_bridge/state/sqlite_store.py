@@ -12,7 +12,6 @@ COMMIT that fills the log, and with its fsyncs it held that producer's answer fo
 """
 
 import fcntl
-import functools
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, ParamSpec, TypeVar
+from typing import IO
 
 from otel_bridge.files import NO_FILE, special
 from otel_bridge.forks import GivenUpToFork, Lock, after_fork_in_child, held_across_fork
@@ -207,30 +206,17 @@ def readable_from(db: sqlite3.Connection, at: int) -> int | None:
     return high
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
 @contextmanager
 def _full_refused() -> Iterator[None]:
     """A read or an acknowledgement that met a full disk — SQLite spills its cache to the file, or a
     private temporary file's, as it reads too — is the store refusing for now, as a write that met it is:
-    told in a line where it is retried, not as a bug with its traceback."""
+    told in a line where it is retried, not as a bug with its traceback. Decorates the store's reads too."""
     try:
         yield
     except sqlite3.Error as exc:
         if not _is_disk_full(exc):
             raise
         raise StoreUnavailable(f"the state file's disk is full (sqlite: {exc})") from exc
-
-
-def _refusing_when_full(method: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(method)
-    def refusing(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _full_refused():
-            return method(*args, **kwargs)
-
-    return refusing
 
 
 def _refusal(exc: BaseException) -> StoreUnavailable | None:
@@ -650,7 +636,7 @@ class SqliteStore:
                 self._db.execute("RELEASE batch")
         return out
 
-    @_refusing_when_full
+    @_full_refused()
     def outbox_peek(self, limit: int) -> list[OutboxRow]:
         with self._lock:
             try:
@@ -680,7 +666,7 @@ class SqliteStore:
                 rows.append(OutboxRow(*read))
         return rows[:limit]
 
-    @_refusing_when_full
+    @_full_refused()
     def outbox_ack(self, ids: list[int | str]) -> None:
         with self._lock:
             for chunk in _chunks(ids):
@@ -739,13 +725,13 @@ class SqliteStore:
 
         self.run(write)
 
-    @_refusing_when_full
+    @_full_refused()
     def earliest_due(self) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT due FROM state WHERE due IS NOT NULL ORDER BY due LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 
-    @_refusing_when_full
+    @_full_refused()
     def purge_seen(self, before: float) -> int:
         with self._lock:
             purged = self._freeing(self._db, "DELETE FROM seen WHERE at < ?", (before,)).rowcount
@@ -780,17 +766,17 @@ class SqliteStore:
             if len(rows) < _STATES_CHUNK:
                 return
 
-    @_refusing_when_full
+    @_full_refused()
     def facts(self, key: str) -> list[bytes]:
         with self._lock:
             return _facts(self._db, key)
 
-    @_refusing_when_full
+    @_full_refused()
     def overdue(self, now: float) -> list[tuple[str, bytes]]:
         with self._lock:
             return self._db.execute("SELECT key, blob FROM state WHERE overdue_at <= ?", (now,)).fetchall()
 
-    @_refusing_when_full
+    @_full_refused()
     def overdue_keys(self, now: float) -> set[str]:
         with self._lock:
             return {key for (key,) in self._db.execute("SELECT key FROM state WHERE overdue_at <= ?", (now,))}

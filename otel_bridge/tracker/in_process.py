@@ -173,7 +173,7 @@ class OtelTracker:
         # time: each emit that found the buffer full (and every flush of the application's) tried every event
         # held again, with a warning each: a producer whose tracker's disk was full took past five minutes to
         # emit 30,000 runs (now 1.7 s).
-        self._refused = Backoff(least=0.5, most=30.0)
+        self._refused = Backoff()  # 0.5 s doubling to 30 s
         self._refused_until = 0.0
         self._refusals = Cadence()
 
