@@ -58,6 +58,7 @@ class Board:
         exemplars: bool = False,
         description: str = "",
         link: str | None = None,
+        thresholds: list[tuple[float | None, str]] | None = None,
     ) -> None:
         if self._x + width > 24:
             self._x = 0
@@ -79,6 +80,12 @@ class Board:
         }  # fmt: skip
         if link:
             panel["links"] = [{"title": "Open in Jaeger", "url": link, "targetBlank": True}]
+        if thresholds:
+            panel["fieldConfig"]["defaults"]["thresholds"] = {
+                "mode": "absolute",
+                "steps": [{"value": value, "color": color} for value, color in thresholds],
+            }
+            panel["fieldConfig"]["defaults"]["color"] = {"mode": "thresholds"}
         self.panels.append(panel)
         self._x += width
 
@@ -534,11 +541,25 @@ def bridge() -> Board:
         "minute, and a damaged state file the bridge met (a restart salvages it); /readyz's warnings name them "
         "and the fix. 0 is the goal: alert BridgeStateAtRisk.",
     )  # fmt: skip
+    b.panel(
+        "Certificates: time left",
+        [("min by (instance, certificate) (otel_bridge_tls_certificate_expiration_timestamp_seconds) - time()",
+          "{{certificate}} {{instance}}")],
+        kind="bargauge",
+        unit="s",
+        width=8,
+        thresholds=[(None, "red"), (2 * 86400, "orange"), (14 * 86400, "green")],
+        description="Serving HTTPS, or exporting with a client certificate: how long until each certificate the "
+        "bridge presents ends (tls_certfile; OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE), as renewed on disk — a "
+        "renewed file is taken without a restart, so a bar that does not grow back after a renewal names a bridge "
+        "that cannot read it. Orange within two weeks, red within two days: alert BridgeCertificateExpiring. Empty "
+        "where the bridge presents none.",
+    )  # fmt: skip
     b.state(
         "Alive",
         "otel_bridge_alive",
         "instance",
-        width=24,
+        width=16,
         description="1 while every loop of the bridge comes round, 0 while /healthz says a restart would mend one "
         "(a thread ended, or a loop stuck in one pass): alert BridgeStuck.",
     )

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import BridgeProcess, free_port
+from pki import make_pki
 from prometheus_servers import prometheus_server, stack_rule_files
 from redis_server import RedisServer
 
@@ -55,6 +56,9 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
     stream = RedisServer().start()
     tables = postgres.database("runtime")
     ws_port = free_port()
+    # A client certificate for the export (the endpoint is plain HTTP: it is never presented), so that the
+    # certificates' panel has one to tell the end of.
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
     bridge = BridgeProcess(
         workdir,
         f"http://127.0.0.1:{otlp_port}",
@@ -65,6 +69,8 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         runtime_v2_url=tables,
         runtime_v2_poll_seconds="0.5",
         api_key=DEMO_KEY,  # the demo's producer sends it: the requests by credential have data
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=pki["bridge.pem"],
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=pki["bridge.key"],
     ).start()
 
     config = yaml.safe_load((ROOT / "collector-config" / "prometheus.yml").read_text())
