@@ -237,6 +237,7 @@ def _serve(settings: Settings) -> int:
         dead_letters=bridge.dead_letters,
         ingest_inline=bridge.ingests_inline,
         credentials=bridge.credential_used,
+        answered=bridge.request_answered,
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
         close=lambda id_, reason, jobs, service: [
             closed.as_dict(settings.trace_url) for closed in bridge.pipeline.close(id_, reason, jobs, service)

@@ -114,6 +114,12 @@ OVERFLOW_VALUE: Final = "_OTHER"
 
 # General semantic conventions
 ERROR_TYPE: Final = "error.type"
+# The HTTP server's own requests (the bridge's endpoints), as the HTTP semantic conventions time them.
+M_HTTP_SERVER_REQUEST_DURATION: Final = "http.server.request.duration"
+HTTP_REQUEST_METHOD: Final = "http.request.method"
+HTTP_ROUTE: Final = "http.route"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+URL_SCHEME: Final = "url.scheme"
 EXCEPTION_EVENT: Final = "exception"
 EXCEPTION_MESSAGE: Final = "exception.message"
 EXCEPTION_STACKTRACE: Final = "exception.stacktrace"

@@ -24,6 +24,10 @@ WITHOUT_HEARTBEAT = '{alertname!="Watchdog"}'
 # The bridge's own alerts and the alerting path's (prometheus/alerting-path.yml), the heartbeat left out: what
 # the operator of the bridge, rather than of the workflows, is paged for.
 THE_BRIDGES = '{alertname=~"Bridge.+|Producer.+|Prometheus.+|Alertmanager.+"}'
+# A bridge's HTTP requests that post batches (closing a run by hand is a POST too), and only a bridge's: other
+# servers scraped by the same Prometheus time their requests under the same name.
+BATCHES = 'http_request_method="POST", http_route!~".*/close"'
+ON_BRIDGES = "and on (instance) otel_bridge_build_info"
 
 
 class Board:
@@ -461,6 +465,27 @@ def bridge() -> Board:
         "the same hour a week before. A 'clock ahead' line: a producer's events timestamped more than a minute "
         "ahead of the bridge's clock, whose spans show in the future (alert ProducerClockAhead; the bridge's log "
         "says how far).",
+    )  # fmt: skip
+    b.panel(
+        "Batches by answer",
+        [(f"sum by (http_response_status_code) (rate(http_server_request_duration_seconds_count{{{BATCHES}}}"
+          f"[$__rate_interval]) {ON_BRIDGES})", "{{http_response_status_code}}")],
+        unit="reqps",
+        width=12,
+        description="Producers' POSTs of batches by the status each was answered: 200 taken (its bad events, if "
+        "any, listed and dead-lettered), 503 refused for now (re-sent: alert BridgeRefusingBatches), 401 a "
+        "credential missing or wrong (alert BridgeRequestsUnauthorized), 400/408/413/415 refused whole for good — "
+        "the producer drops such a batch after three re-sends (alert BridgeBatchesRejected; the log says why).",
+    )  # fmt: skip
+    b.panel(
+        "Time to answer a batch",
+        [(f"histogram_quantile({q}, sum by (le) (rate(http_server_request_duration_seconds_bucket{{{BATCHES}}}"
+          f"[$__rate_interval]) {ON_BRIDGES}))", f"p{round(q * 100)}") for q in (0.5, 0.99)],
+        unit="s",
+        width=12,
+        description="From a POST's first byte to its answer's last (http.server.request.duration): the producer "
+        "awaits it inside the workflow's own invocation, so it is added to every step. A 6-event batch takes "
+        "about a millisecond; a p99 in seconds is a bridge short of CPU or a state store that is slow to commit.",
     )  # fmt: skip
     b.panel(
         "Requests by credential",

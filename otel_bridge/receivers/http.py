@@ -15,6 +15,8 @@ the pipeline (47 against ~24 µs a POST). It still reads the request through Sta
 import asyncio
 import hmac
 import logging
+import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from otel_bridge import conventions as c
 from otel_bridge.config import Settings
@@ -37,6 +39,7 @@ from otel_bridge.correlate.overview import JobQuery, RunQuery, seconds_of
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.http_contract import LISTING_PARAMETERS, CloseRequest, openapi
+from otel_bridge.repeated_failure import Cadence
 from otel_bridge.sources.wire import every_reason, json_kind
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class _Reject(Exception):
 
 # A status, a JSON body and headers beyond its type and length: what the ingest endpoint answers.
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+# A request's metric attributes, as `answered` is told them.
+Attributes = tuple[tuple[str, str], ...]
 
 
 def _error(
@@ -273,6 +278,7 @@ def create_app(
     close: Callable[[str, str, bool, str | None], list[dict[str, Any]]] | None = None,
     not_open: Callable[[str, str | None], list[str]] = lambda _id, _service: [],
     credentials: Callable[[str | None], object] = lambda _name: None,
+    answered: Callable[[Attributes, float], object] = lambda _attributes, _seconds: None,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
 
@@ -286,6 +292,8 @@ def create_app(
     service)` then says why each run of that id the store knows is not open, in the 404 (its `error`, and
     `not_open` listing them);
     `credentials(name)` is told of each request checked, with its credential's name (None: refused);
+    `answered(attributes, seconds)` of each request answered, as the HTTP semantic conventions describe a
+    server's request (`http.server.request.duration`): how long from its start to its answer's end;
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
     """
@@ -303,8 +311,24 @@ def create_app(
     def unauthorized() -> Response:
         return _problem(*_UNAUTHORIZED)
 
-    async def ingest(scope: Scope, receive: Receive, send: Send) -> None:
-        await _send(send, await _ingest(Request(scope, receive)))
+    refusals, untold = Cadence(), [0]
+
+    async def ingest(scope: Scope, receive: Receive) -> _Answer:
+        request = Request(scope, receive)
+        answer = await _ingest(request)
+        if answer[0] in REFUSED_WHOLE and answer is not _GONE:
+            untold[0] += 1
+            if refusals.failed():
+                # A producer re-sends such a batch three times, then drops it, and its answer is the one
+                # place the reason was said: told here too, at most once a minute.
+                client = request.client.host if request.client else "a client"
+                since = f" ({untold[0]} batches refused since the last line)" if untold[0] > 1 else ""
+                log.warning(
+                    "refused a batch from %s (%d): %s; a producer re-sends it three times, then drops it%s",
+                    client, answer[0], orjson.loads(answer[1])["error"], since,
+                )  # fmt: skip
+                untold[0] = 0
+        return answer
 
     async def _ingest(request: Request) -> _Answer:
         headers = request.headers
@@ -329,7 +353,7 @@ def create_app(
         except ClientDisconnect:
             # Nothing was stored and nobody is left to answer: the producer re-sends.
             log.debug("client %s disconnected before its body was complete", request.client)
-            return 400, b"", []
+            return _GONE
         except Backpressure as exc:
             log.warning("export backlog full, asking the producer to retry: %s", exc)
             return _error(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
@@ -500,7 +524,7 @@ def create_app(
     # (a close of an id holding a newline, which no route matches, was the one that was not).
     unrouted = {status: _unrouted for status in (404, 405)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
-    return _IngestFirst(app, settings.path, ingest)
+    return _IngestFirst(app, settings.path, ingest, answered)
 
 
 async def _unrouted(request: Request, exc: Exception) -> Response:
@@ -547,20 +571,96 @@ def _close_request(body: bytes) -> CloseRequest:
 class _IngestFirst:
     """`{path}` straight to the ingest endpoint; everything else (lifespan included) to Starlette.
 
-    The path with a trailing slash is the same endpoint (as a Starlette route, it was a redirect to it)."""
+    The path with a trailing slash is the same endpoint (as a Starlette route, it was a redirect to it).
+    Every request is timed here, from its start to its answer's end, and told to `answered` with what the
+    HTTP semantic conventions describe it by: the one place that sees them all, the Collector's obsreport."""
 
-    def __init__(self, app: Starlette, path: str, ingest: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        path: str,
+        ingest: Callable[[Scope, Receive], Awaitable[_Answer]],
+        answered: Callable[[Attributes, float], object],
+    ) -> None:
         self.app = app
-        self._paths = {path.rstrip("/") or "/", path.rstrip("/") + "/"}
+        self._route = path.rstrip("/") or "/"
+        self._paths = {self._route, path.rstrip("/") + "/"}
         self._ingest = ingest
+        self._answered = answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self._paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
-        elif scope["method"] == "POST":
-            await self._ingest(scope, receive, send)
+            return
+        started = time.perf_counter()
+        if scope["path"] not in self._paths:
+            await self._routed(scope, receive, send, started)
+            return
+        if scope["method"] == "POST":
+            answer = await self._ingest(scope, receive)
         else:
-            await _send(send, _error(405, f"{scope['method']} is not allowed here: POST a batch", {"Allow": "POST"}))
+            answer = _error(405, f"{scope['method']} is not allowed here: POST a batch", {"Allow": "POST"})
+        await _send(send, answer)
+        gone = answer is _GONE
+        attributes = request_attributes(
+            scope["method"], self._route, None if gone else answer[0], scope.get("scheme", "http")
+        )
+        self._answered(attributes, time.perf_counter() - started)
+
+    async def _routed(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        """A request for Starlette's routes, its answer's status read as it is sent."""
+        status: list[int] = []
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        error = None
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException as exc:  # told, then raised on: uvicorn answers 500 where nothing was sent
+            error = type(exc).__qualname__
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            told = status[0] if status else None
+            attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
+            self._answered(attributes, time.perf_counter() - started)
+
+
+# An answer to a client that went away before its batch was whole: sent, to no one.
+_GONE: _Answer = (400, b"", [])
+# What a batch is refused whole with, for good (its producer drops it after three re-sends): not JSON or not
+# the envelope, too slow to arrive, too large, not JSON's media type. A 401 is counted apart; 503 is for now.
+REFUSED_WHOLE = frozenset({400, 408, 413, 415})
+# The methods the HTTP semantic conventions name as they are; any other is `_OTHER`.
+_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+
+
+@cache
+def request_attributes(
+    method: str, route: str | None, status: int | None, scheme: str, error: str | None = None
+) -> Attributes:
+    """A request answered, as `http.server.request.duration` is told it: `error.type` is the status of a 5xx,
+    `client_disconnected` for a client gone before its answer, or what was raised where none was sent.
+    (Each value is one of a few: the routes are the app's own, so the cache stays small.)"""
+    attributes = [(c.HTTP_REQUEST_METHOD, method if method in _METHODS else c.OVERFLOW_VALUE), (c.URL_SCHEME, scheme)]
+    if route is not None:
+        attributes.append((c.HTTP_ROUTE, route))
+    if status is not None:
+        attributes.append((c.HTTP_RESPONSE_STATUS_CODE, str(status)))
+    if error is None and (status is None or status >= 500):
+        error = str(status) if status is not None else "client_disconnected"
+    if error is not None:
+        attributes.append((c.ERROR_TYPE, error))
+    return tuple(attributes)
+
+
+@cache
+def _template(path: str | None) -> str | None:
+    """A Starlette route as the conventions write one: `/v1/runs/{id}/close`, its converter left out."""
+    return None if path is None else re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
 
 
 async def _send(send: Send, answer: _Answer) -> None:

@@ -116,6 +116,24 @@ def test_each_request_is_counted_by_the_credential_it_carried_and_refusals_apart
     assert {c: after[c] - before[c] for c in after} == {"api_key": 1, "bearer_token": 1, None: 2}
 
 
+def _answered(bridge: BridgeProcess, status: int) -> float:
+    """The bridge's count of batches it answered with `status`, from its /metrics."""
+    text = httpx.get(f"{bridge.url}/metrics").text
+    labels = f'http_request_method="POST",http_response_status_code="{status}",http_route="/v1/events"'
+    found = re.search(rf"^http_server_request_duration_seconds_count\{{{labels},[^}}]*\}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_each_batch_is_timed_by_its_answer_and_one_refused_whole_is_told_in_the_log(bridge):
+    before = {status: _answered(bridge, status) for status in (200, 413)}
+    _post(bridge, _batch())
+    _post(bridge, b" " * (LIMIT + 1))
+    _post(bridge, b" " * (LIMIT + 1))
+    assert {status: _answered(bridge, status) - before[status] for status in before} == {200: 1, 413: 2}
+    told = [line for line in bridge.log.read_text().splitlines() if "refused a batch from 127.0.0.1 (413)" in line]
+    assert told and f"over the limit of {LIMIT} bytes" in told[0], told
+
+
 def test_health_needs_no_credential(bridge):
     assert httpx.get(f"{bridge.url}/healthz").status_code == 200
     assert httpx.get(f"{bridge.url}/metrics").status_code == 200

@@ -2,6 +2,7 @@
 Starlette keeps, driven in-process with the messages a server sends it."""
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -357,3 +358,89 @@ def test_a_batch_in_another_charset_than_utf8_is_a_415_naming_it(tmp_path, conte
     assert response.status_code == status, response.text
     if status == 415:
         assert "charset" in response.json()["error"] and "UTF-8" in response.json()["error"]
+
+
+def _timed_app(tmp_path, told: list[tuple[dict[str, str], float]], **values: Any) -> Any:
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl", **values)
+
+    def answered(attributes: tuple[tuple[str, str], ...], seconds: float) -> None:
+        told.append((dict(attributes), seconds))
+
+    def boom(_accept: str) -> tuple[bytes, str]:
+        raise RuntimeError("the exposition failed")
+
+    return create_app(Counting(), settings, metrics=boom, readiness=lambda: {"ready": True}, answered=answered)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "attributes"),
+    [
+        ("POST", "/v1/events", BATCH, {"http.route": "/v1/events", "http.response.status_code": "200"}),
+        ("POST", "/v1/events/", BATCH, {"http.route": "/v1/events", "http.response.status_code": "200"}),
+        ("POST", "/v1/events", b"{not json", {"http.route": "/v1/events", "http.response.status_code": "400"}),
+        ("GET", "/v1/events", b"", {"http.route": "/v1/events", "http.response.status_code": "405"}),
+        ("GET", "/healthz", b"", {"http.route": "/healthz", "http.response.status_code": "200"}),
+        ("POST", "/v1/runs/r1/close", b"", {"http.route": "/v1/runs/{id}/close", "http.response.status_code": "404"}),
+        ("GET", "/nothing/here", b"", {"http.response.status_code": "404"}),
+        (
+            "PURGE",
+            "/healthz",
+            b"",
+            {"http.request.method": "_OTHER", "http.route": "/healthz", "http.response.status_code": "405"},
+        ),
+    ],
+)
+def test_every_request_is_timed_by_its_method_route_and_status(tmp_path, method, path, body, attributes):
+    told: list[tuple[dict[str, str], float]] = []
+    app = _timed_app(tmp_path, told)
+    _request(app, method, path, content=body, headers={"content-type": "application/json"})
+    ((described, seconds),) = told
+    assert described == {"http.request.method": method, "url.scheme": "http"} | attributes
+    assert seconds > 0
+
+
+def test_a_request_a_route_failed_on_is_timed_with_what_it_raised(tmp_path):
+    told: list[tuple[dict[str, str], float]] = []
+    app = _timed_app(tmp_path, told)
+    with pytest.raises(RuntimeError):  # Starlette answers 500 and raises on, for the server to log
+        _request(app, "GET", "/metrics")
+    ((described, _seconds),) = told
+    assert described == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "http.route": "/metrics",
+        "http.response.status_code": "500",
+        "error.type": "RuntimeError",
+    }
+
+
+def test_a_producer_gone_before_its_batch_was_whole_is_timed_without_an_answer(tmp_path):
+    told: list[tuple[dict[str, str], float]] = []
+    messages = [{"type": "http.request", "body": BATCH[:5], "more_body": True}, {"type": "http.disconnect"}]
+    _call(_timed_app(tmp_path, told), messages, [])
+    ((described, _seconds),) = told
+    assert described == {
+        "http.request.method": "POST",
+        "url.scheme": "http",
+        "http.route": "/v1/events",
+        "error.type": "client_disconnected",
+    }
+
+
+def test_a_batch_path_of_its_own_is_the_route_the_requests_are_timed_by(tmp_path):
+    told: list[tuple[dict[str, str], float]] = []
+    app = _timed_app(tmp_path, told, path="/api/events/")
+    _request(app, "POST", "/api/events", content=BATCH, headers={"content-type": "application/json"})
+    assert told[0][0]["http.route"] == "/api/events"
+
+
+def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path, caplog):
+    app = _app(tmp_path, Counting(), max_batch_events=1)
+    too_many = orjson.dumps({"events": [{}, {}]})
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.receivers.http"):
+        for body in (too_many, b"{not json", too_many):
+            _request(app, "POST", "/v1/events", content=body, headers={"content-type": "application/json"})
+        _request(app, "POST", "/v1/events", content=BATCH, headers={"content-type": "application/json"})
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert told.startswith("refused a batch from 127.0.0.1 (413): batch of 2 events is over the limit of 1")
+    assert "re-sends it three times, then drops it" in told
