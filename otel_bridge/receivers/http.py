@@ -638,14 +638,19 @@ REFUSED_WHOLE = frozenset({400, 408, 413, 415})
 _METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 
 
-@cache
 def request_attributes(
     method: str, route: str | None, status: int | None, scheme: str, error: str | None = None
 ) -> Attributes:
     """A request answered, as `http.server.request.duration` is told it: `error.type` is the status of a 5xx,
-    `client_disconnected` for a client gone before its answer, or what was raised where none was sent.
-    (Each value is one of a few: the routes are the app's own, so the cache stays small.)"""
-    attributes = [(c.HTTP_REQUEST_METHOD, method if method in _METHODS else c.OVERFLOW_VALUE), (c.URL_SCHEME, scheme)]
+    `client_disconnected` for a client gone before its answer, or what was raised where none was sent."""
+    return _attributes(method if method in _METHODS else c.OVERFLOW_VALUE, route, status, scheme, error)
+
+
+@cache
+def _attributes(method: str, route: str | None, status: int | None, scheme: str, error: str | None) -> Attributes:
+    # Each value is one of a few (the method is the client's, so it is one of the conventions' before it comes
+    # here; the routes are the app's own): the cache stays small.
+    attributes = [(c.HTTP_REQUEST_METHOD, method), (c.URL_SCHEME, scheme)]
     if route is not None:
         attributes.append((c.HTTP_ROUTE, route))
     if status is not None:
