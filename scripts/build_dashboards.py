@@ -485,7 +485,8 @@ def bridge() -> Board:
         width=12,
         description="From a POST's first byte to its answer's last (http.server.request.duration): the producer "
         "awaits it inside the workflow's own invocation, so it is added to every step. A 6-event batch takes "
-        "about a millisecond; a p99 in seconds is a bridge short of CPU or a state store that is slow to commit.",
+        "about a millisecond; a p99 in seconds is a bridge short of CPU or a state store that is slow to commit "
+        "(alert BridgeSlowToAnswer, past a second for 15 minutes).",
     )  # fmt: skip
     b.panel(
         "Requests by credential",
