@@ -24,7 +24,7 @@ from otel_bridge import __version__, certificates, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
-from otel_bridge.correlate.outputs import Observation, Resource
+from otel_bridge.correlate.outputs import Resource
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
 from otel_bridge.export.health import ExportHealth
@@ -557,7 +557,7 @@ class Bridge:
 
     def request_answered(self, attributes: tuple[tuple[str, str], ...], seconds: float) -> None:
         """A request the HTTP server answered, described as the HTTP semantic conventions describe one."""
-        self.metrics.record([Observation(c.M_HTTP_SERVER_REQUEST_DURATION, seconds, attributes, None)])  # type: ignore[arg-type]
+        self.metrics.bridge_histogram(c.M_HTTP_SERVER_REQUEST_DURATION, seconds, attributes)
 
     def ingests_inline(self, events: int) -> bool:
         """Whether the HTTP server stores a batch of `events` on its event loop, not in a worker thread.

@@ -500,6 +500,11 @@ class MetricsHub:
         if value:
             self.record([Observation(instrument, value, tuple(attributes.items()), None)])  # type: ignore[arg-type]
 
+    def bridge_histogram(self, instrument: str, value: float, attributes: tuple[tuple[str, str], ...]) -> None:
+        """Record one of the bridge's own durations, its attributes made once by the caller: once a request, so
+        without the batch's summing that `record` does."""
+        self._record(None, instrument, attributes, value, None, None)
+
     def start_bridge_counters(self, names: Iterable[str], **attributes: str) -> None:
         """Create the bridge's own counters at zero, so "no failures yet" is a 0, not a missing series."""
         for name in names:
