@@ -316,7 +316,7 @@ def create_app(
     async def ingest(scope: Scope, receive: Receive) -> _Answer:
         request = Request(scope, receive)
         answer = await _ingest(request)
-        if answer[0] in REFUSED_WHOLE and answer is not _GONE:
+        if answer[0] in _REFUSED_WHOLE and answer is not _GONE:
             untold[0] += 1
             if refusals.failed():
                 # A producer re-sends such a batch three times, then drops it, and its answer is the one
@@ -633,7 +633,7 @@ class _IngestFirst:
 _GONE: _Answer = (400, b"", [])
 # What a batch is refused whole with, for good (its producer drops it after three re-sends): not JSON or not
 # the envelope, too slow to arrive, too large, not JSON's media type. A 401 is counted apart; 503 is for now.
-REFUSED_WHOLE = frozenset({400, 408, 413, 415})
+_REFUSED_WHOLE = frozenset({400, 408, 413, 415})
 # The methods the HTTP semantic conventions name as they are; any other is `_OTHER`.
 _METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 
