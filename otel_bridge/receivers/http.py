@@ -311,23 +311,23 @@ def create_app(
     def unauthorized() -> Response:
         return _problem(*_UNAUTHORIZED)
 
-    refusals, untold = Cadence(), [0]
+    # Batches refused whole for good: a producer re-sends such a batch three times, then drops it, and its
+    # answer was the one place the reason was said. Batches refused for now (503): every request is refused
+    # alike while it lasts, and producers re-send each three times.
+    refused_whole, refused_for_now = _Told(), _Told()
 
     async def ingest(scope: Scope, receive: Receive) -> _Answer:
         request = Request(scope, receive)
         answer = await _ingest(request)
-        if answer[0] in _REFUSED_WHOLE and answer is not _GONE:
-            untold[0] += 1
-            if refusals.failed():
-                # A producer re-sends such a batch three times, then drops it, and its answer is the one
-                # place the reason was said: told here too, at most once a minute.
-                client = request.client.host if request.client else "a client"
-                since = f" ({untold[0]} batches refused since the last line)" if untold[0] > 1 else ""
-                log.warning(
-                    "refused a batch from %s (%d): %s; a producer re-sends it three times, then drops it%s",
-                    client, answer[0], orjson.loads(answer[1])["error"], since,
-                )  # fmt: skip
-                untold[0] = 0
+        if answer[0] == 200:
+            refused_for_now.over()
+        elif answer[0] in _REFUSED_WHOLE and answer is not _GONE:
+            client = request.client.host if request.client else "a client"
+            error = orjson.loads(answer[1])["error"]
+            refused_whole.refused(
+                f"refused a batch from {client} ({answer[0]}): {error}; a producer re-sends it three times, then "
+                "drops it"
+            )
         return answer
 
     async def _ingest(request: Request) -> _Answer:
@@ -355,10 +355,10 @@ def create_app(
             log.debug("client %s disconnected before its body was complete", request.client)
             return _GONE
         except Backpressure as exc:
-            log.warning("export backlog full, asking the producer to retry: %s", exc)
+            refused_for_now.refused(f"export backlog full, asking the producer to retry: {exc}")
             return _error(503, f"export backlog full, retry later: {exc}", {"Retry-After": "5"})
         except Unavailable as exc:
-            log.warning("store unavailable, asking the producer to retry: %s", exc)
+            refused_for_now.refused(f"store unavailable, asking the producer to retry: {exc}")
             return _error(503, f"state store unavailable, retry later: {exc}", {"Retry-After": "2"})
         except Exception:
             # Nothing was committed (the pipeline guards everything after its commit): a retry is safe.
@@ -627,6 +627,30 @@ class _IngestFirst:
             told = status[0] if status else None
             attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
             self._answered(attributes, time.perf_counter() - started)
+
+
+class _Told:
+    """Refusals of batches in the log: the first, then at most one line a minute (the latest reason, and how many
+    were refused since the last line), and a line once batches are taken again. A refusal that comes with every
+    request — a full backlog, a store away, a producer that sends what cannot be read — wrote a warning a
+    request, producers' re-sends included."""
+
+    def __init__(self) -> None:
+        self._cadence = Cadence()
+        self._untold = 0
+
+    def refused(self, line: str) -> None:
+        self._untold += 1
+        if self._cadence.failed():
+            since = f" ({self._untold} batches refused since the last line)" if self._untold > 1 else ""
+            log.warning("%s%s", line, since)
+            self._untold = 0
+
+    def over(self) -> None:
+        """A batch was taken: told once after refusals, with how long they lasted and how many there were."""
+        if (ended := self._cadence.recovered()) is not None:
+            log.info("taking batches again, after %.0f s and %d refused", *ended)
+            self._untold = 0
 
 
 # An answer to a client that went away before its batch was whole: sent, to no one.

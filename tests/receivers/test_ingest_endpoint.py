@@ -14,7 +14,7 @@ from builders import JobRun, WorkflowRun
 from pydantic import TypeAdapter
 
 from otel_bridge.config import Settings
-from otel_bridge.consumer import IngestReport
+from otel_bridge.consumer import Backpressure, IngestReport
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -444,3 +444,34 @@ def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path
     (told,) = [r.getMessage() for r in caplog.records]
     assert told.startswith("refused a batch from 127.0.0.1 (413): batch of 2 events is over the limit of 1")
     assert "re-sends it three times, then drops it" in told
+
+
+class Refusing(Counting):
+    """A consumer whose export backlog is full for its first `refusals` batches."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
+        if self.refusals:
+            self.refusals -= 1
+            raise Backpressure("1000000 spans wait for export")
+        return super().ingest(events, producer=producer)
+
+
+def test_batches_refused_for_now_are_told_once_not_at_every_request_and_then_when_they_are_taken_again(
+    tmp_path, caplog
+):
+    # Producers re-send every refused batch three times: one warning a request was a line a second per
+    # producer for as long as the backend was away.
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
+    app = create_app(Refusing(5), settings, metrics=lambda _a: (b"", "text/plain"), readiness=dict)
+    headers = {"content-type": "application/json"}
+    with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.http"):
+        answers = [_request(app, "POST", "/v1/events", content=BATCH, headers=headers).status_code for _ in range(7)]
+    assert answers == [503] * 5 + [200] * 2
+    told = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert told[0] == ("WARNING", "export backlog full, asking the producer to retry: 1000000 spans wait for export")
+    assert told[1][0] == "INFO" and told[1][1].startswith("taking batches again, after 0 s and 5 refused")
+    assert len(told) == 2
