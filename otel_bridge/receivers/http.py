@@ -315,12 +315,15 @@ def create_app(
     # answer was the one place the reason was said. Batches refused for now (503): every request is refused
     # alike while it lasts, and producers re-send each three times.
     refused_whole, refused_for_now = _Told(), _Told()
+    # A fault of the bridge's own while storing (a bug): its traceback, but not one a request while it lasts.
+    failed = _Told()
 
     async def ingest(scope: Scope, receive: Receive) -> _Answer:
         request = Request(scope, receive)
         answer = await _ingest(request)
         if answer[0] == 200:
             refused_for_now.over()
+            failed.over()
         elif answer[0] in _REFUSED_WHOLE and answer is not _GONE:
             client = request.client.host if request.client else "a client"
             error = orjson.loads(answer[1])["error"]
@@ -362,7 +365,7 @@ def create_app(
             return _error(503, f"state store unavailable, retry later: {exc}", {"Retry-After": "2"})
         except Exception:
             # Nothing was committed (the pipeline guards everything after its commit): a retry is safe.
-            log.exception("ingest failed")
+            failed.refused("ingest failed", traceback=True)
             return _error(503, "internal error while storing the batch, retry later", {"Retry-After": "2"})
         if report.rejected:
             try:
@@ -639,11 +642,15 @@ class _Told:
         self._cadence = Cadence()
         self._untold = 0
 
-    def refused(self, line: str) -> None:
+    def refused(self, line: str, traceback: bool = False) -> None:
+        """One more refusal; `traceback`: a fault of the bridge's own, told with the exception being handled."""
         self._untold += 1
         if self._cadence.failed():
             since = f" ({self._untold} batches refused since the last line)" if self._untold > 1 else ""
-            log.warning("%s%s", line, since)
+            if traceback:
+                log.exception("%s%s", line, since)
+            else:
+                log.warning("%s%s", line, since)
             self._untold = 0
 
     def over(self) -> None:

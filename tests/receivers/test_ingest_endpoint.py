@@ -475,3 +475,30 @@ def test_batches_refused_for_now_are_told_once_not_at_every_request_and_then_whe
     assert told[0] == ("WARNING", "export backlog full, asking the producer to retry: 1000000 spans wait for export")
     assert told[1][0] == "INFO" and told[1][1].startswith("taking batches again, after 0 s and 5 refused")
     assert len(told) == 2
+
+
+class Failing(Counting):
+    """A consumer with a fault of its own for its first `faults` batches."""
+
+    def __init__(self, faults: int) -> None:
+        super().__init__()
+        self.faults = faults
+
+    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
+        if self.faults:
+            self.faults -= 1
+            raise KeyError("a bug")
+        return super().ingest(events, producer=producer)
+
+
+def test_a_fault_while_storing_is_told_with_its_traceback_once_not_at_every_request(tmp_path, caplog):
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
+    app = create_app(Failing(4), settings, metrics=lambda _a: (b"", "text/plain"), readiness=dict)
+    headers = {"content-type": "application/json"}
+    with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.http"):
+        answers = [_request(app, "POST", "/v1/events", content=BATCH, headers=headers).status_code for _ in range(5)]
+    assert answers == [503] * 4 + [200]  # nothing was stored: the producer's re-send is safe
+    first, then = caplog.records
+    assert (first.levelname, first.getMessage()) == ("ERROR", "ingest failed")
+    assert first.exc_info is not None and first.exc_info[0] is KeyError
+    assert then.getMessage().startswith("taking batches again, after 0 s and 4 refused")
