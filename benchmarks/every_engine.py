@@ -8,8 +8,10 @@ event-sourced runtime's Redis stream, a Phase-10 engine's WebSocket and the runt
 (a real Redis and PostgreSQL, Debian's, in temporary directories), and takes durable-effect producers'
 POSTs, while `otel-bridge demo` plays all of them (`--rate` runs a second of each, one in twenty an incident
 the alerts are for), every span to a local OTLP/HTTP receiver that decodes it. Every 30 s: the bridge's
-RSS, threads, open files and state file (with its write-ahead log, without the disk reserve), and the spans
-received. At the end: the events the bridge counted late (`otel_bridge_events_late_total`: an event of a
+RSS, threads, open files and state file (with its write-ahead log, without the disk reserve), the spans
+received, and how long the durable-effect producer's POSTs waited for their 200 since the last reading, one in
+a hundred (`http.server.request.duration`, the bucket its p99 falls in: `≤2.5` ms). At the end: the events
+the bridge counted late (`otel_bridge_events_late_total`: an event of a
 run whose trace was already sent — a straggler a source handed over after the run's end), the warnings of
 its log by kind, and the demo's counts. `--kill-at S`: kill -9 the bridge S seconds in and start it again on
 the same state (the demo's tracker re-sends what was refused meanwhile). `--outage-at S --outage-for D`: the
@@ -47,6 +49,7 @@ from steady_stream import rss_mib
 
 _EVERY = 30.0
 _DEPTH = re.compile(r"^otel_bridge_outbox_depth(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
+_ANSWERED = re.compile(r"^http_server_request_duration_seconds_bucket\{([^}]*)\} ([0-9.e+]+)$", re.M)
 _COUNTER = re.compile(r'^otel_bridge_events_(late|duplicate)_total\{[^}]*receiver="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
@@ -62,19 +65,38 @@ def _sample(
         status = Path(f"/proc/{pid}/status").read_text()
         threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
         each.append((rss_mib(pid), threads, len(os.listdir(f"/proc/{pid}/fd"))))
-    outbox, series = _scraped(bridges[0].url)
-    return [time.monotonic() - started, each, state(), receiver.spans, outbox, series]
+    outbox, series, answered = _scraped(bridges[0].url)
+    return [time.monotonic() - started, each, state(), receiver.spans, outbox, series, answered]
 
 
-def _scraped(url: str) -> tuple[float, float]:
-    """Spans waiting in the outbox (the state's, so any replica's reading is the whole of it), and the series
-    the bridge's /metrics shows (which must level off: none is made per run)."""
+def _scraped(url: str) -> tuple[float, float, dict[float, float]]:
+    """Spans waiting in the outbox (the state's, so any replica's reading is the whole of it), the series the
+    bridge's /metrics shows (which must level off: none is made per run), and its batches answered 200 so far,
+    by the bucket of their time (seconds: how many took that long or less)."""
     try:
         text = httpx.get(f"{url}/metrics", timeout=10).text
     except httpx.HTTPError:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), {}
     series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-    return sum(float(n) for n in _DEPTH.findall(text)), series
+    answered: dict[float, float] = collections.defaultdict(float)
+    for labels, n in _ANSWERED.findall(text):
+        if 'http_request_method="POST"' in labels and 'http_response_status_code="200"' in labels:
+            le = re.search(r'le="([^"]+)"', labels).group(1)  # type: ignore[union-attr]
+            answered[float(le)] += float(n)
+    return sum(float(n) for n in _DEPTH.findall(text)), series, dict(answered)
+
+
+def _p99(before: dict[float, float], now: dict[float, float]) -> str:
+    """The bucket (ms) the slowest answer in a hundred fell in between two readings; `-` with none answered (or a
+    tree that does not time its requests). A bridge started again counts from 0: its reading alone then."""
+    if any(now.get(le, 0.0) < n for le, n in before.items()):
+        before = {}
+    delta = {le: n - before.get(le, 0.0) for le, n in sorted(now.items())}
+    total = delta.get(float("inf"), 0.0)
+    if not total:
+        return "-"
+    bound = next(le for le, n in delta.items() if n >= 0.99 * total)
+    return "≤" + (f"{bound * 1000:g}" if bound != float("inf") else "inf")
 
 
 def _outbox(url: str) -> float:
@@ -230,10 +252,13 @@ def main() -> None:
     for name, run in runs.items():
         print(f"\n{name}")
         each = "".join(f"{'RSS MiB':>9}{'threads':>9}{'files':>7}" for _ in range(args.replicas))
-        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}{'outbox':>9}{'series':>9}")
-        for at, replicas, state, spans, outbox, series in run["rows"]:
+        print(f"{'s':>7}{each}{'state MiB':>11}{'spans':>9}{'outbox':>9}{'series':>9}{'p99 ms':>9}")
+        before: dict[float, float] = {}
+        for at, replicas, state, spans, outbox, series, answered in run["rows"]:
             each = "".join(f"{rss:9.0f}{threads:9.0f}{files:7.0f}" for rss, threads, files in replicas)
-            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}{outbox:9,.0f}{series:9,.0f}")
+            p99 = _p99(before, answered)
+            before = answered
+            print(f"{at:7.0f}{each}{state:11.1f}{spans:9,.0f}{outbox:9,.0f}{series:9,.0f}{p99:>9}")
         late = {source: n for (what, source), n in run["counted"].items() if what == "late" and n}
         duplicates = {source: n for (what, source), n in run["counted"].items() if what == "duplicate" and n}
         print(f"events counted late: {sum(late.values()):.0f} {late or ''}")
