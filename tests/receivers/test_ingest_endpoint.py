@@ -446,18 +446,26 @@ def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path
     assert "re-sends it three times, then drops it" in told
 
 
-class Refusing(Counting):
-    """A consumer whose export backlog is full for its first `refusals` batches."""
+class Raising(Counting):
+    """A consumer that raises `error` for its first `times` batches, then takes them."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, times: int, error: Exception) -> None:
         super().__init__()
-        self.refusals = refusals
+        self.times, self.error = times, error
 
     def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
-        if self.refusals:
-            self.refusals -= 1
-            raise Backpressure("1000000 spans wait for export")
+        if self.times:
+            self.times -= 1
+            raise self.error
         return super().ingest(events, producer=producer)
+
+
+def _posted(tmp_path, consumer: Counting, batches: int) -> list[int]:
+    """`batches` empty batches POSTed to an app in front of `consumer`: the status of each answer."""
+    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
+    app = create_app(consumer, settings, metrics=lambda _a: (b"", "text/plain"), readiness=dict)
+    headers = {"content-type": "application/json"}
+    return [_request(app, "POST", "/v1/events", content=BATCH, headers=headers).status_code for _ in range(batches)]
 
 
 def test_batches_refused_for_now_are_told_once_not_at_every_request_and_then_when_they_are_taken_again(
@@ -465,11 +473,8 @@ def test_batches_refused_for_now_are_told_once_not_at_every_request_and_then_whe
 ):
     # Producers re-send every refused batch three times: one warning a request was a line a second per
     # producer for as long as the backend was away.
-    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
-    app = create_app(Refusing(5), settings, metrics=lambda _a: (b"", "text/plain"), readiness=dict)
-    headers = {"content-type": "application/json"}
     with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.http"):
-        answers = [_request(app, "POST", "/v1/events", content=BATCH, headers=headers).status_code for _ in range(7)]
+        answers = _posted(tmp_path, Raising(5, Backpressure("1000000 spans wait for export")), 7)
     assert answers == [503] * 5 + [200] * 2
     told = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert told[0] == ("WARNING", "export backlog full, asking the producer to retry: 1000000 spans wait for export")
@@ -477,26 +482,9 @@ def test_batches_refused_for_now_are_told_once_not_at_every_request_and_then_whe
     assert len(told) == 2
 
 
-class Failing(Counting):
-    """A consumer with a fault of its own for its first `faults` batches."""
-
-    def __init__(self, faults: int) -> None:
-        super().__init__()
-        self.faults = faults
-
-    def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
-        if self.faults:
-            self.faults -= 1
-            raise KeyError("a bug")
-        return super().ingest(events, producer=producer)
-
-
 def test_a_fault_while_storing_is_told_with_its_traceback_once_not_at_every_request(tmp_path, caplog):
-    settings = Settings(dead_letter=tmp_path / "dl.jsonl", span_dead_letter=tmp_path / "ds.jsonl")
-    app = create_app(Failing(4), settings, metrics=lambda _a: (b"", "text/plain"), readiness=dict)
-    headers = {"content-type": "application/json"}
     with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.http"):
-        answers = [_request(app, "POST", "/v1/events", content=BATCH, headers=headers).status_code for _ in range(5)]
+        answers = _posted(tmp_path, Raising(4, KeyError("a bug")), 5)
     assert answers == [503] * 4 + [200]  # nothing was stored: the producer's re-send is safe
     first, then = caplog.records
     assert (first.levelname, first.getMessage()) == ("ERROR", "ingest failed")
