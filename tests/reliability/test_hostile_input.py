@@ -303,6 +303,9 @@ def test_a_huge_header_gets_431_and_others_are_served(bridge):
             pass
         assert _head_answer(sock).startswith(b"HTTP/1.1 431")
     assert process.post(WorkflowRun().started().events).status_code == 200
+    # A producer behind a proxy that adds such a header loses its batches: the log says so.
+    told = [line for line in process.log.read_text().splitlines() if "refused a request from 127.0.0.1 (431)" in line]
+    assert told and f"request head over {64 * 1024} bytes" in told[0], told
 
 
 def test_headers_trickled_line_by_line_are_cut_off_while_others_are_served(bridge):
