@@ -127,6 +127,38 @@ class RepeatedFailure:
                 log.warning("%s works again, after %d failures", self._what, ended[1])
 
 
+class Refusals:
+    """Refusals that come with every request while their cause lasts (a full backlog, a store away, a producer
+    that sends what cannot be read), in the log: the first, then at most a line a minute — the latest reason,
+    and how many were refused since the last line —, and one when `what` is taken again. Not a warning a
+    request, each producer's re-sends included. A condition of the bridge's, not a bug of it (that is
+    `RepeatedFailure`'s, with its traceback). Told in `logger`, the refusing module's."""
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        every_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what, self._log = what, logger
+        self._cadence = Cadence(every_seconds, clock)
+        self._untold = 0
+
+    def refused(self, line: str) -> None:
+        self._untold += 1
+        if self._cadence.failed():
+            since = f" ({self._untold} {self._what} refused since the last line)" if self._untold > 1 else ""
+            self._log.warning("%s%s", line, since)
+            self._untold = 0
+
+    def over(self) -> None:
+        """One was taken: told once after refusals, with how long they lasted and how many there were."""
+        if (ended := self._cadence.recovered()) is not None:
+            self._log.info("taking %s again, after %.0f s and %d refused", self._what, *ended)
+            self._untold = 0
+
+
 def told_unreachable(cadence: Cadence, logger: logging.Logger, what: str, exc: BaseException | str) -> None:
     """A follower's failure to reach an engine's stream (the error, or what to say of it), told in its
     `logger` as `cadence` says: the first one, then a line a minute with how many tries and for how long

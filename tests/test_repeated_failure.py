@@ -4,7 +4,7 @@ import logging
 import sqlite3
 import threading
 
-from otel_bridge.repeated_failure import Backoff, RepeatedFailure
+from otel_bridge.repeated_failure import Backoff, Refusals, RepeatedFailure
 from otel_bridge.state.store import StoreUnavailable
 
 
@@ -99,3 +99,20 @@ def test_a_wait_the_other_side_asked_for_is_kept_whole_and_the_next_doubles_from
     backoff.wait(stop)
     assert stop.waits[0] == 3.0
     assert 3.0 <= stop.waits[1] <= 9.0  # about 6 s: twice what was asked
+
+
+def test_refusals_that_come_with_every_request_are_told_once_then_a_line_a_minute_with_how_many_then_their_end(caplog):
+    now = [0.0]
+    logger = logging.getLogger("otel_bridge.receivers.http")
+    refusals = Refusals("batches", logger, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="otel_bridge.receivers.http"):
+        for second in range(90):  # a minute and a half of a full backlog, a batch a second
+            now[0] = float(second)
+            refusals.refused(f"export backlog full ({second})")
+        refusals.over()
+        refusals.over()
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("otel_bridge.receivers.http", "WARNING", "export backlog full (0)"),
+        ("otel_bridge.receivers.http", "WARNING", "export backlog full (60) (60 batches refused since the last line)"),
+        ("otel_bridge.receivers.http", "INFO", "taking batches again, after 89 s and 90 refused"),
+    ]

@@ -36,10 +36,11 @@ from otel_bridge import conventions as c
 from otel_bridge.config import Settings
 from otel_bridge.consumer import AmbiguousId, Backpressure, EventConsumer, Unavailable
 from otel_bridge.correlate.overview import JobQuery, RunQuery, seconds_of
+from otel_bridge.export.aggregation import Attributes
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.http_contract import LISTING_PARAMETERS, CloseRequest, openapi
-from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import Refusals, RepeatedFailure
 from otel_bridge.sources.wire import every_reason, json_kind
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ class _Reject(Exception):
 
 # A status, a JSON body and headers beyond its type and length: what the ingest endpoint answers.
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-# A request's metric attributes, as `answered` is told them.
-Attributes = tuple[tuple[str, str], ...]
 
 
 def _error(
@@ -314,16 +313,16 @@ def create_app(
     # Batches refused whole for good: a producer re-sends such a batch three times, then drops it, and its
     # answer was the one place the reason was said. Batches refused for now (503): every request is refused
     # alike while it lasts, and producers re-send each three times.
-    refused_whole, refused_for_now = _Told(), _Told()
+    refused_whole, refused_for_now = Refusals("batches", log), Refusals("batches", log)
     # A fault of the bridge's own while storing (a bug): its traceback, but not one a request while it lasts.
-    failed = _Told()
+    failed = RepeatedFailure("storing a batch")
 
     async def ingest(scope: Scope, receive: Receive) -> _Answer:
         request = Request(scope, receive)
         answer = await _ingest(request)
         if answer[0] == 200:
             refused_for_now.over()
-            failed.over()
+            failed.succeeded()
         elif answer[0] in _REFUSED_WHOLE and answer is not _GONE:
             client = request.client.host if request.client else "a client"
             error = orjson.loads(answer[1])["error"]
@@ -363,9 +362,9 @@ def create_app(
         except Unavailable as exc:
             refused_for_now.refused(f"store unavailable, asking the producer to retry: {exc}")
             return _error(503, f"state store unavailable, retry later: {exc}", {"Retry-After": "2"})
-        except Exception:
+        except Exception as exc:
             # Nothing was committed (the pipeline guards everything after its commit): a retry is safe.
-            failed.refused("ingest failed", traceback=True)
+            failed.failed(exc)
             return _error(503, "internal error while storing the batch, retry later", {"Retry-After": "2"})
         if report.rejected:
             try:
@@ -630,34 +629,6 @@ class _IngestFirst:
             told = status[0] if status else None
             attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
             self._answered(attributes, time.perf_counter() - started)
-
-
-class _Told:
-    """Refusals of batches in the log: the first, then at most one line a minute (the latest reason, and how many
-    were refused since the last line), and a line once batches are taken again. A refusal that comes with every
-    request — a full backlog, a store away, a producer that sends what cannot be read — wrote a warning a
-    request, producers' re-sends included."""
-
-    def __init__(self) -> None:
-        self._cadence = Cadence()
-        self._untold = 0
-
-    def refused(self, line: str, traceback: bool = False) -> None:
-        """One more refusal; `traceback`: a fault of the bridge's own, told with the exception being handled."""
-        self._untold += 1
-        if self._cadence.failed():
-            since = f" ({self._untold} batches refused since the last line)" if self._untold > 1 else ""
-            if traceback:
-                log.exception("%s%s", line, since)
-            else:
-                log.warning("%s%s", line, since)
-            self._untold = 0
-
-    def over(self) -> None:
-        """A batch was taken: told once after refusals, with how long they lasted and how many there were."""
-        if (ended := self._cadence.recovered()) is not None:
-            log.info("taking batches again, after %.0f s and %d refused", *ended)
-            self._untold = 0
 
 
 # An answer to a client that went away before its batch was whole: sent, to no one.

@@ -15,14 +15,14 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from otel_bridge.repeated_failure import Cadence
+from otel_bridge.repeated_failure import Refusals
 
 log = logging.getLogger(__name__)
 
 # A head too large is a client's request lost — a producer's batch, dropped after three re-sends (a proxy
 # between them that adds a huge header): told, at most once a minute for every connection. A head that never
 # arrives is not: a load balancer's TCP probe opens a connection and sends nothing.
-_TOO_LARGE = Cadence()
+_TOO_LARGE = Refusals("requests", log)
 
 _END_OF_HEAD = b"\r\n\r\n"
 
@@ -94,10 +94,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(408, "Request Timeout", f"request head not received within {self.head_timeout:g} s")
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
-        if status == 431 and _TOO_LARGE.failed():
+        if status == 431:
             host = self.client[0] if self.client else "a client"
-            log.warning("refused a request from %s (%d): %s; a producer re-sends its batch three times, then drops it",
-                        host, status, message)  # fmt: skip
+            _TOO_LARGE.refused(f"refused a request from {host} (431): {message}; a producer re-sends its batch three "
+                               "times, then drops it")  # fmt: skip
         else:
             log.debug("closing a connection from %s: %s", self.client, message)
         self._disarm_head_timer()
