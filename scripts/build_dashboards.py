@@ -28,6 +28,7 @@ THE_BRIDGES = '{alertname=~"Bridge.+|Producer.+|Prometheus.+|Alertmanager.+"}'
 # servers scraped by the same Prometheus time their requests under the same name.
 BATCHES = 'http_request_method="POST", http_route!~".*/close"'
 ON_BRIDGES = "and on (instance) otel_bridge_build_info"
+GONE = "gone before its answer"
 
 
 class Board:
@@ -468,14 +469,19 @@ def bridge() -> Board:
     )  # fmt: skip
     b.panel(
         "Batches by answer",
-        [(f"sum by (http_response_status_code) (rate(http_server_request_duration_seconds_count{{{BATCHES}}}"
-          f"[$__rate_interval]) {ON_BRIDGES})", "{{http_response_status_code}}")],
+        # A producer gone before its answer has no status (error.type says why): named, not an empty legend.
+        [(f"label_replace(sum by (http_response_status_code, error_type) (rate("
+          f"http_server_request_duration_seconds_count{{{BATCHES}}}[$__rate_interval]) {ON_BRIDGES}), "
+          f'"http_response_status_code", "{GONE}", "error_type", "client_disconnected")',
+          "{{http_response_status_code}}")],
         unit="reqps",
         width=12,
         description="Producers' POSTs of batches by the status each was answered: 200 taken (its bad events, if "
         "any, listed and dead-lettered), 503 refused for now (re-sent: alert BridgeRefusingBatches), 401 a "
         "credential missing or wrong (alert BridgeRequestsUnauthorized), 400/408/413/415 refused whole for good — "
-        "the producer drops such a batch after three re-sends (alert BridgeBatchesRejected; the log says why).",
+        "the producer drops such a batch after three re-sends (alert BridgeBatchesRejected; the log says why); "
+        f"'{GONE}': the producer closed the connection before its batch was whole or answered (its own "
+        "timeout, a restart): it re-sends the batch, or lost it if it was going away.",
     )  # fmt: skip
     b.panel(
         "Time to answer a batch",

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
+    _post_and_go_away(bridge.port)
     # A few more scrapes after the last run settled, and the first events the runtime took in read: once their
     # rows are 30 s old (sources/runtime_v2.py, the poller's `_SETTLED`).
     time.sleep(max(3.0, began + 36 - time.monotonic()))
@@ -102,6 +104,13 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         stream.close()
 
 
+def _post_and_go_away(port: int) -> None:
+    """A producer that closes its connection halfway through its batch (its own timeout, a restart)."""
+    head = f"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nX-API-KEY: {DEMO_KEY}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(f'{head}Content-Length: 100\r\n\r\n{{"events": ['.encode())
+
+
 @pytest.mark.timeout(DEMO_SECONDS + 120)
 @pytest.mark.parametrize(("board", "panel", "expr"), _queries(), ids=lambda v: v if len(v) < 40 else v[:40])
 def test_every_panel_query_returns_data(prometheus, board, panel, expr):
@@ -111,6 +120,15 @@ def test_every_panel_query_returns_data(prometheus, board, panel, expr):
     response = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()
     assert response["status"] == "success", f"{board}/{panel}: {response}"
     assert response["data"]["result"], f"{board}/{panel}: no data for {query}"
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 120)
+def test_batches_by_answer_names_a_producer_gone_before_its_answer(prometheus):
+    (expr,) = [expr for _, panel, expr in _queries() if panel == "Batches by answer"]
+    query = expr.replace("$__rate_interval", "5m")
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()
+    legends = {series["metric"].get("http_response_status_code", "") for series in response["data"]["result"]}
+    assert legends == {"200", "gone before its answer"}
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 120)
