@@ -10,6 +10,7 @@ SDK defines them, and two of them are mirrored here for their defaults.
 import difflib
 import os
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -689,14 +690,15 @@ def sampler_ratio(environ: Mapping[str, str]) -> float | None:
 _PREFIX = "OTEL_BRIDGE_"
 
 
-def _variables() -> set[str]:
-    """Every environment variable a setting is read from."""
-    names: set[str] = set()
+@cache
+def _variables() -> dict[str, str]:
+    """Every environment variable a setting is read from, and that setting."""
+    names: dict[str, str] = {}
     for name, field in Settings.model_fields.items():
         if isinstance(field.validation_alias, AliasChoices):
-            names.update(str(choice).upper() for choice in field.validation_alias.choices)
+            names.update((str(choice), name) for choice in field.validation_alias.choices if str(choice).isupper())
         else:
-            names.add(f"{_PREFIX}{name.upper()}")
+            names[f"{_PREFIX}{name.upper()}"] = name
     return names
 
 
@@ -723,8 +725,17 @@ def unknown_settings(names: Iterable[str]) -> list[str]:
     for name in names:
         if name in known:
             continue
-        close = _meant(name, known)
-        told.append(f"{name!r} is not a setting of otel-bridge" + (f"; did you mean {close!r}?" if close else ""))
+        if setting := _variables().get(name.upper()):
+            told.append(f"{name!r} is the environment variable of the setting {setting!r}: pass {setting}=…")
+        elif name.upper().startswith("OTEL_"):
+            # An application that configures its own SDK in code looks for the OTLP endpoint here.
+            told.append(
+                f"{name!r} is not a setting of otel-bridge: the OpenTelemetry variables (the OTLP export's "
+                "endpoint, headers, TLS files, protocol) are read from the environment as the tracker is made"
+            )
+        else:
+            close = _meant(name, known)
+            told.append(f"{name!r} is not a setting of otel-bridge" + (f"; did you mean {close!r}?" if close else ""))
     return told
 
 

@@ -208,6 +208,28 @@ def test_a_setting_misspelt_is_a_type_error_naming_the_one_meant():
     assert str(unknown.value).endswith("'colour' is not a setting of otel-bridge")
 
 
+def test_a_setting_given_by_its_variable_is_a_type_error_naming_the_keyword():
+    # The variable would be ignored as a keyword (Settings reads its fields by name), the setting left unsaid.
+    with pytest.raises(TypeError) as variable:
+        OtelTracker("production", "shop", OTEL_BRIDGE_SETTLE_SECONDS=1, OTEL_SPAN_LINK_COUNT_LIMIT=8)
+    assert str(variable.value) == (
+        "OtelTracker: 'OTEL_BRIDGE_SETTLE_SECONDS' is the environment variable of the setting 'settle_seconds': "
+        "pass settle_seconds=…; 'OTEL_SPAN_LINK_COUNT_LIMIT' is the environment variable of the setting "
+        "'max_span_links': pass max_span_links=…"
+    )
+
+
+def test_the_otlp_exporter_given_as_a_keyword_is_a_type_error_naming_the_environment():
+    # An application that configures its own SDK in code looks for the endpoint among the keywords.
+    with pytest.raises(TypeError) as exporter:
+        OtelTracker("production", "shop", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318")
+    assert str(exporter.value) == (
+        "OtelTracker: 'OTEL_EXPORTER_OTLP_ENDPOINT' is not a setting of otel-bridge: the OpenTelemetry variables "
+        "(the OTLP export's endpoint, headers, TLS files, protocol) are read from the environment as the tracker "
+        "is made"
+    )
+
+
 def test_an_event_emitted_after_close_is_dropped_counted_and_told_once(monkeypatch, caplog):
     # At shutdown a workflow still running may emit after the application closed its tracker.
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
