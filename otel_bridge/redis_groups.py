@@ -1,7 +1,7 @@
 """Consumers of a Redis consumer group that are gone, forgotten.
 
 Redis never deletes a group's consumer by itself: every bridge that ever read a group stays listed
-in it (`XINFO CONSUMERS`) — for the state's outbox a consumer per process started (`host-pid`), for
+in it (`XINFO CONSUMERS`) — for the state's outbox a consumer per store made (`host-pid-random`), for
 the runtime's stream one per pod where the platform names pods anew at each deploy — hundreds within
 months, each a line of every tool that lists them, and a dead bridge is not told from a live one. A
 consumer with nothing pending and silent for `after_seconds` is a bridge gone: deleting it loses

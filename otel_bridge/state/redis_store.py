@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
@@ -328,9 +329,12 @@ class RedisStore:
             self._p = f"{{{prefix.rstrip(':')}}}:" if self.cluster else prefix
             self._seen_ttl = seen_ttl_seconds
             self._claim_after_ms = int(claim_after_seconds * 1000)
-            self._consumer = f"{socket.gethostname()}-{os.getpid()}"
+            # A consumer of its own for each store: host and process do not tell two apart (two trackers of one
+            # application; containers that share the host's name, each process 1), and a store reads the
+            # consumer's pending spans as its own, so each sent the other's again.
+            self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self._outbox = f"{self._p}outbox"
-            # A consumer per process started: those of processes gone would pile up in the group for ever.
+            # A consumer per store made: those of processes gone would pile up in the group for ever.
             self.departures = Departures(self._outbox, _GROUP, self._consumer)
             self._confirmed = f"{self._p}confirmed"
             self._ensure_group()

@@ -400,12 +400,26 @@ def test_redis_hands_a_crashed_replicas_spans_to_another(redis_url):
     crashed.run(lambda tx: tx.outbox_add([("r", b"orphan")]))
     assert [r.payload for r in crashed.outbox_peek(10)] == [b"orphan"]  # taken, never acknowledged
     survivor = RedisStore(redis_url, seen_ttl_seconds=60, prefix=prefix, claim_after_seconds=0.2)
-    survivor._consumer = "survivor"  # another process
     time.sleep(0.3)
     rows = survivor.outbox_peek(10)
     assert [r.payload for r in rows] == [b"orphan"]
     survivor.outbox_ack([r.id for r in rows])
     assert survivor.outbox_depth() == 0
+
+
+def test_redis_stores_of_one_host_and_process_each_send_their_own_spans_once(redis_url):
+    # Two trackers of one application on one Redis (a service key each), or two bridges whose containers share
+    # the host's name (host networking) and are each process 1: were they one consumer of the outbox, each
+    # would read the spans the other had taken as its own and send them again.
+    prefix = f"one{uuid.uuid4().hex[:6]}:"
+    first, second = (RedisStore(redis_url, seen_ttl_seconds=60, prefix=prefix) for _ in range(2))
+    first.run(lambda tx: tx.outbox_add([("r", b"taken by the first")]))
+    assert [r.payload for r in first.outbox_peek(10)] == [b"taken by the first"]
+    second.run(lambda tx: tx.outbox_add([("r", b"taken by the second")]))
+    assert [r.payload for r in second.outbox_peek(10)] == [b"taken by the second"]
+    assert [r.payload for r in first.outbox_peek(10)] == [b"taken by the first"]  # again, until acknowledged
+    first.close()
+    second.close()
 
 
 def test_redis_lists_each_state_once_though_scan_may_return_a_key_twice(redis_url, monkeypatch):
