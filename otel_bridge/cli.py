@@ -253,6 +253,7 @@ def _serve(settings: Settings) -> int:
         # and keep what it read.
         ssl_context_factory=None if tls is None else lambda _config, _default: tls,
         limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float is what call_later takes
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -291,6 +291,14 @@ class Settings(BaseSettings):
     limit_concurrency: int = Field(
         1000, gt=0, description="Open connections and requests at once; past it, 503 (uvicorn's limit)."
     )
+    keep_alive_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a connection is kept open, idle, for the client's next request (uvicorn's default). "
+        "Behind a load balancer that keeps its connections to the bridge longer (AWS's ALB 60 s, Google's 600 s, an "
+        "nginx ingress 60 s), set it above the balancer's: it otherwise now and then sends a batch down a connection "
+        "the bridge is closing, and answers the producer 502. An idle connection counts in limit_concurrency.",
+    )
     tls_certfile: Path | None = Field(None, description="Serve HTTPS with this PEM certificate (chain).")
     tls_keyfile: Path | None = Field(None, description="Private key of `tls_certfile`.")
     tls_keyfile_password: SecretStr | None = Field(

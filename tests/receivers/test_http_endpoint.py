@@ -3,6 +3,8 @@
 import gzip
 import json
 import re
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +16,7 @@ from otlp_receiver import OtlpHttpReceiver
 LIMIT = 64 * 1024
 KEY = "s3cret-key"
 TOKEN = "bearer-token-1"
+KEEP_ALIVE = 6.0  # above uvicorn's 5 s, as behind a load balancer that keeps its connections a minute
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,7 @@ def bridge(tmp_path_factory) -> Iterator[BridgeProcess]:
         api_key=KEY,
         bearer_token=TOKEN,
         max_body_bytes=str(LIMIT),
+        keep_alive_seconds=str(KEEP_ALIVE),
     ).start()
     yield process
     process.close()
@@ -132,6 +136,37 @@ def test_each_batch_is_timed_by_its_answer_and_one_refused_whole_is_told_in_the_
     assert {status: _answered(bridge, status) - before[status] for status in before} == {200: 1, 413: 2}
     told = [line for line in bridge.log.read_text().splitlines() if "refused a batch from 127.0.0.1 (413)" in line]
     assert told and f"over the limit of {LIMIT} bytes" in told[0], told
+
+
+def test_an_idle_connection_is_kept_for_the_next_batch_as_long_as_keep_alive_seconds_says(bridge):
+    # A balancer sends the next batch down the connection it holds: closed by the bridge first, a 502.
+    request = (
+        f"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nX-API-KEY: {KEY}\r\n"
+        f"Content-Length: {len(_batch())}\r\n\r\n"
+    ).encode() + _batch()
+    kept, left = (socket.create_connection(("127.0.0.1", bridge.port), timeout=KEEP_ALIVE + 10) for _ in range(2))
+    with kept, left:
+        for sock in (kept, left):
+            sock.sendall(request)
+            assert _answer(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(KEEP_ALIVE - 0.5)
+        kept.sendall(request)  # idle past uvicorn's 5 s, within the setting's: served on the same connection
+        assert _answer(kept).startswith(b"HTTP/1.1 200")
+        assert left.recv(65536) == b""  # idle past the setting: the bridge closed it
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer (its head and body may come in segments of their own); none, the connection closed."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        if not (read := sock.recv(65536)):
+            return answer
+        answer += read
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    while len(body) < length and (read := sock.recv(65536)):
+        body += read
+    return head + b"\r\n\r\n" + body
 
 
 def test_health_needs_no_credential(bridge):
