@@ -45,6 +45,7 @@ from otel_bridge.sources.wire import every_reason, json_kind
 
 log = logging.getLogger(__name__)
 
+# JSON's media types; any `application/…+json` is JSON too, by its structured syntax suffix (RFC 6839).
 _JSON_TYPES = ("application/json", "text/json", "application/x-ndjson")
 # What `GET /v1/runs?overdue=` takes.
 _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -338,7 +339,9 @@ def create_app(
             return _error(*_UNAUTHORIZED)
         content_type, *parameters = headers.get("content-type", "application/json").lower().split(";")
         content_type = content_type.strip()
-        if content_type not in _JSON_TYPES:
+        if content_type not in _JSON_TYPES and not (
+            content_type.startswith("application/") and content_type.endswith("+json")
+        ):
             return _error(415, f"unsupported Content-Type {content_type!r}: send application/json")
         if (charset := _charset(parameters)) not in (None, "utf-8", "utf8", "us-ascii"):
             # JSON exchanged between systems is UTF-8 (RFC 8259, 8.1): read as such, UTF-16 was "not valid JSON".

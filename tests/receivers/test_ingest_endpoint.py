@@ -348,6 +348,8 @@ def test_a_bridge_that_keeps_no_runs_has_nothing_to_close(tmp_path):
         ('application/json; charset="us-ascii"', 200),  # a subset of UTF-8
         ("application/json; charset=utf-16", 415),
         ("application/json; charset=iso-8859-1", 415),
+        ("application/vnd.durable-effect.events+json", 200),  # JSON by its suffix (RFC 6839)
+        ("application/problem+json; charset=utf-16", 415),
     ],
 )
 def test_a_batch_in_another_charset_than_utf8_is_a_415_naming_it(tmp_path, content_type, status):
