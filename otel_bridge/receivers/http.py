@@ -325,11 +325,10 @@ def create_app(
             refused_for_now.over()
             failed.succeeded()
         elif answer[0] in _REFUSED_WHOLE and answer is not _GONE:
-            client = request.client.host if request.client else "a client"
             error = orjson.loads(answer[1])["error"]
             refused_whole.refused(
-                f"refused a batch from {client} ({answer[0]}): {error}; a producer re-sends it three times, then "
-                "drops it"
+                f"refused a batch from {_sender(request)} ({answer[0]}): {error}; a producer re-sends it three "
+                "times, then drops it"
             )
         return answer
 
@@ -665,6 +664,16 @@ def _attributes(method: str, route: str | None, status: int | None, scheme: str,
     if error is not None:
         attributes.append((c.ERROR_TYPE, error))
     return tuple(attributes)
+
+
+def _sender(request: Request) -> str:
+    """Where a request came from, as far as the log can tell: behind a balancer or a proxy its address is theirs,
+    so the producer it forwards for too (`X-Forwarded-For`'s first: the client's word, so said, never relied on;
+    the log's formatter escapes what it holds)."""
+    sender = request.client.host if request.client else "a client"
+    if forwarded := request.headers.get("x-forwarded-for", "").split(",")[0].strip():
+        return f"{forwarded[:64]} through {sender}"
+    return sender
 
 
 @cache

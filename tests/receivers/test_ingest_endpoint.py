@@ -448,6 +448,15 @@ def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path
     assert "re-sends it three times, then drops it" in told
 
 
+def test_a_batch_refused_whole_through_a_proxy_is_told_with_the_producer_it_forwarded_for(tmp_path, caplog):
+    app = _app(tmp_path, Counting())
+    headers = {"content-type": "application/json", "x-forwarded-for": "203.0.113.7, 10.0.0.2"}
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.receivers.http"):
+        _request(app, "POST", "/v1/events", content=b"{not json", headers=headers)
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert told.startswith("refused a batch from 203.0.113.7 through 127.0.0.1 (400): body is not valid JSON")
+
+
 class Raising(Counting):
     """A consumer that raises `error` for its first `times` batches, then takes them."""
 
