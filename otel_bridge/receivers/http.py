@@ -116,7 +116,7 @@ class Authenticator:
         told: Callable[[str | None], object] = lambda _name: None,
         producer_keys: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self._header = header.lower()  # header names are read in lower case
+        self._header, self._header_named = header.lower(), header  # header names are read in lower case
         self._api_keys = _named("api_key", api_keys)
         self._bearers = _named("bearer_token", bearers)
         self._told = told
@@ -168,6 +168,14 @@ class Authenticator:
                 if offered is not None and found is None:
                     found = _matching(self._raw(offered), self._producer_keys)
         return found
+
+    def offered(self, headers: Mapping[str, str]) -> str:
+        """What a refused request offered as its credential, for the log: where, never what."""
+        said = [f"an {self._header_named} that matches none"] if self._header in headers else []
+        if (authorization := headers.get("authorization")) is not None:
+            bearer = authorization.partition(" ")[0].lower() == "bearer"
+            said.append("a bearer token that matches none" if bearer else "an Authorization that is no bearer token")
+        return " and ".join(said) or "no credential"
 
 
 def _named(setting: str, secrets: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -315,6 +323,9 @@ def create_app(
     # answer was the one place the reason was said. Batches refused for now (503): every request is refused
     # alike while it lasts, and producers re-send each three times.
     refused_whole, refused_for_now = Refusals("batches", log), Refusals("batches", log)
+    # A credential missing or wrong: the batch is lost the same way. A scanner's requests too, so at most a line a
+    # minute, and no line when batches are taken (a scanner's refusals would alternate with the producers').
+    unauthorized_told = Refusals("batches", log)
     # A fault of the bridge's own while storing (a bug): its traceback, but not one a request while it lasts.
     failed = RepeatedFailure("storing a batch")
 
@@ -329,6 +340,11 @@ def create_app(
             refused_whole.refused(
                 f"refused a batch from {_sender(request)} ({answer[0]}): {error}; a producer re-sends it three "
                 "times, then drops it"
+            )
+        elif answer[0] == 401:
+            unauthorized_told.refused(
+                f"refused a batch from {_sender(request)} (401): {auth.offered(request.headers)}; a producer "
+                "re-sends it three times, then drops it"
             )
         return answer
 

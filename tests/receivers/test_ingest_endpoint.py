@@ -448,6 +448,30 @@ def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path
     assert "re-sends it three times, then drops it" in told
 
 
+@pytest.mark.parametrize(
+    ("headers", "offered"),
+    [
+        ({}, "no credential"),
+        ({"x-api-key": "guess"}, "an X-API-KEY that matches none"),
+        ({"authorization": "Bearer guess"}, "a bearer token that matches none"),
+        ({"authorization": "Basic Z3Vlc3M="}, "an Authorization that is no bearer token"),
+    ],
+)
+def test_a_batch_refused_for_its_credential_is_told_with_what_it_offered_never_the_secret(
+    tmp_path, caplog, headers, offered
+):
+    # A producer whose credential is missing or wrong loses its batches: the runbook asks from where.
+    app = _app(tmp_path, Counting(), api_key="s3cret")
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.receivers.http"):
+        for _ in range(3):  # a producer's re-sends, or a scanner: told once a minute at most
+            answer = _request(app, "POST", "/v1/events", content=BATCH, headers=headers)
+            assert answer.status_code == 401
+        _request(app, "POST", "/v1/events", content=BATCH, headers={"x-api-key": "s3cret"})
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert told == f"refused a batch from 127.0.0.1 (401): {offered}; a producer re-sends it three times, then drops it"
+    assert "guess" not in told
+
+
 def test_a_batch_refused_whole_through_a_proxy_is_told_with_the_producer_it_forwarded_for(tmp_path, caplog):
     app = _app(tmp_path, Counting())
     headers = {"content-type": "application/json", "x-forwarded-for": "203.0.113.7, 10.0.0.2"}
