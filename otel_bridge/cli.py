@@ -301,7 +301,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
     assert summary is not None
     print(visible_lines(summary.render()))  # events' ids and reasons, as the file had them
     if summary.interrupted:
-        return 130  # as a shell reports a process stopped by Ctrl-C
+        return 128 + _stopped_by[0]  # as a shell reports a process a signal stopped: 130 for Ctrl-C
     return 2 if summary.stopped or summary.broken else 1 if summary.rejected else 0
 
 
@@ -1408,6 +1408,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
 
 
+# The signal that stopped a command, as Ctrl-C stops it: its exit is 128 and its number, as a shell reports one.
+_stopped_by = [signal.SIGINT]
+
+
+def _stop_as_ctrl_c_does(signum: int, _frame: object) -> None:
+    _stopped_by[0] = signal.Signals(signum)
+    raise KeyboardInterrupt
+
+
 def _command(argv: Sequence[str] | None) -> int:
     # The gRPC core writes lines of its own to stderr (an `I…` line at each failed TLS handshake), outside
     # the log and its JSON: its errors are kept, and what an export meets is told in the bridge's own line.
@@ -1415,6 +1424,12 @@ def _command(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":  # which drains on SIGTERM, and reads its TLS files again on SIGHUP
+        # SIGTERM (`timeout`, a Job deleted, `systemctl stop`) and SIGHUP (its terminal closed) stop a replay or
+        # an import as Ctrl-C does — at a line to go on from, the summary said, the spans sent — where their
+        # default ended it on the spot without a word.
+        for stopping in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stopping, _stop_as_ctrl_c_does)
     if args.command == "trace-id":
         if args.attempt is not None and args.step is None:
             parser.error("trace-id: --attempt needs --step (the run's root has no attempts)")
@@ -1497,7 +1512,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C while starting or stopping: what was committed stays committed
         print("otel-bridge: interrupted", file=sys.stderr)
-        return 130
+        return 128 + _stopped_by[0]
 
 
 def _note_damage_met(settings: Settings, exc: BaseException | None) -> None:

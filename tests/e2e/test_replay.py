@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from bridge_process import free_port
 from builders import JobRun, WorkflowRun
 
@@ -192,6 +193,37 @@ def test_ctrl_c_stops_a_replay_at_a_line_and_running_it_again_goes_on(tmp_path, 
     accepted, duplicates = map(int, re.search(r"accepted: (\d+)  duplicates: (\d+)", again.stdout.decode()).groups())
     assert accepted + duplicates == 20_000 and duplicates >= line - 1
     otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) == 2 * len(done), timeout=60)
+
+
+@pytest.mark.parametrize("stopping", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_a_hangup_stops_a_replay_as_ctrl_c_does(tmp_path, otlp_http, stopping):
+    # `timeout`, a Kubernetes Job deleted, `systemctl stop`; a terminal closed under it (SIGHUP): their default
+    # ended it on the spot, no line said, its summary unsaid, the spans it had stored left for another start.
+    _, log = _history(tmp_path, "long", runs=1000)
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.endpoint,
+        "OTEL_BRIDGE_STATE": str(tmp_path / "replay.db"),
+        "OTEL_BRIDGE_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+    }
+    replaying = subprocess.Popen(
+        [sys.executable, "-m", "otel_bridge", "replay", "-", "--no-progress"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert replaying.stdin is not None
+    replaying.stdin.write(b"".join(Path(log).read_bytes().splitlines(keepends=True)[:2000]))  # and waits for more
+    replaying.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not _stored(tmp_path / "replay.db"):
+        assert time.monotonic() < deadline and replaying.poll() is None
+        time.sleep(0.02)
+    replaying.send_signal(stopping)
+    out, err = replaying.communicate(timeout=60)
+    assert replaying.returncode == 128 + stopping, out.decode() + err.decode()
+    stored = int(re.search(r"stopped at line (\d+): interrupted", out.decode()).group(1)) - 1
+    assert b"Traceback" not in err
+    # What it had stored, sent before it exited: two spans a run, a run every five lines.
+    otlp_http.received.wait_for(lambda: len(otlp_http.received.unique_spans()) >= 2 * (stored // 5), timeout=10)
 
 
 def test_a_dead_letter_file_is_offered_again_each_event_in_the_format_it_was_received_in(tmp_path, otlp_http):
