@@ -74,10 +74,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        # The next request on this keep-alive connection starts a new head.
+    def on_message_complete(self) -> None:
+        # What follows on this connection is the next request's head: a pipelined one arrives before this one is
+        # answered. Counted from its answer only, a head sent right behind a batch was not counted at all, and
+        # grew in the parser's buffer as far as the client cared to send (300 MiB of it took 400 MiB).
         self._in_head, self._head_bytes, self._tail = True, 0, b""
-        super().on_response_complete()
+        super().on_message_complete()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
