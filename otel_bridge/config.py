@@ -182,7 +182,9 @@ class Settings(BaseSettings):
         description="Most bytes one batch may write to the dead-letter file; past it, one line counts the rest.",
     )
     max_header_bytes: int = Field(
-        64 * 1024, gt=0, description="Largest request head (request line and headers); past it, 431."
+        64 * 1024,
+        gt=0,
+        description="Largest request head (request line and headers), and trailers after a chunked body; past it, 431.",
     )
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="A connection whose request head is not complete in this time is closed."

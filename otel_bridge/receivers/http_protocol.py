@@ -4,8 +4,9 @@ uvicorn bounds neither how large a request's headers may grow (a 128 MiB header 
 parsed into memory) nor how long they may take to arrive (its keep-alive timer is
 armed only after a first response, so a client that trickles a header line every
 few seconds holds a connection, and a slot of `limit_concurrency`, for ever). A
-head over `max_head_bytes` gets 431; a head not complete within `head_timeout`
-seconds gets 408; both close the connection.
+head over `max_head_bytes` gets 431, and so do trailers (the header fields after a
+chunked body's last chunk, which the parser keeps as it keeps a head); a head not
+complete within `head_timeout` seconds gets 408; both close the connection.
 """
 
 import asyncio
@@ -45,6 +46,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._tail = b""
         self._head_timer: asyncio.TimerHandle | None = None
+        # A body's bytes read that are not the body (a chunked one's sizes, and the trailers after its last chunk,
+        # which the parser keeps as it keeps a head), and the body's own.
+        self._framing = self._body_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,7 +67,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(431, "Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
                 return
+        else:
+            self._framing += len(data)  # the body in it is taken off as it is parsed (`on_body`)
         super().data_received(data)
+        # Trailers grew without bound: read within the body's time, 200 MiB of one took 270 MiB. A chunked body's
+        # sizes are a few bytes a chunk; a quarter of the body is room for chunks of a few dozen bytes.
+        if not self._in_head and self._framing > self.max_head_bytes + self._body_bytes // 4:
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                f"request trailers, or a chunked body's framing, over {self.max_head_bytes} bytes",
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -79,6 +98,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # answered. Counted from its answer only, a head sent right behind a batch was not counted at all, and
         # grew in the parser's buffer as far as the client cared to send (300 MiB of it took 400 MiB).
         self._in_head, self._head_bytes, self._tail = True, 0, b""
+        self._framing = self._body_bytes = 0
         super().on_message_complete()
 
     def _arm_head_timer(self) -> None:

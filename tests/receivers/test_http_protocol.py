@@ -71,3 +71,23 @@ def test_a_head_pipelined_behind_a_batch_still_being_answered_is_held_to_the_lim
 
 def test_a_batch_and_a_pipelined_head_within_the_limit_are_left_to_be_answered():
     assert asyncio.run(_fed(BATCH, BATCH[:40], BATCH[40:])) == (b"", False)
+
+
+CHUNKED = b"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_trailers_over_the_limit_after_a_chunked_body_are_431():
+    # Read within the body's time (30 s), 200 MiB of one trailer took 270 MiB of the bridge's memory.
+    written, closed = asyncio.run(_fed(CHUNKED + _chunk(b'{"events": []}') + b"0\r\nX-Trailer: ", *[b"a" * 512] * 4))
+    assert written.startswith(b"HTTP/1.1 431") and closed
+    assert b"trailers" in written
+
+
+def test_a_chunked_body_larger_than_the_limit_in_chunks_of_an_event_each_is_read_on():
+    event = b'{"type": "step.started", "eventId": "%d", "pad": "' + b"x" * 250 + b'"}'
+    chunks = [_chunk(event % n) for n in range(1000)]  # ~300 KiB, a few bytes of framing a chunk
+    assert asyncio.run(_fed(CHUNKED, *chunks, b"0\r\nX-Checksum: abc\r\n\r\n")) == (b"", False)
