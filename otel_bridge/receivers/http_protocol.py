@@ -11,6 +11,7 @@ complete within `head_timeout` seconds gets 408; both close the connection.
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 _TOO_LARGE = Refusals("requests", log)
 
 _END_OF_HEAD = b"\r\n\r\n"
+# An offer to switch protocols (`Upgrade: h2c`, which Java's HttpClient and Spring's RestClient add to a POST by
+# default; a scanner's WebSocket): the bridge switches to none, and the parser, told of one, stops at the end of the
+# head and leaves the body unread — uvicorn then hands the app an empty body (uvicorn#2722), a batch refused as
+# empty and dropped. Renamed before the parser reads it, the offer is ignored as HTTP/1.1 lets a server ignore it.
+_UPGRADE = re.compile(rb"\n(upgrade)[ \t]*:", re.IGNORECASE)
+_IGNORED_UPGRADE = b"\nX-Upgrade-Ignored:"
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -67,6 +74,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(431, "Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
                 return
+            head = len(data) if end < 0 else end + len(_END_OF_HEAD) - (len(seen) - len(data))
+            if _UPGRADE.search(data, 0, head):
+                data = _UPGRADE.sub(_IGNORED_UPGRADE, data[:head]) + data[head:]
         else:
             self._framing += len(data)  # the body in it is taken off as it is parsed (`on_body`)
         super().data_received(data)

@@ -155,6 +155,21 @@ def test_an_idle_connection_is_kept_for_the_next_batch_as_long_as_keep_alive_sec
         assert left.recv(65536) == b""  # idle past the setting: the bridge closed it
 
 
+def test_a_batch_from_a_client_that_offers_http2_is_taken_whole(bridge):
+    # Java's HttpClient and Spring's RestClient offer h2c on a POST by default; the body was lost (uvicorn#2722).
+    body = _batch(3)
+    request = (
+        f"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nX-API-KEY: {KEY}\r\n"
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["accepted"] == 3
+
+
 def _answer(sock: socket.socket) -> bytes:
     """One whole answer (its head and body may come in segments of their own); none, the connection closed."""
     answer = b""

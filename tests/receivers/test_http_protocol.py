@@ -37,23 +37,43 @@ class Connection(asyncio.Transport):
         pass
 
 
-async def _fed(*chunks: bytes, max_head_bytes: int = 1024) -> tuple[bytes, bool]:
-    """What the server wrote back to a connection given `chunks` one read after another while its first request
-    is still being answered (a batch being stored), and whether it closed it."""
+async def _storing(scope: Any, receive: Any, send: Any) -> None:
+    await asyncio.sleep(60)  # a batch being stored: its answer is not yet sent
 
-    async def storing(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(60)
 
-    config = uvicorn.Config(storing, http=guarded_protocol(max_head_bytes, 10.0), log_config=None)
+async def _fed(*chunks: bytes, max_head_bytes: int = 1024, app: Any = _storing) -> tuple[bytes, bool]:
+    """What the server wrote back to a connection given `chunks` one read after another (while its first request
+    is still being answered, by default), and whether it closed it."""
+    config = uvicorn.Config(app, http=guarded_protocol(max_head_bytes, 10.0), log_config=None)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     connection = Connection()
     protocol.connection_made(connection)
     for chunk in chunks:
         protocol.data_received(chunk)
+        await asyncio.sleep(0)  # the app's turn, as the event loop gives it between reads
+    for _ in range(10):
+        await asyncio.sleep(0)
     answered = connection.written, connection.closed
     protocol.connection_lost(None)
     return answered
+
+
+def _bodies_read(*chunks: bytes) -> tuple[list[bytes], bytes]:
+    """The bodies an app read from a connection given `chunks`, and what the connection was answered."""
+    bodies: list[bytes] = []
+
+    async def reading(scope: Any, receive: Any, send: Any) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    written, _closed = asyncio.run(_fed(*chunks, app=reading))
+    return bodies, written
 
 
 def test_a_head_over_the_limit_is_431_and_the_connection_closed():
@@ -91,3 +111,25 @@ def test_a_chunked_body_larger_than_the_limit_in_chunks_of_an_event_each_is_read
     event = b'{"type": "step.started", "eventId": "%d", "pad": "' + b"x" * 250 + b'"}'
     chunks = [_chunk(event % n) for n in range(1000)]  # ~300 KiB, a few bytes of framing a chunk
     assert asyncio.run(_fed(CHUNKED, *chunks, b"0\r\nX-Checksum: abc\r\n\r\n")) == (b"", False)
+
+
+H2C_OFFER = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+
+
+def test_a_batch_offering_to_switch_to_http2_is_read_whole_as_http_1_1():
+    # Java's HttpClient and Spring's RestClient offer h2c on a POST by default: the parser, told of the offer,
+    # left the body unread, and the batch was refused as empty (uvicorn#2722), then dropped after three re-sends.
+    head = b"POST /v1/events HTTP/1.1\r\nHost: bridge\r\n" + H2C_OFFER
+    body = b'{"events": []}'
+    bodies, written = _bodies_read(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert bodies == [body] and written.startswith(b"HTTP/1.1 200")
+    chunked, written = _bodies_read(head + b"Transfer-Encoding: chunked\r\n\r\n", _chunk(body) + b"0\r\n\r\n")
+    assert chunked == [body] and written.startswith(b"HTTP/1.1 200")
+
+
+def test_only_the_head_is_read_for_an_offer_to_switch_never_the_body():
+    body = b"{\nUpgrade: as the body has it\n}"
+    bodies, _ = _bodies_read(
+        b"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert bodies == [body]
