@@ -478,7 +478,7 @@ def bridge() -> Board:
         width=12,
         description="Producers' POSTs of batches by the status each was answered: 200 taken (its bad events, if "
         "any, listed and dead-lettered), 503 refused for now (re-sent: alert BridgeRefusingBatches), 401 a "
-        "credential missing or wrong (alert BridgeRequestsUnauthorized), 400/408/413/415 refused whole for good — "
+        "credential missing or wrong (alert BridgeRequestsUnauthorized), 400/404/408/413/415 refused whole for good — "
         "the producer drops such a batch after three re-sends (alert BridgeBatchesRejected; the log says why); "
         f"'{GONE}': the producer closed the connection before its batch was whole or answered (its own "
         "timeout, a restart): it re-sends the batch, or lost it if it was going away.",

@@ -542,15 +542,20 @@ def create_app(
     ]
     # Starlette's own 404 and 405 are plain text: every answer of the bridge's is `{"error": …}`
     # (a close of an id holding a newline, which no route matches, was the one that was not).
-    unrouted = {status: _unrouted for status in (404, 405)}
+    unrouted = {status: _unrouted(settings.path.rstrip("/") or "/") for status in (404, 405)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
     return _IngestFirst(app, settings.path, ingest, answered)
 
 
-async def _unrouted(request: Request, exc: Exception) -> Response:
-    status = getattr(exc, "status_code", 404)
-    said = f"no endpoint {request.url.path}" if status == 404 else f"{request.method} is not allowed here"
-    return _problem(status, said, getattr(exc, "headers", None))
+def _unrouted(batch_path: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def answer(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        said = f"no endpoint {request.url.path}" if status == 404 else f"{request.method} is not allowed here"
+        if status == 404 and request.method == "POST":  # a producer pointed at another path than the batches'
+            said += f": batches are posted to {batch_path}"
+        return _problem(status, said, getattr(exc, "headers", None))
+
+    return answer
 
 
 # A listing's answer (its items as JSON values, how many there are in all), or why it will not be given.
@@ -607,13 +612,17 @@ class _IngestFirst:
         self._paths = {self._route, path.rstrip("/") + "/"}
         self._ingest = ingest
         self._answered = answered
+        # A producer pointed at another path loses every batch: told, at most once a minute (a scanner's too).
+        self._astray = Refusals("batches", log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        if scope["path"] not in self._paths:
+        # A producer's base URL with a slash of its own before the path's (`http://bridge:4380/` + `/v1/events`)
+        # is the batch path too, as a proxy that merges slashes (nginx's default) would make it.
+        if (path := scope["path"]) not in self._paths and _SLASHES.sub("/", path) not in self._paths:
             await self._routed(scope, receive, send, started)
             return
         if scope["method"] == "POST":
@@ -647,8 +656,14 @@ class _IngestFirst:
             told = status[0] if status else None
             attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
             self._answered(attributes, time.perf_counter() - started)
+            if told == 404 and route is None and scope["method"] == "POST":
+                self._astray.refused(
+                    f"refused a batch from {_sender(Request(scope))} (404): POST {scope['path'][:200]} is no "
+                    f"endpoint: batches are posted to {self._route}; a producer re-sends it three times, then drops it"
+                )
 
 
+_SLASHES = re.compile(r"//+")
 # An answer to a client that went away before its batch was whole: sent, to no one.
 _GONE: _Answer = (400, b"", [])
 # What a batch is refused whole with, for good (its producer drops it after three re-sends): not JSON or not

@@ -122,6 +122,30 @@ def test_the_batch_path_with_a_trailing_slash_is_the_same_endpoint(tmp_path):
     assert len(consumer.batches) == 1
 
 
+def test_the_batch_path_after_a_base_url_that_ends_in_a_slash_is_the_same_endpoint(tmp_path):
+    # `http://bridge:4380/` + `/v1/events`, as a proxy that merges slashes (nginx's default) would take it.
+    consumer = Counting()
+    app = _app(tmp_path, consumer)
+    assert _request(app, "POST", "http://bridge//v1/events", content=BATCH).json()["accepted"] == 0
+    assert len(consumer.batches) == 1
+
+
+def test_a_batch_posted_to_another_path_is_a_404_naming_the_batch_path_and_told_in_the_log(tmp_path, caplog):
+    # A producer pointed at the wrong path loses every batch after three re-sends: nothing else says so.
+    app = _app(tmp_path, Counting())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.receivers.http"):
+        for _ in range(3):
+            answer = _request(app, "POST", "/events", content=BATCH)
+            assert answer.status_code == 404
+        assert _request(app, "GET", "/nowhere").status_code == 404  # not a batch: not told
+    assert answer.json()["error"] == "no endpoint /events: batches are posted to /v1/events"
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert told == (
+        "refused a batch from 127.0.0.1 (404): POST /events is no endpoint: batches are posted to /v1/events; a "
+        "producer re-sends it three times, then drops it"
+    )
+
+
 def test_a_body_starting_with_a_byte_order_mark_is_read_as_a_replay_file_is(tmp_path):
     # JSON text must not start with one, but a parser may ignore it (RFC 8259, 8.1); .NET and
     # PowerShell streams write one.
