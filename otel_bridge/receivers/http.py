@@ -171,7 +171,7 @@ class Authenticator:
 
     def offered(self, headers: Mapping[str, str]) -> str:
         """What a refused request offered as its credential, for the log: where, never what."""
-        said = [f"an {self._header_named} that matches none"] if self._header in headers else []
+        said = [f"a key in {self._header_named} that matches none"] if self._header in headers else []
         if (authorization := headers.get("authorization")) is not None:
             bearer = authorization.partition(" ")[0].lower() == "bearer"
             said.append("a bearer token that matches none" if bearer else "an Authorization that is no bearer token")
@@ -663,6 +663,7 @@ class _IngestFirst:
                 )
 
 
+# Slashes doubled in a path: one, as a proxy that merges them takes them.
 _SLASHES = re.compile(r"//+")
 # An answer to a client that went away before its batch was whole: sent, to no one.
 _GONE: _Answer = (400, b"", [])

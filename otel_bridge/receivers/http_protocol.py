@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with the two limits it lacks: the size of a request head, and its time.
+"""uvicorn's httptools protocol with the two limits it lacks — the size of a request head, and its time — and an
+offer to switch protocols ignored, as HTTP/1.1 lets a server ignore one (below, `_UPGRADE`).
 
 uvicorn bounds neither how large a request's headers may grow (a 128 MiB header is
 parsed into memory) nor how long they may take to arrive (its keep-alive timer is

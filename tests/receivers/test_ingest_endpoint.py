@@ -476,7 +476,7 @@ def test_a_batch_refused_whole_is_told_in_the_log_at_most_once_a_minute(tmp_path
     ("headers", "offered"),
     [
         ({}, "no credential"),
-        ({"x-api-key": "guess"}, "an X-API-KEY that matches none"),
+        ({"x-api-key": "guess"}, "a key in X-API-KEY that matches none"),
         ({"authorization": "Bearer guess"}, "a bearer token that matches none"),
         ({"authorization": "Basic Z3Vlc3M="}, "an Authorization that is no bearer token"),
     ],
