@@ -65,6 +65,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only for a connection closed cleanly: one a client or a balancer
+        # reset left the timer holding the connection, its request and its headers for `keep_alive_seconds`.
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:

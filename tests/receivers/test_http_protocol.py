@@ -1,6 +1,8 @@
 """The request head's limits uvicorn lacks, held on a connection fed as a client would feed it."""
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import uvicorn
@@ -133,3 +135,30 @@ def test_only_the_head_is_read_for_an_offer_to_switch_never_the_body():
         b"POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     assert bodies == [body]
+
+
+def test_a_connection_reset_after_its_answer_leaves_nothing_behind():
+    # uvicorn cancelled its keep-alive timer only for a connection closed cleanly: one reset (a balancer's RST)
+    # was held with its request and headers for `keep_alive_seconds` — 620 s behind Google's balancer.
+    async def answering(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def reset() -> weakref.ref[Any]:
+        config = uvicorn.Config(answering, http=guarded_protocol(1024, 10.0), timeout_keep_alive=620, log_config=None)
+        config.load()
+        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+        connection = Connection()
+        protocol.connection_made(connection)
+        protocol.data_received(BATCH)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert connection.written.startswith(b"HTTP/1.1 200")  # answered: the keep-alive timer runs
+        protocol.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+        left = weakref.ref(protocol)
+        del protocol
+        gc.collect()
+        return left
+
+    assert asyncio.run(reset())() is None
