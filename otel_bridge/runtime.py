@@ -7,11 +7,9 @@ are pushed one last time.
 
 import asyncio
 import logging
-import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ from otel_bridge.consumer import Backpressure, Unavailable
 from otel_bridge.correlate.outputs import Resource
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
+from otel_bridge.export.aggregation import Attributes
 from otel_bridge.export.health import ExportHealth
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.export.outbox_drain import OutboxDrain
@@ -63,6 +62,7 @@ from otel_bridge.state.store import (
     StoreUnavailable,
     WithRisks,
     damage_met,
+    own_name,
 )
 from otel_bridge.urls import without_secrets
 from otel_bridge.visible import Verbatim
@@ -555,7 +555,7 @@ class Bridge:
         else:
             self.metrics.bridge(c.M_BRIDGE_REQUESTS_AUTHENTICATED, 1, **{c.BRIDGE_CREDENTIAL: name})
 
-    def request_answered(self, attributes: tuple[tuple[str, str], ...], seconds: float) -> None:
+    def request_answered(self, attributes: Attributes, seconds: float) -> None:
         """A request the HTTP server answered, described as the HTTP semantic conventions describe one."""
         self.metrics.bridge_histogram(c.M_HTTP_SERVER_REQUEST_DURATION, seconds, attributes)
 
@@ -632,7 +632,7 @@ class Bridge:
             out.append(("redis-stream", lambda: stream.run(self._stop)))
             self.followers["redis-stream"] = stream
         # Of replicas sharing a state, the one that follows an engine's stream or reads its tables, alone.
-        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        holder = own_name()
         if s.ws_url:
             from otel_bridge.receivers.websocket import WebSocketReceiver
 

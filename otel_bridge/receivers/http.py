@@ -336,16 +336,9 @@ def create_app(
             refused_for_now.over()
             failed.succeeded()
         elif answer[0] in _REFUSED_WHOLE and answer is not _GONE:
-            error = orjson.loads(answer[1])["error"]
-            refused_whole.refused(
-                f"refused a batch from {_sender(request)} ({answer[0]}): {error}; a producer re-sends it three "
-                "times, then drops it"
-            )
+            refused_whole.refused(_lost(request, answer[0], orjson.loads(answer[1])["error"]))
         elif answer[0] == 401:
-            unauthorized_told.refused(
-                f"refused a batch from {_sender(request)} (401): {auth.offered(request.headers)}; a producer "
-                "re-sends it three times, then drops it"
-            )
+            unauthorized_told.refused(_lost(request, 401, auth.offered(request.headers)))
         return answer
 
     async def _ingest(request: Request) -> _Answer:
@@ -542,7 +535,7 @@ def create_app(
     ]
     # Starlette's own 404 and 405 are plain text: every answer of the bridge's is `{"error": …}`
     # (a close of an id holding a newline, which no route matches, was the one that was not).
-    unrouted = {status: _unrouted(settings.path.rstrip("/") or "/") for status in (404, 405)}
+    unrouted = {status: _unrouted(_route_of(settings.path)) for status in (404, 405)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
     return _IngestFirst(app, settings.path, ingest, answered)
 
@@ -608,7 +601,7 @@ class _IngestFirst:
         answered: Callable[[Attributes, float], object],
     ) -> None:
         self.app = app
-        self._route = path.rstrip("/") or "/"
+        self._route = _route_of(path)
         self._paths = {self._route, path.rstrip("/") + "/"}
         self._ingest = ingest
         self._answered = answered
@@ -657,10 +650,13 @@ class _IngestFirst:
             attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
             self._answered(attributes, time.perf_counter() - started)
             if told == 404 and route is None and scope["method"] == "POST":
-                self._astray.refused(
-                    f"refused a batch from {_sender(Request(scope))} (404): POST {scope['path'][:200]} is no "
-                    f"endpoint: batches are posted to {self._route}; a producer re-sends it three times, then drops it"
-                )
+                why = f"POST {scope['path'][:200]} is no endpoint: batches are posted to {self._route}"
+                self._astray.refused(_lost(Request(scope), 404, why))
+
+
+def _route_of(path: str) -> str:
+    """The batch path as its route: without a trailing slash, which the endpoint takes as well."""
+    return path.rstrip("/") or "/"
 
 
 # Slashes doubled in a path: one, as a proxy that merges them takes them.
@@ -698,14 +694,14 @@ def _attributes(method: str, route: str | None, status: int | None, scheme: str,
     return tuple(attributes)
 
 
-def _sender(request: Request) -> str:
-    """Where a request came from, as far as the log can tell: behind a balancer or a proxy its address is theirs,
-    so the producer it forwards for too (`X-Forwarded-For`'s first: the client's word, so said, never relied on;
-    the log's formatter escapes what it holds)."""
+def _lost(request: Request, status: int, why: str) -> str:
+    """The log's line for a batch refused for good: where it came from, as far as the log can tell (behind a
+    balancer or a proxy its address is theirs, so the producer it forwards for too: `X-Forwarded-For`'s first, the
+    client's word, so said, never relied on; the log's formatter escapes it), and why."""
     sender = request.client.host if request.client else "a client"
     if forwarded := request.headers.get("x-forwarded-for", "").split(",")[0].strip():
-        return f"{forwarded[:64]} through {sender}"
-    return sender
+        sender = f"{forwarded[:64]} through {sender}"
+    return f"refused a batch from {sender} ({status}): {why}; a producer re-sends it three times, then drops it"
 
 
 @cache

@@ -13,11 +13,8 @@ carries one hash tag, so every transaction and script stays within one slot.
 """
 
 import logging
-import os
 import random
-import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
@@ -30,7 +27,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from otel_bridge.redis_client import REDIS_ERRORS, connect, is_cluster, tls_hint
 from otel_bridge.redis_groups import Departures
-from otel_bridge.state.store import OutboxRow, Passed, StoreOpenError, StoreUnavailable, T
+from otel_bridge.state.store import OutboxRow, Passed, StoreOpenError, StoreUnavailable, T, own_name
 from otel_bridge.urls import without_secrets
 
 log = logging.getLogger(__name__)
@@ -329,10 +326,9 @@ class RedisStore:
             self._p = f"{{{prefix.rstrip(':')}}}:" if self.cluster else prefix
             self._seen_ttl = seen_ttl_seconds
             self._claim_after_ms = int(claim_after_seconds * 1000)
-            # A consumer of its own for each store: host and process do not tell two apart (two trackers of one
-            # application; containers that share the host's name, each process 1), and a store reads the
-            # consumer's pending spans as its own, so each sent the other's again.
-            self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            # A consumer of its own for each store: a store reads its consumer's pending spans as its own, so two
+            # that host and process named alike each sent the other's again.
+            self._consumer = own_name()
             self._outbox = f"{self._p}outbox"
             # A consumer per store made: those of processes gone would pile up in the group for ever.
             self.departures = Departures(self._outbox, _GROUP, self._consumer)

@@ -7,11 +7,22 @@ bridge replicas may run it again when another replica changed what it read, so
 `work` must compute everything from what it reads through `tx`.
 """
 
+import os
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from otel_bridge.consumer import Unavailable
+
+
+def own_name() -> str:
+    """A name of its own for one of those sharing a state (a lease's holder, a consumer of the Redis outbox): its
+    host and process, which tell a person where it runs, and a random part, since they do not tell two apart —
+    two stores of one application, containers that share the host's name and are each process 1."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
 
 T = TypeVar("T")
 
