@@ -43,14 +43,25 @@ async def _storing(scope: Any, receive: Any, send: Any) -> None:
     await asyncio.sleep(60)  # a batch being stored: its answer is not yet sent
 
 
-async def _fed(*chunks: bytes, max_head_bytes: int = 1024, app: Any = _storing) -> tuple[bytes, bool]:
-    """What the server wrote back to a connection given `chunks` one read after another (while its first request
-    is still being answered, by default), and whether it closed it."""
-    config = uvicorn.Config(app, http=guarded_protocol(max_head_bytes, 10.0), log_config=None)
+async def _ok(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _connected(app: Any, max_head_bytes: int = 1024, **options: Any) -> tuple[Any, Connection]:
+    """The bridge's protocol in front of `app` on a client's new connection, as uvicorn makes one (in a loop)."""
+    config = uvicorn.Config(app, http=guarded_protocol(max_head_bytes, 10.0), log_config=None, **options)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     connection = Connection()
     protocol.connection_made(connection)
+    return protocol, connection
+
+
+async def _fed(*chunks: bytes, max_head_bytes: int = 1024, app: Any = _storing) -> tuple[bytes, bool]:
+    """What the server wrote back to a connection given `chunks` one read after another (while its first request
+    is still being answered, by default), and whether it closed it."""
+    protocol, connection = _connected(app, max_head_bytes)
     for chunk in chunks:
         protocol.data_received(chunk)
         await asyncio.sleep(0)  # the app's turn, as the event loop gives it between reads
@@ -71,8 +82,7 @@ def _bodies_read(*chunks: bytes) -> tuple[list[bytes], bytes]:
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
         bodies.append(body)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await _ok(send)
 
     written, _closed = asyncio.run(_fed(*chunks, app=reading))
     return bodies, written
@@ -142,15 +152,10 @@ def test_a_connection_reset_after_its_answer_leaves_nothing_behind():
     # was held with its request and headers for `keep_alive_seconds` — 620 s behind Google's balancer.
     async def answering(scope: Any, receive: Any, send: Any) -> None:
         await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await _ok(send)
 
     async def reset() -> weakref.ref[Any]:
-        config = uvicorn.Config(answering, http=guarded_protocol(1024, 10.0), timeout_keep_alive=620, log_config=None)
-        config.load()
-        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-        connection = Connection()
-        protocol.connection_made(connection)
+        protocol, connection = _connected(answering, timeout_keep_alive=620)
         protocol.data_received(BATCH)
         for _ in range(10):
             await asyncio.sleep(0)
