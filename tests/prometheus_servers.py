@@ -24,6 +24,12 @@ def stack_rule_files() -> list[Path]:
     return [mounted[path] for path in named]
 
 
+def unit_tests_of(rules: Path) -> list[Path]:
+    """The promtool unit tests of a rule file: `rules.test.yml` beside `rules.yml`, and any `rules.*.test.yml`
+    (tests a week or a month long, evaluated at an interval of their own)."""
+    return [rules.with_suffix(".test.yml"), *sorted(rules.parent.glob(f"{rules.stem}.*.test.yml"))]
+
+
 def prometheus_server(binary: str, workdir: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     """Prometheus with `workdir`'s config and storage, and `flags`, once it answers, and its URL."""
     config = workdir / "prometheus.yml"

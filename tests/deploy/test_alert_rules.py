@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_servers import unit_tests_of
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "collector-config" / "prometheus" / "rules.yml"
@@ -16,6 +17,7 @@ ALERTING_PATH = ROOT / "collector-config" / "prometheus" / "alerting-path.yml"
 FILES = [RULES, ALERTING_PATH]
 ALERTS = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
 PATH_ALERTS = [rule for group in yaml.safe_load(ALERTING_PATH.read_text())["groups"] for rule in group["rules"]]
+UNIT_TESTS = [(rules, tests) for rules in FILES for tests in unit_tests_of(rules)]
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool comes with the prometheus package (scripts/test)")
 
@@ -25,26 +27,22 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=RULES.parent, timeout=60)
 
 
-def _tests_of(rules: Path) -> Path:
-    return rules.with_suffix(".test.yml")
-
-
 @pytest.mark.parametrize("rules", FILES, ids=lambda path: path.name)
 def test_promtool_accepts_the_rules(rules):
     result = _promtool("check", "rules", rules.name)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("rules", FILES, ids=lambda path: path.name)
-def test_every_rule_unit_test_passes(rules):
-    result = _promtool("test", "rules", _tests_of(rules).name)
+@pytest.mark.parametrize(("rules", "tests"), UNIT_TESTS, ids=[tests.name for _, tests in UNIT_TESTS])
+def test_every_rule_unit_test_passes(rules, tests):
+    result = _promtool("test", "rules", tests.name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert yaml.safe_load(_tests_of(rules).read_text())["rule_files"] == [rules.name]
+    assert yaml.safe_load(tests.read_text())["rule_files"] == [rules.name]
 
 
 @pytest.mark.parametrize(("rules", "alerts"), [(RULES, ALERTS), (ALERTING_PATH, PATH_ALERTS)], ids=["rules", "path"])
 def test_every_alert_fires_in_one_test_and_stays_quiet_in_another(rules, alerts):
-    tests = yaml.safe_load(_tests_of(rules).read_text())["tests"]
+    tests = [test for path in unit_tests_of(rules) for test in yaml.safe_load(path.read_text())["tests"]]
     cases = [case for test in tests for case in test["alert_rule_test"]]
     for alert in alerts:
         mine = [case for case in cases if case["alertname"] == alert["alert"]]
@@ -78,7 +76,8 @@ def test_the_heartbeat_always_fires_even_with_nothing_scraped():
     # kube-prometheus's name and label: the routes people already have for theirs take this one.
     assert watchdog["labels"] == {"severity": "none"}
     assert "dead man's switch" in watchdog["annotations"]["description"]
-    (test,) = [t for t in yaml.safe_load(_tests_of(ALERTING_PATH).read_text())["tests"] if not t["input_series"]]
+    tests = [test for path in unit_tests_of(ALERTING_PATH) for test in yaml.safe_load(path.read_text())["tests"]]
+    (test,) = [t for t in tests if not t["input_series"]]
     assert {case["alertname"] for case in test["alert_rule_test"]} == {"Watchdog"}
 
 

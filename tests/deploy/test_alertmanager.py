@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from bridge_process import held_port
-from prometheus_servers import alertmanager_server, prometheus_server, stack_rule_files
+from prometheus_servers import alertmanager_server, prometheus_server, stack_rule_files, unit_tests_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "collector-config" / "alertmanager.yml"
@@ -29,7 +29,8 @@ ALERTS = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule
 # The labels each alert fires with, as the rules' unit tests (promtool) expect them.
 FIRED = [
     (case["alertname"], expected["exp_labels"])
-    for test in yaml.safe_load((RULES.parent / "rules.test.yml").read_text())["tests"]
+    for path in unit_tests_of(RULES)
+    for test in yaml.safe_load(path.read_text())["tests"]
     for case in test["alert_rule_test"]
     for expected in case["exp_alerts"]
 ]
