@@ -414,6 +414,13 @@ def _settle_again(settings: Settings, dry_run: bool) -> int:
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
 
+    if settings.in_memory:
+        raise CliError(
+            f"settle-again puts back the runs set aside in a state file or Redis; the state is {settings.state}"
+        )
+    if not settings.shared_state and not Path(settings.state).is_file():
+        # Opened to write, a path mistyped would be a new, empty state: "set aside: 0", the real one untold.
+        raise CliError(f"no state file at {settings.state}")
     store = open_store(settings, read_only=dry_run)  # only looking: beside a running bridge, as `runs` does
     try:
         aside = list(journal.kept_aside(store).items())

@@ -272,6 +272,16 @@ def test_settle_again_beside_a_running_bridge_lists_but_says_to_stop_it_before_p
     assert "in use by another otel-bridge" in said and "stop it first" in said and "history.db" not in said
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["put-back", "dry-run"])
+def test_settle_again_on_a_path_that_is_no_state_file_says_so_and_makes_none(tmp_path, capsys, dry_run):
+    mistyped = tmp_path / "otel-brdige.db"
+    assert main(["settle-again", "--state", str(mistyped), *dry_run]) == 2
+    assert f"no state file at {mistyped}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # not a new, empty state beside the real one
+    assert main(["settle-again", "--state", ":memory:", *dry_run]) == 2
+    assert "the state is :memory:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_a_run_an_older_version_could_not_read_is_put_back_whole_once_a_version_that_reads_it_runs(
     kind, tmp_path, monkeypatch, capsys, request
