@@ -26,18 +26,32 @@ def _without_lone_surrogates(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def as_read_back(value: Any) -> Any:
-    """`value` as it would read back from JSON text: lone surrogates become U+FFFD.
+def dumps(value: Any) -> bytes:
+    """`value` as JSON text, written as JSON.stringify writes a JavaScript producer's events, for a Python one's:
+    times as ISO-8601 text (orjson writes datetime, date, UUID, enums and dataclasses itself), keys that are not
+    strings as text, anything else as its str(). Raises orjson.JSONEncodeError for what no JSON text holds (a
+    structure that holds itself, a lone surrogate, a key that is a tuple)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
 
-    What a Python producer hands the in-process tracker never went through JSON, and a
-    string sliced mid-emoji cannot be written as UTF-8 (the journal's rows are): made
-    what the sidecar would have read from the same event, it stores like any other.
+
+def as_read_back(value: Any) -> Any:
+    """`value` as the bridge reads it back from the JSON text a producer's HTTP tracker writes of it (`dumps`).
+
+    What a Python producer hands the in-process tracker never went through JSON: a UUID for an event's id, a
+    datetime, a Decimal were taken or refused by the bridge's models as Python objects (a UUID `eventId`
+    rejected), where the HTTP tracker sends them as text. Made the values the sidecar would have read from the
+    same event, they store as they would there. A string sliced mid-emoji cannot be written as UTF-8 (the
+    journal's rows are): its lone surrogate becomes U+FFFD. What no JSON text holds (a structure that holds
+    itself) is left as it is, for the bridge to reject and keep.
     """
     try:
-        orjson.dumps(value)  # the common case, checked at C speed
+        return orjson.loads(dumps(value))  # the common case, at C speed
     except (orjson.JSONEncodeError, TypeError):
-        return _without_lone_surrogates(value)
-    return value
+        value = _without_lone_surrogates(value)
+    try:
+        return orjson.loads(dumps(value))
+    except (orjson.JSONEncodeError, TypeError):
+        return value
 
 
 # A UTF-8 byte order mark: JSON text must not start with one, but a parser may ignore it (RFC 8259,

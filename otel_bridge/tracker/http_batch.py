@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from otel_bridge.forks import after_fork_in_child, event_like
-from otel_bridge.json_text import as_read_back
+from otel_bridge.json_text import as_read_back, dumps
 from otel_bridge.repeated_failure import Cadence
 from otel_bridge.retry_after import seconds_asked
 from otel_bridge.tokens import CONTROL_CHARACTER, HEADER_NAME
@@ -134,13 +134,6 @@ def _retry_after(response: httpx.Response) -> float | None:
 _BODY_TOLD = 300
 
 
-def _dumps(value: Any) -> bytes:
-    # What JSON.stringify makes of a JavaScript producer's events, for a Python one's: times as
-    # ISO-8601 text (orjson writes datetime, date, UUID, enums and dataclasses itself), keys that
-    # are not strings as text, anything else as its str().
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
-
-
 def _encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
     """The POST body of `batch`, and the events in it.
 
@@ -150,7 +143,7 @@ def _encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
     sliced mid-emoji (a lone surrogate) is written with U+FFFD in its place, as the in-process
     tracker stores it."""
     try:
-        return _dumps({"events": batch}), batch
+        return dumps({"events": batch}), batch
     except orjson.JSONEncodeError:
         pass
     written: list[bytes] = []
@@ -158,7 +151,7 @@ def _encoded(batch: list[Any], stats: TrackerStats) -> tuple[bytes, list[Any]]:
     for event in batch:
         event = as_read_back(event)
         try:
-            written.append(_dumps(event))
+            written.append(dumps(event))
         except orjson.JSONEncodeError as exc:
             stats.dropped_events += 1
             name = event.get("eventId") if isinstance(event, dict) else None

@@ -13,9 +13,11 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otlp_receiver import OtlpHttpReceiver
 
 from otel_bridge import trace_id_for
+from otel_bridge.json_text import dumps
 from otel_bridge.producer.demo import ENV, JOB_SERVICE, SCENARIOS, WORKFLOW_SERVICE
 from otel_bridge.tracker import AsyncOtelTracker, OtelTracker, in_process
 
@@ -259,6 +262,38 @@ def test_a_string_sliced_mid_emoji_is_stored_as_the_sidecar_reads_it_and_holds_n
         assert tracker.pending() == 0 and tracker.rejected == 0
     trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
     assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step chart \ufffd"}
+
+
+def test_python_values_make_the_trace_their_json_text_makes_as_a_producers_http_tracker_sends_them(monkeypatch):
+    # A producer swapping its HTTP tracker for this one keeps its events as it made them: an event id that
+    # is a UUID was rejected here ("Input should be a valid string"), where the sidecar got it as text.
+    run = WorkflowRun().started(input={"order": 42}).step_started("charge").after(5).step_completed("charge")
+    run = run.completed()
+    as_python = [
+        event
+        | {"eventId": uuid.UUID(event["eventId"]), "timestamp": datetime.fromisoformat(event["timestamp"])}
+        | ({"input": {"order": Decimal(42)}} if "input" in event else {})
+        for event in run.events
+    ]
+    as_sent = [json.loads(dumps(event)) for event in as_python]  # the HTTP tracker's body, as the sidecar reads it
+    traces = []
+    for events in (as_sent, as_python):
+        backend = OtlpHttpReceiver()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", backend.endpoint)
+        try:
+            with OtelTracker("production", "shop", settle_seconds=0, capture_input=True) as tracker:
+                for event in events:
+                    tracker.emit(event)
+                tracker.flush()
+                assert tracker.rejected == 0
+            backend.received.wait_for(lambda b=backend: len(b.received.unique_spans()) == 2)
+            traces.append(backend.received.unique_spans())
+        finally:
+            backend.close()
+    from_text, from_python = traces
+    assert from_python == from_text
+    (root,) = [span for span in from_python.values() if span.name.startswith("workflow")]
+    assert '{"order":"42"}' in root.attributes.values()  # the Decimal as JSON.stringify writes an object's text
 
 
 def test_otel_sdk_disabled_turns_the_trackers_export_off_as_it_does_the_sdks(monkeypatch, caplog, otlp_http):
