@@ -10,6 +10,7 @@ from typing import Final
 # Resource
 SERVICE_NAME: Final = "service.name"
 SERVICE_VERSION: Final = "service.version"
+SERVICE_INSTANCE_ID: Final = "service.instance.id"
 DEPLOYMENT_ENVIRONMENT_NAME: Final = "deployment.environment.name"
 BRIDGE_SERVICE_NAME: Final = "otel-bridge"
 SCOPE_NAME: Final = "otel_bridge"

@@ -16,6 +16,7 @@ import concurrent.futures.thread  # noqa: F401
 import math
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -344,6 +345,9 @@ class MetricsHub:
         self._producers: dict[Resource | None, _Producer] = {}
         self._lock = threading.Lock()
         self._bridge_env = bridge_env
+        # The writer of every series this hub exports: the SDK's id of this process (a random UUID a process, or
+        # OTEL_RESOURCE_ATTRIBUTES' `service.instance.id`), the one its own telemetry carries.
+        self._instance_id = str(SdkResource.create({}).attributes.get(c.SERVICE_INSTANCE_ID) or uuid.uuid4())
 
     def _producer(self, resource: Resource | None) -> _Producer:
         if self._shared is not None:
@@ -374,8 +378,18 @@ class MetricsHub:
                 attributes[c.DEPLOYMENT_ENVIRONMENT_NAME] = self._bridge_env
             sdk_resource = SdkResource.create(attributes)
         else:
-            # A producer's resource says exactly what its spans say, nothing of this process.
-            sdk_resource = SdkResource({c.SERVICE_NAME: resource.service, c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env})
+            # A producer's resource says what its spans say, and which process wrote its series (OTLP's single
+            # writer): the sidecars of one service's pods, a service's replicas or its processes each with an
+            # in-process tracker all tell the same producer, and two streams alike, each cumulative, read by
+            # a backend as one went up and down (the Collector's Prometheus exporter turns the id into `instance`,
+            # as a scrape of each bridge's /metrics labels it).
+            sdk_resource = SdkResource(
+                {
+                    c.SERVICE_NAME: resource.service,
+                    c.DEPLOYMENT_ENVIRONMENT_NAME: resource.env,
+                    c.SERVICE_INSTANCE_ID: self._instance_id,
+                }
+            )
         reader = InMemoryMetricReader()
         provider = MeterProvider(resource=sdk_resource, metric_readers=[reader])
         producer = _Producer(provider, reader, {}, Histograms(), Sums(), Latest(), sdk_resource)

@@ -1,12 +1,14 @@
-"""Several bridge replicas behind a load balancer, sharing Redis, build one coherent trace per run."""
+"""Several bridge replicas behind a load balancer, sharing Redis, build one coherent trace per run; several bridges
+telling one producer's metrics each write a stream of their own."""
 
 import itertools
 import random
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 from bridge_process import BridgeProcess
-from builders import WorkflowRun, ns_of
+from builders import JobRun, WorkflowRun, ns_of
 
 from otel_bridge import trace_id_for
 
@@ -72,3 +74,39 @@ def test_invocations_spread_over_two_replicas_make_whole_traces_even_when_one_is
         root = next(s for s in trace if not s.parent_span_id)
         assert root.start_ns == ns_of(run[0][0])
         assert [name for name, _t, _a in root.events].count("workflow.resumed") == 2
+
+
+def test_two_bridges_telling_one_producers_metrics_over_otlp_write_two_streams_a_backend_can_sum(tmp_path, otlp_http):
+    # The sidecars of two pods of one service (or two replicas, or two processes with an in-process tracker):
+    # each writes the producer's cumulative series. Alike in resource and attributes, a backend read them as
+    # one stream going up and down (the receiver kept whichever came last); each now carries its writer.
+    bridges = [BridgeProcess(tmp_path / name, otlp_http.endpoint, OTEL_METRICS_EXPORTER="otlp") for name in "ab"]
+    try:
+        for n, bridge in enumerate(bridges, start=1):
+            bridge.workdir.mkdir()
+            bridge.start()
+            job = JobRun("tokenRefresher", service="shop", env="prod", start=datetime.now(UTC)).started()
+            for _ in range(n):
+                job.after(10).executed(1, duration_ms=20)
+            assert bridge.post(job.events).status_code == 200
+        got = otlp_http.received
+
+        def told() -> dict[str, float]:
+            name = "job.executions"
+            with got.lock:
+                return {
+                    dict(resource).get("service.instance.id", ""): point["value"]
+                    for (n, resource, _attributes), point in got.metrics.items()
+                    if n == name and dict(resource)["service.name"] == "shop"
+                }
+
+        got.wait_for(lambda: sorted(told().values()) == [1, 2])
+        writers = told()
+        assert "" not in writers and len(writers) == 2
+        own = {
+            dict(resource)["service.instance.id"] for (n, resource, _a) in got.metrics if n.startswith("otel_bridge")
+        }
+        assert set(writers) == own  # each bridge's own id, as its own telemetry carries it
+    finally:
+        for bridge in bridges:
+            bridge.close()

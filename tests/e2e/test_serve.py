@@ -124,15 +124,17 @@ def test_workflow_and_job_metrics_arrive_with_their_names_attributes_and_resourc
     flush = got.metric("job.debounce.flush.size", **{"job.debounce.flush.reason": "maxEvents"})[0]
     assert (flush["count"], flush["sum"]) == (1, 7)
     assert got.metric("job.task.schedule.delay", **{"job.task.trigger": "idle"})[0]["sum"] == 60
-    assert {"service.name": "jobs", "deployment.environment.name": "production"} in got.metric_resources(
-        "job.executions"
-    )
-    assert {"service.name": "shop", "deployment.environment.name": "staging"} in got.metric_resources(
-        "workflow.task.retries"
-    )
     # The bridge's own telemetry says which bridge: its name and version (beside the SDK's own attributes).
     (own,) = got.metric_resources("otel_bridge.events.accepted")
     assert (own["service.name"], own["service.version"]) == ("otel-bridge", version("otel-bridge"))
+    # A producer's series say which producer, and which process wrote them: the bridge's own instance id.
+    writer = {"service.instance.id": own["service.instance.id"]}
+    assert {"service.name": "jobs", "deployment.environment.name": "production", **writer} in got.metric_resources(
+        "job.executions"
+    )
+    assert {"service.name": "shop", "deployment.environment.name": "staging", **writer} in got.metric_resources(
+        "workflow.task.retries"
+    )
 
 
 def test_metrics_endpoint_labels_every_series_with_its_producer(bridge):

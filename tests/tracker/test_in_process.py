@@ -65,11 +65,14 @@ def _invocations() -> list[list[dict]]:
 
 
 def _without_bridge_telemetry(metrics: dict) -> dict:
-    """Producer series only: (name, resource, attributes) -> what a point says, exemplars aside."""
+    """Producer series only: (name, resource, attributes) -> what a point says, exemplars aside, and the resource
+    without the `service.instance.id` of the process that wrote it (the sidecar's, the application's)."""
     return {
-        key: {k: v for k, v in point.items() if k != "exemplars"}
-        for key, point in metrics.items()
-        if dict(key[1]).get("service.name") != "otel-bridge"
+        (name, tuple((k, v) for k, v in resource if k != "service.instance.id"), attributes): {
+            k: v for k, v in point.items() if k != "exemplars"
+        }
+        for (name, resource, attributes), point in metrics.items()
+        if dict(resource).get("service.name") != "otel-bridge"
     }
 
 
