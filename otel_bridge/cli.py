@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -141,6 +142,21 @@ def own_process_gc() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
+def _more_file_descriptors() -> None:
+    """The soft limit of open files raised to the hard one, for a process that is the bridge (serve), never an
+    application the in-process tracker lives in; as Go's runtime does for every program.
+
+    Each producer's kept-alive connection holds a descriptor. systemd starts a service with a soft limit of
+    1,024 (its hard one 524,288), left low for programs that still use select(); nothing here does. At the
+    limit, new connections were dropped unanswered and a dead letter's file could not be opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # a hard limit the kernel's own bound is below (nr_open)
+            log.debug("open files stay limited to %d: %s", soft, exc)
+
+
 def _not_a_file(path: str, stdin: bool = False) -> str:
     """Why `path` cannot be read as a file (`stdin`: the command reads standard input as `-`)."""
     if Path(path).is_dir():
@@ -209,6 +225,7 @@ def _serve(settings: Settings) -> int:
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
 
+    _more_file_descriptors()
     served = _served_tls(settings)
     tls = served.context if served is not None else None
     listening = _listening(settings.host, settings.port)

@@ -516,6 +516,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         on_start()
+        # The thread pool's backend, imported at its first use: that import opens files, and a bridge out of
+        # file descriptors then failed the first batch it handed to a thread (its dead letters lost).
+        await run_in_threadpool(lambda: None)
         try:
             yield
         finally:

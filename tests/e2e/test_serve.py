@@ -1,11 +1,13 @@
 """`otel-bridge serve` as a subprocess, a producer POSTing over HTTP, a real OTLP receiver decoding protobuf."""
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 
 import httpx
 import pytest
@@ -337,3 +339,56 @@ def test_sampled_with_the_standard_variables_a_failed_run_arrives_whole_and_a_ke
     assert sorted(s.name for s in got.trace(failed)) == ["step load", "step report", "workflow nightly"]
     assert got.trace(trace_id_for("durable-effect", "production", "shop", fine.workflow_id).hex()) == []
     assert 'otel_bridge_runs_kept_back_total{service_name="otel-bridge"} 1.0' in metrics
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    (line,) = [
+        line for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if line.startswith("Max open files")
+    ]
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_started_with_a_low_soft_limit_of_open_files_the_bridge_raises_it_and_serves_past_it(tmp_path, otlp_http):
+    # systemd starts a service with a soft limit of 1,024 open files (its hard one 524,288): each producer's
+    # kept-alive connection holds one, and past it new connections were dropped unanswered. Here 100 and 4,096.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    bridge.wrapper = ["prlimit", "--nofile=100:4096", "--"]
+    bridge.start()
+    idle: list[socket.socket] = []
+    try:
+        assert _open_files_limit(bridge.proc.pid) == (4096, 4096)
+        idle = [socket.create_connection(("127.0.0.1", bridge.port), timeout=5) for _ in range(300)]
+        with httpx.Client(timeout=10) as producer:  # a connection of its own, past the 300 the bridge holds
+            response = producer.post(f"{bridge.url}/v1/events", json={"events": WorkflowRun().started().events})
+        assert response.status_code == 200 and response.json()["accepted"] == 1
+    finally:
+        for connection in idle:
+            connection.close()
+        bridge.close()
+
+
+def test_out_of_file_descriptors_the_bridge_answers_on_the_connections_it_holds(tmp_path, otlp_http):
+    # At its hard limit the bridge can open nothing: new connections are shed (the producer's tracker sends
+    # again), while those it holds are served; what needs a file it has not opened yet (here the dead letters')
+    # is told in a line.
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint)
+    bridge.wrapper = ["prlimit", "--nofile=64:64", "--"]
+    bridge.start()  # its probe's connection, kept alive: the producer's own below
+    idle: list[socket.socket] = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", bridge.port), timeout=5) for _ in range(100)]
+        time.sleep(1)  # taken until the descriptors run out, the rest shed
+        assert bridge.client.get(f"{bridge.url}/metrics").status_code == 200
+        run = WorkflowRun().started().step_started("a")
+        batch = [*run.events, {"type": "nonsense", "eventId": "x"}]
+        answer = bridge.post(batch)
+        assert answer.status_code == 200
+        assert (answer.json()["accepted"], [r["index"] for r in answer.json()["rejected"]]) == (2, [2])
+    finally:
+        for connection in idle:
+            connection.close()
+        bridge.close()
+    logged = bridge.log.read_text()
+    assert "run_in_threadpool" not in logged and "internal error" not in logged
+    assert "could not keep a dead letter" in logged  # its file could not be opened: said, not a traceback

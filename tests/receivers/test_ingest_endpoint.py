@@ -3,6 +3,9 @@ Starlette keeps, driven in-process with the messages a server sends it."""
 
 import asyncio
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -549,3 +552,25 @@ def test_a_fault_while_storing_is_told_with_its_traceback_once_not_at_every_requ
     assert (first.levelname, first.getMessage()) == ("ERROR", "storing a batch failed; retrying")
     assert first.exc_info is not None and first.exc_info[0] is KeyError
     assert then.getMessage() == "storing a batch works again, after 4 failures"
+
+
+def test_the_thread_pools_backend_is_imported_as_the_app_starts_not_at_its_first_batch(tmp_path):
+    # anyio imports its asyncio backend at the first hand-over to a thread: an import opens files, and a bridge
+    # out of file descriptors failed there the first batch, dead letter or scrape it handed over.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from otel_bridge.config import Settings
+        from otel_bridge.receivers.http import create_app
+        settings = Settings(dead_letter={str(tmp_path / "dl.jsonl")!r}, span_dead_letter={str(tmp_path / "ds.jsonl")!r})
+        app = create_app(None, settings, metrics=lambda _a: (b"", "text/plain"), readiness=lambda: {{"ready": True}})
+
+        async def started():
+            async with app.app.router.lifespan_context(app.app):
+                return "anyio._backends._asyncio" in sys.modules
+
+        print(asyncio.run(started()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "True", done.stderr
