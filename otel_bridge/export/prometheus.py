@@ -19,7 +19,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     Sum,
 )
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -123,6 +123,9 @@ def exposition(collect: Callable[[], Iterable[MetricsData]]) -> Callable[[str], 
     """A function from a scrape's Accept header to (body, content type): OpenMetrics when asked for."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OtelCollector(collect))
+    # The process's CPU, memory and open files (`process_*`, from /proc), as every Prometheus client library
+    # exposes them: what a sidecar costs its pod, and how near the bridge is to its limit of open files.
+    ProcessCollector(registry=registry)
 
     def render(accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

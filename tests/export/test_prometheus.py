@@ -5,7 +5,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.export.metrics import MetricsHub
-from otel_bridge.export.prometheus import OtelCollector, metric_name
+from otel_bridge.export.prometheus import OtelCollector, exposition, metric_name
 
 
 def _exposition(hub: MetricsHub, openmetrics: bool = False) -> str:
@@ -101,3 +101,11 @@ def test_producers_past_the_bound_share_one_overflow_resource():
     text = _exposition(hub)
     assert text.count("job_terminations_total{") <= 5
     assert 'service_name="_OTHER"' in text
+
+
+def test_the_process_series_every_client_library_exposes_are_served_beside_the_producers():
+    # What a sidecar costs its pod, and how near the bridge is to its limit of open files.
+    render = exposition(MetricsHub().collect)
+    text = render("")[0].decode()
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds"):
+        assert f"\n{name} " in text, name
