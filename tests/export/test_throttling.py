@@ -81,6 +81,11 @@ def _each_sent_once(got, draining: Draining) -> bool:
     return len(got.unique_spans()) == 20 and (len(got.spans) == 20 or bool(other))
 
 
+def _as_sent(got, draining: Draining) -> str:
+    """What a failed `_each_sent_once` met: the spans received, once and in all, and each request's result."""
+    return f"{len(got.unique_spans())} spans, {len(got.spans)} received; told {draining.told}"
+
+
 def test_a_backend_asking_to_wait_is_asked_again_once_the_wait_is_over(tmp_path, monkeypatch, otlp):
     protocol, receiver = otlp
     got = receiver.received
@@ -89,7 +94,7 @@ def test_a_backend_asking_to_wait_is_asked_again_once_the_wait_is_over(tmp_path,
     got.asks, got.throttled_until = 3.0, time.monotonic() + 2.9
     with Draining(tmp_path, monkeypatch, protocol, receiver.endpoint, [_span(n) for n in range(20)]) as draining:
         draining.until_empty()
-    assert _each_sent_once(got, draining)
+    assert _each_sent_once(got, draining), _as_sent(got, draining)
     assert len(got.throttled_at) == 1
     (ok, why), *_ = draining.told
     assert not ok and why.endswith(", the backend asks to wait 3 s")
@@ -113,7 +118,8 @@ def test_a_backend_throttling_without_saying_how_long_is_asked_again_with_backof
     got.throttled_until = time.monotonic() + 1.0
     with Draining(tmp_path, monkeypatch, protocol, receiver.endpoint, [_span(n) for n in range(20)]) as draining:
         draining.until_empty()
-    assert _each_sent_once(got, draining) and len(got.throttled_at) >= 1
+    assert _each_sent_once(got, draining), _as_sent(got, draining)
+    assert len(got.throttled_at) >= 1
     assert not any("asks to wait" in why for _ok, why in draining.told)
 
 
