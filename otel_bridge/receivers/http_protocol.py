@@ -34,6 +34,10 @@ _END_OF_HEAD = b"\r\n\r\n"
 # empty and dropped. Renamed before the parser reads it, the offer is ignored as HTTP/1.1 lets a server ignore it.
 _UPGRADE = re.compile(rb"\n(upgrade)[ \t]*:", re.IGNORECASE)
 _IGNORED_UPGRADE = b"\nX-Upgrade-Ignored:"
+# A read that ends a few bytes into a header line that may be that name (`\nUpgr`): held back for the next read,
+# which completes it (the parser can do nothing with part of a line meanwhile), so that a name cut in two is
+# renamed too.
+_PART_OF_UPGRADE = re.compile(rb"\n(?:u(?:p(?:g(?:r(?:a(?:d(?:e[ \t]*)?)?)?)?)?)?)?\Z", re.IGNORECASE)
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -53,6 +57,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""
+        self._held = b""  # the start of a head's line, held for the next read (`_PART_OF_UPGRADE`)
         self._head_timer: asyncio.TimerHandle | None = None
         # A body's bytes read that are not the body (a chunked one's sizes, and the trailers after its last chunk,
         # which the parser keeps as it keeps a head), and the body's own.
@@ -81,6 +86,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._refuse(431, "Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
                 return
             head = len(data) if end < 0 else end + len(_END_OF_HEAD) - (len(seen) - len(data))
+            data, head, self._held = self._held + data, head + len(self._held), b""
+            if end < 0 and (part := _PART_OF_UPGRADE.search(data)) is not None:
+                data, head, self._held = data[: part.start()], part.start(), data[part.start() :]
             if _UPGRADE.search(data, 0, head):
                 data = _UPGRADE.sub(_IGNORED_UPGRADE, data[:head]) + data[head:]
         else:

@@ -139,6 +139,19 @@ def test_a_batch_offering_to_switch_to_http2_is_read_whole_as_http_1_1():
     assert chunked == [body] and written.startswith(b"HTTP/1.1 200")
 
 
+def test_an_offer_to_switch_cut_in_two_by_the_reads_that_bring_it_is_ignored_as_well():
+    # A head arrives in as many reads as the network cuts it into: one ending in "\r\nUpgr" and the next starting
+    # "ade: h2c" left the name unseen, and the body unread.
+    head = b"POST /v1/events HTTP/1.1\r\nHost: bridge\r\n" + H2C_OFFER
+    body = b'{"events": []}'
+    request = head + b"Content-Length: %d\r\n\r\n" % len(body)
+    bodies, written = _bodies_read(*[request[i : i + 1] for i in range(len(request))], body)
+    assert bodies == [body] and written.startswith(b"HTTP/1.1 200")
+    cut = request.index(b"Upgrade:") + 4
+    bodies, written = _bodies_read(request[:cut], request[cut:] + body)
+    assert bodies == [body] and written.startswith(b"HTTP/1.1 200")
+
+
 def test_only_the_head_is_read_for_an_offer_to_switch_never_the_body():
     body = b"{\nUpgrade: as the body has it\n}"
     bodies, _ = _bodies_read(
