@@ -379,9 +379,9 @@ class MetricsHub:
             sdk_resource = SdkResource.create(attributes)
         else:
             # A producer's resource says what its spans say, and which process wrote its series (OTLP's single
-            # writer): the sidecars of one service's pods, a service's replicas or its processes each with an
-            # in-process tracker all tell the same producer, and two streams alike, each cumulative, read by
-            # a backend as one went up and down (the Collector's Prometheus exporter turns the id into `instance`,
+            # writer): the sidecars of one service's pods, replicas, or the service's processes each with an
+            # in-process tracker all tell the same producer, and streams alike, each cumulative, were read by a
+            # backend as one going up and down (the Collector's Prometheus exporter turns the id into `instance`,
             # as a scrape of each bridge's /metrics labels it).
             sdk_resource = SdkResource(
                 {
