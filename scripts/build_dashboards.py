@@ -611,6 +611,14 @@ def bridge() -> Board:
         description="The files each bridge process holds open against its limit: mostly producers' kept-alive "
         "connections. At the limit new connections are shed: alert BridgeFileDescriptorsRunningOut.",
     )  # fmt: skip
+    b.panel(
+        "Starts",
+        [(f"changes(process_start_time_seconds[$__range]) {ON_BRIDGES}", "{{instance}}")],
+        kind="stat",
+        width=8,
+        description="How many times each bridge process started again over the dashboard's range: a crash, the OOM "
+        "killer, a liveness probe. Three within half an hour: alert BridgeRestarting.",
+    )
     b.state(
         "Alive",
         "otel_bridge_alive",
