@@ -255,6 +255,7 @@ def _serve(settings: Settings) -> int:
         ingest_inline=bridge.ingests_inline,
         credentials=bridge.credential_used,
         answered=bridge.request_answered,
+        turned_away=bridge.consumer("http").turned_away,
         runs=lambda query, limit: _as_dicts(bridge.pipeline.list_runs(query, limit=limit), settings.trace_url),
         close=lambda id_, reason, jobs, service: [
             closed.as_dict(settings.trace_url) for closed in bridge.pipeline.close(id_, reason, jobs, service)
@@ -265,11 +266,10 @@ def _serve(settings: Settings) -> int:
     own_process_gc()
     config = uvicorn.Config(
         app,
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds, settings.limit_concurrency),
         # The context already loaded, which serves renewed certificates: uvicorn's own would load the files again
         # and keep what it read.
         ssl_context_factory=None if tls is None else lambda _config, _default: tls,
-        limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float is what call_later takes
         host=settings.host,
         port=settings.port,

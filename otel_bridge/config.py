@@ -291,7 +291,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A request body not fully received in this time gets 408 (slow clients)."
     )
     limit_concurrency: int = Field(
-        1000, gt=0, description="Open connections and requests at once; past it, 503 (uvicorn's limit)."
+        1000,
+        gt=0,
+        description="Open connections (idle ones kept alive too) and requests at once; past it, a request is answered "
+        "503 + Retry-After unread, its connection closed (counted as refused, reason connections_at_limit).",
     )
     keep_alive_seconds: float = Field(
         5.0,

@@ -221,6 +221,8 @@ BRIDGE_RECEIVER: Final = "receiver"
 BRIDGE_REFUSAL_REASON: Final = "reason"
 REFUSED_OUTBOX_FULL: Final = "outbox_full"  # max_outbox_spans wait for export
 REFUSED_STORE_UNAVAILABLE: Final = "store_unavailable"  # the store is down, locked or on a full disk
+# limit_concurrency connections open, or requests under way: turned away unread, one counted a batch.
+REFUSED_CONNECTIONS_AT_LIMIT: Final = "connections_at_limit"
 
 # Metric attributes whose values the producer chooses (names, and the error classes its code throws):
 # bounded per key by `max_names` (`_OTHER` past it) and in length, so that a producer's names cannot

@@ -35,12 +35,20 @@ class ObservedConsumer:
         self._attributes = ((c.BRIDGE_RECEIVER, receiver),)
         # "Nothing rejected yet" is a 0 from the start, not a series that appears at the first one.
         metrics.start_bridge_counters(COUNTERS, receiver=receiver)
-        self._refused = {
-            reason: (*self._attributes, (c.BRIDGE_REFUSAL_REASON, reason))
-            for reason in (c.REFUSED_OUTBOX_FULL, c.REFUSED_STORE_UNAVAILABLE)
-        }
+        # Only the HTTP server turns requests away before their body is read (`turned_away`).
+        reasons = [c.REFUSED_OUTBOX_FULL, c.REFUSED_STORE_UNAVAILABLE]
+        if receiver == "http":
+            reasons.append(c.REFUSED_CONNECTIONS_AT_LIMIT)
+        self._refused = {reason: (*self._attributes, (c.BRIDGE_REFUSAL_REASON, reason)) for reason in reasons}
         for attributes in self._refused.values():
             metrics.start_bridge_counters([c.M_BRIDGE_EVENTS_REFUSED], **dict(attributes))
+
+    def turned_away(self, reason: str) -> None:
+        """A batch refused for now before its body was read (its events unknown): counted as one event refused."""
+        try:
+            self._metrics.record([Observation(c.M_BRIDGE_EVENTS_REFUSED, 1, self._refused[reason], None)])  # type: ignore[arg-type]
+        except Exception:
+            log.exception("counting the %s receiver's refused batch failed", self.receiver)
 
     def ingest(self, events: Sequence[Any], *, producer: str | None = None) -> IngestReport:
         """The batch as the consumer stores it. A batch refused for now (Unavailable) is not received:

@@ -40,6 +40,7 @@ from otel_bridge.export.aggregation import Attributes
 from otel_bridge.json_text import loads
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.receivers.http_contract import LISTING_PARAMETERS, CloseRequest, openapi
+from otel_bridge.receivers.http_protocol import OVER_LIMIT
 from otel_bridge.repeated_failure import Refusals, RepeatedFailure
 from otel_bridge.sources.wire import every_reason, json_kind
 
@@ -287,6 +288,7 @@ def create_app(
     not_open: Callable[[str, str | None], list[str]] = lambda _id, _service: [],
     credentials: Callable[[str | None], object] = lambda _name: None,
     answered: Callable[[Attributes, float], object] = lambda _attributes, _seconds: None,
+    turned_away: Callable[[str], object] = lambda _reason: None,
 ) -> "_IngestFirst":
     """The tracker endpoint in front of `consumer`.
 
@@ -302,6 +304,7 @@ def create_app(
     `credentials(name)` is told of each request checked, with its credential's name (None: refused);
     `answered(attributes, seconds)` of each request answered, as the HTTP semantic conventions describe a
     server's request (`http.server.request.duration`): how long from its start to its answer's end;
+    `turned_away(reason)` of each batch refused for now before its body is read (past `limit_concurrency`);
     `ingest_inline(n)` says whether a batch of n events is stored on the event loop itself, for
     when that is quicker than the hop to a worker thread (the default: always a worker).
     """
@@ -540,7 +543,7 @@ def create_app(
     # (a close of an id holding a newline, which no route matches, was the one that was not).
     unrouted = {status: _unrouted(_route_of(settings.path)) for status in (404, 405)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
-    return _IngestFirst(app, settings.path, ingest, answered)
+    return _IngestFirst(app, settings.path, ingest, answered, turned_away)
 
 
 def _unrouted(batch_path: str) -> Callable[[Request, Exception], Awaitable[Response]]:
@@ -602,14 +605,18 @@ class _IngestFirst:
         path: str,
         ingest: Callable[[Scope, Receive], Awaitable[_Answer]],
         answered: Callable[[Attributes, float], object],
+        turned_away: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self.app = app
         self._route = _route_of(path)
         self._paths = {self._route, path.rstrip("/") + "/"}
         self._ingest = ingest
         self._answered = answered
+        self._turned_away = turned_away
         # A producer pointed at another path loses every batch: told, at most once a minute (a scanner's too).
         self._astray = Refusals("batches", log)
+        # Past limit_concurrency every request is turned away while it lasts: at most a line a minute.
+        self._over_limit = Refusals("requests", log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -618,7 +625,12 @@ class _IngestFirst:
         started = time.perf_counter()
         # A producer's base URL with a slash of its own before the path's (`http://bridge:4380/` + `/v1/events`)
         # is the batch path too, as a proxy that merges slashes (nginx's default) would make it.
-        if (path := scope["path"]) not in self._paths and _SLASHES.sub("/", path) not in self._paths:
+        path = scope["path"]
+        batch_path = path in self._paths or _SLASHES.sub("/", path) in self._paths
+        if (open_ := scope.get(OVER_LIMIT)) is not None:
+            await self._over(scope, send, open_, batch_path, started)
+            return
+        if not batch_path:
             await self._routed(scope, receive, send, started)
             return
         if scope["method"] == "POST":
@@ -630,6 +642,25 @@ class _IngestFirst:
         attributes = request_attributes(
             scope["method"], self._route, None if gone else answer[0], scope.get("scheme", "http")
         )
+        self._answered(attributes, time.perf_counter() - started)
+
+    async def _over(self, scope: Scope, send: Send, open_: str, batch_path: bool, started: float) -> None:
+        """A request past `limit_concurrency`: 503 with a wait, the connection closed to make room, its body unread."""
+        await _send(
+            send,
+            _error(
+                503, f"too many connections at once, retry later: {open_}", {"Retry-After": "1", "Connection": "close"}
+            ),
+        )
+        self._over_limit.refused(
+            f"turned requests away: {open_}; a producer re-sends a batch three times, then drops it — raise "
+            "limit_concurrency (each producer's kept-alive connection counts), or run more replicas"
+        )
+        post = scope["method"] == "POST"
+        if batch_path and post:
+            self._turned_away(c.REFUSED_CONNECTIONS_AT_LIMIT)
+        route = self._route if batch_path else None
+        attributes = request_attributes(scope["method"], route, 503, scope.get("scheme", "http"))
         self._answered(attributes, time.perf_counter() - started)
 
     async def _routed(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:

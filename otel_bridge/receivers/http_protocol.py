@@ -13,7 +13,7 @@ complete within `head_timeout` seconds gets 408; both close the connection.
 import asyncio
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 _TOO_LARGE = Refusals("requests", log)
 
 _END_OF_HEAD = b"\r\n\r\n"
+# The scope's mark of a request past `limit_concurrency`, saying how many are open: the app answers it (503).
+OVER_LIMIT = "otel_bridge.over_limit"
 # An offer to switch protocols (`Upgrade: h2c`, which Java's HttpClient and Spring's RestClient add to a POST by
 # default; a scanner's WebSocket): the bridge switches to none, and the parser, told of one, stops at the end of the
 # head and leaves the body unread — uvicorn then hands the app an empty body (uvicorn#2722), a batch refused as
@@ -51,6 +53,10 @@ def _answer(status: int, reason: str, message: str) -> bytes:
 class GuardedHttpProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
     head_timeout = 10.0
+    # `limit_concurrency`, counted here rather than by uvicorn: its own check answered a plain-text 503 without
+    # Retry-After, logged a line for every request past it, and handed nothing to the app, so no metric counted
+    # the batches turned away. Past it a request is marked (`OVER_LIMIT`) for the app to answer.
+    max_open: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,6 +121,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
+        limit, open_, under_way = self.max_open, len(self.connections), len(self.tasks)
+        if limit is not None and (open_ >= limit or under_way >= limit):
+            told = f"{open_} connections open, {under_way} requests under way (limit_concurrency {limit})"
+            cast(dict[str, Any], self.scope)[OVER_LIMIT] = told
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -153,10 +163,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(max_head_bytes: int, head_timeout: float) -> type[GuardedHttpProtocol]:
-    """The protocol class uvicorn builds per connection, with these limits."""
+def guarded_protocol(
+    max_head_bytes: int, head_timeout: float, max_open: int | None = None
+) -> type[GuardedHttpProtocol]:
+    """The protocol class uvicorn builds per connection, with these limits (`max_open`: `limit_concurrency`, given
+    here instead of to uvicorn)."""
     return type(
         "GuardedHttpProtocol",
         (GuardedHttpProtocol,),
-        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout},
+        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout, "max_open": max_open},
     )

@@ -187,3 +187,42 @@ def _answer(sock: socket.socket) -> bytes:
 def test_health_needs_no_credential(bridge):
     assert httpx.get(f"{bridge.url}/healthz").status_code == 200
     assert httpx.get(f"{bridge.url}/metrics").status_code == 200
+
+
+def test_past_limit_concurrency_a_batch_is_turned_away_as_any_refusal_for_now_told_counted_and_answered(tmp_path):
+    # uvicorn's own check answered a plain-text 503 without a wait, wrote a line of log for every request past it,
+    # and handed nothing to the app: no metric counted the batches turned away, and no alert could fire.
+    receiver = OtlpHttpReceiver()
+    bridge = BridgeProcess(tmp_path, receiver.endpoint, limit_concurrency="5").start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", bridge.port), timeout=5) for _ in range(6)]
+        time.sleep(0.5)  # taken by the server: six connections open, past the limit of five
+        with idle[0]:
+            answers = [httpx.post(f"{bridge.url}/v1/events", content=_batch(), timeout=10) for _ in range(3)]
+        for answer in answers:
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+            assert answer.headers["connection"] == "close"
+            assert answer.json()["error"].startswith("too many connections at once, retry later: ")
+            assert "(limit_concurrency 5)" in answer.json()["error"]
+        for connection in idle:
+            connection.close()
+        time.sleep(0.5)
+        assert bridge.post(WorkflowRun().started().events).status_code == 200  # room again
+        metrics = httpx.get(f"{bridge.url}/metrics", timeout=10).text
+    finally:
+        bridge.close()
+        receiver.close()
+    refused = re.search(
+        r'^otel_bridge_events_refused_total\{[^}]*reason="connections_at_limit"[^}]*\} (\S+)$', metrics, re.M
+    )
+    assert refused is not None and float(refused.group(1)) == 3  # one a batch: its body was not read
+    turned_away = re.search(
+        r'^http_server_request_duration_seconds_count\{[^}]*http_response_status_code="503"[^}]*http_route="/v1/events"'
+        r"[^}]*\} (\S+)$",
+        metrics,
+        re.M,
+    )
+    assert turned_away is not None and float(turned_away.group(1)) == 3
+    logged = bridge.log.read_text()
+    assert logged.count("turned requests away: ") == 1  # at most a line a minute, not one a request
+    assert "Exceeded concurrency limit" not in logged
