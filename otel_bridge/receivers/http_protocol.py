@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # between them that adds a huge header): told, at most once a minute for every connection. A head that never
 # arrives is not: a load balancer's TCP probe opens a connection and sends nothing.
 _TOO_LARGE = Refusals("requests", log)
+# A request the parser cannot read (a scanner's bytes, or a TLS handshake on the plain-HTTP port: a producer whose
+# endpoint says https://), uvicorn told in a line of its own for every one, without who sent it or what.
+_NOT_HTTP = Refusals("requests", log)
+_INVALID_REQUEST = "Invalid HTTP request received."  # uvicorn's line for it
+_TLS_HANDSHAKE = b"\x16\x03"  # a TLS record: a handshake, of TLS 1.0 to 1.3
 
 _END_OF_HEAD = b"\r\n\r\n"
 # The scope's mark of a request past `limit_concurrency`, saying how many are open: the app answers it (503).
@@ -68,6 +73,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # A body's bytes read that are not the body (a chunked one's sizes, and the trailers after its last chunk,
         # which the parser keeps as it keeps a head), and the body's own.
         self._framing = self._body_bytes = 0
+        self._head_start = b""  # how the request being read began, for a refusal of it to say
+        self.logger = _QuietOnInvalid(self.logger)  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,6 +91,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
+            if self._head_bytes == 0:
+                self._head_start = data[:32]
             seen = self._tail + data
             end = seen.find(_END_OF_HEAD)
             self._head_bytes += len(data) if end < 0 else max(end + len(_END_OF_HEAD) - len(self._tail), 0)
@@ -149,6 +158,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._refuse(408, "Request Timeout", f"request head not received within {self.head_timeout:g} s")
 
+    def send_400_response(self, msg: str) -> None:
+        # The parser refused the request: said here, once a minute, with who sent it and how it began.
+        host = self.client[0] if self.client else "a client"
+        if self._head_start.startswith(_TLS_HANDSHAKE):
+            _NOT_HTTP.refused(
+                f"a TLS handshake from {host} on this plain-HTTP port: its endpoint says https://, and the bridge "
+                "serves plain HTTP (tls_certfile unset): every batch it sends is lost — give the bridge a certificate, "
+                "or the producer an http:// endpoint"
+            )
+            self._disarm_head_timer()
+            self.transport.close()  # an HTTP answer would be garbage to a TLS client
+            return
+        _NOT_HTTP.refused(f"refused a request from {host} (400): not HTTP/1.1 (it began {self._head_start!r})")
+        self._refuse(400, "Bad Request", "not an HTTP/1.1 request")
+
     def _refuse(self, status: int, reason: str, message: str) -> None:
         if status == 431:
             host = self.client[0] if self.client else "a client"
@@ -161,6 +185,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_answer(status, reason, message))
             self.transport.close()
+
+
+class _QuietOnInvalid:
+    """uvicorn's logger for a connection, but for its line for each request the parser refused: the protocol's
+    `send_400_response` tells those."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg != _INVALID_REQUEST:
+            self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 def guarded_protocol(

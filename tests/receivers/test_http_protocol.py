@@ -8,7 +8,9 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
+from otel_bridge.receivers import http_protocol
 from otel_bridge.receivers.http_protocol import guarded_protocol
+from otel_bridge.repeated_failure import Refusals
 
 BATCH = b'POST /v1/events HTTP/1.1\r\nHost: bridge\r\nContent-Length: 14\r\n\r\n{"events": []}'
 
@@ -180,3 +182,31 @@ def test_a_connection_reset_after_its_answer_leaves_nothing_behind():
         return left
 
     assert asyncio.run(reset())() is None
+
+
+CLIENT_HELLO = bytes.fromhex("160301020001") + bytes(40)  # how a TLS client's first bytes begin
+
+
+def test_a_tls_handshake_on_the_plain_port_is_said_as_such_once_and_left_unanswered(monkeypatch, caplog):
+    # A producer whose endpoint says https:// to a bridge serving plain HTTP loses every batch: uvicorn wrote
+    # "Invalid HTTP request received." for each, without who or why.
+    monkeypatch.setattr(http_protocol, "_NOT_HTTP", Refusals("requests", http_protocol.log))
+    for _ in range(3):
+        assert asyncio.run(_fed(CLIENT_HELLO)) == (b"", True)  # closed: an HTTP answer would be garbage to it
+    told = [r.getMessage() for r in caplog.records if r.name == "otel_bridge.receivers.http_protocol"]
+    assert len(told) == 1 and told[0].startswith("a TLS handshake from 127.0.0.1 on this plain-HTTP port")
+    assert "give the bridge a certificate, or the producer an http:// endpoint" in told[0]
+    assert not [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
+
+
+def test_what_is_no_http_request_is_answered_400_as_the_bridge_answers_and_said_once_with_how_it_began(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(http_protocol, "_NOT_HTTP", Refusals("requests", http_protocol.log))
+    for _ in range(3):
+        written, closed = asyncio.run(_fed(b"GARBAGE\r\n\r\n"))
+        assert written.startswith(b"HTTP/1.1 400") and closed
+        assert written.endswith(b'{"error":"not an HTTP/1.1 request"}')
+    told = [r.getMessage() for r in caplog.records if r.name == "otel_bridge.receivers.http_protocol"]
+    assert told == ["refused a request from 127.0.0.1 (400): not HTTP/1.1 (it began b'GARBAGE\\r\\n\\r\\n')"]
+    assert not [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
