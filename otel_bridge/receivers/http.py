@@ -656,8 +656,7 @@ class _IngestFirst:
             f"turned requests away: {open_}; a producer re-sends a batch three times, then drops it — raise "
             "limit_concurrency (each producer's kept-alive connection counts), or run more replicas"
         )
-        post = scope["method"] == "POST"
-        if batch_path and post:
+        if batch_path and scope["method"] == "POST":
             self._turned_away(c.REFUSED_CONNECTIONS_AT_LIMIT)
         route = self._route if batch_path else None
         attributes = request_attributes(scope["method"], route, 503, scope.get("scheme", "http"))
