@@ -81,7 +81,16 @@ def test_a_batch_refused_for_now_is_not_received_and_is_counted_as_refused_with_
         ("websocket", "store_unavailable"): 0,
         ("http", "outbox_full"): 0,
         ("http", "store_unavailable"): 1,
+        ("http", "connections_at_limit"): 0,  # the HTTP server's alone: it turns requests away unread
     }
+
+
+def test_a_batch_the_http_server_turned_away_unread_is_counted_as_one_refused(pipeline):
+    http = ObservedConsumer("http", pipeline, pipeline.metrics)
+    http.turned_away("connections_at_limit")
+    http.turned_away("connections_at_limit")
+    assert _refused(pipeline.metrics)[("http", "connections_at_limit")] == 2
+    assert _counts(pipeline.metrics)[("received", "http")] == 0
 
 
 def test_counting_that_fails_does_not_turn_a_stored_batch_into_an_error(pipeline, monkeypatch):
