@@ -286,7 +286,15 @@ def test_with_json_logs_a_failing_grpc_export_writes_no_line_of_its_own_and_the_
     # TLS asked of a plain-text Collector: the gRPC core wrote an `I…ssl_transport_security.cc…` line to
     # stderr at each handshake, breaking the JSON a log pipeline reads, and the metric line said no why.
     endpoint = otlp_grpc.endpoint.replace("http://", "https://")
-    process = BridgeProcess(tmp_path, endpoint, "grpc", log_format="json", metric_export_interval_ms="500").start()
+    # Each export given up on after a second, not the default ten: the failure is told sooner.
+    process = BridgeProcess(
+        tmp_path,
+        endpoint,
+        "grpc",
+        log_format="json",
+        metric_export_interval_ms="500",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+    ).start()
     try:
         deadline = time.monotonic() + 20
         while "metric export to" not in process.log.read_text() and time.monotonic() < deadline:

@@ -61,7 +61,10 @@ def test_a_backend_refusing_the_bridges_credential_keeps_every_span_until_it_is_
     protocol, receiver = otlp
     receiver.credential = "right-key"
     wrong = {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20wrong-key"}
-    bridge = BridgeProcess(tmp_path, receiver.endpoint, protocol, export_unready_seconds="1", **wrong).start()
+    # Stopped while refused, it drains for a second, not the default ten: the spans stay for the next start.
+    bridge = BridgeProcess(
+        tmp_path, receiver.endpoint, protocol, export_unready_seconds="1", drain_timeout_seconds="1", **wrong
+    ).start()
     runs = [WorkflowRun("keyed", workflow_id=f"k-{i}").started().step_started("a") for i in range(4)]
     events = [e for run in runs for e in run.after(2).step_completed("a").completed().events]
     try:
