@@ -638,10 +638,13 @@ class _IngestFirst:
         else:
             answer = _error(405, f"{scope['method']} is not allowed here: POST a batch", {"Allow": "POST"})
         await _send(send, answer)
-        gone = answer is _GONE
-        attributes = request_attributes(
-            scope["method"], self._route, None if gone else answer[0], scope.get("scheme", "http")
-        )
+        self._timed(scope, self._route, None if answer is _GONE else answer[0], started)
+
+    def _timed(
+        self, scope: Scope, route: str | None, status: int | None, started: float, error: str | None = None
+    ) -> None:
+        """The request told to `answered`, as the HTTP conventions describe it, with how long it took."""
+        attributes = request_attributes(scope["method"], route, status, scope.get("scheme", "http"), error)
         self._answered(attributes, time.perf_counter() - started)
 
     async def _over(self, scope: Scope, send: Send, open_: str, batch_path: bool, started: float) -> None:
@@ -658,9 +661,7 @@ class _IngestFirst:
         )
         if batch_path and scope["method"] == "POST":
             self._turned_away(c.REFUSED_CONNECTIONS_AT_LIMIT)
-        route = self._route if batch_path else None
-        attributes = request_attributes(scope["method"], route, 503, scope.get("scheme", "http"))
-        self._answered(attributes, time.perf_counter() - started)
+        self._timed(scope, self._route if batch_path else None, 503, started)
 
     async def _routed(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         """A request for Starlette's routes, its answer's status read as it is sent."""
@@ -680,8 +681,7 @@ class _IngestFirst:
         finally:
             route = getattr(scope.get("route"), "path", None)
             told = status[0] if status else None
-            attributes = request_attributes(scope["method"], _template(route), told, scope.get("scheme", "http"), error)
-            self._answered(attributes, time.perf_counter() - started)
+            self._timed(scope, _template(route), told, started, error)
             if told == 404 and route is None and scope["method"] == "POST":
                 why = f"POST {scope['path'][:200]} is no endpoint: batches are posted to {self._route}"
                 self._astray.refused(_lost(Request(scope), 404, why))

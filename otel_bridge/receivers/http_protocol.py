@@ -74,7 +74,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # which the parser keeps as it keeps a head), and the body's own.
         self._framing = self._body_bytes = 0
         self._head_start = b""  # how the request being read began, for a refusal of it to say
-        self.logger = _QuietOnInvalid(self.logger)  # type: ignore[assignment]
+        self.logger = _UVICORN_LOG  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,7 +98,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._head_bytes += len(data) if end < 0 else max(end + len(_END_OF_HEAD) - len(self._tail), 0)
             self._tail = seen[-3:]
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(431, "Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
+                self._too_large("request head")
                 return
             head = len(data) if end < 0 else end + len(_END_OF_HEAD) - (len(seen) - len(data))
             data, head, self._held = self._held + data, head + len(self._held), b""
@@ -112,11 +112,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Trailers grew without bound: read within the body's time, 200 MiB of one took 270 MiB. A chunked body's
         # sizes are a few bytes a chunk; a quarter of the body is room for chunks of a few dozen bytes.
         if not self._in_head and self._framing > self.max_head_bytes + self._body_bytes // 4:
-            self._refuse(
-                431,
-                "Request Header Fields Too Large",
-                f"request trailers, or a chunked body's framing, over {self.max_head_bytes} bytes",
-            )
+            self._too_large("request trailers, or a chunked body's framing,")
 
     def on_body(self, body: bytes) -> None:
         self._framing -= len(body)
@@ -130,10 +126,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
-        limit, open_, under_way = self.max_open, len(self.connections), len(self.tasks)
-        if limit is not None and (open_ >= limit or under_way >= limit):
-            told = f"{open_} connections open, {under_way} requests under way (limit_concurrency {limit})"
-            cast(dict[str, Any], self.scope)[OVER_LIMIT] = told
+        if (limit := self.max_open) is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            told = f"{len(self.connections)} connections open, {len(self.tasks)} requests under way"
+            cast(dict[str, Any], self.scope)[OVER_LIMIT] = f"{told} (limit_concurrency {limit})"
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -156,34 +151,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
-            self._refuse(408, "Request Timeout", f"request head not received within {self.head_timeout:g} s")
+            message = f"request head not received within {self.head_timeout:g} s"
+            log.debug("closing a connection from %s: %s", self.client, message)
+            self._close(_answer(408, "Request Timeout", message))
 
     def send_400_response(self, msg: str) -> None:
         # The parser refused the request: said here, once a minute, with who sent it and how it began.
-        host = self.client[0] if self.client else "a client"
         if self._head_start.startswith(_TLS_HANDSHAKE):
             _NOT_HTTP.refused(
-                f"a TLS handshake from {host} on this plain-HTTP port: its endpoint says https://, and the bridge "
-                "serves plain HTTP (tls_certfile unset): every batch it sends is lost — give the bridge a certificate, "
-                "or the producer an http:// endpoint"
+                f"a TLS handshake from {self._host()} on this plain-HTTP port: its endpoint says https://, and the "
+                "bridge serves plain HTTP (tls_certfile unset): every batch it sends is lost — give the bridge a "
+                "certificate, or the producer an http:// endpoint"
             )
-            self._disarm_head_timer()
-            self.transport.close()  # an HTTP answer would be garbage to a TLS client
+            self._close(None)  # an HTTP answer would be garbage to a TLS client
             return
-        _NOT_HTTP.refused(f"refused a request from {host} (400): not HTTP/1.1 (it began {self._head_start!r})")
-        self._refuse(400, "Bad Request", "not an HTTP/1.1 request")
+        _NOT_HTTP.refused(f"refused a request from {self._host()} (400): not HTTP/1.1 (it began {self._head_start!r})")
+        self._close(_answer(400, "Bad Request", "not an HTTP/1.1 request"))
 
-    def _refuse(self, status: int, reason: str, message: str) -> None:
-        if status == 431:
-            host = self.client[0] if self.client else "a client"
-            _TOO_LARGE.refused(f"refused a request from {host} (431): {message}; a producer re-sends its batch three "
-                               "times, then drops it")  # fmt: skip
-        else:
-            log.debug("closing a connection from %s: %s", self.client, message)
+    def _too_large(self, what: str) -> None:
+        message = f"{what} over {self.max_head_bytes} bytes"
+        _TOO_LARGE.refused(
+            f"refused a request from {self._host()} (431): {message}; a producer re-sends its batch three times, "
+            "then drops it"
+        )
+        self._close(_answer(431, "Request Header Fields Too Large", message))
+
+    def _host(self) -> str:
+        return self.client[0] if self.client else "a client"
+
+    def _close(self, answer: bytes | None) -> None:
+        """The connection closed, after `answer` (None: none, for a client that could not read one)."""
         self._disarm_head_timer()
         self._in_head = False
         if not self.transport.is_closing():
-            self.transport.write(_answer(status, reason, message))
+            if answer is not None:
+                self.transport.write(answer)
             self.transport.close()
 
 
@@ -200,6 +202,10 @@ class _QuietOnInvalid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._logger, name)
+
+
+# The one logger uvicorn gives every connection (`uvicorn.error`), wrapped once for all of them.
+_UVICORN_LOG = _QuietOnInvalid(logging.getLogger("uvicorn.error"))
 
 
 def guarded_protocol(
