@@ -221,6 +221,7 @@ def _serve(settings: Settings) -> int:
 
     from otel_bridge.receivers.http import create_app
     from otel_bridge.receivers.http_protocol import guarded_protocol
+    from otel_bridge.receivers.https_port import HttpsServer
     from otel_bridge.receivers.served_tls import look_again
     from otel_bridge.receivers.while_starting import answering
     from otel_bridge.runtime import Bridge
@@ -267,9 +268,6 @@ def _serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app,
         http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds, settings.limit_concurrency),
-        # The context already loaded, which serves renewed certificates: uvicorn's own would load the files again
-        # and keep what it read.
-        ssl_context_factory=None if tls is None else lambda _config, _default: tls,
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float is what call_later takes
         host=settings.host,
         port=settings.port,
@@ -283,7 +281,9 @@ def _serve(settings: Settings) -> int:
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )
-    server = uvicorn.Server(config)
+    # HTTPS is served from the context already loaded, which serves renewed certificates (uvicorn's own would load
+    # the files again and keep what it read), by a port that sees how each connection begins (`https_port`).
+    server = uvicorn.Server(config) if tls is None else HttpsServer(config, tls, bridge.request_answered)
     server.run(sockets=listening)
     # As `uvicorn.run` ends: a server that never started (its lifespan failed) exits with 3.
     return 0 if server.started else STARTUP_FAILURE

@@ -187,7 +187,10 @@ class Settings(BaseSettings):
         description="Largest request head (request line and headers), and trailers after a chunked body; past it, 431.",
     )
     header_timeout_seconds: float = Field(
-        10.0, gt=0, description="A connection whose request head is not complete in this time is closed."
+        10.0,
+        gt=0,
+        description="A connection whose request head is not complete in this time is closed (serving HTTPS, one not "
+        "through its TLS handshake too).",
     )
     api_key: SecretStr | None = Field(
         None, description="Shared secret producers must send in the `api_key_header` header (off when unset)."

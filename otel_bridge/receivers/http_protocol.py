@@ -47,7 +47,7 @@ _IGNORED_UPGRADE = b"\nX-Upgrade-Ignored:"
 _PART_OF_UPGRADE = re.compile(rb"\n(?:u(?:p(?:g(?:r(?:a(?:d(?:e[ \t]*)?)?)?)?)?)?)?\Z", re.IGNORECASE)
 
 
-def _answer(status: int, reason: str, message: str) -> bytes:
+def raw_answer(status: int, reason: str, message: str) -> bytes:
     body = orjson.dumps({"error": message})
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
@@ -153,7 +153,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             message = f"request head not received within {self.head_timeout:g} s"
             log.debug("closing a connection from %s: %s", self.client, message)
-            self._close(_answer(408, "Request Timeout", message))
+            self._close(raw_answer(408, "Request Timeout", message))
 
     def send_400_response(self, msg: str) -> None:
         # The parser refused the request: said here, once a minute, with who sent it and how it began.
@@ -166,7 +166,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._close(None)  # an HTTP answer would be garbage to a TLS client
             return
         _NOT_HTTP.refused(f"refused a request from {self._host()} (400): not HTTP/1.1 (it began {self._head_start!r})")
-        self._close(_answer(400, "Bad Request", "not an HTTP/1.1 request"))
+        self._close(raw_answer(400, "Bad Request", "not an HTTP/1.1 request"))
 
     def _too_large(self, what: str) -> None:
         message = f"{what} over {self.max_head_bytes} bytes"
@@ -174,7 +174,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             f"refused a request from {self._host()} (431): {message}; a producer re-sends its batch three times, "
             "then drops it"
         )
-        self._close(_answer(431, "Request Header Fields Too Large", message))
+        self._close(raw_answer(431, "Request Header Fields Too Large", message))
 
     def _host(self) -> str:
         return self.client[0] if self.client else "a client"

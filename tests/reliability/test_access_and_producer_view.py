@@ -52,13 +52,17 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
     try:
         bridge.start()
         assert bridge.post(WorkflowRun().started().events).status_code == 200
-        with pytest.raises(httpx.HTTPError):
-            httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
+        # A producer whose endpoint says http:// is answered, not cut off in a handshake, and the log says why.
+        plain = httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
+        assert plain.status_code == 400
+        assert plain.json() == {"error": "plain HTTP to an HTTPS port: this endpoint is https://"}
         # The container's health check asks over TLS, on the port the bridge was given.
         assert subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10).returncode == 0
     finally:
         bridge.close()
-    assert "its own" not in bridge.log.read_text()
+    log = bridge.log.read_text()
+    assert "its own" not in log
+    assert "refused a request from 127.0.0.1 (400): plain HTTP on this HTTPS port" in log
 
 
 def test_the_answer_does_not_wait_for_an_unreachable_backend(tmp_path):
