@@ -105,6 +105,7 @@ class HttpsPort:
     async def _take(self, connection: socket.socket, host: str) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        first = None
         try:
             async with asyncio.timeout(self._timeout):
                 first = await _first_byte(loop, connection)
@@ -112,8 +113,10 @@ class HttpsPort:
                     await self._refuse_plain(loop, connection, host, started)
         except (OSError, TimeoutError):  # a client gone, or silent for the head's time: nothing to tell it
             first = None
-        if first != _TLS_RECORD:  # closed before a byte (a balancer's probe of the port), or refused
-            connection.close()
+        finally:  # closed before a byte (a balancer's probe of the port), refused, or the port closed meanwhile
+            if first != _TLS_RECORD:
+                connection.close()
+        if first != _TLS_RECORD:
             return
         try:  # the socket is the transport's from here on, closed by it
             await loop.connect_accepted_socket(

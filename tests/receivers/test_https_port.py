@@ -209,11 +209,12 @@ def test_a_connection_it_could_not_accept_is_told_and_accepted_once_it_can(pki, 
     assert told == ["cannot accept a connection on the HTTPS port: Too many open files"]
 
 
-def test_closed_it_accepts_no_more(pki):
+def test_closed_it_accepts_no_more_and_lets_go_of_a_connection_it_had_not_handed_on(pki):
     def client(port: Port) -> bytes:
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), port.loop).result()  # started
-        port.loop.call_soon_threadsafe(port.port.close)
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), port.loop).result()
+        with socket.create_connection(port.address, timeout=5) as waiting:  # no first byte yet
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0.1), port.loop).result()  # accepted meanwhile
+            port.loop.call_soon_threadsafe(port.port.close)
+            assert _read_all(waiting) == b""  # closed, not left to the collector
         with socket.create_connection(port.address, timeout=0.5) as sock:  # in the listen backlog, never taken
             sock.sendall(POST)
             with pytest.raises(TimeoutError):
