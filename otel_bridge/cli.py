@@ -283,7 +283,11 @@ def _serve(settings: Settings) -> int:
     )
     # HTTPS is served from the context already loaded, which serves renewed certificates (uvicorn's own would load
     # the files again and keep what it read), by a port that sees how each connection begins (`https_port`).
-    server = uvicorn.Server(config) if tls is None else HttpsServer(config, tls, bridge.request_answered)
+    server = (
+        uvicorn.Server(config)
+        if tls is None
+        else HttpsServer(config, tls, bridge.request_answered, bridge.handshake_failed)
+    )
     server.run(sockets=listening)
     # As `uvicorn.run` ends: a server that never started (its lifespan failed) exits with 3.
     return 0 if server.started else STARTUP_FAILURE

@@ -314,6 +314,9 @@ class Bridge:
         if settings.api_key is not None or settings.bearer_token is not None:
             # At zero from the start: a producer's wrong credential is then an increase an alert sees.
             self.metrics.start_bridge_counters([c.M_BRIDGE_REQUESTS_UNAUTHORIZED])
+        if settings.tls_certfile is not None:  # a producer refusing the certificate is then an increase too
+            refused = {c.BRIDGE_REFUSAL_REASON: c.HANDSHAKE_CERTIFICATE_REFUSED}
+            self.metrics.start_bridge_counters([c.M_BRIDGE_TLS_HANDSHAKES_FAILED], **refused)
         # Overdue open runs, counted from the store by a background scan: producer -> [(count, attributes)].
         self._overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
         self.metrics.producer_gauge(
@@ -554,6 +557,10 @@ class Bridge:
             self.metrics.bridge(c.M_BRIDGE_REQUESTS_UNAUTHORIZED)
         else:
             self.metrics.bridge(c.M_BRIDGE_REQUESTS_AUTHENTICATED, 1, **{c.BRIDGE_CREDENTIAL: name})
+
+    def handshake_failed(self, reason: str) -> None:
+        """A TLS handshake on the HTTPS port that failed, by what it means for the producer (`https_port`)."""
+        self.metrics.bridge(c.M_BRIDGE_TLS_HANDSHAKES_FAILED, 1, **{c.BRIDGE_REFUSAL_REASON: reason})
 
     def request_answered(self, attributes: Attributes, seconds: float) -> None:
         """A request the HTTP server answered, described as the HTTP semantic conventions describe one."""

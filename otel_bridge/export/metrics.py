@@ -157,6 +157,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_BRIDGE_REQUESTS_UNAUTHORIZED: InstrumentSpec(
         "counter", "{request}", "Requests refused with 401: credential missing or wrong (their events not taken)"
     ),
+    c.M_BRIDGE_TLS_HANDSHAKES_FAILED: InstrumentSpec(
+        "counter", "{handshake}", "TLS handshakes on the HTTPS port that failed, by what it means for the producer"
+    ),
     c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
         "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS
     ),

@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from otel_bridge import conventions as c
 from otel_bridge.export.aggregation import Attributes
 from otel_bridge.receivers.http import request_attributes
 from otel_bridge.receivers.http_protocol import raw_answer
@@ -42,22 +43,26 @@ _CERTIFICATE_REFUSED = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", 
 PLAIN_HTTP_ANSWER = raw_answer(400, "Bad Request", "plain HTTP to an HTTPS port: this endpoint is https://")
 
 
-def handshake_failure(reason: str) -> str:
-    """What a failed handshake's OpenSSL reason means for the producer behind it."""
+def handshake_failure(reason: str) -> tuple[str, str]:
+    """What a failed handshake's OpenSSL reason means for the producer behind it: its kind, counted
+    (`otel_bridge_tls_handshakes_failed_total{reason}`), and what to say of it."""
     if any(refused in reason for refused in _CERTIFICATE_REFUSED):
-        return (
+        return c.HANDSHAKE_CERTIFICATE_REFUSED, (
             "the client refused the bridge's certificate: a producer that does not trust its CA (Node.js: "
             "NODE_EXTRA_CA_CERTS), or reaches the bridge by a name the certificate does not cover, loses every batch"
         )
     if any(old in reason for old in ("VERSION", "UNSUPPORTED_PROTOCOL", "NO_SHARED_CIPHER", "NO_CIPHERS")):
-        return "the client offers no TLS version or cipher the bridge takes (TLS 1.2 and later)"
-    return "no batch of it reaches the bridge"
+        return (
+            c.HANDSHAKE_VERSION_OR_CIPHER,
+            "the client offers no TLS version or cipher the bridge takes (TLS 1.2 and later)",
+        )
+    return c.HANDSHAKE_OTHER, "no batch of it reaches the bridge"
 
 
 class HttpsPort:
     """Accepts connections on `listeners` and serves each one that begins with a TLS record with `protocol` over
-    `tls`; `answered(attributes, seconds)` of each plain-HTTP request refused. `close()` stops accepting, as an
-    asyncio server's does."""
+    `tls`; `answered(attributes, seconds)` of each plain-HTTP request refused, `failed(kind)` of each handshake
+    that failed (`handshake_failure`). `close()` stops accepting, as an asyncio server's does."""
 
     def __init__(
         self,
@@ -65,11 +70,12 @@ class HttpsPort:
         tls: ssl.SSLContext,
         protocol: Callable[[], asyncio.Protocol],
         answered: Callable[[Attributes, float], object],
+        failed: Callable[[str], object],
         timeout: float,
         backlog: int,
     ) -> None:
         self._listeners, self._tls, self._protocol = listeners, tls, protocol
-        self._answered, self._timeout, self._backlog = answered, timeout, backlog
+        self._answered, self._failed, self._timeout, self._backlog = answered, failed, timeout, backlog
         self._accepting: list[asyncio.Task[None]] = []
         self._taking: set[asyncio.Task[None]] = set()  # connections not yet handed on: held, or they are collected
         self._plain = Refusals("requests", log)
@@ -124,7 +130,9 @@ class HttpsPort:
             )
         except ssl.SSLError as exc:
             reason = exc.reason or str(exc)
-            self._handshakes.refused(f"a TLS handshake from {host} failed ({reason}): {handshake_failure(reason)}")
+            kind, said = handshake_failure(reason)
+            self._failed(kind)
+            self._handshakes.refused(f"a TLS handshake from {host} failed ({reason}): {said}")
         except OSError:  # gone, or not through the handshake within the head's time
             pass
 
@@ -168,10 +176,14 @@ class HttpsServer(uvicorn.Server):
     """uvicorn's server, its sockets accepted by an `HttpsPort` rather than by a server of the loop's."""
 
     def __init__(
-        self, config: uvicorn.Config, tls: ssl.SSLContext, answered: Callable[[Attributes, float], object]
+        self,
+        config: uvicorn.Config,
+        tls: ssl.SSLContext,
+        answered: Callable[[Attributes, float], object],
+        failed: Callable[[str], object],
     ) -> None:
         super().__init__(config)
-        self._tls, self._answered = tls, answered
+        self._tls, self._answered, self._failed = tls, answered, failed
         self._port: HttpsPort | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -182,6 +194,7 @@ class HttpsServer(uvicorn.Server):
             self._tls,
             partial(protocol, config=self.config, server_state=self.server_state, app_state=self.lifespan.state),
             self._answered,
+            self._failed,
             timeout=protocol.head_timeout,
             backlog=self.config.backlog,
         )

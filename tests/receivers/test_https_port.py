@@ -49,8 +49,15 @@ class Port:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(pki["backend.pem"], pki["backend.key"])
         self.answered: list[tuple[Any, float]] = []
+        self.failed: list[str] = []
         self.port = HttpsPort(
-            [self.listener], tls, Answering, lambda a, s: self.answered.append((a, s)), timeout=timeout, backlog=16
+            [self.listener],
+            tls,
+            Answering,
+            lambda a, s: self.answered.append((a, s)),
+            self.failed.append,
+            timeout=timeout,
+            backlog=16,
         )
 
 
@@ -136,15 +143,18 @@ def test_plain_http_to_the_https_port_is_answered_400_counted_as_a_request_and_t
 
 
 def test_a_client_that_refuses_the_bridges_certificate_is_told_as_a_producer_losing_every_batch(pki, caplog):
-    def client(port: Port) -> list[str]:
+    def client(port: Port) -> tuple[list[str], list[str]]:
         refused = []
         for _ in range(2):
             with pytest.raises(ssl.SSLCertVerificationError) as raised:
                 _over_tls(port, ssl.create_default_context())  # the system's CAs: not the test's
             refused.append(raised.value.reason)
-        return refused
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), port.loop).result()  # the port's side of the second
+        return refused, list(port.failed)
 
-    assert _serving(pki, client) == ["CERTIFICATE_VERIFY_FAILED"] * 2
+    refused, counted = _serving(pki, client)
+    assert refused == ["CERTIFICATE_VERIFY_FAILED"] * 2
+    assert counted == ["certificate_refused"] * 2  # each counted, for the alert; told once
     assert Answering.served == []
     told = _told(caplog)
     assert len(told) == 1
@@ -152,18 +162,19 @@ def test_a_client_that_refuses_the_bridges_certificate_is_told_as_a_producer_los
 
 
 @pytest.mark.parametrize(
-    ("reason", "said"),
+    ("reason", "kind", "said"),
     [
-        ("TLSV1_ALERT_UNKNOWN_CA", "refused the bridge's certificate"),
-        ("SSLV3_ALERT_BAD_CERTIFICATE", "refused the bridge's certificate"),
-        ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "refused the bridge's certificate"),
-        ("UNSUPPORTED_PROTOCOL", "no TLS version or cipher the bridge takes"),
-        ("NO_SHARED_CIPHER", "no TLS version or cipher the bridge takes"),
-        ("UNEXPECTED_EOF_WHILE_READING", "no batch of it reaches the bridge"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "certificate_refused", "refused the bridge's certificate"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "certificate_refused", "refused the bridge's certificate"),
+        ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "certificate_refused", "refused the bridge's certificate"),
+        ("UNSUPPORTED_PROTOCOL", "version_or_cipher", "no TLS version or cipher the bridge takes"),
+        ("NO_SHARED_CIPHER", "version_or_cipher", "no TLS version or cipher the bridge takes"),
+        ("UNEXPECTED_EOF_WHILE_READING", "other", "no batch of it reaches the bridge"),
     ],
 )
-def test_a_failed_handshake_is_said_as_what_it_means_for_the_producer(reason, said):
-    assert said in handshake_failure(reason)
+def test_a_failed_handshake_is_counted_and_said_as_what_it_means_for_the_producer(reason, kind, said):
+    counted, told = handshake_failure(reason)
+    assert counted == kind and said in told
 
 
 def test_a_connection_closed_or_silent_before_its_first_byte_is_closed_untold(pki, caplog):

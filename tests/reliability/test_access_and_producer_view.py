@@ -56,6 +56,15 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
         plain = httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
         assert plain.status_code == 400
         assert plain.json() == {"error": "plain HTTP to an HTTPS port: this endpoint is https://"}
+        # A producer that does not trust the certificate is counted, for BridgeCertificateRefused.
+        refused = 'otel_bridge_tls_handshakes_failed_total{reason="certificate_refused",service_name="otel-bridge"}'
+        assert f"{refused} 0.0" in bridge.client.get(f"{bridge.url}/metrics").text
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.post(f"{bridge.url}/v1/events", json={"events": []}, timeout=5)  # the system's CAs
+        deadline = time.monotonic() + 10  # the bridge's side of the handshake ends a moment after the client's
+        while f"{refused} 1.0" not in (metrics := bridge.client.get(f"{bridge.url}/metrics").text):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.05)
         # The container's health check asks over TLS, on the port the bridge was given.
         assert subprocess.run(healthcheck_command(), env=bridge.env, capture_output=True, timeout=10).returncode == 0
     finally:
