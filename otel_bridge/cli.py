@@ -234,6 +234,7 @@ def _serve(settings: Settings) -> int:
     bridge = Bridge.opened(settings, while_salvaging=lambda: answering(listening, "salvaging its state file", tls))
     scheme = "https" if served is not None else "http"
     bridge.served_certificate = served
+    bridge.serving_http(tls=served is not None)
 
     def start() -> None:  # on the server's event loop, as it starts
         bridge.start()
@@ -267,7 +268,12 @@ def _serve(settings: Settings) -> int:
     own_process_gc()
     config = uvicorn.Config(
         app,
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds, settings.limit_concurrency),
+        http=guarded_protocol(
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            settings.limit_concurrency,
+            bridge.handshake_failed,
+        ),
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float is what call_later takes
         host=settings.host,
         port=settings.port,

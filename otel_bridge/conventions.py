@@ -223,10 +223,12 @@ REFUSED_OUTBOX_FULL: Final = "outbox_full"  # max_outbox_spans wait for export
 REFUSED_STORE_UNAVAILABLE: Final = "store_unavailable"  # the store is down, locked or on a full disk
 # limit_concurrency connections open, or requests under way: turned away unread, one counted a batch.
 REFUSED_CONNECTIONS_AT_LIMIT: Final = "connections_at_limit"
-# TLS handshakes on the HTTPS port that failed, by what that means for a producer (`reason`): its client refused
-# the bridge's certificate (every batch of it lost), it offers no TLS version or cipher the bridge takes, other.
+# TLS handshakes that failed, by what that means for a producer (`reason`): on the HTTPS port, its client refused
+# the bridge's certificate (every batch of it lost), it offers no TLS version or cipher the bridge takes, other;
+# on a plain-HTTP port (no `tls_certfile`), the bridge has no certificate to answer one with (every batch lost).
 M_BRIDGE_TLS_HANDSHAKES_FAILED: Final = "otel_bridge.tls.handshakes.failed"
 HANDSHAKE_CERTIFICATE_REFUSED: Final = "certificate_refused"
+HANDSHAKE_NO_CERTIFICATE: Final = "no_certificate"
 HANDSHAKE_VERSION_OR_CIPHER: Final = "version_or_cipher"
 HANDSHAKE_OTHER: Final = "other"
 

@@ -314,9 +314,6 @@ class Bridge:
         if settings.api_key is not None or settings.bearer_token is not None:
             # At zero from the start: a producer's wrong credential is then an increase an alert sees.
             self.metrics.start_bridge_counters([c.M_BRIDGE_REQUESTS_UNAUTHORIZED])
-        if settings.tls_certfile is not None:  # a producer refusing the certificate is then an increase too
-            refused = {c.BRIDGE_REFUSAL_REASON: c.HANDSHAKE_CERTIFICATE_REFUSED}
-            self.metrics.start_bridge_counters([c.M_BRIDGE_TLS_HANDSHAKES_FAILED], **refused)
         # Overdue open runs, counted from the store by a background scan: producer -> [(count, attributes)].
         self._overdue: dict[Resource, list[tuple[float, dict[str, str]]]] = {}
         self.metrics.producer_gauge(
@@ -557,6 +554,13 @@ class Bridge:
             self.metrics.bridge(c.M_BRIDGE_REQUESTS_UNAUTHORIZED)
         else:
             self.metrics.bridge(c.M_BRIDGE_REQUESTS_AUTHENTICATED, 1, **{c.BRIDGE_CREDENTIAL: name})
+
+    def serving_http(self, tls: bool) -> None:
+        """The HTTP server is to run (`serve`), over TLS or not: the handshakes that lose a producer's every batch
+        counted from zero, so that the first is an increase an alert sees — one refusing the certificate, or one
+        speaking TLS to the plain-HTTP port."""
+        lost = c.HANDSHAKE_CERTIFICATE_REFUSED if tls else c.HANDSHAKE_NO_CERTIFICATE
+        self.metrics.start_bridge_counters([c.M_BRIDGE_TLS_HANDSHAKES_FAILED], **{c.BRIDGE_REFUSAL_REASON: lost})
 
     def handshake_failed(self, reason: str) -> None:
         """A TLS handshake on the HTTPS port that failed, by what it means for the producer (`https_port`)."""

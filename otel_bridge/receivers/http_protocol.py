@@ -13,11 +13,13 @@ complete within `head_timeout` seconds gets 408; both close the connection.
 import asyncio
 import logging
 import re
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from otel_bridge import conventions as c
 from otel_bridge.repeated_failure import Refusals
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # Retry-After, logged a line for every request past it, and handed nothing to the app, so no metric counted
     # the batches turned away. Past it a request is marked (`OVER_LIMIT`) for the app to answer.
     max_open: int | None = None
+    # Told of each TLS handshake met on this plain-HTTP port (`c.HANDSHAKE_NO_CERTIFICATE`), as the HTTPS port
+    # tells of those that fail: counted, for the alert. In a list: a function as a class attribute is a method.
+    handshake_failed: ClassVar[list[Callable[[str], object]]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,6 +169,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 "certificate, or the producer an http:// endpoint"
             )
             self._close(None)  # an HTTP answer would be garbage to a TLS client
+            for told in self.handshake_failed:
+                told(c.HANDSHAKE_NO_CERTIFICATE)
             return
         _NOT_HTTP.refused(f"refused a request from {self._host()} (400): not HTTP/1.1 (it began {self._head_start!r})")
         self._close(raw_answer(400, "Bad Request", "not an HTTP/1.1 request"))
@@ -209,12 +216,20 @@ _UVICORN_LOG = _QuietOnInvalid(logging.getLogger("uvicorn.error"))
 
 
 def guarded_protocol(
-    max_head_bytes: int, head_timeout: float, max_open: int | None = None
+    max_head_bytes: int,
+    head_timeout: float,
+    max_open: int | None = None,
+    handshake_failed: Callable[[str], object] | None = None,
 ) -> type[GuardedHttpProtocol]:
     """The protocol class uvicorn builds per connection, with these limits (`max_open`: `limit_concurrency`, given
-    here instead of to uvicorn)."""
+    here instead of to uvicorn), telling `handshake_failed` of a TLS handshake on its plain-HTTP port."""
     return type(
         "GuardedHttpProtocol",
         (GuardedHttpProtocol,),
-        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout, "max_open": max_open},
+        {
+            "max_head_bytes": max_head_bytes,
+            "head_timeout": head_timeout,
+            "max_open": max_open,
+            "handshake_failed": [handshake_failed] if handshake_failed is not None else [],
+        },
     )

@@ -50,9 +50,12 @@ async def _ok(send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _connected(app: Any, max_head_bytes: int = 1024, **options: Any) -> tuple[Any, Connection]:
+def _connected(
+    app: Any, max_head_bytes: int = 1024, handshake_failed: Any = None, **options: Any
+) -> tuple[Any, Connection]:
     """The bridge's protocol in front of `app` on a client's new connection, as uvicorn makes one (in a loop)."""
-    config = uvicorn.Config(app, http=guarded_protocol(max_head_bytes, 10.0), log_config=None, **options)
+    protocol_class = guarded_protocol(max_head_bytes, 10.0, handshake_failed=handshake_failed)
+    config = uvicorn.Config(app, http=protocol_class, log_config=None, **options)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     connection = Connection()
@@ -60,10 +63,12 @@ def _connected(app: Any, max_head_bytes: int = 1024, **options: Any) -> tuple[An
     return protocol, connection
 
 
-async def _fed(*chunks: bytes, max_head_bytes: int = 1024, app: Any = _storing) -> tuple[bytes, bool]:
+async def _fed(
+    *chunks: bytes, max_head_bytes: int = 1024, app: Any = _storing, handshake_failed: Any = None
+) -> tuple[bytes, bool]:
     """What the server wrote back to a connection given `chunks` one read after another (while its first request
     is still being answered, by default), and whether it closed it."""
-    protocol, connection = _connected(app, max_head_bytes)
+    protocol, connection = _connected(app, max_head_bytes, handshake_failed)
     for chunk in chunks:
         protocol.data_received(chunk)
         await asyncio.sleep(0)  # the app's turn, as the event loop gives it between reads
@@ -187,12 +192,17 @@ def test_a_connection_reset_after_its_answer_leaves_nothing_behind():
 CLIENT_HELLO = bytes.fromhex("160301020001") + bytes(40)  # how a TLS client's first bytes begin
 
 
-def test_a_tls_handshake_on_the_plain_port_is_said_as_such_once_and_left_unanswered(monkeypatch, caplog):
+def test_a_tls_handshake_on_the_plain_port_is_said_as_such_once_counted_each_time_and_left_unanswered(
+    monkeypatch, caplog
+):
     # A producer whose endpoint says https:// to a bridge serving plain HTTP loses every batch: uvicorn wrote
     # "Invalid HTTP request received." for each, without who or why.
     monkeypatch.setattr(http_protocol, "_NOT_HTTP", Refusals("requests", http_protocol.log))
+    counted: list[str] = []
     for _ in range(3):
-        assert asyncio.run(_fed(CLIENT_HELLO)) == (b"", True)  # closed: an HTTP answer would be garbage to it
+        # Closed: an HTTP answer would be garbage to it.
+        assert asyncio.run(_fed(CLIENT_HELLO, handshake_failed=counted.append)) == (b"", True)
+    assert counted == ["no_certificate"] * 3  # for BridgeTlsHandshakesFailing
     told = [r.getMessage() for r in caplog.records if r.name == "otel_bridge.receivers.http_protocol"]
     assert len(told) == 1 and told[0].startswith("a TLS handshake from 127.0.0.1 on this plain-HTTP port")
     assert "give the bridge a certificate, or the producer an http:// endpoint" in told[0]

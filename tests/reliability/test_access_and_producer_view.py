@@ -56,7 +56,7 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
         plain = httpx.post(f"http://127.0.0.1:{bridge.port}/v1/events", json={"events": []}, timeout=5)
         assert plain.status_code == 400
         assert plain.json() == {"error": "plain HTTP to an HTTPS port: this endpoint is https://"}
-        # A producer that does not trust the certificate is counted, for BridgeCertificateRefused.
+        # A producer that does not trust the certificate is counted, for BridgeTlsHandshakesFailing.
         refused = 'otel_bridge_tls_handshakes_failed_total{reason="certificate_refused",service_name="otel-bridge"}'
         assert f"{refused} 0.0" in bridge.client.get(f"{bridge.url}/metrics").text
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -72,6 +72,19 @@ def test_tls_with_the_servers_certificate_options(tmp_path, otlp_http, certifica
     log = bridge.log.read_text()
     assert "its own" not in log
     assert "refused a request from 127.0.0.1 (400): plain HTTP on this HTTPS port" in log
+
+
+def test_a_producer_speaking_tls_to_the_plain_port_is_told_and_counted(tmp_path, otlp_http):
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint).start()
+    lost = 'otel_bridge_tls_handshakes_failed_total{reason="no_certificate",service_name="otel-bridge"}'
+    try:
+        assert f"{lost} 0.0" in bridge.client.get(f"{bridge.url}/metrics").text
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(bridge.url.replace("http://", "https://") + "/v1/events", json={"events": []}, timeout=5)
+        assert f"{lost} 1.0" in bridge.client.get(f"{bridge.url}/metrics").text
+    finally:
+        bridge.close()
+    assert "a TLS handshake from 127.0.0.1 on this plain-HTTP port" in bridge.log.read_text()
 
 
 def test_the_answer_does_not_wait_for_an_unreachable_backend(tmp_path):
