@@ -495,14 +495,19 @@ def bridge() -> Board:
         "(alert BridgeSlowToAnswer, past a second for 15 minutes).",
     )  # fmt: skip
     b.panel(
-        "Requests by credential",
+        "Requests by credential, TLS handshakes failed",
         [("sum by (credential) (rate(otel_bridge_requests_authenticated_total[$__rate_interval]))", "{{credential}}"),
-         ("sum(rate(otel_bridge_requests_unauthorized_total[$__rate_interval]))", "refused (401)")],
+         ("sum(rate(otel_bridge_requests_unauthorized_total[$__rate_interval]))", "refused (401)"),
+         ("sum by (reason) (rate(otel_bridge_tls_handshakes_failed_total[$__rate_interval]))",
+          "TLS handshake failed: {{reason}}")],
         unit="reqps",
         width=8,
         description="With api_key or bearer_token set: each request by the credential it carried, named by its "
         "setting and place (never the secret). While rotating, a retiring key whose rate has dropped to 0 on every "
-        "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized.",
+        "replica can go. Refused requests lose their producer's events: alert BridgeRequestsUnauthorized. TLS "
+        "handshakes that failed, by what it means: certificate_refused (a client refused the bridge's certificate) "
+        "and no_certificate (TLS spoken to a bridge serving plain HTTP) each lose a producer's every batch — alert "
+        "BridgeTlsHandshakesFailing; version_or_cipher, other: mostly scanners.",
     )  # fmt: skip
     b.state(
         "Engines followed",
