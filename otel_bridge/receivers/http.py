@@ -541,14 +541,20 @@ def create_app(
     ]
     # Starlette's own 404 and 405 are plain text: every answer of the bridge's is `{"error": …}`
     # (a close of an id holding a newline, which no route matches, was the one that was not).
-    unrouted = {status: _unrouted(_route_of(settings.path)) for status in (404, 405)}
+    unrouted = {status: _unrouted(_route_of(settings.path), auth) for status in (404, 405)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=unrouted)
     return _IngestFirst(app, settings.path, ingest, answered, turned_away)
 
 
-def _unrouted(batch_path: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+def _unrouted(batch_path: str, auth: Authenticator) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def answer(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
+        if status == 404 and auth.enabled and auth.credential(request.headers) is None:
+            # A path that is no endpoint, asked without a credential where one is set: no producer's (a producer
+            # sends its key), a scanner's of an endpoint the internet reaches (a Worker's is). 401, and not counted
+            # as a producer refused (`BridgeRequestsUnauthorized`) nor told as a batch lost (`BridgeBatchesRejected`,
+            # which reads a 404): scanners raised both alerts, and an alert that cries wolf gets muted.
+            return _problem(*_UNAUTHORIZED)
         said = f"no endpoint {request.url.path}" if status == 404 else f"{request.method} is not allowed here"
         if status == 404 and request.method == "POST":  # a producer pointed at another path than the batches'
             said += f": batches are posted to {batch_path}"

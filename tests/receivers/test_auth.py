@@ -239,3 +239,41 @@ def test_each_producer_key_is_told_by_its_producer_a_second_one_while_rotating_b
 def test_producer_keys_that_are_not_pairs_are_a_configuration_error(tmp_path, given):
     with pytest.raises(ValidationError, match="is not serviceKey=key pairs"):
         _settings(tmp_path, producer_api_keys=given)
+
+
+def test_with_a_credential_set_a_path_that_is_no_endpoint_is_401_to_a_stranger_and_404_to_a_producer(tmp_path, caplog):
+    # An endpoint the internet reaches (a Worker's) meets scanners: their POSTs to paths of their own raised
+    # BridgeBatchesRejected (404) as if a producer lost batches. A producer sends its key, and still hears where
+    # batches go.
+    told: list[str | None] = []
+    answered: list[dict[str, str]] = []
+    app = create_app(
+        Counting(),
+        _settings(tmp_path, api_key="k"),
+        metrics=lambda _accept: (b"m 1\n", "text/plain"),
+        readiness=dict,
+        credentials=told.append,
+        answered=lambda attributes, _seconds: answered.append(dict(attributes)),
+    )
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
+            return [
+                await client.post("/wp-login.php", content=b"log=admin"),
+                await client.get("/.env"),
+                await client.post("/events", json={"events": []}, headers={"x-api-key": "wrong"}),
+                await client.post("/events", json={"events": []}, headers={"x-api-key": "k"}),
+                await client.get("/healthz"),  # probes carry no credential, and are answered
+            ]
+
+    with caplog.at_level("WARNING", logger="otel_bridge.receivers.http"):
+        stranger, dotenv, wrong_key, producer, health = asyncio.run(go())
+    for answer in (stranger, dotenv, wrong_key):
+        assert answer.status_code == 401 and answer.json() == {"error": "missing or wrong credential"}
+    assert producer.status_code == 404
+    assert producer.json() == {"error": "no endpoint /events: batches are posted to /v1/events"}
+    assert health.status_code == 200
+    assert told == []  # no producer's request was refused: BridgeRequestsUnauthorized counts none of these
+    assert [a.get("http.response.status_code") for a in answered] == ["401", "401", "401", "404", "200"]
+    (line,) = [r.getMessage() for r in caplog.records]  # the producer's lost batch alone is told
+    assert line.startswith("refused a batch from 127.0.0.1 (404): POST /events is no endpoint")
