@@ -27,6 +27,40 @@ def expiration(certfile: Path) -> float:
     return certificate.not_valid_after_utc.timestamp()
 
 
+def chain_gap(certfile: Path) -> str | None:
+    """What a client that does not fetch missing certificates (Node.js, curl, Python: every client of the bridge's
+    but a browser) lacks to verify the chain `certfile` serves, None when nothing: the certificate of the
+    intermediate CA that issued the leaf, where the file holds the leaf alone (certbot's `cert.pem`, where
+    `fullchain.pem` holds it with its intermediates). Said only of an issuer the leaf names where to fetch it
+    from (Authority Information Access), as public CAs name their intermediates; a private CA's clients are
+    given its certificate, and the file need not hold it. With the leaf's issuer in the file, what is above it
+    is the clients' roots'."""
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    try:
+        leaf, *rest = x509.load_pem_x509_certificates(certfile.read_bytes())
+    except (OSError, ValueError):
+        return None  # told by whatever reads it to serve it
+    if leaf.issuer == leaf.subject or any(c.subject == leaf.issuer for c in rest):
+        return None
+    try:
+        access = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return None
+    where = [d.access_location.value for d in access if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS]
+    return f"the certificate of its issuer, {leaf.issuer.rfc4514_string()} ({where[0]})" if where else None
+
+
+def chain_told(certfile: Path, gap: str) -> str:
+    """What to say of a `chain_gap` of the served certificate."""
+    return (
+        f"the TLS certificate {certfile} is served without {gap}: producers (Node.js, curl, Python — every client "
+        "but a browser) refuse it, and lose every batch; give tls_certfile the certificate then its intermediates "
+        "(certbot's fullchain.pem, not cert.pem; cert-manager's tls.crt holds them)"
+    )
+
+
 def when_it_ends(ends: float, now: float) -> tuple[str, float]:
     """A certificate's end (`expiration`) as told: its time (ISO 8601, UTC) and the days left from `now`."""
     return datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), (ends - now) / 86400

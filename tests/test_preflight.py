@@ -15,7 +15,7 @@ import pytest
 import redis
 from builders import JobRun, WorkflowRun
 from phase10_server import Phase10Server
-from pki import make_pki
+from pki import PublicCa, make_pki
 from runtime_v2_tables import Runtime, reader_of
 
 from otel_bridge.cli import main
@@ -178,6 +178,19 @@ def test_the_certificate_serve_would_serve_is_loaded_with_its_key_and_its_end_to
     assert tls.ok is False and tls.detail.startswith(f"cannot use the TLS certificate {pki['bridge.pem']} (key ")
     (tls,) = [f for f in check(Settings(state=":memory:")) if f.what == "tls"]
     assert (tls.ok, tls.detail) == (None, "plain HTTP (tls_certfile)")
+
+
+def test_a_certificate_served_without_its_intermediate_fails_the_check_saying_what_to_serve(tmp_path):
+    ca = PublicCa(tmp_path)
+    served = {"state": ":memory:", "tls_keyfile": str(tmp_path / "leaf.key")}
+    alone = ca.file("cert.pem", ca.leaf)
+    (tls,) = [f for f in check(Settings(**served, tls_certfile=alone)) if f.what == "tls"]
+    assert tls.ok is False
+    assert tls.detail.startswith(f"the TLS certificate {alone} is served without the certificate of its issuer, CN=R11")
+    assert "certbot's fullchain.pem, not cert.pem" in tls.detail
+    full = ca.file("fullchain.pem", ca.leaf, ca.r11)
+    (tls,) = [f for f in check(Settings(**served, tls_certfile=full)) if f.what == "tls"]
+    assert tls.ok and tls.detail.startswith(f"{full} serves HTTPS until ")
 
 
 def test_check_answers_json_for_a_deploy_pipeline_with_the_same_exit_status(tmp_path, monkeypatch, capsys):

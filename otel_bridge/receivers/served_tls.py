@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, expiration, when_it_ends
+from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, chain_gap, chain_told, expiration, when_it_ends
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class ServedCertificate:
     def _tell_if_ending(self, serving: str) -> None:
         ends, days = when_it_ends(self.expires_at, self._clock())
         certfile = self._files[0]
+        if (gap := chain_gap(certfile)) is not None:
+            log.warning("%s", chain_told(certfile, gap))
         if days <= 0:
             log.error("%s TLS certificate %s, which ended %s: clients refuse it", serving, certfile, ends)
         elif days * 86400 < SOON_SECONDS:

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pki import PublicCa
 
 from otel_bridge.certificates import TlsFilesError
 from otel_bridge.receivers.served_tls import ServedCertificate
@@ -116,6 +117,20 @@ def test_the_certificates_end_is_told_as_it_is_served_the_louder_the_sooner(tmp_
     ServedCertificate(certfile, keyfile, None, clock=NOW.timestamp)
     (record,) = [r for r in caplog.records if "TLS certificate" in r.getMessage()]
     assert (record.levelno, record.getMessage().replace(",", "")) == (level, said.format(certfile))
+
+
+def test_a_certificate_served_without_its_intermediate_is_told_at_start_and_at_a_renewal_that_still_lacks_it(
+    tmp_path, caplog
+):
+    ca = PublicCa(tmp_path)
+    certfile = ca.file("tls.crt", ca.leaf)
+    served = ServedCertificate(certfile, tmp_path / "leaf.key", None)
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(told) == 1 and told[0].startswith(f"the TLS certificate {certfile} is served without the certificate")
+    caplog.clear()
+    ca.file("tls.crt", ca.leaf, ca.r11)  # renewed with its chain
+    assert served.look()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_a_file_that_is_no_certificate_is_refused_naming_it(tmp_path):
