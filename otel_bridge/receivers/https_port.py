@@ -109,23 +109,10 @@ class HttpsPort:
             task.add_done_callback(self._taking.discard)
 
     async def _take(self, connection: socket.socket, host: str) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        first = None
-        try:
-            async with asyncio.timeout(self._timeout):
-                first = await _first_byte(loop, connection)
-                if first is not None and first != _TLS_RECORD:
-                    await self._refuse_plain(loop, connection, host, started)
-        except (OSError, TimeoutError):  # a client gone, or silent for the head's time: nothing to tell it
-            first = None
-        finally:  # closed before a byte (a balancer's probe of the port), refused, or the port closed meanwhile
-            if first != _TLS_RECORD:
-                connection.close()
-        if first != _TLS_RECORD:
+        if not await self._begins_tls(connection, host):
             return
         try:  # the socket is the transport's from here on, closed by it
-            await loop.connect_accepted_socket(
+            await asyncio.get_running_loop().connect_accepted_socket(
                 self._protocol, connection, ssl=self._tls, ssl_handshake_timeout=self._timeout
             )
         except ssl.SSLError as exc:
@@ -135,6 +122,26 @@ class HttpsPort:
             self._handshakes.refused(f"a TLS handshake from {host} failed ({reason}): {said}")
         except OSError:  # gone, or not through the handshake within the head's time
             pass
+
+    async def _begins_tls(self, connection: socket.socket, host: str) -> bool:
+        """Whether the connection begins with a TLS record; closed when it does not (plain HTTP, answered), when
+        it ends or stays silent for the head's time first (a balancer's probe of the port), or when the port
+        closes meanwhile."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        tls = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                first = await _first_byte(loop, connection)
+                tls = first == _TLS_RECORD
+                if first is not None and not tls:
+                    await self._refuse_plain(loop, connection, host, started)
+        except (OSError, TimeoutError):  # a client gone, or silent: nothing to tell it
+            pass
+        finally:
+            if not tls:
+                connection.close()
+        return tls
 
     async def _refuse_plain(
         self, loop: asyncio.AbstractEventLoop, connection: socket.socket, host: str, started: float
