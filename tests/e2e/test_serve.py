@@ -224,6 +224,14 @@ def test_health_and_readiness(bridge):
     assert httpx.get(f"{process.url}/readyz").json()["status"] == "ready"
 
 
+def test_answers_name_no_server_software(bridge):
+    # `server: uvicorn` on every answer told a scanner of an endpoint the internet reaches what to try.
+    process, _receiver = bridge
+    answers = [process.post([]), httpx.get(f"{process.url}/healthz"), httpx.get(f"{process.url}/nowhere")]
+    assert [a.headers.get("server") for a in answers] == [None, None, None]
+    assert all(a.headers["date"] for a in answers)  # RFC 9110: an origin server with a clock sends Date
+
+
 def test_duplicate_batches_from_producer_retries_change_nothing(bridge):
     process, receiver = bridge
     run = WorkflowRun().started().step_started("a").after(5).step_completed("a").completed()
