@@ -158,7 +158,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "counter", "{request}", "Requests refused with 401: credential missing or wrong (their events not taken)"
     ),
     c.M_BRIDGE_TLS_HANDSHAKES_FAILED: InstrumentSpec(
-        "counter", "{handshake}", "TLS handshakes on the HTTPS port that failed, by what it means for the producer"
+        "counter",
+        "{handshake}",
+        "TLS handshakes that failed, by what it means for the producer (and TLS to a plain port)",
     ),
     c.M_BRIDGE_INGEST_DURATION: InstrumentSpec(
         "histogram", "s", "Time to decode and store one batch", DURATION_BUCKETS

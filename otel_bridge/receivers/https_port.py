@@ -13,6 +13,7 @@ OpenSSL's reason and what it means for a producer. Each at most once a minute.
 import asyncio
 import errno
 import logging
+import re
 import socket
 import ssl
 import time
@@ -37,6 +38,11 @@ _GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _ACCEPT_AGAIN_SECONDS = 1.0
 # What a client's alert in the handshake says of the bridge's certificate: it refused it.
 _CERTIFICATE_REFUSED = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "CERTIFICATE_EXPIRED", "DECRYPT_ERROR")
+# A client of a TLS older than the bridge takes (1.2), or with no cipher in common. Not WRONG_VERSION_NUMBER: a
+# record that is no TLS's (a scanner's bytes after a first 0x16).
+_TOO_OLD = ("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "PROTOCOL_VERSION", "NO_SHARED_CIPHER", "NO_CIPHERS")
+# How an HTTP request begins: its method, then a space.
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,10} ")
 
 
 # As nginx answers it (its 497), in the bridge's JSON.
@@ -51,7 +57,7 @@ def handshake_failure(reason: str) -> tuple[str, str]:
             "the client refused the bridge's certificate: a producer that does not trust its CA (Node.js: "
             "NODE_EXTRA_CA_CERTS), or reaches the bridge by a name the certificate does not cover, loses every batch"
         )
-    if any(old in reason for old in ("VERSION", "UNSUPPORTED_PROTOCOL", "NO_SHARED_CIPHER", "NO_CIPHERS")):
+    if any(old in reason for old in _TOO_OLD):
         return (
             c.HANDSHAKE_VERSION_OR_CIPHER,
             "the client offers no TLS version or cipher the bridge takes (TLS 1.2 and later)",
@@ -79,6 +85,7 @@ class HttpsPort:
         self._accepting: list[asyncio.Task[None]] = []
         self._taking: set[asyncio.Task[None]] = set()  # connections not yet handed on: held, or they are collected
         self._plain = Refusals("requests", log)
+        self._garbage = Refusals("requests", log)  # apart: a scanner's lines do not hold back a producer's
         self._handshakes = Refusals("handshakes", log)
         self._not_accepted = Refusals("connections", log)
 
@@ -147,11 +154,14 @@ class HttpsPort:
         self, loop: asyncio.AbstractEventLoop, connection: socket.socket, host: str, started: float
     ) -> None:
         head = connection.recv(64, socket.MSG_PEEK)
-        self._plain.refused(
-            f"refused a request from {host} (400): plain HTTP on this HTTPS port (it began {head[:32]!r}): its "
-            "endpoint says http://, and the bridge serves HTTPS (tls_certfile): every batch it sends is lost — give "
-            "the producer an https:// endpoint"
-        )
+        if _REQUEST_LINE.match(head):
+            self._plain.refused(
+                f"refused a request from {host} (400): plain HTTP on this HTTPS port (it began {head[:32]!r}): its "
+                "endpoint says http://, and the bridge serves HTTPS (tls_certfile): every batch it sends is lost — "
+                "give the producer an https:// endpoint"
+            )
+        else:  # neither TLS nor HTTP: a scanner's bytes
+            self._garbage.refused(f"refused a request from {host} (400): neither TLS nor HTTP (it began {head[:32]!r})")
         await loop.sock_sendall(connection, PLAIN_HTTP_ANSWER)
         method = head.split(b" ", 1)[0].decode("ascii", "replace")
         self._answered(request_attributes(method, None, 400, "http"), time.perf_counter() - started)

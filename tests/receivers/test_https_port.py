@@ -142,6 +142,17 @@ def test_plain_http_to_the_https_port_is_answered_400_counted_as_a_request_and_t
     )
 
 
+def test_bytes_that_are_neither_tls_nor_http_are_answered_400_and_told_apart_from_a_producers_plain_http(pki, caplog):
+    caplog.set_level(logging.INFO)
+    answers = _serving(pki, lambda port: [_plain(port, b"\x05\x01\x00garbage"), _plain(port)])
+    assert answers == [https_port.PLAIN_HTTP_ANSWER] * 2
+    told = _told(caplog)
+    assert (
+        told[0] == "refused a request from 127.0.0.1 (400): neither TLS nor HTTP (it began b'\\x05\\x01\\x00garbage')"
+    )
+    assert told[1].startswith("refused a request from 127.0.0.1 (400): plain HTTP on this HTTPS port")  # not held back
+
+
 def test_a_client_that_refuses_the_bridges_certificate_is_told_as_a_producer_losing_every_batch(pki, caplog):
     def client(port: Port) -> tuple[list[str], list[str]]:
         refused = []
@@ -170,6 +181,7 @@ def test_a_client_that_refuses_the_bridges_certificate_is_told_as_a_producer_los
         ("UNSUPPORTED_PROTOCOL", "version_or_cipher", "no TLS version or cipher the bridge takes"),
         ("NO_SHARED_CIPHER", "version_or_cipher", "no TLS version or cipher the bridge takes"),
         ("UNEXPECTED_EOF_WHILE_READING", "other", "no batch of it reaches the bridge"),
+        ("WRONG_VERSION_NUMBER", "other", "no batch of it reaches the bridge"),  # a record that is no TLS's
     ],
 )
 def test_a_failed_handshake_is_counted_and_said_as_what_it_means_for_the_producer(reason, kind, said):
