@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from otel_bridge.consumer import EventConsumer
     from otel_bridge.pipeline import Pipeline
+    from otel_bridge.preflight import Finding
     from otel_bridge.receivers import timeline_api
     from otel_bridge.receivers.served_tls import ServedCertificate
     from otel_bridge.state.store import Transaction
@@ -809,7 +810,25 @@ def _query_value(value: object) -> str:
 def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) -> int:
     from otel_bridge.preflight import check
 
-    findings = check(settings, timeout_seconds)
+    return _told(check(settings, timeout_seconds), as_json)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from otel_bridge.probe import probe
+
+    malformed = [h for h in args.header if "=" not in h or not h.split("=", 1)[0].strip()]
+    if malformed:
+        print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
+        return 2
+    if args.cafile is not None and not Path(args.cafile).is_file():
+        print(f"otel-bridge: --cafile {args.cafile}: {_not_a_file(args.cafile)}", file=sys.stderr)
+        return 2
+    headers = dict(h.split("=", 1) for h in args.header)
+    return _told(probe(events_url(args.url), headers, args.cafile, args.worker, args.timeout), args.json)
+
+
+def _told(findings: "list[Finding]", as_json: bool) -> int:
+    """Findings as lines (or JSON); exit 1 when one failed."""
     failed = any(f.ok is False for f in findings)
     if as_json:
         checks = [{"check": f.what, "ok": f.ok, "detail": f.detail} for f in findings]
@@ -1418,6 +1437,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="JSON instead of lines (for a deploy pipeline)")
     _add_settings_flags(check)
+    probing = sub.add_parser(
+        "probe",
+        help="post an empty batch to a bridge as a producer's tracker would, from where the producer runs, and say "
+        "what it meets — the address, the TLS certificate, the answer — and what fails (exit 1)",
+    )
+    probing.add_argument("url", help="the producer's endpoint (an address alone: its /v1/events)")
+    probing.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="a header the producer sends (its key)"
+    )
+    probing.add_argument(
+        "--cafile", default=None, help="a private CA the producer trusts beside the public ones (NODE_EXTRA_CA_CERTS)"
+    )
+    probing.add_argument(
+        "--worker",
+        action="store_true",
+        help="the producer is a deployed Cloudflare Worker: its fetch ignores a port and reaches no IP address",
+    )
+    probing.add_argument(
+        "--timeout", type=_above_zero, default=5.0, help="seconds each step may wait for an answer (default 5)"
+    )
+    probing.add_argument("--json", action="store_true", help="JSON instead of lines (for a deploy pipeline)")
     sub.add_parser("config", help="print the configuration table (markdown)")
     contract = sub.add_parser(
         "openapi",
@@ -1475,6 +1515,8 @@ def _command(argv: Sequence[str] | None) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "probe":
+        return _probe(args)
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -1,0 +1,147 @@
+"""`otel-bridge probe URL`: what a producer's tracker meets posting to a bridge, asked from where it runs.
+
+`check` asks what the bridge itself would meet; a producer's first batch meets other things, each of which
+loses every batch it sends and none of which the producer's tracker says (it re-sends three times, then
+drops): an address a Cloudflare Worker cannot reach (a port, which a deployed Worker's `fetch` ignores; an
+IP address, which it refuses), a certificate it does not trust (a private CA, an intermediate the bridge
+does not send, a name it does not cover, an end passed), `http://` to a bridge serving HTTPS or the
+converse, a key the bridge does not take, a path that is no endpoint, or something else answering there.
+The probe posts an empty batch (`{"events": []}`: the bridge takes it and stores nothing), with the
+headers given, as the durable-effect tracker posts, and says what each step met.
+"""
+
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from otel_bridge.preflight import Finding
+from otel_bridge.urls import without_secrets
+
+# What a certificate verification's message means for the producer.
+_NOT_TRUSTED = (
+    "the producer does not trust the certificate's CA — a private one it was not given (Node.js takes it in "
+    "NODE_EXTRA_CA_CERTS; here, --cafile), or a public CA's certificate served without its intermediate (the "
+    "bridge's `otel-bridge check` says which)"
+)
+
+
+def probe(
+    url: str, headers: Mapping[str, str], cafile: str | None = None, worker: bool = False, timeout: float = 5.0
+) -> list[Finding]:
+    """Each step of a producer's POST to `url`, in the order it meets them; none raises. `worker`: the producer
+    is a deployed Cloudflare Worker, whose `fetch` reaches a host by its name alone, on its scheme's port."""
+    address = _address(url, worker)
+    findings = [address]
+    if address.ok is False:
+        return findings
+    tls = _verifying(cafile)
+    if urlsplit(url).scheme == "https":
+        findings.append(_handshake(url, tls, timeout))
+        if findings[-1].ok is False:
+            return findings
+    findings.append(_answer(url, headers, tls, timeout))
+    return findings
+
+
+def _address(url: str, worker: bool) -> Finding:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port
+    if parts.scheme not in ("http", "https") or not host:
+        return Finding("address", False, f"{without_secrets(url)} is not an http:// or https:// URL with a host")
+    default = 443 if parts.scheme == "https" else 80
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    said = f"{parts.scheme}://{host}, port {port or default}"
+    if worker and literal:
+        return Finding("address", False, f"{said}: a deployed Worker's fetch reaches hosts by name, never by address")
+    if worker and port not in (None, default):
+        return Finding(
+            "address",
+            False,
+            f"{said}: a deployed Worker's fetch ignores a port in the URL and sends to {default}, where no bridge "
+            "answers — give the bridge a hostname on the scheme's own port",
+        )
+    return Finding("address", True, said + (" (a Worker's fetch takes it)" if worker else ""))
+
+
+def _verifying(cafile: str | None) -> ssl.SSLContext:
+    """The public CAs a producer trusts (certifi's, Mozilla's list, as httpx has them), and a private one given."""
+    import certifi
+
+    tls = ssl.create_default_context(cafile=certifi.where())
+    if cafile is not None:
+        tls.load_verify_locations(cafile)
+    return tls
+
+
+def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            tls.wrap_socket(raw, server_hostname=host) as connection,
+        ):
+            certificate = connection.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        why = exc.verify_message or exc.reason or str(exc)
+        if "local issuer" in why or "self-signed" in why or "self signed" in why:
+            return Finding("tls", False, f"{why}: {_NOT_TRUSTED}")
+        if "expired" in why:
+            return Finding("tls", False, f"{why}: the bridge's certificate has ended, and every producer refuses it")
+        if "Hostname mismatch" in why or "IP address mismatch" in why:
+            return Finding("tls", False, f"{why}: the certificate does not name {host}, the host producers post to")
+        return Finding("tls", False, why)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING", "RECORD_LAYER_FAILURE") or "EOF" in str(
+            exc
+        ):
+            return Finding(
+                "tls",
+                False,
+                f"{reason}: no TLS answered on port {port} — the URL says https://, and the server there speaks plain "
+                "HTTP (a bridge without tls_certfile closes such a connection, and its log says so)",
+            )
+        return Finding("tls", False, f"the TLS handshake failed: {reason}")
+    except OSError as exc:
+        return Finding("tls", False, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+    ends = datetime.strptime(str(certificate["notAfter"]), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    days = (ends - datetime.now(UTC)).total_seconds() / 86400
+    issuer: dict[str, Any] = dict(pair[0] for pair in certificate.get("issuer", ()))  # type: ignore[misc]
+    by = issuer.get("organizationName") or issuer.get("commonName") or "its issuer"
+    return Finding("tls", True, f"a certificate of {by} the producer trusts, for {host}, ending in {days:.0f} days")
+
+
+def _answer(url: str, headers: Mapping[str, str], tls: ssl.SSLContext, timeout: float) -> Finding:
+    sent = {"content-type": "application/json", **headers}  # as the durable-effect tracker posts
+    started = time.perf_counter()
+    try:
+        with httpx.Client(verify=tls, timeout=timeout) as client:
+            answer = client.post(url, content=b'{"events":[]}', headers=sent)
+    except httpx.HTTPError as exc:
+        return Finding("answer", False, f"no answer: {exc or type(exc).__name__}")
+    took = f"{answer.status_code} in {(time.perf_counter() - started) * 1000:.0f} ms"
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    said = body.get("error") if isinstance(body, dict) else None
+    if answer.status_code == 200 and isinstance(body, dict) and "accepted" in body:
+        return Finding("answer", True, f"takes batches ({took})")
+    if not isinstance(body, dict):
+        return Finding("answer", False, f"{took} by something that is not otel-bridge (its answer is no JSON)")
+    if answer.status_code == 401:
+        given = ", ".join(sorted(headers)) or "no header"
+        return Finding("answer", False, f"{took}: {said} — the credential sent ({given}) is not one the bridge takes")
+    return Finding("answer", False, f"{took}: {said or body}")
