@@ -3,10 +3,15 @@ and its client certificate for an OTLP backend that asks for one (mutual TLS). B
 while the bridge runs and taken without a restart (receivers/served_tls.py, export/otlp_grpc.py); one
 that ends before its renewal came stops the producers' batches, or the export."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from otel_bridge.export.otlp import standard_variable
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # How long before its end a certificate is said to end soon (a warning, and BridgeCertificateExpiring's).
 SOON_SECONDS = 14 * 86400
@@ -29,19 +34,26 @@ def expiration(certfile: Path) -> float:
 
 def chain_gap(certfile: Path) -> str | None:
     """What a client that does not fetch missing certificates (Node.js, curl, Python: every client of the bridge's
-    but a browser) lacks to verify the chain `certfile` serves, None when nothing: the certificate of the
-    intermediate CA that issued the leaf, where the file holds the leaf alone (certbot's `cert.pem`, where
-    `fullchain.pem` holds it with its intermediates). Said only of an issuer the leaf names where to fetch it
-    from (Authority Information Access), as public CAs name their intermediates; a private CA's clients are
-    given its certificate, and the file need not hold it. With the leaf's issuer in the file, what is above it
-    is the clients' roots'."""
+    but a browser) lacks to verify the chain `certfile` serves, None when nothing (`chain_sent_lacks`)."""
     from cryptography import x509
-    from cryptography.x509.oid import AuthorityInformationAccessOID
 
     try:
         leaf, *rest = x509.load_pem_x509_certificates(certfile.read_bytes())
     except (OSError, ValueError):
         return None  # told by whatever reads it to serve it
+    return chain_sent_lacks(leaf, rest)
+
+
+def chain_sent_lacks(leaf: "x509.Certificate", rest: "Sequence[x509.Certificate]") -> str | None:
+    """What a chain sent as `leaf` then `rest` lacks for a client that fetches nothing, None when nothing: the
+    certificate of the intermediate CA that issued the leaf, where the leaf comes alone (certbot's `cert.pem`,
+    where `fullchain.pem` holds it with its intermediates). Said only of an issuer the leaf names where to fetch
+    it from (Authority Information Access), as public CAs name their intermediates; a private CA's clients are
+    given its certificate, and the chain need not hold it. With the leaf's issuer sent, what is above it is the
+    clients' roots'."""
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
     if leaf.issuer == leaf.subject or any(c.subject == leaf.issuer for c in rest):
         return None
     try:

@@ -24,11 +24,10 @@ import httpx
 from otel_bridge.preflight import Finding
 from otel_bridge.urls import without_secrets
 
-# What a certificate verification's message means for the producer.
-_NOT_TRUSTED = (
-    "the producer does not trust the certificate's CA — a private one it was not given (Node.js takes it in "
-    "NODE_EXTRA_CA_CERTS; here, --cafile), or a public CA's certificate served without its intermediate (the "
-    "bridge's `otel-bridge check` says which)"
+# What a certificate verification's failure to find the issuer means, for a certificate of a private CA.
+_PRIVATE_CA = (
+    "the certificate is of a CA the producer was not given (a private one: Node.js takes it in "
+    "NODE_EXTRA_CA_CERTS; here, --cafile)"
 )
 
 
@@ -96,7 +95,7 @@ def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
     except ssl.SSLCertVerificationError as exc:
         why = exc.verify_message or exc.reason or str(exc)
         if "local issuer" in why or "self-signed" in why or "self signed" in why:
-            return Finding("tls", False, f"{why}: {_NOT_TRUSTED}")
+            return Finding("tls", False, f"{why}: {_unchained(host, port, timeout)}")
         if "expired" in why:
             return Finding("tls", False, f"{why}: the bridge's certificate has ended, and every producer refuses it")
         if "Hostname mismatch" in why or "IP address mismatch" in why:
@@ -121,6 +120,32 @@ def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
     issuer: dict[str, Any] = dict(pair[0] for pair in certificate.get("issuer", ()))  # type: ignore[misc]
     by = issuer.get("organizationName") or issuer.get("commonName") or "its issuer"
     return Finding("tls", True, f"a certificate of {by} the producer trusts, for {host}, ending in {days:.0f} days")
+
+
+def _unchained(host: str, port: int, timeout: float) -> str:
+    """Why a producer cannot chain the certificate served at `host` to a CA it trusts: an intermediate the bridge
+    does not send (a public CA's leaf names where its issuer is, which only browsers fetch), or a private CA."""
+    from cryptography import x509
+
+    from otel_bridge.certificates import chain_sent_lacks
+
+    looking = ssl.create_default_context()
+    looking.check_hostname, looking.verify_mode = False, ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            looking.wrap_socket(raw, server_hostname=host) as connection,
+        ):
+            der = connection.getpeercert(binary_form=True)
+        leaf = x509.load_der_x509_certificate(der) if der else None
+    except (OSError, ValueError):
+        leaf = None
+    if leaf is not None and (missing := chain_sent_lacks(leaf, [])) is not None:
+        return (
+            f"the bridge sends its certificate without {missing}, which only browsers fetch: give its tls_certfile the "
+            "certificate then its intermediates (certbot's fullchain.pem, not cert.pem)"
+        )
+    return _PRIVATE_CA
 
 
 def _answer(url: str, headers: Mapping[str, str], tls: ssl.SSLContext, timeout: float) -> Finding:

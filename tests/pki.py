@@ -2,6 +2,7 @@
 (an OTLP backend, Redis) and the bridge's client certificate for mutual TLS; and a public CA's chain as
 its certificates name one another (`PublicCa`: a root, an intermediate, a leaf)."""
 
+import ipaddress
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,7 +74,12 @@ def issue(
         usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)  # keyCertSign, cRLSign
         builder = builder.add_extension(usage, critical=True)
     else:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("bridge.example.org")]), False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("bridge.example.org"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False

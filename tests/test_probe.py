@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from bridge_process import BridgeProcess, free_port
-from pki import make_pki
+from pki import ISSUERS_URL, PublicCa, make_pki
 
 from otel_bridge.cli import main
 
@@ -55,8 +55,29 @@ def test_a_producer_that_trusts_the_ca_and_sends_the_key_is_taken(https_bridge, 
 def test_a_certificate_of_a_ca_the_producer_does_not_trust_is_said_before_any_batch_is_sent(https_bridge, capsys):
     status, told = _probed(capsys, https_bridge.url, "--header", f"X-API-KEY={KEY}")  # the public CAs alone
     assert status == 1 and len(told) == 2
-    assert told[1].startswith("FAIL  tls      unable to get local issuer certificate: the producer does not trust")
+    assert told[1].startswith(
+        "FAIL  tls      unable to get local issuer certificate: the certificate is of a CA the producer was not given"
+    )
     assert "NODE_EXTRA_CA_CERTS" in told[1]
+
+
+def test_a_public_cas_certificate_served_without_its_intermediate_is_said_as_that(tmp_path, capsys):
+    ca = PublicCa(tmp_path)  # a root the producer trusts, as the public ones; R11 issued the leaf
+    served = {"tls_certfile": str(ca.file("cert.pem", ca.leaf)), "tls_keyfile": str(tmp_path / "leaf.key")}
+    bridge = BridgeProcess(tmp_path, f"http://127.0.0.1:{free_port()}", **served)
+    bridge.url = bridge.url.replace("http://", "https://")
+    bridge.client = httpx.Client(verify=False, timeout=10)
+    try:
+        bridge.start()
+        status, told = _probed(capsys, bridge.url, "--cafile", str(tmp_path / "root.pem"))
+    finally:
+        bridge.close()
+    assert status == 1
+    assert told[1] == (
+        f"FAIL  tls      unable to get local issuer certificate: the bridge sends its certificate without the "
+        f"certificate of its issuer, CN=R11 ({ISSUERS_URL}), which only browsers fetch: give its tls_certfile the "
+        "certificate then its intermediates (certbot's fullchain.pem, not cert.pem)"
+    )
 
 
 @pytest.mark.parametrize(
