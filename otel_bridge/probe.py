@@ -157,6 +157,16 @@ def _answer(url: str, headers: Mapping[str, str], tls: ssl.SSLContext, timeout: 
     except httpx.HTTPError as exc:
         return Finding("answer", False, f"no answer: {exc or type(exc).__name__}")
     took = f"{answer.status_code} in {(time.perf_counter() - started) * 1000:.0f} ms"
+    if answer.is_redirect:
+        to = answer.headers.get("location", "?")
+        if answer.status_code in (307, 308):  # fetch sends the POST on, body and all
+            return Finding("answer", None, f"{took}: sent on to {to}, the batch with it — give the producer that URL")
+        return Finding(
+            "answer",
+            False,
+            f"{took}: sent on to {to} as a GET (fetch turns a POST into one on a {answer.status_code}), its batch "
+            "dropped — give the producer that URL",
+        )
     try:
         body = answer.json()
     except ValueError:

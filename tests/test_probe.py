@@ -134,6 +134,36 @@ class _NotABridge(BaseHTTPRequestHandler):
         pass
 
 
+class _Redirecting(BaseHTTPRequestHandler):
+    """A proxy in front that sends http:// on to https:// (an Ingress's ssl-redirect), as a 308 or a 301."""
+
+    status = 308
+
+    def do_POST(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Location", "https://otel-bridge.example.com/v1/events")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "mark", "said"), [(308, "-    ", "the batch with it"), (301, "FAIL ", "as a GET")])
+def test_a_redirect_is_said_with_where_it_sends_and_whether_the_batch_goes_with_it(capsys, status, mark, said):
+    handler = type("Redirecting", (_Redirecting,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, told = _probed(capsys, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert told[-1].startswith(f"{mark} answer   {status} in ")
+    assert "sent on to https://otel-bridge.example.com/v1/events" in told[-1] and said in told[-1]
+    assert code == (0 if status == 308 else 1)
+
+
 def test_something_else_answering_at_the_address_or_nothing_is_said(capsys):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _NotABridge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
