@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -41,7 +41,7 @@ from otel_bridge.propagation import span_context_for
 from otel_bridge.state.sqlite_store import damaged
 from otel_bridge.state.store import StoreDamaged, StoreInUse, StoreOpenError, damage_met, damaged_said
 from otel_bridge.tokens import label_problem
-from otel_bridge.urls import host_problem, without_secrets
+from otel_bridge.urls import events_url, host_problem, without_secrets
 from otel_bridge.visible import TextLog, visible, visible_lines
 
 T = TypeVar("T")
@@ -824,7 +824,7 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"otel-bridge: --cafile {args.cafile}: {_not_a_file(args.cafile)}", file=sys.stderr)
         return 2
     headers = dict(h.split("=", 1) for h in args.header)
-    return _told(probe(events_url(args.url), headers, args.cafile, args.worker, args.timeout), args.json)
+    return _told(probe(args.url, headers, args.cafile, args.worker, args.timeout), args.json)
 
 
 def _told(findings: "list[Finding]", as_json: bool) -> int:
@@ -1055,13 +1055,6 @@ def _trace_id(args: argparse.Namespace) -> int:
 
 def _begins_an_object_id(given: str) -> bool:
     return keys.ABBREVIATION_MIN <= len(given) < 64 and keys.is_hex(given)
-
-
-def events_url(url: str) -> str:
-    """The tracker endpoint of a bridge given by its address alone (`http://host:4380`), as OTLP
-    exporters take a base URL and add `/v1/traces`; a URL with a path is taken as it is."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/v1/events")) if parts.path in ("", "/") else url
 
 
 def _demo(args: argparse.Namespace) -> int:

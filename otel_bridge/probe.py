@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from otel_bridge.preflight import Finding
-from otel_bridge.urls import without_secrets
+from otel_bridge.urls import events_url, host_problem, without_secrets
 
 # What a certificate verification's failure to find the issuer means, for a certificate of a private CA.
 _PRIVATE_CA = (
@@ -40,6 +40,7 @@ def probe(
     findings = [address]
     if address.ok is False:
         return findings
+    url = events_url(url)
     tls = _verifying(cafile)
     if urlsplit(url).scheme == "https":
         findings.append(_handshake(url, tls, timeout))
@@ -50,10 +51,12 @@ def probe(
 
 
 def _address(url: str, worker: bool) -> Finding:
+    if not url.lower().startswith(("http://", "https://")):
+        return Finding("address", False, f"{without_secrets(url)} is not an http:// or https:// URL")
+    if (why := host_problem(url)) is not None:  # a port past 65535, a bracket not closed: a traceback of urllib's
+        return Finding("address", False, f"{without_secrets(url)} names no host to post to: {why}")
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port
-    if parts.scheme not in ("http", "https") or not host:
-        return Finding("address", False, f"{without_secrets(url)} is not an http:// or https:// URL with a host")
     default = 443 if parts.scheme == "https" else 80
     try:
         ipaddress.ip_address(host)

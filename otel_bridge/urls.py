@@ -88,3 +88,10 @@ def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
     if db and not db.isdigit():
         raise ValueError(f"{without_secrets(url)!r}: the database {db!r} is no number")
     return sentinels, service, int(db or 0)
+
+
+def events_url(url: str) -> str:
+    """The tracker endpoint of a bridge given by its address alone (`http://host:4380`), as OTLP
+    exporters take a base URL and add `/v1/traces`; a URL with a path is taken as it is."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/v1/events")) if parts.path in ("", "/") else url

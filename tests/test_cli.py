@@ -16,7 +16,7 @@ import pytest
 from builders import JobRun, WorkflowRun, iso, ns_of
 from otlp_receiver import OtlpHttpReceiver
 
-from otel_bridge.cli import _listening, events_url, main
+from otel_bridge.cli import _listening, main
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
@@ -98,20 +98,6 @@ def test_runs_and_jobs_piped_keep_each_cell_whole_on_its_line_however_wide(tmp_p
     assert row.count("│") == 12 and "ledger-close-2026-11" in row
     assert main(["jobs", "--state", state]) == 0
     assert any("aDigestMailerWithAVeryLongNameIndeed" in line for line in capsys.readouterr().out.splitlines())
-
-
-@pytest.mark.parametrize(
-    ("given", "posted_to"),
-    [
-        ("http://127.0.0.1:4380", "http://127.0.0.1:4380/v1/events"),
-        ("http://127.0.0.1:4380/", "http://127.0.0.1:4380/v1/events"),
-        ("https://bridge.internal", "https://bridge.internal/v1/events"),
-        ("http://127.0.0.1:4380/v1/events", "http://127.0.0.1:4380/v1/events"),
-        ("http://proxy:8080/otel-bridge/v1/events", "http://proxy:8080/otel-bridge/v1/events"),
-    ],
-)
-def test_the_demo_posts_to_the_tracker_endpoint_of_a_bridge_given_by_its_address(given, posted_to):
-    assert events_url(given) == posted_to
 
 
 @pytest.mark.parametrize("limit", ["-1", "ten"])

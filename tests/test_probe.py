@@ -109,6 +109,20 @@ def test_http_to_a_bridge_serving_https_and_https_to_one_serving_http_are_each_s
 @pytest.mark.parametrize(
     ("url", "said"),
     [
+        ("otel-bridge.example.com/v1/events", "is not an http:// or https:// URL"),
+        ("https://otel-bridge.example.com:99999/v1/events", "names no host to post to: "),
+        ("http://[::1/v1/events", "names no host to post to: "),
+    ],
+)
+def test_a_url_that_names_no_endpoint_fails_its_address_without_a_traceback(capsys, url, said):
+    status, told = _probed(capsys, url)
+    assert status == 1 and len(told) == 1
+    assert told[0].startswith("FAIL  address  ") and said in told[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
         ("https://203.0.113.7/v1/events", "reaches hosts by name, never by address"),
         ("https://otel-bridge.example.com:4380/v1/events", "ignores a port in the URL and sends to 443"),
     ],

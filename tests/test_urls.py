@@ -2,7 +2,7 @@
 
 import pytest
 
-from otel_bridge.urls import without_secrets
+from otel_bridge.urls import events_url, without_secrets
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,17 @@ from otel_bridge.urls import without_secrets
 )
 def test_a_url_is_shown_without_the_credentials_it_holds(url, shown):
     assert without_secrets(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("given", "posted_to"),
+    [
+        ("http://127.0.0.1:4380", "http://127.0.0.1:4380/v1/events"),
+        ("http://127.0.0.1:4380/", "http://127.0.0.1:4380/v1/events"),
+        ("https://bridge.internal", "https://bridge.internal/v1/events"),
+        ("http://127.0.0.1:4380/v1/events", "http://127.0.0.1:4380/v1/events"),
+        ("http://proxy:8080/otel-bridge/v1/events", "http://proxy:8080/otel-bridge/v1/events"),
+    ],
+)
+def test_a_bridge_given_by_its_address_is_posted_to_at_its_tracker_endpoint(given, posted_to):
+    assert events_url(given) == posted_to
