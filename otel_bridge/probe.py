@@ -155,7 +155,8 @@ def _answer(url: str, headers: Mapping[str, str], tls: ssl.SSLContext, timeout: 
     sent = {"content-type": "application/json", **headers}  # as the durable-effect tracker posts
     started = time.perf_counter()
     try:
-        with httpx.Client(verify=tls, timeout=timeout) as client:
+        # Directly, as the handshake before it, and as a Worker's or Node.js's fetch (neither reads HTTPS_PROXY).
+        with httpx.Client(verify=tls, timeout=timeout, trust_env=False) as client:
             answer = client.post(url, content=b'{"events":[]}', headers=sent)
     except httpx.HTTPError as exc:
         return Finding("answer", False, f"no answer: {exc or type(exc).__name__}")
