@@ -89,7 +89,7 @@ class ServedCertificate:
         self.renewals = 0
         self._refused: str | None = None  # the files' last refusal, told once until they change again
         self.context.sni_callback = self._hand_newest
-        self._tell_if_ending("serving")
+        self._tell_what_is_served("serving")
 
     def _held(self) -> tuple[bytes | None, bytes | None]:
         certfile, keyfile, _password = self._files
@@ -118,10 +118,10 @@ class ServedCertificate:
             return False
         self._seen, self._newest, self.expires_at, self._refused = seen, fresh, ends, None
         self.renewals += 1
-        self._tell_if_ending("serving the renewed")
+        self._tell_what_is_served("serving the renewed")
         return True
 
-    def _tell_if_ending(self, serving: str) -> None:
+    def _tell_what_is_served(self, serving: str) -> None:
         ends, days = when_it_ends(self.expires_at, self._clock())
         certfile = self._files[0]
         if (gap := chain_gap(certfile)) is not None:
