@@ -816,15 +816,21 @@ def _check(settings: Settings, timeout_seconds: float, as_json: bool = False) ->
 def _probe(args: argparse.Namespace) -> int:
     from otel_bridge.probe import probe
 
-    malformed = [h for h in args.header if "=" not in h or not h.split("=", 1)[0].strip()]
-    if malformed:
-        print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
+    if (headers := _headers_given(args.header)) is None:
         return 2
     if args.cafile is not None and not Path(args.cafile).is_file():
         print(f"otel-bridge: --cafile {args.cafile}: {_not_a_file(args.cafile)}", file=sys.stderr)
         return 2
-    headers = dict(h.split("=", 1) for h in args.header)
     return _told(probe(args.url, headers, args.cafile, args.worker, args.timeout), args.json)
+
+
+def _headers_given(given: list[str]) -> dict[str, str] | None:
+    """The `--header NAME=VALUE` flags as headers; None when one is not that, said on stderr."""
+    malformed = [h for h in given if "=" not in h or not h.split("=", 1)[0].strip()]
+    if malformed:
+        print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
+        return None
+    return dict(h.split("=", 1) for h in given)
 
 
 def _told(findings: "list[Finding]", as_json: bool) -> int:
@@ -1061,11 +1067,8 @@ def _demo(args: argparse.Namespace) -> int:
     from otel_bridge.producer.demo import SCENARIOS, run_demo
 
     _logging("INFO")
-    malformed = [h for h in args.header if "=" not in h or not h.split("=", 1)[0].strip()]
-    if malformed:
-        print(f"otel-bridge: --header {malformed[0]!r} is not NAME=VALUE", file=sys.stderr)
+    if (headers := _headers_given(args.header)) is None:
         return 2
-    headers = dict(h.split("=", 1) for h in args.header)
     try:  # as a producer of this bridge would post: with the credential its settings ask for, unless given
         credential = _credential(Settings(**{}))
     except ValidationError as exc:
