@@ -133,6 +133,17 @@ def test_an_address_a_deployed_worker_cannot_reach_fails_before_anything_is_sent
     assert told[0].startswith("FAIL  address  ") and said in told[0]
 
 
+def _probed_at(capsys: pytest.CaptureFixture[str], handler: type[BaseHTTPRequestHandler]) -> tuple[int, list[str]]:
+    """What the probe tells of a server of another kind than the bridge, answering as `handler` does."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return _probed(capsys, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _NotABridge(BaseHTTPRequestHandler):
     """Another server at the address (a proxy's default page, a server of another team's): HTML, not JSON."""
 
@@ -165,27 +176,14 @@ class _Redirecting(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(("status", "mark", "said"), [(308, "-    ", "the batch with it"), (301, "FAIL ", "as a GET")])
 def test_a_redirect_is_said_with_where_it_sends_and_whether_the_batch_goes_with_it(capsys, status, mark, said):
-    handler = type("Redirecting", (_Redirecting,), {"status": status})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code, told = _probed(capsys, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    code, told = _probed_at(capsys, type("Redirecting", (_Redirecting,), {"status": status}))
     assert told[-1].startswith(f"{mark} answer   {status} in ")
     assert "sent on to https://otel-bridge.example.com/v1/events" in told[-1] and said in told[-1]
     assert code == (0 if status == 308 else 1)
 
 
 def test_something_else_answering_at_the_address_or_nothing_is_said(capsys):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotABridge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        status, told = _probed(capsys, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    status, told = _probed_at(capsys, _NotABridge)
     assert status == 1
     assert told[-1].startswith("FAIL  answer   404 in ") and "by something that is not otel-bridge" in told[-1]
     status, told = _probed(capsys, f"http://127.0.0.1:{free_port()}")
