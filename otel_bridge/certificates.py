@@ -64,6 +64,33 @@ def chain_sent_lacks(leaf: "x509.Certificate", rest: "Sequence[x509.Certificate]
     return f"the certificate of its issuer, {leaf.issuer.rfc4514_string()} ({where[0]})" if where else None
 
 
+def names_no_host(certfile: Path) -> str | None:
+    """What to say of a served certificate that names no host in its subjectAltName (None when it names one):
+    clients have checked a name there only, ignoring the subject's CN, for years (Node.js, Python, Go, curl,
+    browsers), so every producer refuses it — a certificate made by hand with `openssl req` without
+    `-addext subjectAltName=…`."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        leaf = x509.load_pem_x509_certificates(certfile.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return None  # told by whatever reads it to serve it
+    try:
+        named = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        named = None
+    if named is not None and (named.get_values_for_type(x509.DNSName) or named.get_values_for_type(x509.IPAddress)):
+        return None
+    common = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cn = f" (its CN, {common[0]}, is not looked at)" if common else ""
+    return (
+        f"the TLS certificate {certfile} names no host in its subjectAltName{cn}: every producer's client refuses "
+        "it, and loses every batch — make it with the host's name there (openssl req -addext "
+        "'subjectAltName=DNS:bridge.example.com')"
+    )
+
+
 def chain_told(certfile: Path, gap: str) -> str:
     """What to say of a `chain_gap` of the served certificate."""
     return (

@@ -32,7 +32,7 @@ def make_pki(directory: Path) -> dict[str, str]:
     )
     # Each also the other's: Redis replicates with its server certificate, and a test serves the bridge's own.
     (d / "backend.ext").write_text(leaf + "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1\n")
-    (d / "bridge.ext").write_text(leaf + "extendedKeyUsage=serverAuth,clientAuth\n")
+    (d / "bridge.ext").write_text(leaf + "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:otel-bridge\n")
     for name, subject in (("backend", "/CN=127.0.0.1"), ("bridge", "/CN=otel-bridge")):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
                  "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip

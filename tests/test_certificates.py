@@ -1,16 +1,23 @@
-"""What the served certificate's file lacks for the producers' clients: the intermediate of a leaf served alone."""
+"""What the served certificate's file lacks for the producers' clients: the intermediate of a leaf served alone,
+a host's name where clients look for it."""
 
 import contextlib
 import socket
 import ssl
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pki import ISSUERS_URL, PublicCa, issue
 
-from otel_bridge.certificates import chain_gap
+from otel_bridge.certificates import chain_gap, names_no_host
+
+NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -59,3 +66,23 @@ def test_a_private_cas_leaf_and_a_self_signed_certificate_are_left_to_the_client
     private = issue("bridge", key, ("our CA", private_key), ca=False)  # names no place to fetch its issuer from
     assert chain_gap(public_ca.file("private.pem", private)) is None
     assert chain_gap(public_ca.file("self.pem", issue("bridge", key, None, ca=False))) is None
+
+
+def test_a_certificate_that_names_its_host_only_in_its_cn_is_said_to_be_refused_by_every_client(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    only_cn = x509.CertificateBuilder().subject_name(_cn("bridge.example.org")).issuer_name(_cn("bridge.example.org"))
+    only_cn = only_cn.public_key(key.public_key()).serial_number(x509.random_serial_number())
+    only_cn = only_cn.not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=30))
+    path = tmp_path / "cn.pem"
+    path.write_bytes(only_cn.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    told = names_no_host(path)
+    assert told is not None
+    assert told.startswith(
+        f"the TLS certificate {path} names no host in its subjectAltName (its CN, bridge.example.org"
+    )
+    ca = PublicCa(tmp_path)
+    assert names_no_host(ca.file("leaf.pem", ca.leaf)) is None  # DNS and IP names in its subjectAltName
+
+
+def _cn(name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])

@@ -6,6 +6,7 @@ gRPC), redis-server, the Phase-10 stand-in's WebSocket and timeline API, Postgre
 
 import json
 import socket
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -191,6 +192,16 @@ def test_a_certificate_served_without_its_intermediate_fails_the_check_saying_wh
     full = ca.file("fullchain.pem", ca.leaf, ca.r11)
     (tls,) = [f for f in check(Settings(**served, tls_certfile=full)) if f.what == "tls"]
     assert tls.ok and tls.detail.startswith(f"{full} serves HTTPS until ")
+
+    # Made by hand without a subjectAltName: its host named in its CN alone, which no client looks at.
+    bare = tmp_path / "bare.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-key", str(tmp_path / "leaf.key"), "-days", "1", "-subj", "/CN=bridge.example.org",
+         "-out", str(bare)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (tls,) = [f for f in check(Settings(**served, tls_certfile=bare)) if f.what == "tls"]
+    assert tls.ok is False and tls.detail.startswith(f"the TLS certificate {bare} names no host in its subjectAltName")
 
 
 def test_check_answers_json_for_a_deploy_pipeline_with_the_same_exit_status(tmp_path, monkeypatch, capsys):

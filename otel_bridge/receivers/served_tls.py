@@ -21,7 +21,15 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, chain_gap, chain_told, expiration, when_it_ends
+from otel_bridge.certificates import (
+    SOON_SECONDS,
+    TlsFilesError,
+    chain_gap,
+    chain_told,
+    expiration,
+    names_no_host,
+    when_it_ends,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,8 @@ class ServedCertificate:
         certfile = self._files[0]
         if (gap := chain_gap(certfile)) is not None:
             log.warning("%s", chain_told(certfile, gap))
+        if (unnamed := names_no_host(certfile)) is not None:
+            log.warning("%s", unnamed)
         if days <= 0:
             log.error("%s TLS certificate %s, which ended %s: clients refuse it", serving, certfile, ends)
         elif days * 86400 < SOON_SECONDS:

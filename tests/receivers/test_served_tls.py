@@ -32,6 +32,7 @@ def _certificate(days: float, name: str = "otel-bridge") -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - timedelta(days=30))
         .not_valid_after(NOW + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)  # what clients check
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
