@@ -23,6 +23,7 @@ from otel_bridge.config import Settings, unknown_variables
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE, STATEFUL_SET = yaml.safe_load_all((ROOT / "kubernetes" / "otel-bridge.yaml").read_text())
 (SIDECAR_APP,) = yaml.safe_load_all((ROOT / "kubernetes" / "sidecar.yaml").read_text())
+(INGRESS,) = yaml.safe_load_all((ROOT / "kubernetes" / "ingress.yaml").read_text())
 BACKUP_CLAIM, BACKUP_JOB = yaml.safe_load_all((ROOT / "kubernetes" / "backup-cronjob.yaml").read_text())
 ALONE = STATEFUL_SET["spec"]["template"]["spec"]["containers"][0]
 BACKUP_POD = BACKUP_JOB["spec"]["jobTemplate"]["spec"]["template"]
@@ -314,3 +315,24 @@ def test_what_the_probes_ask_is_answered_by_a_bridge_run_with_the_manifests_envi
             assert httpx.get(f"{bridge.url}{path}", timeout=5).status_code == 200
     finally:
         bridge.close()
+
+
+# ingress-nginx's idle time for its kept-alive connections to a backend (its upstream-keepalive-timeout).
+INGRESS_NGINX_KEEPALIVE_SECONDS = 60
+
+
+def test_the_ingress_routes_the_batch_path_alone_to_the_service_with_room_for_the_largest_batch(monkeypatch):
+    settings = _settings(ALONE, monkeypatch)
+    (rule,) = INGRESS["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == (settings.path, "Exact")  # /metrics and the listings stay inside
+    backend = path["backend"]["service"]
+    assert backend["name"] == SERVICE["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in SERVICE["spec"]["ports"]}
+    # ingress-nginx refuses a larger body itself, unseen by the bridge.
+    size = INGRESS["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(size.removesuffix("m")) * 1024 * 1024 >= settings.max_body_bytes
+    # Behind it, the bridge keeps an idle connection longer than ingress-nginx does (else a 502 now and then).
+    assert settings.keep_alive_seconds > INGRESS_NGINX_KEEPALIVE_SECONDS
+    (tls,) = INGRESS["spec"]["tls"]
+    assert tls["hosts"] == [rule["host"]] and "cert-manager.io/cluster-issuer" in INGRESS["metadata"]["annotations"]
