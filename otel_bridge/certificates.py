@@ -100,6 +100,13 @@ def chain_told(certfile: Path, gap: str) -> str:
     )
 
 
+def refused_by_clients(certfile: Path) -> list[str]:
+    """What the producers' clients will refuse the served certificate for, each said: its intermediate not in
+    the file (`chain_gap`), no host named where clients look (`names_no_host`)."""
+    said = [chain_told(certfile, gap)] if (gap := chain_gap(certfile)) is not None else []
+    return said + ([unnamed] if (unnamed := names_no_host(certfile)) is not None else [])
+
+
 def when_it_ends(ends: float, now: float) -> tuple[str, float]:
     """A certificate's end (`expiration`) as told: its time (ISO 8601, UTC) and the days left from `now`."""
     return datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), (ends - now) / 86400

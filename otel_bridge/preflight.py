@@ -70,15 +70,7 @@ def check(settings: Settings, timeout_seconds: float = 5.0) -> list[Finding]:
 
 def _tls(settings: Settings) -> Finding:
     """Whether the certificate `serve` would serve HTTPS with loads, with its key, and how long it lasts."""
-    from otel_bridge.certificates import (
-        SOON_SECONDS,
-        TlsFilesError,
-        chain_gap,
-        chain_told,
-        expiration,
-        names_no_host,
-        when_it_ends,
-    )
+    from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, expiration, refused_by_clients, when_it_ends
     from otel_bridge.receivers.served_tls import server_context
 
     certfile, keyfile = settings.tls_certfile, settings.tls_keyfile
@@ -92,10 +84,8 @@ def _tls(settings: Settings) -> Finding:
     when, days = when_it_ends(ends, time.time())
     if days <= 0:
         return Finding("tls", False, f"{certfile} ended {when}: clients refuse it")
-    if (gap := chain_gap(certfile)) is not None:
-        return Finding("tls", False, chain_told(certfile, gap))
-    if (unnamed := names_no_host(certfile)) is not None:
-        return Finding("tls", False, unnamed)
+    if refused := refused_by_clients(certfile):
+        return Finding("tls", False, "; ".join(refused))
     soon = " (BridgeCertificateExpiring warns from two weeks before)" if days * 86400 < SOON_SECONDS else ""
     renewed = f"a renewed one is taken within {settings.tls_reload_seconds:g} s"
     return Finding("tls", True, f"{certfile} serves HTTPS until {when}, in {days:.1f} days{soon}; {renewed}")

@@ -21,15 +21,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from otel_bridge.certificates import (
-    SOON_SECONDS,
-    TlsFilesError,
-    chain_gap,
-    chain_told,
-    expiration,
-    names_no_host,
-    when_it_ends,
-)
+from otel_bridge.certificates import SOON_SECONDS, TlsFilesError, expiration, refused_by_clients, when_it_ends
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +124,8 @@ class ServedCertificate:
     def _tell_what_is_served(self, serving: str) -> None:
         ends, days = when_it_ends(self.expires_at, self._clock())
         certfile = self._files[0]
-        if (gap := chain_gap(certfile)) is not None:
-            log.warning("%s", chain_told(certfile, gap))
-        if (unnamed := names_no_host(certfile)) is not None:
-            log.warning("%s", unnamed)
+        for refused in refused_by_clients(certfile):
+            log.warning("%s", refused)
         if days <= 0:
             log.error("%s TLS certificate %s, which ended %s: clients refuse it", serving, certfile, ends)
         elif days * 86400 < SOON_SECONDS:
