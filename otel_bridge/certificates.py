@@ -32,16 +32,32 @@ def expiration(certfile: Path) -> float:
     return certificate.not_valid_after_utc.timestamp()
 
 
-def chain_gap(certfile: Path) -> str | None:
-    """What a client that does not fetch missing certificates (Node.js, curl, Python: every client of the bridge's
-    but a browser) lacks to verify the chain `certfile` serves, None when nothing (`chain_sent_lacks`)."""
+def refused_by_clients(certfile: Path) -> list[str]:
+    """What the producers' clients (Node.js, curl, Python: every client of the bridge's but a browser) will refuse
+    the served certificate for, each said: the intermediate the leaf needs not in the file (`chain_sent_lacks`),
+    no host named where clients look for one (`names_a_host`). The file is read once, here."""
     from cryptography import x509
 
     try:
         leaf, *rest = x509.load_pem_x509_certificates(certfile.read_bytes())
     except (OSError, ValueError):
-        return None  # told by whatever reads it to serve it
-    return chain_sent_lacks(leaf, rest)
+        return []  # told by whatever reads it to serve it
+    said = []
+    if (missing := chain_sent_lacks(leaf, rest)) is not None:
+        said.append(
+            f"the TLS certificate {certfile} is served without {missing}: producers (Node.js, curl, Python — every "
+            "client but a browser) refuse it, and lose every batch; give tls_certfile the certificate then its "
+            "intermediates (certbot's fullchain.pem, not cert.pem; cert-manager's tls.crt holds them)"
+        )
+    if not names_a_host(leaf):
+        common = [str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        cn = f" (its CN, {common[0]}, is not looked at)" if common else ""
+        said.append(
+            f"the TLS certificate {certfile} names no host in its subjectAltName{cn}: every producer's client "
+            "refuses it, and loses every batch — make it with the host's name there (openssl req -addext "
+            "'subjectAltName=DNS:bridge.example.com')"
+        )
+    return said
 
 
 def chain_sent_lacks(leaf: "x509.Certificate", rest: "Sequence[x509.Certificate]") -> str | None:
@@ -64,47 +80,17 @@ def chain_sent_lacks(leaf: "x509.Certificate", rest: "Sequence[x509.Certificate]
     return f"the certificate of its issuer, {leaf.issuer.rfc4514_string()} ({where[0]})" if where else None
 
 
-def names_no_host(certfile: Path) -> str | None:
-    """What to say of a served certificate that names no host in its subjectAltName (None when it names one):
-    clients have checked a name there only, ignoring the subject's CN, for years (Node.js, Python, Go, curl,
-    browsers), so every producer refuses it — a certificate made by hand with `openssl req` without
-    `-addext subjectAltName=…`."""
+def names_a_host(leaf: "x509.Certificate") -> bool:
+    """Whether the certificate names a host (a DNS name or an address) in its subjectAltName, the one place
+    clients have looked for years (Node.js, Python, Go, curl, browsers: never the subject's CN). One made by hand
+    with `openssl req` without `-addext subjectAltName=…` names none, and every producer refuses it."""
     from cryptography import x509
-    from cryptography.x509.oid import NameOID
 
-    try:
-        leaf = x509.load_pem_x509_certificates(certfile.read_bytes())[0]
-    except (OSError, ValueError, IndexError):
-        return None  # told by whatever reads it to serve it
     try:
         named = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        named = None
-    if named is not None and (named.get_values_for_type(x509.DNSName) or named.get_values_for_type(x509.IPAddress)):
-        return None
-    common = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    cn = f" (its CN, {common[0]}, is not looked at)" if common else ""
-    return (
-        f"the TLS certificate {certfile} names no host in its subjectAltName{cn}: every producer's client refuses "
-        "it, and loses every batch — make it with the host's name there (openssl req -addext "
-        "'subjectAltName=DNS:bridge.example.com')"
-    )
-
-
-def chain_told(certfile: Path, gap: str) -> str:
-    """What to say of a `chain_gap` of the served certificate."""
-    return (
-        f"the TLS certificate {certfile} is served without {gap}: producers (Node.js, curl, Python — every client "
-        "but a browser) refuse it, and lose every batch; give tls_certfile the certificate then its intermediates "
-        "(certbot's fullchain.pem, not cert.pem; cert-manager's tls.crt holds them)"
-    )
-
-
-def refused_by_clients(certfile: Path) -> list[str]:
-    """What the producers' clients will refuse the served certificate for, each said: its intermediate not in
-    the file (`chain_gap`), no host named where clients look (`names_no_host`)."""
-    said = [chain_told(certfile, gap)] if (gap := chain_gap(certfile)) is not None else []
-    return said + ([unnamed] if (unnamed := names_no_host(certfile)) is not None else [])
+        return False
+    return bool(named.get_values_for_type(x509.DNSName) or named.get_values_for_type(x509.IPAddress))
 
 
 def when_it_ends(ends: float, now: float) -> tuple[str, float]:

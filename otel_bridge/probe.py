@@ -15,12 +15,12 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from otel_bridge.certificates import chain_sent_lacks, when_it_ends
 from otel_bridge.preflight import Finding
 from otel_bridge.urls import events_url, host_problem, without_secrets
 
@@ -118,8 +118,7 @@ def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
         return Finding("tls", False, f"the TLS handshake failed: {reason}")
     except OSError as exc:
         return Finding("tls", False, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
-    ends = datetime.strptime(str(certificate["notAfter"]), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
-    days = (ends - datetime.now(UTC)).total_seconds() / 86400
+    _when, days = when_it_ends(ssl.cert_time_to_seconds(str(certificate["notAfter"])), time.time())
     issuer: dict[str, Any] = dict(pair[0] for pair in certificate.get("issuer", ()))  # type: ignore[misc]
     by = issuer.get("organizationName") or issuer.get("commonName") or "its issuer"
     return Finding("tls", True, f"a certificate of {by} the producer trusts, for {host}, ending in {days:.0f} days")
@@ -129,8 +128,6 @@ def _unchained(host: str, port: int, timeout: float) -> str:
     """Why a producer cannot chain the certificate served at `host` to a CA it trusts: an intermediate the bridge
     does not send (a public CA's leaf names where its issuer is, which only browsers fetch), or a private CA."""
     from cryptography import x509
-
-    from otel_bridge.certificates import chain_sent_lacks
 
     looking = ssl.create_default_context()
     looking.check_hostname, looking.verify_mode = False, ssl.CERT_NONE

@@ -563,7 +563,8 @@ class Bridge:
         self.metrics.start_bridge_counters([c.M_BRIDGE_TLS_HANDSHAKES_FAILED], **{c.BRIDGE_REFUSAL_REASON: lost})
 
     def handshake_failed(self, reason: str) -> None:
-        """A TLS handshake on the HTTPS port that failed, by what it means for the producer (`https_port`)."""
+        """A TLS handshake that failed, by what it means for the producer: on the HTTPS port (`https_port`), or met
+        on the plain-HTTP port (`http_protocol`, no_certificate)."""
         self.metrics.bridge(c.M_BRIDGE_TLS_HANDSHAKES_FAILED, 1, **{c.BRIDGE_REFUSAL_REASON: reason})
 
     def request_answered(self, attributes: Attributes, seconds: float) -> None:
