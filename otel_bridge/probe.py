@@ -90,11 +90,7 @@ def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            tls.wrap_socket(raw, server_hostname=host) as connection,
-        ):
-            certificate = connection.getpeercert() or {}
+        certificate, _der = _met(host, port, tls, timeout)
     except ssl.SSLCertVerificationError as exc:
         why = exc.verify_message or exc.reason or str(exc)
         if "local issuer" in why or "self-signed" in why or "self signed" in why:
@@ -119,9 +115,19 @@ def _handshake(url: str, tls: ssl.SSLContext, timeout: float) -> Finding:
     except OSError as exc:
         return Finding("tls", False, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
     _when, days = when_it_ends(ssl.cert_time_to_seconds(str(certificate["notAfter"])), time.time())
-    issuer: dict[str, Any] = dict(pair[0] for pair in certificate.get("issuer", ()))  # type: ignore[misc]
+    issuer: dict[str, Any] = dict(pair[0] for pair in certificate.get("issuer", ()))
     by = issuer.get("organizationName") or issuer.get("commonName") or "its issuer"
     return Finding("tls", True, f"a certificate of {by} the producer trusts, for {host}, ending in {days:.0f} days")
+
+
+def _met(host: str, port: int, tls: ssl.SSLContext, timeout: float) -> tuple[dict[str, Any], bytes | None]:
+    """The certificate a handshake with `host` over `tls` meets: as `getpeercert` decodes it (empty unless
+    verified), and in DER."""
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        tls.wrap_socket(raw, server_hostname=host) as connection,
+    ):
+        return dict(connection.getpeercert() or {}), connection.getpeercert(binary_form=True)
 
 
 def _unchained(host: str, port: int, timeout: float) -> str:
@@ -132,11 +138,7 @@ def _unchained(host: str, port: int, timeout: float) -> str:
     looking = ssl.create_default_context()
     looking.check_hostname, looking.verify_mode = False, ssl.CERT_NONE
     try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            looking.wrap_socket(raw, server_hostname=host) as connection,
-        ):
-            der = connection.getpeercert(binary_form=True)
+        _certificate, der = _met(host, port, looking, timeout)
         leaf = x509.load_der_x509_certificate(der) if der else None
     except (OSError, ValueError):
         leaf = None
