@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from otel_bridge.export.otlp import standard_variable
+from otel_bridge.export.otlp import FROM_ENVIRONMENT, OtlpConfig
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -98,12 +98,12 @@ def when_it_ends(ends: float, now: float) -> tuple[str, float]:
     return datetime.fromtimestamp(ends, UTC).isoformat(timespec="seconds"), (ends - now) / 86400
 
 
-def otlp_client_certificates() -> dict[str, Path]:
-    """The client certificates the standard variables give the OTLP export, by the variable that names each
-    (a file both signals present is named once, by the first)."""
+def otlp_client_certificates(config: OtlpConfig = FROM_ENVIRONMENT) -> dict[str, Path]:
+    """The client certificates the standard variables (or `config`) give the OTLP export, by the variable
+    that names each (a file both signals present is named once, by the first)."""
     found: dict[str, Path] = {}
     for signal in ("traces", "metrics"):
-        variable, path = standard_variable(signal, "CLIENT_CERTIFICATE")
+        variable, path = config.variable(signal, "CLIENT_CERTIFICATE")
         if path and Path(path) not in found.values():
             found[variable] = Path(path)
     return found

@@ -747,7 +747,8 @@ def unknown_settings(names: Iterable[str]) -> list[str]:
             # An application that configures its own SDK in code looks for the OTLP endpoint here.
             told.append(
                 f"{name!r} is not a setting of otel-bridge: the OpenTelemetry variables (the OTLP export's "
-                "endpoint, headers, TLS files, protocol) are read from the environment as the tracker is made"
+                "endpoint, headers, TLS files, protocol) are read from the environment as the tracker is made, "
+                'or given in code as otlp={"endpoint": …, "headers": {…}}'
             )
         else:
             close = _meant(name, known)

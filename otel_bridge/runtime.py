@@ -222,10 +222,10 @@ class Bridge:
         metric_sender: otlp.MetricSender | None = None,
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
-        export_timeout_unit: float = otlp.MILLISECONDS,
+        export: otlp.OtlpConfig = otlp.FROM_ENVIRONMENT,
     ) -> None:
-        """`export_timeout_unit`: how the standard `OTEL_EXPORTER_OTLP_*TIMEOUT` variables count
-        (`otlp.MILLISECONDS`, the specification's; `otlp.SECONDS` in a Python application's process)."""
+        """`export`: what configures the OTLP export (the standard variables, as the specification reads
+        them; in a Python application's process, as its own exporters read them, and code's `otlp=`)."""
         self.settings = settings
         self._clock = clock
         # First: a dead-letter file that cannot be written is said before the state is opened (and claimed).
@@ -245,11 +245,9 @@ class Bridge:
         self.exposition = exposition(self.metrics.collect)
         # One exporter per export request in flight (`export_concurrency`); a sender handed in is the only one.
         self.trace_senders = (
-            [trace_sender]
-            if trace_sender
-            else [otlp.trace_sender(export_timeout_unit) for _ in range(settings.export_concurrency)]
+            [trace_sender] if trace_sender else [otlp.trace_sender(export) for _ in range(settings.export_concurrency)]
         )
-        self.metric_sender = metric_sender or otlp.metric_sender(export_timeout_unit)
+        self.metric_sender = metric_sender or otlp.metric_sender(export)
         self.drain = OutboxDrain(
             self.store,
             self.trace_senders,
@@ -371,7 +369,7 @@ class Bridge:
             "s",
             "Unix time each certificate the bridge presents ends, as renewed on disk: the one it serves HTTPS with "
             "(certificate=tls_certfile), its OTLP client certificate (the variable that names it)",
-            self._certificates_end(certificates.otlp_client_certificates()),
+            self._certificates_end(certificates.otlp_client_certificates(export)),
         )
         # The engines' streams this bridge follows, by name: each says since when it is not followed.
         self.followers: dict[str, StreamReceiver | WebSocketReceiver | TablePoller] = {}

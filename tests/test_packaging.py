@@ -50,11 +50,13 @@ def test_a_producers_type_checker_reads_the_trackers_types_from_the_installed_pa
         textwrap.dedent(
             """
             from otel_bridge import run_context
-            from otel_bridge.tracker import HttpBatchTracker
+            from otel_bridge.tracker import HttpBatchTracker, OtelTracker
 
             tracker = HttpBatchTracker("http://127.0.0.1:4380/v1/events", "production", "shop")
             tracker.emit("not an event")
             run_context("production", "shop", "wf-1", "charge", "2")
+            OtelTracker("production", "shop", otlp={"endpoint": "http://collector:4318", "timeout_seconds": 5})
+            OtelTracker("production", "shop", otlp={"endpoint": "http://collector:4318", "timeout_seconds": "5"})
             """
         )
     )
@@ -63,6 +65,9 @@ def test_a_producers_type_checker_reads_the_trackers_types_from_the_installed_pa
     assert "py.typed" not in result.stdout, result.stdout
     assert 'Argument 1 to "emit" of "HttpBatchTracker" has incompatible type "str"' in result.stdout, result.stdout
     assert 'Argument 5 to "run_context" has incompatible type "str"' in result.stdout, result.stdout
+    # The OTLP options are a TypedDict: a value of the wrong type is found, the right ones pass.
+    assert 'producer.py:9: error: Argument "otlp" to "OtelTracker" has incompatible type' in result.stdout
+    assert "Found 3 errors" in result.stdout, result.stdout
 
 
 def test_the_module_runs_as_python_dash_m():

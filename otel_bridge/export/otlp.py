@@ -1,21 +1,24 @@
 """OTLP senders for traces and metrics, configured the standard way.
 
 Endpoint, headers, TLS and compression come from the standard `OTEL_EXPORTER_OTLP_*`
-variables, read by the SDK's own exporters; the timeout is read here (`export_timeout`),
+variables, read by the SDK's own exporters, or from code in their place (`OtlpConfig`: the
+in-process tracker's `otlp=`), given to them; the timeout is read here (`export_timeout`),
 checked, and given to them. The trace outbox already holds encoded spans, so traces go
 through a thin shim that hands the SDK exporters a ready `ExportTraceServiceRequest`
 instead of SDK spans.
 """
 
+import difflib
 import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypedDict, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -26,12 +29,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.metrics.export import MetricsData
+from opentelemetry.util.re import parse_env_headers
 
 from otel_bridge import pem
 from otel_bridge.config import HTTP_SCHEMES
 from otel_bridge.export.health import exporting, quieten_sdk_exporters
 from otel_bridge.retry_after import seconds_asked
-from otel_bridge.tokens import TOKEN
+from otel_bridge.tokens import HEADER_NAME, TOKEN
 from otel_bridge.urls import host_problem, without_secrets
 
 log = logging.getLogger(__name__)
@@ -271,13 +275,9 @@ def endpoint_of(sender: object) -> str:
     return without_secrets(endpoint) if "://" in endpoint else re.sub(r"^[^/@]*@", "***@", endpoint)
 
 
-def protocol_for(signal: str) -> str:
-    """The OTLP protocol for `signal` ("traces", "metrics"), as the SDK variables say."""
-    value = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or HTTP_PROTOBUF
-    ).strip()
+def protocol_for(signal: str, config: "OtlpConfig | None" = None) -> str:
+    """The OTLP protocol for `signal` ("traces", "metrics"), as the SDK variables (or `config`) say."""
+    value = (config or FROM_ENVIRONMENT).variable(signal, "PROTOCOL")[1] or HTTP_PROTOBUF
     if value not in PROTOCOLS:
         raise ValueError(f"unsupported OTLP protocol {value!r} for {signal}: use one of {', '.join(PROTOCOLS)}")
     return value
@@ -327,43 +327,155 @@ def _first_time(*what: str) -> bool:
     return True
 
 
+# How an `OTEL_EXPORTER_OTLP_*TIMEOUT` value is counted, in seconds a unit. The specification counts
+# milliseconds, as the Collector and the other languages' SDKs do; the Python SDK's exporters read
+# seconds (open-telemetry/opentelemetry-python#4044), so an operator's `10000` (ten seconds
+# everywhere else) held each export request of the bridge up to 2.8 hours on a backend that took
+# the connection and never answered. The sidecar reads milliseconds; the in-process tracker reads
+# seconds, as the application's own Python exporters in its process read the same variable.
+MILLISECONDS = 1e-3
+SECONDS = 1.0
+
 # The endpoint every signal's path is added to (a signal's own is used as it is given).
 _BASE_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 
-def standard_variable(signal: str, name: str) -> tuple[str, str]:
-    """The variable that gives `name` (ENDPOINT, TIMEOUT, …) to `signal`'s export, and its value: the
-    signal's own first, then the one for every signal, as the SDK and the specification read them (an
-    empty value is unset); the latter's name and "" when neither is set."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
-        if value := os.environ.get(variable, "").strip():
-            return variable, value
-    return f"OTEL_EXPORTER_OTLP_{name}", ""
+class OtlpOptions(TypedDict, total=False):
+    """The OTLP export's settings given in code (the in-process tracker's `otlp=`), each in place of its
+    standard variables (`endpoint`: `OTEL_EXPORTER_OTLP_ENDPOINT` and each signal's own), read as they are."""
+
+    endpoint: str  # the base URL: each signal's path is added (`/v1/traces`); gRPC's `http://host:4317`
+    protocol: Literal["http/protobuf", "grpc"]
+    headers: Mapping[str, str]
+    timeout_seconds: float
+    compression: Literal["gzip", "deflate", "none"]
+    certificate: str | Path  # the CA the backend's certificate is checked against
+    client_key: str | Path  # mutual TLS: the exporter's own key and certificate
+    client_certificate: str | Path
+    insecure: bool  # gRPC without a scheme in the endpoint: plain text
 
 
-def _a_url(sender: T, signal: str) -> T:
+# Each option's standard variable name (OTEL_EXPORTER_OTLP_{NAME}) and the types it may be given as.
+_OPTIONS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "endpoint": ("ENDPOINT", (str,)),
+    "protocol": ("PROTOCOL", (str,)),
+    "headers": ("HEADERS", (Mapping,)),
+    "timeout_seconds": ("TIMEOUT", (int, float)),
+    "compression": ("COMPRESSION", (str,)),
+    "certificate": ("CERTIFICATE", (str, Path)),
+    "client_key": ("CLIENT_KEY", (str, Path)),
+    "client_certificate": ("CLIENT_CERTIFICATE", (str, Path)),
+    "insecure": ("INSECURE", (bool,)),
+}
+# A header's value as HTTP carries it: printable ASCII, spaces and tabs (a line break in one split the
+# request, and what is not Latin-1 failed every export, told as a backend away).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpConfig:
+    """What configures the OTLP export: the standard variables, under what code gave in their place.
+
+    `given`: by standard name (ENDPOINT, HEADERS, …), how it was given (for messages) and its value
+    written as its variable would hold it, so that it is read and checked as the variable is.
+    `timeout_unit`: how a timeout counts (`MILLISECONDS`, the specification's; `SECONDS` in a Python
+    application's process, as its own exporters read the variables)."""
+
+    given: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    timeout_unit: float = MILLISECONDS
+
+    @classmethod
+    def in_code(cls, options: Mapping[str, Any] | None, timeout_unit: float) -> "OtlpConfig":
+        """The configuration `options` (an `OtlpOptions`) gives over the variables; TypeError for a key that
+        is no option or a value of the wrong type, ValueError for a header HTTP cannot carry."""
+        given: dict[str, tuple[str, str]] = {}
+        for key, value in (options or {}).items():
+            if key not in _OPTIONS:
+                close = difflib.get_close_matches(str(key), list(_OPTIONS), n=1, cutoff=0.6)
+                meant = f"; did you mean {close[0]!r}?" if close else f" (the options: {', '.join(_OPTIONS)})"
+                raise TypeError(f"otlp: {key!r} is no option of the OTLP export{meant}")
+            name, types = _OPTIONS[key]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                kinds = " or ".join(f"{'an' if t.__name__[0] in 'aeiou' else 'a'} {t.__name__}" for t in types)
+                raise TypeError(f"otlp[{key!r}] is {type(value).__name__}: give {kinds}")
+            given[name] = (f"otlp[{key!r}]", _as_variable(key, value))
+        return cls(given, timeout_unit)
+
+    def variable(self, signal: str, name: str) -> tuple[str, str]:
+        """What gives `name` (ENDPOINT, TIMEOUT, …) to `signal`'s export, and its value: code's, else the
+        signal's own variable, then the one for every signal, as the SDK and the specification read them
+        (an empty value is unset); the latter's name and "" when nothing gives it."""
+        if (given := self.given.get(name)) is not None:
+            return given
+        for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+            if value := os.environ.get(variable, "").strip():
+                return variable, value
+        return f"OTEL_EXPORTER_OTLP_{name}", ""
+
+    def coded(self, name: str) -> str | None:
+        """`name`'s value when code gave it (the SDK's exporter must then be given it: it reads the variables)."""
+        given = self.given.get(name)
+        return None if given is None else given[1]
+
+    def is_base(self, variable: str) -> bool:
+        """Whether the endpoint given by `variable` is a base URL, each signal's path added to it."""
+        return variable in (_BASE_ENDPOINT, self.given.get("ENDPOINT", ("", ""))[0])
+
+
+def _as_variable(key: str, value: Any) -> str:
+    """An option's value written as its standard variable holds it."""
+    if key == "insecure":
+        return "true" if value else "false"
+    if key == "timeout_seconds":
+        return repr(float(value))
+    if key != "headers":
+        return str(value).strip()
+    written = []
+    for name, text in value.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise ValueError(f"otlp['headers']: {name!r} is no header name")
+        if not isinstance(text, str) or not _HEADER_VALUE.fullmatch(text):
+            raise ValueError(
+                f"otlp['headers']: the value of {name!r} is no header value (printable ASCII); its value is not shown"
+            )
+        written.append(f"{name}={quote(text.strip(), safe='')}")
+    return ",".join(written)
+
+
+FROM_ENVIRONMENT = OtlpConfig()
+
+
+def standard_variable(signal: str, name: str, config: OtlpConfig = FROM_ENVIRONMENT) -> tuple[str, str]:
+    """The variable (or option of `config`) that gives `name` to `signal`'s export, and its value."""
+    return config.variable(signal, name)
+
+
+def _a_url(sender: T, signal: str, config: OtlpConfig) -> T:
     """`sender`, once its OTLP/HTTP endpoint is a URL: without a scheme (`::1`, `collector:4318` read
     as a path) every export failed, told as a failing backend, never as the setting it is."""
     endpoint = endpoint_of(sender)
     if not endpoint.startswith(HTTP_SCHEMES):
+        variable = config.given.get("ENDPOINT", ("",))[0] or (
+            f"OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        )
         raise ValueError(
             f"the OTLP/HTTP {signal} endpoint {without_secrets(endpoint)!r} is not an http:// or https:// URL "
-            f"(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT)"
+            f"({variable})"
         )
-    _told_if_path_misplaced(signal, endpoint)
+    _told_if_path_misplaced(signal, endpoint, config)
     return sender
 
 
-def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
+def _told_if_path_misplaced(signal: str, endpoint: str, config: OtlpConfig) -> None:
     """A path the Collector answers 404 at, told once at start: a base URL ending with a signal's path
     (each signal's is added to it), or a signal's own URL without one (used as it is given). Every
     export was refused, told only as "check the endpoint and its credentials"."""
-    variable, given = standard_variable(signal, "ENDPOINT")
-    base, own = (given, "") if variable == _BASE_ENDPOINT else ("", given)
+    variable, given = config.variable(signal, "ENDPOINT")
+    base, own = (given, "") if config.is_base(variable) else ("", given)
     if base.rstrip("/").endswith(("/v1/traces", "/v1/metrics", "/v1/logs")) and _first_time("path", base):
         log.warning(
-            "OTEL_EXPORTER_OTLP_ENDPOINT=%s ends with a signal's path: it is the base URL, and each signal's "
-            "path is added to it (%s); write %s",
+            "%s=%s ends with a signal's path: it is the base URL, and each signal's path is added to it (%s); write %s",
+            variable,
             without_secrets(base),
             without_secrets(endpoint),
             without_secrets(base.rstrip("/").rsplit("/v1/", 1)[0]),
@@ -380,11 +492,11 @@ def _told_if_path_misplaced(signal: str, endpoint: str) -> None:
         )
 
 
-def _readable(protocol: str, signal: str) -> None:
+def _readable(protocol: str, signal: str, config: OtlpConfig) -> None:
     """The endpoint variable `signal` is exported by, once it reads as a host and a port: with a
     bracket not closed, a port that is no number or past 65535, or no host at all, every export
     failed as if the backend were away (or the gRPC exporter failed the start: "Invalid IPv6 URL")."""
-    variable, endpoint = standard_variable(signal, "ENDPOINT")
+    variable, endpoint = config.variable(signal, "ENDPOINT")
     if "://" not in endpoint:
         return  # unset, or gRPC's `host:port`, which the SDK reads as TLS (`_told_if_tls_unasked`)
     why = host_problem(endpoint)
@@ -406,12 +518,12 @@ TLS_FILES = {
 }
 
 
-def _tls_files_readable(signal: str) -> None:
+def _tls_files_readable(signal: str, config: OtlpConfig) -> None:
     """Each TLS file the variables name for `signal`, once it is a file the bridge can read: a CA file
     that was not there failed every OTLP/HTTP export ("Could not find a suitable TLS CA certificate
     bundle"), told as a backend away, and the gRPC exporter logged a traceback and went on without it."""
     for name, what in TLS_FILES.items():
-        variable, path = standard_variable(signal, name)
+        variable, path = config.variable(signal, name)
         try:
             if path:
                 with open(path, "rb"):
@@ -433,11 +545,11 @@ _HEADER = re.compile(rf"[ \t]*{TOKEN}[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
 _HEADER_NAME = re.compile(rf"[ \t]*({TOKEN})[ \t]*[=:]")
 
 
-def _headers_readable(signal: str) -> None:
+def _headers_readable(signal: str, config: OtlpConfig) -> None:
     """The headers the variables give `signal`'s export, once each is a `name=value` the SDK takes: it
     dropped one that was not (`x-api-key:…`, a colon for the `=`) and wrote it whole in its warning,
     the credential in it too, three times at every start — then every export was refused."""
-    variable, raw = standard_variable(signal, "HEADERS")
+    variable, raw = config.variable(signal, "HEADERS")
     for place, header in enumerate(re.split(r"[ \t]*,[ \t]*", raw), 1):
         if header and not _HEADER.fullmatch(header.strip()):
             named = _HEADER_NAME.match(header)
@@ -448,26 +560,18 @@ def _headers_readable(signal: str) -> None:
             )
 
 
-def _can_read(signal: str, protocol: str) -> None:
+def _can_read(signal: str, protocol: str, config: OtlpConfig) -> None:
     """What the SDK's exporter of `signal` will read, checked before it is made: its endpoint, its TLS
     files, and for gRPC its signal's timeout variable, which that exporter reads whatever timeout it is
     given (set but empty, it failed the start with a bare "could not convert string to float")."""
-    _readable("OTLP/gRPC" if protocol == GRPC else "OTLP/HTTP", signal)
-    _tls_files_readable(signal)
-    _headers_readable(signal)
+    _readable("OTLP/gRPC" if protocol == GRPC else "OTLP/HTTP", signal, config)
+    _tls_files_readable(signal, config)
+    _headers_readable(signal, config)
     timeout = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
     if protocol == GRPC and timeout in os.environ and not os.environ[timeout].strip():
         raise ValueError(f"{timeout} is set but empty, which the OTLP/gRPC exporter cannot read: unset it")
 
 
-# How an `OTEL_EXPORTER_OTLP_*TIMEOUT` value is counted, in seconds a unit. The specification counts
-# milliseconds, as the Collector and the other languages' SDKs do; the Python SDK's exporters read
-# seconds (open-telemetry/opentelemetry-python#4044), so an operator's `10000` (ten seconds
-# everywhere else) held each export request of the bridge up to 2.8 hours on a backend that took
-# the connection and never answered. The sidecar reads milliseconds; the in-process tracker reads
-# seconds, as the application's own Python exporters in its process read the same variable.
-MILLISECONDS = 1e-3
-SECONDS = 1.0
 _DEFAULT_TIMEOUT_SECONDS = 10.0
 # Longer than any export request should wait; past it, the SDK's deadline overflowed a time_t.
 _LONGEST_TIMEOUT_SECONDS = 86_400.0
@@ -475,15 +579,16 @@ _LONGEST_TIMEOUT_SECONDS = 86_400.0
 _SHORTEST_LIKELY_SECONDS = 0.1
 
 
-def export_timeout(signal: str, unit: float = MILLISECONDS) -> float:
+def export_timeout(signal: str, config: OtlpConfig = FROM_ENVIRONMENT) -> float:
     """Seconds each export request of `signal` may take, from `OTEL_EXPORTER_OTLP_{SIGNAL}_TIMEOUT`, else
-    `OTEL_EXPORTER_OTLP_TIMEOUT`, counted in `unit`s (10 s when neither is set). A value that is no
-    number, not above 0 or past a day is a ValueError naming the variable: the SDK read `-5` and
-    every export failed, `1e300` and every export failed, and its gRPC exporter failed the start on
-    `abc` with a bare "could not convert string to float"."""
-    variable, raw = standard_variable(signal, "TIMEOUT")
+    `OTEL_EXPORTER_OTLP_TIMEOUT`, counted in `config`'s `timeout_unit` (its `timeout_seconds` in seconds;
+    10 s when none is set). A value that is no number, not above 0 or past a day is a ValueError naming
+    the variable: the SDK read `-5` and every export failed, `1e300` and every export failed, and its gRPC
+    exporter failed the start on `abc` with a bare "could not convert string to float"."""
+    variable, raw = config.variable(signal, "TIMEOUT")
     if not raw:
         return _DEFAULT_TIMEOUT_SECONDS
+    unit = SECONDS if config.coded("TIMEOUT") is not None else config.timeout_unit  # `timeout_seconds`
     counted = "milliseconds" if unit == MILLISECONDS else "seconds"
     try:
         seconds = float(raw) * unit
@@ -530,12 +635,12 @@ def _verify_as_configured(exporter: T) -> T:
     return exporter
 
 
-def export_compression(signal: str, protocol: str) -> str:
+def export_compression(signal: str, protocol: str, config: OtlpConfig = FROM_ENVIRONMENT) -> str:
     """How `signal`'s export requests are compressed, from `OTEL_EXPORTER_OTLP_{SIGNAL}_COMPRESSION`, else
     `OTEL_EXPORTER_OTLP_COMPRESSION`: gzip or none, as the specification has them (and deflate over
     OTLP/HTTP). Another value is a ValueError naming the variable: the SDK's HTTP exporter warned and sent
     uncompressed, its gRPC exporter failed the start with a traceback — on `none` too."""
-    variable, raw = standard_variable(signal, "COMPRESSION")
+    variable, raw = config.variable(signal, "COMPRESSION")
     if not raw:
         return "none"
     kinds = ("gzip", "none") if protocol == GRPC else ("gzip", "deflate", "none")
@@ -544,57 +649,75 @@ def export_compression(signal: str, protocol: str) -> str:
     return raw.lower()
 
 
-def _grpc_insecure(signal: str) -> bool:
+def _grpc_insecure(signal: str, config: OtlpConfig) -> bool:
     """Whether `signal`'s OTLP/gRPC export speaks plain text, as the specification decides it: by the
     endpoint's scheme when it has one (`http://` plain, `https://` TLS), else by
     `OTEL_EXPORTER_OTLP_{SIGNAL}_INSECURE` or `OTEL_EXPORTER_OTLP_INSECURE` (`true`: plain; else TLS).
     The SDK let any INSECURE value but `true` turn `http://collector:4317` into TLS, and every export
     failed its handshake with a plain-text Collector; a value neither true nor false is told (once)."""
-    endpoint = standard_variable(signal, "ENDPOINT")[1] or "http://localhost:4317"
+    endpoint = config.variable(signal, "ENDPOINT")[1] or "http://localhost:4317"
     scheme = urlsplit(endpoint).scheme.lower() if "://" in endpoint else ""
     if scheme in ("http", "https"):
         return scheme == "http"
-    variable, raw = standard_variable(signal, "INSECURE")
+    variable, raw = config.variable(signal, "INSECURE")
     if raw and raw.lower() not in ("true", "false") and _first_time(variable, raw):
         log.warning("%s=%s is neither true nor false: read as false, so %s go over TLS", variable, raw, signal)
     return raw.lower() == "true"
 
 
-def _exporter_arguments(signal: str, timeout_unit: float) -> tuple[str, dict[str, Any]]:
+def _exporter_arguments(signal: str, config: OtlpConfig) -> tuple[str, dict[str, Any]]:
     """The protocol of `signal`'s export, and what its SDK exporter is given rather than left to read from
-    the variables (its timeout and compression, read and checked here); what it still reads is checked
-    before it is made (`_can_read`)."""
-    protocol = protocol_for(signal)
-    timeout = export_timeout(signal, timeout_unit)
-    _can_read(signal, protocol)
-    compression = export_compression(signal, protocol)
+    the variables (its timeout and compression, read and checked here, and what code gave in the
+    variables' place); what it still reads is checked before it is made (`_can_read`)."""
+    protocol = protocol_for(signal, config)
+    timeout = export_timeout(signal, config)
+    _can_read(signal, protocol, config)
+    compression = export_compression(signal, protocol, config)
+    headers = config.coded("HEADERS")
+    given: dict[str, Any] = {"timeout": timeout} | ({} if headers is None else {"headers": _parsed(headers)})
     if protocol == GRPC:
         import grpc  # gRPC's own modules: only when asked for
 
         kinds: dict[str, Any] = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
-        return protocol, {"timeout": timeout, "compression": kinds[compression], "insecure": _grpc_insecure(signal)}
+        insecure = _grpc_insecure(signal, config)
+        given |= {"compression": kinds[compression], "insecure": insecure, "config": config}
+        if (endpoint := config.coded("ENDPOINT")) is not None:
+            given["endpoint"] = endpoint
+        return protocol, given
     kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
-    given = {"timeout": timeout, "compression": kinds[compression]}
-    if endpoint := _joined_past_a_query(signal):
+    given["compression"] = kinds[compression]
+    if endpoint := _joined_to_the_base(signal, config):
         given["endpoint"] = endpoint
+    for name, keyword in zip(
+        TLS_FILES, ("certificate_file", "client_key_file", "client_certificate_file"), strict=True
+    ):
+        if (path := config.coded(name)) is not None:
+            given[keyword] = path
     return protocol, given
 
 
-def _joined_past_a_query(signal: str) -> str | None:
-    """`signal`'s OTLP/HTTP URL where the base endpoint has a query (a gateway's `?api-key=…`) or a
-    fragment: the signal's path added to the base's path. The SDK adds it to the end of the text, so
-    `http://gw:4318/?key=k` sent every export to `/` with the query `key=k/v1/traces`: the gateway's 404."""
-    variable, given = standard_variable(signal, "ENDPOINT")
-    if variable != _BASE_ENDPOINT or not given:
+def _parsed(headers: str) -> dict[str, str]:
+    """Headers written as `OTEL_EXPORTER_OTLP_HEADERS` holds them, read as the SDK reads that variable."""
+    return dict(parse_env_headers(headers, liberal=True))
+
+
+def _joined_to_the_base(signal: str, config: OtlpConfig) -> str | None:
+    """`signal`'s OTLP/HTTP URL where the SDK would not make it right, or does not know the base: the
+    signal's path added to the base's path. Where the base endpoint has a query (a gateway's
+    `?api-key=…`) or a fragment, the SDK adds it to the end of the text, so `http://gw:4318/?key=k` sent
+    every export to `/` with the query `key=k/v1/traces`: the gateway's 404. A base given in code the
+    SDK's exporter never reads: it is given the URL."""
+    variable, given = config.variable(signal, "ENDPOINT")
+    if not config.is_base(variable) or not given:
         return None  # unset, or a signal's own endpoint, used as it is given
     base = urlsplit(given)
-    if not (base.query or base.fragment):
+    if not (base.query or base.fragment) and variable == _BASE_ENDPOINT:
         return None
     return urlunsplit(base._replace(path=f"{base.path.rstrip('/')}/v1/{signal}", fragment=""))
 
 
-def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
-    """What sends the spans, as the standard variables say (`timeout_unit`: how their timeout counts)."""
+def trace_sender(config: OtlpConfig = FROM_ENVIRONMENT) -> TraceSender:
+    """What sends the spans, as the standard variables (and code in their place) say."""
     exporter = _exporter("traces")
     if exporter == "none":
         return NoSender()
@@ -602,11 +725,11 @@ def trace_sender(timeout_unit: float = MILLISECONDS) -> TraceSender:
         from otel_bridge.export.console import ConsoleTraces
 
         return ConsoleTraces(None)
-    return _quiet(_encoded_sender("traces", timeout_unit))
+    return _quiet(_encoded_sender("traces", config))
 
 
-def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
-    """What sends the metrics, as the standard variables say (`timeout_unit`: how their timeout counts)."""
+def metric_sender(config: OtlpConfig = FROM_ENVIRONMENT) -> MetricSender:
+    """What sends the metrics, as the standard variables (and code in their place) say."""
     exporter = _exporter("metrics")
     if exporter == "none":
         return NoSender()  # its answer is truthy: success
@@ -616,21 +739,21 @@ def metric_sender(timeout_unit: float = MILLISECONDS) -> MetricSender:
         from otel_bridge.export.console import ConsoleMetrics
 
         return ConsoleMetrics(None)
-    return _quiet(_MetricSender(_encoded_sender("metrics", timeout_unit)))
+    return _quiet(_MetricSender(_encoded_sender("metrics", config)))
 
 
-def _encoded_sender(signal: str, timeout_unit: float) -> TraceSender:
+def _encoded_sender(signal: str, config: OtlpConfig) -> TraceSender:
     """The SDK's OTLP exporter of `signal` ("traces" or "metrics") for the protocol the variables say,
     sending requests already encoded and telling what the backend answered: a TraceSender's `send`, of
     an ExportMetricsServiceRequest for the metrics."""
-    protocol, given = _exporter_arguments(signal, timeout_unit)
+    protocol, given = _exporter_arguments(signal, config)
     if protocol == GRPC:
         from otel_bridge.export import otlp_grpc  # gRPC's own modules: only when asked for
 
         grpc_exporter = otlp_grpc.GrpcTraces if signal == "traces" else otlp_grpc.GrpcMetrics
-        return _told_if_tls_unasked(grpc_exporter(**given), signal)
+        return _told_if_tls_unasked(grpc_exporter(**given), signal, config)
     http_exporter = _HttpTraces if signal == "traces" else _HttpMetrics
-    return _a_url(_verify_as_configured(http_exporter(**given)), signal)
+    return _a_url(_verify_as_configured(http_exporter(**given)), signal, config)
 
 
 def _quiet(sender: T) -> T:
@@ -667,7 +790,7 @@ def _told_if_exponential_asked() -> None:
     )
 
 
-def _told_if_tls_unasked(exporter: T, signal: str) -> T:
+def _told_if_tls_unasked(exporter: T, signal: str, config: OtlpConfig) -> T:
     """The gRPC exporter, after a warning when it will speak TLS to an endpoint nobody said was TLS.
 
     The SDK reads an endpoint without a scheme (`collector:4317`, the form gRPC docs use) as TLS
@@ -676,11 +799,11 @@ def _told_if_tls_unasked(exporter: T, signal: str) -> T:
     """
     if getattr(exporter, "_insecure", True):
         return exporter
-    endpoint = standard_variable(signal, "ENDPOINT")[1]
+    endpoint = config.variable(signal, "ENDPOINT")[1]
     if (
         endpoint.lower().startswith("https://")
-        or standard_variable(signal, "INSECURE")[1]
-        or standard_variable(signal, "CERTIFICATE")[1]
+        or config.variable(signal, "INSECURE")[1]
+        or config.variable(signal, "CERTIFICATE")[1]
     ):
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
     if not _first_time("tls", signal, endpoint):  # once, however many exporters a signal has
@@ -727,14 +850,16 @@ def merge_metrics(parts: Sequence[MetricsData | None]) -> MetricsData | None:
     return MetricsData(resource_metrics=resource_metrics) if resource_metrics else None
 
 
-def probe(signal: str, timeout_seconds: float) -> tuple[str, ExportResult] | None:
+def probe(
+    signal: str, timeout_seconds: float, config: OtlpConfig = FROM_ENVIRONMENT
+) -> tuple[str, ExportResult] | None:
     """One empty export request of `signal` ("traces" or "metrics"), made as the bridge makes its
     exports (the standard variables: endpoint, protocol, headers, TLS, compression), with one attempt
     and at most `timeout_seconds`: (where it went, what the backend said). None when that export is off
     or goes to the console. An empty request is a valid one: a backend takes it and stores nothing."""
     if _exporter(signal) in ("none", "console"):
         return None
-    sender = _quiet(_encoded_sender(signal, MILLISECONDS))
+    sender = _quiet(_encoded_sender(signal, config))
     stop_retrying(sender)
     limit_timeouts(timeout_seconds, sender)
     try:

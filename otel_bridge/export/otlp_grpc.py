@@ -21,11 +21,11 @@ from otel_bridge.export.otlp import (
     TLS_FILES,
     Delivery,
     ExportResult,
+    OtlpConfig,
     Recorder,
     answered,
     not_the,
     span_count,
-    standard_variable,
     throttled,
 )
 
@@ -56,8 +56,14 @@ class _SendsEncoded:
 
     _client: Any  # the exporter's stub
     _request: Any  # the request message, read from the encoded bytes `send` is given
+    _carries: str  # its signal, "traces" or "metrics"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, config: OtlpConfig, **kwargs: Any) -> None:
+        self._config = config
+        # TLS files given in code, which the SDK never reads (it reads the variables): credentials made of them.
+        coded = any(config.coded(name) is not None for name in TLS_FILES)
+        if coded and not kwargs["insecure"] and (held := _tls_files_held(self._carries, config)) is not None:
+            kwargs["credentials"] = grpc.ssl_channel_credentials(*held)
         super().__init__(**kwargs)
         # The exporter's own retries of RESOURCE_EXHAUSTED (1, 2, 4 s within its timeout) are the
         # bridge's to make: a request too large is halved at once, a quota waited for by the outbox.
@@ -79,7 +85,7 @@ class _SendsEncoded:
             _CREDENTIAL_PROVIDER,
         )
         if not exporter._insecure and not any(os.environ.get(variable) for variable in provider):
-            held = _tls_files_held(exporter._signal)
+            held = _tls_files_held(exporter._signal, self._config)
             if held is not None:
                 before = getattr(self, "_tls_held", None)
                 if before is not None and held != before:
@@ -107,13 +113,13 @@ class _SendsEncoded:
 _CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER"
 
 
-def _tls_files_held(signal: str) -> tuple[bytes | None, ...] | None:
-    """What the TLS files the standard variables name for `signal` hold now (None for one not named); None
-    when one named cannot be read (mid-renewal): the credentials then stay as they were, looked at again at
-    the next reconnection."""
+def _tls_files_held(signal: str, config: OtlpConfig) -> tuple[bytes | None, ...] | None:
+    """What the TLS files the standard variables (or `config`) name for `signal` hold now (None for one not
+    named); None when one named cannot be read (mid-renewal): the credentials then stay as they were, looked
+    at again at the next reconnection."""
     held: list[bytes | None] = []
     for name in TLS_FILES:  # in the order the credentials take them
-        path = standard_variable(signal, name)[1]
+        path = config.variable(signal, name)[1]
         try:
             held.append(open(path, "rb").read() if path else None)  # noqa: SIM115 - a few KB, read whole
         except OSError:
@@ -123,6 +129,7 @@ def _tls_files_held(signal: str) -> tuple[bytes | None, ...] | None:
 
 class GrpcTraces(_SendsEncoded, OTLPSpanExporter):
     _request = ExportTraceServiceRequest
+    _carries = "traces"
 
     def _count_data(self, data: ExportTraceServiceRequest) -> int:  # type: ignore[override]
         return span_count(data)
@@ -183,6 +190,7 @@ class GrpcMetrics(_SendsEncoded, OTLPMetricExporter):
 
     _request = ExportMetricsServiceRequest
     _what = "data points"
+    _carries = "metrics"
 
     def _count_data(self, data: ExportMetricsServiceRequest) -> int:  # type: ignore[override]
         return 0

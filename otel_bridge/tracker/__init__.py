@@ -21,6 +21,7 @@ from otel_bridge.tracker.testing import (
 )
 
 if TYPE_CHECKING:
+    from otel_bridge.export.otlp import OtlpOptions
     from otel_bridge.tracker.events import JobEvents, WorkflowEvents
     from otel_bridge.tracker.in_process import AsyncOtelTracker, OtelTracker
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 # only POSTs to a sidecar does not pay for them at its start.
 _ON_FIRST_USE = {
     "OtelTracker": "in_process",
+    "OtlpOptions": "in_process",
     "AsyncOtelTracker": "in_process",
     "JobEvents": "events",
     "WorkflowEvents": "events",
@@ -59,6 +61,7 @@ __all__ = [
     "JobEvents",
     "NoopTracker",
     "OtelTracker",
+    "OtlpOptions",
     "Tracker",
     "TrackerStats",
     "WorkflowEvents",

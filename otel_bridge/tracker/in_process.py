@@ -5,8 +5,8 @@
 in memory by default, in a SQLite file (`state="tracker.db"`) that survives the
 producer's restart, or in Redis (`state="redis://…"`), shared by the producer's processes:
 one trace per run, whichever process tells its events. Spans go out through the OTLP exporter the standard
-`OTEL_EXPORTER_OTLP_*` variables configure, metrics through its own MeterProvider and
-periodic export, or into the MeterProvider the application passes, next to its own.
+`OTEL_EXPORTER_OTLP_*` variables configure (or `otlp=`, in their place), metrics through its own
+MeterProvider and periodic export, or into the MeterProvider the application passes, next to its own.
 
 `emit` only buffers; the buffer is stored on `flush`, when full, and every
 `flush_interval_seconds`; settling and export run in background threads, so nothing in
@@ -38,7 +38,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import REDIS_SCHEMES, Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
-from otel_bridge.export import otlp
+from otel_bridge.export.otlp import SECONDS, OtlpConfig, OtlpOptions
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context
@@ -54,7 +54,7 @@ _MAX_HELD = 100_000
 _IN_MEMORY_DEDUP_TTL = 3600.0
 # `OTEL_EXPORTER_OTLP_*TIMEOUT` in seconds, as the application's own Python exporters in this process
 # read the same variables (the sidecar reads the specification's milliseconds).
-_AS_PYTHON_SDK = otlp.SECONDS
+_AS_PYTHON_SDK = SECONDS
 
 
 def _in_memory(given: frozenset[str]) -> dict[str, float]:
@@ -108,15 +108,19 @@ class OtelTracker:
         *,
         state: str | Path | None = None,
         meter_provider: MeterProvider | None = None,
+        otlp: OtlpOptions | None = None,
         batch_size: int = 100,
         flush_interval_seconds: float | None = 1.0,
         **settings: Any,
     ) -> None:
-        """`settings`: any bridge setting (`settle_seconds`, `capture_input`, …), as `otel-bridge serve` takes them.
+        """`otlp`: the OTLP export's endpoint, headers, TLS files, … given in code, each in place of its standard
+        `OTEL_EXPORTER_OTLP_*` variables. `settings`: any bridge setting (`settle_seconds`, `capture_input`, …),
+        as `otel-bridge serve` takes them.
 
-        A name that is no setting raises TypeError, as a misspelt keyword argument does."""
+        A name that is no setting (or no `otlp` option) raises TypeError, as a misspelt keyword argument does."""
         if unknown := unknown_settings(settings):
             raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
+        self._export = OtlpConfig.in_code(otlp, _AS_PYTHON_SDK)
         checked_labels(env, service_key)
         self.env, self.service_key = env, service_key
         self._memory = state is None
@@ -144,9 +148,9 @@ class OtelTracker:
         for problem in self._settings.told_at_start(os.environ):
             log.warning(problem)
         self._meter_provider = meter_provider
-        self.bridge = Bridge.opened(
-            self._settings, meter_provider=meter_provider, export_timeout_unit=_AS_PYTHON_SDK
-        ).start(follow=False)
+        self.bridge = Bridge.opened(self._settings, meter_provider=meter_provider, export=self._export).start(
+            follow=False
+        )
         # True in a child process forked from the one that started `bridge`, until it has its own.
         self._inherited = False
         # The bridges of the processes this one was forked from: kept, never closed (closing a
@@ -213,9 +217,9 @@ class OtelTracker:
                 parents, self._scratch = self._scratch.path, Scratch()
                 files = {name: self._scratch.path / f.name if f.parent == parents else f for name, f in files.items()}
             settings = settings.model_copy(update={name: of_this_process(f) for name, f in files.items()})
-            bridge = Bridge.opened(
-                settings, meter_provider=self._meter_provider, export_timeout_unit=_AS_PYTHON_SDK
-            ).start(follow=False)
+            bridge = Bridge.opened(settings, meter_provider=self._meter_provider, export=self._export).start(
+                follow=False
+            )
             self.bridge.metrics.leave_shared_provider()  # the parent's gauges read the parent's store
             self._ancestors.append(self.bridge)
             self.bridge = bridge

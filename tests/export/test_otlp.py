@@ -416,7 +416,7 @@ def test_the_senders_wait_as_long_as_the_timeout_says(monkeypatch, protocol):
 def test_in_a_python_application_the_export_timeout_counts_seconds_as_its_own_exporters_do(monkeypatch):
     # The in-process tracker shares the variable with the application's own Python SDK exporters.
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_TIMEOUT="5")
-    assert otlp.export_timeout("traces", otlp.SECONDS) == 5.0
+    assert otlp.export_timeout("traces", otlp.OtlpConfig(timeout_unit=otlp.SECONDS)) == 5.0
 
 
 @pytest.mark.parametrize(

@@ -22,19 +22,21 @@ from pathlib import Path
 
 import pytest
 import redis
-from bridge_process import BridgeProcess
+from bridge_process import BridgeProcess, held_port
 from builders import WorkflowRun, ns_of
 from faults import BUG, a_bug_for, small_filesystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from otlp_receiver import OtlpHttpReceiver
+from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from pki import make_pki
 
 from otel_bridge import trace_id_for
+from otel_bridge.export import otlp
 from otel_bridge.json_text import dumps
 from otel_bridge.producer.demo import ENV, JOB_SERVICE, SCENARIOS, WORKFLOW_SERVICE
-from otel_bridge.tracker import AsyncOtelTracker, OtelTracker, in_process
+from otel_bridge.tracker import AsyncOtelTracker, OtelTracker, OtlpOptions, in_process
 
 # Nothing settles before every event is in, in both: the comparison is of the same complete fact sets.
 SETTLE = "3"
@@ -225,15 +227,102 @@ def test_a_setting_given_by_its_variable_is_a_type_error_naming_the_keyword():
     )
 
 
-def test_the_otlp_exporter_given_as_a_keyword_is_a_type_error_naming_the_environment():
+def test_the_otlp_exporter_given_as_a_keyword_is_a_type_error_naming_the_environment_and_the_otlp_option():
     # An application that configures its own SDK in code looks for the endpoint among the keywords.
     with pytest.raises(TypeError) as exporter:
         OtelTracker("production", "shop", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318")
     assert str(exporter.value) == (
         "OtelTracker: 'OTEL_EXPORTER_OTLP_ENDPOINT' is not a setting of otel-bridge: the OpenTelemetry variables "
         "(the OTLP export's endpoint, headers, TLS files, protocol) are read from the environment as the tracker "
-        "is made"
+        'is made, or given in code as otlp={"endpoint": …, "headers": {…}}'
     )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, str]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_otlp_export_given_in_code_takes_the_place_of_the_variables(monkeypatch, pki, protocol):
+    # An application whose settings live in its own configuration, with the variables set for something
+    # else (its own SDK's backend): the tracker's spans and metrics go where the code says, with the code's
+    # credential and TLS files, over mutual TLS.
+    tls = (pki["backend.pem"], pki["backend.key"], pki["ca.pem"])
+    backend = OtlpHttpReceiver(tls=tls) if protocol == "http/protobuf" else OtlpGrpcReceiver(tls=tls)
+    backend.credential = "code-key"
+    elsewhere = held_port()
+    for name, value in {
+        "ENDPOINT": f"http://127.0.0.1:{elsewhere.getsockname()[1]}",
+        "TRACES_ENDPOINT": f"http://127.0.0.1:{elsewhere.getsockname()[1]}/v1/traces",
+        "PROTOCOL": "grpc" if protocol == "http/protobuf" else "http/protobuf",
+        "HEADERS": "authorization=Bearer%20env-key",
+        "TRACES_CERTIFICATE": "/nonexistent/ca.pem",
+        "TIMEOUT": "0.001",
+    }.items():
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name}", value)
+    options: OtlpOptions = {
+        "endpoint": backend.endpoint,
+        "protocol": "grpc" if protocol == "grpc" else "http/protobuf",
+        "headers": {"authorization": "Bearer code-key"},
+        "certificate": Path(pki["ca.pem"]),
+        "client_key": pki["bridge.key"],
+        "client_certificate": pki["bridge.pem"],
+        "timeout_seconds": 5,
+    }
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    try:
+        with OtelTracker("production", "shop", otlp=options, settle_seconds=0.2) as tracker:
+            assert otlp.endpoint_of(tracker.bridge.trace_senders[0]) in (
+                f"{backend.endpoint}/v1/traces",
+                f"127.0.0.1:{backend.port}",  # gRPC's exporter keeps the host and port
+            )
+            for event in run.events:
+                tracker.emit(event)
+            # The client certificate given is watched for its end, named by its option.
+            scraped = tracker.bridge.exposition("")[0].decode()
+            assert re.search(
+                r'^otel_bridge_tls_certificate_expiration_timestamp_seconds\{certificate="otlp\[\'client_certificate\'\]"',
+                scraped,
+                re.M,
+            )
+        trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+        backend.received.wait_for(lambda: len(backend.received.trace(trace_id)) == 2, timeout=10)
+        backend.received.wait_for(lambda: backend.received.metrics, timeout=10)
+        assert backend.received.refused == 0
+        assert {h.get("authorization") for h in backend.received.headers} == {"Bearer code-key"}
+    finally:
+        backend.close()
+        elsewhere.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "said"),
+    [
+        ({"endpoints": "http://c:4318"}, TypeError,
+         "otlp: 'endpoints' is no option of the OTLP export; did you mean 'endpoint'?"),
+        ({"timeout_seconds": "5"}, TypeError, "otlp['timeout_seconds'] is str: give an int or a float"),
+        ({"insecure": "true"}, TypeError, "otlp['insecure'] is str: give a bool"),
+        ({"timeout_seconds": True}, TypeError, "otlp['timeout_seconds'] is bool: give an int or a float"),
+        ({"headers": {"x-api-key": "k\r\nx-evil: 1"}}, ValueError,
+         "otlp['headers']: the value of 'x-api-key' is no header value (printable ASCII); its value is not shown"),
+        ({"headers": {"x api key": "k"}}, ValueError, "otlp['headers']: 'x api key' is no header name"),
+        ({"endpoint": "collector:4318"}, ValueError,
+         "endpoint 'collector:4318/v1/traces' is not an http:// or https:// URL (otlp['endpoint'])"),
+        ({"endpoint": "http://collector:99999"}, ValueError,
+         "otlp['endpoint']='http://collector:99999': the OTLP/HTTP traces endpoint does not parse"),
+        ({"timeout_seconds": 0}, ValueError, "otlp['timeout_seconds']='0.0' must be above 0 and at most a day"),
+        ({"compression": "br"}, ValueError, "otlp['compression']='br': OTLP over http/protobuf compresses with"),
+        ({"protocol": "http/json"}, ValueError, "unsupported OTLP protocol 'http/json' for traces"),
+        ({"certificate": "/nonexistent/ca.pem"}, ValueError,
+         "otlp['certificate']='/nonexistent/ca.pem' cannot be read"),
+    ],
+)  # fmt: skip
+def test_an_otlp_option_the_export_cannot_use_is_an_error_naming_it_as_the_tracker_is_made(options, error, said):
+    with pytest.raises(error) as refused:
+        OtelTracker("production", "shop", otlp=options)
+    assert said in str(refused.value)
+    assert "x-evil" not in str(refused.value)
 
 
 def test_an_event_emitted_after_close_is_dropped_counted_and_told_once(monkeypatch, caplog):
