@@ -256,7 +256,7 @@ def _client_certificate_ends(signal: str) -> str:
     """When the client certificate `signal`'s export presents ends, said after a backend took it ("" without one)."""
     from otel_bridge.certificates import TlsFilesError, expiration, when_it_ends
 
-    path = otlp.standard_variable(signal, "CLIENT_CERTIFICATE")[1]
+    path = otlp.FROM_ENVIRONMENT.variable(signal, "CLIENT_CERTIFICATE")[1]
     if not path:
         return ""
     try:

@@ -445,11 +445,6 @@ def _as_variable(key: str, value: Any) -> str:
 FROM_ENVIRONMENT = OtlpConfig()
 
 
-def standard_variable(signal: str, name: str, config: OtlpConfig = FROM_ENVIRONMENT) -> tuple[str, str]:
-    """The variable (or option of `config`) that gives `name` to `signal`'s export, and its value."""
-    return config.variable(signal, name)
-
-
 def _a_url(sender: T, signal: str, config: OtlpConfig) -> T:
     """`sender`, once its OTLP/HTTP endpoint is a URL: without a scheme (`::1`, `collector:4318` read
     as a path) every export failed, told as a failing backend, never as the setting it is."""

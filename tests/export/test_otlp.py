@@ -347,6 +347,35 @@ def test_a_base_endpoint_with_a_query_has_each_signals_path_put_in_its_path(monk
     assert otlp_http.received.targets == [f"{prefix}/v1/traces{asked}", f"{prefix}/v1/metrics{asked}"]
 
 
+@pytest.mark.parametrize("base", ["", "/otlp", "/otlp?api-key=k1"])
+def test_a_base_endpoint_given_in_code_is_each_signals_in_place_of_every_endpoint_variable(
+    monkeypatch, otlp_http, base
+):
+    # The SDK's exporter never reads code's base: it is given each signal's URL, the variables left aside.
+    _standard_variables(
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://elsewhere:4318",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://elsewhere:4318/v1/traces",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://elsewhere:4318/v1/metrics",
+    )
+    otlp_http.prefix = prefix = "/otlp" if base else ""
+    config = otlp.OtlpConfig.in_code({"endpoint": otlp_http.endpoint + base}, otlp.SECONDS)
+    traces, metrics = otlp.trace_sender(config), otlp.metric_sender(config)
+    try:
+        assert traces.send(b"") == otlp.SENT
+        assert metrics.send(MetricsData(resource_metrics=[])) == otlp.SENT
+    finally:
+        traces.shutdown()
+        metrics.shutdown()
+    asked = "?api-key=k1" if "?" in base else ""
+    assert otlp_http.received.targets == [f"{prefix}/v1/traces{asked}", f"{prefix}/v1/metrics{asked}"]
+
+
+def test_a_timeout_given_in_code_counts_seconds_whatever_the_variables_count():
+    config = otlp.OtlpConfig.in_code({"timeout_seconds": 2.5}, otlp.MILLISECONDS)
+    assert otlp.export_timeout("traces", config) == otlp.export_timeout("metrics", config) == 2.5
+
+
 def test_a_signals_own_endpoint_with_a_query_is_used_as_it_is_given(monkeypatch, otlp_http):
     _standard_variables(
         monkeypatch,
