@@ -748,7 +748,23 @@ def _encoded_sender(signal: str, config: OtlpConfig) -> TraceSender:
         grpc_exporter = otlp_grpc.GrpcTraces if signal == "traces" else otlp_grpc.GrpcMetrics
         return _told_if_tls_unasked(grpc_exporter(**given), signal, config)
     http_exporter = _HttpTraces if signal == "traces" else _HttpMetrics
-    return _a_url(_verify_as_configured(http_exporter(**given)), signal, config)
+    return _a_url(_verify_as_configured(_headers_in_place(http_exporter(**given), signal, config)), signal, config)
+
+
+# What the SDK's OTLP/HTTP client sends of its own, whatever the variables say.
+_ITS_OWN_HEADERS = frozenset({"content-type", "user-agent", "content-encoding"})
+
+
+def _headers_in_place(exporter: T, signal: str, config: OtlpConfig) -> T:
+    """`exporter` (an SDK OTLP/HTTP one) sending the headers code gave in place of the variables', as its
+    gRPC twin does: it adds those it is given to the variables', and an application's own backend's
+    credential (its SDK's `OTEL_EXPORTER_OTLP_HEADERS`) went to the backend code named."""
+    if (coded := config.coded("HEADERS")) is None:
+        return exporter
+    theirs = set(_parsed(FROM_ENVIRONMENT.variable(signal, "HEADERS")[1])) - set(_parsed(coded)) - _ITS_OWN_HEADERS
+    client: Any = getattr(exporter, "_client", None)
+    client._headers = {name: value for name, value in client._headers.items() if name.lower() not in theirs}
+    return exporter
 
 
 def _quiet(sender: T) -> T:

@@ -256,7 +256,7 @@ def test_the_otlp_export_given_in_code_takes_the_place_of_the_variables(monkeypa
         "ENDPOINT": f"http://127.0.0.1:{elsewhere.getsockname()[1]}",
         "TRACES_ENDPOINT": f"http://127.0.0.1:{elsewhere.getsockname()[1]}/v1/traces",
         "PROTOCOL": "grpc" if protocol == "http/protobuf" else "http/protobuf",
-        "HEADERS": "authorization=Bearer%20env-key",
+        "HEADERS": "authorization=Bearer%20env-key,x-honeycomb-team=env-key",
         "TRACES_CERTIFICATE": "/nonexistent/ca.pem",
         "TIMEOUT": "0.001",
     }.items():
@@ -291,6 +291,7 @@ def test_the_otlp_export_given_in_code_takes_the_place_of_the_variables(monkeypa
         backend.received.wait_for(lambda: backend.received.metrics, timeout=10)
         assert backend.received.refused == 0
         assert {h.get("authorization") for h in backend.received.headers} == {"Bearer code-key"}
+        assert not any("x-honeycomb-team" in h for h in backend.received.headers)  # the application's backend's
     finally:
         backend.close()
         elsewhere.close()
