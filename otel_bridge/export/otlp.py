@@ -819,12 +819,14 @@ def _told_if_tls_unasked(exporter: T, signal: str, config: OtlpConfig) -> T:
         return exporter  # TLS asked for: a scheme, a certificate, or INSECURE=false said so
     if not _first_time("tls", signal, endpoint):  # once, however many exporters a signal has
         return exporter
+    plain = "otlp['insecure']=True" if config.coded("ENDPOINT") is not None else "OTEL_EXPORTER_OTLP_INSECURE=true"
     log.warning(
         "OTLP/gRPC %s endpoint %r has no scheme, so it is reached with TLS; for a plain-text Collector "
-        "write http://%s (or set OTEL_EXPORTER_OTLP_INSECURE=true)",
+        "write http://%s (or set %s)",
         signal,
         endpoint,
         endpoint,
+        plain,
     )
     return exporter
 

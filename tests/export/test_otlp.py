@@ -36,6 +36,25 @@ def test_a_grpc_endpoint_without_a_scheme_is_told_to_be_tls_for_each_signal(monk
     ]
 
 
+def test_a_grpc_endpoint_given_in_code_without_a_scheme_is_told_with_the_option_that_says_plain_text(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(otlp, "_TOLD", set())
+    config = otlp.OtlpConfig.in_code({"endpoint": "collector:4317", "protocol": "grpc"}, otlp.SECONDS)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+        otlp.trace_sender(config).shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"OTLP/gRPC traces endpoint 'collector:4317' {_TOLD}; for a plain-text Collector write "
+        "http://collector:4317 (or set otlp['insecure']=True)"
+    ]
+    caplog.clear()
+    plain = otlp.OtlpConfig.in_code({"endpoint": "collector:4317", "protocol": "grpc", "insecure": True}, otlp.SECONDS)
+    sender = otlp.trace_sender(plain)
+    assert sender._insecure  # type: ignore[attr-defined]
+    sender.shutdown()
+    assert not caplog.records
+
+
 @pytest.mark.parametrize(
     "env",
     [
