@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from otel_bridge.export.otlp import FROM_ENVIRONMENT, OtlpConfig
+from otel_bridge.export.otlp_config import FROM_ENVIRONMENT, OtlpConfig
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -21,6 +21,7 @@ from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
 from otel_bridge.export.otlp import Delivery
+from otel_bridge.export.otlp_config import FROM_ENVIRONMENT
 from otel_bridge.receivers.dead_letter import can_be_written
 from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY, SIGNAL_FAILED
 from otel_bridge.state import mounts
@@ -256,7 +257,7 @@ def _client_certificate_ends(signal: str) -> str:
     """When the client certificate `signal`'s export presents ends, said after a backend took it ("" without one)."""
     from otel_bridge.certificates import TlsFilesError, expiration, when_it_ends
 
-    path = otlp.FROM_ENVIRONMENT.variable(signal, "CLIENT_CERTIFICATE")[1]
+    path = FROM_ENVIRONMENT.variable(signal, "CLIENT_CERTIFICATE")[1]
     if not path:
         return ""
     try:

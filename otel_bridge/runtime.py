@@ -28,6 +28,7 @@ from otel_bridge.export import otlp
 from otel_bridge.export.aggregation import Attributes
 from otel_bridge.export.health import ExportHealth
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp_config import FROM_ENVIRONMENT, OtlpConfig
 from otel_bridge.export.outbox_drain import OutboxDrain
 from otel_bridge.export.prometheus import exposition
 from otel_bridge.liveness import Passes
@@ -222,7 +223,7 @@ class Bridge:
         metric_sender: otlp.MetricSender | None = None,
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
-        export: otlp.OtlpConfig = otlp.FROM_ENVIRONMENT,
+        export: OtlpConfig = FROM_ENVIRONMENT,
     ) -> None:
         """`export`: what configures the OTLP export (the standard variables, as the specification reads
         them; in a Python application's process, as its own exporters read them, and code's `otlp=`)."""

@@ -18,16 +18,15 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_bridge.export.health import exporting
 from otel_bridge.export.otlp import (
-    TLS_FILES,
     Delivery,
     ExportResult,
-    OtlpConfig,
     Recorder,
     answered,
     not_the,
     span_count,
     throttled,
 )
+from otel_bridge.export.otlp_config import TLS_FILES, OtlpConfig
 
 log = logging.getLogger(__name__)
 

@@ -319,7 +319,7 @@ class ApplicationSpans:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from otel_bridge.export.otlp import GRPC, protocol_for
+        from otel_bridge.export.otlp_config import GRPC, protocol_for
 
         if protocol_for("traces") == GRPC:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -21,7 +21,7 @@ from otel_bridge.tracker.testing import (
 )
 
 if TYPE_CHECKING:
-    from otel_bridge.export.otlp import OtlpOptions
+    from otel_bridge.export.otlp_config import OtlpOptions
     from otel_bridge.tracker.events import JobEvents, WorkflowEvents
     from otel_bridge.tracker.in_process import AsyncOtelTracker, OtelTracker
 

@@ -38,7 +38,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from otel_bridge.config import REDIS_SCHEMES, Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
-from otel_bridge.export.otlp import SECONDS, OtlpConfig, OtlpOptions
+from otel_bridge.export.otlp_config import SECONDS, OtlpConfig, OtlpOptions
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from otel_bridge.export import otlp
+from otel_bridge.export import otlp, otlp_config
 
 _TOLD = "has no scheme, so it is reached with TLS"
 
@@ -18,10 +18,10 @@ def _senders_built(monkeypatch, caplog, **env: str) -> list[str]:
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    monkeypatch.setattr(otlp, "_TOLD", set())  # told once per process: each test is a fresh start
+    monkeypatch.setattr(otlp_config, "_TOLD", set())  # told once per process: each test is a fresh start
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         for sender in (otlp.trace_sender(), otlp.metric_sender()):
             sender.shutdown()
     return [r.getMessage() for r in caplog.records if _TOLD in r.getMessage()]
@@ -39,16 +39,18 @@ def test_a_grpc_endpoint_without_a_scheme_is_told_to_be_tls_for_each_signal(monk
 def test_a_grpc_endpoint_given_in_code_without_a_scheme_is_told_with_the_option_that_says_plain_text(
     monkeypatch, caplog
 ):
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    config = otlp.OtlpConfig.in_code({"endpoint": "collector:4317", "protocol": "grpc"}, otlp.SECONDS)
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    monkeypatch.setattr(otlp_config, "_TOLD", set())
+    config = otlp_config.OtlpConfig.in_code({"endpoint": "collector:4317", "protocol": "grpc"}, otlp_config.SECONDS)
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         otlp.trace_sender(config).shutdown()
     assert [r.getMessage() for r in caplog.records] == [
         f"OTLP/gRPC traces endpoint 'collector:4317' {_TOLD}; for a plain-text Collector write "
         "http://collector:4317 (or set otlp['insecure']=True)"
     ]
     caplog.clear()
-    plain = otlp.OtlpConfig.in_code({"endpoint": "collector:4317", "protocol": "grpc", "insecure": True}, otlp.SECONDS)
+    plain = otlp_config.OtlpConfig.in_code(
+        {"endpoint": "collector:4317", "protocol": "grpc", "insecure": True}, otlp_config.SECONDS
+    )
     sender = otlp.trace_sender(plain)
     assert sender._insecure  # type: ignore[attr-defined]
     sender.shutdown()
@@ -100,7 +102,7 @@ def _standard_variables(monkeypatch, **env: str) -> None:
     for name in ("ENDPOINT", "TIMEOUT", "HEADERS", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
         for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_"):
             monkeypatch.delenv(prefix + name, raising=False)
-    monkeypatch.setattr(otlp, "_TOLD", set())
+    monkeypatch.setattr(otlp_config, "_TOLD", set())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
@@ -230,7 +232,7 @@ def test_the_compression_the_variables_ask_for_is_the_one_the_exporter_uses(monk
     for prefix in ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"):
         monkeypatch.delenv(prefix + "COMPRESSION", raising=False)
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, **env)
-    assert otlp.export_compression("traces", protocol) == compression
+    assert otlp_config.export_compression("traces", protocol) == compression
     sender = otlp.trace_sender()
     # grpc.Compression.NoCompression or Gzip; the HTTP exporter's own NONE, DEFLATE or GZIP.
     assert sender._compression.name.lower() in {compression, compression.replace("none", "nocompression")}
@@ -302,7 +304,7 @@ def test_an_insecure_neither_true_nor_false_is_told_once_and_read_as_false(monke
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_INSECURE", raising=False)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "yes"}
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", **env)
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         senders = [otlp.trace_sender(), otlp.trace_sender()]
     assert [sender._insecure for sender in senders] == [False, False]
     assert [r.getMessage() for r in caplog.records] == [
@@ -319,7 +321,7 @@ def test_a_signals_own_http_endpoint_without_a_path_is_told_with_the_one_meant(m
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://collector:4318",
         OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://collector:4318/v1/metrics",
     )
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         for sender in (otlp.trace_sender(), otlp.trace_sender(), otlp.metric_sender()):
             sender.shutdown()
     assert [r.getMessage() for r in caplog.records] == [
@@ -332,7 +334,7 @@ def test_a_signals_own_http_endpoint_without_a_path_is_told_with_the_one_meant(m
 def test_a_base_endpoint_ending_with_a_signals_path_is_told_once_with_the_base_meant(monkeypatch, caplog):
     # Each signal's path is added to it: every export went to …/v1/traces/v1/traces, the Collector's 404.
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/v1/traces")
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         for sender in (otlp.trace_sender(), otlp.metric_sender()):
             sender.shutdown()
     assert [r.getMessage() for r in caplog.records] == [
@@ -343,7 +345,7 @@ def test_a_base_endpoint_ending_with_a_signals_path_is_told_once_with_the_base_m
     caplog.clear()  # a signal with an endpoint of its own does not add to the base
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://a:4318/v1/traces")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://a:4318/v1/traces")
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         otlp.trace_sender().shutdown()
     assert caplog.records == []
 
@@ -378,7 +380,7 @@ def test_a_base_endpoint_given_in_code_is_each_signals_in_place_of_every_endpoin
         OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://elsewhere:4318/v1/metrics",
     )
     otlp_http.prefix = prefix = "/otlp" if base else ""
-    config = otlp.OtlpConfig.in_code({"endpoint": otlp_http.endpoint + base}, otlp.SECONDS)
+    config = otlp_config.OtlpConfig.in_code({"endpoint": otlp_http.endpoint + base}, otlp_config.SECONDS)
     traces, metrics = otlp.trace_sender(config), otlp.metric_sender(config)
     try:
         assert traces.send(b"") == otlp.SENT
@@ -388,11 +390,6 @@ def test_a_base_endpoint_given_in_code_is_each_signals_in_place_of_every_endpoin
         metrics.shutdown()
     asked = "?api-key=k1" if "?" in base else ""
     assert otlp_http.received.targets == [f"{prefix}/v1/traces{asked}", f"{prefix}/v1/metrics{asked}"]
-
-
-def test_a_timeout_given_in_code_counts_seconds_whatever_the_variables_count():
-    config = otlp.OtlpConfig.in_code({"timeout_seconds": 2.5}, otlp.MILLISECONDS)
-    assert otlp.export_timeout("traces", config) == otlp.export_timeout("metrics", config) == 2.5
 
 
 def test_a_signals_own_endpoint_with_a_query_is_used_as_it_is_given(monkeypatch, otlp_http):
@@ -436,21 +433,6 @@ def test_an_endpoint_that_does_not_parse_is_told_without_its_password(monkeypatc
     assert "s3cret" not in str(raised.value) and "'https://***@[::1'" in str(raised.value)
 
 
-@pytest.mark.parametrize(
-    ("env", "seconds"),
-    [
-        ({}, 10.0),  # the specification's default
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, 10.0),
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "2500"}, 2.5),
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "500"}, 0.5),
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "3000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": ""}, 3.0),  # empty: unset
-    ],
-)
-def test_the_export_timeout_counts_the_specifications_milliseconds(monkeypatch, env, seconds):
-    _standard_variables(monkeypatch, **env)
-    assert otlp.export_timeout("traces") == seconds
-
-
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_the_senders_wait_as_long_as_the_timeout_says(monkeypatch, protocol):
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_TIMEOUT="2500")
@@ -459,12 +441,6 @@ def test_the_senders_wait_as_long_as_the_timeout_says(monkeypatch, protocol):
         # OTLP/HTTP keeps it on its client, OTLP/gRPC on the exporter.
         assert getattr(getattr(exporter, "_client", None), "_timeout", None) == 2.5 or exporter._timeout == 2.5
         sender.shutdown()
-
-
-def test_in_a_python_application_the_export_timeout_counts_seconds_as_its_own_exporters_do(monkeypatch):
-    # The in-process tracker shares the variable with the application's own Python SDK exporters.
-    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_TIMEOUT="5")
-    assert otlp.export_timeout("traces", otlp.OtlpConfig(timeout_unit=otlp.SECONDS)) == 5.0
 
 
 @pytest.mark.parametrize(
@@ -485,16 +461,6 @@ def test_a_timeout_no_export_could_keep_is_a_configuration_error_naming_its_vari
         otlp.trace_sender() if "METRICS" not in variable else otlp.metric_sender()
 
 
-def test_a_timeout_likely_meant_in_seconds_is_told_once_with_what_to_write(monkeypatch, caplog):
-    _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_TIMEOUT="30")
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
-        assert otlp.export_timeout("traces") == otlp.export_timeout("metrics") == 0.03
-    assert [r.getMessage() for r in caplog.records] == [
-        "OTEL_EXPORTER_OTLP_TIMEOUT=30 is 30 ms for each export request: the specification's unit, milliseconds, "
-        "which otel-bridge reads (the Python SDK reads seconds); for 30 seconds write 30000"
-    ]
-
-
 def test_a_grpc_signal_timeout_set_but_empty_is_told_as_what_it_is(monkeypatch):
     # The SDK's gRPC exporter reads it whatever timeout it is given: "could not convert string to float: ''".
     _standard_variables(monkeypatch, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="")
@@ -505,8 +471,8 @@ def test_a_grpc_signal_timeout_set_but_empty_is_told_as_what_it_is(monkeypatch):
 def test_an_exporter_otel_bridge_does_not_speak_is_told_once_for_every_sender(monkeypatch, caplog):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    monkeypatch.setattr(otlp_config, "_TOLD", set())
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         senders = [otlp.trace_sender() for _ in range(4)]  # one per concurrent export
     for sender in senders:
         sender.shutdown()
@@ -524,10 +490,10 @@ def test_otel_sdk_disabled_turns_both_senders_off(monkeypatch, value):
 def _told_making_two(monkeypatch, caplog, make, **env: str) -> list[str]:
     """What the log says as two senders are made (a bridge makes one per concurrent export) under `env`."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setattr(otlp, "_TOLD", set())  # told once per process: each test is a fresh start
+    monkeypatch.setattr(otlp_config, "_TOLD", set())  # told once per process: each test is a fresh start
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with caplog.at_level(logging.WARNING, logger="otel_bridge.export.otlp"):
+    with caplog.at_level(logging.WARNING, logger="otel_bridge.export"):
         senders = [make(), make()]
     for sender in senders:
         assert not isinstance(sender, otlp.NoSender)
