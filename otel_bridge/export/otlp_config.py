@@ -101,7 +101,11 @@ class OtlpConfig:
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
                 kinds = " or ".join(f"{'an' if t.__name__[0] in 'aeiou' else 'a'} {t.__name__}" for t in types)
                 raise TypeError(f"otlp[{key!r}] is {type(value).__name__}: give {kinds}")
-            given[name] = (f"otlp[{key!r}]", _as_variable(key, value))
+            written = _as_variable(key, value)
+            if not written and key != "headers":
+                # Read as unset by the bridge, while the SDK's exporter would read the variable in its place.
+                raise ValueError(f"otlp[{key!r}] is empty: leave it out for the default")
+            given[name] = (f"otlp[{key!r}]", written)
         return cls(given, timeout_unit)
 
     def variable(self, signal: str, name: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from otel_bridge.export.otlp import (
     span_count,
     throttled,
 )
-from otel_bridge.export.otlp_config import TLS_FILES, OtlpConfig
+from otel_bridge.export.otlp_config import TLS_FILES, OtlpConfig, parsed_headers
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,12 @@ class _SendsEncoded:
         if coded and not kwargs["insecure"] and (held := _tls_files_held(self._carries, config)) is not None:
             kwargs["credentials"] = grpc.ssl_channel_credentials(*held)
         super().__init__(**kwargs)
+        exporter: Any = self  # the SDK's attributes, typed as their first assignments guessed
+        if (headers := config.coded("HEADERS")) is not None:
+            # None given in code (`{}`) is none sent: the SDK's exporter read the variable for an empty mapping.
+            exporter._headers = tuple(parsed_headers(headers).items())
         # The exporter's own retries of RESOURCE_EXHAUSTED (1, 2, 4 s within its timeout) are the
         # bridge's to make: a request too large is halved at once, a quota waited for by the outbox.
-        exporter: Any = self  # the SDK's attribute, typed as its first assignment guessed
         exporter._retryable_error_codes = frozenset(exporter._retryable_error_codes) - {
             grpc.StatusCode.RESOURCE_EXHAUSTED
         }

@@ -297,9 +297,26 @@ def test_the_otlp_export_given_in_code_takes_the_place_of_the_variables(monkeypa
         elsewhere.close()
 
 
+def test_no_headers_given_in_code_is_none_of_the_variables_sent(monkeypatch, otlp):
+    # The variables' credential is the application's own backend's: `headers={}` sends it nowhere.
+    protocol, backend = otlp
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=env-key")
+    options: OtlpOptions = {"endpoint": backend.endpoint, "headers": {}}
+    options["protocol"] = "grpc" if protocol == "grpc" else "http/protobuf"
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    with OtelTracker("production", "shop", otlp=options, settle_seconds=0.2) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+    trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+    backend.received.wait_for(lambda: len(backend.received.trace(trace_id)) == 2, timeout=10)
+    assert backend.received.headers  # seen, and without it
+    assert not any("x-honeycomb-team" in h for h in backend.received.headers)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "said"),
     [
+        ({"endpoint": " "}, ValueError, "otlp['endpoint'] is empty: leave it out for the default"),
         ({"endpoints": "http://c:4318"}, TypeError,
          "otlp: 'endpoints' is no option of the OTLP export; did you mean 'endpoint'?"),
         ({"timeout_seconds": "5"}, TypeError, "otlp['timeout_seconds'] is str: give an int or a float"),
