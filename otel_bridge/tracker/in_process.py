@@ -35,10 +35,12 @@ from typing import Any, Self
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from otel_bridge.config import REDIS_SCHEMES, Settings, unknown_settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.export.otlp_config import SECONDS, OtlpConfig, OtlpOptions
+from otel_bridge.export.sdk_exporter import SdkSpanExporterSender
 from otel_bridge.forks import after_fork_in_child, event_like, of_this_process
 from otel_bridge.json_text import as_read_back
 from otel_bridge.propagation import run_context
@@ -108,19 +110,22 @@ class OtelTracker:
         *,
         state: str | Path | None = None,
         meter_provider: MeterProvider | None = None,
+        span_exporter: SpanExporter | None = None,
         otlp: OtlpOptions | None = None,
         batch_size: int = 100,
         flush_interval_seconds: float | None = 1.0,
         **settings: Any,
     ) -> None:
-        """`otlp`: the OTLP export's endpoint, headers, TLS files, … given in code, each in place of its standard
-        `OTEL_EXPORTER_OTLP_*` variables. `settings`: any bridge setting (`settle_seconds`, `capture_input`, …),
-        as `otel-bridge serve` takes them.
+        """`span_exporter`: an OpenTelemetry SDK exporter the spans go to instead of OTLP (the tracker owns it, and
+        shuts it down as it closes). `otlp`: the OTLP export's endpoint, headers, TLS files, … given in code, each
+        in place of its standard `OTEL_EXPORTER_OTLP_*` variables. `settings`: any bridge setting
+        (`settle_seconds`, `capture_input`, …), as `otel-bridge serve` takes them.
 
         A name that is no setting (or no `otlp` option) raises TypeError, as a misspelt keyword argument does."""
         if unknown := unknown_settings(settings):
             raise TypeError(f"OtelTracker: {'; '.join(unknown)}")
         self._export = OtlpConfig.in_code(otlp, _AS_PYTHON_SDK)
+        self._span_exporter = span_exporter
         checked_labels(env, service_key)
         self.env, self.service_key = env, service_key
         self._memory = state is None
@@ -148,9 +153,7 @@ class OtelTracker:
         for problem in self._settings.told_at_start(os.environ):
             log.warning(problem)
         self._meter_provider = meter_provider
-        self.bridge = Bridge.opened(self._settings, meter_provider=meter_provider, export=self._export).start(
-            follow=False
-        )
+        self.bridge = self._bridge_on(self._settings)
         # True in a child process forked from the one that started `bridge`, until it has its own.
         self._inherited = False
         # The bridges of the processes this one was forked from: kept, never closed (closing a
@@ -171,6 +174,13 @@ class OtelTracker:
         self._start_timer()
         after_fork_in_child(self._forked)
         self._forget_exit = at_exit(self, OtelTracker._close_at_exit)
+
+    def _bridge_on(self, settings: Settings) -> Bridge:
+        """A bridge on `settings`, exporting as this tracker was told to."""
+        sender = None if self._span_exporter is None else SdkSpanExporterSender(self._span_exporter)
+        return Bridge.opened(
+            settings, trace_sender=sender, meter_provider=self._meter_provider, export=self._export
+        ).start(follow=False)
 
     def _refusing(self) -> None:
         # While the store refuses: when a flush is to try again. A flush before then stores nothing and takes no
@@ -217,9 +227,7 @@ class OtelTracker:
                 parents, self._scratch = self._scratch.path, Scratch()
                 files = {name: self._scratch.path / f.name if f.parent == parents else f for name, f in files.items()}
             settings = settings.model_copy(update={name: of_this_process(f) for name, f in files.items()})
-            bridge = Bridge.opened(settings, meter_provider=self._meter_provider, export=self._export).start(
-                follow=False
-            )
+            bridge = self._bridge_on(settings)
             self.bridge.metrics.leave_shared_provider()  # the parent's gauges read the parent's store
             self._ancestors.append(self.bridge)
             self.bridge = bridge

@@ -27,8 +27,11 @@ from builders import WorkflowRun, ns_of
 from faults import BUG, a_bug_for, small_filesystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from pki import make_pki
 
@@ -117,6 +120,68 @@ def test_the_in_process_tracker_and_the_sidecar_produce_identical_spans_and_metr
         sidecar_backend.close()
         tracker_backend.close()
     assert got.unique_spans() == expected  # ids, times, names, attributes, events, links, resources
+
+
+def test_a_span_exporter_given_gets_the_spans_the_otlp_export_sends(monkeypatch):
+    # The application's exporter, here the SDK's own OTLP one (a vendor's that speaks no OTLP takes the same
+    # spans): its backend gets what the tracker's own OTLP export gives another, every demo scenario.
+    ours, theirs = OtlpHttpReceiver(), OtlpHttpReceiver()
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    exporter = OTLPSpanExporter(endpoint=f"{theirs.endpoint}/v1/traces")
+    trackers = [
+        {
+            service: OtelTracker(ENV, service, settle_seconds=0.5, flush_interval_seconds=None, **export)
+            for service in (WORKFLOW_SERVICE, JOB_SERVICE)
+        }
+        for export in ({"otlp": {"endpoint": ours.endpoint}}, {"span_exporter": exporter})
+    ]
+    try:
+        for batch in _invocations():
+            for by_service in trackers:
+                tracker = by_service[batch[0]["serviceKey"]]
+                for event in batch:
+                    tracker.emit({k: v for k, v in event.items() if k not in ("env", "serviceKey")})
+                tracker.flush()
+        for by_service in trackers:
+            for tracker in by_service.values():
+                tracker.close()
+        expected = ours.received.unique_spans()
+        assert len(expected) > 30
+        theirs.received.wait_for(lambda: len(theirs.received.unique_spans()) == len(expected), timeout=10)
+        assert theirs.received.unique_spans() == expected  # ids, times, names, attributes, events, links, resources
+        assert exporter._shutdown  # the tracker's to shut down, as a span processor's is
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_span_exporter_that_fails_leaves_the_spans_waiting_until_it_takes_them(monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+
+    class Refusing(InMemorySpanExporter):
+        # The application's exporter while its backend is away: FAILURE, then an error, then it takes them.
+        answers = [SpanExportResult.FAILURE, ConnectionError("backend away")]
+
+        def export(self, spans):
+            if self.answers:
+                answer = self.answers.pop(0)
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+            return super().export(spans)
+
+    exporter = Refusing()
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    with OtelTracker("production", "shop", span_exporter=exporter, settle_seconds=0.2, export_delay_ms=50) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        tracker.flush()
+        deadline = time.monotonic() + 20
+        while len(exporter.get_finished_spans()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sorted(span.name for span in exporter.get_finished_spans()) == ["step a", "workflow orderProcessing"]
+    assert not exporter.answers
+    assert "trace export to Refusing is failing (Refusing answered FAILURE)" in caplog.text
 
 
 def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
