@@ -303,6 +303,32 @@ class OtelTracker:
                     report.rejected[0].error,
                 )
 
+    def force_flush(self, timeout_seconds: float = 30.0) -> bool:
+        """Store what is buffered, send the spans of what has ended now rather than at the end of its settle
+        window, and export the metrics; wait until the backend took them all, for `timeout_seconds` at most.
+        True when nothing is left to send (False: the export failed, or took longer). The tracker goes on.
+
+        For a process about to be frozen, as a serverless function is between invocations, where the background
+        threads that settle and export stop with it; or a test that looks at the spans. The OpenTelemetry SDK's
+        providers have the same (`force_flush`, for the same reasons)."""
+        if self._closed.is_set():
+            return True
+        deadline = time.monotonic() + timeout_seconds
+        self.flush()
+        with self._storing:
+            bridge = self._own_bridge()
+            try:
+                bridge.pipeline.settle_due(horizon=time.time() + self._settings.settle_seconds)
+            except Exception:  # the settle thread meets the same and says so; never raised into the workflow
+                log.warning("force_flush: settling failed", exc_info=True)
+                return False
+        bridge.drain.wake()
+        while bridge.store.outbox_depth():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return bridge.export_metrics()
+
     def _settle_if_behind(self, bridge: Bridge) -> None:
         """Settle here, in the producer's thread, what the settle thread has left overdue.
 
@@ -420,6 +446,9 @@ class AsyncOtelTracker:
 
     async def flush(self) -> None:
         await asyncio.to_thread(self.tracker.flush)
+
+    async def force_flush(self, timeout_seconds: float = 30.0) -> bool:
+        return await asyncio.to_thread(self.tracker.force_flush, timeout_seconds)
 
     async def pending(self) -> int:
         return self.tracker.pending()

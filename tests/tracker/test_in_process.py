@@ -184,6 +184,54 @@ def test_a_span_exporter_that_fails_leaves_the_spans_waiting_until_it_takes_them
     assert "trace export to Refusing is failing (Refusing answered FAILURE)" in caplog.text
 
 
+def test_force_flush_sends_what_has_ended_now_and_the_tracker_goes_on(otlp_http):
+    # A process about to be frozen (a serverless function between invocations): nothing waits for the settle
+    # window (a minute here) or the metric export's interval (an hour).
+    spans = InMemorySpanExporter()
+    options: OtlpOptions = {"endpoint": otlp_http.endpoint}
+    first = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    going_on = WorkflowRun().started().step_started("b").after(1).step_completed("b").sleep_started(3600)
+    tracker = OtelTracker(
+        "production", "shop", span_exporter=spans, otlp=options, settle_seconds=60, metric_export_interval_ms=3_600_000
+    )
+    try:
+        for event in first.events:
+            tracker.emit(event)
+        assert tracker.force_flush(timeout_seconds=10)
+        assert sorted(span.name for span in spans.get_finished_spans()) == ["step a", "workflow orderProcessing"]
+        assert any(name == "workflow.execution.duration" for name, _, _ in otlp_http.received.metrics)
+        # Still open for events: a run that goes on has what ended sent, its root when it ends.
+        for event in going_on.events:
+            tracker.emit(event)
+        assert tracker.force_flush(timeout_seconds=10)
+        assert sorted(span.name for span in spans.get_finished_spans()) == [
+            "step a",
+            "step b",
+            "workflow orderProcessing",
+        ]
+    finally:
+        tracker.close()
+
+
+def test_force_flush_says_false_when_the_backend_has_not_taken_the_spans_by_its_timeout(monkeypatch):
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+
+    class Away(InMemorySpanExporter):
+        def export(self, spans):
+            return SpanExportResult.FAILURE
+
+    run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+    with OtelTracker(
+        "production", "shop", span_exporter=Away(), settle_seconds=60, drain_timeout_seconds=0.5
+    ) as tracker:
+        for event in run.events:
+            tracker.emit(event)
+        started = time.monotonic()
+        assert not tracker.force_flush(timeout_seconds=0.5)
+        assert time.monotonic() - started < 5  # bounded by its timeout, not the export's backoff
+        assert tracker.bridge.store.outbox_depth() == 2  # kept, to be sent once the backend takes them
+
+
 def test_the_applications_meter_provider_gets_the_metrics(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     reader = InMemoryMetricReader()
