@@ -642,6 +642,9 @@ def test_the_asyncio_flavour(tmp_path, monkeypatch, otlp_http):
             for event in run.events:
                 await tracker.emit(event)
             assert await tracker.pending() == 1
+            assert await tracker.force_flush(timeout_seconds=10)  # sent before it answers, off the event loop
+            trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
+            assert {s.name for s in otlp_http.received.trace(trace_id)} == {"workflow orderProcessing", "step a"}
 
     asyncio.run(produce())
     trace_id = trace_id_for("durable-effect", "production", "shop", run.workflow_id).hex()
