@@ -5,13 +5,15 @@
 in memory by default, in a SQLite file (`state="tracker.db"`) that survives the
 producer's restart, or in Redis (`state="redis://…"`), shared by the producer's processes:
 one trace per run, whichever process tells its events. Spans go out through the OTLP exporter the standard
-`OTEL_EXPORTER_OTLP_*` variables configure (or `otlp=`, in their place), metrics through its own
-MeterProvider and periodic export, or into the MeterProvider the application passes, next to its own.
+`OTEL_EXPORTER_OTLP_*` variables configure (or `otlp=`, in their place), or to an OpenTelemetry SDK exporter
+the application gives (`span_exporter=`); metrics through its own MeterProvider and periodic export, or into
+the MeterProvider the application passes, next to its own.
 
 `emit` only buffers; the buffer is stored on `flush`, when full, and every
 `flush_interval_seconds`; settling and export run in background threads, so nothing in
 the workflow waits on a backend. While the store refuses (its export backlog full, its disk full,
 Redis away), the events wait in the buffer and a flush tries again only once a backoff is over.
+`force_flush()` sends what has ended now and waits for the backend, for a process about to be frozen;
 `close()` stores the rest, and (in-memory state has no later) sends every run that has ended, gaps
 or not, before it returns.
 
