@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         "for that long (its alarm lost) is overdue once `overdue_grace_seconds` has passed too, as a debounce past "
         "its flushAt. Unnamed, a continuous job never is: it tells no next run.",
     )
+    expected_producers: Annotated[dict[str, float], NoDecode] = Field(
+        {},
+        description="Producers, as serviceKey@env, and how long each may go without an event reaching the bridge "
+        "(`billing@production=15m,shop@production=1h`, in the same forms): one silent past it, or not heard from "
+        "since the bridge started, raises ProducerNotHeard. Unnamed, a producer is judged against its own past "
+        "week alone (ProducerSilent), so one that never sends is never told.",
+    )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."
     )
@@ -545,25 +552,34 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("silent_executing", "silent_continuous", mode="before")
+    @field_validator("silent_executing", "silent_continuous", "expected_producers", mode="before")
     @classmethod
     def _name_and_duration_pairs(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
-        kind, example = (
-            ("job", "tokenRefresher=15m")
-            if info.field_name == "silent_continuous"
-            else ("workflow", "checkout=15m,*=2h")
-        )
+        kind, example = {
+            "silent_continuous": ("job", "tokenRefresher=15m"),
+            "expected_producers": ("serviceKey@env", "billing@production=15m"),
+        }.get(info.field_name or "", ("workflow", "checkout=15m,*=2h"))
         pairs = {}
         for part in filter(None, (part.strip() for part in value.split(","))):
             name, equals, duration = (text.strip() for text in part.rpartition("="))
             if not equals or not name:
                 raise ValueError(f"{part!r} is not {kind}=duration (comma-separated: {example})")
+
             seconds = pairs[name] = seconds_of(duration)
             if seconds > _CENTURY_SECONDS:  # as every time a setting gives (`_a_time_it_can_count`)
                 raise ValueError(f"{part!r}: must be at most a century ({_CENTURY_SECONDS:,} s)")
         return pairs
+
+    @field_validator("expected_producers")
+    @classmethod
+    def _producers_named(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            service, at, env = name.rpartition("@")
+            if not (at and service.strip() and env.strip()):
+                raise ValueError(f"{name!r}: name the producer as serviceKey@env (billing@production=15m)")
+        return value
 
     @field_validator("producer_api_keys", mode="before")
     @classmethod

@@ -184,6 +184,10 @@ M_PRODUCER_EVENTS: Final = "otel_bridge.producer.events"
 # Those of them timestamped more than a minute ahead of the bridge's clock: the producer's clock, or the
 # bridge's, is wrong (spans in the future; overdue and max_open judged off).
 M_PRODUCER_EVENTS_AHEAD: Final = "otel_bridge.producer.events_ahead"
+# When this bridge last took an event of the producer (its own clock), and how long a producer it is told to
+# expect (`expected_producers`) may go without: one that never sends has no past to be judged silent against.
+M_PRODUCER_LAST_HEARD: Final = "otel_bridge.producer.last_heard_timestamp"
+M_PRODUCER_EXPECTED_WITHIN: Final = "otel_bridge.producer.expected_within"
 M_BRIDGE_RUNS_INCOMPLETE: Final = "otel_bridge.runs.incomplete"
 M_BRIDGE_JOBS_PRESUMED_ENDED: Final = "otel_bridge.jobs.presumed_ended"
 M_BRIDGE_RUNS_KEPT_BACK: Final = "otel_bridge.runs.kept_back"

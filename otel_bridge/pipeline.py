@@ -167,12 +167,30 @@ def _by_producer(state_keys: list[str]) -> dict[tuple[str, str, str], int]:
     return counts
 
 
-def _producer_events(accepted_keys: list[str], name: str = c.M_PRODUCER_EVENTS) -> list[Observation]:
-    """A batch's accepted events counted by producer and engine: an observation for each, not for each event."""
-    return [
-        Observation(name, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
-        for (engine, env, service), count in _by_producer(accepted_keys).items()
-    ]
+def _producer_events(
+    accepted_keys: list[str], name: str = c.M_PRODUCER_EVENTS, heard_at: float | None = None
+) -> list[Observation]:
+    """A batch's accepted events counted by producer and engine: an observation for each, not for each event;
+    and with `heard_at`, when each producer was last heard from."""
+    observations = []
+    for (engine, env, service), count in _by_producer(accepted_keys).items():
+        engine_of = ((c.WORKFLOW_PLATFORM_NAME, engine),)
+        observations.append(Observation(name, count, engine_of, Resource(service, env)))
+        if heard_at is not None:
+            observations.append(Observation(c.M_PRODUCER_LAST_HEARD, heard_at, engine_of, Resource(service, env)))
+    return observations
+
+
+def producers_expected(expected: dict[str, float], started_at: float) -> list[Observation]:
+    """The producers a bridge is told to expect (`serviceKey@env`: seconds they may go without an event), each
+    as heard from at `started_at`: one that never sends is then as silent as the bridge is old."""
+    observations = []
+    for producer, seconds in expected.items():
+        service, _, env = producer.rpartition("@")
+        resource = Resource(service, env)
+        observations.append(Observation(c.M_PRODUCER_EXPECTED_WITHIN, seconds, (), resource))
+        observations.append(Observation(c.M_PRODUCER_LAST_HEARD, started_at, (), resource))
+    return observations
 
 
 # How far ahead of this host's clock an event may be timestamped before one of the two clocks is taken to
@@ -506,7 +524,7 @@ class Pipeline:
             self._save(tx, key, changes)
         if jobs:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
-        out.observations += _producer_events(out.accepted_keys)
+        out.observations += _producer_events(out.accepted_keys, heard_at=now)
         if out.ahead_keys:
             out.observations += _producer_events(out.ahead_keys, c.M_PRODUCER_EVENTS_AHEAD)
         return out

@@ -34,7 +34,7 @@ from otel_bridge.export.prometheus import exposition
 from otel_bridge.liveness import Passes
 from otel_bridge.observed import ObservedConsumer
 from otel_bridge.on_loop import OnLoop
-from otel_bridge.pipeline import Decoder, Pipeline, here
+from otel_bridge.pipeline import Decoder, Pipeline, here, producers_expected
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
@@ -743,6 +743,7 @@ class Bridge:
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
         self.restore()
+        self.metrics.record(producers_expected(self.settings.expected_producers, self._clock()))
         for name, target in (
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop, self.passes)),

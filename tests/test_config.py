@@ -290,6 +290,17 @@ def test_silences_are_workflow_and_duration_pairs_and_one_that_is_not_is_a_confi
     assert "'tokenRefresher=100000d': must be at most a century" in capsys.readouterr().err
 
 
+def test_expected_producers_are_named_as_service_key_at_env_each_with_how_long_it_may_go_without(capsys, monkeypatch):
+    monkeypatch.setenv("OTEL_BRIDGE_EXPECTED_PRODUCERS", "billing@production=15m, shop@eu@production=1h")
+    assert Settings().expected_producers == {"billing@production": 900.0, "shop@eu@production": 3600.0}
+    assert main(["serve", "--expected-producers", "billing=15m"]) == 2
+    assert "'billing': name the producer as serviceKey@env (billing@production=15m)" in capsys.readouterr().err
+    assert main(["serve", "--expected-producers", "billing@production"]) == 2
+    assert "'billing@production' is not serviceKey@env=duration" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'@production': name the producer as serviceKey@env"):
+        Settings(expected_producers={"@production": 60})
+
+
 @pytest.mark.parametrize(
     ("setting", "url", "pass_phrase"),
     [

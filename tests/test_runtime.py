@@ -237,8 +237,37 @@ def _exposed_by(bridge: Bridge, name: str, *labels: str) -> dict[tuple[str, ...]
     for line in body.decode().splitlines():
         if line.startswith(name + "{"):
             given = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
-            found[tuple(given[label] for label in labels)] = float(line.rsplit(" ", 1)[1])
+            found[tuple(given.get(label, "") for label in labels)] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+def test_the_producers_a_bridge_expects_are_heard_from_at_its_start_until_their_events_arrive(tmp_path):
+    clock = [1_800_000_000.0]
+    settings = Settings(
+        state=str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "dead.jsonl",
+        span_dead_letter=tmp_path / "spans.jsonl",
+        expected_producers={"shop@production": 900, "billing@production": 3600},
+    )
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=lambda: clock[0])
+    bridge.start(follow=False)
+    try:
+        clock[0] += 60
+        run = WorkflowRun().started()
+        bridge.pipeline.ingest([dict(event, serviceKey="shop", env="production") for event in run.events])
+        within = _exposed_by(bridge, "otel_bridge_producer_expected_within_seconds", "service_name")
+        heard = _exposed_by(
+            bridge, "otel_bridge_producer_last_heard_timestamp_seconds", "service_name", "workflow_platform_name"
+        )
+    finally:
+        bridge.stop()
+    assert within == {("shop",): 900.0, ("billing",): 3600.0}
+    # Each as heard at the start; shop, once its event arrived, when it did (by the engine, as its events count).
+    assert heard == {
+        ("shop", ""): 1_800_000_000.0,
+        ("billing", ""): 1_800_000_000.0,
+        ("shop", "durable-effect"): 1_800_000_060.0,
+    }
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])

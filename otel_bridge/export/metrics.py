@@ -114,6 +114,15 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         "This producer's events accepted timestamped more than a minute ahead of the bridge's clock: one of the "
         "two clocks is wrong",
     ),
+    c.M_PRODUCER_LAST_HEARD: InstrumentSpec(
+        "latest",
+        "s",
+        "When this bridge last took an event of this producer (Unix time, the bridge's clock); for a producer it "
+        "expects and has not heard from since it started, its start",
+    ),
+    c.M_PRODUCER_EXPECTED_WITHIN: InstrumentSpec(
+        "latest", "s", "How long this producer may go without an event reaching the bridge (expected_producers)"
+    ),
     c.M_BRIDGE_EVENTS_REFUSED: InstrumentSpec(
         "counter",
         "{event}",
