@@ -468,6 +468,20 @@ def bridge() -> Board:
         "says how far).",
     )  # fmt: skip
     b.panel(
+        "Since each producer's last event",
+        [("time() - max by (service_name, deployment_environment_name) "
+          "(otel_bridge_producer_last_heard_timestamp_seconds)",
+          "{{service_name}} ({{deployment_environment_name}})"),
+         ("max by (service_name, deployment_environment_name) (otel_bridge_producer_expected_within_seconds)",
+          "may go without: {{service_name}} ({{deployment_environment_name}})")],
+        unit="s",
+        width=12,
+        description="How long since the bridge last took an event of each producer (the latest of its replicas). "
+        "For the producers named in expected_producers, how long each may go without, and since the bridge's "
+        "start for one not heard from at all: a line above its own limit is alert ProducerNotHeard, which tells "
+        "of a producer that never sent, as ProducerSilent cannot.",
+    )  # fmt: skip
+    b.panel(
         "Batches by answer",
         # A producer gone before its answer has no status (error.type says why): named, not an empty legend.
         [(f"label_replace(sum by (http_response_status_code, error_type) (rate("

@@ -70,6 +70,7 @@ def prometheus(tmp_path_factory, postgres) -> Iterator[str]:
         runtime_v2_url=tables,
         runtime_v2_poll_seconds="0.5",
         api_key=DEMO_KEY,  # the demo's producer sends it: the requests by credential have data
+        expected_producers="shop@demo=1m,jobs@demo=1m",  # the producers' last events have limits to show
         OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=pki["bridge.pem"],
         OTEL_EXPORTER_OTLP_CLIENT_KEY=pki["bridge.key"],
     ).start()
