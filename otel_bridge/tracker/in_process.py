@@ -317,6 +317,8 @@ class OtelTracker:
             return True
         deadline = time.monotonic() + timeout_seconds
         self.flush()
+        if self.pending():  # held: the store refuses them for now (its backlog full, its disk full, Redis away)
+            return False
         with self._storing:
             bridge = self._own_bridge()
             try:

@@ -995,6 +995,9 @@ def test_a_store_that_refuses_holds_the_events_asks_again_after_a_wait_and_loses
         assert len(offered) <= 3  # asked again after 0.5 s, 1 s…, not at each of the ~150 full buffers
         assert caplog.text.count("the store refused") == 1
         assert "spans wait for export (max_outbox_spans 10)" in caplog.text  # why
+        started = time.monotonic()
+        assert not tracker.force_flush(timeout_seconds=30)  # events held: nothing to wait for, said at once
+        assert time.monotonic() - started < 5
         otlp_http.up = True  # the backend is back: the outbox drains, and the store takes the held events
         otlp_http.received.wait_for(lambda: "the store takes events again" in caplog.text, timeout=30)
         assert tracker.pending() == 0 and "1,580 stored now, none dropped" in caplog.text
