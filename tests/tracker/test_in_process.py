@@ -69,6 +69,11 @@ def _invocations() -> list[list[dict]]:
     return [batch for name in SCENARIOS for batch in SCENARIOS[name](start, rng)]
 
 
+# When each bridge last heard from a producer: its own clock's reading, the one producer series two bridges
+# given the same events do not share.
+_HEARD = "otel_bridge.producer.last_heard_timestamp"
+
+
 def _without_bridge_telemetry(metrics: dict) -> dict:
     """Producer series only: (name, resource, attributes) -> what a point says, exemplars aside, and the resource
     without the `service.instance.id` of the process that wrote it (the sidecar's, the application's)."""
@@ -77,7 +82,16 @@ def _without_bridge_telemetry(metrics: dict) -> dict:
             k: v for k, v in point.items() if k != "exemplars"
         }
         for (name, resource, attributes), point in metrics.items()
-        if dict(resource).get("service.name") != "otel-bridge"
+        if dict(resource).get("service.name") != "otel-bridge" and name != _HEARD
+    }
+
+
+def _heard(metrics: dict) -> dict[tuple[str, str], float]:
+    """When each producer (service, engine) was last heard from."""
+    return {
+        (dict(resource)["service.name"], dict(attributes)["workflow.platform.name"]): point["value"]
+        for (name, resource, attributes), point in metrics.items()
+        if name == _HEARD
     }
 
 
@@ -95,6 +109,7 @@ def test_the_in_process_tracker_and_the_sidecar_produce_identical_spans_and_metr
         service: OtelTracker(ENV, service, settle_seconds=float(SETTLE), flush_interval_seconds=None)
         for service in (WORKFLOW_SERVICE, JOB_SERVICE)
     }
+    began = time.time()
     try:
         for batch in _invocations():
             assert sidecar.post(batch).status_code == 200
@@ -120,6 +135,10 @@ def test_the_in_process_tracker_and_the_sidecar_produce_identical_spans_and_metr
         sidecar_backend.close()
         tracker_backend.close()
     assert got.unique_spans() == expected  # ids, times, names, attributes, events, links, resources
+    # Each heard from both producers, as each bridge's clock read it while the events came in.
+    for heard in (_heard(got.metrics), _heard(tracker_backend.received.metrics)):
+        assert set(heard) == {(WORKFLOW_SERVICE, "durable-effect"), (JOB_SERVICE, "durable-effect")}
+        assert all(began <= at <= time.time() for at in heard.values())
 
 
 def test_a_span_exporter_given_gets_the_spans_the_otlp_export_sends(monkeypatch):
