@@ -26,14 +26,14 @@ from otel_bridge.runtime import Bridge
 from otel_bridge.state.store import StoreDamaged, StoreOpenError
 
 
-def _bridge(tmp_path, state: str | None = None, **values) -> Bridge:
+def _bridge(tmp_path, state: str | None = None, clock=time.time, **values) -> Bridge:
     settings = Settings(
         state=state or str(tmp_path / "s.db"),
         dead_letter=tmp_path / "dead.jsonl",
         span_dead_letter=tmp_path / "spans.jsonl",
         **values,
     )
-    return Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender())
+    return Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=clock)
 
 
 def test_a_small_batch_on_a_free_local_store_is_stored_on_the_event_loop(tmp_path):
@@ -102,13 +102,7 @@ def test_settling_stays_in_its_thread_on_a_store_across_a_network(tmp_path, redi
 
 def test_the_settle_lag_is_how_long_the_run_due_soonest_has_waited_past_its_due_time(tmp_path):
     now = [1_000.0]
-    settings = Settings(
-        state=str(tmp_path / "s.db"),
-        dead_letter=tmp_path / "dead.jsonl",
-        span_dead_letter=tmp_path / "spans.jsonl",
-        settle_seconds=1,
-    )
-    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=lambda: now[0])
+    bridge = _bridge(tmp_path, clock=lambda: now[0], settle_seconds=1)
     assert bridge.settle_lag() == 0.0  # nothing due
     run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
     bridge.pipeline.ingest(run.events)
@@ -243,13 +237,8 @@ def _exposed_by(bridge: Bridge, name: str, *labels: str) -> dict[tuple[str, ...]
 
 def test_the_producers_a_bridge_expects_are_heard_from_at_its_start_until_their_events_arrive(tmp_path):
     clock = [1_800_000_000.0]
-    settings = Settings(
-        state=str(tmp_path / "s.db"),
-        dead_letter=tmp_path / "dead.jsonl",
-        span_dead_letter=tmp_path / "spans.jsonl",
-        expected_producers={"shop@production": 900, "billing@production": 3600},
-    )
-    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=lambda: clock[0])
+    expected = {"shop@production": 900, "billing@production": 3600}
+    bridge = _bridge(tmp_path, clock=lambda: clock[0], expected_producers=expected)
     bridge.start(follow=False)
     try:
         clock[0] += 60
