@@ -184,9 +184,9 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
 
 
 def _names(settings: Settings) -> Finding:
-    """The workflows and jobs the settings name, against those the store holds: a name misspelt in
+    """The workflows, jobs and producers the settings name, against those the store holds: a name misspelt in
     `silent_executing`, `silent_continuous`, `overdue_tasks` or `cleared_debounces` turns its alert off (or on)
-    and says nothing.
+    and says nothing; one in `expected_producers` raises ProducerNotHeard for a producer that does not exist.
     A name the store holds nothing of is told, not failed: a monthly job may not have run yet."""
     from otel_bridge.runtime import open_store
     from otel_bridge.state import journal
@@ -196,11 +196,12 @@ def _names(settings: Settings) -> Finding:
         "silent_continuous": sorted(settings.silent_continuous),
         "overdue_tasks": settings.overdue_tasks,
         "cleared_debounces": settings.cleared_debounces,
+        "expected_producers": sorted(settings.expected_producers),
     }
     named = {setting: [name for name in names if name != "*"] for setting, names in named.items()}
     if not any(named.values()):
-        settings_ = "silent_executing, silent_continuous, overdue_tasks, cleared_debounces"
-        return Finding("names", None, f"no workflow or job named ({settings_})")
+        settings_ = "silent_executing, silent_continuous, overdue_tasks, cleared_debounces, expected_producers"
+        return Finding("names", None, f"no workflow, job or producer named ({settings_})")
     if settings.in_memory or (not settings.shared_state and not Path(settings.state).exists()):
         return Finding("names", None, "nothing stored yet to find the names in")
     try:
@@ -208,16 +209,20 @@ def _names(settings: Settings) -> Finding:
     except (StoreOpenError, Unavailable, OSError) as exc:
         return Finding("names", None, f"not asked: {exc}")
     try:
-        workflows, jobs = journal.names(store)
+        stored = journal.names(store)
     except Exception as exc:
         if not store.damaged(exc):
             raise
         return Finding("names", None, "not asked: the state file is damaged (the state's finding says how)")
     finally:
         store.close()
-    said = [f"{len(workflows):,} workflows and {len(jobs):,} jobs stored"]
+    said = [f"{len(stored.workflows):,} workflows and {len(stored.jobs):,} jobs stored"]
+    holds = {
+        "silent_executing": (stored.workflows, "run"),
+        "expected_producers": (stored.producers, "run or job instance"),
+    }
     for setting, names in named.items():
-        known, of = (workflows, "run") if setting == "silent_executing" else (jobs, "job instance")
+        known, of = holds.get(setting, (stored.jobs, "job instance"))
         for name in names:
             if name not in known:
                 alike = difflib.get_close_matches(name, sorted(known), n=1)

@@ -265,6 +265,7 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
         overdue_tasks=["reminderSender", "monthlyClose"],
         cleared_debounces=["*"],
         silent_continuous={"reminderSender": 60},
+        expected_producers="shop@prod=1h,shop@production=1h",
     )
 
     ok, detail = _findings(settings)["names"]
@@ -274,10 +275,14 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
         "1 workflows and 1 jobs stored",
         "silent_executing names catalogImprt, of which the store holds no run (did you mean catalogImport?)",
         "overdue_tasks names monthlyClose, of which the store holds no job instance",
+        # A producer misspelt: ProducerNotHeard would page for one that does not exist.
+        "expected_producers names shop@prod, of which the store holds no run or job instance (did you mean "
+        "shop@production?)",
     ]
     assert _findings(Settings(state=state))["names"] == (
         None,
-        "no workflow or job named (silent_executing, silent_continuous, overdue_tasks, cleared_debounces)",
+        "no workflow, job or producer named (silent_executing, silent_continuous, overdue_tasks, cleared_debounces, "
+        "expected_producers)",
     )
     nowhere = Settings(state=str(tmp_path / "new.db"), overdue_tasks=["reminderSender"])
     assert _findings(nowhere)["names"] == (None, "nothing stored yet to find the names in")

@@ -355,17 +355,26 @@ def headers(store: Store) -> Iterator[tuple[str, State | None]]:
             yield key, None
 
 
-def names(store: Store) -> tuple[set[str], set[str]]:
+class Names(NamedTuple):
+    workflows: set[str]
+    jobs: set[str]
+    producers: set[str]  # serviceKey@env
+
+
+def names(store: Store) -> Names:
     """The workflow and job names the stored states carry (runs open, or closed and remembered for their
-    late events; job instances), from their headers: what names in the settings can be checked against.
-    States this version cannot read are passed over."""
-    workflows: set[str] = set()
-    jobs: set[str] = set()
-    for _key, state in headers(store):
+    late events; job instances), from their headers, and the producers whose they are: what names in the
+    settings can be checked against. States this version cannot read are passed over."""
+    found = Names(set(), set(), set())
+    for key, state in headers(store):
         if state is None:
             continue
+        _engine, env, service = keys.producer_of(key)
+        found.producers.add(f"{service}@{env}")
         if isinstance(state, JobState):
-            jobs.add(state.job_name)
+            found.jobs.add(state.job_name)
         else:
-            workflows.add(state.run.name)
-    return workflows - {""}, jobs - {""}
+            found.workflows.add(state.run.name)
+    found.workflows.discard("")
+    found.jobs.discard("")
+    return found
