@@ -579,6 +579,10 @@ class Settings(BaseSettings):
             service, at, env = name.rpartition("@")
             if not (at and service.strip() and env.strip()):
                 raise ValueError(f"{name!r}: name the producer as serviceKey@env (billing@production=15m)")
+            if "*" in (service.strip(), env.strip()):
+                # Which producers a wildcard stands for, the bridge learns only from their events: one that never
+                # sends, what this setting is for, it would never name.
+                raise ValueError(f"{name!r}: name each producer (a wildcard cannot say which one never sent)")
         return value
 
     @field_validator("producer_api_keys", mode="before")

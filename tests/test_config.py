@@ -299,6 +299,8 @@ def test_expected_producers_are_named_as_service_key_at_env_each_with_how_long_i
     assert "'billing@production' is not serviceKey@env=duration" in capsys.readouterr().err
     with pytest.raises(ValueError, match="'@production': name the producer as serviceKey@env"):
         Settings(expected_producers={"@production": 60})
+    with pytest.raises(ValueError, match="'\\*@production': name each producer"):
+        Settings(expected_producers={"*@production": 60})
 
 
 @pytest.mark.parametrize(
