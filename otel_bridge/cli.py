@@ -886,6 +886,36 @@ def _show(settings: Settings, workflow_id: str) -> int:
     return 0
 
 
+def _producers(settings: Settings, args: argparse.Namespace) -> int:
+    """What the running bridge has heard of each producer (its `/metrics`: kept in its memory, not the store).
+    Exit 1 when one it expects has been silent longer than it may be, as ProducerNotHeard fires."""
+    import httpx
+    from rich.text import Text
+
+    from otel_bridge.heard import producers_in
+    from otel_bridge.terminal import producers_table, producers_title
+
+    base = (args.url or _own_url(settings)).rstrip("/")
+    verify: ssl.SSLContext | bool = True
+    if args.url is None and settings.tls_certfile is not None:  # this machine's bridge, behind TLS
+        verify = _served_certificate(settings.tls_certfile)
+    with httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify) as client:
+        try:
+            answer = client.get(f"{base}/metrics")
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({exc}): --url names it") from None
+    if answer.status_code != 200:
+        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code} to GET /metrics")
+    now = time.time()
+    producers = producers_in(answer.text)
+    title = producers_title(producers, now)
+    if args.json:
+        print(json.dumps([p.as_dict(now) for p in producers], indent=2))
+    else:
+        _printed(producers_table(producers, title, now, _terminal_width()) if producers else Text(title))
+    return 1 if any(p.overdue(now) for p in producers) else 0
+
+
 def _close(settings: Settings, args: argparse.Namespace) -> int:
     """Ask the running bridge to close runs (or job instances' waits) by hand: the store is its own. Exit 1
     when an id had nothing open, after closing the others."""
@@ -1350,6 +1380,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=_count, default=1000, help="at most this many runs, the oldest (default 1000)")
     _add_remote_flags(runs, "runs")
     _add_settings_flags(runs)
+    producers = sub.add_parser(
+        "producers",
+        help="what a running bridge has heard of each producer: events, the last, how long silent, and how long "
+        "the expected ones may be (exit 1 when one is past it)",
+    )
+    producers.add_argument(
+        "--url", default=None, help="the running bridge (default: this machine's, at --port: http://127.0.0.1:4380)"
+    )
+    producers.add_argument(
+        "--timeout", type=_above_zero, default=30.0, help="seconds to wait for its answer (default 30)"
+    )
+    producers.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_settings_flags(producers)
     jobs = sub.add_parser(
         "jobs",
         help="the job instances from the store that run or await a run: next run, overdue by, last ran",
@@ -1541,6 +1584,8 @@ def _command(argv: Sequence[str] | None) -> int:
             return _show(settings, args.workflow_id)
         if args.command == "jobs":
             return _jobs(settings, args)
+        if args.command == "producers":
+            return _producers(settings, args)
         if args.command == "settle-again":
             return _settle_again(settings, args.dry_run)
         if args.command == "salvage-state":

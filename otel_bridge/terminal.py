@@ -19,6 +19,7 @@ from otel_bridge.correlate.outputs import SpanRecord, SpanStatus
 from otel_bridge.correlate.overview import JobOverview, JobQuery, RunOverview, RunQuery, trace_link
 from otel_bridge.correlate.runs import RunState, any_failed
 from otel_bridge.correlate.spans import build_spans
+from otel_bridge.heard import Producer
 from otel_bridge.visible import visible
 
 _BAR = 48
@@ -183,6 +184,42 @@ def jobs_table(jobs: list[JobOverview], title: str, now_ns: int | None = None, w
             last_ran = Text.assemble(_cell(str(last_ran)), "\n", _cell(f"failed: {job.last_failure}", "red"))
         rows.append([*said, _with_own_id(job.instance_id, job.correlation_id), _cell(due), overdue, last_ran])
     return _fitted(title, names, rows, width, _JOBS_SPARED)
+
+
+def producers_title(producers: list[Producer], now: float) -> str:
+    expected = [p for p in producers if p.expected_within is not None]
+    overdue = sum(p.overdue(now) for p in expected)
+    said = f"{len(producers):,} producer{'' if len(producers) == 1 else 's'}"
+    if expected:
+        said += f", {len(expected):,} expected" + (f", {overdue:,} not heard from in time" if overdue else "")
+    return said
+
+
+def producers_table(producers: list[Producer], title: str, now: float, width: int | None = None) -> Table:
+    """What a running bridge has heard of each producer: its events since the bridge started, its last, how long
+    it has been silent, and for an expected one how long it may be (red past it: ProducerNotHeard)."""
+    names = ["service", "env", "engines", "events", "last event", "silent for", "may go without"]
+    rows: list[list[Text | str]] = []
+    now_ns = int(now * 1e9)
+    for producer in producers:
+        silent = producer.silent_for(now)
+        if producer.heard:
+            last = _listed_when(int(producer.last_heard * 1e9) if producer.last_heard else None, now_ns)
+        else:
+            last = "never, since the bridge started"
+        style = "bold red" if producer.overdue(now) else ""
+        within = producer.expected_within
+        rows.append([
+            *map(_cell, (producer.service, producer.env, ", ".join(sorted(producer.engines - {""})) or "-")),
+            f"{producer.events:,.0f}",
+            _cell(last, style if not producer.heard else ""),
+            Text(duration(silent) if silent is not None else "-", style=style),
+            duration(within) if within is not None else "-",
+        ])  # fmt: skip
+    return _fitted(title, names, rows, width, _PRODUCERS_SPARED)
+
+
+_PRODUCERS_SPARED = ("engines", "env")
 
 
 def _with_own_id(engine_id: str, own_id: str | None) -> Text:

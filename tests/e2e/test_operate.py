@@ -150,6 +150,35 @@ def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue
     assert nowhere.returncode == 2 and f"cannot reach the bridge at {bridge.url}" in nowhere.stderr
 
 
+def test_producers_are_listed_from_a_running_bridge_with_those_not_heard_from_in_time(tmp_path, otlp_http):
+    # A producer that never sent has no run to list: the bridge's own memory of whom it heard from tells.
+    expected = "shop@production=60s,late@production=1s,ghost@production=1h"
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, api_key=KEY, metrics_auth="true", expected_producers=expected
+    ).start()
+    nowhere = str(tmp_path / "no-store-here.db")
+    try:
+        shop, late = WorkflowRun().started(), WorkflowRun(service="late").started()
+        assert bridge.post(shop.events + late.events, headers={"X-API-KEY": KEY}).status_code == 200
+        time.sleep(1.5)  # late's second of grace over
+        told = _cli("producers", "--json", "--url", bridge.url, state=nowhere, api_key=KEY)
+        table = _cli("producers", "--url", bridge.url, state=nowhere, api_key=KEY)
+        refused = _cli("producers", "--url", bridge.url, state=nowhere)  # /metrics behind the credential
+    finally:
+        bridge.close()
+    assert told.returncode == 1, told.stderr  # one expected producer not heard from in time: as the alert
+    said = {p["service"]: p for p in json.loads(told.stdout)}
+    assert {name: (p["heard"], p["events"], p["overdue"]) for name, p in said.items()} == {
+        "ghost": (False, 0, False),  # never, but within its hour
+        "late": (True, 1, True),
+        "shop": (True, 1, False),
+    }
+    assert said["shop"]["engines"] == ["durable-effect"] and said["ghost"]["expected_within_seconds"] == 3600
+    assert table.returncode == 1 and "3 producers, 3 expected, 1 not heard from in time" in table.stdout
+    assert "never, since the bridge started" in table.stdout
+    assert refused.returncode == 2 and "answered 401 to GET /metrics" in refused.stderr
+
+
 def test_runs_and_jobs_are_listed_from_a_running_bridge_a_producers_key_listing_its_own(tmp_path, otlp_http):
     # From another machine or pod, no store at hand: a team lists its stuck runs with its own key.
     bridge = BridgeProcess(

@@ -1,0 +1,73 @@
+"""What a running bridge has heard of each producer, read from its `/metrics` (`otel-bridge producers`).
+
+The producers' series are kept in the bridge's memory, not its store: how many events each sent since the
+bridge started, when it last sent one, and, for those `expected_producers` names, how long each may go
+without (the `ProducerNotHeard` alert's terms). Pure: the exposition's text in, the producers out.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+EVENTS = "otel_bridge_producer_events"
+LAST_HEARD = "otel_bridge_producer_last_heard_timestamp_seconds"
+EXPECTED_WITHIN = "otel_bridge_producer_expected_within_seconds"
+
+
+@dataclass
+class Producer:
+    service: str
+    env: str
+    engines: set[str] = field(default_factory=set)
+    events: float = 0.0
+    # Unix time the bridge last took an event of it; for one it expects and has not heard from, its start.
+    last_heard: float | None = None
+    expected_within: float | None = None
+    heard: bool = False  # an event of it taken since the bridge started
+
+    def silent_for(self, now: float) -> float | None:
+        return None if self.last_heard is None else max(now - self.last_heard, 0.0)
+
+    def overdue(self, now: float) -> bool:
+        """Expected, and silent longer than it may go without: what ProducerNotHeard fires for."""
+        silent = self.silent_for(now)
+        return self.expected_within is not None and silent is not None and silent > self.expected_within
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "env": self.env,
+            "engines": sorted(self.engines),
+            "events": int(self.events),
+            "heard": self.heard,
+            "last_heard": self.last_heard,
+            "silent_seconds": self.silent_for(now),
+            "expected_within_seconds": self.expected_within,
+            "overdue": self.overdue(now),
+        }
+
+
+def producers_in(exposition: str) -> list[Producer]:
+    """The producers a bridge's `/metrics` text tells of, by service then env."""
+    found: dict[tuple[str, str], Producer] = {}
+
+    def of(labels: dict[str, str]) -> Producer:
+        key = (labels.get("service_name", ""), labels.get("deployment_environment_name", ""))
+        return found.setdefault(key, Producer(*key))
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            if sample.name == f"{EVENTS}_total":
+                producer = of(labels)
+                producer.events += value
+                producer.engines.add(labels.get("workflow_platform_name", ""))
+            elif sample.name == LAST_HEARD:
+                producer = of(labels)
+                producer.last_heard = max(producer.last_heard or value, value)
+                # A series by engine is an event's; the one without, a bridge's start for a producer it expects.
+                producer.heard |= "workflow_platform_name" in labels
+            elif sample.name == EXPECTED_WITHIN:
+                of(labels).expected_within = value
+    return sorted(found.values(), key=lambda p: (p.service, p.env))

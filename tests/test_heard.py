@@ -1,0 +1,53 @@
+"""What a running bridge has heard of each producer, read back from the exposition it serves."""
+
+from builders import WorkflowRun
+
+from otel_bridge.config import Settings
+from otel_bridge.export.otlp import NoSender
+from otel_bridge.heard import producers_in
+from otel_bridge.runtime import Bridge
+
+STARTED = 1_800_000_000.0
+
+
+def _exposition(tmp_path, events: list[dict], **values) -> str:
+    clock = [STARTED]
+    settings = Settings(
+        state=str(tmp_path / "s.db"),
+        dead_letter=tmp_path / "dead.jsonl",
+        span_dead_letter=tmp_path / "spans.jsonl",
+        **values,
+    )
+    bridge = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender(), clock=lambda: clock[0]).start(
+        follow=False
+    )
+    try:
+        clock[0] += 30
+        bridge.pipeline.ingest(events)
+        return bridge.exposition("")[0].decode()
+    finally:
+        bridge.stop()
+
+
+def test_each_producer_heard_is_told_with_its_events_and_its_last_and_an_expected_one_with_its_limit(tmp_path):
+    shop = WorkflowRun().started().step_started("a").events
+    billing = WorkflowRun("invoice", service="billing").started().events
+    expected = {"shop@production": 60, "ghost@production": 10}
+
+    producers = producers_in(_exposition(tmp_path, shop + billing, expected_producers=expected))
+
+    told = {(p.service, p.env): (p.heard, p.events, p.engines, p.last_heard, p.expected_within) for p in producers}
+    assert told == {
+        ("billing", "production"): (True, 1, {"durable-effect"}, STARTED + 30, None),
+        ("ghost", "production"): (False, 0, set(), STARTED, 10),  # never: as silent as the bridge is old
+        ("shop", "production"): (True, 2, {"durable-effect"}, STARTED + 30, 60),
+    }
+    by_name = {p.service: p for p in producers}
+    # Past its limit, as ProducerNotHeard fires: strictly longer than it may go without.
+    assert not by_name["ghost"].overdue(STARTED + 10) and by_name["ghost"].overdue(STARTED + 10.5)
+    assert not by_name["shop"].overdue(STARTED + 90) and by_name["shop"].overdue(STARTED + 91)
+    assert not by_name["billing"].overdue(STARTED + 10**6)  # not expected: never told overdue
+
+
+def test_a_bridge_that_heard_nothing_and_expects_nothing_tells_no_producer(tmp_path):
+    assert producers_in(_exposition(tmp_path, [])) == []
