@@ -889,23 +889,14 @@ def _show(settings: Settings, workflow_id: str) -> int:
 def _producers(settings: Settings, args: argparse.Namespace) -> int:
     """What the running bridge has heard of each producer (its `/metrics`: kept in its memory, not the store).
     Exit 1 when one it expects has been silent longer than it may be, as ProducerNotHeard fires."""
-    import httpx
     from rich.text import Text
 
     from otel_bridge.heard import producers_in
     from otel_bridge.terminal import producers_table, producers_title
 
-    base = (args.url or _own_url(settings)).rstrip("/")
-    verify: ssl.SSLContext | bool = True
-    if args.url is None and settings.tls_certfile is not None:  # this machine's bridge, behind TLS
-        verify = _served_certificate(settings.tls_certfile)
-    with httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify) as client:
-        try:
-            answer = client.get(f"{base}/metrics")
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({exc}): --url names it") from None
-    if answer.status_code != 200:
-        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code} to GET /metrics")
+    base, client = _to_the_bridge(settings, args)
+    with client:
+        answer = _asked(base, partial(client.get, f"{base}/metrics"), asked="GET /metrics", kind="text/plain")
     now = time.time()
     producers = producers_in(answer.text)
     title = producers_title(producers, now)
@@ -919,16 +910,11 @@ def _producers(settings: Settings, args: argparse.Namespace) -> int:
 def _close(settings: Settings, args: argparse.Namespace) -> int:
     """Ask the running bridge to close runs (or job instances' waits) by hand: the store is its own. Exit 1
     when an id had nothing open, after closing the others."""
-    import httpx
-
-    base = (args.url or _own_url(settings)).rstrip("/")
     body = {"reason": args.reason} | ({"service": args.service} if args.service else {})
     closed: list[dict[str, Any]] = []
     missing = []
-    verify: ssl.SSLContext | bool = True
-    if args.url is None and settings.tls_certfile is not None:  # this machine's bridge, behind TLS
-        verify = _served_certificate(settings.tls_certfile)
-    with httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify) as client:
+    base, client = _to_the_bridge(settings, args)
+    with client:
         for instance_id in args.ids:
             found, why = _close_one(client, base, instance_id, body)
             closed += found
@@ -965,9 +951,27 @@ def _close_one(
     return [], why
 
 
-def _asked(base: str, request: "Callable[[], httpx.Response]", answered: tuple[int, ...] = (200,)) -> "httpx.Response":
-    """The running bridge's answer to `request`, one of the statuses `answered`; any other, or no answer,
-    is the one line saying so."""
+def _to_the_bridge(settings: Settings, args: argparse.Namespace) -> "tuple[str, httpx.Client]":
+    """The running bridge `--url` names (this machine's by default, trusting the very certificate it serves),
+    and a client asking it with the credential these settings give."""
+    import httpx
+
+    base = (args.url or _own_url(settings)).rstrip("/")
+    verify: ssl.SSLContext | bool = True
+    if args.url is None and settings.tls_certfile is not None:  # this machine's bridge, behind TLS
+        verify = _served_certificate(settings.tls_certfile)
+    return base, httpx.Client(timeout=args.timeout, headers=_credential(settings), verify=verify)
+
+
+def _asked(
+    base: str,
+    request: "Callable[[], httpx.Response]",
+    answered: tuple[int, ...] = (200,),
+    asked: str = "",
+    kind: str = "application/json",
+) -> "httpx.Response":
+    """The running bridge's answer to `request` (`asked`, for the message), one of the statuses `answered`, of
+    the content type `kind`; any other, or no answer, is the one line saying so."""
     import httpx
 
     try:
@@ -982,20 +986,26 @@ def _asked(base: str, request: "Callable[[], httpx.Response]", answered: tuple[i
         )
         raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it{trust}") from None
     if answer.status_code not in answered:
-        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}: {_error_of(answer)}")
-    if not _json_in(answer):
+        to = f" to {asked}" if asked else ""
+        raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}{to}: {_error_of(answer)}")
+    if not _of_kind(answer, kind):
         # Another server on that port (a page of HTML): it read "Expecting value: line 1 column 1 (char 0)".
-        kind = answer.headers.get("content-type") or "no content type"
+        got = answer.headers.get("content-type") or "no content type"
+        named = "JSON" if kind == "application/json" else kind
         raise CliError(
-            f"the server at {without_secrets(base)} answered {answer.status_code} with {kind}, not an otel-bridge's "
-            "JSON: does --url name the bridge (its HTTP port, 4380 by default)?"
+            f"the server at {without_secrets(base)} answered {answer.status_code} with {got}, not an otel-bridge's "
+            f"{named}: does --url name the bridge (its HTTP port, 4380 by default)?"
         )
     return answer
 
 
+def _of_kind(answer: "httpx.Response", kind: str) -> bool:
+    given: str = answer.headers.get("content-type", "")
+    return given.split(";")[0].strip().lower() == kind
+
+
 def _json_in(answer: "httpx.Response") -> bool:
-    kind: str = answer.headers.get("content-type", "")
-    return kind.split(";")[0].strip().lower() == "application/json"
+    return _of_kind(answer, "application/json")
 
 
 def _too_short(given: str) -> str:
