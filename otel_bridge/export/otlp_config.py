@@ -360,9 +360,8 @@ def exporter_arguments(signal: str, config: OtlpConfig) -> tuple[str, dict[str, 
     timeout = export_timeout(signal, config)
     _can_read(signal, protocol, config)
     compression = export_compression(signal, protocol, config)
-    headers = config.coded("HEADERS")
-    given: dict[str, Any] = {"timeout": timeout} | ({} if headers is None else {"headers": parsed_headers(headers)})
-    if protocol == GRPC:
+    given: dict[str, Any] = {"timeout": timeout}
+    if protocol == GRPC:  # its headers given in code are set on it once made (`otlp_grpc`): it reads `{}` as none given
         import grpc  # gRPC's own modules: only when asked for
 
         kinds: dict[str, Any] = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
@@ -373,6 +372,8 @@ def exporter_arguments(signal: str, config: OtlpConfig) -> tuple[str, dict[str, 
         return protocol, given
     kinds = {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}
     given["compression"] = kinds[compression]
+    if (headers := config.coded("HEADERS")) is not None:
+        given["headers"] = parsed_headers(headers)  # added to the variable's: `otlp._headers_in_place` takes those off
     if endpoint := _joined_to_the_base(signal, config):
         given["endpoint"] = endpoint
     for name, keyword in zip(
