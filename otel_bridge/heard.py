@@ -65,7 +65,7 @@ def producers_in(exposition: str) -> list[Producer]:
                 producer.engines.add(labels.get("workflow_platform_name", ""))
             elif sample.name == LAST_HEARD:
                 producer = of(labels)
-                producer.last_heard = max(producer.last_heard or value, value)
+                producer.last_heard = value if producer.last_heard is None else max(producer.last_heard, value)
                 # A series by engine is an event's; the one without, a bridge's start for a producer it expects.
                 producer.heard |= "workflow_platform_name" in labels
             elif sample.name == EXPECTED_WITHIN:

@@ -29,7 +29,7 @@ from otel_bridge.export.otlp import SENT, Delivery, ExportResult
 log = logging.getLogger(__name__)
 
 # OTLP's span kinds are the SDK's, one up (OTLP's 0 is "unspecified", read as internal).
-_KINDS = {number + 1: kind for number, kind in enumerate(SpanKind)} | {0: SpanKind.INTERNAL}
+_KINDS = {kind.value + 1: kind for kind in SpanKind} | {0: SpanKind.INTERNAL}
 _STATUS = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}
 # The low byte of a span's `flags` is its W3C trace flags.
 _TRACE_FLAGS = 0xFF
