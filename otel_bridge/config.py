@@ -164,9 +164,10 @@ class Settings(BaseSettings):
     expected_producers: Annotated[dict[str, float], NoDecode] = Field(
         {},
         description="Producers, as serviceKey@env, and how long each may go without an event reaching the bridge "
-        "(`billing@production=15m,shop@production=1h`, in the same forms): one silent past it, or not heard from "
-        "since the bridge started, raises ProducerNotHeard. Unnamed, a producer is judged against its own past "
-        "week alone (ProducerSilent), so one that never sends is never told.",
+        "(`billing@production=15m,shop@production=1h`, in the same forms): one silent past it, or never heard from "
+        "that long since it was first expected (both kept in the store across restarts), raises ProducerNotHeard. "
+        "Unnamed, a producer is judged against its own past week alone (ProducerSilent), so one that never sends is "
+        "never told.",
     )
     keep_finished_seconds: float = Field(
         3600.0, ge=0, description="How long a finished run stays in the store with its events, for `otel-bridge show`."

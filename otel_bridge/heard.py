@@ -1,8 +1,8 @@
 """What a running bridge has heard of each producer, read from its `/metrics` (`otel-bridge producers`).
 
-The producers' series are kept in the bridge's memory, not its store: how many events each sent since the
-bridge started, when it last sent one, and, for those `expected_producers` names, how long each may go
-without (the `ProducerNotHeard` alert's terms). Pure: the exposition's text in, the producers out.
+The producers' series: how many events each sent since the bridge started, when it last sent one (kept in
+the store across restarts: `state/hearings.py`), and, for those `expected_producers` names, how long each may
+go without (the `ProducerNotHeard` alert's terms). Pure: the exposition's text in, the producers out.
 """
 
 from dataclasses import dataclass, field
@@ -21,10 +21,10 @@ class Producer:
     env: str
     engines: set[str] = field(default_factory=set)
     events: float = 0.0
-    # Unix time the bridge last took an event of it; for one it expects and has not heard from, its start.
+    # Unix time the bridge last took an event of it; for one it expects and has never heard from, since when it has.
     last_heard: float | None = None
     expected_within: float | None = None
-    heard: bool = False  # an event of it taken since the bridge started
+    heard: bool = False  # an event of it taken, before the bridge's latest restart too
 
     def silent_for(self, now: float) -> float | None:
         return None if self.last_heard is None else max(now - self.last_heard, 0.0)

@@ -156,6 +156,7 @@ class _Ingested:
     # `AHEAD_NS`, and the latest time of them (ns).
     ahead_keys: list[str] = field(default_factory=list)
     latest_ahead_ns: int = 0
+    heard: list[tuple[str, str, str]] = field(default_factory=list)  # the producers of the events accepted
 
 
 def _by_producer(state_keys: list[str]) -> dict[tuple[str, str, str], int]:
@@ -168,12 +169,12 @@ def _by_producer(state_keys: list[str]) -> dict[tuple[str, str, str], int]:
 
 
 def _producer_events(
-    accepted_keys: list[str], name: str = c.M_PRODUCER_EVENTS, heard_at: float | None = None
+    by_producer: dict[tuple[str, str, str], int], name: str = c.M_PRODUCER_EVENTS, heard_at: float | None = None
 ) -> list[Observation]:
-    """A batch's accepted events counted by producer and engine: an observation for each, not for each event;
-    and with `heard_at`, when each producer was last heard from."""
+    """A batch's accepted events counted by producer and engine (`_by_producer`): an observation for each, not
+    for each event; and with `heard_at`, when each producer was last heard from."""
     observations = []
-    for (engine, env, service), count in _by_producer(accepted_keys).items():
+    for (engine, env, service), count in by_producer.items():
         engine_of = ((c.WORKFLOW_PLATFORM_NAME, engine),)
         observations.append(Observation(name, count, engine_of, Resource(service, env)))
         if heard_at is not None:
@@ -181,16 +182,26 @@ def _producer_events(
     return observations
 
 
-def producers_expected(expected: dict[str, float], started_at: float) -> list[Observation]:
+def producers_expected(expected: dict[str, float], since: dict[str, float]) -> list[Observation]:
     """The producers a bridge is told to expect (`serviceKey@env`: seconds they may go without an event), each
-    as heard from at `started_at`: one that never sends is then as silent as the bridge is old."""
+    as heard from when it was first expected (`since`, kept across restarts: `Hearings.expecting`): one that
+    never sends is then as silent as it has been expected."""
     observations = []
     for producer, seconds in expected.items():
         service, _, env = producer.rpartition("@")
         resource = Resource(service, env)
         observations.append(Observation(c.M_PRODUCER_EXPECTED_WITHIN, seconds, (), resource))
-        observations.append(Observation(c.M_PRODUCER_LAST_HEARD, started_at, (), resource))
+        observations.append(Observation(c.M_PRODUCER_LAST_HEARD, since[producer], (), resource))
     return observations
+
+
+def producers_heard(heard: dict[tuple[str, str, str], float]) -> list[Observation]:
+    """When each producer was last heard from ((engine, env, service): Unix time), as its batches tell it:
+    read back at a start from what the store kept."""
+    return [
+        Observation(c.M_PRODUCER_LAST_HEARD, at, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
+        for (engine, env, service), at in heard.items()
+    ]
 
 
 # How far ahead of this host's clock an event may be timestamped before one of the two clocks is taken to
@@ -284,6 +295,8 @@ class Pipeline:
         self._clock = clock
         # When the store last refused a batch, and why (None once a batch got through): readiness says so.
         self.refused: tuple[float, str] | None = None
+        # When each producer's latest event was taken, (engine, env, service): its store's copy is a bookmark.
+        self.heard: dict[tuple[str, str, str], float] = {}
         self._ahead_told = Cadence()  # events timestamped ahead of this host's clock: once a minute
         # A damaged store (a page of the SQLite file that no longer reads): what was met, told once a
         # minute; the runs whose settling meets it, left out of settling for this process's life.
@@ -408,6 +421,8 @@ class Pipeline:
             outcome = self._transaction(
                 lambda tx, touched: self._ingest(tx, unique, now, touched, looked), grouped=True
             )
+            for producer in outcome.heard:  # kept in the store now and then (`Bridge.keep_hearings`)
+                self.heard[producer] = now
             try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
                 self.metrics.record(outcome.observations)
             except Exception:  # committed already: a metrics fault must not fail the batch
@@ -524,9 +539,11 @@ class Pipeline:
             self._save(tx, key, changes)
         if jobs:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
-        out.observations += _producer_events(out.accepted_keys, heard_at=now)
+        by_producer = _by_producer(out.accepted_keys)
+        out.observations += _producer_events(by_producer, heard_at=now)
+        out.heard = list(by_producer)
         if out.ahead_keys:
-            out.observations += _producer_events(out.ahead_keys, c.M_PRODUCER_EVENTS_AHEAD)
+            out.observations += _producer_events(_by_producer(out.ahead_keys), c.M_PRODUCER_EVENTS_AHEAD)
         return out
 
     def settle_due(self, horizon: float | None = None, told_all: bool = False) -> int:

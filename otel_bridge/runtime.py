@@ -34,13 +34,15 @@ from otel_bridge.export.prometheus import exposition
 from otel_bridge.liveness import Passes
 from otel_bridge.observed import ObservedConsumer
 from otel_bridge.on_loop import OnLoop
-from otel_bridge.pipeline import Decoder, Pipeline, here, producers_expected
+from otel_bridge.pipeline import Decoder, Pipeline, here, producers_expected, producers_heard
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import RepeatedFailure
 from otel_bridge.sources import phase10
 from otel_bridge.sources.event_sourced import EventSourcedDecoder, EventSourcedOptions
 from otel_bridge.sources.phase10 import Phase10Decoder, Phase10Options
 from otel_bridge.sources.runtime_v2 import RuntimeV2Decoder, RuntimeV2Options, levels_from
+from otel_bridge.state import hearings
+from otel_bridge.state.hearings import Hearings
 from otel_bridge.state.salvage import (
     SalvageError,
     cut_copy_swept,
@@ -377,6 +379,11 @@ class Bridge:
         self._consumers: dict[str, ObservedConsumer] = {}
         self.ready = False
         self._restored = False
+        # When each producer was last heard from, as last written to the store (`keep_hearings`), and since when
+        # each expected producer has been.
+        self._hearings_written: dict[tuple[str, str, str], float] = {}
+        self._expected_since: dict[str, float] = {}
+        self._hearings_kept = RepeatedFailure("keeping when the producers were last heard from in the store")
         # The spans still in the outbox once `stop` had drained it (None before): what a command that
         # stops the bridge tells as left, whichever runs they came of.
         self.outbox_at_exit: int | None = None
@@ -743,7 +750,7 @@ class Bridge:
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
         self.restore()
-        self.metrics.record(producers_expected(self.settings.expected_producers, self._clock()))
+        self._hear_again()
         for name, target in (
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop, self.passes)),
@@ -1015,7 +1022,45 @@ class Bridge:
         while not self._stop.wait(wait):
             with self.passes.running("metric-export"):
                 self.export_metrics()
+                self.keep_hearings()
             wait = max(interval, self._metrics_quiet_until - time.monotonic())
+
+    def _hear_again(self) -> None:
+        """As the bridge starts: when each producer was last heard from, and since when each expected producer
+        has been, read back from the store (`hearings`) and told as the producers' gauges, so a restart does not
+        start `ProducerNotHeard`'s count again; an expected producer new to the store is expected from now."""
+        now = self._clock()
+        kept = Hearings()
+        if not self.settings.in_memory:
+            try:
+                kept = hearings.decoded(self.store.bookmark(hearings.BOOKMARK))
+            except Exception as exc:  # a store away or damaged: counted from now, as before they were kept
+                log.warning("when the producers were last heard from could not be read (%s): counted from now", exc)
+        kept = kept.expecting(self.settings.expected_producers, now)
+        for producer, at in kept.heard.items():
+            self.pipeline.heard[producer] = max(at, self.pipeline.heard.get(producer, at))
+        self._expected_since = kept.expected_since
+        self.metrics.record(producers_heard(kept.heard))
+        self.metrics.record(producers_expected(self.settings.expected_producers, kept.expected_since))
+        self.keep_hearings(changed=True)  # since when a producer newly expected is, and those forgotten
+
+    def keep_hearings(self, changed: bool = False) -> None:
+        """Write to the store when each producer was last heard from, when this bridge heard from one since it
+        last did (with the metrics' export, and at the stop): merged with what is there, the later of each, as
+        replicas sharing the store each write theirs. A store that cannot take it now is asked again next time."""
+        heard = self.pipeline.heard.copy()  # taken whole under the GIL while batches add to it
+        if self.settings.in_memory or (heard == self._hearings_written and not changed):
+            return
+
+        def write() -> bool:
+            stored = hearings.decoded(self.store.bookmark(hearings.BOOKMARK))
+            kept = stored.merged(Hearings(heard, self._expected_since))
+            expecting = kept.expecting(self.settings.expected_producers, self._clock())
+            self.store.set_bookmark(hearings.BOOKMARK, expecting.encoded())
+            return True
+
+        if self._hearings_kept.attempt(write):
+            self._hearings_written = heard
 
     def _outbox_waiting(self) -> str:
         # "Safely" only where the outbox is on disk: an in-memory one goes with the process.
@@ -1085,6 +1130,7 @@ class Bridge:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
                 self.export_metrics()
         finally:
+            self.keep_hearings()
             self.note_damage()  # what the stop met too
             self.dead_letters.close()
             self.dead_spans.close()

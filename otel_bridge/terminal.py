@@ -196,8 +196,9 @@ def producers_title(producers: list[Producer], now: float) -> str:
 
 
 def producers_table(producers: list[Producer], title: str, now: float, width: int | None = None) -> Table:
-    """What a running bridge has heard of each producer: its events since the bridge started, its last, how long
-    it has been silent, and for an expected one how long it may be (red past it: ProducerNotHeard)."""
+    """What a running bridge has heard of each producer: its events since the bridge started, its last (before a
+    restart too), how long it has been silent (one never heard from: since it was first expected), and for an
+    expected one how long it may be (red past it: ProducerNotHeard)."""
     names = ["service", "env", "engines", "events", "last event", "silent for", "may go without"]
     rows: list[list[Text | str]] = []
     now_ns = int(now * 1e9)
@@ -206,7 +207,7 @@ def producers_table(producers: list[Producer], title: str, now: float, width: in
         if producer.heard:
             last = _listed_when(int(producer.last_heard * 1e9) if producer.last_heard else None, now_ns)
         else:
-            last = "never, since the bridge started"
+            last = "never, since expected"
         style = "bold red" if producer.overdue(now) else ""
         within = producer.expected_within
         rows.append([

@@ -259,6 +259,117 @@ def test_the_producers_a_bridge_expects_are_heard_from_at_its_start_until_their_
     }
 
 
+def _heard_by(bridge: Bridge) -> dict[tuple[str, ...], float]:
+    return _exposed_by(
+        bridge, "otel_bridge_producer_last_heard_timestamp_seconds", "service_name", "workflow_platform_name"
+    )
+
+
+def test_a_restarted_bridge_counts_a_producers_silence_from_its_last_event_and_an_expectation_from_its_first_day(
+    tmp_path,
+):
+    # Counted from each start, a bridge restarted more often than a producer's window never told of one that
+    # never sends (ProducerNotHeard), and gave one gone silent as much more grace as the bridge was young.
+    clock = [1_800_000_000.0]
+    bridge = _bridge(
+        tmp_path, clock=lambda: clock[0], expected_producers={"shop@production": 900, "ghost@production": 900}
+    )
+    bridge.start(follow=False)
+    clock[0] += 60
+    bridge.pipeline.ingest([dict(e, serviceKey="shop", env="production") for e in WorkflowRun().started().events])
+    bridge.stop()
+
+    clock[0] += 3600  # an hour later, and the producers expected now otherwise
+    expected = {"shop@production": 900, "ghost@production": 900, "new@production": 900}
+    restarted = _bridge(tmp_path, clock=lambda: clock[0], expected_producers=expected)
+    restarted.start(follow=False)
+    try:
+        heard = _heard_by(restarted)
+    finally:
+        restarted.stop()
+    assert heard == {
+        ("shop", ""): 1_800_000_000.0,  # expected since the first start, as ghost
+        ("ghost", ""): 1_800_000_000.0,
+        ("new", ""): 1_800_003_660.0,  # newly expected: from now
+        ("shop", "durable-effect"): 1_800_000_060.0,  # its last event, before the restart
+    }
+
+
+def test_what_a_bridge_heard_is_kept_in_the_store_with_the_metrics_export_not_only_at_its_stop(tmp_path):
+    # A crash skips the stop: what the last export wrote is what the next start reads back.
+    clock = [1_800_000_000.0]
+    bridge = _bridge(tmp_path, clock=lambda: clock[0])
+    bridge.pipeline.ingest([dict(e, serviceKey="shop") for e in WorkflowRun().started().events])
+    bridge.keep_hearings()  # as the metric export's loop does after each export
+    crashed = bridge.store
+    restarted = _bridge(tmp_path.parent / (tmp_path.name + "-copy"), state=_copy_of(tmp_path / "s.db"))
+    restarted.start(follow=False)
+    try:
+        assert _heard_by(restarted) == {("shop", "durable-effect"): 1_800_000_000.0}
+    finally:
+        restarted.stop()
+        crashed.close()
+
+
+def _copy_of(state: Path) -> str:
+    """The state file as a crash leaves it: what was committed, the bridge that wrote it never stopped."""
+    copy = state.parent.parent / (state.parent.name + "-copy") / state.name
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copy(state, copy)
+    for suffix in ("-wal", "-shm"):
+        if Path(f"{state}{suffix}").exists():
+            shutil.copy(f"{state}{suffix}", f"{copy}{suffix}")
+    return str(copy)
+
+
+def test_replicas_sharing_a_redis_store_each_restore_the_latest_hearing_of_every_producer(tmp_path):
+    server = RedisServer().start()
+    try:
+        clock = [1_800_000_000.0]
+        one = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
+        two = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
+        one.pipeline.ingest([dict(e, serviceKey="shop") for e in WorkflowRun().started().events])
+        clock[0] += 10
+        two.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
+        clock[0] += 10
+        one.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
+        two.keep_hearings()
+        one.keep_hearings()  # the later of billing's is one's: kept over two's, whichever wrote last
+        one.store.close()
+        two.store.close()
+
+        third = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
+        third.start(follow=False)
+        try:
+            heard = _heard_by(third)
+        finally:
+            third.stop()
+    finally:
+        server.close()
+    assert heard == {("shop", "durable-effect"): 1_800_000_000.0, ("billing", "durable-effect"): 1_800_000_020.0}
+
+
+def test_when_producers_were_heard_from_unreadable_in_the_store_is_said_and_counted_from_the_start(tmp_path, caplog):
+    first = _bridge(tmp_path)
+    first.store.set_bookmark("producers heard", b"written by hand")
+    first.store.close()
+    clock = [1_800_000_000.0]
+    bridge = _bridge(tmp_path, clock=lambda: clock[0], expected_producers={"ghost@production": 900})
+    with caplog.at_level(logging.WARNING, "otel_bridge"):
+        bridge.start(follow=False)
+    try:
+        assert _heard_by(bridge) == {("ghost", ""): 1_800_000_000.0}
+    finally:
+        bridge.stop()
+    assert "when the producers were last heard from could not be read" in caplog.text
+    restarted = _bridge(tmp_path, clock=lambda: clock[0] + 60, expected_producers={"ghost@production": 900})
+    restarted.start(follow=False)
+    try:
+        assert _heard_by(restarted) == {("ghost", ""): 1_800_000_000.0}  # written anew by the first start
+    finally:
+        restarted.stop()
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store_and_again_after_a_restart(
     tmp_path, store

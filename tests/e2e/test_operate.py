@@ -175,8 +175,36 @@ def test_producers_are_listed_from_a_running_bridge_with_those_not_heard_from_in
     }
     assert said["shop"]["engines"] == ["durable-effect"] and said["ghost"]["expected_within_seconds"] == 3600
     assert table.returncode == 1 and "3 producers, 3 expected, 1 not heard from in time" in table.stdout
-    assert "never, since the bridge started" in table.stdout
+    assert "never, since expected" in table.stdout
     assert refused.returncode == 2 and "answered 401 to GET /metrics" in refused.stderr
+
+
+def test_a_bridge_killed_and_started_again_still_knows_when_it_last_heard_from_each_producer(tmp_path, otlp_http):
+    # Kept with each metrics export: a crash costs at most one interval of the latest hearing, and an
+    # expected producer that never sends is still counted silent from the bridge's first start.
+    expected = "shop@production=1h,ghost@production=1h"
+    bridge = BridgeProcess(
+        tmp_path, otlp_http.endpoint, expected_producers=expected, metric_export_interval_ms="300"
+    ).start()
+    nowhere = str(tmp_path / "no-store-here.db")
+    try:
+        assert bridge.post(WorkflowRun().started().events).status_code == 200
+        before = {
+            p["service"]: p for p in json.loads(_cli("producers", "--json", "--url", bridge.url, state=nowhere).stdout)
+        }
+        time.sleep(1.0)  # a few exports
+        bridge.kill()
+        bridge.start()
+        after = _cli("producers", "--json", "--url", bridge.url, state=nowhere)
+        table = _cli("producers", "--url", bridge.url, state=nowhere)
+    finally:
+        bridge.close()
+    said = {p["service"]: p for p in json.loads(after.stdout)}
+    assert {name: (p["heard"], p["events"], p["last_heard"]) for name, p in said.items()} == {
+        "ghost": (False, 0, before["ghost"]["last_heard"]),  # expected since the first start
+        "shop": (True, 0, before["shop"]["last_heard"]),  # none since the restart, its last one before
+    }
+    assert "never, since expected" in table.stdout
 
 
 def test_runs_and_jobs_are_listed_from_a_running_bridge_a_producers_key_listing_its_own(tmp_path, otlp_http):
