@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +190,7 @@ def _names(settings: Settings) -> Finding:
     and says nothing; one in `expected_producers` raises ProducerNotHeard for a producer that does not exist.
     A name the store holds nothing of is told, not failed: a monthly job may not have run yet."""
     from otel_bridge.runtime import open_store
-    from otel_bridge.state import journal
+    from otel_bridge.state import hearings, journal
 
     named = {
         "silent_executing": sorted(settings.silent_executing),
@@ -210,6 +211,8 @@ def _names(settings: Settings) -> Finding:
         return Finding("names", None, f"not asked: {exc}")
     try:
         stored = journal.names(store)
+        # A producer whose runs all ended and were forgotten (`keep_finished_seconds`) is known by its hearing.
+        kept = hearings.decoded(store.bookmark(hearings.BOOKMARK))
     except Exception as exc:
         if not store.damaged(exc):
             raise
@@ -217,18 +220,37 @@ def _names(settings: Settings) -> Finding:
     finally:
         store.close()
     said = [f"{len(stored.workflows):,} workflows and {len(stored.jobs):,} jobs stored"]
+    heard = {f"{service}@{env}" for _engine, env, service in kept.heard}
     holds = {
         "silent_executing": (stored.workflows, "run"),
-        "expected_producers": (stored.producers, "run or job instance"),
+        "expected_producers": (stored.producers | heard, "run or job instance nor an event heard"),
     }
     for setting, names in named.items():
         known, of = holds.get(setting, (stored.jobs, "job instance"))
         for name in names:
             if name not in known:
-                alike = difflib.get_close_matches(name, sorted(known), n=1)
+                alike = (_alike_producer if setting == "expected_producers" else _alike)(name, sorted(known))
                 hint = f" (did you mean {alike[0]}?)" if alike else ""
-                said.append(f"{setting} names {name}, of which the store holds no {of}{hint}")
+                since = kept.expected_since.get(name) if setting == "expected_producers" else None
+                expected = (
+                    ""
+                    if since is None
+                    else f" (expected since {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC)"
+                )
+                said.append(f"{setting} names {name}, of which the store holds no {of}{expected}{hint}")
     return Finding("names", True, "; ".join(said))
+
+
+def _alike(name: str, known: list[str]) -> list[str]:
+    return difflib.get_close_matches(name, known, n=1)
+
+
+def _alike_producer(name: str, known: list[str]) -> list[str]:
+    """The producer (`serviceKey@env`) likely meant: of a service alike, the one alike as a whole. Alike as a
+    whole alone, every producer of one environment was like every other (`ghost@production`, `shop@production`)."""
+    service = name.rpartition("@")[0]
+    services = difflib.get_close_matches(service, {k.rpartition("@")[0] for k in known}, n=1)
+    return difflib.get_close_matches(name, [k for k in known if k.rpartition("@")[0] in services], n=1, cutoff=0)
 
 
 def _dead_letters(settings: Settings) -> Finding:

@@ -24,6 +24,7 @@ from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
+from otel_bridge.state.hearings import BOOKMARK, Hearings
 from otel_bridge.state.sqlite_store import SqliteStore
 
 _CHECKS = (
@@ -276,8 +277,8 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
         "silent_executing names catalogImprt, of which the store holds no run (did you mean catalogImport?)",
         "overdue_tasks names monthlyClose, of which the store holds no job instance",
         # A producer misspelt: ProducerNotHeard would page for one that does not exist.
-        "expected_producers names shop@prod, of which the store holds no run or job instance (did you mean "
-        "shop@production?)",
+        "expected_producers names shop@prod, of which the store holds no run or job instance nor an event heard "
+        "(did you mean shop@production?)",
     ]
     assert _findings(Settings(state=state))["names"] == (
         None,
@@ -286,6 +287,27 @@ def test_names_the_store_holds_nothing_of_are_told_with_the_one_likely_meant(tmp
     )
     nowhere = Settings(state=str(tmp_path / "new.db"), overdue_tasks=["reminderSender"])
     assert _findings(nowhere)["names"] == (None, "nothing stored yet to find the names in")
+
+
+def test_a_producer_whose_runs_were_all_forgotten_is_known_by_its_hearing_and_one_never_heard_by_its_first_day(
+    tmp_path,
+):
+    # Finished runs are forgotten after keep_finished_seconds: a producer healthy all along was told as unknown.
+    state = str(tmp_path / "s.db")
+    store = SqliteStore(state)
+    heard = Hearings({("durable-effect", "production", "shop"): 1_800_000_000.0}, {"ghost@production": 1_800_000_000.0})
+    store.set_bookmark(BOOKMARK, heard.encoded())
+    store.close()
+    settings = Settings(state=state, expected_producers="shop@production=1h,ghost@production=1h")
+
+    ok, detail = _findings(settings)["names"]
+
+    assert ok is True
+    assert detail.split("; ") == [
+        "0 workflows and 0 jobs stored",
+        "expected_producers names ghost@production, of which the store holds no run or job instance nor an event "
+        "heard (expected since 2027-01-15 08:00 UTC)",
+    ]
 
 
 def test_a_state_in_memory_is_said_to_be_one_and_what_it_keeps_not():
