@@ -1053,10 +1053,13 @@ class Bridge:
             return
 
         def write() -> bool:
-            stored = hearings.decoded(self.store.bookmark(hearings.BOOKMARK))
-            kept = stored.merged(Hearings(heard, self._expected_since))
-            expecting = kept.expecting(self.settings.expected_producers, self._clock())
-            self.store.set_bookmark(hearings.BOOKMARK, expecting.encoded())
+            try:
+                stored = hearings.decoded(self.store.bookmark(hearings.BOOKMARK))
+                kept = stored.merged(Hearings(heard, self._expected_since))
+                expecting = kept.expecting(self.settings.expected_producers, self._clock())
+                self.store.set_bookmark(hearings.BOOKMARK, expecting.encoded())
+            except StoreUnavailable:  # the store away is told by settling and the export, once: not again here
+                return False
             return True
 
         if self._hearings_kept.attempt(write):
