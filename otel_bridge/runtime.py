@@ -750,7 +750,7 @@ class Bridge:
     def start(self, follow: bool = True) -> "Bridge":
         """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
         self.restore()
-        self._hear_again()
+        self._read_back_hearings()
         for name, target in (
             ("settle", self._settle_loop),
             ("trace-export", lambda: self.drain.run(self._stop, self.passes)),
@@ -1025,7 +1025,7 @@ class Bridge:
                 self.keep_hearings()
             wait = max(interval, self._metrics_quiet_until - time.monotonic())
 
-    def _hear_again(self) -> None:
+    def _read_back_hearings(self) -> None:
         """As the bridge starts: when each producer was last heard from, and since when each expected producer
         has been, read back from the store (`hearings`) and told as the producers' gauges, so a restart does not
         start `ProducerNotHeard`'s count again; an expected producer new to the store is expected from now."""

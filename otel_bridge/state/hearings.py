@@ -5,7 +5,7 @@ from, from when the bridge began to expect it. Held in memory alone, both began 
 restarted more often than a producer's window (a crash loop, a deploy a day against `=1d`) never told of a
 producer that never sends, and gave one gone silent as much more grace as the bridge was young. Written now and
 then (with the metrics' export, and at the stop), so a crash costs that much of the latest hearing, never an
-alert. Pure: bytes in, bytes out; the bridge reads and writes them (`Bridge._keep_hearings`).
+alert. Pure: bytes in, bytes out; the bridge reads and writes them (`Bridge.keep_hearings`).
 """
 
 import logging
