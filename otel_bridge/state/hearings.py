@@ -62,13 +62,16 @@ class Hearings:
     def expecting(self, expected: dict[str, float], now: float) -> "Hearings":
         """As a bridge expecting `expected` from `now` keeps them: each expected producer since it first was (one
         named again after it was taken out, since now), and what was heard of the others within
-        `FORGOTTEN_AFTER_SECONDS`."""
+        `FORGOTTEN_AFTER_SECONDS`. A bridge that expects none leaves the expectations as they are: a `replay` or
+        an import on the state, run without the server's settings, took them all out."""
         forgotten = now - FORGOTTEN_AFTER_SECONDS
         heard = {
             (engine, env, service): at
             for (engine, env, service), at in self.heard.items()
-            if at >= forgotten or f"{service}@{env}" in expected
+            if at >= forgotten or f"{service}@{env}" in expected or f"{service}@{env}" in self.expected_since
         }
+        if not expected:
+            return Hearings(heard, dict(self.expected_since))
         since = {producer: min(self.expected_since.get(producer, now), now) for producer in expected}
         return Hearings(heard, since)
 

@@ -43,10 +43,18 @@ def test_an_expected_producer_is_expected_since_it_first_was_and_one_new_to_the_
 
 
 def test_a_producer_taken_out_of_those_expected_and_named_again_is_expected_from_then():
-    kept = Hearings({}, {"ghost@production": NOW - 3600})
-    taken_out = kept.expecting({}, NOW)
-    assert taken_out.expected_since == {}
-    assert taken_out.expecting({"ghost@production": 900}, NOW + 60).expected_since == {"ghost@production": NOW + 60}
+    kept = Hearings({}, {"ghost@production": NOW - 3600, "shop@production": NOW - 3600})
+    taken_out = kept.expecting({"shop@production": 900}, NOW)
+    assert taken_out.expected_since == {"shop@production": NOW - 3600}
+    named_again = taken_out.expecting({"shop@production": 900, "ghost@production": 900}, NOW + 60)
+    assert named_again.expected_since == {"shop@production": NOW - 3600, "ghost@production": NOW + 60}
+
+
+def test_a_bridge_expecting_none_leaves_the_expectations_as_they_are():
+    # `otel-bridge replay` on the server's state file, without its settings, took every expectation out: the
+    # server's next start counted its producers from then.
+    kept = Hearings({SHOP: NOW - 60}, {"ghost@production": NOW - 3600})
+    assert kept.expecting({}, NOW) == kept
 
 
 def test_an_expectation_dated_ahead_of_the_clock_counts_from_now():
@@ -60,3 +68,5 @@ def test_a_producer_not_heard_from_in_a_week_is_forgotten_unless_it_is_expected(
     kept = Hearings({SHOP: old, BILLING: old}, {})
     assert kept.expecting({"shop@production": 900}, NOW).heard == {SHOP: old}
     assert kept.expecting({}, NOW - 2).heard == {SHOP: old, BILLING: old}  # a week to the second: still kept
+    # Nor by a bridge that expects none, while the store holds it expected (the server's).
+    assert Hearings({SHOP: old}, {"shop@production": old}).expecting({}, NOW).heard == {SHOP: old}
