@@ -1036,12 +1036,11 @@ class Bridge:
                 kept = hearings.decoded(self.store.bookmark(hearings.BOOKMARK))
             except Exception as exc:  # a store away or damaged: counted from now, as before they were kept
                 log.warning("when the producers were last heard from could not be read (%s): counted from now", exc)
-        kept = kept.expecting(self.settings.expected_producers, now)
-        for producer, at in kept.heard.items():
-            self.pipeline.heard[producer] = max(at, self.pipeline.heard.get(producer, at))
+        expected = self.settings.expected_producers
+        kept = kept.expecting(expected, now)
         self._expected_since = kept.expected_since
-        self.metrics.record(producers_heard(kept.heard))
-        self.metrics.record(producers_expected(self.settings.expected_producers, kept.expected_since))
+        self.metrics.record(producers_heard(kept.told_again(expected, self.settings.max_producers)))
+        self.metrics.record(producers_expected(expected, kept.expected_since))
         self.keep_hearings(changed=True)  # since when a producer newly expected is, and those forgotten
 
     def keep_hearings(self, changed: bool = False) -> None:

@@ -75,6 +75,23 @@ class Hearings:
         since = {producer: min(self.expected_since.get(producer, now), now) for producer in expected}
         return Hearings(heard, since)
 
+    def told_again(self, expected: dict[str, float], producers: int) -> dict[Producer, float]:
+        """The hearings a starting bridge tells as its gauges: the expected producers', and the latest of the
+        others up to `producers` producers in all (`max_producers`: past it the metrics count every new producer
+        as one, `_other`). A week of short-lived producers (an environment per pull request) read back at every
+        start took the places of the producers heard next."""
+        places = max(producers - len(expected), 0)
+        others: dict[tuple[str, str], float] = {}
+        for (_engine, env, service), at in self.heard.items():
+            if f"{service}@{env}" not in expected:
+                others[(service, env)] = max(at, others.get((service, env), at))
+        latest = set(sorted(others, key=lambda producer: others[producer], reverse=True)[:places])
+        return {
+            (engine, env, service): at
+            for (engine, env, service), at in self.heard.items()
+            if f"{service}@{env}" in expected or (service, env) in latest
+        }
+
 
 def decoded(blob: bytes | None) -> Hearings:
     """What a bookmark holds; one that does not read (written by hand, cut short) is said and read as empty: the

@@ -70,3 +70,23 @@ def test_a_producer_not_heard_from_in_a_week_is_forgotten_unless_it_is_expected(
     assert kept.expecting({}, NOW - 2).heard == {SHOP: old, BILLING: old}  # a week to the second: still kept
     # Nor by a bridge that expects none, while the store holds it expected (the server's).
     assert Hearings({SHOP: old}, {"shop@production": old}).expecting({}, NOW).heard == {SHOP: old}
+
+
+def test_a_starting_bridge_tells_the_expected_producers_hearings_and_the_latest_others_up_to_its_producers():
+    # Past max_producers every new producer is counted as one: a week of producers that came and went must not
+    # take the places of those heard next.
+    heard = {("durable-effect", f"pr-{n}", "shop"): NOW - 1000 + n for n in range(5)} | {
+        ("durable-effect", "production", "billing"): NOW - 10_000,
+        ("event-sourced", "production", "billing"): NOW,
+    }
+    kept = Hearings(heard, {})
+
+    told = kept.told_again({"billing@production": 900}, producers=3)
+
+    assert told == {
+        ("durable-effect", "production", "billing"): NOW - 10_000,  # expected: always, by each engine
+        ("event-sourced", "production", "billing"): NOW,
+        ("durable-effect", "pr-4", "shop"): NOW - 996,  # the two latest of the others
+        ("durable-effect", "pr-3", "shop"): NOW - 997,
+    }
+    assert kept.told_again({}, producers=100) == heard
