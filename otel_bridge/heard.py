@@ -66,8 +66,11 @@ def producers_in(exposition: str) -> list[Producer]:
             elif sample.name == LAST_HEARD:
                 producer = of(labels)
                 producer.last_heard = value if producer.last_heard is None else max(producer.last_heard, value)
-                # A series by engine is an event's; the one without, a bridge's start for a producer it expects.
-                producer.heard |= "workflow_platform_name" in labels
+                # A series by engine is an event's (this start's, or one before, kept in the store); the one
+                # without, since when the bridge expects a producer.
+                if "workflow_platform_name" in labels:
+                    producer.heard = True
+                    producer.engines.add(labels["workflow_platform_name"])
             elif sample.name == EXPECTED_WITHIN:
                 of(labels).expected_within = value
     return sorted(found.values(), key=lambda p: (p.service, p.env))

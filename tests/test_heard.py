@@ -51,3 +51,11 @@ def test_each_producer_heard_is_told_with_its_events_and_its_last_and_an_expecte
 
 def test_a_bridge_that_heard_nothing_and_expects_nothing_tells_no_producer(tmp_path):
     assert producers_in(_exposition(tmp_path, [])) == []
+
+
+def test_a_producer_heard_before_the_bridge_restarted_is_told_heard_by_its_engine_with_no_event_since(tmp_path):
+    _exposition(tmp_path, WorkflowRun().started().events)  # heard at STARTED + 30, then stopped
+
+    (shop,) = producers_in(_exposition(tmp_path, []))
+
+    assert (shop.heard, shop.events, shop.engines, shop.last_heard) == (True, 0, {"durable-effect"}, STARTED + 30)
