@@ -7,6 +7,7 @@ are pushed one last time.
 
 import asyncio
 import logging
+import math
 import socket
 import threading
 import time
@@ -382,6 +383,7 @@ class Bridge:
         # When each producer was last heard from, as last written to the store (`keep_hearings`), and since when
         # each expected producer has been.
         self._hearings_written: dict[tuple[str, str, str], float] = {}
+        self._hearings_written_at = -math.inf  # time.monotonic()
         self._expected_since: dict[str, float] = {}
         self._hearings_kept = RepeatedFailure("keeping when the producers were last heard from in the store")
         # The spans still in the outbox once `stop` had drained it (None before): what a command that
@@ -1048,7 +1050,10 @@ class Bridge:
         last did (with the metrics' export, and at the stop): merged with what is there, the later of each, as
         replicas sharing the store each write theirs. A store that cannot take it now is asked again next time."""
         heard = self.pipeline.heard.copy()  # taken whole under the GIL while batches add to it
-        if self.settings.in_memory or (heard == self._hearings_written and not changed):
+        # Written again now and then unchanged too: two replicas that read and wrote at once each wrote what
+        # the other had not, and the one that heard nothing since would never have written its own again.
+        due = time.monotonic() - self._hearings_written_at >= hearings.REWRITTEN_AFTER_SECONDS
+        if self.settings.in_memory or (heard == self._hearings_written and not changed and not (heard and due)):
             return
 
         def write() -> bool:
@@ -1062,7 +1067,7 @@ class Bridge:
             return True
 
         if self._hearings_kept.attempt(write):
-            self._hearings_written = heard
+            self._hearings_written, self._hearings_written_at = heard, time.monotonic()
 
     def _outbox_waiting(self) -> str:
         # "Safely" only where the outbox is on disk: an in-memory one goes with the process.

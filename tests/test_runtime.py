@@ -23,6 +23,8 @@ from otel_bridge.export.otlp import NoSender
 from otel_bridge.on_loop import OnLoop
 from otel_bridge.pipeline import here
 from otel_bridge.runtime import Bridge
+from otel_bridge.state import hearings
+from otel_bridge.state.hearings import Hearings
 from otel_bridge.state.store import StoreDamaged, StoreOpenError
 
 
@@ -347,6 +349,29 @@ def test_replicas_sharing_a_redis_store_each_restore_the_latest_hearing_of_every
     finally:
         server.close()
     assert heard == {("shop", "durable-effect"): 1_800_000_000.0, ("billing", "durable-effect"): 1_800_000_020.0}
+
+
+def test_a_hearing_another_replicas_write_at_the_same_moment_left_out_is_written_again_within_ten_minutes(tmp_path):
+    clock = [1_800_000_000.0]
+    bridge = _bridge(tmp_path, clock=lambda: clock[0])
+    bridge.pipeline.ingest([dict(e, serviceKey="shop") for e in WorkflowRun().started().events])
+    bridge.keep_hearings()
+    # Another replica read before that write and wrote after it: what it heard, without shop.
+    other = Hearings({("durable-effect", "production", "billing"): clock[0]}, {})
+    bridge.store.set_bookmark(hearings.BOOKMARK, other.encoded())
+
+    bridge.keep_hearings()  # nothing heard since: not written again at once
+    unchanged = hearings.decoded(bridge.store.bookmark(hearings.BOOKMARK))
+    bridge._hearings_written_at -= hearings.REWRITTEN_AFTER_SECONDS  # ten minutes later
+    bridge.keep_hearings()
+    again = hearings.decoded(bridge.store.bookmark(hearings.BOOKMARK))
+    bridge.store.close()
+
+    assert unchanged == other
+    assert again.heard == {
+        ("durable-effect", "production", "billing"): 1_800_000_000.0,
+        ("durable-effect", "production", "shop"): 1_800_000_000.0,
+    }
 
 
 def test_when_producers_were_heard_from_unreadable_in_the_store_is_said_and_counted_from_the_start(tmp_path, caplog):

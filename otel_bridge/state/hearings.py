@@ -21,6 +21,9 @@ BOOKMARK = "producers heard"
 # restored at every start for ever.
 FORGOTTEN_AFTER_SECONDS = 7 * 24 * 3600.0
 
+# Written again this often, changed or not: replicas' writes at the same moment are merged by the later one.
+REWRITTEN_AFTER_SECONDS = 600.0
+
 # (engine, env, service): a producer's series by engine, as its events are counted.
 Producer = tuple[str, str, str]
 
