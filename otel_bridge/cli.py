@@ -887,7 +887,8 @@ def _show(settings: Settings, workflow_id: str) -> int:
 
 
 def _producers(settings: Settings, args: argparse.Namespace) -> int:
-    """What the running bridge has heard of each producer (its `/metrics`: kept in its memory, not the store).
+    """What the running bridge has heard of each producer (its `/metrics`: events since it started, the last
+    hearings kept across restarts).
     Exit 1 when one it expects has been silent longer than it may be, as ProducerNotHeard fires."""
     from rich.text import Text
 

@@ -151,7 +151,7 @@ def test_a_stuck_run_closed_by_hand_leaves_as_an_incomplete_trace_and_is_overdue
 
 
 def test_producers_are_listed_from_a_running_bridge_with_those_not_heard_from_in_time(tmp_path, otlp_http):
-    # A producer that never sent has no run to list: the bridge's own memory of whom it heard from tells.
+    # A producer that never sent has no run to list: what the bridge heard of each tells.
     expected = "shop@production=60s,late@production=1s,ghost@production=1h"
     bridge = BridgeProcess(
         tmp_path, otlp_http.endpoint, api_key=KEY, metrics_auth="true", expected_producers=expected
