@@ -1077,6 +1077,24 @@ class Pipeline:
         if counted_jobs:
             self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
 
+    def restore_last_runs(self) -> int:
+        """On a shared store, when each job instance last ran (job.execution.last_timestamp), read back from the
+        store: the latest time is the same told by every replica, unlike the counts `restore_gauges` leaves to
+        each (a restart of every replica left the jobs' "since the last successful run" empty until each ran
+        again: a day, for a daily job). Read in the background (`Bridge._overdue_loop`): the job instances'
+        headers alone, found by their keys. How many instances were read."""
+        instances = 0
+        observations: list[Observation] = []
+        for _key, state in journal.headers(self.store, keys.JOBS):
+            if isinstance(state, JobState):
+                instances += 1
+                observations += last_runs(state)
+                if len(observations) >= _RESTORED_AT_ONCE:
+                    self.metrics.record(observations)
+                    observations.clear()
+        self.metrics.record(observations)
+        return instances
+
     def index_by_these_settings(self) -> int:
         """Write the overdue index again by these settings where others wrote it (`Policy.overdue_judged_by`,
         kept in the store): a task named in `overdue_tasks` since, a workflow's `silent_executing`, a job's

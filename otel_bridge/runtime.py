@@ -898,11 +898,15 @@ class Bridge:
         # Also where the store's risks are read again: both are a few reads of the store, at a slow pace.
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
+        reading_back = RepeatedFailure("reading back when each job last ran")
         risks_read = time.monotonic()
         indexed = False  # by these settings (`index_by_these_settings`): tried again at each pass until done
+        read_back = not self.store.shared  # each job's last run (`restore_last_runs`): likewise, until done
         while True:
             if not indexed:  # outside a pass: read from every state's header, it takes what the store's size takes
                 indexed = failures.attempt(self.index_by_these_settings) is not None
+            if not read_back:
+                read_back = reading_back.attempt(self._last_runs_read_back) is not None
             with self.passes.running("overdue"):
                 failures.attempt(self.count_overdue)
                 self.note_damage()
@@ -911,6 +915,12 @@ class Bridge:
                     self.read_risks()
             if self._stop.wait(interval):
                 return
+
+    def _last_runs_read_back(self) -> int | None:
+        try:
+            return self.pipeline.restore_last_runs()
+        except StoreUnavailable:  # the store away is told by settling, once: read at a later pass
+            return None
 
     def _settle_loop(self) -> None:
         tick = min(max(self.settings.settle_seconds / 4, 0.05), 0.25)

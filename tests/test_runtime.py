@@ -395,6 +395,34 @@ def test_when_producers_were_heard_from_unreadable_in_the_store_is_said_and_coun
         restarted.stop()
 
 
+def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_again(tmp_path):
+    # The counts are each replica's share, never read back on a shared store; the latest time is the same told by
+    # all: left unread, a daily job's "since the last successful run" stayed empty for a day after a deploy.
+    sync = JobRun("sync", "continuous").started().executed(1).after(60_000).failed(2, will_retry=False)
+    server = RedisServer().start()
+    try:
+        first = _bridge(tmp_path, state=server.url)
+        first.pipeline.ingest(sync.events)
+        first.store.close()
+
+        restarted = _bridge(tmp_path, state=server.url).start(follow=False)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _last_runs(restarted):
+                time.sleep(0.05)  # read back in the background, as the overdue loop starts
+            told = _last_runs(restarted)
+        finally:
+            restarted.stop()
+    finally:
+        server.close()
+    succeeded, failed = (ns_of(e) / 1e9 for e in sync.events if e["type"] in ("job.executed", "job.failed"))
+    assert told == {("sync", "success"): succeeded, ("sync", "failure"): failed}
+
+
+def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
+    return _exposed_by(bridge, "job_execution_last_timestamp_seconds", "job_name", "job_execution_result")
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store_and_again_after_a_restart(
     tmp_path, store

@@ -343,10 +343,11 @@ def put_back(tx: Transaction, aside: str, now: float, dedup_ttl: float = 0.0) ->
     return None
 
 
-def headers(store: Store) -> Iterator[tuple[str, State | None]]:
+def headers(store: Store, prefix: str = "") -> Iterator[tuple[str, State | None]]:
     """Every state in play decoded from its header alone (facts not read), or None for one this version
-    cannot read: what a start, the overdue index and `check` read of every run and job instance."""
-    for key, header in store.states():
+    cannot read: what a start, the overdue index and `check` read of every run and job instance (with
+    `prefix`, those under it: `keys.JOBS`)."""
+    for key, header in store.states(prefix):
         if keys.is_kept_aside(key):
             continue
         try:
