@@ -204,6 +204,11 @@ def producers_heard(heard: dict[tuple[str, str, str], float]) -> list[Observatio
     ]
 
 
+# The gauges of what is open now: on a shared store counted from the store by one replica, not each from its
+# changes (`Pipeline.open_counts`).
+COUNTED_FROM_STORE = frozenset({c.M_WORKFLOW_EXECUTION_ACTIVE, c.M_JOB_INSTANCE_ACTIVE})
+
+
 # How far ahead of this host's clock an event may be timestamped before one of the two clocks is taken to
 # be wrong: clocks kept by NTP differ by milliseconds, a producer's POST takes seconds at most.
 AHEAD_NS = 60 * 1_000_000_000
@@ -424,7 +429,7 @@ class Pipeline:
             for producer in outcome.heard:  # kept in the store now and then (`Bridge.keep_hearings`)
                 self.heard[producer] = now
             try:  # the producers' metrics; the bridge's own counts are its receivers' (observed.py)
-                self.metrics.record(outcome.observations)
+                self._record(outcome.observations)
             except Exception:  # committed already: a metrics fault must not fail the batch
                 log.exception("recording metrics failed")
             # Committed, and counted as such; answered only once kept as asked (on Redis's replicas). A
@@ -587,7 +592,7 @@ class Pipeline:
             done.update(keys_)
             del pending[: len(keys_)]
             sent += sum(len(s.spans) for s in steps)
-            self.metrics.record(o for s in steps for o in s.observations)
+            self._record(o for s in steps for o in s.observations)
             self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
             self.metrics.bridge(c.M_BRIDGE_JOBS_PRESUMED_ENDED, sum(s.presumed_ended for s in steps))
             self.metrics.bridge(c.M_BRIDGE_RUNS_KEPT_BACK, sum(s.kept_back for s in steps))
@@ -775,7 +780,7 @@ class Pipeline:
 
         closed = self._transaction(closing) if found else []
         steps = [step for _closed, step in closed]
-        self.metrics.record(o for s in steps for o in s.observations)
+        self._record(o for s in steps for o in s.observations)
         self.metrics.bridge(c.M_BRIDGE_RUNS_INCOMPLETE, sum(s.incomplete for s in steps))
         for done, _step in closed:
             log.info("closed %s by hand (%s)", done.what, reason)
@@ -1076,6 +1081,30 @@ class Pipeline:
             self._transaction(lambda tx, touched: [self._state(tx, key, touched) for key in unreadable])
         if counted_jobs:
             self.store.run(lambda tx: self._due_counted(tx, counted_jobs))
+
+    def _record(self, observations: Iterable[Observation]) -> None:
+        """The producers' measurements of a change this process made; on a shared store but the open runs' and
+        instances' gauges, which one replica counts from the store (`open_counts`, `Bridge.count_active`)."""
+        if self.store.shared:
+            observations = [o for o in observations if o.instrument not in COUNTED_FROM_STORE]
+        self.metrics.record(observations)
+
+    def open_counts(self) -> dict[tuple[Resource, str, tuple[tuple[str, str], ...]], int]:
+        """The runs and continuous job instances open now, counted from every state's header as the active
+        gauges count them: (producer, gauge, attributes) -> how many. On a shared store each replica had counted
+        its share of the changes it saw, and a replica started again had lost its share while the runs it had
+        counted were ended by others: the sum drifted, below zero after a deploy of every replica."""
+        counts: dict[tuple[Resource, str, tuple[tuple[str, str], ...]], int] = {}
+        for _key, state in journal.headers(self.store):
+            if isinstance(state, JobState) and state.counted:
+                counted = active_instance(state)
+            elif isinstance(state, RunState) and (under := counted_under(state)) is not None:
+                counted = active_run(state, under)
+            else:
+                continue
+            series = (counted.resource, counted.instrument, counted.attributes)
+            counts[series] = counts.get(series, 0) + 1
+        return counts
 
     def restore_last_runs(self) -> int:
         """On a shared store, when each job instance last ran (job.execution.last_timestamp), read back from the

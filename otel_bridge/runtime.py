@@ -23,7 +23,7 @@ from otel_bridge import __version__, certificates, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
-from otel_bridge.correlate.outputs import Resource
+from otel_bridge.correlate.outputs import Observation, Resource
 from otel_bridge.correlate.overview import RunQuery
 from otel_bridge.export import otlp
 from otel_bridge.export.aggregation import Attributes
@@ -85,6 +85,8 @@ _CHECKPOINT_EVERY = 1.0
 # How long the read of every page of the state file after a start may take (a state of many GiB takes
 # minutes, while its writes make the log grow): past it, the check stops, and says so.
 _PAGES_CHECKED_WITHIN = 120.0
+# How often one replica on a shared store counts the open runs from it, at least (`Bridge.count_active`).
+_ACTIVE_COUNTED_EVERY = 60.0
 # How often the store's risks (its eviction policy, what it keeps on disk) are read again while running.
 _RISKS_EVERY = 60.0
 # After the store refused a batch, /readyz says so this long (or until a batch gets through).
@@ -386,6 +388,10 @@ class Bridge:
         self._hearings_written_at = -math.inf  # time.monotonic()
         self._expected_since: dict[str, float] = {}
         self._hearings_kept = RepeatedFailure("keeping when the producers were last heard from in the store")
+        # On a shared store, the open runs this replica told it counted from the store (`count_active`).
+        self._active_told: dict[tuple[Resource, str, tuple[tuple[str, str], ...]], int] = {}
+        self._active_holder = own_name()
+        self._active_counting_took = 0.0
         # The spans still in the outbox once `stop` had drained it (None before): what a command that
         # stops the bridge tells as left, whichever runs they came of.
         self.outbox_at_exit: int | None = None
@@ -899,6 +905,8 @@ class Bridge:
         interval = min(max(self.settings.overdue_grace_seconds / 4, 1.0), 15.0)
         failures = RepeatedFailure("counting overdue runs")
         reading_back = RepeatedFailure("reading back when each job last ran")
+        counting_active = RepeatedFailure("counting the open runs")
+        next_count = time.monotonic()  # of the open runs from the store, by one replica (`count_active`)
         risks_read = time.monotonic()
         indexed = False  # by these settings (`index_by_these_settings`): tried again at each pass until done
         read_back = not self.store.shared  # each job's last run (`restore_last_runs`): likewise, until done
@@ -907,6 +915,10 @@ class Bridge:
                 indexed = failures.attempt(self.index_by_these_settings) is not None
             if not read_back:
                 read_back = reading_back.attempt(self._last_runs_read_back) is not None
+            if self.store.shared and time.monotonic() >= next_count:  # outside a pass too: it reads every header
+                began = time.monotonic()
+                counting_active.attempt(self.count_active)
+                next_count = time.monotonic() + max(_ACTIVE_COUNTED_EVERY, 20 * (time.monotonic() - began))
             with self.passes.running("overdue"):
                 failures.attempt(self.count_overdue)
                 self.note_damage()
@@ -915,6 +927,31 @@ class Bridge:
                     self.read_risks()
             if self._stop.wait(interval):
                 return
+
+    def count_active(self) -> None:
+        """On a shared store, the open runs and continuous job instances counted from the store (`open_counts`)
+        by the replica that holds the lease for it, and told as the change since its last count; one that no
+        longer holds it takes back what it told. Every minute, or less often as the store grows (twenty times
+        what a count takes): a million open runs are read in seconds."""
+        lease_seconds = 3 * max(_ACTIVE_COUNTED_EVERY, 20 * self._active_counting_took)
+        try:
+            began = time.monotonic()
+            held = self.store.lease("active count", self._active_holder, lease_seconds)
+            counts = self.pipeline.open_counts() if held else {}
+            self._active_counting_took = time.monotonic() - began
+        except StoreUnavailable:  # the store away is told by settling, once: what was told stays
+            return
+        told = self._active_told
+        changes = [
+            Observation(name, n - told.get((resource, name, attributes), 0), attributes, resource)
+            for (resource, name, attributes), n in counts.items()
+        ] + [
+            Observation(name, -n, attributes, resource)
+            for (resource, name, attributes), n in told.items()
+            if (resource, name, attributes) not in counts
+        ]
+        self.metrics.record(change for change in changes if change.value)
+        self._active_told = counts
 
     def _last_runs_read_back(self) -> int | None:
         try:

@@ -419,6 +419,54 @@ def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_aga
     assert told == {("sync", "success"): succeeded, ("sync", "failure"): failed}
 
 
+def _open_runs(*replicas: Bridge) -> dict[tuple[str, ...], float]:
+    """workflow.execution.active as a backend sums it over the replicas' series."""
+    summed: dict[tuple[str, ...], float] = {}
+    for replica in replicas:
+        exposed = _exposed_by(
+            replica, "workflow_execution_active", "workflow_definition_name", "workflow_execution_state"
+        )
+        for (_name, state), value in exposed.items():
+            summed[(state,)] = summed.get((state,), 0) + value
+    return {series: value for series, value in summed.items() if value}
+
+
+def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica_restarted_or_ended_them(tmp_path):
+    # Each replica counted its share of the changes it saw: one started again lost its share, and the runs it had
+    # counted, ended by another, took that one below zero — after a deploy of every replica, the sum was negative.
+    server = RedisServer().start()
+    runs = [WorkflowRun(f"w{n}").started().step_started("a") for n in range(3)]
+    try:
+        holder = _bridge(tmp_path, state=server.url)
+        other = _bridge(tmp_path, state=server.url)
+        other.pipeline.ingest([e for run in runs for e in run.events] + JobRun("sync", "continuous").started().events)
+        holder.count_active()
+        other.count_active()  # the lease is the holder's: it tells nothing
+        assert _open_runs(holder, other) == {("executing",): 3}
+        assert _exposed_by(holder, "job_instance_active", "job_name") == {("sync",): 1.0}
+        assert _exposed_by(other, "job_instance_active", "job_name") == {}
+
+        other.store.close()
+        restarted = _bridge(tmp_path, state=server.url)  # the other started again, and ends two of the runs
+        restarted.pipeline.ingest([e for run in runs[:2] for e in run.after(10).step_completed("a").completed().events])
+        restarted.pipeline.settle_due(horizon=float("inf"), told_all=True)
+        holder.count_active()
+        restarted.count_active()
+        assert _open_runs(holder, restarted) == {("executing",): 1}
+
+        # The lease lapses (its holder stalled): the restarted replica counts, the former holder takes back its own.
+        (lease,) = server.client().keys("*lease:active count")
+        server.client().delete(lease)
+        restarted.count_active()
+        holder.count_active()
+        assert _open_runs(holder, restarted) == {("executing",): 1}
+        assert _open_runs(holder) == {}
+        holder.store.close()
+        restarted.store.close()
+    finally:
+        server.close()
+
+
 def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
     return _exposed_by(bridge, "job_execution_last_timestamp_seconds", "job_name", "job_execution_result")
 
