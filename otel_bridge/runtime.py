@@ -279,7 +279,15 @@ class Bridge:
         )
         self._metrics_quiet_until = 0.0  # the clock's time a throttling backend asked metrics to wait for
         self.pipeline = Pipeline(self.store, self.metrics, settings, on_spans=self.drain.wake, clock=clock)
-        self.metrics.gauge(c.M_BRIDGE_OUTBOX_DEPTH, "{span}", "Spans waiting for export", self.store.outbox_depth)
+        # On a shared store, the replica that counts what is open tells how many spans wait (`count_active`): each
+        # told the one outbox's depth, and a backend's sum over replicas counted it once a replica.
+        self._counts_held = not self.store.shared
+        self.metrics.gauges(
+            c.M_BRIDGE_OUTBOX_DEPTH,
+            "{span}",
+            "Spans waiting for export",
+            lambda: [(float(self.store.outbox_depth()), {})] if self._counts_held else [],
+        )
         if (hot := self.pipeline.hot) is not None:
             # Whether `hot_facts` is what holds runs back in memory: at it, runs leave for the store and are
             # read back (parsed again) at their next event.
@@ -931,16 +939,17 @@ class Bridge:
     def count_active(self) -> None:
         """On a shared store, the open runs and continuous job instances counted from the store (`open_counts`)
         by the replica that holds the lease for it, and told as the change since its last count; one that no
-        longer holds it takes back what it told. Every minute, or less often as the store grows (twenty times
-        what a count takes): a million open runs are read in seconds."""
+        longer holds it takes back what it told. The holder tells the outbox's depth too. Every minute, or less
+        often as the store grows (twenty times what a count takes): a million open runs are read in seconds."""
         lease_seconds = 3 * max(_ACTIVE_COUNTED_EVERY, 20 * self._active_counting_took)
         try:
             began = time.monotonic()
-            held = self.store.lease("active count", self._active_holder, lease_seconds)
+            held = self.store.lease("shared counts", self._active_holder, lease_seconds)
             counts = self.pipeline.open_counts() if held else {}
             self._active_counting_took = time.monotonic() - began
         except StoreUnavailable:  # the store away is told by settling, once: what was told stays
             return
+        self._counts_held = held
         told = self._active_told
         changes = [
             Observation(name, n - told.get((resource, name, attributes), 0), attributes, resource)

@@ -533,12 +533,17 @@ def bridge() -> Board:
     )
     b.panel(
         "Stream lag",
-        [("sum(otel_bridge_stream_lag)", "entries behind")],
+        [("max(otel_bridge_stream_lag)", "entries behind")],
         width=8,
-        description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group.",
+        description="Entries of the event-sourced runtime's stream not yet read by the bridge's consumer group "
+        "(the group's: every replica that follows the stream tells the same, so the largest, not their sum).",
     )
     b.row("What goes out, and the state")
-    b.panel("Outbox depth", [("sum(otel_bridge_outbox_depth)", "spans waiting")])
+    b.panel(
+        "Outbox depth",
+        [("sum(otel_bridge_outbox_depth)", "spans waiting")],
+        description="Spans waiting for export, over every bridge (replicas sharing a Redis state: told by one).",
+    )
     b.panel(
         "Export failures, incomplete, set-aside, unreadable and kept-back runs, stream entries lost, jobs presumed "
         "ended",

@@ -453,9 +453,13 @@ def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica
         holder.count_active()
         restarted.count_active()
         assert _open_runs(holder, restarted) == {("executing",): 1}
+        # The one outbox's depth, told by the holder alone: each told it, and a sum over replicas doubled it.
+        depth = restarted.store.outbox_depth()
+        assert depth > 0 and list(_exposed_by(holder, "otel_bridge_outbox_depth").values()) == [depth]
+        assert _exposed_by(restarted, "otel_bridge_outbox_depth") == {}
 
         # The lease lapses (its holder stalled): the restarted replica counts, the former holder takes back its own.
-        (lease,) = server.client().keys("*lease:active count")
+        (lease,) = server.client().keys("*lease:shared counts")
         server.client().delete(lease)
         restarted.count_active()
         holder.count_active()
