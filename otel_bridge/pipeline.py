@@ -1048,8 +1048,8 @@ class Pipeline:
         """After a restart, count the runs and job instances that are still open in the active gauges, and
         tell when each job last ran (job.execution.last_timestamp).
 
-        Only for a store of our own: with a shared store every replica's gauge is its share of
-        the changes it saw, and recounting everything on each replica would count runs twice.
+        Only for a store of our own: on a shared store one replica counts the open runs from the store
+        (`open_counts`), and each reads back when the jobs last ran in the background (`restore_last_runs`).
         Reads the states' headers only (not their facts): once per start, over every open run. The
         runs held open after a cancellation that goes on are noted on the way, for a stop told all.
         """
