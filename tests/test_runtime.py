@@ -395,26 +395,28 @@ def test_when_producers_were_heard_from_unreadable_in_the_store_is_said_and_coun
         restarted.stop()
 
 
-def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_again(tmp_path):
+def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_and_what_is_open_again(tmp_path):
     # The counts are each replica's share, never read back on a shared store; the latest time is the same told by
     # all: left unread, a daily job's "since the last successful run" stayed empty for a day after a deploy.
     sync = JobRun("sync", "continuous").started().executed(1).after(60_000).failed(2, will_retry=False)
     server = RedisServer().start()
     try:
         first = _bridge(tmp_path, state=server.url)
-        first.pipeline.ingest(sync.events)
+        first.pipeline.ingest(sync.events + WorkflowRun().started().events)
         first.store.close()
 
         restarted = _bridge(tmp_path, state=server.url).start(follow=False)
         try:
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not _last_runs(restarted):
+            while time.monotonic() < deadline and not (_last_runs(restarted) and _open_runs(restarted)):
                 time.sleep(0.05)  # read back in the background, as the overdue loop starts
             told = _last_runs(restarted)
+            open_runs = _open_runs(restarted)  # and the open runs counted, as the replica holding the lease
         finally:
             restarted.stop()
     finally:
         server.close()
+    assert open_runs == {("executing",): 1}
     succeeded, failed = (ns_of(e) / 1e9 for e in sync.events if e["type"] in ("job.executed", "job.failed"))
     assert told == {("sync", "success"): succeeded, ("sync", "failure"): failed}
 
