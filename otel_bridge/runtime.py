@@ -6,6 +6,7 @@ are pushed one last time.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -962,6 +963,13 @@ class Bridge:
         self.metrics.record(change for change in changes if change.value)
         self._active_told = counts
 
+    def _let_counts_go(self) -> None:
+        """At the stop, the lease of counting for the replicas let go: another takes it at its next count (a minute
+        at most), not once it lapses (three)."""
+        if self.store.shared and self._counts_held:
+            with contextlib.suppress(StoreUnavailable):  # it lapses
+                self.store.release("shared counts", self._active_holder)
+
     def _last_runs_read_back(self) -> int | None:
         try:
             return self.pipeline.restore_last_runs()
@@ -1194,6 +1202,7 @@ class Bridge:
                 self.export_metrics()
         finally:
             self.keep_hearings()
+            self._let_counts_go()
             self.note_damage()  # what the stop met too
             self.dead_letters.close()
             self.dead_spans.close()

@@ -473,6 +473,24 @@ def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica
         server.close()
 
 
+def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path):
+    server = RedisServer().start()
+    try:
+        leaving = _bridge(tmp_path, state=server.url)
+        staying = _bridge(tmp_path, state=server.url)
+        staying.pipeline.ingest(WorkflowRun().started().events)
+        leaving.count_active()
+        staying.count_active()
+        assert _open_runs(leaving) == {("executing",): 1} and _open_runs(staying) == {}
+
+        leaving.stop()  # a deploy: the next count of another takes it over, not one three minutes on
+        staying.count_active()
+        assert _open_runs(staying) == {("executing",): 1}
+        staying.store.close()
+    finally:
+        server.close()
+
+
 def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
     return _exposed_by(bridge, "job_execution_last_timestamp_seconds", "job_name", "job_execution_result")
 

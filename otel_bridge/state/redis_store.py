@@ -73,6 +73,14 @@ _MAX_ATTEMPTS = 50
 
 # Renew the lease its holder holds, or take it when no one does: one script, so that a lease lapsing between
 # a read and a renewal is never renewed for another.
+# A lease let go by its holder alone: one that lapsed and was taken by another is not taken from it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -517,6 +525,10 @@ class RedisStore:
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         with _away_said():
             return bool(self._client.eval(_LEASE, 1, f"{self._p}lease:{name}", holder, max(int(seconds * 1000), 1)))
+
+    def release(self, name: str, holder: str) -> None:
+        with _away_said():
+            self._client.eval(_RELEASE, 1, f"{self._p}lease:{name}", holder)
 
     def set_bookmark(self, name: str, value: bytes) -> None:
         try:

@@ -718,6 +718,9 @@ class SqliteStore:
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         return True  # the file is this process's alone (its lock): no other bridge shares the state
 
+    def release(self, name: str, holder: str) -> None:
+        pass
+
     def set_bookmark(self, name: str, value: bytes) -> None:
         def write(tx: SqliteTransaction) -> None:
             tx._db.execute(BOOKMARKS)

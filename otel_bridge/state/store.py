@@ -205,6 +205,10 @@ class Store(Protocol):
         if `holder` does): of the bridges sharing the state, the one that does a task alone. Raises
         StoreUnavailable."""
 
+    def release(self, name: str, holder: str) -> None:
+        """Let the lease `name` go, if `holder` holds it: another takes it at its next ask, not once it lapses.
+        Raises StoreUnavailable."""
+
     def close(self) -> None: ...
 
 

@@ -486,3 +486,14 @@ def test_a_lease_is_held_by_one_holder_until_it_lapses(open_store):
     time.sleep(0.5)  # a lapses: stopped, or stalled past it
     assert store.lease("runtime-v2", "b", 0.3) and not store.lease("runtime-v2", "a", 0.3)
     store.close()
+
+
+def test_a_lease_let_go_by_its_holder_is_taken_at_once_and_one_not_held_is_not_let_go(open_store):
+    store = open_store()
+    assert store.lease("shared counts", "a", 60)
+    store.release("shared counts", "b")  # not b's: nothing happens
+    if store.shared:
+        assert not store.lease("shared counts", "b", 60), "still a's"
+    store.release("shared counts", "a")
+    assert store.lease("shared counts", "b", 60), "let go: taken at once, not a minute on"
+    store.close()
