@@ -837,12 +837,16 @@ class Bridge:
         return again
 
     def count_overdue(self) -> None:
-        """Count the overdue runs and job instances from the store: right after a restart, and the same on
-        every replica.
+        """Count the overdue runs and job instances from the store: right after a restart too.
 
         The store finds them by an index of when each open run (or job instance) turns overdue, read
-        once a count, so the count costs what the overdue ones cost, not every open run.
+        once a count, so the count costs what the overdue ones cost, not every open run. On a shared store the
+        replica that counts the open runs (`count_active`) tells them, the others none: a backend sums one
+        count a store, as it sums the sidecars' each of their own (a max over them told the busiest alone).
         """
+        if not self._counts_held:
+            self._overdue, self._overdue_jobs = {}, {}
+            return
         overdue_runs, overdue_jobs = self.pipeline.overdue()
         counts: dict[Resource, dict[tuple[str, str, str], int]] = {}
         for run in overdue_runs:
@@ -963,7 +967,7 @@ class Bridge:
         self.metrics.record(change for change in changes if change.value)
         self._active_told = counts
 
-    def _let_counts_go(self) -> None:
+    def let_counts_go(self) -> None:
         """At the stop, the lease of counting for the replicas let go: another takes it at its next count (a minute
         at most), not once it lapses (three)."""
         if self.store.shared and self._counts_held:
@@ -1202,7 +1206,7 @@ class Bridge:
                 self.export_metrics()
         finally:
             self.keep_hearings()
-            self._let_counts_go()
+            self.let_counts_go()
             self.note_damage()  # what the stop met too
             self.dead_letters.close()
             self.dead_spans.close()

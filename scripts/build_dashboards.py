@@ -205,8 +205,8 @@ def workflows() -> Board:
     )  # fmt: skip
     b.panel(
         "Overdue runs",
-        [(f"sum by (workflow_execution_state) (max by (service_name, workflow_definition_name, "
-          f"workflow_execution_state) (workflow_execution_overdue{{{WF}}})) or on() vector(0)",
+        # Each store counted once (sidecars each their own; replicas on one Redis by the one that counts): sum.
+        [(f"sum by (workflow_execution_state) (workflow_execution_overdue{{{WF}}}) or on() vector(0)",
           "{{workflow_execution_state}}")],
         kind="stat", width=4,
         description="Paused past their resumeAt, queued and not started, or executing and silent past "
@@ -371,8 +371,8 @@ def jobs() -> Board:
     )  # fmt: skip
     b.panel(
         "Overdue instances",
-        # Every replica counts the whole store: max, not sum.
-        [(f"sum by (job_name) (max by (service_name, job_name) (job_instance_overdue{{{SEL}}})) or on() vector(0)",
+        # Each store counted once (sidecars each their own; replicas on one Redis by the one that counts): sum.
+        [(f"sum by (job_name) (job_instance_overdue{{{SEL}}}) or on() vector(0)",
           "{{job_name}}")],
         kind="stat", width=12,
         description="Past their time to run (a debounce's flushAt, the scheduledAt of a task OTEL_BRIDGE_OVERDUE_TASKS "

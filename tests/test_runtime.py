@@ -447,6 +447,12 @@ def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica
         assert _open_runs(holder, other) == {("executing",): 3}
         assert _exposed_by(holder, "job_instance_active", "job_name") == {("sync",): 1.0}
         assert _exposed_by(other, "job_instance_active", "job_name") == {}
+        # And what is overdue (a debounce's flush long past), told once: a sum over bridges counts each store once.
+        other.pipeline.ingest(JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000).events)
+        holder.count_overdue()
+        other.count_overdue()
+        assert _exposed_by(holder, "job_instance_overdue", "job_name") == {("webhookBatcher",): 1.0}
+        assert _exposed_by(other, "job_instance_overdue", "job_name") == {}
 
         other.store.close()
         restarted = _bridge(tmp_path, state=server.url)  # the other started again, and ends two of the runs
@@ -495,6 +501,18 @@ def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
     return _exposed_by(bridge, "job_execution_last_timestamp_seconds", "job_name", "job_execution_result")
 
 
+def _count_overdue(bridge: Bridge) -> None:
+    """As a pass of the overdue loop: on a shared store the replica that counts tells them (here the only one)."""
+    bridge.count_active()
+    bridge.count_overdue()
+
+
+def _stopped(bridge: Bridge) -> None:
+    """A replica gone, without the rest of a stop (its last settling would end the long-silent instances)."""
+    bridge.let_counts_go()
+    bridge.store.close()
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store_and_again_after_a_restart(
     tmp_path, store
@@ -509,21 +527,21 @@ def test_job_instances_past_their_time_to_run_are_counted_overdue_from_the_store
         bridge = _bridge(tmp_path, state=state, overdue_tasks=["reminder"])
         bridge.pipeline.ingest(missed.events + ran.events + collecting.events)
 
-        bridge.count_overdue()
+        _count_overdue(bridge)
 
         expected = {("reminder", "task"): 1.0, ("webhookBatcher", "debounce"): 1.0}
         assert _exposed_by(bridge, "job_instance_overdue", "job_name", "job_type") == expected
-        bridge.store.close()
+        _stopped(bridge)
         restarted = _bridge(tmp_path, state=state, overdue_tasks=["reminder"])
-        restarted.count_overdue()
+        _count_overdue(restarted)
         assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == expected
 
         restarted.pipeline.ingest(missed.after(3_600_000).executed(0).events[-1:])  # the alarm fired at last
-        restarted.count_overdue()
+        _count_overdue(restarted)
         assert _exposed_by(restarted, "job_instance_overdue", "job_name", "job_type") == {
             ("webhookBatcher", "debounce"): 1.0
         }
-        restarted.store.close()
+        _stopped(restarted)
     finally:
         if server is not None:
             server.close()
@@ -536,15 +554,15 @@ def test_a_restart_with_other_tasks_named_counts_overdue_by_its_own_settings(tmp
     collecting = JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000)
     bridge = _bridge(tmp_path, overdue_tasks=["*"])
     bridge.pipeline.ingest(missed.events + collecting.events)
-    bridge.store.close()
+    _stopped(bridge)
     counted = []
     for named in ([], ["reminder"]):
         restarted = _bridge(tmp_path, overdue_tasks=named)
         restarted.pipeline.restore_gauges()  # as `start` does
         restarted.index_by_these_settings()
-        restarted.count_overdue()
+        _count_overdue(restarted)
         counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
-        restarted.store.close()
+        _stopped(restarted)
 
     assert counted == [
         {("webhookBatcher", "debounce"): 1.0},
@@ -564,17 +582,17 @@ def test_runs_silent_mid_step_are_counted_overdue_by_the_silences_the_bridge_is_
     with bridge.store.transaction() as tx:
         header, due = tx.load(key) or (b"", None)
         tx.save(key, header.replace(b',"last_told_ns":' + str(ns_of(died.events[-1])).encode(), b""), due)
-    bridge.store.close()
+    _stopped(bridge)
     counted = []
     for silences in ({"checkout": 3_600}, {"report": 3_600}, {}):
         restarted = _bridge(tmp_path, silent_executing=silences)
         restarted.pipeline.restore_gauges()  # as `start` does
         restarted.index_by_these_settings()
-        restarted.count_overdue()
+        _count_overdue(restarted)
         counted.append(
             _exposed_by(restarted, "workflow_execution_overdue", "workflow_definition_name", "workflow_execution_state")
         )
-        restarted.store.close()
+        _stopped(restarted)
 
     assert counted == [{("checkout", "executing"): 2.0}, {("report", "executing"): 1.0}, {}]
 
@@ -591,15 +609,15 @@ def test_continuous_jobs_that_run_no_more_are_counted_overdue_by_the_silences_th
     try:
         bridge = _bridge(tmp_path, state=state)
         bridge.pipeline.ingest(stopped.events)
-        bridge.store.close()
+        _stopped(bridge)
         counted = []
         for silences in ({"tokenRefresher": 900}, {"tokenRefresher": 900}, {}):
             restarted = _bridge(tmp_path, state=state, silent_continuous=silences)
             restarted.pipeline.restore_gauges()  # as `start` does
             counted.append(restarted.index_by_these_settings())
-            restarted.count_overdue()
+            _count_overdue(restarted)
             counted.append(_exposed_by(restarted, "job_instance_overdue", "job_name", "job_type"))
-            restarted.store.close()
+            _stopped(restarted)
     finally:
         if server is not None:
             server.close()
