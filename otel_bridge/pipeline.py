@@ -204,6 +204,15 @@ def producers_heard(heard: dict[tuple[str, str, str], float]) -> list[Observatio
     ]
 
 
+def _counted_open(state: State | None) -> Observation | None:
+    """The +1 a stored run or continuous job instance adds to the active gauges, from its header alone."""
+    if isinstance(state, JobState):
+        return active_instance(state) if state.counted else None
+    if isinstance(state, RunState) and (under := counted_under(state)) is not None:
+        return active_run(state, under)
+    return None
+
+
 # The gauges of what is open now: on a shared store counted from the store by one replica, not each from its
 # changes (`Pipeline.open_counts`).
 COUNTED_FROM_STORE = frozenset({c.M_WORKFLOW_EXECUTION_ACTIVE, c.M_JOB_INSTANCE_ACTIVE})
@@ -1062,17 +1071,13 @@ class Pipeline:
             if state is None:
                 unreadable.append(key)
                 continue
+            if (counted := _counted_open(state)) is not None:
+                observations.append(counted)
             if isinstance(state, JobState):
-                if state.counted:
-                    observations.append(active_instance(state))
-                    counted_jobs.append(key)
+                counted_jobs += [key] if counted is not None else []
                 observations += last_runs(state)
-                continue
-            if state.held_open:
+            elif state.held_open:
                 self._held.add(key)
-            counted = counted_under(state)
-            if counted is not None:
-                observations.append(active_run(state, counted))
             if len(observations) >= _RESTORED_AT_ONCE:  # a million open runs are not held at once
                 self.metrics.record(observations)
                 observations.clear()
@@ -1096,11 +1101,7 @@ class Pipeline:
         counted were ended by others: the sum drifted, below zero after a deploy of every replica."""
         counts: dict[tuple[Resource, str, tuple[tuple[str, str], ...]], int] = {}
         for _key, state in journal.headers(self.store):
-            if isinstance(state, JobState) and state.counted:
-                counted = active_instance(state)
-            elif isinstance(state, RunState) and (under := counted_under(state)) is not None:
-                counted = active_run(state, under)
-            else:
+            if (counted := _counted_open(state)) is None:
                 continue
             series = (counted.resource, counted.instrument, counted.attributes)
             counts[series] = counts.get(series, 0) + 1
