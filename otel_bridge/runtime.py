@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -928,10 +929,10 @@ class Bridge:
                 indexed = failures.attempt(self.index_by_these_settings) is not None
             if not read_back:
                 read_back = reading_back.attempt(self._last_runs_read_back) is not None
-            if self.store.shared and time.monotonic() >= next_count:  # outside a pass too: it reads every header
+            if self.store.shared:  # outside a pass too: a count reads every header
                 began = time.monotonic()
-                counting_active.attempt(self.count_active)
-                next_count = time.monotonic() + max(_ACTIVE_COUNTED_EVERY, 20 * (time.monotonic() - began))
+                if counting_active.attempt(partial(self.count_active, count=began >= next_count)):
+                    next_count = time.monotonic() + max(_ACTIVE_COUNTED_EVERY, 20 * (time.monotonic() - began))
             with self.passes.running("overdue"):
                 failures.attempt(self.count_overdue)
                 self.note_damage()
@@ -941,19 +942,26 @@ class Bridge:
             if self._stop.wait(interval):
                 return
 
-    def count_active(self) -> None:
+    def count_active(self, count: bool = True) -> bool:
         """On a shared store, the open runs and continuous job instances counted from the store (`open_counts`)
         by the replica that holds the lease for it, and told as the change since its last count; one that no
-        longer holds it takes back what it told. The holder tells the outbox's depth too. Every minute, or less
-        often as the store grows (twenty times what a count takes): a million open runs are read in seconds."""
-        lease_seconds = 3 * max(_ACTIVE_COUNTED_EVERY, 20 * self._active_counting_took)
+        longer holds it takes back what it told. The holder tells the outbox's depth and the overdue gauges too.
+
+        Asked at each pass of the overdue loop, which renews the lease (or takes it, one that lapsed: a holder
+        killed is replaced within its 45 s, not the minutes its counts' pace would give it); `count` when a
+        count is due — every minute, or less often as the store grows (twenty times what a count takes: a
+        million open runs are read in seconds) — and at once by a replica that has just taken the lease.
+        Whether it counted."""
         try:
             began = time.monotonic()
-            held = self.store.lease("shared counts", self._active_holder, lease_seconds)
+            held = self.store.lease("shared counts", self._active_holder, 45 + 3 * self._active_counting_took)
+            if held and self._counts_held and not count:
+                return False  # renewed
             counts = self.pipeline.open_counts() if held else {}
-            self._active_counting_took = time.monotonic() - began
+            if held:
+                self._active_counting_took = time.monotonic() - began
         except StoreUnavailable:  # the store away is told by settling, once: what was told stays
-            return
+            return False
         self._counts_held = held
         told = self._active_told
         changes = [
@@ -966,10 +974,11 @@ class Bridge:
         ]
         self.metrics.record(change for change in changes if change.value)
         self._active_told = counts
+        return held
 
     def let_counts_go(self) -> None:
-        """At the stop, the lease of counting for the replicas let go: another takes it at its next count (a minute
-        at most), not once it lapses (three)."""
+        """At the stop, the lease of counting for the replicas let go: another takes it at the next pass of its
+        overdue loop (15 s at most), not once it lapses."""
         if self.store.shared and self._counts_held:
             with contextlib.suppress(StoreUnavailable):  # it lapses
                 self.store.release("shared counts", self._active_holder)

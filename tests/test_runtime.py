@@ -479,6 +479,28 @@ def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica
         server.close()
 
 
+def test_the_counting_lease_is_renewed_at_each_pass_and_a_replica_taking_it_counts_at_once(tmp_path):
+    # Renewed only as often as it counted (a minute), a holder killed left the gauges untold for three.
+    server = RedisServer().start()
+    try:
+        holder = _bridge(tmp_path, state=server.url)
+        other = _bridge(tmp_path, state=server.url)
+        assert holder.count_active() is True and _open_runs(holder) == {}
+        other.pipeline.ingest(WorkflowRun().started().events)
+        assert holder.count_active(count=False) is False  # a pass between counts: renewed, not counted again
+        assert other.count_active(count=False) is False and _open_runs(holder, other) == {}
+        (lease,) = server.client().keys("*lease:shared counts")
+        assert 0 < server.client().pttl(lease) <= 45_000 + 3_000
+
+        server.client().delete(lease)  # the holder killed, its lease lapsed
+        assert other.count_active(count=False) is True  # taken at a pass: counted at once, not a minute on
+        assert _open_runs(other) == {("executing",): 1}
+        holder.store.close()
+        other.store.close()
+    finally:
+        server.close()
+
+
 def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path):
     server = RedisServer().start()
     try:
