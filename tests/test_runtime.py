@@ -261,6 +261,14 @@ def test_the_producers_a_bridge_expects_are_heard_from_at_its_start_until_their_
     }
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own: what replicas count there is only what the test stored."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
 def _heard_by(bridge: Bridge) -> dict[tuple[str, ...], float]:
     return _exposed_by(
         bridge, "otel_bridge_producer_last_heard_timestamp_seconds", "service_name", "workflow_platform_name"
@@ -324,30 +332,26 @@ def _copy_of(state: Path) -> str:
     return str(copy)
 
 
-def test_replicas_sharing_a_redis_store_each_restore_the_latest_hearing_of_every_producer(tmp_path):
-    server = RedisServer().start()
-    try:
-        clock = [1_800_000_000.0]
-        one = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
-        two = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
-        one.pipeline.ingest([dict(e, serviceKey="shop") for e in WorkflowRun().started().events])
-        clock[0] += 10
-        two.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
-        clock[0] += 10
-        one.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
-        two.keep_hearings()
-        one.keep_hearings()  # the later of billing's is one's: kept over two's, whichever wrote last
-        one.store.close()
-        two.store.close()
+def test_replicas_sharing_a_redis_store_each_restore_the_latest_hearing_of_every_producer(tmp_path, own_redis):
+    clock = [1_800_000_000.0]
+    one = _bridge(tmp_path, state=own_redis.url, clock=lambda: clock[0])
+    two = _bridge(tmp_path, state=own_redis.url, clock=lambda: clock[0])
+    one.pipeline.ingest([dict(e, serviceKey="shop") for e in WorkflowRun().started().events])
+    clock[0] += 10
+    two.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
+    clock[0] += 10
+    one.pipeline.ingest([dict(e, serviceKey="billing") for e in WorkflowRun().started().events])
+    two.keep_hearings()
+    one.keep_hearings()  # the later of billing's is one's: kept over two's, whichever wrote last
+    one.store.close()
+    two.store.close()
 
-        third = _bridge(tmp_path, state=server.url, clock=lambda: clock[0])
-        third.start(follow=False)
-        try:
-            heard = _heard_by(third)
-        finally:
-            third.stop()
+    third = _bridge(tmp_path, state=own_redis.url, clock=lambda: clock[0])
+    third.start(follow=False)
+    try:
+        heard = _heard_by(third)
     finally:
-        server.close()
+        third.stop()
     assert heard == {("shop", "durable-effect"): 1_800_000_000.0, ("billing", "durable-effect"): 1_800_000_020.0}
 
 
@@ -395,27 +399,25 @@ def test_when_producers_were_heard_from_unreadable_in_the_store_is_said_and_coun
         restarted.stop()
 
 
-def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_and_what_is_open_again(tmp_path):
+def test_replicas_on_a_redis_store_all_restarted_tell_when_each_job_last_ran_and_what_is_open_again(
+    tmp_path, own_redis
+):
     # The counts are each replica's share, never read back on a shared store; the latest time is the same told by
     # all: left unread, a daily job's "since the last successful run" stayed empty for a day after a deploy.
     sync = JobRun("sync", "continuous").started().executed(1).after(60_000).failed(2, will_retry=False)
-    server = RedisServer().start()
-    try:
-        first = _bridge(tmp_path, state=server.url)
-        first.pipeline.ingest(sync.events + WorkflowRun().started().events)
-        first.store.close()
+    first = _bridge(tmp_path, state=own_redis.url)
+    first.pipeline.ingest(sync.events + WorkflowRun().started().events)
+    first.store.close()
 
-        restarted = _bridge(tmp_path, state=server.url).start(follow=False)
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not (_last_runs(restarted) and _open_runs(restarted)):
-                time.sleep(0.05)  # read back in the background, as the overdue loop starts
-            told = _last_runs(restarted)
-            open_runs = _open_runs(restarted)  # and the open runs counted, as the replica holding the lease
-        finally:
-            restarted.stop()
+    restarted = _bridge(tmp_path, state=own_redis.url).start(follow=False)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (_last_runs(restarted) and _open_runs(restarted)):
+            time.sleep(0.05)  # read back in the background, as the overdue loop starts
+        told = _last_runs(restarted)
+        open_runs = _open_runs(restarted)  # and the open runs counted, as the replica holding the lease
     finally:
-        server.close()
+        restarted.stop()
     assert open_runs == {("executing",): 1}
     succeeded, failed = (ns_of(e) / 1e9 for e in sync.events if e["type"] in ("job.executed", "job.failed"))
     assert told == {("sync", "success"): succeeded, ("sync", "failure"): failed}
@@ -433,90 +435,80 @@ def _open_runs(*replicas: Bridge) -> dict[tuple[str, ...], float]:
     return {series: value for series, value in summed.items() if value}
 
 
-def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica_restarted_or_ended_them(tmp_path):
+def test_replicas_on_a_redis_store_count_the_open_runs_from_it_whichever_replica_restarted_or_ended_them(
+    tmp_path, own_redis
+):
     # Each replica counted its share of the changes it saw: one started again lost its share, and the runs it had
     # counted, ended by another, took that one below zero — after a deploy of every replica, the sum was negative.
-    server = RedisServer().start()
     runs = [WorkflowRun(f"w{n}").started().step_started("a") for n in range(3)]
-    try:
-        holder = _bridge(tmp_path, state=server.url)
-        other = _bridge(tmp_path, state=server.url)
-        other.pipeline.ingest([e for run in runs for e in run.events] + JobRun("sync", "continuous").started().events)
-        holder.count_active()
-        other.count_active()  # the lease is the holder's: it tells nothing
-        assert _open_runs(holder, other) == {("executing",): 3}
-        assert _exposed_by(holder, "job_instance_active", "job_name") == {("sync",): 1.0}
-        assert _exposed_by(other, "job_instance_active", "job_name") == {}
-        # And what is overdue (a debounce's flush long past), told once: a sum over bridges counts each store once.
-        other.pipeline.ingest(JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000).events)
-        holder.count_overdue()
-        other.count_overdue()
-        assert _exposed_by(holder, "job_instance_overdue", "job_name") == {("webhookBatcher",): 1.0}
-        assert _exposed_by(other, "job_instance_overdue", "job_name") == {}
+    holder = _bridge(tmp_path, state=own_redis.url)
+    other = _bridge(tmp_path, state=own_redis.url)
+    other.pipeline.ingest([e for run in runs for e in run.events] + JobRun("sync", "continuous").started().events)
+    holder.count_active()
+    other.count_active()  # the lease is the holder's: it tells nothing
+    assert _open_runs(holder, other) == {("executing",): 3}
+    assert _exposed_by(holder, "job_instance_active", "job_name") == {("sync",): 1.0}
+    assert _exposed_by(other, "job_instance_active", "job_name") == {}
+    # And what is overdue (a debounce's flush long past), told once: a sum over bridges counts each store once.
+    other.pipeline.ingest(JobRun("webhookBatcher", "debounce").debounce_started(flush_in_ms=5000).events)
+    holder.count_overdue()
+    other.count_overdue()
+    assert _exposed_by(holder, "job_instance_overdue", "job_name") == {("webhookBatcher",): 1.0}
+    assert _exposed_by(other, "job_instance_overdue", "job_name") == {}
 
-        other.store.close()
-        restarted = _bridge(tmp_path, state=server.url)  # the other started again, and ends two of the runs
-        restarted.pipeline.ingest([e for run in runs[:2] for e in run.after(10).step_completed("a").completed().events])
-        restarted.pipeline.settle_due(horizon=float("inf"), told_all=True)
-        holder.count_active()
-        restarted.count_active()
-        assert _open_runs(holder, restarted) == {("executing",): 1}
-        # The one outbox's depth, told by the holder alone: each told it, and a sum over replicas doubled it.
-        depth = restarted.store.outbox_depth()
-        assert depth > 0 and list(_exposed_by(holder, "otel_bridge_outbox_depth").values()) == [depth]
-        assert _exposed_by(restarted, "otel_bridge_outbox_depth") == {}
+    other.store.close()
+    restarted = _bridge(tmp_path, state=own_redis.url)  # the other started again, and ends two of the runs
+    restarted.pipeline.ingest([e for run in runs[:2] for e in run.after(10).step_completed("a").completed().events])
+    restarted.pipeline.settle_due(horizon=float("inf"), told_all=True)
+    holder.count_active()
+    restarted.count_active()
+    assert _open_runs(holder, restarted) == {("executing",): 1}
+    # The one outbox's depth, told by the holder alone: each told it, and a sum over replicas doubled it.
+    depth = restarted.store.outbox_depth()
+    assert depth > 0 and list(_exposed_by(holder, "otel_bridge_outbox_depth").values()) == [depth]
+    assert _exposed_by(restarted, "otel_bridge_outbox_depth") == {}
 
-        # The lease lapses (its holder stalled): the restarted replica counts, the former holder takes back its own.
-        (lease,) = server.client().keys("*lease:shared counts")
-        server.client().delete(lease)
-        restarted.count_active()
-        holder.count_active()
-        assert _open_runs(holder, restarted) == {("executing",): 1}
-        assert _open_runs(holder) == {}
-        holder.store.close()
-        restarted.store.close()
-    finally:
-        server.close()
+    # The lease lapses (its holder stalled): the restarted replica counts, the former holder takes back its own.
+    (lease,) = own_redis.client().keys("*lease:shared counts")
+    own_redis.client().delete(lease)
+    restarted.count_active()
+    holder.count_active()
+    assert _open_runs(holder, restarted) == {("executing",): 1}
+    assert _open_runs(holder) == {}
+    holder.store.close()
+    restarted.store.close()
 
 
-def test_the_counting_lease_is_renewed_at_each_pass_and_a_replica_taking_it_counts_at_once(tmp_path):
+def test_the_counting_lease_is_renewed_at_each_pass_and_a_replica_taking_it_counts_at_once(tmp_path, own_redis):
     # Renewed only as often as it counted (a minute), a holder killed left the gauges untold for three.
-    server = RedisServer().start()
-    try:
-        holder = _bridge(tmp_path, state=server.url)
-        other = _bridge(tmp_path, state=server.url)
-        assert holder.count_active() is True and _open_runs(holder) == {}
-        other.pipeline.ingest(WorkflowRun().started().events)
-        assert holder.count_active(count=False) is False  # a pass between counts: renewed, not counted again
-        assert other.count_active(count=False) is False and _open_runs(holder, other) == {}
-        (lease,) = server.client().keys("*lease:shared counts")
-        assert 0 < server.client().pttl(lease) <= 45_000 + 3_000
+    holder = _bridge(tmp_path, state=own_redis.url)
+    other = _bridge(tmp_path, state=own_redis.url)
+    assert holder.count_active() is True and _open_runs(holder) == {}
+    other.pipeline.ingest(WorkflowRun().started().events)
+    assert holder.count_active(count=False) is False  # a pass between counts: renewed, not counted again
+    assert other.count_active(count=False) is False and _open_runs(holder, other) == {}
+    (lease,) = own_redis.client().keys("*lease:shared counts")
+    assert 0 < own_redis.client().pttl(lease) <= 45_000 + 3_000
 
-        server.client().delete(lease)  # the holder killed, its lease lapsed
-        assert other.count_active(count=False) is True  # taken at a pass: counted at once, not a minute on
-        assert _open_runs(other) == {("executing",): 1}
-        holder.store.close()
-        other.store.close()
-    finally:
-        server.close()
+    own_redis.client().delete(lease)  # the holder killed, its lease lapsed
+    assert other.count_active(count=False) is True  # taken at a pass: counted at once, not a minute on
+    assert _open_runs(other) == {("executing",): 1}
+    holder.store.close()
+    other.store.close()
 
 
-def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path):
-    server = RedisServer().start()
-    try:
-        leaving = _bridge(tmp_path, state=server.url)
-        staying = _bridge(tmp_path, state=server.url)
-        staying.pipeline.ingest(WorkflowRun().started().events)
-        leaving.count_active()
-        staying.count_active()
-        assert _open_runs(leaving) == {("executing",): 1} and _open_runs(staying) == {}
+def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path, own_redis):
+    leaving = _bridge(tmp_path, state=own_redis.url)
+    staying = _bridge(tmp_path, state=own_redis.url)
+    staying.pipeline.ingest(WorkflowRun().started().events)
+    leaving.count_active()
+    staying.count_active()
+    assert _open_runs(leaving) == {("executing",): 1} and _open_runs(staying) == {}
 
-        leaving.stop()  # a deploy: the next count of another takes it over, not one three minutes on
-        staying.count_active()
-        assert _open_runs(staying) == {("executing",): 1}
-        staying.store.close()
-    finally:
-        server.close()
+    leaving.stop()  # a deploy: the next count of another takes it over, not one three minutes on
+    staying.count_active()
+    assert _open_runs(staying) == {("executing",): 1}
+    staying.store.close()
 
 
 def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
