@@ -1005,10 +1005,6 @@ def _of_kind(answer: "httpx.Response", kind: str) -> bool:
     return given.split(";")[0].strip().lower() == kind
 
 
-def _json_in(answer: "httpx.Response") -> bool:
-    return _of_kind(answer, "application/json")
-
-
 def _too_short(given: str) -> str:
     """What to say of an id that found nothing and is too short to be taken by its beginning."""
     if len(given) >= keys.ABBREVIATION_MIN:
@@ -1060,7 +1056,9 @@ def _error_of(answer: "httpx.Response") -> str:
         pass
     # Not the bridge's answer (a proxy's, another server's page): its first line, not the whole page.
     first = next((line.strip() for line in answer.text.splitlines() if line.strip()), "") or answer.reason_phrase
-    return first[:200] + ("" if _json_in(answer) else " (not an otel-bridge's answer: does --url name the bridge?)")
+    return first[:200] + (
+        "" if _of_kind(answer, "application/json") else " (not an otel-bridge's answer: does --url name the bridge?)"
+    )
 
 
 def _closed_in_words(done: dict[str, Any], reason: str) -> str:

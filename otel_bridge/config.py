@@ -567,7 +567,6 @@ class Settings(BaseSettings):
             name, equals, duration = (text.strip() for text in part.rpartition("="))
             if not equals or not name:
                 raise ValueError(f"{part!r} is not {kind}=duration (comma-separated: {example})")
-
             seconds = pairs[name] = seconds_of(duration)
             if seconds > _CENTURY_SECONDS:  # as every time a setting gives (`_a_time_it_can_count`)
                 raise ValueError(f"{part!r}: must be at most a century ({_CENTURY_SECONDS:,} s)")

@@ -174,12 +174,18 @@ def _producer_events(
     """A batch's accepted events counted by producer and engine (`_by_producer`): an observation for each, not
     for each event; and with `heard_at`, when each producer was last heard from."""
     observations = []
-    for (engine, env, service), count in by_producer.items():
-        engine_of = ((c.WORKFLOW_PLATFORM_NAME, engine),)
-        observations.append(Observation(name, count, engine_of, Resource(service, env)))
+    for producer, count in by_producer.items():
+        engine, env, service = producer
+        observations.append(Observation(name, count, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env)))
         if heard_at is not None:
-            observations.append(Observation(c.M_PRODUCER_LAST_HEARD, heard_at, engine_of, Resource(service, env)))
+            observations.append(_last_heard(producer, heard_at))
     return observations
+
+
+def _last_heard(producer: tuple[str, str, str], at: float) -> Observation:
+    """When a producer ((engine, env, service)) was last heard from, by the engine its events came by."""
+    engine, env, service = producer
+    return Observation(c.M_PRODUCER_LAST_HEARD, at, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
 
 
 def producers_expected(expected: dict[str, float], since: dict[str, float]) -> list[Observation]:
@@ -198,10 +204,7 @@ def producers_expected(expected: dict[str, float], since: dict[str, float]) -> l
 def producers_heard(heard: dict[tuple[str, str, str], float]) -> list[Observation]:
     """When each producer was last heard from ((engine, env, service): Unix time), as its batches tell it:
     read back at a start from what the store kept."""
-    return [
-        Observation(c.M_PRODUCER_LAST_HEARD, at, ((c.WORKFLOW_PLATFORM_NAME, engine),), Resource(service, env))
-        for (engine, env, service), at in heard.items()
-    ]
+    return [_last_heard(producer, at) for producer, at in heard.items()]
 
 
 def _counted_open(state: State | None) -> Observation | None:

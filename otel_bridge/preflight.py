@@ -229,7 +229,10 @@ def _names(settings: Settings) -> Finding:
         known, of = holds.get(setting, (stored.jobs, "job instance"))
         for name in names:
             if name not in known:
-                alike = (_alike_producer if setting == "expected_producers" else _alike)(name, sorted(known))
+                if setting == "expected_producers":
+                    alike = _alike_producer(name, sorted(known))
+                else:
+                    alike = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f" (did you mean {alike[0]}?)" if alike else ""
                 since = kept.expected_since.get(name) if setting == "expected_producers" else None
                 expected = (
@@ -239,10 +242,6 @@ def _names(settings: Settings) -> Finding:
                 )
                 said.append(f"{setting} names {name}, of which the store holds no {of}{expected}{hint}")
     return Finding("names", True, "; ".join(said))
-
-
-def _alike(name: str, known: list[str]) -> list[str]:
-    return difflib.get_close_matches(name, known, n=1)
 
 
 def _alike_producer(name: str, known: list[str]) -> list[str]:

@@ -117,8 +117,8 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     c.M_PRODUCER_LAST_HEARD: InstrumentSpec(
         "latest",
         "s",
-        "When this bridge last took an event of this producer (Unix time, the bridge's clock); for a producer it "
-        "expects and has not heard from since it started, its start",
+        "When this bridge last took an event of this producer (Unix time, the bridge's clock, kept across "
+        "restarts); for a producer it expects and has never heard from, since when it has expected it",
     ),
     c.M_PRODUCER_EXPECTED_WITHIN: InstrumentSpec(
         "latest", "s", "How long this producer may go without an event reaching the bridge (expected_producers)"
