@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from otel_bridge.consumer import EventConsumer
+    from otel_bridge.heard import Producer
     from otel_bridge.pipeline import Pipeline
     from otel_bridge.preflight import Finding
     from otel_bridge.receivers import timeline_api
@@ -62,6 +63,14 @@ log = logging.getLogger(__name__)
 
 class CliError(Exception):
     """A mistake in what the command was given, said in one line."""
+
+
+class BridgeNotReached(CliError):
+    """No answer from the running bridge asked (none listening, none in time, its TLS refused): `reason`."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _add_remote_flags(parser: argparse.ArgumentParser, kind: str) -> None:
@@ -897,15 +906,38 @@ def _producers(settings: Settings, args: argparse.Namespace) -> int:
 
     base, client = _to_the_bridge(settings, args)
     with client:
-        answer = _asked(base, partial(client.get, f"{base}/metrics"), asked="GET /metrics", kind="text/plain")
+        try:
+            answer = _asked(base, partial(client.get, f"{base}/metrics"), asked="GET /metrics", kind="text/plain")
+            producers, kept = producers_in(answer.text), False
+        except BridgeNotReached as exc:
+            if args.url is not None:  # that bridge was asked for, and its store may be no store of this machine
+                raise
+            producers, kept = _producers_kept(settings, base, exc), True
     now = time.time()
-    producers = producers_in(answer.text)
-    title = producers_title(producers, now)
+    title = producers_title(producers, now) + (", from its store" if kept else "")
     if args.json:
         print(json.dumps([p.as_dict(now) for p in producers], indent=2))
     else:
         _printed(producers_table(producers, title, now, _terminal_width()) if producers else Text(title))
     return 1 if any(p.overdue(now) for p in producers) else 0
+
+
+def _producers_kept(settings: Settings, base: str, unanswered: BridgeNotReached) -> "list[Producer]":
+    """What the store of this machine's bridge, which does not answer (stopped, crash-looping: when it matters
+    most), kept of each producer; said on stderr. No store to read: the bridge's silence is the error."""
+    from otel_bridge.heard import producers_kept
+    from otel_bridge.state import hearings
+
+    try:
+        kept = _from_the_store(settings, lambda pipeline: hearings.decoded(pipeline.store.bookmark(hearings.BOOKMARK)))
+    except (CliError, StoreOpenError, Unavailable) as exc:
+        raise CliError(f"{unanswered}; nor can its store be read ({exc})") from None
+    print(
+        f"otel-bridge: the bridge at {without_secrets(base)} does not answer ({unanswered.reason}): what its store "
+        "kept of each producer instead (no count of events)",
+        file=sys.stderr,
+    )
+    return producers_kept(kept, settings.expected_producers)
 
 
 def _close(settings: Settings, args: argparse.Namespace) -> int:
@@ -985,7 +1017,9 @@ def _asked(
             if "CERTIFICATE_VERIFY_FAILED" in str(exc)
             else ""
         )
-        raise CliError(f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it{trust}") from None
+        raise BridgeNotReached(
+            f"cannot reach the bridge at {without_secrets(base)} ({said}): --url names it{trust}", str(said)
+        ) from None
     if answer.status_code not in answered:
         to = f" to {asked}" if asked else ""
         raise CliError(f"the bridge at {without_secrets(base)} answered {answer.status_code}{to}: {_error_of(answer)}")

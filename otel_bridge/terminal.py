@@ -196,9 +196,9 @@ def producers_title(producers: list[Producer], now: float) -> str:
 
 
 def producers_table(producers: list[Producer], title: str, now: float, width: int | None = None) -> Table:
-    """What a running bridge has heard of each producer: its events since the bridge started, its last (before a
-    restart too), how long it has been silent (one never heard from: since it was first expected), and for an
-    expected one how long it may be (red past it: ProducerNotHeard)."""
+    """What a running bridge has heard of each producer: its events since the bridge started (`-` when read from
+    its store), its last (before a restart too), how long it has been silent (one never heard from: since it was
+    first expected), and for an expected one how long it may be (red past it: ProducerNotHeard)."""
     names = ["service", "env", "engines", "events", "last event", "silent for", "may go without"]
     rows: list[list[Text | str]] = []
     now_ns = int(now * 1e9)
@@ -212,7 +212,7 @@ def producers_table(producers: list[Producer], title: str, now: float, width: in
         within = producer.expected_within
         rows.append([
             *map(_cell, (producer.service, producer.env, ", ".join(sorted(producer.engines - {""})) or "-")),
-            f"{producer.events:,.0f}",
+            f"{producer.events:,.0f}" if producer.events is not None else "-",
             _cell(last, style if not producer.heard else ""),
             Text(duration(silent) if silent is not None else "-", style=style),
             duration(within) if within is not None else "-",

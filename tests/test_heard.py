@@ -4,8 +4,9 @@ from builders import WorkflowRun
 
 from otel_bridge.config import Settings
 from otel_bridge.export.otlp import NoSender
-from otel_bridge.heard import producers_in
+from otel_bridge.heard import Producer, producers_in, producers_kept
 from otel_bridge.runtime import Bridge
+from otel_bridge.state.hearings import Hearings
 
 STARTED = 1_800_000_000.0
 
@@ -59,3 +60,32 @@ def test_a_producer_heard_before_the_bridge_restarted_is_told_heard_by_its_engin
     (shop,) = producers_in(_exposition(tmp_path, []))
 
     assert (shop.heard, shop.events, shop.engines, shop.last_heard) == (True, 0, {"durable-effect"}, STARTED + 30)
+
+
+def test_what_a_store_kept_is_told_as_the_bridges_gauges_would_tell_it_at_its_next_start():
+    kept = Hearings(
+        heard={
+            ("durable-effect", "production", "shop"): STARTED + 5,
+            ("event-sourced", "production", "shop"): STARTED + 9,
+            ("durable-effect", "staging", "shop"): STARTED + 1,
+            ("durable-effect", "production", "billing"): STARTED - 100,  # heard before it was expected again
+        },
+        expected_since={"ghost@production": STARTED, "billing@production": STARTED, "retired@production": STARTED},
+    )
+    expected = {"ghost@production": 10.0, "billing@production": 60.0, "shop@production": 600.0}
+
+    told = {(p.service, p.env): p for p in producers_kept(kept, expected)}
+
+    assert {key: (p.heard, p.events, p.engines, p.last_heard, p.expected_within) for key, p in told.items()} == {
+        ("billing", "production"): (True, None, {"durable-effect"}, STARTED, 60.0),  # silent since expected
+        ("ghost", "production"): (False, None, set(), STARTED, 10.0),
+        # Expected by the bridge that wrote it, not by these settings: no window to be overdue against.
+        ("retired", "production"): (False, None, set(), STARTED, None),
+        ("shop", "production"): (True, None, {"durable-effect", "event-sourced"}, STARTED + 9, 600.0),
+        ("shop", "staging"): (True, None, {"durable-effect"}, STARTED + 1, None),
+    }
+    assert told[("shop", "production")].overdue(STARTED + 610) and not told[("retired", "production")].overdue(10**10)
+    # Named by the settings, never by the bridge that wrote the store: nothing to count its silence from.
+    assert producers_kept(Hearings(), {"new@production": 5.0}) == [
+        Producer("new", "production", events=None, expected_within=5.0)
+    ]

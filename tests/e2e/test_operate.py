@@ -207,6 +207,38 @@ def test_a_bridge_killed_and_started_again_still_knows_when_it_last_heard_from_e
     assert "never, since expected" in table.stdout
 
 
+def test_a_bridge_that_does_not_answer_has_its_producers_told_from_its_store(tmp_path, otlp_http):
+    # Stopped, or crash-looping: when whether a producer still sends matters most, the bridge's own `/metrics`
+    # cannot say; what it kept in its store can, with the same verdict ProducerNotHeard reaches.
+    state = str(tmp_path / "state.db")
+    expected = "shop@production=1h,ghost@production=1s"
+    bridge = BridgeProcess(tmp_path, otlp_http.endpoint, expected_producers=expected).start()
+    port = str(bridge.port)
+    try:
+        assert bridge.post(WorkflowRun().started().events).status_code == 200
+        asked = json.loads(_cli("producers", "--json", state=state, port=port).stdout)  # answered by the bridge
+    finally:
+        bridge.close()
+    time.sleep(1.1)  # ghost's second of grace over
+    told = _cli("producers", "--json", state=state, port=port, expected_producers=expected)
+    table = _cli("producers", state=state, port=port, expected_producers=expected)
+    elsewhere = _cli("producers", "--url", bridge.url, state=state, expected_producers=expected)
+    no_store = _cli("producers", state=str(tmp_path / "none.db"), port=port)
+
+    assert told.returncode == 1  # as the alert would: ghost never sent, past its second
+    assert f"the bridge at {bridge.url} does not answer" in told.stderr and "what its store kept" in told.stderr
+    said = {p["service"]: p for p in json.loads(told.stdout)}
+    assert {name: (p["heard"], p["events"], p["engines"], p["overdue"]) for name, p in said.items()} == {
+        "ghost": (False, None, [], True),
+        "shop": (True, None, ["durable-effect"], False),  # how many events: the running bridge's count alone
+    }
+    assert {name: said[name]["last_heard"] for name in said} == {p["service"]: p["last_heard"] for p in asked}
+    assert table.returncode == 1 and "2 producers, 2 expected, 1 not heard from in time, from its store" in table.stdout
+    # A bridge named by --url is asked alone: its store need be none of this machine's.
+    assert elsewhere.returncode == 2 and f"cannot reach the bridge at {bridge.url}" in elsewhere.stderr
+    assert no_store.returncode == 2 and "nor can its store be read (cannot open the state file" in no_store.stderr
+
+
 def test_runs_and_jobs_are_listed_from_a_running_bridge_a_producers_key_listing_its_own(tmp_path, otlp_http):
     # From another machine or pod, no store at hand: a team lists its stuck runs with its own key.
     bridge = BridgeProcess(
