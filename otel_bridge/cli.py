@@ -319,7 +319,7 @@ def _replay(settings: Settings, source: str, progress: bool, source_format: str)
         raise CliError(f"cannot replay {source}: {_not_a_file(source, stdin=True)}")
     if source != "-":
         _not_written_by_it(source, settings.dead_letter, "replay", "dead-letter file this replay")
-    bridge = Bridge.opened(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False, history=True)
     own_process_gc()
     summary = None
     try:
@@ -519,7 +519,7 @@ def _import_timeline(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError("nothing to import: give timeline files or URLs, or --workflow-id with --ws-api-url")
     window = timeline_api.Window(_moment(args.since, "--since"), _moment(args.until, "--until"))
     documents = _timeline_documents(args.sources, headers)
-    bridge = Bridge.opened(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False, history=True)
     consumer = bridge.consumer("import-timeline", bridge.phase10_decoder().timeline_document)
     total = IngestReport()
     rejected: list[str] = []  # (where from: what was wrong)
@@ -589,7 +589,7 @@ def _import_runtime_v2(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.runtime_v2_url:
         raise CliError("nothing to import from: give the runtime's database with --runtime-v2-url postgresql://…")
     since = _moment(args.since, "--since") or datetime(1970, 1, 1, tzinfo=UTC)
-    bridge = Bridge.opened(settings).start(follow=False)
+    bridge = Bridge.opened(settings).start(follow=False, history=True)
     counted = _Counted(bridge.consumer("import-runtime-v2", bridge.runtime_v2_decoder()))
     poller = TablePoller(
         settings.runtime_v2_url,

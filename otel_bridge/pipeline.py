@@ -314,6 +314,9 @@ class Pipeline:
         self.refused: tuple[float, str] | None = None
         # When each producer's latest event was taken, (engine, env, service): its store's copy is a bookmark.
         self.heard: dict[tuple[str, str, str], float] = {}
+        # Whether an event taken is its producer heard from: not when it is history replayed or imported (a
+        # replay of last week's file told a producer gone silent as heard now, and kept it so in the store).
+        self.hears_producers = True
         self._ahead_told = Cadence()  # events timestamped ahead of this host's clock: once a minute
         # A damaged store (a page of the SQLite file that no longer reads): what was met, told once a
         # minute; the runs whose settling meets it, left out of settling for this process's life.
@@ -557,8 +560,8 @@ class Pipeline:
         if jobs:
             tx.mark_seen([event_id for event_id in jobs if event_id not in seen], now)
         by_producer = _by_producer(out.accepted_keys)
-        out.observations += _producer_events(by_producer, heard_at=now)
-        out.heard = list(by_producer)
+        out.observations += _producer_events(by_producer, heard_at=now if self.hears_producers else None)
+        out.heard = list(by_producer) if self.hears_producers else []
         if out.ahead_keys:
             out.observations += _producer_events(_by_producer(out.ahead_keys), c.M_PRODUCER_EVENTS_AHEAD)
         return out

@@ -765,8 +765,10 @@ class Bridge:
             note_damage_met(self.settings, met)
             self._damage_noted = True
 
-    def start(self, follow: bool = True) -> "Bridge":
-        """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket)."""
+    def start(self, follow: bool = True, history: bool = False) -> "Bridge":
+        """Start settling and exporting; with `follow`, also the engines' own transports (stream, WebSocket).
+        `history`: the events it is to take are a replay's or an import's, no producer heard from."""
+        self.pipeline.hears_producers = not history
         self.restore()
         self._read_back_hearings()
         for name, target in (

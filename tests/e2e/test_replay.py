@@ -56,6 +56,26 @@ def test_replay_of_a_clean_log_exports_the_traces_and_exits_zero(tmp_path, otlp_
     assert otlp_http.received.metric("job.executions")
 
 
+def test_a_replay_is_history_not_its_producers_heard_from(tmp_path, otlp_http):
+    # Last week's file replayed told a producer gone silent as heard now, and kept it so for the next start of
+    # the bridge on that state: ProducerNotHeard held back for as long as the producer may go without.
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in WorkflowRun().started().events) + "\n")
+    assert _run_replay(tmp_path, otlp_http, str(log)).returncode == 0
+
+    env = {**os.environ, "OTEL_BRIDGE_STATE": str(tmp_path / "replay.db"), "OTEL_BRIDGE_PORT": str(free_port())}
+    env["OTEL_BRIDGE_EXPECTED_PRODUCERS"] = "shop@production=1h"
+    told = subprocess.run(
+        [sys.executable, "-m", "otel_bridge", "producers", "--json"], env=env, capture_output=True, timeout=60
+    )
+    (shop,) = json.loads(told.stdout)
+    assert (shop["service"], shop["heard"]) == ("shop", False)  # expected, never heard from
+    # Nor told heard by the replay's own metrics; its events counted all the same.
+    engine = {"workflow.platform.name": "durable-effect"}
+    assert otlp_http.received.metric("otel_bridge.producer.events", **engine)
+    assert not otlp_http.received.metric("otel_bridge.producer.last_heard_timestamp", **engine)
+
+
 def test_a_history_with_events_lost_sends_its_ended_runs_at_the_end_of_the_file(tmp_path, otlp_http):
     # Live, such runs wait gap_grace_seconds for a straggler; read to its end, a file has none to
     # give, and a replay into a state of its own would otherwise leave them unsent for good.
