@@ -17,6 +17,17 @@ JOBS = f"job{SEPARATOR}"
 _SENT = f"sent{SEPARATOR}"
 
 
+# The leases of the tasks one of the replicas sharing a state does alone (`Store.lease`): counting what is open
+# in the store, following the runtime v2's tables, following a Phase-10 engine's WebSocket (by its URL, without
+# secrets: one lease for each engine followed).
+COUNTS_LEASE = "shared counts"
+RUNTIME_V2_LEASE = "runtime-v2"
+
+
+def websocket_lease(url_without_secrets: str) -> str:
+    return f"websocket {url_without_secrets}"
+
+
 def run_key(identity_fields: tuple[str, ...]) -> str:
     return RUNS + SEPARATOR.join(identity_fields)
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from otel_bridge import keys
 from otel_bridge.config import Settings
 from otel_bridge.consumer import Unavailable
 from otel_bridge.export import otlp
@@ -28,7 +29,15 @@ from otel_bridge.sources.runtime_v2 import NO_CORRELATION_KEY, SIGNAL_FAILED
 from otel_bridge.state import mounts
 from otel_bridge.state.salvage import damage_noted, damaged_copies, swapping, take_again
 from otel_bridge.state.sqlite_store import SqliteStore, file_bytes
-from otel_bridge.state.store import DAMAGED_HELP, Replicated, StoreDamaged, StoreOpenError, WithRisks, damage_met
+from otel_bridge.state.store import (
+    DAMAGED_HELP,
+    Replicated,
+    SharedLeases,
+    StoreDamaged,
+    StoreOpenError,
+    WithRisks,
+    damage_met,
+)
 from otel_bridge.urls import without_secrets
 
 if TYPE_CHECKING:
@@ -179,9 +188,27 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
             if settings.wait_replicas:
                 detail += f"; {connected} replicas connected, batches wait for {settings.wait_replicas}"
         risks = store.risks() if isinstance(store, WithRisks) else []
-        return Finding("state", True, "; ".join([detail, *risks]))
+        leases = _leases(store, settings) if isinstance(store, SharedLeases) else []
+        return Finding("state", True, "; ".join([detail, *leases, *risks]))
     finally:
         store.close()
+
+
+def _leases(store: SharedLeases, settings: Settings) -> list[str]:
+    """Which of the bridges sharing the store does each task done alone, by its lease: the replica whose log to
+    read, whose /readyz tells of the engine it follows. Held by none: none runs, or the one that did stopped
+    (killed, it is replaced once its lease lapses)."""
+    tasks = [(keys.COUNTS_LEASE, "the store's counts (open runs, overdue, outbox depth) told")]
+    if settings.ws_url:
+        url = without_secrets(settings.ws_url)
+        tasks.append((keys.websocket_lease(url), f"the WebSocket {url} followed"))
+    if settings.runtime_v2_url:
+        tasks.append((keys.RUNTIME_V2_LEASE, "the runtime v2's tables read"))
+    said = []
+    for lease, done in tasks:
+        held = store.lease_held(lease)
+        said.append(f"{done} by {held[0]} (its lease: {held[1]:.0f} s left)" if held else f"{done} by no bridge now")
+    return said
 
 
 def _names(settings: Settings) -> Finding:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_bridge import __version__, certificates, liveness
+from otel_bridge import __version__, certificates, keys, liveness
 from otel_bridge import conventions as c
 from otel_bridge.config import REDIS_SCHEMES, Settings
 from otel_bridge.consumer import Backpressure, Unavailable
@@ -698,7 +698,11 @@ class Bridge:
                 no_timeline=lambda execution: self.pipeline.summary_not_coming(following.state_key(execution)),
                 # Replicas on one Redis store: one follows the stream, the others stand by.
                 lease=(
-                    (lambda seconds: self.store.lease(f"websocket {without_secrets(s.ws_url or '')}", holder, seconds))
+                    (
+                        lambda seconds: self.store.lease(
+                            keys.websocket_lease(without_secrets(s.ws_url or "")), holder, seconds
+                        )
+                    )
                     if self.store.shared
                     else None
                 ),
@@ -721,7 +725,9 @@ class Bridge:
                 capture_input=s.capture_input,
                 log_levels=levels_from(s.runtime_v2_log_level),
                 # Replicas on one Redis store: one reads the tables, the others stand by.
-                lease=(lambda seconds: self.store.lease("runtime-v2", holder, seconds)) if self.store.shared else None,
+                lease=(lambda seconds: self.store.lease(keys.RUNTIME_V2_LEASE, holder, seconds))
+                if self.store.shared
+                else None,
             )
             out.append(("runtime-v2", lambda: poller.run(self._stop)))
             self.followers["runtime-v2"] = poller
@@ -956,7 +962,7 @@ class Bridge:
         Whether it counted."""
         try:
             began = time.monotonic()
-            held = self.store.lease("shared counts", self._active_holder, 45 + 3 * self._active_counting_took)
+            held = self.store.lease(keys.COUNTS_LEASE, self._active_holder, 45 + 3 * self._active_counting_took)
             if held and self._counts_held and not count:
                 return False  # renewed
             counts = self.pipeline.open_counts() if held else {}
@@ -983,7 +989,7 @@ class Bridge:
         overdue loop (15 s at most), not once it lapses."""
         if self.store.shared and self._counts_held:
             with contextlib.suppress(StoreUnavailable):  # it lapses
-                self.store.release("shared counts", self._active_holder)
+                self.store.release(keys.COUNTS_LEASE, self._active_holder)
 
     def _last_runs_read_back(self) -> int | None:
         try:

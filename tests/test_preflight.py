@@ -19,11 +19,14 @@ from phase10_server import Phase10Server
 from pki import PublicCa, make_pki
 from runtime_v2_tables import Runtime, reader_of
 
+from otel_bridge import keys
 from otel_bridge.cli import main
 from otel_bridge.config import Settings
 from otel_bridge.export.metrics import MetricsHub
+from otel_bridge.export.otlp import NoSender
 from otel_bridge.pipeline import Pipeline
 from otel_bridge.preflight import check
+from otel_bridge.runtime import Bridge
 from otel_bridge.state.hearings import BOOKMARK, Hearings
 from otel_bridge.state.sqlite_store import SqliteStore
 
@@ -341,6 +344,35 @@ def test_a_redis_state_that_answers_says_what_waits_for_export(redis_url):
     assert ok is True and detail.endswith(
         "overdue_tasks names noSuchTaskAnywhere, of which the store holds no job instance"
     )
+
+
+def test_which_bridge_sharing_a_redis_state_does_each_task_done_alone_is_named(redis_url):
+    # One replica counts the store's gauges, one follows each engine: the one whose log and /readyz to read.
+    state = f"{redis_url.rpartition('/')[0]}/11"  # a database of its own: no other test's leases
+    redis.Redis.from_url(state).flushdb()
+    ws_url = f"ws://127.0.0.1:{_free_port()}/events"
+    settings = Settings(state=state, ws_url=ws_url, runtime_v2_url=f"postgresql://127.0.0.1:{_free_port()}/psa")
+    counting = Bridge(settings, trace_sender=NoSender(), metric_sender=NoSender())
+    try:
+        assert counting.count_active()  # as its overdue loop asks
+        assert counting.store.lease(keys.websocket_lease(ws_url), "web-2-7-1f3a9c0e", 30)
+
+        ok, detail = _findings(settings)["state"]
+
+        assert ok is True
+        assert (
+            f"the store's counts (open runs, overdue, outbox depth) told by {counting._active_holder} (its lease:"
+            in detail
+        )
+        assert f"the WebSocket {ws_url} followed by web-2-7-1f3a9c0e (its lease: 30 s left)" in detail
+        assert "the runtime v2's tables read by no bridge now" in detail
+        counting.let_counts_go()  # as it stops
+        assert (
+            "the store's counts (open runs, overdue, outbox depth) told by no bridge now"
+            in _findings(Settings(state=state))["state"][1]
+        )
+    finally:
+        counting.store.close()
 
 
 def test_a_redis_state_with_fewer_replicas_than_batches_wait_for_fails_the_check(redis_url):

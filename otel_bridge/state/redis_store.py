@@ -530,6 +530,16 @@ class RedisStore:
         with _away_said():
             self._client.eval(_RELEASE, 1, f"{self._p}lease:{name}", holder)
 
+    def lease_held(self, name: str) -> tuple[str, float] | None:
+        with _away_said():
+            holder, left_ms = (
+                self._client.pipeline(transaction=False)
+                .get(f"{self._p}lease:{name}")
+                .pttl(f"{self._p}lease:{name}")
+                .execute()
+            )
+        return None if holder is None or left_ms < 0 else (holder.decode(), left_ms / 1000)
+
     def set_bookmark(self, name: str, value: bytes) -> None:
         try:
             self._client.set(f"{self._p}bookmark:{name}", value)

@@ -248,6 +248,15 @@ class WithRisks(Protocol):
 
 
 @runtime_checkable
+class SharedLeases(Protocol):
+    """A store bridges share (Redis), whose leases say which of them does each task done alone (`Store.lease`)."""
+
+    def lease_held(self, name: str) -> tuple[str, float] | None:
+        """Who holds the lease `name` (`own_name()`'s host, process and random part) and for how many seconds
+        more; None when no one does. Raises StoreUnavailable."""
+
+
+@runtime_checkable
 class Replicated(Protocol):
     """A store whose server copies what it commits to replicas (Redis): a batch can be answered once they have it."""
 

@@ -12,6 +12,7 @@ from otel_bridge import keys
 from otel_bridge.keys import runs_of
 from otel_bridge.state.redis_store import RedisStore
 from otel_bridge.state.sqlite_store import SqliteStore
+from otel_bridge.state.store import SharedLeases
 
 
 def _due(tx, now: float, limit: int) -> list[str]:
@@ -483,7 +484,11 @@ def test_a_lease_is_held_by_one_holder_until_it_lapses(open_store):
         return
     assert not store.lease("runtime-v2", "b", 0.3), "another replica's while it holds"
     assert store.lease("another task", "b", 0.3)
+    assert isinstance(store, SharedLeases)  # which replica holds each, for `check`
+    holder, left = store.lease_held("runtime-v2") or ("", 0.0)
+    assert holder == "a" and 0 < left <= 0.3 and store.lease_held("no such task") is None
     time.sleep(0.5)  # a lapses: stopped, or stalled past it
+    assert store.lease_held("runtime-v2") is None
     assert store.lease("runtime-v2", "b", 0.3) and not store.lease("runtime-v2", "a", 0.3)
     store.close()
 
