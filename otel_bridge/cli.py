@@ -1426,10 +1426,14 @@ def build_parser() -> argparse.ArgumentParser:
     producers = sub.add_parser(
         "producers",
         help="what a running bridge has heard of each producer: events, the last, how long silent, and how long "
-        "the expected ones may be (exit 1 when one is past it)",
+        "the expected ones may be (exit 1 when one is past it); this machine's bridge not answering, what its "
+        "store kept",
     )
     producers.add_argument(
-        "--url", default=None, help="the running bridge (default: this machine's, at --port: http://127.0.0.1:4380)"
+        "--url",
+        default=None,
+        help="the running bridge, asked alone (default: this machine's, at --port: http://127.0.0.1:4380, "
+        "its store read when it does not answer)",
     )
     producers.add_argument(
         "--timeout", type=_above_zero, default=30.0, help="seconds to wait for its answer (default 30)"
