@@ -196,8 +196,8 @@ def _state(settings: Settings, timeout_seconds: float = 5.0) -> Finding:
 
 def _leases(store: SharedLeases, settings: Settings) -> list[str]:
     """Which of the bridges sharing the store does each task done alone, by its lease: the replica whose log to
-    read, whose /readyz tells of the engine it follows. Held by none: none runs, or the one that did stopped
-    (killed, it is replaced once its lease lapses)."""
+    read, whose /readyz tells of the engine it follows. Held by none: none runs (one killed is named until its
+    lease lapses, then another takes it)."""
     tasks = [(keys.COUNTS_LEASE, "the store's counts (open runs, overdue, outbox depth) told")]
     if settings.ws_url:
         url = without_secrets(settings.ws_url)
