@@ -710,6 +710,8 @@ def _looking_pipeline(settings: Settings) -> "Pipeline":
     from otel_bridge.pipeline import Pipeline
     from otel_bridge.runtime import open_store
 
+    if settings.in_memory:  # it read "cannot open the state file :memory:: no state file at :memory:"
+        raise CliError("the state is in memory (:memory:), the running bridge's alone: nothing on disk to read")
     return Pipeline(open_store(settings, read_only=True), MetricsHub(), settings)
 
 

@@ -75,6 +75,14 @@ def test_a_setting_given_as_a_flag_is_still_taken_after_the_commands_own_argumen
     assert f"no state file at {missing}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["runs"], ["jobs"], ["show", "abcdef"]])
+def test_a_state_in_memory_is_said_to_be_the_running_bridges_alone_not_a_file_missing(command, capsys):
+    # It read "cannot open the state file :memory:: no state file at :memory:".
+    assert main([*command, "--state", ":memory:"]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said == "otel-bridge: the state is in memory (:memory:), the running bridge's alone: nothing on disk to read"
+
+
 def test_runs_says_in_words_that_there_are_none_instead_of_drawing_an_empty_table(tmp_path, capsys):
     state = tmp_path / "state.db"
     SqliteStore(str(state)).close()
