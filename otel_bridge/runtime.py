@@ -990,6 +990,7 @@ class Bridge:
         if self.store.shared and self._counts_held:
             with contextlib.suppress(StoreUnavailable):  # it lapses
                 self.store.release(keys.COUNTS_LEASE, self._active_holder)
+            self._counts_held = False
 
     def _last_runs_read_back(self) -> int | None:
         try:
@@ -1189,6 +1190,11 @@ class Bridge:
             thread.join(timeout=max(deadline - time.monotonic(), 0) if name in exporting else 30)
         stuck = {name for name in exporting if name in self._threads and self._threads[name].is_alive()}
         self.pipeline.slices = here  # the last settling is this thread's, whatever the loop does meanwhile
+        # Nothing more is taken in: what was heard, and the counting, are handed over now, not after the drain,
+        # which may last its whole timeout — a supervisor's kill within it lost the hearings since the last
+        # metrics export, and another replica waited out the lease.
+        self.keep_hearings()
+        self.let_counts_go()
         try:
             settling = time.monotonic()
             try:
@@ -1215,15 +1221,16 @@ class Bridge:
                 # The outbox goes with the process: its spans go to a file, not with it. One in flight
                 # may reach the backend too; sent again, it is the identical span (ids are derived).
                 self.kept_at_exit = self.drain.keep_the_rest("not sent by exit: the state was in memory")
-            self.outbox_at_exit = self.store.outbox_depth()
+            try:
+                self.outbox_at_exit = self.store.outbox_depth()
+            except StoreUnavailable as exc:  # Redis gone as the bridge stops: it ended here with a traceback
+                log.error("the store is unavailable as the bridge stops (%s): what waits in it stays there", exc)
             if not drained:
                 self._tell_unsent(" (an export was still waiting on the backend)" if stuck else "")
             if "metric-export" not in stuck:
                 otlp.limit_timeouts(max(deadline - time.monotonic(), 0.5), self.metric_sender)
                 self.export_metrics()
         finally:
-            self.keep_hearings()
-            self.let_counts_go()
             self.note_damage()  # what the stop met too
             self.dead_letters.close()
             self.dead_spans.close()

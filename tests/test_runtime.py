@@ -332,6 +332,21 @@ def _copy_of(state: Path) -> str:
     return str(copy)
 
 
+def test_a_redis_gone_as_the_bridge_stops_is_said_once_and_the_stop_ends(tmp_path, own_redis, caplog):
+    # It ended the stop with a traceback ("Application shutdown failed"), after a warning every half second of
+    # the drain; what waits in Redis stays there for the next start.
+    bridge = _bridge(tmp_path, state=own_redis.url, drain_timeout_seconds=1).start(follow=False)
+    bridge.pipeline.ingest(WorkflowRun().started().step_started("a").events)
+    own_redis.close()
+
+    with caplog.at_level(logging.WARNING, logger="otel_bridge"):
+        bridge.stop()
+
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if m.startswith("draining the outbox failed")]) == 1
+    assert len([m for m in said if m.startswith("the store is unavailable as the bridge stops")]) == 1
+
+
 def test_replicas_sharing_a_redis_store_each_restore_the_latest_hearing_of_every_producer(tmp_path, own_redis):
     clock = [1_800_000_000.0]
     one = _bridge(tmp_path, state=own_redis.url, clock=lambda: clock[0])

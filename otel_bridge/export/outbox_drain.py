@@ -28,7 +28,7 @@ from otel_bridge.export.span_encoding import export_request, shrunk
 from otel_bridge.liveness import Passes
 from otel_bridge.receivers.dead_letter import DeadLetters
 from otel_bridge.repeated_failure import Backoff, RepeatedFailure
-from otel_bridge.state.store import OutboxRow, Store, damage_met
+from otel_bridge.state.store import OutboxRow, Store, StoreUnavailable, damage_met
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,7 @@ class OutboxDrain:
         """Export until the outbox is empty or `timeout` passes (or an export fails, without `retry`);
         True when empty."""
         deadline = time.monotonic() + timeout
+        failed = False
         while (now := time.monotonic()) < deadline:
             if (quiet := self.quiet_for()) > 0:
                 if quiet >= deadline - now:
@@ -293,7 +294,9 @@ class OutboxDrain:
             try:
                 sent = self.export_once()
             except Exception as exc:  # the store's (an acknowledgement on a full disk): a stop must still end
-                log.warning("draining the outbox failed: %s", exc)
+                if not failed:  # once, not every half second until the timeout
+                    log.warning("draining the outbox failed: %s (tried again until the drain timeout)", exc)
+                failed = True
                 sent = None
             if sent == 0:
                 return True
@@ -301,7 +304,10 @@ class OutboxDrain:
                 if not retry:
                     break
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-        return self._store.outbox_depth() == 0
+        try:
+            return self._store.outbox_depth() == 0
+        except StoreUnavailable:  # a Redis gone as the bridge stops: what waits in it stays there
+            return False
 
 
 def _letter(row: OutboxRow, span: Span, reason: str) -> tuple[dict[str, str], dict[str, object]]:

@@ -21,6 +21,8 @@ from pki import make_pki
 from redis_server import RedisServer
 
 from otel_bridge import trace_id_for
+from otel_bridge.state import hearings
+from otel_bridge.state.sqlite_store import SqliteStore
 
 KEY = "on-call"
 JAEGER = "http://jaeger.example:16686/trace/{trace_id}"
@@ -205,6 +207,38 @@ def test_a_bridge_killed_and_started_again_still_knows_when_it_last_heard_from_e
         "shop": (True, 0, before["shop"]["last_heard"]),  # none since the restart, its last one before
     }
     assert "never, since expected" in table.stdout
+
+
+def test_a_bridge_killed_while_it_drains_at_its_stop_kept_what_it_heard(tmp_path):
+    # A supervisor's kill within the drain (the backend down, a grace period shorter than drain_timeout_seconds)
+    # lost the hearings since the last metrics export: they were written after the drain.
+    held = held_port()
+    bridge = BridgeProcess(
+        tmp_path,
+        f"http://127.0.0.1:{held.getsockname()[1]}",
+        drain_timeout_seconds="60",
+        metric_export_interval_ms="600000",  # no export, and no hearing written with one, before the stop
+    ).start()
+    try:
+        run = WorkflowRun().started().step_started("a").after(1).step_completed("a").completed()
+        assert bridge.post(run.events).status_code == 200  # its spans to drain, to a backend down
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while "trace export to" not in bridge.log.read_text():
+            assert time.monotonic() < deadline, bridge.log.read_text()
+            time.sleep(0.1)
+        assert "Application shutdown complete" not in bridge.log.read_text()
+        bridge.kill()  # within its drain
+    finally:
+        bridge.close()
+        held.close()
+    store = SqliteStore(str(tmp_path / "state.db"), read_only=True)
+    try:
+        kept = hearings.decoded(store.bookmark(hearings.BOOKMARK))
+    finally:
+        store.close()
+    assert list(kept.heard) == [("durable-effect", "production", "shop")]
 
 
 def test_a_bridge_that_does_not_answer_has_its_producers_told_from_its_store(tmp_path, otlp_http):
