@@ -71,8 +71,6 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _MAX_ATTEMPTS = 50
 
 
-# Renew the lease its holder holds, or take it when no one does: one script, so that a lease lapsing between
-# a read and a renewal is never renewed for another.
 # A lease let go by its holder alone: one that lapsed and was taken by another is not taken from it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -81,6 +79,8 @@ end
 return 0
 """
 
+# Renew the lease its holder holds, or take it when no one does: one script, so that a lease lapsing between
+# a read and a renewal is never renewed for another.
 _LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
