@@ -971,6 +971,11 @@ class Bridge:
         except StoreUnavailable:  # the store away is told by settling, once: what was told stays
             return False
         self._counts_held = held
+        self._tell_active(counts)
+        return held
+
+    def _tell_active(self, counts: dict[tuple[Resource, str, tuple[tuple[str, str], ...]], int]) -> None:
+        """The active gauges moved from what this replica told last to `counts` (none: all it told taken back)."""
         told = self._active_told
         changes = [
             Observation(name, n - told.get((resource, name, attributes), 0), attributes, resource)
@@ -982,15 +987,17 @@ class Bridge:
         ]
         self.metrics.record(change for change in changes if change.value)
         self._active_told = counts
-        return held
 
     def let_counts_go(self) -> None:
         """At the stop, the lease of counting for the replicas let go: another takes it at the next pass of its
-        overdue loop (15 s at most), not once it lapses."""
+        overdue loop (15 s at most), not once it lapses; what this one told is taken back, as a replica that no
+        longer holds it does, so that its last export (the drain may outlast the other's count) is not summed
+        beside the new holder's."""
         if self.store.shared and self._counts_held:
             with contextlib.suppress(StoreUnavailable):  # it lapses
                 self.store.release(keys.COUNTS_LEASE, self._active_holder)
             self._counts_held = False
+            self._tell_active({})
 
     def _last_runs_read_back(self) -> int | None:
         try:

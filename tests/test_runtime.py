@@ -526,6 +526,23 @@ def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(t
     staying.store.close()
 
 
+def test_a_replica_letting_the_counting_go_takes_back_what_it_told(tmp_path, own_redis):
+    # It lets go as its stop begins, before the drain: its last export (the drain may outlast the next holder's
+    # count) was summed beside the new holder's, the open runs counted twice.
+    leaving = _bridge(tmp_path, state=own_redis.url)
+    staying = _bridge(tmp_path, state=own_redis.url)
+    staying.pipeline.ingest(WorkflowRun().started().events)
+    leaving.count_active()
+    assert _open_runs(leaving) == {("executing",): 1}
+
+    leaving.let_counts_go()
+    staying.count_active()
+
+    assert _open_runs(leaving) == {} and _open_runs(leaving, staying) == {("executing",): 1}
+    leaving.store.close()
+    staying.store.close()
+
+
 def _last_runs(bridge: Bridge) -> dict[tuple[str, ...], float]:
     return _exposed_by(bridge, "job_execution_last_timestamp_seconds", "job_name", "job_execution_result")
 
