@@ -512,12 +512,18 @@ def test_the_counting_lease_is_renewed_at_each_pass_and_a_replica_taking_it_coun
     other.store.close()
 
 
-def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path, own_redis):
-    leaving = _bridge(tmp_path, state=own_redis.url)
-    staying = _bridge(tmp_path, state=own_redis.url)
+def _one_counting(tmp_path, url: str) -> tuple[Bridge, Bridge]:
+    """Two replicas on one Redis, a run open, the first counting it (the lease's holder)."""
+    leaving = _bridge(tmp_path, state=url)
+    staying = _bridge(tmp_path, state=url)
     staying.pipeline.ingest(WorkflowRun().started().events)
     leaving.count_active()
     staying.count_active()
+    return leaving, staying
+
+
+def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(tmp_path, own_redis):
+    leaving, staying = _one_counting(tmp_path, own_redis.url)
     assert _open_runs(leaving) == {("executing",): 1} and _open_runs(staying) == {}
 
     leaving.stop()  # a deploy: the next count of another takes it over, not one three minutes on
@@ -529,10 +535,7 @@ def test_a_replica_that_counted_the_open_runs_lets_the_counting_go_as_it_stops(t
 def test_a_replica_letting_the_counting_go_takes_back_what_it_told(tmp_path, own_redis):
     # It lets go as its stop begins, before the drain: its last export (the drain may outlast the next holder's
     # count) was summed beside the new holder's, the open runs counted twice.
-    leaving = _bridge(tmp_path, state=own_redis.url)
-    staying = _bridge(tmp_path, state=own_redis.url)
-    staying.pipeline.ingest(WorkflowRun().started().events)
-    leaving.count_active()
+    leaving, staying = _one_counting(tmp_path, own_redis.url)
     assert _open_runs(leaving) == {("executing",): 1}
 
     leaving.let_counts_go()
